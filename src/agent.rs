@@ -1,0 +1,545 @@
+//! The sampling loop and the delivery loop.
+//!
+//! Sampling runs on a fixed-rate schedule: sample n is due at `start + n * interval`, whatever
+//! happened before. Each sample runs in a blocking thread (I2C is blocking), and its report is
+//! appended to the spool in that same thread. A separate task delivers the spool to the
+//! database in order, in batches, so a slow or absent database never shifts or stalls sampling.
+//! If a sample itself overruns its slot (a stuck bus), the missed slots are skipped, not
+//! burst, so every report keeps its place on the grid.
+//!
+//! Shutdown (SIGINT/SIGTERM, injected as a future): stop sampling, give the in-flight insert up
+//! to `shutdown_timeout`, leave the rest in the spool. With `--count`, the agent waits instead
+//! until everything in the spool, including any backlog found at start, is acknowledged.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::BackoffBuilder;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::board::{Board, HealthEvent, SampleError, Sensor};
+use crate::report::{Reading, Report};
+use crate::sink::spool::{Batch, Spool};
+use crate::sink::{InsertError, Inserter};
+use crate::status::{SensorStatus, Status};
+
+/// Most reports per `insert_many` when draining a backlog.
+pub const BATCH_MAX: usize = 1000;
+/// How often `status.json` is rewritten.
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Something that takes samples (blocking). The real and simulated boards implement it.
+pub trait Sampler: Send + 'static {
+    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>);
+    /// Per-sensor health, for `status`.
+    fn sensors(&self) -> Vec<SensorStatus> {
+        Vec::new()
+    }
+}
+
+impl Sampler for Board {
+    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+        Board::sample(self)
+    }
+
+    fn sensors(&self) -> Vec<SensorStatus> {
+        Sensor::ALL
+            .iter()
+            .zip(self.health())
+            .map(|(s, h)| SensorStatus {
+                name: s.name().to_owned(),
+                ok: h.is_ok(),
+                consecutive_failures: h.consecutive_failures,
+                total_failures: h.total_failures,
+            })
+            .collect()
+    }
+}
+
+/// Where reports go.
+pub enum Output {
+    /// `--dry-run`: one line of relaxed Extended JSON per report on this writer (stdout).
+    Print(Box<dyn Write + Send>),
+    /// The durable spool, delivered to the database by the given inserter.
+    Spool {
+        spool: Arc<Mutex<Spool>>,
+        status_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub node_name: String,
+    pub interval: Duration,
+    /// Stop after this many reports (and wait for them to be acknowledged).
+    pub count: Option<u64>,
+    pub shutdown_timeout: Duration,
+    /// Tell systemd READY and ping its watchdog.
+    pub notify_systemd: bool,
+}
+
+/// Counters shared by the loops, for logs, `status.json` and the exit summary.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub samples: u64,
+    pub reports: u64,
+    pub skipped: u64,
+    pub missed_slots: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub last_insert_ms: Option<i64>,
+    pub connected: Option<bool>,
+    pub last_error: Option<String>,
+    pub sensors: Vec<SensorStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot write a report to standard output: {0}")]
+    Print(std::io::Error),
+    #[error("{0}")]
+    Spool(#[from] crate::sink::spool::SpoolError),
+    #[error("the database can never accept these reports: {0}")]
+    Fatal(String),
+    #[error("the sampling thread failed: {0}")]
+    Join(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the delivery task should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    /// Deliver everything, then stop (`--count`).
+    Drain,
+    /// Stop after the in-flight batch (shutdown).
+    Stop,
+}
+
+/// Run the agent until `count` reports are done or `shutdown` resolves.
+pub async fn run<S, I>(
+    options: AgentOptions,
+    sampler: S,
+    output: Output,
+    inserter: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Counters, AgentError>
+where
+    S: Sampler,
+    I: Inserter,
+{
+    let counters = Arc::new(Mutex::new(Counters::default()));
+    let notify = Arc::new(Notify::new());
+    let (mode_tx, mode_rx) = watch::channel(Mode::Run);
+    let mut output = output;
+
+    let delivery = match &output {
+        Output::Spool { spool, .. } => Some(tokio::spawn(deliver(
+            spool.clone(),
+            inserter,
+            mode_rx,
+            notify.clone(),
+            counters.clone(),
+        ))),
+        Output::Print(_) => None,
+    };
+
+    tokio::pin!(shutdown);
+    let interrupted = sample_loop(
+        &options,
+        sampler,
+        &mut output,
+        &counters,
+        &notify,
+        &mut shutdown,
+    )
+    .await?;
+
+    if let (Some(mut task), Output::Spool { spool, status_path }) = (delivery, &output) {
+        let result = if interrupted || options.count.is_none() {
+            let _ = mode_tx.send(Mode::Stop);
+            match tokio::time::timeout(options.shutdown_timeout, &mut task).await {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    task.abort();
+                    let pending = lock(spool).pending();
+                    info!(
+                        pending,
+                        "shutdown timeout reached; undelivered reports stay in the spool"
+                    );
+                    None
+                }
+            }
+        } else {
+            let _ = mode_tx.send(Mode::Drain);
+            notify.notify_one();
+            tokio::select! {
+                r = &mut task => Some(r),
+                () = &mut shutdown => {
+                    let _ = mode_tx.send(Mode::Stop);
+                    tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok()
+                }
+            }
+        };
+        // Always leave the spool consistent, even when delivery failed.
+        lock(spool).close()?;
+        if let Some(path) = status_path {
+            write_status(path, &lock(&counters), &lock(spool));
+        }
+        match result {
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(join)) if !join.is_cancelled() => {
+                return Err(AgentError::Join(join.to_string()))
+            }
+            _ => {}
+        }
+    }
+    let c = lock(&counters).clone();
+    Ok(c)
+}
+
+/// The fixed-rate sampling loop. Returns true when stopped by `shutdown`.
+async fn sample_loop<S: Sampler>(
+    options: &AgentOptions,
+    sampler: S,
+    output: &mut Output,
+    counters: &Arc<Mutex<Counters>>,
+    notify: &Arc<Notify>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<bool, AgentError> {
+    let start = Instant::now();
+    let interval = options.interval.max(Duration::from_millis(1));
+    let mut slot: u64 = 0;
+    let mut sampler = Some(sampler);
+    let mut ready_sent = false;
+    let mut last_status: Option<Instant> = None;
+    let mut disk_failing = false;
+    let mut dropping = false;
+    loop {
+        if options.count.is_some_and(|n| lock(counters).reports >= n) {
+            return Ok(false);
+        }
+        let due = start + interval * u32::try_from(slot).unwrap_or(u32::MAX);
+        tokio::select! {
+            biased;
+            () = &mut *shutdown => {
+                info!("shutdown requested: sampling stopped");
+                return Ok(true);
+            }
+            () = tokio::time::sleep_until(due) => {}
+        }
+
+        let mut s = sampler.take().expect("sampler is returned by every sample");
+        let node = options.node_name.clone();
+        let (s, outcome, events) = tokio::task::spawn_blocking(move || {
+            let recorded_at = now_ms();
+            let (result, events) = s.sample();
+            let report = result.map(|r| Report::new(&node, r, recorded_at));
+            let sensors = s.sensors();
+            (s, report, (events, sensors))
+        })
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))?;
+        sampler = Some(s);
+        let (events, sensors) = events;
+        lock(counters).sensors = sensors;
+
+        for (sensor, event) in events {
+            match event {
+                HealthEvent::StartedFailing => warn!(
+                    sensor = sensor.name(),
+                    "sensor read failed; skipping samples and re-initialising it"
+                ),
+                HealthEvent::Dead => error!(
+                    sensor = sensor.name(),
+                    "sensor has failed for a minute; still retrying every sample"
+                ),
+                HealthEvent::Recovered { failures } => {
+                    info!(sensor = sensor.name(), failures, "sensor recovered")
+                }
+                HealthEvent::None => {}
+            }
+        }
+
+        {
+            let mut c = lock(counters);
+            c.samples += 1;
+            match &outcome {
+                Ok(_) => c.reports += 1,
+                Err(e) => {
+                    c.skipped += 1;
+                    debug!(error = %e, "sample skipped");
+                }
+            }
+        }
+
+        if let Ok(report) = outcome {
+            match output {
+                Output::Print(w) => {
+                    writeln!(w, "{}", report.to_relaxed_json_line())
+                        .and_then(|()| w.flush())
+                        .map_err(AgentError::Print)?;
+                }
+                Output::Spool { spool, status_path } => {
+                    let spool = spool.clone();
+                    let status_path = status_path.clone();
+                    let write_status_now = last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
+                    let counters2 = counters.clone();
+                    let bytes = mongodb::bson::to_vec(&report.to_document())
+                        .expect("a report always serialises");
+                    let (append, maintain) = tokio::task::spawn_blocking(move || {
+                        let mut sp = lock(&spool);
+                        let now = std::time::Instant::now();
+                        let append = sp.append(&bytes, now);
+                        let maintain = sp.maintain(now);
+                        if write_status_now {
+                            if let Some(p) = &status_path {
+                                write_status(p, &lock(&counters2), &sp);
+                            }
+                        }
+                        (append, maintain)
+                    })
+                    .await
+                    .map_err(|e| AgentError::Join(e.to_string()))?;
+                    if write_status_now {
+                        last_status = Some(Instant::now());
+                    }
+                    if let Err(e) = maintain {
+                        warn!(error = %e, "spool maintenance failed");
+                    }
+                    match (&append.disk_error, disk_failing) {
+                        (Some(e), false) => {
+                            error!(error = %e, "cannot write the spool (disk full or read-only?); keeping new reports in memory until it can be written again");
+                            disk_failing = true;
+                        }
+                        (None, true) => {
+                            info!(
+                                moved = append.recovered_from_memory,
+                                "spool writable again; reports held in memory moved to disk"
+                            );
+                            disk_failing = false;
+                        }
+                        _ => {}
+                    }
+                    if append.dropped > 0 {
+                        lock(counters).dropped += append.dropped;
+                        if !dropping {
+                            warn!("spool is full (--spool-max-bytes): dropping the oldest undelivered reports; the count is logged when delivery catches up");
+                            dropping = true;
+                        }
+                    } else if dropping && lock(counters).connected == Some(true) {
+                        info!(
+                            dropped = lock(counters).dropped,
+                            "spool below its cap again; reports dropped so far"
+                        );
+                        dropping = false;
+                    }
+                    notify.notify_one();
+                }
+            }
+            if !ready_sent {
+                ready_sent = true;
+                if options.notify_systemd {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                }
+            }
+        }
+        if options.notify_systemd {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+
+        // Next slot on the grid; if this sample overran, skip the slots already past.
+        slot += 1;
+        let elapsed = Instant::now().duration_since(start);
+        let current = (elapsed.as_nanos() / interval.as_nanos()) as u64;
+        if current > slot {
+            let missed = current - slot;
+            lock(counters).missed_slots += missed;
+            warn!(missed, "sampling fell behind; skipping missed slots");
+            slot = current;
+        }
+    }
+}
+
+/// Delivery state changes worth one log line each.
+struct Link {
+    connected: Option<bool>,
+    backlog_delivered: u64,
+    backlog_duplicates: u64,
+}
+
+async fn deliver<I: Inserter>(
+    spool: Arc<Mutex<Spool>>,
+    mut inserter: I,
+    mut mode: watch::Receiver<Mode>,
+    notify: Arc<Notify>,
+    counters: Arc<Mutex<Counters>>,
+) -> Result<(), AgentError> {
+    let backoff_builder = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    let mut link = Link {
+        connected: None,
+        backlog_delivered: 0,
+        backlog_duplicates: 0,
+    };
+    loop {
+        let m = *mode.borrow();
+        if m == Mode::Stop {
+            return Ok(());
+        }
+        let sp = spool.clone();
+        let batch: Batch = tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))??;
+        if batch.records.is_empty() {
+            if m == Mode::Drain {
+                return Ok(());
+            }
+            tokio::select! {
+                () = notify.notified() => {}
+                _ = mode.changed() => {}
+            }
+            continue;
+        }
+        match inserter.insert(&batch.records).await {
+            Ok(outcome) => {
+                backoff = backoff_builder.build();
+                let pending = {
+                    let mut sp = lock(&spool);
+                    if !outcome.rejected.is_empty() {
+                        reject(sp.dir(), &batch, &outcome.rejected);
+                    }
+                    sp.ack(&batch);
+                    sp.pending()
+                };
+                {
+                    let mut c = lock(&counters);
+                    c.delivered += outcome.inserted + outcome.duplicates;
+                    c.duplicates += outcome.duplicates;
+                    c.rejected += outcome.rejected.len() as u64;
+                    c.last_insert_ms = Some(now_ms());
+                    c.connected = Some(true);
+                    c.last_error = None;
+                }
+                if link.connected != Some(true) {
+                    info!(pending, "connected to MongoDB");
+                }
+                if link.connected == Some(false) {
+                    link.backlog_delivered = 0;
+                    link.backlog_duplicates = 0;
+                }
+                if link.connected.is_some() {
+                    link.backlog_delivered += outcome.inserted + outcome.duplicates;
+                    link.backlog_duplicates += outcome.duplicates;
+                }
+                link.connected = Some(true);
+                if pending == 0 && link.backlog_delivered > batch.records.len() as u64 {
+                    info!(
+                        delivered = link.backlog_delivered,
+                        already_present = link.backlog_duplicates,
+                        "backlog drained"
+                    );
+                    link.backlog_delivered = 0;
+                    link.backlog_duplicates = 0;
+                }
+                if !outcome.rejected.is_empty() {
+                    error!(count = outcome.rejected.len(), reason = %outcome.rejected[0].1, "the database refused reports; saved to rejected.jsonl in the spool directory");
+                }
+            }
+            Err(InsertError::Fatal(msg)) => {
+                lock(&spool).rewind();
+                return Err(AgentError::Fatal(msg));
+            }
+            Err(InsertError::Unavailable(msg)) => {
+                lock(&spool).rewind();
+                if link.connected != Some(false) {
+                    warn!(error = %msg, "MongoDB unavailable; reports are kept in the spool and retried with back-off");
+                    link.connected = Some(false);
+                    link.backlog_delivered = 0;
+                    link.backlog_duplicates = 0;
+                }
+                {
+                    let mut c = lock(&counters);
+                    c.connected = Some(false);
+                    c.last_error = Some(msg);
+                }
+                let delay = backoff.next().unwrap_or(Duration::from_secs(60));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = mode.wait_for(|m| *m == Mode::Stop) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Keep refused reports as relaxed Extended JSON lines next to the spool, with the reason.
+fn reject(dir: &std::path::Path, batch: &Batch, rejected: &[(usize, String)]) {
+    let path = dir.join("rejected.jsonl");
+    let mut lines = String::new();
+    for (i, reason) in rejected {
+        let doc = batch
+            .records
+            .get(*i)
+            .and_then(|b| mongodb::bson::Document::from_reader(&mut b.as_slice()).ok());
+        let line = serde_json::json!({
+            "reason": reason,
+            "report": doc.map(|d| crate::report::relaxed_json(&d)),
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(lines.as_bytes()));
+    if let Err(e) = r {
+        error!(path = %path.display(), error = %e, "cannot save refused reports");
+    }
+}
+
+fn write_status(path: &std::path::Path, c: &Counters, spool: &Spool) {
+    let status = Status {
+        pid: std::process::id(),
+        updated_ms: now_ms(),
+        samples: c.samples,
+        reports: c.reports,
+        skipped_samples: c.skipped,
+        missed_slots: c.missed_slots,
+        delivered: c.delivered,
+        duplicates: c.duplicates,
+        rejected: c.rejected,
+        dropped: spool.dropped_total.max(c.dropped),
+        pending: spool.pending(),
+        last_insert_ms: c.last_insert_ms,
+        connected: c.connected,
+        last_error: c.last_error.clone(),
+        sensors: c.sensors.clone(),
+    };
+    if let Err(e) = status.write(path) {
+        debug!(error = %e, "cannot write status file");
+    }
+}

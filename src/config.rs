@@ -1,0 +1,202 @@
+//! The agent's command line. Every option can also be set by an environment variable (shown
+//! in `--help`), which is how the systemd unit's EnvironmentFile configures it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::board::SimFault;
+use crate::led::Rotation;
+
+pub const DEFAULT_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_DATABASE: &str = "monitors";
+pub const DEFAULT_COLLECTION: &str = "reports";
+pub const DEFAULT_I2C_BUS: &str = "/dev/i2c-1";
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/sensehat-monitor";
+/// 7 days of 2 Hz reports at about 230 bytes each on disk is 278 MB; leave room.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 384 * 1024 * 1024;
+pub const DEFAULT_SPOOL_SYNC_MS: u64 = 1000;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SensorsKind {
+    /// The real Sense HAT on the I2C bus.
+    Sensehat,
+    /// A simulated Sense HAT (register-level), for machines without one.
+    Sim,
+}
+
+/// Read a Sense HAT every interval and store each reading in MongoDB.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Which board to read.
+    #[arg(long, env = "SENSEHAT_SENSORS", value_enum, default_value_t = SensorsKind::Sensehat)]
+    pub sensors: SensorsKind,
+
+    /// Print each report to stdout as relaxed Extended JSON instead of storing it.
+    #[arg(long, env = "SENSEHAT_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Stop after this many reports have been printed or acknowledged (default: run forever).
+    #[arg(long, env = "SENSEHAT_COUNT")]
+    pub count: Option<u64>,
+
+    /// Milliseconds between samples.
+    #[arg(long, env = "SENSEHAT_INTERVAL_MS", default_value_t = DEFAULT_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub interval_ms: u64,
+
+    /// MongoDB connection string (mongodb:// or mongodb+srv://). Prefer the environment
+    /// variable: a command line is visible to every user of the machine.
+    #[arg(long, env = "MONGODB_CONNECTION_STRING", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// Database to write to.
+    #[arg(long, env = "SENSEHAT_DATABASE", default_value = DEFAULT_DATABASE)]
+    pub database: String,
+
+    /// Collection to write to.
+    #[arg(long, env = "SENSEHAT_COLLECTION", default_value = DEFAULT_COLLECTION)]
+    pub collection: String,
+
+    /// nodeName of each report (default: the host name).
+    #[arg(long, env = "SENSEHAT_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// An 8x8 PNG to show on the LED matrix instead of the built-in logo.
+    #[arg(long, env = "SENSEHAT_LOGO")]
+    pub logo: Option<PathBuf>,
+
+    /// LED matrix rotation (0, 90, 180, 270; 0 has the HDMI port down).
+    #[arg(long, env = "SENSEHAT_LED_ROTATION", default_value = "0")]
+    pub led_rotation: Rotation,
+
+    /// Framebuffer device of the LED matrix (default: the one named "RPi-Sense FB").
+    #[arg(long, env = "SENSEHAT_LED_DEVICE")]
+    pub led_device: Option<PathBuf>,
+
+    /// I2C bus device of the Sense HAT.
+    #[arg(long, env = "SENSEHAT_I2C_BUS", default_value = DEFAULT_I2C_BUS)]
+    pub i2c_bus: String,
+
+    /// Directory of the durable spool (default: $STATE_DIRECTORY from systemd, else
+    /// /var/lib/sensehat-monitor).
+    #[arg(long, env = "SENSEHAT_SPOOL_DIR", global = true)]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Disk the spool may use; beyond it the oldest undelivered reports are dropped (and counted).
+    #[arg(long, env = "SENSEHAT_SPOOL_MAX_BYTES", default_value_t = DEFAULT_SPOOL_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(16384..))]
+    pub spool_max_bytes: u64,
+
+    /// fdatasync undelivered reports at most this often (0: after every report). See README.
+    #[arg(long, env = "SENSEHAT_SPOOL_SYNC_MS", default_value_t = DEFAULT_SPOOL_SYNC_MS)]
+    pub spool_sync_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight inserts may take before exiting (e.g. 5s, 500ms).
+    #[arg(long, env = "SENSEHAT_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT,
+          value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Simulated board only: make CHIP fail during sample attempts FIRST..FIRST+COUNT
+    /// (CHIP:FIRST:COUNT, e.g. lps25h:10:3). For testing fault handling.
+    #[arg(long, env = "SENSEHAT_SIM_FAULT", value_delimiter = ',')]
+    pub sim_fault: Vec<SimFault>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print spool depth, the oldest unsent report, the last insert and sensor health.
+    Status,
+    /// Check the configuration (connection string present, spool writable, logo readable)
+    /// and exit; suitable for systemd's ExecStartPre.
+    CheckConfig,
+}
+
+/// Parse `5`, `5s`, `500ms` or `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 5s or 500ms)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" | "min" => n * 60.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+impl Cli {
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .or_else(|| {
+                // systemd's StateDirectory= sets this (a colon-separated list).
+                std::env::var_os("STATE_DIRECTORY").and_then(|v| {
+                    v.to_str()
+                        .and_then(|s| s.split(':').next())
+                        .map(PathBuf::from)
+                })
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR))
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// The connection string, or the message that says how to give one.
+    pub fn require_uri(&self) -> Result<&str, String> {
+        match self.mongodb_uri.as_deref().map(str::trim) {
+            Some(u) if !u.is_empty() => Ok(u),
+            _ => Err(
+                "no MongoDB connection string: set MONGODB_CONNECTION_STRING (for the systemd \
+                 service, in /etc/sensehat-monitor/env) to e.g. \
+                 mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/, or pass --mongodb-uri; \
+                 or use --dry-run to print readings without a database"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    // The documented defaults hold.
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["sensehat-monitor"]).unwrap();
+        assert_eq!(cli.sensors, SensorsKind::Sensehat);
+        assert_eq!(cli.interval_ms, 500);
+        assert_eq!(cli.count, None);
+        assert_eq!(cli.database, "monitors");
+        assert_eq!(cli.collection, "reports");
+        assert_eq!(cli.shutdown_timeout, Duration::from_secs(5));
+        assert!(Cli::try_parse_from(["x", "--interval-ms", "0"]).is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! ST HTS221 relative humidity and temperature sensor (Sense HAT address 0x5F).
+//!
+//! Init as RTIMULib: CTRL_REG1 = 0x87 (power on, block data update, 12.5 Hz),
+//! AV_CONF = 0x1B (16 temperature / 32 humidity samples averaged), then read the factory
+//! calibration once. Multi-byte reads set bit 7 of the register address (auto-increment).
+//!
+//! Humidity is clamped to 0..=100 %rH, as ST's reference driver does: python-sense-hat does not
+//! clamp, so it can report e.g. 100.8 %rH near saturation, which is not a physical value.
+//! Unclamped values differ from python-sense-hat only outside that range.
+
+use embedded_hal::i2c::I2c;
+
+use super::{check_identity, read_regs, write_reg, Error};
+
+pub const ADDRESS: u8 = 0x5F;
+
+/// Register map (datasheet DocID026333).
+pub mod reg {
+    pub const WHO_AM_I: u8 = 0x0F;
+    pub const AV_CONF: u8 = 0x10;
+    pub const CTRL_REG1: u8 = 0x20;
+    pub const STATUS: u8 = 0x27;
+    pub const HUMIDITY_OUT_L: u8 = 0x28;
+    pub const CALIB_START: u8 = 0x30;
+    /// Set on a register address to read several bytes in one transaction.
+    pub const AUTO_INCREMENT: u8 = 0x80;
+}
+
+pub const WHO_AM_I_VALUE: u8 = 0xBC;
+const CTRL_REG1_INIT: u8 = 0x87;
+const AV_CONF_INIT: u8 = 0x1B;
+
+/// Factory calibration, decoded from registers 0x30..=0x3F.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    pub h0_rh: f64,
+    pub h1_rh: f64,
+    pub t0_celsius: f64,
+    pub t1_celsius: f64,
+    pub h0_t0_out: i16,
+    pub h1_t0_out: i16,
+    pub t0_out: i16,
+    pub t1_out: i16,
+}
+
+impl Calibration {
+    /// Decode the 16 calibration bytes read from 0x30.
+    pub fn from_registers(r: &[u8; 16]) -> Self {
+        let word = |i: usize| i16::from_le_bytes([r[i], r[i + 1]]);
+        let msb = u16::from(r[0x05]);
+        Calibration {
+            h0_rh: f64::from(r[0x00]) / 2.0,
+            h1_rh: f64::from(r[0x01]) / 2.0,
+            t0_celsius: f64::from(((msb & 0x03) << 8) | u16::from(r[0x02])) / 8.0,
+            t1_celsius: f64::from(((msb & 0x0C) << 6) | u16::from(r[0x03])) / 8.0,
+            h0_t0_out: word(0x06),
+            h1_t0_out: word(0x0A),
+            t0_out: word(0x0C),
+            t1_out: word(0x0E),
+        }
+    }
+
+    fn check(&self) -> Result<(), &'static str> {
+        if self.h1_t0_out == self.h0_t0_out {
+            return Err("H0_T0_OUT equals H1_T0_OUT");
+        }
+        if self.t1_out == self.t0_out {
+            return Err("T0_OUT equals T1_OUT");
+        }
+        Ok(())
+    }
+
+    /// %rH from a raw HUMIDITY_OUT, clamped to 0..=100.
+    pub fn humidity_rh(&self, raw: i16) -> f64 {
+        let rh = self.h0_rh
+            + (f64::from(raw) - f64::from(self.h0_t0_out)) * (self.h1_rh - self.h0_rh)
+                / (f64::from(self.h1_t0_out) - f64::from(self.h0_t0_out));
+        rh.clamp(0.0, 100.0)
+    }
+
+    /// Degrees Celsius from a raw TEMP_OUT.
+    pub fn temperature_celsius(&self, raw: i16) -> f64 {
+        self.t0_celsius
+            + (f64::from(raw) - f64::from(self.t0_out)) * (self.t1_celsius - self.t0_celsius)
+                / (f64::from(self.t1_out) - f64::from(self.t0_out))
+    }
+}
+
+/// One HTS221 measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    pub humidity_rh: f64,
+    pub temperature_celsius: f64,
+}
+
+pub struct Hts221<I2C> {
+    i2c: I2C,
+    calibration: Option<Calibration>,
+}
+
+impl<I2C: I2c> Hts221<I2C> {
+    pub const CHIP: &'static str = "HTS221";
+
+    pub fn new(i2c: I2C) -> Self {
+        Hts221 {
+            i2c,
+            calibration: None,
+        }
+    }
+
+    /// Check WHO_AM_I, configure, and read the calibration.
+    pub fn init(&mut self) -> Result<Calibration, Error<I2C::Error>> {
+        self.calibration = None;
+        check_identity(
+            &mut self.i2c,
+            Self::CHIP,
+            ADDRESS,
+            reg::WHO_AM_I,
+            WHO_AM_I_VALUE,
+        )?;
+        write_reg(&mut self.i2c, ADDRESS, reg::CTRL_REG1, CTRL_REG1_INIT)?;
+        write_reg(&mut self.i2c, ADDRESS, reg::AV_CONF, AV_CONF_INIT)?;
+        let mut raw = [0u8; 16];
+        read_regs(
+            &mut self.i2c,
+            ADDRESS,
+            reg::CALIB_START | reg::AUTO_INCREMENT,
+            &mut raw,
+        )?;
+        let calibration = Calibration::from_registers(&raw);
+        calibration
+            .check()
+            .map_err(|detail| Error::BadCalibration {
+                chip: Self::CHIP,
+                detail,
+            })?;
+        self.calibration = Some(calibration);
+        Ok(calibration)
+    }
+
+    /// Read humidity and temperature in one burst (HUMIDITY_OUT then TEMP_OUT).
+    pub fn read(&mut self) -> Result<Measurement, Error<I2C::Error>> {
+        let cal = self
+            .calibration
+            .ok_or(Error::NotInitialised { chip: Self::CHIP })?;
+        let mut raw = [0u8; 4];
+        read_regs(
+            &mut self.i2c,
+            ADDRESS,
+            reg::HUMIDITY_OUT_L | reg::AUTO_INCREMENT,
+            &mut raw,
+        )?;
+        let h = i16::from_le_bytes([raw[0], raw[1]]);
+        let t = i16::from_le_bytes([raw[2], raw[3]]);
+        Ok(Measurement {
+            humidity_rh: cal.humidity_rh(h),
+            temperature_celsius: cal.temperature_celsius(t),
+        })
+    }
+
+    pub fn release(self) -> I2C {
+        self.i2c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cal() -> Calibration {
+        // H0 = 33 %rH, H1 = 75 %rH; T0 = 18.75 degC (150/8), T1 = 35.0 degC (280/8: msb bit 8 set).
+        let mut r = [0u8; 16];
+        r[0x00] = 66;
+        r[0x01] = 150;
+        r[0x02] = 150;
+        r[0x03] = (280u16 & 0xFF) as u8;
+        r[0x05] = ((280u16 >> 8) as u8) << 2;
+        r[0x06..0x08].copy_from_slice(&(-1000i16).to_le_bytes());
+        r[0x0A..0x0C].copy_from_slice(&(7400i16).to_le_bytes());
+        r[0x0C..0x0E].copy_from_slice(&(300i16).to_le_bytes());
+        r[0x0E..0x10].copy_from_slice(&(950i16).to_le_bytes());
+        Calibration::from_registers(&r)
+    }
+
+    // Calibration bytes decode to the spec's H0/H1/T0/T1 including the 10-bit T msb bits.
+    #[test]
+    fn decodes_calibration() {
+        let c = cal();
+        assert_eq!(c.h0_rh, 33.0);
+        assert_eq!(c.h1_rh, 75.0);
+        assert_eq!(c.t0_celsius, 18.75);
+        assert_eq!(c.t1_celsius, 35.0);
+        assert_eq!(c.h0_t0_out, -1000);
+        assert_eq!(c.t1_out, 950);
+    }
+
+    // Linear interpolation, including below T0 (negative temperatures) and humidity clamping.
+    #[test]
+    fn converts_by_interpolation() {
+        let c = cal();
+        assert_eq!(c.humidity_rh(-1000), 33.0);
+        assert_eq!(c.humidity_rh(7400), 75.0);
+        assert!((c.humidity_rh(3200) - 54.0).abs() < 1e-12);
+        assert_eq!(c.humidity_rh(i16::MAX), 100.0);
+        assert_eq!(c.humidity_rh(i16::MIN), 0.0);
+        assert_eq!(c.temperature_celsius(300), 18.75);
+        // 16.25 degC per 650 LSB: -300 LSB from T0_OUT is -7.5 degC, so 11.25; far below goes negative.
+        assert!((c.temperature_celsius(0) - 11.25).abs() < 1e-12);
+        assert!((c.temperature_celsius(-900) - (18.75 - 1200.0 * 16.25 / 650.0)).abs() < 1e-12);
+        assert!(c.temperature_celsius(-900) < 0.0);
+    }
+
+    // Equal calibration outputs would divide by zero: reported, not NaN.
+    #[test]
+    fn rejects_degenerate_calibration() {
+        let mut c = cal();
+        c.t1_out = c.t0_out;
+        assert!(c.check().is_err());
+    }
+}

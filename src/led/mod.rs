@@ -1,0 +1,8 @@
+//! The 8x8 LED matrix: [`frame`] is the pure image model (pixels, rotation, RGB565 packing);
+//! [`framebuffer`] finds the `RPi-Sense FB` device and writes frames to it.
+
+pub mod frame;
+pub mod framebuffer;
+
+pub use frame::{Frame, LogoError, Rotation};
+pub use framebuffer::{find_sense_fb, FramebufferLed};

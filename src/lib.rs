@@ -1,0 +1,24 @@
+//! sensehat-monitor: read a Raspberry Pi Sense HAT and store every reading in MongoDB, without
+//! losing any across network, database, power or sensor faults.
+//!
+//! # Layout
+//!
+//! - [`drivers`]: HTS221, LPS25H and LSM9DS1 drivers, generic over `embedded_hal::i2c::I2c`.
+//! - [`board`]: the Sense HAT composed of the drivers, the Linux bus, and the register-level simulator.
+//! - [`led`]: the 8x8 LED matrix: frames (pure) and the framebuffer writer (IO).
+//! - [`report`]: the report document and its JSON forms.
+//! - [`sink`]: the durable spool and the MongoDB inserter.
+//! - [`agent`]: the fixed-rate sampling loop and the delivery loop.
+//! - [`status`]: `status.json` and the `status` command.
+//! - [`config`]: the agent's command line.
+//! - [`shutdown`]: SIGINT/SIGTERM as a future.
+
+pub mod agent;
+pub mod board;
+pub mod config;
+pub mod drivers;
+pub mod led;
+pub mod report;
+pub mod shutdown;
+pub mod sink;
+pub mod status;

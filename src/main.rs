@@ -1,0 +1,224 @@
+//! The agent binary: parse the command line, open the board, the LED and the spool, and run
+//! the sampling loop until SIGINT/SIGTERM (or `--count` reports).
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+
+use sensehat_monitor::agent::{self, AgentOptions, Output};
+use sensehat_monitor::board::Board;
+use sensehat_monitor::config::{Cli, Command, SensorsKind};
+use sensehat_monitor::led::{find_sense_fb, Frame, FramebufferLed};
+use sensehat_monitor::shutdown::shutdown_signal;
+use sensehat_monitor::sink::mongo::MongoSink;
+use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
+use sensehat_monitor::sink::NoDatabase;
+use sensehat_monitor::status::{self, STATUS_FILE};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn logo(cli: &Cli) -> Result<Frame, String> {
+    match &cli.logo {
+        None => Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
+            .map_err(|e| format!("built-in logo: {e}")),
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read the logo {}: {e}", path.display()))?;
+            Frame::from_png(&bytes).map_err(|e| format!("logo {}: {e}", path.display()))
+        }
+    }
+}
+
+/// The LED matrix, if there is one: `--led-device`, else the framebuffer named RPi-Sense FB
+/// (only looked for on the real board).
+fn open_led(cli: &Cli) -> Option<FramebufferLed> {
+    let path = match (&cli.led_device, cli.sensors) {
+        (Some(p), _) => Some(p.clone()),
+        (None, SensorsKind::Sensehat) => {
+            find_sense_fb("/sys/class/graphics".as_ref(), "/dev".as_ref())
+        }
+        (None, SensorsKind::Sim) => return None,
+    };
+    match path {
+        Some(p) => Some(FramebufferLed::new(p, cli.led_rotation)),
+        None => {
+            warn!("no LED matrix found (no framebuffer named \"RPi-Sense FB\"; is the rpisense-fb driver loaded?); running without the LED");
+            None
+        }
+    }
+}
+
+fn check_config(cli: &Cli) -> Result<(), String> {
+    logo(cli)?;
+    if !cli.dry_run {
+        cli.require_uri()?;
+        let dir = cli.spool_dir();
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| tempfile_probe(&dir))
+            .map_err(|e| {
+                format!(
+                    "the spool directory {} is not writable: {e}; choose another with --spool-dir",
+                    dir.display()
+                )
+            })?;
+    }
+    Ok(())
+}
+
+fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
+    let p = dir.join(".write-test");
+    std::fs::write(&p, b"ok")?;
+    std::fs::remove_file(p)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Some(Command::Status) => {
+            let dir = cli.spool_dir();
+            return match status::render(&dir) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!("cannot read the spool in {}: {e}; pass --spool-dir if the agent uses another", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::CheckConfig) => {
+            return match check_config(&cli) {
+                Ok(()) => {
+                    eprintln!("configuration ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
+    }
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            error!("{msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), (u8, String)> {
+    let uri = if cli.dry_run {
+        None
+    } else {
+        Some(cli.require_uri().map_err(|e| (2, e))?.to_owned())
+    };
+    let frame = logo(&cli).map_err(|e| (2, e))?;
+
+    let bus = cli.i2c_bus.clone();
+    let kind = cli.sensors;
+    let faults = cli.sim_fault.clone();
+    let board = tokio::task::spawn_blocking(move || match kind {
+        SensorsKind::Sensehat => Board::open_linux(&bus),
+        SensorsKind::Sim => Board::open_sim(faults),
+    })
+    .await
+    .map_err(|e| (1, e.to_string()))?
+    .map_err(|e| (1, format!("cannot start the Sense HAT: {e}")))?;
+
+    let led = open_led(&cli);
+    if let Some(led) = &led {
+        if let Err(e) = led.show(&frame) {
+            warn!(device = %led.path().display(), error = %e, "cannot write the LED matrix; running without it");
+        }
+    }
+
+    let options = AgentOptions {
+        node_name: cli.node_name(),
+        interval: Duration::from_millis(cli.interval_ms),
+        count: cli.count,
+        shutdown_timeout: cli.shutdown_timeout,
+        notify_systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
+    };
+
+    let result = match uri {
+        None => {
+            info!(sensors = ?kind, "dry run: printing reports to stdout");
+            agent::run(
+                options,
+                board,
+                Output::Print(Box::new(std::io::stdout())),
+                NoDatabase,
+                shutdown_signal(),
+            )
+            .await
+        }
+        Some(uri) => {
+            let dir = cli.spool_dir();
+            let (spool, opened) = Spool::open(
+                &dir,
+                SpoolOptions {
+                    max_bytes: cli.spool_max_bytes,
+                    sync_interval: Duration::from_millis(cli.spool_sync_ms),
+                },
+            )
+            .map_err(|e| {
+                (
+                    1,
+                    format!("{e}; choose a writable directory with --spool-dir"),
+                )
+            })?;
+            if opened.torn_bytes > 0 {
+                warn!(
+                    bytes = opened.torn_bytes,
+                    "cut a torn record from the spool (the last run was killed mid-write)"
+                );
+            }
+            info!(spool = %dir.display(), backlog = opened.pending, database = %cli.database, collection = %cli.collection, "sampling every {} ms", cli.interval_ms);
+            let sink = MongoSink::new(&uri, &cli.database, &cli.collection);
+            agent::run(
+                options,
+                board,
+                Output::Spool {
+                    spool: Arc::new(Mutex::new(spool)),
+                    status_path: Some(dir.join(STATUS_FILE)),
+                },
+                sink,
+                shutdown_signal(),
+            )
+            .await
+        }
+    };
+
+    if let Some(led) = &led {
+        if let Err(e) = led.clear() {
+            warn!(error = %e, "cannot clear the LED matrix");
+        }
+    }
+    let counters = result.map_err(|e| (1, e.to_string()))?;
+    info!(
+        reports = counters.reports,
+        skipped = counters.skipped,
+        delivered = counters.delivered,
+        duplicates = counters.duplicates,
+        dropped = counters.dropped,
+        "stopped"
+    );
+    Ok(())
+}

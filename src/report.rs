@@ -1,0 +1,207 @@
+//! The report document: one sample of the Sense HAT, in the schema of the original agent.
+//!
+//! Field names, order and BSON types are fixed by the original Python agent:
+//! `{_id, nodeName, humidity, temperature, pressure, isMoving, acceleration: {x, y, z}, recordedAt}`.
+//! The agent makes `_id` itself, so an insert retried after a lost acknowledgement is a
+//! duplicate-key error rather than a second copy.
+
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
+use serde_json::Value;
+
+/// Acceleration in g on the three axes, as python-sense-hat's `get_accelerometer_raw()`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Acceleration {
+    pub x_g: f64,
+    pub y_g: f64,
+    pub z_g: f64,
+}
+
+impl Acceleration {
+    /// The original agent's rule: moving when any axis is below -1 g or above +1 g.
+    pub fn is_moving(&self) -> bool {
+        [self.x_g, self.y_g, self.z_g]
+            .iter()
+            .any(|a| !(-1.0..=1.0).contains(a))
+    }
+}
+
+/// What the board measured in one sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub humidity_rh: f64,
+    pub temperature_celsius: f64,
+    pub pressure_hpa: f64,
+    pub acceleration: Acceleration,
+}
+
+/// One report as stored in `monitors.reports`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub id: ObjectId,
+    pub node_name: String,
+    pub reading: Reading,
+    /// When the sample was taken, in milliseconds since the Unix epoch (UTC).
+    pub recorded_at_ms: i64,
+}
+
+impl Report {
+    /// A report for a reading taken now-ish; `recorded_at_ms` is the sample time.
+    pub fn new(node_name: &str, reading: Reading, recorded_at_ms: i64) -> Self {
+        Report {
+            id: ObjectId::new(),
+            node_name: node_name.to_owned(),
+            reading,
+            recorded_at_ms,
+        }
+    }
+
+    /// The BSON document, with the original field order and types.
+    pub fn to_document(&self) -> Document {
+        let r = &self.reading;
+        doc! {
+            "_id": self.id,
+            "nodeName": &self.node_name,
+            "humidity": r.humidity_rh,
+            "temperature": r.temperature_celsius,
+            "pressure": r.pressure_hpa,
+            "isMoving": r.acceleration.is_moving(),
+            "acceleration": {
+                "x": r.acceleration.x_g,
+                "y": r.acceleration.y_g,
+                "z": r.acceleration.z_g,
+            },
+            "recordedAt": DateTime::from_millis(self.recorded_at_ms),
+        }
+    }
+
+    /// One line of relaxed Extended JSON, as `--dry-run` prints it.
+    pub fn to_relaxed_json_line(&self) -> String {
+        relaxed_json(&self.to_document()).to_string()
+    }
+}
+
+/// ISO-8601 with milliseconds and a `Z`, the way JavaScript's `Date.toJSON` writes it
+/// (`2023-07-13T11:02:11.016Z`). Returns `None` outside years 0..=9999.
+pub fn iso_millis(ms: i64) -> Option<String> {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    if !(0..=9999).contains(&t.year()) {
+        return None;
+    }
+    t.format(FORMAT).ok()
+}
+
+/// Relaxed Extended JSON of a document, with dates always written with three fractional
+/// digits (`{"$date":"2026-11-25T18:50:00.000Z"}`) so every line has the same shape.
+pub fn relaxed_json(document: &Document) -> Value {
+    Value::Object(
+        document
+            .iter()
+            .map(|(k, v)| (k.clone(), relaxed_bson(v)))
+            .collect(),
+    )
+}
+
+fn relaxed_bson(value: &mongodb::bson::Bson) -> Value {
+    use mongodb::bson::Bson;
+    match value {
+        Bson::Document(d) => relaxed_json(d),
+        Bson::Array(a) => Value::Array(a.iter().map(relaxed_bson).collect()),
+        Bson::DateTime(d) => match iso_millis(d.timestamp_millis()) {
+            Some(s) if d.timestamp_millis() >= 0 => serde_json::json!({ "$date": s }),
+            _ => value.clone().into_relaxed_extjson(),
+        },
+        other => other.clone().into_relaxed_extjson(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(x: f64, y: f64, z: f64) -> Reading {
+        Reading {
+            humidity_rh: 41.25,
+            temperature_celsius: -3.5,
+            pressure_hpa: 1013.25,
+            acceleration: Acceleration {
+                x_g: x,
+                y_g: y,
+                z_g: z,
+            },
+        }
+    }
+
+    // isMoving follows the original rule: strictly outside [-1, 1] on any axis.
+    #[test]
+    fn is_moving_uses_the_one_g_threshold() {
+        assert!(!reading(0.0, 0.0, 1.0).acceleration.is_moving());
+        assert!(!reading(-1.0, 1.0, -1.0).acceleration.is_moving());
+        assert!(reading(0.0, 0.0, 1.0001).acceleration.is_moving());
+        assert!(reading(-1.2, 0.0, 0.9).acceleration.is_moving());
+        assert!(reading(0.0, 1.5, 0.0).acceleration.is_moving());
+    }
+
+    // The document has the original field order and BSON types.
+    #[test]
+    fn document_has_the_original_schema() {
+        let r = Report::new("pi-kitchen", reading(0.01, -0.02, 0.998), 1_764_096_600_123);
+        let d = r.to_document();
+        let keys: Vec<&str> = d.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "_id",
+                "nodeName",
+                "humidity",
+                "temperature",
+                "pressure",
+                "isMoving",
+                "acceleration",
+                "recordedAt"
+            ]
+        );
+        assert_eq!(d.get_object_id("_id").unwrap(), r.id);
+        assert_eq!(d.get_f64("temperature").unwrap(), -3.5);
+        assert!(!d.get_bool("isMoving").unwrap());
+        assert_eq!(
+            d.get_document("acceleration")
+                .unwrap()
+                .get_f64("z")
+                .unwrap(),
+            0.998
+        );
+        assert_eq!(
+            d.get_datetime("recordedAt").unwrap().timestamp_millis(),
+            1_764_096_600_123
+        );
+    }
+
+    // The dry-run line is relaxed Extended JSON with millisecond ISO dates.
+    #[test]
+    fn relaxed_json_line_shape() {
+        let mut r = Report::new("n", reading(0.0, 0.0, 1.0), 1_764_096_600_000);
+        r.id = ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap();
+        assert_eq!(
+            r.to_relaxed_json_line(),
+            concat!(
+                r#"{"_id":{"$oid":"65a1b2c3d4e5f60718293a4b"},"nodeName":"n","humidity":41.25,"#,
+                r#""temperature":-3.5,"pressure":1013.25,"isMoving":false,"#,
+                r#""acceleration":{"x":0.0,"y":0.0,"z":1.0},"recordedAt":{"$date":"2025-11-25T18:50:00.000Z"}}"#
+            )
+        );
+    }
+
+    // Millisecond formatting pads and keeps three digits.
+    #[test]
+    fn iso_millis_formats_like_javascript() {
+        assert_eq!(iso_millis(0).unwrap(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            iso_millis(1_689_246_131_016).unwrap(),
+            "2023-07-13T11:02:11.016Z"
+        );
+        assert_eq!(iso_millis(-1).unwrap(), "1969-12-31T23:59:59.999Z");
+    }
+}

@@ -1,0 +1,46 @@
+//! Where reports go: the durable [`spool`] on disk, and the [`mongo`] database behind it.
+//! [`Inserter`] is the seam between the delivery loop and the database.
+
+pub mod mongo;
+pub mod spool;
+
+use std::future::Future;
+
+/// What the database did with a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InsertOutcome {
+    pub inserted: u64,
+    /// Already there (duplicate `_id`): a retry after a lost acknowledgement. Delivered.
+    pub duplicates: u64,
+    /// Refused for good (e.g. a validation rule): index in the batch and the server's reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Why a batch was not acknowledged.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InsertError {
+    /// The database is unreachable or unwilling right now (DNS, refused, timeout, failover,
+    /// authentication, write concern): keep the reports and try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The configuration can never work (for example a malformed connection string).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Inserts raw BSON documents; implemented by [`mongo::MongoSink`].
+pub trait Inserter: Send + 'static {
+    fn insert(
+        &mut self,
+        docs: &[Vec<u8>],
+    ) -> impl Future<Output = Result<InsertOutcome, InsertError>> + Send;
+}
+
+/// The inserter of `--dry-run`, which has no database; never called.
+pub struct NoDatabase;
+
+impl Inserter for NoDatabase {
+    async fn insert(&mut self, _docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        Err(InsertError::Fatal("no database in --dry-run".into()))
+    }
+}

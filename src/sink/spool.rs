@@ -1,0 +1,815 @@
+//! The durable spool: every report is appended here before it is inserted, and leaves only
+//! once the database acknowledged it.
+//!
+//! # On disk
+//!
+//! A directory of segment files `segment-<16 digits>.spool`, oldest first. Each record is
+//! `[u32 length LE][u32 CRC-32 of payload LE][payload]`, the payload being the report's BSON.
+//! A file `acked` holds the position before which everything was delivered; it is rewritten
+//! (write to a temporary file, rename) at most every [`CURSOR_EVERY`] and on shutdown. Losing
+//! it, or a stale one after a crash, only resends reports the database already has, which the
+//! duplicate-key rule on `_id` turns into no-ops. Fully delivered segments are deleted.
+//!
+//! # Crash safety and the fsync policy
+//!
+//! Each append is one `write(2)` of the whole frame, so once `append` returns the record is in
+//! the kernel's page cache and survives the process being killed (SIGKILL, panic, OOM). Power
+//! loss is the other case: the page cache is gone unless the data was `fdatasync`ed. Syncing
+//! every 2 Hz append would cost a data block plus an ext4 journal commit (about 8-16 KiB of
+//! flash writes for a 200-byte report, some 2 GB a day), which wears an SD card for nothing in
+//! the common case, where the database acknowledges a report within a fraction of a second and
+//! the spool copy is deleted anyway. So the policy is *sync what is still owed*: at most every
+//! `sync_interval` (default 1 s, `--spool-sync-ms`), and only if some appended record is neither
+//! acknowledged nor synced yet. With the database up, almost nothing is synced; with it down,
+//! one fdatasync per second covers every report older than a second. `--spool-sync-ms 0` syncs
+//! every append, for those who prefer the wear to the one-second window.
+//!
+//! On open, the last segment is scanned; a torn or corrupt tail (a crash mid-write, or blocks
+//! of zeros after power loss) fails its length or CRC check and is cut off, never fatal.
+//!
+//! # Bounds and disk faults
+//!
+//! `max_bytes` caps the files; beyond it the oldest segment is deleted and its undelivered
+//! reports counted as dropped. When a write fails (disk full, read-only, I/O error), the report
+//! is kept in a bounded in-memory queue and the next append tries the disk again, moving the
+//! queue there once it works.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Frame header: length and CRC.
+const HEADER: u64 = 8;
+/// No report comes near this; a larger length is corruption.
+const MAX_RECORD: u32 = 16 * 1024 * 1024;
+/// How often the delivered position is written down.
+pub const CURSOR_EVERY: Duration = Duration::from_secs(5);
+/// Reports kept in memory while the disk cannot be written (about 7 hours at 2 Hz).
+pub const MEMORY_MAX: usize = 50_000;
+/// Largest segment file.
+const SEGMENT_MAX: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot use the spool directory {dir}: {source}")]
+    Dir { dir: PathBuf, source: io::Error },
+    #[error("spool I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// A place in the spool: segment id and byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    len: u64,
+    records: u64,
+    /// Records of this segment before the delivered position.
+    acked: u64,
+}
+
+/// Settings of a spool.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub max_bytes: u64,
+    /// Zero syncs every append.
+    pub sync_interval: Duration,
+}
+
+/// Where a batch came from, so it can be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSource {
+    Disk { segment: u64, end: u64 },
+    Memory,
+}
+
+/// Reports handed to the sender, oldest first.
+#[derive(Debug)]
+pub struct Batch {
+    pub source: BatchSource,
+    pub records: Vec<Vec<u8>>,
+}
+
+/// What opening found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Undelivered reports found (the backlog).
+    pub pending: u64,
+    /// Bytes cut from a torn tail.
+    pub torn_bytes: u64,
+}
+
+/// What an append did beyond appending.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Undelivered reports deleted to stay under the cap.
+    pub dropped: u64,
+    /// The disk write failed; the report is held in memory.
+    pub disk_error: Option<String>,
+    /// Reports moved from memory to disk because the disk works again.
+    pub recovered_from_memory: u64,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    options: SpoolOptions,
+    segment_max: u64,
+    segments: VecDeque<Segment>,
+    writer: Option<File>,
+    ack: Position,
+    read: Position,
+    reader: Option<(u64, u64, BufReader<File>)>,
+    memory: VecDeque<Vec<u8>>,
+    memory_in_flight: usize,
+    /// Appended but neither synced nor known to be delivered, since this instant.
+    owed_since: Option<Instant>,
+    synced: Position,
+    cursor_written: Position,
+    cursor_at: Option<Instant>,
+    pub dropped_total: u64,
+}
+
+fn segment_name(id: u64) -> String {
+    format!("segment-{id:016}.spool")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("segment-")?
+        .strip_suffix(".spool")?
+        .parse()
+        .ok()
+}
+
+/// Encode one frame.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + HEADER as usize);
+    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    f.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Read the next frame; `Ok(None)` at a clean end, `Err` on a torn or corrupt frame.
+fn read_frame(r: &mut impl Read, remaining: u64) -> Result<Option<Vec<u8>>, &'static str> {
+    if remaining == 0 {
+        return Ok(None);
+    }
+    if remaining < HEADER {
+        return Err("truncated header");
+    }
+    let mut h = [0u8; HEADER as usize];
+    r.read_exact(&mut h).map_err(|_| "truncated header")?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len == 0 || len > MAX_RECORD {
+        return Err("bad length");
+    }
+    if u64::from(len) > remaining - HEADER {
+        return Err("truncated record");
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).map_err(|_| "truncated record")?;
+    if crc32fast::hash(&payload) != crc {
+        return Err("checksum mismatch");
+    }
+    Ok(Some(payload))
+}
+
+/// Count the valid records of a segment file, the offset where they end, and how many lie
+/// before `ack_offset`.
+fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<(u64, u64, u64)> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(64 * 1024, file);
+    let (mut offset, mut records, mut acked) = (0u64, 0u64, 0u64);
+    while let Ok(Some(p)) = read_frame(&mut r, size - offset) {
+        if ack_offset.is_some_and(|a| offset < a) {
+            acked += 1;
+        }
+        offset += HEADER + p.len() as u64;
+        records += 1;
+    }
+    Ok((records, offset, acked))
+}
+
+fn read_cursor(dir: &Path) -> Option<Position> {
+    let text = fs::read_to_string(dir.join("acked")).ok()?;
+    let mut it = text.split_whitespace();
+    if it.next()? != "v1" {
+        return None;
+    }
+    Some(Position {
+        segment: it.next()?.parse().ok()?,
+        offset: it.next()?.parse().ok()?,
+    })
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A read-only look at a spool directory (for `status`; safe while the agent runs).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SpoolSummary {
+    pub pending: u64,
+    pub bytes: u64,
+    pub segments: usize,
+    /// The first undelivered report's payload.
+    pub oldest: Option<Vec<u8>>,
+}
+
+pub fn summarize(dir: &Path) -> io::Result<SpoolSummary> {
+    let ack = read_cursor(dir).unwrap_or_default();
+    let mut s = SpoolSummary::default();
+    for id in list_segments(dir)? {
+        let path = dir.join(segment_name(id));
+        let size = fs::metadata(&path)?.len();
+        s.bytes += size;
+        s.segments += 1;
+        if id < ack.segment {
+            continue;
+        }
+        let start = if id == ack.segment { ack.offset } else { 0 };
+        let mut r = BufReader::new(File::open(&path)?);
+        let (records, _, acked) = scan(&path, (id == ack.segment).then_some(start))?;
+        s.pending += records - acked;
+        if s.oldest.is_none() && records > acked && start <= size {
+            r.seek(SeekFrom::Start(start))?;
+            s.oldest = read_frame(&mut r, size - start).ok().flatten();
+        }
+    }
+    Ok(s)
+}
+
+impl Spool {
+    /// Open (creating) the spool in `dir`, recovering from a crash.
+    pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, OpenReport), SpoolError> {
+        let dir_err = |source| SpoolError::Dir {
+            dir: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(dir_err)?;
+        let ids = list_segments(dir).map_err(dir_err)?;
+        let mut ack = read_cursor(dir).unwrap_or_default();
+        let mut report = OpenReport::default();
+        let mut segments = VecDeque::new();
+        let last = ids.last().copied();
+        for id in ids {
+            let path = dir.join(segment_name(id));
+            let io_err = |source| SpoolError::Io {
+                path: path.clone(),
+                source,
+            };
+            if id < ack.segment {
+                // Delivered before the last run ended.
+                fs::remove_file(&path).map_err(io_err)?;
+                continue;
+            }
+            let size = fs::metadata(&path).map_err(io_err)?.len();
+            let (records, valid, acked) =
+                scan(&path, (id == ack.segment).then_some(ack.offset)).map_err(io_err)?;
+            if valid < size {
+                report.torn_bytes += size - valid;
+                if Some(id) == last {
+                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
+                    f.set_len(valid).map_err(io_err)?;
+                    f.sync_all().map_err(io_err)?;
+                }
+            }
+            report.pending += records - acked;
+            segments.push_back(Segment {
+                id,
+                len: valid,
+                records,
+                acked,
+            });
+        }
+        if ack.segment < segments.front().map_or(0, |s| s.id) {
+            ack = Position {
+                segment: segments.front().map_or(0, |s| s.id),
+                offset: 0,
+            };
+        }
+        let segment_max = (options.max_bytes / 8).clamp(4096, SEGMENT_MAX);
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            options,
+            segment_max,
+            segments,
+            writer: None,
+            ack,
+            read: ack,
+            reader: None,
+            memory: VecDeque::new(),
+            memory_in_flight: 0,
+            owed_since: None,
+            synced: Position::default(),
+            cursor_written: ack,
+            cursor_at: None,
+            dropped_total: 0,
+        };
+        spool.synced = spool.end();
+        if spool.segments.is_empty() {
+            spool.new_segment(ack.segment.max(1))?;
+            spool.ack = Position {
+                segment: ack.segment.max(1),
+                offset: 0,
+            };
+            spool.read = spool.ack;
+            spool.synced = spool.end();
+        }
+        Ok((spool, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn end(&self) -> Position {
+        self.segments
+            .back()
+            .map(|s| Position {
+                segment: s.id,
+                offset: s.len,
+            })
+            .unwrap_or_default()
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(segment_name(id))
+    }
+
+    fn new_segment(&mut self, id: u64) -> Result<(), SpoolError> {
+        let path = self.path(id);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| SpoolError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.writer = Some(file);
+        if self.segments.back().map(|s| s.id) != Some(id) {
+            self.segments.push_back(Segment {
+                id,
+                len,
+                records: 0,
+                acked: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Undelivered reports, on disk and in memory.
+    pub fn pending(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.records - s.acked)
+            .sum::<u64>()
+            + self.memory.len() as u64
+    }
+
+    /// Bytes of segment files.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Append one report. Never fails: a disk error keeps the report in memory and is
+    /// reported in the outcome.
+    pub fn append(&mut self, payload: &[u8], now: Instant) -> AppendOutcome {
+        let mut out = AppendOutcome::default();
+        match self.write_frame(payload) {
+            Ok(()) => {
+                // The disk works: move what waited in memory (not what is being sent).
+                while self.memory.len() > self.memory_in_flight {
+                    let p = self
+                        .memory
+                        .remove(self.memory_in_flight)
+                        .expect("len checked");
+                    if self.write_frame(&p).is_err() {
+                        self.memory.insert(self.memory_in_flight, p);
+                        break;
+                    }
+                    out.recovered_from_memory += 1;
+                }
+            }
+            Err(e) => {
+                out.disk_error = Some(e.to_string());
+                self.writer = None;
+                if self.memory.len() >= MEMORY_MAX && self.memory.len() > self.memory_in_flight {
+                    self.memory.remove(self.memory_in_flight);
+                    out.dropped += 1;
+                }
+                self.memory.push_back(payload.to_vec());
+            }
+        }
+        if self.owed_since.is_none() && self.end() > self.ack.max(self.synced) {
+            self.owed_since = Some(now);
+        }
+        if self.options.sync_interval.is_zero() {
+            let _ = self.sync();
+        }
+        out.dropped += self.enforce_cap();
+        self.dropped_total += out.dropped;
+        out
+    }
+
+    fn write_frame(&mut self, payload: &[u8]) -> Result<(), SpoolError> {
+        let active = self.end();
+        if self.writer.is_none() {
+            // After an error (or a restart), start a fresh segment so a partial frame left by a
+            // failed write is never followed by good ones; an empty last segment is reused.
+            let next = if active.offset == 0 && active.segment > 0 {
+                active.segment
+            } else {
+                active.segment + 1
+            };
+            self.new_segment(next)?;
+        } else if active.offset >= self.segment_max {
+            self.sync_if_owed()?;
+            self.new_segment(active.segment + 1)?;
+        }
+        let id = self.end().segment;
+        let path = self.path(id);
+        let bytes = frame(payload);
+        let writer = self.writer.as_mut().expect("opened above");
+        if let Err(source) = writer.write_all(&bytes) {
+            let seg_len = self.segments.back().map_or(0, |s| s.len);
+            let _ = writer.set_len(seg_len);
+            self.writer = None;
+            return Err(SpoolError::Io { path, source });
+        }
+        let seg = self.segments.back_mut().expect("segment exists");
+        seg.len += bytes.len() as u64;
+        seg.records += 1;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if let Some(w) = &self.writer {
+            w.sync_data()?;
+        }
+        self.synced = self.end();
+        self.owed_since = None;
+        Ok(())
+    }
+
+    fn sync_if_owed(&mut self) -> Result<(), SpoolError> {
+        if self.end() > self.ack.max(self.synced) {
+            let path = self.path(self.end().segment);
+            self.sync()
+                .map_err(|source| SpoolError::Io { path, source })?;
+        }
+        self.owed_since = None;
+        Ok(())
+    }
+
+    /// Called on every tick: sync if something has been owed for `sync_interval`, and write
+    /// down the delivered position every [`CURSOR_EVERY`].
+    pub fn maintain(&mut self, now: Instant) -> Result<(), SpoolError> {
+        if self
+            .owed_since
+            .is_some_and(|t| now.duration_since(t) >= self.options.sync_interval)
+        {
+            self.sync_if_owed()?;
+        }
+        if self.ack != self.cursor_written
+            && self
+                .cursor_at
+                .is_none_or(|t| now.duration_since(t) >= CURSOR_EVERY)
+        {
+            self.write_cursor()?;
+            self.cursor_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Flush everything owed and the cursor (on shutdown).
+    pub fn close(&mut self) -> Result<(), SpoolError> {
+        self.sync_if_owed()?;
+        self.write_cursor()
+    }
+
+    fn write_cursor(&mut self) -> Result<(), SpoolError> {
+        let tmp = self.dir.join("acked.tmp");
+        let path = self.dir.join("acked");
+        let text = format!("v1 {} {}\n", self.ack.segment, self.ack.offset);
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|source| SpoolError::Io { path, source })?;
+        self.cursor_written = self.ack;
+        Ok(())
+    }
+
+    /// Delete oldest segments while over the cap; returns undelivered reports dropped.
+    fn enforce_cap(&mut self) -> u64 {
+        let mut dropped = 0;
+        while self.bytes() > self.options.max_bytes && self.segments.len() > 1 {
+            let seg = self.segments.pop_front().expect("more than one");
+            dropped += seg.records - seg.acked;
+            let _ = fs::remove_file(self.path(seg.id));
+            let next = self.segments.front().expect("more than one").id;
+            if self.ack.segment <= seg.id {
+                self.ack = Position {
+                    segment: next,
+                    offset: 0,
+                };
+            }
+            if self.read < self.ack {
+                self.read = self.ack;
+                self.reader = None;
+            }
+        }
+        dropped
+    }
+
+    /// The next undelivered reports after those already handed out, at most `max` and never
+    /// across a segment boundary; an empty batch when there is nothing to send.
+    pub fn next_batch(&mut self, max: usize) -> Result<Batch, SpoolError> {
+        // Find the first segment with unread records at or after the read position.
+        let mut found = None;
+        while let Some(seg) = self.segments.iter().find(|s| s.id >= self.read.segment) {
+            if seg.id > self.read.segment {
+                self.read = Position {
+                    segment: seg.id,
+                    offset: 0,
+                };
+            }
+            if self.read.offset < seg.len {
+                found = Some((seg.id, seg.len));
+                break;
+            }
+            if seg.id == self.end().segment {
+                break;
+            }
+            self.read = Position {
+                segment: seg.id + 1,
+                offset: 0,
+            };
+        }
+        if let Some((id, limit)) = found {
+            {
+                let path = self.path(id);
+                let io_err = |source| SpoolError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let reuse = matches!(&self.reader, Some((rid, pos, _)) if *rid == id && *pos == self.read.offset);
+                if !reuse {
+                    let mut f = File::open(&path).map_err(io_err)?;
+                    f.seek(SeekFrom::Start(self.read.offset)).map_err(io_err)?;
+                    self.reader = Some((
+                        id,
+                        self.read.offset,
+                        BufReader::with_capacity(256 * 1024, f),
+                    ));
+                }
+                let (_, pos, r) = self.reader.as_mut().expect("set above");
+                let mut records = Vec::new();
+                while records.len() < max && *pos < limit {
+                    match read_frame(r, limit - *pos) {
+                        Ok(Some(p)) => {
+                            *pos += HEADER + p.len() as u64;
+                            records.push(p);
+                        }
+                        Ok(None) => break,
+                        Err(why) => {
+                            return Err(SpoolError::Io {
+                                path: path.clone(),
+                                source: io::Error::new(io::ErrorKind::InvalidData, why),
+                            })
+                        }
+                    }
+                }
+                self.read.offset = *pos;
+                return Ok(Batch {
+                    source: BatchSource::Disk {
+                        segment: id,
+                        end: *pos,
+                    },
+                    records,
+                });
+            }
+        }
+        // Disk is drained: send what waits in memory.
+        let start = self.memory_in_flight;
+        let n = (self.memory.len() - start).min(max);
+        let records: Vec<Vec<u8>> = self.memory.iter().skip(start).take(n).cloned().collect();
+        self.memory_in_flight += n;
+        Ok(Batch {
+            source: BatchSource::Memory,
+            records,
+        })
+    }
+
+    /// The database acknowledged this batch (batches are acknowledged in the order handed out).
+    pub fn ack(&mut self, batch: &Batch) {
+        match batch.source {
+            BatchSource::Memory => {
+                let n = batch.records.len().min(self.memory.len());
+                self.memory.drain(..n);
+                self.memory_in_flight = self.memory_in_flight.saturating_sub(n);
+            }
+            BatchSource::Disk { segment, end } => {
+                let pos = Position {
+                    segment,
+                    offset: end,
+                };
+                if pos <= self.ack {
+                    // Dropped by the cap while in flight.
+                    return;
+                }
+                if let Some(seg) = self.segments.iter_mut().find(|s| s.id == segment) {
+                    seg.acked = (seg.acked + batch.records.len() as u64).min(seg.records);
+                }
+                self.ack = pos;
+                if self.owed_since.is_some() && self.ack >= self.end() {
+                    self.owed_since = None;
+                }
+                // Delete segments that are wholly delivered (never the active one).
+                while self.segments.len() > 1 {
+                    let front = &self.segments[0];
+                    let done = front.id < self.ack.segment
+                        || (front.id == self.ack.segment && self.ack.offset >= front.len);
+                    if !done {
+                        break;
+                    }
+                    let id = front.id;
+                    self.segments.pop_front();
+                    let _ = fs::remove_file(self.path(id));
+                    let next = self.segments[0].id;
+                    if self.ack.segment <= id {
+                        self.ack = Position {
+                            segment: next,
+                            offset: 0,
+                        };
+                    }
+                }
+                if self.read < self.ack {
+                    self.read = self.ack;
+                    self.reader = None;
+                }
+            }
+        }
+    }
+
+    /// An insert failed: hand the same reports out again.
+    pub fn rewind(&mut self) {
+        self.read = self.ack;
+        self.reader = None;
+        self.memory_in_flight = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(max: u64) -> SpoolOptions {
+        SpoolOptions {
+            max_bytes: max,
+            sync_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn payload(i: u32) -> Vec<u8> {
+        let mut p = format!("report-{i:06}-").into_bytes();
+        p.resize(100, b'x');
+        p
+    }
+
+    fn drain(s: &mut Spool) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        loop {
+            let b = s.next_batch(7).unwrap();
+            if b.records.is_empty() {
+                return all;
+            }
+            s.ack(&b);
+            all.extend(b.records);
+        }
+    }
+
+    // Appended reports come back in order, and acknowledged ones never again, across reopen.
+    #[test]
+    fn delivers_in_order_and_remembers_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(r.pending, 0);
+        for i in 0..50 {
+            s.append(&payload(i), now);
+        }
+        let b = s.next_batch(20).unwrap();
+        assert_eq!(b.records[0], payload(0));
+        s.ack(&b);
+        s.close().unwrap();
+        drop(s);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(r.pending, 30);
+        let rest = drain(&mut s);
+        assert_eq!(rest, (20..50).map(payload).collect::<Vec<_>>());
+        assert_eq!(s.pending(), 0);
+    }
+
+    // A failed insert rewinds: the same reports are handed out again.
+    #[test]
+    fn rewind_resends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..5 {
+            s.append(&payload(i), Instant::now());
+        }
+        let b = s.next_batch(3).unwrap();
+        s.rewind();
+        assert_eq!(s.next_batch(3).unwrap().records, b.records);
+    }
+
+    // A torn last record (crash mid-write) is cut off at open; the good ones survive.
+    #[test]
+    fn torn_tail_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..3 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        let seg = dir.path().join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&frame(&payload(3))[..50]).unwrap();
+        drop(f);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(r.pending, 3);
+        assert_eq!(r.torn_bytes, 50);
+        s.append(&payload(4), Instant::now());
+        assert_eq!(
+            drain(&mut s),
+            vec![payload(0), payload(1), payload(2), payload(4)]
+        );
+    }
+
+    // Zero-filled blocks after power loss fail the length check, not the process.
+    #[test]
+    fn zeroed_tail_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        s.append(&payload(0), Instant::now());
+        drop(s);
+        let seg = dir.path().join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        drop(f);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!((r.pending, r.torn_bytes), (1, 4096));
+        assert_eq!(drain(&mut s), vec![payload(0)]);
+    }
+
+    // Over the cap, the oldest reports are dropped and counted; the newest are kept.
+    #[test]
+    fn cap_drops_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = 64 * 1024;
+        let (mut s, _) = Spool::open(dir.path(), opts(max)).unwrap();
+        let mut dropped = 0;
+        for i in 0..2000 {
+            dropped += s.append(&payload(i), Instant::now()).dropped;
+        }
+        assert!(s.bytes() <= max, "{} > {max}", s.bytes());
+        assert!(dropped > 0);
+        assert_eq!(dropped, s.dropped_total);
+        let rest = drain(&mut s);
+        assert_eq!(rest.len() as u64 + dropped, 2000);
+        assert_eq!(rest.last().unwrap(), &payload(1999));
+        assert_eq!(rest[0], payload(dropped as u32));
+    }
+
+    // A summary taken from outside matches the spool's own count and finds the oldest report.
+    #[test]
+    fn summary_reads_depth_and_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        let b = s.next_batch(4).unwrap();
+        s.ack(&b);
+        s.close().unwrap();
+        let sum = summarize(dir.path()).unwrap();
+        assert_eq!(sum.pending, 6);
+        assert_eq!(sum.oldest.unwrap(), payload(4));
+    }
+}

@@ -1,0 +1,154 @@
+//! `status.json`, written by the running agent next to its spool, and the `status` command
+//! that combines it with a read-only look at the spool.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::iso_millis;
+use crate::sink::spool;
+
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SensorStatus {
+    pub name: String,
+    pub ok: bool,
+    pub consecutive_failures: u64,
+    pub total_failures: u64,
+}
+
+/// What the agent last wrote about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub updated_ms: i64,
+    pub samples: u64,
+    pub reports: u64,
+    pub skipped_samples: u64,
+    pub missed_slots: u64,
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub pending: u64,
+    pub last_insert_ms: Option<i64>,
+    pub connected: Option<bool>,
+    pub last_error: Option<String>,
+    pub sensors: Vec<SensorStatus>,
+}
+
+impl Status {
+    /// Write atomically (temporary file, rename) so a reader never sees half a file.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn read(path: &Path) -> Option<Status> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn age(ms: i64, now: i64) -> String {
+    let s = (now - ms).max(0) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        7200..=172_799 => format!("{:.1} h ago", s as f64 / 3600.0),
+        _ => format!("{:.1} days ago", s as f64 / 86400.0),
+    }
+}
+
+fn when(ms: i64, now: i64) -> String {
+    format!("{} ({})", iso_millis(ms).unwrap_or_default(), age(ms, now))
+}
+
+/// The text `sensehat-monitor status` prints.
+pub fn render(dir: &Path) -> std::io::Result<String> {
+    let now = now_ms();
+    let summary = spool::summarize(dir)?;
+    let status = Status::read(&dir.join(STATUS_FILE));
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22}{v}\n"));
+    line("spool", dir.display().to_string());
+    line(
+        "unsent reports",
+        format!(
+            "{} ({} bytes in {} segment files)",
+            summary.pending, summary.bytes, summary.segments
+        ),
+    );
+    let oldest = summary
+        .oldest
+        .as_deref()
+        .and_then(|b| mongodb::bson::Document::from_reader(&mut &b[..]).ok())
+        .and_then(|d| {
+            d.get_datetime("recordedAt")
+                .ok()
+                .map(|t| t.timestamp_millis())
+        });
+    line(
+        "oldest unsent",
+        oldest.map_or_else(|| "none".to_owned(), |ms| when(ms, now)),
+    );
+    match status {
+        None => line(
+            "agent",
+            "no status file yet (has the agent run with this --spool-dir?)".into(),
+        ),
+        Some(s) => {
+            line("status written", when(s.updated_ms, now));
+            line(
+                "database",
+                match s.connected {
+                    Some(true) => "connected".into(),
+                    Some(false) => {
+                        format!("unreachable: {}", s.last_error.as_deref().unwrap_or("?"))
+                    }
+                    None => "not contacted yet".into(),
+                },
+            );
+            line(
+                "last insert",
+                s.last_insert_ms
+                    .map_or_else(|| "never".to_owned(), |ms| when(ms, now)),
+            );
+            line(
+                "samples",
+                format!(
+                    "{} taken, {} reports, {} skipped (sensor faults), {} slots missed",
+                    s.samples, s.reports, s.skipped_samples, s.missed_slots
+                ),
+            );
+            line(
+                "delivery",
+                format!(
+                    "{} delivered ({} were already present), {} refused, {} dropped (spool full)",
+                    s.delivered, s.duplicates, s.rejected, s.dropped
+                ),
+            );
+            for sensor in &s.sensors {
+                line(
+                    &format!("sensor {}", sensor.name),
+                    if sensor.ok {
+                        format!("ok ({} failures in total)", sensor.total_failures)
+                    } else {
+                        format!("FAILING ({} in a row)", sensor.consecutive_failures)
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
