@@ -1,0 +1,171 @@
+//! The agent binary end to end: dry-run output, the MongoDB schema, the LED, and errors.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{agent_bin, unique_name, MongoServer};
+use mongodb::bson::{spec::ElementType, Document};
+
+// --dry-run prints N lines of relaxed Extended JSON with the stored field order, and exits 0.
+#[test]
+fn dry_run_prints_relaxed_extended_json() {
+    let out = Command::new(agent_bin())
+        .args(["--sensors", "sim", "--dry-run", "--count", "5", "--interval-ms", "20", "--node-name", "pi-test"])
+        .env_remove("MONGODB_CONNECTION_STRING")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5);
+    let mut ids = std::collections::HashSet::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let obj = v.as_object().unwrap();
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["_id", "nodeName", "humidity", "temperature", "pressure", "isMoving", "acceleration", "recordedAt"]
+        );
+        let oid = obj["_id"]["$oid"].as_str().unwrap();
+        assert_eq!(oid.len(), 24);
+        assert!(ids.insert(oid.to_owned()));
+        assert_eq!(obj["nodeName"], "pi-test");
+        let h = obj["humidity"].as_f64().unwrap();
+        let t = obj["temperature"].as_f64().unwrap();
+        let p = obj["pressure"].as_f64().unwrap();
+        assert!((30.0..55.0).contains(&h), "humidity {h}");
+        assert!((15.0..30.0).contains(&t), "temperature {t}");
+        assert!((1000.0..1030.0).contains(&p), "pressure {p}");
+        assert!(obj["isMoving"].is_boolean());
+        for axis in ["x", "y", "z"] {
+            assert!(obj["acceleration"][axis].is_f64());
+        }
+        let date = obj["recordedAt"]["$date"].as_str().unwrap();
+        // 2026-11-25T18:50:00.123Z
+        assert_eq!(date.len(), 24, "{date}");
+        assert!(date.ends_with('Z'));
+        // The line parses back into the same document through the BSON crate.
+        let doc: Document = mongodb::bson::Bson::try_from(v.clone())
+            .unwrap()
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(doc.get("_id").unwrap().element_type(), ElementType::ObjectId);
+        assert_eq!(doc.get("recordedAt").unwrap().element_type(), ElementType::DateTime);
+    }
+    // Logs go to stderr only.
+    assert!(!text.contains("INFO"));
+}
+
+// Without a connection string and without --dry-run: non-zero exit and a message saying how.
+#[test]
+fn missing_connection_string_says_how_to_give_one() {
+    let out = Command::new(agent_bin())
+        .args(["--sensors", "sim", "--count", "1"])
+        .env_remove("MONGODB_CONNECTION_STRING")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MONGODB_CONNECTION_STRING"), "{err}");
+    assert!(err.contains("--dry-run"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+// Without a Sense HAT the real board fails fast with a message naming the bus.
+#[test]
+fn missing_sense_hat_fails_fast() {
+    let out = Command::new(agent_bin())
+        .args(["--dry-run", "--i2c-bus", "/dev/i2c-nonexistent", "--count", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/dev/i2c-nonexistent"), "{err}");
+    assert!(err.contains("raspi-config"), "{err}");
+}
+
+// The logo is written to the LED device as RGB565 at start, and the matrix is cleared on exit.
+#[test]
+fn led_shows_logo_then_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = dir.path().join("fb1");
+    std::fs::write(&fb, [0u8; 128]).unwrap();
+    let mut child = Command::new(agent_bin())
+        .args(["--sensors", "sim", "--dry-run", "--interval-ms", "50", "--led-device"])
+        .arg(&fb)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logo = sensehat_monitor::led::Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
+        .unwrap()
+        .to_fb_bytes(sensehat_monitor::led::Rotation::R0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read(&fb).unwrap() != logo {
+        assert!(std::time::Instant::now() < deadline, "logo never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::signal(&child, 15);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read(&fb).unwrap(), vec![0u8; 128]);
+}
+
+// --sensors sim --count 10 stores 10 reports with exactly the original BSON types.
+#[tokio::test(flavor = "multi_thread")]
+async fn stores_reports_with_the_original_bson_types() {
+    let server = MongoServer::start();
+    let db = unique_name("agent");
+    let spool = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(agent_bin())
+        .args(["--sensors", "sim", "--count", "10", "--interval-ms", "50", "--database", &db])
+        .arg("--spool-dir")
+        .arg(spool.path())
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let client = server.client().await;
+    let coll = client.database(&db).collection::<Document>("reports");
+    let mut cursor = coll.find(mongodb::bson::doc! {}).await.unwrap();
+    let mut docs = Vec::new();
+    while cursor.advance().await.unwrap() {
+        docs.push(cursor.deserialize_current().unwrap());
+    }
+    assert_eq!(docs.len(), 10);
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    for d in &docs {
+        let types: Vec<(&str, ElementType)> = d.iter().map(|(k, v)| (k.as_str(), v.element_type())).collect();
+        assert_eq!(
+            types,
+            [
+                ("_id", ElementType::ObjectId),
+                ("nodeName", ElementType::String),
+                ("humidity", ElementType::Double),
+                ("temperature", ElementType::Double),
+                ("pressure", ElementType::Double),
+                ("isMoving", ElementType::Boolean),
+                ("acceleration", ElementType::EmbeddedDocument),
+                ("recordedAt", ElementType::DateTime),
+            ]
+        );
+        let acc = d.get_document("acceleration").unwrap();
+        let acc_types: Vec<(&str, ElementType)> = acc.iter().map(|(k, v)| (k.as_str(), v.element_type())).collect();
+        assert_eq!(
+            acc_types,
+            [("x", ElementType::Double), ("y", ElementType::Double), ("z", ElementType::Double)]
+        );
+        assert_eq!(d.get_str("nodeName").unwrap(), host);
+    }
+    // Samples are 50 ms apart on the schedule.
+    let mut times: Vec<i64> = docs.iter().map(|d| d.get_datetime("recordedAt").unwrap().timestamp_millis()).collect();
+    times.sort();
+    let span = times[9] - times[0];
+    assert!((400..=2000).contains(&span), "10 samples at 50 ms spanned {span} ms");
+    client.database(&db).drop().await.unwrap();
+}

@@ -1,0 +1,206 @@
+//! Shared helpers for the integration tests: a real MongoDB wire-protocol server (SecantusDB,
+//! installed by .ci/run into .venv-test) started on a free port, and the agent binary.
+//!
+//! Set `MONGODB_TEST_URI` to run against a real mongod or Atlas instead; each test then uses its
+//! own database name, and tests that must stop the server are skipped with a message.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// The SecantusDB launcher: `$SECANTUSD`, else `.venv-test/bin/secantusd-py` in the package,
+/// else `secantusd-py` on PATH.
+pub fn secantusd() -> PathBuf {
+    if let Some(p) = std::env::var_os("SECANTUSD") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-test/bin/secantusd-py");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("secantusd-py")
+}
+
+/// A unique name for a test's database.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}_{:x}", std::process::id(), fastrand::u64(..))
+}
+
+pub struct MongoServer {
+    pub uri: String,
+    pub port: u16,
+    storage: Option<PathBuf>,
+    child: Option<Child>,
+    /// Whether this process owns the server (false with MONGODB_TEST_URI).
+    pub owned: bool,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl MongoServer {
+    /// A server for one test: MONGODB_TEST_URI if set, else a fresh in-memory SecantusDB.
+    pub fn start() -> MongoServer {
+        if let Ok(uri) = std::env::var("MONGODB_TEST_URI") {
+            return MongoServer {
+                uri,
+                port: 0,
+                storage: None,
+                child: None,
+                owned: false,
+                _tmp: None,
+            };
+        }
+        Self::start_owned(None)
+    }
+
+    /// A server of our own whose data survives restarts (for outage tests). None when
+    /// MONGODB_TEST_URI points elsewhere: such tests cannot stop a shared server.
+    pub fn start_persistent() -> Option<MongoServer> {
+        if std::env::var_os("MONGODB_TEST_URI").is_some() {
+            eprintln!("skipping: this test stops and starts its own server");
+            return None;
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut s = Self::start_owned(Some(tmp.path().join("db")));
+        s._tmp = Some(tmp);
+        Some(s)
+    }
+
+    /// A persistent server on a port, not started yet (for "server down at start" tests).
+    pub fn not_started() -> Option<MongoServer> {
+        if std::env::var_os("MONGODB_TEST_URI").is_some() {
+            eprintln!("skipping: this test stops and starts its own server");
+            return None;
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        Some(MongoServer {
+            uri: Self::uri_for(port),
+            port,
+            storage: Some(tmp.path().join("db")),
+            child: None,
+            owned: true,
+            _tmp: Some(tmp),
+        })
+    }
+
+    fn uri_for(port: u16) -> String {
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true")
+    }
+
+    fn start_owned(storage: Option<PathBuf>) -> MongoServer {
+        let port = free_port();
+        let mut s = MongoServer {
+            uri: Self::uri_for(port),
+            port,
+            storage,
+            child: None,
+            owned: true,
+            _tmp: None,
+        };
+        s.launch();
+        s
+    }
+
+    /// Start (or start again) the server process on its port.
+    pub fn launch(&mut self) {
+        assert!(self.owned && self.child.is_none());
+        let storage = self
+            .storage
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ":memory:".to_owned());
+        let child = Command::new(secantusd())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--storage-path", &storage, "--log-level", "WARNING"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e}. Run `bash .ci/run` once (it installs SecantusDB into .venv-test), \
+                     or set MONGODB_TEST_URI",
+                    secantusd().display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "MongoDB test server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop the server process (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// A client for checking what arrived.
+    pub async fn client(&self) -> mongodb::Client {
+        mongodb::Client::with_uri_str(&self.uri)
+            .await
+            .expect("test client")
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The agent binary built for this test run.
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sensehat-monitor")
+}
+
+/// Wait until `f` is true, polling; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Send a signal to a child process by number (15 TERM, 9 KILL, 2 INT).
+pub fn signal(child: &Child, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
