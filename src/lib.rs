@@ -12,11 +12,17 @@
 //! - [`status`]: `status.json` and the `status` command.
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! - `forwarder` (feature `forwarder`): the MongoDB change stream to Kinesis forwarder.
+//! - `firehose_local` (feature `forwarder`): a local Kinesis Data Firehose HTTP-endpoint delivery simulator.
 
 pub mod agent;
 pub mod board;
 pub mod config;
 pub mod drivers;
+#[cfg(feature = "forwarder")]
+pub mod firehose_local;
+#[cfg(feature = "forwarder")]
+pub mod forwarder;
 pub mod led;
 pub mod report;
 pub mod shutdown;

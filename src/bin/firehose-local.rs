@@ -1,0 +1,45 @@
+//! `firehose-local`: a local Kinesis Data Firehose HTTP-endpoint delivery stream.
+//! See `sensehat_monitor::firehose_local` and the README section "The full pipeline".
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::error;
+
+use sensehat_monitor::firehose_local::{self, Cli};
+use sensehat_monitor::forwarder::kinesis::client_from_env;
+use sensehat_monitor::shutdown::shutdown_signal;
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let access_key = std::env::var("FIREHOSE_ACCESS_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let config = match cli.delivery_config(access_key) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let kinesis = client_from_env(cli.kinesis_endpoint_url.as_deref()).await;
+    match firehose_local::run(kinesis, &cli, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `kinesis-forwarder`: forward a MongoDB collection's change stream to a Kinesis data stream.
+//! See `sensehat_monitor::forwarder` and the README section "The full pipeline".
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::error;
+
+use sensehat_monitor::forwarder::kinesis::AwsKinesis;
+use sensehat_monitor::forwarder::{self, Cli};
+use sensehat_monitor::shutdown::shutdown_signal;
+use sensehat_monitor::sink::mongo::connect;
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let client = match connect(&cli.mongodb_uri, "kinesis-forwarder").await {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let kinesis = AwsKinesis::from_env(cli.kinesis_endpoint_url.as_deref()).await;
+    match forwarder::run(&client, &kinesis, &cli.options(), shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

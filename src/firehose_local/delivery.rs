@@ -1,0 +1,303 @@
+//! Delivering one batch: the HTTP request with Firehose's headers, retries on the retry clock,
+//! and the error output once the retry duration is used up.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::protocol::{self, Failure, RetryClock};
+use super::reader::{now_ms, Arrived};
+
+/// Where and how batches are delivered.
+#[derive(Clone)]
+pub struct DeliveryConfig {
+    pub destination_url: String,
+    /// Sent verbatim in X-Amz-Firehose-Access-Key; never logged.
+    pub access_key: Option<String>,
+    pub source_arn: String,
+    pub common_attributes: Vec<(String, String)>,
+    pub gzip: bool,
+    pub retry_duration: Duration,
+    pub request_timeout: Duration,
+    pub error_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DeliveryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryConfig")
+            .field("destination_url", &self.destination_url)
+            .field(
+                "access_key",
+                &self.access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("gzip", &self.gzip)
+            .field("retry_duration", &self.retry_duration)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one batch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered {
+        attempts: u32,
+    },
+    /// 413: permanent, not written to the error output.
+    Rejected413,
+    /// Retry duration used up; written to the error output (path) if configured.
+    Failed {
+        attempts: u32,
+        written: Option<PathBuf>,
+    },
+}
+
+/// The HTTP side of firehose-local.
+pub struct Delivery {
+    config: DeliveryConfig,
+    http: reqwest::Client,
+}
+
+enum Attempt {
+    Ok,
+    TooLarge,
+    Failed(Failure),
+}
+
+impl Delivery {
+    pub fn new(config: DeliveryConfig) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.request_timeout)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Delivery { config, http })
+    }
+
+    async fn attempt(&self, request_id: &str, body: &[u8]) -> Attempt {
+        let mut req = self
+            .http
+            .post(&self.config.destination_url)
+            .header("Content-Type", "application/json")
+            .header(
+                "X-Amz-Firehose-Protocol-Version",
+                protocol::PROTOCOL_VERSION,
+            )
+            .header("X-Amz-Firehose-Request-Id", request_id)
+            .header("X-Amz-Firehose-Source-Arn", &self.config.source_arn)
+            .body(body.to_vec());
+        if let Some(key) = &self.config.access_key {
+            req = req.header("X-Amz-Firehose-Access-Key", key);
+        }
+        if !self.config.common_attributes.is_empty() {
+            req = req.header(
+                "X-Amz-Firehose-Common-Attributes",
+                protocol::common_attributes_header(&self.config.common_attributes),
+            );
+        }
+        if self.config.gzip {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Attempt::Failed(Failure::new(
+                    "HttpEndpoint.RequestTimeout",
+                    "the endpoint did not answer in time",
+                ))
+            }
+            Err(e) => {
+                return Attempt::Failed(Failure::new(
+                    "HttpEndpoint.ConnectionFailed",
+                    format!("cannot reach the endpoint: {}", error_chain(&e)),
+                ))
+            }
+        };
+        let status = resp.status().as_u16();
+        if status == 413 {
+            return Attempt::TooLarge;
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type");
+        let content_encoding = header("content-encoding");
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > protocol::MAX_RESPONSE_BYTES {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Attempt::Failed(Failure::new(
+                        "HttpEndpoint.ConnectionReset",
+                        format!("reading the response failed: {}", error_chain(&e)),
+                    ))
+                }
+            }
+        }
+        match protocol::check_response(
+            request_id,
+            status,
+            content_type.as_deref(),
+            content_encoding.as_deref(),
+            &body,
+        ) {
+            Ok(()) => Attempt::Ok,
+            Err(f) => Attempt::Failed(f),
+        }
+    }
+
+    /// Deliver one batch: retry until success or the retry duration is used up.
+    pub async fn deliver(&self, batch: Vec<Arrived>) -> Outcome {
+        if batch.is_empty() {
+            return Outcome::Delivered { attempts: 0 };
+        }
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let records: Vec<Vec<u8>> = batch.iter().map(|a| a.data.clone()).collect();
+        let mut body = protocol::request_body(&request_id, now_ms(), &records);
+        if self.config.gzip {
+            body = gzip(&body);
+        }
+        let mut clock = RetryClock::new(self.config.retry_duration);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match self.attempt(&request_id, &body).await {
+                Attempt::Ok => {
+                    if attempts > 1 {
+                        info!(request_id = %request_id, records = batch.len(), attempts, "delivered after retries");
+                    } else {
+                        info!(request_id = %request_id, records = batch.len(), "delivered");
+                    }
+                    return Outcome::Delivered { attempts };
+                }
+                Attempt::TooLarge => {
+                    error!(
+                        request_id = %request_id,
+                        records = batch.len(),
+                        "the endpoint answered 413 (request too large): Firehose does not retry this nor write it to the error output; these records are LOST"
+                    );
+                    return Outcome::Rejected413;
+                }
+                Attempt::Failed(failure) => match clock.next_delay(protocol::jitter()) {
+                    Some(delay) => {
+                        if attempts == 1 {
+                            warn!(request_id = %request_id, code = failure.code, error = %failure.message, "delivery failed; retrying with back-off");
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => {
+                        let written = self.write_errors(&batch, &request_id, attempts, &failure);
+                        error!(
+                            request_id = %request_id,
+                            records = batch.len(),
+                            attempts,
+                            code = failure.code,
+                            error = %failure.message,
+                            error_file = ?written,
+                            "retry duration used up; batch not delivered"
+                        );
+                        return Outcome::Failed { attempts, written };
+                    }
+                },
+            }
+        }
+    }
+
+    /// Write the batch as error records (one JSON line each), atomically.
+    fn write_errors(
+        &self,
+        batch: &[Arrived],
+        request_id: &str,
+        attempts: u32,
+        failure: &Failure,
+    ) -> Option<PathBuf> {
+        let dir = self.config.error_dir.as_ref()?;
+        let ending = now_ms();
+        let mut text = String::new();
+        for a in batch {
+            let rec = protocol::error_record(
+                attempts,
+                a.arrival_ms,
+                failure,
+                ending,
+                &a.data,
+                request_id,
+            );
+            text.push_str(&rec.to_string());
+            text.push('\n');
+        }
+        match write_error_file(dir, ending, request_id, text.as_bytes()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                error!(dir = %dir.display(), error = %e, "cannot write the error output; the batch is LOST");
+                None
+            }
+        }
+    }
+}
+
+/// `DIR/http-endpoint-failed/YYYY/MM/DD/HH/firehose-local-YYYY-MM-DD-HH-MM-SS-<request id>`,
+/// the layout of Firehose's S3 error output.
+fn write_error_file(
+    dir: &Path,
+    at_ms: i64,
+    request_id: &str,
+    contents: &[u8],
+) -> std::io::Result<PathBuf> {
+    let t = time::OffsetDateTime::from_unix_timestamp(at_ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let sub = dir.join(format!(
+        "http-endpoint-failed/{:04}/{:02}/{:02}/{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour()
+    ));
+    std::fs::create_dir_all(&sub)?;
+    let name = format!(
+        "firehose-local-{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-{request_id}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let path = sub.join(name);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

@@ -1,0 +1,213 @@
+//! firehose-local: a stand-in for Kinesis Data Firehose with an HTTP endpoint destination, so an
+//! endpoint can be tested offline before going to AWS.
+//!
+//! It reads every shard of a Kinesis stream (from LATEST, as a new Firehose stream does, or from
+//! the oldest record with `--from-start`), buffers records by size and time, and POSTs them in the
+//! exact Firehose request format ([`protocol`]). Only a valid 200 response is a success; anything
+//! else is retried with `delay(n) = min(120 s, 2^n s * uniform(0.85, 1.15))`, keeping the request
+//! id, until the retry duration is used up (time waiting for responses does not count). Then the
+//! batch is written to `--error-dir` as Firehose's error records. A 413 is permanent: the batch is
+//! dropped and logged as lost, exactly as Firehose does.
+//!
+//! Positions are kept in memory only: after a restart it starts at LATEST again (or the oldest
+//! record with `--from-start`).
+//!
+//! - [`protocol`]: request, response validation, retry delays and error records (pure).
+//! - [`reader`]: one task per shard, GetRecords in a loop.
+//! - [`delivery`]: the HTTP client and the error output.
+
+pub mod delivery;
+pub mod protocol;
+pub mod reader;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::info;
+
+use delivery::{Delivery, DeliveryConfig};
+use reader::Arrived;
+
+/// Default buffer size hint, MiB.
+pub const DEFAULT_BUFFER_MIB: u32 = 5;
+/// Default buffer interval hint, seconds.
+pub const DEFAULT_BUFFER_SECONDS: u64 = 300;
+/// Default retry duration, seconds.
+pub const DEFAULT_RETRY_SECONDS: u64 = 300;
+/// Firehose waits this long for a response.
+pub const DEFAULT_REQUEST_TIMEOUT_SECONDS: u64 = 180;
+/// The delivery stream ARN sent when none is given.
+pub const DEFAULT_SOURCE_ARN: &str =
+    "arn:aws:firehose:us-east-1:000000000000:deliverystream/firehose-local";
+
+/// The command line of `firehose-local`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "firehose-local",
+    version,
+    about = "A local Kinesis Data Firehose: read a Kinesis stream and deliver it to an HTTP endpoint exactly as Firehose does"
+)]
+pub struct Cli {
+    /// Kinesis data stream to read (every shard).
+    #[arg(long, env = "KINESIS_STREAM_NAME")]
+    pub stream_name: String,
+    /// Kinesis endpoint override, for an emulator (e.g. http://127.0.0.1:4568). Credentials and
+    /// region come from the standard AWS chain.
+    #[arg(long, env = "KINESIS_ENDPOINT_URL")]
+    pub kinesis_endpoint_url: Option<String>,
+    /// The HTTP endpoint to deliver to (Firehose requires https in AWS; http is allowed here).
+    #[arg(long, env = "FIREHOSE_DESTINATION_URL")]
+    pub destination_url: String,
+    /// Buffer size hint in MiB (1-64): a request is sent once this much record data waits.
+    #[arg(long, env = "FIREHOSE_BUFFER_MIB", default_value_t = DEFAULT_BUFFER_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub buffer_mib: u32,
+    /// Buffer interval hint in seconds (0-900): a request is sent this long after its first record.
+    #[arg(long, env = "FIREHOSE_BUFFER_SECONDS", default_value_t = DEFAULT_BUFFER_SECONDS,
+          value_parser = clap::value_parser!(u64).range(0..=900))]
+    pub buffer_seconds: u64,
+    /// GZIP the request body (Content-Encoding: gzip).
+    #[arg(long, env = "FIREHOSE_GZIP")]
+    pub gzip: bool,
+    /// Retry duration in seconds (0-7200); waits for responses do not count.
+    #[arg(long, env = "FIREHOSE_RETRY_SECONDS", default_value_t = DEFAULT_RETRY_SECONDS,
+          value_parser = clap::value_parser!(u64).range(0..=7200))]
+    pub retry_seconds: u64,
+    /// Where batches that could not be delivered go, as Firehose's error records (one JSON line
+    /// per record). Without it they are only logged, as lost.
+    #[arg(long, env = "FIREHOSE_ERROR_DIR")]
+    pub error_dir: Option<PathBuf>,
+    /// A common attribute sent in X-Amz-Firehose-Common-Attributes; repeat for more (at most 50).
+    #[arg(long = "common-attribute", env = "FIREHOSE_COMMON_ATTRIBUTES", value_delimiter = ',',
+          value_name = "NAME=VALUE", value_parser = protocol::parse_attribute)]
+    pub common_attributes: Vec<(String, String)>,
+    /// Read from the oldest record in the stream instead of LATEST.
+    #[arg(long, env = "FIREHOSE_FROM_START")]
+    pub from_start: bool,
+    /// The delivery stream ARN sent in X-Amz-Firehose-Source-Arn.
+    #[arg(long, env = "FIREHOSE_SOURCE_ARN", default_value = DEFAULT_SOURCE_ARN)]
+    pub source_arn: String,
+    /// How long to wait for a response, seconds (Firehose waits 3 minutes).
+    #[arg(long, env = "FIREHOSE_REQUEST_TIMEOUT_SECONDS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECONDS)]
+    pub request_timeout_seconds: u64,
+}
+
+/// Errors that stop firehose-local.
+#[derive(Debug, thiserror::Error)]
+pub enum FirehoseLocalError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Cli {
+    /// The delivery settings; `access_key` comes from `FIREHOSE_ACCESS_KEY`, never the command line.
+    pub fn delivery_config(
+        &self,
+        access_key: Option<String>,
+    ) -> Result<DeliveryConfig, FirehoseLocalError> {
+        if self.common_attributes.len() > protocol::MAX_COMMON_ATTRIBUTES {
+            return Err(FirehoseLocalError::Config(format!(
+                "{} common attributes given; Firehose allows at most {}",
+                self.common_attributes.len(),
+                protocol::MAX_COMMON_ATTRIBUTES
+            )));
+        }
+        if access_key
+            .as_ref()
+            .is_some_and(|k| k.len() > protocol::MAX_ACCESS_KEY_BYTES)
+        {
+            return Err(FirehoseLocalError::Config(
+                "FIREHOSE_ACCESS_KEY is longer than 4096 bytes".into(),
+            ));
+        }
+        Ok(DeliveryConfig {
+            destination_url: self.destination_url.clone(),
+            access_key,
+            source_arn: self.source_arn.clone(),
+            common_attributes: self.common_attributes.clone(),
+            gzip: self.gzip,
+            retry_duration: Duration::from_secs(self.retry_seconds),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds.max(1)),
+            error_dir: self.error_dir.clone(),
+        })
+    }
+}
+
+/// Buffering hints.
+#[derive(Debug, Clone, Copy)]
+pub struct Buffering {
+    pub bytes: usize,
+    pub interval: Duration,
+}
+
+/// Buffer records from `rx` and deliver them until `shutdown` (the pending buffer is then
+/// delivered) or the readers end.
+pub async fn run_buffer(
+    mut rx: mpsc::Receiver<Arrived>,
+    delivery: &Delivery,
+    buffering: Buffering,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut buffer: Vec<Arrived> = Vec::new();
+    let mut bytes = 0usize;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
+                delivery.deliver(std::mem::take(&mut buffer)).await;
+                bytes = 0;
+                deadline = None;
+            }
+            r = rx.recv() => {
+                let Some(record) = r else { break };
+                bytes += record.data.len();
+                deadline.get_or_insert_with(|| Instant::now() + buffering.interval);
+                buffer.push(record);
+                if bytes >= buffering.bytes || buffer.len() >= protocol::MAX_RECORDS {
+                    delivery.deliver(std::mem::take(&mut buffer)).await;
+                    bytes = 0;
+                    deadline = None;
+                }
+            }
+        }
+    }
+    if !buffer.is_empty() {
+        info!(
+            records = buffer.len(),
+            "delivering the buffer before stopping"
+        );
+        delivery.deliver(buffer).await;
+    }
+}
+
+/// Read the stream and deliver it until `shutdown`.
+pub async fn run(
+    kinesis: aws_sdk_kinesis::Client,
+    cli: &Cli,
+    config: DeliveryConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), FirehoseLocalError> {
+    let delivery = Delivery::new(config).map_err(FirehoseLocalError::Config)?;
+    let (tx, rx) = mpsc::channel(reader::CHANNEL_CAPACITY);
+    let readers = tokio::spawn(reader::read_stream(
+        kinesis,
+        cli.stream_name.clone(),
+        cli.from_start,
+        tx,
+    ));
+    info!(stream = %cli.stream_name, destination = %cli.destination_url, "firehose-local started");
+    let buffering = Buffering {
+        bytes: cli.buffer_mib as usize * 1024 * 1024,
+        interval: Duration::from_secs(cli.buffer_seconds),
+    };
+    run_buffer(rx, &delivery, buffering, shutdown).await;
+    readers.abort();
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The Kinesis side: a small trait over PutRecords (the real SDK client, or a test wrapper
+//! that fails chosen entries, since no emulator can throttle), and [`put_all`], which resends
+//! only the failed entries with exponential back-off and jitter until every one is accepted.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::operation::put_records::PutRecordsError;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use backon::BackoffBuilder;
+use tracing::{info, warn};
+
+use super::batch::Entry;
+
+/// First delay before resending failed entries.
+pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
+/// Longest delay between resends; throttling slows the forwarder to about this pace.
+pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// A PutRecords call that failed as a whole.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KinesisError {
+    /// Retrying cannot help: the stream does not exist, access is denied, or the request is invalid.
+    #[error("Kinesis refused the request: {0}")]
+    Fatal(String),
+    /// Throttling, a network error or a server error: worth trying again.
+    #[error("Kinesis is unavailable: {0}")]
+    Transient(String),
+}
+
+/// What a PutRecords call did with each entry, by position: `None` accepted, `Some(reason)` failed.
+pub type EntryResults = Vec<Option<String>>;
+
+/// PutRecords, and nothing else the forwarder needs.
+pub trait Kinesis: Send + Sync {
+    fn put_records(
+        &self,
+        stream: &str,
+        entries: &[Entry],
+    ) -> impl Future<Output = Result<EntryResults, KinesisError>> + Send;
+}
+
+/// The AWS SDK client: credentials and region from the standard chain (environment, profile,
+/// instance role), and an optional endpoint URL for an emulator.
+#[derive(Clone, Debug)]
+pub struct AwsKinesis {
+    pub client: aws_sdk_kinesis::Client,
+}
+
+impl AwsKinesis {
+    pub async fn from_env(endpoint_url: Option<&str>) -> Self {
+        AwsKinesis {
+            client: client_from_env(endpoint_url).await,
+        }
+    }
+}
+
+/// A Kinesis client from the standard AWS chain, with an optional endpoint override.
+pub async fn client_from_env(endpoint_url: Option<&str>) -> aws_sdk_kinesis::Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let config = loader.load().await;
+    aws_sdk_kinesis::Client::new(&config)
+}
+
+impl Kinesis for AwsKinesis {
+    async fn put_records(
+        &self,
+        stream: &str,
+        entries: &[Entry],
+    ) -> Result<EntryResults, KinesisError> {
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            let record = PutRecordsRequestEntry::builder()
+                .data(Blob::new(e.data.clone()))
+                .partition_key(&e.partition_key)
+                .build()
+                .map_err(|e| KinesisError::Fatal(e.to_string()))?;
+            records.push(record);
+        }
+        let output = self
+            .client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(records))
+            .send()
+            .await
+            .map_err(|e| {
+                let fatal = matches!(
+                    e.as_service_error(),
+                    Some(
+                        PutRecordsError::ResourceNotFoundException(_)
+                            | PutRecordsError::AccessDeniedException(_)
+                            | PutRecordsError::InvalidArgumentException(_)
+                            | PutRecordsError::KmsDisabledException(_)
+                            | PutRecordsError::KmsInvalidStateException(_)
+                            | PutRecordsError::KmsNotFoundException(_)
+                            | PutRecordsError::KmsAccessDeniedException(_)
+                            | PutRecordsError::KmsOptInRequired(_)
+                    )
+                );
+                let text = DisplayErrorContext(&e).to_string();
+                if fatal {
+                    KinesisError::Fatal(text)
+                } else {
+                    KinesisError::Transient(text)
+                }
+            })?;
+        let results: EntryResults = output
+            .records()
+            .iter()
+            .map(|r| {
+                r.error_code()
+                    .map(|code| format!("{code}: {}", r.error_message().unwrap_or("")))
+            })
+            .collect();
+        if results.len() != entries.len() {
+            return Err(KinesisError::Transient(format!(
+                "PutRecords answered {} results for {} records",
+                results.len(),
+                entries.len()
+            )));
+        }
+        Ok(results)
+    }
+}
+
+/// What it took to put one batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PutStats {
+    /// PutRecords calls made, including resends.
+    pub calls: u32,
+    /// Entries resent after a partial failure (an entry resent twice counts twice).
+    pub resent: u64,
+}
+
+/// The resend schedule: exponential from [`RETRY_MIN_DELAY`] to [`RETRY_MAX_DELAY`], with jitter,
+/// never giving up (throttling must slow the forwarder down, not stop it).
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN_DELAY)
+        .with_max_delay(RETRY_MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Put every entry, resending only the failed ones, until all are accepted. Returns early only
+/// on a fatal error.
+pub async fn put_all<K: Kinesis>(
+    kinesis: &K,
+    stream: &str,
+    entries: Vec<Entry>,
+) -> Result<PutStats, KinesisError> {
+    let mut pending = entries;
+    let mut stats = PutStats::default();
+    let mut delays = backoff();
+    let mut troubled = false;
+    while !pending.is_empty() {
+        stats.calls += 1;
+        match kinesis.put_records(stream, &pending).await {
+            Ok(results) => {
+                let total = pending.len();
+                let mut reason = None;
+                let failed: Vec<Entry> = pending
+                    .into_iter()
+                    .zip(results)
+                    .filter_map(|(e, r)| {
+                        r.map(|why| {
+                            reason.get_or_insert(why);
+                            e
+                        })
+                    })
+                    .collect();
+                pending = failed;
+                if pending.is_empty() {
+                    break;
+                }
+                stats.resent += pending.len() as u64;
+                if !troubled {
+                    warn!(
+                        failed = pending.len(),
+                        of = total,
+                        reason = reason.as_deref().unwrap_or(""),
+                        "PutRecords failed some records; resending only those, with back-off"
+                    );
+                    troubled = true;
+                }
+            }
+            Err(KinesisError::Fatal(e)) => return Err(KinesisError::Fatal(e)),
+            Err(KinesisError::Transient(e)) => {
+                if !troubled {
+                    warn!(error = %e, "PutRecords failed; retrying with back-off");
+                    troubled = true;
+                }
+            }
+        }
+        tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)).await;
+    }
+    if troubled {
+        info!(
+            calls = stats.calls,
+            "PutRecords accepted every record again"
+        );
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Fails the entries whose data is listed, once each.
+    struct FailOnce {
+        fail: Mutex<Vec<Vec<u8>>>,
+        calls: Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl Kinesis for FailOnce {
+        async fn put_records(
+            &self,
+            _: &str,
+            entries: &[Entry],
+        ) -> Result<EntryResults, KinesisError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(entries.iter().map(|e| e.data.clone()).collect());
+            let mut fail = self.fail.lock().unwrap();
+            Ok(entries
+                .iter()
+                .map(|e| {
+                    let pos = fail.iter().position(|f| *f == e.data)?;
+                    fail.remove(pos);
+                    Some("ProvisionedThroughputExceededException: slow down".to_owned())
+                })
+                .collect())
+        }
+    }
+
+    fn entry(s: &str) -> Entry {
+        Entry {
+            data: s.as_bytes().to_vec(),
+            partition_key: "k".into(),
+        }
+    }
+
+    // Only the failed entries are sent again, in order, until all are accepted.
+    #[tokio::test(start_paused = true)]
+    async fn resends_only_failed_entries() {
+        let k = FailOnce {
+            fail: Mutex::new(vec![b"b".to_vec(), b"d".to_vec()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let stats = put_all(&k, "s", ["a", "b", "c", "d"].map(entry).to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            stats,
+            PutStats {
+                calls: 2,
+                resent: 2
+            }
+        );
+        let calls = k.calls.lock().unwrap();
+        assert_eq!(calls[1], vec![b"b".to_vec(), b"d".to_vec()]);
+    }
+
+    // The back-off grows, has jitter, stays within the cap, and never ends.
+    #[test]
+    fn backoff_is_bounded_and_endless() {
+        let delays: Vec<Duration> = backoff().take(50).collect();
+        assert_eq!(delays.len(), 50);
+        assert!(delays
+            .iter()
+            .all(|d| *d >= RETRY_MIN_DELAY && *d <= RETRY_MAX_DELAY * 2));
+        assert!(delays[10] >= RETRY_MAX_DELAY);
+    }
+}
