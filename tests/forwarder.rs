@@ -1,0 +1,572 @@
+//! kinesis-forwarder end to end against real servers: SecantusDB (change streams) and the
+//! kinesis-local emulator. Records are read back from the stream with GetRecords.
+#![cfg(feature = "forwarder")]
+
+mod common;
+#[path = "common/kinesis.rs"]
+mod kinesis;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{agent_bin, unique_name, wait_until, MongoServer};
+use kinesis::{KinesisServer, AWS_ENV};
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use sensehat_monitor::forwarder::batch::Entry;
+use sensehat_monitor::forwarder::format::{stringify, Format};
+use sensehat_monitor::forwarder::kinesis::{AwsKinesis, EntryResults, Kinesis, KinesisError};
+use sensehat_monitor::forwarder::{self, Options};
+
+fn forwarder_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kinesis-forwarder")
+}
+
+/// Start the forwarder binary on `db.reports` into `stream`.
+fn spawn_forwarder(
+    mongo: &MongoServer,
+    kin: &KinesisServer,
+    db: &str,
+    stream: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(forwarder_bin())
+        .args([
+            "--database",
+            db,
+            "--stream-name",
+            stream,
+            "--kinesis-endpoint-url",
+            &kin.endpoint,
+        ])
+        .args(extra)
+        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .envs(AWS_ENV)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kinesis-forwarder")
+}
+
+/// Wait until the forwarder has stored a position for `stream` (its change stream is open).
+async fn wait_for_position(client: &mongodb::Client, db: &str, stream: &str) {
+    let state = client
+        .database(db)
+        .collection::<Document>("reports_forwarder_state");
+    wait_until(
+        Duration::from_secs(30),
+        "the forwarder's first stored position",
+        || {
+            let state = state.clone();
+            async move {
+                state
+                    .find_one(doc! { "_id": stream })
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            }
+        },
+    )
+    .await;
+}
+
+async fn all_reports(client: &mongodb::Client, db: &str) -> Vec<Document> {
+    let mut cursor = client
+        .database(db)
+        .collection::<Document>("reports")
+        .find(doc! {})
+        .await
+        .unwrap();
+    let mut docs = Vec::new();
+    while cursor.advance().await.unwrap() {
+        docs.push(cursor.deserialize_current().unwrap());
+    }
+    docs
+}
+
+/// The `_id` of a stringify record.
+fn stringify_id(data: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(data).expect("record is JSON");
+    v["_id"].as_str().expect("_id is a string").to_owned()
+}
+
+async fn wait_for_records(kin: &KinesisServer, stream: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        got = kin.read_all(stream).await;
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("only {} of {n} records reached the stream", got.len());
+}
+
+fn sample_docs(n: usize) -> Vec<Document> {
+    use sensehat_monitor::report::{Acceleration, Reading, Report};
+    (0..n)
+        .map(|i| {
+            let reading = Reading {
+                humidity_rh: 40.0 + i as f64 * 0.25,
+                temperature_celsius: 21.0,
+                pressure_hpa: 1013.25,
+                acceleration: Acceleration {
+                    x_g: 0.0,
+                    y_g: 0.01,
+                    z_g: 1.0,
+                },
+            };
+            Report::new(
+                &format!("pi-{}", i % 3),
+                reading,
+                1_764_096_600_000 + i as i64 * 50,
+            )
+            .to_document()
+        })
+        .collect()
+}
+
+// Every report the agent stores reaches the stream exactly as JSON.stringify of the stored
+// document, keyed by nodeName, and the resume token keeps moving while the collection is quiet.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_reports_reach_the_stream_as_stringify() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let db = unique_name("fwd");
+    let stream = unique_name("reports");
+    kin.create_stream(&stream, 2).await;
+    let client = mongo.client().await;
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_position(&client, &db, &stream).await;
+
+    let spool = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(agent_bin())
+        .args([
+            "--sensors",
+            "sim",
+            "--count",
+            "20",
+            "--interval-ms",
+            "50",
+            "--database",
+            &db,
+        ])
+        .arg("--spool-dir")
+        .arg(spool.path())
+        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let docs = all_reports(&client, &db).await;
+    assert_eq!(docs.len(), 20);
+    let records = wait_for_records(&kin, &stream, 20).await;
+    let by_id: HashMap<String, &(String, Vec<u8>)> =
+        records.iter().map(|r| (stringify_id(&r.1), r)).collect();
+    assert_eq!(records.len(), 20, "no record twice");
+    for d in &docs {
+        let id = d.get_object_id("_id").unwrap().to_hex();
+        let (key, data) = by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("report {id} missing from the stream"));
+        assert_eq!(String::from_utf8(data.clone()).unwrap(), stringify(d));
+        assert_eq!(key, d.get_str("nodeName").unwrap());
+        let v: serde_json::Value = serde_json::from_slice(data).unwrap();
+        let at = d.get_datetime("recordedAt").unwrap().timestamp_millis();
+        assert_eq!(
+            v["recordedAt"],
+            sensehat_monitor::report::iso_millis(at).unwrap()
+        );
+    }
+
+    // Quiet collection: the post-batch resume token is stored and moves on.
+    let state = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state");
+    let token = |s: Option<Document>| s.and_then(|d| d.get("resumeToken").cloned());
+    let first = token(state.find_one(doc! { "_id": &stream }).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = token(state.find_one(doc! { "_id": &stream }).await.unwrap());
+    assert!(first.is_some() && later.is_some());
+    assert_ne!(first, later, "the stored token did not move while idle");
+
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+// --format relaxed and canonical write Extended JSON that parses back into the stored
+// document; --partition-key-field _id keys each record by its id.
+#[tokio::test(flavor = "multi_thread")]
+async fn extended_json_formats_round_trip() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let db = unique_name("fwdfmt");
+    let relaxed = unique_name("relaxed");
+    let canonical = unique_name("canonical");
+    kin.create_stream(&relaxed, 1).await;
+    kin.create_stream(&canonical, 1).await;
+    let client = mongo.client().await;
+    let mut a = spawn_forwarder(
+        &mongo,
+        &kin,
+        &db,
+        &relaxed,
+        &["--format", "relaxed", "--partition-key-field", "_id"],
+    );
+    let mut b = spawn_forwarder(
+        &mongo,
+        &kin,
+        &db,
+        &canonical,
+        &["--format", "canonical", "--partition-key-field", "_id"],
+    );
+    wait_for_position(&client, &db, &relaxed).await;
+    wait_for_position(&client, &db, &canonical).await;
+
+    let docs = sample_docs(12);
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(&docs)
+        .await
+        .unwrap();
+    for (stream, format) in [(&relaxed, Format::Relaxed), (&canonical, Format::Canonical)] {
+        let records = wait_for_records(&kin, stream, docs.len()).await;
+        assert_eq!(records.len(), docs.len());
+        for (d, (key, data)) in docs.iter().zip(&records) {
+            assert_eq!(data, &format.encode(d));
+            let v: serde_json::Value = serde_json::from_slice(data).unwrap();
+            let back = Bson::try_from(v).unwrap();
+            assert_eq!(
+                back.as_document().unwrap(),
+                d,
+                "{format:?} did not round-trip"
+            );
+            assert_eq!(key, &d.get_object_id("_id").unwrap().to_hex());
+        }
+    }
+    a.start_kill().unwrap();
+    b.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+// The forwarder SIGKILLed mid-stream and restarted loses nothing: every report is in the
+// stream (duplicates allowed upstream of the endpoint's upsert).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_stream_loses_nothing() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let db = unique_name("fwdkill");
+    let stream = unique_name("kill");
+    kin.create_stream(&stream, 2).await;
+    let client = mongo.client().await;
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_position(&client, &db, &stream).await;
+
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = tokio::process::Command::new(agent_bin())
+        .args([
+            "--sensors",
+            "sim",
+            "--count",
+            "80",
+            "--interval-ms",
+            "50",
+            "--database",
+            &db,
+        ])
+        .arg("--spool-dir")
+        .arg(spool.path())
+        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_records(&kin, &stream, 15).await;
+    fwd.start_kill().unwrap(); // SIGKILL
+    fwd.wait().await.unwrap();
+    let before = kin.read_all(&stream).await.len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    assert!(agent.wait().await.unwrap().success());
+
+    let docs = all_reports(&client, &db).await;
+    assert_eq!(docs.len(), 80);
+    let want: HashSet<String> = docs
+        .iter()
+        .map(|d| d.get_object_id("_id").unwrap().to_hex())
+        .collect();
+    let mut got = HashSet::new();
+    for _ in 0..300 {
+        got = kin
+            .read_all(&stream)
+            .await
+            .iter()
+            .map(|r| stringify_id(&r.1))
+            .collect();
+        if got.is_superset(&want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "lost across SIGKILL (killed after {before} records): {missing:?}"
+    );
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+/// One PutRecords call as the seam saw it: the entries' data, and which of them it failed.
+type Call = (Vec<Vec<u8>>, Vec<bool>);
+
+/// The test seam: the real emulator behind a wrapper that fails every third entry the first
+/// time it is offered, as Kinesis does when a shard is throttled, and records every call.
+struct Throttled {
+    inner: AwsKinesis,
+    seen: Mutex<HashSet<Vec<u8>>>,
+    calls: Mutex<Vec<Call>>,
+}
+
+impl Kinesis for Throttled {
+    async fn put_records(
+        &self,
+        stream: &str,
+        entries: &[Entry],
+    ) -> Result<EntryResults, KinesisError> {
+        let fail: Vec<bool> = {
+            let mut seen = self.seen.lock().unwrap();
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| seen.insert(e.data.clone()) && i % 3 == 1)
+                .collect()
+        };
+        let pass: Vec<Entry> = entries
+            .iter()
+            .zip(&fail)
+            .filter(|(_, f)| !**f)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut inner = if pass.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.put_records(stream, &pass).await?
+        }
+        .into_iter();
+        let results = fail
+            .iter()
+            .map(|f| {
+                if *f {
+                    Some(
+                        "ProvisionedThroughputExceededException: Rate exceeded for shard"
+                            .to_owned(),
+                    )
+                } else {
+                    inner.next().flatten()
+                }
+            })
+            .collect();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((entries.iter().map(|e| e.data.clone()).collect(), fail));
+        Ok(results)
+    }
+}
+
+// Partial PutRecords failures (through the seam, since the emulator cannot throttle): only the
+// failed entries are resent, and every document lands in the stream exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_failures_resend_only_failed_entries() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let db = unique_name("fwdpart");
+    let stream = unique_name("partial");
+    kin.create_stream(&stream, 1).await;
+    let client = mongo.client().await;
+    let seam = Throttled {
+        inner: AwsKinesis {
+            client: kin.client(),
+        },
+        seen: Mutex::new(HashSet::new()),
+        calls: Mutex::new(Vec::new()),
+    };
+    let mut opts = Options::new(&stream);
+    opts.database = db.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let fwd_client = client.clone();
+    let seam = std::sync::Arc::new(seam);
+    let run_seam = seam.clone();
+    let task = tokio::spawn(async move {
+        forwarder::run(&fwd_client, &*run_seam, &opts, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    wait_for_position(&client, &db, &stream).await;
+
+    let docs = sample_docs(40);
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(&docs)
+        .await
+        .unwrap();
+    let records = wait_for_records(&kin, &stream, docs.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records_after = kin.read_all(&stream).await;
+    assert_eq!(
+        records_after.len(),
+        records.len(),
+        "a record was sent twice"
+    );
+    let ids: HashSet<String> = records.iter().map(|r| stringify_id(&r.1)).collect();
+    assert_eq!(ids.len(), docs.len());
+    stop_tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    client.database(&db).drop().await.unwrap();
+    let calls = seam.calls.lock().unwrap().clone();
+    let mut resends = 0;
+    for (i, (entries, fail)) in calls.iter().enumerate() {
+        let failed: Vec<&Vec<u8>> = entries
+            .iter()
+            .zip(fail)
+            .filter(|(_, f)| **f)
+            .map(|(e, _)| e)
+            .collect();
+        if failed.is_empty() {
+            continue;
+        }
+        let next = &calls
+            .get(i + 1)
+            .expect("a resend follows a partial failure")
+            .0;
+        assert_eq!(
+            next.iter().collect::<Vec<_>>(),
+            failed,
+            "the resend holds exactly the failed entries"
+        );
+        resends += 1;
+    }
+    assert!(resends > 0, "the seam failed nothing");
+    let sent: usize = calls.iter().map(|c| c.0.len()).sum();
+    let failed: usize = calls
+        .iter()
+        .map(|c| c.1.iter().filter(|f| **f).count())
+        .sum();
+    assert_eq!(sent, docs.len() + failed);
+}
+
+// A document too large for a Kinesis record goes to the dead-letter collection with the
+// reason; the others are forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversize_documents_go_to_the_dead_letter_collection() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let db = unique_name("fwddlq");
+    let stream = unique_name("dlq");
+    kin.create_stream(&stream, 1).await;
+    let client = mongo.client().await;
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_position(&client, &db, &stream).await;
+    let big_id = ObjectId::new();
+    let reports = client.database(&db).collection::<Document>("reports");
+    reports
+        .insert_one(doc! { "_id": big_id, "nodeName": "pi", "blob": "x".repeat(1_100_000) })
+        .await
+        .unwrap();
+    let small = sample_docs(1).remove(0);
+    reports.insert_one(&small).await.unwrap();
+
+    let records = wait_for_records(&kin, &stream, 1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        stringify_id(&records[0].1),
+        small.get_object_id("_id").unwrap().to_hex()
+    );
+    let dlq = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_deadletter");
+    let mut dead = None;
+    for _ in 0..100 {
+        dead = dlq.find_one(doc! {}).await.unwrap();
+        if dead.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead.expect("a dead-letter document");
+    assert_eq!(dead.get_object_id("documentId").unwrap(), big_id);
+    assert!(
+        dead.get_str("reason")
+            .unwrap()
+            .contains("over the Kinesis limit"),
+        "{dead:?}"
+    );
+    assert_eq!(
+        dead.get_document("document")
+            .unwrap()
+            .get_object_id("_id")
+            .unwrap(),
+        big_id
+    );
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+// Dropping the watched collection stops the forwarder with a message naming --start-from-now,
+// and --start-from-now starts it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalidate_stops_with_a_message_and_start_from_now_recovers() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let db = unique_name("fwdinv");
+    let stream = unique_name("inv");
+    kin.create_stream(&stream, 1).await;
+    let client = mongo.client().await;
+    let reports = client.database(&db).collection::<Document>("reports");
+    reports
+        .insert_one(doc! { "nodeName": "before" })
+        .await
+        .unwrap();
+    let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_position(&client, &db, &stream).await;
+    reports.insert_one(doc! { "nodeName": "pi" }).await.unwrap();
+    wait_for_records(&kin, &stream, 1).await;
+    reports.drop().await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), fwd.wait_with_output())
+        .await
+        .expect("the forwarder stops after the drop")
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("dropped or renamed") && err.contains("--start-from-now"),
+        "{err}"
+    );
+
+    let mut again = spawn_forwarder(&mongo, &kin, &db, &stream, &["--start-from-now"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reports
+        .insert_one(doc! { "nodeName": "after" })
+        .await
+        .unwrap();
+    let records = wait_for_records(&kin, &stream, 2).await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].0, "after");
+    again.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
