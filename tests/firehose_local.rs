@@ -1,0 +1,450 @@
+//! firehose-local end to end: records put into the kinesis-local emulator are delivered to a
+//! small HTTP receiver written here, which records every request and can misbehave on cue.
+#![cfg(feature = "forwarder")]
+
+mod common;
+#[path = "common/kinesis.rs"]
+mod kinesis;
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use common::{free_port, unique_name};
+use kinesis::{KinesisServer, AWS_ENV};
+use serde_json::{json, Value};
+
+const ACCESS_KEY: &str = "test-access-key-0123";
+
+/// How the receiver answers one request.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Valid,
+    Status(u16),
+    NotJson,
+    WrongRequestId,
+}
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+struct Got {
+    at: Instant,
+    headers: HeaderMap,
+    /// The body after undoing Content-Encoding: gzip.
+    body: Value,
+}
+
+#[derive(Default)]
+struct Recorder {
+    got: Vec<Got>,
+    /// Replies for the next requests; Valid once empty.
+    script: VecDeque<Reply>,
+}
+
+type Shared = Arc<Mutex<Recorder>>;
+
+async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let raw = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .unwrap_or_default();
+        out
+    } else {
+        body.to_vec()
+    };
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let id = body["requestId"].as_str().unwrap_or_default().to_owned();
+    let reply = {
+        let mut s = state.lock().unwrap();
+        s.got.push(Got {
+            at: Instant::now(),
+            headers,
+            body,
+        });
+        s.script.pop_front().unwrap_or(Reply::Valid)
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    match reply {
+        Reply::Valid => axum::Json(json!({ "requestId": id, "timestamp": now })).into_response(),
+        Reply::Status(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            axum::Json(
+                json!({ "requestId": id, "timestamp": now, "errorMessage": "test failure" }),
+            ),
+        )
+            .into_response(),
+        Reply::NotJson => (StatusCode::OK, "OK").into_response(),
+        Reply::WrongRequestId => {
+            axum::Json(json!({ "requestId": "not-the-request-id", "timestamp": now }))
+                .into_response()
+        }
+    }
+}
+
+/// Start the receiver on a free port; returns its URL and the shared recorder.
+async fn receiver(script: Vec<Reply>) -> (String, Shared) {
+    let state: Shared = Arc::new(Mutex::new(Recorder {
+        got: Vec::new(),
+        script: script.into(),
+    }));
+    let app = axum::Router::new()
+        .route("/", axum::routing::post(receive))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, state)
+}
+
+fn spawn_firehose(
+    kin: &KinesisServer,
+    stream: &str,
+    url: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args([
+            "--stream-name",
+            stream,
+            "--kinesis-endpoint-url",
+            &kin.endpoint,
+        ])
+        .args([
+            "--destination-url",
+            url,
+            "--from-start",
+            "--buffer-seconds",
+            "1",
+        ])
+        .args(extra)
+        .envs(AWS_ENV)
+        .env("FIREHOSE_ACCESS_KEY", ACCESS_KEY)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start firehose-local")
+}
+
+/// Put `n` small JSON records, partition keys spread so every shard gets some.
+async fn put_records(kin: &KinesisServer, stream: &str, n: usize) -> Vec<Vec<u8>> {
+    let data: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!(r#"{{"_id":"{i:024x}","n":{i},"text":"héllo"}}"#).into_bytes())
+        .collect();
+    let entries = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(d.clone()))
+                .partition_key(format!("key-{i}"))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let out = kin
+        .client()
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failed_record_count(), Some(0));
+    data
+}
+
+async fn wait_for_requests(state: &Shared, n: usize, timeout: Duration) -> Vec<Got> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = state.lock().unwrap().got.clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} requests arrived",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn decoded_records(body: &Value) -> Vec<Vec<u8>> {
+    body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            base64::engine::general_purpose::STANDARD
+                .decode(r["data"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
+fn header<'a>(g: &'a Got, name: &str) -> Option<&'a str> {
+    g.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Assert the gaps between consecutive requests follow 1 s, 2 s, 4 s... within the +-15 %
+/// jitter (plus a little for the response round trip).
+fn assert_backoff(got: &[Got]) {
+    for (n, pair) in got.windows(2).enumerate() {
+        let gap = pair[1].at.duration_since(pair[0].at).as_secs_f64();
+        let base = 2f64.powi(n as i32);
+        assert!(
+            gap >= base * 0.85 - 0.02 && gap <= base * 1.15 + 0.3,
+            "retry {n}: gap {gap:.3} s, expected {base} s +-15 %"
+        );
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+// Records from every shard arrive in one request with exactly Firehose's headers and body.
+#[tokio::test(flavor = "multi_thread")]
+async fn delivers_the_exact_firehose_request() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fh");
+    kin.create_stream(&stream, 2).await;
+    let sent = put_records(&kin, &stream, 6).await;
+    let (url, state) = receiver(vec![]).await;
+    let mut fh = spawn_firehose(
+        &kin,
+        &stream,
+        &url,
+        &[
+            "--common-attribute",
+            "env=test",
+            "--common-attribute",
+            "team=iot",
+        ],
+    );
+    let got = wait_for_requests(&state, 1, Duration::from_secs(30)).await;
+    let g = &got[0];
+    assert_eq!(header(g, "content-type"), Some("application/json"));
+    assert_eq!(header(g, "x-amz-firehose-protocol-version"), Some("1.0"));
+    assert_eq!(header(g, "x-amz-firehose-access-key"), Some(ACCESS_KEY));
+    assert_eq!(
+        header(g, "x-amz-firehose-source-arn"),
+        Some("arn:aws:firehose:us-east-1:000000000000:deliverystream/firehose-local")
+    );
+    assert_eq!(
+        header(g, "x-amz-firehose-common-attributes"),
+        Some(r#"{"commonAttributes":{"env":"test","team":"iot"}}"#)
+    );
+    assert_eq!(header(g, "content-encoding"), None);
+    let id = header(g, "x-amz-firehose-request-id").unwrap();
+    assert_eq!(id.len(), 36, "a GUID: {id}");
+    let body = g.body.as_object().unwrap();
+    assert_eq!(
+        body.keys().collect::<Vec<_>>(),
+        ["requestId", "timestamp", "records"]
+    );
+    assert_eq!(body["requestId"], id);
+    let ts = body["timestamp"].as_i64().expect("integer ms timestamp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now - 60_000..=now).contains(&ts), "timestamp {ts}");
+    let records = decoded_records(&g.body);
+    let got_set: HashSet<Vec<u8>> = records.iter().cloned().collect();
+    assert_eq!(records.len(), sent.len());
+    assert_eq!(got_set, sent.iter().cloned().collect());
+    fh.start_kill().unwrap();
+}
+
+// --gzip compresses the whole body and says so in Content-Encoding.
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_compresses_the_body() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhgz");
+    kin.create_stream(&stream, 1).await;
+    let sent = put_records(&kin, &stream, 3).await;
+    let (url, state) = receiver(vec![]).await;
+    let mut fh = spawn_firehose(&kin, &stream, &url, &["--gzip"]);
+    let got = wait_for_requests(&state, 1, Duration::from_secs(30)).await;
+    assert_eq!(header(&got[0], "content-encoding"), Some("gzip"));
+    assert_eq!(decoded_records(&got[0].body), sent);
+    fh.start_kill().unwrap();
+}
+
+// An endpoint answering 500 for a while: retries 1 s, 2 s, 4 s apart (+-15 %), always with the
+// same request id and body, then delivers, and sends nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_500s_with_backoff_and_the_same_request_id() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fh500");
+    kin.create_stream(&stream, 1).await;
+    let sent = put_records(&kin, &stream, 4).await;
+    let (url, state) = receiver(vec![
+        Reply::Status(500),
+        Reply::Status(500),
+        Reply::Status(503),
+    ])
+    .await;
+    let mut fh = spawn_firehose(&kin, &stream, &url, &["--retry-seconds", "60"]);
+    let got = wait_for_requests(&state, 4, Duration::from_secs(40)).await;
+    assert_backoff(&got[..4]);
+    let id = header(&got[0], "x-amz-firehose-request-id")
+        .unwrap()
+        .to_owned();
+    for g in &got[..4] {
+        assert_eq!(header(g, "x-amz-firehose-request-id"), Some(id.as_str()));
+        assert_eq!(g.body, got[0].body, "the retried body is the same");
+    }
+    assert_eq!(decoded_records(&got[3].body), sent);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        state.lock().unwrap().got.len(),
+        4,
+        "nothing sent after the 200"
+    );
+    fh.start_kill().unwrap();
+}
+
+// A 200 that is not JSON, or names another requestId, is a failure: retried like a 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_200_responses_are_failures() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhbad");
+    kin.create_stream(&stream, 1).await;
+    put_records(&kin, &stream, 2).await;
+    let (url, state) = receiver(vec![Reply::NotJson, Reply::WrongRequestId]).await;
+    let mut fh = spawn_firehose(&kin, &stream, &url, &["--retry-seconds", "60"]);
+    let got = wait_for_requests(&state, 3, Duration::from_secs(30)).await;
+    assert_backoff(&got[..3]);
+    let ids: HashSet<&str> = got
+        .iter()
+        .map(|g| header(g, "x-amz-firehose-request-id").unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(state.lock().unwrap().got.len(), 3);
+    fh.start_kill().unwrap();
+}
+
+// Endpoint down past --retry-seconds: the batch lands in --error-dir as Firehose error records.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_down_past_the_retry_duration_writes_the_error_dir() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhdown");
+    kin.create_stream(&stream, 1).await;
+    let sent = put_records(&kin, &stream, 3).await;
+    let errors = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}/", free_port()); // nothing listens here
+    let started = Instant::now();
+    let mut fh = spawn_firehose(
+        &kin,
+        &stream,
+        &url,
+        &[
+            "--retry-seconds",
+            "3",
+            "--error-dir",
+            errors.path().to_str().unwrap(),
+        ],
+    );
+    let mut files = Vec::new();
+    while files.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no error output"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        files = files_under(errors.path());
+    }
+    // 1 s buffer, then attempts at 0, 1 and 3 s; the next (4 s later) would pass 3 s.
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(files.len(), 1);
+    let rel = files[0]
+        .strip_prefix(errors.path())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(rel.starts_with("http-endpoint-failed/"), "{rel}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), sent.len());
+    for (line, data) in lines.iter().zip(&sent) {
+        assert_eq!(line["attemptsMade"], 3);
+        assert_eq!(line["errorCode"], "HttpEndpoint.ConnectionFailed");
+        assert!(!line["errorMessage"].as_str().unwrap().is_empty());
+        let arrival = line["arrivalTimestamp"].as_i64().unwrap();
+        let ending = line["attemptEndingTimestamp"].as_i64().unwrap();
+        assert!(arrival <= ending && ending - arrival >= 2500, "{line}");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(line["rawData"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(&raw, data);
+    }
+    fh.start_kill().unwrap();
+}
+
+// A 413 is permanent: not retried, not written to the error output, logged as lost data.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_413_is_logged_as_data_loss() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fh413");
+    kin.create_stream(&stream, 1).await;
+    put_records(&kin, &stream, 2).await;
+    let errors = tempfile::tempdir().unwrap();
+    let (url, state) = receiver(vec![Reply::Status(413)]).await;
+    let fh = spawn_firehose(
+        &kin,
+        &stream,
+        &url,
+        &["--error-dir", errors.path().to_str().unwrap()],
+    );
+    wait_for_requests(&state, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(state.lock().unwrap().got.len(), 1, "a 413 is not retried");
+    assert!(files_under(errors.path()).is_empty());
+    let pid = fh.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-15", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = fh.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("413") && log.contains("LOST"), "{log}");
+    assert!(!log.contains(ACCESS_KEY), "the access key is never logged");
+}
