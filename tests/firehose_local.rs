@@ -146,7 +146,17 @@ fn spawn_firehose(
 
 /// Put `n` small JSON records, partition keys spread so every shard gets some.
 async fn put_records(kin: &KinesisServer, stream: &str, n: usize) -> Vec<Vec<u8>> {
-    let data: Vec<Vec<u8>> = (0..n)
+    put_records_from(kin, stream, 0, n).await
+}
+
+/// Put records numbered `first..first + n`.
+async fn put_records_from(
+    kin: &KinesisServer,
+    stream: &str,
+    first: usize,
+    n: usize,
+) -> Vec<Vec<u8>> {
+    let data: Vec<Vec<u8>> = (first..first + n)
         .map(|i| format!(r#"{{"_id":"{i:024x}","n":{i},"text":"héllo"}}"#).into_bytes())
         .collect();
     let entries = data
@@ -447,4 +457,47 @@ async fn status_413_is_logged_as_data_loss() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("413") && log.contains("LOST"), "{log}");
     assert!(!log.contains(ACCESS_KEY), "the access key is never logged");
+}
+
+// Without --from-start it reads from LATEST, as a new Firehose stream does: records put before
+// it started are not delivered, records put after are.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_from_latest_by_default() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhlatest");
+    kin.create_stream(&stream, 2).await;
+    put_records_from(&kin, &stream, 1000, 3).await;
+    let (url, state) = receiver(vec![]).await;
+    let mut fh = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args([
+            "--stream-name",
+            &stream,
+            "--kinesis-endpoint-url",
+            &kin.endpoint,
+        ])
+        .args(["--destination-url", &url, "--buffer-seconds", "1"])
+        .envs(AWS_ENV)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Time to list the shards and take LATEST iterators.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = put_records(&kin, &stream, 5).await;
+    wait_for_requests(&state, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got: HashSet<Vec<u8>> = state
+        .lock()
+        .unwrap()
+        .got
+        .iter()
+        .flat_map(|g| decoded_records(&g.body))
+        .collect();
+    assert_eq!(
+        got,
+        after.into_iter().collect(),
+        "only the records put after the start"
+    );
+    fh.start_kill().unwrap();
 }
