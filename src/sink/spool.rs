@@ -231,26 +231,46 @@ pub struct SpoolSummary {
 }
 
 pub fn summarize(dir: &Path) -> io::Result<SpoolSummary> {
-    let ack = read_cursor(dir).unwrap_or_default();
     let mut s = SpoolSummary::default();
     for id in list_segments(dir)? {
-        let path = dir.join(segment_name(id));
-        let size = fs::metadata(&path)?.len();
-        s.bytes += size;
+        s.bytes += fs::metadata(dir.join(segment_name(id)))?.len();
         s.segments += 1;
+    }
+    for_each_pending(dir, |payload| {
+        s.pending += 1;
+        if s.oldest.is_none() {
+            s.oldest = Some(payload.to_vec());
+        }
+    })?;
+    Ok(s)
+}
+
+/// Call `f` with every undelivered report, oldest first, without changing anything (safe
+/// while the agent runs: a record being appended may be missed, never misread).
+pub fn for_each_pending(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    let ack = read_cursor(dir).unwrap_or_default();
+    for id in list_segments(dir)? {
         if id < ack.segment {
             continue;
         }
-        let start = if id == ack.segment { ack.offset } else { 0 };
-        let mut r = BufReader::new(File::open(&path)?);
-        let (records, _, acked) = scan(&path, (id == ack.segment).then_some(start))?;
-        s.pending += records - acked;
-        if s.oldest.is_none() && records > acked && start <= size {
-            r.seek(SeekFrom::Start(start))?;
-            s.oldest = read_frame(&mut r, size - start).ok().flatten();
+        let path = dir.join(segment_name(id));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // Delivered and deleted since it was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        let mut r = BufReader::with_capacity(64 * 1024, file);
+        let mut offset = 0;
+        while let Ok(Some(p)) = read_frame(&mut r, size - offset) {
+            if id > ack.segment || offset >= ack.offset {
+                f(&p);
+            }
+            offset += HEADER + p.len() as u64;
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 impl Spool {
