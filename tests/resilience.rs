@@ -265,3 +265,34 @@ async fn i2c_fault_skips_and_counts_samples() {
     assert!(s.contains("3 skipped"), "{s}");
     assert!(s.contains("database              connected"), "{s}");
 }
+
+// A spool that cannot be written (disk full: the segment file is /dev/full) is reported once,
+// reports are kept in memory and delivered, and writing resumes when the disk has room.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
+    let server = MongoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    let segment = spool_dir.join("segment-0000000000000001.spool");
+    std::os::unix::fs::symlink("/dev/full", &segment).unwrap();
+    let db = unique_name("diskfull");
+    let log = dir.path().join("agent.log");
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "40"]), &log);
+    wait_until(Duration::from_secs(20), "the disk error to be logged", || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).unwrap_or_default().contains("cannot write the spool") }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::remove_file(&segment).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("No space left on device"), "{text}");
+    assert_eq!(text.matches("cannot write the spool").count(), 1, "{text}");
+    assert!(text.contains("spool writable again"), "{text}");
+    let ids = ids_in(&server, &db).await;
+    assert_eq!(ids.len(), 40);
+    assert_unique(&ids);
+}

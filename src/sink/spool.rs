@@ -817,6 +817,32 @@ mod tests {
         assert_eq!(rest[0], payload(dropped as u32));
     }
 
+    // A disk that cannot be written keeps reports in memory (sent from there); once it can
+    // be written again they move to disk, and nothing is lost or reordered into duplicates.
+    #[test]
+    fn disk_full_falls_back_to_memory_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(segment_name(1));
+        std::os::unix::fs::symlink("/dev/full", &seg).unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let first = s.append(&payload(0), Instant::now());
+        assert!(first.disk_error.unwrap().contains("No space left"));
+        assert!(s.append(&payload(1), Instant::now()).disk_error.is_some());
+        // One memory batch is in flight while the disk recovers.
+        let in_flight = s.next_batch(1).unwrap();
+        assert_eq!(in_flight.source, BatchSource::Memory);
+        assert!(s.append(&payload(2), Instant::now()).disk_error.is_some());
+        fs::remove_file(&seg).unwrap();
+        let ok = s.append(&payload(3), Instant::now());
+        assert_eq!(ok.disk_error, None);
+        assert_eq!(ok.recovered_from_memory, 2);
+        s.ack(&in_flight);
+        assert_eq!(s.pending(), 3);
+        let mut rest = drain(&mut s);
+        rest.sort();
+        assert_eq!(rest, vec![payload(1), payload(2), payload(3)]);
+    }
+
     // A summary taken from outside matches the spool's own count and finds the oldest report.
     #[test]
     fn summary_reads_depth_and_oldest() {
