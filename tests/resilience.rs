@@ -30,7 +30,9 @@ fn agent(uri: &str, db: &str, spool_dir: &Path, extra: &[&str]) -> Command {
 }
 
 fn spawn_logged(mut c: Command, log: &Path) -> Child {
-    c.stderr(std::fs::File::create(log).unwrap()).spawn().unwrap()
+    c.stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
 }
 
 async fn ids_in(server: &MongoServer, db: &str) -> Vec<ObjectId> {
@@ -39,7 +41,13 @@ async fn ids_in(server: &MongoServer, db: &str) -> Vec<ObjectId> {
     let mut cursor = coll.find(doc! {}).await.unwrap();
     let mut ids = Vec::new();
     while cursor.advance().await.unwrap() {
-        ids.push(cursor.deserialize_current().unwrap().get_object_id("_id").unwrap());
+        ids.push(
+            cursor
+                .deserialize_current()
+                .unwrap()
+                .get_object_id("_id")
+                .unwrap(),
+        );
     }
     ids
 }
@@ -76,11 +84,21 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
 // Server down at start: 40 samples are spooled, then the server starts and all 40 arrive once.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_down_at_start_then_up_delivers_everything_once() {
-    let Some(mut server) = MongoServer::not_started() else { return };
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = unique_name("down_at_start");
     let log = dir.path().join("agent.log");
-    let mut child = spawn_logged(agent(&server.uri, &db, &dir.path().join("spool"), &["--count", "40"]), &log);
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &dir.path().join("spool"),
+            &["--count", "40"],
+        ),
+        &log,
+    );
     // 40 samples at 50 ms take 2 s; wait until they are all in the spool.
     wait_until(Duration::from_secs(20), "40 spooled reports", || {
         let d = dir.path().join("spool");
@@ -90,12 +108,20 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
     // The first insert gives up after the 10 s server selection timeout and says so once.
     wait_until(Duration::from_secs(30), "the outage to be logged", || {
         let log = log.clone();
-        async move { std::fs::read_to_string(&log).unwrap_or_default().contains("MongoDB unavailable") }
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("MongoDB unavailable")
+        }
     })
     .await;
     server.launch();
     let status = wait_exit(&mut child, Duration::from_secs(90));
-    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     let ids = ids_in(&server, &db).await;
     assert_eq!(ids.len(), 40);
     assert_unique(&ids);
@@ -109,11 +135,21 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
 // The server stops mid-run and comes back: nothing lost, nothing doubled.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_outage_mid_run_loses_nothing() {
-    let Some(mut server) = MongoServer::start_persistent() else { return };
+    let Some(mut server) = MongoServer::start_persistent() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = unique_name("outage");
     let log = dir.path().join("agent.log");
-    let mut child = spawn_logged(agent(&server.uri, &db, &dir.path().join("spool"), &["--count", "80"]), &log);
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &dir.path().join("spool"),
+            &["--count", "80"],
+        ),
+        &log,
+    );
     wait_until(Duration::from_secs(20), "first reports stored", || {
         let s = &server;
         let db = &db;
@@ -124,7 +160,11 @@ async fn server_outage_mid_run_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.launch();
     let status = wait_exit(&mut child, Duration::from_secs(90));
-    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     let ids = ids_in(&server, &db).await;
     assert_eq!(ids.len(), 80);
     assert_unique(&ids);
@@ -134,7 +174,9 @@ async fn server_outage_mid_run_loses_nothing() {
 // arrives exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
-    let Some(mut server) = MongoServer::not_started() else { return };
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
     let db = unique_name("sigkill");
@@ -152,14 +194,24 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
 
     server.launch();
     let log2 = dir.path().join("agent2.log");
-    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "5"]), &log2);
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "5"]),
+        &log2,
+    );
     let status = wait_exit(&mut child, Duration::from_secs(90));
-    assert!(status.success(), "{}", std::fs::read_to_string(&log2).unwrap());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log2).unwrap()
+    );
     let ids = ids_in(&server, &db).await;
     assert_unique(&ids);
     let stored: HashSet<_> = ids.iter().collect();
     for id in &before_kill {
-        assert!(stored.contains(id), "report {id} taken before the kill was lost");
+        assert!(
+            stored.contains(id),
+            "report {id} taken before the kill was lost"
+        );
     }
     assert_eq!(ids.len(), before_kill.len() + 5);
     assert!(pending_ids(&spool_dir).is_empty());
@@ -173,7 +225,10 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
     let spool_dir = dir.path().join("spool");
     let db = unique_name("sigterm");
     let log = dir.path().join("agent.log");
-    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--shutdown-timeout", "3s"]), &log);
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--shutdown-timeout", "3s"]),
+        &log,
+    );
     wait_until(Duration::from_secs(20), "reports stored", || {
         let s = &server;
         let db = &db;
@@ -183,30 +238,55 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
     let t = Instant::now();
     signal(&child, 15);
     let status = wait_exit(&mut child, Duration::from_secs(10));
-    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     let st = Status::read(&spool_dir.join(STATUS_FILE)).expect("status written at exit");
     let ids = ids_in(&server, &db).await;
     assert_unique(&ids);
     let spooled = pending_ids(&spool_dir);
     let all: HashSet<_> = ids.iter().chain(spooled.iter()).collect();
-    assert_eq!(all.len() as u64, st.reports, "stored {} + spooled {}", ids.len(), spooled.len());
+    assert_eq!(
+        all.len() as u64,
+        st.reports,
+        "stored {} + spooled {}",
+        ids.len(),
+        spooled.len()
+    );
 }
 
 // A full spool drops the oldest reports, counts them, logs once, and keeps the newest.
 #[tokio::test(flavor = "multi_thread")]
 async fn full_spool_drops_oldest_and_counts_them() {
-    let Some(mut server) = MongoServer::not_started() else { return };
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let spool_dir = dir.path().join("spool");
     let db = unique_name("cap");
     let log = dir.path().join("agent.log");
-    let c = agent(&server.uri, &db, &spool_dir, &["--spool-max-bytes", "16384", "--interval-ms", "2"]);
+    let c = agent(
+        &server.uri,
+        &db,
+        &spool_dir,
+        &["--spool-max-bytes", "16384", "--interval-ms", "2"],
+    );
     let mut child = spawn_logged(c, &log);
     // 16 KiB holds about 70 reports; 2 ms sampling fills it within a second.
     wait_until(Duration::from_secs(30), "drops logged", || {
         let log = log.clone();
-        async move { std::fs::read_to_string(&log).unwrap_or_default().contains("spool is full") }
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("spool is full")
+        }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -215,13 +295,20 @@ async fn full_spool_drops_oldest_and_counts_them() {
     let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
     assert!(st.dropped > 0);
     let kept = pending_ids(&spool_dir);
-    assert_eq!(kept.len() as u64 + st.dropped, st.reports, "kept + dropped = taken");
+    assert_eq!(
+        kept.len() as u64 + st.dropped,
+        st.reports,
+        "kept + dropped = taken"
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("spool is full").count(), 1, "{text}");
 
     // The kept reports are the newest: once delivered, the latest report taken is among them.
     server.launch();
-    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "1"]), &dir.path().join("agent2.log"));
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "1"]),
+        &dir.path().join("agent2.log"),
+    );
     assert!(wait_exit(&mut child, Duration::from_secs(90)).success());
     let ids = ids_in(&server, &db).await;
     assert_unique(&ids);
@@ -240,7 +327,12 @@ async fn i2c_fault_skips_and_counts_samples() {
     let db = unique_name("fault");
     let log = dir.path().join("agent.log");
     let mut child = spawn_logged(
-        agent(&server.uri, &db, &spool_dir, &["--count", "20", "--sim-fault", "lps25h:5:3"]),
+        agent(
+            &server.uri,
+            &db,
+            &spool_dir,
+            &["--count", "20", "--sim-fault", "lps25h:5:3"],
+        ),
         &log,
     );
     let status = wait_exit(&mut child, Duration::from_secs(60));
@@ -258,7 +350,12 @@ async fn i2c_fault_skips_and_counts_samples() {
     assert!(text.contains("sensor recovered"), "{text}");
 
     // `status` summarises it for a person.
-    let out = Command::new(agent_bin()).arg("status").arg("--spool-dir").arg(&spool_dir).output().unwrap();
+    let out = Command::new(agent_bin())
+        .arg("status")
+        .arg("--spool-dir")
+        .arg(&spool_dir)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let s = String::from_utf8(out.stdout).unwrap();
     assert!(s.contains("unsent reports        0"), "{s}");
@@ -278,11 +375,22 @@ async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
     std::os::unix::fs::symlink("/dev/full", &segment).unwrap();
     let db = unique_name("diskfull");
     let log = dir.path().join("agent.log");
-    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "40"]), &log);
-    wait_until(Duration::from_secs(20), "the disk error to be logged", || {
-        let log = log.clone();
-        async move { std::fs::read_to_string(&log).unwrap_or_default().contains("cannot write the spool") }
-    })
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "40"]),
+        &log,
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the disk error to be logged",
+        || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("cannot write the spool")
+            }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::remove_file(&segment).unwrap();
@@ -295,4 +403,55 @@ async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
     let ids = ids_in(&server, &db).await;
     assert_eq!(ids.len(), 40);
     assert_unique(&ids);
+}
+
+// A batch resent after a lost acknowledgement: reports already in the database count as
+// delivered (duplicate _id), the rest are inserted, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn resent_reports_already_stored_are_not_duplicated() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let db = unique_name("dupes");
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &[]),
+        &dir.path().join("a.log"),
+    );
+    wait_until(Duration::from_secs(20), "20 spooled reports", || {
+        let d = spool_dir.clone();
+        async move { d.exists() && pending_ids(&d).len() >= 20 }
+    })
+    .await;
+    signal(&child, 15);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let mut docs = Vec::new();
+    spool::for_each_pending(&spool_dir, |p| {
+        docs.push(Document::from_reader(&mut &p[..]).unwrap())
+    })
+    .unwrap();
+    let total = docs.len();
+    server.launch();
+    // The first half "arrived" before the agent was killed, but it never heard back.
+    let client = server.client().await;
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(&docs[..total / 2])
+        .await
+        .unwrap();
+    let log = dir.path().join("b.log");
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "0"]), &log);
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(60)).success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let ids = ids_in(&server, &db).await;
+    assert_eq!(ids.len(), total);
+    assert_unique(&ids);
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert_eq!(st.duplicates, (total / 2) as u64);
+    assert_eq!(st.delivered, total as u64);
 }

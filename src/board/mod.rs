@@ -306,7 +306,7 @@ where
 /// The board the agent samples: the real Sense HAT on Linux, or the simulator.
 pub enum Board {
     Linux(Box<SenseHat<linux_embedded_hal::I2cdev, linux_embedded_hal::Delay>>),
-    Sim(SimBoard),
+    Sim(Box<SimBoard>),
 }
 
 /// The simulated board plus the fault plan of `--sim-fault`.
@@ -371,7 +371,7 @@ impl Board {
     }
 
     pub fn open_sim(faults: Vec<SimFault>) -> Result<Board, SensorError> {
-        SimBoard::new(faults).map(Board::Sim)
+        SimBoard::new(faults).map(|s| Board::Sim(Box::new(s)))
     }
 
     /// Take one sample (blocking I2C: call from a blocking thread).
