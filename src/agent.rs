@@ -250,6 +250,10 @@ async fn sample_loop<S: Sampler>(
     let mut disk_failing = false;
     let mut dropping = false;
     let mut last_behind_log: Option<Instant> = None;
+    let mut timers = [
+        Box::pin(tokio::time::sleep_until(start)),
+        Box::pin(tokio::time::sleep_until(slot_time(start, interval, 1))),
+    ];
     let watchdog = if options.notify_systemd {
         sd_notify::watchdog_enabled()
     } else {
@@ -259,7 +263,17 @@ async fn sample_loop<S: Sampler>(
         if options.count.is_some_and(|n| lock(counters).reports >= n) {
             return Ok(false);
         }
-        let due = start + interval * u32::try_from(slot).unwrap_or(u32::MAX);
+        let due = slot_time(start, interval, slot);
+        // Two timers, the due slot's and the next one's, both always registered: a timer
+        // registered while no other is pending makes tokio wake its own driver (an eventfd
+        // write and an extra epoll round per sample); with the next slot already waiting,
+        // re-arming the fired timer for the slot after costs nothing.
+        for n in [slot, slot + 1] {
+            let t = &mut timers[(n % 2) as usize];
+            if t.deadline() != slot_time(start, interval, n) {
+                t.as_mut().reset(slot_time(start, interval, n));
+            }
+        }
         // Wait for the slot, pinging systemd's watchdog meanwhile when intervals are long; a
         // sample stuck on the bus stops the pings (the await below), and systemd restarts us.
         loop {
@@ -270,7 +284,7 @@ async fn sample_loop<S: Sampler>(
                     info!("shutdown requested: sampling stopped");
                     return Ok(true);
                 }
-                () = tokio::time::sleep_until(due) => break,
+                () = timers[(slot % 2) as usize].as_mut() => break,
                 () = async { tokio::time::sleep_until(ping_at.unwrap_or(due)).await }, if ping_at.is_some_and(|p| p < due) => {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -414,12 +428,21 @@ async fn sample_loop<S: Sampler>(
                 c.missed_slots
             };
             if last_behind_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
-                warn!(missed_in_total = total, "sampling fell behind its schedule; missed slots are skipped, not made up");
+                warn!(
+                    missed_in_total = total,
+                    "sampling fell behind its schedule; missed slots are skipped, not made up"
+                );
                 last_behind_log = Some(Instant::now());
             }
             slot = current;
         }
     }
+}
+
+/// When sample `n` is due: `start + n * interval`.
+fn slot_time(start: Instant, interval: Duration, n: u64) -> Instant {
+    let nanos = interval.as_nanos().saturating_mul(u128::from(n));
+    start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// What a sample produced, in whichever thread it was taken.
@@ -460,7 +483,8 @@ fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
         _ => None,
     };
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
-    let snapshot = !events.is_empty() || outcome.is_err() || store.is_some_and(|s| s.status_path.is_some());
+    let snapshot =
+        !events.is_empty() || outcome.is_err() || store.is_some_and(|s| s.status_path.is_some());
     Taken {
         sensors: if snapshot { Some(s.sensors()) } else { None },
         outcome,

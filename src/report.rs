@@ -204,7 +204,10 @@ mod tests {
     #[test]
     fn raw_bytes_equal_the_document() {
         let r = Report::new("pi", reading(0.5, -1.5, 0.9), 1_764_096_600_123);
-        assert_eq!(r.to_bson_bytes(), mongodb::bson::to_vec(&r.to_document()).unwrap());
+        assert_eq!(
+            r.to_bson_bytes(),
+            mongodb::bson::to_vec(&r.to_document()).unwrap()
+        );
     }
 
     // The dry-run line is relaxed Extended JSON with millisecond ISO dates.

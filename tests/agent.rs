@@ -249,9 +249,18 @@ fn notifies_systemd_ready_and_watchdog() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let status = Command::new(agent_bin())
-        .args(["--sensors", "sim", "--dry-run", "--count", "3", "--interval-ms", "200"])
+        .args([
+            "--sensors",
+            "sim",
+            "--dry-run",
+            "--count",
+            "3",
+            "--interval-ms",
+            "200",
+        ])
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "100000")
         .stdout(Stdio::null())
@@ -265,7 +274,11 @@ fn notifies_systemd_ready_and_watchdog() {
     while let Ok(n) = sock.recv(&mut buf) {
         messages.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
     }
-    assert_eq!(messages.iter().filter(|m| *m == "READY=1").count(), 1, "{messages:?}");
+    assert_eq!(
+        messages.iter().filter(|m| *m == "READY=1").count(),
+        1,
+        "{messages:?}"
+    );
     // One ping per sample plus the ones while waiting 200 ms between samples (every 50 ms).
     let pings = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
     assert!(pings >= 5, "{messages:?}");

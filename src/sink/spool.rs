@@ -464,14 +464,16 @@ impl Spool {
             self.new_segment(active.segment + 1)?;
         }
         let id = self.end().segment;
-        let path = self.path(id);
         let bytes = frame(payload);
         let writer = self.writer.as_mut().expect("opened above");
         if let Err(source) = writer.write_all(&bytes) {
             let seg_len = self.segments.back().map_or(0, |s| s.len);
             let _ = writer.set_len(seg_len);
             self.writer = None;
-            return Err(SpoolError::Io { path, source });
+            return Err(SpoolError::Io {
+                path: self.path(id),
+                source,
+            });
         }
         let seg = self.segments.back_mut().expect("segment exists");
         seg.len += bytes.len() as u64;
