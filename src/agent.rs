@@ -30,7 +30,7 @@ use crate::sink::{InsertError, Inserter};
 use crate::status::{SensorStatus, Status};
 
 /// Most reports per `insert_many` when draining a backlog.
-pub const BATCH_MAX: usize = 1000;
+pub const BATCH_MAX: usize = 10_000;
 /// Smallest gap between the starts of two inserts that are not full batches.
 pub const MIN_INSERT_SPACING: Duration = Duration::from_millis(100);
 /// How often `status.json` is rewritten.
