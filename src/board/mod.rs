@@ -304,6 +304,8 @@ where
 }
 
 /// The board the agent samples: the real Sense HAT on Linux, or the simulator.
+/// One per process, so the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Board {
     Linux(Box<SenseHat<linux_embedded_hal::I2cdev, linux_embedded_hal::Delay>>),
     Sim(SimBoard),
