@@ -12,11 +12,25 @@ use mongodb::bson::{spec::ElementType, Document};
 #[test]
 fn dry_run_prints_relaxed_extended_json() {
     let out = Command::new(agent_bin())
-        .args(["--sensors", "sim", "--dry-run", "--count", "5", "--interval-ms", "20", "--node-name", "pi-test"])
+        .args([
+            "--sensors",
+            "sim",
+            "--dry-run",
+            "--count",
+            "5",
+            "--interval-ms",
+            "20",
+            "--node-name",
+            "pi-test",
+        ])
         .env_remove("MONGODB_CONNECTION_STRING")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5);
@@ -27,7 +41,16 @@ fn dry_run_prints_relaxed_extended_json() {
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["_id", "nodeName", "humidity", "temperature", "pressure", "isMoving", "acceleration", "recordedAt"]
+            [
+                "_id",
+                "nodeName",
+                "humidity",
+                "temperature",
+                "pressure",
+                "isMoving",
+                "acceleration",
+                "recordedAt"
+            ]
         );
         let oid = obj["_id"]["$oid"].as_str().unwrap();
         assert_eq!(oid.len(), 24);
@@ -53,8 +76,14 @@ fn dry_run_prints_relaxed_extended_json() {
             .as_document()
             .unwrap()
             .clone();
-        assert_eq!(doc.get("_id").unwrap().element_type(), ElementType::ObjectId);
-        assert_eq!(doc.get("recordedAt").unwrap().element_type(), ElementType::DateTime);
+        assert_eq!(
+            doc.get("_id").unwrap().element_type(),
+            ElementType::ObjectId
+        );
+        assert_eq!(
+            doc.get("recordedAt").unwrap().element_type(),
+            ElementType::DateTime
+        );
     }
     // Logs go to stderr only.
     assert!(!text.contains("INFO"));
@@ -79,7 +108,13 @@ fn missing_connection_string_says_how_to_give_one() {
 #[test]
 fn missing_sense_hat_fails_fast() {
     let out = Command::new(agent_bin())
-        .args(["--dry-run", "--i2c-bus", "/dev/i2c-nonexistent", "--count", "1"])
+        .args([
+            "--dry-run",
+            "--i2c-bus",
+            "/dev/i2c-nonexistent",
+            "--count",
+            "1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -95,15 +130,23 @@ fn led_shows_logo_then_clears() {
     let fb = dir.path().join("fb1");
     std::fs::write(&fb, [0u8; 128]).unwrap();
     let mut child = Command::new(agent_bin())
-        .args(["--sensors", "sim", "--dry-run", "--interval-ms", "50", "--led-device"])
+        .args([
+            "--sensors",
+            "sim",
+            "--dry-run",
+            "--interval-ms",
+            "50",
+            "--led-device",
+        ])
         .arg(&fb)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let logo = sensehat_monitor::led::Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
-        .unwrap()
-        .to_fb_bytes(sensehat_monitor::led::Rotation::R0);
+    let logo =
+        sensehat_monitor::led::Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
+            .unwrap()
+            .to_fb_bytes(sensehat_monitor::led::Rotation::R0);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::read(&fb).unwrap() != logo {
         assert!(std::time::Instant::now() < deadline, "logo never appeared");
@@ -122,14 +165,27 @@ async fn stores_reports_with_the_original_bson_types() {
     let db = unique_name("agent");
     let spool = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(agent_bin())
-        .args(["--sensors", "sim", "--count", "10", "--interval-ms", "50", "--database", &db])
+        .args([
+            "--sensors",
+            "sim",
+            "--count",
+            "10",
+            "--interval-ms",
+            "50",
+            "--database",
+            &db,
+        ])
         .arg("--spool-dir")
         .arg(spool.path())
         .env("MONGODB_CONNECTION_STRING", &server.uri)
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let client = server.client().await;
     let coll = client.database(&db).collection::<Document>("reports");
     let mut cursor = coll.find(mongodb::bson::doc! {}).await.unwrap();
@@ -140,7 +196,10 @@ async fn stores_reports_with_the_original_bson_types() {
     assert_eq!(docs.len(), 10);
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     for d in &docs {
-        let types: Vec<(&str, ElementType)> = d.iter().map(|(k, v)| (k.as_str(), v.element_type())).collect();
+        let types: Vec<(&str, ElementType)> = d
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.element_type()))
+            .collect();
         assert_eq!(
             types,
             [
@@ -155,17 +214,30 @@ async fn stores_reports_with_the_original_bson_types() {
             ]
         );
         let acc = d.get_document("acceleration").unwrap();
-        let acc_types: Vec<(&str, ElementType)> = acc.iter().map(|(k, v)| (k.as_str(), v.element_type())).collect();
+        let acc_types: Vec<(&str, ElementType)> = acc
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.element_type()))
+            .collect();
         assert_eq!(
             acc_types,
-            [("x", ElementType::Double), ("y", ElementType::Double), ("z", ElementType::Double)]
+            [
+                ("x", ElementType::Double),
+                ("y", ElementType::Double),
+                ("z", ElementType::Double)
+            ]
         );
         assert_eq!(d.get_str("nodeName").unwrap(), host);
     }
     // Samples are 50 ms apart on the schedule.
-    let mut times: Vec<i64> = docs.iter().map(|d| d.get_datetime("recordedAt").unwrap().timestamp_millis()).collect();
+    let mut times: Vec<i64> = docs
+        .iter()
+        .map(|d| d.get_datetime("recordedAt").unwrap().timestamp_millis())
+        .collect();
     times.sort();
     let span = times[9] - times[0];
-    assert!((400..=2000).contains(&span), "10 samples at 50 ms spanned {span} ms");
+    assert!(
+        (400..=2000).contains(&span),
+        "10 samples at 50 ms spanned {span} ms"
+    );
     client.database(&db).drop().await.unwrap();
 }

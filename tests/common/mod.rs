@@ -136,7 +136,11 @@ impl MongoServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "MongoDB test server did not start on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "MongoDB test server did not start on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
