@@ -1,6 +1,7 @@
 //! The Firehose endpoint binary: parse the command line, set up logging, and serve until
 //! SIGINT/SIGTERM. Logic lives in `sensehat_monitor::firehose`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,6 +18,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
