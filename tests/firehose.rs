@@ -852,3 +852,113 @@ async fn binary_requires_a_key_and_serves() {
     );
     assert!(!text.contains(KEY), "the log must never show a key");
 }
+
+// With --tls-cert/--tls-key the endpoint serves HTTPS itself: a client trusting the certificate
+// delivers over TLS and gets a Firehose-shaped 200; a plain-HTTP client gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cert = fixtures.join("firehose-test-cert.pem");
+    let key = fixtures.join("firehose-test-key.pem");
+    let tls = sensehat_monitor::firehose::server::tls_config(&cert, &key).unwrap();
+    assert!(sensehat_monitor::firehose::server::tls_config(&cert, &cert).is_err());
+
+    let server = MongoServer::start();
+    let db_name = unique_name("fhtls");
+    let config = EndpointConfig {
+        path: "/".into(),
+        keys: AccessKeys::new([KEY.as_bytes()]),
+        max_body_bytes: 64 << 20,
+        collection: "firehose".into(),
+        decode: DecodeOptions::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(
+        listener,
+        app(AppState::new(config, Store::new(&server.uri, &db_name))),
+        Some(tls),
+        async {
+            let _ = rx.await;
+        },
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (ids, recs) = reports(2);
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", "localhost");
+    for (k, v) in firehose_headers("req-tls", Some(KEY), false) {
+        req = req.header(k, v);
+    }
+    let resp = sender
+        .send_request(
+            req.body(Full::new(Bytes::from(firehose_body("req-tls", &recs))))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let reply = Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    };
+    check_shape(&reply, 200, "req-tls");
+    let coll = server
+        .client()
+        .await
+        .database(&db_name)
+        .collection::<Document>("firehose");
+    assert_eq!(
+        coll.count_documents(doc! { "_id": ids[1] }).await.unwrap(),
+        1
+    );
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let plain = client
+        .request(
+            hyper::Request::builder()
+                .uri(format!("http://{addr}/health"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert!(plain.is_err());
+
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("TLS server stops on shutdown")
+        .unwrap()
+        .unwrap();
+}

@@ -123,12 +123,10 @@ pub fn parse_json_document(bytes: &[u8], options: &DecodeOptions) -> Result<Docu
         return Err(Rejection::Empty);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| Rejection::NotUtf8(e.to_string()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| Rejection::NotJson(e.to_string()))?;
-    let serde_json::Value::Object(map) = value else {
-        return Err(Rejection::NotObject);
+    let mut doc = match json_to_bson(text)? {
+        Bson::Document(d) => d,
+        _ => return Err(Rejection::NotObject),
     };
-    let mut doc = Document::try_from(map).map_err(|e| Rejection::ExtendedJson(e.to_string()))?;
     if let Some(id) = doc.get_mut("_id") {
         match id {
             Bson::String(s) => {
@@ -152,6 +150,97 @@ pub fn parse_json_document(bytes: &[u8], options: &DecodeOptions) -> Result<Docu
         }
     }
     Ok(doc)
+}
+
+/// JSON text to BSON as Extended JSON v2 would read it (the same result as
+/// `Bson::try_from(serde_json::Value)`), in one pass: values are built straight from the
+/// parser, and only an object with a `$` key (an Extended JSON wrapper such as `{"$oid"}`) goes
+/// through `serde_json::Value` and the bson crate's Extended JSON reader.
+pub fn json_to_bson(text: &str) -> Result<Bson, Rejection> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = BsonSeed
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    value.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Rejection::ExtendedJson(e.to_string()),
+        _ => Rejection::NotJson(e.to_string()),
+    })
+}
+
+struct BsonSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for BsonSeed {
+    type Value = Bson;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Bson, D::Error> {
+        d.deserialize_any(BsonSeed)
+    }
+}
+
+/// An integer as Extended JSON reads it: Int32 when it fits, else Int64.
+fn int_bson(i: i64) -> Bson {
+    match i32::try_from(i) {
+        Ok(small) => Bson::Int32(small),
+        Err(_) => Bson::Int64(i),
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BsonSeed {
+    type Value = Bson;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Bson, E> {
+        Ok(Bson::Boolean(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Bson, E> {
+        Ok(int_bson(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Bson, E> {
+        Ok(i64::try_from(v).map_or(Bson::Double(v as f64), int_bson))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Bson, E> {
+        Ok(Bson::Double(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Bson, E> {
+        Ok(Bson::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Bson, E> {
+        Ok(Bson::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Bson, E> {
+        Ok(Bson::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bson, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element_seed(BsonSeed)? {
+            items.push(v);
+        }
+        Ok(Bson::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Bson, A::Error> {
+        let mut doc = Document::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key.starts_with('$') {
+                // An Extended JSON wrapper: read the rest as JSON and let the bson crate decide.
+                let mut obj: serde_json::Map<String, serde_json::Value> = doc
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_relaxed_extjson()))
+                    .collect();
+                let first: serde_json::Value = map.next_value()?;
+                obj.insert(key, first);
+                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    obj.insert(k, v);
+                }
+                return Bson::try_from(serde_json::Value::Object(obj))
+                    .map_err(serde::de::Error::custom);
+            }
+            let value = map.next_value_seed(BsonSeed)?;
+            doc.insert(key, value);
+        }
+        Ok(Bson::Document(doc))
+    }
 }
 
 /// A 24-hex-digit string as an ObjectId (either case), else `None`.
@@ -320,6 +409,31 @@ mod tests {
             "{:?}",
             e.reason
         );
+    }
+
+    // The one-pass reader gives exactly what the bson crate's Extended JSON reader gives.
+    #[test]
+    fn one_pass_reader_matches_extended_json() {
+        let cases = [
+            r#"{"a":1,"b":-2147483649,"c":18446744073709551615,"d":1.0,"e":1e3,"f":null,"g":[1,"x",{"h":true}]}"#,
+            r#"{"_id":{"$oid":"65a1b2c3d4e5f60718293a4b"},"t":{"$date":{"$numberLong":"-5"}},"u":{"$date":"2023-07-13T11:02:11.016Z"}}"#,
+            r#"{"n":{"$numberDecimal":"1.5"},"b":{"$binary":{"base64":"AQI=","subType":"00"}},"r":{"$regularExpression":{"pattern":"a","options":"i"}}}"#,
+            r#"{"x":{"a":1,"$numberLong":"3"}}"#,
+            r#"{"dup":1,"dup":2,"k":{"$numberInt":"7"},"arr":[{"$numberLong":"9"},{"$oid":"65a1b2c3d4e5f60718293a4b"}]}"#,
+            r#"{"ts":{"$timestamp":{"t":1,"i":2}},"mk":{"$minKey":1},"s":"\u00e9\n"}"#,
+            r#"{"$unknown":1,"a":2}"#,
+        ];
+        for case in cases {
+            let expect = serde_json::from_str::<serde_json::Value>(case)
+                .map_err(|e| e.to_string())
+                .and_then(|v| Bson::try_from(v).map_err(|e| e.to_string()));
+            let got = json_to_bson(case);
+            match (expect, got) {
+                (Ok(e), Ok(g)) => assert_eq!(e, g, "{case}"),
+                (Err(_), Err(Rejection::ExtendedJson(_))) => {}
+                (e, g) => panic!("{case}: expected {e:?}, got {g:?}"),
+            }
+        }
     }
 
     // Multi-byte UTF-8 survives (the original decoder produced Latin-1 code units).

@@ -122,6 +122,13 @@ impl BodyReader {
         }
     }
 
+    /// Make room for `n` more bytes of a plain body (from its Content-Length).
+    pub fn reserve(&mut self, n: usize) {
+        if let BodyReader::Identity(v) = self {
+            v.buf.reserve_exact(n.min(v.limit));
+        }
+    }
+
     /// Take one chunk of the body as it came over the wire.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), BodyError> {
         match self {
