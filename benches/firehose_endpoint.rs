@@ -35,6 +35,10 @@ use mongodb::Namespace;
 use sensehat_monitor::firehose::decode::{decode_record, DecodeOptions};
 use sensehat_monitor::firehose::protocol::{BodyReader, RequestBody};
 
+/// The endpoint binary's allocator, so that the in-process decode figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RECORDS: usize = 10_000;
 const KEY: &str = "bench-key";
 const DB: &str = "bench";
