@@ -12,6 +12,7 @@
 //! - [`status`]: `status.json` and the `status` command.
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! - `firehose` (feature `firehose`): the Kinesis Data Firehose HTTP endpoint that upserts deliveries.
 
 pub mod agent;
 pub mod board;
@@ -22,3 +23,6 @@ pub mod report;
 pub mod shutdown;
 pub mod sink;
 pub mod status;
+
+#[cfg(feature = "firehose")]
+pub mod firehose;
