@@ -12,6 +12,7 @@
 //! - [`status`]: `status.json` and the `status` command.
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! - [`logging`]: tracing to stderr, shared by the binaries.
 //! - `firehose` (feature `firehose`): the Kinesis Data Firehose HTTP endpoint that upserts deliveries.
 
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod board;
 pub mod config;
 pub mod drivers;
 pub mod led;
+pub mod logging;
 pub mod report;
 pub mod shutdown;
 pub mod sink;

@@ -62,6 +62,34 @@ fn pending_ids(dir: &Path) -> Vec<ObjectId> {
     ids
 }
 
+/// Wait until the spool in `dir` holds at least `n` undelivered reports.
+async fn wait_for_spooled(dir: &Path, n: usize) {
+    let d = dir.to_owned();
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{n} spooled reports"),
+        || {
+            let d = d.clone();
+            async move { d.exists() && pending_ids(&d).len() >= n }
+        },
+    )
+    .await;
+}
+
+/// Wait until the agent's log contains `text`.
+async fn wait_for_log(log: &Path, text: &str, timeout: Duration) {
+    let log = log.to_owned();
+    wait_until(timeout, &format!("{text:?} in the log"), || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(text)
+        }
+    })
+    .await;
+}
+
 fn assert_unique(ids: &[ObjectId]) {
     let set: HashSet<_> = ids.iter().collect();
     assert_eq!(set.len(), ids.len(), "duplicates among {} ids", ids.len());
@@ -100,21 +128,9 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
         &log,
     );
     // 40 samples at 50 ms take 2 s; wait until they are all in the spool.
-    wait_until(Duration::from_secs(20), "40 spooled reports", || {
-        let d = dir.path().join("spool");
-        async move { d.exists() && pending_ids(&d).len() >= 40 }
-    })
-    .await;
+    wait_for_spooled(&dir.path().join("spool"), 40).await;
     // The first insert gives up after the 10 s server selection timeout and says so once.
-    wait_until(Duration::from_secs(30), "the outage to be logged", || {
-        let log = log.clone();
-        async move {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("MongoDB unavailable")
-        }
-    })
-    .await;
+    wait_for_log(&log, "MongoDB unavailable", Duration::from_secs(30)).await;
     server.launch();
     let status = wait_exit(&mut child, Duration::from_secs(90));
     assert!(
@@ -182,11 +198,7 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
     let db = unique_name("sigkill");
     let log = dir.path().join("agent.log");
     let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &[]), &log);
-    wait_until(Duration::from_secs(20), "25 spooled reports", || {
-        let d = spool_dir.clone();
-        async move { d.exists() && pending_ids(&d).len() >= 25 }
-    })
-    .await;
+    wait_for_spooled(&spool_dir, 25).await;
     signal(&child, 9);
     child.wait().unwrap();
     let before_kill = pending_ids(&spool_dir);
@@ -280,15 +292,7 @@ async fn full_spool_drops_oldest_and_counts_them() {
     );
     let mut child = spawn_logged(c, &log);
     // 16 KiB holds about 70 reports; 2 ms sampling fills it within a second.
-    wait_until(Duration::from_secs(30), "drops logged", || {
-        let log = log.clone();
-        async move {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("spool is full")
-        }
-    })
-    .await;
+    wait_for_log(&log, "spool is full", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&child, 15);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
@@ -379,19 +383,7 @@ async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
         agent(&server.uri, &db, &spool_dir, &["--count", "40"]),
         &log,
     );
-    wait_until(
-        Duration::from_secs(20),
-        "the disk error to be logged",
-        || {
-            let log = log.clone();
-            async move {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("cannot write the spool")
-            }
-        },
-    )
-    .await;
+    wait_for_log(&log, "cannot write the spool", Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::remove_file(&segment).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(60));
@@ -419,11 +411,7 @@ async fn resent_reports_already_stored_are_not_duplicated() {
         agent(&server.uri, &db, &spool_dir, &[]),
         &dir.path().join("a.log"),
     );
-    wait_until(Duration::from_secs(20), "20 spooled reports", || {
-        let d = spool_dir.clone();
-        async move { d.exists() && pending_ids(&d).len() >= 20 }
-    })
-    .await;
+    wait_for_spooled(&spool_dir, 20).await;
     signal(&child, 15);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     let mut docs = Vec::new();
