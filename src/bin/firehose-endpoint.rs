@@ -1,7 +1,6 @@
 //! The Firehose endpoint binary: parse the command line, set up logging, and serve until
 //! SIGINT/SIGTERM. Logic lives in `sensehat_monitor::firehose`.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
