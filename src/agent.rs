@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,18 +25,26 @@ use tracing::{debug, error, info, warn};
 
 use crate::board::{Board, HealthEvent, SampleError, Sensor};
 use crate::report::{Reading, Report};
-use crate::sink::spool::{Batch, Spool};
+use crate::sink::spool::{AppendOutcome, Batch, Spool, SpoolError};
 use crate::sink::{InsertError, Inserter};
 use crate::status::{SensorStatus, Status};
 
 /// Most reports per `insert_many` when draining a backlog.
-pub const BATCH_MAX: usize = 1000;
+pub const BATCH_MAX: usize = 10_000;
+/// Smallest gap between the starts of two inserts that are not full batches.
+pub const MIN_INSERT_SPACING: Duration = Duration::from_millis(100);
 /// How often `status.json` is rewritten.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Something that takes samples (blocking). The real and simulated boards implement it.
 pub trait Sampler: Send + 'static {
     fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>);
+    /// Whether a sample blocks (real I2C): then it runs on a blocking thread. The simulator
+    /// only touches memory and runs in place, which saves two thread hand-offs per sample.
+    fn blocking(&self) -> bool {
+        true
+    }
+
     /// Per-sensor health, for `status`.
     fn sensors(&self) -> Vec<SensorStatus> {
         Vec::new()
@@ -45,6 +54,10 @@ pub trait Sampler: Send + 'static {
 impl Sampler for Board {
     fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
         Board::sample(self)
+    }
+
+    fn blocking(&self) -> bool {
+        matches!(self, Board::Linux(_))
     }
 
     fn sensors(&self) -> Vec<SensorStatus> {
@@ -147,6 +160,7 @@ where
 {
     let counters = Arc::new(Mutex::new(Counters::default()));
     let notify = Arc::new(Notify::new());
+    let delivery_idle = Arc::new(AtomicBool::new(true));
     let (mode_tx, mode_rx) = watch::channel(Mode::Run);
     let mut output = output;
 
@@ -156,6 +170,7 @@ where
             inserter,
             mode_rx,
             notify.clone(),
+            delivery_idle.clone(),
             counters.clone(),
         ))),
         Output::Print(_) => None,
@@ -168,6 +183,7 @@ where
         &mut output,
         &counters,
         &notify,
+        &delivery_idle,
         &mut shutdown,
     )
     .await?;
@@ -222,6 +238,7 @@ async fn sample_loop<S: Sampler>(
     output: &mut Output,
     counters: &Arc<Mutex<Counters>>,
     notify: &Arc<Notify>,
+    delivery_idle: &Arc<AtomicBool>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<bool, AgentError> {
     let start = Instant::now();
@@ -232,34 +249,85 @@ async fn sample_loop<S: Sampler>(
     let mut last_status: Option<Instant> = None;
     let mut disk_failing = false;
     let mut dropping = false;
+    let mut last_behind_log: Option<Instant> = None;
+    let mut timers = [
+        Box::pin(tokio::time::sleep_until(start)),
+        Box::pin(tokio::time::sleep_until(slot_time(start, interval, 1))),
+    ];
+    let watchdog = if options.notify_systemd {
+        sd_notify::watchdog_enabled()
+    } else {
+        None
+    };
     loop {
         if options.count.is_some_and(|n| lock(counters).reports >= n) {
             return Ok(false);
         }
-        let due = start + interval * u32::try_from(slot).unwrap_or(u32::MAX);
-        tokio::select! {
-            biased;
-            () = &mut *shutdown => {
-                info!("shutdown requested: sampling stopped");
-                return Ok(true);
+        let due = slot_time(start, interval, slot);
+        // Two timers, the due slot's and the next one's, both always registered: a timer
+        // registered while no other is pending makes tokio wake its own driver (an eventfd
+        // write and an extra epoll round per sample); with the next slot already waiting,
+        // re-arming the fired timer for the slot after costs nothing.
+        for n in [slot, slot + 1] {
+            let t = &mut timers[(n % 2) as usize];
+            if t.deadline() != slot_time(start, interval, n) {
+                t.as_mut().reset(slot_time(start, interval, n));
             }
-            () = tokio::time::sleep_until(due) => {}
+        }
+        // Wait for the slot, pinging systemd's watchdog meanwhile when intervals are long; a
+        // sample stuck on the bus stops the pings (the await below), and systemd restarts us.
+        loop {
+            let ping_at = watchdog.map(|w| Instant::now() + w / 2);
+            tokio::select! {
+                biased;
+                () = &mut *shutdown => {
+                    info!("shutdown requested: sampling stopped");
+                    return Ok(true);
+                }
+                () = timers[(slot % 2) as usize].as_mut() => break,
+                () = async { tokio::time::sleep_until(ping_at.unwrap_or(due)).await }, if ping_at.is_some_and(|p| p < due) => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
         }
 
-        let mut s = sampler.take().expect("sampler is returned by every sample");
+        let write_status_now = last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
+        let store = match &*output {
+            Output::Spool { spool, status_path } => Some(Store {
+                spool: spool.clone(),
+                status_path: status_path.clone().filter(|_| write_status_now),
+                counters: counters.clone(),
+            }),
+            Output::Print(_) => None,
+        };
+        let has_store = store.is_some();
         let node = options.node_name.clone();
-        let (s, outcome, events) = tokio::task::spawn_blocking(move || {
-            let recorded_at = now_ms();
-            let (result, events) = s.sample();
-            let report = result.map(|r| Report::new(&node, r, recorded_at));
-            let sensors = s.sensors();
-            (s, report, (events, sensors))
-        })
-        .await
-        .map_err(|e| AgentError::Join(e.to_string()))?;
+        let mut s = sampler.take().expect("sampler is returned by every sample");
+        let (s, taken) = if s.blocking() {
+            // Real I2C blocks for milliseconds: keep it off the runtime.
+            tokio::task::spawn_blocking(move || {
+                let t = take(&mut s, &node, store.as_ref());
+                (s, t)
+            })
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?
+        } else {
+            let t = take(&mut s, &node, store.as_ref());
+            (s, t)
+        };
         sampler = Some(s);
-        let (events, sensors) = events;
-        lock(counters).sensors = sensors;
+        if write_status_now && has_store {
+            last_status = Some(Instant::now());
+        }
+        let Taken {
+            outcome,
+            events,
+            sensors,
+            stored,
+        } = taken;
+        if let Some(sensors) = sensors {
+            lock(counters).sensors = sensors;
+        }
 
         for (sensor, event) in events {
             match event {
@@ -297,30 +365,8 @@ async fn sample_loop<S: Sampler>(
                         .and_then(|()| w.flush())
                         .map_err(AgentError::Print)?;
                 }
-                Output::Spool { spool, status_path } => {
-                    let spool = spool.clone();
-                    let status_path = status_path.clone();
-                    let write_status_now = last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
-                    let counters2 = counters.clone();
-                    let bytes = mongodb::bson::to_vec(&report.to_document())
-                        .expect("a report always serialises");
-                    let (append, maintain) = tokio::task::spawn_blocking(move || {
-                        let mut sp = lock(&spool);
-                        let now = std::time::Instant::now();
-                        let append = sp.append(&bytes, now);
-                        let maintain = sp.maintain(now);
-                        if write_status_now {
-                            if let Some(p) = &status_path {
-                                write_status(p, &lock(&counters2), &sp);
-                            }
-                        }
-                        (append, maintain)
-                    })
-                    .await
-                    .map_err(|e| AgentError::Join(e.to_string()))?;
-                    if write_status_now {
-                        last_status = Some(Instant::now());
-                    }
+                Output::Spool { .. } => {
+                    let (append, maintain) = stored.expect("stored with a spool");
                     if let Err(e) = maintain {
                         warn!(error = %e, "spool maintenance failed");
                     }
@@ -351,7 +397,12 @@ async fn sample_loop<S: Sampler>(
                         );
                         dropping = false;
                     }
-                    notify.notify_one();
+                    // Wake delivery only when it waits for work: while it is busy or spacing its
+                    // inserts it will find this report anyway, and a needless wake-up per sample
+                    // costs an eventfd write and an epoll round.
+                    if delivery_idle.load(Ordering::SeqCst) {
+                        notify.notify_one();
+                    }
                 }
             }
             if !ready_sent {
@@ -371,10 +422,74 @@ async fn sample_loop<S: Sampler>(
         let current = (elapsed.as_nanos() / interval.as_nanos()) as u64;
         if current > slot {
             let missed = current - slot;
-            lock(counters).missed_slots += missed;
-            warn!(missed, "sampling fell behind; skipping missed slots");
+            let total = {
+                let mut c = lock(counters);
+                c.missed_slots += missed;
+                c.missed_slots
+            };
+            if last_behind_log.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                warn!(
+                    missed_in_total = total,
+                    "sampling fell behind its schedule; missed slots are skipped, not made up"
+                );
+                last_behind_log = Some(Instant::now());
+            }
             slot = current;
         }
+    }
+}
+
+/// When sample `n` is due: `start + n * interval`.
+fn slot_time(start: Instant, interval: Duration, n: u64) -> Instant {
+    let nanos = interval.as_nanos().saturating_mul(u128::from(n));
+    start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// What a sample produced, in whichever thread it was taken.
+struct Taken {
+    outcome: Result<Report, SampleError>,
+    events: Vec<(Sensor, HealthEvent)>,
+    /// A fresh health snapshot, when one was taken.
+    sensors: Option<Vec<SensorStatus>>,
+    /// The spool append and maintenance results, when there is a spool.
+    stored: Option<(AppendOutcome, Result<(), SpoolError>)>,
+}
+
+/// The spool side of taking a sample.
+struct Store {
+    spool: Arc<Mutex<Spool>>,
+    /// Set when status.json is due.
+    status_path: Option<PathBuf>,
+    counters: Arc<Mutex<Counters>>,
+}
+
+/// Take one sample and append its report to the spool (blocking: I2C and file I/O).
+fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
+    let recorded_at = now_ms();
+    let (result, events) = s.sample();
+    let outcome = result.map(|r| Report::new(node, r, recorded_at));
+    let stored = match (store, &outcome) {
+        (Some(store), Ok(report)) => {
+            let bytes = report.to_bson_bytes();
+            let mut sp = lock(&store.spool);
+            let now = std::time::Instant::now();
+            let append = sp.append(&bytes, now);
+            let maintain = sp.maintain(now);
+            if let Some(p) = &store.status_path {
+                write_status(p, &lock(&store.counters), &sp);
+            }
+            Some((append, maintain))
+        }
+        _ => None,
+    };
+    // Health snapshots allocate; take one only when it can have changed or is about to be shown.
+    let snapshot =
+        !events.is_empty() || outcome.is_err() || store.is_some_and(|s| s.status_path.is_some());
+    Taken {
+        sensors: if snapshot { Some(s.sensors()) } else { None },
+        outcome,
+        events,
+        stored,
     }
 }
 
@@ -390,6 +505,7 @@ async fn deliver<I: Inserter>(
     mut inserter: I,
     mut mode: watch::Receiver<Mode>,
     notify: Arc<Notify>,
+    idle: Arc<AtomicBool>,
     counters: Arc<Mutex<Counters>>,
 ) -> Result<(), AgentError> {
     let backoff_builder = backon::ExponentialBuilder::default()
@@ -404,11 +520,26 @@ async fn deliver<I: Inserter>(
         backlog_delivered: 0,
         backlog_duplicates: 0,
     };
+    let mut last_insert: Option<Instant> = None;
     loop {
         let m = *mode.borrow();
         if m == Mode::Stop {
             return Ok(());
         }
+        // At most one small insert per MIN_INSERT_SPACING: at 2 Hz every report still goes out
+        // at once, while faster sampling is batched instead of costing a round trip (and an
+        // Atlas operation) per report. A full batch (a backlog) is never held back.
+        if let Some(t) = last_insert {
+            let next = t + MIN_INSERT_SPACING;
+            if Instant::now() < next && (lock(&spool).pending() as usize) < BATCH_MAX {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    _ = mode.wait_for(|m| *m == Mode::Stop) => return Ok(()),
+                }
+            }
+        }
+        // Say we may go idle before looking, so a report appended after the look wakes us.
+        idle.store(true, Ordering::SeqCst);
         let sp = spool.clone();
         let batch: Batch = tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
             .await
@@ -423,6 +554,8 @@ async fn deliver<I: Inserter>(
             }
             continue;
         }
+        idle.store(false, Ordering::SeqCst);
+        last_insert = Some(Instant::now());
         match inserter.insert(&batch.records).await {
             Ok(outcome) => {
                 backoff = backoff_builder.build();

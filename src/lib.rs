@@ -12,6 +12,8 @@
 //! - [`status`]: `status.json` and the `status` command.
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! - [`logging`]: tracing to stderr, shared by the binaries.
+//! - `firehose` (feature `firehose`): the Kinesis Data Firehose HTTP endpoint that upserts deliveries.
 //! - `forwarder` (feature `forwarder`): the MongoDB change stream to Kinesis forwarder.
 //! - `firehose_local` (feature `forwarder`): a local Kinesis Data Firehose HTTP-endpoint delivery simulator.
 
@@ -24,7 +26,11 @@ pub mod firehose_local;
 #[cfg(feature = "forwarder")]
 pub mod forwarder;
 pub mod led;
+pub mod logging;
 pub mod report;
 pub mod shutdown;
 pub mod sink;
 pub mod status;
+
+#[cfg(feature = "firehose")]
+pub mod firehose;

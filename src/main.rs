@@ -18,16 +18,6 @@ use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
 use sensehat_monitor::sink::NoDatabase;
 use sensehat_monitor::status::{self, STATUS_FILE};
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 fn logo(cli: &Cli) -> Result<Frame, String> {
     match &cli.logo {
         None => Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
@@ -85,7 +75,7 @@ fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    sensehat_monitor::logging::init();
     match cli.command {
         Some(Command::Status) => {
             let dir = cli.spool_dir();

@@ -241,3 +241,47 @@ async fn stores_reports_with_the_original_bson_types() {
     );
     client.database(&db).drop().await.unwrap();
 }
+
+// Under systemd (NOTIFY_SOCKET set), the agent sends READY=1 after the first sample and pings
+// the watchdog from the sampling loop.
+#[test]
+fn notifies_systemd_ready_and_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let status = Command::new(agent_bin())
+        .args([
+            "--sensors",
+            "sim",
+            "--dry-run",
+            "--count",
+            "3",
+            "--interval-ms",
+            "200",
+        ])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "100000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    sock.set_nonblocking(true).unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = sock.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+    }
+    assert_eq!(
+        messages.iter().filter(|m| *m == "READY=1").count(),
+        1,
+        "{messages:?}"
+    );
+    // One ping per sample plus the ones while waiting 200 ms between samples (every 50 ms).
+    let pings = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 5, "{messages:?}");
+    // Nothing before the first sample: READY=1 means a reading was taken.
+    assert_eq!(messages[0], "READY=1", "{messages:?}");
+}

@@ -10,20 +10,10 @@ use sensehat_monitor::firehose_local::{self, Cli};
 use sensehat_monitor::forwarder::kinesis::client_from_env;
 use sensehat_monitor::shutdown::shutdown_signal;
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    sensehat_monitor::logging::init();
     let access_key = std::env::var("FIREHOSE_ACCESS_KEY")
         .ok()
         .filter(|k| !k.is_empty());

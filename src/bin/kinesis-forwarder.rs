@@ -11,20 +11,10 @@ use sensehat_monitor::forwarder::{self, Cli};
 use sensehat_monitor::shutdown::shutdown_signal;
 use sensehat_monitor::sink::mongo::connect;
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    sensehat_monitor::logging::init();
     let client = match connect(&cli.mongodb_uri, "kinesis-forwarder").await {
         Ok(c) => c,
         Err(e) => {

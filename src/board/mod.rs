@@ -308,7 +308,7 @@ where
 #[allow(clippy::large_enum_variant)]
 pub enum Board {
     Linux(Box<SenseHat<linux_embedded_hal::I2cdev, linux_embedded_hal::Delay>>),
-    Sim(SimBoard),
+    Sim(Box<SimBoard>),
 }
 
 /// The simulated board plus the fault plan of `--sim-fault`.
@@ -373,7 +373,7 @@ impl Board {
     }
 
     pub fn open_sim(faults: Vec<SimFault>) -> Result<Board, SensorError> {
-        SimBoard::new(faults).map(Board::Sim)
+        SimBoard::new(faults).map(|s| Board::Sim(Box::new(s)))
     }
 
     /// Take one sample (blocking I2C: call from a blocking thread).

@@ -14,6 +14,9 @@ use mongodb::{Client, Collection};
 
 use super::{InsertError, InsertOutcome, Inserter};
 
+/// Longest wait for one `insert_many` before it is treated as lost and retried.
+pub const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Code of a duplicate-key write error.
 pub const DUPLICATE_KEY: i32 = 11000;
 
@@ -124,8 +127,19 @@ impl Inserter for MongoSink {
             InsertOutcome::default()
         } else {
             let coll = self.collection().await?;
-            let result = coll.insert_many(&raw).ordered(false).await.map(drop);
-            outcome_of(raw.len(), result)?
+            // The driver has no socket timeout by default: a connection that died with the
+            // Wi-Fi could hang an insert for many minutes. Give up and retry instead (the
+            // duplicate-key rule makes the retry safe).
+            match tokio::time::timeout(INSERT_TIMEOUT, coll.insert_many(&raw).ordered(false)).await
+            {
+                Ok(result) => outcome_of(raw.len(), result.map(drop))?,
+                Err(_) => {
+                    return Err(InsertError::Unavailable(format!(
+                        "insert not acknowledged within {} s",
+                        INSERT_TIMEOUT.as_secs()
+                    )))
+                }
+            }
         };
         for r in out.rejected.iter_mut() {
             r.0 = index.get(r.0).copied().unwrap_or(r.0);

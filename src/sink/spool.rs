@@ -231,26 +231,46 @@ pub struct SpoolSummary {
 }
 
 pub fn summarize(dir: &Path) -> io::Result<SpoolSummary> {
-    let ack = read_cursor(dir).unwrap_or_default();
     let mut s = SpoolSummary::default();
     for id in list_segments(dir)? {
-        let path = dir.join(segment_name(id));
-        let size = fs::metadata(&path)?.len();
-        s.bytes += size;
+        s.bytes += fs::metadata(dir.join(segment_name(id)))?.len();
         s.segments += 1;
+    }
+    for_each_pending(dir, |payload| {
+        s.pending += 1;
+        if s.oldest.is_none() {
+            s.oldest = Some(payload.to_vec());
+        }
+    })?;
+    Ok(s)
+}
+
+/// Call `f` with every undelivered report, oldest first, without changing anything (safe
+/// while the agent runs: a record being appended may be missed, never misread).
+pub fn for_each_pending(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    let ack = read_cursor(dir).unwrap_or_default();
+    for id in list_segments(dir)? {
         if id < ack.segment {
             continue;
         }
-        let start = if id == ack.segment { ack.offset } else { 0 };
-        let mut r = BufReader::new(File::open(&path)?);
-        let (records, _, acked) = scan(&path, (id == ack.segment).then_some(start))?;
-        s.pending += records - acked;
-        if s.oldest.is_none() && records > acked && start <= size {
-            r.seek(SeekFrom::Start(start))?;
-            s.oldest = read_frame(&mut r, size - start).ok().flatten();
+        let path = dir.join(segment_name(id));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // Delivered and deleted since it was listed.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        let mut r = BufReader::with_capacity(64 * 1024, file);
+        let mut offset = 0;
+        while let Ok(Some(p)) = read_frame(&mut r, size - offset) {
+            if id > ack.segment || offset >= ack.offset {
+                f(&p);
+            }
+            offset += HEADER + p.len() as u64;
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 impl Spool {
@@ -444,14 +464,16 @@ impl Spool {
             self.new_segment(active.segment + 1)?;
         }
         let id = self.end().segment;
-        let path = self.path(id);
         let bytes = frame(payload);
         let writer = self.writer.as_mut().expect("opened above");
         if let Err(source) = writer.write_all(&bytes) {
             let seg_len = self.segments.back().map_or(0, |s| s.len);
             let _ = writer.set_len(seg_len);
             self.writer = None;
-            return Err(SpoolError::Io { path, source });
+            return Err(SpoolError::Io {
+                path: self.path(id),
+                source,
+            });
         }
         let seg = self.segments.back_mut().expect("segment exists");
         seg.len += bytes.len() as u64;
@@ -795,6 +817,32 @@ mod tests {
         assert_eq!(rest.len() as u64 + dropped, 2000);
         assert_eq!(rest.last().unwrap(), &payload(1999));
         assert_eq!(rest[0], payload(dropped as u32));
+    }
+
+    // A disk that cannot be written keeps reports in memory (sent from there); once it can
+    // be written again they move to disk, and nothing is lost or reordered into duplicates.
+    #[test]
+    fn disk_full_falls_back_to_memory_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(segment_name(1));
+        std::os::unix::fs::symlink("/dev/full", &seg).unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let first = s.append(&payload(0), Instant::now());
+        assert!(first.disk_error.unwrap().contains("No space left"));
+        assert!(s.append(&payload(1), Instant::now()).disk_error.is_some());
+        // One memory batch is in flight while the disk recovers.
+        let in_flight = s.next_batch(1).unwrap();
+        assert_eq!(in_flight.source, BatchSource::Memory);
+        assert!(s.append(&payload(2), Instant::now()).disk_error.is_some());
+        fs::remove_file(&seg).unwrap();
+        let ok = s.append(&payload(3), Instant::now());
+        assert_eq!(ok.disk_error, None);
+        assert_eq!(ok.recovered_from_memory, 2);
+        s.ack(&in_flight);
+        assert_eq!(s.pending(), 3);
+        let mut rest = drain(&mut s);
+        rest.sort();
+        assert_eq!(rest, vec![payload(1), payload(2), payload(3)]);
     }
 
     // A summary taken from outside matches the spool's own count and finds the oldest report.

@@ -1,0 +1,121 @@
+//! Spool benchmark (harness = false; run by scripts/bench-spool.sh, which starts the server).
+//!
+//! `fill DIR N [SYNC_MS]`: append N simulated reports to a spool in DIR and print the bytes the
+//! process wrote to storage (/proc/self/io write_bytes, so fsync and filesystem effects count)
+//! per report, and the append rate.
+//! `baseline DIR URI DB`: read the same reports and insert them with one plain unordered
+//! `insert_many`, printing the time taken (the yardstick for the agent's drain).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::RawDocumentBuf;
+use sensehat_monitor::report::{Acceleration, Reading, Report};
+use sensehat_monitor::sink::spool::{self, Spool, SpoolOptions};
+
+fn io_write_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("write_bytes: ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn fill(dir: &Path, n: u64, sync_ms: u64) {
+    let (mut sp, _) = Spool::open(
+        dir,
+        SpoolOptions {
+            max_bytes: 1 << 34,
+            sync_interval: Duration::from_millis(sync_ms),
+        },
+    )
+    .expect("open spool");
+    let before = io_write_bytes();
+    let start = Instant::now();
+    let mut logical = 0u64;
+    for i in 0..n {
+        let r = Report::new(
+            "bench-pi",
+            Reading {
+                humidity_rh: 40.0 + (i % 100) as f64 / 10.0,
+                temperature_celsius: 21.5,
+                pressure_hpa: 1013.25,
+                acceleration: Acceleration {
+                    x_g: 0.01,
+                    y_g: -0.02,
+                    z_g: 0.99,
+                },
+            },
+            1_764_000_000_000 + i as i64 * 500,
+        );
+        let bytes = mongodb::bson::to_vec(&r.to_document()).expect("serialise");
+        logical += bytes.len() as u64 + 8;
+        let now = std::time::Instant::now();
+        sp.append(&bytes, now);
+        sp.maintain(now).expect("maintain");
+    }
+    sp.close().expect("close");
+    let elapsed = start.elapsed();
+    // Count what reached the block layer, including the page cache writeback of this run.
+    let _ = std::process::Command::new("sync").status();
+    let written = io_write_bytes() - before;
+    println!(
+        "fill: {n} reports, sync {sync_ms} ms: {:.0} appends/s, {:.1} bytes/report framed, {:.1} bytes/report written to storage (write_bytes)",
+        n as f64 / elapsed.as_secs_f64(),
+        logical as f64 / n as f64,
+        written as f64 / n as f64
+    );
+}
+
+async fn baseline(dir: &Path, uri: &str, db: &str) {
+    let mut docs = Vec::new();
+    spool::for_each_pending(dir, |p| {
+        docs.push(RawDocumentBuf::from_bytes(p.to_vec()).expect("bson"))
+    })
+    .expect("read spool");
+    let client = mongodb::Client::with_uri_str(uri).await.expect("client");
+    let coll = client.database(db).collection::<RawDocumentBuf>("reports");
+    let start = Instant::now();
+    coll.insert_many(&docs)
+        .ordered(false)
+        .await
+        .expect("insert_many");
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "baseline: plain insert_many of {} reports: {secs:.3} s, {:.0} docs/s",
+        docs.len(),
+        docs.len() as f64 / secs
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["fill", dir, n] => fill(Path::new(dir), n.parse().expect("N"), 1000),
+        ["fill", dir, n, sync] => fill(
+            Path::new(dir),
+            n.parse().expect("N"),
+            sync.parse().expect("SYNC_MS"),
+        ),
+        ["baseline", dir, uri, db] => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(baseline(Path::new(dir), uri, db)),
+        _ => eprintln!(
+            "usage: spool fill DIR N [SYNC_MS] | baseline DIR URI DB (see scripts/bench-spool.sh)"
+        ),
+    }
+}

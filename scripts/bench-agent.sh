@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Benchmark: peak RSS and CPU time per sample of the agent (simulated board, 2000 samples at
+# --interval-ms 1) against the original Python agent (shared/bench/seed_agent), both inserting
+# into the same local MongoDB wire-protocol server in the same run. Prints figures and ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/test-server.sh
+SAMPLES=${SAMPLES:-2000}
+SEED=${SEED_AGENT_DIR:-../shared/bench/seed_agent}
+cargo build --release -q --bin sensehat-monitor
+BIN=target/release/sensehat-monitor
+"$PY" -c 'import pymongo' 2>/dev/null || .venv-test/bin/pip install -q pymongo
+spool=$(mktemp -d)
+ours=$(MONGODB_CONNECTION_STRING="$MONGO_URI" RUST_LOG=warn "$PY" scripts/measure.py \
+  "$BIN" --sensors sim --count "$SAMPLES" --interval-ms 1 --database bench_agent --spool-dir "$spool")
+rm -rf "$spool"
+theirs=$(cd "$SEED" && MONGODB_CONNECTION_STRING="$MONGO_URI" SAMPLES="$SAMPLES" PERIOD=0 \
+  "$PY" "$ROOT/scripts/measure.py" "$PY" seed_agent.py)
+size=$(stat -c %s "$BIN")
+"$PY" - "$ours" "$theirs" "$SAMPLES" "$size" <<'PYEOF'
+import json, sys
+ours, theirs, n, size = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+assert ours["rc"] == 0 and theirs["rc"] == 0, (ours, theirs)
+def row(name, r):
+    print(f"{name:<26}{r['maxrss_kib']/1024:>10.1f} MiB{r['cpu_s']/n*1e6:>14.1f} us{r['wall_s']:>10.2f} s")
+print(f"{n} samples each, same server")
+print(f"{'':<26}{'peak RSS':>14}{'CPU/sample':>17}{'wall':>12}")
+row("sensehat-monitor (Rust)", ours)
+row("seed agent (Python)", theirs)
+print(f"RSS ratio   ours/theirs = {ours['maxrss_kib']/theirs['maxrss_kib']:.3f}  (target <= 0.25)")
+print(f"CPU ratio   ours/theirs = {ours['cpu_s']/theirs['cpu_s']:.3f}  (target <= 0.10)")
+print(f"release binary (stripped, x86_64): {size/1048576:.2f} MiB")
+PYEOF

@@ -1,0 +1,18 @@
+//! The Kinesis Data Firehose HTTP endpoint: receives deliveries (the contract of Firehose's
+//! "HTTP endpoint delivery"), decodes each record and upserts it by `_id` into MongoDB
+//! (`monitors.firehose` by default), answering 200 only once every write is acknowledged.
+//!
+//! - [`protocol`]: headers, request and response bodies, the size-capped (gzip) body reader.
+//! - [`decode`]: record data to BSON documents, the dead-letter reasons, derived `_id`s. Pure.
+//! - [`store`]: the upsert layer (`bulkWrite` on 8.0+, the `update` command before).
+//! - [`server`]: the router ([`server::app`]), the checks of each request, and [`server::serve`].
+//! - [`config`]: the `firehose-endpoint` command line.
+
+pub mod config;
+pub mod decode;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+pub use server::{app, serve, AppState, EndpointConfig};
+pub use store::{Store, UpsertMethod};

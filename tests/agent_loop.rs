@@ -1,0 +1,163 @@
+//! The sampling loop under paused tokio time: the fixed-rate schedule holds while inserts are
+//! slow, and every report is delivered in order once they complete.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sensehat_monitor::agent::{self, AgentOptions, Output, Sampler};
+use sensehat_monitor::board::{HealthEvent, SampleError, Sensor};
+use sensehat_monitor::report::{Acceleration, Reading};
+use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
+use sensehat_monitor::sink::{InsertError, InsertOutcome, Inserter};
+
+/// Records the (paused) tokio time of every sample.
+struct ClockSampler {
+    times: Arc<Mutex<Vec<tokio::time::Instant>>>,
+}
+
+impl Sampler for ClockSampler {
+    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+        self.times.lock().unwrap().push(tokio::time::Instant::now());
+        let reading = Reading {
+            humidity_rh: 40.0,
+            temperature_celsius: 20.0,
+            pressure_hpa: 1000.0,
+            acceleration: Acceleration {
+                x_g: 0.0,
+                y_g: 0.0,
+                z_g: 1.0,
+            },
+        };
+        (Ok(reading), Vec::new())
+    }
+}
+
+/// An in-memory database whose every insert takes `delay` (a unit-test stand-in for the
+/// inserter; the real MongoDB path is proven by the integration tests).
+struct SlowInserter {
+    delay: Duration,
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Inserter for SlowInserter {
+    async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        tokio::time::sleep(self.delay).await;
+        self.got.lock().unwrap().extend(docs.iter().cloned());
+        Ok(InsertOutcome {
+            inserted: docs.len() as u64,
+            ..Default::default()
+        })
+    }
+}
+
+// Sample n is taken at start + n x 500 ms even though each insert takes 1.7 s, and all 20
+// reports arrive, in order.
+#[tokio::test(start_paused = true)]
+async fn schedule_holds_when_inserts_are_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(
+        dir.path(),
+        SpoolOptions {
+            max_bytes: 1 << 24,
+            sync_interval: Duration::from_secs(1),
+        },
+    )
+    .unwrap();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let counters = agent::run(
+        AgentOptions {
+            node_name: "loop-test".into(),
+            interval: Duration::from_millis(500),
+            count: Some(20),
+            shutdown_timeout: Duration::from_secs(5),
+            notify_systemd: false,
+        },
+        ClockSampler {
+            times: times.clone(),
+        },
+        Output::Spool {
+            spool: Arc::new(Mutex::new(spool)),
+            status_path: None,
+        },
+        SlowInserter {
+            delay: Duration::from_millis(1700),
+            got: got.clone(),
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let times = times.lock().unwrap();
+    assert_eq!(times.len(), 20);
+    for (n, t) in times.iter().enumerate() {
+        assert_eq!(
+            t.duration_since(times[0]),
+            Duration::from_millis(500) * n as u32,
+            "sample {n}"
+        );
+    }
+    assert_eq!(counters.missed_slots, 0);
+    assert_eq!(counters.delivered, 20);
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 20);
+    let stamps: Vec<i64> = got
+        .iter()
+        .map(|b| {
+            mongodb::bson::Document::from_reader(&mut b.as_slice())
+                .unwrap()
+                .get_datetime("recordedAt")
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "delivered out of order"
+    );
+}
+
+// A shutdown during a slow insert returns within the shutdown timeout and leaves the rest in
+// the spool.
+#[tokio::test(start_paused = true)]
+async fn shutdown_leaves_undelivered_reports_in_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(
+        dir.path(),
+        SpoolOptions {
+            max_bytes: 1 << 24,
+            sync_interval: Duration::from_secs(1),
+        },
+    )
+    .unwrap();
+    let spool = Arc::new(Mutex::new(spool));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let started = tokio::time::Instant::now();
+    let counters = agent::run(
+        AgentOptions {
+            node_name: "loop-test".into(),
+            interval: Duration::from_millis(100),
+            count: None,
+            shutdown_timeout: Duration::from_secs(2),
+            notify_systemd: false,
+        },
+        ClockSampler {
+            times: Arc::new(Mutex::new(Vec::new())),
+        },
+        Output::Spool {
+            spool: spool.clone(),
+            status_path: None,
+        },
+        SlowInserter {
+            delay: Duration::from_secs(60),
+            got: got.clone(),
+        },
+        tokio::time::sleep(Duration::from_millis(1050)),
+    )
+    .await
+    .unwrap();
+    assert!(started.elapsed() <= Duration::from_millis(1050) + Duration::from_secs(2));
+    assert_eq!(counters.reports, 11);
+    assert!(got.lock().unwrap().is_empty());
+    assert_eq!(spool.lock().unwrap().pending(), 11);
+}

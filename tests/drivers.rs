@@ -1,0 +1,173 @@
+//! The drivers against the simulated register map: raw register contents poked into the
+//! simulator, values worked by hand from the datasheet formulas (as python-sense-hat computes).
+
+use sensehat_monitor::board::sim::{SimChip, SimSenseHat, World};
+use sensehat_monitor::board::{NoDelay, SenseHat, Sensor};
+use sensehat_monitor::drivers::hts221::Hts221;
+use sensehat_monitor::drivers::lps25h::Lps25h;
+use sensehat_monitor::drivers::lsm9ds1::{FullScale, Lsm9ds1Accel};
+use sensehat_monitor::drivers::Error;
+
+/// A frozen board whose output registers only change when a test pokes them.
+fn frozen() -> SimSenseHat {
+    let sim = SimSenseHat::new();
+    sim.freeze();
+    sim
+}
+
+// HTS221: the simulator's calibration (H0 33 %rH at -1000, H1 75 %rH at 7400; T0 18.75 degC at
+// 300, T1 35 degC at 950) interpolates raw outputs, including below 0 degC.
+#[test]
+fn hts221_converts_with_factory_calibration() {
+    let sim = frozen();
+    let mut hts = Hts221::new(sim.bus());
+    let cal = hts.init().unwrap();
+    assert_eq!(
+        (cal.h0_rh, cal.h1_rh, cal.t0_celsius, cal.t1_celsius),
+        (33.0, 75.0, 18.75, 35.0)
+    );
+    // CTRL_REG1 and AV_CONF as RTIMULib writes them.
+    assert_eq!(sim.peek(SimChip::Hts221, 0x20), 0x87);
+    assert_eq!(sim.peek(SimChip::Hts221, 0x10), 0x1B);
+    // H_OUT 3200: 33 + 4200 * 42 / 8400 = 54 %rH. T_OUT -500: 18.75 - 800 * 16.25 / 650 = -1.25 degC.
+    sim.poke(
+        SimChip::Hts221,
+        0x28,
+        &[3200i16.to_le_bytes(), (-500i16).to_le_bytes()].concat(),
+    );
+    let m = hts.read().unwrap();
+    assert!((m.humidity_rh - 54.0).abs() < 1e-12, "{}", m.humidity_rh);
+    assert!(
+        (m.temperature_celsius - -1.25).abs() < 1e-12,
+        "{}",
+        m.temperature_celsius
+    );
+    // T_OUT -2000: 18.75 - 2300 * 16.25 / 650 = -38.75 degC.
+    sim.poke(SimChip::Hts221, 0x2A, &(-2000i16).to_le_bytes());
+    assert!((hts.read().unwrap().temperature_celsius - -38.75).abs() < 1e-12);
+    // Humidity beyond the chip's range is clamped (documented choice), not 100.8.
+    sim.poke(SimChip::Hts221, 0x28, &20000i16.to_le_bytes());
+    assert_eq!(hts.read().unwrap().humidity_rh, 100.0);
+}
+
+// HTS221: calibration that would divide by zero is an error, never NaN.
+#[test]
+fn hts221_rejects_corrupt_calibration() {
+    let sim = frozen();
+    // T1_OUT = T0_OUT.
+    sim.poke(SimChip::Hts221, 0x3E, &300i16.to_le_bytes());
+    let mut hts = Hts221::new(sim.bus());
+    assert!(matches!(hts.init(), Err(Error::BadCalibration { .. })));
+    assert!(matches!(hts.read(), Err(Error::NotInitialised { .. })));
+}
+
+// LPS25H: 24-bit codes at 4096 LSB/hPa, negative codes sign-extended; temperature 42.5 + T/480.
+#[test]
+fn lps25h_converts_positive_and_negative_codes() {
+    let sim = frozen();
+    let mut lps = Lps25h::new(sim.bus());
+    lps.init().unwrap();
+    for (reg, v) in [(0x20, 0xC4), (0x10, 0x05), (0x2E, 0xC0), (0x21, 0x40)] {
+        assert_eq!(sim.peek(SimChip::Lps25h, reg), v, "register {reg:#x}");
+    }
+    // 0x3F5400 = 4_150_272 = 1013.25 hPa; TEMP_OUT -9600 = 22.5 degC.
+    sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0x54, 0x3F]);
+    sim.poke(SimChip::Lps25h, 0x2B, &(-9600i16).to_le_bytes());
+    let m = lps.read().unwrap();
+    assert_eq!((m.pressure_hpa, m.temperature_celsius), (1013.25, 22.5));
+    // 0xFFF000 = -4096 = -1 hPa (a negative 24-bit code); 0x800000 = -2048 hPa.
+    sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0xF0, 0xFF]);
+    assert_eq!(lps.read().unwrap().pressure_hpa, -1.0);
+    sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0x00, 0x80]);
+    assert_eq!(lps.read().unwrap().pressure_hpa, -2048.0);
+}
+
+// LSM9DS1: every full scale writes its FS bits and converts with its sensitivity; X and Y are
+// negated as in RTIMULib.
+#[test]
+fn lsm9ds1_every_full_scale() {
+    for (fs, bits, mg) in [
+        (FullScale::G2, 0b00, 0.061),
+        (FullScale::G4, 0b10, 0.122),
+        (FullScale::G8, 0b11, 0.244),
+        (FullScale::G16, 0b01, 0.732),
+    ] {
+        let sim = frozen();
+        let mut acc = Lsm9ds1Accel::with_full_scale(sim.bus(), NoDelay, fs);
+        acc.init().unwrap();
+        let ctrl6 = sim.peek(SimChip::Lsm9ds1Accel, 0x20);
+        assert_eq!((ctrl6 >> 3) & 0b11, bits, "{fs:?}");
+        assert_eq!(ctrl6 >> 5, 0b011, "119 Hz");
+        assert_eq!(
+            sim.peek(SimChip::Lsm9ds1Accel, 0x22) & 0x04,
+            0x04,
+            "IF_ADD_INC"
+        );
+        let raw: [i16; 3] = [1000, -2000, 4096];
+        sim.poke(
+            SimChip::Lsm9ds1Accel,
+            0x28,
+            &raw.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        let a = acc.read().unwrap();
+        let s = mg / 1000.0;
+        assert_eq!(
+            (a.x_g, a.y_g, a.z_g),
+            (-1000.0 * s, 2000.0 * s, 4096.0 * s),
+            "{fs:?}"
+        );
+    }
+}
+
+// WHO_AM_I: a wrong chip is an error naming the address and what was read.
+#[test]
+fn wrong_chip_is_named() {
+    let sim = frozen();
+    sim.poke(SimChip::Lps25h, 0x0F, &[0xB1]);
+    let e = Lps25h::new(sim.bus()).init().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the device at address 0x5c is not a LPS25H: WHO_AM_I reads 0xb1, expected 0xbd"
+    );
+}
+
+// A missing chip makes board start-up fail with the sensor, bus and address in the message.
+#[test]
+fn missing_chip_fails_board_init() {
+    let sim = SimSenseHat::new();
+    sim.set_present(SimChip::Lsm9ds1Accel, false);
+    let e = match SenseHat::init("/dev/i2c-1", sim.bus(), sim.bus(), sim.bus(), NoDelay) {
+        Err(e) => e,
+        Ok(_) => panic!("init succeeded without an accelerometer"),
+    };
+    assert_eq!(e.sensor, Sensor::Lsm9ds1);
+    let msg = e.to_string();
+    assert!(msg.contains("0x6a") && msg.contains("/dev/i2c-1"), "{msg}");
+}
+
+// The world encoded by the simulator comes back through the drivers within one LSB.
+#[test]
+fn simulated_world_round_trips_through_the_drivers() {
+    let sim = SimSenseHat::new();
+    let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+    let world = World {
+        humidity_rh: 61.3,
+        temperature_celsius: -12.4,
+        pressure_hpa: 987.6,
+        accel_g: [0.5, -0.25, 0.97],
+    };
+    sim.set_world(world);
+    let r = hat.sample(std::time::Instant::now()).0.unwrap();
+    assert!((r.humidity_rh - 61.3).abs() < 0.01, "{}", r.humidity_rh);
+    assert!(
+        (r.temperature_celsius - -12.4).abs() < 0.02,
+        "{}",
+        r.temperature_celsius
+    );
+    assert!((r.pressure_hpa - 987.6).abs() < 0.001, "{}", r.pressure_hpa);
+    assert!((r.acceleration.x_g - 0.5).abs() < 0.001);
+    assert!((r.acceleration.y_g - -0.25).abs() < 0.001);
+    assert!((r.acceleration.z_g - 0.97).abs() < 0.001);
+}

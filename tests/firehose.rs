@@ -1,0 +1,964 @@
+//! The Firehose endpoint end to end: real HTTP over a socket, requests built the way Firehose
+//! builds them (../shared/spec/firehose.md), the real MongoDB wire-protocol server behind it.
+#![cfg(feature = "firehose")]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{free_port, unique_name, wait_until, MongoServer};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::header::HeaderMap;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mongodb::bson::{doc, oid::ObjectId, spec::ElementType, Document};
+use sensehat_monitor::firehose::decode::{derived_id, DecodeOptions};
+use sensehat_monitor::firehose::server::{AccessKeys, EndpointConfig};
+use sensehat_monitor::firehose::{app, serve, AppState, Store, UpsertMethod};
+
+const KEY: &str = "test-key-0123456789";
+
+struct Opts {
+    keys: Vec<&'static str>,
+    max_body_mib: usize,
+    parse_dates: Vec<String>,
+    method: UpsertMethod,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            keys: vec![KEY],
+            max_body_mib: 64,
+            parse_dates: Vec::new(),
+            method: UpsertMethod::Auto,
+        }
+    }
+}
+
+struct Endpoint {
+    url: String,
+    db: mongodb::Database,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Endpoint {
+    fn coll(&self) -> mongodb::Collection<Document> {
+        self.db.collection("firehose")
+    }
+    fn rejected(&self) -> mongodb::Collection<Document> {
+        self.db.collection("firehose_rejected")
+    }
+}
+
+/// A URI whose server selection gives up after 2 s, so an outage answers quickly.
+fn quick_uri(server: &MongoServer) -> String {
+    let sep = if server.uri.contains('?') { '&' } else { '?' };
+    format!("{}{sep}serverSelectionTimeoutMS=2000", server.uri)
+}
+
+async fn start(server: &MongoServer, opts: Opts) -> Endpoint {
+    let db_name = unique_name("fh");
+    let config = EndpointConfig {
+        path: "/".into(),
+        keys: AccessKeys::new(opts.keys.iter().map(|k| k.as_bytes())),
+        max_body_bytes: opts.max_body_mib * 1024 * 1024,
+        collection: "firehose".into(),
+        decode: DecodeOptions {
+            parse_dates: opts.parse_dates,
+        },
+    };
+    let store = Store::new(&quick_uri(server), &db_name).with_method(opts.method);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        app(AppState::new(config, store)),
+        None,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Endpoint {
+        url: format!("http://{addr}"),
+        db: server.client().await.database(&db_name),
+        stop: Some(tx),
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+async fn send(method: &str, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+type Headers = Vec<(&'static str, String)>;
+
+/// The headers Firehose sends.
+fn firehose_headers(request_id: &str, key: Option<&str>, gzip: bool) -> Headers {
+    let mut h = vec![
+        ("x-amz-firehose-protocol-version", "1.0".to_owned()),
+        ("x-amz-firehose-request-id", request_id.to_owned()),
+        (
+            "x-amz-firehose-source-arn",
+            "arn:aws:firehose:eu-west-1:123456789012:deliverystream/realm".to_owned(),
+        ),
+        ("content-type", "application/json".to_owned()),
+    ];
+    if let Some(k) = key {
+        h.push(("x-amz-firehose-access-key", k.to_owned()));
+    }
+    if gzip {
+        h.push(("content-encoding", "gzip".to_owned()));
+    }
+    h
+}
+
+/// The body Firehose sends: each record's bytes base64-encoded.
+fn firehose_body(request_id: &str, records: &[Vec<u8>]) -> Vec<u8> {
+    let recs: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| serde_json::json!({ "data": base64::engine::general_purpose::STANDARD.encode(r) }))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "requestId": request_id,
+        "timestamp": 1_764_096_600_000i64,
+        "records": recs,
+    }))
+    .unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+async fn deliver(ep: &Endpoint, request_id: &str, records: &[Vec<u8>], gz: bool) -> Reply {
+    let body = firehose_body(request_id, records);
+    let body = if gz { gzip(&body) } else { body };
+    send(
+        "POST",
+        &format!("{}/", ep.url),
+        &firehose_headers(request_id, Some(KEY), gz),
+        body,
+    )
+    .await
+}
+
+/// A sensor report as the original producer's JSON.stringify wrote it.
+fn report(id: ObjectId, i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"_id":"{id}","nodeName":"pi-{n}","humidity":{h},"temperature":{t},"pressure":1013.25,"isMoving":false,"acceleration":{{"x":0.01,"y":-0.02,"z":0.998}},"recordedAt":"2026-11-25T18:50:00.123Z"}}"#,
+        n = i % 7,
+        h = 40.0 + (i % 100) as f64 / 10.0,
+        t = 20.0 + (i % 50) as f64 / 8.0,
+    )
+    .into_bytes()
+}
+
+fn reports(n: usize) -> (Vec<ObjectId>, Vec<Vec<u8>>) {
+    let ids: Vec<ObjectId> = (0..n).map(|_| ObjectId::new()).collect();
+    let recs = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| report(*id, i))
+        .collect();
+    (ids, recs)
+}
+
+/// Checks the Firehose response rules field by field; returns errorMessage when there is one.
+fn check_shape(r: &Reply, status: u16, request_id: &str) -> Option<String> {
+    assert_eq!(
+        r.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.headers["content-type"], "application/json");
+    let len: usize = r.headers["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(len, r.body.len());
+    assert!(r.headers.get("content-encoding").is_none());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj["requestId"], request_id);
+    let ts = obj["timestamp"]
+        .as_i64()
+        .expect("timestamp is an integer number");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now - ts).abs() < 60_000, "timestamp {ts} is not now");
+    if status == 200 {
+        assert_eq!(obj.len(), 2, "{v}");
+        None
+    } else {
+        assert_eq!(obj.len(), 3, "{v}");
+        let m = obj["errorMessage"].as_str().unwrap().to_owned();
+        assert!(!m.is_empty() && m.len() <= 8192);
+        Some(m)
+    }
+}
+
+async fn count(c: &mongodb::Collection<Document>) -> u64 {
+    c.count_documents(doc! {}).await.unwrap()
+}
+
+// One plain record: 200, stored with an ObjectId _id and recordedAt left a string, as the original did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plain_record_is_stored_like_the_original() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let (ids, recs) = reports(1);
+    let r = deliver(&ep, "req-one-plain", &recs, false).await;
+    check_shape(&r, 200, "req-one-plain");
+    let d = ep.coll().find_one(doc! {}).await.unwrap().unwrap();
+    assert_eq!(d.get_object_id("_id").unwrap(), ids[0]);
+    assert_eq!(d.get_str("recordedAt").unwrap(), "2026-11-25T18:50:00.123Z");
+    assert_eq!(d.get_str("nodeName").unwrap(), "pi-0");
+    assert_eq!(count(&ep.rejected()).await, 0);
+}
+
+// One gzip record: the gzip body is decoded and the record stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gzip_record_is_stored() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let (ids, recs) = reports(1);
+    let r = deliver(&ep, "req-one-gzip", &recs, true).await;
+    check_shape(&r, 200, "req-one-gzip");
+    let d = ep.coll().find_one(doc! {}).await.unwrap().unwrap();
+    assert_eq!(d.get_object_id("_id").unwrap(), ids[0]);
+}
+
+// 10,000 records, plain then gzip: every one stored, none rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_records_plain_and_gzip() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let (ids_a, a) = reports(10_000);
+    check_shape(
+        &deliver(&ep, "req-10k-plain", &a, false).await,
+        200,
+        "req-10k-plain",
+    );
+    assert_eq!(count(&ep.coll()).await, 10_000);
+    let (ids_b, b) = reports(10_000);
+    check_shape(
+        &deliver(&ep, "req-10k-gzip", &b, true).await,
+        200,
+        "req-10k-gzip",
+    );
+    assert_eq!(count(&ep.coll()).await, 20_000);
+    for id in [ids_a[0], ids_a[9_999], ids_b[0], ids_b[9_999]] {
+        assert_eq!(count_id(&ep, id).await, 1);
+    }
+    assert_eq!(count(&ep.rejected()).await, 0);
+}
+
+async fn count_id(ep: &Endpoint, id: ObjectId) -> u64 {
+    ep.coll().count_documents(doc! { "_id": id }).await.unwrap()
+}
+
+// Extended JSON (canonical and relaxed) becomes BSON types; --parse-dates recordedAt makes a date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_json_and_parse_dates() {
+    let server = MongoServer::start();
+    let ep = start(
+        &server,
+        Opts {
+            parse_dates: vec!["recordedAt".into()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let canonical = br#"{"_id":{"$oid":"65a1b2c3d4e5f60718293a4b"},"n":{"$numberLong":"7"},"at":{"$date":{"$numberLong":"1689246131016"}}}"#.to_vec();
+    let relaxed = br#"{"_id":{"$oid":"65a1b2c3d4e5f60718293a4c"},"at":{"$date":"2023-07-13T11:02:11.016Z"},"recordedAt":"2023-07-13T11:02:11.016Z"}"#.to_vec();
+    let r = deliver(&ep, "req-ext", &[canonical, relaxed], false).await;
+    check_shape(&r, 200, "req-ext");
+    let c = ep
+        .coll()
+        .find_one(doc! { "_id": ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.get_i64("n").unwrap(), 7);
+    assert_eq!(
+        c.get_datetime("at").unwrap().timestamp_millis(),
+        1_689_246_131_016
+    );
+    let r = ep
+        .coll()
+        .find_one(doc! { "_id": ObjectId::parse_str("65a1b2c3d4e5f60718293a4c").unwrap() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.get("at").unwrap().element_type(), ElementType::DateTime);
+    assert_eq!(
+        r.get_datetime("recordedAt").unwrap().timestamp_millis(),
+        1_689_246_131_016
+    );
+}
+
+// A replayed request (same id, twice) leaves one copy of each document, with or without _id,
+// and a later delivery of an _id replaces the document (replace semantics, no leftover fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_request_leaves_one_copy() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    check_replay_and_replace(&ep).await;
+}
+
+// The update-command path (MongoDB 6.0/7.0) gives the same results as bulkWrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_command_path_upserts_the_same_way() {
+    let server = MongoServer::start();
+    let ep = start(
+        &server,
+        Opts {
+            method: UpsertMethod::UpdateCommand,
+            ..Opts::default()
+        },
+    )
+    .await;
+    check_replay_and_replace(&ep).await;
+    let (_, recs) = reports(10_000);
+    check_shape(
+        &deliver(&ep, "req-uc-10k", &recs, true).await,
+        200,
+        "req-uc-10k",
+    );
+    assert_eq!(count(&ep.coll()).await, 10_003);
+}
+
+async fn check_replay_and_replace(ep: &Endpoint) {
+    let id = ObjectId::new();
+    let recs = vec![
+        report(id, 0),
+        br#"{"nodeName":"no-id-1","v":1}"#.to_vec(),
+        br#"{"nodeName":"no-id-2","v":2}"#.to_vec(),
+    ];
+    for _ in 0..2 {
+        check_shape(
+            &deliver(ep, "req-replay", &recs, false).await,
+            200,
+            "req-replay",
+        );
+    }
+    assert_eq!(count(&ep.coll()).await, 3);
+    let derived = ep
+        .coll()
+        .find_one(doc! { "nodeName": "no-id-2" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        derived.get_object_id("_id").unwrap(),
+        derived_id("req-replay", 2)
+    );
+    // The same _id in a new request replaces the stored document.
+    let newer = format!(r#"{{"_id":"{id}","nodeName":"replaced"}}"#).into_bytes();
+    check_shape(
+        &deliver(ep, "req-replace", &[newer], true).await,
+        200,
+        "req-replace",
+    );
+    assert_eq!(count(&ep.coll()).await, 3);
+    let d = ep
+        .coll()
+        .find_one(doc! { "_id": id })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.get_str("nodeName").unwrap(), "replaced");
+    assert!(
+        d.get("humidity").is_none(),
+        "replace leaves no old fields: {d}"
+    );
+}
+
+// Bad records (empty, bad base64, not UTF-8, not JSON, not an object, array _id) go to the
+// dead-letter collection with raw bytes, request id, index and reason; good ones are written; a
+// replay adds no second copy of either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_go_to_the_dead_letter_collection() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let good = ObjectId::new();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let datas: Vec<String> = vec![
+        b64(&report(good, 0)),
+        String::new(),
+        "%%% not base64 %%%".into(),
+        b64(&[0xc3, 0x28, b'{', b'}']),
+        b64(b"{\"truncated\": "),
+        b64(b"[1, 2, 3]"),
+        b64(br#"{"_id":[1,2]}"#),
+    ];
+    let body = serde_json::to_vec(&serde_json::json!({
+        "requestId": "req-bad",
+        "timestamp": 1_764_096_600_000i64,
+        "records": datas.iter().map(|d| serde_json::json!({ "data": d })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    for _ in 0..2 {
+        let r = send(
+            "POST",
+            &format!("{}/", ep.url),
+            &firehose_headers("req-bad", Some(KEY), false),
+            body.clone(),
+        )
+        .await;
+        check_shape(&r, 200, "req-bad");
+    }
+    assert_eq!(count(&ep.coll()).await, 1);
+    assert_eq!(count_id(&ep, good).await, 1);
+    assert_eq!(count(&ep.rejected()).await, 6);
+    let expect: [(i64, &str, Vec<u8>); 6] = [
+        (1, "empty record", vec![]),
+        (2, "invalid base64", b"%%% not base64 %%%".to_vec()),
+        (3, "not UTF-8", vec![0xc3, 0x28, b'{', b'}']),
+        (4, "not JSON", b"{\"truncated\": ".to_vec()),
+        (5, "not a JSON object", b"[1, 2, 3]".to_vec()),
+        (6, "_id cannot be an array", br#"{"_id":[1,2]}"#.to_vec()),
+    ];
+    for (index, reason, raw) in expect {
+        let d = ep
+            .rejected()
+            .find_one(doc! { "index": index })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no dead letter for record {index}"));
+        assert_eq!(d.get_str("requestId").unwrap(), "req-bad");
+        assert!(d.get_str("reason").unwrap().starts_with(reason), "{d}");
+        assert_eq!(d.get_binary_generic("data").unwrap(), &raw);
+    }
+}
+
+// A request whose every record is empty still answers 200 and keeps every record as a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_empty_records_are_kept_as_dead_letters() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let r = deliver(&ep, "req-empty", &[vec![], vec![]], false).await;
+    check_shape(&r, 200, "req-empty");
+    assert_eq!(count(&ep.coll()).await, 0);
+    assert_eq!(count(&ep.rejected()).await, 2);
+}
+
+// Missing or wrong keys get 401 (nothing written); every rotated key is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_keys_missing_wrong_and_rotated() {
+    let server = MongoServer::start();
+    let ep = start(
+        &server,
+        Opts {
+            keys: vec!["old-key", "new-key"],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let url = format!("{}/", ep.url);
+    let (_, recs) = reports(3);
+    let body = firehose_body("req-key", &recs);
+    for key in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some("old-ke"),
+        Some("new-key2"),
+    ] {
+        let r = send(
+            "POST",
+            &url,
+            &firehose_headers("req-key", key, false),
+            body.clone(),
+        )
+        .await;
+        let m = check_shape(&r, 401, "req-key").unwrap();
+        assert!(!m.contains("old-key") && !m.contains("new-key"));
+    }
+    assert_eq!(count(&ep.coll()).await, 0);
+    for key in ["old-key", "new-key"] {
+        let r = send(
+            "POST",
+            &url,
+            &firehose_headers("req-key", Some(key), false),
+            body.clone(),
+        )
+        .await;
+        check_shape(&r, 200, "req-key");
+    }
+    assert_eq!(count(&ep.coll()).await, 3);
+    // No request id and no key: 401 still in Firehose's shape, with an empty requestId.
+    let r = send("POST", &url, &[], body).await;
+    check_shape(&r, 401, "");
+}
+
+// Each malformed request gets 400 in Firehose's shape, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_answer_400() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let url = format!("{}/", ep.url);
+    let (_, recs) = reports(2);
+    let body = firehose_body("req-400", &recs);
+    let h = |f: &dyn Fn(&mut Headers)| {
+        let mut h = firehose_headers("req-400", Some(KEY), false);
+        f(&mut h);
+        h
+    };
+    // Missing request id header: the requestId cannot be read, so it is empty.
+    let r = send(
+        "POST",
+        &url,
+        &h(&|h| h.retain(|(k, _)| *k != "x-amz-firehose-request-id")),
+        body.clone(),
+    )
+    .await;
+    check_shape(&r, 400, "");
+    // Header and body request ids differ.
+    let other = firehose_body("req-other", &recs);
+    let m = check_shape(
+        &send("POST", &url, &h(&|_| {}), other).await,
+        400,
+        "req-400",
+    )
+    .unwrap();
+    assert!(m.contains("requestId"), "{m}");
+    // Protocol version 2.0, and none.
+    let r = send("POST", &url, &h(&|h| h[0].1 = "2.0".into()), body.clone()).await;
+    check_shape(&r, 400, "req-400");
+    let r = send(
+        "POST",
+        &url,
+        &h(&|h| {
+            h.remove(0);
+        }),
+        body.clone(),
+    )
+    .await;
+    check_shape(&r, 400, "req-400");
+    // An encoding other than gzip.
+    let r = send(
+        "POST",
+        &url,
+        &h(&|h| h.push(("content-encoding", "br".into()))),
+        body.clone(),
+    )
+    .await;
+    check_shape(&r, 400, "req-400");
+    // Body not JSON, JSON without records, corrupt and truncated gzip.
+    for bad in [
+        b"not json".to_vec(),
+        br#"{"requestId":"req-400","timestamp":1}"#.to_vec(),
+    ] {
+        check_shape(&send("POST", &url, &h(&|_| {}), bad).await, 400, "req-400");
+    }
+    let gz = gzip(&body);
+    for bad in [b"\x1f\x8b garbage".to_vec(), gz[..gz.len() / 2].to_vec()] {
+        let r = send(
+            "POST",
+            &url,
+            &h(&|h| h.push(("content-encoding", "gzip".into()))),
+            bad,
+        )
+        .await;
+        check_shape(&r, 400, "req-400");
+    }
+    assert_eq!(count(&ep.coll()).await, 0);
+}
+
+// Bodies up to the limit (after decompression) are accepted; larger ones, and gzip bombs, get 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_bodies_over_the_limit_get_413() {
+    let server = MongoServer::start();
+    let ep = start(
+        &server,
+        Opts {
+            max_body_mib: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let url = format!("{}/", ep.url);
+    // ~0.98 MiB of records: accepted plain and gzip.
+    let (_, recs) = reports(3_500);
+    let body = firehose_body("req-size", &recs);
+    assert!(
+        body.len() < 1 << 20 && body.len() > 1_000_000,
+        "{}",
+        body.len()
+    );
+    check_shape(
+        &send(
+            "POST",
+            &url,
+            &firehose_headers("req-size", Some(KEY), false),
+            body.clone(),
+        )
+        .await,
+        200,
+        "req-size",
+    );
+    check_shape(
+        &send(
+            "POST",
+            &url,
+            &firehose_headers("req-size", Some(KEY), true),
+            gzip(&body),
+        )
+        .await,
+        200,
+        "req-size",
+    );
+    // ~1.2 MiB: too large, plain and gzip (whose compressed size is far below the limit).
+    let (_, recs) = reports(4_000);
+    let big = firehose_body("req-big", &recs);
+    assert!(big.len() > 1 << 20);
+    let m = check_shape(
+        &send(
+            "POST",
+            &url,
+            &firehose_headers("req-big", Some(KEY), false),
+            big.clone(),
+        )
+        .await,
+        413,
+        "req-big",
+    )
+    .unwrap();
+    assert!(m.contains("MiB"), "{m}");
+    let gz = gzip(&big);
+    assert!(gz.len() < 1 << 20);
+    check_shape(
+        &send(
+            "POST",
+            &url,
+            &firehose_headers("req-big", Some(KEY), true),
+            gz,
+        )
+        .await,
+        413,
+        "req-big",
+    );
+    // A gzip bomb: 64 MiB of spaces in about 64 KiB.
+    let bomb = gzip(&vec![b' '; 64 << 20]);
+    check_shape(
+        &send(
+            "POST",
+            &url,
+            &firehose_headers("req-bomb", Some(KEY), true),
+            bomb,
+        )
+        .await,
+        413,
+        "req-bomb",
+    );
+    assert_eq!(count(&ep.coll()).await, 3_500);
+}
+
+// Other paths get a Firehose-shaped 404, other methods 405, and GET /health answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_paths_methods_and_health() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let h = firehose_headers("req-path", Some(KEY), false);
+    let body = firehose_body("req-path", &reports(1).1);
+    let r = send("POST", &format!("{}/elsewhere", ep.url), &h, body.clone()).await;
+    check_shape(&r, 404, "req-path");
+    let r = send("GET", &format!("{}/", ep.url), &h, vec![]).await;
+    check_shape(&r, 405, "req-path");
+    let r = send("GET", &format!("{}/health", ep.url), &[], vec![]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(count(&ep.coll()).await, 0);
+}
+
+// Database stopped mid-test: 503 with a short message and no internals; after it is back, the
+// retry of the same request succeeds and nothing is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_answers_503_then_retry_succeeds() {
+    let Some(mut server) = MongoServer::start_persistent() else {
+        return;
+    };
+    let ep = start(&server, Opts::default()).await;
+    let (ids_a, a) = reports(500);
+    check_shape(
+        &deliver(&ep, "req-before", &a, false).await,
+        200,
+        "req-before",
+    );
+    server.stop();
+    let (ids_b, b) = reports(500);
+    let r = deliver(&ep, "req-during", &b, true).await;
+    let m = check_shape(&r, 503, "req-during").unwrap();
+    assert!(m.len() < 100, "{m}");
+    for internal in ["127.0.0.1", &server.port.to_string(), "Kind", "selection"] {
+        assert!(
+            !m.contains(internal),
+            "errorMessage leaks {internal:?}: {m}"
+        );
+    }
+    server.launch();
+    // Firehose retries with back-off; the first retry after the server is back succeeds.
+    let mut status = 0;
+    for _ in 0..20 {
+        let r = deliver(&ep, "req-during", &b, true).await;
+        status = r.status;
+        if status == 200 {
+            check_shape(&r, 200, "req-during");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(status, 200);
+    // A replay of the first batch too: still one copy of everything.
+    check_shape(
+        &deliver(&ep, "req-before", &a, false).await,
+        200,
+        "req-before",
+    );
+    let coll = ep.coll();
+    assert_eq!(count(&coll).await, 1_000);
+    for id in [ids_a[0], ids_a[499], ids_b[0], ids_b[499]] {
+        assert_eq!(count_id(&ep, id).await, 1);
+    }
+}
+
+// The binary refuses to start without an access key, never takes one on the command line, and
+// with FIREHOSE_ACCESS_KEY serves deliveries over plain HTTP, saying so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_requires_a_key_and_serves() {
+    let bin = env!("CARGO_BIN_EXE_firehose-endpoint");
+    let server = MongoServer::start();
+    let out = Command::new(bin)
+        .args(["--mongodb-uri", &server.uri])
+        .env_remove("FIREHOSE_ACCESS_KEY")
+        .env_remove("FIREHOSE_ACCESS_KEY_FILE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FIREHOSE_ACCESS_KEY"));
+    let out = Command::new(bin)
+        .args(["--access-key", "k"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let port = free_port();
+    let db = unique_name("fhbin");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(bin)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database",
+            &db,
+            "--path",
+            "/firehose",
+        ])
+        .args(["--parse-dates", "recordedAt"])
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .env("FIREHOSE_ACCESS_KEY", format!("old,{KEY}"))
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    wait_until(
+        Duration::from_secs(20),
+        "the endpoint to listen",
+        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
+    assert_eq!(send("GET", &health, &[], vec![]).await.status, 200);
+    let (ids, recs) = reports(2);
+    let body = firehose_body("req-bin", &recs);
+    let r = send(
+        "POST",
+        &format!("http://127.0.0.1:{port}/firehose"),
+        &firehose_headers("req-bin", Some(KEY), false),
+        body,
+    )
+    .await;
+    check_shape(&r, 200, "req-bin");
+    let coll = server
+        .client()
+        .await
+        .database(&db)
+        .collection::<Document>("firehose");
+    let d = coll
+        .find_one(doc! { "_id": ids[1] })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.get("recordedAt").unwrap().element_type(),
+        ElementType::DateTime
+    );
+    common::signal(&child, 15);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("plain HTTP"), "{text}");
+    assert!(
+        text.contains("req-bin") && text.contains("records=2"),
+        "{text}"
+    );
+    assert!(!text.contains(KEY), "the log must never show a key");
+}
+
+// With --tls-cert/--tls-key the endpoint serves HTTPS itself: a client trusting the certificate
+// delivers over TLS and gets a Firehose-shaped 200; a plain-HTTP client gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cert = fixtures.join("firehose-test-cert.pem");
+    let key = fixtures.join("firehose-test-key.pem");
+    let tls = sensehat_monitor::firehose::server::tls_config(&cert, &key).unwrap();
+    assert!(sensehat_monitor::firehose::server::tls_config(&cert, &cert).is_err());
+
+    let server = MongoServer::start();
+    let db_name = unique_name("fhtls");
+    let config = EndpointConfig {
+        path: "/".into(),
+        keys: AccessKeys::new([KEY.as_bytes()]),
+        max_body_bytes: 64 << 20,
+        collection: "firehose".into(),
+        decode: DecodeOptions::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(
+        listener,
+        app(AppState::new(config, Store::new(&server.uri, &db_name))),
+        Some(tls),
+        async {
+            let _ = rx.await;
+        },
+    ));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (ids, recs) = reports(2);
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", "localhost");
+    for (k, v) in firehose_headers("req-tls", Some(KEY), false) {
+        req = req.header(k, v);
+    }
+    let resp = sender
+        .send_request(
+            req.body(Full::new(Bytes::from(firehose_body("req-tls", &recs))))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let reply = Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    };
+    check_shape(&reply, 200, "req-tls");
+    let coll = server
+        .client()
+        .await
+        .database(&db_name)
+        .collection::<Document>("firehose");
+    assert_eq!(
+        coll.count_documents(doc! { "_id": ids[1] }).await.unwrap(),
+        1
+    );
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let plain = client
+        .request(
+            hyper::Request::builder()
+                .uri(format!("http://{addr}/health"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert!(plain.is_err());
+
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("TLS server stops on shutdown")
+        .unwrap()
+        .unwrap();
+}

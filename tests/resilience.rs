@@ -1,0 +1,445 @@
+//! Never lose a reading: the real agent binary (simulated board) against a real MongoDB
+//! wire-protocol server that is down, stopped, restarted; SIGKILL, SIGTERM, a full spool and
+//! injected I2C faults.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{agent_bin, signal, unique_name, wait_until, MongoServer};
+use mongodb::bson::{doc, oid::ObjectId, Document};
+use sensehat_monitor::sink::spool;
+use sensehat_monitor::status::{Status, STATUS_FILE};
+
+fn agent(uri: &str, db: &str, spool_dir: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.args(["--sensors", "sim", "--database", db]);
+    if !extra.contains(&"--interval-ms") {
+        c.args(["--interval-ms", "50"]);
+    }
+    c.arg("--spool-dir")
+        .arg(spool_dir)
+        .args(extra)
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    c
+}
+
+fn spawn_logged(mut c: Command, log: &Path) -> Child {
+    c.stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+async fn ids_in(server: &MongoServer, db: &str) -> Vec<ObjectId> {
+    let client = server.client().await;
+    let coll = client.database(db).collection::<Document>("reports");
+    let mut cursor = coll.find(doc! {}).await.unwrap();
+    let mut ids = Vec::new();
+    while cursor.advance().await.unwrap() {
+        ids.push(
+            cursor
+                .deserialize_current()
+                .unwrap()
+                .get_object_id("_id")
+                .unwrap(),
+        );
+    }
+    ids
+}
+
+fn pending_ids(dir: &Path) -> Vec<ObjectId> {
+    let mut ids = Vec::new();
+    spool::for_each_pending(dir, |p| {
+        let d = Document::from_reader(&mut &p[..]).unwrap();
+        ids.push(d.get_object_id("_id").unwrap());
+    })
+    .unwrap();
+    ids
+}
+
+/// Wait until the spool in `dir` holds at least `n` undelivered reports.
+async fn wait_for_spooled(dir: &Path, n: usize) {
+    let d = dir.to_owned();
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{n} spooled reports"),
+        || {
+            let d = d.clone();
+            async move { d.exists() && pending_ids(&d).len() >= n }
+        },
+    )
+    .await;
+}
+
+/// Wait until the agent's log contains `text`.
+async fn wait_for_log(log: &Path, text: &str, timeout: Duration) {
+    let log = log.to_owned();
+    wait_until(timeout, &format!("{text:?} in the log"), || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(text)
+        }
+    })
+    .await;
+}
+
+fn assert_unique(ids: &[ObjectId]) {
+    let set: HashSet<_> = ids.iter().collect();
+    assert_eq!(set.len(), ids.len(), "duplicates among {} ids", ids.len());
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// Server down at start: 40 samples are spooled, then the server starts and all 40 arrive once.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_down_at_start_then_up_delivers_everything_once() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = unique_name("down_at_start");
+    let log = dir.path().join("agent.log");
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &dir.path().join("spool"),
+            &["--count", "40"],
+        ),
+        &log,
+    );
+    // 40 samples at 50 ms take 2 s; wait until they are all in the spool.
+    wait_for_spooled(&dir.path().join("spool"), 40).await;
+    // The first insert gives up after the 10 s server selection timeout and says so once.
+    wait_for_log(&log, "MongoDB unavailable", Duration::from_secs(30)).await;
+    server.launch();
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let ids = ids_in(&server, &db).await;
+    assert_eq!(ids.len(), 40);
+    assert_unique(&ids);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("MongoDB unavailable"), "{log}");
+    assert!(log.contains("connected to MongoDB"), "{log}");
+    // One line per state change, not one per retry.
+    assert_eq!(log.matches("MongoDB unavailable").count(), 1, "{log}");
+}
+
+// The server stops mid-run and comes back: nothing lost, nothing doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_outage_mid_run_loses_nothing() {
+    let Some(mut server) = MongoServer::start_persistent() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = unique_name("outage");
+    let log = dir.path().join("agent.log");
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &dir.path().join("spool"),
+            &["--count", "80"],
+        ),
+        &log,
+    );
+    wait_until(Duration::from_secs(20), "first reports stored", || {
+        let s = &server;
+        let db = &db;
+        async move { !ids_in(s, db).await.is_empty() }
+    })
+    .await;
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.launch();
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let ids = ids_in(&server, &db).await;
+    assert_eq!(ids.len(), 80);
+    assert_unique(&ids);
+}
+
+// SIGKILL while the server is down, restart with it up: every report taken before the kill
+// arrives exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let db = unique_name("sigkill");
+    let log = dir.path().join("agent.log");
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &[]), &log);
+    wait_for_spooled(&spool_dir, 25).await;
+    signal(&child, 9);
+    child.wait().unwrap();
+    let before_kill = pending_ids(&spool_dir);
+    assert!(before_kill.len() >= 25);
+
+    server.launch();
+    let log2 = dir.path().join("agent2.log");
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "5"]),
+        &log2,
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log2).unwrap()
+    );
+    let ids = ids_in(&server, &db).await;
+    assert_unique(&ids);
+    let stored: HashSet<_> = ids.iter().collect();
+    for id in &before_kill {
+        assert!(
+            stored.contains(id),
+            "report {id} taken before the kill was lost"
+        );
+    }
+    assert_eq!(ids.len(), before_kill.len() + 5);
+    assert!(pending_ids(&spool_dir).is_empty());
+}
+
+// SIGTERM: exit 0 within the shutdown timeout; stored plus spooled equals reports taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_cleanly_and_loses_nothing() {
+    let server = MongoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let db = unique_name("sigterm");
+    let log = dir.path().join("agent.log");
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--shutdown-timeout", "3s"]),
+        &log,
+    );
+    wait_until(Duration::from_secs(20), "reports stored", || {
+        let s = &server;
+        let db = &db;
+        async move { ids_in(s, db).await.len() >= 10 }
+    })
+    .await;
+    let t = Instant::now();
+    signal(&child, 15);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).expect("status written at exit");
+    let ids = ids_in(&server, &db).await;
+    assert_unique(&ids);
+    let spooled = pending_ids(&spool_dir);
+    let all: HashSet<_> = ids.iter().chain(spooled.iter()).collect();
+    assert_eq!(
+        all.len() as u64,
+        st.reports,
+        "stored {} + spooled {}",
+        ids.len(),
+        spooled.len()
+    );
+}
+
+// A full spool drops the oldest reports, counts them, logs once, and keeps the newest.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_spool_drops_oldest_and_counts_them() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let db = unique_name("cap");
+    let log = dir.path().join("agent.log");
+    let c = agent(
+        &server.uri,
+        &db,
+        &spool_dir,
+        &["--spool-max-bytes", "16384", "--interval-ms", "2"],
+    );
+    let mut child = spawn_logged(c, &log);
+    // 16 KiB holds about 70 reports; 2 ms sampling fills it within a second.
+    wait_for_log(&log, "spool is full", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, 15);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert!(st.dropped > 0);
+    let kept = pending_ids(&spool_dir);
+    assert_eq!(
+        kept.len() as u64 + st.dropped,
+        st.reports,
+        "kept + dropped = taken"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("spool is full").count(), 1, "{text}");
+
+    // The kept reports are the newest: once delivered, the latest report taken is among them.
+    server.launch();
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "1"]),
+        &dir.path().join("agent2.log"),
+    );
+    assert!(wait_exit(&mut child, Duration::from_secs(90)).success());
+    let ids = ids_in(&server, &db).await;
+    assert_unique(&ids);
+    let stored: HashSet<_> = ids.iter().collect();
+    let newest = kept.iter().max_by_key(|id| id.timestamp()).unwrap();
+    assert!(stored.contains(newest));
+    assert!(kept.iter().all(|id| stored.contains(id)));
+}
+
+// An injected I2C fault: the samples in the window are skipped and counted, sampling goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn i2c_fault_skips_and_counts_samples() {
+    let server = MongoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let db = unique_name("fault");
+    let log = dir.path().join("agent.log");
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &spool_dir,
+            &["--count", "20", "--sim-fault", "lps25h:5:3"],
+        ),
+        &log,
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert_eq!(st.skipped_samples, 3);
+    assert_eq!(st.reports, 20);
+    assert_eq!(st.samples, 23);
+    let lps = st.sensors.iter().find(|s| s.name == "lps25h").unwrap();
+    assert_eq!(lps.total_failures, 3);
+    assert!(lps.ok);
+    assert_eq!(ids_in(&server, &db).await.len(), 20);
+    assert_eq!(text.matches("sensor read failed").count(), 1, "{text}");
+    assert!(text.contains("sensor recovered"), "{text}");
+
+    // `status` summarises it for a person.
+    let out = Command::new(agent_bin())
+        .arg("status")
+        .arg("--spool-dir")
+        .arg(&spool_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.contains("unsent reports        0"), "{s}");
+    assert!(s.contains("3 skipped"), "{s}");
+    assert!(s.contains("database              connected"), "{s}");
+}
+
+// A spool that cannot be written (disk full: the segment file is /dev/full) is reported once,
+// reports are kept in memory and delivered, and writing resumes when the disk has room.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
+    let server = MongoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    let segment = spool_dir.join("segment-0000000000000001.spool");
+    std::os::unix::fs::symlink("/dev/full", &segment).unwrap();
+    let db = unique_name("diskfull");
+    let log = dir.path().join("agent.log");
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "40"]),
+        &log,
+    );
+    wait_for_log(&log, "cannot write the spool", Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::remove_file(&segment).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("No space left on device"), "{text}");
+    assert_eq!(text.matches("cannot write the spool").count(), 1, "{text}");
+    assert!(text.contains("spool writable again"), "{text}");
+    let ids = ids_in(&server, &db).await;
+    assert_eq!(ids.len(), 40);
+    assert_unique(&ids);
+}
+
+// A batch resent after a lost acknowledgement: reports already in the database count as
+// delivered (duplicate _id), the rest are inserted, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn resent_reports_already_stored_are_not_duplicated() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let db = unique_name("dupes");
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &[]),
+        &dir.path().join("a.log"),
+    );
+    wait_for_spooled(&spool_dir, 20).await;
+    signal(&child, 15);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let mut docs = Vec::new();
+    spool::for_each_pending(&spool_dir, |p| {
+        docs.push(Document::from_reader(&mut &p[..]).unwrap())
+    })
+    .unwrap();
+    let total = docs.len();
+    server.launch();
+    // The first half "arrived" before the agent was killed, but it never heard back.
+    let client = server.client().await;
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(&docs[..total / 2])
+        .await
+        .unwrap();
+    let log = dir.path().join("b.log");
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "0"]), &log);
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(60)).success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let ids = ids_in(&server, &db).await;
+    assert_eq!(ids.len(), total);
+    assert_unique(&ids);
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert_eq!(st.duplicates, (total / 2) as u64);
+    assert_eq!(st.delivered, total as u64);
+}
