@@ -171,6 +171,7 @@ where
             mode_rx,
             notify.clone(),
             delivery_idle.clone(),
+            lock(spool).pending(),
             counters.clone(),
         ))),
         Output::Print(_) => None,
@@ -496,6 +497,9 @@ fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
 /// Delivery state changes worth one log line each.
 struct Link {
     connected: Option<bool>,
+    /// A backlog is being sent (found at start, or piled up during an outage): its end is
+    /// logged once, with what it took.
+    draining: bool,
     backlog_delivered: u64,
     backlog_duplicates: u64,
 }
@@ -506,6 +510,7 @@ async fn deliver<I: Inserter>(
     mut mode: watch::Receiver<Mode>,
     notify: Arc<Notify>,
     idle: Arc<AtomicBool>,
+    backlog_at_start: u64,
     counters: Arc<Mutex<Counters>>,
 ) -> Result<(), AgentError> {
     let backoff_builder = backon::ExponentialBuilder::default()
@@ -517,6 +522,8 @@ async fn deliver<I: Inserter>(
     let mut backoff = backoff_builder.build();
     let mut link = Link {
         connected: None,
+        // A backlog is what the spool held at start or what piles up during an outage.
+        draining: backlog_at_start > 0,
         backlog_delivered: 0,
         backlog_duplicates: 0,
     };
@@ -578,24 +585,21 @@ async fn deliver<I: Inserter>(
                 }
                 if link.connected != Some(true) {
                     info!(pending, "connected to MongoDB");
+                    link.connected = Some(true);
                 }
-                if link.connected == Some(false) {
-                    link.backlog_delivered = 0;
-                    link.backlog_duplicates = 0;
-                }
-                if link.connected.is_some() {
+                if link.draining {
                     link.backlog_delivered += outcome.inserted + outcome.duplicates;
                     link.backlog_duplicates += outcome.duplicates;
-                }
-                link.connected = Some(true);
-                if pending == 0 && link.backlog_delivered > batch.records.len() as u64 {
-                    info!(
-                        delivered = link.backlog_delivered,
-                        already_present = link.backlog_duplicates,
-                        "backlog drained"
-                    );
-                    link.backlog_delivered = 0;
-                    link.backlog_duplicates = 0;
+                    if pending == 0 {
+                        info!(
+                            delivered = link.backlog_delivered,
+                            already_present = link.backlog_duplicates,
+                            "backlog drained"
+                        );
+                        link.draining = false;
+                        link.backlog_delivered = 0;
+                        link.backlog_duplicates = 0;
+                    }
                 }
                 if !outcome.rejected.is_empty() {
                     error!(count = outcome.rejected.len(), reason = %outcome.rejected[0].1, "the database refused reports; saved to rejected.jsonl in the spool directory");
@@ -610,6 +614,7 @@ async fn deliver<I: Inserter>(
                 if link.connected != Some(false) {
                     warn!(error = %msg, "MongoDB unavailable; reports are kept in the spool and retried with back-off");
                     link.connected = Some(false);
+                    link.draining = true;
                     link.backlog_delivered = 0;
                     link.backlog_duplicates = 0;
                 }

@@ -144,8 +144,10 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("MongoDB unavailable"), "{log}");
     assert!(log.contains("connected to MongoDB"), "{log}");
-    // One line per state change, not one per retry.
+    // One line per state change, not one per retry, and the backlog's end once.
     assert_eq!(log.matches("MongoDB unavailable").count(), 1, "{log}");
+    assert_eq!(log.matches("backlog drained").count(), 1, "{log}");
+    assert!(log.contains("delivered=40"), "{log}");
 }
 
 // The server stops mid-run and comes back: nothing lost, nothing doubled.
@@ -226,6 +228,9 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
         );
     }
     assert_eq!(ids.len(), before_kill.len() + 5);
+    // The backlog found at start is reported once when it is gone.
+    let text = std::fs::read_to_string(&log2).unwrap();
+    assert_eq!(text.matches("backlog drained").count(), 1, "{text}");
     assert!(pending_ids(&spool_dir).is_empty());
 }
 
@@ -260,6 +265,10 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
         "took {:?}",
         t.elapsed()
     );
+    // A healthy run logs its connection once and no backlog (at 2 Hz or 20 Hz alike).
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("connected to MongoDB").count(), 1, "{text}");
+    assert!(!text.contains("backlog drained"), "{text}");
     let st = Status::read(&spool_dir.join(STATUS_FILE)).expect("status written at exit");
     let ids = ids_in(&server, &db).await;
     assert_unique(&ids);
