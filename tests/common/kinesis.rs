@@ -1,5 +1,5 @@
 //! A real Kinesis emulator for the tests: kinesis-local (kinesis-mock), installed by
-//! `bash .ci/kinesis.sh install` into .ci/work/kinesis, started on free ports and killed on drop.
+//! `bash .ci/kinesis.sh install` into .ci/cache/kinesis, started on free ports and killed on drop.
 //!
 //! Set `KINESIS_TEST_ENDPOINT` (e.g. `http://127.0.0.1:4568`) to use an emulator that is already
 //! running instead. Every test creates its own uniquely named stream either way.
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 
 /// The directory holding kinesis-local's main.js.
 pub fn package_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/work/kinesis/node_modules/kinesis-local")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/cache/kinesis/node_modules/kinesis-local")
 }
 
 /// Environment for child processes (forwarder, firehose-local) talking to the emulator: static
