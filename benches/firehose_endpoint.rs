@@ -34,6 +34,8 @@ use mongodb::options::{ReplaceOneModel, WriteConcern, WriteModel};
 use mongodb::Namespace;
 use sensehat_monitor::firehose::decode::{decode_record, DecodeOptions};
 use sensehat_monitor::firehose::protocol::{BodyReader, RequestBody};
+use sensehat_monitor::firehose::store::statement_batches;
+use sensehat_monitor::firehose::UpsertMethod;
 
 /// The endpoint binary's allocator, so that the in-process decode figures match it.
 #[global_allocator]
@@ -212,7 +214,10 @@ fn decode_all(records: &[Vec<u8>]) -> Vec<Document> {
         .enumerate()
         .map(|(i, r)| {
             let data = base64::engine::general_purpose::STANDARD.encode(r);
-            decode_record(&data, "direct", i, &opts).unwrap()
+            decode_record(&data, "direct", i, &opts)
+                .unwrap()
+                .to_document()
+                .unwrap()
         })
         .collect()
 }
@@ -225,9 +230,10 @@ fn thread_cpu_seconds() -> f64 {
     (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
 }
 
-/// The handler's CPU path: (gzip inflate), body JSON parse, per-record decode.
+/// The handler's CPU path: (gzip inflate), body JSON parse, per-record decode, and with
+/// `statements` the upsert statements of the command as well (what remains is the driver's).
 /// Returns (wall ns, thread CPU ns) per record.
-fn cpu_per_record(body: &[u8], gz: bool, iterations: usize) -> (f64, f64) {
+fn cpu_per_record(body: &[u8], gz: bool, statements: bool, iterations: usize) -> (f64, f64) {
     let opts = DecodeOptions::default();
     let cpu0 = thread_cpu_seconds();
     let start = Instant::now();
@@ -243,9 +249,16 @@ fn cpu_per_record(body: &[u8], gz: bool, iterations: usize) -> (f64, f64) {
             body
         };
         let parsed: RequestBody = serde_json::from_slice(bytes).unwrap();
+        let mut docs = Vec::with_capacity(parsed.records.len());
         for (i, rec) in parsed.records.iter().enumerate() {
             let d = decode_record(&rec.data, &parsed.request_id, i, &opts).unwrap();
-            kept += d.len();
+            kept += d.as_bytes().len();
+            docs.push(d);
+        }
+        if statements {
+            for b in statement_batches(UpsertMethod::BulkWrite, &docs).unwrap() {
+                kept += b.len;
+            }
         }
     }
     std::hint::black_box(kept);
@@ -352,8 +365,9 @@ async fn run() {
     let body = firehose_body("cpu", &batch(RECORDS));
     let gz_body = gzip(&body);
     let iterations = 50;
-    let cpu_plain = cpu_per_record(&body, false, iterations);
-    let cpu_gzip = cpu_per_record(&gz_body, true, iterations);
+    let cpu_plain = cpu_per_record(&body, false, false, iterations);
+    let cpu_gzip = cpu_per_record(&gz_body, true, false, iterations);
+    let cpu_statements = cpu_per_record(&body, false, true, iterations);
 
     // Peak RSS for one ~64 MiB request.
     let (rss_body, rss_before, rss_after, rss_status) = peak_rss(&uri, false).await;
@@ -377,6 +391,11 @@ async fn run() {
         "| decode+parse, plain (in-process, {iterations} x {RECORDS}): thread CPU | {:.2} us/record (wall {:.2}) | < 2 |",
         cpu_plain.1 / 1000.0,
         cpu_plain.0 / 1000.0
+    );
+    println!(
+        "| decode+parse and the bulkWrite statements, plain (in-process): thread CPU | {:.2} us/record (wall {:.2}) | |",
+        cpu_statements.1 / 1000.0,
+        cpu_statements.0 / 1000.0
     );
     println!(
         "| decode+parse incl. gunzip (in-process): thread CPU | {:.2} us/record (wall {:.2}) | |",

@@ -421,8 +421,8 @@ async fn check_replay_and_replace(ep: &Endpoint) {
     );
 }
 
-// Bad records (empty, bad base64, not UTF-8, not JSON, not an object, array _id) go to the
-// dead-letter collection with raw bytes, request id, index and reason; good ones are written; a
+// Bad records (empty, bad base64, not UTF-8, not JSON, not an object, array _id, field names
+// the database refuses) go to the dead-letter collection with raw bytes, request id, index and reason; good ones are written; a
 // replay adds no second copy of either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_go_to_the_dead_letter_collection() {
@@ -438,6 +438,8 @@ async fn bad_records_go_to_the_dead_letter_collection() {
         b64(b"{\"truncated\": "),
         b64(b"[1, 2, 3]"),
         b64(br#"{"_id":[1,2]}"#),
+        b64(br#"{"a\u0000b":1}"#),
+        b64(br#"{"n":1,"$set":{"n":2}}"#),
     ];
     let body = serde_json::to_vec(&serde_json::json!({
         "requestId": "req-bad",
@@ -457,14 +459,20 @@ async fn bad_records_go_to_the_dead_letter_collection() {
     }
     assert_eq!(count(&ep.coll()).await, 1);
     assert_eq!(count_id(&ep, good).await, 1);
-    assert_eq!(count(&ep.rejected()).await, 6);
-    let expect: [(i64, &str, Vec<u8>); 6] = [
+    assert_eq!(count(&ep.rejected()).await, 8);
+    let expect: [(i64, &str, Vec<u8>); 8] = [
         (1, "empty record", vec![]),
         (2, "invalid base64", b"%%% not base64 %%%".to_vec()),
         (3, "not UTF-8", vec![0xc3, 0x28, b'{', b'}']),
         (4, "not JSON", b"{\"truncated\": ".to_vec()),
         (5, "not a JSON object", b"[1, 2, 3]".to_vec()),
         (6, "_id cannot be an array", br#"{"_id":[1,2]}"#.to_vec()),
+        (7, "invalid field name", br#"{"a\u0000b":1}"#.to_vec()),
+        (
+            8,
+            "invalid field name",
+            br#"{"n":1,"$set":{"n":2}}"#.to_vec(),
+        ),
     ];
     for (index, reason, raw) in expect {
         let d = ep
@@ -717,6 +725,49 @@ async fn other_paths_methods_and_health() {
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["content-type"], "application/json");
     assert_eq!(count(&ep.coll()).await, 0);
+}
+
+// A write the database refuses (here a unique index on another field) fails the whole request
+// with 503 on both upsert paths, so Firehose retries it; once the cause is gone the retry stores
+// every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_write_answers_503_then_retry_succeeds() {
+    let server = MongoServer::start();
+    for method in [UpsertMethod::Auto, UpsertMethod::UpdateCommand] {
+        let ep = start(
+            &server,
+            Opts {
+                method,
+                ..Opts::default()
+            },
+        )
+        .await;
+        let coll = ep.coll();
+        let index = mongodb::IndexModel::builder()
+            .keys(doc! { "serial": 1 })
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .build(),
+            )
+            .build();
+        let name = coll.create_index(index).await.unwrap().index_name;
+        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let records: Vec<Vec<u8>> = [(a, 1), (b, 2), (c, 1)]
+            .iter()
+            .map(|(id, serial)| format!(r#"{{"_id":"{id}","serial":{serial}}}"#).into_bytes())
+            .collect();
+        let r = deliver(&ep, "req-refused", &records, false).await;
+        let m = check_shape(&r, 503, "req-refused").unwrap();
+        assert_eq!(m, "the database refused a write; retry later", "{method:?}");
+        coll.drop_index(name).await.unwrap();
+        let r = deliver(&ep, "req-refused", &records, false).await;
+        check_shape(&r, 200, "req-refused");
+        assert_eq!(count(&coll).await, 3, "{method:?}");
+        for id in [a, b, c] {
+            assert_eq!(count_id(&ep, id).await, 1, "{method:?}");
+        }
+    }
 }
 
 // Database stopped mid-test: 503 with a short message and no internals; after it is back, the

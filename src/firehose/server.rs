@@ -17,7 +17,7 @@ use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
 use http_body_util::BodyExt;
-use mongodb::bson::{doc, spec::BinarySubtype, Binary, DateTime, Document};
+use mongodb::bson::{rawdoc, spec::BinarySubtype, Binary, DateTime, RawDocumentBuf};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -30,11 +30,10 @@ use super::protocol::{
 };
 use super::store::{Store, StoreError};
 
-/// Documents are decoded and written in chunks of about this many bytes of record data (base64),
-/// so a 64 MiB request never holds all its documents in memory at once (a `Document` takes
-/// several times the bytes of its JSON). 10,000 sensor reports of 300 bytes (4 MB of base64)
-/// are one chunk, hence one round trip.
-pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Documents are decoded and written in chunks of about this many BSON bytes, one command's
+/// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor
+/// reports of 300 bytes (3 MB) are one chunk, hence one round trip.
+pub const CHUNK_BYTES: usize = super::store::COMMAND_BYTES - 1024 * 1024;
 /// Firehose waits 3 minutes for an answer; give up on the database well before.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
 
@@ -341,24 +340,22 @@ async fn store_records(
     rejected_count: &mut usize,
 ) -> Result<(), StoreError> {
     let config = &state.config;
-    let mut rejected: Vec<Document> = Vec::new();
-    let mut chunk: Vec<Document> = Vec::new();
+    let mut rejected: Vec<RawDocumentBuf> = Vec::new();
+    let mut chunk: Vec<RawDocumentBuf> = Vec::new();
     let mut chunk_bytes = 0usize;
     let received_at = DateTime::now();
     for (index, record) in body.records.iter().enumerate() {
         match decode_record(&record.data, request_id, index, &config.decode) {
             Ok(d) => {
-                chunk_bytes += record.data.len();
+                chunk_bytes += d.as_bytes().len();
                 chunk.push(d);
                 if chunk_bytes >= CHUNK_BYTES {
-                    state
-                        .store
-                        .upsert(&config.collection, std::mem::take(&mut chunk))
-                        .await?;
+                    state.store.upsert(&config.collection, &chunk).await?;
+                    chunk.clear();
                     chunk_bytes = 0;
                 }
             }
-            Err(r) => rejected.push(doc! {
+            Err(r) => rejected.push(rawdoc! {
                 "_id": derived_id(request_id, index),
                 "requestId": request_id,
                 "index": index as i64,
@@ -368,11 +365,11 @@ async fn store_records(
             }),
         }
     }
-    state.store.upsert(&config.collection, chunk).await?;
+    state.store.upsert(&config.collection, &chunk).await?;
     *rejected_count = rejected.len();
     if !rejected.is_empty() {
         let dead_letter = format!("{}_rejected", config.collection);
-        state.store.upsert(&dead_letter, rejected).await?;
+        state.store.upsert(&dead_letter, &rejected).await?;
     }
     Ok(())
 }

@@ -1,36 +1,46 @@
 //! The upsert layer: replace-by-`_id` with `upsert: true` for every document of a request, in
 //! as few round trips as the server allows.
 //!
-//! - MongoDB 8.0+ (`maxWireVersion` >= 25): the driver's `Client::bulk_write` (one `bulkWrite`
-//!   command; the driver splits it only past the server's message size, 48 MB).
-//! - Older servers: a multi-statement `update` command through `run_raw_command`, one command per
-//!   16 MiB of statements. `run_command` applies no default write concern and does not retry, and
-//!   the server reports `writeErrors` inside an `ok: 1` reply, so [`check_update_reply`] reads them.
+//! Documents arrive as BSON bytes ([`RawDocumentBuf`], from the decoder) and are copied into the
+//! command as they are: no `Document` tree is built on the way to the server.
+//!
+//! - MongoDB 8.0+ (`maxWireVersion` >= 25): the `bulkWrite` command, run on `admin` with
+//!   `errorsOnly`, so the reply carries counts and at most the first error.
+//! - Older servers: a multi-statement `update` command.
+//!
+//! Both go through `run_raw_command`, one command per 16 MiB of statements (the driver's own
+//! `Client::bulk_write` takes only `Document`s, whose building cost most of the endpoint's CPU).
+//! `run_raw_command` applies no default write concern and does not retry (Firehose retries, and
+//! the upserts make that safe), and the server reports write errors inside an `ok: 1` reply, so
+//! [`check_bulk_write_reply`] and [`check_update_reply`] read them.
 //!
 //! Write concern: the connection string's `w` if it has one, else `majority`.
 
-use mongodb::bson::{self, doc, rawdoc, Bson, Document, RawArrayBuf, RawDocumentBuf};
-use mongodb::options::{ReplaceOneModel, WriteConcern, WriteModel};
-use mongodb::{Client, Namespace};
+use mongodb::bson::{
+    self, doc, rawdoc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
+};
+use mongodb::options::WriteConcern;
+use mongodb::Client;
 use tokio::sync::OnceCell;
 
+use super::decode::document_with_capacity;
 use crate::sink::mongo::connect;
 use crate::sink::InsertError;
 
 /// The wire version of MongoDB 8.0, the first with the `bulkWrite` command.
 pub const BULK_WRITE_WIRE_VERSION: i32 = 25;
-/// Most statement bytes put in one `update` command (the server's 16 MiB document limit, less
-/// room for the command's own fields).
-pub const UPDATE_COMMAND_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
-/// Most statements in one `update` command (the server's `maxWriteBatchSize`).
-pub const UPDATE_COMMAND_STATEMENTS: usize = 100_000;
+/// Most statement bytes put in one command (the server's 16 MiB document limit, less room for
+/// the command's own fields).
+pub const COMMAND_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
+/// Most statements in one command (the server's `maxWriteBatchSize`).
+pub const COMMAND_STATEMENTS: usize = 100_000;
 
 /// How upserts reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpsertMethod {
     /// Decide from the server's `maxWireVersion` on first use.
     Auto,
-    /// `Client::bulk_write` (MongoDB 8.0+).
+    /// The `bulkWrite` command (MongoDB 8.0+).
     BulkWrite,
     /// The `update` command with many statements (MongoDB 6.0/7.0).
     UpdateCommand,
@@ -63,26 +73,7 @@ impl StoreError {
 
 impl From<mongodb::error::Error> for StoreError {
     fn from(e: mongodb::error::Error) -> Self {
-        use mongodb::error::ErrorKind;
-        match *e.kind {
-            ErrorKind::BulkWrite(ref b) if b.write_concern_errors.is_empty() => {
-                let mut errors: Vec<_> = b.write_errors.iter().collect();
-                errors.sort_by_key(|(i, _)| **i);
-                match errors.first() {
-                    Some((i, we)) => StoreError::Write(format!(
-                        "{} write errors, first at {i}: {} (code {})",
-                        errors.len(),
-                        we.message,
-                        we.code
-                    )),
-                    None => StoreError::Unavailable(e.to_string()),
-                }
-            }
-            _ => match crate::sink::mongo::classify(e) {
-                InsertError::Fatal(m) => StoreError::Fatal(m),
-                InsertError::Unavailable(m) => StoreError::Unavailable(m),
-            },
-        }
+        crate::sink::mongo::classify(e).into()
     }
 }
 
@@ -153,7 +144,11 @@ impl Store {
 
     /// Replace-or-insert every document by its `_id` into `collection`; Ok only once the server
     /// acknowledged all of them with the write concern.
-    pub async fn upsert(&self, collection: &str, docs: Vec<Document>) -> Result<(), StoreError> {
+    pub async fn upsert(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+    ) -> Result<(), StoreError> {
         if docs.is_empty() {
             return Ok(());
         }
@@ -162,77 +157,88 @@ impl Store {
             .write_concern()
             .cloned()
             .unwrap_or_else(WriteConcern::majority);
-        match self.method(client).await? {
-            UpsertMethod::BulkWrite | UpsertMethod::Auto => {
-                let ns = Namespace::new(&self.database, collection);
-                let models: Vec<WriteModel> = docs
-                    .into_iter()
-                    .map(|d| {
-                        let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-                        ReplaceOneModel::builder()
-                            .namespace(ns.clone())
-                            .filter(doc! { "_id": id })
-                            .replacement(d)
-                            .upsert(true)
-                            .build()
-                            .into()
-                    })
-                    .collect();
-                client
-                    .bulk_write(models)
-                    .ordered(true)
-                    .write_concern(wc)
-                    .await?;
-                Ok(())
-            }
-            UpsertMethod::UpdateCommand => {
-                let db = client.database(&self.database);
-                let wc = bson::to_raw_document_buf(&wc)
-                    .map_err(|e| StoreError::Fatal(format!("write concern: {e}")))?;
-                for batch in update_batches(&docs)? {
-                    let n = batch.len;
+        let wc = bson::to_raw_document_buf(&wc)
+            .map_err(|e| StoreError::Fatal(format!("write concern: {e}")))?;
+        let method = self.method(client).await?;
+        for batch in statement_batches(method, docs)? {
+            match method {
+                UpsertMethod::BulkWrite | UpsertMethod::Auto => {
+                    let cmd = rawdoc! {
+                        "bulkWrite": 1,
+                        "ops": batch.statements,
+                        "nsInfo": [ { "ns": format!("{}.{collection}", self.database) } ],
+                        "ordered": true,
+                        "errorsOnly": true,
+                        "writeConcern": wc.clone(),
+                    };
+                    let reply = client.database("admin").run_raw_command(cmd).await?;
+                    check_bulk_write_reply(&reply, batch.len)?;
+                }
+                UpsertMethod::UpdateCommand => {
                     let cmd = rawdoc! {
                         "update": collection,
                         "updates": batch.statements,
                         "ordered": true,
                         "writeConcern": wc.clone(),
                     };
-                    let reply = db.run_raw_command(cmd).await?;
-                    check_update_reply(&reply, n)?;
+                    let reply = client.database(&self.database).run_raw_command(cmd).await?;
+                    check_update_reply(&reply, batch.len)?;
                 }
-                Ok(())
             }
         }
+        Ok(())
     }
 }
 
-/// Statements of one `update` command.
-pub struct UpdateBatch {
+/// The statements of one command.
+pub struct StatementBatch {
     pub statements: RawArrayBuf,
     pub len: usize,
 }
 
-/// `{q: {_id}, u: doc, upsert: true}` statements, cut into commands of at most
-/// [`UPDATE_COMMAND_BYTES`] and [`UPDATE_COMMAND_STATEMENTS`].
-pub fn update_batches(docs: &[Document]) -> Result<Vec<UpdateBatch>, StoreError> {
+/// One replace-with-upsert statement for `doc`, keyed by its `_id`: `bulkWrite`'s
+/// `{update: 0, filter, updateMods, upsert, multi}` or `update`'s `{q, u, upsert, multi}`.
+pub fn statement(method: UpsertMethod, doc: &RawDocument) -> Result<RawDocumentBuf, StoreError> {
+    let id = doc
+        .get("_id")
+        .map_err(|e| StoreError::Write(format!("cannot read a document's _id: {e}")))?
+        .unwrap_or(RawBsonRef::Null);
+    let mut filter = document_with_capacity(64);
+    filter.append_ref("_id", id);
+    let mut s = document_with_capacity(doc.as_bytes().len() + filter.as_bytes().len() + 64);
+    if method == UpsertMethod::UpdateCommand {
+        s.append_ref("q", &filter);
+        s.append_ref("u", doc);
+    } else {
+        s.append_ref("update", 0i32);
+        s.append_ref("filter", &filter);
+        s.append_ref("updateMods", doc);
+    }
+    s.append_ref("upsert", true);
+    s.append_ref("multi", false);
+    Ok(s)
+}
+
+/// The statements for `docs`, cut into commands of at most [`COMMAND_BYTES`] and
+/// [`COMMAND_STATEMENTS`], in order.
+pub fn statement_batches(
+    method: UpsertMethod,
+    docs: &[RawDocumentBuf],
+) -> Result<Vec<StatementBatch>, StoreError> {
     let mut batches = Vec::new();
-    let mut current = UpdateBatch {
+    let mut current = StatementBatch {
         statements: RawArrayBuf::new(),
         len: 0,
     };
     let mut bytes = 0usize;
     for d in docs {
-        let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-        let stmt = doc! { "q": { "_id": id }, "u": d, "upsert": true, "multi": false };
-        let raw = RawDocumentBuf::from_document(&stmt)
-            .map_err(|e| StoreError::Write(format!("cannot encode a document: {e}")))?;
+        let raw = statement(method, d)?;
+        // The element's type byte, its index as a name and the name's NUL.
         let size = raw.as_bytes().len() + 8;
-        if current.len > 0
-            && (bytes + size > UPDATE_COMMAND_BYTES || current.len == UPDATE_COMMAND_STATEMENTS)
-        {
+        if current.len > 0 && (bytes + size > COMMAND_BYTES || current.len == COMMAND_STATEMENTS) {
             batches.push(std::mem::replace(
                 &mut current,
-                UpdateBatch {
+                StatementBatch {
                     statements: RawArrayBuf::new(),
                     len: 0,
                 },
@@ -249,44 +255,100 @@ pub fn update_batches(docs: &[Document]) -> Result<Vec<UpdateBatch>, StoreError>
     Ok(batches)
 }
 
-/// An `update` reply is a success only with `ok: 1`, no `writeErrors`, no `writeConcernError`,
-/// and every statement counted (`n` = matched + upserted).
-pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), StoreError> {
-    let ok = match reply.get("ok") {
+/// A reply's `ok` is 1.
+fn reply_ok(reply: &Document) -> bool {
+    match reply.get("ok") {
         Some(Bson::Double(f)) => *f == 1.0,
         Some(Bson::Int32(i)) => *i == 1,
         Some(Bson::Int64(i)) => *i == 1,
         _ => false,
-    };
-    if !ok {
+    }
+}
+
+/// An integer field of a reply, whichever integer type the server used; -1 when absent.
+fn reply_count(reply: &Document, key: &str) -> i64 {
+    match reply.get(key) {
+        Some(Bson::Int32(n)) => *n as i64,
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Double(n)) => *n as i64,
+        _ => -1,
+    }
+}
+
+fn failed_command(reply: &Document, name: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{name} command failed: {}",
+        reply.get_str("errmsg").unwrap_or("no errmsg")
+    ))
+}
+
+fn write_concern_error(reply: &Document) -> Option<StoreError> {
+    let wce = reply.get_document("writeConcernError").ok()?;
+    Some(StoreError::Unavailable(format!(
+        "write concern not satisfied: {} (code {})",
+        wce.get_str("errmsg").unwrap_or(""),
+        wce.get_i32("code").unwrap_or(0)
+    )))
+}
+
+/// A `bulkWrite` reply (with `errorsOnly`) is a success only with `ok: 1`, `nErrors: 0`, no
+/// `writeConcernError`, and every statement counted (`nMatched` + `nUpserted`). The first
+/// error, if any, is in `cursor.firstBatch` (the command is ordered, so it stops there).
+pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(), StoreError> {
+    if !reply_ok(reply) {
+        return Err(failed_command(reply, "bulkWrite"));
+    }
+    let errors = reply_count(reply, "nErrors");
+    if errors != 0 {
+        let first = reply
+            .get_document("cursor")
+            .and_then(|c| c.get_array("firstBatch"))
+            .ok()
+            .and_then(|b| b.first())
+            .and_then(Bson::as_document);
+        return Err(StoreError::Write(match first {
+            Some(e) => format!(
+                "{errors} write errors, first at {}: {} (code {})",
+                reply_count(e, "idx"),
+                e.get_str("errmsg").unwrap_or(""),
+                reply_count(e, "code")
+            ),
+            None => format!("{errors} write errors"),
+        }));
+    }
+    if let Some(e) = write_concern_error(reply) {
+        return Err(e);
+    }
+    let n = reply_count(reply, "nMatched") + reply_count(reply, "nUpserted");
+    if n != statements as i64 {
         return Err(StoreError::Unavailable(format!(
-            "update command failed: {}",
-            reply.get_str("errmsg").unwrap_or("no errmsg")
+            "bulkWrite counted {n} of {statements} statements"
         )));
+    }
+    Ok(())
+}
+
+/// An `update` reply is a success only with `ok: 1`, no `writeErrors`, no `writeConcernError`,
+/// and every statement counted (`n` = matched + upserted).
+pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), StoreError> {
+    if !reply_ok(reply) {
+        return Err(failed_command(reply, "update"));
     }
     if let Ok(errors) = reply.get_array("writeErrors") {
         if let Some(Bson::Document(first)) = errors.first() {
             return Err(StoreError::Write(format!(
                 "{} write errors, first at {}: {} (code {})",
                 errors.len(),
-                first.get_i32("index").unwrap_or(-1),
+                reply_count(first, "index"),
                 first.get_str("errmsg").unwrap_or(""),
-                first.get_i32("code").unwrap_or(0)
+                reply_count(first, "code")
             )));
         }
     }
-    if let Ok(wce) = reply.get_document("writeConcernError") {
-        return Err(StoreError::Unavailable(format!(
-            "write concern not satisfied: {} (code {})",
-            wce.get_str("errmsg").unwrap_or(""),
-            wce.get_i32("code").unwrap_or(0)
-        )));
+    if let Some(e) = write_concern_error(reply) {
+        return Err(e);
     }
-    let n = match reply.get("n") {
-        Some(Bson::Int32(n)) => *n as i64,
-        Some(Bson::Int64(n)) => *n,
-        _ => -1,
-    };
+    let n = reply_count(reply, "n");
     if n != statements as i64 {
         return Err(StoreError::Unavailable(format!(
             "update command counted {n} of {statements} statements"
@@ -332,26 +394,79 @@ mod tests {
         assert!(check_update_reply(&good, 2).is_ok());
     }
 
-    // Statements are cut into commands under the 16 MiB limit, in order, none lost.
+    // bulkWrite replies: errors, write concern errors and short counts inside ok:1 are failures.
     #[test]
-    fn update_batches_respect_the_size_limit() {
-        let big = "x".repeat(1024 * 1024);
-        let docs: Vec<Document> = (0..40)
-            .map(|i| doc! { "_id": ObjectId::new(), "i": i, "pad": &big })
-            .collect();
-        let batches = update_batches(&docs).unwrap();
-        assert_eq!(batches.len(), 3);
-        assert_eq!(batches.iter().map(|b| b.len).sum::<usize>(), 40);
-        for b in &batches {
-            assert!(b.statements.as_bytes().len() <= UPDATE_COMMAND_BYTES);
-        }
-        let first = batches[0].statements.get(0).unwrap().unwrap();
-        let stmt = first.as_document().unwrap();
-        assert!(stmt.get_bool("upsert").unwrap());
-        assert_eq!(
-            stmt.get_document("q").unwrap().get("_id").unwrap(),
-            stmt.get_document("u").unwrap().get("_id").unwrap()
+    fn bulk_write_reply_checks() {
+        let error = doc! {
+            "ok": 1.0, "nErrors": 1, "nInserted": 0, "nMatched": 0, "nModified": 0, "nUpserted": 1,
+            "cursor": { "id": 0i64, "ns": "admin.$cmd.bulkWrite", "firstBatch": [
+                { "ok": 0.0, "idx": 1, "code": 11000, "errmsg": "E11000 duplicate key" } ] },
+        };
+        let e = check_bulk_write_reply(&error, 2).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Write(ref m) if m.contains("first at 1") && m.contains("11000")),
+            "{e}"
         );
+        let wce = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1, "nUpserted": 1,
+        "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" } };
+        assert!(matches!(
+            check_bulk_write_reply(&wce, 2),
+            Err(StoreError::Unavailable(ref m)) if m.contains("replication")
+        ));
+        let short = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1, "nUpserted": 0 };
+        assert!(check_bulk_write_reply(&short, 2).is_err());
+        let not_ok = doc! { "ok": 0.0, "errmsg": "not primary" };
+        assert!(check_bulk_write_reply(&not_ok, 2).is_err());
+        let good = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1i64, "nUpserted": 1i64,
+        "cursor": { "id": 0i64, "firstBatch": [] } };
+        assert!(check_bulk_write_reply(&good, 2).is_ok());
+    }
+
+    // Statements are cut into commands under the 16 MiB limit, in order, none lost; each
+    // carries the document's bytes unchanged, keyed by its _id.
+    #[test]
+    fn statement_batches_respect_the_size_limit() {
+        let big = "x".repeat(1024 * 1024);
+        let docs: Vec<RawDocumentBuf> = (0..40)
+            .map(|i| rawdoc! { "_id": ObjectId::new(), "i": i, "pad": big.as_str() })
+            .collect();
+        for (method, filter, replacement) in [
+            (UpsertMethod::UpdateCommand, "q", "u"),
+            (UpsertMethod::BulkWrite, "filter", "updateMods"),
+        ] {
+            let batches = statement_batches(method, &docs).unwrap();
+            assert_eq!(batches.len(), 3);
+            assert_eq!(batches.iter().map(|b| b.len).sum::<usize>(), 40);
+            let mut all = Vec::new();
+            for b in &batches {
+                assert!(b.statements.as_bytes().len() <= COMMAND_BYTES);
+                all.extend(b.statements.into_iter().map(|s| s.unwrap()));
+            }
+            for (stmt, doc) in all.iter().zip(&docs) {
+                let stmt = stmt.as_document().unwrap();
+                assert!(stmt.get_bool("upsert").unwrap());
+                assert!(!stmt.get_bool("multi").unwrap());
+                assert_eq!(
+                    stmt.get_document(filter).unwrap().get("_id").unwrap(),
+                    doc.get("_id").unwrap()
+                );
+                assert_eq!(
+                    stmt.get_document(replacement).unwrap().as_bytes(),
+                    doc.as_bytes()
+                );
+            }
+        }
+    }
+
+    // No more than maxWriteBatchSize statements in one command.
+    #[test]
+    fn statement_batches_respect_the_count_limit() {
+        let docs: Vec<RawDocumentBuf> = (0..COMMAND_STATEMENTS + 1)
+            .map(|i| rawdoc! { "_id": i as i64 })
+            .collect();
+        let batches = statement_batches(UpsertMethod::BulkWrite, &docs).unwrap();
+        let lens: Vec<usize> = batches.iter().map(|b| b.len).collect();
+        assert_eq!(lens, [COMMAND_STATEMENTS, 1]);
     }
 
     // The public message never carries the internal detail.
