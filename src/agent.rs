@@ -296,15 +296,19 @@ async fn sample_loop<S: Sampler>(
         let store = match &*output {
             Output::Spool { spool, status_path } => Some(Store {
                 spool: spool.clone(),
-                status_path: status_path.clone().filter(|_| write_status_now),
+                status_path: if write_status_now {
+                    status_path.clone()
+                } else {
+                    None
+                },
                 counters: counters.clone(),
             }),
             Output::Print(_) => None,
         };
         let has_store = store.is_some();
-        let node = options.node_name.clone();
         let mut s = sampler.take().expect("sampler is returned by every sample");
         let (s, taken) = if s.blocking() {
+            let node = options.node_name.clone();
             // Real I2C blocks for milliseconds: keep it off the runtime.
             tokio::task::spawn_blocking(move || {
                 let t = take(&mut s, &node, store.as_ref());
@@ -313,7 +317,7 @@ async fn sample_loop<S: Sampler>(
             .await
             .map_err(|e| AgentError::Join(e.to_string()))?
         } else {
-            let t = take(&mut s, &node, store.as_ref());
+            let t = take(&mut s, &options.node_name, store.as_ref());
             (s, t)
         };
         sampler = Some(s);

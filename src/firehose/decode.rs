@@ -31,6 +31,8 @@ use mongodb::bson::{
 use serde::de::{self, DeserializeSeed, Visitor};
 use sha2::{Digest, Sha256};
 
+pub use crate::report::document_with_capacity;
+
 /// How records become documents.
 #[derive(Debug, Clone, Default)]
 pub struct DecodeOptions {
@@ -425,15 +427,6 @@ impl<'de> Visitor<'de> for FastSeed {
 struct FastMap<'o> {
     top: Option<&'o DecodeOptions>,
     capacity: usize,
-}
-
-/// An empty document with room for `capacity` bytes, so appending does not grow it field by
-/// field.
-pub fn document_with_capacity(capacity: usize) -> RawDocumentBuf {
-    let mut bytes = Vec::with_capacity(capacity.max(5));
-    // The empty document: length 5, then the terminating NUL.
-    bytes.extend_from_slice(&[5, 0, 0, 0, 0]);
-    RawDocumentBuf::from_bytes(bytes).unwrap_or_default()
 }
 
 /// Where each element of a document being built starts, to find duplicate field names in its

@@ -134,6 +134,8 @@ pub struct Spool {
     cursor_written: Position,
     cursor_at: Option<Instant>,
     pub dropped_total: u64,
+    /// The frame being written, kept between appends so a sample costs no allocation here.
+    scratch: Vec<u8>,
 }
 
 fn segment_name(id: u64) -> String {
@@ -148,12 +150,19 @@ fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// Encode one frame.
+#[cfg(test)]
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + HEADER as usize);
+    frame_into(&mut f, payload);
+    f
+}
+
+/// Encode one frame into `f`, replacing what it held.
+fn frame_into(f: &mut Vec<u8>, payload: &[u8]) {
+    f.clear();
     f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     f.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     f.extend_from_slice(payload);
-    f
 }
 
 /// Read the next frame; `Ok(None)` at a clean end, `Err` on a torn or corrupt frame.
@@ -339,6 +348,7 @@ impl Spool {
             cursor_written: ack,
             cursor_at: None,
             dropped_total: 0,
+            scratch: Vec::new(),
         };
         spool.synced = spool.end();
         if spool.segments.is_empty() {
@@ -464,9 +474,10 @@ impl Spool {
             self.new_segment(active.segment + 1)?;
         }
         let id = self.end().segment;
-        let bytes = frame(payload);
+        frame_into(&mut self.scratch, payload);
+        let bytes = &self.scratch;
         let writer = self.writer.as_mut().expect("opened above");
-        if let Err(source) = writer.write_all(&bytes) {
+        if let Err(source) = writer.write_all(bytes) {
             let seg_len = self.segments.back().map_or(0, |s| s.len);
             let _ = writer.set_len(seg_len);
             self.writer = None;
