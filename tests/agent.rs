@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{agent_bin, unique_name, MongoServer};
+use common::{agent_bin, sim_agent, unique_name, MongoServer};
 use mongodb::bson::{spec::ElementType, Document};
 
 // --dry-run prints N lines of relaxed Extended JSON with the stored field order, and exits 0.
@@ -164,20 +164,7 @@ async fn stores_reports_with_the_original_bson_types() {
     let server = MongoServer::start();
     let db = unique_name("agent");
     let spool = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(agent_bin())
-        .args([
-            "--sensors",
-            "sim",
-            "--count",
-            "10",
-            "--interval-ms",
-            "50",
-            "--database",
-            &db,
-        ])
-        .arg("--spool-dir")
-        .arg(spool.path())
-        .env("MONGODB_CONNECTION_STRING", &server.uri)
+    let out = tokio::process::Command::from(sim_agent(&server.uri, &db, 10, spool.path()))
         .output()
         .await
         .unwrap();

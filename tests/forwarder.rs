@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{agent_bin, unique_name, wait_until, MongoServer};
+use common::{sim_agent, unique_name, wait_until, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use sensehat_monitor::forwarder::batch::Entry;
@@ -21,6 +21,21 @@ use sensehat_monitor::forwarder::{self, Options};
 
 fn forwarder_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kinesis-forwarder")
+}
+
+/// What every test here starts from: both servers, a fresh database name, a stream with
+/// `shards` shards, and a client: `(mongo, kin, db, stream, client)`.
+async fn fixture(
+    db_prefix: &str,
+    stream_prefix: &str,
+    shards: i32,
+) -> (MongoServer, KinesisServer, String, String, mongodb::Client) {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let stream = unique_name(stream_prefix);
+    kin.create_stream(&stream, shards).await;
+    let client = mongo.client().await;
+    (mongo, kin, unique_name(db_prefix), stream, client)
 }
 
 /// Start the forwarder binary on `db.reports` into `stream`.
@@ -135,30 +150,12 @@ fn sample_docs(n: usize) -> Vec<Document> {
 // document, keyed by nodeName, and the resume token keeps moving while the collection is quiet.
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_reports_reach_the_stream_as_stringify() {
-    let mongo = MongoServer::start();
-    let kin = KinesisServer::start();
-    let db = unique_name("fwd");
-    let stream = unique_name("reports");
-    kin.create_stream(&stream, 2).await;
-    let client = mongo.client().await;
+    let (mongo, kin, db, stream, client) = fixture("fwd", "reports", 2).await;
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;
 
     let spool = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(agent_bin())
-        .args([
-            "--sensors",
-            "sim",
-            "--count",
-            "20",
-            "--interval-ms",
-            "50",
-            "--database",
-            &db,
-        ])
-        .arg("--spool-dir")
-        .arg(spool.path())
-        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+    let out = tokio::process::Command::from(sim_agent(&mongo.uri, &db, 20, spool.path()))
         .output()
         .await
         .unwrap();
@@ -208,14 +205,9 @@ async fn agent_reports_reach_the_stream_as_stringify() {
 // document; --partition-key-field _id keys each record by its id.
 #[tokio::test(flavor = "multi_thread")]
 async fn extended_json_formats_round_trip() {
-    let mongo = MongoServer::start();
-    let kin = KinesisServer::start();
-    let db = unique_name("fwdfmt");
-    let relaxed = unique_name("relaxed");
+    let (mongo, kin, db, relaxed, client) = fixture("fwdfmt", "relaxed", 1).await;
     let canonical = unique_name("canonical");
-    kin.create_stream(&relaxed, 1).await;
     kin.create_stream(&canonical, 1).await;
-    let client = mongo.client().await;
     let mut a = spawn_forwarder(
         &mongo,
         &kin,
@@ -264,30 +256,12 @@ async fn extended_json_formats_round_trip() {
 // stream (duplicates allowed upstream of the endpoint's upsert).
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_stream_loses_nothing() {
-    let mongo = MongoServer::start();
-    let kin = KinesisServer::start();
-    let db = unique_name("fwdkill");
-    let stream = unique_name("kill");
-    kin.create_stream(&stream, 2).await;
-    let client = mongo.client().await;
+    let (mongo, kin, db, stream, client) = fixture("fwdkill", "kill", 2).await;
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;
 
     let spool = tempfile::tempdir().unwrap();
-    let mut agent = tokio::process::Command::new(agent_bin())
-        .args([
-            "--sensors",
-            "sim",
-            "--count",
-            "80",
-            "--interval-ms",
-            "50",
-            "--database",
-            &db,
-        ])
-        .arg("--spool-dir")
-        .arg(spool.path())
-        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+    let mut agent = tokio::process::Command::from(sim_agent(&mongo.uri, &db, 80, spool.path()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -390,12 +364,7 @@ impl Kinesis for Throttled {
 // failed entries are resent, and every document lands in the stream exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn partial_failures_resend_only_failed_entries() {
-    let mongo = MongoServer::start();
-    let kin = KinesisServer::start();
-    let db = unique_name("fwdpart");
-    let stream = unique_name("partial");
-    kin.create_stream(&stream, 1).await;
-    let client = mongo.client().await;
+    let (_mongo, kin, db, stream, client) = fixture("fwdpart", "partial", 1).await;
     let seam = Throttled {
         inner: AwsKinesis {
             client: kin.client(),
@@ -474,12 +443,7 @@ async fn partial_failures_resend_only_failed_entries() {
 // reason; the others are forwarded.
 #[tokio::test(flavor = "multi_thread")]
 async fn oversize_documents_go_to_the_dead_letter_collection() {
-    let mongo = MongoServer::start();
-    let kin = KinesisServer::start();
-    let db = unique_name("fwddlq");
-    let stream = unique_name("dlq");
-    kin.create_stream(&stream, 1).await;
-    let client = mongo.client().await;
+    let (mongo, kin, db, stream, client) = fixture("fwddlq", "dlq", 1).await;
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;
     let big_id = ObjectId::new();
@@ -531,12 +495,7 @@ async fn oversize_documents_go_to_the_dead_letter_collection() {
 // and --start-from-now starts it again.
 #[tokio::test(flavor = "multi_thread")]
 async fn invalidate_stops_with_a_message_and_start_from_now_recovers() {
-    let mongo = MongoServer::start();
-    let kin = KinesisServer::start();
-    let db = unique_name("fwdinv");
-    let stream = unique_name("inv");
-    kin.create_stream(&stream, 1).await;
-    let client = mongo.client().await;
+    let (mongo, kin, db, stream, client) = fixture("fwdinv", "inv", 1).await;
     let reports = client.database(&db).collection::<Document>("reports");
     reports
         .insert_one(doc! { "nodeName": "before" })

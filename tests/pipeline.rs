@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, free_port, unique_name, MongoServer};
+use common::{free_port, sim_agent, unique_name, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, spec::ElementType, Document};
 
@@ -124,20 +124,7 @@ impl Pipeline {
     }
 
     fn agent(&self, count: u32, spool: &std::path::Path) -> tokio::process::Child {
-        tokio::process::Command::new(agent_bin())
-            .args([
-                "--sensors",
-                "sim",
-                "--count",
-                &count.to_string(),
-                "--interval-ms",
-                "50",
-                "--database",
-                &self.db,
-            ])
-            .arg("--spool-dir")
-            .arg(spool)
-            .env("MONGODB_CONNECTION_STRING", &self.mongo.uri)
+        tokio::process::Command::from(sim_agent(&self.mongo.uri, &self.db, count, spool))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

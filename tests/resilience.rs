@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,15 @@ fn agent(uri: &str, db: &str, spool_dir: &Path, extra: &[&str]) -> Command {
         .env("RUST_LOG", "info")
         .stdout(Stdio::null());
     c
+}
+
+/// A test's own places: a temporary directory (kept while the test runs), the spool and the
+/// agent's log inside it, and a database name: `(dir, spool_dir, db, log)`.
+fn places(name: &str) -> (tempfile::TempDir, PathBuf, String, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let log = dir.path().join("agent.log");
+    (dir, spool_dir, unique_name(name), log)
 }
 
 fn spawn_logged(mut c: Command, log: &Path) -> Child {
@@ -115,20 +124,13 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
     let Some(mut server) = MongoServer::not_started() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let db = unique_name("down_at_start");
-    let log = dir.path().join("agent.log");
+    let (_dir, spool_dir, db, log) = places("down_at_start");
     let mut child = spawn_logged(
-        agent(
-            &server.uri,
-            &db,
-            &dir.path().join("spool"),
-            &["--count", "40"],
-        ),
+        agent(&server.uri, &db, &spool_dir, &["--count", "40"]),
         &log,
     );
     // 40 samples at 50 ms take 2 s; wait until they are all in the spool.
-    wait_for_spooled(&dir.path().join("spool"), 40).await;
+    wait_for_spooled(&spool_dir, 40).await;
     // The first insert gives up after the 10 s server selection timeout and says so once.
     wait_for_log(&log, "MongoDB unavailable", Duration::from_secs(30)).await;
     server.launch();
@@ -156,16 +158,9 @@ async fn server_outage_mid_run_loses_nothing() {
     let Some(mut server) = MongoServer::start_persistent() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let db = unique_name("outage");
-    let log = dir.path().join("agent.log");
+    let (_dir, spool_dir, db, log) = places("outage");
     let mut child = spawn_logged(
-        agent(
-            &server.uri,
-            &db,
-            &dir.path().join("spool"),
-            &["--count", "80"],
-        ),
+        agent(&server.uri, &db, &spool_dir, &["--count", "80"]),
         &log,
     );
     wait_until(Duration::from_secs(20), "first reports stored", || {
@@ -195,10 +190,7 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
     let Some(mut server) = MongoServer::not_started() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let spool_dir = dir.path().join("spool");
-    let db = unique_name("sigkill");
-    let log = dir.path().join("agent.log");
+    let (dir, spool_dir, db, log) = places("sigkill");
     let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &[]), &log);
     wait_for_spooled(&spool_dir, 25).await;
     signal(&child, 9);
@@ -238,10 +230,7 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_exits_cleanly_and_loses_nothing() {
     let server = MongoServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let spool_dir = dir.path().join("spool");
-    let db = unique_name("sigterm");
-    let log = dir.path().join("agent.log");
+    let (_dir, spool_dir, db, log) = places("sigterm");
     let mut child = spawn_logged(
         agent(&server.uri, &db, &spool_dir, &["--shutdown-timeout", "3s"]),
         &log,
@@ -289,10 +278,7 @@ async fn full_spool_drops_oldest_and_counts_them() {
     let Some(mut server) = MongoServer::not_started() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let spool_dir = dir.path().join("spool");
-    let db = unique_name("cap");
-    let log = dir.path().join("agent.log");
+    let (dir, spool_dir, db, log) = places("cap");
     let c = agent(
         &server.uri,
         &db,
@@ -335,10 +321,7 @@ async fn full_spool_drops_oldest_and_counts_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn i2c_fault_skips_and_counts_samples() {
     let server = MongoServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let spool_dir = dir.path().join("spool");
-    let db = unique_name("fault");
-    let log = dir.path().join("agent.log");
+    let (_dir, spool_dir, db, log) = places("fault");
     let mut child = spawn_logged(
         agent(
             &server.uri,
@@ -381,13 +364,10 @@ async fn i2c_fault_skips_and_counts_samples() {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
     let server = MongoServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let spool_dir = dir.path().join("spool");
+    let (_dir, spool_dir, db, log) = places("diskfull");
     std::fs::create_dir_all(&spool_dir).unwrap();
     let segment = spool_dir.join("segment-0000000000000001.spool");
     std::os::unix::fs::symlink("/dev/full", &segment).unwrap();
-    let db = unique_name("diskfull");
-    let log = dir.path().join("agent.log");
     let mut child = spawn_logged(
         agent(&server.uri, &db, &spool_dir, &["--count", "40"]),
         &log,
@@ -413,9 +393,7 @@ async fn resent_reports_already_stored_are_not_duplicated() {
     let Some(mut server) = MongoServer::not_started() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let spool_dir = dir.path().join("spool");
-    let db = unique_name("dupes");
+    let (dir, spool_dir, db, _) = places("dupes");
     let mut child = spawn_logged(
         agent(&server.uri, &db, &spool_dir, &[]),
         &dir.path().join("a.log"),

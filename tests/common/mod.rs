@@ -183,6 +183,18 @@ pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sensehat-monitor")
 }
 
+/// The agent on the simulated board taking `count` samples 50 ms apart into `db` on the server at
+/// `uri`, spooling in `spool`. A std `Command`: `tokio::process::Command::from` it for async use.
+pub fn sim_agent(uri: &str, db: &str, count: u32, spool: &Path) -> Command {
+    let mut c = Command::new(agent_bin());
+    c.args(["--sensors", "sim", "--interval-ms", "50", "--database", db])
+        .args(["--count", &count.to_string()])
+        .arg("--spool-dir")
+        .arg(spool)
+        .env("MONGODB_CONNECTION_STRING", uri);
+    c
+}
+
 /// Wait until `f` is true, polling; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
 where
