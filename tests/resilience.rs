@@ -99,9 +99,12 @@ async fn wait_for_log(log: &Path, text: &str, timeout: Duration) {
     .await;
 }
 
-fn assert_unique(ids: &[ObjectId]) {
+/// The ids of the reports stored in `db`, after checking that none is stored twice.
+async fn stored_once(server: &MongoServer, db: &str) -> Vec<ObjectId> {
+    let ids = ids_in(server, db).await;
     let set: HashSet<_> = ids.iter().collect();
     assert_eq!(set.len(), ids.len(), "duplicates among {} ids", ids.len());
+    ids
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
@@ -140,9 +143,8 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
-    let ids = ids_in(&server, &db).await;
+    let ids = stored_once(&server, &db).await;
     assert_eq!(ids.len(), 40);
-    assert_unique(&ids);
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("MongoDB unavailable"), "{log}");
     assert!(log.contains("connected to MongoDB"), "{log}");
@@ -178,9 +180,8 @@ async fn server_outage_mid_run_loses_nothing() {
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
-    let ids = ids_in(&server, &db).await;
+    let ids = stored_once(&server, &db).await;
     assert_eq!(ids.len(), 80);
-    assert_unique(&ids);
 }
 
 // SIGKILL while the server is down, restart with it up: every report taken before the kill
@@ -210,8 +211,7 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
         "{}",
         std::fs::read_to_string(&log2).unwrap()
     );
-    let ids = ids_in(&server, &db).await;
-    assert_unique(&ids);
+    let ids = stored_once(&server, &db).await;
     let stored: HashSet<_> = ids.iter().collect();
     for id in &before_kill {
         assert!(
@@ -259,8 +259,7 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
     assert_eq!(text.matches("connected to MongoDB").count(), 1, "{text}");
     assert!(!text.contains("backlog drained"), "{text}");
     let st = Status::read(&spool_dir.join(STATUS_FILE)).expect("status written at exit");
-    let ids = ids_in(&server, &db).await;
-    assert_unique(&ids);
+    let ids = stored_once(&server, &db).await;
     let spooled = pending_ids(&spool_dir);
     let all: HashSet<_> = ids.iter().chain(spooled.iter()).collect();
     assert_eq!(
@@ -309,8 +308,7 @@ async fn full_spool_drops_oldest_and_counts_them() {
         &dir.path().join("agent2.log"),
     );
     assert!(wait_exit(&mut child, Duration::from_secs(90)).success());
-    let ids = ids_in(&server, &db).await;
-    assert_unique(&ids);
+    let ids = stored_once(&server, &db).await;
     let stored: HashSet<_> = ids.iter().collect();
     let newest = kept.iter().max_by_key(|id| id.timestamp()).unwrap();
     assert!(stored.contains(newest));
@@ -381,9 +379,8 @@ async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
     assert!(text.contains("No space left on device"), "{text}");
     assert_eq!(text.matches("cannot write the spool").count(), 1, "{text}");
     assert!(text.contains("spool writable again"), "{text}");
-    let ids = ids_in(&server, &db).await;
+    let ids = stored_once(&server, &db).await;
     assert_eq!(ids.len(), 40);
-    assert_unique(&ids);
 }
 
 // A batch resent after a lost acknowledgement: reports already in the database count as
@@ -423,9 +420,8 @@ async fn resent_reports_already_stored_are_not_duplicated() {
         "{}",
         std::fs::read_to_string(&log).unwrap()
     );
-    let ids = ids_in(&server, &db).await;
+    let ids = stored_once(&server, &db).await;
     assert_eq!(ids.len(), total);
-    assert_unique(&ids);
     let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
     assert_eq!(st.duplicates, (total / 2) as u64);
     assert_eq!(st.delivered, total as u64);
