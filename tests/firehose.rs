@@ -17,7 +17,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mongodb::bson::{doc, oid::ObjectId, spec::ElementType, Document};
 use sensehat_monitor::firehose::decode::{derived_id, DecodeOptions};
-use sensehat_monitor::firehose::server::{AccessKeys, EndpointConfig};
+use sensehat_monitor::firehose::server::{
+    AccessKeys, EndpointConfig, BODY_TIMEOUT, HEADER_TIMEOUT,
+};
 use sensehat_monitor::firehose::{app, serve, AppState, Store, UpsertMethod};
 
 const KEY: &str = "test-key-0123456789";
@@ -27,6 +29,8 @@ struct Opts {
     max_body_mib: usize,
     parse_dates: Vec<String>,
     method: UpsertMethod,
+    header_timeout: Duration,
+    body_timeout: Duration,
 }
 
 impl Default for Opts {
@@ -36,6 +40,8 @@ impl Default for Opts {
             max_body_mib: 64,
             parse_dates: Vec::new(),
             method: UpsertMethod::Auto,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
         }
     }
 }
@@ -79,6 +85,7 @@ async fn start(server: &MongoServer, opts: Opts) -> Endpoint {
         decode: DecodeOptions {
             parse_dates: opts.parse_dates,
         },
+        body_timeout: opts.body_timeout,
     };
     let store = Store::new(&quick_uri(server), &db_name).with_method(opts.method);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,6 +95,7 @@ async fn start(server: &MongoServer, opts: Opts) -> Endpoint {
         listener,
         app(AppState::new(config, store)),
         None,
+        opts.header_timeout,
         async {
             let _ = rx.await;
         },
@@ -727,6 +735,63 @@ async fn other_paths_methods_and_health() {
     assert_eq!(count(&ep.coll()).await, 0);
 }
 
+// A client that sends its headers or its body too slowly cannot hold a connection: headers
+// not complete within the header timeout close the connection (also on an idle kept-alive
+// one), and a body not complete within the body timeout is answered 408 in the Firehose shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = MongoServer::start();
+    let ep = start(
+        &server,
+        Opts {
+            header_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let addr = ep.url.trim_start_matches("http://").to_owned();
+
+    // Headers that never end.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A body that stops after 10 of its 1000 bytes.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut head = String::from("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n");
+    for (k, v) in firehose_headers("req-slow", Some(KEY), false) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n{\"requestI");
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body: serde_json::Value =
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["requestId"], "req-slow");
+    assert!(
+        body["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("not received"),
+        "{body}"
+    );
+    assert_eq!(count(&ep.coll()).await, 0);
+}
+
 // A write the database refuses (here a unique index on another field) fails the whole request
 // with 503 on both upsert paths, so Firehose retries it; once the cause is gone the retry stores
 // every record once.
@@ -925,6 +990,7 @@ async fn tls_serves_https() {
         max_body_bytes: 64 << 20,
         collection: "firehose".into(),
         decode: DecodeOptions::default(),
+        body_timeout: BODY_TIMEOUT,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -933,6 +999,7 @@ async fn tls_serves_https() {
         listener,
         app(AppState::new(config, Store::new(&server.uri, &db_name))),
         Some(tls),
+        HEADER_TIMEOUT,
         async {
             let _ = rx.await;
         },

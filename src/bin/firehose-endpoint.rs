@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing::{error, info, warn};
 
 use sensehat_monitor::firehose::config::{Cli, ACCESS_KEY_ENV};
-use sensehat_monitor::firehose::server::tls_config;
+use sensehat_monitor::firehose::server::{tls_config, HEADER_TIMEOUT};
 use sensehat_monitor::firehose::{app, serve, AppState, Store};
 use sensehat_monitor::shutdown::shutdown_signal;
 
@@ -57,7 +57,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         );
     }
     let router = app(AppState::new(config, store));
-    serve(listener, router, tls, shutdown_signal())
+    serve(listener, router, tls, HEADER_TIMEOUT, shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))?;
     info!("stopped");

@@ -132,6 +132,7 @@ impl Cli {
                     .filter(|s| !s.is_empty())
                     .collect(),
             },
+            body_timeout: super::server::BODY_TIMEOUT,
         })
     }
 }

@@ -36,6 +36,12 @@ use super::store::{Store, StoreError};
 pub const CHUNK_BYTES: usize = super::store::COMMAND_BYTES - 1024 * 1024;
 /// Firehose waits 3 minutes for an answer; give up on the database well before.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long a request's headers may take to arrive, also on an idle kept-alive connection: a
+/// client that opens connections and sends nothing (or a byte at a time) cannot hold them.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request's body may take to arrive in full (Firehose sends from AWS; 64 MiB takes
+/// seconds). A slower body is answered 408 and Firehose retries it.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The configured access keys, kept as SHA-256 digests so that every comparison is over 32 bytes
 /// and constant-time whatever the key lengths.
@@ -83,6 +89,8 @@ pub struct EndpointConfig {
     /// Target collection; rejected records go to `<collection>_rejected`.
     pub collection: String,
     pub decode: DecodeOptions,
+    /// Longest a request body may take to arrive ([`BODY_TIMEOUT`]).
+    pub body_timeout: Duration,
 }
 
 /// Shared state of the router.
@@ -251,12 +259,22 @@ async fn process(state: &AppState, headers: &HeaderMap, request_id: &str, body: 
     if !gzip && declared_length(headers).is_some_and(|n| n > limit as u64) {
         return Outcome::fail(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit));
     }
-    let bytes = match read_body(body, gzip, limit, declared_length(headers)).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge { limit }) => {
+    let read = read_body(body, gzip, limit, declared_length(headers));
+    let bytes = match tokio::time::timeout(config.body_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge { limit })) => {
             return Outcome::fail(StatusCode::PAYLOAD_TOO_LARGE, too_large(limit))
         }
-        Err(e) => return Outcome::fail(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Err(e)) => return Outcome::fail(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(_) => {
+            return Outcome::fail(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {} s",
+                    config.body_timeout.as_secs()
+                ),
+            )
+        }
     };
     let total_bytes = bytes.len();
     let parsed: RequestBody = match serde_json::from_slice(&bytes) {
@@ -374,23 +392,24 @@ async fn store_records(
     Ok(())
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves: plain HTTP, or HTTPS with `tls`.
+/// Serve `app` on `listener` until `shutdown` resolves: plain HTTP, or HTTPS with `tls`; HTTP/1.1
+/// with keep-alive. A connection whose request headers take longer than `header_timeout` (also
+/// while idle between requests) is closed. On shutdown, requests in progress are finished.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    header_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let Some(tls) = tls else {
-        return axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
-    };
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -398,6 +417,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, for one: wait rather than spin.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -409,19 +429,20 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls_stream = match tokio::time::timeout(
-                Duration::from_secs(30),
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    warn!(peer = %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let Some(acceptor) = acceptor else {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn).await;
+                return;
             };
+            let tls_stream =
+                match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        warn!(peer = %peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
             let _ = watcher.watch(conn).await;
         });
