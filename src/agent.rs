@@ -33,6 +33,9 @@ use crate::status::{SensorStatus, Status};
 pub const BATCH_MAX: usize = 10_000;
 /// Smallest gap between the starts of two inserts that are not full batches.
 pub const MIN_INSERT_SPACING: Duration = Duration::from_millis(100);
+/// Up to this many pending reports are read from the spool on the runtime's thread (they were
+/// just written, so the read is a copy from the page cache); more go to a blocking thread.
+pub const INLINE_READ_MAX: u64 = 64;
 /// How often `status.json` is rewritten.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 
@@ -540,9 +543,13 @@ async fn deliver<I: Inserter>(
         // At most one small insert per MIN_INSERT_SPACING: at 2 Hz every report still goes out
         // at once, while faster sampling is batched instead of costing a round trip (and an
         // Atlas operation) per report. A full batch (a backlog) is never held back.
+        // With nothing pending there is nothing to space out: go idle at once rather than
+        // waking when the spacing ends only to find nothing (at 2 Hz that was two more
+        // wake-ups and a blocking-thread round trip per report).
         if let Some(t) = last_insert {
             let next = t + MIN_INSERT_SPACING;
-            if Instant::now() < next && (lock(&spool).pending() as usize) < BATCH_MAX {
+            let pending = lock(&spool).pending() as usize;
+            if Instant::now() < next && pending > 0 && pending < BATCH_MAX {
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => {}
                     _ = mode.wait_for(|m| *m == Mode::Stop) => return Ok(()),
@@ -551,11 +558,22 @@ async fn deliver<I: Inserter>(
         }
         // Say we may go idle before looking, so a report appended after the look wakes us.
         idle.store(true, Ordering::SeqCst);
-        let sp = spool.clone();
-        let batch: Batch = tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
-            .await
-            .map_err(|e| AgentError::Join(e.to_string()))??;
-        if batch.records.is_empty() {
+        let pending = lock(&spool).pending();
+        let batch = if pending == 0 {
+            None
+        } else if pending <= INLINE_READ_MAX {
+            // A few reports, just written and still in the page cache: reading them here costs
+            // less than handing the read to a blocking thread and back.
+            Some(lock(&spool).next_batch(BATCH_MAX)?)
+        } else {
+            let sp = spool.clone();
+            Some(
+                tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
+                    .await
+                    .map_err(|e| AgentError::Join(e.to_string()))??,
+            )
+        };
+        let Some(batch) = batch.filter(|b| !b.records.is_empty()) else {
             if m == Mode::Drain {
                 return Ok(());
             }
@@ -564,7 +582,7 @@ async fn deliver<I: Inserter>(
                 _ = mode.changed() => {}
             }
             continue;
-        }
+        };
         idle.store(false, Ordering::SeqCst);
         last_insert = Some(Instant::now());
         match inserter.insert(&batch.records).await {
