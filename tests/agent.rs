@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{agent_bin, sim_agent, unique_name, MongoServer};
+use common::{agent_bin, all_reports, run_sim_agent, unique_name, MongoServer};
 use mongodb::bson::{spec::ElementType, Document};
 
 // --dry-run prints N lines of relaxed Extended JSON with the stored field order, and exits 0.
@@ -163,23 +163,9 @@ fn led_shows_logo_then_clears() {
 async fn stores_reports_with_the_original_bson_types() {
     let server = MongoServer::start();
     let db = unique_name("agent");
-    let spool = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::from(sim_agent(&server.uri, &db, 10, spool.path()))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_sim_agent(&server.uri, &db, 10).await;
     let client = server.client().await;
-    let coll = client.database(&db).collection::<Document>("reports");
-    let mut cursor = coll.find(mongodb::bson::doc! {}).await.unwrap();
-    let mut docs = Vec::new();
-    while cursor.advance().await.unwrap() {
-        docs.push(cursor.deserialize_current().unwrap());
-    }
+    let docs = all_reports(&client, &db).await;
     assert_eq!(docs.len(), 10);
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     for d in &docs {

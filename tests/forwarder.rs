@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{sim_agent, unique_name, wait_until, MongoServer};
+use common::{all_reports, run_sim_agent, sim_agent, unique_name, wait_until, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use sensehat_monitor::forwarder::batch::Entry;
@@ -90,20 +90,6 @@ async fn wait_for_position(client: &mongodb::Client, db: &str, stream: &str) {
     .await;
 }
 
-async fn all_reports(client: &mongodb::Client, db: &str) -> Vec<Document> {
-    let mut cursor = client
-        .database(db)
-        .collection::<Document>("reports")
-        .find(doc! {})
-        .await
-        .unwrap();
-    let mut docs = Vec::new();
-    while cursor.advance().await.unwrap() {
-        docs.push(cursor.deserialize_current().unwrap());
-    }
-    docs
-}
-
 /// The `_id` of a stringify record.
 fn stringify_id(data: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(data).expect("record is JSON");
@@ -154,16 +140,7 @@ async fn agent_reports_reach_the_stream_as_stringify() {
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;
 
-    let spool = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::from(sim_agent(&mongo.uri, &db, 20, spool.path()))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_sim_agent(&mongo.uri, &db, 20).await;
 
     let docs = all_reports(&client, &db).await;
     assert_eq!(docs.len(), 20);

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, signal, unique_name, wait_until, MongoServer};
-use mongodb::bson::{doc, oid::ObjectId, Document};
+use common::{agent_bin, all_reports, signal, unique_name, wait_until, MongoServer};
+use mongodb::bson::{oid::ObjectId, Document};
 use sensehat_monitor::sink::spool;
 use sensehat_monitor::status::{Status, STATUS_FILE};
 
@@ -45,20 +45,11 @@ fn spawn_logged(mut c: Command, log: &Path) -> Child {
 }
 
 async fn ids_in(server: &MongoServer, db: &str) -> Vec<ObjectId> {
-    let client = server.client().await;
-    let coll = client.database(db).collection::<Document>("reports");
-    let mut cursor = coll.find(doc! {}).await.unwrap();
-    let mut ids = Vec::new();
-    while cursor.advance().await.unwrap() {
-        ids.push(
-            cursor
-                .deserialize_current()
-                .unwrap()
-                .get_object_id("_id")
-                .unwrap(),
-        );
-    }
-    ids
+    all_reports(&server.client().await, db)
+        .await
+        .iter()
+        .map(|d| d.get_object_id("_id").unwrap())
+        .collect()
 }
 
 fn pending_ids(dir: &Path) -> Vec<ObjectId> {

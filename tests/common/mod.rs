@@ -195,6 +195,35 @@ pub fn sim_agent(uri: &str, db: &str, count: u32, spool: &Path) -> Command {
     c
 }
 
+/// Run [`sim_agent`] to completion with a throwaway spool; panics with its stderr if it fails.
+pub async fn run_sim_agent(uri: &str, db: &str, count: u32) {
+    let spool = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::from(sim_agent(uri, db, count, spool.path()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every document of `db.reports`, in natural order.
+pub async fn all_reports(client: &mongodb::Client, db: &str) -> Vec<mongodb::bson::Document> {
+    let mut cursor = client
+        .database(db)
+        .collection::<mongodb::bson::Document>("reports")
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap();
+    let mut docs = Vec::new();
+    while cursor.advance().await.unwrap() {
+        docs.push(cursor.deserialize_current().unwrap());
+    }
+    docs
+}
+
 /// Wait until `f` is true, polling; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
 where
