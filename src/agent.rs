@@ -305,6 +305,7 @@ async fn sample_loop<S: Sampler>(
                     None
                 },
                 counters: counters.clone(),
+                interval,
             }),
             Output::Print(_) => None,
         };
@@ -383,7 +384,7 @@ async fn sample_loop<S: Sampler>(
                             error!(error = %e, "cannot write the spool (disk full or read-only?); keeping new reports in memory until it can be written again");
                             disk_failing = true;
                         }
-                        (None, true) => {
+                        (None, true) if append.wrote => {
                             info!(
                                 moved = append.recovered_from_memory,
                                 "spool writable again; reports held in memory moved to disk"
@@ -469,6 +470,8 @@ struct Store {
     /// Set when status.json is due.
     status_path: Option<PathBuf>,
     counters: Arc<Mutex<Counters>>,
+    /// When the next sample is due, from now: reports closer together are written in groups.
+    interval: Duration,
 }
 
 /// Take one sample and append its report to the spool (blocking: I2C and file I/O).
@@ -478,10 +481,9 @@ fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
     let outcome = result.map(|r| Report::new(node, r, recorded_at));
     let stored = match (store, &outcome) {
         (Some(store), Ok(report)) => {
-            let bytes = report.to_bson_bytes();
             let mut sp = lock(&store.spool);
             let now = std::time::Instant::now();
-            let append = sp.append(&bytes, now);
+            let append = sp.append_encoded(|b| report.write_bson(b), now, store.interval);
             let maintain = sp.maintain(now);
             if let Some(p) = &store.status_path {
                 write_status(p, &lock(&store.counters), &sp);
