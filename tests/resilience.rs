@@ -417,3 +417,53 @@ async fn resent_reports_already_stored_are_not_duplicated() {
     assert_eq!(st.duplicates, (total / 2) as u64);
     assert_eq!(st.delivered, total as u64);
 }
+
+// A report the database refuses for good (here a unique index the user put on nodeName, so
+// every report after the first is a duplicate key, but not of _id) is not retried forever and
+// not counted as delivered: it goes to rejected.jsonl with the server's reason, and the rest
+// flows on.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_reports_are_set_aside_with_the_reason() {
+    let server = MongoServer::start();
+    let (_dir, spool_dir, db, log) = places("refused");
+    let reports = server
+        .client()
+        .await
+        .database(&db)
+        .collection::<Document>("reports");
+    reports
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(mongodb::bson::doc! { "nodeName": 1 })
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "5"]), &log);
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("the database refused reports"), "{text}");
+    assert_eq!(stored_once(&server, &db).await.len(), 1);
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert_eq!((st.rejected, st.duplicates, st.pending), (4, 0, 0));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(spool_dir.join("rejected.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for l in &lines {
+        let reason = l["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("nodeName") && reason.contains("11000"),
+            "{reason}"
+        );
+        assert!(l["report"]["_id"]["$oid"].is_string(), "{l}");
+    }
+}

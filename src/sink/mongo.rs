@@ -1,16 +1,17 @@
-//! The MongoDB sink: unordered `insert_many` of raw BSON reports, where a duplicate `_id`
+//! The MongoDB sink: unordered inserts of raw BSON reports, where a duplicate `_id`
 //! counts as delivered (the agent makes every `_id`, so a duplicate is a retried insert).
 //!
 //! The client is created lazily and re-created after a failure to create it: with a
 //! `mongodb+srv://` string the driver resolves DNS when the client is built, and a Pi that
 //! boots without Wi-Fi must still start sampling.
 
+use std::io::Write;
 use std::time::Duration;
 
-use mongodb::bson::RawDocumentBuf;
+use mongodb::bson::{self, Bson, Document, RawDocument, RawDocumentBuf};
 use mongodb::error::{Error, ErrorKind};
 use mongodb::options::ClientOptions;
-use mongodb::{Client, Collection};
+use mongodb::{Client, Database};
 
 use super::{InsertError, InsertOutcome, Inserter};
 
@@ -50,12 +51,30 @@ pub fn classify(e: Error) -> InsertError {
     }
 }
 
+/// Most bytes of reports in one `insert` command: the server takes commands of up to 16 MiB
+/// plus a little, and a command has some bytes besides the documents.
+pub const COMMAND_BYTES: usize = 15 * 1024 * 1024;
+
 /// Inserts reports into one collection.
+///
+/// Reports are already BSON (the spool holds them so), and they are sent as they are in an
+/// `insert` command through `run_raw_command`: the driver's `insert_many` would re-serialise
+/// every document through serde and inspect it for an `_id`, which cost more CPU than the rest
+/// of a sample. `run_raw_command` applies no default write concern, so the connection string's
+/// `w`, if it has one, is added here, as `insert_many` would have sent it; and it does not
+/// retry, which the delivery loop does (a retried report is a duplicate `_id`, counted as
+/// delivered).
 pub struct MongoSink {
     uri: String,
     database: String,
     collection: String,
-    coll: Option<Collection<RawDocumentBuf>>,
+    target: Option<Target>,
+}
+
+#[derive(Clone)]
+struct Target {
+    db: Database,
+    write_concern: Option<RawDocumentBuf>,
 }
 
 impl MongoSink {
@@ -64,87 +83,279 @@ impl MongoSink {
             uri: uri.to_owned(),
             database: database.to_owned(),
             collection: collection.to_owned(),
-            coll: None,
+            target: None,
         }
     }
 
-    async fn collection(&mut self) -> Result<Collection<RawDocumentBuf>, InsertError> {
-        if let Some(c) = &self.coll {
-            return Ok(c.clone());
+    async fn target(&mut self) -> Result<Target, InsertError> {
+        if let Some(t) = &self.target {
+            return Ok(t.clone());
         }
         let client = connect(&self.uri, "sensehat-monitor").await?;
-        let c = client
-            .database(&self.database)
-            .collection::<RawDocumentBuf>(&self.collection);
-        self.coll = Some(c.clone());
-        Ok(c)
+        let write_concern = match client.write_concern() {
+            Some(wc) if wc.w.is_some() || wc.journal.is_some() || wc.w_timeout.is_some() => {
+                Some(bson::to_raw_document_buf(wc).map_err(|e| {
+                    InsertError::Fatal(format!(
+                        "invalid write concern in the connection string: {e}"
+                    ))
+                })?)
+            }
+            _ => None,
+        };
+        let t = Target {
+            db: client.database(&self.database),
+            write_concern,
+        };
+        self.target = Some(t.clone());
+        Ok(t)
     }
 }
 
-/// Turn an `insert_many` result into an outcome, treating duplicate keys as delivered.
-pub fn outcome_of(n: usize, result: Result<(), Error>) -> Result<InsertOutcome, InsertError> {
-    match result {
-        Ok(()) => Ok(InsertOutcome {
-            inserted: n as u64,
-            ..Default::default()
-        }),
-        Err(e) => match *e.kind {
-            ErrorKind::InsertMany(ref ime) if ime.write_concern_error.is_none() => {
-                let mut out = InsertOutcome::default();
-                for we in ime.write_errors.iter().flatten() {
-                    if we.code == DUPLICATE_KEY {
-                        out.duplicates += 1;
-                    } else {
-                        out.rejected
-                            .push((we.index, format!("{} (code {})", we.message, we.code)));
-                    }
-                }
-                out.inserted = n as u64 - out.duplicates - out.rejected.len() as u64;
-                Ok(out)
-            }
-            _ => Err(classify(e)),
-        },
+/// Read an `insert` reply into an outcome for `n` documents: a duplicate `_id` counts as
+/// delivered, other write errors (a duplicate in another unique index included) reject their
+/// document, a write concern error means "try
+/// again" (the retry's duplicates are then counted as delivered).
+pub fn outcome_of_reply(n: usize, reply: &Document) -> Result<InsertOutcome, InsertError> {
+    let ok = match reply.get("ok") {
+        Some(Bson::Double(f)) => *f == 1.0,
+        Some(Bson::Int32(i)) => *i == 1,
+        Some(Bson::Int64(i)) => *i == 1,
+        _ => false,
+    };
+    if !ok {
+        return Err(InsertError::Unavailable(format!(
+            "insert command failed: {}",
+            reply.get_str("errmsg").unwrap_or("no errmsg")
+        )));
     }
+    if let Ok(wce) = reply.get_document("writeConcernError") {
+        return Err(InsertError::Unavailable(format!(
+            "write concern not satisfied: {} (code {})",
+            wce.get_str("errmsg").unwrap_or(""),
+            wce.get_i32("code").unwrap_or(0)
+        )));
+    }
+    let mut out = InsertOutcome::default();
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        for e in errors.iter().filter_map(Bson::as_document) {
+            let code = e.get_i32("code").unwrap_or(0);
+            if code == DUPLICATE_KEY && on_id(e) {
+                out.duplicates += 1;
+            } else {
+                let index = e.get_i32("index").map_or(usize::MAX, |i| i as usize);
+                out.rejected.push((
+                    index,
+                    format!("{} (code {code})", e.get_str("errmsg").unwrap_or("")),
+                ));
+            }
+        }
+    }
+    out.inserted = (n as u64).saturating_sub(out.duplicates + out.rejected.len() as u64);
+    Ok(out)
+}
+
+/// Whether a duplicate-key write error is about `_id` (a report already stored) rather than
+/// another unique index the user made, which refuses the report for good. Servers since 4.2
+/// say which index in `keyPattern`; without it, the message names the index.
+fn on_id(error: &Document) -> bool {
+    match error.get_document("keyPattern") {
+        Ok(pattern) => pattern.len() == 1 && pattern.contains_key("_id"),
+        Err(_) => !error
+            .get_str("errmsg")
+            .is_ok_and(|m| m.contains(" index: ") && !m.contains(" index: _id_ ")),
+    }
+}
+
+/// The `insert` command for `docs` (BSON documents), as `rawdoc!` would build it
+/// (`{insert, documents, ordered: false, writeConcern}`), written into one buffer of the right
+/// size: building it through `RawArrayBuf` copied every report twice and grew the buffer by
+/// doubling, which made glibc trim and regrow the heap on every insert.
+pub fn insert_command(
+    collection: &str,
+    docs: &[&RawDocument],
+    write_concern: Option<&RawDocument>,
+) -> Result<RawDocumentBuf, InsertError> {
+    fn element(out: &mut Vec<u8>, kind: u8, name: &str) {
+        out.push(kind);
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+    }
+    fn finish(out: &mut [u8], start: usize) {
+        let len = i32::try_from(out.len() - start).unwrap_or(i32::MAX);
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    let docs_bytes: usize = docs.iter().map(|d| d.as_bytes().len() + 8).sum();
+    let mut out = Vec::with_capacity(
+        collection.len() + docs_bytes + write_concern.map_or(0, |w| w.as_bytes().len()) + 64,
+    );
+    out.extend_from_slice(&[0; 4]);
+    element(&mut out, 0x02, "insert");
+    let name_len = i32::try_from(collection.len() + 1).unwrap_or(i32::MAX);
+    out.extend_from_slice(&name_len.to_le_bytes());
+    out.extend_from_slice(collection.as_bytes());
+    out.push(0);
+    element(&mut out, 0x04, "documents");
+    let array = out.len();
+    out.extend_from_slice(&[0; 4]);
+    for (i, d) in docs.iter().enumerate() {
+        out.push(0x03);
+        // An array's element names are its indexes in decimal.
+        let _ = write!(out, "{i}");
+        out.push(0);
+        out.extend_from_slice(d.as_bytes());
+    }
+    out.push(0);
+    finish(&mut out, array);
+    element(&mut out, 0x08, "ordered");
+    out.push(0);
+    if let Some(wc) = write_concern {
+        element(&mut out, 0x03, "writeConcern");
+        out.extend_from_slice(wc.as_bytes());
+    }
+    out.push(0);
+    finish(&mut out, 0);
+    RawDocumentBuf::from_bytes(out)
+        .map_err(|e| InsertError::Fatal(format!("cannot build the insert command: {e}")))
 }
 
 impl Inserter for MongoSink {
     async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
         // Reports were checksummed in the spool, so a payload that is not BSON cannot happen;
         // if it did, it is rejected alone and never blocks the rest.
-        let mut raw = Vec::with_capacity(docs.len());
-        let mut index = Vec::with_capacity(docs.len());
-        let mut bad = Vec::new();
-        for (i, d) in docs.iter().enumerate() {
-            match RawDocumentBuf::from_bytes(d.clone()) {
-                Ok(r) => {
-                    raw.push(r);
-                    index.push(i);
+        let mut out = InsertOutcome::default();
+        let mut start = 0;
+        while start < docs.len() {
+            let mut documents = Vec::new();
+            let mut index = Vec::new();
+            let mut bytes = 0;
+            let mut end = start;
+            while end < docs.len()
+                && (documents.is_empty() || bytes + docs[end].len() <= COMMAND_BYTES)
+            {
+                match RawDocument::from_bytes(&docs[end]) {
+                    Ok(r) => {
+                        bytes += docs[end].len();
+                        documents.push(r);
+                        index.push(end);
+                    }
+                    Err(e) => out
+                        .rejected
+                        .push((end, format!("not a BSON document: {e}"))),
                 }
-                Err(e) => bad.push((i, format!("not a BSON document: {e}"))),
+                end += 1;
             }
-        }
-        let mut out = if raw.is_empty() {
-            InsertOutcome::default()
-        } else {
-            let coll = self.collection().await?;
+            start = end;
+            if documents.is_empty() {
+                continue;
+            }
+            let t = self.target().await?;
+            let cmd = insert_command(&self.collection, &documents, t.write_concern.as_deref())?;
             // The driver has no socket timeout by default: a connection that died with the
             // Wi-Fi could hang an insert for many minutes. Give up and retry instead (the
             // duplicate-key rule makes the retry safe).
-            match tokio::time::timeout(INSERT_TIMEOUT, coll.insert_many(&raw).ordered(false)).await
+            let reply = match tokio::time::timeout(INSERT_TIMEOUT, t.db.run_raw_command(cmd)).await
             {
-                Ok(result) => outcome_of(raw.len(), result.map(drop))?,
+                Ok(reply) => reply.map_err(classify)?,
                 Err(_) => {
                     return Err(InsertError::Unavailable(format!(
                         "insert not acknowledged within {} s",
                         INSERT_TIMEOUT.as_secs()
                     )))
                 }
-            }
-        };
-        for r in out.rejected.iter_mut() {
-            r.0 = index.get(r.0).copied().unwrap_or(r.0);
+            };
+            let part = outcome_of_reply(documents.len(), &reply)?;
+            out.inserted += part.inserted;
+            out.duplicates += part.duplicates;
+            out.rejected.extend(
+                part.rejected
+                    .into_iter()
+                    .map(|(i, why)| (index.get(i).copied().unwrap_or(start), why)),
+            );
         }
-        out.rejected.extend(bad);
+        out.rejected.sort_by_key(|r| r.0);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    fn dup(index: i32, pattern: Option<Document>, msg: &str) -> Document {
+        let mut e = doc! { "index": index, "code": DUPLICATE_KEY, "errmsg": msg };
+        if let Some(p) = pattern {
+            e.insert("keyPattern", p);
+        }
+        e
+    }
+
+    // A duplicate _id is a report already stored; a duplicate in another unique index, or any
+    // other write error, refuses that report; a write concern error or ok: 0 means "retry".
+    // The command written by hand is byte for byte the one rawdoc! builds.
+    #[test]
+    fn insert_command_matches_rawdoc() {
+        use mongodb::bson::{rawdoc, RawArrayBuf};
+        let docs: Vec<RawDocumentBuf> = (0..12)
+            .map(|i| rawdoc! { "_id": i, "nodeName": format!("pi-{i}"), "v": 0.5 * f64::from(i) })
+            .collect();
+        let refs: Vec<&RawDocument> = docs.iter().map(|d| d.as_ref()).collect();
+        let wc = rawdoc! { "w": "majority", "wtimeout": 5000 };
+        for (wc, n) in [(None, 12), (Some(wc.as_ref()), 12), (None, 0), (None, 1)] {
+            let mut expected = rawdoc! {
+                "insert": "reports",
+                "documents": docs[..n].iter().cloned().collect::<RawArrayBuf>(),
+                "ordered": false,
+            };
+            if let Some(w) = wc {
+                expected.append("writeConcern", w.to_raw_document_buf());
+            }
+            let built = insert_command("reports", &refs[..n], wc).unwrap();
+            assert_eq!(
+                built.as_bytes(),
+                expected.as_bytes(),
+                "{n} documents, {wc:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn replies_are_read_into_outcomes() {
+        let reply = doc! {
+            "n": 2, "ok": 1.0,
+            "writeErrors": [
+                dup(0, Some(doc! { "_id": 1 }), "E11000 duplicate key error collection: m.r index: _id_ dup key: { _id: 1 }"),
+                dup(2, Some(doc! { "nodeName": 1 }), "E11000 duplicate key error collection: m.r index: nodeName_1 dup key"),
+                dup(3, None, "E11000 duplicate key error collection: m.r index: _id_ dup key: { _id: 3 }"),
+                dup(4, None, "E11000 duplicate key error collection: m.r index: serial_1 dup key"),
+                { "index": 5, "code": 121, "errmsg": "Document failed validation" },
+            ],
+        };
+        let out = outcome_of_reply(8, &reply).unwrap();
+        assert_eq!(out.duplicates, 2);
+        assert_eq!(
+            out.rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![2, 4, 5]
+        );
+        assert!(out.rejected[2].1.contains("(code 121)"));
+        assert_eq!(out.inserted, 3);
+
+        let wce = doc! { "n": 8, "ok": 1, "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" } };
+        let err = outcome_of_reply(8, &wce).unwrap_err();
+        assert!(
+            matches!(&err, InsertError::Unavailable(m) if m.contains("timed out")),
+            "{err}"
+        );
+        let failed = doc! { "ok": 0.0, "errmsg": "not primary" };
+        assert!(
+            matches!(outcome_of_reply(1, &failed), Err(InsertError::Unavailable(m)) if m.contains("not primary"))
+        );
+        assert_eq!(
+            outcome_of_reply(3, &doc! { "n": 3, "ok": 1 }).unwrap(),
+            InsertOutcome {
+                inserted: 3,
+                ..Default::default()
+            }
+        );
     }
 }
