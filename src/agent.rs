@@ -552,13 +552,18 @@ async fn deliver<I: Inserter>(
         // With nothing pending there is nothing to space out: go idle at once rather than
         // waking when the spacing ends only to find nothing (at 2 Hz that was two more
         // wake-ups and a blocking-thread round trip per report).
-        if let Some(t) = last_insert {
+        // When draining for exit (`--count`) no more reports will come to batch with: no wait.
+        if let (Some(t), Mode::Run) = (last_insert, m) {
             let next = t + MIN_INSERT_SPACING;
             let pending = lock(&spool).pending() as usize;
             if Instant::now() < next && pending > 0 && pending < BATCH_MAX {
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => {}
-                    _ = mode.wait_for(|m| *m == Mode::Stop) => return Ok(()),
+                    r = mode.wait_for(|m| *m != Mode::Run) => {
+                        if r.map_or(true, |m| *m == Mode::Stop) {
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
