@@ -3,6 +3,8 @@
 //! `fill DIR N [SYNC_MS]`: append N simulated reports to a spool in DIR and print the bytes the
 //! process wrote to storage (/proc/self/io write_bytes, so fsync and filesystem effects count)
 //! per report, and the append rate.
+//! `appends DIR N`: the CPU per report of appends written one at a time against appends grouped
+//! as at `--interval-ms 1`.
 //! `baseline DIR URI DB`: read the same reports and insert them with one plain unordered
 //! `insert_many`, printing the time taken (the yardstick for the agent's drain).
 
@@ -71,6 +73,84 @@ fn fill(dir: &Path, n: u64, sync_ms: u64) {
     );
 }
 
+/// The CPU cost of an append, written at once (`append`, one `write(2)` per report) and
+/// grouped as at `--interval-ms 1` (`append_encoded`, the next report due 1 ms later, so ten
+/// reports per `write(2)`), in the same run: process CPU time per report, and the ratio.
+fn appends(dir: &Path, n: u64) {
+    let cpu = || {
+        std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let f: Vec<u64> = s
+                    .rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                Some(f.iter().sum::<u64>())
+            })
+            .unwrap_or(0)
+    };
+    let report = |i: u64| {
+        Report::new(
+            "bench-pi",
+            Reading {
+                humidity_rh: 40.0 + (i % 100) as f64 / 10.0,
+                temperature_celsius: 21.5,
+                pressure_hpa: 1013.25,
+                acceleration: Acceleration {
+                    x_g: 0.01,
+                    y_g: -0.02,
+                    z_g: 0.99,
+                },
+            },
+            1_764_000_000_000 + i as i64,
+        )
+    };
+    let mut per_report = Vec::new();
+    for grouped in [false, true] {
+        let (mut sp, _) = Spool::open(
+            &dir.join(if grouped { "grouped" } else { "each" }),
+            SpoolOptions {
+                max_bytes: 1 << 34,
+                sync_interval: Duration::from_secs(3600),
+            },
+        )
+        .expect("open spool");
+        let t0 = Instant::now();
+        let (ticks, start) = (cpu(), Instant::now());
+        for i in 0..n {
+            let r = report(i);
+            let now = t0 + Duration::from_millis(i);
+            if grouped {
+                sp.append_encoded(|b| r.write_bson(b), now, Duration::from_millis(1));
+            } else {
+                sp.append(&r.to_bson_bytes(), now);
+            }
+        }
+        sp.close().expect("close");
+        let wall = start.elapsed();
+        // clock ticks (USER_HZ, 100 a second) of user+sys CPU.
+        let us = (cpu() - ticks) as f64 * 10_000.0 / n as f64;
+        per_report.push(us);
+        println!(
+            "appends ({}): {n} reports, {us:.2} us CPU/report, {:.2} us wall/report",
+            if grouped {
+                "grouped, 1 ms apart"
+            } else {
+                "one write(2) each"
+            },
+            wall.as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    println!(
+        "appends: grouped / one write each = {:.2}",
+        per_report[1] / per_report[0]
+    );
+}
+
 async fn baseline(dir: &Path, uri: &str, db: &str) {
     let mut docs = Vec::new();
     spool::for_each_pending(dir, |p| {
@@ -109,13 +189,14 @@ fn main() {
             n.parse().expect("N"),
             sync.parse().expect("SYNC_MS"),
         ),
+        ["appends", dir, n] => appends(Path::new(dir), n.parse().expect("N")),
         ["baseline", dir, uri, db] => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(baseline(Path::new(dir), uri, db)),
         _ => eprintln!(
-            "usage: spool fill DIR N [SYNC_MS] | baseline DIR URI DB (see scripts/bench-spool.sh)"
+            "usage: spool fill DIR N [SYNC_MS] | appends DIR N | baseline DIR URI DB (see scripts/bench-spool.sh)"
         ),
     }
 }

@@ -2,7 +2,8 @@
 # Benchmark the spool: backlog drain of N reports (default 100,000) by the real agent binary
 # (`--count 0`: deliver the backlog, take no sample) against one plain insert_many of the same
 # documents, both into the same local server in the same run; the agent's peak RSS while
-# draining; and the bytes written to storage per appended report under both fsync policies.
+# draining; the bytes written to storage per appended report under both fsync policies; and the
+# CPU of an append, written at once against grouped as at --interval-ms 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-server.sh
@@ -11,6 +12,7 @@ cargo build --release -q --bin sensehat-monitor
 cargo bench -q --bench spool --no-run 2>/dev/null
 work=$(mktemp -d -p "${BENCH_DIR:-$ROOT/target}")
 trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null; rm -rf "$DBDIR" "$work"' EXIT
+cargo bench -q --bench spool -- appends "$work/appends" 200000
 cargo bench -q --bench spool -- fill "$work/sync0" 2000 0
 cargo bench -q --bench spool -- fill "$work/sync1000" 2000 1000
 cargo bench -q --bench spool -- fill "$work/spool" "$N" 1000
