@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mongodb::bson::{self, Bson, Document, RawDocument, RawDocumentBuf};
 use mongodb::error::{Error, ErrorKind};
-use mongodb::options::ClientOptions;
+use mongodb::options::{ClientOptions, WriteConcern};
 use mongodb::{Client, Database};
 
 use super::{InsertError, InsertOutcome, Inserter};
@@ -92,22 +92,30 @@ impl MongoSink {
             return Ok(t.clone());
         }
         let client = connect(&self.uri, "sensehat-monitor").await?;
-        let write_concern = match client.write_concern() {
-            Some(wc) if wc.w.is_some() || wc.journal.is_some() || wc.w_timeout.is_some() => {
-                Some(bson::to_raw_document_buf(wc).map_err(|e| {
-                    InsertError::Fatal(format!(
-                        "invalid write concern in the connection string: {e}"
-                    ))
-                })?)
-            }
-            _ => None,
-        };
         let t = Target {
             db: client.database(&self.database),
-            write_concern,
+            write_concern: write_concern_document(client.write_concern())?,
         };
         self.target = Some(t.clone());
         Ok(t)
+    }
+}
+
+/// The connection string's write concern (`w`, `journal`, `wtimeoutMS`) as the document an
+/// `insert` command carries; `None` when it sets none (the server's default applies, as with
+/// `insert_many`).
+pub fn write_concern_document(
+    wc: Option<&WriteConcern>,
+) -> Result<Option<RawDocumentBuf>, InsertError> {
+    match wc {
+        Some(wc) if wc.w.is_some() || wc.journal.is_some() || wc.w_timeout.is_some() => {
+            bson::to_raw_document_buf(wc).map(Some).map_err(|e| {
+                InsertError::Fatal(format!(
+                    "invalid write concern in the connection string: {e}"
+                ))
+            })
+        }
+        _ => Ok(None),
     }
 }
 
@@ -292,6 +300,23 @@ mod tests {
 
     // A duplicate _id is a report already stored; a duplicate in another unique index, or any
     // other write error, refuses that report; a write concern error or ok: 0 means "retry".
+    // The connection string's write concern is sent under the names the server reads.
+    #[tokio::test]
+    async fn write_concern_comes_from_the_connection_string() {
+        async fn wc(uri: &str) -> Option<Document> {
+            let o = ClientOptions::parse(uri).await.unwrap();
+            write_concern_document(o.write_concern.as_ref())
+                .unwrap()
+                .map(|d| d.to_document().unwrap())
+        }
+        assert_eq!(wc("mongodb://h/").await, None);
+        assert_eq!(
+            wc("mongodb://h/?w=majority&journal=true&wtimeoutMS=5000").await,
+            Some(doc! { "w": "majority", "wtimeout": 5000, "j": true })
+        );
+        assert_eq!(wc("mongodb://h/?w=2").await, Some(doc! { "w": 2 }));
+    }
+
     // The command written by hand is byte for byte the one rawdoc! builds.
     #[test]
     fn insert_command_matches_rawdoc() {
