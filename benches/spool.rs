@@ -27,6 +27,24 @@ fn io_write_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// The `i`th of a series of reports taken `interval_ms` apart.
+fn report(i: u64, interval_ms: i64) -> Report {
+    Report::new(
+        "bench-pi",
+        Reading {
+            humidity_rh: 40.0 + (i % 100) as f64 / 10.0,
+            temperature_celsius: 21.5,
+            pressure_hpa: 1013.25,
+            acceleration: Acceleration {
+                x_g: 0.01,
+                y_g: -0.02,
+                z_g: 0.99,
+            },
+        },
+        1_764_000_000_000 + i as i64 * interval_ms,
+    )
+}
+
 fn fill(dir: &Path, n: u64, sync_ms: u64) {
     let (mut sp, _) = Spool::open(
         dir,
@@ -40,20 +58,7 @@ fn fill(dir: &Path, n: u64, sync_ms: u64) {
     let start = Instant::now();
     let mut logical = 0u64;
     for i in 0..n {
-        let r = Report::new(
-            "bench-pi",
-            Reading {
-                humidity_rh: 40.0 + (i % 100) as f64 / 10.0,
-                temperature_celsius: 21.5,
-                pressure_hpa: 1013.25,
-                acceleration: Acceleration {
-                    x_g: 0.01,
-                    y_g: -0.02,
-                    z_g: 0.99,
-                },
-            },
-            1_764_000_000_000 + i as i64 * 500,
-        );
+        let r = report(i, 500);
         let bytes = mongodb::bson::to_vec(&r.to_document()).expect("serialise");
         logical += bytes.len() as u64 + 8;
         let now = std::time::Instant::now();
@@ -93,22 +98,6 @@ fn appends(dir: &Path, n: u64) {
             })
             .unwrap_or(0)
     };
-    let report = |i: u64| {
-        Report::new(
-            "bench-pi",
-            Reading {
-                humidity_rh: 40.0 + (i % 100) as f64 / 10.0,
-                temperature_celsius: 21.5,
-                pressure_hpa: 1013.25,
-                acceleration: Acceleration {
-                    x_g: 0.01,
-                    y_g: -0.02,
-                    z_g: 0.99,
-                },
-            },
-            1_764_000_000_000 + i as i64,
-        )
-    };
     let mut per_report = Vec::new();
     for grouped in [false, true] {
         let (mut sp, _) = Spool::open(
@@ -122,7 +111,7 @@ fn appends(dir: &Path, n: u64) {
         let t0 = Instant::now();
         let (ticks, start) = (cpu(), Instant::now());
         for i in 0..n {
-            let r = report(i);
+            let r = report(i, 1);
             let now = t0 + Duration::from_millis(i);
             if grouped {
                 sp.append_encoded(|b| r.write_bson(b), now, Duration::from_millis(1));
