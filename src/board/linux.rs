@@ -1,14 +1,20 @@
 //! The real Sense HAT on a Linux I2C bus (`/dev/i2c-1` on every Raspberry Pi with a 40-pin
 //! header), through `linux-embedded-hal`, which selects each address with the plain `I2C_SLAVE`
 //! ioctl: when a kernel driver owns an address the kernel answers EBUSY, and this module turns
-//! that into an error naming the driver and the fix. Nothing here ever force-binds an address.
+//! that into an error naming the driver and the fix. Nothing here ever force-binds an address:
+//! a sensor whose address a kernel driver owns is read through that driver's IIO sysfs files
+//! instead ([`super::iio`]), or, when it offers none, is an error that says how to free it.
 
 use std::io;
 use std::path::Path;
 
 use linux_embedded_hal::{Delay, I2CError, I2cdev};
 
-use super::{BusErrorHint, SenseHat, Sensor, SensorError};
+use super::iio::IioSensor;
+use super::{BusErrorHint, Handle, SenseHat, Sensor, SensorError};
+
+/// Where the kernel lists I2C clients and their drivers.
+const I2C_DEVICES: &str = "/sys/bus/i2c/devices";
 
 const ENABLE_I2C: &str = "enable I2C with `sudo raspi-config nonint do_i2c 0` (or dtparam=i2c_arm=on in config.txt) and reboot";
 const JOIN_GROUP: &str = "add the user to the i2c group (`sudo usermod -aG i2c $USER`, then log in again); the systemd unit does this with SupplementaryGroups=i2c";
@@ -20,11 +26,17 @@ fn bus_number(path: &str) -> Option<u32> {
 
 /// The kernel driver bound to an address of the bus, if any (`/sys/bus/i2c/devices/N-00XX/driver`).
 pub fn kernel_driver(bus: u32, address: u8) -> Option<String> {
-    let link = Path::new("/sys/bus/i2c/devices")
-        .join(format!("{bus}-{address:04x}"))
-        .join("driver");
+    kernel_driver_in(Path::new(I2C_DEVICES), bus, address)
+}
+
+fn kernel_driver_in(devices: &Path, bus: u32, address: u8) -> Option<String> {
+    let link = client_dir(devices, bus, address).join("driver");
     let target = std::fs::read_link(link).ok()?;
     Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+fn client_dir(devices: &Path, bus: u32, address: u8) -> std::path::PathBuf {
+    devices.join(format!("{bus}-{address:04x}"))
 }
 
 fn owned_hint(sensor: Sensor, driver: &str) -> String {
@@ -79,16 +91,30 @@ fn open_error(path: &str, sensor: Sensor, e: &io::Error) -> SensorError {
     }
 }
 
-fn open_handle(path: &str, sensor: Sensor) -> Result<I2cdev, SensorError> {
-    if let Some(driver) = bus_number(path).and_then(|n| kernel_driver(n, sensor.address())) {
-        return Err(SensorError {
-            sensor,
-            bus: path.to_owned(),
-            detail: "address in use by a kernel driver (EBUSY)".into(),
-            hint: owned_hint(sensor, &driver),
-        });
+fn open_handle(path: &str, devices: &Path, sensor: Sensor) -> Result<Handle<I2cdev>, SensorError> {
+    if let Some(bus) = bus_number(path) {
+        if let Some(driver) = kernel_driver_in(devices, bus, sensor.address()) {
+            let client = client_dir(devices, bus, sensor.address());
+            return match IioSensor::find(sensor, &client, &driver) {
+                Some(iio) => {
+                    tracing::info!(
+                        sensor = sensor.name(),
+                        driver,
+                        device = %iio.dir().display(),
+                        "a kernel driver owns this sensor's address: reading it through the driver's IIO files"
+                    );
+                    Ok(Handle::Iio(iio))
+                }
+                None => Err(SensorError {
+                    sensor,
+                    bus: path.to_owned(),
+                    detail: "address in use by a kernel driver (EBUSY), which offers no IIO channel to read instead".into(),
+                    hint: owned_hint(sensor, &driver),
+                }),
+            };
+        }
     }
-    I2cdev::new(path).map_err(|e| {
+    I2cdev::new(path).map(Handle::I2c).map_err(|e| {
         let io = match e {
             linux_embedded_hal::i2cdev::linux::LinuxI2CError::Io(io) => io,
             linux_embedded_hal::i2cdev::linux::LinuxI2CError::Errno(n) => {
@@ -101,15 +127,21 @@ fn open_handle(path: &str, sensor: Sensor) -> Result<I2cdev, SensorError> {
 
 /// Open and initialise the Sense HAT on `path`.
 pub fn open(path: &str) -> Result<SenseHat<I2cdev, Delay>, SensorError> {
-    let hts = open_handle(path, Sensor::Hts221)?;
-    let lps = open_handle(path, Sensor::Lps25h)?;
-    let acc = open_handle(path, Sensor::Lsm9ds1)?;
-    SenseHat::init(path, hts, lps, acc, Delay)
+    open_in(path, Path::new(I2C_DEVICES))
+}
+
+/// [`open`], with the kernel's list of I2C clients at `devices`.
+fn open_in(path: &str, devices: &Path) -> Result<SenseHat<I2cdev, Delay>, SensorError> {
+    let hts = open_handle(path, devices, Sensor::Hts221)?;
+    let lps = open_handle(path, devices, Sensor::Lps25h)?;
+    let acc = open_handle(path, devices, Sensor::Lsm9ds1)?;
+    SenseHat::init_handles(path, hts, lps, acc, Delay)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::board::HealthEvent;
 
     // A missing bus device is an error that says how to enable I2C.
     #[test]
@@ -122,6 +154,110 @@ mod tests {
         assert!(msg.contains("/dev/i2c-does-not-exist"), "{msg}");
         assert!(msg.contains("raspi-config"), "{msg}");
         assert!(msg.contains("0x5f"), "{msg}");
+    }
+
+    /// A fake `/sys/bus/i2c/devices` entry: the client of `address` on bus 1, bound to
+    /// `driver`, with an IIO device holding `files` (none when empty).
+    fn client(devices: &Path, address: u8, driver: &str, files: &[(&str, &str)]) {
+        let dir = client_dir(devices, 1, address);
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = devices.join("../drivers").join(driver);
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("driver")).unwrap();
+        if !files.is_empty() {
+            let iio = dir.join("iio:device0");
+            std::fs::create_dir_all(&iio).unwrap();
+            for (f, v) in files {
+                std::fs::write(iio.join(f), v).unwrap();
+            }
+        }
+    }
+
+    // With every sensor owned by a kernel driver, the board is read through IIO alone: no
+    // I2C device is opened (the bus path does not even exist), and a sample has the values
+    // the files give.
+    #[test]
+    fn owned_sensors_are_read_through_iio() {
+        let t = tempfile::tempdir().unwrap();
+        let devices = t.path().join("devices");
+        client(
+            &devices,
+            0x5f,
+            "hts221",
+            &[
+                ("in_humidityrelative_raw", "100"),
+                ("in_humidityrelative_offset", "300"),
+                ("in_humidityrelative_scale", "0.1"),
+                ("in_temp_raw", "-20"),
+                ("in_temp_scale", "0.25"),
+            ],
+        );
+        client(
+            &devices,
+            0x5c,
+            "st-press-i2c",
+            &[
+                ("in_pressure_raw", "4096000"),
+                ("in_pressure_scale", "0.000024414"),
+            ],
+        );
+        client(
+            &devices,
+            0x6a,
+            "st_lsm6dsx_i2c",
+            &[
+                ("in_accel_x_raw", "0"),
+                ("in_accel_y_raw", "0"),
+                ("in_accel_z_raw", "16393"),
+                ("in_accel_scale", "0.000598206"),
+            ],
+        );
+        let mut hat = match open_in("/dev/i2c-1", &devices) {
+            Ok(h) => h,
+            Err(e) => panic!("{e}"),
+        };
+        let (reading, events) = hat.sample(std::time::Instant::now());
+        assert!(events.is_empty(), "{events:?}");
+        let r = reading.unwrap();
+        assert!((r.humidity_rh - 40.0).abs() < 1e-9, "{r:?}");
+        assert!((r.temperature_celsius + 5.0).abs() < 1e-9, "{r:?}");
+        assert!((r.pressure_hpa - 999.997_44).abs() < 1e-6, "{r:?}");
+        assert!((r.acceleration.z_g - 1.0).abs() < 1e-3, "{r:?}");
+        assert!(!r.acceleration.is_moving());
+
+        // A file that disappears (driver unbound) fails the sensor like a bus error: the
+        // sample is skipped with the reason, and the sensor recovers when it is back.
+        let raw = devices.join("1-005c/iio:device0/in_pressure_raw");
+        std::fs::remove_file(&raw).unwrap();
+        let (reading, events) = hat.sample(std::time::Instant::now());
+        let e = reading.unwrap_err().to_string();
+        assert!(
+            e.contains("in_pressure_raw") && e.contains("st-press-i2c"),
+            "{e}"
+        );
+        assert_eq!(events, vec![(Sensor::Lps25h, HealthEvent::StartedFailing)]);
+        std::fs::write(&raw, "4096000").unwrap();
+        let (reading, events) = hat.sample(std::time::Instant::now());
+        assert!(reading.is_ok());
+        assert_eq!(
+            events,
+            vec![(Sensor::Lps25h, HealthEvent::Recovered { failures: 1 })]
+        );
+    }
+
+    // An owned address without an IIO channel is an error naming the driver and how to free it.
+    #[test]
+    fn owned_sensor_without_iio_says_how_to_free_it() {
+        let t = tempfile::tempdir().unwrap();
+        let devices = t.path().join("devices");
+        client(&devices, 0x5f, "hts221", &[]);
+        let e = match open_in("/dev/i2c-1", &devices) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("opened a sensor owned by a driver without IIO"),
+        };
+        assert!(e.contains("EBUSY") && e.contains("`hts221`"), "{e}");
+        assert!(e.contains("/sys/bus/i2c/drivers/hts221/unbind"), "{e}");
+        assert!(e.contains("never force-binds"), "{e}");
     }
 
     #[test]

@@ -13,15 +13,17 @@
 //!
 //! # Troubleshooting
 //!
-//! - *Device or resource busy (EBUSY)*: a kernel driver owns the sensor's address (some kernels
-//!   bind the IIO `hts221`, `st_pressure` or `st_lsm6dsx`/`st_accel` drivers).
-//!   `ls -l /sys/bus/i2c/devices/1-005f/driver` names it. Blacklist its module
+//! - A kernel driver owns the sensor's address (some kernels bind the IIO `hts221`,
+//!   `st_pressure` or `st_lsm6dsx`/`st_accel` drivers; `ls -l /sys/bus/i2c/devices/1-005f/driver`
+//!   names it): the sensor is read through the driver's IIO files ([`iio`]). If the driver
+//!   offers none, the error is *Device or resource busy (EBUSY)*: blacklist its module
 //!   (`echo "blacklist hts221_i2c" | sudo tee /etc/modprobe.d/sensehat-monitor.conf`) and
 //!   reboot. The agent never force-binds an address a driver owns.
 //! - *Permission denied*: the user is not in the `i2c` group (see step 2).
 //! - *No such file*: I2C is not enabled (see step 1).
 //! - *No device acknowledged*: the HAT is not seated, or this is not a Sense HAT.
 
+pub mod iio;
 pub mod linux;
 pub mod sim;
 
@@ -161,12 +163,45 @@ impl Health {
 #[error("sample skipped: {0}")]
 pub struct SampleError(pub SensorError);
 
+/// How one sensor is reached: its own driver on the I2C bus, or, when a kernel driver owns its
+/// address, that driver's IIO sysfs files.
+pub enum Handle<I2C> {
+    I2c(I2C),
+    Iio(iio::IioSensor),
+}
+
+/// One sensor of the composed board.
+enum Slot<T> {
+    Chip(T),
+    Iio(iio::IioSensor),
+}
+
+/// A read failed, in the driver or in IIO (already a [`SensorError`]).
+enum ReadError<E: core::fmt::Debug> {
+    Driver(drivers::Error<E>),
+    Iio(SensorError),
+}
+
+impl<T> Slot<T> {
+    /// Read with `chip` or with `iio`, whichever reaches the sensor.
+    fn read<R, E: core::fmt::Debug>(
+        &mut self,
+        chip: impl FnOnce(&mut T) -> Result<R, drivers::Error<E>>,
+        iio: impl FnOnce(&iio::IioSensor) -> Result<R, SensorError>,
+    ) -> Result<R, ReadError<E>> {
+        match self {
+            Slot::Chip(c) => chip(c).map_err(ReadError::Driver),
+            Slot::Iio(s) => iio(s).map_err(ReadError::Iio),
+        }
+    }
+}
+
 /// The composed Sense HAT: the three drivers, each with its own handle on the same bus.
 pub struct SenseHat<I2C, D> {
     bus_name: String,
-    hts: Hts221<I2C>,
-    lps: Lps25h<I2C>,
-    acc: Lsm9ds1Accel<I2C, D>,
+    hts: Slot<Hts221<I2C>>,
+    lps: Slot<Lps25h<I2C>>,
+    acc: Slot<Lsm9ds1Accel<I2C, D>>,
     health: [Health; 3],
     needs_init: [bool; 3],
 }
@@ -185,11 +220,32 @@ where
         acc: I2C,
         delay: D,
     ) -> Result<Self, SensorError> {
+        Self::init_handles(
+            bus_name,
+            Handle::I2c(hts),
+            Handle::I2c(lps),
+            Handle::I2c(acc),
+            delay,
+        )
+    }
+
+    /// [`SenseHat::init`] with each sensor on I2C or, where a kernel driver owns it, on IIO.
+    pub fn init_handles(
+        bus_name: &str,
+        hts: Handle<I2C>,
+        lps: Handle<I2C>,
+        acc: Handle<I2C>,
+        delay: D,
+    ) -> Result<Self, SensorError> {
+        let slot = |h: Handle<I2C>| match h {
+            Handle::I2c(i2c) => Ok(i2c),
+            Handle::Iio(s) => Err(s),
+        };
         let mut hat = SenseHat {
             bus_name: bus_name.to_owned(),
-            hts: Hts221::new(hts),
-            lps: Lps25h::new(lps),
-            acc: Lsm9ds1Accel::new(acc, delay),
+            hts: slot(hts).map_or_else(Slot::Iio, |i| Slot::Chip(Hts221::new(i))),
+            lps: slot(lps).map_or_else(Slot::Iio, |i| Slot::Chip(Lps25h::new(i))),
+            acc: slot(acc).map_or_else(Slot::Iio, |i| Slot::Chip(Lsm9ds1Accel::new(i, delay))),
             health: Default::default(),
             needs_init: [true; 3],
         };
@@ -215,13 +271,20 @@ where
         }
     }
 
+    fn read_error(&self, sensor: Sensor, e: ReadError<I2C::Error>) -> SensorError {
+        match e {
+            ReadError::Driver(e) => self.error(sensor, e),
+            ReadError::Iio(e) => e,
+        }
+    }
+
     fn init_sensor(&mut self, sensor: Sensor) -> Result<(), SensorError> {
         let r = match sensor {
-            Sensor::Hts221 => self.hts.init().map(drop),
-            Sensor::Lps25h => self.lps.init(),
-            Sensor::Lsm9ds1 => self.acc.init(),
+            Sensor::Hts221 => self.hts.read(|c| c.init().map(drop), |s| s.check()),
+            Sensor::Lps25h => self.lps.read(|c| c.init(), |s| s.check()),
+            Sensor::Lsm9ds1 => self.acc.read(|c| c.init(), |s| s.check()),
         };
-        r.map_err(|e| self.error(sensor, e))?;
+        r.map_err(|e| self.read_error(sensor, e))?;
         self.needs_init[sensor.index()] = false;
         Ok(())
     }
@@ -231,7 +294,7 @@ where
     fn read_with_retries<T>(
         &mut self,
         sensor: Sensor,
-        read: impl Fn(&mut Self) -> Result<T, drivers::Error<I2C::Error>>,
+        read: impl Fn(&mut Self) -> Result<T, ReadError<I2C::Error>>,
     ) -> Result<T, SensorError> {
         let mut last = None;
         for _ in 0..READ_ATTEMPTS {
@@ -243,7 +306,7 @@ where
             }
             match read(self) {
                 Ok(v) => return Ok(v),
-                Err(e) => last = Some(self.error(sensor, e)),
+                Err(e) => last = Some(self.read_error(sensor, e)),
             }
         }
         // Re-initialise before the next sample: a glitch may have reset the chip.
@@ -259,9 +322,13 @@ where
         now: Instant,
     ) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
         let mut events = Vec::new();
-        let hts = self.read_with_retries(Sensor::Hts221, |s| s.hts.read());
-        let lps = self.read_with_retries(Sensor::Lps25h, |s| s.lps.read());
-        let acc = self.read_with_retries(Sensor::Lsm9ds1, |s| s.acc.read());
+        let hts =
+            self.read_with_retries(Sensor::Hts221, |s| s.hts.read(|c| c.read(), |i| i.hts221()));
+        let lps =
+            self.read_with_retries(Sensor::Lps25h, |s| s.lps.read(|c| c.read(), |i| i.lps25h()));
+        let acc = self.read_with_retries(Sensor::Lsm9ds1, |s| {
+            s.acc.read(|c| c.read(), |i| i.lsm9ds1())
+        });
         let mut first_error = None;
         for (sensor, ok, err) in [
             (Sensor::Hts221, hts.is_ok(), hts.as_ref().err()),

@@ -1,0 +1,267 @@
+//! Reading a sensor through the kernel's IIO sysfs interface, for an address a kernel driver owns.
+//!
+//! Some kernels bind IIO drivers to the Sense HAT's sensors (`hts221`, `st_pressure` for the
+//! LPS25H, `st_lsm6dsx` for the LSM9DS1), and then the address cannot be opened for plain I2C
+//! (EBUSY). The agent never force-binds; it reads the driver's sysfs files instead. The IIO
+//! device of an I2C client is a child directory `iio:deviceN` of
+//! `/sys/bus/i2c/devices/<bus>-00<addr>`; the one with the channel this sensor needs is used
+//! (the LSM9DS1 has one for the accelerometer and one for the gyroscope).
+//!
+//! Values are `(raw + offset) * scale` (offset 0 when the file is absent). Units, from the kernel
+//! drivers' arithmetic (UNCONFIRMED on hardware):
+//! - `hts221`: the scale already yields %rH and degC (its `hts221_get_sensor_scale` divides the
+//!   calibration slope, made from the x2 and x8 calibration registers times 8000, by 16000 and
+//!   64000), not the milli-units the IIO ABI suggests.
+//! - `st_pressure`: pressure in kPa (times 10 for hPa).
+//! - `st_lsm6dsx`: acceleration in m/s^2 (divided by standard gravity, 9.80665, for g), in the
+//!   chip's axes, to which python-sense-hat's sign convention is applied as in
+//!   [`crate::drivers::lsm9ds1::to_g`].
+//!
+//! Reading a `_raw` file makes the driver take a one-shot measurement, which can take tens of
+//! milliseconds: fine at the default 500 ms interval.
+
+use std::path::{Path, PathBuf};
+
+use super::{Sensor, SensorError};
+use crate::drivers::{hts221, lps25h};
+use crate::report::Acceleration;
+
+/// Standard gravity, m/s^2 per g.
+const G: f64 = 9.806_65;
+
+/// One sensor's IIO device directory.
+#[derive(Debug, Clone)]
+pub struct IioSensor {
+    sensor: Sensor,
+    dir: PathBuf,
+    /// The kernel driver, for messages.
+    driver: String,
+}
+
+/// The channel file that tells this sensor's IIO device apart.
+fn marker(sensor: Sensor) -> &'static str {
+    match sensor {
+        Sensor::Hts221 => "in_humidityrelative_raw",
+        Sensor::Lps25h => "in_pressure_raw",
+        Sensor::Lsm9ds1 => "in_accel_x_raw",
+    }
+}
+
+impl IioSensor {
+    /// The IIO device of `sensor` under its I2C client directory (`.../devices/1-005f`), if
+    /// the kernel driver made one with the channel the agent needs.
+    pub fn find(sensor: Sensor, client_dir: &Path, driver: &str) -> Option<IioSensor> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(client_dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("iio:device"))
+            .map(|e| e.path())
+            .filter(|p| p.join(marker(sensor)).exists())
+            .collect();
+        dirs.sort();
+        Some(IioSensor {
+            sensor,
+            dir: dirs.into_iter().next()?,
+            driver: driver.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+
+    fn error(&self, detail: String) -> SensorError {
+        SensorError {
+            sensor: self.sensor,
+            bus: format!("IIO {}", self.dir.display()),
+            detail,
+            hint: format!(
+                "; read through the kernel driver `{}`, which owns this address",
+                self.driver
+            ),
+        }
+    }
+
+    /// A number from one sysfs file; `default` when the file is absent and one is given.
+    fn number(&self, file: &str, default: Option<f64>) -> Result<f64, SensorError> {
+        let path = self.dir.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse::<f64>().map_err(|_| {
+                self.error(format!(
+                    "{} holds {:?}, not a number",
+                    path.display(),
+                    text.trim()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && default.is_some() => {
+                Ok(default.unwrap_or_default())
+            }
+            Err(e) => Err(self.error(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    /// `(raw + offset) * scale` of channel `channel` (`in_temp`, `in_accel_x`, ...), the scale
+    /// file being `scale_of` (shared by the axes of the accelerometer).
+    fn value(&self, channel: &str, scale_of: &str) -> Result<f64, SensorError> {
+        let raw = self.number(&format!("{channel}_raw"), None)?;
+        let offset = self.number(&format!("{channel}_offset"), Some(0.0))?;
+        let scale = self.number(&format!("{scale_of}_scale"), None)?;
+        Ok((raw + offset) * scale)
+    }
+
+    /// The device is still there (after a sensor failure, in place of re-initialising it).
+    pub fn check(&self) -> Result<(), SensorError> {
+        self.number(marker(self.sensor), None).map(drop)
+    }
+
+    pub fn hts221(&self) -> Result<hts221::Measurement, SensorError> {
+        Ok(hts221::Measurement {
+            // Clamped as the I2C driver does (crate::drivers::hts221).
+            humidity_rh: self
+                .value("in_humidityrelative", "in_humidityrelative")?
+                .clamp(0.0, 100.0),
+            temperature_celsius: self.value("in_temp", "in_temp")?,
+        })
+    }
+
+    pub fn lps25h(&self) -> Result<lps25h::Measurement, SensorError> {
+        Ok(lps25h::Measurement {
+            pressure_hpa: self.value("in_pressure", "in_pressure")? * 10.0,
+            // The report's temperature is the HTS221's; this one is not read.
+            temperature_celsius: f64::NAN,
+        })
+    }
+
+    pub fn lsm9ds1(&self) -> Result<Acceleration, SensorError> {
+        let g = |axis: &str| -> Result<f64, SensorError> {
+            Ok(self.value(&format!("in_accel_{axis}"), "in_accel")? / G)
+        };
+        Ok(Acceleration {
+            x_g: -g("x")?,
+            y_g: -g("y")?,
+            z_g: g("z")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake IIO device directory with these files.
+    pub fn device(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (f, v) in files {
+            std::fs::write(dir.join(f), format!("{v}\n")).unwrap();
+        }
+        dir
+    }
+
+    // Values are (raw + offset) * scale, converted to the report's units; the device with the
+    // sensor's channel is chosen among the client's IIO devices (accelerometer, not gyroscope).
+    #[test]
+    fn reads_and_converts_each_sensor() {
+        let t = tempfile::tempdir().unwrap();
+        device(
+            t.path(),
+            "iio:device0",
+            &[
+                ("name", "hts221"),
+                ("in_humidityrelative_raw", "-4620"),
+                ("in_humidityrelative_offset", "5000.5"),
+                ("in_humidityrelative_scale", "0.125000000"),
+                ("in_temp_raw", "300"),
+                ("in_temp_offset", "-100"),
+                ("in_temp_scale", "0.01"),
+            ],
+        );
+        let h = IioSensor::find(Sensor::Hts221, t.path(), "hts221")
+            .unwrap()
+            .hts221()
+            .unwrap();
+        assert!((h.humidity_rh - 47.5625).abs() < 1e-9, "{h:?}");
+        assert!((h.temperature_celsius - 2.0).abs() < 1e-9, "{h:?}");
+
+        let t = tempfile::tempdir().unwrap();
+        device(
+            t.path(),
+            "iio:device3",
+            &[
+                ("in_pressure_raw", "4149248"),
+                ("in_pressure_scale", "0.000024414"),
+            ],
+        );
+        let p = IioSensor::find(Sensor::Lps25h, t.path(), "st-press-i2c")
+            .unwrap()
+            .lps25h()
+            .unwrap();
+        // 4149248 / 4096 = 1013.0 hPa, within the scale's rounding.
+        assert!((p.pressure_hpa - 1013.0).abs() < 0.01, "{p:?}");
+
+        let t = tempfile::tempdir().unwrap();
+        device(
+            t.path(),
+            "iio:device1",
+            &[("in_anglvel_x_raw", "5"), ("in_anglvel_scale", "0.000153")],
+        );
+        device(
+            t.path(),
+            "iio:device2",
+            &[
+                ("in_accel_x_raw", "1000"),
+                ("in_accel_y_raw", "-2000"),
+                ("in_accel_z_raw", "16393"),
+                ("in_accel_scale", "0.000598205"),
+            ],
+        );
+        let s = IioSensor::find(Sensor::Lsm9ds1, t.path(), "st_lsm6dsx_i2c").unwrap();
+        assert!(s.dir().ends_with("iio:device2"));
+        let a = s.lsm9ds1().unwrap();
+        // 0.000598205 m/s^2 is 0.061 mg: the same as the chip read directly, signs included.
+        let direct = crate::drivers::lsm9ds1::to_g(
+            [1000, -2000, 16393],
+            crate::drivers::lsm9ds1::FullScale::G2,
+        );
+        for (iio, i2c) in [
+            (a.x_g, direct.x_g),
+            (a.y_g, direct.y_g),
+            (a.z_g, direct.z_g),
+        ] {
+            assert!((iio - i2c).abs() < 1e-5, "{a:?} vs {direct:?}");
+        }
+    }
+
+    // No device with the channel: not found. A missing or malformed file is an error that
+    // names the file and the kernel driver.
+    #[test]
+    fn missing_and_malformed_files_are_clear_errors() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(IioSensor::find(Sensor::Hts221, t.path(), "hts221").is_none());
+        device(
+            t.path(),
+            "iio:device0",
+            &[
+                ("in_humidityrelative_raw", "12"),
+                ("in_humidityrelative_scale", "n/a"),
+            ],
+        );
+        let s = IioSensor::find(Sensor::Hts221, t.path(), "hts221").unwrap();
+        let e = s.hts221().unwrap_err().to_string();
+        assert!(e.contains("in_humidityrelative_scale holds \"n/a\""), "{e}");
+        assert!(e.contains("kernel driver `hts221`"), "{e}");
+        std::fs::write(s.dir().join("in_humidityrelative_scale"), "0.5").unwrap();
+        let e = s.hts221().unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read") && e.contains("in_temp_raw"),
+            "{e}"
+        );
+        assert!(s.check().is_ok());
+        std::fs::remove_file(s.dir().join("in_humidityrelative_raw")).unwrap();
+        assert!(s.check().is_err());
+    }
+}
