@@ -7,13 +7,15 @@
 //! `/sys/bus/i2c/devices/<bus>-00<addr>`; the one with the channel this sensor needs is used
 //! (the LSM9DS1 has one for the accelerometer and one for the gyroscope).
 //!
-//! Values are `(raw + offset) * scale` (offset 0 when the file is absent). Units, from the kernel
-//! drivers' arithmetic (UNCONFIRMED on hardware):
+//! Values are `(raw + offset) * scale` (offset 0 when the file is absent). Units (the spec marks
+//! them UNCONFIRMED on hardware; checked here against the kernel drivers' source):
 //! - `hts221`: the scale already yields %rH and degC (its `hts221_get_sensor_scale` divides the
 //!   calibration slope, made from the x2 and x8 calibration registers times 8000, by 16000 and
 //!   64000), not the milli-units the IIO ABI suggests.
-//! - `st_pressure`: pressure in kPa (times 10 for hPa).
-//! - `st_lsm6dsx`: acceleration in m/s^2 (divided by standard gravity, 9.80665, for g), in the
+//! - `st_pressure`: pressure in kPa (its LPS25H gain is 10^8 / 4096 nano-kPa a count, so the
+//!   scale reads 0.000024414), times 10 for hPa.
+//! - `st_lsm6dsx`: acceleration in m/s^2, as the IIO ABI says (divided by standard gravity,
+//!   9.80665, for g), in the
 //!   chip's axes, to which python-sense-hat's sign convention is applied as in
 //!   [`crate::drivers::lsm9ds1::to_g`].
 //!
