@@ -29,6 +29,11 @@ pub fn kernel_driver(bus: u32, address: u8) -> Option<String> {
     kernel_driver_in(Path::new(I2C_DEVICES), bus, address)
 }
 
+/// The kernel driver bound to `address` on the bus `/dev/i2c-N` at `path`, if any.
+pub fn owner(path: &str, address: u8) -> Option<String> {
+    bus_number(path).and_then(|n| kernel_driver(n, address))
+}
+
 fn kernel_driver_in(devices: &Path, bus: u32, address: u8) -> Option<String> {
     let link = client_dir(devices, bus, address).join("driver");
     let target = std::fs::read_link(link).ok()?;
