@@ -494,6 +494,14 @@ fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
             }
             Some((append, maintain))
         }
+        (Some(store), Err(_)) => {
+            // No report, but reports waiting for their group must not wait on failing samples.
+            let maintain = lock(&store.spool).maintain(std::time::Instant::now());
+            if let Err(e) = maintain {
+                debug!(error = %e, "spool maintenance failed");
+            }
+            None
+        }
         _ => None,
     };
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
@@ -572,9 +580,10 @@ async fn deliver<I: Inserter>(
         let pending = lock(&spool).pending();
         let batch = if pending == 0 {
             None
-        } else if pending <= INLINE_READ_MAX {
+        } else if pending <= INLINE_READ_MAX && lock(&spool).unwritten() == 0 {
             // A few reports, just written and still in the page cache: reading them here costs
-            // less than handing the read to a blocking thread and back.
+            // less than handing the read to a blocking thread and back. Not when some wait to
+            // be written: writing them may roll the segment over, which syncs the last one.
             Some(lock(&spool).next_batch(BATCH_MAX)?)
         } else {
             let sp = spool.clone();

@@ -134,7 +134,10 @@ impl AppendOutcome {
         self.recovered_from_memory += later.recovered_from_memory;
         if later.wrote {
             self.wrote = true;
-            self.disk_error = later.disk_error;
+            // The first failure is the one to report; a later success is seen at the next write.
+            if self.disk_error.is_none() {
+                self.disk_error = later.disk_error;
+            }
         }
     }
 }
@@ -444,6 +447,12 @@ impl Spool {
         Ok(())
     }
 
+    /// Reports appended but not written to the segment file yet (see
+    /// [`Spool::append_grouped`]); reading a batch writes them first.
+    pub fn unwritten(&self) -> u64 {
+        self.unwritten_records
+    }
+
     /// Undelivered reports, on disk and in memory.
     pub fn pending(&self) -> u64 {
         self.segments
@@ -524,7 +533,10 @@ impl Spool {
         out.wrote = true;
         let frames = std::mem::take(&mut self.unwritten);
         let records = std::mem::take(&mut self.unwritten_records);
-        self.unwritten_since = None;
+        if let Some(since) = self.unwritten_since.take() {
+            // Written but not synced: owed from when the oldest of them was appended.
+            self.owed_since.get_or_insert(since);
+        }
         match self.write_frames(&frames, records) {
             Ok(()) => {
                 // The disk works: move what waited in memory (not what is being sent).
@@ -621,9 +633,17 @@ impl Spool {
         Ok(())
     }
 
-    /// Called on every tick: sync if something has been owed for `sync_interval`, and write
-    /// down the delivered position every [`CURSOR_EVERY`].
+    /// Called on every tick: write out reports that have waited [`WRITE_GROUP`] (their group
+    /// closes when the next report comes, which a stuck or failing sample delays), sync if
+    /// something has been owed for `sync_interval`, and write down the delivered position every
+    /// [`CURSOR_EVERY`].
     pub fn maintain(&mut self, now: Instant) -> Result<(), SpoolError> {
+        if self
+            .unwritten_since
+            .is_some_and(|t| now.duration_since(t) >= WRITE_GROUP)
+        {
+            self.write_out_deferred();
+        }
         if self
             .owed_since
             .is_some_and(|t| now.duration_since(t) >= self.options.sync_interval)
@@ -821,6 +841,14 @@ impl Spool {
     }
 }
 
+impl Drop for Spool {
+    /// Reports still waiting for their group go to the page cache, best effort, whatever way
+    /// the spool is let go of (an error return included). Nothing is synced here.
+    fn drop(&mut self) {
+        let _ = self.write_out();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1011,6 +1039,31 @@ mod tests {
         let (mut s, report) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
         assert_eq!(report.pending, 3);
         assert_eq!(drain(&mut s), vec![payload(25), payload(26), payload(27)]);
+    }
+
+    // A report whose group stays open (the next sample is stuck or failing) is written by
+    // maintain once it has waited WRITE_GROUP, and is then owed a sync; one still waiting
+    // when the spool is dropped (an error return) is written by the drop.
+    #[test]
+    fn waiting_reports_are_written_after_the_group_window_or_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        assert!(!s.append_grouped(&payload(0), t0, ms).wrote);
+        s.maintain(t0 + ms * 9).unwrap();
+        assert_eq!((file_len(&s), s.unwritten()), (0, 1));
+        s.maintain(t0 + WRITE_GROUP).unwrap();
+        assert_eq!(file_len(&s), frame(&payload(0)).len() as u64);
+        assert_eq!(s.unwritten(), 0);
+        assert_eq!(s.owed_since, Some(t0));
+        // The write made by maintain is reported by the next append.
+        let out = s.append_grouped(&payload(1), t0 + WRITE_GROUP, ms);
+        assert!(out.wrote && out.disk_error.is_none());
+        drop(s);
+        let (mut s, report) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(report.pending, 2);
+        assert_eq!(drain(&mut s), vec![payload(0), payload(1)]);
     }
 
     // A group whose write fails goes to memory whole; the failure is reported by the append
