@@ -233,6 +233,7 @@ impl Inserter for MongoSink {
         let mut out = InsertOutcome::default();
         let mut start = 0;
         while start < docs.len() {
+            let chunk_start = start;
             let mut documents = Vec::new();
             let mut index = Vec::new();
             let mut bytes = 0;
@@ -277,7 +278,7 @@ impl Inserter for MongoSink {
             out.rejected.extend(
                 part.rejected
                     .into_iter()
-                    .map(|(i, why)| (index.get(i).copied().unwrap_or(start), why)),
+                    .map(|(i, why)| (index.get(i).copied().unwrap_or(chunk_start), why)),
             );
         }
         out.rejected.sort_by_key(|r| r.0);
