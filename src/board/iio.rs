@@ -19,8 +19,12 @@
 //!   chip's axes, to which python-sense-hat's sign convention is applied as in
 //!   [`crate::drivers::lsm9ds1::to_g`].
 //!
-//! Reading a `_raw` file makes the driver take a one-shot measurement, which can take tens of
-//! milliseconds: fine at the default 500 ms interval.
+//! Reading a `_raw` file makes the driver take a one-shot measurement, and the drivers make that
+//! slow: `hts221` waits about 50 ms per channel, `st_pressure` two periods of its output rate
+//! (2 s at the LPS25H's default 1 Hz), `st_lsm6dsx` a few periods per axis. A sample can then
+//! take seconds, and the agent skips the slots it misses (and says so). Raising the rate helps
+//! (as root: `echo 25 > /sys/bus/iio/devices/iio:deviceN/sampling_frequency`); freeing the
+//! address for plain I2C (see the EBUSY hint) helps most. The agent changes no kernel setting.
 
 use std::path::{Path, PathBuf};
 
@@ -115,9 +119,15 @@ impl IioSensor {
         Ok((raw + offset) * scale)
     }
 
-    /// The device is still there (after a sensor failure, in place of re-initialising it).
+    /// The device is still there (after a sensor failure, in place of re-initialising it). It
+    /// reads the scale, which costs no measurement, unlike a `_raw` file.
     pub fn check(&self) -> Result<(), SensorError> {
-        self.number(marker(self.sensor), None).map(drop)
+        let scale = match self.sensor {
+            Sensor::Hts221 => "in_humidityrelative_scale",
+            Sensor::Lps25h => "in_pressure_scale",
+            Sensor::Lsm9ds1 => "in_accel_scale",
+        };
+        self.number(scale, None).map(drop)
     }
 
     pub fn hts221(&self) -> Result<hts221::Measurement, SensorError> {
@@ -263,7 +273,7 @@ mod tests {
             "{e}"
         );
         assert!(s.check().is_ok());
-        std::fs::remove_file(s.dir().join("in_humidityrelative_raw")).unwrap();
+        std::fs::remove_file(s.dir().join("in_humidityrelative_scale")).unwrap();
         assert!(s.check().is_err());
     }
 }
