@@ -24,7 +24,7 @@ use mongodb::Client;
 use tokio::sync::OnceCell;
 
 use super::decode::document_with_capacity;
-use crate::sink::mongo::connect;
+use crate::sink::mongo::{connect, reply_ok, write_concern_error};
 use crate::sink::InsertError;
 
 /// The wire version of MongoDB 8.0, the first with the `bulkWrite` command.
@@ -255,16 +255,6 @@ pub fn statement_batches(
     Ok(batches)
 }
 
-/// A reply's `ok` is 1.
-fn reply_ok(reply: &Document) -> bool {
-    match reply.get("ok") {
-        Some(Bson::Double(f)) => *f == 1.0,
-        Some(Bson::Int32(i)) => *i == 1,
-        Some(Bson::Int64(i)) => *i == 1,
-        _ => false,
-    }
-}
-
 /// An integer field of a reply, whichever integer type the server used; -1 when absent.
 fn reply_count(reply: &Document, key: &str) -> i64 {
     match reply.get(key) {
@@ -280,15 +270,6 @@ fn failed_command(reply: &Document, name: &str) -> StoreError {
         "{name} command failed: {}",
         reply.get_str("errmsg").unwrap_or("no errmsg")
     ))
-}
-
-fn write_concern_error(reply: &Document) -> Option<StoreError> {
-    let wce = reply.get_document("writeConcernError").ok()?;
-    Some(StoreError::Unavailable(format!(
-        "write concern not satisfied: {} (code {})",
-        wce.get_str("errmsg").unwrap_or(""),
-        wce.get_i32("code").unwrap_or(0)
-    )))
 }
 
 /// A `bulkWrite` reply (with `errorsOnly`) is a success only with `ok: 1`, `nErrors: 0`, no
@@ -317,7 +298,7 @@ pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(),
         }));
     }
     if let Some(e) = write_concern_error(reply) {
-        return Err(e);
+        return Err(StoreError::Unavailable(e));
     }
     let n = reply_count(reply, "nMatched") + reply_count(reply, "nUpserted");
     if n != statements as i64 {
@@ -346,7 +327,7 @@ pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), Sto
         }
     }
     if let Some(e) = write_concern_error(reply) {
-        return Err(e);
+        return Err(StoreError::Unavailable(e));
     }
     let n = reply_count(reply, "n");
     if n != statements as i64 {

@@ -119,29 +119,40 @@ pub fn write_concern_document(
     }
 }
 
+/// A command reply's `ok` is 1 (servers send a double, some an integer).
+pub fn reply_ok(reply: &Document) -> bool {
+    match reply.get("ok") {
+        Some(Bson::Double(f)) => *f == 1.0,
+        Some(Bson::Int32(i)) => *i == 1,
+        Some(Bson::Int64(i)) => *i == 1,
+        _ => false,
+    }
+}
+
+/// A write command's `writeConcernError`, in words, if the reply has one: the writes were
+/// made but not confirmed as asked, so the batch is retried.
+pub fn write_concern_error(reply: &Document) -> Option<String> {
+    let wce = reply.get_document("writeConcernError").ok()?;
+    Some(format!(
+        "write concern not satisfied: {} (code {})",
+        wce.get_str("errmsg").unwrap_or(""),
+        wce.get_i32("code").unwrap_or(0)
+    ))
+}
+
 /// Read an `insert` reply into an outcome for `n` documents: a duplicate `_id` counts as
 /// delivered, other write errors (a duplicate in another unique index included) reject their
 /// document, a write concern error means "try
 /// again" (the retry's duplicates are then counted as delivered).
 pub fn outcome_of_reply(n: usize, reply: &Document) -> Result<InsertOutcome, InsertError> {
-    let ok = match reply.get("ok") {
-        Some(Bson::Double(f)) => *f == 1.0,
-        Some(Bson::Int32(i)) => *i == 1,
-        Some(Bson::Int64(i)) => *i == 1,
-        _ => false,
-    };
-    if !ok {
+    if !reply_ok(reply) {
         return Err(InsertError::Unavailable(format!(
             "insert command failed: {}",
             reply.get_str("errmsg").unwrap_or("no errmsg")
         )));
     }
-    if let Ok(wce) = reply.get_document("writeConcernError") {
-        return Err(InsertError::Unavailable(format!(
-            "write concern not satisfied: {} (code {})",
-            wce.get_str("errmsg").unwrap_or(""),
-            wce.get_i32("code").unwrap_or(0)
-        )));
+    if let Some(e) = write_concern_error(reply) {
+        return Err(InsertError::Unavailable(e));
     }
     let mut out = InsertOutcome::default();
     if let Ok(errors) = reply.get_array("writeErrors") {
