@@ -79,8 +79,8 @@ fn fill(dir: &Path, n: u64, sync_ms: u64) {
 }
 
 /// The CPU cost of an append, written at once (`append`, one `write(2)` per report) and
-/// grouped as at `--interval-ms 1` (`append_encoded`, the next report due 1 ms later, so ten
-/// reports per `write(2)`), in the same run: process CPU time per report, and the ratio.
+/// grouped as at `--interval-ms 1` (`append_encoded`, the next report due 1 ms later, so one
+/// `write(2)` per WRITE_GROUP of reports), in the same run: process CPU time per report, and the ratio.
 fn appends(dir: &Path, n: u64) {
     let cpu = || {
         std::fs::read_to_string("/proc/self/stat")

@@ -15,11 +15,14 @@
 //! Each append is one `write(2)` of the whole frame, so once `append` returns the record is in
 //! the kernel's page cache and survives the process being killed (SIGKILL, panic, OOM). Reports
 //! taken in quick succession are written in groups instead ([`Spool::append_grouped`]): a
-//! report due to be followed within [`WRITE_GROUP`] (10 ms) waits for it in memory, so at
-//! `--interval-ms 1` one `write(2)` carries ten reports, and a kill can take the last 10 ms of
-//! readings with it. At intervals of 10 ms and more, the agent's default 500 ms included, every
-//! report is written as soon as it is taken, as before. (A `write(2)` costs about 4 us on a
-//! nested VM, a fifth of a 1 ms sample's CPU: mtime update, journal, page cache.) Power
+//! report due to be followed within [`WRITE_GROUP`] (50 ms) waits for it in memory, so at
+//! `--interval-ms 1` one `write(2)` carries fifty reports, and a kill can take the last 50 ms of
+//! readings with it (power loss can take a second's, below). At intervals of 50 ms and more, the
+//! agent's default 500 ms included, every report is written as soon as it is taken. Why: spread
+//! out a few milliseconds apart, a `write(2)` of 2 KiB took about 30 us on this nested VM
+//! (syscall tracepoints; a tight loop of the same writes takes 2 us each), nearly all of it the
+//! mtime update and its journal handle, the same for 200 bytes as for 10 KiB. With 10 ms groups
+//! that was 6 ms of a 2000-sample run at 1 ms, a tenth of the agent's CPU; with 50 ms, 2 ms. Power
 //! loss is the other case: the page cache is gone unless the data was `fdatasync`ed. Syncing
 //! every 2 Hz append would cost a data block plus an ext4 journal commit (about 8-16 KiB of
 //! flash writes for a 200-byte report, some 2 GB a day), which wears an SD card for nothing in
@@ -56,7 +59,7 @@ pub const CURSOR_EVERY: Duration = Duration::from_secs(5);
 pub const MEMORY_MAX: usize = 50_000;
 /// Reports appended within this long of each other may be written together, in one
 /// `write(2)` (see [`Spool::append_grouped`]).
-pub const WRITE_GROUP: Duration = Duration::from_millis(10);
+pub const WRITE_GROUP: Duration = Duration::from_millis(50);
 /// Largest segment file.
 const SEGMENT_MAX: u64 = 1024 * 1024;
 
@@ -1001,19 +1004,19 @@ mod tests {
         fs::metadata(s.path(s.end().segment)).unwrap().len()
     }
 
-    // Reports due 1 ms apart are written ten at a time (one write of the group once the next
-    // would fall 10 ms after the oldest waiting); waiting ones still count as pending, and
+    // Reports due a tenth of WRITE_GROUP apart are written ten at a time (one write of the
+    // group once the next would fall WRITE_GROUP after the oldest waiting); waiting ones still count as pending, and
     // reading a batch or closing writes them out first, so nothing is missed or reordered.
     #[test]
     fn grouped_appends_are_written_together() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
         let t0 = Instant::now();
-        let ms = Duration::from_millis(1);
+        let step = WRITE_GROUP / 10;
         let frame_len = frame(&payload(0)).len() as u64;
         let mut writes = Vec::new();
         for i in 0..25u32 {
-            let out = s.append_grouped(&payload(i), t0 + ms * i, ms);
+            let out = s.append_grouped(&payload(i), t0 + step * i, step);
             assert_eq!(out.disk_error, None);
             if out.wrote {
                 writes.push((i, file_len(&s)));
@@ -1027,11 +1030,11 @@ mod tests {
         assert_eq!(b.records[24], payload(24));
         assert_eq!(file_len(&s), 25 * frame_len);
         s.ack(&b);
-        // At 10 ms apart or more every report is written at once, as `append` does.
+        // At WRITE_GROUP apart or more every report is written at once, as `append` does.
         assert!(s.append_grouped(&payload(25), t0, WRITE_GROUP).wrote);
         assert!(s.append(&payload(26), t0).wrote);
         // Closing writes out what waits.
-        s.append_grouped(&payload(27), t0, ms);
+        s.append_grouped(&payload(27), t0, step);
         assert_eq!(file_len(&s), 27 * frame_len);
         s.close().unwrap();
         assert_eq!(file_len(&s), 28 * frame_len);
@@ -1049,16 +1052,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
         let t0 = Instant::now();
-        let ms = Duration::from_millis(1);
-        assert!(!s.append_grouped(&payload(0), t0, ms).wrote);
-        s.maintain(t0 + ms * 9).unwrap();
+        let step = WRITE_GROUP / 10;
+        assert!(!s.append_grouped(&payload(0), t0, step).wrote);
+        s.maintain(t0 + step * 9).unwrap();
         assert_eq!((file_len(&s), s.unwritten()), (0, 1));
         s.maintain(t0 + WRITE_GROUP).unwrap();
         assert_eq!(file_len(&s), frame(&payload(0)).len() as u64);
         assert_eq!(s.unwritten(), 0);
         assert_eq!(s.owed_since, Some(t0));
         // The write made by maintain is reported by the next append.
-        let out = s.append_grouped(&payload(1), t0 + WRITE_GROUP, ms);
+        let out = s.append_grouped(&payload(1), t0 + WRITE_GROUP, step);
         assert!(out.wrote && out.disk_error.is_none());
         drop(s);
         let (mut s, report) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
@@ -1076,30 +1079,30 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", &seg).unwrap();
         let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
         let t0 = Instant::now();
-        let ms = Duration::from_millis(1);
+        let step = WRITE_GROUP / 10;
         for i in 0..9 {
-            let out = s.append_grouped(&payload(i), t0 + ms * i, ms);
+            let out = s.append_grouped(&payload(i), t0 + step * i, step);
             assert!(!out.wrote && out.disk_error.is_none());
         }
-        let out = s.append_grouped(&payload(9), t0 + ms * 9, ms);
+        let out = s.append_grouped(&payload(9), t0 + step * 9, step);
         assert!(out.wrote);
         assert!(out.disk_error.unwrap().contains("No space left"));
         assert_eq!(s.pending(), 10);
         // next_batch's own write-out fails too; the next append says so.
-        s.append_grouped(&payload(10), t0 + ms * 10, ms);
+        s.append_grouped(&payload(10), t0 + step * 10, step);
         let in_memory = s.next_batch(100).unwrap();
         assert_eq!(in_memory.source, BatchSource::Memory);
         assert_eq!(in_memory.records.len(), 11);
-        let out = s.append_grouped(&payload(11), t0 + ms * 11, ms);
+        let out = s.append_grouped(&payload(11), t0 + step * 11, step);
         assert!(out.wrote && out.disk_error.is_some());
         assert!(s
-            .append_grouped(&payload(12), t0 + ms * 12, WRITE_GROUP)
+            .append_grouped(&payload(12), t0 + step * 12, WRITE_GROUP)
             .disk_error
             .is_some());
         s.ack(&in_memory);
         assert_eq!(s.pending(), 2);
         fs::remove_file(&seg).unwrap();
-        let out = s.append_grouped(&payload(13), t0 + ms * 20, WRITE_GROUP);
+        let out = s.append_grouped(&payload(13), t0 + step * 20, WRITE_GROUP);
         assert!(out.wrote);
         assert_eq!(out.disk_error, None);
         assert_eq!(out.recovered_from_memory, 2);
