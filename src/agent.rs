@@ -29,6 +29,9 @@ use crate::sink::spool::{AppendOutcome, Batch, Spool, SpoolError};
 use crate::sink::{InsertError, Inserter};
 use crate::status::{SensorStatus, Status};
 
+/// Slots ahead whose timers are kept registered (see `sample_loop`).
+const TIMERS: usize = 3;
+
 /// Most reports per `insert_many` when draining a backlog.
 pub const BATCH_MAX: usize = 10_000;
 /// Smallest gap between the starts of two inserts that are not full batches: at most four
@@ -258,10 +261,11 @@ async fn sample_loop<S: Sampler>(
     let mut disk_failing = false;
     let mut dropping = false;
     let mut last_behind_log: Option<Instant> = None;
-    let mut timers = [
-        Box::pin(tokio::time::sleep_until(start)),
-        Box::pin(tokio::time::sleep_until(slot_time(start, interval, 1))),
-    ];
+    let mut timers: [_; TIMERS] = std::array::from_fn(|n| {
+        Box::pin(tokio::time::sleep_until(slot_time(
+            start, interval, n as u64,
+        )))
+    });
     let watchdog = if options.notify_systemd {
         sd_notify::watchdog_enabled()
     } else {
@@ -272,12 +276,13 @@ async fn sample_loop<S: Sampler>(
             return Ok(false);
         }
         let due = slot_time(start, interval, slot);
-        // Two timers, the due slot's and the next one's, both always registered: a timer
-        // registered while no other is pending makes tokio wake its own driver (an eventfd
-        // write and an extra epoll round per sample); with the next slot already waiting,
-        // re-arming the fired timer for the slot after costs nothing.
-        for n in [slot, slot + 1] {
-            let t = &mut timers[(n % 2) as usize];
+        // A timer for each of the next TIMERS slots, all registered: re-arming a fired timer
+        // for a slot earlier than any timer still pending makes tokio wake its own driver (an
+        // eventfd write and an extra epoll round). With later slots waiting, re-arming costs
+        // nothing, even when tokio's 1 ms ticks fire two slots at once (one sample in eight
+        // at --interval-ms 1 here), which with only two timers left none pending.
+        for n in slot..slot + TIMERS as u64 {
+            let t = &mut timers[(n % TIMERS as u64) as usize];
             if t.deadline() != slot_time(start, interval, n) {
                 t.as_mut().reset(slot_time(start, interval, n));
             }
@@ -292,7 +297,7 @@ async fn sample_loop<S: Sampler>(
                     info!("shutdown requested: sampling stopped");
                     return Ok(true);
                 }
-                () = timers[(slot % 2) as usize].as_mut() => break,
+                () = timers[(slot % TIMERS as u64) as usize].as_mut() => break,
                 () = async { tokio::time::sleep_until(ping_at.unwrap_or(due)).await }, if ping_at.is_some_and(|p| p < due) => {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
