@@ -502,3 +502,131 @@ async fn reads_from_latest_by_default() {
     );
     fh.start_kill().unwrap();
 }
+
+/// Every record received so far, in arrival order.
+fn received(state: &Shared) -> Vec<Vec<u8>> {
+    let got = state.lock().unwrap().got.clone();
+    got.iter().flat_map(|g| decoded_records(&g.body)).collect()
+}
+
+async fn wait_for_records(state: &Shared, n: usize) {
+    common::wait_until(Duration::from_secs(30), &format!("{n} records"), || {
+        let have = received(state).len();
+        async move { have >= n }
+    })
+    .await;
+}
+
+// With --checkpoint-file a restart carries on after the last record delivered: records put
+// while it was stopped (SIGTERM) are delivered after the restart, and records it had read but
+// not yet delivered when it was killed (SIGKILL) are read and delivered again. Nothing put
+// before the very first start (LATEST) and nothing delivered before is delivered twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_file_carries_on_after_a_restart_or_a_kill() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhcheckpoint");
+    kin.create_stream(&stream, 2).await;
+    put_records_from(&kin, &stream, 1000, 3).await;
+    // The checkpoint's "since" is taken at the first start; keep these clearly before it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (url, state) = receiver(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    let start = |buffer_seconds: &str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+            .args(["--stream-name", &stream])
+            .args(["--kinesis-endpoint-url", &kin.endpoint])
+            .args(["--destination-url", &url])
+            .args(["--buffer-seconds", buffer_seconds])
+            .arg("--checkpoint-file")
+            .arg(&checkpoint)
+            .envs(AWS_ENV)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let term = |fh: &tokio::process::Child| {
+        let ok = std::process::Command::new("kill")
+            .args(["-15", &fh.id().unwrap().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+
+    let mut fh = start("1");
+    // Time to list the shards and take LATEST iterators.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(checkpoint.exists(), "written at start, before any delivery");
+    let mut expected = put_records_from(&kin, &stream, 0, 4).await;
+    wait_for_records(&state, 4).await;
+    term(&fh);
+    assert!(fh.wait().await.unwrap().success());
+
+    // Stopped: these must not be skipped.
+    expected.extend(put_records_from(&kin, &stream, 100, 5).await);
+    let mut fh = start("1");
+    wait_for_records(&state, 9).await;
+    term(&fh);
+    assert!(fh.wait().await.unwrap().success());
+
+    // Read into a 60 s buffer, then killed before delivering them.
+    let mut fh = start("60");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    expected.extend(put_records_from(&kin, &stream, 200, 6).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fh.start_kill().unwrap();
+    fh.wait().await.unwrap();
+    assert_eq!(
+        received(&state).len(),
+        9,
+        "nothing delivered by the killed run"
+    );
+
+    let mut fh = start("1");
+    wait_for_records(&state, 15).await;
+    // Anything delivered twice, or read from before the first start, would arrive meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = received(&state);
+    got.sort();
+    expected.sort();
+    assert_eq!(
+        got, expected,
+        "each record once, none from before the first start"
+    );
+    fh.start_kill().unwrap();
+}
+
+// A checkpoint file of another stream is refused with a message that says what to do, before
+// anything is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_file_of_another_stream_is_refused() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhcpother");
+    kin.create_stream(&stream, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    std::fs::write(
+        &checkpoint,
+        r#"{"stream":"someother","since_ms":null,"shards":{}}"#,
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args(["--stream-name", &stream])
+        .args(["--kinesis-endpoint-url", &kin.endpoint])
+        .args(["--destination-url", "http://127.0.0.1:9/"])
+        .arg("--checkpoint-file")
+        .arg(&checkpoint)
+        .envs(AWS_ENV)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("someother") && log.contains("its own --checkpoint-file"),
+        "{log}"
+    );
+}

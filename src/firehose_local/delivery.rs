@@ -157,7 +157,7 @@ impl Delivery {
     }
 
     /// Deliver one batch: retry until success or the retry duration is used up.
-    pub async fn deliver(&self, batch: Vec<Arrived>) -> Outcome {
+    pub async fn deliver(&self, batch: &[Arrived]) -> Outcome {
         if batch.is_empty() {
             return Outcome::Delivered { attempts: 0 };
         }
@@ -196,7 +196,7 @@ impl Delivery {
                         tokio::time::sleep(delay).await;
                     }
                     None => {
-                        let written = self.write_errors(&batch, &request_id, attempts, &failure);
+                        let written = self.write_errors(batch, &request_id, attempts, &failure);
                         error!(
                             request_id = %request_id,
                             records = batch.len(),
@@ -274,13 +274,7 @@ fn write_error_file(
         t.second()
     );
     let path = sub.join(name);
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
+    super::write_durably(&path, contents)?;
     Ok(path)
 }
 

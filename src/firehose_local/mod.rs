@@ -9,27 +9,32 @@
 //! batch is written to `--error-dir` as Firehose's error records. A 413 is permanent: the batch is
 //! dropped and logged as lost, exactly as Firehose does.
 //!
-//! Positions are kept in memory only: after a restart it starts at LATEST again (or the oldest
-//! record with `--from-start`).
+//! With `--checkpoint-file` each shard's position is kept on disk once its records are
+//! delivered (or given up), and a restart carries on from there ([`checkpoint`]). Without it,
+//! positions are kept in memory only: a restart starts at LATEST again (or the oldest record
+//! with `--from-start`), skipping what was put meanwhile.
 //!
+//! - [`checkpoint`]: the positions file.
 //! - [`protocol`]: request, response validation, retry delays and error records (pure).
 //! - [`reader`]: one task per shard, GetRecords in a loop.
 //! - [`delivery`]: the HTTP client and the error output.
 
+pub mod checkpoint;
 pub mod delivery;
 pub mod protocol;
 pub mod reader;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{error, info};
 
+use checkpoint::Checkpoint;
 use delivery::{Delivery, DeliveryConfig};
-use reader::Arrived;
+use reader::{Arrived, Starts};
 
 /// Default buffer size hint, MiB.
 pub const DEFAULT_BUFFER_MIB: u32 = 5;
@@ -87,6 +92,10 @@ pub struct Cli {
     /// Read from the oldest record in the stream instead of LATEST.
     #[arg(long, env = "FIREHOSE_FROM_START")]
     pub from_start: bool,
+    /// Keep each shard's position in this file, so a restart carries on after the last record
+    /// delivered (at least once: records read but not yet delivered are read again).
+    #[arg(long, env = "FIREHOSE_CHECKPOINT_FILE")]
+    pub checkpoint_file: Option<PathBuf>,
     /// The delivery stream ARN sent in X-Amz-Firehose-Source-Arn.
     #[arg(long, env = "FIREHOSE_SOURCE_ARN", default_value = DEFAULT_SOURCE_ARN)]
     pub source_arn: String,
@@ -136,11 +145,45 @@ impl Cli {
     }
 }
 
+/// Replace `path` with `contents` so that a crash leaves the old file or the new one, whole:
+/// write beside it, sync, rename over it, sync the directory.
+pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Buffering hints.
 #[derive(Debug, Clone, Copy)]
 pub struct Buffering {
     pub bytes: usize,
     pub interval: Duration,
+}
+
+/// Deliver one batch, then move the checkpoint past it, whatever the outcome: delivered,
+/// refused with 413 or given up into the error output are all final.
+async fn deliver(delivery: &Delivery, batch: Vec<Arrived>, checkpoint: &mut Option<Checkpoint>) {
+    delivery.deliver(&batch).await;
+    if let Some(cp) = checkpoint {
+        if cp.advance(&batch) {
+            if let Err(e) = cp.save() {
+                // Delivery goes on; a restart would re-deliver from the last saved positions.
+                error!(error = %e, "cannot save the checkpoint file; a restart would deliver some records again");
+            }
+        }
+    }
 }
 
 /// Buffer records from `rx` and deliver them until `shutdown` (the pending buffer is then
@@ -149,6 +192,7 @@ pub async fn run_buffer(
     mut rx: mpsc::Receiver<Arrived>,
     delivery: &Delivery,
     buffering: Buffering,
+    mut checkpoint: Option<Checkpoint>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -161,7 +205,7 @@ pub async fn run_buffer(
             biased;
             _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
-                delivery.deliver(std::mem::take(&mut buffer)).await;
+                deliver(delivery, std::mem::take(&mut buffer), &mut checkpoint).await;
                 bytes = 0;
                 deadline = None;
             }
@@ -171,7 +215,7 @@ pub async fn run_buffer(
                 deadline.get_or_insert_with(|| Instant::now() + buffering.interval);
                 buffer.push(record);
                 if bytes >= buffering.bytes || buffer.len() >= protocol::MAX_RECORDS {
-                    delivery.deliver(std::mem::take(&mut buffer)).await;
+                    deliver(delivery, std::mem::take(&mut buffer), &mut checkpoint).await;
                     bytes = 0;
                     deadline = None;
                 }
@@ -183,7 +227,7 @@ pub async fn run_buffer(
             records = buffer.len(),
             "delivering the buffer before stopping"
         );
-        delivery.deliver(buffer).await;
+        deliver(delivery, buffer, &mut checkpoint).await;
     }
 }
 
@@ -195,11 +239,39 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), FirehoseLocalError> {
     let delivery = Delivery::new(config).map_err(FirehoseLocalError::Config)?;
+    let checkpoint = match &cli.checkpoint_file {
+        Some(path) => Some(
+            Checkpoint::open(
+                path,
+                &cli.stream_name,
+                (!cli.from_start).then(reader::now_ms),
+            )
+            .map_err(FirehoseLocalError::Config)?,
+        ),
+        None => None,
+    };
+    let starts = Starts {
+        from_start: cli.from_start,
+        saved: checkpoint
+            .as_ref()
+            .map(|c| c.positions().clone())
+            .unwrap_or_default(),
+        resume_from: checkpoint
+            .as_ref()
+            .filter(|c| c.resumed())
+            .map(Checkpoint::since_ms),
+    };
+    if let Some(c) = checkpoint.as_ref().filter(|c| c.resumed()) {
+        info!(
+            shards = c.positions().len(),
+            "resuming from the checkpoint file"
+        );
+    }
     let (tx, rx) = mpsc::channel(reader::CHANNEL_CAPACITY);
     let readers = tokio::spawn(reader::read_stream(
         kinesis,
         cli.stream_name.clone(),
-        cli.from_start,
+        starts,
         tx,
     ));
     info!(stream = %cli.stream_name, destination = %cli.destination_url, "firehose-local started");
@@ -207,7 +279,7 @@ pub async fn run(
         bytes: cli.buffer_mib as usize * 1024 * 1024,
         interval: Duration::from_secs(cli.buffer_seconds),
     };
-    run_buffer(rx, &delivery, buffering, shutdown).await;
+    run_buffer(rx, &delivery, buffering, checkpoint, shutdown).await;
     readers.abort();
     Ok(())
 }

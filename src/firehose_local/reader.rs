@@ -1,11 +1,13 @@
 //! Reading a Kinesis stream: one task per shard, GetRecords every [`POLL_INTERVAL`] (Kinesis
 //! allows five calls per shard per second), new shards picked up every [`RELIST_INTERVAL`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
+use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
 use tokio::sync::mpsc;
@@ -24,6 +26,51 @@ pub struct Arrived {
     pub data: Vec<u8>,
     /// When firehose-local read it, ms since the epoch.
     pub arrival_ms: i64,
+    /// Its shard and sequence number there, for the checkpoint.
+    pub shard: Arc<str>,
+    pub sequence: String,
+}
+
+/// Where a shard is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    Latest,
+    /// The oldest record.
+    TrimHorizon,
+    /// Records put from this time on, ms since the epoch.
+    AtTimestamp(i64),
+    /// Records after this sequence number.
+    After(String),
+}
+
+/// How the shards found are started: from a checkpoint's positions, else by the rules of
+/// [`Starts::for_shard`].
+#[derive(Debug, Clone, Default)]
+pub struct Starts {
+    /// `--from-start`: shards present at start are read from the oldest record, not LATEST.
+    pub from_start: bool,
+    /// Saved positions: shard id to the sequence number of the last record handled.
+    pub saved: BTreeMap<String, String>,
+    /// Resuming from a checkpoint: a shard without a saved position is read from this time
+    /// (`Some`, ms since the epoch) or from its oldest record (`None`).
+    pub resume_from: Option<Option<i64>>,
+}
+
+impl Starts {
+    /// The start of shard `id`; `first` is true for the shards listed at start.
+    pub fn for_shard(&self, id: &str, first: bool) -> Start {
+        if let Some(seq) = self.saved.get(id) {
+            return Start::After(seq.clone());
+        }
+        match self.resume_from {
+            Some(Some(ms)) => Start::AtTimestamp(ms),
+            Some(None) => Start::TrimHorizon,
+            // Like a new Firehose stream; shards that appear later (resharding) are read
+            // whole.
+            None if first && !self.from_start => Start::Latest,
+            None => Start::TrimHorizon,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -54,13 +101,12 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<String>, Strin
     }
 }
 
-/// Read every shard of `stream` into `tx` until the receiver goes away. Shards present at start
-/// are read from LATEST (or TRIM_HORIZON with `from_start`); shards that appear later (resharding)
-/// from TRIM_HORIZON.
+/// Read every shard of `stream` into `tx` until the receiver goes away, each from where
+/// `starts` says.
 pub async fn read_stream(
     client: Client,
     stream: String,
-    from_start: bool,
+    starts: Starts,
     tx: mpsc::Sender<Arrived>,
 ) {
     let mut known: HashSet<String> = HashSet::new();
@@ -75,11 +121,7 @@ pub async fn read_stream(
                 }
                 for id in ids {
                     if known.insert(id.clone()) {
-                        let start = if first && !from_start {
-                            ShardIteratorType::Latest
-                        } else {
-                            ShardIteratorType::TrimHorizon
-                        };
+                        let start = starts.for_shard(&id, first);
                         debug!(shard = %id, ?start, "reading shard");
                         tokio::spawn(read_shard(
                             client.clone(),
@@ -115,18 +157,21 @@ async fn iterator(
     client: &Client,
     stream: &str,
     shard: &str,
-    start: &ShardIteratorType,
-    after: Option<&str>,
+    start: &Start,
 ) -> Result<Option<String>, String> {
-    let mut req = client
+    let req = client
         .get_shard_iterator()
         .stream_name(stream)
         .shard_id(shard);
-    req = match after {
-        Some(seq) => req
+    let req = match start {
+        Start::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+        Start::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        Start::AtTimestamp(ms) => req
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(DateTime::from_millis(*ms)),
+        Start::After(seq) => req
             .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
             .starting_sequence_number(seq),
-        None => req.shard_iterator_type(start.clone()),
     };
     let out = req
         .send()
@@ -139,10 +184,10 @@ async fn read_shard(
     client: Client,
     stream: String,
     shard: String,
-    start: ShardIteratorType,
+    mut start: Start,
     tx: mpsc::Sender<Arrived>,
 ) {
-    let mut last_seq: Option<String> = None;
+    let shard_id: Arc<str> = Arc::from(shard.as_str());
     let mut it: Option<String> = None;
     let mut failing = false;
     loop {
@@ -151,7 +196,7 @@ async fn read_shard(
         }
         let current = match it.take() {
             Some(i) => i,
-            None => match iterator(&client, &stream, &shard, &start, last_seq.as_deref()).await {
+            None => match iterator(&client, &stream, &shard, &start).await {
                 Ok(Some(i)) => i,
                 Ok(None) => return,
                 Err(e) => {
@@ -175,10 +220,13 @@ async fn read_shard(
                 failing = false;
                 let arrival_ms = now_ms();
                 for r in out.records() {
-                    last_seq = Some(r.sequence_number().to_owned());
+                    // A fresh iterator (after an error) starts after the last record read.
+                    start = Start::After(r.sequence_number().to_owned());
                     let arrived = Arrived {
                         data: r.data().as_ref().to_vec(),
                         arrival_ms,
+                        shard: shard_id.clone(),
+                        sequence: r.sequence_number().to_owned(),
                     };
                     if tx.send(arrived).await.is_err() {
                         return;
