@@ -506,3 +506,33 @@ async fn invalidate_stops_with_a_message_and_start_from_now_recovers() {
     again.start_kill().unwrap();
     client.database(&db).drop().await.unwrap();
 }
+
+// SIGTERM while MongoDB is still unreachable at start (the resume token cannot be read yet):
+// the forwarder stops at once and exits 0, rather than ignoring the signal until systemd
+// kills it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_mongodb_is_down_at_start_exits_cleanly() {
+    let Some(mongo) = MongoServer::not_started() else {
+        return;
+    };
+    let kin = KinesisServer::start();
+    let stream = unique_name("fwdown");
+    kin.create_stream(&stream, 1).await;
+    let mut fw = spawn_forwarder(&mongo, &kin, &unique_name("fwdown"), &stream, &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        fw.try_wait().unwrap().is_none(),
+        "still waiting for MongoDB"
+    );
+    let ok = std::process::Command::new("kill")
+        .args(["-15", &fw.id().unwrap().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = tokio::time::timeout(Duration::from_secs(10), fw.wait())
+        .await
+        .expect("exits after SIGTERM, not only when killed")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

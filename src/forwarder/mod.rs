@@ -440,16 +440,30 @@ pub async fn run<K: Kinesis>(
         &opts.collection,
     );
     let mut reconnect = kinesis::backoff();
+    tokio::pin!(shutdown);
     let stored = if opts.start_from_now {
         info!("--start-from-now: ignoring any stored resume token");
         None
     } else {
+        // MongoDB may be down at start: keep trying, and stop when asked (nothing is held yet).
         loop {
-            match state.load().await {
+            let loaded = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    info!("shutdown requested before the resume token could be read");
+                    return Ok(());
+                }
+                r = state.load() => r,
+            };
+            match loaded {
                 Ok(t) => break t,
                 Err(ForwarderError::State(e)) if !e.contains("unreadable") => {
                     warn!(error = %e, "cannot read the stored resume token yet; retrying");
-                    tokio::time::sleep(reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY)).await;
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY)) => {}
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -474,7 +488,6 @@ pub async fn run<K: Kinesis>(
         last_save: Instant::now(),
         forwarded: 0,
     };
-    tokio::pin!(shutdown);
     let mut healthy = true;
     loop {
         let opened = tokio::select! {
