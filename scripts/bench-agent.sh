@@ -11,8 +11,11 @@ SAMPLES=${SAMPLES:-2000}
 INTERVAL_MS=${INTERVAL_MS:-1}
 if [ "$INTERVAL_MS" = 1 ]; then PERIOD=0; else PERIOD=$("$PY" -c "print($INTERVAL_MS/1000)"); fi
 SEED=${SEED_AGENT_DIR:-../shared/bench/seed_agent}
-cargo build --release -q --bin sensehat-monitor
+cargo build --release -q --bin sensehat-monitor --example sleep_floor
 BIN=target/release/sensehat-monitor
+# The floor: the agent's timer ring alone, waking on the same grid and doing nothing else
+# (examples/sleep_floor.rs). What this machine charges for the wake-ups is no work of ours.
+FLOOR=target/release/examples/sleep_floor
 "$PY" -c 'import pymongo' 2>/dev/null || .venv-test/bin/pip install -q pymongo
 # ROUNDS pairs, ours then the seed's, one after the other: on a shared virtual machine the cost
 # of a context switch drifts by tens of percent within minutes, so each ratio compares two runs
@@ -38,12 +41,13 @@ rounds=()
 for _ in $(seq "$ROUNDS"); do
   ours=$(run_ours "")
   theirs=$(run_seed "")
+  floor=$("$PY" scripts/measure.py "$FLOOR" "$SAMPLES" "$INTERVAL_MS")
   ours_tc=null theirs_tc=null
   if [ "$perf_ok" = 1 ]; then
     ours_tc=$(run_ours --task-clock)
     theirs_tc=$(run_seed --task-clock)
   fi
-  rounds+=("{\"ours\":$ours,\"theirs\":$theirs,\"ours_tc\":$ours_tc,\"theirs_tc\":$theirs_tc}")
+  rounds+=("{\"ours\":$ours,\"theirs\":$theirs,\"floor\":$floor,\"ours_tc\":$ours_tc,\"theirs_tc\":$theirs_tc}")
 done
 size=$(stat -c %s "$BIN")
 "$PY" - "$SAMPLES" "$size" "$INTERVAL_MS" "$PERIOD" "${rounds[@]}" <<'PYEOF'
@@ -51,7 +55,7 @@ import json, statistics, sys
 n, size, interval, period = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 rounds = [json.loads(r) for r in sys.argv[5:]]
 for r in rounds:
-    for k in ("ours", "theirs", "ours_tc", "theirs_tc"):
+    for k in ("ours", "theirs", "floor", "ours_tc", "theirs_tc"):
         assert r[k] is None or r[k]["rc"] == 0, r
 def spread(values, fmt):
     v = sorted(values)
@@ -69,6 +73,11 @@ rss = [r["ours"]["maxrss_kib"] / r["theirs"]["maxrss_kib"] for r in rounds]
 cpu = [r["ours"]["cpu_s"] / r["theirs"]["cpu_s"] for r in rounds]
 print(f"RSS ratio   ours/theirs = {spread(rss, '{:.3f}')}  (target <= 0.25)")
 print(f"CPU ratio   ours/theirs = {spread(cpu, '{:.3f}')}  (target <= 0.10; user+sys from wait4)")
+floor = [us(r["floor"], "cpu_s") for r in rounds]
+own = [us(r["ours"], "cpu_s") - f for r, f in zip(rounds, floor)]
+of_seed = [f / us(r["theirs"], "cpu_s") for r, f in zip(rounds, floor)]
+print(f"floor: the same wake-ups doing nothing (examples/sleep_floor) {spread(floor, '{:.1f}')} us/slot, "
+      f"{spread(of_seed, '{:.3f}')} of the seed's CPU; ours minus floor {spread(own, '{:.1f}')} us/sample")
 if all(r["ours_tc"] for r in rounds):
     o = [us(r["ours_tc"], "task_clock_s") for r in rounds]
     t = [us(r["theirs_tc"], "task_clock_s") for r in rounds]
