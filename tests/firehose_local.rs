@@ -509,6 +509,46 @@ fn received(state: &Shared) -> Vec<Vec<u8>> {
     got.iter().flat_map(|g| decoded_records(&g.body)).collect()
 }
 
+/// firehose-local from LATEST with `--checkpoint-file checkpoint`, buffering 1 s unless `extra`
+/// says otherwise.
+fn spawn_with_checkpoint(
+    kin: &KinesisServer,
+    stream: &str,
+    url: &str,
+    checkpoint: &Path,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args(["--stream-name", stream])
+        .args(["--kinesis-endpoint-url", &kin.endpoint])
+        .args(["--destination-url", url])
+        .arg("--checkpoint-file")
+        .arg(checkpoint)
+        .args(if extra.contains(&"--buffer-seconds") {
+            &[][..]
+        } else {
+            &["--buffer-seconds", "1"][..]
+        })
+        .args(extra)
+        .envs(AWS_ENV)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then expect a clean exit.
+async fn stop(mut fh: tokio::process::Child) {
+    let ok = std::process::Command::new("kill")
+        .args(["-15", &fh.id().unwrap().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert!(fh.wait().await.unwrap().success());
+}
+
 async fn wait_for_records(state: &Shared, n: usize) {
     common::wait_until(Duration::from_secs(30), &format!("{n} records"), || {
         let have = received(state).len();
@@ -532,48 +572,23 @@ async fn a_checkpoint_file_carries_on_after_a_restart_or_a_kill() {
     let (url, state) = receiver(vec![]).await;
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("positions.json");
-    let start = |buffer_seconds: &str| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-            .args(["--stream-name", &stream])
-            .args(["--kinesis-endpoint-url", &kin.endpoint])
-            .args(["--destination-url", &url])
-            .args(["--buffer-seconds", buffer_seconds])
-            .arg("--checkpoint-file")
-            .arg(&checkpoint)
-            .envs(AWS_ENV)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let term = |fh: &tokio::process::Child| {
-        let ok = std::process::Command::new("kill")
-            .args(["-15", &fh.id().unwrap().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    };
-
-    let mut fh = start("1");
+    let start = |extra: &[&str]| spawn_with_checkpoint(&kin, &stream, &url, &checkpoint, extra);
+    let fh = start(&[]);
     // Time to list the shards and take LATEST iterators.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(checkpoint.exists(), "written at start, before any delivery");
     let mut expected = put_records_from(&kin, &stream, 0, 4).await;
     wait_for_records(&state, 4).await;
-    term(&fh);
-    assert!(fh.wait().await.unwrap().success());
+    stop(fh).await;
 
     // Stopped: these must not be skipped.
     expected.extend(put_records_from(&kin, &stream, 100, 5).await);
-    let mut fh = start("1");
+    let fh = start(&[]);
     wait_for_records(&state, 9).await;
-    term(&fh);
-    assert!(fh.wait().await.unwrap().success());
+    stop(fh).await;
 
     // Read into a 60 s buffer, then killed before delivering them.
-    let mut fh = start("60");
+    let mut fh = start(&["--buffer-seconds", "60"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     expected.extend(put_records_from(&kin, &stream, 200, 6).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -585,7 +600,7 @@ async fn a_checkpoint_file_carries_on_after_a_restart_or_a_kill() {
         "nothing delivered by the killed run"
     );
 
-    let mut fh = start("1");
+    let mut fh = start(&[]);
     wait_for_records(&state, 15).await;
     // Anything delivered twice, or read from before the first start, would arrive meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -629,4 +644,69 @@ async fn a_checkpoint_file_of_another_stream_is_refused() {
         log.contains("someother") && log.contains("its own --checkpoint-file"),
         "{log}"
     );
+}
+
+// Positions saved for a stream that was then deleted and created again under the same name
+// (kinesis-local restarted, say) are not applied to the new one: it is read whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_of_a_stream_created_again_is_dropped() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhrecreated");
+    kin.create_stream(&stream, 1).await;
+    let (url, state) = receiver(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    let fh = spawn_with_checkpoint(&kin, &stream, &url, &checkpoint, &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut expected = put_records_from(&kin, &stream, 0, 20).await;
+    wait_for_records(&state, 20).await;
+    stop(fh).await;
+
+    kin.client()
+        .delete_stream()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap();
+    kin.create_stream(&stream, 1).await;
+    expected.extend(put_records_from(&kin, &stream, 500, 3).await);
+    let mut fh = spawn_with_checkpoint(&kin, &stream, &url, &checkpoint, &[]);
+    wait_for_records(&state, 23).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = received(&state);
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    fh.start_kill().unwrap();
+}
+
+// When a batch is given up and the error output cannot be written, the records exist nowhere
+// else: the checkpoint stays put, and a restart delivers them.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_the_error_output_could_not_keep_are_read_again_after_a_restart() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhfrozen");
+    kin.create_stream(&stream, 1).await;
+    let (failing_url, failing) = receiver(vec![Reply::Status(500); 100]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    // No directory can be made under /dev/null.
+    let broken = ["--retry-seconds", "0", "--error-dir", "/dev/null/errors"];
+    let fh = spawn_with_checkpoint(&kin, &stream, &failing_url, &checkpoint, &broken);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut expected = put_records_from(&kin, &stream, 0, 4).await;
+    wait_for_records(&failing, 4).await;
+    // Let the given-up batch finish (no retries) before stopping.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop(fh).await;
+
+    let (url, state) = receiver(vec![]).await;
+    let mut fh = spawn_with_checkpoint(&kin, &stream, &url, &checkpoint, &[]);
+    wait_for_records(&state, 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = received(&state);
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    fh.start_kill().unwrap();
 }

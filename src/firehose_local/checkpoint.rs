@@ -6,16 +6,23 @@
 //! still buffered or being retried are not covered, so a crash or kill re-reads them: delivery
 //! is at least once, as Firehose's is, and the endpoint's upsert by `_id` absorbs a repeat.
 //!
+//! One exception: when the error output cannot be written, the records are lost unless read
+//! again, so the positions stop moving ([`Checkpoint::freeze`]) and a restart re-reads from
+//! the last batch that ended properly.
+//!
 //! The file is JSON, replaced atomically (written beside, synced, renamed):
 //!
 //! ```json
-//! {"stream": "realm", "since_ms": 1764130000000, "shards": {"shardId-000000000000": "4959..."}}
+//! {"stream": "realm", "stream_created_ms": 1764129000000, "since_ms": 1764130000000,
+//!  "shards": {"shardId-000000000000": "4959..."}}
 //! ```
 //!
 //! `since_ms` is when the file was made by a run that started at LATEST (null with
 //! `--from-start`): a shard with no position yet is read from that moment (AT_TIMESTAMP), or
 //! from its oldest record when it is null, so nothing put while firehose-local was stopped is
-//! skipped.
+//! skipped. `stream_created_ms` tells a stream deleted and created again under the same name
+//! (an emulator restarted, say): the sequence numbers saved belong to the old one, so they are
+//! dropped and every shard is read from its oldest record.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,22 +38,50 @@ pub struct Checkpoint {
     state: State,
     /// The file was there at start: this run resumes an earlier one.
     resumed: bool,
+    /// The file was for an earlier stream of the same name; its positions were dropped.
+    recreated: bool,
+    /// Positions no longer move (see [`Checkpoint::freeze`]).
+    frozen: bool,
+    /// The last save failed (logged once until one works again).
+    pub save_failing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     stream: String,
+    /// When the stream was created, ms since the epoch.
+    #[serde(default)]
+    stream_created_ms: Option<i64>,
     since_ms: Option<i64>,
     /// Shard id to the sequence number of the last record handled.
     shards: BTreeMap<String, String>,
 }
 
 impl Checkpoint {
-    /// Read the checkpoint of `stream` from `path`, or start one (and write it at once, so a
-    /// crash before the first delivery still resumes from now) when there is no file.
-    /// `now_ms` is `None` when reading from the oldest record (`--from-start`).
-    pub fn open(path: &Path, stream: &str, now_ms: Option<i64>) -> Result<Self, String> {
-        match std::fs::read(path) {
+    /// Read the checkpoint of `stream` (created at `created_ms`) from `path`, or start one
+    /// (and write it at once, so a crash before the first delivery still resumes from now)
+    /// when there is no file. `now_ms` is `None` when reading from the oldest record
+    /// (`--from-start`).
+    pub fn open(
+        path: &Path,
+        stream: &str,
+        created_ms: i64,
+        now_ms: Option<i64>,
+    ) -> Result<Self, String> {
+        let new = |resumed: bool, recreated: bool, since_ms: Option<i64>| Checkpoint {
+            path: path.to_owned(),
+            state: State {
+                stream: stream.to_owned(),
+                stream_created_ms: Some(created_ms),
+                since_ms,
+                shards: BTreeMap::new(),
+            },
+            resumed,
+            recreated,
+            frozen: false,
+            save_failing: false,
+        };
+        let c = match std::fs::read(path) {
             Ok(bytes) => {
                 let state: State = serde_json::from_slice(&bytes).map_err(|e| {
                     format!(
@@ -61,33 +96,47 @@ impl Checkpoint {
                         state.stream
                     ));
                 }
-                Ok(Checkpoint {
-                    path: path.to_owned(),
-                    state,
-                    resumed: true,
-                })
+                if state.stream_created_ms.is_some_and(|t| t != created_ms) {
+                    // Read the new stream whole: nothing in it has been delivered.
+                    new(true, true, None)
+                } else {
+                    return Ok(Checkpoint {
+                        path: path.to_owned(),
+                        state,
+                        resumed: true,
+                        recreated: false,
+                        frozen: false,
+                        save_failing: false,
+                    });
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let c = Checkpoint {
-                    path: path.to_owned(),
-                    state: State {
-                        stream: stream.to_owned(),
-                        since_ms: now_ms,
-                        shards: BTreeMap::new(),
-                    },
-                    resumed: false,
-                };
-                c.save()
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                Ok(c)
-            }
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => new(false, false, now_ms),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        c.save()
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(c)
     }
 
     /// Whether the file was there at start.
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// Whether the file held positions in an earlier stream of the same name (dropped).
+    pub fn recreated(&self) -> bool {
+        self.recreated
+    }
+
+    /// Stop moving the positions for the rest of the run: records were neither delivered nor
+    /// kept anywhere, so a restart must read them again.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    /// Whether [`Checkpoint::freeze`] was called.
+    pub fn frozen(&self) -> bool {
+        self.frozen
     }
 
     /// The run that made the file started at LATEST at this time (ms since the epoch).
@@ -103,6 +152,9 @@ impl Checkpoint {
     /// Move each shard with records in `batch` to its last one (a shard's records arrive in
     /// order). Returns whether anything moved.
     pub fn advance(&mut self, batch: &[Arrived]) -> bool {
+        if self.frozen {
+            return false;
+        }
         let mut moved = false;
         for a in batch {
             let slot = self.state.shards.entry(a.shard.to_string()).or_default();
@@ -140,7 +192,7 @@ mod tests {
     fn a_new_file_is_written_at_once_and_positions_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
-        let mut c = Checkpoint::open(&path, "realm", Some(1_700_000_000_000)).unwrap();
+        let mut c = Checkpoint::open(&path, "realm", 5, Some(1_700_000_000_000)).unwrap();
         assert!(!c.resumed());
         assert!(path.exists(), "written before any delivery");
         assert!(c.advance(&[
@@ -150,7 +202,7 @@ mod tests {
         ]));
         assert!(!c.advance(&[arrived("shard-1", "20")]), "nothing moved");
         c.save().unwrap();
-        let c = Checkpoint::open(&path, "realm", Some(1)).unwrap();
+        let c = Checkpoint::open(&path, "realm", 5, Some(1)).unwrap();
         assert!(c.resumed());
         assert_eq!(
             c.since_ms(),
@@ -168,17 +220,37 @@ mod tests {
     fn another_streams_file_or_a_broken_one_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cp.json");
-        Checkpoint::open(&path, "realm", None).unwrap();
-        let e = Checkpoint::open(&path, "other", None).unwrap_err();
+        Checkpoint::open(&path, "realm", 5, None).unwrap();
+        let e = Checkpoint::open(&path, "other", 5, None).unwrap_err();
         assert!(
             e.contains("\"realm\"") && e.contains("its own --checkpoint-file"),
             "{e}"
         );
         std::fs::write(&path, b"{\"stream\": 3").unwrap();
-        let e = Checkpoint::open(&path, "realm", None).unwrap_err();
+        let e = Checkpoint::open(&path, "realm", 5, None).unwrap_err();
         assert!(e.contains("not a firehose-local checkpoint"), "{e}");
-        let e =
-            Checkpoint::open(&dir.path().join("no/such/dir/cp.json"), "realm", None).unwrap_err();
+        let e = Checkpoint::open(&dir.path().join("no/such/dir/cp.json"), "realm", 5, None)
+            .unwrap_err();
         assert!(e.contains("cannot write"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_created_again_drops_the_old_positions_and_a_frozen_one_stays_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let mut c = Checkpoint::open(&path, "realm", 5, Some(1_700_000_000_000)).unwrap();
+        c.advance(&[arrived("shard-0", "10")]);
+        c.save().unwrap();
+        let c = Checkpoint::open(&path, "realm", 5, None).unwrap();
+        assert!(!c.recreated() && c.positions().len() == 1);
+        let mut c = Checkpoint::open(&path, "realm", 6, Some(1)).unwrap();
+        assert!(c.resumed() && c.recreated());
+        assert!(c.positions().is_empty());
+        assert_eq!(c.since_ms(), None, "the new stream is read whole");
+        c.freeze();
+        assert!(!c.advance(&[arrived("shard-0", "1")]));
+        assert!(c.positions().is_empty());
+        let c = Checkpoint::open(&path, "realm", 6, None).unwrap();
+        assert!(!c.recreated(), "saved for the new stream at open");
     }
 }

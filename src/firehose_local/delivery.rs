@@ -213,6 +213,11 @@ impl Delivery {
         }
     }
 
+    /// Whether an error output (`--error-dir`) is configured.
+    pub fn has_error_output(&self) -> bool {
+        self.config.error_dir.is_some()
+    }
+
     /// Write the batch as error records (one JSON line each), atomically.
     fn write_errors(
         &self,

@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use checkpoint::Checkpoint;
-use delivery::{Delivery, DeliveryConfig};
+use delivery::{Delivery, DeliveryConfig, Outcome};
 use reader::{Arrived, Starts};
 
 /// Default buffer size hint, MiB.
@@ -149,8 +149,9 @@ impl Cli {
 /// write beside it, sync, rename over it, sync the directory.
 pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
+    // Named for this process: two instances given the same file do not write one temporary.
     let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -172,16 +173,33 @@ pub struct Buffering {
     pub interval: Duration,
 }
 
-/// Deliver one batch, then move the checkpoint past it, whatever the outcome: delivered,
-/// refused with 413 or given up into the error output are all final.
+/// Deliver one batch, then move the checkpoint past it: delivered, refused with 413, given up
+/// into the error output, or given up with no error output configured are all final. Given up
+/// with the error output failing is not: the records exist nowhere else, so the checkpoint
+/// stops moving and a restart reads them again.
 async fn deliver(delivery: &Delivery, batch: Vec<Arrived>, checkpoint: &mut Option<Checkpoint>) {
-    delivery.deliver(&batch).await;
-    if let Some(cp) = checkpoint {
-        if cp.advance(&batch) {
-            if let Err(e) = cp.save() {
-                // Delivery goes on; a restart would re-deliver from the last saved positions.
-                error!(error = %e, "cannot save the checkpoint file; a restart would deliver some records again");
+    let outcome = delivery.deliver(&batch).await;
+    let Some(cp) = checkpoint else { return };
+    if matches!(outcome, Outcome::Failed { written: None, .. }) && delivery.has_error_output() {
+        if !cp.frozen() {
+            error!("the error output could not be written: the checkpoint stays where it is, so a restart reads these records again");
+        }
+        cp.freeze();
+        return;
+    }
+    if cp.advance(&batch) {
+        match cp.save() {
+            Ok(()) if cp.save_failing => {
+                info!("the checkpoint file is written again");
+                cp.save_failing = false;
             }
+            Ok(()) => {}
+            // Delivery goes on; a restart would re-deliver from the last saved positions.
+            Err(e) if !cp.save_failing => {
+                error!(error = %e, "cannot save the checkpoint file; a restart would deliver some records again");
+                cp.save_failing = true;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -239,15 +257,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), FirehoseLocalError> {
     let delivery = Delivery::new(config).map_err(FirehoseLocalError::Config)?;
+    tokio::pin!(shutdown);
     let checkpoint = match &cli.checkpoint_file {
-        Some(path) => Some(
-            Checkpoint::open(
+        Some(path) => {
+            // Which stream the positions belong to: one deleted and created again under the
+            // same name has new sequence numbers.
+            let created_ms = tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                t = reader::stream_created_ms(&kinesis, &cli.stream_name) => t,
+            };
+            let c = Checkpoint::open(
                 path,
                 &cli.stream_name,
+                created_ms,
                 (!cli.from_start).then(reader::now_ms),
             )
-            .map_err(FirehoseLocalError::Config)?,
-        ),
+            .map_err(FirehoseLocalError::Config)?;
+            if c.recreated() {
+                warn!(file = %path.display(), "the stream was created again since the checkpoint file was written: its positions are dropped and every shard is read from its oldest record");
+            }
+            Some(c)
+        }
         None => None,
     };
     let starts = Starts {

@@ -81,6 +81,33 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// When `stream` was created, ms since the epoch; retried every second until Kinesis answers.
+pub async fn stream_created_ms(client: &Client, stream: &str) -> i64 {
+    let mut failing = false;
+    loop {
+        match client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                if let Some(d) = out.stream_description_summary() {
+                    let t = d.stream_creation_timestamp();
+                    return t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000);
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(stream = %stream, error = %DisplayErrorContext(&e), "cannot describe the stream; retrying");
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn list_shards(client: &Client, stream: &str) -> Result<Vec<String>, String> {
     let mut ids = Vec::new();
     let mut next: Option<String> = None;
