@@ -448,12 +448,7 @@ async fn status_413_is_logged_as_data_loss() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(state.lock().unwrap().got.len(), 1, "a 413 is not retried");
     assert!(files_under(errors.path()).is_empty());
-    let pid = fh.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-15", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::signal_pid(fh.id().unwrap(), 15);
     let out = fh.wait_with_output().await.unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("413") && log.contains("LOST"), "{log}");
@@ -540,13 +535,18 @@ fn spawn_with_checkpoint(
 
 /// SIGTERM, then expect a clean exit.
 async fn stop(mut fh: tokio::process::Child) {
-    let ok = std::process::Command::new("kill")
-        .args(["-15", &fh.id().unwrap().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    common::signal_pid(fh.id().unwrap(), 15);
     assert!(fh.wait().await.unwrap().success());
+}
+
+/// Give repeats time to arrive, then compare what was received with `expected`, as sets with
+/// their counts (each record once).
+async fn assert_received_once(state: &Shared, mut expected: Vec<Vec<u8>>, what: &str) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = received(state);
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "{what}");
 }
 
 async fn wait_for_records(state: &Shared, n: usize) {
@@ -602,15 +602,12 @@ async fn a_checkpoint_file_carries_on_after_a_restart_or_a_kill() {
 
     let mut fh = start(&[]);
     wait_for_records(&state, 15).await;
-    // Anything delivered twice, or read from before the first start, would arrive meanwhile.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut got = received(&state);
-    got.sort();
-    expected.sort();
-    assert_eq!(
-        got, expected,
-        "each record once, none from before the first start"
-    );
+    assert_received_once(
+        &state,
+        expected,
+        "each record once, none from before the first start",
+    )
+    .await;
     fh.start_kill().unwrap();
 }
 
@@ -672,11 +669,7 @@ async fn a_checkpoint_of_a_stream_created_again_is_dropped() {
     expected.extend(put_records_from(&kin, &stream, 500, 3).await);
     let mut fh = spawn_with_checkpoint(&kin, &stream, &url, &checkpoint, &[]);
     wait_for_records(&state, 23).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut got = received(&state);
-    got.sort();
-    expected.sort();
-    assert_eq!(got, expected);
+    assert_received_once(&state, expected, "the new stream read whole").await;
     fh.start_kill().unwrap();
 }
 
@@ -694,7 +687,7 @@ async fn records_the_error_output_could_not_keep_are_read_again_after_a_restart(
     let broken = ["--retry-seconds", "0", "--error-dir", "/dev/null/errors"];
     let fh = spawn_with_checkpoint(&kin, &stream, &failing_url, &checkpoint, &broken);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut expected = put_records_from(&kin, &stream, 0, 4).await;
+    let expected = put_records_from(&kin, &stream, 0, 4).await;
     wait_for_records(&failing, 4).await;
     // Let the given-up batch finish (no retries) before stopping.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -703,10 +696,6 @@ async fn records_the_error_output_could_not_keep_are_read_again_after_a_restart(
     let (url, state) = receiver(vec![]).await;
     let mut fh = spawn_with_checkpoint(&kin, &stream, &url, &checkpoint, &[]);
     wait_for_records(&state, 4).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut got = received(&state);
-    got.sort();
-    expected.sort();
-    assert_eq!(got, expected);
+    assert_received_once(&state, expected, "the given-up batch, read again").await;
     fh.start_kill().unwrap();
 }

@@ -524,12 +524,7 @@ async fn sigterm_while_mongodb_is_down_at_start_exits_cleanly() {
         fw.try_wait().unwrap().is_none(),
         "still waiting for MongoDB"
     );
-    let ok = std::process::Command::new("kill")
-        .args(["-15", &fw.id().unwrap().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    common::signal_pid(fw.id().unwrap(), 15);
     let status = tokio::time::timeout(Duration::from_secs(10), fw.wait())
         .await
         .expect("exits after SIGTERM, not only when killed")

@@ -242,9 +242,14 @@ where
 
 /// Send a signal to a child process by number (15 TERM, 9 KILL, 2 INT).
 pub fn signal(child: &Child, sig: i32) {
+    signal_pid(child.id(), sig);
+}
+
+/// Send a signal to a process by id (a Tokio child's `id()`).
+pub fn signal_pid(pid: u32, sig: i32) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
+        .arg(pid.to_string())
         .status()
         .expect("run kill");
     assert!(status.success());
