@@ -21,7 +21,12 @@ FLOOR=target/release/examples/sleep_floor
 # of a context switch drifts by tens of percent within minutes, so each ratio compares two runs
 # made seconds apart, and the median of the rounds is reported with their range.
 ROUNDS=${ROUNDS:-3}
+# Each run gets a fresh, empty server: SecantusDB slows down as its oplog grows (a seed run's
+# wall time went from 2 s to 28 s within one benchmark), which would make the seed's figure
+# depend on how many runs came before it.
+reset_db() { restart_server; }
 run_ours() { # $1: measure.py mode flag (or empty)
+  reset_db
   local spool out
   spool=$(mktemp -d)
   out=$(MONGODB_CONNECTION_STRING="$MONGO_URI" RUST_LOG=warn "$PY" scripts/measure.py $1 \
@@ -30,6 +35,7 @@ run_ours() { # $1: measure.py mode flag (or empty)
   echo "$out"
 }
 run_seed() {
+  reset_db
   (cd "$SEED" && MONGODB_CONNECTION_STRING="$MONGO_URI" SAMPLES="$SAMPLES" PERIOD="$PERIOD" \
     "$PY" "$ROOT/scripts/measure.py" $1 "$PY" seed_agent.py)
 }
@@ -61,7 +67,7 @@ def spread(values, fmt):
     v = sorted(values)
     return f"{fmt.format(statistics.median(v))} ({fmt.format(v[0])}-{fmt.format(v[-1])})"
 us = lambda r, key: r[key] / n * 1e6
-print(f"{n} samples each, same server, every {interval} ms (seed: PERIOD={period}); "
+print(f"{n} samples each, a fresh server per run, every {interval} ms (seed: PERIOD={period}); "
       f"median of {len(rounds)} rounds (range)")
 print(f"{'':<26}{'peak RSS':>22}{'CPU/sample (wait4)':>30}{'wall':>24}")
 for who, name in (("ours", "sensehat-monitor (Rust)"), ("theirs", "seed agent (Python)")):
