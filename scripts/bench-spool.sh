@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark the spool: backlog drain of N reports (default 100,000) by the real agent binary
 # (`--count 0`: deliver the backlog, take no sample) against one plain insert_many of the same
-# documents, both into the same local server in the same run; the agent's peak RSS while
+# documents, each into a fresh local server in the same run; the agent's peak RSS while
 # draining; the bytes written to storage per appended report under both fsync policies; and the
 # CPU of an append, written at once against grouped as at --interval-ms 1.
 set -euo pipefail
@@ -11,20 +11,25 @@ N=${N:-100000}
 cargo build --release -q --bin sensehat-monitor
 cargo bench -q --bench spool --no-run 2>/dev/null
 work=$(mktemp -d -p "${BENCH_DIR:-$ROOT/target}")
-trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null; rm -rf "$DBDIR" "$work"' EXIT
+trap 'stop_server; rm -rf "$work"' EXIT
 cargo bench -q --bench spool -- appends "$work/appends" 200000
 cargo bench -q --bench spool -- fill "$work/sync0" 2000 0
 cargo bench -q --bench spool -- fill "$work/sync1000" 2000 1000
 cargo bench -q --bench spool -- fill "$work/spool" "$N" 1000
-# The server slows as it fills, so the yardstick runs both before and after the drain (each into
-# a fresh database) and the drain is compared with their mean.
+# The drain empties the spool: a second copy of the same number of reports for the second
+# yardstick run.
+cargo bench -q --bench spool -- fill "$work/spool2" "$N" 1000 >/dev/null
+# The server slows down as it fills (its oplog grows), so each of the three runs gets a fresh,
+# empty server, and the yardstick runs both before and after the drain, which is compared with
+# their mean.
+restart_server
 cargo bench -q --bench spool -- baseline "$work/spool" "$MONGO_URI" bench_baseline1 | tee "$work/base.txt"
+restart_server
 drain=$(MONGODB_CONNECTION_STRING="$MONGO_URI" RUST_LOG=warn "$PY" scripts/measure.py \
   target/release/sensehat-monitor --sensors sim --count 0 --database bench_drain --spool-dir "$work/spool")
-# The drain emptied the spool; fill it again with the same number of reports for the second run.
-cargo bench -q --bench spool -- fill "$work/spool2" "$N" 1000 >/dev/null
-cargo bench -q --bench spool -- baseline "$work/spool2" "$MONGO_URI" bench_baseline2 | tee -a "$work/base.txt"
 count=$("$PY" -c "import pymongo; print(pymongo.MongoClient('$MONGO_URI').bench_drain.reports.count_documents({}))")
+restart_server
+cargo bench -q --bench spool -- baseline "$work/spool2" "$MONGO_URI" bench_baseline2 | tee -a "$work/base.txt"
 "$PY" - "$drain" "$N" "$count" "$work/base.txt" <<'PYEOF'
 import json, re, sys
 d, n, count = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
