@@ -151,6 +151,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), (u8, String)> {
+    // Before the board and the LED: a stop request during start-up is then acted on by the
+    // sampling loop's first poll (a clean exit that clears the matrix), not by the default
+    // action of the signal, which would leave the logo lit.
+    let shutdown = shutdown_signal();
     let uri = if cli.dry_run {
         None
     } else {
@@ -193,7 +197,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 board,
                 Output::Print(Box::new(std::io::stdout())),
                 NoDatabase,
-                shutdown_signal(),
+                shutdown,
             )
             .await
         }
@@ -228,7 +232,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     status_path: Some(dir.join(STATUS_FILE)),
                 },
                 sink,
-                shutdown_signal(),
+                shutdown,
             )
             .await
         }
