@@ -99,6 +99,19 @@ impl Checkpoint {
                 if state.stream_created_ms.is_some_and(|t| t != created_ms) {
                     // Read the new stream whole: nothing in it has been delivered.
                     new(true, true, None)
+                } else if state.stream_created_ms.is_none() {
+                    // A file from before the creation time was kept: take this stream's.
+                    Checkpoint {
+                        path: path.to_owned(),
+                        state: State {
+                            stream_created_ms: Some(created_ms),
+                            ..state
+                        },
+                        resumed: true,
+                        recreated: false,
+                        frozen: false,
+                        save_failing: false,
+                    }
                 } else {
                     return Ok(Checkpoint {
                         path: path.to_owned(),
@@ -214,6 +227,25 @@ mod tests {
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
             .collect();
         assert_eq!(c.positions(), &expected);
+    }
+
+    // A file without the stream's creation time (written before it was kept) is resumed, and
+    // takes the current stream's.
+    #[test]
+    fn a_file_without_the_creation_time_takes_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        std::fs::write(
+            &path,
+            r#"{"stream":"realm","since_ms":3,"shards":{"shard-0":"9"}}"#,
+        )
+        .unwrap();
+        let c = Checkpoint::open(&path, "realm", 5, None).unwrap();
+        assert!(c.resumed() && !c.recreated());
+        assert_eq!(c.since_ms(), Some(3));
+        assert_eq!(c.positions().get("shard-0").map(String::as_str), Some("9"));
+        let c = Checkpoint::open(&path, "realm", 6, None).unwrap();
+        assert!(c.recreated(), "the time was saved at the first open");
     }
 
     #[test]

@@ -81,29 +81,30 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// When `stream` was created, ms since the epoch; retried every second until Kinesis answers.
+/// When `stream` was created, ms since the epoch; retried every second until Kinesis answers
+/// (the error is logged at the first failure and every minute after).
 pub async fn stream_created_ms(client: &Client, stream: &str) -> i64 {
-    let mut failing = false;
+    let mut attempt = 0u64;
     loop {
-        match client
+        let error = match client
             .describe_stream_summary()
             .stream_name(stream)
             .send()
             .await
         {
-            Ok(out) => {
-                if let Some(d) = out.stream_description_summary() {
+            Ok(out) => match out.stream_description_summary() {
+                Some(d) => {
                     let t = d.stream_creation_timestamp();
                     return t.secs() * 1000 + i64::from(t.subsec_nanos() / 1_000_000);
                 }
-            }
-            Err(e) => {
-                if !failing {
-                    warn!(stream = %stream, error = %DisplayErrorContext(&e), "cannot describe the stream; retrying");
-                    failing = true;
-                }
-            }
+                None => "DescribeStreamSummary returned no summary".to_owned(),
+            },
+            Err(e) => DisplayErrorContext(&e).to_string(),
+        };
+        if attempt.is_multiple_of(60) {
+            warn!(stream = %stream, %error, "cannot describe the stream (needs kinesis:DescribeStreamSummary); retrying");
         }
+        attempt += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -281,5 +282,44 @@ async fn read_shard(
             }
         }
         tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn starts(from_start: bool, resume_from: Option<Option<i64>>) -> Starts {
+        Starts {
+            from_start,
+            saved: [("shard-0".to_owned(), "42".to_owned())].into(),
+            resume_from,
+        }
+    }
+
+    // A saved position always wins; then a resumed run reads from the file's time (or whole);
+    // a fresh run reads the shards present at start from LATEST (or whole with --from-start),
+    // and shards that appear later (resharding) whole.
+    #[test]
+    fn each_shard_starts_where_the_rules_say() {
+        for s in [
+            starts(false, None),
+            starts(true, None),
+            starts(false, Some(Some(7))),
+            starts(false, Some(None)),
+        ] {
+            assert_eq!(s.for_shard("shard-0", true), Start::After("42".into()));
+            assert_eq!(s.for_shard("shard-0", false), Start::After("42".into()));
+        }
+        let fresh = starts(false, None);
+        assert_eq!(fresh.for_shard("shard-1", true), Start::Latest);
+        assert_eq!(fresh.for_shard("shard-1", false), Start::TrimHorizon);
+        let from_start = starts(true, None);
+        assert_eq!(from_start.for_shard("shard-1", true), Start::TrimHorizon);
+        let resumed = starts(false, Some(Some(7)));
+        assert_eq!(resumed.for_shard("shard-1", true), Start::AtTimestamp(7));
+        assert_eq!(resumed.for_shard("shard-1", false), Start::AtTimestamp(7));
+        let resumed_whole = starts(false, Some(None));
+        assert_eq!(resumed_whole.for_shard("shard-1", true), Start::TrimHorizon);
     }
 }
