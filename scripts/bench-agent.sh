@@ -21,12 +21,10 @@ FLOOR=target/release/examples/sleep_floor
 # of a context switch drifts by tens of percent within minutes, so each ratio compares two runs
 # made seconds apart, and the median of the rounds is reported with their range.
 ROUNDS=${ROUNDS:-3}
-# Each run gets a fresh, empty server: SecantusDB slows down as its oplog grows (a seed run's
-# wall time went from 2 s to 28 s within one benchmark), which would make the seed's figure
-# depend on how many runs came before it.
-reset_db() { restart_server; }
+# Each run gets a fresh, empty server (restart_server, in this shell before each run):
+# SecantusDB slows down as its oplog grows (a seed run's wall time went from 2 s to 28 s within
+# one benchmark), which would make the seed's figure depend on how many runs came before it.
 run_ours() { # $1: measure.py mode flag (or empty)
-  reset_db
   local spool out
   spool=$(mktemp -d)
   out=$(MONGODB_CONNECTION_STRING="$MONGO_URI" RUST_LOG=warn "$PY" scripts/measure.py $1 \
@@ -35,7 +33,6 @@ run_ours() { # $1: measure.py mode flag (or empty)
   echo "$out"
 }
 run_seed() {
-  reset_db
   (cd "$SEED" && MONGODB_CONNECTION_STRING="$MONGO_URI" SAMPLES="$SAMPLES" PERIOD="$PERIOD" \
     "$PY" "$ROOT/scripts/measure.py" $1 "$PY" seed_agent.py)
 }
@@ -45,13 +42,13 @@ perf_ok=0
 if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then perf_ok=1; fi
 rounds=()
 for _ in $(seq "$ROUNDS"); do
-  ours=$(run_ours "")
-  theirs=$(run_seed "")
+  restart_server; ours=$(run_ours "")
+  restart_server; theirs=$(run_seed "")
   floor=$("$PY" scripts/measure.py "$FLOOR" "$SAMPLES" "$INTERVAL_MS")
   ours_tc=null theirs_tc=null
   if [ "$perf_ok" = 1 ]; then
-    ours_tc=$(run_ours --task-clock)
-    theirs_tc=$(run_seed --task-clock)
+    restart_server; ours_tc=$(run_ours --task-clock)
+    restart_server; theirs_tc=$(run_seed --task-clock)
   fi
   rounds+=("{\"ours\":$ours,\"theirs\":$theirs,\"floor\":$floor,\"ours_tc\":$ours_tc,\"theirs_tc\":$theirs_tc}")
 done

@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: start SecantusDB (installed by .ci/run into .venv-test) on a
 # free port with a throwaway storage directory, export MONGO_URI, and stop it on exit.
-# `restart_server` replaces it with a fresh, empty one (new port, new directory).
+# `restart_server` replaces it with a fresh, empty one (new port, new directory); call it in the
+# script's own shell, not in a $(...) subshell, or the old server outlives the script.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECANTUSD=${SECANTUSD:-$ROOT/.venv-test/bin/secantusd-py}
 PY=${PY:-$ROOT/.venv-test/bin/python}
@@ -10,7 +11,8 @@ if [ ! -x "$SECANTUSD" ]; then
 fi
 SERVER_PID= DBDIR=
 stop_server() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; fi
+  # Never fatal under `set -e`: the server may have exited already, and wait returns its status.
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   if [ -n "$DBDIR" ]; then rm -rf "$DBDIR"; fi
   SERVER_PID= DBDIR=
 }
