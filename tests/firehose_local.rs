@@ -611,13 +611,10 @@ async fn a_checkpoint_file_carries_on_after_a_restart_or_a_kill() {
     fh.start_kill().unwrap();
 }
 
-// A checkpoint file of another stream is refused with a message that says what to do, before
-// anything is read.
+// A checkpoint file of another stream is refused with a message that says what to do, at
+// once: before Kinesis is asked anything (here it is not even reachable).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_file_of_another_stream_is_refused() {
-    let kin = KinesisServer::start();
-    let stream = unique_name("fhcpother");
-    kin.create_stream(&stream, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("positions.json");
     std::fs::write(
@@ -625,15 +622,19 @@ async fn a_checkpoint_file_of_another_stream_is_refused() {
         r#"{"stream":"someother","since_ms":null,"shards":{}}"#,
     )
     .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-        .args(["--stream-name", &stream])
-        .args(["--kinesis-endpoint-url", &kin.endpoint])
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args(["--stream-name", "realm"])
+        .args(["--kinesis-endpoint-url", &nowhere])
         .args(["--destination-url", "http://127.0.0.1:9/"])
         .arg("--checkpoint-file")
         .arg(&checkpoint)
         .envs(AWS_ENV)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), run)
         .await
+        .expect("refused without waiting for Kinesis")
         .unwrap();
     assert!(!out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);

@@ -57,78 +57,91 @@ struct State {
     shards: BTreeMap<String, String>,
 }
 
+/// A checkpoint file as read and checked by [`Checkpoint::read`].
+#[derive(Debug)]
+pub struct Saved(State);
+
 impl Checkpoint {
-    /// Read the checkpoint of `stream` (created at `created_ms`) from `path`, or start one
-    /// (and write it at once, so a crash before the first delivery still resumes from now)
-    /// when there is no file. `now_ms` is `None` when reading from the oldest record
-    /// (`--from-start`).
+    /// Read the checkpoint of `stream` from `path` (`None`: no file yet), and check that it is
+    /// one, of this stream: a clear error before anything else is asked of Kinesis.
+    pub fn read(path: &Path, stream: &str) -> Result<Option<Saved>, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is not a firehose-local checkpoint ({e}); move it away to start over",
+                path.display()
+            )
+        })?;
+        if state.stream != stream {
+            return Err(format!(
+                "{} holds positions in stream {:?}, not {stream:?}; give each stream its own --checkpoint-file",
+                path.display(),
+                state.stream
+            ));
+        }
+        Ok(Some(Saved(state)))
+    }
+
+    /// The checkpoint of `stream` (created at `created_ms`) from what [`Checkpoint::read`]
+    /// found at `path`, or a new one, written at once so that a crash before the first
+    /// delivery still resumes from now. `now_ms` is `None` when reading from the oldest
+    /// record (`--from-start`).
+    pub fn from_saved(
+        path: &Path,
+        stream: &str,
+        saved: Option<Saved>,
+        created_ms: i64,
+        now_ms: Option<i64>,
+    ) -> Result<Self, String> {
+        let with = |state: State, resumed: bool, recreated: bool| Checkpoint {
+            path: path.to_owned(),
+            state,
+            resumed,
+            recreated,
+            frozen: false,
+            save_failing: false,
+        };
+        let fresh = |since_ms: Option<i64>| State {
+            stream: stream.to_owned(),
+            stream_created_ms: Some(created_ms),
+            since_ms,
+            shards: BTreeMap::new(),
+        };
+        let c = match saved {
+            None => with(fresh(now_ms), false, false),
+            Some(Saved(state)) => match state.stream_created_ms {
+                Some(t) if t == created_ms => return Ok(with(state, true, false)),
+                // Read the new stream whole: nothing in it has been delivered.
+                Some(_) => with(fresh(None), true, true),
+                // A file from before the creation time was kept: take this stream's.
+                None => with(
+                    State {
+                        stream_created_ms: Some(created_ms),
+                        ..state
+                    },
+                    true,
+                    false,
+                ),
+            },
+        };
+        c.save()
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(c)
+    }
+
+    /// [`Checkpoint::read`], then [`Checkpoint::from_saved`].
     pub fn open(
         path: &Path,
         stream: &str,
         created_ms: i64,
         now_ms: Option<i64>,
     ) -> Result<Self, String> {
-        let new = |resumed: bool, recreated: bool, since_ms: Option<i64>| Checkpoint {
-            path: path.to_owned(),
-            state: State {
-                stream: stream.to_owned(),
-                stream_created_ms: Some(created_ms),
-                since_ms,
-                shards: BTreeMap::new(),
-            },
-            resumed,
-            recreated,
-            frozen: false,
-            save_failing: false,
-        };
-        let c = match std::fs::read(path) {
-            Ok(bytes) => {
-                let state: State = serde_json::from_slice(&bytes).map_err(|e| {
-                    format!(
-                        "{} is not a firehose-local checkpoint ({e}); move it away to start over",
-                        path.display()
-                    )
-                })?;
-                if state.stream != stream {
-                    return Err(format!(
-                        "{} holds positions in stream {:?}, not {stream:?}; give each stream its own --checkpoint-file",
-                        path.display(),
-                        state.stream
-                    ));
-                }
-                if state.stream_created_ms.is_some_and(|t| t != created_ms) {
-                    // Read the new stream whole: nothing in it has been delivered.
-                    new(true, true, None)
-                } else if state.stream_created_ms.is_none() {
-                    // A file from before the creation time was kept: take this stream's.
-                    Checkpoint {
-                        path: path.to_owned(),
-                        state: State {
-                            stream_created_ms: Some(created_ms),
-                            ..state
-                        },
-                        resumed: true,
-                        recreated: false,
-                        frozen: false,
-                        save_failing: false,
-                    }
-                } else {
-                    return Ok(Checkpoint {
-                        path: path.to_owned(),
-                        state,
-                        resumed: true,
-                        recreated: false,
-                        frozen: false,
-                        save_failing: false,
-                    });
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => new(false, false, now_ms),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        c.save()
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(c)
+        let saved = Self::read(path, stream)?;
+        Self::from_saved(path, stream, saved, created_ms, now_ms)
     }
 
     /// Whether the file was there at start.

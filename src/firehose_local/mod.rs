@@ -260,6 +260,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     let checkpoint = match &cli.checkpoint_file {
         Some(path) => {
+            let saved =
+                Checkpoint::read(path, &cli.stream_name).map_err(FirehoseLocalError::Config)?;
             // Which stream the positions belong to: one deleted and created again under the
             // same name has new sequence numbers.
             let created_ms = tokio::select! {
@@ -267,9 +269,10 @@ pub async fn run(
                 () = &mut shutdown => return Ok(()),
                 t = reader::stream_created_ms(&kinesis, &cli.stream_name) => t,
             };
-            let c = Checkpoint::open(
+            let c = Checkpoint::from_saved(
                 path,
                 &cli.stream_name,
+                saved,
                 created_ms,
                 (!cli.from_start).then(reader::now_ms),
             )
