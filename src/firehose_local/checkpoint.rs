@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tracing::{error, info};
 
 use super::reader::Arrived;
 
@@ -43,7 +44,7 @@ pub struct Checkpoint {
     /// Positions no longer move (see [`Checkpoint::freeze`]).
     frozen: bool,
     /// The last save failed (logged once until one works again).
-    pub save_failing: bool,
+    save_failing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,13 +157,32 @@ impl Checkpoint {
 
     /// Stop moving the positions for the rest of the run: records were neither delivered nor
     /// kept anywhere, so a restart must read them again.
+    /// Logged the first time.
     pub fn freeze(&mut self) {
+        if !self.frozen {
+            error!("the error output could not be written: the checkpoint stays where it is, so a restart reads these records again");
+        }
         self.frozen = true;
     }
 
-    /// Whether [`Checkpoint::freeze`] was called.
-    pub fn frozen(&self) -> bool {
-        self.frozen
+    /// `batch` has ended: move past it and save. Delivery goes on when the save fails (a
+    /// restart would deliver some records again); that is logged once until a save works.
+    pub fn record(&mut self, batch: &[Arrived]) {
+        if !self.advance(batch) {
+            return;
+        }
+        match self.save() {
+            Ok(()) if self.save_failing => {
+                info!("the checkpoint file is written again");
+                self.save_failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !self.save_failing => {
+                error!(error = %e, "cannot save the checkpoint file; a restart would deliver some records again");
+                self.save_failing = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// The run that made the file started at LATEST at this time (ms since the epoch).

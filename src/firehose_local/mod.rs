@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use checkpoint::Checkpoint;
 use delivery::{Delivery, DeliveryConfig, Outcome};
@@ -181,26 +181,9 @@ async fn deliver(delivery: &Delivery, batch: Vec<Arrived>, checkpoint: &mut Opti
     let outcome = delivery.deliver(&batch).await;
     let Some(cp) = checkpoint else { return };
     if matches!(outcome, Outcome::Failed { written: None, .. }) && delivery.has_error_output() {
-        if !cp.frozen() {
-            error!("the error output could not be written: the checkpoint stays where it is, so a restart reads these records again");
-        }
         cp.freeze();
-        return;
-    }
-    if cp.advance(&batch) {
-        match cp.save() {
-            Ok(()) if cp.save_failing => {
-                info!("the checkpoint file is written again");
-                cp.save_failing = false;
-            }
-            Ok(()) => {}
-            // Delivery goes on; a restart would re-deliver from the last saved positions.
-            Err(e) if !cp.save_failing => {
-                error!(error = %e, "cannot save the checkpoint file; a restart would deliver some records again");
-                cp.save_failing = true;
-            }
-            Err(_) => {}
-        }
+    } else {
+        cp.record(&batch);
     }
 }
 
