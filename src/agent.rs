@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::board::{Board, HealthEvent, SampleError, Sensor};
+use crate::clock::{ClockGate, ClockWait};
 use crate::report::{Reading, Report};
 use crate::sink::spool::{AppendOutcome, Batch, Spool, SpoolError};
 use crate::sink::{InsertError, Inserter};
@@ -104,6 +105,9 @@ pub struct AgentOptions {
     pub shutdown_timeout: Duration,
     /// Tell systemd READY and ping its watchdog.
     pub notify_systemd: bool,
+    /// Hold reports until the system clock is synchronized (see [`crate::clock`]); `None`
+    /// trusts the clock as it is.
+    pub clock: Option<ClockWait>,
 }
 
 /// Counters shared by the loops, for logs, `status.json` and the exit summary.
@@ -117,6 +121,8 @@ pub struct Counters {
     pub duplicates: u64,
     pub rejected: u64,
     pub dropped: u64,
+    /// Reports held until the system clock is synchronized.
+    pub held_for_clock: u64,
     pub last_insert_ms: Option<i64>,
     pub connected: Option<bool>,
     pub last_error: Option<String>,
@@ -242,7 +248,8 @@ where
     Ok(c)
 }
 
-/// The fixed-rate sampling loop. Returns true when stopped by `shutdown`.
+/// The fixed-rate sampling loop. Returns true when stopped by `shutdown`. Reports still held
+/// for the clock when it stops go on as they are (see [`crate::clock`]).
 async fn sample_loop<S: Sampler>(
     options: &AgentOptions,
     sampler: S,
@@ -252,14 +259,117 @@ async fn sample_loop<S: Sampler>(
     delivery_idle: &Arc<AtomicBool>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<bool, AgentError> {
+    let mut state = LoopState {
+        gate: ClockGate::start(options.clock.as_ref(), Instant::now()),
+        log: SpoolLog::default(),
+        notify,
+        delivery_idle,
+    };
+    let result = sample_on_schedule(options, sampler, output, counters, &mut state, shutdown).await;
+    let held = state.gate.stop(Instant::now());
+    if !held.is_empty() {
+        lock(counters).held_for_clock = 0;
+        emit(held, output, counters, &mut state.log)?;
+        notify.notify_one();
+    }
+    result
+}
+
+/// What the sampling loop keeps from one sample to the next. Reports held for the clock
+/// outlive the loop: they still go out when it ends.
+struct LoopState<'a> {
+    gate: ClockGate,
+    log: SpoolLog,
+    /// Wakes the delivery task, when `delivery_idle` says it waits for work.
+    notify: &'a Notify,
+    delivery_idle: &'a AtomicBool,
+}
+
+/// Log lines about the spool's health, each once per change.
+#[derive(Default)]
+struct SpoolLog {
+    disk_failing: bool,
+    dropping: bool,
+}
+
+impl SpoolLog {
+    fn note(&mut self, append: &AppendOutcome, counters: &Mutex<Counters>) {
+        match (&append.disk_error, self.disk_failing) {
+            (Some(e), false) => {
+                error!(error = %e, "cannot write the spool (disk full or read-only?); keeping new reports in memory until it can be written again");
+                self.disk_failing = true;
+            }
+            (None, true) if append.wrote => {
+                info!(
+                    moved = append.recovered_from_memory,
+                    "spool writable again; reports held in memory moved to disk"
+                );
+                self.disk_failing = false;
+            }
+            _ => {}
+        }
+        if append.dropped > 0 {
+            lock(counters).dropped += append.dropped;
+            if !self.dropping {
+                warn!("spool is full (--spool-max-bytes): dropping the oldest undelivered reports; the count is logged when delivery catches up");
+                self.dropping = true;
+            }
+        } else if self.dropping && lock(counters).connected == Some(true) {
+            info!(
+                dropped = lock(counters).dropped,
+                "spool below its cap again; reports dropped so far"
+            );
+            self.dropping = false;
+        }
+    }
+}
+
+/// Reports that were held for the clock, printed or appended to the spool in order.
+fn emit(
+    reports: Vec<Report>,
+    output: &mut Output,
+    counters: &Mutex<Counters>,
+    log: &mut SpoolLog,
+) -> Result<(), AgentError> {
+    match output {
+        Output::Print(w) => {
+            for r in &reports {
+                writeln!(w, "{}", r.to_relaxed_json_line()).map_err(AgentError::Print)?;
+            }
+            w.flush().map_err(AgentError::Print)?;
+        }
+        Output::Spool { spool, .. } => {
+            let mut sp = lock(spool);
+            for r in &reports {
+                let now = std::time::Instant::now();
+                let append = sp.append_encoded(|b| r.write_bson(b), now, Duration::ZERO);
+                log.note(&append, counters);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sample_on_schedule<S: Sampler>(
+    options: &AgentOptions,
+    sampler: S,
+    output: &mut Output,
+    counters: &Arc<Mutex<Counters>>,
+    state: &mut LoopState<'_>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<bool, AgentError> {
+    let LoopState {
+        gate,
+        log,
+        notify,
+        delivery_idle,
+    } = state;
     let start = Instant::now();
     let interval = options.interval.max(Duration::from_millis(1));
     let mut slot: u64 = 0;
     let mut sampler = Some(sampler);
     let mut ready_sent = false;
     let mut last_status: Option<Instant> = None;
-    let mut disk_failing = false;
-    let mut dropping = false;
     let mut last_behind_log: Option<Instant> = None;
     let mut timers: [_; TIMERS] = std::array::from_fn(|n| {
         Box::pin(tokio::time::sleep_until(slot_time(
@@ -319,18 +429,21 @@ async fn sample_loop<S: Sampler>(
             Output::Print(_) => None,
         };
         let has_store = store.is_some();
+        let holding = gate.holding();
+        // Read the clock only when it is needed: a clock read is a measurable part of a sample.
+        let taken_at = holding.then(Instant::now);
         let mut s = sampler.take().expect("sampler is returned by every sample");
         let (s, taken) = if s.blocking() {
             let node = options.node_name.clone();
             // Real I2C blocks for milliseconds: keep it off the runtime.
             tokio::task::spawn_blocking(move || {
-                let t = take(&mut s, &node, store.as_ref());
+                let t = take(&mut s, &node, store.as_ref(), holding);
                 (s, t)
             })
             .await
             .map_err(|e| AgentError::Join(e.to_string()))?
         } else {
-            let t = take(&mut s, &options.node_name, store.as_ref());
+            let t = take(&mut s, &options.node_name, store.as_ref(), holding);
             (s, t)
         };
         sampler = Some(s);
@@ -377,49 +490,29 @@ async fn sample_loop<S: Sampler>(
         }
 
         if let Ok(report) = outcome {
-            match output {
-                Output::Print(w) => {
-                    writeln!(w, "{}", report.to_relaxed_json_line())
-                        .and_then(|()| w.flush())
-                        .map_err(AgentError::Print)?;
-                }
-                Output::Spool { .. } => {
-                    let (append, maintain) = stored.expect("stored with a spool");
-                    if let Err(e) = maintain {
-                        warn!(error = %e, "spool maintenance failed");
+            if holding {
+                // Not in the spool yet (take left it out): it waits for the clock.
+                let _ = gate.hold(report, taken_at.unwrap_or_else(Instant::now));
+                lock(counters).held_for_clock = gate.held() as u64;
+            } else {
+                match output {
+                    Output::Print(w) => {
+                        writeln!(w, "{}", report.to_relaxed_json_line())
+                            .and_then(|()| w.flush())
+                            .map_err(AgentError::Print)?;
                     }
-                    match (&append.disk_error, disk_failing) {
-                        (Some(e), false) => {
-                            error!(error = %e, "cannot write the spool (disk full or read-only?); keeping new reports in memory until it can be written again");
-                            disk_failing = true;
+                    Output::Spool { .. } => {
+                        let (append, maintain) = stored.expect("stored with a spool");
+                        if let Err(e) = maintain {
+                            warn!(error = %e, "spool maintenance failed");
                         }
-                        (None, true) if append.wrote => {
-                            info!(
-                                moved = append.recovered_from_memory,
-                                "spool writable again; reports held in memory moved to disk"
-                            );
-                            disk_failing = false;
+                        log.note(&append, counters);
+                        // Wake delivery only when it waits for work: while it is busy or spacing its
+                        // inserts it will find this report anyway, and a needless wake-up per sample
+                        // costs an eventfd write and an epoll round.
+                        if delivery_idle.load(Ordering::SeqCst) {
+                            notify.notify_one();
                         }
-                        _ => {}
-                    }
-                    if append.dropped > 0 {
-                        lock(counters).dropped += append.dropped;
-                        if !dropping {
-                            warn!("spool is full (--spool-max-bytes): dropping the oldest undelivered reports; the count is logged when delivery catches up");
-                            dropping = true;
-                        }
-                    } else if dropping && lock(counters).connected == Some(true) {
-                        info!(
-                            dropped = lock(counters).dropped,
-                            "spool below its cap again; reports dropped so far"
-                        );
-                        dropping = false;
-                    }
-                    // Wake delivery only when it waits for work: while it is busy or spacing its
-                    // inserts it will find this report anyway, and a needless wake-up per sample
-                    // costs an eventfd write and an epoll round.
-                    if delivery_idle.load(Ordering::SeqCst) {
-                        notify.notify_one();
                     }
                 }
             }
@@ -429,6 +522,11 @@ async fn sample_loop<S: Sampler>(
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 }
             }
+        }
+        if let Some((_, released)) = gate.poll_if_watching(Instant::now) {
+            lock(counters).held_for_clock = 0;
+            emit(released, output, counters, log)?;
+            notify.notify_one();
         }
         if options.notify_systemd {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -484,12 +582,14 @@ struct Store {
 }
 
 /// Take one sample and append its report to the spool (blocking: I2C and file I/O).
-fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
+/// With `hold`, the report is left out of the spool: it waits for the clock (see
+/// [`crate::clock`]).
+fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>, hold: bool) -> Taken {
     let recorded_at = now_ms();
     let (result, events) = s.sample();
     let outcome = result.map(|r| Report::new(node, r, recorded_at));
     let stored = match (store, &outcome) {
-        (Some(store), Ok(report)) => {
+        (Some(store), Ok(report)) if !hold => {
             let mut sp = lock(&store.spool);
             let now = std::time::Instant::now();
             let append = sp.append_encoded(|b| report.write_bson(b), now, store.interval);
@@ -499,8 +599,8 @@ fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
             }
             Some((append, maintain))
         }
-        (Some(store), Err(_)) => {
-            // No report, but reports waiting for their group must not wait on failing samples.
+        (Some(store), _) => {
+            // No report to write, but reports waiting for their group must not wait on failing samples.
             let maintain = lock(&store.spool).maintain(std::time::Instant::now());
             if let Err(e) = maintain {
                 debug!(error = %e, "spool maintenance failed");
@@ -719,6 +819,7 @@ fn write_status(path: &std::path::Path, c: &Counters, spool: &Spool) {
         rejected: c.rejected,
         dropped: spool.dropped_total.max(c.dropped),
         pending: spool.pending(),
+        held_for_clock: c.held_for_clock,
         last_insert_ms: c.last_insert_ms,
         connected: c.connected,
         last_error: c.last_error.clone(),

@@ -18,6 +18,7 @@ pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/sensehat-monitor";
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 384 * 1024 * 1024;
 pub const DEFAULT_SPOOL_SYNC_MS: u64 = 1000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+pub const DEFAULT_CLOCK_WAIT: &str = "5m";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SensorsKind {
@@ -102,6 +103,16 @@ pub struct Cli {
     #[arg(long, env = "SENSEHAT_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT,
           value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// While systemd-timesyncd has not synchronized the clock (after a boot without network),
+    /// hold readings for up to this long and stamp them once it has (0: don't hold). See README.
+    #[arg(long, env = "SENSEHAT_CLOCK_WAIT", default_value = DEFAULT_CLOCK_WAIT,
+          value_parser = parse_duration)]
+    pub clock_wait: Duration,
+
+    /// The file whose presence says the clock is synchronized (systemd-timesyncd's).
+    #[arg(long, env = "SENSEHAT_CLOCK_SYNC_FILE", default_value = crate::clock::DEFAULT_MARKER)]
+    pub clock_sync_file: PathBuf,
 
     /// Simulated board only: make CHIP fail during sample attempts FIRST..FIRST+COUNT
     /// (CHIP:FIRST:COUNT, e.g. lps25h:10:3). For testing fault handling.
@@ -197,6 +208,7 @@ mod tests {
         assert_eq!(cli.database, "monitors");
         assert_eq!(cli.collection, "reports");
         assert_eq!(cli.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(cli.clock_wait, Duration::from_secs(300));
         assert!(Cli::try_parse_from(["x", "--interval-ms", "0"]).is_err());
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod board;
+pub mod clock;
 pub mod config;
 pub mod drivers;
 #[cfg(feature = "forwarder")]

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 use sensehat_monitor::agent::{self, AgentOptions, Output};
 use sensehat_monitor::board::{linux, Board};
+use sensehat_monitor::clock::ClockWait;
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led;
 use sensehat_monitor::led::{find_sense_fb, AttinyLed, Frame, FramebufferLed};
@@ -187,6 +188,10 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         count: cli.count,
         shutdown_timeout: cli.shutdown_timeout,
         notify_systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
+        clock: Some(ClockWait {
+            marker: cli.clock_sync_file.clone(),
+            wait: cli.clock_wait,
+        }),
     };
 
     let result = match uri {

@@ -33,6 +33,9 @@ pub struct Status {
     pub rejected: u64,
     pub dropped: u64,
     pub pending: u64,
+    /// Reports held until the system clock is synchronized (not in `pending` yet).
+    #[serde(default)]
+    pub held_for_clock: u64,
     pub last_insert_ms: Option<i64>,
     pub connected: Option<bool>,
     pub last_error: Option<String>,
@@ -138,6 +141,15 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
                     s.delivered, s.duplicates, s.rejected, s.dropped
                 ),
             );
+            if s.held_for_clock > 0 {
+                line(
+                    "held for the clock",
+                    format!(
+                        "{} reports wait for systemd-timesyncd to synchronize the clock (--clock-wait)",
+                        s.held_for_clock
+                    ),
+                );
+            }
             for sensor in &s.sensors {
                 line(
                     &format!("sensor {}", sensor.name),

@@ -72,6 +72,7 @@ async fn schedule_holds_when_inserts_are_slow() {
             count: Some(20),
             shutdown_timeout: Duration::from_secs(5),
             notify_systemd: false,
+            clock: None,
         },
         ClockSampler {
             times: times.clone(),
@@ -140,6 +141,7 @@ async fn shutdown_leaves_undelivered_reports_in_the_spool() {
             count: None,
             shutdown_timeout: Duration::from_secs(2),
             notify_systemd: false,
+            clock: None,
         },
         ClockSampler {
             times: Arc::new(Mutex::new(Vec::new())),

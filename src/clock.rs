@@ -1,0 +1,409 @@
+//! Timestamps on a board without a real-time clock.
+//!
+//! A Raspberry Pi (before the Pi 5 with its battery) keeps no time while off. At boot the clock
+//! starts from the last time saved on disk (fake-hwclock, or systemd-timesyncd's
+//! `/var/lib/systemd/timesync/clock`), which after a power cut is hours or days behind, and it
+//! stays there until NTP answers, seconds after the network comes up or much later if it does
+//! not. Readings stamped in that window would land in the past of the series.
+//!
+//! So while systemd-timesyncd says the clock is not synchronized yet, the agent still samples on
+//! its schedule but holds the reports in memory, noting when each was taken on the monotonic
+//! clock (which no clock step moves). Once the clock is synchronized, each held report is
+//! stamped with the time it was taken by the synchronized clock (now minus how long ago it was
+//! taken), gets an `_id` of that time, and goes on as usual. If the clock is still not
+//! synchronized after `--clock-wait`, or too many reports are held, or the agent stops, the held
+//! reports go on stamped by the clock as it is, with a warning: a wrong time is better than a
+//! lost reading. A hard kill or power cut while reports are held loses them; the window is
+//! `--clock-wait` (default 5 minutes).
+//!
+//! How the agent knows: systemd-timesyncd touches `/run/systemd/timesync/synchronized` once it
+//! has synchronized the clock (systemd-time-wait-sync.service(8); systemd 239 and later, the
+//! default on Raspberry Pi OS), in its runtime directory `/run/systemd/timesync`, which exists
+//! while timesyncd runs. The file present: synchronized. The directory present without the
+//! file: not yet. Neither: another time service (chrony, ntpd) or none, and the agent trusts
+//! the clock as it is, as before. (The kernel's own flag, `adjtimex`, is not used: the service's
+//! `ProtectClock=yes` filters that system call.)
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mongodb::bson::oid::ObjectId;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::report::Report;
+
+/// Where systemd-timesyncd marks a synchronized clock.
+pub const DEFAULT_MARKER: &str = "/run/systemd/timesync/synchronized";
+/// Most reports held at once (about 150 bytes each in memory): 5 minutes at 2 Hz is 600.
+pub const HELD_MAX: usize = 20_000;
+/// How often the marker is looked at while reports are held.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often it is looked at after giving up, to log when the clock is finally set.
+const WATCH_EVERY: Duration = Duration::from_secs(10);
+/// A clock step smaller than this is not worth a log line.
+const STEP_WORTH_LOGGING_MS: i64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockState {
+    Synchronized,
+    /// systemd-timesyncd runs but has not synchronized the clock yet.
+    NotYet,
+    /// No systemd-timesyncd: nothing to ask.
+    Unknown,
+}
+
+/// What `marker` says about the system clock (see the module documentation).
+pub fn clock_state(marker: &Path) -> ClockState {
+    if marker.exists() {
+        ClockState::Synchronized
+    } else if marker.parent().is_some_and(Path::is_dir) {
+        ClockState::NotYet
+    } else {
+        ClockState::Unknown
+    }
+}
+
+/// `--clock-sync-file` and `--clock-wait`.
+#[derive(Debug, Clone)]
+pub struct ClockWait {
+    pub marker: PathBuf,
+    /// Longest time reports are held; zero holds none.
+    pub wait: Duration,
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Stamp `report`, taken `ago` before a moment the wall clock reads `now_ms`, with that time:
+/// `recordedAt` and the seconds of its `_id` (whose other 8 bytes, random and counter, are kept,
+/// so it stays unique).
+pub fn restamp(report: &mut Report, now_ms: i64, ago: Duration) {
+    let at = now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX));
+    report.recorded_at_ms = at;
+    let mut bytes = report.id.bytes();
+    let secs = u32::try_from(at.div_euclid(1000)).unwrap_or(0);
+    bytes[..4].copy_from_slice(&secs.to_be_bytes());
+    report.id = ObjectId::from_bytes(bytes);
+}
+
+/// Why held reports were let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The clock is synchronized: they carry the right time.
+    Synchronized,
+    /// `--clock-wait` passed, or [`HELD_MAX`] reports are held: they carry the clock's time.
+    GaveUp,
+    /// The agent is stopping: right time if the clock is synchronized by now.
+    Stopping,
+}
+
+/// The sampling loop's view of the clock.
+#[derive(Debug)]
+pub enum ClockGate {
+    /// Trust the clock (synchronized, or nothing to ask, or holding disabled).
+    Open,
+    /// Not synchronized yet: reports are held.
+    Holding {
+        marker: PathBuf,
+        wait: Duration,
+        until: Instant,
+        next_check: Instant,
+        held: Vec<(Report, Instant)>,
+    },
+    /// Gave up holding; log once when the clock is set, and by how much it moved.
+    Watching {
+        marker: PathBuf,
+        next_check: Instant,
+        /// When we gave up, and what the wall clock read then.
+        since: Instant,
+        wall_then_ms: i64,
+    },
+}
+
+impl ClockGate {
+    /// Look at the clock once, at start-up.
+    pub fn start(options: Option<&ClockWait>, now: Instant) -> ClockGate {
+        let Some(o) = options else {
+            return ClockGate::Open;
+        };
+        match clock_state(&o.marker) {
+            ClockState::NotYet if !o.wait.is_zero() => {
+                info!(
+                    marker = %o.marker.display(),
+                    "the system clock is not synchronized yet (systemd-timesyncd has not reached an NTP server): readings are held and stamped once it is, for up to {:?} (--clock-wait)",
+                    o.wait
+                );
+                ClockGate::Holding {
+                    marker: o.marker.clone(),
+                    wait: o.wait,
+                    until: now + o.wait,
+                    next_check: now + CHECK_EVERY,
+                    held: Vec::new(),
+                }
+            }
+            ClockState::NotYet => {
+                warn!("the system clock is not synchronized yet; --clock-wait is 0, so readings are stamped by it as it is");
+                ClockGate::watching(o.marker.clone(), now)
+            }
+            ClockState::Synchronized | ClockState::Unknown => ClockGate::Open,
+        }
+    }
+
+    fn watching(marker: PathBuf, now: Instant) -> ClockGate {
+        ClockGate::Watching {
+            marker,
+            next_check: now + WATCH_EVERY,
+            since: now,
+            wall_then_ms: wall_ms(),
+        }
+    }
+
+    /// Whether reports are being held.
+    pub fn holding(&self) -> bool {
+        matches!(self, ClockGate::Holding { .. })
+    }
+
+    /// How many reports are held.
+    pub fn held(&self) -> usize {
+        match self {
+            ClockGate::Holding { held, .. } => held.len(),
+            _ => 0,
+        }
+    }
+
+    /// Hold `report` (taken at `taken`) if reports are being held; otherwise hand it back.
+    pub fn hold(&mut self, report: Report, taken: Instant) -> Option<Report> {
+        match self {
+            ClockGate::Holding { held, .. } => {
+                held.push((report, taken));
+                None
+            }
+            _ => Some(report),
+        }
+    }
+
+    /// [`ClockGate::poll`], reading the time only when there is something to look at.
+    pub fn poll_if_watching(
+        &mut self,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<(Release, Vec<Report>)> {
+        match self {
+            ClockGate::Open => None,
+            _ => self.poll(now()),
+        }
+    }
+
+    /// Once a sample: held reports that may go now, in the order they were taken, stamped.
+    pub fn poll(&mut self, now: Instant) -> Option<(Release, Vec<Report>)> {
+        match self {
+            ClockGate::Open => None,
+            ClockGate::Watching {
+                marker,
+                next_check,
+                since,
+                wall_then_ms,
+            } => {
+                if now < *next_check {
+                    return None;
+                }
+                *next_check = now + WATCH_EVERY;
+                if clock_state(marker) == ClockState::Synchronized {
+                    // How much further the wall clock went than the monotonic clock.
+                    let mono = i64::try_from(now.duration_since(*since).as_millis()).unwrap_or(0);
+                    let step = wall_ms() - *wall_then_ms - mono;
+                    if step.abs() >= STEP_WORTH_LOGGING_MS {
+                        warn!(
+                            step_ms = step,
+                            "the system clock is synchronized now and moved by {:.1} s: readings of the last {:.0} s carry the old clock's time",
+                            step as f64 / 1000.0,
+                            now.duration_since(*since).as_secs_f64()
+                        );
+                    } else {
+                        info!("the system clock is synchronized now");
+                    }
+                    *self = ClockGate::Open;
+                }
+                None
+            }
+            ClockGate::Holding {
+                marker,
+                until,
+                next_check,
+                held,
+                ..
+            } => {
+                let full = held.len() >= HELD_MAX;
+                if now < *next_check && !full {
+                    return None;
+                }
+                *next_check = now + CHECK_EVERY;
+                if clock_state(marker) == ClockState::Synchronized {
+                    Some(self.release(Release::Synchronized, now))
+                } else if full || now >= *until {
+                    Some(self.release(Release::GaveUp, now))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Let every held report go (the agent is stopping).
+    pub fn stop(&mut self, now: Instant) -> Vec<Report> {
+        match self {
+            ClockGate::Holding { marker, .. } => {
+                let why = if clock_state(marker) == ClockState::Synchronized {
+                    Release::Synchronized
+                } else {
+                    Release::Stopping
+                };
+                self.release(why, now).1
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn release(&mut self, why: Release, now: Instant) -> (Release, Vec<Report>) {
+        let ClockGate::Holding {
+            marker, held, wait, ..
+        } = std::mem::replace(self, ClockGate::Open)
+        else {
+            return (why, Vec::new());
+        };
+        let now_ms = wall_ms();
+        let n = held.len();
+        let reports: Vec<Report> = held
+            .into_iter()
+            .map(|(mut r, taken)| {
+                restamp(&mut r, now_ms, now.saturating_duration_since(taken));
+                r
+            })
+            .collect();
+        match why {
+            Release::Synchronized => info!(
+                held = n,
+                "the system clock is synchronized: held readings are stamped with it and go on"
+            ),
+            Release::GaveUp => {
+                let reason = if n >= HELD_MAX {
+                    format!("{HELD_MAX} readings are held")
+                } else {
+                    format!("{wait:?} (--clock-wait) have passed")
+                };
+                warn!(
+                    held = n,
+                    "the system clock is still not synchronized and {reason}: held readings go on, stamped by the unsynchronized clock, and so do new ones until it is synchronized. Check that systemd-timesyncd reaches an NTP server (timedatectl timesync-status)"
+                );
+                *self = ClockGate::watching(marker, now);
+            }
+            Release::Stopping => warn!(
+                held = n,
+                "stopping before the system clock was synchronized: held readings are stamped by the clock as it is"
+            ),
+        }
+        (why, reports)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Acceleration, Reading};
+
+    fn report() -> Report {
+        let reading = Reading {
+            humidity_rh: 40.0,
+            temperature_celsius: 20.0,
+            pressure_hpa: 1013.0,
+            acceleration: Acceleration {
+                x_g: 0.0,
+                y_g: 0.0,
+                z_g: 1.0,
+            },
+        };
+        Report::new("pi", reading, 0)
+    }
+
+    #[test]
+    fn the_marker_and_its_directory_tell_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("timesync").join("synchronized");
+        assert_eq!(clock_state(&marker), ClockState::Unknown);
+        std::fs::create_dir(dir.path().join("timesync")).unwrap();
+        assert_eq!(clock_state(&marker), ClockState::NotYet);
+        std::fs::write(&marker, "").unwrap();
+        assert_eq!(clock_state(&marker), ClockState::Synchronized);
+    }
+
+    #[test]
+    fn restamping_sets_recorded_at_and_the_seconds_of_the_id() {
+        let mut r = report();
+        let tail = r.id.bytes()[4..].to_vec();
+        // 2026-11-26T06:00:01.250Z, taken 1.5 s before then.
+        restamp(&mut r, 1_795_672_801_250, Duration::from_millis(1500));
+        assert_eq!(r.recorded_at_ms, 1_795_672_799_750);
+        assert_eq!(r.id.timestamp().timestamp_millis(), 1_795_672_799_000);
+        assert_eq!(r.id.bytes()[4..], tail[..], "random part and counter kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_reports_go_when_synchronized_or_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("synchronized");
+        let options = ClockWait {
+            marker: marker.clone(),
+            wait: Duration::from_secs(5),
+        };
+        let t0 = Instant::now();
+        let mut gate = ClockGate::start(Some(&options), t0);
+        assert!(gate.holding());
+        assert!(gate.hold(report(), t0).is_none());
+        assert!(gate.poll(t0 + Duration::from_secs(2)).is_none());
+        // Synchronized: let go at the next look, within a second.
+        std::fs::write(&marker, "").unwrap();
+        assert!(gate.poll(t0 + Duration::from_millis(2500)).is_none());
+        let (why, reports) = gate.poll(t0 + Duration::from_secs(3)).unwrap();
+        assert_eq!((why, reports.len()), (Release::Synchronized, 1));
+        assert!(!gate.holding());
+        assert!(gate.hold(report(), t0).is_some(), "not held once open");
+
+        // Never synchronized: let go after the wait, and new reports are no longer held.
+        std::fs::remove_file(&marker).unwrap();
+        let mut gate = ClockGate::start(Some(&options), t0);
+        gate.hold(report(), t0);
+        assert!(gate.poll(t0 + Duration::from_secs(4)).is_none());
+        let (why, _) = gate.poll(t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(why, Release::GaveUp);
+        assert!(gate.hold(report(), t0).is_some());
+
+        // Too many held: let go at once, without waiting for the next look.
+        let mut gate = ClockGate::start(Some(&options), t0);
+        for _ in 0..HELD_MAX {
+            gate.hold(report(), t0);
+        }
+        let (why, reports) = gate.poll(t0).unwrap();
+        assert_eq!((why, reports.len()), (Release::GaveUp, HELD_MAX));
+    }
+
+    #[test]
+    fn nothing_is_held_without_timesyncd_or_with_a_zero_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let absent = ClockWait {
+            marker: dir.path().join("timesync").join("synchronized"),
+            wait: Duration::from_secs(300),
+        };
+        assert!(!ClockGate::start(Some(&absent), now).holding());
+        let zero = ClockWait {
+            marker: dir.path().join("synchronized"),
+            wait: Duration::ZERO,
+        };
+        assert!(!ClockGate::start(Some(&zero), now).holding());
+        assert!(!ClockGate::start(None, now).holding());
+    }
+}
