@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::board::{Board, HealthEvent, SampleError, Sensor};
-use crate::clock::{ClockGate, ClockWait};
+use crate::clock::{self, ClockGate, ClockWait, Released};
 use crate::report::{Reading, Report};
 use crate::sink::spool::{AppendOutcome, Batch, Spool, SpoolError};
 use crate::sink::{InsertError, Inserter};
@@ -266,10 +266,9 @@ async fn sample_loop<S: Sampler>(
         delivery_idle,
     };
     let result = sample_on_schedule(options, sampler, output, counters, &mut state, shutdown).await;
-    let held = state.gate.stop(Instant::now());
-    if !held.is_empty() {
+    if let Some(released) = state.gate.stop(Instant::now()) {
         lock(counters).held_for_clock = 0;
-        emit(held, output, counters, &mut state.log)?;
+        emit(released, output, counters, &mut state.log)?;
         notify.notify_one();
     }
     result
@@ -324,26 +323,39 @@ impl SpoolLog {
     }
 }
 
-/// Reports that were held for the clock, printed or appended to the spool in order.
+/// Reports that were held for the clock, printed or appended to the spool in order; then
+/// their on-disk copy is deleted, once they are synced in the spool.
 fn emit(
-    reports: Vec<Report>,
+    released: Released,
     output: &mut Output,
     counters: &Mutex<Counters>,
     log: &mut SpoolLog,
 ) -> Result<(), AgentError> {
     match output {
         Output::Print(w) => {
-            for r in &reports {
+            for r in &released.reports {
                 writeln!(w, "{}", r.to_relaxed_json_line()).map_err(AgentError::Print)?;
             }
             w.flush().map_err(AgentError::Print)?;
         }
         Output::Spool { spool, .. } => {
             let mut sp = lock(spool);
-            for r in &reports {
+            let mut on_disk = true;
+            for r in &released.reports {
                 let now = std::time::Instant::now();
                 let append = sp.append_encoded(|b| r.write_bson(b), now, Duration::ZERO);
+                on_disk &= append.disk_error.is_none();
                 log.note(&append, counters);
+            }
+            if let Some(dir) = &released.copy {
+                match sp.flush() {
+                    Ok(()) if on_disk => clock::discard_held(dir),
+                    // The copy is what survives a power cut now; the next start moves it.
+                    Ok(()) => {}
+                    Err(e) => {
+                        warn!(error = %e, "cannot sync the spool; the held reports' copy is kept")
+                    }
+                }
             }
         }
     }
@@ -492,7 +504,7 @@ async fn sample_on_schedule<S: Sampler>(
         if let Ok(report) = outcome {
             if holding {
                 // Not in the spool yet (take left it out): it waits for the clock.
-                let _ = gate.hold(report, taken_at.unwrap_or_else(Instant::now));
+                let _ = gate.hold(report, taken_at.unwrap_or_else(Instant::now), interval);
                 lock(counters).held_for_clock = gate.held() as u64;
             } else {
                 match output {
@@ -523,7 +535,7 @@ async fn sample_on_schedule<S: Sampler>(
                 }
             }
         }
-        if let Some((_, released)) = gate.poll_if_watching(Instant::now) {
+        if let Some(released) = gate.poll_if_watching(Instant::now) {
             lock(counters).held_for_clock = 0;
             emit(released, output, counters, log)?;
             notify.notify_one();

@@ -7,14 +7,20 @@
 //! not. Readings stamped in that window would land in the past of the series.
 //!
 //! So while systemd-timesyncd says the clock is not synchronized yet, the agent still samples on
-//! its schedule but holds the reports in memory, noting when each was taken on the monotonic
-//! clock (which no clock step moves). Once the clock is synchronized, each held report is
-//! stamped with the time it was taken by the synchronized clock (now minus how long ago it was
-//! taken), gets an `_id` of that time, and goes on as usual. If the clock is still not
-//! synchronized after `--clock-wait`, or too many reports are held, or the agent stops, the held
-//! reports go on stamped by the clock as it is, with a warning: a wrong time is better than a
-//! lost reading. A hard kill or power cut while reports are held loses them; the window is
-//! `--clock-wait` (default 5 minutes).
+//! its schedule but holds the reports back, noting when each was taken on the monotonic clock
+//! (which no clock step moves). Once the clock is synchronized, each held report's `recordedAt`
+//! becomes the time it was taken by the synchronized clock (now minus how long ago it was
+//! taken), and it goes on as usual. If the clock is still not synchronized after `--clock-wait`,
+//! or too many reports are held, or the agent stops, the held reports go on stamped by the clock
+//! as it is, with a warning: a wrong time is better than a lost reading.
+//!
+//! Held reports are also written to a spool of their own, `held/` in the spool directory, so a
+//! kill or a power cut while they are held loses nothing: the next start moves what it finds
+//! there to the spool as it was stamped (the monotonic times are of no use after a restart).
+//! Their `_id` is never changed, which makes that safe: if the agent dies after moving
+//! restamped reports to the spool but before deleting `held/`, the copies moved again at the next
+//! start are duplicates of reports already stored, which the database turns into no-ops (the
+//! first, restamped, copy is stored first: the spool is delivered in order).
 //!
 //! How the agent knows: systemd-timesyncd touches `/run/systemd/timesync/synchronized` once it
 //! has synchronized the clock (systemd-time-wait-sync.service(8); systemd 239 and later, the
@@ -27,12 +33,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mongodb::bson::oid::ObjectId;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::report::Report;
+use crate::sink::spool::{Spool, SpoolError, SpoolOptions};
 
+/// The held reports' spool, inside the spool directory.
+pub const HELD_DIR: &str = "held";
 /// Where systemd-timesyncd marks a synchronized clock.
 pub const DEFAULT_MARKER: &str = "/run/systemd/timesync/synchronized";
 /// Most reports held at once (about 150 bytes each in memory): 5 minutes at 2 Hz is 600.
@@ -70,6 +78,9 @@ pub struct ClockWait {
     pub marker: PathBuf,
     /// Longest time reports are held; zero holds none.
     pub wait: Duration,
+    /// Where held reports are also written, so that a kill or power cut does not lose them
+    /// (the spool directory's [`HELD_DIR`]); `None` (`--dry-run`) holds them in memory only.
+    pub copy: Option<(PathBuf, SpoolOptions)>,
 }
 
 fn wall_ms() -> i64 {
@@ -79,16 +90,118 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Stamp `report`, taken `ago` before a moment the wall clock reads `now_ms`, with that time:
-/// `recordedAt` and the seconds of its `_id` (whose other 8 bytes, random and counter, are kept,
-/// so it stays unique).
+/// Stamp `report`, taken `ago` before a moment the wall clock reads `now_ms`, with that time.
+/// Its `_id` stays as it is (see the module documentation).
 pub fn restamp(report: &mut Report, now_ms: i64, ago: Duration) {
-    let at = now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX));
-    report.recorded_at_ms = at;
-    let mut bytes = report.id.bytes();
-    let secs = u32::try_from(at.div_euclid(1000)).unwrap_or(0);
-    bytes[..4].copy_from_slice(&secs.to_be_bytes());
-    report.id = ObjectId::from_bytes(bytes);
+    report.recorded_at_ms =
+        now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX));
+}
+
+/// Move the reports a previous run held (and could not let go: it was killed, or the power
+/// went) to `spool`, as they were stamped, then delete their spool. Returns how many moved.
+pub fn recover_held(
+    spool: &mut Spool,
+    dir: &Path,
+    options: SpoolOptions,
+) -> Result<u64, SpoolError> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let (mut held, _) = Spool::open(dir, options)?;
+    let mut moved = 0;
+    let mut failed = None;
+    loop {
+        let batch = held.next_batch(10_000)?;
+        if batch.records.is_empty() {
+            break;
+        }
+        for r in &batch.records {
+            let out = spool.append(r, std::time::Instant::now());
+            failed = failed.or(out.disk_error);
+            moved += 1;
+        }
+        held.ack(&batch);
+    }
+    spool.flush()?;
+    drop(held);
+    match failed {
+        // In memory only: the copy on disk is all there is if we die now. Keep it.
+        Some(e) => {
+            warn!(error = %e, "cannot write the spool; held reports of the last run stay in {} too", dir.display())
+        }
+        None => discard_held(dir),
+    }
+    Ok(moved)
+}
+
+/// Delete the held reports' spool once what it holds is safe in the main spool.
+pub fn discard_held(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            error!(dir = %dir.display(), error = %e, "cannot delete the held reports' spool; its reports will be sent again (as duplicates, which the database ignores)");
+        }
+    }
+}
+
+/// Reports let go: in the order they were taken, stamped.
+#[derive(Debug)]
+pub struct Released {
+    pub why: Release,
+    pub reports: Vec<Report>,
+    /// The held reports' spool: to be deleted ([`discard_held`]) once `reports` are safely in
+    /// the main spool.
+    pub copy: Option<PathBuf>,
+}
+
+/// The on-disk copy of the held reports.
+struct HeldCopy {
+    dir: PathBuf,
+    spool: Spool,
+    failing: bool,
+}
+
+impl std::fmt::Debug for HeldCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldCopy").field("dir", &self.dir).finish()
+    }
+}
+
+impl HeldCopy {
+    fn open(dir: &Path, options: &SpoolOptions) -> Option<HeldCopy> {
+        match Spool::open(dir, options.clone()) {
+            // Reports of an earlier run that could not be moved: deleting them on release
+            // would lose them, so this run holds in memory only.
+            Ok((_, opened)) if opened.pending > 0 => {
+                warn!(dir = %dir.display(), "held reports of an earlier run are still there; holding in memory only");
+                None
+            }
+            Ok((spool, _)) => Some(HeldCopy {
+                dir: dir.to_owned(),
+                spool,
+                failing: false,
+            }),
+            Err(e) => {
+                warn!(error = %e, "cannot keep held reports on disk; holding them in memory only");
+                None
+            }
+        }
+    }
+
+    fn append(&mut self, report: &Report, interval: Duration) {
+        let now = std::time::Instant::now();
+        let out = self
+            .spool
+            .append_encoded(|b| report.write_bson(b), now, interval);
+        if let Some(e) = out.disk_error {
+            if !self.failing {
+                warn!(error = %e, "cannot write the held reports' spool; they are in memory only");
+                self.failing = true;
+            }
+        }
+        if let Err(e) = self.spool.maintain(now) {
+            warn!(error = %e, "cannot sync the held reports' spool");
+        }
+    }
 }
 
 /// Why held reports were let go.
@@ -104,7 +217,10 @@ pub enum Release {
 
 /// The sampling loop's view of the clock.
 #[derive(Debug)]
-pub enum ClockGate {
+pub struct ClockGate(State);
+
+#[derive(Debug)]
+enum State {
     /// Trust the clock (synchronized, or nothing to ask, or holding disabled).
     Open,
     /// Not synchronized yet: reports are held.
@@ -114,6 +230,7 @@ pub enum ClockGate {
         until: Instant,
         next_check: Instant,
         held: Vec<(Report, Instant)>,
+        copy: Option<Box<HeldCopy>>,
     },
     /// Gave up holding; log once when the clock is set, and by how much it moved.
     Watching {
@@ -129,57 +246,57 @@ impl ClockGate {
     /// Look at the clock once, at start-up.
     pub fn start(options: Option<&ClockWait>, now: Instant) -> ClockGate {
         let Some(o) = options else {
-            return ClockGate::Open;
+            return ClockGate(State::Open);
         };
-        match clock_state(&o.marker) {
+        ClockGate(match clock_state(&o.marker) {
             ClockState::NotYet if !o.wait.is_zero() => {
                 info!(
                     marker = %o.marker.display(),
                     "the system clock is not synchronized yet (systemd-timesyncd has not reached an NTP server): readings are held and stamped once it is, for up to {:?} (--clock-wait)",
                     o.wait
                 );
-                ClockGate::Holding {
+                State::Holding {
                     marker: o.marker.clone(),
                     wait: o.wait,
                     until: now + o.wait,
                     next_check: now + CHECK_EVERY,
                     held: Vec::new(),
+                    copy: o
+                        .copy
+                        .as_ref()
+                        .and_then(|(dir, opt)| HeldCopy::open(dir, opt))
+                        .map(Box::new),
                 }
             }
             ClockState::NotYet => {
                 warn!("the system clock is not synchronized yet; --clock-wait is 0, so readings are stamped by it as it is");
-                ClockGate::watching(o.marker.clone(), now)
+                State::watching(o.marker.clone(), now)
             }
-            ClockState::Synchronized | ClockState::Unknown => ClockGate::Open,
-        }
-    }
-
-    fn watching(marker: PathBuf, now: Instant) -> ClockGate {
-        ClockGate::Watching {
-            marker,
-            next_check: now + WATCH_EVERY,
-            since: now,
-            wall_then_ms: wall_ms(),
-        }
+            ClockState::Synchronized | ClockState::Unknown => State::Open,
+        })
     }
 
     /// Whether reports are being held.
     pub fn holding(&self) -> bool {
-        matches!(self, ClockGate::Holding { .. })
+        matches!(self.0, State::Holding { .. })
     }
 
     /// How many reports are held.
     pub fn held(&self) -> usize {
-        match self {
-            ClockGate::Holding { held, .. } => held.len(),
+        match &self.0 {
+            State::Holding { held, .. } => held.len(),
             _ => 0,
         }
     }
 
-    /// Hold `report` (taken at `taken`) if reports are being held; otherwise hand it back.
-    pub fn hold(&mut self, report: Report, taken: Instant) -> Option<Report> {
-        match self {
-            ClockGate::Holding { held, .. } => {
+    /// Hold `report` (taken at `taken`; the next is due in `interval`) if reports are being
+    /// held; otherwise hand it back.
+    pub fn hold(&mut self, report: Report, taken: Instant, interval: Duration) -> Option<Report> {
+        match &mut self.0 {
+            State::Holding { held, copy, .. } => {
+                if let Some(c) = copy {
+                    c.append(&report, interval);
+                }
                 held.push((report, taken));
                 None
             }
@@ -188,21 +305,18 @@ impl ClockGate {
     }
 
     /// [`ClockGate::poll`], reading the time only when there is something to look at.
-    pub fn poll_if_watching(
-        &mut self,
-        now: impl FnOnce() -> Instant,
-    ) -> Option<(Release, Vec<Report>)> {
-        match self {
-            ClockGate::Open => None,
+    pub fn poll_if_watching(&mut self, now: impl FnOnce() -> Instant) -> Option<Released> {
+        match &mut self.0 {
+            State::Open => None,
             _ => self.poll(now()),
         }
     }
 
     /// Once a sample: held reports that may go now, in the order they were taken, stamped.
-    pub fn poll(&mut self, now: Instant) -> Option<(Release, Vec<Report>)> {
-        match self {
-            ClockGate::Open => None,
-            ClockGate::Watching {
+    pub fn poll(&mut self, now: Instant) -> Option<Released> {
+        match &mut self.0 {
+            State::Open => None,
+            State::Watching {
                 marker,
                 next_check,
                 since,
@@ -226,11 +340,11 @@ impl ClockGate {
                     } else {
                         info!("the system clock is synchronized now");
                     }
-                    *self = ClockGate::Open;
+                    self.0 = State::Open;
                 }
                 None
             }
-            ClockGate::Holding {
+            State::Holding {
                 marker,
                 until,
                 next_check,
@@ -254,27 +368,37 @@ impl ClockGate {
     }
 
     /// Let every held report go (the agent is stopping).
-    pub fn stop(&mut self, now: Instant) -> Vec<Report> {
-        match self {
-            ClockGate::Holding { marker, .. } => {
+    pub fn stop(&mut self, now: Instant) -> Option<Released> {
+        match &mut self.0 {
+            State::Holding { marker, .. } => {
                 let why = if clock_state(marker) == ClockState::Synchronized {
                     Release::Synchronized
                 } else {
                     Release::Stopping
                 };
-                self.release(why, now).1
+                Some(self.release(why, now))
             }
-            _ => Vec::new(),
+            _ => None,
         }
     }
 
-    fn release(&mut self, why: Release, now: Instant) -> (Release, Vec<Report>) {
-        let ClockGate::Holding {
-            marker, held, wait, ..
-        } = std::mem::replace(self, ClockGate::Open)
+    fn release(&mut self, why: Release, now: Instant) -> Released {
+        let State::Holding {
+            marker,
+            held,
+            wait,
+            copy,
+            ..
+        } = std::mem::replace(&mut self.0, State::Open)
         else {
-            return (why, Vec::new());
+            return Released {
+                why,
+                reports: Vec::new(),
+                copy: None,
+            };
         };
+        // Closed (its files let go) before the caller deletes it.
+        let copy = copy.map(|c| c.dir);
         let now_ms = wall_ms();
         let n = held.len();
         let reports: Vec<Report> = held
@@ -299,14 +423,25 @@ impl ClockGate {
                     held = n,
                     "the system clock is still not synchronized and {reason}: held readings go on, stamped by the unsynchronized clock, and so do new ones until it is synchronized. Check that systemd-timesyncd reaches an NTP server (timedatectl timesync-status)"
                 );
-                *self = ClockGate::watching(marker, now);
+                self.0 = State::watching(marker, now);
             }
             Release::Stopping => warn!(
                 held = n,
                 "stopping before the system clock was synchronized: held readings are stamped by the clock as it is"
             ),
         }
-        (why, reports)
+        Released { why, reports, copy }
+    }
+}
+
+impl State {
+    fn watching(marker: PathBuf, now: Instant) -> State {
+        State::Watching {
+            marker,
+            next_check: now + WATCH_EVERY,
+            since: now,
+            wall_then_ms: wall_ms(),
+        }
     }
 }
 
@@ -314,6 +449,9 @@ impl ClockGate {
 mod tests {
     use super::*;
     use crate::report::{Acceleration, Reading};
+    use crate::sink::spool;
+
+    const MS: Duration = Duration::from_millis(1);
 
     fn report() -> Report {
         let reading = Reading {
@@ -341,14 +479,13 @@ mod tests {
     }
 
     #[test]
-    fn restamping_sets_recorded_at_and_the_seconds_of_the_id() {
+    fn restamping_sets_recorded_at_and_keeps_the_id() {
         let mut r = report();
-        let tail = r.id.bytes()[4..].to_vec();
+        let id = r.id;
         // 2026-11-26T06:00:01.250Z, taken 1.5 s before then.
         restamp(&mut r, 1_795_672_801_250, Duration::from_millis(1500));
         assert_eq!(r.recorded_at_ms, 1_795_672_799_750);
-        assert_eq!(r.id.timestamp().timestamp_millis(), 1_795_672_799_000);
-        assert_eq!(r.id.bytes()[4..], tail[..], "random part and counter kept");
+        assert_eq!(r.id, id);
     }
 
     #[tokio::test(start_paused = true)]
@@ -358,36 +495,37 @@ mod tests {
         let options = ClockWait {
             marker: marker.clone(),
             wait: Duration::from_secs(5),
+            copy: None,
         };
         let t0 = Instant::now();
         let mut gate = ClockGate::start(Some(&options), t0);
         assert!(gate.holding());
-        assert!(gate.hold(report(), t0).is_none());
+        assert!(gate.hold(report(), t0, MS).is_none());
         assert!(gate.poll(t0 + Duration::from_secs(2)).is_none());
         // Synchronized: let go at the next look, within a second.
         std::fs::write(&marker, "").unwrap();
         assert!(gate.poll(t0 + Duration::from_millis(2500)).is_none());
-        let (why, reports) = gate.poll(t0 + Duration::from_secs(3)).unwrap();
-        assert_eq!((why, reports.len()), (Release::Synchronized, 1));
+        let r = gate.poll(t0 + Duration::from_secs(3)).unwrap();
+        assert_eq!((r.why, r.reports.len()), (Release::Synchronized, 1));
         assert!(!gate.holding());
-        assert!(gate.hold(report(), t0).is_some(), "not held once open");
+        assert!(gate.hold(report(), t0, MS).is_some(), "not held once open");
 
         // Never synchronized: let go after the wait, and new reports are no longer held.
         std::fs::remove_file(&marker).unwrap();
         let mut gate = ClockGate::start(Some(&options), t0);
-        gate.hold(report(), t0);
+        gate.hold(report(), t0, MS);
         assert!(gate.poll(t0 + Duration::from_secs(4)).is_none());
-        let (why, _) = gate.poll(t0 + Duration::from_secs(5)).unwrap();
-        assert_eq!(why, Release::GaveUp);
-        assert!(gate.hold(report(), t0).is_some());
+        let r = gate.poll(t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(r.why, Release::GaveUp);
+        assert!(gate.hold(report(), t0, MS).is_some());
 
         // Too many held: let go at once, without waiting for the next look.
         let mut gate = ClockGate::start(Some(&options), t0);
         for _ in 0..HELD_MAX {
-            gate.hold(report(), t0);
+            gate.hold(report(), t0, MS);
         }
-        let (why, reports) = gate.poll(t0).unwrap();
-        assert_eq!((why, reports.len()), (Release::GaveUp, HELD_MAX));
+        let r = gate.poll(t0).unwrap();
+        assert_eq!((r.why, r.reports.len()), (Release::GaveUp, HELD_MAX));
     }
 
     #[test]
@@ -397,13 +535,53 @@ mod tests {
         let absent = ClockWait {
             marker: dir.path().join("timesync").join("synchronized"),
             wait: Duration::from_secs(300),
+            copy: None,
         };
         assert!(!ClockGate::start(Some(&absent), now).holding());
         let zero = ClockWait {
             marker: dir.path().join("synchronized"),
             wait: Duration::ZERO,
+            copy: None,
         };
         assert!(!ClockGate::start(Some(&zero), now).holding());
         assert!(!ClockGate::start(None, now).holding());
+    }
+
+    fn options() -> SpoolOptions {
+        SpoolOptions {
+            max_bytes: 1 << 20,
+            sync_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_runs_held_reports_are_moved_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let held_dir = dir.path().join(HELD_DIR);
+        let (mut held, _) = Spool::open(&held_dir, options()).unwrap();
+        for _ in 0..2 {
+            held.append(&report().to_bson_bytes(), std::time::Instant::now());
+        }
+        drop(held);
+
+        // While they are there, a new hold keeps its reports in memory only, and lets go
+        // without a copy to delete.
+        let wait = ClockWait {
+            marker: dir.path().join("synchronized"),
+            wait: Duration::from_secs(5),
+            copy: Some((held_dir.clone(), options())),
+        };
+        let t0 = Instant::now();
+        let mut gate = ClockGate::start(Some(&wait), t0);
+        gate.hold(report(), t0, MS);
+        assert!(gate.stop(t0).unwrap().copy.is_none());
+        assert_eq!(spool::summarize(&held_dir).unwrap().pending, 2);
+
+        // The next start moves them to the main spool and deletes their directory.
+        let (mut main, _) = Spool::open(&dir.path().join("main"), options()).unwrap();
+        assert_eq!(recover_held(&mut main, &held_dir, options()).unwrap(), 2);
+        assert_eq!(main.pending(), 2);
+        assert!(!held_dir.exists());
+        assert_eq!(recover_held(&mut main, &held_dir, options()).unwrap(), 0);
     }
 }

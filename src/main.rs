@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use sensehat_monitor::agent::{self, AgentOptions, Output};
 use sensehat_monitor::board::{linux, Board};
-use sensehat_monitor::clock::ClockWait;
+use sensehat_monitor::clock::{self, ClockWait};
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led;
 use sensehat_monitor::led::{find_sense_fb, AttinyLed, Frame, FramebufferLed};
@@ -182,7 +182,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
     }
 
-    let options = AgentOptions {
+    let mut options = AgentOptions {
         node_name: cli.node_name(),
         interval: Duration::from_millis(cli.interval_ms),
         count: cli.count,
@@ -191,6 +191,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         clock: Some(ClockWait {
             marker: cli.clock_sync_file.clone(),
             wait: cli.clock_wait,
+            copy: None,
         }),
     };
 
@@ -208,14 +209,11 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
         Some(uri) => {
             let dir = cli.spool_dir();
-            let (spool, opened) = Spool::open(
-                &dir,
-                SpoolOptions {
-                    max_bytes: cli.spool_max_bytes,
-                    sync_interval: Duration::from_millis(cli.spool_sync_ms),
-                },
-            )
-            .map_err(|e| {
+            let spool_options = SpoolOptions {
+                max_bytes: cli.spool_max_bytes,
+                sync_interval: Duration::from_millis(cli.spool_sync_ms),
+            };
+            let (mut spool, opened) = Spool::open(&dir, spool_options.clone()).map_err(|e| {
                 (
                     1,
                     format!("{e}; choose a writable directory with --spool-dir"),
@@ -226,6 +224,18 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     bytes = opened.torn_bytes,
                     "cut a torn record from the spool (the last run was killed mid-write)"
                 );
+            }
+            let held_dir = dir.join(clock::HELD_DIR);
+            match clock::recover_held(&mut spool, &held_dir, spool_options.clone()) {
+                Ok(0) => {}
+                Ok(n) => warn!(
+                    reports = n,
+                    "the last run stopped before the system clock was synchronized: the readings it held go on as its clock stamped them"
+                ),
+                Err(e) => error!(error = %e, "cannot move the last run's held readings to the spool; they stay in {}", held_dir.display()),
+            }
+            if let Some(c) = &mut options.clock {
+                c.copy = Some((held_dir, spool_options));
             }
             info!(spool = %dir.display(), backlog = opened.pending, database = %cli.database, collection = %cli.collection, "sampling every {} ms", cli.interval_ms);
             let sink = MongoSink::new(&uri, &cli.database, &cli.collection);

@@ -45,17 +45,13 @@ fn dry_run(marker: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
     (child, rx)
 }
 
-/// `(recordedAt ms, seconds in the _id)` of a printed report.
-fn times(line: &str) -> (i64, i64) {
+/// `recordedAt` of a printed report, in ms.
+fn recorded_at(line: &str) -> i64 {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     let at = v["recordedAt"]["$date"].as_str().unwrap();
     let at =
         time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap();
-    let id: ObjectId = v["_id"]["$oid"].as_str().unwrap().parse().unwrap();
-    (
-        (at.unix_timestamp_nanos() / 1_000_000) as i64,
-        id.timestamp().timestamp_millis() / 1000,
-    )
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Every line that arrives within `within`.
@@ -71,19 +67,12 @@ fn drain(rx: &mpsc::Receiver<String>, within: Duration) -> Vec<String> {
     lines
 }
 
-/// Stamped in order, 50 ms apart give or take the scheduler, each `_id` of its own second.
+/// Stamped in order, 50 ms apart give or take the scheduler.
 fn assert_on_the_grid(lines: &[String]) {
-    let t: Vec<(i64, i64)> = lines.iter().map(|l| times(l)).collect();
+    let t: Vec<i64> = lines.iter().map(|l| recorded_at(l)).collect();
     for w in t.windows(2) {
-        let gap = w[1].0 - w[0].0;
+        let gap = w[1] - w[0];
         assert!((20..=250).contains(&gap), "reports {gap} ms apart: {t:?}");
-    }
-    for (at, id_secs) in &t {
-        assert_eq!(
-            at.div_euclid(1000),
-            *id_secs,
-            "_id of another second: {t:?}"
-        );
     }
 }
 
@@ -113,7 +102,7 @@ fn reports_are_held_until_the_clock_is_synchronized_then_stamped_when_taken() {
     assert!(child.wait().unwrap().success());
 
     assert!(lines.len() >= 40, "only {} reports", lines.len());
-    let (first_at, _) = times(&lines[0]);
+    let first_at = recorded_at(&lines[0]);
     assert!(
         (started..started + 1000).contains(&first_at),
         "the first report says {first_at}, the agent started at {started}"
@@ -121,7 +110,7 @@ fn reports_are_held_until_the_clock_is_synchronized_then_stamped_when_taken() {
     // About 1.5 s of reports were held, and they carry their own times, before the release.
     let before_release = lines
         .iter()
-        .filter(|l| times(l).0 < released_at - 200)
+        .filter(|l| recorded_at(l) < released_at - 200)
         .count();
     assert!(
         before_release >= 20,
@@ -192,8 +181,9 @@ async fn held_reports_reach_the_database() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // They were held to the end: the clock was never synchronized.
+    // They were held to the end: the clock was never synchronized. Their copy is gone.
     assert!(String::from_utf8_lossy(&out.stderr).contains("stopping before the system clock"));
+    assert!(!spool.path().join("held").exists());
     let docs = all_reports(&server.client().await, &db).await;
     assert_eq!(docs.len(), 30);
     let mut at: Vec<i64> = docs
@@ -205,14 +195,53 @@ async fn held_reports_reach_the_database() {
     for w in at.windows(2) {
         assert!((20..=250).contains(&(w[1] - w[0])), "{at:?}");
     }
-    for d in &docs {
-        let secs = d
-            .get_object_id("_id")
-            .unwrap()
-            .timestamp()
-            .timestamp_millis()
-            / 1000;
-        let at = d.get_datetime("recordedAt").unwrap().timestamp_millis();
-        assert_eq!(secs, at.div_euclid(1000));
-    }
+}
+
+// SIGKILL while reports are held: their copy in the spool directory's held/ survives, and the
+// next start sends them (as the old clock stamped them), each once, before its own reports.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_reports_survive_a_kill() {
+    let server = MongoServer::start();
+    let db = unique_name("clock_kill");
+    let spool = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let marker = run.path().join("synchronized");
+    let mut first = sim_agent(&server.uri, &db, 1_000_000, spool.path());
+    first
+        .arg("--clock-sync-file")
+        .arg(&marker)
+        .stderr(Stdio::null());
+    let mut child = first.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, 9);
+    child.wait().unwrap();
+    let held = sensehat_monitor::sink::spool::summarize(&spool.path().join("held"))
+        .unwrap()
+        .pending;
+    assert!(held >= 15, "{held} reports held on disk");
+    let client = server.client().await;
+    assert!(
+        all_reports(&client, &db).await.is_empty(),
+        "held reports were sent"
+    );
+
+    std::fs::write(&marker, "").unwrap();
+    let mut second = sim_agent(&server.uri, &db, 5, spool.path());
+    second.arg("--clock-sync-file").arg(&marker);
+    let out = tokio::process::Command::from(second)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("the readings it held go on"), "{stderr}");
+    assert!(!spool.path().join("held").exists());
+
+    let docs = all_reports(&client, &db).await;
+    let ids: std::collections::HashSet<ObjectId> = docs
+        .iter()
+        .map(|d| d.get_object_id("_id").unwrap())
+        .collect();
+    assert_eq!(ids.len(), docs.len());
+    assert_eq!(docs.len() as u64, held + 5);
 }

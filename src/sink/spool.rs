@@ -664,11 +664,16 @@ impl Spool {
         Ok(())
     }
 
-    /// Flush everything owed and the cursor (on shutdown).
-    pub fn close(&mut self) -> Result<(), SpoolError> {
+    /// Write out reports waiting for their group and sync everything appended, now.
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
         // A disk error here leaves them in memory like any failed write.
         self.write_out_deferred();
-        self.sync_if_owed()?;
+        self.sync_if_owed()
+    }
+
+    /// Flush everything owed and the cursor (on shutdown).
+    pub fn close(&mut self) -> Result<(), SpoolError> {
+        self.flush()?;
         self.write_cursor()
     }
 
