@@ -268,7 +268,7 @@ async fn sample_loop<S: Sampler>(
     let result = sample_on_schedule(options, sampler, output, counters, &mut state, shutdown).await;
     if let Some(released) = state.gate.stop(Instant::now()) {
         lock(counters).held_for_clock = 0;
-        emit(released, output, counters, &mut state.log)?;
+        emit(released, output, counters, &mut state.log).await?;
         notify.notify_one();
     }
     result
@@ -325,7 +325,7 @@ impl SpoolLog {
 
 /// Reports that were held for the clock, printed or appended to the spool in order; then
 /// their on-disk copy is deleted, once they are synced in the spool.
-fn emit(
+async fn emit(
     released: Released,
     output: &mut Output,
     counters: &Mutex<Counters>,
@@ -339,24 +339,30 @@ fn emit(
             w.flush().map_err(AgentError::Print)?;
         }
         Output::Spool { spool, .. } => {
-            let mut sp = lock(spool);
-            let mut on_disk = true;
-            for r in &released.reports {
-                let now = std::time::Instant::now();
-                let append = sp.append_encoded(|b| r.write_bson(b), now, Duration::ZERO);
-                on_disk &= append.disk_error.is_none();
-                log.note(&append, counters);
-            }
-            if let Some(dir) = &released.copy {
-                match sp.flush() {
-                    Ok(()) if on_disk => clock::discard_held(dir),
-                    // The copy is what survives a power cut now; the next start moves it.
-                    Ok(()) => {}
-                    Err(e) => {
-                        warn!(error = %e, "cannot sync the spool; the held reports' copy is kept")
+            let spool = spool.clone();
+            // Up to HELD_MAX reports, a sync and a directory to delete: off the runtime.
+            let append = tokio::task::spawn_blocking(move || {
+                let payloads: Vec<Vec<u8>> =
+                    released.reports.iter().map(Report::to_bson_bytes).collect();
+                let mut sp = lock(&spool);
+                let append = sp.append_all(&payloads, std::time::Instant::now());
+                let synced = sp.flush();
+                drop(sp);
+                if let Some(dir) = &released.copy {
+                    match (&append.disk_error, synced) {
+                        (None, Ok(())) => clock::discard_held(dir),
+                        // The copy is what survives a power cut now; the next start moves it.
+                        (_, Err(e)) => {
+                            warn!(error = %e, "cannot sync the spool; the held readings' copy is kept")
+                        }
+                        (Some(_), Ok(())) => {}
                     }
                 }
-            }
+                append
+            })
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?;
+            log.note(&append, counters);
         }
     }
     Ok(())
@@ -437,6 +443,7 @@ async fn sample_on_schedule<S: Sampler>(
                 },
                 counters: counters.clone(),
                 interval,
+                held: gate.holding().then(|| gate.copy()),
             }),
             Output::Print(_) => None,
         };
@@ -449,13 +456,13 @@ async fn sample_on_schedule<S: Sampler>(
             let node = options.node_name.clone();
             // Real I2C blocks for milliseconds: keep it off the runtime.
             tokio::task::spawn_blocking(move || {
-                let t = take(&mut s, &node, store.as_ref(), holding);
+                let t = take(&mut s, &node, store.as_ref());
                 (s, t)
             })
             .await
             .map_err(|e| AgentError::Join(e.to_string()))?
         } else {
-            let t = take(&mut s, &options.node_name, store.as_ref(), holding);
+            let t = take(&mut s, &options.node_name, store.as_ref());
             (s, t)
         };
         sampler = Some(s);
@@ -503,8 +510,14 @@ async fn sample_on_schedule<S: Sampler>(
 
         if let Ok(report) = outcome {
             if holding {
-                // Not in the spool yet (take left it out): it waits for the clock.
-                let _ = gate.hold(report, taken_at.unwrap_or_else(Instant::now), interval);
+                // In the held reports' spool, not the spool: it waits for the clock.
+                if let Some((append, maintain)) = stored {
+                    if let Err(e) = maintain {
+                        warn!(error = %e, "held readings' spool maintenance failed");
+                    }
+                    log.note(&append, counters);
+                }
+                let _ = gate.hold(report, taken_at.unwrap_or_else(Instant::now));
                 lock(counters).held_for_clock = gate.held() as u64;
             } else {
                 match output {
@@ -537,7 +550,7 @@ async fn sample_on_schedule<S: Sampler>(
         }
         if let Some(released) = gate.poll_if_watching(Instant::now) {
             lock(counters).held_for_clock = 0;
-            emit(released, output, counters, log)?;
+            emit(released, output, counters, log).await?;
             notify.notify_one();
         }
         if options.notify_systemd {
@@ -586,6 +599,9 @@ struct Taken {
 /// The spool side of taking a sample.
 struct Store {
     spool: Arc<Mutex<Spool>>,
+    /// While the clock is not synchronized: reports are held, and written to the held reports'
+    /// spool, if there is one, instead (see [`crate::clock`]).
+    held: Option<Option<clock::HeldSpool>>,
     /// Set when status.json is due.
     status_path: Option<PathBuf>,
     counters: Arc<Mutex<Counters>>,
@@ -593,39 +609,48 @@ struct Store {
     interval: Duration,
 }
 
-/// Take one sample and append its report to the spool (blocking: I2C and file I/O).
-/// With `hold`, the report is left out of the spool: it waits for the clock (see
-/// [`crate::clock`]).
-fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>, hold: bool) -> Taken {
+/// Take one sample and append its report to the spool, or to the held reports' spool (blocking:
+/// I2C and file I/O).
+fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
     let recorded_at = now_ms();
     let (result, events) = s.sample();
     let outcome = result.map(|r| Report::new(node, r, recorded_at));
-    let stored = match (store, &outcome) {
-        (Some(store), Ok(report)) if !hold => {
+    let stored = store.and_then(|store| {
+        let now = std::time::Instant::now();
+        if let (Ok(report), None) = (&outcome, &store.held) {
             let mut sp = lock(&store.spool);
-            let now = std::time::Instant::now();
             let append = sp.append_encoded(|b| report.write_bson(b), now, store.interval);
-            let maintain = sp.maintain(now);
-            if let Some(p) = &store.status_path {
-                write_status(p, &lock(&store.counters), &sp);
-            }
-            Some((append, maintain))
+            return Some((append, sp.maintain(now)));
         }
-        (Some(store), _) => {
-            // No report to write, but reports waiting for their group must not wait on failing samples.
-            let maintain = lock(&store.spool).maintain(std::time::Instant::now());
-            if let Err(e) = maintain {
-                debug!(error = %e, "spool maintenance failed");
+        let stored = match (&outcome, &store.held) {
+            (Ok(report), Some(Some(copy))) => {
+                let mut h = lock(copy);
+                let append = h.append_encoded(|b| report.write_bson(b), now, store.interval);
+                Some((append, h.maintain(now)))
             }
-            None
+            _ => None,
+        };
+        // Nothing written to the spool, but reports waiting for their group must not wait on
+        // failing samples.
+        if let Err(e) = lock(&store.spool).maintain(now) {
+            debug!(error = %e, "spool maintenance failed");
         }
-        _ => None,
-    };
+        stored
+    });
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
     let snapshot =
         !events.is_empty() || outcome.is_err() || store.is_some_and(|s| s.status_path.is_some());
+    let sensors = snapshot.then(|| s.sensors());
+    // Whatever the sample gave, with this sample's sensor health.
+    if let Some((p, store)) = store.and_then(|st| st.status_path.as_ref().map(|p| (p, st))) {
+        let mut c = lock(&store.counters).clone();
+        if let Some(now) = &sensors {
+            c.sensors.clone_from(now);
+        }
+        write_status(p, &c, &lock(&store.spool));
+    }
     Taken {
-        sensors: if snapshot { Some(s.sensors()) } else { None },
+        sensors,
         outcome,
         events,
         stored,

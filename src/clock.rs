@@ -31,13 +31,14 @@
 //! `ProtectClock=yes` filters that system call.)
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::report::Report;
-use crate::sink::spool::{Spool, SpoolError, SpoolOptions};
+use crate::sink::spool::{self, Spool, SpoolError, SpoolOptions};
 
 /// The held reports' spool, inside the spool directory.
 pub const HELD_DIR: &str = "held";
@@ -81,6 +82,9 @@ pub struct ClockWait {
     /// Where held reports are also written, so that a kill or power cut does not lose them
     /// (the spool directory's [`HELD_DIR`]); `None` (`--dry-run`) holds them in memory only.
     pub copy: Option<(PathBuf, SpoolOptions)>,
+    /// For tests (`--sim-clock-error-ms`): how far off the clock is while not synchronized, added
+    /// to the time each held report was stamped with, as a Pi's clock is after a power cut.
+    pub simulated_error_ms: i64,
 }
 
 fn wall_ms() -> i64 {
@@ -98,40 +102,31 @@ pub fn restamp(report: &mut Report, now_ms: i64, ago: Duration) {
 }
 
 /// Move the reports a previous run held (and could not let go: it was killed, or the power
-/// went) to `spool`, as they were stamped, then delete their spool. Returns how many moved.
-pub fn recover_held(
-    spool: &mut Spool,
-    dir: &Path,
-    options: SpoolOptions,
-) -> Result<u64, SpoolError> {
+/// went) to `spool`, as they were stamped, then delete their spool once they are synced there.
+/// Returns how many moved.
+pub fn recover_held(spool: &mut Spool, dir: &Path) -> Result<u64, SpoolError> {
     if !dir.is_dir() {
         return Ok(0);
     }
-    let (mut held, _) = Spool::open(dir, options)?;
-    let mut moved = 0;
-    let mut failed = None;
-    loop {
-        let batch = held.next_batch(10_000)?;
-        if batch.records.is_empty() {
-            break;
+    // Read without acknowledging: acknowledged segments are deleted, and nothing of the copy
+    // may go before the spool has them on disk.
+    let mut payloads = Vec::new();
+    spool::for_each_pending(dir, |p| payloads.push(p.to_vec())).map_err(|source| {
+        SpoolError::Io {
+            path: dir.to_owned(),
+            source,
         }
-        for r in &batch.records {
-            let out = spool.append(r, std::time::Instant::now());
-            failed = failed.or(out.disk_error);
-            moved += 1;
-        }
-        held.ack(&batch);
-    }
+    })?;
+    let out = spool.append_all(&payloads, std::time::Instant::now());
     spool.flush()?;
-    drop(held);
-    match failed {
+    match out.disk_error {
         // In memory only: the copy on disk is all there is if we die now. Keep it.
         Some(e) => {
-            warn!(error = %e, "cannot write the spool; held reports of the last run stay in {} too", dir.display())
+            warn!(error = %e, "cannot write the spool; held readings of the last run stay in {} too", dir.display())
         }
         None => discard_held(dir),
     }
-    Ok(moved)
+    Ok(payloads.len() as u64)
 }
 
 /// Delete the held reports' spool once what it holds is safe in the main spool.
@@ -153,53 +148,21 @@ pub struct Released {
     pub copy: Option<PathBuf>,
 }
 
-/// The on-disk copy of the held reports.
-struct HeldCopy {
-    dir: PathBuf,
-    spool: Spool,
-    failing: bool,
-}
+/// The held reports' spool, shared with the sampling thread, which writes it.
+pub type HeldSpool = Arc<Mutex<Spool>>;
 
-impl std::fmt::Debug for HeldCopy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldCopy").field("dir", &self.dir).finish()
-    }
-}
-
-impl HeldCopy {
-    fn open(dir: &Path, options: &SpoolOptions) -> Option<HeldCopy> {
-        match Spool::open(dir, options.clone()) {
-            // Reports of an earlier run that could not be moved: deleting them on release
-            // would lose them, so this run holds in memory only.
-            Ok((_, opened)) if opened.pending > 0 => {
-                warn!(dir = %dir.display(), "held reports of an earlier run are still there; holding in memory only");
-                None
-            }
-            Ok((spool, _)) => Some(HeldCopy {
-                dir: dir.to_owned(),
-                spool,
-                failing: false,
-            }),
-            Err(e) => {
-                warn!(error = %e, "cannot keep held reports on disk; holding them in memory only");
-                None
-            }
+fn open_copy(dir: &Path, options: &SpoolOptions) -> Option<HeldSpool> {
+    match Spool::open(dir, options.clone()) {
+        // Reports of an earlier run that could not be moved: deleting them on release would
+        // lose them, so this run holds in memory only.
+        Ok((_, opened)) if opened.pending > 0 => {
+            warn!(dir = %dir.display(), "held readings of an earlier run are still there; holding in memory only");
+            None
         }
-    }
-
-    fn append(&mut self, report: &Report, interval: Duration) {
-        let now = std::time::Instant::now();
-        let out = self
-            .spool
-            .append_encoded(|b| report.write_bson(b), now, interval);
-        if let Some(e) = out.disk_error {
-            if !self.failing {
-                warn!(error = %e, "cannot write the held reports' spool; they are in memory only");
-                self.failing = true;
-            }
-        }
-        if let Err(e) = self.spool.maintain(now) {
-            warn!(error = %e, "cannot sync the held reports' spool");
+        Ok((spool, _)) => Some(Arc::new(Mutex::new(spool))),
+        Err(e) => {
+            warn!(error = %e, "cannot keep held readings on disk; holding them in memory only");
+            None
         }
     }
 }
@@ -216,10 +179,8 @@ pub enum Release {
 }
 
 /// The sampling loop's view of the clock.
-#[derive(Debug)]
 pub struct ClockGate(State);
 
-#[derive(Debug)]
 enum State {
     /// Trust the clock (synchronized, or nothing to ask, or holding disabled).
     Open,
@@ -230,7 +191,9 @@ enum State {
         until: Instant,
         next_check: Instant,
         held: Vec<(Report, Instant)>,
-        copy: Option<Box<HeldCopy>>,
+        simulated_error_ms: i64,
+        /// Where the sampling thread writes each held report, and its directory.
+        copy: Option<(PathBuf, HeldSpool)>,
     },
     /// Gave up holding; log once when the clock is set, and by how much it moved.
     Watching {
@@ -261,11 +224,10 @@ impl ClockGate {
                     until: now + o.wait,
                     next_check: now + CHECK_EVERY,
                     held: Vec::new(),
-                    copy: o
-                        .copy
-                        .as_ref()
-                        .and_then(|(dir, opt)| HeldCopy::open(dir, opt))
-                        .map(Box::new),
+                    simulated_error_ms: o.simulated_error_ms,
+                    copy: o.copy.as_ref().and_then(|(dir, opt)| {
+                        open_copy(dir, opt).map(|spool| (dir.clone(), spool))
+                    }),
                 }
             }
             ClockState::NotYet => {
@@ -289,14 +251,28 @@ impl ClockGate {
         }
     }
 
-    /// Hold `report` (taken at `taken`; the next is due in `interval`) if reports are being
-    /// held; otherwise hand it back.
-    pub fn hold(&mut self, report: Report, taken: Instant, interval: Duration) -> Option<Report> {
+    /// Where held reports are written while they are held (the sampling thread writes each
+    /// there when it takes it; [`ClockGate::hold`] keeps it in memory).
+    pub fn copy(&self) -> Option<HeldSpool> {
+        match &self.0 {
+            State::Holding {
+                copy: Some((_, spool)),
+                ..
+            } => Some(spool.clone()),
+            _ => None,
+        }
+    }
+
+    /// Hold `report` (taken at `taken`) if reports are being held; otherwise hand it back.
+    pub fn hold(&mut self, report: Report, taken: Instant) -> Option<Report> {
         match &mut self.0 {
-            State::Holding { held, copy, .. } => {
-                if let Some(c) = copy {
-                    c.append(&report, interval);
-                }
+            State::Holding {
+                held,
+                simulated_error_ms,
+                ..
+            } => {
+                let mut report = report;
+                report.recorded_at_ms += *simulated_error_ms;
                 held.push((report, taken));
                 None
             }
@@ -397,8 +373,8 @@ impl ClockGate {
                 copy: None,
             };
         };
-        // Closed (its files let go) before the caller deletes it.
-        let copy = copy.map(|c| c.dir);
+        // Its spool is closed (its files let go) when the sampling thread drops its handle.
+        let copy = copy.map(|(dir, _)| dir);
         let now_ms = wall_ms();
         let n = held.len();
         let reports: Vec<Report> = held
@@ -449,9 +425,6 @@ impl State {
 mod tests {
     use super::*;
     use crate::report::{Acceleration, Reading};
-    use crate::sink::spool;
-
-    const MS: Duration = Duration::from_millis(1);
 
     fn report() -> Report {
         let reading = Reading {
@@ -496,11 +469,12 @@ mod tests {
             marker: marker.clone(),
             wait: Duration::from_secs(5),
             copy: None,
+            simulated_error_ms: 0,
         };
         let t0 = Instant::now();
         let mut gate = ClockGate::start(Some(&options), t0);
         assert!(gate.holding());
-        assert!(gate.hold(report(), t0, MS).is_none());
+        assert!(gate.hold(report(), t0).is_none());
         assert!(gate.poll(t0 + Duration::from_secs(2)).is_none());
         // Synchronized: let go at the next look, within a second.
         std::fs::write(&marker, "").unwrap();
@@ -508,21 +482,21 @@ mod tests {
         let r = gate.poll(t0 + Duration::from_secs(3)).unwrap();
         assert_eq!((r.why, r.reports.len()), (Release::Synchronized, 1));
         assert!(!gate.holding());
-        assert!(gate.hold(report(), t0, MS).is_some(), "not held once open");
+        assert!(gate.hold(report(), t0).is_some(), "not held once open");
 
         // Never synchronized: let go after the wait, and new reports are no longer held.
         std::fs::remove_file(&marker).unwrap();
         let mut gate = ClockGate::start(Some(&options), t0);
-        gate.hold(report(), t0, MS);
+        gate.hold(report(), t0);
         assert!(gate.poll(t0 + Duration::from_secs(4)).is_none());
         let r = gate.poll(t0 + Duration::from_secs(5)).unwrap();
         assert_eq!(r.why, Release::GaveUp);
-        assert!(gate.hold(report(), t0, MS).is_some());
+        assert!(gate.hold(report(), t0).is_some());
 
         // Too many held: let go at once, without waiting for the next look.
         let mut gate = ClockGate::start(Some(&options), t0);
         for _ in 0..HELD_MAX {
-            gate.hold(report(), t0, MS);
+            gate.hold(report(), t0);
         }
         let r = gate.poll(t0).unwrap();
         assert_eq!((r.why, r.reports.len()), (Release::GaveUp, HELD_MAX));
@@ -536,12 +510,14 @@ mod tests {
             marker: dir.path().join("timesync").join("synchronized"),
             wait: Duration::from_secs(300),
             copy: None,
+            simulated_error_ms: 0,
         };
         assert!(!ClockGate::start(Some(&absent), now).holding());
         let zero = ClockWait {
             marker: dir.path().join("synchronized"),
             wait: Duration::ZERO,
             copy: None,
+            simulated_error_ms: 0,
         };
         assert!(!ClockGate::start(Some(&zero), now).holding());
         assert!(!ClockGate::start(None, now).holding());
@@ -570,18 +546,19 @@ mod tests {
             marker: dir.path().join("synchronized"),
             wait: Duration::from_secs(5),
             copy: Some((held_dir.clone(), options())),
+            simulated_error_ms: 0,
         };
         let t0 = Instant::now();
         let mut gate = ClockGate::start(Some(&wait), t0);
-        gate.hold(report(), t0, MS);
+        gate.hold(report(), t0);
         assert!(gate.stop(t0).unwrap().copy.is_none());
         assert_eq!(spool::summarize(&held_dir).unwrap().pending, 2);
 
         // The next start moves them to the main spool and deletes their directory.
         let (mut main, _) = Spool::open(&dir.path().join("main"), options()).unwrap();
-        assert_eq!(recover_held(&mut main, &held_dir, options()).unwrap(), 2);
+        assert_eq!(recover_held(&mut main, &held_dir).unwrap(), 2);
         assert_eq!(main.pending(), 2);
         assert!(!held_dir.exists());
-        assert_eq!(recover_held(&mut main, &held_dir, options()).unwrap(), 0);
+        assert_eq!(recover_held(&mut main, &held_dir).unwrap(), 0);
     }
 }

@@ -114,6 +114,17 @@ pub struct Cli {
     #[arg(long, env = "SENSEHAT_CLOCK_SYNC_FILE", default_value = crate::clock::DEFAULT_MARKER)]
     pub clock_sync_file: PathBuf,
 
+    /// For testing: readings taken while the clock is not synchronized are first stamped this
+    /// many ms off (e.g. -10800000, three hours behind, as after a power cut).
+    #[arg(
+        long,
+        env = "SENSEHAT_SIM_CLOCK_ERROR_MS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        hide = true
+    )]
+    pub sim_clock_error_ms: i64,
+
     /// Simulated board only: make CHIP fail during sample attempts FIRST..FIRST+COUNT
     /// (CHIP:FIRST:COUNT, e.g. lps25h:10:3). For testing fault handling.
     #[arg(long, env = "SENSEHAT_SIM_FAULT", value_delimiter = ',')]

@@ -192,6 +192,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             marker: cli.clock_sync_file.clone(),
             wait: cli.clock_wait,
             copy: None,
+            simulated_error_ms: cli.sim_clock_error_ms,
         }),
     };
 
@@ -226,11 +227,11 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 );
             }
             let held_dir = dir.join(clock::HELD_DIR);
-            match clock::recover_held(&mut spool, &held_dir, spool_options.clone()) {
+            match clock::recover_held(&mut spool, &held_dir) {
                 Ok(0) => {}
                 Ok(n) => warn!(
                     reports = n,
-                    "the last run stopped before the system clock was synchronized: the readings it held go on as its clock stamped them"
+                    "readings the last run held for the clock (it stopped before it could let them go) go on as its clock stamped them; any it had already let go are stored once"
                 ),
                 Err(e) => error!(error = %e, "cannot move the last run's held readings to the spool; they stay in {}", held_dir.display()),
             }

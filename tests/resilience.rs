@@ -348,6 +348,34 @@ async fn i2c_fault_skips_and_counts_samples() {
     assert!(s.contains("database              connected"), "{s}");
 }
 
+// A sensor down from the first sample: status.json is still written, with the failing sensor,
+// so `status` shows what is wrong (it used to be written only with a report).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_is_written_while_every_sample_fails() {
+    let server = MongoServer::start();
+    let (_dir, spool_dir, db, log) = places("fault_status");
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &spool_dir,
+            &["--sim-fault", "hts221:0:1000000"],
+        ),
+        &log,
+    );
+    let path = spool_dir.join(STATUS_FILE);
+    wait_until(Duration::from_secs(20), "a status file", || async {
+        Status::read(&path).is_some()
+    })
+    .await;
+    signal(&child, 9);
+    child.wait().unwrap();
+    let st = Status::read(&path).unwrap();
+    assert_eq!(st.reports, 0);
+    let hts = st.sensors.iter().find(|s| s.name == "hts221").unwrap();
+    assert!(!hts.ok, "{st:?}");
+}
+
 // A spool that cannot be written (disk full: the segment file is /dev/full) is reported once,
 // reports are kept in memory and delivered, and writing resumes when the disk has room.
 #[tokio::test(flavor = "multi_thread")]

@@ -526,6 +526,28 @@ impl Spool {
         out
     }
 
+    /// Append several reports and write them at once, in one `write(2)` (and, with a zero
+    /// `sync_interval`, one sync). Never fails, as [`Spool::append`].
+    pub fn append_all(&mut self, payloads: &[Vec<u8>], now: Instant) -> AppendOutcome {
+        for p in payloads {
+            push_frame(&mut self.unwritten, p);
+        }
+        self.unwritten_records += payloads.len() as u64;
+        self.unwritten_since.get_or_insert(now);
+        let mut out = std::mem::take(&mut self.deferred);
+        out.merge(self.write_out());
+        if self.owed_since.is_none() && self.end() > self.ack.max(self.synced) {
+            self.owed_since = Some(now);
+        }
+        if self.options.sync_interval.is_zero() {
+            let _ = self.sync();
+        }
+        let dropped = self.enforce_cap();
+        out.dropped += dropped;
+        self.dropped_total += dropped;
+        out
+    }
+
     /// Write every report appended but not yet written, in one `write(2)`. On a disk error
     /// they go to the in-memory queue; on success, what waited there moves to disk.
     fn write_out(&mut self) -> AppendOutcome {
