@@ -508,22 +508,7 @@ impl Spool {
         let oldest = *self.unwritten_since.get_or_insert(now);
         let next = now.checked_add(next_in);
         let group_closes = next.is_none_or(|t| t.duration_since(oldest) >= WRITE_GROUP);
-        let mut out = std::mem::take(&mut self.deferred);
-        if group_closes || self.options.sync_interval.is_zero() {
-            out.merge(self.write_out());
-        }
-        if self.owed_since.is_none()
-            && (self.unwritten_records > 0 || self.end() > self.ack.max(self.synced))
-        {
-            self.owed_since = Some(now);
-        }
-        if self.options.sync_interval.is_zero() {
-            let _ = self.sync();
-        }
-        let dropped = self.enforce_cap();
-        out.dropped += dropped;
-        self.dropped_total += dropped;
-        out
+        self.finish_append(group_closes, now)
     }
 
     /// Append several reports and write them at once, in one `write(2)` (and, with a zero
@@ -534,9 +519,19 @@ impl Spool {
         }
         self.unwritten_records += payloads.len() as u64;
         self.unwritten_since.get_or_insert(now);
+        self.finish_append(true, now)
+    }
+
+    /// The end of every append: write out now if `write_now` (or if every append is synced),
+    /// note what is owed a sync, sync when every append is, and stay under the cap.
+    fn finish_append(&mut self, write_now: bool, now: Instant) -> AppendOutcome {
         let mut out = std::mem::take(&mut self.deferred);
-        out.merge(self.write_out());
-        if self.owed_since.is_none() && self.end() > self.ack.max(self.synced) {
+        if write_now || self.options.sync_interval.is_zero() {
+            out.merge(self.write_out());
+        }
+        if self.owed_since.is_none()
+            && (self.unwritten_records > 0 || self.end() > self.ack.max(self.synced))
+        {
             self.owed_since = Some(now);
         }
         if self.options.sync_interval.is_zero() {
@@ -906,6 +901,22 @@ mod tests {
             s.ack(&b);
             all.extend(b.records);
         }
+    }
+
+    // Several reports appended at once are written at once (in one write), after those before.
+    #[test]
+    fn append_all_writes_at_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        // One report waiting for its group, then three at once.
+        s.append_grouped(&payload(0), now, Duration::ZERO);
+        assert_eq!(s.unwritten(), 1);
+        let out = s.append_all(&[payload(1), payload(2), payload(3)], now);
+        assert!(out.wrote && out.disk_error.is_none());
+        assert_eq!(s.unwritten(), 0);
+        assert_eq!(s.bytes(), 4 * (HEADER + 100));
+        assert_eq!(drain(&mut s), (0..4).map(payload).collect::<Vec<_>>());
     }
 
     // Appended reports come back in order, and acknowledged ones never again, across reopen.
