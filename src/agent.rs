@@ -289,9 +289,31 @@ struct LoopState<'a> {
 struct SpoolLog {
     disk_failing: bool,
     dropping: bool,
+    /// The held readings' spool (see [`crate::clock`]) could not be written.
+    held_failing: bool,
 }
 
 impl SpoolLog {
+    /// The held readings' spool: only its disk errors matter (it has no cap, and what it
+    /// holds is in memory too).
+    fn note_held(&mut self, append: &AppendOutcome, maintain: Result<(), SpoolError>) {
+        let error = append
+            .disk_error
+            .clone()
+            .or_else(|| maintain.err().map(|e| e.to_string()));
+        match (error, self.held_failing) {
+            (Some(e), false) => {
+                warn!(error = %e, "cannot write the copy of the readings held for the clock; a power cut now would lose them");
+                self.held_failing = true;
+            }
+            (None, true) if append.wrote => {
+                info!("the copy of the readings held for the clock is written again");
+                self.held_failing = false;
+            }
+            _ => {}
+        }
+    }
+
     fn note(&mut self, append: &AppendOutcome, counters: &Mutex<Counters>) {
         match (&append.disk_error, self.disk_failing) {
             (Some(e), false) => {
@@ -348,9 +370,11 @@ async fn emit(
                 let append = sp.append_all(&payloads, std::time::Instant::now());
                 let synced = sp.flush();
                 drop(sp);
-                if let Some(dir) = &released.copy {
+                if let Some((dir, held)) = released.copy {
+                    // Closed before its directory goes (the sampling thread let go of it).
+                    drop(held);
                     match (&append.disk_error, synced) {
-                        (None, Ok(())) => clock::discard_held(dir),
+                        (None, Ok(())) => clock::discard_held(&dir),
                         // The copy is what survives a power cut now; the next start moves it.
                         (_, Err(e)) => {
                             warn!(error = %e, "cannot sync the spool; the held readings' copy is kept")
@@ -463,6 +487,8 @@ async fn sample_on_schedule<S: Sampler>(
             .map_err(|e| AgentError::Join(e.to_string()))?
         } else {
             let t = take(&mut s, &options.node_name, store.as_ref());
+            // Let go of the held readings' spool now: a release below deletes its directory.
+            drop(store);
             (s, t)
         };
         sampler = Some(s);
@@ -512,10 +538,7 @@ async fn sample_on_schedule<S: Sampler>(
             if holding {
                 // In the held reports' spool, not the spool: it waits for the clock.
                 if let Some((append, maintain)) = stored {
-                    if let Err(e) = maintain {
-                        warn!(error = %e, "held readings' spool maintenance failed");
-                    }
-                    log.note(&append, counters);
+                    log.note_held(&append, maintain);
                 }
                 let _ = gate.hold(report, taken_at.unwrap_or_else(Instant::now));
                 lock(counters).held_for_clock = gate.held() as u64;
@@ -622,11 +645,17 @@ fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
             let append = sp.append_encoded(|b| report.write_bson(b), now, store.interval);
             return Some((append, sp.maintain(now)));
         }
-        let stored = match (&outcome, &store.held) {
-            (Ok(report), Some(Some(copy))) => {
+        // Held: the report goes to the held readings' spool, which is maintained (synced, its
+        // group written) whatever the sample gave.
+        let stored = match &store.held {
+            Some(Some(copy)) => {
                 let mut h = lock(copy);
-                let append = h.append_encoded(|b| report.write_bson(b), now, store.interval);
-                Some((append, h.maintain(now)))
+                let append = outcome
+                    .as_ref()
+                    .ok()
+                    .map(|r| h.append_encoded(|b| r.write_bson(b), now, store.interval));
+                let maintain = h.maintain(now);
+                append.map(|a| (a, maintain))
             }
             _ => None,
         };

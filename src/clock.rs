@@ -139,13 +139,12 @@ pub fn discard_held(dir: &Path) {
 }
 
 /// Reports let go: in the order they were taken, stamped.
-#[derive(Debug)]
 pub struct Released {
     pub why: Release,
     pub reports: Vec<Report>,
-    /// The held reports' spool: to be deleted ([`discard_held`]) once `reports` are safely in
-    /// the main spool.
-    pub copy: Option<PathBuf>,
+    /// The held reports' spool and its directory: to be closed (dropped) and deleted
+    /// ([`discard_held`]) once `reports` are safely in the main spool.
+    pub copy: Option<(PathBuf, HeldSpool)>,
 }
 
 /// The held reports' spool, shared with the sampling thread, which writes it.
@@ -373,8 +372,6 @@ impl ClockGate {
                 copy: None,
             };
         };
-        // Its spool is closed (its files let go) when the sampling thread drops its handle.
-        let copy = copy.map(|(dir, _)| dir);
         let now_ms = wall_ms();
         let n = held.len();
         let reports: Vec<Report> = held
@@ -560,5 +557,24 @@ mod tests {
         assert_eq!(main.pending(), 2);
         assert!(!held_dir.exists());
         assert_eq!(recover_held(&mut main, &held_dir).unwrap(), 0);
+    }
+
+    // The spool cannot be written (disk full): the moved reports are in its memory only, so
+    // their copy stays for the next start.
+    #[test]
+    fn held_reports_stay_on_disk_when_the_spool_cannot_take_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let held_dir = dir.path().join(HELD_DIR);
+        let (mut held, _) = Spool::open(&held_dir, options()).unwrap();
+        held.append(&report().to_bson_bytes(), std::time::Instant::now());
+        drop(held);
+        let main_dir = dir.path().join("main");
+        std::fs::create_dir(&main_dir).unwrap();
+        std::os::unix::fs::symlink("/dev/full", main_dir.join("segment-0000000000000001.spool"))
+            .unwrap();
+        let (mut main, _) = Spool::open(&main_dir, options()).unwrap();
+        assert_eq!(recover_held(&mut main, &held_dir).unwrap(), 1);
+        assert_eq!(main.pending(), 1, "kept in the spool's memory");
+        assert_eq!(spool::summarize(&held_dir).unwrap().pending, 1);
     }
 }

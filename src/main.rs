@@ -236,7 +236,14 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 Err(e) => error!(error = %e, "cannot move the last run's held readings to the spool; they stay in {}", held_dir.display()),
             }
             if let Some(c) = &mut options.clock {
-                c.copy = Some((held_dir, spool_options));
+                // No cap: at most HELD_MAX reports, which are in memory too.
+                c.copy = Some((
+                    held_dir,
+                    SpoolOptions {
+                        max_bytes: u64::MAX,
+                        ..spool_options
+                    },
+                ));
             }
             info!(spool = %dir.display(), backlog = opened.pending, database = %cli.database, collection = %cli.collection, "sampling every {} ms", cli.interval_ms);
             let sink = MongoSink::new(&uri, &cli.database, &cli.collection);

@@ -2,16 +2,16 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{agent_bin, all_reports, run_sim_agent, unique_name, MongoServer};
+use common::{agent_command, all_reports, run_sim_agent, unique_name, MongoServer};
 use mongodb::bson::{spec::ElementType, Document};
 
 // --dry-run prints N lines of relaxed Extended JSON with the stored field order, and exits 0.
 #[test]
 fn dry_run_prints_relaxed_extended_json() {
-    let out = Command::new(agent_bin())
+    let out = agent_command()
         .args([
             "--sensors",
             "sim",
@@ -92,7 +92,7 @@ fn dry_run_prints_relaxed_extended_json() {
 // Without a connection string and without --dry-run: non-zero exit and a message saying how.
 #[test]
 fn missing_connection_string_says_how_to_give_one() {
-    let out = Command::new(agent_bin())
+    let out = agent_command()
         .args(["--sensors", "sim", "--count", "1"])
         .env_remove("MONGODB_CONNECTION_STRING")
         .output()
@@ -107,7 +107,7 @@ fn missing_connection_string_says_how_to_give_one() {
 // Without a Sense HAT the real board fails fast with a message naming the bus.
 #[test]
 fn missing_sense_hat_fails_fast() {
-    let out = Command::new(agent_bin())
+    let out = agent_command()
         .args([
             "--dry-run",
             "--i2c-bus",
@@ -129,7 +129,7 @@ fn led_shows_logo_then_clears() {
     let dir = tempfile::tempdir().unwrap();
     let fb = dir.path().join("fb1");
     std::fs::write(&fb, [0u8; 128]).unwrap();
-    let mut child = Command::new(agent_bin())
+    let mut child = agent_command()
         .args([
             "--sensors",
             "sim",
@@ -224,7 +224,7 @@ fn notifies_systemd_ready_and_watchdog() {
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let status = Command::new(agent_bin())
+    let status = agent_command()
         .args([
             "--sensors",
             "sim",

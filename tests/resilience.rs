@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, all_reports, signal, unique_name, wait_until, MongoServer};
+use common::{agent_command, all_reports, signal, unique_name, wait_until, MongoServer};
 use mongodb::bson::{oid::ObjectId, Document};
 use sensehat_monitor::sink::spool;
 use sensehat_monitor::status::{Status, STATUS_FILE};
 
 fn agent(uri: &str, db: &str, spool_dir: &Path, extra: &[&str]) -> Command {
-    let mut c = Command::new(agent_bin());
+    let mut c = agent_command();
     c.args(["--sensors", "sim", "--database", db]);
     if !extra.contains(&"--interval-ms") {
         c.args(["--interval-ms", "50"]);
@@ -335,7 +335,7 @@ async fn i2c_fault_skips_and_counts_samples() {
     assert!(text.contains("sensor recovered"), "{text}");
 
     // `status` summarises it for a person.
-    let out = Command::new(agent_bin())
+    let out = agent_command()
         .arg("status")
         .arg("--spool-dir")
         .arg(&spool_dir)

@@ -514,6 +514,9 @@ impl Spool {
     /// Append several reports and write them at once, in one `write(2)` (and, with a zero
     /// `sync_interval`, one sync). Never fails, as [`Spool::append`].
     pub fn append_all(&mut self, payloads: &[Vec<u8>], now: Instant) -> AppendOutcome {
+        if payloads.is_empty() {
+            return AppendOutcome::default();
+        }
         for p in payloads {
             push_frame(&mut self.unwritten, p);
         }

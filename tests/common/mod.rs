@@ -183,10 +183,22 @@ pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sensehat-monitor")
 }
 
+/// The agent binary, as a command that trusts the clock: on a host whose systemd-timesyncd has
+/// not synchronized its clock yet, the agent would otherwise hold readings for `--clock-wait`.
+/// The clock's own tests give `--clock-sync-file` themselves, which wins over this.
+pub fn agent_command() -> Command {
+    let mut c = Command::new(agent_bin());
+    c.env(
+        "SENSEHAT_CLOCK_SYNC_FILE",
+        "/nonexistent/timesync/synchronized",
+    );
+    c
+}
+
 /// The agent on the simulated board taking `count` samples 50 ms apart into `db` on the server at
 /// `uri`, spooling in `spool`. A std `Command`: `tokio::process::Command::from` it for async use.
 pub fn sim_agent(uri: &str, db: &str, count: u32, spool: &Path) -> Command {
-    let mut c = Command::new(agent_bin());
+    let mut c = agent_command();
     c.args(["--sensors", "sim", "--interval-ms", "50", "--database", db])
         .args(["--count", &count.to_string()])
         .arg("--spool-dir")
