@@ -138,6 +138,8 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
     assert_eq!(ids.len(), 40);
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("MongoDB unavailable"), "{log}");
+    // Nothing listened on the port: the log says what to check.
+    assert!(log.contains("check the host and port"), "{log}");
     assert!(log.contains("connected to MongoDB"), "{log}");
     // One line per state change, not one per retry, and the backlog's end once.
     assert_eq!(log.matches("MongoDB unavailable").count(), 1, "{log}");

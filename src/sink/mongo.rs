@@ -47,7 +47,23 @@ pub fn classify(e: Error) -> InsertError {
         ErrorKind::DnsResolve { ref message, .. } => {
             InsertError::Unavailable(format!("DNS lookup failed: {message}"))
         }
+        ErrorKind::ServerSelection { ref message, .. } => InsertError::Unavailable(format!(
+            "{} ({message})",
+            server_selection_hint(message)
+        )),
         _ => InsertError::Unavailable(e.to_string()),
+    }
+}
+
+/// What to check when no server could be reached, from the driver's account of each server
+/// (its message lists every server's last error; the driver's error kinds say no more).
+pub fn server_selection_hint(message: &str) -> &'static str {
+    if message.contains("Connection refused") {
+        "no MongoDB server accepts connections at that address: check the host and port in the connection string, and that the server runs"
+    } else if message.contains("certificate") || message.contains("InvalidCertificate") {
+        "the server's TLS certificate was not accepted: check the host name in the connection string (and the system clock)"
+    } else {
+        "no MongoDB server answered: check the network, and on Atlas that this machine's public IP address is in the project's IP Access List (Security > Network Access)"
     }
 }
 
@@ -394,5 +410,15 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn unreachable_servers_get_a_hint_of_what_to_check() {
+        let refused = "Server selection timeout: No available servers. Topology: { Type: Unknown, Servers: [ { Address: 127.0.0.1:1, Type: Unknown, Error: Kind: I/O error: Connection refused (os error 111) } ] }";
+        assert!(server_selection_hint(refused).contains("host and port"));
+        let silent = "Server selection timeout: No available servers. Topology: { Type: ReplicaSetNoPrimary, Servers: [ { Address: ac-x-shard-00-00.abc.mongodb.net:27017, Type: Unknown, Error: Kind: I/O error: connection closed } ] }";
+        assert!(server_selection_hint(silent).contains("IP Access List"));
+        let cert = "Server selection timeout: ... Error: Kind: I/O error: invalid peer certificate: NotValidForName";
+        assert!(server_selection_hint(cert).contains("TLS certificate"));
     }
 }
