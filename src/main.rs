@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use sensehat_monitor::agent::{self, AgentOptions, Output};
 use sensehat_monitor::board::{linux, Board};
-use sensehat_monitor::clock::{self, ClockWait};
+use sensehat_monitor::clock::{self, ClockState, ClockWait};
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led;
 use sensehat_monitor::led::{find_sense_fb, AttinyLed, Frame, FramebufferLed};
@@ -100,6 +100,22 @@ fn check_config(cli: &Cli) -> Result<(), String> {
                     dir.display()
                 )
             })?;
+    }
+    // Not an error either way; said so the journal shows what the agent will do.
+    let marker = &cli.clock_sync_file;
+    match clock::clock_state(marker) {
+        ClockState::Synchronized => eprintln!("clock: synchronized ({})", marker.display()),
+        ClockState::NotYet if cli.clock_wait.is_zero() => eprintln!(
+            "clock: not synchronized yet; --clock-wait is 0, so readings are stamped by it as it is"
+        ),
+        ClockState::NotYet => eprintln!(
+            "clock: not synchronized yet; readings will be held for up to {:?} (--clock-wait) and stamped once it is",
+            cli.clock_wait
+        ),
+        ClockState::Unknown => eprintln!(
+            "clock: no systemd-timesyncd to ask ({} does not exist); the clock is trusted as it is",
+            marker.parent().unwrap_or(marker).display()
+        ),
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -102,6 +103,55 @@ fn missing_connection_string_says_how_to_give_one() {
     assert!(err.contains("MONGODB_CONNECTION_STRING"), "{err}");
     assert!(err.contains("--dry-run"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+// check-config (the unit's ExecStartPre): what is wrong, with exit 2, or "configuration ok"
+// and what the agent will do about the clock.
+#[test]
+fn check_config_says_what_is_wrong_and_what_the_clock_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let timesync = dir.path().join("timesync");
+    std::fs::create_dir(&timesync).unwrap();
+    let marker = timesync.join("synchronized");
+    let check = |uri: Option<&str>, spool: &std::path::Path| {
+        let mut c = agent_command();
+        c.arg("--clock-sync-file")
+            .arg(&marker)
+            .arg("check-config")
+            .arg("--spool-dir")
+            .arg(spool)
+            .env_remove("MONGODB_CONNECTION_STRING");
+        if let Some(u) = uri {
+            c.env("MONGODB_CONNECTION_STRING", u);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, err) = check(None, &spool);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("MONGODB_CONNECTION_STRING"), "{err}");
+
+    let uri = Some("mongodb://127.0.0.1:1/");
+    let (code, err) = check(uri, Path::new("/proc/no-spool-here"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--spool-dir"), "{err}");
+
+    let (code, err) = check(uri, &spool);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("configuration ok"), "{err}");
+    assert!(
+        err.contains("not synchronized yet; readings will be held"),
+        "{err}"
+    );
+
+    std::fs::write(&marker, "").unwrap();
+    let (_, err) = check(uri, &spool);
+    assert!(err.contains("clock: synchronized"), "{err}");
 }
 
 // Without a Sense HAT the real board fails fast with a message naming the bus.
