@@ -490,6 +490,15 @@ mod tests {
         assert_eq!(r.why, Release::GaveUp);
         assert!(gate.hold(report(), t0).is_some());
 
+        // Having given up, it looks every WATCH_EVERY, and once synchronized stops looking.
+        std::fs::write(&marker, "").unwrap();
+        let t5 = t0 + Duration::from_secs(5);
+        assert!(gate.poll(t5 + WATCH_EVERY / 2).is_none());
+        assert!(matches!(gate.0, State::Watching { .. }));
+        assert!(gate.poll(t5 + WATCH_EVERY).is_none());
+        assert!(matches!(gate.0, State::Open));
+        std::fs::remove_file(&marker).unwrap();
+
         // Too many held: let go at once, without waiting for the next look.
         let mut gate = ClockGate::start(Some(&options), t0);
         for _ in 0..HELD_MAX {
