@@ -457,6 +457,7 @@ async fn sample_on_schedule<S: Sampler>(
         }
 
         let write_status_now = last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
+        let holding = gate.holding();
         let store = match &*output {
             Output::Spool { spool, status_path } => Some(Store {
                 spool: spool.clone(),
@@ -467,12 +468,11 @@ async fn sample_on_schedule<S: Sampler>(
                 },
                 counters: counters.clone(),
                 interval,
-                held: gate.holding().then(|| gate.copy()),
+                held: holding.then(|| gate.copy()),
             }),
             Output::Print(_) => None,
         };
         let has_store = store.is_some();
-        let holding = gate.holding();
         // Read the clock only when it is needed: a clock read is a measurable part of a sample.
         let taken_at = holding.then(Instant::now);
         let mut s = sampler.take().expect("sampler is returned by every sample");
