@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backon::BackoffBuilder;
 use tokio::sync::{watch, Notify};
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::board::{Board, HealthEvent, SampleError, Sensor};
-use crate::clock::{self, ClockGate, ClockWait, Released};
+use crate::clock::{self, now_ms, ClockGate, ClockWait, Released};
 use crate::report::{Reading, Report};
 use crate::sink::spool::{AppendOutcome, Batch, Spool, SpoolError};
 use crate::sink::{InsertError, Inserter};
@@ -143,13 +143,6 @@ pub enum AgentError {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// What the delivery task should do.

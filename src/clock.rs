@@ -87,7 +87,9 @@ pub struct ClockWait {
     pub simulated_error_ms: i64,
 }
 
-fn wall_ms() -> i64 {
+/// Milliseconds since the Unix epoch by the system clock, now (0 before 1970). The crate's one
+/// reading of the wall clock: reports, status, the Firehose services.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -304,7 +306,7 @@ impl ClockGate {
                 if clock_state(marker) == ClockState::Synchronized {
                     // How much further the wall clock went than the monotonic clock.
                     let mono = i64::try_from(now.duration_since(*since).as_millis()).unwrap_or(0);
-                    let step = wall_ms() - *wall_then_ms - mono;
+                    let step = now_ms() - *wall_then_ms - mono;
                     if step.abs() >= STEP_WORTH_LOGGING_MS {
                         warn!(
                             step_ms = step,
@@ -372,7 +374,7 @@ impl ClockGate {
                 copy: None,
             };
         };
-        let now_ms = wall_ms();
+        let now_ms = now_ms();
         let n = held.len();
         let reports: Vec<Report> = held
             .into_iter()
@@ -413,7 +415,7 @@ impl State {
             marker,
             next_check: now + WATCH_EVERY,
             since: now,
-            wall_then_ms: wall_ms(),
+            wall_then_ms: now_ms(),
         }
     }
 }

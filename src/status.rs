@@ -2,10 +2,10 @@
 //! that combines it with a read-only look at the spool.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::report::iso_millis;
 use crate::sink::spool;
 
@@ -54,13 +54,6 @@ impl Status {
     pub fn read(path: &Path) -> Option<Status> {
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn age(ms: i64, now: i64) -> String {

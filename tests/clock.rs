@@ -8,16 +8,10 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::{agent_command, all_reports, signal, sim_agent, unique_name, MongoServer};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use sensehat_monitor::clock::now_ms;
 
 /// The dry-run agent every 50 ms with `marker` as the clock's marker; stdout lines arrive on
 /// the channel as they are printed.

@@ -51,13 +51,7 @@ pub fn response_body(request_id: &str, timestamp_ms: i64, error: Option<&str>) -
     serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default()
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -73,13 +73,7 @@ impl Starts {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// When `stream` was created, ms since the epoch; retried every second until Kinesis answers
 /// (the error is logged at the first failure and every minute after).
