@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{agent_command, all_reports, signal, sim_agent, unique_name, MongoServer};
+use common::{agent_command, all_reports, signal, sim_agent, unique_name, MongoServer, Reaped};
 use sensehat_monitor::clock::now_ms;
 
 /// The dry-run agent every 50 ms with `marker` as the clock's marker; stdout lines arrive on
@@ -207,7 +207,7 @@ async fn held_reports_survive_a_kill() {
         .arg("--clock-sync-file")
         .arg(&marker)
         .stderr(Stdio::null());
-    let mut child = first.spawn().unwrap();
+    let mut child = Reaped(first.spawn().unwrap());
     let held_dir = spool.path().join("held");
     let on_disk = || sensehat_monitor::sink::spool::summarize(&held_dir).map_or(0, |s| s.pending);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -215,8 +215,34 @@ async fn held_reports_survive_a_kill() {
         assert!(Instant::now() < deadline, "no held reports on disk");
         std::thread::sleep(Duration::from_millis(50));
     }
-    signal(&child, 9);
-    child.wait().unwrap();
+    // `status` tells a person why nothing is sent: status.json is rewritten every 10 s, the
+    // first time at the first sample (before any report was held).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = agent_command()
+            .arg("status")
+            .arg("--spool-dir")
+            .arg(spool.path())
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(n) = s
+            .lines()
+            .find_map(|l| l.strip_prefix("held for the clock"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            if n > 0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed held reports:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    signal(&child.0, 9);
+    child.0.wait().unwrap();
     let held = on_disk();
     let client = server.client().await;
     assert!(

@@ -266,3 +266,14 @@ pub fn signal_pid(pid: u32, sig: i32) {
         .expect("run kill");
     assert!(status.success());
 }
+
+/// A child process killed when dropped, so that a failed assertion does not leave an agent
+/// running (it would keep the test harness's output pipe open).
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
