@@ -173,30 +173,54 @@ where
     let (mode_tx, mode_rx) = watch::channel(Mode::Run);
     let mut output = output;
 
+    // Delivery that ends with an error (a connection string the driver refuses, a spool that
+    // cannot be read) can never resume: sampling stops too, so the agent exits non-zero and
+    // the failure is seen (systemd restarts it) instead of readings piling up unsent.
+    let failed = Arc::new(Notify::new());
     let delivery = match &output {
-        Output::Spool { spool, .. } => Some(tokio::spawn(deliver(
-            spool.clone(),
-            inserter,
-            mode_rx,
-            notify.clone(),
-            delivery_idle.clone(),
-            lock(spool).pending(),
-            counters.clone(),
-        ))),
+        Output::Spool { spool, .. } => {
+            let work = deliver(
+                spool.clone(),
+                inserter,
+                mode_rx,
+                notify.clone(),
+                delivery_idle.clone(),
+                lock(spool).pending(),
+                counters.clone(),
+            );
+            let failed = failed.clone();
+            Some(tokio::spawn(async move {
+                let result = work.await;
+                if result.is_err() {
+                    error!("delivery to the database stopped for good; stopping the agent (unsent readings stay in the spool)");
+                    failed.notify_one();
+                }
+                result
+            }))
+        }
         Output::Print(_) => None,
     };
 
     tokio::pin!(shutdown);
-    let interrupted = sample_loop(
-        &options,
-        sampler,
-        &mut output,
-        &counters,
-        &notify,
-        &delivery_idle,
-        &mut shutdown,
-    )
-    .await?;
+    let interrupted = {
+        let stop = async {
+            tokio::select! {
+                () = &mut shutdown => {}
+                () = failed.notified() => {}
+            }
+        };
+        tokio::pin!(stop);
+        sample_loop(
+            &options,
+            sampler,
+            &mut output,
+            &counters,
+            &notify,
+            &delivery_idle,
+            &mut stop,
+        )
+        .await?
+    };
 
     if let (Some(mut task), Output::Spool { spool, status_path }) = (delivery, &output) {
         let result = if interrupted || options.count.is_none() {

@@ -15,7 +15,7 @@ use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led;
 use sensehat_monitor::led::{find_sense_fb, AttinyLed, Frame, FramebufferLed};
 use sensehat_monitor::shutdown::shutdown_signal;
-use sensehat_monitor::sink::mongo::MongoSink;
+use sensehat_monitor::sink::mongo::{self, MongoSink};
 use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
 use sensehat_monitor::sink::NoDatabase;
 use sensehat_monitor::status::{self, STATUS_FILE};
@@ -87,10 +87,10 @@ fn open_led(cli: &Cli) -> Option<Led> {
     }
 }
 
-fn check_config(cli: &Cli) -> Result<(), String> {
+async fn check_config(cli: &Cli) -> Result<(), String> {
     logo(cli)?;
     if !cli.dry_run {
-        cli.require_uri()?;
+        mongo::check_uri(cli.require_uri()?).await?;
         let dir = cli.spool_dir();
         std::fs::create_dir_all(&dir)
             .and_then(|()| tempfile_probe(&dir))
@@ -145,7 +145,7 @@ async fn main() -> ExitCode {
             };
         }
         Some(Command::CheckConfig) => {
-            return match check_config(&cli) {
+            return match check_config(&cli).await {
                 Ok(()) => {
                     eprintln!("configuration ok");
                     ExitCode::SUCCESS
@@ -175,7 +175,9 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
     let uri = if cli.dry_run {
         None
     } else {
-        Some(cli.require_uri().map_err(|e| (2, e))?.to_owned())
+        let uri = cli.require_uri().map_err(|e| (2, e))?;
+        mongo::check_uri(uri).await.map_err(|e| (2, e))?;
+        Some(uri.to_owned())
     };
     let frame = logo(&cli).map_err(|e| (2, e))?;
 

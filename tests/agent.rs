@@ -103,6 +103,24 @@ fn missing_connection_string_says_how_to_give_one() {
     assert!(err.contains("MONGODB_CONNECTION_STRING"), "{err}");
     assert!(err.contains("--dry-run"), "{err}");
     assert!(out.stdout.is_empty());
+
+    // One that can never work is refused at start too, not found out by delivery later
+    // while sampling goes on (it was logged only when the agent stopped).
+    let spool = tempfile::tempdir().unwrap();
+    let out = agent_command()
+        .args(["--sensors", "sim", "--count", "1"])
+        .arg("--spool-dir")
+        .arg(spool.path())
+        .env(
+            "MONGODB_CONNECTION_STRING",
+            "mongodb://alice:p@ss/w0rd@127.0.0.1:1/",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("percent-encoded"), "{err}");
+    assert!(!err.contains("p@ss"), "the password was logged: {err}");
 }
 
 // check-config (the unit's ExecStartPre): what is wrong, with exit 2, or "configuration ok"
@@ -135,6 +153,18 @@ fn check_config_says_what_is_wrong_and_what_the_clock_says() {
     let (code, err) = check(None, &spool);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("MONGODB_CONNECTION_STRING"), "{err}");
+
+    // A connection string that can never work is refused before anything runs: an Atlas
+    // password with an unescaped @, and options the driver refuses together.
+    let (code, err) = check(
+        Some("mongodb+srv://greenhouse:p@ss@cluster0.example.mongodb.net/"),
+        &spool,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("@ as %40"), "{err}");
+    let (code, err) = check(Some("mongodb://127.0.0.1:1/?w=0&journal=true"), &spool);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("w=0 and j=true"), "{err}");
 
     let uri = Some("mongodb://127.0.0.1:1/");
     let (code, err) = check(uri, Path::new("/proc/no-spool-here"));

@@ -163,3 +163,66 @@ async fn shutdown_leaves_undelivered_reports_in_the_spool() {
     assert!(got.lock().unwrap().is_empty());
     assert_eq!(spool.lock().unwrap().pending(), 11);
 }
+
+/// A database that can never take the reports (as when the driver refuses the options).
+struct RefusingInserter;
+
+impl Inserter for RefusingInserter {
+    async fn insert(&mut self, _docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        Err(InsertError::Fatal(
+            "write concern cannot have w=0 and j=true".into(),
+        ))
+    }
+}
+
+// Delivery that stops for good stops the agent (which systemd then restarts and shows as
+// failed), with no shutdown request and no --count; what was sampled stays in the spool.
+// Before, sampling went on and the error was seen only at the next stop.
+#[tokio::test(start_paused = true)]
+async fn a_delivery_that_can_never_work_stops_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(
+        dir.path(),
+        SpoolOptions {
+            max_bytes: 1 << 24,
+            sync_interval: Duration::from_secs(1),
+        },
+    )
+    .unwrap();
+    let spool = Arc::new(Mutex::new(spool));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let run = agent::run(
+        AgentOptions {
+            node_name: "loop-test".into(),
+            interval: Duration::from_millis(100),
+            count: None,
+            shutdown_timeout: Duration::from_secs(2),
+            notify_systemd: false,
+            clock: None,
+        },
+        ClockSampler {
+            times: times.clone(),
+        },
+        Output::Spool {
+            spool: spool.clone(),
+            status_path: None,
+        },
+        RefusingInserter,
+        std::future::pending(),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the agent went on sampling");
+    let err = result.expect_err("the agent stopped without an error");
+    assert!(err.to_string().contains("w=0 and j=true"), "{err}");
+    // It stopped after the first insert, not some time later.
+    assert!(
+        times.lock().unwrap().len() <= 2,
+        "{:?}",
+        times.lock().unwrap().len()
+    );
+    assert_eq!(
+        spool.lock().unwrap().pending(),
+        times.lock().unwrap().len() as u64
+    );
+}

@@ -35,11 +35,42 @@ pub async fn connect(uri: &str, app_name: &str) -> Result<Client, InsertError> {
     Client::with_options(options).map_err(classify)
 }
 
+/// Check a connection string's syntax and options without contacting anything, so a string
+/// that can never work is refused at start, not found out by the delivery task while readings
+/// pile up. A `mongodb+srv://` string's options are checked only as far as its text goes: the
+/// rest comes from DNS, which may not answer yet at boot.
+pub async fn check_uri(uri: &str) -> Result<(), String> {
+    let message = |e: Error| match classify(e) {
+        InsertError::Fatal(m) | InsertError::Unavailable(m) => m,
+    };
+    let parsed = mongodb::options::ConnectionString::parse(uri).map_err(message)?;
+    if !uri.trim_start().starts_with("mongodb+srv://") {
+        // Without SRV this makes the client's options from the text alone and checks them
+        // together (for example w=0 with journal=true), as connecting would.
+        ClientOptions::parse(parsed).await.map_err(message)?;
+    }
+    Ok(())
+}
+
+/// What to add to the driver's account of a connection string it refused.
+fn uri_hint(message: &str) -> &'static str {
+    if message.contains("URL encoded") {
+        "; a user name or password with any of : / ? # [ ] @ % must have them percent-encoded (@ as %40, : as %3A, / as %2F, % as %25)"
+    } else if message.contains("scheme") || message.contains("host") {
+        "; it should look like mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/ (Atlas) or mongodb://HOST:27017/"
+    } else {
+        ""
+    }
+}
+
 /// Sort a driver error into "try again" or "never works", without internals a user needn't see.
 pub fn classify(e: Error) -> InsertError {
     match *e.kind {
         ErrorKind::InvalidArgument { ref message, .. } => {
-            InsertError::Fatal(format!("invalid MongoDB connection string or option: {message}"))
+            InsertError::Fatal(format!(
+                "invalid MongoDB connection string or option: {message}{}",
+                uri_hint(message)
+            ))
         }
         ErrorKind::Authentication { ref message, .. } => InsertError::Unavailable(format!(
             "authentication failed ({message}): check the user name and password in MONGODB_CONNECTION_STRING"
