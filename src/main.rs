@@ -238,6 +238,13 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     format!("{e}; choose a writable directory with --spool-dir"),
                 )
             })?;
+            if opened.corrupt_regions > 0 {
+                error!(
+                    regions = opened.corrupt_regions,
+                    bytes = opened.corrupt_bytes,
+                    "skipped bad data between good records in the spool; the readings in it are lost, the rest are kept. If this happens again, the SD card may be failing"
+                );
+            }
             if opened.torn_bytes > 0 {
                 warn!(
                     bytes = opened.torn_bytes,

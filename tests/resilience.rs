@@ -219,6 +219,53 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
     assert!(pending_ids(&spool_dir).is_empty());
 }
 
+// A bad byte in the spool (an SD card that returned a block wrong): the next start skips
+// that one report, says so, and delivers every other one. It used to cut the rest of the
+// segment and blame a torn write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_report_in_the_spool_costs_only_itself() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    let (dir, spool_dir, db, log) = places("corrupt");
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &[]), &log);
+    wait_for_spooled(&spool_dir, 25).await;
+    signal(&child, 9);
+    child.wait().unwrap();
+    let before = pending_ids(&spool_dir);
+
+    // Flip a byte inside the tenth report of the first segment.
+    let segment = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut at = 0;
+    for _ in 0..9 {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    bytes[at + 8 + 30] ^= 0x5a;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    server.launch();
+    let log2 = dir.path().join("agent2.log");
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "5"]),
+        &log2,
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    let text = std::fs::read_to_string(&log2).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("skipped bad data"), "{text}");
+    assert!(!text.contains("torn record"), "{text}");
+    let stored: HashSet<_> = stored_once(&server, &db).await.into_iter().collect();
+    let lost: Vec<_> = before.iter().filter(|id| !stored.contains(id)).collect();
+    assert_eq!(lost, vec![&before[9]]);
+    assert_eq!(stored.len(), before.len() - 1 + 5);
+}
+
 // SIGTERM: exit 0 within the shutdown timeout; stored plus spooled equals reports taken.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_exits_cleanly_and_loses_nothing() {

@@ -33,8 +33,11 @@
 //! one fdatasync per second covers every report older than a second. `--spool-sync-ms 0` syncs
 //! every append, for those who prefer the wear to the one-second window.
 //!
-//! On open, the last segment is scanned; a torn or corrupt tail (a crash mid-write, or blocks
-//! of zeros after power loss) fails its length or CRC check and is cut off, never fatal.
+//! On open, every segment is scanned. A torn or corrupt tail (a crash mid-write, or blocks of
+//! zeros after power loss) fails its length or CRC check and is cut off, never fatal. Bad data
+//! with good records after it (a block the card returned wrong, or an unsynced block that never
+//! reached it while a later one did) costs only the records it overlaps: reading resumes at the
+//! next good record (see `Frames`), and the regions skipped are counted and logged.
 //!
 //! # Bounds and disk faults
 //!
@@ -116,6 +119,10 @@ pub struct OpenReport {
     pub pending: u64,
     /// Bytes cut from a torn tail.
     pub torn_bytes: u64,
+    /// Regions of bad data between good records, skipped (the reports in them are lost), and
+    /// their bytes.
+    pub corrupt_regions: u64,
+    pub corrupt_bytes: u64,
 }
 
 /// What an append did beyond appending.
@@ -153,7 +160,7 @@ pub struct Spool {
     writer: Option<File>,
     ack: Position,
     read: Position,
-    reader: Option<(u64, u64, BufReader<File>)>,
+    reader: Option<(u64, Frames<File>)>,
     memory: VecDeque<Vec<u8>>,
     memory_in_flight: usize,
     /// Appended but neither synced nor known to be delivered, since this instant.
@@ -234,21 +241,125 @@ fn read_frame(r: &mut impl Read, remaining: u64) -> Result<Option<Vec<u8>>, &'st
     Ok(Some(payload))
 }
 
-/// Count the valid records of a segment file, the offset where they end, and how many lie
-/// before `ack_offset`.
-fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<(u64, u64, u64)> {
+/// The frames of a segment file, in order, from `pos` up to `limit`.
+///
+/// A frame that fails its checks (a block of the SD card that came back wrong, or a block of
+/// an unsynced write that never reached it before power was lost, with later ones that did)
+/// costs that frame, not the rest of the file: reading goes on at the next offset where a
+/// whole frame passes its checks. Its length field must fit, its payload must start with the
+/// same length (a BSON document's first field is its own length) and its CRC must match, so a
+/// false start is about as likely as a CRC collision. Bytes after the last good frame are a
+/// torn tail, not a skipped region.
+struct Frames<R> {
+    r: BufReader<R>,
+    pos: u64,
+    limit: u64,
+    /// Regions skipped between good frames, and their bytes.
+    skipped_regions: u64,
+    skipped_bytes: u64,
+    /// Where the last good frame ends (the torn tail starts), once the end is reached.
+    end: Option<u64>,
+}
+
+impl<R: Read + Seek> Frames<R> {
+    /// `r` must be positioned at `pos`.
+    fn new(r: BufReader<R>, pos: u64, limit: u64) -> Self {
+        Frames {
+            r,
+            pos,
+            limit,
+            skipped_regions: 0,
+            skipped_bytes: 0,
+            end: None,
+        }
+    }
+
+    fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if self.end.is_some() {
+                return Ok(None);
+            }
+            match read_frame(&mut self.r, self.limit - self.pos) {
+                Ok(Some(p)) => {
+                    self.pos += HEADER + p.len() as u64;
+                    return Ok(Some(p));
+                }
+                Ok(None) => {
+                    self.end = Some(self.pos);
+                    return Ok(None);
+                }
+                Err(_) => {
+                    let start = self.pos;
+                    self.r.seek(SeekFrom::Start(start))?;
+                    let mut rest = Vec::new();
+                    (&mut self.r)
+                        .take(self.limit - start)
+                        .read_to_end(&mut rest)?;
+                    match next_good_frame(&rest) {
+                        Some(k) => {
+                            self.skipped_regions += 1;
+                            self.skipped_bytes += k;
+                            self.pos = start + k;
+                            self.r.seek(SeekFrom::Start(self.pos))?;
+                        }
+                        None => {
+                            self.end = Some(start);
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first offset after 0 in `buf` where a whole frame passes its checks (see [`Frames`]).
+fn next_good_frame(buf: &[u8]) -> Option<u64> {
+    (1..buf.len().saturating_sub(HEADER as usize)).find_map(|k| {
+        let head = buf.get(k..k + HEADER as usize)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if !(5..=MAX_RECORD).contains(&len) {
+            return None;
+        }
+        let payload = buf.get(k + HEADER as usize..k + HEADER as usize + len as usize)?;
+        (payload[..4] == head[..4] && crc32fast::hash(payload) == crc).then_some(k as u64)
+    })
+}
+
+/// What a scan of a segment file found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Scanned {
+    records: u64,
+    /// Where the last good frame ends.
+    valid: u64,
+    /// Records before the delivered position.
+    acked: u64,
+    skipped_regions: u64,
+    skipped_bytes: u64,
+}
+
+/// Count the good records of a segment file, where they end, and how many lie before
+/// `ack_offset`.
+fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<Scanned> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
-    let mut r = BufReader::with_capacity(64 * 1024, file);
-    let (mut offset, mut records, mut acked) = (0u64, 0u64, 0u64);
-    while let Ok(Some(p)) = read_frame(&mut r, size - offset) {
-        if ack_offset.is_some_and(|a| offset < a) {
-            acked += 1;
+    let mut frames = Frames::new(BufReader::with_capacity(64 * 1024, file), 0, size);
+    let mut s = Scanned::default();
+    let mut offset = 0;
+    while let Some(p) = frames.next()? {
+        // The frame's start: a skipped region may lie between the last one's end and it.
+        let start = frames.pos - HEADER - p.len() as u64;
+        if ack_offset.is_some_and(|a| start < a) {
+            s.acked += 1;
         }
-        offset += HEADER + p.len() as u64;
-        records += 1;
+        offset = frames.pos;
+        s.records += 1;
     }
-    Ok((records, offset, acked))
+    s.valid = frames.end.unwrap_or(offset);
+    s.skipped_regions = frames.skipped_regions;
+    s.skipped_bytes = frames.skipped_bytes;
+    Ok(s)
 }
 
 fn read_cursor(dir: &Path) -> Option<Position> {
@@ -313,13 +424,12 @@ pub fn for_each_pending(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> 
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len();
-        let mut r = BufReader::with_capacity(64 * 1024, file);
-        let mut offset = 0;
-        while let Ok(Some(p)) = read_frame(&mut r, size - offset) {
-            if id > ack.segment || offset >= ack.offset {
+        let mut frames = Frames::new(BufReader::with_capacity(64 * 1024, file), 0, size);
+        while let Some(p) = frames.next()? {
+            let start = frames.pos - HEADER - p.len() as u64;
+            if id > ack.segment || start >= ack.offset {
                 f(&p);
             }
-            offset += HEADER + p.len() as u64;
         }
     }
     Ok(())
@@ -350,8 +460,15 @@ impl Spool {
                 continue;
             }
             let size = fs::metadata(&path).map_err(io_err)?.len();
-            let (records, valid, acked) =
-                scan(&path, (id == ack.segment).then_some(ack.offset)).map_err(io_err)?;
+            let Scanned {
+                records,
+                valid,
+                acked,
+                skipped_regions,
+                skipped_bytes,
+            } = scan(&path, (id == ack.segment).then_some(ack.offset)).map_err(io_err)?;
+            report.corrupt_regions += skipped_regions;
+            report.corrupt_bytes += skipped_bytes;
             if valid < size {
                 report.torn_bytes += size - valid;
                 if Some(id) == last {
@@ -762,39 +879,36 @@ impl Spool {
                     path: path.clone(),
                     source,
                 };
-                let reuse = matches!(&self.reader, Some((rid, pos, _)) if *rid == id && *pos == self.read.offset);
+                let reuse = matches!(&self.reader, Some((rid, f)) if *rid == id && f.pos == self.read.offset && f.limit == limit);
                 if !reuse {
                     let mut f = File::open(&path).map_err(io_err)?;
                     f.seek(SeekFrom::Start(self.read.offset)).map_err(io_err)?;
                     self.reader = Some((
                         id,
-                        self.read.offset,
-                        BufReader::with_capacity(256 * 1024, f),
+                        Frames::new(
+                            BufReader::with_capacity(256 * 1024, f),
+                            self.read.offset,
+                            limit,
+                        ),
                     ));
                 }
-                let (_, pos, r) = self.reader.as_mut().expect("set above");
+                let (_, frames) = self.reader.as_mut().expect("set above");
                 let mut records = Vec::new();
-                while records.len() < max && *pos < limit {
-                    match read_frame(r, limit - *pos) {
-                        Ok(Some(p)) => {
-                            *pos += HEADER + p.len() as u64;
-                            records.push(p);
-                        }
-                        Ok(None) => break,
-                        Err(why) => {
-                            return Err(SpoolError::Io {
-                                path: path.clone(),
-                                source: io::Error::new(io::ErrorKind::InvalidData, why),
-                            })
+                // Bad data between good records (counted when the spool was opened) is
+                // skipped; after the last good record the rest of the segment is.
+                while records.len() < max {
+                    match frames.next().map_err(io_err)? {
+                        Some(p) => records.push(p),
+                        None => {
+                            frames.pos = limit;
+                            break;
                         }
                     }
                 }
-                self.read.offset = *pos;
+                let end = frames.pos;
+                self.read.offset = end;
                 return Ok(Batch {
-                    source: BatchSource::Disk {
-                        segment: id,
-                        end: *pos,
-                    },
+                    source: BatchSource::Disk { segment: id, end },
                     records,
                 });
             }
@@ -888,8 +1002,10 @@ mod tests {
         }
     }
 
+    /// Shaped like a BSON document: its first four bytes are its length.
     fn payload(i: u32) -> Vec<u8> {
-        let mut p = format!("report-{i:06}-").into_bytes();
+        let mut p = 100u32.to_le_bytes().to_vec();
+        p.extend_from_slice(format!("report-{i:06}-").as_bytes());
         p.resize(100, b'x');
         p
     }
@@ -955,6 +1071,72 @@ mod tests {
         let b = s.next_batch(3).unwrap();
         s.rewind();
         assert_eq!(s.next_batch(3).unwrap().records, b.records);
+    }
+
+    /// Overwrite `bytes` at `at` in segment `id` of `dir`.
+    fn damage(dir: &Path, id: u64, at: u64, bytes: &[u8]) {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(dir.join(segment_name(id)))
+            .unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    // One bad byte in a record costs that record, not the rest of the segment: reading goes on
+    // at the next good one, at open (counted), in the read path and in `for_each_pending`. It
+    // used to cut every record after it, as if it were a torn tail.
+    #[test]
+    fn a_corrupt_record_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        let size = 100 + HEADER;
+        // A payload byte of record 3, then the length field of record 6 (a bad length).
+        damage(dir.path(), 1, 3 * size + HEADER + 20, b"?");
+        damage(dir.path(), 1, 6 * size, &[0xff; 4]);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(
+            (r.pending, r.corrupt_regions, r.corrupt_bytes, r.torn_bytes),
+            (8, 2, 2 * size, 0)
+        );
+        let mut listed = Vec::new();
+        for_each_pending(dir.path(), |p| listed.push(p.to_vec())).unwrap();
+        s.append(&payload(10), Instant::now());
+        let expected: Vec<_> = [0, 1, 2, 4, 5, 7, 8, 9, 10].map(payload).to_vec();
+        assert_eq!(listed, expected[..8]);
+        assert_eq!(drain(&mut s), expected);
+        assert_eq!(s.pending(), 0);
+    }
+
+    // Zeros in the middle (a block of an unsynced write that never reached the card, with a
+    // later one that did) are skipped too; a bad region in an older segment as well.
+    #[test]
+    fn zeros_between_good_records_are_skipped_in_any_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4096-byte segments: about 37 records each.
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..60 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        assert!(dir.path().join(segment_name(2)).exists());
+        let size = 100 + HEADER;
+        damage(dir.path(), 1, 5 * size + 3, &[0; 300]);
+        damage(dir.path(), 2, 2 * size, &[0; 20]);
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!((r.corrupt_regions, r.torn_bytes), (2, 0));
+        let got = drain(&mut s);
+        // Records 5 to 7 of segment 1 (the zeros span bytes 543 to 843) and record 2 of
+        // segment 2 are lost.
+        let lost = 3 + 1;
+        assert_eq!(got.len(), 60 - lost);
+        assert_eq!(r.pending, 60 - lost as u64);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
+        assert_eq!(got.last(), Some(&payload(59)));
     }
 
     // A torn last record (crash mid-write) is cut off at open; the good ones survive.
