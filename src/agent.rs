@@ -248,8 +248,12 @@ where
                 }
             }
         };
-        // Always leave the spool consistent, even when delivery failed.
-        lock(spool).close()?;
+        // Always leave the spool consistent, even when delivery failed. A failure here is no
+        // reason to exit non-zero: what was not synced is in the page cache, and a position
+        // not written down only resends reports the database already has.
+        if let Err(e) = lock(spool).close() {
+            warn!(error = %e, "cannot sync the spool or write its delivered position at stop; some reports may be sent again at the next start (stored once)");
+        }
         if let Some(path) = status_path {
             write_status(path, &lock(&counters), &lock(spool));
         }
@@ -308,12 +312,28 @@ struct SpoolLog {
     dropping: bool,
     /// The held readings' spool (see [`crate::clock`]) could not be written.
     held_failing: bool,
+    /// Syncing the spool or writing its delivered position failed.
+    maintain_failing: bool,
 }
 
 impl SpoolLog {
+    fn note_maintain(&mut self, maintain: Result<bool, SpoolError>) {
+        match (maintain, self.maintain_failing) {
+            (Err(e), false) => {
+                warn!(error = %e, "cannot sync the spool or write its delivered position; a power cut now could lose the last second of readings, or resend some already delivered");
+                self.maintain_failing = true;
+            }
+            (Ok(true), true) => {
+                info!("spool sync and delivered position written again");
+                self.maintain_failing = false;
+            }
+            _ => {}
+        }
+    }
+
     /// The held readings' spool: only its disk errors matter (it has no cap, and what it
     /// holds is in memory too).
-    fn note_held(&mut self, append: &AppendOutcome, maintain: Result<(), SpoolError>) {
+    fn note_held(&mut self, append: &AppendOutcome, maintain: Result<bool, SpoolError>) {
         let error = append
             .disk_error
             .clone()
@@ -568,9 +588,7 @@ async fn sample_on_schedule<S: Sampler>(
                     }
                     Output::Spool { .. } => {
                         let (append, maintain) = stored.expect("stored with a spool");
-                        if let Err(e) = maintain {
-                            warn!(error = %e, "spool maintenance failed");
-                        }
+                        log.note_maintain(maintain);
                         log.note(&append, counters);
                         // Wake delivery only when it waits for work: while it is busy or spacing its
                         // inserts it will find this report anyway, and a needless wake-up per sample
@@ -633,7 +651,7 @@ struct Taken {
     /// A fresh health snapshot, when one was taken.
     sensors: Option<Vec<SensorStatus>>,
     /// The spool append and maintenance results, when there is a spool.
-    stored: Option<(AppendOutcome, Result<(), SpoolError>)>,
+    stored: Option<(AppendOutcome, Result<bool, SpoolError>)>,
 }
 
 /// The spool side of taking a sample.

@@ -222,7 +222,7 @@ impl ClockGate {
                 State::Holding {
                     marker: o.marker.clone(),
                     wait: o.wait,
-                    until: now + o.wait,
+                    until: now.checked_add(o.wait).unwrap_or(now),
                     next_check: now + CHECK_EVERY,
                     held: Vec::new(),
                     simulated_error_ms: o.simulated_error_ms,

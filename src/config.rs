@@ -156,6 +156,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => n * 60.0,
         other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s or m")),
     };
+    // Beyond a year is a slip of the keyboard, and far enough past it a deadline made from it
+    // would not fit the clock's range.
+    const MAX_SECS: f64 = 366.0 * 24.0 * 3600.0;
+    if secs > MAX_SECS {
+        return Err(format!("{s:?} is too long: at most 366 days"));
+    }
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
@@ -207,6 +213,11 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5h").is_err());
+        // Too long to be meant, and once past the clock's range a panic (it was).
+        assert!(parse_duration("18000000000000000000")
+            .unwrap_err()
+            .contains("at most 366 days"));
+        assert!(parse_duration("527040m").is_ok());
     }
 
     // The documented defaults hold.

@@ -266,6 +266,28 @@ async fn a_corrupt_report_in_the_spool_costs_only_itself() {
     assert_eq!(stored.len(), before.len() - 1 + 5);
 }
 
+// The delivered position cannot be written (here its temporary file's name is taken by a
+// directory): said once, not on every sample as it was, and nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_spool_position_write_is_logged_once() {
+    let server = MongoServer::start();
+    let (_dir, spool_dir, db, log) = places("cursor");
+    std::fs::create_dir_all(spool_dir.join("acked.tmp")).unwrap();
+    let mut child = spawn_logged(
+        agent(&server.uri, &db, &spool_dir, &["--count", "40"]),
+        &log,
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert_eq!(
+        text.matches("delivered position; a power cut").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(stored_once(&server, &db).await.len(), 40);
+}
+
 // SIGTERM: exit 0 within the shutdown timeout; stored plus spooled equals reports taken.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_exits_cleanly_and_loses_nothing() {

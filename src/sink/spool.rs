@@ -776,29 +776,35 @@ impl Spool {
     /// Called on every tick: write out reports that have waited [`WRITE_GROUP`] (their group
     /// closes when the next report comes, which a stuck or failing sample delays), sync if
     /// something has been owed for `sync_interval`, and write down the delivered position every
-    /// [`CURSOR_EVERY`].
-    pub fn maintain(&mut self, now: Instant) -> Result<(), SpoolError> {
+    /// [`CURSOR_EVERY`]. `Ok(true)` when it synced or wrote the position, `Ok(false)` when
+    /// neither was due.
+    pub fn maintain(&mut self, now: Instant) -> Result<bool, SpoolError> {
         if self
             .unwritten_since
             .is_some_and(|t| now.duration_since(t) >= WRITE_GROUP)
         {
             self.write_out_deferred();
         }
+        let mut wrote = false;
         if self
             .owed_since
             .is_some_and(|t| now.duration_since(t) >= self.options.sync_interval)
         {
             self.sync_if_owed()?;
+            wrote = true;
         }
         if self.ack != self.cursor_written
             && self
                 .cursor_at
                 .is_none_or(|t| now.duration_since(t) >= CURSOR_EVERY)
         {
-            self.write_cursor()?;
+            // Whatever the write gives: on a failing disk, retried every CURSOR_EVERY, not
+            // every sample.
             self.cursor_at = Some(now);
+            self.write_cursor()?;
+            wrote = true;
         }
-        Ok(())
+        Ok(wrote)
     }
 
     /// Write out reports waiting for their group and sync everything appended, now.
