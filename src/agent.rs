@@ -729,6 +729,11 @@ struct Link {
     draining: bool,
     backlog_delivered: u64,
     backlog_duplicates: u64,
+    /// Refused reports could not be saved (said once until they can).
+    reject_failing: bool,
+    /// When refused reports were last logged, and how many since.
+    rejected_logged: Option<Instant>,
+    rejected_unlogged: u64,
 }
 
 async fn deliver<I: Inserter>(
@@ -753,6 +758,9 @@ async fn deliver<I: Inserter>(
         draining: backlog_at_start > 0,
         backlog_delivered: 0,
         backlog_duplicates: 0,
+        reject_failing: false,
+        rejected_logged: None,
+        rejected_unlogged: 0,
     };
     let mut last_insert: Option<Instant> = None;
     loop {
@@ -799,7 +807,7 @@ async fn deliver<I: Inserter>(
                     .map_err(|e| AgentError::Join(e.to_string()))??,
             )
         };
-        let Some(batch) = batch.filter(|b| !b.records.is_empty()) else {
+        let Some(mut batch) = batch.filter(|b| !b.records.is_empty()) else {
             if m == Mode::Drain {
                 return Ok(());
             }
@@ -813,12 +821,36 @@ async fn deliver<I: Inserter>(
         last_insert = Some(Instant::now());
         match inserter.insert(&batch.records).await {
             Ok(outcome) => {
+                if !outcome.rejected.is_empty() {
+                    let dir = lock(&spool).dir().to_owned();
+                    let rejected = outcome.rejected.clone();
+                    let (batch_back, saved) = tokio::task::spawn_blocking(move || {
+                        let saved = reject(&dir, &batch, &rejected);
+                        (batch, saved)
+                    })
+                    .await
+                    .map_err(|e| AgentError::Join(e.to_string()))?;
+                    batch = batch_back;
+                    if let Err(e) = saved {
+                        // Kept in the spool: sent again (the accepted ones count as already
+                        // present) once the refused ones can be saved.
+                        lock(&spool).rewind();
+                        if !link.reject_failing {
+                            error!(error = %e, "cannot save reports the database refused to rejected.jsonl in the spool directory; keeping them in the spool and retrying");
+                            link.reject_failing = true;
+                        }
+                        let delay = backoff.next().unwrap_or(Duration::from_secs(60));
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            _ = mode.wait_for(|m| *m == Mode::Stop) => return Ok(()),
+                        }
+                        continue;
+                    }
+                    link.reject_failing = false;
+                }
                 backoff = backoff_builder.build();
                 let pending = {
                     let mut sp = lock(&spool);
-                    if !outcome.rejected.is_empty() {
-                        reject(sp.dir(), &batch, &outcome.rejected);
-                    }
                     sp.ack(&batch);
                     sp.pending()
                 };
@@ -850,7 +882,16 @@ async fn deliver<I: Inserter>(
                     }
                 }
                 if !outcome.rejected.is_empty() {
-                    error!(count = outcome.rejected.len(), reason = %outcome.rejected[0].1, "the database refused reports; saved to rejected.jsonl in the spool directory");
+                    link.rejected_unlogged += outcome.rejected.len() as u64;
+                    // The first time, then at most once a minute with the count since.
+                    if link
+                        .rejected_logged
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                    {
+                        error!(count = link.rejected_unlogged, reason = %outcome.rejected[0].1, "the database refused reports; saved to rejected.jsonl in the spool directory");
+                        link.rejected_logged = Some(Instant::now());
+                        link.rejected_unlogged = 0;
+                    }
                 }
             }
             Err(InsertError::Fatal(msg)) => {
@@ -881,8 +922,18 @@ async fn deliver<I: Inserter>(
     }
 }
 
-/// Keep refused reports as relaxed Extended JSON lines next to the spool, with the reason.
-fn reject(dir: &std::path::Path, batch: &Batch, rejected: &[(usize, String)]) {
+/// Largest `rejected.jsonl` before it is moved to `rejected.jsonl.1` (replacing the one
+/// before): the two keep the newest 20 MiB of refused reports whatever the database refuses
+/// for however long (a validator refusing every report at 2 Hz writes about 50 MB a day).
+pub const REJECTED_MAX: u64 = 10 * 1024 * 1024;
+
+/// Keep refused reports as relaxed Extended JSON lines next to the spool, with the reason,
+/// synced: the spool lets go of them once this returns Ok.
+fn reject(
+    dir: &std::path::Path,
+    batch: &Batch,
+    rejected: &[(usize, String)],
+) -> std::io::Result<()> {
     let path = dir.join("rejected.jsonl");
     let mut lines = String::new();
     for (i, reason) in rejected {
@@ -897,14 +948,15 @@ fn reject(dir: &std::path::Path, batch: &Batch, rejected: &[(usize, String)]) {
         lines.push_str(&line.to_string());
         lines.push('\n');
     }
-    let r = std::fs::OpenOptions::new()
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= REJECTED_MAX) {
+        std::fs::rename(&path, dir.join("rejected.jsonl.1"))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(lines.as_bytes()));
-    if let Err(e) = r {
-        error!(path = %path.display(), error = %e, "cannot save refused reports");
-    }
+        .open(&path)?;
+    f.write_all(lines.as_bytes())?;
+    f.sync_data()
 }
 
 fn write_status(path: &std::path::Path, c: &Counters, spool: &Spool) {
@@ -928,5 +980,34 @@ fn write_status(path: &std::path::Path, c: &Counters, spool: &Spool) {
     };
     if let Err(e) = status.write(path) {
         debug!(error = %e, "cannot write status file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::spool::BatchSource;
+
+    // Past REJECTED_MAX the file moves to rejected.jsonl.1 (replacing the one before), so the
+    // two stay under twice that whatever the database refuses.
+    #[test]
+    fn rejected_reports_file_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = Batch {
+            source: BatchSource::Memory,
+            records: vec![mongodb::bson::rawdoc! { "n": 1 }.into_bytes()],
+        };
+        let refused = [(0, "E11000".to_owned())];
+        let path = dir.path().join("rejected.jsonl");
+        let old = dir.path().join("rejected.jsonl.1");
+        std::fs::write(&old, "older").unwrap();
+        reject(dir.path(), &batch, &refused).unwrap();
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "older");
+        std::fs::write(&path, vec![b'x'; REJECTED_MAX as usize]).unwrap();
+        reject(dir.path(), &batch, &refused).unwrap();
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), REJECTED_MAX);
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(now.lines().count(), 1);
+        assert!(now.contains("E11000") && now.contains("\"n\":1"), "{now}");
     }
 }

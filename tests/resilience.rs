@@ -525,24 +525,7 @@ async fn resent_reports_already_stored_are_not_duplicated() {
 async fn refused_reports_are_set_aside_with_the_reason() {
     let server = MongoServer::start();
     let (_dir, spool_dir, db, log) = places("refused");
-    let reports = server
-        .client()
-        .await
-        .database(&db)
-        .collection::<Document>("reports");
-    reports
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(mongodb::bson::doc! { "nodeName": 1 })
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .unwrap();
+    unique_node_name(&server, &db).await;
     let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "5"]), &log);
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let text = std::fs::read_to_string(&log).unwrap();
@@ -565,4 +548,54 @@ async fn refused_reports_are_set_aside_with_the_reason() {
         );
         assert!(l["report"]["_id"]["$oid"].is_string(), "{l}");
     }
+}
+
+/// A unique index on nodeName: every report after the first is refused for good.
+async fn unique_node_name(server: &MongoServer, db: &str) {
+    server
+        .client()
+        .await
+        .database(db)
+        .collection::<Document>("reports")
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(mongodb::bson::doc! { "nodeName": 1 })
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+}
+
+// Refused reports that cannot be saved (here rejected.jsonl's name is taken by a directory,
+// as a full disk would refuse it) stay in the spool and are retried until they can be; said
+// once. They used to be deleted from the spool whether saved or not.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_reports_stay_in_the_spool_until_they_can_be_saved() {
+    let server = MongoServer::start();
+    let (_dir, spool_dir, db, log) = places("refused_unsaved");
+    unique_node_name(&server, &db).await;
+    let blocker = spool_dir.join("rejected.jsonl");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "5"]), &log);
+    wait_for_log(
+        &log,
+        "cannot save reports the database refused",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!pending_ids(&spool_dir).is_empty());
+    std::fs::remove_dir(&blocker).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert_eq!(text.matches("cannot save reports").count(), 1, "{text}");
+    assert_eq!(stored_once(&server, &db).await.len(), 1);
+    let saved = std::fs::read_to_string(&blocker).unwrap();
+    assert_eq!(saved.lines().count(), 4, "{saved}");
+    assert!(pending_ids(&spool_dir).is_empty());
 }
