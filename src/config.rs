@@ -40,7 +40,7 @@ pub struct Cli {
     pub sensors: SensorsKind,
 
     /// Print each report to stdout as relaxed Extended JSON instead of storing it.
-    #[arg(long, env = "SENSEHAT_DRY_RUN")]
+    #[arg(long, env = "SENSEHAT_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     pub dry_run: bool,
 
     /// Stop after this many reports have been printed or acknowledged (default: run forever).

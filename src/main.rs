@@ -138,6 +138,10 @@ async fn main() -> ExitCode {
                     print!("{text}");
                     ExitCode::SUCCESS
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    error!("cannot read the spool in {}: {e}; the service's spool is readable by root only: run it with sudo", dir.display());
+                    ExitCode::FAILURE
+                }
                 Err(e) => {
                     error!("cannot read the spool in {}: {e}; pass --spool-dir if the agent uses another", dir.display());
                     ExitCode::FAILURE

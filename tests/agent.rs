@@ -91,6 +91,22 @@ fn dry_run_prints_relaxed_extended_json() {
 }
 
 // Without a connection string and without --dry-run: non-zero exit and a message saying how.
+// Switches read from the environment take what people write in env files: 1, yes, on.
+#[test]
+fn dry_run_from_the_environment_takes_1_and_yes() {
+    for value in ["1", "yes", "on", "true"] {
+        let out = agent_command()
+            .args(["--sensors", "sim", "--count", "1"])
+            .env("SENSEHAT_DRY_RUN", value)
+            .env_remove("MONGODB_CONNECTION_STRING")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "SENSEHAT_DRY_RUN={value}: {err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    }
+}
+
 #[test]
 fn missing_connection_string_says_how_to_give_one() {
     let out = agent_command()

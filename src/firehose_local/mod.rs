@@ -75,7 +75,7 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(0..=900))]
     pub buffer_seconds: u64,
     /// GZIP the request body (Content-Encoding: gzip).
-    #[arg(long, env = "FIREHOSE_GZIP")]
+    #[arg(long, env = "FIREHOSE_GZIP", value_parser = clap::builder::BoolishValueParser::new())]
     pub gzip: bool,
     /// Retry duration in seconds (0-7200); waits for responses do not count.
     #[arg(long, env = "FIREHOSE_RETRY_SECONDS", default_value_t = DEFAULT_RETRY_SECONDS,
@@ -90,7 +90,7 @@ pub struct Cli {
           value_name = "NAME=VALUE", value_parser = protocol::parse_attribute)]
     pub common_attributes: Vec<(String, String)>,
     /// Read from the oldest record in the stream instead of LATEST.
-    #[arg(long, env = "FIREHOSE_FROM_START")]
+    #[arg(long, env = "FIREHOSE_FROM_START", value_parser = clap::builder::BoolishValueParser::new())]
     pub from_start: bool,
     /// Keep each shard's position in this file, so a restart carries on after the last record
     /// delivered (at least once: records read but not yet delivered are read again).

@@ -198,7 +198,7 @@ pub struct Cli {
     pub dead_letter_collection: Option<String>,
     /// Ignore the stored resume token and start from now: the way back after the collection was
     /// dropped or renamed, or the oplog lost the stored position. Events in between are skipped.
-    #[arg(long, env = "FORWARDER_START_FROM_NOW")]
+    #[arg(long, env = "FORWARDER_START_FROM_NOW", value_parser = clap::builder::BoolishValueParser::new())]
     pub start_from_now: bool,
     /// How long (ms) a partly filled batch waits for more events before it is put.
     #[arg(long, env = "FORWARDER_LINGER_MS", default_value_t = DEFAULT_LINGER_MS)]
