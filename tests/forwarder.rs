@@ -531,3 +531,56 @@ async fn sigterm_while_mongodb_is_down_at_start_exits_cleanly() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+// SIGTERM while Kinesis cannot be reached and a batch is being retried: the forwarder stops
+// within its final put wait (10 s), exit 0, without storing a position past the batch; started
+// again with Kinesis up, it forwards the report from the stored position. It used to retry
+// until killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_kinesis_is_down_exits_and_loses_nothing() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let client = mongo.client().await;
+    let db = unique_name("fwkdown");
+    let stream = unique_name("fwkdown");
+    kin.create_stream(&stream, 1).await;
+    // Nothing listens on port 9 of this host: every PutRecords fails to connect.
+    let fw = tokio::process::Command::new(forwarder_bin())
+        .args(["--database", &db, "--stream-name", &stream])
+        .args(["--kinesis-endpoint-url", "http://127.0.0.1:9"])
+        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .envs(AWS_ENV)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_position(&client, &db, &stream).await;
+    let docs = sample_docs(1);
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(&docs)
+        .await
+        .unwrap();
+    // Let it read the event and fail a put or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    common::signal_pid(fw.id().unwrap(), 15);
+    let out = tokio::time::timeout(Duration::from_secs(40), fw.wait_with_output())
+        .await
+        .expect("exits after SIGTERM while Kinesis is down, not only when killed")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("had not accepted"), "{log}");
+    assert!(kin.read_all(&stream).await.is_empty());
+
+    let _fw = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    let got = wait_for_records(&kin, &stream, 1).await;
+    assert_eq!(
+        stringify_id(&got[0].1),
+        docs[0].get_object_id("_id").unwrap().to_hex()
+    );
+}

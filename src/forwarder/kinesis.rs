@@ -28,6 +28,9 @@ pub enum KinesisError {
     /// Throttling, a network error or a server error: worth trying again.
     #[error("Kinesis is unavailable: {0}")]
     Transient(String),
+    /// [`put_all`] was told to stop before Kinesis accepted every entry.
+    #[error("stopped before Kinesis accepted every record")]
+    Interrupted,
 }
 
 /// What a PutRecords call did with each entry, by position: `None` accepted, `Some(reason)` failed.
@@ -57,9 +60,21 @@ impl AwsKinesis {
     }
 }
 
+/// Longest a single Kinesis request may take, and one call with the SDK's own retries: the SDK
+/// sets only a connect timeout, so a half-open connection would hang a call for good.
+/// PutRecords and GetRecords answer in well under a second; GetRecords returns at most 10 MB.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A Kinesis client from the standard AWS chain, with an optional endpoint override.
 pub async fn client_from_env(endpoint_url: Option<&str>) -> aws_sdk_kinesis::Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(CALL_TIMEOUT)
+        .build();
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
     if let Some(url) = endpoint_url {
         loader = loader.endpoint_url(url);
     }
@@ -149,20 +164,27 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Put every entry, resending only the failed ones, until all are accepted. Returns early only
-/// on a fatal error.
+/// Put every entry, resending only the failed ones, until all are accepted. Returns early on a
+/// fatal error, or with [`KinesisError::Interrupted`] when `interrupt` resolves first (a call in
+/// flight is abandoned: its entries may or may not have been accepted).
 pub async fn put_all<K: Kinesis>(
     kinesis: &K,
     stream: &str,
     entries: Vec<Entry>,
+    interrupt: impl Future<Output = ()>,
 ) -> Result<PutStats, KinesisError> {
+    tokio::pin!(interrupt);
     let mut pending = entries;
     let mut stats = PutStats::default();
     let mut delays = backoff();
     let mut troubled = false;
     while !pending.is_empty() {
         stats.calls += 1;
-        match kinesis.put_records(stream, &pending).await {
+        let put = tokio::select! {
+            r = kinesis.put_records(stream, &pending) => r,
+            () = &mut interrupt => return Err(KinesisError::Interrupted),
+        };
+        match put {
             Ok(results) => {
                 let total = pending.len();
                 let mut reason = None;
@@ -191,7 +213,7 @@ pub async fn put_all<K: Kinesis>(
                     troubled = true;
                 }
             }
-            Err(KinesisError::Fatal(e)) => return Err(KinesisError::Fatal(e)),
+            Err(e @ (KinesisError::Fatal(_) | KinesisError::Interrupted)) => return Err(e),
             Err(KinesisError::Transient(e)) => {
                 if !troubled {
                     warn!(error = %e, "PutRecords failed; retrying with back-off");
@@ -199,7 +221,10 @@ pub async fn put_all<K: Kinesis>(
                 }
             }
         }
-        tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)).await;
+        tokio::select! {
+            () = tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)) => {}
+            () = &mut interrupt => return Err(KinesisError::Interrupted),
+        }
     }
     if troubled {
         info!(
@@ -250,6 +275,31 @@ mod tests {
         }
     }
 
+    /// Fails every entry, every time (a stream throttled for good).
+    struct AlwaysThrottled;
+
+    impl Kinesis for AlwaysThrottled {
+        async fn put_records(
+            &self,
+            _: &str,
+            entries: &[Entry],
+        ) -> Result<EntryResults, KinesisError> {
+            Ok(vec![
+                Some("ProvisionedThroughputExceededException".into());
+                entries.len()
+            ])
+        }
+    }
+
+    // Resending never gives up by itself, but stops when told to (a shutdown), with
+    // Interrupted rather than success.
+    #[tokio::test(start_paused = true)]
+    async fn resending_stops_when_interrupted() {
+        let interrupt = tokio::time::sleep(Duration::from_secs(60));
+        let r = put_all(&AlwaysThrottled, "s", vec![entry("a")], interrupt).await;
+        assert!(matches!(r, Err(KinesisError::Interrupted)), "{r:?}");
+    }
+
     // Only the failed entries are sent again, in order, until all are accepted.
     #[tokio::test(start_paused = true)]
     async fn resends_only_failed_entries() {
@@ -257,9 +307,14 @@ mod tests {
             fail: Mutex::new(vec![b"b".to_vec(), b"d".to_vec()]),
             calls: Mutex::new(Vec::new()),
         };
-        let stats = put_all(&k, "s", ["a", "b", "c", "d"].map(entry).to_vec())
-            .await
-            .unwrap();
+        let stats = put_all(
+            &k,
+            "s",
+            ["a", "b", "c", "d"].map(entry).to_vec(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             stats,
             PutStats {

@@ -33,6 +33,7 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::error::ErrorKind;
 use mongodb::options::FullDocumentType;
 use mongodb::{Client, Collection};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use batch::{Batch, Entry};
@@ -267,7 +268,14 @@ struct Forwarder<'a, K> {
     saved: Option<ResumeToken>,
     last_save: Instant,
     forwarded: u64,
+    /// True once a stop is requested: a put in progress is abandoned then, and the last one
+    /// gets [`FINAL_PUT_WAIT`].
+    stop: watch::Receiver<bool>,
 }
+
+/// How long the batch put at stop may keep retrying: a Kinesis outage must not keep the
+/// process from stopping. What it had not put is read again from the stored resume token.
+pub const FINAL_PUT_WAIT: Duration = Duration::from_secs(10);
 
 impl<K: Kinesis> Forwarder<'_, K> {
     /// Put the batch (resending failed entries until all are accepted), then store the token.
@@ -275,7 +283,15 @@ impl<K: Kinesis> Forwarder<'_, K> {
         if !self.batch.is_empty() {
             let entries = self.batch.take();
             let n = entries.len() as u64;
-            kinesis::put_all(self.kinesis, &self.opts.stream_name, entries).await?;
+            let mut stop = self.stop.clone();
+            let interrupt = async move {
+                if *stop.borrow() {
+                    tokio::time::sleep(FINAL_PUT_WAIT).await;
+                } else {
+                    let _ = stop.wait_for(|s| *s).await;
+                }
+            };
+            kinesis::put_all(self.kinesis, &self.opts.stream_name, entries, interrupt).await?;
             self.forwarded += n;
             debug!(
                 records = n,
@@ -422,13 +438,45 @@ async fn open(
     watch.await
 }
 
-/// Forward until `shutdown` resolves (then the pending batch is put and the token stored) or a
-/// fatal error.
+/// Forward until `shutdown` resolves (then the pending batch is put, for up to
+/// [`FINAL_PUT_WAIT`], and the token stored) or a fatal error.
 pub async fn run<K: Kinesis>(
     client: &Client,
     kinesis: &K,
     opts: &Options,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), ForwarderError> {
+    // The stop request is watched here, apart from the work, so that it is seen even while a
+    // put is retrying (which polls nothing else).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let work = forward(client, kinesis, opts, stop_rx);
+    tokio::pin!(work, shutdown);
+    let result = tokio::select! {
+        r = &mut work => r,
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            work.await
+        }
+    };
+    match result {
+        Err(ForwarderError::Kinesis(KinesisError::Interrupted)) => {
+            info!("stopped with a batch Kinesis had not accepted; it is read again from the stored resume token at the next start");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// A stop was requested (at once if it was before).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn forward<K: Kinesis>(
+    client: &Client,
+    kinesis: &K,
+    opts: &Options,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), ForwarderError> {
     let db = client.database(&opts.database);
     let coll = db.collection::<Document>(&opts.collection);
@@ -440,7 +488,6 @@ pub async fn run<K: Kinesis>(
         &opts.collection,
     );
     let mut reconnect = kinesis::backoff();
-    tokio::pin!(shutdown);
     let stored = if opts.start_from_now {
         info!("--start-from-now: ignoring any stored resume token");
         None
@@ -449,7 +496,7 @@ pub async fn run<K: Kinesis>(
         loop {
             let loaded = tokio::select! {
                 biased;
-                _ = &mut shutdown => {
+                () = stopped(&mut stop) => {
                     info!("shutdown requested before the resume token could be read");
                     return Ok(());
                 }
@@ -461,7 +508,7 @@ pub async fn run<K: Kinesis>(
                     warn!(error = %e, "cannot read the stored resume token yet; retrying");
                     tokio::select! {
                         biased;
-                        _ = &mut shutdown => return Ok(()),
+                        () = stopped(&mut stop) => return Ok(()),
                         _ = tokio::time::sleep(reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY)) => {}
                     }
                 }
@@ -487,12 +534,13 @@ pub async fn run<K: Kinesis>(
         saved: stored,
         last_save: Instant::now(),
         forwarded: 0,
+        stop: stop.clone(),
     };
     let mut healthy = true;
     loop {
         let opened = tokio::select! {
             biased;
-            _ = &mut shutdown => return fw.flush().await,
+            () = stopped(&mut stop) => return fw.flush().await,
             s = open(&coll, opts, fw.latest.clone()) => s,
         };
         let mut stream = match opened {
@@ -514,7 +562,7 @@ pub async fn run<K: Kinesis>(
                 }
                 let delay = reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY);
                 tokio::select! {
-                    _ = &mut shutdown => return fw.flush().await,
+                    () = stopped(&mut stop) => return fw.flush().await,
                     _ = tokio::time::sleep(delay) => continue,
                 }
             }
@@ -532,7 +580,7 @@ pub async fn run<K: Kinesis>(
         let failure = loop {
             let next = tokio::select! {
                 biased;
-                _ = &mut shutdown => {
+                () = stopped(&mut stop) => {
                     if fw.batch.is_empty() {
                         fw.latest = stream.resume_token().or(fw.latest.take());
                     }
@@ -580,7 +628,7 @@ pub async fn run<K: Kinesis>(
         error!(error = %failure, "change stream failed; reopening from the last position");
         let delay = reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY);
         tokio::select! {
-            _ = &mut shutdown => return fw.flush().await,
+            () = stopped(&mut stop) => return fw.flush().await,
             _ = tokio::time::sleep(delay) => {}
         }
     }
