@@ -92,14 +92,22 @@ async fn check_config(cli: &Cli) -> Result<(), String> {
     if !cli.dry_run {
         mongo::check_uri(cli.require_uri()?).await?;
         let dir = cli.spool_dir();
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| tempfile_probe(&dir))
-            .map_err(|e| {
-                format!(
+        match std::fs::create_dir_all(&dir).and_then(|()| tempfile_probe(&dir)) {
+            Ok(()) => {}
+            // A disk that is full, read-only or failing now: the agent runs all the same,
+            // keeping reports in memory until it can write, so this must not keep it from
+            // starting (this is the unit's ExecStartPre).
+            Err(e) if disk_trouble(&e) => eprintln!(
+                "warning: the spool directory {} cannot be written now: {e}; the agent keeps reports in memory (up to 50,000) until it can",
+                dir.display()
+            ),
+            Err(e) => {
+                return Err(format!(
                     "the spool directory {} is not writable: {e}; choose another with --spool-dir",
                     dir.display()
-                )
-            })?;
+                ))
+            }
+        }
     }
     // Not an error either way; said so the journal shows what the agent will do.
     let marker = &cli.clock_sync_file;
@@ -120,10 +128,18 @@ async fn check_config(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// A full, read-only or failing disk, as against a directory that is not ours to write.
+fn disk_trouble(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    matches!(e.kind(), StorageFull | ReadOnlyFilesystem | QuotaExceeded)
+        || e.raw_os_error() == Some(5)
+}
+
 fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
     let p = dir.join(".write-test");
-    std::fs::write(&p, b"ok")?;
-    std::fs::remove_file(p)
+    let written = std::fs::write(&p, b"ok");
+    let removed = std::fs::remove_file(&p);
+    written.and(removed)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -242,6 +258,9 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     format!("{e}; choose a writable directory with --spool-dir"),
                 )
             })?;
+            for problem in &opened.problems {
+                error!("{problem}");
+            }
             if opened.corrupt_regions > 0 {
                 error!(
                     regions = opened.corrupt_regions,

@@ -187,6 +187,15 @@ fn check_config_says_what_is_wrong_and_what_the_clock_says() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--spool-dir"), "{err}");
 
+    // A full disk (the probe's file is /dev/full) is a warning, not a failure: the agent
+    // runs from memory until it can write, so ExecStartPre must not keep it from starting.
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::os::unix::fs::symlink("/dev/full", full.join(".write-test")).unwrap();
+    let (code, err) = check(uri, &full);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("cannot be written now"), "{err}");
+
     let (code, err) = check(uri, &spool);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("configuration ok"), "{err}");

@@ -44,7 +44,10 @@
 //! `max_bytes` caps the files; beyond it the oldest segment is deleted and its undelivered
 //! reports counted as dropped. When a write fails (disk full, read-only, I/O error), the report
 //! is kept in a bounded in-memory queue and the next append tries the disk again, moving the
-//! queue there once it works.
+//! queue there once it works. Opening never fails for a disk fault either: a delivered segment
+//! that cannot be deleted is left for the next start, one that cannot be read is renamed
+//! `*.spool.unreadable` (never deleted), and with no segment file it can create, the spool starts
+//! with its writer closed, so the first append falls back to memory (see `OpenReport::problems`).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -123,6 +126,10 @@ pub struct OpenReport {
     /// their bytes.
     pub corrupt_regions: u64,
     pub corrupt_bytes: u64,
+    /// Disk errors met on the way that did not stop the spool from opening (a delivered
+    /// segment that could not be deleted, an unreadable one set aside, a torn tail that could
+    /// not be cut, no first segment file), each a sentence for the log.
+    pub problems: Vec<String>,
 }
 
 /// What an append did beyond appending.
@@ -456,25 +463,57 @@ impl Spool {
             };
             if id < ack.segment {
                 // Delivered before the last run ended.
-                fs::remove_file(&path).map_err(io_err)?;
+                if let Err(e) = fs::remove_file(&path) {
+                    report.problems.push(format!(
+                        "cannot delete the delivered spool file {}: {e}; it is tried again at the next start",
+                        path.display()
+                    ));
+                }
                 continue;
             }
-            let size = fs::metadata(&path).map_err(io_err)?.len();
+            let scanned = fs::metadata(&path).and_then(|m| {
+                scan(&path, (id == ack.segment).then_some(ack.offset)).map(|s| (m.len(), s))
+            });
+            let (size, scanned) = match scanned {
+                Ok(found) => found,
+                Err(e) => {
+                    // Unreadable (an I/O error): out of the way under another name, so that
+                    // the delivered position passing it never deletes it as delivered, and
+                    // kept for whoever can read it. Only when even that fails is it fatal.
+                    let aside = path.with_extension("spool.unreadable");
+                    fs::rename(&path, &aside).map_err(io_err)?;
+                    report.problems.push(format!(
+                        "cannot read the spool file {}: {e}; moved it to {} and went on without the reports in it",
+                        path.display(),
+                        aside.display()
+                    ));
+                    continue;
+                }
+            };
             let Scanned {
                 records,
                 valid,
                 acked,
                 skipped_regions,
                 skipped_bytes,
-            } = scan(&path, (id == ack.segment).then_some(ack.offset)).map_err(io_err)?;
+            } = scanned;
             report.corrupt_regions += skipped_regions;
             report.corrupt_bytes += skipped_bytes;
             if valid < size {
                 report.torn_bytes += size - valid;
                 if Some(id) == last {
-                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
-                    f.set_len(valid).map_err(io_err)?;
-                    f.sync_all().map_err(io_err)?;
+                    // If it cannot be cut, the first write goes to a new segment (the writer
+                    // is not open yet) and reading stops at `valid` all the same.
+                    let cut = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|f| f.set_len(valid).and_then(|()| f.sync_all()));
+                    if let Err(e) = cut {
+                        report.problems.push(format!(
+                            "cannot cut the torn tail of {}: {e}",
+                            path.display()
+                        ));
+                    }
                 }
             }
             report.pending += records - acked;
@@ -515,9 +554,20 @@ impl Spool {
         };
         spool.synced = spool.end();
         if spool.segments.is_empty() {
-            spool.new_segment(ack.segment.max(1))?;
+            let first = ack.segment.max(1);
+            if let Err(e) = spool.new_segment(first) {
+                // A full or read-only disk: run anyway, reports kept in memory until a write
+                // works (the first append reports the error, and creates this file then).
+                report.problems.push(e.to_string());
+                spool.segments.push_back(Segment {
+                    id: first,
+                    len: 0,
+                    records: 0,
+                    acked: 0,
+                });
+            }
             spool.ack = Position {
-                segment: ack.segment.max(1),
+                segment: first,
                 offset: 0,
             };
             spool.read = spool.ack;
@@ -1143,6 +1193,30 @@ mod tests {
         assert_eq!(r.pending, 60 - lost as u64);
         assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
         assert_eq!(got.last(), Some(&payload(59)));
+    }
+
+    // A segment that cannot be read (here a directory by its name gives EISDIR, as a failing
+    // card gives EIO) does not keep the spool from opening: it is set aside under a name the
+    // delivered position can never delete, and the other segments are delivered.
+    #[test]
+    fn an_unreadable_segment_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..40 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        fs::create_dir(dir.path().join(segment_name(7))).unwrap();
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].contains("moved it to"), "{:?}", r.problems);
+        assert!(dir
+            .path()
+            .join(format!("{}.unreadable", segment_name(7)))
+            .is_dir());
+        assert_eq!(r.pending, 40);
+        s.append(&payload(40), Instant::now());
+        assert_eq!(drain(&mut s), (0..41).map(payload).collect::<Vec<_>>());
     }
 
     // A torn last record (crash mid-write) is cut off at open; the good ones survive.
