@@ -50,30 +50,36 @@ impl Inserter for SlowInserter {
     }
 }
 
+/// A spool in `dir`, large enough for any of these tests.
+fn open_spool(dir: &std::path::Path) -> Spool {
+    let options = SpoolOptions {
+        max_bytes: 1 << 24,
+        sync_interval: Duration::from_secs(1),
+    };
+    Spool::open(dir, options).unwrap().0
+}
+
+fn options(interval: Duration, count: Option<u64>, shutdown_timeout: Duration) -> AgentOptions {
+    AgentOptions {
+        node_name: "loop-test".into(),
+        interval,
+        count,
+        shutdown_timeout,
+        notify_systemd: false,
+        clock: None,
+    }
+}
+
 // Sample n is taken at start + n x 500 ms even though each insert takes 1.7 s, and all 20
 // reports arrive, in order.
 #[tokio::test(start_paused = true)]
 async fn schedule_holds_when_inserts_are_slow() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(
-        dir.path(),
-        SpoolOptions {
-            max_bytes: 1 << 24,
-            sync_interval: Duration::from_secs(1),
-        },
-    )
-    .unwrap();
+    let spool = open_spool(dir.path());
     let times = Arc::new(Mutex::new(Vec::new()));
     let got = Arc::new(Mutex::new(Vec::new()));
     let counters = agent::run(
-        AgentOptions {
-            node_name: "loop-test".into(),
-            interval: Duration::from_millis(500),
-            count: Some(20),
-            shutdown_timeout: Duration::from_secs(5),
-            notify_systemd: false,
-            clock: None,
-        },
+        options(Duration::from_millis(500), Some(20), Duration::from_secs(5)),
         ClockSampler {
             times: times.clone(),
         },
@@ -123,26 +129,12 @@ async fn schedule_holds_when_inserts_are_slow() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_leaves_undelivered_reports_in_the_spool() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(
-        dir.path(),
-        SpoolOptions {
-            max_bytes: 1 << 24,
-            sync_interval: Duration::from_secs(1),
-        },
-    )
-    .unwrap();
+    let spool = open_spool(dir.path());
     let spool = Arc::new(Mutex::new(spool));
     let got = Arc::new(Mutex::new(Vec::new()));
     let started = tokio::time::Instant::now();
     let counters = agent::run(
-        AgentOptions {
-            node_name: "loop-test".into(),
-            interval: Duration::from_millis(100),
-            count: None,
-            shutdown_timeout: Duration::from_secs(2),
-            notify_systemd: false,
-            clock: None,
-        },
+        options(Duration::from_millis(100), None, Duration::from_secs(2)),
         ClockSampler {
             times: Arc::new(Mutex::new(Vec::new())),
         },
@@ -181,25 +173,11 @@ impl Inserter for RefusingInserter {
 #[tokio::test(start_paused = true)]
 async fn a_delivery_that_can_never_work_stops_the_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let (spool, _) = Spool::open(
-        dir.path(),
-        SpoolOptions {
-            max_bytes: 1 << 24,
-            sync_interval: Duration::from_secs(1),
-        },
-    )
-    .unwrap();
+    let spool = open_spool(dir.path());
     let spool = Arc::new(Mutex::new(spool));
     let times = Arc::new(Mutex::new(Vec::new()));
     let run = agent::run(
-        AgentOptions {
-            node_name: "loop-test".into(),
-            interval: Duration::from_millis(100),
-            count: None,
-            shutdown_timeout: Duration::from_secs(2),
-            notify_systemd: false,
-            clock: None,
-        },
+        options(Duration::from_millis(100), None, Duration::from_secs(2)),
         ClockSampler {
             times: times.clone(),
         },

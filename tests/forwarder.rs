@@ -46,19 +46,25 @@ fn spawn_forwarder(
     stream: &str,
     extra: &[&str],
 ) -> tokio::process::Child {
+    spawn_forwarder_at(mongo, &kin.endpoint, db, stream, extra, "warn")
+}
+
+/// The forwarder with Kinesis at `endpoint` and `RUST_LOG=log`.
+fn spawn_forwarder_at(
+    mongo: &MongoServer,
+    endpoint: &str,
+    db: &str,
+    stream: &str,
+    extra: &[&str],
+    log: &str,
+) -> tokio::process::Child {
     tokio::process::Command::new(forwarder_bin())
-        .args([
-            "--database",
-            db,
-            "--stream-name",
-            stream,
-            "--kinesis-endpoint-url",
-            &kin.endpoint,
-        ])
+        .args(["--database", db, "--stream-name", stream])
+        .args(["--kinesis-endpoint-url", endpoint])
         .args(extra)
         .env("MONGODB_CONNECTION_STRING", &mongo.uri)
         .envs(AWS_ENV)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -545,18 +551,7 @@ async fn sigterm_while_kinesis_is_down_exits_and_loses_nothing() {
     let stream = unique_name("fwkdown");
     kin.create_stream(&stream, 1).await;
     // Nothing listens on port 9 of this host: every PutRecords fails to connect.
-    let fw = tokio::process::Command::new(forwarder_bin())
-        .args(["--database", &db, "--stream-name", &stream])
-        .args(["--kinesis-endpoint-url", "http://127.0.0.1:9"])
-        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
-        .envs(AWS_ENV)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let fw = spawn_forwarder_at(&mongo, "http://127.0.0.1:9", &db, &stream, &[], "info");
     wait_for_position(&client, &db, &stream).await;
     let docs = sample_docs(1);
     client

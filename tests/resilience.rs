@@ -112,6 +112,31 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// With the server down, run the agent until at least 25 reports are spooled, then SIGKILL
+/// it; the ids the spool holds.
+async fn spooled_then_killed(
+    server: &MongoServer,
+    db: &str,
+    spool_dir: &Path,
+    log: &Path,
+) -> Vec<ObjectId> {
+    let mut child = spawn_logged(agent(&server.uri, db, spool_dir, &[]), log);
+    wait_for_spooled(spool_dir, 25).await;
+    signal(&child, 9);
+    child.wait().unwrap();
+    pending_ids(spool_dir)
+}
+
+/// Start the server, and the agent again for five more reports; its log, once it exited 0.
+fn up_again_for_five(server: &mut MongoServer, db: &str, spool_dir: &Path, log: &Path) -> String {
+    server.launch();
+    let mut child = spawn_logged(agent(&server.uri, db, spool_dir, &["--count", "5"]), log);
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{text}");
+    text
+}
+
 // Server down at start: 40 samples are spooled, then the server starts and all 40 arrive once.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_down_at_start_then_up_delivers_everything_once() {
@@ -185,25 +210,10 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
         return;
     };
     let (dir, spool_dir, db, log) = places("sigkill");
-    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &[]), &log);
-    wait_for_spooled(&spool_dir, 25).await;
-    signal(&child, 9);
-    child.wait().unwrap();
-    let before_kill = pending_ids(&spool_dir);
+    let before_kill = spooled_then_killed(&server, &db, &spool_dir, &log).await;
     assert!(before_kill.len() >= 25);
 
-    server.launch();
-    let log2 = dir.path().join("agent2.log");
-    let mut child = spawn_logged(
-        agent(&server.uri, &db, &spool_dir, &["--count", "5"]),
-        &log2,
-    );
-    let status = wait_exit(&mut child, Duration::from_secs(90));
-    assert!(
-        status.success(),
-        "{}",
-        std::fs::read_to_string(&log2).unwrap()
-    );
+    let text = up_again_for_five(&mut server, &db, &spool_dir, &dir.path().join("agent2.log"));
     let ids = stored_once(&server, &db).await;
     let stored: HashSet<_> = ids.iter().collect();
     for id in &before_kill {
@@ -214,7 +224,6 @@ async fn sigkill_while_down_then_restart_delivers_every_sample_once() {
     }
     assert_eq!(ids.len(), before_kill.len() + 5);
     // The backlog found at start is reported once when it is gone.
-    let text = std::fs::read_to_string(&log2).unwrap();
     assert_eq!(text.matches("backlog drained").count(), 1, "{text}");
     assert!(pending_ids(&spool_dir).is_empty());
 }
@@ -228,11 +237,7 @@ async fn a_corrupt_report_in_the_spool_costs_only_itself() {
         return;
     };
     let (dir, spool_dir, db, log) = places("corrupt");
-    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &[]), &log);
-    wait_for_spooled(&spool_dir, 25).await;
-    signal(&child, 9);
-    child.wait().unwrap();
-    let before = pending_ids(&spool_dir);
+    let before = spooled_then_killed(&server, &db, &spool_dir, &log).await;
 
     // Flip a byte inside the tenth report of the first segment.
     let segment = std::fs::read_dir(&spool_dir)
@@ -249,15 +254,7 @@ async fn a_corrupt_report_in_the_spool_costs_only_itself() {
     bytes[at + 8 + 30] ^= 0x5a;
     std::fs::write(&segment, &bytes).unwrap();
 
-    server.launch();
-    let log2 = dir.path().join("agent2.log");
-    let mut child = spawn_logged(
-        agent(&server.uri, &db, &spool_dir, &["--count", "5"]),
-        &log2,
-    );
-    let status = wait_exit(&mut child, Duration::from_secs(90));
-    let text = std::fs::read_to_string(&log2).unwrap();
-    assert!(status.success(), "{text}");
+    let text = up_again_for_five(&mut server, &db, &spool_dir, &dir.path().join("agent2.log"));
     assert!(text.contains("skipped bad data"), "{text}");
     assert!(!text.contains("torn record"), "{text}");
     let stored: HashSet<_> = stored_once(&server, &db).await.into_iter().collect();
