@@ -73,6 +73,16 @@ fn spawn_forwarder_at(
         .expect("start kinesis-forwarder")
 }
 
+/// Insert `docs` into the watched collection.
+async fn insert_reports(client: &mongodb::Client, db: &str, docs: &[Document]) {
+    client
+        .database(db)
+        .collection::<Document>("reports")
+        .insert_many(docs)
+        .await
+        .unwrap();
+}
+
 /// Wait until the forwarder has stored a position for `stream` (its change stream is open).
 async fn wait_for_position(client: &mongodb::Client, db: &str, stream: &str) {
     let state = client
@@ -209,12 +219,7 @@ async fn extended_json_formats_round_trip() {
     wait_for_position(&client, &db, &canonical).await;
 
     let docs = sample_docs(12);
-    client
-        .database(&db)
-        .collection::<Document>("reports")
-        .insert_many(&docs)
-        .await
-        .unwrap();
+    insert_reports(&client, &db, &docs).await;
     for (stream, format) in [(&relaxed, Format::Relaxed), (&canonical, Format::Canonical)] {
         let records = wait_for_records(&kin, stream, docs.len()).await;
         assert_eq!(records.len(), docs.len());
@@ -370,12 +375,7 @@ async fn partial_failures_resend_only_failed_entries() {
     wait_for_position(&client, &db, &stream).await;
 
     let docs = sample_docs(40);
-    client
-        .database(&db)
-        .collection::<Document>("reports")
-        .insert_many(&docs)
-        .await
-        .unwrap();
+    insert_reports(&client, &db, &docs).await;
     let records = wait_for_records(&kin, &stream, docs.len()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let records_after = kin.read_all(&stream).await;
@@ -554,12 +554,7 @@ async fn sigterm_while_kinesis_is_down_exits_and_loses_nothing() {
     let fw = spawn_forwarder_at(&mongo, "http://127.0.0.1:9", &db, &stream, &[], "info");
     wait_for_position(&client, &db, &stream).await;
     let docs = sample_docs(1);
-    client
-        .database(&db)
-        .collection::<Document>("reports")
-        .insert_many(&docs)
-        .await
-        .unwrap();
+    insert_reports(&client, &db, &docs).await;
     // Let it read the event and fail a put or two.
     tokio::time::sleep(Duration::from_secs(3)).await;
     common::signal_pid(fw.id().unwrap(), 15);
