@@ -324,7 +324,7 @@ impl SpoolLog {
                 self.maintain_failing = true;
             }
             (Ok(true), true) => {
-                info!("spool sync and delivered position written again");
+                info!("the spool is synced and its delivered position written again");
                 self.maintain_failing = false;
             }
             _ => {}

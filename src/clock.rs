@@ -133,6 +133,24 @@ pub fn recover_held(spool: &mut Spool, dir: &Path) -> Result<u64, SpoolError> {
 
 /// Delete the held reports' spool once what it holds is safe in the main spool.
 pub fn discard_held(dir: &Path) {
+    // Segments set aside as unreadable are never deleted: they move up into the spool's own
+    // directory first, and if one cannot, the directory stays.
+    if let (Ok(entries), Some(up)) = (std::fs::read_dir(dir), dir.parent()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name
+                .to_string_lossy()
+                .contains(crate::sink::spool::SET_ASIDE)
+            {
+                let mut to = std::ffi::OsString::from("held-");
+                to.push(&name);
+                if let Err(e) = std::fs::rename(entry.path(), up.join(to)) {
+                    error!(file = %entry.path().display(), error = %e, "cannot move an unreadable file of the held reports' spool out of it; leaving that spool in place");
+                    return;
+                }
+            }
+        }
+    }
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             error!(dir = %dir.display(), error = %e, "cannot delete the held reports' spool; its reports will be sent again (as duplicates, which the database ignores)");
@@ -423,6 +441,25 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Discarding the held reports' spool keeps a segment set aside as unreadable: it moves up
+    // into the spool's directory (it was deleted with the rest).
+    #[test]
+    fn discarding_the_held_spool_keeps_unreadable_files() {
+        let spool = tempfile::tempdir().unwrap();
+        let held = spool.path().join(HELD_DIR);
+        std::fs::create_dir(&held).unwrap();
+        std::fs::write(held.join("segment-0000000000000001.spool"), "x").unwrap();
+        let aside = format!(
+            "segment-0000000000000002.spool{}123",
+            crate::sink::spool::SET_ASIDE
+        );
+        std::fs::write(held.join(&aside), "kept").unwrap();
+        discard_held(&held);
+        assert!(!held.exists());
+        let moved = spool.path().join(format!("held-{aside}"));
+        assert_eq!(std::fs::read_to_string(moved).unwrap(), "kept");
+    }
     use crate::report::{Acceleration, Reading};
 
     fn report() -> Report {

@@ -285,22 +285,30 @@ async fn a_failing_spool_position_write_is_logged_once() {
     assert_eq!(stored_once(&server, &db).await.len(), 40);
 }
 
-// A spool file that cannot be read (a directory by its name gives EISDIR, as a failing card
-// gives EIO) is set aside with an error in the log, and the agent runs; it used to exit 1 at
-// every start, so systemd gave up and nothing was sampled.
+// A spool file that cannot be opened (here a link to nowhere; on a failing card, EIO) is set
+// aside with an error in the log, and the agent runs; it used to exit 1 at every start, so
+// systemd gave up and nothing was sampled.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_spool_file_is_set_aside_and_the_agent_runs() {
     let server = MongoServer::start();
     let (_dir, spool_dir, db, log) = places("unreadable");
-    std::fs::create_dir_all(spool_dir.join("segment-0000000000000003.spool")).unwrap();
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    std::os::unix::fs::symlink(
+        "/nonexistent/segment",
+        spool_dir.join("segment-0000000000000003.spool"),
+    )
+    .unwrap();
     let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "5"]), &log);
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");
     assert!(text.contains("moved it to"), "{text}");
-    assert!(spool_dir
-        .join("segment-0000000000000003.spool.unreadable")
-        .is_dir());
+    let aside: Vec<_> = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("segment-0000000000000003.spool.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(stored_once(&server, &db).await.len(), 5);
 }
 

@@ -268,8 +268,8 @@ struct Forwarder<'a, K> {
     saved: Option<ResumeToken>,
     last_save: Instant,
     forwarded: u64,
-    /// True once a stop is requested: a put in progress is abandoned then, and the last one
-    /// gets [`FINAL_PUT_WAIT`].
+    /// True once a stop is requested: a put in progress, or the last one, may go on for
+    /// [`FINAL_PUT_WAIT`] more.
     stop: watch::Receiver<bool>,
 }
 
@@ -284,12 +284,10 @@ impl<K: Kinesis> Forwarder<'_, K> {
             let entries = self.batch.take();
             let n = entries.len() as u64;
             let mut stop = self.stop.clone();
+            // A put in progress when the stop comes, or begun after it, gets FINAL_PUT_WAIT.
             let interrupt = async move {
-                if *stop.borrow() {
-                    tokio::time::sleep(FINAL_PUT_WAIT).await;
-                } else {
-                    let _ = stop.wait_for(|s| *s).await;
-                }
+                let _ = stop.wait_for(|s| *s).await;
+                tokio::time::sleep(FINAL_PUT_WAIT).await;
             };
             kinesis::put_all(self.kinesis, &self.opts.stream_name, entries, interrupt).await?;
             self.forwarded += n;

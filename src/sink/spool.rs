@@ -46,7 +46,8 @@
 //! is kept in a bounded in-memory queue and the next append tries the disk again, moving the
 //! queue there once it works. Opening never fails for a disk fault either: a delivered segment
 //! that cannot be deleted is left for the next start, one that cannot be read is renamed
-//! `*.spool.unreadable` (never deleted), and with no segment file it can create, the spool starts
+//! `*.spool.unreadable-<time>` (never deleted; left in place, and out of the run, if even that
+//! fails), and with no segment file it can create, the spool starts
 //! with its writer closed, so the first append falls back to memory (see `OpenReport::problems`).
 
 use std::collections::VecDeque;
@@ -167,7 +168,7 @@ pub struct Spool {
     writer: Option<File>,
     ack: Position,
     read: Position,
-    reader: Option<(u64, Frames<File>)>,
+    reader: Option<(u64, Frames)>,
     memory: VecDeque<Vec<u8>>,
     memory_in_flight: usize,
     /// Appended but neither synced nor known to be delivered, since this instant.
@@ -183,6 +184,12 @@ pub struct Spool {
     unwritten_since: Option<Instant>,
     /// The outcome of a write made outside an append, returned by the next append.
     deferred: AppendOutcome,
+    /// New segments get at least this id: below it lies an unreadable file left in place.
+    id_floor: u64,
+    /// A sync failed: when to try it again.
+    sync_retry_at: Option<Instant>,
+    /// Writing the delivered position failed the last time it was tried.
+    cursor_failing: bool,
 }
 
 fn segment_name(id: u64) -> String {
@@ -256,9 +263,10 @@ fn read_frame(r: &mut impl Read, remaining: u64) -> Result<Option<Vec<u8>>, &'st
 /// whole frame passes its checks. Its length field must fit, its payload must start with the
 /// same length (a BSON document's first field is its own length) and its CRC must match, so a
 /// false start is about as likely as a CRC collision. Bytes after the last good frame are a
-/// torn tail, not a skipped region.
-struct Frames<R> {
-    r: BufReader<R>,
+/// torn tail, not a skipped region. A block the disk cannot read (EIO) is bad data too: it
+/// reads as zeros, which no frame passes.
+struct Frames {
+    r: BufReader<File>,
     pos: u64,
     limit: u64,
     /// Regions skipped between good frames, and their bytes.
@@ -268,9 +276,9 @@ struct Frames<R> {
     end: Option<u64>,
 }
 
-impl<R: Read + Seek> Frames<R> {
+impl Frames {
     /// `r` must be positioned at `pos`.
-    fn new(r: BufReader<R>, pos: u64, limit: u64) -> Self {
+    fn new(r: BufReader<File>, pos: u64, limit: u64) -> Self {
         Frames {
             r,
             pos,
@@ -297,11 +305,7 @@ impl<R: Read + Seek> Frames<R> {
                 }
                 Err(_) => {
                     let start = self.pos;
-                    self.r.seek(SeekFrom::Start(start))?;
-                    let mut rest = Vec::new();
-                    (&mut self.r)
-                        .take(self.limit - start)
-                        .read_to_end(&mut rest)?;
+                    let rest = read_readable(self.r.get_ref(), start, self.limit);
                     match next_good_frame(&rest) {
                         Some(k) => {
                             self.skipped_regions += 1;
@@ -318,6 +322,24 @@ impl<R: Read + Seek> Frames<R> {
             }
         }
     }
+}
+
+/// The bytes of `file` from `start` to `limit`, with zeros for any block it cannot read.
+fn read_readable(file: &File, start: u64, limit: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 4096;
+    let mut rest = vec![0u8; usize::try_from(limit - start).unwrap_or(0)];
+    let mut at = start;
+    while at < limit {
+        // To the next block boundary, so that one bad block costs that block.
+        let end = ((at / BLOCK + 1) * BLOCK).min(limit);
+        let buf = &mut rest[(at - start) as usize..(end - start) as usize];
+        if file.read_exact_at(buf, at).is_err() {
+            buf.fill(0);
+        }
+        at = end;
+    }
+    rest
 }
 
 /// The first offset after 0 in `buf` where a whole frame passes its checks (see [`Frames`]).
@@ -390,6 +412,19 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// Set-aside files (unreadable segments) have this in their names, and are never deleted.
+pub const SET_ASIDE: &str = ".unreadable-";
+
+/// A name no other file has for the unreadable segment `path`.
+fn set_aside_name(path: &Path) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!("{SET_ASIDE}{stamp}"));
+    PathBuf::from(name)
+}
+
 /// A read-only look at a spool directory (for `status`; safe while the agent runs).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct SpoolSummary {
@@ -455,12 +490,9 @@ impl Spool {
         let mut report = OpenReport::default();
         let mut segments = VecDeque::new();
         let last = ids.last().copied();
+        let mut id_floor = 0;
         for id in ids {
             let path = dir.join(segment_name(id));
-            let io_err = |source| SpoolError::Io {
-                path: path.clone(),
-                source,
-            };
             if id < ack.segment {
                 // Delivered before the last run ended.
                 if let Err(e) = fs::remove_file(&path) {
@@ -477,16 +509,26 @@ impl Spool {
             let (size, scanned) = match scanned {
                 Ok(found) => found,
                 Err(e) => {
-                    // Unreadable (an I/O error): out of the way under another name, so that
-                    // the delivered position passing it never deletes it as delivered, and
-                    // kept for whoever can read it. Only when even that fails is it fatal.
-                    let aside = path.with_extension("spool.unreadable");
-                    fs::rename(&path, &aside).map_err(io_err)?;
-                    report.problems.push(format!(
-                        "cannot read the spool file {}: {e}; moved it to {} and went on without the reports in it",
-                        path.display(),
-                        aside.display()
-                    ));
+                    // Unreadable (an I/O error): out of the way under a name of its own, so
+                    // that the delivered position passing it never deletes it as delivered,
+                    // and kept for whoever can read it. If it cannot even be renamed (a disk
+                    // the kernel made read-only), it is left where it is and out of this run;
+                    // nothing is deleted on such a disk, and the next start tries again.
+                    let aside = set_aside_name(&path);
+                    match fs::rename(&path, &aside) {
+                        Ok(()) => report.problems.push(format!(
+                            "cannot read the spool file {}: {e}; moved it to {} and went on without the reports in it",
+                            path.display(),
+                            aside.display()
+                        )),
+                        Err(r) => {
+                            id_floor = id + 1;
+                            report.problems.push(format!(
+                                "cannot read the spool file {}: {e}, nor move it aside: {r}; going on without the reports in it",
+                                path.display()
+                            ));
+                        }
+                    }
                     continue;
                 }
             };
@@ -551,10 +593,13 @@ impl Spool {
             unwritten_records: 0,
             unwritten_since: None,
             deferred: AppendOutcome::default(),
+            id_floor,
+            sync_retry_at: None,
+            cursor_failing: false,
         };
         spool.synced = spool.end();
         if spool.segments.is_empty() {
-            let first = ack.segment.max(1);
+            let first = ack.segment.max(1).max(id_floor);
             if let Err(e) = spool.new_segment(first) {
                 // A full or read-only disk: run anyway, reports kept in memory until a write
                 // works (the first append reports the error, and creates this file then).
@@ -777,12 +822,16 @@ impl Spool {
         if self.writer.is_none() {
             // After an error (or a restart), start a fresh segment so a partial frame left by a
             // failed write is never followed by good ones; an empty last segment is reused.
-            let next = if active.offset == 0 && active.segment > 0 {
+            // Not a last segment whose file still holds bytes it does not count (a torn tail
+            // that could not be cut): appending after them would misplace every record.
+            let empty_on_disk =
+                fs::metadata(self.path(active.segment)).map_or(true, |m| m.len() == 0);
+            let next = if active.offset == 0 && active.segment > 0 && empty_on_disk {
                 active.segment
             } else {
                 active.segment + 1
             };
-            self.new_segment(next)?;
+            self.new_segment(next.max(self.id_floor))?;
         } else if active.offset >= self.segment_max {
             self.sync_if_owed()?;
             self.new_segment(active.segment + 1)?;
@@ -826,8 +875,12 @@ impl Spool {
     /// Called on every tick: write out reports that have waited [`WRITE_GROUP`] (their group
     /// closes when the next report comes, which a stuck or failing sample delays), sync if
     /// something has been owed for `sync_interval`, and write down the delivered position every
-    /// [`CURSOR_EVERY`]. `Ok(true)` when it synced or wrote the position, `Ok(false)` when
-    /// neither was due.
+    /// [`CURSOR_EVERY`]. A sync or position write that fails is tried again [`CURSOR_EVERY`]
+    /// later, not at the next tick, and the one does not wait for the other.
+    ///
+    /// `Err` when something tried here failed; `Ok(true)` when nothing that was tried, here or
+    /// before, is failing any longer; `Ok(false)` when something failed before and has not been
+    /// tried again yet.
     pub fn maintain(&mut self, now: Instant) -> Result<bool, SpoolError> {
         if self
             .unwritten_since
@@ -835,26 +888,38 @@ impl Spool {
         {
             self.write_out_deferred();
         }
-        let mut wrote = false;
-        if self
+        let mut first_error = None;
+        let sync_due = self
             .owed_since
             .is_some_and(|t| now.duration_since(t) >= self.options.sync_interval)
-        {
-            self.sync_if_owed()?;
-            wrote = true;
+            && self.sync_retry_at.is_none_or(|t| now >= t);
+        if sync_due {
+            match self.sync_if_owed() {
+                Ok(()) => self.sync_retry_at = None,
+                Err(e) => {
+                    self.sync_retry_at = Some(now + CURSOR_EVERY);
+                    first_error = Some(e);
+                }
+            }
         }
         if self.ack != self.cursor_written
             && self
                 .cursor_at
                 .is_none_or(|t| now.duration_since(t) >= CURSOR_EVERY)
         {
-            // Whatever the write gives: on a failing disk, retried every CURSOR_EVERY, not
-            // every sample.
             self.cursor_at = Some(now);
-            self.write_cursor()?;
-            wrote = true;
+            match self.write_cursor() {
+                Ok(()) => self.cursor_failing = false,
+                Err(e) => {
+                    self.cursor_failing = true;
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(wrote)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(self.sync_retry_at.is_none() && !self.cursor_failing),
+        }
     }
 
     /// Write out reports waiting for their group and sync everything appended, now.
@@ -1195,9 +1260,10 @@ mod tests {
         assert_eq!(got.last(), Some(&payload(59)));
     }
 
-    // A segment that cannot be read (here a directory by its name gives EISDIR, as a failing
-    // card gives EIO) does not keep the spool from opening: it is set aside under a name the
-    // delivered position can never delete, and the other segments are delivered.
+    // A segment that cannot be opened (here a link to nowhere; on a failing card, EIO) does
+    // not keep the spool from opening: it is set aside under a name of its own that the
+    // delivered position can never delete, and the other segments are delivered. A second one
+    // by the same name later is set aside beside it, not over it.
     #[test]
     fn an_unreadable_segment_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
@@ -1206,17 +1272,81 @@ mod tests {
             s.append(&payload(i), Instant::now());
         }
         drop(s);
-        fs::create_dir(dir.path().join(segment_name(7))).unwrap();
+        let aside = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().contains(SET_ASIDE)
+                })
+                .count()
+        };
+        std::os::unix::fs::symlink("/nonexistent/x", dir.path().join(segment_name(7))).unwrap();
         let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         assert!(r.problems[0].contains("moved it to"), "{:?}", r.problems);
-        assert!(dir
-            .path()
-            .join(format!("{}.unreadable", segment_name(7)))
-            .is_dir());
-        assert_eq!(r.pending, 40);
+        assert_eq!((aside(), r.pending), (1, 40));
         s.append(&payload(40), Instant::now());
         assert_eq!(drain(&mut s), (0..41).map(payload).collect::<Vec<_>>());
+        drop(s);
+        std::os::unix::fs::symlink("/nonexistent/y", dir.path().join(segment_name(7))).unwrap();
+        let (_, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!((r.problems.len(), aside()), (1, 2), "{:?}", r.problems);
+    }
+
+    // The writer, reopened after an error or at start, never appends to a segment whose file
+    // holds bytes the spool does not count (a torn tail it could not cut): the records would
+    // land past where it reads. It starts the next segment instead.
+    #[test]
+    fn a_segment_with_uncounted_bytes_is_not_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        s.writer = None;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(segment_name(1)))
+            .unwrap();
+        f.write_all(&[0xab; 300]).unwrap();
+        s.append(&payload(0), Instant::now());
+        assert_eq!(s.end().segment, 2);
+        assert_eq!(drain(&mut s), vec![payload(0)]);
+    }
+
+    // A block the disk cannot read reads as zeros, and costs only the records it overlaps.
+    #[test]
+    fn unreadable_blocks_read_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, [7u8; 10_000]).unwrap();
+        let file = File::open(&path).unwrap();
+        // Past the end of the file is unreadable to read_exact_at, as a bad block is: the
+        // block 8192..12288 fails as a whole, the one before it reads.
+        let rest = read_readable(&file, 5000, 13_000);
+        assert_eq!(rest.len(), 8000);
+        assert!(rest[..3192].iter().all(|b| *b == 7));
+        assert!(rest[3192..].iter().all(|b| *b == 0));
+    }
+
+    // A delivered position that cannot be written (its temporary file's name is taken) is
+    // tried every CURSOR_EVERY, not every tick, and syncs that work meanwhile do not count as
+    // recovery (the log would flap between failing and fixed); once it is written, it does.
+    #[test]
+    fn maintenance_recovers_only_when_what_failed_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let t0 = Instant::now();
+        fs::create_dir(dir.path().join("acked.tmp")).unwrap();
+        s.append(&payload(0), t0);
+        let b = s.next_batch(10).unwrap();
+        s.ack(&b);
+        assert!(s.maintain(t0).is_err());
+        // Something new to sync, a second on: the sync works, the position is not due.
+        s.append(&payload(1), t0);
+        assert!(!s.maintain(t0 + Duration::from_secs(2)).unwrap());
+        assert!(s.maintain(t0 + CURSOR_EVERY).is_err());
+        fs::remove_dir(dir.path().join("acked.tmp")).unwrap();
+        assert!(s.maintain(t0 + 2 * CURSOR_EVERY).unwrap());
+        assert_eq!(read_cursor(dir.path()), Some(s.ack));
     }
 
     // A torn last record (crash mid-write) is cut off at open; the good ones survive.
