@@ -11,6 +11,7 @@ SAMPLES=${SAMPLES:-2000}
 INTERVAL_MS=${INTERVAL_MS:-1}
 if [ "$INTERVAL_MS" = 1 ]; then PERIOD=0; else PERIOD=$("$PY" -c "print($INTERVAL_MS/1000)"); fi
 SEED=${SEED_AGENT_DIR:-../shared/bench/seed_agent}
+[ -f "$SEED/seed_agent.py" ] || { echo "the original Python agent is not at $SEED: set SEED_AGENT_DIR to its directory" >&2; exit 1; }
 cargo build --release -q --bin sensehat-monitor --example sleep_floor
 BIN=target/release/sensehat-monitor
 # The floor: the agent's timer ring alone, waking on the same grid and doing nothing else

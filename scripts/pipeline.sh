@@ -51,6 +51,7 @@ for b in sensehat-monitor kinesis-forwarder firehose-local firehose-endpoint; do
 done
 
 if [ -z "${MONGODB_CONNECTION_STRING:-}" ]; then
+  [ -x .venv-test/bin/secantusd-py ] || { echo "SecantusDB is not installed: run 'bash .ci/run' once (it creates .venv-test), or set MONGODB_CONNECTION_STRING to a replica set" >&2; exit 1; }
   echo "==> SecantusDB on port $MONGO_PORT (in memory)"
   .venv-test/bin/secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory: --log-level WARNING &
   PIDS+=($!)
