@@ -186,6 +186,9 @@ pub struct Spool {
     deferred: AppendOutcome,
     /// New segments get at least this id: below it lies an unreadable file left in place.
     id_floor: u64,
+    /// The lowest unreadable segment left in place, out of this run: the delivered position
+    /// written down never passes it, or the next start would delete it unread.
+    left_in_place: Option<u64>,
     /// A sync failed: when to try it again.
     sync_retry_at: Option<Instant>,
     /// Writing the delivered position failed the last time it was tried.
@@ -491,6 +494,7 @@ impl Spool {
         let mut segments = VecDeque::new();
         let last = ids.last().copied();
         let mut id_floor = 0;
+        let mut left_in_place = None;
         for id in ids {
             let path = dir.join(segment_name(id));
             if id < ack.segment {
@@ -523,6 +527,7 @@ impl Spool {
                         )),
                         Err(r) => {
                             id_floor = id + 1;
+                            left_in_place.get_or_insert(id);
                             report.problems.push(format!(
                                 "cannot read the spool file {}: {e}, nor move it aside: {r}; going on without the reports in it",
                                 path.display()
@@ -594,6 +599,7 @@ impl Spool {
             unwritten_since: None,
             deferred: AppendOutcome::default(),
             id_floor,
+            left_in_place,
             sync_retry_at: None,
             cursor_failing: false,
         };
@@ -938,7 +944,11 @@ impl Spool {
     fn write_cursor(&mut self) -> Result<(), SpoolError> {
         let tmp = self.dir.join("acked.tmp");
         let path = self.dir.join("acked");
-        let text = format!("v1 {} {}\n", self.ack.segment, self.ack.offset);
+        let keep = self
+            .left_in_place
+            .map(|segment| Position { segment, offset: 0 });
+        let at = keep.map_or(self.ack, |k| k.min(self.ack));
+        let text = format!("v1 {} {}\n", at.segment, at.offset);
         fs::write(&tmp, text)
             .and_then(|()| fs::rename(&tmp, &path))
             .map_err(|source| SpoolError::Io { path, source })?;
@@ -1347,6 +1357,29 @@ mod tests {
         fs::remove_dir(dir.path().join("acked.tmp")).unwrap();
         assert!(s.maintain(t0 + 2 * CURSOR_EVERY).unwrap());
         assert_eq!(read_cursor(dir.path()), Some(s.ack));
+    }
+
+    // An unreadable segment that could not even be renamed stays where it is, out of this
+    // run; the delivered position written down never passes it, so the next start reads it
+    // instead of deleting it as delivered.
+    #[test]
+    fn the_written_position_never_passes_a_segment_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..80 {
+            s.append(&payload(i), Instant::now());
+        }
+        assert_eq!(drain(&mut s).len(), 80);
+        assert!(s.ack.segment >= 3);
+        s.left_in_place = Some(2);
+        s.close().unwrap();
+        assert_eq!(
+            read_cursor(dir.path()),
+            Some(Position {
+                segment: 2,
+                offset: 0
+            })
+        );
     }
 
     // A torn last record (crash mid-write) is cut off at open; the good ones survive.
