@@ -1010,7 +1010,18 @@ impl Spool {
                     path: path.clone(),
                     source,
                 };
-                let reuse = matches!(&self.reader, Some((rid, f)) if *rid == id && f.pos == self.read.offset && f.limit == limit);
+                // The reader goes on where it stopped, also when the active segment has grown
+                // since (it read to the old end, and its buffer holds nothing past it), unless
+                // it has latched the end of what it may read.
+                let reuse = match &mut self.reader {
+                    Some((rid, f)) if *rid == id && f.pos == self.read.offset => {
+                        if f.limit != limit && f.end.is_none() {
+                            f.limit = limit;
+                        }
+                        f.limit == limit
+                    }
+                    _ => false,
+                };
                 if !reuse {
                     let mut f = File::open(&path).map_err(io_err)?;
                     f.seek(SeekFrom::Start(self.read.offset)).map_err(io_err)?;
@@ -1027,7 +1038,7 @@ impl Spool {
                 let mut records = Vec::new();
                 // Bad data between good records (counted when the spool was opened) is
                 // skipped; after the last good record the rest of the segment is.
-                while records.len() < max {
+                while records.len() < max && frames.pos < limit {
                     match frames.next().map_err(io_err)? {
                         Some(p) => records.push(p),
                         None => {
@@ -1380,6 +1391,27 @@ mod tests {
                 offset: 0
             })
         );
+    }
+
+    // Reading the active segment as it grows, in batches smaller and larger than what was
+    // appended since: every record once, in order (the reader goes on past its old end).
+    #[test]
+    fn reading_keeps_up_with_a_growing_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let mut got = Vec::new();
+        let mut n = 0;
+        for (appends, max) in [(5, 3), (1, 10), (4, 2), (3, 100), (0, 5)] {
+            for _ in 0..appends {
+                s.append(&payload(n), Instant::now());
+                n += 1;
+            }
+            let b = s.next_batch(max).unwrap();
+            got.extend(b.records.iter().cloned());
+            s.ack(&b);
+        }
+        got.extend(drain(&mut s));
+        assert_eq!(got, (0..n).map(payload).collect::<Vec<_>>());
     }
 
     // A torn last record (crash mid-write) is cut off at open; the good ones survive.
