@@ -30,7 +30,7 @@ pub enum SensorsKind {
 
 /// Read a Sense HAT every interval and store each reading in MongoDB.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -135,8 +135,8 @@ pub struct Cli {
 pub enum Command {
     /// Print spool depth, the oldest unsent report, the last insert and sensor health.
     Status,
-    /// Check the configuration (connection string present, spool writable, logo readable)
-    /// and exit; suitable for systemd's ExecStartPre.
+    /// Check the configuration (connection string, spool directory, logo) and say what the
+    /// clock says, then exit; suitable for systemd's ExecStartPre.
     CheckConfig,
 }
 

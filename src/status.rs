@@ -98,6 +98,18 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
         "oldest unsent",
         oldest.map_or_else(|| "none".to_owned(), |ms| when(ms, now)),
     );
+    // Spool files that could not be read, kept under another name (see the spool): a person
+    // should know they are there, and that their reports were not sent.
+    let set_aside = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(spool::SET_ASIDE))
+        .count();
+    if set_aside > 0 {
+        line(
+            "unreadable files",
+            format!("{set_aside} set aside in the spool directory, their reports not sent (the agent's log says which; the SD card may be failing)"),
+        );
+    }
     match status {
         None => line(
             "agent",

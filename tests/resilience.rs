@@ -309,6 +309,14 @@ async fn an_unreadable_spool_file_is_set_aside_and_the_agent_runs() {
         .filter(|n| n.starts_with("segment-0000000000000003.spool.unreadable-"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
+    let out = agent_command()
+        .arg("status")
+        .arg("--spool-dir")
+        .arg(&spool_dir)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("unreadable files      1 set aside"), "{s}");
     assert_eq!(stored_once(&server, &db).await.len(), 5);
 }
 
