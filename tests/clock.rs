@@ -10,7 +10,9 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{agent_command, all_reports, signal, sim_agent, unique_name, MongoServer, Reaped};
+use common::{
+    agent_command, all_reports, signal, sim_agent, status_text, unique_name, MongoServer, Reaped,
+};
 use sensehat_monitor::clock::now_ms;
 
 /// The dry-run agent every 50 ms with `marker` as the clock's marker; stdout lines arrive on
@@ -219,13 +221,7 @@ async fn held_reports_survive_a_kill() {
     // first time at the first sample (before any report was held).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = agent_command()
-            .arg("status")
-            .arg("--spool-dir")
-            .arg(spool.path())
-            .output()
-            .unwrap();
-        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let s = status_text(spool.path());
         if let Some(n) = s
             .lines()
             .find_map(|l| l.strip_prefix("held for the clock"))

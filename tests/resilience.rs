@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{agent_command, all_reports, signal, unique_name, wait_until, MongoServer};
+use common::{
+    agent_command, all_reports, signal, status_text, unique_name, wait_until, MongoServer,
+};
 use mongodb::bson::{oid::ObjectId, Document};
 use sensehat_monitor::sink::spool;
 use sensehat_monitor::status::{Status, STATUS_FILE};
@@ -309,13 +311,7 @@ async fn an_unreadable_spool_file_is_set_aside_and_the_agent_runs() {
         .filter(|n| n.starts_with("segment-0000000000000003.spool.unreadable-"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    let out = agent_command()
-        .arg("status")
-        .arg("--spool-dir")
-        .arg(&spool_dir)
-        .output()
-        .unwrap();
-    let s = String::from_utf8_lossy(&out.stdout);
+    let s = status_text(&spool_dir);
     assert!(s.contains("unreadable files      1 set aside"), "{s}");
     assert_eq!(stored_once(&server, &db).await.len(), 5);
 }
@@ -438,14 +434,7 @@ async fn i2c_fault_skips_and_counts_samples() {
     assert!(text.contains("sensor recovered"), "{text}");
 
     // `status` summarises it for a person.
-    let out = agent_command()
-        .arg("status")
-        .arg("--spool-dir")
-        .arg(&spool_dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let s = String::from_utf8(out.stdout).unwrap();
+    let s = status_text(&spool_dir);
     assert!(s.contains("unsent reports        0"), "{s}");
     assert!(s.contains("3 skipped"), "{s}");
     assert!(s.contains("database              connected"), "{s}");

@@ -277,3 +277,19 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// What `sensehat-monitor status --spool-dir DIR` prints; it must succeed.
+pub fn status_text(spool_dir: &Path) -> String {
+    let out = agent_command()
+        .arg("status")
+        .arg("--spool-dir")
+        .arg(spool_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
