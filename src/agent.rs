@@ -839,10 +839,8 @@ async fn deliver<I: Inserter>(
                             error!(error = %e, "cannot save reports the database refused to rejected.jsonl in the spool directory; keeping them in the spool and retrying");
                             link.reject_failing = true;
                         }
-                        let delay = backoff.next().unwrap_or(Duration::from_secs(60));
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            _ = mode.wait_for(|m| *m == Mode::Stop) => return Ok(()),
+                        if stopped_while_backing_off(&mut backoff, &mut mode).await {
+                            return Ok(());
                         }
                         continue;
                     }
@@ -912,13 +910,23 @@ async fn deliver<I: Inserter>(
                     c.connected = Some(false);
                     c.last_error = Some(msg);
                 }
-                let delay = backoff.next().unwrap_or(Duration::from_secs(60));
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = mode.wait_for(|m| *m == Mode::Stop) => return Ok(()),
+                if stopped_while_backing_off(&mut backoff, &mut mode).await {
+                    return Ok(());
                 }
             }
         }
+    }
+}
+
+/// Wait out the next back-off delay; true if a stop was asked for meanwhile.
+async fn stopped_while_backing_off(
+    backoff: &mut impl Iterator<Item = Duration>,
+    mode: &mut watch::Receiver<Mode>,
+) -> bool {
+    let delay = backoff.next().unwrap_or(Duration::from_secs(60));
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        _ = mode.wait_for(|m| *m == Mode::Stop) => true,
     }
 }
 

@@ -292,15 +292,17 @@ impl Frames {
         }
     }
 
-    fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+    /// The next good frame's offset in the file and its payload.
+    fn next(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
         loop {
             if self.end.is_some() {
                 return Ok(None);
             }
             match read_frame(&mut self.r, self.limit - self.pos) {
                 Ok(Some(p)) => {
+                    let start = self.pos;
                     self.pos += HEADER + p.len() as u64;
-                    return Ok(Some(p));
+                    return Ok(Some((start, p)));
                 }
                 Ok(None) => {
                     self.end = Some(self.pos);
@@ -378,17 +380,14 @@ fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<Scanned> {
     let size = file.metadata()?.len();
     let mut frames = Frames::new(BufReader::with_capacity(64 * 1024, file), 0, size);
     let mut s = Scanned::default();
-    let mut offset = 0;
-    while let Some(p) = frames.next()? {
-        // The frame's start: a skipped region may lie between the last one's end and it.
-        let start = frames.pos - HEADER - p.len() as u64;
+    while let Some((start, _)) = frames.next()? {
         if ack_offset.is_some_and(|a| start < a) {
             s.acked += 1;
         }
-        offset = frames.pos;
         s.records += 1;
     }
-    s.valid = frames.end.unwrap_or(offset);
+    // Set when `next` gives None: where the last good frame ends.
+    s.valid = frames.end.unwrap_or(frames.pos);
     s.skipped_regions = frames.skipped_regions;
     s.skipped_bytes = frames.skipped_bytes;
     Ok(s)
@@ -470,8 +469,7 @@ pub fn for_each_pending(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> 
         };
         let size = file.metadata()?.len();
         let mut frames = Frames::new(BufReader::with_capacity(64 * 1024, file), 0, size);
-        while let Some(p) = frames.next()? {
-            let start = frames.pos - HEADER - p.len() as u64;
+        while let Some((start, p)) = frames.next()? {
             if id > ack.segment || start >= ack.offset {
                 f(&p);
             }
@@ -1040,7 +1038,7 @@ impl Spool {
                 // skipped; after the last good record the rest of the segment is.
                 while records.len() < max && frames.pos < limit {
                     match frames.next().map_err(io_err)? {
-                        Some(p) => records.push(p),
+                        Some((_, p)) => records.push(p),
                         None => {
                             frames.pos = limit;
                             break;
