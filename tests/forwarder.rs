@@ -290,10 +290,11 @@ async fn sigkill_mid_stream_loses_nothing() {
     client.database(&db).drop().await.unwrap();
 }
 
-/// One PutRecords call as the seam saw it: the entries' data, and which of them it failed.
-type Call = (Vec<Vec<u8>>, Vec<bool>);
+/// One PutRecords call as the seam saw it: the entries' data and partition keys, and which of
+/// them it failed.
+type Call = (Vec<(Vec<u8>, String)>, Vec<bool>);
 
-/// The test seam: the real emulator behind a wrapper that fails every third entry the first
+/// The test seam: the real emulator behind a wrapper that fails every fourth entry the first
 /// time it is offered, as Kinesis does when a shard is throttled, and records every call.
 struct Throttled {
     inner: AwsKinesis,
@@ -312,7 +313,7 @@ impl Kinesis for Throttled {
             entries
                 .iter()
                 .enumerate()
-                .map(|(i, e)| seen.insert(e.data.clone()) && i % 3 == 1)
+                .map(|(i, e)| seen.insert(e.data.clone()) && i % 4 == 1)
                 .collect()
         };
         let pass: Vec<Entry> = entries
@@ -340,18 +341,22 @@ impl Kinesis for Throttled {
                 }
             })
             .collect();
-        self.calls
-            .lock()
-            .unwrap()
-            .push((entries.iter().map(|e| e.data.clone()).collect(), fail));
+        self.calls.lock().unwrap().push((
+            entries
+                .iter()
+                .map(|e| (e.data.clone(), e.partition_key.clone()))
+                .collect(),
+            fail,
+        ));
         Ok(results)
     }
 }
 
-// Partial PutRecords failures (through the seam, since the emulator cannot throttle): only the
-// failed entries are resent, and every document lands in the stream exactly once.
+// Partial PutRecords failures (through the seam, since the emulator cannot throttle): each
+// failed entry is resent, with every later entry of its partition key (accepted or not), so
+// that in the stream each key's newest copies come in the order the documents were inserted.
 #[tokio::test(flavor = "multi_thread")]
-async fn partial_failures_resend_only_failed_entries() {
+async fn partial_failures_resend_and_keep_each_keys_order() {
     let (_mongo, kin, db, stream, client) = fixture("fwdpart", "partial", 1).await;
     let seam = Throttled {
         inner: AwsKinesis {
@@ -376,63 +381,103 @@ async fn partial_failures_resend_only_failed_entries() {
 
     let docs = sample_docs(40);
     insert_reports(&client, &db, &docs).await;
-    let records = wait_for_records(&kin, &stream, docs.len()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let records_after = kin.read_all(&stream).await;
-    assert_eq!(
-        records_after.len(),
-        records.len(),
-        "a record was sent twice"
-    );
-    let ids: HashSet<String> = records.iter().map(|r| stringify_id(&r.1)).collect();
-    assert_eq!(ids.len(), docs.len());
+    wait_for_records(&kin, &stream, docs.len()).await;
     stop_tx.send(()).unwrap();
     task.await.unwrap().unwrap();
-
+    let records = kin.read_all(&stream).await;
     client.database(&db).drop().await.unwrap();
+
+    // What each resend held: the failed entries and the later ones of a failed entry's key.
     let calls = seam.calls.lock().unwrap().clone();
     let mut resends = 0;
+    let mut resent_accepted = 0;
     for (i, (entries, fail)) in calls.iter().enumerate() {
-        let failed: Vec<&Vec<u8>> = entries
-            .iter()
-            .zip(fail)
-            .filter(|(_, f)| **f)
-            .map(|(e, _)| e)
-            .collect();
-        if failed.is_empty() {
+        if !fail.contains(&true) {
             continue;
         }
-        let next = &calls
+        let mut blocked = HashSet::new();
+        let mut expected = Vec::new();
+        for ((data, key), failed) in entries.iter().zip(fail) {
+            if *failed {
+                blocked.insert(key.clone());
+            } else if !blocked.contains(key) {
+                continue;
+            } else {
+                resent_accepted += 1;
+            }
+            expected.push(data.clone());
+        }
+        let next: Vec<Vec<u8>> = calls
             .get(i + 1)
             .expect("a resend follows a partial failure")
-            .0;
+            .0
+            .iter()
+            .map(|(d, _)| d.clone())
+            .collect();
         assert_eq!(
-            next.iter().collect::<Vec<_>>(),
-            failed,
-            "the resend holds exactly the failed entries"
+            next, expected,
+            "the resend holds the failed entries and the later ones of their keys"
         );
         resends += 1;
     }
     assert!(resends > 0, "the seam failed nothing");
-    let sent: usize = calls.iter().map(|c| c.0.len()).sum();
-    let failed: usize = calls
+    assert!(
+        resent_accepted > 0,
+        "no accepted entry followed a failed one of its key: the test proves nothing"
+    );
+    // Every document reached the stream; copies beyond one are exactly the accepted resends.
+    let ids: Vec<String> = records.iter().map(|r| stringify_id(&r.1)).collect();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), docs.len());
+    assert_eq!(records.len(), docs.len() + resent_accepted);
+    // Replayed in stream order, keeping the last copy of each, every key's documents come in
+    // insert order: an upsert by _id ends with the newest.
+    let inserted: Vec<String> = docs
         .iter()
-        .map(|c| c.1.iter().filter(|f| **f).count())
-        .sum();
-    assert_eq!(sent, docs.len() + failed);
+        .map(|d| d.get_object_id("_id").unwrap().to_hex())
+        .collect();
+    for key in ["pi-0", "pi-1", "pi-2"] {
+        let mut last: Vec<String> = Vec::new();
+        for (k, data) in &records {
+            if k == key {
+                let id = stringify_id(data);
+                last.retain(|x| *x != id);
+                last.push(id);
+            }
+        }
+        let want: Vec<String> = inserted
+            .iter()
+            .zip(&docs)
+            .filter(|(_, d)| d.get_str("nodeName").unwrap() == key)
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(last, want, "partition key {key} out of order");
+    }
 }
 
-// A document too large for a Kinesis record goes to the dead-letter collection with the
-// reason; the others are forwarded.
+// A document too large for a Kinesis record, or for Firehose to deliver, goes to the
+// dead-letter collection with the reason; the others are forwarded. Read again after a restart
+// from an older position, it is not kept twice.
 #[tokio::test(flavor = "multi_thread")]
 async fn oversize_documents_go_to_the_dead_letter_collection() {
     let (mongo, kin, db, stream, client) = fixture("fwddlq", "dlq", 1).await;
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;
+    let state = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state");
+    let before = state.find_one(doc! {}).await.unwrap().unwrap();
     let big_id = ObjectId::new();
+    let firehose_big_id = ObjectId::new();
     let reports = client.database(&db).collection::<Document>("reports");
     reports
         .insert_one(doc! { "_id": big_id, "nodeName": "pi", "blob": "x".repeat(1_100_000) })
+        .await
+        .unwrap();
+    // Under Kinesis's 1 MiB, over Firehose's 1,024,000 bytes of data.
+    reports
+        .insert_one(
+            doc! { "_id": firehose_big_id, "nodeName": "pi", "blob": "x".repeat(1_030_000) },
+        )
         .await
         .unwrap();
     let small = sample_docs(1).remove(0);
@@ -447,70 +492,181 @@ async fn oversize_documents_go_to_the_dead_letter_collection() {
     let dlq = client
         .database(&db)
         .collection::<Document>("reports_forwarder_deadletter");
-    let mut dead = None;
+    let all_dead = || async {
+        let mut cursor = dlq.find(doc! {}).await.unwrap();
+        let mut docs = Vec::new();
+        while cursor.advance().await.unwrap() {
+            docs.push(cursor.deserialize_current().unwrap());
+        }
+        docs
+    };
+    let mut dead = Vec::new();
     for _ in 0..100 {
-        dead = dlq.find_one(doc! {}).await.unwrap();
-        if dead.is_some() {
+        dead = all_dead().await;
+        if dead.len() >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let dead = dead.expect("a dead-letter document");
-    assert_eq!(dead.get_object_id("documentId").unwrap(), big_id);
-    assert!(
-        dead.get_str("reason")
-            .unwrap()
-            .contains("over the Kinesis limit"),
-        "{dead:?}"
-    );
-    assert_eq!(
-        dead.get_document("document")
-            .unwrap()
-            .get_object_id("_id")
-            .unwrap(),
-        big_id
-    );
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let reason = |id: ObjectId| {
+        let d = dead
+            .iter()
+            .find(|d| d.get_object_id("documentId").ok() == Some(id))
+            .expect("a dead-letter document for each");
+        assert_eq!(
+            d.get_document("document")
+                .unwrap()
+                .get_object_id("_id")
+                .unwrap(),
+            id
+        );
+        d.get_str("reason").unwrap().to_owned()
+    };
+    assert!(reason(big_id).contains("over the Kinesis limit"));
+    assert!(reason(firehose_big_id).contains("over the Firehose limit"));
+
+    // Back to the position before them: both events are read again, and kept once.
+    wait_until(
+        Duration::from_secs(10),
+        "the position past the batch",
+        || {
+            let state = state.clone();
+            let before = before.clone();
+            async move {
+                let now = state.find_one(doc! {}).await.unwrap().unwrap();
+                now.get("resumeToken") != before.get("resumeToken")
+            }
+        },
+    )
+    .await;
+    fwd.start_kill().unwrap();
+    fwd.wait().await.unwrap();
+    state
+        .replace_one(doc! { "_id": &stream }, &before)
+        .await
+        .unwrap();
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_records(&kin, &stream, 2).await;
+    assert_eq!(all_dead().await.len(), 2, "dead-lettered again");
     fwd.start_kill().unwrap();
     client.database(&db).drop().await.unwrap();
 }
 
-// Dropping the watched collection stops the forwarder with a message naming --start-from-now,
-// and --start-from-now starts it again.
+// A dropped collection ends the change stream (an invalidate); the forwarder follows the
+// collection of that name from right after the drop, with no restart and no flag, and does the
+// same when the drop happened while it was down.
 #[tokio::test(flavor = "multi_thread")]
-async fn invalidate_stops_with_a_message_and_start_from_now_recovers() {
+async fn a_dropped_collection_is_followed_when_it_comes_back() {
     let (mongo, kin, db, stream, client) = fixture("fwdinv", "inv", 1).await;
     let reports = client.database(&db).collection::<Document>("reports");
     reports
         .insert_one(doc! { "nodeName": "before" })
         .await
         .unwrap();
-    let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;
     reports.insert_one(doc! { "nodeName": "pi" }).await.unwrap();
     wait_for_records(&kin, &stream, 1).await;
+    // Dropped, and at once created again by the next insert, as the agent does.
     reports.drop().await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), fwd.wait_with_output())
-        .await
-        .expect("the forwarder stops after the drop")
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("dropped or renamed") && err.contains("--start-from-now"),
-        "{err}"
-    );
-
-    let mut again = spawn_forwarder(&mongo, &kin, &db, &stream, &["--start-from-now"]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     reports
-        .insert_one(doc! { "nodeName": "after" })
+        .insert_one(doc! { "nodeName": "after-drop" })
         .await
         .unwrap();
     let records = wait_for_records(&kin, &stream, 2).await;
-    assert_eq!(records.len(), 2);
-    assert_eq!(records[1].0, "after");
+    assert_eq!(records[1].0, "after-drop");
+    assert!(fwd.try_wait().unwrap().is_none(), "the forwarder stopped");
+
+    // Dropped again while the forwarder is down: the next start goes past it too.
+    fwd.kill().await.unwrap();
+    reports.drop().await.unwrap();
+    reports
+        .insert_one(doc! { "nodeName": "while-down" })
+        .await
+        .unwrap();
+    let mut again = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    let records = wait_for_records(&kin, &stream, 3).await;
+    let keys: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(keys, ["pi", "after-drop", "while-down"]);
     again.start_kill().unwrap();
     client.database(&db).drop().await.unwrap();
+}
+
+// A position stored for another collection (a state collection shared by two forwarders) is
+// refused at start with what to do, not resumed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_position_kept_for_another_collection_is_refused() {
+    let (mongo, kin, db, stream, client) = fixture("fwdns", "ns", 1).await;
+    client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state")
+        .insert_one(doc! {
+            "_id": &stream, "database": &db, "collection": "other",
+            "resumeToken": { "_data": "8200000001" },
+        })
+        .await
+        .unwrap();
+    let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    let out = tokio::time::timeout(Duration::from_secs(30), fwd.wait_with_output())
+        .await
+        .expect("the forwarder stops by itself")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("is for {db}.other, not {db}.reports"))
+            && err.contains("--start-from-now"),
+        "{err}"
+    );
+    client.database(&db).drop().await.unwrap();
+}
+
+// Without a region or without any credentials the forwarder stops at start, saying what to set,
+// instead of retrying every put for ever (the SDK reports both only when a call is made).
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_aws_region_or_credentials_stops_at_start() {
+    let mongo = MongoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("none");
+    for (unset, says) in [
+        (
+            &["AWS_REGION", "AWS_DEFAULT_REGION"][..],
+            "no AWS region is set",
+        ),
+        (
+            &[
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+            ][..],
+            "no AWS credentials were found",
+        ),
+    ] {
+        let mut cmd = tokio::process::Command::new(forwarder_bin());
+        cmd.args(["--database", "fwnoaws", "--stream-name", "unused"])
+            .args(["--kinesis-endpoint-url", "http://127.0.0.1:9"])
+            .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+            .envs(AWS_ENV)
+            .env("AWS_CONFIG_FILE", &nowhere)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &nowhere)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            .kill_on_drop(true);
+        for var in unset {
+            cmd.env_remove(var);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .expect("the forwarder stops by itself")
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
 }
 
 // SIGTERM while MongoDB is still unreachable at start (the resume token cannot be read yet):
@@ -564,7 +720,10 @@ async fn sigterm_while_kinesis_is_down_exits_and_loses_nothing() {
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("had not accepted"), "{log}");
+    assert!(
+        log.contains("read again from the stored resume token"),
+        "{log}"
+    );
     assert!(kin.read_all(&stream).await.is_empty());
 
     let _fw = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);

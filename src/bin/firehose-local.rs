@@ -24,7 +24,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let kinesis = client_from_env(cli.kinesis_endpoint_url.as_deref()).await;
+    let kinesis = match client_from_env(cli.kinesis_endpoint_url.as_deref()).await {
+        Ok(k) => k,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     match firehose_local::run(kinesis, &cli, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

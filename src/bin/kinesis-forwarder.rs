@@ -22,7 +22,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let kinesis = AwsKinesis::from_env(cli.kinesis_endpoint_url.as_deref()).await;
+    let kinesis = match AwsKinesis::from_env(cli.kinesis_endpoint_url.as_deref()).await {
+        Ok(k) => k,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     match forwarder::run(&client, &kinesis, &cli.options(), shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

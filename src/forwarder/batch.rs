@@ -1,5 +1,5 @@
 //! PutRecords batching, pure: at most 500 entries and 5 MiB per call, each entry (data plus
-//! partition key) at most 1 MiB.
+//! partition key) at most 1 MiB, and its data at most what Firehose delivers.
 
 /// At most this many records in one PutRecords call.
 pub const MAX_RECORDS: usize = 500;
@@ -7,6 +7,10 @@ pub const MAX_RECORDS: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
 /// At most this many bytes (data plus partition key) in one record.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// At most this many bytes of data in one record Firehose delivers (1,000 KiB): a Kinesis record
+/// between this and [`MAX_RECORD_BYTES`] would be accepted by the stream and then never reach the
+/// endpoint, so it is refused here too.
+pub const FIREHOSE_MAX_RECORD_DATA: usize = 1_024_000;
 /// A partition key is 1 to 256 Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 
@@ -30,6 +34,9 @@ pub enum RecordError {
     /// The record is larger than Kinesis accepts.
     #[error("record is {size} bytes (data plus partition key), over the Kinesis limit of {MAX_RECORD_BYTES}")]
     TooLarge { size: usize },
+    /// The record's data is larger than Firehose delivers.
+    #[error("record data is {size} bytes, over the Firehose limit of {FIREHOSE_MAX_RECORD_DATA} for one record: the stream would take it, but Firehose could never deliver it")]
+    TooLargeForFirehose { size: usize },
 }
 
 /// Check an entry against the per-record limit.
@@ -37,6 +44,11 @@ pub fn check(entry: &Entry) -> Result<(), RecordError> {
     let size = entry.size();
     if size > MAX_RECORD_BYTES {
         return Err(RecordError::TooLarge { size });
+    }
+    if entry.data.len() > FIREHOSE_MAX_RECORD_DATA {
+        return Err(RecordError::TooLargeForFirehose {
+            size: entry.data.len(),
+        });
     }
     Ok(())
 }
@@ -123,10 +135,17 @@ mod tests {
         assert!(!b.fits(&entry(10)));
     }
 
-    // Records over 1 MiB including the key are refused; exactly 1 MiB is fine.
+    // Records over 1 MiB including the key are refused, and so is data over Firehose's
+    // 1,024,000 bytes; exactly 1,024,000 is fine.
     #[test]
-    fn record_limit_counts_the_key() {
-        assert!(check(&entry(MAX_RECORD_BYTES - 1)).is_ok());
+    fn record_limits() {
+        assert!(check(&entry(FIREHOSE_MAX_RECORD_DATA)).is_ok());
+        assert_eq!(
+            check(&entry(FIREHOSE_MAX_RECORD_DATA + 1)),
+            Err(RecordError::TooLargeForFirehose {
+                size: FIREHOSE_MAX_RECORD_DATA + 1
+            })
+        );
         assert_eq!(
             check(&entry(MAX_RECORD_BYTES)),
             Err(RecordError::TooLarge {

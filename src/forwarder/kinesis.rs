@@ -5,12 +5,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use backon::BackoffBuilder;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::batch::Entry;
 
@@ -53,10 +54,11 @@ pub struct AwsKinesis {
 }
 
 impl AwsKinesis {
-    pub async fn from_env(endpoint_url: Option<&str>) -> Self {
-        AwsKinesis {
-            client: client_from_env(endpoint_url).await,
-        }
+    /// The client, once [`client_from_env`] found a region and credentials.
+    pub async fn from_env(endpoint_url: Option<&str>) -> Result<Self, String> {
+        Ok(AwsKinesis {
+            client: client_from_env(endpoint_url).await?,
+        })
     }
 }
 
@@ -66,8 +68,14 @@ impl AwsKinesis {
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A Kinesis client from the standard AWS chain, with an optional endpoint override.
-pub async fn client_from_env(endpoint_url: Option<&str>) -> aws_sdk_kinesis::Client {
+/// A Kinesis client from the standard AWS chain, with an optional endpoint override. Fails, with
+/// what to set, when the chain yields no region or no credentials at all: the SDK would report
+/// either only at the first call, and on every call after it, which on a quiet collection is
+/// long after start-up. Credentials that exist but cannot be fetched now (an instance role's
+/// metadata service not answering) are only warned about: that can pass.
+pub async fn client_from_env(
+    endpoint_url: Option<&str>,
+) -> Result<aws_sdk_kinesis::Client, String> {
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
@@ -79,7 +87,78 @@ pub async fn client_from_env(endpoint_url: Option<&str>) -> aws_sdk_kinesis::Cli
         loader = loader.endpoint_url(url);
     }
     let config = loader.load().await;
-    aws_sdk_kinesis::Client::new(&config)
+    check_config(&config).await?;
+    Ok(aws_sdk_kinesis::Client::new(&config))
+}
+
+/// The checks of [`client_from_env`] on a loaded configuration.
+pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_kinesis::config::ProvideCredentials;
+    if config.region().is_none() {
+        return Err(
+            "no AWS region is set: set AWS_REGION (for example AWS_REGION=eu-west-1, \
+                    the region of the Kinesis stream), or a region in the AWS profile"
+                .into(),
+        );
+    }
+    const NO_CREDENTIALS: &str = "no AWS credentials were found: set AWS_ACCESS_KEY_ID and \
+        AWS_SECRET_ACCESS_KEY, name a profile with AWS_PROFILE, or run where an instance or task \
+        role provides them";
+    let Some(provider) = config.credentials_provider() else {
+        return Err(NO_CREDENTIALS.into());
+    };
+    match provider.provide_credentials().await {
+        Ok(_) => Ok(()),
+        Err(CredentialsError::CredentialsNotLoaded(_)) => Err(NO_CREDENTIALS.into()),
+        Err(e @ CredentialsError::InvalidConfiguration(_)) => Err(format!(
+            "the AWS credentials are misconfigured: {}",
+            DisplayErrorContext(&e)
+        )),
+        Err(e) => {
+            warn!(error = %DisplayErrorContext(&e), "cannot fetch AWS credentials yet; carrying on, and Kinesis calls will retry");
+            Ok(())
+        }
+    }
+}
+
+/// Error codes AWS answers for credentials it refuses. Modelled as no particular PutRecords
+/// error, they would otherwise be retried for ever; exiting non-zero instead shows the fault,
+/// and a supervisor's restart loads the credentials afresh.
+const REFUSED_CREDENTIALS: &[&str] = &[
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "AccessDeniedException",
+];
+
+/// Whether a failed PutRecords call can never succeed as configured.
+fn is_fatal(e: &SdkError<PutRecordsError, HttpResponse>) -> bool {
+    use aws_sdk_kinesis::error::ProvideErrorMetadata;
+    match e {
+        // The request could not even be built: a configuration fault.
+        SdkError::ConstructionFailure(_) => true,
+        SdkError::ServiceError(s) => {
+            matches!(
+                s.err(),
+                PutRecordsError::ResourceNotFoundException(_)
+                    | PutRecordsError::AccessDeniedException(_)
+                    | PutRecordsError::InvalidArgumentException(_)
+                    | PutRecordsError::KmsDisabledException(_)
+                    | PutRecordsError::KmsInvalidStateException(_)
+                    | PutRecordsError::KmsNotFoundException(_)
+                    | PutRecordsError::KmsAccessDeniedException(_)
+                    | PutRecordsError::KmsOptInRequired(_)
+            ) || s
+                .err()
+                .code()
+                .is_some_and(|c| REFUSED_CREDENTIALS.contains(&c))
+        }
+        _ => false,
+    }
 }
 
 impl Kinesis for AwsKinesis {
@@ -105,21 +184,8 @@ impl Kinesis for AwsKinesis {
             .send()
             .await
             .map_err(|e| {
-                let fatal = matches!(
-                    e.as_service_error(),
-                    Some(
-                        PutRecordsError::ResourceNotFoundException(_)
-                            | PutRecordsError::AccessDeniedException(_)
-                            | PutRecordsError::InvalidArgumentException(_)
-                            | PutRecordsError::KmsDisabledException(_)
-                            | PutRecordsError::KmsInvalidStateException(_)
-                            | PutRecordsError::KmsNotFoundException(_)
-                            | PutRecordsError::KmsAccessDeniedException(_)
-                            | PutRecordsError::KmsOptInRequired(_)
-                    )
-                );
                 let text = DisplayErrorContext(&e).to_string();
-                if fatal {
+                if is_fatal(&e) {
                     KinesisError::Fatal(text)
                 } else {
                     KinesisError::Transient(text)
@@ -164,6 +230,67 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// What to send again after a call that failed some entries: each failed entry, and every
+/// later entry with the same partition key even when it was accepted. Kinesis keeps a key's
+/// records in the order they were accepted; resending only a failed A1 would land it after an
+/// accepted A2, and with updates forwarded the endpoint's replace by `_id` would then keep the
+/// older document. Sending A2 again after A1 restores the order (a duplicate, which delivery at
+/// least once already allows). `reason` gets the first failure's reason.
+fn resend_set(
+    entries: Vec<Entry>,
+    results: EntryResults,
+    reason: &mut Option<String>,
+) -> Vec<Entry> {
+    let mut blocked: std::collections::HashSet<String> = std::collections::HashSet::new();
+    entries
+        .into_iter()
+        .zip(results)
+        .filter_map(|(e, r)| match r {
+            Some(why) => {
+                reason.get_or_insert(why);
+                blocked.insert(e.partition_key.clone());
+                Some(e)
+            }
+            None if blocked.contains(&e.partition_key) => Some(e),
+            None => None,
+        })
+        .collect()
+}
+
+/// How often a put that keeps failing is reported again, at error level.
+pub const STUCK_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Reports a failure that goes on: the first one is a warning in [`put_all`]; from
+/// [`STUCK_REPORT_EVERY`] on, an error every [`STUCK_REPORT_EVERY`], so a fault that never
+/// clears (a network path gone, a throttle that never lifts) is never silent.
+struct Trouble {
+    since: tokio::time::Instant,
+    reported: tokio::time::Instant,
+}
+
+impl Default for Trouble {
+    fn default() -> Self {
+        let now = tokio::time::Instant::now();
+        Trouble {
+            since: now,
+            reported: now,
+        }
+    }
+}
+
+impl Trouble {
+    fn still(&mut self, error: &str) {
+        if self.reported.elapsed() >= STUCK_REPORT_EVERY {
+            self.reported = tokio::time::Instant::now();
+            error!(
+                failing_for_s = self.since.elapsed().as_secs(),
+                error,
+                "Kinesis has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted"
+            );
+        }
+    }
+}
+
 /// Put every entry, resending only the failed ones, until all are accepted. Returns early on a
 /// fatal error, or with [`KinesisError::Interrupted`] when `interrupt` resolves first (a call in
 /// flight is abandoned: its entries may or may not have been accepted).
@@ -178,6 +305,7 @@ pub async fn put_all<K: Kinesis>(
     let mut stats = PutStats::default();
     let mut delays = backoff();
     let mut troubled = false;
+    let mut trouble = Trouble::default();
     while !pending.is_empty() {
         stats.calls += 1;
         let put = tokio::select! {
@@ -188,33 +316,25 @@ pub async fn put_all<K: Kinesis>(
             Ok(results) => {
                 let total = pending.len();
                 let mut reason = None;
-                let failed: Vec<Entry> = pending
-                    .into_iter()
-                    .zip(results)
-                    .filter_map(|(e, r)| {
-                        r.map(|why| {
-                            reason.get_or_insert(why);
-                            e
-                        })
-                    })
-                    .collect();
-                pending = failed;
+                pending = resend_set(pending, results, &mut reason);
                 if pending.is_empty() {
                     break;
                 }
                 stats.resent += pending.len() as u64;
+                trouble.still(reason.as_deref().unwrap_or(""));
                 if !troubled {
                     warn!(
                         failed = pending.len(),
                         of = total,
                         reason = reason.as_deref().unwrap_or(""),
-                        "PutRecords failed some records; resending only those, with back-off"
+                        "PutRecords failed some records; resending those (and later records with the same partition key, to keep their order), with back-off"
                     );
                     troubled = true;
                 }
             }
             Err(e @ (KinesisError::Fatal(_) | KinesisError::Interrupted)) => return Err(e),
             Err(KinesisError::Transient(e)) => {
+                trouble.still(&e);
                 if !troubled {
                     warn!(error = %e, "PutRecords failed; retrying with back-off");
                     troubled = true;
@@ -268,10 +388,11 @@ mod tests {
         }
     }
 
+    /// An entry keyed by its data's first character: "a1" and "a2" share a key.
     fn entry(s: &str) -> Entry {
         Entry {
             data: s.as_bytes().to_vec(),
-            partition_key: "k".into(),
+            partition_key: s[..1].into(),
         }
     }
 
@@ -300,7 +421,38 @@ mod tests {
         assert!(matches!(r, Err(KinesisError::Interrupted)), "{r:?}");
     }
 
-    // Only the failed entries are sent again, in order, until all are accepted.
+    // After a partial failure a key's accepted entries that came after its failed one are sent
+    // again with it, in order; other keys' accepted entries are not.
+    #[tokio::test(start_paused = true)]
+    async fn resends_keep_each_keys_order() {
+        let k = FailOnce {
+            fail: Mutex::new(vec![b"a1".to_vec(), b"b2".to_vec()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let stats = put_all(
+            &k,
+            "s",
+            ["a1", "b1", "a2", "c1", "b2", "a3", "b3"]
+                .map(entry)
+                .to_vec(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let calls = k.calls.lock().unwrap();
+        let resent: Vec<&[u8]> = calls[1].iter().map(|d| d.as_slice()).collect();
+        assert_eq!(resent, [&b"a1"[..], b"a2", b"b2", b"a3", b"b3"]);
+        assert_eq!(
+            stats,
+            PutStats {
+                calls: 2,
+                resent: 5
+            }
+        );
+    }
+
+    // Only the failed entries are sent again, in order, until all are accepted, when no later
+    // entry shares a failed one's key.
     #[tokio::test(start_paused = true)]
     async fn resends_only_failed_entries() {
         let k = FailOnce {

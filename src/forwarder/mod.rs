@@ -11,11 +11,17 @@
 //! - [`kinesis`]: the PutRecords trait, the AWS client, and resending only failed entries.
 //! - [`state`]: the stored resume token.
 //!
+//! # A dropped or renamed collection
+//!
+//! An `invalidate` event ends the change stream. The forwarder stores its token and opens a new
+//! stream with `startAfter` it, so the collection of that name (the agent creates it again with
+//! its next insert) is followed from right after the drop, missing nothing: every stream is
+//! opened with `startAfter`, which for any other token means what `resumeAfter` does.
+//!
 //! # Stopping for good
 //!
-//! An `invalidate` event (the collection was dropped or renamed) and the errors
-//! ChangeStreamHistoryLost (286) and ChangeStreamFatalError (280) mean the stored position can
-//! never be resumed. The forwarder then stops with [`ForwarderError::Invalidated`] or
+//! The errors ChangeStreamHistoryLost (286) and ChangeStreamFatalError (280) mean the stored
+//! position can never be resumed. The forwarder then stops with
 //! [`ForwarderError::HistoryLost`]; `--start-from-now` starts again from the present (events in
 //! between are not forwarded).
 
@@ -55,9 +61,6 @@ pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 /// What the forwarder does, when it stops.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
-    /// The watched collection was dropped or renamed (or its database dropped).
-    #[error("the change stream on {namespace} was invalidated (the collection was dropped or renamed); it cannot be resumed past that point. Start again from now with --start-from-now")]
-    Invalidated { namespace: String },
     /// The server no longer holds the stored position (oplog rolled over) or cannot resume it.
     #[error("the change stream on {namespace} cannot be resumed: {message} (error {code}); the oplog no longer holds the stored position, so events since then cannot be forwarded. Start again from now with --start-from-now")]
     HistoryLost {
@@ -68,9 +71,12 @@ pub enum ForwarderError {
     /// Kinesis refused a request in a way retrying cannot fix.
     #[error(transparent)]
     Kinesis(#[from] KinesisError),
-    /// The stored resume token could not be read or written.
+    /// The stored resume token could not be read or written (for now: retried).
     #[error("resume token store: {0}")]
     State(String),
+    /// The stored position cannot be used: unreadable, or kept for another collection.
+    #[error("{0}")]
+    Position(String),
     /// A MongoDB error that is neither a lost history nor worth retrying.
     #[error("MongoDB: {0}")]
     Mongo(String),
@@ -197,8 +203,8 @@ pub struct Cli {
     /// reason [default: <collection>_forwarder_deadletter].
     #[arg(long, env = "FORWARDER_DEAD_LETTER_COLLECTION")]
     pub dead_letter_collection: Option<String>,
-    /// Ignore the stored resume token and start from now: the way back after the collection was
-    /// dropped or renamed, or the oplog lost the stored position. Events in between are skipped.
+    /// Ignore the stored resume token and start from now: the way back after the oplog lost the
+    /// stored position. Events in between are skipped.
     #[arg(long, env = "FORWARDER_START_FROM_NOW", value_parser = clap::builder::BoolishValueParser::new())]
     pub start_from_now: bool,
     /// How long (ms) a partly filled batch waits for more events before it is put.
@@ -245,12 +251,46 @@ fn history_lost(e: &mongodb::error::Error) -> Option<(i32, String)> {
     }
 }
 
-/// Whether retrying a MongoDB error cannot help (bad options, authentication).
+/// Server error codes retrying cannot help with: Unauthorized (13, the user lacks a privilege
+/// such as `changeStream` or `find`), AuthenticationFailed (18), Atlas's refusal of an action
+/// (8000), and change streams asked of a server that is not a replica set (40573).
+const MONGO_FATAL_CODES: [i32; 4] = [13, 18, 8000, 40573];
+const NOT_A_REPLICA_SET: i32 = 40573;
+
+/// Whether retrying a MongoDB error cannot help (bad options, authentication, privileges, a
+/// standalone server).
 fn mongo_fatal(e: &mongodb::error::Error) -> bool {
-    matches!(
-        *e.kind,
-        ErrorKind::InvalidArgument { .. } | ErrorKind::Authentication { .. }
-    )
+    match *e.kind {
+        ErrorKind::InvalidArgument { .. } | ErrorKind::Authentication { .. } => true,
+        ErrorKind::Command(ref c) => MONGO_FATAL_CODES.contains(&c.code),
+        _ => false,
+    }
+}
+
+/// Whether an insert failed only because a document with its `_id` is already there.
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    const DUPLICATE_KEY: i32 = 11000;
+    match *e.kind {
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) => {
+            w.code == DUPLICATE_KEY
+        }
+        ErrorKind::Command(ref c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// A fatal MongoDB error as [`ForwarderError::Mongo`], with what to do where that is known.
+fn mongo_error(e: &mongodb::error::Error) -> ForwarderError {
+    let hint = match *e.kind {
+        ErrorKind::Command(ref c) if c.code == NOT_A_REPLICA_SET => {
+            " (change streams need a replica set: Atlas clusters are one; start a self-run mongod with --replSet and run rs.initiate() once)"
+        }
+        ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => {
+            " (the user needs find and changeStream on the watched collection, and insert and update on the forwarder's state and dead-letter collections)"
+        }
+        _ => "",
+    };
+    ForwarderError::Mongo(format!("{e}{hint}"))
 }
 
 struct Forwarder<'a, K> {
@@ -308,7 +348,10 @@ impl<K: Kinesis> Forwarder<'_, K> {
                 match self.state.save(token).await {
                     Ok(()) => self.saved = self.latest.clone(),
                     // Not stored yet means some events may be sent again after a restart: never lost.
-                    Err(e) => warn!(error = %e, "could not store the resume token; will try again"),
+                    Err(ForwarderError::State(e)) => {
+                        warn!(error = %e, "could not store the resume token; will try again")
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             self.last_save = Instant::now();
@@ -316,47 +359,52 @@ impl<K: Kinesis> Forwarder<'_, K> {
         Ok(())
     }
 
-    /// Handle one event; `token` is its resume token.
+    /// Handle one event; `token` is its resume token. True when the event ended the stream
+    /// (an invalidate): everything before it is put and its token stored, and the caller opens
+    /// a new stream after it.
     async fn event(
         &mut self,
         event: ChangeStreamEvent<Document>,
         token: Option<ResumeToken>,
-    ) -> Result<(), ForwarderError> {
+    ) -> Result<bool, ForwarderError> {
         match event.operation_type {
             OperationType::Insert | OperationType::Update | OperationType::Replace => {}
             OperationType::Invalidate => {
                 self.flush().await?;
-                return Err(ForwarderError::Invalidated {
-                    namespace: self.namespace.clone(),
-                });
+                if token.is_some() {
+                    self.latest = token;
+                }
+                self.save().await?;
+                warn!(namespace = %self.namespace, "the watched collection was dropped or renamed; following the collection of that name from right after that");
+                return Ok(true);
             }
             OperationType::Drop | OperationType::Rename | OperationType::DropDatabase => {
                 warn!(namespace = %self.namespace, operation = ?event.operation_type, "the watched collection went away");
                 self.latest = token;
-                return Ok(());
+                return Ok(false);
             }
             _ => {
                 self.latest = token;
-                return Ok(());
+                return Ok(false);
             }
         }
         let Some(document) = event.full_document else {
             // An update whose document was deleted before the lookup: nothing to send.
             debug!("change event without a full document; skipped");
             self.latest = token;
-            return Ok(());
+            return Ok(false);
         };
         let entry = Entry {
             data: self.opts.format.encode(&document),
             partition_key: batch::partition_key(field(&document, &self.opts.partition_key_field)),
         };
         if let Err(reason) = batch::check(&entry) {
-            self.dead_letter(&document, &reason.to_string(), entry.size())
+            self.dead_letter(&document, &reason.to_string(), entry.size(), token.as_ref())
                 .await?;
             if self.batch.is_empty() {
                 self.latest = token;
             }
-            return Ok(());
+            return Ok(false);
         }
         if !self.batch.fits(&entry) {
             self.flush().await?;
@@ -367,19 +415,23 @@ impl<K: Kinesis> Forwarder<'_, K> {
         if self.batch.is_full() {
             self.flush().await?;
         }
-        Ok(())
+        Ok(false)
     }
 
-    /// Keep a document that can never be put, with the reason. Retries until stored.
+    /// Keep a document that can never be put, with the reason. Retries until stored, or until a
+    /// stop is requested (then the event is read again at the next start). Keyed by the event's
+    /// resume token, so that an event dead-lettered again after a restart (its position was not
+    /// stored yet) is kept once.
     async fn dead_letter(
         &self,
         document: &Document,
         reason: &str,
         size: usize,
+        token: Option<&ResumeToken>,
     ) -> Result<(), ForwarderError> {
         let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-        warn!(id = %id, reason, "record too large for Kinesis; kept in the dead-letter collection");
-        let record = doc! {
+        warn!(id = %id, reason, "record too large to forward; kept in the dead-letter collection");
+        let mut record = doc! {
             "documentId": id.clone(),
             "stream": &self.opts.stream_name,
             "reason": reason,
@@ -387,7 +439,11 @@ impl<K: Kinesis> Forwarder<'_, K> {
             "at": DateTime::now(),
             "document": document.clone(),
         };
+        if let Some(key) = token.and_then(|t| mongodb::bson::to_bson(t).ok()) {
+            record.insert("_id", key);
+        }
         let mut delays = kinesis::backoff();
+        let mut stop = self.stop.clone();
         loop {
             let result = match self.dead_letter.insert_one(&record).await {
                 // A document near 16 MiB may not fit with the wrapper: keep the reason and the id.
@@ -406,10 +462,17 @@ impl<K: Kinesis> Forwarder<'_, K> {
             };
             match result {
                 Ok(()) => return Ok(()),
-                Err(e) if mongo_fatal(&e) => return Err(ForwarderError::Mongo(e.to_string())),
+                Err(e) if is_duplicate_key(&e) => {
+                    debug!(id = %id, "already in the dead-letter collection");
+                    return Ok(());
+                }
+                Err(e) if mongo_fatal(&e) => return Err(mongo_error(&e)),
                 Err(e) => {
                     warn!(error = %e, "could not write to the dead-letter collection; retrying");
-                    tokio::time::sleep(delays.next().unwrap_or(kinesis::RETRY_MAX_DELAY)).await;
+                    tokio::select! {
+                        () = stopped(&mut stop) => return Err(KinesisError::Interrupted.into()),
+                        () = tokio::time::sleep(delays.next().unwrap_or(kinesis::RETRY_MAX_DELAY)) => {}
+                    }
                 }
             }
         }
@@ -431,7 +494,9 @@ async fn open(
         watch = watch.full_document(FullDocumentType::UpdateLookup);
     }
     if let Some(token) = resume {
-        watch = watch.resume_after(token);
+        // startAfter, not resumeAfter: the same for an event's token, and it also opens a new
+        // stream after an invalidate's token (resumeAfter refuses that one).
+        watch = watch.start_after(token);
     }
     watch.await
 }
@@ -458,7 +523,7 @@ pub async fn run<K: Kinesis>(
     };
     match result {
         Err(ForwarderError::Kinesis(KinesisError::Interrupted)) => {
-            info!("stopped with a batch Kinesis had not accepted; it is read again from the stored resume token at the next start");
+            info!("stopped before every event read was forwarded; those events are read again from the stored resume token at the next start");
             Ok(())
         }
         r => r,
@@ -502,7 +567,7 @@ async fn forward<K: Kinesis>(
             };
             match loaded {
                 Ok(t) => break t,
-                Err(ForwarderError::State(e)) if !e.contains("unreadable") => {
+                Err(ForwarderError::State(e)) => {
                     warn!(error = %e, "cannot read the stored resume token yet; retrying");
                     tokio::select! {
                         biased;
@@ -552,7 +617,7 @@ async fn forward<K: Kinesis>(
                     });
                 }
                 if mongo_fatal(&e) {
-                    return Err(ForwarderError::Mongo(e.to_string()));
+                    return Err(mongo_error(&e));
                 }
                 if healthy {
                     warn!(error = %e, "cannot open the change stream; retrying");
@@ -589,7 +654,9 @@ async fn forward<K: Kinesis>(
             match next {
                 Ok(Some(event)) => {
                     let token = stream.resume_token();
-                    fw.event(event, token).await?;
+                    if fw.event(event, token).await? {
+                        break None;
+                    }
                 }
                 Ok(None) => {
                     // Every event read so far is in the batch or accepted: the post-batch token
@@ -607,11 +674,15 @@ async fn forward<K: Kinesis>(
                         fw.save().await?;
                     }
                 }
-                Err(e) => break e,
+                Err(e) => break Some(e),
             }
             if fw.batch_started.is_some_and(|t| t.elapsed() >= opts.linger) {
                 fw.flush().await?;
             }
+        };
+        let Some(failure) = failure else {
+            // Invalidated: open the next stream after it at once.
+            continue;
         };
         if let Some((code, message)) = history_lost(&failure) {
             fw.flush().await?;
@@ -658,9 +729,5 @@ mod tests {
         assert!(
             text.contains("--start-from-now") && text.contains("286") && text.contains("oplog")
         );
-        let e = ForwarderError::Invalidated {
-            namespace: "monitors.reports".into(),
-        };
-        assert!(e.to_string().contains("dropped or renamed"));
     }
 }

@@ -38,15 +38,31 @@ impl StateStore {
             .coll
             .find_one(doc! { "_id": &self.id })
             .await
-            .map_err(|e| ForwarderError::State(e.to_string()))?;
+            .map_err(|e| store_error(&e))?;
         let Some(found) = found else {
             return Ok(None);
         };
+        // A position kept for another collection (a shared state collection, or --collection
+        // changed under the same stream name) would resume the wrong stream, or be refused.
+        let kept_for = (found.get_str("database"), found.get_str("collection"));
+        if let (Ok(database), Ok(collection)) = kept_for {
+            if (database, collection) != (self.database.as_str(), self.collection.as_str()) {
+                return Err(ForwarderError::Position(format!(
+                    "the position stored for stream {:?} in {} is for {database}.{collection}, not \
+                     {}.{}: give this forwarder its own --stream-name or --state-collection, or \
+                     start from now with --start-from-now (its position is then overwritten)",
+                    self.id,
+                    self.coll.namespace(),
+                    self.database,
+                    self.collection
+                )));
+            }
+        }
         let Some(token) = found.get("resumeToken") else {
             return Ok(None);
         };
         mongodb::bson::from_bson(token.clone()).map(Some).map_err(|e| {
-            ForwarderError::State(format!(
+            ForwarderError::Position(format!(
                 "the stored resume token in {} is unreadable ({e}); start again with --start-from-now",
                 self.coll.namespace()
             ))
@@ -69,7 +85,17 @@ impl StateStore {
             )
             .upsert(true)
             .await
-            .map_err(|e| ForwarderError::State(e.to_string()))?;
+            .map_err(|e| store_error(&e))?;
         Ok(())
+    }
+}
+
+/// A store failure: fatal when retrying cannot help (privileges, authentication), otherwise
+/// [`ForwarderError::State`], retried.
+fn store_error(e: &mongodb::error::Error) -> ForwarderError {
+    if super::mongo_fatal(e) {
+        super::mongo_error(e)
+    } else {
+        ForwarderError::State(e.to_string())
     }
 }
