@@ -42,6 +42,8 @@ struct Got {
     headers: HeaderMap,
     /// The body after undoing Content-Encoding: gzip.
     body: Value,
+    /// Its length in bytes.
+    body_len: usize,
 }
 
 #[derive(Default)]
@@ -63,6 +65,7 @@ async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
     } else {
         body.to_vec()
     };
+    let body_len = raw.len();
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let id = body["requestId"].as_str().unwrap_or_default().to_owned();
     let reply = {
@@ -71,6 +74,7 @@ async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
             at: Instant::now(),
             headers,
             body,
+            body_len,
         });
         s.script.pop_front().unwrap_or(Reply::Valid)
     };
@@ -103,6 +107,8 @@ async fn receiver(script: Vec<Reply>) -> (String, Shared) {
     }));
     let app = axum::Router::new()
         .route("/", axum::routing::post(receive))
+        // Firehose's bodies go up to 64 MiB; axum's default limit is 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -427,6 +433,97 @@ async fn endpoint_down_past_the_retry_duration_writes_the_error_dir() {
         assert_eq!(&raw, data);
     }
     fh.start_kill().unwrap();
+}
+
+// The body never passes Firehose's 64 MiB, whatever the size hint: 52 records of 1 MB are
+// 52 MB of data, under the 64 MiB hint, but 69 MB once in base64; the buffer goes out in two
+// requests instead of one the endpoint would have to refuse with 413 (and the records would be
+// lost). The buffer is fed directly (a Kinesis emulator takes a minute over this much data);
+// delivery is real HTTP to the receiver.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_stay_within_64_mib_whatever_the_size_hint() {
+    use sensehat_monitor::firehose_local::delivery::{Delivery, DeliveryConfig};
+    use sensehat_monitor::firehose_local::reader::Arrived;
+    use sensehat_monitor::firehose_local::{run_buffer, Buffering};
+    let (url, state) = receiver(Vec::new()).await;
+    let delivery = Delivery::new(DeliveryConfig {
+        destination_url: url,
+        access_key: None,
+        source_arn: "arn:aws:firehose:us-east-1:000000000000:deliverystream/t".into(),
+        common_attributes: Vec::new(),
+        gzip: false,
+        retry_duration: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(60),
+        error_dir: None,
+    })
+    .unwrap();
+    let sent: Vec<Vec<u8>> = (0..52u8).map(|i| vec![b'a' + i % 26; 1_000_000]).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(sent.len());
+    for (i, data) in sent.iter().enumerate() {
+        tx.send(Arrived {
+            data: data.clone(),
+            arrival_ms: 0,
+            shard: Arc::from("shardId-000000000000"),
+            sequence: i.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let buffering = Buffering {
+        bytes: 64 * 1024 * 1024,
+        interval: Duration::from_secs(60),
+    };
+    run_buffer(rx, &delivery, buffering, None, std::future::pending()).await;
+    let got = state.lock().unwrap().got.clone();
+    assert_eq!(got.len(), 2, "requests");
+    for g in &got {
+        assert!(
+            g.body_len <= 64 * 1024 * 1024,
+            "a body of {} bytes",
+            g.body_len
+        );
+    }
+    assert_eq!(received(&state), sent);
+}
+
+// SIGTERM while the endpoint keeps failing: firehose-local stops within its final wait (10 s),
+// not after the retry duration (300 s here), without moving its checkpoint past the batch, and
+// the restart delivers that batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_the_endpoint_fails_stops_within_seconds() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhstop");
+    kin.create_stream(&stream, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("checkpoint.json");
+    let mut script = vec![Reply::Valid];
+    script.extend(std::iter::repeat_n(Reply::Status(500), 100));
+    let (url, state) = receiver(script).await;
+    let fh = spawn_with_checkpoint(
+        &kin,
+        &stream,
+        &url,
+        &cp,
+        &["--from-start", "--retry-seconds", "300"],
+    );
+    put_records_from(&kin, &stream, 0, 2).await;
+    wait_for_requests(&state, 1, Duration::from_secs(30)).await;
+    let failing = put_records_from(&kin, &stream, 2, 3).await;
+    wait_for_requests(&state, 2, Duration::from_secs(30)).await;
+    common::signal_pid(fh.id().unwrap(), 15);
+    let status = tokio::time::timeout(Duration::from_secs(30), fh.wait_with_output())
+        .await
+        .expect("stops within the final wait, not after the retry duration")
+        .unwrap()
+        .status;
+    assert!(status.success(), "{status:?}");
+
+    let (url, state) = receiver(Vec::new()).await;
+    let fh = spawn_with_checkpoint(&kin, &stream, &url, &cp, &[]);
+    wait_for_records(&state, failing.len()).await;
+    assert_received_once(&state, failing, "the batch cut short, after the restart").await;
+    stop(fh).await;
 }
 
 // A 413 is permanent: not retried, not written to the error output, logged as lost data.

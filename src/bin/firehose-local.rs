@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
     sensehat_monitor::logging::init();
     let access_key = std::env::var("FIREHOSE_ACCESS_KEY")
         .ok()
-        .filter(|k| !k.is_empty());
+        .and_then(|k| firehose_local::first_access_key(&k));
     let config = match cli.delivery_config(access_key) {
         Ok(c) => c,
         Err(e) => {

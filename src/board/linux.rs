@@ -16,7 +16,7 @@ use super::{BusErrorHint, Handle, SenseHat, Sensor, SensorError};
 /// Where the kernel lists I2C clients and their drivers.
 const I2C_DEVICES: &str = "/sys/bus/i2c/devices";
 
-const ENABLE_I2C: &str = "enable I2C with `sudo raspi-config nonint do_i2c 0` (or dtparam=i2c_arm=on in config.txt) and reboot";
+const ENABLE_I2C: &str = "enable I2C with `sudo raspi-config nonint do_i2c 0` and reboot (by hand: dtparam=i2c_arm=on in config.txt and i2c-dev in /etc/modules)";
 const JOIN_GROUP: &str = "add the user to the i2c group (`sudo usermod -aG i2c $USER`, then log in again); the systemd unit does this with SupplementaryGroups=i2c";
 
 /// The bus number of `/dev/i2c-N`, for sysfs paths.

@@ -5,8 +5,8 @@
 //! # Setting up a Raspberry Pi
 //!
 //! 1. Enable I2C: `sudo raspi-config nonint do_i2c 0` (or `dtparam=i2c_arm=on` in
-//!    `/boot/firmware/config.txt`, `/boot/config.txt` before Bookworm), then reboot.
-//!    `/dev/i2c-1` must exist.
+//!    `/boot/firmware/config.txt`, `/boot/config.txt` before Bookworm, and `i2c-dev` in
+//!    `/etc/modules`), then reboot. `/dev/i2c-1` must exist.
 //! 2. Let the user read it: `sudo usermod -aG i2c,video $USER` (i2c for the sensors, video for
 //!    the LED framebuffer), then log out and in again. The systemd unit grants both groups.
 //! 3. Check: `i2cdetect -y 1` (package i2c-tools) shows 1c, 46 (often UU), 5c, 5f and 6a.

@@ -7,8 +7,9 @@
 //!
 //! `_id`: a 24-hex string or `{"$oid"}` becomes an ObjectId; any other value MongoDB allows as an
 //! `_id` (number, other string, document...) is kept as it came; an array, regex or undefined
-//! `_id` is rejected. A record without `_id` gets [`derived_id`]`(request id, index)`, so a
-//! retried batch upserts the same documents again instead of duplicating them.
+//! `_id`, or a document `_id` with a field name starting with `$`, is rejected. A record without
+//! `_id`, or with a null one, gets [`derived_id`]`(request id, index)`, so a retried batch
+//! upserts the same documents again instead of duplicating them.
 //!
 //! Also rejected, because the database would refuse them and fail the whole batch on every retry:
 //! a field name with a NUL character, and a top-level field name starting with `$` (not allowed in
@@ -173,8 +174,20 @@ pub fn general_document(text: &str, options: &DecodeOptions) -> Result<RawDocume
             Bson::Array(_) => return Err(Rejection::BadId("an array")),
             Bson::RegularExpression(_) => return Err(Rejection::BadId("a regular expression")),
             Bson::Undefined => return Err(Rejection::BadId("undefined")),
+            // MongoDB refuses an `_id` holding '$' field names: the whole batch's write would
+            // fail, on every retry, for this one record.
+            Bson::Document(d) if has_dollar_key(d) => {
+                return Err(Rejection::BadId(
+                    "a document with a field name starting with '$'",
+                ))
+            }
             _ => {}
         }
+    }
+    // A null `_id` cannot tell records apart (all of them would replace one document): the
+    // record gets a derived id, as one without `_id` does.
+    if matches!(doc.get("_id"), Some(Bson::Null)) {
+        doc.remove("_id");
     }
     for field in &options.parse_dates {
         if let Some(v) = doc.get_mut(field) {
@@ -192,6 +205,18 @@ pub fn general_document(text: &str, options: &DecodeOptions) -> Result<RawDocume
     }
     check_field_names(&doc)?;
     RawDocumentBuf::from_document(&doc).map_err(|e| Rejection::BadFieldName(e.to_string()))
+}
+
+/// Whether a field name at any depth of `doc` starts with '$'.
+fn has_dollar_key(doc: &Document) -> bool {
+    fn value(v: &Bson) -> bool {
+        match v {
+            Bson::Document(d) => has_dollar_key(d),
+            Bson::Array(a) => a.iter().any(value),
+            _ => false,
+        }
+    }
+    doc.iter().any(|(k, v)| k.starts_with('$') || value(v))
 }
 
 /// Every field name, at any depth, free of NUL (BSON names are NUL-terminated).
@@ -529,7 +554,11 @@ fn top_level_value<E: de::Error>(
     options: &DecodeOptions,
 ) -> Result<Option<RawBsonRef<'static>>, E> {
     if key == "_id" {
-        if let FastValue::Array(_) = value {
+        // Arrays are refused, null is dropped and documents are checked by the general reader.
+        if matches!(
+            value,
+            FastValue::Array(_) | FastValue::Document(_) | FastValue::Scalar(RawBsonRef::Null)
+        ) {
             return Err(leave_to_general());
         }
         if let Some(oid) = value.as_str().and_then(object_id_of_hex) {
@@ -681,14 +710,28 @@ mod tests {
         assert_eq!(derived_id("abc", 3).bytes(), expect[..12]);
     }
 
-    // Other _id values are kept as they came; arrays are refused.
+    // Other _id values are kept as they came; arrays are refused; a null _id is replaced by
+    // the derived one (all null-_id records would otherwise replace one document).
     #[test]
     fn other_ids_kept_arrays_refused() {
+        let d = decode(br#"{"_id":null,"a":1}"#, "r", 4, &opts(&[]));
+        assert_eq!(d.get_object_id("_id").unwrap(), derived_id("r", 4));
+        assert_eq!(d.get_i32("a").unwrap(), 1);
+        let d = decode(br#"{"_id":{"a":1}}"#, "r", 0, &opts(&[]));
+        assert_eq!(d.get_document("_id").unwrap().get_i32("a").unwrap(), 1);
         let d = decode(br#"{"_id":"not-hex"}"#, "r", 0, &opts(&[]));
         assert_eq!(d.get_str("_id").unwrap(), "not-hex");
         let d = decode(br#"{"_id":42}"#, "r", 0, &opts(&[]));
         assert_eq!(d.get("_id"), Some(&Bson::Int32(42)));
         assert_eq!(reject(br#"{"_id":[1]}"#), Rejection::BadId("an array"));
+        assert_eq!(
+            reject(br#"{"_id":{"$foo":1}}"#),
+            Rejection::BadId("a document with a field name starting with '$'")
+        );
+        assert_eq!(
+            reject(br#"{"_id":{"a":{"$b":1}}}"#),
+            Rejection::BadId("a document with a field name starting with '$'")
+        );
         assert_eq!(
             reject(br#"{"_id":{"$regularExpression":{"pattern":"a","options":""}}}"#),
             Rejection::BadId("a regular expression")
@@ -801,8 +844,6 @@ mod tests {
             r#"{"_id":"65A1B2C3D4E5F60718293A4B","x":1}"#,
             r#"{"_id":"65a1b2c3d4e5f60718293a4","x":1}"#,
             r#"{"_id":"65a1b2c3d4e5f60718293a4g"}"#,
-            r#"{"_id":{"a":1},"x":"y"}"#,
-            r#"{"_id":null}"#,
             r#"{"_id":"2023-07-13T11:02:11.016Z"}"#,
             r#"{"when":"2023-07-13T13:02:11.5+02:00","recordedAt":"not a date","other":"2023-07-13T11:02:11.016Z"}"#,
             r#"{"recordedAt":12,"x":{"recordedAt":"2023-07-13T11:02:11.016Z"}}"#,
@@ -820,6 +861,8 @@ mod tests {
             r#"{"_id":{"$oid":"65a1b2c3d4e5f60718293a4b"}}"#,
             r#"{"x":[{"$numberLong":"1"}]}"#,
             r#"{"_id":[1]}"#,
+            r#"{"_id":{"a":1},"x":"y"}"#,
+            r#"{"_id":null}"#,
             r#"{"k\u0000":1}"#,
             r#"[1]"#,
             r#"{"a":1}x"#,

@@ -145,6 +145,17 @@ impl Cli {
     }
 }
 
+/// The key to send from `FIREHOSE_ACCESS_KEY`: the variable as it is, or, when it holds a
+/// comma-separated list (as `firehose-endpoint` takes it, for rotation), its first key, so that
+/// one exported variable serves both. `None` when empty.
+pub fn first_access_key(value: &str) -> Option<String> {
+    let key = match value.split_once(',') {
+        Some((first, _)) => first.trim(),
+        None => value,
+    };
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
 /// Replace `path` with `contents` so that a crash leaves the old file or the new one, whole:
 /// write beside it, sync, rename over it, sync the directory.
 pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -187,8 +198,44 @@ async fn deliver(delivery: &Delivery, batch: Vec<Arrived>, checkpoint: &mut Opti
     }
 }
 
+/// How long a delivery may go on once a stop is requested: the one in progress, or the
+/// buffer's last. A destination that is down must not hold the stop for the whole retry
+/// duration (up to two hours). What was cut short is read again at the next start with
+/// `--checkpoint-file` (its position was not moved), and lost without one.
+pub const FINAL_DELIVERY_WAIT: Duration = Duration::from_secs(10);
+
+/// [`deliver`], but once `shutdown` resolves (or had, `stopping`) for at most
+/// [`FINAL_DELIVERY_WAIT`] more.
+async fn deliver_until_stopped(
+    delivery: &Delivery,
+    batch: Vec<Arrived>,
+    checkpoint: &mut Option<Checkpoint>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    stopping: &mut bool,
+) {
+    let records = batch.len();
+    let work = deliver(delivery, batch, checkpoint);
+    tokio::pin!(work);
+    if !*stopping {
+        tokio::select! {
+            () = &mut work => return,
+            () = shutdown.as_mut() => *stopping = true,
+        }
+    }
+    if tokio::time::timeout(FINAL_DELIVERY_WAIT, work)
+        .await
+        .is_err()
+    {
+        // Dropped before it finished: the checkpoint did not move past the batch.
+        warn!(
+            records,
+            "stopping before the endpoint accepted a batch: with --checkpoint-file it is read again at the next start, without one it is lost"
+        );
+    }
+}
+
 /// Buffer records from `rx` and deliver them until `shutdown` (the pending buffer is then
-/// delivered) or the readers end.
+/// delivered, for at most [`FINAL_DELIVERY_WAIT`]) or the readers end.
 pub async fn run_buffer(
     mut rx: mpsc::Receiver<Arrived>,
     delivery: &Delivery,
@@ -197,30 +244,49 @@ pub async fn run_buffer(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let mut stopping = false;
     let mut buffer: Vec<Arrived> = Vec::new();
+    // Record data waiting (the size hint counts it) and the request body it makes.
     let mut bytes = 0usize;
+    let mut body = protocol::BODY_OVERHEAD_BYTES;
     let mut deadline: Option<Instant> = None;
-    loop {
+    while !stopping {
         let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let mut batch = None;
         tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            () = &mut shutdown => stopping = true,
             _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
-                deliver(delivery, std::mem::take(&mut buffer), &mut checkpoint).await;
-                bytes = 0;
-                deadline = None;
+                batch = Some(std::mem::take(&mut buffer));
             }
             r = rx.recv() => {
                 let Some(record) = r else { break };
+                let grows = protocol::encoded_record_bytes(record.data.len());
+                // A body past Firehose's largest would be answered 413, and the records lost.
+                if !buffer.is_empty() && body + grows > protocol::MAX_BODY_BYTES {
+                    let full = std::mem::take(&mut buffer);
+                    deliver_until_stopped(delivery, full, &mut checkpoint, &mut shutdown, &mut stopping).await;
+                    (bytes, body, deadline) = (0, protocol::BODY_OVERHEAD_BYTES, None);
+                }
                 bytes += record.data.len();
+                body += grows;
                 deadline.get_or_insert_with(|| Instant::now() + buffering.interval);
                 buffer.push(record);
                 if bytes >= buffering.bytes || buffer.len() >= protocol::MAX_RECORDS {
-                    deliver(delivery, std::mem::take(&mut buffer), &mut checkpoint).await;
-                    bytes = 0;
-                    deadline = None;
+                    batch = Some(std::mem::take(&mut buffer));
                 }
             }
+        }
+        if let Some(batch) = batch {
+            deliver_until_stopped(
+                delivery,
+                batch,
+                &mut checkpoint,
+                &mut shutdown,
+                &mut stopping,
+            )
+            .await;
+            (bytes, body, deadline) = (0, protocol::BODY_OVERHEAD_BYTES, None);
         }
     }
     if !buffer.is_empty() {
@@ -228,7 +294,14 @@ pub async fn run_buffer(
             records = buffer.len(),
             "delivering the buffer before stopping"
         );
-        deliver(delivery, buffer, &mut checkpoint).await;
+        deliver_until_stopped(
+            delivery,
+            buffer,
+            &mut checkpoint,
+            &mut shutdown,
+            &mut stopping,
+        )
+        .await;
     }
 }
 
@@ -299,4 +372,40 @@ pub async fn run(
     run_buffer(rx, &delivery, buffering, checkpoint, shutdown).await;
     readers.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One key is sent as it is; of a rotation list, the first; nothing for an empty variable.
+    #[test]
+    fn access_key_from_the_variable() {
+        assert_eq!(first_access_key("k1").as_deref(), Some("k1"));
+        assert_eq!(
+            first_access_key("new-key, old-key").as_deref(),
+            Some("new-key")
+        );
+        assert_eq!(first_access_key(""), None);
+        assert_eq!(first_access_key(",x"), None);
+    }
+
+    // A record's share of the body is an upper bound of what it adds in fact.
+    #[test]
+    fn encoded_size_bounds_the_body() {
+        let records: Vec<Vec<u8>> = (0..50).map(|n| vec![7u8; n * 37]).collect();
+        let body =
+            protocol::request_body("0123456789abcdef0123456789abcdef0123", i64::MAX, &records);
+        let estimate: usize = protocol::BODY_OVERHEAD_BYTES
+            + records
+                .iter()
+                .map(|r| protocol::encoded_record_bytes(r.len()))
+                .sum::<usize>();
+        assert!(body.len() <= estimate, "{} > {estimate}", body.len());
+        assert!(
+            estimate - body.len() < 200,
+            "a loose bound: {estimate} for {}",
+            body.len()
+        );
+    }
 }

@@ -12,6 +12,18 @@ pub const PROTOCOL_VERSION: &str = "1.0";
 pub const MAX_RECORDS: usize = 10_000;
 /// Largest decoded record.
 pub const MAX_RECORD_BYTES: usize = 1_024_000;
+/// Largest request body Firehose sends, before compression: the buffer is delivered before a
+/// record would take the body past it, whatever the size hint (record data in base64 takes a
+/// third more than the data itself).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// What the body holds besides the records: `{"requestId":"<36>","timestamp":<13>,"records":[]}`.
+pub const BODY_OVERHEAD_BYTES: usize = 128;
+
+/// What one record of `len` bytes adds to the body: `{"data":"<base64>"},`.
+pub fn encoded_record_bytes(len: usize) -> usize {
+    len.div_ceil(3) * 4 + 12
+}
+
 /// Largest response body Firehose reads.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Most common attributes.
