@@ -3,7 +3,7 @@
 
 use sensehat_monitor::board::sim::{SimChip, SimSenseHat, World};
 use sensehat_monitor::board::{NoDelay, SenseHat, Sensor};
-use sensehat_monitor::drivers::hts221::Hts221;
+use sensehat_monitor::drivers::hts221::{Calibration, Hts221};
 use sensehat_monitor::drivers::lps25h::Lps25h;
 use sensehat_monitor::drivers::lsm9ds1::{FullScale, Lsm9ds1Accel};
 use sensehat_monitor::drivers::Error;
@@ -99,9 +99,9 @@ fn lsm9ds1_every_full_scale() {
         assert_eq!((ctrl6 >> 3) & 0b11, bits, "{fs:?}");
         assert_eq!(ctrl6 >> 5, 0b011, "119 Hz");
         assert_eq!(
-            sim.peek(SimChip::Lsm9ds1Accel, 0x22) & 0x04,
-            0x04,
-            "IF_ADD_INC"
+            sim.peek(SimChip::Lsm9ds1Accel, 0x22) & 0x44,
+            0x44,
+            "IF_ADD_INC and BDU"
         );
         let raw: [i16; 3] = [1000, -2000, 4096];
         sim.poke(
@@ -145,6 +145,53 @@ fn missing_chip_fails_board_init() {
     assert_eq!(e.sensor, Sensor::Lsm9ds1);
     let msg = e.to_string();
     assert!(msg.contains("0x6a") && msg.contains("/dev/i2c-1"), "{msg}");
+}
+
+// Right after init a chip has converted nothing and its outputs read zero: the first sample
+// waits for each chip's STATUS to say a conversion is ready, instead of storing 0 hPa, a
+// humidity worked out from zero, or no gravity.
+#[test]
+fn the_first_sample_waits_for_each_chips_first_conversion() {
+    let sim = SimSenseHat::new();
+    for chip in [SimChip::Hts221, SimChip::Lps25h, SimChip::Lsm9ds1Accel] {
+        sim.set_warm_up(chip, 3);
+    }
+    let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+    let r = hat.sample(std::time::Instant::now()).0.unwrap();
+    assert!(r.pressure_hpa > 900.0, "{}", r.pressure_hpa);
+    assert!(r.acceleration.z_g > 0.5, "{}", r.acceleration.z_g);
+    // The simulated room: humidity well away from what a zero output would give.
+    let zero = hts221_humidity_from_zero(&sim);
+    assert!(
+        (r.humidity_rh - zero).abs() > 1.0,
+        "{} vs {zero}",
+        r.humidity_rh
+    );
+}
+
+/// The humidity the HTS221 driver makes of a zero HUMIDITY_OUT with the simulator's calibration.
+fn hts221_humidity_from_zero(sim: &SimSenseHat) -> f64 {
+    let mut raw = [0u8; 16];
+    for (i, b) in raw.iter_mut().enumerate() {
+        *b = sim.peek(SimChip::Hts221, 0x30 + i as u8);
+    }
+    Calibration::from_registers(&raw).humidity_rh(0)
+}
+
+// A chip that answers but never converts fails init with the chip, its address and what STATUS
+// reads, rather than giving its reset values as readings.
+#[test]
+fn a_chip_that_never_converts_fails_init_clearly() {
+    let sim = SimSenseHat::new();
+    sim.set_warm_up(SimChip::Lps25h, u32::MAX);
+    let e = match SenseHat::init("/dev/i2c-1", sim.bus(), sim.bus(), sim.bus(), NoDelay) {
+        Ok(_) => panic!("init succeeded with a chip that never converts"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("LPS25H") && e.contains("0x5c") && e.contains("produced no reading"),
+        "{e}"
+    );
 }
 
 // The world encoded by the simulator comes back through the drivers within one LSB.

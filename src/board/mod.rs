@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use crate::drivers::{self, hts221::Hts221, lps25h::Lps25h, lsm9ds1::Lsm9ds1Accel};
+use crate::drivers::{
+    self, hts221, hts221::Hts221, lps25h, lps25h::Lps25h, lsm9ds1, lsm9ds1::Lsm9ds1Accel,
+};
 use crate::report::Reading;
 
 /// The sensors of the Sense HAT, as named in logs and `status`.
@@ -196,6 +198,41 @@ impl<T> Slot<T> {
     }
 }
 
+/// How often, and how many times, STATUS is read after a chip's init before its first reading:
+/// 50 x 5 ms, so 250 ms, three periods of the slowest output (the HTS221's 12.5 Hz) and its
+/// turn-on time with room to spare.
+const FIRST_READING_PAUSE: Duration = Duration::from_millis(5);
+const FIRST_READING_POLLS: u32 = 50;
+
+/// Wait until a freshly initialised chip says a conversion is ready. Its output registers hold
+/// their reset value (zero) until then, or, after a glitch that reset the chip, whatever came
+/// before: read at once, as the first sample after start-up or a re-initialisation is, they
+/// would be stored as a real reading (0 hPa, or a humidity worked out from zero). A chip that
+/// never becomes ready fails its init, and the sample is skipped and retried as any failure is.
+fn first_reading<E: core::fmt::Debug>(
+    chip: &'static str,
+    address: u8,
+    mut ready: impl FnMut() -> Result<(bool, u8), drivers::Error<E>>,
+) -> Result<(), drivers::Error<E>> {
+    let mut status = 0;
+    for poll in 0..FIRST_READING_POLLS {
+        let (is_ready, value) = ready()?;
+        if is_ready {
+            return Ok(());
+        }
+        status = value;
+        if poll + 1 < FIRST_READING_POLLS {
+            std::thread::sleep(FIRST_READING_PAUSE);
+        }
+    }
+    Err(drivers::Error::NoReading {
+        chip,
+        address,
+        waited_ms: (FIRST_READING_PAUSE * (FIRST_READING_POLLS - 1)).as_millis() as u64,
+        status,
+    })
+}
+
 /// The composed Sense HAT: the three drivers, each with its own handle on the same bus.
 pub struct SenseHat<I2C, D> {
     bus_name: String,
@@ -261,6 +298,9 @@ where
             drivers::Error::WrongChip { .. } => {
                 "; is this a Sense HAT? another board may sit at this address".to_owned()
             }
+            drivers::Error::NoReading { .. } => {
+                "; the chip answers but measures nothing; it is tried again at the next sample, and if this goes on, power the Pi off and reseat the Sense HAT".to_owned()
+            }
             _ => String::new(),
         };
         SensorError {
@@ -278,11 +318,32 @@ where
         }
     }
 
+    /// Initialise a sensor and wait for its first conversion (see [`first_reading`]).
     fn init_sensor(&mut self, sensor: Sensor) -> Result<(), SensorError> {
         let r = match sensor {
-            Sensor::Hts221 => self.hts.read(|c| c.init().map(drop), |s| s.check()),
-            Sensor::Lps25h => self.lps.read(|c| c.init(), |s| s.check()),
-            Sensor::Lsm9ds1 => self.acc.read(|c| c.init(), |s| s.check()),
+            Sensor::Hts221 => self.hts.read(
+                |c| {
+                    c.init()?;
+                    first_reading(Hts221::<I2C>::CHIP, hts221::ADDRESS, || c.data_ready())
+                },
+                |s| s.check(),
+            ),
+            Sensor::Lps25h => self.lps.read(
+                |c| {
+                    c.init()?;
+                    first_reading(Lps25h::<I2C>::CHIP, lps25h::ADDRESS, || c.data_ready())
+                },
+                |s| s.check(),
+            ),
+            Sensor::Lsm9ds1 => self.acc.read(
+                |c| {
+                    c.init()?;
+                    first_reading(Lsm9ds1Accel::<I2C, D>::CHIP, lsm9ds1::ADDRESS, || {
+                        c.data_ready()
+                    })
+                },
+                |s| s.check(),
+            ),
         };
         r.map_err(|e| self.read_error(sensor, e))?;
         self.needs_init[sensor.index()] = false;

@@ -65,6 +65,10 @@ const LSM_CTRL_REG6_XL: u8 = 0x20;
 const LSM_CTRL_REG8: u8 = 0x22;
 const LSM_OUT_X_XL: u8 = 0x28;
 const STATUS: u8 = 0x27;
+/// CTRL_REG1 of the HTS221 and LPS25H.
+const CTRL_REG1: u8 = 0x20;
+/// Where every chip's output registers start (6 bytes at most).
+const OUTPUTS: u8 = 0x28;
 const LSM_STATUS_REG: u8 = 0x17;
 
 /// The simulated board's calibration (HTS221 factory values of a plausible chip).
@@ -163,6 +167,10 @@ struct Chip {
     auto_increment: bool,
     present: bool,
     failing: bool,
+    /// STATUS reads that report "no conversion yet" after the chip is switched on (0: ready at
+    /// once), and how many of them are left.
+    warm_up: u32,
+    warming: u32,
 }
 
 impl Chip {
@@ -174,6 +182,8 @@ impl Chip {
             auto_increment: false,
             present: true,
             failing: false,
+            warm_up: 0,
+            warming: 0,
         };
         c.power_on();
         c
@@ -251,13 +261,38 @@ impl Chip {
                 self.power_on();
             } else {
                 self.regs[usize::from(reg)] = value;
+                if self.warm_up > 0 && self.switches_on(reg, value) {
+                    // No conversion yet: the outputs hold their reset value until one is done.
+                    self.warming = self.warm_up;
+                    self.regs[usize::from(OUTPUTS)..usize::from(OUTPUTS) + 6].fill(0);
+                }
             }
         }
         self.advance();
     }
 
+    /// Whether writing `value` to `reg` starts the chip converting (HTS221 and LPS25H:
+    /// CTRL_REG1's power-down bit set; LSM9DS1: a non-zero accelerometer data rate).
+    fn switches_on(&self, reg: u8, value: u8) -> bool {
+        match self.kind {
+            SimChip::Hts221 | SimChip::Lps25h => reg == CTRL_REG1 && value & 0x80 != 0,
+            SimChip::Lsm9ds1Accel => reg == LSM_CTRL_REG6_XL && value & 0xE0 != 0,
+        }
+    }
+
+    fn status_register(&self) -> u8 {
+        match self.kind {
+            SimChip::Hts221 | SimChip::Lps25h => STATUS,
+            SimChip::Lsm9ds1Accel => LSM_STATUS_REG,
+        }
+    }
+
     fn read_byte(&mut self) -> u8 {
-        let v = self.regs[usize::from(self.pointer)];
+        let mut v = self.regs[usize::from(self.pointer)];
+        if self.warming > 0 && self.pointer == self.status_register() {
+            self.warming -= 1;
+            v = 0;
+        }
         self.advance();
         v
     }
@@ -404,6 +439,13 @@ impl SimSenseHat {
         self.lock().chips[chip.index()].failing = failing;
     }
 
+    /// From the next time the chip is switched on, its STATUS reports "no conversion yet" for
+    /// `status_reads` reads, and its outputs stay at their reset value (zero) until then, as a
+    /// real chip's do for one output period; `u32::MAX`: a chip that never converts.
+    pub fn set_warm_up(&self, chip: SimChip, status_reads: u32) {
+        self.lock().chips[chip.index()].warm_up = status_reads;
+    }
+
     /// Transactions addressed to the chip so far.
     pub fn transactions(&self, chip: SimChip) -> u64 {
         self.lock().transactions[chip.index()]
@@ -438,7 +480,7 @@ impl I2c for SimBus {
         if s.chips[index].failing {
             return Err(SimError::Fault);
         }
-        if !s.frozen {
+        if !s.frozen && s.chips[index].warming == 0 {
             let seconds = s.started.elapsed().as_secs_f64();
             let world = match s.world {
                 Some((at, w)) if seconds - at < WORLD_STEP => w,

@@ -138,6 +138,12 @@ impl<I2C: I2c> Hts221<I2C> {
         Ok(calibration)
     }
 
+    /// Whether a humidity and a temperature conversion have both completed since power-on
+    /// (STATUS H_DA and T_DA), and the STATUS value.
+    pub fn data_ready(&mut self) -> Result<(bool, u8), Error<I2C::Error>> {
+        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, 0x03)
+    }
+
     /// Read humidity and temperature in one burst (HUMIDITY_OUT then TEMP_OUT).
     pub fn read(&mut self) -> Result<Measurement, Error<I2C::Error>> {
         let cal = self

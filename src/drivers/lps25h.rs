@@ -80,6 +80,12 @@ impl<I2C: I2c> Lps25h<I2C> {
         Ok(())
     }
 
+    /// Whether a pressure and a temperature conversion have both completed since power-on
+    /// (STATUS P_DA and T_DA), and the STATUS value.
+    pub fn data_ready(&mut self) -> Result<(bool, u8), Error<I2C::Error>> {
+        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, 0x03)
+    }
+
     /// Pressure and temperature in one 5-byte burst from PRESS_OUT_XL.
     pub fn read(&mut self) -> Result<Measurement, Error<I2C::Error>> {
         if !self.initialised {

@@ -2,8 +2,12 @@
 //! the magnetometer are not used by the agent.
 //!
 //! Init as RTIMULib does for the accelerometer: CTRL_REG8 = 0x80 (reboot memory content), wait
-//! 100 ms, then CTRL_REG8 = 0x04. Whether IF_ADD_INC comes back on by itself after the reboot is
-//! UNCONFIRMED; it is on after a power-on reset, so writing it explicitly is always right.
+//! 100 ms, then CTRL_REG8 = 0x44: IF_ADD_INC, as RTIMULib writes (0x04), plus BDU (block data
+//! update, bit 6), which RTIMULib leaves off. With BDU off, a 6-byte burst that straddles an
+//! update at 119 Hz can pair one sample's low byte with the next one's high byte (up to 62 mg at
+//! +-8 g, enough to flip `isMoving` near 1 g); with it on, the output registers hold still until
+//! both bytes of each axis are read. Whether IF_ADD_INC comes back on by itself after the reboot
+//! is UNCONFIRMED; it is on after a power-on reset, so writing it explicitly is always right.
 //! Then CTRL_REG6_XL = ODR 119 Hz | full scale | BW and CTRL_REG7_XL = 0x00.
 //!
 //! Axes: RTIMULib (and so python-sense-hat) reports x = -X, y = -Y, z = +Z.
@@ -26,7 +30,8 @@ pub mod reg {
 
 pub const WHO_AM_I_VALUE: u8 = 0x68;
 const CTRL_REG8_BOOT: u8 = 0x80;
-const CTRL_REG8_IF_ADD_INC: u8 = 0x04;
+/// IF_ADD_INC (bit 2) and BDU (bit 6).
+const CTRL_REG8_IF_ADD_INC_BDU: u8 = 0x44;
 /// ODR 119 Hz (011 in bits 7:5) and bandwidth bits 2:0 = 011, as RTIMULib's 0x7B at +-8 g.
 const CTRL_REG6_ODR_BW: u8 = 0x63;
 
@@ -113,7 +118,12 @@ impl<I2C: I2c, D: embedded_hal::delay::DelayNs> Lsm9ds1Accel<I2C, D> {
         )?;
         write_reg(&mut self.i2c, ADDRESS, reg::CTRL_REG8, CTRL_REG8_BOOT)?;
         self.delay.delay_ms(100);
-        write_reg(&mut self.i2c, ADDRESS, reg::CTRL_REG8, CTRL_REG8_IF_ADD_INC)?;
+        write_reg(
+            &mut self.i2c,
+            ADDRESS,
+            reg::CTRL_REG8,
+            CTRL_REG8_IF_ADD_INC_BDU,
+        )?;
         write_reg(
             &mut self.i2c,
             ADDRESS,
@@ -123,6 +133,11 @@ impl<I2C: I2c, D: embedded_hal::delay::DelayNs> Lsm9ds1Accel<I2C, D> {
         write_reg(&mut self.i2c, ADDRESS, reg::CTRL_REG7_XL, 0x00)?;
         self.initialised = true;
         Ok(())
+    }
+
+    /// Whether an acceleration sample is ready (STATUS_REG XLDA), and the STATUS_REG value.
+    pub fn data_ready(&mut self) -> Result<(bool, u8), Error<I2C::Error>> {
+        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS_REG, 0x01)
     }
 
     /// X, Y and Z in one 6-byte burst (auto-increment by IF_ADD_INC).

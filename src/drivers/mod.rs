@@ -32,6 +32,15 @@ pub enum Error<E: core::fmt::Debug> {
     /// A read was attempted before `init`.
     #[error("the {chip} driver was used before init()")]
     NotInitialised { chip: &'static str },
+    /// After init the chip's STATUS never said a conversion was ready: its output registers
+    /// still hold their reset value, which must not be stored as a reading.
+    #[error("the {chip} at address {address:#04x} produced no reading within {waited_ms} ms of being switched on (STATUS reads {status:#04x})")]
+    NoReading {
+        chip: &'static str,
+        address: u8,
+        waited_ms: u64,
+        status: u8,
+    },
 }
 
 impl<E: core::fmt::Debug> Error<E> {
@@ -61,6 +70,18 @@ pub(crate) fn write_reg<I: embedded_hal::i2c::I2c>(
 ) -> Result<(), Error<I::Error>> {
     i2c.write(address, &[reg, value])
         .map_err(|source| Error::Bus { address, source })
+}
+
+/// Whether every bit of `mask` is set in the chip's STATUS register at `reg`; the value read.
+pub(crate) fn status_has<I: embedded_hal::i2c::I2c>(
+    i2c: &mut I,
+    address: u8,
+    reg: u8,
+    mask: u8,
+) -> Result<(bool, u8), Error<I::Error>> {
+    let mut status = [0u8];
+    read_regs(i2c, address, reg, &mut status)?;
+    Ok((status[0] & mask == mask, status[0]))
 }
 
 /// Check WHO_AM_I.
