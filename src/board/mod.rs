@@ -299,7 +299,7 @@ where
                 "; is this a Sense HAT? another board may sit at this address".to_owned()
             }
             drivers::Error::NoReading { .. } => {
-                "; the chip answers but measures nothing; it is tried again at the next sample, and if this goes on, power the Pi off and reseat the Sense HAT".to_owned()
+                "; the chip answers but measures nothing: if this goes on, power the Pi off and reseat the Sense HAT".to_owned()
             }
             _ => String::new(),
         };

@@ -198,44 +198,46 @@ async fn deliver(delivery: &Delivery, batch: Vec<Arrived>, checkpoint: &mut Opti
     }
 }
 
-/// How long a delivery may go on once a stop is requested: the one in progress, or the
-/// buffer's last. A destination that is down must not hold the stop for the whole retry
-/// duration (up to two hours). What was cut short is read again at the next start with
+/// How long deliveries may go on once a stop is requested: the one in progress and the
+/// buffer's last, together. A destination that is down must not hold the stop for the whole
+/// retry duration (up to two hours). What was cut short is read again at the next start with
 /// `--checkpoint-file` (its position was not moved), and lost without one.
 pub const FINAL_DELIVERY_WAIT: Duration = Duration::from_secs(10);
 
-/// [`deliver`], but once `shutdown` resolves (or had, `stopping`) for at most
-/// [`FINAL_DELIVERY_WAIT`] more.
+/// [`deliver`], but once `shutdown` resolves only until `stop_at` (set then to
+/// [`FINAL_DELIVERY_WAIT`] from now, if it was not set before). False when it was cut short:
+/// the checkpoint did not move past the batch.
 async fn deliver_until_stopped(
     delivery: &Delivery,
     batch: Vec<Arrived>,
     checkpoint: &mut Option<Checkpoint>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    stopping: &mut bool,
-) {
+    stop_at: &mut Option<Instant>,
+) -> bool {
     let records = batch.len();
     let work = deliver(delivery, batch, checkpoint);
     tokio::pin!(work);
-    if !*stopping {
-        tokio::select! {
-            () = &mut work => return,
-            () = shutdown.as_mut() => *stopping = true,
+    let deadline = match *stop_at {
+        Some(at) => at,
+        None => {
+            tokio::select! {
+                () = &mut work => return true,
+                () = shutdown.as_mut() => *stop_at.insert(Instant::now() + FINAL_DELIVERY_WAIT),
+            }
         }
-    }
-    if tokio::time::timeout(FINAL_DELIVERY_WAIT, work)
-        .await
-        .is_err()
-    {
-        // Dropped before it finished: the checkpoint did not move past the batch.
+    };
+    if tokio::time::timeout_at(deadline, work).await.is_err() {
         warn!(
             records,
             "stopping before the endpoint accepted a batch: with --checkpoint-file it is read again at the next start, without one it is lost"
         );
+        return false;
     }
+    true
 }
 
 /// Buffer records from `rx` and deliver them until `shutdown` (the pending buffer is then
-/// delivered, for at most [`FINAL_DELIVERY_WAIT`]) or the readers end.
+/// delivered, within [`FINAL_DELIVERY_WAIT`]) or the readers end.
 pub async fn run_buffer(
     mut rx: mpsc::Receiver<Arrived>,
     delivery: &Delivery,
@@ -244,18 +246,22 @@ pub async fn run_buffer(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut stopping = false;
+    // Set once a stop is requested: the time deliveries must end by.
+    let mut stop_at: Option<Instant> = None;
+    // A delivery was cut short: nothing after it may be delivered, or the checkpoint would
+    // move past the records it held.
+    let mut cut_short = false;
     let mut buffer: Vec<Arrived> = Vec::new();
     // Record data waiting (the size hint counts it) and the request body it makes.
     let mut bytes = 0usize;
     let mut body = protocol::BODY_OVERHEAD_BYTES;
     let mut deadline: Option<Instant> = None;
-    while !stopping {
+    while stop_at.is_none() {
         let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut batch = None;
         tokio::select! {
             biased;
-            () = &mut shutdown => stopping = true,
+            () = &mut shutdown => stop_at = Some(Instant::now() + FINAL_DELIVERY_WAIT),
             _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
                 batch = Some(std::mem::take(&mut buffer));
             }
@@ -265,44 +271,58 @@ pub async fn run_buffer(
                 // A body past Firehose's largest would be answered 413, and the records lost.
                 if !buffer.is_empty() && body + grows > protocol::MAX_BODY_BYTES {
                     let full = std::mem::take(&mut buffer);
-                    deliver_until_stopped(delivery, full, &mut checkpoint, &mut shutdown, &mut stopping).await;
+                    cut_short = !deliver_until_stopped(delivery, full, &mut checkpoint, &mut shutdown, &mut stop_at).await;
                     (bytes, body, deadline) = (0, protocol::BODY_OVERHEAD_BYTES, None);
                 }
                 bytes += record.data.len();
                 body += grows;
                 deadline.get_or_insert_with(|| Instant::now() + buffering.interval);
                 buffer.push(record);
+                if cut_short {
+                    break;
+                }
                 if bytes >= buffering.bytes || buffer.len() >= protocol::MAX_RECORDS {
                     batch = Some(std::mem::take(&mut buffer));
                 }
             }
         }
         if let Some(batch) = batch {
-            deliver_until_stopped(
+            cut_short = !deliver_until_stopped(
                 delivery,
                 batch,
                 &mut checkpoint,
                 &mut shutdown,
-                &mut stopping,
+                &mut stop_at,
             )
             .await;
             (bytes, body, deadline) = (0, protocol::BODY_OVERHEAD_BYTES, None);
+            if cut_short {
+                break;
+            }
         }
     }
-    if !buffer.is_empty() {
+    if buffer.is_empty() {
+        return;
+    }
+    if cut_short {
         info!(
             records = buffer.len(),
-            "delivering the buffer before stopping"
+            "not delivering the buffer: a batch before it was cut short, so both are read again at the next start with --checkpoint-file"
         );
-        deliver_until_stopped(
-            delivery,
-            buffer,
-            &mut checkpoint,
-            &mut shutdown,
-            &mut stopping,
-        )
-        .await;
+        return;
     }
+    info!(
+        records = buffer.len(),
+        "delivering the buffer before stopping"
+    );
+    deliver_until_stopped(
+        delivery,
+        buffer,
+        &mut checkpoint,
+        &mut shutdown,
+        &mut stop_at,
+    )
+    .await;
 }
 
 /// Read the stream and deliver it until `shutdown`.

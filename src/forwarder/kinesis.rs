@@ -1,6 +1,7 @@
 //! The Kinesis side: a small trait over PutRecords (the real SDK client, or a test wrapper
 //! that fails chosen entries, since no emulator can throttle), and [`put_all`], which resends
-//! only the failed entries with exponential back-off and jitter until every one is accepted.
+//! the failed entries (with the later ones of their partition keys, `resend_set`) with
+//! exponential back-off and jitter until every one is accepted.
 
 use std::future::Future;
 use std::time::Duration;
@@ -69,10 +70,11 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A Kinesis client from the standard AWS chain, with an optional endpoint override. Fails, with
-/// what to set, when the chain yields no region or no credentials at all: the SDK would report
-/// either only at the first call, and on every call after it, which on a quiet collection is
-/// long after start-up. Credentials that exist but cannot be fetched now (an instance role's
-/// metadata service not answering) are only warned about: that can pass.
+/// what to set, when the chain yields no region, or no credentials for [`CREDENTIALS_WAIT`]: the
+/// SDK would report either only at the first call, and on every call after it, which on a quiet
+/// collection is long after start-up. The wait is for an instance or task role whose metadata
+/// service does not answer yet at boot (the SDK reports that as "not loaded" too); other
+/// failures to fetch credentials are only warned about: they can pass.
 pub async fn client_from_env(
     endpoint_url: Option<&str>,
 ) -> Result<aws_sdk_kinesis::Client, String> {
@@ -91,6 +93,9 @@ pub async fn client_from_env(
     Ok(aws_sdk_kinesis::Client::new(&config))
 }
 
+/// How long [`check_config`] keeps asking for credentials that are not there.
+pub const CREDENTIALS_WAIT: Duration = Duration::from_secs(16);
+
 /// The checks of [`client_from_env`] on a loaded configuration.
 pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> {
     use aws_credential_types::provider::error::CredentialsError;
@@ -108,7 +113,26 @@ pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> 
     let Some(provider) = config.credentials_provider() else {
         return Err(NO_CREDENTIALS.into());
     };
-    match provider.provide_credentials().await {
+    let give_up = tokio::time::Instant::now() + CREDENTIALS_WAIT;
+    let mut pause = Duration::from_secs(1);
+    let outcome = loop {
+        match provider.provide_credentials().await {
+            Err(CredentialsError::CredentialsNotLoaded(_))
+                if tokio::time::Instant::now() + pause < give_up =>
+            {
+                if pause == Duration::from_secs(1) {
+                    warn!(
+                        "no AWS credentials found yet; trying again for {} s",
+                        CREDENTIALS_WAIT.as_secs()
+                    );
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => break other,
+        }
+    };
+    match outcome {
         Ok(_) => Ok(()),
         Err(CredentialsError::CredentialsNotLoaded(_)) => Err(NO_CREDENTIALS.into()),
         Err(e @ CredentialsError::InvalidConfiguration(_)) => Err(format!(
@@ -291,7 +315,7 @@ impl Trouble {
     }
 }
 
-/// Put every entry, resending only the failed ones, until all are accepted. Returns early on a
+/// Put every entry, resending the failed ones (see `resend_set`), until all are accepted. Returns early on a
 /// fatal error, or with [`KinesisError::Interrupted`] when `interrupt` resolves first (a call in
 /// flight is abandoned: its entries may or may not have been accepted).
 pub async fn put_all<K: Kinesis>(

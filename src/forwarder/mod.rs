@@ -8,7 +8,7 @@
 //!
 //! - [`format`]: record data (`stringify`, `relaxed`, `canonical`).
 //! - [`batch`]: PutRecords limits and batching (pure).
-//! - [`kinesis`]: the PutRecords trait, the AWS client, and resending only failed entries.
+//! - [`kinesis`]: the PutRecords trait, the AWS client, and resending failed entries.
 //! - [`state`]: the stored resume token.
 //!
 //! # A dropped or renamed collection
@@ -286,7 +286,7 @@ fn mongo_error(e: &mongodb::error::Error) -> ForwarderError {
             " (change streams need a replica set: Atlas clusters are one; start a self-run mongod with --replSet and run rs.initiate() once)"
         }
         ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => {
-            " (the user needs find and changeStream on the watched collection, and insert and update on the forwarder's state and dead-letter collections)"
+            " (most often a missing privilege: the user needs find and changeStream on the watched collection, and insert and update on the forwarder's state and dead-letter collections)"
         }
         _ => "",
     };
@@ -439,8 +439,13 @@ impl<K: Kinesis> Forwarder<'_, K> {
             "at": DateTime::now(),
             "document": document.clone(),
         };
+        // With the stream in the key: forwarders of one collection to two streams share the
+        // dead-letter collection by default, and see the same tokens.
         if let Some(key) = token.and_then(|t| mongodb::bson::to_bson(t).ok()) {
-            record.insert("_id", key);
+            record.insert(
+                "_id",
+                doc! { "stream": &self.opts.stream_name, "token": key },
+            );
         }
         let mut delays = kinesis::backoff();
         let mut stop = self.stop.clone();
