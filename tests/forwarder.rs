@@ -639,6 +639,32 @@ async fn a_position_kept_for_another_collection_is_refused() {
     client.database(&db).drop().await.unwrap();
 }
 
+// A stream name with no stored position, when another name has one for the same collection
+// (the stream renamed), starts from now with a warning naming the other, not silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_stream_is_warned_about() {
+    let (mongo, kin, db, stream, client) = fixture("fwdren", "ren", 1).await;
+    client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state")
+        .insert_one(doc! {
+            "_id": "the-old-name", "database": &db, "collection": "reports",
+            "resumeToken": { "_data": "8200000001" },
+        })
+        .await
+        .unwrap();
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_position(&client, &db, &stream).await;
+    fwd.start_kill().unwrap();
+    let out = fwd.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other streams") && err.contains("the-old-name"),
+        "{err}"
+    );
+    client.database(&db).drop().await.unwrap();
+}
+
 // Without a region or without any credentials the forwarder stops at start, saying what to set,
 // instead of retrying every put for ever (the SDK reports both only when a call is made).
 #[tokio::test(flavor = "multi_thread")]

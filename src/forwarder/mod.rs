@@ -584,6 +584,16 @@ async fn forward<K: Kinesis>(
             }
         }
     };
+    if stored.is_none() && !opts.start_from_now {
+        let others = state.other_streams().await;
+        if !others.is_empty() {
+            warn!(
+                stream = %opts.stream_name,
+                others = ?others,
+                "no position is stored for this stream, but there is one for other streams of the same collection: if the stream was renamed, what happened since the old name's position is skipped; starting from now"
+            );
+        }
+    }
     info!(
         namespace = %namespace,
         stream = %opts.stream_name,

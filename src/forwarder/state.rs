@@ -69,6 +69,29 @@ impl StateStore {
         })
     }
 
+    /// The streams with a position stored for the same collection, other than this one (empty
+    /// when they cannot be read: only a warning depends on it).
+    pub async fn other_streams(&self) -> Vec<String> {
+        let filter = doc! {
+            "_id": { "$ne": &self.id },
+            "database": &self.database,
+            "collection": &self.collection,
+        };
+        let Ok(mut cursor) = self.coll.find(filter).await else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        while let Ok(true) = cursor.advance().await {
+            if let Ok(Ok(name)) = cursor
+                .deserialize_current()
+                .map(|d: Document| d.get_str("_id").map(str::to_owned))
+            {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// Store `token` as the position to resume after.
     pub async fn save(&self, token: &ResumeToken) -> Result<(), ForwarderError> {
         let token: Bson =
