@@ -44,9 +44,9 @@ fn client_dir(devices: &Path, bus: u32, address: u8) -> std::path::PathBuf {
     devices.join(format!("{bus}-{address:04x}"))
 }
 
-fn owned_hint(sensor: Sensor, driver: &str) -> String {
+fn owned_hint(sensor: Sensor, bus: u32, driver: &str) -> String {
     format!(
-        "; the kernel driver `{driver}` owns this address. Unbind it (`echo 1-{:04x} | sudo tee /sys/bus/i2c/drivers/{driver}/unbind`) \
+        "; the kernel driver `{driver}` owns this address. Unbind it (`echo {bus}-{:04x} | sudo tee /sys/bus/i2c/drivers/{driver}/unbind`) \
          or blacklist its module in /etc/modprobe.d/ and reboot; sensehat-monitor never force-binds a driver's address",
         sensor.address()
     )
@@ -66,11 +66,12 @@ const ENXIO: i32 = 6;
 const EREMOTEIO: i32 = 121;
 
 impl BusErrorHint for I2CError {
-    fn hint(&self, sensor: Sensor) -> String {
+    fn hint(&self, sensor: Sensor, bus: &str) -> String {
         match errno(self) {
             Some(EBUSY) => {
-                let driver = kernel_driver(1, sensor.address()).unwrap_or_else(|| "a kernel driver".into());
-                owned_hint(sensor, &driver)
+                let n = bus_number(bus).unwrap_or(1);
+                let driver = kernel_driver(n, sensor.address()).unwrap_or_else(|| "a kernel driver".into());
+                owned_hint(sensor, n, &driver)
             }
             Some(EACCES) => format!("; {JOIN_GROUP}"),
             Some(ENOENT) => format!("; {ENABLE_I2C}"),
@@ -114,7 +115,7 @@ fn open_handle(path: &str, devices: &Path, sensor: Sensor) -> Result<Handle<I2cd
                     sensor,
                     bus: path.to_owned(),
                     detail: "address in use by a kernel driver (EBUSY), which offers no IIO channel to read instead".into(),
-                    hint: owned_hint(sensor, &driver),
+                    hint: owned_hint(sensor, bus, &driver),
                 }),
             };
         }
@@ -261,8 +262,21 @@ mod tests {
             Ok(_) => panic!("opened a sensor owned by a driver without IIO"),
         };
         assert!(e.contains("EBUSY") && e.contains("`hts221`"), "{e}");
-        assert!(e.contains("/sys/bus/i2c/drivers/hts221/unbind"), "{e}");
+        assert!(
+            e.contains("echo 1-005f | sudo tee /sys/bus/i2c/drivers/hts221/unbind"),
+            "{e}"
+        );
         assert!(e.contains("never force-binds"), "{e}");
+    }
+
+    // The unbind command names the bus the agent was pointed at.
+    #[test]
+    fn unbind_hint_names_the_bus() {
+        let h = owned_hint(Sensor::Lps25h, 3, "st_pressure");
+        assert!(
+            h.contains("echo 3-005c | sudo tee /sys/bus/i2c/drivers/st_pressure/unbind"),
+            "{h}"
+        );
     }
 
     #[test]

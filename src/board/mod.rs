@@ -89,12 +89,12 @@ pub struct SensorError {
 
 /// Explains a bus error in user terms (EBUSY, EACCES, ...). Implemented by each bus.
 pub trait BusErrorHint {
-    /// A hint for the user, or an empty string.
-    fn hint(&self, sensor: Sensor) -> String;
+    /// A hint for the user, or an empty string; `bus` is the bus's name (`/dev/i2c-1`).
+    fn hint(&self, sensor: Sensor, bus: &str) -> String;
 }
 
 impl BusErrorHint for sim::SimError {
-    fn hint(&self, _sensor: Sensor) -> String {
+    fn hint(&self, _sensor: Sensor, _bus: &str) -> String {
         String::new()
     }
 }
@@ -294,7 +294,7 @@ where
 
     fn error(&self, sensor: Sensor, e: drivers::Error<I2C::Error>) -> SensorError {
         let hint = match &e {
-            drivers::Error::Bus { source, .. } => source.hint(sensor),
+            drivers::Error::Bus { source, .. } => source.hint(sensor, &self.bus_name),
             drivers::Error::WrongChip { .. } => {
                 "; is this a Sense HAT? another board may sit at this address".to_owned()
             }
