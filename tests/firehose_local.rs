@@ -455,6 +455,7 @@ async fn bodies_stay_within_64_mib_whatever_the_size_hint() {
         retry_duration: Duration::from_secs(10),
         request_timeout: Duration::from_secs(60),
         error_dir: None,
+        ca_cert: None,
     })
     .unwrap();
     let sent: Vec<Vec<u8>> = (0..52u8).map(|i| vec![b'a' + i % 26; 1_000_000]).collect();

@@ -27,14 +27,27 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn start() -> Pipeline {
+    /// With `tls`, the endpoint serves HTTPS with the test certificate (as Firehose requires),
+    /// and firehose-local trusts it with `--ca-cert`.
+    async fn start(tls: bool) -> Pipeline {
         let mongo = MongoServer::start();
         let kin = KinesisServer::start();
         let db = unique_name("pipe");
         let stream = unique_name("realm");
         kin.create_stream(&stream, 2).await;
         let port = free_port();
-        let endpoint = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let cert = fixtures.join("firehose-test-cert.pem");
+        let key = fixtures.join("firehose-test-key.pem");
+        let mut endpoint = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"));
+        if tls {
+            endpoint
+                .arg("--tls-cert")
+                .arg(&cert)
+                .arg("--tls-key")
+                .arg(&key);
+        }
+        let endpoint = endpoint
             .args(["--listen", &format!("127.0.0.1:{port}"), "--path", "/"])
             .args([
                 "--mongodb-uri",
@@ -58,14 +71,22 @@ impl Pipeline {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let firehose = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        let mut firehose = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"));
+        if tls {
+            firehose
+                .args(["--destination-url", &format!("https://localhost:{port}/")])
+                .arg("--ca-cert")
+                .arg(&cert);
+        } else {
+            firehose.args(["--destination-url", &format!("http://127.0.0.1:{port}/")]);
+        }
+        let firehose = firehose
             .args([
                 "--stream-name",
                 &stream,
                 "--kinesis-endpoint-url",
                 &kin.endpoint,
             ])
-            .args(["--destination-url", &format!("http://127.0.0.1:{port}/")])
             .args([
                 "--buffer-seconds",
                 "1",
@@ -204,10 +225,11 @@ fn number(d: &Document, field: &str) -> Option<f64> {
     }
 }
 
-// Every report the agent stores arrives in monitors.firehose exactly once, with its original _id.
+// Every report the agent stores arrives in monitors.firehose exactly once, with its original _id,
+// over HTTPS as Firehose delivers (the endpoint's own TLS, trusted with firehose-local --ca-cert).
 #[tokio::test(flavor = "multi_thread")]
 async fn every_report_arrives_in_firehose_exactly_once() {
-    let mut p = Pipeline::start().await;
+    let mut p = Pipeline::start(true).await;
     let client = p.mongo.client().await;
     let mut fwd = p.forwarder();
     p.wait_for_position(&client).await;
@@ -224,7 +246,7 @@ async fn every_report_arrives_in_firehose_exactly_once() {
 // again upstream leave no duplicate in monitors.firehose.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_of_the_forwarder_loses_nothing_and_duplicates_nothing() {
-    let mut p = Pipeline::start().await;
+    let mut p = Pipeline::start(false).await;
     let client = p.mongo.client().await;
     let mut fwd = p.forwarder();
     p.wait_for_position(&client).await;

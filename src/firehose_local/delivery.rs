@@ -22,6 +22,8 @@ pub struct DeliveryConfig {
     pub retry_duration: Duration,
     pub request_timeout: Duration,
     pub error_dir: Option<PathBuf>,
+    /// PEM certificates trusted besides the built-in roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DeliveryConfig {
@@ -67,11 +69,29 @@ enum Attempt {
 
 impl Delivery {
     pub fn new(config: DeliveryConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.request_timeout)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .timeout(config.request_timeout);
+        if let Some(path) = &config.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --ca-cert {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                format!(
+                    "--ca-cert {} holds no usable PEM certificate: {e}",
+                    path.display()
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "--ca-cert {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Delivery { config, http })
     }
 

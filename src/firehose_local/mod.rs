@@ -99,6 +99,10 @@ pub struct Cli {
     /// The delivery stream ARN sent in X-Amz-Firehose-Source-Arn.
     #[arg(long, env = "FIREHOSE_SOURCE_ARN", default_value = DEFAULT_SOURCE_ARN)]
     pub source_arn: String,
+    /// PEM certificates to trust for the destination, besides the built-in roots: an endpoint
+    /// serving its own self-signed certificate (`firehose-endpoint --tls-cert`).
+    #[arg(long, env = "FIREHOSE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// How long to wait for a response, seconds (Firehose waits 3 minutes).
     #[arg(long, env = "FIREHOSE_REQUEST_TIMEOUT_SECONDS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECONDS)]
     pub request_timeout_seconds: u64,
@@ -141,6 +145,7 @@ impl Cli {
             retry_duration: Duration::from_secs(self.retry_seconds),
             request_timeout: Duration::from_secs(self.request_timeout_seconds.max(1)),
             error_dir: self.error_dir.clone(),
+            ca_cert: self.ca_cert.clone(),
         })
     }
 }
