@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export PATH="$ROOT/.venv-test/bin:$PATH"
 if ! command -v cargo-zigbuild >/dev/null; then
-  pip install -q --disable-pip-version-check ziglang cargo-zigbuild
+  pip install -q --disable-pip-version-check ziglang==0.17.1 cargo-zigbuild==0.24.1
 fi
 source scripts/test-server.sh
 
@@ -44,7 +44,7 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   done
 
   echo "--- $target: --dry-run under qemu"
-  out=$($qemu "$bin" --sensors sim --dry-run --count 5 --interval-ms 20)
+  out=$(timeout 120 $qemu "$bin" --sensors sim --dry-run --count 5 --interval-ms 20)
   lines=$(printf '%s\n' "$out" | grep -c '"recordedAt":{"$date":"' || true)
   [ "$lines" -eq 5 ] || { echo "FAIL: expected 5 reports, got: $out" >&2; exit 1; }
   printf '%s\n' "$out" | head -1
@@ -52,7 +52,7 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   echo "--- $target: 20 reports into MongoDB under qemu"
   spool=$(mktemp -d)
   db="arm_${target%%-*}"
-  MONGODB_CONNECTION_STRING="$MONGO_URI" $qemu "$bin" --sensors sim --count 20 --interval-ms 50 \
+  MONGODB_CONNECTION_STRING="$MONGO_URI" timeout 300 $qemu "$bin" --sensors sim --count 20 --interval-ms 50 \
     --database "$db" --spool-dir "$spool"
   rm -rf "$spool"
   n=$("$PY" -c "import pymongo; print(pymongo.MongoClient('$MONGO_URI')['$db'].reports.count_documents({}))")
@@ -63,5 +63,5 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
   env "CARGO_TARGET_${upper}_LINKER=$prefix-gcc" "CC_${target//-/_}=$prefix-gcc" \
       "CARGO_TARGET_${upper}_RUNNER=$qemu" \
-    cargo test -q --target "$target" --lib --test drivers --test agent_loop
+    timeout 1500 cargo test -q --target "$target" --lib --test drivers --test agent_loop
 done

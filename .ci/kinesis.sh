@@ -12,7 +12,7 @@ PKG="$PREFIX/node_modules/kinesis-local"
 
 case "${1:-}" in
   install)
-    if [ -f "$PKG/main.js" ] && grep -q "\"version\": \"$VERSION\"" "$PKG/package.json"; then
+    if [ -f "$PKG/main.js" ] && [ "$(node -p "require('$PKG/package.json').version")" = "$VERSION" ]; then
       echo "kinesis-local $VERSION already installed in .ci/cache/kinesis"
       exit 0
     fi

@@ -14,7 +14,8 @@ echo "systemd-analyze verify: ok"
 score=$(systemd-analyze security --offline=yes "$tmp/sensehat-monitor.service" 2>&1 \
   | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
 echo "systemd-analyze security exposure: ${score:-unknown} (limit 2.0)"
-[ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }'
+[ -n "$score" ] || { echo "FAIL: systemd-analyze security gave no exposure score" >&2; exit 1; }
+awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || { echo "FAIL: exposure $score is over 2.0" >&2; exit 1; }
 
 # The environment file template: every setting in it, uncommented and read as systemd reads
 # EnvironmentFile= (the whole rest of the line is the value), passes check-config, so none

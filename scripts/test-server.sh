@@ -21,10 +21,16 @@ start_server() {
   DBDIR=$(mktemp -d)
   "$SECANTUSD" --host 127.0.0.1 --port "$PORT" --storage-path "$DBDIR/db" --log-level WARNING >/dev/null 2>&1 &
   SERVER_PID=$!
+  local up=0
   for _ in $(seq 1 300); do
-    "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null && break
+    "$PY" -c "import socket,sys; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null && { up=1; break; }
+    kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
   done
+  if [ "$up" != 1 ]; then
+    echo "the MongoDB test server ($SECANTUSD) did not start on port $PORT" >&2
+    return 1
+  fi
   export MONGO_URI="mongodb://127.0.0.1:$PORT/?directConnection=true"
 }
 restart_server() { stop_server; start_server; }
