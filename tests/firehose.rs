@@ -577,6 +577,16 @@ async fn bad_requests_answer_400() {
     )
     .await;
     check_shape(&r, 400, "");
+    // A request id far longer than Firehose's: refused, and only its first 256 bytes echoed.
+    let long = "r".repeat(5000);
+    let r = send(
+        "POST",
+        &url,
+        &h(&|h| h[1].1 = long.clone()),
+        firehose_body(&long, &recs),
+    )
+    .await;
+    check_shape(&r, 400, &long[..256]);
     // Header and body request ids differ.
     let other = firehose_body("req-other", &recs);
     let m = check_shape(
@@ -790,6 +800,42 @@ async fn slow_clients_are_cut_off() {
         "{body}"
     );
     assert_eq!(count(&ep.coll()).await, 0);
+}
+
+// Connections beyond MAX_CONNECTIONS wait in the backlog: with every slot held by a client that
+// sends nothing, a delivery is answered only once the header timeout frees a slot, and then is
+// stored. (Without the limit it would be answered at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    use sensehat_monitor::firehose::server::MAX_CONNECTIONS;
+    let server = MongoServer::start();
+    let ep = start(
+        &server,
+        Opts {
+            header_timeout: Duration::from_secs(2),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let addr = ep.url.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let (ids, recs) = reports(1);
+    check_shape(
+        &deliver(&ep, "req-slot", &recs, false).await,
+        200,
+        "req-slot",
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "answered in {:?}, before any slot was freed",
+        started.elapsed()
+    );
+    assert_eq!(count_id(&ep, ids[0]).await, 1);
+    drop(idle);
 }
 
 // A write the database refuses (here a unique index on another field) fails the whole request

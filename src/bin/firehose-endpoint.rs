@@ -37,10 +37,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         _ => None,
     };
+    // Checked at start, without DNS, and with the password never quoted back.
+    sensehat_monitor::sink::mongo::check_uri(&uri).await?;
     if cli.check_config {
-        mongodb::options::ClientOptions::parse(&uri)
-            .await
-            .map_err(|e| format!("invalid MongoDB connection string: {e}"))?;
         info!(keys = config.keys.len(), "configuration is valid");
         return Ok(());
     }

@@ -21,7 +21,7 @@ use mongodb::bson::{rawdoc, spec::BinarySubtype, Binary, DateTime, RawDocumentBu
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::decode::{decode_record, derived_id, DecodeOptions};
 use super::protocol::{
@@ -38,7 +38,19 @@ pub const CHUNK_BYTES: usize = super::store::COMMAND_BYTES - 1024 * 1024;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long a request's headers may take to arrive, also on an idle kept-alive connection: a
 /// client that opens connections and sends nothing (or a byte at a time) cannot hold them.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Firehose sends its headers at once; 10 s leaves a slow client nothing to hold a connection
+/// with for long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's backlog. Firehose opens a few; the
+/// limit keeps anyone who opens thousands (no key needed to connect) from using up the
+/// process's file descriptors and memory. Firewalling the port to Firehose's published address
+/// ranges is the stronger protection (see the README).
+pub const MAX_CONNECTIONS: usize = 256;
+/// Longest `X-Amz-Firehose-Request-Id` accepted (Firehose's are 36-character UUIDs); a longer
+/// one is refused with 400, and only its first bytes are echoed and logged.
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
 /// How long a request's body may take to arrive in full by default (`--body-timeout-seconds`):
 /// Firehose sends from AWS, where 64 MiB takes seconds; 120 s leaves a 64 MiB body 4.5 Mbit/s,
 /// and the database write its time within Firehose's 3 minutes. A slower body is answered 408
@@ -129,7 +141,7 @@ async fn health() -> Response {
 async fn not_found(headers: HeaderMap) -> Response {
     firehose_response(
         StatusCode::NOT_FOUND,
-        header_str(&headers, REQUEST_ID).unwrap_or(""),
+        header_cut(&headers, REQUEST_ID),
         Some("not found"),
     )
 }
@@ -153,6 +165,17 @@ pub fn firehose_response(status: StatusCode, request_id: &str, error: Option<&st
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A header's value cut to [`MAX_REQUEST_ID_BYTES`] (on a character boundary), for echoing and
+/// logging what a client sent without echoing or logging whatever size it chose.
+fn header_cut<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    let s = header_str(headers, name).unwrap_or("");
+    let mut end = s.len().min(MAX_REQUEST_ID_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The outcome of one delivery, for the response and the log line.
@@ -179,14 +202,17 @@ impl Outcome {
 async fn deliver(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let request_id = header_str(&parts.headers, REQUEST_ID)
-        .unwrap_or("")
-        .to_owned();
-    let source_arn = header_str(&parts.headers, SOURCE_ARN)
-        .unwrap_or("")
-        .to_owned();
+    let request_id = header_cut(&parts.headers, REQUEST_ID).to_owned();
+    let source_arn = header_cut(&parts.headers, SOURCE_ARN).to_owned();
+    let id_too_long =
+        header_str(&parts.headers, REQUEST_ID).is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES);
     let outcome = if parts.method != Method::POST {
         Outcome::fail(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted")
+    } else if id_too_long {
+        Outcome::fail(
+            StatusCode::BAD_REQUEST,
+            "X-Amz-Firehose-Request-Id is longer than 256 bytes",
+        )
     } else {
         process(&state, &parts.headers, &request_id, body).await
     };
@@ -196,6 +222,13 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
             request_id = %request_id, source_arn = %source_arn, records = outcome.records,
             rejected = outcome.rejected, bytes = outcome.bytes, status = outcome.status.as_u16(),
             duration_ms, "delivery stored"
+        );
+    } else if request_id.is_empty() {
+        // No Firehose request id: a scanner or a stray client, not a delivery; logged only at
+        // debug level, so that such traffic cannot flood the log.
+        debug!(
+            status = outcome.status.as_u16(), method = %parts.method,
+            error = outcome.error.as_deref().unwrap_or(""), "request refused"
         );
     } else {
         warn!(
@@ -413,7 +446,16 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // A connection is accepted only with a slot free; the slot goes with the connection.
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -431,16 +473,18 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(acceptor) = acceptor else {
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let _ = watcher.watch(conn).await;
                 return;
             };
             let tls_stream =
-                match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        warn!(peer = %peer, error = %e, "TLS handshake failed");
+                        // Scanners fail handshakes all day: debug level, not to flood the log.
+                        debug!(peer = %peer, error = %e, "TLS handshake failed");
                         return;
                     }
                     Err(_) => return,

@@ -24,7 +24,11 @@ pub const DUPLICATE_KEY: i32 = 11000;
 /// Build a client: rustls TLS, SRV lookup, and short selection timeouts so an outage is
 /// noticed in seconds rather than the driver's default 30.
 pub async fn connect(uri: &str, app_name: &str) -> Result<Client, InsertError> {
-    let mut options = ClientOptions::parse(uri).await.map_err(classify)?;
+    let refused = |e: Error| match classify(e) {
+        InsertError::Fatal(m) => InsertError::Fatal(redact_credentials(&m, uri)),
+        InsertError::Unavailable(m) => InsertError::Unavailable(redact_credentials(&m, uri)),
+    };
+    let mut options = ClientOptions::parse(uri).await.map_err(refused)?;
     options.app_name.get_or_insert_with(|| app_name.to_owned());
     options
         .server_selection_timeout
@@ -32,7 +36,32 @@ pub async fn connect(uri: &str, app_name: &str) -> Result<Client, InsertError> {
     options
         .connect_timeout
         .get_or_insert(Duration::from_secs(10));
-    Client::with_options(options).map_err(classify)
+    Client::with_options(options).map_err(refused)
+}
+
+/// `message` with every piece of the connection string's user name and password replaced by
+/// `<redacted>`. A string the driver cannot parse (a password with an unencoded `?` or `#`, say)
+/// makes it quote the pieces it split, password included; such a message goes to the log.
+/// Pieces shorter than three characters are left: they would blank out ordinary words.
+pub fn redact_credentials(message: &str, uri: &str) -> String {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return message.to_owned();
+    };
+    let Some(at) = rest.rfind('@') else {
+        return message.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let mut pieces: Vec<&str> = userinfo
+        .split([':', '?', '&', '/', '#', '=', '[', ']', ',', ';'])
+        .chain([userinfo])
+        .filter(|p| p.len() >= 3)
+        .collect();
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let mut out = message.to_owned();
+    for p in pieces {
+        out = out.replace(p, "<redacted>");
+    }
+    out
 }
 
 /// Check a connection string's syntax and options without contacting anything, so a string
@@ -41,7 +70,7 @@ pub async fn connect(uri: &str, app_name: &str) -> Result<Client, InsertError> {
 /// rest comes from DNS, which may not answer yet at boot.
 pub async fn check_uri(uri: &str) -> Result<(), String> {
     let message = |e: Error| match classify(e) {
-        InsertError::Fatal(m) | InsertError::Unavailable(m) => m,
+        InsertError::Fatal(m) | InsertError::Unavailable(m) => redact_credentials(&m, uri),
     };
     let parsed = mongodb::options::ConnectionString::parse(uri).map_err(message)?;
     if !uri.trim_start().starts_with("mongodb+srv://") {
@@ -55,9 +84,13 @@ pub async fn check_uri(uri: &str) -> Result<(), String> {
 /// What to add to the driver's account of a connection string it refused.
 fn uri_hint(message: &str) -> &'static str {
     if message.contains("URL encoded") {
-        "; a user name or password with any of : / ? # [ ] @ % must have them percent-encoded (@ as %40, : as %3A, / as %2F, % as %25)"
-    } else if message.contains("scheme") || message.contains("host") {
-        "; it should look like mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/ (Atlas) or mongodb://HOST:27017/"
+        "; a user name or password with any of : / ? # [ ] @ % must have them percent-encoded (@ as %40, : as %3A, / as %2F, ? as %3F, # as %23, % as %25)"
+    } else if message.contains("scheme")
+        || message.contains("host")
+        || message.contains("server address")
+        || message.contains("key=value")
+    {
+        "; it should look like mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/ (Atlas) or mongodb://HOST:27017/, and a user name or password with any of : / ? # [ ] @ % must have them percent-encoded (? as %3F, # as %23, @ as %40)"
     } else {
         ""
     }
@@ -348,6 +381,42 @@ impl Inserter for MongoSink {
 mod tests {
     use super::*;
     use mongodb::bson::doc;
+
+    // A password with an unencoded '?' or '#' makes the driver quote pieces of it; the message
+    // that reaches the log has none of them, and says how to encode the character.
+    #[tokio::test]
+    async fn a_refused_connection_string_never_shows_the_password() {
+        for (uri, secrets) in [
+            (
+                "mongodb+srv://pi:hunter2?xyzzy@cluster0.example.net/",
+                &["hunter2", "xyzzy"][..],
+            ),
+            (
+                "mongodb://pi:s3cret?plugh@db.example.net/",
+                &["s3cret", "plugh"],
+            ),
+            (
+                "mongodb://pi:open#sesame@db.example.net/",
+                &["open", "sesame"],
+            ),
+        ] {
+            let err = check_uri(uri).await.expect_err(uri);
+            for s in secrets {
+                assert!(!err.contains(s), "{uri}: {err}");
+            }
+            let err = match connect(uri, "test").await {
+                Ok(_) => panic!("{uri} was accepted"),
+                Err(InsertError::Fatal(m) | InsertError::Unavailable(m)) => m,
+            };
+            for s in secrets {
+                assert!(!err.contains(s), "{uri}: {err}");
+            }
+        }
+        assert_eq!(
+            redact_credentials("got abc and abcdef", "mongodb://u:abcdef@h/"),
+            "got abc and <redacted>"
+        );
+    }
 
     fn dup(index: i32, pattern: Option<Document>, msg: &str) -> Document {
         let mut e = doc! { "index": index, "code": DUPLICATE_KEY, "errmsg": msg };
