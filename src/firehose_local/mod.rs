@@ -170,7 +170,17 @@ pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()>
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A new file, never one already there: a leftover of a crash is removed first, and a
+        // symlink planted under the name (in a directory others can write) is neither followed
+        // nor written through, since create_new does not follow one.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
     }
@@ -413,6 +423,21 @@ mod tests {
         );
         assert_eq!(first_access_key(""), None);
         assert_eq!(first_access_key(",x"), None);
+    }
+
+    // The temporary file is made new: a symlink planted under its name is not written through.
+    #[test]
+    fn durable_writes_never_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let target = dir.path().join("checkpoint.json");
+        let mut tmp = target.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write_durably(&target, b"{}").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(&target).unwrap(), b"{}");
     }
 
     // A record's share of the body is an upper bound of what it adds in fact.
