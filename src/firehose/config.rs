@@ -67,9 +67,9 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_body_mib: u64,
 
-    /// How long (seconds) a request's body may take to arrive in full before it is answered 408
-    /// (Firehose retries). Raise it on a slow link: an uncompressed 64 MiB body needs about
-    /// 9 Mbit/s to arrive in 60 s.
+    /// How long (seconds, 1-170) a request's body may take to arrive in full before it is
+    /// answered 408 (Firehose retries). Raise it on a slow link: an uncompressed 64 MiB body needs
+    /// about 4.5 Mbit/s to arrive in the default 120 s.
     #[arg(long, env = "FIREHOSE_BODY_TIMEOUT_SECONDS", default_value_t = DEFAULT_BODY_TIMEOUT_SECONDS,
           value_parser = clap::value_parser!(u64).range(1..=170))]
     pub body_timeout_seconds: u64,
@@ -82,7 +82,8 @@ pub struct Cli {
     #[arg(long, env = "FIREHOSE_PARSE_DATES", value_delimiter = ',')]
     pub parse_dates: Vec<String>,
 
-    /// Check the configuration (keys, TLS files, connection string present) and exit.
+    /// Check the configuration (keys, TLS files, --path, and the connection string's syntax,
+    /// without DNS) and exit.
     #[arg(long)]
     pub check_config: bool,
 }

@@ -264,7 +264,7 @@ impl Delivery {
         match write_error_file(dir, ending, request_id, text.as_bytes()) {
             Ok(p) => Some(p),
             Err(e) => {
-                error!(dir = %dir.display(), error = %e, "cannot write the error output; the batch is LOST");
+                error!(dir = %dir.display(), error = %e, "cannot write the error output: without --checkpoint-file the batch is LOST (with one, a restart reads it again)");
                 None
             }
         }

@@ -66,7 +66,8 @@ pub struct Cli {
     /// The HTTP endpoint to deliver to (Firehose requires https in AWS; http is allowed here).
     #[arg(long, env = "FIREHOSE_DESTINATION_URL")]
     pub destination_url: String,
-    /// Buffer size hint in MiB (1-64): a request is sent once this much record data waits.
+    /// Buffer size hint in MiB (1-64): a request is sent once this much record data waits. A
+    /// request body never passes 64 MiB (about 48 MiB of data) whatever this says.
     #[arg(long, env = "FIREHOSE_BUFFER_MIB", default_value_t = DEFAULT_BUFFER_MIB,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub buffer_mib: u32,

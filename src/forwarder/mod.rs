@@ -153,7 +153,7 @@ impl Options {
 #[command(
     name = "kinesis-forwarder",
     version,
-    about = "Forward every document inserted into a MongoDB collection to a Kinesis data stream, resuming after restarts without loss"
+    about = "Forward every document inserted into a MongoDB collection (and, with --operations, updated or replaced) to a Kinesis data stream, resuming after restarts without loss"
 )]
 pub struct Cli {
     /// MongoDB connection string (a replica set: change streams need one). Prefer the environment
@@ -199,8 +199,9 @@ pub struct Cli {
     /// Collection (same database) holding the resume token [default: <collection>_forwarder_state].
     #[arg(long, env = "FORWARDER_STATE_COLLECTION")]
     pub state_collection: Option<String>,
-    /// Collection (same database) receiving documents too large for a Kinesis record, with the
-    /// reason [default: <collection>_forwarder_deadletter].
+    /// Collection (same database) receiving documents too large to forward (over 1 MiB with the
+    /// key, Kinesis's limit, or data over 1,024,000 bytes, Firehose's), with the reason
+    /// [default: <collection>_forwarder_deadletter].
     #[arg(long, env = "FORWARDER_DEAD_LETTER_COLLECTION")]
     pub dead_letter_collection: Option<String>,
     /// Ignore the stored resume token and start from now: the way back after the oplog lost the
