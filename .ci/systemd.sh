@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Check the systemd unit: `systemd-analyze verify` passes and the offline security exposure is
-# at most 2.0. The unit names /usr/local/bin/sensehat-monitor (where the README installs it);
-# verify needs an executable there, so a copy pointing at this build is checked.
+# Check the systemd units (the agent's and the companion services'): `systemd-analyze verify`
+# passes and the offline security exposure is at most 2.0. A unit names /usr/local/bin/<binary>
+# (where the README installs it); verify needs an executable there, so a copy pointing at this
+# build is checked. Then the environment file templates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --bin sensehat-monitor
@@ -9,13 +10,44 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 sed "s#/usr/local/bin/sensehat-monitor#$(pwd)/target/debug/sensehat-monitor#g" \
   systemd/sensehat-monitor.service > "$tmp/sensehat-monitor.service"
-systemd-analyze verify "$tmp/sensehat-monitor.service"
-echo "systemd-analyze verify: ok"
-score=$(systemd-analyze security --offline=yes "$tmp/sensehat-monitor.service" 2>&1 \
-  | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
-echo "systemd-analyze security exposure: ${score:-unknown} (limit 2.0)"
-[ -n "$score" ] || { echo "FAIL: systemd-analyze security gave no exposure score" >&2; exit 1; }
-awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || { echo "FAIL: exposure $score is over 2.0" >&2; exit 1; }
+# verify passes and the offline exposure is at most 2.0, for $1 (a unit file in $tmp).
+check_unit() {
+  systemd-analyze verify "$1"
+  echo "$(basename "$1"): systemd-analyze verify: ok"
+  local score
+  score=$(systemd-analyze security --offline=yes "$1" 2>&1 \
+    | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+  echo "$(basename "$1"): security exposure: ${score:-unknown} (limit 2.0)"
+  [ -n "$score" ] || { echo "FAIL: systemd-analyze security gave no exposure score" >&2; exit 1; }
+  awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || { echo "FAIL: exposure $score is over 2.0" >&2; exit 1; }
+}
+check_unit "$tmp/sensehat-monitor.service"
+
+# The companion services' units, as shipped and with the endpoint's optional TLS lines on.
+cargo build -q --features companions --bin kinesis-forwarder --bin firehose-endpoint
+for unit in kinesis-forwarder firehose-endpoint; do
+  sed "s#/usr/local/bin/$unit#$(pwd)/target/debug/$unit#g" "systemd/$unit.service" > "$tmp/$unit.service"
+  check_unit "$tmp/$unit.service"
+done
+sed -e 's/^# \(AmbientCapabilities\|CapabilityBoundingSet\|LoadCredential\|Environment=FIREHOSE\)/\1/' \
+  "$tmp/firehose-endpoint.service" > "$tmp/firehose-endpoint-tls.service"
+[ "$(grep -c '^AmbientCapabilities=CAP_NET_BIND_SERVICE' "$tmp/firehose-endpoint-tls.service")" = 1 ] \
+  || { echo "FAIL: the endpoint unit's TLS lines are not where the check expects them" >&2; exit 1; }
+check_unit "$tmp/firehose-endpoint-tls.service"
+# The companions' environment templates: no setting carries a comment (systemd would keep it in
+# the value), and the endpoint's, uncommented, passes its --check-config.
+for unit in kinesis-forwarder firehose-endpoint; do
+  if grep -nE '^# [A-Z_]+=.*[[:space:]]#' "systemd/$unit.env"; then
+    echo "FAIL: systemd/$unit.env: a setting with a trailing comment" >&2; exit 1
+  fi
+done
+evars=()
+while IFS= read -r line; do
+  [[ $line =~ ^#\ ([A-Z_]+=.*)$ ]] && evars+=("${BASH_REMATCH[1]}")
+done < systemd/firehose-endpoint.env
+[ "${#evars[@]}" -ge 5 ] || { echo "endpoint env template: only ${#evars[@]} settings found"; exit 1; }
+env -i PATH="$PATH" "${evars[@]}" target/debug/firehose-endpoint --check-config
+echo "endpoint env template: ${#evars[@]} settings accepted"
 
 # The environment file template: every setting in it, uncommented and read as systemd reads
 # EnvironmentFile= (the whole rest of the line is the value), passes check-config, so none
