@@ -284,32 +284,33 @@ fn resend_set(
 /// How often a put that keeps failing is reported again, at error level.
 pub const STUCK_REPORT_EVERY: Duration = Duration::from_secs(60);
 
-/// Reports a failure that goes on: the first one is a warning in [`put_all`]; from
+/// Reports a failure that goes on: the first one is a warning where it happens; from
 /// [`STUCK_REPORT_EVERY`] on, an error every [`STUCK_REPORT_EVERY`], so a fault that never
 /// clears (a network path gone, a throttle that never lifts) is never silent.
-struct Trouble {
+pub(crate) struct Trouble {
     since: tokio::time::Instant,
     reported: tokio::time::Instant,
+    what: &'static str,
 }
 
-impl Default for Trouble {
-    fn default() -> Self {
+impl Trouble {
+    /// Trouble beginning now; `what` is the error line's message.
+    pub(crate) fn new(what: &'static str) -> Self {
         let now = tokio::time::Instant::now();
         Trouble {
             since: now,
             reported: now,
+            what,
         }
     }
-}
 
-impl Trouble {
-    fn still(&mut self, error: &str) {
+    /// It failed again, with `error`.
+    pub(crate) fn still(&mut self, error: &str) {
         if self.reported.elapsed() >= STUCK_REPORT_EVERY {
             self.reported = tokio::time::Instant::now();
             error!(
                 failing_for_s = self.since.elapsed().as_secs(),
-                error,
-                "Kinesis has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted"
+                error, "{}", self.what
             );
         }
     }
@@ -329,7 +330,7 @@ pub async fn put_all<K: Kinesis>(
     let mut stats = PutStats::default();
     let mut delays = backoff();
     let mut troubled = false;
-    let mut trouble = Trouble::default();
+    let mut trouble = Trouble::new("Kinesis has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted");
     while !pending.is_empty() {
         stats.calls += 1;
         let put = tokio::select! {
@@ -434,6 +435,47 @@ mod tests {
                 entries.len()
             ])
         }
+    }
+
+    /// Log lines written while `f` runs, on this thread.
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    // A put that never succeeds is warned about once, then reported as an error once a minute
+    // with how long it has failed: never silent, never a line per retry.
+    #[tokio::test(start_paused = true)]
+    async fn a_put_that_keeps_failing_is_reported_once_a_minute() {
+        let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Captured(writer.clone()))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let interrupt = tokio::time::sleep(Duration::from_secs(200));
+        let r = put_all(&AlwaysThrottled, "s", vec![entry("a")], interrupt).await;
+        assert!(matches!(r, Err(KinesisError::Interrupted)), "{r:?}");
+        let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            log.matches("PutRecords failed some records").count(),
+            1,
+            "{log}"
+        );
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("Kinesis has not accepted this batch yet"))
+            .collect();
+        assert_eq!(errors.len(), 3, "{log}");
+        assert!(errors[0].contains("failing_for_s=6"), "{}", errors[0]);
     }
 
     // Resending never gives up by itself, but stops when told to (a shutdown), with

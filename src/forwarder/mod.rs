@@ -615,7 +615,8 @@ async fn forward<K: Kinesis>(
         forwarded: 0,
         stop: stop.clone(),
     };
-    let mut healthy = true;
+    // Set while the change stream cannot be opened.
+    let mut trouble: Option<kinesis::Trouble> = None;
     loop {
         let opened = tokio::select! {
             biased;
@@ -635,9 +636,14 @@ async fn forward<K: Kinesis>(
                 if mongo_fatal(&e) {
                     return Err(mongo_error(&e));
                 }
-                if healthy {
-                    warn!(error = %e, "cannot open the change stream; retrying");
-                    healthy = false;
+                match trouble.as_mut() {
+                    None => {
+                        warn!(error = %e, "cannot open the change stream; retrying");
+                        trouble = Some(kinesis::Trouble::new(
+                            "the change stream still cannot be opened; retrying, and nothing is forwarded meanwhile",
+                        ));
+                    }
+                    Some(t) => t.still(&e.to_string()),
                 }
                 let delay = reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY);
                 tokio::select! {
@@ -646,9 +652,8 @@ async fn forward<K: Kinesis>(
                 }
             }
         };
-        if !healthy {
+        if trouble.take().is_some() {
             info!("change stream open again");
-            healthy = true;
             reconnect = kinesis::backoff();
         }
         if fw.latest.is_none() {
