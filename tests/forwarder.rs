@@ -610,20 +610,26 @@ async fn a_dropped_collection_is_followed_when_it_comes_back() {
     client.database(&db).drop().await.unwrap();
 }
 
+/// Store a made-up position for `stream`, kept for `db.collection`, in the default state
+/// collection of `db.reports`.
+async fn store_position(client: &mongodb::Client, db: &str, stream: &str, collection: &str) {
+    client
+        .database(db)
+        .collection::<Document>("reports_forwarder_state")
+        .insert_one(doc! {
+            "_id": stream, "database": db, "collection": collection,
+            "resumeToken": { "_data": "8200000001" },
+        })
+        .await
+        .unwrap();
+}
+
 // A position stored for another collection (a state collection shared by two forwarders) is
 // refused at start with what to do, not resumed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_position_kept_for_another_collection_is_refused() {
     let (mongo, kin, db, stream, client) = fixture("fwdns", "ns", 1).await;
-    client
-        .database(&db)
-        .collection::<Document>("reports_forwarder_state")
-        .insert_one(doc! {
-            "_id": &stream, "database": &db, "collection": "other",
-            "resumeToken": { "_data": "8200000001" },
-        })
-        .await
-        .unwrap();
+    store_position(&client, &db, &stream, "other").await;
     let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     let out = tokio::time::timeout(Duration::from_secs(30), fwd.wait_with_output())
         .await
@@ -644,15 +650,7 @@ async fn a_position_kept_for_another_collection_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renamed_stream_is_warned_about() {
     let (mongo, kin, db, stream, client) = fixture("fwdren", "ren", 1).await;
-    client
-        .database(&db)
-        .collection::<Document>("reports_forwarder_state")
-        .insert_one(doc! {
-            "_id": "the-old-name", "database": &db, "collection": "reports",
-            "resumeToken": { "_data": "8200000001" },
-        })
-        .await
-        .unwrap();
+    store_position(&client, &db, "the-old-name", "reports").await;
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;
     fwd.start_kill().unwrap();
