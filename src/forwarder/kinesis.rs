@@ -437,7 +437,7 @@ mod tests {
         }
     }
 
-    /// Log lines written while `f` runs, on this thread.
+    /// A log writer into a shared buffer, for a test's own subscriber.
     struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
