@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::board::SimFault;
+pub use crate::cli::parse_duration;
 use crate::led::Rotation;
 
 pub const DEFAULT_INTERVAL_MS: u64 = 500;
@@ -140,31 +141,6 @@ pub enum Command {
     CheckConfig,
 }
 
-/// Parse `5`, `5s`, `500ms` or `2m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?} (try 5s or 500ms)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" | "min" => n * 60.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?}: use ms, s or m")),
-    };
-    // Beyond a year is a slip of the keyboard, and far enough past it a deadline made from it
-    // would not fit the clock's range.
-    const MAX_SECS: f64 = 366.0 * 24.0 * 3600.0;
-    if secs > MAX_SECS {
-        return Err(format!("{s:?} is too long: at most 366 days"));
-    }
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
-}
-
 impl Cli {
     pub fn spool_dir(&self) -> PathBuf {
         self.spool_dir
@@ -204,21 +180,6 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5h").is_err());
-        // Too long to be meant, and once past the clock's range a panic (it was).
-        assert!(parse_duration("18000000000000000000")
-            .unwrap_err()
-            .contains("at most 366 days"));
-        assert!(parse_duration("527040m").is_ok());
-    }
 
     // The documented defaults hold.
     #[test]

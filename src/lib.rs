@@ -8,8 +8,13 @@
 //! - [`led`]: the 8x8 LED matrix: frames (pure) and the framebuffer writer (IO).
 //! - [`report`]: the report document and its JSON forms.
 //! - [`sink`]: the durable spool and the MongoDB inserter.
+//! - [`mongo`]: what the programs share about MongoDB: connecting, connection-string checks and
+//!   redaction, error classification, duplicate keys.
 //! - [`agent`]: the fixed-rate sampling loop and the delivery loop.
+//! - [`fsutil`]: replacing a state file whole, synced or not.
+//! - [`say_once`]: state types that say a condition once per change, or again each period.
 //! - [`status`]: `status.json` and the `status` command.
+//! - [`cli`]: the conventions the programs' command lines share (durations, `check-config`).
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 //! - [`logging`]: tracing to stderr, shared by the binaries.
@@ -19,6 +24,7 @@
 
 pub mod agent;
 pub mod board;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod drivers;
@@ -26,9 +32,12 @@ pub mod drivers;
 pub mod firehose_local;
 #[cfg(feature = "forwarder")]
 pub mod forwarder;
+pub mod fsutil;
 pub mod led;
 pub mod logging;
+pub mod mongo;
 pub mod report;
+pub mod say_once;
 pub mod shutdown;
 pub mod sink;
 pub mod status;

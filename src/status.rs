@@ -43,12 +43,11 @@ pub struct Status {
 }
 
 impl Status {
-    /// Write atomically (temporary file, rename) so a reader never sees half a file.
+    /// Replace the file whole, so a reader never sees half of it. Not synced: it is rewritten
+    /// often, and one lost to a power cut is rewritten at the next start.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, path)
+        crate::fsutil::replace(path, &text, crate::fsutil::Durability::Unsynced)
     }
 
     pub fn read(path: &Path) -> Option<Status> {

@@ -265,13 +265,12 @@ async fn a_corrupt_report_in_the_spool_costs_only_itself() {
     assert_eq!(stored.len(), before.len() - 1 + 5);
 }
 
-// The delivered position cannot be written (here its temporary file's name is taken by a
-// directory): said once, not on every sample as it was, and nothing is lost.
+// The delivered position cannot be written (here its name is taken by a directory): said once, not on every sample as it was, and nothing is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_spool_position_write_is_logged_once() {
     let server = MongoServer::start();
     let (_dir, spool_dir, db, log) = places("cursor");
-    std::fs::create_dir_all(spool_dir.join("acked.tmp")).unwrap();
+    std::fs::create_dir_all(spool_dir.join("acked/in-the-way")).unwrap();
     let mut child = spawn_logged(
         agent(&server.uri, &db, &spool_dir, &["--count", "40"]),
         &log,

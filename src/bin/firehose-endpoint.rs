@@ -38,7 +38,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         _ => None,
     };
     // Checked at start, without DNS, and with the password never quoted back.
-    sensehat_monitor::sink::mongo::check_uri(&uri).await?;
+    sensehat_monitor::mongo::check_uri(&uri).await?;
     if cli.check_config {
         info!(keys = config.keys.len(), "configuration is valid");
         return Ok(());

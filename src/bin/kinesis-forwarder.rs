@@ -8,8 +8,8 @@ use tracing::error;
 
 use sensehat_monitor::forwarder::kinesis::AwsKinesis;
 use sensehat_monitor::forwarder::{self, Cli};
+use sensehat_monitor::mongo::connect;
 use sensehat_monitor::shutdown::shutdown_signal;
-use sensehat_monitor::sink::mongo::connect;
 
 #[tokio::main]
 async fn main() -> ExitCode {

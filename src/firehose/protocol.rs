@@ -51,8 +51,6 @@ pub fn response_body(request_id: &str, timestamp_ms: i64, error: Option<&str>) -
     serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default()
 }
 
-pub use crate::clock::now_ms;
-
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BodyError {

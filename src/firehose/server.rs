@@ -25,10 +25,11 @@ use tracing::{debug, info, warn};
 
 use super::decode::{decode_record, derived_id, DecodeOptions};
 use super::protocol::{
-    now_ms, response_body, BodyError, BodyReader, RequestBody, ACCESS_KEY, PROTOCOL_VERSION,
-    REQUEST_ID, SOURCE_ARN, SUPPORTED_VERSION,
+    response_body, BodyError, BodyReader, RequestBody, ACCESS_KEY, PROTOCOL_VERSION, REQUEST_ID,
+    SOURCE_ARN, SUPPORTED_VERSION,
 };
 use super::store::{Store, StoreError};
+use crate::clock::now_ms;
 
 /// Documents are decoded and written in chunks of about this many BSON bytes, one command's
 /// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor

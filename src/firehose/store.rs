@@ -24,8 +24,7 @@ use mongodb::Client;
 use tokio::sync::OnceCell;
 
 use super::decode::document_with_capacity;
-use crate::sink::mongo::{connect, reply_ok, write_concern_error};
-use crate::sink::InsertError;
+use crate::mongo::{connect, reply_ok, write_concern_error, MongoError};
 
 /// The wire version of MongoDB 8.0, the first with the `bulkWrite` command.
 pub const BULK_WRITE_WIRE_VERSION: i32 = 25;
@@ -73,15 +72,15 @@ impl StoreError {
 
 impl From<mongodb::error::Error> for StoreError {
     fn from(e: mongodb::error::Error) -> Self {
-        crate::sink::mongo::classify(e).into()
+        crate::mongo::classify(e).into()
     }
 }
 
-impl From<InsertError> for StoreError {
-    fn from(e: InsertError) -> Self {
+impl From<MongoError> for StoreError {
+    fn from(e: MongoError) -> Self {
         match e {
-            InsertError::Fatal(m) => StoreError::Fatal(m),
-            InsertError::Unavailable(m) => StoreError::Unavailable(m),
+            MongoError::Fatal(m) => StoreError::Fatal(m),
+            MongoError::Unavailable(m) => StoreError::Unavailable(m),
         }
     }
 }

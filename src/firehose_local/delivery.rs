@@ -8,7 +8,8 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use super::protocol::{self, Failure, RetryClock};
-use super::reader::{now_ms, Arrived};
+use super::reader::Arrived;
+use crate::clock::now_ms;
 
 /// Where and how batches are delivered.
 #[derive(Clone)]

@@ -162,35 +162,9 @@ pub fn first_access_key(value: &str) -> Option<String> {
     (!key.is_empty()).then(|| key.to_owned())
 }
 
-/// Replace `path` with `contents` so that a crash leaves the old file or the new one, whole:
-/// write beside it, sync, rename over it, sync the directory.
+/// Replace `path` with `contents` durably (see [`crate::fsutil::replace`]).
 pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    // Named for this process: two instances given the same file do not write one temporary.
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    {
-        // A new file, never one already there: a leftover of a crash is removed first, and a
-        // symlink planted under the name (in a directory others can write) is neither followed
-        // nor written through, since create_new does not follow one.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
+    crate::fsutil::replace(path, contents, crate::fsutil::Durability::Synced)
 }
 
 /// Buffering hints.
@@ -366,7 +340,7 @@ pub async fn run(
                 &cli.stream_name,
                 saved,
                 created_ms,
-                (!cli.from_start).then(reader::now_ms),
+                (!cli.from_start).then(crate::clock::now_ms),
             )
             .map_err(FirehoseLocalError::Config)?;
             if c.recreated() {
@@ -424,21 +398,6 @@ mod tests {
         );
         assert_eq!(first_access_key(""), None);
         assert_eq!(first_access_key(",x"), None);
-    }
-
-    // The temporary file is made new: a symlink planted under its name is not written through.
-    #[test]
-    fn durable_writes_never_follow_a_planted_symlink() {
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"keep me").unwrap();
-        let target = dir.path().join("checkpoint.json");
-        let mut tmp = target.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
-        write_durably(&target, b"{}").unwrap();
-        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
-        assert_eq!(std::fs::read(&target).unwrap(), b"{}");
     }
 
     // A record's share of the body is an upper bound of what it adds in fact.

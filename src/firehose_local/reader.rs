@@ -1,6 +1,7 @@
 //! Reading a Kinesis stream: one task per shard, GetRecords every [`POLL_INTERVAL`] (Kinesis
 //! allows five calls per shard per second), new shards picked up every [`RELIST_INTERVAL`].
 
+use crate::clock::now_ms;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,8 +73,6 @@ impl Starts {
         }
     }
 }
-
-pub use crate::clock::now_ms;
 
 /// When `stream` was created, ms since the epoch; retried every second until Kinesis answers
 /// (the error is logged at the first failure and every minute after).

@@ -252,46 +252,9 @@ fn history_lost(e: &mongodb::error::Error) -> Option<(i32, String)> {
     }
 }
 
-/// Server error codes retrying cannot help with: Unauthorized (13, the user lacks a privilege
-/// such as `changeStream` or `find`), AuthenticationFailed (18), Atlas's refusal of an action
-/// (8000), and change streams asked of a server that is not a replica set (40573).
-const MONGO_FATAL_CODES: [i32; 4] = [13, 18, 8000, 40573];
-const NOT_A_REPLICA_SET: i32 = 40573;
-
-/// Whether retrying a MongoDB error cannot help (bad options, authentication, privileges, a
-/// standalone server).
-fn mongo_fatal(e: &mongodb::error::Error) -> bool {
-    match *e.kind {
-        ErrorKind::InvalidArgument { .. } | ErrorKind::Authentication { .. } => true,
-        ErrorKind::Command(ref c) => MONGO_FATAL_CODES.contains(&c.code),
-        _ => false,
-    }
-}
-
-/// Whether an insert failed only because a document with its `_id` is already there.
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    const DUPLICATE_KEY: i32 = 11000;
-    match *e.kind {
-        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(ref w)) => {
-            w.code == DUPLICATE_KEY
-        }
-        ErrorKind::Command(ref c) => c.code == DUPLICATE_KEY,
-        _ => false,
-    }
-}
-
 /// A fatal MongoDB error as [`ForwarderError::Mongo`], with what to do where that is known.
 fn mongo_error(e: &mongodb::error::Error) -> ForwarderError {
-    let hint = match *e.kind {
-        ErrorKind::Command(ref c) if c.code == NOT_A_REPLICA_SET => {
-            " (change streams need a replica set: Atlas clusters are one; start a self-run mongod with --replSet and run rs.initiate() once)"
-        }
-        ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => {
-            " (most often a missing privilege: the user needs find and changeStream on the watched collection, and insert and update on the forwarder's state and dead-letter collections)"
-        }
-        _ => "",
-    };
-    ForwarderError::Mongo(format!("{e}{hint}"))
+    ForwarderError::Mongo(format!("{e}{}", crate::mongo::fatal_hint(e)))
 }
 
 struct Forwarder<'a, K> {
@@ -468,11 +431,11 @@ impl<K: Kinesis> Forwarder<'_, K> {
             };
             match result {
                 Ok(()) => return Ok(()),
-                Err(e) if is_duplicate_key(&e) => {
+                Err(e) if crate::mongo::is_duplicate_key(&e) => {
                     debug!(id = %id, "already in the dead-letter collection");
                     return Ok(());
                 }
-                Err(e) if mongo_fatal(&e) => return Err(mongo_error(&e)),
+                Err(e) if crate::mongo::is_fatal(&e) => return Err(mongo_error(&e)),
                 Err(e) => {
                     warn!(error = %e, "could not write to the dead-letter collection; retrying");
                     tokio::select! {
@@ -633,7 +596,7 @@ async fn forward<K: Kinesis>(
                         message,
                     });
                 }
-                if mongo_fatal(&e) {
+                if crate::mongo::is_fatal(&e) {
                     return Err(mongo_error(&e));
                 }
                 match trouble.as_mut() {

@@ -116,7 +116,7 @@ impl StateStore {
 /// A store failure: fatal when retrying cannot help (privileges, authentication), otherwise
 /// [`ForwarderError::State`], retried.
 fn store_error(e: &mongodb::error::Error) -> ForwarderError {
-    if super::mongo_fatal(e) {
+    if crate::mongo::is_fatal(e) {
         super::mongo_error(e)
     } else {
         ForwarderError::State(e.to_string())

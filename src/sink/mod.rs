@@ -28,6 +28,15 @@ pub enum InsertError {
     Fatal(String),
 }
 
+impl From<crate::mongo::MongoError> for InsertError {
+    fn from(e: crate::mongo::MongoError) -> Self {
+        match e {
+            crate::mongo::MongoError::Unavailable(m) => InsertError::Unavailable(m),
+            crate::mongo::MongoError::Fatal(m) => InsertError::Fatal(m),
+        }
+    }
+}
+
 /// Inserts raw BSON documents; implemented by [`mongo::MongoSink`].
 pub trait Inserter: Send + 'static {
     fn insert(

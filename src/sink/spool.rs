@@ -940,15 +940,15 @@ impl Spool {
     }
 
     fn write_cursor(&mut self) -> Result<(), SpoolError> {
-        let tmp = self.dir.join("acked.tmp");
         let path = self.dir.join("acked");
         let keep = self
             .left_in_place
             .map(|segment| Position { segment, offset: 0 });
         let at = keep.map_or(self.ack, |k| k.min(self.ack));
         let text = format!("v1 {} {}\n", at.segment, at.offset);
-        fs::write(&tmp, text)
-            .and_then(|()| fs::rename(&tmp, &path))
+        // Unsynced: an older cursor after a power cut only re-sends reports the database
+        // already has, which it counts as duplicates.
+        crate::fsutil::replace(&path, text.as_bytes(), crate::fsutil::Durability::Unsynced)
             .map_err(|source| SpoolError::Io { path, source })?;
         self.cursor_written = self.ack;
         Ok(())
@@ -1346,7 +1346,7 @@ mod tests {
         assert!(rest[3192..].iter().all(|b| *b == 0));
     }
 
-    // A delivered position that cannot be written (its temporary file's name is taken) is
+    // A delivered position that cannot be written (its name is taken by a directory) is
     // tried every CURSOR_EVERY, not every tick, and syncs that work meanwhile do not count as
     // recovery (the log would flap between failing and fixed); once it is written, it does.
     #[test]
@@ -1354,7 +1354,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
         let t0 = Instant::now();
-        fs::create_dir(dir.path().join("acked.tmp")).unwrap();
+        fs::create_dir_all(dir.path().join("acked/in-the-way")).unwrap();
         s.append(&payload(0), t0);
         let b = s.next_batch(10).unwrap();
         s.ack(&b);
@@ -1363,7 +1363,7 @@ mod tests {
         s.append(&payload(1), t0);
         assert!(!s.maintain(t0 + Duration::from_secs(2)).unwrap());
         assert!(s.maintain(t0 + CURSOR_EVERY).is_err());
-        fs::remove_dir(dir.path().join("acked.tmp")).unwrap();
+        fs::remove_dir_all(dir.path().join("acked")).unwrap();
         assert!(s.maintain(t0 + 2 * CURSOR_EVERY).unwrap());
         assert_eq!(read_cursor(dir.path()), Some(s.ack));
     }

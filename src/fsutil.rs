@@ -1,0 +1,92 @@
+//! Replacing a file so that a reader, a crash or a power cut sees the old contents or the new,
+//! whole: the one way every program here writes its state files.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Whether [`replace`] waits for the new contents to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Sync the file before the rename and the directory after it: once `replace` returns, a
+    /// power cut keeps the new contents. For state that says what has been done (checkpoints,
+    /// positions, dead letters).
+    Synced,
+    /// Rename without syncing: a reader never sees half a file, but a power cut may bring back
+    /// the old one. For files rewritten often whose loss costs nothing but a repeat (a status
+    /// snapshot; a delivery cursor whose older value only re-sends reports the database
+    /// already has).
+    Unsynced,
+}
+
+/// Replace `path` with `contents`: write a new temporary file beside it, then rename it over
+/// `path`.
+///
+/// The temporary file is named for this process, so two instances given the same file never
+/// share one, and it is always created new: a leftover of a crash is removed first, and a
+/// symlink planted under its name (in a directory others can write) is neither followed nor
+/// written through.
+pub fn replace(path: &Path, contents: &[u8], durability: Durability) -> std::io::Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        if durability == Durability::Synced {
+            f.sync_all()?;
+        }
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if durability == Durability::Synced {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The temporary file is made new: a symlink planted under its name is not written through.
+    #[test]
+    fn replace_never_follows_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let target = dir.path().join("checkpoint.json");
+        let mut tmp = target.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        for durability in [Durability::Synced, Durability::Unsynced] {
+            replace(&target, b"{}", durability).unwrap();
+            assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+            assert_eq!(std::fs::read(&target).unwrap(), b"{}");
+        }
+    }
+
+    // A file is replaced whole, and no temporary file is left beside it.
+    #[test]
+    fn replace_leaves_only_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("state");
+        replace(&target, b"old", Durability::Synced).unwrap();
+        replace(&target, b"new contents", Durability::Unsynced).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new contents");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+}

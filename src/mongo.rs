@@ -1,0 +1,286 @@
+//! What the agent, the Firehose endpoint and the forwarder share about MongoDB: building a
+//! client, checking and redacting connection strings, sorting driver errors into "try again"
+//! and "never works" ([`MongoError`]), duplicate keys, and reading command replies.
+
+use std::time::Duration;
+
+use mongodb::bson::{self, Bson, Document, RawDocumentBuf};
+use mongodb::error::{Error, ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, WriteConcern};
+use mongodb::Client;
+
+/// A MongoDB failure, sorted by what the caller should do about it. The message is for the log:
+/// it never holds the connection string's user name or password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MongoError {
+    /// The database is unreachable or unwilling right now (DNS, refused, timeout, failover,
+    /// authentication, write concern): keep the data and try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The configuration can never work (for example a malformed connection string).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Code of a duplicate-key write error.
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// Server error codes retrying cannot help with: Unauthorized (13, the user lacks a privilege
+/// such as `changeStream` or `find`), AuthenticationFailed (18), Atlas's refusal of an action
+/// (8000), and change streams asked of a server that is not a replica set (40573).
+pub const FATAL_CODES: [i32; 4] = [13, 18, 8000, 40573];
+/// The code of a change stream asked of a standalone server.
+pub const NOT_A_REPLICA_SET: i32 = 40573;
+
+/// Build a client: rustls TLS, SRV lookup, and short selection timeouts so an outage is
+/// noticed in seconds rather than the driver's default 30.
+pub async fn connect(uri: &str, app_name: &str) -> Result<Client, MongoError> {
+    let refused = |e: Error| match classify(e) {
+        MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, uri)),
+        MongoError::Unavailable(m) => MongoError::Unavailable(redact_credentials(&m, uri)),
+    };
+    let mut options = ClientOptions::parse(uri).await.map_err(refused)?;
+    options.app_name.get_or_insert_with(|| app_name.to_owned());
+    options
+        .server_selection_timeout
+        .get_or_insert(Duration::from_secs(10));
+    options
+        .connect_timeout
+        .get_or_insert(Duration::from_secs(10));
+    Client::with_options(options).map_err(refused)
+}
+
+/// `message` with every piece of the connection string's user name and password replaced by
+/// `<redacted>`. A string the driver cannot parse (a password with an unencoded `?` or `#`, say)
+/// makes it quote the pieces it split, password included; such a message goes to the log.
+/// Pieces shorter than three characters are left: they would blank out ordinary words.
+pub fn redact_credentials(message: &str, uri: &str) -> String {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return message.to_owned();
+    };
+    let Some(at) = rest.rfind('@') else {
+        return message.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let mut pieces: Vec<&str> = userinfo
+        .split([':', '?', '&', '/', '#', '=', '[', ']', ',', ';'])
+        .chain([userinfo])
+        .filter(|p| p.len() >= 3)
+        .collect();
+    pieces.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let mut out = message.to_owned();
+    for p in pieces {
+        out = out.replace(p, "<redacted>");
+    }
+    out
+}
+
+/// Check a connection string's syntax and options without contacting anything, so a string
+/// that can never work is refused at start, not found out by the delivery task while readings
+/// pile up. A `mongodb+srv://` string's options are checked only as far as its text goes: the
+/// rest comes from DNS, which may not answer yet at boot.
+pub async fn check_uri(uri: &str) -> Result<(), String> {
+    let message = |e: Error| match classify(e) {
+        MongoError::Fatal(m) | MongoError::Unavailable(m) => redact_credentials(&m, uri),
+    };
+    let parsed = mongodb::options::ConnectionString::parse(uri).map_err(message)?;
+    if !uri.trim_start().starts_with("mongodb+srv://") {
+        // Without SRV this makes the client's options from the text alone and checks them
+        // together (for example w=0 with journal=true), as connecting would.
+        ClientOptions::parse(parsed).await.map_err(message)?;
+    }
+    Ok(())
+}
+
+/// What to add to the driver's account of a connection string it refused.
+fn uri_hint(message: &str) -> &'static str {
+    if message.contains("URL encoded") {
+        "; a user name or password with any of : / ? # [ ] @ % must have them percent-encoded (@ as %40, : as %3A, / as %2F, ? as %3F, # as %23, % as %25)"
+    } else if message.contains("scheme")
+        || message.contains("host")
+        || message.contains("server address")
+        || message.contains("key=value")
+    {
+        "; it should look like mongodb+srv://USER:PASSWORD@cluster0.example.mongodb.net/ (Atlas) or mongodb://HOST:27017/, and a user name or password with any of : / ? # [ ] @ % must have them percent-encoded (? as %3F, # as %23, @ as %40)"
+    } else {
+        ""
+    }
+}
+
+/// Sort a driver error into "try again" or "never works", without internals a user needn't see.
+pub fn classify(e: Error) -> MongoError {
+    match *e.kind {
+        ErrorKind::InvalidArgument { ref message, .. } => {
+            MongoError::Fatal(format!(
+                "invalid MongoDB connection string or option: {message}{}",
+                uri_hint(message)
+            ))
+        }
+        ErrorKind::Authentication { ref message, .. } => MongoError::Unavailable(format!(
+            "authentication failed ({message}): check the user name and password in MONGODB_CONNECTION_STRING"
+        )),
+        ErrorKind::DnsResolve { ref message, .. } => {
+            MongoError::Unavailable(format!("DNS lookup failed: {message}"))
+        }
+        ErrorKind::ServerSelection { ref message, .. } => MongoError::Unavailable(format!(
+            "{} ({message})",
+            server_selection_hint(message)
+        )),
+        _ => MongoError::Unavailable(e.to_string()),
+    }
+}
+
+/// What to check when no server could be reached, from the driver's account of each server
+/// (its message lists every server's last error; the driver's error kinds say no more).
+pub fn server_selection_hint(message: &str) -> &'static str {
+    if message.contains("Connection refused") {
+        "no MongoDB server accepts connections at that address: check the host and port in the connection string, and that the server runs"
+    } else if message.contains("certificate") || message.contains("InvalidCertificate") {
+        "the server's TLS certificate was not accepted: check the host name in the connection string (and the system clock)"
+    } else {
+        "no MongoDB server answered: check the network, and on Atlas that this machine's public IP address is in the project's IP Access List (Security > Network Access)"
+    }
+}
+
+/// The connection string's write concern (`w`, `journal`, `wtimeoutMS`) as the document an
+/// `insert` command carries; `None` when it sets none (the server's default applies, as with
+/// `insert_many`).
+pub fn write_concern_document(
+    wc: Option<&WriteConcern>,
+) -> Result<Option<RawDocumentBuf>, MongoError> {
+    match wc {
+        Some(wc) if wc.w.is_some() || wc.journal.is_some() || wc.w_timeout.is_some() => {
+            bson::to_raw_document_buf(wc).map(Some).map_err(|e| {
+                MongoError::Fatal(format!(
+                    "invalid write concern in the connection string: {e}"
+                ))
+            })
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether retrying cannot help a long-running reader of the database (bad options,
+/// authentication, privileges, a standalone server asked for a change stream). The agent's
+/// inserts keep retrying an authentication failure instead (see [`classify`]): a password can be
+/// fixed on the server while readings wait in the spool.
+pub fn is_fatal(e: &Error) -> bool {
+    match *e.kind {
+        ErrorKind::InvalidArgument { .. } | ErrorKind::Authentication { .. } => true,
+        ErrorKind::Command(ref c) => FATAL_CODES.contains(&c.code),
+        _ => false,
+    }
+}
+
+/// What to do about a fatal error, where that is known: `""` or a parenthesised hint.
+pub fn fatal_hint(e: &Error) -> &'static str {
+    match *e.kind {
+        ErrorKind::Command(ref c) if c.code == NOT_A_REPLICA_SET => {
+            " (change streams need a replica set: Atlas clusters are one; start a self-run mongod with --replSet and run rs.initiate() once)"
+        }
+        ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => {
+            " (most often a missing privilege: the user needs find and changeStream on the watched collection, and insert and update on the forwarder's state and dead-letter collections)"
+        }
+        _ => "",
+    }
+}
+
+/// Whether a write failed only because a document with its key is already there.
+pub fn is_duplicate_key(e: &Error) -> bool {
+    match *e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(ref w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(ref c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// A command reply's `ok` is 1 (servers send a double, some an integer).
+pub fn reply_ok(reply: &Document) -> bool {
+    match reply.get("ok") {
+        Some(Bson::Double(f)) => *f == 1.0,
+        Some(Bson::Int32(i)) => *i == 1,
+        Some(Bson::Int64(i)) => *i == 1,
+        _ => false,
+    }
+}
+
+/// A write command's `writeConcernError`, in words, if the reply has one: the writes were
+/// made but not confirmed as asked, so the batch is retried.
+pub fn write_concern_error(reply: &Document) -> Option<String> {
+    let wce = reply.get_document("writeConcernError").ok()?;
+    Some(format!(
+        "write concern not satisfied: {} (code {})",
+        wce.get_str("errmsg").unwrap_or(""),
+        wce.get_i32("code").unwrap_or(0)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    // A password with an unencoded '?' or '#' makes the driver quote pieces of it; the message
+    // that reaches the log has none of them, and says how to encode the character.
+    #[tokio::test]
+    async fn a_refused_connection_string_never_shows_the_password() {
+        for (uri, secrets) in [
+            (
+                "mongodb+srv://pi:hunter2?xyzzy@cluster0.example.net/",
+                &["hunter2", "xyzzy"][..],
+            ),
+            (
+                "mongodb://pi:s3cret?plugh@db.example.net/",
+                &["s3cret", "plugh"],
+            ),
+            (
+                "mongodb://pi:open#sesame@db.example.net/",
+                &["open", "sesame"],
+            ),
+        ] {
+            let err = check_uri(uri).await.expect_err(uri);
+            for s in secrets {
+                assert!(!err.contains(s), "{uri}: {err}");
+            }
+            let err = match connect(uri, "test").await {
+                Ok(_) => panic!("{uri} was accepted"),
+                Err(MongoError::Fatal(m) | MongoError::Unavailable(m)) => m,
+            };
+            for s in secrets {
+                assert!(!err.contains(s), "{uri}: {err}");
+            }
+        }
+        assert_eq!(
+            redact_credentials("got abc and abcdef", "mongodb://u:abcdef@h/"),
+            "got abc and <redacted>"
+        );
+    }
+
+    // The connection string's write concern is sent under the names the server reads.
+    #[tokio::test]
+    async fn write_concern_comes_from_the_connection_string() {
+        async fn wc(uri: &str) -> Option<Document> {
+            let o = ClientOptions::parse(uri).await.unwrap();
+            write_concern_document(o.write_concern.as_ref())
+                .unwrap()
+                .map(|d| d.to_document().unwrap())
+        }
+        assert_eq!(wc("mongodb://h/").await, None);
+        assert_eq!(
+            wc("mongodb://h/?w=majority&journal=true&wtimeoutMS=5000").await,
+            Some(doc! { "w": "majority", "wtimeout": 5000, "j": true })
+        );
+        assert_eq!(wc("mongodb://h/?w=2").await, Some(doc! { "w": 2 }));
+    }
+
+    // Each way of failing to reach a server gets a hint of what to check.
+    #[test]
+    fn unreachable_servers_get_a_hint_of_what_to_check() {
+        let refused = "Server selection timeout: No available servers. Topology: { Type: Unknown, Servers: [ { Address: 127.0.0.1:1, Type: Unknown, Error: Kind: I/O error: Connection refused (os error 111) } ] }";
+        assert!(server_selection_hint(refused).contains("host and port"));
+        let silent = "Server selection timeout: No available servers. Topology: { Type: ReplicaSetNoPrimary, Servers: [ { Address: ac-x-shard-00-00.abc.mongodb.net:27017, Type: Unknown, Error: Kind: I/O error: connection closed } ] }";
+        assert!(server_selection_hint(silent).contains("IP Access List"));
+        let cert = "Server selection timeout: ... Error: Kind: I/O error: invalid peer certificate: NotValidForName";
+        assert!(server_selection_hint(cert).contains("TLS certificate"));
+    }
+}
