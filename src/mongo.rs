@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mongodb::bson::{self, Bson, Document, RawDocumentBuf};
 use mongodb::error::{Error, ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, WriteConcern};
+use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::Client;
 
 /// A MongoDB failure, sorted by what the caller should do about it. The message is for the log:
@@ -41,6 +41,10 @@ pub async fn connect(uri: &str, app_name: &str) -> Result<Client, MongoError> {
     };
     let mut options = ClientOptions::parse(uri).await.map_err(refused)?;
     options.app_name.get_or_insert_with(|| app_name.to_owned());
+    if let Some(risk) = make_durable(&mut options.write_concern) {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| tracing::warn!("{risk}"));
+    }
     options
         .server_selection_timeout
         .get_or_insert(Duration::from_secs(10));
@@ -48,6 +52,44 @@ pub async fn connect(uri: &str, app_name: &str) -> Result<Client, MongoError> {
         .connect_timeout
         .get_or_insert(Duration::from_secs(10));
     Client::with_options(options).map_err(refused)
+}
+
+/// The write concern asked for when the connection string names none: acknowledged only once the
+/// write is durable. On a replica set (Atlas), `w: "majority"` waits for a majority of members,
+/// each with the write in its on-disk journal; on a standalone server it waits for the journal.
+/// `j: true` says the same for servers whose majority default does not journal. A server's
+/// own default (`w: 1`, no journal, on a self-run standalone) acknowledges writes a crash of the
+/// server can still take, after the agent has deleted them from its spool.
+pub fn durable_write_concern() -> WriteConcern {
+    WriteConcern::builder()
+        .w(Acknowledgment::Majority)
+        .journal(true)
+        .build()
+}
+
+/// Put [`durable_write_concern`] where the connection string named no `w` and no `journal`
+/// (keeping its `wtimeoutMS`). A write concern it names is honoured; when that one can
+/// acknowledge a write that is not yet durable, the sentence to log, once, is returned.
+pub fn make_durable(wc: &mut Option<WriteConcern>) -> Option<String> {
+    let named = wc.as_ref().filter(|w| w.w.is_some() || w.journal.is_some());
+    let Some(named) = named else {
+        let timeout = wc.as_ref().and_then(|w| w.w_timeout);
+        let mut durable = durable_write_concern();
+        durable.w_timeout = timeout;
+        *wc = Some(durable);
+        return None;
+    };
+    let journaled = match (&named.w, named.journal) {
+        (_, Some(j)) => j,
+        // A majority is journaled by default; w: 0, 1 or none is not.
+        (Some(Acknowledgment::Majority), None) => true,
+        (Some(Acknowledgment::Nodes(n)), None) => *n >= 2,
+        (_, None) => false,
+    };
+    let unacknowledged = matches!(named.w, Some(Acknowledgment::Nodes(0)));
+    (unacknowledged || !journaled).then(|| {
+        "the connection string's write concern lets the server acknowledge writes that are not yet in its journal; a crash of the server can then lose readings already deleted from the spool (leave w and journal out of the connection string for a durable default, or add journal=true)".to_owned()
+    })
 }
 
 /// `message` with every piece of the connection string's user name and password replaced by
@@ -271,6 +313,45 @@ mod tests {
             Some(doc! { "w": "majority", "wtimeout": 5000, "j": true })
         );
         assert_eq!(wc("mongodb://h/?w=2").await, Some(doc! { "w": 2 }));
+    }
+
+    // A connection string without a write concern gets the durable one (its timeout kept); one
+    // that names a write concern keeps it, and a risky one is said.
+    #[tokio::test]
+    async fn the_write_concern_is_durable_unless_the_string_says_otherwise() {
+        async fn wc(uri: &str) -> (Option<Document>, bool) {
+            let mut o = ClientOptions::parse(uri).await.unwrap();
+            let risk = make_durable(&mut o.write_concern);
+            let doc = write_concern_document(o.write_concern.as_ref())
+                .unwrap()
+                .map(|d| d.to_document().unwrap());
+            (doc, risk.is_some())
+        }
+        assert_eq!(
+            wc("mongodb://h/").await,
+            (Some(doc! { "w": "majority", "j": true }), false)
+        );
+        assert_eq!(
+            wc("mongodb://h/?wtimeoutMS=5000").await,
+            (
+                Some(doc! { "w": "majority", "wtimeout": 5000, "j": true }),
+                false
+            )
+        );
+        assert_eq!(
+            wc("mongodb://h/?w=majority").await,
+            (Some(doc! { "w": "majority" }), false)
+        );
+        assert_eq!(
+            wc("mongodb://h/?journal=true").await,
+            (Some(doc! { "j": true }), false)
+        );
+        assert_eq!(wc("mongodb://h/?w=1").await, (Some(doc! { "w": 1 }), true));
+        assert_eq!(wc("mongodb://h/?w=0").await, (Some(doc! { "w": 0 }), true));
+        assert_eq!(
+            wc("mongodb://h/?w=majority&journal=false").await,
+            (Some(doc! { "w": "majority", "j": false }), true)
+        );
     }
 
     // Each way of failing to reach a server gets a hint of what to check.

@@ -28,8 +28,9 @@ pub const COMMAND_BYTES: usize = 15 * 1024 * 1024;
 /// Reports are already BSON (the spool holds them so), and they are sent as they are in an
 /// `insert` command through `run_raw_command`: the driver's `insert_many` would re-serialise
 /// every document through serde and inspect it for an `_id`, which cost more CPU than the rest
-/// of a sample. `run_raw_command` applies no default write concern, so the connection string's
-/// `w`, if it has one, is added here, as `insert_many` would have sent it; and it does not
+/// of a sample. `run_raw_command` applies no default write concern, so the client's (the
+/// connection string's, or the durable one [`crate::mongo::make_durable`] puts in its place) is
+/// added here, as `insert_many` would have sent it; and it does not
 /// retry, which the delivery loop does (a retried report is a duplicate `_id`, counted as
 /// delivered).
 pub struct MongoSink {

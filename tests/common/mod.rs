@@ -164,6 +164,15 @@ impl MongoServer {
         }
     }
 
+    /// Kill the server process with SIGKILL, as a crash or power cut would: nothing it has not
+    /// made durable survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// A client for checking what arrived.
     pub async fn client(&self) -> mongodb::Client {
         mongodb::Client::with_uri_str(&self.uri)
