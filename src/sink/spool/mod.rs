@@ -52,14 +52,22 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Frame header: length and CRC.
-const HEADER: u64 = 8;
-/// No report comes near this; a larger length is corruption.
-const MAX_RECORD: u32 = 16 * 1024 * 1024;
+mod dir;
+mod frame;
+mod summary;
+#[cfg(test)]
+mod testutil;
+
+pub use dir::SET_ASIDE;
+pub use summary::{for_each_pending, summarize, SpoolSummary};
+
+use dir::{list_segments, read_cursor, segment_name, set_aside_name};
+use frame::{payloads, push_frame, scan, Frames, Scanned, HEADER};
+
 /// How often the delivered position is written down.
 pub const CURSOR_EVERY: Duration = Duration::from_secs(5);
 /// Reports kept in memory while the disk cannot be written (about 7 hours at 2 Hz).
@@ -193,289 +201,6 @@ pub struct Spool {
     sync_retry_at: Option<Instant>,
     /// Writing the delivered position failed the last time it was tried.
     cursor_failing: bool,
-}
-
-fn segment_name(id: u64) -> String {
-    format!("segment-{id:016}.spool")
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_prefix("segment-")?
-        .strip_suffix(".spool")?
-        .parse()
-        .ok()
-}
-
-/// Encode one frame.
-#[cfg(test)]
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(payload.len() + HEADER as usize);
-    push_frame(&mut f, payload);
-    f
-}
-
-/// Encode one frame at the end of `f`.
-fn push_frame(f: &mut Vec<u8>, payload: &[u8]) {
-    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    f.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    f.extend_from_slice(payload);
-}
-
-/// The payloads of frames encoded by [`push_frame`].
-fn payloads(mut frames: &[u8]) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || {
-        let (head, rest) = frames.split_first_chunk::<4>()?;
-        let len = u32::from_le_bytes(*head) as usize;
-        let payload = rest.get(HEADER as usize - 4..HEADER as usize - 4 + len)?;
-        frames = &rest[HEADER as usize - 4 + len..];
-        Some(payload)
-    })
-}
-
-/// Read the next frame; `Ok(None)` at a clean end, `Err` on a torn or corrupt frame.
-fn read_frame(r: &mut impl Read, remaining: u64) -> Result<Option<Vec<u8>>, &'static str> {
-    if remaining == 0 {
-        return Ok(None);
-    }
-    if remaining < HEADER {
-        return Err("truncated header");
-    }
-    let mut h = [0u8; HEADER as usize];
-    r.read_exact(&mut h).map_err(|_| "truncated header")?;
-    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-    if len == 0 || len > MAX_RECORD {
-        return Err("bad length");
-    }
-    if u64::from(len) > remaining - HEADER {
-        return Err("truncated record");
-    }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).map_err(|_| "truncated record")?;
-    if crc32fast::hash(&payload) != crc {
-        return Err("checksum mismatch");
-    }
-    Ok(Some(payload))
-}
-
-/// The frames of a segment file, in order, from `pos` up to `limit`.
-///
-/// A frame that fails its checks (a block of the SD card that came back wrong, or a block of
-/// an unsynced write that never reached it before power was lost, with later ones that did)
-/// costs that frame, not the rest of the file: reading goes on at the next offset where a
-/// whole frame passes its checks. Its length field must fit, its payload must start with the
-/// same length (a BSON document's first field is its own length) and its CRC must match, so a
-/// false start is about as likely as a CRC collision. Bytes after the last good frame are a
-/// torn tail, not a skipped region. A block the disk cannot read (EIO) is bad data too: it
-/// reads as zeros, which no frame passes.
-struct Frames {
-    r: BufReader<File>,
-    pos: u64,
-    limit: u64,
-    /// Regions skipped between good frames, and their bytes.
-    skipped_regions: u64,
-    skipped_bytes: u64,
-    /// Where the last good frame ends (the torn tail starts), once the end is reached.
-    end: Option<u64>,
-}
-
-impl Frames {
-    /// `r` must be positioned at `pos`.
-    fn new(r: BufReader<File>, pos: u64, limit: u64) -> Self {
-        Frames {
-            r,
-            pos,
-            limit,
-            skipped_regions: 0,
-            skipped_bytes: 0,
-            end: None,
-        }
-    }
-
-    /// The next good frame's offset in the file and its payload.
-    fn next(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
-        loop {
-            if self.end.is_some() {
-                return Ok(None);
-            }
-            match read_frame(&mut self.r, self.limit - self.pos) {
-                Ok(Some(p)) => {
-                    let start = self.pos;
-                    self.pos += HEADER + p.len() as u64;
-                    return Ok(Some((start, p)));
-                }
-                Ok(None) => {
-                    self.end = Some(self.pos);
-                    return Ok(None);
-                }
-                Err(_) => {
-                    let start = self.pos;
-                    let rest = read_readable(self.r.get_ref(), start, self.limit);
-                    match next_good_frame(&rest) {
-                        Some(k) => {
-                            self.skipped_regions += 1;
-                            self.skipped_bytes += k;
-                            self.pos = start + k;
-                            self.r.seek(SeekFrom::Start(self.pos))?;
-                        }
-                        None => {
-                            self.end = Some(start);
-                            return Ok(None);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The bytes of `file` from `start` to `limit`, with zeros for any block it cannot read.
-fn read_readable(file: &File, start: u64, limit: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    const BLOCK: u64 = 4096;
-    let mut rest = vec![0u8; usize::try_from(limit - start).unwrap_or(0)];
-    let mut at = start;
-    while at < limit {
-        // To the next block boundary, so that one bad block costs that block.
-        let end = ((at / BLOCK + 1) * BLOCK).min(limit);
-        let buf = &mut rest[(at - start) as usize..(end - start) as usize];
-        if file.read_exact_at(buf, at).is_err() {
-            buf.fill(0);
-        }
-        at = end;
-    }
-    rest
-}
-
-/// The first offset after 0 in `buf` where a whole frame passes its checks (see [`Frames`]).
-fn next_good_frame(buf: &[u8]) -> Option<u64> {
-    (1..buf.len().saturating_sub(HEADER as usize)).find_map(|k| {
-        let head = buf.get(k..k + HEADER as usize)?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if !(5..=MAX_RECORD).contains(&len) {
-            return None;
-        }
-        let payload = buf.get(k + HEADER as usize..k + HEADER as usize + len as usize)?;
-        (payload[..4] == head[..4] && crc32fast::hash(payload) == crc).then_some(k as u64)
-    })
-}
-
-/// What a scan of a segment file found.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Scanned {
-    records: u64,
-    /// Where the last good frame ends.
-    valid: u64,
-    /// Records before the delivered position.
-    acked: u64,
-    skipped_regions: u64,
-    skipped_bytes: u64,
-}
-
-/// Count the good records of a segment file, where they end, and how many lie before
-/// `ack_offset`.
-fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<Scanned> {
-    let file = File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut frames = Frames::new(BufReader::with_capacity(64 * 1024, file), 0, size);
-    let mut s = Scanned::default();
-    while let Some((start, _)) = frames.next()? {
-        if ack_offset.is_some_and(|a| start < a) {
-            s.acked += 1;
-        }
-        s.records += 1;
-    }
-    // Set when `next` gives None: where the last good frame ends.
-    s.valid = frames.end.unwrap_or(frames.pos);
-    s.skipped_regions = frames.skipped_regions;
-    s.skipped_bytes = frames.skipped_bytes;
-    Ok(s)
-}
-
-fn read_cursor(dir: &Path) -> Option<Position> {
-    let text = fs::read_to_string(dir.join("acked")).ok()?;
-    let mut it = text.split_whitespace();
-    if it.next()? != "v1" {
-        return None;
-    }
-    Some(Position {
-        segment: it.next()?.parse().ok()?,
-        offset: it.next()?.parse().ok()?,
-    })
-}
-
-fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut ids: Vec<u64> = fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
-        .collect();
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// Set-aside files (unreadable segments) have this in their names, and are never deleted.
-pub const SET_ASIDE: &str = ".unreadable-";
-
-/// A name no other file has for the unreadable segment `path`.
-fn set_aside_name(path: &Path) -> PathBuf {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!("{SET_ASIDE}{stamp}"));
-    PathBuf::from(name)
-}
-
-/// A read-only look at a spool directory (for `status`; safe while the agent runs).
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct SpoolSummary {
-    pub pending: u64,
-    pub bytes: u64,
-    pub segments: usize,
-    /// The first undelivered report's payload.
-    pub oldest: Option<Vec<u8>>,
-}
-
-pub fn summarize(dir: &Path) -> io::Result<SpoolSummary> {
-    let mut s = SpoolSummary::default();
-    for id in list_segments(dir)? {
-        s.bytes += fs::metadata(dir.join(segment_name(id)))?.len();
-        s.segments += 1;
-    }
-    for_each_pending(dir, |payload| {
-        s.pending += 1;
-        if s.oldest.is_none() {
-            s.oldest = Some(payload.to_vec());
-        }
-    })?;
-    Ok(s)
-}
-
-/// Call `f` with every undelivered report, oldest first, without changing anything (safe
-/// while the agent runs: a record being appended may be missed, never misread).
-pub fn for_each_pending(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
-    let ack = read_cursor(dir).unwrap_or_default();
-    for id in list_segments(dir)? {
-        if id < ack.segment {
-            continue;
-        }
-        let path = dir.join(segment_name(id));
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            // Delivered and deleted since it was listed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let size = file.metadata()?.len();
-        let mut frames = Frames::new(BufReader::with_capacity(64 * 1024, file), 0, size);
-        while let Some((start, p)) = frames.next()? {
-            if id > ack.segment || start >= ack.offset {
-                f(&p);
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Spool {
@@ -940,16 +665,10 @@ impl Spool {
     }
 
     fn write_cursor(&mut self) -> Result<(), SpoolError> {
-        let path = self.dir.join("acked");
         let keep = self
             .left_in_place
             .map(|segment| Position { segment, offset: 0 });
-        let at = keep.map_or(self.ack, |k| k.min(self.ack));
-        let text = format!("v1 {} {}\n", at.segment, at.offset);
-        // Unsynced: an older cursor after a power cut only re-sends reports the database
-        // already has, which it counts as duplicates.
-        crate::fsutil::replace(&path, text.as_bytes(), crate::fsutil::Durability::Unsynced)
-            .map_err(|source| SpoolError::Io { path, source })?;
+        dir::write_cursor(&self.dir, keep.map_or(self.ack, |k| k.min(self.ack)))?;
         self.cursor_written = self.ack;
         Ok(())
     }
@@ -1133,34 +852,9 @@ impl Drop for Spool {
 
 #[cfg(test)]
 mod tests {
+    use super::frame::frame;
+    use super::testutil::{damage, drain, file_len, opts, payload};
     use super::*;
-
-    fn opts(max: u64) -> SpoolOptions {
-        SpoolOptions {
-            max_bytes: max,
-            sync_interval: Duration::from_secs(1),
-        }
-    }
-
-    /// Shaped like a BSON document: its first four bytes are its length.
-    fn payload(i: u32) -> Vec<u8> {
-        let mut p = 100u32.to_le_bytes().to_vec();
-        p.extend_from_slice(format!("report-{i:06}-").as_bytes());
-        p.resize(100, b'x');
-        p
-    }
-
-    fn drain(s: &mut Spool) -> Vec<Vec<u8>> {
-        let mut all = Vec::new();
-        loop {
-            let b = s.next_batch(7).unwrap();
-            if b.records.is_empty() {
-                return all;
-            }
-            s.ack(&b);
-            all.extend(b.records);
-        }
-    }
 
     // Several reports appended at once are written at once (in one write), after those before.
     #[test]
@@ -1211,16 +905,6 @@ mod tests {
         let b = s.next_batch(3).unwrap();
         s.rewind();
         assert_eq!(s.next_batch(3).unwrap().records, b.records);
-    }
-
-    /// Overwrite `bytes` at `at` in segment `id` of `dir`.
-    fn damage(dir: &Path, id: u64, at: u64, bytes: &[u8]) {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(dir.join(segment_name(id)))
-            .unwrap();
-        f.seek(SeekFrom::Start(at)).unwrap();
-        f.write_all(bytes).unwrap();
     }
 
     // One bad byte in a record costs that record, not the rest of the segment: reading goes on
@@ -1329,21 +1013,6 @@ mod tests {
         s.append(&payload(0), Instant::now());
         assert_eq!(s.end().segment, 2);
         assert_eq!(drain(&mut s), vec![payload(0)]);
-    }
-
-    // A block the disk cannot read reads as zeros, and costs only the records it overlaps.
-    #[test]
-    fn unreadable_blocks_read_as_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        fs::write(&path, [7u8; 10_000]).unwrap();
-        let file = File::open(&path).unwrap();
-        // Past the end of the file is unreadable to read_exact_at, as a bad block is: the
-        // block 8192..12288 fails as a whole, the one before it reads.
-        let rest = read_readable(&file, 5000, 13_000);
-        assert_eq!(rest.len(), 8000);
-        assert!(rest[..3192].iter().all(|b| *b == 7));
-        assert!(rest[3192..].iter().all(|b| *b == 0));
     }
 
     // A delivered position that cannot be written (its name is taken by a directory) is
@@ -1496,10 +1165,6 @@ mod tests {
         assert_eq!(rest, vec![payload(1), payload(2), payload(3)]);
     }
 
-    fn file_len(s: &Spool) -> u64 {
-        fs::metadata(s.path(s.end().segment)).unwrap().len()
-    }
-
     // Reports due a tenth of WRITE_GROUP apart are written ten at a time (one write of the
     // group once the next would fall WRITE_GROUP after the oldest waiting); waiting ones still count as pending, and
     // reading a batch or closing writes them out first, so nothing is missed or reordered.
@@ -1603,21 +1268,5 @@ mod tests {
         assert_eq!(out.disk_error, None);
         assert_eq!(out.recovered_from_memory, 2);
         assert_eq!(drain(&mut s), vec![payload(13), payload(11), payload(12)]);
-    }
-
-    // A summary taken from outside matches the spool's own count and finds the oldest report.
-    #[test]
-    fn summary_reads_depth_and_oldest() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        for i in 0..10 {
-            s.append(&payload(i), Instant::now());
-        }
-        let b = s.next_batch(4).unwrap();
-        s.ack(&b);
-        s.close().unwrap();
-        let sum = summarize(dir.path()).unwrap();
-        assert_eq!(sum.pending, 6);
-        assert_eq!(sum.oldest.unwrap(), payload(4));
     }
 }
