@@ -58,15 +58,17 @@ use std::time::{Duration, Instant};
 
 mod dir;
 mod frame;
+mod recovery;
 mod summary;
 #[cfg(test)]
 mod testutil;
 
 pub use dir::SET_ASIDE;
+pub use recovery::OpenReport;
 pub use summary::{for_each_pending, summarize, SpoolSummary};
 
-use dir::{list_segments, read_cursor, segment_name, set_aside_name};
-use frame::{payloads, push_frame, scan, Frames, Scanned, HEADER};
+use dir::segment_name;
+use frame::{payloads, push_frame, Frames, HEADER};
 
 /// How often the delivered position is written down.
 pub const CURSOR_EVERY: Duration = Duration::from_secs(5);
@@ -122,23 +124,6 @@ pub enum BatchSource {
 pub struct Batch {
     pub source: BatchSource,
     pub records: Vec<Vec<u8>>,
-}
-
-/// What opening found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct OpenReport {
-    /// Undelivered reports found (the backlog).
-    pub pending: u64,
-    /// Bytes cut from a torn tail.
-    pub torn_bytes: u64,
-    /// Regions of bad data between good records, skipped (the reports in them are lost), and
-    /// their bytes.
-    pub corrupt_regions: u64,
-    pub corrupt_bytes: u64,
-    /// Disk errors met on the way that did not stop the spool from opening (a delivered
-    /// segment that could not be deleted, an unreadable one set aside, a torn tail that could
-    /// not be cut, no first segment file), each a sentence for the log.
-    pub problems: Vec<String>,
 }
 
 /// What an append did beyond appending.
@@ -206,100 +191,13 @@ pub struct Spool {
 impl Spool {
     /// Open (creating) the spool in `dir`, recovering from a crash.
     pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, OpenReport), SpoolError> {
-        let dir_err = |source| SpoolError::Dir {
-            dir: dir.to_owned(),
-            source,
-        };
-        fs::create_dir_all(dir).map_err(dir_err)?;
-        let ids = list_segments(dir).map_err(dir_err)?;
-        let mut ack = read_cursor(dir).unwrap_or_default();
-        let mut report = OpenReport::default();
-        let mut segments = VecDeque::new();
-        let last = ids.last().copied();
-        let mut id_floor = 0;
-        let mut left_in_place = None;
-        for id in ids {
-            let path = dir.join(segment_name(id));
-            if id < ack.segment {
-                // Delivered before the last run ended.
-                if let Err(e) = fs::remove_file(&path) {
-                    report.problems.push(format!(
-                        "cannot delete the delivered spool file {}: {e}; it is tried again at the next start",
-                        path.display()
-                    ));
-                }
-                continue;
-            }
-            let scanned = fs::metadata(&path).and_then(|m| {
-                scan(&path, (id == ack.segment).then_some(ack.offset)).map(|s| (m.len(), s))
-            });
-            let (size, scanned) = match scanned {
-                Ok(found) => found,
-                Err(e) => {
-                    // Unreadable (an I/O error): out of the way under a name of its own, so
-                    // that the delivered position passing it never deletes it as delivered,
-                    // and kept for whoever can read it. If it cannot even be renamed (a disk
-                    // the kernel made read-only), it is left where it is and out of this run;
-                    // nothing is deleted on such a disk, and the next start tries again.
-                    let aside = set_aside_name(&path);
-                    match fs::rename(&path, &aside) {
-                        Ok(()) => report.problems.push(format!(
-                            "cannot read the spool file {}: {e}; moved it to {} and went on without the reports in it",
-                            path.display(),
-                            aside.display()
-                        )),
-                        Err(r) => {
-                            id_floor = id + 1;
-                            left_in_place.get_or_insert(id);
-                            report.problems.push(format!(
-                                "cannot read the spool file {}: {e}, nor move it aside: {r}; going on without the reports in it",
-                                path.display()
-                            ));
-                        }
-                    }
-                    continue;
-                }
-            };
-            let Scanned {
-                records,
-                valid,
-                acked,
-                skipped_regions,
-                skipped_bytes,
-            } = scanned;
-            report.corrupt_regions += skipped_regions;
-            report.corrupt_bytes += skipped_bytes;
-            if valid < size {
-                report.torn_bytes += size - valid;
-                if Some(id) == last {
-                    // If it cannot be cut, the first write goes to a new segment (the writer
-                    // is not open yet) and reading stops at `valid` all the same.
-                    let cut = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_len(valid).and_then(|()| f.sync_all()));
-                    if let Err(e) = cut {
-                        report.problems.push(format!(
-                            "cannot cut the torn tail of {}: {e}",
-                            path.display()
-                        ));
-                    }
-                }
-            }
-            report.pending += records - acked;
-            segments.push_back(Segment {
-                id,
-                len: valid,
-                records,
-                acked,
-            });
-        }
-        if ack.segment < segments.front().map_or(0, |s| s.id) {
-            ack = Position {
-                segment: segments.front().map_or(0, |s| s.id),
-                offset: 0,
-            };
-        }
+        let recovery::Recovered {
+            segments,
+            ack,
+            id_floor,
+            left_in_place,
+            mut report,
+        } = recovery::recover(dir)?;
         let segment_max = (options.max_bytes / 8).clamp(4096, SEGMENT_MAX);
         let mut spool = Spool {
             dir: dir.to_owned(),
@@ -852,8 +750,9 @@ impl Drop for Spool {
 
 #[cfg(test)]
 mod tests {
+    use super::dir::read_cursor;
     use super::frame::frame;
-    use super::testutil::{damage, drain, file_len, opts, payload};
+    use super::testutil::{drain, file_len, opts, payload};
     use super::*;
 
     // Several reports appended at once are written at once (in one write), after those before.
@@ -905,96 +804,6 @@ mod tests {
         let b = s.next_batch(3).unwrap();
         s.rewind();
         assert_eq!(s.next_batch(3).unwrap().records, b.records);
-    }
-
-    // One bad byte in a record costs that record, not the rest of the segment: reading goes on
-    // at the next good one, at open (counted), in the read path and in `for_each_pending`. It
-    // used to cut every record after it, as if it were a torn tail.
-    #[test]
-    fn a_corrupt_record_costs_only_itself() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        for i in 0..10 {
-            s.append(&payload(i), Instant::now());
-        }
-        drop(s);
-        let size = 100 + HEADER;
-        // A payload byte of record 3, then the length field of record 6 (a bad length).
-        damage(dir.path(), 1, 3 * size + HEADER + 20, b"?");
-        damage(dir.path(), 1, 6 * size, &[0xff; 4]);
-        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        assert_eq!(
-            (r.pending, r.corrupt_regions, r.corrupt_bytes, r.torn_bytes),
-            (8, 2, 2 * size, 0)
-        );
-        let mut listed = Vec::new();
-        for_each_pending(dir.path(), |p| listed.push(p.to_vec())).unwrap();
-        s.append(&payload(10), Instant::now());
-        let expected: Vec<_> = [0, 1, 2, 4, 5, 7, 8, 9, 10].map(payload).to_vec();
-        assert_eq!(listed, expected[..8]);
-        assert_eq!(drain(&mut s), expected);
-        assert_eq!(s.pending(), 0);
-    }
-
-    // Zeros in the middle (a block of an unsynced write that never reached the card, with a
-    // later one that did) are skipped too; a bad region in an older segment as well.
-    #[test]
-    fn zeros_between_good_records_are_skipped_in_any_segment() {
-        let dir = tempfile::tempdir().unwrap();
-        // 4096-byte segments: about 37 records each.
-        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
-        for i in 0..60 {
-            s.append(&payload(i), Instant::now());
-        }
-        drop(s);
-        assert!(dir.path().join(segment_name(2)).exists());
-        let size = 100 + HEADER;
-        damage(dir.path(), 1, 5 * size + 3, &[0; 300]);
-        damage(dir.path(), 2, 2 * size, &[0; 20]);
-        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
-        assert_eq!((r.corrupt_regions, r.torn_bytes), (2, 0));
-        let got = drain(&mut s);
-        // Records 5 to 7 of segment 1 (the zeros span bytes 543 to 843) and record 2 of
-        // segment 2 are lost.
-        let lost = 3 + 1;
-        assert_eq!(got.len(), 60 - lost);
-        assert_eq!(r.pending, 60 - lost as u64);
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
-        assert_eq!(got.last(), Some(&payload(59)));
-    }
-
-    // A segment that cannot be opened (here a link to nowhere; on a failing card, EIO) does
-    // not keep the spool from opening: it is set aside under a name of its own that the
-    // delivered position can never delete, and the other segments are delivered. A second one
-    // by the same name later is set aside beside it, not over it.
-    #[test]
-    fn an_unreadable_segment_is_set_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
-        for i in 0..40 {
-            s.append(&payload(i), Instant::now());
-        }
-        drop(s);
-        let aside = || {
-            fs::read_dir(dir.path())
-                .unwrap()
-                .filter(|e| {
-                    let name = e.as_ref().unwrap().file_name();
-                    name.to_string_lossy().contains(SET_ASIDE)
-                })
-                .count()
-        };
-        std::os::unix::fs::symlink("/nonexistent/x", dir.path().join(segment_name(7))).unwrap();
-        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
-        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-        assert!(r.problems[0].contains("moved it to"), "{:?}", r.problems);
-        assert_eq!((aside(), r.pending), (1, 40));
-        s.append(&payload(40), Instant::now());
-        assert_eq!(drain(&mut s), (0..41).map(payload).collect::<Vec<_>>());
-        drop(s);
-        std::os::unix::fs::symlink("/nonexistent/y", dir.path().join(segment_name(7))).unwrap();
-        let (_, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
-        assert_eq!((r.problems.len(), aside()), (1, 2), "{:?}", r.problems);
     }
 
     // The writer, reopened after an error or at start, never appends to a segment whose file
@@ -1079,45 +888,6 @@ mod tests {
         }
         got.extend(drain(&mut s));
         assert_eq!(got, (0..n).map(payload).collect::<Vec<_>>());
-    }
-
-    // A torn last record (crash mid-write) is cut off at open; the good ones survive.
-    #[test]
-    fn torn_tail_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        for i in 0..3 {
-            s.append(&payload(i), Instant::now());
-        }
-        drop(s);
-        let seg = dir.path().join(segment_name(1));
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&frame(&payload(3))[..50]).unwrap();
-        drop(f);
-        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        assert_eq!(r.pending, 3);
-        assert_eq!(r.torn_bytes, 50);
-        s.append(&payload(4), Instant::now());
-        assert_eq!(
-            drain(&mut s),
-            vec![payload(0), payload(1), payload(2), payload(4)]
-        );
-    }
-
-    // Zero-filled blocks after power loss fail the length check, not the process.
-    #[test]
-    fn zeroed_tail_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        s.append(&payload(0), Instant::now());
-        drop(s);
-        let seg = dir.path().join(segment_name(1));
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[0u8; 4096]).unwrap();
-        drop(f);
-        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        assert_eq!((r.pending, r.torn_bytes), (1, 4096));
-        assert_eq!(drain(&mut s), vec![payload(0)]);
     }
 
     // Over the cap, the oldest reports are dropped and counted; the newest are kept.
