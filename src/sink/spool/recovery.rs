@@ -9,8 +9,8 @@ use std::path::Path;
 
 use super::dir::{list_segments, read_cursor, segment_name, set_aside_name};
 use super::frame::{scan, Scanned};
-
-use super::{Position, Segment, SpoolError};
+use super::segment::Segment;
+use super::{Position, SpoolError};
 
 /// What opening found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

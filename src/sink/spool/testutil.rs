@@ -49,5 +49,7 @@ pub(super) fn damage(dir: &Path, id: u64, at: u64, bytes: &[u8]) {
 
 /// The size of the last segment's file.
 pub(super) fn file_len(s: &Spool) -> u64 {
-    fs::metadata(s.path(s.end().segment)).unwrap().len()
+    fs::metadata(s.segments.path(s.segments.end().segment))
+        .unwrap()
+        .len()
 }
