@@ -1,0 +1,265 @@
+//! The delivery cursor: how far the database has acknowledged, how far reports have been
+//! handed out, the reader behind that, and writing the delivered position down.
+
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Instant;
+
+use super::dir::write_cursor;
+use super::frame::Frames;
+use super::{Position, SpoolError, CURSOR_EVERY};
+
+/// Where a batch came from, so it can be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSource {
+    /// From a segment file, up to byte `end` of segment `segment`.
+    Disk {
+        /// The segment's id.
+        segment: u64,
+        /// Where the batch ends in the segment's file.
+        end: u64,
+    },
+    /// From the in-memory queue, its oldest reports.
+    Memory,
+}
+
+/// Reports handed to the sender, oldest first.
+#[derive(Debug)]
+pub struct Batch {
+    /// Where the reports came from.
+    pub source: BatchSource,
+    /// The reports' payloads.
+    pub records: Vec<Vec<u8>>,
+}
+
+/// Where delivery and reading stand.
+pub(super) struct Cursor {
+    /// Everything before this was delivered.
+    pub(super) ack: Position,
+    /// Everything before this was handed out (at or after `ack`).
+    pub(super) read: Position,
+    /// Reads on from `read`: a segment id and its frames.
+    reader: Option<(u64, Frames)>,
+    /// The delivered position last written down, and when writing it was last tried.
+    written: Position,
+    tried_at: Option<Instant>,
+    /// Writing the delivered position failed the last time it was tried.
+    failing: bool,
+    /// The lowest unreadable segment left in place, out of this run: the delivered position
+    /// written down never passes it, or the next start would delete it unread.
+    pub(super) left_in_place: Option<u64>,
+}
+
+impl Cursor {
+    /// Delivery and reading at `ack`, which is what is written down.
+    pub(super) fn new(ack: Position, left_in_place: Option<u64>) -> Self {
+        Cursor {
+            ack,
+            read: ack,
+            reader: None,
+            written: ack,
+            tried_at: None,
+            failing: false,
+            left_in_place,
+        }
+    }
+
+    /// Hand out everything after `ack` again.
+    pub(super) fn rewind(&mut self) {
+        self.read = self.ack;
+        self.reader = None;
+    }
+
+    /// Reading never lags behind delivery (after segments were dropped or deleted).
+    pub(super) fn catch_up_read(&mut self) {
+        if self.read < self.ack {
+            self.rewind();
+        }
+    }
+
+    /// Segment `id` is gone and `next` is the oldest one left.
+    pub(super) fn segment_gone(&mut self, id: u64, next: u64) {
+        if self.ack.segment <= id {
+            self.ack = Position {
+                segment: next,
+                offset: 0,
+            };
+        }
+        self.catch_up_read();
+    }
+
+    /// Read at most `max` records of segment `id` (at `path`, its good frames ending at
+    /// `limit`) from the read position, and move it past them.
+    pub(super) fn read_batch(
+        &mut self,
+        path: &Path,
+        id: u64,
+        limit: u64,
+        max: usize,
+    ) -> Result<Batch, SpoolError> {
+        let io_err = |source| SpoolError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let frames = self.reader(path, id, limit).map_err(io_err)?;
+        let mut records = Vec::new();
+        // Bad data between good records (counted when the spool was opened) is skipped;
+        // after the last good record the rest of the segment is.
+        while records.len() < max && frames.pos < limit {
+            match frames.next().map_err(io_err)? {
+                Some((_, p)) => records.push(p),
+                None => {
+                    frames.pos = limit;
+                    break;
+                }
+            }
+        }
+        let end = frames.pos;
+        self.read.offset = end;
+        Ok(Batch {
+            source: BatchSource::Disk { segment: id, end },
+            records,
+        })
+    }
+
+    /// The reader of segment `id` at the read position, up to `limit`.
+    fn reader(&mut self, path: &Path, id: u64, limit: u64) -> std::io::Result<&mut Frames> {
+        // The reader goes on where it stopped, also when the active segment has grown since
+        // (it read to the old end, and its buffer holds nothing past it), unless it has
+        // latched the end of what it may read.
+        let reuse = match &mut self.reader {
+            Some((rid, f)) if *rid == id && f.pos == self.read.offset => {
+                if f.limit != limit && f.end.is_none() {
+                    f.limit = limit;
+                }
+                f.limit == limit
+            }
+            _ => false,
+        };
+        if !reuse {
+            let mut f = File::open(path)?;
+            f.seek(SeekFrom::Start(self.read.offset))?;
+            let r = BufReader::with_capacity(256 * 1024, f);
+            self.reader = Some((id, Frames::new(r, self.read.offset, limit)));
+        }
+        Ok(&mut self.reader.as_mut().expect("set above").1)
+    }
+
+    /// Write the delivered position down in `dir` if it moved since it last was and the last
+    /// try was at least [`CURSOR_EVERY`] ago.
+    pub(super) fn write_if_due(&mut self, dir: &Path, now: Instant) -> Result<(), SpoolError> {
+        let tried_lately = self
+            .tried_at
+            .is_some_and(|t| now.duration_since(t) < CURSOR_EVERY);
+        if self.ack == self.written || tried_lately {
+            return Ok(());
+        }
+        self.tried_at = Some(now);
+        let result = self.write(dir);
+        self.failing = result.is_err();
+        result
+    }
+
+    /// Writing the delivered position failed the last time [`Cursor::write_if_due`] tried.
+    pub(super) fn is_failing(&self) -> bool {
+        self.failing
+    }
+
+    /// Write the delivered position down in `dir` now.
+    pub(super) fn write(&mut self, dir: &Path) -> Result<(), SpoolError> {
+        let keep = self
+            .left_in_place
+            .map(|segment| Position { segment, offset: 0 });
+        write_cursor(dir, keep.map_or(self.ack, |k| k.min(self.ack)))?;
+        self.written = self.ack;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dir::read_cursor;
+    use super::super::testutil::{drain, opts, payload};
+    use super::super::Spool;
+    use super::*;
+
+    // Appended reports come back in order, and acknowledged ones never again, across reopen.
+    #[test]
+    fn delivers_in_order_and_remembers_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(r.pending, 0);
+        for i in 0..50 {
+            s.append(&payload(i), now);
+        }
+        let b = s.next_batch(20).unwrap();
+        assert_eq!(b.records[0], payload(0));
+        s.ack(&b);
+        s.close().unwrap();
+        drop(s);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(r.pending, 30);
+        let rest = drain(&mut s);
+        assert_eq!(rest, (20..50).map(payload).collect::<Vec<_>>());
+        assert_eq!(s.pending(), 0);
+    }
+
+    // A failed insert rewinds: the same reports are handed out again.
+    #[test]
+    fn rewind_resends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..5 {
+            s.append(&payload(i), Instant::now());
+        }
+        let b = s.next_batch(3).unwrap();
+        s.rewind();
+        assert_eq!(s.next_batch(3).unwrap().records, b.records);
+    }
+
+    // Reading the active segment as it grows, in batches smaller and larger than what was
+    // appended since: every record once, in order (the reader goes on past its old end).
+    #[test]
+    fn reading_keeps_up_with_a_growing_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let mut got = Vec::new();
+        let mut n = 0;
+        for (appends, max) in [(5, 3), (1, 10), (4, 2), (3, 100), (0, 5)] {
+            for _ in 0..appends {
+                s.append(&payload(n), Instant::now());
+                n += 1;
+            }
+            let b = s.next_batch(max).unwrap();
+            got.extend(b.records.iter().cloned());
+            s.ack(&b);
+        }
+        got.extend(drain(&mut s));
+        assert_eq!(got, (0..n).map(payload).collect::<Vec<_>>());
+    }
+
+    // An unreadable segment that could not even be renamed stays where it is, out of this
+    // run; the delivered position written down never passes it, so the next start reads it
+    // instead of deleting it as delivered.
+    #[test]
+    fn the_written_position_never_passes_a_segment_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..80 {
+            s.append(&payload(i), Instant::now());
+        }
+        assert_eq!(drain(&mut s).len(), 80);
+        assert!(s.cursor.ack.segment >= 3);
+        s.cursor.left_in_place = Some(2);
+        s.close().unwrap();
+        assert_eq!(
+            read_cursor(dir.path()),
+            Some(Position {
+                segment: 2,
+                offset: 0
+            })
+        );
+    }
+}

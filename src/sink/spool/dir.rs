@@ -1,0 +1,69 @@
+//! The files of a spool directory: segment names and listing, the delivered-position file
+//! `acked`, and the names unreadable segments are set aside under.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{Position, SpoolError};
+
+/// Set-aside files (unreadable segments) have this in their names, and are never deleted.
+pub const SET_ASIDE: &str = ".unreadable-";
+
+/// The file holding the delivered position.
+const CURSOR_FILE: &str = "acked";
+
+/// The file name of segment `id`.
+pub(super) fn segment_name(id: u64) -> String {
+    format!("segment-{id:016}.spool")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("segment-")?
+        .strip_suffix(".spool")?
+        .parse()
+        .ok()
+}
+
+/// The ids of the segment files in `dir`, oldest first.
+pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| parse_segment_name(&e.file_name().to_string_lossy()))
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// A name no other file has for the unreadable segment `path`.
+pub(super) fn set_aside_name(path: &Path) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!("{SET_ASIDE}{stamp}"));
+    PathBuf::from(name)
+}
+
+/// The delivered position written down in `dir`, if there is a readable one.
+pub(super) fn read_cursor(dir: &Path) -> Option<Position> {
+    let text = fs::read_to_string(dir.join(CURSOR_FILE)).ok()?;
+    let mut it = text.split_whitespace();
+    if it.next()? != "v1" {
+        return None;
+    }
+    Some(Position {
+        segment: it.next()?.parse().ok()?,
+        offset: it.next()?.parse().ok()?,
+    })
+}
+
+/// Write down `at` as the delivered position in `dir`.
+pub(super) fn write_cursor(dir: &Path, at: Position) -> Result<(), SpoolError> {
+    let path = dir.join(CURSOR_FILE);
+    let text = format!("v1 {} {}\n", at.segment, at.offset);
+    // Unsynced: an older cursor after a power cut only re-sends reports the database
+    // already has, which it counts as duplicates.
+    crate::fsutil::replace(&path, text.as_bytes(), crate::fsutil::Durability::Unsynced)
+        .map_err(|source| SpoolError::Io { path, source })
+}

@@ -1,0 +1,238 @@
+//! Frames: `[u32 length LE][u32 CRC-32 of payload LE][payload]`, how they are encoded, and how
+//! a segment file is read back, resuming at the next good frame after bad bytes.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Frame header: length and CRC.
+pub(super) const HEADER: u64 = 8;
+/// No report comes near this; a larger length is corruption.
+const MAX_RECORD: u32 = 16 * 1024 * 1024;
+
+/// Encode one frame.
+#[cfg(test)]
+pub(super) fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + HEADER as usize);
+    push_frame(&mut f, payload);
+    f
+}
+
+/// Encode one frame at the end of `f`.
+pub(super) fn push_frame(f: &mut Vec<u8>, payload: &[u8]) {
+    push_encoded(f, |b| b.extend_from_slice(payload));
+}
+
+/// Encode one frame at the end of `f`, its payload being what `encode` appends to `f`: the
+/// payload is encoded in place, with no buffer of its own.
+pub(super) fn push_encoded(f: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) {
+    let at = f.len();
+    f.extend_from_slice(&[0; HEADER as usize]);
+    encode(f);
+    let (header, payload) = f[at..].split_at_mut(HEADER as usize);
+    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+}
+
+/// The payloads of frames encoded by [`push_frame`].
+pub(super) fn payloads(mut frames: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (head, rest) = frames.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*head) as usize;
+        let payload = rest.get(HEADER as usize - 4..HEADER as usize - 4 + len)?;
+        frames = &rest[HEADER as usize - 4 + len..];
+        Some(payload)
+    })
+}
+
+/// Read the next frame; `Ok(None)` at a clean end, `Err` on a torn or corrupt frame.
+fn read_frame(r: &mut impl Read, remaining: u64) -> Result<Option<Vec<u8>>, &'static str> {
+    if remaining == 0 {
+        return Ok(None);
+    }
+    if remaining < HEADER {
+        return Err("truncated header");
+    }
+    let mut h = [0u8; HEADER as usize];
+    r.read_exact(&mut h).map_err(|_| "truncated header")?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len == 0 || len > MAX_RECORD {
+        return Err("bad length");
+    }
+    if u64::from(len) > remaining - HEADER {
+        return Err("truncated record");
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).map_err(|_| "truncated record")?;
+    if crc32fast::hash(&payload) != crc {
+        return Err("checksum mismatch");
+    }
+    Ok(Some(payload))
+}
+
+/// The frames of a segment file, in order, from `pos` up to `limit`.
+///
+/// A frame that fails its checks (a block of the SD card that came back wrong, or a block of
+/// an unsynced write that never reached it before power was lost, with later ones that did)
+/// costs that frame, not the rest of the file: reading goes on at the next offset where a
+/// whole frame passes its checks. Its length field must fit, its payload must start with the
+/// same length (a BSON document's first field is its own length) and its CRC must match, so a
+/// false start is about as likely as a CRC collision. Bytes after the last good frame are a
+/// torn tail, not a skipped region. A block the disk cannot read (EIO) is bad data too: it
+/// reads as zeros, which no frame passes.
+pub(super) struct Frames {
+    r: BufReader<File>,
+    /// Where the next frame starts.
+    pub(super) pos: u64,
+    /// Where reading stops.
+    pub(super) limit: u64,
+    /// Regions skipped between good frames, and their bytes.
+    skipped_regions: u64,
+    skipped_bytes: u64,
+    /// Where the last good frame ends (the torn tail starts), once the end is reached.
+    pub(super) end: Option<u64>,
+}
+
+impl Frames {
+    /// `r` must be positioned at `pos`.
+    pub(super) fn new(r: BufReader<File>, pos: u64, limit: u64) -> Self {
+        Frames {
+            r,
+            pos,
+            limit,
+            skipped_regions: 0,
+            skipped_bytes: 0,
+            end: None,
+        }
+    }
+
+    /// The frames of the whole of `file`, from its start.
+    pub(super) fn of_file(file: File) -> io::Result<Self> {
+        let size = file.metadata()?.len();
+        Ok(Frames::new(
+            BufReader::with_capacity(64 * 1024, file),
+            0,
+            size,
+        ))
+    }
+
+    /// The next good frame's offset in the file and its payload.
+    pub(super) fn next(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
+        loop {
+            if self.end.is_some() {
+                return Ok(None);
+            }
+            match read_frame(&mut self.r, self.limit - self.pos) {
+                Ok(Some(p)) => {
+                    let start = self.pos;
+                    self.pos += HEADER + p.len() as u64;
+                    return Ok(Some((start, p)));
+                }
+                Ok(None) => {
+                    self.end = Some(self.pos);
+                    return Ok(None);
+                }
+                Err(_) => {
+                    let start = self.pos;
+                    let rest = read_readable(self.r.get_ref(), start, self.limit);
+                    match next_good_frame(&rest) {
+                        Some(k) => {
+                            self.skipped_regions += 1;
+                            self.skipped_bytes += k;
+                            self.pos = start + k;
+                            self.r.seek(SeekFrom::Start(self.pos))?;
+                        }
+                        None => {
+                            self.end = Some(start);
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of `file` from `start` to `limit`, with zeros for any block it cannot read.
+fn read_readable(file: &File, start: u64, limit: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 4096;
+    let mut rest = vec![0u8; usize::try_from(limit - start).unwrap_or(0)];
+    let mut at = start;
+    while at < limit {
+        // To the next block boundary, so that one bad block costs that block.
+        let end = ((at / BLOCK + 1) * BLOCK).min(limit);
+        let buf = &mut rest[(at - start) as usize..(end - start) as usize];
+        if file.read_exact_at(buf, at).is_err() {
+            buf.fill(0);
+        }
+        at = end;
+    }
+    rest
+}
+
+/// The first offset after 0 in `buf` where a whole frame passes its checks (see [`Frames`]).
+fn next_good_frame(buf: &[u8]) -> Option<u64> {
+    (1..buf.len().saturating_sub(HEADER as usize)).find_map(|k| {
+        let head = buf.get(k..k + HEADER as usize)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if !(5..=MAX_RECORD).contains(&len) {
+            return None;
+        }
+        let payload = buf.get(k + HEADER as usize..k + HEADER as usize + len as usize)?;
+        (payload[..4] == head[..4] && crc32fast::hash(payload) == crc).then_some(k as u64)
+    })
+}
+
+/// What a scan of a segment file found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Scanned {
+    pub(super) records: u64,
+    /// Where the last good frame ends.
+    pub(super) valid: u64,
+    /// Records before the delivered position.
+    pub(super) acked: u64,
+    pub(super) skipped_regions: u64,
+    pub(super) skipped_bytes: u64,
+}
+
+/// Count the good records of a segment file, where they end, and how many lie before
+/// `ack_offset`.
+pub(super) fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<Scanned> {
+    let mut frames = Frames::of_file(File::open(path)?)?;
+    let mut s = Scanned::default();
+    while let Some((start, _)) = frames.next()? {
+        if ack_offset.is_some_and(|a| start < a) {
+            s.acked += 1;
+        }
+        s.records += 1;
+    }
+    // Set when `next` gives None: where the last good frame ends.
+    s.valid = frames.end.unwrap_or(frames.pos);
+    s.skipped_regions = frames.skipped_regions;
+    s.skipped_bytes = frames.skipped_bytes;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    // A block the disk cannot read reads as zeros, and costs only the records it overlaps.
+    #[test]
+    fn unreadable_blocks_read_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, [7u8; 10_000]).unwrap();
+        let file = File::open(&path).unwrap();
+        // Past the end of the file is unreadable to read_exact_at, as a bad block is: the
+        // block 8192..12288 fails as a whole, the one before it reads.
+        let rest = read_readable(&file, 5000, 13_000);
+        assert_eq!(rest.len(), 8000);
+        assert!(rest[..3192].iter().all(|b| *b == 7));
+        assert!(rest[3192..].iter().all(|b| *b == 0));
+    }
+}

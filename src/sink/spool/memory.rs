@@ -1,0 +1,140 @@
+//! The in-memory fallback: reports the disk could not take, kept in a bounded queue, handed
+//! out from there once the disk is drained, and moved to disk when it works again.
+
+use std::collections::VecDeque;
+
+use super::MEMORY_MAX;
+
+/// Reports held in memory, oldest first; the first `in_flight` of them are handed out.
+#[derive(Debug, Default)]
+pub(super) struct Memory {
+    queue: VecDeque<Vec<u8>>,
+    in_flight: usize,
+}
+
+impl Memory {
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Keep `payload`, dropping the oldest report not handed out when full; the reports
+    /// dropped.
+    pub(super) fn hold(&mut self, payload: Vec<u8>) -> u64 {
+        let mut dropped = 0;
+        if self.queue.len() >= MEMORY_MAX && self.queue.len() > self.in_flight {
+            self.queue.remove(self.in_flight);
+            dropped = 1;
+        }
+        self.queue.push_back(payload);
+        dropped
+    }
+
+    /// The oldest report not handed out, taken out of the queue (to move it to disk).
+    pub(super) fn take_waiting(&mut self) -> Option<Vec<u8>> {
+        if self.queue.len() > self.in_flight {
+            self.queue.remove(self.in_flight)
+        } else {
+            None
+        }
+    }
+
+    /// Put back a report [`Memory::take_waiting`] took, where it was.
+    pub(super) fn put_back(&mut self, payload: Vec<u8>) {
+        self.queue.insert(self.in_flight, payload);
+    }
+
+    /// Hand out at most `max` reports after those already handed out.
+    pub(super) fn next_batch(&mut self, max: usize) -> Vec<Vec<u8>> {
+        let start = self.in_flight;
+        let n = (self.queue.len() - start).min(max);
+        self.in_flight += n;
+        self.queue.iter().skip(start).take(n).cloned().collect()
+    }
+
+    /// The oldest `n` reports handed out were delivered.
+    pub(super) fn ack(&mut self, n: usize) {
+        let n = n.min(self.queue.len());
+        self.queue.drain(..n);
+        self.in_flight = self.in_flight.saturating_sub(n);
+    }
+
+    /// Hand out every report again.
+    pub(super) fn rewind(&mut self) {
+        self.in_flight = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dir::segment_name;
+    use super::super::testutil::{drain, opts, payload};
+    use super::super::{BatchSource, Spool, WRITE_GROUP};
+    use std::fs;
+    use std::time::Instant;
+
+    // A disk that cannot be written keeps reports in memory (sent from there); once it can
+    // be written again they move to disk, and nothing is lost or reordered into duplicates.
+    #[test]
+    fn disk_full_falls_back_to_memory_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(segment_name(1));
+        std::os::unix::fs::symlink("/dev/full", &seg).unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let first = s.append(&payload(0), Instant::now());
+        assert!(first.disk_error.unwrap().contains("No space left"));
+        assert!(s.append(&payload(1), Instant::now()).disk_error.is_some());
+        // One memory batch is in flight while the disk recovers.
+        let in_flight = s.next_batch(1).unwrap();
+        assert_eq!(in_flight.source, BatchSource::Memory);
+        assert!(s.append(&payload(2), Instant::now()).disk_error.is_some());
+        fs::remove_file(&seg).unwrap();
+        let ok = s.append(&payload(3), Instant::now());
+        assert_eq!(ok.disk_error, None);
+        assert_eq!(ok.recovered_from_memory, 2);
+        s.ack(&in_flight);
+        assert_eq!(s.pending(), 3);
+        let mut rest = drain(&mut s);
+        rest.sort();
+        assert_eq!(rest, vec![payload(1), payload(2), payload(3)]);
+    }
+
+    // A group whose write fails goes to memory whole; the failure is reported by the append
+    // that wrote (or, for a write made by `next_batch`, by the next append), and a later
+    // append that writes again reports the recovery.
+    #[test]
+    fn a_failed_group_write_keeps_every_report_of_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(segment_name(1));
+        std::os::unix::fs::symlink("/dev/full", &seg).unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let t0 = Instant::now();
+        let step = WRITE_GROUP / 10;
+        for i in 0..9 {
+            let out = s.append_grouped(&payload(i), t0 + step * i, step);
+            assert!(!out.wrote && out.disk_error.is_none());
+        }
+        let out = s.append_grouped(&payload(9), t0 + step * 9, step);
+        assert!(out.wrote);
+        assert!(out.disk_error.unwrap().contains("No space left"));
+        assert_eq!(s.pending(), 10);
+        // next_batch's own write-out fails too; the next append says so.
+        s.append_grouped(&payload(10), t0 + step * 10, step);
+        let in_memory = s.next_batch(100).unwrap();
+        assert_eq!(in_memory.source, BatchSource::Memory);
+        assert_eq!(in_memory.records.len(), 11);
+        let out = s.append_grouped(&payload(11), t0 + step * 11, step);
+        assert!(out.wrote && out.disk_error.is_some());
+        assert!(s
+            .append_grouped(&payload(12), t0 + step * 12, WRITE_GROUP)
+            .disk_error
+            .is_some());
+        s.ack(&in_memory);
+        assert_eq!(s.pending(), 2);
+        fs::remove_file(&seg).unwrap();
+        let out = s.append_grouped(&payload(13), t0 + step * 20, WRITE_GROUP);
+        assert!(out.wrote);
+        assert_eq!(out.disk_error, None);
+        assert_eq!(out.recovered_from_memory, 2);
+        assert_eq!(drain(&mut s), vec![payload(13), payload(11), payload(12)]);
+    }
+}

@@ -1,0 +1,492 @@
+//! The durable spool: every report is appended here before it is inserted, and leaves only
+//! once the database acknowledged it.
+//!
+//! # On disk
+//!
+//! A directory of segment files `segment-<16 digits>.spool`, oldest first. Each record is
+//! `[u32 length LE][u32 CRC-32 of payload LE][payload]`, the payload being the report's BSON.
+//! A file `acked` holds the position before which everything was delivered; it is rewritten
+//! (write to a temporary file, rename) at most every [`CURSOR_EVERY`] and on shutdown. Losing
+//! it, or a stale one after a crash, only resends reports the database already has, which the
+//! duplicate-key rule on `_id` turns into no-ops. Fully delivered segments are deleted.
+//!
+//! # Crash safety and the fsync policy
+//!
+//! Each append is one `write(2)` of the whole frame, so once `append` returns the record is in
+//! the kernel's page cache and survives the process being killed (SIGKILL, panic, OOM). Reports
+//! taken in quick succession are written in groups instead ([`Spool::append_grouped`]): a
+//! report due to be followed within [`WRITE_GROUP`] (50 ms) waits for it in memory, so at
+//! `--interval-ms 1` one `write(2)` carries fifty reports, and a kill can take the last 50 ms of
+//! readings with it (power loss can take a second's, below). At intervals of 50 ms and more, the
+//! agent's default 500 ms included, every report is written as soon as it is taken. Why: a
+//! small `write(2)` spends nearly all of its time on the mtime update and its journal handle,
+//! whatever its size, so at short intervals one write per report costs many times the CPU of
+//! one per group (`benches/spool.rs appends` measures it). Power loss is the other
+//! case: the page cache is gone unless the data was `fdatasync`ed. Syncing every append would
+//! cost a data block plus an ext4 journal commit per report, many times the report's size in
+//! flash writes (`benches/spool.rs fill` measures them), which wears an SD card for nothing in
+//! the common case, where the database acknowledges a report within a fraction of a second and
+//! the spool copy is deleted anyway. So the policy is *sync what is still owed*: at most every
+//! `sync_interval` (default 1 s, `--spool-sync-ms`), and only if some appended record is neither
+//! acknowledged nor synced yet. With the database up, almost nothing is synced; with it down,
+//! one fdatasync per second covers every report older than a second. `--spool-sync-ms 0` syncs
+//! every append, for those who prefer the wear to the one-second window.
+//!
+//! On open, every segment is scanned. A torn or corrupt tail (a crash mid-write, or blocks of
+//! zeros after power loss) fails its length or CRC check and is cut off, never fatal. Bad data
+//! with good records after it (a block the card returned wrong, or an unsynced block that never
+//! reached it while a later one did) costs only the records it overlaps: reading resumes at the
+//! next good record (see `frame::Frames`), and the regions skipped are counted and logged.
+//!
+//! # Bounds and disk faults
+//!
+//! `max_bytes` caps the files; beyond it the oldest segment is deleted and its undelivered
+//! reports counted as dropped. When a write fails (disk full, read-only, I/O error), the report
+//! is kept in a bounded in-memory queue and the next append tries the disk again, moving the
+//! queue there once it works. Opening never fails for a disk fault either: a delivered segment
+//! that cannot be deleted is left for the next start, one that cannot be read is renamed
+//! `*.spool.unreadable-<time>` (never deleted; left in place, and out of the run, if even that
+//! fails), and with no segment file it can create, the spool starts
+//! with its writer closed, so the first append falls back to memory (see `OpenReport::problems`).
+//!
+//! # Layout
+//!
+//! - `frame`: framing and CRC, reading a segment file back and resyncing after bad bytes.
+//! - `dir`: the files of the directory: segment names and listing, `acked`, set-aside names.
+//! - `recovery`: opening after a crash: scanning, cutting torn tails, setting files aside.
+//! - `segment`: the segment set, its writer and the cap.
+//! - `group`: reports appended but not yet written (the write group).
+//! - `cursor`: the delivery cursor: delivered and handed-out positions, the reader, `acked`.
+//! - `memory`: the in-memory fallback while the disk cannot be written.
+//! - `sync`: the sync policy.
+//! - `summary`: the read-only look used by `status`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod cursor;
+mod dir;
+mod frame;
+mod group;
+mod memory;
+mod recovery;
+mod segment;
+mod summary;
+mod sync;
+#[cfg(test)]
+mod testutil;
+
+pub use cursor::{Batch, BatchSource};
+pub use dir::SET_ASIDE;
+pub use recovery::OpenReport;
+pub use summary::{for_each_pending, summarize, SpoolSummary};
+
+use cursor::Cursor;
+use group::WriteGroup;
+use memory::Memory;
+use segment::Segments;
+use sync::SyncPolicy;
+
+/// How often the delivered position is written down.
+pub const CURSOR_EVERY: Duration = Duration::from_secs(5);
+/// Reports kept in memory while the disk cannot be written (about 7 hours at 2 Hz).
+pub const MEMORY_MAX: usize = 50_000;
+/// Reports appended within this long of each other may be written together, in one
+/// `write(2)` (see [`Spool::append_grouped`]).
+pub const WRITE_GROUP: Duration = Duration::from_millis(50);
+
+/// Why the spool cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool directory cannot be created or listed (at open).
+    #[error("cannot use the spool directory {dir}: {source}")]
+    Dir {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A file of the spool cannot be opened, read, written or synced.
+    #[error("spool I/O on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+/// A place in the spool: segment id and byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// The segment's id.
+    pub segment: u64,
+    /// Bytes into its file.
+    pub offset: u64,
+}
+
+/// Settings of a spool.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// Cap on the bytes of segment files; beyond it the oldest reports are dropped.
+    pub max_bytes: u64,
+    /// How long an appended report may wait for a sync. Zero syncs every append.
+    pub sync_interval: Duration,
+}
+
+/// What an append did beyond appending.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Undelivered reports deleted to stay under the cap.
+    pub dropped: u64,
+    /// The disk write failed; the report is held in memory.
+    pub disk_error: Option<String>,
+    /// Reports moved from memory to disk because the disk works again.
+    pub recovered_from_memory: u64,
+    /// The segment file was written (so `disk_error` tells whether the disk works).
+    pub wrote: bool,
+}
+
+impl AppendOutcome {
+    fn merge(&mut self, later: AppendOutcome) {
+        self.dropped += later.dropped;
+        self.recovered_from_memory += later.recovered_from_memory;
+        if later.wrote {
+            self.wrote = true;
+            // The first failure is the one to report; a later success is seen at the next write.
+            if self.disk_error.is_none() {
+                self.disk_error = later.disk_error;
+            }
+        }
+    }
+}
+
+/// The spool of one directory (see the module docs).
+pub struct Spool {
+    segments: Segments,
+    group: WriteGroup,
+    cursor: Cursor,
+    memory: Memory,
+    sync: SyncPolicy,
+    /// The outcome of a write made outside an append, returned by the next append.
+    deferred: AppendOutcome,
+    /// Undelivered reports dropped since the spool was opened (the cap, a full memory queue).
+    pub dropped_total: u64,
+}
+
+impl Spool {
+    /// Open (creating) the spool in `dir`, recovering from a crash.
+    pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, OpenReport), SpoolError> {
+        let recovery::Recovered {
+            segments,
+            ack,
+            id_floor,
+            left_in_place,
+            mut report,
+        } = recovery::recover(dir)?;
+        let segments = Segments::new(dir, options.max_bytes, segments, id_floor);
+        let mut spool = Spool {
+            sync: SyncPolicy::new(options.sync_interval, segments.end()),
+            segments,
+            group: WriteGroup::default(),
+            cursor: Cursor::new(ack, left_in_place),
+            memory: Memory::default(),
+            deferred: AppendOutcome::default(),
+            dropped_total: 0,
+        };
+        if spool.segments.is_empty() {
+            spool.start_first_segment(id_floor, &mut report);
+        }
+        Ok((spool, report))
+    }
+
+    /// Create the first segment of an empty spool, at or after the delivered position.
+    fn start_first_segment(&mut self, id_floor: u64, report: &mut OpenReport) {
+        let first = self.cursor.ack.segment.max(1).max(id_floor);
+        if let Err(e) = self.segments.new_segment(first) {
+            // A full or read-only disk: run anyway, reports kept in memory until a write
+            // works (the first append reports the error, and creates this file then).
+            report.problems.push(e.to_string());
+            self.segments.push_empty(first);
+        }
+        // Only delivery and reading move: the position written down is still the old one.
+        self.cursor.ack = Position {
+            segment: first,
+            offset: 0,
+        };
+        self.cursor.read = self.cursor.ack;
+        self.sync.synced_to(self.segments.end());
+    }
+
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        self.segments.dir()
+    }
+
+    /// Reports appended but not written to the segment file yet (see
+    /// [`Spool::append_grouped`]); reading a batch writes them first.
+    pub fn unwritten(&self) -> u64 {
+        self.group.records()
+    }
+
+    /// Undelivered reports, on disk and in memory.
+    pub fn pending(&self) -> u64 {
+        self.segments.pending() + self.memory.len() as u64 + self.group.records()
+    }
+
+    /// Bytes of segment files.
+    pub fn bytes(&self) -> u64 {
+        self.segments.bytes()
+    }
+
+    /// Append one report and write it to the segment file at once. Never fails: a disk error
+    /// keeps the report in memory and is reported in the outcome.
+    pub fn append(&mut self, payload: &[u8], now: Instant) -> AppendOutcome {
+        self.append_grouped(payload, now, Duration::MAX)
+    }
+
+    /// Append one report, the caller expecting its next append `next_in` from now. When that
+    /// comes less than [`WRITE_GROUP`] after the oldest report not yet written, this one waits
+    /// in memory to be written with the next (one `write(2)` for the group); otherwise
+    /// everything waiting is written now. Reading a batch and closing write out first.
+    pub fn append_grouped(
+        &mut self,
+        payload: &[u8],
+        now: Instant,
+        next_in: Duration,
+    ) -> AppendOutcome {
+        self.append_encoded(|b| b.extend_from_slice(payload), now, next_in)
+    }
+
+    /// [`Spool::append_grouped`] for a report that `encode` appends to the buffer it is given
+    /// (the spool's own), which saves a buffer and a copy per report.
+    pub fn append_encoded(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        now: Instant,
+        next_in: Duration,
+    ) -> AppendOutcome {
+        let oldest = self.group.push_encoded(encode, now);
+        let next = now.checked_add(next_in);
+        let group_closes = next.is_none_or(|t| t.duration_since(oldest) >= WRITE_GROUP);
+        self.finish_append(group_closes, now)
+    }
+
+    /// Append several reports and write them at once, in one `write(2)` (and, with a zero
+    /// `sync_interval`, one sync). Never fails, as [`Spool::append`].
+    pub fn append_all(&mut self, payloads: &[Vec<u8>], now: Instant) -> AppendOutcome {
+        if payloads.is_empty() {
+            return AppendOutcome::default();
+        }
+        self.group.push_all(payloads, now);
+        self.finish_append(true, now)
+    }
+
+    /// The end of every append: write out now if `write_now` (or if every append is synced),
+    /// note what is owed a sync, sync when every append is, and stay under the cap.
+    fn finish_append(&mut self, write_now: bool, now: Instant) -> AppendOutcome {
+        let mut out = std::mem::take(&mut self.deferred);
+        if write_now || self.sync.every_append() {
+            out.merge(self.write_out());
+        }
+        if self.sync.owed_since.is_none()
+            && (self.group.records() > 0 || self.sync.is_owed(self.segments.end(), self.cursor.ack))
+        {
+            self.sync.owe_from(now);
+        }
+        if self.sync.every_append() {
+            let _ = self.sync();
+        }
+        let dropped = self.enforce_cap();
+        out.dropped += dropped;
+        self.dropped_total += dropped;
+        out
+    }
+
+    /// Write every report appended but not yet written, in one `write(2)`. On a disk error
+    /// they go to the in-memory queue; on success, what waited there moves to disk.
+    fn write_out(&mut self) -> AppendOutcome {
+        let mut out = AppendOutcome::default();
+        let Some(taken) = self.group.take() else {
+            return out;
+        };
+        out.wrote = true;
+        if let Some(since) = taken.since {
+            // Written but not synced: owed from when the oldest of them was appended.
+            self.sync.owe_from(since);
+        }
+        match self.write_frames(&taken.frames, taken.records) {
+            Ok(()) => out.recovered_from_memory = self.move_memory_to_disk(),
+            Err(e) => {
+                out.disk_error = Some(e.to_string());
+                self.segments.writer = None;
+                for p in frame::payloads(&taken.frames) {
+                    out.dropped += self.memory.hold(p.to_vec());
+                }
+                self.dropped_total += out.dropped;
+            }
+        }
+        self.group.recycle(taken.frames);
+        out
+    }
+
+    /// The disk works: move what waited in memory there (not what is being sent); how many.
+    fn move_memory_to_disk(&mut self) -> u64 {
+        let mut moved = 0;
+        let mut one = Vec::new();
+        while let Some(p) = self.memory.take_waiting() {
+            one.clear();
+            frame::push_frame(&mut one, &p);
+            if self.write_frames(&one, 1).is_err() {
+                self.memory.put_back(p);
+                break;
+            }
+            moved += 1;
+        }
+        moved
+    }
+
+    /// [`Spool::write_out`] outside an append: its outcome is returned by the next append.
+    fn write_out_deferred(&mut self) {
+        let out = self.write_out();
+        self.deferred.merge(out);
+    }
+
+    /// Write whole frames at the end of the active segment, syncing a full one before the
+    /// next is started.
+    fn write_frames(&mut self, frames: &[u8], records: u64) -> Result<(), SpoolError> {
+        if self.segments.is_full() {
+            self.sync_if_owed()?;
+        }
+        self.segments.write(frames, records)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.segments.sync_data()?;
+        self.sync.synced_to(self.segments.end());
+        Ok(())
+    }
+
+    fn sync_if_owed(&mut self) -> Result<(), SpoolError> {
+        let end = self.segments.end();
+        if self.sync.is_owed(end, self.cursor.ack) {
+            self.sync().map_err(|source| SpoolError::Io {
+                path: self.segments.path(end.segment),
+                source,
+            })?;
+        }
+        self.sync.settled();
+        Ok(())
+    }
+
+    /// Called on every tick: write out reports that have waited [`WRITE_GROUP`] (their group
+    /// closes when the next report comes, which a stuck or failing sample delays), sync if
+    /// something has been owed for `sync_interval`, and write down the delivered position every
+    /// [`CURSOR_EVERY`]. A sync or position write that fails is tried again [`CURSOR_EVERY`]
+    /// later, not at the next tick, and the one does not wait for the other.
+    ///
+    /// `Err` when something tried here failed; `Ok(true)` when nothing that was tried, here or
+    /// before, is failing any longer; `Ok(false)` when something failed before and has not been
+    /// tried again yet.
+    pub fn maintain(&mut self, now: Instant) -> Result<bool, SpoolError> {
+        if self.group.has_waited(now) {
+            self.write_out_deferred();
+        }
+        let mut first_error = None;
+        if self.sync.is_due(now) {
+            let result = self.sync_if_owed();
+            self.sync.tried(now, &result);
+            first_error = result.err();
+        }
+        if let Err(e) = self.cursor.write_if_due(self.segments.dir(), now) {
+            first_error.get_or_insert(e);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(!self.sync.is_failing() && !self.cursor.is_failing()),
+        }
+    }
+
+    /// Write out reports waiting for their group and sync everything appended, now.
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        // A disk error here leaves them in memory like any failed write.
+        self.write_out_deferred();
+        self.sync_if_owed()
+    }
+
+    /// Flush everything owed and the cursor (on shutdown).
+    pub fn close(&mut self) -> Result<(), SpoolError> {
+        self.flush()?;
+        self.cursor.write(self.segments.dir())
+    }
+
+    /// Delete oldest segments while over the cap; returns undelivered reports dropped.
+    fn enforce_cap(&mut self) -> u64 {
+        let mut dropped = 0;
+        while let Some(seg) = self.segments.pop_over_cap() {
+            dropped += seg.records - seg.acked;
+            self.cursor.segment_gone(seg.id, self.segments.first_id());
+        }
+        dropped
+    }
+
+    /// The next undelivered reports after those already handed out, at most `max` and never
+    /// across a segment boundary; an empty batch when there is nothing to send.
+    pub fn next_batch(&mut self, max: usize) -> Result<Batch, SpoolError> {
+        self.write_out_deferred();
+        if let Some((id, limit)) = self.segments.seek_unread(&mut self.cursor.read) {
+            let path = self.segments.path(id);
+            return self.cursor.read_batch(&path, id, limit, max);
+        }
+        // Disk is drained: send what waits in memory.
+        Ok(Batch {
+            source: BatchSource::Memory,
+            records: self.memory.next_batch(max),
+        })
+    }
+
+    /// The database acknowledged this batch (batches are acknowledged in the order handed out).
+    pub fn ack(&mut self, batch: &Batch) {
+        match batch.source {
+            BatchSource::Memory => self.memory.ack(batch.records.len()),
+            BatchSource::Disk { segment, end } => {
+                self.ack_disk(segment, end, batch.records.len() as u64);
+            }
+        }
+    }
+
+    /// `records` reports of segment `segment`, up to `end`, were delivered.
+    fn ack_disk(&mut self, segment: u64, end: u64, records: u64) {
+        let pos = Position {
+            segment,
+            offset: end,
+        };
+        if pos <= self.cursor.ack {
+            // Dropped by the cap while in flight.
+            return;
+        }
+        self.segments.count_acked(segment, records);
+        self.cursor.ack = pos;
+        self.sync.delivered_to(pos, self.segments.end());
+        // Delete segments that are wholly delivered (never the active one).
+        while let Some(id) = self.segments.pop_delivered(self.cursor.ack) {
+            self.cursor.segment_gone(id, self.segments.first_id());
+        }
+        self.cursor.catch_up_read();
+    }
+
+    /// An insert failed: hand the same reports out again.
+    pub fn rewind(&mut self) {
+        self.cursor.rewind();
+        self.memory.rewind();
+    }
+}
+
+impl Drop for Spool {
+    /// Reports still waiting for their group go to the page cache, best effort, whatever way
+    /// the spool is let go of (an error return included). Nothing is synced here.
+    fn drop(&mut self) {
+        let _ = self.write_out();
+    }
+}

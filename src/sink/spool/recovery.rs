@@ -1,0 +1,306 @@
+//! Opening a spool directory after whatever ended the last run: delivered segments deleted,
+//! every other one scanned, torn tails cut, bad regions counted, unreadable files set aside.
+//! Disk faults met here are reported, never fatal.
+
+use std::collections::VecDeque;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::Path;
+
+use super::dir::{list_segments, read_cursor, segment_name, set_aside_name};
+use super::frame::{scan, Scanned};
+use super::segment::Segment;
+use super::{Position, SpoolError};
+
+/// What opening found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Undelivered reports found (the backlog).
+    pub pending: u64,
+    /// Bytes cut from a torn tail.
+    pub torn_bytes: u64,
+    /// Regions of bad data between good records, skipped (the reports in them are lost).
+    pub corrupt_regions: u64,
+    /// Bytes of those regions.
+    pub corrupt_bytes: u64,
+    /// Disk errors met on the way that did not stop the spool from opening (a delivered
+    /// segment that could not be deleted, an unreadable one set aside, a torn tail that could
+    /// not be cut, no first segment file), each a sentence for the log.
+    pub problems: Vec<String>,
+}
+
+/// What recovery found in the directory.
+pub(super) struct Recovered {
+    /// The segments still holding undelivered reports (and the last one), oldest first.
+    pub(super) segments: VecDeque<Segment>,
+    /// Everything before this was delivered.
+    pub(super) ack: Position,
+    /// New segments get at least this id: below it lies an unreadable file left in place.
+    pub(super) id_floor: u64,
+    /// The lowest unreadable segment left in place.
+    pub(super) left_in_place: Option<u64>,
+    pub(super) report: OpenReport,
+}
+
+/// Recover the spool in `dir` (creating the directory); `Err` only when the directory itself
+/// cannot be created or listed.
+pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
+    let dir_err = |source| SpoolError::Dir {
+        dir: dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(dir_err)?;
+    let ids = list_segments(dir).map_err(dir_err)?;
+    let last = ids.last().copied();
+    let mut found = Recovered {
+        segments: VecDeque::new(),
+        ack: read_cursor(dir).unwrap_or_default(),
+        id_floor: 0,
+        left_in_place: None,
+        report: OpenReport::default(),
+    };
+    for id in ids {
+        let path = dir.join(segment_name(id));
+        if id < found.ack.segment {
+            // Delivered before the last run ended.
+            delete_delivered(&path, &mut found.report);
+            continue;
+        }
+        let ack_offset = (id == found.ack.segment).then_some(found.ack.offset);
+        match size_and_scan(&path, ack_offset) {
+            Ok((size, scanned)) => found.add(&path, id, size, scanned, Some(id) == last),
+            Err(e) => found.set_aside(&path, id, e),
+        }
+    }
+    let first = found.segments.front().map_or(0, |s| s.id);
+    if found.ack.segment < first {
+        found.ack = Position {
+            segment: first,
+            offset: 0,
+        };
+    }
+    Ok(found)
+}
+
+fn size_and_scan(path: &Path, ack_offset: Option<u64>) -> io::Result<(u64, Scanned)> {
+    let size = fs::metadata(path)?.len();
+    Ok((size, scan(path, ack_offset)?))
+}
+
+fn delete_delivered(path: &Path, report: &mut OpenReport) {
+    if let Err(e) = fs::remove_file(path) {
+        report.problems.push(format!(
+            "cannot delete the delivered spool file {}: {e}; it is tried again at the next start",
+            path.display()
+        ));
+    }
+}
+
+impl Recovered {
+    /// Count segment `id`, of `size` bytes on disk, as scanned; cut its torn tail if it is
+    /// the `last` one, where the next run appends.
+    fn add(&mut self, path: &Path, id: u64, size: u64, scanned: Scanned, last: bool) {
+        let Scanned {
+            records,
+            valid,
+            acked,
+            skipped_regions,
+            skipped_bytes,
+        } = scanned;
+        self.report.corrupt_regions += skipped_regions;
+        self.report.corrupt_bytes += skipped_bytes;
+        if valid < size {
+            self.report.torn_bytes += size - valid;
+            if last {
+                // If it cannot be cut, the first write goes to a new segment (the writer is
+                // not open yet) and reading stops at `valid` all the same.
+                if let Err(e) = cut_torn_tail(path, valid) {
+                    self.report.problems.push(format!(
+                        "cannot cut the torn tail of {}: {e}",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        self.report.pending += records - acked;
+        self.segments.push_back(Segment {
+            id,
+            len: valid,
+            records,
+            acked,
+        });
+    }
+
+    /// Segment `id` could not be read (`e`, an I/O error): out of the way under a name of its
+    /// own, so that the delivered position passing it never deletes it as delivered, and kept
+    /// for whoever can read it. If it cannot even be renamed (a disk the kernel made
+    /// read-only), it is left where it is and out of this run; nothing is deleted on such a
+    /// disk, and the next start tries again.
+    fn set_aside(&mut self, path: &Path, id: u64, e: io::Error) {
+        let aside = set_aside_name(path);
+        let problem = match fs::rename(path, &aside) {
+            Ok(()) => format!(
+                "cannot read the spool file {}: {e}; moved it to {} and went on without the reports in it",
+                path.display(),
+                aside.display()
+            ),
+            Err(r) => {
+                self.id_floor = id + 1;
+                self.left_in_place.get_or_insert(id);
+                format!(
+                    "cannot read the spool file {}: {e}, nor move it aside: {r}; going on without the reports in it",
+                    path.display()
+                )
+            }
+        };
+        self.report.problems.push(problem);
+    }
+}
+
+/// Cut the file at `path` to `valid` bytes, for good.
+fn cut_torn_tail(path: &Path, valid: u64) -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(valid)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::dir::SET_ASIDE;
+    use super::super::frame::{frame, HEADER};
+    use super::super::testutil::{damage, drain, opts, payload};
+    use super::super::{for_each_pending, Spool};
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+    use std::time::Instant;
+
+    use super::*;
+
+    // One bad byte in a record costs that record, not the rest of the segment: reading goes on
+    // at the next good one, at open (counted), in the read path and in `for_each_pending`.
+    #[test]
+    fn a_corrupt_record_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        let size = 100 + HEADER;
+        // A payload byte of record 3, then the length field of record 6 (a bad length).
+        damage(dir.path(), 1, 3 * size + HEADER + 20, b"?");
+        damage(dir.path(), 1, 6 * size, &[0xff; 4]);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(
+            (r.pending, r.corrupt_regions, r.corrupt_bytes, r.torn_bytes),
+            (8, 2, 2 * size, 0)
+        );
+        let mut listed = Vec::new();
+        for_each_pending(dir.path(), |p| listed.push(p.to_vec())).unwrap();
+        s.append(&payload(10), Instant::now());
+        let expected: Vec<_> = [0, 1, 2, 4, 5, 7, 8, 9, 10].map(payload).to_vec();
+        assert_eq!(listed, expected[..8]);
+        assert_eq!(drain(&mut s), expected);
+        assert_eq!(s.pending(), 0);
+    }
+
+    // Zeros in the middle (a block of an unsynced write that never reached the card, with a
+    // later one that did) are skipped too; a bad region in an older segment as well.
+    #[test]
+    fn zeros_between_good_records_are_skipped_in_any_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4096-byte segments: about 37 records each.
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..60 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        assert!(dir.path().join(segment_name(2)).exists());
+        let size = 100 + HEADER;
+        damage(dir.path(), 1, 5 * size + 3, &[0; 300]);
+        damage(dir.path(), 2, 2 * size, &[0; 20]);
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!((r.corrupt_regions, r.torn_bytes), (2, 0));
+        let got = drain(&mut s);
+        // Records 5 to 7 of segment 1 (the zeros span bytes 543 to 843) and record 2 of
+        // segment 2 are lost.
+        let lost = 3 + 1;
+        assert_eq!(got.len(), 60 - lost);
+        assert_eq!(r.pending, 60 - lost as u64);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
+        assert_eq!(got.last(), Some(&payload(59)));
+    }
+
+    // A segment that cannot be opened (here a link to nowhere; on a failing card, EIO) does
+    // not keep the spool from opening: it is set aside under a name of its own that the
+    // delivered position can never delete, and the other segments are delivered. A second one
+    // by the same name later is set aside beside it, not over it.
+    #[test]
+    fn an_unreadable_segment_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..40 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        let aside = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().contains(SET_ASIDE)
+                })
+                .count()
+        };
+        std::os::unix::fs::symlink("/nonexistent/x", dir.path().join(segment_name(7))).unwrap();
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].contains("moved it to"), "{:?}", r.problems);
+        assert_eq!((aside(), r.pending), (1, 40));
+        s.append(&payload(40), Instant::now());
+        assert_eq!(drain(&mut s), (0..41).map(payload).collect::<Vec<_>>());
+        drop(s);
+        std::os::unix::fs::symlink("/nonexistent/y", dir.path().join(segment_name(7))).unwrap();
+        let (_, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!((r.problems.len(), aside()), (1, 2), "{:?}", r.problems);
+    }
+
+    // A torn last record (crash mid-write) is cut off at open; the good ones survive.
+    #[test]
+    fn torn_tail_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..3 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        let seg = dir.path().join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&frame(&payload(3))[..50]).unwrap();
+        drop(f);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(r.pending, 3);
+        assert_eq!(r.torn_bytes, 50);
+        s.append(&payload(4), Instant::now());
+        assert_eq!(
+            drain(&mut s),
+            vec![payload(0), payload(1), payload(2), payload(4)]
+        );
+    }
+
+    // Zero-filled blocks after power loss fail the length check, not the process.
+    #[test]
+    fn zeroed_tail_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        s.append(&payload(0), Instant::now());
+        drop(s);
+        let seg = dir.path().join(segment_name(1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        drop(f);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!((r.pending, r.torn_bytes), (1, 4096));
+        assert_eq!(drain(&mut s), vec![payload(0)]);
+    }
+}
