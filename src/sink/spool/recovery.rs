@@ -79,6 +79,17 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
             offset: 0,
         };
     }
+    // A power cut can keep the delivered position (a small file, renamed into place) and lose
+    // the end of the segment it points into. Past the segment's end it would make the spool
+    // skip the reports the next run writes there; everything the segment still holds was
+    // delivered, so the position becomes its end, and new reports go to a segment of their
+    // own: the position on disk still says the old offset until it is next written.
+    if let Some(seg) = found.segments.iter().find(|s| s.id == found.ack.segment) {
+        if found.ack.offset > seg.len {
+            found.ack.offset = seg.len;
+            found.id_floor = found.id_floor.max(seg.id + 1);
+        }
+    }
     Ok(found)
 }
 
@@ -123,6 +134,16 @@ impl Recovered {
             }
         }
         self.report.pending += records - acked;
+        if records > acked {
+            // The last run may have been killed before it synced these reports: they are in
+            // the page cache, and this run never writes to this segment again, so its syncs
+            // would not cover them. One sync now makes them survive a power cut too.
+            if let Err(e) = fs::File::open(path).and_then(|f| f.sync_data()) {
+                self.report
+                    .problems
+                    .push(format!("cannot sync {}: {e}", path.display()));
+            }
+        }
         self.segments.push_back(Segment {
             id,
             len: valid,
