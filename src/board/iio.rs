@@ -29,8 +29,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{Sensor, SensorError};
+use crate::drivers::lsm9ds1::Acceleration;
 use crate::drivers::{hts221, lps25h};
-use crate::report::Acceleration;
 
 /// Standard gravity, m/s^2 per g.
 const G: f64 = 9.806_65;

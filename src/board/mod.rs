@@ -32,10 +32,8 @@ use std::time::{Duration, Instant};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use crate::drivers::{
-    self, hts221, hts221::Hts221, lps25h, lps25h::Lps25h, lsm9ds1, lsm9ds1::Lsm9ds1Accel,
-};
-use crate::report::Reading;
+use crate::drivers::{self, hts221::Hts221, lps25h::Lps25h, lsm9ds1, lsm9ds1::Lsm9ds1Accel};
+use crate::report::{self, Reading};
 
 /// The sensors of the Sense HAT, as named in logs and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -198,47 +196,23 @@ impl<T> Slot<T> {
     }
 }
 
-/// How often, and how many times, STATUS is read after a chip's init before its first reading:
-/// 50 x 5 ms, so 250 ms, three periods of the slowest output (the HTS221's 12.5 Hz) and its
-/// turn-on time with room to spare.
-const FIRST_READING_PAUSE: Duration = Duration::from_millis(5);
-const FIRST_READING_POLLS: u32 = 50;
-
-/// Wait until a freshly initialised chip says a conversion is ready. Its output registers hold
-/// their reset value (zero) until then, or, after a glitch that reset the chip, whatever came
-/// before: read at once, as the first sample after start-up or a re-initialisation is, they
-/// would be stored as a real reading (0 hPa, or a humidity worked out from zero). A chip that
-/// never becomes ready fails its init, and the sample is skipped and retried as any failure is.
-fn first_reading<E: core::fmt::Debug>(
-    chip: &'static str,
-    address: u8,
-    mut ready: impl FnMut() -> Result<(bool, u8), drivers::Error<E>>,
-) -> Result<(), drivers::Error<E>> {
-    let mut status = 0;
-    for poll in 0..FIRST_READING_POLLS {
-        let (is_ready, value) = ready()?;
-        if is_ready {
-            return Ok(());
-        }
-        status = value;
-        if poll + 1 < FIRST_READING_POLLS {
-            std::thread::sleep(FIRST_READING_PAUSE);
-        }
+/// The report's acceleration from the driver's (or IIO's): the same axes and units.
+fn report_acceleration(a: lsm9ds1::Acceleration) -> report::Acceleration {
+    report::Acceleration {
+        x_g: a.x_g,
+        y_g: a.y_g,
+        z_g: a.z_g,
     }
-    Err(drivers::Error::NoReading {
-        chip,
-        address,
-        waited_ms: (FIRST_READING_PAUSE * (FIRST_READING_POLLS - 1)).as_millis() as u64,
-        status,
-    })
 }
 
-/// The composed Sense HAT: the three drivers, each with its own handle on the same bus.
+/// The composed Sense HAT: the three drivers, each with its own handle on the same bus, and
+/// the delay their waits use.
 pub struct SenseHat<I2C, D> {
     bus_name: String,
+    delay: D,
     hts: Slot<Hts221<I2C>>,
     lps: Slot<Lps25h<I2C>>,
-    acc: Slot<Lsm9ds1Accel<I2C, D>>,
+    acc: Slot<Lsm9ds1Accel<I2C>>,
     health: [Health; 3],
     needs_init: [bool; 3],
 }
@@ -280,9 +254,10 @@ where
         };
         let mut hat = SenseHat {
             bus_name: bus_name.to_owned(),
+            delay,
             hts: slot(hts).map_or_else(Slot::Iio, |i| Slot::Chip(Hts221::new(i))),
             lps: slot(lps).map_or_else(Slot::Iio, |i| Slot::Chip(Lps25h::new(i))),
-            acc: slot(acc).map_or_else(Slot::Iio, |i| Slot::Chip(Lsm9ds1Accel::new(i, delay))),
+            acc: slot(acc).map_or_else(Slot::Iio, |i| Slot::Chip(Lsm9ds1Accel::new(i))),
             health: Default::default(),
             needs_init: [true; 3],
         };
@@ -318,32 +293,15 @@ where
         }
     }
 
-    /// Initialise a sensor and wait for its first conversion (see [`first_reading`]).
+    /// Initialise a sensor; each driver's init waits for the chip's first conversion, so a
+    /// chip that has measured nothing yet (after start-up or a glitch that reset it) is never
+    /// read as if it had, and one that never converts fails here.
     fn init_sensor(&mut self, sensor: Sensor) -> Result<(), SensorError> {
+        let delay = &mut self.delay;
         let r = match sensor {
-            Sensor::Hts221 => self.hts.read(
-                |c| {
-                    c.init()?;
-                    first_reading(Hts221::<I2C>::CHIP, hts221::ADDRESS, || c.data_ready())
-                },
-                |s| s.check(),
-            ),
-            Sensor::Lps25h => self.lps.read(
-                |c| {
-                    c.init()?;
-                    first_reading(Lps25h::<I2C>::CHIP, lps25h::ADDRESS, || c.data_ready())
-                },
-                |s| s.check(),
-            ),
-            Sensor::Lsm9ds1 => self.acc.read(
-                |c| {
-                    c.init()?;
-                    first_reading(Lsm9ds1Accel::<I2C, D>::CHIP, lsm9ds1::ADDRESS, || {
-                        c.data_ready()
-                    })
-                },
-                |s| s.check(),
-            ),
+            Sensor::Hts221 => self.hts.read(|c| c.init(delay).map(drop), |s| s.check()),
+            Sensor::Lps25h => self.lps.read(|c| c.init(delay), |s| s.check()),
+            Sensor::Lsm9ds1 => self.acc.read(|c| c.init(delay), |s| s.check()),
         };
         r.map_err(|e| self.read_error(sensor, e))?;
         self.needs_init[sensor.index()] = false;
@@ -419,7 +377,7 @@ where
                 humidity_rh: h.humidity_rh,
                 temperature_celsius: h.temperature_celsius,
                 pressure_hpa: p.pressure_hpa,
-                acceleration: a,
+                acceleration: report_acceleration(a),
             }),
             _ => Err(SampleError(first_error.expect("one read failed"))),
         };
