@@ -1,6 +1,7 @@
 //! The Sense HAT as the agent sees it: three drivers on one I2C bus, sampled together, with
-//! retries, re-initialisation and health tracking. This is the one hardware boundary: only
-//! [`linux`] names the Linux bus, and [`sim`] is the register-level stand-in.
+//! retries, re-initialisation and health tracking, and the LED matrix found beside them
+//! ([`led`]). This is the one hardware boundary: only [`linux`] and [`led`] name the Linux
+//! bus, and [`sim`] is the register-level stand-in.
 //!
 //! # Setting up a Raspberry Pi
 //!
@@ -24,6 +25,7 @@
 //! - *No device acknowledged*: the HAT is not seated, or this is not a Sense HAT.
 
 pub mod iio;
+pub mod led;
 pub mod linux;
 pub mod sim;
 
