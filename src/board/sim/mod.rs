@@ -7,10 +7,10 @@
 //! (bit 7 of the sub-address on the HTS221 and LPS25H; CTRL_REG8.IF_ADD_INC on the LSM9DS1, which
 //! a BOOT write resets to its power-on value). A device that is not present NAKs its address.
 //!
-//! The chips' register models are in `chip.rs`, the room they measure in `world.rs`. Register
-//! addresses are declared there again from the datasheets rather than imported from the
-//! drivers, so a wrong constant in a driver shows up as a failing test instead of agreeing with
-//! itself.
+//! Each chip's register model is in its own file (`hts221.rs`, `lps25h.rs`, `lsm9ds1.rs`, run
+//! by `chip.rs`), the room they measure in `world.rs`. Register addresses are declared there
+//! again from the datasheets rather than imported from the drivers, so a wrong constant in a
+//! driver shows up as a failing test instead of agreeing with itself.
 //!
 //! Tests can freeze the world and poke raw register contents ([`SimSenseHat::freeze`],
 //! [`SimSenseHat::poke`]), remove a chip ([`SimSenseHat::set_present`]), make it fail every
@@ -24,6 +24,9 @@ use std::time::Instant;
 use embedded_hal::i2c::{ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operation};
 
 mod chip;
+mod hts221;
+mod lps25h;
+mod lsm9ds1;
 mod world;
 
 use chip::Chip;
