@@ -9,11 +9,10 @@ use clap::Parser;
 use tracing::{error, info, warn};
 
 use sensehat_monitor::agent::{self, AgentOptions, Output};
-use sensehat_monitor::board::{linux, Board};
+use sensehat_monitor::board::{led::open_led, Board};
 use sensehat_monitor::clock::{self, ClockState, ClockWait};
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
-use sensehat_monitor::led;
-use sensehat_monitor::led::{find_sense_fb, AttinyLed, Frame, FramebufferLed};
+use sensehat_monitor::led::Frame;
 use sensehat_monitor::mongo;
 use sensehat_monitor::shutdown::shutdown_signal;
 use sensehat_monitor::sink::mongo::MongoSink;
@@ -29,61 +28,6 @@ fn logo(cli: &Cli) -> Result<Frame, String> {
             let bytes = std::fs::read(path)
                 .map_err(|e| format!("cannot read the logo {}: {e}", path.display()))?;
             Frame::from_png(&bytes).map_err(|e| format!("logo {}: {e}", path.display()))
-        }
-    }
-}
-
-/// Where the logo goes.
-enum Led {
-    /// The `RPi-Sense FB` framebuffer (or `--led-device`).
-    Framebuffer(FramebufferLed),
-    /// The LED controller itself, over I2C, when there is no framebuffer.
-    Controller(AttinyLed<linux_embedded_hal::I2cdev>),
-}
-
-impl Led {
-    fn show(&mut self, frame: &Frame) -> Result<(), String> {
-        match self {
-            Led::Framebuffer(fb) => fb.show(frame).map_err(|e| e.to_string()),
-            Led::Controller(c) => c.show(frame).map_err(|e| e.to_string()),
-        }
-    }
-
-    fn clear(&mut self) -> Result<(), String> {
-        self.show(&Frame::blank())
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Led::Framebuffer(fb) => fb.path().display().to_string(),
-            Led::Controller(_) => format!("I2C address {:#04x}", led::attiny::ADDRESS),
-        }
-    }
-}
-
-/// The LED matrix, if there is one: `--led-device`, else the framebuffer named RPi-Sense FB,
-/// else the LED controller over I2C unless a kernel driver owns it (only on the real board).
-fn open_led(cli: &Cli) -> Option<Led> {
-    match (&cli.led_device, cli.sensors) {
-        (Some(p), _) => return Some(Led::Framebuffer(FramebufferLed::new(p, cli.led_rotation))),
-        (None, SensorsKind::Sim) => return None,
-        (None, SensorsKind::Sensehat) => {}
-    }
-    if let Some(p) = find_sense_fb("/sys/class/graphics".as_ref(), "/dev".as_ref()) {
-        return Some(Led::Framebuffer(FramebufferLed::new(p, cli.led_rotation)));
-    }
-    if let Some(driver) = linux::owner(&cli.i2c_bus, led::attiny::ADDRESS) {
-        warn!(driver, "no LED matrix framebuffer (no \"RPi-Sense FB\"), and a kernel driver owns the LED controller; running without the LED");
-        return None;
-    }
-    match linux_embedded_hal::I2cdev::new(&cli.i2c_bus) {
-        Ok(i2c) => {
-            info!("no LED matrix framebuffer (is the rpisense-fb driver loaded?); writing the matrix over I2C instead");
-            Some(Led::Controller(AttinyLed::new(i2c, cli.led_rotation)))
-        }
-        Err(e) => {
-            warn!(error = %e, bus = cli.i2c_bus, "no LED matrix found (no framebuffer named \"RPi-Sense FB\", and the I2C bus cannot be opened); running without the LED");
-            None
         }
     }
 }
@@ -213,7 +157,12 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
     .map_err(|e| (1, e.to_string()))?
     .map_err(|e| (1, format!("cannot start the Sense HAT: {e}")))?;
 
-    let mut led = open_led(&cli);
+    let mut led = open_led(
+        cli.led_device.as_deref(),
+        &cli.i2c_bus,
+        cli.led_rotation,
+        cli.sensors == SensorsKind::Sensehat,
+    );
     if let Some(l) = &mut led {
         if let Err(e) = l.show(&frame) {
             warn!(device = l.name(), error = %e, "cannot write the LED matrix; running without it");

@@ -1,6 +1,7 @@
 //! The drivers against the simulated register map: raw register contents poked into the
 //! simulator, values worked by hand from the datasheet formulas (as python-sense-hat computes).
 
+use embedded_hal::delay::DelayNs;
 use sensehat_monitor::board::sim::{SimChip, SimSenseHat, World};
 use sensehat_monitor::board::{NoDelay, SenseHat, Sensor};
 use sensehat_monitor::drivers::hts221::{Calibration, Hts221};
@@ -21,7 +22,7 @@ fn frozen() -> SimSenseHat {
 fn hts221_converts_with_factory_calibration() {
     let sim = frozen();
     let mut hts = Hts221::new(sim.bus());
-    let cal = hts.init().unwrap();
+    let cal = hts.init(&mut NoDelay).unwrap();
     assert_eq!(
         (cal.h0_rh, cal.h1_rh, cal.t0_celsius, cal.t1_celsius),
         (33.0, 75.0, 18.75, 35.0)
@@ -57,7 +58,10 @@ fn hts221_rejects_corrupt_calibration() {
     // T1_OUT = T0_OUT.
     sim.poke(SimChip::Hts221, 0x3E, &300i16.to_le_bytes());
     let mut hts = Hts221::new(sim.bus());
-    assert!(matches!(hts.init(), Err(Error::BadCalibration { .. })));
+    assert!(matches!(
+        hts.init(&mut NoDelay),
+        Err(Error::BadCalibration { .. })
+    ));
     assert!(matches!(hts.read(), Err(Error::NotInitialised { .. })));
 }
 
@@ -66,7 +70,7 @@ fn hts221_rejects_corrupt_calibration() {
 fn lps25h_converts_positive_and_negative_codes() {
     let sim = frozen();
     let mut lps = Lps25h::new(sim.bus());
-    lps.init().unwrap();
+    lps.init(&mut NoDelay).unwrap();
     for (reg, v) in [(0x20, 0xC4), (0x10, 0x05), (0x2E, 0xC0), (0x21, 0x40)] {
         assert_eq!(sim.peek(SimChip::Lps25h, reg), v, "register {reg:#x}");
     }
@@ -93,8 +97,8 @@ fn lsm9ds1_every_full_scale() {
         (FullScale::G16, 0b01, 0.732),
     ] {
         let sim = frozen();
-        let mut acc = Lsm9ds1Accel::with_full_scale(sim.bus(), NoDelay, fs);
-        acc.init().unwrap();
+        let mut acc = Lsm9ds1Accel::with_full_scale(sim.bus(), fs);
+        acc.init(&mut NoDelay).unwrap();
         let ctrl6 = sim.peek(SimChip::Lsm9ds1Accel, 0x20);
         assert_eq!((ctrl6 >> 3) & 0b11, bits, "{fs:?}");
         assert_eq!(ctrl6 >> 5, 0b011, "119 Hz");
@@ -126,7 +130,7 @@ fn lsm9ds1_every_full_scale() {
 fn wrong_chip_is_named() {
     let sim = frozen();
     sim.poke(SimChip::Lps25h, 0x0F, &[0xB1]);
-    let e = Lps25h::new(sim.bus()).init().unwrap_err();
+    let e = Lps25h::new(sim.bus()).init(&mut NoDelay).unwrap_err();
     assert_eq!(
         e.to_string(),
         "the device at address 0x5c is not a LPS25H: WHO_AM_I reads 0xb1, expected 0xbd"
@@ -217,4 +221,59 @@ fn simulated_world_round_trips_through_the_drivers() {
     assert!((r.acceleration.x_g - 0.5).abs() < 0.001);
     assert!((r.acceleration.y_g - -0.25).abs() < 0.001);
     assert!((r.acceleration.z_g - 0.97).abs() < 0.001);
+}
+
+/// A delay that only adds up what it is asked to wait, so warm-up tests run at once and can
+/// still see every pause the driver made.
+#[derive(Default)]
+struct Recorded {
+    ns: u64,
+}
+
+impl DelayNs for Recorded {
+    fn delay_ns(&mut self, ns: u32) {
+        self.ns += u64::from(ns);
+    }
+}
+
+// Each driver's init waits on the delay it is given, one 5 ms pause per STATUS read that says
+// "no conversion yet" (the LSM9DS1 also waits 100 ms after its reboot), and then reads values.
+#[test]
+fn init_waits_on_the_given_delay_until_the_first_conversion() {
+    let sim = SimSenseHat::new();
+    for chip in [SimChip::Hts221, SimChip::Lps25h, SimChip::Lsm9ds1Accel] {
+        sim.set_warm_up(chip, 3);
+    }
+    let mut d = Recorded::default();
+    let mut hts = Hts221::new(sim.bus());
+    hts.init(&mut d).unwrap();
+    assert_eq!(d.ns, 3 * 5_000_000);
+    assert!(hts.read().unwrap().humidity_rh > 30.0);
+
+    let mut d = Recorded::default();
+    let mut lps = Lps25h::new(sim.bus());
+    lps.init(&mut d).unwrap();
+    assert_eq!(d.ns, 3 * 5_000_000);
+    assert!(lps.read().unwrap().pressure_hpa > 900.0);
+
+    let mut d = Recorded::default();
+    let mut acc = Lsm9ds1Accel::new(sim.bus());
+    acc.init(&mut d).unwrap();
+    assert_eq!(d.ns, 100_000_000 + 3 * 5_000_000);
+    assert!(acc.read().unwrap().z_g > 0.5);
+}
+
+// A chip that never converts: init gives up after the polls, and the time it reports waiting
+// is the time it asked of the delay.
+#[test]
+fn init_reports_the_time_it_waited_for_a_chip_that_never_converts() {
+    let sim = SimSenseHat::new();
+    sim.set_warm_up(SimChip::Hts221, u32::MAX);
+    let mut d = Recorded::default();
+    let mut hts = Hts221::new(sim.bus());
+    match hts.init(&mut d) {
+        Err(Error::NoReading { waited_ms, .. }) => assert_eq!(waited_ms * 1_000_000, d.ns),
+        other => panic!("expected NoReading, got {other:?}"),
+    }
+    assert!(matches!(hts.read(), Err(Error::NotInitialised { .. })));
 }

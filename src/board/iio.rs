@@ -29,8 +29,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{Sensor, SensorError};
+use crate::drivers::lsm9ds1::Acceleration;
 use crate::drivers::{hts221, lps25h};
-use crate::report::Acceleration;
 
 /// Standard gravity, m/s^2 per g.
 const G: f64 = 9.806_65;
@@ -72,10 +72,12 @@ impl IioSensor {
         })
     }
 
+    /// The IIO device directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The kernel driver that owns the sensor.
     pub fn driver(&self) -> &str {
         &self.driver
     }
@@ -130,6 +132,7 @@ impl IioSensor {
         self.number(scale, None).map(drop)
     }
 
+    /// Humidity and temperature, as the HTS221 driver would read them.
     pub fn hts221(&self) -> Result<hts221::Measurement, SensorError> {
         Ok(hts221::Measurement {
             // Clamped as the I2C driver does (crate::drivers::hts221).
@@ -140,6 +143,7 @@ impl IioSensor {
         })
     }
 
+    /// Pressure, as the LPS25H driver would read it (no temperature).
     pub fn lps25h(&self) -> Result<lps25h::Measurement, SensorError> {
         Ok(lps25h::Measurement {
             pressure_hpa: self.value("in_pressure", "in_pressure")? * 10.0,
@@ -148,6 +152,7 @@ impl IioSensor {
         })
     }
 
+    /// Acceleration in g, in python-sense-hat's axes, as the LSM9DS1 driver would read it.
     pub fn lsm9ds1(&self) -> Result<Acceleration, SensorError> {
         let g = |axis: &str| -> Result<f64, SensorError> {
             Ok(self.value(&format!("in_accel_{axis}"), "in_accel")? / G)

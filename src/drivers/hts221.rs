@@ -8,38 +8,57 @@
 //! clamp, so it can report e.g. 100.8 %rH near saturation, which is not a physical value.
 //! Unclamped values differ from python-sense-hat only outside that range.
 
+use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::{check_identity, read_regs, write_reg, Error};
+use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error};
 
+/// The chip's 7-bit I2C address on the Sense HAT.
 pub const ADDRESS: u8 = 0x5F;
 
 /// Register map (datasheet DocID026333).
 pub mod reg {
+    /// The identity register.
     pub const WHO_AM_I: u8 = 0x0F;
+    /// Averaging of humidity and temperature samples.
     pub const AV_CONF: u8 = 0x10;
+    /// Power, block data update and output data rate.
     pub const CTRL_REG1: u8 = 0x20;
+    /// Data-ready flags.
     pub const STATUS: u8 = 0x27;
+    /// HUMIDITY_OUT low byte; TEMP_OUT follows at 0x2A.
     pub const HUMIDITY_OUT_L: u8 = 0x28;
+    /// The first of the 16 factory calibration registers.
     pub const CALIB_START: u8 = 0x30;
     /// Set on a register address to read several bytes in one transaction.
     pub const AUTO_INCREMENT: u8 = 0x80;
 }
 
+/// What WHO_AM_I reads on an HTS221.
 pub const WHO_AM_I_VALUE: u8 = 0xBC;
+/// STATUS: H_DA (bit 1, humidity ready) and T_DA (bit 0, temperature ready).
+const STATUS_H_DA_T_DA: u8 = 0x03;
 const CTRL_REG1_INIT: u8 = 0x87;
 const AV_CONF_INIT: u8 = 0x1B;
 
 /// Factory calibration, decoded from registers 0x30..=0x3F.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Calibration {
+    /// H0: the humidity of the lower calibration point (H0_rH_x2 / 2).
     pub h0_rh: f64,
+    /// H1: the humidity of the upper calibration point (H1_rH_x2 / 2).
     pub h1_rh: f64,
+    /// T0: the temperature of the lower calibration point (a 10-bit T0_degC_x8 / 8).
     pub t0_celsius: f64,
+    /// T1: the temperature of the upper calibration point (a 10-bit T1_degC_x8 / 8).
     pub t1_celsius: f64,
+    /// HUMIDITY_OUT at H0.
     pub h0_t0_out: i16,
+    /// HUMIDITY_OUT at H1.
     pub h1_t0_out: i16,
+    /// TEMP_OUT at T0.
     pub t0_out: i16,
+    /// TEMP_OUT at T1.
     pub t1_out: i16,
 }
 
@@ -89,18 +108,23 @@ impl Calibration {
 /// One HTS221 measurement.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measurement {
+    /// Relative humidity, %rH, clamped to 0..=100.
     pub humidity_rh: f64,
+    /// Temperature, degrees Celsius.
     pub temperature_celsius: f64,
 }
 
+/// The HTS221 driver, owning its bus handle.
 pub struct Hts221<I2C> {
     i2c: I2C,
     calibration: Option<Calibration>,
 }
 
 impl<I2C: I2c> Hts221<I2C> {
+    /// The chip's name in errors.
     pub const CHIP: &'static str = "HTS221";
 
+    /// A driver on `i2c`; nothing is sent until [`init`](Self::init).
     pub fn new(i2c: I2C) -> Self {
         Hts221 {
             i2c,
@@ -108,8 +132,9 @@ impl<I2C: I2c> Hts221<I2C> {
         }
     }
 
-    /// Check WHO_AM_I, configure, and read the calibration.
-    pub fn init(&mut self) -> Result<Calibration, Error<I2C::Error>> {
+    /// Check WHO_AM_I, configure, read the calibration, and wait (on `delay`) for the first
+    /// conversion, so the next [`read`](Self::read) is a measurement, not the reset value.
+    pub fn init(&mut self, delay: &mut impl DelayNs) -> Result<Calibration, Error<I2C::Error>> {
         self.calibration = None;
         check_identity(
             &mut self.i2c,
@@ -134,6 +159,14 @@ impl<I2C: I2c> Hts221<I2C> {
                 chip: Self::CHIP,
                 detail,
             })?;
+        wait_first_conversion(
+            &mut self.i2c,
+            delay,
+            Self::CHIP,
+            ADDRESS,
+            reg::STATUS,
+            STATUS_H_DA_T_DA,
+        )?;
         self.calibration = Some(calibration);
         Ok(calibration)
     }
@@ -141,7 +174,7 @@ impl<I2C: I2c> Hts221<I2C> {
     /// Whether a humidity and a temperature conversion have both completed since power-on
     /// (STATUS H_DA and T_DA), and the STATUS value.
     pub fn data_ready(&mut self) -> Result<(bool, u8), Error<I2C::Error>> {
-        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, 0x03)
+        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, STATUS_H_DA_T_DA)
     }
 
     /// Read humidity and temperature in one burst (HUMIDITY_OUT then TEMP_OUT).
@@ -164,6 +197,7 @@ impl<I2C: I2c> Hts221<I2C> {
         })
     }
 
+    /// Give the bus handle back.
     pub fn release(self) -> I2C {
         self.i2c
     }

@@ -6,24 +6,38 @@
 //! is assumed to work there (UNCONFIRMED on hardware; the register map is the same in ST's
 //! LPS25HB datasheet for every register written here).
 
+use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::{check_identity, read_regs, write_reg, Error};
+use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error};
 
+/// The chip's 7-bit I2C address on the Sense HAT.
 pub const ADDRESS: u8 = 0x5C;
 
+/// Register map (from the LPS25H datasheet).
 pub mod reg {
+    /// The identity register.
     pub const WHO_AM_I: u8 = 0x0F;
+    /// Pressure and temperature resolution (internal averaging).
     pub const RES_CONF: u8 = 0x10;
+    /// Power, output data rate and block data update.
     pub const CTRL_REG1: u8 = 0x20;
+    /// FIFO enable, boot, one-shot.
     pub const CTRL_REG2: u8 = 0x21;
+    /// Data-ready flags.
     pub const STATUS: u8 = 0x27;
+    /// The low byte of the 24-bit pressure; TEMP_OUT follows at 0x2B.
     pub const PRESS_OUT_XL: u8 = 0x28;
+    /// FIFO mode.
     pub const FIFO_CTRL: u8 = 0x2E;
+    /// Set on a register address to read several bytes in one transaction.
     pub const AUTO_INCREMENT: u8 = 0x80;
 }
 
+/// What WHO_AM_I reads on an LPS25H (and an LPS25HB).
 pub const WHO_AM_I_VALUE: u8 = 0xBD;
+/// STATUS: P_DA (bit 1, pressure ready) and T_DA (bit 0, temperature ready).
+const STATUS_P_DA_T_DA: u8 = 0x03;
 
 /// hPa from the three pressure bytes (XL, L, H): a 24-bit two's complement count of 1/4096 hPa.
 pub fn pressure_hpa(xl: u8, l: u8, h: u8) -> f64 {
@@ -40,18 +54,23 @@ pub fn temperature_celsius(raw: i16) -> f64 {
 /// One LPS25H measurement.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measurement {
+    /// Pressure, hPa (= mbar).
     pub pressure_hpa: f64,
+    /// The chip's own temperature, degrees Celsius.
     pub temperature_celsius: f64,
 }
 
+/// The LPS25H driver, owning its bus handle.
 pub struct Lps25h<I2C> {
     i2c: I2C,
     initialised: bool,
 }
 
 impl<I2C: I2c> Lps25h<I2C> {
+    /// The chip's name in errors.
     pub const CHIP: &'static str = "LPS25H";
 
+    /// A driver on `i2c`; nothing is sent until [`init`](Self::init).
     pub fn new(i2c: I2C) -> Self {
         Lps25h {
             i2c,
@@ -59,7 +78,9 @@ impl<I2C: I2c> Lps25h<I2C> {
         }
     }
 
-    pub fn init(&mut self) -> Result<(), Error<I2C::Error>> {
+    /// Check WHO_AM_I, configure, and wait (on `delay`) for the first conversion, so the next
+    /// [`read`](Self::read) is a measurement, not the reset value.
+    pub fn init(&mut self, delay: &mut impl DelayNs) -> Result<(), Error<I2C::Error>> {
         self.initialised = false;
         check_identity(
             &mut self.i2c,
@@ -76,6 +97,14 @@ impl<I2C: I2c> Lps25h<I2C> {
         ] {
             write_reg(&mut self.i2c, ADDRESS, r, v)?;
         }
+        wait_first_conversion(
+            &mut self.i2c,
+            delay,
+            Self::CHIP,
+            ADDRESS,
+            reg::STATUS,
+            STATUS_P_DA_T_DA,
+        )?;
         self.initialised = true;
         Ok(())
     }
@@ -83,7 +112,7 @@ impl<I2C: I2c> Lps25h<I2C> {
     /// Whether a pressure and a temperature conversion have both completed since power-on
     /// (STATUS P_DA and T_DA), and the STATUS value.
     pub fn data_ready(&mut self) -> Result<(bool, u8), Error<I2C::Error>> {
-        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, 0x03)
+        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, STATUS_P_DA_T_DA)
     }
 
     /// Pressure and temperature in one 5-byte burst from PRESS_OUT_XL.
@@ -104,6 +133,7 @@ impl<I2C: I2c> Lps25h<I2C> {
         })
     }
 
+    /// Give the bus handle back.
     pub fn release(self) -> I2C {
         self.i2c
     }

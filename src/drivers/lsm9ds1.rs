@@ -2,34 +2,48 @@
 //! the magnetometer are not used by the agent.
 //!
 //! Init as RTIMULib does for the accelerometer: CTRL_REG8 = 0x80 (reboot memory content), wait
-//! 100 ms, then CTRL_REG8 = 0x44: IF_ADD_INC, as RTIMULib writes (0x04), plus BDU (block data
+//! 100 ms (on the `DelayNs` passed to [`Lsm9ds1Accel::init`]), then CTRL_REG8 = 0x44: IF_ADD_INC, as RTIMULib writes (0x04), plus BDU (block data
 //! update, bit 6), which RTIMULib leaves off. With BDU off, a 6-byte burst that straddles an
 //! update at 119 Hz can pair one sample's low byte with the next one's high byte (up to 62 mg at
 //! +-8 g, enough to flip `isMoving` near 1 g); with it on, the output registers hold still until
 //! both bytes of each axis are read. Whether IF_ADD_INC comes back on by itself after the reboot
 //! is UNCONFIRMED; it is on after a power-on reset, so writing it explicitly is always right.
-//! Then CTRL_REG6_XL = ODR 119 Hz | full scale | BW and CTRL_REG7_XL = 0x00.
+//! Then CTRL_REG6_XL = ODR 119 Hz | full scale | BW and CTRL_REG7_XL = 0x00, and wait for the
+//! first sample.
 //!
 //! Axes: RTIMULib (and so python-sense-hat) reports x = -X, y = -Y, z = +Z.
 
+use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::{check_identity, read_regs, write_reg, Error};
-use crate::report::Acceleration;
+use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error};
 
+/// The accelerometer/gyroscope die's 7-bit I2C address on the Sense HAT.
 pub const ADDRESS: u8 = 0x6A;
 
+/// Register map of the accelerometer/gyroscope die (from the LSM9DS1 datasheet).
 pub mod reg {
+    /// The identity register.
     pub const WHO_AM_I: u8 = 0x0F;
+    /// Data-ready flags (bit 0: accelerometer, XLDA).
     pub const STATUS_REG: u8 = 0x17;
+    /// Accelerometer data rate, full scale and bandwidth.
     pub const CTRL_REG6_XL: u8 = 0x20;
+    /// Accelerometer filters.
     pub const CTRL_REG7_XL: u8 = 0x21;
+    /// Boot, block data update, IF_ADD_INC.
     pub const CTRL_REG8: u8 = 0x22;
+    /// OUT_X_XL low byte; Y and Z follow.
     pub const OUT_X_L_XL: u8 = 0x28;
 }
 
+/// What WHO_AM_I reads on the accelerometer/gyroscope die.
 pub const WHO_AM_I_VALUE: u8 = 0x68;
+/// STATUS_REG XLDA: an accelerometer sample is ready.
+const STATUS_XLDA: u8 = 0x01;
 const CTRL_REG8_BOOT: u8 = 0x80;
+/// How long the chip takes to reload its trimming after a BOOT, as RTIMULib waits.
+const BOOT_MS: u32 = 100;
 /// IF_ADD_INC (bit 2) and BDU (bit 6).
 const CTRL_REG8_IF_ADD_INC_BDU: u8 = 0x44;
 /// ODR 119 Hz (011 in bits 7:5) and bandwidth bits 2:0 = 011, as RTIMULib's 0x7B at +-8 g.
@@ -38,15 +52,19 @@ const CTRL_REG6_ODR_BW: u8 = 0x63;
 /// Accelerometer full scale (CTRL_REG6_XL bits 4:3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FullScale {
+    /// +-2 g.
     G2,
+    /// +-4 g.
     G4,
-    /// RTIMULib's (and so python-sense-hat's) setting.
+    /// +-8 g: RTIMULib's (and so python-sense-hat's) setting.
     #[default]
     G8,
+    /// +-16 g.
     G16,
 }
 
 impl FullScale {
+    /// Every full scale, smallest first.
     pub const ALL: [FullScale; 4] = [FullScale::G2, FullScale::G4, FullScale::G8, FullScale::G16];
 
     /// The FS bits in place (bits 4:3): 00 2 g, 10 4 g, 11 8 g, 01 16 g.
@@ -70,6 +88,17 @@ impl FullScale {
     }
 }
 
+/// An accelerometer sample in g, in python-sense-hat's axes (X and Y negated from the chip's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Acceleration {
+    /// Along X, g.
+    pub x_g: f64,
+    /// Along Y, g.
+    pub y_g: f64,
+    /// Along Z, g (about +1 lying flat, LEDs up).
+    pub z_g: f64,
+}
+
 /// Convert raw OUT_X/Y/Z to g, in python-sense-hat's axes.
 pub fn to_g(raw: [i16; 3], fs: FullScale) -> Acceleration {
     let s = fs.g_per_lsb();
@@ -80,34 +109,39 @@ pub fn to_g(raw: [i16; 3], fs: FullScale) -> Acceleration {
     }
 }
 
-pub struct Lsm9ds1Accel<I2C, D> {
+/// The LSM9DS1 accelerometer driver, owning its bus handle.
+pub struct Lsm9ds1Accel<I2C> {
     i2c: I2C,
-    delay: D,
     full_scale: FullScale,
     initialised: bool,
 }
 
-impl<I2C: I2c, D: embedded_hal::delay::DelayNs> Lsm9ds1Accel<I2C, D> {
+impl<I2C: I2c> Lsm9ds1Accel<I2C> {
+    /// The chip's name in errors.
     pub const CHIP: &'static str = "LSM9DS1 accelerometer";
 
-    pub fn new(i2c: I2C, delay: D) -> Self {
-        Self::with_full_scale(i2c, delay, FullScale::default())
+    /// A driver on `i2c` at RTIMULib's +-8 g; nothing is sent until [`init`](Self::init).
+    pub fn new(i2c: I2C) -> Self {
+        Self::with_full_scale(i2c, FullScale::default())
     }
 
-    pub fn with_full_scale(i2c: I2C, delay: D, full_scale: FullScale) -> Self {
+    /// A driver on `i2c` at another full scale.
+    pub fn with_full_scale(i2c: I2C, full_scale: FullScale) -> Self {
         Lsm9ds1Accel {
             i2c,
-            delay,
             full_scale,
             initialised: false,
         }
     }
 
+    /// The full scale the driver configures.
     pub fn full_scale(&self) -> FullScale {
         self.full_scale
     }
 
-    pub fn init(&mut self) -> Result<(), Error<I2C::Error>> {
+    /// Check WHO_AM_I, reboot and configure the accelerometer, and wait for its first sample;
+    /// both waits are on `delay`.
+    pub fn init(&mut self, delay: &mut impl DelayNs) -> Result<(), Error<I2C::Error>> {
         self.initialised = false;
         check_identity(
             &mut self.i2c,
@@ -117,7 +151,7 @@ impl<I2C: I2c, D: embedded_hal::delay::DelayNs> Lsm9ds1Accel<I2C, D> {
             WHO_AM_I_VALUE,
         )?;
         write_reg(&mut self.i2c, ADDRESS, reg::CTRL_REG8, CTRL_REG8_BOOT)?;
-        self.delay.delay_ms(100);
+        delay.delay_ms(BOOT_MS);
         write_reg(
             &mut self.i2c,
             ADDRESS,
@@ -131,13 +165,21 @@ impl<I2C: I2c, D: embedded_hal::delay::DelayNs> Lsm9ds1Accel<I2C, D> {
             CTRL_REG6_ODR_BW | self.full_scale.bits(),
         )?;
         write_reg(&mut self.i2c, ADDRESS, reg::CTRL_REG7_XL, 0x00)?;
+        wait_first_conversion(
+            &mut self.i2c,
+            delay,
+            Self::CHIP,
+            ADDRESS,
+            reg::STATUS_REG,
+            STATUS_XLDA,
+        )?;
         self.initialised = true;
         Ok(())
     }
 
     /// Whether an acceleration sample is ready (STATUS_REG XLDA), and the STATUS_REG value.
     pub fn data_ready(&mut self) -> Result<(bool, u8), Error<I2C::Error>> {
-        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS_REG, 0x01)
+        super::status_has(&mut self.i2c, ADDRESS, reg::STATUS_REG, STATUS_XLDA)
     }
 
     /// X, Y and Z in one 6-byte burst (auto-increment by IF_ADD_INC).
@@ -155,8 +197,9 @@ impl<I2C: I2c, D: embedded_hal::delay::DelayNs> Lsm9ds1Accel<I2C, D> {
         Ok(to_g(raw, self.full_scale))
     }
 
-    pub fn release(self) -> (I2C, D) {
-        (self.i2c, self.delay)
+    /// Give the bus handle back.
+    pub fn release(self) -> I2C {
+        self.i2c
     }
 }
 

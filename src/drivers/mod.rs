@@ -4,6 +4,13 @@
 //! simulator in [`crate::board::sim`]. Register addresses, init sequences and conversions follow
 //! the project's hardware notes (RTIMULib as used by python-sense-hat), so that for the same
 //! register contents the values equal what python-sense-hat returns.
+//!
+//! Waits (the LSM9DS1's reboot, a chip's first conversion after power-on) go through the
+//! `embedded_hal::delay::DelayNs` passed to each `init`, as embedded-hal 1.0 drivers do: the
+//! board passes one that sleeps, tests one that returns at once.
+
+use embedded_hal::delay::DelayNs;
+use embedded_hal::i2c::I2c;
 
 pub mod hts221;
 pub mod lps25h;
@@ -14,31 +21,49 @@ pub mod lsm9ds1;
 pub enum Error<E: core::fmt::Debug> {
     /// The I2C transfer failed (no device acknowledged, bus error, ...).
     #[error("I2C transfer to address {address:#04x} failed: {source:?}")]
-    Bus { address: u8, source: E },
+    Bus {
+        /// The chip's address.
+        address: u8,
+        /// What the bus reported.
+        source: E,
+    },
     /// WHO_AM_I returned something other than this chip's identity.
     #[error("the device at address {address:#04x} is not a {chip}: WHO_AM_I reads {found:#04x}, expected {expected:#04x}")]
     WrongChip {
+        /// The chip the driver is for.
         chip: &'static str,
+        /// The address read.
         address: u8,
+        /// What WHO_AM_I read.
         found: u8,
+        /// What it reads on this chip.
         expected: u8,
     },
     /// The calibration registers would divide by zero (corrupt or unprogrammed chip).
     #[error("the {chip} calibration registers are unusable ({detail})")]
     BadCalibration {
+        /// The chip.
         chip: &'static str,
+        /// Which registers are unusable.
         detail: &'static str,
     },
     /// A read was attempted before `init`.
     #[error("the {chip} driver was used before init()")]
-    NotInitialised { chip: &'static str },
+    NotInitialised {
+        /// The chip.
+        chip: &'static str,
+    },
     /// After init the chip's STATUS never said a conversion was ready: its output registers
     /// still hold their reset value, which must not be stored as a reading.
     #[error("the {chip} at address {address:#04x} produced no reading within {waited_ms} ms of being switched on (STATUS reads {status:#04x})")]
     NoReading {
+        /// The chip.
         chip: &'static str,
+        /// Its address.
         address: u8,
+        /// How long init waited for a conversion.
         waited_ms: u64,
+        /// The last STATUS value read.
         status: u8,
     },
 }
@@ -51,7 +76,7 @@ impl<E: core::fmt::Debug> Error<E> {
 }
 
 /// Read `buf.len()` bytes starting at `reg` in one write-then-read transaction.
-pub(crate) fn read_regs<I: embedded_hal::i2c::I2c>(
+pub(crate) fn read_regs<I: I2c>(
     i2c: &mut I,
     address: u8,
     reg: u8,
@@ -62,7 +87,7 @@ pub(crate) fn read_regs<I: embedded_hal::i2c::I2c>(
 }
 
 /// Write one register.
-pub(crate) fn write_reg<I: embedded_hal::i2c::I2c>(
+pub(crate) fn write_reg<I: I2c>(
     i2c: &mut I,
     address: u8,
     reg: u8,
@@ -73,7 +98,7 @@ pub(crate) fn write_reg<I: embedded_hal::i2c::I2c>(
 }
 
 /// Whether every bit of `mask` is set in the chip's STATUS register at `reg`; the value read.
-pub(crate) fn status_has<I: embedded_hal::i2c::I2c>(
+pub(crate) fn status_has<I: I2c>(
     i2c: &mut I,
     address: u8,
     reg: u8,
@@ -84,8 +109,47 @@ pub(crate) fn status_has<I: embedded_hal::i2c::I2c>(
     Ok((status[0] & mask == mask, status[0]))
 }
 
+/// How often, and how many times, STATUS is read after init before the first reading:
+/// 50 x 5 ms, so 250 ms, three periods of the slowest output (the HTS221's 12.5 Hz) and its
+/// turn-on time with room to spare.
+pub const FIRST_READING_PAUSE_MS: u32 = 5;
+/// See [`FIRST_READING_PAUSE_MS`].
+pub const FIRST_READING_POLLS: u32 = 50;
+
+/// Wait, pausing on `delay`, until a freshly initialised chip says a conversion is ready. Its
+/// output registers hold their reset value (zero) until then, or, after a glitch that reset
+/// the chip, whatever came before: read at once, as the first sample after start-up or a
+/// re-initialisation is, they would be taken for a real reading (0 hPa, or a humidity worked
+/// out from zero). A chip that never becomes ready is [`Error::NoReading`].
+pub(crate) fn wait_first_conversion<I: I2c>(
+    i2c: &mut I,
+    delay: &mut impl DelayNs,
+    chip: &'static str,
+    address: u8,
+    status_reg: u8,
+    mask: u8,
+) -> Result<(), Error<I::Error>> {
+    let mut status = 0;
+    for poll in 0..FIRST_READING_POLLS {
+        let (ready, value) = status_has(i2c, address, status_reg, mask)?;
+        if ready {
+            return Ok(());
+        }
+        status = value;
+        if poll + 1 < FIRST_READING_POLLS {
+            delay.delay_ms(FIRST_READING_PAUSE_MS);
+        }
+    }
+    Err(Error::NoReading {
+        chip,
+        address,
+        waited_ms: u64::from(FIRST_READING_PAUSE_MS * (FIRST_READING_POLLS - 1)),
+        status,
+    })
+}
+
 /// Check WHO_AM_I.
-pub(crate) fn check_identity<I: embedded_hal::i2c::I2c>(
+pub(crate) fn check_identity<I: I2c>(
     i2c: &mut I,
     chip: &'static str,
     address: u8,

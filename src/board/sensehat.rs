@@ -1,0 +1,243 @@
+//! The composed Sense HAT: the three drivers (or IIO stand-ins) sampled together, with retries
+//! within a sample, re-initialisation after a failed one, and each sensor's [`Health`].
+
+use std::time::Instant;
+
+use embedded_hal::delay::DelayNs;
+use embedded_hal::i2c::I2c;
+
+use super::{iio, BusErrorHint, Health, HealthEvent, SampleError, Sensor, SensorError};
+use crate::drivers::{self, hts221::Hts221, lps25h::Lps25h, lsm9ds1, lsm9ds1::Lsm9ds1Accel};
+use crate::report::{self, Reading};
+
+/// Transfer attempts per sensor within one sample before the sample is skipped.
+pub const READ_ATTEMPTS: u32 = 3;
+
+/// How one sensor is reached: its own driver on the I2C bus, or, when a kernel driver owns its
+/// address, that driver's IIO sysfs files.
+pub enum Handle<I2C> {
+    /// The sensor's own driver, on this bus handle.
+    I2c(I2C),
+    /// The kernel driver's IIO files.
+    Iio(iio::IioSensor),
+}
+
+/// One sensor of the composed board.
+enum Slot<T> {
+    Chip(T),
+    Iio(iio::IioSensor),
+}
+
+/// A read failed, in the driver or in IIO (already a [`SensorError`]).
+enum ReadError<E: core::fmt::Debug> {
+    Driver(drivers::Error<E>),
+    Iio(SensorError),
+}
+
+impl<T> Slot<T> {
+    /// Read with `chip` or with `iio`, whichever reaches the sensor.
+    fn read<R, E: core::fmt::Debug>(
+        &mut self,
+        chip: impl FnOnce(&mut T) -> Result<R, drivers::Error<E>>,
+        iio: impl FnOnce(&iio::IioSensor) -> Result<R, SensorError>,
+    ) -> Result<R, ReadError<E>> {
+        match self {
+            Slot::Chip(c) => chip(c).map_err(ReadError::Driver),
+            Slot::Iio(s) => iio(s).map_err(ReadError::Iio),
+        }
+    }
+}
+
+/// The report's acceleration from the driver's (or IIO's): the same axes and units.
+fn report_acceleration(a: lsm9ds1::Acceleration) -> report::Acceleration {
+    report::Acceleration {
+        x_g: a.x_g,
+        y_g: a.y_g,
+        z_g: a.z_g,
+    }
+}
+
+/// The composed Sense HAT: the three drivers, each with its own handle on the same bus, and
+/// the delay their waits use.
+pub struct SenseHat<I2C, D> {
+    bus_name: String,
+    delay: D,
+    hts: Slot<Hts221<I2C>>,
+    lps: Slot<Lps25h<I2C>>,
+    acc: Slot<Lsm9ds1Accel<I2C>>,
+    health: [Health; 3],
+    needs_init: [bool; 3],
+}
+
+impl<I2C, D> SenseHat<I2C, D>
+where
+    I2C: I2c,
+    I2C::Error: BusErrorHint,
+    D: DelayNs,
+{
+    /// Initialise all three sensors; any missing or wrong chip is an error naming it.
+    pub fn init(
+        bus_name: &str,
+        hts: I2C,
+        lps: I2C,
+        acc: I2C,
+        delay: D,
+    ) -> Result<Self, SensorError> {
+        Self::init_handles(
+            bus_name,
+            Handle::I2c(hts),
+            Handle::I2c(lps),
+            Handle::I2c(acc),
+            delay,
+        )
+    }
+
+    /// [`SenseHat::init`] with each sensor on I2C or, where a kernel driver owns it, on IIO.
+    pub fn init_handles(
+        bus_name: &str,
+        hts: Handle<I2C>,
+        lps: Handle<I2C>,
+        acc: Handle<I2C>,
+        delay: D,
+    ) -> Result<Self, SensorError> {
+        let slot = |h: Handle<I2C>| match h {
+            Handle::I2c(i2c) => Ok(i2c),
+            Handle::Iio(s) => Err(s),
+        };
+        let mut hat = SenseHat {
+            bus_name: bus_name.to_owned(),
+            delay,
+            hts: slot(hts).map_or_else(Slot::Iio, |i| Slot::Chip(Hts221::new(i))),
+            lps: slot(lps).map_or_else(Slot::Iio, |i| Slot::Chip(Lps25h::new(i))),
+            acc: slot(acc).map_or_else(Slot::Iio, |i| Slot::Chip(Lsm9ds1Accel::new(i))),
+            health: Default::default(),
+            needs_init: [true; 3],
+        };
+        for sensor in Sensor::ALL {
+            hat.init_sensor(sensor)?;
+        }
+        Ok(hat)
+    }
+
+    fn error(&self, sensor: Sensor, e: drivers::Error<I2C::Error>) -> SensorError {
+        let hint = match &e {
+            drivers::Error::Bus { source, .. } => source.hint(sensor, &self.bus_name),
+            drivers::Error::WrongChip { .. } => {
+                "; is this a Sense HAT? another board may sit at this address".to_owned()
+            }
+            drivers::Error::NoReading { .. } => {
+                "; the chip answers but measures nothing: if this goes on, power the Pi off and reseat the Sense HAT".to_owned()
+            }
+            _ => String::new(),
+        };
+        SensorError {
+            sensor,
+            bus: self.bus_name.clone(),
+            detail: e.to_string(),
+            hint,
+        }
+    }
+
+    fn read_error(&self, sensor: Sensor, e: ReadError<I2C::Error>) -> SensorError {
+        match e {
+            ReadError::Driver(e) => self.error(sensor, e),
+            ReadError::Iio(e) => e,
+        }
+    }
+
+    /// Initialise a sensor; each driver's init waits for the chip's first conversion, so a
+    /// chip that has measured nothing yet (after start-up or a glitch that reset it) is never
+    /// read as if it had, and one that never converts fails here.
+    fn init_sensor(&mut self, sensor: Sensor) -> Result<(), SensorError> {
+        let delay = &mut self.delay;
+        let r = match sensor {
+            Sensor::Hts221 => self.hts.read(|c| c.init(delay).map(drop), |s| s.check()),
+            Sensor::Lps25h => self.lps.read(|c| c.init(delay), |s| s.check()),
+            Sensor::Lsm9ds1 => self.acc.read(|c| c.init(delay), |s| s.check()),
+        };
+        r.map_err(|e| self.read_error(sensor, e))?;
+        self.needs_init[sensor.index()] = false;
+        Ok(())
+    }
+
+    /// Read one sensor with up to [`READ_ATTEMPTS`] tries, re-initialising it first if an
+    /// earlier sample failed.
+    fn read_with_retries<T>(
+        &mut self,
+        sensor: Sensor,
+        read: impl Fn(&mut Self) -> Result<T, ReadError<I2C::Error>>,
+    ) -> Result<T, SensorError> {
+        let mut last = None;
+        for _ in 0..READ_ATTEMPTS {
+            if self.needs_init[sensor.index()] {
+                if let Err(e) = self.init_sensor(sensor) {
+                    last = Some(e);
+                    continue;
+                }
+            }
+            match read(self) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(self.read_error(sensor, e)),
+            }
+        }
+        // Re-initialise before the next sample: a glitch may have reset the chip.
+        self.needs_init[sensor.index()] = true;
+        Err(last.expect("READ_ATTEMPTS is at least 1"))
+    }
+
+    /// Take one sample of all three sensors. A sensor that still fails after retries makes
+    /// the whole sample fail (skipped, never a partial document); its health is updated and
+    /// any event worth logging is returned with the result.
+    pub fn sample(
+        &mut self,
+        now: Instant,
+    ) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+        let mut events = Vec::new();
+        let hts =
+            self.read_with_retries(Sensor::Hts221, |s| s.hts.read(|c| c.read(), |i| i.hts221()));
+        let lps =
+            self.read_with_retries(Sensor::Lps25h, |s| s.lps.read(|c| c.read(), |i| i.lps25h()));
+        let acc = self.read_with_retries(Sensor::Lsm9ds1, |s| {
+            s.acc.read(|c| c.read(), |i| i.lsm9ds1())
+        });
+        let mut first_error = None;
+        for (sensor, ok, err) in [
+            (Sensor::Hts221, hts.is_ok(), hts.as_ref().err()),
+            (Sensor::Lps25h, lps.is_ok(), lps.as_ref().err()),
+            (Sensor::Lsm9ds1, acc.is_ok(), acc.as_ref().err()),
+        ] {
+            let h = &mut self.health[sensor.index()];
+            let ev = if ok {
+                h.record_success()
+            } else {
+                h.record_failure(now)
+            };
+            if ev != HealthEvent::None {
+                events.push((sensor, ev));
+            }
+            if first_error.is_none() {
+                first_error = err.map(|e| SensorError {
+                    sensor: e.sensor,
+                    bus: e.bus.clone(),
+                    detail: e.detail.clone(),
+                    hint: e.hint.clone(),
+                });
+            }
+        }
+        let result = match (hts, lps, acc) {
+            (Ok(h), Ok(p), Ok(a)) => Ok(Reading {
+                humidity_rh: h.humidity_rh,
+                temperature_celsius: h.temperature_celsius,
+                pressure_hpa: p.pressure_hpa,
+                acceleration: report_acceleration(a),
+            }),
+            _ => Err(SampleError(first_error.expect("one read failed"))),
+        };
+        (result, events)
+    }
+
+    /// Each sensor's health, in [`Sensor::ALL`] order.
+    pub fn health(&self) -> &[Health; 3] {
+        &self.health
+    }
+}
