@@ -98,8 +98,8 @@ if [ "${STREAM_MODE}" = "PROVISIONED" ]; then COND_Provisioned=true; else COND_P
 if true; then COND_MakeDeliveryStream=true; else COND_MakeDeliveryStream=false; fi
 if ! { [ "${ACCESS_KEY_SECRET_ARN}" = "" ]; }; then COND_UseSecret=true; else COND_UseSecret=false; fi
 if [ "${ENABLE_EVENT_BRIDGE}" = "true" ]; then COND_EventBridge=true; else COND_EventBridge=false; fi
-if { [ "${COND_EventBridge}" = true ] && ! { [ "${EVENT_BUS_NAME}" = "default" ]; }; }; then COND_MakeEventBus=true; else COND_MakeEventBus=false; fi
-if { [ "${COND_EventBridge}" = true ] && [ "${COND_MakeDeliveryStream}" = true ]; }; then COND_MakeEventsDeliveryStream=true; else COND_MakeEventsDeliveryStream=false; fi
+if { [ "${ENABLE_EVENT_BRIDGE}" = "true" ] && ! { [ "${EVENT_BUS_NAME}" = "default" ]; }; }; then COND_MakeEventBus=true; else COND_MakeEventBus=false; fi
+if { [ "${ENABLE_EVENT_BRIDGE}" = "true" ] && true; }; then COND_MakeEventsDeliveryStream=true; else COND_MakeEventsDeliveryStream=false; fi
 
 # Names (CloudFormation generates some of these; cli.sh fixes them).
 N_Stream="${STREAM_NAME}"
@@ -186,10 +186,10 @@ cat > "$T/FailedDeliveriesBucket.enc.json" <<EOF
 {
   "Rules": [
     {
-      "BucketKeyEnabled": true,
-      "ServerSideEncryptionByDefault": {
+      "ApplyServerSideEncryptionByDefault": {
         "SSEAlgorithm": "AES256"
-      }
+      },
+      "BucketKeyEnabled": true
     }
   ]
 }
@@ -875,5 +875,12 @@ echo "DeliveryLogGroup=${N_DeliveryLogGroup}"
 echo "FirehoseRoleArn=arn:${PARTITION}:iam::${ACCOUNT_ID}:role/${N_FirehoseRole}"
 echo "ForwarderPolicyArn=arn:${PARTITION}:iam::${ACCOUNT_ID}:policy/${N_ForwarderPolicy}"
 echo "ReaderPolicyArn=arn:${PARTITION}:iam::${ACCOUNT_ID}:policy/${N_ReaderPolicy}"
-[ "${COND_EventBridge}" = true ] && [ "${COND_MakeEventBus}" = true ] && echo "EventBusName=${N_EventBus}"
-[ "${COND_EventBridge}" = true ] && echo "ForwarderEventsPolicyArn=arn:${PARTITION}:iam::${ACCOUNT_ID}:policy/${N_ForwarderEventsPolicy}"
+case "${COND_EventBridge}:${COND_MakeEventBus}" in
+  true:false) echo "EventBusName=default" ;;
+  true:true) echo "EventBusName=${N_EventBus}" ;;
+  *) ;;
+esac
+case "${COND_EventBridge}" in
+  true) echo "ForwarderEventsPolicyArn=arn:${PARTITION}:iam::${ACCOUNT_ID}:policy/${N_ForwarderEventsPolicy}" ;;
+  *) ;;
+esac

@@ -118,7 +118,10 @@ def emit_resource(ctx, logical, props):
         out.append('aws s3api put-public-access-block --bucket "%s" --public-access-block-configuration "file://$T/%s.pab.json"\n' % (n, logical))
         out.append(doc(logical + ".own.json", own))
         out.append('aws s3api put-bucket-ownership-controls --bucket "%s" --ownership-controls "file://$T/%s.own.json"\n' % (n, logical))
-        out.append(doc(logical + ".enc.json", {"Rules": enc["ServerSideEncryptionConfiguration"]}))
+        # The API's name for CloudFormation's ServerSideEncryptionByDefault.
+        enc_rules = [{("ApplyServerSideEncryptionByDefault" if k == "ServerSideEncryptionByDefault" else k): v
+                      for k, v in r.items()} for r in enc["ServerSideEncryptionConfiguration"]]
+        out.append(doc(logical + ".enc.json", {"Rules": enc_rules}))
         out.append('aws s3api put-bucket-encryption --bucket "%s" --server-side-encryption-configuration "file://$T/%s.enc.json"\n' % (n, logical))
         out.append(doc(logical + ".life.json", {"Rules": rules}))
         out.append('aws s3api put-bucket-lifecycle-configuration --bucket "%s" --lifecycle-configuration "file://$T/%s.life.json"\n' % (n, logical))
@@ -253,17 +256,18 @@ def generate():
     w("\n# Outputs.\n")
     for k, o in t["Outputs"].items():
         v = o["Value"]
-        conds = ctx.conditions_used(v)
-        line = ""
-        if "Condition" in o:
-            conds.add(o["Condition"])
-        if conds:
-            # Outputs use at most the conditions of the resources they name; cli.sh prints
-            # them only when all hold, and resolves Fn::If with the shell's values.
-            tests = " && ".join('[ "${COND_%s}" = true ]' % c for c in sorted(conds))
-            ctx.fixed = {c: True for c in conds}
-            line = "%s && " % tests
-        w('%secho "%s=%s"\n' % (line, k, ctx.resolve(v)))
+        conds = sorted(ctx.conditions_used(v) | ({o["Condition"]} if "Condition" in o else set()))
+        if not conds:
+            w('echo "%s=%s"\n' % (k, ctx.resolve(v)))
+            continue
+        w('case "%s" in\n' % ":".join("${COND_%s}" % c for c in conds))
+        for i in range(2 ** len(conds)):
+            values = [bool(i >> j & 1) for j in range(len(conds))]
+            ctx.fixed = dict(zip(conds, values))
+            if "Condition" in o and not ctx.fixed[o["Condition"]]:
+                continue
+            w('  %s) echo "%s=%s" ;;\n' % (":".join(str(x).lower() for x in values), k, ctx.resolve(v)))
+        w("  *) ;;\nesac\n")
         ctx.fixed = {}
     return "".join(lines)
 

@@ -147,7 +147,11 @@ class Context:
         if name in self.pseudo:
             return self.pseudo[name]
         if name in self.params:
-            return self.params[name]
+            v = self.params[name]
+            # Number parameters resolve to numbers (shell placeholders stay text).
+            if self.t["Parameters"][name]["Type"] == "Number" and str(v).isdigit():
+                return int(v)
+            return v
         if name in self.t["Resources"]:
             return self.ref(name)
         raise KeyError(name)
@@ -157,6 +161,8 @@ class Context:
         return ref(self, self.name(logical))
 
     def getatt(self, logical, attr):
+        if attr == "Name" and self.t["Resources"][logical]["Type"] == "AWS::Events::EventBus":
+            return self.name(logical)
         if attr != "Arn":
             raise ValueError("unsupported attribute " + attr)
         _, _, arn = TYPES[self.t["Resources"][logical]["Type"]]
@@ -223,6 +229,9 @@ def normalize_policy(doc):
     if isinstance(statements, dict):
         statements = [statements]
     for s in statements:
+        if s is None:
+            # moto's CloudFormation keeps an AWS::NoValue list entry as null; AWS drops it.
+            continue
         n = dict(s)
         for key in ("Action", "Resource"):
             if key in n:
