@@ -44,7 +44,6 @@ def check(ok, what):
         passed[0] += 1
     else:
         failures.append(what)
-        print("mismatch: " + what, file=sys.stderr)
 
 
 def same(expected, actual, what):
@@ -394,6 +393,14 @@ def rehearse_cli(t, endpoint, twice):
     for k, v in params.items():
         if k not in gen_cli.FIXED_PARAMS:
             env[gen_cli.env_name(k)] = v
+    # The template's constraints hold in cli.sh before any AWS call: no key, a plain-HTTP URL,
+    # another port.
+    for bad, why in (({"ACCESS_KEY": ""}, "no access key"),
+                     ({"ENDPOINT_URL": "http://firehose.example.org/"}, "http URL"),
+                     ({"ENDPOINT_URL": "https://firehose.example.org:8443/"}, "port 8443")):
+        r = subprocess.run(["bash", os.path.join(ROOT, "deploy/aws/cli.sh")], env=env | bad,
+                           capture_output=True, text=True, timeout=60)
+        check(r.returncode == 2 and "==>" not in r.stderr, "cli.sh accepted %s (%d): %s" % (why, r.returncode, r.stderr[-300:]))
     # With --twice, a second run proves cli.sh is safe to run again (each aws call costs a
     # Python start, so CI runs it once).
     for attempt in ((1, 2) if twice else (1,)):

@@ -37,14 +37,6 @@ replace_policy_version() {
   aws iam create-policy-version --policy-arn "$1" --policy-document "$2" --set-as-default >/dev/null
 }
 
-REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}
-[ -n "$REGION" ] || fail "set AWS_REGION"
-export AWS_DEFAULT_REGION=$REGION
-case "$REGION" in cn-*) PARTITION=aws-cn ;; us-gov-*) PARTITION=aws-us-gov ;; *) PARTITION=aws ;; esac
-ACCOUNT_ID=$(aws sts get-caller-identity --query Account --output text)
-umask 077
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
 
 # Parameters (environment variables), with pipeline.yaml's defaults and constraints.
 # STREAM_NAME: Kinesis data stream name; kinesis-forwarder's --stream-name (KINESIS_STREAM_NAME). The original trigger wrote to "realm".
@@ -92,6 +84,19 @@ check_values ENABLE_EVENT_BRIDGE true false
 # EVENT_BUS_NAME: Bus for the rule; created here unless it is "default" (the account's default bus, which is also the forwarder's --event-bus-name default).
 : "${EVENT_BUS_NAME=sensehat-monitor}"
 check_pattern EVENT_BUS_NAME '^[A-Za-z0-9._-]{1,256}$'
+
+# Rules.
+if ! { ! { [ "${ACCESS_KEY}" = "" ]; } || ! { [ "${ACCESS_KEY_SECRET_ARN}" = "" ]; }; }; then fail "Set AccessKey or AccessKeySecretArn: firehose-endpoint answers 401 to requests without a key."; fi
+
+# Where: region, partition and account from the AWS CLI's configuration.
+REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}
+[ -n "$REGION" ] || fail "set AWS_REGION"
+export AWS_DEFAULT_REGION=$REGION
+case "$REGION" in cn-*) PARTITION=aws-cn ;; us-gov-*) PARTITION=aws-us-gov ;; *) PARTITION=aws ;; esac
+ACCOUNT_ID=$(aws sts get-caller-identity --query Account --output text)
+umask 077
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
 
 # Conditions.
 if [ "${STREAM_MODE}" = "PROVISIONED" ]; then COND_Provisioned=true; else COND_Provisioned=false; fi

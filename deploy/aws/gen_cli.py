@@ -224,6 +224,12 @@ def generate():
             w("check_values %s %s\n" % (e, " ".join(str(v) for v in p["AllowedValues"])))
         if "MinValue" in p:
             w("check_range %s %s %s\n" % (e, p["MinValue"], p["MaxValue"]))
+    w("\n# Rules.\n")
+    for r in t.get("Rules", {}).values():
+        for asrt in r["Assertions"]:
+            w('if ! %s; then fail "%s"; fi\n' % (shell_cond(t, asrt["Assert"]), " ".join(asrt["AssertDescription"].split())))
+    w("\n# Where: region, partition and account from the AWS CLI's configuration.\n")
+    w(ENV_BLOCK)
     w("\n# Conditions.\n")
     for c, expr in t["Conditions"].items():
         w("if %s; then COND_%s=true; else COND_%s=false; fi\n" % (shell_cond(t, expr), c, c))
@@ -325,7 +331,11 @@ replace_policy_version() {
   aws iam create-policy-version --policy-arn "$1" --policy-document "$2" --set-as-default >/dev/null
 }
 
-REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}
+
+"""
+
+
+ENV_BLOCK = r"""REGION=${AWS_REGION:-${AWS_DEFAULT_REGION:-$(aws configure get region || true)}}
 [ -n "$REGION" ] || fail "set AWS_REGION"
 export AWS_DEFAULT_REGION=$REGION
 case "$REGION" in cn-*) PARTITION=aws-cn ;; us-gov-*) PARTITION=aws-us-gov ;; *) PARTITION=aws ;; esac
@@ -333,7 +343,6 @@ ACCOUNT_ID=$(aws sts get-caller-identity --query Account --output text)
 umask 077
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-
 """
 
 
