@@ -140,6 +140,7 @@ EOF
     fi
     if [ "$(aws kinesis describe-stream-summary --stream-name "${N_Stream}" --query StreamDescriptionSummary.EncryptionType --output text)" != KMS ]; then
       aws kinesis start-stream-encryption --stream-name "${N_Stream}" --encryption-type KMS --key-id "alias/aws/kinesis"
+      aws kinesis wait stream-exists --stream-name "${N_Stream}"  # ACTIVE again, for Firehose
     fi
   ;;
   true)
@@ -158,6 +159,7 @@ EOF
     fi
     if [ "$(aws kinesis describe-stream-summary --stream-name "${N_Stream}" --query StreamDescriptionSummary.EncryptionType --output text)" != KMS ]; then
       aws kinesis start-stream-encryption --stream-name "${N_Stream}" --encryption-type KMS --key-id "alias/aws/kinesis"
+      aws kinesis wait stream-exists --stream-name "${N_Stream}"  # ACTIVE again, for Firehose
     fi
   ;;
 esac

@@ -93,7 +93,8 @@ def emit_resource(ctx, logical, props):
             'if [ "$(aws kinesis describe-stream-summary --stream-name "%s" '
             "--query StreamDescriptionSummary.EncryptionType --output text)\" != %s ]; then\n"
             '  aws kinesis start-stream-encryption --stream-name "%s" --encryption-type %s --key-id "%s"\n'
-            "fi\n" % (n, enc["EncryptionType"], n, enc["EncryptionType"], enc["KeyId"])
+            '  aws kinesis wait stream-exists --stream-name "%s"  # ACTIVE again, for Firehose\n'
+            "fi\n" % (n, enc["EncryptionType"], n, enc["EncryptionType"], enc["KeyId"], n)
         )
     elif t == "AWS::S3::Bucket":
         enc = props.pop("BucketEncryption")
