@@ -30,9 +30,10 @@ use base64::Engine as _;
 use common::{unique_name, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, Document};
+use sensehat_monitor::forwarder::aws::AwsKinesis;
 use sensehat_monitor::forwarder::batch::{self, Entry};
 use sensehat_monitor::forwarder::format::Format;
-use sensehat_monitor::forwarder::kinesis::{AwsKinesis, EntryResults, Kinesis, KinesisError};
+use sensehat_monitor::forwarder::kinesis::{EntryResults, Kinesis, KinesisError};
 use sensehat_monitor::forwarder::{self, Options};
 use sensehat_monitor::report::{Acceleration, Reading, Report};
 

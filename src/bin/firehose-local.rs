@@ -7,7 +7,7 @@ use clap::Parser;
 use tracing::error;
 
 use sensehat_monitor::firehose_local::{self, Cli};
-use sensehat_monitor::forwarder::kinesis::client_from_env;
+use sensehat_monitor::forwarder::aws::client_from_env;
 use sensehat_monitor::shutdown::shutdown_signal;
 
 #[tokio::main]

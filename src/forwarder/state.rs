@@ -6,6 +6,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::Collection;
 
+use super::error::store_error;
 use super::ForwarderError;
 
 /// Reads and writes the stored resume token.
@@ -110,15 +111,5 @@ impl StateStore {
             .await
             .map_err(|e| store_error(&e))?;
         Ok(())
-    }
-}
-
-/// A store failure: fatal when retrying cannot help (privileges, authentication), otherwise
-/// [`ForwarderError::State`], retried.
-fn store_error(e: &mongodb::error::Error) -> ForwarderError {
-    if crate::mongo::is_fatal(e) {
-        super::mongo_error(e)
-    } else {
-        ForwarderError::State(e.to_string())
     }
 }
