@@ -19,6 +19,7 @@ pub struct StateStore {
 }
 
 impl StateStore {
+    /// The position of `stream_name`, reading `database.collection`, kept in `coll`.
     pub fn new(
         coll: Collection<Document>,
         stream_name: &str,
