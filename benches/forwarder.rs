@@ -4,7 +4,7 @@
 //!    acknowledged, against a plain loop of PutRecords of the same records (500 per call) into
 //!    the same emulator in the same run. Target: ratio >= 0.8.
 //! 2. End-to-end latency: insert into `reports` -> kinesis-forwarder -> Kinesis -> firehose-local
-//!    (`--buffer-seconds 1`) -> arrival at an HTTP receiver (a stand-in for firehose-endpoint,
+//!    (`--buffer-interval 1s`) -> arrival at an HTTP receiver (a stand-in for firehose-endpoint,
 //!    answering valid Firehose responses): median and p99.
 //!
 //! Run: `cargo bench --features forwarder --bench forwarder` (BENCH_EVENTS, BENCH_LATENCY_DOCS
@@ -30,9 +30,10 @@ use base64::Engine as _;
 use common::{unique_name, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, Document};
+use sensehat_monitor::forwarder::aws::AwsKinesis;
 use sensehat_monitor::forwarder::batch::{self, Entry};
 use sensehat_monitor::forwarder::format::Format;
-use sensehat_monitor::forwarder::kinesis::{AwsKinesis, EntryResults, Kinesis, KinesisError};
+use sensehat_monitor::forwarder::kinesis::{EntryResults, Kinesis, KinesisError};
 use sensehat_monitor::forwarder::{self, Options};
 use sensehat_monitor::report::{Acceleration, Reading, Report};
 
@@ -275,8 +276,8 @@ async fn latency(mongo: &MongoServer, kin: &KinesisServer, n: usize) {
         .args([
             "--destination-url",
             &url,
-            "--buffer-seconds",
-            "1",
+            "--buffer-interval",
+            "1s",
             "--from-start",
         ])
         .envs(AWS_ENV)
@@ -311,7 +312,7 @@ async fn latency(mongo: &MongoServer, kin: &KinesisServer, n: usize) {
         .collect();
     ms.sort_by(f64::total_cmp);
     let pct = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
-    println!("end-to-end latency, insert -> HTTP receiver ({n} docs, one every 20 ms, --buffer-seconds 1):");
+    println!("end-to-end latency, insert -> HTTP receiver ({n} docs, one every 20 ms, --buffer-interval 1s):");
     println!(
         "  median {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
         pct(0.5),

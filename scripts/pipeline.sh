@@ -78,7 +78,7 @@ wait_port "$ENDPOINT_PORT" firehose-endpoint
 
 echo "==> firehose-local: $STREAM -> http://127.0.0.1:$ENDPOINT_PORT/ (1 s buffer)"
 "$BIN/firehose-local" --stream-name "$STREAM" --kinesis-endpoint-url "$KINESIS" \
-  --destination-url "http://127.0.0.1:$ENDPOINT_PORT/" --buffer-seconds 1 --from-start \
+  --destination-url "http://127.0.0.1:$ENDPOINT_PORT/" --buffer-interval 1s --from-start \
   --error-dir "${ERROR_DIR:-$(mktemp -d)}" &
 PIDS+=($!)
 

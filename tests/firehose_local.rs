@@ -798,3 +798,105 @@ async fn records_the_error_output_could_not_keep_are_read_again_after_a_restart(
     assert_received_once(&state, expected, "the given-up batch, read again").await;
     fh.start_kill().unwrap();
 }
+
+/// `firehose-local [args] check-config` with the test AWS settings, `env` set (an empty value
+/// unsets the variable), and neither Kinesis nor the destination running: (exit code, stdout,
+/// stderr).
+async fn check_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"));
+    cmd.args(["--stream-name", "checked"])
+        .args(["--kinesis-endpoint-url", "http://127.0.0.1:9"])
+        .args(args)
+        .arg("check-config")
+        .envs(AWS_ENV)
+        .kill_on_drop(true);
+    for (name, value) in env {
+        if value.is_empty() {
+            cmd.env_remove(name);
+        } else {
+            cmd.env(name, value);
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("check-config answers without servers")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// check-config accepts a good configuration without Kinesis or the destination, says what it
+// found (never the access key), and reads the old spellings and their variables.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_accepts_a_good_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    let (code, out, err) = check_config(
+        &[
+            "--destination-url",
+            "https://127.0.0.1:9/",
+            "--buffer-interval",
+            "90s",
+            "--retry-seconds",
+            "60",
+            "--checkpoint-file",
+            checkpoint.to_str().unwrap(),
+        ],
+        &[
+            ("FIREHOSE_REQUEST_TIMEOUT_SECONDS", "30"),
+            ("FIREHOSE_ACCESS_KEY", "sekrit-key"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("checked in us-east-1"), "{out}");
+    assert!(
+        out.contains("or 90s; retry duration: 60s; request timeout: 30s"),
+        "{out}"
+    );
+    assert!(out.contains("not there yet"), "{out}");
+    assert!(out.contains("access key: set"), "{out}");
+    assert!(!out.contains("sekrit") && !err.contains("sekrit"));
+}
+
+// check-config refuses, with exit 2 and the reason, a buffer interval past Firehose's 900 s, a
+// destination that is no URL, a checkpoint file of another stream and a missing AWS region.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_refuses_a_bad_configuration() {
+    let url = ["--destination-url", "http://127.0.0.1:9/"];
+    let (code, _, err) =
+        check_config(&[&url[..], &["--buffer-interval", "16m"]].concat(), &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at most 900s"), "{err}");
+
+    let (code, _, err) = check_config(&["--destination-url", "127.0.0.1:9"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--destination-url"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    std::fs::write(
+        &checkpoint,
+        r#"{"stream":"someother","since_ms":null,"shards":{}}"#,
+    )
+    .unwrap();
+    let file = ["--checkpoint-file", checkpoint.to_str().unwrap()];
+    let (code, _, err) = check_config(&[&url[..], &file[..]].concat(), &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("someother"), "{err}");
+
+    let nowhere = dir.path().join("none");
+    let nowhere = nowhere.to_str().unwrap();
+    let no_region = [
+        ("AWS_REGION", ""),
+        ("AWS_DEFAULT_REGION", ""),
+        ("AWS_CONFIG_FILE", nowhere),
+        ("AWS_SHARED_CREDENTIALS_FILE", nowhere),
+    ];
+    let (code, _, err) = check_config(&url, &no_region).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no AWS region is set"), "{err}");
+}

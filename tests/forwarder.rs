@@ -14,9 +14,10 @@ use std::time::Duration;
 use common::{all_reports, run_sim_agent, sim_agent, unique_name, wait_until, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use sensehat_monitor::forwarder::aws::AwsKinesis;
 use sensehat_monitor::forwarder::batch::Entry;
 use sensehat_monitor::forwarder::format::{stringify, Format};
-use sensehat_monitor::forwarder::kinesis::{AwsKinesis, EntryResults, Kinesis, KinesisError};
+use sensehat_monitor::forwarder::kinesis::{EntryResults, Kinesis, KinesisError};
 use sensehat_monitor::forwarder::{self, Options};
 
 fn forwarder_bin() -> &'static str {
@@ -774,4 +775,77 @@ async fn sigterm_while_kinesis_is_down_exits_and_loses_nothing() {
         stringify_id(&got[0].1),
         docs[0].get_object_id("_id").unwrap().to_hex()
     );
+}
+
+/// `kinesis-forwarder [args] check-config` with the test AWS settings and `env` (an empty value
+/// unsets the variable), neither MongoDB nor Kinesis running: (exit code, stdout, stderr).
+async fn check_config(uri: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(forwarder_bin());
+    cmd.args(["--stream-name", "checked"])
+        .args(["--kinesis-endpoint-url", "http://127.0.0.1:9"])
+        .args(args)
+        .arg("check-config")
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .envs(AWS_ENV)
+        .kill_on_drop(true);
+    for (name, value) in env {
+        if value.is_empty() {
+            cmd.env_remove(name);
+        } else {
+            cmd.env(name, value);
+        }
+    }
+    let run = cmd.output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("check-config answers without servers")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// check-config accepts a good configuration without reaching MongoDB or Kinesis, says what it
+// found, and reads the old FORWARDER_LINGER_MS spelling.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_accepts_a_good_configuration() {
+    let (code, out, err) = check_config(
+        "mongodb://u:secretpw@127.0.0.1:9/?replicaSet=rs0",
+        &["--collection", "readings"],
+        &[("FORWARDER_LINGER_MS", "250")],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("monitors.readings"), "{out}");
+    assert!(out.contains("checked in us-east-1"), "{out}");
+    assert!(out.contains("linger: 250ms"), "{out}");
+    assert!(!out.contains("secretpw") && !err.contains("secretpw"));
+}
+
+// check-config refuses, with exit 2 and the reason, a malformed connection string and a
+// missing AWS region.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_refuses_a_bad_configuration() {
+    let (code, _, err) = check_config("mongodb://127.0.0.1:notaport/", &[], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid MongoDB connection string"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("none");
+    let nowhere = nowhere.to_str().unwrap();
+    let (code, _, err) = check_config(
+        "mongodb://127.0.0.1:9/",
+        &[],
+        &[
+            ("AWS_REGION", ""),
+            ("AWS_DEFAULT_REGION", ""),
+            ("AWS_CONFIG_FILE", nowhere),
+            ("AWS_SHARED_CREDENTIALS_FILE", nowhere),
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no AWS region is set"), "{err}");
 }

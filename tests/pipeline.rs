@@ -88,11 +88,11 @@ impl Pipeline {
                 &kin.endpoint,
             ])
             .args([
-                "--buffer-seconds",
-                "1",
+                "--buffer-interval",
+                "1s",
                 "--from-start",
-                "--retry-seconds",
-                "60",
+                "--retry-duration",
+                "60s",
             ])
             .envs(AWS_ENV)
             .env("FIREHOSE_ACCESS_KEY", ACCESS_KEY)

@@ -6,32 +6,46 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::error;
 
-use sensehat_monitor::firehose_local::{self, Cli};
-use sensehat_monitor::forwarder::kinesis::client_from_env;
+use sensehat_monitor::firehose_local::config::ACCESS_KEY_ENV;
+use sensehat_monitor::firehose_local::{self, Cli, Command};
+use sensehat_monitor::forwarder::aws::client_from_env;
 use sensehat_monitor::shutdown::shutdown_signal;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     sensehat_monitor::logging::init();
-    let access_key = std::env::var("FIREHOSE_ACCESS_KEY")
+    let access_key = std::env::var(ACCESS_KEY_ENV)
         .ok()
         .and_then(|k| firehose_local::first_access_key(&k));
-    let config = match cli.delivery_config(access_key) {
+    let command = cli.command;
+    let config = match cli.into_config(access_key) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(2);
         }
     };
-    let kinesis = match client_from_env(cli.kinesis_endpoint_url.as_deref()).await {
+    if command == Some(Command::CheckConfig) {
+        return match firehose_local::check_config(&config).await {
+            Ok(found) => {
+                print!("{found}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let kinesis = match client_from_env(config.kinesis_endpoint_url.as_deref()).await {
         Ok(k) => k,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(2);
         }
     };
-    match firehose_local::run(kinesis, &cli, config, shutdown_signal()).await {
+    match firehose_local::run(kinesis, &config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::error;
 
-use sensehat_monitor::forwarder::kinesis::AwsKinesis;
-use sensehat_monitor::forwarder::{self, Cli};
+use sensehat_monitor::forwarder::aws::AwsKinesis;
+use sensehat_monitor::forwarder::{self, Cli, Command};
 use sensehat_monitor::mongo::connect;
 use sensehat_monitor::shutdown::shutdown_signal;
 
@@ -15,21 +15,35 @@ use sensehat_monitor::shutdown::shutdown_signal;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     sensehat_monitor::logging::init();
-    let client = match connect(&cli.mongodb_uri, "kinesis-forwarder").await {
+    let command = cli.command;
+    let config = cli.into_config();
+    if command == Some(Command::CheckConfig) {
+        return match forwarder::check_config(&config).await {
+            Ok(found) => {
+                print!("{found}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let client = match connect(&config.mongodb_uri, "kinesis-forwarder").await {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    let kinesis = match AwsKinesis::from_env(cli.kinesis_endpoint_url.as_deref()).await {
+    let kinesis = match AwsKinesis::from_env(config.kinesis_endpoint_url.as_deref()).await {
         Ok(k) => k,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(2);
         }
     };
-    match forwarder::run(&client, &kinesis, &cli.options(), shutdown_signal()).await {
+    match forwarder::run(&client, &kinesis, &config.options, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

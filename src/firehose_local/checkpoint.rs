@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info};
 
 use super::reader::Arrived;
+use crate::say_once::Latch;
 
 /// The positions, and the file they are kept in.
 #[derive(Debug)]
@@ -44,7 +45,7 @@ pub struct Checkpoint {
     /// Positions no longer move (see [`Checkpoint::freeze`]).
     frozen: bool,
     /// The last save failed (logged once until one works again).
-    save_failing: bool,
+    save_failing: Latch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +105,7 @@ impl Checkpoint {
             resumed,
             recreated,
             frozen: false,
-            save_failing: false,
+            save_failing: Latch::default(),
         };
         let fresh = |since_ms: Option<i64>| State {
             stream: stream.to_owned(),
@@ -172,16 +173,16 @@ impl Checkpoint {
             return;
         }
         match self.save() {
-            Ok(()) if self.save_failing => {
-                info!("the checkpoint file is written again");
-                self.save_failing = false;
+            Ok(()) => {
+                if self.save_failing.clear() {
+                    info!("the checkpoint file is written again");
+                }
             }
-            Ok(()) => {}
-            Err(e) if !self.save_failing => {
-                error!(error = %e, "cannot save the checkpoint file; a restart would deliver some records again");
-                self.save_failing = true;
+            Err(e) => {
+                if self.save_failing.raise() {
+                    error!(error = %e, "cannot save the checkpoint file; a restart would deliver some records again");
+                }
             }
-            Err(_) => {}
         }
     }
 

@@ -14,14 +14,21 @@ use crate::clock::now_ms;
 /// Where and how batches are delivered.
 #[derive(Clone)]
 pub struct DeliveryConfig {
+    /// The endpoint's URL.
     pub destination_url: String,
     /// Sent verbatim in X-Amz-Firehose-Access-Key; never logged.
     pub access_key: Option<String>,
+    /// Sent in X-Amz-Firehose-Source-Arn.
     pub source_arn: String,
+    /// Sent in X-Amz-Firehose-Common-Attributes.
     pub common_attributes: Vec<(String, String)>,
+    /// GZIP the body.
     pub gzip: bool,
+    /// How long failed attempts are retried (waits for responses do not count).
     pub retry_duration: Duration,
+    /// How long one attempt waits for its response.
     pub request_timeout: Duration,
+    /// Where batches given up go, as Firehose's error records.
     pub error_dir: Option<PathBuf>,
     /// PEM certificates trusted besides the built-in roots.
     pub ca_cert: Option<PathBuf>,
@@ -44,14 +51,18 @@ impl std::fmt::Debug for DeliveryConfig {
 /// How one batch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// A valid 200 response, after `attempts` attempts.
     Delivered {
+        /// Attempts made, the successful one included.
         attempts: u32,
     },
     /// 413: permanent, not written to the error output.
     Rejected413,
     /// Retry duration used up; written to the error output (path) if configured.
     Failed {
+        /// Attempts made.
         attempts: u32,
+        /// The error file written, if any.
         written: Option<PathBuf>,
     },
 }
@@ -69,6 +80,7 @@ enum Attempt {
 }
 
 impl Delivery {
+    /// The HTTP client for `config`; fails when --ca-cert cannot be read or holds no certificate.
     pub fn new(config: DeliveryConfig) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -96,7 +108,8 @@ impl Delivery {
         Ok(Delivery { config, http })
     }
 
-    async fn attempt(&self, request_id: &str, body: &[u8]) -> Attempt {
+    /// The request of one attempt, with Firehose's headers.
+    fn request(&self, request_id: &str, body: &[u8]) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .post(&self.config.destination_url)
@@ -120,7 +133,12 @@ impl Delivery {
         if self.config.gzip {
             req = req.header("Content-Encoding", "gzip");
         }
-        let mut resp = match req.send().await {
+        req
+    }
+
+    /// One POST of the batch, and what its response says.
+    async fn attempt(&self, request_id: &str, body: &[u8]) -> Attempt {
+        let mut resp = match self.request(request_id, body).send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
                 return Attempt::Failed(Failure::new(
@@ -147,24 +165,10 @@ impl Delivery {
         };
         let content_type = header("content-type");
         let content_encoding = header("content-encoding");
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > protocol::MAX_RESPONSE_BYTES {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    return Attempt::Failed(Failure::new(
-                        "HttpEndpoint.ConnectionReset",
-                        format!("reading the response failed: {}", error_chain(&e)),
-                    ))
-                }
-            }
-        }
+        let body = match read_response(&mut resp).await {
+            Ok(b) => b,
+            Err(f) => return Attempt::Failed(f),
+        };
         match protocol::check_response(
             request_id,
             status,
@@ -267,6 +271,29 @@ impl Delivery {
             Err(e) => {
                 error!(dir = %dir.display(), error = %e, "cannot write the error output: without --checkpoint-file the batch is LOST (with one, a restart reads it again)");
                 None
+            }
+        }
+    }
+}
+
+/// The response body, or as much of it as passes [`protocol::MAX_RESPONSE_BYTES`] (which
+/// then fails validation): an endpoint must not make firehose-local hold an endless body.
+async fn read_response(resp: &mut reqwest::Response) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > protocol::MAX_RESPONSE_BYTES {
+                    return Ok(body);
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(Failure::new(
+                    "HttpEndpoint.ConnectionReset",
+                    format!("reading the response failed: {}", error_chain(&e)),
+                ))
             }
         }
     }

@@ -67,11 +67,14 @@ pub fn parse_attribute(s: &str) -> Result<(String, String), String> {
 /// Why a delivery attempt failed, in Firehose's error codes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// Firehose's error code, e.g. `HttpEndpoint.RequestTimeout`.
     pub code: &'static str,
+    /// What happened, for the log and the error record.
     pub message: String,
 }
 
 impl Failure {
+    /// A failure with Firehose's `code`.
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
         Failure {
             code,
@@ -167,12 +170,16 @@ pub fn jitter() -> f64 {
 /// time spent waiting for responses.
 #[derive(Debug, Clone)]
 pub struct RetryClock {
+    /// The retry duration.
     pub duration: Duration,
+    /// Time waited between attempts so far.
     pub waited: Duration,
+    /// Retries so far.
     pub retries: u32,
 }
 
 impl RetryClock {
+    /// A clock with nothing used of `duration` yet.
     pub fn new(duration: Duration) -> Self {
         RetryClock {
             duration,

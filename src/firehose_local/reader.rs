@@ -24,17 +24,20 @@ pub const CHANNEL_CAPACITY: usize = 20_000;
 /// One record as Firehose received it.
 #[derive(Debug, Clone)]
 pub struct Arrived {
+    /// The record's data.
     pub data: Vec<u8>,
     /// When firehose-local read it, ms since the epoch.
     pub arrival_ms: i64,
     /// Its shard and sequence number there, for the checkpoint.
     pub shard: Arc<str>,
+    /// Its sequence number in the shard.
     pub sequence: String,
 }
 
 /// Where a shard is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
+    /// Records put from now on.
     Latest,
     /// The oldest record.
     TrimHorizon,

@@ -17,7 +17,9 @@ pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 /// One record to put.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The record's data.
     pub data: Vec<u8>,
+    /// Its partition key.
     pub partition_key: String,
 }
 
@@ -33,10 +35,16 @@ impl Entry {
 pub enum RecordError {
     /// The record is larger than Kinesis accepts.
     #[error("record is {size} bytes (data plus partition key), over the Kinesis limit of {MAX_RECORD_BYTES}")]
-    TooLarge { size: usize },
+    TooLarge {
+        /// Data plus partition key, bytes.
+        size: usize,
+    },
     /// The record's data is larger than Firehose delivers.
     #[error("record data is {size} bytes, over the Firehose limit of {FIREHOSE_MAX_RECORD_DATA} for one record: the stream would take it, but Firehose could never deliver it")]
-    TooLargeForFirehose { size: usize },
+    TooLargeForFirehose {
+        /// Data, bytes.
+        size: usize,
+    },
 }
 
 /// Check an entry against the per-record limit.
@@ -77,10 +85,12 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Whether no entry waits.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// How many entries wait.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -95,6 +105,7 @@ impl Batch {
         self.entries.len() >= MAX_RECORDS || self.bytes >= MAX_BATCH_BYTES
     }
 
+    /// Add `entry` (the caller checked [`Batch::fits`]).
     pub fn push(&mut self, entry: Entry) {
         self.bytes += entry.size();
         self.entries.push(entry);

@@ -1,20 +1,16 @@
-//! The Kinesis side: a small trait over PutRecords (the real SDK client, or a test wrapper
-//! that fails chosen entries, since no emulator can throttle), and [`put_all`], which resends
+//! The Kinesis side: a small trait over PutRecords (the real SDK client in [`super::aws`], or a
+//! test wrapper that fails chosen entries, since no emulator can throttle), and [`put_all`], which resends
 //! the failed entries (with the later ones of their partition keys, `resend_set`) with
 //! exponential back-off and jitter until every one is accepted.
 
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::http::HttpResponse;
-use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
-use aws_sdk_kinesis::operation::put_records::PutRecordsError;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use backon::BackoffBuilder;
 use tracing::{error, info, warn};
 
 use super::batch::Entry;
+use crate::say_once::{Latch, Reminder};
 
 /// First delay before resending failed entries.
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -40,198 +36,12 @@ pub type EntryResults = Vec<Option<String>>;
 
 /// PutRecords, and nothing else the forwarder needs.
 pub trait Kinesis: Send + Sync {
+    /// One PutRecords call: what became of each entry, or why the call failed as a whole.
     fn put_records(
         &self,
         stream: &str,
         entries: &[Entry],
     ) -> impl Future<Output = Result<EntryResults, KinesisError>> + Send;
-}
-
-/// The AWS SDK client: credentials and region from the standard chain (environment, profile,
-/// instance role), and an optional endpoint URL for an emulator.
-#[derive(Clone, Debug)]
-pub struct AwsKinesis {
-    pub client: aws_sdk_kinesis::Client,
-}
-
-impl AwsKinesis {
-    /// The client, once [`client_from_env`] found a region and credentials.
-    pub async fn from_env(endpoint_url: Option<&str>) -> Result<Self, String> {
-        Ok(AwsKinesis {
-            client: client_from_env(endpoint_url).await?,
-        })
-    }
-}
-
-/// Longest a single Kinesis request may take, and one call with the SDK's own retries: the SDK
-/// sets only a connect timeout, so a half-open connection would hang a call for good.
-/// PutRecords and GetRecords answer in well under a second; GetRecords returns at most 10 MB.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A Kinesis client from the standard AWS chain, with an optional endpoint override. Fails, with
-/// what to set, when the chain yields no region, or no credentials for [`CREDENTIALS_WAIT`]: the
-/// SDK would report either only at the first call, and on every call after it, which on a quiet
-/// collection is long after start-up. The wait is for an instance or task role whose metadata
-/// service does not answer yet at boot (the SDK reports that as "not loaded" too); other
-/// failures to fetch credentials are only warned about: they can pass.
-pub async fn client_from_env(
-    endpoint_url: Option<&str>,
-) -> Result<aws_sdk_kinesis::Client, String> {
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-        .operation_timeout(CALL_TIMEOUT)
-        .build();
-    let mut loader =
-        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
-    if let Some(url) = endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    let config = loader.load().await;
-    check_config(&config).await?;
-    Ok(aws_sdk_kinesis::Client::new(&config))
-}
-
-/// How long [`check_config`] keeps asking for credentials that are not there.
-pub const CREDENTIALS_WAIT: Duration = Duration::from_secs(16);
-
-/// The checks of [`client_from_env`] on a loaded configuration.
-pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> {
-    use aws_credential_types::provider::error::CredentialsError;
-    use aws_sdk_kinesis::config::ProvideCredentials;
-    if config.region().is_none() {
-        return Err(
-            "no AWS region is set: set AWS_REGION (for example AWS_REGION=eu-west-1, \
-                    the region of the Kinesis stream), or a region in the AWS profile"
-                .into(),
-        );
-    }
-    const NO_CREDENTIALS: &str = "no AWS credentials were found: set AWS_ACCESS_KEY_ID and \
-        AWS_SECRET_ACCESS_KEY, name a profile with AWS_PROFILE, or run where an instance or task \
-        role provides them";
-    let Some(provider) = config.credentials_provider() else {
-        return Err(NO_CREDENTIALS.into());
-    };
-    let give_up = tokio::time::Instant::now() + CREDENTIALS_WAIT;
-    let mut pause = Duration::from_secs(1);
-    let outcome = loop {
-        match provider.provide_credentials().await {
-            Err(CredentialsError::CredentialsNotLoaded(_))
-                if tokio::time::Instant::now() + pause < give_up =>
-            {
-                if pause == Duration::from_secs(1) {
-                    warn!(
-                        "no AWS credentials found yet; trying again for {} s",
-                        CREDENTIALS_WAIT.as_secs()
-                    );
-                }
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            other => break other,
-        }
-    };
-    match outcome {
-        Ok(_) => Ok(()),
-        Err(CredentialsError::CredentialsNotLoaded(_)) => Err(NO_CREDENTIALS.into()),
-        Err(e @ CredentialsError::InvalidConfiguration(_)) => Err(format!(
-            "the AWS credentials are misconfigured: {}",
-            DisplayErrorContext(&e)
-        )),
-        Err(e) => {
-            warn!(error = %DisplayErrorContext(&e), "cannot fetch AWS credentials yet; carrying on, and Kinesis calls will retry");
-            Ok(())
-        }
-    }
-}
-
-/// Error codes AWS answers for credentials it refuses. Modelled as no particular PutRecords
-/// error, they would otherwise be retried for ever; exiting non-zero instead shows the fault,
-/// and a supervisor's restart loads the credentials afresh.
-const REFUSED_CREDENTIALS: &[&str] = &[
-    "UnrecognizedClientException",
-    "InvalidSignatureException",
-    "IncompleteSignature",
-    "MissingAuthenticationToken",
-    "InvalidClientTokenId",
-    "ExpiredTokenException",
-    "AccessDeniedException",
-];
-
-/// Whether a failed PutRecords call can never succeed as configured.
-fn is_fatal(e: &SdkError<PutRecordsError, HttpResponse>) -> bool {
-    use aws_sdk_kinesis::error::ProvideErrorMetadata;
-    match e {
-        // The request could not even be built: a configuration fault.
-        SdkError::ConstructionFailure(_) => true,
-        SdkError::ServiceError(s) => {
-            matches!(
-                s.err(),
-                PutRecordsError::ResourceNotFoundException(_)
-                    | PutRecordsError::AccessDeniedException(_)
-                    | PutRecordsError::InvalidArgumentException(_)
-                    | PutRecordsError::KmsDisabledException(_)
-                    | PutRecordsError::KmsInvalidStateException(_)
-                    | PutRecordsError::KmsNotFoundException(_)
-                    | PutRecordsError::KmsAccessDeniedException(_)
-                    | PutRecordsError::KmsOptInRequired(_)
-            ) || s
-                .err()
-                .code()
-                .is_some_and(|c| REFUSED_CREDENTIALS.contains(&c))
-        }
-        _ => false,
-    }
-}
-
-impl Kinesis for AwsKinesis {
-    async fn put_records(
-        &self,
-        stream: &str,
-        entries: &[Entry],
-    ) -> Result<EntryResults, KinesisError> {
-        let mut records = Vec::with_capacity(entries.len());
-        for e in entries {
-            let record = PutRecordsRequestEntry::builder()
-                .data(Blob::new(e.data.clone()))
-                .partition_key(&e.partition_key)
-                .build()
-                .map_err(|e| KinesisError::Fatal(e.to_string()))?;
-            records.push(record);
-        }
-        let output = self
-            .client
-            .put_records()
-            .stream_name(stream)
-            .set_records(Some(records))
-            .send()
-            .await
-            .map_err(|e| {
-                let text = DisplayErrorContext(&e).to_string();
-                if is_fatal(&e) {
-                    KinesisError::Fatal(text)
-                } else {
-                    KinesisError::Transient(text)
-                }
-            })?;
-        let results: EntryResults = output
-            .records()
-            .iter()
-            .map(|r| {
-                r.error_code()
-                    .map(|code| format!("{code}: {}", r.error_message().unwrap_or("")))
-            })
-            .collect();
-        if results.len() != entries.len() {
-            return Err(KinesisError::Transient(format!(
-                "PutRecords answered {} results for {} records",
-                results.len(),
-                entries.len()
-            )));
-        }
-        Ok(results)
-    }
 }
 
 /// What it took to put one batch.
@@ -284,36 +94,50 @@ fn resend_set(
 /// How often a put that keeps failing is reported again, at error level.
 pub const STUCK_REPORT_EVERY: Duration = Duration::from_secs(60);
 
-/// Reports a failure that goes on: the first one is a warning where it happens; from
+/// The log line a failure that goes on calls for, as [`Trouble::failed`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Say {
+    /// The first failure: a warning, where it happens.
+    Began,
+    /// Still failing, for this long: an error, every [`STUCK_REPORT_EVERY`].
+    Still(Duration),
+    /// Nothing this time.
+    Nothing,
+}
+
+/// A failure that goes on: the first one is a warning where it happens; from
 /// [`STUCK_REPORT_EVERY`] on, an error every [`STUCK_REPORT_EVERY`], so a fault that never
-/// clears (a network path gone, a throttle that never lifts) is never silent.
+/// clears (a network path gone, a throttle that never lifts) is never silent; its end is said
+/// once. Pure: it decides which line is due, and the caller logs it.
+#[derive(Debug, Default)]
 pub(crate) struct Trouble {
-    since: tokio::time::Instant,
-    reported: tokio::time::Instant,
-    what: &'static str,
+    failing: Latch,
+    reminder: Option<Reminder>,
 }
 
 impl Trouble {
-    /// Trouble beginning now; `what` is the error line's message.
-    pub(crate) fn new(what: &'static str) -> Self {
-        let now = tokio::time::Instant::now();
-        Trouble {
-            since: now,
-            reported: now,
-            what,
+    /// It failed (again) at `now`.
+    pub(crate) fn failed(&mut self, now: std::time::Instant) -> Say {
+        if self.failing.raise() {
+            self.reminder = Some(Reminder::new(now, STUCK_REPORT_EVERY));
+            return Say::Began;
+        }
+        match self.reminder.as_mut().and_then(|r| r.again(now)) {
+            Some(failing_for) => Say::Still(failing_for),
+            None => Say::Nothing,
         }
     }
 
-    /// It failed again, with `error`.
-    pub(crate) fn still(&mut self, error: &str) {
-        if self.reported.elapsed() >= STUCK_REPORT_EVERY {
-            self.reported = tokio::time::Instant::now();
-            error!(
-                failing_for_s = self.since.elapsed().as_secs(),
-                error, "{}", self.what
-            );
-        }
+    /// It worked: true when it had been failing, so its end is to be said.
+    pub(crate) fn recovered(&mut self) -> bool {
+        self.reminder = None;
+        self.failing.clear()
     }
+}
+
+/// Now, on tokio's clock (paused in tests), as the [`Trouble`] methods take it.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Put every entry, resending the failed ones (see `resend_set`), until all are accepted. Returns early on a
@@ -329,8 +153,7 @@ pub async fn put_all<K: Kinesis>(
     let mut pending = entries;
     let mut stats = PutStats::default();
     let mut delays = backoff();
-    let mut troubled = false;
-    let mut trouble = Trouble::new("Kinesis has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted");
+    let mut trouble = Trouble::default();
     while !pending.is_empty() {
         stats.calls += 1;
         let put = tokio::select! {
@@ -346,38 +169,46 @@ pub async fn put_all<K: Kinesis>(
                     break;
                 }
                 stats.resent += pending.len() as u64;
-                trouble.still(reason.as_deref().unwrap_or(""));
-                if !troubled {
-                    warn!(
+                let reason = reason.as_deref().unwrap_or("");
+                match trouble.failed(now()) {
+                    Say::Began => warn!(
                         failed = pending.len(),
                         of = total,
-                        reason = reason.as_deref().unwrap_or(""),
+                        reason,
                         "PutRecords failed some records; resending those (and later records with the same partition key, to keep their order), with back-off"
-                    );
-                    troubled = true;
+                    ),
+                    Say::Still(failing_for) => still_failing(failing_for, reason),
+                    Say::Nothing => {}
                 }
             }
             Err(e @ (KinesisError::Fatal(_) | KinesisError::Interrupted)) => return Err(e),
-            Err(KinesisError::Transient(e)) => {
-                trouble.still(&e);
-                if !troubled {
-                    warn!(error = %e, "PutRecords failed; retrying with back-off");
-                    troubled = true;
-                }
-            }
+            Err(KinesisError::Transient(e)) => match trouble.failed(now()) {
+                Say::Began => warn!(error = %e, "PutRecords failed; retrying with back-off"),
+                Say::Still(failing_for) => still_failing(failing_for, &e),
+                Say::Nothing => {}
+            },
         }
         tokio::select! {
             () = tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)) => {}
             () = &mut interrupt => return Err(KinesisError::Interrupted),
         }
     }
-    if troubled {
+    if trouble.recovered() {
         info!(
             calls = stats.calls,
             "PutRecords accepted every record again"
         );
     }
     Ok(stats)
+}
+
+/// The error line of a batch Kinesis has not accepted for `failing_for`.
+fn still_failing(failing_for: Duration, error: &str) {
+    error!(
+        failing_for_s = failing_for.as_secs(),
+        error,
+        "Kinesis has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted"
+    );
 }
 
 #[cfg(test)]
@@ -542,6 +373,23 @@ mod tests {
         );
         let calls = k.calls.lock().unwrap();
         assert_eq!(calls[1], vec![b"b".to_vec(), b"d".to_vec()]);
+    }
+
+    // A failure that goes on is said when it begins, then once a period, and its end once.
+    #[test]
+    fn trouble_says_begin_reminders_and_end() {
+        let t0 = std::time::Instant::now();
+        let mut t = Trouble::default();
+        assert!(!t.recovered());
+        assert_eq!(t.failed(t0), Say::Began);
+        assert_eq!(t.failed(t0 + Duration::from_secs(59)), Say::Nothing);
+        assert_eq!(
+            t.failed(t0 + STUCK_REPORT_EVERY),
+            Say::Still(STUCK_REPORT_EVERY)
+        );
+        assert!(t.recovered());
+        assert!(!t.recovered());
+        assert_eq!(t.failed(t0 + 2 * STUCK_REPORT_EVERY), Say::Began);
     }
 
     // The back-off grows, has jitter, stays within the cap, and never ends.

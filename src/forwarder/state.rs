@@ -6,6 +6,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::Collection;
 
+use super::error::store_error;
 use super::ForwarderError;
 
 /// Reads and writes the stored resume token.
@@ -18,6 +19,7 @@ pub struct StateStore {
 }
 
 impl StateStore {
+    /// The position of `stream_name`, reading `database.collection`, kept in `coll`.
     pub fn new(
         coll: Collection<Document>,
         stream_name: &str,
@@ -110,15 +112,5 @@ impl StateStore {
             .await
             .map_err(|e| store_error(&e))?;
         Ok(())
-    }
-}
-
-/// A store failure: fatal when retrying cannot help (privileges, authentication), otherwise
-/// [`ForwarderError::State`], retried.
-fn store_error(e: &mongodb::error::Error) -> ForwarderError {
-    if crate::mongo::is_fatal(e) {
-        super::mongo_error(e)
-    } else {
-        ForwarderError::State(e.to_string())
     }
 }

@@ -1,0 +1,190 @@
+//! The buffer between the shard readers and the endpoint: records wait until the size hint or
+//! the interval hint is reached (or the next one would make the body too large), then go out
+//! as one request; the checkpoint moves past a batch only once it has ended.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::checkpoint::Checkpoint;
+use super::delivery::{Delivery, Outcome};
+use super::protocol;
+use super::reader::Arrived;
+
+/// Buffering hints.
+#[derive(Debug, Clone, Copy)]
+pub struct Buffering {
+    /// Send once this much record data waits.
+    pub bytes: usize,
+    /// Send this long after the first record of a request arrived.
+    pub interval: Duration,
+}
+
+/// How long deliveries may go on once a stop is requested: the one in progress and the
+/// buffer's last, together. A destination that is down must not hold the stop for the whole
+/// retry duration (up to two hours). What was cut short is read again at the next start with
+/// `--checkpoint-file` (its position was not moved), and lost without one.
+pub const FINAL_DELIVERY_WAIT: Duration = Duration::from_secs(10);
+
+/// The records waiting, and what they add up to.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Arrived>,
+    /// Record data waiting: what the size hint counts.
+    bytes: usize,
+    /// The request body the records make, without its fixed part.
+    body: usize,
+    /// When they must go out: the first one's arrival plus the interval.
+    deadline: Option<Instant>,
+}
+
+impl Pending {
+    /// Whether `record` would make a body past Firehose's largest, which the endpoint would
+    /// answer with 413, and the records be lost.
+    fn would_overflow(&self, record: &Arrived) -> bool {
+        let grows = protocol::encoded_record_bytes(record.data.len());
+        !self.records.is_empty()
+            && protocol::BODY_OVERHEAD_BYTES + self.body + grows > protocol::MAX_BODY_BYTES
+    }
+
+    fn push(&mut self, record: Arrived, interval: Duration) {
+        self.bytes += record.data.len();
+        self.body += protocol::encoded_record_bytes(record.data.len());
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + interval);
+        self.records.push(record);
+    }
+
+    /// Whether a request is due by size or by Firehose's record count.
+    fn is_full(&self, size_hint: usize) -> bool {
+        self.bytes >= size_hint || self.records.len() >= protocol::MAX_RECORDS
+    }
+
+    /// The records, leaving the buffer empty.
+    fn take(&mut self) -> Vec<Arrived> {
+        std::mem::take(self).records
+    }
+}
+
+/// Sends batches, moves the checkpoint past them, and keeps the stop deadline.
+struct Sender<'a, S> {
+    delivery: &'a Delivery,
+    checkpoint: Option<Checkpoint>,
+    shutdown: Pin<&'a mut S>,
+    /// Set once a stop is requested: the time deliveries must end by.
+    stop_at: Option<Instant>,
+}
+
+impl<S: Future<Output = ()>> Sender<'_, S> {
+    /// Deliver one batch, then move the checkpoint past it: delivered, refused with 413, given
+    /// up into the error output, or given up with no error output configured are all final.
+    /// Given up with the error output failing is not: the records exist nowhere else, so the
+    /// checkpoint stops moving and a restart reads them again.
+    async fn deliver(
+        delivery: &Delivery,
+        batch: Vec<Arrived>,
+        checkpoint: &mut Option<Checkpoint>,
+    ) {
+        let outcome = delivery.deliver(&batch).await;
+        let Some(cp) = checkpoint else { return };
+        if matches!(outcome, Outcome::Failed { written: None, .. }) && delivery.has_error_output() {
+            cp.freeze();
+        } else {
+            cp.record(&batch);
+        }
+    }
+
+    /// [`Self::deliver`], but once a stop is requested only until `stop_at` (set then to
+    /// [`FINAL_DELIVERY_WAIT`] from now, if it was not set before). False when it was cut
+    /// short: the checkpoint did not move past the batch.
+    async fn send(&mut self, batch: Vec<Arrived>) -> bool {
+        let records = batch.len();
+        let work = Self::deliver(self.delivery, batch, &mut self.checkpoint);
+        tokio::pin!(work);
+        let deadline = match self.stop_at {
+            Some(at) => at,
+            None => {
+                tokio::select! {
+                    () = &mut work => return true,
+                    () = self.shutdown.as_mut() => *self.stop_at.insert(Instant::now() + FINAL_DELIVERY_WAIT),
+                }
+            }
+        };
+        if tokio::time::timeout_at(deadline, work).await.is_err() {
+            warn!(
+                records,
+                "stopping before the endpoint accepted a batch: with --checkpoint-file it is read again at the next start, without one it is lost"
+            );
+            return false;
+        }
+        true
+    }
+}
+
+/// Buffer records from `rx` and deliver them until `shutdown` (the pending buffer is then
+/// delivered, within [`FINAL_DELIVERY_WAIT`]) or the readers end.
+pub async fn run_buffer(
+    mut rx: mpsc::Receiver<Arrived>,
+    delivery: &Delivery,
+    buffering: Buffering,
+    checkpoint: Option<Checkpoint>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut out = Sender {
+        delivery,
+        checkpoint,
+        shutdown,
+        stop_at: None,
+    };
+    let mut pending = Pending::default();
+    // A delivery was cut short: nothing after it may be delivered, or the checkpoint would
+    // move past the records it held.
+    let mut cut_short = false;
+    while out.stop_at.is_none() && !cut_short {
+        let flush_at = pending
+            .deadline
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let mut batch = None;
+        tokio::select! {
+            biased;
+            () = out.shutdown.as_mut() => out.stop_at = Some(Instant::now() + FINAL_DELIVERY_WAIT),
+            _ = tokio::time::sleep_until(flush_at), if pending.deadline.is_some() => {
+                batch = Some(pending.take());
+            }
+            r = rx.recv() => {
+                let Some(record) = r else { break };
+                if pending.would_overflow(&record) {
+                    cut_short = !out.send(pending.take()).await;
+                }
+                pending.push(record, buffering.interval);
+                if !cut_short && pending.is_full(buffering.bytes) {
+                    batch = Some(pending.take());
+                }
+            }
+        }
+        if let Some(batch) = batch {
+            cut_short = !out.send(batch).await;
+        }
+    }
+    let last = pending.take();
+    if last.is_empty() {
+        return;
+    }
+    if cut_short {
+        info!(
+            records = last.len(),
+            "not delivering the buffer: a batch before it was cut short, so both are read again at the next start with --checkpoint-file"
+        );
+        return;
+    }
+    info!(
+        records = last.len(),
+        "delivering the buffer before stopping"
+    );
+    out.send(last).await;
+}

@@ -1,0 +1,219 @@
+//! The AWS side of the Kinesis seam: the SDK client ([`AwsKinesis`]) with credentials and
+//! region from the standard chain, the checks that find a missing region or credentials at
+//! start rather than at the first put, and the sorting of PutRecords failures into
+//! "never works" and "try again".
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::operation::put_records::PutRecordsError;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use tracing::warn;
+
+use super::batch::Entry;
+use super::kinesis::{EntryResults, Kinesis, KinesisError};
+
+/// The AWS SDK client: credentials and region from the standard chain (environment, profile,
+/// instance role), and an optional endpoint URL for an emulator.
+#[derive(Clone, Debug)]
+pub struct AwsKinesis {
+    /// The SDK client, for calls beyond PutRecords.
+    pub client: aws_sdk_kinesis::Client,
+}
+
+impl AwsKinesis {
+    /// The client, once [`client_from_env`] found a region and credentials.
+    pub async fn from_env(endpoint_url: Option<&str>) -> Result<Self, String> {
+        Ok(AwsKinesis {
+            client: client_from_env(endpoint_url).await?,
+        })
+    }
+}
+
+/// Longest a single Kinesis request may take, and one call with the SDK's own retries: the SDK
+/// sets only a connect timeout, so a half-open connection would hang a call for good.
+/// PutRecords and GetRecords answer in well under a second; GetRecords returns at most 10 MB.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest one call may take, the SDK's own retries included (see [`ATTEMPT_TIMEOUT`]).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Kinesis client from the standard AWS chain, with an optional endpoint override. Fails, with
+/// what to set, when the chain yields no region, or no credentials for [`CREDENTIALS_WAIT`]: the
+/// SDK would report either only at the first call, and on every call after it, which on a quiet
+/// collection is long after start-up. The wait is for an instance or task role whose metadata
+/// service does not answer yet at boot (the SDK reports that as "not loaded" too); other
+/// failures to fetch credentials are only warned about: they can pass.
+pub async fn client_from_env(
+    endpoint_url: Option<&str>,
+) -> Result<aws_sdk_kinesis::Client, String> {
+    Ok(aws_sdk_kinesis::Client::new(
+        &load_checked(endpoint_url).await?,
+    ))
+}
+
+/// The region [`client_from_env`] would use, once it has checked that a region and credentials
+/// are set; for `check-config`. Nothing is sent to Kinesis.
+pub async fn check_environment(endpoint_url: Option<&str>) -> Result<String, String> {
+    let config = load_checked(endpoint_url).await?;
+    Ok(config.region().map(ToString::to_string).unwrap_or_default())
+}
+
+/// The standard chain's configuration with the forwarder's timeouts, after [`check_config`].
+async fn load_checked(endpoint_url: Option<&str>) -> Result<aws_config::SdkConfig, String> {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(CALL_TIMEOUT)
+        .build();
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let config = loader.load().await;
+    check_config(&config).await?;
+    Ok(config)
+}
+
+/// How long [`check_config`] keeps asking for credentials that are not there.
+pub const CREDENTIALS_WAIT: Duration = Duration::from_secs(16);
+
+/// The checks of [`client_from_env`] on a loaded configuration.
+pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> {
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_kinesis::config::ProvideCredentials;
+    if config.region().is_none() {
+        return Err(
+            "no AWS region is set: set AWS_REGION (for example AWS_REGION=eu-west-1, \
+                    the region of the Kinesis stream), or a region in the AWS profile"
+                .into(),
+        );
+    }
+    const NO_CREDENTIALS: &str = "no AWS credentials were found: set AWS_ACCESS_KEY_ID and \
+        AWS_SECRET_ACCESS_KEY, name a profile with AWS_PROFILE, or run where an instance or task \
+        role provides them";
+    let Some(provider) = config.credentials_provider() else {
+        return Err(NO_CREDENTIALS.into());
+    };
+    let give_up = tokio::time::Instant::now() + CREDENTIALS_WAIT;
+    let mut pause = Duration::from_secs(1);
+    let outcome = loop {
+        match provider.provide_credentials().await {
+            Err(CredentialsError::CredentialsNotLoaded(_))
+                if tokio::time::Instant::now() + pause < give_up =>
+            {
+                if pause == Duration::from_secs(1) {
+                    warn!(
+                        "no AWS credentials found yet; trying again for {} s",
+                        CREDENTIALS_WAIT.as_secs()
+                    );
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => break other,
+        }
+    };
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(CredentialsError::CredentialsNotLoaded(_)) => Err(NO_CREDENTIALS.into()),
+        Err(e @ CredentialsError::InvalidConfiguration(_)) => Err(format!(
+            "the AWS credentials are misconfigured: {}",
+            DisplayErrorContext(&e)
+        )),
+        Err(e) => {
+            warn!(error = %DisplayErrorContext(&e), "cannot fetch AWS credentials yet; carrying on, and Kinesis calls will retry");
+            Ok(())
+        }
+    }
+}
+
+/// Error codes AWS answers for credentials it refuses. Modelled as no particular PutRecords
+/// error, they would otherwise be retried for ever; exiting non-zero instead shows the fault,
+/// and a supervisor's restart loads the credentials afresh.
+const REFUSED_CREDENTIALS: &[&str] = &[
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "AccessDeniedException",
+];
+
+/// Whether a failed PutRecords call can never succeed as configured.
+fn is_fatal(e: &SdkError<PutRecordsError, HttpResponse>) -> bool {
+    use aws_sdk_kinesis::error::ProvideErrorMetadata;
+    match e {
+        // The request could not even be built: a configuration fault.
+        SdkError::ConstructionFailure(_) => true,
+        SdkError::ServiceError(s) => {
+            matches!(
+                s.err(),
+                PutRecordsError::ResourceNotFoundException(_)
+                    | PutRecordsError::AccessDeniedException(_)
+                    | PutRecordsError::InvalidArgumentException(_)
+                    | PutRecordsError::KmsDisabledException(_)
+                    | PutRecordsError::KmsInvalidStateException(_)
+                    | PutRecordsError::KmsNotFoundException(_)
+                    | PutRecordsError::KmsAccessDeniedException(_)
+                    | PutRecordsError::KmsOptInRequired(_)
+            ) || s
+                .err()
+                .code()
+                .is_some_and(|c| REFUSED_CREDENTIALS.contains(&c))
+        }
+        _ => false,
+    }
+}
+
+impl Kinesis for AwsKinesis {
+    async fn put_records(
+        &self,
+        stream: &str,
+        entries: &[Entry],
+    ) -> Result<EntryResults, KinesisError> {
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            let record = PutRecordsRequestEntry::builder()
+                .data(Blob::new(e.data.clone()))
+                .partition_key(&e.partition_key)
+                .build()
+                .map_err(|e| KinesisError::Fatal(e.to_string()))?;
+            records.push(record);
+        }
+        let output = self
+            .client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(records))
+            .send()
+            .await
+            .map_err(|e| {
+                let text = DisplayErrorContext(&e).to_string();
+                if is_fatal(&e) {
+                    KinesisError::Fatal(text)
+                } else {
+                    KinesisError::Transient(text)
+                }
+            })?;
+        let results: EntryResults = output
+            .records()
+            .iter()
+            .map(|r| {
+                r.error_code()
+                    .map(|code| format!("{code}: {}", r.error_message().unwrap_or("")))
+            })
+            .collect();
+        if results.len() != entries.len() {
+            return Err(KinesisError::Transient(format!(
+                "PutRecords answered {} results for {} records",
+                results.len(),
+                entries.len()
+            )));
+        }
+        Ok(results)
+    }
+}

@@ -1,0 +1,259 @@
+//! Following the change stream: read the stored position, open the stream after it, hand each
+//! event to the [`Forwarder`], and open it again after an invalidate (at once) or a failure
+//! (after a back-off), until a stop is requested or an error retrying cannot fix.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::options::FullDocumentType;
+use mongodb::{Client, Collection};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::error::{fatal, history_lost};
+use super::forward::{stopped, Forwarder};
+use super::kinesis::{self, now, Kinesis, Say, Trouble};
+use super::state::StateStore;
+use super::{ForwarderError, Operation, Options, IDLE_SAVE_INTERVAL};
+
+type Events = ChangeStream<ChangeStreamEvent<Document>>;
+
+/// Where forwarding begins.
+enum Start {
+    /// A stop was requested before the position could be read: nothing to do.
+    Stopped,
+    /// After this stored position, or from now (`None`).
+    At(Option<ResumeToken>),
+}
+
+/// How reading one opened change stream ended.
+enum Ended {
+    /// A stop was requested; the batch is put and the position stored.
+    Stopped,
+    /// An invalidate: open the next stream after it at once.
+    Invalidated,
+    /// The stream failed (after the driver's own resume attempt).
+    Failed(mongodb::error::Error),
+}
+
+/// Open the change stream on `coll` after `resume` (from now without one).
+async fn open(
+    coll: &Collection<Document>,
+    opts: &Options,
+    resume: Option<ResumeToken>,
+) -> mongodb::error::Result<Events> {
+    let mut types: Vec<&str> = opts.operations.iter().map(|o| o.name()).collect();
+    types.extend(["invalidate", "drop", "rename", "dropDatabase"]);
+    let mut watch = coll
+        .watch()
+        .pipeline([doc! { "$match": { "operationType": { "$in": types } } }])
+        .max_await_time(opts.linger.max(Duration::from_millis(10)));
+    if opts.operations.contains(&Operation::Update) {
+        watch = watch.full_document(FullDocumentType::UpdateLookup);
+    }
+    if let Some(token) = resume {
+        // startAfter, not resumeAfter: the same for an event's token, and it also opens a new
+        // stream after an invalidate's token (resumeAfter refuses that one).
+        watch = watch.start_after(token);
+    }
+    watch.await
+}
+
+/// The stored position, read with retries: MongoDB may be down at start. A stop is obeyed
+/// while waiting (nothing is held yet).
+async fn start_position(
+    state: &StateStore,
+    opts: &Options,
+    stop: &mut watch::Receiver<bool>,
+    reconnect: &mut impl Iterator<Item = Duration>,
+) -> Result<Start, ForwarderError> {
+    if opts.start_from_now {
+        info!("--start-from-now: ignoring any stored resume token");
+        return Ok(Start::At(None));
+    }
+    let stored = loop {
+        let loaded = tokio::select! {
+            biased;
+            () = stopped(stop) => {
+                info!("shutdown requested before the resume token could be read");
+                return Ok(Start::Stopped);
+            }
+            r = state.load() => r,
+        };
+        match loaded {
+            Ok(t) => break t,
+            Err(ForwarderError::State(e)) => {
+                warn!(error = %e, "cannot read the stored resume token yet; retrying");
+                tokio::select! {
+                    biased;
+                    () = stopped(stop) => return Ok(Start::Stopped),
+                    _ = tokio::time::sleep(reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if stored.is_none() {
+        let others = state.other_streams().await;
+        if !others.is_empty() {
+            warn!(
+                stream = %opts.stream_name,
+                others = ?others,
+                "no position is stored for this stream, but there is one for other streams of the same collection: if the stream was renamed, what happened since the old name's position is skipped; starting from now"
+            );
+        }
+    }
+    Ok(Start::At(stored))
+}
+
+/// Forward until a stop is requested (then the batch is put and the position stored) or an
+/// error retrying cannot fix.
+pub(super) async fn forward<K: Kinesis>(
+    client: &Client,
+    kinesis: &K,
+    opts: &Options,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ForwarderError> {
+    let db = client.database(&opts.database);
+    let coll = db.collection::<Document>(&opts.collection);
+    let state = StateStore::new(
+        db.collection(&opts.state_collection_name()),
+        &opts.stream_name,
+        &opts.database,
+        &opts.collection,
+    );
+    let mut reconnect = kinesis::backoff();
+    let stored = match start_position(&state, opts, &mut stop, &mut reconnect).await? {
+        Start::Stopped => return Ok(()),
+        Start::At(token) => token,
+    };
+    let from = if stored.is_some() {
+        "the stored resume token"
+    } else {
+        "now"
+    };
+    let mut fw = Forwarder::new(kinesis, opts, &db, state, stored, stop.clone());
+    info!(namespace = %fw.namespace, stream = %opts.stream_name, from, "forwarding");
+    // Set while the change stream cannot be opened.
+    let mut trouble = Trouble::default();
+    loop {
+        let opened = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => return fw.flush().await,
+            s = open(&coll, opts, fw.latest.clone()) => s,
+        };
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                not_opened(&e, &fw.namespace, &mut trouble)?;
+                let delay = reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY);
+                tokio::select! {
+                    () = stopped(&mut stop) => return fw.flush().await,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        if trouble.recovered() {
+            info!("change stream open again");
+            reconnect = kinesis::backoff();
+        }
+        let failure = match follow(&mut fw, &mut stream, &mut stop).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::Invalidated => continue,
+            Ended::Failed(e) => e,
+        };
+        if let Some(lost) = history_lost(&failure, &fw.namespace) {
+            fw.flush().await?;
+            return Err(lost);
+        }
+        // The driver already resumed once by itself; put what was read, then reopen after it.
+        fw.flush().await?;
+        error!(error = %failure, "change stream failed; reopening from the last position");
+        let delay = reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY);
+        tokio::select! {
+            () = stopped(&mut stop) => return fw.flush().await,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// A change stream that could not be opened: the error that stops the forwarder, or `Ok` to
+/// retry, having said so (once when it begins, then once a period).
+fn not_opened(
+    e: &mongodb::error::Error,
+    namespace: &str,
+    trouble: &mut Trouble,
+) -> Result<(), ForwarderError> {
+    if let Some(stop) = history_lost(e, namespace).or_else(|| fatal(e)) {
+        return Err(stop);
+    }
+    match trouble.failed(now()) {
+        Say::Began => warn!(error = %e, "cannot open the change stream; retrying"),
+        Say::Still(failing_for) => error!(
+            failing_for_s = failing_for.as_secs(),
+            error = %e,
+            "the change stream still cannot be opened; retrying, and nothing is forwarded meanwhile"
+        ),
+        Say::Nothing => {}
+    }
+    Ok(())
+}
+
+/// Read one opened change stream until it ends, fails, or a stop is requested.
+async fn follow<K: Kinesis>(
+    fw: &mut Forwarder<'_, K>,
+    stream: &mut Events,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Ended, ForwarderError> {
+    if fw.latest.is_none() {
+        // Starting from now: remember where "now" is at once.
+        fw.latest = stream.resume_token();
+        fw.save().await?;
+    }
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = stopped(stop) => {
+                if fw.batch.is_empty() {
+                    fw.latest = stream.resume_token().or(fw.latest.take());
+                }
+                fw.flush().await?;
+                return Ok(Ended::Stopped);
+            }
+            n = stream.next_if_any() => n,
+        };
+        match next {
+            Ok(Some(event)) => {
+                let token = stream.resume_token();
+                if fw.event(event, token).await? {
+                    return Ok(Ended::Invalidated);
+                }
+            }
+            Ok(None) => {
+                // Every event read so far is in the batch or accepted: the post-batch token
+                // covers them all.
+                let token = stream.resume_token();
+                if !fw.batch.is_empty() {
+                    if token.is_some() {
+                        fw.latest = token;
+                    }
+                    fw.flush().await?;
+                } else if fw.last_save.elapsed() >= IDLE_SAVE_INTERVAL {
+                    if token.is_some() {
+                        fw.latest = token;
+                    }
+                    fw.save().await?;
+                }
+            }
+            Err(e) => return Ok(Ended::Failed(e)),
+        }
+        if fw
+            .batch_started
+            .is_some_and(|t| t.elapsed() >= fw.opts.linger)
+        {
+            fw.flush().await?;
+        }
+    }
+}

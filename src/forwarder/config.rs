@@ -1,0 +1,319 @@
+//! The command line of `kinesis-forwarder` ([`Cli`]) and the plain settings built from it
+//! ([`Config`], whose [`Options`] are what [`super::run`] takes). Every option is also an
+//! environment variable; the connection string, which may hold a password, is best given only
+//! there.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use super::format::Format;
+use crate::cli::parse_duration;
+
+/// Default partition key field: one shard per board.
+pub const DEFAULT_PARTITION_KEY_FIELD: &str = "nodeName";
+/// Default linger, in milliseconds: how long a partly filled batch waits for more events.
+pub const DEFAULT_LINGER_MS: u64 = 100;
+/// Default database of the watched collection.
+pub const DEFAULT_DATABASE: &str = "monitors";
+/// Default watched collection.
+pub const DEFAULT_COLLECTION: &str = "reports";
+
+/// Which change events are forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Operation {
+    /// A new document.
+    Insert,
+    /// A changed document, forwarded whole as looked up when the event is read.
+    Update,
+    /// A document replaced whole.
+    Replace,
+}
+
+impl Operation {
+    /// The change event's `operationType`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+            Operation::Replace => "replace",
+        }
+    }
+}
+
+/// The forwarder's settings, apart from the connections.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Database of the watched collection.
+    pub database: String,
+    /// The watched collection.
+    pub collection: String,
+    /// The Kinesis data stream records are put into.
+    pub stream_name: String,
+    /// Document field (dotted path) whose value is the partition key.
+    pub partition_key_field: String,
+    /// How a document becomes record data.
+    pub format: Format,
+    /// Which change events are forwarded.
+    pub operations: Vec<Operation>,
+    /// Where the resume token is stored; default `<collection>_forwarder_state`.
+    pub state_collection: Option<String>,
+    /// Where oversize records go; default `<collection>_forwarder_deadletter`.
+    pub dead_letter_collection: Option<String>,
+    /// Ignore the stored token and start from the present.
+    pub start_from_now: bool,
+    /// How long a partly filled batch waits for more events.
+    pub linger: Duration,
+}
+
+impl Options {
+    /// The defaults of the command line, putting into `stream_name`.
+    pub fn new(stream_name: &str) -> Self {
+        Options {
+            database: DEFAULT_DATABASE.into(),
+            collection: DEFAULT_COLLECTION.into(),
+            stream_name: stream_name.into(),
+            partition_key_field: DEFAULT_PARTITION_KEY_FIELD.into(),
+            format: Format::Stringify,
+            operations: vec![Operation::Insert],
+            state_collection: None,
+            dead_letter_collection: None,
+            start_from_now: false,
+            linger: Duration::from_millis(DEFAULT_LINGER_MS),
+        }
+    }
+
+    /// The collection holding the resume token.
+    pub fn state_collection_name(&self) -> String {
+        self.state_collection
+            .clone()
+            .unwrap_or_else(|| format!("{}_forwarder_state", self.collection))
+    }
+
+    /// The collection receiving documents too large to forward.
+    pub fn dead_letter_collection_name(&self) -> String {
+        self.dead_letter_collection
+            .clone()
+            .unwrap_or_else(|| format!("{}_forwarder_deadletter", self.collection))
+    }
+}
+
+/// Everything `kinesis-forwarder` needs to start: the connections and the [`Options`].
+#[derive(Clone)]
+pub struct Config {
+    /// The MongoDB connection string; may hold a password, so it is never shown whole.
+    pub mongodb_uri: String,
+    /// Kinesis endpoint override, for an emulator.
+    pub kinesis_endpoint_url: Option<String>,
+    /// What is forwarded, and how.
+    pub options: Options,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("mongodb_uri", &"<redacted>")
+            .field("kinesis_endpoint_url", &self.kinesis_endpoint_url)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// The command line of `kinesis-forwarder`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "kinesis-forwarder",
+    version,
+    about = "Forward every document inserted into a MongoDB collection (and, with --operations, updated or replaced) to a Kinesis data stream, resuming after restarts without loss"
+)]
+pub struct Cli {
+    /// What to do instead of forwarding.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// MongoDB connection string (a replica set: change streams need one). Prefer the environment
+    /// variable: the string may hold a password.
+    #[arg(long, env = "MONGODB_CONNECTION_STRING", hide_env_values = true)]
+    pub mongodb_uri: String,
+    /// Database of the watched collection.
+    #[arg(long, env = "FORWARDER_DATABASE", default_value = DEFAULT_DATABASE)]
+    pub database: String,
+    /// The watched collection.
+    #[arg(long, env = "FORWARDER_COLLECTION", default_value = DEFAULT_COLLECTION)]
+    pub collection: String,
+    /// Kinesis data stream to put records into.
+    #[arg(long, env = "KINESIS_STREAM_NAME")]
+    pub stream_name: String,
+    /// Kinesis endpoint override, for an emulator (e.g. http://127.0.0.1:4568). Credentials and
+    /// region always come from the standard AWS chain.
+    #[arg(long, env = "KINESIS_ENDPOINT_URL")]
+    pub kinesis_endpoint_url: Option<String>,
+    /// Document field (dotted path allowed) whose value is the partition key; `_id` spreads load
+    /// over shards further. Missing or empty values use "-".
+    #[arg(long, env = "FORWARDER_PARTITION_KEY_FIELD", default_value = DEFAULT_PARTITION_KEY_FIELD)]
+    pub partition_key_field: String,
+    /// Record data: `stringify` (JSON.stringify of the document, as the original trigger wrote),
+    /// `relaxed` or `canonical` Extended JSON.
+    #[arg(
+        long,
+        env = "FORWARDER_FORMAT",
+        value_enum,
+        default_value = "stringify"
+    )]
+    pub format: Format,
+    /// Change events to forward, comma-separated; updates are forwarded with the full document
+    /// looked up at the time of reading.
+    #[arg(
+        long,
+        env = "FORWARDER_OPERATIONS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "insert"
+    )]
+    pub operations: Vec<Operation>,
+    /// Collection (same database) holding the resume token [default: <collection>_forwarder_state].
+    #[arg(long, env = "FORWARDER_STATE_COLLECTION")]
+    pub state_collection: Option<String>,
+    /// Collection (same database) receiving documents too large to forward (over 1 MiB with the
+    /// key, Kinesis's limit, or data over 1,024,000 bytes, Firehose's), with the reason
+    /// [default: <collection>_forwarder_deadletter].
+    #[arg(long, env = "FORWARDER_DEAD_LETTER_COLLECTION")]
+    pub dead_letter_collection: Option<String>,
+    /// Ignore the stored resume token and start from now: the way back after the oplog lost the
+    /// stored position. Events in between are skipped.
+    #[arg(long, env = "FORWARDER_START_FROM_NOW", value_parser = clap::builder::BoolishValueParser::new())]
+    pub start_from_now: bool,
+    /// How long a partly filled batch waits for more events before it is put (e.g. 100ms, 1s)
+    /// [default: 100ms].
+    #[arg(long, env = "FORWARDER_LINGER", value_name = "DURATION", value_parser = parse_duration)]
+    pub linger: Option<Duration>,
+    /// The old spelling of --linger, in milliseconds; --linger wins when both are given.
+    #[arg(long, env = "FORWARDER_LINGER_MS", hide = true)]
+    pub linger_ms: Option<u64>,
+}
+
+/// What to do instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Check the options, the connection string's syntax and that an AWS region and credentials
+    /// are set, print what was found and exit: 0 when forwarding could start, 2 when not.
+    /// Contacts neither MongoDB nor Kinesis; suitable for systemd's ExecStartPre.
+    CheckConfig,
+}
+
+impl Cli {
+    /// The plain settings.
+    pub fn into_config(self) -> Config {
+        let linger = self
+            .linger
+            .or(self.linger_ms.map(Duration::from_millis))
+            .unwrap_or(Duration::from_millis(DEFAULT_LINGER_MS));
+        Config {
+            mongodb_uri: self.mongodb_uri,
+            kinesis_endpoint_url: self.kinesis_endpoint_url,
+            options: Options {
+                database: self.database,
+                collection: self.collection,
+                stream_name: self.stream_name,
+                partition_key_field: self.partition_key_field,
+                format: self.format,
+                operations: self.operations,
+                state_collection: self.state_collection,
+                dead_letter_collection: self.dead_letter_collection,
+                start_from_now: self.start_from_now,
+                linger,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let base = [
+            "kinesis-forwarder",
+            "--mongodb-uri",
+            "mongodb://h/",
+            "--stream-name",
+            "s",
+        ];
+        Cli::try_parse_from(base.iter().chain(args))
+            .unwrap()
+            .into_config()
+    }
+
+    // The documented defaults hold, and match Options::new.
+    #[test]
+    fn defaults() {
+        let o = parse(&[]).options;
+        let d = Options::new("s");
+        assert_eq!(o.linger, Duration::from_millis(100));
+        assert_eq!(o.linger, d.linger);
+        assert_eq!((o.database, o.collection), (d.database, d.collection));
+        assert_eq!(o.operations, [Operation::Insert]);
+        assert_eq!(o.partition_key_field, "nodeName");
+    }
+
+    // --linger takes a unit; the old --linger-ms still takes milliseconds, and the new one wins.
+    #[test]
+    fn linger_old_and_new_spellings() {
+        assert_eq!(
+            parse(&["--linger", "250ms"]).options.linger,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse(&["--linger", "2"]).options.linger,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            parse(&["--linger-ms", "250"]).options.linger,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse(&["--linger-ms", "5", "--linger", "1s"])
+                .options
+                .linger,
+            Duration::from_secs(1)
+        );
+        assert!(Cli::try_parse_from([
+            "x",
+            "--mongodb-uri",
+            "m",
+            "--stream-name",
+            "s",
+            "--linger",
+            "soon"
+        ])
+        .is_err());
+    }
+
+    // check-config is a subcommand after the options.
+    #[test]
+    fn check_config_subcommand() {
+        let cli = Cli::try_parse_from([
+            "kinesis-forwarder",
+            "--mongodb-uri",
+            "mongodb://h/",
+            "--stream-name",
+            "s",
+            "check-config",
+        ])
+        .unwrap();
+        assert_eq!(cli.command, Some(Command::CheckConfig));
+    }
+
+    // The connection string never shows in a Debug of the settings.
+    #[test]
+    fn debug_hides_the_connection_string() {
+        let c = parse(&[]);
+        let shown = format!(
+            "{:?}",
+            Config {
+                mongodb_uri: "mongodb://u:secretpw@h/".into(),
+                ..c
+            }
+        );
+        assert!(!shown.contains("secretpw"), "{shown}");
+    }
+}

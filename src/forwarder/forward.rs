@@ -1,0 +1,267 @@
+//! The [`Forwarder`]: what happens between the change stream and Kinesis. Events fill a
+//! batch; a full or lingering batch is put (resent until Kinesis accepts all of it), and only
+//! then is the newest resume token stored. Documents too large to ever put go to the
+//! dead-letter collection instead.
+
+use std::time::Instant;
+
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::Collection;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::batch::{self, Batch, Entry};
+use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
+use super::kinesis::{self, Kinesis, KinesisError};
+use super::state::StateStore;
+use super::{ForwarderError, Options, FINAL_PUT_WAIT};
+
+/// A field by dotted path.
+fn field<'a>(document: &'a Document, path: &str) -> Option<&'a Bson> {
+    let mut parts = path.split('.');
+    let mut value = document.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_document()?.get(part)?;
+    }
+    Some(value)
+}
+
+/// A stop was requested (at once if it was before).
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The state between the change stream and Kinesis: the batch being filled, and the resume
+/// tokens read and stored.
+pub(super) struct Forwarder<'a, K> {
+    kinesis: &'a K,
+    pub(super) opts: &'a Options,
+    pub(super) namespace: String,
+    state: StateStore,
+    dead_letter: Collection<Document>,
+    pub(super) batch: Batch,
+    /// When the oldest entry of the batch arrived.
+    pub(super) batch_started: Option<Instant>,
+    /// The resume token covering every event read so far (accepted, or in the batch).
+    pub(super) latest: Option<ResumeToken>,
+    /// The token last stored.
+    saved: Option<ResumeToken>,
+    /// When a token was last stored (or found unchanged).
+    pub(super) last_save: Instant,
+    /// Records Kinesis accepted since the start.
+    forwarded: u64,
+    /// True once a stop is requested: a put in progress, or the last one, may go on for
+    /// [`FINAL_PUT_WAIT`] more.
+    stop: watch::Receiver<bool>,
+}
+
+impl<'a, K: Kinesis> Forwarder<'a, K> {
+    /// A forwarder with an empty batch, at `stored`, the position read at start (`None`: now).
+    pub(super) fn new(
+        kinesis: &'a K,
+        opts: &'a Options,
+        db: &mongodb::Database,
+        state: StateStore,
+        stored: Option<ResumeToken>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Forwarder {
+            kinesis,
+            opts,
+            namespace: format!("{}.{}", opts.database, opts.collection),
+            state,
+            dead_letter: db.collection(&opts.dead_letter_collection_name()),
+            batch: Batch::default(),
+            batch_started: None,
+            latest: stored.clone(),
+            saved: stored,
+            last_save: Instant::now(),
+            forwarded: 0,
+            stop,
+        }
+    }
+
+    /// Put the batch (resending failed entries until all are accepted), then store the token.
+    pub(super) async fn flush(&mut self) -> Result<(), ForwarderError> {
+        if !self.batch.is_empty() {
+            let entries = self.batch.take();
+            let n = entries.len() as u64;
+            let mut stop = self.stop.clone();
+            // A put in progress when the stop comes, or begun after it, gets FINAL_PUT_WAIT.
+            let interrupt = async move {
+                let _ = stop.wait_for(|s| *s).await;
+                tokio::time::sleep(FINAL_PUT_WAIT).await;
+            };
+            kinesis::put_all(self.kinesis, &self.opts.stream_name, entries, interrupt).await?;
+            self.forwarded += n;
+            debug!(
+                records = n,
+                total = self.forwarded,
+                "PutRecords accepted a batch"
+            );
+        }
+        self.batch_started = None;
+        self.save().await
+    }
+
+    /// Store the newest token, if it moved. Only called with an empty batch.
+    pub(super) async fn save(&mut self) -> Result<(), ForwarderError> {
+        if self.latest.is_some() && self.latest != self.saved {
+            if let Some(token) = &self.latest {
+                match self.state.save(token).await {
+                    Ok(()) => self.saved = self.latest.clone(),
+                    // Not stored yet means some events may be sent again after a restart: never lost.
+                    Err(ForwarderError::State(e)) => {
+                        warn!(error = %e, "could not store the resume token; will try again")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.last_save = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Handle one event; `token` is its resume token. True when the event ended the stream
+    /// (an invalidate): everything before it is put and its token stored, and the caller opens
+    /// a new stream after it.
+    pub(super) async fn event(
+        &mut self,
+        event: ChangeStreamEvent<Document>,
+        token: Option<ResumeToken>,
+    ) -> Result<bool, ForwarderError> {
+        match event.operation_type {
+            OperationType::Insert | OperationType::Update | OperationType::Replace => {}
+            OperationType::Invalidate => {
+                self.flush().await?;
+                if token.is_some() {
+                    self.latest = token;
+                }
+                self.save().await?;
+                warn!(namespace = %self.namespace, "the watched collection was dropped or renamed; following the collection of that name from right after that");
+                return Ok(true);
+            }
+            OperationType::Drop | OperationType::Rename | OperationType::DropDatabase => {
+                warn!(namespace = %self.namespace, operation = ?event.operation_type, "the watched collection went away");
+                self.latest = token;
+                return Ok(false);
+            }
+            _ => {
+                self.latest = token;
+                return Ok(false);
+            }
+        }
+        let Some(document) = event.full_document else {
+            // An update whose document was deleted before the lookup: nothing to send.
+            debug!("change event without a full document; skipped");
+            self.latest = token;
+            return Ok(false);
+        };
+        let entry = Entry {
+            data: self.opts.format.encode(&document),
+            partition_key: batch::partition_key(field(&document, &self.opts.partition_key_field)),
+        };
+        if let Err(reason) = batch::check(&entry) {
+            self.dead_letter(&document, &reason.to_string(), entry.size(), token.as_ref())
+                .await?;
+            if self.batch.is_empty() {
+                self.latest = token;
+            }
+            return Ok(false);
+        }
+        if !self.batch.fits(&entry) {
+            self.flush().await?;
+        }
+        self.batch.push(entry);
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.latest = token;
+        if self.batch.is_full() {
+            self.flush().await?;
+        }
+        Ok(false)
+    }
+
+    /// Keep a document that can never be put, with the reason. Retries until stored, or until a
+    /// stop is requested (then the event is read again at the next start). Keyed by the event's
+    /// resume token, so that an event dead-lettered again after a restart (its position was not
+    /// stored yet) is kept once.
+    async fn dead_letter(
+        &self,
+        document: &Document,
+        reason: &str,
+        size: usize,
+        token: Option<&ResumeToken>,
+    ) -> Result<(), ForwarderError> {
+        let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+        warn!(id = %id, reason, "record too large to forward; kept in the dead-letter collection");
+        let mut record = doc! {
+            "documentId": id.clone(),
+            "stream": &self.opts.stream_name,
+            "reason": reason,
+            "sizeBytes": size as i64,
+            "at": DateTime::now(),
+            "document": document.clone(),
+        };
+        // With the stream in the key: forwarders of one collection to two streams share the
+        // dead-letter collection by default, and see the same tokens.
+        if let Some(key) = token.and_then(|t| mongodb::bson::to_bson(t).ok()) {
+            record.insert(
+                "_id",
+                doc! { "stream": &self.opts.stream_name, "token": key },
+            );
+        }
+        let mut delays = kinesis::backoff();
+        let mut stop = self.stop.clone();
+        loop {
+            let e = match self.insert_dead_letter(&record).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            match dead_letter_failure(&e) {
+                DeadLetterFailure::AlreadyKept => {
+                    debug!(id = %id, "already in the dead-letter collection");
+                    return Ok(());
+                }
+                DeadLetterFailure::Fatal(f) => return Err(f),
+                DeadLetterFailure::Retry => {
+                    warn!(error = %e, "could not write to the dead-letter collection; retrying");
+                    tokio::select! {
+                        () = stopped(&mut stop) => return Err(KinesisError::Interrupted.into()),
+                        () = tokio::time::sleep(delays.next().unwrap_or(kinesis::RETRY_MAX_DELAY)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One insert of a dead-letter record; one too large with the document in it is kept
+    /// without the document, with the reason and the id.
+    async fn insert_dead_letter(&self, record: &Document) -> mongodb::error::Result<()> {
+        match self.dead_letter.insert_one(record).await {
+            // A document near 16 MiB may not fit with the wrapper.
+            Err(e) if is_unwritable(&e) => {
+                let mut smaller = record.clone();
+                smaller.remove("document");
+                smaller.insert("documentOmitted", e.to_string());
+                self.dead_letter.insert_one(&smaller).await.map(drop)
+            }
+            other => other.map(drop),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Partition key fields may be dotted paths into sub-documents.
+    #[test]
+    fn dotted_fields() {
+        let d = doc! { "a": { "b": "x" }, "c": 1 };
+        assert_eq!(field(&d, "a.b"), Some(&Bson::String("x".into())));
+        assert_eq!(field(&d, "c"), Some(&Bson::Int32(1)));
+        assert_eq!(field(&d, "a.z"), None);
+        assert_eq!(field(&d, "c.d"), None);
+    }
+}
