@@ -275,15 +275,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     "cut a torn record from the spool (the last run was killed mid-write)"
                 );
             }
-            let held_dir = dir.join(clock::HELD_DIR);
-            match clock::recover_held(&mut spool, &held_dir) {
-                Ok(0) => {}
-                Ok(n) => warn!(
-                    reports = n,
-                    "readings the last run held for the clock (it stopped before it could let them go) go on as its clock stamped them; any it had already let go are stored once"
-                ),
-                Err(e) => error!(error = %e, "cannot move the last run's held readings to the spool; they stay in {}", held_dir.display()),
-            }
+            let held_dir = clock::recover_last_run(&mut spool, &dir);
             if let Some(c) = &mut options.clock {
                 // No cap: at most HELD_MAX reports, which are in memory too.
                 c.copy = Some((
