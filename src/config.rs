@@ -162,6 +162,20 @@ impl Cli {
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 
+    /// What `check-config` looks at; `Err` says how to give a missing connection string.
+    pub fn check_config(&self) -> Result<crate::agent::CheckConfig, String> {
+        let database = if self.dry_run {
+            None
+        } else {
+            Some((self.require_uri()?.to_owned(), self.spool_dir()))
+        };
+        Ok(crate::agent::CheckConfig {
+            database,
+            clock_sync_file: self.clock_sync_file.clone(),
+            clock_wait: self.clock_wait,
+        })
+    }
+
     /// The connection string, or the message that says how to give one.
     pub fn require_uri(&self) -> Result<&str, String> {
         match self.mongodb_uri.as_deref().map(str::trim) {

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use sensehat_monitor::agent::{self, AgentOptions, Output};
 use sensehat_monitor::board::{linux, Board};
-use sensehat_monitor::clock::{self, ClockState, ClockWait};
+use sensehat_monitor::clock::{self, ClockWait};
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led;
 use sensehat_monitor::led::{find_sense_fb, AttinyLed, Frame, FramebufferLed};
@@ -88,59 +88,13 @@ fn open_led(cli: &Cli) -> Option<Led> {
     }
 }
 
-async fn check_config(cli: &Cli) -> Result<(), String> {
+/// `check-config`: the logo here, the rest in the library.
+async fn check_config(cli: &Cli) -> Result<Vec<String>, String> {
     logo(cli)?;
-    if !cli.dry_run {
-        mongo::check_uri(cli.require_uri()?).await?;
-        let dir = cli.spool_dir();
-        match std::fs::create_dir_all(&dir).and_then(|()| tempfile_probe(&dir)) {
-            Ok(()) => {}
-            // A disk that is full, read-only or failing now: the agent runs all the same,
-            // keeping reports in memory until it can write, so this must not keep it from
-            // starting (this is the unit's ExecStartPre).
-            Err(e) if disk_trouble(&e) => eprintln!(
-                "warning: the spool directory {} cannot be written now: {e}; the agent keeps reports in memory (up to 50,000) until it can",
-                dir.display()
-            ),
-            Err(e) => {
-                return Err(format!(
-                    "the spool directory {} is not writable: {e}; choose another with --spool-dir",
-                    dir.display()
-                ))
-            }
-        }
-    }
-    // Not an error either way; said so the journal shows what the agent will do.
-    let marker = &cli.clock_sync_file;
-    match clock::clock_state(marker) {
-        ClockState::Synchronized => eprintln!("clock: synchronized ({})", marker.display()),
-        ClockState::NotYet if cli.clock_wait.is_zero() => eprintln!(
-            "clock: not synchronized yet; --clock-wait is 0, so readings are stamped by it as it is"
-        ),
-        ClockState::NotYet => eprintln!(
-            "clock: not synchronized yet; readings will be held for up to {:?} (--clock-wait) and stamped once it is",
-            cli.clock_wait
-        ),
-        ClockState::Unknown => eprintln!(
-            "clock: no systemd-timesyncd to ask ({} does not exist); the clock is trusted as it is",
-            marker.parent().unwrap_or(marker).display()
-        ),
-    }
-    Ok(())
-}
-
-/// A full, read-only or failing disk, as against a directory that is not ours to write.
-fn disk_trouble(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
-    matches!(e.kind(), StorageFull | ReadOnlyFilesystem | QuotaExceeded)
-        || e.raw_os_error() == Some(5)
-}
-
-fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
-    let p = dir.join(".write-test");
-    let written = std::fs::write(&p, b"ok");
-    let removed = std::fs::remove_file(&p);
-    written.and(removed)
+    let config = cli.check_config()?;
+    agent::check_config(&config)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -167,7 +121,10 @@ async fn main() -> ExitCode {
         }
         Some(Command::CheckConfig) => {
             return match check_config(&cli).await {
-                Ok(()) => {
+                Ok(notes) => {
+                    for note in notes {
+                        eprintln!("{note}");
+                    }
                     eprintln!("configuration ok");
                     ExitCode::SUCCESS
                 }
@@ -310,7 +267,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
     let counters = result.map_err(|e| (1, e.to_string()))?;
     info!(
         reports = counters.reports,
-        skipped = counters.skipped,
+        skipped = counters.skipped_samples,
         delivered = counters.delivered,
         duplicates = counters.duplicates,
         dropped = counters.dropped,
