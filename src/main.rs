@@ -3,21 +3,18 @@
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use sensehat_monitor::agent::{self, AgentOptions, Output};
+use sensehat_monitor::agent::{self, Output};
 use sensehat_monitor::board::{linux, Board};
-use sensehat_monitor::clock::{self, ClockWait};
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led;
 use sensehat_monitor::led::{find_sense_fb, AttinyLed, Frame, FramebufferLed};
 use sensehat_monitor::mongo;
 use sensehat_monitor::shutdown::shutdown_signal;
 use sensehat_monitor::sink::mongo::MongoSink;
-use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
 use sensehat_monitor::sink::NoDatabase;
 use sensehat_monitor::status::{self, STATUS_FILE};
 
@@ -138,14 +135,37 @@ async fn main() -> ExitCode {
     }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err((code, msg)) => {
-            error!("{msg}");
-            ExitCode::from(code)
+        Err(failure) => {
+            error!("{}", failure.message());
+            ExitCode::from(failure.exit_code())
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), (u8, String)> {
+/// Why the agent did not run to the end.
+enum Failure {
+    /// The configuration is wrong (exit 2, as `check-config`).
+    Config(String),
+    /// Starting or running failed (exit 1).
+    Run(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) => 2,
+            Failure::Run(_) => 1,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Config(m) | Failure::Run(m) => m,
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
     // Before the board and the LED: a stop request during start-up is then acted on by the
     // sampling loop's first poll (a clean exit that clears the matrix), not by the default
     // action of the signal, which would leave the logo lit.
@@ -153,23 +173,12 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
     let uri = if cli.dry_run {
         None
     } else {
-        let uri = cli.require_uri().map_err(|e| (2, e))?;
-        mongo::check_uri(uri).await.map_err(|e| (2, e))?;
+        let uri = cli.require_uri().map_err(Failure::Config)?;
+        mongo::check_uri(uri).await.map_err(Failure::Config)?;
         Some(uri.to_owned())
     };
-    let frame = logo(&cli).map_err(|e| (2, e))?;
-
-    let bus = cli.i2c_bus.clone();
-    let kind = cli.sensors;
-    let faults = cli.sim_fault.clone();
-    let board = tokio::task::spawn_blocking(move || match kind {
-        SensorsKind::Sensehat => Board::open_linux(&bus),
-        SensorsKind::Sim => Board::open_sim(faults),
-    })
-    .await
-    .map_err(|e| (1, e.to_string()))?
-    .map_err(|e| (1, format!("cannot start the Sense HAT: {e}")))?;
-
+    let frame = logo(&cli).map_err(Failure::Config)?;
+    let board = open_board(&cli).await?;
     let mut led = open_led(&cli);
     if let Some(l) = &mut led {
         if let Err(e) = l.show(&frame) {
@@ -178,85 +187,15 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
     }
 
-    let mut options = AgentOptions {
-        node_name: cli.node_name(),
-        interval: Duration::from_millis(cli.interval_ms),
-        count: cli.count,
-        shutdown_timeout: cli.shutdown_timeout,
-        notify_systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
-        clock: Some(ClockWait {
-            marker: cli.clock_sync_file.clone(),
-            wait: cli.clock_wait,
-            copy: None,
-            simulated_error_ms: cli.sim_clock_error_ms,
-        }),
-    };
-
     let result = match uri {
         None => {
-            info!(sensors = ?kind, "dry run: printing reports to stdout");
-            agent::run(
-                options,
-                board,
-                Output::Print(Box::new(std::io::stdout())),
-                NoDatabase,
-                shutdown,
-            )
-            .await
+            info!(sensors = ?cli.sensors, "dry run: printing reports to stdout");
+            let output = Output::Print(Box::new(std::io::stdout()));
+            agent::run(cli.agent_options(), board, output, NoDatabase, shutdown)
+                .await
+                .map_err(|e| e.to_string())
         }
-        Some(uri) => {
-            let dir = cli.spool_dir();
-            let spool_options = SpoolOptions {
-                max_bytes: cli.spool_max_bytes,
-                sync_interval: Duration::from_millis(cli.spool_sync_ms),
-            };
-            let (mut spool, opened) = Spool::open(&dir, spool_options.clone()).map_err(|e| {
-                (
-                    1,
-                    format!("{e}; choose a writable directory with --spool-dir"),
-                )
-            })?;
-            for problem in &opened.problems {
-                error!("{problem}");
-            }
-            if opened.corrupt_regions > 0 {
-                error!(
-                    regions = opened.corrupt_regions,
-                    bytes = opened.corrupt_bytes,
-                    "skipped bad data between good records in the spool; the readings in it are lost, the rest are kept. If this happens again, the SD card may be failing"
-                );
-            }
-            if opened.torn_bytes > 0 {
-                warn!(
-                    bytes = opened.torn_bytes,
-                    "cut a torn record from the spool (the last run was killed mid-write)"
-                );
-            }
-            let held_dir = clock::recover_last_run(&mut spool, &dir);
-            if let Some(c) = &mut options.clock {
-                // No cap: at most HELD_MAX reports, which are in memory too.
-                c.copy = Some((
-                    held_dir,
-                    SpoolOptions {
-                        max_bytes: u64::MAX,
-                        ..spool_options
-                    },
-                ));
-            }
-            info!(spool = %dir.display(), backlog = opened.pending, database = %cli.database, collection = %cli.collection, "sampling every {} ms", cli.interval_ms);
-            let sink = MongoSink::new(&uri, &cli.database, &cli.collection);
-            agent::run(
-                options,
-                board,
-                Output::Spool {
-                    spool: Arc::new(Mutex::new(spool)),
-                    status_path: Some(dir.join(STATUS_FILE)),
-                },
-                sink,
-                shutdown,
-            )
-            .await
-        }
+        Some(uri) => run_with_spool(&cli, &uri, board, shutdown).await,
     };
 
     if let Some(led) = &mut led {
@@ -264,7 +203,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             warn!(error = %e, "cannot clear the LED matrix");
         }
     }
-    let counters = result.map_err(|e| (1, e.to_string()))?;
+    let counters = result.map_err(Failure::Run)?;
     info!(
         reports = counters.reports,
         skipped = counters.skipped_samples,
@@ -274,4 +213,43 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         "stopped"
     );
     Ok(())
+}
+
+/// The real Sense HAT or the simulated one (opening the real one blocks on I2C).
+async fn open_board(cli: &Cli) -> Result<Board, Failure> {
+    let bus = cli.i2c_bus.clone();
+    let kind = cli.sensors;
+    let faults = cli.sim_fault.clone();
+    tokio::task::spawn_blocking(move || match kind {
+        SensorsKind::Sensehat => Board::open_linux(&bus),
+        SensorsKind::Sim => Board::open_sim(faults),
+    })
+    .await
+    .map_err(|e| Failure::Run(e.to_string()))?
+    .map_err(|e| Failure::Run(format!("cannot start the Sense HAT: {e}")))
+}
+
+/// Run with the spool, delivered to MongoDB at `uri`.
+async fn run_with_spool(
+    cli: &Cli,
+    uri: &str,
+    board: Board,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<agent::Counters, String> {
+    let dir = cli.spool_dir();
+    let opened = agent::open_spool(&dir, cli.spool_options())
+        .map_err(|e| format!("{e}; choose a writable directory with --spool-dir"))?;
+    let mut options = cli.agent_options();
+    if let Some(c) = &mut options.clock {
+        c.copy = Some(opened.held);
+    }
+    info!(spool = %dir.display(), backlog = opened.backlog, database = %cli.database, collection = %cli.collection, "sampling every {} ms", options.interval.as_millis());
+    let sink = MongoSink::new(uri, &cli.database, &cli.collection);
+    let output = Output::Spool {
+        spool: Arc::new(Mutex::new(opened.spool)),
+        status_path: Some(dir.join(STATUS_FILE)),
+    };
+    agent::run(options, board, output, sink, shutdown)
+        .await
+        .map_err(|e| e.to_string())
 }

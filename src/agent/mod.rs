@@ -20,6 +20,7 @@
 //!   worth a log line; the loops log them.
 //! - `rejected`: `rejected.jsonl`, where reports the database refused are kept.
 //! - `status`: writing `status.json`.
+//! - `start`: opening the spool for a run ([`open_spool`]).
 //! - [`check`]: the `check-config` command.
 
 use std::future::Future;
@@ -47,12 +48,14 @@ mod link;
 mod rejected;
 mod sampling;
 mod spool_log;
+mod start;
 mod status;
 mod take;
 
 pub use check::{check_config, CheckConfig};
 pub use delivery::{BATCH_MAX, MIN_INSERT_SPACING};
 pub use rejected::REJECTED_MAX;
+pub use start::{open_spool, OpenedSpool};
 
 /// How often `status.json` is rewritten.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
