@@ -120,7 +120,7 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
         .as_deref()
         .and_then(|b| mongodb::bson::Document::from_reader(&mut &b[..]).ok())
         .and_then(|d| {
-            d.get_datetime("recordedAt")
+            d.get_datetime(crate::report::field::RECORDED_AT)
                 .ok()
                 .map(|t| t.timestamp_millis())
         });
