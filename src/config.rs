@@ -15,17 +15,24 @@ use crate::sink::spool::SpoolOptions;
 
 /// Time between samples, as the original agent sampled.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+/// `--database`.
 pub const DEFAULT_DATABASE: &str = "monitors";
+/// `--collection`.
 pub const DEFAULT_COLLECTION: &str = "reports";
+/// `--i2c-bus`: the Raspberry Pi's header I2C bus.
 pub const DEFAULT_I2C_BUS: &str = "/dev/i2c-1";
+/// `--spool-dir` when systemd gives no `STATE_DIRECTORY`.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/sensehat-monitor";
 /// 7 days of 2 Hz reports at about 230 bytes each on disk is 278 MB; leave room.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 384 * 1024 * 1024;
 /// Longest time an undelivered report waits to be synced to disk.
 pub const DEFAULT_SPOOL_SYNC: Duration = Duration::from_secs(1);
+/// `--shutdown-timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+/// `--clock-wait`.
 pub const DEFAULT_CLOCK_WAIT: &str = "5m";
 
+/// `--sensors`: which board to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SensorsKind {
     /// The real Sense HAT on the I2C bus.
@@ -38,6 +45,7 @@ pub enum SensorsKind {
 #[derive(Debug, Parser)]
 #[command(version, long_about = None)]
 pub struct Cli {
+    /// A command instead of running the agent.
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -146,6 +154,7 @@ pub struct Cli {
     pub sim_fault: Vec<SimFault>,
 }
 
+/// What to do instead of running the agent.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print spool depth, the oldest unsent report, the last insert and sensor health.
@@ -204,6 +213,7 @@ impl Cli {
         }
     }
 
+    /// `--spool-dir`, else systemd's `STATE_DIRECTORY`, else the default.
     pub fn spool_dir(&self) -> PathBuf {
         self.spool_dir
             .clone()
@@ -218,6 +228,7 @@ impl Cli {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR))
     }
 
+    /// `--node-name`, else the host name.
     pub fn node_name(&self) -> String {
         self.node_name
             .clone()
