@@ -23,9 +23,6 @@ pub const BATCH_MAX: usize = 10_000;
 /// soon as it is taken; faster sampling is batched, as each insert costs a round trip (and an
 /// Atlas operation).
 pub const MIN_INSERT_SPACING: Duration = Duration::from_millis(250);
-/// Up to this many pending reports are read from the spool on the runtime's thread (they were
-/// just written, so the read is a copy from the page cache); more go to a blocking thread.
-pub const INLINE_READ_MAX: u64 = 64;
 
 /// What the delivery loop keeps between inserts.
 struct Deliverer<I> {
@@ -122,18 +119,12 @@ impl<I: Inserter> Deliverer<I> {
         }
     }
 
-    /// The next batch, or `None` when the spool is empty. (`&mut`: a `Deliverer` is `Send`,
-    /// not `Sync`.)
+    /// The next batch, or `None` when the spool is empty. Read on a blocking thread: reading
+    /// may mean writing reports that wait for their group first, and a segment rolling over
+    /// syncs. (`&mut`: a `Deliverer` is `Send`, not `Sync`.)
     async fn read_batch(&mut self) -> Result<Option<Batch>, AgentError> {
-        let pending = lock(&self.spool).pending();
-        if pending == 0 {
+        if lock(&self.spool).pending() == 0 {
             return Ok(None);
-        }
-        if pending <= INLINE_READ_MAX && lock(&self.spool).unwritten() == 0 {
-            // A few reports, just written and still in the page cache: reading them here costs
-            // less than handing the read to a blocking thread and back. Not when some wait to
-            // be written: writing them may roll the segment over, which syncs the last one.
-            return Ok(Some(lock(&self.spool).next_batch(BATCH_MAX)?));
         }
         let sp = self.spool.clone();
         let batch = tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))

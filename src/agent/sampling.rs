@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
 use super::spool_log::{SpoolEvent, SpoolLog};
@@ -20,8 +20,6 @@ use crate::clock::{self, ClockGate, Released};
 use crate::report::Report;
 use crate::sink::spool::{AppendOutcome, Spool};
 
-/// Slots ahead whose timers are kept registered (see [`Schedule::arm`]).
-const TIMERS: usize = 3;
 /// How often falling behind the schedule is said at most.
 const BEHIND_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -67,27 +65,27 @@ struct Sampling<'a, S> {
     last_status: Option<Instant>,
 }
 
-/// The grid of slots: `start + n * interval`.
+/// The grid of slots: `start + n * interval`. The ticker skips the slots a sample overran
+/// (`MissedTickBehavior::Skip`), so each tick stays on the grid; `slot` counts along to
+/// say how many were skipped.
 struct Schedule {
     start: Instant,
     interval: Duration,
     slot: u64,
-    timers: [Pin<Box<tokio::time::Sleep>>; TIMERS],
+    ticker: Interval,
     last_behind_log: Option<Instant>,
 }
 
 impl Schedule {
     fn new(interval: Duration) -> Schedule {
         let start = Instant::now();
+        let mut ticker = tokio::time::interval_at(start, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         Schedule {
             start,
             interval,
             slot: 0,
-            timers: std::array::from_fn(|n| {
-                Box::pin(tokio::time::sleep_until(slot_time(
-                    start, interval, n as u64,
-                )))
-            }),
+            ticker,
             last_behind_log: None,
         }
     }
@@ -95,23 +93,6 @@ impl Schedule {
     /// When the current slot is due.
     fn due(&self) -> Instant {
         slot_time(self.start, self.interval, self.slot)
-    }
-
-    /// A timer for each of the next TIMERS slots, all registered: re-arming a fired timer for
-    /// a slot earlier than any timer still pending makes tokio wake its own driver.
-    fn arm(&mut self) {
-        for n in self.slot..self.slot + TIMERS as u64 {
-            let t = &mut self.timers[(n % TIMERS as u64) as usize];
-            let at = slot_time(self.start, self.interval, n);
-            if t.deadline() != at {
-                t.as_mut().reset(at);
-            }
-        }
-    }
-
-    /// The current slot's timer.
-    fn timer(&mut self) -> Pin<&mut tokio::time::Sleep> {
-        self.timers[(self.slot % TIMERS as u64) as usize].as_mut()
     }
 
     /// On to the next slot; if the sample overran, skip the slots already past. Returns how
@@ -145,7 +126,6 @@ impl<S: Sampler> Sampling<'_, S> {
             if self.options.count.is_some_and(|n| reports >= n) {
                 return Ok(false);
             }
-            schedule.arm();
             if !wait_for_slot(&mut schedule, watchdog, shutdown).await {
                 info!("shutdown requested: sampling stopped");
                 return Ok(true);
@@ -183,7 +163,7 @@ impl<S: Sampler> Sampling<'_, S> {
         let holding = self.gate.holding();
         let store = self.store(write_status_now, holding);
         let has_store = store.is_some();
-        // Read the clock only when it is needed: a clock read is a measurable part of a sample.
+        // When it was taken matters only to a report held for the clock.
         let taken_at = holding.then(Instant::now);
         let taken = self.take(store).await?;
         if write_status_now && has_store {
@@ -364,7 +344,7 @@ async fn wait_for_slot(
         tokio::select! {
             biased;
             () = &mut *shutdown => return false,
-            () = schedule.timer() => return true,
+            _ = schedule.ticker.tick() => return true,
             () = async { tokio::time::sleep_until(ping_at.unwrap_or(due)).await }, if ping_at.is_some_and(|p| p < due) => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
