@@ -53,8 +53,11 @@ pub const REPORT_BYTES: usize = 177;
 /// Acceleration in g on the three axes, as python-sense-hat's `get_accelerometer_raw()`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Acceleration {
+    /// Along the board's x axis.
     pub x_g: f64,
+    /// Along the board's y axis.
     pub y_g: f64,
+    /// Along the board's z axis (about +1 g lying flat).
     pub z_g: f64,
 }
 
@@ -70,17 +73,24 @@ impl Acceleration {
 /// What the board measured in one sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
+    /// Relative humidity, percent (HTS221).
     pub humidity_rh: f64,
+    /// Temperature in degrees Celsius (HTS221).
     pub temperature_celsius: f64,
+    /// Air pressure in hPa (LPS25H).
     pub pressure_hpa: f64,
+    /// Acceleration (LSM9DS1).
     pub acceleration: Acceleration,
 }
 
 /// One report as stored in `monitors.reports`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// `_id`, made by the agent so that a resent report is a duplicate, not a second copy.
     pub id: ObjectId,
+    /// `nodeName`.
     pub node_name: String,
+    /// What was measured.
     pub reading: Reading,
     /// When the sample was taken, in milliseconds since the Unix epoch (UTC).
     pub recorded_at_ms: i64,
