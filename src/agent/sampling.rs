@@ -209,7 +209,7 @@ impl<S: Sampler> Sampling<'_, S> {
         let Output::Spool { spool, status_path } = &*self.output else {
             return None;
         };
-        let held = match (holding, self.gate.copy()) {
+        let destination = match (holding, self.gate.copy()) {
             (false, _) => Destination::Spool,
             (true, Some(copy)) => Destination::Held(copy),
             (true, None) => Destination::HeldInMemory,
@@ -219,7 +219,7 @@ impl<S: Sampler> Sampling<'_, S> {
             status_path: status_path.clone().filter(|_| write_status_now),
             counters: self.shared.counters.clone(),
             interval: self.interval,
-            destination: held,
+            destination,
         })
     }
 
