@@ -6,21 +6,33 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::agent::AgentOptions;
 use crate::board::SimFault;
 pub use crate::cli::parse_duration;
+use crate::clock::ClockWait;
 use crate::led::Rotation;
+use crate::sink::spool::SpoolOptions;
 
-pub const DEFAULT_INTERVAL_MS: u64 = 500;
+/// Time between samples, as the original agent sampled.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+/// `--database`.
 pub const DEFAULT_DATABASE: &str = "monitors";
+/// `--collection`.
 pub const DEFAULT_COLLECTION: &str = "reports";
+/// `--i2c-bus`: the Raspberry Pi's header I2C bus.
 pub const DEFAULT_I2C_BUS: &str = "/dev/i2c-1";
+/// `--spool-dir` when systemd gives no `STATE_DIRECTORY`.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/sensehat-monitor";
 /// 7 days of 2 Hz reports at about 230 bytes each on disk is 278 MB; leave room.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 384 * 1024 * 1024;
-pub const DEFAULT_SPOOL_SYNC_MS: u64 = 1000;
+/// Longest time an undelivered report waits to be synced to disk.
+pub const DEFAULT_SPOOL_SYNC: Duration = Duration::from_secs(1);
+/// `--shutdown-timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+/// `--clock-wait`.
 pub const DEFAULT_CLOCK_WAIT: &str = "5m";
 
+/// `--sensors`: which board to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SensorsKind {
     /// The real Sense HAT on the I2C bus.
@@ -33,6 +45,7 @@ pub enum SensorsKind {
 #[derive(Debug, Parser)]
 #[command(version, long_about = None)]
 pub struct Cli {
+    /// A command instead of running the agent.
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -48,10 +61,14 @@ pub struct Cli {
     #[arg(long, env = "SENSEHAT_COUNT")]
     pub count: Option<u64>,
 
-    /// Milliseconds between samples.
-    #[arg(long, env = "SENSEHAT_INTERVAL_MS", default_value_t = DEFAULT_INTERVAL_MS,
+    /// Time between samples, at least 1ms (e.g. 500ms, 2s) [default: 500ms].
+    #[arg(long, env = "SENSEHAT_INTERVAL", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+
+    /// The old spelling of --interval, in milliseconds (`--interval` wins when both are set).
+    #[arg(long, env = "SENSEHAT_INTERVAL_MS", hide = true,
           value_parser = clap::value_parser!(u64).range(1..))]
-    pub interval_ms: u64,
+    pub interval_ms: Option<u64>,
 
     /// MongoDB connection string (mongodb:// or mongodb+srv://). Prefer the environment
     /// variable: a command line is visible to every user of the machine.
@@ -96,9 +113,14 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(16384..))]
     pub spool_max_bytes: u64,
 
-    /// fdatasync undelivered reports at most this often (0: after every report). See README.
-    #[arg(long, env = "SENSEHAT_SPOOL_SYNC_MS", default_value_t = DEFAULT_SPOOL_SYNC_MS)]
-    pub spool_sync_ms: u64,
+    /// fdatasync undelivered reports at most this often (e.g. 1s; 0: after every report).
+    /// See README. [default: 1s]
+    #[arg(long, env = "SENSEHAT_SPOOL_SYNC", value_parser = parse_duration)]
+    pub spool_sync: Option<Duration>,
+
+    /// The old spelling of --spool-sync, in milliseconds (`--spool-sync` wins when both are set).
+    #[arg(long, env = "SENSEHAT_SPOOL_SYNC_MS", hide = true)]
+    pub spool_sync_ms: Option<u64>,
 
     /// On SIGTERM/SIGINT, how long in-flight inserts may take before exiting (e.g. 5s, 500ms).
     #[arg(long, env = "SENSEHAT_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT,
@@ -132,6 +154,7 @@ pub struct Cli {
     pub sim_fault: Vec<SimFault>,
 }
 
+/// What to do instead of running the agent.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print spool depth, the oldest unsent report, the last insert and sensor health.
@@ -141,7 +164,56 @@ pub enum Command {
     CheckConfig,
 }
 
+/// A duration of at least 1 ms: a zero interval would sample without pause.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("{s:?} is shorter than 1ms"));
+    }
+    Ok(d)
+}
+
 impl Cli {
+    /// `--interval`, else the old `--interval-ms`, else the default.
+    pub fn interval(&self) -> Duration {
+        self.interval
+            .or(self.interval_ms.map(Duration::from_millis))
+            .unwrap_or(DEFAULT_INTERVAL)
+    }
+
+    /// `--spool-sync`, else the old `--spool-sync-ms`, else the default.
+    pub fn spool_sync(&self) -> Duration {
+        self.spool_sync
+            .or(self.spool_sync_ms.map(Duration::from_millis))
+            .unwrap_or(DEFAULT_SPOOL_SYNC)
+    }
+
+    /// The spool's options.
+    pub fn spool_options(&self) -> SpoolOptions {
+        SpoolOptions {
+            max_bytes: self.spool_max_bytes,
+            sync_interval: self.spool_sync(),
+        }
+    }
+
+    /// What [`crate::agent::run`] needs; the held reports' copy is set once the spool is open.
+    pub fn agent_options(&self) -> AgentOptions {
+        AgentOptions {
+            node_name: self.node_name(),
+            interval: self.interval(),
+            count: self.count,
+            shutdown_timeout: self.shutdown_timeout,
+            notify_systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            clock: Some(ClockWait {
+                marker: self.clock_sync_file.clone(),
+                wait: self.clock_wait,
+                copy: None,
+                simulated_error_ms: self.sim_clock_error_ms,
+            }),
+        }
+    }
+
+    /// `--spool-dir`, else systemd's `STATE_DIRECTORY`, else the default.
     pub fn spool_dir(&self) -> PathBuf {
         self.spool_dir
             .clone()
@@ -156,10 +228,25 @@ impl Cli {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR))
     }
 
+    /// `--node-name`, else the host name.
     pub fn node_name(&self) -> String {
         self.node_name
             .clone()
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
+    }
+
+    /// What `check-config` looks at; `Err` says how to give a missing connection string.
+    pub fn check_config(&self) -> Result<crate::agent::CheckConfig, String> {
+        let database = if self.dry_run {
+            None
+        } else {
+            Some((self.require_uri()?.to_owned(), self.spool_dir()))
+        };
+        Ok(crate::agent::CheckConfig {
+            database,
+            clock_sync_file: self.clock_sync_file.clone(),
+            clock_wait: self.clock_wait,
+        })
     }
 
     /// The connection string, or the message that says how to give one.
@@ -186,12 +273,56 @@ mod tests {
     fn defaults() {
         let cli = Cli::try_parse_from(["sensehat-monitor"]).unwrap();
         assert_eq!(cli.sensors, SensorsKind::Sensehat);
-        assert_eq!(cli.interval_ms, 500);
+        assert_eq!(cli.interval(), Duration::from_millis(500));
+        assert_eq!(cli.spool_sync(), Duration::from_secs(1));
         assert_eq!(cli.count, None);
         assert_eq!(cli.database, "monitors");
         assert_eq!(cli.collection, "reports");
         assert_eq!(cli.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(cli.clock_wait, Duration::from_secs(300));
         assert!(Cli::try_parse_from(["x", "--interval-ms", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--interval", "0"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("sensehat-monitor").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    // The old unit-less spellings (milliseconds) still parse, to the same values as the new.
+    #[test]
+    fn old_millisecond_spellings_still_parse() {
+        assert_eq!(
+            parse(&["--interval-ms", "250"]).interval(),
+            parse(&["--interval", "250ms"]).interval()
+        );
+        assert_eq!(
+            parse(&["--interval", "2s"]).interval(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            parse(&["--spool-sync-ms", "1500"]).spool_sync(),
+            parse(&["--spool-sync", "1.5s"]).spool_sync()
+        );
+        // 0 still means a sync after every report, in either spelling.
+        assert_eq!(
+            parse(&["--spool-sync-ms", "0"]).spool_sync(),
+            Duration::ZERO
+        );
+        assert_eq!(parse(&["--spool-sync", "0"]).spool_sync(), Duration::ZERO);
+        // Both given: the new spelling wins.
+        let both = parse(&["--interval", "1s", "--interval-ms", "20"]);
+        assert_eq!(both.interval(), Duration::from_secs(1));
+    }
+
+    // The old options are hidden from --help, the new ones shown.
+    #[test]
+    fn old_spellings_are_hidden() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("--interval <INTERVAL>"), "{help}");
+        assert!(help.contains("--spool-sync <SPOOL_SYNC>"), "{help}");
+        assert!(!help.contains("--interval-ms"), "{help}");
+        assert!(!help.contains("--spool-sync-ms"), "{help}");
     }
 }

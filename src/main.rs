@@ -3,20 +3,17 @@
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use sensehat_monitor::agent::{self, AgentOptions, Output};
+use sensehat_monitor::agent::{self, Output};
 use sensehat_monitor::board::{led::open_led, Board};
-use sensehat_monitor::clock::{self, ClockState, ClockWait};
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led::Frame;
 use sensehat_monitor::mongo;
 use sensehat_monitor::shutdown::shutdown_signal;
 use sensehat_monitor::sink::mongo::MongoSink;
-use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
 use sensehat_monitor::sink::NoDatabase;
 use sensehat_monitor::status::{self, STATUS_FILE};
 
@@ -32,59 +29,13 @@ fn logo(cli: &Cli) -> Result<Frame, String> {
     }
 }
 
-async fn check_config(cli: &Cli) -> Result<(), String> {
+/// `check-config`: the logo here, the rest in the library.
+async fn check_config(cli: &Cli) -> Result<Vec<String>, String> {
     logo(cli)?;
-    if !cli.dry_run {
-        mongo::check_uri(cli.require_uri()?).await?;
-        let dir = cli.spool_dir();
-        match std::fs::create_dir_all(&dir).and_then(|()| tempfile_probe(&dir)) {
-            Ok(()) => {}
-            // A disk that is full, read-only or failing now: the agent runs all the same,
-            // keeping reports in memory until it can write, so this must not keep it from
-            // starting (this is the unit's ExecStartPre).
-            Err(e) if disk_trouble(&e) => eprintln!(
-                "warning: the spool directory {} cannot be written now: {e}; the agent keeps reports in memory (up to 50,000) until it can",
-                dir.display()
-            ),
-            Err(e) => {
-                return Err(format!(
-                    "the spool directory {} is not writable: {e}; choose another with --spool-dir",
-                    dir.display()
-                ))
-            }
-        }
-    }
-    // Not an error either way; said so the journal shows what the agent will do.
-    let marker = &cli.clock_sync_file;
-    match clock::clock_state(marker) {
-        ClockState::Synchronized => eprintln!("clock: synchronized ({})", marker.display()),
-        ClockState::NotYet if cli.clock_wait.is_zero() => eprintln!(
-            "clock: not synchronized yet; --clock-wait is 0, so readings are stamped by it as it is"
-        ),
-        ClockState::NotYet => eprintln!(
-            "clock: not synchronized yet; readings will be held for up to {:?} (--clock-wait) and stamped once it is",
-            cli.clock_wait
-        ),
-        ClockState::Unknown => eprintln!(
-            "clock: no systemd-timesyncd to ask ({} does not exist); the clock is trusted as it is",
-            marker.parent().unwrap_or(marker).display()
-        ),
-    }
-    Ok(())
-}
-
-/// A full, read-only or failing disk, as against a directory that is not ours to write.
-fn disk_trouble(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
-    matches!(e.kind(), StorageFull | ReadOnlyFilesystem | QuotaExceeded)
-        || e.raw_os_error() == Some(5)
-}
-
-fn tempfile_probe(dir: &std::path::Path) -> std::io::Result<()> {
-    let p = dir.join(".write-test");
-    let written = std::fs::write(&p, b"ok");
-    let removed = std::fs::remove_file(&p);
-    written.and(removed)
+    let config = cli.check_config()?;
+    agent::check_config(&config)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -111,7 +62,10 @@ async fn main() -> ExitCode {
         }
         Some(Command::CheckConfig) => {
             return match check_config(&cli).await {
-                Ok(()) => {
+                Ok(notes) => {
+                    for note in notes {
+                        eprintln!("{note}");
+                    }
                     eprintln!("configuration ok");
                     ExitCode::SUCCESS
                 }
@@ -125,14 +79,37 @@ async fn main() -> ExitCode {
     }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err((code, msg)) => {
-            error!("{msg}");
-            ExitCode::from(code)
+        Err(failure) => {
+            error!("{}", failure.message());
+            ExitCode::from(failure.exit_code())
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<(), (u8, String)> {
+/// Why the agent did not run to the end.
+enum Failure {
+    /// The configuration is wrong (exit 2, as `check-config`).
+    Config(String),
+    /// Starting or running failed (exit 1).
+    Run(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Config(_) => 2,
+            Failure::Run(_) => 1,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Config(m) | Failure::Run(m) => m,
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
     // Before the board and the LED: a stop request during start-up is then acted on by the
     // sampling loop's first poll (a clean exit that clears the matrix), not by the default
     // action of the signal, which would leave the logo lit.
@@ -140,23 +117,12 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
     let uri = if cli.dry_run {
         None
     } else {
-        let uri = cli.require_uri().map_err(|e| (2, e))?;
-        mongo::check_uri(uri).await.map_err(|e| (2, e))?;
+        let uri = cli.require_uri().map_err(Failure::Config)?;
+        mongo::check_uri(uri).await.map_err(Failure::Config)?;
         Some(uri.to_owned())
     };
-    let frame = logo(&cli).map_err(|e| (2, e))?;
-
-    let bus = cli.i2c_bus.clone();
-    let kind = cli.sensors;
-    let faults = cli.sim_fault.clone();
-    let board = tokio::task::spawn_blocking(move || match kind {
-        SensorsKind::Sensehat => Board::open_linux(&bus),
-        SensorsKind::Sim => Board::open_sim(faults),
-    })
-    .await
-    .map_err(|e| (1, e.to_string()))?
-    .map_err(|e| (1, format!("cannot start the Sense HAT: {e}")))?;
-
+    let frame = logo(&cli).map_err(Failure::Config)?;
+    let board = open_board(&cli).await?;
     let mut led = open_led(
         cli.led_device.as_deref(),
         &cli.i2c_bus,
@@ -170,93 +136,15 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
     }
 
-    let mut options = AgentOptions {
-        node_name: cli.node_name(),
-        interval: Duration::from_millis(cli.interval_ms),
-        count: cli.count,
-        shutdown_timeout: cli.shutdown_timeout,
-        notify_systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
-        clock: Some(ClockWait {
-            marker: cli.clock_sync_file.clone(),
-            wait: cli.clock_wait,
-            copy: None,
-            simulated_error_ms: cli.sim_clock_error_ms,
-        }),
-    };
-
     let result = match uri {
         None => {
-            info!(sensors = ?kind, "dry run: printing reports to stdout");
-            agent::run(
-                options,
-                board,
-                Output::Print(Box::new(std::io::stdout())),
-                NoDatabase,
-                shutdown,
-            )
-            .await
+            info!(sensors = ?cli.sensors, "dry run: printing reports to stdout");
+            let output = Output::Print(Box::new(std::io::stdout()));
+            agent::run(cli.agent_options(), board, output, NoDatabase, shutdown)
+                .await
+                .map_err(|e| e.to_string())
         }
-        Some(uri) => {
-            let dir = cli.spool_dir();
-            let spool_options = SpoolOptions {
-                max_bytes: cli.spool_max_bytes,
-                sync_interval: Duration::from_millis(cli.spool_sync_ms),
-            };
-            let (mut spool, opened) = Spool::open(&dir, spool_options.clone()).map_err(|e| {
-                (
-                    1,
-                    format!("{e}; choose a writable directory with --spool-dir"),
-                )
-            })?;
-            for problem in &opened.problems {
-                error!("{problem}");
-            }
-            if opened.corrupt_regions > 0 {
-                error!(
-                    regions = opened.corrupt_regions,
-                    bytes = opened.corrupt_bytes,
-                    "skipped bad data between good records in the spool; the readings in it are lost, the rest are kept. If this happens again, the SD card may be failing"
-                );
-            }
-            if opened.torn_bytes > 0 {
-                warn!(
-                    bytes = opened.torn_bytes,
-                    "cut a torn record from the spool (the last run was killed mid-write)"
-                );
-            }
-            let held_dir = dir.join(clock::HELD_DIR);
-            match clock::recover_held(&mut spool, &held_dir) {
-                Ok(0) => {}
-                Ok(n) => warn!(
-                    reports = n,
-                    "readings the last run held for the clock (it stopped before it could let them go) go on as its clock stamped them; any it had already let go are stored once"
-                ),
-                Err(e) => error!(error = %e, "cannot move the last run's held readings to the spool; they stay in {}", held_dir.display()),
-            }
-            if let Some(c) = &mut options.clock {
-                // No cap: at most HELD_MAX reports, which are in memory too.
-                c.copy = Some((
-                    held_dir,
-                    SpoolOptions {
-                        max_bytes: u64::MAX,
-                        ..spool_options
-                    },
-                ));
-            }
-            info!(spool = %dir.display(), backlog = opened.pending, database = %cli.database, collection = %cli.collection, "sampling every {} ms", cli.interval_ms);
-            let sink = MongoSink::new(&uri, &cli.database, &cli.collection);
-            agent::run(
-                options,
-                board,
-                Output::Spool {
-                    spool: Arc::new(Mutex::new(spool)),
-                    status_path: Some(dir.join(STATUS_FILE)),
-                },
-                sink,
-                shutdown,
-            )
-            .await
-        }
+        Some(uri) => run_with_spool(&cli, &uri, board, shutdown).await,
     };
 
     if let Some(led) = &mut led {
@@ -264,14 +152,53 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             warn!(error = %e, "cannot clear the LED matrix");
         }
     }
-    let counters = result.map_err(|e| (1, e.to_string()))?;
+    let counters = result.map_err(Failure::Run)?;
     info!(
         reports = counters.reports,
-        skipped = counters.skipped,
+        skipped = counters.skipped_samples,
         delivered = counters.delivered,
         duplicates = counters.duplicates,
         dropped = counters.dropped,
         "stopped"
     );
     Ok(())
+}
+
+/// The real Sense HAT or the simulated one (opening the real one blocks on I2C).
+async fn open_board(cli: &Cli) -> Result<Board, Failure> {
+    let bus = cli.i2c_bus.clone();
+    let kind = cli.sensors;
+    let faults = cli.sim_fault.clone();
+    tokio::task::spawn_blocking(move || match kind {
+        SensorsKind::Sensehat => Board::open_linux(&bus),
+        SensorsKind::Sim => Board::open_sim(faults),
+    })
+    .await
+    .map_err(|e| Failure::Run(e.to_string()))?
+    .map_err(|e| Failure::Run(format!("cannot start the Sense HAT: {e}")))
+}
+
+/// Run with the spool, delivered to MongoDB at `uri`.
+async fn run_with_spool(
+    cli: &Cli,
+    uri: &str,
+    board: Board,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<agent::Counters, String> {
+    let dir = cli.spool_dir();
+    let opened = agent::open_spool(&dir, cli.spool_options())
+        .map_err(|e| format!("{e}; choose a writable directory with --spool-dir"))?;
+    let mut options = cli.agent_options();
+    if let Some(c) = &mut options.clock {
+        c.copy = Some(opened.held);
+    }
+    info!(spool = %dir.display(), backlog = opened.backlog, database = %cli.database, collection = %cli.collection, "sampling every {} ms", options.interval.as_millis());
+    let sink = MongoSink::new(uri, &cli.database, &cli.collection);
+    let output = Output::Spool {
+        spool: Arc::new(Mutex::new(opened.spool)),
+        status_path: Some(dir.join(STATUS_FILE)),
+    };
+    agent::run(options, board, output, sink, shutdown)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -1,12 +1,51 @@
 //! The report document: one sample of the Sense HAT, in the schema of the original agent.
 //!
 //! Field names, order and BSON types are fixed by the original Python agent:
-//! `{_id, nodeName, humidity, temperature, pressure, isMoving, acceleration: {x, y, z}, recordedAt}`.
+//! `{_id, nodeName, humidity, temperature, pressure, isMoving, acceleration: {x, y, z}, recordedAt}`
+//! ([`FIELDS`], named one by one in [`field`]).
 //! The agent makes `_id` itself, so an insert retried after a lost acknowledgement is a
 //! duplicate-key error rather than a second copy.
 
 use mongodb::bson::{doc, oid::ObjectId, DateTime, Document, RawDocumentBuf};
 use serde_json::Value;
+
+/// The report's field names, as the original agent wrote them.
+pub mod field {
+    /// The report's id, made by the agent.
+    pub const ID: &str = "_id";
+    /// The node that took the sample.
+    pub const NODE_NAME: &str = "nodeName";
+    /// Relative humidity, percent.
+    pub const HUMIDITY: &str = "humidity";
+    /// Degrees Celsius.
+    pub const TEMPERATURE: &str = "temperature";
+    /// hPa.
+    pub const PRESSURE: &str = "pressure";
+    /// Whether any axis is outside -1 g..=1 g.
+    pub const IS_MOVING: &str = "isMoving";
+    /// The sub-document of the three axes, in g.
+    pub const ACCELERATION: &str = "acceleration";
+    /// The axes of [`ACCELERATION`].
+    pub const X: &str = "x";
+    /// See [`X`].
+    pub const Y: &str = "y";
+    /// See [`X`].
+    pub const Z: &str = "z";
+    /// When the sample was taken (a BSON date).
+    pub const RECORDED_AT: &str = "recordedAt";
+}
+
+/// The top-level fields of a report, in their stored order.
+pub const FIELDS: [&str; 8] = [
+    field::ID,
+    field::NODE_NAME,
+    field::HUMIDITY,
+    field::TEMPERATURE,
+    field::PRESSURE,
+    field::IS_MOVING,
+    field::ACCELERATION,
+    field::RECORDED_AT,
+];
 
 /// Bytes of a report besides its node name.
 pub const REPORT_BYTES: usize = 177;
@@ -14,8 +53,11 @@ pub const REPORT_BYTES: usize = 177;
 /// Acceleration in g on the three axes, as python-sense-hat's `get_accelerometer_raw()`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Acceleration {
+    /// Along the board's x axis.
     pub x_g: f64,
+    /// Along the board's y axis.
     pub y_g: f64,
+    /// Along the board's z axis (about +1 g lying flat).
     pub z_g: f64,
 }
 
@@ -31,17 +73,24 @@ impl Acceleration {
 /// What the board measured in one sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
+    /// Relative humidity, percent (HTS221).
     pub humidity_rh: f64,
+    /// Temperature in degrees Celsius (HTS221).
     pub temperature_celsius: f64,
+    /// Air pressure in hPa (LPS25H).
     pub pressure_hpa: f64,
+    /// Acceleration (LSM9DS1).
     pub acceleration: Acceleration,
 }
 
 /// One report as stored in `monitors.reports`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// `_id`, made by the agent so that a resent report is a duplicate, not a second copy.
     pub id: ObjectId,
+    /// `nodeName`.
     pub node_name: String,
+    /// What was measured.
     pub reading: Reading,
     /// When the sample was taken, in milliseconds since the Unix epoch (UTC).
     pub recorded_at_ms: i64,
@@ -62,18 +111,18 @@ impl Report {
     pub fn to_document(&self) -> Document {
         let r = &self.reading;
         doc! {
-            "_id": self.id,
-            "nodeName": &self.node_name,
-            "humidity": r.humidity_rh,
-            "temperature": r.temperature_celsius,
-            "pressure": r.pressure_hpa,
-            "isMoving": r.acceleration.is_moving(),
-            "acceleration": {
-                "x": r.acceleration.x_g,
-                "y": r.acceleration.y_g,
-                "z": r.acceleration.z_g,
+            field::ID: self.id,
+            field::NODE_NAME: &self.node_name,
+            field::HUMIDITY: r.humidity_rh,
+            field::TEMPERATURE: r.temperature_celsius,
+            field::PRESSURE: r.pressure_hpa,
+            field::IS_MOVING: r.acceleration.is_moving(),
+            field::ACCELERATION: {
+                field::X: r.acceleration.x_g,
+                field::Y: r.acceleration.y_g,
+                field::Z: r.acceleration.z_g,
             },
-            "recordedAt": DateTime::from_millis(self.recorded_at_ms),
+            field::RECORDED_AT: DateTime::from_millis(self.recorded_at_ms),
         }
     }
 
@@ -86,13 +135,17 @@ impl Report {
 
     /// Append the document's BSON to `out`. This runs for every sample, and the schema is
     /// fixed, so the bytes are laid down field by field (BSON spec: element type, name, value;
-    /// little-endian; the lengths filled in at the end) rather than through a document
-    /// builder, which cost about 1 us a report. `raw_bytes_equal_the_document` checks the
-    /// result against the bson crate's own encoding of [`Report::to_document`].
+    /// little-endian; the lengths filled in at the end) rather than built as a document first.
+    /// `raw_bytes_equal_the_document` checks the result against the bson crate's own encoding
+    /// of [`Report::to_document`].
     pub fn write_bson(&self, out: &mut Vec<u8>) {
-        fn double(out: &mut Vec<u8>, name: &[u8], v: f64) {
-            out.push(0x01);
-            out.extend_from_slice(name);
+        fn element(out: &mut Vec<u8>, kind: u8, name: &str) {
+            out.push(kind);
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        fn double(out: &mut Vec<u8>, name: &str, v: f64) {
+            element(out, 0x01, name);
             out.extend_from_slice(&v.to_le_bytes());
         }
         let r = &self.reading;
@@ -100,31 +153,26 @@ impl Report {
         let start = out.len();
         out.reserve(REPORT_BYTES + self.node_name.len());
         out.extend_from_slice(&[0; 4]);
-        out.push(0x07);
-        out.extend_from_slice(b"_id\0");
+        element(out, 0x07, field::ID);
         out.extend_from_slice(&self.id.bytes());
-        out.push(0x02);
-        out.extend_from_slice(b"nodeName\0");
+        element(out, 0x02, field::NODE_NAME);
         let name_len = i32::try_from(self.node_name.len() + 1).unwrap_or(i32::MAX);
         out.extend_from_slice(&name_len.to_le_bytes());
         out.extend_from_slice(self.node_name.as_bytes());
         out.push(0);
-        double(out, b"humidity\0", r.humidity_rh);
-        double(out, b"temperature\0", r.temperature_celsius);
-        double(out, b"pressure\0", r.pressure_hpa);
-        out.push(0x08);
-        out.extend_from_slice(b"isMoving\0");
+        double(out, field::HUMIDITY, r.humidity_rh);
+        double(out, field::TEMPERATURE, r.temperature_celsius);
+        double(out, field::PRESSURE, r.pressure_hpa);
+        element(out, 0x08, field::IS_MOVING);
         out.push(u8::from(a.is_moving()));
-        out.push(0x03);
-        out.extend_from_slice(b"acceleration\0");
+        element(out, 0x03, field::ACCELERATION);
         // Length, three doubles of one-letter names, terminator.
         out.extend_from_slice(&(4 + 3 * 11 + 1i32).to_le_bytes());
-        double(out, b"x\0", a.x_g);
-        double(out, b"y\0", a.y_g);
-        double(out, b"z\0", a.z_g);
+        double(out, field::X, a.x_g);
+        double(out, field::Y, a.y_g);
+        double(out, field::Z, a.z_g);
         out.push(0);
-        out.push(0x09);
-        out.extend_from_slice(b"recordedAt\0");
+        element(out, 0x09, field::RECORDED_AT);
         out.extend_from_slice(&self.recorded_at_ms.to_le_bytes());
         out.push(0);
         let len = i32::try_from(out.len() - start).unwrap_or(i32::MAX);
@@ -216,19 +264,7 @@ mod tests {
         let r = Report::new("pi-kitchen", reading(0.01, -0.02, 0.998), 1_764_096_600_123);
         let d = r.to_document();
         let keys: Vec<&str> = d.keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            [
-                "_id",
-                "nodeName",
-                "humidity",
-                "temperature",
-                "pressure",
-                "isMoving",
-                "acceleration",
-                "recordedAt"
-            ]
-        );
+        assert_eq!(keys, FIELDS);
         assert_eq!(d.get_object_id("_id").unwrap(), r.id);
         assert_eq!(d.get_f64("temperature").unwrap(), -3.5);
         assert!(!d.get_bool("isMoving").unwrap());

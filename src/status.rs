@@ -9,37 +9,67 @@ use crate::clock::now_ms;
 use crate::report::iso_millis;
 use crate::sink::spool;
 
+/// The status file's name, in the spool directory.
 pub const STATUS_FILE: &str = "status.json";
 
+/// One sensor's health, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SensorStatus {
+    /// The chip (`hts221`, `lps25h`, `lsm9ds1`).
     pub name: String,
+    /// Whether its last read worked.
     pub ok: bool,
+    /// Failed reads since the last one that worked.
     pub consecutive_failures: u64,
+    /// Failed reads since the agent started.
     pub total_failures: u64,
 }
 
-/// What the agent last wrote about itself.
+/// What the agent counts as it runs: kept by its loops, written into `status.json`, and
+/// returned by [`crate::agent::run`] for the exit summary.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    pub pid: u32,
-    pub updated_ms: i64,
+pub struct Counters {
+    /// Samples taken.
     pub samples: u64,
+    /// Samples that made a report.
     pub reports: u64,
+    /// Samples that made none (a sensor failed).
     pub skipped_samples: u64,
+    /// Slots of the schedule missed because a sample overran its own.
     pub missed_slots: u64,
+    /// Reports the database has acknowledged, `duplicates` included.
     pub delivered: u64,
+    /// Acknowledged reports the database already had (sent again after a lost reply).
     pub duplicates: u64,
+    /// Reports the database refused, saved to `rejected.jsonl`.
     pub rejected: u64,
+    /// Undelivered reports dropped because the spool was full.
     pub dropped: u64,
-    pub pending: u64,
     /// Reports held until the system clock is synchronized (not in `pending` yet).
     #[serde(default)]
     pub held_for_clock: u64,
+    /// When the last insert was acknowledged (ms since the Unix epoch).
     pub last_insert_ms: Option<i64>,
+    /// Whether the last insert reached the database; `None` before the first.
     pub connected: Option<bool>,
+    /// Why the database was last unreachable, while it is.
     pub last_error: Option<String>,
+    /// Each sensor's health.
     pub sensors: Vec<SensorStatus>,
+}
+
+/// What the agent last wrote about itself: its counters, with the spool's depth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The agent's process id.
+    pub pid: u32,
+    /// When this was written (ms since the Unix epoch).
+    pub updated_ms: i64,
+    /// Reports in the spool, not yet acknowledged.
+    pub pending: u64,
+    /// The loops' counters, as fields of the same object.
+    #[serde(flatten)]
+    pub counters: Counters,
 }
 
 impl Status {
@@ -50,6 +80,7 @@ impl Status {
         crate::fsutil::replace(path, &text, crate::fsutil::Durability::Unsynced)
     }
 
+    /// The status file at `path`, if it is there and readable.
     pub fn read(path: &Path) -> Option<Status> {
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }
@@ -89,7 +120,7 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
         .as_deref()
         .and_then(|b| mongodb::bson::Document::from_reader(&mut &b[..]).ok())
         .and_then(|d| {
-            d.get_datetime("recordedAt")
+            d.get_datetime(crate::report::field::RECORDED_AT)
                 .ok()
                 .map(|t| t.timestamp_millis())
         });
@@ -114,57 +145,60 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
             "agent",
             "no status file yet (has the agent run with this --spool-dir?)".into(),
         ),
-        Some(s) => {
-            line("status written", when(s.updated_ms, now));
-            line(
-                "database",
-                match s.connected {
-                    Some(true) => "connected".into(),
-                    Some(false) => {
-                        format!("unreachable: {}", s.last_error.as_deref().unwrap_or("?"))
-                    }
-                    None => "not contacted yet".into(),
-                },
-            );
-            line(
-                "last insert",
-                s.last_insert_ms
-                    .map_or_else(|| "never".to_owned(), |ms| when(ms, now)),
-            );
-            line(
-                "samples",
-                format!(
-                    "{} taken, {} reports, {} skipped (sensor faults), {} slots missed",
-                    s.samples, s.reports, s.skipped_samples, s.missed_slots
-                ),
-            );
-            line(
-                "delivery",
-                format!(
-                    "{} delivered ({} were already present), {} refused, {} dropped (spool full)",
-                    s.delivered, s.duplicates, s.rejected, s.dropped
-                ),
-            );
-            if s.held_for_clock > 0 {
-                line(
-                    "held for the clock",
-                    format!(
-                        "{} reports wait for systemd-timesyncd to synchronize the clock (--clock-wait)",
-                        s.held_for_clock
-                    ),
-                );
-            }
-            for sensor in &s.sensors {
-                line(
-                    &format!("sensor {}", sensor.name),
-                    if sensor.ok {
-                        format!("ok ({} failures in total)", sensor.total_failures)
-                    } else {
-                        format!("FAILING ({} in a row)", sensor.consecutive_failures)
-                    },
-                );
-            }
-        }
+        Some(s) => agent_lines(&mut line, s.updated_ms, &s.counters, now),
     }
     Ok(out)
+}
+
+/// What `status` says about the running agent, from its status file.
+fn agent_lines(line: &mut impl FnMut(&str, String), updated_ms: i64, s: &Counters, now: i64) {
+    line("status written", when(updated_ms, now));
+    line(
+        "database",
+        match s.connected {
+            Some(true) => "connected".into(),
+            Some(false) => {
+                format!("unreachable: {}", s.last_error.as_deref().unwrap_or("?"))
+            }
+            None => "not contacted yet".into(),
+        },
+    );
+    line(
+        "last insert",
+        s.last_insert_ms
+            .map_or_else(|| "never".to_owned(), |ms| when(ms, now)),
+    );
+    line(
+        "samples",
+        format!(
+            "{} taken, {} reports, {} skipped (sensor faults), {} slots missed",
+            s.samples, s.reports, s.skipped_samples, s.missed_slots
+        ),
+    );
+    line(
+        "delivery",
+        format!(
+            "{} delivered ({} were already present), {} refused, {} dropped (spool full)",
+            s.delivered, s.duplicates, s.rejected, s.dropped
+        ),
+    );
+    if s.held_for_clock > 0 {
+        line(
+            "held for the clock",
+            format!(
+                "{} reports wait for systemd-timesyncd to synchronize the clock (--clock-wait)",
+                s.held_for_clock
+            ),
+        );
+    }
+    for sensor in &s.sensors {
+        line(
+            &format!("sensor {}", sensor.name),
+            if sensor.ok {
+                format!("ok ({} failures in total)", sensor.total_failures)
+            } else {
+                format!("FAILING ({} in a row)", sensor.consecutive_failures)
+            },
+        );
+    }
 }

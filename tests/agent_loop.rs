@@ -204,3 +204,61 @@ async fn a_delivery_that_can_never_work_stops_the_agent() {
         times.lock().unwrap().len() as u64
     );
 }
+
+/// Records sample times, and stalls (in real time) on one sample, as a stuck bus does.
+struct StallingSampler {
+    times: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    stall_on: usize,
+    stall: Duration,
+}
+
+impl Sampler for StallingSampler {
+    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+        let n = {
+            let mut times = self.times.lock().unwrap();
+            times.push(tokio::time::Instant::now());
+            times.len() - 1
+        };
+        if n == self.stall_on {
+            std::thread::sleep(self.stall);
+        }
+        ClockSampler {
+            times: Arc::new(Mutex::new(Vec::new())),
+        }
+        .sample()
+    }
+}
+
+// A sample that overruns its slot (real time: a stuck bus) makes the agent skip the slots it
+// overran, counting them, rather than take them in a burst; sampling goes on afterwards.
+#[tokio::test]
+async fn overrun_slots_are_counted_and_skipped() {
+    let interval = Duration::from_millis(20);
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let counters = agent::run(
+        options(interval, Some(8), Duration::from_secs(5)),
+        StallingSampler {
+            times: times.clone(),
+            stall_on: 1,
+            stall: Duration::from_millis(75),
+        },
+        Output::Print(Box::new(std::io::sink())),
+        sensehat_monitor::sink::NoDatabase,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let times = times.lock().unwrap();
+    assert_eq!(counters.reports, 8);
+    // Sample 1 ran from slot 1 into slot 4: slots 2 and 3 (at least) are missed.
+    assert!(counters.missed_slots >= 2, "{counters:?}");
+    // No burst: each sample is taken at or after its slot, so the last one's slot (samples
+    // and skipped slots before it) is no later than the time it was taken (measured from
+    // the first sample, which may itself be late by up to a slot).
+    let span = *times.last().unwrap() - times[0] + interval;
+    let last_slot = counters.reports - 1 + counters.missed_slots;
+    assert!(
+        u128::from(last_slot) <= span.as_nanos() / interval.as_nanos(),
+        "slot {last_slot} taken after {span:?}: {counters:?}"
+    );
+}

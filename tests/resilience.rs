@@ -353,7 +353,7 @@ async fn sigterm_exits_cleanly_and_loses_nothing() {
     let all: HashSet<_> = ids.iter().chain(spooled.iter()).collect();
     assert_eq!(
         all.len() as u64,
-        st.reports,
+        st.counters.reports,
         "stored {} + spooled {}",
         ids.len(),
         spooled.len()
@@ -380,11 +380,11 @@ async fn full_spool_drops_oldest_and_counts_them() {
     signal(&child, 15);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
-    assert!(st.dropped > 0);
+    assert!(st.counters.dropped > 0);
     let kept = pending_ids(&spool_dir);
     assert_eq!(
-        kept.len() as u64 + st.dropped,
-        st.reports,
+        kept.len() as u64 + st.counters.dropped,
+        st.counters.reports,
         "kept + dropped = taken"
     );
     let text = std::fs::read_to_string(&log).unwrap();
@@ -422,10 +422,15 @@ async fn i2c_fault_skips_and_counts_samples() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");
     let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
-    assert_eq!(st.skipped_samples, 3);
-    assert_eq!(st.reports, 20);
-    assert_eq!(st.samples, 23);
-    let lps = st.sensors.iter().find(|s| s.name == "lps25h").unwrap();
+    assert_eq!(st.counters.skipped_samples, 3);
+    assert_eq!(st.counters.reports, 20);
+    assert_eq!(st.counters.samples, 23);
+    let lps = st
+        .counters
+        .sensors
+        .iter()
+        .find(|s| s.name == "lps25h")
+        .unwrap();
     assert_eq!(lps.total_failures, 3);
     assert!(lps.ok);
     assert_eq!(ids_in(&server, &db).await.len(), 20);
@@ -462,8 +467,13 @@ async fn status_is_written_while_every_sample_fails() {
     signal(&child, 9);
     child.wait().unwrap();
     let st = Status::read(&path).unwrap();
-    assert_eq!(st.reports, 0);
-    let hts = st.sensors.iter().find(|s| s.name == "hts221").unwrap();
+    assert_eq!(st.counters.reports, 0);
+    let hts = st
+        .counters
+        .sensors
+        .iter()
+        .find(|s| s.name == "hts221")
+        .unwrap();
     assert!(!hts.ok, "{st:?}");
 }
 
@@ -533,8 +543,8 @@ async fn resent_reports_already_stored_are_not_duplicated() {
     let ids = stored_once(&server, &db).await;
     assert_eq!(ids.len(), total);
     let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
-    assert_eq!(st.duplicates, (total / 2) as u64);
-    assert_eq!(st.delivered, total as u64);
+    assert_eq!(st.counters.duplicates, (total / 2) as u64);
+    assert_eq!(st.counters.delivered, total as u64);
 }
 
 // A report the database refuses for good (here a unique index the user put on nodeName, so
@@ -553,7 +563,10 @@ async fn refused_reports_are_set_aside_with_the_reason() {
     assert!(text.contains("the database refused reports"), "{text}");
     assert_eq!(stored_once(&server, &db).await.len(), 1);
     let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
-    assert_eq!((st.rejected, st.duplicates, st.pending), (4, 0, 0));
+    assert_eq!(
+        (st.counters.rejected, st.counters.duplicates, st.pending),
+        (4, 0, 0)
+    );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(spool_dir.join("rejected.jsonl"))
         .unwrap()
         .lines()

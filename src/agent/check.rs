@@ -1,0 +1,129 @@
+//! `check-config`: what the agent would need to start (a connection string the driver takes,
+//! a spool directory it may write), and what the clock says, without starting it. Suitable for
+//! systemd's `ExecStartPre`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::clock::{clock_state, ClockState};
+
+/// What `check-config` looks at.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// The connection string and the spool directory; `None` with `--dry-run`, which needs
+    /// neither.
+    pub database: Option<(String, PathBuf)>,
+    /// `--clock-sync-file`.
+    pub clock_sync_file: PathBuf,
+    /// `--clock-wait`.
+    pub clock_wait: Duration,
+}
+
+/// Why the agent could not start as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The connection string is missing or one the driver refuses (the message says which).
+    #[error("{0}")]
+    Uri(String),
+    /// The spool directory cannot be created or written, for a reason other than a disk that
+    /// is full or failing.
+    #[error("the spool directory {} is not writable: {source}; choose another with --spool-dir", dir.display())]
+    SpoolDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What creating it or writing in it gave.
+        source: std::io::Error,
+    },
+}
+
+/// Check the configuration. `Ok` carries what to tell the person (each a line): things that
+/// do not keep the agent from starting, and what it will do about the clock.
+pub async fn check_config(config: &CheckConfig) -> Result<Vec<String>, CheckError> {
+    let mut notes = Vec::new();
+    if let Some((uri, dir)) = &config.database {
+        crate::mongo::check_uri(uri)
+            .await
+            .map_err(CheckError::Uri)?;
+        match std::fs::create_dir_all(dir).and_then(|()| write_probe(dir)) {
+            Ok(()) => {}
+            // A disk that is full, read-only or failing now: the agent runs all the same,
+            // keeping reports in memory until it can write, so this must not keep it from
+            // starting (this is the unit's ExecStartPre).
+            Err(e) if disk_trouble(&e) => notes.push(format!(
+                "warning: the spool directory {} cannot be written now: {e}; the agent keeps reports in memory (up to 50,000) until it can",
+                dir.display()
+            )),
+            Err(source) => {
+                return Err(CheckError::SpoolDir {
+                    dir: dir.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    // Not an error either way; said so the journal shows what the agent will do.
+    notes.push(clock_note(&config.clock_sync_file, config.clock_wait));
+    Ok(notes)
+}
+
+/// What the agent will do about the clock, as `check-config` says it.
+fn clock_note(marker: &Path, wait: Duration) -> String {
+    match clock_state(marker) {
+        ClockState::Synchronized => format!("clock: synchronized ({})", marker.display()),
+        ClockState::NotYet if wait.is_zero() => {
+            "clock: not synchronized yet; --clock-wait is 0, so readings are stamped by it as it is"
+                .to_owned()
+        }
+        ClockState::NotYet => format!(
+            "clock: not synchronized yet; readings will be held for up to {wait:?} (--clock-wait) and stamped once it is"
+        ),
+        ClockState::Unknown => format!(
+            "clock: no systemd-timesyncd to ask ({} does not exist); the clock is trusted as it is",
+            marker.parent().unwrap_or(marker).display()
+        ),
+    }
+}
+
+/// A full, read-only or failing disk, as against a directory that is not ours to write.
+fn disk_trouble(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    /// EIO: the card or disk failing.
+    const EIO: i32 = 5;
+    matches!(e.kind(), StorageFull | ReadOnlyFilesystem | QuotaExceeded)
+        || e.raw_os_error() == Some(EIO)
+}
+
+fn write_probe(dir: &Path) -> std::io::Result<()> {
+    let p = dir.join(".write-test");
+    let written = std::fs::write(&p, b"ok");
+    let removed = std::fs::remove_file(&p);
+    written.and(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A directory that cannot be created is an error naming --spool-dir; the clock is said
+    // either way.
+    #[tokio::test]
+    async fn an_unwritable_spool_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let config = CheckConfig {
+            database: Some(("mongodb://localhost/".into(), file.join("spool"))),
+            clock_sync_file: dir.path().join("none").join("synchronized"),
+            clock_wait: Duration::from_secs(300),
+        };
+        let err = check_config(&config).await.unwrap_err();
+        assert!(err.to_string().contains("--spool-dir"), "{err}");
+        let dry = CheckConfig {
+            database: None,
+            ..config
+        };
+        let notes = check_config(&dry).await.unwrap();
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("no systemd-timesyncd"), "{notes:?}");
+    }
+}

@@ -1,0 +1,252 @@
+//! The delivery loop: the spool to the database, in order, in batches, with back-off while the
+//! database cannot be reached.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::link::{Delivered, Link, LinkEvent};
+use super::{lock, rejected, AgentError, Counters, Mode};
+use crate::clock::now_ms;
+use crate::sink::spool::{Batch, Spool};
+use crate::sink::{InsertError, InsertOutcome, Inserter};
+
+/// Most reports per `insert_many` when draining a backlog.
+pub const BATCH_MAX: usize = 10_000;
+/// Smallest gap between the starts of two inserts that are not full batches: at most four
+/// small inserts a second. Under the default 500 ms interval every report still goes out as
+/// soon as it is taken; faster sampling is batched, as each insert costs a round trip (and an
+/// Atlas operation).
+pub const MIN_INSERT_SPACING: Duration = Duration::from_millis(250);
+
+/// What the delivery loop keeps between inserts.
+struct Deliverer<I> {
+    spool: Arc<Mutex<Spool>>,
+    inserter: I,
+    mode: watch::Receiver<Mode>,
+    counters: Arc<Mutex<Counters>>,
+    link: Link,
+    backoff_builder: ExponentialBuilder,
+    backoff: ExponentialBackoff,
+    last_insert: Option<Instant>,
+}
+
+/// What came of one insert, for the loop.
+enum Step {
+    /// Go on with the next batch.
+    Next,
+    /// A stop was asked for.
+    Stop,
+}
+
+/// Deliver the spool until the mode says stop (or, draining, until it is empty).
+pub(super) async fn deliver<I: Inserter>(
+    spool: Arc<Mutex<Spool>>,
+    inserter: I,
+    mode: watch::Receiver<Mode>,
+    notify: Arc<Notify>,
+    idle: Arc<AtomicBool>,
+    backlog_at_start: u64,
+    counters: Arc<Mutex<Counters>>,
+) -> Result<(), AgentError> {
+    let backoff_builder = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    let mut d = Deliverer {
+        spool,
+        inserter,
+        mode,
+        counters,
+        // A backlog is what the spool held at start or what piles up during an outage.
+        link: Link::new(backlog_at_start),
+        backoff: backoff_builder.build(),
+        backoff_builder,
+        last_insert: None,
+    };
+    loop {
+        let m = *d.mode.borrow();
+        if m == Mode::Stop {
+            return Ok(());
+        }
+        if m == Mode::Run && d.stopped_while_spacing().await {
+            return Ok(());
+        }
+        // Say we may go idle before looking, so a report appended after the look wakes us.
+        idle.store(true, Ordering::SeqCst);
+        let Some(batch) = d.read_batch().await?.filter(|b| !b.records.is_empty()) else {
+            if m == Mode::Drain {
+                return Ok(());
+            }
+            tokio::select! {
+                () = notify.notified() => {}
+                _ = d.mode.changed() => {}
+            }
+            continue;
+        };
+        idle.store(false, Ordering::SeqCst);
+        d.last_insert = Some(Instant::now());
+        if let Step::Stop = d.insert(batch).await? {
+            return Ok(());
+        }
+    }
+}
+
+impl<I: Inserter> Deliverer<I> {
+    /// At most one small insert per MIN_INSERT_SPACING: at 2 Hz every report still goes out at
+    /// once, while faster sampling is batched instead of costing a round trip per report. A
+    /// full batch (a backlog) is never held back, and with nothing pending there is nothing to
+    /// space out: it goes idle at once. True if a stop was asked for meanwhile.
+    async fn stopped_while_spacing(&mut self) -> bool {
+        let Some(t) = self.last_insert else {
+            return false;
+        };
+        let next = t + MIN_INSERT_SPACING;
+        let pending = lock(&self.spool).pending() as usize;
+        if Instant::now() >= next || pending == 0 || pending >= BATCH_MAX {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => false,
+            r = self.mode.wait_for(|m| *m != Mode::Run) => r.map_or(true, |m| *m == Mode::Stop),
+        }
+    }
+
+    /// The next batch, or `None` when the spool is empty. Read on a blocking thread: reading
+    /// may mean writing reports that wait for their group first, and a segment rolling over
+    /// syncs. (`&mut`: a `Deliverer` is `Send`, not `Sync`.)
+    async fn read_batch(&mut self) -> Result<Option<Batch>, AgentError> {
+        if lock(&self.spool).pending() == 0 {
+            return Ok(None);
+        }
+        let sp = self.spool.clone();
+        let batch = tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))??;
+        Ok(Some(batch))
+    }
+
+    /// Insert one batch and account for what came of it.
+    async fn insert(&mut self, batch: Batch) -> Result<Step, AgentError> {
+        match self.inserter.insert(&batch.records).await {
+            Ok(outcome) => self.inserted(batch, outcome).await,
+            Err(InsertError::Fatal(msg)) => {
+                lock(&self.spool).rewind();
+                Err(AgentError::Fatal(msg))
+            }
+            Err(InsertError::Unavailable(msg)) => {
+                lock(&self.spool).rewind();
+                if let Some(e) = self.link.unavailable(&msg) {
+                    log(e);
+                }
+                {
+                    let mut c = lock(&self.counters);
+                    c.connected = Some(false);
+                    c.last_error = Some(msg);
+                }
+                Ok(self.back_off().await)
+            }
+        }
+    }
+
+    /// The database took the batch, perhaps refusing some reports: those are saved to
+    /// `rejected.jsonl` before the spool lets go of them.
+    async fn inserted(&mut self, batch: Batch, outcome: InsertOutcome) -> Result<Step, AgentError> {
+        let batch = if outcome.rejected.is_empty() {
+            batch
+        } else {
+            let (batch, saved) = self.save_rejected(batch, &outcome).await?;
+            if let Err(e) = saved {
+                // Kept in the spool: sent again (the accepted ones count as already present)
+                // once the refused ones can be saved.
+                lock(&self.spool).rewind();
+                if let Some(e) = self.link.reject_save_failed(&e.to_string()) {
+                    log(e);
+                }
+                return Ok(self.back_off().await);
+            }
+            self.link.reject_saved();
+            batch
+        };
+        self.backoff = self.backoff_builder.build();
+        let pending = {
+            let mut sp = lock(&self.spool);
+            sp.ack(&batch);
+            sp.pending()
+        };
+        {
+            let mut c = lock(&self.counters);
+            c.delivered += outcome.inserted + outcome.duplicates;
+            c.duplicates += outcome.duplicates;
+            c.rejected += outcome.rejected.len() as u64;
+            c.last_insert_ms = Some(now_ms());
+            c.connected = Some(true);
+            c.last_error = None;
+        }
+        let delivered = Delivered {
+            delivered: outcome.inserted + outcome.duplicates,
+            duplicates: outcome.duplicates,
+            rejected: outcome
+                .rejected
+                .first()
+                .map(|(_, reason)| (outcome.rejected.len() as u64, reason.as_str())),
+            pending,
+        };
+        for e in self.link.delivered(delivered, Instant::now()) {
+            log(e);
+        }
+        Ok(Step::Next)
+    }
+
+    /// Write the refused reports down, off the runtime (a synced file write).
+    async fn save_rejected(
+        &mut self,
+        batch: Batch,
+        outcome: &InsertOutcome,
+    ) -> Result<(Batch, std::io::Result<()>), AgentError> {
+        let dir = lock(&self.spool).dir().to_owned();
+        let refused = outcome.rejected.clone();
+        tokio::task::spawn_blocking(move || {
+            let saved = rejected::save(&dir, &batch, &refused);
+            (batch, saved)
+        })
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))
+    }
+
+    /// Wait out the next back-off delay; `Step::Stop` if a stop was asked for meanwhile.
+    async fn back_off(&mut self) -> Step {
+        let delay = self.backoff.next().unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Step::Next,
+            _ = self.mode.wait_for(|m| *m == Mode::Stop) => Step::Stop,
+        }
+    }
+}
+
+/// One line for a change in delivery.
+fn log(event: LinkEvent) {
+    match event {
+        LinkEvent::Connected { pending } => info!(pending, "connected to MongoDB"),
+        LinkEvent::BacklogDrained {
+            delivered,
+            already_present,
+        } => info!(delivered, already_present, "backlog drained"),
+        LinkEvent::Unavailable { error } => {
+            warn!(error = %error, "MongoDB unavailable; reports are kept in the spool and retried with back-off")
+        }
+        LinkEvent::RejectSaveFailing { error } => {
+            error!(error = %error, "cannot save reports the database refused to rejected.jsonl in the spool directory; keeping them in the spool and retrying")
+        }
+        LinkEvent::Rejected { count, reason } => {
+            error!(count, reason = %reason, "the database refused reports; saved to rejected.jsonl in the spool directory")
+        }
+    }
+}

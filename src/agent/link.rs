@@ -1,0 +1,257 @@
+//! The delivery loop's view of its link to the database: which changes are worth a log line.
+//! Pure state: each method says what to log, and the loop logs it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::say_once::Latch;
+
+/// Refused reports are logged the first time, then at most this often, with the count since.
+pub(super) const REJECTED_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Something about delivery worth one log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum LinkEvent {
+    /// The first insert that worked, at start or after an outage.
+    Connected { pending: u64 },
+    /// The backlog (found at start, or piled up during an outage) is delivered.
+    BacklogDrained {
+        delivered: u64,
+        already_present: u64,
+    },
+    /// The database cannot be reached; reports wait in the spool.
+    Unavailable { error: String },
+    /// Refused reports could not be saved to `rejected.jsonl`: they stay in the spool.
+    RejectSaveFailing { error: String },
+    /// The database refused reports (`count` since the last such line).
+    Rejected { count: u64, reason: String },
+}
+
+/// Whether the database was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// No insert has been tried yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+/// What a backlog being sent has taken so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Backlog {
+    delivered: u64,
+    duplicates: u64,
+}
+
+/// Delivery state changes, each said once.
+#[derive(Debug)]
+pub(super) struct Link {
+    connection: Connection,
+    /// A backlog is being sent: its end is said once, with what it took.
+    backlog: Option<Backlog>,
+    /// Refused reports cannot be saved.
+    reject_failing: Latch,
+    /// When refused reports were last said, and how many since.
+    rejected_logged: Option<Instant>,
+    rejected_unlogged: u64,
+}
+
+/// What one insert that worked did.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Delivered<'a> {
+    /// Reports the database has now, already present ones included.
+    pub delivered: u64,
+    pub duplicates: u64,
+    /// How many it refused, and the first one's reason.
+    pub rejected: Option<(u64, &'a str)>,
+    /// What is left in the spool.
+    pub pending: u64,
+}
+
+impl Link {
+    /// The link before the first insert, with `backlog_at_start` reports already spooled.
+    pub(super) fn new(backlog_at_start: u64) -> Link {
+        Link {
+            connection: Connection::Unknown,
+            backlog: (backlog_at_start > 0).then(Backlog::default),
+            reject_failing: Latch::default(),
+            rejected_logged: None,
+            rejected_unlogged: 0,
+        }
+    }
+
+    /// An insert worked at `now`.
+    pub(super) fn delivered(&mut self, d: Delivered<'_>, now: Instant) -> Vec<LinkEvent> {
+        let mut events = Vec::new();
+        if self.connection != Connection::Up {
+            events.push(LinkEvent::Connected { pending: d.pending });
+            self.connection = Connection::Up;
+        }
+        if let Some(b) = &mut self.backlog {
+            b.delivered += d.delivered;
+            b.duplicates += d.duplicates;
+            if d.pending == 0 {
+                events.push(LinkEvent::BacklogDrained {
+                    delivered: b.delivered,
+                    already_present: b.duplicates,
+                });
+                self.backlog = None;
+            }
+        }
+        if let Some((count, reason)) = d.rejected {
+            self.rejected_unlogged += count;
+            if self
+                .rejected_logged
+                .is_none_or(|t| now.saturating_duration_since(t) >= REJECTED_LOG_EVERY)
+            {
+                events.push(LinkEvent::Rejected {
+                    count: self.rejected_unlogged,
+                    reason: reason.to_owned(),
+                });
+                self.rejected_logged = Some(now);
+                self.rejected_unlogged = 0;
+            }
+        }
+        events
+    }
+
+    /// An insert could not reach the database: what piles up from now is a backlog.
+    pub(super) fn unavailable(&mut self, error: &str) -> Option<LinkEvent> {
+        if self.connection == Connection::Down {
+            return None;
+        }
+        self.connection = Connection::Down;
+        self.backlog = Some(Backlog::default());
+        Some(LinkEvent::Unavailable {
+            error: error.to_owned(),
+        })
+    }
+
+    /// Refused reports could not be saved (they stay in the spool and are sent again).
+    pub(super) fn reject_save_failed(&mut self, error: &str) -> Option<LinkEvent> {
+        self.reject_failing
+            .raise()
+            .then(|| LinkEvent::RejectSaveFailing {
+                error: error.to_owned(),
+            })
+    }
+
+    /// Refused reports were saved. Not said: the refusal itself is.
+    pub(super) fn reject_saved(&mut self) {
+        self.reject_failing.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(delivered: u64, pending: u64) -> Delivered<'static> {
+        Delivered {
+            delivered,
+            duplicates: 0,
+            rejected: None,
+            pending,
+        }
+    }
+
+    // The first insert says "connected"; later ones say nothing, and an empty spool at start
+    // has no backlog to report.
+    #[test]
+    fn connected_is_said_once() {
+        let t0 = Instant::now();
+        let mut link = Link::new(0);
+        assert_eq!(
+            link.delivered(ok(1, 0), t0),
+            [LinkEvent::Connected { pending: 0 }]
+        );
+        assert!(link.delivered(ok(1, 0), t0).is_empty());
+    }
+
+    // A backlog found at start is reported once, when the spool is empty, with what it took.
+    #[test]
+    fn a_backlog_at_start_is_reported_when_drained() {
+        let t0 = Instant::now();
+        let mut link = Link::new(30);
+        let mut first = ok(10, 20);
+        first.duplicates = 2;
+        assert_eq!(
+            link.delivered(first, t0),
+            [LinkEvent::Connected { pending: 20 }]
+        );
+        assert_eq!(
+            link.delivered(ok(20, 0), t0),
+            [LinkEvent::BacklogDrained {
+                delivered: 30,
+                already_present: 2
+            }]
+        );
+        assert!(link.delivered(ok(1, 0), t0).is_empty());
+    }
+
+    // An outage is said once however many inserts fail; what piles up meanwhile is a backlog,
+    // counted from the outage, and the reconnection is said again.
+    #[test]
+    fn an_outage_is_said_once_and_starts_a_backlog() {
+        let t0 = Instant::now();
+        let mut link = Link::new(0);
+        link.delivered(ok(5, 0), t0);
+        assert_eq!(
+            link.unavailable("refused"),
+            Some(LinkEvent::Unavailable {
+                error: "refused".into()
+            })
+        );
+        assert_eq!(link.unavailable("refused"), None);
+        assert_eq!(
+            link.delivered(ok(4, 0), t0),
+            [
+                LinkEvent::Connected { pending: 0 },
+                LinkEvent::BacklogDrained {
+                    delivered: 4,
+                    already_present: 0
+                }
+            ]
+        );
+        // Failing before the first success is an outage too.
+        assert!(Link::new(0).unavailable("x").is_some());
+    }
+
+    // Refused reports: said the first time, then at most once a minute with the count since.
+    #[test]
+    fn refusals_are_said_at_most_once_a_minute() {
+        let t0 = Instant::now();
+        let mut link = Link::new(0);
+        link.delivered(ok(1, 0), t0);
+        let refused = |count| Delivered {
+            rejected: Some((count, "E121")),
+            ..ok(count, 0)
+        };
+        let said = |e: Vec<LinkEvent>| {
+            e.into_iter().find_map(|e| match e {
+                LinkEvent::Rejected { count, .. } => Some(count),
+                _ => None,
+            })
+        };
+        assert_eq!(said(link.delivered(refused(2), t0)), Some(2));
+        assert_eq!(
+            said(link.delivered(refused(3), t0 + Duration::from_secs(30))),
+            None
+        );
+        assert_eq!(
+            said(link.delivered(refused(1), t0 + REJECTED_LOG_EVERY)),
+            Some(4)
+        );
+    }
+
+    // A failure to save refused reports is said once until a save works again.
+    #[test]
+    fn a_failing_save_is_said_once_per_failure() {
+        let mut link = Link::new(0);
+        assert!(link.reject_save_failed("EROFS").is_some());
+        assert!(link.reject_save_failed("EROFS").is_none());
+        link.reject_saved();
+        assert!(link.reject_save_failed("EROFS").is_some());
+    }
+}

@@ -1,0 +1,312 @@
+//! The sampling loop and the delivery loop.
+//!
+//! Sampling runs on a fixed-rate schedule: sample n is due at `start + n * interval`, whatever
+//! happened before. Each sample runs in a blocking thread (I2C is blocking), and its report is
+//! appended to the spool in that same thread. A separate task delivers the spool to the
+//! database in order, in batches, so a slow or absent database never shifts or stalls sampling.
+//! If a sample itself overruns its slot (a stuck bus), the missed slots are skipped, not
+//! burst, so every report keeps its place on the grid.
+//!
+//! Shutdown (SIGINT/SIGTERM, injected as a future): stop sampling, give the in-flight insert up
+//! to `shutdown_timeout`, leave the rest in the spool. With `--count`, the agent waits instead
+//! until everything in the spool, including any backlog found at start, is acknowledged.
+//!
+//! # Layout
+//!
+//! - this module: [`run`], which starts both loops and stops them, and its options.
+//! - `sampling`: the fixed-rate loop; `take`: one sample, in the thread that takes it.
+//! - `delivery`: the spool to the database, in order, with back-off.
+//! - `link` and `spool_log`: pure state that decides which delivery and spool changes are
+//!   worth a log line; the loops log them.
+//! - `rejected`: `rejected.jsonl`, where reports the database refused are kept.
+//! - `status`: writing `status.json`.
+//! - `start`: opening the spool for a run ([`open_spool`]).
+//! - [`check`]: the `check-config` command.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::board::{Board, HealthEvent, SampleError, Sensor};
+use crate::clock::ClockWait;
+use crate::report::Reading;
+use crate::sink::spool::Spool;
+use crate::sink::Inserter;
+pub use crate::status::Counters;
+use crate::status::SensorStatus;
+
+pub mod check;
+mod delivery;
+mod link;
+mod rejected;
+mod sampling;
+mod spool_log;
+mod start;
+mod status;
+mod take;
+
+pub use check::{check_config, CheckConfig};
+pub use delivery::{BATCH_MAX, MIN_INSERT_SPACING};
+pub use rejected::REJECTED_MAX;
+pub use start::{open_spool, OpenedSpool};
+
+/// How often `status.json` is rewritten.
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Something that takes samples (blocking). The real and simulated boards implement it.
+pub trait Sampler: Send + 'static {
+    /// Read every sensor once: the reading, or why there is none, and the health changes.
+    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>);
+    /// Whether a sample blocks (real I2C): then it runs on a blocking thread. The simulator
+    /// only touches memory and runs in place.
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    /// Per-sensor health, for `status`.
+    fn sensors(&self) -> Vec<SensorStatus> {
+        Vec::new()
+    }
+}
+
+impl Sampler for Board {
+    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+        Board::sample(self)
+    }
+
+    fn blocking(&self) -> bool {
+        matches!(self, Board::Linux(_))
+    }
+
+    fn sensors(&self) -> Vec<SensorStatus> {
+        Sensor::ALL
+            .iter()
+            .zip(self.health())
+            .map(|(s, h)| SensorStatus {
+                name: s.name().to_owned(),
+                ok: h.is_ok(),
+                consecutive_failures: h.consecutive_failures,
+                total_failures: h.total_failures,
+            })
+            .collect()
+    }
+}
+
+/// Where reports go.
+pub enum Output {
+    /// `--dry-run`: one line of relaxed Extended JSON per report on this writer (stdout).
+    Print(Box<dyn Write + Send>),
+    /// The durable spool, delivered to the database by the given inserter.
+    Spool {
+        /// The spool, shared by the sampling thread (which appends) and delivery.
+        spool: Arc<Mutex<Spool>>,
+        /// Where `status.json` goes; `None` writes none.
+        status_path: Option<PathBuf>,
+    },
+}
+
+/// How the agent runs: what [`run`] needs of the configuration.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `nodeName` of each report.
+    pub node_name: String,
+    /// Time between samples (at least 1 ms).
+    pub interval: Duration,
+    /// Stop after this many reports (and wait for them to be acknowledged).
+    pub count: Option<u64>,
+    /// On shutdown, how long the in-flight insert may take.
+    pub shutdown_timeout: Duration,
+    /// Tell systemd READY and ping its watchdog.
+    pub notify_systemd: bool,
+    /// Hold reports until the system clock is synchronized (see [`crate::clock`]); `None`
+    /// trusts the clock as it is.
+    pub clock: Option<ClockWait>,
+}
+
+/// Why the agent stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// `--dry-run` output could not be written (a closed pipe).
+    #[error("cannot write a report to standard output: {0}")]
+    Print(std::io::Error),
+    /// The spool could not be read.
+    #[error("{0}")]
+    Spool(#[from] crate::sink::spool::SpoolError),
+    /// The database refuses every insert for a reason retrying cannot fix.
+    #[error("the database can never accept these reports: {0}")]
+    Fatal(String),
+    /// A sampling or delivery thread panicked.
+    #[error("the sampling thread failed: {0}")]
+    Join(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the delivery task should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    /// Deliver everything, then stop (`--count`).
+    Drain,
+    /// Stop after the in-flight batch (shutdown).
+    Stop,
+}
+
+/// The delivery task, and what the sampling loop uses to drive it.
+struct Delivery {
+    task: JoinHandle<Result<(), AgentError>>,
+    mode: watch::Sender<Mode>,
+}
+
+/// What both loops share.
+struct Shared {
+    counters: Arc<Mutex<Counters>>,
+    /// Wakes the delivery task, when `delivery_idle` says it waits for work.
+    notify: Arc<Notify>,
+    delivery_idle: Arc<AtomicBool>,
+    /// Delivery ended with an error it cannot recover from.
+    failed: Arc<Notify>,
+}
+
+/// Run the agent until `count` reports are done or `shutdown` resolves.
+pub async fn run<S, I>(
+    options: AgentOptions,
+    sampler: S,
+    output: Output,
+    inserter: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Counters, AgentError>
+where
+    S: Sampler,
+    I: Inserter,
+{
+    let shared = Shared {
+        counters: Arc::new(Mutex::new(Counters::default())),
+        notify: Arc::new(Notify::new()),
+        delivery_idle: Arc::new(AtomicBool::new(true)),
+        failed: Arc::new(Notify::new()),
+    };
+    let mut output = output;
+    let delivery = match &output {
+        Output::Spool { spool, .. } => Some(start_delivery(spool, inserter, &shared)),
+        Output::Print(_) => None,
+    };
+
+    tokio::pin!(shutdown);
+    let interrupted = {
+        let stop = async {
+            tokio::select! {
+                () = &mut shutdown => {}
+                () = shared.failed.notified() => {}
+            }
+        };
+        tokio::pin!(stop);
+        sampling::sample_loop(&options, sampler, &mut output, &shared, &mut stop).await?
+    };
+
+    if let (Some(delivery), Output::Spool { spool, status_path }) = (delivery, &output) {
+        let drain = !interrupted && options.count.is_some();
+        let result = finish_delivery(delivery, drain, &options, spool, &shared, shutdown).await;
+        // Always leave the spool consistent, even when delivery failed. A failure here is no
+        // reason to exit non-zero: what was not synced is in the page cache, and a position
+        // not written down only resends reports the database already has.
+        if let Err(e) = lock(spool).close() {
+            warn!(error = %e, "cannot sync the spool or write its delivered position at stop; some reports may be sent again at the next start (stored once)");
+        }
+        if let Some(path) = status_path {
+            status::write_status(path, lock(&shared.counters).clone(), &lock(spool));
+        }
+        match result {
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(join)) if !join.is_cancelled() => {
+                return Err(AgentError::Join(join.to_string()))
+            }
+            _ => {}
+        }
+    }
+    let c = lock(&shared.counters).clone();
+    Ok(c)
+}
+
+/// Spawn the delivery task. Delivery that ends with an error (a connection string the driver
+/// refuses, a spool that cannot be read) can never resume: sampling stops too, so the agent
+/// exits non-zero and the failure is seen (systemd restarts it) instead of readings piling up
+/// unsent.
+fn start_delivery<I: Inserter>(
+    spool: &Arc<Mutex<Spool>>,
+    inserter: I,
+    shared: &Shared,
+) -> Delivery {
+    let (mode, mode_rx) = watch::channel(Mode::Run);
+    let work = delivery::deliver(
+        spool.clone(),
+        inserter,
+        mode_rx,
+        shared.notify.clone(),
+        shared.delivery_idle.clone(),
+        lock(spool).pending(),
+        shared.counters.clone(),
+    );
+    let failed = shared.failed.clone();
+    let task = tokio::spawn(async move {
+        let result = work.await;
+        if result.is_err() {
+            error!("delivery to the database stopped for good; stopping the agent (unsent readings stay in the spool)");
+            failed.notify_one();
+        }
+        result
+    });
+    Delivery { task, mode }
+}
+
+type Finished = Option<Result<Result<(), AgentError>, tokio::task::JoinError>>;
+
+/// Sampling has stopped: stop delivery after its in-flight batch, within the shutdown timeout,
+/// or with `drain` (`--count`) let it deliver everything first, unless `shutdown` comes.
+/// `None` when it was cut short.
+async fn finish_delivery(
+    delivery: Delivery,
+    drain: bool,
+    options: &AgentOptions,
+    spool: &Mutex<Spool>,
+    shared: &Shared,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Finished {
+    let Delivery {
+        mut task,
+        mode: mode_tx,
+    } = delivery;
+    if !drain {
+        let _ = mode_tx.send(Mode::Stop);
+        return match tokio::time::timeout(options.shutdown_timeout, &mut task).await {
+            Ok(r) => Some(r),
+            Err(_) => {
+                task.abort();
+                let pending = lock(spool).pending();
+                info!(
+                    pending,
+                    "shutdown timeout reached; undelivered reports stay in the spool"
+                );
+                None
+            }
+        };
+    }
+    let _ = mode_tx.send(Mode::Drain);
+    shared.notify.notify_one();
+    tokio::select! {
+        r = &mut task => Some(r),
+        () = shutdown => {
+            let _ = mode_tx.send(Mode::Stop);
+            tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok()
+        }
+    }
+}

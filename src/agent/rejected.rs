@@ -1,0 +1,72 @@
+//! `rejected.jsonl` in the spool directory: reports the database refused, kept (with the
+//! reason) so that a person can see them and the spool can let go of them.
+
+use std::io::Write;
+
+use crate::sink::spool::Batch;
+
+/// Largest `rejected.jsonl` before it is moved to `rejected.jsonl.1` (replacing the one
+/// before): the two keep the newest 20 MiB of refused reports whatever the database refuses
+/// for however long (a validator refusing every report at 2 Hz writes about 50 MB a day).
+pub const REJECTED_MAX: u64 = 10 * 1024 * 1024;
+
+/// Keep refused reports as relaxed Extended JSON lines next to the spool, with the reason,
+/// synced: the spool lets go of them once this returns Ok.
+pub(super) fn save(
+    dir: &std::path::Path,
+    batch: &Batch,
+    rejected: &[(usize, String)],
+) -> std::io::Result<()> {
+    let path = dir.join("rejected.jsonl");
+    let mut lines = String::new();
+    for (i, reason) in rejected {
+        let doc = batch
+            .records
+            .get(*i)
+            .and_then(|b| mongodb::bson::Document::from_reader(&mut b.as_slice()).ok());
+        let line = serde_json::json!({
+            "reason": reason,
+            "report": doc.map(|d| crate::report::relaxed_json(&d)),
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= REJECTED_MAX) {
+        std::fs::rename(&path, dir.join("rejected.jsonl.1"))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    f.write_all(lines.as_bytes())?;
+    f.sync_data()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::spool::BatchSource;
+
+    // Past REJECTED_MAX the file moves to rejected.jsonl.1 (replacing the one before), so the
+    // two stay under twice that whatever the database refuses.
+    #[test]
+    fn rejected_reports_file_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = Batch {
+            source: BatchSource::Memory,
+            records: vec![mongodb::bson::rawdoc! { "n": 1 }.into_bytes()],
+        };
+        let refused = [(0, "E11000".to_owned())];
+        let path = dir.path().join("rejected.jsonl");
+        let old = dir.path().join("rejected.jsonl.1");
+        std::fs::write(&old, "older").unwrap();
+        save(dir.path(), &batch, &refused).unwrap();
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "older");
+        std::fs::write(&path, vec![b'x'; REJECTED_MAX as usize]).unwrap();
+        save(dir.path(), &batch, &refused).unwrap();
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), REJECTED_MAX);
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(now.lines().count(), 1);
+        assert!(now.contains("E11000") && now.contains("\"n\":1"), "{now}");
+    }
+}

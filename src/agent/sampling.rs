@@ -1,0 +1,431 @@
+//! The fixed-rate sampling loop: sample n is taken at `start + n * interval`, and its report
+//! appended to the spool (or held for the clock, see [`crate::clock`]) in the thread that
+//! took it.
+
+use std::future::Future;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tracing::{debug, error, info, warn};
+
+use super::spool_log::{SpoolEvent, SpoolLog};
+use super::take::{take, Destination, Store, Stored, Taken};
+use super::{lock, AgentError, AgentOptions, Output, Sampler, Shared, STATUS_EVERY};
+use crate::board::{HealthEvent, Sensor};
+use crate::clock::{self, ClockGate, Released};
+use crate::report::Report;
+use crate::sink::spool::{AppendOutcome, Spool};
+
+/// How often falling behind the schedule is said at most.
+const BEHIND_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The fixed-rate sampling loop. Returns true when stopped by `shutdown`. Reports still held
+/// for the clock when it stops go on as they are (see [`crate::clock`]).
+pub(super) async fn sample_loop<S: Sampler>(
+    options: &AgentOptions,
+    sampler: S,
+    output: &mut Output,
+    shared: &Shared,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+) -> Result<bool, AgentError> {
+    let mut sampling = Sampling {
+        options,
+        output,
+        shared,
+        sampler: Some(sampler),
+        gate: ClockGate::start(options.clock.as_ref(), Instant::now()),
+        log: SpoolLog::default(),
+        interval: options.interval.max(Duration::from_millis(1)),
+        ready_sent: false,
+        last_status: None,
+    };
+    let result = sampling.on_schedule(shutdown).await;
+    if let Some(released) = sampling.gate.stop(Instant::now()) {
+        sampling.release(released).await?;
+    }
+    result
+}
+
+/// What the sampling loop keeps from one sample to the next. Reports held for the clock
+/// outlive the loop: they still go out when it ends.
+struct Sampling<'a, S> {
+    options: &'a AgentOptions,
+    output: &'a mut Output,
+    shared: &'a Shared,
+    /// Lent to the thread that takes each sample.
+    sampler: Option<S>,
+    gate: ClockGate,
+    log: SpoolLog,
+    interval: Duration,
+    ready_sent: bool,
+    last_status: Option<Instant>,
+}
+
+/// The grid of slots: `start + n * interval`. The ticker skips the slots a sample overran
+/// (`MissedTickBehavior::Skip`), so each tick stays on the grid; `slot` counts along to
+/// say how many were skipped.
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+    slot: u64,
+    ticker: Interval,
+    last_behind_log: Option<Instant>,
+}
+
+impl Schedule {
+    fn new(interval: Duration) -> Schedule {
+        let start = Instant::now();
+        let mut ticker = tokio::time::interval_at(start, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Schedule {
+            start,
+            interval,
+            slot: 0,
+            ticker,
+            last_behind_log: None,
+        }
+    }
+
+    /// When the current slot is due.
+    fn due(&self) -> Instant {
+        slot_time(self.start, self.interval, self.slot)
+    }
+
+    /// On to the next slot; if the sample overran, skip the slots already past. Returns how
+    /// many were skipped.
+    fn advance(&mut self) -> u64 {
+        self.slot += 1;
+        let elapsed = Instant::now().duration_since(self.start);
+        let current = (elapsed.as_nanos() / self.interval.as_nanos()) as u64;
+        if current <= self.slot {
+            return 0;
+        }
+        let missed = current - self.slot;
+        self.slot = current;
+        missed
+    }
+}
+
+impl<S: Sampler> Sampling<'_, S> {
+    async fn on_schedule(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, AgentError> {
+        let mut schedule = Schedule::new(self.interval);
+        let watchdog = if self.options.notify_systemd {
+            sd_notify::watchdog_enabled()
+        } else {
+            None
+        };
+        loop {
+            let reports = lock(&self.shared.counters).reports;
+            if self.options.count.is_some_and(|n| reports >= n) {
+                return Ok(false);
+            }
+            if !wait_for_slot(&mut schedule, watchdog, shutdown).await {
+                info!("shutdown requested: sampling stopped");
+                return Ok(true);
+            }
+            self.sample_once().await?;
+            if self.options.notify_systemd {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            let missed = schedule.advance();
+            if missed > 0 {
+                self.fell_behind(missed, &mut schedule.last_behind_log);
+            }
+        }
+    }
+
+    /// Count slots skipped after an overrun, and say so at most once a minute.
+    fn fell_behind(&self, missed: u64, last_log: &mut Option<Instant>) {
+        let total = {
+            let mut c = lock(&self.shared.counters);
+            c.missed_slots += missed;
+            c.missed_slots
+        };
+        if last_log.is_none_or(|t| t.elapsed() >= BEHIND_LOG_EVERY) {
+            warn!(
+                missed_in_total = total,
+                "sampling fell behind its schedule; missed slots are skipped, not made up"
+            );
+            *last_log = Some(Instant::now());
+        }
+    }
+
+    /// Take the slot's sample, and send its report on (or hold it for the clock).
+    async fn sample_once(&mut self) -> Result<(), AgentError> {
+        let write_status_now = self.last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
+        let holding = self.gate.holding();
+        let store = self.store(write_status_now, holding);
+        let has_store = store.is_some();
+        // When it was taken matters only to a report held for the clock.
+        let taken_at = holding.then(Instant::now);
+        let taken = self.take(store).await?;
+        if write_status_now && has_store {
+            self.last_status = Some(Instant::now());
+        }
+        let Taken {
+            outcome,
+            events,
+            sensors,
+            stored,
+        } = taken;
+        if let Some(sensors) = sensors {
+            lock(&self.shared.counters).sensors = sensors;
+        }
+        events.into_iter().for_each(log_health);
+        {
+            let mut c = lock(&self.shared.counters);
+            c.samples += 1;
+            match &outcome {
+                Ok(_) => c.reports += 1,
+                Err(e) => {
+                    c.skipped_samples += 1;
+                    debug!(error = %e, "sample skipped");
+                }
+            }
+        }
+        if let Ok(report) = outcome {
+            if holding {
+                self.hold(report, stored, taken_at.unwrap_or_else(Instant::now));
+            } else {
+                self.send(report, stored)?;
+            }
+            self.say_ready();
+        }
+        if let Some(released) = self.gate.poll_if_watching(Instant::now) {
+            self.release(released).await?;
+        }
+        Ok(())
+    }
+
+    /// The spool side of this sample, when there is a spool.
+    fn store(&self, write_status_now: bool, holding: bool) -> Option<Store> {
+        let Output::Spool { spool, status_path } = &*self.output else {
+            return None;
+        };
+        let destination = match (holding, self.gate.copy()) {
+            (false, _) => Destination::Spool,
+            (true, Some(copy)) => Destination::Held(copy),
+            (true, None) => Destination::HeldInMemory,
+        };
+        Some(Store {
+            spool: spool.clone(),
+            status_path: status_path.clone().filter(|_| write_status_now),
+            counters: self.shared.counters.clone(),
+            interval: self.interval,
+            destination,
+        })
+    }
+
+    /// Take the sample: on a blocking thread when it blocks (real I2C takes milliseconds),
+    /// else in place.
+    async fn take(&mut self, store: Option<Store>) -> Result<Taken, AgentError> {
+        let mut s = self
+            .sampler
+            .take()
+            .expect("sampler is returned by every sample");
+        let (s, taken) = if s.blocking() {
+            let node = self.options.node_name.clone();
+            tokio::task::spawn_blocking(move || {
+                let t = take(&mut s, &node, store.as_ref());
+                (s, t)
+            })
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?
+        } else {
+            let t = take(&mut s, &self.options.node_name, store.as_ref());
+            // Let go of the held readings' spool now: a release after this deletes its
+            // directory.
+            drop(store);
+            (s, t)
+        };
+        self.sampler = Some(s);
+        Ok(taken)
+    }
+
+    /// Keep a report until the clock is synchronized; it is in the held reports' spool already.
+    fn hold(&mut self, report: Report, stored: Option<Stored>, taken_at: Instant) {
+        if let Some((append, maintain)) = stored {
+            if let Some(e) = self.log.held_written(&append, &maintain) {
+                log_spool(e);
+            }
+        }
+        let _ = self.gate.hold(report, taken_at);
+        lock(&self.shared.counters).held_for_clock = self.gate.held() as u64;
+    }
+
+    /// A report taken with the clock trusted: print it, or (appended to the spool already)
+    /// wake delivery for it.
+    fn send(&mut self, report: Report, stored: Option<Stored>) -> Result<(), AgentError> {
+        match &mut *self.output {
+            Output::Print(w) => writeln!(w, "{}", report.to_relaxed_json_line())
+                .and_then(|()| w.flush())
+                .map_err(AgentError::Print),
+            Output::Spool { .. } => {
+                let (append, maintain) = stored.expect("stored with a spool");
+                if let Some(e) = self.log.maintained(&maintain) {
+                    log_spool(e);
+                }
+                self.appended(&append);
+                // Wake delivery only when it waits for work: while it is busy or spacing its
+                // inserts it finds this report anyway.
+                if self.shared.delivery_idle.load(Ordering::SeqCst) {
+                    self.shared.notify.notify_one();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Count what an append to the spool dropped, and say what changed.
+    fn appended(&mut self, append: &AppendOutcome) {
+        let (connected, dropped) = {
+            let mut c = lock(&self.shared.counters);
+            c.dropped += append.dropped;
+            (c.connected == Some(true), c.dropped)
+        };
+        for e in self.log.appended(append, connected, dropped) {
+            log_spool(e);
+        }
+    }
+
+    /// Tell systemd the agent is ready, once: after its first report.
+    fn say_ready(&mut self) {
+        if !self.ready_sent {
+            self.ready_sent = true;
+            if self.options.notify_systemd {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+
+    /// Reports that were held for the clock, printed or appended to the spool in order; then
+    /// their on-disk copy is deleted, once they are synced in the spool.
+    async fn release(&mut self, released: Released) -> Result<(), AgentError> {
+        lock(&self.shared.counters).held_for_clock = 0;
+        match &mut *self.output {
+            Output::Print(w) => {
+                for r in &released.reports {
+                    writeln!(w, "{}", r.to_relaxed_json_line()).map_err(AgentError::Print)?;
+                }
+                w.flush().map_err(AgentError::Print)?;
+            }
+            Output::Spool { spool, .. } => {
+                let spool = spool.clone();
+                // Up to HELD_MAX reports, a sync and a directory to delete: off the runtime.
+                let append = tokio::task::spawn_blocking(move || move_released(released, &spool))
+                    .await
+                    .map_err(|e| AgentError::Join(e.to_string()))?;
+                self.appended(&append);
+            }
+        }
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+}
+
+/// Wait for the schedule's current slot, pinging systemd's watchdog meanwhile when intervals
+/// are long; a sample stuck on the bus stops the pings (the caller awaits it), and systemd
+/// restarts us. False when `shutdown` came first.
+async fn wait_for_slot(
+    schedule: &mut Schedule,
+    watchdog: Option<Duration>,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let due = schedule.due();
+    loop {
+        let ping_at = watchdog.map(|w| Instant::now() + w / 2);
+        tokio::select! {
+            biased;
+            () = &mut *shutdown => return false,
+            _ = schedule.ticker.tick() => return true,
+            () = async { tokio::time::sleep_until(ping_at.unwrap_or(due)).await }, if ping_at.is_some_and(|p| p < due) => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+}
+
+/// Append released reports to the spool and sync it; then close and delete their copy
+/// (blocking).
+fn move_released(released: Released, spool: &Mutex<Spool>) -> AppendOutcome {
+    let payloads: Vec<Vec<u8>> = released.reports.iter().map(Report::to_bson_bytes).collect();
+    let mut sp = lock(spool);
+    let append = sp.append_all(&payloads, std::time::Instant::now());
+    let synced = sp.flush();
+    drop(sp);
+    if let Some((dir, held)) = released.copy {
+        // Closed before its directory goes (the sampling thread let go of it).
+        drop(held);
+        match (&append.disk_error, synced) {
+            (None, Ok(())) => clock::discard_held(&dir),
+            // The copy is what survives a power cut now; the next start moves it.
+            (_, Err(e)) => {
+                warn!(error = %e, "cannot sync the spool; the held readings' copy is kept")
+            }
+            (Some(_), Ok(())) => {}
+        }
+    }
+    append
+}
+
+/// One line for a change in a sensor's health.
+fn log_health((sensor, event): (Sensor, HealthEvent)) {
+    match event {
+        HealthEvent::StartedFailing => warn!(
+            sensor = sensor.name(),
+            "sensor read failed; skipping samples and re-initialising it"
+        ),
+        HealthEvent::Dead => error!(
+            sensor = sensor.name(),
+            "sensor has failed for a minute; still retrying every sample"
+        ),
+        HealthEvent::Recovered { failures } => {
+            info!(sensor = sensor.name(), failures, "sensor recovered")
+        }
+        HealthEvent::None => {}
+    }
+}
+
+/// One line for a change in the spool's health.
+fn log_spool(event: SpoolEvent) {
+    match event {
+        SpoolEvent::MaintainFailing { error } => {
+            warn!(error = %error, "cannot sync the spool or write its delivered position; a power cut now could lose the last second of readings, or resend some already delivered")
+        }
+        SpoolEvent::MaintainRecovered => {
+            info!("the spool is synced and its delivered position written again")
+        }
+        SpoolEvent::HeldFailing { error } => {
+            warn!(error = %error, "cannot write the copy of the readings held for the clock; a power cut now would lose them")
+        }
+        SpoolEvent::HeldRecovered => {
+            info!("the copy of the readings held for the clock is written again")
+        }
+        SpoolEvent::DiskFailing { error } => {
+            error!(error = %error, "cannot write the spool (disk full or read-only?); keeping new reports in memory until it can be written again")
+        }
+        SpoolEvent::DiskRecovered { moved } => info!(
+            moved,
+            "spool writable again; reports held in memory moved to disk"
+        ),
+        SpoolEvent::Full => {
+            warn!("spool is full (--spool-max-bytes): dropping the oldest undelivered reports; the count is logged when delivery catches up")
+        }
+        SpoolEvent::BelowCap { dropped } => {
+            info!(dropped, "spool below its cap again; reports dropped so far")
+        }
+    }
+}
+
+/// When sample `n` is due: `start + n * interval`.
+fn slot_time(start: Instant, interval: Duration, n: u64) -> Instant {
+    let nanos = interval.as_nanos().saturating_mul(u128::from(n));
+    start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,104 @@
+//! Taking one sample, in whichever thread it runs (blocking: I2C and file I/O): the reading,
+//! its report appended where it goes, and `status.json` when it is due.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::debug;
+
+use super::status::write_status;
+use super::{lock, Counters, Sampler};
+use crate::board::{HealthEvent, SampleError, Sensor};
+use crate::clock::{now_ms, HeldSpool};
+use crate::report::Report;
+use crate::sink::spool::{AppendOutcome, Spool, SpoolError};
+use crate::status::SensorStatus;
+
+/// The spool append and maintenance results of one sample.
+pub(super) type Stored = (AppendOutcome, Result<bool, SpoolError>);
+
+/// What a sample produced, in whichever thread it was taken.
+pub(super) struct Taken {
+    pub(super) outcome: Result<Report, SampleError>,
+    pub(super) events: Vec<(Sensor, HealthEvent)>,
+    /// A fresh health snapshot, when one was taken.
+    pub(super) sensors: Option<Vec<SensorStatus>>,
+    /// The spool append and maintenance results, when there is a spool.
+    pub(super) stored: Option<Stored>,
+}
+
+/// Where a sample's report is written.
+pub(super) enum Destination {
+    /// The spool: the clock is trusted.
+    Spool,
+    /// The held reports' spool: the report waits for the clock (see [`crate::clock`]).
+    Held(HeldSpool),
+    /// Held in memory only: there is no held reports' spool.
+    HeldInMemory,
+}
+
+/// The spool side of taking a sample.
+pub(super) struct Store {
+    pub(super) spool: Arc<Mutex<Spool>>,
+    pub(super) destination: Destination,
+    /// Set when status.json is due.
+    pub(super) status_path: Option<PathBuf>,
+    pub(super) counters: Arc<Mutex<Counters>>,
+    /// When the next sample is due, from now: reports closer together are written in groups.
+    pub(super) interval: Duration,
+}
+
+/// Take one sample and append its report to the spool, or to the held reports' spool
+/// (blocking: I2C and file I/O).
+pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
+    let recorded_at = now_ms();
+    let (result, events) = s.sample();
+    let outcome = result.map(|r| Report::new(node, r, recorded_at));
+    let stored = store.and_then(|store| write(store, outcome.as_ref().ok()));
+    // Health snapshots allocate; take one only when it can have changed or is about to be shown.
+    let snapshot =
+        !events.is_empty() || outcome.is_err() || store.is_some_and(|s| s.status_path.is_some());
+    let sensors = snapshot.then(|| s.sensors());
+    // Whatever the sample gave, with this sample's sensor health.
+    if let Some((p, store)) = store.and_then(|st| st.status_path.as_ref().map(|p| (p, st))) {
+        let mut c = lock(&store.counters).clone();
+        if let Some(now) = &sensors {
+            c.sensors.clone_from(now);
+        }
+        write_status(p, c, &lock(&store.spool));
+    }
+    Taken {
+        sensors,
+        outcome,
+        events,
+        stored,
+    }
+}
+
+/// Write a sample's report where it goes, and maintain that spool (blocking).
+fn write(store: &Store, report: Option<&Report>) -> Option<Stored> {
+    let now = std::time::Instant::now();
+    if let (Some(report), Destination::Spool) = (report, &store.destination) {
+        let mut sp = lock(&store.spool);
+        let append = sp.append_encoded(|b| report.write_bson(b), now, store.interval);
+        return Some((append, sp.maintain(now)));
+    }
+    // Held: the report goes to the held readings' spool, which is maintained (synced, its
+    // group written) whatever the sample gave.
+    let stored = match &store.destination {
+        Destination::Held(copy) => {
+            let mut h = lock(copy);
+            let append = report.map(|r| h.append_encoded(|b| r.write_bson(b), now, store.interval));
+            let maintain = h.maintain(now);
+            append.map(|a| (a, maintain))
+        }
+        Destination::Spool | Destination::HeldInMemory => None,
+    };
+    // Nothing written to the spool, but reports waiting for their group must not wait on
+    // failing samples.
+    if let Err(e) = lock(&store.spool).maintain(now) {
+        debug!(error = %e, "spool maintenance failed");
+    }
+    stored
+}
