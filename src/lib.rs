@@ -11,6 +11,7 @@
 //! - [`mongo`]: what the programs share about MongoDB: connecting, connection-string checks and
 //!   redaction, error classification, duplicate keys.
 //! - [`agent`]: the fixed-rate sampling loop and the delivery loop.
+//! - [`clock`]: holding readings until the system clock is synchronized, and their on-disk copy.
 //! - [`fsutil`]: replacing a state file whole, synced or not.
 //! - [`say_once`]: state types that say a condition once per change, or again each period.
 //! - [`status`]: `status.json` and the `status` command.
