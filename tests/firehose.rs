@@ -1126,3 +1126,64 @@ async fn tls_serves_https() {
         .unwrap()
         .unwrap();
 }
+
+/// Run the binary with these arguments and environment (no other endpoint settings from the
+/// test's own environment); its exit code and what it logged.
+fn run_endpoint(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FIREHOSE_") || k == "MONGODB_CONNECTION_STRING" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// `check-config` validates, says what it found and exits 0, or exits 2 with the error; the old
+// spellings (`--check-config`, `--body-timeout-seconds`, FIREHOSE_BODY_TIMEOUT_SECONDS) still work.
+#[test]
+fn check_config_command_and_old_spellings() {
+    let uri = ("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:1/");
+    let key = ("FIREHOSE_ACCESS_KEY", "k1,k2");
+    let (code, log) = run_endpoint(&["--body-timeout", "90s", "check-config"], &[uri, key]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("configuration is valid"), "{log}");
+    assert!(
+        log.contains("keys=2") && log.contains("body_timeout=90s"),
+        "{log}"
+    );
+    let (code, log) = run_endpoint(
+        &["--check-config", "--body-timeout-seconds", "9"],
+        &[uri, key],
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("body_timeout=9s"), "{log}");
+    let old_env = ("FIREHOSE_BODY_TIMEOUT_SECONDS", "7");
+    let (code, log) = run_endpoint(&["check-config"], &[uri, key, old_env]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("body_timeout=7s"), "{log}");
+    let new_env = ("FIREHOSE_BODY_TIMEOUT", "2m");
+    let (code, log) = run_endpoint(&["check-config"], &[uri, key, new_env]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("body_timeout=120s"), "{log}");
+    // Wrong: no key, in either spelling, is exit 2 naming what is missing.
+    for args in [&["check-config"][..], &["--check-config"]] {
+        let (code, log) = run_endpoint(args, &[uri]);
+        assert_eq!(code, Some(2), "{log}");
+        assert!(log.contains("FIREHOSE_ACCESS_KEY"), "{log}");
+    }
+    let (code, log) = run_endpoint(
+        &["check-config"],
+        &[("MONGODB_CONNECTION_STRING", "http://x"), key],
+    );
+    assert_eq!(code, Some(2), "{log}");
+}
