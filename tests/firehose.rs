@@ -3,16 +3,17 @@
 #![cfg(feature = "firehose")]
 
 mod common;
+#[path = "common/firehose.rs"]
+mod firehose_common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 use common::{free_port, unique_name, wait_until, MongoServer};
+use firehose_common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::header::HeaderMap;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mongodb::bson::{doc, oid::ObjectId, spec::ElementType, Document};
@@ -21,240 +22,6 @@ use sensehat_monitor::firehose::server::{
     AccessKeys, EndpointConfig, BODY_TIMEOUT, HEADER_TIMEOUT,
 };
 use sensehat_monitor::firehose::{app, serve, AppState, Store, UpsertMethod};
-
-const KEY: &str = "test-key-0123456789";
-
-struct Opts {
-    keys: Vec<&'static str>,
-    max_body_mib: usize,
-    parse_dates: Vec<String>,
-    method: UpsertMethod,
-    header_timeout: Duration,
-    body_timeout: Duration,
-}
-
-impl Default for Opts {
-    fn default() -> Self {
-        Opts {
-            keys: vec![KEY],
-            max_body_mib: 64,
-            parse_dates: Vec::new(),
-            method: UpsertMethod::Auto,
-            header_timeout: HEADER_TIMEOUT,
-            body_timeout: BODY_TIMEOUT,
-        }
-    }
-}
-
-struct Endpoint {
-    url: String,
-    db: mongodb::Database,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-    }
-}
-
-impl Endpoint {
-    fn coll(&self) -> mongodb::Collection<Document> {
-        self.db.collection("firehose")
-    }
-    fn rejected(&self) -> mongodb::Collection<Document> {
-        self.db.collection("firehose_rejected")
-    }
-}
-
-/// A URI whose server selection gives up after 2 s, so an outage answers quickly.
-fn quick_uri(server: &MongoServer) -> String {
-    let sep = if server.uri.contains('?') { '&' } else { '?' };
-    format!("{}{sep}serverSelectionTimeoutMS=2000", server.uri)
-}
-
-async fn start(server: &MongoServer, opts: Opts) -> Endpoint {
-    let db_name = unique_name("fh");
-    let config = EndpointConfig {
-        path: "/".into(),
-        keys: AccessKeys::new(opts.keys.iter().map(|k| k.as_bytes())),
-        max_body_bytes: opts.max_body_mib * 1024 * 1024,
-        collection: "firehose".into(),
-        decode: DecodeOptions {
-            parse_dates: opts.parse_dates,
-        },
-        body_timeout: opts.body_timeout,
-    };
-    let store = Store::new(&quick_uri(server), &db_name).with_method(opts.method);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        app(AppState::new(config, store)),
-        None,
-        opts.header_timeout,
-        async {
-            let _ = rx.await;
-        },
-    ));
-    Endpoint {
-        url: format!("http://{addr}"),
-        db: server.client().await.database(&db_name),
-        stop: Some(tx),
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-async fn send(method: &str, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Reply {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = hyper::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    let resp = client
-        .request(req.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-type Headers = Vec<(&'static str, String)>;
-
-/// The headers Firehose sends.
-fn firehose_headers(request_id: &str, key: Option<&str>, gzip: bool) -> Headers {
-    let mut h = vec![
-        ("x-amz-firehose-protocol-version", "1.0".to_owned()),
-        ("x-amz-firehose-request-id", request_id.to_owned()),
-        (
-            "x-amz-firehose-source-arn",
-            "arn:aws:firehose:eu-west-1:123456789012:deliverystream/realm".to_owned(),
-        ),
-        ("content-type", "application/json".to_owned()),
-    ];
-    if let Some(k) = key {
-        h.push(("x-amz-firehose-access-key", k.to_owned()));
-    }
-    if gzip {
-        h.push(("content-encoding", "gzip".to_owned()));
-    }
-    h
-}
-
-/// The body Firehose sends: each record's bytes base64-encoded.
-fn firehose_body(request_id: &str, records: &[Vec<u8>]) -> Vec<u8> {
-    let recs: Vec<serde_json::Value> = records
-        .iter()
-        .map(|r| serde_json::json!({ "data": base64::engine::general_purpose::STANDARD.encode(r) }))
-        .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "requestId": request_id,
-        "timestamp": 1_764_096_600_000i64,
-        "records": recs,
-    }))
-    .unwrap()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-async fn deliver(ep: &Endpoint, request_id: &str, records: &[Vec<u8>], gz: bool) -> Reply {
-    let body = firehose_body(request_id, records);
-    let body = if gz { gzip(&body) } else { body };
-    send(
-        "POST",
-        &format!("{}/", ep.url),
-        &firehose_headers(request_id, Some(KEY), gz),
-        body,
-    )
-    .await
-}
-
-/// A sensor report as the original producer's JSON.stringify wrote it.
-fn report(id: ObjectId, i: usize) -> Vec<u8> {
-    format!(
-        r#"{{"_id":"{id}","nodeName":"pi-{n}","humidity":{h},"temperature":{t},"pressure":1013.25,"isMoving":false,"acceleration":{{"x":0.01,"y":-0.02,"z":0.998}},"recordedAt":"2026-11-25T18:50:00.123Z"}}"#,
-        n = i % 7,
-        h = 40.0 + (i % 100) as f64 / 10.0,
-        t = 20.0 + (i % 50) as f64 / 8.0,
-    )
-    .into_bytes()
-}
-
-fn reports(n: usize) -> (Vec<ObjectId>, Vec<Vec<u8>>) {
-    let ids: Vec<ObjectId> = (0..n).map(|_| ObjectId::new()).collect();
-    let recs = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| report(*id, i))
-        .collect();
-    (ids, recs)
-}
-
-/// Checks the Firehose response rules field by field; returns errorMessage when there is one.
-fn check_shape(r: &Reply, status: u16, request_id: &str) -> Option<String> {
-    assert_eq!(
-        r.status,
-        status,
-        "body: {}",
-        String::from_utf8_lossy(&r.body)
-    );
-    assert_eq!(r.headers["content-type"], "application/json");
-    let len: usize = r.headers["content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(len, r.body.len());
-    assert!(r.headers.get("content-encoding").is_none());
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    let obj = v.as_object().unwrap();
-    assert_eq!(obj["requestId"], request_id);
-    let ts = obj["timestamp"]
-        .as_i64()
-        .expect("timestamp is an integer number");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    assert!((now - ts).abs() < 60_000, "timestamp {ts} is not now");
-    if status == 200 {
-        assert_eq!(obj.len(), 2, "{v}");
-        None
-    } else {
-        assert_eq!(obj.len(), 3, "{v}");
-        let m = obj["errorMessage"].as_str().unwrap().to_owned();
-        assert!(!m.is_empty() && m.len() <= 8192);
-        Some(m)
-    }
-}
-
-async fn count(c: &mongodb::Collection<Document>) -> u64 {
-    c.count_documents(doc! {}).await.unwrap()
-}
 
 // One plain record: 200, stored with an ObjectId _id and recordedAt left a string, as the original did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,10 +73,6 @@ async fn ten_thousand_records_plain_and_gzip() {
         assert_eq!(count_id(&ep, id).await, 1);
     }
     assert_eq!(count(&ep.rejected()).await, 0);
-}
-
-async fn count_id(ep: &Endpoint, id: ObjectId) -> u64 {
-    ep.coll().count_documents(doc! { "_id": id }).await.unwrap()
 }
 
 // Extended JSON (canonical and relaxed) becomes BSON types; --parse-dates recordedAt makes a date.
@@ -1125,4 +888,65 @@ async fn tls_serves_https() {
         .expect("TLS server stops on shutdown")
         .unwrap()
         .unwrap();
+}
+
+/// Run the binary with these arguments and environment (no other endpoint settings from the
+/// test's own environment); its exit code and what it logged.
+fn run_endpoint(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FIREHOSE_") || k == "MONGODB_CONNECTION_STRING" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// `check-config` validates, says what it found and exits 0, or exits 2 with the error; the old
+// spellings (`--check-config`, `--body-timeout-seconds`, FIREHOSE_BODY_TIMEOUT_SECONDS) still work.
+#[test]
+fn check_config_command_and_old_spellings() {
+    let uri = ("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:1/");
+    let key = ("FIREHOSE_ACCESS_KEY", "k1,k2");
+    let (code, log) = run_endpoint(&["--body-timeout", "90s", "check-config"], &[uri, key]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("configuration is valid"), "{log}");
+    assert!(
+        log.contains("keys=2") && log.contains("body_timeout=90s"),
+        "{log}"
+    );
+    let (code, log) = run_endpoint(
+        &["--check-config", "--body-timeout-seconds", "9"],
+        &[uri, key],
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("body_timeout=9s"), "{log}");
+    let old_env = ("FIREHOSE_BODY_TIMEOUT_SECONDS", "7");
+    let (code, log) = run_endpoint(&["check-config"], &[uri, key, old_env]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("body_timeout=7s"), "{log}");
+    let new_env = ("FIREHOSE_BODY_TIMEOUT", "2m");
+    let (code, log) = run_endpoint(&["check-config"], &[uri, key, new_env]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("body_timeout=120s"), "{log}");
+    // Wrong: no key, in either spelling, is exit 2 naming what is missing.
+    for args in [&["check-config"][..], &["--check-config"]] {
+        let (code, log) = run_endpoint(args, &[uri]);
+        assert_eq!(code, Some(2), "{log}");
+        assert!(log.contains("FIREHOSE_ACCESS_KEY"), "{log}");
+    }
+    let (code, log) = run_endpoint(
+        &["check-config"],
+        &[("MONGODB_CONNECTION_STRING", "http://x"), key],
+    );
+    assert_eq!(code, Some(2), "{log}");
 }

@@ -1,14 +1,21 @@
-//! The endpoint's command line. Every option is also an environment variable. Access keys come
-//! only from `FIREHOSE_ACCESS_KEY` (comma-separated, for rotation) or `--access-key-file`,
-//! never from the command line.
+//! The endpoint's command line ([`Cli`]) and the checked settings built from it ([`Config`]).
+//! Every option is also an environment variable. Access keys come only from
+//! `FIREHOSE_ACCESS_KEY` (comma-separated, for rotation) or `--access-key-file`, never from the
+//! command line.
+//!
+//! Old spellings kept as hidden aliases, so that no unit or environment file breaks:
+//! `--check-config` (now the `check-config` command) and `--body-timeout-seconds N` /
+//! `FIREHOSE_BODY_TIMEOUT_SECONDS` (now `--body-timeout 120s` / `FIREHOSE_BODY_TIMEOUT`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use super::decode::DecodeOptions;
-use super::server::{AccessKeys, EndpointConfig};
+use super::server::{AccessKeys, EndpointConfig, BODY_TIMEOUT};
+use crate::cli::parse_duration;
 
 /// Where the endpoint listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -17,11 +24,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// which would allow bodies of about 86 MiB, is UNCONFIRMED; since a 413 loses the batch for good,
 /// the README says to raise `--max-body-mib` to 96 with a size hint over 48 MiB.
 pub const DEFAULT_MAX_BODY_MIB: u64 = 64;
-/// How long a body may take to arrive by default, seconds (see [`super::server::BODY_TIMEOUT`]).
-pub const DEFAULT_BODY_TIMEOUT_SECONDS: u64 = super::server::BODY_TIMEOUT.as_secs();
+/// The longest `--body-timeout`: Firehose waits 3 minutes for the whole answer, and the
+/// database write needs some of that.
+pub const MAX_BODY_TIMEOUT: Duration = Duration::from_secs(170);
 /// The environment variable holding the access keys.
 pub const ACCESS_KEY_ENV: &str = "FIREHOSE_ACCESS_KEY";
 
+/// The `firehose-endpoint` command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "firehose-endpoint",
@@ -30,6 +39,10 @@ pub const ACCESS_KEY_ENV: &str = "FIREHOSE_ACCESS_KEY";
     after_help = "Access keys: FIREHOSE_ACCESS_KEY (several, comma-separated) and/or --access-key-file."
 )]
 pub struct Cli {
+    /// Without a command, serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address and port to listen on.
     #[arg(long, env = "FIREHOSE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -67,12 +80,16 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_body_mib: u64,
 
-    /// How long (seconds, 1-170) a request's body may take to arrive in full before it is
-    /// answered 408 (Firehose retries). Raise it on a slow link: an uncompressed 64 MiB body needs
-    /// about 4.5 Mbit/s to arrive in the default 120 s.
-    #[arg(long, env = "FIREHOSE_BODY_TIMEOUT_SECONDS", default_value_t = DEFAULT_BODY_TIMEOUT_SECONDS,
+    /// How long a request's body may take to arrive in full (1s to 170s; default 120s) before
+    /// it is answered 408 (Firehose retries). Raise it on a slow link: an uncompressed 64 MiB
+    /// body needs about 4.5 Mbit/s to arrive in 120 s.
+    #[arg(long, env = "FIREHOSE_BODY_TIMEOUT", value_parser = parse_body_timeout)]
+    pub body_timeout: Option<Duration>,
+
+    /// The old spelling of --body-timeout, in seconds without a unit; --body-timeout wins.
+    #[arg(long, env = "FIREHOSE_BODY_TIMEOUT_SECONDS", hide = true,
           value_parser = clap::value_parser!(u64).range(1..=170))]
-    pub body_timeout_seconds: u64,
+    pub body_timeout_seconds: Option<u64>,
 
     /// File of access keys, one per line (blank lines and lines starting with # ignored).
     #[arg(long, env = "FIREHOSE_ACCESS_KEY_FILE")]
@@ -82,13 +99,85 @@ pub struct Cli {
     #[arg(long, env = "FIREHOSE_PARSE_DATES", value_delimiter = ',')]
     pub parse_dates: Vec<String>,
 
-    /// Check the configuration (keys, TLS files, --path, and the connection string's syntax,
-    /// without DNS) and exit.
-    #[arg(long)]
+    /// The old spelling of the `check-config` command.
+    #[arg(long, hide = true)]
     pub check_config: bool,
 }
 
+/// The commands besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration (keys, TLS files, --path, and the connection string's syntax,
+    /// without DNS), say what was found, and exit: 0 when it is valid, 2 when not. Usable as
+    /// systemd's ExecStartPre.
+    CheckConfig,
+}
+
+/// A `--body-timeout`: a duration from 1 s to [`MAX_BODY_TIMEOUT`].
+fn parse_body_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > MAX_BODY_TIMEOUT {
+        return Err(format!("{s:?} is out of range: from 1s to 170s"));
+    }
+    Ok(d)
+}
+
+/// The PEM files the endpoint serves HTTPS with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// The endpoint's settings, checked as far as can be without IO beyond the key file: what
+/// [`super::run`] and [`super::check_config`] take.
+#[derive(Clone)]
+pub struct Config {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// The connection string (holds the password: never logged; no `Debug` for that reason).
+    pub mongodb_uri: String,
+    /// Database to write to.
+    pub database: String,
+    /// HTTPS served by the endpoint itself; `None`: plain HTTP behind a TLS proxy.
+    pub tls: Option<TlsFiles>,
+    /// What the router needs.
+    pub endpoint: EndpointConfig,
+}
+
 impl Cli {
+    /// Whether `check-config` was asked for, in either spelling.
+    pub fn wants_check_config(&self) -> bool {
+        self.check_config || matches!(self.command, Some(Command::CheckConfig))
+    }
+
+    /// The settings, with the access keys from `env_key` (the value of [`ACCESS_KEY_ENV`]) and
+    /// `--access-key-file`.
+    pub fn into_config(self, env_key: Option<&str>) -> Result<Config, String> {
+        let endpoint = self.endpoint_config(env_key)?;
+        let mongodb_uri = self.require_uri()?.to_owned();
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
+        };
+        Ok(Config {
+            listen: self.listen,
+            mongodb_uri,
+            database: self.database,
+            tls,
+            endpoint,
+        })
+    }
+
+    /// `--body-timeout`, else the old `--body-timeout-seconds`, else [`BODY_TIMEOUT`].
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
+            .or(self.body_timeout_seconds.map(Duration::from_secs))
+            .unwrap_or(BODY_TIMEOUT)
+    }
+
     /// The connection string, or a message saying how to give one.
     pub fn require_uri(&self) -> Result<&str, String> {
         self.mongodb_uri.as_deref().ok_or_else(|| {
@@ -145,7 +234,7 @@ impl Cli {
                     .filter(|s| !s.is_empty())
                     .collect(),
             },
-            body_timeout: std::time::Duration::from_secs(self.body_timeout_seconds),
+            body_timeout: self.body_timeout(),
         })
     }
 }
@@ -179,6 +268,60 @@ mod tests {
             ("monitors", "firehose")
         );
         assert_eq!(c.max_body_mib, 64);
+        assert_eq!(c.body_timeout(), Duration::from_secs(120));
+        assert!(!c.wants_check_config());
+    }
+
+    // --body-timeout takes a unit and a range; the old --body-timeout-seconds still works, and
+    // the new spelling wins when both are given.
+    #[test]
+    fn body_timeout_new_and_old_spellings() {
+        assert_eq!(
+            cli(&["--body-timeout", "90s"]).body_timeout(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            cli(&["--body-timeout", "2m"]).body_timeout(),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            cli(&["--body-timeout-seconds", "7"]).body_timeout(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            cli(&["--body-timeout-seconds", "7", "--body-timeout", "8s"]).body_timeout(),
+            Duration::from_secs(8)
+        );
+        for bad in ["500ms", "171s", "3m", "soon"] {
+            assert!(
+                Cli::try_parse_from(["f", "--body-timeout", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["f", "--body-timeout-seconds", "171"]).is_err());
+    }
+
+    // check-config is a command after the options; the old --check-config flag still works.
+    #[test]
+    fn check_config_command_and_old_flag() {
+        assert!(cli(&["--path", "/f", "check-config"]).wants_check_config());
+        assert!(cli(&["--check-config", "--path", "/f"]).wants_check_config());
+        assert!(Cli::try_parse_from(["f", "check-config", "--no-such-option"]).is_err());
+    }
+
+    // The settings carry what the options said; a missing connection string is refused.
+    #[test]
+    fn into_config() {
+        let c = cli(&["--mongodb-uri", "mongodb://db/", "--body-timeout", "30s"])
+            .into_config(Some("k"))
+            .unwrap();
+        assert_eq!(c.mongodb_uri, "mongodb://db/");
+        assert_eq!(c.endpoint.body_timeout, Duration::from_secs(30));
+        assert!(c.tls.is_none());
+        if std::env::var_os("MONGODB_CONNECTION_STRING").is_none() {
+            let err = cli(&[]).into_config(Some("k")).err().unwrap();
+            assert!(err.contains("MONGODB_CONNECTION_STRING"), "{err}");
+        }
     }
 
     // There is no way to pass a key on the command line.

@@ -6,13 +6,17 @@
 //! - [`decode`]: record data to BSON documents, the dead-letter reasons, derived `_id`s. Pure.
 //! - [`store`]: the upsert layer (`bulkWrite` on 8.0+, the `update` command before).
 //! - [`server`]: the router ([`server::app`]), the checks of each request, and [`server::serve`].
-//! - [`config`]: the `firehose-endpoint` command line.
+//! - [`config`]: the `firehose-endpoint` command line and the [`config::Config`] built from it.
+//! - [`service`]: [`check_config`] and [`run`], what the binary calls.
 
 pub mod config;
 pub mod decode;
 pub mod protocol;
 pub mod server;
+pub mod service;
 pub mod store;
 
-pub use server::{app, serve, AppState, EndpointConfig};
+pub use config::Config;
+pub use server::{app, serve, AppState, EndpointConfig, RequestError};
+pub use service::{check_config, run};
 pub use store::{Store, UpsertMethod};

@@ -1,0 +1,350 @@
+//! The HTTP side: [`app`] builds the router (tests call it directly), [`serve`] runs it over plain
+//! HTTP or rustls TLS until shutdown.
+//!
+//! Order of checks for a delivery: path and method (404/405), request id length (400), access
+//! key (401, before the body is read), request id and protocol version headers (400), content
+//! encoding (400), body size after decompression (413), body JSON and its requestId (400), then
+//! records and the database (200 or 503). Every answer, whatever its status, is
+//! `{"requestId","timestamp"[,"errorMessage"]}`; each refusal is a [`RequestError`].
+//!
+//! - `error`: [`RequestError`], the reasons for refusing and the response each one gets.
+//! - `keys`: [`AccessKeys`], compared in constant time.
+//! - `listen`: [`serve`] and [`tls_config`], the socket side.
+
+mod error;
+mod keys;
+mod listen;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::routing::{any, get};
+use axum::Router;
+use http_body_util::BodyExt;
+use mongodb::bson::{rawdoc, spec::BinarySubtype, Binary, DateTime, RawDocumentBuf};
+use tracing::{debug, info, warn};
+
+pub use error::RequestError;
+pub use keys::AccessKeys;
+pub use listen::{serve, tls_config, HEADER_TIMEOUT, MAX_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT};
+
+use super::decode::{decode_record, derived_id, DecodeOptions};
+use super::protocol::{
+    response_body, BodyError, BodyReader, RequestBody, ACCESS_KEY, PROTOCOL_VERSION, REQUEST_ID,
+    SOURCE_ARN, SUPPORTED_VERSION,
+};
+use super::store::{Store, StoreError};
+use crate::clock::now_ms;
+
+/// Documents are decoded and written in chunks of about this many BSON bytes, one command's
+/// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor
+/// reports of 300 bytes (3 MB) are one chunk, hence one round trip.
+pub const CHUNK_BYTES: usize = super::store::COMMAND_BYTES - 1024 * 1024;
+/// Firehose waits 3 minutes for an answer; give up on the database well before.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
+/// Longest `X-Amz-Firehose-Request-Id` accepted (Firehose's are 36-character UUIDs); a longer
+/// one is refused with 400, and only its first bytes are echoed and logged.
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
+/// How long a request's body may take to arrive in full by default (`--body-timeout`):
+/// Firehose sends from AWS, where 64 MiB takes seconds; 120 s leaves a 64 MiB body 4.5 Mbit/s,
+/// and the database write its time within Firehose's 3 minutes. A slower body is answered 408
+/// and Firehose retries it.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a request handler needs to know.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The path Firehose POSTs to.
+    pub path: String,
+    /// The keys a delivery must carry one of.
+    pub keys: AccessKeys,
+    /// Largest body after decompression.
+    pub max_body_bytes: usize,
+    /// Target collection; rejected records go to `<collection>_rejected`.
+    pub collection: String,
+    /// How records become documents.
+    pub decode: DecodeOptions,
+    /// Longest a request body may take to arrive ([`BODY_TIMEOUT`]).
+    pub body_timeout: Duration,
+}
+
+/// Shared state of the router.
+#[derive(Clone)]
+pub struct AppState {
+    /// The endpoint's settings.
+    pub config: Arc<EndpointConfig>,
+    /// Where records are written; not touched by a request refused before its body is read.
+    pub store: Arc<Store>,
+}
+
+impl AppState {
+    /// State for [`app`].
+    pub fn new(config: EndpointConfig, store: Store) -> Self {
+        AppState {
+            config: Arc::new(config),
+            store: Arc::new(store),
+        }
+    }
+}
+
+/// The router: the delivery path, `GET /health`, and a Firehose-shaped 404 for anything else.
+pub fn app(state: AppState) -> Router {
+    let path = state.config.path.clone();
+    Router::new()
+        .route("/health", get(health))
+        .route(&path, any(deliver))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn health() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn not_found(headers: HeaderMap) -> Response {
+    RequestError::NotFound.render(header_cut(&headers, REQUEST_ID))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body.clone()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    r
+}
+
+/// A response in Firehose's shape.
+pub fn firehose_response(status: StatusCode, request_id: &str, error: Option<&str>) -> Response {
+    json_response(status, response_body(request_id, now_ms(), error))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A header's value cut to [`MAX_REQUEST_ID_BYTES`] (on a character boundary), for echoing and
+/// logging what a client sent without echoing or logging whatever size it chose.
+fn header_cut<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    let s = header_str(headers, name).unwrap_or("");
+    let mut end = s.len().min(MAX_REQUEST_ID_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// What one delivery carried, for its log line.
+#[derive(Default)]
+struct Tally {
+    records: usize,
+    rejected: usize,
+    bytes: usize,
+}
+
+async fn deliver(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let request_id = header_cut(&parts.headers, REQUEST_ID);
+    let mut tally = Tally::default();
+    let result = match check_headers(&state.config, &parts.method, &parts.headers) {
+        Ok(plan) => process(&state, request_id, plan, body, &mut tally).await,
+        Err(e) => Err(e),
+    };
+    let source_arn = header_cut(&parts.headers, SOURCE_ARN);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (status, error) = match &result {
+        Ok(()) => (StatusCode::OK, String::new()),
+        Err(e) => (e.status(), e.to_string()),
+    };
+    let Tally {
+        records,
+        rejected,
+        bytes,
+    } = tally;
+    let status_code = status.as_u16();
+    if result.is_ok() {
+        info!(
+            request_id = %request_id, source_arn = %source_arn, records, rejected, bytes,
+            status = status_code, duration_ms, "delivery stored"
+        );
+    } else if request_id.is_empty() {
+        // No Firehose request id: a scanner or a stray client, not a delivery; logged only at
+        // debug level, so that such traffic cannot flood the log.
+        debug!(status = status_code, method = %parts.method, error = error.as_str(), "request refused");
+    } else {
+        warn!(
+            request_id = %request_id, source_arn = %source_arn, records, rejected, bytes,
+            status = status_code, duration_ms, error = error.as_str(), "delivery refused"
+        );
+    }
+    match result {
+        Ok(()) => firehose_response(StatusCode::OK, request_id, None),
+        Err(e) => e.render(request_id),
+    }
+}
+
+/// How to read the body of a request whose headers passed.
+struct BodyPlan {
+    gzip: bool,
+    content_length: Option<u64>,
+}
+
+/// The checks made before the body is read, in the order of the module docs; only a request
+/// that passes them all costs a body read (and the key is checked before anything else the
+/// client could probe).
+fn check_headers(
+    config: &EndpointConfig,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<BodyPlan, RequestError> {
+    if method != Method::POST {
+        return Err(RequestError::MethodNotAllowed);
+    }
+    if header_str(headers, REQUEST_ID).is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES) {
+        return Err(RequestError::RequestIdTooLong);
+    }
+    let key_ok = headers
+        .get(ACCESS_KEY)
+        .is_some_and(|k| config.keys.matches(k.as_bytes()));
+    if !key_ok {
+        return Err(RequestError::AccessKey);
+    }
+    if header_cut(headers, REQUEST_ID).is_empty() {
+        return Err(RequestError::MissingRequestId);
+    }
+    match header_str(headers, PROTOCOL_VERSION) {
+        Some(SUPPORTED_VERSION) => {}
+        Some(other) => {
+            let v: String = other.chars().take(32).collect();
+            return Err(RequestError::UnsupportedProtocolVersion(v));
+        }
+        None => return Err(RequestError::MissingProtocolVersion),
+    }
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+    {
+        None => false,
+        Some(e) if e.is_empty() || e == "identity" => false,
+        Some(e) if e == "gzip" => true,
+        Some(_) => return Err(RequestError::UnsupportedEncoding),
+    };
+    let limit = config.max_body_bytes;
+    let content_length = declared_length(headers);
+    if !gzip && content_length.is_some_and(|n| n > limit as u64) {
+        return Err(RequestError::TooLarge { limit });
+    }
+    Ok(BodyPlan {
+        gzip,
+        content_length,
+    })
+}
+
+/// Read and check the body, then store its records.
+async fn process(
+    state: &AppState,
+    request_id: &str,
+    plan: BodyPlan,
+    body: Body,
+    tally: &mut Tally,
+) -> Result<(), RequestError> {
+    let config = &state.config;
+    let read = read_body(body, plan.gzip, config.max_body_bytes, plan.content_length);
+    let bytes = tokio::time::timeout(config.body_timeout, read)
+        .await
+        .map_err(|_| RequestError::BodyTimeout(config.body_timeout))??;
+    tally.bytes = bytes.len();
+    let parsed: RequestBody =
+        serde_json::from_slice(&bytes).map_err(RequestError::NotFirehoseBody)?;
+    if parsed.request_id != request_id {
+        return Err(RequestError::RequestIdMismatch);
+    }
+    tally.records = parsed.records.len();
+    let stored = store_records(state, request_id, &parsed, &mut tally.rejected);
+    tokio::time::timeout(WRITE_TIMEOUT, stored)
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
+        .map_err(|e| {
+            warn!(request_id = %request_id, error = %e, "database write failed");
+            RequestError::Store(e)
+        })
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Read the body with the cap applied after decompression. A plain body's buffer is sized from
+/// its Content-Length (at most the cap), so it is not copied while it grows.
+pub async fn read_body(
+    mut body: Body,
+    gzip: bool,
+    limit: usize,
+    content_length: Option<u64>,
+) -> Result<Vec<u8>, BodyError> {
+    let mut reader = BodyReader::new(gzip, limit);
+    if let Some(n) = content_length.filter(|_| !gzip) {
+        reader.reserve(n.min(limit as u64) as usize);
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            reader.push(data)?;
+        }
+    }
+    reader.finish()
+}
+
+/// Decode every record and upsert, chunk by chunk; rejected records go to the dead-letter
+/// collection. Ok only when every write of the request was acknowledged.
+async fn store_records(
+    state: &AppState,
+    request_id: &str,
+    body: &RequestBody<'_>,
+    rejected_count: &mut usize,
+) -> Result<(), StoreError> {
+    let config = &state.config;
+    let mut rejected: Vec<RawDocumentBuf> = Vec::new();
+    let mut chunk: Vec<RawDocumentBuf> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let received_at = DateTime::now();
+    for (index, record) in body.records.iter().enumerate() {
+        match decode_record(&record.data, request_id, index, &config.decode) {
+            Ok(d) => {
+                chunk_bytes += d.as_bytes().len();
+                chunk.push(d);
+                if chunk_bytes >= CHUNK_BYTES {
+                    state.store.upsert(&config.collection, &chunk).await?;
+                    chunk.clear();
+                    chunk_bytes = 0;
+                }
+            }
+            Err(r) => rejected.push(rawdoc! {
+                "_id": derived_id(request_id, index),
+                "requestId": request_id,
+                "index": index as i64,
+                "reason": r.reason.to_string(),
+                "data": Binary { subtype: BinarySubtype::Generic, bytes: r.raw },
+                "receivedAt": received_at,
+            }),
+        }
+    }
+    state.store.upsert(&config.collection, &chunk).await?;
+    *rejected_count = rejected.len();
+    if !rejected.is_empty() {
+        let dead_letter = format!("{}_rejected", config.collection);
+        state.store.upsert(&dead_letter, &rejected).await?;
+    }
+    Ok(())
+}
