@@ -35,7 +35,7 @@ sed -e 's/^# \(AmbientCapabilities\|CapabilityBoundingSet\|LoadCredential\|Envir
   || { echo "FAIL: the endpoint unit's TLS lines are not where the check expects them" >&2; exit 1; }
 check_unit "$tmp/firehose-endpoint-tls.service"
 # The companions' environment templates: no setting carries a comment (systemd would keep it in
-# the value), and the endpoint's, uncommented, passes its --check-config.
+# the value), and the endpoint's, uncommented, passes its check-config.
 for unit in kinesis-forwarder firehose-endpoint; do
   if grep -nE '^# [A-Z_]+=.*[[:space:]]#' "systemd/$unit.env"; then
     echo "FAIL: systemd/$unit.env: a setting with a trailing comment" >&2; exit 1
@@ -46,7 +46,7 @@ while IFS= read -r line; do
   [[ $line =~ ^#\ ([A-Z_]+=.*)$ ]] && evars+=("${BASH_REMATCH[1]}")
 done < systemd/firehose-endpoint.env
 [ "${#evars[@]}" -ge 5 ] || { echo "endpoint env template: only ${#evars[@]} settings found"; exit 1; }
-env -i PATH="$PATH" "${evars[@]}" target/debug/firehose-endpoint --check-config
+env -i PATH="$PATH" "${evars[@]}" target/debug/firehose-endpoint check-config
 echo "endpoint env template: ${#evars[@]} settings accepted"
 
 # The environment file template: every setting in it, uncommented and read as systemd reads
