@@ -23,6 +23,8 @@
 //! - `forwarder` (feature `forwarder`): the MongoDB change stream to Kinesis forwarder.
 //! - `firehose_local` (feature `forwarder`): a local Kinesis Data Firehose HTTP-endpoint delivery simulator.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod board;
 pub mod cli;

@@ -28,7 +28,7 @@ pub struct Released {
     /// The reports, oldest first, with their final `recordedAt`.
     pub reports: Vec<Report>,
     /// The held reports' spool and its directory: to be closed (dropped) and deleted
-    /// ([`discard_held`]) once `reports` are safely in the main spool.
+    /// ([`discard_held`](super::discard_held)) once `reports` are safely in the main spool.
     pub copy: Option<(PathBuf, HeldSpool)>,
 }
 

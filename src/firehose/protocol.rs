@@ -23,10 +23,13 @@ pub const MAX_ERROR_MESSAGE: usize = 8192;
 /// from the body.
 #[derive(Debug, Deserialize)]
 pub struct RequestBody<'a> {
+    /// Firehose's id of the request, echoed in the response.
     #[serde(rename = "requestId", borrow)]
     pub request_id: Cow<'a, str>,
+    /// When Firehose sent the request, in milliseconds since the epoch.
     #[serde(default)]
     pub timestamp: Option<serde_json::Number>,
+    /// The records, in the order Firehose read them.
     #[serde(borrow)]
     pub records: Vec<RecordIn<'a>>,
 }
@@ -34,6 +37,7 @@ pub struct RequestBody<'a> {
 /// One record; a missing `data` counts as empty.
 #[derive(Debug, Deserialize)]
 pub struct RecordIn<'a> {
+    /// The record's bytes, base64-encoded.
     #[serde(default, borrow)]
     pub data: Cow<'a, str>,
 }
@@ -56,7 +60,10 @@ pub fn response_body(request_id: &str, timestamp_ms: i64, error: Option<&str>) -
 pub enum BodyError {
     /// More than the limit, after decompression: 413.
     #[error("request body larger than {limit} bytes after decompression")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// Corrupt or truncated gzip: 400.
     #[error("invalid gzip body: {0}")]
     BadGzip(String),
@@ -74,6 +81,7 @@ pub struct CappedVec {
 }
 
 impl CappedVec {
+    /// An empty buffer that takes at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         CappedVec {
             buf: Vec::new(),
@@ -100,11 +108,15 @@ impl Write for CappedVec {
 /// Collects a body chunk by chunk, decompressing gzip as it arrives, and stops as soon as the
 /// (decompressed) size passes the limit: a gzip bomb costs at most `limit` bytes of memory.
 pub enum BodyReader {
+    /// A body sent as it is.
     Identity(CappedVec),
+    /// A body sent with `Content-Encoding: gzip`, decompressed as it arrives.
     Gzip(Box<flate2::write::MultiGzDecoder<CappedVec>>),
 }
 
 impl BodyReader {
+    /// A reader for a body that is gzip-compressed or not, of at most `limit` bytes once
+    /// decompressed.
     pub fn new(gzip: bool, limit: usize) -> Self {
         let out = CappedVec::new(limit);
         if gzip {

@@ -95,6 +95,8 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store writing to `database` on the server at `uri`; nothing is contacted until the
+    /// first write.
     pub fn new(uri: &str, database: &str) -> Self {
         Store {
             uri: uri.to_owned(),
@@ -191,7 +193,9 @@ impl Store {
 
 /// The statements of one command.
 pub struct StatementBatch {
+    /// The upsert statements, as the command's array.
     pub statements: RawArrayBuf,
+    /// How many statements the array holds.
     pub len: usize,
 }
 

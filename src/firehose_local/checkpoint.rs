@@ -213,7 +213,7 @@ impl Checkpoint {
         moved
     }
 
-    /// Replace the file (see [`super::write_durably`]).
+    /// Replace the file, durably (see [`crate::fsutil::replace`]).
     pub fn save(&self) -> std::io::Result<()> {
         let mut text = serde_json::to_vec(&self.state).map_err(std::io::Error::other)?;
         text.push(b'\n');

@@ -170,12 +170,12 @@ pub struct Cli {
         default_value = "insert"
     )]
     pub operations: Vec<Operation>,
-    /// Collection (same database) holding the resume token [default: <collection>_forwarder_state].
+    /// Collection (same database) holding the resume token (default: COLLECTION_forwarder_state).
     #[arg(long, env = "FORWARDER_STATE_COLLECTION")]
     pub state_collection: Option<String>,
     /// Collection (same database) receiving documents too large to forward (over 1 MiB with the
     /// key, Kinesis's limit, or data over 1,024,000 bytes, Firehose's), with the reason
-    /// [default: <collection>_forwarder_deadletter].
+    /// (default: COLLECTION_forwarder_deadletter).
     #[arg(long, env = "FORWARDER_DEAD_LETTER_COLLECTION")]
     pub dead_letter_collection: Option<String>,
     /// Ignore the stored resume token and start from now: the way back after the oplog lost the

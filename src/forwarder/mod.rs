@@ -8,7 +8,7 @@
 //!
 //! - [`config`]: the command line and the plain settings built from it.
 //! - [`error`]: why the forwarder stops, and which MongoDB errors are worth retrying.
-//! - [`format`]: record data (`stringify`, `relaxed`, `canonical`).
+//! - [`format`](mod@format): record data (`stringify`, `relaxed`, `canonical`).
 //! - [`batch`]: PutRecords limits and batching (pure).
 //! - [`kinesis`]: the PutRecords trait, and resending failed entries.
 //! - [`aws`]: the AWS SDK client, and the region and credentials checks at start.

@@ -43,10 +43,12 @@ pub struct AttinyLed<I2C> {
 }
 
 impl<I2C: I2c> AttinyLed<I2C> {
+    /// The LED controller on `i2c`, for a board mounted at `rotation`.
     pub fn new(i2c: I2C, rotation: Rotation) -> Self {
         AttinyLed { i2c, rotation }
     }
 
+    /// Write `frame` to the matrix in one I2C transfer.
     pub fn show(&mut self, frame: &Frame) -> Result<(), I2C::Error> {
         self.i2c
             .write(ADDRESS, &controller_bytes(frame, self.rotation))

@@ -17,10 +17,14 @@ impl Rgb {
 /// Which way the board is mounted (python-sense-hat's `set_rotation`); 0 has the HDMI port down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Rotation {
+    /// As designed: the HDMI port down.
     #[default]
     R0,
+    /// Turned 90 degrees clockwise.
     R90,
+    /// Upside down.
     R180,
+    /// Turned 270 degrees clockwise.
     R270,
 }
 
@@ -52,10 +56,18 @@ impl Rotation {
 /// An image could not be used as a logo.
 #[derive(Debug, thiserror::Error)]
 pub enum LogoError {
+    /// The file is not a PNG the decoder can read.
     #[error("cannot decode the PNG: {0}")]
     Decode(#[from] png::DecodingError),
+    /// The image is not 8x8.
     #[error("the logo must be 8x8 pixels, this PNG is {width}x{height}")]
-    Size { width: u32, height: u32 },
+    Size {
+        /// The image's width in pixels.
+        width: u32,
+        /// The image's height in pixels.
+        height: u32,
+    },
+    /// A pixel format (palette, 16-bit) the LED frame is not made from.
     #[error("unsupported PNG pixel format {0:?}: use RGB, RGBA, grey or grey+alpha")]
     Format(png::ColorType),
 }
@@ -63,10 +75,12 @@ pub enum LogoError {
 /// 8x8 pixels, row-major from the top-left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Frame {
+    /// `pixels[y][x]`, y from the top.
     pub pixels: [[Rgb; 8]; 8],
 }
 
 impl Frame {
+    /// All pixels off.
     pub fn blank() -> Frame {
         Frame::default()
     }

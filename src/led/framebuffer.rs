@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::frame::{Frame, Rotation};
 
+/// The name the Sense HAT's framebuffer driver (`rpisense-fb`) gives its device in sysfs.
 pub const SENSE_FB_NAME: &str = "RPi-Sense FB";
 
 /// Find `/dev/fbN` whose sysfs name is exactly `RPi-Sense FB`, looking under `sys_graphics`
@@ -35,6 +36,7 @@ pub struct FramebufferLed {
 }
 
 impl FramebufferLed {
+    /// The matrix behind the framebuffer device at `path`, for a board mounted at `rotation`.
     pub fn new(path: impl Into<PathBuf>, rotation: Rotation) -> Self {
         FramebufferLed {
             path: path.into(),
@@ -42,6 +44,7 @@ impl FramebufferLed {
         }
     }
 
+    /// The framebuffer device written to.
     pub fn path(&self) -> &Path {
         &self.path
     }

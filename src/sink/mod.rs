@@ -9,6 +9,7 @@ use std::future::Future;
 /// What the database did with a batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct InsertOutcome {
+    /// Stored now.
     pub inserted: u64,
     /// Already there (duplicate `_id`): a retry after a lost acknowledgement. Delivered.
     pub duplicates: u64,
@@ -39,6 +40,8 @@ impl From<crate::mongo::MongoError> for InsertError {
 
 /// Inserts raw BSON documents; implemented by [`mongo::MongoSink`].
 pub trait Inserter: Send + 'static {
+    /// Insert `docs` (BSON documents) and say what became of each; `Err` when the batch as a
+    /// whole was not acknowledged and should be tried again (or never can be).
     fn insert(
         &mut self,
         docs: &[Vec<u8>],

@@ -47,6 +47,8 @@ struct Target {
 }
 
 impl MongoSink {
+    /// A sink into `database.collection` on the server at `uri`; nothing is contacted until
+    /// the first insert.
     pub fn new(uri: &str, database: &str, collection: &str) -> Self {
         MongoSink {
             uri: uri.to_owned(),
