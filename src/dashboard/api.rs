@@ -62,7 +62,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        (status, Json(json!({ "error": one_line(&self.to_string()) }))).into_response()
+        (
+            status,
+            Json(json!({ "error": one_line(&self.to_string()) })),
+        )
+            .into_response()
     }
 }
 
@@ -103,7 +107,9 @@ pub fn window(p: &HashMap<String, String>) -> Result<Window, ApiError> {
 pub async fn known_node(store: &Store, p: &HashMap<String, String>) -> Result<String, ApiError> {
     let node = required(p, "node")?;
     if !store.node_exists(node).await? {
-        return Err(ApiError::NotFound(format!("no readings from a node named {node:?}")));
+        return Err(ApiError::NotFound(format!(
+            "no readings from a node named {node:?}"
+        )));
     }
     Ok(node.to_owned())
 }
@@ -112,10 +118,8 @@ pub async fn known_node(store: &Store, p: &HashMap<String, String>) -> Result<St
 /// `ageSeconds` and `stale`, sorted by name.
 pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let names = state.store.node_names().await?;
-    let latest = futures_util::future::try_join_all(
-        names.iter().map(|n| state.store.latest(n)),
-    )
-    .await?;
+    let latest =
+        futures_util::future::try_join_all(names.iter().map(|n| state.store.latest(n))).await?;
     let now = crate::clock::now_ms();
     let stale_ms = state.stale_after.as_millis() as i64;
     let nodes: Vec<Value> = latest
@@ -125,7 +129,10 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
             let at = doc.get_datetime("recordedAt").map(|t| t.timestamp_millis());
             let mut o = report_json(&doc);
             let age_ms = at.map(|t| (now - t).max(0)).ok();
-            o.insert("ageSeconds".into(), json!(age_ms.map(|a| a as f64 / 1000.0)));
+            o.insert(
+                "ageSeconds".into(),
+                json!(age_ms.map(|a| a as f64 / 1000.0)),
+            );
             o.insert("stale".into(), json!(age_ms.is_none_or(|a| a > stale_ms)));
             Value::Object(o)
         })

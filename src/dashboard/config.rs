@@ -20,6 +20,8 @@ pub const DEFAULT_DATABASE: &str = "monitors";
 pub const DEFAULT_COLLECTION: &str = "reports";
 /// A node silent for longer than this is marked stale: ten of the agent's 500 ms intervals.
 pub const DEFAULT_STALE_AFTER: &str = "5s";
+/// How long one database read may take before the page says the database is unavailable.
+pub const DEFAULT_QUERY_TIMEOUT: &str = "10s";
 /// The default chart size of `render`, pixels.
 pub const DEFAULT_RENDER_SIZE: (u32, u32) = (1000, 400);
 
@@ -66,6 +68,12 @@ pub struct CommonArgs {
     #[arg(long, env = "DASHBOARD_STALE_AFTER", default_value = DEFAULT_STALE_AFTER,
           value_parser = crate::cli::parse_duration)]
     pub stale_after: Duration,
+
+    /// How long one database read may take before it is answered 503 (e.g. 10s; raise it for a
+    /// slow server or very long windows).
+    #[arg(long, env = "DASHBOARD_QUERY_TIMEOUT", default_value = DEFAULT_QUERY_TIMEOUT,
+          value_parser = crate::cli::parse_duration)]
+    pub query_timeout: Duration,
 }
 
 /// The subcommands.
@@ -118,6 +126,8 @@ pub struct Config {
     pub collection: String,
     /// Silence after which a node is stale.
     pub stale_after: Duration,
+    /// Longest wait for one database read.
+    pub query_timeout: Duration,
 }
 
 /// Why a command line cannot be used.
@@ -150,6 +160,7 @@ impl CommonArgs {
             database: self.database,
             collection: self.collection,
             stale_after: self.stale_after,
+            query_timeout: self.query_timeout,
         })
     }
 }
@@ -205,8 +216,10 @@ mod tests {
         };
         assert_eq!(r.window, Duration::from_secs(7 * 86_400));
         assert_eq!(r.field, Field::Temperature);
-        assert!(Cli::try_parse_from(["d", "render", "--node", "n", "--field", "x", "--out", "o"])
-            .is_err());
+        assert!(
+            Cli::try_parse_from(["d", "render", "--node", "n", "--field", "x", "--out", "o"])
+                .is_err()
+        );
     }
 
     // Without a connection string nothing starts; a malformed one is refused without its password.

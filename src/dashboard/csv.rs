@@ -24,15 +24,16 @@ pub async fn csv(State(state): State<AppState>, Query(p): Params) -> Result<Resp
     let window = window(&p)?;
     let node = known_node(&state.store, &p).await?;
     let truncated = state.store.more_than(&node, &window, MAX_CSV_ROWS).await?;
-    let cursor = state
-        .store
-        .raw(&node, &window, MAX_CSV_ROWS as i64)
-        .await?;
+    let cursor = state.store.raw(&node, &window, MAX_CSV_ROWS as i64).await?;
     let rows = cursor
         .map_ok(|d| Bytes::from(csv_row(&d)))
         .map_err(std::io::Error::other);
     let body = stream::once(async { Ok(Bytes::from_static(CSV_HEADER.as_bytes())) }).chain(rows);
-    let file = format!("{}-{}.csv", safe_name(&node), iso(window.from_ms).replace(':', ""));
+    let file = format!(
+        "{}-{}.csv",
+        safe_name(&node),
+        iso(window.from_ms).replace(':', "")
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
@@ -59,7 +60,9 @@ pub fn csv_row(d: &Document) -> String {
             Some(sub) => d.get_document(first).ok().and_then(|a| a.get(sub)),
             None => d.get(first),
         };
-        v.and_then(number).map(|f| f.to_string()).unwrap_or_default()
+        v.and_then(number)
+            .map(|f| f.to_string())
+            .unwrap_or_default()
     };
     let at = d
         .get_datetime("recordedAt")
@@ -99,7 +102,13 @@ fn quote(s: &str) -> String {
 /// A node name fit for a file name.
 fn safe_name(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

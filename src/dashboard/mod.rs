@@ -100,15 +100,24 @@ pub enum RunError {
 }
 
 /// Serve the dashboard until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let store = Store::new(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| RunError::Listen { addr: config.listen, source })?;
+        .map_err(|source| RunError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let addr = listener.local_addr().unwrap_or(config.listen);
     tokio::spawn(ensure_index(store.clone()));
     info!(listen = %addr, database = %config.database, collection = %config.collection, "serving the dashboard");
-    let state = AppState { store, stale_after: config.stale_after };
+    let state = AppState {
+        store,
+        stale_after: config.stale_after,
+    };
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

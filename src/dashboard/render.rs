@@ -79,7 +79,9 @@ pub async fn render(config: &Config, args: &RenderArgs) -> Result<Chart, RenderE
         field: args.field,
         window,
         bucket_ms,
-        points: store.series(&args.node, &window, args.field, bucket_ms).await?,
+        points: store
+            .series(&args.node, &window, args.field, bucket_ms)
+            .await?,
         marks: store.motion(&args.node, &window, bucket_ms).await?,
     };
     write(&chart, &args.out, (args.width, args.height))?;
@@ -93,16 +95,24 @@ pub fn write(chart: &Chart, out: &Path, size: (u32, u32)) -> Result<(), RenderEr
         message,
     };
     register_font();
-    let is_svg = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let is_svg = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
     if is_svg {
         let mut text = String::new();
-        draw(SVGBackend::with_string(&mut text, size).into_drawing_area(), chart)
-            .map_err(|e| failed(e.to_string()))?;
+        draw(
+            SVGBackend::with_string(&mut text, size).into_drawing_area(),
+            chart,
+        )
+        .map_err(|e| failed(e.to_string()))?;
         return std::fs::write(out, text).map_err(|e| failed(e.to_string()));
     }
     let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
-    draw(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(), chart)
-        .map_err(|e| failed(e.to_string()))?;
+    draw(
+        BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(),
+        chart,
+    )
+    .map_err(|e| failed(e.to_string()))?;
     let png = encode_png(&rgb, size).map_err(|e| failed(e.to_string()))?;
     std::fs::write(out, png).map_err(|e| failed(e.to_string()))
 }
@@ -182,15 +192,24 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Draw
             ctx.draw_series(std::iter::once(Polygon::new(band, LINE.mix(0.18).filled())))?;
         }
         if run.len() == 1 {
-            ctx.draw_series(run.iter().map(|p| Circle::new((mid(p), p.avg), 2, LINE.filled())))?;
+            ctx.draw_series(
+                run.iter()
+                    .map(|p| Circle::new((mid(p), p.avg), 2, LINE.filled())),
+            )?;
         } else {
-            ctx.draw_series(LineSeries::new(run.iter().map(|p| (mid(p), p.avg)), LINE.stroke_width(2)))?;
+            ctx.draw_series(LineSeries::new(
+                run.iter().map(|p| (mid(p), p.avg)),
+                LINE.stroke_width(2),
+            ))?;
         }
     }
     let mark_h = (y.end - y.start) * 0.04;
     ctx.draw_series(chart.marks.iter().map(|m| {
         let x = m.t_ms + chart.bucket_ms / 2;
-        PathElement::new(vec![(x, y.start), (x, y.start + mark_h)], MOTION.stroke_width(2))
+        PathElement::new(
+            vec![(x, y.start), (x, y.start + mark_h)],
+            MOTION.stroke_width(2),
+        )
     }))?;
     root.present()
 }
@@ -213,7 +232,10 @@ pub fn runs(points: &[Point], bucket_ms: i64) -> Vec<&[Point]> {
 /// The value axis: every min and max, with a margin; a flat or empty series gets a unit range.
 fn y_range(points: &[Point]) -> Range<f64> {
     let lo = points.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
-    let hi = points.iter().map(|p| p.max).fold(f64::NEG_INFINITY, f64::max);
+    let hi = points
+        .iter()
+        .map(|p| p.max)
+        .fold(f64::NEG_INFINITY, f64::max);
     if !lo.is_finite() || !hi.is_finite() {
         return 0.0..1.0;
     }
@@ -236,7 +258,13 @@ mod tests {
     use super::*;
 
     fn pt(t_ms: i64) -> Point {
-        Point { t_ms, avg: 1.0, min: 0.0, max: 2.0, count: 3 }
+        Point {
+            t_ms,
+            avg: 1.0,
+            min: 0.0,
+            max: 2.0,
+            count: 3,
+        }
     }
 
     // A missing bucket splits the line; adjacent ones stay joined.
@@ -258,7 +286,10 @@ mod tests {
             window: Window::new(0, 100_000).unwrap(),
             bucket_ms: 10_000,
             points: vec![pt(0), pt(10_000), pt(40_000)],
-            marks: vec![Mark { t_ms: 10_000, count: 2 }],
+            marks: vec![Mark {
+                t_ms: 10_000,
+                count: 2,
+            }],
         };
         write(&chart, &dir.path().join("c.png"), (300, 200)).unwrap();
         let png = std::fs::read(dir.path().join("c.png")).unwrap();

@@ -1,11 +1,12 @@
 //! The dashboard's reads of the readings collection: node names, each node's latest report,
 //! bucketed series and motion marks (aggregation pipelines from [`super::query`], run inside
 //! MongoDB), raw readings for CSV, and the `{nodeName: 1, recordedAt: 1}` index they all use.
-//! Every call is bounded in time, so a database that stops answering becomes a
+//! Every call is bounded in time (`--query-timeout`), so a database that stops answering becomes a
 //! [`MongoError::Unavailable`] in seconds instead of a hung page.
 
 use std::future::IntoFuture;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -16,8 +17,9 @@ use super::config::Config;
 use super::query::{motion_pipeline, series_pipeline, Field, Window};
 use crate::mongo::{classify, connect, redact_credentials, MongoError};
 
-/// How long one read may take before the database counts as down.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the list of node names is reused: `distinct` reads the whole index, and the page
+/// asks every two seconds; a new node's tile appears within this.
+pub const NAMES_TTL: Duration = Duration::from_secs(30);
 /// The index every query of the dashboard uses.
 pub const INDEX_NAME: &str = "nodeName_1_recordedAt_1";
 
@@ -60,6 +62,14 @@ pub struct Store {
     client: Client,
     reports: Collection<Document>,
     uri: String,
+    timeout: Duration,
+    names: Arc<tokio::sync::Mutex<Option<Names>>>,
+}
+
+/// Node names as last read, and when.
+struct Names {
+    read_at: Instant,
+    names: Vec<String>,
 }
 
 impl Store {
@@ -74,15 +84,17 @@ impl Store {
             client,
             reports,
             uri: config.uri.clone(),
+            timeout: config.query_timeout,
+            names: Arc::default(),
         })
     }
 
-    /// Run `f` with [`QUERY_TIMEOUT`], its errors classified and redacted.
+    /// Run `f` within the configured timeout, its errors classified and redacted.
     async fn bounded<T, F>(&self, f: F) -> Result<T, MongoError>
     where
         F: IntoFuture<Output = mongodb::error::Result<T>>,
     {
-        match tokio::time::timeout(QUERY_TIMEOUT, f.into_future()).await {
+        match tokio::time::timeout(self.timeout, f.into_future()).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(match classify(e) {
                 MongoError::Unavailable(m) => {
@@ -91,8 +103,8 @@ impl Store {
                 MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
             }),
             Err(_) => Err(MongoError::Unavailable(format!(
-                "the database did not answer within {} s",
-                QUERY_TIMEOUT.as_secs()
+                "the database did not answer within {:?}",
+                self.timeout
             ))),
         }
     }
@@ -102,7 +114,7 @@ impl Store {
         let model = IndexModel::builder()
             .keys(doc! { "nodeName": 1, "recordedAt": 1 })
             .build();
-        let made = tokio::time::timeout(QUERY_TIMEOUT, self.reports.create_index(model)).await;
+        let made = tokio::time::timeout(self.timeout, self.reports.create_index(model)).await;
         match made {
             Ok(Ok(_)) => Ok(IndexOutcome::Ready),
             Ok(Err(e)) if crate::mongo::is_fatal(&e) => Ok(IndexOutcome::NotAllowed(format!(
@@ -121,9 +133,25 @@ impl Store {
         }
     }
 
-    /// Every node name, sorted.
+    /// Every node name, sorted; asked of the database at most every [`NAMES_TTL`].
     pub async fn node_names(&self) -> Result<Vec<String>, MongoError> {
-        let names = self.bounded(self.reports.distinct("nodeName", doc! {})).await?;
+        // Held across the query so that concurrent requests wait for one `distinct`.
+        let mut cached = self.names.lock().await;
+        if let Some(c) = cached.as_ref().filter(|c| c.read_at.elapsed() < NAMES_TTL) {
+            return Ok(c.names.clone());
+        }
+        let names = self.distinct_names().await?;
+        *cached = Some(Names {
+            read_at: Instant::now(),
+            names: names.clone(),
+        });
+        Ok(names)
+    }
+
+    async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {
+        let names = self
+            .bounded(self.reports.distinct("nodeName", doc! {}))
+            .await?;
         let mut names: Vec<String> = names
             .into_iter()
             .filter_map(|b| match b {

@@ -19,10 +19,14 @@ pub fn chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         return Some(PathBuf::from(p));
     }
-    ["/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/lib/chromium/chromium",
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// A headless browser with one page under DevTools control.
@@ -40,8 +44,18 @@ impl Browser {
     pub fn launch(exe: &std::path::Path, size: (u32, u32)) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new(exe)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+            ])
+            .args([
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+            ])
             .arg(format!("--window-size={},{}", size.0, size.1))
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
@@ -55,14 +69,25 @@ impl Browser {
         let port_file = profile.path().join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.lines().next()?.parse::<u16>().ok()) {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.lines().next()?.parse::<u16>().ok())
+            {
                 break p;
             }
-            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
-        let list: Value = serde_json::from_str(&super::get(&format!("127.0.0.1:{port}"), "/json/list").body).unwrap();
-        let url = list.as_array().unwrap().iter()
+        let list: Value =
+            serde_json::from_str(&super::get(&format!("127.0.0.1:{port}"), "/json/list").body)
+                .unwrap();
+        let url = list
+            .as_array()
+            .unwrap()
+            .iter()
             .find(|t| t["type"] == "page")
             .and_then(|t| t["webSocketDebuggerUrl"].as_str())
             .expect("a page target")
@@ -71,7 +96,13 @@ impl Browser {
         if let MaybeTlsStream::Plain(s) = page.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         }
-        let mut b = Browser { page, next_id: 0, errors: Vec::new(), _profile: profile, _child: child };
+        let mut b = Browser {
+            page,
+            next_id: 0,
+            errors: Vec::new(),
+            _profile: profile,
+            _child: child,
+        };
         for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
             b.call(domain, json!({}));
         }
@@ -83,7 +114,9 @@ impl Browser {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
-        self.page.send(Message::text(msg)).expect("send to DevTools");
+        self.page
+            .send(Message::text(msg))
+            .expect("send to DevTools");
         loop {
             let text = match self.page.read().expect("read from DevTools") {
                 Message::Text(t) => t.to_string(),
@@ -101,9 +134,15 @@ impl Browser {
     fn note(&mut self, event: &Value) {
         let p = &event["params"];
         match event["method"].as_str() {
-            Some("Runtime.exceptionThrown") => self.errors.push(format!("exception: {}", p["exceptionDetails"])),
-            Some("Runtime.consoleAPICalled") if p["type"] == "error" => self.errors.push(format!("console.error: {}", p["args"])),
-            Some("Log.entryAdded") if p["entry"]["level"] == "error" => self.errors.push(format!("log: {}", p["entry"]["text"])),
+            Some("Runtime.exceptionThrown") => self
+                .errors
+                .push(format!("exception: {}", p["exceptionDetails"])),
+            Some("Runtime.consoleAPICalled") if p["type"] == "error" => {
+                self.errors.push(format!("console.error: {}", p["args"]))
+            }
+            Some("Log.entryAdded") if p["entry"]["level"] == "error" => {
+                self.errors.push(format!("log: {}", p["entry"]["text"]))
+            }
             _ => {}
         }
     }
@@ -115,7 +154,10 @@ impl Browser {
 
     /// Evaluate a JavaScript expression in the page, returning its value.
     pub fn eval(&mut self, expression: &str) -> Value {
-        let r = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }));
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true }),
+        );
         r["result"]["value"].clone()
     }
 
@@ -123,7 +165,11 @@ impl Browser {
     pub fn wait_for(&mut self, expression: &str, timeout: Duration, what: &str) {
         let deadline = Instant::now() + timeout;
         while self.eval(expression) != Value::Bool(true) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; errors: {:?}", self.errors);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; errors: {:?}",
+                self.errors
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -132,6 +178,8 @@ impl Browser {
     pub fn screenshot(&mut self) -> Vec<u8> {
         use base64::Engine;
         let r = self.call("Page.captureScreenshot", json!({ "format": "png" }));
-        base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap()).unwrap()
+        base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap()
     }
 }

@@ -34,7 +34,15 @@ impl Dashboard {
     pub fn start(uri: &str, db: &str, stale_after: &str) -> Dashboard {
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(dashboard_bin())
-            .args(["--listen", &addr, "--database", db, "--stale-after", stale_after])
+            .args([
+                "--listen",
+                &addr,
+                "--database",
+                db,
+                "--stale-after",
+                stale_after,
+            ])
+            .args(["--query-timeout", "5s"])
             .env("MONGODB_CONNECTION_STRING", uri)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -44,10 +52,16 @@ impl Dashboard {
         let child = Reaped(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "the dashboard did not start on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard did not start on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Dashboard { addr, _child: child }
+        Dashboard {
+            addr,
+            _child: child,
+        }
     }
 
     /// GET `path`.
@@ -77,7 +91,10 @@ pub struct Reply {
 impl Reply {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -86,7 +103,11 @@ impl Reply {
 pub fn get(addr: &str, path: &str) -> Reply {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).expect("status line");
@@ -100,7 +121,12 @@ pub fn get(addr: &str, path: &str) -> Reply {
             None => break,
         }
     }
-    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if header("transfer-encoding").as_deref() == Some("chunked") {
         loop {
@@ -121,7 +147,11 @@ pub fn get(addr: &str, path: &str) -> Reply {
         r.read_to_end(&mut body).expect("body");
     }
     let body = String::from_utf8(body).expect("UTF-8 answer");
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Readings of `node` every `step_ms` from `start_ms` for `count` steps, skipping those in
