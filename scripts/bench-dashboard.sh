@@ -2,7 +2,7 @@
 # Benchmark of sensehat-dashboard against SecantusDB (not a timed test): load NODES nodes x
 # HOURS hours x HZ readings a second, then time, in the same run and on the same server,
 #  - the page's first full load, made of the requests its script makes (page, assets,
-#    /api/nodes, then per node /api/motion and one /api/series per chart),
+#    /api/nodes, then one /api/chart per node),
 #  - one series request (one node, temperature, the whole loaded window) against the naive
 #    way: fetch all of that node's documents of the window and bucket them in the program
 #    (examples/dashboard_naive.rs),
@@ -85,17 +85,14 @@ base="http://127.0.0.1:$port"
 get() { curl -sf -o /dev/null "$base$1"; }
 
 # The page's first full load, request for request as dashboard.js makes them (nodes first,
-# then each node's motion in parallel, then each chart's series for every node in parallel).
+# then one /api/chart per node, in parallel).
 t0=$(now_s)
 get /; get /assets/dashboard.js; get /assets/dashboard.css; get /api/nodes
 q() { echo "node=node-$1&from=$from&to=$to"; }
 # Waits for these requests only (a bare `wait` would wait for the servers too).
 parallel() { local jobs=(); for path in "$@"; do get "$path" & jobs+=($!); done; wait "${jobs[@]}"; }
 nodes=$(seq 0 $((NODES - 1)))
-parallel $(for k in $nodes; do echo "/api/motion?$(q "$k")"; done)
-for field in temperature humidity pressure; do
-    parallel $(for k in $nodes; do echo "/api/series?field=$field&$(q "$k")"; done)
-done
+parallel $(for k in $nodes; do echo "/api/chart?$(q "$k")"; done)
 page=$(echo "$(now_s) - $t0" | bc)
 
 t0=$(now_s)
@@ -110,7 +107,7 @@ naive=$(echo "$(now_s) - $t0" | bc)
 rss=$(awk '/VmHWM/ {print $2, $3}' "/proc/$dash/status")
 
 echo "documents:              $total ($NODES nodes x $HOURS h x $HZ Hz), window $from .. $to"
-echo "page first full load:   ${page} s ($((1 + NODES * 4)) API requests)"
+echo "page first full load:   ${page} s ($((1 + NODES)) API requests)"
 echo "one series (in MongoDB): ${series} s, $points points"
 echo "one series (naive):     ${naive} s ($naive_out)"
 echo "naive / dashboard:      $(echo "scale=2; $naive / $series" | bc)"

@@ -208,12 +208,12 @@ async function refreshCharts() {
   $("csv").hidden = !chosen;
   if (chosen) $("csv").href = "/api/csv?" + q(chosen);
   try {
-    const motion = await Promise.all(shown.map((n) => getJson("/api/motion?" + q(n))));
-    const marks = motion.flatMap((mo) => withMs(mo.marks, mo.bucketSeconds));
+    // One request per node: its three series and its motion, bucketed in one pass.
+    const charts = await Promise.all(shown.map((n) => getJson("/api/chart?" + q(n))));
+    const marks = charts.flatMap((c) => withMs(c.marks, c.bucketSeconds));
     for (const f of FIELDS) {
-      const series = await Promise.all(shown.map(async (n) => {
-        const s = await getJson(`/api/series?field=${f.name}&` + q(n));
-        return { node: n, bucketMs: s.bucketSeconds * 1000, points: withMs(s.points, s.bucketSeconds) };
+      const series = charts.map((c) => ({
+        node: c.node, bucketMs: c.bucketSeconds * 1000, points: withMs(c.series[f.name], c.bucketSeconds),
       }));
       drawChart($("chart-" + f.name), f, series, marks, win);
     }

@@ -153,12 +153,7 @@ pub async fn series(
     let node = known_node(&state.store, &p).await?;
     let width = window.bucket_ms();
     let points = state.store.series(&node, &window, field, width).await?;
-    let points: Vec<Value> = points
-        .iter()
-        .map(|pt| {
-            json!({ "t": iso(pt.t_ms), "avg": pt.avg, "min": pt.min, "max": pt.max, "count": pt.count })
-        })
-        .collect();
+    let points: Vec<Value> = points.iter().map(point_json).collect();
     Ok(Json(json!({
         "node": node, "field": field.path(), "unit": field.unit(),
         "from": iso(window.from_ms), "to": iso(window.to_ms),
@@ -184,6 +179,42 @@ pub async fn motion(
         "node": node, "from": iso(window.from_ms), "to": iso(window.to_ms),
         "bucketSeconds": width as f64 / 1000.0, "marks": marks,
     })))
+}
+
+/// `GET /api/chart?node=&from=&to=`: what the page draws for one node in one pass over its
+/// readings: `series` with temperature, humidity and pressure (each as `/api/series` gives its
+/// `points`) and `marks` (as `/api/motion`).
+pub async fn chart(
+    State(state): State<AppState>,
+    Query(p): Params,
+) -> Result<Json<Value>, ApiError> {
+    let window = window(&p)?;
+    let node = known_node(&state.store, &p).await?;
+    let width = window.bucket_ms();
+    let fields = super::query::CHART_FIELDS;
+    let (series, marks) = state.store.chart(&node, &window, &fields, width).await?;
+    let series: serde_json::Map<String, Value> = fields
+        .iter()
+        .zip(&series)
+        .map(|(f, points)| {
+            (
+                f.path().to_owned(),
+                Value::Array(points.iter().map(point_json).collect()),
+            )
+        })
+        .collect();
+    let marks: Vec<Value> = marks
+        .iter()
+        .map(|m| json!({ "t": iso(m.t_ms), "count": m.count }))
+        .collect();
+    Ok(Json(json!({
+        "node": node, "from": iso(window.from_ms), "to": iso(window.to_ms),
+        "bucketSeconds": width as f64 / 1000.0, "series": series, "marks": marks,
+    })))
+}
+
+fn point_json(pt: &super::store::Point) -> Value {
+    json!({ "t": iso(pt.t_ms), "avg": pt.avg, "min": pt.min, "max": pt.max, "count": pt.count })
 }
 
 /// `GET /api/health`: 200 when the database answers a ping, else 503.

@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/nodes", get(api::nodes))
         .route("/api/series", get(api::series))
         .route("/api/motion", get(api::motion))
+        .route("/api/chart", get(api::chart))
         .route("/api/csv", get(csv::csv))
         .route("/api/health", get(api::health))
         .with_state(state)

@@ -14,7 +14,7 @@ use mongodb::{Client, Collection, Cursor, IndexModel};
 use serde_json::{Map, Number, Value};
 
 use super::config::Config;
-use super::query::{motion_pipeline, series_pipeline, Field, Window};
+use super::query::{chart_pipeline, motion_pipeline, series_pipeline, Field, Window};
 use crate::mongo::{classify, connect, redact_credentials, MongoError};
 
 /// How long the list of node names is reused: `distinct` reads the whole index, and the page
@@ -215,6 +215,52 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// One node's `fields` and motion over `window` in buckets of `width` ms, in one pass:
+    /// a series per field (in the order given) and the motion marks.
+    pub async fn chart(
+        &self,
+        node: &str,
+        window: &Window,
+        fields: &[Field],
+        width: i64,
+    ) -> Result<(Vec<Vec<Point>>, Vec<Mark>), MongoError> {
+        let docs = self
+            .aggregate(chart_pipeline(node, window, fields, width))
+            .await?;
+        let mut series = vec![Vec::new(); fields.len()];
+        let mut marks = Vec::new();
+        for d in &docs {
+            let Ok(t) = d.get_datetime("_id") else {
+                continue;
+            };
+            let t_ms = t.timestamp_millis();
+            for (i, points) in series.iter_mut().enumerate() {
+                let get = |k: &str| d.get(format!("f{i}{k}")).and_then(number);
+                if let (Some(avg), Some(min), Some(max), Some(n)) =
+                    (get("avg"), get("min"), get("max"), get("n"))
+                {
+                    if n > 0.0 {
+                        points.push(Point {
+                            t_ms,
+                            avg,
+                            min,
+                            max,
+                            count: n as i64,
+                        });
+                    }
+                }
+            }
+            match d.get("moving").and_then(number) {
+                Some(n) if n > 0.0 => marks.push(Mark {
+                    t_ms,
+                    count: n as i64,
+                }),
+                _ => {}
+            }
+        }
+        Ok((series, marks))
     }
 
     async fn aggregate(&self, pipeline: Vec<Document>) -> Result<Vec<Document>, MongoError> {
