@@ -14,8 +14,9 @@ use common::MongoServer;
 use dashboard_support::cdp::{chromium, Browser};
 use dashboard_support::{insert, readings, Dashboard};
 
-// The page draws tiles with the latest values and non-blank charts with no console error, and a
-// reading inserted afterwards appears on its tile without a reload.
+// The page draws tiles with the latest values and non-blank charts with no console error, a
+// reading inserted afterwards appears on its tile without a reload, and with the database
+// stopped the page says so, then clears it by itself once the database is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn page_shows_latest_readings_and_updates_itself() {
     let Some(exe) = chromium() else {
@@ -26,7 +27,7 @@ async fn page_shows_latest_readings_and_updates_itself() {
         eprintln!("skipping: chromium is not installed (apt-get install -y chromium)");
         return;
     };
-    let server = MongoServer::start();
+    let mut server = MongoServer::start_persistent().unwrap_or_else(MongoServer::start);
     let db = common::unique_name("dash_browser");
     let client = server.client().await;
     let now = DateTime::now().timestamp_millis();
@@ -86,10 +87,36 @@ async fn page_shows_latest_readings_and_updates_itself() {
     );
     fresh[0].insert("temperature", 42.4);
     insert(&client, &db, fresh).await;
-    tokio::task::spawn_blocking(move || {
+    let mut browser = tokio::task::spawn_blocking(move || {
         browser.wait_for("document.querySelector('.tile[data-node=\"greenhouse-pi\"] [data-field=temperature]').textContent === '42.4 °C'",
                          Duration::from_secs(10), "the new reading on its tile");
         assert!(browser.errors.is_empty(), "console errors: {:?}", browser.errors);
+        browser
+    })
+    .await
+    .unwrap();
+    if !server.owned {
+        return;
+    }
+    server.stop();
+    let mut browser = tokio::task::spawn_blocking(move || {
+        let status = "document.getElementById('status')";
+        browser.wait_for(
+            &format!("!{status}.hidden && {status}.textContent.includes('database unavailable')"),
+            Duration::from_secs(30),
+            "the outage in the status bar",
+        );
+        browser
+    })
+    .await
+    .unwrap();
+    server.launch();
+    tokio::task::spawn_blocking(move || {
+        browser.wait_for(
+            "document.getElementById('status').hidden",
+            Duration::from_secs(60),
+            "the status bar to clear once the database is back",
+        );
         drop(dash);
     })
     .await

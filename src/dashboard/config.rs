@@ -95,8 +95,7 @@ pub struct RenderArgs {
     /// temperature, humidity, pressure, acceleration.x, acceleration.y or acceleration.z.
     #[arg(long, default_value = "temperature", value_parser = parse_field)]
     pub field: Field,
-    /// How far back from --to to draw (e.g. 1h, 24h; 7d and 30d are written 168h and 720h,
-    /// or as days: 7d).
+    /// How far back from --to to draw: 30m, 24h, 7d, 30d and the like.
     #[arg(long, default_value = "24h", value_parser = parse_window)]
     pub window: Duration,
     /// End of the window, ISO 8601 (default: now).
