@@ -13,6 +13,8 @@
 #
 #   scripts/bench-dashboard.sh                # NODES=5 HOURS=2 HZ=2, debug build
 #   PROFILE=release HOURS=24 scripts/bench-dashboard.sh
+#   BENCH_MONGODB_URI=mongodb://127.0.0.1:27017/ scripts/bench-dashboard.sh   # a real mongod
+# (its database bench_dashboard is dropped and refilled)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,11 +40,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-db_port=$(free_port)
-"$SECANTUSD" --host 127.0.0.1 --port "$db_port" --storage-path :memory: --log-level WARNING >"$work/db.log" 2>&1 &
-pids+=($!)
-uri="mongodb://127.0.0.1:$db_port/?directConnection=true"
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$db_port) 2>/dev/null && break; sleep 0.2; done
+uri=${BENCH_MONGODB_URI:-}
+if [ -z "$uri" ]; then
+    db_port=$(free_port)
+    "$SECANTUSD" --host 127.0.0.1 --port "$db_port" --storage-path :memory: --log-level WARNING >"$work/db.log" 2>&1 &
+    pids+=($!)
+    uri="mongodb://127.0.0.1:$db_port/?directConnection=true"
+    for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$db_port) 2>/dev/null && break; sleep 0.2; done
+fi
 
 total=$((NODES * HOURS * 3600 * HZ))
 echo "loading $total documents ($NODES nodes x $HOURS h x $HZ Hz) ..."
@@ -51,6 +56,7 @@ to_ms=$("$PY" - "$uri" "$DB" "$NODES" "$HOURS" "$HZ" <<'PY'
 import sys, math, time, datetime, pymongo
 uri, db, nodes, hours, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 col = pymongo.MongoClient(uri)[db].reports
+col.drop()
 col.create_index([("nodeName", 1), ("recordedAt", 1)])
 end = int(time.time() * 1000)
 n = hours * 3600 * hz
