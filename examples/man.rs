@@ -1,4 +1,4 @@
-//! Writes the man pages of the four programs, made from their command-line definitions, so the
+//! Writes the man pages of the programs, made from their command-line definitions, so the
 //! options are documented in one place (`--help` and these pages say the same):
 //!
 //! ```sh
@@ -22,6 +22,7 @@ fn main() -> std::io::Result<()> {
         sensehat_monitor::firehose::config::Cli::command(),
         sensehat_monitor::forwarder::Cli::command(),
         sensehat_monitor::firehose_local::Cli::command(),
+        sensehat_monitor::dashboard::config::Cli::command(),
     ] {
         write_pages(&out, command)?;
     }

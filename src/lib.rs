@@ -21,6 +21,7 @@
 //! - [`logging`]: tracing to stderr, shared by the binaries.
 //! - `firehose` (feature `firehose`): the Kinesis Data Firehose HTTP endpoint that upserts deliveries.
 //! - `forwarder` (feature `forwarder`): the MongoDB change stream to Kinesis forwarder.
+//! - `dashboard` (feature `dashboard`): the read-only web page of the readings, its API, and charts as files.
 //! - `firehose_local` (feature `forwarder`): a local Kinesis Data Firehose HTTP-endpoint delivery simulator.
 
 #![warn(missing_docs)]
@@ -30,6 +31,8 @@ pub mod board;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod drivers;
 #[cfg(feature = "forwarder")]
 pub mod firehose_local;

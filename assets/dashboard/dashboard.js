@@ -1,0 +1,248 @@
+// Sense HAT dashboard: tiles of each node's latest reading and SVG charts, polling the JSON
+// API of the binary that served this file. Plain JavaScript, no library, nothing from outside.
+"use strict";
+
+const TILE_POLL_MS = 2000;          // a new reading shows within this
+const CHART_POLL_SHORT_MS = 5000;   // charts of windows up to a day
+const CHART_POLL_LONG_MS = 60000;   // longer windows change slowly
+const FIELDS = [
+  { name: "temperature", unit: "°C", digits: 1 },
+  { name: "humidity", unit: "%RH", digits: 1 },
+  { name: "pressure", unit: "hPa", digits: 1 },
+];
+const WINDOWS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
+const COLOURS = ["#1f6fb4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"];
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const $ = (id) => document.getElementById(id);
+let nodes = [];          // names, in the API's order (sorted)
+let chartTimer = null;
+let problems = {};       // what failed, by source; shown in the status bar
+
+// --- fetching -----------------------------------------------------------------------------
+
+/** GET a JSON API route; rejects with the server's one-line reason. */
+async function getJson(path) {
+  const res = await fetch(path, { cache: "no-store" });
+  const body = await res.json().catch(() => ({ error: res.statusText }));
+  if (!res.ok) throw new Error(body.error || res.statusText);
+  return body;
+}
+
+/** Show or clear a failure of one source (tiles, charts) in the status bar. */
+function report(source, error) {
+  if (error) problems[source] = error.message; else delete problems[source];
+  const messages = [...new Set(Object.values(problems))];
+  $("status").hidden = messages.length === 0;
+  $("status").textContent = messages.join(" — ");
+}
+
+/** The chosen window as ISO strings. */
+function currentWindow() {
+  const choice = $("window").value;
+  if (choice === "custom") {
+    const from = new Date($("from").value), to = new Date($("to").value);
+    if (!isNaN(from) && !isNaN(to)) return { from: from.toISOString(), to: to.toISOString() };
+  }
+  const to = Date.now();
+  const span = WINDOWS[choice] || WINDOWS["24h"];
+  return { from: new Date(to - span).toISOString(), to: new Date(to).toISOString() };
+}
+
+// --- tiles --------------------------------------------------------------------------------
+
+function colourOf(node) {
+  const i = nodes.indexOf(node);
+  return COLOURS[(i < 0 ? 0 : i) % COLOURS.length];
+}
+
+function formatAge(seconds) {
+  if (seconds == null) return "never";
+  if (seconds < 60) return seconds.toFixed(0) + " s ago";
+  if (seconds < 3600) return (seconds / 60).toFixed(0) + " min ago";
+  if (seconds < 172800) return (seconds / 3600).toFixed(1) + " h ago";
+  return (seconds / 86400).toFixed(0) + " days ago";
+}
+
+function el(tag, attrs, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text != null) e.textContent = text;
+  return e;
+}
+
+function renderTiles(list) {
+  const tiles = $("tiles");
+  tiles.replaceChildren(...list.map((n) => {
+    const tile = el("article", { class: "tile" + (n.stale ? " stale" : ""), "data-node": n.nodeName });
+    tile.style.setProperty("--node-colour", colourOf(n.nodeName));
+    tile.append(el("h2", {}, n.nodeName));
+    for (const f of FIELDS) {
+      const v = typeof n[f.name] === "number" ? n[f.name].toFixed(f.digits) + " " + f.unit : "–";
+      tile.append(el("div", { class: "v", "data-field": f.name }, v));
+    }
+    tile.append(el("div", { class: "v" + (n.isMoving ? " moving" : ""), "data-field": "isMoving" },
+      n.isMoving ? "moving" : "still"));
+    tile.append(el("div", { class: "age", "data-field": "age", title: n.recordedAt || "" },
+      (n.stale ? "stale: " : "") + formatAge(n.ageSeconds)));
+    return tile;
+  }));
+  if (list.length === 0) tiles.append(el("p", {}, "No readings yet."));
+}
+
+/** Keep the node menu in step with the nodes there are. */
+function updateNodeMenu(names) {
+  const menu = $("node");
+  const chosen = menu.value;
+  const known = [...menu.options].slice(1).map((o) => o.value);
+  if (known.join("\n") === names.join("\n")) return false;
+  menu.replaceChildren(el("option", { value: "" }, "all nodes"), ...names.map((n) => el("option", { value: n }, n)));
+  menu.value = names.includes(chosen) ? chosen : "";
+  return true;
+}
+
+async function pollTiles() {
+  try {
+    const list = await getJson("/api/nodes");
+    const names = list.map((n) => n.nodeName);
+    const changed = updateNodeMenu(names);
+    nodes = names;
+    renderTiles(list);
+    report("tiles", null);
+    if (changed) refreshCharts();
+  } catch (e) {
+    report("tiles", e);
+  } finally {
+    setTimeout(pollTiles, TILE_POLL_MS);
+  }
+}
+
+// --- charts -------------------------------------------------------------------------------
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+/** Split points into runs of adjacent buckets: a missing bucket is a gap, never bridged. */
+function runs(points, bucketMs) {
+  const out = [];
+  let run = [];
+  for (const p of points) {
+    if (run.length && p.ms - run[run.length - 1].ms > bucketMs) { out.push(run); run = []; }
+    run.push(p);
+  }
+  if (run.length) out.push(run);
+  return out;
+}
+
+function timeLabel(ms, spanMs) {
+  const d = new Date(ms);
+  const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return spanMs <= 2 * 86400e3 ? hm : d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + hm;
+}
+
+/** Draw one field's chart: a line (and min/max band) per series, motion ticks, axes. */
+function drawChart(target, field, series, motion, win) {
+  const W = target.clientWidth || 800, H = target.clientHeight || 220;
+  const m = { left: 56, right: 12, top: 10, bottom: 24 };
+  const x0 = Date.parse(win.from), x1 = Date.parse(win.to);
+  const all = series.flatMap((s) => s.points);
+  let lo = Math.min(...all.map((p) => p.min)), hi = Math.max(...all.map((p) => p.max));
+  if (!isFinite(lo)) { lo = 0; hi = 1; }
+  const pad = Math.max((hi - lo) * 0.08, 0.05);
+  lo -= pad; hi += pad;
+  const x = (ms) => m.left + ((ms - x0) / (x1 - x0)) * (W - m.left - m.right);
+  const y = (v) => H - m.bottom - ((v - lo) / (hi - lo)) * (H - m.top - m.bottom);
+  const parts = [];
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4, t = x0 + ((x1 - x0) * i) / 4;
+    parts.push(svg("line", { class: "grid", x1: m.left, x2: W - m.right, y1: y(v), y2: y(v) }));
+    const yl = svg("text", { x: m.left - 6, y: y(v) + 4, "text-anchor": "end" });
+    yl.textContent = v.toFixed(field.digits);
+    const xl = svg("text", { x: x(t), y: H - 6, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
+    xl.textContent = timeLabel(t, x1 - x0);
+    parts.push(yl, xl);
+  }
+  parts.push(svg("line", { class: "axis", x1: m.left, x2: W - m.right, y1: H - m.bottom, y2: H - m.bottom }));
+  for (const s of series) {
+    const colour = colourOf(s.node), half = s.bucketMs / 2;
+    for (const run of runs(s.points, s.bucketMs)) {
+      if (run.some((p) => p.count > 1)) {
+        const upper = run.map((p) => `${x(p.ms + half)},${y(p.max)}`);
+        const lower = run.slice().reverse().map((p) => `${x(p.ms + half)},${y(p.min)}`);
+        parts.push(svg("polygon", { class: "band", fill: colour, points: upper.concat(lower).join(" ") }));
+      }
+      if (run.length === 1) {
+        parts.push(svg("circle", { cx: x(run[0].ms + half), cy: y(run[0].avg), r: 2.5, fill: colour }));
+      } else {
+        const d = run.map((p, i) => `${i ? "L" : "M"}${x(p.ms + half).toFixed(1)},${y(p.avg).toFixed(1)}`).join("");
+        parts.push(svg("path", { class: "line", stroke: colour, d, "data-node": s.node }));
+      }
+    }
+  }
+  for (const mk of motion) {
+    const mx = x(mk.ms + mk.bucketMs / 2);
+    parts.push(svg("line", { class: "motion", x1: mx, x2: mx, y1: H - m.bottom, y2: H - m.bottom - 8 }));
+  }
+  if (all.length === 0) {
+    const t = svg("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" });
+    t.textContent = "no readings in this window";
+    parts.push(t);
+  }
+  target.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  target.replaceChildren(...parts);
+}
+
+function withMs(points, bucketSeconds) {
+  return points.map((p) => ({ ...p, ms: Date.parse(p.t), bucketMs: bucketSeconds * 1000 }));
+}
+
+async function refreshCharts() {
+  clearTimeout(chartTimer);
+  const win = currentWindow();
+  const chosen = $("node").value;
+  const shown = chosen ? [chosen] : nodes;
+  const q = (node) => `node=${encodeURIComponent(node)}&from=${win.from}&to=${win.to}`;
+  $("csv").hidden = !chosen;
+  if (chosen) $("csv").href = "/api/csv?" + q(chosen);
+  try {
+    // One request per node: its three series and its motion, bucketed in one pass.
+    const charts = await Promise.all(shown.map((n) => getJson("/api/chart?" + q(n))));
+    const marks = charts.flatMap((c) => withMs(c.marks, c.bucketSeconds));
+    for (const f of FIELDS) {
+      const series = charts.map((c) => ({
+        node: c.node, bucketMs: c.bucketSeconds * 1000, points: withMs(c.series[f.name], c.bucketSeconds),
+      }));
+      drawChart($("chart-" + f.name), f, series, marks, win);
+    }
+    report("charts", null);
+  } catch (e) {
+    report("charts", e);
+  } finally {
+    const span = Date.parse(win.to) - Date.parse(win.from);
+    chartTimer = setTimeout(refreshCharts, span <= 86400e3 ? CHART_POLL_SHORT_MS : CHART_POLL_LONG_MS);
+  }
+}
+
+// --- controls -----------------------------------------------------------------------------
+
+function localInput(ms) {
+  const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60e3);
+  return d.toISOString().slice(0, 16);
+}
+
+$("window").addEventListener("change", () => {
+  const custom = $("window").value === "custom";
+  $("custom").hidden = !custom;
+  if (custom && !$("from").value) {
+    $("from").value = localInput(Date.now() - 86400e3);
+    $("to").value = localInput(Date.now());
+  }
+  refreshCharts();
+});
+for (const id of ["node", "from", "to"]) $(id).addEventListener("change", refreshCharts);
+window.addEventListener("resize", refreshCharts);
+
+pollTiles();

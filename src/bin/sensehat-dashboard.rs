@@ -1,0 +1,50 @@
+//! The dashboard binary: parse the command line, set up logging, then serve the page until
+//! SIGINT/SIGTERM, check the configuration, or render a chart. Logic lives in
+//! `sensehat_monitor::dashboard`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::{error, info};
+
+use sensehat_monitor::dashboard::config::{Cli, Command};
+use sensehat_monitor::dashboard::{render, run};
+use sensehat_monitor::shutdown::shutdown_signal;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    sensehat_monitor::logging::init();
+    let shutdown = shutdown_signal();
+    let cli = Cli::parse();
+    let config = match cli.common.into_config().await {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::CheckConfig) => {
+            info!(listen = %config.listen, database = %config.database, collection = %config.collection,
+                  "configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Some(Command::Render(args)) => match render::render(&config, &args).await {
+            Ok(chart) => {
+                info!(out = %args.out.display(), points = chart.points.len(), "chart written");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

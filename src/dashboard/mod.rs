@@ -1,0 +1,128 @@
+//! The read-only web dashboard (feature `dashboard`): a page of tiles and charts of every
+//! node's readings, the JSON API behind it, a CSV download, and charts rendered to files.
+//!
+//! - [`config`]: the command line and the plain [`config::Config`].
+//! - [`query`]: fields, checked windows, bucket widths and the aggregation pipelines (pure).
+//! - [`store`]: running them against the readings collection, bounded in time.
+//! - [`api`]: the JSON routes and their error answers.
+//! - [`csv`]: the streamed CSV download.
+//! - [`page`]: the page and its assets, built in.
+//! - [`render`]: one node's chart as a PNG or SVG file, with `plotters`.
+//!
+//! Bucketing happens inside MongoDB (`$group` on a bucket computed from `recordedAt`), so a
+//! chart of a month costs 600 documents on the wire rather than five million.
+
+pub mod api;
+pub mod config;
+pub mod csv;
+pub mod page;
+pub mod query;
+pub mod render;
+pub mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use tracing::{info, warn};
+
+use config::Config;
+use store::{IndexOutcome, Store};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The readings collection.
+    pub store: Store,
+    /// Silence after which a node is stale.
+    pub stale_after: Duration,
+}
+
+/// The router: the page, its assets and the API. Tests call it directly.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page::index))
+        .route("/assets/dashboard.js", get(page::script))
+        .route("/assets/dashboard.css", get(page::style))
+        .route("/api/nodes", get(api::nodes))
+        .route("/api/series", get(api::series))
+        .route("/api/motion", get(api::motion))
+        .route("/api/chart", get(api::chart))
+        .route("/api/csv", get(csv::csv))
+        .route("/api/health", get(api::health))
+        .with_state(state)
+}
+
+/// How long to wait between tries at creating the index while the database is down.
+const INDEX_RETRY: Duration = Duration::from_secs(30);
+
+/// Create the index once the database answers; a user without the right gets told how.
+async fn ensure_index(store: Store) {
+    let mut said_down = false;
+    loop {
+        match store.ensure_index().await {
+            Ok(IndexOutcome::Ready) => {
+                info!(index = store::INDEX_NAME, "index ready");
+                return;
+            }
+            Ok(IndexOutcome::NotAllowed(how)) => {
+                warn!("{how}");
+                return;
+            }
+            Err(e) => {
+                if !said_down {
+                    warn!(error = %e, "cannot create the index yet; trying again every 30 s");
+                    said_down = true;
+                }
+                tokio::time::sleep(INDEX_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Why the dashboard could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The client could not be built.
+    #[error("{0}")]
+    Mongo(#[from] crate::mongo::MongoError),
+    /// The server failed while running.
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serve the dashboard until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let store = Store::new(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    tokio::spawn(ensure_index(store.clone()));
+    info!(listen = %addr, database = %config.database, collection = %config.collection, "serving the dashboard");
+    let state = AppState {
+        store,
+        stale_after: config.stale_after,
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(RunError::Serve)?;
+    info!("stopped");
+    Ok(())
+}

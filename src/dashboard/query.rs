@@ -1,0 +1,342 @@
+//! What the dashboard asks MongoDB, as pure values: the fields it charts, checked time windows,
+//! the bucket width that keeps a chart at most [`MAX_POINTS`] points, and the aggregation
+//! pipelines that bucket readings inside the database. No IO here: [`super::store`] runs them.
+//!
+//! Buckets are aligned to multiples of their width since the Unix epoch, not to the window's
+//! start, so a chart that slides forward keeps its buckets (and the page's polling redraws the
+//! same points). The bucket is computed arithmetically (`$toLong`, `$mod`, `$subtract`, as in
+//! MongoDB 4.0 and SecantusDB) rather than with `$dateTrunc` (5.0+), so older servers work.
+
+use mongodb::bson::{doc, DateTime, Document};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// The most points a series has, whatever the window: enough for a full-width chart.
+pub const MAX_POINTS: i64 = 600;
+/// The longest window, days: longer ones are refused (`400d` of 2 Hz readings is 69 million
+/// documents a node; a chart of them is one point per day).
+pub const MAX_WINDOW_DAYS: u64 = 400;
+/// The longest window, milliseconds.
+pub const MAX_WINDOW_MS: i64 = MAX_WINDOW_DAYS as i64 * DAY_MS;
+const DAY_MS: i64 = 86_400_000;
+/// Bucket widths, milliseconds: round numbers a time axis reads well in.
+const BUCKET_STEPS_MS: [i64; 20] = [
+    500,
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    15_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+    7_200_000,
+    10_800_000,
+    21_600_000,
+    43_200_000,
+    DAY_MS,
+    2 * DAY_MS,
+];
+
+/// A charted field of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `temperature`, °C.
+    Temperature,
+    /// `humidity`, % relative humidity.
+    Humidity,
+    /// `pressure`, hPa.
+    Pressure,
+    /// `acceleration.x`, g.
+    AccelX,
+    /// `acceleration.y`, g.
+    AccelY,
+    /// `acceleration.z`, g.
+    AccelZ,
+}
+
+impl Field {
+    /// Every field name, for messages.
+    pub const NAMES: &'static str =
+        "temperature, humidity, pressure, acceleration.x, acceleration.y or acceleration.z";
+
+    /// The field named as stored (`acceleration.x` for the nested one).
+    pub fn parse(s: &str) -> Option<Field> {
+        Some(match s {
+            "temperature" => Field::Temperature,
+            "humidity" => Field::Humidity,
+            "pressure" => Field::Pressure,
+            "acceleration.x" => Field::AccelX,
+            "acceleration.y" => Field::AccelY,
+            "acceleration.z" => Field::AccelZ,
+            _ => return None,
+        })
+    }
+
+    /// The document path, as stored.
+    pub fn path(self) -> &'static str {
+        match self {
+            Field::Temperature => "temperature",
+            Field::Humidity => "humidity",
+            Field::Pressure => "pressure",
+            Field::AccelX => "acceleration.x",
+            Field::AccelY => "acceleration.y",
+            Field::AccelZ => "acceleration.z",
+        }
+    }
+
+    /// The unit, for chart labels.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Field::Temperature => "°C",
+            Field::Humidity => "%RH",
+            Field::Pressure => "hPa",
+            Field::AccelX | Field::AccelY | Field::AccelZ => "g",
+        }
+    }
+}
+
+/// A checked time window `[from, to)`, milliseconds since the epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Start, inclusive.
+    pub from_ms: i64,
+    /// End, exclusive.
+    pub to_ms: i64,
+}
+
+/// Why a window cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// A time that is not ISO 8601 / RFC 3339.
+    #[error("{name}: {value:?} is not an ISO 8601 time such as 2026-12-04T10:00:00Z")]
+    BadTime {
+        /// The parameter's name.
+        name: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// `from` is not before `to`.
+    #[error("from must be before to")]
+    Empty,
+    /// Longer than [`MAX_WINDOW_DAYS`].
+    #[error("the window is longer than {MAX_WINDOW_DAYS} days: ask for a shorter one")]
+    TooLong,
+}
+
+impl Window {
+    /// A window from two ISO 8601 times.
+    pub fn parse(from: &str, to: &str) -> Result<Window, WindowError> {
+        let from_ms = parse_time("from", from)?;
+        let to_ms = parse_time("to", to)?;
+        Window::new(from_ms, to_ms)
+    }
+
+    /// A window from milliseconds, checked.
+    pub fn new(from_ms: i64, to_ms: i64) -> Result<Window, WindowError> {
+        if from_ms >= to_ms {
+            return Err(WindowError::Empty);
+        }
+        if to_ms - from_ms > MAX_WINDOW_MS {
+            return Err(WindowError::TooLong);
+        }
+        Ok(Window { from_ms, to_ms })
+    }
+
+    /// The bucket width for this window: the smallest round step that keeps the series at
+    /// most [`MAX_POINTS`] buckets, counting the partial ones at both ends.
+    pub fn bucket_ms(&self) -> i64 {
+        let span = self.to_ms - self.from_ms;
+        BUCKET_STEPS_MS
+            .into_iter()
+            .find(|w| bucket_count(self.from_ms, self.to_ms, *w) <= MAX_POINTS)
+            .unwrap_or_else(|| span.div_euclid(MAX_POINTS - 1) + 1)
+    }
+
+    /// `$match` for one node's readings in the window (the `{nodeName, recordedAt}` index).
+    pub fn match_node(&self, node: &str) -> Document {
+        doc! {
+            "nodeName": node,
+            "recordedAt": {
+                "$gte": DateTime::from_millis(self.from_ms),
+                "$lt": DateTime::from_millis(self.to_ms),
+            },
+        }
+    }
+}
+
+/// How many epoch-aligned buckets of `width` ms touch `[from, to)`.
+pub fn bucket_count(from_ms: i64, to_ms: i64, width: i64) -> i64 {
+    let first = from_ms.div_euclid(width);
+    let last = (to_ms - 1).div_euclid(width);
+    last - first + 1
+}
+
+/// The start of the epoch-aligned bucket of `width` ms holding `t_ms`: the rule the pipeline
+/// applies in the database (`$mod` keeps the dividend's sign, as `%` does), for tests and the
+/// naive comparison.
+pub fn bucket_start(t_ms: i64, width: i64) -> i64 {
+    t_ms - t_ms % width
+}
+
+/// The bucket of `$recordedAt` as a date, in aggregation operators.
+fn bucket_expr(width: i64) -> Document {
+    let t = doc! { "$toLong": "$recordedAt" };
+    doc! { "$toDate": { "$subtract": [t.clone(), { "$mod": [t, width] }] } }
+}
+
+/// The series pipeline: one node's readings of the window grouped into buckets of `width` ms,
+/// each with average, minimum, maximum and count of `field`, in time order. Readings without
+/// the field (or with a non-number) are left out, so they never count as zero.
+pub fn series_pipeline(node: &str, window: &Window, field: Field, width: i64) -> Vec<Document> {
+    let value = format!("${}", field.path());
+    let mut m = window.match_node(node);
+    m.insert(field.path(), doc! { "$type": "number" });
+    vec![
+        doc! { "$match": m },
+        doc! { "$group": {
+            "_id": bucket_expr(width),
+            "avg": { "$avg": &value },
+            "min": { "$min": &value },
+            "max": { "$max": &value },
+            "count": { "$sum": 1 },
+        }},
+        doc! { "$sort": { "_id": 1 } },
+        doc! { "$limit": MAX_POINTS },
+    ]
+}
+
+/// The motion pipeline: buckets of `width` ms holding at least one `isMoving: true` reading,
+/// with how many, in time order.
+pub fn motion_pipeline(node: &str, window: &Window, width: i64) -> Vec<Document> {
+    let mut m = window.match_node(node);
+    m.insert("isMoving", true);
+    vec![
+        doc! { "$match": m },
+        doc! { "$group": { "_id": bucket_expr(width), "count": { "$sum": 1 } } },
+        doc! { "$sort": { "_id": 1 } },
+        doc! { "$limit": MAX_POINTS },
+    ]
+}
+
+/// The fields of the page's charts, in the order [`chart_pipeline`] names them (`f0`, `f1`, ...).
+pub const CHART_FIELDS: [Field; 3] = [Field::Temperature, Field::Humidity, Field::Pressure];
+
+/// The chart pipeline: what the page draws for one node, in one pass over its readings: for
+/// each of `fields`, `f{i}avg`, `f{i}min`, `f{i}max` and `f{i}n` (how many readings have it as a
+/// number), and `moving` (how many have `isMoving: true`), per bucket, in time order. The same
+/// buckets as [`series_pipeline`] and [`motion_pipeline`], a third of the work of asking each.
+pub fn chart_pipeline(node: &str, window: &Window, fields: &[Field], width: i64) -> Vec<Document> {
+    let mut group = doc! { "_id": bucket_expr(width) };
+    for (i, f) in fields.iter().enumerate() {
+        let value = format!("${}", f.path());
+        group.insert(format!("f{i}avg"), doc! { "$avg": &value });
+        group.insert(format!("f{i}min"), doc! { "$min": &value });
+        group.insert(format!("f{i}max"), doc! { "$max": &value });
+        let is_number = doc! { "$cond": [{ "$isNumber": &value }, 1, 0] };
+        group.insert(format!("f{i}n"), doc! { "$sum": is_number });
+    }
+    let moving = doc! { "$cond": [{ "$eq": ["$isMoving", true] }, 1, 0] };
+    group.insert("moving", doc! { "$sum": moving });
+    vec![
+        doc! { "$match": window.match_node(node) },
+        doc! { "$group": group },
+        doc! { "$sort": { "_id": 1 } },
+        doc! { "$limit": MAX_POINTS },
+    ]
+}
+
+/// An ISO 8601 / RFC 3339 time as milliseconds since the epoch.
+pub fn parse_time(name: &'static str, value: &str) -> Result<i64, WindowError> {
+    let bad = || WindowError::BadTime {
+        name,
+        value: value.to_owned(),
+    };
+    let t = OffsetDateTime::parse(value.trim(), &Rfc3339).map_err(|_| bad())?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())
+}
+
+/// Milliseconds since the epoch as `2026-12-04T10:00:00.000Z`, the form every response uses.
+pub fn iso(ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Every window up to the limit gets at most 600 buckets, counting partial ones at both ends,
+    // and the narrowest round width that does so.
+    #[test]
+    fn bucket_width_keeps_series_at_most_600_points() {
+        let h = 3_600_000;
+        for (span, want) in [
+            (60_000, 500),
+            (h, 10_000),
+            (24 * h, 300_000),
+            (7 * 24 * h, 1_800_000),
+            (30 * 24 * h, 7_200_000),
+            (MAX_WINDOW_MS, DAY_MS),
+        ] {
+            let w = Window::new(1_000_123, 1_000_123 + span).unwrap();
+            assert_eq!(w.bucket_ms(), want, "span {span}");
+            assert!(bucket_count(w.from_ms, w.to_ms, w.bucket_ms()) <= MAX_POINTS);
+        }
+        for span in [1, 7, 999, 299_999, 300_001, 12_345_678, 987_654_321] {
+            let w = Window::new(-5, span).unwrap();
+            assert!(bucket_count(w.from_ms, w.to_ms, w.bucket_ms()) <= MAX_POINTS);
+        }
+    }
+
+    // Bad windows are refused with a reason; the edges of the limit are exact.
+    #[test]
+    fn windows_are_checked() {
+        assert_eq!(Window::new(5, 5), Err(WindowError::Empty));
+        assert_eq!(Window::new(6, 5), Err(WindowError::Empty));
+        assert!(Window::new(0, MAX_WINDOW_MS).is_ok());
+        assert_eq!(Window::new(0, MAX_WINDOW_MS + 1), Err(WindowError::TooLong));
+        assert!(matches!(
+            Window::parse("yesterday", "2026-12-04T00:00:00Z"),
+            Err(WindowError::BadTime { name: "from", .. })
+        ));
+        let w = Window::parse("2026-12-04T00:00:00Z", "2026-12-04T01:00:00.5+01:00").unwrap();
+        assert_eq!(w.to_ms - w.from_ms, 500);
+    }
+
+    // Times print in one UTC form with milliseconds, and read back.
+    #[test]
+    fn iso_round_trips() {
+        let t = parse_time("t", "2026-12-04T10:11:12.345Z").unwrap();
+        assert_eq!(iso(t), "2026-12-04T10:11:12.345Z");
+        assert_eq!(iso(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    // The bucket rule is epoch-aligned.
+    #[test]
+    fn buckets_are_epoch_aligned() {
+        assert_eq!(bucket_start(12_345, 1_000), 12_000);
+        assert_eq!(bucket_start(12_000, 1_000), 12_000);
+        assert_eq!(bucket_count(999, 1_001, 1_000), 2);
+    }
+
+    // Fields are named as stored, and nothing else is one.
+    #[test]
+    fn fields() {
+        for name in ["temperature", "humidity", "pressure", "acceleration.y"] {
+            assert_eq!(Field::parse(name).unwrap().path(), name);
+        }
+        assert_eq!(Field::parse("isMoving"), None);
+        assert_eq!(Field::parse("$where"), None);
+    }
+}

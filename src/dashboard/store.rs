@@ -1,0 +1,374 @@
+//! The dashboard's reads of the readings collection: node names, each node's latest report,
+//! bucketed series and motion marks (aggregation pipelines from [`super::query`], run inside
+//! MongoDB), raw readings for CSV, and the `{nodeName: 1, recordedAt: 1}` index they all use.
+//! Every call is bounded in time (`--query-timeout`), so a database that stops answering becomes a
+//! [`MongoError::Unavailable`] in seconds instead of a hung page.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::{Client, Collection, Cursor, IndexModel};
+use serde_json::{Map, Number, Value};
+
+use super::config::Config;
+use super::query::{chart_pipeline, motion_pipeline, series_pipeline, Field, Window};
+use crate::mongo::{classify, connect, redact_credentials, MongoError};
+
+/// How long the list of node names is reused: `distinct` reads the whole index, and the page
+/// asks every two seconds; a new node's tile appears within this.
+pub const NAMES_TTL: Duration = Duration::from_secs(30);
+/// The index every query of the dashboard uses.
+pub const INDEX_NAME: &str = "nodeName_1_recordedAt_1";
+
+/// One bucket of a series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Bucket start, milliseconds since the epoch.
+    pub t_ms: i64,
+    /// Mean of the bucket's readings.
+    pub avg: f64,
+    /// Smallest reading.
+    pub min: f64,
+    /// Largest reading.
+    pub max: f64,
+    /// How many readings.
+    pub count: i64,
+}
+
+/// A bucket holding motion, and how many moving readings it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// Bucket start, milliseconds since the epoch.
+    pub t_ms: i64,
+    /// How many `isMoving: true` readings.
+    pub count: i64,
+}
+
+/// What creating the index came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexOutcome {
+    /// It exists now (made, or already there).
+    Ready,
+    /// The user may not create it (a read-only user): the message says how to.
+    NotAllowed(String),
+}
+
+/// The readings collection, read-only.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    reports: Collection<Document>,
+    uri: String,
+    timeout: Duration,
+    names: Arc<tokio::sync::Mutex<Option<Names>>>,
+}
+
+/// Node names as last read, and when.
+struct Names {
+    read_at: Instant,
+    names: Vec<String>,
+}
+
+impl Store {
+    /// A store for the configured collection. The driver connects on first use, so this
+    /// succeeds while the database is down (the page then says so, and recovers).
+    pub async fn new(config: &Config) -> Result<Store, MongoError> {
+        let client = connect(&config.uri, "sensehat-dashboard").await?;
+        let reports = client
+            .database(&config.database)
+            .collection(&config.collection);
+        Ok(Store {
+            client,
+            reports,
+            uri: config.uri.clone(),
+            timeout: config.query_timeout,
+            names: Arc::default(),
+        })
+    }
+
+    /// Run `f` within the configured timeout, its errors classified and redacted.
+    async fn bounded<T, F>(&self, f: F) -> Result<T, MongoError>
+    where
+        F: IntoFuture<Output = mongodb::error::Result<T>>,
+    {
+        match tokio::time::timeout(self.timeout, f.into_future()).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(match classify(e) {
+                MongoError::Unavailable(m) => {
+                    MongoError::Unavailable(redact_credentials(&m, &self.uri))
+                }
+                MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
+            }),
+            Err(_) => Err(MongoError::Unavailable(format!(
+                "the database did not answer within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// Create the `{nodeName: 1, recordedAt: 1}` index if it is missing.
+    pub async fn ensure_index(&self) -> Result<IndexOutcome, MongoError> {
+        let model = IndexModel::builder()
+            .keys(doc! { "nodeName": 1, "recordedAt": 1 })
+            .build();
+        let made = tokio::time::timeout(self.timeout, self.reports.create_index(model)).await;
+        match made {
+            Ok(Ok(_)) => Ok(IndexOutcome::Ready),
+            Ok(Err(e)) if crate::mongo::is_fatal(&e) => Ok(IndexOutcome::NotAllowed(format!(
+                "cannot create the index {INDEX_NAME} ({}); a user with createIndex on {ns} can, in mongosh: \
+                 db.getSiblingDB(\"{db}\").{coll}.createIndex({{nodeName: 1, recordedAt: 1}})",
+                redact_credentials(&e.to_string(), &self.uri),
+                ns = self.reports.namespace(),
+                db = self.reports.namespace().db,
+                coll = self.reports.name(),
+            ))),
+            Ok(Err(e)) => Err(MongoError::Unavailable(redact_credentials(
+                &classify(e).to_string(),
+                &self.uri,
+            ))),
+            Err(_) => Err(MongoError::Unavailable("the database did not answer".into())),
+        }
+    }
+
+    /// Every node name, sorted; asked of the database at most every [`NAMES_TTL`].
+    pub async fn node_names(&self) -> Result<Vec<String>, MongoError> {
+        // Held across the query so that concurrent requests wait for one `distinct`.
+        let mut cached = self.names.lock().await;
+        if let Some(c) = cached.as_ref().filter(|c| c.read_at.elapsed() < NAMES_TTL) {
+            return Ok(c.names.clone());
+        }
+        let names = self.distinct_names().await?;
+        *cached = Some(Names {
+            read_at: Instant::now(),
+            names: names.clone(),
+        });
+        Ok(names)
+    }
+
+    async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {
+        let names = self
+            .bounded(self.reports.distinct("nodeName", doc! {}))
+            .await?;
+        let mut names: Vec<String> = names
+            .into_iter()
+            .filter_map(|b| match b {
+                Bson::String(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// A node's latest report, `None` for a node with none.
+    pub async fn latest(&self, node: &str) -> Result<Option<Document>, MongoError> {
+        self.bounded(
+            self.reports
+                .find_one(doc! { "nodeName": node })
+                .sort(doc! { "recordedAt": -1 }),
+        )
+        .await
+    }
+
+    /// Whether a node has any report at all.
+    pub async fn node_exists(&self, node: &str) -> Result<bool, MongoError> {
+        Ok(self
+            .bounded(
+                self.reports
+                    .find_one(doc! { "nodeName": node })
+                    .projection(doc! { "_id": 1 }),
+            )
+            .await?
+            .is_some())
+    }
+
+    /// One node's `field` over `window` in buckets of `width` ms, bucketed in the database.
+    pub async fn series(
+        &self,
+        node: &str,
+        window: &Window,
+        field: Field,
+        width: i64,
+    ) -> Result<Vec<Point>, MongoError> {
+        let pipeline = series_pipeline(node, window, field, width);
+        let docs = self.aggregate(pipeline).await?;
+        Ok(docs.iter().filter_map(point).collect())
+    }
+
+    /// One node's buckets of `width` ms holding motion over `window`.
+    pub async fn motion(
+        &self,
+        node: &str,
+        window: &Window,
+        width: i64,
+    ) -> Result<Vec<Mark>, MongoError> {
+        let docs = self.aggregate(motion_pipeline(node, window, width)).await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                Some(Mark {
+                    t_ms: d.get_datetime("_id").ok()?.timestamp_millis(),
+                    count: number(d.get("count")?)? as i64,
+                })
+            })
+            .collect())
+    }
+
+    /// One node's `fields` and motion over `window` in buckets of `width` ms, in one pass:
+    /// a series per field (in the order given) and the motion marks.
+    pub async fn chart(
+        &self,
+        node: &str,
+        window: &Window,
+        fields: &[Field],
+        width: i64,
+    ) -> Result<(Vec<Vec<Point>>, Vec<Mark>), MongoError> {
+        let docs = self
+            .aggregate(chart_pipeline(node, window, fields, width))
+            .await?;
+        let mut series = vec![Vec::new(); fields.len()];
+        let mut marks = Vec::new();
+        for d in &docs {
+            let Ok(t) = d.get_datetime("_id") else {
+                continue;
+            };
+            let t_ms = t.timestamp_millis();
+            for (i, points) in series.iter_mut().enumerate() {
+                let get = |k: &str| d.get(format!("f{i}{k}")).and_then(number);
+                if let (Some(avg), Some(min), Some(max), Some(n)) =
+                    (get("avg"), get("min"), get("max"), get("n"))
+                {
+                    if n > 0.0 {
+                        points.push(Point {
+                            t_ms,
+                            avg,
+                            min,
+                            max,
+                            count: n as i64,
+                        });
+                    }
+                }
+            }
+            match d.get("moving").and_then(number) {
+                Some(n) if n > 0.0 => marks.push(Mark {
+                    t_ms,
+                    count: n as i64,
+                }),
+                _ => {}
+            }
+        }
+        Ok((series, marks))
+    }
+
+    async fn aggregate(&self, pipeline: Vec<Document>) -> Result<Vec<Document>, MongoError> {
+        self.bounded(async {
+            let cursor = self.reports.aggregate(pipeline).await?;
+            cursor.try_collect().await
+        })
+        .await
+    }
+
+    /// A cursor over one node's raw readings in the window, oldest first, at most `limit`.
+    pub async fn raw(
+        &self,
+        node: &str,
+        window: &Window,
+        limit: i64,
+    ) -> Result<Cursor<Document>, MongoError> {
+        self.bounded(
+            self.reports
+                .find(window.match_node(node))
+                .sort(doc! { "recordedAt": 1 })
+                .limit(limit),
+        )
+        .await
+    }
+
+    /// Whether the window holds more than `n` of the node's readings (skipping along the index).
+    pub async fn more_than(&self, node: &str, window: &Window, n: u64) -> Result<bool, MongoError> {
+        let past = self
+            .reports
+            .find_one(window.match_node(node))
+            .sort(doc! { "recordedAt": 1 })
+            .skip(n)
+            .projection(doc! { "_id": 1 });
+        Ok(self.bounded(past).await?.is_some())
+    }
+
+    /// Whether the database answers a ping.
+    pub async fn ping(&self) -> Result<(), MongoError> {
+        let admin = self.client.database("admin");
+        self.bounded(admin.run_command(doc! { "ping": 1 })).await?;
+        Ok(())
+    }
+}
+
+/// A `$group` result as a [`Point`]; `None` for a malformed one.
+fn point(d: &Document) -> Option<Point> {
+    Some(Point {
+        t_ms: d.get_datetime("_id").ok()?.timestamp_millis(),
+        avg: number(d.get("avg")?)?,
+        min: number(d.get("min")?)?,
+        max: number(d.get("max")?)?,
+        count: number(d.get("count")?)? as i64,
+    })
+}
+
+/// A BSON number as `f64`.
+pub fn number(b: &Bson) -> Option<f64> {
+    match b {
+        Bson::Double(f) => Some(*f),
+        Bson::Int32(i) => Some(f64::from(*i)),
+        Bson::Int64(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+/// A stored report as JSON under its stored field names: dates as ISO 8601 UTC strings,
+/// `_id` as its hex string, numbers as numbers.
+pub fn report_json(d: &Document) -> Map<String, Value> {
+    d.iter().map(|(k, v)| (k.clone(), bson_json(v))).collect()
+}
+
+fn bson_json(b: &Bson) -> Value {
+    match b {
+        Bson::DateTime(t) => Value::String(super::query::iso(t.timestamp_millis())),
+        Bson::ObjectId(o) => Value::String(o.to_hex()),
+        Bson::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Bson::Int32(i) => Value::from(*i),
+        Bson::Int64(i) => Value::from(*i),
+        Bson::Boolean(v) => Value::Bool(*v),
+        Bson::String(s) => Value::String(s.clone()),
+        Bson::Null => Value::Null,
+        Bson::Document(d) => Value::Object(report_json(d)),
+        Bson::Array(a) => Value::Array(a.iter().map(bson_json).collect()),
+        other => other.clone().into_relaxed_extjson(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{oid::ObjectId, DateTime};
+
+    // A stored report keeps its field names, with the date as ISO 8601 UTC and the id as hex.
+    #[test]
+    fn report_json_keeps_stored_names() {
+        let id = ObjectId::new();
+        let d = doc! {
+            "_id": id, "nodeName": "greenhouse-pi", "humidity": 41.2, "temperature": 22.7,
+            "pressure": 1013.25, "isMoving": false,
+            "acceleration": { "x": 0.01, "y": -0.02, "z": 0.99 },
+            "recordedAt": DateTime::from_millis(1_796_083_200_250),
+        };
+        let j = Value::Object(report_json(&d));
+        assert_eq!(j["_id"], id.to_hex());
+        assert_eq!(j["recordedAt"], "2026-12-01T00:00:00.250Z");
+        assert_eq!(j["acceleration"]["z"], 0.99);
+        assert_eq!(j["isMoving"], false);
+        assert_eq!(j["pressure"], 1013.25);
+    }
+}

@@ -1,0 +1,443 @@
+//! The dashboard binary against a real MongoDB wire-protocol server (SecantusDB) holding
+//! readings this file generates: every series, motion mark and CSV row is checked against
+//! values computed here from the same documents.
+#![cfg(feature = "dashboard")]
+
+mod common;
+mod dashboard_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mongodb::bson::{DateTime, Document};
+use serde_json::Value;
+
+use common::MongoServer;
+use dashboard_support::{insert, iso, readings, Dashboard, T0_MS};
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+/// Node b is silent from 40 min to 1 h 10 min.
+const GAP: std::ops::Range<i64> = T0_MS + 40 * MIN..T0_MS + 70 * MIN;
+
+/// Three nodes, a reading every 7 s for three hours; b has a gap; a and b move now and then.
+fn dataset() -> Vec<Document> {
+    let n = (3 * HOUR / 7_000) as u32;
+    let mut docs = readings("node-a", 0, T0_MS, 7_000, n, 0..0, 97);
+    docs.extend(readings("node-b", 1, T0_MS + 3_000, 7_000, n, GAP, 61));
+    docs.extend(readings("node-c", 2, T0_MS + 5_000, 7_000, n, 0..0, 0));
+    docs
+}
+
+fn ms(v: &Value) -> i64 {
+    DateTime::parse_rfc3339_str(v.as_str().expect("a time string"))
+        .expect("ISO 8601")
+        .timestamp_millis()
+}
+
+fn value(d: &Document, path: &str) -> Option<f64> {
+    match path.split_once('.') {
+        Some((a, b)) => d.get_document(a).ok()?.get_f64(b).ok(),
+        None => d.get_f64(path).ok(),
+    }
+}
+
+/// (avg, min, max, count) per bucket start, computed here the way the issue defines buckets.
+fn expected(
+    docs: &[Document],
+    node: &str,
+    field: &str,
+    from: i64,
+    to: i64,
+    w: i64,
+) -> BTreeMap<i64, (f64, f64, f64, i64)> {
+    let mut sums: BTreeMap<i64, (f64, f64, f64, i64)> = BTreeMap::new();
+    for d in docs.iter().filter(|d| d.get_str("nodeName") == Ok(node)) {
+        let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
+        if t < from || t >= to {
+            continue;
+        }
+        let v = value(d, field).unwrap();
+        let e = sums
+            .entry(t - t % w)
+            .or_insert((0.0, f64::MAX, f64::MIN, 0));
+        *e = (e.0 + v, e.1.min(v), e.2.max(v), e.3 + 1);
+    }
+    sums.into_iter()
+        .map(|(k, (s, lo, hi, n))| (k, (s / n as f64, lo, hi, n)))
+        .collect()
+}
+
+/// One series request checked point by point against [`expected`].
+fn check_series(
+    dash: &Dashboard,
+    docs: &[Document],
+    node: &str,
+    field: &str,
+    from: i64,
+    to: i64,
+) -> usize {
+    let url = format!(
+        "/api/series?node={node}&field={field}&from={}&to={}",
+        iso(from),
+        iso(to)
+    );
+    let s = dash.json(&url);
+    let w = (s["bucketSeconds"].as_f64().unwrap() * 1000.0) as i64;
+    let points = s["points"].as_array().unwrap();
+    assert!(points.len() <= 600, "{url}: {} points", points.len());
+    assert!(
+        w * 599 >= to - from,
+        "{url}: buckets of {w} ms cannot fit 600"
+    );
+    let want = expected(docs, node, field, from, to, w);
+    assert_eq!(points.len(), want.len(), "{url}");
+    for (p, (t, (avg, lo, hi, n))) in points.iter().zip(&want) {
+        assert_eq!(ms(&p["t"]), *t, "{url}: bucket start");
+        assert_eq!(p["count"].as_i64().unwrap(), *n, "{url} at {t}");
+        for (k, v) in [("avg", avg), ("min", lo), ("max", hi)] {
+            let got = p[k].as_f64().unwrap();
+            assert!((got - v).abs() < 1e-9, "{url} at {t}: {k} {got} != {v}");
+        }
+    }
+    points.len()
+}
+
+// Series of each field, with window edges inside buckets, equal what the test computes from the
+// same documents; the gap has no points; any window gives at most 600 points.
+#[tokio::test(flavor = "multi_thread")]
+async fn series_are_bucketed_as_computed_here() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_series");
+    let docs = dataset();
+    insert(&server.client().await, &db, docs.clone()).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let (from, to) = (
+            T0_MS + 13 * MIN + 27_300,
+            T0_MS + 2 * HOUR + 41 * MIN + 1_234,
+        );
+        for field in [
+            "temperature",
+            "humidity",
+            "pressure",
+            "acceleration.x",
+            "acceleration.y",
+            "acceleration.z",
+        ] {
+            assert!(check_series(&dash, &docs, "node-a", field, from, to) > 100);
+        }
+        // A short window: one reading a bucket, so avg = min = max.
+        check_series(
+            &dash,
+            &docs,
+            "node-c",
+            "temperature",
+            T0_MS + 10 * MIN + 1,
+            T0_MS + 12 * MIN,
+        );
+        // A month around the data: one bucket holds hours of readings.
+        check_series(
+            &dash,
+            &docs,
+            "node-b",
+            "pressure",
+            T0_MS - 20 * 24 * HOUR,
+            T0_MS + 10 * 24 * HOUR,
+        );
+        // The gap: buckets of b there are absent, the neighbours present.
+        let url = format!(
+            "/api/series?node=node-b&field=temperature&from={}&to={}",
+            iso(T0_MS),
+            iso(T0_MS + 3 * HOUR)
+        );
+        let s = dash.json(&url);
+        let times: Vec<i64> = s["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| ms(&p["t"]))
+            .collect();
+        let w = (s["bucketSeconds"].as_f64().unwrap() * 1000.0) as i64;
+        assert!(
+            !times
+                .iter()
+                .any(|t| *t + w > GAP.start + 7_000 && *t < GAP.end - 7_000),
+            "points in the gap"
+        );
+        assert!(times.iter().any(|t| *t < GAP.start) && times.iter().any(|t| *t >= GAP.end));
+        assert!(
+            check_series(
+                &dash,
+                &docs,
+                "node-b",
+                "temperature",
+                T0_MS,
+                T0_MS + 3 * HOUR
+            ) > 0
+        );
+    })
+    .await
+    .unwrap();
+}
+
+// Motion marks are the buckets holding isMoving readings, with their counts; a node that never
+// moves has none.
+#[tokio::test(flavor = "multi_thread")]
+async fn motion_marks_are_the_moving_buckets() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_motion");
+    let docs = dataset();
+    insert(&server.client().await, &db, docs.clone()).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let (from, to) = (T0_MS + 5 * MIN + 500, T0_MS + 3 * HOUR);
+        for node in ["node-a", "node-b", "node-c"] {
+            let m = dash.json(&format!(
+                "/api/motion?node={node}&from={}&to={}",
+                iso(from),
+                iso(to)
+            ));
+            let w = (m["bucketSeconds"].as_f64().unwrap() * 1000.0) as i64;
+            let mut want: BTreeMap<i64, i64> = BTreeMap::new();
+            for d in docs
+                .iter()
+                .filter(|d| d.get_str("nodeName") == Ok(node) && d.get_bool("isMoving") == Ok(true))
+            {
+                let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
+                if (from..to).contains(&t) {
+                    *want.entry(t - t % w).or_default() += 1;
+                }
+            }
+            let got: BTreeMap<i64, i64> = m["marks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| (ms(&k["t"]), k["count"].as_i64().unwrap()))
+                .collect();
+            assert_eq!(got, want, "{node}");
+            assert_eq!(got.is_empty(), node == "node-c");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+// /api/nodes lists each node's latest report under the stored names with its age, stale past
+// --stale-after; the CSV of a window holds exactly its readings, in time order.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_and_csv() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_nodes");
+    let client = server.client().await;
+    let mut docs = dataset();
+    let now = DateTime::now().timestamp_millis();
+    let fresh = readings("node-fresh", 3, now - 2_000, 500, 2, 0..0, 0);
+    docs.extend(fresh.clone());
+    insert(&client, &db, docs.clone()).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let list = dash.json("/api/nodes");
+        let list = list.as_array().unwrap();
+        let names: Vec<&str> = list
+            .iter()
+            .map(|n| n["nodeName"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["node-a", "node-b", "node-c", "node-fresh"]);
+        for n in list {
+            let node = n["nodeName"].as_str().unwrap();
+            let last = docs
+                .iter()
+                .filter(|d| d.get_str("nodeName") == Ok(node))
+                .max_by_key(|d| d.get_datetime("recordedAt").unwrap().timestamp_millis())
+                .unwrap();
+            assert_eq!(
+                ms(&n["recordedAt"]),
+                last.get_datetime("recordedAt").unwrap().timestamp_millis()
+            );
+            assert_eq!(n["temperature"].as_f64(), last.get_f64("temperature").ok());
+            assert_eq!(
+                n["acceleration"]["z"].as_f64(),
+                value(last, "acceleration.z")
+            );
+            assert_eq!(n["isMoving"].as_bool(), last.get_bool("isMoving").ok());
+            assert_eq!(n["stale"], node != "node-fresh", "{node}");
+            assert!(n["ageSeconds"].as_f64().unwrap() >= 0.0);
+        }
+        let (from, to) = (T0_MS + 30 * MIN + 1, T0_MS + 35 * MIN);
+        let r = dash.get(&format!(
+            "/api/csv?node=node-a&from={}&to={}",
+            iso(from),
+            iso(to)
+        ));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-truncated"), Some("false"));
+        let lines: Vec<&str> = r.body.lines().collect();
+        assert!(lines[0].starts_with("recordedAt,nodeName,temperature,"));
+        let want: Vec<&Document> = docs
+            .iter()
+            .filter(|d| {
+                let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
+                d.get_str("nodeName") == Ok("node-a") && (from..to).contains(&t)
+            })
+            .collect();
+        assert_eq!(lines.len() - 1, want.len());
+        let first: Vec<&str> = lines[1].split(',').collect();
+        assert_eq!(first[1], "node-a");
+        assert_eq!(
+            first[2].parse::<f64>().ok(),
+            want[0].get_f64("temperature").ok()
+        );
+    })
+    .await
+    .unwrap();
+}
+
+// Bad input is answered with a status saying whose fault it is and a JSON reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_with_a_reason() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_bad");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "5s");
+    tokio::task::spawn_blocking(move || {
+        let (f, t) = (iso(T0_MS), iso(T0_MS + HOUR));
+        for (path, status, says) in [
+            (
+                format!("/api/series?node=nobody&field=temperature&from={f}&to={t}"),
+                404,
+                "nobody",
+            ),
+            (
+                format!("/api/motion?node=nobody&from={f}&to={t}"),
+                404,
+                "nobody",
+            ),
+            (
+                format!("/api/csv?node=nobody&from={f}&to={t}"),
+                404,
+                "nobody",
+            ),
+            (
+                format!("/api/series?node=node-a&field=isMoving&from={f}&to={t}"),
+                400,
+                "unknown field",
+            ),
+            (
+                format!("/api/series?node=node-a&field=temperature&from=yesterday&to={t}"),
+                400,
+                "from",
+            ),
+            (
+                format!(
+                    "/api/series?node=node-a&field=temperature&from={f}&to=2026-13-01T00:00:00Z"
+                ),
+                400,
+                "to",
+            ),
+            (
+                format!("/api/series?node=node-a&field=temperature&from={t}&to={f}"),
+                400,
+                "before",
+            ),
+            (
+                format!("/api/series?node=node-a&field=temperature&from={f}&to={f}"),
+                400,
+                "before",
+            ),
+            (
+                format!(
+                    "/api/series?node=node-a&field=temperature&from=2025-01-01T00:00:00Z&to={t}"
+                ),
+                400,
+                "400 days",
+            ),
+            (
+                format!("/api/series?field=temperature&from={f}&to={t}"),
+                400,
+                "node",
+            ),
+            (
+                format!("/api/series?node=node-a&from={f}&to={t}"),
+                400,
+                "field",
+            ),
+        ] {
+            let r = dash.get(&path);
+            assert_eq!(r.status, status, "{path}: {}", r.body);
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            let msg = v["error"].as_str().unwrap();
+            assert!(msg.contains(says) && !msg.contains('\n'), "{path}: {msg}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+// With the database down the API answers 503 with a one-line reason within seconds, and
+// answers again once the database is back, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_down_is_503_then_recovers() {
+    let Some(mut server) = MongoServer::start_persistent() else {
+        return;
+    };
+    let db = common::unique_name("dash_down");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "5s");
+    let dash = tokio::task::spawn_blocking(move || {
+        assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
+        dash
+    })
+    .await
+    .unwrap();
+    server.stop();
+    let dash = tokio::task::spawn_blocking(move || {
+        for path in [
+            "/api/nodes",
+            "/api/health",
+            "/api/series?node=node-a&field=temperature",
+        ] {
+            let started = std::time::Instant::now();
+            let r = dash.get(path);
+            assert_eq!(r.status, 503, "{path}: {}", r.body);
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "{path} took {:?}",
+                started.elapsed()
+            );
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            let msg = v["error"].as_str().unwrap();
+            assert!(
+                msg.starts_with("database unavailable") && !msg.contains('\n'),
+                "{msg}"
+            );
+        }
+        dash
+    })
+    .await
+    .unwrap();
+    server.launch();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while dash.get("/api/nodes").status != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dashboard did not recover"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
+    })
+    .await
+    .unwrap();
+}

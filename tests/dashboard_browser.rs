@@ -1,0 +1,145 @@
+//! The dashboard page in a real browser: headless Chromium opens the page served by the real
+//! binary on a real MongoDB wire-protocol server, and what a person would see is checked.
+//! Skipped with a message only when Chromium is absent and `CI` is unset; in CI it must run.
+#![cfg(feature = "dashboard")]
+
+mod common;
+mod dashboard_support;
+
+use std::time::Duration;
+
+use mongodb::bson::DateTime;
+
+use common::MongoServer;
+use dashboard_support::cdp::{chromium, Browser};
+use dashboard_support::{insert, readings, Dashboard};
+
+// The page draws tiles with the latest values and non-blank charts with no console error, a
+// reading inserted afterwards appears on its tile without a reload, and with the database
+// stopped the page says so, then clears it by itself once the database is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_shows_latest_readings_and_updates_itself() {
+    let Some(exe) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: apt-get install -y chromium"
+        );
+        eprintln!("skipping: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    let mut server = MongoServer::start_persistent().unwrap_or_else(MongoServer::start);
+    let db = common::unique_name("dash_browser");
+    let client = server.client().await;
+    let now = DateTime::now().timestamp_millis();
+    let start = now - 6 * 3_600_000;
+    let mut docs = readings(
+        "greenhouse-pi",
+        0,
+        start,
+        20_000,
+        1080,
+        start + 7_200_000..start + 8_400_000,
+        101,
+    );
+    docs.extend(readings("shed-pi", 1, start + 5_000, 20_000, 1080, 0..0, 0));
+    let last = docs
+        .iter()
+        .rfind(|d| d.get_str("nodeName") == Ok("greenhouse-pi"))
+        .unwrap();
+    let last = last.get_f64("temperature").unwrap();
+    insert(&client, &db, docs).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let url = format!("http://{}/", dash.addr);
+    let shot_to = std::env::var_os("DASHBOARD_SCREENSHOT");
+
+    let mut browser = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 1100));
+        b.navigate(&url);
+        b.wait_for("document.querySelectorAll('.tile').length === 2", Duration::from_secs(30), "two tiles");
+        b.wait_for("['temperature','humidity','pressure'].every(f => document.querySelectorAll('#chart-' + f + ' path.line').length >= 2)",
+                   Duration::from_secs(60), "a line per node in each chart");
+        let shown = b.eval("document.querySelector('.tile[data-node=\"greenhouse-pi\"] [data-field=temperature]').textContent");
+        assert_eq!(shown.as_str(), Some(format!("{last:.1} °C").as_str()));
+        // Gaps are drawn as gaps: greenhouse-pi's line has two pieces.
+        let pieces = b.eval("document.querySelectorAll('#chart-temperature path.line[data-node=\"greenhouse-pi\"]').length");
+        assert_eq!(pieces.as_i64(), Some(2));
+        let png = b.screenshot();
+        if let Some(p) = shot_to {
+            std::fs::write(p, &png).unwrap();
+        }
+        let rect = b.eval("(() => { const r = document.getElementById('chart-temperature').getBoundingClientRect(); return [r.left, r.top, r.width, r.height].map(Math.round); })()");
+        let r: Vec<u32> = rect.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert!(coloured_pixels(&png, (r[0], r[1], r[2], r[3])) > 500, "the temperature chart looks blank");
+        b
+    })
+    .await
+    .unwrap();
+
+    // A new reading, not in any earlier answer, shows on its tile within a few seconds.
+    let mut fresh = readings(
+        "greenhouse-pi",
+        0,
+        DateTime::now().timestamp_millis(),
+        500,
+        1,
+        0..0,
+        0,
+    );
+    fresh[0].insert("temperature", 42.4);
+    insert(&client, &db, fresh).await;
+    let mut browser = tokio::task::spawn_blocking(move || {
+        browser.wait_for("document.querySelector('.tile[data-node=\"greenhouse-pi\"] [data-field=temperature]').textContent === '42.4 °C'",
+                         Duration::from_secs(10), "the new reading on its tile");
+        assert!(browser.errors.is_empty(), "console errors: {:?}", browser.errors);
+        browser
+    })
+    .await
+    .unwrap();
+    if !server.owned {
+        return;
+    }
+    server.stop();
+    let mut browser = tokio::task::spawn_blocking(move || {
+        let status = "document.getElementById('status')";
+        browser.wait_for(
+            &format!("!{status}.hidden && {status}.textContent.includes('database unavailable')"),
+            Duration::from_secs(30),
+            "the outage in the status bar",
+        );
+        browser
+    })
+    .await
+    .unwrap();
+    server.launch();
+    tokio::task::spawn_blocking(move || {
+        browser.wait_for(
+            "document.getElementById('status').hidden",
+            Duration::from_secs(60),
+            "the status bar to clear once the database is back",
+        );
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
+/// Pixels in the rectangle that are neither white nor near-white grey: lines and bands.
+fn coloured_pixels(png_bytes: &[u8], (x, y, w, h): (u32, u32, u32, u32)) -> usize {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let mut n = 0;
+    for row in y..(y + h).min(info.height) {
+        for col in x..(x + w).min(info.width) {
+            let i = (row as usize * info.width as usize + col as usize) * channels;
+            let (r, g, b) = (buf[i] as i32, buf[i + 1] as i32, buf[i + 2] as i32);
+            if (r - g).abs() + (g - b).abs() + (r - b).abs() > 60 {
+                n += 1;
+            }
+        }
+    }
+    n
+}

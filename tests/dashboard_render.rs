@@ -1,0 +1,124 @@
+//! `sensehat-dashboard render` and `check-config` against a real MongoDB wire-protocol server
+//! (SecantusDB) holding generated readings.
+#![cfg(feature = "dashboard")]
+
+mod common;
+mod dashboard_support;
+
+use common::MongoServer;
+use dashboard_support::{insert, iso, readings, T0_MS};
+
+const HOUR: i64 = 3_600_000;
+
+// render writes a PNG of the asked size that decodes and is not blank, and an SVG; check-config
+// accepts a good configuration and refuses a bad connection string without showing its password.
+#[tokio::test(flavor = "multi_thread")]
+async fn render_and_check_config() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_render");
+    let n = (3 * HOUR / 7_000) as u32;
+    let mut docs = readings("node-a", 0, T0_MS, 7_000, n, 0..0, 97);
+    docs.extend(readings(
+        "node-b",
+        1,
+        T0_MS,
+        7_000,
+        n,
+        T0_MS + HOUR..T0_MS + HOUR + 1_800_000,
+        0,
+    ));
+    insert(&server.client().await, &db, docs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], uri: &str| {
+        std::process::Command::new(dashboard_support::dashboard_bin())
+            .args(["--database", &db])
+            .args(args)
+            .env("MONGODB_CONNECTION_STRING", uri)
+            .output()
+            .unwrap()
+    };
+    let png_path = dir.path().join("chart.png");
+    let to = iso(T0_MS + 3 * HOUR);
+    let out = run(
+        &[
+            "render",
+            "--node",
+            "node-b",
+            "--field",
+            "temperature",
+            "--window",
+            "4h",
+            "--to",
+            &to,
+            "--width",
+            "640",
+            "--height",
+            "320",
+            "--out",
+            png_path.to_str().unwrap(),
+        ],
+        &server.uri,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).unwrap(),
+    ));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (640, 320));
+    let pixels = &buf[..info.buffer_size()];
+    let blue = pixels
+        .chunks(3)
+        .filter(|p| p[2] > 150 && p[0] < 100)
+        .count();
+    assert!(blue > 200, "the line is missing: {blue} blue pixels");
+    let svg_path = dir.path().join("chart.svg");
+    let out = run(
+        &[
+            "render",
+            "--node",
+            "node-a",
+            "--window",
+            "7d",
+            "--to",
+            &to,
+            "--out",
+            svg_path.to_str().unwrap(),
+        ],
+        &server.uri,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(&svg_path)
+        .unwrap()
+        .contains("<polyline"));
+    let out = run(
+        &[
+            "render",
+            "--node",
+            "nobody",
+            "--out",
+            svg_path.to_str().unwrap(),
+        ],
+        &server.uri,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
+
+    assert!(run(&["check-config"], &server.uri).status.success());
+    let out = run(&["check-config"], "mongodb://pi:s3cret?x@db.example.net/");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("s3cret") && err.contains("connection string"),
+        "{err}"
+    );
+}
