@@ -97,24 +97,87 @@ pub fn make_durable(wc: &mut Option<WriteConcern>) -> Option<String> {
 /// makes it quote the pieces it split, password included; such a message goes to the log.
 /// Pieces shorter than three characters are left: they would blank out ordinary words.
 pub fn redact_credentials(message: &str, uri: &str) -> String {
-    let Some((_, rest)) = uri.split_once("://") else {
+    let pieces = secret_pieces(uri);
+    if pieces.is_empty() {
         return message.to_owned();
+    }
+    // The driver may quote a piece lower-cased (as an option name): match without case. ASCII
+    // lower-casing keeps every byte where it was, so a match's range is the message's too.
+    let hay = message.to_ascii_lowercase();
+    let mut ranges = Vec::new();
+    for piece in &pieces {
+        for needle in [piece.to_ascii_lowercase(), piece.to_lowercase()] {
+            let mut from = 0;
+            while let Some(i) = hay[from..].find(&needle) {
+                let start = from + i;
+                ranges.push((start, start + needle.len()));
+                from = start + hay[start..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut done = 0;
+    for (start, end) in merged {
+        out.push_str(&message[done..start]);
+        out.push_str("<redacted>");
+        done = end;
+    }
+    out.push_str(&message[done..]);
+    out
+}
+
+/// What of a connection string's user information must never be shown: the whole of it, the
+/// user name and password (split at `:`), and the pieces the driver splits it into when it
+/// cannot parse it, each as written and percent-decoded, if at least three characters long.
+fn secret_pieces(uri: &str) -> Vec<String> {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return Vec::new();
     };
     let Some(at) = rest.rfind('@') else {
-        return message.to_owned();
+        return Vec::new();
     };
     let userinfo = &rest[..at];
-    let mut pieces: Vec<&str> = userinfo
+    let mut pieces: Vec<String> = userinfo
         .split([':', '?', '&', '/', '#', '=', '[', ']', ',', ';'])
+        .chain(userinfo.split(':'))
         .chain([userinfo])
-        .filter(|p| p.len() >= 3)
+        .flat_map(|p| [p.to_owned(), percent_decoded(p)])
+        .filter(|p| p.chars().count() >= 3)
         .collect();
-    pieces.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    let mut out = message.to_owned();
-    for p in pieces {
-        out = out.replace(p, "<redacted>");
+    pieces.sort_unstable();
+    pieces.dedup();
+    pieces
+}
+
+/// `%XX` escapes decoded, the rest as it is (invalid UTF-8 replaced).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = s
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Check a connection string's syntax and options without contacting anything, so a string
@@ -295,6 +358,23 @@ mod tests {
         assert_eq!(
             redact_credentials("got abc and abcdef", "mongodb://u:abcdef@h/"),
             "got abc and <redacted>"
+        );
+        // Found by fuzzing: the driver quoted a piece lower-cased; pieces split at ':' and
+        // percent-decoded ones are secrets too; overlapping matches make one mark.
+        assert_eq!(
+            redact_credentials(
+                "option xuthpi%p:80/i/n1@ is invalid",
+                "mongodb://c?Xuthpi%p:80/i/n1@h/"
+            ),
+            "option <redacted>:<redacted>@ is invalid"
+        );
+        assert_eq!(
+            redact_credentials("user p@ss:word", "mongodb://u:p%40ss%3Aword@h/"),
+            "user <redacted>"
+        );
+        assert_eq!(
+            redact_credentials("a red herring", "mongodb://u:red@h/"),
+            "a <redacted> herring"
         );
     }
 
