@@ -39,6 +39,7 @@ pub async fn connect(uri: &str, app_name: &str) -> Result<Client, MongoError> {
         MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, uri)),
         MongoError::Unavailable(m) => MongoError::Unavailable(redact_credentials(&m, uri)),
     };
+    check_escapes(uri).map_err(MongoError::Fatal)?;
     let mut options = ClientOptions::parse(uri).await.map_err(refused)?;
     options.app_name.get_or_insert_with(|| app_name.to_owned());
     if let Some(risk) = make_durable(&mut options.write_concern) {
@@ -134,6 +135,23 @@ pub fn redact_credentials(message: &str, uri: &str) -> String {
     out
 }
 
+/// Every `%` of a connection string starts a `%XX` escape. The driver checks this only as far as
+/// it does not panic: a `%` followed by a non-ASCII character made it slice inside the character
+/// (found by fuzzing), which would end the process at every start.
+fn check_escapes(uri: &str) -> Result<(), String> {
+    let b = uri.as_bytes();
+    let bad = b.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad {
+        Err("invalid MongoDB connection string: every % must start a percent-encoded character (%XX); write % itself as %25".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
 /// What of a connection string's user information must never be shown: the whole of it, the
 /// user name and password (split at `:`), and the pieces the driver splits it into when it
 /// cannot parse it, each as written and percent-decoded, if at least three characters long.
@@ -185,6 +203,7 @@ fn percent_decoded(s: &str) -> String {
 /// pile up. A `mongodb+srv://` string's options are checked only as far as its text goes: the
 /// rest comes from DNS, which may not answer yet at boot.
 pub async fn check_uri(uri: &str) -> Result<(), String> {
+    check_escapes(uri)?;
     let message = |e: Error| match classify(e) {
         MongoError::Fatal(m) | MongoError::Unavailable(m) => redact_credentials(&m, uri),
     };
