@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run every cargo-fuzz target for a while, each in turn, with its seed corpus.
+#
+#   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]   # default 60 s, every target
+#
+# Needs a nightly toolchain and cargo-fuzz (installed here if missing). Corpora grow in
+# fuzz/corpus/<target> (gitignored apart from the seeds under fuzz/seeds/<target>); a crash is
+# saved in fuzz/artifacts/<target>/ and makes this script exit non-zero. Every crash found
+# becomes a `cargo test` regression test before it is fixed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_TARGET=${1:-60}
+shift || true
+if ! rustup toolchain list | grep -q '^nightly'; then
+  rustup toolchain install nightly --profile minimal
+fi
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$t"
+  seeds=()
+  [ -d "fuzz/seeds/$t" ] && seeds=("fuzz/seeds/$t")
+  echo "--- $t for ${SECONDS_PER_TARGET}s"
+  log=$(mktemp)
+  # -rss_limit_mb bounds memory; -timeout turns a hang into a finding.
+  rc=0
+  cargo +nightly fuzz run -O -s "${FUZZ_SANITIZER:-none}" "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
+    -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 \
+    >"$log" 2>&1 || rc=$?
+  grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY|Test unit written)|panicked' "$log" || true
+  if [ "$rc" != 0 ]; then
+    tail -40 "$log" >&2
+    echo "FAIL: $t exited $rc (a crash is saved in fuzz/artifacts/$t)" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+done
