@@ -27,6 +27,8 @@ pub const EVENTBRIDGE_MAX_BYTES: usize = 256 * 1024 - 1;
 pub struct Limits {
     /// The service, for messages.
     pub target: &'static str,
+    /// What an entry's size is made of, for messages.
+    pub counted: &'static str,
     /// Entries per call.
     pub max_entries: usize,
     /// Bytes of all entries of one call together, counted as [`Limits::entry_size`].
@@ -44,6 +46,7 @@ pub struct Limits {
 /// Kinesis PutRecords.
 pub const KINESIS: Limits = Limits {
     target: "Kinesis",
+    counted: "data plus partition key",
     max_entries: MAX_RECORDS,
     max_call_bytes: MAX_BATCH_BYTES,
     max_entry_bytes: MAX_RECORD_BYTES,
@@ -59,6 +62,7 @@ pub const KINESIS: Limits = Limits {
 /// 256KB" is taken as at most 256 KiB - 1 bytes, per entry and per call.
 pub const EVENTBRIDGE: Limits = Limits {
     target: "EventBridge",
+    counted: "Detail plus Source and DetailType",
     max_entries: EVENTBRIDGE_MAX_ENTRIES,
     max_call_bytes: EVENTBRIDGE_MAX_BYTES,
     max_entry_bytes: EVENTBRIDGE_MAX_BYTES,
@@ -85,6 +89,7 @@ impl Limits {
         if size > self.max_entry_bytes {
             return Err(RecordError::TooLarge {
                 size,
+                counted: self.counted,
                 target: self.target,
                 limit: self.max_entry_bytes,
             });
@@ -112,10 +117,12 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// The record is larger than the target accepts.
-    #[error("record is {size} bytes (as {target} counts it: with the partition key for Kinesis, with Source and DetailType for EventBridge), over the {target} limit of {limit}")]
+    #[error("record is {size} bytes ({counted}), over the {target} limit of {limit}")]
     TooLarge {
         /// The entry as the target counts it, bytes.
         size: usize,
+        /// What was counted.
+        counted: &'static str,
         /// The service.
         target: &'static str,
         /// Its limit, bytes.
@@ -243,6 +250,7 @@ mod tests {
             KINESIS.check(&entry(MAX_RECORD_BYTES)),
             Err(RecordError::TooLarge {
                 size: MAX_RECORD_BYTES + 1,
+                counted: "data plus partition key",
                 target: "Kinesis",
                 limit: MAX_RECORD_BYTES
             })
@@ -284,6 +292,7 @@ mod tests {
             EVENTBRIDGE.check(&entry(most + 1)),
             Err(RecordError::TooLarge {
                 size: EVENTBRIDGE_MAX_BYTES + 1,
+                counted: "Detail plus Source and DetailType",
                 target: "EventBridge",
                 limit: EVENTBRIDGE_MAX_BYTES
             })

@@ -380,6 +380,41 @@ mod tests {
         assert_eq!(calls[1], vec![b"b".to_vec(), b"d".to_vec()]);
     }
 
+    // Through an in-memory target with EventBridge's limits, 25 entries go in calls of at most
+    // 10; an entry failed (an ErrorCode) is resent with its key's later entries, and every
+    // entry is accepted in the end.
+    #[tokio::test(start_paused = true)]
+    async fn eventbridge_batches_of_ten_with_resends() {
+        use crate::forwarder::batch::Batch;
+        let k = FailOnce {
+            fail: Mutex::new(vec![b"a2".to_vec()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let names: Vec<String> = (0..25)
+            .map(|i| format!("{}{i}", ["a", "b"][i % 2]))
+            .collect();
+        let mut batch = Batch::new(FailOnce::LIMITS);
+        let mut batches = Vec::new();
+        for e in names.iter().map(|n| entry(n)) {
+            if !batch.fits(&e) {
+                batches.push(batch.take());
+            }
+            batch.push(e);
+        }
+        batches.push(batch.take());
+        for b in batches {
+            put_all(&k, "bus", b, std::future::pending()).await.unwrap();
+        }
+        let calls = k.calls.lock().unwrap();
+        let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+        // a2 failed in the first call: a2, a4, a6, a8 are resent, not b3.
+        assert_eq!(sizes, [10, 4, 10, 5]);
+        assert_eq!(
+            calls[1],
+            [&b"a2"[..], b"a4", b"a6", b"a8"].map(|d| d.to_vec())
+        );
+    }
+
     // A failure that goes on is said when it begins, then once a period, and its end once.
     #[test]
     fn trouble_says_begin_reminders_and_end() {
