@@ -16,7 +16,7 @@ use super::batch::{self, Batch, Entry};
 use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
 use super::state::StateStore;
 use super::target::{self, PutError, Target};
-use super::{ForwarderError, Options, FINAL_PUT_WAIT};
+use super::{ForwarderError, Options, FINAL_PUT_WAIT, IDLE_SAVE_INTERVAL};
 
 /// A field by dotted path.
 fn field<'a>(document: &'a Document, path: &str) -> Option<&'a Bson> {
@@ -85,6 +85,23 @@ impl<'a, T: Target> Forwarder<'a, T> {
 
     /// Put the batch (resending failed entries until all are accepted), then store the token.
     pub(super) async fn flush(&mut self) -> Result<(), ForwarderError> {
+        self.put_batch().await?;
+        self.save().await
+    }
+
+    /// Put a batch that filled up while events keep coming; the token is stored only when none
+    /// was for [`IDLE_SAVE_INTERVAL`]: with EventBridge's 10 entries a call, a store per batch
+    /// would cost as much as the put. A restart then sends up to that much again (never less).
+    async fn flush_full(&mut self) -> Result<(), ForwarderError> {
+        self.put_batch().await?;
+        if self.last_save.elapsed() >= IDLE_SAVE_INTERVAL {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// Put the batch, resending failed entries until all are accepted.
+    async fn put_batch(&mut self) -> Result<(), ForwarderError> {
         if !self.batch.is_empty() {
             let entries = self.batch.take();
             let n = entries.len() as u64;
@@ -104,7 +121,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
             );
         }
         self.batch_started = None;
-        self.save().await
+        Ok(())
     }
 
     /// Store the newest token, if it moved. Only called with an empty batch.
@@ -174,13 +191,13 @@ impl<'a, T: Target> Forwarder<'a, T> {
             return Ok(false);
         }
         if !self.batch.fits(&entry) {
-            self.flush().await?;
+            self.flush_full().await?;
         }
         self.batch.push(entry);
         self.batch_started.get_or_insert_with(Instant::now);
         self.latest = token;
         if self.batch.is_full() {
-            self.flush().await?;
+            self.flush_full().await?;
         }
         Ok(false)
     }

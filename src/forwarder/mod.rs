@@ -58,7 +58,8 @@ pub use config::{
 pub use error::{ForwarderError, CHANGE_STREAM_FATAL_ERROR, CHANGE_STREAM_HISTORY_LOST};
 use target::{PutError, Target};
 
-/// How often the post-batch resume token is stored while the collection is quiet.
+/// How often the post-batch resume token is stored while the collection is quiet, and at most
+/// how often while full batches keep coming (after a partly filled one it is stored at once).
 pub const IDLE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long the batch put at stop may keep retrying: a Kinesis (or EventBridge) outage must not keep the
