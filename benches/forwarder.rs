@@ -31,9 +31,9 @@ use common::{unique_name, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, Document};
 use sensehat_monitor::forwarder::aws::AwsKinesis;
-use sensehat_monitor::forwarder::batch::{self, Entry};
+use sensehat_monitor::forwarder::batch::{self, Entry, Limits};
 use sensehat_monitor::forwarder::format::Format;
-use sensehat_monitor::forwarder::kinesis::{EntryResults, Kinesis, KinesisError};
+use sensehat_monitor::forwarder::target::{EntryResults, PutError, Target};
 use sensehat_monitor::forwarder::{self, Options};
 use sensehat_monitor::report::{Acceleration, Reading, Report};
 
@@ -75,13 +75,12 @@ struct Counting {
     done_at: Mutex<Option<Instant>>,
 }
 
-impl Kinesis for Counting {
-    async fn put_records(
-        &self,
-        stream: &str,
-        entries: &[Entry],
-    ) -> Result<EntryResults, KinesisError> {
-        let results = self.inner.put_records(stream, entries).await?;
+impl Target for Counting {
+    const LIMITS: Limits = AwsKinesis::LIMITS;
+    const API: &'static str = AwsKinesis::API;
+
+    async fn put(&self, stream: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+        let results = self.inner.put(stream, entries).await?;
         let ok = results.iter().filter(|r| r.is_none()).count();
         if self.accepted.fetch_add(ok, Ordering::SeqCst) + ok >= self.target {
             self.done_at

@@ -4,7 +4,8 @@
     python3 scripts/aws-rehearsal.py --endpoint-url http://127.0.0.1:PORT   # .ci/aws.sh runs this
     python3 scripts/aws-rehearsal.py --static-only                          # no emulator needed
 
-Static checks (template against source): the stream name default, the endpoint's body limit
+Static checks (template against source): the stream name default (the forwarder's clap
+default), the EventBridge rule's Source and DetailType, the endpoint's body limit
 against what Firehose may POST with the template's buffering, the access-key pattern against the
 endpoint's key list syntax, and the forwarder's and firehose-local's policies against the Kinesis
 calls their source makes.
@@ -94,24 +95,23 @@ def static_checks(t):
     import botocore.session
 
     p = t["Parameters"]
-    # 1. The stream name: the forwarder's clap default if it has one, else what the project's
-    #    own pipeline script and the original trigger use.
-    mod = read("src/forwarder/mod.rs")
-    field = re.search(r"#\[arg\(([^\]]*)\)\]\s*pub stream_name: String", mod)
-    check(field is not None, "src/forwarder/mod.rs: no stream_name option found")
-    default = re.search(r'default_value\s*=\s*"([^"]+)"', field.group(1)) if field else None
+    # 1. The stream name: the forwarder's clap default (`--stream-name`, in its config module)
+    #    is the template's default, so that a forwarder started without one finds the stream.
+    cfg_src = read("src/forwarder/config.rs")
+    field = re.search(r"#\[arg\(([^\]]*)\)\]\s*pub stream_name: String", cfg_src)
+    check(field is not None, "src/forwarder/config.rs: no stream_name option found")
+    default = re.search(r"default_value\s*=\s*([A-Z_]+|\"[^\"]+\")", field.group(1)) if field else None
+    check(default is not None, "kinesis-forwarder --stream-name has no default")
     if default:
-        check(default.group(1) == p["StreamName"]["Default"],
-              "forwarder --stream-name default %r != template %r" % (default.group(1), p["StreamName"]["Default"]))
-        print("stream name: forwarder default %r = template default" % default.group(1))
-    else:
-        m = re.search(r"STREAM=\$\{STREAM:-([^}]+)\}", read("scripts/pipeline.sh"))
-        check(m is not None and m.group(1) == p["StreamName"]["Default"],
-              "scripts/pipeline.sh stream %r != template %r" % (m and m.group(1), p["StreamName"]["Default"]))
-        check('"realm"' in read("../shared/spec/firehose.md") if os.path.exists(os.path.join(ROOT, "../shared/spec/firehose.md")) else True,
-              "the spec's stream name is not realm")
-        print("stream name: kinesis-forwarder has no default (--stream-name is required); "
-              "template default %r = scripts/pipeline.sh's" % p["StreamName"]["Default"])
+        value = default.group(1)
+        if not value.startswith('"'):
+            const = re.search(r"pub const %s: &str = (\"[^\"]+\");" % value, cfg_src)
+            check(const is not None, "src/forwarder/config.rs: %s not found" % value)
+            value = const.group(1) if const else '""'
+        value = value.strip('"')
+        check(value == p["StreamName"]["Default"],
+              "forwarder --stream-name default %r != template %r" % (value, p["StreamName"]["Default"]))
+        print("stream name: forwarder default %r = template default" % value)
 
     # 2. Body size: the endpoint must accept the largest POST Firehose can make with this
     #    template (413 loses the batch): Firehose's 64 MiB, and the largest buffer base64-encoded.
@@ -150,14 +150,18 @@ def static_checks(t):
           "ReaderPolicy %s != firehose-local's calls %s" % (sorted(policy_actions(ctx, "ReaderPolicy")), sorted(reader)))
     print("policies: kinesis-forwarder calls %s; firehose-local calls %s" % (sorted(forwarder), sorted(reader)))
 
-    # 6. EventBridge names, once the forwarder's EventBridge target exists in the source.
+    # 6. EventBridge: the rule matches exactly the Source and DetailType the forwarder puts, and
+    #    the forwarder's events policy grants PutEvents, the one EventBridge call it makes.
     rule = t["Resources"]["ForwarderEventsRule"]["Properties"]["EventPattern"]
-    src = "".join(without_tests(read(f)) for f in glob.glob(os.path.join(ROOT, "src/forwarder/*.rs")))
-    if "eventbridge" in src.lower() or "put_events" in src:
-        check(f'"{rule["source"][0]}"' in src, "forwarder source does not use Source %r" % rule["source"][0])
-        check(f'"{rule["detail-type"][0]}"' in src, "forwarder source does not use DetailType %r" % rule["detail-type"][0])
-    else:
-        print("eventbridge: the forwarder has no EventBridge target yet; Source/DetailType not checked")
+    eb = without_tests(read("src/forwarder/eventbridge.rs"))
+    for name, key in (("SOURCE", "source"), ("DETAIL_TYPE", "detail-type")):
+        m = re.search(r'pub const %s: &str = "([^"]+)";' % name, eb)
+        check(m is not None, "src/forwarder/eventbridge.rs: no %s" % name)
+        check(m is not None and rule[key] == [m.group(1)],
+              "template rule %s %r != forwarder %s %r" % (key, rule[key], name, m and m.group(1)))
+    check(policy_actions(ctx, "ForwarderEventsPolicy") == {"events:PutEvents"},
+          "ForwarderEventsPolicy %s != the forwarder's events:PutEvents" % sorted(policy_actions(ctx, "ForwarderEventsPolicy")))
+    print("eventbridge: rule matches the forwarder's Source %r and DetailType %r" % (rule["source"][0], rule["detail-type"][0]))
 
 
 # ---- reading back -----------------------------------------------------------------------------

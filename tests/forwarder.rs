@@ -15,9 +15,9 @@ use common::{all_reports, run_sim_agent, sim_agent, unique_name, wait_until, Mon
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use sensehat_monitor::forwarder::aws::AwsKinesis;
-use sensehat_monitor::forwarder::batch::Entry;
+use sensehat_monitor::forwarder::batch::{Entry, Limits};
 use sensehat_monitor::forwarder::format::{stringify, Format};
-use sensehat_monitor::forwarder::kinesis::{EntryResults, Kinesis, KinesisError};
+use sensehat_monitor::forwarder::target::{EntryResults, PutError, Target};
 use sensehat_monitor::forwarder::{self, Options};
 
 fn forwarder_bin() -> &'static str {
@@ -303,12 +303,11 @@ struct Throttled {
     calls: Mutex<Vec<Call>>,
 }
 
-impl Kinesis for Throttled {
-    async fn put_records(
-        &self,
-        stream: &str,
-        entries: &[Entry],
-    ) -> Result<EntryResults, KinesisError> {
+impl Target for Throttled {
+    const LIMITS: Limits = AwsKinesis::LIMITS;
+    const API: &'static str = AwsKinesis::API;
+
+    async fn put(&self, stream: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
         let fail: Vec<bool> = {
             let mut seen = self.seen.lock().unwrap();
             entries
@@ -326,7 +325,7 @@ impl Kinesis for Throttled {
         let mut inner = if pass.is_empty() {
             Vec::new()
         } else {
-            self.inner.put_records(stream, &pass).await?
+            self.inner.put(stream, &pass).await?
         }
         .into_iter();
         let results = fail

@@ -1,5 +1,6 @@
-//! `kinesis-forwarder`: forward a MongoDB collection's change stream to a Kinesis data stream.
-//! See `sensehat_monitor::forwarder` and the README section "The full pipeline".
+//! `kinesis-forwarder`: forward a MongoDB collection's change stream to a Kinesis data stream
+//! (or, with `--target eventbridge`, an EventBridge event bus). See `sensehat_monitor::forwarder`,
+//! the README section "The full pipeline" and docs/aws.md.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,9 @@ use clap::Parser;
 use tracing::error;
 
 use sensehat_monitor::forwarder::aws::AwsKinesis;
-use sensehat_monitor::forwarder::{self, Cli, Command};
+use sensehat_monitor::forwarder::eventbridge::AwsEventBridge;
+use sensehat_monitor::forwarder::target::Target;
+use sensehat_monitor::forwarder::{self, Cli, Command, Options, TargetKind};
 use sensehat_monitor::mongo::connect;
 use sensehat_monitor::shutdown::shutdown_signal;
 
@@ -36,14 +39,34 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let kinesis = match AwsKinesis::from_env(config.kinesis_endpoint_url.as_deref()).await {
-        Ok(k) => k,
+    let options = &config.options;
+    match options.target {
+        TargetKind::Kinesis => {
+            let target = AwsKinesis::from_env(config.kinesis_endpoint_url.as_deref()).await;
+            forward(&client, target, options).await
+        }
+        TargetKind::Eventbridge => {
+            let target = AwsEventBridge::from_env(config.eventbridge_endpoint_url.as_deref()).await;
+            forward(&client, target, options).await
+        }
+    }
+}
+
+/// Forward to `target` until a signal or a fatal error: exit 2 when it could not be built (no
+/// region or credentials), 1 on a fatal error.
+async fn forward<T: Target>(
+    client: &mongodb::Client,
+    target: Result<T, String>,
+    options: &Options,
+) -> ExitCode {
+    let target = match target {
+        Ok(t) => t,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(2);
         }
     };
-    match forwarder::run(&client, &kinesis, &config.options, shutdown_signal()).await {
+    match forwarder::run(client, &target, options, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

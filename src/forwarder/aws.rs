@@ -12,8 +12,8 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use tracing::warn;
 
-use super::batch::Entry;
-use super::kinesis::{EntryResults, Kinesis, KinesisError};
+use super::batch::{Entry, Limits, KINESIS};
+use super::target::{EntryResults, PutError, Target};
 
 /// The AWS SDK client: credentials and region from the standard chain (environment, profile,
 /// instance role), and an optional endpoint URL for an emulator.
@@ -61,7 +61,9 @@ pub async fn check_environment(endpoint_url: Option<&str>) -> Result<String, Str
 }
 
 /// The standard chain's configuration with the forwarder's timeouts, after [`check_config`].
-async fn load_checked(endpoint_url: Option<&str>) -> Result<aws_config::SdkConfig, String> {
+pub(crate) async fn load_checked(
+    endpoint_url: Option<&str>,
+) -> Result<aws_config::SdkConfig, String> {
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
@@ -87,7 +89,7 @@ pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> 
     if config.region().is_none() {
         return Err(
             "no AWS region is set: set AWS_REGION (for example AWS_REGION=eu-west-1, \
-                    the region of the Kinesis stream), or a region in the AWS profile"
+                    the region of the Kinesis stream or event bus), or a region in the AWS profile"
                 .into(),
         );
     }
@@ -133,7 +135,7 @@ pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> 
 /// Error codes AWS answers for credentials it refuses. Modelled as no particular PutRecords
 /// error, they would otherwise be retried for ever; exiting non-zero instead shows the fault,
 /// and a supervisor's restart loads the credentials afresh.
-const REFUSED_CREDENTIALS: &[&str] = &[
+pub(crate) const REFUSED_CREDENTIALS: &[&str] = &[
     "UnrecognizedClientException",
     "InvalidSignatureException",
     "IncompleteSignature",
@@ -169,19 +171,18 @@ fn is_fatal(e: &SdkError<PutRecordsError, HttpResponse>) -> bool {
     }
 }
 
-impl Kinesis for AwsKinesis {
-    async fn put_records(
-        &self,
-        stream: &str,
-        entries: &[Entry],
-    ) -> Result<EntryResults, KinesisError> {
+impl Target for AwsKinesis {
+    const LIMITS: Limits = KINESIS;
+    const API: &'static str = "PutRecords";
+
+    async fn put(&self, stream: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
         let mut records = Vec::with_capacity(entries.len());
         for e in entries {
             let record = PutRecordsRequestEntry::builder()
                 .data(Blob::new(e.data.clone()))
                 .partition_key(&e.partition_key)
                 .build()
-                .map_err(|e| KinesisError::Fatal(e.to_string()))?;
+                .map_err(|e| PutError::Fatal(e.to_string()))?;
             records.push(record);
         }
         let output = self
@@ -194,9 +195,9 @@ impl Kinesis for AwsKinesis {
             .map_err(|e| {
                 let text = DisplayErrorContext(&e).to_string();
                 if is_fatal(&e) {
-                    KinesisError::Fatal(text)
+                    PutError::Fatal(text)
                 } else {
-                    KinesisError::Transient(text)
+                    PutError::Transient(text)
                 }
             })?;
         let results: EntryResults = output
@@ -208,7 +209,7 @@ impl Kinesis for AwsKinesis {
             })
             .collect();
         if results.len() != entries.len() {
-            return Err(KinesisError::Transient(format!(
+            return Err(PutError::Transient(format!(
                 "PutRecords answered {} results for {} records",
                 results.len(),
                 entries.len()

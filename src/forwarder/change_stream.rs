@@ -14,8 +14,8 @@ use tracing::{error, info, warn};
 
 use super::error::{fatal, history_lost};
 use super::forward::{stopped, Forwarder};
-use super::kinesis::{self, now, Kinesis, Say, Trouble};
 use super::state::StateStore;
+use super::target::{self, now, Say, Target, Trouble};
 use super::{ForwarderError, Operation, Options, IDLE_SAVE_INTERVAL};
 
 type Events = ChangeStream<ChangeStreamEvent<Document>>;
@@ -89,7 +89,7 @@ async fn start_position(
                 tokio::select! {
                     biased;
                     () = stopped(stop) => return Ok(Start::Stopped),
-                    _ = tokio::time::sleep(reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY)) => {}
+                    _ = tokio::time::sleep(reconnect.next().unwrap_or(target::RETRY_MAX_DELAY)) => {}
                 }
             }
             Err(e) => return Err(e),
@@ -99,7 +99,7 @@ async fn start_position(
         let others = state.other_streams().await;
         if !others.is_empty() {
             warn!(
-                stream = %opts.stream_name,
+                stream = %opts.position_key(),
                 others = ?others,
                 "no position is stored for this stream, but there is one for other streams of the same collection: if the stream was renamed, what happened since the old name's position is skipped; starting from now"
             );
@@ -110,9 +110,9 @@ async fn start_position(
 
 /// Forward until a stop is requested (then the batch is put and the position stored) or an
 /// error retrying cannot fix.
-pub(super) async fn forward<K: Kinesis>(
+pub(super) async fn forward<T: Target>(
     client: &Client,
-    kinesis: &K,
+    target: &T,
     opts: &Options,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ForwarderError> {
@@ -120,11 +120,11 @@ pub(super) async fn forward<K: Kinesis>(
     let coll = db.collection::<Document>(&opts.collection);
     let state = StateStore::new(
         db.collection(&opts.state_collection_name()),
-        &opts.stream_name,
+        &opts.position_key(),
         &opts.database,
         &opts.collection,
     );
-    let mut reconnect = kinesis::backoff();
+    let mut reconnect = target::backoff();
     let stored = match start_position(&state, opts, &mut stop, &mut reconnect).await? {
         Start::Stopped => return Ok(()),
         Start::At(token) => token,
@@ -134,8 +134,8 @@ pub(super) async fn forward<K: Kinesis>(
     } else {
         "now"
     };
-    let mut fw = Forwarder::new(kinesis, opts, &db, state, stored, stop.clone());
-    info!(namespace = %fw.namespace, stream = %opts.stream_name, from, "forwarding");
+    let mut fw = Forwarder::new(target, opts, &db, state, stored, stop.clone());
+    info!(namespace = %fw.namespace, target = ?opts.target, destination = %opts.destination(), from, "forwarding");
     // Set while the change stream cannot be opened.
     let mut trouble = Trouble::default();
     loop {
@@ -148,7 +148,7 @@ pub(super) async fn forward<K: Kinesis>(
             Ok(s) => s,
             Err(e) => {
                 not_opened(&e, &fw.namespace, &mut trouble)?;
-                let delay = reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY);
+                let delay = reconnect.next().unwrap_or(target::RETRY_MAX_DELAY);
                 tokio::select! {
                     () = stopped(&mut stop) => return fw.flush().await,
                     _ = tokio::time::sleep(delay) => continue,
@@ -157,7 +157,7 @@ pub(super) async fn forward<K: Kinesis>(
         };
         if trouble.recovered() {
             info!("change stream open again");
-            reconnect = kinesis::backoff();
+            reconnect = target::backoff();
         }
         let failure = match follow(&mut fw, &mut stream, &mut stop).await? {
             Ended::Stopped => return Ok(()),
@@ -171,7 +171,7 @@ pub(super) async fn forward<K: Kinesis>(
         // The driver already resumed once by itself; put what was read, then reopen after it.
         fw.flush().await?;
         error!(error = %failure, "change stream failed; reopening from the last position");
-        let delay = reconnect.next().unwrap_or(kinesis::RETRY_MAX_DELAY);
+        let delay = reconnect.next().unwrap_or(target::RETRY_MAX_DELAY);
         tokio::select! {
             () = stopped(&mut stop) => return fw.flush().await,
             _ = tokio::time::sleep(delay) => {}
@@ -202,8 +202,8 @@ fn not_opened(
 }
 
 /// Read one opened change stream until it ends, fails, or a stop is requested.
-async fn follow<K: Kinesis>(
-    fw: &mut Forwarder<'_, K>,
+async fn follow<T: Target>(
+    fw: &mut Forwarder<'_, T>,
     stream: &mut Events,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended, ForwarderError> {

@@ -18,6 +18,20 @@ pub const DEFAULT_LINGER_MS: u64 = 100;
 pub const DEFAULT_DATABASE: &str = "monitors";
 /// Default watched collection.
 pub const DEFAULT_COLLECTION: &str = "reports";
+/// Default Kinesis stream: the article's, and `deploy/aws/pipeline.yaml`'s default.
+pub const DEFAULT_STREAM_NAME: &str = "realm";
+/// Default event bus of `--target eventbridge`: the account's default bus.
+pub const DEFAULT_EVENT_BUS_NAME: &str = "default";
+
+/// Where the events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TargetKind {
+    /// A Kinesis data stream (PutRecords), `--stream-name`.
+    #[default]
+    Kinesis,
+    /// An EventBridge event bus (PutEvents), `--event-bus-name`.
+    Eventbridge,
+}
 
 /// Which change events are forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,8 +62,12 @@ pub struct Options {
     pub database: String,
     /// The watched collection.
     pub collection: String,
-    /// The Kinesis data stream records are put into.
+    /// Where the events go.
+    pub target: TargetKind,
+    /// The Kinesis data stream records are put into (`--target kinesis`).
     pub stream_name: String,
+    /// The event bus events are put on (`--target eventbridge`).
+    pub event_bus_name: String,
     /// Document field (dotted path) whose value is the partition key.
     pub partition_key_field: String,
     /// How a document becomes record data.
@@ -72,7 +90,9 @@ impl Options {
         Options {
             database: DEFAULT_DATABASE.into(),
             collection: DEFAULT_COLLECTION.into(),
+            target: TargetKind::Kinesis,
             stream_name: stream_name.into(),
+            event_bus_name: DEFAULT_EVENT_BUS_NAME.into(),
             partition_key_field: DEFAULT_PARTITION_KEY_FIELD.into(),
             format: Format::Stringify,
             operations: vec![Operation::Insert],
@@ -80,6 +100,24 @@ impl Options {
             dead_letter_collection: None,
             start_from_now: false,
             linger: Duration::from_millis(DEFAULT_LINGER_MS),
+        }
+    }
+
+    /// What the target's calls name: the stream, or the event bus.
+    pub fn destination(&self) -> &str {
+        match self.target {
+            TargetKind::Kinesis => &self.stream_name,
+            TargetKind::Eventbridge => &self.event_bus_name,
+        }
+    }
+
+    /// The key of this forwarder's stored position and dead letters: the stream name (as
+    /// before there was a choice of target), or `eventbridge:<bus>`, so that a Kinesis and an
+    /// EventBridge forwarder of one collection keep their own positions.
+    pub fn position_key(&self) -> String {
+        match self.target {
+            TargetKind::Kinesis => self.stream_name.clone(),
+            TargetKind::Eventbridge => format!("eventbridge:{}", self.event_bus_name),
         }
     }
 
@@ -105,6 +143,8 @@ pub struct Config {
     pub mongodb_uri: String,
     /// Kinesis endpoint override, for an emulator.
     pub kinesis_endpoint_url: Option<String>,
+    /// EventBridge endpoint override, for an emulator.
+    pub eventbridge_endpoint_url: Option<String>,
     /// What is forwarded, and how.
     pub options: Options,
 }
@@ -114,6 +154,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("mongodb_uri", &"<redacted>")
             .field("kinesis_endpoint_url", &self.kinesis_endpoint_url)
+            .field("eventbridge_endpoint_url", &self.eventbridge_endpoint_url)
             .field("options", &self.options)
             .finish()
     }
@@ -140,13 +181,25 @@ pub struct Cli {
     /// The watched collection.
     #[arg(long, env = "FORWARDER_COLLECTION", default_value = DEFAULT_COLLECTION)]
     pub collection: String,
-    /// Kinesis data stream to put records into.
-    #[arg(long, env = "KINESIS_STREAM_NAME")]
+    /// Where events go: `kinesis` (PutRecords into --stream-name) or `eventbridge` (PutEvents
+    /// on --event-bus-name, Source "sensehat-monitor.forwarder", DetailType "MongoDB change
+    /// event", Detail the document).
+    #[arg(long, env = "FORWARDER_TARGET", value_enum, default_value = "kinesis")]
+    pub target: TargetKind,
+    /// Kinesis data stream to put records into (--target kinesis).
+    #[arg(long, env = "KINESIS_STREAM_NAME", default_value = DEFAULT_STREAM_NAME)]
     pub stream_name: String,
     /// Kinesis endpoint override, for an emulator (e.g. http://127.0.0.1:4568). Credentials and
     /// region always come from the standard AWS chain.
     #[arg(long, env = "KINESIS_ENDPOINT_URL")]
     pub kinesis_endpoint_url: Option<String>,
+    /// EventBridge event bus to put events on (--target eventbridge).
+    #[arg(long, env = "FORWARDER_EVENT_BUS_NAME", default_value = DEFAULT_EVENT_BUS_NAME)]
+    pub event_bus_name: String,
+    /// EventBridge endpoint override, for an emulator (e.g. http://127.0.0.1:5000). Credentials
+    /// and region always come from the standard AWS chain.
+    #[arg(long, env = "EVENTBRIDGE_ENDPOINT_URL")]
+    pub eventbridge_endpoint_url: Option<String>,
     /// Document field (dotted path allowed) whose value is the partition key; `_id` spreads load
     /// over shards further. Missing or empty values use "-".
     #[arg(long, env = "FORWARDER_PARTITION_KEY_FIELD", default_value = DEFAULT_PARTITION_KEY_FIELD)]
@@ -210,10 +263,13 @@ impl Cli {
         Config {
             mongodb_uri: self.mongodb_uri,
             kinesis_endpoint_url: self.kinesis_endpoint_url,
+            eventbridge_endpoint_url: self.eventbridge_endpoint_url,
             options: Options {
                 database: self.database,
                 collection: self.collection,
+                target: self.target,
                 stream_name: self.stream_name,
+                event_bus_name: self.event_bus_name,
                 partition_key_field: self.partition_key_field,
                 format: self.format,
                 operations: self.operations,
@@ -250,9 +306,42 @@ mod tests {
         let d = Options::new("s");
         assert_eq!(o.linger, Duration::from_millis(100));
         assert_eq!(o.linger, d.linger);
-        assert_eq!((o.database, o.collection), (d.database, d.collection));
+        assert_eq!((&o.database, &o.collection), (&d.database, &d.collection));
         assert_eq!(o.operations, [Operation::Insert]);
         assert_eq!(o.partition_key_field, "nodeName");
+        assert_eq!(
+            (o.target, d.target),
+            (TargetKind::Kinesis, TargetKind::Kinesis)
+        );
+        assert_eq!(o.event_bus_name, "default");
+        assert_eq!(o.position_key(), "s");
+    }
+
+    // --target eventbridge needs no stream name; the stream defaults to the article's "realm";
+    // the position is kept apart from a Kinesis forwarder's.
+    #[test]
+    fn eventbridge_target_and_defaults() {
+        let c = Cli::try_parse_from([
+            "kinesis-forwarder",
+            "--mongodb-uri",
+            "mongodb://h/",
+            "--target",
+            "eventbridge",
+            "--event-bus-name",
+            "b",
+            "--eventbridge-endpoint-url",
+            "http://127.0.0.1:5000",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(c.options.target, TargetKind::Eventbridge);
+        assert_eq!(c.options.stream_name, DEFAULT_STREAM_NAME);
+        assert_eq!(c.options.destination(), "b");
+        assert_eq!(c.options.position_key(), "eventbridge:b");
+        assert_eq!(
+            c.eventbridge_endpoint_url.as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
     }
 
     // --linger takes a unit; the old --linger-ms still takes milliseconds, and the new one wins.

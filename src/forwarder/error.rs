@@ -5,7 +5,7 @@
 
 use mongodb::error::{Error, ErrorKind};
 
-use super::kinesis::KinesisError;
+use super::target::PutError;
 
 /// ChangeStreamFatalError.
 pub const CHANGE_STREAM_FATAL_ERROR: i32 = 280;
@@ -25,9 +25,10 @@ pub enum ForwarderError {
         /// The server's message.
         message: String,
     },
-    /// Kinesis refused a request in a way retrying cannot fix.
+    /// The target (Kinesis, EventBridge) refused a request in a way retrying cannot fix, or a
+    /// stop came before it accepted everything.
     #[error(transparent)]
-    Kinesis(#[from] KinesisError),
+    Put(#[from] PutError),
     /// The stored resume token could not be read or written (for now: retried).
     #[error("resume token store: {0}")]
     State(String),

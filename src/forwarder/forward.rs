@@ -1,5 +1,6 @@
-//! The [`Forwarder`]: what happens between the change stream and Kinesis. Events fill a
-//! batch; a full or lingering batch is put (resent until Kinesis accepts all of it), and only
+//! The [`Forwarder`]: what happens between the change stream and the target. Events fill a
+//! batch within the target's limits; a full or lingering batch is put (resent until the target
+//! accepts all of it), and only
 //! then is the newest resume token stored. Documents too large to ever put go to the
 //! dead-letter collection instead.
 
@@ -13,9 +14,9 @@ use tracing::{debug, warn};
 
 use super::batch::{self, Batch, Entry};
 use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
-use super::kinesis::{self, Kinesis, KinesisError};
 use super::state::StateStore;
-use super::{ForwarderError, Options, FINAL_PUT_WAIT};
+use super::target::{self, PutError, Target};
+use super::{ForwarderError, Options, FINAL_PUT_WAIT, IDLE_SAVE_INTERVAL};
 
 /// A field by dotted path.
 fn field<'a>(document: &'a Document, path: &str) -> Option<&'a Bson> {
@@ -32,10 +33,10 @@ pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// The state between the change stream and Kinesis: the batch being filled, and the resume
+/// The state between the change stream and the target: the batch being filled, and the resume
 /// tokens read and stored.
-pub(super) struct Forwarder<'a, K> {
-    kinesis: &'a K,
+pub(super) struct Forwarder<'a, T> {
+    target: &'a T,
     pub(super) opts: &'a Options,
     pub(super) namespace: String,
     state: StateStore,
@@ -49,17 +50,17 @@ pub(super) struct Forwarder<'a, K> {
     saved: Option<ResumeToken>,
     /// When a token was last stored (or found unchanged).
     pub(super) last_save: Instant,
-    /// Records Kinesis accepted since the start.
+    /// Records the target accepted since the start.
     forwarded: u64,
     /// True once a stop is requested: a put in progress, or the last one, may go on for
     /// [`FINAL_PUT_WAIT`] more.
     stop: watch::Receiver<bool>,
 }
 
-impl<'a, K: Kinesis> Forwarder<'a, K> {
+impl<'a, T: Target> Forwarder<'a, T> {
     /// A forwarder with an empty batch, at `stored`, the position read at start (`None`: now).
     pub(super) fn new(
-        kinesis: &'a K,
+        target: &'a T,
         opts: &'a Options,
         db: &mongodb::Database,
         state: StateStore,
@@ -67,12 +68,12 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
         stop: watch::Receiver<bool>,
     ) -> Self {
         Forwarder {
-            kinesis,
+            target,
             opts,
             namespace: format!("{}.{}", opts.database, opts.collection),
             state,
             dead_letter: db.collection(&opts.dead_letter_collection_name()),
-            batch: Batch::default(),
+            batch: Batch::new(T::LIMITS),
             batch_started: None,
             latest: stored.clone(),
             saved: stored,
@@ -84,6 +85,23 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
 
     /// Put the batch (resending failed entries until all are accepted), then store the token.
     pub(super) async fn flush(&mut self) -> Result<(), ForwarderError> {
+        self.put_batch().await?;
+        self.save().await
+    }
+
+    /// Put a batch that filled up while events keep coming; the token is stored only when none
+    /// was for [`IDLE_SAVE_INTERVAL`]: with EventBridge's 10 entries a call, a store per batch
+    /// would cost as much as the put. A restart then sends up to that much again (never less).
+    async fn flush_full(&mut self) -> Result<(), ForwarderError> {
+        self.put_batch().await?;
+        if self.last_save.elapsed() >= IDLE_SAVE_INTERVAL {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// Put the batch, resending failed entries until all are accepted.
+    async fn put_batch(&mut self) -> Result<(), ForwarderError> {
         if !self.batch.is_empty() {
             let entries = self.batch.take();
             let n = entries.len() as u64;
@@ -93,16 +111,17 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
                 let _ = stop.wait_for(|s| *s).await;
                 tokio::time::sleep(FINAL_PUT_WAIT).await;
             };
-            kinesis::put_all(self.kinesis, &self.opts.stream_name, entries, interrupt).await?;
+            target::put_all(self.target, self.opts.destination(), entries, interrupt).await?;
             self.forwarded += n;
             debug!(
                 records = n,
                 total = self.forwarded,
-                "PutRecords accepted a batch"
+                "{} accepted a batch",
+                T::API
             );
         }
         self.batch_started = None;
-        self.save().await
+        Ok(())
     }
 
     /// Store the newest token, if it moved. Only called with an empty batch.
@@ -162,8 +181,9 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
             data: self.opts.format.encode(&document),
             partition_key: batch::partition_key(field(&document, &self.opts.partition_key_field)),
         };
-        if let Err(reason) = batch::check(&entry) {
-            self.dead_letter(&document, &reason.to_string(), entry.size(), token.as_ref())
+        if let Err(reason) = T::LIMITS.check(&entry) {
+            let size = T::LIMITS.entry_size(&entry);
+            self.dead_letter(&document, &reason.to_string(), size, token.as_ref())
                 .await?;
             if self.batch.is_empty() {
                 self.latest = token;
@@ -171,13 +191,13 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
             return Ok(false);
         }
         if !self.batch.fits(&entry) {
-            self.flush().await?;
+            self.flush_full().await?;
         }
         self.batch.push(entry);
         self.batch_started.get_or_insert_with(Instant::now);
         self.latest = token;
         if self.batch.is_full() {
-            self.flush().await?;
+            self.flush_full().await?;
         }
         Ok(false)
     }
@@ -195,9 +215,10 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
     ) -> Result<(), ForwarderError> {
         let id = document.get("_id").cloned().unwrap_or(Bson::Null);
         warn!(id = %id, reason, "record too large to forward; kept in the dead-letter collection");
+        let key = self.opts.position_key();
         let mut record = doc! {
             "documentId": id.clone(),
-            "stream": &self.opts.stream_name,
+            "stream": &key,
             "reason": reason,
             "sizeBytes": size as i64,
             "at": DateTime::now(),
@@ -205,13 +226,10 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
         };
         // With the stream in the key: forwarders of one collection to two streams share the
         // dead-letter collection by default, and see the same tokens.
-        if let Some(key) = token.and_then(|t| mongodb::bson::to_bson(t).ok()) {
-            record.insert(
-                "_id",
-                doc! { "stream": &self.opts.stream_name, "token": key },
-            );
+        if let Some(token_key) = token.and_then(|t| mongodb::bson::to_bson(t).ok()) {
+            record.insert("_id", doc! { "stream": &key, "token": token_key });
         }
-        let mut delays = kinesis::backoff();
+        let mut delays = target::backoff();
         let mut stop = self.stop.clone();
         loop {
             let e = match self.insert_dead_letter(&record).await {
@@ -227,8 +245,8 @@ impl<'a, K: Kinesis> Forwarder<'a, K> {
                 DeadLetterFailure::Retry => {
                     warn!(error = %e, "could not write to the dead-letter collection; retrying");
                     tokio::select! {
-                        () = stopped(&mut stop) => return Err(KinesisError::Interrupted.into()),
-                        () = tokio::time::sleep(delays.next().unwrap_or(kinesis::RETRY_MAX_DELAY)) => {}
+                        () = stopped(&mut stop) => return Err(PutError::Interrupted.into()),
+                        () = tokio::time::sleep(delays.next().unwrap_or(target::RETRY_MAX_DELAY)) => {}
                     }
                 }
             }

@@ -1,20 +1,23 @@
-//! The change stream to Kinesis forwarder: the replacement for the retired database trigger.
+//! The change stream to Kinesis (or EventBridge) forwarder: the replacement for the retired
+//! database trigger.
 //!
 //! It watches a collection's change stream (inserts by default), writes each full document into
-//! a Kinesis data stream with PutRecords, and stores the change-stream resume token in MongoDB
-//! only after Kinesis has accepted every event up to it, so a restart (or a SIGKILL) loses
+//! a Kinesis data stream with PutRecords (or, with `--target eventbridge`, onto an event bus
+//! with PutEvents), and stores the change-stream resume token in MongoDB only after the target
+//! has accepted every event up to it, so a restart (or a SIGKILL) loses
 //! nothing: delivery is at least once, and the endpoint's upsert by `_id` makes the result
 //! exactly once.
 //!
 //! - [`config`]: the command line and the plain settings built from it.
 //! - [`error`]: why the forwarder stops, and which MongoDB errors are worth retrying.
 //! - [`format`](mod@format): record data (`stringify`, `relaxed`, `canonical`).
-//! - [`batch`]: PutRecords limits and batching (pure).
-//! - [`kinesis`]: the PutRecords trait, and resending failed entries.
-//! - [`aws`]: the AWS SDK client, and the region and credentials checks at start.
+//! - [`batch`]: each target's limits, and batching (pure).
+//! - [`target`]: the put trait, and resending failed entries.
+//! - [`aws`]: the AWS SDK Kinesis client, and the region and credentials checks at start.
+//! - [`eventbridge`]: the AWS SDK EventBridge client, PutEvents.
 //! - [`state`]: the stored resume token.
 //! - `change_stream` and `forward` (private): following the change stream, and the batch
-//!   between it and Kinesis.
+//!   between it and the target.
 //!
 //! # A dropped or renamed collection
 //!
@@ -35,10 +38,11 @@ pub mod batch;
 mod change_stream;
 pub mod config;
 pub mod error;
+pub mod eventbridge;
 pub mod format;
 mod forward;
-pub mod kinesis;
 pub mod state;
+pub mod target;
 
 use std::future::Future;
 use std::time::Duration;
@@ -48,30 +52,32 @@ use tokio::sync::watch;
 use tracing::info;
 
 pub use config::{
-    Cli, Command, Config, Operation, Options, DEFAULT_LINGER_MS, DEFAULT_PARTITION_KEY_FIELD,
+    Cli, Command, Config, Operation, Options, TargetKind, DEFAULT_EVENT_BUS_NAME,
+    DEFAULT_LINGER_MS, DEFAULT_PARTITION_KEY_FIELD, DEFAULT_STREAM_NAME,
 };
 pub use error::{ForwarderError, CHANGE_STREAM_FATAL_ERROR, CHANGE_STREAM_HISTORY_LOST};
-use kinesis::{Kinesis, KinesisError};
+use target::{PutError, Target};
 
-/// How often the post-batch resume token is stored while the collection is quiet.
+/// How often the post-batch resume token is stored while the collection is quiet, and at most
+/// how often while full batches keep coming (after a partly filled one it is stored at once).
 pub const IDLE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long the batch put at stop may keep retrying: a Kinesis outage must not keep the
+/// How long the batch put at stop may keep retrying: a Kinesis (or EventBridge) outage must not keep the
 /// process from stopping. What it had not put is read again from the stored resume token.
 pub const FINAL_PUT_WAIT: Duration = Duration::from_secs(10);
 
 /// Forward until `shutdown` resolves (then the pending batch is put, for up to
 /// [`FINAL_PUT_WAIT`], and the token stored) or a fatal error.
-pub async fn run<K: Kinesis>(
+pub async fn run<T: Target>(
     client: &Client,
-    kinesis: &K,
+    target: &T,
     opts: &Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ForwarderError> {
     // The stop request is watched here, apart from the work, so that it is seen even while a
     // put is retrying (which polls nothing else).
     let (stop_tx, stop_rx) = watch::channel(false);
-    let work = change_stream::forward(client, kinesis, opts, stop_rx);
+    let work = change_stream::forward(client, target, opts, stop_rx);
     tokio::pin!(work, shutdown);
     let result = tokio::select! {
         r = &mut work => r,
@@ -81,7 +87,7 @@ pub async fn run<K: Kinesis>(
         }
     };
     match result {
-        Err(ForwarderError::Kinesis(KinesisError::Interrupted)) => {
+        Err(ForwarderError::Put(PutError::Interrupted)) => {
             info!("stopped before every event read was forwarded; those events are read again from the stored resume token at the next start");
             Ok(())
         }
@@ -90,18 +96,23 @@ pub async fn run<K: Kinesis>(
 }
 
 /// What `kinesis-forwarder check-config` found: a summary to print, or why it cannot start.
-/// Contacts neither MongoDB nor Kinesis; waits up to [`aws::CREDENTIALS_WAIT`] for credentials.
+/// Contacts neither MongoDB nor the target; waits up to [`aws::CREDENTIALS_WAIT`] for
+/// credentials.
 pub async fn check_config(config: &Config) -> Result<String, String> {
     crate::mongo::check_uri(&config.mongodb_uri).await?;
-    let region = aws::check_environment(config.kinesis_endpoint_url.as_deref()).await?;
     let o = &config.options;
+    let (what, endpoint) = match o.target {
+        TargetKind::Kinesis => ("stream", &config.kinesis_endpoint_url),
+        TargetKind::Eventbridge => ("event bus", &config.eventbridge_endpoint_url),
+    };
+    let region = aws::check_environment(endpoint.as_deref()).await?;
     let operations: Vec<&str> = o.operations.iter().map(|op| op.name()).collect();
     let format = clap::ValueEnum::to_possible_value(&o.format)
         .map(|v| v.get_name().to_owned())
         .unwrap_or_default();
     Ok(format!(
         "watch: {}.{} ({})\n\
-         stream: {} in {region}{}\n\
+         {what}: {} in {region}{}\n\
          partition key: {}, format: {format}, linger: {:?}\n\
          state: {}, dead letters: {}\n\
          start: {}\n\
@@ -110,9 +121,8 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
         o.database,
         o.collection,
         operations.join(","),
-        o.stream_name,
-        config
-            .kinesis_endpoint_url
+        o.destination(),
+        endpoint
             .as_deref()
             .map(|u| format!(" at {u}"))
             .unwrap_or_default(),

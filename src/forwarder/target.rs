@@ -1,7 +1,8 @@
-//! The Kinesis side: a small trait over PutRecords (the real SDK client in [`super::aws`], or a
-//! test wrapper that fails chosen entries, since no emulator can throttle), and [`put_all`], which resends
-//! the failed entries (with the later ones of their partition keys, `resend_set`) with
-//! exponential back-off and jitter until every one is accepted.
+//! The put side: a small trait over one batch call, [`Target`] (Kinesis PutRecords in
+//! [`super::aws`], EventBridge PutEvents in [`super::eventbridge`], or a test wrapper that fails
+//! chosen entries, since no emulator can throttle), each with its batch [`Limits`], and
+//! [`put_all`], which resends the failed entries (with the later ones of their partition keys,
+//! `resend_set`) with exponential back-off and jitter until every one is accepted.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use tracing::{error, info, warn};
 
-use super::batch::Entry;
+use super::batch::{Entry, Limits};
 use crate::say_once::{Latch, Reminder};
 
 /// First delay before resending failed entries.
@@ -17,37 +18,43 @@ pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
 /// Longest delay between resends; throttling slows the forwarder to about this pace.
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
-/// A PutRecords call that failed as a whole.
+/// A call to the target (PutRecords, PutEvents) that failed as a whole.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum KinesisError {
-    /// Retrying cannot help: the stream does not exist, access is denied, or the request is invalid.
-    #[error("Kinesis refused the request: {0}")]
+pub enum PutError {
+    /// Retrying cannot help: the stream or bus does not exist, access is denied, or the request
+    /// is invalid.
+    #[error("the target refused the request: {0}")]
     Fatal(String),
     /// Throttling, a network error or a server error: worth trying again.
-    #[error("Kinesis is unavailable: {0}")]
+    #[error("the target is unavailable: {0}")]
     Transient(String),
-    /// [`put_all`] was told to stop before Kinesis accepted every entry.
-    #[error("stopped before Kinesis accepted every record")]
+    /// [`put_all`] was told to stop before the target accepted every entry.
+    #[error("stopped before the target accepted every record")]
     Interrupted,
 }
 
-/// What a PutRecords call did with each entry, by position: `None` accepted, `Some(reason)` failed.
+/// What a call did with each entry, by position: `None` accepted, `Some(reason)` failed.
 pub type EntryResults = Vec<Option<String>>;
 
-/// PutRecords, and nothing else the forwarder needs.
-pub trait Kinesis: Send + Sync {
-    /// One PutRecords call: what became of each entry, or why the call failed as a whole.
-    fn put_records(
+/// Where the forwarder puts its batches: one call, and nothing else the forwarder needs.
+pub trait Target: Send + Sync {
+    /// What one call and one entry may hold, and how an entry is counted.
+    const LIMITS: Limits;
+    /// The call's name, for log lines ("PutRecords", "PutEvents").
+    const API: &'static str;
+    /// One call putting `entries` into `destination` (a stream name, an event bus name): what
+    /// became of each entry, or why the call failed as a whole.
+    fn put(
         &self,
-        stream: &str,
+        destination: &str,
         entries: &[Entry],
-    ) -> impl Future<Output = Result<EntryResults, KinesisError>> + Send;
+    ) -> impl Future<Output = Result<EntryResults, PutError>> + Send;
 }
 
 /// What it took to put one batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PutStats {
-    /// PutRecords calls made, including resends.
+    /// Calls made, including resends.
     pub calls: u32,
     /// Entries resent after a partial failure (an entry resent twice counts twice).
     pub resent: u64,
@@ -66,7 +73,7 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
 
 /// What to send again after a call that failed some entries: each failed entry, and every
 /// later entry with the same partition key even when it was accepted. Kinesis keeps a key's
-/// records in the order they were accepted; resending only a failed A1 would land it after an
+/// records in the order they were accepted (and EventBridge delivers roughly so); resending only a failed A1 would land it after an
 /// accepted A2, and with updates forwarded the endpoint's replace by `_id` would then keep the
 /// older document. Sending A2 again after A1 restores the order (a duplicate, which delivery at
 /// least once already allows). `reason` gets the first failure's reason.
@@ -141,14 +148,14 @@ pub(crate) fn now() -> std::time::Instant {
 }
 
 /// Put every entry, resending the failed ones (see `resend_set`), until all are accepted. Returns early on a
-/// fatal error, or with [`KinesisError::Interrupted`] when `interrupt` resolves first (a call in
+/// fatal error, or with [`PutError::Interrupted`] when `interrupt` resolves first (a call in
 /// flight is abandoned: its entries may or may not have been accepted).
-pub async fn put_all<K: Kinesis>(
-    kinesis: &K,
-    stream: &str,
+pub async fn put_all<T: Target>(
+    target: &T,
+    destination: &str,
     entries: Vec<Entry>,
     interrupt: impl Future<Output = ()>,
-) -> Result<PutStats, KinesisError> {
+) -> Result<PutStats, PutError> {
     tokio::pin!(interrupt);
     let mut pending = entries;
     let mut stats = PutStats::default();
@@ -157,8 +164,8 @@ pub async fn put_all<K: Kinesis>(
     while !pending.is_empty() {
         stats.calls += 1;
         let put = tokio::select! {
-            r = kinesis.put_records(stream, &pending) => r,
-            () = &mut interrupt => return Err(KinesisError::Interrupted),
+            r = target.put(destination, &pending) => r,
+            () = &mut interrupt => return Err(PutError::Interrupted),
         };
         match put {
             Ok(results) => {
@@ -175,39 +182,41 @@ pub async fn put_all<K: Kinesis>(
                         failed = pending.len(),
                         of = total,
                         reason,
-                        "PutRecords failed some records; resending those (and later records with the same partition key, to keep their order), with back-off"
+                        "{} failed some records; resending those (and later records with the same partition key, to keep their order), with back-off",
+                        T::API
                     ),
-                    Say::Still(failing_for) => still_failing(failing_for, reason),
+                    Say::Still(failing_for) => still_failing(T::LIMITS.target, failing_for, reason),
                     Say::Nothing => {}
                 }
             }
-            Err(e @ (KinesisError::Fatal(_) | KinesisError::Interrupted)) => return Err(e),
-            Err(KinesisError::Transient(e)) => match trouble.failed(now()) {
-                Say::Began => warn!(error = %e, "PutRecords failed; retrying with back-off"),
-                Say::Still(failing_for) => still_failing(failing_for, &e),
+            Err(e @ (PutError::Fatal(_) | PutError::Interrupted)) => return Err(e),
+            Err(PutError::Transient(e)) => match trouble.failed(now()) {
+                Say::Began => warn!(error = %e, "{} failed; retrying with back-off", T::API),
+                Say::Still(failing_for) => still_failing(T::LIMITS.target, failing_for, &e),
                 Say::Nothing => {}
             },
         }
         tokio::select! {
             () = tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)) => {}
-            () = &mut interrupt => return Err(KinesisError::Interrupted),
+            () = &mut interrupt => return Err(PutError::Interrupted),
         }
     }
     if trouble.recovered() {
         info!(
             calls = stats.calls,
-            "PutRecords accepted every record again"
+            "{} accepted every record again",
+            T::API
         );
     }
     Ok(stats)
 }
 
-/// The error line of a batch Kinesis has not accepted for `failing_for`.
-fn still_failing(failing_for: Duration, error: &str) {
+/// The error line of a batch `target` has not accepted for `failing_for`.
+fn still_failing(target: &str, failing_for: Duration, error: &str) {
     error!(
         failing_for_s = failing_for.as_secs(),
         error,
-        "Kinesis has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted"
+        "{target} has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted"
     );
 }
 
@@ -222,12 +231,10 @@ mod tests {
         calls: Mutex<Vec<Vec<Vec<u8>>>>,
     }
 
-    impl Kinesis for FailOnce {
-        async fn put_records(
-            &self,
-            _: &str,
-            entries: &[Entry],
-        ) -> Result<EntryResults, KinesisError> {
+    impl Target for FailOnce {
+        const LIMITS: Limits = crate::forwarder::batch::EVENTBRIDGE;
+        const API: &'static str = "PutEvents";
+        async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
             self.calls
                 .lock()
                 .unwrap()
@@ -255,12 +262,10 @@ mod tests {
     /// Fails every entry, every time (a stream throttled for good).
     struct AlwaysThrottled;
 
-    impl Kinesis for AlwaysThrottled {
-        async fn put_records(
-            &self,
-            _: &str,
-            entries: &[Entry],
-        ) -> Result<EntryResults, KinesisError> {
+    impl Target for AlwaysThrottled {
+        const LIMITS: Limits = crate::forwarder::batch::KINESIS;
+        const API: &'static str = "PutRecords";
+        async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
             Ok(vec![
                 Some("ProvisionedThroughputExceededException".into());
                 entries.len()
@@ -294,7 +299,7 @@ mod tests {
         let _guard = tracing::subscriber::set_default(subscriber);
         let interrupt = tokio::time::sleep(Duration::from_secs(200));
         let r = put_all(&AlwaysThrottled, "s", vec![entry("a")], interrupt).await;
-        assert!(matches!(r, Err(KinesisError::Interrupted)), "{r:?}");
+        assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
         let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert_eq!(
             log.matches("PutRecords failed some records").count(),
@@ -315,7 +320,7 @@ mod tests {
     async fn resending_stops_when_interrupted() {
         let interrupt = tokio::time::sleep(Duration::from_secs(60));
         let r = put_all(&AlwaysThrottled, "s", vec![entry("a")], interrupt).await;
-        assert!(matches!(r, Err(KinesisError::Interrupted)), "{r:?}");
+        assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
     }
 
     // After a partial failure a key's accepted entries that came after its failed one are sent
@@ -373,6 +378,41 @@ mod tests {
         );
         let calls = k.calls.lock().unwrap();
         assert_eq!(calls[1], vec![b"b".to_vec(), b"d".to_vec()]);
+    }
+
+    // Through an in-memory target with EventBridge's limits, 25 entries go in calls of at most
+    // 10; an entry failed (an ErrorCode) is resent with its key's later entries, and every
+    // entry is accepted in the end.
+    #[tokio::test(start_paused = true)]
+    async fn eventbridge_batches_of_ten_with_resends() {
+        use crate::forwarder::batch::Batch;
+        let k = FailOnce {
+            fail: Mutex::new(vec![b"a2".to_vec()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let names: Vec<String> = (0..25)
+            .map(|i| format!("{}{i}", ["a", "b"][i % 2]))
+            .collect();
+        let mut batch = Batch::new(FailOnce::LIMITS);
+        let mut batches = Vec::new();
+        for e in names.iter().map(|n| entry(n)) {
+            if !batch.fits(&e) {
+                batches.push(batch.take());
+            }
+            batch.push(e);
+        }
+        batches.push(batch.take());
+        for b in batches {
+            put_all(&k, "bus", b, std::future::pending()).await.unwrap();
+        }
+        let calls = k.calls.lock().unwrap();
+        let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+        // a2 failed in the first call: a2, a4, a6, a8 are resent, not b3.
+        assert_eq!(sizes, [10, 4, 10, 5]);
+        assert_eq!(
+            calls[1],
+            [&b"a2"[..], b"a4", b"a6", b"a8"].map(|d| d.to_vec())
+        );
     }
 
     // A failure that goes on is said when it begins, then once a period, and its end once.

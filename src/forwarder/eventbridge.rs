@@ -1,0 +1,160 @@
+//! The EventBridge target: PutEvents through the AWS SDK ([`AwsEventBridge`]), with the Source
+//! and DetailType that `deploy/aws/pipeline.yaml`'s rule matches, and the sorting of PutEvents
+//! failures into "never works" and "try again".
+//!
+//! Each event's Detail is the document in the chosen `--format`. EventBridge wants Detail to be
+//! a JSON object; every format the forwarder offers writes a document as one (`stringify` as
+//! `JSON.stringify` of it, `relaxed` and `canonical` as Extended JSON of it), so nothing is
+//! wrapped, and a rule's target with `InputPath: $.detail` receives what a Kinesis record's data
+//! would hold.
+
+use aws_sdk_eventbridge::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+
+use super::aws::{load_checked, REFUSED_CREDENTIALS};
+use super::batch::{Entry, Limits, EVENTBRIDGE};
+use super::target::{EntryResults, PutError, Target};
+
+/// Every event's Source; the pipeline template's rule matches exactly this.
+pub const SOURCE: &str = "sensehat-monitor.forwarder";
+/// Every event's DetailType; the pipeline template's rule matches exactly this.
+pub const DETAIL_TYPE: &str = "MongoDB change event";
+
+/// The AWS SDK's EventBridge client: credentials and region from the standard chain, and an
+/// optional endpoint URL for an emulator.
+#[derive(Clone, Debug)]
+pub struct AwsEventBridge {
+    /// The SDK client, for calls beyond PutEvents.
+    pub client: aws_sdk_eventbridge::Client,
+}
+
+impl AwsEventBridge {
+    /// The client, once a region and credentials were found (as for Kinesis, see
+    /// [`super::aws::client_from_env`]).
+    pub async fn from_env(endpoint_url: Option<&str>) -> Result<Self, String> {
+        let config = load_checked(endpoint_url).await?;
+        Ok(AwsEventBridge {
+            client: aws_sdk_eventbridge::Client::new(&config),
+        })
+    }
+}
+
+/// Error codes of a whole PutEvents call that retrying cannot fix: the bus does not exist, the
+/// request is invalid, or the credentials are refused.
+const FATAL_CODES: &[&str] = &[
+    "ResourceNotFoundException",
+    "ValidationException",
+    "InvalidArgument",
+    "MalformedDetail",
+];
+
+/// Whether a failed PutEvents call can never succeed as configured.
+fn is_fatal<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    match e {
+        SdkError::ConstructionFailure(_) => true,
+        SdkError::ServiceError(s) => s
+            .err()
+            .code()
+            .is_some_and(|c| FATAL_CODES.contains(&c) || REFUSED_CREDENTIALS.contains(&c)),
+        _ => false,
+    }
+}
+
+/// One PutEvents entry for `entry`, on `bus`.
+fn request_entry(bus: &str, entry: &Entry) -> Result<PutEventsRequestEntry, PutError> {
+    let detail = std::str::from_utf8(&entry.data)
+        .map_err(|e| PutError::Fatal(format!("Detail is not UTF-8: {e}")))?;
+    Ok(PutEventsRequestEntry::builder()
+        .source(SOURCE)
+        .detail_type(DETAIL_TYPE)
+        .detail(detail)
+        .event_bus_name(bus)
+        .build())
+}
+
+impl Target for AwsEventBridge {
+    const LIMITS: Limits = EVENTBRIDGE;
+    const API: &'static str = "PutEvents";
+
+    async fn put(&self, bus: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+        let requests = entries
+            .iter()
+            .map(|e| request_entry(bus, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = self
+            .client
+            .put_events()
+            .set_entries(Some(requests))
+            .send()
+            .await
+            .map_err(|e| {
+                let text = DisplayErrorContext(&e).to_string();
+                if is_fatal(&e) {
+                    PutError::Fatal(text)
+                } else {
+                    PutError::Transient(text)
+                }
+            })?;
+        let results: EntryResults = output
+            .entries()
+            .iter()
+            .map(|r| {
+                r.error_code()
+                    .map(|code| format!("{code}: {}", r.error_message().unwrap_or("")))
+            })
+            .collect();
+        if results.len() != entries.len() {
+            return Err(PutError::Transient(format!(
+                "PutEvents answered {} results for {} entries",
+                results.len(),
+                entries.len()
+            )));
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forwarder::format::Format;
+    use mongodb::bson::{doc, oid::ObjectId, DateTime};
+
+    // The pipeline template's rule matches exactly the Source and DetailType put here.
+    #[test]
+    fn the_template_rule_matches_source_and_detail_type() {
+        let template = include_str!("../../deploy/aws/pipeline.yaml");
+        assert!(
+            template.contains(&format!("source: [{SOURCE}]")),
+            "deploy/aws/pipeline.yaml's rule does not match Source {SOURCE:?}"
+        );
+        assert!(
+            template.contains(&format!("detail-type: [{DETAIL_TYPE}]")),
+            "deploy/aws/pipeline.yaml's rule does not match DetailType {DETAIL_TYPE:?}"
+        );
+    }
+
+    // Every format writes a document as a JSON object, as Detail must be: nothing is wrapped.
+    #[test]
+    fn every_format_is_a_json_object() {
+        let d = doc! { "_id": ObjectId::new(), "n": 1.5, "at": DateTime::from_millis(0) };
+        for format in [Format::Stringify, Format::Relaxed, Format::Canonical] {
+            let v: serde_json::Value = serde_json::from_slice(&format.encode(&d)).unwrap();
+            assert!(v.is_object(), "{format:?}");
+        }
+    }
+
+    // Entries carry the fixed Source and DetailType, the bus, and the data as Detail.
+    #[test]
+    fn entries_carry_source_detail_type_and_bus() {
+        let e = Entry {
+            data: br#"{"a":1}"#.to_vec(),
+            partition_key: "pi-1".into(),
+        };
+        let r = request_entry("bus-1", &e).unwrap();
+        assert_eq!(r.source(), Some(SOURCE));
+        assert_eq!(r.detail_type(), Some(DETAIL_TYPE));
+        assert_eq!(r.event_bus_name(), Some("bus-1"));
+        assert_eq!(r.detail(), Some(r#"{"a":1}"#));
+    }
+}

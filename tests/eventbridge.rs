@@ -1,0 +1,271 @@
+//! kinesis-forwarder --target eventbridge end to end against real servers: SecantusDB (change
+//! streams) and moto's EventBridge, whose rule (the pipeline template's pattern) sends the events
+//! to an SQS queue that the test reads back.
+#![cfg(feature = "forwarder")]
+
+mod common;
+#[path = "common/kinesis.rs"]
+mod kinesis;
+#[path = "common/moto.rs"]
+mod moto;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{all_reports, run_sim_agent, sim_agent, unique_name, wait_until, MongoServer};
+use kinesis::AWS_ENV;
+use mongodb::bson::{doc, Bson, Document};
+use moto::MotoServer;
+use sensehat_monitor::forwarder::format::{stringify, Format};
+
+fn forwarder_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kinesis-forwarder")
+}
+
+/// The forwarder binary on `db.reports`, putting onto `bus` at moto.
+fn spawn_forwarder(
+    mongo: &MongoServer,
+    moto: &MotoServer,
+    db: &str,
+    bus: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(forwarder_bin())
+        .args(["--target", "eventbridge", "--database", db])
+        .args(["--event-bus-name", bus])
+        .args(["--eventbridge-endpoint-url", &moto.endpoint])
+        .args(extra)
+        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .envs(AWS_ENV)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kinesis-forwarder")
+}
+
+/// Wait until the forwarder on `bus` has stored a position (its change stream is open).
+async fn wait_for_position(client: &mongodb::Client, db: &str, bus: &str) {
+    let state = client
+        .database(db)
+        .collection::<Document>("reports_forwarder_state");
+    let key = format!("eventbridge:{bus}");
+    wait_until(Duration::from_secs(30), "the first stored position", || {
+        let (state, key) = (state.clone(), key.clone());
+        async move {
+            state
+                .find_one(doc! { "_id": key })
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        }
+    })
+    .await;
+}
+
+/// Events read from `queue` until `done` holds of all read so far (panics after 60 s).
+fn read_until(
+    moto: &MotoServer,
+    queue: &str,
+    mut done: impl FnMut(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = Vec::new();
+    loop {
+        got.extend(moto.drain(queue));
+        if done(&got) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} events reached the queue",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `_id` in an event's Detail, for `stringify` (a hex string).
+fn detail_id(event: &serde_json::Value) -> String {
+    event["detail"]["_id"]
+        .as_str()
+        .expect("detail._id is a string")
+        .to_owned()
+}
+
+// Every report the agent stores arrives through the bus and the rule as an event with the
+// forwarder's Source and DetailType and Detail equal to JSON.stringify of the stored document;
+// with --format canonical the Detail parses back into the stored document, every BSON type
+// intact; a document EventBridge can never take goes to the dead letters, and the rest go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_arrive_with_fields_and_types_intact() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let db = unique_name("evb");
+    let (plain, typed) = (unique_name("bus"), unique_name("typed"));
+    let plain_q = moto.bus_to_queue(&plain, &unique_name("q"));
+    let typed_q = moto.bus_to_queue(&typed, &unique_name("q"));
+    let mut a = spawn_forwarder(&mongo, &moto, &db, &plain, &[]);
+    let mut b = spawn_forwarder(&mongo, &moto, &db, &typed, &["--format", "canonical"]);
+    wait_for_position(&client, &db, &plain).await;
+    wait_for_position(&client, &db, &typed).await;
+
+    run_sim_agent(&mongo.uri, &db, 23).await;
+    let reports = client.database(&db).collection::<Document>("reports");
+    let big = doc! { "nodeName": "pi-big", "blob": "x".repeat(300 * 1024) };
+    let big_id = reports.insert_one(big).await.unwrap().inserted_id;
+    reports
+        .insert_one(doc! { "nodeName": "pi-after", "n": 1_i64 })
+        .await
+        .unwrap();
+    let docs: Vec<Document> = all_reports(&client, &db)
+        .await
+        .into_iter()
+        .filter(|d| d.get("_id") != Some(&big_id))
+        .collect();
+    assert_eq!(docs.len(), 24);
+
+    let events = read_until(&moto, &plain_q, |got| got.len() >= docs.len());
+    assert_eq!(events.len(), docs.len(), "no event twice");
+    let by_id: HashMap<String, &serde_json::Value> =
+        events.iter().map(|e| (detail_id(e), e)).collect();
+    for d in &docs {
+        let id = d.get_object_id("_id").unwrap().to_hex();
+        let e = by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} did not arrive"));
+        assert_eq!(e["source"], "sensehat-monitor.forwarder");
+        assert_eq!(e["detail-type"], "MongoDB change event");
+        let want: serde_json::Value = serde_json::from_str(&stringify(d)).unwrap();
+        assert_eq!(e["detail"], want, "fields intact");
+    }
+    let typed_events = read_until(&moto, &typed_q, |got| got.len() >= docs.len());
+    assert_eq!(typed_events.len(), docs.len(), "no event twice");
+    let by_id: HashMap<String, &serde_json::Value> = typed_events
+        .iter()
+        .map(|e| (e["detail"]["_id"]["$oid"].as_str().unwrap().to_owned(), e))
+        .collect();
+    for d in &docs {
+        let id = d.get_object_id("_id").unwrap().to_hex();
+        let e = by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} did not arrive"));
+        let back = Bson::try_from(e["detail"].clone()).unwrap();
+        assert_eq!(
+            back.as_document().unwrap(),
+            d,
+            "canonical did not round-trip"
+        );
+        assert_eq!(
+            serde_json::to_vec(&e["detail"]).unwrap(),
+            Format::Canonical.encode(d)
+        );
+    }
+
+    let dead = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_deadletter");
+    for bus in [&plain, &typed] {
+        let kept = dead
+            .find_one(doc! { "documentId": &big_id, "stream": format!("eventbridge:{bus}") })
+            .await
+            .unwrap()
+            .expect("the oversize document is in the dead letters");
+        let reason = kept.get_str("reason").unwrap();
+        assert!(reason.contains("over the EventBridge limit"), "{reason}");
+    }
+    a.start_kill().unwrap();
+    b.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+// The forwarder SIGKILLed mid-stream and restarted loses nothing: every report arrives
+// (duplicates allowed: the endpoint downstream upserts by _id).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_stream_loses_nothing() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let db = unique_name("evbkill");
+    let bus = unique_name("bus");
+    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+    wait_for_position(&client, &db, &bus).await;
+
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = tokio::process::Command::from(sim_agent(&mongo.uri, &db, 80, spool.path()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = read_until(&moto, &queue, |got| got.len() >= 15);
+    fwd.start_kill().unwrap(); // SIGKILL
+    fwd.wait().await.unwrap();
+    let before = got.len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+    assert!(agent.wait().await.unwrap().success());
+
+    let docs = all_reports(&client, &db).await;
+    assert_eq!(docs.len(), 80);
+    let want: HashSet<String> = docs
+        .iter()
+        .map(|d| d.get_object_id("_id").unwrap().to_hex())
+        .collect();
+    let rest = read_until(&moto, &queue, |more| {
+        let seen: HashSet<String> = got.iter().chain(more).map(detail_id).collect();
+        seen.is_superset(&want)
+    });
+    got.extend(rest);
+    let seen: HashSet<String> = got.iter().map(detail_id).collect();
+    assert!(
+        seen.is_superset(&want),
+        "lost across SIGKILL (killed after {before} events)"
+    );
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+// check-config accepts --target eventbridge without a stream name and without reaching
+// MongoDB or EventBridge, and says which bus, region and endpoint it found.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_shows_the_eventbridge_target() {
+    let out = tokio::process::Command::new(forwarder_bin())
+        .args([
+            "--target",
+            "eventbridge",
+            "--event-bus-name",
+            "pipeline-bus",
+        ])
+        .args(["--eventbridge-endpoint-url", "http://127.0.0.1:9"])
+        .arg("check-config")
+        .env("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:9/")
+        .env_remove("KINESIS_STREAM_NAME")
+        .envs(AWS_ENV)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("check-config answers without servers")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("event bus: pipeline-bus in us-east-1 at http://127.0.0.1:9"),
+        "{text}"
+    );
+}
