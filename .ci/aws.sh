@@ -7,6 +7,7 @@
 #
 #   bash .ci/aws.sh            # what CI runs
 #   bash .ci/aws.sh --twice    # also run cli.sh a second time (it must be safe to repeat)
+#   bash .ci/aws.sh install    # only install .venv-aws (the EventBridge tests need moto_server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-aws
@@ -29,6 +30,7 @@ fi
 "$VENV/bin/pip" freeze --disable-pip-version-check | grep -iE '^(moto|awscli|cfn-lint|boto3|botocore)==' | tr '\n' ' '
 echo
 installed=$(date +%s)
+[ "${1:-}" = install ] && exit 0
 
 step "cfn-lint (errors, warnings and informational findings fail)"
 shopt -s nullglob
