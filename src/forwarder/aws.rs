@@ -13,7 +13,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use tracing::warn;
 
 use super::batch::{Entry, Limits, KINESIS};
-use super::target::{EntryResults, PutError, Target};
+use super::target::{entry_results, EntryResults, PutError, Target};
 
 /// The AWS SDK client: credentials and region from the standard chain (environment, profile,
 /// instance role), and an optional endpoint URL for an emulator.
@@ -192,29 +192,11 @@ impl Target for AwsKinesis {
             .set_records(Some(records))
             .send()
             .await
-            .map_err(|e| {
-                let text = DisplayErrorContext(&e).to_string();
-                if is_fatal(&e) {
-                    PutError::Fatal(text)
-                } else {
-                    PutError::Transient(text)
-                }
-            })?;
-        let results: EntryResults = output
+            .map_err(|e| PutError::of_call(DisplayErrorContext(&e).to_string(), is_fatal(&e)))?;
+        let answered = output
             .records()
             .iter()
-            .map(|r| {
-                r.error_code()
-                    .map(|code| format!("{code}: {}", r.error_message().unwrap_or("")))
-            })
-            .collect();
-        if results.len() != entries.len() {
-            return Err(PutError::Transient(format!(
-                "PutRecords answered {} results for {} records",
-                results.len(),
-                entries.len()
-            )));
-        }
-        Ok(results)
+            .map(|r| (r.error_code(), r.error_message()));
+        entry_results("PutRecords", entries.len(), answered)
     }
 }

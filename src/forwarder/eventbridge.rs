@@ -13,7 +13,7 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
 use super::aws::{load_checked, REFUSED_CREDENTIALS};
 use super::batch::{Entry, Limits, EVENTBRIDGE};
-use super::target::{EntryResults, PutError, Target};
+use super::target::{entry_results, EntryResults, PutError, Target};
 
 /// Every event's Source; the pipeline template's rule matches exactly this.
 pub const SOURCE: &str = "sensehat-monitor.forwarder";
@@ -87,30 +87,12 @@ impl Target for AwsEventBridge {
             .set_entries(Some(requests))
             .send()
             .await
-            .map_err(|e| {
-                let text = DisplayErrorContext(&e).to_string();
-                if is_fatal(&e) {
-                    PutError::Fatal(text)
-                } else {
-                    PutError::Transient(text)
-                }
-            })?;
-        let results: EntryResults = output
+            .map_err(|e| PutError::of_call(DisplayErrorContext(&e).to_string(), is_fatal(&e)))?;
+        let answered = output
             .entries()
             .iter()
-            .map(|r| {
-                r.error_code()
-                    .map(|code| format!("{code}: {}", r.error_message().unwrap_or("")))
-            })
-            .collect();
-        if results.len() != entries.len() {
-            return Err(PutError::Transient(format!(
-                "PutEvents answered {} results for {} entries",
-                results.len(),
-                entries.len()
-            )));
-        }
-        Ok(results)
+            .map(|r| (r.error_code(), r.error_message()));
+        entry_results("PutEvents", entries.len(), answered)
     }
 }
 

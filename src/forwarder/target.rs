@@ -36,6 +36,36 @@ pub enum PutError {
 /// What a call did with each entry, by position: `None` accepted, `Some(reason)` failed.
 pub type EntryResults = Vec<Option<String>>;
 
+impl PutError {
+    /// A failed call, as the SDK described it (`text`), sorted by whether retrying can help.
+    pub fn of_call(text: String, fatal: bool) -> Self {
+        if fatal {
+            PutError::Fatal(text)
+        } else {
+            PutError::Transient(text)
+        }
+    }
+}
+
+/// Each entry's outcome from a call's answer, given as every result's error code and message:
+/// an answer with a result count other than `sent` is a transient failure of the whole call.
+pub fn entry_results<'a>(
+    api: &str,
+    sent: usize,
+    answered: impl Iterator<Item = (Option<&'a str>, Option<&'a str>)>,
+) -> Result<EntryResults, PutError> {
+    let results: EntryResults = answered
+        .map(|(code, message)| code.map(|c| format!("{c}: {}", message.unwrap_or(""))))
+        .collect();
+    if results.len() != sent {
+        return Err(PutError::Transient(format!(
+            "{api} answered {} results for {sent} entries",
+            results.len()
+        )));
+    }
+    Ok(results)
+}
+
 /// Where the forwarder puts its batches: one call, and nothing else the forwarder needs.
 pub trait Target: Send + Sync {
     /// What one call and one entry may hold, and how an entry is counted.
