@@ -64,4 +64,6 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   env "CARGO_TARGET_${upper}_LINKER=$prefix-gcc" "CC_${target//-/_}=$prefix-gcc" \
       "CARGO_TARGET_${upper}_RUNNER=$qemu" \
     timeout 1500 cargo test -q --target "$target" --lib --test drivers --test agent_loop
+  # Each target's debug build is used once; drop it before the next one fills the disk again.
+  rm -rf "target/$target/debug"
 done
