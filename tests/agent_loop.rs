@@ -63,6 +63,8 @@ fn options(interval: Duration, count: Option<u64>, shutdown_timeout: Duration) -
     AgentOptions {
         node_name: "loop-test".into(),
         interval,
+        // The default window, as the service runs.
+        insert_every: Duration::from_secs(2),
         count,
         shutdown_timeout,
         notify_systemd: false,
@@ -264,4 +266,107 @@ async fn overrun_slots_are_counted_and_skipped() {
         u128::from(last_slot) <= span.as_nanos() / interval.as_nanos(),
         "slot {last_slot} taken after {span:?}: {counters:?}"
     );
+}
+
+/// Records when each insert was made and how many reports it carried.
+struct RecordingInserter {
+    inserts: Arc<Mutex<Vec<(tokio::time::Instant, usize)>>>,
+}
+
+impl Inserter for RecordingInserter {
+    async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        let now = tokio::time::Instant::now();
+        self.inserts.lock().unwrap().push((now, docs.len()));
+        Ok(InsertOutcome {
+            inserted: docs.len() as u64,
+            ..Default::default()
+        })
+    }
+}
+
+// At the production interval with the default 2 s window, an insert carries the four reports
+// taken since the one before, and goes out with the sample that closes the window: no report
+// waits longer than the window.
+#[tokio::test(start_paused = true)]
+async fn inserts_carry_the_reports_of_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Mutex::new(open_spool(dir.path())));
+    let inserts = Arc::new(Mutex::new(Vec::new()));
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let counters = agent::run(
+        options(Duration::from_millis(500), None, Duration::from_secs(5)),
+        ClockSampler {
+            times: times.clone(),
+        },
+        Output::Spool {
+            spool: spool.clone(),
+            status_path: None,
+        },
+        RecordingInserter {
+            inserts: inserts.clone(),
+        },
+        // Stop just after sample 42 (t = 21 s), inside a window holding two reports.
+        tokio::time::sleep(Duration::from_millis(21_100)),
+    )
+    .await
+    .unwrap();
+    let inserts = inserts.lock().unwrap();
+    let times = times.lock().unwrap();
+    assert_eq!(counters.reports, 43);
+    // Every report delivered: the stop sent what its window held.
+    assert_eq!(counters.delivered, 43, "{inserts:?}");
+    assert_eq!(spool.lock().unwrap().pending(), 0);
+    let sizes: Vec<usize> = inserts.iter().map(|(_, n)| *n).collect();
+    // The first report goes at once; then each window's four; the stop sends the last two.
+    assert_eq!(sizes[0], 1, "{sizes:?}");
+    assert!(
+        sizes[1..sizes.len() - 1].iter().all(|&n| n == 4),
+        "{sizes:?}"
+    );
+    assert_eq!(sizes.last(), Some(&2), "{sizes:?}");
+    // Each insert is made at the time of a sample (the one that closed its window).
+    let start = times[0];
+    for (t, _) in inserts.iter().take(inserts.len() - 1) {
+        assert!(
+            times.contains(t),
+            "insert at {:?} is not at a sample",
+            *t - start
+        );
+    }
+    // No report waited for longer than the window before its insert.
+    let mut taken = times.iter();
+    for (t, n) in inserts.iter() {
+        for _ in 0..*n {
+            let at = taken.next().unwrap();
+            assert!(*t - *at <= Duration::from_secs(2), "waited {:?}", *t - *at);
+        }
+    }
+}
+
+// With no window (--insert-every 0) each report is inserted as soon as it is taken.
+#[tokio::test(start_paused = true)]
+async fn no_window_inserts_each_report_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Mutex::new(open_spool(dir.path())));
+    let inserts = Arc::new(Mutex::new(Vec::new()));
+    let mut opts = options(Duration::from_millis(500), Some(10), Duration::from_secs(5));
+    opts.insert_every = Duration::ZERO;
+    agent::run(
+        opts,
+        ClockSampler {
+            times: Arc::new(Mutex::new(Vec::new())),
+        },
+        Output::Spool {
+            spool,
+            status_path: None,
+        },
+        RecordingInserter {
+            inserts: inserts.clone(),
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let sizes: Vec<usize> = inserts.lock().unwrap().iter().map(|(_, n)| *n).collect();
+    assert_eq!(sizes, vec![1; 10]);
 }

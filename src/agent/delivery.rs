@@ -18,11 +18,10 @@ use crate::sink::{InsertError, InsertOutcome, Inserter};
 
 /// Most reports per `insert_many` when draining a backlog.
 pub const BATCH_MAX: usize = 10_000;
-/// Smallest gap between the starts of two inserts that are not full batches: at most four
-/// small inserts a second. Under the default 500 ms interval every report still goes out as
-/// soon as it is taken; faster sampling is batched, as each insert costs a round trip (and an
-/// Atlas operation).
-pub const MIN_INSERT_SPACING: Duration = Duration::from_millis(250);
+/// How early a sample may come and still close the insert window: samples fall on a fixed grid,
+/// so the one that ends a window of a whole number of intervals is due exactly as it ends, give
+/// or take the timer's jitter.
+const WINDOW_SLACK: Duration = Duration::from_millis(25);
 
 /// What the delivery loop keeps between inserts.
 struct Deliverer<I> {
@@ -34,6 +33,11 @@ struct Deliverer<I> {
     backoff_builder: ExponentialBuilder,
     backoff: ExponentialBackoff,
     last_insert: Option<Instant>,
+    /// `--insert-every`: reports taken within this window of the last insert wait for the
+    /// next one.
+    insert_every: Duration,
+    /// The one insert of what is pending that a stop gets has been made.
+    flushed_at_stop: bool,
 }
 
 /// What came of one insert, for the loop.
@@ -44,16 +48,37 @@ enum Step {
     Stop,
 }
 
+/// What the delivery loop is given.
+pub(super) struct DeliveryParts<I> {
+    pub(super) spool: Arc<Mutex<Spool>>,
+    pub(super) inserter: I,
+    pub(super) mode: watch::Receiver<Mode>,
+    /// Woken by each append while `idle` says delivery waits for one.
+    pub(super) notify: Arc<Notify>,
+    pub(super) idle: Arc<AtomicBool>,
+    pub(super) backlog_at_start: u64,
+    pub(super) counters: Arc<Mutex<Counters>>,
+    pub(super) insert_every: Duration,
+}
+
 /// Deliver the spool until the mode says stop (or, draining, until it is empty).
-pub(super) async fn deliver<I: Inserter>(
-    spool: Arc<Mutex<Spool>>,
-    inserter: I,
-    mode: watch::Receiver<Mode>,
-    notify: Arc<Notify>,
-    idle: Arc<AtomicBool>,
-    backlog_at_start: u64,
-    counters: Arc<Mutex<Counters>>,
-) -> Result<(), AgentError> {
+///
+/// In the steady state an insert carries what was taken within `insert_every` of the one
+/// before: delivery waits for the append that ends the window, so the insert goes out in the
+/// same wake-up as that sample, with no timer of its own. A backlog (a full batch) and
+/// `--count`'s drain are never held back, and a stop sends what is pending once more if the
+/// database was answering.
+pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), AgentError> {
+    let DeliveryParts {
+        spool,
+        inserter,
+        mode,
+        notify,
+        idle,
+        backlog_at_start,
+        counters,
+        insert_every,
+    } = parts;
     let backoff_builder = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
         .with_max_delay(Duration::from_secs(60))
@@ -70,17 +95,27 @@ pub(super) async fn deliver<I: Inserter>(
         backoff: backoff_builder.build(),
         backoff_builder,
         last_insert: None,
+        insert_every,
+        flushed_at_stop: false,
     };
     loop {
         let m = *d.mode.borrow();
-        if m == Mode::Stop {
-            return Ok(());
-        }
-        if m == Mode::Run && d.stopped_while_spacing().await {
+        if m == Mode::Stop && !d.flush_at_stop() {
             return Ok(());
         }
         // Say we may go idle before looking, so a report appended after the look wakes us.
         idle.store(true, Ordering::SeqCst);
+        if m == Mode::Run {
+            if let Some(closes) = d.window_open() {
+                tokio::select! {
+                    () = notify.notified() => {}
+                    _ = d.mode.changed() => {}
+                    // Only if no sample comes to close the window (sampling stuck).
+                    () = tokio::time::sleep_until(closes + d.insert_every) => {}
+                }
+                continue;
+            }
+        }
         let Some(batch) = d.read_batch().await?.filter(|b| !b.records.is_empty()) else {
             if m == Mode::Drain {
                 return Ok(());
@@ -100,23 +135,26 @@ pub(super) async fn deliver<I: Inserter>(
 }
 
 impl<I: Inserter> Deliverer<I> {
-    /// At most one small insert per MIN_INSERT_SPACING: at 2 Hz every report still goes out at
-    /// once, while faster sampling is batched instead of costing a round trip per report. A
-    /// full batch (a backlog) is never held back, and with nothing pending there is nothing to
-    /// space out: it goes idle at once. True if a stop was asked for meanwhile.
-    async fn stopped_while_spacing(&mut self) -> bool {
-        let Some(t) = self.last_insert else {
-            return false;
-        };
-        let next = t + MIN_INSERT_SPACING;
+    /// While the insert window is open, when it closes: reports are pending, the last insert
+    /// started less than `insert_every` ago, and they are not a full batch. `None` when the
+    /// next insert may go now.
+    fn window_open(&self) -> Option<Instant> {
+        let closes = self.last_insert? + self.insert_every;
+        if Instant::now() + WINDOW_SLACK >= closes {
+            return None;
+        }
         let pending = lock(&self.spool).pending() as usize;
-        if Instant::now() >= next || pending == 0 || pending >= BATCH_MAX {
+        (pending > 0 && pending < BATCH_MAX).then_some(closes)
+    }
+
+    /// A stop was asked for: whether to make one more insert of what is pending first. Only
+    /// once, and only while the database answers; what is not sent stays in the spool.
+    fn flush_at_stop(&mut self) -> bool {
+        if self.flushed_at_stop {
             return false;
         }
-        tokio::select! {
-            () = tokio::time::sleep_until(next) => false,
-            r = self.mode.wait_for(|m| *m != Mode::Run) => r.map_or(true, |m| *m == Mode::Stop),
-        }
+        self.flushed_at_stop = true;
+        lock(&self.counters).connected == Some(true) && lock(&self.spool).pending() > 0
     }
 
     /// The next batch, or `None` when the spool is empty. Read on a blocking thread: reading

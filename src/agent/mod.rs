@@ -53,7 +53,7 @@ mod status;
 mod take;
 
 pub use check::{check_config, CheckConfig};
-pub use delivery::{BATCH_MAX, MIN_INSERT_SPACING};
+pub use delivery::BATCH_MAX;
 pub use rejected::REJECTED_MAX;
 pub use start::{open_spool, OpenedSpool};
 
@@ -119,6 +119,9 @@ pub struct AgentOptions {
     pub node_name: String,
     /// Time between samples (at least 1 ms).
     pub interval: Duration,
+    /// Reports taken within this long of the last insert go out together in the next one
+    /// (zero: each as soon as it is taken).
+    pub insert_every: Duration,
     /// Stop after this many reports (and wait for them to be acknowledged).
     pub count: Option<u64>,
     /// On shutdown, how long the in-flight insert may take.
@@ -197,7 +200,12 @@ where
     };
     let mut output = output;
     let delivery = match &output {
-        Output::Spool { spool, .. } => Some(start_delivery(spool, inserter, &shared)),
+        Output::Spool { spool, .. } => Some(start_delivery(
+            spool,
+            inserter,
+            &shared,
+            options.insert_every,
+        )),
         Output::Print(_) => None,
     };
 
@@ -245,17 +253,19 @@ fn start_delivery<I: Inserter>(
     spool: &Arc<Mutex<Spool>>,
     inserter: I,
     shared: &Shared,
+    insert_every: Duration,
 ) -> Delivery {
     let (mode, mode_rx) = watch::channel(Mode::Run);
-    let work = delivery::deliver(
-        spool.clone(),
+    let work = delivery::deliver(delivery::DeliveryParts {
+        spool: spool.clone(),
         inserter,
-        mode_rx,
-        shared.notify.clone(),
-        shared.delivery_idle.clone(),
-        lock(spool).pending(),
-        shared.counters.clone(),
-    );
+        mode: mode_rx,
+        notify: shared.notify.clone(),
+        idle: shared.delivery_idle.clone(),
+        backlog_at_start: lock(spool).pending(),
+        counters: shared.counters.clone(),
+        insert_every,
+    });
     let failed = shared.failed.clone();
     let task = tokio::spawn(async move {
         let result = work.await;
@@ -270,7 +280,8 @@ fn start_delivery<I: Inserter>(
 
 type Finished = Option<Result<Result<(), AgentError>, tokio::task::JoinError>>;
 
-/// Sampling has stopped: stop delivery after its in-flight batch, within the shutdown timeout,
+/// Sampling has stopped: stop delivery after its in-flight batch and one more of what is
+/// pending (if the database answers), within the shutdown timeout,
 /// or with `drain` (`--count`) let it deliver everything first, unless `shutdown` comes.
 /// `None` when it was cut short.
 async fn finish_delivery(
