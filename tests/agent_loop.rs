@@ -91,6 +91,7 @@ async fn schedule_holds_when_inserts_are_slow() {
             delay: Duration::from_millis(1700),
             got: got.clone(),
         },
+        None,
         std::future::pending(),
     )
     .await
@@ -146,6 +147,7 @@ async fn shutdown_leaves_undelivered_reports_in_the_spool() {
             delay: Duration::from_secs(60),
             got: got.clone(),
         },
+        None,
         tokio::time::sleep(Duration::from_millis(1050)),
     )
     .await
@@ -186,6 +188,7 @@ async fn a_delivery_that_can_never_work_stops_the_agent() {
             status_path: None,
         },
         RefusingInserter,
+        None,
         std::future::pending(),
     );
     let result = tokio::time::timeout(Duration::from_secs(60), run)
@@ -247,6 +250,7 @@ async fn overrun_slots_are_counted_and_skipped() {
         },
         Output::Print(Box::new(std::io::sink())),
         sensehat_monitor::sink::NoDatabase,
+        None,
         std::future::pending(),
     )
     .await
