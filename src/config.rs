@@ -110,6 +110,12 @@ pub struct Cli {
     #[arg(long, env = "SENSEHAT_LED_DEVICE")]
     pub led_device: Option<PathBuf>,
 
+    /// Show the agent's state in the logo's top-right 2x2 corner: green stored, amber to red
+    /// spooled (database unreachable), blue waiting for the clock, magenta a sensor failing.
+    /// See README.
+    #[arg(long, env = "SENSEHAT_LED_STATUS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub led_status: bool,
+
     /// I2C bus device of the Sense HAT.
     #[arg(long, env = "SENSEHAT_I2C_BUS", default_value = DEFAULT_I2C_BUS)]
     pub i2c_bus: String,
@@ -293,6 +299,7 @@ mod tests {
         assert_eq!(cli.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(cli.clock_wait, Duration::from_secs(300));
         assert_eq!(cli.insert_every, Duration::from_secs(2));
+        assert!(!cli.led_status);
         assert!(Cli::try_parse_from(["x", "--interval-ms", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--interval", "0"]).is_err());
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use sensehat_monitor::agent::{self, Output};
+use sensehat_monitor::agent::{self, Matrix, Output};
 use sensehat_monitor::board::{led::open_led, Board};
 use sensehat_monitor::config::{Cli, Command, SensorsKind};
 use sensehat_monitor::led::Frame;
@@ -135,23 +135,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             led = None;
         }
     }
+    // The agent clears it when it stops.
+    let matrix = led.map(|l| Matrix::new(l, frame, cli.led_status));
 
     let result = match uri {
         None => {
             info!(sensors = ?cli.sensors, "dry run: printing reports to stdout");
             let output = Output::Print(Box::new(std::io::stdout()));
-            agent::run(cli.agent_options(), board, output, NoDatabase, shutdown)
-                .await
-                .map_err(|e| e.to_string())
+            agent::run(
+                cli.agent_options(),
+                board,
+                output,
+                NoDatabase,
+                matrix,
+                shutdown,
+            )
+            .await
+            .map_err(|e| e.to_string())
         }
-        Some(uri) => run_with_spool(&cli, &uri, board, shutdown).await,
+        Some(uri) => run_with_spool(&cli, &uri, board, matrix, shutdown).await,
     };
 
-    if let Some(led) = &mut led {
-        if let Err(e) = led.clear() {
-            warn!(error = %e, "cannot clear the LED matrix");
-        }
-    }
     let counters = result.map_err(Failure::Run)?;
     info!(
         reports = counters.reports,
@@ -183,11 +187,20 @@ async fn run_with_spool(
     cli: &Cli,
     uri: &str,
     board: Board,
+    matrix: Option<Matrix>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<agent::Counters, String> {
     let dir = cli.spool_dir();
-    let opened = agent::open_spool(&dir, cli.spool_options())
-        .map_err(|e| format!("{e}; choose a writable directory with --spool-dir"))?;
+    let opened = match agent::open_spool(&dir, cli.spool_options()) {
+        Ok(opened) => opened,
+        Err(e) => {
+            // The agent never ran, so it does not clear the logo.
+            if let Some(m) = matrix {
+                m.clear().await;
+            }
+            return Err(format!("{e}; choose a writable directory with --spool-dir"));
+        }
+    };
     let mut options = cli.agent_options();
     if let Some(c) = &mut options.clock {
         c.copy = Some(opened.held);
@@ -198,7 +211,7 @@ async fn run_with_spool(
         spool: Arc::new(Mutex::new(opened.spool)),
         status_path: Some(dir.join(STATUS_FILE)),
     };
-    agent::run(options, board, output, sink, shutdown)
+    agent::run(options, board, output, sink, matrix, shutdown)
         .await
         .map_err(|e| e.to_string())
 }

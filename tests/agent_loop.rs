@@ -93,6 +93,7 @@ async fn schedule_holds_when_inserts_are_slow() {
             delay: Duration::from_millis(1700),
             got: got.clone(),
         },
+        None,
         std::future::pending(),
     )
     .await
@@ -148,6 +149,7 @@ async fn shutdown_leaves_undelivered_reports_in_the_spool() {
             delay: Duration::from_secs(60),
             got: got.clone(),
         },
+        None,
         tokio::time::sleep(Duration::from_millis(1050)),
     )
     .await
@@ -188,6 +190,7 @@ async fn a_delivery_that_can_never_work_stops_the_agent() {
             status_path: None,
         },
         RefusingInserter,
+        None,
         std::future::pending(),
     );
     let result = tokio::time::timeout(Duration::from_secs(60), run)
@@ -249,6 +252,7 @@ async fn overrun_slots_are_counted_and_skipped() {
         },
         Output::Print(Box::new(std::io::sink())),
         sensehat_monitor::sink::NoDatabase,
+        None,
         std::future::pending(),
     )
     .await
@@ -305,6 +309,7 @@ async fn inserts_carry_the_reports_of_their_window() {
         RecordingInserter {
             inserts: inserts.clone(),
         },
+        None,
         // Stop just after sample 42 (t = 21 s), inside a window holding two reports.
         tokio::time::sleep(Duration::from_millis(21_100)),
     )
@@ -363,6 +368,7 @@ async fn no_window_inserts_each_report_at_once() {
         RecordingInserter {
             inserts: inserts.clone(),
         },
+        None,
         std::future::pending(),
     )
     .await

@@ -20,6 +20,7 @@
 //!   worth a log line; the loops log them.
 //! - `rejected`: `rejected.jsonl`, where reports the database refused are kept.
 //! - `status`: writing `status.json`.
+//! - `matrix`: the LED matrix: the state the corner shows (`--led-status`), cleared at stop.
 //! - `start`: opening the spool for a run ([`open_spool`]).
 //! - [`check`]: the `check-config` command.
 
@@ -45,6 +46,7 @@ use crate::status::SensorStatus;
 pub mod check;
 mod delivery;
 mod link;
+mod matrix;
 mod rejected;
 mod sampling;
 mod spool_log;
@@ -54,6 +56,7 @@ mod take;
 
 pub use check::{check_config, CheckConfig};
 pub use delivery::BATCH_MAX;
+pub use matrix::Matrix;
 pub use rejected::REJECTED_MAX;
 pub use start::{open_spool, OpenedSpool};
 
@@ -180,12 +183,43 @@ struct Shared {
     failed: Arc<Notify>,
 }
 
-/// Run the agent until `count` reports are done or `shutdown` resolves.
+/// Run the agent until `count` reports are done or `shutdown` resolves. The LED `matrix`, if
+/// there is one, is cleared when it stops, whatever the outcome.
 pub async fn run<S, I>(
     options: AgentOptions,
     sampler: S,
     output: Output,
     inserter: I,
+    matrix: Option<Matrix>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Counters, AgentError>
+where
+    S: Sampler,
+    I: Inserter,
+{
+    let mut matrix = matrix;
+    let result = run_loops(
+        options,
+        sampler,
+        output,
+        inserter,
+        matrix.as_mut(),
+        shutdown,
+    )
+    .await;
+    if let Some(m) = matrix {
+        m.clear().await;
+    }
+    result
+}
+
+/// [`run`], but for clearing the matrix.
+async fn run_loops<S, I>(
+    options: AgentOptions,
+    sampler: S,
+    output: Output,
+    inserter: I,
+    matrix: Option<&mut Matrix>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Counters, AgentError>
 where
@@ -218,7 +252,7 @@ where
             }
         };
         tokio::pin!(stop);
-        sampling::sample_loop(&options, sampler, &mut output, &shared, &mut stop).await?
+        sampling::sample_loop(&options, sampler, &mut output, matrix, &shared, &mut stop).await?
     };
 
     if let (Some(delivery), Output::Spool { spool, status_path }) = (delivery, &output) {

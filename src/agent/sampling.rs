@@ -12,23 +12,27 @@ use std::time::Duration;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, error, info, warn};
 
+use super::matrix::{agent_state, Matrix};
 use super::spool_log::{SpoolEvent, SpoolLog};
 use super::take::{take, Destination, Store, Stored, Taken};
 use super::{lock, AgentError, AgentOptions, Output, Sampler, Shared, STATUS_EVERY};
 use crate::board::{HealthEvent, Sensor};
 use crate::clock::{self, ClockGate, Released};
+use crate::led::status::SpoolUse;
 use crate::report::Report;
 use crate::sink::spool::{AppendOutcome, Spool};
 
 /// How often falling behind the schedule is said at most.
 const BEHIND_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// The fixed-rate sampling loop. Returns true when stopped by `shutdown`. Reports still held
-/// for the clock when it stops go on as they are (see [`crate::clock`]).
+/// The fixed-rate sampling loop, showing its state on `matrix` when that asks for it. Returns
+/// true when stopped by `shutdown`. Reports still held for the clock when it stops go on as
+/// they are (see [`crate::clock`]).
 pub(super) async fn sample_loop<S: Sampler>(
     options: &AgentOptions,
     sampler: S,
     output: &mut Output,
+    matrix: Option<&mut Matrix>,
     shared: &Shared,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
 ) -> Result<bool, AgentError> {
@@ -36,6 +40,8 @@ pub(super) async fn sample_loop<S: Sampler>(
         options,
         output,
         shared,
+        matrix: matrix.filter(|m| m.shows_status()),
+        spool_use: SpoolUse::default(),
         sampler: Some(sampler),
         gate: ClockGate::start(options.clock.as_ref(), Instant::now()),
         log: SpoolLog::default(),
@@ -56,6 +62,10 @@ struct Sampling<'a, S> {
     options: &'a AgentOptions,
     output: &'a mut Output,
     shared: &'a Shared,
+    /// The LED matrix, when its corner shows the agent's state (`--led-status`).
+    matrix: Option<&'a mut Matrix>,
+    /// What the spool held after the last sample, when the matrix shows it.
+    spool_use: SpoolUse,
     /// Lent to the thread that takes each sample.
     sampler: Option<S>,
     gate: ClockGate,
@@ -174,9 +184,13 @@ impl<S: Sampler> Sampling<'_, S> {
             events,
             sensors,
             stored,
+            spool_use,
         } = taken;
         if let Some(sensors) = sensors {
             lock(&self.shared.counters).sensors = sensors;
+        }
+        if let Some(u) = spool_use {
+            self.spool_use = u;
         }
         events.into_iter().for_each(log_health);
         {
@@ -201,7 +215,24 @@ impl<S: Sampler> Sampling<'_, S> {
         if let Some(released) = self.gate.poll_if_watching(Instant::now) {
             self.release(released).await?;
         }
+        self.show_state().await;
         Ok(())
+    }
+
+    /// With `--led-status`, show the agent's state as it is after this sample (the matrix is
+    /// written only when what it shows changes).
+    async fn show_state(&mut self) {
+        let Some(matrix) = self.matrix.as_deref_mut() else {
+            return;
+        };
+        let printing = matches!(&*self.output, Output::Print(_));
+        let state = agent_state(
+            &lock(&self.shared.counters),
+            printing,
+            self.gate.holding(),
+            self.spool_use,
+        );
+        matrix.update(&state).await;
     }
 
     /// The spool side of this sample, when there is a spool.
@@ -219,7 +250,9 @@ impl<S: Sampler> Sampling<'_, S> {
             status_path: status_path.clone().filter(|_| write_status_now),
             counters: self.shared.counters.clone(),
             interval: self.interval,
+            insert_every: self.options.insert_every,
             destination,
+            measure: self.matrix.is_some(),
         })
     }
 

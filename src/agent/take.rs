@@ -11,6 +11,7 @@ use super::status::write_status;
 use super::{lock, Counters, Sampler};
 use crate::board::{HealthEvent, SampleError, Sensor};
 use crate::clock::{now_ms, HeldSpool};
+use crate::led::status::SpoolUse;
 use crate::report::Report;
 use crate::sink::spool::{AppendOutcome, Spool, SpoolError};
 use crate::status::SensorStatus;
@@ -26,6 +27,8 @@ pub(super) struct Taken {
     pub(super) sensors: Option<Vec<SensorStatus>>,
     /// The spool append and maintenance results, when there is a spool.
     pub(super) stored: Option<Stored>,
+    /// What the spool holds, when [`Store::measure`] asked.
+    pub(super) spool_use: Option<SpoolUse>,
 }
 
 /// Where a sample's report is written.
@@ -47,6 +50,10 @@ pub(super) struct Store {
     pub(super) counters: Arc<Mutex<Counters>>,
     /// When the next sample is due, from now: reports closer together are written in groups.
     pub(super) interval: Duration,
+    /// `--insert-every`: reports within it wait for their insert by design.
+    pub(super) insert_every: Duration,
+    /// Say what the spool holds (for the LED's corner).
+    pub(super) measure: bool,
 }
 
 /// Take one sample and append its report to the spool, or to the held reports' spool
@@ -68,11 +75,24 @@ pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> 
         }
         write_status(p, c, &lock(&store.spool));
     }
+    let spool_use = store.filter(|s| s.measure).map(|s| {
+        let sp = lock(&s.spool);
+        let pending = u32::try_from(sp.pending()).unwrap_or(u32::MAX);
+        SpoolUse {
+            waiting: s
+                .interval
+                .saturating_mul(pending)
+                .saturating_sub(s.insert_every),
+            bytes: sp.bytes(),
+            cap: sp.max_bytes(),
+        }
+    });
     Taken {
         sensors,
         outcome,
         events,
         stored,
+        spool_use,
     }
 }
 

@@ -240,6 +240,11 @@ impl Spool {
         self.segments.bytes()
     }
 
+    /// The cap on [`Spool::bytes`] (`max_bytes`), beyond which the oldest reports are dropped.
+    pub fn max_bytes(&self) -> u64 {
+        self.segments.max_bytes()
+    }
+
     /// Append one report and write it to the segment file at once. Never fails: a disk error
     /// keeps the report in memory and is reported in the outcome.
     pub fn append(&mut self, payload: &[u8], now: Instant) -> AppendOutcome {

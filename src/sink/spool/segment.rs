@@ -101,6 +101,11 @@ impl Segments {
         self.list.iter().map(|s| s.len).sum()
     }
 
+    /// The cap on [`Segments::bytes`].
+    pub(super) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Count a segment that could not be created as the last one anyway, so that the first
     /// write tries to create it again.
     pub(super) fn push_empty(&mut self, id: u64) {

@@ -1,0 +1,247 @@
+//! `--led-status`: the real agent binary (simulated board) writing a framebuffer file, whose
+//! top-right corner is driven by a real outage of a real MongoDB wire-protocol server, by a
+//! failing sensor and by the clock; and without the option, the logo alone.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{agent_command, signal, unique_name, MongoServer, Reaped};
+use sensehat_monitor::led::{frame::DEFAULT_LOGO_PNG, Frame, Rotation};
+
+// The README's colours as the framebuffer stores them (RGB565), declared here again rather
+// than taken from the code under test.
+/// Green (0, 255, 0): readings are stored.
+const GREEN: u16 = 0x07E0;
+/// Amber (255, 160, 0): readings are spooled.
+const AMBER: u16 = 0xFD00;
+/// Red (255, 0, 0): spooled, the spool in the last quarter before its cap.
+const RED: u16 = 0xF800;
+/// Blue (0, 0, 255): held for the clock.
+const BLUE: u16 = 0x001F;
+/// Magenta (255, 0, 255): a sensor is failing.
+const MAGENTA: u16 = 0xF81F;
+const OFF: u16 = 0;
+
+/// The top-right 2x2 block at rotation 0, as framebuffer pixel numbers (row * 8 + column), in
+/// the order the README says they light: the corner, along the top, along the side, inside.
+const CORNER: [usize; 4] = [7, 6, 15, 14];
+
+/// The framebuffer file's 64 pixels.
+fn pixels(fb: &Path) -> Vec<u16> {
+    let bytes = std::fs::read(fb).unwrap();
+    assert_eq!(bytes.len(), 128);
+    bytes
+        .chunks(2)
+        .map(|p| u16::from_le_bytes([p[0], p[1]]))
+        .collect()
+}
+
+/// The corner block of the framebuffer file.
+fn corner(fb: &Path) -> [u16; 4] {
+    let px = pixels(fb);
+    CORNER.map(|i| px[i])
+}
+
+/// The built-in logo's 128 framebuffer bytes at rotation 0.
+fn logo() -> [u8; 128] {
+    Frame::from_png(DEFAULT_LOGO_PNG)
+        .unwrap()
+        .to_fb_bytes(Rotation::R0)
+}
+
+/// Every pixel but the corner's is the logo's.
+fn assert_logo_outside_the_corner(fb: &Path) {
+    let logo: Vec<u16> = logo()
+        .chunks(2)
+        .map(|p| u16::from_le_bytes([p[0], p[1]]))
+        .collect();
+    for (i, (got, want)) in pixels(fb).into_iter().zip(logo).enumerate() {
+        if !CORNER.contains(&i) {
+            assert_eq!(got, want, "pixel {i} is not the logo's");
+        }
+    }
+}
+
+/// A zeroed stand-in for the framebuffer device in `dir`.
+fn framebuffer(dir: &Path, name: &str) -> PathBuf {
+    let fb = dir.join(name);
+    std::fs::write(&fb, [0u8; 128]).unwrap();
+    fb
+}
+
+/// Poll the corner until `done` says so, noting each different corner seen on the way
+/// (including the last); panics with them after `timeout`.
+fn watch(
+    fb: &Path,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&[u16; 4]) -> bool,
+) -> Vec<[u16; 4]> {
+    let deadline = Instant::now() + timeout;
+    let mut seen: Vec<[u16; 4]> = Vec::new();
+    loop {
+        let c = corner(fb);
+        if seen.last() != Some(&c) {
+            seen.push(c);
+        }
+        if done(&c) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; corners seen: {seen:04x?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stop the agent with SIGTERM; it exits 0 and leaves the matrix dark.
+fn stop_and_check_cleared(child: &mut Reaped, fb: &Path) {
+    signal(&child.0, 15);
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(std::fs::read(fb).unwrap(), vec![0u8; 128]);
+}
+
+/// The agent on the simulated board every 50 ms, storing into `db` at `uri`, showing the LED
+/// on `fb`.
+fn stored_agent(uri: &str, db: &str, dir: &Path, fb: &Path, extra: &[&str]) -> Reaped {
+    let child: Child = agent_command()
+        .args(["--sensors", "sim", "--interval", "50ms", "--database", db])
+        .arg("--spool-dir")
+        .arg(dir.join(format!("spool-{db}")))
+        .arg("--led-device")
+        .arg(fb)
+        .args(extra)
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Reaped(child)
+}
+
+// Storing: four green. The server is killed: within a few seconds one amber pixel, lit in the
+// documented order as the spool fills toward its cap, then all four red. The server comes back
+// on the same port and data: four green again. Alongside, an agent without --led-status shows
+// exactly the logo throughout. Both clear the matrix when stopped.
+#[test]
+fn the_corner_follows_a_real_database_outage() {
+    let Some(mut server) = MongoServer::start_persistent() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (fb, plain_fb) = (
+        framebuffer(dir.path(), "fb1"),
+        framebuffer(dir.path(), "fb-plain"),
+    );
+    // 64 KiB: the spool fills its first three quarters in a few seconds each at 50 ms.
+    let mut agent = stored_agent(
+        &server.uri,
+        &unique_name("led"),
+        dir.path(),
+        &fb,
+        &["--led-status", "--spool-max-bytes", "65536"],
+    );
+    let mut plain = stored_agent(
+        &server.uri,
+        &unique_name("led_plain"),
+        dir.path(),
+        &plain_fb,
+        &[],
+    );
+    watch(&fb, Duration::from_secs(30), "green", |c| *c == [GREEN; 4]);
+    assert_logo_outside_the_corner(&fb);
+    assert_eq!(std::fs::read(&plain_fb).unwrap(), logo());
+
+    server.kill();
+    let killed = Instant::now();
+    watch(&fb, Duration::from_secs(10), "spooled", |c| c[0] == AMBER);
+    // Three seconds of readings waiting, not the driver's ten-second server selection timeout.
+    let noticed = killed.elapsed();
+    assert!(
+        noticed < Duration::from_secs(8),
+        "spooled after {noticed:?}"
+    );
+    let filling = watch(&fb, Duration::from_secs(60), "red", |c| *c == [RED; 4]);
+    let amber = [
+        [AMBER, OFF, OFF, OFF],
+        [AMBER, AMBER, OFF, OFF],
+        [AMBER, AMBER, AMBER, OFF],
+    ];
+    // Only amber steps, in order, none skipped back, then red.
+    let (red, steps) = filling.split_last().unwrap();
+    assert_eq!(*red, [RED; 4]);
+    let mut next = 0;
+    for step in steps {
+        let i = amber.iter().position(|a| a == step);
+        assert!(
+            i.is_some_and(|i| i >= next),
+            "unexpected corner on the way: {filling:04x?}"
+        );
+        next = i.unwrap_or(next);
+    }
+    assert_logo_outside_the_corner(&fb);
+    assert_eq!(std::fs::read(&plain_fb).unwrap(), logo());
+
+    server.launch();
+    // Delivery retries with back-off (up to a minute at most; seconds here).
+    watch(&fb, Duration::from_secs(90), "green again", |c| {
+        *c == [GREEN; 4]
+    });
+    assert_logo_outside_the_corner(&fb);
+    assert_eq!(std::fs::read(&plain_fb).unwrap(), logo());
+
+    stop_and_check_cleared(&mut agent, &fb);
+    stop_and_check_cleared(&mut plain, &plain_fb);
+}
+
+// --dry-run (SENSEHAT_LED_STATUS=true) while the clock is not synchronized: blue. A failing sensor wins over it:
+// magenta, then blue again when the sensor recovers; once the clock is synchronized, green.
+#[test]
+fn a_failing_sensor_and_the_clock_show_in_the_corner() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = framebuffer(dir.path(), "fb1");
+    // A directory without the marker: systemd-timesyncd runs but has not synchronized.
+    let marker = dir.path().join("synchronized");
+    let child = agent_command()
+        .args(["--sensors", "sim", "--dry-run", "--interval", "50ms"])
+        .args(["--sim-fault", "lps25h:20:40"])
+        // The option as the systemd unit's environment file sets it.
+        .env("SENSEHAT_LED_STATUS", "true")
+        .arg("--clock-sync-file")
+        .arg(&marker)
+        .arg("--led-device")
+        .arg(&fb)
+        .env_remove("MONGODB_CONNECTION_STRING")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    let mut seen = watch(&fb, Duration::from_secs(20), "magenta", |c| {
+        *c == [MAGENTA; 4]
+    });
+    seen.extend(watch(&fb, Duration::from_secs(20), "blue again", |c| {
+        *c == [BLUE; 4]
+    }));
+    std::fs::write(&marker, "").unwrap();
+    seen.extend(watch(&fb, Duration::from_secs(20), "green", |c| {
+        *c == [GREEN; 4]
+    }));
+    assert_logo_outside_the_corner(&fb);
+    // The logo's own corner (dark) before the first sample, then each state once.
+    seen.dedup();
+    if seen.first() == Some(&[OFF; 4]) {
+        seen.remove(0);
+    }
+    assert_eq!(
+        seen,
+        [[BLUE; 4], [MAGENTA; 4], [BLUE; 4], [GREEN; 4]],
+        "{seen:04x?}"
+    );
+    stop_and_check_cleared(&mut child, &fb);
+}
