@@ -1,11 +1,14 @@
-//! The floor under the agent benchmark (`scripts/bench-agent.sh`): a current-thread Tokio
-//! runtime that only sleeps until each slot of a fixed grid, with the agent's timer ring, and
-//! does nothing else. Its CPU time per slot is what this machine charges for waking a process
-//! that often; the agent's figure minus this one is the agent's own work.
+//! The floor under the agent benchmarks (`scripts/bench-agent.sh`): a current-thread Tokio
+//! runtime that only waits for each slot of a fixed grid, on the agent's own ticker (the
+//! kernel's timer), and does nothing else. Its CPU time and wake-ups per slot are what this
+//! machine charges for waking a process that often; the agent's figures minus these are the
+//! agent's own work.
 //!
 //! Usage: `sleep_floor [COUNT] [INTERVAL_MS]` (default 2000 slots of 1 ms).
 
 use std::time::Duration;
+
+use sensehat_monitor::agent::{TickSource, Ticker};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -16,19 +19,9 @@ fn main() {
         .build()
         .expect("a current-thread runtime");
     runtime.block_on(async {
-        let start = tokio::time::Instant::now();
-        let slot = |n: u32| start + interval * n;
-        // As in the agent's sampling loop: timer n % 3 holds slot n (slots 1, 2 and 3 to begin
-        // with) and is re-armed for slot n + 3 once it fires, so a later slot is always
-        // pending and re-arming never wakes the runtime's own driver.
-        let mut timers: [_; 3] = std::array::from_fn(|k| {
-            let first = if k == 0 { 3 } else { k as u32 };
-            Box::pin(tokio::time::sleep_until(slot(first)))
-        });
-        for n in 1..=count {
-            let timer = &mut timers[n as usize % 3];
-            timer.as_mut().await;
-            timer.as_mut().reset(slot(n + 3));
+        let (_, mut ticker) = Ticker::start(TickSource::Kernel, interval);
+        for _ in 0..=count {
+            ticker.tick().await;
         }
     });
 }

@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
-# Benchmark: peak RSS and CPU time per sample of the agent (simulated board, 2000 samples at
-# --interval-ms 1) against the original Python agent (shared/bench/seed_agent), both inserting
-# into the same local MongoDB wire-protocol server in the same run. Prints figures and ratios.
+# Benchmark: the agent (simulated board) against the original Python agent
+# (shared/bench/seed_agent), inserting into the same local MongoDB wire-protocol server in the
+# same run. Prints figures and ratios to the seed.
+#
+# First, at the production interval (500 ms) with the seed at PERIOD=0.5, everything running at
+# once for SECONDS (default 60) of steady state after WARMUP (default 15) seconds
+# (scripts/bench_production.py): CPU per sample, wake-ups per second, bytes on the database
+# connection and to storage per report, peak RSS, and the floor. Then a stress line: 2000
+# samples at 1 ms, timed as whole processes (STRESS=0 leaves it out).
+#
+#   bash scripts/bench-agent.sh                 # both
+#   SECONDS_STEADY=300 STRESS=0 bash scripts/bench-agent.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-server.sh
-SAMPLES=${SAMPLES:-2000}
-# INTERVAL_MS=500 SAMPLES=200 compares at the production rate instead: the seed then sleeps
-# PERIOD=0.5 between samples as the article's agent does.
-INTERVAL_MS=${INTERVAL_MS:-1}
-if [ "$INTERVAL_MS" = 1 ]; then PERIOD=0; else PERIOD=$("$PY" -c "print($INTERVAL_MS/1000)"); fi
 SEED=${SEED_AGENT_DIR:-../shared/bench/seed_agent}
 [ -f "$SEED/seed_agent.py" ] || { echo "the original Python agent is not at $SEED: set SEED_AGENT_DIR to its directory" >&2; exit 1; }
 cargo build --release -q --bin sensehat-monitor --example sleep_floor
+"$PY" -c 'import pymongo' 2>/dev/null || .venv-test/bin/pip install -q pymongo
+echo "=== at the production interval"
+"$PY" scripts/bench_production.py --uri "$MONGO_URI" --bin target/release/sensehat-monitor \
+  --floor target/release/examples/sleep_floor --seed-dir "$SEED" --python "$PY" \
+  --seconds "${SECONDS_STEADY:-60}" --warmup "${WARMUP:-15}"
+[ "${STRESS:-1}" = 0 ] && exit 0
+echo
+echo "=== stress: 2000 samples at 1 ms"
+SAMPLES=${SAMPLES:-2000}
+INTERVAL_MS=1
+if [ "$INTERVAL_MS" = 1 ]; then PERIOD=0; else PERIOD=$("$PY" -c "print($INTERVAL_MS/1000)"); fi
 BIN=target/release/sensehat-monitor
-# The floor: the agent's timer ring alone, waking on the same grid and doing nothing else
+# The floor: the agent's ticker alone, waking on the same grid and doing nothing else
 # (examples/sleep_floor.rs). What this machine charges for the wake-ups is no work of ours.
 FLOOR=target/release/examples/sleep_floor
-"$PY" -c 'import pymongo' 2>/dev/null || .venv-test/bin/pip install -q pymongo
 # ROUNDS pairs, ours then the seed's, one after the other: on a shared virtual machine the cost
 # of a context switch drifts by tens of percent within minutes, so each ratio compares two runs
 # made seconds apart, and the median of the rounds is reported with their range.
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-1}
 # Each run gets a fresh, empty server (restart_server, in this shell before each run):
 # SecantusDB slows down as its oplog grows (a seed run's wall time went from 2 s to 28 s within
 # one benchmark), which would make the seed's figure depend on how many runs came before it.
@@ -29,7 +43,7 @@ run_ours() { # $1: measure.py mode flag (or empty)
   local spool out
   spool=$(mktemp -d)
   out=$(MONGODB_CONNECTION_STRING="$MONGO_URI" RUST_LOG=warn "$PY" scripts/measure.py $1 \
-    "$BIN" --sensors sim --count "$SAMPLES" --interval-ms "$INTERVAL_MS" --database bench_agent --spool-dir "$spool")
+    "$BIN" --sensors sim --count "$SAMPLES" --interval "${INTERVAL_MS}ms" --clock-wait 0 --database bench_agent --spool-dir "$spool")
   rm -rf "$spool"
   echo "$out"
 }

@@ -11,6 +11,7 @@ use crate::board::SimFault;
 pub use crate::cli::parse_duration;
 use crate::clock::ClockWait;
 use crate::led::Rotation;
+use crate::sink::mongo::WireCompression;
 use crate::sink::spool::SpoolOptions;
 
 /// Time between samples, as the original agent sampled.
@@ -80,6 +81,11 @@ pub struct Cli {
     #[arg(long, env = "SENSEHAT_INSERT_EVERY", default_value = DEFAULT_INSERT_EVERY,
           value_parser = parse_duration)]
     pub insert_every: Duration,
+
+    /// Compress messages to and from the database when the server agrees (a `compressors=`
+    /// in the connection string wins).
+    #[arg(long, env = "SENSEHAT_WIRE_COMPRESSION", value_enum, default_value_t = WireCompression::Zlib)]
+    pub wire_compression: WireCompression,
 
     /// MongoDB connection string (mongodb:// or mongodb+srv://). Prefer the environment
     /// variable: a command line is visible to every user of the machine.
@@ -221,6 +227,7 @@ impl Cli {
             insert_every: self.insert_every,
             count: self.count,
             shutdown_timeout: self.shutdown_timeout,
+            ticker: crate::agent::TickSource::Kernel,
             notify_systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
             clock: Some(ClockWait {
                 marker: self.clock_sync_file.clone(),

@@ -206,7 +206,7 @@ async fn run_with_spool(
         c.copy = Some(opened.held);
     }
     info!(spool = %dir.display(), backlog = opened.backlog, database = %cli.database, collection = %cli.collection, "sampling every {} ms", options.interval.as_millis());
-    let sink = MongoSink::new(uri, &cli.database, &cli.collection);
+    let sink = MongoSink::new(uri, &cli.database, &cli.collection, cli.wire_compression);
     let output = Output::Spool {
         spool: Arc::new(Mutex::new(opened.spool)),
         status_path: Some(dir.join(STATUS_FILE)),

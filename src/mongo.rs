@@ -35,6 +35,16 @@ pub const NOT_A_REPLICA_SET: i32 = 40573;
 /// Build a client: rustls TLS, SRV lookup, and short selection timeouts so an outage is
 /// noticed in seconds rather than the driver's default 30.
 pub async fn connect(uri: &str, app_name: &str) -> Result<Client, MongoError> {
+    connect_with(uri, app_name, |_| {}).await
+}
+
+/// [`connect`], with `tune` applied to the options the connection string gave before the
+/// client is built (what the string names is in them already, for `tune` to honour).
+pub async fn connect_with(
+    uri: &str,
+    app_name: &str,
+    tune: impl FnOnce(&mut ClientOptions),
+) -> Result<Client, MongoError> {
     let refused = |e: Error| match classify(e) {
         MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, uri)),
         MongoError::Unavailable(m) => MongoError::Unavailable(redact_credentials(&m, uri)),
@@ -52,6 +62,7 @@ pub async fn connect(uri: &str, app_name: &str) -> Result<Client, MongoError> {
     options
         .connect_timeout
         .get_or_insert(Duration::from_secs(10));
+    tune(&mut options);
     Client::with_options(options).map_err(refused)
 }
 

@@ -67,6 +67,8 @@ fn options(interval: Duration, count: Option<u64>, shutdown_timeout: Duration) -
         insert_every: Duration::from_secs(2),
         count,
         shutdown_timeout,
+        // Tokio's timer follows the paused clock these tests run on.
+        ticker: agent::TickSource::Runtime,
         notify_systemd: false,
         clock: None,
     }
@@ -243,8 +245,11 @@ async fn overrun_slots_are_counted_and_skipped() {
     // Slots are counted from the start of the run: on a slow machine (qemu) the first sample
     // itself can be more than a slot late, and the slots it missed are counted too.
     let started = tokio::time::Instant::now();
+    let mut opts = options(interval, Some(8), Duration::from_secs(5));
+    // Real time here: the kernel's timer, as the agent runs.
+    opts.ticker = agent::TickSource::Kernel;
     let counters = agent::run(
-        options(interval, Some(8), Duration::from_secs(5)),
+        opts,
         StallingSampler {
             times: times.clone(),
             stall_on: 1,

@@ -64,7 +64,7 @@ pub(super) struct DeliveryParts<I> {
 /// Deliver the spool until the mode says stop (or, draining, until it is empty).
 ///
 /// In the steady state an insert carries what was taken within `insert_every` of the one
-/// before: delivery waits for the append that ends the window, so the insert goes out in the
+/// before: delivery waits for the sample that ends the window, so the insert goes out in the
 /// same wake-up as that sample, with no timer of its own. A backlog (a full batch) and
 /// `--count`'s drain are never held back, and a stop sends what is pending once more if the
 /// database was answering.
@@ -105,16 +105,14 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         }
         // Say we may go idle before looking, so a report appended after the look wakes us.
         idle.store(true, Ordering::SeqCst);
-        if m == Mode::Run {
-            if let Some(closes) = d.window_open() {
-                tokio::select! {
-                    () = notify.notified() => {}
-                    _ = d.mode.changed() => {}
-                    // Only if no sample comes to close the window (sampling stuck).
-                    () = tokio::time::sleep_until(closes + d.insert_every) => {}
-                }
-                continue;
+        // No timer of its own: every sample wakes delivery while it waits, and a stuck sample
+        // stops the watchdog's pings, so systemd restarts the agent (the spool keeps the window).
+        if m == Mode::Run && d.window_open() {
+            tokio::select! {
+                () = notify.notified() => {}
+                _ = d.mode.changed() => {}
             }
+            continue;
         }
         let Some(batch) = d.read_batch().await?.filter(|b| !b.records.is_empty()) else {
             if m == Mode::Drain {
@@ -135,16 +133,17 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
 }
 
 impl<I: Inserter> Deliverer<I> {
-    /// While the insert window is open, when it closes: reports are pending, the last insert
-    /// started less than `insert_every` ago, and they are not a full batch. `None` when the
-    /// next insert may go now.
-    fn window_open(&self) -> Option<Instant> {
-        let closes = self.last_insert? + self.insert_every;
-        if Instant::now() + WINDOW_SLACK >= closes {
-            return None;
+    /// Whether the insert window is open: reports are pending, the last insert started less
+    /// than `insert_every` ago, and they are not a full batch.
+    fn window_open(&self) -> bool {
+        let Some(last) = self.last_insert else {
+            return false;
+        };
+        if Instant::now() + WINDOW_SLACK >= last + self.insert_every {
+            return false;
         }
         let pending = lock(&self.spool).pending() as usize;
-        (pending > 0 && pending < BATCH_MAX).then_some(closes)
+        pending > 0 && pending < BATCH_MAX
     }
 
     /// A stop was asked for: whether to make one more insert of what is pending first. Only

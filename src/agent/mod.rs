@@ -53,12 +53,14 @@ mod spool_log;
 mod start;
 mod status;
 mod take;
+pub mod ticker;
 
 pub use check::{check_config, CheckConfig};
 pub use delivery::BATCH_MAX;
 pub use matrix::Matrix;
 pub use rejected::REJECTED_MAX;
 pub use start::{open_spool, OpenedSpool};
+pub use ticker::{TickSource, Ticker};
 
 /// How often `status.json` is rewritten.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -129,6 +131,9 @@ pub struct AgentOptions {
     pub count: Option<u64>,
     /// On shutdown, how long the in-flight insert may take.
     pub shutdown_timeout: Duration,
+    /// What wakes sampling at each slot: the kernel's timer, or (for tests on paused time)
+    /// tokio's.
+    pub ticker: TickSource,
     /// Tell systemd READY and ping its watchdog.
     pub notify_systemd: bool,
     /// Hold reports until the system clock is synchronized (see [`crate::clock`]); `None`

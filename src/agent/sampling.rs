@@ -9,12 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::matrix::{agent_state, Matrix};
 use super::spool_log::{SpoolEvent, SpoolLog};
 use super::take::{take, Destination, Store, Stored, Taken};
+use super::ticker::{TickSource, Ticker};
 use super::{lock, AgentError, AgentOptions, Output, Sampler, Shared, STATUS_EVERY};
 use crate::board::{HealthEvent, Sensor};
 use crate::clock::{self, ClockGate, Released};
@@ -75,22 +76,19 @@ struct Sampling<'a, S> {
     last_status: Option<Instant>,
 }
 
-/// The grid of slots: `start + n * interval`. The ticker skips the slots a sample overran
-/// (`MissedTickBehavior::Skip`), so each tick stays on the grid; `slot` counts along to
-/// say how many were skipped.
+/// The grid of slots: `start + n * interval`. The ticker skips the slots a sample overran, so
+/// each tick stays on the grid; `slot` counts along to say how many were skipped.
 struct Schedule {
     start: Instant,
     interval: Duration,
     slot: u64,
-    ticker: Interval,
+    ticker: Ticker,
     last_behind_log: Option<Instant>,
 }
 
 impl Schedule {
-    fn new(interval: Duration) -> Schedule {
-        let start = Instant::now();
-        let mut ticker = tokio::time::interval_at(start, interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    fn new(interval: Duration, source: TickSource) -> Schedule {
+        let (start, ticker) = Ticker::start(source, interval);
         Schedule {
             start,
             interval,
@@ -125,7 +123,7 @@ impl<S: Sampler> Sampling<'_, S> {
         &mut self,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool, AgentError> {
-        let mut schedule = Schedule::new(self.interval);
+        let mut schedule = Schedule::new(self.interval, self.options.ticker);
         let watchdog = if self.options.notify_systemd {
             sd_notify::watchdog_enabled()
         } else {
@@ -216,6 +214,11 @@ impl<S: Sampler> Sampling<'_, S> {
             self.release(released).await?;
         }
         self.show_state().await;
+        // Every sample, stored or not, wakes delivery when it waits: for work, or for the
+        // sample that closes its insert window. While it is busy it finds new reports anyway.
+        if self.shared.delivery_idle.load(Ordering::SeqCst) {
+            self.shared.notify.notify_one();
+        }
         Ok(())
     }
 
@@ -306,11 +309,6 @@ impl<S: Sampler> Sampling<'_, S> {
                     log_spool(e);
                 }
                 self.appended(&append);
-                // Wake delivery only when it waits for work: while it is busy or spacing its
-                // inserts it finds this report anyway.
-                if self.shared.delivery_idle.load(Ordering::SeqCst) {
-                    self.shared.notify.notify_one();
-                }
                 Ok(())
             }
         }

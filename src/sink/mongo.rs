@@ -4,6 +4,13 @@
 //! The client is created lazily and re-created after a failure to create it: with a
 //! `mongodb+srv://` string the driver resolves DNS when the client is built, and a Pi that
 //! boots without Wi-Fi must still start sampling.
+//!
+//! The driver runs on a runtime of its own, in a thread of its own, and that runtime runs only
+//! while an insert is under way. Between inserts the driver's background work (its connection
+//! pool's maintenance timer, which fires twice a second, and server monitoring) waits, so an
+//! agent that inserts every couple of seconds is not woken in between by the driver: the
+//! pending ticks and any heartbeat reply that arrived meanwhile are handled in the next insert's
+//! turn. Every wait the driver has is measured in seconds, longer than the insert window.
 
 use std::io::Write;
 use std::time::Duration;
@@ -13,8 +20,37 @@ use mongodb::Database;
 
 use super::{InsertError, InsertOutcome, Inserter};
 use crate::mongo::{
-    classify, connect, reply_ok, write_concern_document, write_concern_error, DUPLICATE_KEY,
+    classify, connect_with, reply_ok, write_concern_document, write_concern_error, DUPLICATE_KEY,
 };
+
+/// How often the driver checks on the server when the connection string does not say. The
+/// driver's 10 s cost more bytes than the reports at 2 Hz; an agent notices an outage from its
+/// own inserts, and the driver checks at once after a failed one.
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// `--wire-compression`: how messages to and from the server are compressed, when the server
+/// agrees (Atlas does); a `compressors=` in the connection string wins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireCompression {
+    /// zlib, which every MongoDB server since 3.6 offers.
+    #[default]
+    Zlib,
+    /// Uncompressed.
+    None,
+}
+
+/// The agent's driver settings, where the connection string names none: polled monitoring
+/// every [`HEARTBEAT`] (no second monitoring connection) and the chosen compression.
+fn tune(options: &mut mongodb::options::ClientOptions, compression: WireCompression) {
+    use mongodb::options::{Compressor, ServerMonitoringMode};
+    options.heartbeat_freq.get_or_insert(HEARTBEAT);
+    options
+        .server_monitoring_mode
+        .get_or_insert(ServerMonitoringMode::Poll);
+    if options.compressors.is_none() && compression == WireCompression::Zlib {
+        options.compressors = Some(vec![Compressor::Zlib { level: None }]);
+    }
+}
 
 /// Longest wait for one `insert_many` before it is treated as lost and retried.
 pub const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,7 +59,76 @@ pub const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 /// plus a little, and a command has some bytes besides the documents.
 pub const COMMAND_BYTES: usize = 15 * 1024 * 1024;
 
-/// Inserts reports into one collection.
+/// Inserts reports into one collection, through a driver that runs only while an insert is
+/// under way (see the module docs).
+pub struct MongoSink {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// One insert for the driver's thread, and where its outcome goes.
+struct Job {
+    docs: Vec<Vec<u8>>,
+    done: tokio::sync::oneshot::Sender<Result<InsertOutcome, InsertError>>,
+}
+
+impl MongoSink {
+    /// A sink into `database.collection` on the server at `uri`; nothing is contacted until
+    /// the first insert. Starts the driver's thread, which ends when the sink is dropped.
+    pub fn new(uri: &str, database: &str, collection: &str, compression: WireCompression) -> Self {
+        let mut driver = Driver {
+            uri: uri.to_owned(),
+            database: database.to_owned(),
+            collection: collection.to_owned(),
+            compression,
+            target: None,
+        };
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let spawned = std::thread::Builder::new()
+            .name("mongodb".into())
+            .spawn(move || {
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let why = format!("cannot start the database driver's runtime: {e}");
+                        for job in queue {
+                            let _ = job.done.send(Err(InsertError::Fatal(why.clone())));
+                        }
+                        return;
+                    }
+                };
+                // Blocks without running the runtime until the next insert comes.
+                for job in queue {
+                    let outcome = runtime.block_on(driver.insert(&job.docs));
+                    let _ = job.done.send(outcome);
+                }
+                // The client's parts may hand work to the runtime as they drop.
+                let _inside = runtime.enter();
+                drop(driver);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the database driver's thread");
+        }
+        MongoSink { jobs }
+    }
+}
+
+impl Inserter for MongoSink {
+    async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let job = Job {
+            docs: docs.to_vec(),
+            done,
+        };
+        let gone = || InsertError::Fatal("the database driver's thread has stopped".into());
+        self.jobs.send(job).map_err(|_| gone())?;
+        outcome.await.map_err(|_| gone())?
+    }
+}
+
+/// The driver's side: the client, made at the first insert.
 ///
 /// Reports are already BSON (the spool holds them so), and they are sent as they are in an
 /// `insert` command through `run_raw_command`: the driver's `insert_many` would re-serialise
@@ -33,10 +138,11 @@ pub const COMMAND_BYTES: usize = 15 * 1024 * 1024;
 /// added here, as `insert_many` would have sent it; and it does not
 /// retry, which the delivery loop does (a retried report is a duplicate `_id`, counted as
 /// delivered).
-pub struct MongoSink {
+struct Driver {
     uri: String,
     database: String,
     collection: String,
+    compression: WireCompression,
     target: Option<Target>,
 }
 
@@ -46,23 +152,13 @@ struct Target {
     write_concern: Option<RawDocumentBuf>,
 }
 
-impl MongoSink {
-    /// A sink into `database.collection` on the server at `uri`; nothing is contacted until
-    /// the first insert.
-    pub fn new(uri: &str, database: &str, collection: &str) -> Self {
-        MongoSink {
-            uri: uri.to_owned(),
-            database: database.to_owned(),
-            collection: collection.to_owned(),
-            target: None,
-        }
-    }
-
+impl Driver {
     async fn target(&mut self) -> Result<Target, InsertError> {
         if let Some(t) = &self.target {
             return Ok(t.clone());
         }
-        let client = connect(&self.uri, "sensehat-monitor").await?;
+        let compression = self.compression;
+        let client = connect_with(&self.uri, "sensehat-monitor", |o| tune(o, compression)).await?;
         let t = Target {
             db: client.database(&self.database),
             write_concern: write_concern_document(client.write_concern())?,
@@ -169,7 +265,7 @@ pub fn insert_command(
         .map_err(|e| InsertError::Fatal(format!("cannot build the insert command: {e}")))
 }
 
-impl Inserter for MongoSink {
+impl Driver {
     async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
         // Reports were checksummed in the spool, so a payload that is not BSON cannot happen;
         // if it did, it is rejected alone and never blocks the rest.
