@@ -131,7 +131,7 @@ pub struct Cli {
     pub spool_max_bytes: u64,
 
     /// fdatasync undelivered reports at most this often (e.g. 1s; 0: after every report).
-    /// See README. [default: 1s]
+    /// See docs/durability.md. [default: 1s]
     #[arg(long, env = "SENSEHAT_SPOOL_SYNC", value_parser = parse_duration)]
     pub spool_sync: Option<Duration>,
 
@@ -145,7 +145,8 @@ pub struct Cli {
     pub shutdown_timeout: Duration,
 
     /// While systemd-timesyncd has not synchronized the clock (after a boot without network),
-    /// hold readings for up to this long and stamp them once it has (0: don't hold). See README.
+    /// hold readings for up to this long and stamp them once it has (0: don't hold).
+    /// See docs/durability.md.
     #[arg(long, env = "SENSEHAT_CLOCK_WAIT", default_value = DEFAULT_CLOCK_WAIT,
           value_parser = parse_duration)]
     pub clock_wait: Duration,

@@ -1,5 +1,5 @@
 //! `firehose-local`: a local Kinesis Data Firehose HTTP-endpoint delivery stream.
-//! See `sensehat_monitor::firehose_local` and the README section "The full pipeline".
+//! See `sensehat_monitor::firehose_local` and docs/pipeline.md.
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! `kinesis-forwarder`: forward a MongoDB collection's change stream to a Kinesis data stream
 //! (or, with `--target eventbridge`, an EventBridge event bus). See `sensehat_monitor::forwarder`,
-//! the README section "The full pipeline" and docs/aws.md.
+//! docs/pipeline.md and docs/aws.md.
 
 use std::process::ExitCode;
 
