@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark: peak RSS and CPU time per sample of the agent (simulated board, 2000 samples at
-# --interval-ms 1) against the original Python agent (shared/bench/seed_agent), both inserting
+# --interval 1ms) against the original Python agent (shared/bench/seed_agent), both inserting
 # into the same local MongoDB wire-protocol server in the same run. Prints figures and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,7 @@ run_seed() { # $1: measure.py mode flag (or empty); $2: the seed's PERIOD (defau
   (cd "$SEED" && MONGODB_CONNECTION_STRING="$MONGO_URI" SAMPLES="$SAMPLES" PERIOD="${2:-$PERIOD}" \
     "$PY" "$ROOT/scripts/measure.py" $1 "$PY" seed_agent.py)
 }
-# At --interval-ms 1 the headline ratio is against the seed at PERIOD=0, never sleeping: the
+# At --interval 1ms the headline ratio is against the seed at PERIOD=0, never sleeping: the
 # seed's lowest CPU per sample, so the strictest comparison. Each round also runs the seed paced
 # as ours is, sleeping PERIOD=0.001 after each sample and so paying a wake-up per sample as ours
 # does; that ratio is printed on a line of its own.
