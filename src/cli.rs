@@ -1,4 +1,4 @@
-//! Conventions the four programs share on their command lines.
+//! Conventions the five programs share on their command lines.
 //!
 //! - Durations are written with a unit: `500ms`, `5s`, `2m`, `1h` (a bare number is seconds);
 //!   [`parse_duration`] reads them. An option renamed to this form keeps its old spelling
