@@ -166,7 +166,7 @@ impl CommonArgs {
 
 /// A field name as the API spells it.
 fn parse_field(s: &str) -> Result<Field, String> {
-    Field::parse(s).ok_or_else(|| format!("unknown field {s:?}: use {}", Field::NAMES))
+    Field::parse(s).ok_or_else(|| format!("unknown field {s:?}: use {}", Field::names()))
 }
 
 /// A window: [`crate::cli::parse_duration`]'s forms, plus whole days (`7d`, `30d`).
