@@ -8,7 +8,7 @@ use clap::Parser;
 use tracing::{error, info};
 
 use sensehat_monitor::dashboard::config::{Cli, Command};
-use sensehat_monitor::dashboard::{render, run};
+use sensehat_monitor::dashboard::{check_config, render, run};
 use sensehat_monitor::shutdown::shutdown_signal;
 
 #[tokio::main]
@@ -24,11 +24,16 @@ async fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::CheckConfig) => {
-            info!(listen = %config.listen, database = %config.database, collection = %config.collection,
-                  "configuration is valid");
-            ExitCode::SUCCESS
-        }
+        Some(Command::CheckConfig) => match check_config(&config).await {
+            Ok(found) => {
+                print!("{found}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Some(Command::Render(args)) => match render::render(&config, &args).await {
             Ok(chart) => {
                 info!(out = %args.out.display(), points = chart.points.len(), "chart written");
