@@ -4,10 +4,30 @@
 //!   seconds); [`parse_duration`] reads them. An option renamed to this form keeps its old spelling
 //!   (`--interval-ms 500`, `--body-timeout-seconds 120`) as a hidden alias, so no unit file breaks.
 //! - `check-config` is a subcommand of every program: it validates the configuration, says
-//!   what it found, and exits 0 (usable as systemd's `ExecStartPre`), 2 when it is wrong.
+//!   what it found, and exits 0 (usable as systemd's `ExecStartPre`), [`INVALID_CONFIG`] when it
+//!   is wrong ([`check_config_exit`]).
 //! - Every option is also an environment variable, shown in `--help`; secrets only there.
 
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// The exit status of a configuration that cannot work, from `check-config` or at start.
+pub const INVALID_CONFIG: u8 = 2;
+
+/// How `check-config` ends: what it found on standard output and exit 0, or why the
+/// configuration cannot work in the log and exit [`INVALID_CONFIG`].
+pub fn check_config_exit(found: Result<String, String>) -> ExitCode {
+    match found {
+        Ok(found) => {
+            print!("{found}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(INVALID_CONFIG)
+        }
+    }
+}
 
 /// The longest duration [`parse_duration`] takes: beyond a year is a slip of the keyboard, and
 /// far enough past it a deadline made from it would not fit the clock's range.

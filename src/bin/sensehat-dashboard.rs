@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info};
 
+use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::dashboard::config::{Cli, Command};
 use sensehat_monitor::dashboard::{check_config, render, run};
 use sensehat_monitor::shutdown::shutdown_signal;
@@ -20,20 +21,11 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(INVALID_CONFIG);
         }
     };
     match cli.command {
-        Some(Command::CheckConfig) => match check_config(&config).await {
-            Ok(found) => {
-                print!("{found}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Some(Command::CheckConfig) => check_config_exit(check_config(&config).await),
         Some(Command::Render(args)) => match render::render(&config, &args).await {
             Ok(chart) => {
                 info!(out = %args.out.display(), points = chart.points.len(), "chart written");
