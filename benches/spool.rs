@@ -4,7 +4,7 @@
 //! process wrote to storage (/proc/self/io write_bytes, so fsync and filesystem effects count)
 //! per report, and the append rate.
 //! `appends DIR N`: the CPU per report of appends written one at a time against appends grouped
-//! as at `--interval-ms 1`.
+//! as at `--interval 1ms`.
 //! `baseline DIR URI DB`: read the same reports and insert them with one plain unordered
 //! `insert_many`, printing the time taken (the yardstick for the agent's drain).
 
@@ -79,7 +79,7 @@ fn fill(dir: &Path, n: u64, sync_ms: u64) {
 }
 
 /// The CPU cost of an append, written at once (`append`, one `write(2)` per report) and
-/// grouped as at `--interval-ms 1` (`append_encoded`, the next report due 1 ms later, so one
+/// grouped as at `--interval 1ms` (`append_encoded`, the next report due 1 ms later, so one
 /// `write(2)` per WRITE_GROUP of reports), in the same run: process CPU time per report, and the ratio.
 fn appends(dir: &Path, n: u64) {
     let cpu = || {

@@ -51,7 +51,7 @@ run_seed() { # $1: measure.py mode flag (or empty); $2: the seed's PERIOD (defau
   (cd "$SEED" && MONGODB_CONNECTION_STRING="$MONGO_URI" SAMPLES="$SAMPLES" PERIOD="${2:-$PERIOD}" \
     "$PY" "$ROOT/scripts/measure.py" $1 "$PY" seed_agent.py)
 }
-# At --interval-ms 1 the headline ratio is against the seed at PERIOD=0, never sleeping: the
+# At --interval 1ms the headline ratio is against the seed at PERIOD=0, never sleeping: the
 # seed's lowest CPU per sample, so the strictest comparison. Each round also runs the seed paced
 # as ours is, sleeping PERIOD=0.001 after each sample and so paying a wake-up per sample as ours
 # does; that ratio is printed on a line of its own.

@@ -3,7 +3,7 @@
 # (`--count 0`: deliver the backlog, take no sample) against one plain insert_many of the same
 # documents, each into a fresh local server in the same run; the agent's peak RSS while
 # draining; the bytes written to storage per appended report under both fsync policies; and the
-# CPU of an append, written at once against grouped as at --interval-ms 1.
+# CPU of an append, written at once against grouped as at --interval 1ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-server.sh

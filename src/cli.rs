@@ -1,16 +1,45 @@
-//! Conventions the four programs share on their command lines.
+//! Conventions the five programs share on their command lines.
 //!
-//! - Durations are written with a unit: `500ms`, `5s`, `2m`, `1h` (a bare number is seconds);
-//!   [`parse_duration`] reads them. An option renamed to this form keeps its old spelling
+//! - Durations are written with a unit: `500ms`, `5s`, `2m`, `1h`, `7d` (a bare number is
+//!   seconds); [`parse_duration`] reads them. An option renamed to this form keeps its old spelling
 //!   (`--interval-ms 500`, `--body-timeout-seconds 120`) as a hidden alias, so no unit file breaks.
 //! - `check-config` is a subcommand of every program: it validates the configuration, says
-//!   what it found, and exits 0 (usable as systemd's `ExecStartPre`), 2 when it is wrong.
+//!   what it found, and exits 0 (usable as systemd's `ExecStartPre`), [`INVALID_CONFIG`] when it
+//!   is wrong ([`check_config_exit`]).
 //! - Every option is also an environment variable, shown in `--help`; secrets only there.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
-/// Parse `5`, `5s`, `500ms`, `2m` or `1h`.
+/// The exit status of a configuration that cannot work, from `check-config` or at start.
+pub const INVALID_CONFIG: u8 = 2;
+
+/// How `check-config` ends: what it found on standard output and exit 0, or why the
+/// configuration cannot work in the log and exit [`INVALID_CONFIG`].
+pub fn check_config_exit(found: Result<String, String>) -> ExitCode {
+    match found {
+        Ok(found) => {
+            print!("{found}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(INVALID_CONFIG)
+        }
+    }
+}
+
+/// The longest duration [`parse_duration`] takes: beyond a year is a slip of the keyboard, and
+/// far enough past it a deadline made from it would not fit the clock's range.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
+/// Parse `5`, `5s`, `500ms`, `2m`, `1h` or `7d`, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_at_most(s, MAX_DURATION)
+}
+
+/// [`parse_duration`] with another upper bound, for an option whose range is not a year.
+pub fn parse_duration_at_most(s: &str, max: Duration) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => (&s[..i], &s[i..]),
@@ -24,26 +53,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+                "unknown unit {other:?} in {s:?}: use ms, s, m, h or d"
             ))
         }
     };
-    // Beyond a year is a slip of the keyboard, and far enough past it a deadline made from it
-    // would not fit the clock's range.
-    const MAX_SECS: f64 = 366.0 * 24.0 * 3600.0;
-    if secs > MAX_SECS {
-        return Err(format!("{s:?} is too long: at most 366 days"));
+    if secs > max.as_secs_f64() {
+        return Err(format!("{s:?} is too long: at most {}", days(max)));
     }
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// `366 days`, or the exact duration when it is not whole days.
+fn days(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 86_400 == 0 && d.subsec_nanos() == 0 => format!("{} days", s / 86_400),
+        _ => format!("{d:?}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Durations take ms, s, m or h (a bare number is seconds); nonsense and slips are refused.
+    // Durations take ms, s, m, h or d (a bare number is seconds); nonsense and slips are refused.
     #[test]
     fn durations() {
         assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
@@ -51,12 +86,42 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("1.5d").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!(
+            parse_duration("2 d").unwrap(),
+            Duration::from_secs(2 * 86_400)
+        );
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("5w")
+            .unwrap_err()
+            .contains("ms, s, m, h or d"));
         // Too long to be meant, and once past the clock's range a panic (it was).
         assert!(parse_duration("18000000000000000000")
             .unwrap_err()
             .contains("at most 366 days"));
         assert!(parse_duration("527040m").is_ok());
+        assert!(parse_duration("366d").is_ok());
+        assert!(parse_duration("367d").is_err());
+    }
+
+    // Another bound is kept to, and named in the refusal.
+    #[test]
+    fn durations_with_another_bound() {
+        let max = Duration::from_secs(400 * 86_400);
+        assert_eq!(
+            parse_duration_at_most("400d", max).unwrap(),
+            Duration::from_secs(400 * 86_400)
+        );
+        let e = parse_duration_at_most("401d", max).unwrap_err();
+        assert!(e.contains("at most 400 days"), "{e}");
+        let e = parse_duration_at_most("2s", Duration::from_millis(1500)).unwrap_err();
+        assert!(e.contains("at most 1.5s"), "{e}");
     }
 }

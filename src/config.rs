@@ -1,12 +1,13 @@
-//! The agent's command line. Every option can also be set by an environment variable (shown
-//! in `--help`), which is how the systemd unit's EnvironmentFile configures it.
+//! The agent's command line, and the plain [`Config`] the binary runs on. Every option can also
+//! be set by an environment variable (shown in `--help`), which is how the systemd unit's
+//! EnvironmentFile configures it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::agent::AgentOptions;
+use crate::agent::{AgentOptions, CheckConfig};
 use crate::board::SimFault;
 pub use crate::cli::parse_duration;
 use crate::clock::ClockWait;
@@ -137,7 +138,7 @@ pub struct Cli {
     pub spool_max_bytes: u64,
 
     /// fdatasync undelivered reports at most this often (e.g. 1s; 0: after every report).
-    /// See README. [default: 1s]
+    /// See docs/durability.md. [default: 1s]
     #[arg(long, env = "SENSEHAT_SPOOL_SYNC", value_parser = parse_duration)]
     pub spool_sync: Option<Duration>,
 
@@ -151,7 +152,8 @@ pub struct Cli {
     pub shutdown_timeout: Duration,
 
     /// While systemd-timesyncd has not synchronized the clock (after a boot without network),
-    /// hold readings for up to this long and stamp them once it has (0: don't hold). See README.
+    /// hold readings for up to this long and stamp them once it has (0: don't hold).
+    /// See docs/durability.md.
     #[arg(long, env = "SENSEHAT_CLOCK_WAIT", default_value = DEFAULT_CLOCK_WAIT,
           value_parser = parse_duration)]
     pub clock_wait: Duration,
@@ -178,13 +180,49 @@ pub struct Cli {
 }
 
 /// What to do instead of running the agent.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Print spool depth, the oldest unsent report, the last insert and sensor health.
     Status,
     /// Check the configuration (connection string, spool directory, logo) and say what the
     /// clock says, then exit; suitable for systemd's ExecStartPre.
     CheckConfig,
+}
+
+/// What the agent runs on: the command line with its defaults and old spellings resolved
+/// ([`Cli::into_config`]).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Which board to read.
+    pub sensors: SensorsKind,
+    /// Print each report to stdout instead of storing it.
+    pub dry_run: bool,
+    /// The connection string as given (see [`Config::require_uri`]).
+    pub mongodb_uri: Option<String>,
+    /// Database to write to.
+    pub database: String,
+    /// Collection to write to.
+    pub collection: String,
+    /// Compress messages to and from the database when the server agrees.
+    pub wire_compression: WireCompression,
+    /// An 8x8 PNG for the LED matrix; `None` shows the built-in logo.
+    pub logo: Option<PathBuf>,
+    /// LED matrix rotation.
+    pub led_rotation: Rotation,
+    /// Framebuffer device of the LED matrix; `None` finds the one named "RPi-Sense FB".
+    pub led_device: Option<PathBuf>,
+    /// Show the agent's state in a corner of the LED matrix.
+    pub led_status: bool,
+    /// I2C bus device of the Sense HAT.
+    pub i2c_bus: String,
+    /// Directory of the durable spool.
+    pub spool_dir: PathBuf,
+    /// The spool's options.
+    pub spool: SpoolOptions,
+    /// What [`crate::agent::run`] needs; the held reports' copy is set once the spool is open.
+    pub agent: AgentOptions,
+    /// Simulated board only: the faults to inject.
+    pub sim_fault: Vec<SimFault>,
 }
 
 /// A duration of at least 1 ms: a zero interval would sample without pause.
@@ -260,17 +298,45 @@ impl Cli {
             .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 
+    /// The [`Config`] to run on.
+    pub fn into_config(self) -> Config {
+        Config {
+            spool_dir: self.spool_dir(),
+            spool: self.spool_options(),
+            agent: self.agent_options(),
+            sensors: self.sensors,
+            dry_run: self.dry_run,
+            mongodb_uri: self.mongodb_uri,
+            database: self.database,
+            collection: self.collection,
+            wire_compression: self.wire_compression,
+            logo: self.logo,
+            led_rotation: self.led_rotation,
+            led_device: self.led_device,
+            led_status: self.led_status,
+            i2c_bus: self.i2c_bus,
+            sim_fault: self.sim_fault,
+        }
+    }
+}
+
+impl Config {
     /// What `check-config` looks at; `Err` says how to give a missing connection string.
-    pub fn check_config(&self) -> Result<crate::agent::CheckConfig, String> {
+    pub fn check_config(&self) -> Result<CheckConfig, String> {
         let database = if self.dry_run {
             None
         } else {
-            Some((self.require_uri()?.to_owned(), self.spool_dir()))
+            Some((self.require_uri()?.to_owned(), self.spool_dir.clone()))
         };
-        Ok(crate::agent::CheckConfig {
+        // Without a clock wait the clock is trusted as it is, as with --clock-wait 0.
+        let clock = self.agent.clock.as_ref();
+        Ok(CheckConfig {
             database,
-            clock_sync_file: self.clock_sync_file.clone(),
-            clock_wait: self.clock_wait,
+            clock_sync_file: clock.map_or_else(
+                || PathBuf::from(crate::clock::DEFAULT_MARKER),
+                |c| c.marker.clone(),
+            ),
+            clock_wait: clock.map_or(Duration::ZERO, |c| c.wait),
         })
     }
 
@@ -340,6 +406,32 @@ mod tests {
         // Both given: the new spelling wins.
         let both = parse(&["--interval", "1s", "--interval-ms", "20"]);
         assert_eq!(both.interval(), Duration::from_secs(1));
+    }
+
+    // The config holds what the command line resolves to: old spellings, defaults, the clock
+    // that check-config looks at, and a missing connection string only when one is needed.
+    #[test]
+    fn into_config_resolves_the_command_line() {
+        let args = [
+            "--interval-ms",
+            "250",
+            "--spool-dir",
+            "/tmp/s",
+            "--clock-wait",
+            "0",
+        ];
+        let config = parse(&[&args[..], &["--mongodb-uri", " "]].concat()).into_config();
+        assert_eq!(config.agent.interval, Duration::from_millis(250));
+        assert_eq!(config.spool_dir, PathBuf::from("/tmp/s"));
+        assert_eq!(config.spool.sync_interval, Duration::from_secs(1));
+        assert!(config
+            .check_config()
+            .unwrap_err()
+            .contains("MONGODB_CONNECTION_STRING"));
+        let dry = parse(&[&args[..], &["--dry-run"]].concat()).into_config();
+        let check = dry.check_config().unwrap();
+        assert!(check.database.is_none());
+        assert_eq!(check.clock_wait, Duration::ZERO);
     }
 
     // The old options are hidden from --help, the new ones shown.

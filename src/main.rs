@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use sensehat_monitor::agent::{self, Matrix, Output};
 use sensehat_monitor::board::{led::open_led, Board};
-use sensehat_monitor::config::{Cli, Command, SensorsKind};
+use sensehat_monitor::config::{Cli, Command, Config, SensorsKind};
 use sensehat_monitor::led::Frame;
 use sensehat_monitor::mongo;
 use sensehat_monitor::shutdown::shutdown_signal;
@@ -17,8 +17,8 @@ use sensehat_monitor::sink::mongo::MongoSink;
 use sensehat_monitor::sink::NoDatabase;
 use sensehat_monitor::status::{self, STATUS_FILE};
 
-fn logo(cli: &Cli) -> Result<Frame, String> {
-    match &cli.logo {
+fn logo(config: &Config) -> Result<Frame, String> {
+    match &config.logo {
         None => Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
             .map_err(|e| format!("built-in logo: {e}")),
         Some(path) => {
@@ -30,22 +30,22 @@ fn logo(cli: &Cli) -> Result<Frame, String> {
 }
 
 /// `check-config`: the logo here, the rest in the library.
-async fn check_config(cli: &Cli) -> Result<Vec<String>, String> {
-    logo(cli)?;
-    let config = cli.check_config()?;
-    agent::check_config(&config)
-        .await
-        .map_err(|e| e.to_string())
+async fn check_config(config: &Config) -> Result<Vec<String>, String> {
+    logo(config)?;
+    let check = config.check_config()?;
+    agent::check_config(&check).await.map_err(|e| e.to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     sensehat_monitor::logging::init();
-    match cli.command {
+    let command = cli.command;
+    let config = cli.into_config();
+    match command {
         Some(Command::Status) => {
-            let dir = cli.spool_dir();
-            return match status::render(&dir) {
+            let dir = &config.spool_dir;
+            return match status::render(dir) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
@@ -61,7 +61,7 @@ async fn main() -> ExitCode {
             };
         }
         Some(Command::CheckConfig) => {
-            return match check_config(&cli).await {
+            return match check_config(&config).await {
                 Ok(notes) => {
                     for note in notes {
                         eprintln!("{note}");
@@ -77,7 +77,7 @@ async fn main() -> ExitCode {
         }
         None => {}
     }
-    match run(cli).await {
+    match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             error!("{}", failure.message());
@@ -109,25 +109,25 @@ impl Failure {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(config: Config) -> Result<(), Failure> {
     // Before the board and the LED: a stop request during start-up is then acted on by the
     // sampling loop's first poll (a clean exit that clears the matrix), not by the default
     // action of the signal, which would leave the logo lit.
     let shutdown = shutdown_signal();
-    let uri = if cli.dry_run {
+    let uri = if config.dry_run {
         None
     } else {
-        let uri = cli.require_uri().map_err(Failure::Config)?;
+        let uri = config.require_uri().map_err(Failure::Config)?;
         mongo::check_uri(uri).await.map_err(Failure::Config)?;
         Some(uri.to_owned())
     };
-    let frame = logo(&cli).map_err(Failure::Config)?;
-    let board = open_board(&cli).await?;
+    let frame = logo(&config).map_err(Failure::Config)?;
+    let board = open_board(&config).await?;
     let mut led = open_led(
-        cli.led_device.as_deref(),
-        &cli.i2c_bus,
-        cli.led_rotation,
-        cli.sensors == SensorsKind::Sensehat,
+        config.led_device.as_deref(),
+        &config.i2c_bus,
+        config.led_rotation,
+        config.sensors == SensorsKind::Sensehat,
     );
     if let Some(l) = &mut led {
         if let Err(e) = l.show(&frame) {
@@ -136,14 +136,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     // The agent clears it when it stops.
-    let matrix = led.map(|l| Matrix::new(l, frame, cli.led_status));
+    let matrix = led.map(|l| Matrix::new(l, frame, config.led_status));
 
     let result = match uri {
         None => {
-            info!(sensors = ?cli.sensors, "dry run: printing reports to stdout");
+            info!(sensors = ?config.sensors, "dry run: printing reports to stdout");
             let output = Output::Print(Box::new(std::io::stdout()));
             agent::run(
-                cli.agent_options(),
+                config.agent.clone(),
                 board,
                 output,
                 NoDatabase,
@@ -153,7 +153,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await
             .map_err(|e| e.to_string())
         }
-        Some(uri) => run_with_spool(&cli, &uri, board, matrix, shutdown).await,
+        Some(uri) => run_with_spool(&config, &uri, board, matrix, shutdown).await,
     };
 
     let counters = result.map_err(Failure::Run)?;
@@ -169,10 +169,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// The real Sense HAT or the simulated one (opening the real one blocks on I2C).
-async fn open_board(cli: &Cli) -> Result<Board, Failure> {
-    let bus = cli.i2c_bus.clone();
-    let kind = cli.sensors;
-    let faults = cli.sim_fault.clone();
+async fn open_board(config: &Config) -> Result<Board, Failure> {
+    let bus = config.i2c_bus.clone();
+    let kind = config.sensors;
+    let faults = config.sim_fault.clone();
     tokio::task::spawn_blocking(move || match kind {
         SensorsKind::Sensehat => Board::open_linux(&bus),
         SensorsKind::Sim => Board::open_sim(faults),
@@ -184,14 +184,14 @@ async fn open_board(cli: &Cli) -> Result<Board, Failure> {
 
 /// Run with the spool, delivered to MongoDB at `uri`.
 async fn run_with_spool(
-    cli: &Cli,
+    config: &Config,
     uri: &str,
     board: Board,
     matrix: Option<Matrix>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<agent::Counters, String> {
-    let dir = cli.spool_dir();
-    let opened = match agent::open_spool(&dir, cli.spool_options()) {
+    let dir = &config.spool_dir;
+    let opened = match agent::open_spool(dir, config.spool.clone()) {
         Ok(opened) => opened,
         Err(e) => {
             // The agent never ran, so it does not clear the logo.
@@ -201,12 +201,12 @@ async fn run_with_spool(
             return Err(format!("{e}; choose a writable directory with --spool-dir"));
         }
     };
-    let mut options = cli.agent_options();
+    let mut options = config.agent.clone();
     if let Some(c) = &mut options.clock {
         c.copy = Some(opened.held);
     }
-    info!(spool = %dir.display(), backlog = opened.backlog, database = %cli.database, collection = %cli.collection, "sampling every {} ms", options.interval.as_millis());
-    let sink = MongoSink::new(uri, &cli.database, &cli.collection, cli.wire_compression);
+    info!(spool = %dir.display(), backlog = opened.backlog, database = %config.database, collection = %config.collection, "sampling every {} ms", options.interval.as_millis());
+    let sink = MongoSink::new(uri, &config.database, &config.collection, config.wire_compression);
     let output = Output::Spool {
         spool: Arc::new(Mutex::new(opened.spool)),
         status_path: Some(dir.join(STATUS_FILE)),

@@ -31,6 +31,13 @@ pub mod field {
     pub const Y: &str = "y";
     /// See [`X`].
     pub const Z: &str = "z";
+    /// [`ACCELERATION`]`.`[`X`]: the axis as a dotted path, as queries name it. Spelled out,
+    /// as a `const` cannot be joined from others; a test checks that it is the join.
+    pub const ACCELERATION_X: &str = "acceleration.x";
+    /// [`ACCELERATION`]`.`[`Y`].
+    pub const ACCELERATION_Y: &str = "acceleration.y";
+    /// [`ACCELERATION`]`.`[`Z`].
+    pub const ACCELERATION_Z: &str = "acceleration.z";
     /// When the sample was taken (a BSON date).
     pub const RECORDED_AT: &str = "recordedAt";
 }
@@ -256,6 +263,18 @@ mod tests {
         assert!(reading(0.0, 0.0, 1.0001).acceleration.is_moving());
         assert!(reading(-1.2, 0.0, 0.9).acceleration.is_moving());
         assert!(reading(0.0, 1.5, 0.0).acceleration.is_moving());
+    }
+
+    // Each dotted path is the sub-document's name, a dot and the axis's name.
+    #[test]
+    fn dotted_paths_join_the_names() {
+        for (path, axis) in [
+            (field::ACCELERATION_X, field::X),
+            (field::ACCELERATION_Y, field::Y),
+            (field::ACCELERATION_Z, field::Z),
+        ] {
+            assert_eq!(path, format!("{}.{axis}", field::ACCELERATION));
+        }
     }
 
     // The document has the original field order and BSON types.

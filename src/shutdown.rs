@@ -10,7 +10,7 @@ use std::future::Future;
 /// to do before its main loop must poll the future meanwhile (as the forwarder does while it
 /// waits for MongoDB). A task of its own waits on the signals; the future only looks at that
 /// task's word, so the sampling loop, which polls it on every wake-up (a thousand a second at
-/// `--interval-ms 1`), pays an atomic load rather than a poll of both signal streams.
+/// `--interval 1ms`), pays an atomic load rather than a poll of both signal streams.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

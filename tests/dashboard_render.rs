@@ -113,7 +113,10 @@ async fn render_and_check_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody"));
 
-    assert!(run(&["check-config"], &server.uri).status.success());
+    let out = run(&["check-config"], &server.uri);
+    assert!(out.status.success());
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(found.contains("read: "), "{found}");
     let out = run(&["check-config"], "mongodb://pi:s3cret?x@db.example.net/");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::error;
 
+use sensehat_monitor::cli::INVALID_CONFIG;
 use sensehat_monitor::firehose::config::{Cli, ACCESS_KEY_ENV};
 use sensehat_monitor::firehose::{check_config, run};
 use sensehat_monitor::shutdown::shutdown_signal;
@@ -15,9 +16,6 @@ use sensehat_monitor::shutdown::shutdown_signal;
 /// than the system allocator (see benches/firehose_endpoint.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The exit status of a configuration that `check-config` refuses.
-const INVALID_CONFIG: u8 = 2;
 
 #[tokio::main]
 async fn main() -> ExitCode {

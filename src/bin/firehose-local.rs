@@ -1,11 +1,12 @@
 //! `firehose-local`: a local Kinesis Data Firehose HTTP-endpoint delivery stream.
-//! See `sensehat_monitor::firehose_local` and the README section "The full pipeline".
+//! See `sensehat_monitor::firehose_local` and docs/pipeline.md.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::error;
 
+use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::firehose_local::config::ACCESS_KEY_ENV;
 use sensehat_monitor::firehose_local::{self, Cli, Command};
 use sensehat_monitor::forwarder::aws::client_from_env;
@@ -23,26 +24,17 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(INVALID_CONFIG);
         }
     };
     if command == Some(Command::CheckConfig) {
-        return match firehose_local::check_config(&config).await {
-            Ok(found) => {
-                print!("{found}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!("{e}");
-                ExitCode::from(2)
-            }
-        };
+        return check_config_exit(firehose_local::check_config(&config).await);
     }
     let kinesis = match client_from_env(config.kinesis_endpoint_url.as_deref()).await {
         Ok(k) => k,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(INVALID_CONFIG);
         }
     };
     match firehose_local::run(kinesis, &config, shutdown_signal()).await {

@@ -1,12 +1,13 @@
 //! `kinesis-forwarder`: forward a MongoDB collection's change stream to a Kinesis data stream
 //! (or, with `--target eventbridge`, an EventBridge event bus). See `sensehat_monitor::forwarder`,
-//! the README section "The full pipeline" and docs/aws.md.
+//! docs/pipeline.md and docs/aws.md.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::error;
 
+use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::forwarder::aws::AwsKinesis;
 use sensehat_monitor::forwarder::eventbridge::AwsEventBridge;
 use sensehat_monitor::forwarder::target::Target;
@@ -21,16 +22,7 @@ async fn main() -> ExitCode {
     let command = cli.command;
     let config = cli.into_config();
     if command == Some(Command::CheckConfig) {
-        return match forwarder::check_config(&config).await {
-            Ok(found) => {
-                print!("{found}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!("{e}");
-                ExitCode::from(2)
-            }
-        };
+        return check_config_exit(forwarder::check_config(&config).await);
     }
     let client = match connect(&config.mongodb_uri, "kinesis-forwarder").await {
         Ok(c) => c,
@@ -63,7 +55,7 @@ async fn forward<T: Target>(
         Ok(t) => t,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(INVALID_CONFIG);
         }
     };
     match forwarder::run(client, &target, options, shutdown_signal()).await {

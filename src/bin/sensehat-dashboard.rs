@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::{error, info};
 
+use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::dashboard::config::{Cli, Command};
-use sensehat_monitor::dashboard::{render, run};
+use sensehat_monitor::dashboard::{check_config, render, run};
 use sensehat_monitor::shutdown::shutdown_signal;
 
 #[tokio::main]
@@ -20,15 +21,11 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(2);
+            return ExitCode::from(INVALID_CONFIG);
         }
     };
     match cli.command {
-        Some(Command::CheckConfig) => {
-            info!(listen = %config.listen, database = %config.database, collection = %config.collection,
-                  "configuration is valid");
-            ExitCode::SUCCESS
-        }
+        Some(Command::CheckConfig) => check_config_exit(check_config(&config).await),
         Some(Command::Render(args)) => match render::render(&config, &args).await {
             Ok(chart) => {
                 info!(out = %args.out.display(), points = chart.points.len(), "chart written");

@@ -15,6 +15,7 @@ use super::query::{iso, Field, Window, WindowError};
 use super::store::{report_json, Store};
 use super::AppState;
 use crate::mongo::MongoError;
+use crate::report::field;
 
 /// The window a request without `from` and `to` gets: the last day.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(86_400);
@@ -126,7 +127,9 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         .into_iter()
         .flatten()
         .map(|doc| {
-            let at = doc.get_datetime("recordedAt").map(|t| t.timestamp_millis());
+            let at = doc
+                .get_datetime(field::RECORDED_AT)
+                .map(|t| t.timestamp_millis());
             let mut o = report_json(&doc);
             let age_ms = at.map(|t| (now - t).max(0)).ok();
             o.insert(
@@ -147,7 +150,7 @@ pub async fn series(
 ) -> Result<Json<Value>, ApiError> {
     let name = required(&p, "field")?;
     let field = Field::parse(name).ok_or_else(|| {
-        ApiError::BadRequest(format!("unknown field {name:?}: use {}", Field::NAMES))
+        ApiError::BadRequest(format!("unknown field {name:?}: use {}", Field::names()))
     })?;
     let window = window(&p)?;
     let node = known_node(&state.store, &p).await?;

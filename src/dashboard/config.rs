@@ -166,20 +166,16 @@ impl CommonArgs {
 
 /// A field name as the API spells it.
 fn parse_field(s: &str) -> Result<Field, String> {
-    Field::parse(s).ok_or_else(|| format!("unknown field {s:?}: use {}", Field::NAMES))
+    Field::parse(s).ok_or_else(|| format!("unknown field {s:?}: use {}", Field::names()))
 }
 
-/// A window: [`crate::cli::parse_duration`]'s forms, plus whole days (`7d`, `30d`).
+/// A window: a duration as [`crate::cli::parse_duration`] reads them (`30m`, `24h`, `7d`), longer
+/// than zero and at most [`MAX_WINDOW_DAYS`](super::query::MAX_WINDOW_DAYS) days.
 pub fn parse_window(s: &str) -> Result<Duration, String> {
-    match s.trim().strip_suffix('d').map(str::parse::<u64>) {
-        Some(Ok(days)) if (1..=super::query::MAX_WINDOW_DAYS).contains(&days) => {
-            Ok(Duration::from_secs(days * 86_400))
-        }
-        Some(_) => Err(format!(
-            "{s:?}: a window in days is 1d to {}d",
-            super::query::MAX_WINDOW_DAYS
-        )),
-        None => crate::cli::parse_duration(s),
+    let max = Duration::from_secs(super::query::MAX_WINDOW_DAYS * 86_400);
+    match crate::cli::parse_duration_at_most(s, max)? {
+        d if d.is_zero() => Err(format!("{s:?}: a window is longer than zero")),
+        d => Ok(d),
     }
 }
 
@@ -219,6 +215,23 @@ mod tests {
             Cli::try_parse_from(["d", "render", "--node", "n", "--field", "x", "--out", "o"])
                 .is_err()
         );
+    }
+
+    // A window takes the other programs' durations, days up to the query's limit, and not zero.
+    #[test]
+    fn windows() {
+        let days = |n: u64| Duration::from_secs(n * 86_400);
+        assert_eq!(parse_window("7d").unwrap(), days(7));
+        assert_eq!(parse_window("30d").unwrap(), days(30));
+        assert_eq!(parse_window("400d").unwrap(), days(400));
+        assert_eq!(parse_window("24h").unwrap(), days(1));
+        assert_eq!(parse_window("30m").unwrap(), Duration::from_secs(1800));
+        assert!(parse_window("401d")
+            .unwrap_err()
+            .contains("at most 400 days"));
+        assert!(parse_window("0d").is_err());
+        assert!(parse_window("0").is_err());
+        assert!(parse_window("7w").is_err());
     }
 
     // Without a connection string nothing starts; a malformed one is refused without its password.

@@ -7,17 +7,48 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::{stream, StreamExt, TryStreamExt};
-use mongodb::bson::Document;
+use mongodb::bson::{Bson, Document};
 
 use super::api::{known_node, window, ApiError, Params};
 use super::query::iso;
 use super::store::number;
 use super::AppState;
+use crate::report::field;
 
 /// The most rows one download holds: about 5.8 days of one node at 2 Hz, some 90 MB.
 pub const MAX_CSV_ROWS: u64 = 1_000_000;
-/// The header line; the columns are the stored field names.
-pub const CSV_HEADER: &str = "recordedAt,nodeName,temperature,humidity,pressure,isMoving,acceleration.x,acceleration.y,acceleration.z\n";
+/// The columns, in order: the stored field names (the axes as dotted paths), each with how its
+/// value is written.
+pub const COLUMNS: [(&str, Cell); 9] = [
+    (field::RECORDED_AT, Cell::Time),
+    (field::NODE_NAME, Cell::Text),
+    (field::TEMPERATURE, Cell::Number),
+    (field::HUMIDITY, Cell::Number),
+    (field::PRESSURE, Cell::Number),
+    (field::IS_MOVING, Cell::Flag),
+    (field::ACCELERATION_X, Cell::Number),
+    (field::ACCELERATION_Y, Cell::Number),
+    (field::ACCELERATION_Z, Cell::Number),
+];
+
+/// How a column's value is written; a value of another BSON type, or none, is an empty cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    /// A date, as ISO 8601 UTC with milliseconds.
+    Time,
+    /// A string, quoted where a spreadsheet would misread it.
+    Text,
+    /// Any BSON number.
+    Number,
+    /// A boolean, `true` or `false`.
+    Flag,
+}
+
+/// The header line: the column names.
+pub fn csv_header() -> String {
+    let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    names.join(",") + "\n"
+}
 
 /// The handler.
 pub async fn csv(State(state): State<AppState>, Query(p): Params) -> Result<Response, ApiError> {
@@ -28,7 +59,7 @@ pub async fn csv(State(state): State<AppState>, Query(p): Params) -> Result<Resp
     let rows = cursor
         .map_ok(|d| Bytes::from(csv_row(&d)))
         .map_err(std::io::Error::other);
-    let body = stream::once(async { Ok(Bytes::from_static(CSV_HEADER.as_bytes())) }).chain(rows);
+    let body = stream::once(async { Ok(Bytes::from(csv_header())) }).chain(rows);
     let file = format!(
         "{}-{}.csv",
         safe_name(&node),
@@ -51,37 +82,38 @@ pub async fn csv(State(state): State<AppState>, Query(p): Params) -> Result<Resp
         .into_response())
 }
 
-/// One reading as a CSV line; a missing value is an empty cell.
+/// One reading as a CSV line, in [`COLUMNS`]' order; a missing value is an empty cell.
 pub fn csv_row(d: &Document) -> String {
-    let num = |path: &str| {
-        let mut parts = path.split('.');
-        let first = parts.next().unwrap_or_default();
-        let v = match parts.next() {
-            Some(sub) => d.get_document(first).ok().and_then(|a| a.get(sub)),
-            None => d.get(first),
+    let mut line = String::with_capacity(128);
+    for (i, &(path, cell)) in COLUMNS.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        let value = match path.split_once('.') {
+            Some((sub, name)) => d.get_document(sub).ok().and_then(|s| s.get(name)),
+            None => d.get(path),
         };
-        v.and_then(number)
-            .map(|f| f.to_string())
-            .unwrap_or_default()
-    };
-    let at = d
-        .get_datetime("recordedAt")
-        .map(|t| iso(t.timestamp_millis()))
-        .unwrap_or_default();
-    let moving = d
-        .get_bool("isMoving")
-        .map(|b| b.to_string())
-        .unwrap_or_default();
-    format!(
-        "{at},{},{},{},{},{moving},{},{},{}\n",
-        quote(d.get_str("nodeName").unwrap_or_default()),
-        num("temperature"),
-        num("humidity"),
-        num("pressure"),
-        num("acceleration.x"),
-        num("acceleration.y"),
-        num("acceleration.z"),
-    )
+        if let Some(v) = value {
+            write_cell(&mut line, v, cell);
+        }
+    }
+    line.push('\n');
+    line
+}
+
+/// Append `v` as a `cell` column writes it; nothing when it is of another type.
+fn write_cell(line: &mut String, v: &Bson, cell: Cell) {
+    match (cell, v) {
+        (Cell::Time, Bson::DateTime(t)) => line.push_str(&iso(t.timestamp_millis())),
+        (Cell::Text, Bson::String(s)) => line.push_str(&quote(s)),
+        (Cell::Number, v) => {
+            if let Some(f) = number(v) {
+                line.push_str(&f.to_string());
+            }
+        }
+        (Cell::Flag, Bson::Boolean(b)) => line.push_str(if *b { "true" } else { "false" }),
+        _ => {}
+    }
 }
 
 /// A CSV cell, quoted when it holds a separator, a quote or a line break, and with a leading
@@ -120,6 +152,10 @@ mod tests {
     // A reading becomes one line in the header's column order; odd names cannot break it.
     #[test]
     fn rows_follow_the_header() {
+        assert_eq!(
+            csv_header(),
+            "recordedAt,nodeName,temperature,humidity,pressure,isMoving,acceleration.x,acceleration.y,acceleration.z\n"
+        );
         let d = doc! {
             "nodeName": "greenhouse-pi", "humidity": 41.2, "temperature": 22.7,
             "pressure": 1013.25, "isMoving": false,

@@ -100,6 +100,19 @@ pub enum RunError {
     Serve(std::io::Error),
 }
 
+/// What `sensehat-dashboard check-config` found: a summary to print, or why it cannot start.
+/// Does not contact MongoDB.
+pub async fn check_config(config: &Config) -> Result<String, String> {
+    crate::mongo::check_uri(&config.uri).await?;
+    Ok(format!(
+        "listen: {}\n\
+         read: {}.{}\n\
+         stale after: {:?}; query timeout: {:?}\n\
+         MongoDB connection string: well formed (not contacted)\n",
+        config.listen, config.database, config.collection, config.stale_after, config.query_timeout,
+    ))
+}
+
 /// Serve the dashboard until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -125,4 +138,40 @@ pub async fn run(
         .map_err(RunError::Serve)?;
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(uri: &str) -> Config {
+        Config {
+            listen: config::DEFAULT_LISTEN.parse().unwrap(),
+            uri: uri.to_owned(),
+            database: "monitors".into(),
+            collection: "firehose".into(),
+            stale_after: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(10),
+        }
+    }
+
+    // check-config says what the dashboard would read and where it would listen, without
+    // contacting the database; a connection string that cannot work is refused unquoted.
+    #[tokio::test]
+    async fn check_config_says_what_it_found() {
+        let found = check_config(&config("mongodb://pi:s3cret@db.example.net/"))
+            .await
+            .unwrap();
+        assert!(found.contains("listen: 127.0.0.1:8080\n"), "{found}");
+        assert!(found.contains("read: monitors.firehose\n"), "{found}");
+        assert!(
+            found.contains("stale after: 5s; query timeout: 10s"),
+            "{found}"
+        );
+        assert!(!found.contains("s3cret"), "{found}");
+        let e = check_config(&config("mongodb://pi:s3cret?x@db.example.net/"))
+            .await
+            .unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
 }

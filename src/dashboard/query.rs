@@ -11,6 +11,8 @@ use mongodb::bson::{doc, DateTime, Document};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::report::field;
+
 /// The most points a series has, whatever the window: enough for a full-width chart.
 pub const MAX_POINTS: i64 = 600;
 /// The longest window, days: longer ones are refused (`400d` of 2 Hz readings is 69 million
@@ -61,32 +63,37 @@ pub enum Field {
 }
 
 impl Field {
-    /// Every field name, for messages.
-    pub const NAMES: &'static str =
-        "temperature, humidity, pressure, acceleration.x, acceleration.y or acceleration.z";
+    /// Every field, in the order messages list them.
+    pub const ALL: [Field; 6] = [
+        Field::Temperature,
+        Field::Humidity,
+        Field::Pressure,
+        Field::AccelX,
+        Field::AccelY,
+        Field::AccelZ,
+    ];
+
+    /// Every field name, for messages: `temperature, humidity, ... or acceleration.z`.
+    pub fn names() -> String {
+        let paths = Field::ALL.map(Field::path);
+        let (last, rest) = paths.split_last().expect("ALL is not empty");
+        format!("{} or {last}", rest.join(", "))
+    }
 
     /// The field named as stored (`acceleration.x` for the nested one).
     pub fn parse(s: &str) -> Option<Field> {
-        Some(match s {
-            "temperature" => Field::Temperature,
-            "humidity" => Field::Humidity,
-            "pressure" => Field::Pressure,
-            "acceleration.x" => Field::AccelX,
-            "acceleration.y" => Field::AccelY,
-            "acceleration.z" => Field::AccelZ,
-            _ => return None,
-        })
+        Field::ALL.into_iter().find(|f| f.path() == s)
     }
 
     /// The document path, as stored.
     pub fn path(self) -> &'static str {
         match self {
-            Field::Temperature => "temperature",
-            Field::Humidity => "humidity",
-            Field::Pressure => "pressure",
-            Field::AccelX => "acceleration.x",
-            Field::AccelY => "acceleration.y",
-            Field::AccelZ => "acceleration.z",
+            Field::Temperature => field::TEMPERATURE,
+            Field::Humidity => field::HUMIDITY,
+            Field::Pressure => field::PRESSURE,
+            Field::AccelX => field::ACCELERATION_X,
+            Field::AccelY => field::ACCELERATION_Y,
+            Field::AccelZ => field::ACCELERATION_Z,
         }
     }
 
@@ -161,8 +168,8 @@ impl Window {
     /// `$match` for one node's readings in the window (the `{nodeName, recordedAt}` index).
     pub fn match_node(&self, node: &str) -> Document {
         doc! {
-            "nodeName": node,
-            "recordedAt": {
+            field::NODE_NAME: node,
+            field::RECORDED_AT: {
                 "$gte": DateTime::from_millis(self.from_ms),
                 "$lt": DateTime::from_millis(self.to_ms),
             },
@@ -184,9 +191,14 @@ pub fn bucket_start(t_ms: i64, width: i64) -> i64 {
     t_ms - t_ms % width
 }
 
+/// A field's value in an aggregation expression: its path after a `$`.
+fn value_of(path: &str) -> String {
+    format!("${path}")
+}
+
 /// The bucket of `$recordedAt` as a date, in aggregation operators.
 fn bucket_expr(width: i64) -> Document {
-    let t = doc! { "$toLong": "$recordedAt" };
+    let t = doc! { "$toLong": value_of(field::RECORDED_AT) };
     doc! { "$toDate": { "$subtract": [t.clone(), { "$mod": [t, width] }] } }
 }
 
@@ -194,7 +206,7 @@ fn bucket_expr(width: i64) -> Document {
 /// each with average, minimum, maximum and count of `field`, in time order. Readings without
 /// the field (or with a non-number) are left out, so they never count as zero.
 pub fn series_pipeline(node: &str, window: &Window, field: Field, width: i64) -> Vec<Document> {
-    let value = format!("${}", field.path());
+    let value = value_of(field.path());
     let mut m = window.match_node(node);
     m.insert(field.path(), doc! { "$type": "number" });
     vec![
@@ -215,7 +227,7 @@ pub fn series_pipeline(node: &str, window: &Window, field: Field, width: i64) ->
 /// with how many, in time order.
 pub fn motion_pipeline(node: &str, window: &Window, width: i64) -> Vec<Document> {
     let mut m = window.match_node(node);
-    m.insert("isMoving", true);
+    m.insert(field::IS_MOVING, true);
     vec![
         doc! { "$match": m },
         doc! { "$group": { "_id": bucket_expr(width), "count": { "$sum": 1 } } },
@@ -234,14 +246,14 @@ pub const CHART_FIELDS: [Field; 3] = [Field::Temperature, Field::Humidity, Field
 pub fn chart_pipeline(node: &str, window: &Window, fields: &[Field], width: i64) -> Vec<Document> {
     let mut group = doc! { "_id": bucket_expr(width) };
     for (i, f) in fields.iter().enumerate() {
-        let value = format!("${}", f.path());
+        let value = value_of(f.path());
         group.insert(format!("f{i}avg"), doc! { "$avg": &value });
         group.insert(format!("f{i}min"), doc! { "$min": &value });
         group.insert(format!("f{i}max"), doc! { "$max": &value });
         let is_number = doc! { "$cond": [{ "$isNumber": &value }, 1, 0] };
         group.insert(format!("f{i}n"), doc! { "$sum": is_number });
     }
-    let moving = doc! { "$cond": [{ "$eq": ["$isMoving", true] }, 1, 0] };
+    let moving = doc! { "$cond": [{ "$eq": [value_of(field::IS_MOVING), true] }, 1, 0] };
     group.insert("moving", doc! { "$sum": moving });
     vec![
         doc! { "$match": window.match_node(node) },
@@ -338,5 +350,9 @@ mod tests {
         }
         assert_eq!(Field::parse("isMoving"), None);
         assert_eq!(Field::parse("$where"), None);
+        assert_eq!(
+            Field::names(),
+            "temperature, humidity, pressure, acceleration.x, acceleration.y or acceleration.z"
+        );
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Map, Number, Value};
 use super::config::Config;
 use super::query::{chart_pipeline, motion_pipeline, series_pipeline, Field, Window};
 use crate::mongo::{classify, connect, redact_credentials, MongoError};
+use crate::report::field;
 
 /// How long the list of node names is reused: `distinct` reads the whole index, and the page
 /// asks every two seconds; a new node's tile appears within this.
@@ -112,18 +113,20 @@ impl Store {
     /// Create the `{nodeName: 1, recordedAt: 1}` index if it is missing.
     pub async fn ensure_index(&self) -> Result<IndexOutcome, MongoError> {
         let model = IndexModel::builder()
-            .keys(doc! { "nodeName": 1, "recordedAt": 1 })
+            .keys(doc! { field::NODE_NAME: 1, field::RECORDED_AT: 1 })
             .build();
         let made = tokio::time::timeout(self.timeout, self.reports.create_index(model)).await;
         match made {
             Ok(Ok(_)) => Ok(IndexOutcome::Ready),
             Ok(Err(e)) if crate::mongo::is_fatal(&e) => Ok(IndexOutcome::NotAllowed(format!(
                 "cannot create the index {INDEX_NAME} ({}); a user with createIndex on {ns} can, in mongosh: \
-                 db.getSiblingDB(\"{db}\").{coll}.createIndex({{nodeName: 1, recordedAt: 1}})",
+                 db.getSiblingDB(\"{db}\").{coll}.createIndex({{{node}: 1, {at}: 1}})",
                 redact_credentials(&e.to_string(), &self.uri),
                 ns = self.reports.namespace(),
                 db = self.reports.namespace().db,
                 coll = self.reports.name(),
+                node = field::NODE_NAME,
+                at = field::RECORDED_AT,
             ))),
             Ok(Err(e)) => Err(MongoError::Unavailable(redact_credentials(
                 &classify(e).to_string(),
@@ -150,7 +153,7 @@ impl Store {
 
     async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {
         let names = self
-            .bounded(self.reports.distinct("nodeName", doc! {}))
+            .bounded(self.reports.distinct(field::NODE_NAME, doc! {}))
             .await?;
         let mut names: Vec<String> = names
             .into_iter()
@@ -167,8 +170,8 @@ impl Store {
     pub async fn latest(&self, node: &str) -> Result<Option<Document>, MongoError> {
         self.bounded(
             self.reports
-                .find_one(doc! { "nodeName": node })
-                .sort(doc! { "recordedAt": -1 }),
+                .find_one(doc! { field::NODE_NAME: node })
+                .sort(doc! { field::RECORDED_AT: -1 }),
         )
         .await
     }
@@ -178,8 +181,8 @@ impl Store {
         Ok(self
             .bounded(
                 self.reports
-                    .find_one(doc! { "nodeName": node })
-                    .projection(doc! { "_id": 1 }),
+                    .find_one(doc! { field::NODE_NAME: node })
+                    .projection(doc! { field::ID: 1 }),
             )
             .await?
             .is_some())
@@ -281,7 +284,7 @@ impl Store {
         self.bounded(
             self.reports
                 .find(window.match_node(node))
-                .sort(doc! { "recordedAt": 1 })
+                .sort(doc! { field::RECORDED_AT: 1 })
                 .limit(limit),
         )
         .await
@@ -292,9 +295,9 @@ impl Store {
         let past = self
             .reports
             .find_one(window.match_node(node))
-            .sort(doc! { "recordedAt": 1 })
+            .sort(doc! { field::RECORDED_AT: 1 })
             .skip(n)
-            .projection(doc! { "_id": 1 });
+            .projection(doc! { field::ID: 1 });
         Ok(self.bounded(past).await?.is_some())
     }
 
@@ -353,6 +356,13 @@ fn bson_json(b: &Bson) -> Value {
 mod tests {
     use super::*;
     use mongodb::bson::{oid::ObjectId, DateTime};
+
+    // The index's name is the one MongoDB gives the index on these keys.
+    #[test]
+    fn index_name_follows_the_keys() {
+        let made = format!("{}_1_{}_1", field::NODE_NAME, field::RECORDED_AT);
+        assert_eq!(INDEX_NAME, made);
+    }
 
     // A stored report keeps its field names, with the date as ISO 8601 UTC and the id as hex.
     #[test]

@@ -22,7 +22,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// Firehose's largest body (64 MiB, before compression), the default the endpoint's issue fixes.
 /// Whether Firehose's size hint (up to 64 MiB of "incoming data") counts records before base64,
 /// which would allow bodies of about 86 MiB, is UNCONFIRMED; since a 413 loses the batch for good,
-/// the README says to raise `--max-body-mib` to 96 with a size hint over 48 MiB.
+/// docs/firehose-endpoint.md says to raise `--max-body-mib` to 96 with a size hint over 48 MiB.
 pub const DEFAULT_MAX_BODY_MIB: u64 = 64;
 /// The longest `--body-timeout`: Firehose waits 3 minutes for the whole answer, and the
 /// database write needs some of that.

@@ -38,7 +38,7 @@ pub use buffer::{run_buffer, Buffering, FINAL_DELIVERY_WAIT};
 use checkpoint::Checkpoint;
 pub use config::{first_access_key, Cli, Command, Config};
 use delivery::Delivery;
-use reader::Starts;
+use reader::{Resume, Starts};
 
 /// Errors that stop firehose-local.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,10 @@ fn starts(from_start: bool, checkpoint: Option<&Checkpoint>) -> Starts {
         saved: checkpoint
             .map(|c| c.positions().clone())
             .unwrap_or_default(),
-        resume_from: checkpoint.filter(|c| c.resumed()).map(Checkpoint::since_ms),
+        resume: match checkpoint.filter(|c| c.resumed()) {
+            None => Resume::Fresh,
+            Some(c) => c.since_ms().map_or(Resume::Whole, Resume::Since),
+        },
     }
 }
 

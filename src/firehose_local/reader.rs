@@ -55,9 +55,23 @@ pub struct Starts {
     pub from_start: bool,
     /// Saved positions: shard id to the sequence number of the last record handled.
     pub saved: BTreeMap<String, String>,
-    /// Resuming from a checkpoint: a shard without a saved position is read from this time
-    /// (`Some`, ms since the epoch) or from its oldest record (`None`).
-    pub resume_from: Option<Option<i64>>,
+    /// Whether this run resumes a checkpoint, and so where a shard without a saved position
+    /// starts.
+    pub resume: Resume,
+}
+
+/// Whether a run resumes a checkpoint file, which says where a shard it has no position for
+/// starts (see [`super::checkpoint`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// A fresh run: no checkpoint file was there at start.
+    #[default]
+    Fresh,
+    /// The checkpoint's run started at LATEST at this time (ms since the epoch): read from it.
+    Since(i64),
+    /// The checkpoint's run started from the oldest record (`--from-start`), or the stream was
+    /// created again since: read whole.
+    Whole,
 }
 
 impl Starts {
@@ -66,13 +80,13 @@ impl Starts {
         if let Some(seq) = self.saved.get(id) {
             return Start::After(seq.clone());
         }
-        match self.resume_from {
-            Some(Some(ms)) => Start::AtTimestamp(ms),
-            Some(None) => Start::TrimHorizon,
+        match self.resume {
+            Resume::Since(ms) => Start::AtTimestamp(ms),
+            Resume::Whole => Start::TrimHorizon,
             // Like a new Firehose stream; shards that appear later (resharding) are read
             // whole.
-            None if first && !self.from_start => Start::Latest,
-            None => Start::TrimHorizon,
+            Resume::Fresh if first && !self.from_start => Start::Latest,
+            Resume::Fresh => Start::TrimHorizon,
         }
     }
 }
@@ -285,11 +299,11 @@ async fn read_shard(
 mod tests {
     use super::*;
 
-    fn starts(from_start: bool, resume_from: Option<Option<i64>>) -> Starts {
+    fn starts(from_start: bool, resume: Resume) -> Starts {
         Starts {
             from_start,
             saved: [("shard-0".to_owned(), "42".to_owned())].into(),
-            resume_from,
+            resume,
         }
     }
 
@@ -299,23 +313,23 @@ mod tests {
     #[test]
     fn each_shard_starts_where_the_rules_say() {
         for s in [
-            starts(false, None),
-            starts(true, None),
-            starts(false, Some(Some(7))),
-            starts(false, Some(None)),
+            starts(false, Resume::Fresh),
+            starts(true, Resume::Fresh),
+            starts(false, Resume::Since(7)),
+            starts(false, Resume::Whole),
         ] {
             assert_eq!(s.for_shard("shard-0", true), Start::After("42".into()));
             assert_eq!(s.for_shard("shard-0", false), Start::After("42".into()));
         }
-        let fresh = starts(false, None);
+        let fresh = starts(false, Resume::Fresh);
         assert_eq!(fresh.for_shard("shard-1", true), Start::Latest);
         assert_eq!(fresh.for_shard("shard-1", false), Start::TrimHorizon);
-        let from_start = starts(true, None);
+        let from_start = starts(true, Resume::Fresh);
         assert_eq!(from_start.for_shard("shard-1", true), Start::TrimHorizon);
-        let resumed = starts(false, Some(Some(7)));
+        let resumed = starts(false, Resume::Since(7));
         assert_eq!(resumed.for_shard("shard-1", true), Start::AtTimestamp(7));
         assert_eq!(resumed.for_shard("shard-1", false), Start::AtTimestamp(7));
-        let resumed_whole = starts(false, Some(None));
+        let resumed_whole = starts(false, Resume::Whole);
         assert_eq!(resumed_whole.for_shard("shard-1", true), Start::TrimHorizon);
     }
 }

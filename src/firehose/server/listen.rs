@@ -19,7 +19,7 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel's backlog. Firehose opens a few; the
 /// limit keeps anyone who opens thousands (no key needed to connect) from using up the
 /// process's file descriptors and memory. Firewalling the port to Firehose's published address
-/// ranges is the stronger protection (see the README).
+/// ranges is the stronger protection (see docs/firehose-endpoint.md).
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Serve `app` on `listener` until `shutdown` resolves: plain HTTP, or HTTPS with `tls`; HTTP/1.1

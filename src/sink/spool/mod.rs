@@ -16,7 +16,7 @@
 //! the kernel's page cache and survives the process being killed (SIGKILL, panic, OOM). Reports
 //! taken in quick succession are written in groups instead ([`Spool::append_grouped`]): a
 //! report due to be followed within [`WRITE_GROUP`] (50 ms) waits for it in memory, so at
-//! `--interval-ms 1` one `write(2)` carries fifty reports, and a kill can take the last 50 ms of
+//! `--interval 1ms` one `write(2)` carries fifty reports, and a kill can take the last 50 ms of
 //! readings with it (power loss can take a second's, below). At intervals of 50 ms and more, the
 //! agent's default 500 ms included, every report is written as soon as it is taken. Why: a
 //! small `write(2)` spends nearly all of its time on the mtime update and its journal handle,
@@ -27,9 +27,9 @@
 //! flash writes (`benches/spool.rs fill` measures them), which wears an SD card for nothing in
 //! the common case, where the database acknowledges a report within a fraction of a second and
 //! the spool copy is deleted anyway. So the policy is *sync what is still owed*: at most every
-//! `sync_interval` (default 1 s, `--spool-sync-ms`), and only if some appended record is neither
+//! `sync_interval` (default 1 s, `--spool-sync`), and only if some appended record is neither
 //! acknowledged nor synced yet. With the database up, almost nothing is synced; with it down,
-//! one fdatasync per second covers every report older than a second. `--spool-sync-ms 0` syncs
+//! one fdatasync per second covers every report older than a second. `--spool-sync 0` syncs
 //! every append, for those who prefer the wear to the one-second window.
 //!
 //! On open, every segment is scanned. A torn or corrupt tail (a crash mid-write, or blocks of
