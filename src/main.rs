@@ -159,7 +159,8 @@ async fn run(config: Config) -> Result<(), Failure> {
     let counters = result.map_err(Failure::Run)?;
     info!(
         reports = counters.reports,
-        skipped = counters.skipped_samples,
+        sensor_faults = counters.skipped_samples,
+        missed_slots = counters.missed_slots,
         delivered = counters.delivered,
         duplicates = counters.duplicates,
         dropped = counters.dropped,
@@ -206,7 +207,12 @@ async fn run_with_spool(
         c.copy = Some(opened.held);
     }
     info!(spool = %dir.display(), backlog = opened.backlog, database = %config.database, collection = %config.collection, "sampling every {} ms", options.interval.as_millis());
-    let sink = MongoSink::new(uri, &config.database, &config.collection, config.wire_compression);
+    let sink = MongoSink::new(
+        uri,
+        &config.database,
+        &config.collection,
+        config.wire_compression,
+    );
     let output = Output::Spool {
         spool: Arc::new(Mutex::new(opened.spool)),
         status_path: Some(dir.join(STATUS_FILE)),

@@ -353,6 +353,19 @@ pub fn write_concern_error(reply: &Document) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found by fuzzing: a `%` followed by a non-ASCII character made the driver slice inside the
+    // character and panic. It is refused with a reason instead.
+    #[test]
+    fn a_percent_before_a_non_ascii_character_is_refused() {
+        for uri in [
+            "mongodb://u:p%\u{e9}@host/",
+            "mongodb://host/?appName=%\u{1F600}",
+        ] {
+            assert!(check_escapes(uri).is_err(), "{uri}");
+        }
+        assert!(check_escapes("mongodb://u:p%25x@host/").is_ok());
+    }
     use mongodb::bson::doc;
 
     // A password with an unencoded '?' or '#' makes the driver quote pieces of it; the message

@@ -436,11 +436,16 @@ async fn i2c_fault_skips_and_counts_samples() {
     assert_eq!(ids_in(&server, &db).await.len(), 20);
     assert_eq!(text.matches("sensor read failed").count(), 1, "{text}");
     assert!(text.contains("sensor recovered"), "{text}");
+    // The stop line tells sensor faults from slots missed because sampling fell behind.
+    assert!(text.contains("sensor_faults=3 missed_slots=0"), "{text}");
 
     // `status` summarises it for a person.
     let s = status_text(&spool_dir);
     assert!(s.contains("unsent reports        0"), "{s}");
-    assert!(s.contains("3 skipped"), "{s}");
+    assert!(
+        s.contains("3 skipped (sensor faults), 0 slots missed"),
+        "{s}"
+    );
     assert!(s.contains("database              connected"), "{s}");
 }
 
