@@ -63,7 +63,7 @@ fn options(interval: Duration, count: Option<u64>, shutdown_timeout: Duration) -
     AgentOptions {
         node_name: "loop-test".into(),
         interval,
-        // The default window, as the service runs.
+        // A window of four samples at the production interval.
         insert_every: Duration::from_secs(2),
         count,
         shutdown_timeout,
@@ -293,7 +293,7 @@ impl Inserter for RecordingInserter {
     }
 }
 
-// At the production interval with the default 2 s window, an insert carries the four reports
+// At the production interval with a 2 s window, an insert carries the four reports
 // taken since the one before, and goes out with the sample that closes the window: no report
 // waits longer than the window.
 #[tokio::test(start_paused = true)]

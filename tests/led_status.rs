@@ -138,13 +138,20 @@ fn the_corner_follows_a_real_database_outage() {
         framebuffer(dir.path(), "fb1"),
         framebuffer(dir.path(), "fb-plain"),
     );
-    // 64 KiB: the spool fills its first three quarters in a few seconds each at 50 ms.
+    // 64 KiB: the spool fills its first three quarters in a few seconds each at 50 ms. A 1 s
+    // insert window: readings waiting past it count as spooled after 3 s more.
     let mut agent = stored_agent(
         &server.uri,
         &unique_name("led"),
         dir.path(),
         &fb,
-        &["--led-status", "--spool-max-bytes", "65536"],
+        &[
+            "--led-status",
+            "--spool-max-bytes",
+            "65536",
+            "--insert-every",
+            "1s",
+        ],
     );
     let mut plain = stored_agent(
         &server.uri,
@@ -160,7 +167,8 @@ fn the_corner_follows_a_real_database_outage() {
     server.kill();
     let killed = Instant::now();
     watch(&fb, Duration::from_secs(10), "spooled", |c| c[0] == AMBER);
-    // Three seconds of readings waiting, not the driver's ten-second server selection timeout.
+    // Three seconds of readings waiting past the window, not the driver's ten-second server
+    // selection timeout.
     let noticed = killed.elapsed();
     assert!(
         noticed < Duration::from_secs(8),
