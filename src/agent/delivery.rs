@@ -108,27 +108,34 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         // No timer of its own: every sample wakes delivery while it waits, and a stuck sample
         // stops the watchdog's pings, so systemd restarts the agent (the spool keeps the window).
         if m == Mode::Run && d.window_open() {
-            tokio::select! {
-                () = notify.notified() => {}
-                _ = d.mode.changed() => {}
+            if !wait_for_work(&notify, &mut d.mode).await {
+                return Ok(());
             }
             continue;
         }
+        // The window closes now, whatever reading the batch takes.
+        let closed = Instant::now();
         let Some(batch) = d.read_batch().await?.filter(|b| !b.records.is_empty()) else {
-            if m == Mode::Drain {
+            // Draining, or the insert a stop gets: nothing is left to send.
+            if m != Mode::Run || !wait_for_work(&notify, &mut d.mode).await {
                 return Ok(());
-            }
-            tokio::select! {
-                () = notify.notified() => {}
-                _ = d.mode.changed() => {}
             }
             continue;
         };
         idle.store(false, Ordering::SeqCst);
-        d.last_insert = Some(Instant::now());
+        d.last_insert = Some(closed);
         if let Step::Stop = d.insert(batch).await? {
             return Ok(());
         }
+    }
+}
+
+/// Wait for a sample or a change of mode; false when the mode can no longer change (the agent
+/// is stopping without having said so).
+async fn wait_for_work(notify: &Notify, mode: &mut watch::Receiver<Mode>) -> bool {
+    tokio::select! {
+        () = notify.notified() => true,
+        changed = mode.changed() => changed.is_ok(),
     }
 }
 

@@ -356,7 +356,11 @@ async fn finish_delivery(
         r = &mut task => Some(r),
         () = shutdown => {
             let _ = mode_tx.send(Mode::Stop);
-            tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok()
+            let finished = tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok();
+            if finished.is_none() {
+                task.abort();
+            }
+            finished
         }
     }
 }

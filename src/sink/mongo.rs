@@ -10,7 +10,8 @@
 //! pool's maintenance timer, which fires twice a second, and server monitoring) waits, so an
 //! agent that inserts every couple of seconds is not woken in between by the driver: the
 //! pending ticks and any heartbeat reply that arrived meanwhile are handled in the next insert's
-//! turn. Every wait the driver has is measured in seconds, longer than the insert window.
+//! turn. Without an insert for a while (a long window, a database that is down), the driver
+//! still gets a short turn every few seconds, within its own timeouts.
 
 use std::io::Write;
 use std::time::Duration;
@@ -22,6 +23,11 @@ use super::{InsertError, InsertOutcome, Inserter};
 use crate::mongo::{
     classify, connect_with, reply_ok, write_concern_document, write_concern_error, DUPLICATE_KEY,
 };
+
+/// Longest the driver's runtime is left without a turn: under its default 10 s connect timeout,
+/// and over the default 5 s insert window, so an agent that inserts every window gives it no
+/// extra wake-ups.
+const IDLE_TURN: Duration = Duration::from_secs(8);
 
 /// How often the driver checks on the server when the connection string does not say. The
 /// driver's 10 s cost more bytes than the reports at 2 Hz; an agent notices an outage from its
@@ -83,12 +89,14 @@ impl MongoSink {
             target: None,
         };
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
         let spawned = std::thread::Builder::new()
             .name("mongodb".into())
             .spawn(move || {
+                // Made here: a runtime may not be dropped inside another, as it would be if
+                // this thread could not start.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 let runtime = match runtime {
                     Ok(r) => r,
                     Err(e) => {
@@ -99,10 +107,22 @@ impl MongoSink {
                         return;
                     }
                 };
-                // Blocks without running the runtime until the next insert comes.
-                for job in queue {
-                    let outcome = runtime.block_on(driver.insert(&job.docs));
-                    let _ = job.done.send(outcome);
+                // Blocks without running the runtime until the next insert comes, but gives the
+                // driver a turn after IDLE_TURN without one: a reply that arrived meanwhile is
+                // then read before its timeout (connectTimeoutMS, 10 s by default) has passed,
+                // which the driver would otherwise also see as expired, and take the server
+                // for down.
+                loop {
+                    match queue.recv_timeout(IDLE_TURN) {
+                        Ok(job) => {
+                            let outcome = runtime.block_on(driver.insert(&job.docs));
+                            let _ = job.done.send(outcome);
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            runtime.block_on(tokio::time::sleep(Duration::from_millis(1)));
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
                 // The client's parts may hand work to the runtime as they drop.
                 let _inside = runtime.enter();
