@@ -173,6 +173,16 @@ pub struct Cli {
     )]
     pub sim_clock_error_ms: i64,
 
+    /// Serve Prometheus metrics at /metrics, and /healthz and /readyz, on this address (e.g.
+    /// 127.0.0.1:9464, or 0.0.0.0:9464 for a scraper on another machine). Off by default.
+    #[arg(long, env = "SENSEHAT_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
+    /// Also write the metrics to this file every 10 s, replaced whole, for node_exporter's
+    /// textfile collector (e.g. /var/lib/prometheus/node-exporter/sensehat.prom).
+    #[arg(long, env = "SENSEHAT_METRICS_TEXTFILE")]
+    pub metrics_textfile: Option<PathBuf>,
+
     /// Simulated board only: make CHIP fail during sample attempts FIRST..FIRST+COUNT
     /// (CHIP:FIRST:COUNT, e.g. lps25h:10:3). For testing fault handling.
     #[arg(long, env = "SENSEHAT_SIM_FAULT", value_delimiter = ',')]
@@ -223,6 +233,10 @@ pub struct Config {
     pub agent: AgentOptions,
     /// Simulated board only: the faults to inject.
     pub sim_fault: Vec<SimFault>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
+    /// `--metrics-textfile`.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// A duration of at least 1 ms: a zero interval would sample without pause.
@@ -273,6 +287,7 @@ impl Cli {
                 copy: None,
                 simulated_error_ms: self.sim_clock_error_ms,
             }),
+            telemetry: None,
         }
     }
 
@@ -316,6 +331,8 @@ impl Cli {
             led_status: self.led_status,
             i2c_bus: self.i2c_bus,
             sim_fault: self.sim_fault,
+            metrics_listen: self.metrics_listen,
+            metrics_textfile: self.metrics_textfile,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 //! - [`logging`]: tracing to stderr, shared by the binaries.
+//! - [`metrics`]: Prometheus metrics and health checks (`--metrics-listen`), shared by the programs.
 //! - `firehose` (feature `firehose`): the Kinesis Data Firehose HTTP endpoint that upserts deliveries.
 //! - `forwarder` (feature `forwarder`): the MongoDB change stream to Kinesis forwarder.
 //! - `dashboard` (feature `dashboard`): the read-only web page of the readings, its API, and charts as files.
@@ -41,6 +42,7 @@ pub mod forwarder;
 pub mod fsutil;
 pub mod led;
 pub mod logging;
+pub mod metrics;
 pub mod mongo;
 pub mod report;
 pub mod say_once;

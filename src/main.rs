@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use tracing::{error, info, warn};
 
-use sensehat_monitor::agent::{self, Matrix, Output};
+use sensehat_monitor::agent::{self, Matrix, Output, Telemetry};
 use sensehat_monitor::board::{led::open_led, Board};
 use sensehat_monitor::config::{Cli, Command, Config, SensorsKind};
 use sensehat_monitor::led::Frame;
+use sensehat_monitor::metrics;
 use sensehat_monitor::mongo;
 use sensehat_monitor::shutdown::shutdown_signal;
 use sensehat_monitor::sink::mongo::MongoSink;
+use sensehat_monitor::sink::spool::Spool;
 use sensehat_monitor::sink::NoDatabase;
 use sensehat_monitor::status::{self, STATUS_FILE};
 
@@ -121,6 +123,15 @@ async fn run(config: Config) -> Result<(), Failure> {
         mongo::check_uri(uri).await.map_err(Failure::Config)?;
         Some(uri.to_owned())
     };
+    // Before the board: an address in use is a configuration error, said at once.
+    let listener = match &config.metrics_listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let frame = logo(&config).map_err(Failure::Config)?;
     let board = open_board(&config).await?;
     let mut led = open_led(
@@ -142,18 +153,13 @@ async fn run(config: Config) -> Result<(), Failure> {
         None => {
             info!(sensors = ?config.sensors, "dry run: printing reports to stdout");
             let output = Output::Print(Box::new(std::io::stdout()));
-            agent::run(
-                config.agent.clone(),
-                board,
-                output,
-                NoDatabase,
-                matrix,
-                shutdown,
-            )
-            .await
-            .map_err(|e| e.to_string())
+            let mut options = config.agent.clone();
+            options.telemetry = telemetry(&config, listener, None);
+            agent::run(options, board, output, NoDatabase, matrix, shutdown)
+                .await
+                .map_err(|e| e.to_string())
         }
-        Some(uri) => run_with_spool(&config, &uri, board, matrix, shutdown).await,
+        Some(uri) => run_with_spool(&config, &uri, board, matrix, listener, shutdown).await,
     };
 
     let counters = result.map_err(Failure::Run)?;
@@ -189,6 +195,7 @@ async fn run_with_spool(
     uri: &str,
     board: Board,
     matrix: Option<Matrix>,
+    listener: Option<tokio::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<agent::Counters, String> {
     let dir = &config.spool_dir;
@@ -213,11 +220,33 @@ async fn run_with_spool(
         &config.collection,
         config.wire_compression,
     );
+    let spool = Arc::new(Mutex::new(opened.spool));
+    options.telemetry = telemetry(config, listener, Some(spool.clone()));
     let output = Output::Spool {
-        spool: Arc::new(Mutex::new(opened.spool)),
+        spool,
         status_path: Some(dir.join(STATUS_FILE)),
     };
     agent::run(options, board, output, sink, matrix, shutdown)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The agent's metrics, when `--metrics-listen` or `--metrics-textfile` asks for them, served
+/// on `listener` from now on.
+fn telemetry(
+    config: &Config,
+    listener: Option<tokio::net::TcpListener>,
+    spool: Option<Arc<Mutex<Spool>>>,
+) -> Option<Telemetry> {
+    if listener.is_none() && config.metrics_textfile.is_none() {
+        return None;
+    }
+    let t = Telemetry::new(spool, config.metrics_textfile.clone());
+    if let Some(l) = listener {
+        if let Ok(addr) = l.local_addr() {
+            info!(address = %addr, "serving /metrics, /healthz and /readyz");
+        }
+        tokio::spawn(metrics::serve(l, t.registry(), t.readiness()));
+    }
+    Some(t)
 }

@@ -50,6 +50,10 @@ pub struct Counters {
     pub held_for_clock: u64,
     /// When the last insert was acknowledged (ms since the Unix epoch).
     pub last_insert_ms: Option<i64>,
+    /// When the oldest report in the spool was taken (ms since the Unix epoch), as delivery or
+    /// sampling last saw it; `None` when the spool was empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_unsent_ms: Option<i64>,
     /// Whether the last insert reached the database; `None` before the first.
     pub connected: Option<bool>,
     /// Why the database was last unreachable, while it is.

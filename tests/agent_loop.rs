@@ -71,6 +71,7 @@ fn options(interval: Duration, count: Option<u64>, shutdown_timeout: Duration) -
         ticker: agent::TickSource::Runtime,
         notify_systemd: false,
         clock: None,
+        telemetry: None,
     }
 }
 

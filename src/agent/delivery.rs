@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::link::{Delivered, Link, LinkEvent};
-use super::{lock, rejected, AgentError, Counters, Mode};
+use super::{lock, rejected, AgentError, Counters, Mode, Telemetry};
 use crate::clock::now_ms;
 use crate::sink::spool::{Batch, Spool};
 use crate::sink::{InsertError, InsertOutcome, Inserter};
@@ -38,6 +38,7 @@ struct Deliverer<I> {
     insert_every: Duration,
     /// The one insert of what is pending that a stop gets has been made.
     flushed_at_stop: bool,
+    telemetry: Option<Telemetry>,
 }
 
 /// What came of one insert, for the loop.
@@ -59,6 +60,7 @@ pub(super) struct DeliveryParts<I> {
     pub(super) backlog_at_start: u64,
     pub(super) counters: Arc<Mutex<Counters>>,
     pub(super) insert_every: Duration,
+    pub(super) telemetry: Option<Telemetry>,
 }
 
 /// Deliver the spool until the mode says stop (or, draining, until it is empty).
@@ -78,6 +80,7 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         backlog_at_start,
         counters,
         insert_every,
+        telemetry,
     } = parts;
     let backoff_builder = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
@@ -97,6 +100,7 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         last_insert: None,
         insert_every,
         flushed_at_stop: false,
+        telemetry,
     };
     loop {
         let m = *d.mode.borrow();
@@ -174,12 +178,23 @@ impl<I: Inserter> Deliverer<I> {
         let batch = tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
             .await
             .map_err(|e| AgentError::Join(e.to_string()))??;
+        // The batch starts with the oldest report still unsent: its age is a metric.
+        if self.telemetry.is_some() {
+            if let Some(t) = batch.records.first().and_then(|r| recorded_at(r)) {
+                lock(&self.counters).oldest_unsent_ms = Some(t);
+            }
+        }
         Ok(Some(batch))
     }
 
     /// Insert one batch and account for what came of it.
     async fn insert(&mut self, batch: Batch) -> Result<Step, AgentError> {
-        match self.inserter.insert(&batch.records).await {
+        let started = std::time::Instant::now();
+        let result = self.inserter.insert(&batch.records).await;
+        if let Some(t) = &self.telemetry {
+            t.observe_insert(started.elapsed());
+        }
+        match result {
             Ok(outcome) => self.inserted(batch, outcome).await,
             Err(InsertError::Fatal(msg)) => {
                 lock(&self.spool).rewind();
@@ -227,6 +242,9 @@ impl<I: Inserter> Deliverer<I> {
         };
         {
             let mut c = lock(&self.counters);
+            if pending == 0 {
+                c.oldest_unsent_ms = None;
+            }
             c.delivered += outcome.inserted + outcome.duplicates;
             c.duplicates += outcome.duplicates;
             c.rejected += outcome.rejected.len() as u64;
@@ -293,4 +311,11 @@ fn log(event: LinkEvent) {
             error!(count, reason = %reason, "the database refused reports; saved to rejected.jsonl in the spool directory")
         }
     }
+}
+
+/// A spooled report's `recordedAt` (ms since the Unix epoch).
+fn recorded_at(record: &[u8]) -> Option<i64> {
+    let doc = mongodb::bson::RawDocument::from_bytes(record).ok()?;
+    let t = doc.get_datetime(crate::report::field::RECORDED_AT).ok()?;
+    Some(t.timestamp_millis())
 }

@@ -53,6 +53,7 @@ mod spool_log;
 mod start;
 mod status;
 mod take;
+mod telemetry;
 pub mod ticker;
 
 pub use check::{check_config, CheckConfig};
@@ -60,6 +61,7 @@ pub use delivery::BATCH_MAX;
 pub use matrix::Matrix;
 pub use rejected::REJECTED_MAX;
 pub use start::{open_spool, OpenedSpool};
+pub use telemetry::Telemetry;
 pub use ticker::{TickSource, Ticker};
 
 /// How often `status.json` is rewritten.
@@ -139,6 +141,8 @@ pub struct AgentOptions {
     /// Hold reports until the system clock is synchronized (see [`crate::clock`]); `None`
     /// trusts the clock as it is.
     pub clock: Option<ClockWait>,
+    /// Metrics (`--metrics-listen`, `--metrics-textfile`): the loops count into its counters.
+    pub telemetry: Option<Telemetry>,
 }
 
 /// Why the agent stopped on its own.
@@ -232,19 +236,17 @@ where
     I: Inserter,
 {
     let shared = Shared {
-        counters: Arc::new(Mutex::new(Counters::default())),
+        counters: options.telemetry.as_ref().map_or_else(
+            || Arc::new(Mutex::new(Counters::default())),
+            Telemetry::counters,
+        ),
         notify: Arc::new(Notify::new()),
         delivery_idle: Arc::new(AtomicBool::new(true)),
         failed: Arc::new(Notify::new()),
     };
     let mut output = output;
     let delivery = match &output {
-        Output::Spool { spool, .. } => Some(start_delivery(
-            spool,
-            inserter,
-            &shared,
-            options.insert_every,
-        )),
+        Output::Spool { spool, .. } => Some(start_delivery(spool, inserter, &shared, &options)),
         Output::Print(_) => None,
     };
 
@@ -272,6 +274,9 @@ where
         if let Some(path) = status_path {
             status::write_status(path, lock(&shared.counters).clone(), &lock(spool));
         }
+        if let Some((path, registry)) = options.telemetry.as_ref().and_then(Telemetry::textfile) {
+            status::write_textfile(&path, &registry);
+        }
         match result {
             Some(Ok(Err(e))) => return Err(e),
             Some(Err(join)) if !join.is_cancelled() => {
@@ -292,7 +297,7 @@ fn start_delivery<I: Inserter>(
     spool: &Arc<Mutex<Spool>>,
     inserter: I,
     shared: &Shared,
-    insert_every: Duration,
+    options: &AgentOptions,
 ) -> Delivery {
     let (mode, mode_rx) = watch::channel(Mode::Run);
     let work = delivery::deliver(delivery::DeliveryParts {
@@ -303,7 +308,8 @@ fn start_delivery<I: Inserter>(
         idle: shared.delivery_idle.clone(),
         backlog_at_start: lock(spool).pending(),
         counters: shared.counters.clone(),
-        insert_every,
+        insert_every: options.insert_every,
+        telemetry: options.telemetry.clone(),
     });
     let failed = shared.failed.clone();
     let task = tokio::spawn(async move {

@@ -16,7 +16,7 @@ use super::matrix::{agent_state, Matrix};
 use super::spool_log::{SpoolEvent, SpoolLog};
 use super::take::{take, Destination, Store, Stored, Taken};
 use super::ticker::{TickSource, Ticker};
-use super::{lock, AgentError, AgentOptions, Output, Sampler, Shared, STATUS_EVERY};
+use super::{lock, AgentError, AgentOptions, Output, Sampler, Shared, Telemetry, STATUS_EVERY};
 use crate::board::{HealthEvent, Sensor};
 use crate::clock::{self, ClockGate, Released};
 use crate::led::status::SpoolUse;
@@ -195,7 +195,12 @@ impl<S: Sampler> Sampling<'_, S> {
             let mut c = lock(&self.shared.counters);
             c.samples += 1;
             match &outcome {
-                Ok(_) => c.reports += 1,
+                Ok(r) => {
+                    c.reports += 1;
+                    if !holding {
+                        c.oldest_unsent_ms.get_or_insert(r.recorded_at_ms);
+                    }
+                }
                 Err(e) => {
                     c.skipped_samples += 1;
                     debug!(error = %e, "sample skipped");
@@ -251,6 +256,12 @@ impl<S: Sampler> Sampling<'_, S> {
         Some(Store {
             spool: spool.clone(),
             status_path: status_path.clone().filter(|_| write_status_now),
+            textfile: self
+                .options
+                .telemetry
+                .as_ref()
+                .and_then(Telemetry::textfile)
+                .filter(|_| write_status_now),
             counters: self.shared.counters.clone(),
             interval: self.interval,
             insert_every: self.options.insert_every,

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::status::write_status;
+use prometheus_client::registry::Registry;
+
+use super::status::{write_status, write_textfile};
 use super::{lock, Counters, Sampler};
 use crate::board::{HealthEvent, SampleError, Sensor};
 use crate::clock::{now_ms, HeldSpool};
@@ -47,6 +49,8 @@ pub(super) struct Store {
     pub(super) destination: Destination,
     /// Set when status.json is due.
     pub(super) status_path: Option<PathBuf>,
+    /// Set when status.json is due and `--metrics-textfile` is given.
+    pub(super) textfile: Option<(PathBuf, Arc<Registry>)>,
     pub(super) counters: Arc<Mutex<Counters>>,
     /// When the next sample is due, from now: reports closer together are written in groups.
     pub(super) interval: Duration,
@@ -74,6 +78,9 @@ pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> 
             c.sensors.clone_from(now);
         }
         write_status(p, c, &lock(&store.spool));
+    }
+    if let Some((path, registry)) = store.and_then(|st| st.textfile.as_ref()) {
+        write_textfile(path, registry);
     }
     let spool_use = store.filter(|s| s.measure).map(|s| {
         let sp = lock(&s.spool);

@@ -1,0 +1,252 @@
+//! The agent's Prometheus metrics and readiness (`--metrics-listen`, `--metrics-textfile`).
+//!
+//! The loops already count everything worth a metric in [`Counters`] (for `status.json`), and
+//! the spool knows its depth: the metrics are read from those at scrape time, so they cost the
+//! loops nothing between scrapes. Only the insert duration is recorded as it happens, one
+//! histogram update per insert.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::lock;
+use crate::clock::now_ms;
+use crate::metrics::Readiness;
+use crate::sink::spool::Spool;
+use crate::status::Counters;
+
+/// Insert durations: a local server answers in about a millisecond, Atlas over a slow link in
+/// seconds, and a batch after an outage takes longer.
+const INSERT_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+
+/// What the agent exposes as metrics, shared by its loops, the metrics listener and the
+/// textfile writer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    state: Arc<State>,
+    insert_duration: Histogram,
+    registry: Arc<Registry>,
+    textfile: Option<PathBuf>,
+}
+
+/// What the collector reads at each scrape.
+struct State {
+    counters: Arc<Mutex<Counters>>,
+    spool: Option<Arc<Mutex<Spool>>>,
+    /// When the agent started (ms since the Unix epoch).
+    started_ms: i64,
+}
+
+impl Telemetry {
+    /// Metrics over `spool` (if the agent has one: not with `--dry-run`), also written to
+    /// `textfile` when given.
+    pub fn new(spool: Option<Arc<Mutex<Spool>>>, textfile: Option<PathBuf>) -> Telemetry {
+        let state = Arc::new(State {
+            counters: Arc::new(Mutex::new(Counters::default())),
+            spool,
+            started_ms: now_ms(),
+        });
+        let insert_duration = Histogram::new(INSERT_BUCKETS);
+        let mut registry = Registry::with_prefix("sensehat_agent");
+        registry.register_with_unit(
+            "insert_duration",
+            "Time an insert of reports into MongoDB took, failed ones included",
+            Unit::Seconds,
+            insert_duration.clone(),
+        );
+        registry.register_collector(Box::new(Reader(state.clone())));
+        Telemetry {
+            state,
+            insert_duration,
+            registry: Arc::new(registry),
+            textfile,
+        }
+    }
+
+    /// The registry to serve.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Ready unless the last insert failed: the agent talks to MongoDB only to insert (a check
+    /// of its own would wake the paused driver), so a failed insert is what says it is down.
+    pub fn readiness(&self) -> Readiness {
+        let state = self.state.clone();
+        Arc::new(move || {
+            let c = lock(&state.counters);
+            let answer = match (c.connected, &c.last_error) {
+                (Some(false), e) => Err(format!(
+                    "MongoDB unreachable at the last insert: {}",
+                    e.as_deref().unwrap_or("no reason given")
+                )),
+                _ => Ok(()),
+            };
+            Box::pin(std::future::ready(answer))
+        })
+    }
+
+    /// The counters the loops keep.
+    pub(super) fn counters(&self) -> Arc<Mutex<Counters>> {
+        self.state.counters.clone()
+    }
+
+    /// Where the textfile goes, with the registry to write to it.
+    pub(super) fn textfile(&self) -> Option<(PathBuf, Arc<Registry>)> {
+        self.textfile.clone().map(|p| (p, self.registry.clone()))
+    }
+
+    /// Account for one insert that took `took`.
+    pub(super) fn observe_insert(&self, took: Duration) {
+        self.insert_duration.observe(took.as_secs_f64());
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("spool", &self.spool.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The collector that reads [`State`] at each scrape.
+#[derive(Debug)]
+struct Reader(Arc<State>);
+
+impl Collector for Reader {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = lock(&self.0.counters).clone();
+        let spool = self.0.spool.as_ref().map(|s| {
+            let s = lock(s);
+            (s.pending(), s.bytes(), s.max_bytes(), s.dropped_total)
+        });
+        let counters: [(&str, &str, u64); 7] = [
+            ("samples", "Samples taken", c.samples),
+            (
+                "samples_skipped",
+                "Samples that made no report because a sensor failed",
+                c.skipped_samples,
+            ),
+            (
+                "slots_missed",
+                "Sampling slots missed because a sample overran its own",
+                c.missed_slots,
+            ),
+            (
+                "reports_delivered",
+                "Reports MongoDB acknowledged, duplicates included",
+                c.delivered,
+            ),
+            (
+                "reports_duplicate",
+                "Acknowledged reports MongoDB already had (sent again after a lost reply)",
+                c.duplicates,
+            ),
+            (
+                "reports_rejected",
+                "Reports MongoDB refused, saved to rejected.jsonl",
+                c.rejected,
+            ),
+            (
+                "reports_dropped",
+                "Undelivered reports dropped because the spool was full",
+                spool.map_or(c.dropped, |s| s.3.max(c.dropped)),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(m)?;
+        }
+        let mut failures = encoder.encode_descriptor(
+            "sensor_read_failures",
+            "Failed reads of one sensor (each is followed by a re-initialisation of it)",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &c.sensors {
+            let labels = [("sensor", s.name.as_str())];
+            ConstCounter::new(s.total_failures).encode(failures.encode_family(&labels)?)?;
+        }
+        let mut up = encoder.encode_descriptor(
+            "sensor_up",
+            "1 when the sensor's last read worked, else 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &c.sensors {
+            let labels = [("sensor", s.name.as_str())];
+            ConstGauge::new(i64::from(s.ok)).encode(up.encode_family(&labels)?)?;
+        }
+        let now = now_ms();
+        let gauges: [(&str, &str, Option<&Unit>, f64); 3] = [
+            (
+                "database_up",
+                "1 when the last insert reached MongoDB, else 0 (also before the first)",
+                None,
+                f64::from(u8::from(c.connected == Some(true))),
+            ),
+            (
+                "clock_held_reports",
+                "Reports held until the system clock is synchronized",
+                None,
+                c.held_for_clock as f64,
+            ),
+            (
+                "last_insert_age",
+                "Time since MongoDB last acknowledged an insert (since start, before the first)",
+                Some(&Unit::Seconds),
+                (now - c.last_insert_ms.unwrap_or(self.0.started_ms)).max(0) as f64 / 1000.0,
+            ),
+        ];
+        for (name, help, unit, v) in gauges {
+            let m = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+            ConstGauge::new(v).encode(m)?;
+        }
+        if let Some((pending, bytes, max, _)) = spool {
+            let spool_gauges: [(&str, &str, Option<&Unit>, i64); 3] = [
+                (
+                    "spool_reports",
+                    "Reports in the spool, not yet acknowledged",
+                    None,
+                    pending as i64,
+                ),
+                (
+                    "spool",
+                    "Bytes the spool holds on disk",
+                    Some(&Unit::Bytes),
+                    bytes as i64,
+                ),
+                (
+                    "spool_capacity",
+                    "The spool's limit (--spool-max-bytes); past it the oldest reports are dropped",
+                    Some(&Unit::Bytes),
+                    max as i64,
+                ),
+            ];
+            for (name, help, unit, v) in spool_gauges {
+                let m = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+                ConstGauge::new(v).encode(m)?;
+            }
+            let oldest = c
+                .oldest_unsent_ms
+                .filter(|_| pending > 0)
+                .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+            let m = encoder.encode_descriptor(
+                "spool_oldest_age",
+                "Age of the oldest report waiting in the spool, as of the last look at it (0 when empty)",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(oldest).encode(m)?;
+        }
+        Ok(())
+    }
+}

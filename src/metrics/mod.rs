@@ -1,0 +1,204 @@
+//! Prometheus metrics and health checks, the same in every program: `--metrics-listen ADDR`
+//! serves `/metrics`, `/healthz` and `/readyz`, and the agent can also write its metrics as a
+//! file for node_exporter's textfile collector (`--metrics-textfile PATH`).
+//!
+//! Each program keeps its metrics in a [`Registry`] (counters it updates as it works, or a
+//! [`Collector`](prometheus_client::collector::Collector) that reads the counters it keeps
+//! anyway, at scrape time). [`text`] turns a registry into Prometheus' text format;
+//! [`serve`] answers scrapes and health checks over HTTP.
+//!
+//! - `/healthz`: 200 while the process serves at all.
+//! - `/readyz`: 200 when what the program needs is reachable (its [`Readiness`]), else 503 with
+//!   a one-line reason.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+mod text;
+
+pub use text::{encode, write_textfile, CONTENT_TYPE};
+
+/// How long `/readyz` waits for a program's own check before it answers 503.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections served at once. A scraper opens one; a few more allow for a load balancer's
+/// health checks and a person with curl. More wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 8;
+/// How long a request's headers may take, also on an idle kept-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to "is what this program needs reachable?": `Err` carries a one-line reason.
+pub type ReadyFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A program's readiness check, asked by each `/readyz` request.
+pub type Readiness = Arc<dyn Fn() -> ReadyFuture + Send + Sync>;
+
+/// A readiness check that always says ready (a program with nothing to reach).
+pub fn always_ready() -> Readiness {
+    Arc::new(|| Box::pin(async { Ok(()) }))
+}
+
+/// The registry a program builds its metrics in, shared with the listener.
+pub type SharedRegistry = Arc<Registry>;
+
+/// Why the metrics listener cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for metrics on {addr} (--metrics-listen): {source}; is another program using that port?")]
+pub struct ListenError {
+    addr: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Bind `addr` (`HOST:PORT`; port 0 picks a free one).
+pub async fn bind(addr: &str) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr).await.map_err(|source| ListenError {
+        addr: addr.to_owned(),
+        source,
+    })
+}
+
+/// Bind `addr` and serve metrics and health there on a task of the current runtime, logging the
+/// address. The task runs until the process ends.
+pub async fn start(
+    addr: &str,
+    registry: SharedRegistry,
+    ready: Readiness,
+) -> Result<SocketAddr, ListenError> {
+    let listener = bind(addr).await?;
+    let local = listener.local_addr().map_err(|source| ListenError {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    info!(address = %local, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(serve(listener, registry, ready));
+    Ok(local)
+}
+
+/// Answer scrapes and health checks on `listener`, forever.
+pub async fn serve(listener: TcpListener, registry: SharedRegistry, ready: Readiness) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        let ready = ready.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let registry = registry.clone();
+                let ready = ready.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry, &ready).await) }
+            });
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+type Response = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+
+fn response(status: u16, content_type: &str, body: String) -> Response {
+    let mut r = hyper::Response::new(http_body_util::Full::new(body.into()));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// `/metrics`, `/healthz` and `/readyz`; anything else is 404, and anything but GET or HEAD 405.
+async fn answer<B>(req: &hyper::Request<B>, registry: &Registry, ready: &Readiness) -> Response {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        return response(405, PLAIN, "only GET and HEAD are served here\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => match encode(registry) {
+            Ok(text) => response(200, CONTENT_TYPE, text),
+            Err(e) => response(500, PLAIN, format!("cannot encode the metrics: {e}\n")),
+        },
+        "/healthz" => response(200, PLAIN, "ok\n".into()),
+        "/readyz" => {
+            let (status, body) = readiness(ready).await;
+            response(status, PLAIN, body)
+        }
+        _ => response(
+            404,
+            PLAIN,
+            "not found: this port serves /metrics, /healthz and /readyz\n".into(),
+        ),
+    }
+}
+
+/// Ask `ready`, within [`READY_TIMEOUT`]: the status code and the one line to answer with.
+pub async fn readiness(ready: &Readiness) -> (u16, String) {
+    match tokio::time::timeout(READY_TIMEOUT, ready()).await {
+        Ok(Ok(())) => (200, "ready\n".into()),
+        Ok(Err(reason)) => (503, format!("not ready: {}\n", one_line(&reason))),
+        Err(_) => (
+            503,
+            format!(
+                "not ready: the check took longer than {} s\n",
+                READY_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
+/// A reason on one line: a driver's error can span several.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_reasons_are_one_line() {
+        let failing: Readiness =
+            Arc::new(|| Box::pin(async { Err("database down:\n  connection refused".into()) }));
+        assert_eq!(
+            readiness(&failing).await,
+            (
+                503,
+                "not ready: database down: connection refused\n".to_owned()
+            )
+        );
+        assert_eq!(readiness(&always_ready()).await, (200, "ready\n".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_that_hangs_is_not_ready() {
+        let hangs: Readiness = Arc::new(|| Box::pin(std::future::pending()));
+        let (status, body) = readiness(&hangs).await;
+        assert_eq!(status, 503);
+        assert!(body.contains("longer than"), "{body}");
+    }
+}
