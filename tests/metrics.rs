@@ -1,0 +1,210 @@
+//! The agent's metrics and health over real HTTP, against the real test MongoDB server: parsed
+//! by Python's prometheus-client, linted by promtool, scraped by a real Prometheus; and the
+//! alert rules shipped in deploy/prometheus checked by promtool.
+
+mod common;
+#[path = "common/metrics.rs"]
+mod metrics_common;
+
+use std::time::Duration;
+
+use common::{agent_command, unique_name, wait_until, MongoServer, Reaped};
+use metrics_common::{
+    free_addr, get, lint, promtool, repo_file, scrape, value, wait_serving, Prometheus,
+};
+
+/// The agent on the simulated board, 50 ms apart, inserting every 200 ms, with metrics on
+/// `addr` and a textfile.
+fn agent(
+    uri: &str,
+    db: &str,
+    spool: &std::path::Path,
+    addr: &str,
+    textfile: &std::path::Path,
+) -> Reaped {
+    let child = agent_command()
+        .args([
+            "--sensors",
+            "sim",
+            "--interval",
+            "50ms",
+            "--insert-every",
+            "200ms",
+        ])
+        .args(["--database", db, "--metrics-listen", addr])
+        .arg("--metrics-textfile")
+        .arg(textfile)
+        .arg("--spool-dir")
+        .arg(spool)
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Reaped(child)
+}
+
+// The metrics follow what the agent does: samples, deliveries, the spool; when the database
+// goes away /readyz says so with the reason, database_up drops and the spool grows; the
+// textfile holds the same names, and promtool finds nothing wrong with either.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_metrics_follow_delivery_and_an_outage() {
+    let Some(mut server) = MongoServer::start_persistent() else {
+        eprintln!("skipped: needs a server it can stop (MONGODB_TEST_URI is set)");
+        return;
+    };
+    let db = unique_name("metrics");
+    let spool = tempfile::tempdir().unwrap();
+    let textfile = spool.path().join("agent.prom");
+    let addr = free_addr();
+    let _agent = agent(&server.uri, &db, spool.path(), &addr, &textfile);
+    wait_serving(&addr).await;
+
+    wait_until(Duration::from_secs(30), "20 reports delivered", || {
+        let a = addr.clone();
+        async move {
+            let m = scrape(&a);
+            m.get("sensehat_agent_reports_delivered_total")
+                .copied()
+                .unwrap_or(0.0)
+                >= 20.0
+        }
+    })
+    .await;
+    let m = scrape(&addr);
+    assert!(value(&m, "sensehat_agent_samples_total") >= 20.0);
+    assert_eq!(value(&m, "sensehat_agent_database_up"), 1.0);
+    assert_eq!(value(&m, "sensehat_agent_samples_skipped_total"), 0.0);
+    assert!(value(&m, "sensehat_agent_insert_duration_seconds_count") >= 1.0);
+    assert!(value(&m, "sensehat_agent_spool_capacity_bytes") > 0.0);
+    let stored = server
+        .client()
+        .await
+        .database(&db)
+        .collection::<mongodb::bson::Document>("reports")
+        .count_documents(mongodb::bson::doc! {})
+        .await
+        .unwrap();
+    assert!(
+        stored as f64 >= value(&m, "sensehat_agent_reports_delivered_total"),
+        "the agent counts more deliveries ({m:?}) than the database has ({stored})"
+    );
+    let ready = get(&addr, "/readyz").unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    let health = get(&addr, "/healthz").unwrap();
+    assert_eq!(health.status, 200);
+    assert_eq!(get(&addr, "/nothing").unwrap().status, 404);
+
+    // The textfile is written with status.json (every 10 s, and the first at start).
+    wait_until(Duration::from_secs(30), "the metrics textfile", || {
+        let t = textfile.clone();
+        async move { t.exists() }
+    })
+    .await;
+    let text = std::fs::read_to_string(&textfile).unwrap();
+    let file = metrics_common::parse(&text);
+    assert!(
+        file.contains_key("sensehat_agent_reports_delivered_total"),
+        "{text}"
+    );
+    assert!(file.contains_key("sensehat_agent_spool_reports"), "{text}");
+    lint(&text);
+    lint(&get(&addr, "/metrics").unwrap().body);
+
+    server.kill();
+    wait_until(Duration::from_secs(60), "/readyz to say not ready", || {
+        let a = addr.clone();
+        async move { get(&a, "/readyz").is_ok_and(|r| r.status == 503) }
+    })
+    .await;
+    let not_ready = get(&addr, "/readyz").unwrap();
+    assert!(
+        not_ready.body.starts_with("not ready: MongoDB unreachable"),
+        "{}",
+        not_ready.body
+    );
+    assert_eq!(not_ready.body.lines().count(), 1, "{}", not_ready.body);
+    wait_until(Duration::from_secs(30), "the spool to grow", || {
+        let a = addr.clone();
+        async move {
+            scrape(&a)
+                .get("sensehat_agent_spool_reports")
+                .copied()
+                .unwrap_or(0.0)
+                >= 10.0
+        }
+    })
+    .await;
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "sensehat_agent_database_up"), 0.0);
+    assert!(value(&m, "sensehat_agent_spool_bytes") > 0.0);
+    assert!(value(&m, "sensehat_agent_spool_oldest_age_seconds") > 0.0);
+
+    server.launch();
+    wait_until(Duration::from_secs(60), "/readyz to recover", || {
+        let a = addr.clone();
+        async move { get(&a, "/readyz").is_ok_and(|r| r.status == 200) }
+    })
+    .await;
+}
+
+// A real Prometheus scrapes the agent: its target is up and the samples arrive under the
+// documented names.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_agent() {
+    let server = MongoServer::start();
+    let db = unique_name("metrics_prom");
+    let spool = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _agent = agent(
+        &server.uri,
+        &db,
+        spool.path(),
+        &addr,
+        &spool.path().join("agent.prom"),
+    );
+    wait_serving(&addr).await;
+    let prometheus = Prometheus::start(&[("sensehat_agent", &addr)]);
+    prometheus
+        .wait_for("up{job=\"sensehat_agent\"}", |v| v == 1.0)
+        .await;
+    prometheus
+        .wait_for("sensehat_agent_reports_delivered_total", |v| v > 0.0)
+        .await;
+    prometheus
+        .wait_for("sensehat_agent_insert_duration_seconds_count", |v| v > 0.0)
+        .await;
+}
+
+// A port already in use is a configuration error (exit 2) that names the option.
+#[test]
+fn a_metrics_address_in_use_is_refused_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = agent_command()
+        .args([
+            "--sensors",
+            "sim",
+            "--dry-run",
+            "--count",
+            "3",
+            "--metrics-listen",
+            &addr,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--metrics-listen"), "{err}");
+}
+
+// The shipped alert rules load in promtool, and their unit tests pass.
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let rules = repo_file("deploy/prometheus/alerts.yml");
+    let (ok, said) = promtool(&["check", "rules", rules.to_str().unwrap()], "");
+    assert!(ok, "promtool check rules: {said}");
+    let tests = repo_file("deploy/prometheus/alerts_test.yml");
+    let (ok, said) = promtool(&["test", "rules", tests.to_str().unwrap()], "");
+    assert!(ok, "promtool test rules: {said}");
+}
