@@ -11,6 +11,8 @@
 #
 #   bash scripts/bench-agent.sh                 # both
 #   SECONDS_STEADY=300 STRESS=0 bash scripts/bench-agent.sh
+#   METRICS=1 bash scripts/bench-agent.sh       # what metrics cost at 500 ms: off, served and
+#                                               # scraped every 15 s, written as a textfile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-server.sh
@@ -18,10 +20,17 @@ SEED=${SEED_AGENT_DIR:-../shared/bench/seed_agent}
 [ -f "$SEED/seed_agent.py" ] || { echo "the original Python agent is not at $SEED: set SEED_AGENT_DIR to its directory" >&2; exit 1; }
 cargo build --release -q --bin sensehat-monitor --example sleep_floor
 "$PY" -c 'import pymongo' 2>/dev/null || .venv-test/bin/pip install -q pymongo
+variants=()
+if [ "${METRICS:-0}" = 1 ]; then
+  # The first row ("defaults") has metrics off.
+  variants=(--variant "metrics served, scraped every 15 s=@scrape"
+            --variant "metrics written as a textfile=--metrics-textfile @tmp/agent.prom")
+  STRESS=0
+fi
 echo "=== at the production interval"
 "$PY" scripts/bench_production.py --uri "$MONGO_URI" --bin target/release/sensehat-monitor \
   --floor target/release/examples/sleep_floor --seed-dir "$SEED" --python "$PY" \
-  --seconds "${SECONDS_STEADY:-60}" --warmup "${WARMUP:-15}"
+  --seconds "${SECONDS_STEADY:-60}" --warmup "${WARMUP:-15}" "${variants[@]}"
 [ "${STRESS:-1}" = 0 ] && exit 0
 echo
 echo "=== stress: 2000 samples at 1 ms"

@@ -130,7 +130,9 @@ def main():
     ap.add_argument("--interval-ms", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--warmup", type=float, default=15)
-    ap.add_argument("--variant", action="append", default=None)
+    ap.add_argument("--variant", action="append", default=None,
+                    help="LABEL=EXTRA ARGS; EXTRA may start with @zlib (a server offering zlib) "
+                         "or @scrape (--metrics-listen on a free port, scraped every 15 s)")
     a = ap.parse_args()
     a.python, a.bin, a.floor = map(os.path.abspath, (a.python, a.bin, a.floor))
     variants = [("defaults", "")] + [tuple(v.split("=", 1)) for v in (a.variant or [
@@ -154,11 +156,36 @@ def main():
                 m.proc.wait()
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_every(port, seconds):
+    """GET /metrics every `seconds`, as a Prometheus server would, for as long as the process runs."""
+    while True:
+        time.sleep(seconds)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                while c.recv(65536):
+                    pass
+        except OSError:
+            pass
+
+
 def run(a, variants, upstream, client, tmp, env, progs):
     for i, (label, extra) in enumerate(variants):
         # "@zlib" first: the proxy stands in for a server that offers zlib (see wire_proxy.py).
         offer = extra.startswith("@zlib")
         extra = extra.removeprefix("@zlib")
+        # "@scrape": metrics on a free port, scraped as Prometheus would, every 15 s.
+        if extra.startswith("@scrape"):
+            metrics_port = free_port()
+            extra = f"--metrics-listen 127.0.0.1:{metrics_port} " + extra.removeprefix("@scrape")
+            threading.Thread(target=scrape_every, args=(metrics_port, 15.0), daemon=True).start()
+        extra = extra.replace("@tmp", tmp)
         proxy = Proxy(upstream, offer_zlib=offer)
         spool = os.path.join(tmp, f"spool{i}")
         argv = [a.bin, "--sensors", "sim", "--interval", f"{a.interval_ms}ms", "--clock-wait", "0",

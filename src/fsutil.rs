@@ -26,6 +26,17 @@ pub enum Durability {
 /// symlink planted under its name (in a directory others can write) is neither followed nor
 /// written through.
 pub fn replace(path: &Path, contents: &[u8], durability: Durability) -> std::io::Result<()> {
+    replace_with_mode(path, contents, durability, None)
+}
+
+/// [`replace`], the new file given permission bits `mode` (e.g. 0o644: readable by others,
+/// whatever the process's umask) before it takes `path`'s place.
+pub fn replace_with_mode(
+    path: &Path,
+    contents: &[u8],
+    durability: Durability,
+    mode: Option<u32>,
+) -> std::io::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
@@ -39,6 +50,10 @@ pub fn replace(path: &Path, contents: &[u8], durability: Durability) -> std::io:
             .create_new(true)
             .open(&tmp)?;
         f.write_all(contents)?;
+        if let Some(m) = mode {
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(m))?;
+        }
         if durability == Durability::Synced {
             f.sync_all()?;
         }

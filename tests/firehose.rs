@@ -811,6 +811,7 @@ async fn tls_serves_https() {
         app(AppState::new(config, Store::new(&server.uri, &db_name))),
         Some(tls),
         HEADER_TIMEOUT,
+        None,
         async {
             let _ = rx.await;
         },

@@ -174,6 +174,107 @@ async fn prometheus_scrapes_the_agent() {
     prometheus
         .wait_for("sensehat_agent_insert_duration_seconds_count", |v| v > 0.0)
         .await;
+    // Every query of the shipped Grafana dashboard is one Prometheus accepts, and the agent's
+    // panels have data.
+    let dashboard: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_file("deploy/grafana/sensehat-monitor.json")).unwrap(),
+    )
+    .unwrap();
+    let mut agent_queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            prometheus
+                .check(expr)
+                .unwrap_or_else(|e| panic!("the dashboard's query {expr} fails: {e}"));
+            if expr.contains("sensehat_agent_") && !expr.contains("rate(") {
+                prometheus.wait_for(expr, |_| true).await;
+                agent_queries += 1;
+            }
+        }
+    }
+    assert!(agent_queries >= 3);
+}
+
+// Every metric the alert rules and the dashboard use is one docs/metrics.md documents, and
+// every metric the agent serves is documented there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rules_the_dashboard_and_the_docs_use_the_same_names() {
+    let docs = std::fs::read_to_string(repo_file("docs/metrics.md")).unwrap();
+    let documented = |name: &str| {
+        let prefix = [
+            "sensehat_agent_",
+            "firehose_endpoint_",
+            "kinesis_forwarder_",
+            "firehose_local_",
+        ]
+        .into_iter()
+        .find(|p| name.starts_with(p))
+        .unwrap_or_else(|| panic!("{name} has no program's prefix"));
+        let short = name.strip_prefix(prefix).unwrap();
+        // Histograms are documented by their base name.
+        let base = ["_bucket", "_count", "_sum"]
+            .into_iter()
+            .find_map(|s| short.strip_suffix(s))
+            .unwrap_or(short);
+        docs.contains(&format!("`{base}`")) || docs.contains(&format!("`{base}{{"))
+    };
+    let used = [
+        std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap(),
+        std::fs::read_to_string(repo_file("deploy/grafana/sensehat-monitor.json")).unwrap(),
+    ]
+    .concat();
+    let mut names: Vec<&str> = used
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| {
+            [
+                "sensehat_agent_",
+                "firehose_endpoint_",
+                "kinesis_forwarder_",
+                "firehose_local_",
+            ]
+            .iter()
+            .any(|p| w.starts_with(p))
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        assert!(
+            documented(name),
+            "{name} is used but not in docs/metrics.md"
+        );
+    }
+
+    let server = MongoServer::start();
+    let db = unique_name("metrics_names");
+    let spool = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let _agent = agent(
+        &server.uri,
+        &db,
+        spool.path(),
+        &addr,
+        &spool.path().join("agent.prom"),
+    );
+    wait_serving(&addr).await;
+    wait_until(Duration::from_secs(30), "the sensors' metrics", || {
+        let a = addr.clone();
+        async move {
+            scrape(&a)
+                .keys()
+                .any(|k| k.starts_with("sensehat_agent_sensor_up"))
+        }
+    })
+    .await;
+    for name in scrape(&addr).keys() {
+        let family = name.split('{').next().unwrap();
+        assert!(
+            documented(family),
+            "the agent serves {family}, which docs/metrics.md does not list"
+        );
+    }
 }
 
 // A port already in use is a configuration error (exit 2) that names the option.

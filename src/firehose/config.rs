@@ -47,6 +47,12 @@ pub struct Cli {
     #[arg(long, env = "FIREHOSE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// Serve Prometheus metrics at /metrics, with /healthz and /readyz, on this address (e.g.
+    /// 127.0.0.1:9465): a port of its own, so that the delivery port is all that faces the
+    /// internet. Off by default. The delivery port serves /healthz and /readyz too.
+    #[arg(long, env = "FIREHOSE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+
     /// URL path that Firehose POSTs to (GET /health is always served as well).
     #[arg(long, env = "FIREHOSE_PATH", default_value = "/")]
     pub path: String,
@@ -145,6 +151,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// What the router needs.
     pub endpoint: EndpointConfig,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
 }
 
 impl Cli {
@@ -168,6 +176,7 @@ impl Cli {
             database: self.database,
             tls,
             endpoint,
+            metrics_listen: self.metrics_listen,
         })
     }
 

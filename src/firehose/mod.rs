@@ -5,12 +5,14 @@
 //! - [`protocol`]: headers, request and response bodies, the size-capped (gzip) body reader.
 //! - [`decode`]: record data to BSON documents, the dead-letter reasons, derived `_id`s. Pure.
 //! - [`store`]: the upsert layer (`bulkWrite` on 8.0+, the `update` command before).
+//! - [`metrics`]: what the endpoint counts, for `--metrics-listen`.
 //! - [`server`]: the router ([`server::app`]), the checks of each request, and [`server::serve`].
 //! - [`config`]: the `firehose-endpoint` command line and the [`config::Config`] built from it.
 //! - [`service`]: [`check_config`] and [`run`], what the binary calls.
 
 pub mod config;
 pub mod decode;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod service;

@@ -8,7 +8,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tracing::{info, warn};
 
 use super::config::Config;
-use super::server::{app, serve, tls_config, AppState, HEADER_TIMEOUT};
+use super::server::{app, readiness, serve, tls_config, AppState, HEADER_TIMEOUT};
 use super::store::Store;
 
 /// What both starting and `check-config` check beyond [`Config`]: the TLS files load, and the
@@ -41,6 +41,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let tls = check(&config).await?;
+    // Before the delivery port: an address in use is said before anything is served.
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -55,8 +64,17 @@ pub async fn run(
             "serving plain HTTP: put a TLS-terminating reverse proxy in front (Firehose only sends HTTPS), or pass --tls-cert and --tls-key"
         );
     }
-    let router = app(AppState::new(config.endpoint, store));
-    serve(listener, router, tls, HEADER_TIMEOUT, shutdown)
+    let state = AppState::new(config.endpoint, store);
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            info!(address = %addr, "serving /metrics, /healthz and /readyz");
+        }
+        let registry = Arc::new(state.metrics.registry());
+        tokio::spawn(crate::metrics::serve(l, registry, readiness(&state.store)));
+    }
+    let connections = Some(state.metrics.connections.clone());
+    let router = app(state);
+    serve(listener, router, tls, HEADER_TIMEOUT, connections, shutdown)
         .await
         .map_err(|e| format!("server failed: {e}"))?;
     info!("stopped");

@@ -122,6 +122,16 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Whether the server answers a `ping` (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .database("admin")
+            .run_command(mongodb::bson::doc! { "ping": 1 })
+            .await?;
+        Ok(())
+    }
+
     async fn method(&self, client: &Client) -> Result<UpsertMethod, StoreError> {
         if self.method != UpsertMethod::Auto {
             return Ok(self.method);

@@ -67,11 +67,17 @@ fn push_line(out: &mut String, parts: &[&str]) {
 }
 
 /// Write the registry's metrics to `path` for node_exporter's textfile collector: replaced
-/// whole (a temporary file renamed over it), so a scrape never reads half of it. Not synced:
-/// it is rewritten every few seconds, and node_exporter reads it from the page cache.
+/// whole (a temporary file renamed over it), so a scrape never reads half of it, and readable
+/// by others (node_exporter runs as its own user; the agent's unit sets a umask of 0077). Not
+/// synced: it is rewritten every few seconds, and node_exporter reads it from the page cache.
 pub fn write_textfile(path: &Path, registry: &Registry) -> std::io::Result<()> {
     let text = encode(registry).map_err(std::io::Error::other)?;
-    crate::fsutil::replace(path, text.as_bytes(), crate::fsutil::Durability::Unsynced)
+    crate::fsutil::replace_with_mode(
+        path,
+        text.as_bytes(),
+        crate::fsutil::Durability::Unsynced,
+        Some(0o644),
+    )
 }
 
 #[cfg(test)]
@@ -132,6 +138,9 @@ mod tests {
         write_textfile(&path, &r).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\nwritten_total 1\n"), "{text}");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

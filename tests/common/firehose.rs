@@ -101,6 +101,7 @@ pub async fn start(server: &MongoServer, opts: Opts) -> Endpoint {
         app(AppState::new(config, store)),
         None,
         opts.header_timeout,
+        None,
         async {
             let _ = rx.await;
         },

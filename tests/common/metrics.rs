@@ -235,6 +235,21 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// Whether Prometheus accepts `expr` as a query: `Err` with its error if not.
+    pub fn check(&self, expr: &str) -> Result<(), String> {
+        let r = get(
+            &self.addr,
+            &format!("/api/v1/query?query={}", encode_query(expr)),
+        )
+        .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+        if v["status"] == "success" {
+            Ok(())
+        } else {
+            Err(format!("{}: {}", v["errorType"], v["error"]))
+        }
+    }
+
     /// Wait until `expr` gives at least one series, all of them with values `ok` accepts.
     pub async fn wait_for(
         &self,

@@ -70,6 +70,22 @@ pub enum Rejection {
     BadFieldName(String),
 }
 
+impl Rejection {
+    /// A short name for the kind of rejection, without the detail (a metric's label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Empty => "empty",
+            Rejection::Base64(_) => "base64",
+            Rejection::NotUtf8(_) => "not_utf8",
+            Rejection::NotJson(_) => "not_json",
+            Rejection::NotObject => "not_object",
+            Rejection::ExtendedJson(_) => "extended_json",
+            Rejection::BadId(_) => "bad_id",
+            Rejection::BadFieldName(_) => "bad_field_name",
+        }
+    }
+}
+
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -25,11 +26,13 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Serve `app` on `listener` until `shutdown` resolves: plain HTTP, or HTTPS with `tls`; HTTP/1.1
 /// with keep-alive. A connection whose request headers take longer than `header_timeout` (also
 /// while idle between requests) is closed. On shutdown, requests in progress are finished.
+/// `connections`, when given, counts the open connections.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     header_timeout: Duration,
+    connections: Option<Gauge>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -67,8 +70,10 @@ pub async fn serve(
         let service = TowerToHyperService::new(app.clone());
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let open = connections.clone().map(Open::new);
         tokio::spawn(async move {
             let _slot = slot;
+            let _open = open;
             let Some(acceptor) = acceptor else {
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let _ = watcher.watch(conn).await;
@@ -90,6 +95,22 @@ pub async fn serve(
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// An open connection, counted in the gauge until it is dropped.
+struct Open(Gauge);
+
+impl Open {
+    fn new(g: Gauge) -> Open {
+        g.inc();
+        Open(g)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A rustls server configuration from PEM files (certificate chain, private key); HTTP/1.1.

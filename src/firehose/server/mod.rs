@@ -35,6 +35,7 @@ pub use keys::AccessKeys;
 pub use listen::{serve, tls_config, HEADER_TIMEOUT, MAX_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT};
 
 use super::decode::{decode_record, derived_id, DecodeOptions};
+use super::metrics::EndpointMetrics;
 use super::protocol::{
     response_body, BodyError, BodyReader, RequestBody, ACCESS_KEY, PROTOCOL_VERSION, REQUEST_ID,
     SOURCE_ARN, SUPPORTED_VERSION,
@@ -81,6 +82,8 @@ pub struct AppState {
     pub config: Arc<EndpointConfig>,
     /// Where records are written; not touched by a request refused before its body is read.
     pub store: Arc<Store>,
+    /// What the endpoint counts.
+    pub metrics: Arc<EndpointMetrics>,
 }
 
 impl AppState {
@@ -89,15 +92,20 @@ impl AppState {
         AppState {
             config: Arc::new(config),
             store: Arc::new(store),
+            metrics: Arc::new(EndpointMetrics::default()),
         }
     }
 }
 
-/// The router: the delivery path, `GET /health`, and a Firehose-shaped 404 for anything else.
+/// The router: the delivery path, `GET /health` and `/healthz` (the process serves), `GET
+/// /readyz` (the database answers: for a load balancer), and a Firehose-shaped 404 for
+/// anything else.
 pub fn app(state: AppState) -> Router {
     let path = state.config.path.clone();
     Router::new()
         .route("/health", get(health))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route(&path, any(deliver))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
@@ -106,6 +114,32 @@ pub fn app(state: AppState) -> Router {
 
 async fn health() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+/// `/readyz`: 200 when MongoDB answers a ping, else 503 with the reason on one line.
+async fn ready(State(state): State<AppState>) -> Response {
+    let (status, body) = crate::metrics::readiness(&readiness(&state.store)).await;
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The endpoint's readiness: MongoDB answers a ping.
+pub fn readiness(store: &Arc<Store>) -> crate::metrics::Readiness {
+    let store = store.clone();
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            store
+                .ping()
+                .await
+                .map_err(|e| format!("MongoDB does not answer: {e}"))
+        })
+    })
 }
 
 async fn not_found(headers: HeaderMap) -> Response {
@@ -154,6 +188,7 @@ struct Tally {
 
 async fn deliver(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
+    let _in_flight = state.metrics.begin();
     let (parts, body) = request.into_parts();
     let request_id = header_cut(&parts.headers, REQUEST_ID);
     let mut tally = Tally::default();
@@ -173,6 +208,9 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
         bytes,
     } = tally;
     let status_code = status.as_u16();
+    state
+        .metrics
+        .answered(status_code, started.elapsed().as_secs_f64(), bytes);
     if result.is_ok() {
         info!(
             request_id = %request_id, source_arn = %source_arn, records, rejected, bytes,
@@ -316,6 +354,7 @@ async fn store_records(
 ) -> Result<(), StoreError> {
     let config = &state.config;
     let mut rejected: Vec<RawDocumentBuf> = Vec::new();
+    let mut reasons: Vec<&'static str> = Vec::new();
     let mut chunk: Vec<RawDocumentBuf> = Vec::new();
     let mut chunk_bytes = 0usize;
     let received_at = DateTime::now();
@@ -325,26 +364,52 @@ async fn store_records(
                 chunk_bytes += d.as_bytes().len();
                 chunk.push(d);
                 if chunk_bytes >= CHUNK_BYTES {
-                    state.store.upsert(&config.collection, &chunk).await?;
+                    upsert(state, &config.collection, &chunk).await?;
                     chunk.clear();
                     chunk_bytes = 0;
                 }
             }
-            Err(r) => rejected.push(rawdoc! {
+            Err(r) => rejected.push({
+                reasons.push(r.reason.kind());
+                rawdoc! {
                 "_id": derived_id(request_id, index),
                 "requestId": request_id,
                 "index": index as i64,
                 "reason": r.reason.to_string(),
                 "data": Binary { subtype: BinarySubtype::Generic, bytes: r.raw },
                 "receivedAt": received_at,
+                }
             }),
         }
     }
-    state.store.upsert(&config.collection, &chunk).await?;
+    upsert(state, &config.collection, &chunk).await?;
     *rejected_count = rejected.len();
     if !rejected.is_empty() {
         let dead_letter = format!("{}_rejected", config.collection);
-        state.store.upsert(&dead_letter, &rejected).await?;
+        let started = Instant::now();
+        let written = state.store.upsert(&dead_letter, &rejected).await;
+        state.metrics.wrote(started.elapsed().as_secs_f64());
+        written?;
+        reasons
+            .into_iter()
+            .for_each(|r| state.metrics.dead_lettered(r));
     }
+    Ok(())
+}
+
+/// Upsert `docs` into `collection`, timed and counted.
+async fn upsert(
+    state: &AppState,
+    collection: &str,
+    docs: &[RawDocumentBuf],
+) -> Result<(), StoreError> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let written = state.store.upsert(collection, docs).await;
+    state.metrics.wrote(started.elapsed().as_secs_f64());
+    written?;
+    state.metrics.stored(docs.len());
     Ok(())
 }
