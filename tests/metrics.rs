@@ -110,6 +110,24 @@ async fn agent_metrics_follow_delivery_and_an_outage() {
     assert!(file.contains_key("sensehat_agent_spool_reports"), "{text}");
     lint(&text);
     lint(&get(&addr, "/metrics").unwrap().body);
+    // node_exporter's textfile collector serves it, without complaint.
+    let exporter = metrics_common::NodeExporter::start(spool.path());
+    wait_until(
+        Duration::from_secs(30),
+        "node_exporter to serve the textfile",
+        || {
+            let a = exporter.addr.clone();
+            async move {
+                get(&a, "/metrics").is_ok_and(|r| {
+                    r.status == 200 && r.body.contains("\nsensehat_agent_reports_delivered_total ")
+                })
+            }
+        },
+    )
+    .await;
+    let served = scrape(&exporter.addr);
+    assert_eq!(value(&served, "node_textfile_scrape_error"), 0.0);
+    drop(exporter);
 
     server.kill();
     wait_until(Duration::from_secs(60), "/readyz to say not ready", || {

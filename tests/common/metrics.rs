@@ -18,14 +18,12 @@ pub struct Answer {
     pub body: String,
 }
 
-/// `GET path` on `addr` (`host:port`) over a fresh connection.
+/// `GET path` on `addr` (`host:port`) over a fresh connection. HTTP/1.0, so that the answer
+/// is the body as it is, never chunked, and the connection closes after it.
 pub fn get(addr: &str, path: &str) -> std::io::Result<Answer> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -294,4 +292,35 @@ fn encode_query(s: &str) -> String {
 /// The repository's file at `rel`.
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// node_exporter with only its textfile collector on, reading `dir`, on a free port. Killed on
+/// drop.
+pub struct NodeExporter {
+    pub addr: String,
+    child: Child,
+}
+
+impl NodeExporter {
+    /// Serve the `*.prom` files of `dir`.
+    pub fn start(dir: &Path) -> NodeExporter {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus-node-exporter")
+            .arg("--collector.disable-defaults")
+            .arg("--collector.textfile")
+            .arg(format!("--collector.textfile.directory={}", dir.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run prometheus-node-exporter (Debian package; bash .ci/run installs it)");
+        NodeExporter { addr, child }
+    }
+}
+
+impl Drop for NodeExporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -128,16 +128,24 @@ async fn ready(State(state): State<AppState>) -> Response {
     r
 }
 
+/// How long `/readyz` waits for MongoDB's reply to a ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The endpoint's readiness: MongoDB answers a ping.
 pub fn readiness(store: &Arc<Store>) -> crate::metrics::Readiness {
     let store = store.clone();
     Arc::new(move || {
         let store = store.clone();
         Box::pin(async move {
-            store
-                .ping()
-                .await
-                .map_err(|e| format!("MongoDB does not answer: {e}"))
+            // Within the listener's own limit: a server that is down makes the driver wait
+            // for server selection far longer than a health check may take.
+            match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+                Ok(r) => r.map_err(|e| format!("MongoDB does not answer: {e}")),
+                Err(_) => Err(format!(
+                    "MongoDB does not answer: no reply to a ping within {} s",
+                    PING_TIMEOUT.as_secs()
+                )),
+            }
         })
     })
 }
