@@ -1,6 +1,7 @@
 //! Checking the programs' metrics as their users do: scraped over HTTP, parsed by Python's
 //! `prometheus-client` text parser (installed by .ci/run into .venv-test), linted by
 //! `promtool`, and scraped by a real Prometheus server (Debian package `prometheus`).
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
