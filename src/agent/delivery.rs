@@ -39,6 +39,9 @@ struct Deliverer<I> {
     /// The one insert of what is pending that a stop gets has been made.
     flushed_at_stop: bool,
     telemetry: Option<Telemetry>,
+    /// When the last batch was read (ms since the Unix epoch): what is left after it is
+    /// acknowledged was taken since (or is the rest of a full batch, read next at once).
+    read_at_ms: i64,
 }
 
 /// What came of one insert, for the loop.
@@ -101,6 +104,7 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         insert_every,
         flushed_at_stop: false,
         telemetry,
+        read_at_ms: 0,
     };
     loop {
         let m = *d.mode.borrow();
@@ -179,6 +183,7 @@ impl<I: Inserter> Deliverer<I> {
             .await
             .map_err(|e| AgentError::Join(e.to_string()))??;
         // The batch starts with the oldest report still unsent: its age is a metric.
+        self.read_at_ms = now_ms();
         if self.telemetry.is_some() {
             if let Some(t) = batch.records.first().and_then(|r| recorded_at(r)) {
                 lock(&self.counters).oldest_unsent_ms = Some(t);
@@ -242,9 +247,7 @@ impl<I: Inserter> Deliverer<I> {
         };
         {
             let mut c = lock(&self.counters);
-            if pending == 0 {
-                c.oldest_unsent_ms = None;
-            }
+            c.oldest_unsent_ms = (pending > 0).then_some(self.read_at_ms);
             c.delivered += outcome.inserted + outcome.duplicates;
             c.duplicates += outcome.duplicates;
             c.rejected += outcome.rejected.len() as u64;
