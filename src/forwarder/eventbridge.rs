@@ -58,8 +58,8 @@ impl AwsEventBridge {
         match answer {
             Ok(_) => Ok(()),
             Err(e) => match e.code() {
-                Some(c) if c == "AccessDeniedException" => Ok(()),
-                Some(c) if c == "ResourceNotFoundException" => {
+                Some("AccessDeniedException") => Ok(()),
+                Some("ResourceNotFoundException") => {
                     Err(format!("EventBridge bus {bus} does not exist"))
                 }
                 _ => Err(format!(
