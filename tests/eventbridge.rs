@@ -6,6 +6,9 @@
 mod common;
 #[path = "common/kinesis.rs"]
 mod kinesis;
+#[allow(dead_code)]
+#[path = "common/metrics.rs"]
+mod metrics_common;
 #[path = "common/moto.rs"]
 mod moto;
 
@@ -268,4 +271,53 @@ async fn check_config_shows_the_eventbridge_target() {
         text.contains("event bus: pipeline-bus in us-east-1 at http://127.0.0.1:9"),
         "{text}"
     );
+}
+
+// With --target eventbridge the metrics count the events EventBridge took, and /readyz asks the
+// bus: 200 for one that exists, 503 naming a bus that does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_readyz_follow_the_bus() {
+    use metrics_common::{free_addr, get, scrape, value, wait_serving};
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let (db, bus) = (unique_name("ebmetrics"), unique_name("bus"));
+    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let addr = free_addr();
+    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &["--metrics-listen", &addr]);
+    wait_serving(&addr).await;
+    wait_for_position(&client, &db, &bus).await;
+    let ready = get(&addr, "/readyz").unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    let docs: Vec<Document> = (0..3).map(|i| doc! { "nodeName": "pi", "n": i }).collect();
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    read_until(&moto, &queue, |got| got.len() >= 3);
+    wait_until(Duration::from_secs(10), "the puts to be counted", || {
+        let a = addr.clone();
+        async move { scrape(&a).get("kinesis_forwarder_records_put_total") == Some(&3.0) }
+    })
+    .await;
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "kinesis_forwarder_change_events_total"), 3.0);
+    assert_eq!(value(&m, "kinesis_forwarder_lag_seconds_count"), 3.0);
+    fwd.start_kill().unwrap();
+
+    let missing = unique_name("nosuchbus");
+    let addr = free_addr();
+    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &missing, &["--metrics-listen", &addr]);
+    wait_serving(&addr).await;
+    let not_ready = get(&addr, "/readyz").unwrap();
+    assert_eq!(not_ready.status, 503, "{}", not_ready.body);
+    assert_eq!(
+        not_ready.body,
+        format!("not ready: EventBridge bus {missing} does not exist\n")
+    );
+    fwd.start_kill().unwrap();
 }

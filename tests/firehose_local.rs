@@ -5,6 +5,9 @@
 mod common;
 #[path = "common/kinesis.rs"]
 mod kinesis;
+#[allow(dead_code)]
+#[path = "common/metrics.rs"]
+mod metrics_common;
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Read as _;
@@ -20,7 +23,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use common::{free_port, unique_name};
+use common::{free_port, unique_name, wait_until};
 use kinesis::{KinesisServer, AWS_ENV};
 use serde_json::{json, Value};
 
@@ -899,4 +902,211 @@ async fn check_config_refuses_a_bad_configuration() {
     let (code, _, err) = check_config(&url, &no_region).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no AWS region is set"), "{err}");
+}
+
+/// The sum of a counter's series over its labels.
+fn total(m: &std::collections::BTreeMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.split('{').next() == Some(name))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+// The metrics count what went through: records read per shard (one series per shard, no
+// more), one batch delivered after one retry, the checkpoint's age; promtool finds nothing
+// wrong. /readyz is 200 while the stream answers and the endpoint takes deliveries, 503 with a
+// one-line reason while deliveries fail, and names Kinesis once the emulator is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_was_delivered_and_readyz_follows_the_endpoint_and_kinesis() {
+    use metrics_common::{free_addr, get, lint, scrape, value, wait_serving};
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhmetrics");
+    kin.create_stream(&stream, 2).await;
+    let (url, state) = receiver(vec![Reply::Status(500)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("checkpoint.json");
+    let addr = free_addr();
+    let mut fh = spawn_firehose(
+        &kin,
+        &stream,
+        &url,
+        &[
+            "--retry-duration",
+            "60s",
+            "--checkpoint-file",
+            checkpoint.to_str().unwrap(),
+            "--metrics-listen",
+            &addr,
+        ],
+    );
+    wait_serving(&addr).await;
+    assert_eq!(get(&addr, "/healthz").unwrap().status, 200);
+    let sent = put_records(&kin, &stream, 6).await;
+    wait_for_requests(&state, 2, Duration::from_secs(30)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the delivery to be counted",
+        || {
+            let a = addr.clone();
+            async move {
+                scrape(&a).get("firehose_local_deliveries_total{outcome=\"delivered\"}")
+                    == Some(&1.0)
+            }
+        },
+    )
+    .await;
+    let m = scrape(&addr);
+    assert_eq!(
+        total(&m, "firehose_local_records_read_total"),
+        sent.len() as f64
+    );
+    let shards: Vec<&String> = m
+        .keys()
+        .filter(|k| k.starts_with("firehose_local_records_read_total{shard="))
+        .collect();
+    assert_eq!(shards.len(), 2, "one series per shard: {shards:?}");
+    assert_eq!(
+        value(&m, "firehose_local_deliveries_total{outcome=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "firehose_local_deliveries_total{outcome=\"rejected\"}"),
+        0.0
+    );
+    assert_eq!(value(&m, "firehose_local_retries_total"), 1.0);
+    let age = value(&m, "firehose_local_checkpoint_age_seconds");
+    assert!((0.0..30.0).contains(&age), "checkpoint age {age}");
+    lint(&get(&addr, "/metrics").unwrap().body);
+    let ready = get(&addr, "/readyz").unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+
+    // The endpoint fails every delivery from now on.
+    state
+        .lock()
+        .unwrap()
+        .script
+        .extend([Reply::Status(500); 100]);
+    put_records_from(&kin, &stream, 100, 2).await;
+    wait_until(Duration::from_secs(30), "/readyz to say not ready", || {
+        let a = addr.clone();
+        async move { get(&a, "/readyz").is_ok_and(|r| r.status == 503) }
+    })
+    .await;
+    let not_ready = get(&addr, "/readyz").unwrap();
+    assert!(
+        not_ready
+            .body
+            .starts_with("not ready: the last delivery attempt failed"),
+        "{}",
+        not_ready.body
+    );
+    assert_eq!(not_ready.body.lines().count(), 1, "{}", not_ready.body);
+
+    if std::env::var_os("KINESIS_TEST_ENDPOINT").is_none() {
+        drop(kin);
+        wait_until(Duration::from_secs(30), "/readyz to name Kinesis", || {
+            let a = addr.clone();
+            async move { get(&a, "/readyz").is_ok_and(|r| r.body.contains("Kinesis")) }
+        })
+        .await;
+        let not_ready = get(&addr, "/readyz").unwrap();
+        assert_eq!(not_ready.status, 503);
+        assert_eq!(not_ready.body.lines().count(), 1, "{}", not_ready.body);
+    }
+    fh.start_kill().unwrap();
+}
+
+// A metrics address already in use stops firehose-local at start with exit 2, naming the
+// option, before it reaches Kinesis.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metrics_address_in_use_is_refused_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args([
+            "--stream-name",
+            "s",
+            "--destination-url",
+            "http://127.0.0.1:1/",
+        ])
+        .args(["--metrics-listen", &addr])
+        .envs(AWS_ENV)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--metrics-listen"), "{err}");
+}
+
+// A real Prometheus scrapes the forwarder and firehose-local while reports go from MongoDB
+// through Kinesis to an endpoint: both targets are up, and each program's counters arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_forwarder_and_firehose_local() {
+    use metrics_common::{free_addr, wait_serving, Prometheus};
+    let mongo = common::MongoServer::start();
+    let kin = KinesisServer::start();
+    let (db, stream) = (unique_name("fhprom"), unique_name("fhprom"));
+    kin.create_stream(&stream, 1).await;
+    let (url, state) = receiver(vec![]).await;
+    let (fwd_addr, fh_addr) = (free_addr(), free_addr());
+    let mut fwd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kinesis-forwarder"))
+        .args(["--database", &db, "--stream-name", &stream])
+        .args(["--kinesis-endpoint-url", &kin.endpoint])
+        .args(["--metrics-listen", &fwd_addr])
+        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .envs(AWS_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut fh = spawn_firehose(&kin, &stream, &url, &["--metrics-listen", &fh_addr]);
+    wait_serving(&fwd_addr).await;
+    wait_serving(&fh_addr).await;
+    let prometheus = Prometheus::start(&[
+        ("kinesis_forwarder", &fwd_addr),
+        ("firehose_local", &fh_addr),
+    ]);
+    prometheus
+        .wait_for("up{job=\"kinesis_forwarder\"}", |v| v == 1.0)
+        .await;
+    prometheus
+        .wait_for("up{job=\"firehose_local\"}", |v| v == 1.0)
+        .await;
+    // The forwarder's change stream is open once it has stored a position.
+    let client = mongo.client().await;
+    let state_coll = client
+        .database(&db)
+        .collection::<mongodb::bson::Document>("reports_forwarder_state");
+    wait_until(Duration::from_secs(30), "the forwarder's position", || {
+        let c = state_coll.clone();
+        async move { c.count_documents(mongodb::bson::doc! {}).await.unwrap_or(0) > 0 }
+    })
+    .await;
+    let reports: Vec<mongodb::bson::Document> = (0..3)
+        .map(|i| mongodb::bson::doc! { "nodeName": format!("pi-{i}"), "n": i })
+        .collect();
+    client
+        .database(&db)
+        .collection::<mongodb::bson::Document>("reports")
+        .insert_many(reports)
+        .await
+        .unwrap();
+    wait_for_records(&state, 3).await;
+    prometheus
+        .wait_for("kinesis_forwarder_records_put_total", |v| v == 3.0)
+        .await;
+    prometheus
+        .wait_for("sum(firehose_local_records_read_total)", |v| v == 3.0)
+        .await;
+    prometheus
+        .wait_for(
+            "firehose_local_deliveries_total{outcome=\"delivered\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    fwd.start_kill().unwrap();
+    fh.start_kill().unwrap();
 }

@@ -1,10 +1,14 @@
 //! kinesis-forwarder end to end against real servers: SecantusDB (change streams) and the
-//! kinesis-local emulator. Records are read back from the stream with GetRecords.
+//! kinesis-local emulator. Records are read back from the stream with GetRecords; its metrics
+//! are scraped over HTTP and parsed by Python's prometheus-client.
 #![cfg(feature = "forwarder")]
 
 mod common;
 #[path = "common/kinesis.rs"]
 mod kinesis;
+#[allow(dead_code)]
+#[path = "common/metrics.rs"]
+mod metrics_common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
@@ -847,4 +851,97 @@ async fn check_config_refuses_a_bad_configuration() {
     .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no AWS region is set"), "{err}");
+}
+
+// The metrics count what went through: every change event read, every record Kinesis took
+// (as many as the stream holds), a dead letter, no failures or retries, a lag per record and
+// the stored token's age; promtool finds nothing wrong. /readyz is 200 while MongoDB and the
+// stream answer, and 503 with a one-line reason once MongoDB is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_what_was_forwarded_and_readyz_follows_mongodb() {
+    use metrics_common::{free_addr, get, lint, scrape, value, wait_serving};
+    let Some(mut mongo) = MongoServer::start_persistent() else {
+        return;
+    };
+    let kin = KinesisServer::start();
+    let (db, stream) = (unique_name("fwdmetrics"), unique_name("metrics"));
+    kin.create_stream(&stream, 2).await;
+    let client = mongo.client().await;
+    let addr = free_addr();
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &["--metrics-listen", &addr]);
+    wait_serving(&addr).await;
+    wait_for_position(&client, &db, &stream).await;
+    let ready = get(&addr, "/readyz").unwrap();
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    assert_eq!(get(&addr, "/healthz").unwrap().status, 200);
+
+    insert_reports(&client, &db, &sample_docs(5)).await;
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_one(doc! { "nodeName": "pi", "blob": "x".repeat(1_100_000) })
+        .await
+        .unwrap();
+    wait_for_records(&kin, &stream, 5).await;
+    wait_until(Duration::from_secs(30), "the counters to catch up", || {
+        let a = addr.clone();
+        async move {
+            let m = scrape(&a);
+            m.get("kinesis_forwarder_records_put_total") == Some(&5.0)
+                && m.get("kinesis_forwarder_dead_letters_total") == Some(&1.0)
+        }
+    })
+    .await;
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "kinesis_forwarder_change_events_total"), 6.0);
+    assert_eq!(
+        kin.read_all(&stream).await.len() as f64,
+        value(&m, "kinesis_forwarder_records_put_total")
+    );
+    assert_eq!(value(&m, "kinesis_forwarder_failed_entries_total"), 0.0);
+    assert_eq!(value(&m, "kinesis_forwarder_retries_total"), 0.0);
+    assert_eq!(value(&m, "kinesis_forwarder_lag_seconds_count"), 5.0);
+    let lag = value(&m, "kinesis_forwarder_lag_seconds_sum");
+    assert!((0.0..30.0).contains(&lag), "lag sum {lag}");
+    let age = value(&m, "kinesis_forwarder_resume_token_age_seconds");
+    assert!((0.0..30.0).contains(&age), "token age {age}");
+    assert!(
+        m.keys()
+            .all(|k| !k.contains('{') || k.starts_with("kinesis_forwarder_lag_seconds_bucket")),
+        "only the histogram's buckets have labels: {m:?}"
+    );
+    lint(&get(&addr, "/metrics").unwrap().body);
+
+    mongo.kill();
+    wait_until(Duration::from_secs(30), "/readyz to say not ready", || {
+        let a = addr.clone();
+        async move { get(&a, "/readyz").is_ok_and(|r| r.status == 503) }
+    })
+    .await;
+    let not_ready = get(&addr, "/readyz").unwrap();
+    assert!(
+        not_ready.body.starts_with("not ready: MongoDB unreachable"),
+        "{}",
+        not_ready.body
+    );
+    assert_eq!(not_ready.body.lines().count(), 1, "{}", not_ready.body);
+    assert_eq!(get(&addr, "/healthz").unwrap().status, 200);
+    fwd.start_kill().unwrap();
+}
+
+// A metrics address already in use stops the forwarder at start with exit 2, naming the
+// option, before it reaches MongoDB or AWS.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_metrics_address_in_use_is_refused_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = tokio::process::Command::new(forwarder_bin())
+        .args(["--metrics-listen", &addr])
+        .env("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:1/")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--metrics-listen"), "{err}");
 }

@@ -2,14 +2,16 @@
 //! See `sensehat_monitor::firehose_local` and docs/pipeline.md.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
-use tracing::error;
+use tracing::{error, info};
 
 use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::firehose_local::config::ACCESS_KEY_ENV;
-use sensehat_monitor::firehose_local::{self, Cli, Command};
+use sensehat_monitor::firehose_local::{self, Cli, Command, Metrics};
 use sensehat_monitor::forwarder::aws::client_from_env;
+use sensehat_monitor::metrics;
 use sensehat_monitor::shutdown::shutdown_signal;
 
 #[tokio::main]
@@ -30,6 +32,17 @@ async fn main() -> ExitCode {
     if command == Some(Command::CheckConfig) {
         return check_config_exit(firehose_local::check_config(&config).await);
     }
+    // Before anything else: an address in use is a configuration error, said at once.
+    let listener = match &config.metrics_listen {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(INVALID_CONFIG);
+            }
+        },
+        None => None,
+    };
     let kinesis = match client_from_env(config.kinesis_endpoint_url.as_deref()).await {
         Ok(k) => k,
         Err(e) => {
@@ -37,7 +50,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(INVALID_CONFIG);
         }
     };
-    match firehose_local::run(kinesis, &config, shutdown_signal()).await {
+    let counted = match listener {
+        Some(l) => {
+            let (m, registry) = Metrics::served();
+            if let Ok(addr) = l.local_addr() {
+                info!(address = %addr, "serving /metrics, /healthz and /readyz");
+            }
+            let ready = m.readiness(kinesis.clone(), config.stream_name.clone());
+            tokio::spawn(metrics::serve(l, Arc::new(registry), ready));
+            m
+        }
+        None => Arc::default(),
+    };
+    match firehose_local::run(kinesis, &config, counted, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

@@ -3,15 +3,18 @@
 //! docs/pipeline.md and docs/aws.md.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
-use tracing::error;
+use tokio::net::TcpListener;
+use tracing::{error, info};
 
 use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::forwarder::aws::AwsKinesis;
 use sensehat_monitor::forwarder::eventbridge::AwsEventBridge;
 use sensehat_monitor::forwarder::target::Target;
-use sensehat_monitor::forwarder::{self, Cli, Command, Options, TargetKind};
+use sensehat_monitor::forwarder::{self, Cli, Command, Metrics, Options, TargetKind};
+use sensehat_monitor::metrics::{self, Readiness};
 use sensehat_monitor::mongo::connect;
 use sensehat_monitor::shutdown::shutdown_signal;
 
@@ -24,6 +27,17 @@ async fn main() -> ExitCode {
     if command == Some(Command::CheckConfig) {
         return check_config_exit(forwarder::check_config(&config).await);
     }
+    // Before anything else: an address in use is a configuration error, said at once.
+    let listener = match &config.metrics_listen {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(INVALID_CONFIG);
+            }
+        },
+        None => None,
+    };
     let client = match connect(&config.mongodb_uri, "kinesis-forwarder").await {
         Ok(c) => c,
         Err(e) => {
@@ -32,24 +46,42 @@ async fn main() -> ExitCode {
         }
     };
     let options = &config.options;
+    let destination = options.destination().to_owned();
     match options.target {
         TargetKind::Kinesis => {
             let target = AwsKinesis::from_env(config.kinesis_endpoint_url.as_deref()).await;
-            forward(&client, target, options).await
+            let ready = |t: &AwsKinesis| {
+                let t = t.clone();
+                forwarder::metrics::readiness(client.clone(), move || {
+                    let (t, stream) = (t.clone(), destination.clone());
+                    async move { t.reachable(&stream).await }
+                })
+            };
+            forward(&client, target, options, listener, ready).await
         }
         TargetKind::Eventbridge => {
             let target = AwsEventBridge::from_env(config.eventbridge_endpoint_url.as_deref()).await;
-            forward(&client, target, options).await
+            let ready = |t: &AwsEventBridge| {
+                let t = t.clone();
+                forwarder::metrics::readiness(client.clone(), move || {
+                    let (t, bus) = (t.clone(), destination.clone());
+                    async move { t.reachable(&bus).await }
+                })
+            };
+            forward(&client, target, options, listener, ready).await
         }
     }
 }
 
-/// Forward to `target` until a signal or a fatal error: exit 2 when it could not be built (no
-/// region or credentials), 1 on a fatal error.
+/// Forward to `target` until a signal or a fatal error, serving metrics and `ready` on
+/// `listener` if given: exit 2 when the target could not be built (no region or credentials),
+/// 1 on a fatal error.
 async fn forward<T: Target>(
     client: &mongodb::Client,
     target: Result<T, String>,
     options: &Options,
+    listener: Option<TcpListener>,
+    ready: impl FnOnce(&T) -> Readiness,
 ) -> ExitCode {
     let target = match target {
         Ok(t) => t,
@@ -58,7 +90,18 @@ async fn forward<T: Target>(
             return ExitCode::from(INVALID_CONFIG);
         }
     };
-    match forwarder::run(client, &target, options, shutdown_signal()).await {
+    let counted = match listener {
+        Some(l) => {
+            let (m, registry) = Metrics::served();
+            if let Ok(addr) = l.local_addr() {
+                info!(address = %addr, "serving /metrics, /healthz and /readyz");
+            }
+            tokio::spawn(metrics::serve(l, Arc::new(registry), ready(&target)));
+            m
+        }
+        None => Arc::new(Metrics::default()),
+    };
+    match forwarder::run_counted(client, &target, options, &counted, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

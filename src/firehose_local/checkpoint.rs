@@ -26,6 +26,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tracing::{error, info};
@@ -46,6 +48,8 @@ pub struct Checkpoint {
     frozen: bool,
     /// The last save failed (logged once until one works again).
     save_failing: Latch,
+    /// When the file was last written, ms since the epoch (for the metrics).
+    saved_ms: Arc<AtomicI64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +110,7 @@ impl Checkpoint {
             recreated,
             frozen: false,
             save_failing: Latch::default(),
+            saved_ms: Arc::default(),
         };
         let fresh = |since_ms: Option<i64>| State {
             stream: stream.to_owned(),
@@ -217,7 +222,15 @@ impl Checkpoint {
     pub fn save(&self) -> std::io::Result<()> {
         let mut text = serde_json::to_vec(&self.state).map_err(std::io::Error::other)?;
         text.push(b'\n');
-        super::write_durably(&self.path, &text)
+        super::write_durably(&self.path, &text)?;
+        self.saved_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// When the file was last written, ms since the epoch (0: never), kept up to date.
+    pub fn saved_at(&self) -> Arc<AtomicI64> {
+        self.saved_ms.clone()
     }
 }
 

@@ -129,6 +129,12 @@ pub struct Cli {
     /// The old spelling of --request-timeout, in seconds.
     #[arg(long, env = "FIREHOSE_REQUEST_TIMEOUT_SECONDS", hide = true)]
     pub request_timeout_seconds: Option<u64>,
+    /// Serve Prometheus metrics at /metrics, and /healthz and /readyz (the stream answers and
+    /// the last delivery attempt reached the endpoint), on this address (e.g. 127.0.0.1:9466).
+    /// Off by default. Not FIREHOSE_METRICS_LISTEN: firehose-endpoint reads that one, and the
+    /// two often share an environment.
+    #[arg(long, env = "FIREHOSE_LOCAL_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// What to do instead of delivering.
@@ -156,6 +162,8 @@ pub struct Config {
     pub buffering: Buffering,
     /// Where and how requests are sent.
     pub delivery: DeliveryConfig,
+    /// Where to serve /metrics, /healthz and /readyz (`--metrics-listen`); none by default.
+    pub metrics_listen: Option<String>,
 }
 
 /// The key to send from `FIREHOSE_ACCESS_KEY`: the variable as it is, or, when it holds a
@@ -223,6 +231,7 @@ impl Cli {
             kinesis_endpoint_url: self.kinesis_endpoint_url,
             from_start: self.from_start,
             checkpoint_file: self.checkpoint_file,
+            metrics_listen: self.metrics_listen,
         })
     }
 }

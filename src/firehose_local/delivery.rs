@@ -3,10 +3,12 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use super::metrics::{self, Metrics};
 use super::protocol::{self, Failure, RetryClock};
 use super::reader::Arrived;
 use crate::clock::now_ms;
@@ -71,6 +73,7 @@ pub enum Outcome {
 pub struct Delivery {
     config: DeliveryConfig,
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 enum Attempt {
@@ -105,7 +108,17 @@ impl Delivery {
             }
         }
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Delivery { config, http })
+        Ok(Delivery {
+            config,
+            http,
+            metrics: Arc::default(),
+        })
+    }
+
+    /// Count outcomes and retries in `metrics`, and keep there whether the endpoint answers.
+    pub fn counted_in(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The request of one attempt, with Firehose's headers.
@@ -196,8 +209,17 @@ impl Delivery {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            match self.attempt(&request_id, &body).await {
+            if attempts > 1 {
+                self.metrics.retried();
+            }
+            let attempt = self.attempt(&request_id, &body).await;
+            self.metrics.attempt(match &attempt {
+                Attempt::Failed(f) => Some(format!("{}: {}", f.code, f.message)),
+                Attempt::Ok | Attempt::TooLarge => None,
+            });
+            match attempt {
                 Attempt::Ok => {
+                    self.metrics.delivered(metrics::Outcome::Delivered);
                     if attempts > 1 {
                         info!(request_id = %request_id, records = batch.len(), attempts, "delivered after retries");
                     } else {
@@ -211,6 +233,7 @@ impl Delivery {
                         records = batch.len(),
                         "the endpoint answered 413 (request too large): Firehose does not retry this nor write it to the error output; these records are LOST"
                     );
+                    self.metrics.delivered(metrics::Outcome::Rejected);
                     return Outcome::Rejected413;
                 }
                 Attempt::Failed(failure) => match clock.next_delay(protocol::jitter()) {
@@ -231,6 +254,7 @@ impl Delivery {
                             error_file = ?written,
                             "retry duration used up; batch not delivered"
                         );
+                        self.metrics.delivered(metrics::Outcome::Failed);
                         return Outcome::Failed { attempts, written };
                     }
                 },

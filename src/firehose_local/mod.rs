@@ -20,16 +20,19 @@
 //! - [`protocol`]: request, response validation, retry delays and error records (pure).
 //! - [`reader`]: one task per shard, GetRecords in a loop.
 //! - [`delivery`]: the HTTP client and the error output.
+//! - [`metrics`]: Prometheus metrics and readiness (`--metrics-listen`).
 
 pub mod buffer;
 pub mod checkpoint;
 pub mod config;
 pub mod delivery;
+pub mod metrics;
 pub mod protocol;
 pub mod reader;
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -38,6 +41,7 @@ pub use buffer::{run_buffer, Buffering, FINAL_DELIVERY_WAIT};
 use checkpoint::Checkpoint;
 pub use config::{first_access_key, Cli, Command, Config};
 use delivery::Delivery;
+pub use metrics::Metrics;
 use reader::{Resume, Starts};
 
 /// Errors that stop firehose-local.
@@ -68,13 +72,17 @@ fn starts(from_start: bool, checkpoint: Option<&Checkpoint>) -> Starts {
     }
 }
 
-/// Read the stream and deliver it until `shutdown`.
+/// Read the stream and deliver it until `shutdown`, counting what happens in `metrics` (see
+/// [`Metrics::served`]; `Arc::default()` when they are not served).
 pub async fn run(
     kinesis: aws_sdk_kinesis::Client,
     config: &Config,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), FirehoseLocalError> {
-    let delivery = Delivery::new(config.delivery.clone()).map_err(FirehoseLocalError::Config)?;
+    let delivery = Delivery::new(config.delivery.clone())
+        .map_err(FirehoseLocalError::Config)?
+        .counted_in(metrics.clone());
     tokio::pin!(shutdown);
     let stream = &config.stream_name;
     let checkpoint = match &config.checkpoint_file {
@@ -97,6 +105,9 @@ pub async fn run(
         }
         None => None,
     };
+    if let Some(c) = &checkpoint {
+        metrics.checkpoint(c.saved_at());
+    }
     if let Some(c) = checkpoint.as_ref().filter(|c| c.resumed()) {
         info!(
             shards = c.positions().len(),
@@ -105,7 +116,13 @@ pub async fn run(
     }
     let (tx, rx) = mpsc::channel(reader::CHANNEL_CAPACITY);
     let starts = starts(config.from_start, checkpoint.as_ref());
-    let readers = tokio::spawn(reader::read_stream(kinesis, stream.clone(), starts, tx));
+    let readers = tokio::spawn(reader::read_stream(
+        kinesis,
+        stream.clone(),
+        starts,
+        tx,
+        metrics,
+    ));
     info!(stream = %stream, destination = %config.delivery.destination_url, "firehose-local started");
     run_buffer(rx, &delivery, config.buffering, checkpoint, shutdown).await;
     readers.abort();
@@ -145,6 +162,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
          access key: {}; common attributes: {}\n\
          error output: {}\n\
          checkpoint file: {checkpoint}\n\
+         metrics: {}\n\
          AWS credentials: found\n",
         config.stream_name,
         endpoint.map(|u| format!(" at {u}")).unwrap_or_default(),
@@ -169,6 +187,12 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "none: batches given up are only logged".into()),
+        config
+            .metrics_listen
+            .as_deref()
+            .map_or("off".to_owned(), |a| format!(
+                "/metrics, /healthz and /readyz on {a}"
+            )),
     ))
 }
 

@@ -11,8 +11,11 @@ use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+use super::metrics::Metrics;
 
 /// Pause between GetRecords calls on one shard.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -140,12 +143,13 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<String>, Strin
 }
 
 /// Read every shard of `stream` into `tx` until the receiver goes away, each from where
-/// `starts` says.
+/// `starts` says, counting the records of each shard in `metrics`.
 pub async fn read_stream(
     client: Client,
     stream: String,
     starts: Starts,
     tx: mpsc::Sender<Arrived>,
+    metrics: Arc<Metrics>,
 ) {
     let mut known: HashSet<String> = HashSet::new();
     let mut first = true;
@@ -160,6 +164,7 @@ pub async fn read_stream(
                 for id in ids {
                     if known.insert(id.clone()) {
                         let start = starts.for_shard(&id, first);
+                        let read = metrics.shard(&id);
                         debug!(shard = %id, ?start, "reading shard");
                         tokio::spawn(read_shard(
                             client.clone(),
@@ -167,6 +172,7 @@ pub async fn read_stream(
                             id,
                             start,
                             tx.clone(),
+                            read,
                         ));
                     }
                 }
@@ -224,6 +230,7 @@ async fn read_shard(
     shard: String,
     mut start: Start,
     tx: mpsc::Sender<Arrived>,
+    read: Counter,
 ) {
     let shard_id: Arc<str> = Arc::from(shard.as_str());
     let mut it: Option<String> = None;
@@ -257,6 +264,7 @@ async fn read_shard(
             Ok(out) => {
                 failing = false;
                 let arrival_ms = now_ms();
+                read.inc_by(out.records().len() as u64);
                 for r in out.records() {
                     // A fresh iterator (after an error) starts after the last record read.
                     start = Start::After(r.sequence_number().to_owned());

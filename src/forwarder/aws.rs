@@ -32,6 +32,42 @@ impl AwsKinesis {
     }
 }
 
+impl AwsKinesis {
+    /// Whether `stream` can be reached, for `/readyz`: one DescribeStreamSummary, without the
+    /// SDK's retries. A refusal of that call (AccessDenied: the forwarder's role needs only
+    /// PutRecords) still shows that Kinesis answers and the credentials are known, so it counts
+    /// as reachable; a stream that does not exist, or is not ACTIVE or UPDATING, does not.
+    pub async fn reachable(&self, stream: &str) -> Result<(), String> {
+        use aws_sdk_kinesis::operation::describe_stream_summary::DescribeStreamSummaryError;
+        use aws_sdk_kinesis::types::StreamStatus;
+        let answer = self
+            .client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .customize()
+            .config_override(
+                aws_sdk_kinesis::config::Builder::default()
+                    .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await;
+        match answer {
+            Ok(out) => match out.stream_description_summary().map(|s| s.stream_status()) {
+                Some(StreamStatus::Active | StreamStatus::Updating) => Ok(()),
+                Some(status) => Err(format!("Kinesis stream {stream} is {status}")),
+                None => Err("Kinesis answered DescribeStreamSummary without a summary".into()),
+            },
+            Err(e) => match e.as_service_error() {
+                Some(DescribeStreamSummaryError::AccessDeniedException(_)) => Ok(()),
+                Some(DescribeStreamSummaryError::ResourceNotFoundException(_)) => {
+                    Err(format!("Kinesis stream {stream} does not exist"))
+                }
+                _ => Err(format!("Kinesis unreachable: {}", DisplayErrorContext(&e))),
+            },
+        }
+    }
+}
+
 /// Longest a single Kinesis request may take, and one call with the SDK's own retries: the SDK
 /// sets only a connect timeout, so a half-open connection would hang a call for good.
 /// PutRecords and GetRecords answer in well under a second; GetRecords returns at most 10 MB.

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use super::error::{fatal, history_lost};
 use super::forward::{stopped, Forwarder};
+use super::metrics::Metrics;
 use super::state::StateStore;
 use super::target::{self, now, Say, Target, Trouble};
 use super::{ForwarderError, Operation, Options, IDLE_SAVE_INTERVAL};
@@ -114,6 +115,7 @@ pub(super) async fn forward<T: Target>(
     client: &Client,
     target: &T,
     opts: &Options,
+    metrics: &Metrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ForwarderError> {
     let db = client.database(&opts.database);
@@ -123,7 +125,8 @@ pub(super) async fn forward<T: Target>(
         &opts.position_key(),
         &opts.database,
         &opts.collection,
-    );
+    )
+    .reporting_to(metrics.token_stored_ms.clone());
     let mut reconnect = target::backoff();
     let stored = match start_position(&state, opts, &mut stop, &mut reconnect).await? {
         Start::Stopped => return Ok(()),
@@ -134,7 +137,7 @@ pub(super) async fn forward<T: Target>(
     } else {
         "now"
     };
-    let mut fw = Forwarder::new(target, opts, &db, state, stored, stop.clone());
+    let mut fw = Forwarder::new(target, opts, &db, state, stored, stop.clone(), metrics);
     info!(namespace = %fw.namespace, target = ?opts.target, destination = %opts.destination(), from, "forwarding");
     // Set while the change stream cannot be opened.
     let mut trouble = Trouble::default();

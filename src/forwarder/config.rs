@@ -145,6 +145,8 @@ pub struct Config {
     pub kinesis_endpoint_url: Option<String>,
     /// EventBridge endpoint override, for an emulator.
     pub eventbridge_endpoint_url: Option<String>,
+    /// Where to serve /metrics, /healthz and /readyz (`--metrics-listen`); none by default.
+    pub metrics_listen: Option<String>,
     /// What is forwarded, and how.
     pub options: Options,
 }
@@ -155,6 +157,7 @@ impl std::fmt::Debug for Config {
             .field("mongodb_uri", &"<redacted>")
             .field("kinesis_endpoint_url", &self.kinesis_endpoint_url)
             .field("eventbridge_endpoint_url", &self.eventbridge_endpoint_url)
+            .field("metrics_listen", &self.metrics_listen)
             .field("options", &self.options)
             .finish()
     }
@@ -242,6 +245,11 @@ pub struct Cli {
     /// The old spelling of --linger, in milliseconds; --linger wins when both are given.
     #[arg(long, env = "FORWARDER_LINGER_MS", hide = true)]
     pub linger_ms: Option<u64>,
+    /// Serve Prometheus metrics at /metrics, and /healthz and /readyz (MongoDB and the stream
+    /// or bus answer), on this address (e.g. 127.0.0.1:9465, or 0.0.0.0:9465 for a scraper on
+    /// another machine). Off by default.
+    #[arg(long, env = "FORWARDER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 /// What to do instead of forwarding.
@@ -264,6 +272,7 @@ impl Cli {
             mongodb_uri: self.mongodb_uri,
             kinesis_endpoint_url: self.kinesis_endpoint_url,
             eventbridge_endpoint_url: self.eventbridge_endpoint_url,
+            metrics_listen: self.metrics_listen,
             options: Options {
                 database: self.database,
                 collection: self.collection,

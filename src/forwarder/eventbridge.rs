@@ -39,6 +39,38 @@ impl AwsEventBridge {
     }
 }
 
+impl AwsEventBridge {
+    /// Whether `bus` can be reached, for `/readyz`: one DescribeEventBus, without the SDK's
+    /// retries. AccessDenied (the forwarder's role needs only PutEvents) still shows that
+    /// EventBridge answers, so it counts as reachable; a bus that does not exist does not.
+    pub async fn reachable(&self, bus: &str) -> Result<(), String> {
+        let answer = self
+            .client
+            .describe_event_bus()
+            .name(bus)
+            .customize()
+            .config_override(
+                aws_sdk_eventbridge::config::Builder::default()
+                    .retry_config(aws_sdk_eventbridge::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(e) => match e.code() {
+                Some("AccessDeniedException") => Ok(()),
+                Some("ResourceNotFoundException") => {
+                    Err(format!("EventBridge bus {bus} does not exist"))
+                }
+                _ => Err(format!(
+                    "EventBridge unreachable: {}",
+                    DisplayErrorContext(&e)
+                )),
+            },
+        }
+    }
+}
+
 /// Error codes of a whole PutEvents call that retrying cannot fix: the bus does not exist, the
 /// request is invalid, or the credentials are refused.
 const FATAL_CODES: &[&str] = &[

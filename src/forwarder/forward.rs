@@ -12,8 +12,11 @@ use mongodb::Collection;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::clock::now_ms;
+
 use super::batch::{self, Batch, Entry};
 use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
+use super::metrics::Metrics;
 use super::state::StateStore;
 use super::target::{self, PutError, Target};
 use super::{ForwarderError, Options, FINAL_PUT_WAIT, IDLE_SAVE_INTERVAL};
@@ -26,6 +29,15 @@ fn field<'a>(document: &'a Document, path: &str) -> Option<&'a Bson> {
         value = value.as_document()?.get(part)?;
     }
     Some(value)
+}
+
+/// When `event` happened in the cluster, ms since the epoch: its wall time (MongoDB 6.0 on),
+/// else its cluster time, which is whole seconds.
+fn event_time_ms(event: &ChangeStreamEvent<Document>) -> Option<i64> {
+    event
+        .wall_time
+        .map(|t| t.timestamp_millis())
+        .or_else(|| event.cluster_time.map(|t| i64::from(t.time) * 1000))
 }
 
 /// A stop was requested (at once if it was before).
@@ -52,6 +64,11 @@ pub(super) struct Forwarder<'a, T> {
     pub(super) last_save: Instant,
     /// Records the target accepted since the start.
     forwarded: u64,
+    /// What the forwarder counts.
+    metrics: &'a Metrics,
+    /// Each batch entry's event time (ms since the epoch), in the batch's order: only while
+    /// the lag is measured.
+    event_times: Vec<i64>,
     /// True once a stop is requested: a put in progress, or the last one, may go on for
     /// [`FINAL_PUT_WAIT`] more.
     stop: watch::Receiver<bool>,
@@ -66,6 +83,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
         state: StateStore,
         stored: Option<ResumeToken>,
         stop: watch::Receiver<bool>,
+        metrics: &'a Metrics,
     ) -> Self {
         Forwarder {
             target,
@@ -79,6 +97,8 @@ impl<'a, T: Target> Forwarder<'a, T> {
             saved: stored,
             last_save: Instant::now(),
             forwarded: 0,
+            metrics,
+            event_times: Vec::new(),
             stop,
         }
     }
@@ -104,6 +124,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
     async fn put_batch(&mut self) -> Result<(), ForwarderError> {
         if !self.batch.is_empty() {
             let entries = self.batch.take();
+            let event_times = std::mem::take(&mut self.event_times);
             let n = entries.len() as u64;
             let mut stop = self.stop.clone();
             // A put in progress when the stop comes, or begun after it, gets FINAL_PUT_WAIT.
@@ -111,7 +132,11 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 let _ = stop.wait_for(|s| *s).await;
                 tokio::time::sleep(FINAL_PUT_WAIT).await;
             };
-            target::put_all(self.target, self.opts.destination(), entries, interrupt).await?;
+            let destination = self.opts.destination();
+            target::put_all(self.target, destination, entries, interrupt, self.metrics).await?;
+            // Acknowledged when the whole batch is: entries accepted by an earlier call of a
+            // resent batch count from the last one, an upper bound of their lag.
+            self.metrics.observe_lag(event_times, now_ms());
             self.forwarded += n;
             debug!(
                 records = n,
@@ -150,6 +175,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
         event: ChangeStreamEvent<Document>,
         token: Option<ResumeToken>,
     ) -> Result<bool, ForwarderError> {
+        self.metrics.change_events.inc();
         match event.operation_type {
             OperationType::Insert | OperationType::Update | OperationType::Replace => {}
             OperationType::Invalidate => {
@@ -171,6 +197,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 return Ok(false);
             }
         }
+        let event_ms = event_time_ms(&event);
         let Some(document) = event.full_document else {
             // An update whose document was deleted before the lookup: nothing to send.
             debug!("change event without a full document; skipped");
@@ -194,6 +221,9 @@ impl<'a, T: Target> Forwarder<'a, T> {
             self.flush_full().await?;
         }
         self.batch.push(entry);
+        if self.metrics.measures_lag() {
+            self.event_times.push(event_ms.unwrap_or_else(now_ms));
+        }
         self.batch_started.get_or_insert_with(Instant::now);
         self.latest = token;
         if self.batch.is_full() {
@@ -233,7 +263,10 @@ impl<'a, T: Target> Forwarder<'a, T> {
         let mut stop = self.stop.clone();
         loop {
             let e = match self.insert_dead_letter(&record).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.metrics.dead_letters.inc();
+                    return Ok(());
+                }
                 Err(e) => e,
             };
             match dead_letter_failure(&e) {

@@ -16,6 +16,7 @@
 //! - [`aws`]: the AWS SDK Kinesis client, and the region and credentials checks at start.
 //! - [`eventbridge`]: the AWS SDK EventBridge client, PutEvents.
 //! - [`state`]: the stored resume token.
+//! - [`metrics`]: Prometheus metrics and readiness (`--metrics-listen`).
 //! - `change_stream` and `forward` (private): following the change stream, and the batch
 //!   between it and the target.
 //!
@@ -41,6 +42,7 @@ pub mod error;
 pub mod eventbridge;
 pub mod format;
 mod forward;
+pub mod metrics;
 pub mod state;
 pub mod target;
 
@@ -56,6 +58,7 @@ pub use config::{
     DEFAULT_LINGER_MS, DEFAULT_PARTITION_KEY_FIELD, DEFAULT_STREAM_NAME,
 };
 pub use error::{ForwarderError, CHANGE_STREAM_FATAL_ERROR, CHANGE_STREAM_HISTORY_LOST};
+pub use metrics::Metrics;
 use target::{PutError, Target};
 
 /// How often the post-batch resume token is stored while the collection is quiet, and at most
@@ -74,10 +77,21 @@ pub async fn run<T: Target>(
     opts: &Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ForwarderError> {
+    run_counted(client, target, opts, &Metrics::default(), shutdown).await
+}
+
+/// [`run`], counting what it does in `metrics` (see [`Metrics::served`]).
+pub async fn run_counted<T: Target>(
+    client: &Client,
+    target: &T,
+    opts: &Options,
+    metrics: &Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ForwarderError> {
     // The stop request is watched here, apart from the work, so that it is seen even while a
     // put is retrying (which polls nothing else).
     let (stop_tx, stop_rx) = watch::channel(false);
-    let work = change_stream::forward(client, target, opts, stop_rx);
+    let work = change_stream::forward(client, target, opts, metrics, stop_rx);
     tokio::pin!(work, shutdown);
     let result = tokio::select! {
         r = &mut work => r,
@@ -116,6 +130,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
          partition key: {}, format: {format}, linger: {:?}\n\
          state: {}, dead letters: {}\n\
          start: {}\n\
+         metrics: {}\n\
          MongoDB connection string: well formed (not contacted)\n\
          AWS credentials: found\n",
         o.database,
@@ -135,5 +150,11 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
         } else {
             "after the stored position, or from now without one"
         },
+        config
+            .metrics_listen
+            .as_deref()
+            .map_or("off".to_owned(), |a| format!(
+                "/metrics, /healthz and /readyz on {a}"
+            )),
     ))
 }

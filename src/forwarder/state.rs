@@ -2,6 +2,9 @@
 //! accepted, kept in MongoDB (so the forwarder can move between hosts), one document per stream:
 //! `{_id: "<stream name>", database, collection, resumeToken, updatedAt}`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::Collection;
@@ -16,6 +19,8 @@ pub struct StateStore {
     id: String,
     database: String,
     collection: String,
+    /// When the token was last stored (ms since the epoch; 0: not known), for the metrics.
+    stored_ms: Arc<AtomicI64>,
 }
 
 impl StateStore {
@@ -31,7 +36,15 @@ impl StateStore {
             id: stream_name.to_owned(),
             database: database.to_owned(),
             collection: collection.to_owned(),
+            stored_ms: Arc::default(),
         }
+    }
+
+    /// Keep when the token was last stored (or, at [`StateStore::load`], when the stored one
+    /// was: its `updatedAt`) in `stored_ms`, ms since the epoch.
+    pub fn reporting_to(mut self, stored_ms: Arc<AtomicI64>) -> Self {
+        self.stored_ms = stored_ms;
+        self
     }
 
     /// The stored token, if any.
@@ -63,6 +76,10 @@ impl StateStore {
         let Some(token) = found.get("resumeToken") else {
             return Ok(None);
         };
+        if let Ok(at) = found.get_datetime("updatedAt") {
+            self.stored_ms
+                .store(at.timestamp_millis(), Ordering::Relaxed);
+        }
         mongodb::bson::from_bson(token.clone()).map(Some).map_err(|e| {
             ForwarderError::Position(format!(
                 "the stored resume token in {} is unreadable ({e}); start again with --start-from-now",
@@ -111,6 +128,8 @@ impl StateStore {
             .upsert(true)
             .await
             .map_err(|e| store_error(&e))?;
+        self.stored_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ use backon::BackoffBuilder;
 use tracing::{error, info, warn};
 
 use super::batch::{Entry, Limits};
+use super::metrics::Metrics;
 use crate::say_once::{Latch, Reminder};
 
 /// First delay before resending failed entries.
@@ -179,12 +180,15 @@ pub(crate) fn now() -> std::time::Instant {
 
 /// Put every entry, resending the failed ones (see `resend_set`), until all are accepted. Returns early on a
 /// fatal error, or with [`PutError::Interrupted`] when `interrupt` resolves first (a call in
-/// flight is abandoned: its entries may or may not have been accepted).
+/// flight is abandoned: its entries may or may not have been accepted). Accepted and refused
+/// entries and retried calls are counted in `metrics` as they happen, so a put that keeps
+/// failing shows while it does.
 pub async fn put_all<T: Target>(
     target: &T,
     destination: &str,
     entries: Vec<Entry>,
     interrupt: impl Future<Output = ()>,
+    metrics: &Metrics,
 ) -> Result<PutStats, PutError> {
     tokio::pin!(interrupt);
     let mut pending = entries;
@@ -193,6 +197,9 @@ pub async fn put_all<T: Target>(
     let mut trouble = Trouble::default();
     while !pending.is_empty() {
         stats.calls += 1;
+        if stats.calls > 1 {
+            metrics.retries.inc();
+        }
         let put = tokio::select! {
             r = target.put(destination, &pending) => r,
             () = &mut interrupt => return Err(PutError::Interrupted),
@@ -200,6 +207,9 @@ pub async fn put_all<T: Target>(
         match put {
             Ok(results) => {
                 let total = pending.len();
+                let refused = results.iter().filter(|r| r.is_some()).count();
+                metrics.records_put.inc_by((total - refused) as u64);
+                metrics.failed_entries.inc_by(refused as u64);
                 let mut reason = None;
                 pending = resend_set(pending, results, &mut reason);
                 if pending.is_empty() {
@@ -328,7 +338,14 @@ mod tests {
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let interrupt = tokio::time::sleep(Duration::from_secs(200));
-        let r = put_all(&AlwaysThrottled, "s", vec![entry("a")], interrupt).await;
+        let r = put_all(
+            &AlwaysThrottled,
+            "s",
+            vec![entry("a")],
+            interrupt,
+            &Metrics::default(),
+        )
+        .await;
         assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
         let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert_eq!(
@@ -349,7 +366,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn resending_stops_when_interrupted() {
         let interrupt = tokio::time::sleep(Duration::from_secs(60));
-        let r = put_all(&AlwaysThrottled, "s", vec![entry("a")], interrupt).await;
+        let r = put_all(
+            &AlwaysThrottled,
+            "s",
+            vec![entry("a")],
+            interrupt,
+            &Metrics::default(),
+        )
+        .await;
         assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
     }
 
@@ -361,6 +385,7 @@ mod tests {
             fail: Mutex::new(vec![b"a1".to_vec(), b"b2".to_vec()]),
             calls: Mutex::new(Vec::new()),
         };
+        let metrics = Metrics::default();
         let stats = put_all(
             &k,
             "s",
@@ -368,9 +393,19 @@ mod tests {
                 .map(entry)
                 .to_vec(),
             std::future::pending(),
+            &metrics,
         )
         .await
         .unwrap();
+        // Accepted are counted each time, as they are in the stream each time: 5 then 5.
+        assert_eq!(
+            (
+                metrics.records_put.get(),
+                metrics.failed_entries.get(),
+                metrics.retries.get()
+            ),
+            (10, 2, 1)
+        );
         let calls = k.calls.lock().unwrap();
         let resent: Vec<&[u8]> = calls[1].iter().map(|d| d.as_slice()).collect();
         assert_eq!(resent, [&b"a1"[..], b"a2", b"b2", b"a3", b"b3"]);
@@ -396,6 +431,7 @@ mod tests {
             "s",
             ["a", "b", "c", "d"].map(entry).to_vec(),
             std::future::pending(),
+            &Metrics::default(),
         )
         .await
         .unwrap();
@@ -433,7 +469,9 @@ mod tests {
         }
         batches.push(batch.take());
         for b in batches {
-            put_all(&k, "bus", b, std::future::pending()).await.unwrap();
+            put_all(&k, "bus", b, std::future::pending(), &Metrics::default())
+                .await
+                .unwrap();
         }
         let calls = k.calls.lock().unwrap();
         let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
