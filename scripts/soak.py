@@ -133,7 +133,7 @@ class Run:
         self.proc = None
         self.started = time.time()
         self.ended = None
-        self.how = None  # "killed" or "stopped"
+        self.how = None  # "killed", "crashed" (exited by itself) or "stopped"
         self.kill_ms = None
         self.status = None  # the last status.json this process wrote
         self.stop = None  # the counters of its stop line
@@ -336,9 +336,15 @@ def main():
             note_status(cur)
             sample_rss(cur)
             if cur.proc.poll() is not None:
+                # A crash: counted (a failure at the end), its reports bounded as for a kill,
+                # and the soak goes on with a new run, as systemd would restart it.
                 log(f"agent run {cur.index} exited by itself with {cur.proc.returncode}: see {cur.log_path}")
-                ok = False
-                break
+                cur.kill_ms = time.time() * 1000
+                cur.how, cur.ended = "crashed", time.time()
+                faults += bool(cur.fault)
+                cur = spawn()
+                kill_at = time.time() + rng.uniform(*life)
+                continue
             # The server: SIGKILL, then back on the same port and storage after a while.
             if server.proc and now >= server_kill_at:
                 server.kill()
@@ -454,7 +460,8 @@ def check(a, runs, server, uri, db_name, spool, disk, full_info, agent_kills, fa
 
     taken = sum(r.samples() for r in runs)
     stopped = [r for r in runs if r.how == "stopped" and r.node != "soak-drain"]
-    killed = [r for r in runs if r.how == "killed"]
+    killed = [r for r in runs if r.how in ("killed", "crashed")]
+    crashed = [r for r in runs if r.how == "crashed"]
     lo_total = hi_total = 0
     outside = []
     for r in runs:
@@ -482,7 +489,8 @@ def check(a, runs, server, uri, db_name, spool, disk, full_info, agent_kills, fa
         ("wall time", f"{wall / 60:.1f} min"),
         ("samples taken (stop lines; last status.json of SIGKILLed runs)", taken),
         ("reports stored", n_docs),
-        ("agent runs (SIGKILLed / stopped)", f"{len(killed) + len(stopped)} ({len(killed)} / {len(stopped)})"),
+        ("agent runs (SIGKILLed / crashed / stopped)",
+         f"{len(killed) + len(stopped)} ({len(killed) - len(crashed)} / {len(crashed)} / {len(stopped)})"),
         ("runs with an injected sensor fault", faults),
         ("sensor faults / slots missed (counted)", f"{skipped} / {missed}"),
         ("server SIGKILLs (total downtime)", f"{server.kills} ({server.down_s:.0f} s)"),
@@ -515,6 +523,8 @@ def check(a, runs, server, uri, db_name, spool, disk, full_info, agent_kills, fa
 
     print()
     print("=== checks")
+    verdict(not crashed, f"no agent run ended by itself ({len(crashed)}: "
+            + (", ".join(f"run {r.index}, see {r.log_path}" for r in crashed[:5]) or "none") + ")")
     verdict(n_docs == len(ids), f"no _id stored twice ({n_docs} documents, {len(ids)} distinct _id)")
     verdict(not outside, f"every run's reports stored within its count ({len(outside)} runs outside)"
             + "".join(f"\n         run {i} ({how}): {got} stored, expected {lo}..{hi}"
