@@ -7,8 +7,8 @@ each waiting as long as Firehose does, 3 minutes), counted per phase:
 
 1. K = 1, 4, 16 concurrent maximum-size requests (just under --max-body-mib of body, plain and
    gzip): peak RSS over the idle RSS, as a multiple of the bodies in flight.
-2. Past the connection limit: every connection slot held by a body that never finishes, more
-   connections waiting; what a delivery meets then.
+2. Past the connection limit: every connection slot held by a client sending its headers a
+   byte at a time, more such connections waiting; what a delivery meets then.
 3. A gzip bomb: a small gzip body that expands past the limit (alone, four at once, and without
    a key).
 4. Slowloris: headers that never finish; bodies that never finish (with and without a key).
