@@ -259,7 +259,9 @@ def main():
     log(f"seed {seed}; work directory {work}; target {a.samples} samples"
         + (f" or {a.seconds:.0f} s" if a.seconds else ""))
 
-    disk = Disk(work, 256)
+    # Larger than the spool's own cap (384 MiB by default), so that only the deliberate fill
+    # makes it full, however far a slow server lets the backlog grow.
+    disk = Disk(work, 1024)
     spool = os.path.join(disk.dir, "spool")
     os.makedirs(spool)
     if disk.why_not:
