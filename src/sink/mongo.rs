@@ -118,9 +118,7 @@ impl MongoSink {
                             let outcome = runtime.block_on(driver.insert(&job.docs));
                             let _ = job.done.send(outcome);
                         }
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            runtime.block_on(tokio::time::sleep(Duration::from_millis(1)));
-                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => idle_turn(&runtime),
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     }
                 }
@@ -133,6 +131,13 @@ impl MongoSink {
         }
         MongoSink { jobs }
     }
+}
+
+/// A short turn for the driver's runtime between inserts: its due timers and any reply that
+/// arrived meanwhile are handled. The timer is made inside the runtime: `tokio::time::sleep`
+/// needs a runtime's context when it is called, and this thread has none outside `block_on`.
+fn idle_turn(runtime: &tokio::runtime::Runtime) {
+    runtime.block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
 }
 
 impl Inserter for MongoSink {
@@ -349,6 +354,19 @@ impl Driver {
 mod tests {
     use super::*;
     use mongodb::bson::doc;
+
+    // The idle turn runs on the driver's own thread, outside any runtime's context. It used to
+    // make its timer there, which panics, and the release build aborts: the agent died whenever
+    // IDLE_TURN passed without an insert (a database down long enough for the back-off to pass
+    // it). Found by scripts/soak.sh.
+    #[test]
+    fn the_idle_turn_runs_outside_a_runtime_context() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        idle_turn(&runtime);
+    }
 
     fn dup(index: i32, pattern: Option<Document>, msg: &str) -> Document {
         let mut e = doc! { "index": index, "code": crate::mongo::DUPLICATE_KEY, "errmsg": msg };

@@ -57,6 +57,10 @@ pub enum RequestError {
     /// The body's `requestId` differs from the header's: 400.
     #[error("body requestId does not match the X-Amz-Firehose-Request-Id header")]
     RequestIdMismatch,
+    /// No room in the body budget within the body timeout (see
+    /// [`super::BODY_BUDGET_BODIES`]): 503, so Firehose retries.
+    #[error("endpoint busy; retry later")]
+    Busy,
     /// A write was not acknowledged: 503, so Firehose retries. The message is the short public
     /// one; the detail is logged.
     #[error("{}", .0.public_message())]
@@ -87,7 +91,7 @@ impl RequestError {
             RequestError::AccessKey => StatusCode::UNAUTHORIZED,
             RequestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            RequestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RequestError::Store(_) | RequestError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::RequestIdTooLong
             | RequestError::MissingRequestId
             | RequestError::MissingProtocolVersion

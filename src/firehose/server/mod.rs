@@ -3,7 +3,9 @@
 //!
 //! Order of checks for a delivery: path and method (404/405), request id length (400), access
 //! key (401, before the body is read), request id and protocol version headers (400), content
-//! encoding (400), body size after decompression (413), body JSON and its requestId (400), then
+//! encoding (400), a declared length over the limit (413), room in the body budget (503 after
+//! `--body-timeout` without), body size after decompression (413), body JSON and its requestId
+//! (400), then
 //! records and the database (200 or 503). Every answer, whatever its status, is
 //! `{"requestId","timestamp"[,"errorMessage"]}`; each refusal is a [`RequestError`].
 //!
@@ -58,6 +60,15 @@ pub const MAX_REQUEST_ID_BYTES: usize = 256;
 /// and Firehose retries it.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Bodies being read and stored at once may hold at most this many maximum-size bodies' worth
+/// of the budget between them. A delivery holds several times its body at its peak (the body,
+/// the chunk of documents decoded from it, the command built from the chunk and the driver's
+/// copy of it), so without a budget the endpoint's memory grew with its connections, 256 of them.
+/// A plain body takes its declared length from the budget; a gzip body, or one without a
+/// length, a whole maximum-size body's share. A delivery that finds no room waits for it for up
+/// to `--body-timeout`, without reading its body, then is answered 503 and Firehose retries it.
+pub const BODY_BUDGET_BODIES: usize = 4;
+
 /// What a request handler needs to know.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
@@ -84,12 +95,16 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// What the endpoint counts.
     pub metrics: Arc<EndpointMetrics>,
+    /// The body budget ([`BODY_BUDGET_BODIES`]), in KiB.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// State for [`app`].
     pub fn new(config: EndpointConfig, store: Store) -> Self {
+        let budget = BODY_BUDGET_BODIES * kib(config.max_body_bytes as u64);
         AppState {
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
             config: Arc::new(config),
             store: Arc::new(store),
             metrics: Arc::new(EndpointMetrics::default()),
@@ -297,6 +312,21 @@ fn check_headers(
     })
 }
 
+/// Whole KiB, rounded up; at least one.
+fn kib(bytes: u64) -> usize {
+    bytes.div_ceil(1024).max(1) as usize
+}
+
+/// The share of the body budget a body takes, in KiB: its declared length if plain, else the
+/// most it may grow to.
+fn budget_share(plan: &BodyPlan, limit: usize) -> u32 {
+    let bytes = match plan.content_length {
+        Some(n) if !plan.gzip => n.min(limit as u64),
+        _ => limit as u64,
+    };
+    u32::try_from(kib(bytes)).unwrap_or(u32::MAX)
+}
+
 /// Read and check the body, then store its records.
 async fn process(
     state: &AppState,
@@ -306,6 +336,11 @@ async fn process(
     tally: &mut Tally,
 ) -> Result<(), RequestError> {
     let config = &state.config;
+    let share = budget_share(&plan, config.max_body_bytes);
+    let _room = tokio::time::timeout(config.body_timeout, state.body_budget.acquire_many(share))
+        .await
+        .map_err(|_| RequestError::Busy)?
+        .map_err(|_| RequestError::Busy)?;
     let read = read_body(body, plan.gzip, config.max_body_bytes, plan.content_length);
     let bytes = tokio::time::timeout(config.body_timeout, read)
         .await
