@@ -290,7 +290,10 @@ def run_fleet(n, args, procs):
     pipe = Pipeline(procs, args, workdir)
     pipe.start()
 
-    agent_env = dict(pipe.env, SENSEHAT_CLOCK_SYNC_FILE=str(workdir / "no-such-file"))
+    # A marker in a directory that does not exist means no systemd-timesyncd: the clock is
+    # trusted and readings are not held (as .ci/run sets it).
+    agent_env = dict(pipe.env,
+                     SENSEHAT_CLOCK_SYNC_FILE=str(workdir / "no-timesyncd" / "synchronized"))
     agents = []
     t_launch = time.monotonic()
     for i in range(1, n + 1):
@@ -349,7 +352,8 @@ def run_fleet(n, args, procs):
 
     client = MongoClient(pipe.uri, tz_aware=True)
     db = client.monitors
-    deadline = time.monotonic() + args.drain_timeout
+    # Nothing more will come when agents died: check what is there at once.
+    deadline = time.monotonic() + (0 if gone else args.drain_timeout)
     while time.monotonic() < deadline:
         stored = db.reports.estimated_document_count()
         arrived = db.firehose.estimated_document_count()
@@ -482,6 +486,9 @@ def saturation(rate, programs):
         hot = [f"{o} at {cpu[o]:.2f} core" for o in owners if o in busy]
         if ratio < RATE_BEHIND or hot:
             why = [f"rate {ratio:.2f} of the hop before"] if ratio < RATE_BEHIND else []
+            if not hot:
+                top = max((o for o in owners if o in cpu), key=lambda o: cpu[o])
+                why.append(f"its busiest program {top} at {cpu[top]:.2f} core")
             return f"{hop}: " + "; ".join(why + hot)
     if "secantusd" in busy:
         return f"the database server: secantusd at {cpu['secantusd']:.2f} core"
