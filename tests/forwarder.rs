@@ -6,7 +6,6 @@
 mod common;
 #[path = "common/kinesis.rs"]
 mod kinesis;
-#[allow(dead_code)]
 #[path = "common/metrics.rs"]
 mod metrics_common;
 
