@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use super::decode::DecodeOptions;
 use super::server::{AccessKeys, EndpointConfig, BODY_TIMEOUT};
+use super::store::UpsertMethod;
 use crate::cli::parse_duration;
 
 /// Where the endpoint listens by default.
@@ -102,6 +103,12 @@ pub struct Cli {
     /// The old spelling of the `check-config` command.
     #[arg(long, hide = true)]
     pub check_config: bool,
+
+    /// Which command upserts: from the server's version (`auto`), `bulk-write` (8.0+) or
+    /// `update`. Not in `--help`: a test seam, since the test server's `bulkWrite` does not
+    /// honour the write concern's `j` (see docs/durability.md).
+    #[arg(long, env = "FIREHOSE_UPSERT_COMMAND", hide = true, value_enum, default_value = "auto")]
+    pub upsert_command: UpsertMethod,
 }
 
 /// The commands besides serving.
@@ -145,6 +152,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// What the router needs.
     pub endpoint: EndpointConfig,
+    /// How upserts reach the server (`--upsert-command`).
+    pub upsert_method: UpsertMethod,
 }
 
 impl Cli {
@@ -168,6 +177,7 @@ impl Cli {
             database: self.database,
             tls,
             endpoint,
+            upsert_method: self.upsert_command,
         })
     }
 
