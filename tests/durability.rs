@@ -32,7 +32,11 @@ async fn distinct_ids(server: &MongoServer, db: &str) -> HashSet<String> {
 /// `ROUNDS` runs of the agent storing `REPORTS` reports through `uri`, each followed at once by
 /// a SIGKILL of the server and a restart: (reports acknowledged so far, reports stored) after
 /// each round.
-async fn agent_rounds_with_kills(server: &mut MongoServer, uri: &str, db: &str) -> Vec<(usize, usize)> {
+async fn agent_rounds_with_kills(
+    server: &mut MongoServer,
+    uri: &str,
+    db: &str,
+) -> Vec<(usize, usize)> {
     let mut expected = 0;
     let mut counts = Vec::new();
     for round in 0..ROUNDS {
@@ -154,9 +158,11 @@ mod endpoint {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_until(Duration::from_secs(20), "the endpoint to listen", || async {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "the endpoint to listen",
+            || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+        )
         .await;
         (Reaped(child), format!("http://127.0.0.1:{port}/"))
     }
@@ -216,7 +222,10 @@ mod endpoint {
             .into_iter()
             .enumerate()
         {
-            assert_eq!(stored, answered, "round {round}: records answered 200 were lost");
+            assert_eq!(
+                stored, answered,
+                "round {round}: records answered 200 were lost"
+            );
         }
     }
 
@@ -349,11 +358,14 @@ mod forwarder {
         let db = unique_name("fwddurable");
         let mut fwd = spawn_forwarder(&server.uri, &kin.endpoint, &db, &stream);
         let client = server.client().await;
-        wait_until(Duration::from_secs(30), "a first stored position", || async {
-            position(&client, &db, &stream).await.is_some()
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "a first stored position",
+            || async { position(&client, &db, &stream).await.is_some() },
+        )
         .await;
-        let mut want: HashSet<String> = insert_reports(&client, &db, 20).await.into_iter().collect();
+        let mut want: HashSet<String> =
+            insert_reports(&client, &db, 20).await.into_iter().collect();
         wait_forwarded(&kin, &stream, &want).await;
 
         // Catch the next position write and kill both at once.

@@ -63,12 +63,20 @@ fuzz_target!(|data: &[u8]| {
     };
     for (i, record) in request.records.iter().enumerate() {
         if let Ok(raw) = decode_record(&record.data, &request.request_id, i, &options) {
-            let doc = raw.to_document().expect("an accepted record is a valid BSON document");
+            let doc = raw
+                .to_document()
+                .expect("an accepted record is a valid BSON document");
             assert!(doc.contains_key("_id"), "an accepted record has an _id");
-            let canonical = Bson::Document(doc.clone()).into_canonical_extjson().to_string();
+            let canonical = Bson::Document(doc.clone())
+                .into_canonical_extjson()
+                .to_string();
             let again = parse_record(canonical.as_bytes(), &options)
                 .unwrap_or_else(|e| panic!("{canonical} is refused ({e})"));
-            assert_eq!(again.as_bytes(), raw.as_bytes(), "{canonical} reads as another document");
+            assert_eq!(
+                again.as_bytes(),
+                raw.as_bytes(),
+                "{canonical} reads as another document"
+            );
             let engine = base64::engine::general_purpose::STANDARD;
             let text = engine.decode(record.data.as_bytes()).unwrap();
             let input: Value = serde_json::from_slice(&text).unwrap();
@@ -81,7 +89,9 @@ fuzz_target!(|data: &[u8]| {
 
 fn has_dollar_key(v: &Value) -> bool {
     match v {
-        Value::Object(m) => m.iter().any(|(k, v)| k.starts_with('$') || has_dollar_key(v)),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| k.starts_with('$') || has_dollar_key(v)),
         Value::Array(a) => a.iter().any(has_dollar_key),
         _ => false,
     }
@@ -96,7 +106,10 @@ fn same_document(input: &Value, stored: &Document, top: bool, options: &DecodeOp
     if top {
         match fields.get("_id") {
             None | Some(Value::Null) => {
-                assert!(matches!(stored.get("_id"), Some(Bson::ObjectId(_))), "derived _id");
+                assert!(
+                    matches!(stored.get("_id"), Some(Bson::ObjectId(_))),
+                    "derived _id"
+                );
                 keys.retain(|k| *k != "_id");
                 keys.insert(0, "_id");
             }

@@ -64,7 +64,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// Whether the endpoint could find a record in `body` (as sent, or gunzipped): such an input
 /// would reach the database.
 fn carries_records(body: &[u8]) -> bool {
-    let has = |b: &[u8]| serde_json::from_slice::<RequestBody>(b).is_ok_and(|r| !r.records.is_empty());
+    let has =
+        |b: &[u8]| serde_json::from_slice::<RequestBody>(b).is_ok_and(|r| !r.records.is_empty());
     let mut plain = Vec::new();
     let gunzipped = flate2::read::MultiGzDecoder::new(body)
         .take(LIMIT as u64 + 1)
@@ -102,11 +103,20 @@ fn input(u: &mut Unstructured) -> Result<Input> {
         method: Method::POST,
         path: PATH.into(),
         headers: vec![
-            (HeaderName::from_static(PROTOCOL_VERSION), Some(b"1.0".to_vec())),
+            (
+                HeaderName::from_static(PROTOCOL_VERSION),
+                Some(b"1.0".to_vec()),
+            ),
             (HeaderName::from_static(REQUEST_ID), Some(request_id.into())),
             (HeaderName::from_static(ACCESS_KEY), Some(key)),
-            (HeaderName::from_static(SOURCE_ARN), Some(b"arn:aws:firehose:eu-west-1:1:deliverystream/s".to_vec())),
-            (HeaderName::from_static("content-type"), Some(b"application/json".to_vec())),
+            (
+                HeaderName::from_static(SOURCE_ARN),
+                Some(b"arn:aws:firehose:eu-west-1:1:deliverystream/s".to_vec()),
+            ),
+            (
+                HeaderName::from_static("content-type"),
+                Some(b"application/json".to_vec()),
+            ),
         ],
         body: format!(r#"{{"requestId":"{request_id}","timestamp":1700000000000,"records":[]}}"#)
             .into_bytes(),
@@ -176,9 +186,10 @@ fn input(u: &mut Unstructured) -> Result<Input> {
             5 => input.body = u.arbitrary::<Vec<u8>>()?,
             _ => {
                 input.body = gzip(&input.body);
-                input
-                    .headers
-                    .push((HeaderName::from_static("content-encoding"), Some(b"gzip".to_vec())));
+                input.headers.push((
+                    HeaderName::from_static("content-encoding"),
+                    Some(b"gzip".to_vec()),
+                ));
             }
         }
     }
@@ -230,7 +241,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let state = AppState::new(
         config,
-        Store::new("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100", "fuzz"),
+        Store::new(
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100",
+            "fuzz",
+        ),
     );
     let response = runtime().block_on(app(state).oneshot(request)).unwrap();
     let status = response.status();
@@ -258,6 +272,10 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     if !input.changed && input.key == first_access_key(&input.env).unwrap_or_default().as_bytes() {
-        assert_eq!(status, StatusCode::OK, "firehose-local's request refused: {message}");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "firehose-local's request refused: {message}"
+        );
     }
 });

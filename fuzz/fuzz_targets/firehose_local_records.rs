@@ -16,8 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use sensehat_monitor::firehose::protocol::{response_body, RequestBody};
 use sensehat_monitor::firehose_local::checkpoint::Checkpoint;
 use sensehat_monitor::firehose_local::protocol::{
-    check_response, encoded_record_bytes, error_record, request_body, Failure,
-    BODY_OVERHEAD_BYTES,
+    check_response, encoded_record_bytes, error_record, request_body, Failure, BODY_OVERHEAD_BYTES,
 };
 
 /// A request id as firehose-local makes them (a UUID: 36 characters).
@@ -55,7 +54,11 @@ fn records(u: &mut Unstructured) -> Result<()> {
 }
 
 fn response(u: &mut Unstructured) -> Result<()> {
-    let status: u16 = if u.arbitrary()? { 200 } else { u.int_in_range(100..=599)? };
+    let status: u16 = if u.arbitrary()? {
+        200
+    } else {
+        u.int_in_range(100..=599)?
+    };
     let content_type: Option<String> = if u.arbitrary()? {
         Some("application/json".into())
     } else {
@@ -82,7 +85,12 @@ fn response(u: &mut Unstructured) -> Result<()> {
     assert_eq!(status, 200);
     assert!(content_encoding.is_none());
     let mime = content_type.unwrap_or_default();
-    assert!(mime.split(';').next().unwrap().trim().eq_ignore_ascii_case("application/json"));
+    assert!(mime
+        .split(';')
+        .next()
+        .unwrap()
+        .trim()
+        .eq_ignore_ascii_case("application/json"));
     let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body).unwrap();
     assert_eq!(v.len(), 2, "{v:?}");
     assert_eq!(v["requestId"], REQUEST_ID);

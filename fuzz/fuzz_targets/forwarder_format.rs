@@ -71,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
     for format in [Format::Stringify, Format::Relaxed, Format::Canonical] {
         let bytes = format.encode(&doc);
         if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            panic!("{format:?} wrote invalid JSON ({e}): {}", String::from_utf8_lossy(&bytes));
+            panic!(
+                "{format:?} wrote invalid JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
     }
     // Canonical Extended JSON loses nothing: read back and written again, the same text.
@@ -91,8 +94,13 @@ fuzz_target!(|data: &[u8]| {
     doubles(&doc, &mut found);
     for f in found.into_iter().filter(|f| f.is_finite()) {
         let text = js_number(f);
-        let back: f64 = text.parse().unwrap_or_else(|_| panic!("{f:e} written as {text:?}"));
-        assert!(back == f, "{f:e} written as {text:?}, read back as {back:e}");
+        let back: f64 = text
+            .parse()
+            .unwrap_or_else(|_| panic!("{f:e} written as {text:?}"));
+        assert!(
+            back == f,
+            "{f:e} written as {text:?}, read back as {back:e}"
+        );
     }
     // What the default format sends on, the endpoint decodes.
     if !has_special_keys(&doc) && plain_values(&doc) {

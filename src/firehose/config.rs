@@ -107,7 +107,13 @@ pub struct Cli {
     /// Which command upserts: from the server's version (`auto`), `bulk-write` (8.0+) or
     /// `update`. Not in `--help`: a test seam, since the test server's `bulkWrite` does not
     /// honour the write concern's `j` (see docs/durability.md).
-    #[arg(long, env = "FIREHOSE_UPSERT_COMMAND", hide = true, value_enum, default_value = "auto")]
+    #[arg(
+        long,
+        env = "FIREHOSE_UPSERT_COMMAND",
+        hide = true,
+        value_enum,
+        default_value = "auto"
+    )]
     pub upsert_command: UpsertMethod,
 }
 
