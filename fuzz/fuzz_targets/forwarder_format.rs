@@ -77,18 +77,6 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    // Canonical Extended JSON loses nothing: read back and written again, the same text.
-    let canonical = Format::Canonical.encode(&doc);
-    let value: serde_json::Value = serde_json::from_slice(&canonical).unwrap();
-    let again = Bson::try_from(value).expect("canonical Extended JSON reads back");
-    let Bson::Document(again) = again else {
-        panic!("canonical Extended JSON of a document read back as another type");
-    };
-    assert_eq!(
-        String::from_utf8_lossy(&Format::Canonical.encode(&again)),
-        String::from_utf8_lossy(&canonical),
-        "canonical Extended JSON changed on the way back"
-    );
     // Numbers as JavaScript writes them read back as the same double.
     let mut found = Vec::new();
     doubles(&doc, &mut found);
@@ -100,6 +88,21 @@ fuzz_target!(|data: &[u8]| {
         assert!(
             back == f,
             "{f:e} written as {text:?}, read back as {back:e}"
+        );
+    }
+    // Canonical Extended JSON loses nothing: read back and written again, the same text. (A
+    // field named like a type wrapper, `$oid` say, is ambiguous in Extended JSON itself.)
+    if !has_special_keys(&doc) {
+        let canonical = Format::Canonical.encode(&doc);
+        let value: serde_json::Value = serde_json::from_slice(&canonical).unwrap();
+        let again = Bson::try_from(value).expect("canonical Extended JSON reads back");
+        let Bson::Document(again) = again else {
+            panic!("canonical Extended JSON of a document read back as another type");
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&Format::Canonical.encode(&again)),
+            String::from_utf8_lossy(&canonical),
+            "canonical Extended JSON changed on the way back"
         );
     }
     // What the default format sends on, the endpoint decodes.
