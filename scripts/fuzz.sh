@@ -3,6 +3,10 @@
 #
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET ...]   # default 60 s, every target
 #
+# Run for every target (no TARGET named), it then runs the spool's crash property test
+# (tests/spool_crash.rs) with SPOOL_CASES cases, default 20000, ten times what `cargo test` runs
+# in CI; SPOOL_CASES=0 leaves it out (CI does, having run its 2000 in `cargo test`).
+#
 # Needs a nightly toolchain and cargo-fuzz (installed here if missing). Corpora grow in
 # fuzz/corpus/<target> (gitignored apart from the seeds under fuzz/seeds/<target>); a crash is
 # saved in fuzz/artifacts/<target>/ and makes this script exit non-zero. Every crash found
@@ -16,7 +20,11 @@ if ! rustup toolchain list | grep -q '^nightly'; then
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+spool_cases=${SPOOL_CASES:-0}
+if [ ${#targets[@]} -eq 0 ]; then
+  mapfile -t targets < <(cargo +nightly fuzz list)
+  spool_cases=${SPOOL_CASES:-20000}
+fi
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   seeds=()
@@ -37,3 +45,7 @@ for t in "${targets[@]}"; do
   fi
   rm -f "$log"
 done
+if [ "$spool_cases" -gt 0 ]; then
+  echo "--- spool_crash property test, $spool_cases cases"
+  PROPTEST_CASES=$spool_cases cargo test -q --test spool_crash
+fi

@@ -100,7 +100,7 @@ pub fn make_durable(wc: &mut Option<WriteConcern>) -> Option<String> {
     };
     let unacknowledged = matches!(named.w, Some(Acknowledgment::Nodes(0)));
     (unacknowledged || !journaled).then(|| {
-        "the connection string's write concern lets the server acknowledge writes that are not yet in its journal; a crash of the server can then lose readings already deleted from the spool (leave w and journal out of the connection string for a durable default, or add journal=true)".to_owned()
+        "the connection string's write concern lets the server acknowledge writes that are not yet in its journal; a crash of the server can then lose what was already acknowledged (readings deleted from the agent's spool, records answered 200 to Firehose, the forwarder's position); leave w and journal out of the connection string for a durable default, or add journal=true".to_owned()
     })
 }
 

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use super::decode::DecodeOptions;
 use super::server::{AccessKeys, EndpointConfig, BODY_TIMEOUT};
+use super::store::UpsertMethod;
 use crate::cli::parse_duration;
 
 /// Where the endpoint listens by default.
@@ -108,6 +109,18 @@ pub struct Cli {
     /// The old spelling of the `check-config` command.
     #[arg(long, hide = true)]
     pub check_config: bool,
+
+    /// Which command upserts: from the server's version (`auto`), `bulk-write` (8.0+) or
+    /// `update`. Not in `--help`: a test seam, since the test server's `bulkWrite` does not
+    /// honour the write concern's `j` (see docs/durability.md).
+    #[arg(
+        long,
+        env = "FIREHOSE_UPSERT_COMMAND",
+        hide = true,
+        value_enum,
+        default_value = "auto"
+    )]
+    pub upsert_command: UpsertMethod,
 }
 
 /// The commands besides serving.
@@ -153,6 +166,8 @@ pub struct Config {
     pub endpoint: EndpointConfig,
     /// `--metrics-listen`.
     pub metrics_listen: Option<String>,
+    /// How upserts reach the server (`--upsert-command`).
+    pub upsert_method: UpsertMethod,
 }
 
 impl Cli {
@@ -177,6 +192,7 @@ impl Cli {
             tls,
             endpoint,
             metrics_listen: self.metrics_listen,
+            upsert_method: self.upsert_command,
         })
     }
 

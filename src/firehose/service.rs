@@ -54,7 +54,7 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let store = Store::new(&config.mongodb_uri, &config.database);
+    let store = Store::new(&config.mongodb_uri, &config.database).with_method(config.upsert_method);
     let (path, keys) = (&config.endpoint.path, config.endpoint.keys.len());
     if tls.is_some() {
         info!(listen = %listen, path = %path, keys, "serving HTTPS");

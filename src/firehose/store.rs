@@ -14,12 +14,13 @@
 //! the upserts make that safe), and the server reports write errors inside an `ok: 1` reply, so
 //! [`check_bulk_write_reply`] and [`check_update_reply`] read them.
 //!
-//! Write concern: the connection string's `w` if it has one, else `majority`.
+//! Write concern: the client's, which is the connection string's if it names one, else the
+//! durable default of [`crate::mongo::durable_write_concern`] (majority, journaled), as for the
+//! agent: a 200 goes to Firehose only for records a crash of the server cannot take.
 
 use mongodb::bson::{
     self, doc, rawdoc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
 };
-use mongodb::options::WriteConcern;
 use mongodb::Client;
 use tokio::sync::OnceCell;
 
@@ -35,13 +36,14 @@ pub const COMMAND_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 pub const COMMAND_STATEMENTS: usize = 100_000;
 
 /// How upserts reach the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UpsertMethod {
     /// Decide from the server's `maxWireVersion` on first use.
     Auto,
     /// The `bulkWrite` command (MongoDB 8.0+).
     BulkWrite,
     /// The `update` command with many statements (MongoDB 6.0/7.0).
+    #[value(name = "update")]
     UpdateCommand,
 }
 
@@ -167,7 +169,7 @@ impl Store {
         let wc = client
             .write_concern()
             .cloned()
-            .unwrap_or_else(WriteConcern::majority);
+            .unwrap_or_else(crate::mongo::durable_write_concern);
         let wc = bson::to_raw_document_buf(&wc)
             .map_err(|e| StoreError::Fatal(format!("write concern: {e}")))?;
         let method = self.method(client).await?;

@@ -166,15 +166,15 @@ pub struct Config {
     pub metrics_listen: Option<String>,
 }
 
-/// The key to send from `FIREHOSE_ACCESS_KEY`: the variable as it is, or, when it holds a
-/// comma-separated list (as `firehose-endpoint` takes it, for rotation), its first key, so that
-/// one exported variable serves both. `None` when empty.
+/// The key to send from `FIREHOSE_ACCESS_KEY`: its first key, read the way `firehose-endpoint`
+/// reads the variable (comma-separated for rotation, each key trimmed, empty ones skipped), so
+/// that one exported variable serves both. `None` when it holds no key.
 pub fn first_access_key(value: &str) -> Option<String> {
-    let key = match value.split_once(',') {
-        Some((first, _)) => first.trim(),
-        None => value,
-    };
-    (!key.is_empty()).then(|| key.to_owned())
+    value
+        .split(',')
+        .map(str::trim)
+        .find(|k| !k.is_empty())
+        .map(str::to_owned)
 }
 
 impl Cli {
@@ -263,7 +263,17 @@ mod tests {
             Some("new-key")
         );
         assert_eq!(first_access_key(""), None);
-        assert_eq!(first_access_key(",x"), None);
+        assert_eq!(first_access_key(" , "), None);
+    }
+
+    // The key sent is one firehose-endpoint takes from the same variable, which trims each key
+    // and skips empty ones: with a leading comma or whitespace around a lone key, firehose-local
+    // sent no key, or one with the whitespace, and every delivery was refused with 401.
+    #[test]
+    fn access_key_is_read_as_the_endpoint_reads_it() {
+        assert_eq!(first_access_key(",x").as_deref(), Some("x"));
+        assert_eq!(first_access_key(" , x ,y").as_deref(), Some("x"));
+        assert_eq!(first_access_key("\u{a0}k1\t").as_deref(), Some("k1"));
     }
 
     // The defaults are Firehose's: 300 s buffer interval and retry duration, 180 s timeout.
