@@ -4,7 +4,7 @@
 //!
 //! Each program keeps its metrics in a [`Registry`] (counters it updates as it works, or a
 //! [`Collector`](prometheus_client::collector::Collector) that reads the counters it keeps
-//! anyway, at scrape time). [`text`] turns a registry into Prometheus' text format;
+//! anyway, at scrape time). [`encode`] turns a registry into Prometheus' text format;
 //! [`serve`] answers scrapes and health checks over HTTP.
 //!
 //! - `/healthz`: 200 while the process serves at all.
