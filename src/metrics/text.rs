@@ -102,8 +102,9 @@ mod tests {
         h.observe(0.5);
         r.register_with_unit("wait", "Time waited", Unit::Seconds, h);
         let text = encode(&r).unwrap();
+        // prometheus-client ends every help text with a period.
         assert!(
-            text.contains("# HELP demo_things_total Things done\n"),
+            text.contains("# HELP demo_things_total Things done.\n"),
             "{text}"
         );
         assert!(
