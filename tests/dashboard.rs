@@ -5,6 +5,8 @@
 
 mod common;
 mod dashboard_support;
+#[path = "common/metrics.rs"]
+mod metrics_common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -437,6 +439,88 @@ async fn database_down_is_503_then_recovers() {
             std::thread::sleep(Duration::from_millis(500));
         }
         assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
+    })
+    .await
+    .unwrap();
+}
+
+// With --metrics-listen, requests are counted by route and status code (a path no route has
+// is `other`), parsed by the real parser, linted by promtool and scraped by a real Prometheus;
+// /healthz answers while the process serves, /readyz follows the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_and_readyz_follows_the_database() {
+    use metrics_common::{free_addr, get, lint, scrape, value, wait_serving, Prometheus};
+    let Some(mut server) = MongoServer::start_persistent() else {
+        return;
+    };
+    let db = common::unique_name("dash_metrics");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let metrics = free_addr();
+    let dash = Dashboard::start_with(&server.uri, &db, "5s", &["--metrics-listen", &metrics]);
+    wait_serving(&metrics).await;
+    let m = metrics.clone();
+    let dash = tokio::task::spawn_blocking(move || {
+        assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
+        assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
+        assert_eq!(dash.get("/api/series?node=node-a&field=colour").status, 400);
+        assert_eq!(dash.get("/wp-login.php").status, 404);
+        let samples = scrape(&m);
+        let requests = |route: &str, code: u16| {
+            value(
+                &samples,
+                &format!("sensehat_dashboard_requests_total{{code=\"{code}\",route=\"{route}\"}}"),
+            )
+        };
+        assert_eq!(requests("/api/nodes", 200), 2.0);
+        assert_eq!(requests("/api/series", 400), 1.0);
+        assert_eq!(requests("other", 404), 1.0);
+        assert_eq!(
+            value(
+                &samples,
+                "sensehat_dashboard_request_duration_seconds_count{route=\"/api/nodes\"}"
+            ),
+            2.0
+        );
+        assert!(
+            !samples.keys().any(|k| k.contains("wp-login")),
+            "{samples:?}"
+        );
+        lint(&get(&m, "/metrics").unwrap().body);
+        let ready = get(&m, "/readyz").unwrap();
+        assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+        dash
+    })
+    .await
+    .unwrap();
+
+    let prometheus = Prometheus::start(&[("sensehat_dashboard", &metrics)]);
+    prometheus
+        .wait_for("up{job=\"sensehat_dashboard\"}", |v| v == 1.0)
+        .await;
+    prometheus
+        .wait_for(
+            "sensehat_dashboard_requests_total{route=\"/api/nodes\",code=\"200\"}",
+            |v| v == 2.0,
+        )
+        .await;
+
+    server.stop();
+    let m = metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(get(&m, "/healthz").unwrap().status, 200);
+        let ready = get(&m, "/readyz").unwrap();
+        assert_eq!(ready.status, 503, "{}", ready.body);
+        assert!(
+            ready.body.starts_with("not ready: ") && ready.body.trim_end().lines().count() == 1,
+            "{}",
+            ready.body
+        );
+        drop(dash);
     })
     .await
     .unwrap();

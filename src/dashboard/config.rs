@@ -74,6 +74,11 @@ pub struct CommonArgs {
     #[arg(long, env = "DASHBOARD_QUERY_TIMEOUT", default_value = DEFAULT_QUERY_TIMEOUT,
           value_parser = crate::cli::parse_duration)]
     pub query_timeout: Duration,
+
+    /// Serve Prometheus metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9467);
+    /// off by default.
+    #[arg(long, env = "DASHBOARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The subcommands.
@@ -127,6 +132,8 @@ pub struct Config {
     pub stale_after: Duration,
     /// Longest wait for one database read.
     pub query_timeout: Duration,
+    /// Where to serve metrics and health checks, if anywhere.
+    pub metrics_listen: Option<String>,
 }
 
 /// Why a command line cannot be used.
@@ -160,6 +167,7 @@ impl CommonArgs {
             collection: self.collection,
             stale_after: self.stale_after,
             query_timeout: self.query_timeout,
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -196,6 +204,7 @@ mod tests {
         assert_eq!(c.common.database, "monitors");
         assert_eq!(c.common.collection, "reports");
         assert_eq!(c.common.stale_after, Duration::from_secs(5));
+        assert_eq!(c.common.metrics_listen, None);
         assert!(c.command.is_none());
     }
 

@@ -8,6 +8,7 @@
 //! - [`csv`]: the streamed CSV download.
 //! - [`page`]: the page and its assets, built in.
 //! - [`render`]: one node's chart as a PNG or SVG file, with `plotters`.
+//! - [`metrics`]: requests by route and status, served on `--metrics-listen`.
 //!
 //! Bucketing happens inside MongoDB (`$group` on a bucket computed from `recordedAt`), so a
 //! chart of a month costs 600 documents on the wire rather than five million.
@@ -15,12 +16,14 @@
 pub mod api;
 pub mod config;
 pub mod csv;
+pub mod metrics;
 pub mod page;
 pub mod query;
 pub mod render;
 pub mod store;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -28,6 +31,7 @@ use axum::Router;
 use tracing::{info, warn};
 
 use config::Config;
+use metrics::DashboardMetrics;
 use store::{IndexOutcome, Store};
 
 /// What every handler shares.
@@ -37,10 +41,13 @@ pub struct AppState {
     pub store: Store,
     /// Silence after which a node is stale.
     pub stale_after: Duration,
+    /// What the requests count.
+    pub metrics: Arc<DashboardMetrics>,
 }
 
-/// The router: the page, its assets and the API. Tests call it directly.
+/// The router: the page, its assets and the API, each request counted. Tests call it directly.
 pub fn app(state: AppState) -> Router {
+    let counting = axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track);
     Router::new()
         .route("/", get(page::index))
         .route("/assets/dashboard.js", get(page::script))
@@ -51,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/chart", get(api::chart))
         .route("/api/csv", get(csv::csv))
         .route("/api/health", get(api::health))
+        .layer(counting)
         .with_state(state)
 }
 
@@ -95,6 +103,9 @@ pub enum RunError {
     /// The client could not be built.
     #[error("{0}")]
     Mongo(#[from] crate::mongo::MongoError),
+    /// The metrics address is taken or not ours.
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::ListenError),
     /// The server failed while running.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
@@ -108,8 +119,14 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
         "listen: {}\n\
          read: {}.{}\n\
          stale after: {:?}; query timeout: {:?}\n\
+         metrics: {}\n\
          MongoDB connection string: well formed (not contacted)\n",
-        config.listen, config.database, config.collection, config.stale_after, config.query_timeout,
+        config.listen,
+        config.database,
+        config.collection,
+        config.stale_after,
+        config.query_timeout,
+        config.metrics_listen.as_deref().unwrap_or("off"),
     ))
 }
 
@@ -118,6 +135,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // Before anything else: an address in use is said at once.
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let store = Store::new(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -128,9 +150,31 @@ pub async fn run(
     let addr = listener.local_addr().unwrap_or(config.listen);
     tokio::spawn(ensure_index(store.clone()));
     info!(listen = %addr, database = %config.database, collection = %config.collection, "serving the dashboard");
+    let counted = Arc::new(DashboardMetrics::default());
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            info!(address = %addr, "serving /metrics, /healthz and /readyz");
+        }
+        let ping = store.clone();
+        let ready: crate::metrics::Readiness = Arc::new(move || {
+            let store = ping.clone();
+            Box::pin(async move {
+                store
+                    .ping()
+                    .await
+                    .map_err(|e| format!("the database does not answer: {e}"))
+            })
+        });
+        tokio::spawn(crate::metrics::serve(
+            l,
+            Arc::new(counted.registry()),
+            ready,
+        ));
+    }
     let state = AppState {
         store,
         stale_after: config.stale_after,
+        metrics: counted,
     };
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
@@ -152,6 +196,7 @@ mod tests {
             collection: "firehose".into(),
             stale_after: Duration::from_secs(5),
             query_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 

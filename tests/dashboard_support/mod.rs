@@ -32,6 +32,11 @@ impl Dashboard {
     /// Start the dashboard on `uri`'s `db.reports`, nodes stale after `stale_after`, and wait
     /// until it accepts connections.
     pub fn start(uri: &str, db: &str, stale_after: &str) -> Dashboard {
+        Dashboard::start_with(uri, db, stale_after, &[])
+    }
+
+    /// [`Dashboard::start`] with `extra` options.
+    pub fn start_with(uri: &str, db: &str, stale_after: &str, extra: &[&str]) -> Dashboard {
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(dashboard_bin())
             .args([
@@ -43,6 +48,7 @@ impl Dashboard {
                 stale_after,
             ])
             .args(["--query-timeout", "5s"])
+            .args(extra)
             .env("MONGODB_CONNECTION_STRING", uri)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
