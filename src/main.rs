@@ -124,14 +124,9 @@ async fn run(config: Config) -> Result<(), Failure> {
         Some(uri.to_owned())
     };
     // Before the board: an address in use is a configuration error, said at once.
-    let listener = match &config.metrics_listen {
-        Some(addr) => Some(
-            metrics::bind(addr)
-                .await
-                .map_err(|e| Failure::Config(e.to_string()))?,
-        ),
-        None => None,
-    };
+    let listener = metrics::bind_if(config.metrics_listen.as_deref())
+        .await
+        .map_err(|e| Failure::Config(e.to_string()))?;
     let frame = logo(&config).map_err(Failure::Config)?;
     let board = open_board(&config).await?;
     let mut led = open_led(
@@ -243,10 +238,7 @@ fn telemetry(
     }
     let t = Telemetry::new(spool, config.metrics_textfile.clone());
     if let Some(l) = listener {
-        if let Ok(addr) = l.local_addr() {
-            info!(address = %addr, "serving /metrics, /healthz and /readyz");
-        }
-        tokio::spawn(metrics::serve(l, t.registry(), t.readiness()));
+        metrics::spawn(l, t.registry(), t.readiness());
     }
     Some(t)
 }

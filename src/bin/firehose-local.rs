@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing::{error, info};
+use tracing::error;
 
 use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::firehose_local::config::ACCESS_KEY_ENV;
@@ -33,15 +33,12 @@ async fn main() -> ExitCode {
         return check_config_exit(firehose_local::check_config(&config).await);
     }
     // Before anything else: an address in use is a configuration error, said at once.
-    let listener = match &config.metrics_listen {
-        Some(addr) => match metrics::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                error!("{e}");
-                return ExitCode::from(INVALID_CONFIG);
-            }
-        },
-        None => None,
+    let listener = match metrics::bind_if(config.metrics_listen.as_deref()).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(INVALID_CONFIG);
+        }
     };
     let kinesis = match client_from_env(config.kinesis_endpoint_url.as_deref()).await {
         Ok(k) => k,
@@ -53,11 +50,8 @@ async fn main() -> ExitCode {
     let counted = match listener {
         Some(l) => {
             let (m, registry) = Metrics::served();
-            if let Ok(addr) = l.local_addr() {
-                info!(address = %addr, "serving /metrics, /healthz and /readyz");
-            }
             let ready = m.readiness(kinesis.clone(), config.stream_name.clone());
-            tokio::spawn(metrics::serve(l, Arc::new(registry), ready));
+            metrics::spawn(l, Arc::new(registry), ready);
             m
         }
         None => Arc::default(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::error;
 
 use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
 use sensehat_monitor::forwarder::aws::AwsKinesis;
@@ -28,15 +28,12 @@ async fn main() -> ExitCode {
         return check_config_exit(forwarder::check_config(&config).await);
     }
     // Before anything else: an address in use is a configuration error, said at once.
-    let listener = match &config.metrics_listen {
-        Some(addr) => match metrics::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                error!("{e}");
-                return ExitCode::from(INVALID_CONFIG);
-            }
-        },
-        None => None,
+    let listener = match metrics::bind_if(config.metrics_listen.as_deref()).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(INVALID_CONFIG);
+        }
     };
     let client = match connect(&config.mongodb_uri, "kinesis-forwarder").await {
         Ok(c) => c,
@@ -93,10 +90,7 @@ async fn forward<T: Target>(
     let counted = match listener {
         Some(l) => {
             let (m, registry) = Metrics::served();
-            if let Ok(addr) = l.local_addr() {
-                info!(address = %addr, "serving /metrics, /healthz and /readyz");
-            }
-            tokio::spawn(metrics::serve(l, Arc::new(registry), ready(&target)));
+            metrics::spawn(l, Arc::new(registry), ready(&target));
             m
         }
         None => Arc::new(Metrics::default()),

@@ -136,10 +136,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // Before anything else: an address in use is said at once.
-    let metrics_listener = match &config.metrics_listen {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
-        None => None,
-    };
+    let metrics_listener = crate::metrics::bind_if(config.metrics_listen.as_deref()).await?;
     let store = Store::new(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -152,9 +149,6 @@ pub async fn run(
     info!(listen = %addr, database = %config.database, collection = %config.collection, "serving the dashboard");
     let counted = Arc::new(DashboardMetrics::default());
     if let Some(l) = metrics_listener {
-        if let Ok(addr) = l.local_addr() {
-            info!(address = %addr, "serving /metrics, /healthz and /readyz");
-        }
         let ping = store.clone();
         let ready: crate::metrics::Readiness = Arc::new(move || {
             let store = ping.clone();
@@ -165,11 +159,7 @@ pub async fn run(
                     .map_err(|e| format!("the database does not answer: {e}"))
             })
         });
-        tokio::spawn(crate::metrics::serve(
-            l,
-            Arc::new(counted.registry()),
-            ready,
-        ));
+        crate::metrics::spawn(l, Arc::new(counted.registry()), ready);
     }
     let state = AppState {
         store,

@@ -42,14 +42,9 @@ pub async fn run(
 ) -> Result<(), String> {
     let tls = check(&config).await?;
     // Before the delivery port: an address in use is said before anything is served.
-    let metrics_listener = match &config.metrics_listen {
-        Some(addr) => Some(
-            crate::metrics::bind(addr)
-                .await
-                .map_err(|e| e.to_string())?,
-        ),
-        None => None,
-    };
+    let metrics_listener = crate::metrics::bind_if(config.metrics_listen.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -66,11 +61,8 @@ pub async fn run(
     }
     let state = AppState::new(config.endpoint, store);
     if let Some(l) = metrics_listener {
-        if let Ok(addr) = l.local_addr() {
-            info!(address = %addr, "serving /metrics, /healthz and /readyz");
-        }
         let registry = Arc::new(state.metrics.registry());
-        tokio::spawn(crate::metrics::serve(l, registry, readiness(&state.store)));
+        crate::metrics::spawn(l, registry, readiness(&state.store));
     }
     let connections = Some(state.metrics.connections.clone());
     let router = app(state);

@@ -170,27 +170,13 @@ impl Metrics {
     }
 }
 
-/// Kinesis describes `stream` as ACTIVE or UPDATING (readable), asked once, without the SDK's
-/// retries.
+/// Kinesis describes `stream` as ACTIVE or UPDATING (readable), asked once.
 async fn describe(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Result<(), String> {
     use aws_sdk_kinesis::error::DisplayErrorContext;
-    use aws_sdk_kinesis::types::StreamStatus;
-    let out = kinesis
-        .describe_stream_summary()
-        .stream_name(stream)
-        .customize()
-        .config_override(
-            aws_sdk_kinesis::config::Builder::default()
-                .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
-        )
-        .send()
+    crate::forwarder::aws::describe_once(kinesis, stream)
         .await
-        .map_err(|e| format!("Kinesis stream {stream}: {}", DisplayErrorContext(&e)))?;
-    match out.stream_description_summary().map(|s| s.stream_status()) {
-        Some(StreamStatus::Active | StreamStatus::Updating) => Ok(()),
-        Some(status) => Err(format!("Kinesis stream {stream} is {status}")),
-        None => Err("Kinesis answered DescribeStreamSummary without a summary".into()),
-    }
+        .map_err(|e| format!("Kinesis stream {stream}: {}", DisplayErrorContext(&e)))?
+        .map_or(Ok(()), Err)
 }
 
 /// `checkpoint_age_seconds`, read at each scrape; only with `--checkpoint-file`.

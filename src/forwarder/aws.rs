@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::operation::describe_stream_summary::DescribeStreamSummaryError;
 use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
@@ -32,31 +33,41 @@ impl AwsKinesis {
     }
 }
 
+/// One DescribeStreamSummary of `stream`, without the SDK's retries (a health check asks again
+/// by itself), and what the status says: `None` when the stream is ACTIVE or UPDATING (readable
+/// and writable), else why it cannot be used. The SDK's error is left to the caller to judge.
+pub async fn describe_once(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<Option<String>, SdkError<DescribeStreamSummaryError, HttpResponse>> {
+    use aws_sdk_kinesis::types::StreamStatus;
+    let out = client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .customize()
+        .config_override(
+            aws_sdk_kinesis::config::Builder::default()
+                .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
+        )
+        .send()
+        .await?;
+    Ok(
+        match out.stream_description_summary().map(|s| s.stream_status()) {
+            Some(StreamStatus::Active | StreamStatus::Updating) => None,
+            Some(status) => Some(format!("Kinesis stream {stream} is {status}")),
+            None => Some("Kinesis answered DescribeStreamSummary without a summary".into()),
+        },
+    )
+}
+
 impl AwsKinesis {
-    /// Whether `stream` can be reached, for `/readyz`: one DescribeStreamSummary, without the
-    /// SDK's retries. A refusal of that call (AccessDenied: the forwarder's role needs only
-    /// PutRecords) still shows that Kinesis answers and the credentials are known, so it counts
-    /// as reachable; a stream that does not exist, or is not ACTIVE or UPDATING, does not.
+    /// Whether `stream` can be reached, for `/readyz`: [`describe_once`]. A refusal of that call
+    /// (AccessDenied: the forwarder's role needs only PutRecords) still shows that Kinesis
+    /// answers and the credentials are known, so it counts as reachable; a stream that does not
+    /// exist, or is not ACTIVE or UPDATING, does not.
     pub async fn reachable(&self, stream: &str) -> Result<(), String> {
-        use aws_sdk_kinesis::operation::describe_stream_summary::DescribeStreamSummaryError;
-        use aws_sdk_kinesis::types::StreamStatus;
-        let answer = self
-            .client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .customize()
-            .config_override(
-                aws_sdk_kinesis::config::Builder::default()
-                    .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
-            )
-            .send()
-            .await;
-        match answer {
-            Ok(out) => match out.stream_description_summary().map(|s| s.stream_status()) {
-                Some(StreamStatus::Active | StreamStatus::Updating) => Ok(()),
-                Some(status) => Err(format!("Kinesis stream {stream} is {status}")),
-                None => Err("Kinesis answered DescribeStreamSummary without a summary".into()),
-            },
+        match describe_once(&self.client, stream).await {
+            Ok(problem) => problem.map_or(Ok(()), Err),
             Err(e) => match e.as_service_error() {
                 Some(DescribeStreamSummaryError::AccessDeniedException(_)) => Ok(()),
                 Some(DescribeStreamSummaryError::ResourceNotFoundException(_)) => {

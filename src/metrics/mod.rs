@@ -12,7 +12,6 @@
 //!   a one-line reason.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,21 +63,22 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ListenError> {
     })
 }
 
-/// Bind `addr` and serve metrics and health there on a task of the current runtime, logging the
-/// address. The task runs until the process ends.
-pub async fn start(
-    addr: &str,
-    registry: SharedRegistry,
-    ready: Readiness,
-) -> Result<SocketAddr, ListenError> {
-    let listener = bind(addr).await?;
-    let local = listener.local_addr().map_err(|source| ListenError {
-        addr: addr.to_owned(),
-        source,
-    })?;
-    info!(address = %local, "serving /metrics, /healthz and /readyz");
+/// Bind `addr` if one is given (`--metrics-listen`). Every program does this before anything
+/// else, so that an address in use is a configuration error said at once.
+pub async fn bind_if(addr: Option<&str>) -> Result<Option<TcpListener>, ListenError> {
+    match addr {
+        Some(a) => bind(a).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// [`serve`] on a task of the current runtime, logging the address. The task runs until the
+/// process ends.
+pub fn spawn(listener: TcpListener, registry: SharedRegistry, ready: Readiness) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(address = %addr, "serving /metrics, /healthz and /readyz");
+    }
     tokio::spawn(serve(listener, registry, ready));
-    Ok(local)
 }
 
 /// Answer scrapes and health checks on `listener`, forever.
