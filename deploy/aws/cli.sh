@@ -539,10 +539,13 @@ cat > "$T/ForwarderPolicy.json" <<EOF
 {
   "Statement": [
     {
-      "Action": "kinesis:PutRecords",
+      "Action": [
+        "kinesis:PutRecords",
+        "kinesis:DescribeStreamSummary"
+      ],
       "Effect": "Allow",
       "Resource": "arn:${PARTITION}:kinesis:${REGION}:${ACCOUNT_ID}:stream/${N_Stream}",
-      "Sid": "PutRecords"
+      "Sid": "ForwardToTheStream"
     }
   ],
   "Version": "2012-10-17"
