@@ -258,7 +258,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 model.delivered_this_run.clear();
             }
             Op::Crash(crash) => {
-                std::mem::forget(spool);
+                spool.kill();
                 match crash {
                     // What was written survives, still unsynced.
                     Crash::Kill => {}
@@ -335,7 +335,7 @@ fn a_position_past_a_cut_segment_does_not_skip_new_reports() {
     assert_eq!(b.records.len(), 1);
     spool.ack(&b);
     spool.maintain(t0 + Duration::from_secs(10)).unwrap();
-    std::mem::forget(spool);
+    spool.kill();
     power_cut(dir.path(), &BTreeMap::new(), &[0.0], None);
 
     let (mut spool, _) = Spool::open(dir.path(), options()).unwrap();

@@ -488,6 +488,17 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// What a SIGKILL leaves, for the crash tests: the reports still waiting for their write
+    /// group are lost (as [`Drop`] would write them), and the files are closed, as the kernel
+    /// closes a killed process's files. `mem::forget` loses the same reports but keeps the files
+    /// open, which a long property run then runs out of.
+    #[doc(hidden)]
+    pub fn kill(mut self) {
+        drop(self.group.take());
+    }
+}
+
 impl Drop for Spool {
     /// Reports still waiting for their group go to the page cache, best effort, whatever way
     /// the spool is let go of (an error return included). Nothing is synced here.
