@@ -32,8 +32,11 @@ pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 384 * 1024 * 1024;
 /// tenth of the round trips and per-insert bytes, and compression that has ten reports' field
 /// names to share. The spool holds the window's reports, so a crash inside it loses nothing.
 pub const DEFAULT_INSERT_EVERY: &str = "5s";
-/// Longest time an undelivered report waits to be synced to disk.
-pub const DEFAULT_SPOOL_SYNC: Duration = Duration::from_secs(1);
+/// How long past its insert window an undelivered report waits to be synced to disk, by
+/// default: `--spool-sync` is the window plus this. A report is normally stored within a
+/// fraction of a second of its window closing, so with the database answering nothing is ever
+/// owed a sync and the SD card sees no forced writes; a second covers a slow round trip.
+pub const SYNC_AFTER_WINDOW: Duration = Duration::from_secs(1);
 /// `--shutdown-timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 /// `--clock-wait`.
@@ -137,8 +140,9 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(16384..))]
     pub spool_max_bytes: u64,
 
-    /// fdatasync undelivered reports at most this often (e.g. 1s; 0: after every report).
-    /// See docs/durability.md. [default: 1s]
+    /// fdatasync reports not stored in the database after this long (e.g. 1s; 0: every report
+    /// as it is taken), which bounds what a power cut can take. See docs/durability.md.
+    /// [default: --insert-every plus 1s, so 6s]
     #[arg(long, env = "SENSEHAT_SPOOL_SYNC", value_parser = parse_duration)]
     pub spool_sync: Option<Duration>,
 
@@ -256,11 +260,12 @@ impl Cli {
             .unwrap_or(DEFAULT_INTERVAL)
     }
 
-    /// `--spool-sync`, else the old `--spool-sync-ms`, else the default.
+    /// `--spool-sync`, else the old `--spool-sync-ms`, else the insert window plus
+    /// [`SYNC_AFTER_WINDOW`].
     pub fn spool_sync(&self) -> Duration {
         self.spool_sync
             .or(self.spool_sync_ms.map(Duration::from_millis))
-            .unwrap_or(DEFAULT_SPOOL_SYNC)
+            .unwrap_or_else(|| self.insert_every.saturating_add(SYNC_AFTER_WINDOW))
     }
 
     /// The spool's options.
@@ -382,7 +387,7 @@ mod tests {
         let cli = Cli::try_parse_from(["sensehat-monitor"]).unwrap();
         assert_eq!(cli.sensors, SensorsKind::Sensehat);
         assert_eq!(cli.interval(), Duration::from_millis(500));
-        assert_eq!(cli.spool_sync(), Duration::from_secs(1));
+        assert_eq!(cli.spool_sync(), Duration::from_secs(6));
         assert_eq!(cli.count, None);
         assert_eq!(cli.database, "monitors");
         assert_eq!(cli.collection, "reports");
@@ -420,6 +425,19 @@ mod tests {
             Duration::ZERO
         );
         assert_eq!(parse(&["--spool-sync", "0"]).spool_sync(), Duration::ZERO);
+        // Not given: the insert window plus a second, whatever the window.
+        assert_eq!(
+            parse(&["--insert-every", "0"]).spool_sync(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            parse(&["--insert-every", "30s"]).spool_sync(),
+            Duration::from_secs(31)
+        );
+        assert_eq!(
+            parse(&["--insert-every", "30s", "--spool-sync", "1s"]).spool_sync(),
+            Duration::from_secs(1)
+        );
         // Both given: the new spelling wins.
         let both = parse(&["--interval", "1s", "--interval-ms", "20"]);
         assert_eq!(both.interval(), Duration::from_secs(1));
@@ -440,7 +458,7 @@ mod tests {
         let config = parse(&[&args[..], &["--mongodb-uri", " "]].concat()).into_config();
         assert_eq!(config.agent.interval, Duration::from_millis(250));
         assert_eq!(config.spool_dir, PathBuf::from("/tmp/s"));
-        assert_eq!(config.spool.sync_interval, Duration::from_secs(1));
+        assert_eq!(config.spool.sync_interval, Duration::from_secs(6));
         assert!(config
             .check_config()
             .unwrap_err()

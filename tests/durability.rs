@@ -10,12 +10,15 @@ mod firehose_common;
 #[cfg(feature = "forwarder")]
 #[path = "common/kinesis.rs"]
 mod kinesis;
+#[path = "common/metrics.rs"]
+mod metrics_common;
 
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{agent_command, all_reports, sim_agent, unique_name, MongoServer};
+use common::{agent_command, all_reports, sim_agent, unique_name, wait_until, MongoServer, Reaped};
+use metrics_common::{free_addr, scrape, value, wait_serving};
 
 /// How many runs of "insert, then kill the server at once" each test makes.
 const ROUNDS: usize = 3;
@@ -380,4 +383,94 @@ mod forwarder {
         eprintln!("{} reports, {records} records in the stream", want.len());
         fwd.start_kill().unwrap();
     }
+}
+
+/// The agent at its production settings (500 ms, an insert every 5 s, the default sync
+/// policy) with `extra` arguments, serving its metrics on `addr`.
+fn production_agent(
+    uri: &str,
+    db: &str,
+    spool: &std::path::Path,
+    addr: &str,
+    extra: &[&str],
+) -> Reaped {
+    let child = agent_command()
+        .args([
+            "--sensors",
+            "sim",
+            "--database",
+            db,
+            "--metrics-listen",
+            addr,
+        ])
+        .args(extra)
+        .arg("--spool-dir")
+        .arg(spool)
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Reaped(child)
+}
+
+// The sync policy at the production settings: while the database stores each report within
+// its insert window, the spool is never synced (no forced writes to the card); once the
+// database is gone, the reports waiting are synced. With `--spool-sync 1s` the same agent syncs
+// while the database answers, so the counter does count what it says.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_spool_is_synced_only_while_the_database_does_not_store_the_reports() {
+    let Some(mut server) = MongoServer::start_persistent() else {
+        eprintln!("skipped: needs a server it can stop (MONGODB_TEST_URI is set)");
+        return;
+    };
+    let (db, every_second_db) = (unique_name("nosync"), unique_name("sync1s"));
+    let (spool, every_second_spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (addr, every_second_addr) = (free_addr(), free_addr());
+    let _agent = production_agent(&server.uri, &db, spool.path(), &addr, &[]);
+    let _every_second = production_agent(
+        &server.uri,
+        &every_second_db,
+        every_second_spool.path(),
+        &every_second_addr,
+        &["--spool-sync", "1s"],
+    );
+    wait_serving(&addr).await;
+    wait_serving(&every_second_addr).await;
+    // Three insert windows: every report so far was owed a sync for longer than the default
+    // 6 s would allow had it not been stored.
+    wait_until(Duration::from_secs(60), "three inserts' reports", || {
+        let a = addr.clone();
+        async move {
+            scrape(&a)
+                .get("sensehat_agent_reports_delivered_total")
+                .is_some_and(|&n| n >= 25.0)
+        }
+    })
+    .await;
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "sensehat_agent_database_up"), 1.0);
+    assert_eq!(value(&m, "sensehat_agent_spool_syncs_total"), 0.0, "{m:?}");
+    let every_second = scrape(&every_second_addr);
+    assert!(
+        value(&every_second, "sensehat_agent_spool_syncs_total") >= 5.0,
+        "{every_second:?}"
+    );
+
+    server.kill();
+    wait_until(
+        Duration::from_secs(30),
+        "a sync once nothing is stored",
+        || {
+            let a = addr.clone();
+            async move {
+                scrape(&a)
+                    .get("sensehat_agent_spool_syncs_total")
+                    .is_some_and(|&n| n >= 1.0)
+            }
+        },
+    )
+    .await;
+    let m = scrape(&addr);
+    assert!(value(&m, "sensehat_agent_spool_reports") > 0.0, "{m:?}");
 }

@@ -439,7 +439,7 @@ fn log_health((sensor, event): (Sensor, HealthEvent)) {
 fn log_spool(event: SpoolEvent) {
     match event {
         SpoolEvent::MaintainFailing { error } => {
-            warn!(error = %error, "cannot sync the spool or write its delivered position; a power cut now could lose the last second of readings, or resend some already delivered")
+            warn!(error = %error, "cannot sync the spool or write its delivered position; a power cut now could lose the readings not yet synced, or resend some already delivered")
         }
         SpoolEvent::MaintainRecovered => {
             info!("the spool is synced and its delivered position written again")

@@ -126,7 +126,13 @@ impl Collector for Reader {
         let c = lock(&self.0.counters).clone();
         let spool = self.0.spool.as_ref().map(|s| {
             let s = lock(s);
-            (s.pending(), s.bytes(), s.max_bytes(), s.dropped_total)
+            (
+                s.pending(),
+                s.bytes(),
+                s.max_bytes(),
+                s.dropped_total,
+                s.syncs_total,
+            )
         });
         let counters: [(&str, &str, u64); 7] = [
             ("samples", "Samples taken", c.samples),
@@ -210,7 +216,14 @@ impl Collector for Reader {
             let m = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
             ConstGauge::new(v).encode(m)?;
         }
-        if let Some((pending, bytes, max, _)) = spool {
+        if let Some((pending, bytes, max, _, syncs)) = spool {
+            let m = encoder.encode_descriptor(
+                "spool_syncs",
+                "fdatasync calls on the spool (forced writes to the card; none while MongoDB answers in time)",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(syncs).encode(m)?;
             let spool_gauges: [(&str, &str, Option<&Unit>, i64); 3] = [
                 (
                     "spool_reports",

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::dir::write_cursor;
 use super::frame::Frames;
-use super::{Position, SpoolError, CURSOR_EVERY};
+use super::{Position, SpoolError, CURSOR_EVERY, RETRY_EVERY};
 
 /// Where a batch came from, so it can be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,11 +147,14 @@ impl Cursor {
     }
 
     /// Write the delivered position down in `dir` if it moved since it last was and the last
-    /// try was at least [`CURSOR_EVERY`] ago.
+    /// try was at least [`CURSOR_EVERY`] ago ([`RETRY_EVERY`] if it failed).
     pub(super) fn write_if_due(&mut self, dir: &Path, now: Instant) -> Result<(), SpoolError> {
-        let tried_lately = self
-            .tried_at
-            .is_some_and(|t| now.duration_since(t) < CURSOR_EVERY);
+        let every = if self.failing {
+            RETRY_EVERY
+        } else {
+            CURSOR_EVERY
+        };
+        let tried_lately = self.tried_at.is_some_and(|t| now.duration_since(t) < every);
         if self.ack == self.written || tried_lately {
             return Ok(());
         }

@@ -17,7 +17,7 @@
 //! taken in quick succession are written in groups instead ([`Spool::append_grouped`]): a
 //! report due to be followed within [`WRITE_GROUP`] (50 ms) waits for it in memory, so at
 //! `--interval 1ms` one `write(2)` carries fifty reports, and a kill can take the last 50 ms of
-//! readings with it (power loss can take a second's, below). At intervals of 50 ms and more, the
+//! readings with it (power loss can take more, below). At intervals of 50 ms and more, the
 //! agent's default 500 ms included, every report is written as soon as it is taken. Why: a
 //! small `write(2)` spends nearly all of its time on the mtime update and its journal handle,
 //! whatever its size, so at short intervals one write per report costs many times the CPU of
@@ -25,12 +25,12 @@
 //! case: the page cache is gone unless the data was `fdatasync`ed. Syncing every append would
 //! cost a data block plus an ext4 journal commit per report, many times the report's size in
 //! flash writes (`benches/spool.rs fill` measures them), which wears an SD card for nothing in
-//! the common case, where the database acknowledges a report within a fraction of a second and
-//! the spool copy is deleted anyway. So the policy is *sync what is still owed*: at most every
-//! `sync_interval` (default 1 s, `--spool-sync`), and only if some appended record is neither
-//! acknowledged nor synced yet. With the database up, almost nothing is synced; with it down,
-//! one fdatasync per second covers every report older than a second. `--spool-sync 0` syncs
-//! every append, for those who prefer the wear to the one-second window.
+//! the common case, where the database acknowledges a report within seconds and the spool copy
+//! is deleted anyway. So the policy is *sync what is still owed*: a record neither acknowledged
+//! nor synced `sync_interval` after it was appended is synced (with everything before it). The
+//! agent's default (`--spool-sync`) is its insert window plus a second, so with the database up
+//! nothing is synced; with it down, one fdatasync per interval covers every report older than
+//! that. `--spool-sync 0` syncs every append, for those who prefer the wear to the window.
 //!
 //! On open, every segment is scanned. A torn or corrupt tail (a crash mid-write, or blocks of
 //! zeros after power loss) fails its length or CRC check and is cut off, never fatal. Bad data
@@ -88,8 +88,13 @@ use memory::Memory;
 use segment::Segments;
 use sync::SyncPolicy;
 
-/// How often the delivered position is written down.
-pub const CURSOR_EVERY: Duration = Duration::from_secs(5);
+/// How often the delivered position is written down. What it saves after a crash is a
+/// resend of reports the database already has (which it counts as duplicates), so a minute's
+/// worth is cheap; writing it is a new file and a rename, the costliest thing the agent does
+/// between syncs, so not at every insert.
+pub const CURSOR_EVERY: Duration = Duration::from_secs(60);
+/// How soon a sync or a position write that failed is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 /// Reports kept in memory while the disk cannot be written (about 7 hours at 2 Hz).
 pub const MEMORY_MAX: usize = 50_000;
 /// Reports appended within this long of each other may be written together, in one
@@ -173,6 +178,9 @@ pub struct Spool {
     deferred: AppendOutcome,
     /// Undelivered reports dropped since the spool was opened (the cap, a full memory queue).
     pub dropped_total: u64,
+    /// `fdatasync`s of segment files since the spool was opened: each a forced write to the
+    /// card, which the sync policy keeps to the times the database does not answer.
+    pub syncs_total: u64,
 }
 
 impl Spool {
@@ -194,6 +202,7 @@ impl Spool {
             memory: Memory::default(),
             deferred: AppendOutcome::default(),
             dropped_total: 0,
+            syncs_total: 0,
         };
         if spool.segments.is_empty() {
             spool.start_first_segment(id_floor, &mut report);
@@ -368,6 +377,7 @@ impl Spool {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        self.syncs_total += 1;
         self.segments.sync_data()?;
         self.sync.synced_to(self.segments.end());
         Ok(())
@@ -388,7 +398,7 @@ impl Spool {
     /// Called on every tick: write out reports that have waited [`WRITE_GROUP`] (their group
     /// closes when the next report comes, which a stuck or failing sample delays), sync if
     /// something has been owed for `sync_interval`, and write down the delivered position every
-    /// [`CURSOR_EVERY`]. A sync or position write that fails is tried again [`CURSOR_EVERY`]
+    /// [`CURSOR_EVERY`]. A sync or position write that fails is tried again [`RETRY_EVERY`]
     /// later, not at the next tick, and the one does not wait for the other.
     ///
     /// `Err` when something tried here failed; `Ok(true)` when nothing that was tried, here or
@@ -440,6 +450,7 @@ impl Spool {
     /// across a segment boundary; an empty batch when there is nothing to send.
     pub fn next_batch(&mut self, max: usize) -> Result<Batch, SpoolError> {
         self.write_out_deferred();
+        self.sync.read_up_to(self.segments.end(), Instant::now());
         if let Some((id, limit)) = self.segments.seek_unread(&mut self.cursor.read) {
             let path = self.segments.path(id);
             return self.cursor.read_batch(&path, id, limit, max);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Position, CURSOR_EVERY};
+use super::{Position, RETRY_EVERY};
 
 /// What is owed a sync, and since when.
 #[derive(Debug)]
@@ -17,6 +17,8 @@ pub(super) struct SyncPolicy {
     synced: Position,
     /// A sync failed: when to try it again.
     retry_at: Option<Instant>,
+    /// Where the records ended when the last batch was read, and when.
+    last_read: Option<(Position, Instant)>,
 }
 
 impl SyncPolicy {
@@ -27,6 +29,7 @@ impl SyncPolicy {
             owed_since: None,
             synced,
             retry_at: None,
+            last_read: None,
         }
     }
 
@@ -56,11 +59,26 @@ impl SyncPolicy {
         self.owed_since = None;
     }
 
+    /// A batch is read at `at`, when the records end at `end`.
+    pub(super) fn read_up_to(&mut self, end: Position, at: Instant) {
+        self.last_read = Some((end, at));
+    }
+
     /// Everything before `ack` was delivered: if that is all there is (`end`), nothing is
-    /// owed.
+    /// owed. If it is all there was when the last batch was read, what is owed now was
+    /// appended since that read, and is owed from then, not from when the delivered reports
+    /// were appended: a report taken while an insert is under way does not make a sync due
+    /// early.
     pub(super) fn delivered_to(&mut self, ack: Position, end: Position) {
-        if self.owed_since.is_some() && ack >= end {
+        let Some(since) = self.owed_since else {
+            return;
+        };
+        if ack >= end {
             self.owed_since = None;
+        } else if let Some((read_end, read_at)) = self.last_read {
+            if ack >= read_end {
+                self.owed_since = Some(since.max(read_at));
+            }
         }
     }
 
@@ -73,9 +91,9 @@ impl SyncPolicy {
     }
 
     /// The sync tried at `now` failed (`Err`) or worked; a failed one is tried again
-    /// [`CURSOR_EVERY`] later, not at the next tick.
+    /// [`RETRY_EVERY`] later, not at the next tick.
     pub(super) fn tried<T, E>(&mut self, now: Instant, result: &Result<T, E>) {
-        self.retry_at = result.is_err().then(|| now + CURSOR_EVERY);
+        self.retry_at = result.is_err().then(|| now + RETRY_EVERY);
     }
 
     /// The last sync tried failed.
@@ -92,8 +110,30 @@ mod tests {
     use super::*;
     use std::fs;
 
+    // Owed from when the last batch was read once all it could carry is delivered, even if
+    // more came meanwhile; owed from the first append still when the delivery fell short.
+    #[test]
+    fn a_report_taken_during_an_insert_is_owed_from_the_read() {
+        let pos = |offset| Position { segment: 1, offset };
+        let t0 = Instant::now();
+        let mut p = SyncPolicy::new(Duration::from_secs(6), pos(0));
+        p.owe_from(t0);
+        p.read_up_to(pos(100), t0 + Duration::from_secs(5));
+        // Delivered only part of what was read: still owed from t0.
+        p.delivered_to(pos(50), pos(150));
+        assert_eq!(p.owed_since, Some(t0));
+        assert!(p.is_due(t0 + Duration::from_secs(6)));
+        // All that was read, with one more appended since: owed from the read.
+        p.delivered_to(pos(100), pos(150));
+        assert_eq!(p.owed_since, Some(t0 + Duration::from_secs(5)));
+        assert!(!p.is_due(t0 + Duration::from_secs(6)));
+        // Everything: nothing owed.
+        p.delivered_to(pos(150), pos(150));
+        assert_eq!(p.owed_since, None);
+    }
+
     // A delivered position that cannot be written (its name is taken by a directory) is
-    // tried every CURSOR_EVERY, not every tick, and syncs that work meanwhile do not count as
+    // tried every RETRY_EVERY, not every tick, and syncs that work meanwhile do not count as
     // recovery (the log would flap between failing and fixed); once it is written, it does.
     #[test]
     fn maintenance_recovers_only_when_what_failed_works() {
@@ -108,9 +148,9 @@ mod tests {
         // Something new to sync, a second on: the sync works, the position is not due.
         s.append(&payload(1), t0);
         assert!(!s.maintain(t0 + Duration::from_secs(2)).unwrap());
-        assert!(s.maintain(t0 + CURSOR_EVERY).is_err());
+        assert!(s.maintain(t0 + RETRY_EVERY).is_err());
         fs::remove_dir_all(dir.path().join("acked")).unwrap();
-        assert!(s.maintain(t0 + 2 * CURSOR_EVERY).unwrap());
+        assert!(s.maintain(t0 + 2 * RETRY_EVERY).unwrap());
         assert_eq!(read_cursor(dir.path()), Some(s.cursor.ack));
     }
 }
