@@ -72,9 +72,51 @@ pub fn replace_with_mode(
     Ok(())
 }
 
+/// Overwrite `path` in place with `contents`, followed by spaces up to the file's length (so it
+/// never shrinks and needs no truncation), creating it if it is not there. For a text file whose
+/// format ignores trailing spaces (JSON), rewritten often and read seldom: one write into a page
+/// already cached, where [`replace`] makes a new file and renames it over the old, which on
+/// ext4 also forces the new file's data out. A reader may see a write half done, and must try
+/// again when what it reads does not parse. A symlink under the name is not followed.
+pub fn overwrite_padded(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    if contents.len() >= len {
+        return f.write_all_at(contents, 0);
+    }
+    let mut padded = Vec::with_capacity(len);
+    padded.extend_from_slice(contents);
+    padded.resize(len, b' ');
+    f.write_all_at(&padded, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Shorter contents are padded with spaces to the old length, longer ones grow the file,
+    // and a symlink planted under the name is neither followed nor written through.
+    #[test]
+    fn overwrite_padded_pads_grows_and_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        overwrite_padded(&path, br#"{"a": 12345}"#).unwrap();
+        overwrite_padded(&path, br#"{"a": 1}"#).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), br#"{"a": 1}    "#);
+        overwrite_padded(&path, br#"{"a": 1234567}"#).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), br#"{"a": 1234567}"#);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let link = dir.path().join("planted");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(overwrite_padded(&link, b"{}").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    }
 
     // The temporary file is made new: a symlink planted under its name is not written through.
     #[test]

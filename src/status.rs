@@ -11,6 +11,8 @@ use crate::sink::spool;
 
 /// The status file's name, in the spool directory.
 pub const STATUS_FILE: &str = "status.json";
+/// Reads of the status file before it counts as unreadable (see [`Status::read`]).
+const READ_TRIES: usize = 3;
 
 /// One sensor's health, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -77,16 +79,24 @@ pub struct Status {
 }
 
 impl Status {
-    /// Replace the file whole, so a reader never sees half of it. Not synced: it is rewritten
-    /// often, and one lost to a power cut is rewritten at the next start.
+    /// Overwrite the file in place (see [`crate::fsutil::overwrite_padded`]): it is rewritten
+    /// every few seconds and read seldom, so the write is made cheap and the reader tries
+    /// again. Not synced: one lost to a power cut is rewritten at the next start.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::fsutil::replace(path, &text, crate::fsutil::Durability::Unsynced)
+        crate::fsutil::overwrite_padded(path, &text)
     }
 
-    /// The status file at `path`, if it is there and readable.
+    /// The status file at `path`, if it is there and readable. A read that caught the agent
+    /// writing it does not parse, and is made again a moment later.
     pub fn read(path: &Path) -> Option<Status> {
-        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+        for _ in 0..READ_TRIES {
+            if let Ok(status) = serde_json::from_slice(&std::fs::read(path).ok()?) {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
     }
 }
 
