@@ -18,6 +18,10 @@ use crate::sink::{InsertError, InsertOutcome, Inserter};
 
 /// Most reports per `insert_many` when draining a backlog.
 pub const BATCH_MAX: usize = 10_000;
+/// Up to this many pending reports, all written to the segment file, are read on the
+/// runtime's thread (see [`Deliverer::read_batch`]): at the default 500 ms an insert window
+/// holds ten.
+pub const INLINE_READ_MAX: u64 = 64;
 /// How early a sample may come and still close the insert window: samples fall on a fixed grid,
 /// so the one that ends a window of a whole number of intervals is due exactly as it ends, give
 /// or take the timer's jitter.
@@ -171,17 +175,30 @@ impl<I: Inserter> Deliverer<I> {
         lock(&self.counters).connected == Some(true) && lock(&self.spool).pending() > 0
     }
 
-    /// The next batch, or `None` when the spool is empty. Read on a blocking thread: reading
-    /// may mean writing reports that wait for their group first, and a segment rolling over
-    /// syncs. (`&mut`: a `Deliverer` is `Send`, not `Sync`.)
+    /// The next batch, or `None` when the spool is empty. An insert window's reports (up to
+    /// [`INLINE_READ_MAX`], all written already) are read here: they were written moments ago
+    /// and are copied from the page cache, which costs less than the two thread switches of a
+    /// blocking thread. More, or reports still waiting for their group (writing them may roll
+    /// the segment over, which syncs), are read on a blocking thread.
+    /// (`&mut`: a `Deliverer` is `Send`, not `Sync`.)
     async fn read_batch(&mut self) -> Result<Option<Batch>, AgentError> {
-        if lock(&self.spool).pending() == 0 {
-            return Ok(None);
-        }
-        let sp = self.spool.clone();
-        let batch = tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
-            .await
-            .map_err(|e| AgentError::Join(e.to_string()))??;
+        let batch = {
+            let mut sp = lock(&self.spool);
+            let pending = sp.pending();
+            if pending == 0 {
+                return Ok(None);
+            }
+            (pending <= INLINE_READ_MAX && sp.unwritten() == 0).then(|| sp.next_batch(BATCH_MAX))
+        };
+        let batch = match batch {
+            Some(read) => read?,
+            None => {
+                let sp = self.spool.clone();
+                tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
+                    .await
+                    .map_err(|e| AgentError::Join(e.to_string()))??
+            }
+        };
         // The batch starts with the oldest report still unsent: its age is a metric.
         self.read_at_ms = now_ms();
         if self.telemetry.is_some() {
