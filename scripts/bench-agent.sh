@@ -18,7 +18,10 @@ cd "$(dirname "$0")/.."
 source scripts/test-server.sh
 SEED=${SEED_AGENT_DIR:-../shared/bench/seed_agent}
 [ -f "$SEED/seed_agent.py" ] || { echo "the original Python agent is not at $SEED: set SEED_AGENT_DIR to its directory" >&2; exit 1; }
-cargo build --release -q --bin sensehat-monitor --example sleep_floor
+# Two builds: an example pulls in the dev-dependencies, whose features (tokio's test-util, and
+# more) would otherwise be built into the agent too, which then is not the binary a Pi runs.
+cargo build --release -q --bin sensehat-monitor
+cargo build --release -q --example sleep_floor
 "$PY" -c 'import pymongo' 2>/dev/null || .venv-test/bin/pip install -q pymongo
 variants=()
 if [ "${METRICS:-0}" = 1 ]; then

@@ -175,6 +175,14 @@ def scrape_every(port, seconds):
             pass
 
 
+def stagger(a, variants):
+    """Wait a share of the interval before starting the next program, so that their grids are
+    spread over it: started together, every program woke at the same instant as the others,
+    and the first started was charged up to half again as much CPU as the same agent started
+    after it."""
+    time.sleep(a.interval_ms / 1000 / (len(variants) + 2))
+
+
 def run(a, variants, upstream, client, tmp, env, progs):
     for i, (label, extra) in enumerate(variants):
         # "@zlib" first: the proxy stands in for a server that offers zlib (see wire_proxy.py).
@@ -196,6 +204,7 @@ def run(a, variants, upstream, client, tmp, env, progs):
                      count=lambda t0, t1, i=i: client[f"bench_production_{i}"].reports.count_documents(
                          {"recordedAt": {"$gte": t0, "$lt": t1}}))
         progs.append(m)
+        stagger(a, variants)
     seed_proxy = Proxy(upstream)
     seed_env = dict(os.environ, MONGODB_CONNECTION_STRING=f"mongodb://127.0.0.1:{seed_proxy.port}/?directConnection=true",
                     SAMPLES="1000000", PERIOD=str(a.interval_ms / 1000))
@@ -205,6 +214,7 @@ def run(a, variants, upstream, client, tmp, env, progs):
                     count=lambda t0, t1: client.monitors.reports.count_documents(
                         {"nodeName": seed_node, "recordedAt": {"$gte": t0.replace(tzinfo=None), "$lt": t1.replace(tzinfo=None)}}))
     progs.append(seed)
+    stagger(a, variants)
     floor = Measured("floor", [a.floor, "100000000", str(a.interval_ms)])
     progs.append(floor)
     everyone = list(progs)
