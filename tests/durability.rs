@@ -17,8 +17,10 @@ use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{agent_command, all_reports, sim_agent, unique_name, wait_until, MongoServer, Reaped};
-use metrics_common::{free_addr, scrape, value, wait_serving};
+use common::{
+    agent_command, all_reports, quiet_agent, sim_agent, unique_name, MongoServer, Reaped,
+};
+use metrics_common::{free_addr, scrape, value, wait_for_metric, wait_serving};
 
 /// How many runs of "insert, then kill the server at once" each test makes.
 const ROUNDS: usize = 3;
@@ -394,24 +396,16 @@ fn production_agent(
     addr: &str,
     extra: &[&str],
 ) -> Reaped {
-    let child = agent_command()
-        .args([
-            "--sensors",
-            "sim",
-            "--database",
-            db,
-            "--metrics-listen",
-            addr,
-        ])
-        .args(extra)
-        .arg("--spool-dir")
-        .arg(spool)
-        .env("MONGODB_CONNECTION_STRING", uri)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Reaped(child)
+    let mut args = vec![
+        "--sensors",
+        "sim",
+        "--database",
+        db,
+        "--metrics-listen",
+        addr,
+    ];
+    args.extend_from_slice(extra);
+    quiet_agent(uri, spool, &args)
 }
 
 // The sync policy at the production settings: while the database stores each report within
@@ -439,15 +433,7 @@ async fn the_spool_is_synced_only_while_the_database_does_not_store_the_reports(
     wait_serving(&every_second_addr).await;
     // Three insert windows: every report so far was owed a sync for longer than the default
     // 6 s would allow had it not been stored.
-    wait_until(Duration::from_secs(60), "three inserts' reports", || {
-        let a = addr.clone();
-        async move {
-            scrape(&a)
-                .get("sensehat_agent_reports_delivered_total")
-                .is_some_and(|&n| n >= 25.0)
-        }
-    })
-    .await;
+    wait_for_metric(&addr, "sensehat_agent_reports_delivered_total", 25.0).await;
     let m = scrape(&addr);
     assert_eq!(value(&m, "sensehat_agent_database_up"), 1.0);
     assert_eq!(value(&m, "sensehat_agent_spool_syncs_total"), 0.0, "{m:?}");
@@ -458,19 +444,7 @@ async fn the_spool_is_synced_only_while_the_database_does_not_store_the_reports(
     );
 
     server.kill();
-    wait_until(
-        Duration::from_secs(30),
-        "a sync once nothing is stored",
-        || {
-            let a = addr.clone();
-            async move {
-                scrape(&a)
-                    .get("sensehat_agent_spool_syncs_total")
-                    .is_some_and(|&n| n >= 1.0)
-            }
-        },
-    )
-    .await;
+    wait_for_metric(&addr, "sensehat_agent_spool_syncs_total", 1.0).await;
     let m = scrape(&addr);
     assert!(value(&m, "sensehat_agent_spool_reports") > 0.0, "{m:?}");
 }

@@ -5,10 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{agent_command, signal, unique_name, MongoServer, Reaped};
+use common::{agent_command, quiet_agent, signal, unique_name, MongoServer, Reaped};
 use sensehat_monitor::led::{frame::DEFAULT_LOGO_PNG, Frame, Rotation};
 
 // The README's colours as the framebuffer stores them (RGB565), declared here again rather
@@ -109,19 +109,19 @@ fn stop_and_check_cleared(child: &mut Reaped, fb: &Path) {
 /// The agent on the simulated board every 50 ms, storing into `db` at `uri`, showing the LED
 /// on `fb`.
 fn stored_agent(uri: &str, db: &str, dir: &Path, fb: &Path, extra: &[&str]) -> Reaped {
-    let child: Child = agent_command()
-        .args(["--sensors", "sim", "--interval", "50ms", "--database", db])
-        .arg("--spool-dir")
-        .arg(dir.join(format!("spool-{db}")))
-        .arg("--led-device")
-        .arg(fb)
-        .args(extra)
-        .env("MONGODB_CONNECTION_STRING", uri)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Reaped(child)
+    let fb = fb.to_str().unwrap();
+    let mut args = vec![
+        "--sensors",
+        "sim",
+        "--interval",
+        "50ms",
+        "--database",
+        db,
+        "--led-device",
+        fb,
+    ];
+    args.extend_from_slice(extra);
+    quiet_agent(uri, &dir.join(format!("spool-{db}")), &args)
 }
 
 // Storing: four green. The server is killed: within a few seconds one amber pixel, lit in the

@@ -8,9 +8,10 @@ mod metrics_common;
 
 use std::time::Duration;
 
-use common::{agent_command, unique_name, wait_until, MongoServer, Reaped};
+use common::{agent_command, quiet_agent, unique_name, wait_until, MongoServer, Reaped};
 use metrics_common::{
-    free_addr, get, lint, promtool, repo_file, scrape, value, wait_serving, Prometheus,
+    free_addr, get, lint, promtool, repo_file, scrape, value, wait_for_metric, wait_serving,
+    Prometheus,
 };
 
 /// The agent on the simulated board, 50 ms apart, inserting every 200 ms, with metrics on
@@ -22,26 +23,21 @@ fn agent(
     addr: &str,
     textfile: &std::path::Path,
 ) -> Reaped {
-    let child = agent_command()
-        .args([
-            "--sensors",
-            "sim",
-            "--interval",
-            "50ms",
-            "--insert-every",
-            "200ms",
-        ])
-        .args(["--database", db, "--metrics-listen", addr])
-        .arg("--metrics-textfile")
-        .arg(textfile)
-        .arg("--spool-dir")
-        .arg(spool)
-        .env("MONGODB_CONNECTION_STRING", uri)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Reaped(child)
+    let args = [
+        "--sensors",
+        "sim",
+        "--interval",
+        "50ms",
+        "--insert-every",
+        "200ms",
+        "--database",
+        db,
+        "--metrics-listen",
+        addr,
+        "--metrics-textfile",
+        textfile.to_str().unwrap(),
+    ];
+    quiet_agent(uri, spool, &args)
 }
 
 // The metrics follow what the agent does: samples, deliveries, the spool; when the database
@@ -60,17 +56,7 @@ async fn agent_metrics_follow_delivery_and_an_outage() {
     let _agent = agent(&server.uri, &db, spool.path(), &addr, &textfile);
     wait_serving(&addr).await;
 
-    wait_until(Duration::from_secs(30), "20 reports delivered", || {
-        let a = addr.clone();
-        async move {
-            let m = scrape(&a);
-            m.get("sensehat_agent_reports_delivered_total")
-                .copied()
-                .unwrap_or(0.0)
-                >= 20.0
-        }
-    })
-    .await;
+    wait_for_metric(&addr, "sensehat_agent_reports_delivered_total", 20.0).await;
     let m = scrape(&addr);
     assert!(value(&m, "sensehat_agent_samples_total") >= 20.0);
     assert_eq!(value(&m, "sensehat_agent_database_up"), 1.0);
@@ -142,17 +128,7 @@ async fn agent_metrics_follow_delivery_and_an_outage() {
         not_ready.body
     );
     assert_eq!(not_ready.body.lines().count(), 1, "{}", not_ready.body);
-    wait_until(Duration::from_secs(30), "the spool to grow", || {
-        let a = addr.clone();
-        async move {
-            scrape(&a)
-                .get("sensehat_agent_spool_reports")
-                .copied()
-                .unwrap_or(0.0)
-                >= 10.0
-        }
-    })
-    .await;
+    wait_for_metric(&addr, "sensehat_agent_spool_reports", 10.0).await;
     let m = scrape(&addr);
     assert_eq!(value(&m, "sensehat_agent_database_up"), 0.0);
     assert!(value(&m, "sensehat_agent_spool_bytes") > 0.0);

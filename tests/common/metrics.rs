@@ -49,6 +49,20 @@ pub fn get(addr: &str, path: &str) -> std::io::Result<Answer> {
     })
 }
 
+/// Wait until the metric `name` scraped from `addr` is at least `min`.
+pub async fn wait_for_metric(addr: &str, name: &str, min: f64) {
+    let (a, n) = (addr.to_owned(), name.to_owned());
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{name} >= {min}"),
+        move || {
+            let (a, n) = (a.clone(), n.clone());
+            async move { scrape(&a).get(&n).is_some_and(|&v| v >= min) }
+        },
+    )
+    .await;
+}
+
 /// Wait until `addr` answers `/healthz`.
 pub async fn wait_serving(addr: &str) {
     let a = addr.to_owned();

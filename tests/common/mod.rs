@@ -276,6 +276,21 @@ pub fn signal_pid(pid: u32, sig: i32) {
     assert!(status.success());
 }
 
+/// The agent with `args`, spooling in `spool` and storing through `uri`, its output discarded;
+/// killed when dropped.
+pub fn quiet_agent(uri: &str, spool: &Path, args: &[&str]) -> Reaped {
+    let child = agent_command()
+        .args(args)
+        .arg("--spool-dir")
+        .arg(spool)
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Reaped(child)
+}
+
 /// A child process killed when dropped, so that a failed assertion does not leave an agent
 /// running (it would keep the test harness's output pipe open).
 pub struct Reaped(pub Child);
