@@ -73,7 +73,8 @@ pub fn replace_with_mode(
 }
 
 /// Overwrite `path` in place with `contents`, followed by spaces up to the file's length (so it
-/// never shrinks and needs no truncation), creating it if it is not there. For a text file whose
+/// needs no truncation; past [`PAD_MAX`] spaces it is truncated instead), creating it if it is
+/// not there. For a text file whose
 /// format ignores trailing spaces (JSON), rewritten often and read seldom: one write into a page
 /// already cached, where [`replace`] makes a new file and renames it over the old, which on
 /// ext4 also forces the new file's data out. A reader may see a write half done, and must try
@@ -85,15 +86,20 @@ pub fn overwrite_padded(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .create(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)?;
-    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
-    if contents.len() >= len {
-        return f.write_all_at(contents, 0);
+    let new_len = contents.len() as u64;
+    let pad = f.metadata()?.len().saturating_sub(new_len);
+    if pad > PAD_MAX {
+        // Not a file this wrote (or one that shrank by far): cut it rather than pad it.
+        f.write_all_at(contents, 0)?;
+        return f.set_len(new_len);
     }
-    let mut padded = Vec::with_capacity(len);
-    padded.extend_from_slice(contents);
-    padded.resize(len, b' ');
+    let mut padded = contents.to_vec();
+    padded.resize(contents.len() + pad as usize, b' ');
     f.write_all_at(&padded, 0)
 }
+
+/// Most spaces [`overwrite_padded`] writes after the contents; a longer file is truncated.
+const PAD_MAX: u64 = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -110,6 +116,10 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), br#"{"a": 1}    "#);
         overwrite_padded(&path, br#"{"a": 1234567}"#).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), br#"{"a": 1234567}"#);
+        // A file far longer than anything written is cut, not padded.
+        std::fs::write(&path, vec![b'x'; 3 * PAD_MAX as usize]).unwrap();
+        overwrite_padded(&path, b"{}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"keep me").unwrap();
         let link = dir.path().join("planted");
