@@ -117,6 +117,27 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// What a scrape reads from the spool, under one lock.
+struct SpoolLook {
+    pending: u64,
+    bytes: u64,
+    max: u64,
+    dropped: u64,
+    syncs: u64,
+}
+
+impl SpoolLook {
+    fn of(s: &Spool) -> SpoolLook {
+        SpoolLook {
+            pending: s.pending(),
+            bytes: s.bytes(),
+            max: s.max_bytes(),
+            dropped: s.dropped_total,
+            syncs: s.syncs_total,
+        }
+    }
+}
+
 /// The collector that reads [`State`] at each scrape.
 #[derive(Debug)]
 struct Reader(Arc<State>);
@@ -124,16 +145,7 @@ struct Reader(Arc<State>);
 impl Collector for Reader {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = lock(&self.0.counters).clone();
-        let spool = self.0.spool.as_ref().map(|s| {
-            let s = lock(s);
-            (
-                s.pending(),
-                s.bytes(),
-                s.max_bytes(),
-                s.dropped_total,
-                s.syncs_total,
-            )
-        });
+        let spool = self.0.spool.as_ref().map(|s| SpoolLook::of(&lock(s)));
         let counters: [(&str, &str, u64); 7] = [
             ("samples", "Samples taken", c.samples),
             (
@@ -164,7 +176,9 @@ impl Collector for Reader {
             (
                 "reports_dropped",
                 "Undelivered reports dropped because the spool was full",
-                spool.map_or(c.dropped, |s| s.3.max(c.dropped)),
+                spool
+                    .as_ref()
+                    .map_or(c.dropped, |s| s.dropped.max(c.dropped)),
             ),
         ];
         for (name, help, v) in counters {
@@ -216,7 +230,14 @@ impl Collector for Reader {
             let m = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
             ConstGauge::new(v).encode(m)?;
         }
-        if let Some((pending, bytes, max, _, syncs)) = spool {
+        if let Some(SpoolLook {
+            pending,
+            bytes,
+            max,
+            syncs,
+            ..
+        }) = spool
+        {
             let m = encoder.encode_descriptor(
                 "spool_syncs",
                 "fdatasync calls on the spool (forced writes to the card; none while MongoDB answers in time)",
