@@ -308,46 +308,93 @@ async fn stores_reports_with_the_original_bson_types() {
     client.database(&db).drop().await.unwrap();
 }
 
-// Under systemd (NOTIFY_SOCKET set), the agent sends READY=1 after the first sample and pings
-// the watchdog from the sampling loop.
-#[test]
-fn notifies_systemd_ready_and_watchdog() {
+/// What the agent run with `args` under a systemd watchdog of `watchdog_usec` tells systemd
+/// (`NOTIFY_SOCKET`), in order. A thread reads as the messages come, as systemd does: a
+/// datagram socket's queue is short, and a sender blocks when it is full.
+fn systemd_notifications(args: &[&str], watchdog_usec: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut messages = Vec::new();
+            let mut buf = [0u8; 256];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => messages.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned()),
+                    // Timed out: nothing is queued.
+                    Err(_) if done.load(std::sync::atomic::Ordering::SeqCst) => return messages,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
     let status = agent_command()
-        .args([
-            "--sensors",
-            "sim",
-            "--dry-run",
-            "--count",
-            "3",
-            "--interval-ms",
-            "200",
-        ])
+        .args(args)
         .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "100000")
+        .env("WATCHDOG_USEC", watchdog_usec)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success());
-    sock.set_nonblocking(true).unwrap();
-    let mut messages = Vec::new();
-    let mut buf = [0u8; 256];
-    while let Ok(n) = sock.recv(&mut buf) {
-        messages.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
-    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let messages = reader.join().unwrap();
+    assert!(status.success(), "{messages:?}");
+    messages
+}
+
+// Under systemd (NOTIFY_SOCKET set), the agent sends READY=1 after the first sample and pings
+// the watchdog from the sampling loop.
+#[test]
+fn notifies_systemd_ready_and_watchdog() {
+    let args = [
+        "--sensors",
+        "sim",
+        "--dry-run",
+        "--count",
+        "3",
+        "--interval",
+        "200ms",
+    ];
+    let messages = systemd_notifications(&args, "100000");
     assert_eq!(
         messages.iter().filter(|m| *m == "READY=1").count(),
         1,
         "{messages:?}"
     );
-    // One ping per sample plus the ones while waiting 200 ms between samples (every 50 ms).
+    // Samples 200 ms apart, pings at most 25 ms apart (a quarter of the 100 ms timeout): one
+    // with each sample and the ones while waiting.
     let pings = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
     assert!(pings >= 5, "{messages:?}");
     // Nothing before the first sample: READY=1 means a reading was taken.
     assert_eq!(messages[0], "READY=1", "{messages:?}");
+}
+
+// Each ping wakes systemd, so the watchdog is pinged every quarter of its timeout, with the
+// sample due then, not with every sample: 30 samples at 100 ms under a 4 s watchdog send a
+// few pings, where a ping a sample would send 30.
+#[test]
+fn watchdog_pings_come_a_quarter_of_its_timeout_apart_not_with_every_sample() {
+    let args = [
+        "--sensors",
+        "sim",
+        "--dry-run",
+        "--count",
+        "30",
+        "--interval",
+        "100ms",
+    ];
+    let messages = systemd_notifications(&args, "4000000");
+    assert_eq!(
+        messages.first().map(String::as_str),
+        Some("READY=1"),
+        "{messages:?}"
+    );
+    let pings = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
+    // 2.9 s of samples, a ping at least every second: 3 or 4, more only if the run stretched.
+    assert!((2..=10).contains(&pings), "{pings} pings: {messages:?}");
 }

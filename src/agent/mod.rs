@@ -55,6 +55,7 @@ mod status;
 mod take;
 mod telemetry;
 pub mod ticker;
+mod watchdog;
 
 pub use check::{check_config, CheckConfig};
 pub use delivery::BATCH_MAX;

@@ -16,6 +16,7 @@ use super::matrix::{agent_state, Matrix};
 use super::spool_log::{SpoolEvent, SpoolLog};
 use super::take::{take, Destination, Store, Stored, Taken};
 use super::ticker::{TickSource, Ticker};
+use super::watchdog::Watchdog;
 use super::{lock, AgentError, AgentOptions, Output, Sampler, Shared, Telemetry, STATUS_EVERY};
 use crate::board::{HealthEvent, Sensor};
 use crate::clock::{self, ClockGate, Released};
@@ -124,27 +125,23 @@ impl<S: Sampler> Sampling<'_, S> {
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool, AgentError> {
         let mut schedule = Schedule::new(self.interval, self.options.ticker);
-        let watchdog = if self.options.notify_systemd {
-            sd_notify::watchdog_enabled()
-        } else {
-            None
-        };
+        let mut watchdog = Watchdog::from_env(self.options.notify_systemd);
         loop {
             let reports = lock(&self.shared.counters).reports;
             if self.options.count.is_some_and(|n| reports >= n) {
                 return Ok(false);
             }
-            if !wait_for_slot(&mut schedule, watchdog, shutdown).await {
+            if !wait_for_slot(&mut schedule, watchdog.as_mut(), shutdown).await {
                 info!("shutdown requested: sampling stopped");
                 return Ok(true);
             }
             self.sample_once().await?;
-            if self.options.notify_systemd {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
             let missed = schedule.advance();
             if missed > 0 {
                 self.fell_behind(missed, &mut schedule.last_behind_log);
+            }
+            if let Some(w) = watchdog.as_mut() {
+                w.ping_before(schedule.due());
             }
         }
     }
@@ -372,23 +369,25 @@ impl<S: Sampler> Sampling<'_, S> {
     }
 }
 
-/// Wait for the schedule's current slot, pinging systemd's watchdog meanwhile when intervals
-/// are long; a sample stuck on the bus stops the pings (the caller awaits it), and systemd
-/// restarts us. False when `shutdown` came first.
+/// Wait for the schedule's current slot, pinging systemd's watchdog meanwhile when samples are
+/// further apart than its pings must be; a sample stuck on the bus stops the pings (the caller
+/// awaits it), and systemd restarts us. False when `shutdown` came first.
 async fn wait_for_slot(
     schedule: &mut Schedule,
-    watchdog: Option<Duration>,
+    mut watchdog: Option<&mut Watchdog>,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
     let due = schedule.due();
     loop {
-        let ping_at = watchdog.map(|w| Instant::now() + w / 2);
+        let ping_at = watchdog.as_ref().and_then(|w| w.due());
         tokio::select! {
             biased;
             () = &mut *shutdown => return false,
             _ = schedule.ticker.tick() => return true,
             () = async { tokio::time::sleep_until(ping_at.unwrap_or(due)).await }, if ping_at.is_some_and(|p| p < due) => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                if let Some(w) = watchdog.as_deref_mut() {
+                    w.ping(Instant::now());
+                }
             }
         }
     }
