@@ -13,7 +13,10 @@ so start-up is left out:
   (/proc/PID/task/*/status);
 - bytes on the database connection per report, sent and received, from the proxy;
 - bytes written to storage per report (/proc/PID/io write_bytes: the spool and status.json);
-- peak RSS (VmHWM at the end).
+- peak RSS (VmHWM at the end);
+- systemd watchdog pings a minute: each agent runs as the unit runs it, with NOTIFY_SOCKET (a
+  socket this script reads as systemd would) and a 30 s watchdog (WatchdogSec=30). Each ping
+  is a datagram that wakes systemd, and its sending is the agent's CPU.
 
 The floor is a program that only wakes on the same grid and does nothing else
 (examples/sleep_floor), measured the same way. Ratios are to the seed in the same run.
@@ -82,8 +85,8 @@ def peak_rss_kib(pid):
 class Measured:
     """A running program, its proxy (if it uses the database) and its snapshots."""
 
-    def __init__(self, label, argv, cwd=None, env=None, proxy=None, count=None):
-        self.label, self.proxy, self.count = label, proxy, count
+    def __init__(self, label, argv, cwd=None, env=None, proxy=None, count=None, notify=None):
+        self.label, self.proxy, self.count, self.notify = label, proxy, count, notify
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 
@@ -94,6 +97,7 @@ class Measured:
                              f"{self.proc.stderr.read()[-2000:]}")
         return {"threads": threads(pid), "io": io_written(pid),
                 "wire": self.proxy.counts() if self.proxy else (0, 0),
+                "pings": self.notify.pings() if self.notify else 0,
                 "wall": datetime.now(timezone.utc)}
 
     def between(self, a, b):
@@ -105,7 +109,8 @@ class Measured:
         lost = len(set(a["threads"]) - set(b["threads"]))
         return {"cpu_s": cpu / 1e9, "switches": switches, "lost_threads": lost,
                 "io": b["io"] - a["io"], "sent": b["wire"][0] - a["wire"][0],
-                "received": b["wire"][1] - a["wire"][1]}
+                "received": b["wire"][1] - a["wire"][1], "pings": b["pings"] - a["pings"],
+                "systemd": self.notify is not None}
 
     def stop(self):
         rss = peak_rss_kib(self.proc.pid) if self.proc.poll() is None else 0
@@ -156,6 +161,30 @@ def main():
                 m.proc.wait()
 
 
+class Notify:
+    """Stands in for systemd's notification socket (NOTIFY_SOCKET): read at once, as systemd
+    reads it (a sender blocks once the socket's short queue is full), counting the pings."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.lock = threading.Lock()
+        self.watchdog = 0
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        while True:
+            message = self.sock.recv(256)
+            if message.strip() == b"WATCHDOG=1":
+                with self.lock:
+                    self.watchdog += 1
+
+    def pings(self):
+        with self.lock:
+            return self.watchdog
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -199,8 +228,10 @@ def run(a, variants, upstream, client, tmp, env, progs):
         argv = [a.bin, "--sensors", "sim", "--interval", f"{a.interval_ms}ms", "--clock-wait", "0",
                 "--database", f"bench_production_{i}", "--spool-dir", spool,
                 "--node-name", f"bench-{i}", *shlex.split(extra)]
-        e = dict(env, MONGODB_CONNECTION_STRING=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true")
-        m = Measured(label, argv, env=e, proxy=proxy,
+        notify = Notify(os.path.join(tmp, f"notify{i}.sock"))
+        e = dict(env, MONGODB_CONNECTION_STRING=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true",
+                 NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="30000000")
+        m = Measured(label, argv, env=e, proxy=proxy, notify=notify,
                      count=lambda t0, t1, i=i: client[f"bench_production_{i}"].reports.count_documents(
                          {"recordedAt": {"$gte": t0, "$lt": t1}}))
         progs.append(m)
@@ -243,9 +274,10 @@ def report(rows, rss, a):
     seed_rss = rss[-2]
     per = lambda d, k: d[k] / max(d["reports"], 1)
     print(f"at {a.interval_ms} ms, {a.seconds:.0f} s of steady state after {a.warmup:.0f} s, all at once "
-          f"against one server; ratios to the seed in the same run")
+          f"against one server; ratios to the seed in the same run; the agents under a 30 s "
+          f"systemd watchdog (pings/min: what they send it)")
     head = (f"{'':<34}{'reports':>8}{'CPU/sample':>14}{'wake-ups/s':>12}{'wire B/report':>15}"
-            f"{'(sent+recv)':>14}{'disk B/report':>15}{'peak RSS':>11}")
+            f"{'(sent+recv)':>14}{'disk B/report':>15}{'peak RSS':>11}{'pings/min':>11}")
     print(head)
     for (m, d), r in zip(rows, rss):
         wire = per(d, "sent") + per(d, "received")
@@ -253,6 +285,7 @@ def report(rows, rss, a):
         print(f"{m.label:<34}{d['reports']:>8.0f}{per(d, 'cpu_s') * 1e6:>11.0f} us"
               f"{d['switches'] / d['span_s']:>12.2f}{wire:>15.0f}{both:>14}"
               f"{per(d, 'io'):>15.0f}{r / 1024:>8.1f} MiB"
+              + (f"{d['pings'] / d['span_s'] * 60:>11.1f}" if d["systemd"] else "")
               + (f"   ({d['lost_threads']} threads ended meanwhile, not counted)" if d["lost_threads"] else ""))
     print("ratios to the seed (targets: CPU <= 0.10, wake-ups <= 0.5, wire bytes <= 0.25, RSS <= 0.25)")
     for (m, d), r in zip(rows[:-2], rss[:-2]):
