@@ -267,8 +267,8 @@ impl<S: Sampler> Sampling<'_, S> {
         })
     }
 
-    /// Take the sample: on a blocking thread when it blocks (real I2C takes milliseconds),
-    /// else in place.
+    /// Take the sample: on a blocking thread when it may block for long (see
+    /// [`Sampler::blocking`]), else in place.
     async fn take(&mut self, store: Option<Store>) -> Result<Taken, AgentError> {
         let mut s = self
             .sampler

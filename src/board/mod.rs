@@ -138,7 +138,8 @@ impl Board {
         SimBoard::new(faults).map(|s| Board::Sim(Box::new(s)))
     }
 
-    /// Take one sample (blocking I2C: call from a blocking thread).
+    /// Take one sample (blocking I2C: a few milliseconds on a healthy bus, longer on a failing
+    /// one).
     pub fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
         let now = Instant::now();
         match self {
