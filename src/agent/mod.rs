@@ -390,7 +390,7 @@ mod tests {
         let in_place: Vec<bool> = (0..8)
             .map(|_| {
                 let before = !Sampler::blocking(&board);
-                board.sample();
+                let _ = board.sample();
                 before
             })
             .collect();
