@@ -76,8 +76,9 @@ pub fn replace_with_mode(
 /// needs no truncation; a file more than 4 KiB longer is truncated instead), creating it if it is
 /// not there. For a text file whose format ignores trailing spaces (JSON), rewritten often and
 /// read seldom: one write into a page already cached, where [`replace`] makes a new file and
-/// renames it over the old, which on ext4 also forces the new file's data out. A reader may see a write half done, and must try
-/// again when what it reads does not parse. A symlink under the name is not followed.
+/// renames it over the old, which on ext4 also forces the new file's data out. A reader may see
+/// a write half done, and must try again when what it reads does not parse. A symlink under the
+/// name is not followed.
 pub fn overwrite_padded(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
     let f = std::fs::OpenOptions::new()

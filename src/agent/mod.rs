@@ -2,8 +2,9 @@
 //!
 //! Sampling runs on a fixed-rate schedule: sample n is due at `start + n * interval`, whatever
 //! happened before. Each sample is taken in place, or on a blocking thread while a sensor fails
-//! (see [`Sampler::blocking`]), and its report is appended to the spool in that same thread. A separate task delivers the spool to the
-//! database in order, in batches, so a slow or absent database never shifts or stalls sampling.
+//! (see [`Sampler::blocking`]), and its report is appended to the spool in that same thread. A
+//! separate task delivers the spool to the database in order, in batches, so a slow or absent
+//! database never shifts or stalls sampling.
 //! If a sample itself overruns its slot (a stuck bus), the missed slots are skipped, not
 //! burst, so every report keeps its place on the grid.
 //!
