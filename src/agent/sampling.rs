@@ -386,7 +386,7 @@ async fn wait_for_slot(
             _ = schedule.ticker.tick() => return true,
             () = async { tokio::time::sleep_until(ping_at.unwrap_or(due)).await }, if ping_at.is_some_and(|p| p < due) => {
                 if let Some(w) = watchdog.as_deref_mut() {
-                    w.ping(Instant::now());
+                    w.ping();
                 }
             }
         }

@@ -46,14 +46,14 @@ impl Watchdog {
     /// this wake-up rather than waking the agent on its own.
     pub(super) fn ping_before(&mut self, next: Instant) {
         if self.due().is_none_or(|due| due < next) {
-            self.ping(Instant::now());
+            self.ping();
         }
     }
 
     /// Ping now.
-    pub(super) fn ping(&mut self, now: Instant) {
+    pub(super) fn ping(&mut self) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-        self.last = Some(now);
+        self.last = Some(Instant::now());
     }
 }
 
