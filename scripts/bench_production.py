@@ -26,9 +26,11 @@ Usage: bench_production.py --uri MONGO_URI --bin AGENT --floor SLEEP_FLOOR --see
        [--variant LABEL=ARGS ...]
 Each --variant runs the agent once more with those extra arguments (split as a shell would);
 ARGS starting with "@zlib" run it behind a proxy that offers zlib wire compression, which the
-test server itself does not (scripts/wire_proxy.py). The agent with its defaults always runs;
-the default variants are: the same behind the zlib-offering proxy, the same without
-compression, and --insert-every 0 (an insert per report, as before the window)."""
+test server itself does not (scripts/wire_proxy.py); then "@uri&OPTIONS " adds OPTIONS to its
+connection string (e.g. "@zlib@uri&compressors=zlib&zlibCompressionLevel=6 "). The agent
+with its defaults always runs; the default variants are: the same behind the zlib-offering
+proxy, the same without compression, and --insert-every 0 (an insert per report, as before the
+window)."""
 import argparse
 import os
 import shlex
@@ -136,8 +138,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--warmup", type=float, default=15)
     ap.add_argument("--variant", action="append", default=None,
-                    help="LABEL=EXTRA ARGS; EXTRA may start with @zlib (a server offering zlib) "
-                         "or @scrape (--metrics-listen on a free port, scraped every 15 s)")
+                    help="LABEL=EXTRA ARGS; EXTRA may start with @zlib (a server offering zlib), "
+                         "@scrape (--metrics-listen on a free port, scraped every 15 s) "
+                         "or @uri&OPTIONS (added to the connection string), in that order")
     a = ap.parse_args()
     a.python, a.bin, a.floor = map(os.path.abspath, (a.python, a.bin, a.floor))
     variants = [("defaults", "")] + [tuple(v.split("=", 1)) for v in (a.variant or [
@@ -222,6 +225,10 @@ def run(a, variants, upstream, client, tmp, env, progs):
             metrics_port = free_port()
             extra = f"--metrics-listen 127.0.0.1:{metrics_port} " + extra.removeprefix("@scrape")
             threading.Thread(target=scrape_every, args=(metrics_port, 15.0), daemon=True).start()
+        # "@uri&OPTIONS ": options added to the agent's connection string.
+        options = ""
+        if extra.startswith("@uri"):
+            options, _, extra = extra.removeprefix("@uri").partition(" ")
         extra = extra.replace("@tmp", tmp)
         proxy = Proxy(upstream, offer_zlib=offer)
         spool = os.path.join(tmp, f"spool{i}")
@@ -229,7 +236,7 @@ def run(a, variants, upstream, client, tmp, env, progs):
                 "--database", f"bench_production_{i}", "--spool-dir", spool,
                 "--node-name", f"bench-{i}", *shlex.split(extra)]
         notify = Notify(os.path.join(tmp, f"notify{i}.sock"))
-        e = dict(env, MONGODB_CONNECTION_STRING=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true",
+        e = dict(env, MONGODB_CONNECTION_STRING=f"mongodb://127.0.0.1:{proxy.port}/?directConnection=true{options}",
                  NOTIFY_SOCKET=notify.path, WATCHDOG_USEC="30000000")
         m = Measured(label, argv, env=e, proxy=proxy, notify=notify,
                      count=lambda t0, t1, i=i: client[f"bench_production_{i}"].reports.count_documents(

@@ -87,7 +87,7 @@ pub struct Cli {
     pub insert_every: Duration,
 
     /// Compress messages to and from the database when the server agrees (a `compressors=`
-    /// in the connection string wins).
+    /// in the connection string wins, and a `zlibCompressionLevel` over the fastest level).
     #[arg(long, env = "SENSEHAT_WIRE_COMPRESSION", value_enum, default_value_t = WireCompression::Zlib)]
     pub wire_compression: WireCompression,
 

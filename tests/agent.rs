@@ -308,6 +308,57 @@ async fn stores_reports_with_the_original_bson_types() {
     client.database(&db).drop().await.unwrap();
 }
 
+// Where the server offers zlib (mongod and Atlas do), the agent's inserts go out compressed at
+// zlib's fastest level, and every reading arrives; `--wire-compression none` sends them plain;
+// a `compressors=` in the connection string wins, its `zlibCompressionLevel` included.
+#[tokio::test(flavor = "multi_thread")]
+async fn inserts_are_zlib_compressed_at_the_fastest_level_where_the_server_offers_it() {
+    let server = MongoServer::start();
+    if !server.owned {
+        eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
+        return;
+    }
+    let client = server.client().await;
+    // (extra arguments, extra connection string options, the zlib levels the inserts carry)
+    let cases: [(&[&str], &str, Option<u8>); 3] = [
+        (&[], "", Some(0)),
+        (&["--wire-compression", "none"], "", None),
+        (&[], "&compressors=zlib&zlibCompressionLevel=9", Some(3)),
+    ];
+    for (args, options, level) in cases {
+        let proxy = common::wire::ZlibProxy::start(server.port);
+        let db = unique_name("wire");
+        let spool = tempfile::tempdir().unwrap();
+        let uri = proxy.uri() + options;
+        let out = common::sim_agent(&uri, &db, 12, spool.path())
+            .args(["--insert-every", "200ms"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            all_reports(&client, &db).await.len(),
+            12,
+            "{args:?} {options}"
+        );
+        let inserts: Vec<_> = proxy
+            .sent()
+            .into_iter()
+            .filter(|s| s.command == "insert")
+            .collect();
+        // 12 samples 50 ms apart, in windows of 200 ms: several inserts, each as expected.
+        assert!(inserts.len() >= 2, "{inserts:?}");
+        for insert in &inserts {
+            assert_eq!(insert.zlib_level, level, "{args:?} {options}: {inserts:?}");
+        }
+        client.database(&db).drop().await.unwrap();
+    }
+}
+
 /// What the agent run with `args` under a systemd watchdog of `watchdog_usec` tells systemd
 /// (`NOTIFY_SOCKET`), in order. A thread reads as the messages come, as systemd does: a
 /// datagram socket's queue is short, and a sender blocks when it is full.

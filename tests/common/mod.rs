@@ -5,6 +5,8 @@
 //! own database name, and tests that must stop the server are skipped with a message.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
