@@ -350,8 +350,9 @@ async fn inserts_are_zlib_compressed_at_the_fastest_level_where_the_server_offer
             .into_iter()
             .filter(|s| s.command == "insert")
             .collect();
-        // 12 samples 50 ms apart, in windows of 200 ms: several inserts, each as expected.
-        assert!(inserts.len() >= 2, "{inserts:?}");
+        // 12 samples 50 ms apart in windows of 200 ms: a few inserts (fewer if connecting was
+        // slow, as a backlog goes in one), each as expected.
+        assert!(!inserts.is_empty(), "{args:?} {options}: no insert seen");
         for insert in &inserts {
             assert_eq!(insert.zlib_level, level, "{args:?} {options}: {inserts:?}");
         }
