@@ -313,27 +313,33 @@ async fn stores_reports_with_the_original_bson_types() {
 // a `compressors=` in the connection string wins, its `zlibCompressionLevel` included.
 #[tokio::test(flavor = "multi_thread")]
 async fn inserts_are_zlib_compressed_at_the_fastest_level_where_the_server_offers_it() {
+    use common::wire::{Sent, ZlibProxy};
     let server = MongoServer::start();
     if !server.owned {
         eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
         return;
     }
     let client = server.client().await;
-    // (extra arguments, extra connection string options, the zlib levels the inserts carry)
+    // (extra arguments, extra connection string options, the zlib FLEVEL the inserts carry:
+    // 0 for levels 0 and 1, 3 for 7-9)
     let cases: [(&[&str], &str, Option<u8>); 3] = [
         (&[], "", Some(0)),
         (&["--wire-compression", "none"], "", None),
         (&[], "&compressors=zlib&zlibCompressionLevel=9", Some(3)),
     ];
     for (args, options, level) in cases {
-        let proxy = common::wire::ZlibProxy::start(server.port);
+        let proxy = ZlibProxy::start(server.port);
         let db = unique_name("wire");
         let spool = tempfile::tempdir().unwrap();
         let uri = proxy.uri() + options;
-        let out = common::sim_agent(&uri, &db, 12, spool.path())
-            .args(["--insert-every", "200ms"])
-            .args(args)
-            .output()
+        let mut agent = common::sim_agent(&uri, &db, 12, spool.path());
+        agent.args(["--insert-every", "200ms"]).args(args);
+        let run = tokio::process::Command::from(agent)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} {options}: no exit in 60 s: {:?}", proxy.sent()))
             .unwrap();
         assert!(
             out.status.success(),
@@ -345,16 +351,26 @@ async fn inserts_are_zlib_compressed_at_the_fastest_level_where_the_server_offer
             12,
             "{args:?} {options}"
         );
-        let inserts: Vec<_> = proxy
-            .sent()
-            .into_iter()
-            .filter(|s| s.command == "insert")
+        let sent = proxy.sent();
+        assert!(
+            !sent.iter().any(|s| matches!(s, Sent::Failed(_))),
+            "{sent:?}"
+        );
+        let inserts: Vec<_> = sent
+            .iter()
+            .filter_map(|s| match s {
+                Sent::Command { name, zlib } if name == "insert" => Some(zlib),
+                _ => None,
+            })
             .collect();
         // 12 samples 50 ms apart in windows of 200 ms: a few inserts (fewer if connecting was
-        // slow, as a backlog goes in one), each as expected.
+        // slow, as a backlog goes in one), each as expected, and smaller compressed.
         assert!(!inserts.is_empty(), "{args:?} {options}: no insert seen");
-        for insert in &inserts {
-            assert_eq!(insert.zlib_level, level, "{args:?} {options}: {inserts:?}");
+        for zlib in inserts {
+            assert_eq!(zlib.map(|z| z.level), level, "{args:?} {options}: {sent:?}");
+            if let Some(z) = zlib {
+                assert!(z.packed < z.plain, "{args:?} {options}: {z:?}");
+            }
         }
         client.database(&db).drop().await.unwrap();
     }

@@ -47,8 +47,9 @@ pub enum WireCompression {
 
 /// zlib's level for `--wire-compression zlib`: the fastest. An insert window's reports repeat
 /// the same field names and nearly the same values, so level 1 finds almost all that the
-/// default level 6 finds, for much less CPU (docs/development.md). A `zlibCompressionLevel` in
-/// the connection string wins.
+/// default level 6 finds, for much less CPU (docs/development.md). A connection string that
+/// names `compressors=zlib` sets the level with `zlibCompressionLevel` (the driver ignores that
+/// option without `compressors=`).
 const ZLIB_LEVEL: u32 = 1;
 
 /// The agent's driver settings, where the connection string names none: polled monitoring
