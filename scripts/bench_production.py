@@ -221,15 +221,19 @@ def run(a, variants, upstream, client, tmp, env, progs):
         offer = extra.startswith("@zlib")
         extra = extra.removeprefix("@zlib")
         # "@scrape": metrics on a free port, scraped as Prometheus would, every 15 s.
+        flags = ""
         if extra.startswith("@scrape"):
             metrics_port = free_port()
-            extra = f"--metrics-listen 127.0.0.1:{metrics_port} " + extra.removeprefix("@scrape")
+            flags = f"--metrics-listen 127.0.0.1:{metrics_port} "
+            extra = extra.removeprefix("@scrape")
             threading.Thread(target=scrape_every, args=(metrics_port, 15.0), daemon=True).start()
         # "@uri&OPTIONS ": options added to the agent's connection string.
         options = ""
         if extra.startswith("@uri"):
             options, _, extra = extra.removeprefix("@uri").partition(" ")
-        extra = extra.replace("@tmp", tmp)
+            if not options.startswith("&"):
+                sys.exit(f"{label}: @uri takes options starting with &, as in @uri&a=1&b=2")
+        extra = flags + extra.replace("@tmp", tmp)
         proxy = Proxy(upstream, offer_zlib=offer)
         spool = os.path.join(tmp, f"spool{i}")
         argv = [a.bin, "--sensors", "sim", "--interval", f"{a.interval_ms}ms", "--clock-wait", "0",
