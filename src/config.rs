@@ -87,7 +87,8 @@ pub struct Cli {
     pub insert_every: Duration,
 
     /// Compress messages to and from the database when the server agrees (a `compressors=`
-    /// in the connection string wins, and a `zlibCompressionLevel` over the fastest level).
+    /// in the connection string wins, with its `zlibCompressionLevel`; zlib is used at its
+    /// fastest level otherwise).
     #[arg(long, env = "SENSEHAT_WIRE_COMPRESSION", value_enum, default_value_t = WireCompression::Zlib)]
     pub wire_compression: WireCompression,
 
@@ -183,7 +184,8 @@ pub struct Cli {
     pub metrics_listen: Option<String>,
 
     /// Also write the metrics to this file every 10 s, replaced whole, for node_exporter's
-    /// textfile collector (e.g. /var/lib/prometheus/node-exporter/sensehat.prom).
+    /// textfile collector (e.g. /run/sensehat-monitor/sensehat.prom, which the service may
+    /// write; point the collector's --collector.textfile.directory there).
     #[arg(long, env = "SENSEHAT_METRICS_TEXTFILE")]
     pub metrics_textfile: Option<PathBuf>,
 
