@@ -38,7 +38,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(60);
 /// agrees (Atlas does); a `compressors=` in the connection string wins.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum WireCompression {
-    /// zlib at its fastest level, which every MongoDB server since 3.6 offers.
+    /// zlib (at its fastest level), which every MongoDB server since 3.6 offers.
     #[default]
     Zlib,
     /// Uncompressed.
