@@ -148,14 +148,13 @@ fn requests(
     log: &Mutex<Vec<Sent>>,
 ) {
     while let Some((id, reply_to, opcode, body)) = read_message(&mut client) {
-        let request = match request(id, opcode, body, state) {
+        let (opcode, body, sent) = match request(id, opcode, body, state) {
             Ok(r) => r,
             Err(e) => {
                 log.lock().unwrap().push(Sent::Failed(e));
                 break;
             }
         };
-        let (opcode, body, sent) = request;
         log.lock().unwrap().push(sent);
         if !write_message(&mut server, id, reply_to, opcode, &body) {
             break;
