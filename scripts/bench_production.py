@@ -27,7 +27,9 @@ Usage: bench_production.py --uri MONGO_URI --bin AGENT --floor SLEEP_FLOOR --see
 Each --variant runs the agent once more with those extra arguments (split as a shell would);
 ARGS starting with "@zlib" run it behind a proxy that offers zlib wire compression, which the
 test server itself does not (scripts/wire_proxy.py); then "@uri&OPTIONS " adds OPTIONS to its
-connection string (e.g. "@zlib@uri&compressors=zlib&zlibCompressionLevel=6 "). The agent
+connection string (e.g. "@zlib@uri&compressors=zlib&zlibCompressionLevel=6 "); last,
+"@bin=PATH " runs another build of the agent in --bin's place, to compare two builds side by
+side (e.g. "@bin=other-target/release/sensehat-monitor "). The agent
 with its defaults always runs; the default variants are: the same behind the zlib-offering
 proxy, the same without compression, and --insert-every 0 (an insert per report, as before the
 window)."""
@@ -140,7 +142,8 @@ def main():
     ap.add_argument("--variant", action="append", default=None,
                     help="LABEL=EXTRA ARGS; EXTRA may start with @zlib (a server offering zlib), "
                          "@scrape (--metrics-listen on a free port, scraped every 15 s) "
-                         "or @uri&OPTIONS (added to the connection string), in that order")
+                         "@uri&OPTIONS (added to the connection string) or @bin=PATH (another "
+                         "build of the agent), in that order")
     a = ap.parse_args()
     a.python, a.bin, a.floor = map(os.path.abspath, (a.python, a.bin, a.floor))
     variants = [("defaults", "")] + [tuple(v.split("=", 1)) for v in (a.variant or [
@@ -233,10 +236,15 @@ def run(a, variants, upstream, client, tmp, env, progs):
             options, _, extra = extra.removeprefix("@uri").partition(" ")
             if not options.startswith("&"):
                 sys.exit(f"{label}: @uri takes options starting with &, as in @uri&a=1&b=2")
+        # "@bin=PATH ": another build of the agent, compared side by side with --bin's.
+        binary = a.bin
+        if extra.startswith("@bin="):
+            binary, _, extra = extra.removeprefix("@bin=").partition(" ")
+            binary = os.path.abspath(binary)
         extra = flags + extra.replace("@tmp", tmp)
         proxy = Proxy(upstream, offer_zlib=offer)
         spool = os.path.join(tmp, f"spool{i}")
-        argv = [a.bin, "--sensors", "sim", "--interval", f"{a.interval_ms}ms", "--clock-wait", "0",
+        argv = [binary, "--sensors", "sim", "--interval", f"{a.interval_ms}ms", "--clock-wait", "0",
                 "--database", f"bench_production_{i}", "--spool-dir", spool,
                 "--node-name", f"bench-{i}", *shlex.split(extra)]
         notify = Notify(os.path.join(tmp, f"notify{i}.sock"))
