@@ -246,7 +246,7 @@ pub struct Cli {
     #[arg(long, env = "FORWARDER_LINGER_MS", hide = true)]
     pub linger_ms: Option<u64>,
     /// Serve Prometheus metrics at /metrics, and /healthz and /readyz (MongoDB and the stream
-    /// or bus answer), on this address (e.g. 127.0.0.1:9465, or 0.0.0.0:9465 for a scraper on
+    /// or bus answer), on this address (e.g. 127.0.0.1:9468, or 0.0.0.0:9468 for a scraper on
     /// another machine). Off by default.
     #[arg(long, env = "FORWARDER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
