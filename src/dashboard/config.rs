@@ -18,8 +18,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "monitors";
 /// The agent's collection (the Firehose endpoint's is `firehose`, with the same documents).
 pub const DEFAULT_COLLECTION: &str = "reports";
-/// A node silent for longer than this is marked stale: ten of the agent's 500 ms intervals.
-pub const DEFAULT_STALE_AFTER: &str = "5s";
+/// A node silent for longer than this is marked stale: three of the agent's default 5 s insert
+/// windows (`--insert-every`). Its newest stored reading is up to a window (plus the insert's
+/// round trip) old just before each insert, so a healthy node must not be stale at one.
+pub const DEFAULT_STALE_AFTER: &str = "15s";
 /// How long one database read may take before the page says the database is unavailable.
 pub const DEFAULT_QUERY_TIMEOUT: &str = "10s";
 /// The default chart size of `render`, pixels.
@@ -64,7 +66,9 @@ pub struct CommonArgs {
     #[arg(long, env = "DASHBOARD_COLLECTION", default_value = DEFAULT_COLLECTION)]
     pub collection: String,
 
-    /// How long a node may be silent before its tile is marked stale (e.g. 5s, 2m).
+    /// How long a node may be silent before its tile is marked stale (e.g. 15s, 2m). Make it
+    /// longer than the agents' --insert-every, and for `--collection firehose` longer than the
+    /// delivery stream's buffering (60 s in deploy/aws).
     #[arg(long, env = "DASHBOARD_STALE_AFTER", default_value = DEFAULT_STALE_AFTER,
           value_parser = crate::cli::parse_duration)]
     pub stale_after: Duration,
@@ -203,7 +207,7 @@ mod tests {
         assert_eq!(c.common.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.common.database, "monitors");
         assert_eq!(c.common.collection, "reports");
-        assert_eq!(c.common.stale_after, Duration::from_secs(5));
+        assert_eq!(c.common.stale_after, Duration::from_secs(15));
         assert_eq!(c.common.metrics_listen, None);
         assert!(c.command.is_none());
     }
