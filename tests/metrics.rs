@@ -42,7 +42,8 @@ fn agent(
 
 // The metrics follow what the agent does: samples, deliveries, the spool; when the database
 // goes away /readyz says so with the reason, database_up drops and the spool grows; the
-// textfile holds the same names, and promtool finds nothing wrong with either.
+// textfile holds the same names, promtool finds nothing wrong with either, and node_exporter
+// serves it under the name the stale-file alert looks for.
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_metrics_follow_delivery_and_an_outage() {
     let Some(mut server) = MongoServer::start_persistent() else {
@@ -51,7 +52,8 @@ async fn agent_metrics_follow_delivery_and_an_outage() {
     };
     let db = unique_name("metrics");
     let spool = tempfile::tempdir().unwrap();
-    let textfile = spool.path().join("agent.prom");
+    // The name docs/metrics.md gives it, which the alert rule matches.
+    let textfile = spool.path().join("sensehat.prom");
     let addr = free_addr();
     let _agent = agent(&server.uri, &db, spool.path(), &addr, &textfile);
     wait_serving(&addr).await;
@@ -113,6 +115,13 @@ async fn agent_metrics_follow_delivery_and_an_outage() {
     .await;
     let served = scrape(&exporter.addr);
     assert_eq!(value(&served, "node_textfile_scrape_error"), 0.0);
+    // The stale-file rule's age, as Prometheus computes it from node_exporter: one series, the
+    // agent's file, freshly written (the agent rewrites it every 10 s).
+    let prometheus = Prometheus::start(&[("node", &exporter.addr)]);
+    let age = stale_file_age_expr();
+    let found = prometheus.wait_for(&age, |v| v < 60.0).await;
+    assert_eq!(found.len(), 1, "{age}: {found:?}");
+    drop(prometheus);
     drop(exporter);
 
     server.kill();
@@ -302,4 +311,21 @@ fn the_alert_rules_pass_promtool() {
     let tests = repo_file("deploy/prometheus/alerts_test.yml");
     let (ok, said) = promtool(&["test", "rules", tests.to_str().unwrap()], "");
     assert!(ok, "promtool test rules: {said}");
+}
+
+/// The age the alert SensehatMetricsFileStale compares with its threshold: its expression in
+/// deploy/prometheus/alerts.yml, up to the comparison.
+fn stale_file_age_expr() -> String {
+    let rules = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap();
+    let after = rules
+        .split("alert: SensehatMetricsFileStale")
+        .nth(1)
+        .expect("alerts.yml has SensehatMetricsFileStale");
+    let expr = after
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("expr: "))
+        .expect("SensehatMetricsFileStale has a one-line expr");
+    let (age, threshold) = expr.rsplit_once(" > ").expect("expr is AGE > SECONDS");
+    assert!(threshold.parse::<u32>().is_ok(), "{expr}");
+    age.to_owned()
 }
