@@ -508,6 +508,58 @@ async fn full_disk_keeps_reports_in_memory_until_it_can_write() {
     assert_eq!(ids.len(), 40);
 }
 
+// Stopped while its disk is full, the agent gives the reports held in memory one more try on
+// the disk: with room by then they are in the spool and go out at the next start; without, it
+// says they are lost and counts them as dropped, rather than claim they stay in the spool.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_with_the_disk_full_saves_or_counts_what_memory_holds() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    for room_at_stop in [false, true] {
+        let (_dir, spool_dir, db, log) = places("stopfull");
+        std::fs::create_dir_all(&spool_dir).unwrap();
+        let segment = spool_dir.join("segment-0000000000000001.spool");
+        std::os::unix::fs::symlink("/dev/full", &segment).unwrap();
+        // With room at stop, a sample 3 s apart: the first is in memory, and no later append
+        // moves it to disk before the stop does.
+        let interval = if room_at_stop { "3000" } else { "50" };
+        let mut child = spawn_logged(
+            agent(&server.uri, &db, &spool_dir, &["--interval-ms", interval]),
+            &log,
+        );
+        wait_for_log(&log, "cannot write the spool", Duration::from_secs(20)).await;
+        if room_at_stop {
+            std::fs::remove_file(&segment).unwrap();
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        signal(&child, 15);
+        let status = wait_exit(&mut child, Duration::from_secs(30));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "{text}");
+        let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+        if room_at_stop {
+            assert!(!text.contains("lost"), "{text}");
+            assert_eq!((st.pending, st.counters.dropped), (1, 0), "{text}");
+            assert_eq!(pending_ids(&spool_dir).len(), 1);
+            server.launch();
+            let mut again =
+                spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "0"]), &log);
+            assert!(wait_exit(&mut again, Duration::from_secs(60)).success());
+            assert_eq!(stored_once(&server, &db).await.len(), 1);
+        } else {
+            let lost = st.counters.dropped;
+            assert!(lost > 1, "{st:?}\n{text}");
+            assert_eq!(st.pending, 0, "{text}");
+            assert!(
+                text.contains(&format!("lost={lost}")) && text.contains("are lost"),
+                "{text}"
+            );
+        }
+    }
+}
+
 // A batch resent after a lost acknowledgement: reports already in the database count as
 // delivered (duplicate _id), the rest are inserted, and nothing is stored twice.
 #[tokio::test(flavor = "multi_thread")]

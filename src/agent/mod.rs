@@ -279,6 +279,16 @@ where
         if let Err(e) = lock(spool).close() {
             warn!(error = %e, "cannot sync the spool or write its delivered position at stop; some reports may be sent again at the next start (stored once)");
         }
+        // Reports the disk could not take even now end with the process: say so, and count
+        // them, rather than leave them among the pending.
+        let (lost, dir) = {
+            let mut s = lock(spool);
+            (s.discard_memory(), s.dir().to_owned())
+        };
+        if lost > 0 {
+            lock(&shared.counters).dropped += lost;
+            error!(lost, spool_dir = %dir.display(), "the spool's disk is still full or read-only at stop: the reports held in memory are lost; free space on that disk");
+        }
         if let Some(path) = status_path {
             status::write_status(path, lock(&shared.counters).clone(), &lock(spool));
         }
@@ -355,7 +365,11 @@ async fn finish_delivery(
             Ok(r) => Some(r),
             Err(_) => {
                 task.abort();
-                let pending = lock(spool).pending();
+                // Those held in memory (a full disk) are tried on the disk once more at close.
+                let pending = {
+                    let s = lock(spool);
+                    s.pending() - s.held_in_memory()
+                };
                 info!(
                     pending,
                     "shutdown timeout reached; undelivered reports stay in the spool"

@@ -98,6 +98,40 @@ mod tests {
         assert_eq!(rest, vec![payload(1), payload(2), payload(3)]);
     }
 
+    // At close the reports held in memory, those handed out too, get one more try on the
+    // disk: with room they are in the spool for the next start; without, they are given up
+    // and counted as dropped, not left among the pending.
+    #[test]
+    fn close_moves_memory_to_disk_or_gives_it_up_counted() {
+        for room in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let seg = dir.path().join(segment_name(1));
+            std::os::unix::fs::symlink("/dev/full", &seg).unwrap();
+            let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+            for i in 0..3 {
+                assert!(s.append(&payload(i), Instant::now()).disk_error.is_some());
+            }
+            let handed_out = s.next_batch(2).unwrap();
+            assert_eq!(handed_out.source, BatchSource::Memory);
+            if room {
+                fs::remove_file(&seg).unwrap();
+            }
+            s.close().unwrap_or_else(|e| panic!("room {room}: {e}"));
+            let lost = s.discard_memory();
+            assert_eq!(s.dropped_total, lost);
+            drop(s);
+            if room {
+                assert_eq!(lost, 0);
+                let (mut again, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+                let mut kept = drain(&mut again);
+                kept.sort();
+                assert_eq!(kept, vec![payload(0), payload(1), payload(2)]);
+            } else {
+                assert_eq!(lost, 3);
+            }
+        }
+    }
+
     // A group whose write fails goes to memory whole; the failure is reported by the append
     // that wrote (or, for a write made by `next_batch`, by the next append), and a later
     // append that writes again reports the recovery.

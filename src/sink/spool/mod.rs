@@ -239,6 +239,11 @@ impl Spool {
         self.group.records()
     }
 
+    /// Reports held in memory because the disk could not take them (a full or read-only disk).
+    pub fn held_in_memory(&self) -> u64 {
+        self.memory.len() as u64
+    }
+
     /// Undelivered reports, on disk and in memory.
     pub fn pending(&self) -> u64 {
         self.segments.pending() + self.memory.len() as u64 + self.group.records()
@@ -430,10 +435,25 @@ impl Spool {
         self.sync_if_owed()
     }
 
-    /// Flush everything owed and the cursor (on shutdown).
+    /// Flush everything owed and the cursor (on shutdown, once delivery has stopped). Reports
+    /// held in memory are tried on the disk once more, those handed out for delivery too (their
+    /// insert has ended one way or the other; one that was stored is a duplicate `_id` when
+    /// resent); what the disk still cannot take stays in memory, see
+    /// [`Spool::discard_memory`].
     pub fn close(&mut self) -> Result<(), SpoolError> {
+        self.memory.rewind();
+        self.move_memory_to_disk();
         self.flush()?;
         self.cursor.write(self.segments.dir())
+    }
+
+    /// Give up the reports held in memory (the process is ending and the disk cannot take
+    /// them): they are counted as dropped, and their number returned.
+    pub fn discard_memory(&mut self) -> u64 {
+        let lost = self.memory.len() as u64;
+        self.memory = Memory::default();
+        self.dropped_total += lost;
+        lost
     }
 
     /// Delete oldest segments while over the cap; returns undelivered reports dropped.
