@@ -18,13 +18,26 @@ pub const INVALID_CONFIG: u8 = 2;
 /// configuration cannot work in the log and exit [`INVALID_CONFIG`].
 pub fn check_config_exit(found: Result<String, String>) -> ExitCode {
     match found {
-        Ok(found) => {
-            print!("{found}");
-            ExitCode::SUCCESS
-        }
+        Ok(found) => print_answer(&found),
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::from(INVALID_CONFIG)
+        }
+    }
+}
+
+/// Write a command's answer (`status`, `check-config`) to standard output. A reader that has
+/// gone (`| head -1`, `| grep -q`) ends it as usual; any other failure (`> /dev/full`) is said
+/// on one line, with exit status 1. `print!` would panic at either.
+pub fn print_answer(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("cannot write to standard output: {e}");
+            ExitCode::FAILURE
         }
     }
 }

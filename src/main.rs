@@ -48,10 +48,7 @@ async fn main() -> ExitCode {
         Some(Command::Status) => {
             let dir = &config.spool_dir;
             return match status::render(dir) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => sensehat_monitor::cli::print_answer(&text),
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     error!("cannot read the spool in {}: {e}; the service's spool is readable by root only: run it with sudo", dir.display());
                     ExitCode::FAILURE

@@ -219,10 +219,29 @@ pub async fn check_uri(uri: &str) -> Result<(), String> {
         MongoError::Fatal(m) | MongoError::Unavailable(m) => redact_credentials(&m, uri),
     };
     let parsed = mongodb::options::ConnectionString::parse(uri).map_err(message)?;
+    if let Some(mongodb::options::Tls::Enabled(tls)) = &parsed.tls {
+        check_tls_files(tls)?;
+    }
     if !uri.trim_start().starts_with("mongodb+srv://") {
         // Without SRV this makes the client's options from the text alone and checks them
         // together (for example w=0 with journal=true), as connecting would.
         ClientOptions::parse(parsed).await.map_err(message)?;
+    }
+    Ok(())
+}
+
+/// The files a connection string's `tlsCAFile` and `tlsCertificateKeyFile` name must be
+/// readable: the driver reads them only when it connects, and would fail every insert.
+fn check_tls_files(tls: &mongodb::options::TlsOptions) -> Result<(), String> {
+    let named = [
+        ("tlsCAFile", &tls.ca_file_path),
+        ("tlsCertificateKeyFile", &tls.cert_key_file_path),
+    ];
+    for (option, path) in named {
+        if let Some(path) = path {
+            std::fs::File::open(path)
+                .map_err(|e| format!("cannot read {option} {}: {e}", path.display()))?;
+        }
     }
     Ok(())
 }

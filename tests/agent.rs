@@ -127,6 +127,35 @@ fn missing_connection_string_says_how_to_give_one() {
     assert!(!err.contains("p@ss"), "the password was logged: {err}");
 }
 
+// `status` answers on standard output: a reader that has gone (`| head -1`) ends it as usual,
+// and an output that cannot be written (`> /dev/full`) is an error on one line with exit 1;
+// neither panics. (The companions' `check-config` answers the same way: tests/firehose.rs.)
+#[test]
+fn status_to_a_closed_or_full_standard_output_ends_cleanly() {
+    let spool = tempfile::tempdir().unwrap();
+    let status = |stdout: Stdio| {
+        agent_command()
+            .arg("--spool-dir")
+            .arg(spool.path())
+            .arg("status")
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let gone = status(Stdio::from(writer));
+    let said = String::from_utf8_lossy(&gone.stderr);
+    assert!(gone.status.success(), "status | (gone): {said}");
+    assert!(!said.contains("panicked"), "{said}");
+    let full = status(Stdio::from(std::fs::File::create("/dev/full").unwrap()));
+    let said = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(1), "status > /dev/full: {said}");
+    assert!(said.contains("cannot write to standard output"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+}
+
 // check-config (the unit's ExecStartPre): what is wrong, with exit 2, or "configuration ok"
 // and what the agent will do about the clock.
 #[test]
@@ -169,6 +198,19 @@ fn check_config_says_what_is_wrong_and_what_the_clock_says() {
     let (code, err) = check(Some("mongodb://127.0.0.1:1/?w=0&journal=true"), &spool);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("w=0 and j=true"), "{err}");
+    // TLS files the string names must be there to read (the driver reads them only when it
+    // connects), also behind an SRV string, whose other options wait for DNS.
+    for uri in [
+        "mongodb://127.0.0.1:1/?tls=true&tlsCAFile=/nonexistent/ca.pem",
+        "mongodb+srv://cluster0.example.mongodb.net/?tlsCAFile=/nonexistent/ca.pem",
+    ] {
+        let (code, err) = check(Some(uri), &spool);
+        assert_eq!(code, Some(2), "{uri}: {err}");
+        assert!(
+            err.contains("cannot read tlsCAFile /nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
 
     let uri = Some("mongodb://127.0.0.1:1/");
     let (code, err) = check(uri, Path::new("/proc/no-spool-here"));

@@ -117,6 +117,18 @@ async fn render_and_check_config() {
     assert!(out.status.success());
     let found = String::from_utf8_lossy(&out.stdout);
     assert!(found.contains("read: "), "{found}");
+    // What it found, to a standard output that cannot be written: an error (exit 1), not a
+    // panic (every program's check-config answers through the same function).
+    let full = std::process::Command::new(dashboard_support::dashboard_bin())
+        .arg("check-config")
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(1), "{said}");
+    assert!(said.contains("cannot write to standard output"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
     let out = run(&["check-config"], "mongodb://pi:s3cret?x@db.example.net/");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
