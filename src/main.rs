@@ -233,6 +233,9 @@ fn telemetry(
     if listener.is_none() && config.metrics_textfile.is_none() {
         return None;
     }
+    if config.dry_run && config.metrics_textfile.is_some() {
+        warn!("--metrics-textfile is not written with --dry-run: it is written with the spool's status.json, and --dry-run has no spool");
+    }
     let t = Telemetry::new(spool, config.metrics_textfile.clone());
     if let Some(l) = listener {
         metrics::spawn(l, t.registry(), t.readiness());

@@ -280,6 +280,39 @@ async fn the_rules_the_dashboard_and_the_docs_use_the_same_names() {
     }
 }
 
+// A textfile that cannot be written (its directory is a file) is said once, at WARN, however
+// often it is tried, and the agent goes on storing readings.
+#[test]
+fn an_unwritable_textfile_is_said_once() {
+    let server = MongoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let out = agent_command()
+        .args(["--sensors", "sim", "--interval", "50ms", "--count", "5"])
+        .args(["--database", &unique_name("textfile_bad")])
+        .arg("--spool-dir")
+        .arg(dir.path().join("spool"))
+        .arg("--metrics-textfile")
+        .arg(not_a_dir.join("sensehat.prom"))
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    // Written at the first sample and again at the stop: two failures, one line.
+    assert_eq!(
+        log.matches("cannot write the metrics textfile").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.contains("WARN") && log.contains("Not a directory"),
+        "{log}"
+    );
+}
+
 // A port already in use is a configuration error (exit 2) that names the option.
 #[test]
 fn a_metrics_address_in_use_is_refused_at_start() {

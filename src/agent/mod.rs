@@ -292,8 +292,8 @@ where
         if let Some(path) = status_path {
             status::write_status(path, lock(&shared.counters).clone(), &lock(spool));
         }
-        if let Some((path, registry)) = options.telemetry.as_ref().and_then(Telemetry::textfile) {
-            status::write_textfile(&path, &registry);
+        if let Some(textfile) = options.telemetry.as_ref().and_then(Telemetry::textfile) {
+            textfile.write();
         }
         match result {
             Some(Ok(Err(e))) => return Err(e),

@@ -24,11 +24,3 @@ pub(super) fn write_status(path: &Path, counters: Counters, spool: &Spool) {
         debug!(error = %e, "cannot write status file");
     }
 }
-
-/// Replace the metrics textfile (`--metrics-textfile`); like the status file, a failure is worth
-/// a debug line only, as it is rewritten every few seconds.
-pub(super) fn write_textfile(path: &Path, registry: &prometheus_client::registry::Registry) {
-    if let Err(e) = crate::metrics::write_textfile(path, registry) {
-        debug!(error = %e, path = %path.display(), "cannot write the metrics textfile");
-    }
-}

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use prometheus_client::registry::Registry;
-
-use super::status::{write_status, write_textfile};
+use super::status::write_status;
+use super::telemetry::Textfile;
 use super::{lock, Counters, Sampler};
 use crate::board::{HealthEvent, SampleError, Sensor};
 use crate::clock::{now_ms, HeldSpool};
@@ -50,7 +49,7 @@ pub(super) struct Store {
     /// Set when status.json is due.
     pub(super) status_path: Option<PathBuf>,
     /// Set when status.json is due and `--metrics-textfile` is given.
-    pub(super) textfile: Option<(PathBuf, Arc<Registry>)>,
+    pub(super) textfile: Option<Textfile>,
     pub(super) counters: Arc<Mutex<Counters>>,
     /// When the next sample is due, from now: reports closer together are written in groups.
     pub(super) interval: Duration,
@@ -79,8 +78,8 @@ pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> 
         }
         write_status(p, c, &lock(&store.spool));
     }
-    if let Some((path, registry)) = store.and_then(|st| st.textfile.as_ref()) {
-        write_textfile(path, registry);
+    if let Some(textfile) = store.and_then(|st| st.textfile.as_ref()) {
+        textfile.write();
     }
     let spool_use = store.filter(|s| s.measure).map(|s| {
         let sp = lock(&s.spool);

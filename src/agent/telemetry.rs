@@ -6,6 +6,7 @@
 //! histogram update per insert.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use tracing::{info, warn};
 
 use super::lock;
 use crate::clock::now_ms;
@@ -34,7 +36,35 @@ pub struct Telemetry {
     state: Arc<State>,
     insert_duration: Histogram,
     registry: Arc<Registry>,
-    textfile: Option<PathBuf>,
+    textfile: Option<Textfile>,
+}
+
+/// `--metrics-textfile`: where the metrics are written with `status.json`, and whether the
+/// last write failed. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(super) struct Textfile {
+    path: PathBuf,
+    registry: Arc<Registry>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Textfile {
+    /// Replace the file. A failure is said once, at WARN, and its end once: it is tried again
+    /// every 10 s, and node_exporter meanwhile serves the last copy or none.
+    pub(super) fn write(&self) {
+        match crate::metrics::write_textfile(&self.path, &self.registry) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    info!(path = %self.path.display(), "the metrics textfile is written again");
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, path = %self.path.display(), "cannot write the metrics textfile (--metrics-textfile); node_exporter serves an old copy or none until it can be written, tried every 10 s");
+                }
+            }
+        }
+    }
 }
 
 /// What the collector reads at each scrape.
@@ -67,8 +97,9 @@ impl Telemetry {
             state,
             insert_duration,
             registry: Arc::new(registry),
-            textfile,
+            textfile: None,
         }
+        .with_textfile(textfile)
     }
 
     /// The registry to serve.
@@ -98,9 +129,18 @@ impl Telemetry {
         self.state.counters.clone()
     }
 
-    /// Where the textfile goes, with the registry to write to it.
-    pub(super) fn textfile(&self) -> Option<(PathBuf, Arc<Registry>)> {
-        self.textfile.clone().map(|p| (p, self.registry.clone()))
+    fn with_textfile(mut self, path: Option<PathBuf>) -> Telemetry {
+        self.textfile = path.map(|path| Textfile {
+            path,
+            registry: self.registry.clone(),
+            failing: Arc::default(),
+        });
+        self
+    }
+
+    /// The textfile, when `--metrics-textfile` asks for one.
+    pub(super) fn textfile(&self) -> Option<Textfile> {
+        self.textfile.clone()
     }
 
     /// Account for one insert that took `took`.
