@@ -877,6 +877,36 @@ async fn check_config_refuses_a_bad_configuration() {
     let (code, _, err) = check_config(&["--destination-url", "127.0.0.1:9"], &[]).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--destination-url"), "{err}");
+    // A password in the URL is refused, and not repeated.
+    let (code, _, err) = check_config(
+        &["--destination-url", "https://u:pa55word@127.0.0.1:9/"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("access key") && !err.contains("pa55word"),
+        "{err}"
+    );
+    // Started without check-config, it refuses the same URLs before reading the stream.
+    for url in ["127.0.0.1:9", "not a url"] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+                .args(["--stream-name", "checked"])
+                .args(["--kinesis-endpoint-url", "http://127.0.0.1:9"])
+                .args(["--destination-url", url])
+                .envs(AWS_ENV)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("firehose-local refuses the URL at once")
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains("--destination-url"), "{url}: {err}");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("positions.json");

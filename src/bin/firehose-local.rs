@@ -58,9 +58,10 @@ async fn main() -> ExitCode {
     };
     match firehose_local::run(kinesis, &config, counted, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
+        // Every error it returns is a configuration that cannot work.
         Err(e) => {
             error!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(INVALID_CONFIG)
         }
     }
 }

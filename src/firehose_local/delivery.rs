@@ -82,9 +82,24 @@ enum Attempt {
     Failed(Failure),
 }
 
+/// `--destination-url` must be an http:// or https:// URL without a user name or password: the
+/// endpoint is authenticated by the access key header, and a URL is logged.
+fn check_destination(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("--destination-url: {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("--destination-url must not hold a user name or password (Firehose authenticates with the access key, FIREHOSE_ACCESS_KEY)".into());
+    }
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "--destination-url {url:?}: not an http:// or https:// URL"
+        ));
+    }
+    Ok(())
+}
 impl Delivery {
     /// The HTTP client for `config`; fails when --ca-cert cannot be read or holds no certificate.
     pub fn new(config: DeliveryConfig) -> Result<Self, String> {
+        check_destination(&config.destination_url)?;
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.request_timeout);
