@@ -98,11 +98,13 @@ pub struct Cli {
     pub mongodb_uri: Option<String>,
 
     /// Database to write to.
-    #[arg(long, env = "SENSEHAT_DATABASE", default_value = DEFAULT_DATABASE)]
+    #[arg(long, env = "SENSEHAT_DATABASE", default_value = DEFAULT_DATABASE,
+          value_parser = crate::mongo::database_name)]
     pub database: String,
 
     /// Collection to write to.
-    #[arg(long, env = "SENSEHAT_COLLECTION", default_value = DEFAULT_COLLECTION)]
+    #[arg(long, env = "SENSEHAT_COLLECTION", default_value = DEFAULT_COLLECTION,
+          value_parser = crate::mongo::collection_name)]
     pub collection: String,
 
     /// nodeName of each report (default: the host name).

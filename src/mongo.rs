@@ -246,6 +246,35 @@ fn check_tls_files(tls: &mongodb::options::TlsOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// A database name the server takes (clap's `value_parser` for `--database`): not empty,
+/// under 64 bytes, none of `/\. "$` or NUL. Refused at start rather than by every insert.
+pub fn database_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() >= 64 {
+        return Err("a database name has 1 to 63 bytes".into());
+    }
+    if let Some(c) = s.chars().find(|c| "/\\. \"$\0".contains(*c)) {
+        return Err(format!(
+            "a database name cannot hold {c:?} (/ \\ . \" $, spaces and NUL are not allowed)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A collection name the server takes (clap's `value_parser` for `--collection`): not empty,
+/// no `$` or NUL, not in the reserved `system.` namespace.
+pub fn collection_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a collection name cannot be empty".into());
+    }
+    if s.contains(['$', '\0']) {
+        return Err("a collection name cannot hold $".into());
+    }
+    if s.starts_with("system.") {
+        return Err("collection names starting with system. are the server's own".into());
+    }
+    Ok(s.to_owned())
+}
+
 /// What to add to the driver's account of a connection string it refused.
 fn uri_hint(message: &str) -> &'static str {
     if message.contains("URL encoded") {
@@ -371,6 +400,31 @@ pub fn write_concern_error(reply: &Document) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    // Names the server refuses are refused as options, with what is wrong; the defaults and
+    // ordinary names pass.
+    #[test]
+    fn database_and_collection_names() {
+        for good in ["monitors", "greenhouse_2", "a-b"] {
+            assert_eq!(database_name(good).as_deref(), Ok(good));
+        }
+        for (bad, says) in [
+            ("", "1 to 63"),
+            ("a.b", "'.'"),
+            ("a b", "' '"),
+            ("x$", "'$'"),
+        ] {
+            let err = database_name(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        assert!(database_name(&"d".repeat(64)).is_err());
+        for good in ["reports", "firehose", "a.b"] {
+            assert_eq!(collection_name(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "$x", "system.views"] {
+            assert!(collection_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     // Found by fuzzing: a `%` followed by a non-ASCII character made the driver slice inside the

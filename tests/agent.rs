@@ -198,6 +198,16 @@ fn check_config_says_what_is_wrong_and_what_the_clock_says() {
     let (code, err) = check(Some("mongodb://127.0.0.1:1/?w=0&journal=true"), &spool);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("w=0 and j=true"), "{err}");
+    // A database or collection name the server would refuse is refused as an option.
+    for (option, name) in [("--database", "monitors.pi"), ("--collection", "$reports")] {
+        let out = agent_command()
+            .args([option, name, "--dry-run", "check-config"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(option) && err.contains("cannot hold"), "{err}");
+    }
     // TLS files the string names must be there to read (the driver reads them only when it
     // connects), also behind an SRV string, whose other options wait for DNS.
     for uri in [

@@ -59,11 +59,13 @@ pub struct CommonArgs {
     pub mongodb_uri: Option<String>,
 
     /// Database holding the readings.
-    #[arg(long, env = "DASHBOARD_DATABASE", default_value = DEFAULT_DATABASE)]
+    #[arg(long, env = "DASHBOARD_DATABASE", default_value = DEFAULT_DATABASE,
+          value_parser = crate::mongo::database_name)]
     pub database: String,
 
     /// Collection holding the readings (`reports` from the agent, `firehose` from the endpoint).
-    #[arg(long, env = "DASHBOARD_COLLECTION", default_value = DEFAULT_COLLECTION)]
+    #[arg(long, env = "DASHBOARD_COLLECTION", default_value = DEFAULT_COLLECTION,
+          value_parser = crate::mongo::collection_name)]
     pub collection: String,
 
     /// How long a node may be silent before its tile is marked stale (e.g. 15s, 2m). Make it

@@ -67,11 +67,13 @@ pub struct Cli {
     pub mongodb_uri: Option<String>,
 
     /// Database to write to.
-    #[arg(long, env = "FIREHOSE_DATABASE", default_value = "monitors")]
+    #[arg(long, env = "FIREHOSE_DATABASE", default_value = "monitors",
+          value_parser = crate::mongo::database_name)]
     pub database: String,
 
     /// Collection to write to; undecodable records go to `<collection>_rejected`.
-    #[arg(long, env = "FIREHOSE_COLLECTION", default_value = "firehose")]
+    #[arg(long, env = "FIREHOSE_COLLECTION", default_value = "firehose",
+          value_parser = crate::mongo::collection_name)]
     pub collection: String,
 
     /// PEM certificate chain; with --tls-key the endpoint serves HTTPS itself.

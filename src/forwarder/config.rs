@@ -179,10 +179,12 @@ pub struct Cli {
     #[arg(long, env = "MONGODB_CONNECTION_STRING", hide_env_values = true)]
     pub mongodb_uri: String,
     /// Database of the watched collection.
-    #[arg(long, env = "FORWARDER_DATABASE", default_value = DEFAULT_DATABASE)]
+    #[arg(long, env = "FORWARDER_DATABASE", default_value = DEFAULT_DATABASE,
+          value_parser = crate::mongo::database_name)]
     pub database: String,
     /// The watched collection.
-    #[arg(long, env = "FORWARDER_COLLECTION", default_value = DEFAULT_COLLECTION)]
+    #[arg(long, env = "FORWARDER_COLLECTION", default_value = DEFAULT_COLLECTION,
+          value_parser = crate::mongo::collection_name)]
     pub collection: String,
     /// Where events go: `kinesis` (PutRecords into --stream-name) or `eventbridge` (PutEvents
     /// on --event-bus-name, Source "sensehat-monitor.forwarder", DetailType "MongoDB change
