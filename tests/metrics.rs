@@ -313,26 +313,29 @@ fn an_unwritable_textfile_is_said_once() {
     );
 }
 
-// A port already in use is a configuration error (exit 2) that names the option.
+// A port already in use is a configuration error (exit 2) that names the option, as are an
+// address not on this machine and one that is no HOST:PORT; each says what to check.
 #[test]
 fn a_metrics_address_in_use_is_refused_at_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let out = agent_command()
-        .args([
-            "--sensors",
-            "sim",
-            "--dry-run",
-            "--count",
-            "3",
-            "--metrics-listen",
-            &addr,
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--metrics-listen"), "{err}");
+    let in_use = taken.local_addr().unwrap().to_string();
+    for (addr, says) in [
+        (in_use.as_str(), "another program"),
+        ("192.0.2.1:9464", "not one of this machine's"),
+        ("127.0.0.1:99999", "HOST:PORT"),
+    ] {
+        let out = agent_command()
+            .args(["--sensors", "sim", "--dry-run", "--count", "3"])
+            .args(["--metrics-listen", addr])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("--metrics-listen") && err.contains(says),
+            "{err}"
+        );
+    }
 }
 
 // The shipped alert rules load in promtool, and their unit tests pass.

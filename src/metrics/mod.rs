@@ -48,11 +48,27 @@ pub type SharedRegistry = Arc<Registry>;
 
 /// Why the metrics listener cannot start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for metrics on {addr} (--metrics-listen): {source}; is another program using that port?")]
+#[error(
+    "cannot listen for metrics on {addr} (--metrics-listen): {source}{}",
+    hint(source)
+)]
 pub struct ListenError {
     addr: String,
     #[source]
     source: std::io::Error,
+}
+
+/// What to check, where the error says it.
+fn hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable, InvalidInput};
+    match e.kind() {
+        AddrInUse => "; is another program using that port?",
+        AddrNotAvailable => {
+            "; that address is not one of this machine's (127.0.0.1 or 0.0.0.0 are)"
+        }
+        InvalidInput => "; give it as HOST:PORT, e.g. 127.0.0.1:9464",
+        _ => "",
+    }
 }
 
 /// Bind `addr` (`HOST:PORT`; port 0 picks a free one).
