@@ -44,21 +44,26 @@ pub fn replace_with_mode(
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        if let Some(m) = mode {
-            use std::os::unix::fs::PermissionsExt as _;
-            f.set_permissions(std::fs::Permissions::from_mode(m))?;
-        }
-        if durability == Durability::Synced {
-            f.sync_all()?;
-        }
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let written = f
+        .write_all(contents)
+        .and_then(|()| match mode {
+            Some(m) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                f.set_permissions(std::fs::Permissions::from_mode(m))
+            }
+            None => Ok(()),
+        })
+        .and_then(|()| match durability {
+            Durability::Synced => f.sync_all(),
+            Durability::Unsynced => Ok(()),
+        });
+    drop(f);
+    // A write that failed (a full disk) or a rename that did leaves no temporary file behind.
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
