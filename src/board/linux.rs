@@ -64,6 +64,7 @@ const EACCES: i32 = 13;
 const ENOENT: i32 = 2;
 const ENXIO: i32 = 6;
 const EREMOTEIO: i32 = 121;
+const ENOTTY: i32 = 25;
 
 impl BusErrorHint for I2CError {
     fn hint(&self, sensor: Sensor, bus: &str) -> String {
@@ -75,9 +76,10 @@ impl BusErrorHint for I2CError {
             }
             Some(EACCES) => format!("; {JOIN_GROUP}"),
             Some(ENOENT) => format!("; {ENABLE_I2C}"),
-            Some(ENXIO) | Some(EREMOTEIO) => {
-                "; nothing answered: is the Sense HAT seated on the 40-pin header? (`i2cdetect -y 1` lists what answers)".into()
-            }
+            Some(ENXIO) | Some(EREMOTEIO) => format!(
+                "; nothing answered: is the Sense HAT seated on the 40-pin header? (`i2cdetect -y {}` lists what answers)",
+                bus_number(bus).unwrap_or(1)
+            ),
             _ => String::new(),
         }
     }
@@ -85,8 +87,19 @@ impl BusErrorHint for I2CError {
 
 fn open_error(path: &str, sensor: Sensor, e: &io::Error) -> SensorError {
     let hint = match e.kind() {
+        // A bare number is not a path; an I2C bus named after another is not I2C disabled.
+        io::ErrorKind::NotFound if !path.starts_with('/') => format!(
+            "; --i2c-bus takes a device path, such as /dev/i2c-{}",
+            path.parse::<u32>().unwrap_or(1)
+        ),
+        io::ErrorKind::NotFound if any_i2c_bus() => format!(
+            "; {path} does not exist: check --i2c-bus (`ls /dev/i2c-*` lists the buses this Pi has)"
+        ),
         io::ErrorKind::NotFound => format!("; {path} does not exist: {ENABLE_I2C}"),
         io::ErrorKind::PermissionDenied => format!("; {JOIN_GROUP}"),
+        _ if e.raw_os_error() == Some(ENOTTY) => {
+            format!("; {path} is not an I2C bus: check --i2c-bus")
+        }
         _ => String::new(),
     };
     SensorError {
@@ -95,6 +108,14 @@ fn open_error(path: &str, sensor: Sensor, e: &io::Error) -> SensorError {
         detail: format!("cannot open the bus: {e}"),
         hint,
     }
+}
+
+/// Whether this machine has any I2C bus device (`/dev/i2c-*`): if so, I2C is enabled.
+fn any_i2c_bus() -> bool {
+    std::fs::read_dir("/dev").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("i2c-"))
+    })
 }
 
 fn open_handle(path: &str, devices: &Path, sensor: Sensor) -> Result<Handle<I2cdev>, SensorError> {
