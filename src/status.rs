@@ -155,6 +155,10 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
         );
     }
     match status {
+        None if dir.join(STATUS_FILE).exists() => line(
+            "agent",
+            format!("{STATUS_FILE} is there but unreadable (damaged?); the agent rewrites it within 10 s while it runs"),
+        ),
         None => line(
             "agent",
             "no status file yet (has the agent run with this --spool-dir?)".into(),

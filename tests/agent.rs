@@ -156,6 +156,19 @@ fn status_to_a_closed_or_full_standard_output_ends_cleanly() {
     assert!(!said.contains("panicked"), "{said}");
 }
 
+// `status` tells a damaged status file from none at all.
+#[test]
+fn status_tells_a_damaged_status_file_from_a_missing_one() {
+    let spool = tempfile::tempdir().unwrap();
+    assert!(common::status_text(spool.path()).contains("no status file yet"));
+    std::fs::write(spool.path().join("status.json"), "{\"pid\": 1, \"upd").unwrap();
+    let text = common::status_text(spool.path());
+    assert!(
+        text.contains("status.json is there but unreadable"),
+        "{text}"
+    );
+}
+
 // check-config (the unit's ExecStartPre): what is wrong, with exit 2, or "configuration ok"
 // and what the agent will do about the clock.
 #[test]
