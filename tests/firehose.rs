@@ -603,11 +603,12 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     drop(idle);
 }
 
-// A write the database refuses (here a unique index on another field) fails the whole request
-// with 503 on both upsert paths, so Firehose retries it; once the cause is gone the retry stores
-// every record once.
+// A record the database refuses for good (here a unique index on another field) goes to the
+// dead-letter collection with the server's reason, and the records after it are written on,
+// with either way of upserting; a replay changes nothing, and once the cause is gone a replay
+// stores every record once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_write_answers_503_then_retry_succeeds() {
+async fn refused_records_are_set_aside_and_the_rest_written() {
     let server = MongoServer::start();
     for method in [UpsertMethod::Auto, UpsertMethod::UpdateCommand] {
         let ep = start(
@@ -628,20 +629,42 @@ async fn refused_write_answers_503_then_retry_succeeds() {
             )
             .build();
         let name = coll.create_index(index).await.unwrap().index_name;
-        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
-        let records: Vec<Vec<u8>> = [(a, 1), (b, 2), (c, 1)]
+        // Records 2 and 4 repeat record 0's serial.
+        let ids: Vec<ObjectId> = (0..5).map(|_| ObjectId::new()).collect();
+        let records: Vec<Vec<u8>> = ids
             .iter()
+            .zip([1, 2, 1, 3, 1])
             .map(|(id, serial)| format!(r#"{{"_id":"{id}","serial":{serial}}}"#).into_bytes())
             .collect();
-        let r = deliver(&ep, "req-refused", &records, false).await;
-        let m = check_shape(&r, 503, "req-refused").unwrap();
-        assert_eq!(m, "the database refused a write; retry later", "{method:?}");
+        for _ in 0..2 {
+            let r = deliver(&ep, "req-refused", &records, false).await;
+            check_shape(&r, 200, "req-refused");
+        }
+        assert_eq!(count(&coll).await, 3, "{method:?}");
+        for stored in [ids[0], ids[1], ids[3]] {
+            assert_eq!(count_id(&ep, stored).await, 1, "{method:?}");
+        }
+        assert_eq!(count(&ep.rejected()).await, 2, "{method:?}");
+        for index in [2usize, 4] {
+            let d = ep
+                .rejected()
+                .find_one(doc! { "index": index as i64 })
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{method:?}: no dead letter for record {index}"));
+            let reason = d.get_str("reason").unwrap();
+            assert!(
+                reason.starts_with("refused by the database (code 11000)"),
+                "{reason}"
+            );
+            assert_eq!(d.get_binary_generic("data").unwrap(), &records[index]);
+        }
         coll.drop_index(name).await.unwrap();
         let r = deliver(&ep, "req-refused", &records, false).await;
         check_shape(&r, 200, "req-refused");
-        assert_eq!(count(&coll).await, 3, "{method:?}");
-        for id in [a, b, c] {
-            assert_eq!(count_id(&ep, id).await, 1, "{method:?}");
+        assert_eq!(count(&coll).await, 5, "{method:?}");
+        for id in &ids {
+            assert_eq!(count_id(&ep, *id).await, 1, "{method:?}");
         }
     }
 }

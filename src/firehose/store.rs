@@ -47,26 +47,57 @@ pub enum UpsertMethod {
     UpdateCommand,
 }
 
+/// Write error codes that writing the same document again can never clear: a duplicate key
+/// (of a unique index other than `_id`'s, which the upsert matches on), a failed document
+/// validation, a document too large (as stored, or as the update left it), a bad value.
+pub const REFUSED_FOR_GOOD: [i64; 5] = [11000, 121, 10334, 17419, 2];
+
 /// Why a write was not acknowledged. The `String`s are for the log, never for the response.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Unreachable, timed out, not primary, authentication, write concern not satisfied.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// The server refused a write (a `writeErrors` entry).
+    /// The server refused a write (a `writeErrors` entry) for a reason that may pass.
     #[error("write error: {0}")]
     Write(String),
+    /// The server refused one document for good ([`REFUSED_FOR_GOOD`]): retrying cannot help.
+    /// `at` is its index among the documents given to [`Store::upsert`]; the ones before it
+    /// were written, the ones after it not tried.
+    #[error("document {at} refused (code {code}): {message}")]
+    Refused {
+        /// The document's index.
+        at: usize,
+        /// The server's error code.
+        code: i64,
+        /// The server's message.
+        message: String,
+    },
     /// The connection string cannot work.
     #[error("configuration error: {0}")]
     Fatal(String),
 }
 
 impl StoreError {
+    /// The error of a command whose first document is document `start` of the whole write.
+    fn after(self, start: usize) -> StoreError {
+        match self {
+            StoreError::Refused { at, code, message } => StoreError::Refused {
+                at: start + at,
+                code,
+                message,
+            },
+            other => other,
+        }
+    }
+
     /// The short text for the response's `errorMessage`: no hosts, no driver internals.
     pub fn public_message(&self) -> &'static str {
         match self {
             StoreError::Unavailable(_) => "database unavailable; retry later",
-            StoreError::Write(_) => "the database refused a write; retry later",
+            StoreError::Write(_) | StoreError::Refused { .. } => {
+                "the database refused a write; retry later"
+            }
             StoreError::Fatal(_) => "endpoint misconfigured",
         }
     }
@@ -173,7 +204,9 @@ impl Store {
         let wc = bson::to_raw_document_buf(&wc)
             .map_err(|e| StoreError::Fatal(format!("write concern: {e}")))?;
         let method = self.method(client).await?;
+        let mut start = 0;
         for batch in statement_batches(method, docs)? {
+            let len = batch.len;
             match method {
                 UpsertMethod::BulkWrite | UpsertMethod::Auto => {
                     let cmd = rawdoc! {
@@ -185,7 +218,7 @@ impl Store {
                         "writeConcern": wc.clone(),
                     };
                     let reply = client.database("admin").run_raw_command(cmd).await?;
-                    check_bulk_write_reply(&reply, batch.len)?;
+                    check_bulk_write_reply(&reply, len).map_err(|e| e.after(start))?;
                 }
                 UpsertMethod::UpdateCommand => {
                     let cmd = rawdoc! {
@@ -195,9 +228,10 @@ impl Store {
                         "writeConcern": wc.clone(),
                     };
                     let reply = client.database(&self.database).run_raw_command(cmd).await?;
-                    check_update_reply(&reply, batch.len)?;
+                    check_update_reply(&reply, len).map_err(|e| e.after(start))?;
                 }
             }
+            start += len;
         }
         Ok(())
     }
@@ -280,6 +314,19 @@ fn reply_count(reply: &Document, key: &str) -> i64 {
     }
 }
 
+/// The first write error of an ordered command (the only one: it stops there), whose index
+/// among the command's statements is in `index_key`: refused for good, or worth a retry.
+fn write_error(errors: i64, first: &Document, index_key: &str) -> StoreError {
+    let (index, code) = (reply_count(first, index_key), reply_count(first, "code"));
+    let message = first.get_str("errmsg").unwrap_or("").to_owned();
+    match usize::try_from(index) {
+        Ok(at) if REFUSED_FOR_GOOD.contains(&code) => StoreError::Refused { at, code, message },
+        _ => StoreError::Write(format!(
+            "{errors} write errors, first at {index}: {message} (code {code})"
+        )),
+    }
+}
+
 fn failed_command(reply: &Document, name: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "{name} command failed: {}",
@@ -302,15 +349,10 @@ pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(),
             .ok()
             .and_then(|b| b.first())
             .and_then(Bson::as_document);
-        return Err(StoreError::Write(match first {
-            Some(e) => format!(
-                "{errors} write errors, first at {}: {} (code {})",
-                reply_count(e, "idx"),
-                e.get_str("errmsg").unwrap_or(""),
-                reply_count(e, "code")
-            ),
-            None => format!("{errors} write errors"),
-        }));
+        return Err(match first {
+            Some(e) => write_error(errors, e, "idx"),
+            None => StoreError::Write(format!("{errors} write errors")),
+        });
     }
     if let Some(e) = write_concern_error(reply) {
         return Err(StoreError::Unavailable(e));
@@ -332,13 +374,7 @@ pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), Sto
     }
     if let Ok(errors) = reply.get_array("writeErrors") {
         if let Some(Bson::Document(first)) = errors.first() {
-            return Err(StoreError::Write(format!(
-                "{} write errors, first at {}: {} (code {})",
-                errors.len(),
-                reply_count(first, "index"),
-                first.get_str("errmsg").unwrap_or(""),
-                reply_count(first, "code")
-            )));
+            return Err(write_error(errors.len() as i64, first, "index"));
         }
     }
     if let Some(e) = write_concern_error(reply) {
@@ -358,13 +394,21 @@ mod tests {
     use super::*;
     use mongodb::bson::oid::ObjectId;
 
-    // A reply with writeErrors inside ok:1 is a failure (run_command does not raise it).
+    // A reply with writeErrors inside ok:1 is a failure (run_command does not raise it): one
+    // that writing the document again cannot clear names the document, another is a retry.
     #[test]
     fn write_errors_in_an_ok_reply_fail() {
         let reply = doc! { "ok": 1.0, "n": 1, "writeErrors": [ { "index": 1, "code": 11000, "errmsg": "dup" } ] };
         let e = check_update_reply(&reply, 2).unwrap_err();
         assert!(
-            matches!(e, StoreError::Write(ref m) if m.contains("11000")),
+            matches!(e, StoreError::Refused { at: 1, code: 11000, ref message } if message == "dup"),
+            "{e}"
+        );
+        assert!(matches!(e.after(500), StoreError::Refused { at: 501, .. }));
+        let conflict = doc! { "ok": 1.0, "n": 1, "writeErrors": [ { "index": 1, "code": 112, "errmsg": "write conflict" } ] };
+        let e = check_update_reply(&conflict, 2).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Write(ref m) if m.contains("112")),
             "{e}"
         );
     }
@@ -400,7 +444,24 @@ mod tests {
         };
         let e = check_bulk_write_reply(&error, 2).unwrap_err();
         assert!(
-            matches!(e, StoreError::Write(ref m) if m.contains("first at 1") && m.contains("11000")),
+            matches!(
+                e,
+                StoreError::Refused {
+                    at: 1,
+                    code: 11000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let timeout = doc! {
+            "ok": 1.0, "nErrors": 1, "nMatched": 0, "nUpserted": 0,
+            "cursor": { "id": 0i64, "firstBatch": [
+                { "ok": 0.0, "idx": 0, "code": 50, "errmsg": "operation exceeded time limit" } ] },
+        };
+        let e = check_bulk_write_reply(&timeout, 2).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Write(ref m) if m.contains("first at 0") && m.contains("50")),
             "{e}"
         );
         let wce = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1, "nUpserted": 1,

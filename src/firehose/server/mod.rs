@@ -28,6 +28,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
+use base64::Engine as _;
 use http_body_util::BodyExt;
 use mongodb::bson::{rawdoc, spec::BinarySubtype, Binary, DateTime, RawDocumentBuf};
 use tracing::{debug, info, warn};
@@ -387,8 +388,9 @@ pub async fn read_body(
     reader.finish()
 }
 
-/// Decode every record and upsert, chunk by chunk; rejected records go to the dead-letter
-/// collection. Ok only when every write of the request was acknowledged.
+/// Decode every record and upsert, chunk by chunk; rejected records (undecodable, or refused by
+/// the database for good) go to the dead-letter collection. Ok only when every write of the
+/// request was acknowledged.
 async fn store_records(
     state: &AppState,
     request_id: &str,
@@ -396,47 +398,98 @@ async fn store_records(
     rejected_count: &mut usize,
 ) -> Result<(), StoreError> {
     let config = &state.config;
-    let mut rejected: Vec<RawDocumentBuf> = Vec::new();
-    let mut reasons: Vec<&'static str> = Vec::new();
-    let mut chunk: Vec<RawDocumentBuf> = Vec::new();
-    let mut chunk_bytes = 0usize;
-    let received_at = DateTime::now();
+    let mut dead = DeadLetters {
+        request_id,
+        received_at: DateTime::now(),
+        docs: Vec::new(),
+        reasons: Vec::new(),
+    };
+    let mut chunk = Chunk::default();
     for (index, record) in body.records.iter().enumerate() {
         match decode_record(&record.data, request_id, index, &config.decode) {
             Ok(d) => {
-                chunk_bytes += d.as_bytes().len();
-                chunk.push(d);
-                if chunk_bytes >= CHUNK_BYTES {
-                    upsert(state, &config.collection, &chunk).await?;
-                    chunk.clear();
-                    chunk_bytes = 0;
+                chunk.bytes += d.as_bytes().len();
+                chunk.docs.push(d);
+                chunk.indices.push(index);
+                if chunk.bytes >= CHUNK_BYTES {
+                    store_chunk(state, body, &mut chunk, &mut dead).await?;
                 }
             }
-            Err(r) => rejected.push({
-                reasons.push(r.reason.kind());
-                rawdoc! {
-                "_id": derived_id(request_id, index),
-                "requestId": request_id,
-                "index": index as i64,
-                "reason": r.reason.to_string(),
-                "data": Binary { subtype: BinarySubtype::Generic, bytes: r.raw },
-                "receivedAt": received_at,
-                }
-            }),
+            Err(r) => dead.add(index, r.reason.kind(), r.reason.to_string(), r.raw),
         }
     }
-    upsert(state, &config.collection, &chunk).await?;
-    *rejected_count = rejected.len();
-    if !rejected.is_empty() {
+    store_chunk(state, body, &mut chunk, &mut dead).await?;
+    *rejected_count = dead.docs.len();
+    if !dead.docs.is_empty() {
         let dead_letter = format!("{}_rejected", config.collection);
         let started = Instant::now();
-        let written = state.store.upsert(&dead_letter, &rejected).await;
+        let written = state.store.upsert(&dead_letter, &dead.docs).await;
         state.metrics.wrote(started.elapsed().as_secs_f64());
         written?;
-        reasons
+        dead.reasons
             .into_iter()
             .for_each(|r| state.metrics.dead_lettered(r));
     }
+    Ok(())
+}
+
+/// Decoded records waiting to be written together, with their indices in the request.
+#[derive(Default)]
+struct Chunk {
+    docs: Vec<RawDocumentBuf>,
+    indices: Vec<usize>,
+    bytes: usize,
+}
+
+/// The request's dead letters, and why each is one (a metrics label).
+struct DeadLetters<'a> {
+    request_id: &'a str,
+    received_at: DateTime,
+    docs: Vec<RawDocumentBuf>,
+    reasons: Vec<&'static str>,
+}
+
+impl DeadLetters<'_> {
+    /// Record `index` of the request, whose bytes were `raw`, set aside for `reason`.
+    fn add(&mut self, index: usize, kind: &'static str, reason: String, raw: Vec<u8>) {
+        self.reasons.push(kind);
+        self.docs.push(rawdoc! {
+            "_id": derived_id(self.request_id, index),
+            "requestId": self.request_id,
+            "index": index as i64,
+            "reason": reason,
+            "data": Binary { subtype: BinarySubtype::Generic, bytes: raw },
+            "receivedAt": self.received_at,
+        });
+    }
+}
+
+/// Write the chunk and empty it. A record the database refuses for good (a unique index of the
+/// operator's, a validator) joins the dead letters and the rest of the chunk is written on:
+/// otherwise the same record would fail every retry, and with it every record after it.
+async fn store_chunk(
+    state: &AppState,
+    body: &RequestBody<'_>,
+    chunk: &mut Chunk,
+    dead: &mut DeadLetters<'_>,
+) -> Result<(), StoreError> {
+    let mut from = 0;
+    while from < chunk.docs.len() {
+        match upsert(state, &state.config.collection, &chunk.docs[from..]).await {
+            Ok(()) => break,
+            Err(StoreError::Refused { at, code, message }) => {
+                let index = chunk.indices[from + at];
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(body.records[index].data.as_bytes())
+                    .unwrap_or_default();
+                let reason = format!("refused by the database (code {code}): {message}");
+                dead.add(index, "refused", reason, raw);
+                from += at + 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    *chunk = Chunk::default();
     Ok(())
 }
 
@@ -452,7 +505,11 @@ async fn upsert(
     let started = Instant::now();
     let written = state.store.upsert(collection, docs).await;
     state.metrics.wrote(started.elapsed().as_secs_f64());
-    written?;
-    state.metrics.stored(docs.len());
-    Ok(())
+    match written {
+        Ok(()) => state.metrics.stored(docs.len()),
+        // Those before the refused one were written.
+        Err(StoreError::Refused { at, .. }) => state.metrics.stored(at),
+        Err(_) => {}
+    }
+    written
 }
