@@ -85,14 +85,16 @@ impl BusErrorHint for I2CError {
     }
 }
 
-fn open_error(path: &str, sensor: Sensor, e: &io::Error) -> SensorError {
+/// Why the bus at `path` could not be opened, and what to do; `buses` says whether the machine
+/// has any I2C bus device (then I2C is on, and the path is what is wrong).
+fn open_error(path: &str, sensor: Sensor, e: &io::Error, buses: bool) -> SensorError {
     let hint = match e.kind() {
         // A bare number is not a path; an I2C bus named after another is not I2C disabled.
         io::ErrorKind::NotFound if !path.starts_with('/') => format!(
             "; --i2c-bus takes a device path, such as /dev/i2c-{}",
             path.parse::<u32>().unwrap_or(1)
         ),
-        io::ErrorKind::NotFound if any_i2c_bus() => format!(
+        io::ErrorKind::NotFound if buses => format!(
             "; {path} does not exist: check --i2c-bus (`ls /dev/i2c-*` lists the buses this Pi has)"
         ),
         io::ErrorKind::NotFound => format!("; {path} does not exist: {ENABLE_I2C}"),
@@ -110,9 +112,9 @@ fn open_error(path: &str, sensor: Sensor, e: &io::Error) -> SensorError {
     }
 }
 
-/// Whether this machine has any I2C bus device (`/dev/i2c-*`): if so, I2C is enabled.
-fn any_i2c_bus() -> bool {
-    std::fs::read_dir("/dev").is_ok_and(|d| {
+/// Whether `dev` (`/dev`) holds any I2C bus device (`i2c-*`): if so, I2C is enabled.
+fn any_i2c_bus_in(dev: &Path) -> bool {
+    std::fs::read_dir(dev).is_ok_and(|d| {
         d.flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with("i2c-"))
     })
@@ -148,7 +150,7 @@ fn open_handle(path: &str, devices: &Path, sensor: Sensor) -> Result<Handle<I2cd
                 io::Error::from_raw_os_error(n)
             }
         };
-        open_error(path, sensor, &io)
+        open_error(path, sensor, &io, any_i2c_bus_in(Path::new("/dev")))
     })
 }
 
@@ -170,17 +172,31 @@ mod tests {
     use super::*;
     use crate::board::HealthEvent;
 
-    // A missing bus device is an error that says how to enable I2C.
+    // A missing bus device is an error naming the bus and the sensor's address.
     #[test]
-    fn missing_bus_says_how_to_enable_i2c() {
+    fn missing_bus_names_the_bus() {
         let e = match open("/dev/i2c-does-not-exist") {
             Err(e) => e,
             Ok(_) => panic!("opened a bus that does not exist"),
         };
         let msg = e.to_string();
         assert!(msg.contains("/dev/i2c-does-not-exist"), "{msg}");
-        assert!(msg.contains("raspi-config"), "{msg}");
         assert!(msg.contains("0x5f"), "{msg}");
+    }
+
+    // A missing bus device says how to enable I2C on a machine with no I2C bus at all, and to
+    // check --i2c-bus on one with some; a bare number is shown as the path it means.
+    #[test]
+    fn a_missing_bus_hint_follows_the_machine_s_buses() {
+        let dev = tempfile::tempdir().unwrap();
+        assert!(!any_i2c_bus_in(dev.path()));
+        std::fs::write(dev.path().join("i2c-20"), "").unwrap();
+        assert!(any_i2c_bus_in(dev.path()));
+        let gone = io::Error::from(io::ErrorKind::NotFound);
+        let hint = |path: &str, buses: bool| open_error(path, Sensor::Hts221, &gone, buses).hint;
+        assert!(hint("/dev/i2c-3", false).contains("raspi-config"));
+        assert!(hint("/dev/i2c-3", true).contains("check --i2c-bus"));
+        assert!(hint("3", true).contains("such as /dev/i2c-3"));
     }
 
     /// A fake `/sys/bus/i2c/devices` entry: the client of `address` on bus 1, bound to
