@@ -272,7 +272,7 @@ where
 
     if let (Some(delivery), Output::Spool { spool, status_path }) = (delivery, &output) {
         let drain = !interrupted && options.count.is_some();
-        let result = finish_delivery(delivery, drain, &options, spool, &shared, shutdown).await;
+        let result = finish_delivery(delivery, drain, &options, &shared, shutdown).await;
         // Always leave the spool consistent, even when delivery failed. A failure here is no
         // reason to exit non-zero: what was not synced is in the page cache, and a position
         // not written down only resends reports the database already has.
@@ -288,6 +288,14 @@ where
         if lost > 0 {
             lock(&shared.counters).dropped += lost;
             error!(lost, spool_dir = %dir.display(), "the spool's disk is still full or read-only at stop: the reports held in memory are lost; free space on that disk");
+        }
+        // Said once the spool is closed, so that the count is what it holds.
+        if result.is_none() {
+            let pending = lock(spool).pending();
+            info!(
+                pending,
+                "shutdown timeout reached; undelivered reports stay in the spool"
+            );
         }
         if let Some(path) = status_path {
             status::write_status(path, lock(&shared.counters).clone(), &lock(spool));
@@ -351,7 +359,6 @@ async fn finish_delivery(
     delivery: Delivery,
     drain: bool,
     options: &AgentOptions,
-    spool: &Mutex<Spool>,
     shared: &Shared,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Finished {
@@ -364,16 +371,9 @@ async fn finish_delivery(
         return match tokio::time::timeout(options.shutdown_timeout, &mut task).await {
             Ok(r) => Some(r),
             Err(_) => {
+                // Ended before the spool is closed: an ack after it would take the wrong ones.
                 task.abort();
-                // Those held in memory (a full disk) are tried on the disk once more at close.
-                let pending = {
-                    let s = lock(spool);
-                    s.pending() - s.held_in_memory()
-                };
-                info!(
-                    pending,
-                    "shutdown timeout reached; undelivered reports stay in the spool"
-                );
+                let _ = (&mut task).await;
                 None
             }
         };
@@ -387,6 +387,7 @@ async fn finish_delivery(
             let finished = tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok();
             if finished.is_none() {
                 task.abort();
+                let _ = (&mut task).await;
             }
             finished
         }
