@@ -260,14 +260,21 @@ pub fn database_name(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Longest collection name taken: with the longest database name, the dot and the longest
+/// suffix a program adds (`_rejected`), still under the server's 255-byte namespace.
+pub const COLLECTION_NAME_MAX: usize = 180;
+
 /// A collection name the server takes (clap's `value_parser` for `--collection`): not empty,
-/// no `$` or NUL, not in the reserved `system.` namespace.
+/// at most [`COLLECTION_NAME_MAX`] bytes, no `$` or NUL, not in the reserved `system.`
+/// namespace.
 pub fn collection_name(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        return Err("a collection name cannot be empty".into());
+    if s.is_empty() || s.len() > COLLECTION_NAME_MAX {
+        return Err(format!(
+            "a collection name has 1 to {COLLECTION_NAME_MAX} bytes"
+        ));
     }
     if s.contains(['$', '\0']) {
-        return Err("a collection name cannot hold $".into());
+        return Err("a collection name cannot hold $ or NUL".into());
     }
     if s.starts_with("system.") {
         return Err("collection names starting with system. are the server's own".into());
@@ -420,9 +427,11 @@ mod tests {
         for good in ["reports", "firehose", "a.b"] {
             assert_eq!(collection_name(good).as_deref(), Ok(good));
         }
-        for bad in ["", "$x", "system.views"] {
+        for bad in ["", "$x", "a\0b", "system.views"] {
             assert!(collection_name(bad).is_err(), "{bad:?}");
         }
+        assert!(collection_name(&"c".repeat(COLLECTION_NAME_MAX)).is_ok());
+        assert!(collection_name(&"c".repeat(COLLECTION_NAME_MAX + 1)).is_err());
     }
 
     use super::*;

@@ -60,7 +60,7 @@ impl Textfile {
             }
             Err(e) => {
                 if !self.failing.swap(true, Ordering::Relaxed) {
-                    warn!(error = %e, path = %self.path.display(), "cannot write the metrics textfile (--metrics-textfile); node_exporter serves an old copy or none until it can be written, tried every 10 s");
+                    warn!(error = %e, path = %self.path.display(), "cannot write the metrics textfile (--metrics-textfile); node_exporter serves an old copy or none until it can be written, tried every 10 s: check that its directory exists and the agent may write there (under systemd, /run/sensehat-monitor)");
                 }
             }
         }

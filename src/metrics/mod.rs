@@ -66,7 +66,7 @@ fn hint(e: &std::io::Error) -> &'static str {
         AddrNotAvailable => {
             "; that address is not one of this machine's (127.0.0.1 or 0.0.0.0 are)"
         }
-        InvalidInput => "; give it as HOST:PORT, e.g. 127.0.0.1:9464",
+        InvalidInput => "; give it as HOST:PORT, an IP address and a port number",
         _ => "",
     }
 }
