@@ -93,13 +93,18 @@ impl Telemetry {
             insert_duration.clone(),
         );
         registry.register_collector(Box::new(Reader(state.clone())));
+        let registry = Arc::new(registry);
+        let textfile = textfile.map(|path| Textfile {
+            path,
+            registry: registry.clone(),
+            failing: Arc::default(),
+        });
         Telemetry {
             state,
             insert_duration,
-            registry: Arc::new(registry),
-            textfile: None,
+            registry,
+            textfile,
         }
-        .with_textfile(textfile)
     }
 
     /// The registry to serve.
@@ -127,15 +132,6 @@ impl Telemetry {
     /// The counters the loops keep.
     pub(super) fn counters(&self) -> Arc<Mutex<Counters>> {
         self.state.counters.clone()
-    }
-
-    fn with_textfile(mut self, path: Option<PathBuf>) -> Telemetry {
-        self.textfile = path.map(|path| Textfile {
-            path,
-            registry: self.registry.clone(),
-            failing: Arc::default(),
-        });
-        self
     }
 
     /// The textfile, when `--metrics-textfile` asks for one.
