@@ -96,6 +96,7 @@ fn check_destination(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
 impl Delivery {
     /// The HTTP client for `config`; fails when --ca-cert cannot be read or holds no certificate.
     pub fn new(config: DeliveryConfig) -> Result<Self, String> {
