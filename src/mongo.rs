@@ -407,6 +407,8 @@ pub fn write_concern_error(reply: &Document) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     // Names the server refuses are refused as options, with what is wrong; the defaults and
     // ordinary names pass.
     #[test]
@@ -433,8 +435,6 @@ mod tests {
         assert!(collection_name(&"c".repeat(COLLECTION_NAME_MAX)).is_ok());
         assert!(collection_name(&"c".repeat(COLLECTION_NAME_MAX + 1)).is_err());
     }
-
-    use super::*;
 
     // Found by fuzzing: a `%` followed by a non-ASCII character made the driver slice inside the
     // character and panic. It is refused with a reason instead.
