@@ -239,11 +239,6 @@ impl Spool {
         self.group.records()
     }
 
-    /// Reports held in memory because the disk could not take them (a full or read-only disk).
-    pub fn held_in_memory(&self) -> u64 {
-        self.memory.len() as u64
-    }
-
     /// Undelivered reports, on disk and in memory.
     pub fn pending(&self) -> u64 {
         self.segments.pending() + self.memory.len() as u64 + self.group.records()
