@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::{agent_command, quiet_agent, signal, unique_name, MongoServer, Reaped};
 use sensehat_monitor::led::{frame::DEFAULT_LOGO_PNG, Frame, Rotation};
 
-// The README's colours as the framebuffer stores them (RGB565), declared here again rather
-// than taken from the code under test.
+// docs/operating.md's colours as the framebuffer stores them (RGB565), declared here again
+// rather than taken from the code under test.
 /// Green (0, 255, 0): readings are stored.
 const GREEN: u16 = 0x07E0;
 /// Amber (255, 160, 0): readings are spooled.
@@ -26,7 +26,7 @@ const MAGENTA: u16 = 0xF81F;
 const OFF: u16 = 0;
 
 /// The top-right 2x2 block at rotation 0, as framebuffer pixel numbers (row * 8 + column), in
-/// the order the README says they light: the corner, along the top, along the side, inside.
+/// the order docs/operating.md says they light: the corner, along the top, along the side, inside.
 const CORNER: [usize; 4] = [7, 6, 15, 14];
 
 /// The framebuffer file's 64 pixels.

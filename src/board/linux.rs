@@ -130,7 +130,7 @@ fn open_handle(path: &str, devices: &Path, sensor: Sensor) -> Result<Handle<I2cd
                         sensor = sensor.name(),
                         driver,
                         device = %iio.dir().display(),
-                        "a kernel driver owns this sensor's address: reading it through the driver's IIO files, which can take seconds a sample (see the README, Troubleshooting)"
+                        "a kernel driver owns this sensor's address: reading it through the driver's IIO files, which can take seconds a sample (see docs/operating.md, Troubleshooting)"
                     );
                     Ok(Handle::Iio(iio))
                 }
