@@ -129,7 +129,7 @@ fn missing_connection_string_says_how_to_give_one() {
 
 // `status` answers on standard output: a reader that has gone (`| head -1`) ends it as usual,
 // and an output that cannot be written (`> /dev/full`) is an error on one line with exit 1;
-// neither panics. (The companions' `check-config` answers the same way: tests/firehose.rs.)
+// neither panics. (The companions' `check-config` answers the same way: tests/dashboard_render.rs.)
 #[test]
 fn status_to_a_closed_or_full_standard_output_ends_cleanly() {
     let spool = tempfile::tempdir().unwrap();
