@@ -1,5 +1,6 @@
 //! Replacing a file so that a reader, a crash or a power cut sees the old contents or the new,
-//! whole: the one way every program here writes its state files.
+//! whole: the one way every program here writes its state files. And making the directory
+//! they go in.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,18 @@ pub enum Durability {
     /// snapshot; a delivery cursor whose older value only re-sends reports the database
     /// already has).
     Unsynced,
+}
+
+/// `fs::create_dir_all`, saying what is wrong when a file has the directory's name: the system
+/// says only "File exists", which reads as if all were well.
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "a file, not a directory, has this name",
+        )),
+        done => done,
+    }
 }
 
 /// Replace `path` with `contents`: write a new temporary file beside it, then rename it over

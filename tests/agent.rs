@@ -239,6 +239,22 @@ fn check_config_says_what_is_wrong_and_what_the_clock_says() {
     let (code, err) = check(uri, Path::new("/proc/no-spool-here"));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--spool-dir"), "{err}");
+    // A file in the spool directory's place is named as such, at check-config and at start
+    // (the system says only "File exists").
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let (code, err) = check(uri, &file);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a file, not a directory"), "{err}");
+    let out = agent_command()
+        .args(["--sensors", "sim", "--count", "1", "--spool-dir"])
+        .arg(&file)
+        .env("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:1/")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("a file, not a directory"), "{err}");
 
     // A full disk (the probe's file is /dev/full) is a warning, not a failure: the agent
     // runs from memory until it can write, so ExecStartPre must not keep it from starting.

@@ -44,7 +44,7 @@ pub async fn check_config(config: &CheckConfig) -> Result<Vec<String>, CheckErro
         crate::mongo::check_uri(uri)
             .await
             .map_err(CheckError::Uri)?;
-        match std::fs::create_dir_all(dir).and_then(|()| write_probe(dir)) {
+        match crate::fsutil::create_dir_all(dir).and_then(|()| write_probe(dir)) {
             Ok(()) => {}
             // A disk that is full, read-only or failing now: the agent runs all the same,
             // keeping reports in memory until it can write, so this must not keep it from

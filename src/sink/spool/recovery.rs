@@ -49,7 +49,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
         dir: dir.to_owned(),
         source,
     };
-    fs::create_dir_all(dir).map_err(dir_err)?;
+    crate::fsutil::create_dir_all(dir).map_err(dir_err)?;
     let ids = list_segments(dir).map_err(dir_err)?;
     let last = ids.last().copied();
     let mut found = Recovered {
