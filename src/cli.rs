@@ -6,13 +6,37 @@
 //! - `check-config` is a subcommand of every program: it validates the configuration, says
 //!   what it found, and exits 0 (usable as systemd's `ExecStartPre`), [`INVALID_CONFIG`] when it
 //!   is wrong ([`check_config_exit`]).
+//! - Sizes are bytes, or written with a unit: `64MiB`, `1G` ([`parse_size`]).
 //! - Every option is also an environment variable, shown in `--help`; secrets only there.
+//!   A command line clap refuses is said without the user name and password of any
+//!   connection string on it ([`parse_args`]).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// The exit status of a configuration that cannot work, from `check-config` or at start.
 pub const INVALID_CONFIG: u8 = 2;
+
+/// Parse the command line as `T`. What clap would say about a line it refuses is said with the
+/// user name and password of every connection string on the line left out: clap quotes an
+/// argument it does not know (a connection string given without its option, say), and under
+/// systemd what a program writes goes to the journal.
+pub fn parse_args<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            // --help and --version.
+            e.exit()
+        }
+        let mut text = e.render().to_string();
+        for arg in std::env::args_os().filter_map(|a| a.into_string().ok()) {
+            if arg.contains("://") {
+                text = crate::mongo::redact_credentials(&text, &arg);
+            }
+        }
+        eprint!("{text}");
+        std::process::exit(e.exit_code())
+    })
+}
 
 /// How `check-config` ends: what it found on standard output and exit 0, or why the
 /// configuration cannot work in the log and exit [`INVALID_CONFIG`].
@@ -79,6 +103,45 @@ pub fn parse_duration_at_most(s: &str, max: Duration) -> Result<Duration, String
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
+/// Parse a size: bytes (`16384`), or a number with a unit. `K`, `M`, `G` and `KiB`, `MiB`,
+/// `GiB` count in 1024s, as systemd's unit files do; `KB`, `MB`, `GB` in 1000s. Case is
+/// ignored, and a space may come before the unit.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let unit = unit.trim_start();
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}: write bytes, or use K, M or G (KiB, MiB, GiB), or KB, MB, GB"
+            ))
+        }
+    };
+    let not_a_size = || format!("not a size: {s:?} (try 64MiB or 1G)");
+    if num.is_empty() {
+        return Err(not_a_size());
+    }
+    if let Ok(n) = num.parse::<u64>() {
+        return n
+            .checked_mul(scale)
+            .ok_or_else(|| format!("{s:?} is too large"));
+    }
+    let n: f64 = num.parse().map_err(|_| not_a_size())?;
+    let bytes = (n * scale as f64).round();
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is too large"));
+    }
+    Ok(bytes as u64)
+}
+
 /// `366 days`, or the exact duration when it is not whole days.
 fn days(d: Duration) -> String {
     match d.as_secs() {
@@ -125,6 +188,25 @@ mod tests {
     }
 
     // Another bound is kept to, and named in the refusal.
+    // Sizes take bytes or a unit, binary for K/M/G as systemd reads them; nonsense is refused.
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16384").unwrap(), 16_384);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("64 mb").unwrap(), 64_000_000);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2kb").unwrap(), 2_000);
+        assert_eq!(parse_size("512B").unwrap(), 512);
+        for bad in ["", "MiB", "64 MiBs", "sixty", "1.2.3M", "-5M", "64T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} was taken");
+        }
+        assert!(parse_size("64T").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("18446744073709551615").is_ok());
+        assert!(parse_size("18446744073709551615K").unwrap_err().contains("too large"));
+        assert!(parse_size("1e30G").is_err());
+    }
+
     #[test]
     fn durations_with_another_bound() {
         let max = Duration::from_secs(400 * 86_400);

@@ -26,7 +26,9 @@ pub const DEFAULT_I2C_BUS: &str = "/dev/i2c-1";
 /// `--spool-dir` when systemd gives no `STATE_DIRECTORY`.
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/sensehat-monitor";
 /// 7 days of 2 Hz reports at about 230 bytes each on disk is 278 MB; leave room.
-pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 384 * 1024 * 1024;
+pub const DEFAULT_SPOOL_MAX_BYTES: &str = "384MiB";
+/// The smallest `--spool-max-bytes`: four of the spool's smallest segments, about 70 reports.
+pub const MIN_SPOOL_MAX_BYTES: u64 = 16 * 1024;
 /// `--insert-every`: a report reaches the database within about this long of being taken
 /// ("within a few seconds"), and at the default interval each insert carries ten reports: a
 /// tenth of the round trips and per-insert bytes, and compression that has ten reports' field
@@ -138,9 +140,10 @@ pub struct Cli {
     #[arg(long, env = "SENSEHAT_SPOOL_DIR", global = true)]
     pub spool_dir: Option<PathBuf>,
 
-    /// Disk the spool may use; beyond it the oldest undelivered reports are dropped (and counted).
-    #[arg(long, env = "SENSEHAT_SPOOL_MAX_BYTES", default_value_t = DEFAULT_SPOOL_MAX_BYTES,
-          value_parser = clap::value_parser!(u64).range(16384..))]
+    /// Disk the spool may use (bytes, or e.g. 64MiB, 1G); beyond it the oldest undelivered
+    /// reports are dropped (and counted).
+    #[arg(long, env = "SENSEHAT_SPOOL_MAX_BYTES", default_value = DEFAULT_SPOOL_MAX_BYTES,
+          value_parser = spool_max_bytes)]
     pub spool_max_bytes: u64,
 
     /// fdatasync reports not stored in the database after this long (e.g. 1s; 0: every report
@@ -381,9 +384,33 @@ impl Config {
     }
 }
 
+/// A `--spool-max-bytes`: a size ([`crate::cli::parse_size`]) of at least
+/// [`MIN_SPOOL_MAX_BYTES`].
+fn spool_max_bytes(s: &str) -> Result<u64, String> {
+    let bytes = crate::cli::parse_size(s)?;
+    if bytes < MIN_SPOOL_MAX_BYTES {
+        return Err(format!(
+            "{s:?} is too small: the spool needs at least {MIN_SPOOL_MAX_BYTES} bytes (16KiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // --spool-max-bytes takes a unit, and refuses less than the spool can work with.
+    #[test]
+    fn spool_size_with_a_unit() {
+        let max = |v: &str| Cli::try_parse_from(["x", "--spool-max-bytes", v]);
+        assert_eq!(max("64MiB").unwrap().spool_max_bytes, 64 << 20);
+        assert_eq!(max("16384").unwrap().spool_max_bytes, MIN_SPOOL_MAX_BYTES);
+        let small = max("16000").unwrap_err().to_string();
+        assert!(small.contains("too small"), "{small}");
+        let unit = max("2TB").unwrap_err().to_string();
+        assert!(unit.contains("unknown unit"), "{unit}");
+    }
 
     // The documented defaults hold.
     #[test]
@@ -399,6 +426,7 @@ mod tests {
         assert_eq!(cli.clock_wait, Duration::from_secs(300));
         assert_eq!(cli.insert_every, Duration::from_secs(5));
         assert!(!cli.led_status);
+        assert_eq!(cli.spool_max_bytes, 384 * 1024 * 1024);
         assert!(Cli::try_parse_from(["x", "--interval-ms", "0"]).is_err());
         assert!(Cli::try_parse_from(["x", "--interval", "0"]).is_err());
     }

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use clap::Parser;
 use tracing::{error, info, warn};
 
 use sensehat_monitor::agent::{self, Matrix, Output, Telemetry};
@@ -40,7 +39,7 @@ async fn check_config(config: &Config) -> Result<Vec<String>, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = sensehat_monitor::cli::parse_args();
     sensehat_monitor::logging::init();
     let command = cli.command;
     let config = cli.into_config();

@@ -127,6 +127,26 @@ fn missing_connection_string_says_how_to_give_one() {
     assert!(!err.contains("p@ss"), "the password was logged: {err}");
 }
 
+// A command line clap refuses is said without the password of a connection string on it: a
+// string given without its option is quoted back as an unknown subcommand, into the journal
+// under systemd. Every program parses its line the same way (`cli::parse_args`).
+#[test]
+fn a_refused_command_line_does_not_repeat_a_password() {
+    let out = agent_command()
+        .arg("mongodb+srv://greenhouse:Tomat0es-2026@cluster0.example.mongodb.net/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unrecognized subcommand"), "{err}");
+    assert!(err.contains("cluster0.example.mongodb.net"), "{err}");
+    assert!(!err.contains("Tomat0es"), "the password was said: {err}");
+    // Help still goes to standard output, with exit 0.
+    let out = agent_command().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--spool-max-bytes"));
+}
+
 // `status` answers on standard output: a reader that has gone (`| head -1`) ends it as usual,
 // and an output that cannot be written (`> /dev/full`) is an error on one line with exit 1;
 // neither panics. (The companions' `check-config` answers the same way: tests/dashboard_render.rs.)

@@ -4,7 +4,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing::error;
 
 use sensehat_monitor::cli::INVALID_CONFIG;
@@ -20,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     sensehat_monitor::logging::init();
-    let cli = Cli::parse();
+    let cli: Cli = sensehat_monitor::cli::parse_args();
     let check_only = cli.wants_check_config();
     let failure = || ExitCode::from(if check_only { INVALID_CONFIG } else { 1 });
     let env_key = std::env::var(ACCESS_KEY_ENV).ok();

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use tracing::error;
 
 use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
@@ -16,7 +15,7 @@ use sensehat_monitor::shutdown::shutdown_signal;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = sensehat_monitor::cli::parse_args();
     sensehat_monitor::logging::init();
     let access_key = std::env::var(ACCESS_KEY_ENV)
         .ok()

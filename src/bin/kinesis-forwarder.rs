@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::error;
 
@@ -20,7 +19,7 @@ use sensehat_monitor::shutdown::shutdown_signal;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = sensehat_monitor::cli::parse_args();
     sensehat_monitor::logging::init();
     let command = cli.command;
     let config = cli.into_config();

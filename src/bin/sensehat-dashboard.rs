@@ -4,7 +4,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing::{error, info};
 
 use sensehat_monitor::cli::{check_config_exit, INVALID_CONFIG};
@@ -16,7 +15,7 @@ use sensehat_monitor::shutdown::shutdown_signal;
 async fn main() -> ExitCode {
     sensehat_monitor::logging::init();
     let shutdown = shutdown_signal();
-    let cli = Cli::parse();
+    let cli: Cli = sensehat_monitor::cli::parse_args();
     let config = match cli.common.into_config().await {
         Ok(c) => c,
         Err(e) => {
