@@ -108,7 +108,9 @@ pub fn parse_duration_at_most(s: &str, max: Duration) -> Result<Duration, String
 /// ignored, and a space may come before the unit.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let unit = unit.trim_start();
     let scale: u64 = match unit.to_ascii_lowercase().as_str() {
@@ -203,7 +205,9 @@ mod tests {
         }
         assert!(parse_size("64T").unwrap_err().contains("unknown unit"));
         assert!(parse_size("18446744073709551615").is_ok());
-        assert!(parse_size("18446744073709551615K").unwrap_err().contains("too large"));
+        assert!(parse_size("18446744073709551615K")
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_size("1e30G").is_err());
     }
 
