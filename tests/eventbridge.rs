@@ -320,3 +320,150 @@ async fn metrics_and_readyz_follow_the_bus() {
     );
     fwd.start_kill().unwrap();
 }
+
+/// A stand-in for EventBridge's PutEvents that answers each entry as the API reference says a
+/// failing one is answered, since no emulator can refuse a permission: on bus `denied-*` every
+/// entry fails with NotAuthorizedForSourceException; elsewhere an entry whose Detail holds
+/// `"poison"` fails with MalformedDetail and the rest are accepted. Returns its URL and every
+/// Detail it was sent.
+async fn put_events_stand_in() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::{body::Bytes, routing::post, Router};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let answer = move |body: Bytes| {
+        let log = log.clone();
+        async move {
+            let request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let mut failed = 0;
+            let entries: Vec<serde_json::Value> = request["Entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let detail = e["Detail"].as_str().unwrap().to_owned();
+                    let denied = e["EventBusName"].as_str().unwrap().starts_with("denied-");
+                    let poison = detail.contains("\"poison\"");
+                    log.lock().unwrap().push(detail);
+                    let (code, message) = match (denied, poison) {
+                        (true, _) => (
+                            "NotAuthorizedForSourceException",
+                            "Not authorized for the source.",
+                        ),
+                        (false, true) => ("MalformedDetail", "Detail is malformed."),
+                        (false, false) => return serde_json::json!({ "EventId": "1" }),
+                    };
+                    failed += 1;
+                    serde_json::json!({ "ErrorCode": code, "ErrorMessage": message })
+                })
+                .collect();
+            (
+                [("content-type", "application/x-amz-json-1.1")],
+                serde_json::json!({ "FailedEntryCount": failed, "Entries": entries }).to_string(),
+            )
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, Router::new().route("/", post(answer)))
+            .await
+            .unwrap()
+    });
+    (url, seen)
+}
+
+// PutEvents' per-entry codes are sorted as its API reference sorts them. A record EventBridge
+// refuses for good (MalformedDetail) is sent once, kept in the dead-letter collection, and the
+// rest go on; a bus the forwarder may not put to (NotAuthorizedForSourceException) stops it at
+// once with an error that says so and stores no position, where it used to resend for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_refused_for_good_is_kept_aside_and_a_denied_one_stops() {
+    let (url, seen) = put_events_stand_in().await;
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let db = unique_name("ebrefused");
+    let forwarder = |bus: &str| {
+        tokio::process::Command::new(forwarder_bin())
+            .args(["--target", "eventbridge", "--database", &db])
+            .args(["--event-bus-name", bus, "--eventbridge-endpoint-url", &url])
+            .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+            .envs(AWS_ENV)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start kinesis-forwarder")
+    };
+    let reports = client.database(&db).collection::<Document>("reports");
+
+    let mut fwd = forwarder("pipeline-bus");
+    wait_for_position(&client, &db, "pipeline-bus").await;
+    let docs = [
+        doc! { "nodeName": "pi", "n": 1 },
+        doc! { "nodeName": "pi", "n": 2, "poison": true },
+        doc! { "nodeName": "pi", "n": 3 },
+    ];
+    reports.insert_many(docs).await.unwrap();
+    let dead = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_deadletter");
+    wait_until(
+        Duration::from_secs(30),
+        "the refused record kept aside",
+        || {
+            let dead = dead.clone();
+            async move { dead.count_documents(doc! {}).await.unwrap() == 1 }
+        },
+    )
+    .await;
+    let kept = dead.find_one(doc! {}).await.unwrap().unwrap();
+    assert!(
+        kept.get_str("reason")
+            .unwrap()
+            .starts_with("MalformedDetail"),
+        "{kept}"
+    );
+    assert_eq!(kept.get_document("document").unwrap().get_i32("n"), Ok(2));
+    wait_until(Duration::from_secs(10), "the rest sent", || {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().len() >= 3 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = seen.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3, "the refused record was sent again: {sent:?}");
+    fwd.start_kill().unwrap();
+    let _ = fwd.wait().await;
+
+    let fwd = forwarder("denied-bus");
+    wait_for_position(&client, &db, "denied-bus").await;
+    let state = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state");
+    let before = state
+        .find_one(doc! { "_id": "eventbridge:denied-bus" })
+        .await
+        .unwrap();
+    reports
+        .insert_one(doc! { "nodeName": "pi", "n": 4 })
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), fwd.wait_with_output())
+        .await
+        .expect("the forwarder stops when it may not put")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("NotAuthorizedForSourceException"), "{err}");
+    assert!(err.contains("permission"), "{err}");
+    let after = state
+        .find_one(doc! { "_id": "eventbridge:denied-bus" })
+        .await
+        .unwrap();
+    assert_eq!(
+        before, after,
+        "a position past the denied record was stored"
+    );
+}

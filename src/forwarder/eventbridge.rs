@@ -13,7 +13,7 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
 use super::aws::{load_checked, REFUSED_CREDENTIALS};
 use super::batch::{Entry, Limits, EVENTBRIDGE};
-use super::target::{entry_results, EntryResults, PutError, Target};
+use super::target::{entry_results, EntryFailure, EntryResults, PutError, Target};
 
 /// Every event's Source; the pipeline template's rule matches exactly this.
 pub const SOURCE: &str = "sensehat-monitor.forwarder";
@@ -80,6 +80,19 @@ const FATAL_CODES: &[&str] = &[
     "MalformedDetail",
 ];
 
+/// Error codes of one PutEvents entry that mean the forwarder may not put it: a policy that does
+/// not allow the bus, or allows only other Sources or DetailTypes. Every entry will fail so.
+const DENIED_ENTRY_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "NotAuthorizedForSourceException",
+    "NotAuthorizedForDetailTypeException",
+    "InvalidAccountIdException",
+];
+
+/// Error codes of one PutEvents entry that mean this entry can never be accepted. (The
+/// forwarder's entries are JSON objects within the size limit, so these are not expected.)
+const REFUSED_ENTRY_CODES: &[&str] = &["InvalidArgument", "MalformedDetail", "RedactionFailure"];
+
 /// Whether a failed PutEvents call can never succeed as configured.
 fn is_fatal<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     match e {
@@ -126,6 +139,19 @@ impl Target for AwsEventBridge {
             .map(|r| (r.error_code(), r.error_message()));
         entry_results("PutEvents", entries.len(), answered)
     }
+
+    /// PutEventsResultEntry's documented codes: InternalFailure and ThrottlingException are
+    /// worth retrying, the others are not. A code not listed is resent, as it was before.
+    fn entry_failure(reason: &str) -> EntryFailure {
+        let code = reason.split(':').next().unwrap_or("").trim();
+        if DENIED_ENTRY_CODES.contains(&code) {
+            EntryFailure::Denied
+        } else if REFUSED_ENTRY_CODES.contains(&code) {
+            EntryFailure::Refused
+        } else {
+            EntryFailure::Resend
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +182,32 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&format.encode(&d)).unwrap();
             assert!(v.is_object(), "{format:?}");
         }
+    }
+
+    // Entry error codes sort as the API reference sorts them, by their code only.
+    #[test]
+    fn entry_failures_sort_by_code() {
+        let of = <AwsEventBridge as Target>::entry_failure;
+        assert_eq!(
+            of("ThrottlingException: Rate exceeded"),
+            EntryFailure::Resend
+        );
+        assert_eq!(of("InternalFailure: "), EntryFailure::Resend);
+        assert_eq!(of("SomethingNew: ?"), EntryFailure::Resend);
+        assert_eq!(
+            of("NotAuthorizedForSourceException: Not authorized for the source."),
+            EntryFailure::Denied
+        );
+        assert_eq!(of("AccessDeniedException: no"), EntryFailure::Denied);
+        assert_eq!(
+            of("MalformedDetail: Detail is malformed."),
+            EntryFailure::Refused
+        );
+        // A message that names a code is not the code.
+        assert_eq!(
+            of("InternalFailure: not MalformedDetail"),
+            EntryFailure::Resend
+        );
     }
 
     // Entries carry the fixed Source and DetailType, the bus, and the data as Detail.

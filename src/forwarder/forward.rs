@@ -1,8 +1,8 @@
 //! The [`Forwarder`]: what happens between the change stream and the target. Events fill a
 //! batch within the target's limits; a full or lingering batch is put (resent until the target
 //! accepts all of it), and only
-//! then is the newest resume token stored. Documents too large to ever put go to the
-//! dead-letter collection instead.
+//! then is the newest resume token stored. Documents too large to ever put, and records the
+//! target refuses for good, go to the dead-letter collection instead.
 
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use super::batch::{self, Batch, Entry};
 use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
 use super::metrics::Metrics;
 use super::state::StateStore;
-use super::target::{self, PutError, Target};
+use super::target::{self, PutError, Refused, Target};
 use super::{ForwarderError, Options, FINAL_PUT_WAIT, IDLE_SAVE_INTERVAL};
 
 /// A field by dotted path.
@@ -133,7 +133,12 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 tokio::time::sleep(FINAL_PUT_WAIT).await;
             };
             let destination = self.opts.destination();
-            target::put_all(self.target, destination, entries, interrupt, self.metrics).await?;
+            let stats =
+                target::put_all(self.target, destination, entries, interrupt, self.metrics).await?;
+            // Kept before the position moves past them, as an oversized document is.
+            for refused in &stats.refused {
+                self.dead_letter_refused(refused).await?;
+            }
             // Acknowledged when the whole batch is: entries accepted by an earlier call of a
             // resent batch count from the last one, an upper bound of their lag.
             self.metrics.observe_lag(event_times, now_ms());
@@ -232,10 +237,9 @@ impl<'a, T: Target> Forwarder<'a, T> {
         Ok(false)
     }
 
-    /// Keep a document that can never be put, with the reason. Retries until stored, or until a
-    /// stop is requested (then the event is read again at the next start). Keyed by the event's
-    /// resume token, so that an event dead-lettered again after a restart (its position was not
-    /// stored yet) is kept once.
+    /// Keep a document too large to ever put, with the reason. Keyed by the event's resume
+    /// token, so that an event dead-lettered again after a restart (its position was not stored
+    /// yet) is kept once.
     async fn dead_letter(
         &self,
         document: &Document,
@@ -246,23 +250,51 @@ impl<'a, T: Target> Forwarder<'a, T> {
         let id = document.get("_id").cloned().unwrap_or(Bson::Null);
         warn!(id = %id, reason, "record too large to forward; kept in the dead-letter collection");
         let key = self.opts.position_key();
-        let mut record = doc! {
-            "documentId": id.clone(),
-            "stream": &key,
-            "reason": reason,
-            "sizeBytes": size as i64,
-            "at": DateTime::now(),
-            "document": document.clone(),
-        };
+        let mut record = dead_letter_record(&key, &id, reason, size);
+        record.insert("document", document.clone());
         // With the stream in the key: forwarders of one collection to two streams share the
         // dead-letter collection by default, and see the same tokens.
         if let Some(token_key) = token.and_then(|t| mongodb::bson::to_bson(t).ok()) {
             record.insert("_id", doc! { "stream": &key, "token": token_key });
         }
+        self.keep(&record, &id).await
+    }
+
+    /// Keep a record the target refused for good, as it was sent: the document read back from
+    /// the record's JSON (in the `--format` it was written in), or, should that fail, the JSON
+    /// as text under `data`. The record has no resume token of its own, so the server gives
+    /// it its `_id`: refused again after a restart before the position was stored, it is kept
+    /// twice.
+    async fn dead_letter_refused(&self, refused: &Refused) -> Result<(), ForwarderError> {
+        let data = &refused.entry.data;
+        let document = serde_json::from_slice::<serde_json::Value>(data)
+            .ok()
+            .and_then(|v| Bson::try_from(v).ok())
+            .and_then(|b| match b {
+                Bson::Document(d) => Some(d),
+                _ => None,
+            });
+        let id = document
+            .as_ref()
+            .and_then(|d| d.get("_id").cloned())
+            .unwrap_or(Bson::Null);
+        warn!(id = %id, reason = %refused.reason, "{} refused a record for good; kept in the dead-letter collection", T::API);
+        let key = self.opts.position_key();
+        let mut record = dead_letter_record(&key, &id, &refused.reason, data.len());
+        match document {
+            Some(d) => record.insert("document", d),
+            None => record.insert("data", String::from_utf8_lossy(data).into_owned()),
+        };
+        self.keep(&record, &id).await
+    }
+
+    /// Insert a dead-letter record. Retries until stored, or until a stop is requested (then
+    /// the event is read again at the next start).
+    async fn keep(&self, record: &Document, id: &Bson) -> Result<(), ForwarderError> {
         let mut delays = target::backoff();
         let mut stop = self.stop.clone();
         loop {
-            let e = match self.insert_dead_letter(&record).await {
+            let e = match self.insert_dead_letter(record).await {
                 Ok(()) => {
                     self.metrics.dead_letters.inc();
                     return Ok(());
@@ -299,6 +331,18 @@ impl<'a, T: Target> Forwarder<'a, T> {
             }
             other => other.map(drop),
         }
+    }
+}
+
+/// A dead-letter record: which document, why, how large, and when (the caller adds what it
+/// holds of the document).
+fn dead_letter_record(stream: &str, id: &Bson, reason: &str, size: usize) -> Document {
+    doc! {
+        "documentId": id.clone(),
+        "stream": stream,
+        "reason": reason,
+        "sizeBytes": size as i64,
+        "at": DateTime::now(),
     }
 }
 

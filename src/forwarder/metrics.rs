@@ -50,7 +50,8 @@ pub struct Metrics {
     pub(crate) failed_entries: Counter,
     /// Put calls made again after a call failed whole or refused some entries.
     pub(crate) retries: Counter,
-    /// Documents too large to forward, kept in the dead-letter collection.
+    /// Documents too large to forward, or refused for good by the target, kept in the
+    /// dead-letter collection.
     pub(crate) dead_letters: Counter,
     /// From an event's time in the cluster to the target's acceptance of its record; only
     /// when served.
@@ -100,7 +101,7 @@ impl Metrics {
         );
         r.register(
             "dead_letters",
-            "Documents too large to forward, kept in the dead-letter collection",
+            "Documents too large to forward, or refused for good by the target, kept in the dead-letter collection",
             m.dead_letters.clone(),
         );
         if let Some(lag) = &m.lag {

@@ -2,7 +2,8 @@
 //! [`super::aws`], EventBridge PutEvents in [`super::eventbridge`], or a test wrapper that fails
 //! chosen entries, since no emulator can throttle), each with its batch [`Limits`], and
 //! [`put_all`], which resends the failed entries (with the later ones of their partition keys,
-//! `resend_set`) with exponential back-off and jitter until every one is accepted.
+//! `resend_set`) with exponential back-off and jitter until every one is accepted, or the
+//! target refuses one for good ([`EntryFailure`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -34,8 +35,22 @@ pub enum PutError {
     Interrupted,
 }
 
-/// What a call did with each entry, by position: `None` accepted, `Some(reason)` failed.
+/// What a call did with each entry, by position: `None` accepted, `Some(reason)` failed, the
+/// reason starting with the error code (`ThrottlingException: Rate exceeded`).
 pub type EntryResults = Vec<Option<String>>;
+
+/// What a failed entry calls for, by its error code ([`Target::entry_failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryFailure {
+    /// Throttling or the service's own failure: send it again.
+    Resend,
+    /// This entry can never be accepted (its content is refused): it is handed back to the
+    /// caller, for the dead-letter collection, and the rest goes on.
+    Refused,
+    /// The forwarder may not put it (a policy that does not allow it): no entry will be
+    /// accepted until the permission is given, so the put fails as a whole, [`PutError::Fatal`].
+    Denied,
+}
 
 impl PutError {
     /// A failed call, as the SDK described it (`text`), sorted by whether retrying can help.
@@ -80,15 +95,33 @@ pub trait Target: Send + Sync {
         destination: &str,
         entries: &[Entry],
     ) -> impl Future<Output = Result<EntryResults, PutError>> + Send;
+
+    /// What an entry that failed with `reason` calls for. Kinesis fails an entry only for
+    /// throttling or its own failure, so the default is to send it again.
+    fn entry_failure(reason: &str) -> EntryFailure {
+        let _ = reason;
+        EntryFailure::Resend
+    }
 }
 
-/// What it took to put one batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// An entry the target refused for good, with its reason ([`EntryFailure::Refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The entry as it was sent.
+    pub entry: Entry,
+    /// The target's error code and message.
+    pub reason: String,
+}
+
+/// What it took to put one batch, and what the target refused of it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PutStats {
     /// Calls made, including resends.
     pub calls: u32,
     /// Entries resent after a partial failure (an entry resent twice counts twice).
     pub resent: u64,
+    /// Entries the target will never accept, in the batch's order.
+    pub refused: Vec<Refused>,
 }
 
 /// The resend schedule: exponential from [`RETRY_MIN_DELAY`] to [`RETRY_MAX_DELAY`], with jitter,
@@ -107,17 +140,27 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
 /// records in the order they were accepted (and EventBridge delivers roughly so); resending only a failed A1 would land it after an
 /// accepted A2, and with updates forwarded the endpoint's replace by `_id` would then keep the
 /// older document. Sending A2 again after A1 restores the order (a duplicate, which delivery at
-/// least once already allows). `reason` gets the first failure's reason.
-fn resend_set(
+/// least once already allows). `reason` gets the first failure's reason. An entry refused for
+/// good ([`EntryFailure::Refused`]) goes to `refused` instead, and holds back no other: it will
+/// never be delivered, so there is no order to keep with it.
+fn resend_set<T: Target>(
     entries: Vec<Entry>,
     results: EntryResults,
     reason: &mut Option<String>,
+    refused: &mut Vec<Refused>,
 ) -> Vec<Entry> {
     let mut blocked: std::collections::HashSet<String> = std::collections::HashSet::new();
     entries
         .into_iter()
         .zip(results)
         .filter_map(|(e, r)| match r {
+            Some(why) if T::entry_failure(&why) == EntryFailure::Refused => {
+                refused.push(Refused {
+                    entry: e,
+                    reason: why,
+                });
+                None
+            }
             Some(why) => {
                 reason.get_or_insert(why);
                 blocked.insert(e.partition_key.clone());
@@ -178,8 +221,10 @@ pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Put every entry, resending the failed ones (see `resend_set`), until all are accepted. Returns early on a
-/// fatal error, or with [`PutError::Interrupted`] when `interrupt` resolves first (a call in
+/// Put every entry, resending the failed ones (see `resend_set`), until all are accepted or
+/// refused for good (those come back in [`PutStats::refused`]). Returns early on a fatal error
+/// (an entry [`EntryFailure::Denied`] among them), or with [`PutError::Interrupted`] when
+/// `interrupt` resolves first (a call in
 /// flight is abandoned: its entries may or may not have been accepted). Accepted and refused
 /// entries and retried calls are counted in `metrics` as they happen, so a put that keeps
 /// failing shows while it does.
@@ -207,11 +252,21 @@ pub async fn put_all<T: Target>(
         match put {
             Ok(results) => {
                 let total = pending.len();
-                let refused = results.iter().filter(|r| r.is_some()).count();
-                metrics.records_put.inc_by((total - refused) as u64);
-                metrics.failed_entries.inc_by(refused as u64);
+                let failed = results.iter().filter(|r| r.is_some()).count();
+                metrics.records_put.inc_by((total - failed) as u64);
+                metrics.failed_entries.inc_by(failed as u64);
+                if let Some(denied) = results
+                    .iter()
+                    .flatten()
+                    .find(|why| T::entry_failure(why) == EntryFailure::Denied)
+                {
+                    return Err(PutError::Fatal(format!(
+                        "{} refused records: {denied}; the forwarder is not allowed to put them: give its role or user the permission (see docs/aws.md); its position was not stored, so they are sent again at the next start",
+                        T::API
+                    )));
+                }
                 let mut reason = None;
-                pending = resend_set(pending, results, &mut reason);
+                pending = resend_set::<T>(pending, results, &mut reason, &mut stats.refused);
                 if pending.is_empty() {
                     break;
                 }
@@ -413,7 +468,8 @@ mod tests {
             stats,
             PutStats {
                 calls: 2,
-                resent: 5
+                resent: 5,
+                refused: vec![]
             }
         );
     }
@@ -439,7 +495,8 @@ mod tests {
             stats,
             PutStats {
                 calls: 2,
-                resent: 2
+                resent: 2,
+                refused: vec![]
             }
         );
         let calls = k.calls.lock().unwrap();
@@ -481,6 +538,96 @@ mod tests {
             calls[1],
             [&b"a2"[..], b"a4", b"a6", b"a8"].map(|d| d.to_vec())
         );
+    }
+
+    /// Fails the listed entries every time, each with its code; `Refused*` codes are refused
+    /// for good and `Denied*` ones are denied, as a target sorts its codes.
+    struct Answers {
+        fail: Vec<(&'static [u8], &'static str)>,
+        calls: Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl Target for Answers {
+        const LIMITS: Limits = crate::forwarder::batch::EVENTBRIDGE;
+        const API: &'static str = "PutEvents";
+        async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(entries.iter().map(|e| e.data.clone()).collect());
+            Ok(entries
+                .iter()
+                .map(|e| {
+                    let (_, code) = self.fail.iter().find(|(d, _)| *d == e.data)?;
+                    Some(format!("{code}: no"))
+                })
+                .collect())
+        }
+        fn entry_failure(reason: &str) -> EntryFailure {
+            if reason.starts_with("Refused") {
+                EntryFailure::Refused
+            } else if reason.starts_with("Denied") {
+                EntryFailure::Denied
+            } else {
+                EntryFailure::Resend
+            }
+        }
+    }
+
+    // An entry refused for good is handed back and never resent, and holds back no later
+    // entry of its key; the rest is accepted.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_entry_comes_back_and_the_rest_goes_on() {
+        let t = Answers {
+            fail: vec![(b"a1", "RefusedDetail")],
+            calls: Mutex::new(Vec::new()),
+        };
+        let metrics = Metrics::default();
+        let stats = put_all(
+            &t,
+            "bus",
+            ["a1", "b1", "a2"].map(entry).to_vec(),
+            std::future::pending(),
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.calls.lock().unwrap().len(), 1);
+        assert_eq!(
+            stats.refused,
+            vec![Refused {
+                entry: entry("a1"),
+                reason: "RefusedDetail: no".into()
+            }]
+        );
+        assert_eq!((stats.calls, stats.resent), (1, 0));
+        assert_eq!(metrics.records_put.get(), 2);
+    }
+
+    // An entry the forwarder may not put ends the put at once, as a fatal error that says so,
+    // rather than being resent forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_denied_entry_is_fatal_at_once() {
+        let t = Answers {
+            fail: vec![(b"b1", "Throttled"), (b"a2", "DeniedForSource")],
+            calls: Mutex::new(Vec::new()),
+        };
+        let r = put_all(
+            &t,
+            "bus",
+            ["a1", "b1", "a2"].map(entry).to_vec(),
+            std::future::pending(),
+            &Metrics::default(),
+        )
+        .await;
+        match r {
+            Err(PutError::Fatal(why)) => {
+                assert!(why.contains("DeniedForSource: no"), "{why}");
+                assert!(why.contains("permission"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.calls.lock().unwrap().len(), 1);
     }
 
     // A failure that goes on is said when it begins, then once a period, and its end once.
