@@ -598,6 +598,92 @@ async fn reads_from_latest_by_default() {
     fh.start_kill().unwrap();
 }
 
+/// A pass-through to the emulator at `upstream` that answers GetRecords with a 500 while
+/// `fail` is set, counting those answers in `failed`: the emulator cannot fail on cue.
+async fn kinesis_that_fails_reads(
+    upstream: String,
+) -> (
+    String,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let fail = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (f, n) = (fail.clone(), failed.clone());
+    let http = reqwest::Client::new();
+    let pass = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+        let (f, n, http, upstream) = (f.clone(), n.clone(), http.clone(), upstream.clone());
+        async move {
+            let target = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if f.load(Ordering::SeqCst) && target.ends_with(".GetRecords") {
+                n.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"__type":"InternalFailure","message":"failing on cue"}"#;
+                return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+            }
+            let mut req = http.post(format!("{upstream}{uri}")).body(body);
+            for (name, value) in &headers {
+                if name != "host" && name != "content-length" {
+                    req = req.header(name.as_str(), value.as_bytes());
+                }
+            }
+            let answer = req.send().await.unwrap();
+            let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
+            let kind = answer
+                .headers()
+                .get("content-type")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let body = answer.bytes().await.unwrap();
+            (status, [("content-type", kind)], body).into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().fallback(pass)).await;
+    });
+    (url, fail, failed)
+}
+
+// A shard read from LATEST that fails GetRecords before it has read a record carries on from
+// where it began, not from a new LATEST: the records put while the reads failed are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_read_from_latest_skips_nothing() {
+    use std::sync::atomic::Ordering;
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhfail");
+    kin.create_stream(&stream, 1).await;
+    let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone()).await;
+    let (url, state) = receiver(vec![]).await;
+    let mut fh = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args(["--stream-name", &stream, "--kinesis-endpoint-url", &kinesis])
+        .args(["--destination-url", &url, "--buffer-seconds", "1"])
+        .envs(AWS_ENV)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Time to list the shard and take its LATEST iterator.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fail.store(true, Ordering::SeqCst);
+    let put = put_records(&kin, &stream, 4).await;
+    // The SDK tries a call three times before the reader sees the error: twice that many.
+    wait_until(Duration::from_secs(60), "GetRecords to fail", || {
+        let n = failed.load(Ordering::SeqCst);
+        async move { n >= 6 }
+    })
+    .await;
+    fail.store(false, Ordering::SeqCst);
+    wait_for_records(&state, put.len()).await;
+    assert_received_once(&state, put, "the records put while reads failed").await;
+    fh.start_kill().unwrap();
+}
+
 /// Every record received so far, in arrival order.
 fn received(state: &Shared) -> Vec<Vec<u8>> {
     let got = state.lock().unwrap().got.clone();

@@ -239,9 +239,19 @@ async fn read_shard(
         if tx.is_closed() {
             return;
         }
+        let asked_ms = now_ms();
         let current = match it.take() {
             Some(i) => i,
             None => match iterator(&client, &stream, &shard, &start).await {
+                Ok(Some(i)) if start == Start::Latest => {
+                    // LATEST is where reading begins, not where it resumes: a fresh LATEST
+                    // iterator after a GetRecords error, before any record was read, would
+                    // skip what was put in between. From here on the shard starts at this
+                    // time (the local clock's, as a checkpoint's `since_ms` is), which may
+                    // read a record put just before again: a repeat, never a loss.
+                    start = Start::AtTimestamp(asked_ms);
+                    i
+                }
                 Ok(Some(i)) => i,
                 Ok(None) => return,
                 Err(e) => {
