@@ -12,7 +12,7 @@ use mongodb::{Client, Collection};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::error::{fatal, history_lost};
+use super::error::{cannot_go_on, fatal};
 use super::forward::{stopped, Forwarder};
 use super::metrics::Metrics;
 use super::state::StateStore;
@@ -167,7 +167,7 @@ pub(super) async fn forward<T: Target>(
             Ended::Invalidated => continue,
             Ended::Failed(e) => e,
         };
-        if let Some(lost) = history_lost(&failure, &fw.namespace) {
+        if let Some(lost) = cannot_go_on(&failure, &fw.namespace) {
             fw.flush().await?;
             return Err(lost);
         }
@@ -189,7 +189,7 @@ fn not_opened(
     namespace: &str,
     trouble: &mut Trouble,
 ) -> Result<(), ForwarderError> {
-    if let Some(stop) = history_lost(e, namespace).or_else(|| fatal(e)) {
+    if let Some(stop) = cannot_go_on(e, namespace).or_else(|| fatal(e)) {
         return Err(stop);
     }
     match trouble.failed(now()) {

@@ -11,6 +11,8 @@ use super::target::PutError;
 pub const CHANGE_STREAM_FATAL_ERROR: i32 = 280;
 /// ChangeStreamHistoryLost.
 pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+/// BSONObjectTooLarge: a change event over 16 MiB, which a change stream cannot get past.
+pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 
 /// What the forwarder does, when it stops.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,15 @@ pub enum ForwarderError {
         namespace: String,
         /// The server's error code ([`CHANGE_STREAM_HISTORY_LOST`] or [`CHANGE_STREAM_FATAL_ERROR`]).
         code: i32,
+        /// The server's message.
+        message: String,
+    },
+    /// A change event is over MongoDB's 16 MiB limit: the server fails the stream at it every
+    /// time it is resumed before it, so retrying would go on for ever.
+    #[error("a change event on {namespace} is larger than MongoDB's 16 MiB limit ({message}, error 10334), so the change stream cannot get past it and nothing after it can be forwarded. Make the document smaller (with --operations update, an update event holds the document and its changes); or skip it by starting again with --start-from-now, which forwards nothing between the stored position and now")]
+    EventTooLarge {
+        /// `database.collection` of the watched collection.
+        namespace: String,
         /// The server's message.
         message: String,
     },
@@ -54,6 +65,25 @@ pub(crate) fn history_lost(e: &Error, namespace: &str) -> Option<ForwarderError>
         }
         _ => None,
     }
+}
+
+/// [`ForwarderError::EventTooLarge`] when `e` is the server failing a change event over 16 MiB.
+pub(crate) fn event_too_large(e: &Error, namespace: &str) -> Option<ForwarderError> {
+    match *e.kind {
+        ErrorKind::Command(ref c) if c.code == BSON_OBJECT_TOO_LARGE => {
+            Some(ForwarderError::EventTooLarge {
+                namespace: namespace.to_owned(),
+                message: c.message.clone(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Why the change stream on `namespace` cannot go on from where it is, whatever is retried:
+/// its history is gone, or the next event is too large.
+pub(crate) fn cannot_go_on(e: &Error, namespace: &str) -> Option<ForwarderError> {
+    history_lost(e, namespace).or_else(|| event_too_large(e, namespace))
 }
 
 /// [`ForwarderError::Mongo`], with what to do where that is known, when retrying `e` cannot help.
@@ -115,6 +145,30 @@ mod tests {
         assert!(
             text.contains("--start-from-now") && text.contains("286") && text.contains("oplog")
         );
+    }
+
+    // A change event over 16 MiB stops the forwarder with what to do, not a reopen loop.
+    #[test]
+    fn an_event_too_large_cannot_go_on() {
+        let command: mongodb::error::CommandError =
+            mongodb::bson::from_document(mongodb::bson::doc! {
+                "code": 10334,
+                "codeName": "BSONObjectTooLarge",
+                "errmsg": "BSONObj size: 16800000 (0x1005A80) is invalid",
+            })
+            .unwrap();
+        let e = Error::from(ErrorKind::Command(command));
+        let stop = cannot_go_on(&e, "monitors.reports").expect("stops");
+        let text = stop.to_string();
+        assert!(
+            matches!(stop, ForwarderError::EventTooLarge { .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("monitors.reports") && text.contains("--start-from-now"),
+            "{text}"
+        );
+        assert!(cannot_go_on(&Error::custom("network blip"), "a.b").is_none());
     }
 
     // Errors that are neither a lost history nor fatal are retried.

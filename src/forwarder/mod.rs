@@ -32,7 +32,8 @@
 //! The errors ChangeStreamHistoryLost (286) and ChangeStreamFatalError (280) mean the stored
 //! position can never be resumed. The forwarder then stops with
 //! [`ForwarderError::HistoryLost`]; `--start-from-now` starts again from the present (events in
-//! between are not forwarded).
+//! between are not forwarded). So does a change event over 16 MiB (BSONObjectTooLarge, 10334),
+//! which the server fails every time the stream reaches it: [`ForwarderError::EventTooLarge`].
 
 pub mod aws;
 pub mod batch;
