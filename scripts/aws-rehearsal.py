@@ -72,18 +72,24 @@ def without_tests(src):
     return src.split("#[cfg(test)]")[0]
 
 
-def kinesis_calls(paths, operations):
-    """Kinesis API operations called (`client.op()` builders) in the Rust files at `paths`."""
+def service_calls(service, crate, paths, operations):
+    """`service`'s API operations called (`client.op()` builders) in the Rust files at `paths`
+    that use the SDK crate `crate`, as IAM actions (`kinesis:PutRecords`)."""
     snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower(): op for op in operations}
     found = set()
     for p in paths:
         src = without_tests(read(p))
-        if "aws_sdk_kinesis" not in src:
+        if crate not in src:
             continue
         for m in re.finditer(r"\.\s*([a-z_]+)\(\)", src):
             if m.group(1) in snake:
-                found.add("kinesis:" + snake[m.group(1)])
+                found.add(service + ":" + snake[m.group(1)])
     return found
+
+
+def kinesis_calls(paths, operations):
+    """Kinesis API operations called in the Rust files at `paths`."""
+    return service_calls("kinesis", "aws_sdk_kinesis", paths, operations)
 
 
 def policy_actions(ctx, logical):
@@ -157,7 +163,8 @@ def static_checks(t):
     print("policies: kinesis-forwarder calls %s; firehose-local calls %s" % (sorted(forwarder), sorted(reader)))
 
     # 6. EventBridge: the rule matches exactly the Source and DetailType the forwarder puts, and
-    #    the forwarder's events policy grants PutEvents, the one EventBridge call it makes.
+    #    the forwarder's events policy grants exactly the EventBridge calls it makes (PutEvents,
+    #    and DescribeEventBus for /readyz).
     rule = t["Resources"]["ForwarderEventsRule"]["Properties"]["EventPattern"]
     eb = without_tests(read("src/forwarder/eventbridge.rs"))
     for name, key in (("SOURCE", "source"), ("DETAIL_TYPE", "detail-type")):
@@ -165,9 +172,15 @@ def static_checks(t):
         check(m is not None, "src/forwarder/eventbridge.rs: no %s" % name)
         check(m is not None and rule[key] == [m.group(1)],
               "template rule %s %r != forwarder %s %r" % (key, rule[key], name, m and m.group(1)))
-    check(policy_actions(ctx, "ForwarderEventsPolicy") == {"events:PutEvents"},
-          "ForwarderEventsPolicy %s != the forwarder's events:PutEvents" % sorted(policy_actions(ctx, "ForwarderEventsPolicy")))
-    print("eventbridge: rule matches the forwarder's Source %r and DetailType %r" % (rule["source"][0], rule["detail-type"][0]))
+    eb_ops = botocore.session.get_session().get_service_model("events").operation_names
+    eb_calls = service_calls("events", "aws_sdk_eventbridge",
+                             sorted(glob.glob(os.path.join(ROOT, "src/forwarder/*.rs"))), eb_ops)
+    check("events:PutEvents" in eb_calls, "no PutEvents call found in src/forwarder")
+    check(policy_actions(ctx, "ForwarderEventsPolicy") == eb_calls,
+          "ForwarderEventsPolicy %s != the forwarder's EventBridge calls %s"
+          % (sorted(policy_actions(ctx, "ForwarderEventsPolicy")), sorted(eb_calls)))
+    print("eventbridge: rule matches the forwarder's Source %r and DetailType %r; it calls %s"
+          % (rule["source"][0], rule["detail-type"][0], sorted(eb_calls)))
 
 
 # ---- reading back -----------------------------------------------------------------------------

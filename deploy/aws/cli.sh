@@ -860,7 +860,10 @@ if [ "${COND_EventBridge}" = true ]; then
 {
   "Statement": [
     {
-      "Action": "events:PutEvents",
+      "Action": [
+        "events:PutEvents",
+        "events:DescribeEventBus"
+      ],
       "Effect": "Allow",
       "Resource": "arn:${PARTITION}:events:${REGION}:${ACCOUNT_ID}:event-bus/${EVENT_BUS_NAME}",
       "Sid": "PutEvents"
