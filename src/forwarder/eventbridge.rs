@@ -41,8 +41,9 @@ impl AwsEventBridge {
 
 impl AwsEventBridge {
     /// Whether `bus` can be reached, for `/readyz`: one DescribeEventBus, without the SDK's
-    /// retries. AccessDenied (the forwarder's role needs only PutEvents) still shows that
-    /// EventBridge answers, so it counts as reachable; a bus that does not exist does not.
+    /// retries. AccessDenied (forwarding needs only PutEvents) still shows that EventBridge
+    /// answers, so it counts as reachable; a bus that does not exist does not, when the role
+    /// may describe it (the template's policy grants DescribeEventBus for this).
     pub async fn reachable(&self, bus: &str) -> Result<(), String> {
         let answer = self
             .client
