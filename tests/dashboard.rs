@@ -59,7 +59,10 @@ fn expected(
         if t < from || t >= to {
             continue;
         }
-        let v = value(d, field).unwrap();
+        // Only finite doubles are readings: this file's odd documents hold other things.
+        let Some(v) = value(d, field).filter(|v| v.is_finite()) else {
+            continue;
+        };
         let e = sums
             .entry(t - t % w)
             .or_insert((0.0, f64::MAX, f64::MIN, 0));
@@ -178,6 +181,58 @@ async fn series_are_bucketed_as_computed_here() {
                 T0_MS + 3 * HOUR
             ) > 0
         );
+    })
+    .await
+    .unwrap();
+}
+
+// A reading that is not a finite number (a string, a Decimal128, a sub-document, NaN, an
+// infinity) is left out of its bucket in /api/series and in /api/chart, which the page draws:
+// it used to win the bucket's $min or $max by BSON's order, or carry NaN into its average,
+// and the chart dropped the bucket's other readings with it or drew them at zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn readings_that_are_not_finite_numbers_are_left_out() {
+    use mongodb::bson::{doc, Bson, Decimal128};
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_odd");
+    let mut docs = readings("node-odd", 0, T0_MS, 7_000, 600, 0..0, 0);
+    let odd: [Bson; 6] = [
+        Bson::String("21.5".into()),
+        Bson::Decimal128("21.5".parse::<Decimal128>().unwrap()),
+        Bson::Document(doc! { "c": 21.5 }),
+        Bson::Double(f64::NAN),
+        Bson::Double(f64::INFINITY),
+        Bson::Double(f64::NEG_INFINITY),
+    ];
+    for (i, d) in docs.iter_mut().enumerate().filter(|(i, _)| i % 9 == 4) {
+        d.insert("temperature", odd[i / 9 % odd.len()].clone());
+    }
+    insert(&server.client().await, &db, docs.clone()).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let (from, to) = (T0_MS, T0_MS + 600 * 7_000);
+        let buckets = check_series(&dash, &docs, "node-odd", "temperature", from, to);
+        let chart = dash.json(&format!(
+            "/api/chart?node=node-odd&from={}&to={}",
+            iso(from),
+            iso(to)
+        ));
+        let w = (chart["bucketSeconds"].as_f64().unwrap() * 1000.0) as i64;
+        let want = expected(&docs, "node-odd", "temperature", from, to, w);
+        let points = chart["series"]["temperature"].as_array().unwrap();
+        assert_eq!((points.len(), want.len()), (buckets, buckets));
+        for (p, (t, (avg, lo, hi, n))) in points.iter().zip(&want) {
+            assert_eq!(ms(&p["t"]), *t);
+            assert_eq!(p["count"].as_i64(), Some(*n), "at {t}");
+            for (k, v) in [("avg", avg), ("min", lo), ("max", hi)] {
+                let got = p[k].as_f64().unwrap_or(f64::NAN);
+                assert!((got - v).abs() < 1e-9, "at {t}: {k} {got} != {v}");
+            }
+        }
+        // The other fields of the same documents are whole.
+        let humidity = chart["series"]["humidity"].as_array().unwrap();
+        let readings: i64 = humidity.iter().map(|p| p["count"].as_i64().unwrap()).sum();
+        assert_eq!(readings, 600);
     })
     .await
     .unwrap();

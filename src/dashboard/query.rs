@@ -202,22 +202,45 @@ fn bucket_expr(width: i64) -> Document {
     doc! { "$toDate": { "$subtract": [t.clone(), { "$mod": [t, width] }] } }
 }
 
+/// Whether the field at `path` holds a reading a chart can draw: a finite double, int or long.
+/// A string, a sub-document or a Decimal128 would win `$min` or `$max` by BSON's order (and
+/// make `$avg` a decimal), NaN and the infinities would carry into every average; left out,
+/// they never take their bucket's other readings with them. (`$type` and `$in` as expressions
+/// are in MongoDB 4.0; NaN is below every number, so `$gt` -infinity leaves it out.)
+fn is_reading(path: &str) -> Document {
+    let v = value_of(path);
+    doc! { "$and": [
+        { "$in": [{ "$type": &v }, ["double", "int", "long"]] },
+        { "$gt": [&v, f64::NEG_INFINITY] },
+        { "$lt": [&v, f64::INFINITY] },
+    ]}
+}
+
+/// Average, minimum, maximum and count of the readings ([`is_reading`]) of the field at
+/// `path`, as `$group` accumulators named `{prefix}avg`, `{prefix}min`, `{prefix}max` and
+/// `count_name`.
+fn accumulators(group: &mut Document, prefix: &str, count_name: &str, path: &str) {
+    let reading = doc! { "$cond": [is_reading(path), value_of(path), null] };
+    group.insert(format!("{prefix}avg"), doc! { "$avg": &reading });
+    group.insert(format!("{prefix}min"), doc! { "$min": &reading });
+    group.insert(format!("{prefix}max"), doc! { "$max": &reading });
+    let counted = doc! { "$cond": [is_reading(path), 1, 0] };
+    group.insert(count_name, doc! { "$sum": counted });
+}
+
 /// The series pipeline: one node's readings of the window grouped into buckets of `width` ms,
 /// each with average, minimum, maximum and count of `field`, in time order. Readings without
-/// the field (or with a non-number) are left out, so they never count as zero.
+/// the field, or with anything but a finite number ([`is_reading`]), are left out, so they
+/// never count as zero; a bucket with none has no point.
 pub fn series_pipeline(node: &str, window: &Window, field: Field, width: i64) -> Vec<Document> {
-    let value = value_of(field.path());
     let mut m = window.match_node(node);
-    m.insert(field.path(), doc! { "$type": "number" });
+    m.insert(field.path(), doc! { "$exists": true });
+    let mut group = doc! { "_id": bucket_expr(width) };
+    accumulators(&mut group, "", "count", field.path());
     vec![
         doc! { "$match": m },
-        doc! { "$group": {
-            "_id": bucket_expr(width),
-            "avg": { "$avg": &value },
-            "min": { "$min": &value },
-            "max": { "$max": &value },
-            "count": { "$sum": 1 },
-        }},
+        doc! { "$group": group },
+        doc! { "$match": { "count": { "$gt": 0 } } },
         doc! { "$sort": { "_id": 1 } },
         doc! { "$limit": MAX_POINTS },
     ]
@@ -241,17 +264,12 @@ pub const CHART_FIELDS: [Field; 3] = [Field::Temperature, Field::Humidity, Field
 
 /// The chart pipeline: what the page draws for one node, in one pass over its readings: for
 /// each of `fields`, `f{i}avg`, `f{i}min`, `f{i}max` and `f{i}n` (how many readings have it as a
-/// number), and `moving` (how many have `isMoving: true`), per bucket, in time order. The same
+/// finite number, [`is_reading`]), and `moving` (how many have `isMoving: true`), per bucket, in time order. The same
 /// buckets as [`series_pipeline`] and [`motion_pipeline`], a third of the work of asking each.
 pub fn chart_pipeline(node: &str, window: &Window, fields: &[Field], width: i64) -> Vec<Document> {
     let mut group = doc! { "_id": bucket_expr(width) };
     for (i, f) in fields.iter().enumerate() {
-        let value = value_of(f.path());
-        group.insert(format!("f{i}avg"), doc! { "$avg": &value });
-        group.insert(format!("f{i}min"), doc! { "$min": &value });
-        group.insert(format!("f{i}max"), doc! { "$max": &value });
-        let is_number = doc! { "$cond": [{ "$isNumber": &value }, 1, 0] };
-        group.insert(format!("f{i}n"), doc! { "$sum": is_number });
+        accumulators(&mut group, &format!("f{i}"), &format!("f{i}n"), f.path());
     }
     let moving = doc! { "$cond": [{ "$eq": [value_of(field::IS_MOVING), true] }, 1, 0] };
     group.insert("moving", doc! { "$sum": moving });
