@@ -398,6 +398,12 @@ async fn bad_input_is_refused_with_a_reason() {
                 "to",
             ),
             (
+                "/api/chart?node=node-a&from=9999-12-30T00:00:00Z&to=9999-12-31T23:59:59-23:59"
+                    .to_owned(),
+                400,
+                "outside the years 0 to 9999",
+            ),
+            (
                 format!("/api/series?node=node-a&field=temperature&from={t}&to={f}"),
                 400,
                 "before",

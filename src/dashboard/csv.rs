@@ -117,9 +117,10 @@ fn write_cell(line: &mut String, v: &Bson, cell: Cell) {
 }
 
 /// A CSV cell, quoted when it holds a separator, a quote or a line break, and with a leading
-/// `=`, `+`, `-` or `@` escaped so a spreadsheet does not run a node name as a formula.
+/// `=`, `+`, `-`, `@`, tab or carriage return escaped so a spreadsheet does not run a node name
+/// as a formula (some read past a leading tab or line break to the formula after it).
 fn quote(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
         s.to_owned()
@@ -168,6 +169,8 @@ mod tests {
         );
         assert_eq!(quote("a,\"b\""), "\"a,\"\"b\"\"\"");
         assert_eq!(quote("=cmd()"), "'=cmd()");
+        assert_eq!(quote("\t=1+2"), "'\t=1+2");
+        assert_eq!(quote("\r=1+2"), "\"'\r=1+2\"");
         assert_eq!(safe_name("a/b c"), "a_b_c");
         let partial = csv_row(&doc! { "nodeName": "n" });
         assert_eq!(partial, ",n,,,,,,,\n");

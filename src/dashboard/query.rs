@@ -128,6 +128,14 @@ pub enum WindowError {
         /// What was given.
         value: String,
     },
+    /// A time whose year in UTC is not 0 to 9999, which times print as.
+    #[error("{name}: {value:?} is outside the years 0 to 9999 (UTC)")]
+    OutOfRange {
+        /// The parameter's name.
+        name: &'static str,
+        /// What was given.
+        value: String,
+    },
     /// `from` is not before `to`.
     #[error("from must be before to")]
     Empty,
@@ -288,8 +296,21 @@ pub fn parse_time(name: &'static str, value: &str) -> Result<i64, WindowError> {
         value: value.to_owned(),
     };
     let t = OffsetDateTime::parse(value.trim(), &Rfc3339).map_err(|_| bad())?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())
+    let ms = i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())?;
+    // An offset can take a time written in year 9999 past it in UTC, where [`iso`] and the
+    // chart's labels cannot print it.
+    if !(FIRST_MS..=LAST_MS).contains(&ms) {
+        return Err(WindowError::OutOfRange {
+            name,
+            value: value.to_owned(),
+        });
+    }
+    Ok(ms)
 }
+
+/// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, ms since the epoch.
+const FIRST_MS: i64 = -62_167_219_200_000;
+const LAST_MS: i64 = 253_402_300_799_999;
 
 /// Milliseconds since the epoch as `2026-12-04T10:00:00.000Z`, the form every response uses.
 pub fn iso(ms: i64) -> String {
@@ -350,6 +371,14 @@ mod tests {
         let t = parse_time("t", "2026-12-04T10:11:12.345Z").unwrap();
         assert_eq!(iso(t), "2026-12-04T10:11:12.345Z");
         assert_eq!(iso(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso(LAST_MS), "9999-12-31T23:59:59.999Z");
+        assert_eq!(iso(FIRST_MS), "0000-01-01T00:00:00.000Z");
+        // Year 9999 at an offset west of UTC is year 10000 in UTC: refused, not mis-printed.
+        assert!(matches!(
+            parse_time("to", "9999-12-31T23:59:59-23:59"),
+            Err(WindowError::OutOfRange { .. })
+        ));
+        assert!(parse_time("to", "9999-12-31T23:59:59+00:00").is_ok());
     }
 
     // The bucket rule is epoch-aligned.

@@ -153,8 +153,8 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Draw
         chart.node,
         chart.field.path(),
         chart.field.unit(),
-        &iso(w.from_ms)[..16],
-        &iso(w.to_ms)[..16]
+        minutes(&iso(w.from_ms)),
+        minutes(&iso(w.to_ms))
     );
     let y = y_range(&chart.points);
     let mut ctx = ChartBuilder::on(&root)
@@ -243,13 +243,19 @@ fn y_range(points: &[Point]) -> Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
+/// `2026-12-04T10:00` of an [`iso`] time; all of it should that be shorter (the milliseconds
+/// `iso` gives for a time beyond what it can print).
+fn minutes(iso: &str) -> &str {
+    iso.get(..16).unwrap_or(iso)
+}
+
 /// A time-axis label: the clock time within two days, the date and time beyond.
 fn time_label(t_ms: i64, span_ms: i64) -> String {
     let s = iso(t_ms);
-    if span_ms <= 2 * 86_400_000 {
-        s[11..16].to_owned()
-    } else {
-        format!("{} {}", &s[5..10], &s[11..16])
+    match (s.get(5..10), s.get(11..16)) {
+        (_, Some(clock)) if span_ms <= 2 * 86_400_000 => clock.to_owned(),
+        (Some(day), Some(clock)) => format!("{day} {clock}"),
+        _ => s,
     }
 }
 
@@ -274,6 +280,20 @@ mod tests {
         let lens: Vec<usize> = runs(&points, 10).iter().map(|r| r.len()).collect();
         assert_eq!(lens, [3, 1, 2]);
         assert!(runs(&[], 10).is_empty());
+    }
+
+    // Labels cut from what [`iso`] gives for a time it cannot print as a date (its
+    // milliseconds, 15 digits or more) are not a panic; ordinary ones are the clock time, or
+    // the day and time.
+    #[test]
+    fn labels_of_any_time() {
+        assert_eq!(time_label(0, 1_000), "00:00");
+        assert_eq!(time_label(0, 7 * 86_400_000), "01-01 00:00");
+        assert_eq!(minutes(&iso(0)), "1970-01-01T00:00");
+        assert_eq!(minutes("253402387139000"), "253402387139000");
+        let far = i64::MAX / 2;
+        assert_eq!(iso(far), far.to_string());
+        assert!(!time_label(far, 1_000).is_empty());
     }
 
     // A chart with a gap and motion is drawn to PNG without any system font.
