@@ -90,7 +90,10 @@ impl Store {
         })
     }
 
-    /// Run `f` within the configured timeout, its errors classified and redacted.
+    /// Run `f` within the configured timeout, its errors classified and redacted. Each query
+    /// also asks the server to stop at that limit (`maxTimeMS`), so work this gives up on is
+    /// not left running there while the page asks again (the CSV's cursor, which streams for
+    /// as long as the download takes, excepted).
     async fn bounded<T, F>(&self, f: F) -> Result<T, MongoError>
     where
         F: IntoFuture<Output = mongodb::error::Result<T>>,
@@ -153,7 +156,11 @@ impl Store {
 
     async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {
         let names = self
-            .bounded(self.reports.distinct(field::NODE_NAME, doc! {}))
+            .bounded(
+                self.reports
+                    .distinct(field::NODE_NAME, doc! {})
+                    .max_time(self.timeout),
+            )
             .await?;
         let mut names: Vec<String> = names
             .into_iter()
@@ -171,7 +178,8 @@ impl Store {
         self.bounded(
             self.reports
                 .find_one(doc! { field::NODE_NAME: node })
-                .sort(doc! { field::RECORDED_AT: -1 }),
+                .sort(doc! { field::RECORDED_AT: -1 })
+                .max_time(self.timeout),
         )
         .await
     }
@@ -182,7 +190,8 @@ impl Store {
             .bounded(
                 self.reports
                     .find_one(doc! { field::NODE_NAME: node })
-                    .projection(doc! { field::ID: 1 }),
+                    .projection(doc! { field::ID: 1 })
+                    .max_time(self.timeout),
             )
             .await?
             .is_some())
@@ -268,7 +277,11 @@ impl Store {
 
     async fn aggregate(&self, pipeline: Vec<Document>) -> Result<Vec<Document>, MongoError> {
         self.bounded(async {
-            let cursor = self.reports.aggregate(pipeline).await?;
+            let cursor = self
+                .reports
+                .aggregate(pipeline)
+                .max_time(self.timeout)
+                .await?;
             cursor.try_collect().await
         })
         .await
@@ -297,7 +310,8 @@ impl Store {
             .find_one(window.match_node(node))
             .sort(doc! { field::RECORDED_AT: 1 })
             .skip(n)
-            .projection(doc! { field::ID: 1 });
+            .projection(doc! { field::ID: 1 })
+            .max_time(self.timeout);
         Ok(self.bounded(past).await?.is_some())
     }
 
