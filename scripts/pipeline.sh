@@ -72,7 +72,8 @@ KINESIS="http://127.0.0.1:$KINESIS_PORT"
 
 echo "==> firehose-endpoint on 127.0.0.1:$ENDPOINT_PORT -> monitors.firehose"
 "$BIN/firehose-endpoint" --listen "127.0.0.1:$ENDPOINT_PORT" --path / \
-  --mongodb-uri "$MONGODB_CONNECTION_STRING" --database monitors --collection firehose &
+  --mongodb-uri "$MONGODB_CONNECTION_STRING" --database monitors --collection firehose \
+  --parse-dates recordedAt &
 PIDS+=($!)
 wait_port "$ENDPOINT_PORT" firehose-endpoint
 

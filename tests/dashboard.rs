@@ -238,6 +238,57 @@ async fn readings_that_are_not_finite_numbers_are_left_out() {
     .unwrap();
 }
 
+// Readings whose recordedAt is a string (the Firehose endpoint without --parse-dates) show
+// nowhere, since every query ranges over dates: the dashboard says so at start, with the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn readings_without_dates_are_said_at_start() {
+    use std::io::BufRead as _;
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_strings");
+    let mut docs = readings("node-s", 0, T0_MS, 7_000, 5, 0..0, 0);
+    for d in &mut docs {
+        let t = d.get_datetime("recordedAt").unwrap().timestamp_millis();
+        d.insert("recordedAt", iso(t));
+        d.insert("_id", mongodb::bson::oid::ObjectId::new());
+    }
+    server
+        .client()
+        .await
+        .database(&db)
+        .collection::<Document>("firehose")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let mut child = std::process::Command::new(dashboard_support::dashboard_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+            "--collection",
+            "firehose",
+        ])
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let found = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("recordedAt is not a date"))
+    });
+    let line = tokio::time::timeout(Duration::from_secs(30), found).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("said within 30 s").unwrap().expect("said");
+    assert!(line.contains("recorded_at=String"), "{line}");
+    assert!(line.contains("--parse-dates recordedAt"), "{line}");
+}
+
 // Motion marks are the buckets holding isMoving readings, with their counts; a node that never
 // moves has none.
 #[tokio::test(flavor = "multi_thread")]

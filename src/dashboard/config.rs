@@ -16,7 +16,8 @@ use super::query::Field;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The agent's database.
 pub const DEFAULT_DATABASE: &str = "monitors";
-/// The agent's collection (the Firehose endpoint's is `firehose`, with the same documents).
+/// The agent's collection (the Firehose endpoint's is `firehose`, with the same documents when
+/// the endpoint runs with `--parse-dates recordedAt`).
 pub const DEFAULT_COLLECTION: &str = "reports";
 /// A node silent for longer than this is marked stale: three of the agent's default 5 s insert
 /// windows (`--insert-every`). Its newest stored reading is up to a window (plus the insert's

@@ -65,18 +65,19 @@ pub fn app(state: AppState) -> Router {
 /// How long to wait between tries at creating the index while the database is down.
 const INDEX_RETRY: Duration = Duration::from_secs(30);
 
-/// Create the index once the database answers; a user without the right gets told how.
+/// Create the index once the database answers; a user without the right gets told how. Then
+/// say so if the readings' times are not dates ([`check_dates`]).
 async fn ensure_index(store: Store) {
     let mut said_down = false;
     loop {
         match store.ensure_index().await {
             Ok(IndexOutcome::Ready) => {
                 info!(index = store::INDEX_NAME, "index ready");
-                return;
+                return check_dates(&store).await;
             }
             Ok(IndexOutcome::NotAllowed(how)) => {
                 warn!("{how}");
-                return;
+                return check_dates(&store).await;
             }
             Err(e) => {
                 if !said_down {
@@ -86,6 +87,18 @@ async fn ensure_index(store: Store) {
                 tokio::time::sleep(INDEX_RETRY).await;
             }
         }
+    }
+}
+
+/// Warn when the newest reading's `recordedAt` is not a BSON date: every query ranges over
+/// dates, so such readings show nowhere. It is what the Firehose endpoint stores without
+/// `--parse-dates recordedAt`, as the original endpoint did.
+async fn check_dates(store: &Store) {
+    if let Ok(Some(kind)) = store.recorded_at_not_a_date().await {
+        warn!(
+            recorded_at = %kind,
+            "the newest reading's recordedAt is not a date, so the charts, tiles and CSV cannot show it; for the Firehose endpoint's collection, run firehose-endpoint with --parse-dates recordedAt (FIREHOSE_PARSE_DATES=recordedAt): readings stored from then on have dates"
+        );
     }
 }
 

@@ -139,6 +139,25 @@ impl Store {
         }
     }
 
+    /// The BSON type of the newest document's `recordedAt` (by `_id`, which the index has)
+    /// when it is not a date; `None` when it is, or there is no document.
+    pub async fn recorded_at_not_a_date(&self) -> Result<Option<String>, MongoError> {
+        let newest = self
+            .bounded(
+                self.reports
+                    .find_one(doc! {})
+                    .sort(doc! { field::ID: -1 })
+                    .projection(doc! { field::RECORDED_AT: 1 })
+                    .max_time(self.timeout),
+            )
+            .await?;
+        Ok(newest.and_then(|d| match d.get(field::RECORDED_AT) {
+            Some(Bson::DateTime(_)) => None,
+            Some(other) => Some(format!("{:?}", other.element_type())),
+            None => Some("missing".to_owned()),
+        }))
+    }
+
     /// Every node name, sorted; asked of the database at most every [`NAMES_TTL`].
     pub async fn node_names(&self) -> Result<Vec<String>, MongoError> {
         // Held across the query so that concurrent requests wait for one `distinct`.
