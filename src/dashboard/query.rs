@@ -238,7 +238,7 @@ fn accumulators(group: &mut Document, prefix: &str, count_name: &str, path: &str
 
 /// The series pipeline: one node's readings of the window grouped into buckets of `width` ms,
 /// each with average, minimum, maximum and count of `field`, in time order. Readings without
-/// the field, or with anything but a finite number ([`is_reading`]), are left out, so they
+/// the field, or with anything but a finite number (`is_reading`), are left out, so they
 /// never count as zero; a bucket with none has no point.
 pub fn series_pipeline(node: &str, window: &Window, field: Field, width: i64) -> Vec<Document> {
     let mut m = window.match_node(node);
@@ -272,7 +272,7 @@ pub const CHART_FIELDS: [Field; 3] = [Field::Temperature, Field::Humidity, Field
 
 /// The chart pipeline: what the page draws for one node, in one pass over its readings: for
 /// each of `fields`, `f{i}avg`, `f{i}min`, `f{i}max` and `f{i}n` (how many readings have it as a
-/// finite number, [`is_reading`]), and `moving` (how many have `isMoving: true`), per bucket, in time order. The same
+/// finite number, `is_reading`), and `moving` (how many have `isMoving: true`), per bucket, in time order. The same
 /// buckets as [`series_pipeline`] and [`motion_pipeline`], a third of the work of asking each.
 pub fn chart_pipeline(node: &str, window: &Window, fields: &[Field], width: i64) -> Vec<Document> {
     let mut group = doc! { "_id": bucket_expr(width) };
