@@ -25,6 +25,28 @@ fn forwarder_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kinesis-forwarder")
 }
 
+/// The forwarder binary on `db.reports`, putting onto `bus` at `endpoint`, its log to `log`.
+fn forwarder(
+    mongo: &MongoServer,
+    endpoint: &str,
+    db: &str,
+    bus: &str,
+    log: Stdio,
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(forwarder_bin());
+    c.args(["--target", "eventbridge", "--database", db])
+        .args(["--event-bus-name", bus])
+        .args(["--eventbridge-endpoint-url", endpoint])
+        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .envs(AWS_ENV)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    c
+}
+
 /// The forwarder binary on `db.reports`, putting onto `bus` at moto.
 fn spawn_forwarder(
     mongo: &MongoServer,
@@ -33,18 +55,8 @@ fn spawn_forwarder(
     bus: &str,
     extra: &[&str],
 ) -> tokio::process::Child {
-    tokio::process::Command::new(forwarder_bin())
-        .args(["--target", "eventbridge", "--database", db])
-        .args(["--event-bus-name", bus])
-        .args(["--eventbridge-endpoint-url", &moto.endpoint])
+    forwarder(mongo, &moto.endpoint, db, bus, Stdio::inherit())
         .args(extra)
-        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
-        .envs(AWS_ENV)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("start kinesis-forwarder")
 }
@@ -382,23 +394,14 @@ async fn an_entry_refused_for_good_is_kept_aside_and_a_denied_one_stops() {
     let mongo = MongoServer::start();
     let client = mongo.client().await;
     let db = unique_name("ebrefused");
-    let forwarder = |bus: &str| {
-        tokio::process::Command::new(forwarder_bin())
-            .args(["--target", "eventbridge", "--database", &db])
-            .args(["--event-bus-name", bus, "--eventbridge-endpoint-url", &url])
-            .env("MONGODB_CONNECTION_STRING", &mongo.uri)
-            .envs(AWS_ENV)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
+    let start = |bus: &str| {
+        forwarder(&mongo, &url, &db, bus, Stdio::piped())
             .spawn()
             .expect("start kinesis-forwarder")
     };
     let reports = client.database(&db).collection::<Document>("reports");
 
-    let mut fwd = forwarder("pipeline-bus");
+    let mut fwd = start("pipeline-bus");
     wait_for_position(&client, &db, "pipeline-bus").await;
     let docs = [
         doc! { "nodeName": "pi", "n": 1 },
@@ -437,7 +440,7 @@ async fn an_entry_refused_for_good_is_kept_aside_and_a_denied_one_stops() {
     fwd.start_kill().unwrap();
     let _ = fwd.wait().await;
 
-    let fwd = forwarder("denied-bus");
+    let fwd = start("denied-bus");
     wait_for_position(&client, &db, "denied-bus").await;
     let state = client
         .database(&db)

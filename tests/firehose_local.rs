@@ -555,6 +555,20 @@ async fn status_413_is_logged_as_data_loss() {
     assert!(!log.contains(ACCESS_KEY), "the access key is never logged");
 }
 
+/// firehose-local on `stream` at the Kinesis `endpoint`, from LATEST (no `--from-start`),
+/// delivering to `url` every second.
+fn spawn_from_latest(endpoint: &str, stream: &str, url: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args(["--stream-name", stream, "--kinesis-endpoint-url", endpoint])
+        .args(["--destination-url", url, "--buffer-seconds", "1"])
+        .envs(AWS_ENV)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 // Without --from-start it reads from LATEST, as a new Firehose stream does: records put before
 // it started are not delivered, records put after are.
 #[tokio::test(flavor = "multi_thread")]
@@ -564,20 +578,7 @@ async fn reads_from_latest_by_default() {
     kin.create_stream(&stream, 2).await;
     put_records_from(&kin, &stream, 1000, 3).await;
     let (url, state) = receiver(vec![]).await;
-    let mut fh = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-        .args([
-            "--stream-name",
-            &stream,
-            "--kinesis-endpoint-url",
-            &kin.endpoint,
-        ])
-        .args(["--destination-url", &url, "--buffer-seconds", "1"])
-        .envs(AWS_ENV)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut fh = spawn_from_latest(&kin.endpoint, &stream, &url);
     // Time to list the shards and take LATEST iterators.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = put_records(&kin, &stream, 5).await;
@@ -659,15 +660,7 @@ async fn a_failed_read_from_latest_skips_nothing() {
     kin.create_stream(&stream, 1).await;
     let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone()).await;
     let (url, state) = receiver(vec![]).await;
-    let mut fh = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-        .args(["--stream-name", &stream, "--kinesis-endpoint-url", &kinesis])
-        .args(["--destination-url", &url, "--buffer-seconds", "1"])
-        .envs(AWS_ENV)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut fh = spawn_from_latest(&kinesis, &stream, &url);
     // Time to list the shard and take its LATEST iterator.
     tokio::time::sleep(Duration::from_secs(3)).await;
     fail.store(true, Ordering::SeqCst);

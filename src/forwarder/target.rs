@@ -320,6 +320,14 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// Keep the data of a call's entries in `calls`.
+    fn record(calls: &Mutex<Vec<Vec<Vec<u8>>>>, entries: &[Entry]) {
+        calls
+            .lock()
+            .unwrap()
+            .push(entries.iter().map(|e| e.data.clone()).collect());
+    }
+
     /// Fails the entries whose data is listed, once each.
     struct FailOnce {
         fail: Mutex<Vec<Vec<u8>>>,
@@ -330,10 +338,7 @@ mod tests {
         const LIMITS: Limits = crate::forwarder::batch::EVENTBRIDGE;
         const API: &'static str = "PutEvents";
         async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(entries.iter().map(|e| e.data.clone()).collect());
+            record(&self.calls, entries);
             let mut fail = self.fail.lock().unwrap();
             Ok(entries
                 .iter()
@@ -551,10 +556,7 @@ mod tests {
         const LIMITS: Limits = crate::forwarder::batch::EVENTBRIDGE;
         const API: &'static str = "PutEvents";
         async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(entries.iter().map(|e| e.data.clone()).collect());
+            record(&self.calls, entries);
             Ok(entries
                 .iter()
                 .map(|e| {
