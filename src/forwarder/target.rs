@@ -224,8 +224,8 @@ pub(crate) fn now() -> std::time::Instant {
 /// Put every entry, resending the failed ones (see `resend_set`), until all are accepted or
 /// refused for good (those come back in [`PutStats::refused`]). Returns early on a fatal error
 /// (an entry [`EntryFailure::Denied`] among them), or with [`PutError::Interrupted`] when
-/// `interrupt` resolves first (a call in
-/// flight is abandoned: its entries may or may not have been accepted). Accepted and refused
+/// `interrupt` resolves first (a call in flight is abandoned: its entries may or may not have
+/// been accepted). Accepted and refused
 /// entries and retried calls are counted in `metrics` as they happen, so a put that keeps
 /// failing shows while it does.
 pub async fn put_all<T: Target>(
