@@ -70,6 +70,15 @@ async fn page_shows_latest_readings_and_updates_itself() {
         let rect = b.eval("(() => { const r = document.getElementById('chart-temperature').getBoundingClientRect(); return [r.left, r.top, r.width, r.height].map(Math.round); })()");
         let r: Vec<u32> = rect.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert!(coloured_pixels(&png, (r[0], r[1], r[2], r[3])) > 500, "the temperature chart looks blank");
+        // Refreshes that overlap (a control changed while the charts' answer is awaited) leave
+        // one poll running, not one each: every call used to schedule the next on its own.
+        b.eval("(() => { window.polls = 0; const set = window.setTimeout; \
+                window.setTimeout = (f, ms, ...a) => { if (f === refreshCharts) window.polls++; return set(f, ms, ...a); }; \
+                window.overlapDone = false; \
+                Promise.all([refreshCharts(), refreshCharts(), refreshCharts()]) \
+                  .then(() => { window.overlapDone = true; window.setTimeout = set; }); })()");
+        b.wait_for("window.overlapDone === true", Duration::from_secs(30), "three overlapping refreshes");
+        assert_eq!(b.eval("window.polls").as_i64(), Some(1), "polls scheduled by three overlapping refreshes");
         b
     })
     .await

@@ -17,6 +17,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 let nodes = [];          // names, in the API's order (sorted)
 let chartTimer = null;
+let chartSeq = 0;        // the latest refreshCharts call; an older one's answer is dropped
 let problems = {};       // what failed, by source; shown in the status bar
 
 // --- fetching -----------------------------------------------------------------------------
@@ -201,6 +202,9 @@ function withMs(points, bucketSeconds) {
 
 async function refreshCharts() {
   clearTimeout(chartTimer);
+  // A change while an earlier refresh waits for its answer starts another: only the latest
+  // draws, and only it polls on, or each overlap would leave a poll of its own running.
+  const seq = ++chartSeq;
   const win = currentWindow();
   const chosen = $("node").value;
   const shown = chosen ? [chosen] : nodes;
@@ -210,6 +214,7 @@ async function refreshCharts() {
   try {
     // One request per node: its three series and its motion, bucketed in one pass.
     const charts = await Promise.all(shown.map((n) => getJson("/api/chart?" + q(n))));
+    if (seq !== chartSeq) return;
     const marks = charts.flatMap((c) => withMs(c.marks, c.bucketSeconds));
     for (const f of FIELDS) {
       const series = charts.map((c) => ({
@@ -219,10 +224,12 @@ async function refreshCharts() {
     }
     report("charts", null);
   } catch (e) {
-    report("charts", e);
+    if (seq === chartSeq) report("charts", e);
   } finally {
-    const span = Date.parse(win.to) - Date.parse(win.from);
-    chartTimer = setTimeout(refreshCharts, span <= 86400e3 ? CHART_POLL_SHORT_MS : CHART_POLL_LONG_MS);
+    if (seq === chartSeq) {
+      const span = Date.parse(win.to) - Date.parse(win.from);
+      chartTimer = setTimeout(refreshCharts, span <= 86400e3 ? CHART_POLL_SHORT_MS : CHART_POLL_LONG_MS);
+    }
   }
 }
 
