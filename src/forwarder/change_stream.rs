@@ -16,7 +16,8 @@ use super::error::{cannot_go_on, fatal};
 use super::forward::{stopped, Forwarder};
 use super::metrics::Metrics;
 use super::state::StateStore;
-use super::target::{self, now, Say, Target, Trouble};
+use super::target::{self, Target};
+use super::trouble::{now, Say, Trouble};
 use super::{ForwarderError, Operation, Options, IDLE_SAVE_INTERVAL};
 
 type Events = ChangeStream<ChangeStreamEvent<Document>>;

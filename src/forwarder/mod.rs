@@ -46,6 +46,7 @@ mod forward;
 pub mod metrics;
 pub mod state;
 pub mod target;
+mod trouble;
 
 use std::future::Future;
 use std::time::Duration;

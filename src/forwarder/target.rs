@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use super::batch::{Entry, Limits};
 use super::metrics::Metrics;
-use crate::say_once::{Latch, Reminder};
+use super::trouble::{now, Say, Trouble};
 
 /// First delay before resending failed entries.
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -170,55 +170,6 @@ fn resend_set<T: Target>(
             None => None,
         })
         .collect()
-}
-
-/// How often a put that keeps failing is reported again, at error level.
-pub const STUCK_REPORT_EVERY: Duration = Duration::from_secs(60);
-
-/// The log line a failure that goes on calls for, as [`Trouble::failed`] decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Say {
-    /// The first failure: a warning, where it happens.
-    Began,
-    /// Still failing, for this long: an error, every [`STUCK_REPORT_EVERY`].
-    Still(Duration),
-    /// Nothing this time.
-    Nothing,
-}
-
-/// A failure that goes on: the first one is a warning where it happens; from
-/// [`STUCK_REPORT_EVERY`] on, an error every [`STUCK_REPORT_EVERY`], so a fault that never
-/// clears (a network path gone, a throttle that never lifts) is never silent; its end is said
-/// once. Pure: it decides which line is due, and the caller logs it.
-#[derive(Debug, Default)]
-pub(crate) struct Trouble {
-    failing: Latch,
-    reminder: Option<Reminder>,
-}
-
-impl Trouble {
-    /// It failed (again) at `now`.
-    pub(crate) fn failed(&mut self, now: std::time::Instant) -> Say {
-        if self.failing.raise() {
-            self.reminder = Some(Reminder::new(now, STUCK_REPORT_EVERY));
-            return Say::Began;
-        }
-        match self.reminder.as_mut().and_then(|r| r.again(now)) {
-            Some(failing_for) => Say::Still(failing_for),
-            None => Say::Nothing,
-        }
-    }
-
-    /// It worked: true when it had been failing, so its end is to be said.
-    pub(crate) fn recovered(&mut self) -> bool {
-        self.reminder = None;
-        self.failing.clear()
-    }
-}
-
-/// Now, on tokio's clock (paused in tests), as the [`Trouble`] methods take it.
-pub(crate) fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Put every entry, resending the failed ones (see `resend_set`), until all are accepted or
@@ -630,23 +581,6 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(t.calls.lock().unwrap().len(), 1);
-    }
-
-    // A failure that goes on is said when it begins, then once a period, and its end once.
-    #[test]
-    fn trouble_says_begin_reminders_and_end() {
-        let t0 = std::time::Instant::now();
-        let mut t = Trouble::default();
-        assert!(!t.recovered());
-        assert_eq!(t.failed(t0), Say::Began);
-        assert_eq!(t.failed(t0 + Duration::from_secs(59)), Say::Nothing);
-        assert_eq!(
-            t.failed(t0 + STUCK_REPORT_EVERY),
-            Say::Still(STUCK_REPORT_EVERY)
-        );
-        assert!(t.recovered());
-        assert!(!t.recovered());
-        assert_eq!(t.failed(t0 + 2 * STUCK_REPORT_EVERY), Say::Began);
     }
 
     // The back-off grows, has jitter, stays within the cap, and never ends.
