@@ -67,7 +67,12 @@ impl Ticker {
                     rustix::io::read(fd.get_ref(), &mut expirations).map_err(io::Error::from)
                 }) {
                     // Slots that passed meanwhile are counted by the schedule, from the clock.
-                    Ok(Ok(_)) => return,
+                    // The read took every expiry, so the timer is not readable until the next:
+                    // the next tick waits for the kernel without first reading to learn that.
+                    Ok(Ok(_)) => {
+                        ready.clear_ready();
+                        return;
+                    }
                     Ok(Err(e)) if e.kind() != io::ErrorKind::Interrupted => {
                         tracing::debug!(error = %e, "timerfd read failed");
                         return tokio::time::sleep(*interval).await;
