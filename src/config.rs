@@ -127,7 +127,7 @@ pub struct Cli {
 
     /// Show the agent's state in the logo's top-right 2x2 corner: green stored, amber to red
     /// spooled (database unreachable), blue waiting for the clock, magenta a sensor failing.
-    /// See README.
+    /// See docs/operating.md (The LED matrix).
     #[arg(long, env = "SENSEHAT_LED_STATUS", value_parser = clap::builder::BoolishValueParser::new())]
     pub led_status: bool,
 

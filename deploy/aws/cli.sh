@@ -66,7 +66,7 @@ check_pattern ACCESS_KEY_SECRET_ARN '^(arn:[a-z-]+:secretsmanager:[a-z0-9-]+:[0-
 # BUFFER_INTERVAL_SECONDS: Longest a record waits in Firehose before a POST (0-900 s). 60 s: readings reach monitors.firehose within about a minute, and one Pi makes one request a minute.
 : "${BUFFER_INTERVAL_SECONDS=60}"
 check_range BUFFER_INTERVAL_SECONDS 0 900
-# BUFFER_SIZE_MIB: Data per POST before base64 (1-32 MiB here; Firehose allows 64). At 100 Pis (about 80 KB/s) 1 MiB fills in about 13 s. Capped at 32 so that a full batch, base64-encoded (4/3), stays under firehose-endpoint's default --max-body-mib 64: a 413 loses the batch for good.
+# BUFFER_SIZE_MIB: Data per POST before base64 (1-32 MiB here; Firehose allows 64). At 100 Pis (about 60 KB/s) 1 MiB fills in about 17 s. Capped at 32 so that a full batch, base64-encoded (4/3), stays under firehose-endpoint's default --max-body-mib 64: a 413 loses the batch for good.
 : "${BUFFER_SIZE_MIB=1}"
 check_range BUFFER_SIZE_MIB 1 32
 # RETRY_DURATION_SECONDS: How long Firehose retries a batch the endpoint did not accept (0-7200 s) before writing it to the failed-deliveries bucket. The maximum: one self-hosted endpoint's restart, certificate renewal or network outage of up to two hours then heals without a replay, and retries are harmless because the endpoint upserts by _id.
