@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use super::decode::DecodeOptions;
-use super::server::{AccessKeys, EndpointConfig, BODY_TIMEOUT};
+use super::server::{AccessKeys, EndpointConfig, BODY_TIMEOUT, OWN_PATHS};
 use super::store::UpsertMethod;
 use crate::cli::parse_duration;
 
@@ -134,6 +134,27 @@ pub enum Command {
     CheckConfig,
 }
 
+/// `--path` as the router can take it: the router serves [`OWN_PATHS`] itself, and reads
+/// `{`, `}`, `*` and a segment that starts with `:` as a pattern (or refuses them), which would
+/// stop the endpoint while it starts, after `check-config` had passed.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("--path must start with '/': {path:?}"));
+    }
+    if OWN_PATHS.contains(&path) {
+        return Err(format!(
+            "--path cannot be {path}, which the endpoint serves itself ({})",
+            OWN_PATHS.join(", ")
+        ));
+    }
+    if path.contains(['{', '}', '*']) || path.split('/').any(|s| s.starts_with(':')) {
+        return Err(format!(
+            "--path {path:?} cannot hold '{{', '}}' or '*', or a segment that starts with ':': the router reads them as a pattern"
+        ));
+    }
+    Ok(())
+}
+
 /// A `--body-timeout`: a duration from 1 s to [`MAX_BODY_TIMEOUT`].
 fn parse_body_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
@@ -239,12 +260,7 @@ impl Cli {
 
     /// Everything the router needs.
     pub fn endpoint_config(&self, env_key: Option<&str>) -> Result<EndpointConfig, String> {
-        if !self.path.starts_with('/') {
-            return Err(format!("--path must start with '/': {:?}", self.path));
-        }
-        if self.path == "/health" {
-            return Err("--path cannot be /health, which the health check uses".into());
-        }
+        check_path(&self.path)?;
         if self.collection.is_empty() || self.database.is_empty() {
             return Err("--database and --collection cannot be empty".into());
         }
@@ -384,9 +400,18 @@ mod tests {
         let cfg = c.endpoint_config(Some("k")).unwrap();
         assert_eq!(cfg.decode.parse_dates, ["recordedAt", "createdAt"]);
         assert!(cli(&["--path", "x"]).endpoint_config(Some("k")).is_err());
-        assert!(cli(&["--path", "/health"])
-            .endpoint_config(Some("k"))
-            .is_err());
+        for taken in [
+            "/health",
+            "/healthz",
+            "/readyz",
+            "/{id}",
+            "/a/{*rest}",
+            "/:id",
+            "/a*",
+        ] {
+            let refused = cli(&["--path", taken]).endpoint_config(Some("k"));
+            assert!(refused.is_err(), "{taken}");
+        }
         assert!(Cli::try_parse_from(["f", "--max-body-mib", "0"]).is_err());
         assert!(Cli::try_parse_from(["f", "--tls-cert", "c.pem"]).is_err());
     }

@@ -50,6 +50,9 @@ use crate::clock::now_ms;
 /// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor
 /// reports of 300 bytes (3 MB) are one chunk, hence one round trip.
 pub const CHUNK_BYTES: usize = super::store::COMMAND_BYTES - 1024 * 1024;
+/// The paths the endpoint serves besides `--path` (health, liveness, readiness), which
+/// `--path` cannot take.
+pub const OWN_PATHS: [&str; 3] = ["/health", "/healthz", "/readyz"];
 /// Firehose waits 3 minutes for an answer; give up on the database well before.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
 /// Longest `X-Amz-Firehose-Request-Id` accepted (Firehose's are 36-character UUIDs); a longer
@@ -118,10 +121,11 @@ impl AppState {
 /// anything else.
 pub fn app(state: AppState) -> Router {
     let path = state.config.path.clone();
+    let [health_path, healthz_path, readyz_path] = OWN_PATHS;
     Router::new()
-        .route("/health", get(health))
-        .route("/healthz", get(health))
-        .route("/readyz", get(ready))
+        .route(health_path, get(health))
+        .route(healthz_path, get(health))
+        .route(readyz_path, get(ready))
         .route(&path, any(deliver))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())

@@ -294,3 +294,31 @@ async fn small_plain_bodies_take_only_their_size_from_the_budget() {
     );
     drop(held);
 }
+
+// Every `--path` the command line accepts builds the router (axum panics on a path it reads as
+// a pattern it refuses), and a delivery there reaches the delivery handler (which refuses a
+// request without a key), not the health check or a 404.
+#[tokio::test]
+async fn every_accepted_path_builds_a_router_that_delivers_there() {
+    use clap::Parser;
+    for path in [
+        "/",
+        "/firehose",
+        "/a:b",
+        "/v1/firehose/",
+        "/a.b-c_d~e",
+        "/healthzz",
+        "/health/x",
+    ] {
+        let cli = crate::firehose::config::Cli::try_parse_from(["f", "--path", path]).unwrap();
+        let config = cli.endpoint_config(Some(KEY)).unwrap();
+        let state = AppState::new(config, Store::new(UNREACHABLE, "router_tests"));
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .body(Body::from("{}"))
+            .unwrap();
+        let a = answer(state, req).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{path}: {}", a.message);
+    }
+}
