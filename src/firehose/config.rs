@@ -25,6 +25,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// which would allow bodies of about 86 MiB, is UNCONFIRMED; since a 413 loses the batch for good,
 /// docs/firehose-endpoint.md says to raise `--max-body-mib` to 96 with a size hint over 48 MiB.
 pub const DEFAULT_MAX_BODY_MIB: u64 = 64;
+/// The least `--max-body-mib`: Firehose's largest body. A smaller limit would answer 413 to a
+/// batch Firehose may legally send, and a 413 loses that batch.
+pub const MIN_MAX_BODY_MIB: u64 = 64;
 /// The longest `--body-timeout`: Firehose waits 3 minutes for the whole answer, and the
 /// database write needs some of that.
 pub const MAX_BODY_TIMEOUT: Duration = Duration::from_secs(170);
@@ -84,9 +87,11 @@ pub struct Cli {
     #[arg(long, env = "FIREHOSE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Largest accepted body in MiB, after gzip decompression; larger ones get 413.
+    /// Largest accepted body in MiB, after gzip decompression (64 to 1024); larger ones get
+    /// 413, which Firehose neither retries nor backs up to S3, so it cannot be less than the
+    /// 64 MiB Firehose may send.
     #[arg(long, env = "FIREHOSE_MAX_BODY_MIB", default_value_t = DEFAULT_MAX_BODY_MIB,
-          value_parser = clap::value_parser!(u64).range(1..=1024))]
+          value_parser = clap::value_parser!(u64).range(MIN_MAX_BODY_MIB..=1024))]
     pub max_body_mib: u64,
 
     /// How long a request's body may take to arrive in full (1s to 170s; default 120s) before
@@ -413,6 +418,8 @@ mod tests {
             assert!(refused.is_err(), "{taken}");
         }
         assert!(Cli::try_parse_from(["f", "--max-body-mib", "0"]).is_err());
+        assert!(Cli::try_parse_from(["f", "--max-body-mib", "63"]).is_err());
+        assert!(Cli::try_parse_from(["f", "--max-body-mib", "64"]).is_ok());
         assert!(Cli::try_parse_from(["f", "--tls-cert", "c.pem"]).is_err());
     }
 }
