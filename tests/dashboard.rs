@@ -493,6 +493,39 @@ async fn bad_input_is_refused_with_a_reason() {
     .unwrap();
 }
 
+// A user without the privilege to read the collection gets 500, "database refused", with the
+// server's reason and what to grant: retrying (what a 503 asks for) will not mend it. The test
+// server has no users, so a proxy in front of it refuses the reads as mongod does (code 13).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_denied");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let reads = ["distinct", "aggregate", "find", "createIndexes"];
+    let proxy = common::wire::ZlibProxy::start_refusing(server.port, &reads);
+    let dash = Dashboard::start(&proxy.uri(), &db, "5s");
+    tokio::task::spawn_blocking(move || {
+        for path in ["/api/nodes", "/api/series?node=node-a&field=temperature"] {
+            let r = dash.get(path);
+            assert_eq!(r.status, 500, "{path}: {}", r.body);
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            let msg = v["error"].as_str().unwrap();
+            assert!(msg.starts_with("database refused"), "{msg}");
+            assert!(msg.contains("not authorized on"), "{msg}");
+            assert!(msg.contains("read role"), "{msg}");
+        }
+        // A ping needs no privilege: the database itself is up.
+        assert_eq!(dash.get("/api/health").status, 200);
+    })
+    .await
+    .unwrap();
+}
+
 // With the database down the API answers 503 with a one-line reason within seconds, and
 // answers again once the database is back, without a restart.
 #[tokio::test(flavor = "multi_thread")]

@@ -100,11 +100,16 @@ impl Store {
     {
         match tokio::time::timeout(self.timeout, f.into_future()).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(match classify(e) {
-                MongoError::Unavailable(m) => {
-                    MongoError::Unavailable(redact_credentials(&m, &self.uri))
-                }
-                MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
+            // A refusal retrying cannot mend (a missing privilege) is the operator's to fix,
+            // and is answered so, rather than as a database that is away.
+            Ok(Err(e)) => Err(match refusal(&e) {
+                Some(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
+                None => match classify(e) {
+                    MongoError::Unavailable(m) => {
+                        MongoError::Unavailable(redact_credentials(&m, &self.uri))
+                    }
+                    MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
+                },
             }),
             Err(_) => Err(MongoError::Unavailable(format!(
                 "the database did not answer within {:?}",
@@ -124,7 +129,7 @@ impl Store {
             Ok(Err(e)) if crate::mongo::is_fatal(&e) => Ok(IndexOutcome::NotAllowed(format!(
                 "cannot create the index {INDEX_NAME} ({}); a user with createIndex on {ns} can, in mongosh: \
                  db.getSiblingDB(\"{db}\").{coll}.createIndex({{{node}: 1, {at}: 1}})",
-                redact_credentials(&e.to_string(), &self.uri),
+                redact_credentials(&server_words(&e), &self.uri),
                 ns = self.reports.namespace(),
                 db = self.reports.namespace().db,
                 coll = self.reports.name(),
@@ -343,6 +348,33 @@ impl Store {
 }
 
 /// A `$group` result as a [`Point`]; `None` for a malformed one.
+/// A refusal retrying cannot mend (see [`crate::mongo::is_fatal`]) in the server's words, with
+/// what to grant when it is a missing privilege; `None` for any other error.
+fn refusal(e: &mongodb::error::Error) -> Option<String> {
+    if !crate::mongo::is_fatal(e) {
+        return None;
+    }
+    Some(match *e.kind {
+        mongodb::error::ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => format!(
+            "{} (a missing privilege: the dashboard's user needs find on the collection, which the built-in read role gives)",
+            server_words(e)
+        ),
+        mongodb::error::ErrorKind::Command(_) => server_words(e),
+        _ => classify(e.clone()).to_string(),
+    })
+}
+
+/// A command's refusal as the server gave it (its code and message, without the driver's dump
+/// of the whole reply); other errors as the driver says them.
+fn server_words(e: &mongodb::error::Error) -> String {
+    match *e.kind {
+        mongodb::error::ErrorKind::Command(ref c) => {
+            format!("{} (code {}): {}", c.code_name, c.code, c.message)
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn point(d: &Document) -> Option<Point> {
     Some(Point {
         t_ms: d.get_datetime("_id").ok()?.timestamp_millis(),

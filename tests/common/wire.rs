@@ -5,6 +5,10 @@
 //! to those, as a server does. It notes each command the client sent, whether compressed, and
 //! with which zlib level (from the zlib stream's header) and sizes. A message it cannot read
 //! is noted as such and closes the connection, so a test fails on it rather than hangs.
+//!
+//! It can also answer chosen commands itself, with the error a server gives a user who lacks
+//! the privilege to run them (Unauthorized, code 13), which the test server, having no users,
+//! never gives.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -51,6 +55,13 @@ pub struct ZlibProxy {
 impl ZlibProxy {
     /// Listen on a free loopback port, passing connections on to the server at `upstream_port`.
     pub fn start(upstream_port: u16) -> ZlibProxy {
+        ZlibProxy::start_refusing(upstream_port, &[])
+    }
+
+    /// [`ZlibProxy::start`], answering the commands named in `refused` itself, as refused for
+    /// want of a privilege, instead of passing them on.
+    pub fn start_refusing(upstream_port: u16, refused: &[&str]) -> ZlibProxy {
+        let refused: Arc<HashSet<String>> = Arc::new(refused.iter().map(|&c| c.into()).collect());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let sent = Arc::new(Mutex::new(Vec::new()));
@@ -62,14 +73,14 @@ impl ZlibProxy {
                     continue;
                 };
                 let state = Arc::new(Mutex::new(Pending::default()));
-                let (c2, s2, st2) = (
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    state.clone(),
-                );
-                let log = log.clone();
-                std::thread::spawn(move || requests(client, server, &state, &log));
-                std::thread::spawn(move || replies(s2, c2, &st2));
+                // Both threads answer the client, so whole messages are written under a lock.
+                let answers = Arc::new(Mutex::new(client.try_clone().unwrap()));
+                let (a2, s2, st2) = (answers.clone(), server.try_clone().unwrap(), state.clone());
+                let (log, refused) = (log.clone(), refused.clone());
+                std::thread::spawn(move || {
+                    requests(client, server, &state, &log, &refused, &answers)
+                });
+                std::thread::spawn(move || replies(s2, &a2, &st2));
             }
         });
         ZlibProxy { port, sent }
@@ -146,6 +157,8 @@ fn requests(
     mut server: TcpStream,
     state: &Mutex<Pending>,
     log: &Mutex<Vec<Sent>>,
+    refused: &HashSet<String>,
+    answers: &Mutex<TcpStream>,
 ) {
     while let Some((id, reply_to, opcode, body)) = read_message(&mut client) {
         let (opcode, body, sent) = match request(id, opcode, body, state) {
@@ -155,8 +168,16 @@ fn requests(
                 break;
             }
         };
+        let refuse = matches!(&sent, Sent::Command { name, .. } if refused.contains(name));
         log.lock().unwrap().push(sent);
-        if !write_message(&mut server, id, reply_to, opcode, &body) {
+        let ok = if refuse {
+            state.lock().unwrap().compressed.remove(&id);
+            let reply = unauthorized(opcode, &body);
+            write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
+        } else {
+            write_message(&mut server, id, reply_to, opcode, &body)
+        };
+        if !ok {
             break;
         }
     }
@@ -229,8 +250,27 @@ fn request(
     Ok((opcode, body, Sent::Command { name, zlib: None }))
 }
 
-fn replies(mut server: TcpStream, mut client: TcpStream, state: &Mutex<Pending>) {
+/// The body of an OP_MSG reply refusing the command in `body`, in the words mongod uses.
+fn unauthorized(opcode: i32, body: &[u8]) -> Vec<u8> {
+    let command = document(opcode, body);
+    let name = command_name(opcode, body);
+    let db = command
+        .and_then(|d| d.get_str("$db").ok())
+        .unwrap_or("admin");
+    let refusal = mongodb::bson::doc! {
+        "ok": 0.0,
+        "errmsg": format!("not authorized on {db} to execute command {{ {name}: ... }}"),
+        "code": 13,
+        "codeName": "Unauthorized",
+    };
+    let mut reply = vec![0, 0, 0, 0, 0];
+    refusal.to_writer(&mut reply).unwrap();
+    reply
+}
+
+fn replies(mut server: TcpStream, answers: &Mutex<TcpStream>, state: &Mutex<Pending>) {
     while let Some((id, reply_to, opcode, body)) = read_message(&mut server) {
+        let mut client = answers.lock().unwrap();
         let (hello, compressed) = {
             let mut s = state.lock().unwrap();
             (s.hellos.remove(&reply_to), s.compressed.remove(&reply_to))
@@ -263,7 +303,7 @@ fn replies(mut server: TcpStream, mut client: TcpStream, state: &Mutex<Pending>)
             break;
         }
     }
-    let _ = client.shutdown(Shutdown::Both);
+    let _ = answers.lock().unwrap().shutdown(Shutdown::Both);
     let _ = server.shutdown(Shutdown::Both);
 }
 
