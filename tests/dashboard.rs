@@ -14,6 +14,7 @@ use std::time::Duration;
 use mongodb::bson::{DateTime, Document};
 use serde_json::Value;
 
+use common::wire::{Sent, Withhold, ZlibProxy};
 use common::MongoServer;
 use dashboard_support::{insert, iso, readings, Dashboard, T0_MS};
 
@@ -506,8 +507,8 @@ async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
         readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
     )
     .await;
-    let reads = ["distinct", "aggregate", "find", "createIndexes"];
-    let proxy = common::wire::ZlibProxy::start_refusing(server.port, &reads);
+    let refused = ["distinct", "aggregate", "find", "createIndexes"].map(|c| (c, Withhold::Refuse));
+    let proxy = ZlibProxy::start_withholding(server.port, &refused);
     let dash = Dashboard::start(&proxy.uri(), &db, "5s");
     tokio::task::spawn_blocking(move || {
         for path in ["/api/nodes", "/api/series?node=node-a&field=temperature"] {
@@ -521,6 +522,52 @@ async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
         }
         // A ping needs no privilege: the database itself is up.
         assert_eq!(dash.get("/api/health").status, 200);
+    })
+    .await
+    .unwrap();
+}
+
+// With the database hanging, requests for the node list that come while one waits for it take
+// its outcome: one `distinct` reaches the server and each request is answered 503, rather than
+// each waiting for the one before it to time out and then timing out in turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_waiting_for_the_node_list_share_one_failed_read() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_hang");
+    let proxy = ZlibProxy::start_withholding(server.port, &[("distinct", Withhold::Stall)]);
+    let dash = Dashboard::start(&proxy.uri(), &db, "5s");
+    let addr = dash.addr.clone();
+    let distincts = move || {
+        let sent = proxy.sent();
+        let is_distinct = |s: &&Sent| matches!(s, Sent::Command { name, .. } if name == "distinct");
+        sent.iter().filter(is_distinct).count()
+    };
+    tokio::task::spawn_blocking(move || {
+        let ask = || {
+            let addr = addr.clone();
+            std::thread::spawn(move || dashboard_support::get(&addr, "/api/nodes"))
+        };
+        let mut asked = vec![ask()];
+        // The others are sent once the first one's read is held at the server.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while distincts() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no distinct reached the server"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        asked.extend((0..3).map(|_| ask()));
+        for a in asked {
+            let r = a.join().unwrap();
+            assert_eq!(r.status, 503, "{}", r.body);
+        }
+        assert_eq!(
+            distincts(),
+            1,
+            "one read of the names for the four requests"
+        );
+        drop(dash);
     })
     .await
     .unwrap();

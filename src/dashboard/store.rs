@@ -5,6 +5,7 @@
 //! [`MongoError::Unavailable`] in seconds instead of a hung page.
 
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,13 +65,23 @@ pub struct Store {
     reports: Collection<Document>,
     uri: String,
     timeout: Duration,
-    names: Arc<tokio::sync::Mutex<Option<Names>>>,
+    names: Arc<NameCache>,
 }
 
-/// Node names as last read, and when.
+/// The node names, read by one request at a time for all that wait meanwhile.
+#[derive(Default)]
+struct NameCache {
+    /// How many reads of the names have ended; a request notes it before it waits for `last`.
+    ended: AtomicU64,
+    last: tokio::sync::Mutex<Option<Names>>,
+}
+
+/// How the last read of the node names ended, and when.
 struct Names {
     read_at: Instant,
-    names: Vec<String>,
+    /// Its number in [`NameCache::ended`].
+    number: u64,
+    outcome: Result<Vec<String>, MongoError>,
 }
 
 impl Store {
@@ -165,17 +176,24 @@ impl Store {
 
     /// Every node name, sorted; asked of the database at most every [`NAMES_TTL`].
     pub async fn node_names(&self) -> Result<Vec<String>, MongoError> {
-        // Held across the query so that concurrent requests wait for one `distinct`.
-        let mut cached = self.names.lock().await;
-        if let Some(c) = cached.as_ref().filter(|c| c.read_at.elapsed() < NAMES_TTL) {
-            return Ok(c.names.clone());
+        let before = self.names.ended.load(Ordering::Acquire);
+        // Held across the query so that concurrent requests wait for one `distinct`, and take
+        // its outcome, a failure too: with the database down, each would otherwise wait for
+        // the one before it to time out, then time out in turn.
+        let mut last = self.names.last.lock().await;
+        if let Some(l) = last.as_ref() {
+            let fresh = l.outcome.is_ok() && l.read_at.elapsed() < NAMES_TTL;
+            if l.number > before || fresh {
+                return l.outcome.clone();
+            }
         }
-        let names = self.distinct_names().await?;
-        *cached = Some(Names {
+        let outcome = self.distinct_names().await;
+        *last = Some(Names {
             read_at: Instant::now(),
-            names: names.clone(),
+            number: self.names.ended.fetch_add(1, Ordering::AcqRel) + 1,
+            outcome: outcome.clone(),
         });
-        Ok(names)
+        outcome
     }
 
     async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {

@@ -6,11 +6,11 @@
 //! with which zlib level (from the zlib stream's header) and sizes. A message it cannot read
 //! is noted as such and closes the connection, so a test fails on it rather than hangs.
 //!
-//! It can also answer chosen commands itself, with the error a server gives a user who lacks
-//! the privilege to run them (Unauthorized, code 13), which the test server, having no users,
-//! never gives.
+//! It can also withhold chosen commands from the server: answer them itself with the error a
+//! server gives a user who lacks the privilege to run them (Unauthorized, code 13), which the
+//! test server, having no users, never gives; or never answer them, as a server that hangs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,15 @@ pub struct Zlib {
     pub plain: usize,
 }
 
+/// What the proxy does with a command it withholds from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withhold {
+    /// Answer it as refused for want of a privilege (Unauthorized, code 13).
+    Refuse,
+    /// Never answer it.
+    Stall,
+}
+
 /// The proxy; it runs until the test process ends.
 pub struct ZlibProxy {
     pub port: u16,
@@ -55,13 +64,13 @@ pub struct ZlibProxy {
 impl ZlibProxy {
     /// Listen on a free loopback port, passing connections on to the server at `upstream_port`.
     pub fn start(upstream_port: u16) -> ZlibProxy {
-        ZlibProxy::start_refusing(upstream_port, &[])
+        ZlibProxy::start_withholding(upstream_port, &[])
     }
 
-    /// [`ZlibProxy::start`], answering the commands named in `refused` itself, as refused for
-    /// want of a privilege, instead of passing them on.
-    pub fn start_refusing(upstream_port: u16, refused: &[&str]) -> ZlibProxy {
-        let refused: Arc<HashSet<String>> = Arc::new(refused.iter().map(|&c| c.into()).collect());
+    /// [`ZlibProxy::start`], withholding the commands named in `withheld` from the server.
+    pub fn start_withholding(upstream_port: u16, withheld: &[(&str, Withhold)]) -> ZlibProxy {
+        let withheld: Arc<HashMap<String, Withhold>> =
+            Arc::new(withheld.iter().map(|&(c, w)| (c.into(), w)).collect());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let sent = Arc::new(Mutex::new(Vec::new()));
@@ -76,9 +85,9 @@ impl ZlibProxy {
                 // Both threads answer the client, so whole messages are written under a lock.
                 let answers = Arc::new(Mutex::new(client.try_clone().unwrap()));
                 let (a2, s2, st2) = (answers.clone(), server.try_clone().unwrap(), state.clone());
-                let (log, refused) = (log.clone(), refused.clone());
+                let (log, withheld) = (log.clone(), withheld.clone());
                 std::thread::spawn(move || {
-                    requests(client, server, &state, &log, &refused, &answers)
+                    requests(client, server, &state, &log, &withheld, &answers)
                 });
                 std::thread::spawn(move || replies(s2, &a2, &st2));
             }
@@ -157,7 +166,7 @@ fn requests(
     mut server: TcpStream,
     state: &Mutex<Pending>,
     log: &Mutex<Vec<Sent>>,
-    refused: &HashSet<String>,
+    withheld: &HashMap<String, Withhold>,
     answers: &Mutex<TcpStream>,
 ) {
     while let Some((id, reply_to, opcode, body)) = read_message(&mut client) {
@@ -168,14 +177,22 @@ fn requests(
                 break;
             }
         };
-        let refuse = matches!(&sent, Sent::Command { name, .. } if refused.contains(name));
+        let withhold = match &sent {
+            Sent::Command { name, .. } => withheld.get(name).copied(),
+            Sent::Failed(_) => None,
+        };
         log.lock().unwrap().push(sent);
-        let ok = if refuse {
+        if withhold.is_some() {
+            // Answered here, if at all, and never compressed.
             state.lock().unwrap().compressed.remove(&id);
-            let reply = unauthorized(opcode, &body);
-            write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
-        } else {
-            write_message(&mut server, id, reply_to, opcode, &body)
+        }
+        let ok = match withhold {
+            Some(Withhold::Refuse) => {
+                let reply = unauthorized(opcode, &body);
+                write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
+            }
+            Some(Withhold::Stall) => true,
+            None => write_message(&mut server, id, reply_to, opcode, &body),
         };
         if !ok {
             break;
