@@ -260,18 +260,8 @@ async fn readings_without_dates_are_said_at_start() {
         .insert_many(docs)
         .await
         .unwrap();
-    let mut child = std::process::Command::new(dashboard_support::dashboard_bin())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            &db,
-            "--collection",
-            "firehose",
-        ])
-        .env("MONGODB_CONNECTION_STRING", &server.uri)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
+    let mut child = dashboard_support::command(&server.uri, &db, "15s", "127.0.0.1:0")
+        .args(["--collection", "firehose"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

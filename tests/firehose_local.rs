@@ -558,9 +558,25 @@ async fn status_413_is_logged_as_data_loss() {
 /// firehose-local on `stream` at the Kinesis `endpoint`, from LATEST (no `--from-start`),
 /// delivering to `url` every second.
 fn spawn_from_latest(endpoint: &str, stream: &str, url: &str) -> tokio::process::Child {
+    spawn_from_latest_with(endpoint, stream, url, &[])
+}
+
+/// [`spawn_from_latest`] with `extra` options, buffering 1 s unless they say otherwise.
+fn spawn_from_latest_with(
+    endpoint: &str,
+    stream: &str,
+    url: &str,
+    extra: &[&str],
+) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
         .args(["--stream-name", stream, "--kinesis-endpoint-url", endpoint])
-        .args(["--destination-url", url, "--buffer-seconds", "1"])
+        .args(["--destination-url", url])
+        .args(if extra.contains(&"--buffer-seconds") {
+            &[][..]
+        } else {
+            &["--buffer-seconds", "1"][..]
+        })
+        .args(extra)
         .envs(AWS_ENV)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -692,24 +708,9 @@ fn spawn_with_checkpoint(
     checkpoint: &Path,
     extra: &[&str],
 ) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-        .args(["--stream-name", stream])
-        .args(["--kinesis-endpoint-url", &kin.endpoint])
-        .args(["--destination-url", url])
-        .arg("--checkpoint-file")
-        .arg(checkpoint)
-        .args(if extra.contains(&"--buffer-seconds") {
-            &[][..]
-        } else {
-            &["--buffer-seconds", "1"][..]
-        })
-        .args(extra)
-        .envs(AWS_ENV)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    let checkpoint = checkpoint.to_str().expect("a UTF-8 temporary path");
+    let options = [&["--checkpoint-file", checkpoint][..], extra].concat();
+    spawn_from_latest_with(&kin.endpoint, stream, url, &options)
 }
 
 /// SIGTERM, then expect a clean exit.

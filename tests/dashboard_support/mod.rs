@@ -38,21 +38,8 @@ impl Dashboard {
     /// [`Dashboard::start`] with `extra` options.
     pub fn start_with(uri: &str, db: &str, stale_after: &str, extra: &[&str]) -> Dashboard {
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(dashboard_bin())
-            .args([
-                "--listen",
-                &addr,
-                "--database",
-                db,
-                "--stale-after",
-                stale_after,
-            ])
-            .args(["--query-timeout", "5s"])
+        let child = command(uri, db, stale_after, &addr)
             .args(extra)
-            .env("MONGODB_CONNECTION_STRING", uri)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .spawn()
             .expect("start sensehat-dashboard");
         let child = Reaped(child);
@@ -81,6 +68,19 @@ impl Dashboard {
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
     }
+}
+
+/// The dashboard's command on `uri`'s `db`, listening on `addr`, its log (warnings and up) on
+/// stderr, inherited unless the caller sets it.
+pub fn command(uri: &str, db: &str, stale_after: &str, addr: &str) -> Command {
+    let mut c = Command::new(dashboard_bin());
+    c.args(["--listen", addr, "--database", db])
+        .args(["--stale-after", stale_after, "--query-timeout", "5s"])
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    c
 }
 
 /// An HTTP answer.
