@@ -73,7 +73,7 @@ pub struct Store {
 struct NameCache {
     /// How many reads of the names have ended; a request notes it before it waits for `last`.
     ended: AtomicU64,
-    last: tokio::sync::Mutex<Option<Names>>,
+    last: Arc<tokio::sync::Mutex<Option<Names>>>,
 }
 
 /// How the last read of the node names ended, and when.
@@ -180,20 +180,30 @@ impl Store {
         // Held across the query so that concurrent requests wait for one `distinct`, and take
         // its outcome, a failure too: with the database down, each would otherwise wait for
         // the one before it to time out, then time out in turn.
-        let mut last = self.names.last.lock().await;
+        let mut last = self.names.last.clone().lock_owned().await;
         if let Some(l) = last.as_ref() {
             let fresh = l.outcome.is_ok() && l.read_at.elapsed() < NAMES_TTL;
             if l.number > before || fresh {
                 return l.outcome.clone();
             }
         }
-        let outcome = self.distinct_names().await;
-        *last = Some(Names {
-            read_at: Instant::now(),
-            number: self.names.ended.fetch_add(1, Ordering::AcqRel) + 1,
-            outcome: outcome.clone(),
+        // Read in a task of its own, holding the lock, so that the waiters get its outcome
+        // even if the request that started it is dropped (its client went away) meanwhile.
+        let store = self.clone();
+        let read = tokio::spawn(async move {
+            let outcome = store.distinct_names().await;
+            *last = Some(Names {
+                read_at: Instant::now(),
+                number: store.names.ended.fetch_add(1, Ordering::AcqRel) + 1,
+                outcome: outcome.clone(),
+            });
+            outcome
         });
-        outcome
+        read.await.unwrap_or_else(|e| {
+            Err(MongoError::Unavailable(format!(
+                "reading the node names failed: {e}"
+            )))
+        })
     }
 
     async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {
@@ -365,21 +375,22 @@ impl Store {
     }
 }
 
-/// A `$group` result as a [`Point`]; `None` for a malformed one.
-/// A refusal retrying cannot mend (see [`crate::mongo::is_fatal`]) in the server's words, with
-/// what to grant when it is a missing privilege; `None` for any other error.
+/// A command the server refused for a reason retrying cannot mend (see
+/// [`crate::mongo::is_fatal`]), in the server's words, with what to grant when it is most
+/// likely a missing privilege; `None` for any other error. A failed authentication is left to
+/// [`classify`], which calls it unavailable: a new user may not have reached every server yet.
 fn refusal(e: &mongodb::error::Error) -> Option<String> {
     if !crate::mongo::is_fatal(e) {
         return None;
     }
-    Some(match *e.kind {
-        mongodb::error::ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => format!(
-            "{} (a missing privilege: the dashboard's user needs find on the collection, which the built-in read role gives)",
+    match *e.kind {
+        mongodb::error::ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => Some(format!(
+            "{} (most often a missing privilege: the dashboard's user needs find on the collection, which the built-in read role gives)",
             server_words(e)
-        ),
-        mongodb::error::ErrorKind::Command(_) => server_words(e),
-        _ => classify(e.clone()).to_string(),
-    })
+        )),
+        mongodb::error::ErrorKind::Command(_) => Some(server_words(e)),
+        _ => None,
+    }
 }
 
 /// A command's refusal as the server gave it (its code and message, without the driver's dump
@@ -393,6 +404,7 @@ fn server_words(e: &mongodb::error::Error) -> String {
     }
 }
 
+/// A `$group` result as a [`Point`]; `None` for a malformed one.
 fn point(d: &Document) -> Option<Point> {
     Some(Point {
         t_ms: d.get_datetime("_id").ok()?.timestamp_millis(),
