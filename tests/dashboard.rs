@@ -525,7 +525,9 @@ async fn requests_waiting_for_the_node_list_share_one_failed_read() {
     let server = MongoServer::start();
     let db = common::unique_name("dash_hang");
     let proxy = ZlibProxy::start_withholding(server.port, &[("distinct", Withhold::Stall)]);
-    let dash = Dashboard::start(&proxy.uri(), &db, "5s");
+    // Long enough that the later requests surely come while the first one's read is held.
+    let timeout = ["--query-timeout", "20s"];
+    let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &timeout);
     let addr = dash.addr.clone();
     let distincts = move || {
         let sent = proxy.sent();

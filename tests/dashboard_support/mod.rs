@@ -35,10 +35,15 @@ impl Dashboard {
         Dashboard::start_with(uri, db, stale_after, &[])
     }
 
-    /// [`Dashboard::start`] with `extra` options.
+    /// [`Dashboard::start`] with `extra` options (and a 5 s `--query-timeout` unless they give
+    /// one).
     pub fn start_with(uri: &str, db: &str, stale_after: &str, extra: &[&str]) -> Dashboard {
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = command(uri, db, stale_after, &addr)
+        let mut command = command(uri, db, stale_after, &addr);
+        if !extra.contains(&"--query-timeout") {
+            command.args(["--query-timeout", "5s"]);
+        }
+        let child = command
             .args(extra)
             .spawn()
             .expect("start sensehat-dashboard");
@@ -75,7 +80,7 @@ impl Dashboard {
 pub fn command(uri: &str, db: &str, stale_after: &str, addr: &str) -> Command {
     let mut c = Command::new(dashboard_bin());
     c.args(["--listen", addr, "--database", db])
-        .args(["--stale-after", stale_after, "--query-timeout", "5s"])
+        .args(["--stale-after", stale_after])
         .env("MONGODB_CONNECTION_STRING", uri)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
