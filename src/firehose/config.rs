@@ -91,7 +91,7 @@ pub struct Cli {
     /// 413, which Firehose neither retries nor backs up to S3, so it cannot be less than the
     /// 64 MiB Firehose may send.
     #[arg(long, env = "FIREHOSE_MAX_BODY_MIB", default_value_t = DEFAULT_MAX_BODY_MIB,
-          value_parser = clap::value_parser!(u64).range(MIN_MAX_BODY_MIB..=1024))]
+          value_parser = parse_max_body_mib)]
     pub max_body_mib: u64,
 
     /// How long a request's body may take to arrive in full (1s to 170s; default 120s) before
@@ -154,10 +154,41 @@ fn check_path(path: &str) -> Result<(), String> {
     }
     if path.contains(['{', '}', '*']) || path.split('/').any(|s| s.starts_with(':')) {
         return Err(format!(
-            "--path {path:?} cannot hold '{{', '}}' or '*', or a segment that starts with ':': the router reads them as a pattern"
+            "--path {path:?} cannot hold '{{', '}}' or '*', or a segment that starts with ':': the router reads them as a pattern; give a plain path such as /firehose"
+        ));
+    }
+    // A request's path arrives percent-encoded, and is matched as it arrives: a path with a
+    // space, a '?' or a letter outside ASCII would match no delivery, and every batch would
+    // end in the S3 backup.
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()+,;=:@/%".contains(c);
+    let bad_escape = path.match_indices('%').any(|(i, _)| {
+        !path
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if !path.chars().all(plain) || bad_escape {
+        return Err(format!(
+            "--path {path:?} holds characters a URL path carries only percent-encoded (a space, '?', '#', a letter outside ASCII): give it as it appears in the URL, e.g. /a%20b"
         ));
     }
     Ok(())
+}
+
+/// A `--max-body-mib`: from [`MIN_MAX_BODY_MIB`] to 1024, and why not less.
+fn parse_max_body_mib(s: &str) -> Result<u64, String> {
+    let mib: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of MiB"))?;
+    if mib < MIN_MAX_BODY_MIB {
+        return Err(format!(
+            "{mib} is less than {MIN_MAX_BODY_MIB}: Firehose may send a body of {MIN_MAX_BODY_MIB} MiB, and answering 413 to it loses its batch (Firehose neither retries nor backs up a 413)"
+        ));
+    }
+    if mib > 1024 {
+        return Err(format!("{mib} is more than 1024"));
+    }
+    Ok(mib)
 }
 
 /// A `--body-timeout`: a duration from 1 s to [`MAX_BODY_TIMEOUT`].
@@ -405,7 +436,7 @@ mod tests {
         let cfg = c.endpoint_config(Some("k")).unwrap();
         assert_eq!(cfg.decode.parse_dates, ["recordedAt", "createdAt"]);
         assert!(cli(&["--path", "x"]).endpoint_config(Some("k")).is_err());
-        for taken in [
+        let taken = [
             "/health",
             "/healthz",
             "/readyz",
@@ -413,12 +444,18 @@ mod tests {
             "/a/{*rest}",
             "/:id",
             "/a*",
-        ] {
+        ];
+        let unmatchable = ["/a b", "/f?x=1", "/a#b", "/\u{e4}", "/a%2", "/a%zz"];
+        for taken in taken.into_iter().chain(unmatchable) {
             let refused = cli(&["--path", taken]).endpoint_config(Some("k"));
             assert!(refused.is_err(), "{taken}");
         }
         assert!(Cli::try_parse_from(["f", "--max-body-mib", "0"]).is_err());
-        assert!(Cli::try_parse_from(["f", "--max-body-mib", "63"]).is_err());
+        let small = Cli::try_parse_from(["f", "--max-body-mib", "63"]).unwrap_err();
+        assert!(small.to_string().contains("loses its batch"), "{small}");
+        assert!(cli(&["--path", "/v1/a%20b:c@d"])
+            .endpoint_config(Some("k"))
+            .is_ok());
         assert!(Cli::try_parse_from(["f", "--max-body-mib", "64"]).is_ok());
         assert!(Cli::try_parse_from(["f", "--tls-cert", "c.pem"]).is_err());
     }
