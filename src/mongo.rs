@@ -316,8 +316,16 @@ pub fn classify(e: Error) -> MongoError {
             "{} ({message})",
             server_selection_hint(message)
         )),
-        _ => MongoError::Unavailable(e.to_string()),
+        _ => MongoError::Unavailable(describe(&e)),
     }
+}
+
+/// A driver error as an operator reads it: what went wrong, in the driver's words and the
+/// server's (a refused command's code, name and message), without the driver's fields for
+/// debugging it (its labels, the error it wraps, and the server's whole reply as hex bytes,
+/// which made a log line hundreds of characters long).
+pub fn describe(e: &Error) -> String {
+    e.kind.to_string()
 }
 
 /// What to check when no server could be reached, from the driver's account of each server

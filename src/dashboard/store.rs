@@ -393,14 +393,14 @@ fn refusal(e: &mongodb::error::Error) -> Option<String> {
     }
 }
 
-/// A command's refusal as the server gave it (its code and message, without the driver's dump
-/// of the whole reply); other errors as the driver says them.
+/// A command's refusal as the server gave it (its code and message); other errors as
+/// [`crate::mongo::describe`] says them.
 fn server_words(e: &mongodb::error::Error) -> String {
     match *e.kind {
         mongodb::error::ErrorKind::Command(ref c) => {
             format!("{} (code {}): {}", c.code_name, c.code, c.message)
         }
-        _ => e.to_string(),
+        _ => crate::mongo::describe(e),
     }
 }
 

@@ -174,7 +174,8 @@ pub(super) async fn forward<T: Target>(
         }
         // The driver already resumed once by itself; put what was read, then reopen after it.
         fw.flush().await?;
-        error!(error = %failure, "change stream failed; reopening from the last position");
+        let error = crate::mongo::describe(&failure);
+        error!(%error, "change stream failed; reopening from the last position");
         let delay = reconnect.next().unwrap_or(target::RETRY_MAX_DELAY);
         tokio::select! {
             () = stopped(&mut stop) => return fw.flush().await,
@@ -193,11 +194,12 @@ fn not_opened(
     if let Some(stop) = cannot_go_on(e, namespace).or_else(|| fatal(e)) {
         return Err(stop);
     }
+    let error = crate::mongo::describe(e);
     match trouble.failed(now()) {
-        Say::Began => warn!(error = %e, "cannot open the change stream; retrying"),
+        Say::Began => warn!(%error, "cannot open the change stream; retrying"),
         Say::Still(failing_for) => error!(
             failing_for_s = failing_for.as_secs(),
-            error = %e,
+            %error,
             "the change stream still cannot be opened; retrying, and nothing is forwarded meanwhile"
         ),
         Say::Nothing => {}

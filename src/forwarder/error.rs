@@ -88,14 +88,16 @@ pub(crate) fn cannot_go_on(e: &Error, namespace: &str) -> Option<ForwarderError>
 
 /// [`ForwarderError::Mongo`], with what to do where that is known, when retrying `e` cannot help.
 pub(crate) fn fatal(e: &Error) -> Option<ForwarderError> {
-    crate::mongo::is_fatal(e)
-        .then(|| ForwarderError::Mongo(format!("{e}{}", crate::mongo::fatal_hint(e))))
+    crate::mongo::is_fatal(e).then(|| {
+        let hint = crate::mongo::fatal_hint(e);
+        ForwarderError::Mongo(format!("{}{hint}", crate::mongo::describe(e)))
+    })
 }
 
 /// A failure to read or write the stored position: fatal when retrying cannot help
 /// (privileges, authentication), otherwise [`ForwarderError::State`], retried.
 pub(crate) fn store_error(e: &Error) -> ForwarderError {
-    fatal(e).unwrap_or_else(|| ForwarderError::State(e.to_string()))
+    fatal(e).unwrap_or_else(|| ForwarderError::State(crate::mongo::describe(e)))
 }
 
 /// What a failed insert into the dead-letter collection calls for.

@@ -308,7 +308,8 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 }
                 DeadLetterFailure::Fatal(f) => return Err(f),
                 DeadLetterFailure::Retry => {
-                    warn!(error = %e, "could not write to the dead-letter collection; retrying");
+                    let error = crate::mongo::describe(&e);
+                    warn!(%error, "could not write to the dead-letter collection; retrying");
                     tokio::select! {
                         () = stopped(&mut stop) => return Err(PutError::Interrupted.into()),
                         () = tokio::time::sleep(delays.next().unwrap_or(target::RETRY_MAX_DELAY)) => {}

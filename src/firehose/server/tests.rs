@@ -309,6 +309,8 @@ async fn every_accepted_path_builds_a_router_that_delivers_there() {
         "/a.b-c_d~e",
         "/healthzz",
         "/health/x",
+        "/a%20b",
+        "/v1/a%20b:c@d",
     ] {
         let cli = crate::firehose::config::Cli::try_parse_from(["f", "--path", path]).unwrap();
         let config = cli.endpoint_config(Some(KEY)).unwrap();
