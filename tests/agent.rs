@@ -496,7 +496,6 @@ async fn inserts_are_zlib_compressed_at_the_fastest_level_where_the_server_offer
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_insert_is_logged_in_the_servers_words() {
     use common::wire::{Withhold, ZlibProxy};
-    use std::io::BufRead as _;
     let server = MongoServer::start();
     if !server.owned {
         eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
@@ -505,22 +504,9 @@ async fn a_refused_insert_is_logged_in_the_servers_words() {
     let proxy = ZlibProxy::start_withholding(server.port, &[("insert", Withhold::Refuse)]);
     let spool = tempfile::tempdir().unwrap();
     let mut agent = common::sim_agent(&proxy.uri(), &unique_name("refused"), 1_000, spool.path());
-    let mut agent = agent
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = agent.stderr.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("MongoDB unavailable"))
-    });
-    let line = tokio::time::timeout(Duration::from_secs(60), line).await;
-    let _ = agent.kill();
-    let _ = agent.wait();
-    let line = line.expect("said within 60 s").unwrap().expect("said");
+    agent.stdout(std::process::Stdio::null());
+    let unavailable = "MongoDB unavailable";
+    let line = common::first_stderr_line(agent, unavailable, Duration::from_secs(60)).await;
     assert!(line.contains("Error code 13 (Unauthorized)"), "{line}");
     assert!(line.contains("not authorized on"), "{line}");
     for debugging in ["server response", "RawDocumentBuf", "labels:"] {

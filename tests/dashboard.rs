@@ -243,7 +243,6 @@ async fn readings_that_are_not_finite_numbers_are_left_out() {
 // nowhere, since every query ranges over dates: the dashboard says so at start, with the fix.
 #[tokio::test(flavor = "multi_thread")]
 async fn readings_without_dates_are_said_at_start() {
-    use std::io::BufRead as _;
     let server = MongoServer::start();
     let db = common::unique_name("dash_strings");
     let mut docs = readings("node-s", 0, T0_MS, 7_000, 5, 0..0, 0);
@@ -260,22 +259,10 @@ async fn readings_without_dates_are_said_at_start() {
         .insert_many(docs)
         .await
         .unwrap();
-    let mut child = dashboard_support::command(&server.uri, &db, "15s", "127.0.0.1:0")
-        .args(["--collection", "firehose"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let found = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("recordedAt is not a date"))
-    });
-    let line = tokio::time::timeout(Duration::from_secs(30), found).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = line.expect("said within 30 s").unwrap().expect("said");
+    let mut dashboard = dashboard_support::command(&server.uri, &db, "15s", "127.0.0.1:0");
+    dashboard.args(["--collection", "firehose"]);
+    let said = "recordedAt is not a date";
+    let line = common::first_stderr_line(dashboard, said, Duration::from_secs(30)).await;
     assert!(line.contains("recorded_at=String"), "{line}");
     assert!(line.contains("--parse-dates recordedAt"), "{line}");
 }

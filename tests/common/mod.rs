@@ -319,3 +319,24 @@ pub fn status_text(spool_dir: &Path) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Start `command` with its stderr piped and return the first line of it that holds `needle`,
+/// failing the test if none comes within `timeout`; the process is killed and reaped either way.
+pub async fn first_stderr_line(mut command: Command, needle: &str, timeout: Duration) -> String {
+    use std::io::BufRead as _;
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let wanted = needle.to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains(&wanted))
+    });
+    let line = tokio::time::timeout(timeout, found).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.unwrap_or_else(|_| panic!("no line with {needle:?} within {timeout:?}"));
+    line.unwrap()
+        .unwrap_or_else(|| panic!("stderr ended without a line with {needle:?}"))
+}
