@@ -16,7 +16,7 @@ use serde_json::{Map, Number, Value};
 
 use super::config::Config;
 use super::query::{chart_pipeline, motion_pipeline, series_pipeline, Field, Window};
-use crate::mongo::{classify, connect, redact_credentials, MongoError};
+use crate::mongo::{classify, connect, describe, redact_credentials, MongoError};
 use crate::report::field;
 
 /// How long the list of node names is reused: `distinct` reads the whole index, and the page
@@ -113,15 +113,14 @@ impl Store {
             Ok(Ok(v)) => Ok(v),
             // A refusal retrying cannot mend (a missing privilege) is the operator's to fix,
             // and is answered so, rather than as a database that is away.
-            Ok(Err(e)) => Err(match refusal(&e) {
-                Some(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
-                None => match classify(e) {
+            Ok(Err(e)) => Err(
+                match refusal(&e).map_or_else(|| classify(e), MongoError::Fatal) {
                     MongoError::Unavailable(m) => {
                         MongoError::Unavailable(redact_credentials(&m, &self.uri))
                     }
                     MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
                 },
-            }),
+            ),
             Err(_) => Err(MongoError::Unavailable(format!(
                 "the database did not answer within {:?}",
                 self.timeout
@@ -140,7 +139,7 @@ impl Store {
             Ok(Err(e)) if crate::mongo::is_fatal(&e) => Ok(IndexOutcome::NotAllowed(format!(
                 "cannot create the index {INDEX_NAME} ({}); a user with createIndex on {ns} can, in mongosh: \
                  db.getSiblingDB(\"{db}\").{coll}.createIndex({{{node}: 1, {at}: 1}})",
-                redact_credentials(&server_words(&e), &self.uri),
+                redact_credentials(&describe(&e), &self.uri),
                 ns = self.reports.namespace(),
                 db = self.reports.namespace().db,
                 coll = self.reports.name(),
@@ -386,21 +385,10 @@ fn refusal(e: &mongodb::error::Error) -> Option<String> {
     match *e.kind {
         mongodb::error::ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000 => Some(format!(
             "{} (most often a missing privilege: the dashboard's user needs find on the collection, which the built-in read role gives)",
-            server_words(e)
+            describe(e)
         )),
-        mongodb::error::ErrorKind::Command(_) => Some(server_words(e)),
+        mongodb::error::ErrorKind::Command(_) => Some(describe(e)),
         _ => None,
-    }
-}
-
-/// A command's refusal as the server gave it (its code and message); other errors as
-/// [`crate::mongo::describe`] says them.
-fn server_words(e: &mongodb::error::Error) -> String {
-    match *e.kind {
-        mongodb::error::ErrorKind::Command(ref c) => {
-            format!("{} (code {}): {}", c.code_name, c.code, c.message)
-        }
-        _ => crate::mongo::describe(e),
     }
 }
 
