@@ -504,39 +504,51 @@ async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
     .unwrap();
 }
 
-// With the database hanging, requests for the node list that come while one waits for it take
-// its outcome: one `distinct` reaches the server and each request is answered 503, rather than
-// each waiting for the one before it to time out and then timing out in turn.
-#[tokio::test(flavor = "multi_thread")]
-async fn requests_waiting_for_the_node_list_share_one_failed_read() {
+/// A dashboard whose every `distinct` is held at the server (the node list's read hangs) with
+/// `--query-timeout` of `timeout`, and a count of the `distinct`s that reached the server.
+fn names_held(timeout: &str) -> (MongoServer, Dashboard, impl Fn() -> usize + Send + 'static) {
     let server = MongoServer::start();
     let db = common::unique_name("dash_hang");
     let proxy = ZlibProxy::start_withholding(server.port, &[("distinct", Withhold::Stall)]);
-    // Long enough that the later requests surely come while the first one's read is held.
-    let timeout = ["--query-timeout", "20s"];
-    let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &timeout);
-    let addr = dash.addr.clone();
+    let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &["--query-timeout", timeout]);
     let distincts = move || {
         let sent = proxy.sent();
         let is_distinct = |s: &&Sent| matches!(s, Sent::Command { name, .. } if name == "distinct");
         sent.iter().filter(is_distinct).count()
     };
+    (server, dash, distincts)
+}
+
+/// Wait until `distincts` says a read of the node list has reached the server.
+fn until_a_distinct_is_held(distincts: &impl Fn() -> usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while distincts() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no distinct reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// GET /api/nodes from `addr` on a thread of its own.
+fn ask_nodes(addr: &str) -> std::thread::JoinHandle<dashboard_support::Reply> {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || dashboard_support::get(&addr, "/api/nodes"))
+}
+
+// With the database hanging, requests for the node list that come while one waits for it take
+// its outcome: one `distinct` reaches the server and each request is answered 503, rather than
+// each waiting for the one before it to time out and then timing out in turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_waiting_for_the_node_list_share_one_failed_read() {
+    // Long enough that the later requests surely come while the first one's read is held.
+    let (_server, dash, distincts) = names_held("20s");
     tokio::task::spawn_blocking(move || {
-        let ask = || {
-            let addr = addr.clone();
-            std::thread::spawn(move || dashboard_support::get(&addr, "/api/nodes"))
-        };
-        let mut asked = vec![ask()];
+        let mut asked = vec![ask_nodes(&dash.addr)];
         // The others are sent once the first one's read is held at the server.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while distincts() == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no distinct reached the server"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        asked.extend((0..3).map(|_| ask()));
+        until_a_distinct_is_held(&distincts);
+        asked.extend((0..3).map(|_| ask_nodes(&dash.addr)));
         for a in asked {
             let r = a.join().unwrap();
             assert_eq!(r.status, 503, "{}", r.body);
@@ -546,7 +558,32 @@ async fn requests_waiting_for_the_node_list_share_one_failed_read() {
             1,
             "one read of the names for the four requests"
         );
-        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
+// The request that began the node list's read may be dropped (its client went away); the read
+// goes on for the requests waiting for it, which get its outcome, and no second read is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_list_read_outlives_the_request_that_began_it() {
+    let (_server, dash, distincts) = names_held("8s");
+    tokio::task::spawn_blocking(move || {
+        let mut first = std::net::TcpStream::connect(&dash.addr).unwrap();
+        let request = format!("GET /api/nodes HTTP/1.1\r\nHost: {}\r\n\r\n", dash.addr);
+        std::io::Write::write_all(&mut first, request.as_bytes()).unwrap();
+        until_a_distinct_is_held(&distincts);
+        let waiting: Vec<_> = (0..2).map(|_| ask_nodes(&dash.addr)).collect();
+        // The waiters' requests are in before the first client goes.
+        std::thread::sleep(Duration::from_millis(500));
+        first.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(first);
+        for w in waiting {
+            let r = w.join().unwrap();
+            assert_eq!(r.status, 503, "{}", r.body);
+            assert!(r.body.contains("did not answer within 8s"), "{}", r.body);
+        }
+        assert_eq!(distincts(), 1, "the waiters took the first read's outcome");
     })
     .await
     .unwrap();
