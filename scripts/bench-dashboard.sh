@@ -95,8 +95,14 @@ get() { curl -sf -o /dev/null "$base$1"; }
 t0=$(now_s)
 get /; get /assets/dashboard.js; get /assets/dashboard.css; get /api/nodes
 q() { echo "node=node-$1&from=$from&to=$to"; }
-# Waits for these requests only (a bare `wait` would wait for the servers too).
-parallel() { local jobs=(); for path in "$@"; do get "$path" & jobs+=($!); done; wait "${jobs[@]}"; }
+# Waits for these requests only (a bare `wait` would wait for the servers too), each in turn:
+# `wait PID...` returns the last one's status only, and a failed request must fail the run.
+parallel() {
+  local jobs=() failed=0 j
+  for path in "$@"; do get "$path" & jobs+=($!); done
+  for j in "${jobs[@]}"; do wait "$j" || failed=1; done
+  if [ "$failed" != 0 ]; then echo "FAIL: a request of the page's load failed" >&2; return 1; fi
+}
 nodes=$(seq 0 $((NODES - 1)))
 parallel $(for k in $nodes; do echo "/api/chart?$(q "$k")"; done)
 page=$(echo "$(now_s) - $t0" | bc)

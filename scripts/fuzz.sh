@@ -22,7 +22,14 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 
 targets=("$@")
 spool_cases=${SPOOL_CASES:-0}
 if [ ${#targets[@]} -eq 0 ]; then
-  mapfile -t targets < <(cargo +nightly fuzz list)
+  # Not `mapfile < <(...)`: a process substitution's failure is not seen, and the loop below
+  # would then fuzz nothing and pass.
+  list=$(cargo +nightly fuzz list)
+  mapfile -t targets <<<"$list"
+  if [ -z "$list" ]; then
+    echo "FAIL: cargo fuzz list named no target" >&2
+    exit 1
+  fi
   spool_cases=${SPOOL_CASES:-20000}
 fi
 for t in "${targets[@]}"; do

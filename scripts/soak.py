@@ -552,5 +552,12 @@ def check(a, runs, server, uri, db_name, spool, disk, full_info, agent_kills, fa
     return ok
 
 
+def stop_on_sigterm(signum, _frame):
+    """A SIGTERM (kill, timeout, a cancelled CI job) ends the run as Ctrl-C does: main's finally
+    stops the agent and the server by pid, and unmounts the small disk."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     sys.exit(main())
