@@ -435,6 +435,15 @@ async fn i2c_fault_skips_and_counts_samples() {
     assert!(lps.ok);
     assert_eq!(ids_in(&server, &db).await.len(), 20);
     assert_eq!(text.matches("sensor read failed").count(), 1, "{text}");
+    // The line says why, as the start-up error would: which chip, where, and the bus's error.
+    let failed = text
+        .lines()
+        .find(|l| l.contains("sensor read failed"))
+        .unwrap();
+    assert!(
+        failed.contains("error=lps25h (address 0x5c on simulated bus): I2C transfer"),
+        "{failed}"
+    );
     assert!(text.contains("sensor recovered"), "{text}");
     // The stop line tells sensor faults from slots missed because sampling fell behind.
     assert!(text.contains("sensor_faults=3 missed_slots=0"), "{text}");

@@ -18,7 +18,7 @@ use super::take::{take, Destination, Store, Stored, Taken};
 use super::ticker::{TickSource, Ticker};
 use super::watchdog::Watchdog;
 use super::{lock, AgentError, AgentOptions, Output, Sampler, Shared, Telemetry, STATUS_EVERY};
-use crate::board::{HealthEvent, Sensor};
+use crate::board::{HealthEvent, Sensor, SensorError};
 use crate::clock::{self, ClockGate, Released};
 use crate::led::status::SpoolUse;
 use crate::report::Report;
@@ -187,7 +187,13 @@ impl<S: Sampler> Sampling<'_, S> {
         if let Some(u) = spool_use {
             self.spool_use = u;
         }
-        events.into_iter().for_each(log_health);
+        for (sensor, event) in events {
+            log_health(
+                sensor,
+                event,
+                outcome.as_ref().err().and_then(|e| e.of(sensor)),
+            );
+        }
         {
             let mut c = lock(&self.shared.counters);
             c.samples += 1;
@@ -416,16 +422,18 @@ fn move_released(released: Released, spool: &Mutex<Spool>) -> AppendOutcome {
     append
 }
 
-/// One line for a change in a sensor's health.
-fn log_health((sensor, event): (Sensor, HealthEvent)) {
+/// One line for a change in a sensor's health, with why it failed (and what to do) when it
+/// did.
+fn log_health(sensor: Sensor, event: HealthEvent, why: Option<&SensorError>) {
+    let error = why.map(tracing::field::display);
     match event {
         HealthEvent::StartedFailing => warn!(
             sensor = sensor.name(),
-            "sensor read failed; skipping samples and re-initialising it"
+            error, "sensor read failed; skipping samples and re-initialising it"
         ),
         HealthEvent::Dead => error!(
             sensor = sensor.name(),
-            "sensor has failed for a minute; still retrying every sample"
+            error, "sensor has failed for a minute; still retrying every sample"
         ),
         HealthEvent::Recovered { failures } => {
             info!(sensor = sensor.name(), failures, "sensor recovered")

@@ -112,10 +112,32 @@ impl BusErrorHint for sim::SimError {
     }
 }
 
-/// A sample could not be taken because one sensor kept failing.
-#[derive(Debug, thiserror::Error)]
-#[error("sample skipped: {0}")]
-pub struct SampleError(pub SensorError);
+/// A sample could not be taken because sensors kept failing: each one's error, in
+/// [`Sensor::ALL`] order (never empty).
+#[derive(Debug)]
+pub struct SampleError(pub Vec<SensorError>);
+
+impl SampleError {
+    /// Why `sensor` failed this sample, if it did.
+    pub fn of(&self, sensor: Sensor) -> Option<&SensorError> {
+        self.0.iter().find(|e| e.sensor == sensor)
+    }
+}
+
+impl std::fmt::Display for SampleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sample skipped: ")?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; and ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SampleError {}
 
 /// The board the agent samples: the real Sense HAT on Linux, or the simulator.
 /// One per process, so the size difference between variants does not matter.

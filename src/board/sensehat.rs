@@ -200,7 +200,7 @@ where
         let acc = self.read_with_retries(Sensor::Lsm9ds1, |s| {
             s.acc.read(|c| c.read(), |i| i.lsm9ds1())
         });
-        let mut first_error = None;
+        let mut errors = Vec::new();
         for (sensor, ok, err) in [
             (Sensor::Hts221, hts.is_ok(), hts.as_ref().err()),
             (Sensor::Lps25h, lps.is_ok(), lps.as_ref().err()),
@@ -215,14 +215,12 @@ where
             if ev != HealthEvent::None {
                 events.push((sensor, ev));
             }
-            if first_error.is_none() {
-                first_error = err.map(|e| SensorError {
-                    sensor: e.sensor,
-                    bus: e.bus.clone(),
-                    detail: e.detail.clone(),
-                    hint: e.hint.clone(),
-                });
-            }
+            errors.extend(err.map(|e| SensorError {
+                sensor: e.sensor,
+                bus: e.bus.clone(),
+                detail: e.detail.clone(),
+                hint: e.hint.clone(),
+            }));
         }
         let result = match (hts, lps, acc) {
             (Ok(h), Ok(p), Ok(a)) => Ok(Reading {
@@ -231,7 +229,7 @@ where
                 pressure_hpa: p.pressure_hpa,
                 acceleration: report_acceleration(a),
             }),
-            _ => Err(SampleError(first_error.expect("one read failed"))),
+            _ => Err(SampleError(errors)),
         };
         (result, events)
     }
