@@ -699,6 +699,71 @@ async fn refused_reports_stay_in_the_spool_until_they_can_be_saved() {
     assert!(pending_ids(&spool_dir).is_empty());
 }
 
+// Refused reports that cannot be saved do not hold back the others. The disk is full (here
+// the spool's next segment is /dev/full, so new reports are held in memory, and
+// rejected.jsonl's name is taken by a directory) while the database is up: the reports it
+// accepts, those on disk and those in memory, are delivered meanwhile, and the refused ones
+// saved once they can be. The disk batch holding a refused report used to come back first
+// every time, and nothing in memory was delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_reports_that_cannot_be_saved_do_not_hold_back_the_rest() {
+    let server = MongoServer::start();
+    let (_dir, spool_dir, db, log) = places("refused_rest");
+    // 20 reports in the spool, taken while the database could not be reached.
+    let nowhere = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let mut first = spawn_logged(agent(&nowhere, &db, &spool_dir, &[]), &log);
+    wait_for_spooled(&spool_dir, 20).await;
+    signal(&first, 9);
+    first.wait().unwrap();
+    let on_disk = pending_ids(&spool_dir).len();
+    // The database refuses the reports taken in the second half of each second: every other
+    // ten at 50 ms.
+    let second_half = mongodb::bson::doc! { "$expr": { "$lt": [
+        { "$mod": [{ "$toLong": "$recordedAt" }, 1000] }, 500
+    ] } };
+    let client = server.client().await;
+    client
+        .database(&db)
+        .create_collection("reports")
+        .validator(second_half)
+        .await
+        .unwrap();
+    let blocker = spool_dir.join("rejected.jsonl");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let next_segment = spool_dir.join("segment-0000000000000002.spool");
+    std::os::unix::fs::symlink("/dev/full", &next_segment).unwrap();
+    let args = ["--count", "40", "--insert-every", "1s"];
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &args), &log);
+    wait_for_log(
+        &log,
+        "cannot save reports the database refused",
+        Duration::from_secs(30),
+    )
+    .await;
+    // About half of the reports on disk are accepted, and half of the 40 taken into memory.
+    let more_than_the_disk = on_disk / 2 + 10;
+    wait_until(
+        Duration::from_secs(30),
+        "reports from memory stored",
+        || {
+            let (s, db) = (&server, &db);
+            async move { ids_in(s, db).await.len() >= more_than_the_disk }
+        },
+    )
+    .await;
+    std::fs::remove_file(&next_segment).unwrap();
+    std::fs::remove_dir(&blocker).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    let stored = stored_once(&server, &db).await.len();
+    let saved = std::fs::read_to_string(&blocker).unwrap();
+    let refused: HashSet<&str> = saved.lines().collect();
+    assert_eq!(refused.len(), saved.lines().count(), "saved once each");
+    assert_eq!(stored + refused.len(), on_disk + 40, "{text}");
+    assert!(pending_ids(&spool_dir).is_empty());
+}
+
 // SIGKILL inside an insert window: the reports taken since the last insert are only in the
 // spool, and the next start delivers them; nothing lost, nothing stored twice.
 #[tokio::test(flavor = "multi_thread")]

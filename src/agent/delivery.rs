@@ -238,36 +238,46 @@ impl<I: Inserter> Deliverer<I> {
     }
 
     /// The database took the batch, perhaps refusing some reports: those are saved to
-    /// `rejected.jsonl` before the spool lets go of them.
+    /// `rejected.jsonl` before the spool lets go of them. When they cannot be (a full or
+    /// read-only disk), they go back to the spool's end, to be sent, refused and saved again
+    /// later, and the rest of the batch is delivered: kept at its head, the batch came back
+    /// first every time, and nothing behind it reached the database while the disk stayed so.
     async fn inserted(&mut self, batch: Batch, outcome: InsertOutcome) -> Result<Step, AgentError> {
-        let batch = if outcome.rejected.is_empty() {
-            batch
+        let (batch, saved) = if outcome.rejected.is_empty() {
+            (batch, true)
         } else {
             let (batch, saved) = self.save_rejected(batch, &outcome).await?;
-            if let Err(e) = saved {
-                // Kept in the spool: sent again (the accepted ones count as already present)
-                // once the refused ones can be saved.
-                lock(&self.spool).rewind();
-                if let Some(e) = self.link.reject_save_failed(&e.to_string()) {
-                    log(e);
+            match &saved {
+                Ok(()) => self.link.reject_saved(),
+                Err(e) => {
+                    let refused: Vec<Vec<u8>> = outcome
+                        .rejected
+                        .iter()
+                        .filter_map(|(i, _)| batch.records.get(*i).cloned())
+                        .collect();
+                    lock(&self.spool).append_again(&refused, std::time::Instant::now());
+                    if let Some(e) = self.link.reject_save_failed(&e.to_string()) {
+                        log(e);
+                    }
                 }
-                return Ok(self.back_off().await);
             }
-            self.link.reject_saved();
-            batch
+            (batch, saved.is_ok())
         };
-        self.backoff = self.backoff_builder.build();
+        if saved {
+            self.backoff = self.backoff_builder.build();
+        }
         let pending = {
             let mut sp = lock(&self.spool);
             sp.ack(&batch);
             sp.pending()
         };
+        let rejected = if saved { outcome.rejected.len() } else { 0 };
         {
             let mut c = lock(&self.counters);
             c.oldest_unsent_ms = (pending > 0).then_some(self.read_at_ms);
             c.delivered += outcome.inserted + outcome.duplicates;
             c.duplicates += outcome.duplicates;
-            c.rejected += outcome.rejected.len() as u64;
+            c.rejected += rejected as u64;
             c.last_insert_ms = Some(now_ms());
             c.connected = Some(true);
             c.last_error = None;
@@ -278,11 +288,17 @@ impl<I: Inserter> Deliverer<I> {
             rejected: outcome
                 .rejected
                 .first()
-                .map(|(_, reason)| (outcome.rejected.len() as u64, reason.as_str())),
+                .filter(|_| saved)
+                .map(|(_, reason)| (rejected as u64, reason.as_str())),
             pending,
         };
         for e in self.link.delivered(delivered, Instant::now()) {
             log(e);
+        }
+        if !saved {
+            // The refused reports come round again: not at once, which would refuse them in a
+            // loop while nothing else is pending.
+            return Ok(self.back_off().await);
         }
         Ok(Step::Next)
     }
@@ -325,7 +341,7 @@ fn log(event: LinkEvent) {
             warn!(error = %error, "MongoDB unavailable; reports are kept in the spool and retried with back-off")
         }
         LinkEvent::RejectSaveFailing { error } => {
-            error!(error = %error, "cannot save reports the database refused to rejected.jsonl in the spool directory; keeping them in the spool and retrying")
+            error!(error = %error, "cannot save reports the database refused to rejected.jsonl in the spool directory (disk full or read-only?); the others are delivered, and the refused ones kept in the spool and tried again")
         }
         LinkEvent::Rejected { count, reason } => {
             error!(count, reason = %reason, "the database refused reports; saved to rejected.jsonl in the spool directory")

@@ -297,6 +297,14 @@ impl Spool {
         self.finish_append(true, now)
     }
 
+    /// [`Spool::append_all`] for a caller that does not account for appends (delivery, putting
+    /// back refused reports it could not save): what came of it (reports dropped by the cap, a
+    /// disk error, reports moved from memory) is returned by the next append, whose caller does.
+    pub fn append_again(&mut self, payloads: &[Vec<u8>], now: Instant) {
+        let out = self.append_all(payloads, now);
+        self.deferred.merge(out);
+    }
+
     /// The end of every append: write out now if `write_now` (or if every append is synced),
     /// note what is owed a sync, sync when every append is, and stay under the cap.
     fn finish_append(&mut self, write_now: bool, now: Instant) -> AppendOutcome {
