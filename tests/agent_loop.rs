@@ -382,3 +382,56 @@ async fn no_window_inserts_each_report_at_once() {
     let sizes: Vec<usize> = inserts.lock().unwrap().iter().map(|(_, n)| *n).collect();
     assert_eq!(sizes, vec![1; 10]);
 }
+
+/// Refuses its first `failures` inserts as a database that cannot be reached would; records the
+/// time of every attempt.
+struct FlakyInserter {
+    failures: usize,
+    attempts: Arc<Mutex<Vec<tokio::time::Instant>>>,
+}
+
+impl Inserter for FlakyInserter {
+    async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        let mut attempts = self.attempts.lock().unwrap();
+        attempts.push(tokio::time::Instant::now());
+        if attempts.len() <= self.failures {
+            return Err(InsertError::Unavailable("connection refused".into()));
+        }
+        Ok(InsertOutcome {
+            inserted: docs.len() as u64,
+            ..Default::default()
+        })
+    }
+}
+
+// A failed insert is tried again when its back-off (0.5 s, then 1 s, ... with jitter up to as
+// much again) is over, not when the insert window would have closed: the window spaces inserts
+// that worked. Retries used to wait for the window too, 2 s here (5 s by default).
+#[tokio::test(start_paused = true)]
+async fn a_failed_insert_is_retried_after_its_back_off_not_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let counters = agent::run(
+        options(Duration::from_millis(500), Some(12), Duration::from_secs(5)),
+        ClockSampler {
+            times: Arc::new(Mutex::new(Vec::new())),
+        },
+        Output::Spool {
+            spool: Arc::new(Mutex::new(open_spool(dir.path()))),
+            status_path: None,
+        },
+        FlakyInserter {
+            failures: 2,
+            attempts: attempts.clone(),
+        },
+        None,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(counters.delivered, 12);
+    let attempts = attempts.lock().unwrap();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] < Duration::from_secs(1), "{gaps:?}");
+    assert!(gaps[1] < Duration::from_secs(2), "{gaps:?}");
+}

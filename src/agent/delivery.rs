@@ -224,6 +224,8 @@ impl<I: Inserter> Deliverer<I> {
             }
             Err(InsertError::Unavailable(msg)) => {
                 lock(&self.spool).rewind();
+                // The retry waits for the back-off only: the window spaces inserts that worked.
+                self.last_insert = None;
                 if let Some(e) = self.link.unavailable(&msg) {
                     log(e);
                 }
