@@ -6,9 +6,23 @@ use std::time::Duration;
 
 use sensehat_monitor::agent::{self, AgentOptions, Output, Sampler};
 use sensehat_monitor::board::{HealthEvent, SampleError, Sensor};
-use sensehat_monitor::report::{Acceleration, Reading};
+use sensehat_monitor::report::{Acceleration, Reading, Report};
 use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
 use sensehat_monitor::sink::{InsertError, InsertOutcome, Inserter};
+
+/// The reading every sampler here gives.
+fn reading() -> Reading {
+    Reading {
+        humidity_rh: 40.0,
+        temperature_celsius: 20.0,
+        pressure_hpa: 1000.0,
+        acceleration: Acceleration {
+            x_g: 0.0,
+            y_g: 0.0,
+            z_g: 1.0,
+        },
+    }
+}
 
 /// Records the (paused) tokio time of every sample.
 struct ClockSampler {
@@ -18,17 +32,7 @@ struct ClockSampler {
 impl Sampler for ClockSampler {
     fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
         self.times.lock().unwrap().push(tokio::time::Instant::now());
-        let reading = Reading {
-            humidity_rh: 40.0,
-            temperature_celsius: 20.0,
-            pressure_hpa: 1000.0,
-            acceleration: Acceleration {
-                x_g: 0.0,
-                y_g: 0.0,
-                z_g: 1.0,
-            },
-        };
-        (Ok(reading), Vec::new())
+        (Ok(reading()), Vec::new())
     }
 }
 
@@ -434,4 +438,65 @@ async fn a_failed_insert_is_retried_after_its_back_off_not_the_window() {
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps[0] < Duration::from_secs(1), "{gaps:?}");
     assert!(gaps[1] < Duration::from_secs(2), "{gaps:?}");
+}
+
+/// A database at the end of a slow link: a batch of more than `fits` reports does not arrive
+/// within the insert's timeout (30 s, then the error the sink gives); smaller ones take 10 ms a
+/// report. Records the size of every attempt.
+struct SlowLink {
+    fits: usize,
+    sizes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Inserter for SlowLink {
+    async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        self.sizes.lock().unwrap().push(docs.len());
+        if docs.len() > self.fits {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return Err(InsertError::Unavailable(
+                "the insert did not complete within 30 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10) * docs.len() as u32).await;
+        Ok(InsertOutcome {
+            inserted: docs.len() as u64,
+            ..Default::default()
+        })
+    }
+}
+
+// A backlog drains over a link too slow to carry a whole batch (10,000 reports) within the
+// insert's timeout: each failure halves the next batch until one gets through. It used to be
+// sent whole again after every timeout, and never drained.
+#[tokio::test(start_paused = true)]
+async fn a_backlog_drains_over_a_link_too_slow_for_a_whole_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = open_spool(dir.path());
+    let backlog: Vec<Vec<u8>> = (0..3000)
+        .map(|i| Report::new("loop-test", reading(), 1_700_000_000_000 + i).to_bson_bytes())
+        .collect();
+    spool.append_all(&backlog, std::time::Instant::now());
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let run = agent::run(
+        options(Duration::from_millis(500), Some(4), Duration::from_secs(5)),
+        ClockSampler {
+            times: Arc::new(Mutex::new(Vec::new())),
+        },
+        Output::Spool {
+            spool: Arc::new(Mutex::new(spool)),
+            status_path: None,
+        },
+        SlowLink {
+            fits: 500,
+            sizes: sizes.clone(),
+        },
+        None,
+        std::future::pending(),
+    );
+    let counters = tokio::time::timeout(Duration::from_secs(3600), run).await;
+    let sizes = sizes.lock().unwrap();
+    let counters = counters
+        .unwrap_or_else(|_| panic!("not drained in an hour; batches tried: {sizes:?}"))
+        .unwrap();
+    assert_eq!(counters.delivered, 3004, "{sizes:?}");
 }

@@ -18,6 +18,9 @@ use crate::sink::{InsertError, InsertOutcome, Inserter};
 
 /// Most reports per `insert_many` when draining a backlog.
 pub const BATCH_MAX: usize = 10_000;
+/// The fewest a backlog's batch is cut down to after failed inserts (see
+/// [`Deliverer::batch_max`]).
+const BATCH_FLOOR: usize = 100;
 /// Up to this many pending reports, all written to the segment file, are read on the
 /// runtime's thread (see [`Deliverer::read_batch`]): at the default 500 ms an insert window
 /// holds ten.
@@ -46,6 +49,11 @@ struct Deliverer<I> {
     /// When the last batch was read (ms since the Unix epoch): what is left after it is
     /// acknowledged was taken since (or is the rest of a full batch, read next at once).
     read_at_ms: i64,
+    /// Most reports in the next batch. Halved by each failed insert, down to [`BATCH_FLOOR`],
+    /// and grown by a quarter by each that works, up to [`BATCH_MAX`]: on a link too slow to
+    /// carry a full batch within the insert's timeout, a backlog sent whole would time out
+    /// and be sent again whole, and never drain.
+    batch_max: usize,
 }
 
 /// What came of one insert, for the loop.
@@ -109,6 +117,7 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         flushed_at_stop: false,
         telemetry,
         read_at_ms: 0,
+        batch_max: BATCH_MAX,
     };
     loop {
         let m = *d.mode.borrow();
@@ -162,7 +171,7 @@ impl<I: Inserter> Deliverer<I> {
             return false;
         }
         let pending = lock(&self.spool).pending() as usize;
-        pending > 0 && pending < BATCH_MAX
+        pending > 0 && pending < self.batch_max
     }
 
     /// A stop was asked for: whether to make one more insert of what is pending first. Only
@@ -188,13 +197,14 @@ impl<I: Inserter> Deliverer<I> {
             if pending == 0 {
                 return Ok(None);
             }
-            (pending <= INLINE_READ_MAX && sp.unwritten() == 0).then(|| sp.next_batch(BATCH_MAX))
+            (pending <= INLINE_READ_MAX && sp.unwritten() == 0)
+                .then(|| sp.next_batch(self.batch_max))
         };
         let batch = match batch {
             Some(read) => read?,
             None => {
-                let sp = self.spool.clone();
-                tokio::task::spawn_blocking(move || lock(&sp).next_batch(BATCH_MAX))
+                let (sp, max) = (self.spool.clone(), self.batch_max);
+                tokio::task::spawn_blocking(move || lock(&sp).next_batch(max))
                     .await
                     .map_err(|e| AgentError::Join(e.to_string()))??
             }
@@ -226,6 +236,7 @@ impl<I: Inserter> Deliverer<I> {
                 lock(&self.spool).rewind();
                 // The retry waits for the back-off only: the window spaces inserts that worked.
                 self.last_insert = None;
+                self.batch_max = (self.batch_max / 2).max(BATCH_FLOOR);
                 if let Some(e) = self.link.unavailable(&msg) {
                     log(e);
                 }
@@ -268,6 +279,7 @@ impl<I: Inserter> Deliverer<I> {
         if saved {
             self.backoff = self.backoff_builder.build();
         }
+        self.batch_max = (self.batch_max + self.batch_max / 4).min(BATCH_MAX);
         let pending = {
             let mut sp = lock(&self.spool);
             sp.ack(&batch);
