@@ -32,10 +32,16 @@ pub fn open_spool(dir: &Path, options: SpoolOptions) -> Result<OpenedSpool, Spoo
             "skipped bad data between good records in the spool; the readings in it are lost, the rest are kept. If this happens again, the SD card may be failing"
         );
     }
+    if opened.corrupt_delivered_regions > 0 {
+        warn!(
+            regions = opened.corrupt_delivered_regions,
+            "found bad data among readings the spool had delivered already (nothing is lost: the database has them). If this happens again, the SD card may be failing"
+        );
+    }
     if opened.torn_bytes > 0 {
         warn!(
             bytes = opened.torn_bytes,
-            "cut a torn record from the spool (the last run was killed mid-write)"
+            "cut a torn record from the end of the spool (the last run was killed mid-write, or the power was cut before the end was synced)"
         );
     }
     let held_dir = crate::clock::recover_last_run(&mut spool, dir);

@@ -194,8 +194,12 @@ pub(super) struct Scanned {
     pub(super) valid: u64,
     /// Records before the delivered position.
     pub(super) acked: u64,
+    /// Regions of bad data skipped after the last delivered record (what they held is lost),
+    /// and their bytes.
     pub(super) skipped_regions: u64,
     pub(super) skipped_bytes: u64,
+    /// Regions of bad data skipped before the last delivered record (already in the database).
+    pub(super) delivered_regions: u64,
 }
 
 /// Count the good records of a segment file, where they end, and how many lie before
@@ -203,16 +207,20 @@ pub(super) struct Scanned {
 pub(super) fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<Scanned> {
     let mut frames = Frames::of_file(File::open(path)?)?;
     let mut s = Scanned::default();
+    // Regions skipped before the last delivered record: what they held is in the database.
+    let mut delivered = (0, 0);
     while let Some((start, _)) = frames.next()? {
         if ack_offset.is_some_and(|a| start < a) {
             s.acked += 1;
+            delivered = (frames.skipped_regions, frames.skipped_bytes);
         }
         s.records += 1;
     }
     // Set when `next` gives None: where the last good frame ends.
     s.valid = frames.end.unwrap_or(frames.pos);
-    s.skipped_regions = frames.skipped_regions;
-    s.skipped_bytes = frames.skipped_bytes;
+    s.delivered_regions = delivered.0;
+    s.skipped_regions = frames.skipped_regions - delivered.0;
+    s.skipped_bytes = frames.skipped_bytes - delivered.1;
     Ok(s)
 }
 

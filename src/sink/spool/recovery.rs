@@ -23,6 +23,9 @@ pub struct OpenReport {
     pub corrupt_regions: u64,
     /// Bytes of those regions.
     pub corrupt_bytes: u64,
+    /// Regions of bad data among reports already delivered: nothing is lost, but the card
+    /// may be failing.
+    pub corrupt_delivered_regions: u64,
     /// Disk errors met on the way that did not stop the spool from opening (a delivered
     /// segment that could not be deleted, an unreadable one set aside, a torn tail that could
     /// not be cut, no first segment file), each a sentence for the log.
@@ -117,9 +120,11 @@ impl Recovered {
             acked,
             skipped_regions,
             skipped_bytes,
+            delivered_regions,
         } = scanned;
         self.report.corrupt_regions += skipped_regions;
         self.report.corrupt_bytes += skipped_bytes;
+        self.report.corrupt_delivered_regions += delivered_regions;
         if valid < size {
             self.report.torn_bytes += size - valid;
             if last {
@@ -223,6 +228,35 @@ mod tests {
         assert_eq!(listed, expected[..8]);
         assert_eq!(drain(&mut s), expected);
         assert_eq!(s.pending(), 0);
+    }
+
+    // Bad data among reports already delivered is told apart from bad data among those still
+    // to send: only the second loses readings.
+    #[test]
+    fn bad_data_before_the_delivered_position_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        let b = s.next_batch(5).unwrap();
+        s.ack(&b);
+        s.close().unwrap();
+        drop(s);
+        let size = 100 + HEADER;
+        damage(dir.path(), 1, 2 * size + HEADER + 20, b"?");
+        damage(dir.path(), 1, 7 * size + HEADER + 20, b"?");
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(
+            (
+                r.pending,
+                r.corrupt_regions,
+                r.corrupt_bytes,
+                r.corrupt_delivered_regions
+            ),
+            (4, 1, size, 1)
+        );
+        assert_eq!(drain(&mut s), [5, 6, 8, 9].map(payload).to_vec());
     }
 
     // Zeros in the middle (a block of an unsynced write that never reached the card, with a
