@@ -259,6 +259,11 @@ async fn held_reports_survive_a_kill() {
         stderr.contains("readings the last run held for the clock"),
         "{stderr}"
     );
+    // The start counts them in its backlog.
+    assert!(
+        stderr.contains(&format!("backlog={held}")),
+        "{held} held: {stderr}"
+    );
     assert!(!spool.path().join("held").exists());
 
     // Each held report once, and the new run's five.

@@ -11,7 +11,7 @@ use crate::sink::spool::{Spool, SpoolError, SpoolOptions};
 pub struct OpenedSpool {
     /// The spool.
     pub spool: Spool,
-    /// Reports it held at start, not yet delivered.
+    /// Reports it held at start, not yet delivered (the last run's held readings included).
     pub backlog: u64,
     /// Where this run writes the reports it holds for the clock, and how (for
     /// [`crate::clock::ClockWait::copy`]).
@@ -45,6 +45,8 @@ pub fn open_spool(dir: &Path, options: SpoolOptions) -> Result<OpenedSpool, Spoo
         );
     }
     let held_dir = crate::clock::recover_last_run(&mut spool, dir);
+    // The last run's held readings, moved in just now, are part of the backlog.
+    let backlog = spool.pending();
     // No cap: at most HELD_MAX reports, which are in memory too.
     let held_options = SpoolOptions {
         max_bytes: u64::MAX,
@@ -52,7 +54,7 @@ pub fn open_spool(dir: &Path, options: SpoolOptions) -> Result<OpenedSpool, Spoo
     };
     Ok(OpenedSpool {
         spool,
-        backlog: opened.pending,
+        backlog,
         held: (held_dir, held_options),
     })
 }
