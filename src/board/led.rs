@@ -93,10 +93,14 @@ fn open_in(
         warn!(driver, "no LED matrix framebuffer (no \"RPi-Sense FB\"), and a kernel driver owns the LED controller; running without the LED");
         return None;
     }
-    match I2cdev::new(i2c_bus) {
-        Ok(i2c) => {
+    match I2cdev::new(i2c_bus).map(|i2c| AttinyLed::probe(i2c, rotation)) {
+        Ok(Ok(led)) => {
             info!("no LED matrix framebuffer (is the rpisense-fb driver loaded?); writing the matrix over I2C instead");
-            Some(Led::Controller(AttinyLed::new(i2c, rotation)))
+            Some(Led::Controller(led))
+        }
+        Ok(Err(why)) => {
+            warn!(bus = i2c_bus, "no LED matrix found (no framebuffer named \"RPi-Sense FB\", and {why}); running without the LED");
+            None
         }
         Err(e) => {
             warn!(error = %e, bus = i2c_bus, "no LED matrix found (no framebuffer named \"RPi-Sense FB\", and the I2C bus cannot be opened); running without the LED");

@@ -7,12 +7,17 @@
 //! `rpisense-fb` driver applies by default (its `gamma_default`), so a frame looks the same
 //! either way; the pixel order and rotation are the framebuffer's.
 
-use embedded_hal::i2c::I2c;
+use embedded_hal::i2c::{Error as _, I2c};
 
 use super::frame::{Frame, Rotation};
 
 /// The LED controller's address.
 pub const ADDRESS: u8 = 0x46;
+
+/// The controller's identity register, and what the Sense HAT's firmware answers there ('s'),
+/// as the kernel's `rpisense` driver checks before it uses the chip.
+const WHO_AM_I: u8 = 0xF0;
+const IDENTITY: u8 = b's';
 
 /// 5-bit level to the controller's 5-bit level: the `rpisense-fb` driver's default gamma.
 const GAMMA: [u8; 32] = [
@@ -46,6 +51,26 @@ impl<I2C: I2c> AttinyLed<I2C> {
     /// The LED controller on `i2c`, for a board mounted at `rotation`.
     pub fn new(i2c: I2C, rotation: Rotation) -> Self {
         AttinyLed { i2c, rotation }
+    }
+
+    /// The LED matrix on `i2c`, once the chip at [`ADDRESS`] has said it is the Sense HAT's
+    /// controller; else why not, as a phrase for the log. Frames are never sent to a chip that
+    /// does not answer, or to another chip at that address.
+    pub fn probe(mut i2c: I2C, rotation: Rotation) -> Result<Self, String> {
+        let mut id = [0u8];
+        if let Err(e) = i2c.write_read(ADDRESS, &[WHO_AM_I], &mut id) {
+            return Err(format!(
+                "nothing answers at the LED controller's address {ADDRESS:#04x} ({:?})",
+                e.kind()
+            ));
+        }
+        if id[0] != IDENTITY {
+            return Err(format!(
+                "the chip at {ADDRESS:#04x} is not the Sense HAT's LED controller (register {WHO_AM_I:#04x} holds {:#04x}, not {IDENTITY:#04x})",
+                id[0]
+            ));
+        }
+        Ok(AttinyLed::new(i2c, rotation))
     }
 
     /// Write `frame` to the matrix in one I2C transfer.
@@ -89,8 +114,9 @@ mod tests {
         assert_eq!(r[1], 0);
     }
 
-    /// Records the writes a test makes (a unit test of the packing, not of a device).
-    struct Recorder(Vec<(u8, Vec<u8>)>);
+    /// Records the writes a test makes, and answers reads with `.1` (a unit test of the
+    /// packing and the probe, not of a device); `None` answers nothing.
+    struct Recorder(Vec<(u8, Vec<u8>)>, Option<u8>);
 
     impl ErrorType for Recorder {
         type Error = ErrorKind;
@@ -99,18 +125,40 @@ mod tests {
     impl I2c for Recorder {
         fn transaction(&mut self, address: u8, ops: &mut [Operation<'_>]) -> Result<(), ErrorKind> {
             for op in ops {
-                if let Operation::Write(bytes) = op {
-                    self.0.push((address, bytes.to_vec()));
+                match op {
+                    Operation::Write(bytes) => self.0.push((address, bytes.to_vec())),
+                    Operation::Read(buf) => {
+                        let byte = self.1.ok_or(ErrorKind::NoAcknowledge(
+                            embedded_hal::i2c::NoAcknowledgeSource::Address,
+                        ))?;
+                        buf.fill(byte);
+                    }
                 }
             }
             Ok(())
         }
     }
 
+    // The probe reads register 0xF0 at 0x46 and takes only the chip that answers 's'.
+    #[test]
+    fn the_probe_takes_only_the_sense_hat_controller() {
+        let led = AttinyLed::probe(Recorder(Vec::new(), Some(b's')), Rotation::R0).unwrap();
+        assert_eq!(led.i2c.0, vec![(ADDRESS, vec![0xF0])]);
+        let other = AttinyLed::probe(Recorder(Vec::new(), Some(0x42)), Rotation::R0);
+        let why = other.err().unwrap();
+        assert!(why.contains("holds 0x42, not 0x73"), "{why}");
+        let none = AttinyLed::probe(Recorder(Vec::new(), None), Rotation::R0);
+        let why = none.err().unwrap();
+        assert!(
+            why.contains("nothing answers at the LED controller's address 0x46"),
+            "{why}"
+        );
+    }
+
     // Showing and clearing are one 193-byte write each to address 0x46.
     #[test]
     fn show_and_clear_write_the_whole_matrix_at_once() {
-        let mut led = AttinyLed::new(Recorder(Vec::new()), Rotation::R0);
+        let mut led = AttinyLed::new(Recorder(Vec::new(), None), Rotation::R0);
         led.show(&Frame::from_png(super::super::frame::DEFAULT_LOGO_PNG).unwrap())
             .unwrap();
         led.clear().unwrap();
