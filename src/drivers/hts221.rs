@@ -250,11 +250,33 @@ mod tests {
         assert!(c.temperature_celsius(-900) < 0.0);
     }
 
-    // Equal calibration outputs would divide by zero: reported, not NaN.
+    // T0's top bits (0x35 bits 1:0) and negative T0_OUT/T1_OUT, worked by hand: T0 = 300/8 =
+    // 37.5 degC needs bit 8, T1 = 520/8 = 65 degC bits 9 and 3 (0x208), and the outputs -2000
+    // and -500 read as unsigned would be 63536 and 65036.
+    #[test]
+    fn decodes_high_bits_and_negative_outputs() {
+        let mut r = [0u8; 16];
+        r[0x02] = (300u16 & 0xFF) as u8;
+        r[0x03] = (520u16 & 0xFF) as u8;
+        r[0x05] = ((300u16 >> 8) as u8) | (((520u16 >> 8) as u8) << 2);
+        r[0x0A] = 1;
+        r[0x0C..0x0E].copy_from_slice(&(-2000i16).to_le_bytes());
+        r[0x0E..0x10].copy_from_slice(&(-500i16).to_le_bytes());
+        let c = Calibration::from_registers(&r);
+        assert_eq!((c.t0_celsius, c.t1_celsius), (37.5, 65.0));
+        assert_eq!((c.t0_out, c.t1_out), (-2000, -500));
+        // 27.5 degC over 1500 LSB: -1250 is halfway.
+        assert!((c.temperature_celsius(-1250) - 51.25).abs() < 1e-12);
+    }
+
+    // Equal calibration outputs would divide by zero: reported, not NaN, for either quantity.
     #[test]
     fn rejects_degenerate_calibration() {
         let mut c = cal();
         c.t1_out = c.t0_out;
         assert!(c.check().is_err());
+        let mut c = cal();
+        c.h1_t0_out = c.h0_t0_out;
+        assert_eq!(c.check(), Err("H0_T0_OUT equals H1_T0_OUT"));
     }
 }
