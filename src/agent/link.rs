@@ -52,9 +52,10 @@ pub(super) struct Link {
     backlog: Option<Backlog>,
     /// Refused reports cannot be saved.
     reject_failing: Latch,
-    /// When refused reports were last said, and how many since.
+    /// When refused reports were last said, and how many since, with the last one's reason.
     rejected_logged: Option<Instant>,
     rejected_unlogged: u64,
+    rejected_reason: String,
 }
 
 /// What one insert that worked did.
@@ -78,6 +79,7 @@ impl Link {
             reject_failing: Latch::default(),
             rejected_logged: None,
             rejected_unlogged: 0,
+            rejected_reason: String::new(),
         }
     }
 
@@ -101,17 +103,21 @@ impl Link {
         }
         if let Some((count, reason)) = d.rejected {
             self.rejected_unlogged += count;
-            if self
+            reason.clone_into(&mut self.rejected_reason);
+        }
+        // Those refused since the last line are said once a minute has passed, with or without
+        // a refusal in this insert: refusals that stop are still counted in the log.
+        if self.rejected_unlogged > 0
+            && self
                 .rejected_logged
                 .is_none_or(|t| now.saturating_duration_since(t) >= REJECTED_LOG_EVERY)
-            {
-                events.push(LinkEvent::Rejected {
-                    count: self.rejected_unlogged,
-                    reason: reason.to_owned(),
-                });
-                self.rejected_logged = Some(now);
-                self.rejected_unlogged = 0;
-            }
+        {
+            events.push(LinkEvent::Rejected {
+                count: self.rejected_unlogged,
+                reason: std::mem::take(&mut self.rejected_reason),
+            });
+            self.rejected_logged = Some(now);
+            self.rejected_unlogged = 0;
         }
         events
     }
@@ -218,6 +224,8 @@ mod tests {
         assert!(Link::new(0).unavailable("x").is_some());
     }
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     // Refused reports: said the first time, then at most once a minute with the count since.
     #[test]
     fn refusals_are_said_at_most_once_a_minute() {
@@ -243,6 +251,11 @@ mod tests {
             said(link.delivered(refused(1), t0 + REJECTED_LOG_EVERY)),
             Some(4)
         );
+        // Refusals that stop are said with the first insert a minute after the last line.
+        assert_eq!(said(link.delivered(refused(5), t0 + 70 * SECOND)), None);
+        assert_eq!(said(link.delivered(ok(3, 0), t0 + 100 * SECOND)), None);
+        assert_eq!(said(link.delivered(ok(3, 0), t0 + 120 * SECOND)), Some(5));
+        assert_eq!(said(link.delivered(ok(3, 0), t0 + 200 * SECOND)), None);
     }
 
     // A failure to save refused reports is said once until a save works again.
