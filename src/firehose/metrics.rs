@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::decode::Rejection;
+
 /// A response's status code: a handful of values (200, 400, 401, 404, 405, 408, 413, 503).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -45,8 +47,10 @@ pub struct EndpointMetrics {
 }
 
 impl Default for EndpointMetrics {
+    /// Every dead-letter reason's series starts at 0, so that the first record set aside for
+    /// it is an increase an alert can see (a series that appears at 1 has none).
     fn default() -> Self {
-        EndpointMetrics {
+        let m = EndpointMetrics {
             requests: Family::default(),
             records_stored: Counter::default(),
             records_dead_lettered: Family::default(),
@@ -55,7 +59,14 @@ impl Default for EndpointMetrics {
             write_duration: Histogram::new(WRITE_BUCKETS),
             in_flight: Gauge::default(),
             connections: Gauge::default(),
+        };
+        for reason in Rejection::KINDS {
+            drop(
+                m.records_dead_lettered
+                    .get_or_create(&ReasonLabel { reason }),
+            );
         }
+        m
     }
 }
 
@@ -147,5 +158,37 @@ pub struct InFlight(Gauge);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Every dead-letter reason is served from the start, at 0, and every rejection's kind is
+    // one of them.
+    #[test]
+    fn every_dead_letter_reason_is_served_from_zero() {
+        let m = EndpointMetrics::default();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry()).unwrap();
+        for reason in Rejection::KINDS {
+            let line =
+                format!("firehose_endpoint_records_dead_lettered_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from:\n{text}");
+        }
+        let every = [
+            Rejection::Empty,
+            Rejection::Base64(String::new()),
+            Rejection::NotUtf8(String::new()),
+            Rejection::NotJson(String::new()),
+            Rejection::NotObject,
+            Rejection::ExtendedJson(String::new()),
+            Rejection::BadId("null"),
+            Rejection::BadFieldName(String::new()),
+        ];
+        for r in every {
+            assert!(Rejection::KINDS.contains(&r.kind()), "{}", r.kind());
+        }
     }
 }

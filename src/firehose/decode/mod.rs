@@ -71,6 +71,21 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every [`Rejection::kind`], and [`Rejection::REFUSED`]: the dead-letter metric's labels.
+    pub const KINDS: [&'static str; 9] = [
+        "empty",
+        "base64",
+        "not_utf8",
+        "not_json",
+        "not_object",
+        "extended_json",
+        "bad_id",
+        "bad_field_name",
+        Rejection::REFUSED,
+    ];
+    /// The reason of a record the database refused for good.
+    pub const REFUSED: &'static str = "refused";
+
     /// A short name for the kind of rejection, without the detail (a metric's label).
     pub fn kind(&self) -> &'static str {
         match self {

@@ -487,7 +487,7 @@ async fn store_chunk(
                     .decode(body.records[index].data.as_bytes())
                     .unwrap_or_default();
                 let reason = format!("refused by the database (code {code}): {message}");
-                dead.add(index, "refused", reason, raw);
+                dead.add(index, super::decode::Rejection::REFUSED, reason, raw);
                 from += at + 1;
             }
             Err(e) => return Err(e),
