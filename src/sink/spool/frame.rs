@@ -207,12 +207,15 @@ pub(super) struct Scanned {
 pub(super) fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<Scanned> {
     let mut frames = Frames::of_file(File::open(path)?)?;
     let mut s = Scanned::default();
-    // Regions skipped before the last delivered record: what they held is in the database.
+    // Regions skipped before the delivered position: what they held is in the database. The
+    // first record at or past it closes them (a bad last delivered record included).
     let mut delivered = (0, 0);
     while let Some((start, _)) = frames.next()? {
+        if ack_offset.is_some_and(|a| start <= a) {
+            delivered = (frames.skipped_regions, frames.skipped_bytes);
+        }
         if ack_offset.is_some_and(|a| start < a) {
             s.acked += 1;
-            delivered = (frames.skipped_regions, frames.skipped_bytes);
         }
         s.records += 1;
     }

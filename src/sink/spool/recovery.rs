@@ -244,7 +244,9 @@ mod tests {
         s.close().unwrap();
         drop(s);
         let size = 100 + HEADER;
+        // Records 2 and 4 (the last delivered) among the delivered, 7 among the rest.
         damage(dir.path(), 1, 2 * size + HEADER + 20, b"?");
+        damage(dir.path(), 1, 4 * size + HEADER + 20, b"?");
         damage(dir.path(), 1, 7 * size + HEADER + 20, b"?");
         let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
         assert_eq!(
@@ -254,7 +256,7 @@ mod tests {
                 r.corrupt_bytes,
                 r.corrupt_delivered_regions
             ),
-            (4, 1, size, 1)
+            (4, 1, size, 2)
         );
         assert_eq!(drain(&mut s), [5, 6, 8, 9].map(payload).to_vec());
     }
