@@ -453,8 +453,8 @@ impl Inserter for SlowLink {
         self.sizes.lock().unwrap().push(docs.len());
         if docs.len() > self.fits {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            return Err(InsertError::Unavailable(
-                "the insert did not complete within 30 s".into(),
+            return Err(InsertError::TimedOut(
+                "insert not acknowledged within 30 s".into(),
             ));
         }
         tokio::time::sleep(Duration::from_millis(10) * docs.len() as u32).await;
@@ -499,4 +499,55 @@ async fn a_backlog_drains_over_a_link_too_slow_for_a_whole_batch() {
         .unwrap_or_else(|_| panic!("not drained in an hour; batches tried: {sizes:?}"))
         .unwrap();
     assert_eq!(counters.delivered, 3004, "{sizes:?}");
+}
+
+/// Refuses for good the first report it is sent, every time it is sent again; takes the rest.
+struct RefusesTheFirst {
+    refused: Option<Vec<u8>>,
+}
+
+impl Inserter for RefusesTheFirst {
+    async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        let first = self.refused.get_or_insert_with(|| docs[0].clone());
+        let mut out = InsertOutcome::default();
+        for (i, d) in docs.iter().enumerate() {
+            if d == first {
+                out.rejected
+                    .push((i, "Document failed validation (code 121)".into()));
+            } else {
+                out.inserted += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+// While a refused report cannot be saved (rejected.jsonl's name is taken by a directory), it
+// comes round again with every insert, and delivery pauses after each; a stop during that pause
+// still gets its last insert, so every other report is delivered.
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_refused_reports_wait_still_sends_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rejected.jsonl")).unwrap();
+    let spool = Arc::new(Mutex::new(open_spool(dir.path())));
+    let counters = agent::run(
+        options(Duration::from_millis(500), None, Duration::from_secs(5)),
+        ClockSampler {
+            times: Arc::new(Mutex::new(Vec::new())),
+        },
+        Output::Spool {
+            spool: spool.clone(),
+            status_path: None,
+        },
+        RefusesTheFirst { refused: None },
+        None,
+        tokio::time::sleep(Duration::from_millis(10_100)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(counters.reports, 21);
+    assert_eq!(counters.delivered, 20, "{counters:?}");
+    assert_eq!(counters.rejected, 0);
+    // The refused one is kept, to be saved when it can be.
+    assert_eq!(spool.lock().unwrap().pending(), 1);
 }

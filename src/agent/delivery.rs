@@ -18,7 +18,7 @@ use crate::sink::{InsertError, InsertOutcome, Inserter};
 
 /// Most reports per `insert_many` when draining a backlog.
 pub const BATCH_MAX: usize = 10_000;
-/// The fewest a backlog's batch is cut down to after failed inserts (see
+/// The fewest a backlog's batch is cut down to after inserts that timed out (see
 /// [`Deliverer::batch_max`]).
 const BATCH_FLOOR: usize = 100;
 /// Up to this many pending reports, all written to the segment file, are read on the
@@ -49,10 +49,10 @@ struct Deliverer<I> {
     /// When the last batch was read (ms since the Unix epoch): what is left after it is
     /// acknowledged was taken since (or is the rest of a full batch, read next at once).
     read_at_ms: i64,
-    /// Most reports in the next batch. Halved by each failed insert, down to [`BATCH_FLOOR`],
-    /// and grown by a quarter by each that works, up to [`BATCH_MAX`]: on a link too slow to
-    /// carry a full batch within the insert's timeout, a backlog sent whole would time out
-    /// and be sent again whole, and never drain.
+    /// Most reports in the next batch. Half the last one after an insert that timed out, down
+    /// to [`BATCH_FLOOR`], and grown by a quarter by each that works, up to [`BATCH_MAX`]: on a
+    /// link too slow to carry a full batch within the insert's timeout, a backlog sent whole
+    /// would time out and be sent again whole, and never drain.
     batch_max: usize,
 }
 
@@ -232,11 +232,18 @@ impl<I: Inserter> Deliverer<I> {
                 lock(&self.spool).rewind();
                 Err(AgentError::Fatal(msg))
             }
-            Err(InsertError::Unavailable(msg)) => {
+            Err(e @ (InsertError::Unavailable(_) | InsertError::TimedOut(_))) => {
                 lock(&self.spool).rewind();
                 // The retry waits for the back-off only: the window spaces inserts that worked.
                 self.last_insert = None;
-                self.batch_max = (self.batch_max / 2).max(BATCH_FLOOR);
+                let msg = match e {
+                    InsertError::TimedOut(msg) => {
+                        // Perhaps too much for the link to carry in time: send half next.
+                        self.batch_max = (batch.records.len() / 2).max(BATCH_FLOOR);
+                        msg
+                    }
+                    InsertError::Unavailable(msg) | InsertError::Fatal(msg) => msg,
+                };
                 if let Some(e) = self.link.unavailable(&msg) {
                     log(e);
                 }
@@ -256,35 +263,24 @@ impl<I: Inserter> Deliverer<I> {
     /// later, and the rest of the batch is delivered: kept at its head, the batch came back
     /// first every time, and nothing behind it reached the database while the disk stayed so.
     async fn inserted(&mut self, batch: Batch, outcome: InsertOutcome) -> Result<Step, AgentError> {
-        let (batch, saved) = if outcome.rejected.is_empty() {
-            (batch, true)
+        let (pending, saved) = if outcome.rejected.is_empty() {
+            let mut sp = lock(&self.spool);
+            sp.ack(&batch);
+            (sp.pending(), true)
         } else {
-            let (batch, saved) = self.save_rejected(batch, &outcome).await?;
+            let (pending, saved) = self.settle_refused(batch, &outcome).await?;
             match &saved {
                 Ok(()) => self.link.reject_saved(),
                 Err(e) => {
-                    let refused: Vec<Vec<u8>> = outcome
-                        .rejected
-                        .iter()
-                        .filter_map(|(i, _)| batch.records.get(*i).cloned())
-                        .collect();
-                    lock(&self.spool).append_again(&refused, std::time::Instant::now());
                     if let Some(e) = self.link.reject_save_failed(&e.to_string()) {
                         log(e);
                     }
                 }
             }
-            (batch, saved.is_ok())
+            (pending, saved.is_ok())
         };
-        if saved {
-            self.backoff = self.backoff_builder.build();
-        }
+        self.backoff = self.backoff_builder.build();
         self.batch_max = (self.batch_max + self.batch_max / 4).min(BATCH_MAX);
-        let pending = {
-            let mut sp = lock(&self.spool);
-            sp.ack(&batch);
-            sp.pending()
-        };
         let rejected = if saved { outcome.rejected.len() } else { 0 };
         {
             let mut c = lock(&self.counters);
@@ -310,27 +306,50 @@ impl<I: Inserter> Deliverer<I> {
             log(e);
         }
         if !saved {
-            // The refused reports come round again: not at once, which would refuse them in a
-            // loop while nothing else is pending.
-            return Ok(self.back_off().await);
+            self.pause_before_refused_again().await;
         }
         Ok(Step::Next)
     }
 
-    /// Write the refused reports down, off the runtime (a synced file write).
-    async fn save_rejected(
+    /// Write the refused reports down, then let the spool go of the batch; if they cannot be
+    /// written, append them again at the spool's end. Off the runtime (a synced file write, and
+    /// an append that may roll a segment over and sync). What the spool holds after.
+    async fn settle_refused(
         &mut self,
         batch: Batch,
         outcome: &InsertOutcome,
-    ) -> Result<(Batch, std::io::Result<()>), AgentError> {
-        let dir = lock(&self.spool).dir().to_owned();
+    ) -> Result<(u64, std::io::Result<()>), AgentError> {
+        let spool = self.spool.clone();
         let refused = outcome.rejected.clone();
         tokio::task::spawn_blocking(move || {
+            let dir = lock(&spool).dir().to_owned();
             let saved = rejected::save(&dir, &batch, &refused);
-            (batch, saved)
+            let mut sp = lock(&spool);
+            // Acknowledged first, under the same lock: an append may drop the oldest reports
+            // to stay under the cap, and must not count this batch's among them.
+            sp.ack(&batch);
+            if saved.is_err() {
+                let again: Vec<Vec<u8>> = refused
+                    .iter()
+                    .filter_map(|(i, _)| batch.records.get(*i).cloned())
+                    .collect();
+                sp.append_again(&again, std::time::Instant::now());
+            }
+            (sp.pending(), saved)
         })
         .await
         .map_err(|e| AgentError::Join(e.to_string()))
+    }
+
+    /// Refused reports that could not be saved come round again after an insert window (at
+    /// least a second: with no window they would be refused in a loop while nothing else is
+    /// pending). A stop asked for meanwhile ends the wait, and still gets its last insert.
+    async fn pause_before_refused_again(&mut self) {
+        let wait = self.insert_every.max(Duration::from_secs(1));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = self.mode.wait_for(|m| *m == Mode::Stop) => {}
+        }
     }
 
     /// Wait out the next back-off delay; `Step::Stop` if a stop was asked for meanwhile.

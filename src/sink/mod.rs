@@ -24,6 +24,10 @@ pub enum InsertError {
     /// authentication, write concern): keep the reports and try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The insert was not acknowledged in time: like [`InsertError::Unavailable`], and
+    /// perhaps more than the link can carry in that time (the agent sends less next).
+    #[error("{0}")]
+    TimedOut(String),
     /// The configuration can never work (for example a malformed connection string).
     #[error("{0}")]
     Fatal(String),

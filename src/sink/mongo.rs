@@ -339,7 +339,7 @@ impl Driver {
             {
                 Ok(reply) => reply.map_err(classify)?,
                 Err(_) => {
-                    return Err(InsertError::Unavailable(format!(
+                    return Err(InsertError::TimedOut(format!(
                         "insert not acknowledged within {} s",
                         INSERT_TIMEOUT.as_secs()
                     )))
