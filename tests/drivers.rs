@@ -277,3 +277,33 @@ fn init_reports_the_time_it_waited_for_a_chip_that_never_converts() {
     }
     assert!(matches!(hts.read(), Err(Error::NotInitialised { .. })));
 }
+
+// A chip reset while running (a power glitch: its registers back at their power-on values,
+// switched off, its outputs zero) is noticed at the next sample instead of giving 0 hPa, a
+// humidity worked out from zero or no gravity: that sample is skipped with the reason, the
+// chip is initialised again, and the next one reads the room. Each chip in turn.
+#[test]
+fn a_chip_reset_while_running_is_noticed_and_initialised_again() {
+    for (chip, sensor) in [
+        (SimChip::Hts221, Sensor::Hts221),
+        (SimChip::Lps25h, Sensor::Lps25h),
+        (SimChip::Lsm9ds1Accel, Sensor::Lsm9ds1),
+    ] {
+        let sim = SimSenseHat::new();
+        let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+        assert!(hat.sample(std::time::Instant::now()).0.is_ok());
+        sim.reset(chip);
+        let e = match hat.sample(std::time::Instant::now()).0 {
+            Ok(r) => panic!("{chip:?} reset, yet a reading: {r:?}"),
+            Err(e) => e,
+        };
+        let why = e.of(sensor).unwrap().to_string();
+        assert!(why.contains("has lost its settings"), "{why}");
+        assert!(why.contains("power supply"), "{why}");
+        let r = hat.sample(std::time::Instant::now()).0.unwrap();
+        assert!(r.pressure_hpa > 900.0, "{}", r.pressure_hpa);
+        assert!(r.acceleration.z_g > 0.5, "{}", r.acceleration.z_g);
+        let zero = hts221_humidity_from_zero(&sim);
+        assert!((r.humidity_rh - zero).abs() > 1.0, "{}", r.humidity_rh);
+    }
+}

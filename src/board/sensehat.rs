@@ -125,6 +125,9 @@ where
             drivers::Error::WrongChip { .. } => {
                 "; is this a Sense HAT? another board may sit at this address".to_owned()
             }
+            drivers::Error::Reset { .. } => {
+                "; it is initialised again at the next sample; if this recurs, check the Pi's power supply and that the Sense HAT is seated".to_owned()
+            }
             drivers::Error::NoReading { .. } => {
                 "; the chip answers but measures nothing: if this goes on, power the Pi off and reseat the Sense HAT".to_owned()
             }

@@ -18,22 +18,27 @@ pub struct SimBoard {
 }
 
 /// `--sim-fault CHIP:FIRST:COUNT`: every transfer to CHIP fails during sample attempts
-/// FIRST..FIRST+COUNT (0-based), retries and re-initialisation included.
+/// FIRST..FIRST+COUNT (0-based), retries and re-initialisation included. `CHIP:FIRST:reset`:
+/// CHIP is reset, as by a power glitch, just before sample attempt FIRST.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SimFault {
     /// The chip that fails.
     pub chip: sim::SimChip,
     /// The first failing sample attempt.
     pub first: u64,
-    /// How many sample attempts fail.
+    /// How many sample attempts fail; 0 for a reset.
     pub count: u64,
+    /// The chip is reset before attempt `first` (and `count` is 0).
+    pub reset: bool,
 }
 
 impl std::str::FromStr for SimFault {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
-        let bad = || format!("expected CHIP:FIRST:COUNT (e.g. lps25h:10:3), got {s:?}");
+        let bad = || {
+            format!("expected CHIP:FIRST:COUNT or CHIP:FIRST:reset (e.g. lps25h:10:3), got {s:?}")
+        };
         if parts.len() != 3 {
             return Err(bad());
         }
@@ -42,7 +47,11 @@ impl std::str::FromStr for SimFault {
                 format!("unknown chip {:?}: use hts221, lps25h or lsm9ds1", parts[0])
             })?,
             first: parts[1].parse().map_err(|_| bad())?,
-            count: parts[2].parse().map_err(|_| bad())?,
+            count: match parts[2] {
+                "reset" => 0,
+                n => n.parse().map_err(|_| bad())?,
+            },
+            reset: parts[2] == "reset",
         })
     }
 }
@@ -81,6 +90,13 @@ impl SimBoard {
                 .iter()
                 .any(|f| f.chip == chip && (f.first..f.first.saturating_add(f.count)).contains(&n));
             self.sim.set_failing(chip, failing);
+            if self
+                .faults
+                .iter()
+                .any(|f| f.chip == chip && f.reset && f.first == n)
+            {
+                self.sim.reset(chip);
+            }
         }
         self.hat.sample(now)
     }
@@ -104,8 +120,14 @@ mod tests {
             SimFault {
                 chip: sim::SimChip::Lps25h,
                 first: 10,
-                count: 3
+                count: 3,
+                reset: false
             }
+        );
+        let r: SimFault = "hts221:4:reset".parse().unwrap();
+        assert_eq!(
+            (r.chip, r.first, r.count, r.reset),
+            (sim::SimChip::Hts221, 4, 0, true)
         );
         assert!("lps25h:10".parse::<SimFault>().is_err());
         assert!("foo:1:1"

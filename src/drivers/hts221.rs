@@ -11,7 +11,7 @@
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error};
+use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error, ResetCheck};
 
 /// The chip's 7-bit I2C address on the Sense HAT.
 pub const ADDRESS: u8 = 0x5F;
@@ -118,6 +118,7 @@ pub struct Measurement {
 pub struct Hts221<I2C> {
     i2c: I2C,
     calibration: Option<Calibration>,
+    reset: ResetCheck<4>,
 }
 
 impl<I2C: I2c> Hts221<I2C> {
@@ -129,6 +130,7 @@ impl<I2C: I2c> Hts221<I2C> {
         Hts221 {
             i2c,
             calibration: None,
+            reset: ResetCheck::new(reg::CTRL_REG1, CTRL_REG1_INIT),
         }
     }
 
@@ -177,7 +179,8 @@ impl<I2C: I2c> Hts221<I2C> {
         super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, STATUS_H_DA_T_DA)
     }
 
-    /// Read humidity and temperature in one burst (HUMIDITY_OUT then TEMP_OUT).
+    /// Read humidity and temperature in one burst (HUMIDITY_OUT then TEMP_OUT);
+    /// [`Error::Reset`] if the chip was reset since init.
     pub fn read(&mut self) -> Result<Measurement, Error<I2C::Error>> {
         let cal = self
             .calibration
@@ -189,6 +192,7 @@ impl<I2C: I2c> Hts221<I2C> {
             reg::HUMIDITY_OUT_L | reg::AUTO_INCREMENT,
             &mut raw,
         )?;
+        self.reset.check(&mut self.i2c, Self::CHIP, ADDRESS, raw)?;
         let h = i16::from_le_bytes([raw[0], raw[1]]);
         let t = i16::from_le_bytes([raw[2], raw[3]]);
         Ok(Measurement {

@@ -9,7 +9,7 @@
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error};
+use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error, ResetCheck};
 
 /// The chip's 7-bit I2C address on the Sense HAT.
 pub const ADDRESS: u8 = 0x5C;
@@ -38,6 +38,8 @@ pub mod reg {
 pub const WHO_AM_I_VALUE: u8 = 0xBD;
 /// STATUS: P_DA (bit 1, pressure ready) and T_DA (bit 0, temperature ready).
 const STATUS_P_DA_T_DA: u8 = 0x03;
+/// CTRL_REG1: power on, 25 Hz, block data update.
+const CTRL_REG1_INIT: u8 = 0xC4;
 
 /// hPa from the three pressure bytes (XL, L, H): a 24-bit two's complement count of 1/4096 hPa.
 pub fn pressure_hpa(xl: u8, l: u8, h: u8) -> f64 {
@@ -64,6 +66,7 @@ pub struct Measurement {
 pub struct Lps25h<I2C> {
     i2c: I2C,
     initialised: bool,
+    reset: ResetCheck<5>,
 }
 
 impl<I2C: I2c> Lps25h<I2C> {
@@ -75,6 +78,7 @@ impl<I2C: I2c> Lps25h<I2C> {
         Lps25h {
             i2c,
             initialised: false,
+            reset: ResetCheck::new(reg::CTRL_REG1, CTRL_REG1_INIT),
         }
     }
 
@@ -90,7 +94,7 @@ impl<I2C: I2c> Lps25h<I2C> {
             WHO_AM_I_VALUE,
         )?;
         for (r, v) in [
-            (reg::CTRL_REG1, 0xC4),
+            (reg::CTRL_REG1, CTRL_REG1_INIT),
             (reg::RES_CONF, 0x05),
             (reg::FIFO_CTRL, 0xC0),
             (reg::CTRL_REG2, 0x40),
@@ -115,7 +119,8 @@ impl<I2C: I2c> Lps25h<I2C> {
         super::status_has(&mut self.i2c, ADDRESS, reg::STATUS, STATUS_P_DA_T_DA)
     }
 
-    /// Pressure and temperature in one 5-byte burst from PRESS_OUT_XL.
+    /// Pressure and temperature in one 5-byte burst from PRESS_OUT_XL; [`Error::Reset`] if
+    /// the chip was reset since init.
     pub fn read(&mut self) -> Result<Measurement, Error<I2C::Error>> {
         if !self.initialised {
             return Err(Error::NotInitialised { chip: Self::CHIP });
@@ -127,6 +132,7 @@ impl<I2C: I2c> Lps25h<I2C> {
             reg::PRESS_OUT_XL | reg::AUTO_INCREMENT,
             &mut raw,
         )?;
+        self.reset.check(&mut self.i2c, Self::CHIP, ADDRESS, raw)?;
         Ok(Measurement {
             pressure_hpa: pressure_hpa(raw[0], raw[1], raw[2]),
             temperature_celsius: temperature_celsius(i16::from_le_bytes([raw[3], raw[4]])),

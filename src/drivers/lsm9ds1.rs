@@ -16,7 +16,7 @@
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error};
+use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error, ResetCheck};
 
 /// The accelerometer/gyroscope die's 7-bit I2C address on the Sense HAT.
 pub const ADDRESS: u8 = 0x6A;
@@ -114,6 +114,7 @@ pub struct Lsm9ds1Accel<I2C> {
     i2c: I2C,
     full_scale: FullScale,
     initialised: bool,
+    reset: ResetCheck<6>,
 }
 
 impl<I2C: I2c> Lsm9ds1Accel<I2C> {
@@ -131,6 +132,7 @@ impl<I2C: I2c> Lsm9ds1Accel<I2C> {
             i2c,
             full_scale,
             initialised: false,
+            reset: ResetCheck::new(reg::CTRL_REG6_XL, CTRL_REG6_ODR_BW | full_scale.bits()),
         }
     }
 
@@ -182,13 +184,15 @@ impl<I2C: I2c> Lsm9ds1Accel<I2C> {
         super::status_has(&mut self.i2c, ADDRESS, reg::STATUS_REG, STATUS_XLDA)
     }
 
-    /// X, Y and Z in one 6-byte burst (auto-increment by IF_ADD_INC).
+    /// X, Y and Z in one 6-byte burst (auto-increment by IF_ADD_INC); [`Error::Reset`] if the
+    /// chip was reset since init.
     pub fn read(&mut self) -> Result<Acceleration, Error<I2C::Error>> {
         if !self.initialised {
             return Err(Error::NotInitialised { chip: Self::CHIP });
         }
         let mut b = [0u8; 6];
         read_regs(&mut self.i2c, ADDRESS, reg::OUT_X_L_XL, &mut b)?;
+        self.reset.check(&mut self.i2c, Self::CHIP, ADDRESS, b)?;
         let raw = [
             i16::from_le_bytes([b[0], b[1]]),
             i16::from_le_bytes([b[2], b[3]]),

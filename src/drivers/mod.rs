@@ -66,12 +66,78 @@ pub enum Error<E: core::fmt::Debug> {
         /// The last STATUS value read.
         status: u8,
     },
+    /// The chip's control register no longer holds what init wrote: it was reset (a power
+    /// glitch, a loose HAT) and has stopped converting, its outputs zero or frozen.
+    #[error("the {chip} at address {address:#04x} has lost its settings (register {reg:#04x} reads {found:#04x}, not {expected:#04x}): it was reset")]
+    Reset {
+        /// The chip.
+        chip: &'static str,
+        /// Its address.
+        address: u8,
+        /// The control register read back.
+        reg: u8,
+        /// What it reads.
+        found: u8,
+        /// What init wrote there.
+        expected: u8,
+    },
 }
 
 impl<E: core::fmt::Debug> Error<E> {
     /// True when the error came from the bus (a transfer that may succeed when retried).
     pub fn is_bus(&self) -> bool {
         matches!(self, Error::Bus { .. })
+    }
+}
+
+/// Tells a chip that was reset from one still measuring. After a reset (a power glitch) a
+/// chip's control registers hold their power-on values: switched off, it converts no more, and
+/// its outputs read zero or stay as they were, which would be stored as readings. So when a
+/// read's raw output bytes are all zero or the same as the last read's (which a measuring chip
+/// gives rarely, and then costs one more one-byte read), the control register is read back.
+pub(crate) struct ResetCheck<const N: usize> {
+    last: Option<[u8; N]>,
+    /// The control register, and what init wrote there.
+    reg: u8,
+    configured: u8,
+}
+
+impl<const N: usize> ResetCheck<N> {
+    /// A check of control register `reg`, which init set to `configured`.
+    pub(crate) const fn new(reg: u8, configured: u8) -> Self {
+        ResetCheck {
+            last: None,
+            reg,
+            configured,
+        }
+    }
+
+    /// `raw` was just read from the chip's outputs: [`Error::Reset`] if it looks frozen and
+    /// the control register says the chip was reset.
+    pub(crate) fn check<I: I2c>(
+        &mut self,
+        i2c: &mut I,
+        chip: &'static str,
+        address: u8,
+        raw: [u8; N],
+    ) -> Result<(), Error<I::Error>> {
+        let suspect = raw.iter().all(|b| *b == 0) || self.last == Some(raw);
+        self.last = Some(raw);
+        if !suspect {
+            return Ok(());
+        }
+        let mut now = [0u8];
+        read_regs(i2c, address, self.reg, &mut now)?;
+        if now[0] == self.configured {
+            return Ok(());
+        }
+        Err(Error::Reset {
+            chip,
+            address,
+            reg: self.reg,
+            found: now[0],
+            expected: self.configured,
+        })
     }
 }
 

@@ -10,6 +10,9 @@ pub(super) type Regs = [u8; 256];
 
 /// Where every chip's output registers start (6 bytes at most).
 const OUTPUTS: u8 = 0x28;
+/// The register whose value switches every chip here on ([`Model::switches_on`]): CTRL_REG1 on
+/// the HTS221 and LPS25H, CTRL_REG6_XL on the LSM9DS1.
+const CONTROL: u8 = 0x20;
 
 /// What one kind of chip does with its registers.
 pub(super) struct Model {
@@ -71,9 +74,18 @@ impl Chip {
         c
     }
 
-    fn power_on(&mut self) {
+    /// Registers as at power-on: switched off, the outputs zero. Also what a reset (a power
+    /// glitch) leaves.
+    pub(super) fn power_on(&mut self) {
         self.regs = [0; 256];
         (self.model.power_on)(&mut self.regs);
+        self.warming = 0;
+    }
+
+    /// Whether the chip is switched on, and so converts: a chip switched off (at power-on, or
+    /// after a reset) keeps its outputs as they are.
+    pub(super) fn is_on(&self) -> bool {
+        (self.model.switches_on)(CONTROL, self.regs[usize::from(CONTROL)])
     }
 
     /// Set the sub-address pointer from the first written byte, per the chip's rule.

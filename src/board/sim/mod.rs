@@ -199,6 +199,12 @@ impl SimSenseHat {
         self.lock().chips[chip.index()].warm_up = status_reads;
     }
 
+    /// Reset the chip as a power glitch would: its registers go back to their power-on values
+    /// (switched off, outputs zero) until a driver configures it again.
+    pub fn reset(&self, chip: SimChip) {
+        self.lock().chips[chip.index()].power_on();
+    }
+
     /// Transactions addressed to the chip so far.
     pub fn transactions(&self, chip: SimChip) -> u64 {
         self.lock().transactions[chip.index()]
@@ -233,7 +239,7 @@ impl I2c for SimBus {
         if s.chips[index].failing {
             return Err(SimError::Fault);
         }
-        if !s.frozen && s.chips[index].warming == 0 {
+        if !s.frozen && s.chips[index].warming == 0 && s.chips[index].is_on() {
             let seconds = s.started.elapsed().as_secs_f64();
             let world = match s.world {
                 Some((at, w)) if seconds - at < WORLD_STEP => w,
