@@ -98,6 +98,29 @@ mod tests {
         assert_eq!(rest, vec![payload(1), payload(2), payload(3)]);
     }
 
+    // A disk that fills up just after a segment was wholly delivered: that segment is deleted
+    // when the reports held in memory are delivered, giving its space back, where it used to
+    // stay until something else freed the disk.
+    #[test]
+    fn a_delivered_segment_is_deleted_while_the_disk_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4096-byte segments: 38 records of 108 bytes fill one.
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..76 {
+            assert_eq!(s.append(&payload(i), Instant::now()).disk_error, None);
+        }
+        assert_eq!(drain(&mut s).len(), 76);
+        // Segment 2 is full and delivered; the next write starts segment 3, on a full disk.
+        assert!(dir.path().join(segment_name(2)).exists());
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(segment_name(3))).unwrap();
+        assert!(s.append(&payload(76), Instant::now()).disk_error.is_some());
+        let b = s.next_batch(10).unwrap();
+        assert_eq!(b.source, BatchSource::Memory);
+        s.ack(&b);
+        assert!(!dir.path().join(segment_name(2)).exists());
+        assert_eq!(s.pending(), 0);
+    }
+
     // At close the reports held in memory, those handed out too, get one more try on the
     // disk: with room they are in the spool for the next start; without, they are given up
     // and counted as dropped, not left among the pending.

@@ -488,7 +488,12 @@ impl Spool {
     /// The database acknowledged this batch (batches are acknowledged in the order handed out).
     pub fn ack(&mut self, batch: &Batch) {
         match batch.source {
-            BatchSource::Memory => self.memory.ack(batch.records.len()),
+            BatchSource::Memory => {
+                self.memory.ack(batch.records.len());
+                // The disk is failing, perhaps full: a segment wholly delivered before it
+                // failed is space the spool can give back itself.
+                self.delete_delivered_segments();
+            }
             BatchSource::Disk { segment, end } => {
                 self.ack_disk(segment, end, batch.records.len() as u64);
             }
@@ -508,11 +513,15 @@ impl Spool {
         self.segments.count_acked(segment, records);
         self.cursor.ack = pos;
         self.sync.delivered_to(pos, self.segments.end());
-        // Delete segments that are wholly delivered (never the active one).
+        self.delete_delivered_segments();
+        self.cursor.catch_up_read();
+    }
+
+    /// Delete segments that are wholly delivered (never the active one).
+    fn delete_delivered_segments(&mut self) {
         while let Some(id) = self.segments.pop_delivered(self.cursor.ack) {
             self.cursor.segment_gone(id, self.segments.first_id());
         }
-        self.cursor.catch_up_read();
     }
 
     /// An insert failed: hand the same reports out again.
