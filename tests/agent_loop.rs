@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sensehat_monitor::agent::{self, AgentOptions, Output, Sampler};
+use sensehat_monitor::agent::{self, AgentError, AgentOptions, Counters, Output, Sampler};
 use sensehat_monitor::board::{HealthEvent, SampleError, Sensor};
 use sensehat_monitor::report::{Acceleration, Reading, Report};
 use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
@@ -47,10 +47,7 @@ impl Inserter for SlowInserter {
     async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
         tokio::time::sleep(self.delay).await;
         self.got.lock().unwrap().extend(docs.iter().cloned());
-        Ok(InsertOutcome {
-            inserted: docs.len() as u64,
-            ..Default::default()
-        })
+        all_stored(docs)
     }
 }
 
@@ -61,6 +58,36 @@ fn open_spool(dir: &std::path::Path) -> Spool {
         sync_interval: Duration::from_secs(1),
     };
     Spool::open(dir, options).unwrap().0
+}
+
+/// The agent on a [`ClockSampler`] recording into `times`, spooling to `spool` and delivering
+/// with `inserter`, until `shutdown` (or `opts.count`).
+fn spooled<I: Inserter>(
+    opts: AgentOptions,
+    times: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    spool: Arc<Mutex<Spool>>,
+    inserter: I,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> impl std::future::Future<Output = Result<Counters, AgentError>> {
+    agent::run(
+        opts,
+        ClockSampler { times },
+        Output::Spool {
+            spool,
+            status_path: None,
+        },
+        inserter,
+        None,
+        shutdown,
+    )
+}
+
+/// Every report of `docs` stored.
+fn all_stored(docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+    Ok(InsertOutcome {
+        inserted: docs.len() as u64,
+        ..Default::default()
+    })
 }
 
 fn options(interval: Duration, count: Option<u64>, shutdown_timeout: Duration) -> AgentOptions {
@@ -87,20 +114,14 @@ async fn schedule_holds_when_inserts_are_slow() {
     let spool = open_spool(dir.path());
     let times = Arc::new(Mutex::new(Vec::new()));
     let got = Arc::new(Mutex::new(Vec::new()));
-    let counters = agent::run(
+    let counters = spooled(
         options(Duration::from_millis(500), Some(20), Duration::from_secs(5)),
-        ClockSampler {
-            times: times.clone(),
-        },
-        Output::Spool {
-            spool: Arc::new(Mutex::new(spool)),
-            status_path: None,
-        },
+        times.clone(),
+        Arc::new(Mutex::new(spool)),
         SlowInserter {
             delay: Duration::from_millis(1700),
             got: got.clone(),
         },
-        None,
         std::future::pending(),
     )
     .await
@@ -143,20 +164,14 @@ async fn shutdown_leaves_undelivered_reports_in_the_spool() {
     let spool = Arc::new(Mutex::new(spool));
     let got = Arc::new(Mutex::new(Vec::new()));
     let started = tokio::time::Instant::now();
-    let counters = agent::run(
+    let counters = spooled(
         options(Duration::from_millis(100), None, Duration::from_secs(2)),
-        ClockSampler {
-            times: Arc::new(Mutex::new(Vec::new())),
-        },
-        Output::Spool {
-            spool: spool.clone(),
-            status_path: None,
-        },
+        Arc::new(Mutex::new(Vec::new())),
+        spool.clone(),
         SlowInserter {
             delay: Duration::from_secs(60),
             got: got.clone(),
         },
-        None,
         tokio::time::sleep(Duration::from_millis(1050)),
     )
     .await
@@ -187,17 +202,11 @@ async fn a_delivery_that_can_never_work_stops_the_agent() {
     let spool = open_spool(dir.path());
     let spool = Arc::new(Mutex::new(spool));
     let times = Arc::new(Mutex::new(Vec::new()));
-    let run = agent::run(
+    let run = spooled(
         options(Duration::from_millis(100), None, Duration::from_secs(2)),
-        ClockSampler {
-            times: times.clone(),
-        },
-        Output::Spool {
-            spool: spool.clone(),
-            status_path: None,
-        },
+        times.clone(),
+        spool.clone(),
         RefusingInserter,
-        None,
         std::future::pending(),
     );
     let result = tokio::time::timeout(Duration::from_secs(60), run)
@@ -291,10 +300,7 @@ impl Inserter for RecordingInserter {
     async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
         let now = tokio::time::Instant::now();
         self.inserts.lock().unwrap().push((now, docs.len()));
-        Ok(InsertOutcome {
-            inserted: docs.len() as u64,
-            ..Default::default()
-        })
+        all_stored(docs)
     }
 }
 
@@ -307,19 +313,13 @@ async fn inserts_carry_the_reports_of_their_window() {
     let spool = Arc::new(Mutex::new(open_spool(dir.path())));
     let inserts = Arc::new(Mutex::new(Vec::new()));
     let times = Arc::new(Mutex::new(Vec::new()));
-    let counters = agent::run(
+    let counters = spooled(
         options(Duration::from_millis(500), None, Duration::from_secs(5)),
-        ClockSampler {
-            times: times.clone(),
-        },
-        Output::Spool {
-            spool: spool.clone(),
-            status_path: None,
-        },
+        times.clone(),
+        spool.clone(),
         RecordingInserter {
             inserts: inserts.clone(),
         },
-        None,
         // Stop just after sample 42 (t = 21 s), inside a window holding two reports.
         tokio::time::sleep(Duration::from_millis(21_100)),
     )
@@ -366,19 +366,13 @@ async fn no_window_inserts_each_report_at_once() {
     let inserts = Arc::new(Mutex::new(Vec::new()));
     let mut opts = options(Duration::from_millis(500), Some(10), Duration::from_secs(5));
     opts.insert_every = Duration::ZERO;
-    agent::run(
+    spooled(
         opts,
-        ClockSampler {
-            times: Arc::new(Mutex::new(Vec::new())),
-        },
-        Output::Spool {
-            spool,
-            status_path: None,
-        },
+        Arc::new(Mutex::new(Vec::new())),
+        spool.clone(),
         RecordingInserter {
             inserts: inserts.clone(),
         },
-        None,
         std::future::pending(),
     )
     .await
@@ -401,10 +395,7 @@ impl Inserter for FlakyInserter {
         if attempts.len() <= self.failures {
             return Err(InsertError::Unavailable("connection refused".into()));
         }
-        Ok(InsertOutcome {
-            inserted: docs.len() as u64,
-            ..Default::default()
-        })
+        all_stored(docs)
     }
 }
 
@@ -415,20 +406,14 @@ impl Inserter for FlakyInserter {
 async fn a_failed_insert_is_retried_after_its_back_off_not_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let attempts = Arc::new(Mutex::new(Vec::new()));
-    let counters = agent::run(
+    let counters = spooled(
         options(Duration::from_millis(500), Some(12), Duration::from_secs(5)),
-        ClockSampler {
-            times: Arc::new(Mutex::new(Vec::new())),
-        },
-        Output::Spool {
-            spool: Arc::new(Mutex::new(open_spool(dir.path()))),
-            status_path: None,
-        },
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(open_spool(dir.path()))),
         FlakyInserter {
             failures: 2,
             attempts: attempts.clone(),
         },
-        None,
         std::future::pending(),
     )
     .await
@@ -458,10 +443,7 @@ impl Inserter for SlowLink {
             ));
         }
         tokio::time::sleep(Duration::from_millis(10) * docs.len() as u32).await;
-        Ok(InsertOutcome {
-            inserted: docs.len() as u64,
-            ..Default::default()
-        })
+        all_stored(docs)
     }
 }
 
@@ -477,20 +459,14 @@ async fn a_backlog_drains_over_a_link_too_slow_for_a_whole_batch() {
         .collect();
     spool.append_all(&backlog, std::time::Instant::now());
     let sizes = Arc::new(Mutex::new(Vec::new()));
-    let run = agent::run(
+    let run = spooled(
         options(Duration::from_millis(500), Some(4), Duration::from_secs(5)),
-        ClockSampler {
-            times: Arc::new(Mutex::new(Vec::new())),
-        },
-        Output::Spool {
-            spool: Arc::new(Mutex::new(spool)),
-            status_path: None,
-        },
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(spool)),
         SlowLink {
             fits: 500,
             sizes: sizes.clone(),
         },
-        None,
         std::future::pending(),
     );
     let counters = tokio::time::timeout(Duration::from_secs(3600), run).await;
@@ -530,17 +506,11 @@ async fn a_stop_while_refused_reports_wait_still_sends_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("rejected.jsonl")).unwrap();
     let spool = Arc::new(Mutex::new(open_spool(dir.path())));
-    let counters = agent::run(
+    let counters = spooled(
         options(Duration::from_millis(500), None, Duration::from_secs(5)),
-        ClockSampler {
-            times: Arc::new(Mutex::new(Vec::new())),
-        },
-        Output::Spool {
-            spool: spool.clone(),
-            status_path: None,
-        },
+        Arc::new(Mutex::new(Vec::new())),
+        spool.clone(),
         RefusesTheFirst { refused: None },
-        None,
         tokio::time::sleep(Duration::from_millis(10_100)),
     )
     .await
