@@ -176,6 +176,9 @@ pub struct Spool {
     sync: SyncPolicy,
     /// The outcome of a write made outside an append, returned by the next append.
     deferred: AppendOutcome,
+    /// [`Spool::close`] was called: a late acknowledgement or re-append (delivery's blocking
+    /// work outliving a stop's timeout) is ignored, since close has moved memory about.
+    closed: bool,
     /// Undelivered reports dropped since the spool was opened (the cap, a full memory queue).
     pub dropped_total: u64,
     /// `fdatasync`s of segment files since the spool was opened: each a forced write to the
@@ -201,6 +204,7 @@ impl Spool {
             cursor: Cursor::new(ack, left_in_place),
             memory: Memory::default(),
             deferred: AppendOutcome::default(),
+            closed: false,
             dropped_total: 0,
             syncs_total: 0,
         };
@@ -301,6 +305,9 @@ impl Spool {
     /// back refused reports it could not save): what came of it (reports dropped by the cap, a
     /// disk error, reports moved from memory) is returned by the next append, whose caller does.
     pub fn append_again(&mut self, payloads: &[Vec<u8>], now: Instant) {
+        if self.closed {
+            return;
+        }
         let out = self.append_all(payloads, now);
         self.deferred.merge(out);
     }
@@ -444,6 +451,7 @@ impl Spool {
     /// resent); what the disk still cannot take stays in memory, see
     /// [`Spool::discard_memory`].
     pub fn close(&mut self) -> Result<(), SpoolError> {
+        self.closed = true;
         self.memory.rewind();
         self.move_memory_to_disk();
         self.flush()?;
@@ -487,6 +495,9 @@ impl Spool {
 
     /// The database acknowledged this batch (batches are acknowledged in the order handed out).
     pub fn ack(&mut self, batch: &Batch) {
+        if self.closed {
+            return;
+        }
         match batch.source {
             BatchSource::Memory => {
                 self.memory.ack(batch.records.len());
