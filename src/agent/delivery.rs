@@ -238,8 +238,13 @@ impl<I: Inserter> Deliverer<I> {
                 self.last_insert = None;
                 let msg = match e {
                     InsertError::TimedOut(msg) => {
-                        // Perhaps too much for the link to carry in time: send half next.
-                        self.batch_max = (batch.records.len() / 2).max(BATCH_FLOOR);
+                        // A large batch was perhaps too much for the link to carry in time:
+                        // send half next. A small one that hung (the Wi-Fi went) says nothing
+                        // about the link's speed.
+                        let sent = batch.records.len();
+                        if sent > BATCH_FLOOR {
+                            self.batch_max = self.batch_max.min(sent / 2).max(BATCH_FLOOR);
+                        }
                         msg
                     }
                     InsertError::Unavailable(msg) | InsertError::Fatal(msg) => msg,
