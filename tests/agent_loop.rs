@@ -478,12 +478,20 @@ async fn a_backlog_drains_over_a_link_too_slow_for_a_whole_batch() {
 }
 
 /// Refuses for good the first report it is sent, every time it is sent again; takes the rest.
+/// Sent a hundred times, it ends the run (a fatal error) rather than let a test spin.
 struct RefusesTheFirst {
     refused: Option<Vec<u8>>,
+    inserts: u32,
 }
 
 impl Inserter for RefusesTheFirst {
     async fn insert(&mut self, docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
+        self.inserts += 1;
+        if self.inserts > 100 {
+            return Err(InsertError::Fatal(
+                "a hundred inserts: delivery loops".into(),
+            ));
+        }
         let first = self.refused.get_or_insert_with(|| docs[0].clone());
         let mut out = InsertOutcome::default();
         for (i, d) in docs.iter().enumerate() {
@@ -510,7 +518,10 @@ async fn a_stop_while_refused_reports_wait_still_sends_the_rest() {
         options(Duration::from_millis(500), None, Duration::from_secs(5)),
         Arc::new(Mutex::new(Vec::new())),
         spool.clone(),
-        RefusesTheFirst { refused: None },
+        RefusesTheFirst {
+            refused: None,
+            inserts: 0,
+        },
         tokio::time::sleep(Duration::from_millis(10_100)),
     )
     .await
@@ -519,5 +530,31 @@ async fn a_stop_while_refused_reports_wait_still_sends_the_rest() {
     assert_eq!(counters.delivered, 20, "{counters:?}");
     assert_eq!(counters.rejected, 0);
     // The refused one is kept, to be saved when it can be.
+    assert_eq!(spool.lock().unwrap().pending(), 1);
+}
+
+// `--count`'s drain ends when all that is left is a refused report that cannot be saved: it
+// stays in the spool for the next start. It used to come round for ever, and the run never
+// ended.
+#[tokio::test(start_paused = true)]
+async fn a_drain_ends_with_only_an_unsaved_refused_report_left() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("rejected.jsonl")).unwrap();
+    let spool = Arc::new(Mutex::new(open_spool(dir.path())));
+    let run = spooled(
+        options(Duration::from_millis(500), Some(5), Duration::from_secs(5)),
+        Arc::new(Mutex::new(Vec::new())),
+        spool.clone(),
+        RefusesTheFirst {
+            refused: None,
+            inserts: 0,
+        },
+        std::future::pending(),
+    );
+    let counters = tokio::time::timeout(Duration::from_secs(3600), run)
+        .await
+        .expect("the drain never ended")
+        .unwrap();
+    assert_eq!(counters.delivered, 4, "{counters:?}");
     assert_eq!(spool.lock().unwrap().pending(), 1);
 }

@@ -680,7 +680,7 @@ async fn refused_reports_stay_in_the_spool_until_they_can_be_saved() {
     unique_node_name(&server, &db).await;
     let blocker = spool_dir.join("rejected.jsonl");
     std::fs::create_dir_all(&blocker).unwrap();
-    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &["--count", "5"]), &log);
+    let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &[]), &log);
     wait_for_log(
         &log,
         "cannot save reports the database refused",
@@ -689,13 +689,23 @@ async fn refused_reports_stay_in_the_spool_until_they_can_be_saved() {
     .await;
     assert!(!pending_ids(&spool_dir).is_empty());
     std::fs::remove_dir(&blocker).unwrap();
+    wait_until(Duration::from_secs(30), "refused reports saved", || {
+        let b = blocker.clone();
+        async move { b.is_file() }
+    })
+    .await;
+    signal(&child, 15);
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");
     assert_eq!(text.matches("cannot save reports").count(), 1, "{text}");
     assert_eq!(stored_once(&server, &db).await.len(), 1);
+    // Every report after the first is refused, and saved once.
     let saved = std::fs::read_to_string(&blocker).unwrap();
-    assert_eq!(saved.lines().count(), 4, "{saved}");
+    let lines: HashSet<&str> = saved.lines().collect();
+    assert_eq!(lines.len(), saved.lines().count(), "saved once each");
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert_eq!(lines.len() as u64, st.counters.reports - 1, "{text}");
     assert!(pending_ids(&spool_dir).is_empty());
 }
 
@@ -732,7 +742,7 @@ async fn refused_reports_that_cannot_be_saved_do_not_hold_back_the_rest() {
     std::fs::create_dir_all(&blocker).unwrap();
     let next_segment = spool_dir.join("segment-0000000000000002.spool");
     std::os::unix::fs::symlink("/dev/full", &next_segment).unwrap();
-    let args = ["--count", "40", "--insert-every", "1s"];
+    let args = ["--insert-every", "1s"];
     let mut child = spawn_logged(agent(&server.uri, &db, &spool_dir, &args), &log);
     wait_for_log(
         &log,
@@ -740,7 +750,7 @@ async fn refused_reports_that_cannot_be_saved_do_not_hold_back_the_rest() {
         Duration::from_secs(30),
     )
     .await;
-    // About half of the reports on disk are accepted, and half of the 40 taken into memory.
+    // About half of the reports on disk are accepted, and half of those taken into memory.
     let more_than_the_disk = on_disk / 2 + 10;
     wait_until(
         Duration::from_secs(30),
@@ -753,6 +763,12 @@ async fn refused_reports_that_cannot_be_saved_do_not_hold_back_the_rest() {
     .await;
     std::fs::remove_file(&next_segment).unwrap();
     std::fs::remove_dir(&blocker).unwrap();
+    wait_until(Duration::from_secs(30), "refused reports saved", || {
+        let b = blocker.clone();
+        async move { b.is_file() }
+    })
+    .await;
+    signal(&child, 15);
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{text}");
@@ -760,7 +776,9 @@ async fn refused_reports_that_cannot_be_saved_do_not_hold_back_the_rest() {
     let saved = std::fs::read_to_string(&blocker).unwrap();
     let refused: HashSet<&str> = saved.lines().collect();
     assert_eq!(refused.len(), saved.lines().count(), "saved once each");
-    assert_eq!(stored + refused.len(), on_disk + 40, "{text}");
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    let taken = on_disk + st.counters.reports as usize;
+    assert_eq!(stored + refused.len(), taken, "{text}");
     assert!(pending_ids(&spool_dir).is_empty());
 }
 

@@ -54,6 +54,9 @@ struct Deliverer<I> {
     /// link too slow to carry a full batch within the insert's timeout, a backlog sent whole
     /// would time out and be sent again whole, and never drain.
     batch_max: usize,
+    /// Refused reports put back at the spool's end by the last insert, their save having
+    /// failed (0 when it worked).
+    refused_unsaved: u64,
 }
 
 /// What came of one insert, for the loop.
@@ -118,6 +121,7 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         telemetry,
         read_at_ms: 0,
         batch_max: BATCH_MAX,
+        refused_unsaved: 0,
     };
     loop {
         let m = *d.mode.borrow();
@@ -146,6 +150,14 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         idle.store(false, Ordering::SeqCst);
         d.last_insert = Some(closed);
         if let Step::Stop = d.insert(batch).await? {
+            return Ok(());
+        }
+        // A drain ends when all that is left is refused reports that cannot be saved: they stay
+        // in the spool for the next start, rather than coming round for ever.
+        if m == Mode::Drain
+            && d.refused_unsaved > 0
+            && lock(&d.spool).pending() <= d.refused_unsaved
+        {
             return Ok(());
         }
     }
@@ -284,6 +296,11 @@ impl<I: Inserter> Deliverer<I> {
             }
             (pending, saved.is_ok())
         };
+        self.refused_unsaved = if saved {
+            0
+        } else {
+            outcome.rejected.len() as u64
+        };
         self.backoff = self.backoff_builder.build();
         self.batch_max = (self.batch_max + self.batch_max / 4).min(BATCH_MAX);
         let rejected = if saved { outcome.rejected.len() } else { 0 };
@@ -350,6 +367,10 @@ impl<I: Inserter> Deliverer<I> {
     /// least a second: with no window they would be refused in a loop while nothing else is
     /// pending). A stop asked for meanwhile ends the wait, and still gets its last insert.
     async fn pause_before_refused_again(&mut self) {
+        if *self.mode.borrow() == Mode::Drain {
+            // Nothing new is taken while draining: what is left goes at once.
+            return;
+        }
         let wait = self.insert_every.max(Duration::from_secs(1));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
