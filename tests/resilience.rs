@@ -649,6 +649,22 @@ async fn refused_reports_are_set_aside_with_the_reason() {
     }
 }
 
+/// Let refused reports be saved (remove `blocker`, the directory taking rejected.jsonl's name),
+/// wait until they are, and stop the agent with SIGTERM: it must exit cleanly. Its log.
+async fn save_refused_then_stop(child: &mut Child, blocker: &Path, log: &Path) -> String {
+    std::fs::remove_dir(blocker).unwrap();
+    wait_until(Duration::from_secs(30), "refused reports saved", || {
+        let b = blocker.to_owned();
+        async move { b.is_file() }
+    })
+    .await;
+    signal(child, 15);
+    let status = wait_exit(child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{text}");
+    text
+}
+
 /// A unique index on nodeName: every report after the first is refused for good.
 async fn unique_node_name(server: &MongoServer, db: &str) {
     server
@@ -688,16 +704,7 @@ async fn refused_reports_stay_in_the_spool_until_they_can_be_saved() {
     )
     .await;
     assert!(!pending_ids(&spool_dir).is_empty());
-    std::fs::remove_dir(&blocker).unwrap();
-    wait_until(Duration::from_secs(30), "refused reports saved", || {
-        let b = blocker.clone();
-        async move { b.is_file() }
-    })
-    .await;
-    signal(&child, 15);
-    let status = wait_exit(&mut child, Duration::from_secs(60));
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{text}");
+    let text = save_refused_then_stop(&mut child, &blocker, &log).await;
     assert_eq!(text.matches("cannot save reports").count(), 1, "{text}");
     assert_eq!(stored_once(&server, &db).await.len(), 1);
     // Every report after the first is refused, and saved once.
@@ -762,16 +769,7 @@ async fn refused_reports_that_cannot_be_saved_do_not_hold_back_the_rest() {
     )
     .await;
     std::fs::remove_file(&next_segment).unwrap();
-    std::fs::remove_dir(&blocker).unwrap();
-    wait_until(Duration::from_secs(30), "refused reports saved", || {
-        let b = blocker.clone();
-        async move { b.is_file() }
-    })
-    .await;
-    signal(&child, 15);
-    let status = wait_exit(&mut child, Duration::from_secs(60));
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{text}");
+    let text = save_refused_then_stop(&mut child, &blocker, &log).await;
     let stored = stored_once(&server, &db).await.len();
     let saved = std::fs::read_to_string(&blocker).unwrap();
     let refused: HashSet<&str> = saved.lines().collect();

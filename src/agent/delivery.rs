@@ -49,8 +49,8 @@ struct Deliverer<I> {
     /// When the last batch was read (ms since the Unix epoch): what is left after it is
     /// acknowledged was taken since (or is the rest of a full batch, read next at once).
     read_at_ms: i64,
-    /// Most reports in the next batch. Half the last one after an insert that timed out, down
-    /// to [`BATCH_FLOOR`], and grown by a quarter by each that works, up to [`BATCH_MAX`]: on a
+    /// Most reports in the next batch. At most half a batch of more than [`BATCH_FLOOR`] that
+    /// timed out, and grown by a quarter by each insert that works, up to [`BATCH_MAX`]: on a
     /// link too slow to carry a full batch within the insert's timeout, a backlog sent whole
     /// would time out and be sent again whole, and never drain.
     batch_max: usize,
