@@ -244,34 +244,33 @@ impl<I: Inserter> Deliverer<I> {
                 lock(&self.spool).rewind();
                 Err(AgentError::Fatal(msg))
             }
-            Err(e @ (InsertError::Unavailable(_) | InsertError::TimedOut(_))) => {
-                lock(&self.spool).rewind();
-                // The retry waits for the back-off only: the window spaces inserts that worked.
-                self.last_insert = None;
-                let msg = match e {
-                    InsertError::TimedOut(msg) => {
-                        // A large batch was perhaps too much for the link to carry in time:
-                        // send half next. A small one that hung (the Wi-Fi went) says nothing
-                        // about the link's speed.
-                        let sent = batch.records.len();
-                        if sent > BATCH_FLOOR {
-                            self.batch_max = self.batch_max.min(sent / 2).max(BATCH_FLOOR);
-                        }
-                        msg
-                    }
-                    InsertError::Unavailable(msg) | InsertError::Fatal(msg) => msg,
-                };
-                if let Some(e) = self.link.unavailable(&msg) {
-                    log(e);
+            Err(InsertError::TimedOut(msg)) => {
+                // A large batch was perhaps too much for the link to carry in time: send half
+                // next. A small one that hung (the Wi-Fi went) says nothing about its speed.
+                let sent = batch.records.len();
+                if sent > BATCH_FLOOR {
+                    self.batch_max = self.batch_max.min(sent / 2).max(BATCH_FLOOR);
                 }
-                {
-                    let mut c = lock(&self.counters);
-                    c.connected = Some(false);
-                    c.last_error = Some(msg);
-                }
-                Ok(self.back_off().await)
+                Ok(self.unavailable(msg).await)
             }
+            Err(InsertError::Unavailable(msg)) => Ok(self.unavailable(msg).await),
         }
+    }
+
+    /// The insert did not reach the database: its reports are handed out again after the
+    /// back-off (only: the window spaces inserts that worked).
+    async fn unavailable(&mut self, msg: String) -> Step {
+        lock(&self.spool).rewind();
+        self.last_insert = None;
+        if let Some(e) = self.link.unavailable(&msg) {
+            log(e);
+        }
+        {
+            let mut c = lock(&self.counters);
+            c.connected = Some(false);
+            c.last_error = Some(msg);
+        }
+        self.back_off().await
     }
 
     /// The database took the batch, perhaps refusing some reports: those are saved to
