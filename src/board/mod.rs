@@ -87,7 +87,7 @@ impl std::fmt::Display for Sensor {
 }
 
 /// A sensor could not be initialised or read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{sensor} (address {address:#04x} on {bus}): {detail}{hint}", address = sensor.address())]
 pub struct SensorError {
     /// The sensor.

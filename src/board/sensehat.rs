@@ -218,12 +218,7 @@ where
             if ev != HealthEvent::None {
                 events.push((sensor, ev));
             }
-            errors.extend(err.map(|e| SensorError {
-                sensor: e.sensor,
-                bus: e.bus.clone(),
-                detail: e.detail.clone(),
-                hint: e.hint.clone(),
-            }));
+            errors.extend(err.cloned());
         }
         let result = match (hts, lps, acc) {
             (Ok(h), Ok(p), Ok(a)) => Ok(Reading {

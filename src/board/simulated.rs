@@ -42,16 +42,17 @@ impl std::str::FromStr for SimFault {
         if parts.len() != 3 {
             return Err(bad());
         }
+        let (count, reset) = match parts[2] {
+            "reset" => (0, true),
+            n => (n.parse().map_err(|_| bad())?, false),
+        };
         Ok(SimFault {
             chip: sim::SimChip::from_name(parts[0]).ok_or_else(|| {
                 format!("unknown chip {:?}: use hts221, lps25h or lsm9ds1", parts[0])
             })?,
             first: parts[1].parse().map_err(|_| bad())?,
-            count: match parts[2] {
-                "reset" => 0,
-                n => n.parse().map_err(|_| bad())?,
-            },
-            reset: parts[2] == "reset",
+            count,
+            reset,
         })
     }
 }
