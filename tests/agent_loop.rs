@@ -479,6 +479,7 @@ async fn a_backlog_drains_over_a_link_too_slow_for_a_whole_batch() {
 
 /// Refuses for good the first report it is sent, every time it is sent again; takes the rest.
 /// Sent a hundred times, it ends the run (a fatal error) rather than let a test spin.
+#[derive(Default)]
 struct RefusesTheFirst {
     refused: Option<Vec<u8>>,
     inserts: u32,
@@ -518,10 +519,7 @@ async fn a_stop_while_refused_reports_wait_still_sends_the_rest() {
         options(Duration::from_millis(500), None, Duration::from_secs(5)),
         Arc::new(Mutex::new(Vec::new())),
         spool.clone(),
-        RefusesTheFirst {
-            refused: None,
-            inserts: 0,
-        },
+        RefusesTheFirst::default(),
         tokio::time::sleep(Duration::from_millis(10_100)),
     )
     .await
@@ -545,10 +543,7 @@ async fn a_drain_ends_with_only_an_unsaved_refused_report_left() {
         options(Duration::from_millis(500), Some(5), Duration::from_secs(5)),
         Arc::new(Mutex::new(Vec::new())),
         spool.clone(),
-        RefusesTheFirst {
-            refused: None,
-            inserts: 0,
-        },
+        RefusesTheFirst::default(),
         std::future::pending(),
     );
     let counters = tokio::time::timeout(Duration::from_secs(3600), run)
