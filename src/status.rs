@@ -25,6 +25,10 @@ pub struct SensorStatus {
     pub consecutive_failures: u64,
     /// Failed reads since the agent started.
     pub total_failures: u64,
+    /// Why its last failed read failed (the chip, its address, the bus's error and a hint),
+    /// also once it reads fine again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// What the agent counts as it runs: kept by its loops, written into `status.json`, and
@@ -212,10 +216,17 @@ fn agent_lines(line: &mut impl FnMut(&str, String), updated_ms: i64, s: &Counter
     for sensor in &s.sensors {
         line(
             &format!("sensor {}", sensor.name),
-            if sensor.ok {
-                format!("ok ({} failures in total)", sensor.total_failures)
-            } else {
-                format!("FAILING ({} in a row)", sensor.consecutive_failures)
+            match (sensor.ok, &sensor.last_error) {
+                (true, None) => format!("ok ({} failures in total)", sensor.total_failures),
+                (true, Some(e)) => format!(
+                    "ok ({} failures in total, the last: {e})",
+                    sensor.total_failures
+                ),
+                (false, e) => format!(
+                    "FAILING ({} in a row): {}",
+                    sensor.consecutive_failures,
+                    e.as_deref().unwrap_or("?")
+                ),
             },
         );
     }

@@ -433,6 +433,12 @@ async fn i2c_fault_skips_and_counts_samples() {
         .unwrap();
     assert_eq!(lps.total_failures, 3);
     assert!(lps.ok);
+    // status.json keeps why it failed, for `status` to say.
+    let why = lps.last_error.as_deref().unwrap_or_default();
+    assert!(
+        why.starts_with("lps25h (address 0x5c on simulated bus): I2C transfer"),
+        "{st:?}"
+    );
     assert_eq!(ids_in(&server, &db).await.len(), 20);
     assert_eq!(text.matches("sensor read failed").count(), 1, "{text}");
     // The line says why, as the start-up error would: which chip, where, and the bus's error.
@@ -456,6 +462,10 @@ async fn i2c_fault_skips_and_counts_samples() {
         "{s}"
     );
     assert!(s.contains("database              connected"), "{s}");
+    assert!(
+        s.contains("sensor lps25h         ok (3 failures in total, the last: lps25h (address 0x5c"),
+        "{s}"
+    );
 }
 
 // A sensor down from the first sample: status.json is still written, with the failing sensor,
@@ -489,6 +499,12 @@ async fn status_is_written_while_every_sample_fails() {
         .find(|s| s.name == "hts221")
         .unwrap();
     assert!(!hts.ok, "{st:?}");
+    let s = status_text(&spool_dir);
+    assert!(
+        s.contains("sensor hts221         FAILING (")
+            && s.contains("in a row): hts221 (address 0x5f"),
+        "{s}"
+    );
 }
 
 // A spool that cannot be written (disk full: the segment file is /dev/full) is reported once,

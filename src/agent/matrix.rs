@@ -142,6 +142,7 @@ mod tests {
             ok: false,
             consecutive_failures: 1,
             total_failures: 1,
+            last_error: None,
         }];
         assert!(agent_state(&c, false, false, spool).sensor_failing);
     }

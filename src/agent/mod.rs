@@ -109,6 +109,7 @@ impl Sampler for Board {
                 ok: h.is_ok(),
                 consecutive_failures: h.consecutive_failures,
                 total_failures: h.total_failures,
+                last_error: h.last_error.clone(),
             })
             .collect()
     }

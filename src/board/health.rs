@@ -17,6 +17,9 @@ pub struct Health {
     pub total_failures: u64,
     /// Whether this run of failures has been reported as [`HealthEvent::Dead`].
     pub dead_reported: bool,
+    /// Why the last failed sample failed; kept after the sensor recovers, so that `status`
+    /// can say what an intermittent fault was.
+    pub last_error: Option<String>,
 }
 
 /// What a health update asks the caller to log.
@@ -36,8 +39,9 @@ pub enum HealthEvent {
 }
 
 impl Health {
-    /// A sample of this sensor failed at `now`.
-    pub fn record_failure(&mut self, now: Instant) -> HealthEvent {
+    /// A sample of this sensor failed at `now`, for the reason `error`.
+    pub fn record_failure(&mut self, now: Instant, error: String) -> HealthEvent {
+        self.last_error = Some(error);
         self.consecutive_failures += 1;
         self.total_failures += 1;
         let since = *self.failing_since.get_or_insert(now);
@@ -80,21 +84,17 @@ mod tests {
     fn health_reports_each_state_change_once() {
         let t0 = Instant::now();
         let mut h = Health::default();
-        assert_eq!(h.record_failure(t0), HealthEvent::StartedFailing);
-        assert_eq!(
-            h.record_failure(t0 + Duration::from_secs(30)),
-            HealthEvent::None
-        );
-        assert_eq!(
-            h.record_failure(t0 + Duration::from_secs(60)),
-            HealthEvent::Dead
-        );
-        assert_eq!(
-            h.record_failure(t0 + Duration::from_secs(90)),
-            HealthEvent::None
-        );
+        let fail = |h: &mut Health, s: u64| {
+            h.record_failure(t0 + Duration::from_secs(s), format!("failure at {s} s"))
+        };
+        assert_eq!(fail(&mut h, 0), HealthEvent::StartedFailing);
+        assert_eq!(fail(&mut h, 30), HealthEvent::None);
+        assert_eq!(fail(&mut h, 60), HealthEvent::Dead);
+        assert_eq!(fail(&mut h, 90), HealthEvent::None);
         assert_eq!(h.record_success(), HealthEvent::Recovered { failures: 4 });
         assert_eq!(h.record_success(), HealthEvent::None);
         assert_eq!(h.total_failures, 4);
+        // The last failure's reason outlives the recovery.
+        assert_eq!(h.last_error.as_deref(), Some("failure at 90 s"));
     }
 }

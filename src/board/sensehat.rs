@@ -204,16 +204,15 @@ where
             s.acc.read(|c| c.read(), |i| i.lsm9ds1())
         });
         let mut errors = Vec::new();
-        for (sensor, ok, err) in [
-            (Sensor::Hts221, hts.is_ok(), hts.as_ref().err()),
-            (Sensor::Lps25h, lps.is_ok(), lps.as_ref().err()),
-            (Sensor::Lsm9ds1, acc.is_ok(), acc.as_ref().err()),
+        for (sensor, err) in [
+            (Sensor::Hts221, hts.as_ref().err()),
+            (Sensor::Lps25h, lps.as_ref().err()),
+            (Sensor::Lsm9ds1, acc.as_ref().err()),
         ] {
             let h = &mut self.health[sensor.index()];
-            let ev = if ok {
-                h.record_success()
-            } else {
-                h.record_failure(now)
+            let ev = match err {
+                None => h.record_success(),
+                Some(e) => h.record_failure(now, e.to_string()),
             };
             if ev != HealthEvent::None {
                 events.push((sensor, ev));
