@@ -26,9 +26,10 @@ pub enum MongoError {
 pub const DUPLICATE_KEY: i32 = 11000;
 
 /// Server error codes retrying cannot help with: Unauthorized (13, the user lacks a privilege
-/// such as `changeStream` or `find`), AuthenticationFailed (18), Atlas's refusal of an action
-/// (8000), and change streams asked of a server that is not a replica set (40573).
-pub const FATAL_CODES: [i32; 4] = [13, 18, 8000, 40573];
+/// such as `changeStream` or `find`), AuthenticationFailed (18), InvalidNamespace (73, a
+/// collection name the server refuses), Atlas's refusal of an action (8000), and change
+/// streams asked of a server that is not a replica set (40573).
+pub const FATAL_CODES: [i32; 5] = [13, 18, 73, 8000, 40573];
 /// The code of a change stream asked of a standalone server.
 pub const NOT_A_REPLICA_SET: i32 = 40573;
 
@@ -273,13 +274,39 @@ pub fn collection_name(s: &str) -> Result<String, String> {
             "a collection name has 1 to {COLLECTION_NAME_MAX} bytes"
         ));
     }
+    collection_chars(s)?;
+    Ok(s.to_owned())
+}
+
+/// The server's rules for a collection's name besides its length.
+fn collection_chars(s: &str) -> Result<(), String> {
     if s.contains(['$', '\0']) {
         return Err("a collection name cannot hold $ or NUL".into());
     }
     if s.starts_with("system.") {
         return Err("collection names starting with system. are the server's own".into());
     }
-    Ok(s.to_owned())
+    Ok(())
+}
+
+/// The longest namespace (`database.collection`) the server takes, in bytes.
+pub const NAMESPACE_MAX: usize = 255;
+
+/// A collection the server takes in `database` (for names a program builds from others):
+/// not empty, none of [`collection_name`]'s characters, and the whole namespace within
+/// [`NAMESPACE_MAX`].
+pub fn namespace(database: &str, collection: &str) -> Result<(), String> {
+    if collection.is_empty() {
+        return Err("a collection name cannot be empty".into());
+    }
+    collection_chars(collection)?;
+    let len = database.len() + 1 + collection.len();
+    if len > NAMESPACE_MAX {
+        return Err(format!(
+            "{database}.{collection} is {len} bytes, over the server's {NAMESPACE_MAX}: name the collection (or the database) shorter"
+        ));
+    }
+    Ok(())
 }
 
 /// What to add to the driver's account of a connection string it refused.

@@ -826,6 +826,35 @@ async fn check_config_accepts_a_good_configuration() {
     assert!(!out.contains("secretpw") && !err.contains("secretpw"));
 }
 
+// Credentials the chain names but cannot fetch (here a credential_process that fails; in
+// practice an instance role's metadata service not answering yet) are not called found: the
+// forwarder would start and retry, and check-config says they are not confirmed, and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_does_not_call_unfetched_credentials_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "[profile broken]\ncredential_process = /bin/false\n").unwrap();
+    let nowhere = dir.path().join("none");
+    let (code, out, err) = check_config(
+        "mongodb://127.0.0.1:9/",
+        &[],
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_PROFILE", "broken"),
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("AWS_SHARED_CREDENTIALS_FILE", nowhere.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("AWS credentials: not confirmed: they could not be fetched yet ("),
+        "{out}"
+    );
+    assert!(!out.contains("AWS credentials: found"), "{out}");
+}
+
 // check-config refuses, with exit 2 and the reason, a malformed connection string and a
 // missing AWS region.
 #[tokio::test(flavor = "multi_thread")]
@@ -850,6 +879,40 @@ async fn check_config_refuses_a_bad_configuration() {
     .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no AWS region is set"), "{err}");
+
+    // A state collection the server would refuse: it would store no position, and every
+    // restart would skip what came while the forwarder was down. Refused as an option...
+    let (code, _, err) = check_config(
+        "mongodb://127.0.0.1:9/",
+        &["--state-collection", "system.fwstate"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("system. are the server's own"), "{err}");
+    // ... and a default name too long with a long collection's, by check-config and at start,
+    // before any server is contacted.
+    let (db, coll) = ("d".repeat(63), "c".repeat(180));
+    let long = ["--database", &db, "--collection", &coll];
+    let (code, _, err) = check_config("mongodb://127.0.0.1:9/", &long, &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--state-collection") && err.contains("over the server's 255"),
+        "{err}"
+    );
+    let out = tokio::process::Command::new(forwarder_bin())
+        .args(["--stream-name", "checked"])
+        .args(long)
+        .env("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:9/")
+        .envs(AWS_ENV)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("refused at start")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("over the server's 255"), "{err}");
 }
 
 // The metrics count what went through: every change event read, every record Kinesis took

@@ -26,6 +26,10 @@ async fn main() -> ExitCode {
     if command == Some(Command::CheckConfig) {
         return check_config_exit(forwarder::check_config(&config).await);
     }
+    if let Err(e) = config.options.check_names() {
+        error!("{e}");
+        return ExitCode::from(INVALID_CONFIG);
+    }
     // Before anything else: an address in use is a configuration error, said at once.
     let listener = match metrics::bind_if(config.metrics_listen.as_deref()).await {
         Ok(l) => l,

@@ -146,7 +146,10 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
         },
     };
     let endpoint = config.kinesis_endpoint_url.as_deref();
-    let region = crate::forwarder::aws::check_environment(endpoint).await?;
+    let crate::forwarder::aws::Environment {
+        region,
+        credentials,
+    } = crate::forwarder::aws::check_environment(endpoint).await?;
     Ok(format!(
         "stream: {} in {region}{}, from {}\n\
          destination: {}\n\
@@ -155,7 +158,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
          error output: {}\n\
          checkpoint file: {checkpoint}\n\
          metrics: {}\n\
-         AWS credentials: found\n",
+         AWS credentials: {credentials}\n",
         config.stream_name,
         endpoint.map(|u| format!(" at {u}")).unwrap_or_default(),
         if config.from_start {

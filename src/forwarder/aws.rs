@@ -100,17 +100,57 @@ pub async fn client_from_env(
     ))
 }
 
-/// The region [`client_from_env`] would use, once it has checked that a region and credentials
-/// are set; for `check-config`. Nothing is sent to Kinesis.
-pub async fn check_environment(endpoint_url: Option<&str>) -> Result<String, String> {
-    let config = load_checked(endpoint_url).await?;
-    Ok(config.region().map(ToString::to_string).unwrap_or_default())
+/// What `check-config` found of the AWS environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    /// The region [`client_from_env`] would use.
+    pub region: String,
+    /// Whether credentials could be had.
+    pub credentials: Credentials,
+}
+
+/// Whether [`check_config`] could fetch credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// They were there.
+    Found,
+    /// The chain names a source that did not answer (an instance role's metadata service,
+    /// STS): the program starts anyway and its calls retry. Why, in the SDK's words.
+    NotConfirmed(String),
+}
+
+impl std::fmt::Display for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Found => f.write_str("found"),
+            Credentials::NotConfirmed(why) => write!(
+                f,
+                "not confirmed: they could not be fetched yet ({why}); the program starts anyway and retries"
+            ),
+        }
+    }
+}
+
+/// The region [`client_from_env`] would use, and whether credentials could be had, once it has
+/// checked that a region and credentials are set; for `check-config`. Nothing is sent to
+/// Kinesis.
+pub async fn check_environment(endpoint_url: Option<&str>) -> Result<Environment, String> {
+    let (config, credentials) = load(endpoint_url).await?;
+    Ok(Environment {
+        region: config.region().map(ToString::to_string).unwrap_or_default(),
+        credentials,
+    })
 }
 
 /// The standard chain's configuration with the forwarder's timeouts, after [`check_config`].
 pub(crate) async fn load_checked(
     endpoint_url: Option<&str>,
 ) -> Result<aws_config::SdkConfig, String> {
+    Ok(load(endpoint_url).await?.0)
+}
+
+/// [`load_checked`], with what [`check_config`] found of the credentials.
+async fn load(endpoint_url: Option<&str>) -> Result<(aws_config::SdkConfig, Credentials), String> {
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(5))
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
@@ -122,15 +162,16 @@ pub(crate) async fn load_checked(
         loader = loader.endpoint_url(url);
     }
     let config = loader.load().await;
-    check_config(&config).await?;
-    Ok(config)
+    let credentials = check_config(&config).await?;
+    Ok((config, credentials))
 }
 
 /// How long [`check_config`] keeps asking for credentials that are not there.
 pub const CREDENTIALS_WAIT: Duration = Duration::from_secs(16);
 
-/// The checks of [`client_from_env`] on a loaded configuration.
-pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> {
+/// The checks of [`client_from_env`] on a loaded configuration: an error when the program
+/// cannot start, else whether credentials could be fetched now.
+pub async fn check_config(config: &aws_config::SdkConfig) -> Result<Credentials, String> {
     use aws_credential_types::provider::error::CredentialsError;
     use aws_sdk_kinesis::config::ProvideCredentials;
     if config.region().is_none() {
@@ -166,15 +207,16 @@ pub async fn check_config(config: &aws_config::SdkConfig) -> Result<(), String> 
         }
     };
     match outcome {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(Credentials::Found),
         Err(CredentialsError::CredentialsNotLoaded(_)) => Err(NO_CREDENTIALS.into()),
         Err(e @ CredentialsError::InvalidConfiguration(_)) => Err(format!(
             "the AWS credentials are misconfigured: {}",
             DisplayErrorContext(&e)
         )),
         Err(e) => {
-            warn!(error = %DisplayErrorContext(&e), "cannot fetch AWS credentials yet; carrying on, and Kinesis calls will retry");
-            Ok(())
+            let why = DisplayErrorContext(&e).to_string();
+            warn!(error = %why, "cannot fetch AWS credentials yet; carrying on, and Kinesis calls will retry");
+            Ok(Credentials::NotConfirmed(why))
         }
     }
 }

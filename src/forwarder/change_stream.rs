@@ -98,7 +98,10 @@ async fn start_position(
         }
     };
     if stored.is_none() {
-        let others = state.other_streams().await;
+        // Only positions of the same kind of target: a Kinesis and an EventBridge forwarder of
+        // one collection are meant to keep their own, and a rename stays within a kind.
+        let mut others = state.other_streams().await;
+        others.retain(|k| opts.same_target_kind(k));
         if !others.is_empty() {
             warn!(
                 stream = %opts.position_key(),

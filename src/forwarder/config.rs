@@ -117,8 +117,14 @@ impl Options {
     pub fn position_key(&self) -> String {
         match self.target {
             TargetKind::Kinesis => self.stream_name.clone(),
-            TargetKind::Eventbridge => format!("eventbridge:{}", self.event_bus_name),
+            TargetKind::Eventbridge => format!("{EVENTBRIDGE_KEY}{}", self.event_bus_name),
         }
+    }
+
+    /// Whether `key`, another forwarder's [`Options::position_key`], is of this one's kind of
+    /// target (what a renamed stream or bus would have had).
+    pub fn same_target_kind(&self, key: &str) -> bool {
+        key.starts_with(EVENTBRIDGE_KEY) == (self.target == TargetKind::Eventbridge)
     }
 
     /// The collection holding the resume token.
@@ -133,6 +139,27 @@ impl Options {
         self.dead_letter_collection
             .clone()
             .unwrap_or_else(|| format!("{}_forwarder_deadletter", self.collection))
+    }
+
+    /// Whether the server takes every collection this forwarder uses in its database: each
+    /// name passes `--collection`'s rules on its own, but the database's name with a default
+    /// name built from a long collection's (`<collection>_forwarder_deadletter`) can pass the
+    /// server's 255 bytes. A state collection the server refuses would store no position, and
+    /// each restart would start from now, skipping what came meanwhile: so it is refused at
+    /// start.
+    pub fn check_names(&self) -> Result<(), String> {
+        for (option, name) in [
+            ("--collection", self.collection.clone()),
+            ("--state-collection", self.state_collection_name()),
+            (
+                "--dead-letter-collection",
+                self.dead_letter_collection_name(),
+            ),
+        ] {
+            crate::mongo::namespace(&self.database, &name)
+                .map_err(|e| format!("{option} {name:?}: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -229,12 +256,12 @@ pub struct Cli {
     )]
     pub operations: Vec<Operation>,
     /// Collection (same database) holding the resume token (default: COLLECTION_forwarder_state).
-    #[arg(long, env = "FORWARDER_STATE_COLLECTION")]
+    #[arg(long, env = "FORWARDER_STATE_COLLECTION", value_parser = crate::mongo::collection_name)]
     pub state_collection: Option<String>,
     /// Collection (same database) receiving documents too large to forward (over 1 MiB with the
     /// key, Kinesis's limit, or data over 1,024,000 bytes, Firehose's), with the reason
     /// (default: COLLECTION_forwarder_deadletter).
-    #[arg(long, env = "FORWARDER_DEAD_LETTER_COLLECTION")]
+    #[arg(long, env = "FORWARDER_DEAD_LETTER_COLLECTION", value_parser = crate::mongo::collection_name)]
     pub dead_letter_collection: Option<String>,
     /// Ignore the stored resume token and start from now: the way back after the oplog lost the
     /// stored position. Events in between are skipped.
@@ -253,6 +280,9 @@ pub struct Cli {
     #[arg(long, env = "FORWARDER_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 }
+
+/// How an EventBridge forwarder's [`Options::position_key`] begins.
+const EVENTBRIDGE_KEY: &str = "eventbridge:";
 
 /// What to do instead of forwarding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
@@ -415,5 +445,61 @@ mod tests {
             }
         );
         assert!(!shown.contains("secretpw"), "{shown}");
+    }
+
+    // A state or dead-letter collection the server would refuse is refused as an option, and a
+    // default name that would take the namespace over the server's 255 bytes at start.
+    #[test]
+    fn collection_names_the_server_refuses_are_refused_at_start() {
+        for (option, name) in [
+            ("--state-collection", "system.fwstate"),
+            ("--dead-letter-collection", "dl$"),
+            ("--state-collection", ""),
+        ] {
+            let args = [
+                "x",
+                "--mongodb-uri",
+                "m",
+                "--stream-name",
+                "s",
+                option,
+                name,
+            ];
+            assert!(Cli::try_parse_from(args).is_err(), "{option} {name:?}");
+        }
+        assert_eq!(parse(&[]).options.check_names(), Ok(()));
+        let long = "c".repeat(crate::mongo::COLLECTION_NAME_MAX);
+        let db = "d".repeat(63);
+        let o = parse(&["--database", &db, "--collection", &long]).options;
+        let e = o.check_names().unwrap_err();
+        assert!(
+            e.starts_with("--state-collection \"") && e.contains("over the server's 255"),
+            "{e}"
+        );
+        // Short enough names of their own make it work.
+        let o = parse(&[
+            "--database",
+            &db,
+            "--collection",
+            &long,
+            "--state-collection",
+            "st",
+            "--dead-letter-collection",
+            "dl",
+        ])
+        .options;
+        assert_eq!(o.check_names(), Ok(()));
+    }
+
+    // Only a position of the same kind of target could be a renamed stream's.
+    #[test]
+    fn same_target_kind() {
+        let kinesis = parse(&[]).options;
+        assert!(kinesis.same_target_kind("old-stream"));
+        assert!(!kinesis.same_target_kind("eventbridge:b"));
+        let mut eventbridge = kinesis.clone();
+        eventbridge.target = TargetKind::Eventbridge;
+        assert!(eventbridge.same_target_kind("eventbridge:other"));
+        assert!(!eventbridge.same_target_kind("old-stream"));
     }
 }

@@ -10,7 +10,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::Collection;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::now_ms;
 
@@ -19,6 +19,7 @@ use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
 use super::metrics::Metrics;
 use super::state::StateStore;
 use super::target::{self, PutError, Refused, Target};
+use super::trouble::{now, Say, Trouble};
 use super::{ForwarderError, Options, FINAL_PUT_WAIT, IDLE_SAVE_INTERVAL};
 
 /// A field by dotted path.
@@ -248,7 +249,6 @@ impl<'a, T: Target> Forwarder<'a, T> {
         token: Option<&ResumeToken>,
     ) -> Result<(), ForwarderError> {
         let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-        warn!(id = %id, reason, "record too large to forward; kept in the dead-letter collection");
         let key = self.opts.position_key();
         let mut record = dead_letter_record(&key, &id, reason, size);
         record.insert("document", document.clone());
@@ -257,7 +257,9 @@ impl<'a, T: Target> Forwarder<'a, T> {
         if let Some(token_key) = token.and_then(|t| mongodb::bson::to_bson(t).ok()) {
             record.insert("_id", doc! { "stream": &key, "token": token_key });
         }
-        self.keep(&record, &id).await
+        self.keep(&record, &id).await?;
+        warn!(id = %id, reason, "record too large to forward; kept in the dead-letter collection");
+        Ok(())
     }
 
     /// Keep a record the target refused for good, as it was sent: the document read back from
@@ -278,25 +280,31 @@ impl<'a, T: Target> Forwarder<'a, T> {
             .as_ref()
             .and_then(|d| d.get("_id").cloned())
             .unwrap_or(Bson::Null);
-        warn!(id = %id, reason = %refused.reason, "{} refused a record for good; kept in the dead-letter collection", T::API);
         let key = self.opts.position_key();
         let mut record = dead_letter_record(&key, &id, &refused.reason, data.len());
         match document {
             Some(d) => record.insert("document", d),
             None => record.insert("data", String::from_utf8_lossy(data).into_owned()),
         };
-        self.keep(&record, &id).await
+        self.keep(&record, &id).await?;
+        warn!(id = %id, reason = %refused.reason, "{} refused a record for good; kept in the dead-letter collection", T::API);
+        Ok(())
     }
 
     /// Insert a dead-letter record. Retries until stored, or until a stop is requested (then
-    /// the event is read again at the next start).
+    /// the event is read again at the next start); a failure that goes on is said as a put's
+    /// is (see [`Trouble`]), not at every retry.
     async fn keep(&self, record: &Document, id: &Bson) -> Result<(), ForwarderError> {
         let mut delays = target::backoff();
         let mut stop = self.stop.clone();
+        let mut trouble = Trouble::default();
         loop {
             let e = match self.insert_dead_letter(record).await {
                 Ok(()) => {
                     self.metrics.dead_letters.inc();
+                    if trouble.recovered() {
+                        info!("the dead-letter collection takes records again");
+                    }
                     return Ok(());
                 }
                 Err(e) => e,
@@ -309,7 +317,15 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 DeadLetterFailure::Fatal(f) => return Err(f),
                 DeadLetterFailure::Retry => {
                     let error = crate::mongo::describe(&e);
-                    warn!(%error, "could not write to the dead-letter collection; retrying");
+                    match trouble.failed(now()) {
+                        Say::Began => {
+                            warn!(%error, "could not write to the dead-letter collection; retrying, and forwarding nothing after this record until it is kept")
+                        }
+                        Say::Still(failing_for) => {
+                            error!(%error, failing_for = ?failing_for, "still cannot write to the dead-letter collection; forwarding is held up behind the record")
+                        }
+                        Say::Nothing => {}
+                    }
                     tokio::select! {
                         () = stopped(&mut stop) => return Err(PutError::Interrupted.into()),
                         () = tokio::time::sleep(delays.next().unwrap_or(target::RETRY_MAX_DELAY)) => {}

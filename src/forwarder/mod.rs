@@ -115,13 +115,17 @@ pub async fn run_counted<T: Target>(
 /// Contacts neither MongoDB nor the target; waits up to [`aws::CREDENTIALS_WAIT`] for
 /// credentials.
 pub async fn check_config(config: &Config) -> Result<String, String> {
+    config.options.check_names()?;
     crate::mongo::check_uri(&config.mongodb_uri).await?;
     let o = &config.options;
     let (what, endpoint) = match o.target {
         TargetKind::Kinesis => ("stream", &config.kinesis_endpoint_url),
         TargetKind::Eventbridge => ("event bus", &config.eventbridge_endpoint_url),
     };
-    let region = aws::check_environment(endpoint.as_deref()).await?;
+    let aws::Environment {
+        region,
+        credentials,
+    } = aws::check_environment(endpoint.as_deref()).await?;
     let operations: Vec<&str> = o.operations.iter().map(|op| op.name()).collect();
     let format = clap::ValueEnum::to_possible_value(&o.format)
         .map(|v| v.get_name().to_owned())
@@ -134,7 +138,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
          start: {}\n\
          metrics: {}\n\
          MongoDB connection string: well formed (not contacted)\n\
-         AWS credentials: found\n",
+         AWS credentials: {credentials}\n",
         o.database,
         o.collection,
         operations.join(","),
