@@ -212,9 +212,18 @@ async function refreshCharts() {
   $("csv").hidden = !chosen;
   if (chosen) $("csv").href = "/api/csv?" + q(chosen);
   try {
-    // One request per node: its three series and its motion, bucketed in one pass.
-    const charts = await Promise.all(shown.map((n) => getJson("/api/chart?" + q(n))));
+    // One request per node: its three series and its motion, bucketed in one pass. A node
+    // whose request fails is left out and named in the status bar; the others still draw.
+    const answers = await Promise.allSettled(shown.map((n) => getJson("/api/chart?" + q(n))));
     if (seq !== chartSeq) return;
+    const charts = answers.filter((a) => a.status === "fulfilled").map((a) => a.value);
+    const failed = shown
+      .map((n, i) => [n, answers[i]])
+      .filter(([, a]) => a.status === "rejected")
+      .map(([n, a]) => `${n}: ${a.reason.message}`);
+    // Every one failed (the database is down, say): keep what is drawn and say why, once.
+    const first = answers.find((a) => a.status === "rejected");
+    if (charts.length === 0 && first) throw first.reason;
     const marks = charts.flatMap((c) => withMs(c.marks, c.bucketSeconds));
     for (const f of FIELDS) {
       const series = charts.map((c) => ({
@@ -222,7 +231,7 @@ async function refreshCharts() {
       }));
       drawChart($("chart-" + f.name), f, series, marks, win);
     }
-    report("charts", null);
+    report("charts", failed.length ? new Error("no chart for " + failed.join("; ")) : null);
   } catch (e) {
     if (seq === chartSeq) report("charts", e);
   } finally {

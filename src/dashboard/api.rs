@@ -117,20 +117,26 @@ pub async fn known_node(store: &Store, p: &HashMap<String, String>) -> Result<St
 
 /// `GET /api/nodes`: each node's latest report under its stored field names, with
 /// `ageSeconds` and `stale`, sorted by name.
+///
+/// `nodeName` is the name the node was asked by, not the document's own: a document whose
+/// `nodeName` is an array is found under each of its elements, and the page asks for the
+/// node's chart by the name given here, which must be one the other routes know.
 pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let names = state.store.node_names().await?;
     let latest =
         futures_util::future::try_join_all(names.iter().map(|n| state.store.latest(n))).await?;
     let now = crate::clock::now_ms();
     let stale_ms = state.stale_after.as_millis() as i64;
-    let nodes: Vec<Value> = latest
-        .into_iter()
-        .flatten()
-        .map(|doc| {
+    let nodes: Vec<Value> = names
+        .iter()
+        .zip(latest)
+        .filter_map(|(name, doc)| Some((name, doc?)))
+        .map(|(name, doc)| {
             let at = doc
                 .get_datetime(field::RECORDED_AT)
                 .map(|t| t.timestamp_millis());
             let mut o = report_json(&doc);
+            o.insert(field::NODE_NAME.into(), json!(name));
             let age_ms = at.map(|t| (now - t).max(0)).ok();
             o.insert(
                 "ageSeconds".into(),

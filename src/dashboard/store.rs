@@ -173,7 +173,8 @@ impl Store {
         }))
     }
 
-    /// Every node name, sorted; asked of the database at most every [`NAMES_TTL`].
+    /// Every node name (a non-empty string), sorted; asked of the database at most every
+    /// [`NAMES_TTL`].
     pub async fn node_names(&self) -> Result<Vec<String>, MongoError> {
         let before = self.names.ended.load(Ordering::Acquire);
         // Held across the query so that concurrent requests wait for one `distinct`, and take
@@ -215,8 +216,10 @@ impl Store {
             .await?;
         let mut names: Vec<String> = names
             .into_iter()
+            // Only names the other routes can be asked for: `node=` with nothing is a
+            // missing parameter, and a number or null has no name to ask by.
             .filter_map(|b| match b {
-                Bson::String(s) => Some(s),
+                Bson::String(s) if !s.is_empty() => Some(s),
                 _ => None,
             })
             .collect();

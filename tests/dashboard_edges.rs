@@ -1,0 +1,57 @@
+//! The dashboard binary against a real MongoDB wire-protocol server (SecantusDB) holding odd
+//! documents, and against clients that misbehave: what one bad document or one idle client
+//! must not do to everything else.
+#![cfg(feature = "dashboard")]
+
+mod common;
+mod dashboard_support;
+
+use mongodb::bson::DateTime;
+use serde_json::Value;
+
+use common::MongoServer;
+use dashboard_support::{insert, readings, Dashboard};
+
+/// The names `/api/nodes` lists.
+fn listed(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .expect("an array")
+        .iter()
+        .map(|n| n["nodeName"].as_str().expect("a string name"))
+        .collect()
+}
+
+// A document with an empty `nodeName` is no node, and one whose `nodeName` is an array is
+// listed under each of its elements (as `distinct` and every query find it): each name listed
+// is one whose chart answers. They used to be listed under the document's own name, "" (a
+// 400: missing parameter) or the array (shown as "arr1,arr2", a 404), and the page's one
+// failed request blanked every node's chart.
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_node_names_leave_every_listed_node_chartable() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_odd_names");
+    let now = DateTime::now().timestamp_millis();
+    let mut docs = readings("node-a", 0, now - 60_000, 1_000, 30, 0..0, 0);
+    let mut empty = readings("", 1, now - 30_000, 1_000, 1, 0..0, 0).remove(0);
+    empty.insert("nodeName", "");
+    let mut array = readings("x", 2, now - 20_000, 1_000, 1, 0..0, 0).remove(0);
+    array.insert("nodeName", vec!["arr1", "arr2"]);
+    let mut number = readings("x", 3, now - 10_000, 1_000, 1, 0..0, 0).remove(0);
+    number.insert("nodeName", 7);
+    docs.extend([empty, array, number]);
+    insert(&server.client().await, &db, docs).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let list = dash.json("/api/nodes");
+        assert_eq!(listed(&list), ["arr1", "arr2", "node-a"], "{list}");
+        for node in listed(&list) {
+            let chart = dash.json(&format!("/api/chart?node={node}"));
+            assert_eq!(chart["node"], node);
+        }
+        let a = &list[2];
+        assert_eq!(a["temperature"].as_f64().map(|t| t > 0.0), Some(true));
+        assert_eq!(list[0]["stale"], false, "{list}");
+    })
+    .await
+    .unwrap();
+}
