@@ -55,3 +55,37 @@ async fn odd_node_names_leave_every_listed_node_chartable() {
     .await
     .unwrap();
 }
+
+// A node's tile shows its latest reading dated up to a minute ahead of now, not one from a
+// clock that ran a day ahead: that one used to pin the tile for a day, "0 s ago" and never
+// stale, while the charts (a window ending now) left it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reading_dated_ahead_does_not_pin_the_tile() {
+    const DAY: i64 = 86_400_000;
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_ahead");
+    let now = DateTime::now().timestamp_millis();
+    let mut docs = readings("node-a", 0, now - 30_000, 1_000, 10, 0..0, 0);
+    let last = docs.last().unwrap().get_datetime("recordedAt").unwrap();
+    let last = last.timestamp_millis();
+    let mut ahead = readings("node-a", 0, now + DAY, 1_000, 1, 0..0, 0);
+    ahead[0].insert("temperature", 99.5);
+    docs.extend(ahead);
+    // Within the slack: a clock a little ahead of the dashboard's still counts.
+    let mut near = readings("node-b", 1, now + 20_000, 1_000, 1, 0..0, 0);
+    near[0].insert("temperature", 12.5);
+    docs.extend(near);
+    insert(&server.client().await, &db, docs).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let list = dash.json("/api/nodes");
+        assert_eq!(listed(&list), ["node-a", "node-b"], "{list}");
+        let a = &list[0];
+        assert_eq!(a["recordedAt"], dashboard_support::iso(last), "{a}");
+        assert_ne!(a["temperature"], 99.5, "{a}");
+        assert!(a["ageSeconds"].as_f64().unwrap() >= 20.0, "{a}");
+        assert_eq!(list[1]["temperature"], 12.5, "{list}");
+    })
+    .await
+    .unwrap();
+}

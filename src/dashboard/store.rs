@@ -22,6 +22,12 @@ use crate::report::field;
 /// How long the list of node names is reused: `distinct` reads the whole index, and the page
 /// asks every two seconds; a new node's tile appears within this.
 pub const NAMES_TTL: Duration = Duration::from_secs(30);
+/// How far ahead of the dashboard's clock a node's latest reading may be dated. A reading
+/// from a node whose clock ran ahead (a day, say, before NTP set it right) would otherwise be
+/// its latest until that time came, shown as new and never stale while the node is silent, and
+/// outside every chart, whose window ends now. A minute allows for clocks that differ a little
+/// and for the time a reading takes to be stored and read.
+pub const FUTURE_SLACK: Duration = Duration::from_secs(60);
 /// The index every query of the dashboard uses.
 pub const INDEX_NAME: &str = "nodeName_1_recordedAt_1";
 
@@ -227,11 +233,16 @@ impl Store {
         Ok(names)
     }
 
-    /// A node's latest report, `None` for a node with none.
+    /// A node's latest report dated no later than [`FUTURE_SLACK`] from now, `None` for a node
+    /// with none.
     pub async fn latest(&self, node: &str) -> Result<Option<Document>, MongoError> {
+        let until = crate::clock::now_ms().saturating_add(FUTURE_SLACK.as_millis() as i64);
         self.bounded(
             self.reports
-                .find_one(doc! { field::NODE_NAME: node })
+                .find_one(doc! {
+                    field::NODE_NAME: node,
+                    field::RECORDED_AT: { "$lte": mongodb::bson::DateTime::from_millis(until) },
+                })
                 .sort(doc! { field::RECORDED_AT: -1 })
                 .max_time(self.timeout),
         )
