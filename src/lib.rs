@@ -19,6 +19,7 @@
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 //! - [`logging`]: tracing to stderr, shared by the binaries.
+//! - [`listener`]: serving HTTP/1.1 with a header timeout, a connection cap and graceful shutdown.
 //! - [`metrics`]: Prometheus metrics and health checks (`--metrics-listen`), shared by the programs.
 //! - `firehose` (feature `firehose`): the Kinesis Data Firehose HTTP endpoint that upserts deliveries.
 //! - `forwarder` (feature `forwarder`): the MongoDB change stream to Kinesis forwarder.
@@ -41,6 +42,7 @@ pub mod firehose_local;
 pub mod forwarder;
 pub mod fsutil;
 pub mod led;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod mongo;

@@ -6,11 +6,21 @@
 mod common;
 mod dashboard_support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
 use mongodb::bson::DateTime;
 use serde_json::Value;
 
+use common::wire::{Sent, Withhold, ZlibProxy};
 use common::MongoServer;
-use dashboard_support::{insert, readings, Dashboard};
+use dashboard_support::{insert, readings, Dashboard, T0_MS};
+
+/// The dashboard's header timeout (`listener::HEADER_TIMEOUT`), declared again here.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// API requests querying the database at once (`limit::MAX_QUERYING`), declared again here.
+const MAX_QUERYING: usize = 8;
 
 /// The names `/api/nodes` lists.
 fn listed(list: &Value) -> Vec<&str> {
@@ -85,6 +95,129 @@ async fn a_reading_dated_ahead_does_not_pin_the_tile() {
         assert_ne!(a["temperature"], 99.5, "{a}");
         assert!(a["ageSeconds"].as_f64().unwrap() >= 20.0, "{a}");
         assert_eq!(list[1]["temperature"], 12.5, "{list}");
+    })
+    .await
+    .unwrap();
+}
+
+/// A connection that sent the first line of a request and nothing more.
+fn half_request(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\n").expect("a request line");
+    s
+}
+
+// Hundreds of connections that each send half a request leave the page and the API answering
+// at once, and each such connection is closed once its headers are late. They used to be
+// held for as long as their clients liked.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_half_requests_neither_block_nor_stay() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_idle");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "5s");
+    tokio::task::spawn_blocking(move || {
+        let opened = Instant::now();
+        let idle: Vec<TcpStream> = (0..300).map(|_| half_request(&dash.addr)).collect();
+        let asked = Instant::now();
+        assert_eq!(dash.get("/").status, 200);
+        assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            asked.elapsed()
+        );
+        // The first one is closed (with or without a 408) once the header timeout has passed.
+        let mut first = &idle[0];
+        first.set_read_timeout(Some(HEADER_TIMEOUT * 3)).unwrap();
+        let mut answer = Vec::new();
+        first
+            .read_to_end(&mut answer)
+            .expect("closed by the server, not left open");
+        let held = opened.elapsed();
+        assert!(
+            held >= HEADER_TIMEOUT - Duration::from_secs(1) && held < HEADER_TIMEOUT * 2,
+            "closed after {held:?}"
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+// With every turn at the database taken by requests the database does not answer, the next
+// API request is answered 503 with the reason within seconds rather than queued without
+// bound, and the page itself, which needs no query, still answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_beyond_the_querying_limit_are_answered_busy() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_busy");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let proxy = ZlibProxy::start_withholding(server.port, &[("aggregate", Withhold::Stall)]);
+    let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &["--query-timeout", "20s"]);
+    let aggregates = move || {
+        let sent = proxy.sent();
+        let is_aggregate =
+            |s: &&Sent| matches!(s, Sent::Command { name, .. } if name == "aggregate");
+        sent.iter().filter(is_aggregate).count()
+    };
+    tokio::task::spawn_blocking(move || {
+        let addr = dash.addr.clone();
+        let held: Vec<_> = (0..MAX_QUERYING)
+            .map(|_| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    dashboard_support::get(&addr, "/api/chart?node=node-a").status
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while aggregates() < MAX_QUERYING {
+            assert!(
+                Instant::now() < deadline,
+                "{} aggregates held",
+                aggregates()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let asked = Instant::now();
+        let r = dash.get("/api/nodes");
+        assert_eq!(r.status, 503, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.starts_with("busy: ") && msg.contains("try again"),
+            "{msg}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(dash.get("/").status, 200);
+        for h in held {
+            assert_eq!(
+                h.join().unwrap(),
+                503,
+                "a held request, once its query timed out"
+            );
+        }
+        // Their turns are back once they have ended.
+        assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
     })
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! The JSON API: `/api/nodes`, `/api/series`, `/api/motion` and `/api/health`. Every error
 //! answer is `{"error": "one line"}` with a status saying whose fault it is: 400 for a bad
-//! parameter, 404 for an unknown node, 503 while the database does not answer.
+//! parameter, 404 for an unknown node, 503 while the database does not answer or too many
+//! requests are querying it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub enum ApiError {
     /// The database is unreachable or too slow (503); the page retries.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Too many requests are querying the database already (503); the page retries.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The database refuses for a reason retrying will not fix, such as a missing privilege (500).
     #[error("database refused: {0}")]
     Refused(String),
@@ -57,10 +61,11 @@ impl IntoResponse for ApiError {
         let status = match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
+        // A flood's every refused request is not worth a line each.
+        if status.is_server_error() && !matches!(self, ApiError::Busy(_)) {
             tracing::warn!(error = %self, "request failed");
         }
         (

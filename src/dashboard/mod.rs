@@ -9,6 +9,7 @@
 //! - [`page`]: the page and its assets, built in.
 //! - [`render`]: one node's chart as a PNG or SVG file, with `plotters`.
 //! - [`metrics`]: requests by route and status, served on `--metrics-listen`.
+//! - [`limit`]: connections served at once, and API requests querying MongoDB at once.
 //!
 //! Bucketing happens inside MongoDB (`$group` on a bucket computed from `recordedAt`), so a
 //! chart of a month costs 600 documents on the wire rather than five million.
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod config;
 pub mod csv;
+pub mod limit;
 pub mod metrics;
 pub mod page;
 pub mod query;
@@ -43,21 +45,28 @@ pub struct AppState {
     pub stale_after: Duration,
     /// What the requests count.
     pub metrics: Arc<DashboardMetrics>,
+    /// The API's turns at querying the database.
+    pub turns: limit::Turns,
 }
 
-/// The router: the page, its assets and the API, each request counted. Tests call it directly.
+/// The router: the page, its assets and the API, each request counted, at most
+/// [`limit::MAX_QUERYING`] API requests querying the database at once. Tests call it directly.
 pub fn app(state: AppState) -> Router {
     let counting = axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track);
-    Router::new()
-        .route("/", get(page::index))
-        .route("/assets/dashboard.js", get(page::script))
-        .route("/assets/dashboard.css", get(page::style))
+    let turns = axum::middleware::from_fn_with_state(state.turns.clone(), limit::take_turn);
+    let api = Router::new()
         .route("/api/nodes", get(api::nodes))
         .route("/api/series", get(api::series))
         .route("/api/motion", get(api::motion))
         .route("/api/chart", get(api::chart))
         .route("/api/csv", get(csv::csv))
         .route("/api/health", get(api::health))
+        .route_layer(turns);
+    Router::new()
+        .route("/", get(page::index))
+        .route("/assets/dashboard.js", get(page::script))
+        .route("/assets/dashboard.css", get(page::style))
+        .merge(api)
         .layer(counting)
         .with_state(state)
 }
@@ -119,9 +128,6 @@ pub enum RunError {
     /// The metrics address is taken or not ours.
     #[error("{0}")]
     Metrics(#[from] crate::metrics::ListenError),
-    /// The server failed while running.
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
 }
 
 /// What `sensehat-dashboard check-config` found: a summary to print, or why it cannot start.
@@ -178,11 +184,14 @@ pub async fn run(
         store,
         stale_after: config.stale_after,
         metrics: counted,
+        turns: limit::turns(),
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(RunError::Serve)?;
+    let service = hyper_util::service::TowerToHyperService::new(app(state));
+    let limits = crate::listener::Limits {
+        max_connections: limit::MAX_CONNECTIONS,
+        header_timeout: crate::listener::HEADER_TIMEOUT,
+    };
+    crate::listener::serve(listener, service, limits, shutdown).await;
     info!("stopped");
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 mod text;
 
@@ -29,8 +29,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections served at once. A scraper opens one; a few more allow for a load balancer's
 /// health checks and a person with curl. More wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 8;
-/// How long a request's headers may take, also on an idle kept-alive connection.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The answer to "is what this program needs reachable?": `Err` carries a one-line reason.
 pub type ReadyFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -97,44 +95,19 @@ pub fn spawn(listener: TcpListener, registry: SharedRegistry, ready: Readiness) 
     tokio::spawn(serve(listener, registry, ready));
 }
 
-/// Answer scrapes and health checks on `listener`, forever.
+/// Answer scrapes and health checks on `listener`, forever, at most [`MAX_CONNECTIONS`] at once
+/// and each request's headers within [`crate::listener::HEADER_TIMEOUT`].
 pub async fn serve(listener: TcpListener, registry: SharedRegistry, ready: Readiness) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(error = %e, "metrics listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let service = hyper::service::service_fn(move |req| {
         let registry = registry.clone();
         let ready = ready.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let registry = registry.clone();
-                let ready = ready.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry, &ready).await) }
-            });
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "metrics connection ended");
-            }
-        });
-    }
+        async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry, &ready).await) }
+    });
+    let limits = crate::listener::Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: crate::listener::HEADER_TIMEOUT,
+    };
+    crate::listener::serve(listener, service, limits, std::future::pending()).await;
 }
 
 type Response = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
