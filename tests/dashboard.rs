@@ -472,10 +472,12 @@ async fn bad_input_is_refused_with_a_reason() {
 }
 
 // A user without the privilege to read the collection gets 500, "database refused", with the
-// server's reason and what to grant: retrying (what a 503 asks for) will not mend it. The test
-// server has no users, so a proxy in front of it refuses the reads as mongod does (code 13).
+// server's reason and what to grant: retrying (what a 503 asks for) will not mend it; and the
+// dashboard is not ready. SecantusDB has no users or roles, so a proxy in front of it refuses
+// the reads as mongod does (code 13); a ping still goes through, as it would for such a user.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
+    use metrics_common::{free_addr, get, wait_serving};
     let server = MongoServer::start();
     let db = common::unique_name("dash_denied");
     insert(
@@ -486,9 +488,15 @@ async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
     .await;
     let refused = ["distinct", "aggregate", "find", "createIndexes"].map(|c| (c, Withhold::Refuse));
     let proxy = ZlibProxy::start_withholding(server.port, &refused);
-    let dash = Dashboard::start(&proxy.uri(), &db, "5s");
+    let metrics = free_addr();
+    let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &["--metrics-listen", &metrics]);
+    wait_serving(&metrics).await;
     tokio::task::spawn_blocking(move || {
-        for path in ["/api/nodes", "/api/series?node=node-a&field=temperature"] {
+        for path in [
+            "/api/nodes",
+            "/api/series?node=node-a&field=temperature",
+            "/api/health",
+        ] {
             let r = dash.get(path);
             assert_eq!(r.status, 500, "{path}: {}", r.body);
             let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -497,8 +505,19 @@ async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
             assert!(msg.contains("not authorized on"), "{msg}");
             assert!(msg.contains("read role"), "{msg}");
         }
-        // A ping needs no privilege: the database itself is up.
-        assert_eq!(dash.get("/api/health").status, 200);
+        // Readiness reads the collection as every page does, so it fails as they do; a ping,
+        // which needs no privilege, said ready.
+        let ready = get(&metrics, "/readyz").unwrap();
+        assert_eq!(ready.status, 503, "{}", ready.body);
+        assert!(
+            ready
+                .body
+                .starts_with("not ready: cannot read the readings: ")
+                && ready.body.contains("not authorized on"),
+            "{}",
+            ready.body
+        );
+        drop(dash);
     })
     .await
     .unwrap();

@@ -1,5 +1,5 @@
 //! The dashboard's Prometheus metrics, counted by a middleware around every route and exposed on
-//! `--metrics-listen` with `/healthz` and `/readyz` (the database answers a ping): see
+//! `--metrics-listen` with `/healthz` and `/readyz` (the readings collection can be read): see
 //! docs/dashboard.md for the list.
 
 use std::sync::Arc;

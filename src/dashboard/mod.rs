@@ -168,14 +168,14 @@ pub async fn run(
     info!(listen = %addr, database = %config.database, collection = %config.collection, "serving the dashboard");
     let counted = Arc::new(DashboardMetrics::default());
     if let Some(l) = metrics_listener {
-        let ping = store.clone();
+        let reads = store.clone();
         let ready: crate::metrics::Readiness = Arc::new(move || {
-            let store = ping.clone();
+            let store = reads.clone();
             Box::pin(async move {
                 store
-                    .ping()
+                    .readable()
                     .await
-                    .map_err(|e| format!("the database does not answer: {e}"))
+                    .map_err(|e| format!("cannot read the readings: {e}"))
             })
         });
         crate::metrics::spawn(l, Arc::new(counted.registry()), ready);

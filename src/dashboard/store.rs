@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::{Client, Collection, Cursor, IndexModel};
+use mongodb::{Collection, Cursor, IndexModel};
 use serde_json::{Map, Number, Value};
 
 use super::config::Config;
@@ -67,7 +67,6 @@ pub enum IndexOutcome {
 /// The readings collection, read-only.
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
     reports: Collection<Document>,
     uri: String,
     timeout: Duration,
@@ -99,7 +98,6 @@ impl Store {
             .database(&config.database)
             .collection(&config.collection);
         Ok(Store {
-            client,
             reports,
             uri: config.uri.clone(),
             timeout: config.query_timeout,
@@ -380,10 +378,16 @@ impl Store {
         Ok(self.bounded(past).await?.is_some())
     }
 
-    /// Whether the database answers a ping.
-    pub async fn ping(&self) -> Result<(), MongoError> {
-        let admin = self.client.database("admin");
-        self.bounded(admin.run_command(doc! { "ping": 1 })).await?;
+    /// Whether the dashboard can read the readings: one `find` of a single `_id`. A ping would
+    /// answer for a user that may not read the collection, whose every page then fails.
+    pub async fn readable(&self) -> Result<(), MongoError> {
+        self.bounded(
+            self.reports
+                .find_one(doc! {})
+                .projection(doc! { field::ID: 1 })
+                .max_time(self.timeout),
+        )
+        .await?;
         Ok(())
     }
 }
