@@ -41,7 +41,7 @@ async fn main() {
         };
         let t = t.timestamp_millis();
         let e = buckets
-            .entry(t - t % width)
+            .entry(sensehat_monitor::dashboard::query::bucket_start(t, width))
             .or_insert((0.0, f64::MAX, f64::MIN, 0));
         *e = (e.0 + v, e.1.min(v), e.2.max(v), e.3 + 1);
     }

@@ -64,9 +64,9 @@ fn expected(
         let Some(v) = value(d, field).filter(|v| v.is_finite()) else {
             continue;
         };
-        let e = sums
-            .entry(t - t % w)
-            .or_insert((0.0, f64::MAX, f64::MIN, 0));
+        // The bucket's start: the last multiple of w at or before t (floor, before 1970 too).
+        let start = (t as f64 / w as f64).floor() as i64 * w;
+        let e = sums.entry(start).or_insert((0.0, f64::MAX, f64::MIN, 0));
         *e = (e.0 + v, e.1.min(v), e.2.max(v), e.3 + 1);
     }
     sums.into_iter()
@@ -182,6 +182,30 @@ async fn series_are_bucketed_as_computed_here() {
                 T0_MS + 3 * HOUR
             ) > 0
         );
+    })
+    .await
+    .unwrap();
+}
+
+// Readings on both sides of 1970-01-01 (negative times) are bucketed as computed here, each in
+// the bucket that starts at or before it: the pipeline's `$mod` keeps the dividend's sign, and
+// every bucket before 1970 used to be labelled with its end and hold the wrong readings.
+#[tokio::test(flavor = "multi_thread")]
+async fn readings_before_1970_are_bucketed_by_their_start() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_1970");
+    let docs = readings("old-pi", 0, -90 * MIN - 2_500, 7_000, 1_545, 0..0, 0);
+    insert(&server.client().await, &db, docs.clone()).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        for (from, to) in [
+            (-2 * HOUR + 1_234, 2 * HOUR - 4_321),
+            (-10 * MIN - 3_700, 10 * MIN + 2_900),
+        ] {
+            for field in ["temperature", "pressure"] {
+                assert!(check_series(&dash, &docs, "old-pi", field, from, to) > 20);
+            }
+        }
     })
     .await
     .unwrap();

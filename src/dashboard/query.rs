@@ -192,11 +192,11 @@ pub fn bucket_count(from_ms: i64, to_ms: i64, width: i64) -> i64 {
     last - first + 1
 }
 
-/// The start of the epoch-aligned bucket of `width` ms holding `t_ms`: the rule the pipeline
-/// applies in the database (`$mod` keeps the dividend's sign, as `%` does), for tests and the
-/// naive comparison.
+/// The start of the epoch-aligned bucket of `width` ms holding `t_ms`, the last multiple of
+/// `width` not after it (before 1970 too): the rule the pipeline applies in the database, for
+/// the naive comparison.
 pub fn bucket_start(t_ms: i64, width: i64) -> i64 {
-    t_ms - t_ms % width
+    t_ms - t_ms.rem_euclid(width)
 }
 
 /// A field's value in an aggregation expression: its path after a `$`.
@@ -204,10 +204,16 @@ fn value_of(path: &str) -> String {
     format!("${path}")
 }
 
-/// The bucket of `$recordedAt` as a date, in aggregation operators.
+/// The bucket of `$recordedAt` as a date, in aggregation operators: [`bucket_start`].
+/// `$mod` keeps the dividend's sign, so before 1970 (a negative time) its remainder is
+/// negative, and subtracting it would give the bucket's end; `width` is added to it then, so
+/// the remainder is always the time since the bucket's start, as `bucket_count` counts them.
 fn bucket_expr(width: i64) -> Document {
     let t = doc! { "$toLong": value_of(field::RECORDED_AT) };
-    doc! { "$toDate": { "$subtract": [t.clone(), { "$mod": [t, width] }] } }
+    let r = doc! { "$mod": [t.clone(), width] };
+    let since_start =
+        doc! { "$cond": [{ "$lt": [r.clone(), 0] }, { "$add": [r.clone(), width] }, r] };
+    doc! { "$toDate": { "$subtract": [t, since_start] } }
 }
 
 /// Whether the field at `path` holds a reading a chart can draw: a finite double, int or long.
@@ -381,11 +387,15 @@ mod tests {
         assert!(parse_time("to", "9999-12-31T23:59:59+00:00").is_ok());
     }
 
-    // The bucket rule is epoch-aligned.
+    // The bucket rule is epoch-aligned, before 1970 too: a bucket starts at or before its times.
     #[test]
     fn buckets_are_epoch_aligned() {
         assert_eq!(bucket_start(12_345, 1_000), 12_000);
         assert_eq!(bucket_start(12_000, 1_000), 12_000);
+        assert_eq!(bucket_start(-1, 1_000), -1_000);
+        assert_eq!(bucket_start(-1_000, 1_000), -1_000);
+        assert_eq!(bucket_start(-1_001, 1_000), -2_000);
+        assert_eq!(bucket_count(-1, 1, 1_000), 2);
         assert_eq!(bucket_count(999, 1_001, 1_000), 2);
     }
 
