@@ -97,9 +97,11 @@ async fn render_and_check_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(std::fs::read_to_string(&svg_path)
-        .unwrap()
-        .contains("<polyline"));
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.contains("<polyline"));
+    // The times are UTC, and the chart says so.
+    let title = format!("{} UTC", &to[..16]);
+    assert!(svg.contains(&title), "no {title:?} in the SVG");
     let out = run(
         &[
             "render",

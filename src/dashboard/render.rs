@@ -148,8 +148,9 @@ type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::Er
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> DrawResult<DB> {
     root.fill(&WHITE)?;
     let w = chart.window;
+    // Every time on the chart, the axis's too, is in UTC: the title says so.
     let title = format!(
-        "{} {} ({}), {} to {}",
+        "{} {} ({}), {} to {} UTC",
         chart.node,
         chart.field.path(),
         chart.field.unit(),
