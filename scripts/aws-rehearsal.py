@@ -5,7 +5,8 @@
     python3 scripts/aws-rehearsal.py --static-only                          # no emulator needed
 
 Static checks (template against source): the stream name default (the forwarder's clap
-default), the EventBridge rule's Source and DetailType, the endpoint's body limit
+default), the EventBridge rule's Source and DetailType and its target's dead-letter queue and
+retry policy, the endpoint's body limit
 against what Firehose may POST with the template's buffering, the access-key pattern against the
 endpoint's key list syntax, and the forwarder's and firehose-local's policies against the Kinesis
 calls their source makes.
@@ -18,13 +19,17 @@ resource of both back, comparing it with the template. Exits 1 on any mismatch.
 """
 
 import argparse
+import atexit
 import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from urllib.parse import urlsplit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "deploy", "aws"))
@@ -182,6 +187,24 @@ def static_checks(t):
     print("eventbridge: rule matches the forwarder's Source %r and DetailType %r; it calls %s"
           % (rule["source"][0], rule["detail-type"][0], sorted(eb_calls)))
 
+    # 7. Undeliverable events are kept: the rule's target has the dead-letter queue and the retry
+    #    policy, and the queue takes messages from EventBridge for this rule only, whenever the
+    #    rule exists.
+    res = t["Resources"]
+    target = res["ForwarderEventsRule"]["Properties"]["Targets"][0]
+    check(target.get("DeadLetterConfig") == {"Arn": {"Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]}},
+          "the rule's target has no DeadLetterConfig on EventsDeadLetterQueue")
+    check(target.get("RetryPolicy") == {"MaximumEventAgeInSeconds": 86400, "MaximumRetryAttempts": 185},
+          "the rule's target has no RetryPolicy of 24 h and 185 attempts")
+    stmt = res["EventsDeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    check(len(stmt) == 1 and stmt[0]["Principal"] == {"Service": "events.amazonaws.com"}
+          and stmt[0]["Action"] == "sqs:SendMessage"
+          and stmt[0]["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ForwarderEventsRule", "Arn"]}}},
+          "EventsDeadLetterQueuePolicy does not limit SendMessage to EventBridge for this rule")
+    conds = {res[lg].get("Condition") for lg in ("ForwarderEventsRule", "EventsDeadLetterQueue", "EventsDeadLetterQueuePolicy")}
+    check(len(conds) == 1, "the rule, its queue and the queue's policy are not made under one condition: %s" % conds)
+    print("eventbridge: undeliverable events go to EventsDeadLetterQueue after 24 h or 185 attempts")
+
 
 # ---- reading back -----------------------------------------------------------------------------
 
@@ -194,6 +217,7 @@ MOTO_CFN_GAPS = {
     "FailedDeliveriesBucket.encryption", "FailedDeliveriesBucket.public-access",
     "FailedDeliveriesBucket.ownership", "FailedDeliveriesBucket.lifecycle",
     "FailedDeliveriesBucketPolicy", "DestinationLogStream", "BackupLogStream",
+    "EventsDeadLetterQueuePolicy",  # moto has no AWS::SQS::QueuePolicy
 }
 gaps = []
 
@@ -332,6 +356,25 @@ def verify_one(ctx, c, label, lg, res):
         same(props["State"], r["State"], what + ".State")
         targets = ev.list_targets_by_rule(Rule=props["Name"], EventBusName=props["EventBusName"])["Targets"]
         same(props["Targets"], targets, what + ".Targets")
+        # Spelled out as well: an event the target cannot take goes to the queue, not away.
+        # (moto stores both settings but never delivers to Firehose, so it never uses them.)
+        queue = ctx.getatt("EventsDeadLetterQueue", "Arn")
+        for tg in targets:
+            same({"DeadLetterConfig": {"Arn": queue},
+                  "RetryPolicy": {"MaximumEventAgeInSeconds": 86400, "MaximumRetryAttempts": 185}},
+                 tg, "%s.Targets[%s]" % (what, tg["Id"]))
+    elif typ == "AWS::SQS::Queue":
+        sqs = c["sqs"]
+        url = sqs.get_queue_url(QueueName=ctx.name(lg))["QueueUrl"]
+        # moto's host in the URL is the one it was asked on; the stack's is AWS's.
+        same(urlsplit(ctx.ref(lg)).path, urlsplit(url).path, what + ".QueueUrl")
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        want = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in props.items() if k != "QueueName"}
+        same(want | {"QueueArn": ctx.getatt(lg, "Arn")}, attrs, what)
+    elif typ == "AWS::SQS::QueuePolicy":
+        for q in props["Queues"]:
+            got = c["sqs"].get_queue_attributes(QueueUrl=q, AttributeNames=["Policy"]).get("Attributes", {}).get("Policy")
+            same(tpl.normalize_policy(props["PolicyDocument"]), got and tpl.normalize_policy(got), what)
     else:
         check(False, "%s: no read-back for %s" % (what, typ))
 
@@ -341,7 +384,7 @@ def clients(endpoint, region):
 
     s = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
     return {n: s.client(n, endpoint_url=endpoint) for n in
-            ("cloudformation", "kinesis", "s3", "logs", "iam", "firehose", "events", "sts")}
+            ("cloudformation", "kinesis", "s3", "logs", "iam", "firehose", "events", "sts", "sqs")}
 
 
 def rehearse_stack(t, endpoint):
@@ -373,13 +416,17 @@ def rehearse_stack(t, endpoint):
     if unlisted:
         print("moto's stack does not list %s; read back from the services instead" % ", ".join(unlisted))
     # Generated names, as the stack chose them (a managed policy's physical id is its ARN).
-    names = {}
+    # A queue's physical id is its URL, which is also its Ref.
+    names, refs = {}, {}
     for lg, phys in created.items():
         typ = t["Resources"][lg]["Type"]
-        if tpl.TYPES[typ][0] is None and tpl.TYPES[typ][1] is not None:
-            names[lg] = phys.rsplit("/", 1)[-1] if typ == "AWS::IAM::ManagedPolicy" else phys
+        prop = tpl.TYPES[typ][0]
+        if (prop is None or prop not in t["Resources"][lg].get("Properties", {})) and tpl.TYPES[typ][1] is not None:
+            names[lg] = phys.rsplit("/", 1)[-1] if typ in ("AWS::IAM::ManagedPolicy", "AWS::SQS::Queue") else phys
+        if typ == "AWS::SQS::Queue":
+            refs[lg] = phys
     # Now as if CreateDeliveryStream were true: the delivery streams, through the Firehose API.
-    ctx = tpl.Context(t, params, pseudo, names=names, fixed={"MakeDeliveryStream": True})
+    ctx = tpl.Context(t, params, pseudo, names=names, fixed={"MakeDeliveryStream": True}, refs=refs)
     for lg, res in t["Resources"].items():
         if res["Type"] == "AWS::KinesisFirehose::DeliveryStream" and ctx.exists(lg):
             props = ctx.properties(lg)
@@ -413,6 +460,16 @@ def rehearse_cli(t, endpoint, twice):
     }
     import gen_cli
 
+    # The AWS CLI v1 sends sqs commands to its own endpoint for most regions whatever
+    # AWS_ENDPOINT_URL says (awscli/customizations/overridesslcommonname.py); only --endpoint-url
+    # overrides that. So cli.sh's `aws` here is a wrapper that adds it to sqs commands.
+    wrap = tempfile.mkdtemp(prefix="aws-rehearsal-")
+    with open(os.path.join(wrap, "aws"), "w") as f:
+        f.write('#!/bin/sh\nif [ "$1" = sqs ]; then shift; exec "%s" sqs --endpoint-url "$AWS_ENDPOINT_URL" "$@"; fi\n'
+                'exec "%s" "$@"\n' % (shutil.which("aws"), shutil.which("aws")))
+    os.chmod(os.path.join(wrap, "aws"), 0o755)
+    atexit.register(shutil.rmtree, wrap, True)
+    env["PATH"] = wrap + os.pathsep + env["PATH"]
     for k, v in params.items():
         if k not in gen_cli.FIXED_PARAMS:
             env[gen_cli.env_name(k)] = v
@@ -434,12 +491,16 @@ def rehearse_cli(t, endpoint, twice):
             return
     pseudo = {"AWS::Partition": "aws", "AWS::Region": region, "AWS::AccountId": ACCOUNT}
     ctx = tpl.Context(t, params | gen_cli.FIXED_PARAMS, pseudo)
+    c = clients(endpoint, region)
+    # A queue's URL, as SQS gives it, is its Ref (and what cli.sh must print).
+    ctx.refs = {lg: c["sqs"].get_queue_url(QueueName=ctx.name(lg))["QueueUrl"]
+                for lg, res in t["Resources"].items() if res["Type"] == "AWS::SQS::Queue" and ctx.exists(lg)}
     printed = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
     for k, o in t["Outputs"].items():
         if "Condition" in o and not ctx.condition(o["Condition"]):
             continue
         same(ctx.resolve(o["Value"]), printed.get(k), "cli.sh output " + k)
-    verify(ctx, clients(endpoint, region), "cli.sh")
+    verify(ctx, c, "cli.sh")
 
 
 def main():

@@ -4,9 +4,9 @@
 #
 # The plain AWS CLI equivalent of pipeline.yaml, for people who do not use CloudFormation: the
 # Kinesis stream, the failed-deliveries bucket, the log group, the IAM roles and policies, the
-# Firehose delivery stream (and, with ENABLE_EVENT_BRIDGE=true, the bus, rule and Direct PUT
-# delivery stream). Safe to run again: what exists is left or brought to the template's settings
-# (delivery streams are left as they are). See docs/aws.md.
+# Firehose delivery stream (and, with ENABLE_EVENT_BRIDGE=true, the bus, the rule, its
+# dead-letter queue and the Direct PUT delivery stream). Safe to run again: what exists is left
+# or brought to the template's settings (delivery streams are left as they are). See docs/aws.md.
 #
 #   ENDPOINT_URL=https://firehose.example.org/ ACCESS_KEY="$(cat key)" bash deploy/aws/cli.sh
 #
@@ -119,6 +119,7 @@ N_ReaderPolicy="${DELIVERY_STREAM_NAME}-firehose-local"
 N_EventBus="${EVENT_BUS_NAME}"
 N_EventsDeliveryStream="${DELIVERY_STREAM_NAME}-events"
 N_EventsRole="${DELIVERY_STREAM_NAME}-events"
+N_EventsDeadLetterQueue="${DELIVERY_STREAM_NAME}-events-dlq"
 N_ForwarderEventsRule="${DELIVERY_STREAM_NAME}-to-firehose"
 N_ForwarderEventsPolicy="${DELIVERY_STREAM_NAME}-kinesis-forwarder-events"
 
@@ -750,6 +751,45 @@ EOF
   aws iam put-role-policy --role-name "${N_EventsRole}" --policy-name put-records --policy-document "file://$T/EventsRole.put-records.json"
 fi
 
+# EventsDeadLetterQueue (AWS::SQS::Queue)
+step "EventsDeadLetterQueue"
+if [ "${COND_EventBridge}" = true ]; then
+  cat > "$T/EventsDeadLetterQueue.attrs.json" <<EOF
+{
+  "MessageRetentionPeriod": "1209600",
+  "SqsManagedSseEnabled": "true"
+}
+EOF
+  if U_EventsDeadLetterQueue=$(aws sqs get-queue-url --queue-name "${N_EventsDeadLetterQueue}" --query QueueUrl --output text 2>/dev/null); then
+    aws sqs set-queue-attributes --queue-url "${U_EventsDeadLetterQueue}" --attributes "file://$T/EventsDeadLetterQueue.attrs.json"
+  else
+    U_EventsDeadLetterQueue=$(aws sqs create-queue --queue-name "${N_EventsDeadLetterQueue}" --attributes "file://$T/EventsDeadLetterQueue.attrs.json" --query QueueUrl --output text)
+  fi
+fi
+
+# EventsDeadLetterQueuePolicy (AWS::SQS::QueuePolicy)
+step "EventsDeadLetterQueuePolicy"
+if [ "${COND_EventBridge}" = true ]; then
+  case "${COND_MakeEventBus}" in
+    false)
+      cat > "$T/EventsDeadLetterQueuePolicy.json" <<EOF
+{
+  "Policy": "{\"Statement\": [{\"Action\": \"sqs:SendMessage\", \"Condition\": {\"ArnEquals\": {\"aws:SourceArn\": \"arn:${PARTITION}:events:${REGION}:${ACCOUNT_ID}:rule/${N_ForwarderEventsRule}\"}}, \"Effect\": \"Allow\", \"Principal\": {\"Service\": \"events.amazonaws.com\"}, \"Resource\": \"arn:${PARTITION}:sqs:${REGION}:${ACCOUNT_ID}:${N_EventsDeadLetterQueue}\", \"Sid\": \"EventBridgeDeadLetters\"}], \"Version\": \"2012-10-17\"}"
+}
+EOF
+      aws sqs set-queue-attributes --queue-url "${U_EventsDeadLetterQueue}" --attributes "file://$T/EventsDeadLetterQueuePolicy.json"
+    ;;
+    true)
+      cat > "$T/EventsDeadLetterQueuePolicy.json" <<EOF
+{
+  "Policy": "{\"Statement\": [{\"Action\": \"sqs:SendMessage\", \"Condition\": {\"ArnEquals\": {\"aws:SourceArn\": \"arn:${PARTITION}:events:${REGION}:${ACCOUNT_ID}:rule/${N_EventBus}/${N_ForwarderEventsRule}\"}}, \"Effect\": \"Allow\", \"Principal\": {\"Service\": \"events.amazonaws.com\"}, \"Resource\": \"arn:${PARTITION}:sqs:${REGION}:${ACCOUNT_ID}:${N_EventsDeadLetterQueue}\", \"Sid\": \"EventBridgeDeadLetters\"}], \"Version\": \"2012-10-17\"}"
+}
+EOF
+      aws sqs set-queue-attributes --queue-url "${U_EventsDeadLetterQueue}" --attributes "file://$T/EventsDeadLetterQueuePolicy.json"
+    ;;
+  esac
+fi
+
 # ForwarderEventsRule (AWS::Events::Rule)
 step "ForwarderEventsRule"
 if [ "${COND_EventBridge}" = true ]; then
@@ -770,8 +810,15 @@ EOF
 [
   {
     "Arn": "arn:${PARTITION}:firehose:${REGION}:${ACCOUNT_ID}:deliverystream/${DELIVERY_STREAM_NAME}-events",
+    "DeadLetterConfig": {
+      "Arn": "arn:${PARTITION}:sqs:${REGION}:${ACCOUNT_ID}:${N_EventsDeadLetterQueue}"
+    },
     "Id": "firehose",
     "InputPath": "\$.detail",
+    "RetryPolicy": {
+      "MaximumEventAgeInSeconds": 86400,
+      "MaximumRetryAttempts": 185
+    },
     "RoleArn": "arn:${PARTITION}:iam::${ACCOUNT_ID}:role/${N_EventsRole}"
   }
 ]
@@ -794,8 +841,15 @@ EOF
 [
   {
     "Arn": "arn:${PARTITION}:firehose:${REGION}:${ACCOUNT_ID}:deliverystream/${DELIVERY_STREAM_NAME}-events",
+    "DeadLetterConfig": {
+      "Arn": "arn:${PARTITION}:sqs:${REGION}:${ACCOUNT_ID}:${N_EventsDeadLetterQueue}"
+    },
     "Id": "firehose",
     "InputPath": "\$.detail",
+    "RetryPolicy": {
+      "MaximumEventAgeInSeconds": 86400,
+      "MaximumRetryAttempts": 185
+    },
     "RoleArn": "arn:${PARTITION}:iam::${ACCOUNT_ID}:role/${N_EventsRole}"
   }
 ]
@@ -818,8 +872,15 @@ EOF
 [
   {
     "Arn": "arn:${PARTITION}:firehose:${REGION}:${ACCOUNT_ID}:deliverystream/${N_EventsDeliveryStream}",
+    "DeadLetterConfig": {
+      "Arn": "arn:${PARTITION}:sqs:${REGION}:${ACCOUNT_ID}:${N_EventsDeadLetterQueue}"
+    },
     "Id": "firehose",
     "InputPath": "\$.detail",
+    "RetryPolicy": {
+      "MaximumEventAgeInSeconds": 86400,
+      "MaximumRetryAttempts": 185
+    },
     "RoleArn": "arn:${PARTITION}:iam::${ACCOUNT_ID}:role/${N_EventsRole}"
   }
 ]
@@ -842,8 +903,15 @@ EOF
 [
   {
     "Arn": "arn:${PARTITION}:firehose:${REGION}:${ACCOUNT_ID}:deliverystream/${N_EventsDeliveryStream}",
+    "DeadLetterConfig": {
+      "Arn": "arn:${PARTITION}:sqs:${REGION}:${ACCOUNT_ID}:${N_EventsDeadLetterQueue}"
+    },
     "Id": "firehose",
     "InputPath": "\$.detail",
+    "RetryPolicy": {
+      "MaximumEventAgeInSeconds": 86400,
+      "MaximumRetryAttempts": 185
+    },
     "RoleArn": "arn:${PARTITION}:iam::${ACCOUNT_ID}:role/${N_EventsRole}"
   }
 ]
@@ -895,5 +963,13 @@ case "${COND_EventBridge}:${COND_MakeEventBus}" in
 esac
 case "${COND_EventBridge}" in
   true) echo "ForwarderEventsPolicyArn=arn:${PARTITION}:iam::${ACCOUNT_ID}:policy/${N_ForwarderEventsPolicy}" ;;
+  *) ;;
+esac
+case "${COND_EventBridge}" in
+  true) echo "EventsDeadLetterQueueUrl=${U_EventsDeadLetterQueue}" ;;
+  *) ;;
+esac
+case "${COND_EventBridge}" in
+  true) echo "EventsDeadLetterQueueArn=arn:${PARTITION}:sqs:${REGION}:${ACCOUNT_ID}:${N_EventsDeadLetterQueue}" ;;
   *) ;;
 esac

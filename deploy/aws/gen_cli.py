@@ -59,11 +59,13 @@ def shell_cond(t, c):
 
 
 def doc(path, obj):
-    """A heredoc writing `obj` as JSON; values hold only ${VAR} expansions (checked)."""
+    """A heredoc writing `obj` as JSON; values hold only ${VAR} expansions (checked), and a
+    JSON document inside a string (an SQS queue's Policy attribute) may escape its quotes, which
+    a heredoc leaves as they are."""
     text = json.dumps(obj, indent=2, sort_keys=True)
     # Number parameters are JSON numbers: their expansions go in unquoted.
     text = re.sub(r'"(\$\{(%s)\})"' % "|".join(NUMBERS), r"\1", text)
-    bare = re.sub(r"\$\{[A-Za-z0-9_]+\}", "", text)
+    bare = re.sub(r"\$\{[A-Za-z0-9_]+\}", "", text).replace('\\"', "")
     if any(ch in bare for ch in "`\\"):
         raise ValueError("a JSON document for cli.sh holds a shell metacharacter: " + path)
     # A literal $ (InputPath's "$.detail") is escaped; the heredoc expands only ${VAR}.
@@ -192,6 +194,26 @@ def emit_resource(ctx, logical, props):
         )
         out.append(doc(logical + ".targets.json", props.pop("Targets")))
         out.append('retry_iam aws events put-targets --rule "%s" --event-bus-name "%s" --targets "file://$T/%s.targets.json" >/dev/null\n' % (n, bus, logical))
+    elif t == "AWS::SQS::Queue":
+        # CloudFormation's property names are the API's attribute names; attributes are strings.
+        props.pop("QueueName", None)
+        attrs = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in props.items()}
+        props = {}
+        url = ctx.ref(logical)
+        uvar = url[2:-1]  # U_<logical>, the variable cli.sh keeps the URL in
+        out.append(doc(logical + ".attrs.json", attrs))
+        out.append(
+            'if %s=$(aws sqs get-queue-url --queue-name "%s" --query QueueUrl --output text 2>/dev/null); then\n'
+            '  aws sqs set-queue-attributes --queue-url "%s" --attributes "file://$T/%s.attrs.json"\n'
+            "else\n"
+            '  %s=$(aws sqs create-queue --queue-name "%s" --attributes "file://$T/%s.attrs.json" --query QueueUrl --output text)\n'
+            "fi\n" % (uvar, n, url, logical, uvar, n, logical)
+        )
+    elif t == "AWS::SQS::QueuePolicy":
+        policy = json.dumps(props.pop("PolicyDocument"), sort_keys=True)
+        out.append(doc(logical + ".json", {"Policy": policy}))
+        for q in props.pop("Queues"):
+            out.append('aws sqs set-queue-attributes --queue-url "%s" --attributes "file://$T/%s.json"\n' % (q, logical))
     else:
         raise ValueError("cli.sh cannot create " + t)
     if props:
@@ -240,6 +262,8 @@ def generate():
             continue
         w('%s="%s"\n' % (var(logical), ctx.name(logical)))
     ctx.names = {lg: "${%s}" % var(lg) for lg in t["Resources"] if tpl.TYPES[t["Resources"][lg]["Type"]][1]}
+    # A queue's URL comes from SQS when cli.sh creates or finds the queue.
+    ctx.refs = {lg: "${U_%s}" % lg for lg, r in t["Resources"].items() if r["Type"] == "AWS::SQS::Queue"}
     for logical, res in t["Resources"].items():
         w("\n# %s (%s)\n" % (logical, res["Type"]))
         body = []
@@ -299,9 +323,9 @@ HEADER = r"""#!/usr/bin/env bash
 #
 # The plain AWS CLI equivalent of pipeline.yaml, for people who do not use CloudFormation: the
 # Kinesis stream, the failed-deliveries bucket, the log group, the IAM roles and policies, the
-# Firehose delivery stream (and, with ENABLE_EVENT_BRIDGE=true, the bus, rule and Direct PUT
-# delivery stream). Safe to run again: what exists is left or brought to the template's settings
-# (delivery streams are left as they are). See docs/aws.md.
+# Firehose delivery stream (and, with ENABLE_EVENT_BRIDGE=true, the bus, the rule, its
+# dead-letter queue and the Direct PUT delivery stream). Safe to run again: what exists is left
+# or brought to the template's settings (delivery streams are left as they are). See docs/aws.md.
 #
 #   ENDPOINT_URL=https://firehose.example.org/ ACCESS_KEY="$(cat key)" bash deploy/aws/cli.sh
 #

@@ -65,6 +65,10 @@ def _arn(ctx, service, resource, region=True, account=True):
     )
 
 
+def _queue_url(name):
+    raise ValueError("the URL of queue %s comes from SQS: give it in Context.refs" % name)
+
+
 TYPES = {
     "AWS::Kinesis::Stream": ("Name", lambda c, n: n, lambda c, n: _arn(c, "kinesis", "stream/" + n)),
     "AWS::S3::Bucket": (None, lambda c, n: n, lambda c, n: _arn(c, "s3", n, False, False)),
@@ -87,7 +91,11 @@ TYPES = {
         lambda c, n: _arn(c, "firehose", "deliverystream/" + n),
     ),
     "AWS::Events::EventBus": ("Name", lambda c, n: n, lambda c, n: _arn(c, "events", "event-bus/" + n)),
-    "AWS::Events::Rule": ("Name", lambda c, n: n, None),
+    "AWS::Events::Rule": ("Name", lambda c, n: n, None),  # its Arn needs the bus: Context.getatt
+    # A queue's Ref is its URL, which only SQS knows: Context.refs gives it (a shell variable in
+    # cli.sh, the answer of GetQueueUrl in the rehearsal).
+    "AWS::SQS::Queue": ("QueueName", lambda c, n: _queue_url(n), lambda c, n: _arn(c, "sqs", n)),
+    "AWS::SQS::QueuePolicy": (None, None, None),
 }
 
 
@@ -97,15 +105,17 @@ class Context:
     `names` maps a logical id to its physical name; absent names are derived from the name
     property or the `cli-name` metadata ({Param} placeholders), as cli.sh names them.
     `fixed` pins conditions (cli.sh pins CreateDeliveryStream); `free` leaves some undecided,
-    for callers that enumerate their values (gen_cli.py).
+    for callers that enumerate their values (gen_cli.py). `refs` maps a logical id to its Ref
+    where the name alone does not give it (an SQS queue's URL).
     """
 
-    def __init__(self, template, params, pseudo, names=None, fixed=None):
+    def __init__(self, template, params, pseudo, names=None, fixed=None, refs=None):
         self.t = template
         self.params = params
         self.pseudo = pseudo
         self.names = dict(names or {})
         self.fixed = dict(fixed or {})
+        self.refs = dict(refs or {})
 
     def condition(self, name):
         if name in self.fixed:
@@ -157,7 +167,11 @@ class Context:
         raise KeyError(name)
 
     def ref(self, logical):
+        if logical in self.refs:
+            return self.refs[logical]
         _, ref, _ = TYPES[self.t["Resources"][logical]["Type"]]
+        if ref is None:
+            raise ValueError("no Ref known for " + logical)
         return ref(self, self.name(logical))
 
     def getatt(self, logical, attr):
@@ -165,6 +179,11 @@ class Context:
             return self.name(logical)
         if attr != "Arn":
             raise ValueError("unsupported attribute " + attr)
+        if self.t["Resources"][logical]["Type"] == "AWS::Events::Rule":
+            # A rule on the default bus is rule/NAME; on another bus, rule/BUS/NAME.
+            bus = self.resolve(self.t["Resources"][logical]["Properties"]["EventBusName"])
+            path = self.name(logical) if bus == "default" else "%s/%s" % (bus, self.name(logical))
+            return _arn(self, "events", "rule/" + path)
         _, _, arn = TYPES[self.t["Resources"][logical]["Type"]]
         return arn(self, self.name(logical))
 
@@ -213,6 +232,11 @@ class Context:
             elif isinstance(y, dict):
                 if "Fn::If" in y and len(y) == 1:
                     found.add(y["Fn::If"][0])
+                if "Fn::GetAtt" in y and len(y) == 1:
+                    # A rule's Arn depends on its bus (see getatt).
+                    res = self.t["Resources"][y["Fn::GetAtt"][0]]
+                    if res["Type"] == "AWS::Events::Rule":
+                        walk(res["Properties"]["EventBusName"])
                 for v in y.values():
                     walk(v)
 
