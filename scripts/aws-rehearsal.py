@@ -206,6 +206,34 @@ def static_checks(t):
     print("eventbridge: undeliverable events go to EventsDeadLetterQueue after 24 h or 185 attempts")
 
 
+def put_targets_guard():
+    """cli.sh's put_targets stops the script when PutTargets refuses a target: the AWS CLI exits 0
+    then, with FailedEntryCount > 0. moto's PutTargets never refuses one (it answers
+    FailedEntryCount 0, or an error), so here `aws` is a shell function answering as the CLI
+    prints EventBridge's answer, and the helpers are cli.sh's own."""
+    src = read("deploy/aws/cli.sh")
+    helpers = src[src.index("step() {"):src.index("\n# Parameters")]
+    check("aws events put-targets" not in src[src.index("\n# Parameters"):],
+          "cli.sh calls aws events put-targets other than through put_targets")
+    answers = {
+        0: '{\n    "FailedEntryCount": 0,\n    "FailedEntries": []\n}',
+        1: '{\n    "FailedEntryCount": 1,\n    "FailedEntries": [\n        {\n            "TargetId": "firehose",\n'
+           '            "ErrorCode": "ConcurrentModificationException",\n            "ErrorMessage": "rehearsal"\n        }\n    ]\n}',
+    }
+    for failed, answer in answers.items():
+        script = "set -euo pipefail\n%s\naws() { cat <<'JSON'\n%s\nJSON\n}\n" \
+                 "put_targets --rule r --event-bus-name b --targets file:///dev/null\necho after\n" % (helpers, answer)
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+        if failed:
+            check(r.returncode == 2 and "after" not in r.stdout and "FailedEntryCount 1" in r.stderr
+                  and "ConcurrentModificationException" in r.stderr,
+                  "cli.sh put_targets went on after a refused target (%d): %s" % (r.returncode, r.stderr[-300:]))
+        else:
+            check(r.returncode == 0 and r.stdout == "after\n",
+                  "cli.sh put_targets failed on FailedEntryCount 0 (%d): %s" % (r.returncode, r.stderr[-300:]))
+    print("cli.sh put_targets: stops on FailedEntryCount 1, goes on at 0")
+
+
 # ---- reading back -----------------------------------------------------------------------------
 
 
@@ -512,6 +540,7 @@ def main():
     start = time.monotonic()
     t = tpl.load()
     static_checks(t)
+    put_targets_guard()
     if not a.static_only:
         t0 = time.monotonic()
         rehearse_stack(t, a.endpoint_url)

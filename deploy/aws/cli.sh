@@ -28,6 +28,13 @@ retry_iam() {
     echo "retrying in 6 s (a new role may not have propagated yet)" >&2; sleep 6
   done
 }
+# aws events put-targets exits 0 even when it refused a target (FailedEntryCount > 0): fail then.
+put_targets() {
+  local out n
+  out=$(retry_iam aws events put-targets "$@" --output json) || fail "aws events put-targets $* failed"
+  n=$(printf '%s\n' "$out" | sed -n 's/^ *"FailedEntryCount": *\([0-9][0-9]*\).*/\1/p')
+  [ "$n" = 0 ] || fail "aws events put-targets $* did not set every target (FailedEntryCount ${n:-missing}): $(printf '%s' "$out" | tr -s ' \n' ' ')"
+}
 # A managed policy holds at most 5 versions: drop the non-default ones, then add the new default.
 replace_policy_version() {
   local v
@@ -823,7 +830,7 @@ EOF
   }
 ]
 EOF
-      retry_iam aws events put-targets --rule "${N_ForwarderEventsRule}" --event-bus-name "default" --targets "file://$T/ForwarderEventsRule.targets.json" >/dev/null
+      put_targets --rule "${N_ForwarderEventsRule}" --event-bus-name "default" --targets "file://$T/ForwarderEventsRule.targets.json"
     ;;
     true:false)
       cat > "$T/ForwarderEventsRule.pattern.json" <<EOF
@@ -854,7 +861,7 @@ EOF
   }
 ]
 EOF
-      retry_iam aws events put-targets --rule "${N_ForwarderEventsRule}" --event-bus-name "${N_EventBus}" --targets "file://$T/ForwarderEventsRule.targets.json" >/dev/null
+      put_targets --rule "${N_ForwarderEventsRule}" --event-bus-name "${N_EventBus}" --targets "file://$T/ForwarderEventsRule.targets.json"
     ;;
     false:true)
       cat > "$T/ForwarderEventsRule.pattern.json" <<EOF
@@ -885,7 +892,7 @@ EOF
   }
 ]
 EOF
-      retry_iam aws events put-targets --rule "${N_ForwarderEventsRule}" --event-bus-name "default" --targets "file://$T/ForwarderEventsRule.targets.json" >/dev/null
+      put_targets --rule "${N_ForwarderEventsRule}" --event-bus-name "default" --targets "file://$T/ForwarderEventsRule.targets.json"
     ;;
     true:true)
       cat > "$T/ForwarderEventsRule.pattern.json" <<EOF
@@ -916,7 +923,7 @@ EOF
   }
 ]
 EOF
-      retry_iam aws events put-targets --rule "${N_ForwarderEventsRule}" --event-bus-name "${N_EventBus}" --targets "file://$T/ForwarderEventsRule.targets.json" >/dev/null
+      put_targets --rule "${N_ForwarderEventsRule}" --event-bus-name "${N_EventBus}" --targets "file://$T/ForwarderEventsRule.targets.json"
     ;;
   esac
 fi

@@ -193,7 +193,7 @@ def emit_resource(ctx, logical, props):
             % (n, bus, props.pop("State"), props.pop("Description"), logical)
         )
         out.append(doc(logical + ".targets.json", props.pop("Targets")))
-        out.append('retry_iam aws events put-targets --rule "%s" --event-bus-name "%s" --targets "file://$T/%s.targets.json" >/dev/null\n' % (n, bus, logical))
+        out.append('put_targets --rule "%s" --event-bus-name "%s" --targets "file://$T/%s.targets.json"\n' % (n, bus, logical))
     elif t == "AWS::SQS::Queue":
         # CloudFormation's property names are the API's attribute names; attributes are strings.
         props.pop("QueueName", None)
@@ -346,6 +346,13 @@ retry_iam() {
     [ "$i" = 10 ] && return 1
     echo "retrying in 6 s (a new role may not have propagated yet)" >&2; sleep 6
   done
+}
+# aws events put-targets exits 0 even when it refused a target (FailedEntryCount > 0): fail then.
+put_targets() {
+  local out n
+  out=$(retry_iam aws events put-targets "$@" --output json) || fail "aws events put-targets $* failed"
+  n=$(printf '%s\n' "$out" | sed -n 's/^ *"FailedEntryCount": *\([0-9][0-9]*\).*/\1/p')
+  [ "$n" = 0 ] || fail "aws events put-targets $* did not set every target (FailedEntryCount ${n:-missing}): $(printf '%s' "$out" | tr -s ' \n' ' ')"
 }
 # A managed policy holds at most 5 versions: drop the non-default ones, then add the new default.
 replace_policy_version() {
