@@ -833,7 +833,11 @@ async fn check_config_accepts_a_good_configuration() {
 async fn check_config_does_not_call_unfetched_credentials_found() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
-    std::fs::write(&config, "[profile broken]\ncredential_process = /bin/false\n").unwrap();
+    std::fs::write(
+        &config,
+        "[profile broken]\ncredential_process = /bin/false\n",
+    )
+    .unwrap();
     let nowhere = dir.path().join("none");
     let (code, out, err) = check_config(
         "mongodb://127.0.0.1:9/",
