@@ -463,12 +463,15 @@ async fn bodies_stay_within_64_mib_whatever_the_size_hint() {
     let sent: Vec<Vec<u8>> = (0..52u8).map(|i| vec![b'a' + i % 26; 1_000_000]).collect();
     let (tx, rx) = tokio::sync::mpsc::channel(sent.len());
     for (i, data) in sent.iter().enumerate() {
-        tx.send(Arrived {
-            data: data.clone(),
-            arrival_ms: 0,
-            shard: Arc::from("shardId-000000000000"),
-            sequence: i.to_string(),
-        })
+        tx.send(
+            Arrived {
+                data: data.clone(),
+                arrival_ms: 0,
+                shard: Arc::from("shardId-000000000000"),
+                sequence: i.to_string(),
+            }
+            .into(),
+        )
         .await
         .unwrap();
     }

@@ -1,6 +1,7 @@
 //! The buffer between the shard readers and the endpoint: records wait until the size hint or
 //! the interval hint is reached (or the next one would make the body too large), then go out
-//! as one request; the checkpoint moves past a batch only once it has ended.
+//! as one request; the checkpoint moves past a batch only once it has ended. The end of a shard
+//! sends the buffer at once, so that its children are read only after its records have ended.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use tracing::{info, warn};
 use super::checkpoint::Checkpoint;
 use super::delivery::{Delivery, Outcome};
 use super::protocol;
-use super::reader::Arrived;
+use super::reader::{Arrived, Read};
 
 /// Buffering hints.
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +129,7 @@ impl<S: Future<Output = ()>> Sender<'_, S> {
 /// Buffer records from `rx` and deliver them until `shutdown` (the pending buffer is then
 /// delivered, within [`FINAL_DELIVERY_WAIT`]) or the readers end.
 pub async fn run_buffer(
-    mut rx: mpsc::Receiver<Arrived>,
+    mut rx: mpsc::Receiver<Read>,
     delivery: &Delivery,
     buffering: Buffering,
     checkpoint: Option<Checkpoint>,
@@ -157,7 +158,23 @@ pub async fn run_buffer(
                 batch = Some(pending.take());
             }
             r = rx.recv() => {
-                let Some(record) = r else { break };
+                let record = match r {
+                    None => break,
+                    Some(Read::Record(record)) => record,
+                    Some(Read::End { shard, delivered }) => {
+                        if !pending.records.is_empty() {
+                            cut_short = !out.send(pending.take()).await;
+                        }
+                        if !cut_short {
+                            if let Some(cp) = &mut out.checkpoint {
+                                cp.end_shard(&shard);
+                            }
+                            // The reader may be gone already (a stop): nothing to tell.
+                            let _ = delivered.send(());
+                        }
+                        continue;
+                    }
+                };
                 if pending.would_overflow(&record) {
                     cut_short = !out.send(pending.take()).await;
                 }

@@ -14,7 +14,7 @@
 //!
 //! ```json
 //! {"stream": "realm", "stream_created_ms": 1764129000000, "since_ms": 1764130000000,
-//!  "shards": {"shardId-000000000000": "4959..."}}
+//!  "shards": {"shardId-000000000000": "4959..."}, "ended": ["shardId-000000000000"]}
 //! ```
 //!
 //! `since_ms` is when the file was made by a run that started at LATEST (null with
@@ -22,9 +22,11 @@
 //! from its oldest record when it is null, so nothing put while firehose-local was stopped is
 //! skipped. `stream_created_ms` tells a stream deleted and created again under the same name
 //! (an emulator restarted, say): the sequence numbers saved belong to the old one, so they are
-//! dropped and every shard is read from its oldest record.
+//! dropped and every shard is read from its oldest record. `ended` (absent in older files) lists
+//! the shards closed by a reshard that were read to their end and delivered: they are not read
+//! again, and their children are read at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -61,6 +63,9 @@ struct State {
     since_ms: Option<i64>,
     /// Shard id to the sequence number of the last record handled.
     shards: BTreeMap<String, String>,
+    /// Shards read to their end, every record handled.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    ended: BTreeSet<String>,
 }
 
 /// A checkpoint file as read and checked by [`Checkpoint::read`].
@@ -117,6 +122,7 @@ impl Checkpoint {
             stream_created_ms: Some(created_ms),
             since_ms,
             shards: BTreeMap::new(),
+            ended: BTreeSet::new(),
         };
         let c = match saved {
             None => with(fresh(now_ms), false, false),
@@ -174,9 +180,13 @@ impl Checkpoint {
     /// `batch` has ended: move past it and save. Delivery goes on when the save fails (a
     /// restart would deliver some records again); that is logged once until a save works.
     pub fn record(&mut self, batch: &[Arrived]) {
-        if !self.advance(batch) {
-            return;
+        if self.advance(batch) {
+            self.save_logged();
         }
+    }
+
+    /// [`Self::save`], a failure logged once until a save works again.
+    fn save_logged(&mut self) {
         match self.save() {
             Ok(()) => {
                 if self.save_failing.clear() {
@@ -189,6 +199,20 @@ impl Checkpoint {
                 }
             }
         }
+    }
+
+    /// `shard` was read to its end and every record of it has ended: mark it so and save, so a
+    /// restart neither reads it again nor holds its children for it. Not while frozen: its
+    /// records must be read again.
+    pub fn end_shard(&mut self, shard: &str) {
+        if !self.frozen && self.state.ended.insert(shard.to_owned()) {
+            self.save_logged();
+        }
+    }
+
+    /// Shards read to their end.
+    pub fn ended(&self) -> &BTreeSet<String> {
+        &self.state.ended
     }
 
     /// The run that made the file started at LATEST at this time (ms since the epoch).
@@ -331,5 +355,21 @@ mod tests {
         assert!(c.positions().is_empty());
         let c = Checkpoint::open(&path, "realm", 6, None).unwrap();
         assert!(!c.recreated(), "saved for the new stream at open");
+    }
+
+    // A shard read to its end is kept as ended across a reopen, but not while frozen (its
+    // records are to be read again).
+    #[test]
+    fn ended_shards_are_saved_unless_frozen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let mut c = Checkpoint::open(&path, "realm", 5, None).unwrap();
+        c.end_shard("shard-0");
+        let mut c = Checkpoint::open(&path, "realm", 5, None).unwrap();
+        assert!(c.ended().contains("shard-0"));
+        c.freeze();
+        c.end_shard("shard-1");
+        let c = Checkpoint::open(&path, "realm", 5, None).unwrap();
+        assert_eq!(c.ended().len(), 1);
     }
 }

@@ -2,8 +2,9 @@
 //! endpoint can be tested offline before going to AWS.
 //!
 //! It reads every shard of a Kinesis stream (from LATEST, as a new Firehose stream does, or from
-//! the oldest record with `--from-start`), buffers records by size and time, and POSTs them in the
-//! exact Firehose request format ([`protocol`]). Only a valid 200 response is a success; anything
+//! the oldest record with `--from-start`; a resharded shard's children only once it has been read
+//! to its end and delivered), buffers records by size and time, and POSTs them in the exact
+//! Firehose request format ([`protocol`]). Only a valid 200 response is a success; anything
 //! else is retried with `delay(n) = min(120 s, 2^n s * uniform(0.85, 1.15))`, keeping the request
 //! id, until the retry duration is used up (time waiting for responses does not count). Then the
 //! batch is written to `--error-dir` as Firehose's error records. A 413 is permanent: the batch is
@@ -19,6 +20,7 @@
 //! - [`checkpoint`]: the positions file.
 //! - [`protocol`]: request, response validation, retry delays and error records (pure).
 //! - [`reader`]: one task per shard, GetRecords in a loop.
+//! - [`lineage`]: which shards may be read now (children after their parents).
 //! - [`delivery`]: the HTTP client and the error output.
 //! - [`metrics`]: Prometheus metrics and readiness (`--metrics-listen`).
 
@@ -26,6 +28,7 @@ pub mod buffer;
 pub mod checkpoint;
 pub mod config;
 pub mod delivery;
+pub mod lineage;
 pub mod metrics;
 pub mod protocol;
 pub mod reader;
@@ -69,6 +72,7 @@ fn starts(from_start: bool, checkpoint: Option<&Checkpoint>) -> Starts {
             None => Resume::Fresh,
             Some(c) => c.since_ms().map_or(Resume::Whole, Resume::Since),
         },
+        ended: checkpoint.map(|c| c.ended().clone()).unwrap_or_default(),
     }
 }
 

@@ -1,8 +1,10 @@
 //! Reading a Kinesis stream: one task per shard, GetRecords every [`POLL_INTERVAL`] (Kinesis
 //! allows five calls per shard per second), new shards picked up every [`RELIST_INTERVAL`].
+//! A child shard is read only once its parents have been read to their end and delivered
+//! ([`super::lineage`]).
 
 use crate::clock::now_ms;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +14,10 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::lineage::{Lineage, Listed};
 use super::metrics::Metrics;
 
 /// Pause between GetRecords calls on one shard.
@@ -35,6 +38,28 @@ pub struct Arrived {
     pub shard: Arc<str>,
     /// Its sequence number in the shard.
     pub sequence: String,
+}
+
+/// What the readers hand the buffer, in each shard's order.
+#[derive(Debug)]
+pub enum Read {
+    /// A record.
+    Record(Arrived),
+    /// The shard was read to its end (resharded): everything of it is before this. The buffer
+    /// answers on `delivered` once those records have ended (see [`super::checkpoint`]) and the
+    /// shard is marked ended in the checkpoint; then its children may be read.
+    End {
+        /// The shard.
+        shard: Arc<str>,
+        /// Answered once its records have ended; dropped when the buffer stops first.
+        delivered: oneshot::Sender<()>,
+    },
+}
+
+impl From<Arrived> for Read {
+    fn from(a: Arrived) -> Self {
+        Read::Record(a)
+    }
 }
 
 /// Where a shard is read from.
@@ -61,6 +86,8 @@ pub struct Starts {
     /// Whether this run resumes a checkpoint, and so where a shard without a saved position
     /// starts.
     pub resume: Resume,
+    /// Shards an earlier run read to their end: not read again.
+    pub ended: BTreeSet<String>,
 }
 
 /// Whether a run resumes a checkpoint file, which says where a shard it has no position for
@@ -122,7 +149,7 @@ pub async fn stream_created_ms(client: &Client, stream: &str) -> i64 {
     }
 }
 
-async fn list_shards(client: &Client, stream: &str) -> Result<Vec<String>, String> {
+async fn list_shards(client: &Client, stream: &str) -> Result<Vec<Listed>, String> {
     let mut ids = Vec::new();
     let mut next: Option<String> = None;
     loop {
@@ -134,7 +161,16 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<String>, Strin
             .send()
             .await
             .map_err(|e| DisplayErrorContext(&e).to_string())?;
-        ids.extend(out.shards().iter().map(|s| s.shard_id().to_owned()));
+        ids.extend(out.shards().iter().map(|s| {
+            Listed {
+                id: s.shard_id().to_owned(),
+                parents: [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_owned)
+                    .collect(),
+            }
+        }));
         next = out.next_token().map(str::to_owned);
         if next.is_none() {
             return Ok(ids);
@@ -143,38 +179,57 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<String>, Strin
 }
 
 /// Read every shard of `stream` into `tx` until the receiver goes away, each from where
-/// `starts` says, counting the records of each shard in `metrics`.
+/// `starts` says, a child only once its parents have ended ([`Lineage`]), counting the records
+/// of each shard in `metrics`.
 pub async fn read_stream(
     client: Client,
     stream: String,
     starts: Starts,
-    tx: mpsc::Sender<Arrived>,
+    tx: mpsc::Sender<Read>,
     metrics: Arc<Metrics>,
 ) {
-    let mut known: HashSet<String> = HashSet::new();
+    let mut lineage = Lineage::new(starts.ended.iter().cloned());
+    // Where each shard listed so far starts, decided when it was first listed, and when.
+    let mut seen: HashMap<String, (Start, i64)> = HashMap::new();
+    // Shards read to their end and delivered, from their readers.
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<String>();
     let mut first = true;
     let mut failing = false;
     loop {
         match list_shards(&client, &stream).await {
-            Ok(ids) => {
+            Ok(listing) => {
                 if failing {
                     info!(stream = %stream, "listing shards works again");
                     failing = false;
                 }
-                for id in ids {
-                    if known.insert(id.clone()) {
-                        let start = starts.for_shard(&id, first);
-                        let read = metrics.shard(&id);
-                        debug!(shard = %id, ?start, "reading shard");
-                        tokio::spawn(read_shard(
-                            client.clone(),
-                            stream.clone(),
-                            id,
-                            start,
-                            tx.clone(),
-                            read,
-                        ));
+                let listed_ms = now_ms();
+                let mut new = HashSet::new();
+                for s in &listing {
+                    if !seen.contains_key(&s.id) {
+                        seen.insert(s.id.clone(), (starts.for_shard(&s.id, first), listed_ms));
+                        new.insert(s.id.as_str());
                     }
+                }
+                for id in lineage.ready(&listing) {
+                    let Some((start, seen_ms)) = seen.get(&id) else {
+                        continue;
+                    };
+                    // A shard that waited for its parents starts from when it was listed,
+                    // not from LATEST when it is started: nothing put meanwhile is skipped.
+                    let start = match start {
+                        Start::Latest if !new.contains(id.as_str()) => Start::AtTimestamp(*seen_ms),
+                        s => s.clone(),
+                    };
+                    let read = metrics.shard(&id);
+                    debug!(shard = %id, ?start, "reading shard");
+                    tokio::spawn(read_shard(
+                        client.clone(),
+                        stream.clone(),
+                        id,
+                        start,
+                        (tx.clone(), ended_tx.clone()),
+                        read,
+                    ));
                 }
                 first = false;
             }
@@ -193,7 +248,34 @@ pub async fn read_stream(
         } else {
             RELIST_INTERVAL
         };
-        tokio::time::sleep(wait).await;
+        // A shard that ended may let its children start: list again at once.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            Some(id) = ended_rx.recv() => {
+                lineage.finish(&id);
+                while let Ok(id) = ended_rx.try_recv() {
+                    lineage.finish(&id);
+                }
+            }
+        }
+    }
+}
+
+/// Hand the end of `shard` to the buffer and, once its records have ended, tell
+/// [`read_stream`] that its children may start.
+async fn end_shard(
+    shard: &Arc<str>,
+    tx: &mpsc::Sender<Read>,
+    ended: &mpsc::UnboundedSender<String>,
+) {
+    info!(shard = %shard, "shard closed (resharded); read to its end");
+    let (delivered, done) = oneshot::channel();
+    let end = Read::End {
+        shard: shard.clone(),
+        delivered,
+    };
+    if tx.send(end).await.is_ok() && done.await.is_ok() {
+        let _ = ended.send(shard.to_string());
     }
 }
 
@@ -229,7 +311,7 @@ async fn read_shard(
     stream: String,
     shard: String,
     mut start: Start,
-    tx: mpsc::Sender<Arrived>,
+    (tx, ended): (mpsc::Sender<Read>, mpsc::UnboundedSender<String>),
     read: Counter,
 ) {
     let shard_id: Arc<str> = Arc::from(shard.as_str());
@@ -253,7 +335,8 @@ async fn read_shard(
                     i
                 }
                 Ok(Some(i)) => i,
-                Ok(None) => return,
+                // No iterator: nothing more can be read there.
+                Ok(None) => return end_shard(&shard_id, &tx, &ended).await,
                 Err(e) => {
                     if !failing {
                         warn!(shard = %shard, error = %e, "cannot get a shard iterator; retrying");
@@ -284,16 +367,13 @@ async fn read_shard(
                         shard: shard_id.clone(),
                         sequence: r.sequence_number().to_owned(),
                     };
-                    if tx.send(arrived).await.is_err() {
+                    if tx.send(Read::Record(arrived)).await.is_err() {
                         return;
                     }
                 }
                 match out.next_shard_iterator() {
                     Some(next) => it = Some(next.to_owned()),
-                    None => {
-                        info!(shard = %shard, "shard closed (resharded); read to its end");
-                        return;
-                    }
+                    None => return end_shard(&shard_id, &tx, &ended).await,
                 }
             }
             Err(e) => {
@@ -322,6 +402,7 @@ mod tests {
             from_start,
             saved: [("shard-0".to_owned(), "42".to_owned())].into(),
             resume,
+            ended: BTreeSet::new(),
         }
     }
 

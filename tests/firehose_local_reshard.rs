@@ -1,0 +1,192 @@
+//! firehose-local across a reshard: the Kinesis emulator splits or merges a shard, and
+//! firehose-local delivers to the real endpoint over a socket in front of the real MongoDB
+//! wire-protocol server. A newer record of an `_id`, put in a child shard, must win over the
+//! older one in its parent.
+#![cfg(all(feature = "forwarder", feature = "firehose"))]
+
+mod common;
+#[path = "common/firehose.rs"]
+mod firehose_common;
+#[path = "common/kinesis.rs"]
+mod kinesis;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use common::{unique_name, wait_until, MongoServer};
+use firehose_common::{start, Endpoint, Opts, KEY};
+use kinesis::{KinesisServer, AWS_ENV};
+use mongodb::bson::doc;
+
+/// Half of Kinesis's 128-bit hash key range: where a split cuts a shard in two.
+const HALF_HASH_KEY: &str = "170141183460469231731687303715884105728";
+
+/// Put `{"_id": <i as 24 hex>, "v": version}` for `i` in `0..n`, with partition key `key(i)`.
+async fn put_versions(
+    kin: &KinesisServer,
+    stream: &str,
+    n: usize,
+    version: u32,
+    key: impl Fn(usize) -> String,
+) {
+    let entries = (0..n)
+        .map(|i| {
+            let data = format!(r#"{{"_id":"{i:024x}","v":{version}}}"#);
+            PutRecordsRequestEntry::builder()
+                .data(Blob::new(data))
+                .partition_key(key(i))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let out = kin
+        .client()
+        .put_records()
+        .stream_name(stream)
+        .set_records(Some(entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.failed_record_count(), Some(0));
+}
+
+/// Wait until the stream lists `shards` shards and is ACTIVE again after a reshard.
+async fn wait_for_shards(kin: &KinesisServer, stream: &str, shards: usize) {
+    let client = kin.client();
+    wait_until(Duration::from_secs(30), "the reshard", || {
+        let client = client.clone();
+        async move {
+            let listed = client.list_shards().stream_name(stream).send().await;
+            let summary = client
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await;
+            listed.is_ok_and(|l| l.shards().len() == shards)
+                && summary.is_ok_and(|s| {
+                    s.stream_description_summary().map(|d| d.stream_status())
+                        == Some(&aws_sdk_kinesis::types::StreamStatus::Active)
+                })
+        }
+    })
+    .await;
+}
+
+/// firehose-local from the oldest record, delivering to `ep` every second.
+fn spawn(
+    kin: &KinesisServer,
+    stream: &str,
+    ep: &Endpoint,
+    extra: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
+        .args([
+            "--stream-name",
+            stream,
+            "--kinesis-endpoint-url",
+            &kin.endpoint,
+        ])
+        .args(["--destination-url", &ep.url])
+        .args(["--from-start", "--buffer-seconds", "1"])
+        .args(extra)
+        .envs(AWS_ENV)
+        .env("FIREHOSE_ACCESS_KEY", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start firehose-local")
+}
+
+/// Wait until the endpoint's collection holds `n` documents, each at version `v`.
+async fn wait_for_versions(ep: &Endpoint, n: u64, v: i64) {
+    let coll = ep.coll();
+    let (mut all, mut at_v) = (0, 0);
+    for _ in 0..300 {
+        all = coll.count_documents(doc! {}).await.unwrap();
+        at_v = coll.count_documents(doc! { "v": v }).await.unwrap();
+        if all == n && at_v == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{all} documents, {at_v} of them at v{v}; expected {n} at v{v}");
+}
+
+// A split with a backlog: 200 records at v1 in the parent, the same _ids at v2 in a child. Read
+// from the start, the child is read only once the parent has been delivered, so every document
+// ends at v2. The checkpoint file marks the parent ended, and a restart from it is not held by
+// the parent: v3 put in the child arrives, and nothing older overwrites it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_shards_children_are_delivered_after_it() {
+    let kin = KinesisServer::start();
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let stream = unique_name("fhsplit");
+    kin.create_stream(&stream, 1).await;
+    put_versions(&kin, &stream, 200, 1, |_| "1".into()).await;
+    kin.client()
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key(HALF_HASH_KEY)
+        .send()
+        .await
+        .unwrap();
+    wait_for_shards(&kin, &stream, 3).await;
+    put_versions(&kin, &stream, 200, 2, |_| "1".into()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    let cp = ["--checkpoint-file", checkpoint.to_str().unwrap()];
+    let fh = spawn(&kin, &stream, &ep, &cp);
+    wait_for_versions(&ep, 200, 2).await;
+    stop(fh).await;
+    let saved = std::fs::read_to_string(&checkpoint).unwrap();
+    assert!(
+        saved.contains(r#""ended":["shardId-000000000000"]"#),
+        "{saved}"
+    );
+
+    put_versions(&kin, &stream, 200, 3, |_| "1".into()).await;
+    let mut fh = spawn(&kin, &stream, &ep, &cp);
+    wait_for_versions(&ep, 200, 3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_versions(&ep, 200, 3).await;
+    fh.start_kill().unwrap();
+}
+
+// A merge: the child waits for both parents. v1 spread over two shards, then, once merged,
+// v2 of the same _ids in the child: every document ends at v2.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merged_shard_is_delivered_after_both_parents() {
+    let kin = KinesisServer::start();
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let stream = unique_name("fhmerge");
+    kin.create_stream(&stream, 2).await;
+    let key = |i: usize| format!("key-{i}");
+    put_versions(&kin, &stream, 200, 1, key).await;
+    kin.client()
+        .merge_shards()
+        .stream_name(&stream)
+        .shard_to_merge("shardId-000000000000")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await
+        .unwrap();
+    wait_for_shards(&kin, &stream, 3).await;
+    put_versions(&kin, &stream, 200, 2, key).await;
+    let mut fh = spawn(&kin, &stream, &ep, &[]);
+    wait_for_versions(&ep, 200, 2).await;
+    fh.start_kill().unwrap();
+}
+
+/// SIGTERM, then expect a clean exit.
+async fn stop(mut fh: tokio::process::Child) {
+    common::signal_pid(fh.id().unwrap(), 15);
+    assert!(fh.wait().await.unwrap().success());
+}
