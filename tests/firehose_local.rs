@@ -35,6 +35,23 @@ enum Reply {
     Status(u16),
     NotJson,
     WrongRequestId,
+    /// A valid body, but chunked: no Content-Length.
+    Chunked,
+}
+
+/// A body of unknown length, which hyper sends chunked, without Content-Length.
+struct Unsized(Option<Bytes>);
+
+impl hyper::body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
 }
 
 /// One request as the receiver saw it.
@@ -96,6 +113,14 @@ async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
         Reply::NotJson => (StatusCode::OK, "OK").into_response(),
         Reply::WrongRequestId => {
             axum::Json(json!({ "requestId": "not-the-request-id", "timestamp": now }))
+                .into_response()
+        }
+        Reply::Chunked => {
+            let body = json!({ "requestId": id, "timestamp": now }).to_string();
+            (
+                [("content-type", "application/json")],
+                axum::body::Body::new(Unsized(Some(Bytes::from(body)))),
+            )
                 .into_response()
         }
     }
@@ -373,6 +398,27 @@ async fn invalid_200_responses_are_failures() {
     assert_eq!(ids.len(), 1);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(state.lock().unwrap().got.len(), 3);
+    fh.start_kill().unwrap();
+}
+
+// A 200 with a valid body sent chunked, without the Content-Length the spec requires, is a
+// failure: retried with the same request id, and accepted once the answer has one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_without_content_length_is_a_failure() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhchunked");
+    kin.create_stream(&stream, 1).await;
+    let sent = put_records(&kin, &stream, 2).await;
+    let (url, state) = receiver(vec![Reply::Chunked, Reply::Chunked]).await;
+    let mut fh = spawn_firehose(&kin, &stream, &url, &["--retry-seconds", "60"]);
+    let got = wait_for_requests(&state, 3, Duration::from_secs(30)).await;
+    assert_backoff(&got[..3]);
+    for g in &got[..3] {
+        assert_eq!(decoded_records(&g.body), sent);
+        assert_eq!(g.body["requestId"], got[0].body["requestId"]);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(state.lock().unwrap().got.len(), 3, "accepted the third");
     fh.start_kill().unwrap();
 }
 

@@ -194,17 +194,18 @@ impl Delivery {
         };
         let content_type = header("content-type");
         let content_encoding = header("content-encoding");
+        let content_length = header("content-length");
         let body = match read_response(&mut resp).await {
             Ok(b) => b,
             Err(f) => return Attempt::Failed(f),
         };
-        match protocol::check_response(
-            request_id,
+        let head = protocol::ResponseHead {
             status,
-            content_type.as_deref(),
-            content_encoding.as_deref(),
-            &body,
-        ) {
+            content_type: content_type.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            content_length: content_length.as_deref(),
+        };
+        match protocol::check_response(request_id, &head, &body) {
             Ok(()) => Attempt::Ok,
             Err(f) => Attempt::Failed(f),
         }

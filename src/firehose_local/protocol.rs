@@ -83,17 +83,31 @@ impl Failure {
     }
 }
 
-/// Check a response: only status 200 with `Content-Type: application/json`, no
+/// A response's status and the headers that decide whether it is valid.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseHead<'a> {
+    /// The HTTP status.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: Option<&'a str>,
+    /// `Content-Encoding`.
+    pub content_encoding: Option<&'a str>,
+    /// `Content-Length`.
+    pub content_length: Option<&'a str>,
+}
+
+/// Check a response: only status 200 with `Content-Type: application/json`, a `Content-Length`
+/// that is the body's length (the spec requires it: a chunked answer is invalid), no
 /// `Content-Encoding`, and a body of exactly `{"requestId": <ours>, "timestamp": <number>}` is a
 /// success. Anything else is a failure, with the endpoint's `errorMessage` when it gave one.
-pub fn check_response(
-    request_id: &str,
-    status: u16,
-    content_type: Option<&str>,
-    content_encoding: Option<&str>,
-    body: &[u8],
-) -> Result<(), Failure> {
+pub fn check_response(request_id: &str, head: &ResponseHead, body: &[u8]) -> Result<(), Failure> {
     const INVALID: &str = "HttpEndpoint.InvalidResponseFromDestination";
+    let ResponseHead {
+        status,
+        content_type,
+        content_encoding,
+        content_length,
+    } = *head;
     if body.len() > MAX_RESPONSE_BYTES {
         return Err(Failure::new(
             "HttpEndpoint.ResponseTooLarge",
@@ -127,6 +141,19 @@ pub fn check_response(
             INVALID,
             format!("response has Content-Encoding {enc:?}"),
         ));
+    }
+    match content_length.map(|v| v.trim().parse::<usize>()) {
+        Some(Ok(n)) if n == body.len() => {}
+        None => return Err(Failure::new(INVALID, "response has no Content-Length")),
+        Some(_) => {
+            return Err(Failure::new(
+                INVALID,
+                format!(
+                    "response Content-Length is {content_length:?}, but the body is {} bytes",
+                    body.len()
+                ),
+            ))
+        }
     }
     let Some(obj) = parsed else {
         return Err(Failure::new(INVALID, "response body is not a JSON object"));
@@ -250,13 +277,40 @@ mod tests {
     fn response_validation() {
         let ok = br#"{"requestId":"r","timestamp":1}"#;
         let json = Some("application/json");
-        assert!(check_response("r", 200, json, None, ok).is_ok());
-        assert!(
-            check_response("r", 200, Some("application/json; charset=utf-8"), None, ok).is_ok()
-        );
-        let bad = |status, ct, ce, body: &[u8]| {
-            check_response("r", status, ct, ce, body).unwrap_err().code
+        let len = ok.len().to_string();
+        // A response with a Content-Length that matches its body.
+        let check = |status, content_type, content_encoding, body: &[u8]| {
+            let len = body.len().to_string();
+            let head = ResponseHead {
+                status,
+                content_type,
+                content_encoding,
+                content_length: Some(&len),
+            };
+            check_response("r", &head, body)
         };
+        assert!(check(200, json, None, ok).is_ok());
+        assert!(check(200, Some("application/json; charset=utf-8"), None, ok).is_ok());
+        let bad = |status, ct, ce, body: &[u8]| check(status, ct, ce, body).unwrap_err().code;
+        for content_length in [None, Some("5"), Some("many"), Some("-1")] {
+            let head = ResponseHead {
+                status: 200,
+                content_type: json,
+                content_length,
+                ..ResponseHead::default()
+            };
+            let e = check_response("r", &head, ok).unwrap_err();
+            assert_eq!(e.code, "HttpEndpoint.InvalidResponseFromDestination");
+            assert!(e.message.contains("Content-Length"), "{}", e.message);
+        }
+        let padded = format!(" {len} ");
+        let head = ResponseHead {
+            status: 200,
+            content_type: json,
+            content_length: Some(&padded),
+            ..ResponseHead::default()
+        };
+        assert!(check_response("r", &head, ok).is_ok());
         assert_eq!(
             bad(500, json, None, ok),
             "HttpEndpoint.DestinationException"
@@ -303,8 +357,7 @@ mod tests {
             bad(200, json, Some("gzip"), ok),
             "HttpEndpoint.InvalidResponseFromDestination"
         );
-        let e = check_response(
-            "r",
+        let e = check(
             500,
             json,
             None,
