@@ -976,3 +976,54 @@ fn check_config_command_and_old_spellings() {
     );
     assert_eq!(code, Some(2), "{log}");
 }
+
+// /readyz on the delivery port, open to anyone, answers a fixed JSON "not ready" when the
+// database cannot be reached: none of the driver's error (host names, addresses, topology).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tells_no_one_where_the_database_is() {
+    let port = free_port();
+    let uri = format!(
+        "mongodb://db-internal-7.example.invalid:27017,127.0.0.1:{port}/?serverSelectionTimeoutMS=500"
+    );
+    let config = EndpointConfig {
+        path: "/".into(),
+        keys: AccessKeys::new([KEY.as_bytes()]),
+        max_body_bytes: 64 << 20,
+        collection: "firehose".into(),
+        decode: DecodeOptions::default(),
+        body_timeout: BODY_TIMEOUT,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        app(AppState::new(config, Store::new(&uri, "monitors"))),
+        None,
+        HEADER_TIMEOUT,
+        None,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let r = send("GET", &format!("http://{addr}/readyz"), &[], Vec::new()).await;
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 503, "{body}");
+    for secret in ["example.invalid", "127.0.0.1", &port.to_string()] {
+        assert!(!body.contains(secret), "{secret} leaked: {body}");
+    }
+    assert_eq!(body, r#"{"status":"not ready"}"#);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.headers["content-length"], body.len().to_string().as_str());
+    for health in ["/health", "/healthz"] {
+        let r = send("GET", &format!("http://{addr}{health}"), &[], Vec::new()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["content-type"], "application/json");
+    }
+    for route in ["/health", "/readyz"] {
+        let r = send("POST", &format!("http://{addr}{route}"), &[], Vec::new()).await;
+        assert_eq!(r.status, 405);
+        assert_eq!(r.headers["content-type"], "application/json");
+    }
+    let _ = tx.send(());
+}

@@ -45,6 +45,7 @@ use super::protocol::{
 };
 use super::store::{Store, StoreError};
 use crate::clock::now_ms;
+use crate::say_once::Latch;
 
 /// Documents are decoded and written in chunks of about this many BSON bytes, one command's
 /// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor
@@ -101,6 +102,8 @@ pub struct AppState {
     pub metrics: Arc<EndpointMetrics>,
     /// The body budget ([`BODY_BUDGET_BODIES`]), in KiB.
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// `/readyz` last answered not ready (its reason is logged once per change).
+    not_ready: Arc<std::sync::Mutex<Latch>>,
 }
 
 impl AppState {
@@ -112,20 +115,21 @@ impl AppState {
             config: Arc::new(config),
             store: Arc::new(store),
             metrics: Arc::new(EndpointMetrics::default()),
+            not_ready: Arc::default(),
         }
     }
 }
 
 /// The router: the delivery path, `GET /health` and `/healthz` (the process serves), `GET
-/// /readyz` (the database answers: for a load balancer), and a Firehose-shaped 404 for
-/// anything else.
+/// /readyz` (the database answers: for a load balancer; no reason given), and a
+/// Firehose-shaped 404 for anything else. Every answer is JSON with a Content-Length.
 pub fn app(state: AppState) -> Router {
     let path = state.config.path.clone();
     let [health_path, healthz_path, readyz_path] = OWN_PATHS;
     Router::new()
-        .route(health_path, get(health))
-        .route(healthz_path, get(health))
-        .route(readyz_path, get(ready))
+        .route(health_path, get(health).fallback(not_allowed))
+        .route(healthz_path, get(health).fallback(not_allowed))
+        .route(readyz_path, get(ready).fallback(not_allowed))
         .route(&path, any(deliver))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())
@@ -136,16 +140,34 @@ async fn health() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
 }
 
-/// `/readyz`: 200 when MongoDB answers a ping, else 503 with the reason on one line.
+/// `/readyz`: 200 `{"status":"ready"}` when MongoDB answers a ping, else 503
+/// `{"status":"not ready"}`. This port faces Firehose, so anyone: the reason (a driver error
+/// naming the servers, their addresses and the topology) is never sent here. It is logged when
+/// readiness is lost (once, until it comes back) and served by `/readyz` on `--metrics-listen`.
 async fn ready(State(state): State<AppState>) -> Response {
-    let (status, body) = crate::metrics::readiness(&readiness(&state.store)).await;
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    let (status, reason) = crate::metrics::readiness(&readiness(&state.store)).await;
+    let ready = status == 200;
+    {
+        let mut failing = state
+            .not_ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ready {
+            if failing.clear() {
+                info!("ready again: MongoDB answers");
+            }
+        } else if failing.raise() {
+            warn!(reason = reason.trim_end(), "/readyz answers not ready");
+        }
+    }
+    if ready {
+        json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"not ready"}"#.to_vec(),
+        )
+    }
 }
 
 /// How long `/readyz` waits for MongoDB's reply to a ping.
@@ -172,6 +194,12 @@ pub fn readiness(store: &Arc<Store>) -> crate::metrics::Readiness {
 
 async fn not_found(headers: HeaderMap) -> Response {
     RequestError::NotFound.render(header_cut(&headers, REQUEST_ID))
+}
+
+/// A method other than GET (or HEAD) on a health route: 405 in Firehose's shape, as on the
+/// delivery path, rather than the router's empty one.
+async fn not_allowed(headers: HeaderMap) -> Response {
+    RequestError::MethodNotAllowed.render(header_cut(&headers, REQUEST_ID))
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
