@@ -1027,3 +1027,15 @@ async fn readyz_tells_no_one_where_the_database_is() {
     }
     let _ = tx.send(());
 }
+
+// Over a socket: without the access key, a request id too long is still 401, not 400; the
+// caller learns nothing about the other checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_is_401_whatever_the_request_id() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let long = "r".repeat(300);
+    let headers = firehose_headers(&long, None, false);
+    let r = send("POST", &ep.url, &headers, firehose_body(&long, &[])).await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+}

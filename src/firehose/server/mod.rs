@@ -1,8 +1,9 @@
 //! The HTTP side: [`app`] builds the router (tests call it directly), [`serve`] runs it over plain
 //! HTTP or rustls TLS until shutdown.
 //!
-//! Order of checks for a delivery: path and method (404/405), request id length (400), access
-//! key (401, before the body is read), request id and protocol version headers (400), content
+//! Order of checks for a delivery: path and method (404/405), access key (401, before any other
+//! header and before the body is read), request id length, request id and protocol version
+//! headers (400), content
 //! encoding (400), a declared length over the limit (413), room in the body budget (503 after
 //! `--body-timeout` without), body size after decompression (413), body JSON and its requestId
 //! (400), then
@@ -295,8 +296,8 @@ struct BodyPlan {
 }
 
 /// The checks made before the body is read, in the order of the module docs; only a request
-/// that passes them all costs a body read (and the key is checked before anything else the
-/// client could probe).
+/// that passes them all costs a body read. The key is checked before any other header, so a
+/// caller without it learns nothing about what else the endpoint checks.
 fn check_headers(
     config: &EndpointConfig,
     method: &Method,
@@ -305,14 +306,14 @@ fn check_headers(
     if method != Method::POST {
         return Err(RequestError::MethodNotAllowed);
     }
-    if header_str(headers, REQUEST_ID).is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES) {
-        return Err(RequestError::RequestIdTooLong);
-    }
     let key_ok = headers
         .get(ACCESS_KEY)
         .is_some_and(|k| config.keys.matches(k.as_bytes()));
     if !key_ok {
         return Err(RequestError::AccessKey);
+    }
+    if header_str(headers, REQUEST_ID).is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES) {
+        return Err(RequestError::RequestIdTooLong);
     }
     if header_cut(headers, REQUEST_ID).is_empty() {
         return Err(RequestError::MissingRequestId);

@@ -102,7 +102,8 @@ async fn missing_or_wrong_key_is_401() {
     }
 }
 
-// The key is checked before the other headers: without it, a bad request is still 401.
+// The key is checked before the other headers: without it, a bad request is still 401, a
+// request id too long included.
 #[tokio::test]
 async fn key_is_checked_before_the_other_headers() {
     let a = refused(request(
@@ -118,6 +119,17 @@ async fn key_is_checked_before_the_other_headers() {
         (a.status, a.request_id.as_str()),
         (StatusCode::UNAUTHORIZED, "")
     );
+    let long = "r".repeat(300);
+    let a = refused(request(
+        |h| {
+            h.remove(ACCESS_KEY);
+            h.insert(REQUEST_ID, HeaderValue::from_str(&long).unwrap());
+        },
+        "",
+    ))
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.message, "missing or invalid access key");
 }
 
 // A missing request id is 400 with an empty requestId; a too long one is 400 echoing 256 bytes.
