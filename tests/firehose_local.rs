@@ -483,6 +483,55 @@ async fn endpoint_down_past_the_retry_duration_writes_the_error_dir() {
     fh.start_kill().unwrap();
 }
 
+// A record with more than Firehose's 1,024,000 bytes of data (Kinesis takes up to 1 MiB) is not
+// delivered: it goes to --error-dir as an error record; one of exactly 1,024,000 bytes and the
+// small ones around it are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_over_1000_kib_goes_to_the_error_dir() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhbig");
+    kin.create_stream(&stream, 1).await;
+    let small = br#"{"_id":"000000000000000000000001"}"#.to_vec();
+    let limit = vec![b'a'; 1_024_000];
+    let over = vec![b'b'; 1_024_001];
+    for data in [&small, &limit, &over, &small] {
+        kin.client()
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(Blob::new(data.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let errors = tempfile::tempdir().unwrap();
+    let (url, state) = receiver(vec![]).await;
+    let error_dir = ["--error-dir", errors.path().to_str().unwrap()];
+    let mut fh = spawn_firehose(&kin, &stream, &url, &error_dir);
+    wait_for_records(&state, 3).await;
+    let files = files_under(errors.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["errorCode"], "Kinesis.RecordTooLarge");
+    assert_eq!(lines[0]["attemptsMade"], 0);
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(lines[0]["rawData"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(raw, over);
+    assert_received_once(
+        &state,
+        vec![small.clone(), limit, small],
+        "all but the one over",
+    )
+    .await;
+    fh.start_kill().unwrap();
+}
+
 // The body never passes Firehose's 64 MiB, whatever the size hint: 52 records of 1 MB are
 // 52 MB of data, under the 64 MiB hint, but 69 MB once in base64; the buffer goes out in two
 // requests instead of one the endpoint would have to refuse with 413 (and the records would be

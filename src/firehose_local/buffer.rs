@@ -81,8 +81,9 @@ struct Sender<'a, S> {
 }
 
 impl<S: Future<Output = ()>> Sender<'_, S> {
-    /// Deliver one batch, then move the checkpoint past it: delivered, refused with 413, given
-    /// up into the error output, or given up with no error output configured are all final.
+    /// Deliver one batch (a record too large for Firehose goes to the error output instead), then
+    /// move the checkpoint past it: delivered, refused with 413, given up into the error
+    /// output, or given up with no error output configured are all final.
     /// Given up with the error output failing is not: the records exist nowhere else, so the
     /// checkpoint stops moving and a restart reads them again.
     async fn deliver(
@@ -90,9 +91,13 @@ impl<S: Future<Output = ()>> Sender<'_, S> {
         batch: Vec<Arrived>,
         checkpoint: &mut Option<Checkpoint>,
     ) {
-        let outcome = delivery.deliver(&batch).await;
+        // The checkpoint covers the whole batch, records set aside included: moved past them
+        // only once the rest has ended too.
+        let (rest, kept) = delivery.set_aside_too_large(&batch);
+        let outcome = delivery.deliver(rest.as_deref().unwrap_or(&batch)).await;
         let Some(cp) = checkpoint else { return };
-        if matches!(outcome, Outcome::Failed { written: None, .. }) && delivery.has_error_output() {
+        let lost = !kept || matches!(outcome, Outcome::Failed { written: None, .. });
+        if lost && delivery.has_error_output() {
             cp.freeze();
         } else {
             cp.record(&batch);

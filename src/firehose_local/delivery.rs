@@ -279,6 +279,35 @@ impl Delivery {
         }
     }
 
+    /// Give up the records of `batch` over [`protocol::MAX_RECORD_BYTES`], as Firehose does:
+    /// they go to the error output, never to the endpoint. Returns the records to deliver when
+    /// some were set aside (`None`: all of them), and false when the error output is configured
+    /// but could not keep the oversized ones.
+    pub fn set_aside_too_large(&self, batch: &[Arrived]) -> (Option<Vec<Arrived>>, bool) {
+        let too_large = |a: &Arrived| a.data.len() > protocol::MAX_RECORD_BYTES;
+        if !batch.iter().any(too_large) {
+            return (None, true);
+        }
+        let (too_large, rest): (Vec<Arrived>, Vec<Arrived>) =
+            batch.iter().cloned().partition(too_large);
+        let failure = Failure::new(
+            protocol::TOO_LARGE,
+            format!(
+                "the record's data is over Firehose's limit of {} bytes",
+                protocol::MAX_RECORD_BYTES
+            ),
+        );
+        let id = uuid::Uuid::new_v4().to_string();
+        let written = self.write_errors(&too_large, &id, 0, &failure);
+        error!(
+            records = too_large.len(),
+            largest = too_large.iter().map(|a| a.data.len()).max().unwrap_or(0),
+            error_file = ?written,
+            "records over 1,024,000 bytes are not delivered (as in Firehose)"
+        );
+        (Some(rest), written.is_some() || !self.has_error_output())
+    }
+
     /// Whether an error output (`--error-dir`) is configured.
     pub fn has_error_output(&self) -> bool {
         self.config.error_dir.is_some()
