@@ -1039,3 +1039,72 @@ async fn no_key_is_401_whatever_the_request_id() {
     let r = send("POST", &ep.url, &headers, firehose_body(&long, &[])).await;
     assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
 }
+
+// One deadline per request from its arrival, shared by the body and the database write: with a
+// body that takes 1.5 s and a database that never acknowledges (a proxy withholds the writes),
+// a 4 s deadline answers 503 at 4 s after arrival, not 4 s after the body, nor after the old
+// 150 s write timeout of its own (Firehose gives up at 180 s and sends the batch again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deadline_covers_the_body_and_the_write() {
+    use common::wire::{Withhold, ZlibProxy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = MongoServer::start();
+    if !server.owned {
+        eprintln!("skipped: needs a server of its own behind a proxy (MONGODB_TEST_URI is set)");
+        return;
+    }
+    let stalled = [("update", Withhold::Stall), ("bulkWrite", Withhold::Stall)];
+    let proxy = ZlibProxy::start_withholding(server.port, &stalled);
+    let config = EndpointConfig {
+        path: "/".into(),
+        keys: AccessKeys::new([KEY.as_bytes()]),
+        max_body_bytes: 64 << 20,
+        collection: "firehose".into(),
+        decode: DecodeOptions::default(),
+        body_timeout: Duration::from_secs(2),
+    };
+    let store = Store::new(&proxy.uri(), &unique_name("fhdeadline"));
+    let state = AppState::new(config, store).with_request_deadline(Duration::from_secs(4));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        app(state),
+        None,
+        HEADER_TIMEOUT,
+        None,
+        async {
+            let _ = rx.await;
+        },
+    ));
+
+    let body = firehose_body("req-deadline", &reports(3).1);
+    let mut head = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in firehose_headers("req-deadline", Some(KEY), false) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let arrived = std::time::Instant::now();
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.write_all(&body[10..]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .expect("no answer within 10 s")
+        .unwrap();
+    let took = arrived.elapsed();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        took >= Duration::from_millis(3800) && took < Duration::from_millis(5000),
+        "answered after {took:?}"
+    );
+    let _ = tx.send(());
+}

@@ -6,8 +6,8 @@
 //! headers (400), content
 //! encoding (400), a declared length over the limit (413), room in the body budget (503 after
 //! `--body-timeout` without), body size after decompression (413), body JSON and its requestId
-//! (400), then
-//! records and the database (200 or 503). Every answer, whatever its status, is
+//! (400), then records and the database (200 or 503). The budget wait and the body share
+//! `--body-timeout` from the request's arrival, and the whole request [`REQUEST_DEADLINE`]. Every answer, whatever its status, is
 //! `{"requestId","timestamp"[,"errorMessage"]}`; each refusal is a [`RequestError`].
 //!
 //! - `error`: [`RequestError`], the reasons for refusing and the response each one gets.
@@ -55,8 +55,12 @@ pub const CHUNK_BYTES: usize = super::store::COMMAND_BYTES - 1024 * 1024;
 /// The paths the endpoint serves besides `--path` (health, liveness, readiness), which
 /// `--path` cannot take.
 pub const OWN_PATHS: [&str; 3] = ["/health", "/healthz", "/readyz"];
-/// Firehose waits 3 minutes for an answer; give up on the database well before.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long a delivery may take from its arrival (once its headers are read) to its answer, all
+/// its steps together: waiting for room in the body budget and reading the body (both within
+/// `--body-timeout` of arrival), then the database writes (whatever time is left). Firehose
+/// waits 3 minutes for an answer and then sends the batch again; answering 503 before that
+/// keeps a slow write from running on beside its own retry.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(170);
 /// Longest `X-Amz-Firehose-Request-Id` accepted (Firehose's are 36-character UUIDs); a longer
 /// one is refused with 400, and only its first bytes are echoed and logged.
 pub const MAX_REQUEST_ID_BYTES: usize = 256;
@@ -105,6 +109,8 @@ pub struct AppState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
     /// `/readyz` last answered not ready (its reason is logged once per change).
     not_ready: Arc<std::sync::Mutex<Latch>>,
+    /// [`REQUEST_DEADLINE`]; shorter in tests.
+    request_deadline: Duration,
 }
 
 impl AppState {
@@ -117,7 +123,14 @@ impl AppState {
             store: Arc::new(store),
             metrics: Arc::new(EndpointMetrics::default()),
             not_ready: Arc::default(),
+            request_deadline: REQUEST_DEADLINE,
         }
+    }
+
+    /// A deadline other than [`REQUEST_DEADLINE`] (tests), at least the body timeout.
+    pub fn with_request_deadline(mut self, deadline: Duration) -> Self {
+        self.request_deadline = deadline.max(self.config.body_timeout);
+        self
     }
 }
 
@@ -250,7 +263,7 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
     let request_id = header_cut(&parts.headers, REQUEST_ID);
     let mut tally = Tally::default();
     let result = match check_headers(&state.config, &parts.method, &parts.headers) {
-        Ok(plan) => process(&state, request_id, plan, body, &mut tally).await,
+        Ok(plan) => process(&state, request_id, plan, body, &mut tally, started).await,
         Err(e) => Err(e),
     };
     let source_arn = header_cut(&parts.headers, SOURCE_ARN);
@@ -361,22 +374,27 @@ fn budget_share(plan: &BodyPlan, limit: usize) -> u32 {
     u32::try_from(kib(bytes)).unwrap_or(u32::MAX)
 }
 
-/// Read and check the body, then store its records.
+/// Read and check the body, then store its records, all within the request's deadline from
+/// `arrived` ([`REQUEST_DEADLINE`]); the body within `--body-timeout` of it.
 async fn process(
     state: &AppState,
     request_id: &str,
     plan: BodyPlan,
     body: Body,
     tally: &mut Tally,
+    arrived: Instant,
 ) -> Result<(), RequestError> {
     let config = &state.config;
+    let arrived = tokio::time::Instant::from_std(arrived);
+    let deadline = arrived + state.request_deadline;
+    let body_deadline = (arrived + config.body_timeout).min(deadline);
     let share = budget_share(&plan, config.max_body_bytes);
-    let _room = tokio::time::timeout(config.body_timeout, state.body_budget.acquire_many(share))
+    let _room = tokio::time::timeout_at(body_deadline, state.body_budget.acquire_many(share))
         .await
         .map_err(|_| RequestError::Busy)?
         .map_err(|_| RequestError::Busy)?;
     let read = read_body(body, plan.gzip, config.max_body_bytes, plan.content_length);
-    let bytes = tokio::time::timeout(config.body_timeout, read)
+    let bytes = tokio::time::timeout_at(body_deadline, read)
         .await
         .map_err(|_| RequestError::BodyTimeout(config.body_timeout))??;
     tally.bytes = bytes.len();
@@ -387,9 +405,13 @@ async fn process(
     }
     tally.records = parsed.records.len();
     let stored = store_records(state, request_id, &parsed, &mut tally.rejected);
-    tokio::time::timeout(WRITE_TIMEOUT, stored)
+    tokio::time::timeout_at(deadline, stored)
         .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
+        .unwrap_or_else(|_| {
+            let limit = state.request_deadline.as_secs();
+            let why = format!("not acknowledged within the request's {limit} s");
+            Err(StoreError::Unavailable(why))
+        })
         .map_err(|e| {
             warn!(request_id = %request_id, error = %e, "database write failed");
             RequestError::Store(e)
