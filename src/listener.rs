@@ -19,6 +19,9 @@ use tracing::{debug, warn};
 /// browser, curl or a scraper sends its headers at once.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a stop waits for the requests under way to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// What a listener allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -31,7 +34,7 @@ pub struct Limits {
 /// Serve `service` on `listener` until `shutdown` resolves: HTTP/1.1 with keep-alive, at most
 /// `limits.max_connections` connections at once, each closed when a request's headers take
 /// longer than `limits.header_timeout`. On shutdown it stops accepting, lets the requests in
-/// progress finish, and returns once every connection has ended.
+/// progress finish, and returns once every connection has ended, or after [`SHUTDOWN_GRACE`].
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
@@ -84,5 +87,14 @@ pub async fn serve<S, B>(
             }
         });
     }
-    graceful.shutdown().await;
+    // A client that stopped reading a long answer would hold the stop for ever.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "requests still under way at stop were cut short"
+        );
+    }
 }

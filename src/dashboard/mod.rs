@@ -59,7 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/series", get(api::series))
         .route("/api/motion", get(api::motion))
         .route("/api/chart", get(api::chart))
-        .route("/api/csv", get(csv::csv))
+        .route(limit::CSV_PATH, get(csv::csv))
         .route("/api/health", get(api::health))
         .route_layer(turns);
     Router::new()
