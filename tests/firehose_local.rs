@@ -371,7 +371,8 @@ async fn retries_500s_with_backoff_and_the_same_request_id() {
         assert_eq!(g.body, got[0].body, "the retried body is the same");
     }
     assert_eq!(decoded_records(&got[3].body), sent);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past when a fifth would come (the next back-off, 8 s +-15 %), had the 200 not been taken.
+    tokio::time::sleep(Duration::from_millis(9800)).await;
     assert_eq!(
         state.lock().unwrap().got.len(),
         4,
@@ -396,7 +397,8 @@ async fn invalid_200_responses_are_failures() {
         .map(|g| header(g, "x-amz-firehose-request-id").unwrap())
         .collect();
     assert_eq!(ids.len(), 1);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past when a fourth would come (the next back-off, 4 s +-15 %), had the third failed.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     assert_eq!(state.lock().unwrap().got.len(), 3);
     fh.start_kill().unwrap();
 }
@@ -417,7 +419,8 @@ async fn a_200_without_content_length_is_a_failure() {
         assert_eq!(decoded_records(&g.body), sent);
         assert_eq!(g.body["requestId"], got[0].body["requestId"]);
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Past when a fourth would come (the next back-off, 4 s +-15 %), had the third failed.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     assert_eq!(state.lock().unwrap().got.len(), 3, "accepted the third");
     fh.start_kill().unwrap();
 }
