@@ -509,9 +509,22 @@ async fn a_record_over_1000_kib_goes_to_the_error_dir() {
     }
     let errors = tempfile::tempdir().unwrap();
     let (url, state) = receiver(vec![]).await;
-    let error_dir = ["--error-dir", errors.path().to_str().unwrap()];
-    let mut fh = spawn_firehose(&kin, &stream, &url, &error_dir);
+    let addr = metrics_common::free_addr();
+    let args = [
+        "--error-dir",
+        errors.path().to_str().unwrap(),
+        "--metrics-listen",
+        &addr,
+    ];
+    let mut fh = spawn_firehose(&kin, &stream, &url, &args);
     wait_for_records(&state, 3).await;
+    // Counted, so that FirehoseLocalDeliveriesGivenUp sees it.
+    let m = metrics_common::scrape(&addr);
+    assert_eq!(
+        m.get("firehose_local_deliveries_total{outcome=\"too_large\"}"),
+        Some(&1.0),
+        "{m:?}"
+    );
     let files = files_under(errors.path());
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();

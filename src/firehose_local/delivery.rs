@@ -299,6 +299,7 @@ impl Delivery {
         );
         let id = uuid::Uuid::new_v4().to_string();
         let written = self.write_errors(&too_large, &id, 0, &failure);
+        self.metrics.delivered(metrics::Outcome::TooLarge);
         error!(
             records = too_large.len(),
             largest = too_large.iter().map(|a| a.data.len()).max().unwrap_or(0),

@@ -36,11 +36,19 @@ pub enum Outcome {
     Failed,
     /// Answered 413: lost, as Firehose loses it.
     Rejected,
+    /// Records over Firehose's size limit, set aside before the batch went out (counted once
+    /// per batch that had any): written to the error output, if there is one.
+    TooLarge,
 }
 
 impl Outcome {
     /// Every outcome, so that each series exists from the start.
-    const ALL: [Outcome; 3] = [Outcome::Delivered, Outcome::Failed, Outcome::Rejected];
+    const ALL: [Outcome; 4] = [
+        Outcome::Delivered,
+        Outcome::Failed,
+        Outcome::Rejected,
+        Outcome::TooLarge,
+    ];
 
     /// The label value.
     fn label(self) -> &'static str {
@@ -48,6 +56,7 @@ impl Outcome {
             Outcome::Delivered => "delivered",
             Outcome::Failed => "failed",
             Outcome::Rejected => "rejected",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -90,7 +99,7 @@ impl Metrics {
         );
         r.register(
             "deliveries",
-            "Batches that ended, by outcome: delivered, failed (retry duration used up) or rejected (413, lost)",
+            "Batches that ended, by outcome: delivered, failed (retry duration used up) or rejected (413, lost); too_large: batches whose records over 1,024,000 bytes were set aside",
             m.deliveries.clone(),
         );
         r.register(
@@ -219,6 +228,7 @@ mod tests {
             "firehose_local_deliveries_total{outcome=\"delivered\"} 1",
             "firehose_local_deliveries_total{outcome=\"failed\"} 0",
             "firehose_local_deliveries_total{outcome=\"rejected\"} 0",
+            "firehose_local_deliveries_total{outcome=\"too_large\"} 0",
             "firehose_local_retries_total 0",
         ] {
             assert!(text.contains(want), "{want} not in {text}");
