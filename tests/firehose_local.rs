@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -192,26 +191,13 @@ async fn put_records_from(
     let data: Vec<Vec<u8>> = (first..first + n)
         .map(|i| format!(r#"{{"_id":"{i:024x}","n":{i},"text":"héllo"}}"#).into_bytes())
         .collect();
-    let entries = data
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            PutRecordsRequestEntry::builder()
-                .data(Blob::new(d.clone()))
-                .partition_key(format!("key-{i}"))
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let out = kin
-        .client()
-        .put_records()
-        .stream_name(stream)
-        .set_records(Some(entries))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.failed_record_count(), Some(0));
+    kin.put_all(
+        stream,
+        data.iter()
+            .enumerate()
+            .map(|(i, d)| (format!("key-{i}"), d.clone())),
+    )
+    .await;
     data
 }
 

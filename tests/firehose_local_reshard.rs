@@ -13,8 +13,6 @@ mod kinesis;
 use std::process::Stdio;
 use std::time::Duration;
 
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use common::{unique_name, wait_until, MongoServer};
 use firehose_common::{start, Endpoint, Opts, KEY};
 use kinesis::{KinesisServer, AWS_ENV};
@@ -31,25 +29,16 @@ async fn put_versions(
     version: u32,
     key: impl Fn(usize) -> String,
 ) {
-    let entries = (0..n)
-        .map(|i| {
-            let data = format!(r#"{{"_id":"{i:024x}","v":{version}}}"#);
-            PutRecordsRequestEntry::builder()
-                .data(Blob::new(data))
-                .partition_key(key(i))
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let out = kin
-        .client()
-        .put_records()
-        .stream_name(stream)
-        .set_records(Some(entries))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(out.failed_record_count(), Some(0));
+    kin.put_all(
+        stream,
+        (0..n).map(|i| {
+            (
+                key(i),
+                format!(r#"{{"_id":"{i:024x}","v":{version}}}"#).into_bytes(),
+            )
+        }),
+    )
+    .await;
 }
 
 /// Wait until the stream lists `shards` shards and is ACTIVE again after a reshard.

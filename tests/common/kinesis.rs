@@ -134,6 +134,33 @@ impl KinesisServer {
         }
     }
 
+    /// One PutRecords of (partition key, data) pairs, every one of which must be taken.
+    pub async fn put_all(
+        &self,
+        stream: &str,
+        records: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) {
+        let entries = records
+            .into_iter()
+            .map(|(key, data)| {
+                aws_sdk_kinesis::types::PutRecordsRequestEntry::builder()
+                    .data(aws_sdk_kinesis::primitives::Blob::new(data))
+                    .partition_key(key)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = self
+            .client()
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.failed_record_count(), Some(0));
+    }
+
     /// Every record in the stream, (partition key, data), shard by shard from the oldest.
     pub async fn read_all(&self, stream: &str) -> Vec<(String, Vec<u8>)> {
         let client = self.client();
