@@ -16,7 +16,8 @@ use libfuzzer_sys::fuzz_target;
 use sensehat_monitor::firehose::protocol::{response_body, RequestBody};
 use sensehat_monitor::firehose_local::checkpoint::Checkpoint;
 use sensehat_monitor::firehose_local::protocol::{
-    check_response, encoded_record_bytes, error_record, request_body, Failure, BODY_OVERHEAD_BYTES,
+    check_response, encoded_record_bytes, error_record, request_body, Failure, ResponseHead,
+    BODY_OVERHEAD_BYTES,
 };
 
 /// A request id as firehose-local makes them (a UUID: 36 characters).
@@ -71,19 +72,29 @@ fn response(u: &mut Unstructured) -> Result<()> {
     } else {
         u.arbitrary()?
     };
-    let result = check_response(
-        REQUEST_ID,
+    // Mostly the body's own length, as an endpoint sends it; else missing or anything.
+    let content_length: Option<String> = if u.ratio(3, 4)? {
+        Some(body.len().to_string())
+    } else {
+        u.arbitrary()?
+    };
+    let head = ResponseHead {
         status,
-        content_type.as_deref(),
-        content_encoding.as_deref(),
-        &body,
-    );
+        content_type: content_type.as_deref(),
+        content_encoding: content_encoding.as_deref(),
+        content_length: content_length.as_deref(),
+    };
+    let result = check_response(REQUEST_ID, &head, &body);
     if let Err(f) = &result {
         assert!(f.code.starts_with("HttpEndpoint."), "{f:?}");
         return Ok(());
     }
     assert_eq!(status, 200);
     assert!(content_encoding.is_none());
+    assert_eq!(
+        content_length.and_then(|v| v.trim().parse::<usize>().ok()),
+        Some(body.len())
+    );
     let mime = content_type.unwrap_or_default();
     assert!(mime
         .split(';')
@@ -124,5 +135,12 @@ fuzz_target!(|data: &[u8]| {
     };
     // The endpoint's own success answer is one.
     let ok = response_body(REQUEST_ID, 1_700_000_000_000, None);
-    assert!(check_response(REQUEST_ID, 200, Some("application/json"), None, &ok).is_ok());
+    let length = ok.len().to_string();
+    let head = ResponseHead {
+        status: 200,
+        content_type: Some("application/json"),
+        content_encoding: None,
+        content_length: Some(&length),
+    };
+    assert!(check_response(REQUEST_ID, &head, &ok).is_ok());
 });
