@@ -803,6 +803,45 @@ async fn binary_requires_a_key_and_serves() {
     assert!(!text.contains(KEY), "the log must never show a key");
 }
 
+/// The endpoint's settings for the tests that serve it in this process: path `/`, the test key,
+/// 64 MiB bodies, and `body_timeout`.
+fn config(body_timeout: Duration) -> EndpointConfig {
+    EndpointConfig {
+        path: "/".into(),
+        keys: AccessKeys::new([KEY.as_bytes()]),
+        max_body_bytes: 64 << 20,
+        collection: "firehose".into(),
+        decode: DecodeOptions::default(),
+        body_timeout,
+    }
+}
+
+/// Serve `state` on a free loopback port (over TLS with `tls`) as the program does, until the
+/// returned sender is used or dropped: the address, that sender, and the serving task.
+async fn serve_in_process(
+    state: AppState,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(
+        listener,
+        app(state),
+        tls,
+        HEADER_TIMEOUT,
+        None,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    (addr, tx, served)
+}
+
 // With --tls-cert/--tls-key the endpoint serves HTTPS itself: a client trusting the certificate
 // delivers over TLS and gets a Firehose-shaped 200; a plain-HTTP client gets no answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -818,27 +857,8 @@ async fn tls_serves_https() {
 
     let server = MongoServer::start();
     let db_name = unique_name("fhtls");
-    let config = EndpointConfig {
-        path: "/".into(),
-        keys: AccessKeys::new([KEY.as_bytes()]),
-        max_body_bytes: 64 << 20,
-        collection: "firehose".into(),
-        decode: DecodeOptions::default(),
-        body_timeout: BODY_TIMEOUT,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(serve(
-        listener,
-        app(AppState::new(config, Store::new(&server.uri, &db_name))),
-        Some(tls),
-        HEADER_TIMEOUT,
-        None,
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let state = AppState::new(config(BODY_TIMEOUT), Store::new(&server.uri, &db_name));
+    let (addr, tx, served) = serve_in_process(state, Some(tls)).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -985,27 +1005,8 @@ async fn readyz_tells_no_one_where_the_database_is() {
     let uri = format!(
         "mongodb://db-internal-7.example.invalid:27017,127.0.0.1:{port}/?serverSelectionTimeoutMS=500"
     );
-    let config = EndpointConfig {
-        path: "/".into(),
-        keys: AccessKeys::new([KEY.as_bytes()]),
-        max_body_bytes: 64 << 20,
-        collection: "firehose".into(),
-        decode: DecodeOptions::default(),
-        body_timeout: BODY_TIMEOUT,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        app(AppState::new(config, Store::new(&uri, "monitors"))),
-        None,
-        HEADER_TIMEOUT,
-        None,
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let state = AppState::new(config(BODY_TIMEOUT), Store::new(&uri, "monitors"));
+    let (addr, tx, _served) = serve_in_process(state, None).await;
     let r = send("GET", &format!("http://{addr}/readyz"), &[], Vec::new()).await;
     let body = String::from_utf8_lossy(&r.body);
     assert_eq!(r.status, 503, "{body}");
@@ -1056,29 +1057,10 @@ async fn one_deadline_covers_the_body_and_the_write() {
     }
     let stalled = [("update", Withhold::Stall), ("bulkWrite", Withhold::Stall)];
     let proxy = ZlibProxy::start_withholding(server.port, &stalled);
-    let config = EndpointConfig {
-        path: "/".into(),
-        keys: AccessKeys::new([KEY.as_bytes()]),
-        max_body_bytes: 64 << 20,
-        collection: "firehose".into(),
-        decode: DecodeOptions::default(),
-        body_timeout: Duration::from_secs(3),
-    };
     let store = Store::new(&proxy.uri(), &unique_name("fhdeadline"));
-    let state = AppState::new(config, store).with_request_deadline(Duration::from_secs(4));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        app(state),
-        None,
-        HEADER_TIMEOUT,
-        None,
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let state = AppState::new(config(Duration::from_secs(3)), store)
+        .with_request_deadline(Duration::from_secs(4));
+    let (addr, tx, _served) = serve_in_process(state, None).await;
 
     let body = firehose_body("req-deadline", &reports(3).1);
     let mut head = format!(
