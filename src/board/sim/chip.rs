@@ -3,7 +3,7 @@
 //! (`hts221.rs`, `lps25h.rs`, `lsm9ds1.rs`), with addresses declared again from the datasheets.
 
 use super::world::World;
-use super::{hts221, lps25h, lsm9ds1, SimChip};
+use super::SimChip;
 
 /// A chip's register file.
 pub(super) type Regs = [u8; 256];
@@ -30,16 +30,6 @@ pub(super) struct Model {
     pub status: u8,
     /// Encode the world into the output registers.
     pub refresh: fn(&mut Regs, &World),
-}
-
-impl SimChip {
-    fn model(self) -> &'static Model {
-        match self {
-            SimChip::Hts221 => &hts221::MODEL,
-            SimChip::Lps25h => &lps25h::MODEL,
-            SimChip::Lsm9ds1Accel => &lsm9ds1::MODEL,
-        }
-    }
 }
 
 /// One simulated chip: its registers, sub-address pointer and the test's knobs.

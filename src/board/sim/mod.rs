@@ -69,6 +69,15 @@ impl SimChip {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// What the chip does with its registers.
+    fn model(self) -> &'static chip::Model {
+        match self {
+            SimChip::Hts221 => &hts221::MODEL,
+            SimChip::Lps25h => &lps25h::MODEL,
+            SimChip::Lsm9ds1Accel => &lsm9ds1::MODEL,
+        }
+    }
 }
 
 /// The bus error of the simulator.
