@@ -16,6 +16,11 @@ pub const FIREHOSE_MAX_RECORD_DATA: usize = 1_024_000;
 /// A partition key is 1 to 256 Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 
+/// Every EventBridge event's Source; the pipeline template's rule matches exactly this.
+pub const SOURCE: &str = "sensehat-monitor.forwarder";
+/// Every EventBridge event's DetailType; the pipeline template's rule matches exactly this.
+pub const DETAIL_TYPE: &str = "MongoDB change event";
+
 /// At most this many entries in one EventBridge PutEvents call.
 pub const EVENTBRIDGE_MAX_ENTRIES: usize = 10;
 /// EventBridge's "less than 256 KB", for one entry and for the entries of one call together:
@@ -66,8 +71,7 @@ pub const EVENTBRIDGE: Limits = Limits {
     max_entries: EVENTBRIDGE_MAX_ENTRIES,
     max_call_bytes: EVENTBRIDGE_MAX_BYTES,
     max_entry_bytes: EVENTBRIDGE_MAX_BYTES,
-    entry_overhead: crate::forwarder::eventbridge::SOURCE.len()
-        + crate::forwarder::eventbridge::DETAIL_TYPE.len(),
+    entry_overhead: SOURCE.len() + DETAIL_TYPE.len(),
     counts_partition_key: false,
     max_data_bytes: None,
 };

@@ -12,13 +12,8 @@ use aws_sdk_eventbridge::error::{DisplayErrorContext, ProvideErrorMetadata, SdkE
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
 use super::aws::{load_checked, REFUSED_CREDENTIALS};
-use super::batch::{Entry, Limits, EVENTBRIDGE};
+use super::batch::{Entry, Limits, DETAIL_TYPE, EVENTBRIDGE, SOURCE};
 use super::target::{entry_results, EntryFailure, EntryResults, PutError, Target};
-
-/// Every event's Source; the pipeline template's rule matches exactly this.
-pub const SOURCE: &str = "sensehat-monitor.forwarder";
-/// Every event's DetailType; the pipeline template's rule matches exactly this.
-pub const DETAIL_TYPE: &str = "MongoDB change event";
 
 /// The AWS SDK's EventBridge client: credentials and region from the standard chain, and an
 /// optional endpoint URL for an emulator.
