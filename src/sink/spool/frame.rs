@@ -9,6 +9,14 @@ use std::path::Path;
 pub(super) const HEADER: u64 = 8;
 /// No report comes near this; a larger length is corruption.
 const MAX_RECORD: u32 = 16 * 1024 * 1024;
+/// No segment file the spool writes comes near this: segments roll over at 1 MiB, and the
+/// largest single write (the reports kept in memory while the disk failed) is tens of MiB at
+/// most. A larger file is damage (a wrong size in a damaged inode, a file that is not ours) and
+/// is not read: scanning it would hold up every start.
+pub(super) const FILE_MAX: u64 = 1 << 30;
+/// How much of a file the search for the next good frame reads at once, so that the search
+/// costs this much memory however much bad data it crosses.
+const SEARCH_WINDOW: u64 = 1024 * 1024;
 
 /// Encode one frame.
 #[cfg(test)]
@@ -107,9 +115,18 @@ impl Frames {
         }
     }
 
-    /// The frames of the whole of `file`, from its start.
+    /// The frames of the whole of `file`, from its start; an error for a file larger than
+    /// [`FILE_MAX`].
     pub(super) fn of_file(file: File) -> io::Result<Self> {
         let size = file.metadata()?.len();
+        if size > FILE_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{size} bytes, more than any spool file the agent writes ({FILE_MAX}): damaged, or not a spool file"
+                ),
+            ));
+        }
         Ok(Frames::new(
             BufReader::with_capacity(64 * 1024, file),
             0,
@@ -119,36 +136,33 @@ impl Frames {
 
     /// The next good frame's offset in the file and its payload.
     pub(super) fn next(&mut self) -> io::Result<Option<(u64, Vec<u8>)>> {
-        loop {
-            if self.end.is_some() {
-                return Ok(None);
-            }
-            match read_frame(&mut self.r, self.limit - self.pos) {
-                Ok(Some(p)) => {
-                    let start = self.pos;
-                    self.pos += HEADER + p.len() as u64;
-                    return Ok(Some((start, p)));
-                }
-                Ok(None) => {
-                    self.end = Some(self.pos);
-                    return Ok(None);
-                }
-                Err(_) => {
-                    let start = self.pos;
-                    let rest = read_readable(self.r.get_ref(), start, self.limit);
-                    match next_good_frame(&rest) {
-                        Some(k) => {
-                            self.skipped_regions += 1;
-                            self.skipped_bytes += k;
-                            self.pos = start + k;
-                            self.r.seek(SeekFrom::Start(self.pos))?;
-                        }
-                        None => {
-                            self.end = Some(start);
-                            return Ok(None);
-                        }
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let start = self.pos;
+        let found = match read_frame(&mut self.r, self.limit - start) {
+            Ok(found) => found.map(|p| (start, p)),
+            // From `start` itself: a read that failed once (EIO) may work again.
+            Err(_) => {
+                let found = good_frame_from(self.r.get_ref(), start, self.limit);
+                if let Some((at, p)) = &found {
+                    self.r.seek(SeekFrom::Start(at + HEADER + p.len() as u64))?;
+                    if *at > start {
+                        self.skipped_regions += 1;
+                        self.skipped_bytes += at - start;
                     }
                 }
+                found
+            }
+        };
+        match found {
+            Some((at, p)) => {
+                self.pos = at + HEADER + p.len() as u64;
+                Ok(Some((at, p)))
+            }
+            None => {
+                self.end = Some(start);
+                Ok(None)
             }
         }
     }
@@ -172,18 +186,40 @@ fn read_readable(file: &File, start: u64, limit: u64) -> Vec<u8> {
     rest
 }
 
-/// The first offset after 0 in `buf` where a whole frame passes its checks (see [`Frames`]).
-fn next_good_frame(buf: &[u8]) -> Option<u64> {
-    (1..buf.len().saturating_sub(HEADER as usize)).find_map(|k| {
-        let head = buf.get(k..k + HEADER as usize)?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if !(5..=MAX_RECORD).contains(&len) {
-            return None;
+/// The first frame at or after `start` (before `limit`) that passes its checks (see
+/// [`Frames`]): its offset and payload. Read a window at a time; a candidate's payload is read
+/// only once its header and first bytes agree.
+fn good_frame_from(file: &File, start: u64, limit: u64) -> Option<(u64, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    // A header and the payload's first 4 bytes (a BSON document's own length).
+    const HEAD: u64 = HEADER + 4;
+    let mut from = start;
+    while from + HEAD <= limit {
+        let to = (from + SEARCH_WINDOW).min(limit);
+        let buf = read_readable(file, from, (to + HEAD - 1).min(limit));
+        for k in 0..(to - from) as usize {
+            let Some(head) = buf.get(k..k + HEAD as usize) else {
+                break;
+            };
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let at = from + k as u64;
+            if !(5..=MAX_RECORD).contains(&len)
+                || head[8..] != head[..4]
+                || at + HEADER + u64::from(len) > limit
+            {
+                continue;
+            }
+            let mut payload = vec![0u8; len as usize];
+            if file.read_exact_at(&mut payload, at + HEADER).is_ok()
+                && crc32fast::hash(&payload) == crc
+            {
+                return Some((at, payload));
+            }
         }
-        let payload = buf.get(k + HEADER as usize..k + HEADER as usize + len as usize)?;
-        (payload[..4] == head[..4] && crc32fast::hash(payload) == crc).then_some(k as u64)
-    })
+        from = to;
+    }
+    None
 }
 
 /// What a scan of a segment file found.
@@ -245,5 +281,62 @@ mod tests {
         assert_eq!(rest.len(), 8000);
         assert!(rest[..3192].iter().all(|b| *b == 7));
         assert!(rest[3192..].iter().all(|b| *b == 0));
+    }
+
+    fn payload(i: u8) -> Vec<u8> {
+        let mut p = 64u32.to_le_bytes().to_vec();
+        p.resize(64, i);
+        p
+    }
+
+    // Bad data longer than the search window is crossed a window at a time, and a frame that
+    // starts just before a window's edge is found whole.
+    #[test]
+    fn the_search_crosses_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut bytes = frame(&payload(0));
+        let start = bytes.len();
+        bytes.resize(start + 2 * SEARCH_WINDOW as usize - 3, 0);
+        bytes.extend(frame(&payload(1)));
+        bytes.extend(frame(&payload(2)));
+        fs::write(&path, &bytes).unwrap();
+        let mut frames = Frames::of_file(File::open(&path).unwrap()).unwrap();
+        let mut got = Vec::new();
+        while let Some((at, p)) = frames.next().unwrap() {
+            got.push((at, p[4]));
+        }
+        let second = (start + 2 * SEARCH_WINDOW as usize - 3) as u64;
+        assert_eq!(got, [(0, 0), (second, 1), (second + 72, 2)]);
+        assert_eq!(
+            (frames.skipped_regions, frames.skipped_bytes),
+            (1, second - start as u64)
+        );
+    }
+
+    // A frame that failed to read once (EIO) and reads now is taken, not skipped.
+    #[test]
+    fn the_search_starts_at_the_failed_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut bytes = frame(&payload(0));
+        bytes.extend(frame(&payload(1)));
+        fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let found = good_frame_from(&file, 72, bytes.len() as u64);
+        assert_eq!(found, Some((72, payload(1))));
+        assert_eq!(good_frame_from(&file, 73, bytes.len() as u64), None);
+    }
+
+    // A file larger than any segment the spool writes is refused before it is read.
+    #[test]
+    fn a_file_larger_than_any_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = File::create(&path).unwrap();
+        f.set_len(FILE_MAX + 1).unwrap();
+        let e = Frames::of_file(File::open(&path).unwrap()).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("not a spool file"), "{e}");
     }
 }

@@ -322,6 +322,30 @@ mod tests {
         assert_eq!((r.problems.len(), aside()), (1, 2), "{:?}", r.problems);
     }
 
+    // A segment file far larger than any the spool writes (a damaged inode's size; here a
+    // sparse file) is set aside at open without being read, and the others are delivered.
+    #[test]
+    fn a_segment_too_large_to_be_ours_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..40 {
+            s.append(&payload(i), Instant::now());
+        }
+        drop(s);
+        let huge = fs::File::create(dir.path().join(segment_name(7))).unwrap();
+        huge.set_len(64 << 30).unwrap();
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("not a spool file"),
+            "{:?}",
+            r.problems
+        );
+        assert!(r.problems[0].contains("moved it to"), "{:?}", r.problems);
+        assert!(!dir.path().join(segment_name(7)).exists());
+        assert_eq!(drain(&mut s), (0..40).map(payload).collect::<Vec<_>>());
+    }
+
     // A torn last record (crash mid-write) is cut off at open; the good ones survive.
     #[test]
     fn torn_tail_is_skipped() {

@@ -44,13 +44,15 @@ pub fn for_each_pending(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> 
         if id < ack.segment {
             continue;
         }
-        let file = match File::open(dir.join(segment_name(id))) {
+        let path = dir.join(segment_name(id));
+        let file = match File::open(&path) {
             Ok(f) => f,
             // Delivered and deleted since it was listed.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let mut frames = Frames::of_file(file)?;
+        let mut frames = Frames::of_file(file)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         while let Some((start, p)) = frames.next()? {
             if id > ack.segment || start >= ack.offset {
                 f(&p);
