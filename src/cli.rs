@@ -69,6 +69,10 @@ pub fn print_answer(text: &str) -> ExitCode {
 /// The longest duration [`parse_duration`] takes: beyond a year is a slip of the keyboard, and
 /// far enough past it a deadline made from it would not fit the clock's range.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+/// [`MAX_DURATION`] in milliseconds, for the old unit-less spellings that took milliseconds.
+pub const MAX_DURATION_MS: u64 = MAX_DURATION.as_secs() * 1000;
+/// [`MAX_DURATION`] in seconds, for the old unit-less spellings that took seconds.
+pub const MAX_DURATION_SECS: u64 = MAX_DURATION.as_secs();
 
 /// Parse `5`, `5s`, `500ms`, `2m`, `1h` or `7d`, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

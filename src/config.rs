@@ -79,7 +79,7 @@ pub struct Cli {
 
     /// The old spelling of --interval, in milliseconds (`--interval` wins when both are set).
     #[arg(long, env = "SENSEHAT_INTERVAL_MS", hide = true,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=crate::cli::MAX_DURATION_MS))]
     pub interval_ms: Option<u64>,
 
     /// Send the reports taken within this long of the last insert together in the next one
@@ -153,7 +153,8 @@ pub struct Cli {
     pub spool_sync: Option<Duration>,
 
     /// The old spelling of --spool-sync, in milliseconds (`--spool-sync` wins when both are set).
-    #[arg(long, env = "SENSEHAT_SPOOL_SYNC_MS", hide = true)]
+    #[arg(long, env = "SENSEHAT_SPOOL_SYNC_MS", hide = true,
+          value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_DURATION_MS))]
     pub spool_sync_ms: Option<u64>,
 
     /// On SIGTERM/SIGINT, how long in-flight inserts may take before exiting (e.g. 5s, 500ms).
@@ -429,6 +430,11 @@ mod tests {
         assert!(!cli.led_status);
         assert_eq!(cli.spool_max_bytes, 384 * 1024 * 1024);
         assert!(Cli::try_parse_from(["x", "--interval-ms", "0"]).is_err());
+        // The old spellings are capped as the new ones are (366 days).
+        for old in ["--interval-ms", "--spool-sync-ms"] {
+            assert!(Cli::try_parse_from(["x", old, "31622400000"]).is_ok());
+            assert!(Cli::try_parse_from(["x", old, "31622400001"]).is_err());
+        }
         assert!(Cli::try_parse_from(["x", "--interval", "0"]).is_err());
     }
 

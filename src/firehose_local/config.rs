@@ -127,7 +127,8 @@ pub struct Cli {
           value_parser = parse_duration)]
     pub request_timeout: Option<Duration>,
     /// The old spelling of --request-timeout, in seconds.
-    #[arg(long, env = "FIREHOSE_REQUEST_TIMEOUT_SECONDS", hide = true)]
+    #[arg(long, env = "FIREHOSE_REQUEST_TIMEOUT_SECONDS", hide = true,
+          value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_DURATION_SECS))]
     pub request_timeout_seconds: Option<u64>,
     /// Serve Prometheus metrics at /metrics, and /healthz and /readyz (the stream answers and
     /// the last delivery attempt reached the endpoint), on this address (e.g. 127.0.0.1:9466).
@@ -318,6 +319,8 @@ mod tests {
         // A zero timeout would fail every request at once: at least a second.
         let c = parse(&["--request-timeout-seconds", "0"]).unwrap();
         assert_eq!(c.delivery.request_timeout, Duration::from_secs(1));
+        // Capped as --request-timeout is (366 days).
+        assert!(parse(&["--request-timeout-seconds", "31622401"]).is_err());
     }
 
     // Firehose's ranges hold in both spellings: at most 900 s of buffering, 7200 s of retries.

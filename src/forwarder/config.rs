@@ -272,7 +272,8 @@ pub struct Cli {
     #[arg(long, env = "FORWARDER_LINGER", value_name = "DURATION", value_parser = parse_duration)]
     pub linger: Option<Duration>,
     /// The old spelling of --linger, in milliseconds; --linger wins when both are given.
-    #[arg(long, env = "FORWARDER_LINGER_MS", hide = true)]
+    #[arg(long, env = "FORWARDER_LINGER_MS", hide = true,
+          value_parser = clap::value_parser!(u64).range(..=crate::cli::MAX_DURATION_MS))]
     pub linger_ms: Option<u64>,
     /// Serve Prometheus metrics at /metrics, and /healthz and /readyz (MongoDB and the stream
     /// or bus answer), on this address (e.g. 127.0.0.1:9468, or 0.0.0.0:9468 for a scraper on
@@ -416,6 +417,20 @@ mod tests {
             "soon"
         ])
         .is_err());
+        // The old spelling is capped as --linger is (366 days).
+        let linger_ms = |v| {
+            Cli::try_parse_from([
+                "x",
+                "--mongodb-uri",
+                "m",
+                "--stream-name",
+                "s",
+                "--linger-ms",
+                v,
+            ])
+        };
+        assert!(linger_ms("31622400000").is_ok());
+        assert!(linger_ms("31622400001").is_err());
     }
 
     // check-config is a subcommand after the options.
