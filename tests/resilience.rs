@@ -581,6 +581,9 @@ async fn a_stop_with_the_disk_full_saves_or_counts_what_memory_holds() {
                 text.contains(&format!("lost={lost}")) && text.contains("are lost"),
                 "{text}"
             );
+            // The stop's summary agrees with status.json, and nothing is said to stay behind.
+            assert!(text.contains(&format!("dropped={lost}")), "{text}");
+            assert!(!text.contains("stay in the spool"), "{text}");
         }
     }
 }

@@ -282,21 +282,32 @@ where
         }
         // Reports the disk could not take even now end with the process: say so, and count
         // them, rather than leave them among the pending.
-        let (lost, dir) = {
+        let (lost, dir, dropped_total) = {
             let mut s = lock(spool);
-            (s.discard_memory(), s.dir().to_owned())
+            (s.discard_memory(), s.dir().to_owned(), s.dropped_total)
         };
+        {
+            // The spool's own total also has what writes at close dropped, which no append
+            // passed on to the counters.
+            let mut c = lock(&shared.counters);
+            c.dropped = (c.dropped + lost).max(dropped_total);
+        }
         if lost > 0 {
-            lock(&shared.counters).dropped += lost;
-            error!(lost, spool_dir = %dir.display(), "the spool's disk is still full or read-only at stop: the reports held in memory are lost; free space on that disk");
+            if dir.join(crate::clock::HELD_DIR).is_dir() {
+                error!(lost, spool_dir = %dir.display(), "the spool's disk is still full or read-only at stop: the reports held in memory are lost, apart from readings held for the clock, whose copy in held/ goes out at the next start; free space on that disk");
+            } else {
+                error!(lost, spool_dir = %dir.display(), "the spool's disk is still full or read-only at stop: the reports held in memory are lost; free space on that disk");
+            }
         }
         // Said once the spool is closed, so that the count is what it holds.
         if result.is_none() {
             let pending = lock(spool).pending();
-            info!(
-                pending,
-                "shutdown timeout reached; undelivered reports stay in the spool"
-            );
+            if pending > 0 {
+                info!(
+                    pending,
+                    "shutdown timeout reached; undelivered reports stay in the spool"
+                );
+            }
         }
         if let Some(path) = status_path {
             status::write_status(path, lock(&shared.counters).clone(), &lock(spool));
