@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use super::link::{Delivered, Link, LinkEvent};
 use super::{lock, rejected, AgentError, Counters, Mode, Telemetry};
 use crate::clock::now_ms;
-use crate::sink::spool::{Batch, Spool};
+use crate::sink::spool::{Batch, BatchSource, Spool};
 use crate::sink::{InsertError, InsertOutcome, Inserter};
 
 /// Most reports per `insert_many` when draining a backlog.
@@ -221,6 +221,14 @@ impl<I: Inserter> Deliverer<I> {
                     .map_err(|e| AgentError::Join(e.to_string()))??
             }
         };
+        if let BatchSource::Disk { damaged, .. } = batch.source {
+            if damaged > 0 {
+                error!(
+                    bytes = damaged,
+                    "skipped bad data between good records while reading the spool; the readings in it are lost, the rest are kept. The SD card may be failing"
+                );
+            }
+        }
         // The batch starts with the oldest report still unsent: its age is a metric.
         self.read_at_ms = now_ms();
         if self.telemetry.is_some() {

@@ -19,6 +19,9 @@ pub enum BatchSource {
         segment: u64,
         /// Where the batch ends in the segment's file.
         end: u64,
+        /// Bytes of damaged data reading this batch skipped, whose reports are lost; each
+        /// region is said once, not again when a rewind reads past it anew.
+        damaged: u64,
     },
     /// From the in-memory queue, its oldest reports.
     Memory,
@@ -46,14 +49,17 @@ pub(super) struct Cursor {
     tried_at: Option<Instant>,
     /// Writing the delivered position failed the last time it was tried.
     failing: bool,
+    /// How far damaged data skipped while reading has been said (see [`BatchSource::Disk`]).
+    damage_said: Position,
     /// The lowest unreadable segment left in place, out of this run: the delivered position
     /// written down never passes it, or the next start would delete it unread.
     pub(super) left_in_place: Option<u64>,
 }
 
 impl Cursor {
-    /// Delivery and reading at `ack`, which is what is written down.
-    pub(super) fn new(ack: Position, left_in_place: Option<u64>) -> Self {
+    /// Delivery and reading at `ack`, which is what is written down; damage before `scanned`
+    /// was counted by the scan at open.
+    pub(super) fn new(ack: Position, left_in_place: Option<u64>, scanned: Position) -> Self {
         Cursor {
             ack,
             read: ack,
@@ -61,6 +67,7 @@ impl Cursor {
             written: ack,
             tried_at: None,
             failing: false,
+            damage_said: scanned,
             left_in_place,
         }
     }
@@ -103,6 +110,7 @@ impl Cursor {
             source,
         };
         let frames = self.reader(path, id, limit).map_err(io_err)?;
+        let skipped_before = frames.skipped_bytes;
         let mut records = Vec::new();
         // Bad data between good records (counted when the spool was opened) is skipped;
         // after the last good record the rest of the segment is.
@@ -116,9 +124,23 @@ impl Cursor {
             }
         }
         let end = frames.pos;
+        let mut damaged = frames.skipped_bytes - skipped_before;
+        let reached = Position {
+            segment: id,
+            offset: end,
+        };
+        if reached <= self.damage_said {
+            damaged = 0;
+        } else if damaged > 0 {
+            self.damage_said = reached;
+        }
         self.read.offset = end;
         Ok(Batch {
-            source: BatchSource::Disk { segment: id, end },
+            source: BatchSource::Disk {
+                segment: id,
+                end,
+                damaged,
+            },
             records,
         })
     }
@@ -264,5 +286,34 @@ mod tests {
                 offset: 0
             })
         );
+    }
+
+    // Bad data in what was written after the spool opened (a block the card returns wrong
+    // during a long outage) is said by the batch that skips it, once: not again when a failed
+    // insert rewinds and reads past it anew. Bad data found at open was said by the scan.
+    #[test]
+    fn damage_found_while_reading_is_said_once() {
+        let damaged = |b: &Batch| match b.source {
+            BatchSource::Disk { damaged, .. } => damaged,
+            BatchSource::Memory => 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        s.flush().unwrap();
+        let frame = 100 + super::super::frame::HEADER;
+        super::super::testutil::damage(dir.path(), 1, 3 * frame + 20, &[0xFF; 4]);
+        let b = s.next_batch(100).unwrap();
+        assert_eq!((b.records.len(), damaged(&b)), (9, frame));
+        s.rewind();
+        let b = s.next_batch(100).unwrap();
+        assert_eq!((b.records.len(), damaged(&b)), (9, 0));
+        drop(s);
+        let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert_eq!(r.corrupt_regions, 1);
+        let b = s.next_batch(100).unwrap();
+        assert_eq!((b.records.len(), damaged(&b)), (9, 0));
     }
 }

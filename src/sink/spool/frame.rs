@@ -97,7 +97,7 @@ pub(super) struct Frames {
     pub(super) limit: u64,
     /// Regions skipped between good frames, and their bytes.
     skipped_regions: u64,
-    skipped_bytes: u64,
+    pub(super) skipped_bytes: u64,
     /// Where the last good frame ends (the torn tail starts), once the end is reached.
     pub(super) end: Option<u64>,
 }

@@ -197,11 +197,13 @@ impl Spool {
             mut report,
         } = recovery::recover(dir)?;
         let segments = Segments::new(dir, options.max_bytes, segments, id_floor);
+        // Damage in what is on disk now was counted, and said, by the scan at open.
+        let scanned = segments.end();
         let mut spool = Spool {
-            sync: SyncPolicy::new(options.sync_interval, segments.end()),
+            sync: SyncPolicy::new(options.sync_interval, scanned),
             segments,
             group: WriteGroup::default(),
-            cursor: Cursor::new(ack, left_in_place),
+            cursor: Cursor::new(ack, left_in_place, scanned),
             memory: Memory::default(),
             deferred: AppendOutcome::default(),
             closed: false,
@@ -505,7 +507,7 @@ impl Spool {
                 // failed is space the spool can give back itself.
                 self.delete_delivered_segments();
             }
-            BatchSource::Disk { segment, end } => {
+            BatchSource::Disk { segment, end, .. } => {
                 self.ack_disk(segment, end, batch.records.len() as u64);
             }
         }
