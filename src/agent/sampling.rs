@@ -258,13 +258,14 @@ impl<S: Sampler> Sampling<'_, S> {
         };
         Some(Store {
             spool: spool.clone(),
-            status_path: status_path.clone().filter(|_| write_status_now),
+            // Copied only when due: most samples write neither.
+            status_path: status_path.as_ref().filter(|_| write_status_now).cloned(),
             textfile: self
                 .options
                 .telemetry
                 .as_ref()
-                .and_then(Telemetry::textfile)
-                .filter(|_| write_status_now),
+                .filter(|_| write_status_now)
+                .and_then(Telemetry::textfile),
             counters: self.shared.counters.clone(),
             interval: self.interval,
             insert_every: self.options.insert_every,
