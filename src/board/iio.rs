@@ -11,7 +11,9 @@
 //! them UNCONFIRMED on hardware; checked here against the kernel drivers' source):
 //! - `hts221`: the scale already yields %rH and degC (its `hts221_get_sensor_scale` divides the
 //!   calibration slope, made from the x2 and x8 calibration registers times 8000, by 16000 and
-//!   64000), not the milli-units the IIO ABI suggests.
+//!   64000), not the milli-units the IIO ABI suggests. The driver works that slope out in
+//!   integers, so its humidity gain is rounded down: readings can be a few tenths of a %rH
+//!   lower than the same chip read over plain I2C (temperature and pressure round far less).
 //! - `st_pressure`: pressure in kPa (its LPS25H gain is 10^8 / 4096 nano-kPa a count, so the
 //!   scale reads 0.000024414), times 10 for hPa.
 //! - `st_lsm6dsx`: acceleration in m/s^2, as the IIO ABI says (divided by standard gravity,
@@ -22,9 +24,10 @@
 //! Reading a `_raw` file makes the driver take a one-shot measurement, and the drivers make that
 //! slow: `hts221` waits about 50 ms per channel, `st_pressure` two periods of its output rate
 //! (2 s at the LPS25H's default 1 Hz), `st_lsm6dsx` a few periods per axis. A sample can then
-//! take seconds, and the agent skips the slots it misses (and says so). Raising the rate helps
-//! (as root: `echo 25 > /sys/bus/iio/devices/iio:deviceN/sampling_frequency`); freeing the
-//! address for plain I2C (see the EBUSY hint) helps most. The agent changes no kernel setting.
+//! take seconds, and the agent skips the slots it misses (and says so). Raising the LPS25H's and
+//! the LSM9DS1's rate helps (as root: `echo 25 > /sys/bus/iio/devices/iio:deviceN/sampling_frequency`;
+//! `hts221` takes only 1, 7 or 13 and waits its 50 ms whatever the rate); freeing the address
+//! for plain I2C (see the EBUSY hint) helps most. The agent changes no kernel setting.
 
 use std::path::{Path, PathBuf};
 

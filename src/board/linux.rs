@@ -18,6 +18,7 @@ const I2C_DEVICES: &str = "/sys/bus/i2c/devices";
 
 const ENABLE_I2C: &str = "enable I2C with `sudo raspi-config nonint do_i2c 0` and reboot (by hand: dtparam=i2c_arm=on in config.txt and i2c-dev in /etc/modules)";
 const JOIN_GROUP: &str = "add the user to the i2c group (`sudo usermod -aG i2c $USER`, then log in again); the systemd unit does this with SupplementaryGroups=i2c";
+const STUCK: &str = "the bus timed out or failed mid-transfer: if this goes on, power the Pi off and reseat the Sense HAT";
 
 /// The bus number of `/dev/i2c-N`, for sysfs paths.
 fn bus_number(path: &str) -> Option<u32> {
@@ -44,6 +45,24 @@ fn client_dir(devices: &Path, bus: u32, address: u8) -> std::path::PathBuf {
     devices.join(format!("{bus}-{address:04x}"))
 }
 
+/// Refused by the service's device policy: its `DeviceAllow=` does not list `path`, whatever
+/// groups the user is in (the kernel's cgroup check answers EPERM, where a file mode
+/// answers EACCES).
+fn device_allow_hint(path: &str) -> String {
+    format!(
+        "; the service's DeviceAllow= does not list {path}: `sudo systemctl edit sensehat-monitor`, add `[Service]` and `DeviceAllow={path} rw`, then restart it"
+    )
+}
+
+/// EBUSY where the driver holding the address could not be named (it let go meanwhile, or
+/// the bus is not a `/dev/i2c-N`): how to find it, without a command that names a guess.
+fn unknown_owner_hint(sensor: Sensor, bus: u32) -> String {
+    format!(
+        "; a kernel driver owns this address: `ls -l /sys/bus/i2c/devices/{bus}-{:04x}/driver` names it; unbind it or blacklist its module, as docs/operating.md says",
+        sensor.address()
+    )
+}
+
 fn owned_hint(sensor: Sensor, bus: u32, driver: &str) -> String {
     format!(
         "; the kernel driver `{driver}` owns this address. Unbind it (`echo {bus}-{:04x} | sudo tee /sys/bus/i2c/drivers/{driver}/unbind`) \
@@ -60,6 +79,9 @@ fn errno(e: &I2CError) -> Option<i32> {
 }
 
 const EBUSY: i32 = 16;
+const EPERM: i32 = 1;
+const EIO: i32 = 5;
+const ETIMEDOUT: i32 = 110;
 const EACCES: i32 = 13;
 const ENOENT: i32 = 2;
 const ENXIO: i32 = 6;
@@ -71,10 +93,14 @@ impl BusErrorHint for I2CError {
         match errno(self) {
             Some(EBUSY) => {
                 let n = bus_number(bus).unwrap_or(1);
-                let driver = kernel_driver(n, sensor.address()).unwrap_or_else(|| "a kernel driver".into());
-                owned_hint(sensor, n, &driver)
+                match kernel_driver(n, sensor.address()) {
+                    Some(driver) => owned_hint(sensor, n, &driver),
+                    None => unknown_owner_hint(sensor, n),
+                }
             }
             Some(EACCES) => format!("; {JOIN_GROUP}"),
+            Some(EPERM) => device_allow_hint(bus),
+            Some(ETIMEDOUT) | Some(EIO) => format!("; {STUCK}"),
             Some(ENOENT) => format!("; {ENABLE_I2C}"),
             Some(ENXIO) | Some(EREMOTEIO) => format!(
                 "; nothing answered: is the Sense HAT seated on the 40-pin header? (`i2cdetect -y {}` lists what answers)",
@@ -98,6 +124,7 @@ fn open_error(path: &str, sensor: Sensor, e: &io::Error, buses: bool) -> SensorE
             "; {path} does not exist: check --i2c-bus (`ls /dev/i2c-*` lists the buses this Pi has)"
         ),
         io::ErrorKind::NotFound => format!("; {path} does not exist: {ENABLE_I2C}"),
+        _ if e.raw_os_error() == Some(EPERM) => device_allow_hint(path),
         io::ErrorKind::PermissionDenied => format!("; {JOIN_GROUP}"),
         _ if e.raw_os_error() == Some(ENOTTY) => {
             format!("; {path} is not an I2C bus: check --i2c-bus")
@@ -314,6 +341,45 @@ mod tests {
             h.contains("echo 3-005c | sudo tee /sys/bus/i2c/drivers/st_pressure/unbind"),
             "{h}"
         );
+    }
+
+    // A bus error reads as the system's words for it, not Rust's debug form, with what to do.
+    #[test]
+    fn bus_errors_say_what_the_kernel_said_and_what_to_do() {
+        use linux_embedded_hal::i2cdev::linux::LinuxI2CError;
+        let bus_error = |errno| I2CError::from(LinuxI2CError::Errno(errno));
+        let said = crate::drivers::Error::Bus {
+            address: 0x5c,
+            source: bus_error(EREMOTEIO),
+        }
+        .to_string();
+        assert!(said.contains("Remote I/O error"), "{said}");
+        assert!(!said.contains("Errno"), "{said}");
+        let hint = |errno| bus_error(errno).hint(Sensor::Lps25h, "/dev/i2c-1");
+        assert!(hint(EREMOTEIO).contains("i2cdetect -y 1"));
+        assert!(hint(ETIMEDOUT).contains("reseat"));
+        assert!(hint(EIO).contains("reseat"));
+        assert!(hint(EPERM).contains("DeviceAllow=/dev/i2c-1 rw"));
+        assert!(hint(EACCES).contains("i2c group"));
+        // Opening: EPERM is the service's device policy, EACCES the file's mode.
+        let open_hint = |errno| {
+            open_error(
+                "/dev/i2c-1",
+                Sensor::Hts221,
+                &io::Error::from_raw_os_error(errno),
+                true,
+            )
+            .hint
+        };
+        assert!(open_hint(EPERM).contains("DeviceAllow=/dev/i2c-1 rw"));
+        assert!(open_hint(EACCES).contains("i2c group"));
+        // EBUSY from a driver that cannot be named gives no command with a guessed name.
+        let unknown = unknown_owner_hint(Sensor::Hts221, 1);
+        assert!(
+            unknown.contains("/sys/bus/i2c/devices/1-005f/driver"),
+            "{unknown}"
+        );
+        assert!(!unknown.contains("unbind`"), "{unknown}");
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub struct SenseHat<I2C, D> {
 impl<I2C, D> SenseHat<I2C, D>
 where
     I2C: I2c,
-    I2C::Error: BusErrorHint,
+    I2C::Error: BusErrorHint + std::fmt::Display,
     D: DelayNs,
 {
     /// Initialise all three sensors; any missing or wrong chip is an error naming it.

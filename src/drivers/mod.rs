@@ -20,7 +20,7 @@ pub mod lsm9ds1;
 #[derive(Debug, thiserror::Error)]
 pub enum Error<E: core::fmt::Debug> {
     /// The I2C transfer failed (no device acknowledged, bus error, ...).
-    #[error("I2C transfer to address {address:#04x} failed: {source:?}")]
+    #[error("I2C transfer to address {address:#04x} failed: {source}")]
     Bus {
         /// The chip's address.
         address: u8,

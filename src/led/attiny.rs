@@ -7,7 +7,7 @@
 //! `rpisense-fb` driver applies by default (its `gamma_default`), so a frame looks the same
 //! either way; the pixel order and rotation are the framebuffer's.
 
-use embedded_hal::i2c::{Error as _, I2c};
+use embedded_hal::i2c::I2c;
 
 use super::frame::{Frame, Rotation};
 
@@ -56,12 +56,14 @@ impl<I2C: I2c> AttinyLed<I2C> {
     /// The LED matrix on `i2c`, once the chip at [`ADDRESS`] has said it is the Sense HAT's
     /// controller; else why not, as a phrase for the log. Frames are never sent to a chip that
     /// does not answer, or to another chip at that address.
-    pub fn probe(mut i2c: I2C, rotation: Rotation) -> Result<Self, String> {
+    pub fn probe(mut i2c: I2C, rotation: Rotation) -> Result<Self, String>
+    where
+        I2C::Error: std::fmt::Display,
+    {
         let mut id = [0u8];
         if let Err(e) = i2c.write_read(ADDRESS, &[WHO_AM_I], &mut id) {
             return Err(format!(
-                "nothing answers at the LED controller's address {ADDRESS:#04x} ({:?})",
-                e.kind()
+                "nothing answers at the LED controller's address {ADDRESS:#04x} ({e})"
             ));
         }
         if id[0] != IDENTITY {
