@@ -19,7 +19,9 @@
 //! - [`config`]: the agent's command line.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 //! - [`logging`]: tracing to stderr, shared by the binaries.
-//! - [`listener`]: serving HTTP/1.1 with a header timeout, a connection cap and graceful shutdown.
+//! - [`listener`]: serving HTTP/1.1 with a header timeout, a connection cap and a bounded stop,
+//!   over TCP or a [`listener::Transport`] (the endpoint's TLS); shared by the metrics listener,
+//!   the dashboard and the endpoint.
 //! - [`metrics`]: Prometheus metrics and health checks (`--metrics-listen`), shared by the programs.
 //! - `firehose` (feature `firehose`): the Kinesis Data Firehose HTTP endpoint that upserts deliveries.
 //! - `forwarder` (feature `forwarder`): the MongoDB change stream to Kinesis forwarder.

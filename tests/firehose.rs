@@ -18,10 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mongodb::bson::{doc, oid::ObjectId, spec::ElementType, Document};
 use sensehat_monitor::firehose::decode::{derived_id, DecodeOptions};
-use sensehat_monitor::firehose::server::{
-    AccessKeys, EndpointConfig, BODY_TIMEOUT, HEADER_TIMEOUT,
-};
+use sensehat_monitor::firehose::server::{AccessKeys, EndpointConfig, BODY_TIMEOUT, LIMITS};
 use sensehat_monitor::firehose::{app, serve, AppState, Store, UpsertMethod};
+use sensehat_monitor::listener::Limits;
 
 // One plain record: 200, stored with an ObjectId _id and recordedAt left a string, as the original did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -816,25 +815,28 @@ fn config(body_timeout: Duration) -> EndpointConfig {
     }
 }
 
-/// Serve `state` on a free loopback port (over TLS with `tls`) as the program does, until the
-/// returned sender is used or dropped: the address, that sender, and the serving task.
+/// Serve `state` on a free loopback port (over TLS with `tls`, within `limits`) as the program
+/// does, its connections counted in its metrics, until the returned sender is used or dropped:
+/// the address, that sender, and the serving task.
 async fn serve_in_process(
     state: AppState,
     tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
+    limits: Limits,
 ) -> (
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
+    tokio::task::JoinHandle<()>,
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let connections = Some(state.metrics.connections.clone());
     let served = tokio::spawn(serve(
         listener,
         app(state),
         tls,
-        HEADER_TIMEOUT,
-        None,
+        connections,
+        limits,
         async {
             let _ = rx.await;
         },
@@ -858,7 +860,7 @@ async fn tls_serves_https() {
     let server = MongoServer::start();
     let db_name = unique_name("fhtls");
     let state = AppState::new(config(BODY_TIMEOUT), Store::new(&server.uri, &db_name));
-    let (addr, tx, served) = serve_in_process(state, Some(tls)).await;
+    let (addr, tx, served) = serve_in_process(state, Some(tls), LIMITS).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -932,7 +934,6 @@ async fn tls_serves_https() {
     tokio::time::timeout(Duration::from_secs(10), served)
         .await
         .expect("TLS server stops on shutdown")
-        .unwrap()
         .unwrap();
 }
 
@@ -1006,7 +1007,7 @@ async fn readyz_tells_no_one_where_the_database_is() {
         "mongodb://db-internal-7.example.invalid:27017,127.0.0.1:{port}/?serverSelectionTimeoutMS=500"
     );
     let state = AppState::new(config(BODY_TIMEOUT), Store::new(&uri, "monitors"));
-    let (addr, tx, _served) = serve_in_process(state, None).await;
+    let (addr, tx, _served) = serve_in_process(state, None, LIMITS).await;
     let r = send("GET", &format!("http://{addr}/readyz"), &[], Vec::new()).await;
     let body = String::from_utf8_lossy(&r.body);
     assert_eq!(r.status, 503, "{body}");
@@ -1060,7 +1061,7 @@ async fn one_deadline_covers_the_body_and_the_write() {
     let store = Store::new(&proxy.uri(), &unique_name("fhdeadline"));
     let state = AppState::new(config(Duration::from_secs(3)), store)
         .with_request_deadline(Duration::from_secs(4));
-    let (addr, tx, _served) = serve_in_process(state, None).await;
+    let (addr, tx, _served) = serve_in_process(state, None, LIMITS).await;
 
     let body = firehose_body("req-deadline", &reports(3).1);
     let mut head = format!(
@@ -1089,5 +1090,78 @@ async fn one_deadline_covers_the_body_and_the_write() {
         took >= Duration::from_millis(3800) && took < Duration::from_millis(6000),
         "answered after {took:?}"
     );
+    let _ = tx.send(());
+}
+
+/// A store for tests whose requests never reach the database: nothing listens at its address.
+fn unreachable_store() -> Store {
+    Store::new(&format!("mongodb://127.0.0.1:{}/", free_port()), "monitors")
+}
+
+// A stop waits for the requests under way only for the grace: a delivery whose body stalls
+// half-sent, which the endpoint would wait for until --body-timeout (120 s), no longer keeps
+// `serve` from returning once the grace has passed. (It waited for every connection to end,
+// and a client that kept one open held the stop for as long as it liked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_delivery_does_not_hold_the_stop() {
+    use tokio::io::AsyncWriteExt;
+    let state = AppState::new(config(BODY_TIMEOUT), unreachable_store());
+    let budget = state.body_budget.clone();
+    let room = budget.available_permits();
+    let limits = Limits {
+        shutdown_grace: Duration::from_millis(500),
+        ..LIMITS
+    };
+    let (addr, tx, served) = serve_in_process(state, None, limits).await;
+    let mut head = String::from("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n");
+    for (k, v) in firehose_headers("req-stop", Some(KEY), false) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n{\"requestI");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(head.as_bytes()).await.unwrap();
+    // Under way once it holds its share of the body budget, waiting for the rest of its body.
+    wait_until(
+        Duration::from_secs(10),
+        "the delivery to be under way",
+        || async { budget.available_permits() < room },
+    )
+    .await;
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("serve still waits for the stalled delivery 10 s after the stop")
+        .unwrap();
+    drop(c);
+}
+
+// The connections gauge counts a connection from its accept, while its TLS handshake is still
+// under way, until it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_counted_from_the_handshake_on() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tls = sensehat_monitor::firehose::server::tls_config(
+        &fixtures.join("firehose-test-cert.pem"),
+        &fixtures.join("firehose-test-key.pem"),
+    )
+    .unwrap();
+    let state = AppState::new(config(BODY_TIMEOUT), unreachable_store());
+    let open = state.metrics.connections.clone();
+    let (addr, tx, _served) = serve_in_process(state, Some(tls), LIMITS).await;
+    // A client that sends nothing: its handshake waits for it.
+    let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the connection counted",
+        || async { open.get() == 1 },
+    )
+    .await;
+    drop(c);
+    wait_until(
+        Duration::from_secs(10),
+        "the closed connection uncounted",
+        || async { open.get() == 0 },
+    )
+    .await;
     let _ = tx.send(());
 }

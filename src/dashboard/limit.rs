@@ -157,14 +157,10 @@ mod tests {
             .route_layer(axum::middleware::from_fn_with_state(turns(), take_turn));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = crate::listener::Limits {
-            max_connections: 64,
-            header_timeout: crate::listener::HEADER_TIMEOUT,
-        };
         tokio::spawn(crate::listener::serve(
             listener,
             hyper_util::service::TowerToHyperService::new(app),
-            limits,
+            crate::listener::Limits::new(64),
             std::future::pending(),
         ));
         addr

@@ -187,10 +187,7 @@ pub async fn run(
         turns: limit::turns(),
     };
     let service = hyper_util::service::TowerToHyperService::new(app(state));
-    let limits = crate::listener::Limits {
-        max_connections: limit::MAX_CONNECTIONS,
-        header_timeout: crate::listener::HEADER_TIMEOUT,
-    };
+    let limits = crate::listener::Limits::new(limit::MAX_CONNECTIONS);
     crate::listener::serve(listener, service, limits, shutdown).await;
     info!("stopped");
     Ok(())

@@ -8,7 +8,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tracing::{info, warn};
 
 use super::config::Config;
-use super::server::{app, readiness, serve, tls_config, AppState, HEADER_TIMEOUT};
+use super::server::{app, readiness, serve, tls_config, AppState, LIMITS};
 use super::store::Store;
 
 /// What both starting and `check-config` check beyond [`Config`]: the TLS files load, and the
@@ -66,9 +66,7 @@ pub async fn run(
     }
     let connections = Some(state.metrics.connections.clone());
     let router = app(state);
-    serve(listener, router, tls, HEADER_TIMEOUT, connections, shutdown)
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
+    serve(listener, router, tls, connections, LIMITS, shutdown).await;
     info!("stopped");
     Ok(())
 }

@@ -103,10 +103,7 @@ pub async fn serve(listener: TcpListener, registry: SharedRegistry, ready: Readi
         let ready = ready.clone();
         async move { Ok::<_, std::convert::Infallible>(answer(&req, &registry, &ready).await) }
     });
-    let limits = crate::listener::Limits {
-        max_connections: MAX_CONNECTIONS,
-        header_timeout: crate::listener::HEADER_TIMEOUT,
-    };
+    let limits = crate::listener::Limits::new(MAX_CONNECTIONS);
     crate::listener::serve(listener, service, limits, std::future::pending()).await;
 }
 

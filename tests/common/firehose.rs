@@ -15,9 +15,10 @@ use hyper_util::rt::TokioExecutor;
 use mongodb::bson::{doc, oid::ObjectId, Document};
 use sensehat_monitor::firehose::decode::DecodeOptions;
 use sensehat_monitor::firehose::server::{
-    AccessKeys, EndpointConfig, BODY_TIMEOUT, HEADER_TIMEOUT,
+    AccessKeys, EndpointConfig, BODY_TIMEOUT, HEADER_TIMEOUT, LIMITS,
 };
 use sensehat_monitor::firehose::{app, serve, AppState, Store, UpsertMethod};
+use sensehat_monitor::listener::Limits;
 
 use crate::common::{unique_name, MongoServer};
 
@@ -100,8 +101,11 @@ pub async fn start(server: &MongoServer, opts: Opts) -> Endpoint {
         listener,
         app(AppState::new(config, store)),
         None,
-        opts.header_timeout,
         None,
+        Limits {
+            header_timeout: opts.header_timeout,
+            ..LIMITS
+        },
         async {
             let _ = rx.await;
         },

@@ -1,14 +1,19 @@
-//! Serving the router over a socket: plain HTTP or rustls TLS, HTTP/1.1 with keep-alive, a
-//! header timeout, a cap on connections served at once, and graceful shutdown.
+//! The endpoint's side of the socket: how the shared serving loop ([`crate::listener`]) serves
+//! the router (plain HTTP or rustls TLS, the open connections counted, the endpoint's limits),
+//! and [`tls_config`].
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::listener::{Limits, Transport};
 
 /// How long a request's headers may take to arrive, also on an idle kept-alive connection: a
 /// client that opens connections and sends nothing (or a byte at a time) cannot hold them.
@@ -22,79 +27,79 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// process's file descriptors and memory. Firewalling the port to Firehose's published address
 /// ranges is the stronger protection (see docs/firehose-endpoint.md).
 pub const MAX_CONNECTIONS: usize = 256;
+/// How long a stop waits for the deliveries under way before the endpoint exits without them.
+/// Cutting one short loses nothing: Firehose sends again a batch that got no 200 (for up to its
+/// retry duration, two hours as deploy/ sets it up) and the store upserts, so the second copy
+/// changes nothing. Waiting costs more than it saves: the endpoint accepts nothing while it
+/// waits, so every delivery is refused until it has restarted. 30 s lets a usual delivery (a
+/// few MiB) finish; one held by a stalled body, a slow database or a client that stopped
+/// reading, which could hold the stop until the [`REQUEST_DEADLINE`] or for ever, is sent
+/// again. The systemd unit's `TimeoutStopSec=45` leaves the process the rest to exit.
+///
+/// [`REQUEST_DEADLINE`]: super::REQUEST_DEADLINE
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The endpoint's limits: [`MAX_CONNECTIONS`], [`HEADER_TIMEOUT`] (`header_timeout` shorter
+/// in tests) and [`SHUTDOWN_GRACE`].
+pub const LIMITS: Limits = Limits {
+    max_connections: MAX_CONNECTIONS,
+    header_timeout: HEADER_TIMEOUT,
+    shutdown_grace: SHUTDOWN_GRACE,
+};
 
-/// Serve `app` on `listener` until `shutdown` resolves: plain HTTP, or HTTPS with `tls`; HTTP/1.1
-/// with keep-alive. A connection whose request headers take longer than `header_timeout` (also
-/// while idle between requests) is closed. On shutdown, requests in progress are finished.
-/// `connections`, when given, counts the open connections.
+/// Serve `app` on `listener` until `shutdown` resolves, within `limits` ([`LIMITS`] but in
+/// tests): plain HTTP, or HTTPS with `tls`; HTTP/1.1 with keep-alive. `connections`, when
+/// given, counts the open connections, those still in their TLS handshake included. A stop
+/// finishes the requests in progress for up to `limits.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-    header_timeout: Duration,
     connections: Option<Gauge>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    tokio::pin!(shutdown);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        // A connection is accepted only with a slot free; the slot goes with the connection.
-        let slot = tokio::select! {
-            _ = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, for one: wait rather than spin.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let open = connections.clone().map(Open::new);
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _open = open;
-            let Some(acceptor) = acceptor else {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let _ = watcher.watch(conn).await;
-                return;
-            };
-            let tls_stream =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        // Scanners fail handshakes all day: debug level, not to flood the log.
-                        debug!(peer = %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-            let _ = watcher.watch(conn).await;
-        });
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let transport = Connections {
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        count: connections,
+    };
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    crate::listener::serve_with(listener, transport, service, limits, shutdown).await;
+}
+
+/// The endpoint's connections: over TLS when it has a certificate, counted when given a gauge.
+#[derive(Clone)]
+struct Connections {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    count: Option<Gauge>,
+}
+
+/// A TCP or a TLS stream: boxed, so that one type serves both (one allocation a connection).
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Transport for Connections {
+    type Io = Box<dyn Stream>;
+    type Guard = Option<Open>;
+
+    fn guard(&self) -> Option<Open> {
+        self.count.clone().map(Open::new)
     }
-    graceful.shutdown().await;
-    Ok(())
+
+    async fn ready(&self, stream: TcpStream, peer: SocketAddr) -> Option<Box<dyn Stream>> {
+        let Some(acceptor) = &self.tls else {
+            return Some(Box::new(stream));
+        };
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => Some(Box::new(s)),
+            Ok(Err(e)) => {
+                // Scanners fail handshakes all day: debug level, not to flood the log.
+                debug!(peer = %peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 /// An open connection, counted in the gauge until it is dropped.

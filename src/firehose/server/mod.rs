@@ -36,7 +36,10 @@ use tracing::{debug, info, warn};
 
 pub use error::RequestError;
 pub use keys::AccessKeys;
-pub use listen::{serve, tls_config, HEADER_TIMEOUT, MAX_CONNECTIONS, TLS_HANDSHAKE_TIMEOUT};
+pub use listen::{
+    serve, tls_config, HEADER_TIMEOUT, LIMITS, MAX_CONNECTIONS, SHUTDOWN_GRACE,
+    TLS_HANDSHAKE_TIMEOUT,
+};
 
 use super::decode::{decode_record, derived_id, DecodeOptions};
 use super::metrics::EndpointMetrics;
