@@ -715,10 +715,34 @@ async fn reads_from_latest_by_default() {
     fh.start_kill().unwrap();
 }
 
-/// A pass-through to the emulator at `upstream` that answers GetRecords with a 500 while
-/// `fail` is set, counting those answers in `failed`: the emulator cannot fail on cue.
+/// How [`kinesis_that_fails_reads`] fails: the calls (by the end of their X-Amz-Target) and
+/// the answer.
+#[derive(Clone, Copy)]
+struct Failing {
+    calls: &'static [&'static str],
+    status: u16,
+    body: &'static str,
+}
+
+/// GetRecords fails as a server error.
+const INTERNAL_FAILURE: Failing = Failing {
+    calls: &[".GetRecords"],
+    status: 500,
+    body: r#"{"__type":"InternalFailure","message":"failing on cue"}"#,
+};
+
+/// GetRecords and GetShardIterator say the shard does not exist, while ListShards lists it.
+const NOT_FOUND: Failing = Failing {
+    calls: &[".GetRecords", ".GetShardIterator"],
+    status: 400,
+    body: r#"{"__type":"ResourceNotFoundException","message":"not found, on cue"}"#,
+};
+
+/// A pass-through to the emulator at `upstream` that answers as `failing` says while `fail` is
+/// set, counting those answers in `failed`: the emulator cannot fail on cue.
 async fn kinesis_that_fails_reads(
     upstream: String,
+    failing: Failing,
 ) -> (
     String,
     Arc<std::sync::atomic::AtomicBool>,
@@ -736,10 +760,10 @@ async fn kinesis_that_fails_reads(
                 .get("x-amz-target")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            if f.load(Ordering::SeqCst) && target.ends_with(".GetRecords") {
+            if f.load(Ordering::SeqCst) && failing.calls.iter().any(|c| target.ends_with(c)) {
                 n.fetch_add(1, Ordering::SeqCst);
-                let body = r#"{"__type":"InternalFailure","message":"failing on cue"}"#;
-                return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+                let status = StatusCode::from_u16(failing.status).unwrap();
+                return (status, failing.body).into_response();
             }
             let mut req = http.post(format!("{upstream}{uri}")).body(body);
             for (name, value) in &headers {
@@ -774,7 +798,8 @@ async fn a_failed_read_from_latest_skips_nothing() {
     let kin = KinesisServer::start();
     let stream = unique_name("fhfail");
     kin.create_stream(&stream, 1).await;
-    let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone()).await;
+    let (kinesis, fail, failed) =
+        kinesis_that_fails_reads(kin.endpoint.clone(), INTERNAL_FAILURE).await;
     let (url, state) = receiver(vec![]).await;
     let mut fh = spawn_from_latest(&kinesis, &stream, &url);
     // Time to list the shard and take its LATEST iterator.
@@ -790,6 +815,35 @@ async fn a_failed_read_from_latest_skips_nothing() {
     fail.store(false, Ordering::SeqCst);
     wait_for_records(&state, put.len()).await;
     assert_received_once(&state, put, "the records put while reads failed").await;
+    fh.start_kill().unwrap();
+}
+
+// A shard that answers ResourceNotFoundException while ListShards still lists it is not taken
+// for gone (only a listing without it says that): reading carries on once it answers again, and
+// the records put meanwhile are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_not_found_but_still_listed_is_read_on() {
+    use std::sync::atomic::Ordering;
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhnotfound");
+    kin.create_stream(&stream, 1).await;
+    let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone(), NOT_FOUND).await;
+    let (url, state) = receiver(vec![]).await;
+    let mut fh = spawn_from_latest(&kinesis, &stream, &url);
+    // Time to list the shard and take its LATEST iterator.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fail.store(true, Ordering::SeqCst);
+    let put = put_records(&kin, &stream, 4).await;
+    wait_until(Duration::from_secs(60), "reads to fail", || {
+        let n = failed.load(Ordering::SeqCst);
+        async move { n >= 1 }
+    })
+    .await;
+    // Then GetShardIterator, about once a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fail.store(false, Ordering::SeqCst);
+    wait_for_records(&state, put.len()).await;
+    assert_received_once(&state, put, "the records put while the shard was not found").await;
     fh.start_kill().unwrap();
 }
 

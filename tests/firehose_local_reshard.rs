@@ -10,7 +10,9 @@ mod firehose_common;
 #[path = "common/kinesis.rs"]
 mod kinesis;
 
+use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{unique_name, wait_until, MongoServer};
@@ -70,24 +72,80 @@ fn spawn(
     ep: &Endpoint,
     extra: &[&str],
 ) -> tokio::process::Child {
+    spawn_at(&kin.endpoint, stream, ep, extra, Stdio::null())
+}
+
+/// [`spawn`] reading Kinesis at `kinesis`, its log (info and up) to `stderr`.
+fn spawn_at(
+    kinesis: &str,
+    stream: &str,
+    ep: &Endpoint,
+    extra: &[&str],
+    stderr: Stdio,
+) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-        .args([
-            "--stream-name",
-            stream,
-            "--kinesis-endpoint-url",
-            &kin.endpoint,
-        ])
+        .args(["--stream-name", stream, "--kinesis-endpoint-url", kinesis])
         .args(["--destination-url", &ep.url])
         .args(["--from-start", "--buffer-seconds", "1"])
         .args(extra)
         .envs(AWS_ENV)
         .env("FIREHOSE_ACCESS_KEY", KEY)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("start firehose-local")
+}
+
+/// GetShardIterator calls seen, by shard id.
+type Asked = Arc<Mutex<HashMap<String, usize>>>;
+
+/// A pass-through to the emulator at `upstream` that counts GetShardIterator calls by shard:
+/// how a test sees a reader retrying.
+async fn counting_kinesis(upstream: String) -> (String, Asked) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    let asked: Asked = Arc::default();
+    let counts = asked.clone();
+    let http = reqwest::Client::new();
+    let pass = move |uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (counts, http, upstream) = (counts.clone(), http.clone(), upstream.clone());
+        async move {
+            let target = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if target.ends_with(".GetShardIterator") {
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let shard = request["ShardId"].as_str().unwrap_or_default().to_owned();
+                *counts.lock().unwrap().entry(shard).or_default() += 1;
+            }
+            let mut req = http.post(format!("{upstream}{uri}")).body(body);
+            for (name, value) in &headers {
+                if name != "host" && name != "content-length" {
+                    req = req.header(name.as_str(), value.as_bytes());
+                }
+            }
+            let answer = req.send().await.unwrap();
+            let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
+            let kind = answer
+                .headers()
+                .get("content-type")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let body = answer.bytes().await.unwrap();
+            (status, [("content-type", kind)], body).into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().fallback(pass)).await;
+    });
+    (url, asked)
 }
 
 /// Wait until the endpoint's collection holds `n` documents, each at version `v`.
@@ -172,6 +230,68 @@ async fn a_merged_shard_is_delivered_after_both_parents() {
     let mut fh = spawn(&kin, &stream, &ep, &[]);
     wait_for_versions(&ep, 200, 2).await;
     fh.start_kill().unwrap();
+}
+
+// A shard that leaves the stream while it is read is read no more once ListShards confirms it is
+// gone: logged once, and no GetShardIterator every second for ever. The emulator never expires a
+// shard (its shortest retention is a day), so the stream is created again with one shard: the
+// merged child being read, shardId-000000000002, is then not listed and answers
+// ResourceNotFoundException, as an expired shard does in Kinesis.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_gone_from_the_stream_is_read_no_more() {
+    let kin = KinesisServer::start();
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let stream = unique_name("fhgone");
+    kin.create_stream(&stream, 2).await;
+    let key = |i: usize| format!("key-{i}");
+    put_versions(&kin, &stream, 200, 1, key).await;
+    kin.client()
+        .merge_shards()
+        .stream_name(&stream)
+        .shard_to_merge("shardId-000000000000")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await
+        .unwrap();
+    wait_for_shards(&kin, &stream, 3).await;
+    put_versions(&kin, &stream, 200, 2, key).await;
+    let (kinesis, asked) = counting_kinesis(kin.endpoint.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("positions.json");
+    let cp = ["--checkpoint-file", checkpoint.to_str().unwrap()];
+    let fh = spawn_at(&kinesis, &stream, &ep, &cp, Stdio::piped());
+    wait_for_versions(&ep, 200, 2).await;
+
+    kin.client()
+        .delete_stream()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap();
+    kin.create_stream(&stream, 1).await;
+    const GONE: &str = "shardId-000000000002";
+    let asked_for_gone = || asked.lock().unwrap().get(GONE).copied().unwrap_or(0);
+    // Time for the reader to meet the error and list the shards.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = asked_for_gone();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        asked_for_gone(),
+        before,
+        "GetShardIterator is still asked for the gone shard"
+    );
+
+    common::signal_pid(fh.id().unwrap(), 15);
+    let out = fh.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no longer in the stream"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log}");
+    assert!(said[0].contains(GONE), "{log}");
 }
 
 /// SIGTERM, then expect a clean exit.

@@ -17,6 +17,14 @@ pub struct Listed {
     pub parents: Vec<String>,
 }
 
+/// Whether `shard` is gone from the stream by `listing`, which must be a whole ListShards
+/// answer (every page read; an error anywhere is no answer at all). ListShards leaves out only
+/// expired shards, so a shard it no longer lists cannot be read again. An empty listing proves
+/// nothing (a stream always has an open shard): nothing is gone by it.
+pub fn gone(listing: &[Listed], shard: &str) -> bool {
+    !listing.is_empty() && !listing.iter().any(|s| s.id == shard)
+}
+
 /// The shards started so far and those finished.
 #[derive(Debug, Default)]
 pub struct Lineage {
@@ -107,5 +115,15 @@ mod tests {
         let trimmed = [listed("1", &["0"]), listed("2", &["0"])];
         let mut l = Lineage::default();
         assert_eq!(l.ready(&trimmed), ["1", "2"]);
+    }
+
+    // A shard is gone only by a listing that holds other shards but not it; an empty one (no
+    // stream has no shard) says nothing.
+    #[test]
+    fn a_shard_is_gone_only_by_a_listing_without_it() {
+        let listing = [listed("1", &["0"]), listed("2", &["0"])];
+        assert!(gone(&listing, "0"));
+        assert!(!gone(&listing, "1"));
+        assert!(!gone(&[], "0"));
     }
 }

@@ -2,6 +2,12 @@
 //! allows five calls per shard per second), new shards picked up every [`RELIST_INTERVAL`].
 //! A child shard is read only once its parents have been read to their end and delivered
 //! ([`super::lineage`]).
+//!
+//! A shard that Kinesis no longer has (ResourceNotFoundException from GetShardIterator or
+//! GetRecords) is read no more once ListShards, read whole, confirms it is gone: its records
+//! passed the retention period (or the stream was created again). That is logged once; its
+//! children do not wait for it ([`super::lineage`]). Any other failure, or a listing that fails
+//! too, is retried: throttling, a restarting emulator and the network all pass.
 
 use crate::clock::now_ms;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -10,6 +16,7 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
+use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
@@ -17,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::lineage::{Lineage, Listed};
+use super::lineage::{self, Lineage, Listed};
 use super::metrics::Metrics;
 
 /// Pause between GetRecords calls on one shard.
@@ -149,6 +156,7 @@ pub async fn stream_created_ms(client: &Client, stream: &str) -> i64 {
     }
 }
 
+/// Every shard of `stream`, all pages of ListShards, or the first error: never part of a listing.
 async fn list_shards(client: &Client, stream: &str) -> Result<Vec<Listed>, String> {
     let mut ids = Vec::new();
     let mut next: Option<String> = None;
@@ -279,12 +287,37 @@ async fn end_shard(
     }
 }
 
+/// A failed GetShardIterator or GetRecords.
+struct Failed {
+    message: String,
+    /// ResourceNotFoundException: the shard, or the stream, may be gone.
+    not_found: bool,
+}
+
+/// Whether `shard` is gone from `stream`: ListShards answers, every page, without it. A listing
+/// that fails says nothing, and the shard is read on.
+async fn shard_gone(client: &Client, stream: &str, shard: &str) -> bool {
+    match list_shards(client, stream).await {
+        Ok(listing) => lineage::gone(&listing, shard),
+        Err(e) => {
+            debug!(shard = %shard, error = %e, "cannot list the shards to see whether this one is gone; reading on");
+            false
+        }
+    }
+}
+
+/// Stop reading `shard`, gone from the stream, saying so once. Its children do not wait for it
+/// ([`Lineage::ready`]); what was read from it goes on to be delivered.
+fn gone(shard: &str, error: &str) {
+    warn!(shard = %shard, %error, "the shard is no longer in the stream (its records passed the retention period, or the stream was created again): reading it stops here, and what had not been read from it is lost; its children are read without it");
+}
+
 async fn iterator(
     client: &Client,
     stream: &str,
     shard: &str,
     start: &Start,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, Failed> {
     let req = client
         .get_shard_iterator()
         .stream_name(stream)
@@ -299,10 +332,13 @@ async fn iterator(
             .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
             .starting_sequence_number(seq),
     };
-    let out = req
-        .send()
-        .await
-        .map_err(|e| DisplayErrorContext(&e).to_string())?;
+    let out = req.send().await.map_err(|e| Failed {
+        not_found: matches!(
+            e.as_service_error(),
+            Some(GetShardIteratorError::ResourceNotFoundException(_))
+        ),
+        message: DisplayErrorContext(&e).to_string(),
+    })?;
     Ok(out.shard_iterator().map(str::to_owned))
 }
 
@@ -338,8 +374,11 @@ async fn read_shard(
                 // No iterator: nothing more can be read there.
                 Ok(None) => return end_shard(&shard_id, &tx, &ended).await,
                 Err(e) => {
+                    if e.not_found && shard_gone(&client, &stream, &shard).await {
+                        return gone(&shard, &e.message);
+                    }
                     if !failing {
-                        warn!(shard = %shard, error = %e, "cannot get a shard iterator; retrying");
+                        warn!(shard = %shard, error = %e.message, "cannot get a shard iterator; retrying");
                         failing = true;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -377,10 +416,14 @@ async fn read_shard(
                 }
             }
             Err(e) => {
-                let expired = matches!(
-                    e.as_service_error(),
-                    Some(GetRecordsError::ExpiredIteratorException(_))
-                );
+                let (expired, not_found) = match e.as_service_error() {
+                    Some(GetRecordsError::ExpiredIteratorException(_)) => (true, false),
+                    Some(GetRecordsError::ResourceNotFoundException(_)) => (false, true),
+                    _ => (false, false),
+                };
+                if not_found && shard_gone(&client, &stream, &shard).await {
+                    return gone(&shard, &DisplayErrorContext(&e).to_string());
+                }
                 if !expired && !failing {
                     warn!(shard = %shard, error = %DisplayErrorContext(&e), "GetRecords failed; retrying");
                     failing = true;
