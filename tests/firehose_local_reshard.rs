@@ -233,7 +233,8 @@ async fn a_merged_shard_is_delivered_after_both_parents() {
 }
 
 // A shard that leaves the stream while it is read is read no more once ListShards confirms it is
-// gone: logged once, and no GetShardIterator every second for ever. The emulator never expires a
+// gone: logged once, and no GetShardIterator every second for ever; the checkpoint file forgets
+// the shards gone. The emulator never expires a
 // shard (its shortest retention is a day), so the stream is created again with one shard: the
 // merged child being read, shardId-000000000002, is then not listed and answers
 // ResourceNotFoundException, as an expired shard does in Kinesis.
@@ -281,6 +282,26 @@ async fn a_shard_gone_from_the_stream_is_read_no_more() {
         before,
         "GetShardIterator is still asked for the gone shard"
     );
+
+    // The checkpoint forgets the shards no longer listed at the next listing (10 s apart);
+    // shardId-000000000000 is listed again, in the new stream.
+    wait_until(
+        Duration::from_secs(30),
+        "the checkpoint to forget the gone shards",
+        || {
+            let saved = std::fs::read_to_string(&checkpoint).unwrap_or_default();
+            async move {
+                let saved: serde_json::Value = serde_json::from_str(&saved).unwrap_or_default();
+                let positions: Vec<&String> = saved["shards"]
+                    .as_object()
+                    .map(|o| o.keys().collect())
+                    .unwrap_or_default();
+                saved["ended"] == serde_json::json!(["shardId-000000000000"])
+                    && positions == ["shardId-000000000000"]
+            }
+        },
+    )
+    .await;
 
     common::signal_pid(fh.id().unwrap(), 15);
     let out = fh.wait_with_output().await.unwrap();

@@ -166,6 +166,12 @@ pub async fn run_buffer(
                 let record = match r {
                     None => break,
                     Some(Read::Record(record)) => record,
+                    Some(Read::Listed(listed)) => {
+                        if let Some(cp) = &mut out.checkpoint {
+                            cp.prune(&listed);
+                        }
+                        continue;
+                    }
                     Some(Read::End { shard, delivered }) => {
                         if !pending.records.is_empty() {
                             cut_short = !out.send(pending.take()).await;

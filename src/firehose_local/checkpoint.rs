@@ -25,6 +25,12 @@
 //! dropped and every shard is read from its oldest record. `ended` (absent in older files) lists
 //! the shards closed by a reshard that were read to their end and delivered: they are not read
 //! again, and their children are read at once.
+//!
+//! Shards gone from the stream (expired after the retention period: ListShards no longer lists
+//! them) are forgotten, their positions and `ended` marks alike ([`Checkpoint::prune`]), so the
+//! file does not grow with every reshard for the life of the stream. Nothing is lost by it: a
+//! shard not listed can never be read again, and a parent gone from the listing holds no child
+//! ([`super::lineage`]). Only a whole, non-empty listing prunes; a failed one prunes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -66,6 +72,20 @@ struct State {
     /// Shards read to their end, every record handled.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     ended: BTreeSet<String>,
+}
+
+impl State {
+    /// Drop the positions and `ended` marks of shards not in `listed`; nothing when it is empty
+    /// (no stream has no shard: such a listing proves nothing). Returns whether any went.
+    fn prune(&mut self, listed: &BTreeSet<String>) -> bool {
+        if listed.is_empty() {
+            return false;
+        }
+        let before = (self.shards.len(), self.ended.len());
+        self.shards.retain(|id, _| listed.contains(id));
+        self.ended.retain(|id| listed.contains(id));
+        before != (self.shards.len(), self.ended.len())
+    }
 }
 
 /// A checkpoint file as read and checked by [`Checkpoint::read`].
@@ -206,6 +226,15 @@ impl Checkpoint {
     /// records must be read again.
     pub fn end_shard(&mut self, shard: &str) {
         if !self.frozen && self.state.ended.insert(shard.to_owned()) {
+            self.save_logged();
+        }
+    }
+
+    /// Forget the shards not in `listed`, every shard of the stream from a ListShards read whole
+    /// (nothing when it is empty), and save if any was dropped. Not while frozen: the file stays
+    /// as it is.
+    pub fn prune(&mut self, listed: &BTreeSet<String>) {
+        if !self.frozen && self.state.prune(listed) {
             self.save_logged();
         }
     }
@@ -371,5 +400,30 @@ mod tests {
         c.end_shard("shard-1");
         let c = Checkpoint::open(&path, "realm", 5, None).unwrap();
         assert_eq!(c.ended().len(), 1);
+    }
+
+    fn ids(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    // Shards gone from a listing lose their positions and ended marks, and that is saved; the
+    // listed ones keep theirs. An empty listing prunes nothing, nor does a frozen checkpoint.
+    #[test]
+    fn shards_gone_from_the_listing_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let mut c = Checkpoint::open(&path, "realm", 5, None).unwrap();
+        c.advance(&[arrived("0", "1"), arrived("1", "2"), arrived("2", "3")]);
+        c.end_shard("0");
+        c.end_shard("1");
+        c.prune(&ids(&[]));
+        assert_eq!((c.positions().len(), c.ended().len()), (3, 2));
+        c.prune(&ids(&["1", "2", "3"]));
+        let mut c = Checkpoint::open(&path, "realm", 5, None).unwrap();
+        assert_eq!(c.positions().keys().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(c.ended(), &ids(&["1"]));
+        c.freeze();
+        c.prune(&ids(&["3"]));
+        assert_eq!((c.positions().len(), c.ended().len()), (2, 1));
     }
 }

@@ -61,6 +61,9 @@ pub enum Read {
         /// Answered once its records have ended; dropped when the buffer stops first.
         delivered: oneshot::Sender<()>,
     },
+    /// Every shard of the stream, from a ListShards read whole and not empty: the checkpoint
+    /// forgets the others ([`super::checkpoint::Checkpoint::prune`]).
+    Listed(BTreeSet<String>),
 }
 
 impl From<Arrived> for Read {
@@ -209,6 +212,11 @@ pub async fn read_stream(
                 if failing {
                     info!(stream = %stream, "listing shards works again");
                     failing = false;
+                }
+                if !listing.is_empty() {
+                    // Without waiting: when the buffer is full, the next listing does it.
+                    let ids = listing.iter().map(|s| s.id.clone()).collect();
+                    let _ = tx.try_send(Read::Listed(ids));
                 }
                 let listed_ms = now_ms();
                 let mut new = HashSet::new();
