@@ -534,6 +534,60 @@ async fn a_record_over_1000_kib_goes_to_the_error_dir() {
     fh.start_kill().unwrap();
 }
 
+// A record over 1,024,000 bytes goes to the error output once, even when a stop cuts short the
+// delivery of the records before it and a restart reads them again. The three records are put
+// before the start, so that they are read together; the endpoint fails until the stop. After the
+// restart the small ones are delivered once, and the error directory holds one file, the big
+// record's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_set_aside_is_not_written_again_after_a_restart() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhbigstop");
+    kin.create_stream(&stream, 1).await;
+    let small = br#"{"_id":"000000000000000000000001"}"#.to_vec();
+    let over = vec![b'b'; 1_024_001];
+    let small2 = br#"{"_id":"000000000000000000000002"}"#.to_vec();
+    for data in [&small, &over, &small2] {
+        kin.client()
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(Blob::new(data.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cp = dir.path().join("checkpoint.json");
+    let errors = tempfile::tempdir().unwrap();
+    let error_dir = ["--error-dir", errors.path().to_str().unwrap()];
+    let (url, state) = receiver(vec![Reply::Status(500); 100]).await;
+    let first = [&error_dir[..], &["--from-start", "--retry-seconds", "300"]].concat();
+    let fh = spawn_with_checkpoint(&kin, &stream, &url, &cp, &first);
+    wait_for_requests(&state, 1, Duration::from_secs(30)).await;
+    common::signal_pid(fh.id().unwrap(), 15);
+    let status = tokio::time::timeout(Duration::from_secs(30), fh.wait_with_output())
+        .await
+        .expect("stops within the final wait")
+        .unwrap()
+        .status;
+    assert!(status.success(), "{status:?}");
+
+    let (url, state) = receiver(Vec::new()).await;
+    let fh = spawn_with_checkpoint(&kin, &stream, &url, &cp, &error_dir);
+    wait_for_records(&state, 2).await;
+    assert_received_once(&state, vec![small, small2], "the small records, once").await;
+    let files = files_under(errors.path());
+    assert_eq!(files.len(), 1, "the big record written out once: {files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let line: Value = serde_json::from_str(text.trim_end()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(line["rawData"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(raw, over);
+    stop(fh).await;
+}
+
 // The body never passes Firehose's 64 MiB, whatever the size hint: 52 records of 1 MB are
 // 52 MB of data, under the 64 MiB hint, but 69 MB once in base64; the buffer goes out in two
 // requests instead of one the endpoint would have to refuse with 413 (and the records would be

@@ -2,6 +2,12 @@
 //! the interval hint is reached (or the next one would make the body too large), then go out
 //! as one request; the checkpoint moves past a batch only once it has ended. The end of a shard
 //! sends the buffer at once, so that its children are read only after its records have ended.
+//!
+//! A record over Firehose's 1,024,000 bytes never enters the buffer: it is set aside into the
+//! error output as it arrives, and the checkpoint moves past it at once, as past a batch of its
+//! own that ended. When the buffer holds earlier records of its shard, the buffer is sent first,
+//! so that a shard's position still moves only past records that have all ended. A restart then
+//! never writes it out twice, even when a stop cut the delivery before it short.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -60,6 +66,11 @@ impl Pending {
         self.records.push(record);
     }
 
+    /// Whether a record of `shard` waits here.
+    fn holds(&self, shard: &str) -> bool {
+        self.records.iter().any(|r| &*r.shard == shard)
+    }
+
     /// Whether a request is due by size or by Firehose's record count.
     fn is_full(&self, size_hint: usize) -> bool {
         self.bytes >= size_hint || self.records.len() >= protocol::MAX_RECORDS
@@ -81,9 +92,8 @@ struct Sender<'a, S> {
 }
 
 impl<S: Future<Output = ()>> Sender<'_, S> {
-    /// Deliver one batch (a record too large for Firehose goes to the error output instead), then
-    /// move the checkpoint past it: delivered, refused with 413, given up into the error
-    /// output, or given up with no error output configured are all final.
+    /// Deliver one batch, then move the checkpoint past it: delivered, refused with 413, given
+    /// up into the error output, or given up with no error output configured are all final.
     /// Given up with the error output failing is not: the records exist nowhere else, so the
     /// checkpoint stops moving and a restart reads them again.
     async fn deliver(
@@ -91,16 +101,27 @@ impl<S: Future<Output = ()>> Sender<'_, S> {
         batch: Vec<Arrived>,
         checkpoint: &mut Option<Checkpoint>,
     ) {
-        // The checkpoint covers the whole batch, records set aside included: moved past them
-        // only once the rest has ended too.
-        let (rest, kept) = delivery.set_aside_too_large(&batch);
-        let outcome = delivery.deliver(rest.as_deref().unwrap_or(&batch)).await;
+        let outcome = delivery.deliver(&batch).await;
         let Some(cp) = checkpoint else { return };
-        let lost = !kept || matches!(outcome, Outcome::Failed { written: None, .. });
-        if lost && delivery.has_error_output() {
+        if matches!(outcome, Outcome::Failed { written: None, .. }) && delivery.has_error_output() {
             cp.freeze();
         } else {
             cp.record(&batch);
+        }
+    }
+
+    /// Set `record`, over Firehose's limit, aside into the error output, then move the
+    /// checkpoint past it, final as a batch given up is (see [`Self::deliver`]). Every earlier
+    /// record of its shard must have ended: the caller sends the buffer first if it holds any.
+    fn set_aside(&mut self, record: &Arrived) {
+        let kept = self.delivery.set_aside(record);
+        let Some(cp) = &mut self.checkpoint else {
+            return;
+        };
+        if kept {
+            cp.record(std::slice::from_ref(record));
+        } else {
+            cp.freeze();
         }
     }
 
@@ -186,6 +207,15 @@ pub async fn run_buffer(
                         continue;
                     }
                 };
+                if record.data.len() > protocol::MAX_RECORD_BYTES {
+                    if pending.holds(&record.shard) {
+                        cut_short = !out.send(pending.take()).await;
+                    }
+                    if !cut_short {
+                        out.set_aside(&record);
+                    }
+                    continue;
+                }
                 if pending.would_overflow(&record) {
                     cut_short = !out.send(pending.take()).await;
                 }

@@ -2,9 +2,11 @@
 //! carries on after the last record handled instead of at LATEST.
 //!
 //! A shard's position moves only once a batch holding its records has ended: delivered, given
-//! up into the error output, or refused with 413 (all final, as in Firehose). Records read but
-//! still buffered or being retried are not covered, so a crash or kill re-reads them: delivery
-//! is at least once, as Firehose's is, and the endpoint's upsert by `_id` absorbs a repeat.
+//! up into the error output, or refused with 413 (all final, as in Firehose); a record over
+//! Firehose's size limit is a batch of its own, ended once it is set aside into the error output
+//! ([`super::buffer`]), so a restart does not write it out again. Records read but still
+//! buffered or being retried are not covered, so a crash or kill re-reads them: delivery is at
+//! least once, as Firehose's is, and the endpoint's upsert by `_id` absorbs a repeat.
 //!
 //! One exception: when the error output cannot be written, the records are lost unless read
 //! again, so the positions stop moving ([`Checkpoint::freeze`]) and a restart re-reads from

@@ -279,17 +279,10 @@ impl Delivery {
         }
     }
 
-    /// Give up the records of `batch` over [`protocol::MAX_RECORD_BYTES`], as Firehose does:
-    /// they go to the error output, never to the endpoint. Returns the records to deliver when
-    /// some were set aside (`None`: all of them), and false when the error output is configured
-    /// but could not keep the oversized ones.
-    pub fn set_aside_too_large(&self, batch: &[Arrived]) -> (Option<Vec<Arrived>>, bool) {
-        let too_large = |a: &Arrived| a.data.len() > protocol::MAX_RECORD_BYTES;
-        if !batch.iter().any(too_large) {
-            return (None, true);
-        }
-        let (too_large, rest): (Vec<Arrived>, Vec<Arrived>) =
-            batch.iter().cloned().partition(too_large);
+    /// Give up `record`, over [`protocol::MAX_RECORD_BYTES`], as Firehose does: it goes to
+    /// the error output, in a file of its own, never to the endpoint. False when the error
+    /// output is configured but could not keep it.
+    pub fn set_aside(&self, record: &Arrived) -> bool {
         let failure = Failure::new(
             protocol::TOO_LARGE,
             format!(
@@ -298,15 +291,16 @@ impl Delivery {
             ),
         );
         let id = uuid::Uuid::new_v4().to_string();
-        let written = self.write_errors(&too_large, &id, 0, &failure);
+        let written = self.write_errors(std::slice::from_ref(record), &id, 0, &failure);
         self.metrics.delivered(metrics::Outcome::TooLarge);
         error!(
-            records = too_large.len(),
-            largest = too_large.iter().map(|a| a.data.len()).max().unwrap_or(0),
+            bytes = record.data.len(),
+            shard = %record.shard,
+            sequence = %record.sequence,
             error_file = ?written,
-            "records over 1,024,000 bytes are not delivered (as in Firehose)"
+            "a record over 1,024,000 bytes is not delivered (as in Firehose)"
         );
-        (Some(rest), written.is_some() || !self.has_error_output())
+        written.is_some() || !self.has_error_output()
     }
 
     /// Whether an error output (`--error-dir`) is configured.

@@ -36,8 +36,8 @@ pub enum Outcome {
     Failed,
     /// Answered 413: lost, as Firehose loses it.
     Rejected,
-    /// Records over Firehose's size limit, set aside before the batch went out (counted once
-    /// per batch that had any): written to the error output, if there is one.
+    /// A record over Firehose's size limit, set aside as it arrived: written to the error
+    /// output, if there is one, in a file of its own. Each is counted.
     TooLarge,
 }
 
@@ -99,7 +99,7 @@ impl Metrics {
         );
         r.register(
             "deliveries",
-            "Batches that ended, by outcome: delivered, failed (retry duration used up) or rejected (413, lost); too_large: batches whose records over 1,024,000 bytes were set aside",
+            "Batches that ended, by outcome: delivered, failed (retry duration used up) or rejected (413, lost); too_large: records over 1,024,000 bytes set aside, each on its own",
             m.deliveries.clone(),
         );
         r.register(
