@@ -5,14 +5,19 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::STATUS_EVERY;
 use crate::clock::now_ms;
 use crate::report::iso_millis;
-use crate::sink::spool;
+use crate::sink::spool::{self, SpoolSummary};
 
 /// The status file's name, in the spool directory.
 pub const STATUS_FILE: &str = "status.json";
 /// Reads of the status file before it counts as unreadable (see [`Status::read`]).
 const READ_TRIES: usize = 3;
+/// How many of its rewrite periods old the status file may be and still be the running
+/// agent's word (see [`Status::is_current`]): two rewrites may come late (a slow sample, a
+/// busy card) before it is taken for what an agent left when it stopped.
+const CURRENT_FOR: i64 = 3;
 
 /// One sensor's health, as `status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,8 +80,16 @@ pub struct Status {
     pub pid: u32,
     /// When this was written (ms since the Unix epoch).
     pub updated_ms: i64,
-    /// Reports in the spool, not yet acknowledged.
+    /// How often the agent rewrites this file (ms): every 10 s, or with each sample when
+    /// samples are further apart. Files written before it was recorded say 0 (read as 10 s).
+    #[serde(default)]
+    pub rewritten_every_ms: u64,
+    /// Reports in the spool, not yet acknowledged, `in_memory` included.
     pub pending: u64,
+    /// Of `pending`, reports held in memory because the disk could not take them (full or
+    /// read-only): not on disk, so a stop or a crash loses them.
+    #[serde(default)]
+    pub in_memory: u64,
     /// The loops' counters, as fields of the same object.
     #[serde(flatten)]
     pub counters: Counters,
@@ -102,6 +115,16 @@ impl Status {
         }
         None
     }
+
+    /// Whether this is still the running agent's word at `now` (ms): written no longer ago
+    /// than [`CURRENT_FOR`] of its rewrite periods. Either way: a clock set back since makes
+    /// a file from the future, which counts as old too.
+    pub fn is_current(&self, now: i64) -> bool {
+        let every = i64::try_from(self.rewritten_every_ms)
+            .unwrap_or(i64::MAX)
+            .max(STATUS_EVERY.as_millis() as i64);
+        now.abs_diff(self.updated_ms) <= every.saturating_mul(CURRENT_FOR).unsigned_abs()
+    }
 }
 
 fn age(ms: i64, now: i64) -> String {
@@ -123,17 +146,17 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
     let now = now_ms();
     let summary = spool::summarize(dir)?;
     let status = Status::read(&dir.join(STATUS_FILE));
+    // What the running agent holds in memory is in its status file only; one it left when it
+    // stopped holds nothing any more (what its memory held was lost, and counted as dropped).
+    let current = status.as_ref().filter(|s| s.is_current(now));
+    let in_memory = current.map_or(0, |s| s.in_memory);
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22}{v}\n"));
     line("spool", dir.display().to_string());
-    line(
-        "unsent reports",
-        format!(
-            "{} ({} bytes in {} segment files)",
-            summary.pending, summary.bytes, summary.segments
-        ),
-    );
-    let oldest = summary
+    for (k, v) in unsent(&summary, in_memory) {
+        line(k, v);
+    }
+    let on_disk = summary
         .oldest
         .as_deref()
         .and_then(|b| mongodb::bson::Document::from_reader(&mut &b[..]).ok())
@@ -142,6 +165,11 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
                 .ok()
                 .map(|t| t.timestamp_millis())
         });
+    // Reports in memory are not in the files: the agent's own last look at them says.
+    let in_memory_oldest = current
+        .filter(|s| s.in_memory > 0)
+        .and_then(|s| s.counters.oldest_unsent_ms);
+    let oldest = on_disk.into_iter().chain(in_memory_oldest).min();
     line(
         "oldest unsent",
         oldest.map_or_else(|| "none".to_owned(), |ms| when(ms, now)),
@@ -170,6 +198,29 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
         Some(s) => agent_lines(&mut line, s.updated_ms, &s.counters, now),
     }
     Ok(out)
+}
+
+/// The `unsent reports` line: what the spool's files hold, and with `in_memory` reports that
+/// the running agent holds in memory, those as well, said apart, with the files' figures on a
+/// line of their own.
+fn unsent(summary: &SpoolSummary, in_memory: u64) -> Vec<(&'static str, String)> {
+    let files = format!(
+        "{} bytes in {} segment files",
+        summary.bytes, summary.segments
+    );
+    if in_memory == 0 {
+        return vec![("unsent reports", format!("{} ({files})", summary.pending))];
+    }
+    vec![
+        (
+            "unsent reports",
+            format!(
+                "{} ({in_memory} of them in memory, not on disk: the spool's disk cannot be written, full or read-only; free space on it or make it writable before you stop or restart the agent, which would lose them)",
+                summary.pending + in_memory
+            ),
+        ),
+        ("on disk", format!("{} reports ({files})", summary.pending)),
+    ]
 }
 
 /// What `status` says about the running agent, from its status file.
@@ -229,5 +280,79 @@ fn agent_lines(line: &mut impl FnMut(&str, String), updated_ms: i64, s: &Counter
                 ),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(pending: u64) -> SpoolSummary {
+        SpoolSummary {
+            pending,
+            bytes: 4096,
+            segments: 1,
+            oldest: None,
+        }
+    }
+
+    // Without reports in memory the line is as it always was; with some, they are added to
+    // the unsent, said to be in memory only, and the files' figures move to a line of their own.
+    #[test]
+    fn reports_in_memory_are_counted_and_said_apart() {
+        assert_eq!(
+            unsent(&summary(7), 0),
+            [("unsent reports", "7 (4096 bytes in 1 segment files)".into())]
+        );
+        let lines = unsent(&summary(7), 51);
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0]
+                .1
+                .starts_with("58 (51 of them in memory, not on disk: "),
+            "{lines:?}"
+        );
+        assert!(lines[0].1.contains("free space"), "{lines:?}");
+        assert_eq!(
+            lines[1],
+            (
+                "on disk",
+                "7 reports (4096 bytes in 1 segment files)".into()
+            )
+        );
+    }
+
+    // The status file is the running agent's word for three of its rewrite periods (10 s, or
+    // the sampling interval when longer; 10 s for a file that does not say), not after, and
+    // not when it is dated ahead of the clock by as much.
+    #[test]
+    fn a_status_file_is_current_for_three_rewrites() {
+        let at = |updated_ms, every_ms| Status {
+            updated_ms,
+            rewritten_every_ms: every_ms,
+            ..Status::default()
+        };
+        let now = 1_000_000_000;
+        assert!(at(now - 30_000, 0).is_current(now));
+        assert!(!at(now - 30_001, 0).is_current(now));
+        assert!(at(now - 30_000, 5_000).is_current(now));
+        assert!(at(now - 180_000, 60_000).is_current(now));
+        assert!(!at(now - 180_001, 60_000).is_current(now));
+        assert!(!at(now + 30_001, 0).is_current(now));
+        // Out-of-range figures from a damaged file neither overflow nor panic.
+        assert!(at(0, u64::MAX).is_current(i64::MAX));
+        assert!(!at(i64::MIN, 0).is_current(i64::MAX));
+    }
+
+    // An older status file, without the fields added since, still reads: nothing in memory.
+    #[test]
+    fn an_older_status_file_reads_with_nothing_in_memory() {
+        let old = r#"{"pid": 7, "updated_ms": 1, "pending": 3, "samples": 1, "reports": 1,
+            "skipped_samples": 0, "missed_slots": 0, "delivered": 0, "duplicates": 0,
+            "rejected": 0, "dropped": 2, "last_insert_ms": null, "connected": null,
+            "last_error": null, "sensors": []}"#;
+        let s: Status = serde_json::from_str(old).unwrap();
+        assert_eq!((s.pending, s.in_memory, s.rewritten_every_ms), (3, 0, 0));
+        assert_eq!(s.counters.dropped, 2);
     }
 }

@@ -1,6 +1,7 @@
 //! `--led-status`: the real agent binary (simulated board) writing a framebuffer file, whose
 //! top-right corner is driven by a real outage of a real MongoDB wire-protocol server, by a
-//! failing sensor and by the clock; and without the option, the logo alone.
+//! failing sensor, by the clock and by a disk that cannot be written (with what `status` and
+//! the log say meanwhile); and without the option, the logo alone.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{agent_command, quiet_agent, signal, unique_name, MongoServer, Reaped};
+use common::{agent_command, quiet_agent, signal, status_text, unique_name, MongoServer, Reaped};
 use sensehat_monitor::led::{frame::DEFAULT_LOGO_PNG, Frame, Rotation};
 
 // docs/operating.md's colours as the framebuffer stores them (RGB565), declared here again
@@ -252,4 +253,90 @@ fn a_failing_sensor_and_the_clock_show_in_the_corner() {
         "{seen:04x?}"
     );
     stop_and_check_cleared(&mut child, &fb);
+}
+
+/// Poll `f` every 200 ms until it gives something; panics with `what` and the agent's `log`
+/// after `timeout`.
+fn poll<T>(timeout: Duration, what: &str, log: &Path, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; the log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The figure after `label` in `status`'s output `s`, when it has that line.
+fn figure(s: &str, label: &str) -> Option<u64> {
+    s.lines()
+        .find_map(|l| l.strip_prefix(label))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+// The spool's disk cannot be written (its segment file is /dev/full) and the database is
+// down, so every report is kept in memory: `status` counts them as unsent and says they are in
+// memory only, where it said "unsent reports 0"; a stop loses them, as it says.
+#[test]
+fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
+    let Some(server) = MongoServer::not_started() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fb = framebuffer(dir.path(), "fb");
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::os::unix::fs::symlink("/dev/full", spool.join("segment-0000000000000001.spool")).unwrap();
+    let log = dir.path().join("agent.log");
+    let child = agent_command()
+        .args(["--sensors", "sim", "--interval", "1ms", "--led-status"])
+        .args(["--database", &unique_name("led_memory")])
+        .arg("--led-device")
+        .arg(&fb)
+        .arg("--spool-dir")
+        .arg(&spool)
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // status.json is rewritten every 10 s: the second one has thousands in memory.
+    let s = poll(
+        Duration::from_secs(60),
+        "status to count reports in memory",
+        &log,
+        || {
+            let s = status_text(&spool);
+            s.contains("of them in memory, not on disk").then_some(s)
+        },
+    );
+    let unsent = figure(&s, "unsent reports").unwrap();
+    assert!(unsent > 0, "{s}");
+    assert!(
+        s.contains(&format!(
+            "unsent reports        {unsent} ({unsent} of them in memory"
+        )),
+        "{s}"
+    );
+    assert!(s.contains("free space"), "{s}");
+    assert_eq!(figure(&s, "on disk"), Some(0), "{s}");
+    assert!(!s.contains("oldest unsent         none"), "{s}");
+
+    signal(&child.0, 15);
+    let status = child.0.wait().unwrap();
+    let text = read_log();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("are lost"), "{text}");
+    assert_eq!(std::fs::read(&fb).unwrap(), vec![0u8; 128]);
 }

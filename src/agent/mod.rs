@@ -66,7 +66,7 @@ pub use start::{open_spool, OpenedSpool};
 pub use telemetry::Telemetry;
 pub use ticker::{TickSource, Ticker};
 
-/// How often `status.json` is rewritten.
+/// How often `status.json` is rewritten (with each sample when samples are further apart).
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Something that takes samples (blocking). The real and simulated boards implement it.
@@ -310,7 +310,8 @@ where
             }
         }
         if let Some(path) = status_path {
-            status::write_status(path, lock(&shared.counters).clone(), &lock(spool));
+            let counters = lock(&shared.counters).clone();
+            status::write_status(path, counters, &lock(spool), options.interval);
         }
         if let Some(textfile) = options.telemetry.as_ref().and_then(Telemetry::textfile) {
             textfile.write();

@@ -76,7 +76,7 @@ pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> 
         if let Some(now) = &sensors {
             c.sensors.clone_from(now);
         }
-        write_status(p, c, &lock(&store.spool));
+        write_status(p, c, &lock(&store.spool), store.interval);
     }
     if let Some(textfile) = store.and_then(|st| st.textfile.as_ref()) {
         textfile.write();

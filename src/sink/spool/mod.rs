@@ -250,6 +250,12 @@ impl Spool {
         self.segments.pending() + self.memory.len() as u64 + self.group.records()
     }
 
+    /// Of [`Spool::pending`], the reports held in memory because the disk could not take them
+    /// (at most [`MEMORY_MAX`]): a stop or a crash loses them.
+    pub fn in_memory(&self) -> u64 {
+        self.memory.len() as u64
+    }
+
     /// Bytes of segment files.
     pub fn bytes(&self) -> u64 {
         self.segments.bytes()
