@@ -54,8 +54,12 @@ pub struct Counters {
     pub duplicates: u64,
     /// Reports the database refused, saved to `rejected.jsonl`.
     pub rejected: u64,
-    /// Undelivered reports dropped because the spool was full.
+    /// Undelivered reports dropped: by the spool's cap (`--spool-max-bytes`) and from memory.
     pub dropped: u64,
+    /// Of `dropped`, reports held in memory while the disk could not be written: the oldest
+    /// past the memory queue's limit, and at a stop all of them.
+    #[serde(default)]
+    pub dropped_from_memory: u64,
     /// Reports held until the system clock is synchronized (not in `pending` yet).
     #[serde(default)]
     pub held_for_clock: u64,
@@ -223,6 +227,19 @@ fn unsent(summary: &SpoolSummary, in_memory: u64) -> Vec<(&'static str, String)>
     ]
 }
 
+/// What `status` says of the reports dropped: by the cap, and from memory when there were any.
+fn dropped(s: &Counters) -> String {
+    if s.dropped_from_memory == 0 {
+        return format!("{} dropped (spool full)", s.dropped);
+    }
+    format!(
+        "{} dropped ({} spool full, {} held in memory while the disk could not be written)",
+        s.dropped,
+        s.dropped.saturating_sub(s.dropped_from_memory),
+        s.dropped_from_memory
+    )
+}
+
 /// What `status` says about the running agent, from its status file.
 fn agent_lines(line: &mut impl FnMut(&str, String), updated_ms: i64, s: &Counters, now: i64) {
     line("status written", when(updated_ms, now));
@@ -251,8 +268,11 @@ fn agent_lines(line: &mut impl FnMut(&str, String), updated_ms: i64, s: &Counter
     line(
         "delivery",
         format!(
-            "{} delivered ({} were already present), {} refused, {} dropped (spool full)",
-            s.delivered, s.duplicates, s.rejected, s.dropped
+            "{} delivered ({} were already present), {} refused, {}",
+            s.delivered,
+            s.duplicates,
+            s.rejected,
+            dropped(s)
         ),
     );
     if s.held_for_clock > 0 {
@@ -344,6 +364,24 @@ mod tests {
         assert!(!at(i64::MIN, 0).is_current(i64::MAX));
     }
 
+    // Drops from memory are told from the cap's, and only when there are any.
+    #[test]
+    fn drops_from_memory_are_said_apart() {
+        let c = Counters {
+            dropped: 9,
+            ..Counters::default()
+        };
+        assert_eq!(dropped(&c), "9 dropped (spool full)");
+        let c = Counters {
+            dropped_from_memory: 5,
+            ..c
+        };
+        assert_eq!(
+            dropped(&c),
+            "9 dropped (4 spool full, 5 held in memory while the disk could not be written)"
+        );
+    }
+
     // An older status file, without the fields added since, still reads: nothing in memory.
     #[test]
     fn an_older_status_file_reads_with_nothing_in_memory() {
@@ -353,6 +391,6 @@ mod tests {
             "last_error": null, "sensors": []}"#;
         let s: Status = serde_json::from_str(old).unwrap();
         assert_eq!((s.pending, s.in_memory, s.rewritten_every_ms), (3, 0, 0));
-        assert_eq!(s.counters.dropped, 2);
+        assert_eq!((s.counters.dropped, s.counters.dropped_from_memory), (2, 0));
     }
 }

@@ -283,8 +283,11 @@ fn figure(s: &str, label: &str) -> Option<u64> {
 }
 
 // The spool's disk cannot be written (its segment file is /dev/full) and the database is
-// down, so every report is kept in memory: `status` counts them as unsent and says they are in
-// memory only, where it said "unsent reports 0"; a stop loses them, as it says.
+// down, so every report is kept in memory, up to its limit of 50,000 (at a 1 ms interval, a
+// minute). `status` counts them as unsent and says they are in memory only, where it said
+// "unsent reports 0"; when the limit is reached the log says what is dropped and what to do,
+// where it said "spool is full (--spool-max-bytes)", and `status` and the metric count the
+// losses as the disk's; a stop loses the rest, as it says.
 #[test]
 fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
     let Some(server) = MongoServer::not_started() else {
@@ -295,7 +298,7 @@ fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).unwrap();
     std::os::unix::fs::symlink("/dev/full", spool.join("segment-0000000000000001.spool")).unwrap();
-    let log = dir.path().join("agent.log");
+    let (log, prom) = (dir.path().join("agent.log"), dir.path().join("agent.prom"));
     let child = agent_command()
         .args(["--sensors", "sim", "--interval", "1ms", "--led-status"])
         .args(["--database", &unique_name("led_memory")])
@@ -303,6 +306,8 @@ fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
         .arg(&fb)
         .arg("--spool-dir")
         .arg(&spool)
+        .arg("--metrics-textfile")
+        .arg(&prom)
         .env("MONGODB_CONNECTION_STRING", &server.uri)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -333,10 +338,46 @@ fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
     assert_eq!(figure(&s, "on disk"), Some(0), "{s}");
     assert!(!s.contains("oldest unsent         none"), "{s}");
 
+    let memory_full = "the reports kept in memory meanwhile are at their limit";
+    poll(
+        Duration::from_secs(240),
+        "the memory limit in the log",
+        &log,
+        || read_log().contains(memory_full).then_some(()),
+    );
+    let s = poll(
+        Duration::from_secs(60),
+        "status to count the drops",
+        &log,
+        || {
+            let s = status_text(&spool);
+            s.contains("held in memory while the disk could not be written)")
+                .then_some(s)
+        },
+    );
+    assert!(s.contains("(0 spool full, "), "{s}");
+    let dropped = poll(Duration::from_secs(30), "the metric", &log, || {
+        let text = std::fs::read_to_string(&prom).unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("sensehat_agent_reports_dropped_total{reason=\"disk_unwritable\"} ")
+            })?
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+    });
+    assert!(dropped > 0);
+
     signal(&child.0, 15);
     let status = child.0.wait().unwrap();
     let text = read_log();
     assert!(status.success(), "{text}");
+    assert_eq!(text.matches(memory_full).count(), 1, "{text}");
+    assert!(
+        text.contains("free space on the spool's filesystem"),
+        "{text}"
+    );
+    assert!(!text.contains("spool is full"), "{text}");
     assert!(text.contains("are lost"), "{text}");
     assert_eq!(std::fs::read(&fb).unwrap(), vec![0u8; 128]);
 }

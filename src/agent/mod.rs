@@ -282,15 +282,21 @@ where
         }
         // Reports the disk could not take even now end with the process: say so, and count
         // them, rather than leave them among the pending.
-        let (lost, dir, dropped_total) = {
+        let (lost, dir, totals) = {
             let mut s = lock(spool);
-            (s.discard_memory(), s.dir().to_owned(), s.dropped_total)
+            let lost = s.discard_memory();
+            (
+                lost,
+                s.dir().to_owned(),
+                (s.dropped_total, s.dropped_from_memory_total),
+            )
         };
         {
-            // The spool's own total also has what writes at close dropped, which no append
+            // The spool's own totals also have what writes at close dropped, which no append
             // passed on to the counters.
             let mut c = lock(&shared.counters);
-            c.dropped = (c.dropped + lost).max(dropped_total);
+            c.dropped = (c.dropped + lost).max(totals.0);
+            c.dropped_from_memory = (c.dropped_from_memory + lost).max(totals.1);
         }
         if lost > 0 {
             if dir.join(crate::clock::HELD_DIR).is_dir() {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::matrix::{agent_state, Matrix};
-use super::spool_log::{SpoolEvent, SpoolLog};
+use super::spool_log::{Dropped, SpoolEvent, SpoolLog};
 use super::take::{take, Destination, Store, Stored, Taken};
 use super::ticker::{TickSource, Ticker};
 use super::watchdog::Watchdog;
@@ -22,7 +22,7 @@ use crate::board::{HealthEvent, Sensor, SensorError};
 use crate::clock::{self, ClockGate, Released};
 use crate::led::status::SpoolUse;
 use crate::report::Report;
-use crate::sink::spool::{AppendOutcome, Spool};
+use crate::sink::spool::{AppendOutcome, Spool, MEMORY_MAX};
 
 /// How often falling behind the schedule is said at most.
 const BEHIND_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -333,8 +333,13 @@ impl<S: Sampler> Sampling<'_, S> {
     fn appended(&mut self, append: &AppendOutcome) {
         let (connected, dropped) = {
             let mut c = lock(&self.shared.counters);
-            c.dropped += append.dropped;
-            (c.connected == Some(true), c.dropped)
+            c.dropped += append.dropped + append.dropped_from_memory;
+            c.dropped_from_memory += append.dropped_from_memory;
+            let dropped = Dropped {
+                by_cap: c.dropped.saturating_sub(c.dropped_from_memory),
+                from_memory: c.dropped_from_memory,
+            };
+            (c.connected == Some(true), dropped)
         };
         for e in self.log.appended(append, connected, dropped) {
             log_spool(e);
@@ -471,6 +476,13 @@ fn log_spool(event: SpoolEvent) {
         SpoolEvent::BelowCap { dropped } => {
             info!(dropped, "spool below its cap again; reports dropped so far")
         }
+        SpoolEvent::MemoryFull => {
+            error!(limit = MEMORY_MAX, "the spool still cannot be written and the reports kept in memory meanwhile are at their limit: dropping the oldest of them; free space on the spool's filesystem, or make it writable again (is it mounted read-only?)")
+        }
+        SpoolEvent::MemoryBelowMax { dropped } => info!(
+            dropped,
+            "reports kept in memory are below their limit again (written to disk, or being delivered); reports dropped from memory so far"
+        ),
     }
 }
 

@@ -22,8 +22,23 @@ pub(super) enum SpoolEvent {
     DiskRecovered { moved: u64 },
     /// The spool is at its cap: the oldest undelivered reports are dropped.
     Full,
-    /// Below its cap again, with delivery working; `dropped` so far.
+    /// Below its cap again, with delivery working; `dropped` by the cap so far.
     BelowCap { dropped: u64 },
+    /// The spool still cannot be written and the reports kept in memory are at their limit:
+    /// the oldest of them are dropped.
+    MemoryFull,
+    /// Reports are written to disk again, or none are dropped from memory any longer (delivery
+    /// takes them); `dropped` from memory so far.
+    MemoryBelowMax { dropped: u64 },
+}
+
+/// Reports dropped so far, as the agent counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Dropped {
+    /// By the spool's cap.
+    pub(super) by_cap: u64,
+    /// From memory, while the disk could not be written.
+    pub(super) from_memory: u64,
 }
 
 /// The spool's conditions, each said once per change.
@@ -31,6 +46,8 @@ pub(super) enum SpoolEvent {
 pub(super) struct SpoolLog {
     disk_failing: Latch,
     full: Latch,
+    /// The memory queue drops reports.
+    memory_full: Latch,
     /// The held readings' spool could not be written.
     held_failing: Latch,
     /// Syncing the spool or writing its delivered position failed.
@@ -86,7 +103,7 @@ impl SpoolLog {
         &mut self,
         append: &AppendOutcome,
         connected: bool,
-        dropped: u64,
+        dropped: Dropped,
     ) -> Vec<SpoolEvent> {
         let mut events = Vec::new();
         match &append.disk_error {
@@ -100,12 +117,24 @@ impl SpoolLog {
             }
             _ => {}
         }
+        if append.dropped_from_memory > 0 {
+            if self.memory_full.raise() {
+                events.push(SpoolEvent::MemoryFull);
+            }
+        } else if append.wrote && self.memory_full.clear() {
+            // A write that dropped nothing: to disk, or into a queue below its limit.
+            events.push(SpoolEvent::MemoryBelowMax {
+                dropped: dropped.from_memory,
+            });
+        }
         if append.dropped > 0 {
             if self.full.raise() {
                 events.push(SpoolEvent::Full);
             }
         } else if connected && self.full.clear() {
-            events.push(SpoolEvent::BelowCap { dropped });
+            events.push(SpoolEvent::BelowCap {
+                dropped: dropped.by_cap,
+            });
         }
         events
     }
@@ -130,6 +159,17 @@ mod tests {
         }
     }
 
+    fn none() -> Dropped {
+        Dropped::default()
+    }
+
+    fn by_cap(n: u64) -> Dropped {
+        Dropped {
+            by_cap: n,
+            from_memory: 0,
+        }
+    }
+
     fn io_error() -> SpoolError {
         SpoolError::Io {
             path: "/spool".into(),
@@ -142,22 +182,22 @@ mod tests {
     #[test]
     fn a_failing_disk_is_said_once_each_way() {
         let mut log = SpoolLog::default();
-        assert_eq!(log.appended(&written(), true, 0), []);
+        assert_eq!(log.appended(&written(), true, none()), []);
         assert!(matches!(
-            &log.appended(&failed(), true, 0)[..],
+            &log.appended(&failed(), true, none())[..],
             [SpoolEvent::DiskFailing { .. }]
         ));
-        assert_eq!(log.appended(&failed(), true, 0), []);
-        assert_eq!(log.appended(&AppendOutcome::default(), true, 0), []);
+        assert_eq!(log.appended(&failed(), true, none()), []);
+        assert_eq!(log.appended(&AppendOutcome::default(), true, none()), []);
         let back = AppendOutcome {
             recovered_from_memory: 7,
             ..written()
         };
         assert_eq!(
-            log.appended(&back, true, 0),
+            log.appended(&back, true, none()),
             [SpoolEvent::DiskRecovered { moved: 7 }]
         );
-        assert_eq!(log.appended(&written(), true, 0), []);
+        assert_eq!(log.appended(&written(), true, none()), []);
     }
 
     // A full spool is said once; below the cap again is said only while delivery works, with
@@ -169,14 +209,44 @@ mod tests {
             dropped: 2,
             ..written()
         };
-        assert_eq!(log.appended(&dropping, true, 2), [SpoolEvent::Full]);
-        assert_eq!(log.appended(&dropping, true, 4), []);
-        assert_eq!(log.appended(&written(), false, 4), []);
+        assert_eq!(log.appended(&dropping, true, by_cap(2)), [SpoolEvent::Full]);
+        assert_eq!(log.appended(&dropping, true, by_cap(4)), []);
+        assert_eq!(log.appended(&written(), false, by_cap(4)), []);
         assert_eq!(
-            log.appended(&written(), true, 4),
+            log.appended(&written(), true, by_cap(4)),
             [SpoolEvent::BelowCap { dropped: 4 }]
         );
-        assert_eq!(log.appended(&written(), true, 4), []);
+        assert_eq!(log.appended(&written(), true, by_cap(4)), []);
+    }
+
+    // A full memory queue is said once, as itself and not as the cap, and its end once a
+    // write drops nothing (an append that wrote nothing says nothing), with the count so far.
+    #[test]
+    fn a_full_memory_queue_is_said_once_and_not_as_the_cap() {
+        let mut log = SpoolLog::default();
+        let from_memory = |n| Dropped {
+            by_cap: 0,
+            from_memory: n,
+        };
+        let dropping = AppendOutcome {
+            dropped_from_memory: 2,
+            ..failed()
+        };
+        assert!(matches!(
+            &log.appended(&dropping, false, from_memory(2))[..],
+            [SpoolEvent::DiskFailing { .. }, SpoolEvent::MemoryFull]
+        ));
+        assert_eq!(log.appended(&dropping, false, from_memory(4)), []);
+        assert_eq!(
+            log.appended(&AppendOutcome::default(), false, from_memory(4)),
+            []
+        );
+        // Delivery took some out of memory: the next write fails but drops nothing.
+        assert_eq!(
+            log.appended(&failed(), false, from_memory(4)),
+            [SpoolEvent::MemoryBelowMax { dropped: 4 }]
+        );
+        assert_eq!(log.appended(&failed(), true, from_memory(4)), []);
     }
 
     // Failing maintenance is said once; its end only when nothing fails any longer.

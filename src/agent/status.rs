@@ -24,6 +24,9 @@ pub(super) fn write_status(path: &Path, counters: Counters, spool: &Spool, inter
         in_memory: spool.in_memory(),
         counters: Counters {
             dropped: spool.dropped_total.max(counters.dropped),
+            dropped_from_memory: spool
+                .dropped_from_memory_total
+                .max(counters.dropped_from_memory),
             ..counters
         },
     };

@@ -159,6 +159,7 @@ struct SpoolLook {
     bytes: u64,
     max: u64,
     dropped: u64,
+    dropped_from_memory: u64,
     syncs: u64,
 }
 
@@ -169,9 +170,25 @@ impl SpoolLook {
             bytes: s.bytes(),
             max: s.max_bytes(),
             dropped: s.dropped_total,
+            dropped_from_memory: s.dropped_from_memory_total,
             syncs: s.syncs_total,
         }
     }
+}
+
+/// `reports_dropped`'s reasons and counts: the loops' counters, or the spool's when it counts
+/// more (drops the loops have not been told of yet).
+fn dropped_by_reason(c: &Counters, spool: Option<&SpoolLook>) -> [(&'static str, u64); 2] {
+    let (all, memory) = spool.map_or((c.dropped, c.dropped_from_memory), |s| {
+        (
+            s.dropped.max(c.dropped),
+            s.dropped_from_memory.max(c.dropped_from_memory),
+        )
+    });
+    [
+        ("spool_full", all.saturating_sub(memory)),
+        ("disk_unwritable", memory),
+    ]
 }
 
 /// The collector that reads [`State`] at each scrape.
@@ -182,7 +199,7 @@ impl Collector for Reader {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = lock(&self.0.counters).clone();
         let spool = self.0.spool.as_ref().map(|s| SpoolLook::of(&lock(s)));
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 6] = [
             ("samples", "Samples taken", c.samples),
             (
                 "samples_skipped",
@@ -209,17 +226,20 @@ impl Collector for Reader {
                 "Reports MongoDB refused, saved to rejected.jsonl",
                 c.rejected,
             ),
-            (
-                "reports_dropped",
-                "Undelivered reports dropped because the spool was full",
-                spool
-                    .as_ref()
-                    .map_or(c.dropped, |s| s.dropped.max(c.dropped)),
-            ),
         ];
         for (name, help, v) in counters {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(v).encode(m)?;
+        }
+        let mut dropped = encoder.encode_descriptor(
+            "reports_dropped",
+            "Undelivered reports dropped, by reason: spool_full (past --spool-max-bytes, the oldest), disk_unwritable (kept in memory while the spool's disk could not be written: the oldest past the limit, or all at a stop)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, v) in dropped_by_reason(&c, spool.as_ref()) {
+            let labels = [("reason", reason)];
+            ConstCounter::new(v).encode(dropped.encode_family(&labels)?)?;
         }
         let mut failures = encoder.encode_descriptor(
             "sensor_read_failures",
@@ -318,5 +338,37 @@ impl Collector for Reader {
             ConstGauge::new(oldest).encode(m)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Drops are told apart by reason, from the counters or the spool, whichever counts more;
+    // the spool's cap takes what memory did not drop.
+    #[test]
+    fn dropped_reports_are_told_apart_by_reason() {
+        let c = Counters {
+            dropped: 7,
+            dropped_from_memory: 2,
+            ..Counters::default()
+        };
+        assert_eq!(
+            dropped_by_reason(&c, None),
+            [("spool_full", 5), ("disk_unwritable", 2)]
+        );
+        let spool = SpoolLook {
+            pending: 0,
+            bytes: 0,
+            max: 0,
+            dropped: 10,
+            dropped_from_memory: 4,
+            syncs: 0,
+        };
+        assert_eq!(
+            dropped_by_reason(&c, Some(&spool)),
+            [("spool_full", 6), ("disk_unwritable", 4)]
+        );
     }
 }

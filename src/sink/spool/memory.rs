@@ -68,7 +68,7 @@ impl Memory {
 mod tests {
     use super::super::dir::segment_name;
     use super::super::testutil::{drain, opts, payload};
-    use super::super::{BatchSource, Spool, WRITE_GROUP};
+    use super::super::{BatchSource, Spool, MEMORY_MAX, WRITE_GROUP};
     use std::fs;
     use std::time::Instant;
 
@@ -121,6 +121,31 @@ mod tests {
         assert_eq!(s.pending(), 0);
     }
 
+    // A disk that stays unwritable fills the memory queue to MEMORY_MAX and no further: each
+    // report past it drops the oldest, counted as dropped from memory, not by the cap.
+    #[test]
+    fn a_full_memory_queue_drops_its_oldest_counted_apart_from_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(segment_name(1))).unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        let max = MEMORY_MAX as u32;
+        let mut dropped = 0;
+        for chunk in (0..max + 5).collect::<Vec<_>>().chunks(1000) {
+            let batch: Vec<_> = chunk.iter().map(|&i| payload(i)).collect();
+            let out = s.append_all(&batch, Instant::now());
+            assert!(out.disk_error.is_some());
+            assert_eq!(out.dropped, 0, "the cap dropped nothing");
+            dropped += out.dropped_from_memory;
+        }
+        assert_eq!(dropped, 5);
+        assert_eq!(
+            (s.in_memory(), s.pending()),
+            (u64::from(max), u64::from(max))
+        );
+        assert_eq!((s.dropped_total, s.dropped_from_memory_total), (5, 5));
+        assert_eq!(s.next_batch(1).unwrap().records, vec![payload(5)]);
+    }
+
     // At close the reports held in memory, those handed out too, get one more try on the
     // disk: with room they are in the spool for the next start; without, they are given up
     // and counted as dropped, not left among the pending.
@@ -146,6 +171,7 @@ mod tests {
             s.append_again(&[payload(9)], Instant::now());
             let lost = s.discard_memory();
             assert_eq!(s.dropped_total, lost);
+            assert_eq!(s.dropped_from_memory_total, lost);
             drop(s);
             if room {
                 assert_eq!(lost, 0);

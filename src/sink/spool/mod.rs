@@ -42,7 +42,8 @@
 //!
 //! `max_bytes` caps the files; beyond it the oldest segment is deleted and its undelivered
 //! reports counted as dropped. When a write fails (disk full, read-only, I/O error), the report
-//! is kept in a bounded in-memory queue and the next append tries the disk again, moving the
+//! is kept in a bounded in-memory queue ([`MEMORY_MAX`]; past it the oldest not being sent is
+//! dropped, counted apart from the cap's) and the next append tries the disk again, moving the
 //! queue there once it works. Opening never fails for a disk fault either: a delivered segment
 //! that cannot be deleted is left for the next start, one that cannot be read is renamed
 //! `*.spool.unreadable-<time>` (never deleted; left in place, and out of the run, if even that
@@ -145,6 +146,9 @@ pub struct SpoolOptions {
 pub struct AppendOutcome {
     /// Undelivered reports deleted to stay under the cap.
     pub dropped: u64,
+    /// Reports held in memory dropped because the disk still failed and the memory queue was
+    /// at [`MEMORY_MAX`].
+    pub dropped_from_memory: u64,
     /// The disk write failed; the report is held in memory.
     pub disk_error: Option<String>,
     /// Reports moved from memory to disk because the disk works again.
@@ -156,6 +160,7 @@ pub struct AppendOutcome {
 impl AppendOutcome {
     fn merge(&mut self, later: AppendOutcome) {
         self.dropped += later.dropped;
+        self.dropped_from_memory += later.dropped_from_memory;
         self.recovered_from_memory += later.recovered_from_memory;
         if later.wrote {
             self.wrote = true;
@@ -181,6 +186,9 @@ pub struct Spool {
     closed: bool,
     /// Undelivered reports dropped since the spool was opened (the cap, a full memory queue).
     pub dropped_total: u64,
+    /// Of [`Spool::dropped_total`], those held in memory while the disk could not be written:
+    /// dropped from a full memory queue, or given up by [`Spool::discard_memory`].
+    pub dropped_from_memory_total: u64,
     /// `fdatasync`s of segment files since the spool was opened: each a forced write to the
     /// card, which the sync policy keeps to the times the database does not answer.
     pub syncs_total: u64,
@@ -208,6 +216,7 @@ impl Spool {
             deferred: AppendOutcome::default(),
             closed: false,
             dropped_total: 0,
+            dropped_from_memory_total: 0,
             syncs_total: 0,
         };
         if spool.segments.is_empty() {
@@ -359,9 +368,10 @@ impl Spool {
                 out.disk_error = Some(e.to_string());
                 self.segments.writer = None;
                 for p in frame::payloads(&taken.frames) {
-                    out.dropped += self.memory.hold(p.to_vec());
+                    out.dropped_from_memory += self.memory.hold(p.to_vec());
                 }
-                self.dropped_total += out.dropped;
+                self.dropped_total += out.dropped_from_memory;
+                self.dropped_from_memory_total += out.dropped_from_memory;
             }
         }
         self.group.recycle(taken.frames);
@@ -472,6 +482,7 @@ impl Spool {
         let lost = self.memory.len() as u64;
         self.memory = Memory::default();
         self.dropped_total += lost;
+        self.dropped_from_memory_total += lost;
         lost
     }
 
