@@ -285,9 +285,10 @@ fn figure(s: &str, label: &str) -> Option<u64> {
 // The spool's disk cannot be written (its segment file is /dev/full) and the database is
 // down, so every report is kept in memory, up to its limit of 50,000 (at a 1 ms interval, a
 // minute). `status` counts them as unsent and says they are in memory only, where it said
-// "unsent reports 0"; when the limit is reached the log says what is dropped and what to do,
-// where it said "spool is full (--spool-max-bytes)", and `status` and the metric count the
-// losses as the disk's; a stop loses the rest, as it says.
+// "unsent reports 0"; the corner turns red before any is dropped, where it stayed at one amber
+// pixel (the files hold nothing); when the limit is reached the log says what is dropped and
+// what to do, where it said "spool is full (--spool-max-bytes)", and `status` and the metric
+// count the losses as the disk's; a stop loses the rest, as it says.
 #[test]
 fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
     let Some(server) = MongoServer::not_started() else {
@@ -338,7 +339,14 @@ fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
     assert_eq!(figure(&s, "on disk"), Some(0), "{s}");
     assert!(!s.contains("oldest unsent         none"), "{s}");
 
+    let filling = watch(&fb, Duration::from_secs(240), "red", |c| *c == [RED; 4]);
     let memory_full = "the reports kept in memory meanwhile are at their limit";
+    // Red in the last quarter of the limit: nothing dropped yet.
+    assert!(!read_log().contains(memory_full), "{}", read_log());
+    assert!(
+        filling.contains(&[AMBER, AMBER, AMBER, OFF]),
+        "{filling:04x?}"
+    );
     poll(
         Duration::from_secs(240),
         "the memory limit in the log",

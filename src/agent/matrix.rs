@@ -118,6 +118,8 @@ mod tests {
             waiting: Duration::from_secs(9),
             bytes: 5,
             cap: 10,
+            in_memory: 3,
+            memory_max: 10,
         };
         let mut c = Counters::default();
         let first = agent_state(&c, false, false, spool);

@@ -14,7 +14,7 @@ use crate::board::{HealthEvent, SampleError, Sensor};
 use crate::clock::{now_ms, HeldSpool};
 use crate::led::status::SpoolUse;
 use crate::report::Report;
-use crate::sink::spool::{AppendOutcome, Spool, SpoolError};
+use crate::sink::spool::{AppendOutcome, Spool, SpoolError, MEMORY_MAX};
 use crate::status::SensorStatus;
 
 /// The spool append and maintenance results of one sample.
@@ -91,6 +91,8 @@ pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> 
                 .saturating_sub(s.insert_every),
             bytes: sp.bytes(),
             cap: sp.max_bytes(),
+            in_memory: sp.in_memory(),
+            memory_max: MEMORY_MAX as u64,
         }
     });
     Taken {

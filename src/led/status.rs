@@ -13,8 +13,9 @@
 //! - 4 green: readings are being stored (with `--dry-run`, printed);
 //! - 1 to 3 amber, or 4 red: readings are spooled, as the database is unreachable (or more
 //!   than [`BEHIND`] of readings wait for it); one pixel per started quarter of
-//!   `--spool-max-bytes` the spool uses, all four red in the last quarter (at the cap the
-//!   oldest undelivered readings are dropped);
+//!   `--spool-max-bytes` the spool uses, or of the reports it may keep in memory while its
+//!   disk cannot be written, whichever is further along; all four red in the last quarter
+//!   (at the cap, or that limit, the oldest undelivered readings are dropped);
 //! - 4 blue: readings are held until the system clock is synchronized (`--clock-wait`);
 //! - 4 magenta: a sensor is failing, so no readings are being taken.
 //!
@@ -71,6 +72,10 @@ pub struct SpoolUse {
     pub bytes: u64,
     /// The cap on them (`--spool-max-bytes`).
     pub cap: u64,
+    /// Readings held in memory, as the disk cannot be written.
+    pub in_memory: u64,
+    /// The limit on them, beyond which the oldest are dropped.
+    pub memory_max: u64,
 }
 
 /// What the agent knows of itself after a sample.
@@ -120,8 +125,10 @@ impl Indicator {
             Database::NotContacted => return Indicator::Off,
             Database::Reached => return Indicator::Storing,
         }
+        // Either limit reached drops readings: the one further along shows.
         Indicator::Spooled {
-            quarters: quarters_started(spool.bytes, spool.cap),
+            quarters: quarters_started(spool.bytes, spool.cap)
+                .max(quarters_started(spool.in_memory, spool.memory_max)),
         }
     }
 
@@ -155,11 +162,11 @@ impl Indicator {
     }
 }
 
-/// How many quarters of `cap` `bytes` has started: 1 below a quarter, 4 from three quarters
+/// How many quarters of `cap` `used` has started: 1 below a quarter, 4 from three quarters
 /// on (and beyond the cap). A spool that is unreachable but empty still shows one.
-fn quarters_started(bytes: u64, cap: u64) -> u8 {
+fn quarters_started(used: u64, cap: u64) -> u8 {
     let cap = u128::from(cap.max(1));
-    let q = u128::from(bytes) * 4 / cap + 1;
+    let q = u128::from(used) * 4 / cap + 1;
     q.min(4) as u8
 }
 
@@ -192,6 +199,7 @@ mod tests {
     use super::*;
 
     const CAP: u64 = 4000;
+    const MEMORY_MAX: u64 = 400;
 
     fn state(database: Database, waiting_s: u64, bytes: u64) -> AgentState {
         AgentState {
@@ -202,6 +210,8 @@ mod tests {
                 waiting: Duration::from_secs(waiting_s),
                 bytes,
                 cap: CAP,
+                in_memory: 0,
+                memory_max: MEMORY_MAX,
             },
         }
     }
@@ -223,6 +233,26 @@ mod tests {
         assert_eq!(lit(5000), [RED; 4]);
         assert_eq!(lit(u64::MAX), [RED; 4]);
         assert_eq!(quarters_started(10, 0), 4);
+    }
+
+    // While the disk cannot be written, readings held in memory count toward the fill as
+    // well: red in the last quarter of the memory limit, before any of them is dropped, with
+    // little or nothing on disk; the fuller of the two shows.
+    #[test]
+    fn readings_in_memory_count_toward_the_fill() {
+        let lit = |bytes, in_memory| {
+            let mut s = unreachable(bytes);
+            s.spool.in_memory = in_memory;
+            Indicator::of(&s).pixels()
+        };
+        assert_eq!(lit(0, 0), [AMBER, OFF, OFF, OFF]);
+        assert_eq!(lit(0, 99), [AMBER, OFF, OFF, OFF]);
+        assert_eq!(lit(0, 100), [AMBER, AMBER, OFF, OFF]);
+        assert_eq!(lit(2000, 100), [AMBER, AMBER, AMBER, OFF]);
+        assert_eq!(lit(0, 299), [AMBER, AMBER, AMBER, OFF]);
+        assert_eq!(lit(0, 300), [RED; 4]);
+        assert_eq!(lit(3000, 0), [RED; 4]);
+        assert_eq!(lit(10, 400), [RED; 4]);
     }
 
     // Before any insert has failed, readings show as spooled once more than BEHIND of them
