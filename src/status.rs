@@ -5,13 +5,15 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::STATUS_EVERY;
 use crate::clock::now_ms;
 use crate::report::iso_millis;
 use crate::sink::spool::{self, SpoolSummary};
 
 /// The status file's name, in the spool directory.
 pub const STATUS_FILE: &str = "status.json";
+/// How often the agent rewrites `status.json` (with each sample when samples are further
+/// apart).
+pub const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Reads of the status file before it counts as unreadable (see [`Status::read`]).
 const READ_TRIES: usize = 3;
 /// How many of its rewrite periods old the status file may be and still be the running

@@ -66,8 +66,7 @@ pub use start::{open_spool, OpenedSpool};
 pub use telemetry::Telemetry;
 pub use ticker::{TickSource, Ticker};
 
-/// How often `status.json` is rewritten (with each sample when samples are further apart).
-pub const STATUS_EVERY: Duration = Duration::from_secs(10);
+pub use crate::status::STATUS_EVERY;
 
 /// Something that takes samples (blocking). The real and simulated boards implement it.
 pub trait Sampler: Send + 'static {
