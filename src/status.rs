@@ -123,8 +123,8 @@ impl Status {
     }
 
     /// Whether this is still the running agent's word at `now` (ms): written no longer ago
-    /// than [`CURRENT_FOR`] of its rewrite periods. Either way: a clock set back since makes
-    /// a file from the future, which counts as old too.
+    /// than three of its rewrite periods. Either way: a clock set back since makes a file
+    /// from the future, which counts as old too.
     pub fn is_current(&self, now: i64) -> bool {
         let every = i64::try_from(self.rewritten_every_ms)
             .unwrap_or(i64::MAX)
