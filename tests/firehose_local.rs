@@ -848,28 +848,8 @@ async fn kinesis_that_fails_reads(
 // where it began, not from a new LATEST: the records put while the reads failed are delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_read_from_latest_skips_nothing() {
-    use std::sync::atomic::Ordering;
-    let kin = KinesisServer::start();
-    let stream = unique_name("fhfail");
-    kin.create_stream(&stream, 1).await;
-    let (kinesis, fail, failed) =
-        kinesis_that_fails_reads(kin.endpoint.clone(), INTERNAL_FAILURE).await;
-    let (url, state) = receiver(vec![]).await;
-    let mut fh = spawn_from_latest(&kinesis, &stream, &url);
-    // Time to list the shard and take its LATEST iterator.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    fail.store(true, Ordering::SeqCst);
-    let put = put_records(&kin, &stream, 4).await;
     // The SDK tries a call three times before the reader sees the error: twice that many.
-    wait_until(Duration::from_secs(60), "GetRecords to fail", || {
-        let n = failed.load(Ordering::SeqCst);
-        async move { n >= 6 }
-    })
-    .await;
-    fail.store(false, Ordering::SeqCst);
-    wait_for_records(&state, put.len()).await;
-    assert_received_once(&state, put, "the records put while reads failed").await;
-    fh.start_kill().unwrap();
+    reads_fail_then_recover(INTERNAL_FAILURE, 6, Duration::ZERO, "while reads failed").await;
 }
 
 // A shard that answers ResourceNotFoundException while ListShards still lists it is not taken
@@ -877,11 +857,20 @@ async fn a_failed_read_from_latest_skips_nothing() {
 // the records put meanwhile are delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shard_not_found_but_still_listed_is_read_on() {
+    // Then GetShardIterator, about once a second, for a few seconds more.
+    let more = Duration::from_secs(3);
+    reads_fail_then_recover(NOT_FOUND, 1, more, "while the shard was not found").await;
+}
+
+/// A shard read from LATEST whose reads answer as `failing` says, from once its iterator is
+/// taken until `failures` such answers and `then` more time have passed, while 4 records are
+/// put: each of them must be delivered once.
+async fn reads_fail_then_recover(failing: Failing, failures: usize, then: Duration, what: &str) {
     use std::sync::atomic::Ordering;
     let kin = KinesisServer::start();
-    let stream = unique_name("fhnotfound");
+    let stream = unique_name("fhfail");
     kin.create_stream(&stream, 1).await;
-    let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone(), NOT_FOUND).await;
+    let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone(), failing).await;
     let (url, state) = receiver(vec![]).await;
     let mut fh = spawn_from_latest(&kinesis, &stream, &url);
     // Time to list the shard and take its LATEST iterator.
@@ -890,14 +879,13 @@ async fn a_shard_not_found_but_still_listed_is_read_on() {
     let put = put_records(&kin, &stream, 4).await;
     wait_until(Duration::from_secs(60), "reads to fail", || {
         let n = failed.load(Ordering::SeqCst);
-        async move { n >= 1 }
+        async move { n >= failures }
     })
     .await;
-    // Then GetShardIterator, about once a second.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(then).await;
     fail.store(false, Ordering::SeqCst);
     wait_for_records(&state, put.len()).await;
-    assert_received_once(&state, put, "the records put while the shard was not found").await;
+    assert_received_once(&state, put, &format!("the records put {what}")).await;
     fh.start_kill().unwrap();
 }
 

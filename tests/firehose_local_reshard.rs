@@ -99,6 +99,24 @@ fn spawn_at(
         .expect("start firehose-local")
 }
 
+/// `stream` made of two shards holding v1 of 200 documents, merged into a third holding v2 of
+/// the same `_id`s.
+async fn merged_with_versions(kin: &KinesisServer, stream: &str) {
+    kin.create_stream(stream, 2).await;
+    let key = |i: usize| format!("key-{i}");
+    put_versions(kin, stream, 200, 1, key).await;
+    kin.client()
+        .merge_shards()
+        .stream_name(stream)
+        .shard_to_merge("shardId-000000000000")
+        .adjacent_shard_to_merge("shardId-000000000001")
+        .send()
+        .await
+        .unwrap();
+    wait_for_shards(kin, stream, 3).await;
+    put_versions(kin, stream, 200, 2, key).await;
+}
+
 /// GetShardIterator calls seen, by shard id.
 type Asked = Arc<Mutex<HashMap<String, usize>>>;
 
@@ -214,19 +232,7 @@ async fn a_merged_shard_is_delivered_after_both_parents() {
     let server = MongoServer::start();
     let ep = start(&server, Opts::default()).await;
     let stream = unique_name("fhmerge");
-    kin.create_stream(&stream, 2).await;
-    let key = |i: usize| format!("key-{i}");
-    put_versions(&kin, &stream, 200, 1, key).await;
-    kin.client()
-        .merge_shards()
-        .stream_name(&stream)
-        .shard_to_merge("shardId-000000000000")
-        .adjacent_shard_to_merge("shardId-000000000001")
-        .send()
-        .await
-        .unwrap();
-    wait_for_shards(&kin, &stream, 3).await;
-    put_versions(&kin, &stream, 200, 2, key).await;
+    merged_with_versions(&kin, &stream).await;
     let mut fh = spawn(&kin, &stream, &ep, &[]);
     wait_for_versions(&ep, 200, 2).await;
     fh.start_kill().unwrap();
@@ -244,19 +250,7 @@ async fn a_shard_gone_from_the_stream_is_read_no_more() {
     let server = MongoServer::start();
     let ep = start(&server, Opts::default()).await;
     let stream = unique_name("fhgone");
-    kin.create_stream(&stream, 2).await;
-    let key = |i: usize| format!("key-{i}");
-    put_versions(&kin, &stream, 200, 1, key).await;
-    kin.client()
-        .merge_shards()
-        .stream_name(&stream)
-        .shard_to_merge("shardId-000000000000")
-        .adjacent_shard_to_merge("shardId-000000000001")
-        .send()
-        .await
-        .unwrap();
-    wait_for_shards(&kin, &stream, 3).await;
-    put_versions(&kin, &stream, 200, 2, key).await;
+    merged_with_versions(&kin, &stream).await;
     let (kinesis, asked) = counting_kinesis(kin.endpoint.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("positions.json");
