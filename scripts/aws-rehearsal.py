@@ -171,10 +171,10 @@ def static_checks(t):
     #    the forwarder's events policy grants exactly the EventBridge calls it makes (PutEvents,
     #    and DescribeEventBus for /readyz).
     rule = t["Resources"]["ForwarderEventsRule"]["Properties"]["EventPattern"]
-    eb = without_tests(read("src/forwarder/eventbridge.rs"))
+    eb = without_tests(read("src/forwarder/batch.rs"))
     for name, key in (("SOURCE", "source"), ("DETAIL_TYPE", "detail-type")):
         m = re.search(r'pub const %s: &str = "([^"]+)";' % name, eb)
-        check(m is not None, "src/forwarder/eventbridge.rs: no %s" % name)
+        check(m is not None, "src/forwarder/batch.rs: no %s" % name)
         check(m is not None and rule[key] == [m.group(1)],
               "template rule %s %r != forwarder %s %r" % (key, rule[key], name, m and m.group(1)))
     eb_ops = botocore.session.get_session().get_service_model("events").operation_names
