@@ -63,11 +63,31 @@ fn unknown_owner_hint(sensor: Sensor, bus: u32) -> String {
     )
 }
 
-fn owned_hint(sensor: Sensor, bus: u32, driver: &str) -> String {
-    format!(
-        "; the kernel driver `{driver}` owns this address. Unbind it (`echo {bus}-{:04x} | sudo tee /sys/bus/i2c/drivers/{driver}/unbind`) \
-         or blacklist its module in /etc/modprobe.d/ and reboot; sensehat-monitor never force-binds a driver's address",
+/// The module that holds the driver bound to `address`, if it is a module
+/// (`.../N-00XX/driver/module`, a link to `/sys/module/NAME`): `None` for a driver built into
+/// the kernel, which no blacklist can keep off. A driver's name is not always its module's
+/// (`st-press-i2c` is in `st_pressure_i2c`), and `blacklist` takes the module's.
+fn driver_module_in(devices: &Path, bus: u32, address: u8) -> Option<String> {
+    let link = client_dir(devices, bus, address).join("driver/module");
+    let target = std::fs::read_link(link).ok()?;
+    Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+fn owned_hint(sensor: Sensor, bus: u32, driver: &str, module: Option<&str>) -> String {
+    let unbind = format!(
+        "`echo {bus}-{:04x} | sudo tee /sys/bus/i2c/drivers/{driver}/unbind`",
         sensor.address()
+    );
+    let keep_off = match module {
+        Some(m) => format!(
+            " or keep its module off at boot (`echo \"blacklist {m}\" | sudo tee -a /etc/modprobe.d/sensehat-monitor.conf`, then reboot)"
+        ),
+        None => format!(
+            "; /sys/bus/i2c/drivers/{driver}/module names no module, so the driver is likely built into the kernel and no blacklist keeps it off: unbind it at each boot, before the agent starts"
+        ),
+    };
+    format!(
+        "; the kernel driver `{driver}` owns this address. Unbind it ({unbind}){keep_off}; sensehat-monitor never force-binds a driver's address"
     )
 }
 
@@ -94,7 +114,11 @@ impl BusErrorHint for I2CError {
             Some(EBUSY) => {
                 let n = bus_number(bus).unwrap_or(1);
                 match kernel_driver(n, sensor.address()) {
-                    Some(driver) => owned_hint(sensor, n, &driver),
+                    Some(driver) => {
+                        let devices = Path::new(I2C_DEVICES);
+                        let module = driver_module_in(devices, n, sensor.address());
+                        owned_hint(sensor, n, &driver, module.as_deref())
+                    }
                     None => unknown_owner_hint(sensor, n),
                 }
             }
@@ -165,7 +189,12 @@ fn open_handle(path: &str, devices: &Path, sensor: Sensor) -> Result<Handle<I2cd
                     sensor,
                     bus: path.to_owned(),
                     detail: "address in use by a kernel driver (EBUSY), which offers no IIO channel to read instead".into(),
-                    hint: owned_hint(sensor, bus, &driver),
+                    hint: owned_hint(
+                        sensor,
+                        bus,
+                        &driver,
+                        driver_module_in(devices, bus, sensor.address()).as_deref(),
+                    ),
                 }),
             };
         }
@@ -315,28 +344,40 @@ mod tests {
         );
     }
 
-    // An owned address without an IIO channel is an error naming the driver and how to free it.
+    // An owned address without an IIO channel is an error naming the driver and how to free it:
+    // the blacklist line names the driver's module, which sysfs links, not the driver.
     #[test]
     fn owned_sensor_without_iio_says_how_to_free_it() {
         let t = tempfile::tempdir().unwrap();
         let devices = t.path().join("devices");
-        client(&devices, 0x5f, "hts221", &[]);
-        let e = match open_in("/dev/i2c-1", &devices) {
+        client(&devices, 0x5c, "st-press-i2c", &[]);
+        let module = t.path().join("module/st_pressure_i2c");
+        std::fs::create_dir_all(&module).unwrap();
+        let driver = devices.join("../drivers/st-press-i2c");
+        std::os::unix::fs::symlink(&module, driver.join("module")).unwrap();
+        let open = || match open_handle("/dev/i2c-1", &devices, Sensor::Lps25h) {
             Err(e) => e.to_string(),
             Ok(_) => panic!("opened a sensor owned by a driver without IIO"),
         };
-        assert!(e.contains("EBUSY") && e.contains("`hts221`"), "{e}");
+        let e = open();
+        assert!(e.contains("EBUSY") && e.contains("`st-press-i2c`"), "{e}");
         assert!(
-            e.contains("echo 1-005f | sudo tee /sys/bus/i2c/drivers/hts221/unbind"),
+            e.contains("echo 1-005c | sudo tee /sys/bus/i2c/drivers/st-press-i2c/unbind"),
             "{e}"
         );
+        assert!(e.contains("\"blacklist st_pressure_i2c\""), "{e}");
         assert!(e.contains("never force-binds"), "{e}");
+        // A driver no module holds is built in: no blacklist line to follow in vain.
+        std::fs::remove_file(driver.join("module")).unwrap();
+        let e = open();
+        assert!(!e.contains("blacklist st"), "{e}");
+        assert!(e.contains("built into the kernel"), "{e}");
     }
 
     // The unbind command names the bus the agent was pointed at.
     #[test]
     fn unbind_hint_names_the_bus() {
-        let h = owned_hint(Sensor::Lps25h, 3, "st_pressure");
+        let h = owned_hint(Sensor::Lps25h, 3, "st_pressure", Some("st_pressure_i2c"));
         assert!(
             h.contains("echo 3-005c | sudo tee /sys/bus/i2c/drivers/st_pressure/unbind"),
             "{h}"

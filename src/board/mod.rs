@@ -17,9 +17,9 @@
 //! - A kernel driver owns the sensor's address (some kernels bind the IIO `hts221`,
 //!   `st_pressure` or `st_lsm6dsx`/`st_accel` drivers; `ls -l /sys/bus/i2c/devices/1-005f/driver`
 //!   names it): the sensor is read through the driver's IIO files ([`iio`]). If the driver
-//!   offers none, the error is *Device or resource busy (EBUSY)*: blacklist its module
-//!   (`echo "blacklist hts221_i2c" | sudo tee /etc/modprobe.d/sensehat-monitor.conf`) and
-//!   reboot. The agent never force-binds an address a driver owns.
+//!   offers none, the error is *Device or resource busy (EBUSY)*, with the command to unbind
+//!   it and the module to blacklist (sysfs's `drivers/NAME/module` link names it: a driver's
+//!   name is not always its module's). The agent never force-binds an address a driver owns.
 //! - *Permission denied*: the user is not in the `i2c` group (see step 2).
 //! - *No such file*: I2C is not enabled (see step 1).
 //! - *No device acknowledged*: the HAT is not seated, or this is not a Sense HAT.
