@@ -316,4 +316,34 @@ mod tests {
         let b = s.next_batch(100).unwrap();
         assert_eq!((b.records.len(), damaged(&b)), (9, 0));
     }
+
+    // The report lost in bad data found while reading leaves the pending count once delivery
+    // has passed it: it is not left waiting for the active segment to be deleted, which would
+    // keep "backlog drained" and the LED's idle state away.
+    #[test]
+    fn a_report_lost_to_damage_is_not_pending_once_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        s.flush().unwrap();
+        let frame = 100 + super::super::frame::HEADER;
+        super::super::testutil::damage(dir.path(), 1, 3 * frame + 20, &[0xFF; 4]);
+        let b = s.next_batch(4).unwrap();
+        s.ack(&b);
+        assert_eq!(s.pending(), 6);
+        let b = s.next_batch(100).unwrap();
+        assert_eq!(b.records.len(), 5);
+        s.ack(&b);
+        assert_eq!(s.pending(), 0);
+        // What comes after still counts, and is delivered.
+        s.append(&payload(10), Instant::now());
+        s.flush().unwrap();
+        assert_eq!(s.pending(), 1);
+        let b = s.next_batch(100).unwrap();
+        assert_eq!(b.records.len(), 1);
+        s.ack(&b);
+        assert_eq!(s.pending(), 0);
+    }
 }

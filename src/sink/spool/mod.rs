@@ -540,7 +540,7 @@ impl Spool {
             // Dropped by the cap while in flight.
             return;
         }
-        self.segments.count_acked(segment, records);
+        self.segments.count_acked(segment, records, end);
         self.cursor.ack = pos;
         self.sync.delivered_to(pos, self.segments.end());
         self.delete_delivered_segments();

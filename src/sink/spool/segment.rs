@@ -185,10 +185,17 @@ impl Segments {
         }
     }
 
-    /// Count `records` more of segment `id` as delivered.
-    pub(super) fn count_acked(&mut self, id: u64, records: u64) {
+    /// Count `records` more of segment `id` as delivered, up to `end`. Delivery up to the
+    /// segment's end leaves nothing in it pending: the records that bad data found while
+    /// reading held (skipped, their bytes logged) are lost, and would otherwise stay pending
+    /// until the segment is deleted, which the active one never is.
+    pub(super) fn count_acked(&mut self, id: u64, records: u64, end: u64) {
         if let Some(seg) = self.list.iter_mut().find(|s| s.id == id) {
-            seg.acked = (seg.acked + records).min(seg.records);
+            seg.acked = if end >= seg.len {
+                seg.records
+            } else {
+                (seg.acked + records).min(seg.records)
+            };
         }
     }
 
