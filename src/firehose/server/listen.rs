@@ -97,7 +97,10 @@ impl Transport for Connections {
                 debug!(peer = %peer, error = %e, "TLS handshake failed");
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                debug!(peer = %peer, timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                None
+            }
         }
     }
 }
