@@ -15,7 +15,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::primitives::Blob;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -483,16 +482,8 @@ async fn a_record_over_1000_kib_goes_to_the_error_dir() {
     let small = br#"{"_id":"000000000000000000000001"}"#.to_vec();
     let limit = vec![b'a'; 1_024_000];
     let over = vec![b'b'; 1_024_001];
-    for data in [&small, &limit, &over, &small] {
-        kin.client()
-            .put_record()
-            .stream_name(&stream)
-            .partition_key("k")
-            .data(Blob::new(data.clone()))
-            .send()
-            .await
-            .unwrap();
-    }
+    kin.put_in_order(&stream, &[&small, &limit, &over, &small])
+        .await;
     let errors = tempfile::tempdir().unwrap();
     let (url, state) = receiver(vec![]).await;
     let addr = metrics_common::free_addr();
@@ -547,16 +538,7 @@ async fn a_record_set_aside_is_not_written_again_after_a_restart() {
     let small = br#"{"_id":"000000000000000000000001"}"#.to_vec();
     let over = vec![b'b'; 1_024_001];
     let small2 = br#"{"_id":"000000000000000000000002"}"#.to_vec();
-    for data in [&small, &over, &small2] {
-        kin.client()
-            .put_record()
-            .stream_name(&stream)
-            .partition_key("k")
-            .data(Blob::new(data.clone()))
-            .send()
-            .await
-            .unwrap();
-    }
+    kin.put_in_order(&stream, &[&small, &over, &small2]).await;
     let dir = tempfile::tempdir().unwrap();
     let cp = dir.path().join("checkpoint.json");
     let errors = tempfile::tempdir().unwrap();

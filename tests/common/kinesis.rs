@@ -134,6 +134,21 @@ impl KinesisServer {
         }
     }
 
+    /// `records`, one PutRecord each, under one partition key: in this order on its shard,
+    /// which one PutRecords does not promise.
+    pub async fn put_in_order(&self, stream: &str, records: &[&Vec<u8>]) {
+        for data in records {
+            self.client()
+                .put_record()
+                .stream_name(stream)
+                .partition_key("k")
+                .data(aws_sdk_kinesis::primitives::Blob::new((*data).clone()))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+
     /// One PutRecords of (partition key, data) pairs, every one of which must be taken.
     pub async fn put_all(
         &self,
