@@ -125,7 +125,9 @@ pub(super) async fn forward<T: Target>(
     let db = client.database(&opts.database);
     let coll = db.collection::<Document>(&opts.collection);
     let state = StateStore::new(
-        db.collection(&opts.state_collection_name()),
+        client
+            .database(opts.state_database_name())
+            .collection(&opts.state_collection_name()),
         &opts.position_key(),
         &opts.database,
         &opts.collection,

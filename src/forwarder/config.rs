@@ -76,6 +76,8 @@ pub struct Options {
     pub operations: Vec<Operation>,
     /// Where the resume token is stored; default `<collection>_forwarder_state`.
     pub state_collection: Option<String>,
+    /// The database of the state collection; default the watched one.
+    pub state_database: Option<String>,
     /// Where oversize records go; default `<collection>_forwarder_deadletter`.
     pub dead_letter_collection: Option<String>,
     /// Ignore the stored token and start from the present.
@@ -97,6 +99,7 @@ impl Options {
             format: Format::Stringify,
             operations: vec![Operation::Insert],
             state_collection: None,
+            state_database: None,
             dead_letter_collection: None,
             start_from_now: false,
             linger: Duration::from_millis(DEFAULT_LINGER_MS),
@@ -134,6 +137,11 @@ impl Options {
             .unwrap_or_else(|| format!("{}_forwarder_state", self.collection))
     }
 
+    /// The database of the state collection.
+    pub fn state_database_name(&self) -> &str {
+        self.state_database.as_deref().unwrap_or(&self.database)
+    }
+
     /// The collection receiving documents too large to forward.
     pub fn dead_letter_collection_name(&self) -> String {
         self.dead_letter_collection
@@ -148,15 +156,20 @@ impl Options {
     /// each restart would start from now, skipping what came meanwhile: so it is refused at
     /// start.
     pub fn check_names(&self) -> Result<(), String> {
-        for (option, name) in [
-            ("--collection", self.collection.clone()),
-            ("--state-collection", self.state_collection_name()),
+        for (option, database, name) in [
+            ("--collection", &*self.database, self.collection.clone()),
+            (
+                "--state-collection",
+                self.state_database_name(),
+                self.state_collection_name(),
+            ),
             (
                 "--dead-letter-collection",
+                &*self.database,
                 self.dead_letter_collection_name(),
             ),
         ] {
-            crate::mongo::namespace(&self.database, &name)
+            crate::mongo::namespace(database, &name)
                 .map_err(|e| format!("{option} {name:?}: {e}"))?;
         }
         Ok(())
@@ -258,6 +271,11 @@ pub struct Cli {
     /// Collection (same database) holding the resume token (default: COLLECTION_forwarder_state).
     #[arg(long, env = "FORWARDER_STATE_COLLECTION", value_parser = crate::mongo::collection_name)]
     pub state_collection: Option<String>,
+    /// Database of the state collection (default: --database). Elsewhere, the stored position
+    /// survives a dropDatabase of the watched database while the forwarder is down; in it, it
+    /// goes with the database, and the next start is from now.
+    #[arg(long, env = "FORWARDER_STATE_DATABASE", value_parser = crate::mongo::database_name)]
+    pub state_database: Option<String>,
     /// Collection (same database) receiving documents too large to forward (over 1 MiB with the
     /// key, Kinesis's limit, or data over 1,024,000 bytes, Firehose's), with the reason
     /// (default: COLLECTION_forwarder_deadletter).
@@ -316,6 +334,7 @@ impl Cli {
                 format: self.format,
                 operations: self.operations,
                 state_collection: self.state_collection,
+                state_database: self.state_database,
                 dead_letter_collection: self.dead_letter_collection,
                 start_from_now: self.start_from_now,
                 linger,

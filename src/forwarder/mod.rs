@@ -134,7 +134,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
         "watch: {}.{} ({})\n\
          {what}: {} in {region}{}\n\
          partition key: {}, format: {format}, linger: {:?}\n\
-         state: {}, dead letters: {}\n\
+         state: {}.{}, dead letters: {}\n\
          start: {}\n\
          metrics: {}\n\
          MongoDB connection string: well formed (not contacted)\n\
@@ -149,6 +149,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
             .unwrap_or_default(),
         o.partition_key_field,
         o.linger,
+        o.state_database_name(),
         o.state_collection_name(),
         o.dead_letter_collection_name(),
         if o.start_from_now {
