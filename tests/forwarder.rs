@@ -128,6 +128,16 @@ async fn wait_for_records(kin: &KinesisServer, stream: &str, n: usize) -> Vec<(S
     panic!("only {} of {n} records reached the stream", got.len());
 }
 
+/// Wait until a record with partition key `key` is on the stream.
+async fn wait_for_key(kin: &KinesisServer, stream: &str, key: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("a record of {key}"),
+        || async { kin.read_all(stream).await.iter().any(|r| r.0 == key) },
+    )
+    .await;
+}
+
 fn sample_docs(n: usize) -> Vec<Document> {
     use sensehat_monitor::report::{Acceleration, Reading, Report};
     (0..n)
@@ -589,21 +599,7 @@ async fn a_dropped_collection_is_followed_when_it_comes_back() {
         .await
         .unwrap();
     let mut again = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
-    wait_until(
-        Duration::from_secs(30),
-        "the report inserted while down",
-        || {
-            let kin = &kin;
-            let stream = &stream;
-            async move {
-                kin.read_all(stream)
-                    .await
-                    .iter()
-                    .any(|r| r.0 == "while-down")
-            }
-        },
-    )
-    .await;
+    wait_for_key(&kin, &stream, "while-down").await;
     let records = kin.read_all(&stream).await;
     let mut keys: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
     // SIGKILL may land before "after-drop"'s position is stored: then it is sent again.
@@ -634,20 +630,7 @@ async fn a_dropped_database_is_followed_with_the_position_kept_elsewhere() {
         .await
         .unwrap();
     let mut again = spawn_forwarder(&mongo, &kin, &db, &stream, &args);
-    wait_until(
-        Duration::from_secs(30),
-        "the report inserted while down",
-        || {
-            let (kin, stream) = (&kin, &stream);
-            async move {
-                kin.read_all(stream)
-                    .await
-                    .iter()
-                    .any(|r| r.0 == "while-down")
-            }
-        },
-    )
-    .await;
+    wait_for_key(&kin, &stream, "while-down").await;
     let records = kin.read_all(&stream).await;
     let mut keys: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
     // SIGKILL may land before "pi"'s position is stored: then it is sent again.

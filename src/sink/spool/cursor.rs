@@ -288,6 +288,19 @@ mod tests {
         );
     }
 
+    /// A spool in `dir` with ten reports written, the fourth then damaged on disk; and the
+    /// size of a report's frame.
+    fn ten_with_the_fourth_damaged(dir: &std::path::Path) -> (Spool, u64) {
+        let (mut s, _) = Spool::open(dir, opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        s.flush().unwrap();
+        let frame = 100 + super::super::frame::HEADER;
+        super::super::testutil::damage(dir, 1, 3 * frame + 20, &[0xFF; 4]);
+        (s, frame)
+    }
+
     // Bad data in what was written after the spool opened (a block the card returns wrong
     // during a long outage) is said by the batch that skips it, once: not again when a failed
     // insert rewinds and reads past it anew. Bad data found at open was said by the scan.
@@ -298,13 +311,7 @@ mod tests {
             BatchSource::Memory => 0,
         };
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        for i in 0..10 {
-            s.append(&payload(i), Instant::now());
-        }
-        s.flush().unwrap();
-        let frame = 100 + super::super::frame::HEADER;
-        super::super::testutil::damage(dir.path(), 1, 3 * frame + 20, &[0xFF; 4]);
+        let (mut s, frame) = ten_with_the_fourth_damaged(dir.path());
         let b = s.next_batch(100).unwrap();
         assert_eq!((b.records.len(), damaged(&b)), (9, frame));
         s.rewind();
@@ -323,13 +330,7 @@ mod tests {
     #[test]
     fn a_report_lost_to_damage_is_not_pending_once_passed() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        for i in 0..10 {
-            s.append(&payload(i), Instant::now());
-        }
-        s.flush().unwrap();
-        let frame = 100 + super::super::frame::HEADER;
-        super::super::testutil::damage(dir.path(), 1, 3 * frame + 20, &[0xFF; 4]);
+        let (mut s, _) = ten_with_the_fourth_damaged(dir.path());
         let b = s.next_batch(4).unwrap();
         s.ack(&b);
         assert_eq!(s.pending(), 6);
