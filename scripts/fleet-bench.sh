@@ -7,7 +7,7 @@
 # first; checks arrived = produced and no duplicates, and exits non-zero when a check fails.
 # The figures and what they mean: docs/capacity.md. The driver is scripts/fleet_bench.py.
 #
-# Needs what `bash .ci/run` installs (.venv-test with SecantusDB and pymongo; Node.js for
+# Needs what `bash .ci/run setup` installs (.venv-test with SecantusDB and pymongo; Node.js for
 # kinesis-local).
 #
 #   bash scripts/fleet-bench.sh                 # N = 10 and 100, 60 s each after 20 s warm-up
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 PY=.venv-test/bin/python
 if [ ! -x .venv-test/bin/secantusd-py ] || [ ! -x "$PY" ]; then
-  echo "SecantusDB is not installed: run 'bash .ci/run' once (it creates .venv-test)" >&2
+  echo "SecantusDB is not installed: run 'bash .ci/run setup' once (it creates .venv-test)" >&2
   exit 1
 fi
 bash .ci/kinesis.sh install >/dev/null

@@ -9,7 +9,7 @@
 # prints the documents as they arrive in monitors.firehose. Ctrl-C stops everything it started.
 #
 # Needs: cargo, node/npm (the emulator), and .venv-test with SecantusDB and pymongo
-# (`bash .ci/run` or: python3 -m venv .venv-test && .venv-test/bin/pip install SecantusDB==0.7.0b3 pymongo).
+# (`bash .ci/run setup` or: python3 -m venv .venv-test && .venv-test/bin/pip install SecantusDB==0.7.0b3 pymongo).
 #
 #   bash scripts/pipeline.sh            # 20 reports, one every 250 ms
 #   COUNT=100 bash scripts/pipeline.sh
@@ -51,7 +51,7 @@ for b in sensehat-monitor kinesis-forwarder firehose-local firehose-endpoint; do
 done
 
 if [ -z "${MONGODB_CONNECTION_STRING:-}" ]; then
-  [ -x .venv-test/bin/secantusd-py ] || { echo "SecantusDB is not installed: run 'bash .ci/run' once (it creates .venv-test), or set MONGODB_CONNECTION_STRING to a replica set" >&2; exit 1; }
+  [ -x .venv-test/bin/secantusd-py ] || { echo "SecantusDB is not installed: run 'bash .ci/run setup' once (it creates .venv-test), or set MONGODB_CONNECTION_STRING to a replica set" >&2; exit 1; }
   echo "==> SecantusDB on port $MONGO_PORT (in memory)"
   .venv-test/bin/secantusd-py --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory: --log-level WARNING &
   PIDS+=($!)

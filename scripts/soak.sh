@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 SECANTUSD=${SECANTUSD:-.venv-test/bin/secantusd-py}
 PY=${PY:-.venv-test/bin/python}
 if [ ! -x "$SECANTUSD" ]; then
-  echo "SecantusDB not found at $SECANTUSD: run 'bash .ci/run' once (it creates .venv-test)" >&2
+  echo "SecantusDB not found at $SECANTUSD: run 'bash .ci/run setup' once (it creates .venv-test)" >&2
   exit 1
 fi
 "$PY" -c 'import pymongo' 2>/dev/null || .venv-test/bin/pip install -q pymongo

@@ -6,7 +6,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECANTUSD=${SECANTUSD:-$ROOT/.venv-test/bin/secantusd-py}
 PY=${PY:-$ROOT/.venv-test/bin/python}
 if [ ! -x "$SECANTUSD" ]; then
-  echo "SecantusDB not found at $SECANTUSD: run 'bash .ci/run' once (it creates .venv-test)" >&2
+  echo "SecantusDB not found at $SECANTUSD: run 'bash .ci/run setup' once (it creates .venv-test)" >&2
   exit 1
 fi
 SERVER_PID= DBDIR=
