@@ -57,7 +57,8 @@ pub struct Cli {
     #[arg(long, env = "FIREHOSE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 
-    /// URL path that Firehose POSTs to (GET /health is always served as well).
+    /// URL path that Firehose POSTs to (GET /health, /healthz and /readyz are always served as
+    /// well, so it may be none of them).
     #[arg(long, env = "FIREHOSE_PATH", default_value = "/")]
     pub path: String,
 

@@ -208,7 +208,7 @@ impl std::fmt::Debug for Config {
 #[command(
     name = "kinesis-forwarder",
     version,
-    about = "Forward every document inserted into a MongoDB collection (and, with --operations, updated or replaced) to a Kinesis data stream, resuming after restarts without loss"
+    about = "Forward every document inserted into a MongoDB collection (and, with --operations, updated or replaced) to a Kinesis data stream or an EventBridge event bus, resuming after restarts without loss"
 )]
 pub struct Cli {
     /// What to do instead of forwarding.
@@ -268,7 +268,8 @@ pub struct Cli {
         default_value = "insert"
     )]
     pub operations: Vec<Operation>,
-    /// Collection (same database) holding the resume token (default: COLLECTION_forwarder_state).
+    /// Collection (in --state-database) holding the resume token (default:
+    /// COLLECTION_forwarder_state).
     #[arg(long, env = "FORWARDER_STATE_COLLECTION", value_parser = crate::mongo::collection_name)]
     pub state_collection: Option<String>,
     /// Database of the state collection (default: --database). Elsewhere, the stored position
@@ -277,7 +278,8 @@ pub struct Cli {
     #[arg(long, env = "FORWARDER_STATE_DATABASE", value_parser = crate::mongo::database_name)]
     pub state_database: Option<String>,
     /// Collection (same database) receiving documents too large to forward (over 1 MiB with the
-    /// key, Kinesis's limit, or data over 1,024,000 bytes, Firehose's), with the reason
+    /// key, Kinesis's limit, or data over 1,024,000 bytes, Firehose's; with --target
+    /// eventbridge, over 256 KiB) and events EventBridge refuses for good, with the reason
     /// (default: COLLECTION_forwarder_deadletter).
     #[arg(long, env = "FORWARDER_DEAD_LETTER_COLLECTION", value_parser = crate::mongo::collection_name)]
     pub dead_letter_collection: Option<String>,
