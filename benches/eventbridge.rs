@@ -27,7 +27,7 @@ use sensehat_monitor::forwarder::eventbridge::AwsEventBridge;
 use sensehat_monitor::forwarder::format::Format;
 use sensehat_monitor::forwarder::target::{EntryResults, PutError, Target};
 use sensehat_monitor::forwarder::{self, Options, TargetKind};
-use sensehat_monitor::report::{Acceleration, Reading, Report};
+use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
 
 fn docs(n: usize) -> Vec<Document> {
     (0..n)
@@ -46,6 +46,7 @@ fn docs(n: usize) -> Vec<Document> {
                 &format!("pi-{}", i % 4),
                 reading,
                 1_764_096_600_000 + i as i64,
+                MovingRule::Axis,
             )
             .to_document()
         })

@@ -37,7 +37,7 @@ use sensehat_monitor::forwarder::batch::{self, Entry, Limits};
 use sensehat_monitor::forwarder::format::Format;
 use sensehat_monitor::forwarder::target::{EntryResults, PutError, Target};
 use sensehat_monitor::forwarder::{self, Options};
-use sensehat_monitor::report::{Acceleration, Reading, Report};
+use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -63,6 +63,7 @@ fn docs(n: usize) -> Vec<Document> {
                 &format!("pi-{}", i % 4),
                 reading,
                 1_764_096_600_000 + i as i64,
+                MovingRule::Axis,
             )
             .to_document()
         })

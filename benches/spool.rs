@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::RawDocumentBuf;
-use sensehat_monitor::report::{Acceleration, Reading, Report};
+use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
 use sensehat_monitor::sink::spool::{self, Spool, SpoolOptions};
 
 fn io_write_bytes() -> u64 {
@@ -42,6 +42,7 @@ fn report(i: u64, interval_ms: i64) -> Report {
             },
         },
         1_764_000_000_000 + i as i64 * interval_ms,
+        MovingRule::Axis,
     )
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sensehat_monitor::agent::{self, AgentError, AgentOptions, Counters, Output, Sampler};
 use sensehat_monitor::board::{HealthEvent, SampleError, Sensor};
-use sensehat_monitor::report::{Acceleration, Reading, Report};
+use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
 use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
 use sensehat_monitor::sink::{InsertError, InsertOutcome, Inserter};
 
@@ -455,7 +455,15 @@ async fn a_backlog_drains_over_a_link_too_slow_for_a_whole_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut spool = open_spool(dir.path());
     let backlog: Vec<Vec<u8>> = (0..3000)
-        .map(|i| Report::new("loop-test", reading(), 1_700_000_000_000 + i).to_bson_bytes())
+        .map(|i| {
+            Report::new(
+                "loop-test",
+                reading(),
+                1_700_000_000_000 + i,
+                MovingRule::Axis,
+            )
+            .to_bson_bytes()
+        })
         .collect();
     spool.append_all(&backlog, std::time::Instant::now());
     let sizes = Arc::new(Mutex::new(Vec::new()));

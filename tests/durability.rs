@@ -244,7 +244,7 @@ mod forwarder {
 
     use mongodb::bson::{doc, Bson, Document};
     use mongodb::options::WriteConcern;
-    use sensehat_monitor::report::{Acceleration, Reading, Report};
+    use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
 
     use crate::common::{unique_name, wait_until, MongoServer};
     use crate::kinesis::{KinesisServer, AWS_ENV};
@@ -290,7 +290,13 @@ mod forwarder {
                         z_g: 1.0,
                     },
                 };
-                Report::new("pi", reading, 1_764_096_600_000 + i as i64).to_document()
+                Report::new(
+                    "pi",
+                    reading,
+                    1_764_096_600_000 + i as i64,
+                    MovingRule::Axis,
+                )
+                .to_document()
             })
             .collect();
         client

@@ -139,7 +139,7 @@ async fn wait_for_key(kin: &KinesisServer, stream: &str, key: &str) {
 }
 
 fn sample_docs(n: usize) -> Vec<Document> {
-    use sensehat_monitor::report::{Acceleration, Reading, Report};
+    use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
     (0..n)
         .map(|i| {
             let reading = Reading {
@@ -156,6 +156,7 @@ fn sample_docs(n: usize) -> Vec<Document> {
                 &format!("pi-{}", i % 3),
                 reading,
                 1_764_096_600_000 + i as i64 * 50,
+                MovingRule::Axis,
             )
             .to_document()
         })

@@ -13,7 +13,7 @@ use super::{lock, Counters, Sampler};
 use crate::board::{HealthEvent, SampleError, Sensor};
 use crate::clock::{now_ms, HeldSpool};
 use crate::led::status::SpoolUse;
-use crate::report::Report;
+use crate::report::{MovingRule, Report};
 use crate::sink::spool::{AppendOutcome, Spool, SpoolError, MEMORY_MAX};
 use crate::status::SensorStatus;
 
@@ -64,7 +64,7 @@ pub(super) struct Store {
 pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
     let recorded_at = now_ms();
     let (result, events) = s.sample();
-    let outcome = result.map(|r| Report::new(node, r, recorded_at));
+    let outcome = result.map(|r| Report::new(node, r, recorded_at, MovingRule::Axis));
     let stored = store.and_then(|store| write(store, outcome.as_ref().ok()));
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
     let snapshot =

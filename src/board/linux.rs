@@ -322,7 +322,7 @@ mod tests {
         assert!((r.temperature_celsius + 5.0).abs() < 1e-9, "{r:?}");
         assert!((r.pressure_hpa - 999.997_44).abs() < 1e-6, "{r:?}");
         assert!((r.acceleration.z_g - 1.0).abs() < 1e-3, "{r:?}");
-        assert!(!r.acceleration.is_moving());
+        assert!(!crate::report::MovingRule::Axis.is_moving(&r.acceleration));
 
         // A file that disappears (driver unbound) fails the sensor like a bus error: the
         // sample is skipped with the reason, and the sensor recovers when it is back.

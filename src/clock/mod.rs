@@ -83,7 +83,7 @@ pub fn restamp(report: &mut Report, now_ms: i64, ago: Duration) {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    use crate::report::{Acceleration, Reading, Report};
+    use crate::report::{Acceleration, MovingRule, Reading, Report};
 
     /// A report of a still board, stamped at the epoch.
     pub(crate) fn report() -> Report {
@@ -97,7 +97,7 @@ pub(crate) mod test_support {
                 z_g: 1.0,
             },
         };
-        Report::new("pi", reading, 0)
+        Report::new("pi", reading, 0, MovingRule::Axis)
     }
 }
 

@@ -9,6 +9,10 @@
 use mongodb::bson::{doc, oid::ObjectId, DateTime, Document, RawDocumentBuf};
 use serde_json::Value;
 
+mod moving;
+
+pub use moving::{MovingRule, DEFAULT_MOVING_THRESHOLD_G};
+
 /// The report's field names, as the original agent wrote them.
 pub mod field {
     /// The report's id, made by the agent.
@@ -21,7 +25,7 @@ pub mod field {
     pub const TEMPERATURE: &str = "temperature";
     /// hPa.
     pub const PRESSURE: &str = "pressure";
-    /// Whether any axis is outside -1 g..=1 g.
+    /// Whether the board was moving, by the agent's [`MovingRule`](super::MovingRule).
     pub const IS_MOVING: &str = "isMoving";
     /// The sub-document of the three axes, in g.
     pub const ACCELERATION: &str = "acceleration";
@@ -68,15 +72,6 @@ pub struct Acceleration {
     pub z_g: f64,
 }
 
-impl Acceleration {
-    /// The original agent's rule: moving when any axis is below -1 g or above +1 g.
-    pub fn is_moving(&self) -> bool {
-        [self.x_g, self.y_g, self.z_g]
-            .iter()
-            .any(|a| !(-1.0..=1.0).contains(a))
-    }
-}
-
 /// What the board measured in one sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
@@ -101,17 +96,32 @@ pub struct Report {
     pub reading: Reading,
     /// When the sample was taken, in milliseconds since the Unix epoch (UTC).
     pub recorded_at_ms: i64,
+    /// How `isMoving` is decided from the reading.
+    pub moving_rule: MovingRule,
 }
 
 impl Report {
-    /// A report for a reading taken now-ish; `recorded_at_ms` is the sample time.
-    pub fn new(node_name: &str, reading: Reading, recorded_at_ms: i64) -> Self {
+    /// A report for a reading taken now-ish; `recorded_at_ms` is the sample time, and
+    /// `moving_rule` decides its `isMoving`.
+    pub fn new(
+        node_name: &str,
+        reading: Reading,
+        recorded_at_ms: i64,
+        moving_rule: MovingRule,
+    ) -> Self {
         Report {
             id: ObjectId::new(),
             node_name: node_name.to_owned(),
             reading,
             recorded_at_ms,
+            moving_rule,
         }
+    }
+
+    /// `isMoving`: the reading's acceleration by the report's rule. Every form of the report
+    /// writes this.
+    pub fn is_moving(&self) -> bool {
+        self.moving_rule.is_moving(&self.reading.acceleration)
     }
 
     /// The BSON document, with the original field order and types.
@@ -123,7 +133,7 @@ impl Report {
             field::HUMIDITY: r.humidity_rh,
             field::TEMPERATURE: r.temperature_celsius,
             field::PRESSURE: r.pressure_hpa,
-            field::IS_MOVING: r.acceleration.is_moving(),
+            field::IS_MOVING: self.is_moving(),
             field::ACCELERATION: {
                 field::X: r.acceleration.x_g,
                 field::Y: r.acceleration.y_g,
@@ -171,7 +181,7 @@ impl Report {
         double(out, field::TEMPERATURE, r.temperature_celsius);
         double(out, field::PRESSURE, r.pressure_hpa);
         element(out, 0x08, field::IS_MOVING);
-        out.push(u8::from(a.is_moving()));
+        out.push(u8::from(self.is_moving()));
         element(out, 0x03, field::ACCELERATION);
         // Length, three doubles of one-letter names, terminator.
         out.extend_from_slice(&(4 + 3 * 11 + 1i32).to_le_bytes());
@@ -255,14 +265,31 @@ mod tests {
         }
     }
 
-    // isMoving follows the original rule: strictly outside [-1, 1] on any axis.
+    const MAGNITUDE: MovingRule = MovingRule::Magnitude {
+        threshold_g: DEFAULT_MOVING_THRESHOLD_G,
+    };
+
+    // The document, the raw BSON and the dry-run line all carry the report's rule's answer.
     #[test]
-    fn is_moving_uses_the_one_g_threshold() {
-        assert!(!reading(0.0, 0.0, 1.0).acceleration.is_moving());
-        assert!(!reading(-1.0, 1.0, -1.0).acceleration.is_moving());
-        assert!(reading(0.0, 0.0, 1.0001).acceleration.is_moving());
-        assert!(reading(-1.2, 0.0, 0.9).acceleration.is_moving());
-        assert!(reading(0.0, 1.5, 0.0).acceleration.is_moving());
+    fn every_form_uses_the_reports_rule() {
+        // Flat, a hair over 1 g: moving by the original rule only.
+        for (rule, moving) in [(MovingRule::Axis, true), (MAGNITUDE, false)] {
+            let r = Report::new("pi", reading(0.01, -0.02, 1.004), 0, rule);
+            assert_eq!(r.is_moving(), moving, "{rule}");
+            assert_eq!(
+                r.to_document().get_bool(field::IS_MOVING),
+                Ok(moving),
+                "{rule}"
+            );
+            let raw = mongodb::bson::RawDocumentBuf::from_bytes(r.to_bson_bytes()).unwrap();
+            assert_eq!(raw.get_bool(field::IS_MOVING).ok(), Some(moving), "{rule}");
+            let mut appended = Vec::new();
+            r.write_bson(&mut appended);
+            let raw = mongodb::bson::RawDocumentBuf::from_bytes(appended).unwrap();
+            assert_eq!(raw.get_bool(field::IS_MOVING).ok(), Some(moving), "{rule}");
+            let line: Value = serde_json::from_str(&r.to_relaxed_json_line()).unwrap();
+            assert_eq!(line[field::IS_MOVING], moving, "{rule}");
+        }
     }
 
     // Each dotted path is the sub-document's name, a dot and the axis's name.
@@ -280,7 +307,12 @@ mod tests {
     // The document has the original field order and BSON types.
     #[test]
     fn document_has_the_original_schema() {
-        let r = Report::new("pi-kitchen", reading(0.01, -0.02, 0.998), 1_764_096_600_123);
+        let r = Report::new(
+            "pi-kitchen",
+            reading(0.01, -0.02, 0.998),
+            1_764_096_600_123,
+            MovingRule::Axis,
+        );
         let d = r.to_document();
         let keys: Vec<&str> = d.keys().map(String::as_str).collect();
         assert_eq!(keys, FIELDS);
@@ -305,10 +337,25 @@ mod tests {
     #[test]
     fn raw_bytes_equal_the_document() {
         let cases = [
-            Report::new("pi", reading(0.5, -1.5, 0.9), 1_764_096_600_123),
-            Report::new("", reading(0.0, 0.0, 1.0), 0),
-            Report::new("küche-π-7", reading(-0.0, 2.0, f64::NAN), -86_400_000),
-            Report::new(&"n".repeat(300), reading(1e300, -1e-300, 0.25), i64::MAX),
+            Report::new(
+                "pi",
+                reading(0.5, -1.5, 0.9),
+                1_764_096_600_123,
+                MovingRule::Axis,
+            ),
+            Report::new("", reading(0.0, 0.0, 1.0), 0, MAGNITUDE),
+            Report::new(
+                "küche-π-7",
+                reading(-0.0, 2.0, f64::NAN),
+                -86_400_000,
+                MAGNITUDE,
+            ),
+            Report::new(
+                &"n".repeat(300),
+                reading(1e300, -1e-300, 0.25),
+                i64::MAX,
+                MovingRule::Axis,
+            ),
         ];
         for r in cases {
             let expected = mongodb::bson::to_vec(&r.to_document()).unwrap();
@@ -324,7 +371,12 @@ mod tests {
     // The dry-run line is relaxed Extended JSON with millisecond ISO dates.
     #[test]
     fn relaxed_json_line_shape() {
-        let mut r = Report::new("n", reading(0.0, 0.0, 1.0), 1_764_096_600_000);
+        let mut r = Report::new(
+            "n",
+            reading(0.0, 0.0, 1.0),
+            1_764_096_600_000,
+            MovingRule::Axis,
+        );
         r.id = ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap();
         assert_eq!(
             r.to_relaxed_json_line(),
