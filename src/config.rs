@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agent::{AgentOptions, CheckConfig};
-use crate::board::SimFault;
+use crate::board::{parse_rest_g, SimFault, SimKnock, SimPlan};
 pub use crate::cli::parse_duration;
 use crate::clock::ClockWait;
 use crate::led::Rotation;
@@ -200,6 +200,18 @@ pub struct Cli {
     /// attempt FIRST (CHIP:FIRST:reset). For testing fault handling.
     #[arg(long, env = "SENSEHAT_SIM_FAULT", value_delimiter = ',')]
     pub sim_fault: Vec<SimFault>,
+
+    /// Simulated board only: knock the board during sample attempts FIRST..FIRST+COUNT
+    /// (FIRST:COUNT, e.g. 10:4), as it is for two seconds every five minutes. For testing
+    /// isMoving.
+    #[arg(long, env = "SENSEHAT_SIM_KNOCK", value_delimiter = ',', hide = true)]
+    pub sim_knock: Vec<SimKnock>,
+
+    /// Simulated board only: what the accelerometer reads at rest, X,Y,Z in g (e.g. 0,0,1.01;
+    /// default 0,0,0.985, lying flat). For testing isMoving.
+    #[arg(long, env = "SENSEHAT_SIM_GRAVITY", value_parser = parse_rest_g,
+          allow_hyphen_values = true, hide = true)]
+    pub sim_gravity: Option<[f64; 3]>,
 }
 
 /// What to do instead of running the agent.
@@ -244,8 +256,8 @@ pub struct Config {
     pub spool: SpoolOptions,
     /// What [`crate::agent::run`] needs; the held reports' copy is set once the spool is open.
     pub agent: AgentOptions,
-    /// Simulated board only: the faults to inject.
-    pub sim_fault: Vec<SimFault>,
+    /// Simulated board only: the faults to inject, the knocks, how the board lies.
+    pub sim: SimPlan,
     /// `--metrics-listen`.
     pub metrics_listen: Option<String>,
     /// `--metrics-textfile`.
@@ -344,7 +356,11 @@ impl Cli {
             led_device: self.led_device,
             led_status: self.led_status,
             i2c_bus: self.i2c_bus,
-            sim_fault: self.sim_fault,
+            sim: SimPlan {
+                faults: self.sim_fault,
+                knocks: self.sim_knock,
+                rest_g: self.sim_gravity,
+            },
             metrics_listen: self.metrics_listen,
             metrics_textfile: self.metrics_textfile,
         }

@@ -170,10 +170,10 @@ async fn run(config: Config) -> Result<(), Failure> {
 async fn open_board(config: &Config) -> Result<Board, Failure> {
     let bus = config.i2c_bus.clone();
     let kind = config.sensors;
-    let faults = config.sim_fault.clone();
+    let plan = config.sim.clone();
     tokio::task::spawn_blocking(move || match kind {
         SensorsKind::Sensehat => Board::open_linux(&bus),
-        SensorsKind::Sim => Board::open_sim(faults),
+        SensorsKind::Sim => Board::open_sim(plan),
     })
     .await
     .map_err(|e| Failure::Run(e.to_string()))?

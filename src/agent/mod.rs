@@ -420,7 +420,11 @@ mod tests {
     // first failed sample until the sensor reads again.
     #[test]
     fn a_board_samples_in_place_until_a_sensor_fails() {
-        let mut board = Board::open_sim(vec!["hts221:2:3".parse().unwrap()]).unwrap();
+        let plan = crate::board::SimPlan {
+            faults: vec!["hts221:2:3".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut board = Board::open_sim(plan).unwrap();
         let in_place: Vec<bool> = (0..8)
             .map(|_| {
                 let before = !Sampler::blocking(&board);

@@ -39,7 +39,7 @@ use crate::report::Reading;
 
 pub use health::{Health, HealthEvent, DEAD_AFTER};
 pub use sensehat::{Handle, SenseHat, READ_ATTEMPTS};
-pub use simulated::{NoDelay, SimBoard, SimFault};
+pub use simulated::{parse_rest_g, NoDelay, SimBoard, SimFault, SimKnock, SimPlan};
 
 /// The sensors of the Sense HAT, as named in logs and `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -155,9 +155,9 @@ impl Board {
         linux::open(path).map(|h| Board::Linux(Box::new(h)))
     }
 
-    /// Start the simulated board with this fault plan.
-    pub fn open_sim(faults: Vec<SimFault>) -> Result<Board, SensorError> {
-        SimBoard::new(faults).map(|s| Board::Sim(Box::new(s)))
+    /// Start the simulated board with this plan.
+    pub fn open_sim(plan: SimPlan) -> Result<Board, SensorError> {
+        SimBoard::new(plan).map(|s| Board::Sim(Box::new(s)))
     }
 
     /// Take one sample (blocking I2C: a few milliseconds on a healthy bus, longer on a failing
@@ -187,7 +187,11 @@ mod tests {
     // samples after it succeed.
     #[test]
     fn faulty_samples_are_skipped_and_the_board_recovers() {
-        let mut board = Board::open_sim(vec!["hts221:2:3".parse().unwrap()]).unwrap();
+        let mut board = Board::open_sim(SimPlan {
+            faults: vec!["hts221:2:3".parse().unwrap()],
+            ..SimPlan::default()
+        })
+        .unwrap();
         let results: Vec<bool> = (0..8).map(|_| board.sample().0.is_ok()).collect();
         assert_eq!(results, [true, true, false, false, false, true, true, true]);
         assert_eq!(board.health()[0].total_failures, 3);

@@ -1,5 +1,6 @@
 //! The board `--sensors sim` runs: the register-level simulator ([`super::sim`]) with the real
-//! drivers composed on it, and the fault plan of `--sim-fault`.
+//! drivers composed on it, the fault plan of `--sim-fault`, and for testing isMoving the knocks
+//! of `--sim-knock` and the resting reading of `--sim-gravity`.
 
 use std::time::Instant;
 
@@ -8,13 +9,26 @@ use embedded_hal::delay::DelayNs;
 use super::{sim, Health, HealthEvent, SampleError, SenseHat, Sensor, SensorError};
 use crate::report::Reading;
 
-/// The simulated board plus the fault plan of `--sim-fault`.
+/// The simulated board plus its plan.
 pub struct SimBoard {
     /// The simulated chips, for tests to inspect and poke.
     pub sim: sim::SimSenseHat,
     hat: SenseHat<sim::SimBus, NoDelay>,
     samples: u64,
     faults: Vec<SimFault>,
+    knocks: Vec<SimKnock>,
+}
+
+/// What the simulated board is told to do, from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct SimPlan {
+    /// `--sim-fault`: chips that fail or are reset.
+    pub faults: Vec<SimFault>,
+    /// `--sim-knock`: samples during which the board is knocked.
+    pub knocks: Vec<SimKnock>,
+    /// `--sim-gravity`: what the accelerometer reads at rest; `None` lies flat
+    /// ([`sim::FLAT_G`]).
+    pub rest_g: Option<[f64; 3]>,
 }
 
 /// `--sim-fault CHIP:FIRST:COUNT`: every transfer to CHIP fails during sample attempts
@@ -57,6 +71,48 @@ impl std::str::FromStr for SimFault {
     }
 }
 
+/// `--sim-knock FIRST:COUNT`: the board is knocked during sample attempts FIRST..FIRST+COUNT
+/// (0-based), as it is for two seconds every five minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimKnock {
+    /// The first knocked sample attempt.
+    pub first: u64,
+    /// How many sample attempts are knocked.
+    pub count: u64,
+}
+
+impl SimKnock {
+    fn covers(&self, attempt: u64) -> bool {
+        (self.first..self.first.saturating_add(self.count)).contains(&attempt)
+    }
+}
+
+impl std::str::FromStr for SimKnock {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("expected FIRST:COUNT (e.g. 10:4), got {s:?}");
+        let (first, count) = s.split_once(':').ok_or_else(bad)?;
+        Ok(SimKnock {
+            first: first.trim().parse().map_err(|_| bad())?,
+            count: count.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Parse `--sim-gravity X,Y,Z`: three finite numbers, in g.
+pub fn parse_rest_g(s: &str) -> Result<[f64; 3], String> {
+    let bad = || format!("expected X,Y,Z in g (e.g. 0,0,1.01), got {s:?}");
+    let mut axes = s.split(',').map(|a| a.trim().parse::<f64>());
+    match (axes.next(), axes.next(), axes.next(), axes.next()) {
+        (Some(Ok(x)), Some(Ok(y)), Some(Ok(z)), None)
+            if x.is_finite() && y.is_finite() && z.is_finite() =>
+        {
+            Ok([x, y, z])
+        }
+        _ => Err(bad()),
+    }
+}
+
 /// A delay that returns at once: the simulator's chips need no real time (their warm-up is
 /// counted in STATUS reads), and tests of the drivers run without sleeping.
 pub struct NoDelay;
@@ -66,25 +122,32 @@ impl DelayNs for NoDelay {
 }
 
 impl SimBoard {
-    /// Start the simulator and initialise the board on it.
-    pub fn new(faults: Vec<SimFault>) -> Result<Self, SensorError> {
+    /// Start the simulator as the plan lays the board, and initialise the board on it.
+    pub fn new(plan: SimPlan) -> Result<Self, SensorError> {
         let sim = sim::SimSenseHat::new();
+        if let Some(rest_g) = plan.rest_g {
+            sim.set_rest(rest_g);
+        }
         let hat = SenseHat::init("simulated bus", sim.bus(), sim.bus(), sim.bus(), NoDelay)?;
         Ok(SimBoard {
             sim,
             hat,
             samples: 0,
-            faults,
+            faults: plan.faults,
+            knocks: plan.knocks,
         })
     }
 
-    /// Take one sample, with the chips the fault plan names failing for this attempt.
+    /// Take one sample, with the chips the fault plan names failing for this attempt, and
+    /// the board knocked if the plan says so.
     pub fn sample(
         &mut self,
         now: Instant,
     ) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
         let n = self.samples;
         self.samples += 1;
+        self.sim
+            .set_knocked(self.knocks.iter().any(|k| k.covers(n)));
         for chip in sim::SimChip::ALL {
             let failing = self
                 .faults
@@ -135,5 +198,48 @@ mod tests {
             .parse::<SimFault>()
             .unwrap_err()
             .contains("unknown chip"));
+    }
+
+    // Knocks and the resting reading parse, and nonsense is refused with the form expected.
+    #[test]
+    fn sim_knock_and_gravity_parse() {
+        let k: SimKnock = "10:4".parse().unwrap();
+        assert_eq!(
+            k,
+            SimKnock {
+                first: 10,
+                count: 4
+            }
+        );
+        assert!(!k.covers(9) && k.covers(10) && k.covers(13) && !k.covers(14));
+        assert!("10"
+            .parse::<SimKnock>()
+            .unwrap_err()
+            .contains("FIRST:COUNT"));
+        assert!("a:1".parse::<SimKnock>().is_err());
+        assert_eq!(parse_rest_g("0, -0.5,1.01").unwrap(), [0.0, -0.5, 1.01]);
+        for bad in ["0,0", "0,0,1,1", "0,0,x", "0,0,inf", ""] {
+            assert!(parse_rest_g(bad).unwrap_err().contains("X,Y,Z"), "{bad}");
+        }
+    }
+
+    // The plan lays the board and knocks it in the attempts it names, and only those.
+    #[test]
+    fn the_plan_lays_and_knocks_the_board() {
+        let mut board = SimBoard::new(SimPlan {
+            knocks: vec![SimKnock { first: 2, count: 2 }],
+            rest_g: Some([0.0, 0.0, -1.0]),
+            ..SimPlan::default()
+        })
+        .unwrap();
+        let z: Vec<f64> = (0..6)
+            .map(|_| board.sample(Instant::now()).0.unwrap().acceleration.z_g)
+            .collect();
+        for (i, z) in z.iter().enumerate() {
+            let knocked = (2..4).contains(&i);
+            // Upside down at rest; the knock lifts z by 0.2 to 0.6 g.
+            let expected = if knocked { -0.8..=-0.4 } else { -1.01..=-0.99 };
+            assert!(expected.contains(z), "sample {i}: z {z}");
+        }
     }
 }

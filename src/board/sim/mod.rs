@@ -17,6 +17,8 @@
 //! transfer ([`SimSenseHat::set_failing`]) or keep it from converting for a while after it is
 //! switched on ([`SimSenseHat::set_warm_up`]). That while is counted in STATUS reads, not in
 //! time, so a driver polling through a delay that does not really sleep still goes through it.
+//! They can also lay the board another way ([`SimSenseHat::set_rest`]) and knock it
+//! ([`SimSenseHat::set_knocked`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -30,7 +32,7 @@ mod lsm9ds1;
 mod world;
 
 use chip::Chip;
-pub use world::World;
+pub use world::{Pose, World, FLAT_G};
 
 /// The chips of the simulated board.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,8 @@ struct State {
     started: Instant,
     rng: fastrand::Rng,
     transactions: [u64; 3],
+    /// How the board lies, and whether it is being knocked.
+    pose: Pose,
     /// The world as last computed, and when (seconds since `started`).
     world: Option<(f64, World)>,
 }
@@ -146,6 +150,7 @@ impl SimSenseHat {
                 started: Instant::now(),
                 rng: fastrand::Rng::with_seed(0x5E45_E4A7),
                 transactions: [0; 3],
+                pose: Pose::default(),
                 world: None,
             })),
         }
@@ -174,6 +179,24 @@ impl SimSenseHat {
         s.frozen = true;
         for c in s.chips.iter_mut() {
             c.refresh(&world);
+        }
+    }
+
+    /// Lay the board so that the accelerometer reads `rest_g` at rest (in g, python-sense-hat's
+    /// axes; [`FLAT_G`] at first).
+    pub fn set_rest(&self, rest_g: [f64; 3]) {
+        let mut s = self.lock();
+        s.pose.rest_g = rest_g;
+        s.world = None;
+    }
+
+    /// Knock the board from the next transfer on (or stop), as it is for two seconds every
+    /// five minutes.
+    pub fn set_knocked(&self, knocked: bool) {
+        let mut s = self.lock();
+        if s.pose.knocked != knocked {
+            s.pose.knocked = knocked;
+            s.world = None;
         }
     }
 
@@ -254,7 +277,7 @@ impl I2c for SimBus {
                 Some((at, w)) if seconds - at < WORLD_STEP => w,
                 _ => {
                     let noise = s.rng.f64() * 2.0 - 1.0;
-                    let w = World::at(seconds, noise);
+                    let w = World::at(seconds, noise, s.pose);
                     s.world = Some((seconds, w));
                     w
                 }
