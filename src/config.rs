@@ -12,6 +12,7 @@ use crate::board::{parse_rest_g, SimFault, SimKnock, SimPlan};
 pub use crate::cli::parse_duration;
 use crate::clock::ClockWait;
 use crate::led::Rotation;
+use crate::report::MovingRule;
 use crate::sink::mongo::WireCompression;
 use crate::sink::spool::SpoolOptions;
 
@@ -112,6 +113,13 @@ pub struct Cli {
     /// nodeName of each report (default: the host name).
     #[arg(long, env = "SENSEHAT_NODE_NAME")]
     pub node_name: Option<String>,
+
+    /// How isMoving is decided: `axis`, the original agent's rule (any axis below -1 g or
+    /// above +1 g; a board lying flat reads about +1 g, so noise alone can set it), or
+    /// `magnitude`, in any orientation: the acceleration's length is more than 0.25 g from
+    /// 1 g (`magnitude:G` for another threshold, e.g. magnitude:0.1). See docs/operating.md.
+    #[arg(long, env = "SENSEHAT_MOVING_RULE", default_value = "axis")]
+    pub moving_rule: MovingRule,
 
     /// An 8x8 PNG to show on the LED matrix instead of the built-in logo.
     #[arg(long, env = "SENSEHAT_LOGO")]
@@ -301,6 +309,7 @@ impl Cli {
     pub fn agent_options(&self) -> AgentOptions {
         AgentOptions {
             node_name: self.node_name(),
+            moving_rule: self.moving_rule,
             interval: self.interval(),
             insert_every: self.insert_every,
             count: self.count,
@@ -443,6 +452,7 @@ mod tests {
         assert_eq!(cli.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(cli.clock_wait, Duration::from_secs(300));
         assert_eq!(cli.insert_every, Duration::from_secs(5));
+        assert_eq!(cli.moving_rule, MovingRule::Axis);
         assert!(!cli.led_status);
         assert_eq!(cli.spool_max_bytes, 384 * 1024 * 1024);
         assert!(Cli::try_parse_from(["x", "--interval-ms", "0"]).is_err());
@@ -522,6 +532,27 @@ mod tests {
         let check = dry.check_config().unwrap();
         assert!(check.database.is_none());
         assert_eq!(check.clock_wait, Duration::ZERO);
+    }
+
+    // --moving-rule parses once into the rule the reports carry; nonsense is refused at start.
+    #[test]
+    fn moving_rule_reaches_the_agent() {
+        let rule = |args: &[&str]| parse(args).into_config().agent.moving_rule;
+        assert_eq!(rule(&[]), MovingRule::Axis);
+        assert_eq!(
+            rule(&["--moving-rule", "magnitude"]),
+            MovingRule::Magnitude {
+                threshold_g: crate::report::DEFAULT_MOVING_THRESHOLD_G
+            }
+        );
+        assert_eq!(
+            rule(&["--moving-rule", "magnitude:0.1"]),
+            MovingRule::Magnitude { threshold_g: 0.1 }
+        );
+        let e = Cli::try_parse_from(["x", "--moving-rule", "magnitude:0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a threshold"), "{e}");
     }
 
     // The old options are hidden from --help, the new ones shown.

@@ -142,7 +142,7 @@ async fn run(config: Config) -> Result<(), Failure> {
 
     let result = match uri {
         None => {
-            info!(sensors = ?config.sensors, "dry run: printing reports to stdout");
+            info!(sensors = ?config.sensors, moving_rule = %config.agent.moving_rule, "dry run: printing reports to stdout");
             let output = Output::Print(Box::new(std::io::stdout()));
             let mut options = config.agent.clone();
             options.telemetry = telemetry(&config, listener, None);
@@ -204,7 +204,7 @@ async fn run_with_spool(
     if let Some(c) = &mut options.clock {
         c.copy = Some(opened.held);
     }
-    info!(spool = %dir.display(), backlog = opened.backlog, database = %config.database, collection = %config.collection, "sampling every {} ms", options.interval.as_millis());
+    info!(spool = %dir.display(), backlog = opened.backlog, database = %config.database, collection = %config.collection, moving_rule = %options.moving_rule, "sampling every {} ms", options.interval.as_millis());
     let sink = MongoSink::new(
         uri,
         &config.database,

@@ -421,6 +421,111 @@ async fn stores_reports_with_the_original_bson_types() {
     client.database(&db).drop().await.unwrap();
 }
 
+/// The simulated board for the isMoving tests: at rest reading z 1.01 g (gravity plus a zero-g
+/// offset, as a real board can), knocked in samples 6, 7 and 8 of 10.
+const SIM_REST_OVER_1G: [&str; 6] = [
+    "--sim-gravity",
+    "0,0,1.01",
+    "--sim-knock",
+    "6:3",
+    "--interval",
+    "20ms",
+];
+/// The samples [`SIM_REST_OVER_1G`] knocks.
+const KNOCKED: std::ops::Range<usize> = 6..9;
+
+/// The dry-run reports of 10 samples of [`SIM_REST_OVER_1G`], with `args` and `env` added:
+/// each one's isMoving and acceleration.
+fn moving_and_acceleration(args: &[&str], env: &[(&str, &str)]) -> Vec<(bool, [f64; 3])> {
+    let out = agent_command()
+        .args(["--sensors", "sim", "--dry-run", "--count", "10"])
+        .args(SIM_REST_OVER_1G)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("MONGODB_CONNECTION_STRING")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} {env:?}: {err}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let a = &v["acceleration"];
+            let axis = |n: &str| a[n].as_f64().unwrap();
+            (
+                v["isMoving"].as_bool().unwrap(),
+                [axis("x"), axis("y"), axis("z")],
+            )
+        })
+        .collect()
+}
+
+/// The length of `a`, in g.
+fn length(a: [f64; 3]) -> f64 {
+    a.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+// By default isMoving is the original rule, unchanged: a board resting a hair over 1 g is
+// "moving" in every sample. `--moving-rule magnitude` calls it still at rest and moving in
+// each knocked sample; SENSEHAT_MOVING_RULE sets it too, with a threshold of its own.
+#[test]
+fn moving_rule_magnitude_ignores_a_board_at_rest_and_sees_it_knocked() {
+    let default = moving_and_acceleration(&[], &[]);
+    assert_eq!(default.len(), 10);
+    for (i, (moving, a)) in default.iter().enumerate() {
+        let original = a.iter().any(|v| !(-1.0..=1.0).contains(v));
+        assert_eq!(*moving, original, "sample {i}: {a:?}");
+        assert!(*moving, "sample {i} at rest over 1 g: {a:?}");
+    }
+
+    let magnitude = moving_and_acceleration(&["--moving-rule", "magnitude"], &[]);
+    assert_eq!(magnitude.len(), 10);
+    for (i, (moving, a)) in magnitude.iter().enumerate() {
+        assert_eq!(*moving, KNOCKED.contains(&i), "sample {i}: {a:?}");
+        assert_eq!(
+            *moving,
+            (length(*a) - 1.0).abs() > 0.25,
+            "sample {i}: {a:?}"
+        );
+        assert!(a[2] > 1.0, "sample {i} reads under 1 g: {a:?}");
+    }
+
+    // From the environment, with a threshold under the resting board's 1.01 g.
+    let strict = moving_and_acceleration(&[], &[("SENSEHAT_MOVING_RULE", "magnitude:0.005")]);
+    assert_eq!(strict.len(), 10);
+    for (i, (moving, a)) in strict.iter().enumerate() {
+        assert!(*moving, "sample {i}: {a:?}");
+    }
+}
+
+// The rule reaches the stored reports too (the spool's BSON, not the dry-run line).
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_reports_are_moving_by_the_chosen_rule() {
+    let server = MongoServer::start();
+    let db = unique_name("moving");
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = common::sim_agent(&server.uri, &db, 10, spool.path());
+    agent
+        .args(SIM_REST_OVER_1G)
+        .args(["--moving-rule", "magnitude"]);
+    let out = tokio::process::Command::from(agent).output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("moving_rule=magnitude:0.25"), "{err}");
+    let client = server.client().await;
+    let mut docs = all_reports(&client, &db).await;
+    docs.sort_by_key(|d| d.get_datetime("recordedAt").unwrap().timestamp_millis());
+    let moving: Vec<bool> = docs
+        .iter()
+        .map(|d| d.get_bool("isMoving").unwrap())
+        .collect();
+    let expected: Vec<bool> = (0..10).map(|i| KNOCKED.contains(&i)).collect();
+    assert_eq!(moving, expected);
+    client.database(&db).drop().await.unwrap();
+}
+
 // Where the server offers zlib (mongod and Atlas do), the agent's inserts go out compressed at
 // zlib's fastest level, and every reading arrives; `--wire-compression none` sends them plain;
 // a `compressors=` in the connection string wins, its `zlibCompressionLevel` included.

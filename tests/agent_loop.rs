@@ -93,6 +93,7 @@ fn all_stored(docs: &[Vec<u8>]) -> Result<InsertOutcome, InsertError> {
 fn options(interval: Duration, count: Option<u64>, shutdown_timeout: Duration) -> AgentOptions {
     AgentOptions {
         node_name: "loop-test".into(),
+        moving_rule: MovingRule::Axis,
         interval,
         // A window of four samples at the production interval.
         insert_every: Duration::from_secs(2),

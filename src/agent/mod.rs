@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 
 use crate::board::{Board, Health, HealthEvent, SampleError, Sensor};
 use crate::clock::ClockWait;
-use crate::report::Reading;
+use crate::report::{MovingRule, Reading};
 use crate::sink::spool::Spool;
 use crate::sink::Inserter;
 pub use crate::status::Counters;
@@ -132,6 +132,8 @@ pub enum Output {
 pub struct AgentOptions {
     /// `nodeName` of each report.
     pub node_name: String,
+    /// How each report's `isMoving` is decided (`--moving-rule`).
+    pub moving_rule: MovingRule,
     /// Time between samples (at least 1 ms).
     pub interval: Duration,
     /// Reports taken within this long of the last insert go out together in the next one

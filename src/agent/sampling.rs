@@ -283,14 +283,20 @@ impl<S: Sampler> Sampling<'_, S> {
             .expect("sampler is returned by every sample");
         let (s, taken) = if s.blocking() {
             let node = self.options.node_name.clone();
+            let rule = self.options.moving_rule;
             tokio::task::spawn_blocking(move || {
-                let t = take(&mut s, &node, store.as_ref());
+                let t = take(&mut s, &node, rule, store.as_ref());
                 (s, t)
             })
             .await
             .map_err(|e| AgentError::Join(e.to_string()))?
         } else {
-            let t = take(&mut s, &self.options.node_name, store.as_ref());
+            let t = take(
+                &mut s,
+                &self.options.node_name,
+                self.options.moving_rule,
+                store.as_ref(),
+            );
             // Let go of the held readings' spool now: a release after this deletes its
             // directory.
             drop(store);

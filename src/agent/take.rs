@@ -61,10 +61,15 @@ pub(super) struct Store {
 
 /// Take one sample and append its report to the spool, or to the held reports' spool
 /// (blocking: I2C and file I/O).
-pub(super) fn take<S: Sampler>(s: &mut S, node: &str, store: Option<&Store>) -> Taken {
+pub(super) fn take<S: Sampler>(
+    s: &mut S,
+    node: &str,
+    moving_rule: MovingRule,
+    store: Option<&Store>,
+) -> Taken {
     let recorded_at = now_ms();
     let (result, events) = s.sample();
-    let outcome = result.map(|r| Report::new(node, r, recorded_at, MovingRule::Axis));
+    let outcome = result.map(|r| Report::new(node, r, recorded_at, moving_rule));
     let stored = store.and_then(|store| write(store, outcome.as_ref().ok()));
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
     let snapshot =
