@@ -1,27 +1,48 @@
 //! Serving HTTP/1.1 on a TCP listener with the protections every listener of these programs
 //! needs: a time limit on each request's headers (also while a kept-alive connection is idle),
-//! a cap on the connections served at once, and a stop that waits a bounded time for the
-//! requests under way. Shared by the metrics listener, the dashboard and the Firehose endpoint:
-//! [`serve`] serves plain TCP; [`serve_with`] takes a [`Transport`] that readies each connection
-//! first (the endpoint's TLS handshake) and may hold something for as long as it is open.
+//! another on each write to a client that has stopped reading, a cap on the connections served
+//! at once, and a stop that waits a bounded time for the requests under way. Shared by the
+//! metrics listener, the dashboard and the Firehose endpoint: [`serve`] serves plain TCP;
+//! [`serve_with`] takes a [`Transport`] that readies each connection first (the endpoint's TLS
+//! handshake) and may hold something for as long as it is open.
 
 use std::error::Error as StdError;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 /// How long a request's headers may take, also on an idle kept-alive connection: a client that
 /// opens connections and sends nothing (or a byte at a time) cannot hold them for longer. A
 /// browser, curl or a scraper sends its headers at once.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one write to a client may wait for room in the socket, that is for the client to
+/// take some of what it was sent. hyper's header timeout runs only while a request's headers
+/// are read: without this, a client that asks for answers and never reads them (a zero TCP
+/// window costs it nothing to keep up) would hold its connection, and its slot under
+/// [`Limits::max_connections`], for as long as it liked, and the cap's worth of such clients
+/// would shut everyone else out.
+///
+/// The clock runs only while a write is pending and starts again at each write that goes
+/// through, so a download that keeps moving, even slowly (the dashboard's CSV export on a poor
+/// link), is not cut. Linux lets a blocked write through once about a third of the socket's
+/// send buffer has been taken, and that buffer is sized to what the path carries (tens of KiB
+/// on a slow one): seconds, even at a few KiB/s. 30 s also rides out a short break in the path
+/// (a mobile handover, Wi-Fi roaming: TCP retransmits after about 1, 2, 4 and 8 s), while a
+/// slot held on purpose is free again within half a minute.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a stop waits for the requests under way to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -33,17 +54,22 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a request's headers may take ([`HEADER_TIMEOUT`] unless a test wants less).
     pub header_timeout: Duration,
+    /// How long one write to a client may stay pending ([`WRITE_TIMEOUT`] unless a test wants
+    /// less).
+    pub write_timeout: Duration,
     /// How long a stop waits for the requests under way before it returns without them
     /// ([`SHUTDOWN_GRACE`] unless the service or a test wants another).
     pub shutdown_grace: Duration,
 }
 
 impl Limits {
-    /// At most `max_connections` at once, with [`HEADER_TIMEOUT`] and [`SHUTDOWN_GRACE`].
+    /// At most `max_connections` at once, with [`HEADER_TIMEOUT`], [`WRITE_TIMEOUT`] and
+    /// [`SHUTDOWN_GRACE`].
     pub const fn new(max_connections: usize) -> Limits {
         Limits {
             max_connections,
             header_timeout: HEADER_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
             shutdown_grace: SHUTDOWN_GRACE,
         }
     }
@@ -104,7 +130,8 @@ pub async fn serve<S, B>(
 /// Serve `service` on `listener` until `shutdown` resolves, each connection readied by
 /// `transport`: HTTP/1.1 with keep-alive, at most `limits.max_connections` connections at once
 /// (a connection in its handshake counts), each closed when a request's headers take longer
-/// than `limits.header_timeout`. On shutdown it stops accepting, lets the requests in progress
+/// than `limits.header_timeout` or when a write to it (over TLS or not) stays pending for
+/// `limits.write_timeout`. On shutdown it stops accepting, lets the requests in progress
 /// finish, and returns once every connection has ended, or after `limits.shutdown_grace` with
 /// a warning; the connections still open then end with the process.
 pub async fn serve_with<T, S, B>(
@@ -161,14 +188,23 @@ pub async fn serve_with<T, S, B>(
             let Some(io) = transport.ready(stream, peer).await else {
                 return;
             };
+            // Around what hyper writes to, the TLS stream when there is one: a pending write
+            // is one the client is not reading.
+            let io = WriteTimeout::new(io, limits.write_timeout);
             let conn = builder.serve_connection(TokioIo::new(io), service);
             if let Err(e) = watcher.watch(conn).await {
-                // A client gone, or one too slow with its headers: nothing to act on.
-                debug!(error = %e, "connection ended");
+                // A client gone, one too slow with its headers or one that stopped reading:
+                // nothing to act on, and scanners do it all day, hence debug.
+                if stalled(&e) {
+                    debug!(peer = %peer, timeout = ?limits.write_timeout,
+                        "closed a connection whose client stopped reading");
+                } else {
+                    debug!(error = %e, "connection ended");
+                }
             }
         });
     }
-    // A client that stopped reading a long answer would hold the stop for ever.
+    // A client reading a long answer slowly would hold the stop for as long as it reads.
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
@@ -177,5 +213,263 @@ pub async fn serve_with<T, S, B>(
             grace_s = limits.shutdown_grace.as_secs(),
             "requests still under way at stop were cut short"
         );
+    }
+}
+
+/// A stream whose writes fail with [`Stalled`] once one (a write, a flush or the shutdown) has
+/// been pending for `timeout` with no write going through in between. Reads pass through
+/// untimed: hyper keeps a read pending for as long as an answer takes (to notice a client that
+/// hangs up), and the header timeout bounds the reads that wait for a request.
+struct WriteTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// When the write pending now fails, if `armed`.
+    deadline: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl<S> WriteTimeout<S> {
+    fn new(inner: S, timeout: Duration) -> WriteTimeout<S> {
+        WriteTimeout {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now())),
+            armed: false,
+        }
+    }
+
+    /// `polled`, the outcome of a write-side call on the inner stream, with the clock applied:
+    /// pending starts it (unless it runs already), anything else stops it.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        if !self.armed {
+            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+            self.armed = true;
+        }
+        ready!(self.deadline.as_mut().poll(cx));
+        self.armed = false;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            Stalled(self.timeout),
+        )))
+    }
+}
+
+/// A write that waited its whole timeout: the client has read nothing for that long.
+#[derive(Debug)]
+struct Stalled(Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client read nothing for {:?}", self.0)
+    }
+}
+
+impl StdError for Stalled {}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(cx, polled)
+    }
+}
+
+/// Whether hyper's `e` comes from a [`WriteTimeout`] that ran out.
+fn stalled(e: &(dyn StdError + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        // An io::Error's `source` skips the error it carries: ask for that one.
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            return io.get_ref().is_some_and(|inner| inner.is::<Stalled>());
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The answer to every request: far more than the kernel's buffers on both ends hold
+    /// (4 MiB at most for a socket's send buffer by default), so a client that does not read
+    /// it leaves the server's write pending.
+    const BIG: usize = 64 << 20;
+
+    /// Serve, within `limits`, over a real socket: `/slow` answers "ok" after 3 s, anything
+    /// else a `BIG` answer; its address.
+    async fn serve_big(limits: Limits) -> SocketAddr {
+        let body = Bytes::from(vec![b'x'; BIG]);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let body = body.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    return Ok(Response::new(Full::new(Bytes::from("ok"))));
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, service, limits, std::future::pending()));
+        addr
+    }
+
+    /// Two connections at most, whose headers and writes time out quickly.
+    fn quick() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(2),
+            ..Limits::new(2)
+        }
+    }
+
+    /// Send `GET path` on `c`.
+    async fn get(c: &mut TcpStream, path: &str) {
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// A connection to `addr` with a receive buffer as small as the kernel allows, which has
+    /// sent a GET.
+    async fn ask(addr: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1024).unwrap();
+        let mut c = socket.connect(addr).await.unwrap();
+        get(&mut c, "/big").await;
+        c
+    }
+
+    /// Read from `c` until a status line has come, for at most `within`; its status code.
+    async fn status_line(c: &mut TcpStream, within: Duration) -> u16 {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = tokio::time::timeout(within, c.read(&mut buf))
+                .await
+                .expect("no status line in time")
+                .unwrap();
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got[9..12]).parse().unwrap()
+    }
+
+    // A client that asks for a long answer and never reads it holds its connection slot only
+    // until a write has waited the write timeout: with both slots held so, well past the
+    // header timeout, a third client is answered. (Only the header timeout bounded a
+    // connection, and it runs only while a request's headers are read: the third client
+    // waited in the backlog for ever.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_frees_its_slot() {
+        let addr = serve_big(quick()).await;
+        let stalled = [ask(addr).await, ask(addr).await];
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut third = ask(addr).await;
+        assert_eq!(status_line(&mut third, Duration::from_secs(10)).await, 200);
+        drop(stalled);
+    }
+
+    // The write timeout bounds each write, not the answer: a client that reads a long answer
+    // slowly, for twice the write timeout, still gets all of it. (A deadline on the whole
+    // answer would cut it short.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_reader_gets_the_whole_answer() {
+        let addr = serve_big(quick()).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0;
+        let slow_until = Instant::now() + quick().write_timeout * 2;
+        while Instant::now() < slow_until {
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed after {got} bytes while the client was reading"
+            );
+            got += n;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The rest as fast as it comes, to the close that follows the answer.
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(30), c.read(&mut buf))
+                .await
+                .expect("the answer stalled")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        // The body and, at most 1 KiB, the head.
+        assert!(
+            got > BIG && got < BIG + 1024,
+            "got {got} bytes of a {BIG}-byte answer"
+        );
+    }
+
+    // Only writes are timed: an answer that takes longer than the write timeout to start (a
+    // long query), while hyper waits on a read to notice a hang-up, is still sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_answer_is_not_cut() {
+        let addr = serve_big(quick()).await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        get(&mut c, "/slow").await;
+        assert_eq!(status_line(&mut c, Duration::from_secs(10)).await, 200);
     }
 }

@@ -844,24 +844,18 @@ async fn serve_in_process(
     (addr, tx, served)
 }
 
-// With --tls-cert/--tls-key the endpoint serves HTTPS itself: a client trusting the certificate
-// delivers over TLS and gets a Firehose-shaped 200; a plain-HTTP client gets no answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_https() {
+/// The test certificate and key (tests/fixtures), as the endpoint loads them, and a client that
+/// trusts that certificate.
+fn test_tls() -> (
+    std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    tokio_rustls::TlsConnector,
+) {
     use std::sync::Arc;
     use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
-
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let cert = fixtures.join("firehose-test-cert.pem");
     let key = fixtures.join("firehose-test-key.pem");
     let tls = sensehat_monitor::firehose::server::tls_config(&cert, &key).unwrap();
-    assert!(sensehat_monitor::firehose::server::tls_config(&cert, &cert).is_err());
-
-    let server = MongoServer::start();
-    let db_name = unique_name("fhtls");
-    let state = AppState::new(config(BODY_TIMEOUT), Store::new(&server.uri, &db_name));
-    let (addr, tx, served) = serve_in_process(state, Some(tls), LIMITS).await;
-
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(&cert).unwrap())
@@ -872,10 +866,33 @@ async fn tls_serves_https() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    (
+        tls,
+        tokio_rustls::TlsConnector::from(Arc::new(client_config)),
+    )
+}
+
+/// The name the test certificate is for.
+fn localhost() -> tokio_rustls::rustls::pki_types::ServerName<'static> {
+    tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap()
+}
+
+// With --tls-cert/--tls-key the endpoint serves HTTPS itself: a client trusting the certificate
+// delivers over TLS and gets a Firehose-shaped 200; a plain-HTTP client gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cert = fixtures.join("firehose-test-cert.pem");
+    assert!(sensehat_monitor::firehose::server::tls_config(&cert, &cert).is_err());
+    let (tls, connector) = test_tls();
+
+    let server = MongoServer::start();
+    let db_name = unique_name("fhtls");
+    let state = AppState::new(config(BODY_TIMEOUT), Store::new(&server.uri, &db_name));
+    let (addr, tx, served) = serve_in_process(state, Some(tls), LIMITS).await;
+
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = connector.connect(name, tcp).await.unwrap();
+    let stream = connector.connect(localhost(), tcp).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -935,6 +952,61 @@ async fn tls_serves_https() {
         .await
         .expect("TLS server stops on shutdown")
         .unwrap();
+}
+
+// Over TLS too, a client that pipelines requests and never reads the answers holds its slot
+// only until a write to it has waited the write timeout: with both slots held so, well past
+// the header timeout, a third client is answered. (Only the header timeout bounded a
+// connection, and it runs only while a request's headers are read: the third client waited
+// in the backlog for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_that_stop_reading_free_their_slots() {
+    use tokio::io::AsyncWriteExt;
+    let (tls, connector) = test_tls();
+    let state = AppState::new(config(BODY_TIMEOUT), unreachable_store());
+    let limits = Limits {
+        max_connections: 2,
+        header_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(2),
+        ..LIMITS
+    };
+    let (addr, tx, _served) = serve_in_process(state, Some(tls), limits).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(1024).unwrap();
+        let tcp = socket.connect(addr).await.unwrap();
+        let mut stream = connector.connect(localhost(), tcp).await.unwrap();
+        // Health checks until the endpoint stops reading them, its answers having filled
+        // every buffer on the way, and on until it closes the connection.
+        stalled.push(tokio::spawn(async move {
+            let requests = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+            while stream.write_all(&requests).await.is_ok() {}
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = connector.connect(localhost(), tcp).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .uri("/health")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        sender.send_request(req).await.unwrap().status()
+    })
+    .await
+    .expect("a third client not answered within 10 s");
+    assert_eq!(status, 200);
+    for s in stalled {
+        s.abort();
+    }
+    let _ = tx.send(());
 }
 
 /// Run the binary with these arguments and environment (no other endpoint settings from the

@@ -95,8 +95,9 @@ pub fn spawn(listener: TcpListener, registry: SharedRegistry, ready: Readiness) 
     tokio::spawn(serve(listener, registry, ready));
 }
 
-/// Answer scrapes and health checks on `listener`, forever, at most [`MAX_CONNECTIONS`] at once
-/// and each request's headers within [`crate::listener::HEADER_TIMEOUT`].
+/// Answer scrapes and health checks on `listener`, forever, at most [`MAX_CONNECTIONS`] at once,
+/// each request's headers within [`crate::listener::HEADER_TIMEOUT`] and each write to a client
+/// within [`crate::listener::WRITE_TIMEOUT`].
 pub async fn serve(listener: TcpListener, registry: SharedRegistry, ready: Readiness) {
     let service = hyper::service::service_fn(move |req| {
         let registry = registry.clone();

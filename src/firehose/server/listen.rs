@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use crate::listener::{Limits, Transport};
+use crate::listener::{Limits, Transport, WRITE_TIMEOUT};
 
 /// How long a request's headers may take to arrive, also on an idle kept-alive connection: a
 /// client that opens connections and sends nothing (or a byte at a time) cannot hold them.
@@ -32,17 +32,19 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// retry duration, two hours as deploy/ sets it up) and the store upserts, so the second copy
 /// changes nothing. Waiting costs more than it saves: the endpoint accepts nothing while it
 /// waits, so every delivery is refused until it has restarted. 30 s lets a usual delivery (a
-/// few MiB) finish; one held by a stalled body, a slow database or a client that stopped
-/// reading, which could hold the stop until the [`REQUEST_DEADLINE`] or for ever, is sent
+/// few MiB) finish; one held by a stalled body, a slow database or a client reading very
+/// slowly, which could hold the stop until the [`REQUEST_DEADLINE`] or for ever, is sent
 /// again. The systemd unit's `TimeoutStopSec=45` leaves the process the rest to exit.
 ///
 /// [`REQUEST_DEADLINE`]: super::REQUEST_DEADLINE
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The endpoint's limits: [`MAX_CONNECTIONS`], [`HEADER_TIMEOUT`] (`header_timeout` shorter
-/// in tests) and [`SHUTDOWN_GRACE`].
+/// in tests), the listener's [`WRITE_TIMEOUT`] (Firehose reads its small answers at once) and
+/// [`SHUTDOWN_GRACE`].
 pub const LIMITS: Limits = Limits {
     max_connections: MAX_CONNECTIONS,
     header_timeout: HEADER_TIMEOUT,
+    write_timeout: WRITE_TIMEOUT,
     shutdown_grace: SHUTDOWN_GRACE,
 };
 
