@@ -6,9 +6,11 @@
 mod common;
 mod dashboard_support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mongodb::bson::DateTime;
+use serde_json::json;
 
 use common::MongoServer;
 use dashboard_support::cdp::{chromium, Browser};
@@ -19,12 +21,7 @@ use dashboard_support::{insert, readings, Dashboard};
 // stopped the page says so, then clears it by itself once the database is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn page_shows_latest_readings_and_updates_itself() {
-    let Some(exe) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser test: apt-get install -y chromium"
-        );
-        eprintln!("skipping: chromium is not installed (apt-get install -y chromium)");
+    let Some(exe) = chromium_or_skip() else {
         return;
     };
     let mut server = MongoServer::start_persistent().unwrap_or_else(MongoServer::start);
@@ -144,6 +141,87 @@ async fn page_shows_latest_readings_and_updates_itself() {
     })
     .await
     .unwrap();
+}
+
+// A resize redraws the charts at the new size from the answers the page holds, asking nothing
+// (each resize event used to fetch every chart again), and a refresh cancels the requests of
+// the one it supersedes.
+#[tokio::test(flavor = "multi_thread")]
+async fn resizing_redraws_without_asking_and_a_new_refresh_cancels_the_old() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_resize");
+    let client = server.client().await;
+    let start = DateTime::now().timestamp_millis() - 3_600_000;
+    let mut docs = readings("greenhouse-pi", 0, start, 20_000, 180, 0..0, 0);
+    docs.extend(readings("shed-pi", 1, start + 5_000, 20_000, 180, 0..0, 0));
+    insert(&client, &db, docs).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let url = format!("http://{}/", dash.addr);
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 900));
+        b.navigate(&url);
+        b.wait_for(&format!("{LINES_DRAWN} && document.querySelectorAll('.tile').length === 2"),
+                   Duration::from_secs(60), "a line per node in each chart");
+        let before = b.eval("document.getElementById('chart-temperature').clientWidth").as_i64().unwrap();
+        // From here on, count the chart requests the page makes.
+        b.eval("(() => { window.chartFetches = 0; const f = window.fetch; \
+                window.fetch = (u, ...a) => { if (String(u).startsWith('/api/chart')) window.chartFetches++; \
+                return f(u, ...a); }; })()");
+        // The window gets narrower, then a drag's worth of resize events: 60, one every 16 ms.
+        b.call("Emulation.setDeviceMetricsOverride",
+               json!({ "width": 900, "height": 900, "deviceScaleFactor": 1, "mobile": false }));
+        b.eval("(() => { window.resizes = 0; const t = setInterval(() => { \
+                window.dispatchEvent(new Event('resize')); if (++window.resizes === 60) clearInterval(t); }, 16); })()");
+        b.wait_for("window.resizes === 60", Duration::from_secs(10), "60 resize events");
+        // Each chart is drawn again to the size it now has, its lines with it.
+        b.wait_for(&format!("{LINES_DRAWN} && ['temperature','humidity','pressure'].every(f => {{ \
+                    const c = document.getElementById('chart-' + f); \
+                    return c.getAttribute('viewBox') === `0 0 ${{c.clientWidth}} ${{c.clientHeight}}`; }})"),
+                   Duration::from_secs(30), "the charts redrawn at the new width");
+        let after = b.eval("document.getElementById('chart-temperature').clientWidth").as_i64().unwrap();
+        assert!(after < before, "the chart did not narrow: {before} -> {after}");
+        // At most the regular poll's one request per node may have gone out meanwhile.
+        let fetched = b.eval("window.chartFetches").as_i64().unwrap();
+        assert!(fetched <= 2, "{fetched} chart requests for one resize");
+
+        // Two refreshes in a row: the first one's requests are cancelled, the second's answered.
+        // (The tiles' requests are left out, and so are the next poll's, should it come.)
+        b.eval("(() => { window.calls = []; const f = window.fetch; \
+                window.fetch = (u, ...a) => { const p = f(u, ...a); if (!String(u).startsWith('/api/chart')) return p; \
+                  const c = { outcome: 'pending' }; window.calls.push(c); \
+                  p.then(() => { c.outcome = 'answered'; }, (e) => { c.outcome = e.name; }); return p; }; \
+                refreshCharts(); refreshCharts(); })()");
+        b.wait_for("window.calls.length >= 4 && window.calls.slice(0, 4).every((c) => c.outcome !== 'pending')",
+                   Duration::from_secs(30), "both refreshes' requests settled");
+        let outcomes = b.eval("window.calls.slice(0, 4).map((c) => c.outcome)");
+        assert_eq!(outcomes, json!(["AbortError", "AbortError", "answered", "answered"]));
+        b.wait_for(LINES_DRAWN, Duration::from_secs(10), "the second refresh drawn");
+        assert_eq!(b.eval("document.getElementById('status').hidden"), json!(true));
+        assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
+/// A line per node (two) in each chart.
+const LINES_DRAWN: &str = "['temperature','humidity','pressure'].every(f => \
+    document.querySelectorAll('#chart-' + f + ' path.line').length >= 2)";
+
+/// Chromium, or `None` (with a message) when it is absent outside CI.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let exe = chromium();
+    if exe.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: apt-get install -y chromium"
+        );
+        eprintln!("skipping: chromium is not installed (apt-get install -y chromium)");
+    }
+    exe
 }
 
 /// Pixels in the rectangle that are neither white nor near-white grey: lines and bands.

@@ -5,6 +5,7 @@
 const TILE_POLL_MS = 2000;          // a new reading shows within this
 const CHART_POLL_SHORT_MS = 5000;   // charts of windows up to a day
 const CHART_POLL_LONG_MS = 60000;   // longer windows change slowly
+const RESIZE_REDRAW_MS = 200;       // a drag's resize events redraw once, this long after the last
 const FIELDS = [
   { name: "temperature", unit: "°C", digits: 1 },
   { name: "humidity", unit: "%RH", digits: 1 },
@@ -18,14 +19,22 @@ const $ = (id) => document.getElementById(id);
 let nodes = [];          // names, in the API's order (sorted)
 let chartTimer = null;
 let chartSeq = 0;        // the latest refreshCharts call; an older one's answer is dropped
+let chartCancel = null;  // cancels the requests of the refresh under way when a newer one starts
+let drawn = null;        // the answers drawn last, with their window: a resize draws them again
+let resizeTimer = null;
 let problems = {};       // what failed, by source; shown in the status bar
 
 // --- fetching -----------------------------------------------------------------------------
 
-/** GET a JSON API route; rejects with the server's one-line reason. */
-async function getJson(path) {
-  const res = await fetch(path, { cache: "no-store" });
-  const body = await res.json().catch(() => ({ error: res.statusText }));
+/** GET a JSON API route; rejects with the server's one-line reason, or when `cancel` (an
+ *  AbortSignal, optional) is aborted. */
+async function getJson(path, cancel) {
+  const res = await fetch(path, { cache: "no-store", signal: cancel });
+  // A body cut short by a cancel is no answer, not an answer without a body.
+  const body = await res.json().catch((e) => {
+    if (cancel && cancel.aborted) throw e;
+    return { error: res.statusText };
+  });
   if (!res.ok) throw new Error(body.error || res.statusText);
   return body;
 }
@@ -200,10 +209,25 @@ function withMs(points, bucketSeconds) {
   return points.map((p) => ({ ...p, ms: Date.parse(p.t), bucketMs: bucketSeconds * 1000 }));
 }
 
+/** Draw every chart from `charts` (one answer per node) over the window `win`. */
+function drawCharts({ charts, win }) {
+  const marks = charts.flatMap((c) => withMs(c.marks, c.bucketSeconds));
+  for (const f of FIELDS) {
+    const series = charts.map((c) => ({
+      node: c.node, bucketMs: c.bucketSeconds * 1000, points: withMs(c.series[f.name], c.bucketSeconds),
+    }));
+    drawChart($("chart-" + f.name), f, series, marks, win);
+  }
+}
+
 async function refreshCharts() {
   clearTimeout(chartTimer);
   // A change while an earlier refresh waits for its answer starts another: only the latest
-  // draws, and only it polls on, or each overlap would leave a poll of its own running.
+  // draws, and only it polls on, or each overlap would leave a poll of its own running. The
+  // earlier one's requests are cancelled: no one would see their answers, and each is an
+  // aggregation the server would run (those not sent yet never are).
+  if (chartCancel) chartCancel.abort();
+  const cancel = chartCancel = new AbortController();
   const seq = ++chartSeq;
   const win = currentWindow();
   const chosen = $("node").value;
@@ -214,7 +238,7 @@ async function refreshCharts() {
   try {
     // One request per node: its three series and its motion, bucketed in one pass. A node
     // whose request fails is left out and named in the status bar; the others still draw.
-    const answers = await Promise.allSettled(shown.map((n) => getJson("/api/chart?" + q(n))));
+    const answers = await Promise.allSettled(shown.map((n) => getJson("/api/chart?" + q(n), cancel.signal)));
     if (seq !== chartSeq) return;
     const charts = answers.filter((a) => a.status === "fulfilled").map((a) => a.value);
     const failed = shown
@@ -224,13 +248,8 @@ async function refreshCharts() {
     // Every one failed (the database is down, say): keep what is drawn and say why, once.
     const first = answers.find((a) => a.status === "rejected");
     if (charts.length === 0 && first) throw first.reason;
-    const marks = charts.flatMap((c) => withMs(c.marks, c.bucketSeconds));
-    for (const f of FIELDS) {
-      const series = charts.map((c) => ({
-        node: c.node, bucketMs: c.bucketSeconds * 1000, points: withMs(c.series[f.name], c.bucketSeconds),
-      }));
-      drawChart($("chart-" + f.name), f, series, marks, win);
-    }
+    drawn = { charts, win };
+    drawCharts(drawn);
     report("charts", failed.length ? new Error("no chart for " + failed.join("; ")) : null);
   } catch (e) {
     if (seq === chartSeq) report("charts", e);
@@ -259,6 +278,11 @@ $("window").addEventListener("change", () => {
   refreshCharts();
 });
 for (const id of ["node", "from", "to"]) $(id).addEventListener("change", refreshCharts);
-window.addEventListener("resize", refreshCharts);
+// A new size changes no answer: the charts drawn are drawn again to it, without asking the
+// server, once the window has kept its size a moment (a drag sends dozens of events a second).
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => { if (drawn) drawCharts(drawn); }, RESIZE_REDRAW_MS);
+});
 
 pollTiles();
