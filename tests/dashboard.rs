@@ -334,7 +334,7 @@ async fn motion_marks_are_the_moving_buckets() {
 }
 
 // /api/nodes lists each node's latest report under the stored names with its age, stale past
-// --stale-after; the CSV of a window holds exactly its readings, in time order.
+// --stale-after (given too); the CSV of a window holds exactly its readings, in time order.
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_and_csv() {
     let server = MongoServer::start();
@@ -373,6 +373,7 @@ async fn nodes_and_csv() {
             assert_eq!(n["isMoving"].as_bool(), last.get_bool("isMoving").ok());
             assert_eq!(n["stale"], node != "node-fresh", "{node}");
             assert!(n["ageSeconds"].as_f64().unwrap() >= 0.0);
+            assert_eq!(n["staleAfterSeconds"].as_f64(), Some(3600.0));
         }
         let (from, to) = (T0_MS + 30 * MIN + 1, T0_MS + 35 * MIN);
         let r = dash.get(&format!(

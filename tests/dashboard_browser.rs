@@ -6,6 +6,7 @@
 mod common;
 mod dashboard_support;
 
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -207,9 +208,84 @@ async fn resizing_redraws_without_asking_and_a_new_refresh_cancels_the_old() {
     .unwrap();
 }
 
+// While the dashboard cannot be reached (stopped, then a port that never answers, as a dead
+// kept-alive socket), tiles' ages count on and turn stale past --stale-after, the request that
+// never answers is given up on, and the page recovers by itself once the dashboard is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn tiles_go_stale_while_the_dashboard_cannot_be_reached() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_unreachable");
+    let client = server.client().await;
+    let now = DateTime::now().timestamp_millis();
+    insert(
+        &client,
+        &db,
+        readings("porch-pi", 2, now - 600_000, 20_000, 30, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "10s");
+    let addr = dash.addr.clone();
+    let url = format!("http://{addr}/");
+    let port = addr.clone();
+    let mut b = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 900));
+        b.navigate(&url);
+        b.wait_for(
+            &format!("{TILE} !== null"),
+            Duration::from_secs(30),
+            "the tile",
+        );
+        b
+    })
+    .await
+    .unwrap();
+    insert(&client, &db, reading_now("porch-pi", 33.3)).await;
+    let (mut b, hole) = tokio::task::spawn_blocking(move || {
+        b.wait_for(&format!("{TILE}.querySelector('[data-field=temperature]').textContent === '33.3 °C' \
+                             && !{TILE}.classList.contains('stale')"),
+                   Duration::from_secs(10), "the new reading on a fresh tile");
+        assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+        // The dashboard stops; its port accepts connections (the kernel does) and never answers.
+        drop(dash);
+        let hole = TcpListener::bind(&port).expect("bind the dashboard's port again");
+        // 10 s of --stale-after from a reading a second or two old, and a second's tick.
+        b.wait_for(&format!("{TILE}.classList.contains('stale') && \
+                             {TILE}.querySelector('[data-field=age]').textContent.startsWith('stale: ')"),
+                   Duration::from_secs(25), "the tile marked stale");
+        b.wait_for("document.getElementById('status').textContent.includes('no answer')",
+                   Duration::from_secs(60), "the request that never answers given up on");
+        (b, hole)
+    })
+    .await
+    .unwrap();
+    // The dashboard is back with a newer reading: the page, still polling, shows it, fresh.
+    drop(hole);
+    insert(&client, &db, reading_now("porch-pi", 44.4)).await;
+    let dash = Dashboard::start_on(&addr, &server.uri, &db, "10s", &[]);
+    tokio::task::spawn_blocking(move || {
+        b.wait_for(
+            &format!(
+                "{TILE}.querySelector('[data-field=temperature]').textContent === '44.4 °C' \
+                 && !{TILE}.classList.contains('stale') && document.getElementById('status').hidden"
+            ),
+            Duration::from_secs(30),
+            "the page back on its own with the newer reading",
+        );
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
 /// A line per node (two) in each chart.
 const LINES_DRAWN: &str = "['temperature','humidity','pressure'].every(f => \
     document.querySelectorAll('#chart-' + f + ' path.line').length >= 2)";
+
+/// porch-pi's tile.
+const TILE: &str = "document.querySelector('.tile[data-node=\"porch-pi\"]')";
 
 /// Chromium, or `None` (with a message) when it is absent outside CI.
 fn chromium_or_skip() -> Option<PathBuf> {
@@ -222,6 +298,13 @@ fn chromium_or_skip() -> Option<PathBuf> {
         eprintln!("skipping: chromium is not installed (apt-get install -y chromium)");
     }
     exe
+}
+
+/// One reading of `node` dated now, with temperature `t`.
+fn reading_now(node: &str, t: f64) -> Vec<mongodb::bson::Document> {
+    let mut r = readings(node, 0, DateTime::now().timestamp_millis(), 500, 1, 0..0, 0);
+    r[0].insert("temperature", t);
+    r
 }
 
 /// Pixels in the rectangle that are neither white nor near-white grey: lines and bands.

@@ -3,8 +3,11 @@
 "use strict";
 
 const TILE_POLL_MS = 2000;          // a new reading shows within this
+const TILE_TIMEOUT_MS = 30000;      // given up on after this (it takes milliseconds), asked again
+const AGE_TICK_MS = 1000;           // tiles' ages count on between answers, and without any
 const CHART_POLL_SHORT_MS = 5000;   // charts of windows up to a day
 const CHART_POLL_LONG_MS = 60000;   // longer windows change slowly
+const CHART_TIMEOUT_MS = 120000;    // a long window on a slow server may take tens of seconds
 const RESIZE_REDRAW_MS = 200;       // a drag's resize events redraw once, this long after the last
 const FIELDS = [
   { name: "temperature", unit: "°C", digits: 1 },
@@ -17,6 +20,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
 let nodes = [];          // names, in the API's order (sorted)
+let latest = new Map();  // name -> { node: its latest answer, bornMs: that reading's time on this clock }
 let chartTimer = null;
 let chartSeq = 0;        // the latest refreshCharts call; an older one's answer is dropped
 let chartCancel = null;  // cancels the requests of the refresh under way when a newer one starts
@@ -26,17 +30,40 @@ let problems = {};       // what failed, by source; shown in the status bar
 
 // --- fetching -----------------------------------------------------------------------------
 
-/** GET a JSON API route; rejects with the server's one-line reason, or when `cancel` (an
- *  AbortSignal, optional) is aborted. */
-async function getJson(path, cancel) {
-  const res = await fetch(path, { cache: "no-store", signal: cancel });
-  // A body cut short by a cancel is no answer, not an answer without a body.
-  const body = await res.json().catch((e) => {
-    if (cancel && cancel.aborted) throw e;
-    return { error: res.statusText };
-  });
-  if (!res.ok) throw new Error(body.error || res.statusText);
-  return body;
+/** GET a JSON API route; rejects with the server's one-line reason, when no whole answer
+ *  came within `timeoutMs` (a kept-alive connection that died while a laptop slept never
+ *  answers), or when `cancel` (an AbortSignal, optional) is aborted. */
+async function getJson(path, timeoutMs, cancel) {
+  const abort = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => { timedOut = true; abort.abort(); }, timeoutMs);
+  const onCancel = () => abort.abort();
+  if (cancel) {
+    if (cancel.aborted) abort.abort();
+    cancel.addEventListener("abort", onCancel);
+  }
+  try {
+    let res;
+    try {
+      res = await fetch(path, { cache: "no-store", signal: abort.signal });
+    } catch (e) {
+      if (abort.signal.aborted) throw e;
+      throw new Error("the dashboard cannot be reached (" + e.message + ")");
+    }
+    // A body cut short by a cancel or the timeout is no answer, not an answer without a body.
+    const body = await res.json().catch((e) => {
+      if (abort.signal.aborted) throw e;
+      return { error: res.statusText };
+    });
+    if (!res.ok) throw new Error(body.error || res.statusText);
+    return body;
+  } catch (e) {
+    if (timedOut) throw new Error(`no answer from the dashboard within ${timeoutMs / 1000} s`);
+    throw e;
+  } finally {
+    clearTimeout(timer);
+    if (cancel) cancel.removeEventListener("abort", onCancel);
+  }
 }
 
 /** Show or clear a failure of one source (tiles, charts) in the status bar. */
@@ -82,9 +109,13 @@ function el(tag, attrs, text) {
 }
 
 function renderTiles(list) {
+  const now = Date.now();
+  latest = new Map(list.map((n) => [n.nodeName, {
+    node: n, bornMs: typeof n.ageSeconds === "number" ? now - n.ageSeconds * 1000 : null,
+  }]));
   const tiles = $("tiles");
   tiles.replaceChildren(...list.map((n) => {
-    const tile = el("article", { class: "tile" + (n.stale ? " stale" : ""), "data-node": n.nodeName });
+    const tile = el("article", { class: "tile", "data-node": n.nodeName });
     tile.style.setProperty("--node-colour", colourOf(n.nodeName));
     tile.append(el("h2", {}, n.nodeName));
     for (const f of FIELDS) {
@@ -93,11 +124,28 @@ function renderTiles(list) {
     }
     tile.append(el("div", { class: "v" + (n.isMoving ? " moving" : ""), "data-field": "isMoving" },
       n.isMoving ? "moving" : "still"));
-    tile.append(el("div", { class: "age", "data-field": "age", title: n.recordedAt || "" },
-      (n.stale ? "stale: " : "") + formatAge(n.ageSeconds)));
+    tile.append(el("div", { class: "age", "data-field": "age", title: n.recordedAt || "" }));
     return tile;
   }));
   if (list.length === 0) tiles.append(el("p", {}, "No readings yet."));
+  showAges();
+}
+
+/** Each tile's age and staleness, counted on in the page from the last answer: the age the
+ *  server gave plus the time since on this browser's clock (its own setting does not matter),
+ *  so that while no answer comes (the database or the dashboard down, a request hanging) the
+ *  age goes on and the tile turns stale past --stale-after, as it would were the node silent. */
+function showAges() {
+  const now = Date.now();
+  for (const tile of $("tiles").querySelectorAll(".tile")) {
+    const known = latest.get(tile.dataset.node);
+    if (!known) continue;
+    const n = known.node;
+    const age = known.bornMs == null ? null : Math.max(0, now - known.bornMs) / 1000;
+    const stale = n.stale || (age != null && age > n.staleAfterSeconds);
+    tile.classList.toggle("stale", stale);
+    tile.querySelector("[data-field=age]").textContent = (stale ? "stale: " : "") + formatAge(age);
+  }
 }
 
 /** Keep the node menu in step with the nodes there are. */
@@ -113,7 +161,7 @@ function updateNodeMenu(names) {
 
 async function pollTiles() {
   try {
-    const list = await getJson("/api/nodes");
+    const list = await getJson("/api/nodes", TILE_TIMEOUT_MS);
     const names = list.map((n) => n.nodeName);
     const changed = updateNodeMenu(names);
     nodes = names;
@@ -238,7 +286,7 @@ async function refreshCharts() {
   try {
     // One request per node: its three series and its motion, bucketed in one pass. A node
     // whose request fails is left out and named in the status bar; the others still draw.
-    const answers = await Promise.allSettled(shown.map((n) => getJson("/api/chart?" + q(n), cancel.signal)));
+    const answers = await Promise.allSettled(shown.map((n) => getJson("/api/chart?" + q(n), CHART_TIMEOUT_MS, cancel.signal)));
     if (seq !== chartSeq) return;
     const charts = answers.filter((a) => a.status === "fulfilled").map((a) => a.value);
     const failed = shown
@@ -286,3 +334,4 @@ window.addEventListener("resize", () => {
 });
 
 pollTiles();
+setInterval(showAges, AGE_TICK_MS);

@@ -124,7 +124,7 @@ pub async fn known_node(store: &Store, p: &HashMap<String, String>) -> Result<St
 pub const NODE_QUERIES: usize = 2;
 
 /// `GET /api/nodes`: each node's latest report under its stored field names, with
-/// `ageSeconds` and `stale`, sorted by name.
+/// `ageSeconds`, `stale` and `staleAfterSeconds` (`--stale-after`), sorted by name.
 ///
 /// `nodeName` is the name the node was asked by, not the document's own: a document whose
 /// `nodeName` is an array is found under each of its elements, and the page asks for the
@@ -159,6 +159,8 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
                 json!(age_ms.map(|a| a as f64 / 1000.0)),
             );
             o.insert("stale".into(), json!(age_ms.is_none_or(|a| a > stale_ms)));
+            // The page counts the age on between answers, and marks the tile stale by this.
+            o.insert("staleAfterSeconds".into(), json!(stale_ms as f64 / 1000.0));
             Value::Object(o)
         })
         .collect();

@@ -39,6 +39,19 @@ impl Dashboard {
     /// one).
     pub fn start_with(uri: &str, db: &str, stale_after: &str, extra: &[&str]) -> Dashboard {
         let addr = format!("127.0.0.1:{}", free_port());
+        Dashboard::start_on(&addr, uri, db, stale_after, extra)
+    }
+
+    /// [`Dashboard::start_with`] on `addr` (`127.0.0.1:PORT`), for a dashboard started again
+    /// where a page already points.
+    pub fn start_on(
+        addr: &str,
+        uri: &str,
+        db: &str,
+        stale_after: &str,
+        extra: &[&str],
+    ) -> Dashboard {
+        let addr = addr.to_owned();
         let mut command = command(uri, db, stale_after, &addr);
         if !extra.contains(&"--query-timeout") {
             command.args(["--query-timeout", "5s"]);
