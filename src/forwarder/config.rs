@@ -130,11 +130,18 @@ impl Options {
         key.starts_with(EVENTBRIDGE_KEY) == (self.target == TargetKind::Eventbridge)
     }
 
-    /// The collection holding the resume token.
+    /// The collection holding the resume token. Its position is kept under the stream's name,
+    /// so in a `--state-database` of its own the default name holds the watched database's
+    /// too (`monitors.reports_forwarder_state`): forwarders of two databases' `reports` sharing
+    /// one state database would otherwise overwrite each other's position.
     pub fn state_collection_name(&self) -> String {
-        self.state_collection
-            .clone()
-            .unwrap_or_else(|| format!("{}_forwarder_state", self.collection))
+        match (&self.state_collection, &self.state_database) {
+            (Some(name), _) => name.clone(),
+            (None, Some(db)) if *db != self.database => {
+                format!("{}.{}_forwarder_state", self.database, self.collection)
+            }
+            (None, _) => format!("{}_forwarder_state", self.collection),
+        }
     }
 
     /// The database of the state collection.
@@ -269,7 +276,7 @@ pub struct Cli {
     )]
     pub operations: Vec<Operation>,
     /// Collection (in --state-database) holding the resume token (default:
-    /// COLLECTION_forwarder_state).
+    /// COLLECTION_forwarder_state; DATABASE.COLLECTION_forwarder_state in another database).
     #[arg(long, env = "FORWARDER_STATE_COLLECTION", value_parser = crate::mongo::collection_name)]
     pub state_collection: Option<String>,
     /// Database of the state collection (default: --database). Elsewhere, the stored position
@@ -405,6 +412,27 @@ mod tests {
             c.eventbridge_endpoint_url.as_deref(),
             Some("http://127.0.0.1:5000")
         );
+    }
+
+    // In a state database of its own the default state collection names the watched database
+    // too, so forwarders of two databases' `reports` sharing it keep apart; in the watched one
+    // (or named), the name is as before.
+    #[test]
+    fn a_state_database_of_its_own_keeps_databases_apart() {
+        let state = |db: &str, extra: &[&str]| {
+            let o = parse(&[&["--database", db][..], extra].concat()).options;
+            format!("{}.{}", o.state_database_name(), o.state_collection_name())
+        };
+        assert_eq!(state("a", &[]), "a.reports_forwarder_state");
+        assert_eq!(
+            state("a", &["--state-database", "a"]),
+            "a.reports_forwarder_state"
+        );
+        let shared = ["--state-database", "fw"];
+        assert_eq!(state("a", &shared), "fw.a.reports_forwarder_state");
+        assert_eq!(state("b", &shared), "fw.b.reports_forwarder_state");
+        let named = ["--state-database", "fw", "--state-collection", "pos"];
+        assert_eq!(state("a", &named), "fw.pos");
     }
 
     // --linger takes a unit; the old --linger-ms still takes milliseconds, and the new one wins.
