@@ -38,11 +38,19 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The clock runs only while a write is pending and starts again at each write that goes
 /// through, so a download that keeps moving, even slowly (the dashboard's CSV export on a poor
 /// link), is not cut. Linux lets a blocked write through once about a third of the socket's
-/// send buffer has been taken, and that buffer is sized to what the path carries (tens of KiB
-/// on a slow one): seconds, even at a few KiB/s. 30 s also rides out a short break in the path
+/// send buffer has been taken, and that buffer is capped ([`SEND_BUFFER`]): seconds, even at a
+/// few KiB/s. 30 s also rides out a short break in the path
 /// (a mobile handover, Wi-Fi roaming: TCP retransmits after about 1, 2, 4 and 8 s), while a
 /// slot held on purpose is free again within half a minute.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Each connection's send buffer, asked of the kernel (which doubles it). A write blocked on a
+/// full buffer goes through once about a third of it has been taken, so [`WRITE_TIMEOUT`]
+/// cuts a client taking less than that a third every 30 s: about 3 KB/s here. Left to itself,
+/// the kernel grows a buffer to megabytes where the client is near (a loopback connection from
+/// an SSH tunnel or a streaming reverse proxy), and a download still moving at tens of KB/s
+/// behind it would be cut. Still room for a fast answer: 256 KiB in flight per round trip.
+pub const SEND_BUFFER: usize = 128 * 1024;
 
 /// How long a stop waits for the requests under way to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -178,6 +186,10 @@ pub async fn serve_with<T, S, B>(
                 }
             },
         };
+        // Best effort: without it, only a slower client is cut, not a faster one.
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER) {
+            debug!(error = %e, "cannot set the connection's send buffer");
+        }
         let guard = transport.guard();
         // Watched from here, so a stop also waits (within the grace) for a handshake under way.
         let watcher = graceful.watcher();
@@ -424,8 +436,10 @@ mod tests {
     }
 
     // The write timeout bounds each write, not the answer: a client that reads a long answer
-    // slowly, for twice the write timeout, still gets all of it. (A deadline on the whole
-    // answer would cut it short.)
+    // slowly (about 300 KiB/s), for twice the write timeout, still gets all of it. A deadline
+    // on the whole answer would cut it short, and so would the kernel's own send buffer, which
+    // on loopback grows to megabytes, a third of which takes longer than the timeout to drain
+    // at that rate (hence SEND_BUFFER).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_reader_gets_the_whole_answer() {
         let addr = serve_big(quick()).await;
@@ -433,7 +447,7 @@ mod tests {
         c.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let mut buf = vec![0u8; 64 << 10];
+        let mut buf = vec![0u8; 16 << 10];
         let mut got = 0;
         let slow_until = Instant::now() + quick().write_timeout * 2;
         while Instant::now() < slow_until {
