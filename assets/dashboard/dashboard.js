@@ -3,7 +3,8 @@
 "use strict";
 
 const TILE_POLL_MS = 2000;          // a new reading shows within this
-const TILE_TIMEOUT_MS = 30000;      // given up on after this (it takes milliseconds), asked again
+const TILE_TIMEOUT_MS = 30000;      // given up on after this (it takes milliseconds), asked again,
+                                    // with twice as long after each time out (up to a chart's)
 const AGE_TICK_MS = 1000;           // tiles' ages count on between answers, and without any
 const CHART_POLL_SHORT_MS = 5000;   // charts of windows up to a day
 const CHART_POLL_LONG_MS = 60000;   // longer windows change slowly
@@ -27,6 +28,7 @@ let chartCancel = null;  // cancels the requests of the refresh under way when a
 let drawn = null;        // the answers drawn last, with their window: a resize draws them again
 let resizeTimer = null;
 let problems = {};       // what failed, by source; shown in the status bar
+let tileTimeoutMs = TILE_TIMEOUT_MS;  // the node list's, longer while it keeps timing out
 
 // --- fetching -----------------------------------------------------------------------------
 
@@ -58,7 +60,11 @@ async function getJson(path, timeoutMs, cancel) {
     if (!res.ok) throw new Error(body.error || res.statusText);
     return body;
   } catch (e) {
-    if (timedOut) throw new Error(`no answer from the dashboard within ${timeoutMs / 1000} s`);
+    if (timedOut) {
+      const late = new Error(`no answer from the dashboard within ${timeoutMs / 1000} s`);
+      late.timedOut = true;
+      throw late;
+    }
     throw e;
   } finally {
     clearTimeout(timer);
@@ -161,7 +167,8 @@ function updateNodeMenu(names) {
 
 async function pollTiles() {
   try {
-    const list = await getJson("/api/nodes", TILE_TIMEOUT_MS);
+    const list = await getJson("/api/nodes", tileTimeoutMs);
+    tileTimeoutMs = TILE_TIMEOUT_MS;
     const names = list.map((n) => n.nodeName);
     const changed = updateNodeMenu(names);
     nodes = names;
@@ -169,6 +176,9 @@ async function pollTiles() {
     report("tiles", null);
     if (changed) refreshCharts();
   } catch (e) {
+    // A dead connection is mended by asking again at once; a list that takes long to make
+    // (hundreds of nodes on a distant database) needs longer, and gets it.
+    if (e.timedOut) tileTimeoutMs = Math.min(2 * tileTimeoutMs, CHART_TIMEOUT_MS);
     report("tiles", e);
   } finally {
     setTimeout(pollTiles, TILE_POLL_MS);
