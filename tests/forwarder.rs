@@ -89,9 +89,12 @@ async fn insert_reports(client: &mongodb::Client, db: &str, docs: &[Document]) {
 
 /// Wait until the forwarder has stored a position for `stream` (its change stream is open).
 async fn wait_for_position(client: &mongodb::Client, db: &str, stream: &str) {
-    let state = client
-        .database(db)
-        .collection::<Document>("reports_forwarder_state");
+    wait_for_position_in(client, db, "reports_forwarder_state", stream).await;
+}
+
+/// [`wait_for_position`] with the position kept in `db.collection`.
+async fn wait_for_position_in(client: &mongodb::Client, db: &str, collection: &str, stream: &str) {
+    let state = client.database(db).collection::<Document>(collection);
     wait_until(
         Duration::from_secs(30),
         "the forwarder's first stored position",
@@ -621,7 +624,9 @@ async fn a_dropped_database_is_followed_with_the_position_kept_elsewhere() {
     let args = ["--state-database", state_db.as_str()];
     let reports = client.database(&db).collection::<Document>("reports");
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &args);
-    wait_for_position(&client, &state_db, &stream).await;
+    // In a state database of its own, the collection's name starts with the watched database.
+    let state = format!("{db}.reports_forwarder_state");
+    wait_for_position_in(&client, &state_db, &state, &stream).await;
     reports.insert_one(doc! { "nodeName": "pi" }).await.unwrap();
     wait_for_records(&kin, &stream, 1).await;
     fwd.kill().await.unwrap();
