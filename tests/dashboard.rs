@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use common::wire::{Sent, Withhold, ZlibProxy};
 use common::MongoServer;
-use dashboard_support::{insert, iso, readings, Dashboard, T0_MS};
+use dashboard_support::{insert, iso, ms, readings, Dashboard, T0_MS};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -30,12 +30,6 @@ fn dataset() -> Vec<Document> {
     docs.extend(readings("node-b", 1, T0_MS + 3_000, 7_000, n, GAP, 61));
     docs.extend(readings("node-c", 2, T0_MS + 5_000, 7_000, n, 0..0, 0));
     docs
-}
-
-fn ms(v: &Value) -> i64 {
-    DateTime::parse_rfc3339_str(v.as_str().expect("a time string"))
-        .expect("ISO 8601")
-        .timestamp_millis()
 }
 
 fn value(d: &Document, path: &str) -> Option<f64> {

@@ -224,3 +224,10 @@ pub async fn insert(client: &mongodb::Client, db: &str, docs: Vec<Document>) {
 pub fn iso(ms: i64) -> String {
     DateTime::from_millis(ms).try_to_rfc3339_string().unwrap()
 }
+
+/// The instant an answer's time string names, in ms since the epoch.
+pub fn ms(v: &serde_json::Value) -> i64 {
+    DateTime::parse_rfc3339_str(v.as_str().expect("a time string"))
+        .expect("ISO 8601")
+        .timestamp_millis()
+}
