@@ -877,6 +877,21 @@ fn localhost() -> tokio_rustls::rustls::pki_types::ServerName<'static> {
     tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap()
 }
 
+/// An HTTP/1 connection over TLS to `addr`, its connection task spawned.
+async fn tls_sender(
+    addr: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = connector.connect(localhost(), tcp).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 // With --tls-cert/--tls-key the endpoint serves HTTPS itself: a client trusting the certificate
 // delivers over TLS and gets a Firehose-shaped 200; a plain-HTTP client gets no answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -891,13 +906,7 @@ async fn tls_serves_https() {
     let state = AppState::new(config(BODY_TIMEOUT), Store::new(&server.uri, &db_name));
     let (addr, tx, served) = serve_in_process(state, Some(tls), LIMITS).await;
 
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let stream = connector.connect(localhost(), tcp).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = tls_sender(addr, &connector).await;
     let (ids, recs) = reports(2);
     let mut req = hyper::Request::builder()
         .method("POST")
@@ -986,13 +995,7 @@ async fn tls_clients_that_stop_reading_free_their_slots() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = tokio::time::timeout(Duration::from_secs(10), async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let stream = connector.connect(localhost(), tcp).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = tls_sender(addr, &connector).await;
         let req = hyper::Request::builder()
             .uri("/health")
             .header("host", "localhost")
