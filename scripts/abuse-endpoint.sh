@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The Firehose endpoint under load and abuse: the release `firehose-endpoint` against the MongoDB
 # test server. Measures peak RSS with K = 1, 4, 16 concurrent maximum-size requests (plain and
-# gzip), what happens past the connection limit, gzip bombs, slowloris, header floods, 10,000
-# idle connections, with legitimate deliveries counted during each, then a sustained mixed load
-# whose good records must each be stored exactly once with RSS flat. Prints tables; exits
+# gzip), what happens past the connection limit, clients that never read, gzip bombs, slowloris,
+# header floods, 10,000 idle connections, with legitimate deliveries counted during each, then a
+# sustained mixed load whose good records must each be stored exactly once with RSS flat. Prints tables; exits
 # non-zero if a check fails (scripts/abuse_endpoint.py does the work; `--help` lists its knobs).
 #
 #   bash scripts/abuse-endpoint.sh                              # about 15 minutes

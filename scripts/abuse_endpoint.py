@@ -8,7 +8,8 @@ each waiting as long as Firehose does, 3 minutes), counted per phase:
 1. K = 1, 4, 16 concurrent maximum-size requests (just under --max-body-mib of body, plain and
    gzip): peak RSS over the idle RSS, as a multiple of the bodies in flight.
 2. Past the connection limit: every connection slot held by a client sending its headers a
-   byte at a time, more such connections waiting; what a delivery meets then.
+   byte at a time, more such connections waiting; what a delivery meets then. Then the same
+   with clients that pipeline requests and never read the answers.
 3. A gzip bomb: a small gzip body that expands past the limit (alone, four at once, and without
    a key).
 4. Slowloris: headers that never finish; bodies that never finish (with and without a key).
@@ -508,6 +509,79 @@ def phase_connection_limit(ep, legit, slots, extra, header_timeout=10):
     return secs
 
 
+def phase_never_read(ep, legit, slots, extra, write_timeout=30):
+    """Every connection slot held by a client that pipelines health checks and never reads the
+    answers (a zero TCP window costs it nothing to keep up), more such clients in the backlog."""
+    name = f"clients that never read ({slots}+{extra})"
+    legit.set_phase(name)
+    # More answers than the endpoint's send buffer and this client's receive buffer hold.
+    requests = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000
+    t0 = time.time()
+    socks = []
+    for _ in range(slots + extra):
+        try:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", ep.port))
+            s.setblocking(False)
+            socks.append(s)
+        except OSError:
+            break
+    sent = [0] * len(socks)
+    closed_at = {}
+
+    def feed():
+        # Requests while the socket takes them; a full buffer is the stall, an error the close.
+        for i, s in enumerate(socks):
+            if i in closed_at:
+                continue
+            try:
+                while sent[i] < len(requests):
+                    sent[i] += s.send(requests[sent[i]:sent[i] + 65536])
+                s.send(b"G")  # all sent: probe for the close
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_at[i] = time.time() - t0
+
+    feed()
+    # Meanwhile a delivery on a new connection: it waits in the backlog until a slot frees.
+    result = {}
+
+    def deliver():
+        rid = str(uuid.uuid4())
+        result["status"], result["secs"] = post(
+            ep.port, rid, firehose_body(rid, [json.dumps(report_doc("abuse-after")).encode()]))
+
+    waiting = threading.Thread(target=deliver)
+    waiting.start()
+    while len(closed_at) < len(socks) and time.time() - t0 < write_timeout * 4:
+        feed()
+        time.sleep(0.5)
+    waiting.join(FIREHOSE_WAIT)
+    for s in socks:
+        s.close()
+    wall = time.time() - t0
+    wait_legit_done(legit, name)
+    n, ok, worst, bad, first = legit.summary(name)
+    status, secs = result.get("status", "no answer"), result.get("secs", 0.0)
+    early = sorted(closed_at[i] for i in range(min(slots, len(socks))) if i in closed_at)
+    late = sorted(closed_at[i] for i in range(slots, len(socks)) if i in closed_at)
+    span = lambda v: f"{v[0]:.0f}-{v[-1]:.0f} s" if v else "never"
+    table(f"Clients that never read (write timeout {write_timeout} s)", ["what", "figure"], [
+        ("connections opened, each pipelining health checks, reading nothing", len(socks)),
+        (f"the first {slots} closed by the endpoint after", span(early)),
+        (f"the {extra} past the limit (in the backlog) closed after", span(late)),
+        ("a delivery sent meanwhile: stored after", f"{secs:.1f} s ({status})"),
+        ("legit deliveries: stored / sent (first attempt), slowest", f"{ok}/{n} ({first}), {worst:.1f} s"),
+        ("phase wall time", f"{wall:.0f} s"),
+    ])
+    check(len(closed_at) == len(socks), f"{name}: every stalled connection closed ({len(closed_at)}/{len(socks)})")
+    check(status == 200, f"{name}: a delivery waiting behind them is stored ({status})")
+    check(ok == n, f"{name}: every legit delivery stored ({ok}/{n}; others: {bad})")
+
+
 # --- phase 3: gzip bombs ----------------------------------------------------------------------
 
 def gzip_bomb(expanded):
@@ -938,7 +1012,7 @@ def main():
     ap.add_argument("--flood-seconds", type=int, default=20)
     ap.add_argument("--mixed-seconds", type=int, default=180)
     ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--phases", default="max,limit,bomb,slow,flood,idle,mixed")
+    ap.add_argument("--phases", default="max,limit,noread,bomb,slow,flood,idle,mixed")
     a = ap.parse_args()
     phases = a.phases.split(",")
     work = tempfile.mkdtemp(prefix="abuse-")
@@ -963,6 +1037,9 @@ def main():
         if "limit" in phases:
             log("past the connection limit")
             phase_connection_limit(ep, legit, 256, 44)
+        if "noread" in phases:
+            log("clients that never read")
+            phase_never_read(ep, legit, 256, 44)
         if "bomb" in phases:
             log("gzip bombs")
             phase_gzip_bomb(lambda name: Endpoint(a.bin, a.uri, database, a.body_timeout, work, name),
