@@ -164,6 +164,47 @@ async fn agent_metrics_follow_delivery_and_an_outage() {
     .await;
 }
 
+// While the spool's disk refuses writes (its segment file is /dev/full) and no database
+// answers, the reports wait in memory and `spool_memory_reports` counts them, as
+// SensehatSpoolDiskUnwritable expects (the spool's size on disk does not move, so
+// SensehatSpoolNearlyFull cannot see them); once the disk takes writes they move to it and the
+// gauge falls to 0 while the reports stay unsent.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_held_in_memory_are_counted_apart() {
+    let spool = tempfile::tempdir().unwrap();
+    let segment = spool.path().join("segment-0000000000000001.spool");
+    std::os::unix::fs::symlink("/dev/full", &segment).unwrap();
+    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let addr = free_addr();
+    let args = [
+        "--sensors",
+        "sim",
+        "--interval",
+        "50ms",
+        "--metrics-listen",
+        &addr,
+    ];
+    let _agent = quiet_agent(&nobody, spool.path(), &args);
+    wait_serving(&addr).await;
+    wait_for_metric(&addr, "sensehat_agent_spool_memory_reports", 10.0).await;
+    assert_eq!(value(&scrape(&addr), "sensehat_agent_spool_bytes"), 0.0);
+    std::fs::remove_file(&segment).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the reports to move to disk",
+        || {
+            let a = addr.clone();
+            async move {
+                let m = scrape(&a);
+                value(&m, "sensehat_agent_spool_memory_reports") == 0.0
+                    && value(&m, "sensehat_agent_spool_reports") >= 10.0
+                    && value(&m, "sensehat_agent_spool_bytes") > 0.0
+            }
+        },
+    )
+    .await;
+}
+
 // A real Prometheus scrapes the agent: its target is up and the samples arrive under the
 // documented names.
 #[tokio::test(flavor = "multi_thread")]

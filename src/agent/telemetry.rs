@@ -156,6 +156,7 @@ impl std::fmt::Debug for State {
 /// What a scrape reads from the spool, under one lock.
 struct SpoolLook {
     pending: u64,
+    in_memory: u64,
     bytes: u64,
     max: u64,
     dropped: u64,
@@ -167,6 +168,7 @@ impl SpoolLook {
     fn of(s: &Spool) -> SpoolLook {
         SpoolLook {
             pending: s.pending(),
+            in_memory: s.in_memory(),
             bytes: s.bytes(),
             max: s.max_bytes(),
             dropped: s.dropped_total,
@@ -288,6 +290,7 @@ impl Collector for Reader {
         }
         if let Some(SpoolLook {
             pending,
+            in_memory,
             bytes,
             max,
             syncs,
@@ -301,12 +304,18 @@ impl Collector for Reader {
                 MetricType::Counter,
             )?;
             ConstCounter::new(syncs).encode(m)?;
-            let spool_gauges: [(&str, &str, Option<&Unit>, i64); 3] = [
+            let spool_gauges: [(&str, &str, Option<&Unit>, i64); 4] = [
                 (
                     "spool_reports",
                     "Reports in the spool, not yet acknowledged",
                     None,
                     pending as i64,
+                ),
+                (
+                    "spool_memory_reports",
+                    "Unsent reports held in memory because the spool's disk cannot be written (full or read-only): lost at a stop or crash while it cannot, the oldest dropped past 50,000",
+                    None,
+                    in_memory as i64,
                 ),
                 (
                     "spool",
@@ -360,6 +369,7 @@ mod tests {
         );
         let spool = SpoolLook {
             pending: 0,
+            in_memory: 0,
             bytes: 0,
             max: 0,
             dropped: 10,
