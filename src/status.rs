@@ -152,14 +152,16 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
     let now = now_ms();
     let summary = spool::summarize(dir)?;
     let status = Status::read(&dir.join(STATUS_FILE));
-    // What the running agent holds in memory is in its status file only; one it left when it
-    // stopped holds nothing any more (what its memory held was lost, and counted as dropped).
+    // The running agent's status file is its word on what is unsent: the files alone count
+    // from the delivered position on disk, which it writes down only once a minute, so a
+    // healthy agent would show a minute of delivered reports as unsent. What it holds in memory
+    // is in that file only; one it left when it stopped holds nothing any more (what its memory
+    // held was lost, and counted as dropped).
     let current = status.as_ref().filter(|s| s.is_current(now));
-    let in_memory = current.map_or(0, |s| s.in_memory);
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22}{v}\n"));
     line("spool", dir.display().to_string());
-    for (k, v) in unsent(&summary, in_memory) {
+    for (k, v) in unsent(&summary, current) {
         line(k, v);
     }
     let on_disk = summary
@@ -171,11 +173,12 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
                 .ok()
                 .map(|t| t.timestamp_millis())
         });
-    // Reports in memory are not in the files: the agent's own last look at them says.
-    let in_memory_oldest = current
-        .filter(|s| s.in_memory > 0)
-        .and_then(|s| s.counters.oldest_unsent_ms);
-    let oldest = on_disk.into_iter().chain(in_memory_oldest).min();
+    // The agent's own last look, while it runs (reports in memory are not in the files).
+    let oldest = match current {
+        Some(s) if s.pending == 0 => None,
+        Some(s) => s.counters.oldest_unsent_ms.or(on_disk),
+        None => on_disk,
+    };
     line(
         "oldest unsent",
         oldest.map_or_else(|| "none".to_owned(), |ms| when(ms, now)),
@@ -206,23 +209,26 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
     Ok(out)
 }
 
-/// The `unsent reports` line: what the spool's files hold, and with `in_memory` reports that
-/// the running agent holds in memory, those as well, said apart, with the files' figures on a
-/// line of their own.
-fn unsent(summary: &SpoolSummary, in_memory: u64) -> Vec<(&'static str, String)> {
+/// The `unsent reports` line: the running `agent`'s count when there is one, else what the
+/// spool's files hold; with reports the agent holds in memory said apart, and the files'
+/// figures on a line of their own.
+fn unsent(summary: &SpoolSummary, agent: Option<&Status>) -> Vec<(&'static str, String)> {
     let files = format!(
         "{} bytes in {} segment files",
         summary.bytes, summary.segments
     );
-    if in_memory == 0 {
+    let Some(s) = agent else {
         return vec![("unsent reports", format!("{} ({files})", summary.pending))];
+    };
+    if s.in_memory == 0 {
+        return vec![("unsent reports", format!("{} ({files})", s.pending))];
     }
     vec![
         (
             "unsent reports",
             format!(
-                "{} ({in_memory} of them in memory, not on disk: the spool's disk cannot be written, full or read-only; free space on it or make it writable before you stop or restart the agent, which would lose them)",
-                summary.pending + in_memory
+                "{} ({} of them in memory, not on disk: the spool's disk cannot be written, full or read-only; free space on it or make it writable before you stop or restart the agent, which would lose them)",
+                s.pending, s.in_memory
             ),
         ),
         ("on disk", format!("{} reports ({files})", summary.pending)),
@@ -318,15 +324,25 @@ mod tests {
         }
     }
 
-    // Without reports in memory the line is as it always was; with some, they are added to
-    // the unsent, said to be in memory only, and the files' figures move to a line of their own.
+    // With no agent running, the files' count; with one, its own count (the files count from
+    // the delivered position written down once a minute); with reports in memory, those are
+    // said to be in memory only, and the files' figures move to a line of their own.
     #[test]
     fn reports_in_memory_are_counted_and_said_apart() {
         assert_eq!(
-            unsent(&summary(7), 0),
+            unsent(&summary(7), None),
             [("unsent reports", "7 (4096 bytes in 1 segment files)".into())]
         );
-        let lines = unsent(&summary(7), 51);
+        let agent = |pending, in_memory| Status {
+            pending,
+            in_memory,
+            ..Status::default()
+        };
+        assert_eq!(
+            unsent(&summary(120), Some(&agent(3, 0))),
+            [("unsent reports", "3 (4096 bytes in 1 segment files)".into())]
+        );
+        let lines = unsent(&summary(7), Some(&agent(58, 51)));
         assert_eq!(lines.len(), 2);
         assert!(
             lines[0]

@@ -176,6 +176,64 @@ fn status_to_a_closed_or_full_standard_output_ends_cleanly() {
     assert!(!said.contains("panicked"), "{said}");
 }
 
+// While the agent runs and delivers, `status` counts as unsent what the agent has not had
+// acknowledged (its status file), not what the files hold past the delivered position, which
+// is written down once a minute: a healthy agent showed up to a minute of delivered reports
+// as unsent.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_a_running_agent_counts_only_what_is_unsent() {
+    use sensehat_monitor::status::{Status, STATUS_FILE};
+    let server = MongoServer::start();
+    let db = unique_name("status_running");
+    let spool = tempfile::tempdir().unwrap();
+    let args = [
+        "--sensors",
+        "sim",
+        "--interval",
+        "50ms",
+        "--insert-every",
+        "500ms",
+    ];
+    let _agent = common::quiet_agent(
+        &server.uri,
+        spool.path(),
+        &[&args[..], &["--database", &db]].concat(),
+    );
+    let reports = server
+        .client()
+        .await
+        .database(&db)
+        .collection::<Document>("reports");
+    common::wait_until(Duration::from_secs(60), "200 reports stored", || {
+        let r = reports.clone();
+        async move { r.count_documents(mongodb::bson::doc! {}).await.unwrap() >= 200 }
+    })
+    .await;
+    let since = mongodb::bson::DateTime::now().timestamp_millis();
+    let file = spool.path().join(STATUS_FILE);
+    common::wait_until(Duration::from_secs(30), "the status file rewritten", || {
+        let f = file.clone();
+        async move { Status::read(&f).is_some_and(|s| s.updated_ms > since) }
+    })
+    .await;
+    let s = common::status_text(spool.path());
+    let line = |label: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("{s}"))
+            .trim()
+            .to_owned()
+    };
+    // Half a second's window, and a write group, at 20 reports a second: 200 is wrong.
+    let unsent: u64 = line("unsent reports")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(unsent <= 40, "{s}");
+}
+
 // `status` tells a damaged status file from none at all.
 #[test]
 fn status_tells_a_damaged_status_file_from_a_missing_one() {
