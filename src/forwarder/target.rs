@@ -348,7 +348,9 @@ mod tests {
             .with_writer(move || Captured(writer.clone()))
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let interrupt = tokio::time::sleep(Duration::from_secs(200));
+        // The n-th error comes at the first retry 60 s or more after the last line, and a
+        // retry waits at most 10 s: the third between 180 and 210 s, the fourth from 240 s.
+        let interrupt = tokio::time::sleep(Duration::from_secs(225));
         let r = put_all(
             &AlwaysThrottled,
             "s",
