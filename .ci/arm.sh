@@ -13,6 +13,7 @@ if ! command -v cargo-zigbuild >/dev/null; then
   pip install -q --disable-pip-version-check ziglang==0.17.1 cargo-zigbuild==0.24.1
 fi
 source scripts/test-server.sh
+source .ci/timed.sh
 
 declare -A GCC=([aarch64-unknown-linux-gnu]=aarch64-linux-gnu [armv7-unknown-linux-gnueabihf]=arm-linux-gnueabihf)
 declare -A QEMU=([aarch64-unknown-linux-gnu]=qemu-aarch64 [armv7-unknown-linux-gnueabihf]=qemu-arm)
@@ -61,9 +62,9 @@ for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
 
   echo "--- $target: tests under qemu (unit, drivers, loop)"
   upper=$(echo "$target" | tr 'a-z-' 'A-Z_')
-  env "CARGO_TARGET_${upper}_LINKER=$prefix-gcc" "CC_${target//-/_}=$prefix-gcc" \
+  timed 1500 env "CARGO_TARGET_${upper}_LINKER=$prefix-gcc" "CC_${target//-/_}=$prefix-gcc" \
       "CARGO_TARGET_${upper}_RUNNER=$qemu" \
-    timeout 1500 cargo test -q --target "$target" --lib --test drivers --test agent_loop
+    cargo test -q --target "$target" --lib --test drivers --test agent_loop
   # Each target's debug build is used once; drop it before the next one fills the disk again.
   rm -rf "target/$target/debug"
 done

@@ -1,0 +1,15 @@
+# Sourced by .ci/run and .ci/arm.sh. `timed SECONDS COMMAND...` runs COMMAND under timeout(1),
+# which puts it in a process group of its own, where a terminal's Ctrl-C does not reach it: the
+# tests would go on (or die writing to a gone `tee`) and leave the servers they started
+# running. An interrupt or a TERM is handed on to that group as a TERM (a command started in the
+# background of a script ignores interrupts), and the script waits for it to end.
+timed() {
+  timeout "$@" &
+  local pid=$! status=0
+  # shellcheck disable=SC2064 # the pid is meant to be expanded now
+  trap "kill -TERM -- -$pid 2>/dev/null" INT TERM
+  wait "$pid" || status=$?
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid" || status=$?; done
+  trap - INT TERM
+  return "$status"
+}
