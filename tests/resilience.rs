@@ -505,6 +505,35 @@ async fn status_is_written_while_every_sample_fails() {
     );
 }
 
+// A sensor that fails one sample now and then (a loose connection) is said once, not twice a
+// fault: ten one-sample faults in a few seconds make one "failed" line and one "recovered",
+// every failure is still counted, and every good sample stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_sensor_is_said_once_a_minute() {
+    let server = MongoServer::start();
+    let (_dir, spool_dir, db, log) = places("flap");
+    let faults: Vec<String> = (0..10).map(|i| format!("lps25h:{}:1", 3 + 4 * i)).collect();
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &spool_dir,
+            &["--count", "40", "--sim-fault", &faults.join(",")],
+        ),
+        &log,
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert_eq!(text.matches("sensor read failed").count(), 1, "{text}");
+    assert_eq!(text.matches("sensor recovered").count(), 1, "{text}");
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert_eq!(st.counters.skipped_samples, 10, "{st:?}");
+    let lps = st.counters.sensors.iter().find(|s| s.name == "lps25h");
+    assert_eq!(lps.map(|s| s.total_failures), Some(10), "{st:?}");
+    assert_eq!(ids_in(&server, &db).await.len(), 40);
+}
+
 // A spool that cannot be written (disk full: the segment file is /dev/full) is reported once,
 // reports are kept in memory and delivered, and writing resumes when the disk has room.
 #[tokio::test(flavor = "multi_thread")]

@@ -439,9 +439,15 @@ fn move_released(released: Released, spool: &Mutex<Spool>) -> AppendOutcome {
 fn log_health(sensor: Sensor, event: HealthEvent, why: Option<&SensorError>) {
     let error = why.map(tracing::field::display);
     match event {
-        HealthEvent::StartedFailing => warn!(
+        HealthEvent::StartedFailing { unsaid_runs: 0 } => warn!(
             sensor = sensor.name(),
             error, "sensor read failed; skipping samples and re-initialising it"
+        ),
+        HealthEvent::StartedFailing { unsaid_runs } => warn!(
+            sensor = sensor.name(),
+            error,
+            unsaid_runs,
+            "sensor read failed again; skipping samples and re-initialising it. Since the last such line it failed and recovered unsaid_runs times more, each within a minute of a line and not logged: a loose connection?"
         ),
         HealthEvent::Dead => error!(
             sensor = sensor.name(),

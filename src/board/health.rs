@@ -6,6 +6,12 @@ use std::time::{Duration, Instant};
 /// A sensor failing this long is logged as dead (once).
 pub const DEAD_AFTER: Duration = Duration::from_secs(60);
 
+/// After the start of a run of failures is said, another starting within this long is not
+/// (nor its end): a loose connection failing one sample in ten would otherwise write two lines
+/// every few seconds for as long as it stays loose, and push everything else out of the journal.
+/// The next start said counts the runs left unsaid.
+pub const FLAP_QUIET: Duration = Duration::from_secs(60);
+
 /// What happened to a sensor over time: pure state, no IO.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Health {
@@ -20,6 +26,12 @@ pub struct Health {
     /// Why the last failed sample failed; kept after the sensor recovers, so that `status`
     /// can say what an intermittent fault was.
     pub last_error: Option<String>,
+    /// When the start of a run of failures was last said.
+    said_at: Option<Instant>,
+    /// Whether the current (or last) run of failures has been said, so its end is too.
+    run_said: bool,
+    /// Runs of failures not said since the last one that was ([`FLAP_QUIET`]).
+    unsaid_runs: u64,
 }
 
 /// What a health update asks the caller to log.
@@ -28,7 +40,11 @@ pub enum HealthEvent {
     /// Nothing worth a log line.
     None,
     /// First failure after a good read.
-    StartedFailing,
+    StartedFailing {
+        /// Runs of failures since the last one said, each too soon after it to be said
+        /// ([`FLAP_QUIET`]).
+        unsaid_runs: u64,
+    },
     /// Failing for [`DEAD_AFTER`]; reported once per episode.
     Dead,
     /// Read fine again after failing.
@@ -46,9 +62,22 @@ impl Health {
         self.total_failures += 1;
         let since = *self.failing_since.get_or_insert(now);
         if self.consecutive_failures == 1 {
-            HealthEvent::StartedFailing
+            if self
+                .said_at
+                .is_some_and(|t| now.saturating_duration_since(t) < FLAP_QUIET)
+            {
+                self.unsaid_runs += 1;
+                self.run_said = false;
+                return HealthEvent::None;
+            }
+            self.said_at = Some(now);
+            self.run_said = true;
+            HealthEvent::StartedFailing {
+                unsaid_runs: std::mem::take(&mut self.unsaid_runs),
+            }
         } else if !self.dead_reported && now.duration_since(since) >= DEAD_AFTER {
             self.dead_reported = true;
+            self.run_said = true;
             HealthEvent::Dead
         } else {
             HealthEvent::None
@@ -61,7 +90,7 @@ impl Health {
         self.consecutive_failures = 0;
         self.failing_since = None;
         self.dead_reported = false;
-        if failures > 0 {
+        if failures > 0 && std::mem::take(&mut self.run_said) {
             HealthEvent::Recovered { failures }
         } else {
             HealthEvent::None
@@ -87,7 +116,10 @@ mod tests {
         let fail = |h: &mut Health, s: u64| {
             h.record_failure(t0 + Duration::from_secs(s), format!("failure at {s} s"))
         };
-        assert_eq!(fail(&mut h, 0), HealthEvent::StartedFailing);
+        assert_eq!(
+            fail(&mut h, 0),
+            HealthEvent::StartedFailing { unsaid_runs: 0 }
+        );
         assert_eq!(fail(&mut h, 30), HealthEvent::None);
         assert_eq!(fail(&mut h, 60), HealthEvent::Dead);
         assert_eq!(fail(&mut h, 90), HealthEvent::None);
@@ -96,5 +128,28 @@ mod tests {
         assert_eq!(h.total_failures, 4);
         // The last failure's reason outlives the recovery.
         assert_eq!(h.last_error.as_deref(), Some("failure at 90 s"));
+    }
+
+    // A sensor that fails now and then says so once a minute at most: runs of failures that
+    // start within a minute of the last one said are not said, nor their ends, and the next
+    // said counts them. A run that lasts a minute is said as dead all the same, and its end.
+    #[test]
+    fn a_flapping_sensor_is_said_once_a_minute() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = Health::default();
+        let started = |n| HealthEvent::StartedFailing { unsaid_runs: n };
+        assert_eq!(h.record_failure(at(0), "e".into()), started(0));
+        assert_eq!(h.record_success(), HealthEvent::Recovered { failures: 1 });
+        for s in [5, 10, 59] {
+            assert_eq!(h.record_failure(at(s), "e".into()), HealthEvent::None);
+            assert_eq!(h.record_success(), HealthEvent::None);
+        }
+        assert_eq!(h.record_failure(at(60), "e".into()), started(3));
+        assert_eq!(h.record_success(), HealthEvent::Recovered { failures: 1 });
+        assert_eq!(h.record_failure(at(70), "e".into()), HealthEvent::None);
+        assert_eq!(h.record_failure(at(130), "e".into()), HealthEvent::Dead);
+        assert_eq!(h.record_success(), HealthEvent::Recovered { failures: 2 });
+        assert_eq!(h.total_failures, 7);
     }
 }

@@ -334,7 +334,13 @@ mod tests {
             e.contains("in_pressure_raw") && e.contains("st-press-i2c"),
             "{e}"
         );
-        assert_eq!(events, vec![(Sensor::Lps25h, HealthEvent::StartedFailing)]);
+        assert_eq!(
+            events,
+            vec![(
+                Sensor::Lps25h,
+                HealthEvent::StartedFailing { unsaid_runs: 0 }
+            )]
+        );
         std::fs::write(&raw, "4096000").unwrap();
         let (reading, events) = hat.sample(std::time::Instant::now());
         assert!(reading.is_ok());
