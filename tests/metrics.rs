@@ -8,6 +8,8 @@ mod metrics_common;
 
 use std::time::Duration;
 
+use sensehat_monitor::status::{Status, STATUS_FILE};
+
 use common::{agent_command, quiet_agent, unique_name, wait_until, MongoServer, Reaped};
 use metrics_common::{
     free_addr, get, lint, promtool, repo_file, scrape, value, wait_for_metric, wait_serving,
@@ -203,6 +205,58 @@ async fn reports_held_in_memory_are_counted_apart() {
         },
     )
     .await;
+}
+
+// Restarted while the database is unreachable, the agent goes on counting from the last insert
+// the previous run had acknowledged: `status` does not say "never", and the age the
+// no-readings alert watches does not start again from zero at each restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_insert_outlives_a_restart() {
+    let server = MongoServer::start();
+    let db = unique_name("lastinsert");
+    let spool = tempfile::tempdir().unwrap();
+    let first = agent_command()
+        .args([
+            "--sensors",
+            "sim",
+            "--count",
+            "5",
+            "--interval",
+            "50ms",
+            "--database",
+            &db,
+        ])
+        .arg("--spool-dir")
+        .arg(spool.path())
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{first:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let addr = free_addr();
+    let args = [
+        "--sensors",
+        "sim",
+        "--interval",
+        "50ms",
+        "--metrics-listen",
+        &addr,
+    ];
+    let again = quiet_agent(&nobody, spool.path(), &args);
+    wait_serving(&addr).await;
+    let age = value(&scrape(&addr), "sensehat_agent_last_insert_age_seconds");
+    assert!(age >= 5.0, "{age}");
+    // The status file this run wrote, not the last run's.
+    let (file, pid) = (spool.path().join(STATUS_FILE), again.0.id());
+    wait_until(Duration::from_secs(30), "this run's status file", || {
+        let f = file.clone();
+        async move { Status::read(&f).is_some_and(|s| s.pid == pid) }
+    })
+    .await;
+    let s = common::status_text(spool.path());
+    let last = s.lines().find(|l| l.starts_with("last insert"));
+    assert!(last.is_some_and(|l| l.ends_with(" s ago)")), "{s}");
 }
 
 // A real Prometheus scrapes the agent: its target is up and the samples arrive under the

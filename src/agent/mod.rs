@@ -254,6 +254,17 @@ where
         delivery_idle: Arc::new(AtomicBool::new(true)),
         failed: Arc::new(Notify::new()),
     };
+    // The last insert the previous run had acknowledged: after a restart during an outage,
+    // `status` and `last_insert_age_seconds` go on counting from it, not from "never" and
+    // from this start (which would also restart the no-readings alert's clock at each restart).
+    if let Output::Spool {
+        status_path: Some(path),
+        ..
+    } = &output
+    {
+        let previous = crate::status::Status::read(path).and_then(|s| s.counters.last_insert_ms);
+        lock(&shared.counters).last_insert_ms = previous;
+    }
     let mut output = output;
     let delivery = match &output {
         Output::Spool { spool, .. } => Some(start_delivery(spool, inserter, &shared, &options)),

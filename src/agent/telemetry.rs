@@ -279,7 +279,7 @@ impl Collector for Reader {
             ),
             (
                 "last_insert_age",
-                "Time since MongoDB last acknowledged an insert (since start, before the first)",
+                "Time since MongoDB last acknowledged an insert, this run or the last with the same spool (since start, before any)",
                 Some(&Unit::Seconds),
                 (now - c.last_insert_ms.unwrap_or(self.0.started_ms)).max(0) as f64 / 1000.0,
             ),
