@@ -37,7 +37,7 @@ use std::time::Instant;
 use crate::drivers;
 use crate::report::Reading;
 
-pub use health::{Health, HealthEvent, DEAD_AFTER};
+pub use health::{Health, HealthEvent, DEAD_AFTER, FLAP_QUIET};
 pub use sensehat::{Handle, SenseHat, READ_ATTEMPTS};
 pub use simulated::{parse_rest_g, NoDelay, SimBoard, SimFault, SimKnock, SimPlan};
 
