@@ -33,6 +33,7 @@ import json
 import os
 import random
 import select
+import signal
 import socket
 import statistics
 import subprocess
@@ -1087,5 +1088,12 @@ def main():
     return 0
 
 
+def stop_on_sigterm(signum, _frame):
+    """A SIGTERM (kill, timeout) ends the run as Ctrl-C does: main's finally stops the
+    endpoint by pid."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     sys.exit(main())

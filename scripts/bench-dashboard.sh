@@ -24,6 +24,7 @@ HZ=${HZ:-2}
 PROFILE=${PROFILE:-dev}
 PY=${PYTHON:-.venv-test/bin/python}
 SECANTUSD=${SECANTUSD:-.venv-test/bin/secantusd-py}
+[ -x "$PY" ] || { echo "$PY is missing: run 'bash .ci/run setup' once (it creates .venv-test), or set PYTHON" >&2; exit 1; }
 DB=bench_dashboard
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -35,8 +36,10 @@ dir=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 work=$(mktemp -d)
 pids=()
 cleanup() {
+    local status=$?
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
+    # Kept when the run failed: the dashboard's and the server's logs say why.
+    if [ "$status" = 0 ]; then rm -rf "$work"; else echo "logs kept in $work" >&2; fi
 }
 trap cleanup EXIT
 
@@ -88,7 +91,7 @@ dash=$!
 pids+=($dash)
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 base="http://127.0.0.1:$port"
-get() { curl -sf -o /dev/null "$base$1"; }
+get() { curl -sf -o /dev/null "$base$1" || { echo "FAIL: GET $1 (curl exit $?)" >&2; return 1; }; }
 
 # The page's first full load, request for request as dashboard.js makes them (nodes first,
 # then one /api/chart per node, in parallel).

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/test-server.sh
 N=${N:-100000}
 cargo build --release -q --bin sensehat-monitor
-cargo bench -q --bench spool --no-run 2>/dev/null
+cargo bench -q --bench spool --no-run
 work=$(mktemp -d -p "${BENCH_DIR:-$ROOT/target}")
 trap 'stop_server; rm -rf "$work"' EXIT
 cargo bench -q --bench spool -- appends "$work/appends" 200000

@@ -319,5 +319,12 @@ def report(rows, rss, a):
           f"{per(f, 'cpu_s') / per(seed_d, 'cpu_s'):.3f} of the seed's CPU per sample")
 
 
+def stop_on_sigterm(signum, _frame):
+    """A SIGTERM (kill, timeout) ends the run as Ctrl-C does: main's finally stops every
+    program it started, by pid."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     main()

@@ -462,7 +462,9 @@ def run_fleet(n, args, procs):
         "balancer_requests": balancer, "saturates": saturates, "failures": failures,
     }
     print_result(result)
-    if not args.keep:
+    if failures:
+        print(f"kept for the failure: the programs' logs in {workdir}")
+    elif not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
 
