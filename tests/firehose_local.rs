@@ -149,30 +149,41 @@ fn spawn_firehose(
     url: &str,
     extra: &[&str],
 ) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-        .args([
-            "--stream-name",
-            stream,
-            "--kinesis-endpoint-url",
-            &kin.endpoint,
-        ])
-        .args([
-            "--destination-url",
-            url,
-            "--from-start",
-            "--buffer-seconds",
-            "1",
-        ])
-        .args(extra)
-        .envs(AWS_ENV)
-        .env("FIREHOSE_ACCESS_KEY", ACCESS_KEY)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
+    firehose_command(kin, stream, url, extra)
         .spawn()
         .expect("start firehose-local")
+}
+
+/// The command [`spawn_firehose`] runs.
+fn firehose_command(
+    kin: &KinesisServer,
+    stream: &str,
+    url: &str,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"));
+    c.args([
+        "--stream-name",
+        stream,
+        "--kinesis-endpoint-url",
+        &kin.endpoint,
+    ])
+    .args([
+        "--destination-url",
+        url,
+        "--from-start",
+        "--buffer-seconds",
+        "1",
+    ])
+    .args(extra)
+    .envs(AWS_ENV)
+    .env("FIREHOSE_ACCESS_KEY", ACCESS_KEY)
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    c
 }
 
 /// Put `n` small JSON records, partition keys spread so every shard gets some.
@@ -525,6 +536,68 @@ async fn a_record_over_1000_kib_goes_to_the_error_dir() {
     fh.start_kill().unwrap();
 }
 
+// While the endpoint fails, the readers hold no more record data than their read-ahead budget
+// (twice the size hint, at least 16 MiB), where the channel alone took 20,000 records (20 GiB
+// of records near 1 MiB): with 24 records of 900 kB in the stream, reading stops at the budget
+// and says so (at debug); once the endpoint takes them, every one arrives, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_waits_for_the_endpoint_past_the_read_ahead_budget() {
+    use tokio::io::AsyncBufReadExt;
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhbudget");
+    kin.create_stream(&stream, 1).await;
+    let sent: Vec<Vec<u8>> = (0..24u8).map(|i| vec![b'a' + i; 900_000]).collect();
+    kin.put_in_order(&stream, &sent.iter().collect::<Vec<_>>())
+        .await;
+    // Failing until the budget is spent.
+    let (url, state) = receiver(vec![Reply::Status(500); 10_000]).await;
+    let mut fh = firehose_command(&kin, &stream, &url, &["--buffer-mib", "1"])
+        .env(
+            "RUST_LOG",
+            "info,sensehat_monitor::firehose_local::reader=debug",
+        )
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(fh.stderr.take().unwrap()).lines();
+    let spent = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("the read-ahead budget is spent") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(spent, Ok(true), "no word of the budget within 120 s");
+    // The requests answered 500 so far are those before `failed`; every later one is taken.
+    let failed = {
+        let mut s = state.lock().unwrap();
+        let failed = 10_000 - s.script.len();
+        s.script.clear();
+        failed
+    };
+    let taken = || {
+        let got = state.lock().unwrap().got.clone();
+        let mut records: Vec<(usize, u8)> = got[failed..]
+            .iter()
+            .flat_map(|g| decoded_records(&g.body))
+            .map(|r| (r.len(), r[0]))
+            .collect();
+        records.sort();
+        records
+    };
+    // Its back-off may have grown to a minute by now.
+    common::wait_until(Duration::from_secs(180), "every record", || {
+        let have = taken().len();
+        async move { have >= 24 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let want: Vec<(usize, u8)> = sent.iter().map(|r| (r.len(), r[0])).collect();
+    assert_eq!(taken(), want, "each record once");
+    fh.start_kill().unwrap();
+}
+
 // A record over 1,024,000 bytes goes to the error output once, even when a stop cuts short the
 // delivery of the records before it and a restart reads them again. The three records are put
 // before the start, so that they are read together; the endpoint fails until the stop. After the
@@ -599,6 +672,7 @@ async fn bodies_stay_within_64_mib_whatever_the_size_hint() {
         tx.send(
             Arrived {
                 data: data.clone(),
+                share: None,
                 arrival_ms: 0,
                 shard: Arc::from("shardId-000000000000"),
                 sequence: i.to_string(),

@@ -297,6 +297,7 @@ mod tests {
     fn arrived(shard: &str, seq: &str) -> Arrived {
         Arrived {
             data: b"{}".to_vec(),
+            share: None,
             arrival_ms: 0,
             shard: Arc::from(shard),
             sequence: seq.to_owned(),

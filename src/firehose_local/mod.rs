@@ -120,12 +120,15 @@ pub async fn run(
     }
     let (tx, rx) = mpsc::channel(reader::CHANNEL_CAPACITY);
     let starts = starts(config.from_start, checkpoint.as_ref());
+    // Twice the size hint: a full request on its way while the next one fills.
+    let read_ahead = (2 * config.buffering.bytes).max(reader::MIN_READ_AHEAD_BYTES);
     let readers = tokio::spawn(reader::read_stream(
         kinesis,
         stream.clone(),
         starts,
         tx,
         metrics,
+        read_ahead,
     ));
     info!(stream = %stream, destination = %config.delivery.destination_url, "firehose-local started");
     run_buffer(rx, &delivery, config.buffering, checkpoint, shutdown).await;

@@ -21,7 +21,7 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::lineage::{self, Lineage, Listed};
@@ -34,11 +34,17 @@ pub const RELIST_INTERVAL: Duration = Duration::from_secs(10);
 /// Records waiting between the readers and the buffer.
 pub const CHANNEL_CAPACITY: usize = 20_000;
 
+/// The least record data the readers may hold ahead of the endpoint (see [`read_stream`]).
+pub const MIN_READ_AHEAD_BYTES: usize = 16 << 20;
+
 /// One record as Firehose received it.
 #[derive(Debug, Clone)]
 pub struct Arrived {
     /// The record's data.
     pub data: Vec<u8>,
+    /// Its share of the readers' read-ahead budget, returned when the last copy of the record
+    /// is dropped (its batch has ended); `None` for a record that did not come from a reader.
+    pub share: Option<Arc<OwnedSemaphorePermit>>,
     /// When firehose-local read it, ms since the epoch.
     pub arrival_ms: i64,
     /// Its shard and sequence number there, for the checkpoint.
@@ -191,14 +197,22 @@ async fn list_shards(client: &Client, stream: &str) -> Result<Vec<Listed>, Strin
 
 /// Read every shard of `stream` into `tx` until the receiver goes away, each from where
 /// `starts` says, a child only once its parents have ended ([`Lineage`]), counting the records
-/// of each shard in `metrics`.
+/// of each shard in `metrics`. The records read and not yet ended hold at most
+/// `read_ahead_bytes` of data between them (and [`CHANNEL_CAPACITY`] wait for the buffer):
+/// while the endpoint is down or slow, the readers wait, rather than take the stream into
+/// memory (20,000 records near Kinesis's 1 MiB would be 20 GiB).
 pub async fn read_stream(
     client: Client,
     stream: String,
     starts: Starts,
     tx: mpsc::Sender<Read>,
     metrics: Arc<Metrics>,
+    read_ahead_bytes: usize,
 ) {
+    let budget = Budget {
+        bytes: read_ahead_bytes.max(1),
+        left: Arc::new(Semaphore::new(read_ahead_bytes.max(1))),
+    };
     let mut lineage = Lineage::new(starts.ended.iter().cloned());
     // Where each shard listed so far starts, decided when it was first listed, and when.
     let mut seen: HashMap<String, (Start, i64)> = HashMap::new();
@@ -243,7 +257,7 @@ pub async fn read_stream(
                         stream.clone(),
                         id,
                         start,
-                        (tx.clone(), ended_tx.clone()),
+                        (tx.clone(), ended_tx.clone(), budget.clone()),
                         read,
                     ));
                 }
@@ -274,6 +288,30 @@ pub async fn read_stream(
                 }
             }
         }
+    }
+}
+
+/// The readers' read-ahead budget, in bytes of record data.
+#[derive(Clone)]
+struct Budget {
+    bytes: usize,
+    left: Arc<Semaphore>,
+}
+
+impl Budget {
+    /// A share for a record of `len` bytes, once the records before it have left that much;
+    /// `None` once the budget is closed (never: it lives as long as the readers).
+    async fn share(&self, len: usize) -> Option<Arc<OwnedSemaphorePermit>> {
+        // A record larger than the whole budget waits for all of it, not for ever.
+        let permits = u32::try_from(len.min(self.bytes)).unwrap_or(u32::MAX);
+        if self.left.available_permits() < permits as usize {
+            debug!(
+                budget_bytes = self.bytes,
+                "the read-ahead budget is spent: reading waits for the endpoint"
+            );
+        }
+        let share = self.left.clone().acquire_many_owned(permits).await.ok()?;
+        Some(Arc::new(share))
     }
 }
 
@@ -355,7 +393,7 @@ async fn read_shard(
     stream: String,
     shard: String,
     mut start: Start,
-    (tx, ended): (mpsc::Sender<Read>, mpsc::UnboundedSender<String>),
+    (tx, ended, budget): (mpsc::Sender<Read>, mpsc::UnboundedSender<String>, Budget),
     read: Counter,
 ) {
     let shard_id: Arc<str> = Arc::from(shard.as_str());
@@ -408,8 +446,12 @@ async fn read_shard(
                 for r in out.records() {
                     // A fresh iterator (after an error) starts after the last record read.
                     start = Start::After(r.sequence_number().to_owned());
+                    let Some(share) = budget.share(r.data().as_ref().len()).await else {
+                        return;
+                    };
                     let arrived = Arrived {
                         data: r.data().as_ref().to_vec(),
+                        share: Some(share),
                         arrival_ms,
                         shard: shard_id.clone(),
                         sequence: r.sequence_number().to_owned(),
