@@ -456,7 +456,7 @@ fn log_health(sensor: Sensor, event: HealthEvent, why: Option<&SensorError>) {
         HealthEvent::Recovered { failures } => {
             info!(sensor = sensor.name(), failures, "sensor recovered")
         }
-        HealthEvent::None => {}
+        HealthEvent::StartedFailingUnsaid | HealthEvent::RecoveredUnsaid | HealthEvent::None => {}
     }
 }
 

@@ -52,6 +52,11 @@ pub enum HealthEvent {
         /// How many failed samples the run of failures had.
         failures: u64,
     },
+    /// First failure after a good read, too soon after the last one said to be said
+    /// ([`FLAP_QUIET`]): a change of state all the same (the sensor's health is shown anew).
+    StartedFailingUnsaid,
+    /// Read fine again after a run of failures that was not said.
+    RecoveredUnsaid,
 }
 
 impl Health {
@@ -68,7 +73,7 @@ impl Health {
             {
                 self.unsaid_runs += 1;
                 self.run_said = false;
-                return HealthEvent::None;
+                return HealthEvent::StartedFailingUnsaid;
             }
             self.said_at = Some(now);
             self.run_said = true;
@@ -77,7 +82,10 @@ impl Health {
             }
         } else if !self.dead_reported && now.duration_since(since) >= DEAD_AFTER {
             self.dead_reported = true;
-            self.run_said = true;
+            if !std::mem::replace(&mut self.run_said, true) {
+                // Said after all: not among the runs the next start line counts.
+                self.unsaid_runs = self.unsaid_runs.saturating_sub(1);
+            }
             HealthEvent::Dead
         } else {
             HealthEvent::None
@@ -90,10 +98,10 @@ impl Health {
         self.consecutive_failures = 0;
         self.failing_since = None;
         self.dead_reported = false;
-        if failures > 0 && std::mem::take(&mut self.run_said) {
-            HealthEvent::Recovered { failures }
-        } else {
-            HealthEvent::None
+        match (failures, std::mem::take(&mut self.run_said)) {
+            (0, _) => HealthEvent::None,
+            (failures, true) => HealthEvent::Recovered { failures },
+            (_, false) => HealthEvent::RecoveredUnsaid,
         }
     }
 
@@ -131,8 +139,9 @@ mod tests {
     }
 
     // A sensor that fails now and then says so once a minute at most: runs of failures that
-    // start within a minute of the last one said are not said, nor their ends, and the next
-    // said counts them. A run that lasts a minute is said as dead all the same, and its end.
+    // start within a minute of the last one said are not said, nor their ends (still changes
+    // of state), and the next said counts them. A run that lasts a minute is said as dead all
+    // the same, and its end.
     #[test]
     fn a_flapping_sensor_is_said_once_a_minute() {
         let t0 = Instant::now();
@@ -142,14 +151,18 @@ mod tests {
         assert_eq!(h.record_failure(at(0), "e".into()), started(0));
         assert_eq!(h.record_success(), HealthEvent::Recovered { failures: 1 });
         for s in [5, 10, 59] {
-            assert_eq!(h.record_failure(at(s), "e".into()), HealthEvent::None);
-            assert_eq!(h.record_success(), HealthEvent::None);
+            let unsaid = h.record_failure(at(s), "e".into());
+            assert_eq!(unsaid, HealthEvent::StartedFailingUnsaid);
+            assert_eq!(h.record_success(), HealthEvent::RecoveredUnsaid);
         }
         assert_eq!(h.record_failure(at(60), "e".into()), started(3));
         assert_eq!(h.record_success(), HealthEvent::Recovered { failures: 1 });
-        assert_eq!(h.record_failure(at(70), "e".into()), HealthEvent::None);
+        let unsaid = h.record_failure(at(70), "e".into());
+        assert_eq!(unsaid, HealthEvent::StartedFailingUnsaid);
         assert_eq!(h.record_failure(at(130), "e".into()), HealthEvent::Dead);
         assert_eq!(h.record_success(), HealthEvent::Recovered { failures: 2 });
         assert_eq!(h.total_failures, 7);
+        // The run said as dead is not counted as unsaid by the next start said.
+        assert_eq!(h.record_failure(at(200), "e".into()), started(0));
     }
 }
