@@ -229,12 +229,11 @@ impl<I: Inserter> Deliverer<I> {
                 );
             }
         }
-        // The batch starts with the oldest report still unsent: its age is a metric.
+        // The batch starts with the oldest report still unsent: its age is a metric, and what
+        // `status` says (one look into one report an insert).
         self.read_at_ms = now_ms();
-        if self.telemetry.is_some() {
-            if let Some(t) = batch.records.first().and_then(|r| recorded_at(r)) {
-                lock(&self.counters).oldest_unsent_ms = Some(t);
-            }
+        if let Some(t) = batch.records.first().and_then(|r| recorded_at(r)) {
+            lock(&self.counters).oldest_unsent_ms = Some(t);
         }
         Ok(Some(batch))
     }
