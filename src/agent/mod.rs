@@ -262,7 +262,11 @@ where
         ..
     } = &output
     {
-        let previous = crate::status::Status::read(path).and_then(|s| s.counters.last_insert_ms);
+        // Not one from ahead of the clock (a Pi restarting with its clock behind, no network
+        // to set it), which would read as an insert just made until the clock passed it.
+        let previous = crate::status::Status::read(path)
+            .and_then(|s| s.counters.last_insert_ms)
+            .filter(|&ms| ms <= crate::clock::now_ms());
         lock(&shared.counters).last_insert_ms = previous;
     }
     let mut output = output;
