@@ -63,6 +63,7 @@ MONGO_PORT=${MONGO_PORT:-$(free_port)}
 KINESIS_PORT=${KINESIS_PORT:-$(free_port)}
 ENDPOINT_PORT=${ENDPOINT_PORT:-$(free_port)}
 port_free "$KINESIS_PORT" KINESIS_PORT
+port_free $((KINESIS_PORT + 1)) "KINESIS_PORT (its TLS port, the next one)"
 port_free "$ENDPOINT_PORT" ENDPOINT_PORT
 
 echo "==> building the agent and the companion services"
@@ -115,6 +116,7 @@ echo "==> kinesis-forwarder: $DB.reports -> $STREAM"
 PIDS+=($!)
 sleep 2
 
+STARTED=$(date +%s.%N)
 echo "==> agent on the simulated board: $COUNT reports"
 SPOOL=$(mktemp -d)
 # --clock-wait 0: where the clock never says it is synchronized (NTP blocked, some VMs), the
@@ -124,19 +126,21 @@ SPOOL=$(mktemp -d)
 PIDS+=($!)
 
 echo "==> documents arriving in $DB.firehose"
-.venv-test/bin/python - "$COUNT" "$DB" <<'PY'
-import os, sys, time
+.venv-test/bin/python - "$COUNT" "$DB" "$STARTED" <<'PY'
+import datetime, os, sys, time
 from pymongo import MongoClient
 want = int(sys.argv[1])
 db = MongoClient(os.environ["MONGODB_CONNECTION_STRING"])[sys.argv[2]]
+# Only this run's readings: a database of the user's server keeps those of earlier runs.
+this_run = {"recordedAt": {"$gte": datetime.datetime.fromtimestamp(float(sys.argv[3]), datetime.timezone.utc)}}
 seen = set()
 deadline = time.time() + 60 + want
 while len(seen) < want and time.time() < deadline:
-    for d in db.firehose.find({"_id": {"$nin": list(seen)}}):
+    for d in db.firehose.find({**this_run, "_id": {"$nin": list(seen)}}):
         seen.add(d["_id"])
         print(f"  {d['_id']} {d.get('nodeName')} t={d.get('temperature'):.2f} recordedAt={d.get('recordedAt')}")
     time.sleep(0.3)
-reports = db.reports.count_documents({})
+reports = db.reports.count_documents(this_run)
 print(f"==> {len(seen)} documents in {db.name}.firehose, {reports} in {db.name}.reports")
 sys.exit(0 if len(seen) >= want else 1)
 PY
