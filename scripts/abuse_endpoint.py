@@ -492,22 +492,33 @@ def phase_connection_limit(ep, legit, slots, extra, header_timeout=10):
         s.close()
     wall = time.time() - t0
     wait_legit_done(legit, name)
-    n, ok, worst, bad, first = legit.summary(name)
-    early = sorted(closed_at[i] for i in range(min(slots, len(socks))) if i in closed_at)
-    late = sorted(closed_at[i] for i in range(slots, len(socks)) if i in closed_at)
+    held_slots_report("Past the connection limit", name, "sending a header byte every 0.5 s",
+                      "slow", slots, extra, len(socks), closed_at, (status, secs),
+                      legit.summary(name), wall)
+    return secs
+
+
+def held_slots_report(title, name, doing, kind, slots, extra, opened, closed_at, delivery, summary, wall):
+    """The table and checks of a phase that holds every connection slot, and `extra` more
+    connections in the backlog, with clients `doing` something: when the endpoint closed them
+    (`closed_at`, seconds by connection index), what a delivery sent meanwhile met, and the
+    legit deliveries' `summary`."""
+    status, secs = delivery
+    n, ok, worst, bad, first = summary
+    early = sorted(closed_at[i] for i in range(min(slots, opened)) if i in closed_at)
+    late = sorted(closed_at[i] for i in range(slots, opened) if i in closed_at)
     span = lambda v: f"{v[0]:.0f}-{v[-1]:.0f} s" if v else "never"
-    table("Past the connection limit", ["what", "figure"], [
-        ("connections opened, each sending a header byte every 0.5 s", len(socks)),
+    table(title, ["what", "figure"], [
+        (f"connections opened, each {doing}", opened),
         (f"the first {slots} closed by the endpoint after", span(early)),
         (f"the {extra} past the limit (in the backlog) closed after", span(late)),
         ("a delivery sent meanwhile: stored after", f"{secs:.1f} s ({status})"),
         ("legit deliveries: stored / sent (first attempt), slowest", f"{ok}/{n} ({first}), {worst:.1f} s"),
         ("phase wall time", f"{wall:.0f} s"),
     ])
-    check(len(closed_at) == len(socks), f"{name}: every slow connection closed ({len(closed_at)}/{len(socks)})")
+    check(len(closed_at) == opened, f"{name}: every {kind} connection closed ({len(closed_at)}/{opened})")
     check(status == 200, f"{name}: a delivery waiting behind them is stored ({status})")
     check(ok == n, f"{name}: every legit delivery stored ({ok}/{n}; others: {bad})")
-    return secs
 
 
 def phase_never_read(ep, legit, slots, extra, write_timeout=30):
@@ -565,22 +576,10 @@ def phase_never_read(ep, legit, slots, extra, write_timeout=30):
         s.close()
     wall = time.time() - t0
     wait_legit_done(legit, name)
-    n, ok, worst, bad, first = legit.summary(name)
     status, secs = result.get("status", "no answer"), result.get("secs", 0.0)
-    early = sorted(closed_at[i] for i in range(min(slots, len(socks))) if i in closed_at)
-    late = sorted(closed_at[i] for i in range(slots, len(socks)) if i in closed_at)
-    span = lambda v: f"{v[0]:.0f}-{v[-1]:.0f} s" if v else "never"
-    table(f"Clients that never read (write timeout {write_timeout} s)", ["what", "figure"], [
-        ("connections opened, each pipelining health checks, reading nothing", len(socks)),
-        (f"the first {slots} closed by the endpoint after", span(early)),
-        (f"the {extra} past the limit (in the backlog) closed after", span(late)),
-        ("a delivery sent meanwhile: stored after", f"{secs:.1f} s ({status})"),
-        ("legit deliveries: stored / sent (first attempt), slowest", f"{ok}/{n} ({first}), {worst:.1f} s"),
-        ("phase wall time", f"{wall:.0f} s"),
-    ])
-    check(len(closed_at) == len(socks), f"{name}: every stalled connection closed ({len(closed_at)}/{len(socks)})")
-    check(status == 200, f"{name}: a delivery waiting behind them is stored ({status})")
-    check(ok == n, f"{name}: every legit delivery stored ({ok}/{n}; others: {bad})")
+    held_slots_report(f"Clients that never read (write timeout {write_timeout} s)", name,
+                      "pipelining health checks, reading nothing", "stalled", slots, extra,
+                      len(socks), closed_at, (status, secs), legit.summary(name), wall)
 
 
 # --- phase 3: gzip bombs ----------------------------------------------------------------------

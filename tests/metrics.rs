@@ -42,6 +42,24 @@ fn agent(
     quiet_agent(uri, spool, &args)
 }
 
+/// The agent on the simulated board, 50 ms apart, with no database to reach, serving its
+/// metrics; and their address, once it serves them.
+async fn agent_without_database(spool: &std::path::Path) -> (Reaped, String) {
+    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let addr = free_addr();
+    let args = [
+        "--sensors",
+        "sim",
+        "--interval",
+        "50ms",
+        "--metrics-listen",
+        &addr,
+    ];
+    let agent = quiet_agent(&nobody, spool, &args);
+    wait_serving(&addr).await;
+    (agent, addr)
+}
+
 // The metrics follow what the agent does: samples, deliveries, the spool; when the database
 // goes away /readyz says so with the reason, database_up drops and the spool grows; the
 // textfile holds the same names, promtool finds nothing wrong with either, and node_exporter
@@ -176,18 +194,7 @@ async fn reports_held_in_memory_are_counted_apart() {
     let spool = tempfile::tempdir().unwrap();
     let segment = spool.path().join("segment-0000000000000001.spool");
     std::os::unix::fs::symlink("/dev/full", &segment).unwrap();
-    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
-    let addr = free_addr();
-    let args = [
-        "--sensors",
-        "sim",
-        "--interval",
-        "50ms",
-        "--metrics-listen",
-        &addr,
-    ];
-    let _agent = quiet_agent(&nobody, spool.path(), &args);
-    wait_serving(&addr).await;
+    let (_agent, addr) = agent_without_database(spool.path()).await;
     wait_for_metric(&addr, "sensehat_agent_spool_memory_reports", 10.0).await;
     assert_eq!(value(&scrape(&addr), "sensehat_agent_spool_bytes"), 0.0);
     std::fs::remove_file(&segment).unwrap();
@@ -233,18 +240,7 @@ async fn the_last_insert_outlives_a_restart() {
         .unwrap();
     assert!(first.status.success(), "{first:?}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
-    let addr = free_addr();
-    let args = [
-        "--sensors",
-        "sim",
-        "--interval",
-        "50ms",
-        "--metrics-listen",
-        &addr,
-    ];
-    let again = quiet_agent(&nobody, spool.path(), &args);
-    wait_serving(&addr).await;
+    let (again, addr) = agent_without_database(spool.path()).await;
     let age = value(&scrape(&addr), "sensehat_agent_last_insert_age_seconds");
     assert!(age >= 5.0, "{age}");
     // The status file this run wrote, not the last run's.
