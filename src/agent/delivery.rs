@@ -46,9 +46,10 @@ struct Deliverer<I> {
     /// The one insert of what is pending that a stop gets has been made.
     flushed_at_stop: bool,
     telemetry: Option<Telemetry>,
-    /// When the last batch was read (ms since the Unix epoch): what is left after it is
-    /// acknowledged was taken since (or is the rest of a full batch, read next at once).
+    /// When the last batch was read (ms since the Unix epoch), and whether it took every
+    /// report pending then: if so, what is left once it is acknowledged was taken since.
     read_at_ms: i64,
+    read_all: bool,
     /// Most reports in the next batch. At most half a batch of more than [`BATCH_FLOOR`] that
     /// timed out, and grown by a quarter by each insert that works, up to [`BATCH_MAX`]: on a
     /// link too slow to carry a full batch within the insert's timeout, a backlog sent whole
@@ -120,6 +121,7 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         flushed_at_stop: false,
         telemetry,
         read_at_ms: 0,
+        read_all: false,
         batch_max: BATCH_MAX,
         refused_unsaved: 0,
     };
@@ -203,14 +205,15 @@ impl<I: Inserter> Deliverer<I> {
     /// the segment over, which syncs), are read on a blocking thread.
     /// (`&mut`: a `Deliverer` is `Send`, not `Sync`.)
     async fn read_batch(&mut self) -> Result<Option<Batch>, AgentError> {
-        let batch = {
+        let (batch, pending) = {
             let mut sp = lock(&self.spool);
             let pending = sp.pending();
             if pending == 0 {
                 return Ok(None);
             }
-            (pending <= INLINE_READ_MAX && sp.unwritten() == 0)
-                .then(|| sp.next_batch(self.batch_max))
+            let inline = (pending <= INLINE_READ_MAX && sp.unwritten() == 0)
+                .then(|| sp.next_batch(self.batch_max));
+            (inline, pending)
         };
         let batch = match batch {
             Some(read) => read?,
@@ -232,6 +235,7 @@ impl<I: Inserter> Deliverer<I> {
         // The batch starts with the oldest report still unsent: its age is a metric, and what
         // `status` says (one look into one report an insert).
         self.read_at_ms = now_ms();
+        self.read_all = batch.records.len() as u64 >= pending;
         if let Some(t) = batch.records.first().and_then(|r| recorded_at(r)) {
             lock(&self.counters).oldest_unsent_ms = Some(t);
         }
@@ -312,7 +316,13 @@ impl<I: Inserter> Deliverer<I> {
         let rejected = if saved { outcome.rejected.len() } else { 0 };
         {
             let mut c = lock(&self.counters);
-            c.oldest_unsent_ms = (pending > 0).then_some(self.read_at_ms);
+            // Left after a batch that took only the head of a backlog: older than the read,
+            // and the batch's first report says so more nearly until the next read.
+            if pending == 0 {
+                c.oldest_unsent_ms = None;
+            } else if self.read_all {
+                c.oldest_unsent_ms = Some(self.read_at_ms);
+            }
             c.delivered += outcome.inserted + outcome.duplicates;
             c.duplicates += outcome.duplicates;
             c.rejected += rejected as u64;
