@@ -55,6 +55,8 @@ FIREHOSE_WAIT = 180
 FIREHOSE_RETRY = 300
 
 FAILURES = []
+# Every endpoint started, for main's finally.
+STARTED = []
 
 
 def log(msg):
@@ -109,6 +111,7 @@ class Endpoint:
     """The release binary on a free port; RSS read from /proc."""
 
     def __init__(self, binary, uri, database, body_timeout, workdir, name):
+        STARTED.append(self)  # main's finally stops every one, whatever phase was cut short
         self.port = free_port()
         self.log_path = os.path.join(workdir, f"{name}.log")
         env = dict(os.environ, FIREHOSE_ACCESS_KEY=KEY, MONGODB_CONNECTION_STRING=uri, RUST_LOG="warn")
@@ -1071,7 +1074,8 @@ def main():
             check(ep.alive(), "the endpoint is still running after the mixed load")
     finally:
         legit.stop_flag.set()
-        ep.stop()
+        for e in STARTED:
+            e.stop()
     panics = []
     for name in sorted(os.listdir(work)):
         with open(os.path.join(work, name), errors="replace") as f:
@@ -1088,8 +1092,8 @@ def main():
 
 
 def stop_on_sigterm(signum, _frame):
-    """A SIGTERM (kill, timeout) ends the run as Ctrl-C does: main's finally stops the
-    endpoint by pid."""
+    """A SIGTERM (kill, timeout) ends the run as Ctrl-C does: main's finally stops every
+    endpoint it started, by pid."""
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 

@@ -111,7 +111,7 @@ parallel $(for k in $nodes; do echo "/api/chart?$(q "$k")"; done)
 page=$(echo "$(now_s) - $t0" | bc)
 
 t0=$(now_s)
-series_json=$(curl -sf "$base/api/series?field=temperature&$(q 0)")
+series_json=$(curl -sf "$base/api/series?field=temperature&$(q 0)") || { echo "FAIL: GET /api/series" >&2; exit 1; }
 series=$(echo "$(now_s) - $t0" | bc)
 points=$(echo "$series_json" | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["points"]))')
 bucket_ms=$(echo "$series_json" | "$PY" -c 'import json,sys; print(int(json.load(sys.stdin)["bucketSeconds"]*1000))')

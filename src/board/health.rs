@@ -1,5 +1,6 @@
-//! Sensor health over time: pure state the sampling loop drives, no IO. Each update says what,
-//! if anything, is worth one log line (a state change, never every failure).
+//! Sensor health over time: pure state the sampling loop drives, no IO. Each update says what
+//! changed, if anything, and whether that is worth one log line (never every failure, and at
+//! most one a minute for a sensor that keeps failing and recovering).
 
 use std::time::{Duration, Instant};
 
@@ -34,10 +35,10 @@ pub struct Health {
     unsaid_runs: u64,
 }
 
-/// What a health update asks the caller to log.
+/// What a health update changed, and asks the caller to log (all but the `Unsaid` ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthEvent {
-    /// Nothing worth a log line.
+    /// No change.
     None,
     /// First failure after a good read.
     StartedFailing {
