@@ -182,7 +182,6 @@ fn status_to_a_closed_or_full_standard_output_ends_cleanly() {
 // as unsent.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_of_a_running_agent_counts_only_what_is_unsent() {
-    use sensehat_monitor::status::{Status, STATUS_FILE};
     let server = MongoServer::start();
     let db = unique_name("status_running");
     let spool = tempfile::tempdir().unwrap();
@@ -210,29 +209,15 @@ async fn status_of_a_running_agent_counts_only_what_is_unsent() {
     })
     .await;
     let since = mongodb::bson::DateTime::now().timestamp_millis();
-    let file = spool.path().join(STATUS_FILE);
-    common::wait_until(Duration::from_secs(30), "the status file rewritten", || {
-        let f = file.clone();
-        async move { Status::read(&f).is_some_and(|s| s.updated_ms > since) }
+    common::wait_for_status(spool.path(), "the status file rewritten", |s| {
+        s.updated_ms > since
     })
     .await;
     let s = common::status_text(spool.path());
-    let line = |label: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(label))
-            .unwrap_or_else(|| panic!("{s}"))
-            .trim()
-            .to_owned()
-    };
     // Half a second's window and a write group at 20 reports a second, and room for a slow
     // insert; the files alone count 190 or more.
-    let unsent: u64 = line("unsent reports")
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(unsent <= 100, "{s}");
+    let unsent = common::status_figure(&s, "unsent reports");
+    assert!(unsent.is_some_and(|n| n <= 100), "{s}");
 }
 
 // Restarted while the database is unreachable, with reports from before in the spool,
@@ -240,28 +225,19 @@ async fn status_of_a_running_agent_counts_only_what_is_unsent() {
 // (without metrics, the agent only counted the oldest for them).
 #[tokio::test(flavor = "multi_thread")]
 async fn status_after_a_restart_gives_the_oldest_report_in_the_spool() {
-    use sensehat_monitor::status::{Status, STATUS_FILE};
     let spool = tempfile::tempdir().unwrap();
     let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
     let args = ["--sensors", "sim", "--interval", "50ms"];
-    let file = spool.path().join(STATUS_FILE);
     let mut first = common::quiet_agent(&nobody, spool.path(), &args);
-    common::wait_until(Duration::from_secs(30), "reports in the spool", || {
-        let f = file.clone();
-        async move { Status::read(&f).is_some_and(|s| s.pending >= 10) }
-    })
-    .await;
+    common::wait_for_status(spool.path(), "reports in the spool", |s| s.pending >= 10).await;
     common::signal(&first.0, 15);
     first.0.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let restarted = std::time::Instant::now();
     let again = common::quiet_agent(&nobody, spool.path(), &args);
     let pid = again.0.id();
-    common::wait_until(Duration::from_secs(30), "this run's status file", || {
-        let f = file.clone();
-        async move {
-            Status::read(&f).is_some_and(|s| s.pid == pid && s.counters.oldest_unsent_ms.is_some())
-        }
+    common::wait_for_status(spool.path(), "this run's status file", |s| {
+        s.pid == pid && s.counters.oldest_unsent_ms.is_some()
     })
     .await;
     let s = common::status_text(spool.path());

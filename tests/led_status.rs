@@ -272,16 +272,6 @@ fn poll<T>(timeout: Duration, what: &str, log: &Path, mut f: impl FnMut() -> Opt
     }
 }
 
-/// The figure after `label` in `status`'s output `s`, when it has that line.
-fn figure(s: &str, label: &str) -> Option<u64> {
-    s.lines()
-        .find_map(|l| l.strip_prefix(label))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 // The spool's disk cannot be written (its segment file is /dev/full) and the database is
 // down, so every report is kept in memory, up to its limit of 50,000 (at a 1 ms interval, a
 // minute). `status` counts them as unsent and says they are in memory only, where it said
@@ -329,7 +319,7 @@ fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
     );
     // All in memory, but for those waiting to be written as a group when the agent wrote its
     // status (up to 50 ms of them).
-    let unsent = figure(&s, "unsent reports").unwrap();
+    let unsent = common::status_figure(&s, "unsent reports").unwrap();
     let in_memory = s
         .split_once(&format!("unsent reports        {unsent} ("))
         .and_then(|(_, rest)| rest.split_once(" of them in memory"))
@@ -337,7 +327,7 @@ fn a_disk_that_cannot_be_written_shows_what_memory_holds() {
         .unwrap_or_else(|| panic!("{s}"));
     assert!(in_memory > 0 && unsent - in_memory <= 50, "{s}");
     assert!(s.contains("free space"), "{s}");
-    assert_eq!(figure(&s, "on disk"), Some(0), "{s}");
+    assert_eq!(common::status_figure(&s, "on disk"), Some(0), "{s}");
     assert!(!s.contains("oldest unsent         none"), "{s}");
 
     let filling = watch(&fb, Duration::from_secs(240), "red", |c| *c == [RED; 4]);

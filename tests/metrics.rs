@@ -8,8 +8,6 @@ mod metrics_common;
 
 use std::time::Duration;
 
-use sensehat_monitor::status::{Status, STATUS_FILE};
-
 use common::{agent_command, quiet_agent, unique_name, wait_until, MongoServer, Reaped};
 use metrics_common::{
     free_addr, get, lint, promtool, repo_file, scrape, value, wait_for_metric, wait_serving,
@@ -244,12 +242,8 @@ async fn the_last_insert_outlives_a_restart() {
     let age = value(&scrape(&addr), "sensehat_agent_last_insert_age_seconds");
     assert!(age >= 5.0, "{age}");
     // The status file this run wrote, not the last run's.
-    let (file, pid) = (spool.path().join(STATUS_FILE), again.0.id());
-    wait_until(Duration::from_secs(30), "this run's status file", || {
-        let f = file.clone();
-        async move { Status::read(&f).is_some_and(|s| s.pid == pid) }
-    })
-    .await;
+    let pid = again.0.id();
+    common::wait_for_status(spool.path(), "this run's status file", |s| s.pid == pid).await;
     let s = common::status_text(spool.path());
     let last = s.lines().find(|l| l.starts_with("last insert"));
     assert!(last.is_some_and(|l| l.ends_with(" s ago)")), "{s}");

@@ -320,6 +320,33 @@ pub fn status_text(spool_dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The number that follows `label` at the start of a line of `status`'s text ("unsent reports
+/// 12 ..." gives 12), if there is one.
+pub fn status_figure(text: &str, label: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(label))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Wait up to 30 s until the agent's status file in `spool_dir` holds what `f` asks for;
+/// panics with `what` otherwise.
+pub async fn wait_for_status(
+    spool_dir: &Path,
+    what: &str,
+    f: impl Fn(&sensehat_monitor::status::Status) -> bool,
+) {
+    let file = spool_dir.join(sensehat_monitor::status::STATUS_FILE);
+    let f = &f;
+    wait_until(Duration::from_secs(30), what, || {
+        let file = file.clone();
+        async move { sensehat_monitor::status::Status::read(&file).is_some_and(|s| f(&s)) }
+    })
+    .await;
+}
+
 /// Start `command` with its stderr piped and return the first line of it that holds `needle`,
 /// failing the test if none comes within `timeout`; the process is killed and reaped either way.
 pub async fn first_stderr_line(mut command: Command, needle: &str, timeout: Duration) -> String {
