@@ -174,6 +174,63 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
     assert!(log.contains("delivered=40"), "{log}");
 }
 
+// A link that keeps dropping (each insert refused for a moment, three times within seconds)
+// is said once, with its first recovery: the outages soon after it, and their ends, are not
+// (each wrote two or three lines, without end, on a flapping connection). Nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_database_link_is_said_once() {
+    use common::wire::{Sent, Withhold, ZlibProxy};
+    let server = MongoServer::start();
+    if !server.owned {
+        eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
+        return;
+    }
+    let proxy = ZlibProxy::start(server.port);
+    let (_dir, spool_dir, db, log) = places("flapping");
+    let extra = ["--count", "100000", "--insert-every", "200ms"];
+    let mut child = spawn_logged(agent(&proxy.uri(), &db, &spool_dir, &extra), &log);
+    let count = || async { ids_in(&server, &db).await.len() };
+    let inserts_since = |from: usize| {
+        proxy.sent()[from..]
+            .iter()
+            .filter(|s| matches!(s, Sent::Command { name, .. } if name == "insert"))
+            .count()
+    };
+    wait_until(Duration::from_secs(30), "the first insert", || async {
+        count().await > 0
+    })
+    .await;
+    for _ in 0..3 {
+        proxy.withhold(&[("insert", Withhold::Refuse)]);
+        let from = proxy.sent().len();
+        // The second insert sent after the change is refused whatever the first raced with.
+        wait_until(Duration::from_secs(30), "two inserts refused", || async {
+            inserts_since(from) >= 2
+        })
+        .await;
+        let before = count().await;
+        proxy.withhold(&[]);
+        wait_until(Duration::from_secs(30), "an insert again", || async {
+            count().await > before
+        })
+        .await;
+    }
+    signal(&child, 15);
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("MongoDB unavailable").count(), 1, "{text}");
+    // At the start, and after the first outage.
+    assert_eq!(text.matches("connected to MongoDB").count(), 2, "{text}");
+    assert_eq!(text.matches("backlog drained").count(), 1, "{text}");
+    // Every report taken is stored once, or still in the spool.
+    let kept = stored_once(&server, &db).await.len() + pending_ids(&spool_dir).len();
+    let taken = text.lines().rev().find_map(|l| {
+        let n = l.split(" reports=").nth(1)?.split_whitespace().next()?;
+        n.parse::<usize>().ok()
+    });
+    assert_eq!(taken, Some(kept), "{text}");
+}
+
 // The server stops mid-run and comes back: nothing lost, nothing doubled.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_outage_mid_run_loses_nothing() {

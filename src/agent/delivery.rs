@@ -273,7 +273,7 @@ impl<I: Inserter> Deliverer<I> {
     async fn unavailable(&mut self, msg: String) -> Step {
         lock(&self.spool).rewind();
         self.last_insert = None;
-        if let Some(e) = self.link.unavailable(&msg) {
+        if let Some(e) = self.link.unavailable(&msg, Instant::now()) {
             log(e);
         }
         {
@@ -412,8 +412,17 @@ fn log(event: LinkEvent) {
             delivered,
             already_present,
         } => info!(delivered, already_present, "backlog drained"),
-        LinkEvent::Unavailable { error } => {
+        LinkEvent::Unavailable {
+            error,
+            brief_unsaid: 0,
+        } => {
             warn!(error = %error, "MongoDB unavailable; reports are kept in the spool and retried with back-off")
+        }
+        LinkEvent::Unavailable {
+            error,
+            brief_unsaid,
+        } => {
+            warn!(error = %error, brief_outages_unsaid = brief_unsaid, "MongoDB unavailable; reports are kept in the spool and retried with back-off (the link keeps dropping: outages within a minute of the last one said are not said)")
         }
         LinkEvent::RejectSaveFailing { error } => {
             error!(error = %error, "cannot save reports the database refused to rejected.jsonl in the spool directory (disk full or read-only?); the others are delivered, and the refused ones kept in the spool and tried again")

@@ -10,6 +10,10 @@ use crate::say_once::Latch;
 /// Refused reports are logged the first time, then at most this often, with the count since.
 pub(super) const REJECTED_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// An outage beginning within this of the last one said (a link that keeps dropping) is not
+/// said, nor its end, unless it lasts this long; the next one said counts those left unsaid.
+pub(super) const FLAP_QUIET: Duration = Duration::from_secs(60);
+
 /// Something about delivery worth one log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum LinkEvent {
@@ -20,8 +24,9 @@ pub(super) enum LinkEvent {
         delivered: u64,
         already_present: u64,
     },
-    /// The database cannot be reached; reports wait in the spool.
-    Unavailable { error: String },
+    /// The database cannot be reached; reports wait in the spool. `brief_unsaid` outages came
+    /// and went since the last one said, without a line ([`FLAP_QUIET`]).
+    Unavailable { error: String, brief_unsaid: u64 },
     /// Refused reports could not be saved to `rejected.jsonl`: they stay in the spool.
     RejectSaveFailing { error: String },
     /// The database refused reports (`count` since the last such line).
@@ -48,6 +53,12 @@ struct Backlog {
 #[derive(Debug)]
 pub(super) struct Link {
     connection: Connection,
+    /// When an outage was last said.
+    outage_said: Option<Instant>,
+    /// The outage going on began at this time and is not said (yet).
+    outage_unsaid: Option<Instant>,
+    /// Outages that ended unsaid since the last one said.
+    brief_unsaid: u64,
     /// A backlog is being sent: its end is said once, with what it took.
     backlog: Option<Backlog>,
     /// Refused reports cannot be saved.
@@ -75,6 +86,9 @@ impl Link {
     pub(super) fn new(backlog_at_start: u64) -> Link {
         Link {
             connection: Connection::Unknown,
+            outage_said: None,
+            outage_unsaid: None,
+            brief_unsaid: 0,
             backlog: (backlog_at_start > 0).then(Backlog::default),
             reject_failing: Latch::default(),
             rejected_logged: None,
@@ -87,8 +101,15 @@ impl Link {
     pub(super) fn delivered(&mut self, d: Delivered<'_>, now: Instant) -> Vec<LinkEvent> {
         let mut events = Vec::new();
         if self.connection != Connection::Up {
-            events.push(LinkEvent::Connected { pending: d.pending });
             self.connection = Connection::Up;
+            if self.outage_unsaid.take().is_some() {
+                // A brief outage of a flapping link: its end, and the backlog it left, are
+                // not said either.
+                self.brief_unsaid += 1;
+                self.backlog = None;
+            } else {
+                events.push(LinkEvent::Connected { pending: d.pending });
+            }
         }
         if let Some(b) = &mut self.backlog {
             b.delivered += d.delivered;
@@ -122,15 +143,26 @@ impl Link {
         events
     }
 
-    /// An insert could not reach the database: what piles up from now is a backlog.
-    pub(super) fn unavailable(&mut self, error: &str) -> Option<LinkEvent> {
+    /// An insert could not reach the database at `now`: what piles up from now is a backlog.
+    /// Said when the outage begins, unless one was said less than [`FLAP_QUIET`] ago; then
+    /// only if it lasts that long.
+    pub(super) fn unavailable(&mut self, error: &str, now: Instant) -> Option<LinkEvent> {
+        let quiet_since = |t: Instant| now.saturating_duration_since(t) < FLAP_QUIET;
         if self.connection == Connection::Down {
-            return None;
+            self.outage_unsaid
+                .take_if(|&mut began| !quiet_since(began))?;
+        } else {
+            self.connection = Connection::Down;
+            self.backlog = Some(Backlog::default());
+            if self.outage_said.is_some_and(quiet_since) {
+                self.outage_unsaid = Some(now);
+                return None;
+            }
         }
-        self.connection = Connection::Down;
-        self.backlog = Some(Backlog::default());
+        self.outage_said = Some(now);
         Some(LinkEvent::Unavailable {
             error: error.to_owned(),
+            brief_unsaid: std::mem::take(&mut self.brief_unsaid),
         })
     }
 
@@ -204,12 +236,13 @@ mod tests {
         let mut link = Link::new(0);
         link.delivered(ok(5, 0), t0);
         assert_eq!(
-            link.unavailable("refused"),
+            link.unavailable("refused", t0),
             Some(LinkEvent::Unavailable {
-                error: "refused".into()
+                error: "refused".into(),
+                brief_unsaid: 0
             })
         );
-        assert_eq!(link.unavailable("refused"), None);
+        assert_eq!(link.unavailable("refused", t0 + 600 * SECOND), None);
         assert_eq!(
             link.delivered(ok(4, 0), t0),
             [
@@ -221,10 +254,65 @@ mod tests {
             ]
         );
         // Failing before the first success is an outage too.
-        assert!(Link::new(0).unavailable("x").is_some());
+        assert!(Link::new(0).unavailable("x", t0).is_some());
     }
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    fn said_unavailable(e: Option<LinkEvent>) -> Option<u64> {
+        match e {
+            Some(LinkEvent::Unavailable { brief_unsaid, .. }) => Some(brief_unsaid),
+            _ => None,
+        }
+    }
+
+    // A link that keeps dropping: outages beginning within a minute of the last one said are
+    // not said, nor their ends; the next one said counts them.
+    #[test]
+    fn a_flapping_link_is_said_once_a_minute() {
+        let t0 = Instant::now();
+        let mut link = Link::new(0);
+        link.delivered(ok(1, 0), t0);
+        assert_eq!(said_unavailable(link.unavailable("reset", t0)), Some(0));
+        assert_eq!(
+            link.delivered(ok(3, 0), t0 + 2 * SECOND).len(),
+            2,
+            "connected, backlog drained"
+        );
+        for s in [10, 30, 50] {
+            assert_eq!(link.unavailable("reset", t0 + s * SECOND), None);
+            assert!(link.delivered(ok(3, 0), t0 + (s + 2) * SECOND).is_empty());
+        }
+        assert_eq!(
+            said_unavailable(link.unavailable("reset", t0 + 70 * SECOND)),
+            Some(3)
+        );
+        assert_eq!(
+            link.delivered(ok(3, 0), t0 + 72 * SECOND)[0],
+            LinkEvent::Connected { pending: 0 }
+        );
+    }
+
+    // An outage left unsaid for beginning soon after the last is said once it has lasted a
+    // minute, and so is its end.
+    #[test]
+    fn an_unsaid_outage_is_said_once_it_lasts() {
+        let t0 = Instant::now();
+        let mut link = Link::new(0);
+        link.unavailable("reset", t0);
+        link.delivered(ok(1, 0), t0 + SECOND);
+        assert_eq!(link.unavailable("reset", t0 + 20 * SECOND), None);
+        assert_eq!(link.unavailable("reset", t0 + 50 * SECOND), None);
+        assert_eq!(
+            said_unavailable(link.unavailable("reset", t0 + 80 * SECOND)),
+            Some(0)
+        );
+        assert_eq!(link.unavailable("reset", t0 + 200 * SECOND), None);
+        assert_eq!(
+            link.delivered(ok(1, 0), t0 + 210 * SECOND)[0],
+            LinkEvent::Connected { pending: 0 }
+        );
+    }
 
     // Refused reports: said the first time, then at most once a minute with the count since.
     #[test]

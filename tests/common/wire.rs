@@ -59,6 +59,7 @@ pub enum Withhold {
 pub struct ZlibProxy {
     pub port: u16,
     sent: Arc<Mutex<Vec<Sent>>>,
+    withheld: Arc<Mutex<HashMap<String, Withhold>>>,
 }
 
 impl ZlibProxy {
@@ -69,8 +70,8 @@ impl ZlibProxy {
 
     /// [`ZlibProxy::start`], withholding the commands named in `withheld` from the server.
     pub fn start_withholding(upstream_port: u16, withheld: &[(&str, Withhold)]) -> ZlibProxy {
-        let withheld: Arc<HashMap<String, Withhold>> =
-            Arc::new(withheld.iter().map(|&(c, w)| (c.into(), w)).collect());
+        let table: Arc<Mutex<HashMap<String, Withhold>>> = Arc::default();
+        let shared = table.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let sent = Arc::new(Mutex::new(Vec::new()));
@@ -85,14 +86,25 @@ impl ZlibProxy {
                 // Both threads answer the client, so whole messages are written under a lock.
                 let answers = Arc::new(Mutex::new(client.try_clone().unwrap()));
                 let (a2, s2, st2) = (answers.clone(), server.try_clone().unwrap(), state.clone());
-                let (log, withheld) = (log.clone(), withheld.clone());
+                let (log, table) = (log.clone(), table.clone());
                 std::thread::spawn(move || {
-                    requests(client, server, &state, &log, &withheld, &answers)
+                    requests(client, server, &state, &log, &table, &answers)
                 });
                 std::thread::spawn(move || replies(s2, &a2, &st2));
             }
         });
-        ZlibProxy { port, sent }
+        let proxy = ZlibProxy {
+            port,
+            sent,
+            withheld: shared,
+        };
+        proxy.withhold(withheld);
+        proxy
+    }
+
+    /// From now on, withhold the commands named in `withheld` (and no others).
+    pub fn withhold(&self, withheld: &[(&str, Withhold)]) {
+        *self.withheld.lock().unwrap() = withheld.iter().map(|&(c, w)| (c.into(), w)).collect();
     }
 
     /// A connection string to the server through the proxy.
@@ -166,7 +178,7 @@ fn requests(
     mut server: TcpStream,
     state: &Mutex<Pending>,
     log: &Mutex<Vec<Sent>>,
-    withheld: &HashMap<String, Withhold>,
+    withheld: &Mutex<HashMap<String, Withhold>>,
     answers: &Mutex<TcpStream>,
 ) {
     while let Some((id, reply_to, opcode, body)) = read_message(&mut client) {
@@ -178,7 +190,7 @@ fn requests(
             }
         };
         let withhold = match &sent {
-            Sent::Command { name, .. } => withheld.get(name).copied(),
+            Sent::Command { name, .. } => withheld.lock().unwrap().get(name).copied(),
             Sent::Failed(_) => None,
         };
         log.lock().unwrap().push(sent);
