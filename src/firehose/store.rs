@@ -337,9 +337,16 @@ fn failed_command(reply: &Document, name: &str) -> StoreError {
 /// A `bulkWrite` reply (with `errorsOnly`) is a success only with `ok: 1`, `nErrors: 0`, no
 /// `writeConcernError`, and every statement counted (`nMatched` + `nUpserted`). The first
 /// error, if any, is in `cursor.firstBatch` (the command is ordered, so it stops there).
+///
+/// A write concern error comes first, even beside a refused record: the records before that
+/// one are not durable yet (a failover could roll them back), so the whole request is a retry,
+/// not "stored up to the refused one".
 pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(), StoreError> {
     if !reply_ok(reply) {
         return Err(failed_command(reply, "bulkWrite"));
+    }
+    if let Some(e) = write_concern_error(reply) {
+        return Err(StoreError::Unavailable(e));
     }
     let errors = reply_count(reply, "nErrors");
     if errors != 0 {
@@ -354,9 +361,6 @@ pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(),
             None => StoreError::Write(format!("{errors} write errors")),
         });
     }
-    if let Some(e) = write_concern_error(reply) {
-        return Err(StoreError::Unavailable(e));
-    }
     let n = reply_count(reply, "nMatched") + reply_count(reply, "nUpserted");
     if n != statements as i64 {
         return Err(StoreError::Unavailable(format!(
@@ -367,18 +371,19 @@ pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(),
 }
 
 /// An `update` reply is a success only with `ok: 1`, no `writeErrors`, no `writeConcernError`,
-/// and every statement counted (`n` = matched + upserted).
+/// and every statement counted (`n` = matched + upserted). A write concern error comes first,
+/// as in [`check_bulk_write_reply`].
 pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), StoreError> {
     if !reply_ok(reply) {
         return Err(failed_command(reply, "update"));
+    }
+    if let Some(e) = write_concern_error(reply) {
+        return Err(StoreError::Unavailable(e));
     }
     if let Ok(errors) = reply.get_array("writeErrors") {
         if let Some(Bson::Document(first)) = errors.first() {
             return Err(write_error(errors.len() as i64, first, "index"));
         }
-    }
-    if let Some(e) = write_concern_error(reply) {
-        return Err(StoreError::Unavailable(e));
     }
     let n = reply_count(reply, "n");
     if n != statements as i64 {
@@ -409,6 +414,30 @@ mod tests {
         let e = check_update_reply(&conflict, 2).unwrap_err();
         assert!(
             matches!(e, StoreError::Write(ref m) if m.contains("112")),
+            "{e}"
+        );
+    }
+
+    // A write concern error beside a refused record is a retry of the whole request: the
+    // records before the refused one are not durable (they were counted stored, and answered
+    // 200, so a rollback lost them).
+    #[test]
+    fn a_write_concern_error_beside_a_refused_record_is_a_retry() {
+        let wce = doc! { "code": 64, "errmsg": "waiting for replication timed out" };
+        let update = doc! { "ok": 1.0, "n": 1, "writeConcernError": wce.clone(),
+        "writeErrors": [ { "index": 1, "code": 121, "errmsg": "failed validation" } ] };
+        let e = check_update_reply(&update, 3).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Unavailable(ref m) if m.contains("replication")),
+            "{e}"
+        );
+        let bulk = doc! { "ok": 1.0, "nErrors": 1, "nMatched": 0, "nUpserted": 1,
+        "writeConcernError": wce,
+        "cursor": { "id": 0i64, "firstBatch": [
+            { "ok": 0.0, "idx": 1, "code": 121, "errmsg": "failed validation" } ] } };
+        let e = check_bulk_write_reply(&bulk, 3).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Unavailable(ref m) if m.contains("replication")),
             "{e}"
         );
     }
