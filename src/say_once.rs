@@ -6,6 +6,8 @@
 //!   begins and when it ends, never in between.
 //! - [`Reminder`]: a failure that goes on: say it again at a fixed period, so a fault that
 //!   never clears is never silent.
+//! - [`Throttle`]: an event anyone may cause as often as they like (a request refused for a
+//!   wrong key): say the first, then at most one a period, with how many went unsaid.
 
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,39 @@ impl Reminder {
     }
 }
 
+/// An event said the first time, then at most once every `every`, with the count unsaid since.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    every: Duration,
+    said: Option<Instant>,
+    unsaid: u64,
+}
+
+impl Throttle {
+    /// Nothing said yet.
+    pub fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            said: None,
+            unsaid: 0,
+        }
+    }
+
+    /// It happened at `now`: `Some(how many were not said since the last one that was)` when
+    /// this one is to be said.
+    pub fn happened(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .said
+            .is_some_and(|t| now.saturating_duration_since(t) < self.every)
+        {
+            self.unsaid += 1;
+            return None;
+        }
+        self.said = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +111,19 @@ mod tests {
         assert!(l.clear());
         assert!(!l.clear());
         assert!(l.raise());
+    }
+
+    // A throttle says the first event, then one a period with the count left unsaid.
+    #[test]
+    fn a_throttle_says_one_a_period() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut t = Throttle::new(s(60));
+        assert_eq!(t.happened(t0), Some(0));
+        assert_eq!(t.happened(t0 + s(1)), None);
+        assert_eq!(t.happened(t0 + s(59)), None);
+        assert_eq!(t.happened(t0 + s(60)), Some(2));
+        assert_eq!(t.happened(t0 + s(200)), Some(0));
     }
 
     // A reminder is due once a period has passed since the last report, with the time failing.

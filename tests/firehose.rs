@@ -754,6 +754,7 @@ async fn binary_requires_a_key_and_serves() {
         .args(["--parse-dates", "recordedAt"])
         .env("MONGODB_CONNECTION_STRING", &server.uri)
         .env("FIREHOSE_ACCESS_KEY", format!("old,{KEY}"))
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log.reopen().unwrap())
         .spawn()
@@ -776,6 +777,14 @@ async fn binary_requires_a_key_and_serves() {
     )
     .await;
     check_shape(&r, 200, "req-bin");
+    // Anyone can send deliveries with a wrong key as fast as they like: the first is logged,
+    // the rest (within a minute) are not.
+    for _ in 0..20 {
+        let headers = firehose_headers("req-nokey", Some("wrong"), false);
+        let url = format!("http://127.0.0.1:{port}/firehose");
+        let r = send("POST", &url, &headers, firehose_body("req-nokey", &[])).await;
+        assert_eq!(r.status, 401);
+    }
     let coll = server
         .client()
         .await
@@ -800,6 +809,7 @@ async fn binary_requires_a_key_and_serves() {
         "{text}"
     );
     assert!(!text.contains(KEY), "the log must never show a key");
+    assert_eq!(text.matches("req-nokey").count(), 1, "{text}");
 }
 
 /// The endpoint's settings for the tests that serve it in this process: path `/`, the test key,
@@ -1119,9 +1129,9 @@ async fn no_key_is_401_whatever_the_request_id() {
 
 // One deadline per request from its arrival, shared by the body and the database write: with a
 // body that takes 2.5 s and a database that never acknowledges (a proxy withholds the writes),
-// a 4 s deadline answers 503 at 4 s after arrival, not 4 s after the body (6.5 s), nor after
+// an 8 s deadline answers 503 at 8 s after arrival, not 8 s after the body (10.5 s), nor after
 // the old 150 s write timeout of its own (Firehose gives up at 180 s and sends the batch
-// again).
+// again). The body timeout (6 s) leaves a stalled test machine room to send the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deadline_covers_the_body_and_the_write() {
     use common::wire::{Withhold, ZlibProxy};
@@ -1134,8 +1144,8 @@ async fn one_deadline_covers_the_body_and_the_write() {
     let stalled = [("update", Withhold::Stall), ("bulkWrite", Withhold::Stall)];
     let proxy = ZlibProxy::start_withholding(server.port, &stalled);
     let store = Store::new(&proxy.uri(), &unique_name("fhdeadline"));
-    let state = AppState::new(config(Duration::from_secs(3)), store)
-        .with_request_deadline(Duration::from_secs(4));
+    let state = AppState::new(config(Duration::from_secs(6)), store)
+        .with_request_deadline(Duration::from_secs(8));
     let (addr, tx, _served) = serve_in_process(state, None, LIMITS).await;
 
     let body = firehose_body("req-deadline", &reports(3).1);
@@ -1154,15 +1164,15 @@ async fn one_deadline_covers_the_body_and_the_write() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     c.write_all(&body[10..]).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+    let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
         .await
-        .expect("no answer within 10 s")
+        .expect("no answer within 20 s")
         .unwrap();
     let took = arrived.elapsed();
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(
-        took >= Duration::from_millis(3800) && took < Duration::from_millis(6000),
+        took >= Duration::from_millis(7800) && took < Duration::from_millis(10_400),
         "answered after {took:?}"
     );
     let _ = tx.send(());

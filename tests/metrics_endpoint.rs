@@ -88,8 +88,19 @@ async fn endpoint_metrics_count_what_happened() {
         post(&addr, "req-4", KEY, b"{not json".to_vec(), false).await,
         400
     );
+    // A scanner: an unknown path, and a wrong method on a health route; a health check that
+    // works is not counted.
+    let elsewhere = format!("http://{addr}/wp-login.php");
+    assert_eq!(send("GET", &elsewhere, &[], vec![]).await.status, 404);
+    let health = format!("http://{addr}/healthz");
+    assert_eq!(send("POST", &health, &[], vec![]).await.status, 405);
+    assert_eq!(send("GET", &health, &[], vec![]).await.status, 200);
 
     let m = scrape(&metrics);
+    for code in ["404", "405"] {
+        let name = format!("firehose_endpoint_requests_total{{code=\"{code}\"}}");
+        assert_eq!(value(&m, &name), 1.0, "{code}");
+    }
     assert_eq!(
         value(&m, "firehose_endpoint_requests_total{code=\"200\"}"),
         3.0

@@ -133,6 +133,13 @@ impl EndpointMetrics {
         self.received_bytes.inc_by(bytes as u64);
     }
 
+    /// A request off the delivery path (an unknown path, a wrong method on a health route) was
+    /// answered `code`: counted, but not in the delivery's histograms. Health checks that
+    /// succeed are not counted.
+    pub fn answered_elsewhere(&self, code: u16) {
+        self.requests.get_or_create(&CodeLabel { code }).inc();
+    }
+
     /// A write command took `seconds`.
     pub fn wrote(&self, seconds: f64) {
         self.write_duration.observe(seconds);

@@ -67,6 +67,16 @@ pub enum RequestError {
     Store(StoreError),
 }
 
+impl RequestError {
+    /// Refused before the access key was found good: a client without the key can cause it.
+    pub fn before_key(&self) -> bool {
+        matches!(
+            self,
+            RequestError::MethodNotAllowed | RequestError::NotFound | RequestError::AccessKey
+        )
+    }
+}
+
 impl From<BodyError> for RequestError {
     fn from(e: BodyError) -> Self {
         match e {

@@ -49,7 +49,7 @@ use super::protocol::{
 };
 use super::store::{Store, StoreError};
 use crate::clock::now_ms;
-use crate::say_once::Latch;
+use crate::say_once::{Latch, Throttle};
 
 /// Documents are decoded and written in chunks of about this many BSON bytes, one command's
 /// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor
@@ -82,6 +82,9 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 /// to `--body-timeout`, without reading its body, then is answered 503 and Firehose retries it.
 pub const BODY_BUDGET_BODIES: usize = 4;
 
+/// Deliveries refused for a wrong key (or path, or method) are logged at most this often.
+pub const KEYLESS_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// What a request handler needs to know.
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
@@ -112,6 +115,9 @@ pub struct AppState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
     /// `/readyz` last answered not ready (its reason is logged once per change).
     not_ready: Arc<std::sync::Mutex<Latch>>,
+    /// Deliveries refused before their access key was found good: anyone can send those, as
+    /// fast as they like, so at most one a minute is logged ([`KEYLESS_LOG_EVERY`]).
+    keyless: Arc<std::sync::Mutex<Throttle>>,
     /// [`REQUEST_DEADLINE`]; shorter in tests.
     request_deadline: Duration,
 }
@@ -126,6 +132,7 @@ impl AppState {
             store: Arc::new(store),
             metrics: Arc::new(EndpointMetrics::default()),
             not_ready: Arc::default(),
+            keyless: Arc::new(std::sync::Mutex::new(Throttle::new(KEYLESS_LOG_EVERY))),
             request_deadline: REQUEST_DEADLINE,
         }
     }
@@ -209,13 +216,19 @@ pub fn readiness(store: &Arc<Store>) -> crate::metrics::Readiness {
     })
 }
 
-async fn not_found(headers: HeaderMap) -> Response {
+async fn not_found(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    state
+        .metrics
+        .answered_elsewhere(StatusCode::NOT_FOUND.as_u16());
     RequestError::NotFound.render(header_cut(&headers, REQUEST_ID))
 }
 
 /// A method other than GET (or HEAD) on a health route: 405 in Firehose's shape, as on the
 /// delivery path, rather than the router's empty one.
-async fn not_allowed(headers: HeaderMap) -> Response {
+async fn not_allowed(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    state
+        .metrics
+        .answered_elsewhere(StatusCode::METHOD_NOT_ALLOWED.as_u16());
     RequestError::MethodNotAllowed.render(header_cut(&headers, REQUEST_ID))
 }
 
@@ -293,6 +306,23 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
         // No Firehose request id: a scanner or a stray client, not a delivery; logged only at
         // debug level, so that such traffic cannot flood the log.
         debug!(status = status_code, method = %parts.method, error = error.as_str(), "request refused");
+    } else if result.as_ref().is_err_and(RequestError::before_key) {
+        // A wrong key (a misconfigured stream, or anyone at all): said, then once a minute.
+        let said = state
+            .keyless
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .happened(Instant::now());
+        match said {
+            Some(unsaid) => warn!(
+                request_id = %request_id, source_arn = %source_arn, status = status_code,
+                error = error.as_str(), refused_unsaid = unsaid,
+                "delivery refused (such refusals are logged once a minute; refused_unsaid counts those since the last line)"
+            ),
+            None => {
+                debug!(request_id = %request_id, status = status_code, error = error.as_str(), "delivery refused")
+            }
+        }
     } else {
         warn!(
             request_id = %request_id, source_arn = %source_arn, records, rejected, bytes,
