@@ -165,6 +165,10 @@ impl Segments {
         if let Err(source) = writer.write_all(frames) {
             let seg_len = self.list.back().map_or(0, |s| s.len);
             let _ = writer.set_len(seg_len);
+            // What this file took before is owed a sync, which the spool makes on the open
+            // file; once it is closed the spool's next sync cannot reach it, so sync it now
+            // (best effort: the disk is failing).
+            let _ = writer.sync_data();
             self.writer = None;
             return Err(SpoolError::Io {
                 path: self.path(id),
