@@ -128,9 +128,15 @@ pub fn check_response(request_id: &str, head: &ResponseHead, body: &[u8]) -> Res
             .and_then(Value::as_str)
             .map(|m| m.chars().take(MAX_ERROR_MESSAGE_CHARS).collect::<String>())
             .unwrap_or_default();
+        // The one refusal the sender can mend itself, and whose cause it cannot see.
+        let hint = if status == 401 {
+            "; the key sent is the first in FIREHOSE_ACCESS_KEY: set it to one of the endpoint's keys"
+        } else {
+            ""
+        };
         return Err(Failure::new(
             "HttpEndpoint.DestinationException",
-            format!("the endpoint answered HTTP {status}: {detail}"),
+            format!("the endpoint answered HTTP {status}: {detail}{hint}"),
         ));
     }
     let json_type = content_type
@@ -320,6 +326,22 @@ mod tests {
         assert_eq!(
             bad(500, json, None, ok),
             "HttpEndpoint.DestinationException"
+        );
+        // A refused key says where the key sent comes from.
+        let refused = ResponseHead {
+            status: 401,
+            content_type: json,
+            ..ResponseHead::default()
+        };
+        let e = check_response(
+            "r",
+            &refused,
+            br#"{"errorMessage":"missing or invalid access key"}"#,
+        );
+        let m = e.unwrap_err().message;
+        assert!(
+            m.contains("invalid access key") && m.contains("FIREHOSE_ACCESS_KEY"),
+            "{m}"
         );
         assert_eq!(
             bad(200, json, None, b"OK"),
