@@ -766,20 +766,51 @@ async fn status_413_is_logged_as_data_loss() {
 }
 
 /// firehose-local on `stream` at the Kinesis `endpoint`, from LATEST (no `--from-start`),
-/// delivering to `url` every second.
-fn spawn_from_latest(endpoint: &str, stream: &str, url: &str) -> tokio::process::Child {
-    spawn_from_latest_with(endpoint, stream, url, &[])
-}
-
-/// [`spawn_from_latest`] with `extra` options, buffering 1 s unless they say otherwise.
+/// delivering to `url` every second unless `extra` options say otherwise.
 fn spawn_from_latest_with(
     endpoint: &str,
     stream: &str,
     url: &str,
     extra: &[&str],
 ) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"))
-        .args(["--stream-name", stream, "--kinesis-endpoint-url", endpoint])
+    from_latest_command(endpoint, stream, url, extra)
+        .spawn()
+        .unwrap()
+}
+
+/// [`spawn_from_latest_with`] without options, returned once each of the stream's `shards` has its LATEST iterator
+/// (so that a record put from then on is read), as its debug log says.
+async fn started_from_latest(
+    endpoint: &str,
+    stream: &str,
+    url: &str,
+    shards: usize,
+) -> tokio::process::Child {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = from_latest_command(endpoint, stream, url, &[])
+        .env(
+            "RUST_LOG",
+            "info,sensehat_monitor::firehose_local::reader=debug",
+        )
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "LATEST iterators", || async {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        text.matches("reading from LATEST").count() >= shards
+    })
+    .await;
+    child
+}
+
+fn from_latest_command(
+    endpoint: &str,
+    stream: &str,
+    url: &str,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_firehose-local"));
+    c.args(["--stream-name", stream, "--kinesis-endpoint-url", endpoint])
         .args(["--destination-url", url])
         .args(if extra.contains(&"--buffer-seconds") {
             &[][..]
@@ -790,9 +821,8 @@ fn spawn_from_latest_with(
         .envs(AWS_ENV)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    c
 }
 
 // Without --from-start it reads from LATEST, as a new Firehose stream does: records put before
@@ -804,9 +834,7 @@ async fn reads_from_latest_by_default() {
     kin.create_stream(&stream, 2).await;
     put_records_from(&kin, &stream, 1000, 3).await;
     let (url, state) = receiver(vec![]).await;
-    let mut fh = spawn_from_latest(&kin.endpoint, &stream, &url);
-    // Time to list the shards and take LATEST iterators.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut fh = started_from_latest(&kin.endpoint, &stream, &url, 2).await;
     let after = put_records(&kin, &stream, 5).await;
     wait_for_requests(&state, 1, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -928,9 +956,7 @@ async fn reads_fail_then_recover(failing: Failing, failures: usize, then: Durati
     kin.create_stream(&stream, 1).await;
     let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone(), failing).await;
     let (url, state) = receiver(vec![]).await;
-    let mut fh = spawn_from_latest(&kinesis, &stream, &url);
-    // Time to list the shard and take its LATEST iterator.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut fh = started_from_latest(&kinesis, &stream, &url, 1).await;
     fail.store(true, Ordering::SeqCst);
     let put = put_records(&kin, &stream, 4).await;
     wait_until(Duration::from_secs(60), "reads to fail", || {

@@ -414,6 +414,7 @@ async fn read_shard(
                     // time (the local clock's, as a checkpoint's `since_ms` is), which may
                     // read a record put just before again: a repeat, never a loss.
                     start = Start::AtTimestamp(asked_ms);
+                    debug!(shard = %shard, "reading from LATEST");
                     i
                 }
                 Ok(Some(i)) => i,
