@@ -869,6 +869,13 @@ const INTERNAL_FAILURE: Failing = Failing {
     body: r#"{"__type":"InternalFailure","message":"failing on cue"}"#,
 };
 
+/// GetRecords is throttled (the shard's read limit).
+const THROTTLED: Failing = Failing {
+    calls: &[".GetRecords"],
+    status: 400,
+    body: r#"{"__type":"ProvisionedThroughputExceededException","message":"throttled, on cue"}"#,
+};
+
 /// GetRecords and GetShardIterator say the shard does not exist, while ListShards lists it.
 const NOT_FOUND: Failing = Failing {
     calls: &[".GetRecords", ".GetShardIterator"],
@@ -877,22 +884,25 @@ const NOT_FOUND: Failing = Failing {
 };
 
 /// A pass-through to the emulator at `upstream` that answers as `failing` says while `fail` is
-/// set, counting those answers in `failed`: the emulator cannot fail on cue.
-async fn kinesis_that_fails_reads(
-    upstream: String,
-    failing: Failing,
-) -> (
-    String,
-    Arc<std::sync::atomic::AtomicBool>,
-    Arc<std::sync::atomic::AtomicUsize>,
-) {
+/// set, counting those answers in `failed`: the emulator cannot fail on cue. It also counts the
+/// GetShardIterator calls it passes on, in `iterators`.
+struct FailingKinesis {
+    url: String,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    failed: Arc<std::sync::atomic::AtomicUsize>,
+    iterators: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn kinesis_that_fails_reads(upstream: String, failing: Failing) -> FailingKinesis {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let fail = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicUsize::new(0));
-    let (f, n) = (fail.clone(), failed.clone());
+    let iterators = Arc::new(AtomicUsize::new(0));
+    let (f, n, its) = (fail.clone(), failed.clone(), iterators.clone());
     let http = reqwest::Client::new();
     let pass = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-        let (f, n, http, upstream) = (f.clone(), n.clone(), http.clone(), upstream.clone());
+        let (f, n, its) = (f.clone(), n.clone(), its.clone());
+        let (http, upstream) = (http.clone(), upstream.clone());
         async move {
             let target = headers
                 .get("x-amz-target")
@@ -902,6 +912,9 @@ async fn kinesis_that_fails_reads(
                 n.fetch_add(1, Ordering::SeqCst);
                 let status = StatusCode::from_u16(failing.status).unwrap();
                 return (status, failing.body).into_response();
+            }
+            if target.ends_with(".GetShardIterator") {
+                its.fetch_add(1, Ordering::SeqCst);
             }
             let mut req = http.post(format!("{upstream}{uri}")).body(body);
             for (name, value) in &headers {
@@ -925,7 +938,12 @@ async fn kinesis_that_fails_reads(
     tokio::spawn(async move {
         let _ = axum::serve(listener, axum::Router::new().fallback(pass)).await;
     });
-    (url, fail, failed)
+    FailingKinesis {
+        url,
+        fail,
+        failed,
+        iterators,
+    }
 }
 
 // A shard read from LATEST that fails GetRecords before it has read a record carries on from
@@ -946,15 +964,33 @@ async fn a_shard_not_found_but_still_listed_is_read_on() {
     reads_fail_then_recover(NOT_FOUND, 1, more, "while the shard was not found").await;
 }
 
+// A throttled read keeps its iterator (good for five minutes) and reads on with it, where it
+// took a new one after each throttle: one more call against the shard's limits each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_read_keeps_its_iterator() {
+    let iterators = reads_fail_then_recover(THROTTLED, 6, Duration::ZERO, "while throttled").await;
+    assert_eq!(iterators, 1, "GetShardIterator calls");
+}
+
 /// A shard read from LATEST whose reads answer as `failing` says, from once its iterator is
 /// taken until `failures` such answers and `then` more time have passed, while 4 records are
-/// put: each of them must be delivered once.
-async fn reads_fail_then_recover(failing: Failing, failures: usize, then: Duration, what: &str) {
+/// put: each of them must be delivered once. How many GetShardIterator calls were made.
+async fn reads_fail_then_recover(
+    failing: Failing,
+    failures: usize,
+    then: Duration,
+    what: &str,
+) -> usize {
     use std::sync::atomic::Ordering;
     let kin = KinesisServer::start();
     let stream = unique_name("fhfail");
     kin.create_stream(&stream, 1).await;
-    let (kinesis, fail, failed) = kinesis_that_fails_reads(kin.endpoint.clone(), failing).await;
+    let FailingKinesis {
+        url: kinesis,
+        fail,
+        failed,
+        iterators,
+    } = kinesis_that_fails_reads(kin.endpoint.clone(), failing).await;
     let (url, state) = receiver(vec![]).await;
     let mut fh = started_from_latest(&kinesis, &stream, &url, 1).await;
     fail.store(true, Ordering::SeqCst);
@@ -969,6 +1005,7 @@ async fn reads_fail_then_recover(failing: Failing, failures: usize, then: Durati
     wait_for_records(&state, put.len()).await;
     assert_received_once(&state, put, &format!("the records put {what}")).await;
     fh.start_kill().unwrap();
+    iterators.load(Ordering::SeqCst)
 }
 
 /// Every record received so far, in arrival order.

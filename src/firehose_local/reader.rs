@@ -472,6 +472,15 @@ async fn read_shard(
                     Some(GetRecordsError::ResourceNotFoundException(_)) => (false, true),
                     _ => (false, false),
                 };
+                // Throttled: the iterator is still good (for five minutes), and a new one
+                // would be one more call against the shard's limits.
+                let throttled = matches!(
+                    e.as_service_error(),
+                    Some(
+                        GetRecordsError::ProvisionedThroughputExceededException(_)
+                            | GetRecordsError::KmsThrottlingException(_)
+                    )
+                );
                 if not_found && shard_gone(&client, &stream, &shard).await {
                     return gone(&shard, &DisplayErrorContext(&e).to_string());
                 }
@@ -479,8 +488,9 @@ async fn read_shard(
                     warn!(shard = %shard, error = %DisplayErrorContext(&e), "GetRecords failed; retrying");
                     failing = true;
                 }
-                // Keep the position: a fresh iterator after the last record read.
-                it = None;
+                // Keep the position: the same iterator when throttled, else a fresh one after
+                // the last record read.
+                it = throttled.then_some(current);
             }
         }
         tokio::time::sleep(POLL_INTERVAL).await;
