@@ -17,7 +17,8 @@ use super::trouble::{now, Say, Trouble};
 
 /// First delay before resending failed entries.
 pub const RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
-/// Longest delay between resends; throttling slows the forwarder to about this pace.
+/// Longest back-off step; the jitter adds up to as much again, so throttling that goes on
+/// slows the forwarder to a resend every 5 to 10 s.
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// A call to the target (PutRecords, PutEvents) that failed as a whole.
@@ -124,7 +125,8 @@ pub struct PutStats {
     pub refused: Vec<Refused>,
 }
 
-/// The resend schedule: exponential from [`RETRY_MIN_DELAY`] to [`RETRY_MAX_DELAY`], with jitter,
+/// The resend schedule: exponential from [`RETRY_MIN_DELAY`] to [`RETRY_MAX_DELAY`], each delay
+/// plus a random 0-100 % of itself (backon's jitter; so up to twice the step),
 /// never giving up (throttling must slow the forwarder down, not stop it).
 pub fn backoff() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
