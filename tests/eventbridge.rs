@@ -385,10 +385,11 @@ async fn put_events_stand_in() -> (String, std::sync::Arc<std::sync::Mutex<Vec<S
 }
 
 // PutEvents' per-entry codes are sorted as its API reference sorts them. A record EventBridge
-// refuses for good (MalformedDetail) is sent once, kept in the dead-letter collection, and the
-// rest go on; a bus the forwarder may not put to (NotAuthorizedForSourceException) stops it at
-// once with an error that says so and stores no position past the record
-// (started again, it sends it again), where it used to resend for ever.
+// refuses for good (MalformedDetail) is sent once, kept in the dead-letter collection (once,
+// even when it is refused again after a restart from an older position), and the rest go on; a
+// bus the forwarder may not put to (NotAuthorizedForSourceException) stops it at once with an
+// error that says so and stores no position past the record (started again, it sends it
+// again), where it used to resend for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_entry_refused_for_good_is_kept_aside_and_a_denied_one_stops() {
     let (url, seen) = put_events_stand_in().await;
@@ -404,6 +405,11 @@ async fn an_entry_refused_for_good_is_kept_aside_and_a_denied_one_stops() {
 
     let mut fwd = start("pipeline-bus");
     wait_for_position(&client, &db, "pipeline-bus").await;
+    let state = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state");
+    let position = doc! { "_id": "eventbridge:pipeline-bus" };
+    let before = state.find_one(position.clone()).await.unwrap().unwrap();
     let docs = [
         doc! { "nodeName": "pi", "n": 1 },
         doc! { "nodeName": "pi", "n": 2, "poison": true },
@@ -438,6 +444,29 @@ async fn an_entry_refused_for_good_is_kept_aside_and_a_denied_one_stops() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = seen.lock().unwrap().clone();
     assert_eq!(sent.len(), 3, "the refused record was sent again: {sent:?}");
+    fwd.start_kill().unwrap();
+    let _ = fwd.wait().await;
+
+    // Back to the position before the three: refused again, the record is still kept once.
+    state.replace_one(position.clone(), &before).await.unwrap();
+    let mut fwd = start("pipeline-bus");
+    wait_until(Duration::from_secs(30), "the three sent again", || {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().len() >= 6 }
+    })
+    .await;
+    // A position stored after that is stored after the dead letter was kept.
+    let resent_at = mongodb::bson::DateTime::now();
+    wait_until(Duration::from_secs(30), "the position past them", || {
+        let (state, position) = (state.clone(), position.clone());
+        async move {
+            let now = state.find_one(position).await.unwrap().unwrap();
+            now.get_datetime("updatedAt").unwrap() > &resent_at
+        }
+    })
+    .await;
+    let kept = dead.count_documents(doc! {}).await.unwrap();
+    assert_eq!(kept, 1, "the refused record was kept again");
     fwd.start_kill().unwrap();
     let _ = fwd.wait().await;
 

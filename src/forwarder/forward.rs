@@ -9,6 +9,7 @@ use std::time::Instant;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::Collection;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -264,9 +265,8 @@ impl<'a, T: Target> Forwarder<'a, T> {
 
     /// Keep a record the target refused for good, as it was sent: the document read back from
     /// the record's JSON (in the `--format` it was written in), or, should that fail, the JSON
-    /// as text under `data`. The record has no resume token of its own, so the server gives
-    /// it its `_id`: refused again after a restart before the position was stored, it is kept
-    /// twice.
+    /// as text under `data`. Keyed by the stream and a SHA-256 of the record, so that one
+    /// refused again after a restart (its position was not stored yet) is kept once.
     async fn dead_letter_refused(&self, refused: &Refused) -> Result<(), ForwarderError> {
         let data = &refused.entry.data;
         let document = serde_json::from_slice::<serde_json::Value>(data)
@@ -282,6 +282,11 @@ impl<'a, T: Target> Forwarder<'a, T> {
             .unwrap_or(Bson::Null);
         let key = self.opts.position_key();
         let mut record = dead_letter_record(&key, &id, &refused.reason, data.len());
+        let digest: String = Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        record.insert("_id", doc! { "stream": &key, "sha256": digest });
         match document {
             Some(d) => record.insert("document", d),
             None => record.insert("data", String::from_utf8_lossy(data).into_owned()),
