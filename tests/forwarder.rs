@@ -587,6 +587,118 @@ async fn oversize_documents_go_to_the_dead_letter_collection() {
     client.database(&db).drop().await.unwrap();
 }
 
+/// Stop the forwarder with SIGTERM (it puts its batch and stores its position) and wait for it.
+async fn stop_forwarder(mut fwd: tokio::process::Child) {
+    common::signal_pid(fwd.id().unwrap(), 15);
+    let status = tokio::time::timeout(Duration::from_secs(30), fwd.wait())
+        .await
+        .expect("the forwarder stops after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+// With --operations update,replace an update's record is the document looked up when it is
+// read (the newest version), a replace's is the new document, and inserts are not sent; an
+// update of a document deleted before it was read has no document and is skipped, and the
+// forwarder goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_and_replaces_send_the_newest_version() {
+    let (mongo, kin, db, stream, client) = fixture("fwdupd", "upd", 1).await;
+    let reports = client.database(&db).collection::<Document>("reports");
+    let ops = ["--operations", "update,replace"];
+    let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &ops);
+    wait_for_position(&client, &db, &stream).await;
+    let a = ObjectId::new();
+    let current = || async { reports.find_one(doc! { "_id": a }).await.unwrap().unwrap() };
+    reports
+        .insert_one(doc! { "_id": a, "nodeName": "pi-a", "v": 1 })
+        .await
+        .unwrap();
+    reports
+        .update_one(doc! { "_id": a }, doc! { "$set": { "v": 2 } })
+        .await
+        .unwrap();
+    let records = wait_for_records(&kin, &stream, 1).await;
+    assert_eq!(records[0].1, stringify(&current().await).into_bytes());
+    reports
+        .replace_one(doc! { "_id": a }, doc! { "nodeName": "pi-a", "v": 3 })
+        .await
+        .unwrap();
+    let records = wait_for_records(&kin, &stream, 2).await;
+    assert_eq!(records.len(), 2, "the insert was sent too");
+    assert_eq!(records[1].1, stringify(&current().await).into_bytes());
+    stop_forwarder(fwd).await;
+
+    // While it is down: b updated and deleted (no document left to look up), then c updated.
+    for node in ["pi-b", "pi-c"] {
+        reports.insert_one(doc! { "nodeName": node }).await.unwrap();
+        let filter = doc! { "nodeName": node };
+        reports
+            .update_one(filter.clone(), doc! { "$set": { "v": 2 } })
+            .await
+            .unwrap();
+    }
+    reports
+        .delete_one(doc! { "nodeName": "pi-b" })
+        .await
+        .unwrap();
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &ops);
+    wait_for_key(&kin, &stream, "pi-c").await;
+    let records = kin.read_all(&stream).await;
+    let keys: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(keys, ["pi-a", "pi-a", "pi-c"]);
+    assert!(fwd.try_wait().unwrap().is_none(), "the forwarder stopped");
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+// --start-from-now skips what was inserted while the forwarder was down and replaces the
+// stored position, so that a later start without it does not go back either.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_from_now_skips_what_came_before_and_replaces_the_position() {
+    let (mongo, kin, db, stream, client) = fixture("fwdnow", "now", 1).await;
+    let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_position(&client, &db, &stream).await;
+    stop_forwarder(fwd).await;
+    let state = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state");
+    let stored = || async {
+        let found = state.find_one(doc! { "_id": &stream }).await.unwrap();
+        found.unwrap().get("resumeToken").cloned().unwrap()
+    };
+    let old = stored().await;
+    let reports = client.database(&db).collection::<Document>("reports");
+    reports
+        .insert_one(doc! { "nodeName": "pi-a" })
+        .await
+        .unwrap();
+
+    let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &["--start-from-now"]);
+    wait_until(Duration::from_secs(30), "the position replaced", || async {
+        stored().await != old
+    })
+    .await;
+    stop_forwarder(fwd).await;
+    // Started again without the flag, from the replaced position: a is still not sent.
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    wait_for_position(&client, &db, &stream).await;
+    reports
+        .insert_one(doc! { "nodeName": "pi-b" })
+        .await
+        .unwrap();
+    wait_for_key(&kin, &stream, "pi-b").await;
+    let keys: Vec<String> = kin
+        .read_all(&stream)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(keys, ["pi-b"], "what came before --start-from-now was sent");
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
 // A dropped collection ends the change stream (an invalidate); the forwarder follows the
 // collection of that name from right after the drop, with no restart and no flag, and does the
 // same when the drop happened while it was down.
