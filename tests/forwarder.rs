@@ -1175,3 +1175,52 @@ async fn a_metrics_address_in_use_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--metrics-listen"), "{err}");
 }
+
+// A stored resume token the server cannot parse (edited by hand, or damaged) stops the
+// forwarder with a message naming --start-from-now, instead of reopening the change stream
+// once a minute for ever; started with the flag, it stores a good position and goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_stored_token_stops_with_what_to_do() {
+    let (mongo, kin, db, stream, client) = fixture("fwdbadtok", "badtok", 1).await;
+    let state = client
+        .database(&db)
+        .collection::<Document>("reports_forwarder_state");
+    for token in [
+        Bson::String("x".into()),
+        Bson::Document(doc! { "_data": "zz" }),
+    ] {
+        state
+            .replace_one(
+                doc! { "_id": &stream },
+                doc! { "database": &db, "collection": "reports", "resumeToken": token.clone() },
+            )
+            .upsert(true)
+            .await
+            .unwrap();
+        let fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+        let out = tokio::time::timeout(Duration::from_secs(30), fwd.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("still retrying with the token {token}"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("--start-from-now"), "{err}");
+    }
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &["--start-from-now"]);
+    wait_until(
+        Duration::from_secs(30),
+        "a good position stored",
+        || async {
+            let found = state.find_one(doc! { "_id": &stream }).await.unwrap();
+            found.is_some_and(|d| {
+                d.get_document("resumeToken")
+                    .is_ok_and(|t| t.get_str("_data") != Ok("zz"))
+            })
+        },
+    )
+    .await;
+    insert_reports(&client, &db, &sample_docs(1)).await;
+    wait_for_records(&kin, &stream, 1).await;
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}

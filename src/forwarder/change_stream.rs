@@ -12,7 +12,7 @@ use mongodb::{Client, Collection};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::error::{cannot_go_on, fatal};
+use super::error::{cannot_go_on, fatal, unusable_token};
 use super::forward::{stopped, Forwarder};
 use super::metrics::Metrics;
 use super::state::StateStore;
@@ -156,6 +156,11 @@ pub(super) async fn forward<T: Target>(
         let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
+                if fw.latest.is_some() {
+                    if let Some(stop) = unusable_token(&e, &fw.namespace) {
+                        return Err(stop);
+                    }
+                }
                 not_opened(&e, &fw.namespace, &mut trouble)?;
                 let delay = reconnect.next().unwrap_or(target::RETRY_MAX_DELAY);
                 tokio::select! {

@@ -80,6 +80,28 @@ pub(crate) fn event_too_large(e: &Error, namespace: &str) -> Option<ForwarderErr
     }
 }
 
+/// The codes a server answers when the resume token itself cannot be used (edited by hand, or
+/// damaged): FailedToParse, TypeMismatch, InvalidResumeToken, and older servers' "_data of
+/// missing or of wrong type".
+const UNUSABLE_TOKEN_CODES: [i32; 4] = [9, 14, 260, 40647];
+
+/// [`ForwarderError::Position`] when opening the change stream after a resume token failed
+/// because of the token: retrying the same token cannot help.
+pub(crate) fn unusable_token(e: &Error, namespace: &str) -> Option<ForwarderError> {
+    match *e.kind {
+        ErrorKind::Command(ref c) if UNUSABLE_TOKEN_CODES.contains(&c.code) => {
+            Some(ForwarderError::Position(format!(
+                "the change stream on {namespace} cannot be opened after the stored resume token: \
+                 {}; the token is not one the server can resume from (edited by hand, or \
+                 damaged?). Start again from now with --start-from-now (changes since the stored \
+                 position are then not forwarded)",
+                crate::mongo::describe(e)
+            )))
+        }
+        _ => None,
+    }
+}
+
 /// Why the change stream on `namespace` cannot go on from where it is, whatever is retried:
 /// its history is gone, or the next event is too large.
 pub(crate) fn cannot_go_on(e: &Error, namespace: &str) -> Option<ForwarderError> {

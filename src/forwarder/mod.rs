@@ -32,8 +32,10 @@
 //! The errors ChangeStreamHistoryLost (286) and ChangeStreamFatalError (280) mean the stored
 //! position can never be resumed. The forwarder then stops with
 //! [`ForwarderError::HistoryLost`]; `--start-from-now` starts again from the present (events in
-//! between are not forwarded). So does a change event over 16 MiB (BSONObjectTooLarge, 10334),
-//! which the server fails every time the stream reaches it: [`ForwarderError::EventTooLarge`].
+//! between are not forwarded). A stored token the server cannot parse (edited by hand, or
+//! damaged) stops it with [`ForwarderError::Position`], naming the same flag. So does a change
+//! event over 16 MiB (BSONObjectTooLarge, 10334), which the server fails every time the stream
+//! reaches it: [`ForwarderError::EventTooLarge`].
 
 pub mod aws;
 pub mod batch;
