@@ -282,6 +282,72 @@ async fn tiles_go_stale_while_the_dashboard_cannot_be_reached() {
     .unwrap();
 }
 
+// A fleet's all-nodes view asks for and draws the first ALL_NODES_MAX nodes only, and says
+// so (it used to ask for every node's chart every 5 s, hundreds of aggregations); picking a
+// node beyond them charts that node alone. The drawing function draws 200,000 points, in one
+// line and in 200,000 pieces, without the "Maximum call stack size exceeded" that spreading
+// them as arguments to Math.min and replaceChildren threw.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_charts_a_bounded_number_of_nodes_and_any_number_of_points() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_fleet");
+    let client = server.client().await;
+    let start = DateTime::now().timestamp_millis() - 1_800_000;
+    let names: Vec<String> = (0..15).map(|i| format!("node-{i:02}")).collect();
+    let mut docs = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        docs.extend(readings(name, k as u32, start, 60_000, 20, 0..0, 0));
+    }
+    insert(&client, &db, docs).await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let url = format!("http://{}/", dash.addr);
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 900));
+        b.navigate(&url);
+        b.wait_for("document.querySelectorAll('.tile').length === 15", Duration::from_secs(30), "15 tiles");
+        b.wait_for("new Set([...document.querySelectorAll('#chart-temperature path.line')].map((p) => p.dataset.node)).size >= 1",
+                   Duration::from_secs(60), "the charts drawn");
+        // One refresh of the all-nodes view: the chart requests it makes, counted as it sends them.
+        let sent = b.eval("(() => { clearTimeout(chartTimer); window.chartFetches = []; const f = window.fetch; \
+                window.fetch = (u, ...a) => { if (String(u).startsWith('/api/chart')) window.chartFetches.push(String(u)); \
+                return f(u, ...a); }; window.refreshed = false; refreshCharts().then(() => { window.refreshed = true; }); \
+                return window.chartFetches.length; })()");
+        assert_eq!(sent.as_i64(), Some(12), "chart requests of one all-nodes refresh of 15 nodes");
+        b.wait_for("window.refreshed === true", Duration::from_secs(30), "the refresh drawn");
+        let lines = b.eval("new Set([...document.querySelectorAll('#chart-temperature path.line')].map((p) => p.dataset.node)).size");
+        assert_eq!(lines.as_i64(), Some(12), "nodes drawn");
+        let note = b.eval("document.getElementById('chart-note').hidden ? '' : document.getElementById('chart-note').textContent");
+        assert!(note.as_str().unwrap().contains("showing 12 of 15 nodes"), "the note: {note}");
+        // A node past the first twelve, picked: its chart alone, and no note.
+        b.eval("(() => { window.chartFetches = []; window.refreshed = false; const m = document.getElementById('node'); \
+                m.value = 'node-14'; m.dispatchEvent(new Event('change')); })()");
+        b.wait_for("window.chartFetches.length >= 1 && document.querySelectorAll('#chart-temperature path.line').length >= 1 \
+                    && [...document.querySelectorAll('#chart-temperature path.line')].every((p) => p.dataset.node === 'node-14')",
+                   Duration::from_secs(30), "node-14's chart alone");
+        assert_eq!(b.eval("document.getElementById('chart-note').hidden"), json!(true));
+        // 200,000 points, contiguous (one line), then each alone (a dot each).
+        for (step, drawn) in [(1, "path.line"), (2, "circle")] {
+            let outcome = b.eval(&format!("(() => {{ clearTimeout(chartTimer); const n = 200000, from = Date.now() - n * 2000; \
+                const points = []; for (let i = 0; i < n; i++) points.push({{ ms: from + i * {step} * 1000, \
+                  min: 20 - (i % 7), max: 21 + (i % 5), avg: 20.5, count: 1 }}); \
+                const target = document.getElementById('chart-temperature'); \
+                try {{ drawChart(target, FIELDS[0], [{{ node: 'big-pi', bucketMs: 1000, points }}], [], \
+                  {{ from: new Date(from).toISOString(), to: new Date(from + n * 2000).toISOString() }}); }} \
+                catch (e) {{ return String(e); }} \
+                return target.querySelectorAll('{drawn}').length; }})()"));
+            let want = if step == 1 { 1 } else { 200_000 };
+            assert_eq!(outcome, json!(want), "drawing 200,000 points {drawn}");
+        }
+        assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
 /// A line per node (two) in each chart.
 const LINES_DRAWN: &str = "['temperature','humidity','pressure'].every(f => \
     document.querySelectorAll('#chart-' + f + ' path.line').length >= 2)";

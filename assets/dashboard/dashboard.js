@@ -10,6 +10,8 @@ const CHART_POLL_SHORT_MS = 5000;   // charts of windows up to a day
 const CHART_POLL_LONG_MS = 60000;   // longer windows change slowly
 const CHART_TIMEOUT_MS = 120000;    // a long window on a slow server may take tens of seconds
 const RESIZE_REDRAW_MS = 200;       // a drag's resize events redraw once, this long after the last
+const ALL_NODES_MAX = 12;           // the all-nodes view charts the first this many (a request
+                                    // each, every refresh); any other is charted when picked
 const FIELDS = [
   { name: "temperature", unit: "°C", digits: 1 },
   { name: "humidity", unit: "%RH", digits: 1 },
@@ -216,9 +218,17 @@ function drawChart(target, field, series, motion, win) {
   const W = target.clientWidth || 800, H = target.clientHeight || 220;
   const m = { left: 56, right: 12, top: 10, bottom: 24 };
   const x0 = Date.parse(win.from), x1 = Date.parse(win.to);
-  const all = series.flatMap((s) => s.points);
-  let lo = Math.min(...all.map((p) => p.min)), hi = Math.max(...all.map((p) => p.max));
-  if (!isFinite(lo)) { lo = 0; hi = 1; }
+  // A loop, not Math.min(...points): spread as arguments, a few hundred thousand points
+  // overflow the stack ("Maximum call stack size exceeded") and nothing is drawn.
+  let lo = Infinity, hi = -Infinity, count = 0;
+  for (const s of series) {
+    for (const p of s.points) {
+      if (p.min < lo) lo = p.min;
+      if (p.max > hi) hi = p.max;
+      count++;
+    }
+  }
+  if (!isFinite(lo) || !isFinite(hi)) { lo = 0; hi = 1; }
   const pad = Math.max((hi - lo) * 0.08, 0.05);
   lo -= pad; hi += pad;
   const x = (ms) => m.left + ((ms - x0) / (x1 - x0)) * (W - m.left - m.right);
@@ -254,13 +264,16 @@ function drawChart(target, field, series, motion, win) {
     const mx = x(mk.ms + mk.bucketMs / 2);
     parts.push(svg("line", { class: "motion", x1: mx, x2: mx, y1: H - m.bottom, y2: H - m.bottom - 8 }));
   }
-  if (all.length === 0) {
+  if (count === 0) {
     const t = svg("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" });
     t.textContent = "no readings in this window";
     parts.push(t);
   }
   target.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  target.replaceChildren(...parts);
+  // Through a fragment, for the same reason: a gappy series may have a piece per point.
+  const drawing = document.createDocumentFragment();
+  for (const p of parts) drawing.appendChild(p);
+  target.replaceChildren(drawing);
 }
 
 function withMs(points, bucketSeconds) {
@@ -289,7 +302,12 @@ async function refreshCharts() {
   const seq = ++chartSeq;
   const win = currentWindow();
   const chosen = $("node").value;
-  const shown = chosen ? [chosen] : nodes;
+  // All nodes of a fleet would be a request each every refresh and lines no one can tell
+  // apart: the first ALL_NODES_MAX are drawn, and the page says so.
+  const shown = chosen ? [chosen] : nodes.slice(0, ALL_NODES_MAX);
+  const note = $("chart-note");
+  note.hidden = shown.length === nodes.length || chosen !== "";
+  note.textContent = `Charts showing ${shown.length} of ${nodes.length} nodes (the first by name); pick a node to chart another.`;
   const q = (node) => `node=${encodeURIComponent(node)}&from=${win.from}&to=${win.to}`;
   $("csv").hidden = !chosen;
   if (chosen) $("csv").href = "/api/csv?" + q(chosen);
