@@ -223,3 +223,87 @@ async fn requests_beyond_the_querying_limit_are_answered_busy() {
     .await
     .unwrap();
 }
+
+// A CSV download whose later batches the database never answers (its `getMore`s stalled)
+// ends, unfinished, within a few query timeouts, and gives its slot back: two such downloads
+// used to hold both slots for ever, and every later download was answered busy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_csv_download_the_database_stalls_ends_and_frees_its_slot() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_csv_stall");
+    // More than the first batch (101 documents): the rest need a `getMore`.
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 1_000, 0..0, 0),
+    )
+    .await;
+    let proxy = ZlibProxy::start_withholding(server.port, &[("getMore", Withhold::Stall)]);
+    let timeout = Duration::from_secs(2);
+    let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &["--query-timeout", "2s"]);
+    let path = format!(
+        "/api/csv?node=node-a&from={}&to={}",
+        dashboard_support::iso(T0_MS),
+        dashboard_support::iso(T0_MS + 2_000_000)
+    );
+    // A few queries before the rows, then the stalled batch: each within the timeout.
+    let bound = 4 * timeout + Duration::from_secs(5);
+    tokio::task::spawn_blocking(move || {
+        let downloads: Vec<_> = (0..2)
+            .map(|_| {
+                let (addr, path) = (dash.addr.clone(), path.clone());
+                std::thread::spawn(move || raw_get(&addr, &path, bound))
+            })
+            .collect();
+        for d in downloads {
+            let answer = d.join().unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            let rows = answer.matches("node-a").count();
+            assert!(rows > 0 && rows < 1_000, "{rows} rows");
+            // No last chunk: the client can tell the download failed.
+            assert!(!answer.ends_with("0\r\n\r\n"), "{answer}");
+        }
+        // Both slots are free again: a third download is not answered busy.
+        let third = raw_get(&dash.addr, &path, bound);
+        assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    })
+    .await
+    .unwrap();
+}
+
+/// A GET whose whole answer, as sent, must have ended (the server closing the connection)
+/// within `bound`.
+fn raw_get(addr: &str, path: &str, bound: Duration) -> String {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0; 65_536];
+    loop {
+        let left = bound.saturating_sub(started.elapsed());
+        assert!(
+            !left.is_zero(),
+            "{path}: the answer had not ended after {bound:?}"
+        );
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("{path}: the answer had not ended after {bound:?}")
+            }
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}

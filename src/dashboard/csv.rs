@@ -55,9 +55,12 @@ pub async fn csv(State(state): State<AppState>, Query(p): Params) -> Result<Resp
     let window = window(&p)?;
     let node = known_node(&state.store, &p).await?;
     let truncated = state.store.more_than(&node, &window, MAX_CSV_ROWS).await?;
-    let cursor = state.store.raw(&node, &window, MAX_CSV_ROWS as i64).await?;
-    let rows = cursor
+    let readings = state.store.raw(&node, &window, MAX_CSV_ROWS as i64).await?;
+    // A failure after the header has gone out cannot change the status: the body ends there,
+    // unfinished (no last chunk), which the client sees as a download that failed.
+    let rows = readings
         .map_ok(|d| Bytes::from(csv_row(&d)))
+        .inspect_err(|e| tracing::warn!(error = %e, "CSV download cut short"))
         .map_err(std::io::Error::other);
     let body = stream::once(async { Ok(Bytes::from(csv_header())) }).chain(rows);
     let file = format!(

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt;
+use futures_util::{stream, Stream, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::{Collection, Cursor, IndexModel};
+use mongodb::{Collection, IndexModel};
 use serde_json::{Map, Number, Value};
 
 use super::config::Config;
@@ -350,20 +350,37 @@ impl Store {
         .await
     }
 
-    /// A cursor over one node's raw readings in the window, oldest first, at most `limit`.
+    /// One node's raw readings in the window, oldest first, at most `limit`, as a stream in
+    /// which every batch is bounded by the query timeout: the `find` of the first and each
+    /// `getMore` after it. Nothing times the stream as a whole (a download reads it as fast
+    /// as its client takes the rows), so a batch the database never answered used to hold the
+    /// download, and its slot, for ever. A batch that fails or times out ends the stream with
+    /// that error.
     pub async fn raw(
         &self,
         node: &str,
         window: &Window,
         limit: i64,
-    ) -> Result<Cursor<Document>, MongoError> {
-        self.bounded(
-            self.reports
-                .find(window.match_node(node))
-                .sort(doc! { field::RECORDED_AT: 1 })
-                .limit(limit),
-        )
-        .await
+    ) -> Result<impl Stream<Item = Result<Document, MongoError>> + Send + 'static, MongoError> {
+        let cursor = self
+            .bounded(
+                self.reports
+                    .find(window.match_node(node))
+                    .sort(doc! { field::RECORDED_AT: 1 })
+                    .limit(limit),
+            )
+            .await?;
+        Ok(stream::unfold(
+            Some((self.clone(), cursor)),
+            |state| async move {
+                let (store, mut cursor) = state?;
+                match store.bounded(cursor.try_next()).await {
+                    Ok(Some(d)) => Some((Ok(d), Some((store, cursor)))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e), None)),
+                }
+            },
+        ))
     }
 
     /// Whether the window holds more than `n` of the node's readings (skipping along the index).
