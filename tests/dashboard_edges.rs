@@ -307,3 +307,25 @@ fn raw_get(addr: &str, path: &str, bound: Duration) -> String {
     }
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+// With a `mongodb+srv://` connection string whose DNS lookup fails (a Pi that starts before
+// its network), the dashboard starts and serves the page, and the API says the lookup failed,
+// without the password; it used to look the name up before listening, and exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_srv_lookup_at_start_leaves_the_page_up() {
+    let uri = "mongodb+srv://pi:s3cretpw@no-such-host.invalid/";
+    let dash = Dashboard::start_with(uri, "monitors", "5s", &["--query-timeout", "5s"]);
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(dash.get("/").status, 200);
+        let r = dash.get("/api/nodes");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("DNS lookup failed"), "{}", r.body);
+        assert!(!r.body.contains("s3cretpw"), "{}", r.body);
+        // Still up, and saying so again: the lookup is tried again on the next request.
+        let again = dash.get("/api/health");
+        assert_eq!(again.status, 503, "{}", again.body);
+        assert!(again.body.contains("DNS lookup failed"), "{}", again.body);
+    })
+    .await
+    .unwrap();
+}

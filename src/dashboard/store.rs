@@ -13,6 +13,7 @@ use futures_util::{stream, Stream, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::{Collection, IndexModel};
 use serde_json::{Map, Number, Value};
+use tokio::sync::OnceCell;
 
 use super::config::Config;
 use super::query::{chart_pipeline, motion_pipeline, series_pipeline, Field, Window};
@@ -67,7 +68,10 @@ pub enum IndexOutcome {
 /// The readings collection, read-only.
 #[derive(Clone)]
 pub struct Store {
-    reports: Collection<Document>,
+    /// Built on first use: see [`Store::new`].
+    reports: Arc<OnceCell<Collection<Document>>>,
+    database: String,
+    collection: String,
     uri: String,
     timeout: Duration,
     names: Arc<NameCache>,
@@ -90,19 +94,40 @@ struct Names {
 }
 
 impl Store {
-    /// A store for the configured collection. The driver connects on first use, so this
-    /// succeeds while the database is down (the page then says so, and recovers).
+    /// A store for the configured collection. A connection string that can never work is
+    /// refused here; the client itself is built on first use, and again after a failure, so
+    /// this succeeds while the database is down or DNS is not ready (a `mongodb+srv://`
+    /// string is looked up when the client is built, and a Pi may start before its network):
+    /// the page then says why, and recovers.
     pub async fn new(config: &Config) -> Result<Store, MongoError> {
-        let client = connect(&config.uri, "sensehat-dashboard").await?;
-        let reports = client
-            .database(&config.database)
-            .collection(&config.collection);
+        crate::mongo::check_uri(&config.uri)
+            .await
+            .map_err(MongoError::Fatal)?;
         Ok(Store {
-            reports,
+            reports: Arc::default(),
+            database: config.database.clone(),
+            collection: config.collection.clone(),
             uri: config.uri.clone(),
             timeout: config.query_timeout,
             names: Arc::default(),
         })
+    }
+
+    /// The readings collection, its client built now if it is not yet (within the query
+    /// timeout); a failure, said as [`crate::mongo::classify`] says it, is tried again by the
+    /// next call.
+    async fn reports(&self) -> Result<&Collection<Document>, MongoError> {
+        let build = self.reports.get_or_try_init(|| async {
+            let client = connect(&self.uri, "sensehat-dashboard").await?;
+            Ok(client.database(&self.database).collection(&self.collection))
+        });
+        match tokio::time::timeout(self.timeout, build).await {
+            Ok(built) => built,
+            Err(_) => Err(MongoError::Unavailable(format!(
+                "the connection string's DNS lookups did not finish within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// Run `f` within the configured timeout, its errors classified and redacted. Each query
@@ -137,16 +162,17 @@ impl Store {
         let model = IndexModel::builder()
             .keys(doc! { field::NODE_NAME: 1, field::RECORDED_AT: 1 })
             .build();
-        let made = tokio::time::timeout(self.timeout, self.reports.create_index(model)).await;
+        let reports = self.reports().await?;
+        let made = tokio::time::timeout(self.timeout, reports.create_index(model)).await;
         match made {
             Ok(Ok(_)) => Ok(IndexOutcome::Ready),
             Ok(Err(e)) if crate::mongo::is_fatal(&e) => Ok(IndexOutcome::NotAllowed(format!(
                 "cannot create the index {INDEX_NAME} ({}); a user with createIndex on {ns} can, in mongosh: \
                  db.getSiblingDB(\"{db}\").{coll}.createIndex({{{node}: 1, {at}: 1}})",
                 redact_credentials(&describe(&e), &self.uri),
-                ns = self.reports.namespace(),
-                db = self.reports.namespace().db,
-                coll = self.reports.name(),
+                ns = reports.namespace(),
+                db = self.database,
+                coll = self.collection,
                 node = field::NODE_NAME,
                 at = field::RECORDED_AT,
             ))),
@@ -161,9 +187,10 @@ impl Store {
     /// The BSON type of the newest document's `recordedAt` (by `_id`, which the index has)
     /// when it is not a date; `None` when it is, or there is no document.
     pub async fn recorded_at_not_a_date(&self) -> Result<Option<String>, MongoError> {
+        let reports = self.reports().await?;
         let newest = self
             .bounded(
-                self.reports
+                reports
                     .find_one(doc! {})
                     .sort(doc! { field::ID: -1 })
                     .projection(doc! { field::RECORDED_AT: 1 })
@@ -211,9 +238,10 @@ impl Store {
     }
 
     async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {
+        let reports = self.reports().await?;
         let names = self
             .bounded(
-                self.reports
+                reports
                     .distinct(field::NODE_NAME, doc! {})
                     .max_time(self.timeout),
             )
@@ -235,8 +263,9 @@ impl Store {
     /// with none.
     pub async fn latest(&self, node: &str) -> Result<Option<Document>, MongoError> {
         let until = crate::clock::now_ms().saturating_add(FUTURE_SLACK.as_millis() as i64);
+        let reports = self.reports().await?;
         self.bounded(
-            self.reports
+            reports
                 .find_one(doc! {
                     field::NODE_NAME: node,
                     field::RECORDED_AT: { "$lte": mongodb::bson::DateTime::from_millis(until) },
@@ -249,9 +278,10 @@ impl Store {
 
     /// Whether a node has any report at all.
     pub async fn node_exists(&self, node: &str) -> Result<bool, MongoError> {
+        let reports = self.reports().await?;
         Ok(self
             .bounded(
-                self.reports
+                reports
                     .find_one(doc! { field::NODE_NAME: node })
                     .projection(doc! { field::ID: 1 })
                     .max_time(self.timeout),
@@ -339,12 +369,9 @@ impl Store {
     }
 
     async fn aggregate(&self, pipeline: Vec<Document>) -> Result<Vec<Document>, MongoError> {
+        let reports = self.reports().await?;
         self.bounded(async {
-            let cursor = self
-                .reports
-                .aggregate(pipeline)
-                .max_time(self.timeout)
-                .await?;
+            let cursor = reports.aggregate(pipeline).max_time(self.timeout).await?;
             cursor.try_collect().await
         })
         .await
@@ -362,9 +389,10 @@ impl Store {
         window: &Window,
         limit: i64,
     ) -> Result<impl Stream<Item = Result<Document, MongoError>> + Send + 'static, MongoError> {
+        let reports = self.reports().await?;
         let cursor = self
             .bounded(
-                self.reports
+                reports
                     .find(window.match_node(node))
                     .sort(doc! { field::RECORDED_AT: 1 })
                     .limit(limit),
@@ -386,7 +414,8 @@ impl Store {
     /// Whether the window holds more than `n` of the node's readings (skipping along the index).
     pub async fn more_than(&self, node: &str, window: &Window, n: u64) -> Result<bool, MongoError> {
         let past = self
-            .reports
+            .reports()
+            .await?
             .find_one(window.match_node(node))
             .sort(doc! { field::RECORDED_AT: 1 })
             .skip(n)
@@ -398,8 +427,9 @@ impl Store {
     /// Whether the dashboard can read the readings: one `find` of a single `_id`. A ping would
     /// answer for a user that may not read the collection, whose every page then fails.
     pub async fn readable(&self) -> Result<(), MongoError> {
+        let reports = self.reports().await?;
         self.bounded(
-            self.reports
+            reports
                 .find_one(doc! {})
                 .projection(doc! { field::ID: 1 })
                 .max_time(self.timeout),
