@@ -329,3 +329,37 @@ async fn a_failing_srv_lookup_at_start_leaves_the_page_up() {
     .await
     .unwrap();
 }
+
+// A `+01:00` offset written into the URL as it is (not `%2B`) arrives form-decoded as a space;
+// it is read as the `+` it was, as `%2B` and `-` offsets are: it used to be answered 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offset_whose_plus_became_a_space_is_read_as_plus() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_offset");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 10_000, 60, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "5s");
+    tokio::task::spawn_blocking(move || {
+        // T0 is 2026-11-01T00:00:00Z.
+        for (from, to) in [
+            ("2026-11-01T01:00:00+01:00", "2026-11-01T01:05:00.000+01:00"),
+            ("2026-11-01T01:00:00%2B01:00", "2026-11-01T01:05:00%2B01:00"),
+            ("2026-10-31T23:00:00-01:00", "2026-10-31T23:05:00-01:00"),
+        ] {
+            let chart = dash.json(&format!("/api/chart?node=node-a&from={from}&to={to}"));
+            assert_eq!(chart["from"], "2026-11-01T00:00:00.000Z", "{from}");
+            assert_eq!(chart["to"], "2026-11-01T00:05:00.000Z", "{to}");
+            let points = chart["series"]["temperature"].as_array().unwrap().len();
+            assert!(points > 0, "{from}: {chart}");
+            let csv = dash.get(&format!("/api/csv?node=node-a&from={from}&to={to}"));
+            assert_eq!(csv.status, 200, "{from}: {}", csv.body);
+            assert_eq!(csv.body.lines().count(), 1 + 30, "{from}: {}", csv.body);
+        }
+    })
+    .await
+    .unwrap();
+}

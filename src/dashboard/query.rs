@@ -301,7 +301,7 @@ pub fn parse_time(name: &'static str, value: &str) -> Result<i64, WindowError> {
         name,
         value: value.to_owned(),
     };
-    let t = OffsetDateTime::parse(value.trim(), &Rfc3339).map_err(|_| bad())?;
+    let t = OffsetDateTime::parse(&plus_restored(value.trim()), &Rfc3339).map_err(|_| bad())?;
     let ms = i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())?;
     // An offset can take a time written in year 9999 past it in UTC, where [`iso`] and the
     // chart's labels cannot print it.
@@ -312,6 +312,31 @@ pub fn parse_time(name: &'static str, value: &str) -> Result<i64, WindowError> {
         });
     }
     Ok(ms)
+}
+
+/// `value` with a space where an offset's sign belongs (after the time's last digit, before
+/// `HH:MM` at the end) read as `+`: in a query string a `+` not written `%2B` is decoded as a
+/// space, so `?from=2026-12-04T10:00:00+01:00`, typed or pasted as it is, arrives as
+/// `2026-12-04T10:00:00 01:00`.
+fn plus_restored(value: &str) -> std::borrow::Cow<'_, str> {
+    let b = value.as_bytes();
+    let n = b.len();
+    let offset_after_space = n > 7
+        && b[n - 7].is_ascii_digit()
+        && b[n - 6] == b' '
+        && b[n - 5..].iter().enumerate().all(|(i, c)| {
+            if i == 2 {
+                *c == b':'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if offset_after_space {
+        // Every byte from n - 7 on is ASCII, so these are character boundaries.
+        format!("{}+{}", &value[..n - 6], &value[n - 5..]).into()
+    } else {
+        value.into()
+    }
 }
 
 /// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, ms since the epoch.
