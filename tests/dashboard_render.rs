@@ -139,3 +139,52 @@ async fn render_and_check_config() {
         "{err}"
     );
 }
+
+// check-config refuses, with exit 2 and the reason, options the service cannot run with: a
+// query timeout of 0 (every request would be answered 503), one longer than maxTimeMS holds,
+// and a bare port as --metrics-listen (which used to pass, and then failed the service at start).
+#[test]
+fn check_config_refuses_what_cannot_run() {
+    let check = |args: &[&str]| {
+        let out = std::process::Command::new(dashboard_support::dashboard_bin())
+            .args(args)
+            .arg("check-config")
+            .env("MONGODB_CONNECTION_STRING", "mongodb://db.example.net/")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), said)
+    };
+    for (args, reason) in [
+        (["--query-timeout", "0"], "less than 1ms"),
+        (["--query-timeout", "0.5ms"], "less than 1ms"),
+        (["--query-timeout", "25d"], "maxTimeMS"),
+        (["--metrics-listen", "9467"], "HOST:PORT"),
+        (["--metrics-listen", ":9467"], "HOST:PORT"),
+    ] {
+        let (code, said) = check(&args);
+        assert_eq!(code, Some(2), "{args:?}: {said}");
+        assert!(
+            said.contains(args[0]) && said.contains(reason),
+            "{args:?}: {said}"
+        );
+    }
+    for args in [
+        [
+            "--query-timeout",
+            "24d",
+            "--metrics-listen",
+            "127.0.0.1:9467",
+        ],
+        [
+            "--query-timeout",
+            "1ms",
+            "--metrics-listen",
+            "localhost:9467",
+        ],
+        ["--query-timeout", "10s", "--metrics-listen", "[::1]:9467"],
+    ] {
+        let (code, said) = check(&args);
+        assert_eq!(code, Some(0), "{args:?}: {said}");
+    }
+}

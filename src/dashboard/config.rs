@@ -25,6 +25,9 @@ pub const DEFAULT_COLLECTION: &str = "reports";
 pub const DEFAULT_STALE_AFTER: &str = "15s";
 /// How long one database read may take before the page says the database is unavailable.
 pub const DEFAULT_QUERY_TIMEOUT: &str = "10s";
+/// The longest `--query-timeout`: each query carries it to the server as `maxTimeMS`, a 32-bit
+/// count of milliseconds (about 24.8 days), which a longer one overflows.
+pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
 /// The default chart size of `render`, pixels.
 pub const DEFAULT_RENDER_SIZE: (u32, u32) = (1000, 400);
 
@@ -79,12 +82,12 @@ pub struct CommonArgs {
     /// How long one database read may take before it is answered 503 (e.g. 10s; raise it for a
     /// slow server or very long windows).
     #[arg(long, env = "DASHBOARD_QUERY_TIMEOUT", default_value = DEFAULT_QUERY_TIMEOUT,
-          value_parser = crate::cli::parse_duration)]
+          value_parser = parse_query_timeout)]
     pub query_timeout: Duration,
 
     /// Serve Prometheus metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9467);
     /// off by default.
-    #[arg(long, env = "DASHBOARD_METRICS_LISTEN")]
+    #[arg(long, env = "DASHBOARD_METRICS_LISTEN", value_parser = crate::metrics::listen_addr)]
     pub metrics_listen: Option<String>,
 }
 
@@ -177,6 +180,20 @@ impl CommonArgs {
             metrics_listen: self.metrics_listen,
         })
     }
+}
+
+/// A `--query-timeout`: at least a millisecond (shorter, every query would time out, and its
+/// `maxTimeMS` would be 0, no limit) and at most [`MAX_QUERY_TIMEOUT`].
+pub fn parse_query_timeout(s: &str) -> Result<Duration, String> {
+    let d = crate::cli::parse_duration_at_most(s, MAX_QUERY_TIMEOUT).map_err(|e| {
+        format!("{e} (MongoDB's maxTimeMS, which each query carries, holds up to 24.8 days)")
+    })?;
+    if d < Duration::from_millis(1) {
+        return Err(format!(
+            "{s:?}: a query timeout of less than 1ms would fail every query (the default is {DEFAULT_QUERY_TIMEOUT})"
+        ));
+    }
+    Ok(d)
 }
 
 /// A field name as the API spells it.

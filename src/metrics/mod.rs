@@ -69,6 +69,26 @@ fn hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// A `--metrics-listen` value, checked as far as can be without binding it or asking DNS:
+/// `HOST:PORT`, an IP address (IPv6 in brackets) or a host name, and a port number. A bare
+/// port, say, passed `check-config` and then failed the service at start.
+pub fn listen_addr(s: &str) -> Result<String, String> {
+    let named = |(host, port): (&str, &str)| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            && port.parse::<u16>().is_ok()
+    };
+    if s.parse::<std::net::SocketAddr>().is_ok() || s.rsplit_once(':').is_some_and(named) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not HOST:PORT: give an address and a port, such as 127.0.0.1:9467"
+        ))
+    }
+}
+
 /// Bind `addr` (`HOST:PORT`; port 0 picks a free one).
 pub async fn bind(addr: &str) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr).await.map_err(|source| ListenError {
