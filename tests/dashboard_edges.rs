@@ -363,3 +363,91 @@ async fn an_offset_whose_plus_became_a_space_is_read_as_plus() {
     .await
     .unwrap();
 }
+
+// With the database stopped, many failing requests write one line to the log, not one each
+// (the all-nodes view asks for every node every few seconds, in every tab); once requests are
+// answered again, the next outage is said again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_is_said_once_not_once_a_request() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+
+    let mut server = MongoServer::start();
+    let db = common::unique_name("dash_outage");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut child = dashboard_support::command(&server.uri, &db, "5s", &addr)
+        .args(["--query-timeout", "1s"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sensehat-dashboard");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let _child = common::Reaped(child);
+    let seen = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            seen.lock().unwrap().push(line);
+        }
+    });
+    // The warnings so far, once the log has had a moment to reach the reader.
+    let warnings = move || {
+        std::thread::sleep(Duration::from_millis(500));
+        let lines = lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains("WARN"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let healthy = |addr: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dashboard_support::get(addr, "/api/health").status != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard never read the database"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let fail_many = |addr: &str, n: usize| {
+        for i in 0..n {
+            let path = ["/api/nodes", "/api/health", "/api/chart?node=node-a"][i % 3];
+            let r = dashboard_support::get(addr, path);
+            assert!(r.status >= 500, "{path}: {} {}", r.status, r.body);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "the dashboard did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let addr2 = addr.clone();
+    tokio::task::spawn_blocking(move || healthy(&addr2))
+        .await
+        .unwrap();
+    let before = warnings().len();
+    server.stop();
+    let addr2 = addr.clone();
+    tokio::task::spawn_blocking(move || fail_many(&addr2, 12))
+        .await
+        .unwrap();
+    let said = warnings()[before..].to_vec();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0].contains("requests are failing"), "{said:#?}");
+    // Back, answered, then down again: a new outage, said anew.
+    server.launch();
+    let addr2 = addr.clone();
+    tokio::task::spawn_blocking(move || healthy(&addr2))
+        .await
+        .unwrap();
+    server.stop();
+    let addr2 = addr.clone();
+    tokio::task::spawn_blocking(move || fail_many(&addr2, 3))
+        .await
+        .unwrap();
+    let said = warnings()[before..].to_vec();
+    assert_eq!(said.len(), 2, "{said:#?}");
+}

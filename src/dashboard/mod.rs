@@ -47,6 +47,8 @@ pub struct AppState {
     pub metrics: Arc<DashboardMetrics>,
     /// The API's turns at querying the database.
     pub turns: limit::Turns,
+    /// The API's failures, said once per outage.
+    pub failures: Arc<api::Failures>,
 }
 
 /// The router: the page, its assets and the API, each request counted, at most
@@ -54,6 +56,8 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let counting = axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track);
     let turns = axum::middleware::from_fn_with_state(state.turns.clone(), limit::take_turn);
+    let say_failures =
+        axum::middleware::from_fn_with_state(state.failures.clone(), api::say_failures);
     let api = Router::new()
         .route("/api/nodes", get(api::nodes))
         .route("/api/series", get(api::series))
@@ -61,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/chart", get(api::chart))
         .route(limit::CSV_PATH, get(csv::csv))
         .route("/api/health", get(api::health))
+        .route_layer(say_failures)
         .route_layer(turns);
     Router::new()
         .route("/", get(page::index))
@@ -185,6 +190,7 @@ pub async fn run(
         stale_after: config.stale_after,
         metrics: counted,
         turns: limit::turns(),
+        failures: Arc::default(),
     };
     let service = hyper_util::service::TowerToHyperService::new(app(state));
     let limits = crate::listener::Limits::new(limit::MAX_CONNECTIONS);
