@@ -221,7 +221,8 @@ async fn a_flapping_database_link_is_said_once() {
     assert_eq!(text.matches("MongoDB unavailable").count(), 1, "{text}");
     // At the start, and after the first outage.
     assert_eq!(text.matches("connected to MongoDB").count(), 2, "{text}");
-    assert_eq!(text.matches("backlog drained").count(), 1, "{text}");
+    // The first outage's backlog, if it was empty at some insert before the stop.
+    assert!(text.matches("backlog drained").count() <= 1, "{text}");
     // Every report taken is stored once, or still in the spool.
     let kept = stored_once(&server, &db).await.len() + pending_ids(&spool_dir).len();
     let taken = text.lines().rev().find_map(|l| {

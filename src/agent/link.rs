@@ -47,6 +47,8 @@ enum Connection {
 struct Backlog {
     delivered: u64,
     duplicates: u64,
+    /// It was found at start, or an outage that was said added to it: its end is said.
+    said: bool,
 }
 
 /// Delivery state changes, each said once.
@@ -55,8 +57,8 @@ pub(super) struct Link {
     connection: Connection,
     /// When an outage was last said.
     outage_said: Option<Instant>,
-    /// The outage going on began at this time and is not said (yet).
-    outage_unsaid: Option<Instant>,
+    /// The outage going on began at this time, with this error, and is not said (yet).
+    outage_unsaid: Option<(Instant, String)>,
     /// Outages that ended unsaid since the last one said.
     brief_unsaid: u64,
     /// A backlog is being sent: its end is said once, with what it took.
@@ -89,7 +91,10 @@ impl Link {
             outage_said: None,
             outage_unsaid: None,
             brief_unsaid: 0,
-            backlog: (backlog_at_start > 0).then(Backlog::default),
+            backlog: (backlog_at_start > 0).then_some(Backlog {
+                said: true,
+                ..Backlog::default()
+            }),
             reject_failing: Latch::default(),
             rejected_logged: None,
             rejected_unlogged: 0,
@@ -102,23 +107,30 @@ impl Link {
         let mut events = Vec::new();
         if self.connection != Connection::Up {
             self.connection = Connection::Up;
-            if self.outage_unsaid.take().is_some() {
-                // A brief outage of a flapping link: its end, and the backlog it left, are
-                // not said either.
-                self.brief_unsaid += 1;
-                self.backlog = None;
-            } else {
-                events.push(LinkEvent::Connected { pending: d.pending });
+            match self.outage_unsaid.take() {
+                // A brief outage of a flapping link: its end is not said either.
+                Some((began, _)) if now.saturating_duration_since(began) < FLAP_QUIET => {
+                    self.brief_unsaid += 1;
+                }
+                // One that lasted, though no failed insert came to say so after its first
+                // minute (the back-off had grown): said now, with its end.
+                Some((_, error)) => {
+                    events.push(self.said_outage(error, now));
+                    events.push(LinkEvent::Connected { pending: d.pending });
+                }
+                None => events.push(LinkEvent::Connected { pending: d.pending }),
             }
         }
         if let Some(b) = &mut self.backlog {
             b.delivered += d.delivered;
             b.duplicates += d.duplicates;
             if d.pending == 0 {
-                events.push(LinkEvent::BacklogDrained {
-                    delivered: b.delivered,
-                    already_present: b.duplicates,
-                });
+                if b.said {
+                    events.push(LinkEvent::BacklogDrained {
+                        delivered: b.delivered,
+                        already_present: b.duplicates,
+                    });
+                }
                 self.backlog = None;
             }
         }
@@ -143,27 +155,36 @@ impl Link {
         events
     }
 
-    /// An insert could not reach the database at `now`: what piles up from now is a backlog.
-    /// Said when the outage begins, unless one was said less than [`FLAP_QUIET`] ago; then
-    /// only if it lasts that long.
+    /// An insert could not reach the database at `now`: what piles up from now is a backlog
+    /// (added to one still being sent). Said when the outage begins, unless one was said less
+    /// than [`FLAP_QUIET`] ago; then only once it has lasted that long (at a failed insert, or
+    /// at its end).
     pub(super) fn unavailable(&mut self, error: &str, now: Instant) -> Option<LinkEvent> {
         let quiet_since = |t: Instant| now.saturating_duration_since(t) < FLAP_QUIET;
         if self.connection == Connection::Down {
             self.outage_unsaid
-                .take_if(|&mut began| !quiet_since(began))?;
+                .take_if(|(began, _)| !quiet_since(*began))?;
         } else {
             self.connection = Connection::Down;
-            self.backlog = Some(Backlog::default());
+            self.backlog.get_or_insert_default();
             if self.outage_said.is_some_and(quiet_since) {
-                self.outage_unsaid = Some(now);
+                self.outage_unsaid = Some((now, error.to_owned()));
                 return None;
             }
         }
+        Some(self.said_outage(error.to_owned(), now))
+    }
+
+    /// An outage said at `now`: its backlog's end will be said too.
+    fn said_outage(&mut self, error: String, now: Instant) -> LinkEvent {
         self.outage_said = Some(now);
-        Some(LinkEvent::Unavailable {
-            error: error.to_owned(),
+        if let Some(b) = &mut self.backlog {
+            b.said = true;
+        }
+        LinkEvent::Unavailable {
+            error,
             brief_unsaid: std::mem::take(&mut self.brief_unsaid),
-        })
+        }
     }
 
     /// Refused reports could not be saved (they stay in the spool and are sent again).
@@ -290,6 +311,55 @@ mod tests {
         assert_eq!(
             link.delivered(ok(3, 0), t0 + 72 * SECOND)[0],
             LinkEvent::Connected { pending: 0 }
+        );
+    }
+
+    // A brief outage while the backlog of one that was said is still being sent: that
+    // backlog's end is still said, counting what came after.
+    #[test]
+    fn a_brief_outage_keeps_the_said_backlog() {
+        let t0 = Instant::now();
+        let mut link = Link::new(0);
+        link.unavailable("reset", t0);
+        assert_eq!(
+            link.delivered(ok(10, 5), t0 + SECOND),
+            [LinkEvent::Connected { pending: 5 }]
+        );
+        assert_eq!(link.unavailable("reset", t0 + 2 * SECOND), None);
+        assert!(link.delivered(ok(5, 2), t0 + 3 * SECOND).is_empty());
+        assert_eq!(
+            link.delivered(ok(2, 0), t0 + 4 * SECOND),
+            [LinkEvent::BacklogDrained {
+                delivered: 17,
+                already_present: 0
+            }]
+        );
+    }
+
+    // An unsaid outage that lasted a minute but ended before a failed insert could say so
+    // (the back-off had grown) is said at its end, with its end and its backlog.
+    #[test]
+    fn an_unsaid_outage_that_lasted_is_said_at_its_end() {
+        let t0 = Instant::now();
+        let mut link = Link::new(0);
+        link.unavailable("reset", t0);
+        link.delivered(ok(1, 0), t0 + SECOND);
+        assert_eq!(link.unavailable("refused", t0 + 10 * SECOND), None);
+        assert_eq!(link.unavailable("refused", t0 + 40 * SECOND), None);
+        let events = link.delivered(ok(100, 0), t0 + 90 * SECOND);
+        assert_eq!(
+            events,
+            [
+                LinkEvent::Unavailable {
+                    error: "refused".into(),
+                    brief_unsaid: 0
+                },
+                LinkEvent::Connected { pending: 0 },
+                LinkEvent::BacklogDrained {
+                    delivered: 100,
+                    already_present: 0
+                }
+            ]
         );
     }
 
