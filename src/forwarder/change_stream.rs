@@ -147,6 +147,8 @@ pub(super) async fn forward<T: Target>(
     info!(namespace = %fw.namespace, target = ?opts.target, destination = %opts.destination(), from, "forwarding");
     // Set while the change stream cannot be opened.
     let mut trouble = Trouble::default();
+    // The stored token, until a stream opens: only it can be one edited by hand or damaged.
+    let mut unproven = fw.latest.is_some();
     loop {
         let opened = tokio::select! {
             biased;
@@ -156,7 +158,7 @@ pub(super) async fn forward<T: Target>(
         let mut stream = match opened {
             Ok(s) => s,
             Err(e) => {
-                if fw.latest.is_some() {
+                if unproven {
                     if let Some(stop) = unusable_token(&e, &fw.namespace) {
                         return Err(stop);
                     }
@@ -169,6 +171,7 @@ pub(super) async fn forward<T: Target>(
                 }
             }
         };
+        unproven = false;
         if trouble.recovered() {
             info!("change stream open again");
             reconnect = target::backoff();
