@@ -194,7 +194,7 @@ pub struct Cli {
 
     /// Serve Prometheus metrics at /metrics, and /healthz and /readyz, on this address (e.g.
     /// 127.0.0.1:9464, or 0.0.0.0:9464 for a scraper on another machine). Off by default.
-    #[arg(long, env = "SENSEHAT_METRICS_LISTEN")]
+    #[arg(long, env = "SENSEHAT_METRICS_LISTEN", value_parser = crate::metrics::listen_addr)]
     pub metrics_listen: Option<String>,
 
     /// Also write the metrics to this file every 10 s, replaced whole, for node_exporter's

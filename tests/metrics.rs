@@ -468,3 +468,50 @@ fn stale_file_age_expr() -> String {
         .expect("the rule compares the age");
     age.to_owned()
 }
+
+// Every program refuses a metrics address that is not HOST:PORT, from its flag or its
+// environment variable, with exit 2 and what to give: a bare port passed check-config, and
+// the service then failed at start.
+#[test]
+fn a_metrics_address_without_a_host_is_refused() {
+    #[cfg_attr(
+        not(any(feature = "firehose", feature = "forwarder")),
+        allow(unused_mut)
+    )]
+    let mut programs = vec![(
+        env!("CARGO_BIN_EXE_sensehat-monitor"),
+        "SENSEHAT_METRICS_LISTEN",
+    )];
+    #[cfg(feature = "firehose")]
+    programs.push((
+        env!("CARGO_BIN_EXE_firehose-endpoint"),
+        "FIREHOSE_METRICS_LISTEN",
+    ));
+    #[cfg(feature = "forwarder")]
+    programs.extend([
+        (
+            env!("CARGO_BIN_EXE_kinesis-forwarder"),
+            "FORWARDER_METRICS_LISTEN",
+        ),
+        (
+            env!("CARGO_BIN_EXE_firehose-local"),
+            "FIREHOSE_LOCAL_METRICS_LISTEN",
+        ),
+    ]);
+    for (program, variable) in programs {
+        let by_flag = std::process::Command::new(program)
+            .args(["--metrics-listen", "9467", "check-config"])
+            .output()
+            .unwrap();
+        let by_env = std::process::Command::new(program)
+            .arg("check-config")
+            .env(variable, ":9467")
+            .output()
+            .unwrap();
+        for out in [by_flag, by_env] {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{program}: {err}");
+            assert!(err.contains("is not HOST:PORT"), "{program}: {err}");
+        }
+    }
+}

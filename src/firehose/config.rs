@@ -54,7 +54,7 @@ pub struct Cli {
     /// Serve Prometheus metrics at /metrics, with /healthz and /readyz, on this address (e.g.
     /// 127.0.0.1:9465): a port of its own, so that the delivery port is all that faces the
     /// internet. Off by default. The delivery port serves /healthz and /readyz too.
-    #[arg(long, env = "FIREHOSE_METRICS_LISTEN")]
+    #[arg(long, env = "FIREHOSE_METRICS_LISTEN", value_parser = crate::metrics::listen_addr)]
     pub metrics_listen: Option<String>,
 
     /// URL path that Firehose POSTs to (GET /health, /healthz and /readyz are always served as

@@ -134,7 +134,7 @@ pub struct Cli {
     /// the last delivery attempt reached the endpoint), on this address (e.g. 127.0.0.1:9466).
     /// Off by default. Not FIREHOSE_METRICS_LISTEN: firehose-endpoint reads that one, and the
     /// two often share an environment.
-    #[arg(long, env = "FIREHOSE_LOCAL_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "FIREHOSE_LOCAL_METRICS_LISTEN", value_name = "ADDR", value_parser = crate::metrics::listen_addr)]
     pub metrics_listen: Option<String>,
 }
 

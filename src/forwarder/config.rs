@@ -305,7 +305,7 @@ pub struct Cli {
     /// Serve Prometheus metrics at /metrics, and /healthz and /readyz (MongoDB and the stream
     /// or bus answer), on this address (e.g. 127.0.0.1:9468, or 0.0.0.0:9468 for a scraper on
     /// another machine). Off by default.
-    #[arg(long, env = "FORWARDER_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "FORWARDER_METRICS_LISTEN", value_name = "ADDR", value_parser = crate::metrics::listen_addr)]
     pub metrics_listen: Option<String>,
 }
 
