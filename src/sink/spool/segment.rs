@@ -166,8 +166,9 @@ impl Segments {
             let seg_len = self.list.back().map_or(0, |s| s.len);
             let _ = writer.set_len(seg_len);
             // What this file took before is owed a sync, which the spool makes on the open
-            // file; once it is closed the spool's next sync cannot reach it, so sync it now
-            // (best effort: the disk is failing).
+            // file; once it is closed the spool's next sync cannot reach it, so sync it now.
+            // Best effort: should this sync fail too (the disk is failing), those reports are
+            // counted synced all the same at the spool's next sync.
             let _ = writer.sync_data();
             self.writer = None;
             return Err(SpoolError::Io {
