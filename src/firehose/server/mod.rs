@@ -11,10 +11,12 @@
 //! `{"requestId","timestamp"[,"errorMessage"]}`; each refusal is a [`RequestError`].
 //!
 //! - `error`: [`RequestError`], the reasons for refusing and the response each one gets.
+//! - `headers`: the checks made before the body is read, and the body's share of the budget.
 //! - `keys`: [`AccessKeys`], compared in constant time.
 //! - `listen`: [`serve`] and [`tls_config`], the socket side.
 
 mod error;
+mod headers;
 mod keys;
 mod listen;
 #[cfg(test)]
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
@@ -35,6 +37,7 @@ use mongodb::bson::{rawdoc, spec::BinarySubtype, Binary, DateTime, RawDocumentBu
 use tracing::{debug, info, warn};
 
 pub use error::RequestError;
+use headers::{budget_share, check_headers, header_cut, kib, BodyPlan};
 pub use keys::AccessKeys;
 pub use listen::{
     serve, tls_config, HEADER_TIMEOUT, LIMITS, MAX_CONNECTIONS, SHUTDOWN_GRACE,
@@ -43,10 +46,7 @@ pub use listen::{
 
 use super::decode::{decode_record, derived_id, DecodeOptions};
 use super::metrics::EndpointMetrics;
-use super::protocol::{
-    response_body, BodyError, BodyReader, RequestBody, ACCESS_KEY, PROTOCOL_VERSION, REQUEST_ID,
-    SOURCE_ARN, SUPPORTED_VERSION,
-};
+use super::protocol::{response_body, BodyError, BodyReader, RequestBody, REQUEST_ID, SOURCE_ARN};
 use super::store::{Store, StoreError};
 use crate::clock::now_ms;
 use crate::say_once::{Latch, Throttle};
@@ -249,21 +249,6 @@ pub fn firehose_response(status: StatusCode, request_id: &str, error: Option<&st
     json_response(status, response_body(request_id, now_ms(), error))
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// A header's value cut to [`MAX_REQUEST_ID_BYTES`] (on a character boundary), for echoing and
-/// logging what a client sent without echoing or logging whatever size it chose.
-fn header_cut<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
-    let s = header_str(headers, name).unwrap_or("");
-    let mut end = s.len().min(MAX_REQUEST_ID_BYTES);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// What one delivery carried, for its log line.
 #[derive(Default)]
 struct Tally {
@@ -335,78 +320,6 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
     }
 }
 
-/// How to read the body of a request whose headers passed.
-struct BodyPlan {
-    gzip: bool,
-    content_length: Option<u64>,
-}
-
-/// The checks made before the body is read, in the order of the module docs; only a request
-/// that passes them all costs a body read. The key is checked before any other header, so a
-/// caller without it learns nothing about what else the endpoint checks.
-fn check_headers(
-    config: &EndpointConfig,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Result<BodyPlan, RequestError> {
-    if method != Method::POST {
-        return Err(RequestError::MethodNotAllowed);
-    }
-    let key_ok = headers
-        .get(ACCESS_KEY)
-        .is_some_and(|k| config.keys.matches(k.as_bytes()));
-    if !key_ok {
-        return Err(RequestError::AccessKey);
-    }
-    if header_str(headers, REQUEST_ID).is_some_and(|id| id.len() > MAX_REQUEST_ID_BYTES) {
-        return Err(RequestError::RequestIdTooLong);
-    }
-    if header_cut(headers, REQUEST_ID).is_empty() {
-        return Err(RequestError::MissingRequestId);
-    }
-    match header_str(headers, PROTOCOL_VERSION) {
-        Some(SUPPORTED_VERSION) => {}
-        Some(other) => {
-            let v: String = other.chars().take(32).collect();
-            return Err(RequestError::UnsupportedProtocolVersion(v));
-        }
-        None => return Err(RequestError::MissingProtocolVersion),
-    }
-    let gzip = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-    {
-        None => false,
-        Some(e) if e.is_empty() || e == "identity" => false,
-        Some(e) if e == "gzip" => true,
-        Some(_) => return Err(RequestError::UnsupportedEncoding),
-    };
-    let limit = config.max_body_bytes;
-    let content_length = declared_length(headers);
-    if !gzip && content_length.is_some_and(|n| n > limit as u64) {
-        return Err(RequestError::TooLarge { limit });
-    }
-    Ok(BodyPlan {
-        gzip,
-        content_length,
-    })
-}
-
-/// Whole KiB, rounded up; at least one.
-fn kib(bytes: u64) -> usize {
-    bytes.div_ceil(1024).max(1) as usize
-}
-
-/// The share of the body budget a body takes, in KiB: its declared length if plain, else the
-/// most it may grow to.
-fn budget_share(plan: &BodyPlan, limit: usize) -> u32 {
-    let bytes = match plan.content_length {
-        Some(n) if !plan.gzip => n.min(limit as u64),
-        _ => limit as u64,
-    };
-    u32::try_from(kib(bytes)).unwrap_or(u32::MAX)
-}
-
 /// Read and check the body, then store its records, all within the request's deadline from
 /// `arrived` ([`REQUEST_DEADLINE`]); the body within `--body-timeout` of it.
 async fn process(
@@ -449,10 +362,6 @@ async fn process(
             warn!(request_id = %request_id, error = %e, "database write failed");
             RequestError::Store(e)
         })
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Read the body with the cap applied after decompression. A plain body's buffer is sized from

@@ -3,10 +3,11 @@
 //! where nothing listens, and any test that reached it would fail with 503, not pass.
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use super::super::protocol::{ACCESS_KEY, PROTOCOL_VERSION};
 use super::*;
 
 const KEY: &str = "router-test-key";
