@@ -53,34 +53,46 @@ impl KinesisServer {
             dir.join("main.js").exists(),
             "kinesis-local is not installed: run `bash .ci/kinesis.sh install`, or set KINESIS_TEST_ENDPOINT"
         );
-        let plain = free_port();
-        let tls = free_port();
-        let child = Command::new("node")
-            .arg("main.js")
-            .current_dir(&dir)
-            .env("KINESIS_MOCK_PLAIN_PORT", plain.to_string())
-            .env("KINESIS_MOCK_TLS_PORT", tls.to_string())
-            .env("CREATE_STREAM_DURATION", "0ms")
-            .env("DELETE_STREAM_DURATION", "0ms")
-            .env("SHOULD_PERSIST_DATA", "false")
-            .env("LOG_LEVEL", "ERROR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node for kinesis-local: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", plain)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "kinesis-local did not start on port {plain}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        // The ports are free when chosen, not when the emulator binds them: another process
+        // may take one first, and the emulator then exits; it is started again on others.
+        for _ in 0..3 {
+            let plain = free_port();
+            let tls = free_port();
+            let mut child = Command::new("node")
+                .arg("main.js")
+                .current_dir(&dir)
+                .env("KINESIS_MOCK_PLAIN_PORT", plain.to_string())
+                .env("KINESIS_MOCK_TLS_PORT", tls.to_string())
+                .env("CREATE_STREAM_DURATION", "0ms")
+                .env("DELETE_STREAM_DURATION", "0ms")
+                .env("SHOULD_PERSIST_DATA", "false")
+                .env("LOG_LEVEL", "ERROR")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start node for kinesis-local: {e}"));
+            // Many tests start one at once on two cores, each loading a large bundle.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if TcpStream::connect(("127.0.0.1", plain)).is_ok() {
+                    return KinesisServer {
+                        endpoint: format!("http://127.0.0.1:{plain}"),
+                        child: Some(child),
+                    };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("kinesis-local did not start on port {plain} within 120 s");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        KinesisServer {
-            endpoint: format!("http://127.0.0.1:{plain}"),
-            child: Some(child),
-        }
+        panic!("kinesis-local exited at start three times (ports taken?)");
     }
 
     /// A client with static test credentials.
