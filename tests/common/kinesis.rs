@@ -5,7 +5,7 @@
 //! running instead. Every test creates its own uniquely named stream either way.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,13 +13,6 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
 
 /// The directory holding kinesis-local's main.js.
 pub fn package_dir() -> PathBuf {
@@ -56,8 +49,8 @@ impl KinesisServer {
         // The ports are free when chosen, not when the emulator binds them: another process
         // may take one first, and the emulator then exits; it is started again on others.
         for _ in 0..3 {
-            let plain = free_port();
-            let tls = free_port();
+            let plain = super::common::free_port();
+            let tls = super::common::free_port();
             let mut child = Command::new("node")
                 .arg("main.js")
                 .current_dir(&dir)

@@ -12,8 +12,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on the loopback interface.
+/// A free TCP port on the loopback interface, for a server a test starts.
+///
+/// It is free when chosen, not when the server binds it. A port the kernel hands out for
+/// `:0` comes from the ephemeral range, where every outgoing connection of every test takes
+/// its local port too: one could take it first, and the server would fail to start. So the
+/// port is drawn below that range (from `/proc/sys/net/ipv4/ip_local_port_range`), where only
+/// listeners go, and never twice in one test process.
 pub fn free_port() -> u16 {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    if ephemeral_start > LOWEST + 1_000 {
+        for _ in 0..1_000 {
+            let port = fastrand::u16(LOWEST..ephemeral_start);
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return port;
+            }
+        }
+    }
+    // An unusual range: the kernel's choice, with the race above.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
