@@ -232,6 +232,44 @@ async fn a_flapping_database_link_is_said_once() {
     assert_eq!(taken, Some(kept), "{text}");
 }
 
+// A primary stepping down in the middle of an insert answers each document it had left with a
+// write error (NotWritablePrimary): an outage, not a refusal. The reports are sent again and
+// stored once, none set aside in rejected.jsonl (they all were, and never reached the database).
+#[tokio::test(flavor = "multi_thread")]
+async fn write_errors_of_a_failover_are_retried_not_rejected() {
+    use common::wire::{Sent, Withhold, ZlibProxy};
+    let server = MongoServer::start();
+    if !server.owned {
+        eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
+        return;
+    }
+    let proxy =
+        ZlibProxy::start_withholding(server.port, &[("insert", Withhold::WriteError(10107))]);
+    let (_dir, spool_dir, db, log) = places("stepdown");
+    let extra = ["--count", "20", "--insert-every", "200ms"];
+    let mut child = spawn_logged(agent(&proxy.uri(), &db, &spool_dir, &extra), &log);
+    wait_until(
+        Duration::from_secs(30),
+        "two inserts answered with write errors",
+        || async {
+            let inserts = proxy
+                .sent()
+                .iter()
+                .filter(|s| matches!(s, Sent::Command { name, .. } if name == "insert"))
+                .count();
+            inserts >= 2
+        },
+    )
+    .await;
+    proxy.withhold(&[]);
+    let status = wait_exit(&mut child, Duration::from_secs(90));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    assert_eq!(stored_once(&server, &db).await.len(), 20, "{text}");
+    assert!(!spool_dir.join("rejected.jsonl").exists(), "{text}");
+    assert!(text.contains("could not take the insert for now"), "{text}");
+}
+
 // The server stops mid-run and comes back: nothing lost, nothing doubled.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_outage_mid_run_loses_nothing() {

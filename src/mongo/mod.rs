@@ -371,6 +371,17 @@ pub fn reply_ok(reply: &Document) -> bool {
     }
 }
 
+/// Write error codes that say the server could not take a write for now, not that it refuses
+/// the document: the retryable-writes specification's list (a primary stepping down or shutting
+/// down, a node not primary, a network error or timeout between a router and a shard) and the
+/// state codes a sharded cluster or a busy server gives (a time limit, a write conflict, a lock
+/// timeout, stale routing). An unordered insert reports them per document in `writeErrors`
+/// when a failover comes between its sub-batches; the same write later goes through.
+pub const TRANSIENT_WRITE_CODES: [i32; 21] = [
+    6, 7, 24, 50, 63, 64, 89, 91, 112, 134, 150, 189, 262, 9001, 10058, 10107, 11600, 11602, 13388,
+    13435, 13436,
+];
+
 /// A write command's `writeConcernError`, in words, if the reply has one: the writes were
 /// made but not confirmed as asked, so the batch is retried.
 pub fn write_concern_error(reply: &Document) -> Option<String> {

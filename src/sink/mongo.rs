@@ -22,6 +22,7 @@ use mongodb::Database;
 use super::{InsertError, InsertOutcome, Inserter};
 use crate::mongo::{
     classify, connect_with, reply_ok, write_concern_document, write_concern_error, DUPLICATE_KEY,
+    TRANSIENT_WRITE_CODES,
 };
 
 /// Longest the driver's runtime is left without a turn: under its default 10 s connect timeout,
@@ -203,9 +204,10 @@ impl Driver {
 }
 
 /// Read an `insert` reply into an outcome for `n` documents: a duplicate `_id` counts as
-/// delivered, other write errors (a duplicate in another unique index included) reject their
-/// document, a write concern error means "try
-/// again" (the retry's duplicates are then counted as delivered).
+/// delivered; a write concern error, or a write error that says the server could not take the
+/// write for now ([`TRANSIENT_WRITE_CODES`]: a failover, a shutdown), means "try again" (the
+/// retry's duplicates are then counted as delivered); other write errors (a duplicate in
+/// another unique index included) reject their document.
 pub fn outcome_of_reply(n: usize, reply: &Document) -> Result<InsertOutcome, InsertError> {
     if !reply_ok(reply) {
         return Err(InsertError::Unavailable(format!(
@@ -218,7 +220,20 @@ pub fn outcome_of_reply(n: usize, reply: &Document) -> Result<InsertOutcome, Ins
     }
     let mut out = InsertOutcome::default();
     if let Ok(errors) = reply.get_array("writeErrors") {
-        for e in errors.iter().filter_map(Bson::as_document) {
+        let errors: Vec<&Document> = errors.iter().filter_map(Bson::as_document).collect();
+        // A failover between the server's sub-batches refuses the rest "for now": the whole
+        // batch goes again, and what this try stored comes back as duplicates.
+        if let Some(e) = errors
+            .iter()
+            .find(|e| TRANSIENT_WRITE_CODES.contains(&e.get_i32("code").unwrap_or(0)))
+        {
+            return Err(InsertError::Unavailable(format!(
+                "the server could not take the insert for now: {} (code {}); trying again",
+                e.get_str("errmsg").unwrap_or(""),
+                e.get_i32("code").unwrap_or(0)
+            )));
+        }
+        for e in errors {
             let code = e.get_i32("code").unwrap_or(0);
             if code == DUPLICATE_KEY && on_id(e) {
                 out.duplicates += 1;
@@ -413,7 +428,8 @@ mod tests {
     }
 
     // A duplicate _id is a report already stored; a duplicate in another unique index, or any
-    // other write error, refuses that report; a write concern error or ok: 0 means "retry".
+    // other write error, refuses that report; a write concern error, a write error of a
+    // failover, or ok: 0 means "retry".
     #[test]
     fn replies_are_read_into_outcomes() {
         let reply = doc! {
@@ -445,6 +461,22 @@ mod tests {
         assert!(
             matches!(outcome_of_reply(1, &failed), Err(InsertError::Unavailable(m)) if m.contains("not primary"))
         );
+        // A primary stepping down between the server's sub-batches: the rest is not refused
+        // for good, whatever else the reply holds.
+        for code in [10107, 189, 91, 11602, 13436] {
+            let stepdown = doc! {
+                "n": 1, "ok": 1.0,
+                "writeErrors": [
+                    { "index": 1, "code": 121, "errmsg": "Document failed validation" },
+                    { "index": 2, "code": code, "errmsg": "not primary" },
+                ],
+            };
+            let err = outcome_of_reply(3, &stepdown).unwrap_err();
+            assert!(
+                matches!(&err, InsertError::Unavailable(m) if m.contains(&format!("(code {code})"))),
+                "{err}"
+            );
+        }
         assert_eq!(
             outcome_of_reply(3, &doc! { "n": 3, "ok": 1 }).unwrap(),
             InsertOutcome {

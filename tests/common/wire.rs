@@ -53,6 +53,10 @@ pub enum Withhold {
     Refuse,
     /// Never answer it.
     Stall,
+    /// Answer it as a write command none of whose documents the server took, each with a write
+    /// error of this code (`ok: 1`, `n: 0`, a `writeErrors` entry per document), as a primary
+    /// stepping down in the middle of an unordered insert answers the documents it had left.
+    WriteError(i32),
 }
 
 /// The proxy; it runs until the test process ends.
@@ -203,6 +207,10 @@ fn requests(
                 let reply = unauthorized(opcode, &body);
                 write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
             }
+            Some(Withhold::WriteError(code)) => {
+                let reply = write_errors(opcode, &body, code);
+                write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
+            }
             Some(Withhold::Stall) => true,
             None => write_message(&mut server, id, reply_to, opcode, &body),
         };
@@ -295,6 +303,27 @@ fn unauthorized(opcode: i32, body: &[u8]) -> Vec<u8> {
     let mut reply = vec![0, 0, 0, 0, 0];
     refusal.to_writer(&mut reply).unwrap();
     reply
+}
+
+/// The body of an OP_MSG reply to the write command in `body` in which every document of its
+/// `documents` failed with `code`.
+fn write_errors(opcode: i32, body: &[u8], code: i32) -> Vec<u8> {
+    let count = document(opcode, body)
+        .and_then(|d| d.get_array("documents").ok())
+        .map_or(0, |a| a.into_iter().count());
+    let errors: Vec<Bson> = (0..count)
+        .map(|i| {
+            Bson::Document(mongodb::bson::doc! {
+                "index": i32::try_from(i).unwrap(),
+                "code": code,
+                "errmsg": "not primary",
+            })
+        })
+        .collect();
+    let reply = mongodb::bson::doc! { "n": 0, "ok": 1.0, "writeErrors": errors };
+    let mut out = vec![0, 0, 0, 0, 0];
+    reply.to_writer(&mut out).unwrap();
+    out
 }
 
 fn replies(mut server: TcpStream, answers: &Mutex<TcpStream>, state: &Mutex<Pending>) {
