@@ -197,9 +197,11 @@ async fn run_with_spool(
             if let Some(m) = matrix {
                 m.clear().await;
             }
-            return Err(format!("{e}; choose a writable directory with --spool-dir"));
+            return Err(e.to_string());
         }
     };
+    // Held until the agent has stopped.
+    let _lock = opened.lock;
     let mut options = config.agent.clone();
     if let Some(c) = &mut options.clock {
         c.copy = Some(opened.held);

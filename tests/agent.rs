@@ -220,6 +220,62 @@ async fn status_of_a_running_agent_counts_only_what_is_unsent() {
     assert!(unsent.is_some_and(|n| n <= 100), "{s}");
 }
 
+// A second agent on a spool directory another one uses (`sudo sensehat-monitor` beside the
+// service) is refused at start with the holder's pid and what to do, and touches nothing; the
+// lock goes with its holder however it ends, SIGKILL included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_agent_on_the_same_spool_is_refused() {
+    let spool = tempfile::tempdir().unwrap();
+    // Nothing listens there: the reports stay in the spool.
+    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let args = ["--sensors", "sim", "--interval", "50ms"];
+    let first = common::quiet_agent(&nobody, spool.path(), &args);
+    common::wait_for_status(spool.path(), "the first agent's status file", |s| {
+        s.pid == first.0.id()
+    })
+    .await;
+    let mut second = common::agent_command()
+        .args(args)
+        .args(["--count", "3"])
+        .arg("--spool-dir")
+        .arg(spool.path())
+        .env("MONGODB_CONNECTION_STRING", &nobody)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Without the lock it would sample and wait for the database for ever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second agent did not exit: it took the spool");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another sensehat-monitor (pid {}) is using the spool directory",
+            first.0.id()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--spool-dir of its own"), "{err}");
+    // Dropped: killed with SIGKILL.
+    drop(first);
+    let third = common::quiet_agent(&nobody, spool.path(), &args);
+    common::wait_for_status(
+        spool.path(),
+        "the status file of an agent after the kill",
+        |s| s.pid == third.0.id(),
+    )
+    .await;
+}
+
 // Restarted while the database is unreachable, with reports from before in the spool,
 // `status` gives the oldest unsent as the oldest in the spool, not this run's first sample
 // (without metrics, the agent only counted the oldest for them).

@@ -62,7 +62,7 @@ pub use check::{check_config, CheckConfig};
 pub use delivery::BATCH_MAX;
 pub use matrix::Matrix;
 pub use rejected::REJECTED_MAX;
-pub use start::{open_spool, OpenedSpool};
+pub use start::{open_spool, OpenSpoolError, OpenedSpool, LOCK_FILE};
 pub use telemetry::Telemetry;
 pub use ticker::{TickSource, Ticker};
 
