@@ -225,9 +225,16 @@ impl Spool {
         Ok((spool, report))
     }
 
-    /// Create the first segment of an empty spool, at or after the delivered position.
+    /// Create the first segment of an empty spool, past the delivered position.
     fn start_first_segment(&mut self, id_floor: u64, report: &mut OpenReport) {
-        let first = self.cursor.ack.segment.max(1).max(id_floor);
+        // The position on disk says the old offset until it is next written, which a kill or
+        // a failing disk can put off: reports written at or past offset 0 of its segment
+        // would then be taken as delivered at the next start. A position inside a segment that
+        // is gone (set aside, deleted by hand) so starts the next one, which no write can fail
+        // (writing the position down first could, on the failing disk that set it aside).
+        let ack = self.cursor.ack;
+        let past = ack.segment + u64::from(ack.offset > 0);
+        let first = past.max(1).max(id_floor);
         if let Err(e) = self.segments.new_segment(first) {
             // A full or read-only disk: run anyway, reports kept in memory until a write
             // works (the first append reports the error, and creates this file then).
