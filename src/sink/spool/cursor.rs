@@ -57,14 +57,19 @@ pub(super) struct Cursor {
 }
 
 impl Cursor {
-    /// Delivery and reading at `ack`, which is what is written down; damage before `scanned`
-    /// was counted by the scan at open.
-    pub(super) fn new(ack: Position, left_in_place: Option<u64>, scanned: Position) -> Self {
+    /// Delivery and reading at `ack`, `written` being what is written down; damage before
+    /// `scanned` was counted by the scan at open.
+    pub(super) fn new(
+        ack: Position,
+        written: Position,
+        left_in_place: Option<u64>,
+        scanned: Position,
+    ) -> Self {
         Cursor {
             ack,
             read: ack,
             reader: None,
-            written: ack,
+            written,
             tried_at: None,
             failing: false,
             damage_said: scanned,

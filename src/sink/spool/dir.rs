@@ -11,7 +11,7 @@ use super::{Position, SpoolError};
 pub const SET_ASIDE: &str = ".unreadable-";
 
 /// The file holding the delivered position.
-const CURSOR_FILE: &str = "acked";
+pub(super) const CURSOR_FILE: &str = "acked";
 
 /// The file name of segment `id`.
 pub(super) fn segment_name(id: u64) -> String {
@@ -56,6 +56,18 @@ pub(super) fn read_cursor(dir: &Path) -> Option<Position> {
         segment: it.next()?.parse().ok()?,
         offset: it.next()?.parse().ok()?,
     })
+}
+
+/// Whether the delivered position `at` cannot be true of the segments `ids` on disk (oldest
+/// first): it names a segment that is not there while older ones are. The spool deletes
+/// segments oldest first and never the last one, so the segment its position names stays on
+/// disk as long as an older one does (but for a delivered segment whose deletion failed, with a
+/// position written down before a later deletion: sending it again costs duplicates only).
+/// Such a position was damaged (a flipped bit in `acked`); trusted, it would have every segment
+/// below it taken as delivered, and deleted, unread.
+pub(super) fn position_is_damaged(at: Position, ids: &[u64]) -> bool {
+    ids.first().is_some_and(|&oldest| oldest < at.segment)
+        && ids.binary_search(&at.segment).is_err()
 }
 
 /// Write down `at` as the delivered position in `dir`.

@@ -8,7 +8,9 @@
 //! A file `acked` holds the position before which everything was delivered; it is rewritten
 //! (write to a temporary file, rename) at most every [`CURSOR_EVERY`] and on shutdown. Losing
 //! it, or a stale one after a crash, only resends reports the database already has, which the
-//! duplicate-key rule on `_id` turns into no-ops. Fully delivered segments are deleted.
+//! duplicate-key rule on `_id` turns into no-ops. Fully delivered segments are deleted, oldest
+//! first; a position naming a segment not on disk while older ones are is damaged, and nothing
+//! is taken as delivered (see `dir::position_is_damaged`).
 //!
 //! # Crash safety and the fsync policy
 //!
@@ -200,6 +202,7 @@ impl Spool {
         let recovery::Recovered {
             segments,
             ack,
+            written,
             id_floor,
             left_in_place,
             mut report,
@@ -211,7 +214,7 @@ impl Spool {
             sync: SyncPolicy::new(options.sync_interval, scanned),
             segments,
             group: WriteGroup::default(),
-            cursor: Cursor::new(ack, left_in_place, scanned),
+            cursor: Cursor::new(ack, written, left_in_place, scanned),
             memory: Memory::default(),
             deferred: AppendOutcome::default(),
             closed: false,

@@ -7,7 +7,9 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::Path;
 
-use super::dir::{list_segments, read_cursor, segment_name, set_aside_name};
+use super::dir::{
+    list_segments, position_is_damaged, read_cursor, segment_name, set_aside_name, CURSOR_FILE,
+};
 use super::frame::{scan, Scanned};
 use super::segment::Segment;
 use super::{Position, SpoolError};
@@ -28,7 +30,8 @@ pub struct OpenReport {
     pub corrupt_delivered_regions: u64,
     /// Disk errors met on the way that did not stop the spool from opening (a delivered
     /// segment that could not be deleted, an unreadable one set aside, a torn tail that could
-    /// not be cut, no first segment file), each a sentence for the log.
+    /// not be cut, no first segment file, a damaged delivered position), each a sentence for
+    /// the log.
     pub problems: Vec<String>,
 }
 
@@ -38,6 +41,9 @@ pub(super) struct Recovered {
     pub(super) segments: VecDeque<Segment>,
     /// Everything before this was delivered.
     pub(super) ack: Position,
+    /// The delivered position `acked` holds (the default without one): the cursor writes
+    /// `ack` down when the two differ.
+    pub(super) written: Position,
     /// New segments get at least this id: below it lies an unreadable file left in place.
     pub(super) id_floor: u64,
     /// The lowest unreadable segment left in place.
@@ -55,13 +61,26 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, SpoolError> {
     crate::fsutil::create_dir_all(dir).map_err(dir_err)?;
     let ids = list_segments(dir).map_err(dir_err)?;
     let last = ids.last().copied();
+    let written = read_cursor(dir).unwrap_or_default();
     let mut found = Recovered {
         segments: VecDeque::new(),
-        ack: read_cursor(dir).unwrap_or_default(),
+        ack: written,
+        written,
         id_floor: 0,
         left_in_place: None,
         report: OpenReport::default(),
     };
+    if position_is_damaged(written, &ids) {
+        // Nothing is taken as delivered: a duplicate `_id` is stored once.
+        found.ack = Position::default();
+        let older = ids.partition_point(|&id| id < written.segment);
+        found.report.problems.push(format!(
+            "the spool's delivered position in {} names segment {}, offset {}, which is not on disk while older segment files are ({older} of them): the position is damaged, so nothing is taken as delivered and every reading in the spool is sent again (the database stores each once). If this happens again, the SD card may be failing",
+            dir.join(CURSOR_FILE).display(),
+            written.segment,
+            written.offset,
+        ));
+    }
     for id in ids {
         let path = dir.join(segment_name(id));
         if id < found.ack.segment {
@@ -195,7 +214,7 @@ mod tests {
     use super::super::dir::SET_ASIDE;
     use super::super::frame::{frame, HEADER};
     use super::super::testutil::{damage, drain, opts, payload};
-    use super::super::{for_each_pending, Spool};
+    use super::super::{for_each_pending, summarize, Spool};
     use std::fs::{self, OpenOptions};
     use std::io::Write;
     use std::time::Instant;
@@ -361,6 +380,98 @@ mod tests {
         let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
         assert_eq!((r.pending, s.pending()), (60, 60));
         assert_eq!(drain(&mut s), (0..60).map(payload).collect::<Vec<_>>());
+    }
+
+    /// A spool in `dir` with 80 reports in segments 1 to 3, the first `delivered` of them
+    /// delivered, closed; and the segment ids on disk.
+    fn eighty_in_three_segments(dir: &Path, delivered: usize) -> Vec<u64> {
+        let (mut s, _) = Spool::open(dir, opts(8 * 4096)).unwrap();
+        for i in 0..80 {
+            s.append(&payload(i), Instant::now());
+        }
+        let mut sent = 0;
+        while sent < delivered {
+            let b = s.next_batch(delivered - sent).unwrap();
+            sent += b.records.len();
+            s.ack(&b);
+        }
+        s.close().unwrap();
+        list_segments(dir).unwrap()
+    }
+
+    // A delivered position naming a segment that is not on disk while older ones are (here a
+    // bit flipped in its segment number) is not trusted: those segments are kept and every
+    // report in them sent again, said as an error; the position is written anew.
+    #[test]
+    fn a_delivered_position_past_a_missing_segment_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(eighty_in_three_segments(dir.path(), 10), [1, 2, 3]);
+        fs::write(dir.path().join("acked"), "v1 9 0\n").unwrap();
+        assert_eq!(summarize(dir.path()).unwrap().pending, 80);
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!((r.pending, s.pending()), (80, 80));
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(r.problems[0].contains("sent again"), "{:?}", r.problems);
+        assert_eq!(list_segments(dir.path()).unwrap(), [1, 2, 3]);
+        s.maintain(Instant::now()).unwrap();
+        assert_eq!(
+            read_cursor(dir.path()),
+            Some(Position {
+                segment: 1,
+                offset: 0
+            })
+        );
+        assert_eq!(drain(&mut s), (0..80).map(payload).collect::<Vec<_>>());
+    }
+
+    // Delivered positions the spool itself leaves are trusted, older segments on disk or not:
+    // everything delivered; the start of a segment just rolled into, with the one before it
+    // still on disk (its deletion failed); and one naming a segment deleted since it was
+    // written, with none older left. None of them resends a delivered report.
+    #[test]
+    fn delivered_positions_the_spool_leaves_are_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        eighty_in_three_segments(dir.path(), 80);
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!((r.pending, r.problems.len()), (0, 0), "{:?}", r.problems);
+        assert_eq!(drain(&mut s), Vec::<Vec<u8>>::new());
+
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join(segment_name(1));
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..80 {
+            s.append(&payload(i), Instant::now());
+        }
+        let kept = fs::read(&first).unwrap();
+        let b = s.next_batch(100).unwrap();
+        let in_first = b.records.len() as u32;
+        s.ack(&b);
+        s.close().unwrap();
+        drop(s);
+        assert_eq!(
+            read_cursor(dir.path()),
+            Some(Position {
+                segment: 2,
+                offset: 0
+            })
+        );
+        fs::write(&first, kept).unwrap();
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!(r.problems.len(), 0, "{:?}", r.problems);
+        assert!(!first.exists());
+        assert_eq!(
+            drain(&mut s),
+            (in_first..80).map(payload).collect::<Vec<_>>()
+        );
+        drop(s);
+
+        let dir = tempfile::tempdir().unwrap();
+        eighty_in_three_segments(dir.path(), 0);
+        fs::remove_file(dir.path().join(segment_name(1))).unwrap();
+        fs::write(dir.path().join("acked"), "v1 1 500\n").unwrap();
+        let (mut s, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        assert_eq!(r.problems.len(), 0, "{:?}", r.problems);
+        assert_eq!(drain(&mut s).first(), Some(&payload(in_first)));
     }
 
     // A torn last record (crash mid-write) is cut off at open; the good ones survive.

@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 
-use super::dir::{list_segments, read_cursor, segment_name};
+use super::dir::{list_segments, position_is_damaged, read_cursor, segment_name};
 use super::frame::Frames;
 
 /// What a spool directory holds, seen from outside.
@@ -39,8 +39,12 @@ pub fn summarize(dir: &Path) -> io::Result<SpoolSummary> {
 /// Call `f` with every undelivered report, oldest first, without changing anything (safe
 /// while the agent runs: a record being appended may be missed, never misread).
 pub fn for_each_pending(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
-    let ack = read_cursor(dir).unwrap_or_default();
-    for id in list_segments(dir)? {
+    let ids = list_segments(dir)?;
+    // A damaged position delivers nothing: the agent sends everything again (see `recovery`).
+    let ack = read_cursor(dir)
+        .filter(|at| !position_is_damaged(*at, &ids))
+        .unwrap_or_default();
+    for id in ids {
         if id < ack.segment {
             continue;
         }
