@@ -91,7 +91,7 @@ pub fn open_spool(dir: &Path, options: SpoolOptions) -> Result<OpenedSpool, Open
 /// however it ends.
 fn lock_dir(dir: &Path) -> Result<Option<File>, OpenSpoolError> {
     use rustix::fs::{flock, FlockOperation};
-    std::fs::create_dir_all(dir).map_err(|source| SpoolError::Dir {
+    crate::fsutil::create_dir_all(dir).map_err(|source| SpoolError::Dir {
         dir: dir.to_owned(),
         source,
     })?;
