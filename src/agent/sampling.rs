@@ -24,8 +24,13 @@ use crate::led::status::SpoolUse;
 use crate::report::Report;
 use crate::sink::spool::{AppendOutcome, Spool, MEMORY_MAX};
 
-/// How often falling behind the schedule is said at most.
+/// How long after the first line that sampling fell behind the next may come; each later one
+/// waits twice as long as the one before, up to [`BEHIND_LOG_MAX`]: a board that can never keep
+/// up (sensors read through the kernel's slow IIO drivers) would otherwise say so once a
+/// minute for as long as it runs.
 const BEHIND_LOG_EVERY: Duration = Duration::from_secs(60);
+/// The longest wait between two lines that sampling fell behind.
+const BEHIND_LOG_MAX: Duration = Duration::from_secs(3600);
 
 /// The fixed-rate sampling loop, showing its state on `matrix` when that asks for it. Returns
 /// true when stopped by `shutdown`. Reports still held for the clock when it stops go on as
@@ -84,7 +89,28 @@ struct Schedule {
     interval: Duration,
     slot: u64,
     ticker: Ticker,
-    last_behind_log: Option<Instant>,
+    behind_log: BehindLog,
+}
+
+/// When to say next that sampling fell behind.
+#[derive(Default)]
+struct BehindLog {
+    /// When it was last said, and how long until it may be said again.
+    last: Option<(Instant, Duration)>,
+}
+
+impl BehindLog {
+    /// Whether to say it at `now`; if so, the next time waits twice as long (up to
+    /// [`BEHIND_LOG_MAX`]).
+    fn due(&mut self, now: Instant) -> bool {
+        let every = match self.last {
+            None => BEHIND_LOG_EVERY,
+            Some((at, wait)) if now.duration_since(at) >= wait => (wait * 2).min(BEHIND_LOG_MAX),
+            Some(_) => return false,
+        };
+        self.last = Some((now, every));
+        true
+    }
 }
 
 impl Schedule {
@@ -95,7 +121,7 @@ impl Schedule {
             interval,
             slot: 0,
             ticker,
-            last_behind_log: None,
+            behind_log: BehindLog::default(),
         }
     }
 
@@ -138,7 +164,7 @@ impl<S: Sampler> Sampling<'_, S> {
             self.sample_once().await?;
             let missed = schedule.advance();
             if missed > 0 {
-                self.fell_behind(missed, &mut schedule.last_behind_log);
+                self.fell_behind(missed, &mut schedule.behind_log);
             }
             if let Some(w) = watchdog.as_mut() {
                 w.ping_before(schedule.due());
@@ -146,19 +172,18 @@ impl<S: Sampler> Sampling<'_, S> {
         }
     }
 
-    /// Count slots skipped after an overrun, and say so at most once a minute.
-    fn fell_behind(&self, missed: u64, last_log: &mut Option<Instant>) {
+    /// Count slots skipped after an overrun, and say so when `log` says it is time.
+    fn fell_behind(&self, missed: u64, log: &mut BehindLog) {
         let total = {
             let mut c = lock(&self.shared.counters);
             c.missed_slots += missed;
             c.missed_slots
         };
-        if last_log.is_none_or(|t| t.elapsed() >= BEHIND_LOG_EVERY) {
+        if log.due(Instant::now()) {
             warn!(
                 missed_in_total = total,
                 "sampling fell behind its schedule; missed slots are skipped, not made up"
             );
-            *last_log = Some(Instant::now());
         }
     }
 
@@ -502,4 +527,22 @@ fn log_spool(event: SpoolEvent) {
 fn slot_time(start: Instant, interval: Duration, n: u64) -> Instant {
     let nanos = interval.as_nanos().saturating_mul(u128::from(n));
     start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Falling behind is said at once, then after 1, 2, 4 ... minutes, and at most hourly: a
+    // board that never keeps up says so a few times a day, not once a minute for ever.
+    #[test]
+    fn falling_behind_is_said_ever_less_often() {
+        let start = Instant::now();
+        let mut log = BehindLog::default();
+        let said: Vec<u64> = (0..=4 * 3600)
+            .step_by(30)
+            .filter(|&s| log.due(start + Duration::from_secs(s)))
+            .collect();
+        assert_eq!(said, [0, 60, 180, 420, 900, 1860, 3780, 7380, 10980]);
+    }
 }
