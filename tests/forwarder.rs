@@ -903,6 +903,49 @@ async fn sigterm_while_mongodb_is_down_at_start_exits_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+// MongoDB down at start: that the stored position cannot be read is said once, not at every
+// retry, and that it could be read in the end is said once, with how many attempts failed;
+// then the forwarder forwards. It used to warn at every attempt, all through an outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn mongodb_down_at_start_is_said_once_and_its_end_once() {
+    let Some(mut mongo) = MongoServer::not_started() else {
+        return;
+    };
+    // Each attempt gives up after 200 ms instead of 10 s, so several fail within seconds.
+    mongo.uri.push_str("&serverSelectionTimeoutMS=200");
+    let kin = KinesisServer::start();
+    let db = unique_name("fwlate");
+    let stream = unique_name("fwlate");
+    kin.create_stream(&stream, 1).await;
+    let fw = spawn_forwarder_at(&mongo, &kin.endpoint, &db, &stream, &[], "info");
+    // The back-off starts at 100 ms and doubles: at least four attempts fail in 5 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    mongo.launch();
+    let client = mongo.client().await;
+    wait_for_position(&client, &db, &stream).await;
+    common::signal_pid(fw.id().unwrap(), 15);
+    let out = tokio::time::timeout(Duration::from_secs(30), fw.wait_with_output())
+        .await
+        .expect("the forwarder stops after SIGTERM")
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let lines = |s: &str| log.lines().filter(|l| l.contains(s)).count();
+    assert_eq!(lines("cannot read the stored resume token"), 1, "{log}");
+    let recovered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("MongoDB is reachable again"))
+        .collect();
+    assert_eq!(recovered.len(), 1, "{log}");
+    let failed: u64 = recovered[0]
+        .split("failed_attempts=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of failed attempts: {log}"));
+    assert!(failed >= 4, "{log}");
+}
+
 // SIGTERM while Kinesis cannot be reached and a batch is being retried: the forwarder stops
 // within its final put wait (10 s), exit 0, without storing a position past the batch; started
 // again with Kinesis up, it forwards the report from the stored position. It used to retry

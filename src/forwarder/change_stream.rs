@@ -10,7 +10,7 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::options::FullDocumentType;
 use mongodb::{Client, Collection};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::error::{cannot_go_on, fatal, unusable_token};
 use super::forward::{stopped, Forwarder};
@@ -75,6 +75,8 @@ async fn start_position(
         info!("--start-from-now: ignoring any stored resume token");
         return Ok(Start::At(None));
     }
+    // Set while the position cannot be read: said when it begins, once a minute, and at its end.
+    let mut trouble = Trouble::default();
     let stored = loop {
         let loaded = tokio::select! {
             biased;
@@ -85,9 +87,31 @@ async fn start_position(
             r = state.load() => r,
         };
         match loaded {
-            Ok(t) => break t,
+            Ok(t) => {
+                if trouble.recovered() {
+                    info!(
+                        failed_attempts = trouble.failures(),
+                        "the stored resume token could be read: MongoDB is reachable again"
+                    );
+                }
+                break t;
+            }
             Err(ForwarderError::State(e)) => {
-                warn!(error = %e, "cannot read the stored resume token yet; retrying");
+                match trouble.failed(now()) {
+                    Say::Began => warn!(
+                        error = %e,
+                        "cannot read the stored resume token yet; retrying, and saying so again once a minute while it lasts"
+                    ),
+                    Say::Still(failing_for) => error!(
+                        failing_for_s = failing_for.as_secs(),
+                        failed_attempts = trouble.failures(),
+                        error = %e,
+                        "the stored resume token still cannot be read; retrying, and nothing is forwarded meanwhile"
+                    ),
+                    Say::Nothing => {
+                        debug!(error = %e, "the stored resume token still cannot be read")
+                    }
+                }
                 tokio::select! {
                     biased;
                     () = stopped(stop) => return Ok(Start::Stopped),

@@ -28,6 +28,7 @@ pub(crate) enum Say {
 pub(crate) struct Trouble {
     failing: Latch,
     reminder: Option<Reminder>,
+    failures: u64,
 }
 
 impl Trouble {
@@ -35,8 +36,10 @@ impl Trouble {
     pub(crate) fn failed(&mut self, now: std::time::Instant) -> Say {
         if self.failing.raise() {
             self.reminder = Some(Reminder::new(now, STUCK_REPORT_EVERY));
+            self.failures = 1;
             return Say::Began;
         }
+        self.failures += 1;
         match self.reminder.as_mut().and_then(|r| r.again(now)) {
             Some(failing_for) => Say::Still(failing_for),
             None => Say::Nothing,
@@ -47,6 +50,11 @@ impl Trouble {
     pub(crate) fn recovered(&mut self) -> bool {
         self.reminder = None;
         self.failing.clear()
+    }
+
+    /// How many times it failed in the current failure (or the last one, once it recovered).
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures
     }
 }
 
@@ -59,7 +67,8 @@ pub(crate) fn now() -> std::time::Instant {
 mod tests {
     use super::*;
 
-    // A failure that goes on is said when it begins, then once a period, and its end once.
+    // A failure that goes on is said when it begins, then once a period, and its end once; the
+    // failures of each spell are counted.
     #[test]
     fn trouble_says_begin_reminders_and_end() {
         let t0 = std::time::Instant::now();
@@ -71,8 +80,11 @@ mod tests {
             t.failed(t0 + STUCK_REPORT_EVERY),
             Say::Still(STUCK_REPORT_EVERY)
         );
+        assert_eq!(t.failures(), 3);
         assert!(t.recovered());
+        assert_eq!(t.failures(), 3, "the count of the failure that ended");
         assert!(!t.recovered());
         assert_eq!(t.failed(t0 + 2 * STUCK_REPORT_EVERY), Say::Began);
+        assert_eq!(t.failures(), 1);
     }
 }
