@@ -131,6 +131,47 @@ impl Status {
             .max(STATUS_EVERY.as_millis() as i64);
         now.abs_diff(self.updated_ms) <= every.saturating_mul(CURRENT_FOR).unsigned_abs()
     }
+
+    /// Whether the agent that wrote this still runs at `now` (ms): the file is current (see
+    /// [`Status::is_current`]) and its process is there. A stopped agent writes the file as it
+    /// goes, so the file alone would say so for half a minute after the stop.
+    pub fn is_running(&self, now: i64) -> bool {
+        self.is_current(now) && process_exists(self.pid)
+    }
+}
+
+/// Whether a process `pid` exists: one this user may not signal (the service runs as root)
+/// counts, and so does an id that cannot be a process's (0, or too large), leaving it to the
+/// file's age.
+fn process_exists(pid: u32) -> bool {
+    use rustix::process::{test_kill_process, Pid};
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return true;
+    };
+    test_kill_process(pid) != Err(rustix::io::Errno::SRCH)
+}
+
+/// What `status` found of the agent, for its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agent {
+    /// Its status file is current and its process is there (exit 0).
+    Running,
+    /// It left a status file but is not running (exit [`NOT_RUNNING`]).
+    NotRunning,
+    /// No status file yet, or an unreadable one: not known (exit 0).
+    Unknown,
+}
+
+/// `status`'s exit status when the agent is not running: the LSB's "program is not running".
+pub const NOT_RUNNING: u8 = 3;
+
+/// What `sensehat-monitor status` prints, and what it found of the agent.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The text for standard output.
+    pub text: String,
+    /// Whether the agent runs.
+    pub agent: Agent,
 }
 
 fn age(ms: i64, now: i64) -> String {
@@ -147,18 +188,26 @@ fn when(ms: i64, now: i64) -> String {
     format!("{} ({})", iso_millis(ms).unwrap_or_default(), age(ms, now))
 }
 
-/// The text `sensehat-monitor status` prints.
-pub fn render(dir: &Path) -> std::io::Result<String> {
+/// The text `sensehat-monitor status` prints, and whether the agent runs.
+pub fn render(dir: &Path) -> std::io::Result<Rendered> {
     let now = now_ms();
     let summary = spool::summarize(dir)?;
     let status = Status::read(&dir.join(STATUS_FILE));
+    let agent = match &status {
+        None => Agent::Unknown,
+        Some(s) if s.is_running(now) => Agent::Running,
+        Some(_) => Agent::NotRunning,
+    };
     // The running agent's status file is its word on what is unsent: the files alone count
     // from the delivered position on disk, which it writes down only once a minute, so a
     // healthy agent would show a minute of delivered reports as unsent. What it holds in memory
     // is in that file only; one it left when it stopped holds nothing any more (what its memory
     // held was lost, and counted as dropped).
-    let current = status.as_ref().filter(|s| s.is_current(now));
+    let current = status.as_ref().filter(|_| agent == Agent::Running);
     let mut out = String::new();
+    if let (Agent::NotRunning, Some(s)) = (agent, &status) {
+        out.push_str(&not_running(s.updated_ms, now));
+    }
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22}{v}\n"));
     line("spool", dir.display().to_string());
     for (k, v) in unsent(&summary, current) {
@@ -206,7 +255,22 @@ pub fn render(dir: &Path) -> std::io::Result<String> {
         ),
         Some(s) => agent_lines(&mut line, s.updated_ms, &s.counters, now),
     }
-    Ok(out)
+    Ok(Rendered { text: out, agent })
+}
+
+/// The first line of `status` for an agent that is not running, its status file written at
+/// `updated_ms`.
+fn not_running(updated_ms: i64, now: i64) -> String {
+    let written = if updated_ms > now {
+        // The clock was set back since.
+        format!(
+            "at {}, later than now",
+            iso_millis(updated_ms).unwrap_or_default()
+        )
+    } else {
+        age(updated_ms, now)
+    };
+    format!("agent: not running (its last status, written {written}, follows)\n")
 }
 
 /// The `unsent reports` line: the running `agent`'s count when there is one, else what the
@@ -380,6 +444,34 @@ mod tests {
         // Out-of-range figures from a damaged file neither overflow nor panic.
         assert!(at(0, u64::MAX).is_current(i64::MAX));
         assert!(!at(i64::MIN, 0).is_current(i64::MAX));
+    }
+
+    // A status file is the running agent's word only while it is current and its process is
+    // there: this test's own process is, a child that has exited and been reaped is not.
+    #[test]
+    fn a_running_agent_needs_a_current_file_and_a_live_process() {
+        let now = now_ms();
+        let by = |pid| Status {
+            pid,
+            updated_ms: now,
+            ..Status::default()
+        };
+        assert!(by(std::process::id()).is_running(now));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        assert!(!by(gone).is_running(now));
+        let old = Status {
+            updated_ms: now - 60_000,
+            ..by(std::process::id())
+        };
+        assert!(!old.is_running(now));
+        // An id no process can have leaves it to the file's age.
+        assert!(by(0).is_running(now));
+        assert_eq!(
+            not_running(now - 5_000, now),
+            "agent: not running (its last status, written 5 s ago, follows)\n"
+        );
     }
 
     // Drops from memory are told from the cap's, and only when there are any.

@@ -220,6 +220,45 @@ async fn status_of_a_running_agent_counts_only_what_is_unsent() {
     assert!(unsent.is_some_and(|n| n <= 100), "{s}");
 }
 
+// `status` of a running agent exits 0, its first line the spool's (no "not running"): the
+// agent's process is found, and its status file is current.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_a_running_agent_exits_0() {
+    let spool = tempfile::tempdir().unwrap();
+    // Nothing listens there: the agent runs, spooling.
+    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let agent = common::quiet_agent(&nobody, spool.path(), &["--sensors", "sim"]);
+    let pid = agent.0.id();
+    common::wait_for_status(spool.path(), "the agent's status file", |s| s.pid == pid).await;
+    let (code, text, said) = common::status_run(spool.path());
+    assert_eq!(code, Some(0), "{text}{said}");
+    assert!(text.starts_with("spool "), "{text}");
+    assert!(!text.contains("not running"), "{text}");
+}
+
+// `status` of an agent that was stopped says so on its first line, with how old the status
+// that follows is, and exits 3 (the LSB's "not running", for scripts), though the agent wrote
+// that file as it stopped. It used to show the file as if the agent ran, and exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_of_a_stopped_agent_says_so_and_exits_3() {
+    let spool = tempfile::tempdir().unwrap();
+    let nobody = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let mut agent = common::quiet_agent(&nobody, spool.path(), &["--sensors", "sim"]);
+    let pid = agent.0.id();
+    common::wait_for_status(spool.path(), "the agent's status file", |s| s.pid == pid).await;
+    common::signal(&agent.0, 15);
+    assert!(agent.0.wait().unwrap().success());
+    let (code, text, said) = common::status_run(spool.path());
+    assert_eq!(code, Some(3), "{text}{said}");
+    let first = text.lines().next().unwrap_or_default();
+    let age: Option<u64> = first
+        .strip_prefix("agent: not running (its last status, written ")
+        .and_then(|r| r.strip_suffix(" s ago, follows)"))
+        .and_then(|n| n.parse().ok());
+    assert!(age.is_some_and(|s| s < 60), "{text}");
+    assert!(text.contains("status written"), "{text}");
+}
+
 // A second agent on a spool directory another one uses (`sudo sensehat-monitor` beside the
 // service) is refused at start with the holder's pid and what to do, and touches nothing; the
 // lock goes with its holder however it ends, SIGKILL included.
