@@ -519,7 +519,7 @@ def check(a, runs, server, uri, db_name, spool, disk, full_info, agent_kills, fa
     status = subprocess.run([a.bin, "status", "--spool-dir", spool], capture_output=True, text=True)
     size, files = dir_bytes(spool)
     segments = [f for f in files if f[0].startswith("segment-")]
-    others = [f for f in files if not f[0].startswith("segment-") and f[0] not in ("acked", "status.json")]
+    others = [f for f in files if not f[0].startswith("segment-") and f[0] not in ("acked", "status.json", "lock")]
     print(f"  {'spool directory at the end':<64} {size} bytes: "
           + ", ".join(f"{n} {s}" for n, s in files))
 
@@ -544,7 +544,8 @@ def check(a, runs, server, uri, db_name, spool, disk, full_info, agent_kills, fa
         verdict(peak <= bound, f"RSS after warm-up {peak} KiB <= warm-up {ref} KiB + {a.rss_growth_mib:.0f} MiB")
     else:
         verdict(False, "no run lived past its warm-up: RSS not measured")
-    verdict(status.returncode == 0 and re.search(r"unsent reports\s+0 ", status.stdout),
+    # Exit 3: the agent is not running, as it is not once the soak is over.
+    verdict(status.returncode == 3 and re.search(r"unsent reports\s+0 ", status.stdout),
             "status: no unsent report")
     verdict(len(segments) <= 1 and all(s <= SEGMENT_MAX for _, s in segments) and not others,
             f"spool back to its idle size: {len(segments)} segment file(s), "

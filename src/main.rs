@@ -53,6 +53,7 @@ async fn main() -> ExitCode {
                     _ if found.agent == status::Agent::NotRunning => {
                         ExitCode::from(status::NOT_RUNNING)
                     }
+                    _ if found.agent == status::Agent::Unknown => ExitCode::from(status::UNKNOWN),
                     printed => printed,
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {

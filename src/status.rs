@@ -158,12 +158,15 @@ pub enum Agent {
     Running,
     /// It left a status file but is not running (exit [`NOT_RUNNING`]).
     NotRunning,
-    /// No status file yet, or an unreadable one: not known (exit 0).
+    /// No status file yet, or an unreadable one: not known (exit [`UNKNOWN`]).
     Unknown,
 }
 
 /// `status`'s exit status when the agent is not running: the LSB's "program is not running".
 pub const NOT_RUNNING: u8 = 3;
+/// `status`'s exit status when it cannot tell: the LSB's "program or service status is
+/// unknown". Not 0, which scripts read as "running".
+pub const UNKNOWN: u8 = 4;
 
 /// What `sensehat-monitor status` prints, and what it found of the agent.
 #[derive(Debug, Clone)]

@@ -167,7 +167,8 @@ fn status_to_a_closed_or_full_standard_output_ends_cleanly() {
     drop(reader);
     let gone = status(Stdio::from(writer));
     let said = String::from_utf8_lossy(&gone.stderr);
-    assert!(gone.status.success(), "status | (gone): {said}");
+    // As usual: 4, the agent's state not known (no status file here).
+    assert_eq!(gone.status.code(), Some(4), "status | (gone): {said}");
     assert!(!said.contains("panicked"), "{said}");
     let full = status(Stdio::from(std::fs::File::create("/dev/full").unwrap()));
     let said = String::from_utf8_lossy(&full.stderr);
@@ -345,13 +346,17 @@ async fn status_after_a_restart_gives_the_oldest_report_in_the_spool() {
     assert!(age.is_some_and(|a| a >= this_run + 5), "{this_run} s: {s}");
 }
 
-// `status` tells a damaged status file from none at all.
+// `status` tells a damaged status file from none at all, and exits 4 for both: whether the
+// agent runs is not known (0 would read as "running" to a script).
 #[test]
 fn status_tells_a_damaged_status_file_from_a_missing_one() {
     let spool = tempfile::tempdir().unwrap();
-    assert!(common::status_text(spool.path()).contains("no status file yet"));
+    let (code, text, _) = common::status_run(spool.path());
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("no status file yet"), "{text}");
     std::fs::write(spool.path().join("status.json"), "{\"pid\": 1, \"upd").unwrap();
-    let text = common::status_text(spool.path());
+    let (code, text, _) = common::status_run(spool.path());
+    assert_eq!(code, Some(4), "{text}");
     assert!(
         text.contains("status.json is there but unreadable"),
         "{text}"

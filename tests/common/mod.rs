@@ -347,10 +347,11 @@ pub fn status_run(spool_dir: &Path) -> (Option<i32>, String, String) {
 }
 
 /// What `sensehat-monitor status --spool-dir DIR` prints. It must succeed, or exit 3 (the
-/// agent is not running, as after it was stopped): callers that care use [`status_run`].
+/// agent is not running, as after it was stopped) or 4 (no status file yet): callers that care
+/// use [`status_run`].
 pub fn status_text(spool_dir: &Path) -> String {
     let (code, text, said) = status_run(spool_dir);
-    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {said}");
+    assert!(matches!(code, Some(0 | 3 | 4)), "exit {code:?}: {said}");
     text
 }
 
