@@ -285,18 +285,10 @@ async fn a_second_agent_on_the_same_spool_is_refused() {
         .spawn()
         .unwrap();
     // Without the lock it would sample and wait for the database for ever.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while second.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("the second agent did not exit: it took the spool");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = common::wait_exit(&mut second, Duration::from_secs(30));
     let refused = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{err}");
+    assert!(!status.success(), "{err}");
     assert!(
         err.contains(&format!(
             "another sensehat-monitor (pid {}) is using the spool directory",

@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    agent_command, all_reports, signal, status_text, unique_name, wait_until, MongoServer,
+    agent_command, all_reports, signal, status_text, unique_name, wait_exit, wait_until,
+    MongoServer,
 };
 use mongodb::bson::{oid::ObjectId, Document};
 use sensehat_monitor::sink::spool;
@@ -98,20 +99,6 @@ async fn stored_once(server: &MongoServer, db: &str) -> Vec<ObjectId> {
     let set: HashSet<_> = ids.iter().collect();
     assert_eq!(set.len(), ids.len(), "duplicates among {} ids", ids.len());
     ids
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("agent did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// With the server down, run the agent until at least 25 reports are spooled, then SIGKILL

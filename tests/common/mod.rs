@@ -304,6 +304,22 @@ pub fn signal_pid(pid: u32, sig: i32) {
     assert!(status.success());
 }
 
+/// Wait up to `timeout` for `child` to exit, and give its exit status; past it, kill it and
+/// fail the test.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The agent with `args`, spooling in `spool` and storing through `uri`, its output discarded;
 /// killed when dropped.
 pub fn quiet_agent(uri: &str, spool: &Path, args: &[&str]) -> Reaped {

@@ -294,15 +294,19 @@ fn unauthorized(opcode: i32, body: &[u8]) -> Vec<u8> {
     let db = command
         .and_then(|d| d.get_str("$db").ok())
         .unwrap_or("admin");
-    let refusal = mongodb::bson::doc! {
+    op_msg_body(&mongodb::bson::doc! {
         "ok": 0.0,
         "errmsg": format!("not authorized on {db} to execute command {{ {name}: ... }}"),
         "code": 13,
         "codeName": "Unauthorized",
-    };
-    let mut reply = vec![0, 0, 0, 0, 0];
-    refusal.to_writer(&mut reply).unwrap();
-    reply
+    })
+}
+
+/// The body of an OP_MSG reply holding `reply`: no flags, one section of kind 0.
+fn op_msg_body(reply: &Document) -> Vec<u8> {
+    let mut body = vec![0, 0, 0, 0, 0];
+    reply.to_writer(&mut body).unwrap();
+    body
 }
 
 /// The body of an OP_MSG reply to the write command in `body` in which every document of its
@@ -320,10 +324,7 @@ fn write_errors(opcode: i32, body: &[u8], code: i32) -> Vec<u8> {
             })
         })
         .collect();
-    let reply = mongodb::bson::doc! { "n": 0, "ok": 1.0, "writeErrors": errors };
-    let mut out = vec![0, 0, 0, 0, 0];
-    reply.to_writer(&mut out).unwrap();
-    out
+    op_msg_body(&mongodb::bson::doc! { "n": 0, "ok": 1.0, "writeErrors": errors })
 }
 
 fn replies(mut server: TcpStream, answers: &Mutex<TcpStream>, state: &Mutex<Pending>) {
