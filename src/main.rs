@@ -47,14 +47,9 @@ async fn main() -> ExitCode {
         Some(Command::Status) => {
             let dir = &config.spool_dir;
             return match status::render(dir) {
-                // The LSB's convention, for scripts: 3 when the agent is not running.
                 Ok(found) => match sensehat_monitor::cli::print_answer(&found.text) {
                     printed if printed != ExitCode::SUCCESS => printed,
-                    _ if found.agent == status::Agent::NotRunning => {
-                        ExitCode::from(status::NOT_RUNNING)
-                    }
-                    _ if found.agent == status::Agent::Unknown => ExitCode::from(status::UNKNOWN),
-                    printed => printed,
+                    _ => ExitCode::from(found.agent.exit_status()),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                     error!("cannot read the spool in {}: {e}; the service's spool is readable by root only: run it with sudo", dir.display());

@@ -162,6 +162,17 @@ pub enum Agent {
     Unknown,
 }
 
+impl Agent {
+    /// `status`'s exit status for what it found: the LSB's codes, for scripts.
+    pub fn exit_status(self) -> u8 {
+        match self {
+            Agent::Running => 0,
+            Agent::NotRunning => NOT_RUNNING,
+            Agent::Unknown => UNKNOWN,
+        }
+    }
+}
+
 /// `status`'s exit status when the agent is not running: the LSB's "program is not running".
 pub const NOT_RUNNING: u8 = 3;
 /// `status`'s exit status when it cannot tell: the LSB's "program or service status is
