@@ -335,14 +335,7 @@ impl Cli {
     pub fn spool_dir(&self) -> PathBuf {
         self.spool_dir
             .clone()
-            .or_else(|| {
-                // systemd's StateDirectory= sets this (a colon-separated list).
-                std::env::var_os("STATE_DIRECTORY").and_then(|v| {
-                    v.to_str()
-                        .and_then(|s| s.split(':').next())
-                        .map(PathBuf::from)
-                })
-            })
+            .or_else(state_directory)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR))
     }
 
@@ -381,6 +374,17 @@ impl Cli {
     }
 }
 
+/// The directory systemd's `StateDirectory=` gave the service (`STATE_DIRECTORY`, a
+/// colon-separated list: its first), when run by systemd with one.
+fn state_directory() -> Option<PathBuf> {
+    let value = std::env::var_os("STATE_DIRECTORY")?;
+    value
+        .to_str()
+        .and_then(|s| s.split(':').next())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+}
+
 impl Config {
     /// What `check-config` looks at; `Err` says how to give a missing connection string.
     pub fn check_config(&self) -> Result<CheckConfig, String> {
@@ -398,6 +402,7 @@ impl Config {
                 |c| c.marker.clone(),
             ),
             clock_wait: clock.map_or(Duration::ZERO, |c| c.wait),
+            state_directory: state_directory(),
         })
     }
 

@@ -31,6 +31,16 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A disk that is full, read-only or failing, as against a path that is not ours to write:
+/// what the agent rides out from memory rather than refusing to run.
+pub fn disk_trouble(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    /// EIO: the card or disk failing.
+    const EIO: i32 = 5;
+    matches!(e.kind(), StorageFull | ReadOnlyFilesystem | QuotaExceeded)
+        || e.raw_os_error() == Some(EIO)
+}
+
 /// Replace `path` with `contents`: write a new temporary file beside it, then rename it over
 /// `path`.
 ///

@@ -464,6 +464,101 @@ fn check_config_says_what_is_wrong_and_what_the_clock_says() {
     assert!(err.contains("clock: synchronized"), "{err}");
 }
 
+/// `command` run with `dir` read-only, as a unit's `ProtectSystem=strict` or a card remounted
+/// read-only after errors makes it: a read-only bind mount (the one systemd makes) in a mount
+/// namespace of the command's own, which needs root, as CI runs.
+fn read_only_at(dir: &Path, command: &std::process::Command) -> std::process::Command {
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(dir)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(v) => c.env(name, v),
+            None => c.env_remove(name),
+        };
+    }
+    c
+}
+
+/// Whether [`read_only_at`] failed for want of root, outside CI: the test is skipped there.
+fn no_mount_namespace(stderr: &str) -> bool {
+    let refused = stderr.starts_with("unshare:") || stderr.starts_with("mount:");
+    if refused && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: no mount namespace here (run as root, as CI does): {stderr}");
+        return true;
+    }
+    false
+}
+
+// Under its unit, whose ProtectSystem=strict leaves every path but its state directory
+// read-only, a spool directory elsewhere (SENSEHAT_SPOOL_DIR without ReadWritePaths=) is
+// refused by check-config, the unit's ExecStartPre, saying what to add; the agent would
+// otherwise fail at each start with the system's "Read-only file system". A disk read-only
+// everywhere (a card remounted read-only after errors) stays a warning: the agent runs from
+// memory (below).
+#[test]
+fn a_spool_directory_the_unit_makes_read_only_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let protected = dir.path().join("protected");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&protected).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let check = |state: &Path| {
+        let mut c = agent_command();
+        c.args(["--clock-wait", "0", "check-config", "--spool-dir"])
+            .arg(protected.join("spool"))
+            .env("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:1/")
+            .env("STATE_DIRECTORY", state);
+        let out = read_only_at(&protected, &c).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(&state);
+    if no_mount_namespace(&err) {
+        return;
+    }
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("read-only to this service")
+            && err.contains(&format!(
+                "ReadWritePaths={}",
+                protected.join("spool").display()
+            )),
+        "{err}"
+    );
+    // The state directory read-only too: the disk, not the unit.
+    let (code, err) = check(&protected.join("state"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("cannot be written now"), "{err}");
+}
+
+// An agent started on a disk that is read-only now, in a spool directory it has not used
+// before (so with no lock file to open), runs from memory and delivers every reading: it
+// failed at start making its lock file, and under the unit tried again every 10 s, sampling
+// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_on_a_read_only_disk_delivers_from_memory() {
+    let server = MongoServer::start();
+    let db = unique_name("read_only");
+    let spool = tempfile::tempdir().unwrap();
+    let agent = common::sim_agent(&server.uri, &db, 20, spool.path());
+    let out = read_only_at(spool.path(), &agent).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if no_mount_namespace(&err) {
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("keeping new reports in memory"), "{err}");
+    let client = server.client().await;
+    assert_eq!(all_reports(&client, &db).await.len(), 20, "{err}");
+}
+
 // Without a Sense HAT the real board fails fast with a message naming the bus.
 #[test]
 fn missing_sense_hat_fails_fast() {

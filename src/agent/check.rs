@@ -17,6 +17,8 @@ pub struct CheckConfig {
     pub clock_sync_file: PathBuf,
     /// `--clock-wait`.
     pub clock_wait: Duration,
+    /// The directory systemd's `StateDirectory=` gave the service, when run as one.
+    pub state_directory: Option<PathBuf>,
 }
 
 /// Why the agent could not start as configured.
@@ -34,6 +36,15 @@ pub enum CheckError {
         /// What creating it or writing in it gave.
         source: std::io::Error,
     },
+    /// The spool directory is read-only to the service while its state directory is not: the
+    /// unit's `ProtectSystem=strict`, not the disk. The agent would fail at start at each try.
+    #[error("the spool directory {} is read-only to this service: its unit (ProtectSystem=strict) lets it write only its state directory {}. Add `ReadWritePaths={}` under [Service] in a drop-in (`sudo systemctl edit sensehat-monitor`), or leave SENSEHAT_SPOOL_DIR unset to use {}", dir.display(), state.display(), dir.display(), state.display())]
+    Sandboxed {
+        /// The spool directory.
+        dir: PathBuf,
+        /// The state directory, which the service may write.
+        state: PathBuf,
+    },
 }
 
 /// Check the configuration. `Ok` carries what to tell the person (each a line): things that
@@ -48,11 +59,20 @@ pub async fn check_config(config: &CheckConfig) -> Result<Vec<String>, CheckErro
             Ok(()) => {}
             // A disk that is full, read-only or failing now: the agent runs all the same,
             // keeping reports in memory until it can write, so this must not keep it from
-            // starting (this is the unit's ExecStartPre).
-            Err(e) if disk_trouble(&e) => notes.push(format!(
+            // starting (this is the unit's ExecStartPre). Unless the disk is fine and only
+            // the service's sandbox keeps it from writing there.
+            Err(e) if crate::fsutil::disk_trouble(&e) => {
+                if let Some(state) = sandboxed(dir, &e, config.state_directory.as_deref()) {
+                    return Err(CheckError::Sandboxed {
+                        dir: dir.clone(),
+                        state: state.to_owned(),
+                    });
+                }
+                notes.push(format!(
                 "warning: the spool directory {} cannot be written now: {e}; the agent keeps reports in memory (up to 50,000) until it can",
-                dir.display()
-            )),
+                    dir.display()
+                ))
+            }
             Err(source) => {
                 return Err(CheckError::SpoolDir {
                     dir: dir.clone(),
@@ -84,13 +104,14 @@ fn clock_note(marker: &Path, wait: Duration) -> String {
     }
 }
 
-/// A full, read-only or failing disk, as against a directory that is not ours to write.
-fn disk_trouble(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
-    /// EIO: the card or disk failing.
-    const EIO: i32 = 5;
-    matches!(e.kind(), StorageFull | ReadOnlyFilesystem | QuotaExceeded)
-        || e.raw_os_error() == Some(EIO)
+/// The state directory, when `dir` outside it is read-only (`e`) while it can be written: a
+/// unit's `ProtectSystem=strict` makes every path but its own directories (and those in
+/// `ReadWritePaths=`) read-only, where a card remounted read-only after errors fails both.
+fn sandboxed<'a>(dir: &Path, e: &std::io::Error, state: Option<&'a Path>) -> Option<&'a Path> {
+    let state = state?;
+    let outside = !dir.starts_with(state);
+    let sandbox = e.kind() == std::io::ErrorKind::ReadOnlyFilesystem && outside;
+    (sandbox && write_probe(state).is_ok()).then_some(state)
 }
 
 fn write_probe(dir: &Path) -> std::io::Result<()> {
@@ -115,6 +136,7 @@ mod tests {
             database: Some(("mongodb://localhost/".into(), file.join("spool"))),
             clock_sync_file: dir.path().join("none").join("synchronized"),
             clock_wait: Duration::from_secs(300),
+            state_directory: None,
         };
         let err = check_config(&config).await.unwrap_err();
         assert!(err.to_string().contains("--spool-dir"), "{err}");

@@ -103,11 +103,18 @@ fn lock_dir(dir: &Path) -> Result<Option<File>, OpenSpoolError> {
         .truncate(false)
         .open(&path)
         // Made by another user (an agent run by hand with sudo): a lock needs no writing.
-        .or_else(|_| File::open(&path));
-    let mut file = opened.map_err(|source| SpoolError::Io {
-        path: path.clone(),
-        source,
-    })?;
+        .or_else(|made| File::open(&path).map_err(|_| made));
+    let mut file = match opened {
+        Ok(file) => file,
+        // No lock file yet on a disk that is full or read-only now (a card remounted after
+        // errors): the agent runs from memory until it can write, as it does when the disk
+        // fails later, rather than not at all.
+        Err(e) if crate::fsutil::disk_trouble(&e) => {
+            warn!(error = %e, path = %path.display(), "cannot make the spool directory's lock file (disk full or read-only?); a second agent started on it would not be refused");
+            return Ok(None);
+        }
+        Err(source) => return Err(SpoolError::Io { path, source }.into()),
+    };
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
