@@ -588,13 +588,21 @@ async fn oversize_documents_go_to_the_dead_letter_collection() {
 }
 
 /// Stop the forwarder with SIGTERM (it puts its batch and stores its position) and wait for it.
-async fn stop_forwarder(mut fwd: tokio::process::Child) {
+async fn stop_forwarder(fwd: tokio::process::Child) {
+    stop_forwarder_within(fwd, Duration::from_secs(30)).await;
+}
+
+/// Stop the forwarder with SIGTERM, check that it exits 0 within `within` (not only when
+/// killed), and return its log.
+async fn stop_forwarder_within(fwd: tokio::process::Child, within: Duration) -> String {
     common::signal_pid(fwd.id().unwrap(), 15);
-    let status = tokio::time::timeout(Duration::from_secs(30), fwd.wait())
+    let out = tokio::time::timeout(within, fwd.wait_with_output())
         .await
-        .expect("the forwarder stops after SIGTERM")
+        .unwrap_or_else(|_| panic!("the forwarder did not stop within {within:?} of SIGTERM"))
         .unwrap();
-    assert!(status.success(), "{status:?}");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{:?}: {log}", out.status);
+    log
 }
 
 // With --operations update,replace an update's record is the document looked up when it is
@@ -895,12 +903,7 @@ async fn sigterm_while_mongodb_is_down_at_start_exits_cleanly() {
         fw.try_wait().unwrap().is_none(),
         "still waiting for MongoDB"
     );
-    common::signal_pid(fw.id().unwrap(), 15);
-    let status = tokio::time::timeout(Duration::from_secs(10), fw.wait())
-        .await
-        .expect("exits after SIGTERM, not only when killed")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stop_forwarder_within(fw, Duration::from_secs(10)).await;
 }
 
 // MongoDB down at start: that the stored position cannot be read is said once, not at every
@@ -923,13 +926,7 @@ async fn mongodb_down_at_start_is_said_once_and_its_end_once() {
     mongo.launch();
     let client = mongo.client().await;
     wait_for_position(&client, &db, &stream).await;
-    common::signal_pid(fw.id().unwrap(), 15);
-    let out = tokio::time::timeout(Duration::from_secs(30), fw.wait_with_output())
-        .await
-        .expect("the forwarder stops after SIGTERM")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let log = stop_forwarder_within(fw, Duration::from_secs(30)).await;
     let lines = |s: &str| log.lines().filter(|l| l.contains(s)).count();
     assert_eq!(lines("cannot read the stored resume token"), 1, "{log}");
     let recovered: Vec<&str> = log
@@ -965,13 +962,7 @@ async fn sigterm_while_kinesis_is_down_exits_and_loses_nothing() {
     insert_reports(&client, &db, &docs).await;
     // Let it read the event and fail a put or two.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    common::signal_pid(fw.id().unwrap(), 15);
-    let out = tokio::time::timeout(Duration::from_secs(40), fw.wait_with_output())
-        .await
-        .expect("exits after SIGTERM while Kinesis is down, not only when killed")
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let log = stop_forwarder_within(fw, Duration::from_secs(40)).await;
     assert!(
         log.contains("read again from the stored resume token"),
         "{log}"
