@@ -71,12 +71,22 @@ async fn page_shows_latest_readings_and_updates_itself() {
         // Refreshes that overlap (a control changed while the charts' answer is awaited) leave
         // one poll running, not one each: every call used to schedule the next on its own.
         b.eval("(() => { window.polls = 0; const set = window.setTimeout; \
-                window.setTimeout = (f, ms, ...a) => { if (f === refreshCharts) window.polls++; return set(f, ms, ...a); }; \
+                window.setTimeout = (f, ms, ...a) => { if (f === refreshCharts) { window.polls++; window.pollMs = ms; } return set(f, ms, ...a); }; \
                 window.overlapDone = false; \
                 Promise.all([refreshCharts(), refreshCharts(), refreshCharts()]) \
                   .then(() => { window.overlapDone = true; window.setTimeout = set; }); })()");
         b.wait_for("window.overlapDone === true", Duration::from_secs(30), "three overlapping refreshes");
         assert_eq!(b.eval("window.polls").as_i64(), Some(1), "polls scheduled by three overlapping refreshes");
+        // Charts are asked for again once a bucket's time has passed, within 5-60 s: the day's
+        // (the page's default) 5 min buckets every minute, the hour's 10 s ones every 10 s.
+        // Each ask aggregates the whole window, and the day's was asked for every 5 s.
+        assert_eq!(b.eval("window.pollMs").as_i64(), Some(60_000), "the day's charts asked for again after");
+        b.eval("(() => { const set = window.setTimeout; window.pollMs = 0; \
+                window.setTimeout = (f, ms, ...a) => { if (f === refreshCharts) window.pollMs = ms; return set(f, ms, ...a); }; \
+                $('window').value = '1h'; refreshCharts().then(() => { window.setTimeout = set; }); })()");
+        b.wait_for("window.pollMs > 0", Duration::from_secs(30), "the hour's charts");
+        assert_eq!(b.eval("window.pollMs").as_i64(), Some(10_000), "the hour's charts asked for again after");
+        b.eval("$('window').value = '24h'");
         // A node whose chart the server refuses (here one it has no readings of: a real 404)
         // leaves the others' lines drawn and is named in the status bar; every chart used to
         // stay blank. The charts are cleared first so that what shows is this refresh's.

@@ -6,8 +6,10 @@ const TILE_POLL_MS = 2000;          // a new reading shows within this
 const TILE_TIMEOUT_MS = 30000;      // given up on after this (it takes milliseconds), asked again,
                                     // with twice as long after each time out (up to a chart's)
 const AGE_TICK_MS = 1000;           // tiles' ages count on between answers, and without any
-const CHART_POLL_SHORT_MS = 5000;   // charts of windows up to a day
-const CHART_POLL_LONG_MS = 60000;   // longer windows change slowly
+// Charts are asked for again once a bucket's time has passed (each ask aggregates the whole
+// window, and the tiles show each new reading anyway), within these bounds.
+const CHART_POLL_MIN_MS = 5000;
+const CHART_POLL_MAX_MS = 60000;
 const CHART_TIMEOUT_MS = 120000;    // a long window on a slow server may take tens of seconds
 const RESIZE_REDRAW_MS = 200;       // a drag's resize events redraw once, this long after the last
 const ALL_NODES_MAX = 12;           // the all-nodes view charts the first this many (a request
@@ -311,6 +313,7 @@ async function refreshCharts() {
   const q = (node) => `node=${encodeURIComponent(node)}&from=${win.from}&to=${win.to}`;
   $("csv").hidden = !chosen;
   if (chosen) $("csv").href = "/api/csv?" + q(chosen);
+  let pollMs = CHART_POLL_MIN_MS;
   try {
     // One request per node: its three series and its motion, bucketed in one pass. A node
     // whose request fails is left out and named in the status bar; the others still draw.
@@ -325,15 +328,13 @@ async function refreshCharts() {
     const first = answers.find((a) => a.status === "rejected");
     if (charts.length === 0 && first) throw first.reason;
     drawn = { charts, win };
+    if (charts.length) pollMs = Math.min(Math.max(charts[0].bucketSeconds * 1000, CHART_POLL_MIN_MS), CHART_POLL_MAX_MS);
     drawCharts(drawn);
     report("charts", failed.length ? new Error("no chart for " + failed.join("; ")) : null);
   } catch (e) {
     if (seq === chartSeq) report("charts", e);
   } finally {
-    if (seq === chartSeq) {
-      const span = Date.parse(win.to) - Date.parse(win.from);
-      chartTimer = setTimeout(refreshCharts, span <= 86400e3 ? CHART_POLL_SHORT_MS : CHART_POLL_LONG_MS);
-    }
+    if (seq === chartSeq) chartTimer = setTimeout(refreshCharts, pollMs);
   }
 }
 
