@@ -79,11 +79,15 @@ fn lps25h_converts_positive_and_negative_codes() {
     sim.poke(SimChip::Lps25h, 0x2B, &(-9600i16).to_le_bytes());
     let m = lps.read().unwrap();
     assert_eq!((m.pressure_hpa, m.temperature_celsius), (1013.25, 22.5));
-    // 0xFFF000 = -4096 = -1 hPa (a negative 24-bit code); 0x800000 = -2048 hPa.
-    sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0xF0, 0xFF]);
-    assert_eq!(lps.read().unwrap().pressure_hpa, -1.0);
-    sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0x00, 0x80]);
-    assert_eq!(lps.read().unwrap().pressure_hpa, -2048.0);
+    // 0xFFF000 = -4096 = -1 hPa (a negative 24-bit code); 0x800000 = -2048 hPa. No working
+    // chip gives them: they are refused, with the value read.
+    for (bytes, hpa) in [([0x00, 0xF0, 0xFF], -1.0), ([0x00, 0x00, 0x80], -2048.0)] {
+        sim.poke(SimChip::Lps25h, 0x28, &bytes);
+        match lps.read() {
+            Err(Error::Implausible { value, .. }) => assert_eq!(value, hpa),
+            other => panic!("expected Implausible, got {other:?}"),
+        }
+    }
 }
 
 // LSM9DS1: every full scale writes its FS bits and converts with its sensitivity; X and Y are
@@ -306,4 +310,56 @@ fn a_chip_reset_while_running_is_noticed_and_initialised_again() {
         let zero = hts221_humidity_from_zero(&sim);
         assert!((r.humidity_rh - zero).abs() > 1.0, "{}", r.humidity_rh);
     }
+}
+
+// A read whose bytes are all 0xFF (nothing drove the data line for that transfer: a loose HAT,
+// interference) is not a measurement, though the chip's settings read back fine: the sample
+// is skipped with the reason, where it was stored (-0.000244 hPa, a humidity and temperature
+// worked out from -1, no gravity). Each chip in turn; put right, the next sample reads it.
+#[test]
+fn a_read_of_all_0xff_is_refused_not_stored() {
+    for (chip, sensor, len) in [
+        (SimChip::Hts221, Sensor::Hts221, 4),
+        (SimChip::Lps25h, Sensor::Lps25h, 5),
+        (SimChip::Lsm9ds1Accel, Sensor::Lsm9ds1, 6),
+    ] {
+        let sim = SimSenseHat::new();
+        let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+        assert!(!hat.reads_iio());
+        assert!(hat.sample(std::time::Instant::now()).0.is_ok());
+        sim.freeze();
+        let good: Vec<u8> = (0..len).map(|i| sim.peek(chip, 0x28 + i)).collect();
+        sim.poke(chip, 0x28, &vec![0xFF; len as usize]);
+        let e = match hat.sample(std::time::Instant::now()).0 {
+            Ok(r) => panic!("{chip:?} read all 0xFF, yet a reading: {r:?}"),
+            Err(e) => e,
+        };
+        let why = e.of(sensor).unwrap().to_string();
+        assert!(why.contains("every byte 0xFF"), "{why}");
+        assert!(why.contains("reseat"), "{why}");
+        sim.poke(chip, 0x28, &good);
+        assert!(hat.sample(std::time::Instant::now()).0.is_ok(), "{chip:?}");
+    }
+}
+
+// A pressure no working LPS25H gives (a flipped top bit: I2C has no checksum) is refused, not
+// stored: 1013.25 hPa with bit 22 set reads 2037.25 hPa, with bit 23 set -1034.75 hPa.
+#[test]
+fn an_impossible_pressure_is_refused_not_stored() {
+    let sim = frozen();
+    let mut lps = Lps25h::new(sim.bus());
+    lps.init(&mut NoDelay).unwrap();
+    // 1013.25 hPa = 0x3F5400.
+    sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0x54, 0x3F]);
+    assert_eq!(lps.read().unwrap().pressure_hpa, 1013.25);
+    for (high, hpa) in [(0x7F, 2037.25), (0xBF, -1034.75)] {
+        sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0x54, high]);
+        match lps.read() {
+            Err(Error::Implausible { value, .. }) => assert_eq!(value, hpa),
+            other => panic!("expected Implausible, got {other:?}"),
+        }
+    }
+    // Beyond the datasheet's 260-1260 hPa but a pressure all the same (a balloon at 20 km).
+    sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0x58, 0x00]);
+    assert_eq!(lps.read().unwrap().pressure_hpa, 5.5);
 }

@@ -94,9 +94,11 @@ impl Sampler for Board {
     /// blocking thread and back costs two more thread switches a sample. Once a sensor fails,
     /// its reads can wait out the bus's timeouts and its re-initialisation's pauses, so samples
     /// go to a blocking thread until every sensor reads fine again. The simulator follows the
-    /// same rule, so that its fault plans take both paths.
+    /// same rule, so that its fault plans take both paths. A sensor read through a kernel
+    /// driver's IIO files waits for a conversion at each read, so such a board always samples
+    /// on a blocking thread.
     fn blocking(&self) -> bool {
-        !self.health().iter().all(Health::is_ok)
+        !self.health().iter().all(Health::is_ok) || self.reads_iio()
     }
 
     fn sensors(&self) -> Vec<SensorStatus> {

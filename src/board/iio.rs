@@ -86,14 +86,24 @@ impl IioSensor {
     }
 
     fn error(&self, detail: String) -> SensorError {
+        // The agent finds which sensors a kernel driver owns when it starts: one unbound since
+        // (as docs/operating.md suggests, to read it faster) is read over I2C after a restart.
+        let hint = if self.dir.exists() {
+            format!(
+                "; read through the kernel driver `{}`, which owns this address",
+                self.driver
+            )
+        } else {
+            format!(
+                "; the kernel driver `{}` has let go of this sensor (unbound?): restart the agent to read it over I2C (sudo systemctl restart sensehat-monitor)",
+                self.driver
+            )
+        };
         SensorError {
             sensor: self.sensor,
             bus: format!("IIO {}", self.dir.display()),
             detail,
-            hint: format!(
-                "; read through the kernel driver `{}`, which owns this address",
-                self.driver
-            ),
+            hint,
         }
     }
 
@@ -148,8 +158,14 @@ impl IioSensor {
 
     /// Pressure, as the LPS25H driver would read it (no temperature).
     pub fn lps25h(&self) -> Result<lps25h::Measurement, SensorError> {
+        let pressure_hpa = self.value("in_pressure", "in_pressure")? * 10.0;
+        if !lps25h::PLAUSIBLE_HPA.contains(&pressure_hpa) {
+            return Err(self.error(format!(
+                "read {pressure_hpa} hPa, which no working LPS25H gives"
+            )));
+        }
         Ok(lps25h::Measurement {
-            pressure_hpa: self.value("in_pressure", "in_pressure")? * 10.0,
+            pressure_hpa,
             // The report's temperature is the HTS221's; this one is not read.
             temperature_celsius: f64::NAN,
         })

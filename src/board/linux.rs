@@ -315,6 +315,8 @@ mod tests {
             Ok(h) => h,
             Err(e) => panic!("{e}"),
         };
+        // IIO reads wait for a conversion: the agent samples such a board off its runtime.
+        assert!(hat.reads_iio());
         let (reading, events) = hat.sample(std::time::Instant::now());
         assert!(events.is_empty(), "{events:?}");
         let r = reading.unwrap();
@@ -348,6 +350,27 @@ mod tests {
             events,
             vec![(Sensor::Lps25h, HealthEvent::Recovered { failures: 1 })]
         );
+
+        // A pressure no working LPS25H gives is refused, not stored.
+        std::fs::write(&raw, "-1").unwrap();
+        let e = hat
+            .sample(std::time::Instant::now())
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("which no working LPS25H gives"), "{e}");
+        std::fs::write(&raw, "4096000").unwrap();
+        assert!(hat.sample(std::time::Instant::now()).0.is_ok());
+
+        // The driver unbound since the start (its IIO device gone): the hint says to restart
+        // the agent, which then reads the chip over I2C, not that the driver owns it.
+        std::fs::remove_dir_all(devices.join("1-005c/iio:device0")).unwrap();
+        let e = hat
+            .sample(std::time::Instant::now())
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("restart the agent to read it over I2C"), "{e}");
     }
 
     // An owned address without an IIO channel is an error naming the driver and how to free it:

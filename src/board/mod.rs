@@ -177,6 +177,15 @@ impl Board {
             Board::Sim(s) => s.health(),
         }
     }
+
+    /// Whether any sensor is read through a kernel driver's IIO files (see
+    /// [`SenseHat::reads_iio`]); never on the simulator.
+    pub fn reads_iio(&self) -> bool {
+        match self {
+            Board::Linux(h) => h.reads_iio(),
+            Board::Sim(_) => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ where
             drivers::Error::Reset { .. } => {
                 "; it is initialised again at the next sample; if this recurs, check the Pi's power supply and that the Sense HAT is seated".to_owned()
             }
+            drivers::Error::Garbled { .. } | drivers::Error::Implausible { .. } => {
+                "; it is read again at the next sample; if this recurs, power the Pi off and reseat the Sense HAT".to_owned()
+            }
             drivers::Error::NoReading { .. } => {
                 "; the chip answers but measures nothing: if this goes on, power the Pi off and reseat the Sense HAT".to_owned()
             }
@@ -234,5 +237,13 @@ where
     /// Each sensor's health, in [`Sensor::ALL`] order.
     pub fn health(&self) -> &[Health; 3] {
         &self.health
+    }
+
+    /// Whether any sensor is read through a kernel driver's IIO files, whose reads wait for a
+    /// conversion (the LPS25H's `st_pressure` at 1 Hz: up to a second a sample).
+    pub fn reads_iio(&self) -> bool {
+        matches!(self.hts, Slot::Iio(_))
+            || matches!(self.lps, Slot::Iio(_))
+            || matches!(self.acc, Slot::Iio(_))
     }
 }

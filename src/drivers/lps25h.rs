@@ -41,6 +41,12 @@ const STATUS_P_DA_T_DA: u8 = 0x03;
 /// CTRL_REG1: power on, 25 Hz, block data update.
 const CTRL_REG1_INIT: u8 = 0xC4;
 
+/// The pressures a working LPS25H may report, hPa. Its datasheet's range is 260 to 1260 hPa;
+/// readings beyond it are taken (a balloon above 10 km, a deep mine), but not a pressure of
+/// zero or less, or above 2000 hPa, which no atmosphere a Pi works in gives: those are a
+/// garbled transfer (a flipped top bit makes 1013 hPa read -1035 or 2037).
+pub const PLAUSIBLE_HPA: std::ops::RangeInclusive<f64> = f64::MIN_POSITIVE..=2000.0;
+
 /// hPa from the three pressure bytes (XL, L, H): a 24-bit two's complement count of 1/4096 hPa.
 pub fn pressure_hpa(xl: u8, l: u8, h: u8) -> f64 {
     // Place the 24 bits at the top of an i32 and shift back to sign-extend.
@@ -133,8 +139,17 @@ impl<I2C: I2c> Lps25h<I2C> {
             &mut raw,
         )?;
         self.reset.check(&mut self.i2c, Self::CHIP, ADDRESS, raw)?;
+        let pressure = pressure_hpa(raw[0], raw[1], raw[2]);
+        if !PLAUSIBLE_HPA.contains(&pressure) {
+            return Err(Error::Implausible {
+                chip: Self::CHIP,
+                address: ADDRESS,
+                value: pressure,
+                unit: "hPa",
+            });
+        }
         Ok(Measurement {
-            pressure_hpa: pressure_hpa(raw[0], raw[1], raw[2]),
+            pressure_hpa: pressure,
             temperature_celsius: temperature_celsius(i16::from_le_bytes([raw[3], raw[4]])),
         })
     }

@@ -81,6 +81,32 @@ pub enum Error<E: core::fmt::Debug> {
         /// What init wrote there.
         expected: u8,
     },
+
+    /// A read's output bytes were all 0xFF while the chip's settings read back fine: what the
+    /// bus gives when nothing drives its data line for a transfer (a loose HAT, interference),
+    /// not a measurement.
+    #[error("the {chip} at address {address:#04x} answered a read with every byte 0xFF (nothing drove the bus)")]
+    Garbled {
+        /// The chip.
+        chip: &'static str,
+        /// Its address.
+        address: u8,
+    },
+    /// A value no working chip of this kind gives: a garbled transfer (I2C has no checksum,
+    /// and a flipped high bit moves a pressure by hundreds of hPa).
+    #[error(
+        "the {chip} at address {address:#04x} read {value} {unit}, which no working {chip} gives"
+    )]
+    Implausible {
+        /// The chip.
+        chip: &'static str,
+        /// Its address.
+        address: u8,
+        /// The value read.
+        value: f64,
+        /// Its unit.
+        unit: &'static str,
+    },
 }
 
 impl<E: core::fmt::Debug> Error<E> {
@@ -95,6 +121,8 @@ impl<E: core::fmt::Debug> Error<E> {
 /// its outputs read zero or stay as they were, which would be stored as readings. So when a
 /// read's raw output bytes are all zero or the same as the last read's (which a measuring chip
 /// gives rarely, and then costs one more one-byte read), the control register is read back.
+/// Bytes all 0xFF (a chip no longer driving the bus) are read back the same way, and are never
+/// a measurement, even when the control register reads fine.
 pub(crate) struct ResetCheck<const N: usize> {
     last: Option<[u8; N]>,
     /// The control register, and what init wrote there.
@@ -121,7 +149,8 @@ impl<const N: usize> ResetCheck<N> {
         address: u8,
         raw: [u8; N],
     ) -> Result<(), Error<I::Error>> {
-        let suspect = raw.iter().all(|b| *b == 0) || self.last == Some(raw);
+        let floating = raw.iter().all(|b| *b == 0xFF);
+        let suspect = floating || raw.iter().all(|b| *b == 0) || self.last == Some(raw);
         self.last = Some(raw);
         if !suspect {
             return Ok(());
@@ -129,7 +158,10 @@ impl<const N: usize> ResetCheck<N> {
         let mut now = [0u8];
         read_regs(i2c, address, self.reg, &mut now)?;
         if now[0] == self.configured {
-            return Ok(());
+            return match floating {
+                true => Err(Error::Garbled { chip, address }),
+                false => Ok(()),
+            };
         }
         Err(Error::Reset {
             chip,

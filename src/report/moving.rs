@@ -44,7 +44,8 @@ pub enum MovingRule {
 
 impl MovingRule {
     /// Whether a board reading `a` is moving by this rule. A reading that is not a number
-    /// counts as moving by either rule, as it does by the original one.
+    /// counts as moving by either rule, where the original's comparisons would say not: no
+    /// working sensor gives one, so it is flagged rather than passed over.
     pub fn is_moving(self, a: &Acceleration) -> bool {
         match self {
             MovingRule::Axis => [a.x_g, a.y_g, a.z_g]
