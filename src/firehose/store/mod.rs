@@ -12,20 +12,22 @@
 //! `Client::bulk_write` takes only `Document`s, whose building cost most of the endpoint's CPU).
 //! `run_raw_command` applies no default write concern and does not retry (Firehose retries, and
 //! the upserts make that safe), and the server reports write errors inside an `ok: 1` reply, so
-//! [`check_bulk_write_reply`] and [`check_update_reply`] read them.
+//! [`check_bulk_write_reply`] and [`check_update_reply`] (in `reply`) read them.
 //!
 //! Write concern: the client's, which is the connection string's if it names one, else the
 //! durable default of [`crate::mongo::durable_write_concern`] (majority, journaled), as for the
 //! agent: a 200 goes to Firehose only for records a crash of the server cannot take.
 
-use mongodb::bson::{
-    self, doc, rawdoc, Bson, Document, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf,
-};
+mod reply;
+
+use mongodb::bson::{self, doc, rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
 use mongodb::Client;
 use tokio::sync::OnceCell;
 
 use super::decode::document_with_capacity;
-use crate::mongo::{connect, reply_ok, write_concern_error, MongoError};
+use crate::mongo::{connect, MongoError};
+
+pub use reply::{check_bulk_write_reply, check_update_reply};
 
 /// The wire version of MongoDB 8.0, the first with the `bulkWrite` command.
 pub const BULK_WRITE_WIRE_VERSION: i32 = 25;
@@ -304,209 +306,10 @@ pub fn statement_batches(
     Ok(batches)
 }
 
-/// An integer field of a reply, whichever integer type the server used; -1 when absent.
-fn reply_count(reply: &Document, key: &str) -> i64 {
-    match reply.get(key) {
-        Some(Bson::Int32(n)) => *n as i64,
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(n)) => *n as i64,
-        _ => -1,
-    }
-}
-
-/// The first write error of an ordered command (the only one: it stops there), whose index
-/// among the command's statements is in `index_key`: refused for good, or worth a retry.
-fn write_error(errors: i64, first: &Document, index_key: &str) -> StoreError {
-    let (index, code) = (reply_count(first, index_key), reply_count(first, "code"));
-    let message = first.get_str("errmsg").unwrap_or("").to_owned();
-    match usize::try_from(index) {
-        Ok(at) if REFUSED_FOR_GOOD.contains(&code) => StoreError::Refused { at, code, message },
-        _ => StoreError::Write(format!(
-            "{errors} write errors, first at {index}: {message} (code {code})"
-        )),
-    }
-}
-
-fn failed_command(reply: &Document, name: &str) -> StoreError {
-    StoreError::Unavailable(format!(
-        "{name} command failed: {}",
-        reply.get_str("errmsg").unwrap_or("no errmsg")
-    ))
-}
-
-/// A `bulkWrite` reply (with `errorsOnly`) is a success only with `ok: 1`, `nErrors: 0`, no
-/// `writeConcernError`, and every statement counted (`nMatched` + `nUpserted`). The first
-/// error, if any, is in `cursor.firstBatch` (the command is ordered, so it stops there).
-///
-/// A write concern error comes first, even beside a refused record: the records before that
-/// one are not durable yet (a failover could roll them back), so the whole request is a retry,
-/// not "stored up to the refused one".
-pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(), StoreError> {
-    if !reply_ok(reply) {
-        return Err(failed_command(reply, "bulkWrite"));
-    }
-    if let Some(e) = write_concern_error(reply) {
-        return Err(StoreError::Unavailable(e));
-    }
-    let errors = reply_count(reply, "nErrors");
-    if errors != 0 {
-        let first = reply
-            .get_document("cursor")
-            .and_then(|c| c.get_array("firstBatch"))
-            .ok()
-            .and_then(|b| b.first())
-            .and_then(Bson::as_document);
-        return Err(match first {
-            Some(e) => write_error(errors, e, "idx"),
-            None => StoreError::Write(format!("{errors} write errors")),
-        });
-    }
-    let n = reply_count(reply, "nMatched") + reply_count(reply, "nUpserted");
-    if n != statements as i64 {
-        return Err(StoreError::Unavailable(format!(
-            "bulkWrite counted {n} of {statements} statements"
-        )));
-    }
-    Ok(())
-}
-
-/// An `update` reply is a success only with `ok: 1`, no `writeErrors`, no `writeConcernError`,
-/// and every statement counted (`n` = matched + upserted). A write concern error comes first,
-/// as in [`check_bulk_write_reply`].
-pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), StoreError> {
-    if !reply_ok(reply) {
-        return Err(failed_command(reply, "update"));
-    }
-    if let Some(e) = write_concern_error(reply) {
-        return Err(StoreError::Unavailable(e));
-    }
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        if let Some(Bson::Document(first)) = errors.first() {
-            return Err(write_error(errors.len() as i64, first, "index"));
-        }
-    }
-    let n = reply_count(reply, "n");
-    if n != statements as i64 {
-        return Err(StoreError::Unavailable(format!(
-            "update command counted {n} of {statements} statements"
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use mongodb::bson::oid::ObjectId;
-
-    // A reply with writeErrors inside ok:1 is a failure (run_command does not raise it): one
-    // that writing the document again cannot clear names the document, another is a retry.
-    #[test]
-    fn write_errors_in_an_ok_reply_fail() {
-        let reply = doc! { "ok": 1.0, "n": 1, "writeErrors": [ { "index": 1, "code": 11000, "errmsg": "dup" } ] };
-        let e = check_update_reply(&reply, 2).unwrap_err();
-        assert!(
-            matches!(e, StoreError::Refused { at: 1, code: 11000, ref message } if message == "dup"),
-            "{e}"
-        );
-        assert!(matches!(e.after(500), StoreError::Refused { at: 501, .. }));
-        let conflict = doc! { "ok": 1.0, "n": 1, "writeErrors": [ { "index": 1, "code": 112, "errmsg": "write conflict" } ] };
-        let e = check_update_reply(&conflict, 2).unwrap_err();
-        assert!(
-            matches!(e, StoreError::Write(ref m) if m.contains("112")),
-            "{e}"
-        );
-    }
-
-    // A write concern error beside a refused record is a retry of the whole request: the
-    // records before the refused one are not durable (they were counted stored, and answered
-    // 200, so a rollback lost them).
-    #[test]
-    fn a_write_concern_error_beside_a_refused_record_is_a_retry() {
-        let wce = doc! { "code": 64, "errmsg": "waiting for replication timed out" };
-        let update = doc! { "ok": 1.0, "n": 1, "writeConcernError": wce.clone(),
-        "writeErrors": [ { "index": 1, "code": 121, "errmsg": "failed validation" } ] };
-        let e = check_update_reply(&update, 3).unwrap_err();
-        assert!(
-            matches!(e, StoreError::Unavailable(ref m) if m.contains("replication")),
-            "{e}"
-        );
-        let bulk = doc! { "ok": 1.0, "nErrors": 1, "nMatched": 0, "nUpserted": 1,
-        "writeConcernError": wce,
-        "cursor": { "id": 0i64, "firstBatch": [
-            { "ok": 0.0, "idx": 1, "code": 121, "errmsg": "failed validation" } ] } };
-        let e = check_bulk_write_reply(&bulk, 3).unwrap_err();
-        assert!(
-            matches!(e, StoreError::Unavailable(ref m) if m.contains("replication")),
-            "{e}"
-        );
-    }
-
-    // A write concern error, ok:0, or a short count are failures; a full count with ok:1 is success.
-    #[test]
-    fn update_reply_checks() {
-        let wce =
-            doc! { "ok": 1, "n": 2, "writeConcernError": { "code": 64, "errmsg": "timeout" } };
-        assert!(matches!(
-            check_update_reply(&wce, 2),
-            Err(StoreError::Unavailable(_))
-        ));
-        let not_ok = doc! { "ok": 0.0, "errmsg": "not primary" };
-        assert!(matches!(
-            check_update_reply(&not_ok, 2),
-            Err(StoreError::Unavailable(_))
-        ));
-        let short = doc! { "ok": 1.0, "n": 1 };
-        assert!(check_update_reply(&short, 2).is_err());
-        let good =
-            doc! { "ok": 1.0, "n": 2, "nModified": 1, "upserted": [ { "index": 1, "_id": 1 } ] };
-        assert!(check_update_reply(&good, 2).is_ok());
-    }
-
-    // bulkWrite replies: errors, write concern errors and short counts inside ok:1 are failures.
-    #[test]
-    fn bulk_write_reply_checks() {
-        let error = doc! {
-            "ok": 1.0, "nErrors": 1, "nInserted": 0, "nMatched": 0, "nModified": 0, "nUpserted": 1,
-            "cursor": { "id": 0i64, "ns": "admin.$cmd.bulkWrite", "firstBatch": [
-                { "ok": 0.0, "idx": 1, "code": 11000, "errmsg": "E11000 duplicate key" } ] },
-        };
-        let e = check_bulk_write_reply(&error, 2).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::Refused {
-                    at: 1,
-                    code: 11000,
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let timeout = doc! {
-            "ok": 1.0, "nErrors": 1, "nMatched": 0, "nUpserted": 0,
-            "cursor": { "id": 0i64, "firstBatch": [
-                { "ok": 0.0, "idx": 0, "code": 50, "errmsg": "operation exceeded time limit" } ] },
-        };
-        let e = check_bulk_write_reply(&timeout, 2).unwrap_err();
-        assert!(
-            matches!(e, StoreError::Write(ref m) if m.contains("first at 0") && m.contains("50")),
-            "{e}"
-        );
-        let wce = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1, "nUpserted": 1,
-        "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" } };
-        assert!(matches!(
-            check_bulk_write_reply(&wce, 2),
-            Err(StoreError::Unavailable(ref m)) if m.contains("replication")
-        ));
-        let short = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1, "nUpserted": 0 };
-        assert!(check_bulk_write_reply(&short, 2).is_err());
-        let not_ok = doc! { "ok": 0.0, "errmsg": "not primary" };
-        assert!(check_bulk_write_reply(&not_ok, 2).is_err());
-        let good = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1i64, "nUpserted": 1i64,
-        "cursor": { "id": 0i64, "firstBatch": [] } };
-        assert!(check_bulk_write_reply(&good, 2).is_ok());
-    }
 
     // Statements are cut into commands under the 16 MiB limit, in order, none lost; each
     // carries the document's bytes unchanged, keyed by its _id.
