@@ -668,6 +668,53 @@ async fn refused_records_are_set_aside_and_the_rest_written() {
     }
 }
 
+// MongoDB 8.0 whose featureCompatibilityVersion is still 7.0 (as through an upgrade) has
+// bulkWrite's wire version but refuses the command (115 CommandNotSupported): the endpoint then
+// upserts with update commands, the refused delivery at once and every later one without asking
+// again, where it answered 503 to every delivery. (The test server's hello says wire version 27,
+// so Auto picks bulkWrite; a proxy answers bulkWrite as such a server does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_bulk_write_is_sent_update_commands() {
+    use common::wire::{Sent, Withhold, ZlibProxy};
+    let server = MongoServer::start();
+    if !server.owned {
+        eprintln!("skipped: needs a server of its own behind a proxy (MONGODB_TEST_URI is set)");
+        return;
+    }
+    let refused = Withhold::CommandError(
+        115,
+        "CommandNotSupported",
+        "BulkWrite may not be run without featureFlagBulkWriteCommand enabled",
+    );
+    let proxy = ZlibProxy::start_withholding(server.port, &[("bulkWrite", refused)]);
+    let opts = Opts {
+        uri: Some(proxy.uri()),
+        ..Opts::default()
+    };
+    let ep = start(&server, opts).await;
+    let (ids_a, a) = reports(300);
+    check_shape(
+        &deliver(&ep, "req-fcv-1", &a, false).await,
+        200,
+        "req-fcv-1",
+    );
+    let (ids_b, b) = reports(300);
+    check_shape(&deliver(&ep, "req-fcv-2", &b, true).await, 200, "req-fcv-2");
+    assert_eq!(count(&ep.coll()).await, 600);
+    for id in [ids_a[0], ids_a[299], ids_b[0], ids_b[299]] {
+        assert_eq!(count_id(&ep, id).await, 1);
+    }
+    let writes: Vec<String> = proxy
+        .sent()
+        .into_iter()
+        .filter_map(|s| match s {
+            Sent::Command { name, .. } if name == "bulkWrite" || name == "update" => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes, ["bulkWrite", "update", "update"]);
+}
+
 // Database stopped mid-test: 503 with a short message and no internals; after it is back, the
 // retry of the same request succeeds and nothing is duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

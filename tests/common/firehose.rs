@@ -33,6 +33,8 @@ pub struct Opts {
     pub method: UpsertMethod,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// The connection string, when not the server's (a proxy in front of it).
+    pub uri: Option<String>,
 }
 
 impl Default for Opts {
@@ -44,6 +46,7 @@ impl Default for Opts {
             method: UpsertMethod::Auto,
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
+            uri: None,
         }
     }
 }
@@ -93,7 +96,8 @@ pub async fn start(server: &MongoServer, opts: Opts) -> Endpoint {
         },
         body_timeout: opts.body_timeout,
     };
-    let store = Store::new(&quick_uri(server), &db_name).with_method(opts.method);
+    let uri = opts.uri.unwrap_or_else(|| quick_uri(server));
+    let store = Store::new(&uri, &db_name).with_method(opts.method);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -8,7 +8,8 @@
 //!
 //! It can also withhold chosen commands from the server: answer them itself with the error a
 //! server gives a user who lacks the privilege to run them (Unauthorized, code 13), which the
-//! test server, having no users, never gives; or never answer them, as a server that hangs.
+//! test server, having no users, never gives; with another error of a server unlike the test
+//! server (see [`Withhold`]); or never answer them, as a server that hangs.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -57,6 +58,9 @@ pub enum Withhold {
     /// error of this code (`ok: 1`, `n: 0`, a `writeErrors` entry per document), as a primary
     /// stepping down in the middle of an unordered insert answers the documents it had left.
     WriteError(i32),
+    /// Answer it as refused as a whole (`ok: 0`) with this code, code name and message, as
+    /// MongoDB 8.0 whose featureCompatibilityVersion is still 7.0 answers `bulkWrite`.
+    CommandError(i32, &'static str, &'static str),
 }
 
 /// The proxy; it runs until the test process ends.
@@ -209,6 +213,12 @@ fn requests(
             }
             Some(Withhold::WriteError(code)) => {
                 let reply = write_errors(opcode, &body, code);
+                write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
+            }
+            Some(Withhold::CommandError(code, name, message)) => {
+                let reply = op_msg_body(&mongodb::bson::doc! {
+                    "ok": 0.0, "errmsg": message, "code": code, "codeName": name,
+                });
                 write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
             }
             Some(Withhold::Stall) => true,

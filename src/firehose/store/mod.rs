@@ -6,7 +6,9 @@
 //!
 //! - MongoDB 8.0+ (`maxWireVersion` >= 25): the `bulkWrite` command, run on `admin` with
 //!   `errorsOnly`, so the reply carries counts and at most the first error.
-//! - Older servers: a multi-statement `update` command.
+//! - Older servers: a multi-statement `update` command; also an 8.0 server that refuses
+//!   `bulkWrite` ([`BULK_WRITE_UNSUPPORTED`]: its featureCompatibilityVersion is still 7.0, as
+//!   through an upgrade), from the first refusal on.
 //!
 //! Both go through `run_raw_command`, one command per 16 MiB of statements (the driver's own
 //! `Client::bulk_write` takes only `Document`s, whose building cost most of the endpoint's CPU).
@@ -20,9 +22,13 @@
 
 mod reply;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use mongodb::bson::{self, doc, rawdoc, RawArrayBuf, RawBsonRef, RawDocument, RawDocumentBuf};
+use mongodb::error::ErrorKind;
 use mongodb::Client;
 use tokio::sync::OnceCell;
+use tracing::warn;
 
 use super::decode::document_with_capacity;
 use crate::mongo::{connect, MongoError};
@@ -36,6 +42,12 @@ pub const BULK_WRITE_WIRE_VERSION: i32 = 25;
 pub const COMMAND_BYTES: usize = 16 * 1024 * 1024 - 64 * 1024;
 /// Most statements in one command (the server's `maxWriteBatchSize`).
 pub const COMMAND_STATEMENTS: usize = 100_000;
+/// Codes of a server whose wire version has `bulkWrite` but which will not run it: 115
+/// CommandNotSupported (8.0 whose featureCompatibilityVersion is still 7.0, the normal state
+/// of an upgrade until it is made final: "BulkWrite may not be run without
+/// featureFlagBulkWriteCommand enabled") and 59 CommandNotFound. The command as a whole is
+/// refused, so nothing of it was written.
+pub const BULK_WRITE_UNSUPPORTED: [i32; 2] = [115, 59];
 
 /// How upserts reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,6 +139,9 @@ pub struct Store {
     method: UpsertMethod,
     client: OnceCell<Client>,
     resolved: OnceCell<UpsertMethod>,
+    /// The server refused `bulkWrite` ([`BULK_WRITE_UNSUPPORTED`]): `Auto` means `update`
+    /// from then on, until a restart.
+    bulk_write_refused: AtomicBool,
 }
 
 impl Store {
@@ -139,6 +154,7 @@ impl Store {
             method: UpsertMethod::Auto,
             client: OnceCell::new(),
             resolved: OnceCell::new(),
+            bulk_write_refused: AtomicBool::new(false),
         }
     }
 
@@ -170,6 +186,9 @@ impl Store {
     async fn method(&self, client: &Client) -> Result<UpsertMethod, StoreError> {
         if self.method != UpsertMethod::Auto {
             return Ok(self.method);
+        }
+        if self.bulk_write_refused.load(Ordering::Relaxed) {
+            return Ok(UpsertMethod::UpdateCommand);
         }
         self.resolved
             .get_or_try_init(|| async {
@@ -205,38 +224,68 @@ impl Store {
             .unwrap_or_else(crate::mongo::durable_write_concern);
         let wc = bson::to_raw_document_buf(&wc)
             .map_err(|e| StoreError::Fatal(format!("write concern: {e}")))?;
-        let method = self.method(client).await?;
+        let mut method = self.method(client).await?;
         let mut start = 0;
-        for batch in statement_batches(method, docs)? {
-            let len = batch.len;
-            match method {
-                UpsertMethod::BulkWrite | UpsertMethod::Auto => {
-                    let cmd = rawdoc! {
-                        "bulkWrite": 1,
-                        "ops": batch.statements,
-                        "nsInfo": [ { "ns": format!("{}.{collection}", self.database) } ],
-                        "ordered": true,
-                        "errorsOnly": true,
-                        "writeConcern": wc.clone(),
-                    };
-                    let reply = client.database("admin").run_raw_command(cmd).await?;
-                    check_bulk_write_reply(&reply, len).map_err(|e| e.after(start))?;
+        'method: while start < docs.len() {
+            for batch in statement_batches(method, &docs[start..])? {
+                let len = batch.len;
+                match method {
+                    UpsertMethod::BulkWrite | UpsertMethod::Auto => {
+                        let cmd = rawdoc! {
+                            "bulkWrite": 1,
+                            "ops": batch.statements,
+                            "nsInfo": [ { "ns": format!("{}.{collection}", self.database) } ],
+                            "ordered": true,
+                            "errorsOnly": true,
+                            "writeConcern": wc.clone(),
+                        };
+                        let reply = match client.database("admin").run_raw_command(cmd).await {
+                            Err(e)
+                                if self.method == UpsertMethod::Auto && refuses_bulk_write(&e) =>
+                            {
+                                // Nothing of this command was written: the same statements
+                                // go again, as `update` commands.
+                                self.stop_bulk_write(&e);
+                                method = UpsertMethod::UpdateCommand;
+                                continue 'method;
+                            }
+                            reply => reply?,
+                        };
+                        check_bulk_write_reply(&reply, len).map_err(|e| e.after(start))?;
+                    }
+                    UpsertMethod::UpdateCommand => {
+                        let cmd = rawdoc! {
+                            "update": collection,
+                            "updates": batch.statements,
+                            "ordered": true,
+                            "writeConcern": wc.clone(),
+                        };
+                        let reply = client.database(&self.database).run_raw_command(cmd).await?;
+                        check_update_reply(&reply, len).map_err(|e| e.after(start))?;
+                    }
                 }
-                UpsertMethod::UpdateCommand => {
-                    let cmd = rawdoc! {
-                        "update": collection,
-                        "updates": batch.statements,
-                        "ordered": true,
-                        "writeConcern": wc.clone(),
-                    };
-                    let reply = client.database(&self.database).run_raw_command(cmd).await?;
-                    check_update_reply(&reply, len).map_err(|e| e.after(start))?;
-                }
+                start += len;
             }
-            start += len;
         }
         Ok(())
     }
+
+    /// `Auto` upserts with `update` from now on; said once.
+    fn stop_bulk_write(&self, e: &mongodb::error::Error) {
+        if !self.bulk_write_refused.swap(true, Ordering::Relaxed) {
+            warn!(
+                error = %crate::mongo::describe(e),
+                "the server refused the bulkWrite command (MongoDB 8.0 whose featureCompatibilityVersion \
+                 is still 7.0 does): upserting with update commands from now on; restart the endpoint \
+                 once the upgrade is final (setFeatureCompatibilityVersion 8.0) to use bulkWrite"
+            );
+        }
+    }
+}
+
+/// The server has the `bulkWrite` command's wire version but will not run it.
+fn refuses_bulk_write(e: &mongodb::error::Error) -> bool {
+    matches!(*e.kind, ErrorKind::Command(ref c) if BULK_WRITE_UNSUPPORTED.contains(&c.code))
 }
 
 /// The statements of one command.
