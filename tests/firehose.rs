@@ -668,6 +668,78 @@ async fn refused_records_are_set_aside_and_the_rest_written() {
     }
 }
 
+// A delivery most of whose records the database refuses for good (1,990 of 2,000 break a
+// unique index) costs a few write commands, not one per refusal: after the first refusal the
+// rest of the chunk goes unordered and every refused record of the reply is a dead letter.
+// (Ordered, each refusal stopped the command and the rest was sent again: 1,990 round trips and
+// about N^2 bytes, past the request's deadline, answered 503 with no dead letters.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_refused_records_cost_few_round_trips() {
+    use common::wire::{Sent, ZlibProxy};
+    let server = MongoServer::start();
+    if !server.owned {
+        eprintln!("skipped: needs a server of its own behind a proxy (MONGODB_TEST_URI is set)");
+        return;
+    }
+    let proxy = ZlibProxy::start(server.port);
+    let writes = || {
+        proxy
+            .sent()
+            .into_iter()
+            .filter_map(|s| match s {
+                Sent::Command { name, .. } if name == "bulkWrite" || name == "update" => Some(name),
+                _ => None,
+            })
+            .collect::<Vec<String>>()
+    };
+    for method in [UpsertMethod::Auto, UpsertMethod::UpdateCommand] {
+        let opts = Opts {
+            uri: Some(proxy.uri()),
+            method,
+            ..Opts::default()
+        };
+        let ep = start(&server, opts).await;
+        let unique = mongodb::options::IndexOptions::builder()
+            .unique(true)
+            .build();
+        let index = mongodb::IndexModel::builder()
+            .keys(doc! { "serial": 1 })
+            .options(unique)
+            .build();
+        ep.coll().create_index(index).await.unwrap();
+        // Ten serials among 2,000 records: the first record of each is stored.
+        let records: Vec<Vec<u8>> = (0..2_000)
+            .map(|i| {
+                let id = ObjectId::new();
+                format!(r#"{{"_id":"{id}","serial":{}}}"#, i % 10).into_bytes()
+            })
+            .collect();
+        for _ in 0..2 {
+            let before = writes().len();
+            let r = deliver(&ep, "req-many-refused", &records, true).await;
+            check_shape(&r, 200, "req-many-refused");
+            // The chunk, the rest of it unordered, the dead letters.
+            let sent = writes().len() - before;
+            assert!(sent <= 3, "{method:?}: {sent} write commands");
+            assert_eq!(count(&ep.coll()).await, 10, "{method:?}");
+            assert_eq!(count(&ep.rejected()).await, 1_990, "{method:?}");
+        }
+        for index in [10i64, 1_999] {
+            let d = ep
+                .rejected()
+                .find_one(doc! { "index": index })
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{method:?}: no dead letter for record {index}"));
+            let reason = d.get_str("reason").unwrap();
+            assert!(
+                reason.starts_with("refused by the database (code 11000)"),
+                "{reason}"
+            );
+        }
+    }
+}
+
 // MongoDB 8.0 whose featureCompatibilityVersion is still 7.0 (as through an upgrade) has
 // bulkWrite's wire version but refuses the command (115 CommandNotSupported): the endpoint then
 // upserts with update commands, the refused delivery at once and every later one without asking

@@ -47,7 +47,7 @@ pub use listen::{
 use super::decode::{decode_record, derived_id, DecodeOptions};
 use super::metrics::EndpointMetrics;
 use super::protocol::{response_body, BodyError, BodyReader, RequestBody, REQUEST_ID, SOURCE_ARN};
-use super::store::{Store, StoreError};
+use super::store::{Refusal, Store, StoreError};
 use crate::clock::now_ms;
 use crate::say_once::{Latch, Throttle};
 
@@ -463,28 +463,38 @@ impl DeadLetters<'_> {
 
 /// Write the chunk and empty it. A record the database refuses for good (a unique index of the
 /// operator's, a validator) joins the dead letters and the rest of the chunk is written on:
-/// otherwise the same record would fail every retry, and with it every record after it.
+/// otherwise the same record would fail every retry, and with it every record after it. The
+/// chunk goes ordered, and after a refusal the rest of it unordered, so that any number of
+/// refusals costs one more round trip: ordered, each cost one, with the rest of the chunk sent
+/// again, and a chunk most of whose records broke a validator ran past the deadline.
 async fn store_chunk(
     state: &AppState,
     body: &RequestBody<'_>,
     chunk: &mut Chunk,
     dead: &mut DeadLetters<'_>,
 ) -> Result<(), StoreError> {
-    let mut from = 0;
-    while from < chunk.docs.len() {
-        match upsert(state, &state.config.collection, &chunk.docs[from..]).await {
-            Ok(()) => break,
-            Err(StoreError::Refused { at, code, message }) => {
-                let index = chunk.indices[from + at];
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(body.records[index].data.as_bytes())
-                    .unwrap_or_default();
-                let reason = format!("refused by the database (code {code}): {message}");
-                dead.add(index, super::decode::Rejection::REFUSED, reason, raw);
-                from += at + 1;
-            }
-            Err(e) => return Err(e),
+    let collection = &state.config.collection;
+    let refused = match upsert(state, collection, &chunk.docs).await {
+        Ok(()) => Vec::new(),
+        Err(StoreError::Refused { at, code, message }) => {
+            let rest = at + 1;
+            let mut refused = vec![Refusal { at, code, message }];
+            let more = upsert_unordered(state, collection, &chunk.docs[rest..]).await?;
+            refused.extend(more.into_iter().map(|r| Refusal {
+                at: rest + r.at,
+                ..r
+            }));
+            refused
         }
+        Err(e) => return Err(e),
+    };
+    for Refusal { at, code, message } in refused {
+        let index = chunk.indices[at];
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(body.records[index].data.as_bytes())
+            .unwrap_or_default();
+        let reason = format!("refused by the database (code {code}): {message}");
+        dead.add(index, super::decode::Rejection::REFUSED, reason, raw);
     }
     *chunk = Chunk::default();
     Ok(())
@@ -507,6 +517,24 @@ async fn upsert(
         // Those before the refused one were written.
         Err(StoreError::Refused { at, .. }) => state.metrics.stored(at),
         Err(_) => {}
+    }
+    written
+}
+
+/// Upsert `docs` into `collection` unordered, timed and counted: the documents refused for good.
+async fn upsert_unordered(
+    state: &AppState,
+    collection: &str,
+    docs: &[RawDocumentBuf],
+) -> Result<Vec<Refusal>, StoreError> {
+    if docs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let started = Instant::now();
+    let written = state.store.upsert_unordered(collection, docs).await;
+    state.metrics.wrote(started.elapsed().as_secs_f64());
+    if let Ok(refused) = &written {
+        state.metrics.stored(docs.len() - refused.len());
     }
     written
 }

@@ -33,7 +33,9 @@ use tracing::warn;
 use super::decode::document_with_capacity;
 use crate::mongo::{connect, MongoError};
 
-pub use reply::{check_bulk_write_reply, check_update_reply};
+pub use reply::{
+    check_bulk_write_reply, check_unordered_update_reply, check_update_reply, Refusal,
+};
 
 /// The wire version of MongoDB 8.0, the first with the `bulkWrite` command.
 pub const BULK_WRITE_WIRE_VERSION: i32 = 25;
@@ -218,12 +220,7 @@ impl Store {
             return Ok(());
         }
         let client = self.client().await?;
-        let wc = client
-            .write_concern()
-            .cloned()
-            .unwrap_or_else(crate::mongo::durable_write_concern);
-        let wc = bson::to_raw_document_buf(&wc)
-            .map_err(|e| StoreError::Fatal(format!("write concern: {e}")))?;
+        let wc = write_concern(client)?;
         let mut method = self.method(client).await?;
         let mut start = 0;
         'method: while start < docs.len() {
@@ -254,12 +251,7 @@ impl Store {
                         check_bulk_write_reply(&reply, len).map_err(|e| e.after(start))?;
                     }
                     UpsertMethod::UpdateCommand => {
-                        let cmd = rawdoc! {
-                            "update": collection,
-                            "updates": batch.statements,
-                            "ordered": true,
-                            "writeConcern": wc.clone(),
-                        };
+                        let cmd = update_command(collection, batch.statements, true, &wc);
                         let reply = client.database(&self.database).run_raw_command(cmd).await?;
                         check_update_reply(&reply, len).map_err(|e| e.after(start))?;
                     }
@@ -268,6 +260,39 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// [`Store::upsert`] with unordered `update` commands, which go on past a document refused
+    /// for good: any number of refusals costs one round trip per 16 MiB of statements, where an
+    /// ordered write stops at each. Ok with the documents refused for good, all others written;
+    /// any other failure is an error, to retry. The `update` command on every version, as its
+    /// reply lists every write error (`bulkWrite`'s is a cursor, which may need more round
+    /// trips). A mongod applies unordered statements in order all the same, so of two documents
+    /// with one `_id` the later still wins.
+    pub async fn upsert_unordered(
+        &self,
+        collection: &str,
+        docs: &[RawDocumentBuf],
+    ) -> Result<Vec<Refusal>, StoreError> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let wc = write_concern(client)?;
+        let mut refused = Vec::new();
+        let mut start = 0;
+        for batch in statement_batches(UpsertMethod::UpdateCommand, docs)? {
+            let len = batch.len;
+            let cmd = update_command(collection, batch.statements, false, &wc);
+            let reply = client.database(&self.database).run_raw_command(cmd).await?;
+            let batch_refused = check_unordered_update_reply(&reply, len)?;
+            refused.extend(batch_refused.into_iter().map(|r| Refusal {
+                at: start + r.at,
+                ..r
+            }));
+            start += len;
+        }
+        Ok(refused)
     }
 
     /// `Auto` upserts with `update` from now on; said once.
@@ -280,6 +305,30 @@ impl Store {
                  once the upgrade is final (setFeatureCompatibilityVersion 8.0) to use bulkWrite"
             );
         }
+    }
+}
+
+/// The write concern of every command: the client's, else the durable default.
+fn write_concern(client: &Client) -> Result<RawDocumentBuf, StoreError> {
+    let wc = client
+        .write_concern()
+        .cloned()
+        .unwrap_or_else(crate::mongo::durable_write_concern);
+    bson::to_raw_document_buf(&wc).map_err(|e| StoreError::Fatal(format!("write concern: {e}")))
+}
+
+/// An `update` command of `statements` into `collection`.
+fn update_command(
+    collection: &str,
+    statements: RawArrayBuf,
+    ordered: bool,
+    wc: &RawDocumentBuf,
+) -> RawDocumentBuf {
+    rawdoc! {
+        "update": collection,
+        "updates": statements,
+        "ordered": ordered,
+        "writeConcern": wc.clone(),
     }
 }
 

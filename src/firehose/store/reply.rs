@@ -29,6 +29,17 @@ fn write_error(errors: i64, first: &Document, index_key: &str) -> StoreError {
     }
 }
 
+/// A document the server refused for good ([`REFUSED_FOR_GOOD`]) in an unordered command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its index among the documents of the write.
+    pub at: usize,
+    /// The server's error code.
+    pub code: i64,
+    /// The server's message.
+    pub message: String,
+}
+
 fn failed_command(reply: &Document, name: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "{name} command failed: {}",
@@ -94,6 +105,45 @@ pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), Sto
         )));
     }
     Ok(())
+}
+
+/// An unordered `update` reply: Ok with every statement refused for good when all the others
+/// were counted (`n` + refused = statements). The command went on past each write error, so
+/// `writeErrors` lists them all; one that may pass (or a write concern error, `ok: 0`, a short
+/// count) fails the whole command, to be retried: the upserts make that safe.
+pub fn check_unordered_update_reply(
+    reply: &Document,
+    statements: usize,
+) -> Result<Vec<Refusal>, StoreError> {
+    if !reply_ok(reply) {
+        return Err(failed_command(reply, "update"));
+    }
+    if let Some(e) = write_concern_error(reply) {
+        return Err(StoreError::Unavailable(e));
+    }
+    let errors = reply.get_array("writeErrors").map_or(&[][..], |a| &a[..]);
+    let mut refused = Vec::with_capacity(errors.len());
+    for e in errors {
+        let Some(e) = e.as_document() else {
+            return Err(StoreError::Write(
+                "a write error that is not a document".into(),
+            ));
+        };
+        match write_error(errors.len() as i64, e, "index") {
+            StoreError::Refused { at, code, message } if at < statements => {
+                refused.push(Refusal { at, code, message })
+            }
+            other => return Err(other),
+        }
+    }
+    let n = reply_count(reply, "n");
+    if n + refused.len() as i64 != statements as i64 {
+        return Err(StoreError::Unavailable(format!(
+            "update command counted {n} of {statements} statements, {} refused",
+            refused.len()
+        )));
+    }
+    Ok(refused)
 }
 
 #[cfg(test)]
@@ -208,5 +258,30 @@ mod tests {
         let good = doc! { "ok": 1.0, "nErrors": 0, "nMatched": 1i64, "nUpserted": 1i64,
         "cursor": { "id": 0i64, "firstBatch": [] } };
         assert!(check_bulk_write_reply(&good, 2).is_ok());
+    }
+
+    // An unordered reply lists every refused statement; one write error that may pass, among
+    // refused ones, fails the whole command (a retry), as does a count that does not add up.
+    #[test]
+    fn unordered_update_reply_lists_every_refusal() {
+        let refused = doc! { "ok": 1.0, "n": 2, "writeErrors": [
+        { "index": 1, "code": 11000, "errmsg": "dup" },
+        { "index": 3, "code": 121, "errmsg": "failed validation" } ] };
+        let r = check_unordered_update_reply(&refused, 4).unwrap();
+        let at: Vec<(usize, i64)> = r.iter().map(|r| (r.at, r.code)).collect();
+        assert_eq!(at, [(1, 11000), (3, 121)]);
+        assert_eq!(r[1].message, "failed validation");
+        let transient = doc! { "ok": 1.0, "n": 2, "writeErrors": [
+        { "index": 1, "code": 11000, "errmsg": "dup" },
+        { "index": 2, "code": 112, "errmsg": "write conflict" } ] };
+        assert!(matches!(
+            check_unordered_update_reply(&transient, 4),
+            Err(StoreError::Write(ref m)) if m.contains("112")
+        ));
+        let short = doc! { "ok": 1.0, "n": 1, "writeErrors": [
+        { "index": 1, "code": 11000, "errmsg": "dup" } ] };
+        assert!(check_unordered_update_reply(&short, 3).is_err());
+        let good = doc! { "ok": 1.0, "n": 3 };
+        assert_eq!(check_unordered_update_reply(&good, 3).unwrap(), []);
     }
 }
