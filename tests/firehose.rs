@@ -668,6 +668,32 @@ async fn refused_records_are_set_aside_and_the_rest_written() {
     }
 }
 
+// Firehose sends at most 10,000 records: 10,001 (empty `{}` ones here, of which a 64 MiB body
+// holds 22 million, over a gigabyte once parsed) are refused with 400 and nothing written, while
+// 10,000 are taken. A parse error quoting a long wrong-typed value is answered (and logged) cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_ten_thousand_records_answer_400() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    let url = format!("{}/", ep.url);
+    let headers = firehose_headers("req-count", Some(KEY), false);
+    let body = |records: String| {
+        format!(r#"{{"requestId":"req-count","timestamp":1,"records":{records}}}"#).into_bytes()
+    };
+    let empties = |n: usize| body(format!("[{}]", vec!["{}"; n].join(",")));
+    let r = send("POST", &url, &headers, empties(10_001)).await;
+    let m = check_shape(&r, 400, "req-count").unwrap();
+    assert!(m.contains("more than 10000 records"), "{m}");
+    assert_eq!(count(&ep.coll()).await + count(&ep.rejected()).await, 0);
+    let r = send("POST", &url, &headers, empties(10_000)).await;
+    check_shape(&r, 200, "req-count");
+    assert_eq!(count(&ep.rejected()).await, 10_000);
+    let long = body(format!(r#""{}""#, "x".repeat(1 << 20)));
+    let r = send("POST", &url, &headers, long).await;
+    let m = check_shape(&r, 400, "req-count").unwrap();
+    assert!(m.len() < 1_000, "an errorMessage of {} bytes", m.len());
+}
+
 // A delivery most of whose records the database refuses for good (1,990 of 2,000 break a
 // unique index) costs a few write commands, not one per refusal: after the first refusal the
 // rest of the chunk goes unordered and every refused record of the reply is a dead letter.

@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::marker::PhantomData;
 
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// `X-Amz-Firehose-Request-Id`: the same on every retry of a batch.
@@ -18,6 +20,12 @@ pub const SOURCE_ARN: &str = "x-amz-firehose-source-arn";
 pub const SUPPORTED_VERSION: &str = "1.0";
 /// Firehose reads at most this many characters of `errorMessage`.
 pub const MAX_ERROR_MESSAGE: usize = 8192;
+/// Most records in one request (Firehose sends 1 to 10,000). Counted while the body is parsed:
+/// a 64 MiB body of `{},` is 22 million records, over a gigabyte once parsed.
+pub const MAX_RECORDS: usize = 10_000;
+/// Most characters of a body's parse error kept: serde quotes a wrong-typed value whole, and a
+/// 60 MiB string went into the log line.
+pub const MAX_PARSE_ERROR: usize = 300;
 
 /// The request body: `{"requestId", "timestamp", "records": [{"data"}]}`. Record data borrow
 /// from the body.
@@ -29,8 +37,8 @@ pub struct RequestBody<'a> {
     /// When Firehose sent the request, in milliseconds since the epoch.
     #[serde(default)]
     pub timestamp: Option<serde_json::Number>,
-    /// The records, in the order Firehose read them.
-    #[serde(borrow)]
+    /// The records, in the order Firehose read them; at most [`MAX_RECORDS`].
+    #[serde(borrow, deserialize_with = "at_most_max_records")]
     pub records: Vec<RecordIn<'a>>,
 }
 
@@ -40,6 +48,41 @@ pub struct RecordIn<'a> {
     /// The record's bytes, base64-encoded.
     #[serde(default, borrow)]
     pub data: Cow<'a, str>,
+}
+
+/// The `records` array, refused as soon as it holds more than [`MAX_RECORDS`].
+fn at_most_max_records<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<RecordIn<'a>>, D::Error> {
+    struct Records<'a>(PhantomData<RecordIn<'a>>);
+    impl<'de: 'a, 'a> Visitor<'de> for Records<'a> {
+        type Value = Vec<RecordIn<'a>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_RECORDS} records")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut records = Vec::new();
+            while let Some(r) = seq.next_element()? {
+                if records.len() == MAX_RECORDS {
+                    return Err(de::Error::custom(format_args!(
+                        "more than {MAX_RECORDS} records (Firehose sends at most {MAX_RECORDS})"
+                    )));
+                }
+                records.push(r);
+            }
+            Ok(records)
+        }
+    }
+    d.deserialize_seq(Records(PhantomData))
+}
+
+/// A body's parse error, cut to [`MAX_PARSE_ERROR`] characters.
+pub fn parse_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.char_indices().nth(MAX_PARSE_ERROR) {
+        Some((cut, _)) => format!("{}... (cut)", &text[..cut]),
+        None => text,
+    }
 }
 
 /// The response body: exactly `{"requestId","timestamp"}`, plus `errorMessage` on failure
@@ -277,5 +320,31 @@ mod tests {
         assert_eq!(b.records.len(), 2);
         assert!(matches!(b.records[0].data, Cow::Borrowed("e30=")));
         assert_eq!(b.records[1].data, "");
+    }
+
+    // More than 10,000 records is refused while parsing; 10,000 are read.
+    #[test]
+    fn at_most_ten_thousand_records() {
+        let body = |n: usize| {
+            let records = vec!["{}"; n].join(",");
+            format!(r#"{{"requestId":"r","timestamp":1,"records":[{records}]}}"#)
+        };
+        let most = body(MAX_RECORDS);
+        let b: RequestBody = serde_json::from_str(&most).unwrap();
+        assert_eq!(b.records.len(), MAX_RECORDS);
+        let e = serde_json::from_str::<RequestBody>(&body(MAX_RECORDS + 1)).unwrap_err();
+        assert!(e.to_string().starts_with("more than 10000 records"), "{e}");
+    }
+
+    // A parse error quoting a long value is cut; a short one is kept whole.
+    #[test]
+    fn parse_errors_are_cut() {
+        let long = format!(r#"{{"requestId":"r","records":"{}"}}"#, "é".repeat(100_000));
+        let e = serde_json::from_str::<RequestBody>(&long).unwrap_err();
+        let cut = parse_error(&e);
+        assert!(cut.chars().count() <= MAX_PARSE_ERROR + 10, "{cut}");
+        assert!(cut.ends_with("... (cut)"), "{cut}");
+        let e = serde_json::from_str::<RequestBody>(r#"{"records":[]}"#).unwrap_err();
+        assert_eq!(parse_error(&e), e.to_string());
     }
 }

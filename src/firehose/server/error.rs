@@ -51,9 +51,11 @@ pub enum RequestError {
     /// Corrupt or truncated gzip, or the connection failed while the body was read: 400.
     #[error("{0}")]
     Body(BodyError),
-    /// The body is not `{"requestId","timestamp","records"}` JSON: 400.
+    /// The body is not `{"requestId","timestamp","records"}` JSON, or has more than
+    /// [`super::super::protocol::MAX_RECORDS`] records: 400. The parser's message, cut
+    /// ([`super::super::protocol::parse_error`]).
     #[error("body is not a Firehose request: {0}")]
-    NotFirehoseBody(serde_json::Error),
+    NotFirehoseBody(String),
     /// The body's `requestId` differs from the header's: 400.
     #[error("body requestId does not match the X-Amz-Firehose-Request-Id header")]
     RequestIdMismatch,

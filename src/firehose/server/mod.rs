@@ -46,7 +46,9 @@ pub use listen::{
 
 use super::decode::{decode_record, derived_id, DecodeOptions};
 use super::metrics::EndpointMetrics;
-use super::protocol::{response_body, BodyError, BodyReader, RequestBody, REQUEST_ID, SOURCE_ARN};
+use super::protocol::{
+    parse_error, response_body, BodyError, BodyReader, RequestBody, REQUEST_ID, SOURCE_ARN,
+};
 use super::store::{Refusal, Store, StoreError};
 use crate::clock::now_ms;
 use crate::say_once::{Latch, Throttle};
@@ -344,8 +346,8 @@ async fn process(
         .await
         .map_err(|_| RequestError::BodyTimeout(config.body_timeout))??;
     tally.bytes = bytes.len();
-    let parsed: RequestBody =
-        serde_json::from_slice(&bytes).map_err(RequestError::NotFirehoseBody)?;
+    let parsed: RequestBody = serde_json::from_slice(&bytes)
+        .map_err(|e| RequestError::NotFirehoseBody(parse_error(&e)))?;
     if parsed.request_id != request_id {
         return Err(RequestError::RequestIdMismatch);
     }
