@@ -1291,6 +1291,7 @@ async fn one_deadline_covers_the_body_and_the_write() {
     let store = Store::new(&proxy.uri(), &unique_name("fhdeadline"));
     let state = AppState::new(config(Duration::from_secs(6)), store)
         .with_request_deadline(Duration::from_secs(8));
+    let metrics = state.metrics.clone();
     let (addr, tx, _served) = serve_in_process(state, None, LIMITS).await;
 
     let body = firehose_body("req-deadline", &reports(3).1);
@@ -1320,6 +1321,17 @@ async fn one_deadline_covers_the_body_and_the_write() {
         took >= Duration::from_millis(7800) && took < Duration::from_millis(10_400),
         "answered after {took:?}"
     );
+    // The write the deadline cut short is in the write-duration histogram: it was observed
+    // only when a write returned, so the stalled ones, the slowest, were never seen.
+    let text = sensehat_monitor::metrics::encode(&metrics.registry()).unwrap();
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let prefix = "firehose_endpoint_database_write_duration_seconds";
+    assert_eq!(sample(&format!("{prefix}_count")), 1.0, "{text}");
+    assert!(sample(&format!("{prefix}_sum")) >= 4.0, "{text}");
     let _ = tx.send(());
 }
 

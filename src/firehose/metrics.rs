@@ -103,7 +103,7 @@ impl EndpointMetrics {
         );
         r.register_with_unit(
             "database_write_duration",
-            "Time one write command to MongoDB took, failed ones included",
+            "Time one write to MongoDB took (its commands, and the connection when it made one), failed ones and those the request's deadline cut short included",
             Unit::Seconds,
             self.write_duration.clone(),
         );
@@ -140,7 +140,7 @@ impl EndpointMetrics {
         self.requests.get_or_create(&CodeLabel { code }).inc();
     }
 
-    /// A write command took `seconds`.
+    /// A write (one or more commands) took `seconds`.
     pub fn wrote(&self, seconds: f64) {
         self.write_duration.observe(seconds);
     }

@@ -511,9 +511,8 @@ async fn upsert(
     if docs.is_empty() {
         return Ok(());
     }
-    let started = Instant::now();
+    let _timed = WriteTimer::start(&state.metrics);
     let written = state.store.upsert(collection, docs).await;
-    state.metrics.wrote(started.elapsed().as_secs_f64());
     match written {
         Ok(()) => state.metrics.stored(docs.len()),
         // Those before the refused one were written.
@@ -532,11 +531,32 @@ async fn upsert_unordered(
     if docs.is_empty() {
         return Ok(Vec::new());
     }
-    let started = Instant::now();
+    let _timed = WriteTimer::start(&state.metrics);
     let written = state.store.upsert_unordered(collection, docs).await;
-    state.metrics.wrote(started.elapsed().as_secs_f64());
     if let Ok(refused) = &written {
         state.metrics.stored(docs.len() - refused.len());
     }
     written
+}
+
+/// Times a write to the database until it is dropped: when the write returns, and also when
+/// the request's deadline (or a client gone) drops it unfinished, the slowest writes of all.
+struct WriteTimer<'a> {
+    metrics: &'a EndpointMetrics,
+    started: Instant,
+}
+
+impl<'a> WriteTimer<'a> {
+    fn start(metrics: &'a EndpointMetrics) -> Self {
+        WriteTimer {
+            metrics,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for WriteTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics.wrote(self.started.elapsed().as_secs_f64());
+    }
 }
