@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use common::wire::{Sent, Withhold, ZlibProxy};
 use common::MongoServer;
-use dashboard_support::{insert, readings, Dashboard, T0_MS};
+use dashboard_support::{get_as, insert, readings, Dashboard, T0_MS};
 
 /// The dashboard's header timeout (`listener::HEADER_TIMEOUT`), declared again here.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -450,4 +450,59 @@ async fn an_outage_is_said_once_not_once_a_request() {
         .unwrap();
     let said = warnings()[before..].to_vec();
     assert_eq!(said.len(), 2, "{said:#?}");
+}
+
+// A page whose own name was pointed at 127.0.0.1 (DNS rebinding) is answered 421 on the page
+// and the API, with how to allow the name, where it used to read every node's readings; IP
+// addresses and localhost are answered, and so is a name given with --allowed-host.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_allowed_host_names_are_answered() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_host");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "5s");
+    let uri = server.uri.clone();
+    tokio::task::spawn_blocking(move || {
+        let port = |d: &Dashboard| d.addr.rsplit(':').next().unwrap().to_owned();
+        let csv = format!(
+            "/api/csv?node=node-a&from={}",
+            dashboard_support::iso(T0_MS)
+        );
+        let paths = ["/", "/api/nodes", csv.as_str()];
+        for path in paths {
+            let r = get_as(&dash.addr, &format!("rebind.example:{}", port(&dash)), path);
+            assert_eq!(r.status, 421, "{path}: {}", r.body);
+            let said: Value = serde_json::from_str(&r.body).unwrap();
+            let said = said["error"].as_str().unwrap();
+            assert!(said.contains("--allowed-host rebind.example"), "{said}");
+            assert!(!r.body.contains("node-a"), "{path}: {}", r.body);
+            for host in ["127.0.0.1", "localhost", "[::1]"] {
+                let host = format!("{host}:{}", port(&dash));
+                let r = get_as(&dash.addr, &host, path);
+                assert_eq!(r.status, 200, "{host}{path}: {}", r.body);
+            }
+        }
+        // HTTP/1.0 without a Host: no browser sends that, and scripts may.
+        let mut s = TcpStream::connect(&dash.addr).unwrap();
+        s.write_all(b"GET /api/nodes HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer.split(' ').nth(1), Some("200"), "{answer}");
+        let allowing =
+            Dashboard::start_with(&uri, &db, "5s", &["--allowed-host", "rebind.example"]);
+        for path in paths {
+            let host = format!("rebind.example:{}", port(&allowing));
+            let r = get_as(&allowing.addr, &host, path);
+            assert_eq!(r.status, 200, "{host}{path}: {}", r.body);
+            let host = format!("other.example:{}", port(&allowing));
+            assert_eq!(get_as(&allowing.addr, &host, path).status, 421, "{host}");
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -142,7 +142,9 @@ async fn render_and_check_config() {
 
 // check-config refuses, with exit 2 and the reason, options the service cannot run with: a
 // query timeout of 0 (every request would be answered 503), one longer than maxTimeMS holds,
-// and a bare port as --metrics-listen (which used to pass, and then failed the service at start).
+// a bare port as --metrics-listen (which used to pass, and then failed the service at start),
+// and an --allowed-host that is no host name; the names allowed, from the environment too, are
+// said.
 #[test]
 fn check_config_refuses_what_cannot_run() {
     let check = |args: &[&str]| {
@@ -161,6 +163,7 @@ fn check_config_refuses_what_cannot_run() {
         (["--query-timeout", "25d"], "maxTimeMS"),
         (["--metrics-listen", "9467"], "HOST:PORT"),
         (["--metrics-listen", ":9467"], "HOST:PORT"),
+        (["--allowed-host", "dash.example/x"], "NAME:PORT"),
     ] {
         let (code, said) = check(&args);
         assert_eq!(code, Some(2), "{args:?}: {said}");
@@ -187,4 +190,26 @@ fn check_config_refuses_what_cannot_run() {
         let (code, said) = check(&args);
         assert_eq!(code, Some(0), "{args:?}: {said}");
     }
+    let out = std::process::Command::new(dashboard_support::dashboard_bin())
+        .args(["--allowed-host", "dash.example", "check-config"])
+        .env("MONGODB_CONNECTION_STRING", "mongodb://db.example.net/")
+        .env("DASHBOARD_ALLOWED_HOSTS", "pi.lan:8080,dash.example")
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        found.contains("answers to: localhost, IP addresses, dash.example\n"),
+        "the command line wins over the environment: {found}"
+    );
+    let out = std::process::Command::new(dashboard_support::dashboard_bin())
+        .arg("check-config")
+        .env("MONGODB_CONNECTION_STRING", "mongodb://db.example.net/")
+        .env("DASHBOARD_ALLOWED_HOSTS", "pi.lan:8080,dash.example")
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        found.contains("answers to: localhost, IP addresses, pi.lan:8080, dash.example\n"),
+        "{found}"
+    );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use super::host::AllowedHosts;
 use super::query::Field;
 
 /// Where the dashboard listens by default: this machine only. Put a reverse proxy with TLS and a
@@ -89,6 +90,19 @@ pub struct CommonArgs {
     /// off by default.
     #[arg(long, env = "DASHBOARD_METRICS_LISTEN", value_parser = crate::metrics::listen_addr)]
     pub metrics_listen: Option<String>,
+
+    /// A host name the page may be reached by, besides localhost and IP addresses: the name a
+    /// reverse proxy passes on or a LAN name (NAME, or NAME:PORT for that port only). Repeat
+    /// it, or separate names with commas. Requests naming any other host are answered 421, so
+    /// that a web page cannot read the dashboard by pointing its own name at this machine
+    /// (DNS rebinding).
+    #[arg(
+        long = "allowed-host",
+        env = "DASHBOARD_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The subcommands.
@@ -144,6 +158,8 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Where to serve metrics and health checks, if anywhere.
     pub metrics_listen: Option<String>,
+    /// The host names the page answers to besides localhost and IP addresses.
+    pub allowed_hosts: AllowedHosts,
 }
 
 /// Why a command line cannot be used.
@@ -158,6 +174,9 @@ pub enum ConfigError {
     /// The connection string cannot work (the message never holds its password).
     #[error("{0}")]
     BadUri(String),
+    /// An `--allowed-host` is not a host name.
+    #[error("{0}")]
+    BadAllowedHost(String),
 }
 
 impl CommonArgs {
@@ -170,6 +189,8 @@ impl CommonArgs {
         crate::mongo::check_uri(&uri)
             .await
             .map_err(ConfigError::BadUri)?;
+        let allowed_hosts =
+            AllowedHosts::new(&self.allowed_hosts).map_err(ConfigError::BadAllowedHost)?;
         Ok(Config {
             listen: self.listen,
             uri,
@@ -178,6 +199,7 @@ impl CommonArgs {
             stale_after: self.stale_after,
             query_timeout: self.query_timeout,
             metrics_listen: self.metrics_listen,
+            allowed_hosts,
         })
     }
 }

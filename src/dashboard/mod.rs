@@ -10,6 +10,7 @@
 //! - [`render`]: one node's chart as a PNG or SVG file, with `plotters`.
 //! - [`metrics`]: requests by route and status, served on `--metrics-listen`.
 //! - [`limit`]: connections served at once, and API requests querying MongoDB at once.
+//! - [`host`]: the host names it answers to, against DNS rebinding.
 //!
 //! Bucketing happens inside MongoDB (`$group` on a bucket computed from `recordedAt`), so a
 //! chart of a month costs 600 documents on the wire rather than five million.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod config;
 pub mod csv;
+pub mod host;
 pub mod limit;
 pub mod metrics;
 pub mod page;
@@ -49,12 +51,16 @@ pub struct AppState {
     pub turns: limit::Turns,
     /// The API's failures, said once per outage.
     pub failures: Arc<api::Failures>,
+    /// The host names answered besides localhost and IP addresses.
+    pub allowed_hosts: Arc<host::AllowedHosts>,
 }
 
 /// The router: the page, its assets and the API, each request counted, at most
-/// [`limit::MAX_QUERYING`] API requests querying the database at once. Tests call it directly.
+/// [`limit::MAX_QUERYING`] API requests querying the database at once, and only for a `Host`
+/// that [`host::check`] allows. Tests call it directly.
 pub fn app(state: AppState) -> Router {
     let counting = axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::track);
+    let host_check = axum::middleware::from_fn_with_state(state.allowed_hosts.clone(), host::check);
     let turns = axum::middleware::from_fn_with_state(state.turns.clone(), limit::take_turn);
     let say_failures =
         axum::middleware::from_fn_with_state(state.failures.clone(), api::say_failures);
@@ -72,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/assets/dashboard.js", get(page::script))
         .route("/assets/dashboard.css", get(page::style))
         .merge(api)
+        .layer(host_check)
         .layer(counting)
         .with_state(state)
 }
@@ -144,6 +151,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
          read: {}.{}\n\
          stale after: {:?}; query timeout: {:?}\n\
          metrics: {}\n\
+         answers to: {}\n\
          MongoDB connection string: well formed (not contacted)\n",
         config.listen,
         config.database,
@@ -151,6 +159,7 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
         config.stale_after,
         config.query_timeout,
         config.metrics_listen.as_deref().unwrap_or("off"),
+        config.allowed_hosts,
     ))
 }
 
@@ -191,6 +200,7 @@ pub async fn run(
         metrics: counted,
         turns: limit::turns(),
         failures: Arc::default(),
+        allowed_hosts: Arc::new(config.allowed_hosts),
     };
     let service = hyper_util::service::TowerToHyperService::new(app(state));
     let limits = crate::listener::Limits::new(limit::MAX_CONNECTIONS);
@@ -212,6 +222,7 @@ mod tests {
             stale_after: Duration::from_secs(5),
             query_timeout: Duration::from_secs(10),
             metrics_listen: None,
+            allowed_hosts: host::AllowedHosts::default(),
         }
     }
 

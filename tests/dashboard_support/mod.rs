@@ -125,11 +125,16 @@ impl Reply {
 /// A blocking HTTP/1.1 GET with `Connection: close`. The body is read by its length or its
 /// chunks, since a server may keep the connection open regardless (Chromium's does).
 pub fn get(addr: &str, path: &str) -> Reply {
+    get_as(addr, addr, path)
+}
+
+/// [`get`] with `host` as the `Host` header, as a browser sends the name it was given.
+pub fn get_as(addr: &str, host: &str, path: &str) -> Reply {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut r = BufReader::new(s);
