@@ -362,6 +362,45 @@ async fn a_fleet_charts_a_bounded_number_of_nodes_and_any_number_of_points() {
 const LINES_DRAWN: &str = "['temperature','humidity','pressure'].every(f => \
     document.querySelectorAll('#chart-' + f + ' path.line').length >= 2)";
 
+// The page's CSV link for a window holding more readings than a CSV may (here a cap of 100,
+// against 150 readings in the last hour) shows the reason, to choose a shorter window, where it
+// used to download the oldest 100 rows and say nothing of the newest.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_csv_link_of_a_window_over_the_cap_says_why() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_csv_link");
+    let start = DateTime::now().timestamp_millis() - 1_800_000;
+    insert(
+        &server.client().await,
+        &db,
+        readings("porch-pi", 0, start, 10_000, 150, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start_with(&server.uri, &db, "1h", &["--csv-max-rows", "100"]);
+    let url = format!("http://{}/", dash.addr);
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 900));
+        b.navigate(&url);
+        b.wait_for("document.querySelectorAll('.tile').length === 1", Duration::from_secs(30), "the tile");
+        b.eval("(() => { const w = document.getElementById('window'); w.value = '1h'; \
+                const m = document.getElementById('node'); m.value = 'porch-pi'; \
+                m.dispatchEvent(new Event('change')); })()");
+        b.wait_for("!document.getElementById('csv').hidden && document.getElementById('csv').href.includes('porch-pi')",
+                   Duration::from_secs(30), "the CSV link");
+        b.eval("document.getElementById('csv').click()");
+        b.wait_for("document.body !== null && document.body.innerText.includes('choose a shorter window')",
+                   Duration::from_secs(30), "the reason the CSV was refused");
+        let shown = b.eval("document.body.innerText");
+        assert!(shown.as_str().unwrap().contains("more than 100 readings of porch-pi"), "{shown}");
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
 /// porch-pi's tile.
 const TILE: &str = "document.querySelector('.tile[data-node=\"porch-pi\"]')";
 

@@ -1,7 +1,7 @@
 //! The JSON API: `/api/nodes`, `/api/series`, `/api/motion` and `/api/health`. Every error
 //! answer is `{"error": "one line"}` with a status saying whose fault it is: 400 for a bad
-//! parameter, 404 for an unknown node, 503 while the database does not answer or too many
-//! requests are querying it.
+//! parameter, 404 for an unknown node, 422 for a CSV window holding too many readings, 503
+//! while the database does not answer or too many requests are querying it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +32,9 @@ pub enum ApiError {
     /// No such node (404).
     #[error("{0}")]
     NotFound(String),
+    /// The window holds more readings than one answer may (422): a shorter one would do.
+    #[error("{0}")]
+    TooMany(String),
     /// The database is unreachable or too slow (503); the page retries.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -63,6 +66,7 @@ impl IntoResponse for ApiError {
         let status = match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooMany(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -103,6 +103,12 @@ pub struct CommonArgs {
         value_name = "NAME"
     )]
     pub allowed_hosts: Vec<String>,
+
+    /// The most rows a CSV download may hold; a longer window is refused (for tests).
+    #[arg(long, env = "DASHBOARD_CSV_MAX_ROWS", hide = true,
+          default_value_t = super::csv::MAX_CSV_ROWS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub csv_max_rows: u64,
 }
 
 /// The subcommands.
@@ -160,6 +166,8 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// The host names the page answers to besides localhost and IP addresses.
     pub allowed_hosts: AllowedHosts,
+    /// The most rows one CSV download holds.
+    pub csv_max_rows: u64,
 }
 
 /// Why a command line cannot be used.
@@ -200,6 +208,7 @@ impl CommonArgs {
             query_timeout: self.query_timeout,
             metrics_listen: self.metrics_listen,
             allowed_hosts,
+            csv_max_rows: self.csv_max_rows,
         })
     }
 }

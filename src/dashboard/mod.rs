@@ -53,6 +53,8 @@ pub struct AppState {
     pub failures: Arc<api::Failures>,
     /// The host names answered besides localhost and IP addresses.
     pub allowed_hosts: Arc<host::AllowedHosts>,
+    /// The most rows one CSV download holds.
+    pub csv_max_rows: u64,
 }
 
 /// The router: the page, its assets and the API, each request counted, at most
@@ -201,6 +203,7 @@ pub async fn run(
         turns: limit::turns(),
         failures: Arc::default(),
         allowed_hosts: Arc::new(config.allowed_hosts),
+        csv_max_rows: config.csv_max_rows,
     };
     let service = hyper_util::service::TowerToHyperService::new(app(state));
     let limits = crate::listener::Limits::new(limit::MAX_CONNECTIONS);
@@ -223,6 +226,7 @@ mod tests {
             query_timeout: Duration::from_secs(10),
             metrics_listen: None,
             allowed_hosts: host::AllowedHosts::default(),
+            csv_max_rows: csv::MAX_CSV_ROWS,
         }
     }
 

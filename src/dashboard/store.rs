@@ -377,7 +377,7 @@ impl Store {
         .await
     }
 
-    /// One node's raw readings in the window, oldest first, at most `limit`, as a stream in
+    /// One node's raw readings in the window, oldest first, as a stream in
     /// which every batch is bounded by the query timeout: the `find` of the first and each
     /// `getMore` after it. Nothing times the stream as a whole (a download reads it as fast
     /// as its client takes the rows), so a batch the database never answered used to hold the
@@ -387,15 +387,13 @@ impl Store {
         &self,
         node: &str,
         window: &Window,
-        limit: i64,
     ) -> Result<impl Stream<Item = Result<Document, MongoError>> + Send + 'static, MongoError> {
         let reports = self.reports().await?;
         let cursor = self
             .bounded(
                 reports
                     .find(window.match_node(node))
-                    .sort(doc! { field::RECORDED_AT: 1 })
-                    .limit(limit),
+                    .sort(doc! { field::RECORDED_AT: 1 }),
             )
             .await?;
         Ok(stream::unfold(
