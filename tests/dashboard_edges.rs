@@ -506,3 +506,87 @@ async fn only_allowed_host_names_are_answered() {
     .await
     .unwrap();
 }
+
+// A query the server stops at its time limit (MaxTimeMSExpired, code 50: the database is up,
+// the window long) is answered 503 saying to choose a shorter window or raise
+// --query-timeout, and is no outage in the log. It was answered "database unavailable" and
+// logged as one; and since the client gave up at the same moment the server would have, a
+// slow window on a healthy database was said to be a database that did not answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_the_server_stops_at_its_time_limit_is_no_outage() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_expired");
+    insert(
+        &server.client().await,
+        &db,
+        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
+    )
+    .await;
+    let proxy = ZlibProxy::start_withholding(
+        server.port,
+        &[(
+            "aggregate",
+            // As a healthy server answers a query that took longer than its maxTimeMS.
+            Withhold::CommandError(50, "MaxTimeMSExpired", "operation exceeded time limit"),
+        )],
+    );
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut child = dashboard_support::command(&proxy.uri(), &db, "5s", &addr)
+        .args(["--query-timeout", "3s"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sensehat-dashboard");
+    let stderr = child.stderr.take().unwrap();
+    let _child = common::Reaped(child);
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            seen.lock().unwrap().push(line);
+        }
+    });
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "the dashboard did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let window = format!(
+            "node=node-a&from={}&to={}",
+            dashboard_support::iso(T0_MS),
+            dashboard_support::iso(T0_MS + 60_000)
+        );
+        for path in ["/api/chart", "/api/series", "/api/motion"] {
+            let path = format!("{path}?field=temperature&{window}");
+            let r = dashboard_support::get(&addr, &path);
+            assert_eq!(r.status, 503, "{path}: {}", r.body);
+            let said: Value = serde_json::from_str(&r.body).unwrap();
+            let said = said["error"].as_str().unwrap();
+            assert!(
+                said.contains("took longer than --query-timeout (3s)")
+                    && said.contains("choose a shorter window or raise --query-timeout")
+                    && !said.contains("unavailable"),
+                "{said}"
+            );
+        }
+        // The database answers what it can.
+        assert_eq!(dashboard_support::get(&addr, "/api/nodes").status, 200);
+        std::thread::sleep(Duration::from_millis(500));
+        let warnings: Vec<String> = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("WARN"))
+            .cloned()
+            .collect();
+        assert!(warnings.is_empty(), "{warnings:#?}");
+    })
+    .await
+    .unwrap();
+}

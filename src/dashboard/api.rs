@@ -1,7 +1,8 @@
 //! The JSON API: `/api/nodes`, `/api/series`, `/api/motion` and `/api/health`. Every error
 //! answer is `{"error": "one line"}` with a status saying whose fault it is: 400 for a bad
 //! parameter, 404 for an unknown node, 422 for a CSV window holding too many readings, 503
-//! while the database does not answer or too many requests are querying it.
+//! while the database does not answer, too many requests are querying it, or a query took
+//! longer than `--query-timeout` (only the first is an outage, said in the log).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +15,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::query::{iso, Field, Window, WindowError};
-use super::store::{report_json, Store};
+use super::store::{report_json, ReadError, Store};
 use super::AppState;
 use crate::mongo::MongoError;
 use crate::report::field;
@@ -41,6 +42,10 @@ pub enum ApiError {
     /// Too many requests are querying the database already (503); the page retries.
     #[error("busy: {0}")]
     Busy(String),
+    /// The server stopped the query at `--query-timeout` (503): the database is up, the
+    /// window too long for it.
+    #[error("{0}")]
+    TooSlow(String),
     /// The database refuses for a reason retrying will not fix, such as a missing privilege (500).
     #[error("database refused: {0}")]
     Refused(String),
@@ -51,6 +56,15 @@ impl From<MongoError> for ApiError {
         match e {
             MongoError::Unavailable(m) => ApiError::Unavailable(m),
             MongoError::Fatal(m) => ApiError::Refused(m),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Mongo(e) => e.into(),
+            e @ ReadError::TooSlow(_) => ApiError::TooSlow(e.to_string()),
         }
     }
 }
@@ -67,14 +81,17 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooMany(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::TooSlow(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = one_line(&self.to_string());
         let mut response = (status, Json(json!({ "error": &message }))).into_response();
         // The database's failures are said by [`say_failures`], once per outage; a flood's
-        // every refused request is not worth a line at all.
-        if status.is_server_error() && !matches!(self, ApiError::Busy(_)) {
+        // every refused request is not worth a line at all, nor a long window on a database
+        // that answers.
+        if status.is_server_error() && !matches!(self, ApiError::Busy(_) | ApiError::TooSlow(_)) {
             response.extensions_mut().insert(Failed(message));
         }
         response

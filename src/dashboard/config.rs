@@ -26,8 +26,8 @@ pub const DEFAULT_COLLECTION: &str = "reports";
 pub const DEFAULT_STALE_AFTER: &str = "15s";
 /// How long one database read may take before the page says the database is unavailable.
 pub const DEFAULT_QUERY_TIMEOUT: &str = "10s";
-/// The longest `--query-timeout`: each query carries it to the server as `maxTimeMS`, a 32-bit
-/// count of milliseconds (about 24.8 days), which a longer one overflows.
+/// The longest `--query-timeout`: each query carries it (a little less) to the server as
+/// `maxTimeMS`, a 32-bit count of milliseconds (about 24.8 days), which a longer one overflows.
 pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
 /// The default chart size of `render`, pixels.
 pub const DEFAULT_RENDER_SIZE: (u32, u32) = (1000, 400);

@@ -15,7 +15,7 @@ use plotters::prelude::*;
 
 use super::config::{Config, RenderArgs};
 use super::query::{iso, Field, Window, WindowError};
-use super::store::{Mark, Point, Store};
+use super::store::{Mark, Point, ReadError, Store};
 use crate::mongo::MongoError;
 
 /// The line colour of the average.
@@ -52,6 +52,9 @@ pub enum RenderError {
     /// The database failed.
     #[error("{0}")]
     Mongo(#[from] MongoError),
+    /// A read failed, or took longer than `--query-timeout`.
+    #[error("{0}")]
+    Read(#[from] ReadError),
     /// Drawing or writing the file failed.
     #[error("cannot write {path}: {message}")]
     Write {

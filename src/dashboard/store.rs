@@ -2,7 +2,8 @@
 //! bucketed series and motion marks (aggregation pipelines from [`super::query`], run inside
 //! MongoDB), raw readings for CSV, and the `{nodeName: 1, recordedAt: 1}` index they all use.
 //! Every call is bounded in time (`--query-timeout`), so a database that stops answering becomes a
-//! [`MongoError::Unavailable`] in seconds instead of a hung page.
+//! [`MongoError::Unavailable`] in seconds instead of a hung page; a query the server itself
+//! stops at that limit is [`ReadError::TooSlow`], a long window rather than an outage.
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,32 @@ pub const NAMES_TTL: Duration = Duration::from_secs(30);
 pub const FUTURE_SLACK: Duration = Duration::from_secs(60);
 /// The index every query of the dashboard uses.
 pub const INDEX_NAME: &str = "nodeName_1_recordedAt_1";
+/// How much sooner than the dashboard gives up on a query the server is asked to stop it
+/// (`maxTimeMS`), at most: time for the server's answer to come back, so that a query that is
+/// merely slow is told apart from a database that does not answer. A tenth of a shorter
+/// `--query-timeout`.
+pub const SERVER_LIMIT_MARGIN: Duration = Duration::from_secs(1);
+/// The server's code for a command stopped at its `maxTimeMS` (MaxTimeMSExpired).
+const MAX_TIME_MS_EXPIRED: i32 = 50;
+
+/// Why a read failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The database did not answer, or refused (see [`MongoError`]).
+    #[error("{0}")]
+    Mongo(#[from] MongoError),
+    /// The server answered that it stopped the query at its time limit: the database is up,
+    /// and the window holds more than it reads in `--query-timeout` (this long).
+    #[error("this window took longer than --query-timeout ({0:?}) to read: choose a shorter window or raise --query-timeout")]
+    TooSlow(Duration),
+}
+
+/// The `maxTimeMS` a query carries for a client that waits `timeout`: [`SERVER_LIMIT_MARGIN`]
+/// or a tenth less, whichever is shorter, and at least a millisecond (0 would be no limit).
+pub fn server_time_limit(timeout: Duration) -> Duration {
+    let margin = (timeout / 10).min(SERVER_LIMIT_MARGIN);
+    timeout.saturating_sub(margin).max(Duration::from_millis(1))
+}
 
 /// One bucket of a series.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,6 +101,8 @@ pub struct Store {
     collection: String,
     uri: String,
     timeout: Duration,
+    /// The `maxTimeMS` each query carries: [`server_time_limit`] of `timeout`.
+    server_limit: Duration,
     names: Arc<NameCache>,
 }
 
@@ -90,7 +119,7 @@ struct Names {
     read_at: Instant,
     /// Its number in [`NameCache::ended`].
     number: u64,
-    outcome: Result<Vec<String>, MongoError>,
+    outcome: Result<Vec<String>, ReadError>,
 }
 
 impl Store {
@@ -109,6 +138,7 @@ impl Store {
             collection: config.collection.clone(),
             uri: config.uri.clone(),
             timeout: config.query_timeout,
+            server_limit: server_time_limit(config.query_timeout),
             names: Arc::default(),
         })
     }
@@ -131,15 +161,19 @@ impl Store {
     }
 
     /// Run `f` within the configured timeout, its errors classified and redacted. Each query
-    /// also asks the server to stop at that limit (`maxTimeMS`), so work this gives up on is
-    /// not left running there while the page asks again (the CSV's cursor, which streams for
-    /// as long as the download takes, excepted).
-    async fn bounded<T, F>(&self, f: F) -> Result<T, MongoError>
+    /// also asks the server to stop a little before that limit (`maxTimeMS`), so work this
+    /// gives up on is not left running there while the page asks again (the CSV's cursor,
+    /// which streams for as long as the download takes, excepted), and so a server that is
+    /// merely slow says so before the client's timer takes it for one that is away.
+    async fn bounded<T, F>(&self, f: F) -> Result<T, ReadError>
     where
         F: IntoFuture<Output = mongodb::error::Result<T>>,
     {
         match tokio::time::timeout(self.timeout, f.into_future()).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if server_code(&e) == Some(MAX_TIME_MS_EXPIRED) => {
+                Err(ReadError::TooSlow(self.timeout))
+            }
             // A refusal retrying cannot mend (a missing privilege) is the operator's to fix,
             // and is answered so, rather than as a database that is away.
             Ok(Err(e)) => Err(
@@ -148,12 +182,14 @@ impl Store {
                         MongoError::Unavailable(redact_credentials(&m, &self.uri))
                     }
                     MongoError::Fatal(m) => MongoError::Fatal(redact_credentials(&m, &self.uri)),
-                },
+                }
+                .into(),
             ),
             Err(_) => Err(MongoError::Unavailable(format!(
                 "the database did not answer within {:?}",
                 self.timeout
-            ))),
+            ))
+            .into()),
         }
     }
 
@@ -186,7 +222,7 @@ impl Store {
 
     /// The BSON type of the newest document's `recordedAt` (by `_id`, which the index has)
     /// when it is not a date; `None` when it is, or there is no document.
-    pub async fn recorded_at_not_a_date(&self) -> Result<Option<String>, MongoError> {
+    pub async fn recorded_at_not_a_date(&self) -> Result<Option<String>, ReadError> {
         let reports = self.reports().await?;
         let newest = self
             .bounded(
@@ -194,7 +230,7 @@ impl Store {
                     .find_one(doc! {})
                     .sort(doc! { field::ID: -1 })
                     .projection(doc! { field::RECORDED_AT: 1 })
-                    .max_time(self.timeout),
+                    .max_time(self.server_limit),
             )
             .await?;
         Ok(newest.and_then(|d| match d.get(field::RECORDED_AT) {
@@ -206,7 +242,7 @@ impl Store {
 
     /// Every node name (a non-empty string), sorted; asked of the database at most every
     /// [`NAMES_TTL`].
-    pub async fn node_names(&self) -> Result<Vec<String>, MongoError> {
+    pub async fn node_names(&self) -> Result<Vec<String>, ReadError> {
         let before = self.names.ended.load(Ordering::Acquire);
         // Held across the query so that concurrent requests wait for one `distinct`, and take
         // its outcome, a failure too: with the database down, each would otherwise wait for
@@ -231,19 +267,17 @@ impl Store {
             outcome
         });
         read.await.unwrap_or_else(|e| {
-            Err(MongoError::Unavailable(format!(
-                "reading the node names failed: {e}"
-            )))
+            Err(MongoError::Unavailable(format!("reading the node names failed: {e}")).into())
         })
     }
 
-    async fn distinct_names(&self) -> Result<Vec<String>, MongoError> {
+    async fn distinct_names(&self) -> Result<Vec<String>, ReadError> {
         let reports = self.reports().await?;
         let names = self
             .bounded(
                 reports
                     .distinct(field::NODE_NAME, doc! {})
-                    .max_time(self.timeout),
+                    .max_time(self.server_limit),
             )
             .await?;
         let mut names: Vec<String> = names
@@ -261,7 +295,7 @@ impl Store {
 
     /// A node's latest report dated no later than [`FUTURE_SLACK`] from now, `None` for a node
     /// with none.
-    pub async fn latest(&self, node: &str) -> Result<Option<Document>, MongoError> {
+    pub async fn latest(&self, node: &str) -> Result<Option<Document>, ReadError> {
         let until = crate::clock::now_ms().saturating_add(FUTURE_SLACK.as_millis() as i64);
         let reports = self.reports().await?;
         self.bounded(
@@ -271,20 +305,20 @@ impl Store {
                     field::RECORDED_AT: { "$lte": mongodb::bson::DateTime::from_millis(until) },
                 })
                 .sort(doc! { field::RECORDED_AT: -1 })
-                .max_time(self.timeout),
+                .max_time(self.server_limit),
         )
         .await
     }
 
     /// Whether a node has any report at all.
-    pub async fn node_exists(&self, node: &str) -> Result<bool, MongoError> {
+    pub async fn node_exists(&self, node: &str) -> Result<bool, ReadError> {
         let reports = self.reports().await?;
         Ok(self
             .bounded(
                 reports
                     .find_one(doc! { field::NODE_NAME: node })
                     .projection(doc! { field::ID: 1 })
-                    .max_time(self.timeout),
+                    .max_time(self.server_limit),
             )
             .await?
             .is_some())
@@ -297,7 +331,7 @@ impl Store {
         window: &Window,
         field: Field,
         width: i64,
-    ) -> Result<Vec<Point>, MongoError> {
+    ) -> Result<Vec<Point>, ReadError> {
         let pipeline = series_pipeline(node, window, field, width);
         let docs = self.aggregate(pipeline).await?;
         Ok(docs.iter().filter_map(point).collect())
@@ -309,7 +343,7 @@ impl Store {
         node: &str,
         window: &Window,
         width: i64,
-    ) -> Result<Vec<Mark>, MongoError> {
+    ) -> Result<Vec<Mark>, ReadError> {
         let docs = self.aggregate(motion_pipeline(node, window, width)).await?;
         Ok(docs
             .iter()
@@ -330,7 +364,7 @@ impl Store {
         window: &Window,
         fields: &[Field],
         width: i64,
-    ) -> Result<(Vec<Vec<Point>>, Vec<Mark>), MongoError> {
+    ) -> Result<(Vec<Vec<Point>>, Vec<Mark>), ReadError> {
         let docs = self
             .aggregate(chart_pipeline(node, window, fields, width))
             .await?;
@@ -368,10 +402,13 @@ impl Store {
         Ok((series, marks))
     }
 
-    async fn aggregate(&self, pipeline: Vec<Document>) -> Result<Vec<Document>, MongoError> {
+    async fn aggregate(&self, pipeline: Vec<Document>) -> Result<Vec<Document>, ReadError> {
         let reports = self.reports().await?;
         self.bounded(async {
-            let cursor = reports.aggregate(pipeline).max_time(self.timeout).await?;
+            let cursor = reports
+                .aggregate(pipeline)
+                .max_time(self.server_limit)
+                .await?;
             cursor.try_collect().await
         })
         .await
@@ -387,7 +424,7 @@ impl Store {
         &self,
         node: &str,
         window: &Window,
-    ) -> Result<impl Stream<Item = Result<Document, MongoError>> + Send + 'static, MongoError> {
+    ) -> Result<impl Stream<Item = Result<Document, ReadError>> + Send + 'static, ReadError> {
         let reports = self.reports().await?;
         let cursor = self
             .bounded(
@@ -410,7 +447,7 @@ impl Store {
     }
 
     /// Whether the window holds more than `n` of the node's readings (skipping along the index).
-    pub async fn more_than(&self, node: &str, window: &Window, n: u64) -> Result<bool, MongoError> {
+    pub async fn more_than(&self, node: &str, window: &Window, n: u64) -> Result<bool, ReadError> {
         let past = self
             .reports()
             .await?
@@ -418,19 +455,19 @@ impl Store {
             .sort(doc! { field::RECORDED_AT: 1 })
             .skip(n)
             .projection(doc! { field::ID: 1 })
-            .max_time(self.timeout);
+            .max_time(self.server_limit);
         Ok(self.bounded(past).await?.is_some())
     }
 
     /// Whether the dashboard can read the readings: one `find` of a single `_id`. A ping would
     /// answer for a user that may not read the collection, whose every page then fails.
-    pub async fn readable(&self) -> Result<(), MongoError> {
+    pub async fn readable(&self) -> Result<(), ReadError> {
         let reports = self.reports().await?;
         self.bounded(
             reports
                 .find_one(doc! {})
                 .projection(doc! { field::ID: 1 })
-                .max_time(self.timeout),
+                .max_time(self.server_limit),
         )
         .await?;
         Ok(())
@@ -451,6 +488,14 @@ fn refusal(e: &mongodb::error::Error) -> Option<String> {
             describe(e)
         )),
         mongodb::error::ErrorKind::Command(_) => Some(describe(e)),
+        _ => None,
+    }
+}
+
+/// The server's error code, for a command it refused.
+fn server_code(e: &mongodb::error::Error) -> Option<i32> {
+    match *e.kind {
+        mongodb::error::ErrorKind::Command(ref c) => Some(c.code),
         _ => None,
     }
 }
@@ -502,6 +547,17 @@ fn bson_json(b: &Bson) -> Value {
 mod tests {
     use super::*;
     use mongodb::bson::{oid::ObjectId, DateTime};
+
+    // The server is asked to stop a query soon enough for its answer to come back before the
+    // client gives up, and never with 0 (no limit).
+    #[test]
+    fn the_server_stops_a_query_before_the_client_does() {
+        let ms = Duration::from_millis;
+        assert_eq!(server_time_limit(Duration::from_secs(10)), ms(9_000));
+        assert_eq!(server_time_limit(Duration::from_secs(60)), ms(59_000));
+        assert_eq!(server_time_limit(ms(2_000)), ms(1_800));
+        assert_eq!(server_time_limit(ms(1)), ms(1));
+    }
 
     // The index's name is the one MongoDB gives the index on these keys.
     #[test]
