@@ -8,7 +8,10 @@
 //!   never clears is never silent.
 //! - [`Throttle`]: an event anyone may cause as often as they like (a request refused for a
 //!   wrong key): say the first, then at most one a period, with how many went unsaid.
+//! - [`Failures`]: requests failing for a dependency's sake, shared by a server's requests:
+//!   said when they begin, once a period while they go on, and when one succeeds again.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A condition that is either present or not; each change is reported once.
@@ -96,6 +99,76 @@ impl Throttle {
     }
 }
 
+/// How often [`Failures`] says again that failures go on.
+pub const FAILURE_REMINDER: Duration = Duration::from_secs(60);
+
+/// Requests failing for a dependency's sake (the database down): said when they begin, again
+/// at most every [`FAILURE_REMINDER`] while they go on, with how many failed meanwhile, and when
+/// a request succeeds again. Clients retry during an outage (a dashboard's open pages every
+/// few seconds, Firehose each delivery), and each failure used to be a line of the log.
+#[derive(Debug, Default)]
+pub struct Failures {
+    outage: Mutex<Option<Outage>>,
+}
+
+/// An outage under way.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    reminder: Reminder,
+    /// Failures since the last line.
+    unsaid: u64,
+}
+
+impl Failures {
+    /// A request failed at `now`: what to say of it, if anything.
+    pub fn failed(&self, now: Instant) -> Option<Said> {
+        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(o) = outage.as_mut() else {
+            *outage = Some(Outage {
+                since: now,
+                reminder: Reminder::new(now, FAILURE_REMINDER),
+                unsaid: 0,
+            });
+            return Some(Said::Began);
+        };
+        match o.reminder.again(now) {
+            Some(lasted) => Some(Said::GoesOn {
+                lasted,
+                unsaid: std::mem::take(&mut o.unsaid),
+            }),
+            None => {
+                o.unsaid += 1;
+                None
+            }
+        }
+    }
+
+    /// A request succeeded at `now`: how long the outage lasted, if one just ended.
+    pub fn answered(&self, now: Instant) -> Option<Duration> {
+        let ended = self
+            .outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        Some(now.saturating_duration_since(ended.since))
+    }
+}
+
+/// What to say of a failure.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Said {
+    /// The first of an outage.
+    Began,
+    /// The outage goes on, this long so far, with `unsaid` failures since the last line.
+    GoesOn {
+        /// How long it has gone on.
+        lasted: Duration,
+        /// Failures since the last line.
+        unsaid: u64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +212,29 @@ mod tests {
             r.again(t0 + 2 * every + Duration::from_secs(1)),
             Some(2 * every + Duration::from_secs(1))
         );
+    }
+
+    // An outage is said when it begins, then once a reminder period while it lasts (with the
+    // failures unsaid meanwhile), and a new one after a request answered is said again.
+    #[test]
+    fn an_outage_is_said_when_it_begins_and_once_a_period() {
+        let f = Failures::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(f.failed(t0), Some(Said::Began));
+        for s in 1..60 {
+            assert_eq!(f.failed(at(s)), None);
+        }
+        assert_eq!(
+            f.failed(at(60)),
+            Some(Said::GoesOn {
+                lasted: FAILURE_REMINDER,
+                unsaid: 59
+            })
+        );
+        assert_eq!(f.failed(at(61)), None);
+        assert_eq!(f.answered(at(70)), Some(Duration::from_secs(70)));
+        assert_eq!(f.answered(at(71)), None);
+        assert_eq!(f.failed(at(72)), Some(Said::Began));
     }
 }

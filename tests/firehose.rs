@@ -957,6 +957,70 @@ async fn binary_requires_a_key_and_serves() {
     assert_eq!(text.matches("req-nokey").count(), 1, "{text}");
 }
 
+// A database down while Firehose sends and re-sends deliveries: the failing writes are said
+// when they begin, then at most once a minute, and their end once; each failed delivery was
+// two warnings ("database write failed", "delivery refused"), through every retry of an outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_is_said_once_and_its_end_once() {
+    let Some(mut server) = MongoServer::not_started() else {
+        return;
+    };
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database", &unique_name("fhdown")])
+        // Each delivery gives up on the database after 300 ms instead of 10 s.
+        .env(
+            "MONGODB_CONNECTION_STRING",
+            format!("{}&serverSelectionTimeoutMS=300", server.uri),
+        )
+        .env("FIREHOSE_ACCESS_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the endpoint to listen",
+        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let deliver = |id: &'static str| {
+        let url = url.clone();
+        async move {
+            let body = firehose_body(id, &reports(2).1);
+            send("POST", &url, &firehose_headers(id, Some(KEY), false), body)
+                .await
+                .status
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(deliver("req-down").await, 503);
+    }
+    server.launch();
+    assert_eq!(deliver("req-up").await, 200);
+    common::signal(&child, 15);
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") && !l.contains("plain HTTP"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("database writes are failing") && warnings[0].contains("req-down"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("database writes work again").count(),
+        1,
+        "{text}"
+    );
+}
+
 /// The endpoint's settings for the tests that serve it in this process: path `/`, the test key,
 /// 64 MiB bodies, and `body_timeout`.
 fn config(body_timeout: Duration) -> EndpointConfig {

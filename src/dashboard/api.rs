@@ -5,7 +5,7 @@
 //! longer than `--query-timeout` (only the first is an outage, said in the log).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -19,7 +19,7 @@ use super::store::{report_json, ReadError, Store};
 use super::AppState;
 use crate::mongo::MongoError;
 use crate::report::field;
-use crate::say_once::Reminder;
+use crate::say_once::{Failures, Said};
 
 /// The window a request without `from` and `to` gets: the last day.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(86_400);
@@ -98,75 +98,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// How often an outage that goes on is said again.
-pub const FAILURE_REMINDER: Duration = Duration::from_secs(60);
-
 /// A response's failure for the database's sake (a 503 but for a busy one, or a 500), for
 /// [`say_failures`] to say.
 #[derive(Debug, Clone)]
 struct Failed(String);
-
-/// Requests failing for the database's sake, said when they begin, again at most every
-/// [`FAILURE_REMINDER`] while they go on, and when a request is answered again. During an
-/// outage the page asks every few seconds, for each node and in each open tab, and each
-/// failure used to be a line of the log.
-#[derive(Debug, Default)]
-pub struct Failures {
-    outage: Mutex<Option<Outage>>,
-}
-
-/// An outage under way.
-#[derive(Debug)]
-struct Outage {
-    since: Instant,
-    reminder: Reminder,
-    /// Failures since the last line.
-    unsaid: u64,
-}
-
-impl Failures {
-    /// A request failed at `now`: what to say of it, if anything.
-    fn failed(&self, now: Instant) -> Option<Said> {
-        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(o) = outage.as_mut() else {
-            *outage = Some(Outage {
-                since: now,
-                reminder: Reminder::new(now, FAILURE_REMINDER),
-                unsaid: 0,
-            });
-            return Some(Said::Began);
-        };
-        match o.reminder.again(now) {
-            Some(lasted) => Some(Said::GoesOn {
-                lasted,
-                unsaid: std::mem::take(&mut o.unsaid),
-            }),
-            None => {
-                o.unsaid += 1;
-                None
-            }
-        }
-    }
-
-    /// A request was answered at `now`: how long the outage lasted, if one just ended.
-    fn answered(&self, now: Instant) -> Option<Duration> {
-        let ended = self
-            .outage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
-        Some(now.saturating_duration_since(ended.since))
-    }
-}
-
-/// What to say of a failure.
-#[derive(Debug, PartialEq, Eq)]
-enum Said {
-    /// The first of an outage.
-    Began,
-    /// The outage goes on, this long so far, with `unsaid` failures since the last line.
-    GoesOn { lasted: Duration, unsaid: u64 },
-}
 
 /// Middleware for the API's routes: log the database's failures through [`Failures`].
 pub async fn say_failures(
@@ -398,29 +333,5 @@ mod tests {
             .into_iter()
             .collect();
         assert!(matches!(window(&p), Err(ApiError::BadRequest(m)) if m.contains("from")));
-    }
-
-    // An outage is said when it begins, then once a reminder period while it lasts (with the
-    // failures unsaid meanwhile), and a new one after a request answered is said again.
-    #[test]
-    fn an_outage_is_said_when_it_begins_and_once_a_period() {
-        let f = Failures::default();
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(f.failed(t0), Some(Said::Began));
-        for s in 1..60 {
-            assert_eq!(f.failed(at(s)), None);
-        }
-        assert_eq!(
-            f.failed(at(60)),
-            Some(Said::GoesOn {
-                lasted: FAILURE_REMINDER,
-                unsaid: 59
-            })
-        );
-        assert_eq!(f.failed(at(61)), None);
-        assert_eq!(f.answered(at(70)), Some(Duration::from_secs(70)));
-        assert_eq!(f.answered(at(71)), None);
-        assert_eq!(f.failed(at(72)), Some(Said::Began));
     }
 }

@@ -50,7 +50,7 @@ pub struct AppState {
     /// The API's turns at querying the database.
     pub turns: limit::Turns,
     /// The API's failures, said once per outage.
-    pub failures: Arc<api::Failures>,
+    pub failures: Arc<crate::say_once::Failures>,
     /// The host names answered besides localhost and IP addresses.
     pub allowed_hosts: Arc<host::AllowedHosts>,
     /// The most rows one CSV download holds.

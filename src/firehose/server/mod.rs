@@ -51,7 +51,7 @@ use super::protocol::{
 };
 use super::store::{Refusal, Store, StoreError};
 use crate::clock::now_ms;
-use crate::say_once::{Latch, Throttle};
+use crate::say_once::{Failures, Latch, Said, Throttle};
 
 /// Documents are decoded and written in chunks of about this many BSON bytes, one command's
 /// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor
@@ -120,6 +120,8 @@ pub struct AppState {
     /// Deliveries refused before their access key was found good: anyone can send those, as
     /// fast as they like, so at most one a minute is logged ([`KEYLESS_LOG_EVERY`]).
     keyless: Arc<std::sync::Mutex<Throttle>>,
+    /// Deliveries the database failed, said once per outage and once a minute within one.
+    write_failures: Arc<Failures>,
     /// [`REQUEST_DEADLINE`]; shorter in tests.
     request_deadline: Duration,
 }
@@ -135,6 +137,7 @@ impl AppState {
             metrics: Arc::new(EndpointMetrics::default()),
             not_ready: Arc::default(),
             keyless: Arc::new(std::sync::Mutex::new(Throttle::new(KEYLESS_LOG_EVERY))),
+            write_failures: Arc::default(),
             request_deadline: REQUEST_DEADLINE,
         }
     }
@@ -285,10 +288,33 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
         .metrics
         .answered(status_code, started.elapsed().as_secs_f64(), bytes);
     if result.is_ok() {
+        if let Some(lasted) = state.write_failures.answered(Instant::now()) {
+            info!(
+                failed_for_seconds = lasted.as_secs(),
+                "database writes work again"
+            );
+        }
         info!(
             request_id = %request_id, source_arn = %source_arn, records, rejected, bytes,
             status = status_code, duration_ms, "delivery stored"
         );
+    } else if let Err(RequestError::Store(e)) = &result {
+        // Firehose retries each delivery the database failed, for as long as it is down: said
+        // when writes begin to fail, once a minute while they go on, and when they work again.
+        match state.write_failures.failed(Instant::now()) {
+            Some(Said::Began) => warn!(
+                request_id = %request_id, error = %e,
+                "database writes are failing: deliveries are answered 503, and Firehose sends them again"
+            ),
+            Some(Said::GoesOn { lasted, unsaid }) => warn!(
+                request_id = %request_id, error = %e, failing_for_seconds = lasted.as_secs(),
+                failed_since_last_said = unsaid, "database writes still failing"
+            ),
+            None => debug!(
+                request_id = %request_id, status = status_code, error = error.as_str(),
+                "delivery refused"
+            ),
+        }
     } else if request_id.is_empty() {
         // No Firehose request id: a scanner or a stray client, not a delivery; logged only at
         // debug level, so that such traffic cannot flood the log.
@@ -360,10 +386,7 @@ async fn process(
             let why = format!("not acknowledged within the request's {limit} s");
             Err(StoreError::Unavailable(why))
         })
-        .map_err(|e| {
-            warn!(request_id = %request_id, error = %e, "database write failed");
-            RequestError::Store(e)
-        })
+        .map_err(RequestError::Store)
 }
 
 /// Read the body with the cap applied after decompression. A plain body's buffer is sized from
