@@ -793,11 +793,9 @@ async fn stored_reports_are_moving_by_the_chosen_rule() {
 #[tokio::test(flavor = "multi_thread")]
 async fn inserts_are_zlib_compressed_at_the_fastest_level_where_the_server_offers_it() {
     use common::wire::{Sent, ZlibProxy};
-    let server = MongoServer::start();
-    if !server.owned {
-        eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
+    let Some(server) = MongoServer::own() else {
         return;
-    }
+    };
     let client = server.client().await;
     // (extra arguments, extra connection string options, the zlib FLEVEL the inserts carry:
     // 0 for levels 0 and 1, 3 for 7-9)
@@ -862,11 +860,9 @@ async fn inserts_are_zlib_compressed_at_the_fastest_level_where_the_server_offer
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_insert_is_logged_in_the_servers_words() {
     use common::wire::{Withhold, ZlibProxy};
-    let server = MongoServer::start();
-    if !server.owned {
-        eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
+    let Some(server) = MongoServer::own() else {
         return;
-    }
+    };
     let proxy = ZlibProxy::start_withholding(server.port, &[("insert", Withhold::Refuse)]);
     let spool = tempfile::tempdir().unwrap();
     let mut agent = common::sim_agent(&proxy.uri(), &unique_name("refused"), 1_000, spool.path());

@@ -144,7 +144,7 @@ mod endpoint {
 
     use mongodb::bson::{doc, Document};
 
-    use crate::common::{free_port, unique_name, wait_until, MongoServer, Reaped};
+    use crate::common::{free_port, unique_name, wait_listening, MongoServer, Reaped};
     use crate::firehose_common::{firehose_body, firehose_headers, reports, send, KEY};
     use crate::ROUNDS;
 
@@ -163,12 +163,7 @@ mod endpoint {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_until(
-            Duration::from_secs(20),
-            "the endpoint to listen",
-            || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
-        )
-        .await;
+        wait_listening(port, "the endpoint").await;
         (Reaped(child), format!("http://127.0.0.1:{port}/"))
     }
 

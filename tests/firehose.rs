@@ -702,11 +702,9 @@ async fn more_than_ten_thousand_records_answer_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_refused_records_cost_few_round_trips() {
     use common::wire::{Sent, ZlibProxy};
-    let server = MongoServer::start();
-    if !server.owned {
-        eprintln!("skipped: needs a server of its own behind a proxy (MONGODB_TEST_URI is set)");
+    let Some(server) = MongoServer::own() else {
         return;
-    }
+    };
     let proxy = ZlibProxy::start(server.port);
     let writes = || {
         proxy
@@ -774,11 +772,9 @@ async fn many_refused_records_cost_few_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_refusing_bulk_write_is_sent_update_commands() {
     use common::wire::{Sent, Withhold, ZlibProxy};
-    let server = MongoServer::start();
-    if !server.owned {
-        eprintln!("skipped: needs a server of its own behind a proxy (MONGODB_TEST_URI is set)");
+    let Some(server) = MongoServer::own() else {
         return;
-    }
+    };
     let refused = Withhold::CommandError(
         115,
         "CommandNotSupported",
@@ -905,12 +901,7 @@ async fn binary_requires_a_key_and_serves() {
         .spawn()
         .unwrap();
     let health = format!("http://127.0.0.1:{port}/health");
-    wait_until(
-        Duration::from_secs(20),
-        "the endpoint to listen",
-        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
-    )
-    .await;
+    common::wait_listening(port, "the endpoint").await;
     assert_eq!(send("GET", &health, &[], vec![]).await.status, 200);
     let (ids, recs) = reports(2);
     let body = firehose_body("req-bin", &recs);
@@ -981,12 +972,7 @@ async fn a_database_outage_is_said_once_and_its_end_once() {
         .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
-    wait_until(
-        Duration::from_secs(20),
-        "the endpoint to listen",
-        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
-    )
-    .await;
+    common::wait_listening(port, "the endpoint").await;
     let url = format!("http://127.0.0.1:{port}/");
     let deliver = |id: &'static str| {
         let url = url.clone();
@@ -1345,11 +1331,9 @@ async fn no_key_is_401_whatever_the_request_id() {
 async fn one_deadline_covers_the_body_and_the_write() {
     use common::wire::{Withhold, ZlibProxy};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = MongoServer::start();
-    if !server.owned {
-        eprintln!("skipped: needs a server of its own behind a proxy (MONGODB_TEST_URI is set)");
+    let Some(server) = MongoServer::own() else {
         return;
-    }
+    };
     let stalled = [("update", Withhold::Stall), ("bulkWrite", Withhold::Stall)];
     let proxy = ZlibProxy::start_withholding(server.port, &stalled);
     let store = Store::new(&proxy.uri(), &unique_name("fhdeadline"));

@@ -167,11 +167,9 @@ async fn server_down_at_start_then_up_delivers_everything_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flapping_database_link_is_said_once() {
     use common::wire::{Sent, Withhold, ZlibProxy};
-    let server = MongoServer::start();
-    if !server.owned {
-        eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
+    let Some(server) = MongoServer::own() else {
         return;
-    }
+    };
     let proxy = ZlibProxy::start(server.port);
     let (_dir, spool_dir, db, log) = places("flapping");
     let extra = ["--count", "100000", "--insert-every", "200ms"];
@@ -225,11 +223,9 @@ async fn a_flapping_database_link_is_said_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn write_errors_of_a_failover_are_retried_not_rejected() {
     use common::wire::{Sent, Withhold, ZlibProxy};
-    let server = MongoServer::start();
-    if !server.owned {
-        eprintln!("skipping: the proxy needs a plain connection to a server of this test's own");
+    let Some(server) = MongoServer::own() else {
         return;
-    }
+    };
     let proxy =
         ZlibProxy::start_withholding(server.port, &[("insert", Withhold::WriteError(10107))]);
     let (_dir, spool_dir, db, log) = places("stepdown");

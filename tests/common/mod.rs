@@ -90,6 +90,16 @@ impl MongoServer {
         Self::start_owned(None)
     }
 
+    /// A server of our own (for tests that put a proxy in front of it). None when
+    /// MONGODB_TEST_URI points elsewhere: a proxy needs a server on this machine's loopback.
+    pub fn own() -> Option<MongoServer> {
+        if std::env::var_os("MONGODB_TEST_URI").is_some() {
+            eprintln!("skipping: this test needs a server of its own behind a proxy");
+            return None;
+        }
+        Some(Self::start_owned(None))
+    }
+
     /// A server of our own whose data survives restarts (for outage tests). None when
     /// MONGODB_TEST_URI points elsewhere: such tests cannot stop a shared server.
     pub fn start_persistent() -> Option<MongoServer> {
@@ -271,6 +281,16 @@ pub async fn all_reports(client: &mongodb::Client, db: &str) -> Vec<mongodb::bso
         docs.push(cursor.deserialize_current().unwrap());
     }
     docs
+}
+
+/// Wait (up to 20 s) until something listens on loopback `port`: `what`, started just now.
+pub async fn wait_listening(port: u16, what: &str) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{what} to listen on port {port}"),
+        || async move { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
 }
 
 /// Wait until `f` is true, polling; panics with `what` after `timeout`.
