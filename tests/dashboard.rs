@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use common::wire::{Sent, Withhold, ZlibProxy};
 use common::MongoServer;
-use dashboard_support::{insert, iso, ms, readings, Dashboard, T0_MS};
+use dashboard_support::{insert, iso, ms, readings, ten_readings, Dashboard, T0_MS};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -442,13 +442,7 @@ async fn a_csv_window_over_the_cap_is_refused_not_cut() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_refused_with_a_reason() {
     let server = MongoServer::start();
-    let db = common::unique_name("dash_bad");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_bad").await;
     let dash = Dashboard::start(&server.uri, &db, "5s");
     tokio::task::spawn_blocking(move || {
         let (f, t) = (iso(T0_MS), iso(T0_MS + HOUR));
@@ -538,13 +532,7 @@ async fn bad_input_is_refused_with_a_reason() {
 async fn a_missing_privilege_is_answered_500_with_what_to_grant() {
     use metrics_common::{free_addr, get, wait_serving};
     let server = MongoServer::start();
-    let db = common::unique_name("dash_denied");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_denied").await;
     let refused = ["distinct", "aggregate", "find", "createIndexes"].map(|c| (c, Withhold::Refuse));
     let proxy = ZlibProxy::start_withholding(server.port, &refused);
     let metrics = free_addr();
@@ -674,13 +662,7 @@ async fn database_down_is_503_then_recovers() {
     let Some(mut server) = MongoServer::start_persistent() else {
         return;
     };
-    let db = common::unique_name("dash_down");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_down").await;
     let dash = Dashboard::start(&server.uri, &db, "5s");
     let dash = tokio::task::spawn_blocking(move || {
         assert_eq!(dash.json("/api/nodes").as_array().unwrap().len(), 1);
@@ -739,13 +721,7 @@ async fn metrics_count_requests_and_readyz_follows_the_database() {
     let Some(mut server) = MongoServer::start_persistent() else {
         return;
     };
-    let db = common::unique_name("dash_metrics");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_metrics").await;
     let metrics = free_addr();
     let dash = Dashboard::start_with(&server.uri, &db, "5s", &["--metrics-listen", &metrics]);
     wait_serving(&metrics).await;

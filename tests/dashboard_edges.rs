@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use common::wire::{Sent, Withhold, ZlibProxy};
 use common::MongoServer;
-use dashboard_support::{get_as, insert, readings, Dashboard, T0_MS};
+use dashboard_support::{get_as, insert, readings, ten_readings, Dashboard, T0_MS};
 
 /// The dashboard's header timeout (`listener::HEADER_TIMEOUT`), declared again here.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,13 +114,7 @@ fn half_request(addr: &str) -> TcpStream {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_half_requests_neither_block_nor_stay() {
     let server = MongoServer::start();
-    let db = common::unique_name("dash_idle");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_idle").await;
     let dash = Dashboard::start(&server.uri, &db, "5s");
     tokio::task::spawn_blocking(move || {
         let opened = Instant::now();
@@ -161,13 +155,7 @@ async fn idle_half_requests_neither_block_nor_stay() {
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_beyond_the_querying_limit_are_answered_busy() {
     let server = MongoServer::start();
-    let db = common::unique_name("dash_busy");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_busy").await;
     let proxy = ZlibProxy::start_withholding(server.port, &[("aggregate", Withhold::Stall)]);
     let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &["--query-timeout", "20s"]);
     let aggregates = move || {
@@ -458,13 +446,7 @@ async fn an_outage_is_said_once_not_once_a_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_allowed_host_names_are_answered() {
     let server = MongoServer::start();
-    let db = common::unique_name("dash_host");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_host").await;
     let dash = Dashboard::start(&server.uri, &db, "5s");
     let uri = server.uri.clone();
     tokio::task::spawn_blocking(move || {
@@ -518,13 +500,7 @@ async fn a_query_the_server_stops_at_its_time_limit_is_no_outage() {
     use std::sync::{Arc, Mutex};
 
     let server = MongoServer::start();
-    let db = common::unique_name("dash_expired");
-    insert(
-        &server.client().await,
-        &db,
-        readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0),
-    )
-    .await;
+    let db = ten_readings(&server, "dash_expired").await;
     let proxy = ZlibProxy::start_withholding(
         server.port,
         &[(

@@ -215,6 +215,15 @@ pub fn readings(
         .collect()
 }
 
+/// A database named for `prefix` on `server`, holding ten readings of `node-a` a second apart
+/// from [`T0_MS`]: what a test of the API's answers and edges asks about.
+pub async fn ten_readings(server: &crate::common::MongoServer, prefix: &str) -> String {
+    let db = crate::common::unique_name(prefix);
+    let docs = readings("node-a", 0, T0_MS, 1_000, 10, 0..0, 0);
+    insert(&server.client().await, &db, docs).await;
+    db
+}
+
 /// Insert documents into `db.reports`.
 pub async fn insert(client: &mongodb::Client, db: &str, docs: Vec<Document>) {
     client
