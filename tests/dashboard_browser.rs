@@ -137,6 +137,13 @@ async fn page_shows_latest_readings_and_updates_itself() {
             Duration::from_secs(30),
             "the outage in the status bar",
         );
+        // Charts that failed are asked for again after the bucket width their window implies,
+        // not every 5 s: a window too long for the server's time limit would be re-read at once.
+        browser.eval("(() => { const set = window.setTimeout; window.pollMs = 0; \
+                window.setTimeout = (f, ms, ...a) => { if (f === refreshCharts) window.pollMs = ms; return set(f, ms, ...a); }; \
+                refreshCharts().then(() => { window.setTimeout = set; }); })()");
+        browser.wait_for("window.pollMs > 0", Duration::from_secs(30), "the failed charts");
+        assert_eq!(browser.eval("window.pollMs").as_i64(), Some(60_000), "failed day's charts asked for again after");
         browser
     })
     .await

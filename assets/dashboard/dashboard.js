@@ -10,6 +10,7 @@ const AGE_TICK_MS = 1000;           // tiles' ages count on between answers, and
 // window, and the tiles show each new reading anyway), within these bounds.
 const CHART_POLL_MIN_MS = 5000;
 const CHART_POLL_MAX_MS = 60000;
+const CHART_POINTS = 600;           // the most buckets the server makes of a window
 const CHART_TIMEOUT_MS = 120000;    // a long window on a slow server may take tens of seconds
 const RESIZE_REDRAW_MS = 200;       // a drag's resize events redraw once, this long after the last
 const ALL_NODES_MAX = 12;           // the all-nodes view charts the first this many (a request
@@ -313,7 +314,11 @@ async function refreshCharts() {
   const q = (node) => `node=${encodeURIComponent(node)}&from=${win.from}&to=${win.to}`;
   $("csv").hidden = !chosen;
   if (chosen) $("csv").href = "/api/csv?" + q(chosen);
-  let pollMs = CHART_POLL_MIN_MS;
+  // Until an answer gives the bucket width, and after a failure (a window too long for the
+  // server's time limit must not be asked for every 5 s), the width the window implies.
+  const spanMs = Date.parse(win.to) - Date.parse(win.from);
+  const clampPoll = (ms) => Math.min(Math.max(ms, CHART_POLL_MIN_MS), CHART_POLL_MAX_MS);
+  let pollMs = clampPoll(spanMs / CHART_POINTS);
   try {
     // One request per node: its three series and its motion, bucketed in one pass. A node
     // whose request fails is left out and named in the status bar; the others still draw.
@@ -328,7 +333,7 @@ async function refreshCharts() {
     const first = answers.find((a) => a.status === "rejected");
     if (charts.length === 0 && first) throw first.reason;
     drawn = { charts, win };
-    if (charts.length) pollMs = Math.min(Math.max(charts[0].bucketSeconds * 1000, CHART_POLL_MIN_MS), CHART_POLL_MAX_MS);
+    if (charts.length) pollMs = clampPoll(charts[0].bucketSeconds * 1000);
     drawCharts(drawn);
     report("charts", failed.length ? new Error("no chart for " + failed.join("; ")) : null);
   } catch (e) {
