@@ -178,8 +178,11 @@ async function pollTiles() {
     const changed = updateNodeMenu(names);
     nodes = names;
     renderTiles(list);
+    // The database back after an outage: the charts, which wait longer after a failure, are
+    // asked for at once.
+    const back = "tiles" in problems && "charts" in problems;
     report("tiles", null);
-    if (changed) refreshCharts();
+    if (changed || back) refreshCharts();
   } catch (e) {
     // A dead connection is mended by asking again at once; a list that takes long to make
     // (hundreds of nodes on a distant database) needs longer, and gets it.
@@ -315,7 +318,8 @@ async function refreshCharts() {
   $("csv").hidden = !chosen;
   if (chosen) $("csv").href = "/api/csv?" + q(chosen);
   // Until an answer gives the bucket width, and after a failure (a window too long for the
-  // server's time limit must not be asked for every 5 s), the width the window implies.
+  // server's time limit must not be asked for every 5 s), the width the window implies; the
+  // tiles ask for the charts at once when the database is back after an outage.
   const spanMs = Date.parse(win.to) - Date.parse(win.from);
   const clampPoll = (ms) => Math.min(Math.max(ms, CHART_POLL_MIN_MS), CHART_POLL_MAX_MS);
   let pollMs = clampPoll(spanMs / CHART_POINTS);
