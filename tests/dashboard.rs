@@ -655,6 +655,69 @@ async fn the_node_list_read_outlives_the_request_that_began_it() {
     .unwrap();
 }
 
+// Pages that ask for the node list at once share one sweep of the nodes: the database's work
+// does not grow with the number of viewers. Five nodes, eight requests together: one sweep is
+// five `find`s (two if the requests straddle the reuse of a second); one per request was 40.
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_asking_at_once_share_one_sweep_of_the_nodes() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_sweep");
+    let names = ["n1", "n2", "n3", "n4", "n5"];
+    let docs = (0..5u32).flat_map(|k| readings(names[k as usize], k, T0_MS, 1_000, 3, 0..0, 0));
+    insert(&server.client().await, &db, docs.collect()).await;
+    let proxy = ZlibProxy::start(server.port);
+    let dash = Dashboard::start_with(&proxy.uri(), &db, "5s", &[]);
+    tokio::task::spawn_blocking(move || {
+        let finds = || {
+            let is_find = |s: &&Sent| matches!(s, Sent::Command { name, .. } if name == "find");
+            proxy.sent().iter().filter(is_find).count()
+        };
+        // The start's own reads are done once a list has been answered, and it is kept no
+        // longer than a second.
+        assert_eq!(dash.get("/api/nodes").status, 200);
+        std::thread::sleep(Duration::from_millis(1_200));
+        let before = finds();
+        let asked: Vec<_> = (0..8).map(|_| ask_nodes(&dash.addr)).collect();
+        for a in asked {
+            let r = a.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            let list: Value = serde_json::from_str(&r.body).unwrap();
+            let got: Vec<&str> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["nodeName"].as_str().unwrap())
+                .collect();
+            assert_eq!(got, names);
+        }
+        let sent = finds() - before;
+        assert!(sent <= 2 * names.len(), "{sent} finds for 8 requests");
+    })
+    .await
+    .unwrap();
+}
+
+// Pages waiting for the node list hold none of the API's turns at querying: with the list's
+// read hanging and ten pages waiting for it, the health check is still answered, where it was
+// answered "busy" once eight of them held every turn.
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_waiting_for_the_node_list_leave_turns_for_the_rest() {
+    let (_server, dash, distincts) = names_held("6s");
+    tokio::task::spawn_blocking(move || {
+        let mut asked = vec![ask_nodes(&dash.addr)];
+        until_a_distinct_is_held(&distincts);
+        asked.extend((0..9).map(|_| ask_nodes(&dash.addr)));
+        std::thread::sleep(Duration::from_millis(500));
+        let health = dash.get("/api/health");
+        assert_eq!(health.status, 200, "{}", health.body);
+        for a in asked {
+            assert_eq!(a.join().unwrap().status, 503);
+        }
+    })
+    .await
+    .unwrap();
+}
+
 // With the database down the API answers 503 with a one-line reason within seconds, and
 // answers again once the database is back, without a restart.
 #[tokio::test(flavor = "multi_thread")]
@@ -672,6 +735,9 @@ async fn database_down_is_503_then_recovers() {
     .unwrap();
     server.stop();
     let dash = tokio::task::spawn_blocking(move || {
+        // The node list answered before the stop is reused for a second (one sweep serves
+        // every page that asks meanwhile).
+        std::thread::sleep(Duration::from_millis(1_100));
         for path in [
             "/api/nodes",
             "/api/health",

@@ -177,9 +177,6 @@ pub async fn known_node(store: &Store, p: &HashMap<String, String>) -> Result<St
     Ok(node.to_owned())
 }
 
-/// How many nodes' latest readings `/api/nodes` asks for at once.
-pub const NODE_QUERIES: usize = 2;
-
 /// `GET /api/nodes`: each node's latest report under its stored field names, with
 /// `ageSeconds`, `stale` and `staleAfterSeconds` (`--stale-after`), sorted by name.
 ///
@@ -187,28 +184,16 @@ pub const NODE_QUERIES: usize = 2;
 /// `nodeName` is an array is found under each of its elements, and the page asks for the
 /// node's chart by the name given here, which must be one the other routes know.
 pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    use futures_util::{StreamExt, TryStreamExt};
-    let names = state.store.node_names().await?;
-    // A few at a time, in order: one request must not take the driver's whole pool.
-    let queries = names.clone().into_iter().map(|n| {
-        let store = state.store.clone();
-        async move { store.latest(&n).await }
-    });
-    let latest: Vec<_> = futures_util::stream::iter(queries)
-        .buffered(NODE_QUERIES)
-        .try_collect()
-        .await?;
+    let latest = state.store.latest_of_each().await?;
     let now = crate::clock::now_ms();
     let stale_ms = state.stale_after.as_millis() as i64;
-    let nodes: Vec<Value> = names
+    let nodes: Vec<Value> = latest
         .iter()
-        .zip(latest)
-        .filter_map(|(name, doc)| Some((name, doc?)))
         .map(|(name, doc)| {
             let at = doc
                 .get_datetime(field::RECORDED_AT)
                 .map(|t| t.timestamp_millis());
-            let mut o = report_json(&doc);
+            let mut o = report_json(doc);
             o.insert(field::NODE_NAME.into(), json!(name));
             let age_ms = at.map(|t| (now - t).max(0)).ok();
             o.insert(

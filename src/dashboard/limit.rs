@@ -22,12 +22,12 @@ use super::api::ApiError;
 /// by default, beside the driver's connections to MongoDB.
 pub const MAX_CONNECTIONS: usize = 512;
 
-/// API requests that query MongoDB at once. A page asks for the node list and one chart per
-/// node every few seconds, and a healthy query takes milliseconds, so this serves several
-/// pages at once. Each request runs one query at a time, except the node list, which runs
-/// [`super::api::NODE_QUERIES`]: so at most 16 queries, against the driver's pool of 10 by
-/// default, and requests beyond these wait here, briefly and then answered, rather than inside
-/// the driver until the query timeout, piling up without bound.
+/// API requests that query MongoDB at once. A page asks for one chart per node every few
+/// seconds, and a healthy query takes milliseconds, so this serves several pages at once. Each
+/// request runs one query at a time. The node list takes no turn: one shared sweep reads it for
+/// every page, [`super::store::NODE_QUERIES`] queries at once. So at most 10 queries, the
+/// driver's pool by default, and requests beyond these wait here, briefly and then answered,
+/// rather than inside the driver until the query timeout, piling up without bound.
 pub const MAX_QUERYING: usize = 8;
 
 /// CSV downloads sent at once. A download's body reads from its cursor as the client takes

@@ -4,6 +4,7 @@
 //! - [`config`]: the command line and the plain [`config::Config`].
 //! - [`query`]: fields, checked windows, bucket widths and the aggregation pipelines (pure).
 //! - [`store`]: running them against the readings collection, bounded in time.
+//! - [`shared_read`]: one read of the node list for every page that asks at once.
 //! - [`api`]: the JSON routes and their error answers.
 //! - [`csv`]: the streamed CSV download.
 //! - [`page`]: the page and its assets, built in.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod page;
 pub mod query;
 pub mod render;
+pub mod shared_read;
 pub mod store;
 
 use std::future::Future;
@@ -66,15 +68,19 @@ pub fn app(state: AppState) -> Router {
     let turns = axum::middleware::from_fn_with_state(state.turns.clone(), limit::take_turn);
     let say_failures =
         axum::middleware::from_fn_with_state(state.failures.clone(), api::say_failures);
+    // The node list is read by one shared sweep however many pages ask (see
+    // [`Store::latest_of_each`]), which bounds its queries itself: a page waiting for it must
+    // not hold a turn that a chart could use.
+    let nodes = Router::new().route("/api/nodes", get(api::nodes));
     let api = Router::new()
-        .route("/api/nodes", get(api::nodes))
         .route("/api/series", get(api::series))
         .route("/api/motion", get(api::motion))
         .route("/api/chart", get(api::chart))
         .route(limit::CSV_PATH, get(csv::csv))
         .route("/api/health", get(api::health))
-        .route_layer(say_failures)
-        .route_layer(turns);
+        .route_layer(turns)
+        .merge(nodes)
+        .route_layer(say_failures);
     Router::new()
         .route("/", get(page::index))
         .route("/assets/dashboard.js", get(page::script))

@@ -6,9 +6,8 @@
 //! stops at that limit is [`ReadError::TooSlow`], a long window rather than an outage.
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{stream, Stream, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
@@ -18,12 +17,19 @@ use tokio::sync::OnceCell;
 
 use super::config::Config;
 use super::query::{chart_pipeline, motion_pipeline, series_pipeline, Field, Window};
+use super::shared_read::SharedRead;
 use crate::mongo::{classify, connect, describe, redact_credentials, MongoError};
 use crate::report::field;
 
 /// How long the list of node names is reused: `distinct` reads the whole index, and the page
 /// asks every two seconds; a new node's tile appears within this.
 pub const NAMES_TTL: Duration = Duration::from_secs(30);
+/// How long each node's latest report is reused: shorter than the page's two seconds between
+/// asks, so that one page gets a fresh sweep each time, and many pages share one.
+pub const LATEST_TTL: Duration = Duration::from_secs(1);
+/// How many nodes' latest reports a sweep asks for at once: with the API's
+/// [`super::limit::MAX_QUERYING`] turns, the driver's pool of 10 connections.
+pub const NODE_QUERIES: usize = 2;
 /// How far ahead of the dashboard's clock a node's latest reading may be dated. A reading
 /// from a node whose clock ran ahead (a day, say, before NTP set it right) would otherwise be
 /// its latest until that time came, shown as new and never stale while the node is silent, and
@@ -103,24 +109,15 @@ pub struct Store {
     timeout: Duration,
     /// The `maxTimeMS` each query carries: [`server_time_limit`] of `timeout`.
     server_limit: Duration,
-    names: Arc<NameCache>,
+    /// The node names, read for all requests at once and kept [`NAMES_TTL`].
+    names: Arc<SharedRead<Vec<String>>>,
+    /// Each node's latest report, read for all requests at once and kept [`LATEST_TTL`].
+    latest: Arc<SharedRead<Latest>>,
 }
 
-/// The node names, read by one request at a time for all that wait meanwhile.
-#[derive(Default)]
-struct NameCache {
-    /// How many reads of the names have ended; a request notes it before it waits for `last`.
-    ended: AtomicU64,
-    last: Arc<tokio::sync::Mutex<Option<Names>>>,
-}
-
-/// How the last read of the node names ended, and when.
-struct Names {
-    read_at: Instant,
-    /// Its number in [`NameCache::ended`].
-    number: u64,
-    outcome: Result<Vec<String>, ReadError>,
-}
+/// Each node's name and latest report (see [`Store::latest`]), sorted by name; a node with
+/// none dated before [`FUTURE_SLACK`] from now is left out.
+pub type Latest = Arc<Vec<(String, Document)>>;
 
 impl Store {
     /// A store for the configured collection. A connection string that can never work is
@@ -139,7 +136,8 @@ impl Store {
             uri: config.uri.clone(),
             timeout: config.query_timeout,
             server_limit: server_time_limit(config.query_timeout),
-            names: Arc::default(),
+            names: SharedRead::new(NAMES_TTL),
+            latest: SharedRead::new(LATEST_TTL),
         })
     }
 
@@ -243,32 +241,32 @@ impl Store {
     /// Every node name (a non-empty string), sorted; asked of the database at most every
     /// [`NAMES_TTL`].
     pub async fn node_names(&self) -> Result<Vec<String>, ReadError> {
-        let before = self.names.ended.load(Ordering::Acquire);
-        // Held across the query so that concurrent requests wait for one `distinct`, and take
-        // its outcome, a failure too: with the database down, each would otherwise wait for
-        // the one before it to time out, then time out in turn.
-        let mut last = self.names.last.clone().lock_owned().await;
-        if let Some(l) = last.as_ref() {
-            let fresh = l.outcome.is_ok() && l.read_at.elapsed() < NAMES_TTL;
-            if l.number > before || fresh {
-                return l.outcome.clone();
-            }
-        }
-        // Read in a task of its own, holding the lock, so that the waiters get its outcome
-        // even if the request that started it is dropped (its client went away) meanwhile.
         let store = self.clone();
-        let read = tokio::spawn(async move {
-            let outcome = store.distinct_names().await;
-            *last = Some(Names {
-                read_at: Instant::now(),
-                number: store.names.ended.fetch_add(1, Ordering::AcqRel) + 1,
-                outcome: outcome.clone(),
-            });
-            outcome
+        self.names
+            .get(|| async move { store.distinct_names().await })
+            .await
+    }
+
+    /// Each node's latest report, read at most every [`LATEST_TTL`] whatever the number of
+    /// pages asking: one sweep of the nodes at a time, [`NODE_QUERIES`] queries at once, for
+    /// every request that comes meanwhile.
+    pub async fn latest_of_each(&self) -> Result<Latest, ReadError> {
+        let store = self.clone();
+        self.latest.get(|| async move { store.sweep().await }).await
+    }
+
+    async fn sweep(&self) -> Result<Latest, ReadError> {
+        use futures_util::StreamExt;
+        let names = self.node_names().await?;
+        let queries = names.into_iter().map(|n| {
+            let store = self.clone();
+            async move { Ok::<_, ReadError>(store.latest(&n).await?.map(|d| (n, d))) }
         });
-        read.await.unwrap_or_else(|e| {
-            Err(MongoError::Unavailable(format!("reading the node names failed: {e}")).into())
-        })
+        let latest: Vec<Option<(String, Document)>> = stream::iter(queries)
+            .buffered(NODE_QUERIES)
+            .try_collect()
+            .await?;
+        Ok(Arc::new(latest.into_iter().flatten().collect()))
     }
 
     async fn distinct_names(&self) -> Result<Vec<String>, ReadError> {
