@@ -13,6 +13,7 @@
 //! - [`agent`]: the fixed-rate sampling loop and the delivery loop.
 //! - [`clock`]: holding readings until the system clock is synchronized, and their on-disk copy.
 //! - [`fsutil`]: replacing a state file whole, synced or not.
+//! - [`retry`]: the shape of every retry schedule (exponential, with jitter).
 //! - [`say_once`]: state types that say a condition once per change, or again each period.
 //! - [`status`]: `status.json` and the `status` command.
 //! - [`cli`]: the conventions the programs' command lines share (durations, `check-config`).
@@ -49,6 +50,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mongo;
 pub mod report;
+pub mod retry;
 pub mod say_once;
 pub mod shutdown;
 pub mod sink;

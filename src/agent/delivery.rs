@@ -101,12 +101,8 @@ pub(super) async fn deliver<I: Inserter>(parts: DeliveryParts<I>) -> Result<(), 
         insert_every,
         telemetry,
     } = parts;
-    let backoff_builder = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(60))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times();
+    let backoff_builder =
+        crate::retry::exponential(Duration::from_millis(500), Duration::from_secs(60));
     let mut d = Deliverer {
         spool,
         inserter,

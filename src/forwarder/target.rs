@@ -125,16 +125,10 @@ pub struct PutStats {
     pub refused: Vec<Refused>,
 }
 
-/// The resend schedule: exponential from [`RETRY_MIN_DELAY`] to [`RETRY_MAX_DELAY`], each delay
-/// plus a random 0-100 % of itself (backon's jitter; so up to twice the step),
-/// never giving up (throttling must slow the forwarder down, not stop it).
+/// The resend schedule: [`crate::retry::exponential`] from [`RETRY_MIN_DELAY`] to
+/// [`RETRY_MAX_DELAY`], never giving up (throttling must slow the forwarder down, not stop it).
 pub fn backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN_DELAY)
-        .with_max_delay(RETRY_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::retry::exponential(RETRY_MIN_DELAY, RETRY_MAX_DELAY).build()
 }
 
 /// What to send again after a call that failed some entries: each failed entry, and every
