@@ -569,3 +569,79 @@ async fn a_query_the_server_stops_at_its_time_limit_is_no_outage() {
     .await
     .unwrap();
 }
+
+/// The commands named `name` that `proxy` has passed on.
+fn commands(proxy: &ZlibProxy, name: &str) -> usize {
+    let named = |s: &&Sent| matches!(s, Sent::Command { name: n, .. } if n == name);
+    proxy.sent().iter().filter(named).count()
+}
+
+// The dashboard creates its index where it is missing, and where an admin made it (under any
+// name) does not try to: a read-only user, refused `createIndexes`, was warned at every start
+// to make an index that was there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_is_made_where_missing_and_only_there() {
+    use mongodb::IndexModel;
+    let server = MongoServer::start();
+    let client = server.client().await;
+    let keys = mongodb::bson::doc! { "nodeName": 1, "recordedAt": 1 };
+    let names = |db: String| {
+        let reports = client
+            .database(&db)
+            .collection::<mongodb::bson::Document>("reports");
+        async move { reports.list_index_names().await.unwrap() }
+    };
+
+    let missing = ten_readings(&server, "dash_index_missing").await;
+    let made_by_admin = ten_readings(&server, "dash_index_there").await;
+    let model = IndexModel::builder()
+        .keys(keys)
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .name("by_node_time".to_owned())
+                .build(),
+        )
+        .build();
+    client
+        .database(&made_by_admin)
+        .collection::<mongodb::bson::Document>("reports")
+        .create_index(model)
+        .await
+        .unwrap();
+
+    let proxy = ZlibProxy::start_withholding(server.port, &[("createIndexes", Withhold::Refuse)]);
+    let (read_only, admin) = (proxy.uri(), server.uri.clone());
+    let (m, t) = (missing.clone(), made_by_admin.clone());
+    let (proxy, _making) = tokio::task::spawn_blocking(move || {
+        let making = Dashboard::start(&admin, &m, "5s");
+        let _read_only = Dashboard::start(&read_only, &t, "5s");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while commands(&proxy, "listIndexes") + commands(&proxy, "createIndexes") == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard never looked at its index"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Time for a createIndexes after the look, had there been one.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(commands(&proxy, "createIndexes"), 0);
+        (proxy, making)
+    })
+    .await
+    .unwrap();
+    drop(proxy);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !names(missing.clone())
+        .await
+        .contains(&"nodeName_1_recordedAt_1".to_owned())
+    {
+        assert!(Instant::now() < deadline, "the missing index was not made");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        names(made_by_admin).await.len(),
+        2,
+        "_id and the admin's own"
+    );
+}

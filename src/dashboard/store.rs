@@ -193,10 +193,14 @@ impl Store {
 
     /// Create the `{nodeName: 1, recordedAt: 1}` index if it is missing.
     pub async fn ensure_index(&self) -> Result<IndexOutcome, MongoError> {
-        let model = IndexModel::builder()
-            .keys(doc! { field::NODE_NAME: 1, field::RECORDED_AT: 1 })
-            .build();
+        let keys = doc! { field::NODE_NAME: 1, field::RECORDED_AT: 1 };
         let reports = self.reports().await?;
+        // Looked for first, under any name: a read-only user, who may list indexes but not
+        // create one, would otherwise be told at every start to have made what an admin did.
+        if self.has_index(reports, &keys).await {
+            return Ok(IndexOutcome::Ready);
+        }
+        let model = IndexModel::builder().keys(keys).build();
         let made = tokio::time::timeout(self.timeout, reports.create_index(model)).await;
         match made {
             Ok(Ok(_)) => Ok(IndexOutcome::Ready),
@@ -216,6 +220,18 @@ impl Store {
             ))),
             Err(_) => Err(MongoError::Unavailable("the database did not answer".into())),
         }
+    }
+
+    /// Whether the collection has an index on exactly `keys`; `false` when that cannot be
+    /// told (no collection yet, or no answer), so that creating it is tried.
+    async fn has_index(&self, reports: &Collection<Document>, keys: &Document) -> bool {
+        let Ok(cursor) = self.bounded(reports.list_indexes()).await else {
+            return false;
+        };
+        let Ok(indexes) = self.bounded(cursor.try_collect::<Vec<_>>()).await else {
+            return false;
+        };
+        indexes.iter().any(|i| &i.keys == keys)
     }
 
     /// The BSON type of the newest document's `recordedAt` (by `_id`, which the index has)
