@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::convert::report_json;
 use super::query::{iso, Field, Window, WindowError};
-use super::store::{report_json, ReadError, Store};
+use super::store::{ReadError, Store};
 use super::AppState;
 use crate::mongo::MongoError;
 use crate::report::field;

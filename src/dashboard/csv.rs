@@ -11,8 +11,8 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use mongodb::bson::{Bson, Document};
 
 use super::api::{known_node, window, ApiError, Params};
+use super::convert::number;
 use super::query::iso;
-use super::store::number;
 use super::AppState;
 use crate::report::field;
 

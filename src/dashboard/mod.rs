@@ -6,6 +6,7 @@
 //! - [`store`]: running them against the readings collection, bounded in time.
 //! - [`shared_read`]: one read of the node list for every page that asks at once.
 //! - [`api`]: the JSON routes and their error answers.
+//! - [`convert`]: stored readings as the API's JSON.
 //! - [`csv`]: the streamed CSV download.
 //! - [`page`]: the page and its assets, built in.
 //! - [`render`]: one node's chart as a PNG or SVG file, with `plotters`.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod config;
+pub mod convert;
 pub mod csv;
 pub mod host;
 pub mod limit;
