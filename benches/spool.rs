@@ -5,6 +5,9 @@
 //! per report, and the append rate.
 //! `appends DIR N`: the CPU per report of appends written one at a time against appends grouped
 //! as at `--interval 1ms`.
+//! `memory DIR`: the time the append that finds the disk writable again takes to move the
+//! reports kept in memory to it: 50,000 reports held (the disk was full, the database down),
+//! the oldest 10,000 of them handed out for an insert.
 //! `baseline DIR URI DB`: read the same reports and insert them with one plain unordered
 //! `insert_many`, printing the time taken (the yardstick for the agent's drain).
 
@@ -141,6 +144,44 @@ fn appends(dir: &Path, n: u64) {
     );
 }
 
+/// The append that moves the memory queue to disk once the disk has room again: `MEMORY_MAX`
+/// reports held while the segment file was /dev/full, a full batch of them in flight.
+fn memory(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("bench dir");
+    let segment = dir.join("segment-0000000000000001.spool");
+    std::os::unix::fs::symlink("/dev/full", &segment).expect("symlink to /dev/full");
+    let (mut sp, _) = Spool::open(
+        dir,
+        SpoolOptions {
+            max_bytes: 1 << 34,
+            sync_interval: Duration::from_secs(3600),
+        },
+    )
+    .expect("open spool");
+    let held = spool::MEMORY_MAX as u64;
+    let in_flight = sensehat_monitor::agent::BATCH_MAX;
+    let payloads: Vec<Vec<u8>> = (0..held).map(|i| report(i, 500).to_bson_bytes()).collect();
+    for chunk in payloads.chunks(1000) {
+        let out = sp.append_all(chunk, Instant::now());
+        assert!(out.disk_error.is_some(), "the disk took them");
+    }
+    assert_eq!(sp.in_memory(), held);
+    let batch = sp.next_batch(in_flight).expect("batch");
+    assert_eq!(batch.records.len(), in_flight);
+    std::fs::remove_file(&segment).expect("free the disk");
+    let next = report(held, 500).to_bson_bytes();
+    let start = Instant::now();
+    let out = sp.append(&next, Instant::now());
+    let took = start.elapsed();
+    assert_eq!(out.disk_error, None);
+    assert_eq!(out.recovered_from_memory, held - in_flight as u64);
+    println!(
+        "memory: {held} reports held, {in_flight} in flight: the append that moved {} to disk took {:.1} ms",
+        out.recovered_from_memory,
+        took.as_secs_f64() * 1e3
+    );
+}
+
 async fn baseline(dir: &Path, uri: &str, db: &str) {
     let mut docs = Vec::new();
     spool::for_each_pending(dir, |p| {
@@ -180,13 +221,14 @@ fn main() {
             sync.parse().expect("SYNC_MS"),
         ),
         ["appends", dir, n] => appends(Path::new(dir), n.parse().expect("N")),
+        ["memory", dir] => memory(Path::new(dir)),
         ["baseline", dir, uri, db] => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime")
             .block_on(baseline(Path::new(dir), uri, db)),
         _ => eprintln!(
-            "usage: spool fill DIR N [SYNC_MS] | appends DIR N | baseline DIR URI DB (see scripts/bench-spool.sh)"
+            "usage: spool fill DIR N [SYNC_MS] | appends DIR N | memory DIR | baseline DIR URI DB (see scripts/bench-spool.sh)"
         ),
     }
 }

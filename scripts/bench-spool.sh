@@ -3,7 +3,8 @@
 # (`--count 0`: deliver the backlog, take no sample) against one plain insert_many of the same
 # documents, each into a fresh local server in the same run; the agent's peak RSS while
 # draining; the bytes written to storage per appended report under both fsync policies; and the
-# CPU of an append, written at once against grouped as at --interval 1ms.
+# CPU of an append, written at once against grouped as at --interval 1ms; and how long the append
+# that finds the disk writable again takes to move 50,000 reports kept in memory back to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-server.sh
@@ -13,6 +14,7 @@ cargo bench -q --bench spool --no-run
 work=$(mktemp -d -p "${BENCH_DIR:-$ROOT/target}")
 trap 'stop_server; rm -rf "$work"' EXIT
 cargo bench -q --bench spool -- appends "$work/appends" 200000
+cargo bench -q --bench spool -- memory "$work/memory"
 cargo bench -q --bench spool -- fill "$work/sync0" 2000 0
 cargo bench -q --bench spool -- fill "$work/sync1000" 2000 1000
 cargo bench -q --bench spool -- fill "$work/spool" "$N" 1000

@@ -10,9 +10,9 @@ pub(super) const HEADER: u64 = 8;
 /// No report comes near this; a larger length is corruption.
 const MAX_RECORD: u32 = 16 * 1024 * 1024;
 /// No segment file the spool writes comes near this: segments roll over at 1 MiB, and the
-/// largest single write (the reports kept in memory while the disk failed) is tens of MiB at
-/// most. A larger file is damage (a wrong size in a damaged inode, a file that is not ours) and
-/// is not read: scanning it would hold up every start.
+/// largest single write (reports appended at once: the last run's held readings, refused ones
+/// put back) is a few MiB. A larger file is damage (a wrong size in a damaged inode, a file
+/// that is not ours) and is not read: scanning it would hold up every start.
 pub(super) const FILE_MAX: u64 = 1 << 30;
 /// How much of a file the search for the next good frame reads at once, so that the search
 /// costs this much memory however much bad data it crosses.

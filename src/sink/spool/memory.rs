@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::MEMORY_MAX;
+use super::{frame, Spool, MEMORY_MAX};
 
 /// Reports held in memory, oldest first; the first `in_flight` of them are handed out.
 #[derive(Debug, Default)]
@@ -29,18 +29,17 @@ impl Memory {
         dropped
     }
 
-    /// The oldest report not handed out, taken out of the queue (to move it to disk).
-    pub(super) fn take_waiting(&mut self) -> Option<Vec<u8>> {
-        if self.queue.len() > self.in_flight {
-            self.queue.remove(self.in_flight)
-        } else {
-            None
-        }
+    /// Every report not handed out, oldest first, taken out of the queue at once (to move them
+    /// to disk): one by one, each would shift those handed out, a batch of up to 10,000.
+    pub(super) fn take_waiting(&mut self) -> Vec<Vec<u8>> {
+        let from = self.in_flight.min(self.queue.len());
+        self.queue.split_off(from).into()
     }
 
-    /// Put back a report [`Memory::take_waiting`] took, where it was.
-    pub(super) fn put_back(&mut self, payload: Vec<u8>) {
-        self.queue.insert(self.in_flight, payload);
+    /// Put back, in their order, the reports [`Memory::take_waiting`] took and the disk did not,
+    /// before anything else is held: they go where they were, after those handed out.
+    pub(super) fn put_back(&mut self, rest: impl IntoIterator<Item = Vec<u8>>) {
+        self.queue.extend(rest);
     }
 
     /// Hand out at most `max` reports after those already handed out.
@@ -64,11 +63,42 @@ impl Memory {
     }
 }
 
+impl Spool {
+    /// The disk works: move what waited in memory there (not what is being sent); how many.
+    /// One `write(2)` per segment they fill, not one per report: at the memory queue's limit
+    /// that is 50,000 writes made while sampling waits for the spool. A segment still rolls
+    /// over where report by report it would, so the cap drops no more at once than it did. A
+    /// write that fails puts back what it and the writes after it would have moved.
+    pub(super) fn move_memory_to_disk(&mut self) -> u64 {
+        let waiting = self.memory.take_waiting();
+        let mut moved = 0;
+        let mut frames = Vec::new();
+        while moved < waiting.len() {
+            frames.clear();
+            let room = self.segments.room();
+            let mut n = 0;
+            for p in &waiting[moved..] {
+                if n > 0 && frames.len() as u64 >= room {
+                    break;
+                }
+                frame::push_frame(&mut frames, p);
+                n += 1;
+            }
+            if self.write_frames(&frames, n as u64).is_err() {
+                break;
+            }
+            moved += n;
+        }
+        self.memory.put_back(waiting.into_iter().skip(moved));
+        moved as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::dir::segment_name;
+    use super::super::dir::{list_segments, segment_name};
     use super::super::testutil::{drain, opts, payload};
-    use super::super::{BatchSource, Spool, MEMORY_MAX, WRITE_GROUP};
+    use super::super::{Batch, BatchSource, Spool, MEMORY_MAX, WRITE_GROUP};
     use std::fs;
     use std::time::Instant;
 
@@ -96,6 +126,83 @@ mod tests {
         let mut rest = drain(&mut s);
         rest.sort();
         assert_eq!(rest, vec![payload(1), payload(2), payload(3)]);
+    }
+
+    /// A spool in `dir` whose disk was full (segment 1 is /dev/full) for `held` reports, kept
+    /// in memory, the oldest `in_flight` of them handed out; then segment 1 has room again.
+    fn held_in_memory(dir: &std::path::Path, held: u32, in_flight: usize) -> (Spool, Batch) {
+        let seg = dir.join(segment_name(1));
+        std::os::unix::fs::symlink("/dev/full", &seg).unwrap();
+        let (mut s, _) = Spool::open(dir, opts(1 << 20)).unwrap();
+        let all: Vec<_> = (0..held).map(payload).collect();
+        for chunk in all.chunks(500) {
+            assert!(s.append_all(chunk, Instant::now()).disk_error.is_some());
+        }
+        let batch = s.next_batch(in_flight).unwrap();
+        assert_eq!(batch.source, BatchSource::Memory);
+        fs::remove_file(&seg).unwrap();
+        (s, batch)
+    }
+
+    // The disk has room again: the reports waiting in memory move to it in one write a
+    // segment (not one a report, each shifting the batch in flight: seconds, at the queue's
+    // limit, with sampling waiting), each segment rolling over where it would have, and come
+    // back in order after the batch in flight, which is untouched and acknowledged as usual.
+    #[test]
+    fn memory_moves_to_disk_in_one_write_a_segment_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, in_flight) = held_in_memory(dir.path(), 4000, 1000);
+        let writes = s.segments.writes;
+        let out = s.append(&payload(4000), Instant::now());
+        assert_eq!((out.disk_error, out.recovered_from_memory), (None, 3000));
+        // 128 KiB segments (an eighth of the cap): the new report and the 3000 moved fill two
+        // and start a third; one write for the new report, one for each segment of the move.
+        assert_eq!(list_segments(dir.path()).unwrap(), [1, 2, 3]);
+        assert_eq!(s.segments.writes - writes, 1 + 3);
+        for id in [1, 2] {
+            let len = fs::metadata(dir.path().join(segment_name(id)))
+                .unwrap()
+                .len();
+            assert!((128 * 1024..128 * 1024 + 108).contains(&len), "{len}");
+        }
+        assert_eq!((s.in_memory(), s.pending()), (1000, 4001));
+        assert_eq!(
+            in_flight.records,
+            (0..1000).map(payload).collect::<Vec<_>>()
+        );
+        s.ack(&in_flight);
+        assert_eq!((s.in_memory(), s.pending()), (0, 3001));
+        let mut expected = vec![payload(4000)];
+        expected.extend((1000..4000).map(payload));
+        assert_eq!(drain(&mut s), expected);
+    }
+
+    // A write of the move that fails (here the next segment's file is /dev/full) puts back
+    // what it did not move, in order, behind the batch in flight; the next append moves it,
+    // and every report is delivered once.
+    #[test]
+    fn a_move_to_disk_that_fails_midway_puts_back_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, in_flight) = held_in_memory(dir.path(), 3000, 1000);
+        let next = dir.path().join(segment_name(2));
+        std::os::unix::fs::symlink("/dev/full", &next).unwrap();
+        let out = s.append(&payload(3000), Instant::now());
+        assert_eq!(out.disk_error, None);
+        // Segment 1 took the new report and as many as reach its 128 KiB: 1 + 1213 frames of
+        // 108 bytes.
+        let first = 1213;
+        assert_eq!(out.recovered_from_memory, first);
+        assert_eq!((s.in_memory(), s.pending()), (3000 - first, 3001));
+        fs::remove_file(&next).unwrap();
+        let out = s.append(&payload(3001), Instant::now());
+        assert_eq!(out.recovered_from_memory, 2000 - first);
+        assert_eq!(s.in_memory(), 1000);
+        s.ack(&in_flight);
+        let mut expected = vec![payload(3000)];
+        expected.extend((1000..1000 + first as u32).map(payload));
+        expected.push(payload(3001));
+        expected.extend((1000 + first as u32..3000).map(payload));
+        assert_eq!(drain(&mut s), expected);
     }
 
     // A disk that fills up just after a segment was wholly delivered: that segment is deleted

@@ -388,22 +388,6 @@ impl Spool {
         out
     }
 
-    /// The disk works: move what waited in memory there (not what is being sent); how many.
-    fn move_memory_to_disk(&mut self) -> u64 {
-        let mut moved = 0;
-        let mut one = Vec::new();
-        while let Some(p) = self.memory.take_waiting() {
-            one.clear();
-            frame::push_frame(&mut one, &p);
-            if self.write_frames(&one, 1).is_err() {
-                self.memory.put_back(p);
-                break;
-            }
-            moved += 1;
-        }
-        moved
-    }
-
     /// [`Spool::write_out`] outside an append: its outcome is returned by the next append.
     fn write_out_deferred(&mut self) {
         let out = self.write_out();

@@ -48,6 +48,9 @@ pub(super) struct Segments {
     pub(super) writer: Option<File>,
     /// New segments get at least this id: below it lies an unreadable file left in place.
     id_floor: u64,
+    /// `write(2)`s that wrote frames, for the tests: what costs the sampling thread its time
+    /// is their number, not their size.
+    pub(super) writes: u64,
 }
 
 impl Segments {
@@ -60,6 +63,7 @@ impl Segments {
             list,
             writer: None,
             id_floor,
+            writes: 0,
         }
     }
 
@@ -140,6 +144,17 @@ impl Segments {
         self.writer.is_some() && self.end().offset >= self.segment_max
     }
 
+    /// Bytes the next write fills before its segment is full (one starting a new segment
+    /// fills a whole one): past them, a segment grows larger than the others.
+    pub(super) fn room(&self) -> u64 {
+        let end = self.end().offset;
+        if self.writer.is_none() || end >= self.segment_max {
+            self.segment_max
+        } else {
+            self.segment_max - end
+        }
+    }
+
     /// Write whole frames at the end of the last segment, opening a writer if there is none
     /// and starting the next segment when this one is full.
     pub(super) fn write(&mut self, frames: &[u8], records: u64) -> Result<(), SpoolError> {
@@ -176,6 +191,7 @@ impl Segments {
                 source,
             });
         }
+        self.writes += 1;
         let seg = self.list.back_mut().expect("segment exists");
         seg.len += frames.len() as u64;
         seg.records += records;
