@@ -220,6 +220,9 @@ impl<I: Inserter> Deliverer<I> {
                     .map_err(|e| AgentError::Join(e.to_string()))??
             }
         };
+        for problem in &batch.problems {
+            error!("{problem}");
+        }
         if let BatchSource::Disk { damaged, .. } = batch.source {
             if damaged > 0 {
                 error!(

@@ -55,6 +55,7 @@ mod tests {
         let batch = Batch {
             source: BatchSource::Memory,
             records: vec![mongodb::bson::rawdoc! { "n": 1 }.into_bytes()],
+            problems: Vec::new(),
         };
         let refused = [(0, "E11000".to_owned())];
         let path = dir.path().join("rejected.jsonl");

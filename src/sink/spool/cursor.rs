@@ -2,13 +2,13 @@
 //! handed out, the reader behind that, and writing the delivered position down.
 
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::Path;
 use std::time::Instant;
 
-use super::dir::write_cursor;
+use super::dir::{set_aside, write_cursor, SetAside};
 use super::frame::Frames;
-use super::{Position, SpoolError, CURSOR_EVERY, RETRY_EVERY};
+use super::{Position, Spool, SpoolError, CURSOR_EVERY, RETRY_EVERY};
 
 /// Where a batch came from, so it can be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub struct Batch {
     pub source: BatchSource,
     /// The reports' payloads.
     pub records: Vec<Vec<u8>>,
+    /// Segment files that could not be opened on the way to these reports, set aside and read
+    /// past (see [`super::Spool::next_batch`]): each a sentence for the log.
+    pub problems: Vec<String>,
 }
 
 /// Where delivery and reading stand.
@@ -101,6 +104,27 @@ impl Cursor {
         self.catch_up_read();
     }
 
+    /// Segment `id` left the run unread: delivery and reading go on after it.
+    pub(super) fn skip_segment(&mut self, id: u64) {
+        let next = Position {
+            segment: id + 1,
+            offset: 0,
+        };
+        if self.ack.segment == id {
+            self.ack = next;
+        }
+        if self.read.segment == id {
+            self.read = next;
+        }
+        self.reader = None;
+    }
+
+    /// Open the reader of segment `id` (at `path`, its good frames ending at `limit`) at the
+    /// read position, unless it is open there already.
+    pub(super) fn open(&mut self, path: &Path, id: u64, limit: u64) -> io::Result<()> {
+        self.reader(path, id, limit).map(|_| ())
+    }
+
     /// Read at most `max` records of segment `id` (at `path`, its good frames ending at
     /// `limit`) from the read position, and move it past them.
     pub(super) fn read_batch(
@@ -147,11 +171,12 @@ impl Cursor {
                 damaged,
             },
             records,
+            problems: Vec::new(),
         })
     }
 
     /// The reader of segment `id` at the read position, up to `limit`.
-    fn reader(&mut self, path: &Path, id: u64, limit: u64) -> std::io::Result<&mut Frames> {
+    fn reader(&mut self, path: &Path, id: u64, limit: u64) -> io::Result<&mut Frames> {
         // The reader goes on where it stopped, also when the active segment has grown since
         // (it read to the old end, and its buffer holds nothing past it), unless it has
         // latched the end of what it may read.
@@ -207,12 +232,30 @@ impl Cursor {
     }
 }
 
+impl Spool {
+    /// Segment `id` cannot be opened (`e`): out of the way (see [`set_aside`]) and out of
+    /// the run, reading past it; what the log should say.
+    pub(super) fn set_aside_unreadable(&mut self, id: u64, e: &io::Error) -> String {
+        let path = self.segments.path(id);
+        let lost = self.segments.remove(id).map_or(0, |s| s.records - s.acked);
+        self.cursor.skip_segment(id);
+        let fate = set_aside(&path);
+        if let SetAside::LeftInPlace(_) = fate {
+            // Not past it in the position written down, or the next start deletes it unread.
+            let first = self.cursor.left_in_place.map_or(id, |l| l.min(id));
+            self.cursor.left_in_place = Some(first);
+        }
+        fate.said(&path, e, &format!("the {lost} reports in it"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::dir::read_cursor;
+    use super::super::dir::{read_cursor, segment_name};
     use super::super::testutil::{drain, opts, payload};
     use super::super::Spool;
     use super::*;
+    use std::fs;
 
     // Appended reports come back in order, and acknowledged ones never again, across reopen.
     #[test]
@@ -351,5 +394,100 @@ mod tests {
         assert_eq!(b.records.len(), 1);
         s.ack(&b);
         assert_eq!(s.pending(), 0);
+    }
+
+    /// Read and acknowledge everything, in batches of seven; and the problems said on the way.
+    fn drain_saying(s: &mut Spool) -> (Vec<Vec<u8>>, Vec<String>) {
+        let (mut all, mut said) = (Vec::new(), Vec::new());
+        loop {
+            let b = s.next_batch(7).unwrap();
+            said.extend(b.problems.iter().cloned());
+            if b.records.is_empty() {
+                return (all, said);
+            }
+            s.ack(&b);
+            all.extend(b.records);
+        }
+    }
+
+    // A segment file that cannot be opened mid-run (a link to itself, ELOOP, which root cannot
+    // open either; on a failing card, EIO), or that is gone (deleted by hand), is set aside as
+    // at open, said, and read past: every report of the other segments is delivered. Here it
+    // is reopened after a failed insert, part of it delivered. It used to stop delivery for
+    // good, and the agent with it.
+    #[test]
+    fn a_segment_that_cannot_be_opened_mid_run_is_read_past() {
+        for gone in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            // 4096-byte segments: 38 records of 108 bytes each.
+            let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+            for i in 0..100 {
+                s.append(&payload(i), Instant::now());
+            }
+            let mut got = Vec::new();
+            for max in [100, 10] {
+                let b = s.next_batch(max).unwrap();
+                s.ack(&b);
+                got.extend(b.records);
+            }
+            assert_eq!(s.next_batch(5).unwrap().records[0], payload(48));
+            s.rewind();
+            let second = dir.path().join(segment_name(2));
+            fs::remove_file(&second).unwrap();
+            if !gone {
+                std::os::unix::fs::symlink(&second, &second).unwrap();
+            }
+            let (rest, said) = drain_saying(&mut s);
+            got.extend(rest);
+            let expected: Vec<_> = (0..48).chain(76..100).map(payload).collect();
+            assert_eq!(got, expected, "gone {gone}");
+            assert_eq!(said.len(), 1, "{said:?}");
+            assert!(said[0].contains("the 28 reports in it"), "{said:?}");
+            assert_eq!(said[0].contains("moved it to"), !gone, "{said:?}");
+            assert_eq!(s.pending(), 0);
+            assert!(fs::symlink_metadata(&second).is_err());
+            assert_eq!(set_aside_files(dir.path()), usize::from(!gone));
+            // Reports taken since go on; a restart sends nothing again.
+            s.append(&payload(100), Instant::now());
+            assert_eq!(drain(&mut s), vec![payload(100)]);
+            s.close().unwrap();
+            drop(s);
+            let (_, r) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+            assert_eq!((r.pending, r.problems.len()), (0, 0), "{:?}", r.problems);
+        }
+    }
+
+    // The segment being written cannot be opened: the reports appended since go to a new
+    // segment, which is read, not to the file set aside.
+    #[test]
+    fn the_segment_being_written_cannot_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        let first = dir.path().join(segment_name(1));
+        fs::remove_file(&first).unwrap();
+        std::os::unix::fs::symlink(&first, &first).unwrap();
+        let (got, said) = drain_saying(&mut s);
+        assert_eq!((got.len(), said.len()), (0, 1), "{said:?}");
+        assert_eq!(s.pending(), 0);
+        for i in 10..20 {
+            s.append(&payload(i), Instant::now());
+        }
+        assert_eq!(drain(&mut s), (10..20).map(payload).collect::<Vec<_>>());
+        assert!(dir.path().join(segment_name(2)).exists());
+        assert_eq!(set_aside_files(dir.path()), 1);
+    }
+
+    /// Files set aside as unreadable in `dir`.
+    fn set_aside_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().contains(super::super::SET_ASIDE)
+            })
+            .count()
     }
 }

@@ -36,13 +36,55 @@ pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 }
 
 /// A name no other file has for the unreadable segment `path`.
-pub(super) fn set_aside_name(path: &Path) -> PathBuf {
+fn set_aside_name(path: &Path) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mut name = path.as_os_str().to_owned();
     name.push(format!("{SET_ASIDE}{stamp}"));
     PathBuf::from(name)
+}
+
+/// What became of a segment file that cannot be read (see [`set_aside`]).
+#[derive(Debug)]
+pub enum SetAside {
+    /// Renamed to this: kept for whoever can read it, never deleted.
+    Moved(PathBuf),
+    /// Not there any more (deleted by hand): there is nothing to keep.
+    Gone,
+    /// It could not be renamed (a disk the kernel made read-only): left where it is.
+    LeftInPlace(io::Error),
+}
+
+/// Move the segment file `path`, which cannot be read, out of the way under a name of its own:
+/// no listing takes it for a segment, so a delivered position passing it never deletes it.
+pub fn set_aside(path: &Path) -> SetAside {
+    let aside = set_aside_name(path);
+    match fs::rename(path, &aside) {
+        Ok(()) => SetAside::Moved(aside),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => SetAside::Gone,
+        Err(e) => SetAside::LeftInPlace(e),
+    }
+}
+
+impl SetAside {
+    /// The log's sentence on the file at `path`, unreadable for `error`, `lost` saying what
+    /// it held ("the reports in it").
+    pub fn said(&self, path: &Path, error: &io::Error, lost: &str) -> String {
+        let path = path.display();
+        match self {
+            SetAside::Moved(aside) => format!(
+                "cannot read the spool file {path}: {error}; moved it to {} and went on without {lost}",
+                aside.display()
+            ),
+            SetAside::Gone => {
+                format!("cannot read the spool file {path}: {error}; went on without {lost}")
+            }
+            SetAside::LeftInPlace(r) => format!(
+                "cannot read the spool file {path}: {error}, nor move it aside: {r}; going on without {lost}"
+            ),
+        }
+    }
 }
 
 /// The delivered position written down in `dir`, if there is a readable one.

@@ -47,10 +47,11 @@
 //! is kept in a bounded in-memory queue ([`MEMORY_MAX`]; past it the oldest not being sent is
 //! dropped, counted apart from the cap's) and the next append tries the disk again, moving the
 //! queue there once it works. Opening never fails for a disk fault either: a delivered segment
-//! that cannot be deleted is left for the next start, one that cannot be read is renamed
-//! `*.spool.unreadable-<time>` (never deleted; left in place, and out of the run, if even that
-//! fails), and with no segment file it can create, the spool starts
-//! with its writer closed, so the first append falls back to memory (see `OpenReport::problems`).
+//! that cannot be deleted is left for the next start, one that cannot be read (at open, or
+//! opened when reading reaches it) is renamed `*.spool.unreadable-<time>` (never deleted; left
+//! in place, and out of the run, if even that fails), and with no segment file it can create,
+//! the spool starts with its writer closed, so the first append falls back to memory (see
+//! `OpenReport::problems`).
 //!
 //! # Layout
 //!
@@ -491,18 +492,29 @@ impl Spool {
     }
 
     /// The next undelivered reports after those already handed out, at most `max` and never
-    /// across a segment boundary; an empty batch when there is nothing to send.
+    /// across a segment boundary; an empty batch when there is nothing to send. A segment file
+    /// that cannot be opened is set aside as at open, and reading goes on past it (the batch's
+    /// `problems` say so): delivery stopping there would stop the agent, and its restart set
+    /// the file aside all the same.
     pub fn next_batch(&mut self, max: usize) -> Result<Batch, SpoolError> {
         self.write_out_deferred();
         self.sync.read_up_to(self.segments.end(), Instant::now());
-        if let Some((id, limit)) = self.segments.seek_unread(&mut self.cursor.read) {
+        let mut problems = Vec::new();
+        while let Some((id, limit)) = self.segments.seek_unread(&mut self.cursor.read) {
             let path = self.segments.path(id);
-            return self.cursor.read_batch(&path, id, limit, max);
+            if let Err(e) = self.cursor.open(&path, id, limit) {
+                problems.push(self.set_aside_unreadable(id, &e));
+                continue;
+            }
+            let mut batch = self.cursor.read_batch(&path, id, limit, max)?;
+            batch.problems = problems;
+            return Ok(batch);
         }
         // Disk is drained: send what waits in memory.
         Ok(Batch {
             source: BatchSource::Memory,
             records: self.memory.next_batch(max),
+            problems,
         })
     }
 

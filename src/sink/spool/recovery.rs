@@ -8,7 +8,7 @@ use std::io;
 use std::path::Path;
 
 use super::dir::{
-    list_segments, position_is_damaged, read_cursor, segment_name, set_aside_name, CURSOR_FILE,
+    list_segments, position_is_damaged, read_cursor, segment_name, set_aside, SetAside, CURSOR_FILE,
 };
 use super::frame::{scan, Scanned};
 use super::segment::Segment;
@@ -177,28 +177,18 @@ impl Recovered {
     }
 
     /// Segment `id` could not be read (`e`, an I/O error): out of the way under a name of its
-    /// own, so that the delivered position passing it never deletes it as delivered, and kept
-    /// for whoever can read it. If it cannot even be renamed (a disk the kernel made
-    /// read-only), it is left where it is and out of this run; nothing is deleted on such a
-    /// disk, and the next start tries again.
+    /// own (see [`set_aside`]), kept for whoever can read it. If it cannot even be renamed (a
+    /// disk the kernel made read-only), it is left where it is and out of this run; nothing is
+    /// deleted on such a disk, and the next start tries again.
     fn set_aside(&mut self, path: &Path, id: u64, e: io::Error) {
-        let aside = set_aside_name(path);
-        let problem = match fs::rename(path, &aside) {
-            Ok(()) => format!(
-                "cannot read the spool file {}: {e}; moved it to {} and went on without the reports in it",
-                path.display(),
-                aside.display()
-            ),
-            Err(r) => {
-                self.id_floor = id + 1;
-                self.left_in_place.get_or_insert(id);
-                format!(
-                    "cannot read the spool file {}: {e}, nor move it aside: {r}; going on without the reports in it",
-                    path.display()
-                )
-            }
-        };
-        self.report.problems.push(problem);
+        let fate = set_aside(path);
+        if let SetAside::LeftInPlace(_) = fate {
+            self.id_floor = id + 1;
+            self.left_in_place.get_or_insert(id);
+        }
+        self.report
+            .problems
+            .push(fate.said(path, &e, "the reports in it"));
     }
 }
 

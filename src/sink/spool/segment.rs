@@ -244,6 +244,18 @@ impl Segments {
         Some(seg)
     }
 
+    /// Take segment `id`, which cannot be read, out of the run; what it held. New segments
+    /// come after it: one by its id would lie behind the read position. The last one's writer
+    /// is closed, so that new reports go to a segment of their own.
+    pub(super) fn remove(&mut self, id: u64) -> Option<Segment> {
+        let at = self.list.iter().position(|s| s.id == id)?;
+        if at + 1 == self.list.len() {
+            self.writer = None;
+        }
+        self.id_floor = self.id_floor.max(id + 1);
+        self.list.remove(at)
+    }
+
     /// Move `read` to the first record not read yet, at or after it, and return its segment's
     /// id and length; `None` when everything on disk has been read.
     pub(super) fn seek_unread(&self, read: &mut Position) -> Option<(u64, u64)> {
