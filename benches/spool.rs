@@ -184,10 +184,11 @@ fn memory(dir: &Path) {
 
 async fn baseline(dir: &Path, uri: &str, db: &str) {
     let mut docs = Vec::new();
-    spool::for_each_pending(dir, |p| {
+    let unreadable = spool::for_each_pending(dir, |p| {
         docs.push(RawDocumentBuf::from_bytes(p.to_vec()).expect("bson"))
     })
     .expect("read spool");
+    assert!(unreadable.is_empty(), "{unreadable:?}");
     let client = mongodb::Client::with_uri_str(uri).await.expect("client");
     let coll = client.database(db).collection::<RawDocumentBuf>("reports");
     let start = Instant::now();

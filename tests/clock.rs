@@ -270,3 +270,109 @@ async fn held_reports_survive_a_kill() {
     let docs = all_reports(&client, &db).await;
     assert_eq!(docs.len() as u64, held + 5);
 }
+
+/// The ids of the reports in the spool file `path`, read frame by frame.
+fn ids_in_file(path: &Path) -> Vec<mongodb::bson::oid::ObjectId> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut ids = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let doc = mongodb::bson::Document::from_reader(&mut &bytes[at + 8..at + 8 + len]).unwrap();
+        ids.push(doc.get_object_id("_id").unwrap());
+        at += 8 + len;
+    }
+    ids
+}
+
+// A file of the last run's held readings that cannot be read (here a link to itself, ELOOP; on
+// a failing card, EIO) is set aside, said at ERROR, and the readable ones are moved on and
+// stored. It used to keep every one of them back, at every start while the clock was
+// synchronized at start (only a start that held readings again set the file aside).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_held_file_keeps_back_only_its_own_readings() {
+    use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
+    use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
+    let server = MongoServer::start();
+    let db = unique_name("clock_unreadable");
+    let spool = tempfile::tempdir().unwrap();
+    let held_dir = spool.path().join("held");
+    // What a killed run leaves: 60 held readings in 4 KiB segments (an eighth of 32 KiB).
+    let options = SpoolOptions {
+        max_bytes: 32 * 1024,
+        sync_interval: Duration::from_secs(1),
+    };
+    let (mut held, _) = Spool::open(&held_dir, options).unwrap();
+    let reading = Reading {
+        humidity_rh: 40.0,
+        temperature_celsius: 21.5,
+        pressure_hpa: 1013.25,
+        acceleration: Acceleration {
+            x_g: 0.0,
+            y_g: 0.0,
+            z_g: 1.0,
+        },
+    };
+    for i in 0..60 {
+        let r = Report::new(
+            "held-pi",
+            reading,
+            now_ms() - 60_000 + i * 500,
+            MovingRule::Axis,
+        );
+        held.append(&r.to_bson_bytes(), std::time::Instant::now());
+    }
+    held.kill();
+    let mut segments: Vec<_> = std::fs::read_dir(&held_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .collect();
+    segments.sort();
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    // The second cannot be opened: its readings are the ones lost.
+    let lost = ids_in_file(&segments[1]);
+    let readable: Vec<_> = [&segments[0], &segments[2]]
+        .into_iter()
+        .flat_map(|p| ids_in_file(p))
+        .collect();
+    assert_eq!(lost.len() + readable.len(), 60);
+    std::fs::remove_file(&segments[1]).unwrap();
+    std::os::unix::fs::symlink(&segments[1], &segments[1]).unwrap();
+
+    let out = tokio::process::Command::from(sim_agent(&server.uri, &db, 5, spool.path()))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let said = stderr
+        .lines()
+        .find(|l| l.contains("moved it to"))
+        .unwrap_or_else(|| panic!("not said: {stderr}"));
+    assert!(said.contains("ERROR") && said.contains("held"), "{said}");
+    // held/ is gone; the file set aside moved up into the spool directory, kept.
+    assert!(!held_dir.exists());
+    let kept = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy().into_owned();
+            name.starts_with("held-segment-") && name.contains(".unreadable-")
+        })
+        .count();
+    assert_eq!(kept, 1);
+    let docs = all_reports(&server.client().await, &db).await;
+    let stored: std::collections::HashSet<_> = docs
+        .iter()
+        .map(|d| d.get_object_id("_id").unwrap())
+        .collect();
+    assert!(
+        readable.iter().all(|id| stored.contains(id)),
+        "a readable held reading was not stored: {} of {} stored\n{stderr}",
+        docs.len(),
+        readable.len() + 5
+    );
+    assert!(lost.iter().all(|id| !stored.contains(id)));
+    assert_eq!(docs.len(), readable.len() + 5);
+}

@@ -57,11 +57,12 @@ async fn ids_in(server: &MongoServer, db: &str) -> Vec<ObjectId> {
 
 fn pending_ids(dir: &Path) -> Vec<ObjectId> {
     let mut ids = Vec::new();
-    spool::for_each_pending(dir, |p| {
+    let unreadable = spool::for_each_pending(dir, |p| {
         let d = Document::from_reader(&mut &p[..]).unwrap();
         ids.push(d.get_object_id("_id").unwrap());
     })
     .unwrap();
+    assert!(unreadable.is_empty(), "{unreadable:?}");
     ids
 }
 
@@ -779,10 +780,11 @@ async fn resent_reports_already_stored_are_not_duplicated() {
     signal(&child, 15);
     assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
     let mut docs = Vec::new();
-    spool::for_each_pending(&spool_dir, |p| {
+    let unreadable = spool::for_each_pending(&spool_dir, |p| {
         docs.push(Document::from_reader(&mut &p[..]).unwrap())
     })
     .unwrap();
+    assert!(unreadable.is_empty(), "{unreadable:?}");
     let total = docs.len();
     server.launch();
     // The first half "arrived" before the agent was killed, but it never heard back.

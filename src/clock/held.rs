@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{error, warn};
 
-use crate::sink::spool::{self, Spool, SpoolError, SpoolOptions};
+use crate::sink::spool::{self, SetAside, Spool, SpoolError, SpoolOptions, Unreadable};
 
 /// The held reports' spool, inside the spool directory.
 pub const HELD_DIR: &str = "held";
@@ -16,7 +16,9 @@ pub type HeldSpool = Arc<Mutex<Spool>>;
 
 /// Move the reports a previous run held (and could not let go: it was killed, or the power
 /// went) to `spool`, as they were stamped, then delete their spool once they are synced there.
-/// Returns how many moved.
+/// A file of it that cannot be read keeps back only its own reports: it is set aside into the
+/// spool's directory (as `held-...`, as [`discard_held`] keeps them), said at ERROR. Returns
+/// how many moved.
 pub fn recover_held(spool: &mut Spool, dir: &Path) -> Result<u64, SpoolError> {
     if !dir.is_dir() {
         return Ok(0);
@@ -24,18 +26,33 @@ pub fn recover_held(spool: &mut Spool, dir: &Path) -> Result<u64, SpoolError> {
     // Read without acknowledging: acknowledged segments are deleted, and nothing of the copy
     // may go before the spool has them on disk.
     let mut payloads = Vec::new();
-    spool::for_each_pending(dir, |p| payloads.push(p.to_vec())).map_err(|source| {
-        SpoolError::Io {
-            path: dir.to_owned(),
-            source,
-        }
-    })?;
+    let unreadable =
+        spool::for_each_pending(dir, |p| payloads.push(p.to_vec())).map_err(|source| {
+            SpoolError::Io {
+                path: dir.to_owned(),
+                source,
+            }
+        })?;
+    let mut left_in_place = false;
+    for Unreadable { path, error } in &unreadable {
+        let fate = match dir.parent() {
+            Some(up) => spool::set_aside_into(path, up, "held-"),
+            None => spool::set_aside(path),
+        };
+        left_in_place |= matches!(fate, SetAside::LeftInPlace(_));
+        error!("{}", fate.said(path, error, "the held readings in it"));
+    }
     let out = spool.append_all(&payloads, std::time::Instant::now());
     spool.flush()?;
     match out.disk_error {
         // In memory only: the copy on disk is all there is if we die now. Keep it.
         Some(e) => {
             warn!(error = %e, "cannot write the spool; held readings of the last run stay in {} too", dir.display())
+        }
+        // Deleting the directory would delete that file, unread: it stays, and what was read
+        // goes out again from it at the next start (stored once).
+        None if left_in_place => {
+            warn!("held readings of the last run stay in {} too, with the file that cannot be read nor moved aside", dir.display())
         }
         None => discard_held(dir),
     }

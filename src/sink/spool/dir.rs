@@ -35,14 +35,15 @@ pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// A name no other file has for the unreadable segment `path`.
-fn set_aside_name(path: &Path) -> PathBuf {
+/// A name no other file has for the unreadable segment `path`, in `dir`, after `prefix`.
+fn set_aside_name(path: &Path, dir: &Path, prefix: &str) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let mut name = path.as_os_str().to_owned();
+    let mut name = std::ffi::OsString::from(prefix);
+    name.push(path.file_name().unwrap_or_default());
     name.push(format!("{SET_ASIDE}{stamp}"));
-    PathBuf::from(name)
+    dir.join(name)
 }
 
 /// What became of a segment file that cannot be read (see [`set_aside`]).
@@ -59,7 +60,14 @@ pub enum SetAside {
 /// Move the segment file `path`, which cannot be read, out of the way under a name of its own:
 /// no listing takes it for a segment, so a delivered position passing it never deletes it.
 pub fn set_aside(path: &Path) -> SetAside {
-    let aside = set_aside_name(path);
+    set_aside_into(path, path.parent().unwrap_or(Path::new("")), "")
+}
+
+/// [`set_aside`] into the directory `dir`, the new name after `prefix` (a file of the held
+/// readings' spool goes up into the spool's directory as `held-...`, where it outlives
+/// `held/`).
+pub fn set_aside_into(path: &Path, dir: &Path, prefix: &str) -> SetAside {
+    let aside = set_aside_name(path, dir, prefix);
     match fs::rename(path, &aside) {
         Ok(()) => SetAside::Moved(aside),
         Err(e) if e.kind() == io::ErrorKind::NotFound => SetAside::Gone,

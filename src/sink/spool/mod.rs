@@ -82,9 +82,9 @@ mod sync;
 mod testutil;
 
 pub use cursor::{Batch, BatchSource};
-pub use dir::SET_ASIDE;
+pub use dir::{set_aside, set_aside_into, SetAside, SET_ASIDE};
 pub use recovery::OpenReport;
-pub use summary::{for_each_pending, summarize, SpoolSummary};
+pub use summary::{for_each_pending, summarize, SpoolSummary, Unreadable};
 
 use cursor::Cursor;
 use group::WriteGroup;

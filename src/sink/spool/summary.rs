@@ -2,7 +2,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::dir::{list_segments, position_is_damaged, read_cursor, segment_name};
 use super::frame::Frames;
@@ -21,17 +21,35 @@ pub struct SpoolSummary {
     pub oldest: Option<Vec<u8>>,
 }
 
-/// Summarize the spool in `dir` without changing anything.
+/// A segment file [`for_each_pending`] could not read, and why.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The file.
+    pub path: PathBuf,
+    /// What the system said, or why the file is not taken for a segment (its size).
+    pub error: io::Error,
+}
+
+impl From<Unreadable> for io::Error {
+    fn from(Unreadable { path, error }: Unreadable) -> Self {
+        io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+    }
+}
+
+/// Summarize the spool in `dir` without changing anything; an error for a segment file that
+/// cannot be read (the agent sets it aside when delivery comes to it).
 pub fn summarize(dir: &Path) -> io::Result<SpoolSummary> {
     let (at, ids) = position_and_listing(dir)?;
     summarize_listed(dir, at, &ids)
 }
 
 /// Call `f` with every undelivered report, oldest first, without changing anything (safe
-/// while the agent runs: a record being appended may be missed, never misread).
-pub fn for_each_pending(dir: &Path, f: impl FnMut(&[u8])) -> io::Result<()> {
+/// while the agent runs: a record being appended may be missed, never misread). A segment
+/// file that cannot be read keeps back only its own reports: it is returned, for the caller
+/// to say and set aside, and the others are read. `Err` when `dir` cannot be listed.
+pub fn for_each_pending(dir: &Path, f: impl FnMut(&[u8])) -> io::Result<Vec<Unreadable>> {
     let (at, ids) = position_and_listing(dir)?;
-    pending_listed(dir, at, &ids, f)
+    Ok(pending_listed(dir, at, &ids, f))
 }
 
 /// The delivered position written down in `dir`, then the segments listed there. In this
@@ -48,23 +66,27 @@ fn position_and_listing(dir: &Path) -> io::Result<(Option<Position>, Vec<u64>)> 
 fn summarize_listed(dir: &Path, at: Option<Position>, ids: &[u64]) -> io::Result<SpoolSummary> {
     let mut s = SpoolSummary::default();
     for &id in ids {
-        match fs::metadata(dir.join(segment_name(id))) {
+        let path = dir.join(segment_name(id));
+        match fs::metadata(&path) {
             Ok(m) => {
                 s.bytes += m.len();
                 s.segments += 1;
             }
             // Delivered and deleted since it was listed.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(error) => return Err(Unreadable { path, error }.into()),
         }
     }
-    pending_listed(dir, at, ids, |payload| {
+    let unreadable = pending_listed(dir, at, ids, |payload| {
         s.pending += 1;
         if s.oldest.is_none() {
             s.oldest = Some(payload.to_vec());
         }
-    })?;
-    Ok(s)
+    });
+    match unreadable.into_iter().next() {
+        Some(u) => Err(u.into()),
+        None => Ok(s),
+    }
 }
 
 /// [`for_each_pending`], with the delivered position `at` and the segments `ids` listed in
@@ -74,31 +96,35 @@ fn pending_listed(
     at: Option<Position>,
     ids: &[u64],
     mut f: impl FnMut(&[u8]),
-) -> io::Result<()> {
+) -> Vec<Unreadable> {
     // A damaged position delivers nothing: the agent sends everything again (see `recovery`).
     let ack = at
         .filter(|at| !position_is_damaged(*at, ids))
         .unwrap_or_default();
+    let mut unreadable = Vec::new();
     for &id in ids {
         if id < ack.segment {
             continue;
         }
         let path = dir.join(segment_name(id));
-        let file = match File::open(&path) {
-            Ok(f) => f,
+        let read = File::open(&path)
+            .and_then(Frames::of_file)
+            .and_then(|mut frames| {
+                while let Some((start, p)) = frames.next()? {
+                    if id > ack.segment || start >= ack.offset {
+                        f(&p);
+                    }
+                }
+                Ok(())
+            });
+        match read {
+            Ok(()) => {}
             // Delivered and deleted since it was listed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let mut frames = Frames::of_file(file)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        while let Some((start, p)) = frames.next()? {
-            if id > ack.segment || start >= ack.offset {
-                f(&p);
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => unreadable.push(Unreadable { path, error }),
         }
     }
-    Ok(())
+    unreadable
 }
 
 #[cfg(test)]
@@ -143,5 +169,33 @@ mod tests {
         let sum = summarize_listed(dir.path(), at, &ids).unwrap();
         assert_eq!((sum.segments, sum.pending), (2, 42));
         assert_eq!(sum.oldest, Some(payload(38)));
+    }
+
+    // A segment file that cannot be read (a link to itself; a file too large to be one) keeps
+    // back only its own reports: it is returned, and the others are read. `status` still says
+    // it cannot read the spool, naming the file.
+    #[test]
+    fn an_unreadable_segment_keeps_back_only_its_own_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(8 * 4096)).unwrap();
+        for i in 0..80 {
+            s.append(&payload(i), Instant::now());
+        }
+        s.close().unwrap();
+        let second = dir.path().join(segment_name(2));
+        fs::remove_file(&second).unwrap();
+        std::os::unix::fs::symlink(&second, &second).unwrap();
+        let huge = File::create(dir.path().join(segment_name(4))).unwrap();
+        huge.set_len(super::super::frame::FILE_MAX + 1).unwrap();
+        let mut listed = Vec::new();
+        let unreadable = for_each_pending(dir.path(), |p| listed.push(p.to_vec())).unwrap();
+        let paths: Vec<_> = unreadable.iter().map(|u| u.path.clone()).collect();
+        assert_eq!(paths, [second.clone(), dir.path().join(segment_name(4))]);
+        assert_eq!(
+            listed,
+            (0..38).chain(76..80).map(payload).collect::<Vec<_>>()
+        );
+        let e = summarize(dir.path()).unwrap_err();
+        assert!(e.to_string().contains(&second.display().to_string()), "{e}");
     }
 }
