@@ -12,7 +12,8 @@
 //! - [`error`]: why the forwarder stops, and which MongoDB errors are worth retrying.
 //! - [`format`](mod@format): record data (`stringify`, `relaxed`, `canonical`).
 //! - [`batch`]: each target's limits, and batching (pure).
-//! - [`target`]: the put trait, and resending failed entries.
+//! - [`target`]: the put trait, how a failed entry is sorted, and the back-off of resends.
+//! - [`put`]: putting one batch, resending failed entries until all are accepted.
 //! - [`aws`]: the AWS SDK Kinesis client, and the region and credentials checks at start.
 //! - [`eventbridge`]: the AWS SDK EventBridge client, PutEvents.
 //! - [`state`]: the stored resume token.
@@ -46,6 +47,7 @@ pub mod eventbridge;
 pub mod format;
 mod forward;
 pub mod metrics;
+pub mod put;
 pub mod state;
 pub mod target;
 mod trouble;

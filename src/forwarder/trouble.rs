@@ -1,6 +1,6 @@
 //! A failure that goes on, as the forwarder reports it: a warning where it begins, an error
 //! every [`STUCK_REPORT_EVERY`] while it lasts, and its end once. The put side
-//! ([`super::target::put_all`]) and the change stream's reopening share it.
+//! ([`super::put::put_all`]) and the change stream's reopening share it.
 
 use std::time::Duration;
 

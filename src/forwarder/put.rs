@@ -1,0 +1,485 @@
+//! Putting one batch: [`put_all`] resends the failed entries (with the later ones of their
+//! partition keys, `resend_set`) with exponential back-off and jitter until every one is
+//! accepted, or the target refuses one for good ([`EntryFailure`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::batch::Entry;
+use super::metrics::Metrics;
+use super::target::{backoff, EntryFailure, EntryResults, PutError, Target, RETRY_MAX_DELAY};
+use super::trouble::{now, Say, Trouble};
+
+/// An entry the target refused for good, with its reason ([`EntryFailure::Refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The entry as it was sent.
+    pub entry: Entry,
+    /// The target's error code and message.
+    pub reason: String,
+}
+
+/// What it took to put one batch, and what the target refused of it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PutStats {
+    /// Calls made, including resends.
+    pub calls: u32,
+    /// Entries resent after a partial failure (an entry resent twice counts twice).
+    pub resent: u64,
+    /// Entries the target will never accept, in the batch's order.
+    pub refused: Vec<Refused>,
+}
+
+/// What to send again after a call that failed some entries: each failed entry, and every
+/// later entry with the same partition key even when it was accepted. Kinesis keeps a key's
+/// records in the order they were accepted (and EventBridge delivers roughly so); resending only a failed A1 would land it after an
+/// accepted A2, and with updates forwarded the endpoint's replace by `_id` would then keep the
+/// older document. Sending A2 again after A1 restores the order (a duplicate, which delivery at
+/// least once already allows). `reason` gets the first failure's reason. An entry refused for
+/// good ([`EntryFailure::Refused`]) goes to `refused` instead, and holds back no other: it will
+/// never be delivered, so there is no order to keep with it.
+fn resend_set<T: Target>(
+    entries: Vec<Entry>,
+    results: EntryResults,
+    reason: &mut Option<String>,
+    refused: &mut Vec<Refused>,
+) -> Vec<Entry> {
+    let mut blocked: std::collections::HashSet<String> = std::collections::HashSet::new();
+    entries
+        .into_iter()
+        .zip(results)
+        .filter_map(|(e, r)| match r {
+            Some(why) if T::entry_failure(&why) == EntryFailure::Refused => {
+                refused.push(Refused {
+                    entry: e,
+                    reason: why,
+                });
+                None
+            }
+            Some(why) => {
+                reason.get_or_insert(why);
+                blocked.insert(e.partition_key.clone());
+                Some(e)
+            }
+            None if blocked.contains(&e.partition_key) => Some(e),
+            None => None,
+        })
+        .collect()
+}
+
+/// Put every entry, resending the failed ones (see `resend_set`), until all are accepted or
+/// refused for good (those come back in [`PutStats::refused`]). Returns early on a fatal error
+/// (an entry [`EntryFailure::Denied`] among them), or with [`PutError::Interrupted`] when
+/// `interrupt` resolves first (a call in flight is abandoned: its entries may or may not have
+/// been accepted). Accepted and refused
+/// entries and retried calls are counted in `metrics` as they happen, so a put that keeps
+/// failing shows while it does.
+pub async fn put_all<T: Target>(
+    target: &T,
+    destination: &str,
+    entries: Vec<Entry>,
+    interrupt: impl Future<Output = ()>,
+    metrics: &Metrics,
+) -> Result<PutStats, PutError> {
+    tokio::pin!(interrupt);
+    let mut pending = entries;
+    let mut stats = PutStats::default();
+    let mut delays = backoff();
+    let mut trouble = Trouble::default();
+    while !pending.is_empty() {
+        stats.calls += 1;
+        if stats.calls > 1 {
+            metrics.retries.inc();
+        }
+        let put = tokio::select! {
+            r = target.put(destination, &pending) => r,
+            () = &mut interrupt => return Err(PutError::Interrupted),
+        };
+        match put {
+            Ok(results) => {
+                let total = pending.len();
+                let failed = results.iter().filter(|r| r.is_some()).count();
+                metrics.records_put.inc_by((total - failed) as u64);
+                metrics.failed_entries.inc_by(failed as u64);
+                if let Some(denied) = results
+                    .iter()
+                    .flatten()
+                    .find(|why| T::entry_failure(why) == EntryFailure::Denied)
+                {
+                    return Err(PutError::Fatal(format!(
+                        "{} refused records: {denied}; the forwarder is not allowed to put them: give its role or user the permission (see docs/aws.md); its position was not stored, so they are sent again at the next start",
+                        T::API
+                    )));
+                }
+                let mut reason = None;
+                pending = resend_set::<T>(pending, results, &mut reason, &mut stats.refused);
+                if pending.is_empty() {
+                    break;
+                }
+                stats.resent += pending.len() as u64;
+                let reason = reason.as_deref().unwrap_or("");
+                match trouble.failed(now()) {
+                    Say::Began => warn!(
+                        failed = pending.len(),
+                        of = total,
+                        reason,
+                        "{} failed some records; resending those (and later records with the same partition key, to keep their order), with back-off",
+                        T::API
+                    ),
+                    Say::Still(failing_for) => still_failing(T::LIMITS.target, failing_for, reason),
+                    Say::Nothing => {}
+                }
+            }
+            Err(e @ (PutError::Fatal(_) | PutError::Interrupted)) => return Err(e),
+            Err(PutError::Transient(e)) => match trouble.failed(now()) {
+                Say::Began => warn!(error = %e, "{} failed; retrying with back-off", T::API),
+                Say::Still(failing_for) => still_failing(T::LIMITS.target, failing_for, &e),
+                Say::Nothing => {}
+            },
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)) => {}
+            () = &mut interrupt => return Err(PutError::Interrupted),
+        }
+    }
+    if trouble.recovered() {
+        info!(
+            calls = stats.calls,
+            "{} accepted every record again",
+            T::API
+        );
+    }
+    Ok(stats)
+}
+
+/// The error line of a batch `target` has not accepted for `failing_for`.
+fn still_failing(target: &str, failing_for: Duration, error: &str) {
+    error!(
+        failing_for_s = failing_for.as_secs(),
+        error,
+        "{target} has not accepted this batch yet; still retrying, and nothing after it is forwarded until it is accepted"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forwarder::batch::Limits;
+    use std::sync::Mutex;
+
+    /// Keep the data of a call's entries in `calls`.
+    fn record(calls: &Mutex<Vec<Vec<Vec<u8>>>>, entries: &[Entry]) {
+        calls
+            .lock()
+            .unwrap()
+            .push(entries.iter().map(|e| e.data.clone()).collect());
+    }
+
+    /// Fails the entries whose data is listed, once each.
+    struct FailOnce {
+        fail: Mutex<Vec<Vec<u8>>>,
+        calls: Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl Target for FailOnce {
+        const LIMITS: Limits = crate::forwarder::batch::EVENTBRIDGE;
+        const API: &'static str = "PutEvents";
+        async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+            record(&self.calls, entries);
+            let mut fail = self.fail.lock().unwrap();
+            Ok(entries
+                .iter()
+                .map(|e| {
+                    let pos = fail.iter().position(|f| *f == e.data)?;
+                    fail.remove(pos);
+                    Some("ProvisionedThroughputExceededException: slow down".to_owned())
+                })
+                .collect())
+        }
+    }
+
+    /// An entry keyed by its data's first character: "a1" and "a2" share a key.
+    fn entry(s: &str) -> Entry {
+        Entry {
+            data: s.as_bytes().to_vec(),
+            partition_key: s[..1].into(),
+        }
+    }
+
+    /// Fails every entry, every time (a stream throttled for good).
+    struct AlwaysThrottled;
+
+    impl Target for AlwaysThrottled {
+        const LIMITS: Limits = crate::forwarder::batch::KINESIS;
+        const API: &'static str = "PutRecords";
+        async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+            Ok(vec![
+                Some("ProvisionedThroughputExceededException".into());
+                entries.len()
+            ])
+        }
+    }
+
+    /// A log writer into a shared buffer, for a test's own subscriber.
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    // A put that never succeeds is warned about once, then reported as an error once a minute
+    // with how long it has failed: never silent, never a line per retry.
+    #[tokio::test(start_paused = true)]
+    async fn a_put_that_keeps_failing_is_reported_once_a_minute() {
+        let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Captured(writer.clone()))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // The n-th error comes at the first retry 60 s or more after the last line, and a
+        // retry waits at most 10 s: the third between 180 and 210 s, the fourth from 240 s.
+        let interrupt = tokio::time::sleep(Duration::from_secs(225));
+        let r = put_all(
+            &AlwaysThrottled,
+            "s",
+            vec![entry("a")],
+            interrupt,
+            &Metrics::default(),
+        )
+        .await;
+        assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
+        let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            log.matches("PutRecords failed some records").count(),
+            1,
+            "{log}"
+        );
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("Kinesis has not accepted this batch yet"))
+            .collect();
+        assert_eq!(errors.len(), 3, "{log}");
+        assert!(errors[0].contains("failing_for_s=6"), "{}", errors[0]);
+    }
+
+    // Resending never gives up by itself, but stops when told to (a shutdown), with
+    // Interrupted rather than success.
+    #[tokio::test(start_paused = true)]
+    async fn resending_stops_when_interrupted() {
+        let interrupt = tokio::time::sleep(Duration::from_secs(60));
+        let r = put_all(
+            &AlwaysThrottled,
+            "s",
+            vec![entry("a")],
+            interrupt,
+            &Metrics::default(),
+        )
+        .await;
+        assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
+    }
+
+    // After a partial failure a key's accepted entries that came after its failed one are sent
+    // again with it, in order; other keys' accepted entries are not.
+    #[tokio::test(start_paused = true)]
+    async fn resends_keep_each_keys_order() {
+        let k = FailOnce {
+            fail: Mutex::new(vec![b"a1".to_vec(), b"b2".to_vec()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let metrics = Metrics::default();
+        let stats = put_all(
+            &k,
+            "s",
+            ["a1", "b1", "a2", "c1", "b2", "a3", "b3"]
+                .map(entry)
+                .to_vec(),
+            std::future::pending(),
+            &metrics,
+        )
+        .await
+        .unwrap();
+        // Accepted are counted each time, as they are in the stream each time: 5 then 5.
+        assert_eq!(
+            (
+                metrics.records_put.get(),
+                metrics.failed_entries.get(),
+                metrics.retries.get()
+            ),
+            (10, 2, 1)
+        );
+        let calls = k.calls.lock().unwrap();
+        let resent: Vec<&[u8]> = calls[1].iter().map(|d| d.as_slice()).collect();
+        assert_eq!(resent, [&b"a1"[..], b"a2", b"b2", b"a3", b"b3"]);
+        assert_eq!(
+            stats,
+            PutStats {
+                calls: 2,
+                resent: 5,
+                refused: vec![]
+            }
+        );
+    }
+
+    // Only the failed entries are sent again, in order, until all are accepted, when no later
+    // entry shares a failed one's key.
+    #[tokio::test(start_paused = true)]
+    async fn resends_only_failed_entries() {
+        let k = FailOnce {
+            fail: Mutex::new(vec![b"b".to_vec(), b"d".to_vec()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let stats = put_all(
+            &k,
+            "s",
+            ["a", "b", "c", "d"].map(entry).to_vec(),
+            std::future::pending(),
+            &Metrics::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            stats,
+            PutStats {
+                calls: 2,
+                resent: 2,
+                refused: vec![]
+            }
+        );
+        let calls = k.calls.lock().unwrap();
+        assert_eq!(calls[1], vec![b"b".to_vec(), b"d".to_vec()]);
+    }
+
+    // Through an in-memory target with EventBridge's limits, 25 entries go in calls of at most
+    // 10; an entry failed (an ErrorCode) is resent with its key's later entries, and every
+    // entry is accepted in the end.
+    #[tokio::test(start_paused = true)]
+    async fn eventbridge_batches_of_ten_with_resends() {
+        use crate::forwarder::batch::Batch;
+        let k = FailOnce {
+            fail: Mutex::new(vec![b"a2".to_vec()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let names: Vec<String> = (0..25)
+            .map(|i| format!("{}{i}", ["a", "b"][i % 2]))
+            .collect();
+        let mut batch = Batch::new(FailOnce::LIMITS);
+        let mut batches = Vec::new();
+        for e in names.iter().map(|n| entry(n)) {
+            if !batch.fits(&e) {
+                batches.push(batch.take());
+            }
+            batch.push(e);
+        }
+        batches.push(batch.take());
+        for b in batches {
+            put_all(&k, "bus", b, std::future::pending(), &Metrics::default())
+                .await
+                .unwrap();
+        }
+        let calls = k.calls.lock().unwrap();
+        let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+        // a2 failed in the first call: a2, a4, a6, a8 are resent, not b3.
+        assert_eq!(sizes, [10, 4, 10, 5]);
+        assert_eq!(
+            calls[1],
+            [&b"a2"[..], b"a4", b"a6", b"a8"].map(|d| d.to_vec())
+        );
+    }
+
+    /// Fails the listed entries every time, each with its code; `Refused*` codes are refused
+    /// for good and `Denied*` ones are denied, as a target sorts its codes.
+    struct Answers {
+        fail: Vec<(&'static [u8], &'static str)>,
+        calls: Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl Target for Answers {
+        const LIMITS: Limits = crate::forwarder::batch::EVENTBRIDGE;
+        const API: &'static str = "PutEvents";
+        async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+            record(&self.calls, entries);
+            Ok(entries
+                .iter()
+                .map(|e| {
+                    let (_, code) = self.fail.iter().find(|(d, _)| *d == e.data)?;
+                    Some(format!("{code}: no"))
+                })
+                .collect())
+        }
+        fn entry_failure(reason: &str) -> EntryFailure {
+            if reason.starts_with("Refused") {
+                EntryFailure::Refused
+            } else if reason.starts_with("Denied") {
+                EntryFailure::Denied
+            } else {
+                EntryFailure::Resend
+            }
+        }
+    }
+
+    // An entry refused for good is handed back and never resent, and holds back no later
+    // entry of its key; the rest is accepted.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_entry_comes_back_and_the_rest_goes_on() {
+        let t = Answers {
+            fail: vec![(b"a1", "RefusedDetail")],
+            calls: Mutex::new(Vec::new()),
+        };
+        let metrics = Metrics::default();
+        let stats = put_all(
+            &t,
+            "bus",
+            ["a1", "b1", "a2"].map(entry).to_vec(),
+            std::future::pending(),
+            &metrics,
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.calls.lock().unwrap().len(), 1);
+        assert_eq!(
+            stats.refused,
+            vec![Refused {
+                entry: entry("a1"),
+                reason: "RefusedDetail: no".into()
+            }]
+        );
+        assert_eq!((stats.calls, stats.resent), (1, 0));
+        assert_eq!(metrics.records_put.get(), 2);
+    }
+
+    // An entry the forwarder may not put ends the put at once, as a fatal error that says so,
+    // rather than being resent forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_denied_entry_is_fatal_at_once() {
+        let t = Answers {
+            fail: vec![(b"b1", "Throttled"), (b"a2", "DeniedForSource")],
+            calls: Mutex::new(Vec::new()),
+        };
+        let r = put_all(
+            &t,
+            "bus",
+            ["a1", "b1", "a2"].map(entry).to_vec(),
+            std::future::pending(),
+            &Metrics::default(),
+        )
+        .await;
+        match r {
+            Err(PutError::Fatal(why)) => {
+                assert!(why.contains("DeniedForSource: no"), "{why}");
+                assert!(why.contains("permission"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.calls.lock().unwrap().len(), 1);
+    }
+}
