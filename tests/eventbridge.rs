@@ -4,6 +4,8 @@
 #![cfg(feature = "forwarder")]
 
 mod common;
+#[path = "common/http_proxy.rs"]
+mod http_proxy;
 #[path = "common/kinesis.rs"]
 mod kinesis;
 #[path = "common/metrics.rs"]
@@ -16,6 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{all_reports, run_sim_agent, sim_agent, unique_name, wait_until, MongoServer};
+use http_proxy::HttpProxy;
 use kinesis::AWS_ENV;
 use mongodb::bson::{doc, Bson, Document};
 use moto::MotoServer;
@@ -331,6 +334,84 @@ async fn metrics_and_readyz_follow_the_bus() {
         format!("not ready: EventBridge bus {missing} does not exist\n")
     );
     fwd.start_kill().unwrap();
+}
+
+/// Cut short the Detail of each PutEvents entry whose Detail holds `"poison"`: no longer JSON,
+/// it is refused for good by moto (MalformedDetail), which refuses nothing the forwarder itself
+/// sends.
+fn cut_poisoned_details(api: &str, body: Vec<u8>) -> Vec<u8> {
+    if api != "AWSEvents.PutEvents" {
+        return body;
+    }
+    let mut request: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    for e in request["Entries"].as_array_mut().unwrap() {
+        let detail = e["Detail"].as_str().unwrap();
+        if detail.contains("\"poison\"") {
+            e["Detail"] = detail[..detail.len() - 1].into();
+        }
+    }
+    serde_json::to_vec(&request).unwrap()
+}
+
+// An entry EventBridge refuses for good is counted in refused_entries_total and not in
+// failed_entries_total (it is never resent), and, never accepted, has no lag; the others are
+// put, counted and measured as usual. moto's own answer refuses it, through a proxy that
+// spoils its Detail on the way.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_refused_for_good_is_counted_apart_and_has_no_lag() {
+    use metrics_common::{free_addr, scrape, value, wait_serving};
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let proxy = HttpProxy::start_rewriting(&moto.endpoint, Duration::ZERO, cut_poisoned_details);
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let (db, bus) = (unique_name("ebrefusedm"), unique_name("bus"));
+    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let addr = free_addr();
+    let mut fwd = forwarder(&mongo, &proxy.endpoint, &db, &bus, Stdio::inherit())
+        .args(["--metrics-listen", &addr])
+        .spawn()
+        .expect("start kinesis-forwarder");
+    wait_serving(&addr).await;
+    wait_for_position(&client, &db, &bus).await;
+    let docs = [
+        doc! { "nodeName": "pi", "n": 1 },
+        doc! { "nodeName": "pi", "n": 2, "poison": true },
+        doc! { "nodeName": "pi", "n": 3 },
+    ];
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let events = read_until(&moto, &queue, |got| got.len() >= 2);
+    let mut arrived: Vec<i64> = events
+        .iter()
+        .map(|e| e["detail"]["n"].as_i64().unwrap())
+        .collect();
+    arrived.sort();
+    assert_eq!(arrived, [1, 3]);
+    wait_until(Duration::from_secs(10), "the batch counted", || {
+        let a = addr.clone();
+        async move {
+            let m = scrape(&a);
+            m.get("kinesis_forwarder_dead_letters_total") == Some(&1.0)
+                && m.get("kinesis_forwarder_lag_seconds_count") >= Some(&2.0)
+        }
+    })
+    .await;
+    // Whatever is counted of the batch is counted together: a moment later it all is.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "kinesis_forwarder_records_put_total"), 2.0);
+    assert_eq!(value(&m, "kinesis_forwarder_lag_seconds_count"), 2.0);
+    assert_eq!(value(&m, "kinesis_forwarder_failed_entries_total"), 0.0);
+    assert_eq!(value(&m, "kinesis_forwarder_retries_total"), 0.0);
+    assert_eq!(value(&m, "kinesis_forwarder_refused_entries_total"), 1.0);
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
 }
 
 /// A stand-in for EventBridge's PutEvents that answers each entry as the API reference says a

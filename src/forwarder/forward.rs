@@ -142,9 +142,15 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 self.dead_letter_refused(refused).await?;
             }
             // Acknowledged when the whole batch is: entries accepted by an earlier call of a
-            // resent batch count from the last one, an upper bound of their lag.
-            self.metrics.observe_lag(event_times, now_ms());
-            self.forwarded += n;
+            // resent batch count from the last one, an upper bound of their lag. Entries
+            // refused for good were never accepted, so they have no lag.
+            let mut refused = stats.refused.iter().map(|r| r.position).peekable();
+            let accepted = event_times.into_iter().enumerate().filter_map(|(i, t)| {
+                let skip = refused.next_if_eq(&i).is_some();
+                (!skip).then_some(t)
+            });
+            self.metrics.observe_lag(accepted, now_ms());
+            self.forwarded += n - stats.refused.len() as u64;
             debug!(
                 records = n,
                 total = self.forwarded,

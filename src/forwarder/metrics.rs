@@ -46,8 +46,11 @@ pub struct Metrics {
     /// Records (events) the target accepted; a record resent after a partial failure and
     /// accepted again counts again, as it is in the stream twice.
     pub(crate) records_put: Counter,
-    /// Entries a put refused (throttled, an internal failure), each resent.
+    /// Entries a put failed for now (throttled, an internal failure), each resent.
     pub(crate) failed_entries: Counter,
+    /// Entries the target refused for good, never resent: kept in the dead-letter collection,
+    /// or, denied to the forwarder, the reason it stops.
+    pub(crate) refused_entries: Counter,
     /// Put calls made again after a call failed whole or refused some entries.
     pub(crate) retries: Counter,
     /// Documents too large to forward, or refused for good by the target, kept in the
@@ -91,8 +94,13 @@ impl Metrics {
         );
         r.register(
             "failed_entries",
-            "Entries a put refused (throttled or failed), each resent",
+            "Entries a put failed for now (throttled or failed), each resent",
             m.failed_entries.clone(),
+        );
+        r.register(
+            "refused_entries",
+            "Entries the target refused for good, never resent (dead-lettered, or denied: the forwarder stops)",
+            m.refused_entries.clone(),
         );
         r.register(
             "retries",

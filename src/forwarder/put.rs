@@ -15,6 +15,8 @@ use super::trouble::{now, Say, Trouble};
 /// An entry the target refused for good, with its reason ([`EntryFailure::Refused`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
+    /// Its place in the batch given to [`put_all`], from 0.
+    pub position: usize,
     /// The entry as it was sent.
     pub entry: Entry,
     /// The target's error code and message.
@@ -39,20 +41,24 @@ pub struct PutStats {
 /// older document. Sending A2 again after A1 restores the order (a duplicate, which delivery at
 /// least once already allows). `reason` gets the first failure's reason. An entry refused for
 /// good ([`EntryFailure::Refused`]) goes to `refused` instead, and holds back no other: it will
-/// never be delivered, so there is no order to keep with it.
+/// never be delivered, so there is no order to keep with it. `positions` are the entries' places
+/// in the batch; those of the entries to send again come back with them.
 fn resend_set<T: Target>(
     entries: Vec<Entry>,
+    positions: Vec<usize>,
     results: EntryResults,
     reason: &mut Option<String>,
     refused: &mut Vec<Refused>,
-) -> Vec<Entry> {
+) -> (Vec<Entry>, Vec<usize>) {
     let mut blocked: std::collections::HashSet<String> = std::collections::HashSet::new();
     entries
         .into_iter()
+        .zip(positions)
         .zip(results)
-        .filter_map(|(e, r)| match r {
+        .filter_map(|((e, position), r)| match r {
             Some(why) if T::entry_failure(&why) == EntryFailure::Refused => {
                 refused.push(Refused {
+                    position,
                     entry: e,
                     reason: why,
                 });
@@ -61,21 +67,21 @@ fn resend_set<T: Target>(
             Some(why) => {
                 reason.get_or_insert(why);
                 blocked.insert(e.partition_key.clone());
-                Some(e)
+                Some((e, position))
             }
-            None if blocked.contains(&e.partition_key) => Some(e),
+            None if blocked.contains(&e.partition_key) => Some((e, position)),
             None => None,
         })
-        .collect()
+        .unzip()
 }
 
 /// Put every entry, resending the failed ones (see `resend_set`), until all are accepted or
 /// refused for good (those come back in [`PutStats::refused`]). Returns early on a fatal error
 /// (an entry [`EntryFailure::Denied`] among them), or with [`PutError::Interrupted`] when
 /// `interrupt` resolves first (a call in flight is abandoned: its entries may or may not have
-/// been accepted). Accepted and refused
-/// entries and retried calls are counted in `metrics` as they happen, so a put that keeps
-/// failing shows while it does.
+/// been accepted). Accepted entries, failed ones (to resend) apart from those refused or
+/// denied for good, and retried calls are counted in `metrics` as they happen, so a put that
+/// keeps failing shows while it does.
 pub async fn put_all<T: Target>(
     target: &T,
     destination: &str,
@@ -84,6 +90,7 @@ pub async fn put_all<T: Target>(
     metrics: &Metrics,
 ) -> Result<PutStats, PutError> {
     tokio::pin!(interrupt);
+    let mut positions: Vec<usize> = (0..entries.len()).collect();
     let mut pending = entries;
     let mut stats = PutStats::default();
     let mut delays = backoff();
@@ -101,8 +108,14 @@ pub async fn put_all<T: Target>(
             Ok(results) => {
                 let total = pending.len();
                 let failed = results.iter().filter(|r| r.is_some()).count();
+                let resend = results
+                    .iter()
+                    .flatten()
+                    .filter(|why| T::entry_failure(why) == EntryFailure::Resend)
+                    .count();
                 metrics.records_put.inc_by((total - failed) as u64);
-                metrics.failed_entries.inc_by(failed as u64);
+                metrics.failed_entries.inc_by(resend as u64);
+                metrics.refused_entries.inc_by((failed - resend) as u64);
                 if let Some(denied) = results
                     .iter()
                     .flatten()
@@ -114,7 +127,8 @@ pub async fn put_all<T: Target>(
                     )));
                 }
                 let mut reason = None;
-                pending = resend_set::<T>(pending, results, &mut reason, &mut stats.refused);
+                (pending, positions) =
+                    resend_set::<T>(pending, positions, results, &mut reason, &mut stats.refused);
                 if pending.is_empty() {
                     break;
                 }
@@ -151,6 +165,8 @@ pub async fn put_all<T: Target>(
             T::API
         );
     }
+    // Each round refuses in the batch's order; a later round's may come before an earlier's.
+    stats.refused.sort_by_key(|r| r.position);
     Ok(stats)
 }
 
@@ -427,19 +443,20 @@ mod tests {
         }
     }
 
-    // An entry refused for good is handed back and never resent, and holds back no later
-    // entry of its key; the rest is accepted.
+    // An entry refused for good is handed back with its place in the batch and never resent,
+    // holds back no later entry of its key, and is counted as refused, not as failed; the rest
+    // is accepted.
     #[tokio::test(start_paused = true)]
     async fn a_refused_entry_comes_back_and_the_rest_goes_on() {
         let t = Answers {
-            fail: vec![(b"a1", "RefusedDetail")],
+            fail: vec![(b"a2", "RefusedDetail")],
             calls: Mutex::new(Vec::new()),
         };
         let metrics = Metrics::default();
         let stats = put_all(
             &t,
             "bus",
-            ["a1", "b1", "a2"].map(entry).to_vec(),
+            ["a1", "b1", "a2", "a3"].map(entry).to_vec(),
             std::future::pending(),
             &metrics,
         )
@@ -449,12 +466,20 @@ mod tests {
         assert_eq!(
             stats.refused,
             vec![Refused {
-                entry: entry("a1"),
+                position: 2,
+                entry: entry("a2"),
                 reason: "RefusedDetail: no".into()
             }]
         );
         assert_eq!((stats.calls, stats.resent), (1, 0));
-        assert_eq!(metrics.records_put.get(), 2);
+        assert_eq!(
+            (
+                metrics.records_put.get(),
+                metrics.failed_entries.get(),
+                metrics.refused_entries.get()
+            ),
+            (3, 0, 1)
+        );
     }
 
     // An entry the forwarder may not put ends the put at once, as a fatal error that says so,
@@ -465,14 +490,20 @@ mod tests {
             fail: vec![(b"b1", "Throttled"), (b"a2", "DeniedForSource")],
             calls: Mutex::new(Vec::new()),
         };
+        let metrics = Metrics::default();
         let r = put_all(
             &t,
             "bus",
             ["a1", "b1", "a2"].map(entry).to_vec(),
             std::future::pending(),
-            &Metrics::default(),
+            &metrics,
         )
         .await;
+        // The throttled entry would have been resent; the denied one never is.
+        assert_eq!(
+            (metrics.failed_entries.get(), metrics.refused_entries.get()),
+            (1, 1)
+        );
         match r {
             Err(PutError::Fatal(why)) => {
                 assert!(why.contains("DeniedForSource: no"), "{why}");
