@@ -1,14 +1,23 @@
-//! EventBridge forwarder benchmark against real servers (SecantusDB, moto's EventBridge): events
-//! per second from `insert_many` into the watched collection to PutEvents acknowledged, against
-//! a plain loop of PutEvents of the same events (10 per call, EventBridge's most) onto the same
-//! emulator's bus in the same run, as a ratio. moto is the slow side here, so the ratio says what
-//! the forwarder adds to the calls it must make, not what AWS would take.
+//! EventBridge forwarder benchmark against real servers (SecantusDB, moto's EventBridge):
 //!
-//! Run: `cargo bench --features forwarder --bench eventbridge` (BENCH_EVENTS changes the size).
-//! Needs moto in .venv-aws (`bash .ci/aws.sh`, or MOTO_SERVER) and SecantusDB in .venv-test.
+//! 1. Events per second from `insert_many` into the watched collection to PutEvents
+//!    acknowledged, against a plain loop of PutEvents of the same events (10 per call,
+//!    EventBridge's most) onto the same emulator's bus in the same run, as a ratio. moto is the
+//!    slow side here, so the ratio says what the forwarder adds to the calls it must make, not
+//!    what AWS would take.
+//! 2. The same through a proxy that adds a round trip (`BENCH_RTT_MS`, 100 ms by default) to
+//!    each call, as a Region far from the forwarder would: with one PutEvents call in flight at a
+//!    time (as the forwarder had) and with the forwarder's
+//!    [`EVENTBRIDGE_PUTS_IN_FLIGHT`], in the same run. There the round trip sets the pace.
+//!
+//! Run: `cargo bench --features forwarder --bench eventbridge` (BENCH_EVENTS, BENCH_RTT_EVENTS
+//! and BENCH_RTT_MS change the sizes). Needs moto in .venv-aws (`bash .ci/aws.sh`, or
+//! MOTO_SERVER) and SecantusDB in .venv-test.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/common/http_proxy.rs"]
+mod http_proxy;
 #[path = "../tests/common/moto.rs"]
 mod moto;
 
@@ -16,14 +25,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_eventbridge::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use common::{unique_name, MongoServer};
+use http_proxy::HttpProxy;
 use mongodb::bson::{doc, Document};
-use moto::MotoServer;
+use moto::{client_at, MotoServer};
 use sensehat_monitor::forwarder::batch::{Entry, Limits, EVENTBRIDGE_MAX_ENTRIES};
 use sensehat_monitor::forwarder::batch::{DETAIL_TYPE, SOURCE};
-use sensehat_monitor::forwarder::eventbridge::AwsEventBridge;
+use sensehat_monitor::forwarder::eventbridge::{AwsEventBridge, EVENTBRIDGE_PUTS_IN_FLIGHT};
 use sensehat_monitor::forwarder::format::Format;
 use sensehat_monitor::forwarder::target::{EntryResults, PutError, Target};
 use sensehat_monitor::forwarder::{self, Options, TargetKind};
@@ -53,17 +62,19 @@ fn docs(n: usize) -> Vec<Document> {
         .collect()
 }
 
-/// Counts entries EventBridge accepted, and notes when the count reached the target.
-struct Counting {
+/// Counts entries EventBridge accepted, and notes when the count reached the target; keeps up
+/// to `K` calls in flight.
+struct Counting<const K: usize> {
     inner: AwsEventBridge,
     accepted: AtomicUsize,
     target: usize,
     done_at: Mutex<Option<Instant>>,
 }
 
-impl Target for Counting {
+impl<const K: usize> Target for Counting<K> {
     const LIMITS: Limits = AwsEventBridge::LIMITS;
     const API: &'static str = AwsEventBridge::API;
+    const PUTS_IN_FLIGHT: usize = K;
 
     async fn put(&self, bus: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
         let results = self.inner.put(bus, entries).await?;
@@ -76,16 +87,6 @@ impl Target for Counting {
         }
         Ok(results)
     }
-}
-
-fn client(moto: &MotoServer) -> aws_sdk_eventbridge::Client {
-    let config = aws_sdk_eventbridge::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(&moto.endpoint)
-        .build();
-    aws_sdk_eventbridge::Client::from_conf(config)
 }
 
 /// A plain loop of PutEvents, 10 per call, of `details` onto `bus`; returns seconds.
@@ -114,18 +115,19 @@ async fn plain_loop(c: &aws_sdk_eventbridge::Client, bus: &str, details: &[Strin
     t.elapsed().as_secs_f64()
 }
 
-/// The forwarder in this process, insert -> change stream -> PutEvents acknowledged; seconds.
-async fn through_forwarder(
+/// The forwarder in this process with up to `K` calls in flight, EventBridge at `endpoint`:
+/// insert -> change stream -> PutEvents acknowledged; seconds.
+async fn through_forwarder<const K: usize>(
     mongo: &MongoServer,
-    moto: &MotoServer,
+    endpoint: &str,
     bus: &str,
     documents: &[Document],
 ) -> f64 {
     let client = mongo.client().await;
     let db = unique_name("benchevb");
-    let counting = Arc::new(Counting {
+    let counting = Arc::new(Counting::<K> {
         inner: AwsEventBridge {
-            client: self::client(moto),
+            client: client_at(endpoint),
         },
         accepted: AtomicUsize::new(0),
         target: documents.len(),
@@ -192,14 +194,16 @@ async fn main() {
         .iter()
         .map(|d| String::from_utf8(Format::Stringify.encode(d)).unwrap())
         .collect();
-    let c = client(&moto);
+    let c = moto.client();
     let bus = unique_name("benchbus");
     c.create_event_bus().name(&bus).send().await.unwrap();
 
     // The plain loop once to warm moto up, then before and after the forwarder; the faster counts.
     let _warm_up = plain_loop(&c, &bus, &details[..details.len().min(200)]).await;
     let plain_before = plain_loop(&c, &bus, &details).await;
-    let fwd_secs = through_forwarder(&mongo, &moto, &bus, &documents).await;
+    let fwd_secs =
+        through_forwarder::<EVENTBRIDGE_PUTS_IN_FLIGHT>(&mongo, &moto.endpoint, &bus, &documents)
+            .await;
     let plain_after = plain_loop(&c, &bus, &details).await;
     let plain_rate = n as f64 / plain_before.min(plain_after);
     let fwd_rate = n as f64 / fwd_secs;
@@ -214,5 +218,43 @@ async fn main() {
     println!(
         "  ratio forwarder / plain:        {:>8.2}",
         fwd_rate / plain_rate
+    );
+    over_a_slow_link(&mongo, &moto, &bus, &documents).await;
+}
+
+/// Part 2: the forwarder with one call in flight and with [`EVENTBRIDGE_PUTS_IN_FLIGHT`], each
+/// PutEvents held `BENCH_RTT_MS` by a proxy before moto answers it.
+async fn over_a_slow_link(mongo: &MongoServer, moto: &MotoServer, bus: &str, all: &[Document]) {
+    let env = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rtt_ms = env("BENCH_RTT_MS", 100);
+    let documents = &all[..env("BENCH_RTT_EVENTS", 1000).min(all.len())];
+    let n = documents.len() as f64;
+    let proxy = HttpProxy::start(&moto.endpoint, Duration::from_millis(rtt_ms as u64));
+    let one = n / through_forwarder::<1>(mongo, &proxy.endpoint, bus, documents).await;
+    let after_one = proxy.calls("AWSEvents.PutEvents");
+    const K: usize = EVENTBRIDGE_PUTS_IN_FLIGHT;
+    let k = n / through_forwarder::<K>(mongo, &proxy.endpoint, bus, documents).await;
+    let after_k = proxy.calls("AWSEvents.PutEvents");
+    println!(
+        "eventbridge over a slow link ({n} events, {rtt_ms} ms added to each PutEvents round trip):"
+    );
+    println!(
+        "  1 call in flight:    {one:>8.0} events/s (most open at once: {})",
+        after_one.most_open
+    );
+    println!(
+        "  {K} calls in flight:   {k:>8.0} events/s (most open at once: {}), {:.1} times as many",
+        after_k.most_open,
+        k / one
+    );
+    println!(
+        "  10 events a call per round trip would be {:.0} and {:.0} events/s",
+        10_000.0 / rtt_ms as f64,
+        10_000.0 * K as f64 / rtt_ms as f64
     );
 }

@@ -15,6 +15,7 @@ mod moto;
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{all_reports, run_sim_agent, sim_agent, unique_name, wait_until, MongoServer};
@@ -22,7 +23,11 @@ use http_proxy::HttpProxy;
 use kinesis::AWS_ENV;
 use mongodb::bson::{doc, Bson, Document};
 use moto::MotoServer;
+use sensehat_monitor::forwarder::batch::{Entry, Limits};
+use sensehat_monitor::forwarder::eventbridge::{AwsEventBridge, EVENTBRIDGE_PUTS_IN_FLIGHT};
 use sensehat_monitor::forwarder::format::{stringify, Format};
+use sensehat_monitor::forwarder::target::{EntryFailure, EntryResults, PutError, Target};
+use sensehat_monitor::forwarder::{self, Options, TargetKind};
 
 fn forwarder_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kinesis-forwarder")
@@ -248,6 +253,151 @@ async fn sigkill_mid_stream_loses_nothing() {
         seen.is_superset(&want),
         "lost across SIGKILL (killed after {before} events)"
     );
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+// With 100 ms to EventBridge and back (a proxy holds each request that long before moto
+// answers it), the forwarder keeps several PutEvents calls open at once, never more than its
+// bound, where it used to wait for each answer before the next call (10 events a round trip);
+// every event arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn puts_overlap_over_a_slow_link_and_every_event_arrives() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let proxy = HttpProxy::start(&moto.endpoint, Duration::from_millis(100));
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let (db, bus) = (unique_name("evbslow"), unique_name("bus"));
+    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let mut fwd = forwarder(&mongo, &proxy.endpoint, &db, &bus, Stdio::inherit())
+        .spawn()
+        .expect("start kinesis-forwarder");
+    wait_for_position(&client, &db, &bus).await;
+    let n = 300;
+    let docs: Vec<Document> = (0..n)
+        .map(|i| doc! { "nodeName": format!("pi-{}", i % 7), "n": i })
+        .collect();
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let numbers = |got: &[serde_json::Value]| -> HashSet<i64> {
+        got.iter()
+            .map(|e| e["detail"]["n"].as_i64().unwrap())
+            .collect()
+    };
+    let events = read_until(&moto, &queue, |got| numbers(got).len() == n as usize);
+    assert_eq!(numbers(&events), (0..n).collect());
+    let puts = proxy.calls("AWSEvents.PutEvents");
+    assert!(puts.total >= 30, "{puts:?}");
+    assert!(puts.most_open > 1, "one PutEvents call at a time: {puts:?}");
+    assert!(puts.most_open <= EVENTBRIDGE_PUTS_IN_FLIGHT, "{puts:?}");
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
+/// moto's EventBridge whose first PutEvents call waits until `release` is given a permit
+/// (a call whose answer is slow to come) while the later ones go through; counts the calls
+/// answered.
+struct FirstCallHeld {
+    inner: AwsEventBridge,
+    calls: AtomicUsize,
+    answered: AtomicUsize,
+    release: tokio::sync::Semaphore,
+}
+
+impl Target for FirstCallHeld {
+    const LIMITS: Limits = AwsEventBridge::LIMITS;
+    const API: &'static str = AwsEventBridge::API;
+    const PUTS_IN_FLIGHT: usize = AwsEventBridge::PUTS_IN_FLIGHT;
+
+    async fn put(&self, bus: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = self.release.acquire().await.unwrap();
+        }
+        let r = self.inner.put(bus, entries).await;
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+
+    fn entry_failure(reason: &str) -> EntryFailure {
+        AwsEventBridge::entry_failure(reason)
+    }
+}
+
+// Batches accepted after one still in flight do not move the stored position past it: the
+// forwarder stopped dead then (as by SIGKILL) and started again sends that batch, and every
+// event arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_still_in_flight_holds_the_position_back() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let (db, bus) = (unique_name("evbheld"), unique_name("bus"));
+    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let held = std::sync::Arc::new(FirstCallHeld {
+        inner: AwsEventBridge {
+            client: moto.client(),
+        },
+        calls: AtomicUsize::new(0),
+        answered: AtomicUsize::new(0),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    // A position before the 30 events, so that they are all there when the stream opens after
+    // it, and make three full batches.
+    let mut first = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+    wait_for_position(&client, &db, &bus).await;
+    common::signal_pid(first.id().unwrap(), 15);
+    assert!(first.wait().await.unwrap().success());
+    let docs: Vec<Document> = (0..30).map(|i| doc! { "nodeName": "pi", "n": i }).collect();
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let mut opts = Options::new("unused");
+    opts.database = db.clone();
+    opts.target = TargetKind::Eventbridge;
+    opts.event_bus_name = bus.clone();
+    let (c, t) = (client.clone(), held.clone());
+    let task =
+        tokio::spawn(async move { forwarder::run(&c, &*t, &opts, std::future::pending()).await });
+    wait_until(
+        Duration::from_secs(30),
+        "the batches after the held one",
+        || async { held.answered.load(Ordering::SeqCst) >= 2 },
+    )
+    .await;
+    // Long enough for the forwarder to store its position (at least once a second) if it would.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(held.answered.load(Ordering::SeqCst), 2);
+    task.abort();
+    let _ = task.await;
+    let before = read_until(&moto, &queue, |got| got.len() >= 20);
+    assert_eq!(before.len(), 20, "only the two batches after the held one");
+
+    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+    let mut got = before;
+    got.extend(read_until(&moto, &queue, |more| {
+        let ns: HashSet<i64> = more
+            .iter()
+            .map(|e| e["detail"]["n"].as_i64().unwrap())
+            .collect();
+        (0..10).all(|n| ns.contains(&n))
+    }));
+    let ns: HashSet<i64> = got
+        .iter()
+        .map(|e| e["detail"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..30).collect(), "the held batch was lost");
+    held.release.add_permits(1);
     fwd.start_kill().unwrap();
     client.database(&db).drop().await.unwrap();
 }

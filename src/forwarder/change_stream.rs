@@ -265,8 +265,10 @@ async fn follow<T: Target>(
                 fw.flush().await?;
                 return Ok(Ended::Stopped);
             }
-            n = stream.next_if_any() => n,
+            // The puts in flight go on while the stream is read.
+            n = fw.puts.alongside(stream.next_if_any()) => n,
         };
+        fw.finish_ended().await?;
         match next {
             Ok(Some(event)) => {
                 let token = stream.resume_token();

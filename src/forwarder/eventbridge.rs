@@ -15,6 +15,15 @@ use super::aws::{load_checked, REFUSED_CREDENTIALS};
 use super::batch::{Entry, Limits, DETAIL_TYPE, EVENTBRIDGE, SOURCE};
 use super::target::{entry_results, EntryFailure, EntryResults, PutError, Target};
 
+/// PutEvents calls in flight at once. A call carries at most 10 events, so one at a time holds the
+/// forwarder to 10 events per round trip: 100 a second at 100 ms, some 50 Pis, past which the
+/// backlog grows until the oplog no longer holds it. EventBridge keeps no order between events,
+/// so calls may overlap. With 8 the ceiling is 80 events per round trip (800 a second at
+/// 100 ms), and what the forwarder holds stays small: 8 batches of at most 256 KiB (2 MiB) and
+/// 8 connections. More would mostly reach the account's PutEvents quota (per Region, shared with
+/// every other producer) sooner, where each throttled call is resent on its own back-off.
+pub const EVENTBRIDGE_PUTS_IN_FLIGHT: usize = 8;
+
 /// The AWS SDK's EventBridge client: credentials and region from the standard chain, and an
 /// optional endpoint URL for an emulator.
 #[derive(Clone, Debug)]
@@ -116,6 +125,7 @@ fn request_entry(bus: &str, entry: &Entry) -> Result<PutEventsRequestEntry, PutE
 impl Target for AwsEventBridge {
     const LIMITS: Limits = EVENTBRIDGE;
     const API: &'static str = "PutEvents";
+    const PUTS_IN_FLIGHT: usize = EVENTBRIDGE_PUTS_IN_FLIGHT;
 
     async fn put(&self, bus: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
         let requests = entries

@@ -1,8 +1,9 @@
 //! The [`Forwarder`]: what happens between the change stream and the target. Events fill a
-//! batch within the target's limits; a full or lingering batch is put (resent until the target
-//! accepts all of it), and only
-//! then is the newest resume token stored. Documents too large to ever put, and records the
-//! target refuses for good, go to the dead-letter collection instead.
+//! batch within the target's limits; a full batch is put (resent until the target accepts all
+//! of it) while the next one fills, up to [`Target::PUTS_IN_FLIGHT`] at once, and a lingering
+//! one is put with every batch in flight before the forwarder reads on. A resume token is
+//! stored only once every event before it was accepted. Documents too large to ever put, and
+//! records the target refuses for good, go to the dead-letter collection instead.
 
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use crate::clock::now_ms;
 
 use super::batch::{self, Batch, Entry};
 use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
+use super::in_flight::{Done, InFlight, Sent};
 use super::metrics::Metrics;
 use super::state::StateStore;
 use super::target::{self, PutError, Refused, Target};
@@ -58,8 +60,14 @@ pub(super) struct Forwarder<'a, T> {
     pub(super) batch: Batch,
     /// When the oldest entry of the batch arrived.
     pub(super) batch_started: Option<Instant>,
-    /// The resume token covering every event read so far (accepted, or in the batch).
+    /// The resume token covering every event read so far (accepted, in flight, or in the
+    /// batch).
     pub(super) latest: Option<ResumeToken>,
+    /// The resume token covering every event before the oldest one not yet accepted: what may
+    /// be stored.
+    acked: Option<ResumeToken>,
+    /// Batches handed to the target and not yet handled, oldest first.
+    pub(super) puts: InFlight<'a>,
     /// The token last stored.
     saved: Option<ResumeToken>,
     /// When a token was last stored (or found unchanged).
@@ -96,6 +104,8 @@ impl<'a, T: Target> Forwarder<'a, T> {
             batch: Batch::new(T::LIMITS),
             batch_started: None,
             latest: stored.clone(),
+            acked: stored.clone(),
+            puts: InFlight::default(),
             saved: stored,
             last_save: Instant::now(),
             forwarded: 0,
@@ -105,69 +115,112 @@ impl<'a, T: Target> Forwarder<'a, T> {
         }
     }
 
-    /// Put the batch (resending failed entries until all are accepted), then store the token.
+    /// Put the batch and wait for every batch in flight (each resent until the target accepted
+    /// all of it), then store the token.
     pub(super) async fn flush(&mut self) -> Result<(), ForwarderError> {
-        self.put_batch().await?;
+        self.send_batch().await?;
+        while let Some(done) = self.puts.next().await {
+            self.finish(done).await?;
+        }
         self.save().await
     }
 
-    /// Put a batch that filled up while events keep coming; the token is stored only when none
-    /// was for [`IDLE_SAVE_INTERVAL`]: with EventBridge's 10 entries a call, a store per batch
-    /// would cost as much as the put. A restart then sends up to that much again (never less).
+    /// Send a batch that filled up while events keep coming, and go on reading while it is put;
+    /// the token is stored only when none was for [`IDLE_SAVE_INTERVAL`]: with EventBridge's 10
+    /// entries a call, a store per batch would cost as much as the put. A restart then sends up
+    /// to that much again (never less).
     async fn flush_full(&mut self) -> Result<(), ForwarderError> {
-        self.put_batch().await?;
+        self.send_batch().await?;
         if self.last_save.elapsed() >= IDLE_SAVE_INTERVAL {
             self.save().await?;
         }
         Ok(())
     }
 
-    /// Put the batch, resending failed entries until all are accepted.
-    async fn put_batch(&mut self) -> Result<(), ForwarderError> {
+    /// Start putting the batch once fewer than [`Target::PUTS_IN_FLIGHT`] batches are in
+    /// flight, handling the oldest ones until then.
+    async fn send_batch(&mut self) -> Result<(), ForwarderError> {
         if !self.batch.is_empty() {
+            while self.puts.len() >= T::PUTS_IN_FLIGHT {
+                let Some(done) = self.puts.next().await else {
+                    break;
+                };
+                self.finish(done).await?;
+            }
             let entries = self.batch.take();
-            let event_times = std::mem::take(&mut self.event_times);
-            let n = entries.len() as u64;
+            let sent = Sent {
+                token: self.latest.clone(),
+                event_times: std::mem::take(&mut self.event_times),
+                entries: entries.len(),
+            };
             let mut stop = self.stop.clone();
             // A put in progress when the stop comes, or begun after it, gets FINAL_PUT_WAIT.
             let interrupt = async move {
                 let _ = stop.wait_for(|s| *s).await;
                 tokio::time::sleep(FINAL_PUT_WAIT).await;
             };
-            let destination = self.opts.destination();
-            let stats =
-                target::put_all(self.target, destination, entries, interrupt, self.metrics).await?;
-            // Kept before the position moves past them, as an oversized document is.
-            for refused in &stats.refused {
-                self.dead_letter_refused(refused).await?;
-            }
-            // Acknowledged when the whole batch is: entries accepted by an earlier call of a
-            // resent batch count from the last one, an upper bound of their lag. Entries
-            // refused for good were never accepted, so they have no lag.
-            let mut refused = stats.refused.iter().map(|r| r.position).peekable();
-            let accepted = event_times.into_iter().enumerate().filter_map(|(i, t)| {
-                let skip = refused.next_if_eq(&i).is_some();
-                (!skip).then_some(t)
+            let (to, destination, metrics) = (self.target, self.opts.destination(), self.metrics);
+            self.puts.push(async move {
+                let outcome = target::put_all(to, destination, entries, interrupt, metrics).await;
+                Done { sent, outcome }
             });
-            self.metrics.observe_lag(accepted, now_ms());
-            self.forwarded += n - stats.refused.len() as u64;
-            debug!(
-                records = n,
-                total = self.forwarded,
-                "{} accepted a batch",
-                T::API
-            );
         }
         self.batch_started = None;
         Ok(())
     }
 
-    /// Store the newest token, if it moved. Only called with an empty batch.
+    /// Handle the batches whose puts ended while the change stream was read.
+    pub(super) async fn finish_ended(&mut self) -> Result<(), ForwarderError> {
+        while let Some(done) = self.puts.take_ended() {
+            self.finish(done).await?;
+        }
+        Ok(())
+    }
+
+    /// Handle the oldest batch in flight, once its put ended: keep what the target refused
+    /// for good, count the rest, and move the position that may be stored past the batch.
+    async fn finish(&mut self, done: Done) -> Result<(), ForwarderError> {
+        let Done { sent, outcome } = done;
+        let stats = outcome?;
+        // Kept before the position moves past them, as an oversized document is.
+        for refused in &stats.refused {
+            self.dead_letter_refused(refused).await?;
+        }
+        // Acknowledged when the whole batch is: entries accepted by an earlier call of a
+        // resent batch count from the last one, an upper bound of their lag. Entries
+        // refused for good were never accepted, so they have no lag.
+        let mut refused = stats.refused.iter().map(|r| r.position).peekable();
+        let accepted = sent
+            .event_times
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let skip = refused.next_if_eq(&i).is_some();
+                (!skip).then_some(t)
+            });
+        self.metrics.observe_lag(accepted, now_ms());
+        self.forwarded += (sent.entries - stats.refused.len()) as u64;
+        debug!(
+            records = sent.entries,
+            total = self.forwarded,
+            "{} accepted a batch",
+            T::API
+        );
+        // Batches end in the order they were sent: every one before this was accepted.
+        self.acked = sent.token;
+        Ok(())
+    }
+
+    /// Store the newest position every event before which was handled, if it moved: the
+    /// newest token when nothing waits, else that of the last batch accepted.
     pub(super) async fn save(&mut self) -> Result<(), ForwarderError> {
-        if self.latest.is_some() && self.latest != self.saved {
-            if let Some(token) = &self.latest {
+        if self.batch.is_empty() && self.puts.is_empty() {
+            self.acked = self.latest.clone();
+        }
+        if self.acked.is_some() && self.acked != self.saved {
+            if let Some(token) = &self.acked {
                 match self.state.save(token).await {
-                    Ok(()) => self.saved = self.latest.clone(),
+                    Ok(()) => self.saved = self.acked.clone(),
                     // Not stored yet means some events may be sent again after a restart: never lost.
                     Err(ForwarderError::State(e)) => {
                         warn!(error = %e, "could not store the resume token; will try again")

@@ -18,8 +18,8 @@
 //! - [`eventbridge`]: the AWS SDK EventBridge client, PutEvents.
 //! - [`state`]: the stored resume token.
 //! - [`metrics`]: Prometheus metrics and readiness (`--metrics-listen`).
-//! - `change_stream` and `forward` (private): following the change stream, and the batch
-//!   between it and the target.
+//! - `change_stream`, `forward` and `in_flight` (private): following the change stream, the
+//!   batch between it and the target, and the batches being put.
 //!
 //! # A dropped or renamed collection
 //!
@@ -46,6 +46,7 @@ pub mod error;
 pub mod eventbridge;
 pub mod format;
 mod forward;
+mod in_flight;
 pub mod metrics;
 pub mod put;
 pub mod state;

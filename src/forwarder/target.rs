@@ -86,6 +86,10 @@ pub trait Target: Send + Sync {
     const LIMITS: Limits;
     /// The call's name, for log lines ("PutRecords", "PutEvents").
     const API: &'static str;
+    /// How many calls may be in flight at once, each with a batch of its own. One by default:
+    /// Kinesis keeps a partition key's records in the order they were accepted, and a batch put
+    /// while an earlier one is still being resent would land before it.
+    const PUTS_IN_FLIGHT: usize = 1;
     /// One call putting `entries` into `destination` (a stream name, an event bus name): what
     /// became of each entry, or why the call failed as a whole.
     fn put(

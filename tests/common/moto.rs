@@ -114,6 +114,11 @@ impl MotoServer {
         self.python(SETUP, &[bus, queue]).trim().to_owned()
     }
 
+    /// An EventBridge client of this server, for calls made in the test's own process.
+    pub fn client(&self) -> aws_sdk_eventbridge::Client {
+        client_at(&self.endpoint)
+    }
+
     /// The events waiting in the queue at `url` (taken out of it), as JSON.
     pub fn drain(&self, url: &str) -> Vec<serde_json::Value> {
         self.python(DRAIN, &[url])
@@ -121,6 +126,19 @@ impl MotoServer {
             .map(|l| serde_json::from_str(l).expect("an SQS body is an event as JSON"))
             .collect()
     }
+}
+
+/// An EventBridge client of the server at `endpoint` (moto, or a proxy in front of it), with
+/// static credentials.
+pub fn client_at(endpoint: &str) -> aws_sdk_eventbridge::Client {
+    use aws_sdk_eventbridge::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_eventbridge::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_eventbridge::Client::from_conf(config)
 }
 
 impl Drop for MotoServer {
