@@ -209,7 +209,9 @@ async fn reports_arrive_with_fields_and_types_intact() {
 }
 
 // The forwarder SIGKILLed mid-stream and restarted loses nothing: every report arrives
-// (duplicates allowed: the endpoint downstream upserts by _id).
+// (duplicates allowed: the endpoint downstream upserts by _id). It is killed while an agent
+// stores a report every 50 ms, and half the reports are stored only after the kill, so the
+// restart must resume from the stored position to forward them.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_stream_loses_nothing() {
     let Some(moto) = MotoServer::start() else {
@@ -224,7 +226,9 @@ async fn sigkill_mid_stream_loses_nothing() {
     wait_for_position(&client, &db, &bus).await;
 
     let spool = tempfile::tempdir().unwrap();
-    let mut agent = tokio::process::Command::from(sim_agent(&mongo.uri, &db, 80, spool.path()))
+    let mut each_report = sim_agent(&mongo.uri, &db, 40, spool.path());
+    each_report.args(["--insert-every", "0"]);
+    let mut agent = tokio::process::Command::from(each_report)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -232,13 +236,19 @@ async fn sigkill_mid_stream_loses_nothing() {
     let mut got = read_until(&moto, &queue, |got| got.len() >= 15);
     fwd.start_kill().unwrap(); // SIGKILL
     fwd.wait().await.unwrap();
-    let before = got.len();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+    got.extend(moto.drain(&queue));
+    let before: HashSet<String> = got.iter().map(detail_id).collect();
     assert!(agent.wait().await.unwrap().success());
-
+    run_sim_agent(&mongo.uri, &db, 40).await;
     let docs = all_reports(&client, &db).await;
     assert_eq!(docs.len(), 80);
+    assert!(
+        before.len() < docs.len(),
+        "killed after all {} reports arrived: nothing left to resume",
+        before.len()
+    );
+    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+
     let want: HashSet<String> = docs
         .iter()
         .map(|d| d.get_object_id("_id").unwrap().to_hex())
@@ -251,7 +261,8 @@ async fn sigkill_mid_stream_loses_nothing() {
     let seen: HashSet<String> = got.iter().map(detail_id).collect();
     assert!(
         seen.is_superset(&want),
-        "lost across SIGKILL (killed after {before} events)"
+        "lost across SIGKILL (killed after {} events)",
+        before.len()
     );
     fwd.start_kill().unwrap();
     client.database(&db).drop().await.unwrap();

@@ -259,7 +259,9 @@ async fn extended_json_formats_round_trip() {
 }
 
 // The forwarder SIGKILLed mid-stream and restarted loses nothing: every report is in the
-// stream (duplicates allowed upstream of the endpoint's upsert).
+// stream (duplicates allowed upstream of the endpoint's upsert). It is killed while an agent
+// stores a report every 50 ms, and half the reports are stored only after the kill, so the
+// restart must resume from the stored position to forward them.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_stream_loses_nothing() {
     let (mongo, kin, db, stream, client) = fixture("fwdkill", "kill", 2).await;
@@ -267,7 +269,9 @@ async fn sigkill_mid_stream_loses_nothing() {
     wait_for_position(&client, &db, &stream).await;
 
     let spool = tempfile::tempdir().unwrap();
-    let mut agent = tokio::process::Command::from(sim_agent(&mongo.uri, &db, 80, spool.path()))
+    let mut each_report = sim_agent(&mongo.uri, &db, 40, spool.path());
+    each_report.args(["--insert-every", "0"]);
+    let mut agent = tokio::process::Command::from(each_report)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -276,12 +280,16 @@ async fn sigkill_mid_stream_loses_nothing() {
     fwd.start_kill().unwrap(); // SIGKILL
     fwd.wait().await.unwrap();
     let before = kin.read_all(&stream).await.len();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     assert!(agent.wait().await.unwrap().success());
-
+    run_sim_agent(&mongo.uri, &db, 40).await;
     let docs = all_reports(&client, &db).await;
     assert_eq!(docs.len(), 80);
+    assert!(
+        before < docs.len(),
+        "killed after all {before} records were put: nothing left to resume"
+    );
+    let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+
     let want: HashSet<String> = docs
         .iter()
         .map(|d| d.get_object_id("_id").unwrap().to_hex())

@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/kinesis.rs"]
 mod kinesis;
+#[path = "common/metrics.rs"]
+mod metrics_common;
 
 use std::collections::HashMap;
 use std::net::TcpStream;
@@ -23,6 +25,8 @@ struct Pipeline {
     db: String,
     stream: String,
     endpoint: tokio::process::Child,
+    /// Where the endpoint serves its metrics.
+    endpoint_metrics: String,
     firehose: tokio::process::Child,
 }
 
@@ -47,8 +51,10 @@ impl Pipeline {
                 .arg("--tls-key")
                 .arg(&key);
         }
+        let endpoint_metrics = metrics_common::free_addr();
         let endpoint = endpoint
             .args(["--listen", &format!("127.0.0.1:{port}"), "--path", "/"])
+            .args(["--metrics-listen", &endpoint_metrics])
             .args([
                 "--mongodb-uri",
                 &mongo.uri,
@@ -107,6 +113,7 @@ impl Pipeline {
             db,
             stream,
             endpoint,
+            endpoint_metrics,
             firehose,
         }
     }
@@ -144,8 +151,11 @@ impl Pipeline {
         }
     }
 
-    fn agent(&self, count: u32, spool: &std::path::Path) -> tokio::process::Child {
-        tokio::process::Command::from(sim_agent(&self.mongo.uri, &self.db, count, spool))
+    /// The agent taking `count` reports, with `args`.
+    fn agent(&self, count: u32, spool: &std::path::Path, args: &[&str]) -> tokio::process::Child {
+        let mut agent = sim_agent(&self.mongo.uri, &self.db, count, spool);
+        agent.args(args);
+        tokio::process::Command::from(agent)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -153,7 +163,8 @@ impl Pipeline {
     }
 
     /// Wait until monitors.firehose holds every report, then check each is there exactly once
-    /// with the original ObjectId and fields.
+    /// with the original ObjectId and fields. (Once by `_id`, which is unique: what can fail is
+    /// a report missing, stored under another `_id` or with other values.)
     async fn assert_exactly_once(&self, client: &mongodb::Client) {
         let db = client.database(&self.db);
         let mut cursor = db
@@ -188,8 +199,7 @@ impl Pipeline {
                 ElementType::ObjectId,
                 "{d:?}"
             );
-            let id = d.get_object_id("_id").unwrap().to_hex();
-            assert!(arrived.insert(id, d).is_none());
+            arrived.insert(d.get_object_id("_id").unwrap().to_hex(), d);
         }
         assert_eq!(
             arrived.len(),
@@ -234,7 +244,12 @@ async fn every_report_arrives_in_firehose_exactly_once() {
     let mut fwd = p.forwarder();
     p.wait_for_position(&client).await;
     let spool = tempfile::tempdir().unwrap();
-    assert!(p.agent(40, spool.path()).wait().await.unwrap().success());
+    assert!(p
+        .agent(40, spool.path(), &[])
+        .wait()
+        .await
+        .unwrap()
+        .success());
     p.assert_exactly_once(&client).await;
     let _ = fwd.start_kill();
     let _ = p.firehose.start_kill();
@@ -242,22 +257,59 @@ async fn every_report_arrives_in_firehose_exactly_once() {
     client.database(&p.db).drop().await.unwrap();
 }
 
-// The forwarder SIGKILLed mid-stream and restarted: nothing lost, and the duplicates it sends
-// again upstream leave no duplicate in monitors.firehose.
+// The forwarder SIGKILLed mid-stream, while an agent stores a report every 50 ms, and started
+// again from a position before the first report (as after a kill between a put and the store of
+// its position): the stream then holds every report forwarded before the kill twice, the
+// endpoint stores every record, the second copies too, and monitors.firehose holds each report
+// once, as it was, those stored after the kill too.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_of_the_forwarder_loses_nothing_and_duplicates_nothing() {
     let mut p = Pipeline::start(false).await;
     let client = p.mongo.client().await;
     let mut fwd = p.forwarder();
     p.wait_for_position(&client).await;
+    let state = client
+        .database(&p.db)
+        .collection::<Document>("reports_forwarder_state");
+    let position = doc! { "_id": &p.stream };
+    let first = state.find_one(position.clone()).await.unwrap().unwrap();
     let spool = tempfile::tempdir().unwrap();
-    let mut agent = p.agent(80, spool.path());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut agent = p.agent(40, spool.path(), &["--insert-every", "0"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.kin.read_all(&p.stream).await.len() < 15 {
+        assert!(Instant::now() < deadline, "no records reached the stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     fwd.start_kill().unwrap(); // SIGKILL
     fwd.wait().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut fwd = p.forwarder();
+    let before = p.kin.read_all(&p.stream).await.len();
     assert!(agent.wait().await.unwrap().success());
+    let spool = tempfile::tempdir().unwrap();
+    assert!(p
+        .agent(40, spool.path(), &[])
+        .wait()
+        .await
+        .unwrap()
+        .success());
+    let total = client
+        .database(&p.db)
+        .collection::<Document>("reports")
+        .count_documents(doc! {})
+        .await
+        .unwrap() as usize;
+    assert_eq!(total, 80);
+    assert!(before < total, "killed after all {before} records were put");
+    state.replace_one(position, &first).await.unwrap();
+    let mut fwd = p.forwarder();
+    // Every record the stream holds is stored by the endpoint, the duplicates too.
+    let records = before + total;
+    metrics_common::wait_for_metric(
+        &p.endpoint_metrics,
+        "firehose_endpoint_records_stored_total",
+        records as f64,
+    )
+    .await;
+    assert!(p.kin.read_all(&p.stream).await.len() >= records);
     p.assert_exactly_once(&client).await;
     let _ = fwd.start_kill();
     let _ = p.firehose.start_kill();
