@@ -79,7 +79,7 @@ pub fn free_addr() -> String {
 }
 
 /// The test venv's Python (beside SecantusDB's launcher).
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let s = secantusd();
     match s.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join("python"),

@@ -116,7 +116,18 @@ pub enum SpoolError {
         /// What the system said.
         source: io::Error,
     },
-    /// A file of the spool cannot be opened, read, written or synced.
+    /// A segment file cannot be synced; `then` says where the reports it was to make safe
+    /// went (see `Spool::write_unsynced_again`).
+    #[error("cannot sync {path}: {source}; {then}")]
+    Sync {
+        /// The segment file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+        /// What was done about the reports the failed sync was to write.
+        then: String,
+    },
+    /// A file of the spool cannot be opened, read or written.
     #[error("spool I/O on {path}: {source}")]
     Io {
         /// The file.
@@ -402,25 +413,6 @@ impl Spool {
             self.sync_if_owed()?;
         }
         self.segments.write(frames, records)
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        self.syncs_total += 1;
-        self.segments.sync_data()?;
-        self.sync.synced_to(self.segments.end());
-        Ok(())
-    }
-
-    fn sync_if_owed(&mut self) -> Result<(), SpoolError> {
-        let end = self.segments.end();
-        if self.sync.is_owed(end, self.cursor.ack) {
-            self.sync().map_err(|source| SpoolError::Io {
-                path: self.segments.path(end.segment),
-                source,
-            })?;
-        }
-        self.sync.settled();
-        Ok(())
     }
 
     /// Called on every tick: write out reports that have waited [`WRITE_GROUP`] (their group

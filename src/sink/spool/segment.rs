@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::dir::segment_name;
@@ -196,6 +197,20 @@ impl Segments {
         seg.len += frames.len() as u64;
         seg.records += records;
         Ok(())
+    }
+
+    /// The bytes of the last segment from `from` (from its start if `from` is in an earlier
+    /// one) to its end, read from a file of its own, not the writer.
+    pub(super) fn read_back(&self, from: Position) -> std::io::Result<Vec<u8>> {
+        let end = self.end();
+        let start = if from.segment == end.segment {
+            from.offset
+        } else {
+            0
+        };
+        let mut bytes = vec![0; end.offset.saturating_sub(start) as usize];
+        File::open(self.path(end.segment))?.read_exact_at(&mut bytes, start)?;
+        Ok(bytes)
     }
 
     /// `fdatasync` the open segment, if one is open.

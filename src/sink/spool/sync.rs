@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Position, RETRY_EVERY};
+use super::{frame, Position, Spool, SpoolError, RETRY_EVERY};
 
 /// What is owed a sync, and since when.
 #[derive(Debug)]
@@ -41,6 +41,11 @@ impl SyncPolicy {
     /// Records up to `end` need a sync: past both what was delivered and what was synced.
     pub(super) fn is_owed(&self, end: Position, ack: Position) -> bool {
         end > ack.max(self.synced)
+    }
+
+    /// Where the records start that are neither delivered nor known to be on disk.
+    fn unsynced_from(&self, ack: Position) -> Position {
+        ack.max(self.synced)
     }
 
     /// Something is owed from `since`, unless something older already is.
@@ -99,6 +104,79 @@ impl SyncPolicy {
     /// The last sync tried failed.
     pub(super) fn is_failing(&self) -> bool {
         self.retry_at.is_some()
+    }
+}
+
+impl Spool {
+    /// `fdatasync` the open segment: everything appended before its end is then on disk.
+    pub(super) fn sync(&mut self) -> Result<(), SpoolError> {
+        self.syncs_total += 1;
+        let end = self.segments.end();
+        match self.segments.sync_data() {
+            Ok(()) => {
+                self.sync.synced_to(end);
+                Ok(())
+            }
+            Err(source) => Err(SpoolError::Sync {
+                path: self.segments.path(end.segment),
+                source,
+                then: self.write_unsynced_again(),
+            }),
+        }
+    }
+
+    pub(super) fn sync_if_owed(&mut self) -> Result<(), SpoolError> {
+        if self.sync.is_owed(self.segments.end(), self.cursor.ack) {
+            self.sync()?;
+        }
+        self.sync.settled();
+        Ok(())
+    }
+
+    /// After a failed `fdatasync`, what it was to write is nowhere safe, and syncing the same
+    /// file again would not say so: since Linux 4.13 a writeback error is reported once to
+    /// each open file, and the pages that failed are marked clean, so the next sync "works"
+    /// without writing them and a power cut loses them. So the reports appended since the last
+    /// sync that worked and not yet delivered are read back (from the page cache, where they
+    /// still are) and written again to a new segment, a new file that the next sync (at
+    /// [`RETRY_EVERY`]) covers. The old copies stay where they are, and may be delivered too:
+    /// the database takes the second as a duplicate `_id`. What the disk cannot take is kept
+    /// in memory, as after any failed write. Only the open segment is read back: a segment is
+    /// synced before the next is started. Returns what was done, for the error.
+    fn write_unsynced_again(&mut self) -> String {
+        let from = self.sync.unsynced_from(self.cursor.ack);
+        let read = match self.segments.read_back(from) {
+            Ok(read) => read,
+            Err(e) => {
+                return format!(
+                    "reading back the reports it was to write failed too ({e}): those not yet delivered are lost if power fails before the kernel writes them"
+                )
+            }
+        };
+        let mut frames = Vec::with_capacity(read.len());
+        let mut records = 0;
+        for payload in frame::payloads(&read) {
+            frame::push_frame(&mut frames, payload);
+            records += 1;
+        }
+        if records == 0 {
+            return "every report it held was delivered or synced before".into();
+        }
+        self.segments.writer = None;
+        match self.segments.write(&frames, records) {
+            Ok(()) => format!(
+                "the {records} undelivered reports appended since the last sync that worked were written again, to {}, which is synced next",
+                self.segments.path(self.segments.end().segment).display()
+            ),
+            Err(e) => {
+                for p in frame::payloads(&frames) {
+                    let dropped = self.memory.hold(p.to_vec());
+                    self.dropped_total += dropped;
+                    self.dropped_from_memory_total += dropped;
+                }
+                format!("the {records} undelivered reports appended since the last sync that worked could not be written again ({e}), and are kept in memory")
+            }
+        }
     }
 }
 

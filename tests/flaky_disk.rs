@@ -1,0 +1,184 @@
+//! The spool on a disk whose `fdatasync` fails: a FUSE file system (tests/fixtures/flaky_disk.py,
+//! over real files) that keeps apart what the page cache holds and what the card does, and
+//! fails a segment's first sync the way Linux does, reporting the error once and dropping what
+//! the sync was to write. A power cut is then the card's files alone. Needs `/dev/fuse`,
+//! `fusermount3` and mfusepy (installed by .ci/run).
+
+mod common;
+#[path = "common/metrics.rs"]
+mod metrics_common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{
+    all_reports, free_port, quiet_agent, signal, sim_agent, unique_name, wait_exit, wait_until,
+    MongoServer,
+};
+use metrics_common::{free_addr, python, wait_for_metric, wait_serving};
+
+/// The flaky disk, mounted; unmounted (and its daemon stopped) when dropped.
+struct FlakyDisk {
+    daemon: Child,
+    mount: PathBuf,
+    card: PathBuf,
+    /// The daemon's lines: `fsync ok PATH` or `fsync failed PATH`.
+    said: Arc<Mutex<Vec<String>>>,
+    mounted: bool,
+    _dirs: tempfile::TempDir,
+}
+
+impl FlakyDisk {
+    /// Mount a disk on which the first `failures` syncs of segment files fail.
+    async fn mount(failures: u32) -> FlakyDisk {
+        let dirs = tempfile::tempdir().unwrap();
+        let [backing, card, mount] = ["backing", "card", "mount"].map(|d| dirs.path().join(d));
+        for d in [&backing, &card, &mount] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flaky_disk.py");
+        let mut daemon = Command::new(python())
+            .arg(script)
+            .args([&backing, &card, &mount])
+            .args([".spool", &failures.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run the test venv's python (bash .ci/run creates .venv-test)");
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let lines = BufReader::new(daemon.stdout.take().unwrap()).lines();
+        let into = said.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                into.lock().unwrap().push(line);
+            }
+        });
+        let disk = FlakyDisk {
+            daemon,
+            mount,
+            card,
+            said,
+            mounted: true,
+            _dirs: dirs,
+        };
+        let target = disk.mount.to_string_lossy().into_owned();
+        wait_until(Duration::from_secs(20), "the flaky disk to be mounted (needs /dev/fuse, fusermount3 and mfusepy: bash .ci/run installs them)", || {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            let found = mounts.lines().any(|l| l.split(' ').nth(1) == Some(&target));
+            async move { found }
+        })
+        .await;
+        disk
+    }
+
+    fn said(&self) -> Vec<String> {
+        self.said.lock().unwrap().clone()
+    }
+
+    /// Unmount: what is left is what the card held, as after a power cut. Its directory.
+    fn power_cut(&mut self) -> &Path {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mount)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = false;
+        assert!(self.daemon.wait().unwrap().success());
+        &self.card
+    }
+}
+
+impl Drop for FlakyDisk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mount)
+                .status();
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
+        }
+    }
+}
+
+// A segment's sync fails while the database is down, and the sync after it, at the agent's
+// stop, works. Every report is there after a power cut: the reports the failed sync was to
+// write were written again, to a new file. Before, the sync at the stop "worked" on the same
+// file without writing them, and the power cut lost them.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_a_failed_sync_was_to_write_survive_a_power_cut() {
+    const TAKEN: u32 = 40;
+    let server = MongoServer::start();
+    let mut disk = FlakyDisk::mount(1).await;
+    let db = unique_name("flakydisk");
+    let addr = free_addr();
+    let nowhere = format!("mongodb://127.0.0.1:{}/", free_port());
+    let taken = TAKEN.to_string();
+    let mut agent = quiet_agent(
+        &nowhere,
+        &disk.mount,
+        &[
+            "--sensors",
+            "sim",
+            "--interval",
+            "50ms",
+            "--count",
+            &taken,
+            "--spool-sync",
+            "500ms",
+            "--node-name",
+            "flaky",
+            "--database",
+            &db,
+            "--metrics-listen",
+            &addr,
+        ],
+    );
+    wait_serving(&addr).await;
+    wait_for_metric(&addr, "sensehat_agent_samples_total", f64::from(TAKEN)).await;
+    let failed = disk.said();
+    assert!(
+        failed.iter().any(|l| l.starts_with("fsync failed")),
+        "the first sync, due 500 ms after the first report, was made and failed: {failed:?}"
+    );
+    signal(&agent.0, 15);
+    assert!(wait_exit(&mut agent.0, Duration::from_secs(20)).success());
+    let said = disk.said();
+    assert!(
+        said[failed.len()..]
+            .iter()
+            .any(|l| l.starts_with("fsync ok")),
+        "the stop synced the spool: {said:?}"
+    );
+    let card = disk.power_cut().to_owned();
+
+    // The database is back; the agent starts on what the card held and delivers it.
+    let out = tokio::process::Command::from(sim_agent(&server.uri, &db, 1, &card))
+        .args(["--node-name", "after"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flaky = all_reports(&server.client().await, &db)
+        .await
+        .into_iter()
+        .filter(|d| d.get_str("nodeName") == Ok("flaky"))
+        .count();
+    assert_eq!(
+        flaky,
+        TAKEN as usize,
+        "reports taken before the power cut, found in the database (syncs: {:?})",
+        disk.said()
+    );
+}
