@@ -18,7 +18,7 @@ use common::{
     all_reports, free_port, quiet_agent, signal, sim_agent, unique_name, wait_exit, wait_until,
     MongoServer,
 };
-use metrics_common::{free_addr, python, wait_for_metric, wait_serving};
+use metrics_common::{free_addr, python, scrape, value, wait_for_metric, wait_serving};
 
 /// The flaky disk, mounted; unmounted (and its daemon stopped) when dropped.
 struct FlakyDisk {
@@ -147,6 +147,21 @@ async fn reports_a_failed_sync_was_to_write_survive_a_power_cut() {
     assert!(
         failed.iter().any(|l| l.starts_with("fsync failed")),
         "the first sync, due 500 ms after the first report, was made and failed: {failed:?}"
+    );
+    let m = scrape(&addr);
+    let faults = |fault| {
+        value(
+            &m,
+            &format!("sensehat_agent_spool_faults_total{{fault=\"{fault}\"}}"),
+        )
+    };
+    assert_eq!(
+        [
+            faults("sync_failed"),
+            faults("bad_data"),
+            faults("set_aside")
+        ],
+        [1.0, 0.0, 0.0]
     );
     signal(&agent.0, 15);
     assert!(wait_exit(&mut agent.0, Duration::from_secs(20)).success());

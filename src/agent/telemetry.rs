@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::lock;
 use crate::clock::now_ms;
 use crate::metrics::Readiness;
-use crate::sink::spool::Spool;
+use crate::sink::spool::{Spool, SpoolFaults};
 use crate::status::Counters;
 
 /// Insert durations: a local server answers in about a millisecond, Atlas over a slow link in
@@ -162,6 +162,7 @@ struct SpoolLook {
     dropped: u64,
     dropped_from_memory: u64,
     syncs: u64,
+    faults: SpoolFaults,
 }
 
 impl SpoolLook {
@@ -174,6 +175,7 @@ impl SpoolLook {
             dropped: s.dropped_total,
             dropped_from_memory: s.dropped_from_memory_total,
             syncs: s.syncs_total,
+            faults: s.faults,
         }
     }
 }
@@ -294,9 +296,23 @@ impl Collector for Reader {
             bytes,
             max,
             syncs,
+            faults,
             ..
         }) = spool
         {
+            let mut m = encoder.encode_descriptor(
+                "spool_faults",
+                "Signs of a failing spool disk (SD card), by fault: sync_failed (an fdatasync failed), bad_data (bad bytes between good reports, the reports in them lost), set_aside (a segment file could not be read)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (fault, v) in [
+                ("sync_failed", faults.sync_failed),
+                ("bad_data", faults.bad_data),
+                ("set_aside", faults.set_aside),
+            ] {
+                ConstCounter::new(v).encode(m.encode_family(&[("fault", fault)])?)?;
+            }
             let m = encoder.encode_descriptor(
                 "spool_syncs",
                 "fdatasync calls on the spool (forced writes to the card; none while MongoDB answers in time)",
@@ -375,6 +391,7 @@ mod tests {
             dropped: 10,
             dropped_from_memory: 4,
             syncs: 0,
+            faults: SpoolFaults::default(),
         };
         assert_eq!(
             dropped_by_reason(&c, Some(&spool)),

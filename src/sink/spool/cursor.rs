@@ -240,6 +240,7 @@ impl Spool {
         let lost = self.segments.remove(id).map_or(0, |s| s.records - s.acked);
         self.cursor.skip_segment(id);
         let fate = set_aside(&path);
+        self.faults.set_aside += 1;
         if let SetAside::LeftInPlace(_) = fate {
             // Not past it in the position written down, or the next start deletes it unread.
             let first = self.cursor.left_in_place.map_or(id, |l| l.min(id));
@@ -365,11 +366,14 @@ mod tests {
         s.rewind();
         let b = s.next_batch(100).unwrap();
         assert_eq!((b.records.len(), damaged(&b)), (9, 0));
+        // Counted once, as it is said.
+        assert_eq!(s.faults.bad_data, 1);
         drop(s);
         let (mut s, r) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
-        assert_eq!(r.corrupt_regions, 1);
+        assert_eq!((r.corrupt_regions, s.faults.bad_data), (1, 1));
         let b = s.next_batch(100).unwrap();
         assert_eq!((b.records.len(), damaged(&b)), (9, 0));
+        assert_eq!(s.faults.bad_data, 1);
     }
 
     // The report lost in bad data found while reading leaves the pending count once delivery
@@ -447,6 +451,7 @@ mod tests {
             assert_eq!(s.pending(), 0);
             assert!(fs::symlink_metadata(&second).is_err());
             assert_eq!(set_aside_files(dir.path()), usize::from(!gone));
+            assert_eq!(s.faults.set_aside, 1);
             // Reports taken since go on; a restart sends nothing again.
             s.append(&payload(100), Instant::now());
             assert_eq!(drain(&mut s), vec![payload(100)]);

@@ -186,6 +186,19 @@ impl AppendOutcome {
     }
 }
 
+/// Signs of a failing disk since the spool was opened: each is said in the log, and counted
+/// here for the metrics, where a fleet's operator sees a failing SD card before it fails for
+/// good.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolFaults {
+    /// `fdatasync`s of a segment that failed.
+    pub sync_failed: u64,
+    /// Regions of bad data met between good records, at open or while delivering.
+    pub bad_data: u64,
+    /// Segment files that could not be read, set aside (or left in place), at open or after.
+    pub set_aside: u64,
+}
+
 /// The spool of one directory (see the module docs).
 pub struct Spool {
     segments: Segments,
@@ -206,6 +219,8 @@ pub struct Spool {
     /// `fdatasync`s of segment files since the spool was opened: each a forced write to the
     /// card, which the sync policy keeps to the times the database does not answer.
     pub syncs_total: u64,
+    /// Signs of a failing disk since the spool was opened.
+    pub faults: SpoolFaults,
 }
 
 impl Spool {
@@ -233,6 +248,11 @@ impl Spool {
             dropped_total: 0,
             dropped_from_memory_total: 0,
             syncs_total: 0,
+            faults: SpoolFaults {
+                sync_failed: 0,
+                bad_data: report.corrupt_regions + report.corrupt_delivered_regions,
+                set_aside: report.set_aside,
+            },
         };
         if spool.segments.is_empty() {
             spool.start_first_segment(id_floor, &mut report);
@@ -499,6 +519,9 @@ impl Spool {
                 continue;
             }
             let mut batch = self.cursor.read_batch(&path, id, limit, max)?;
+            if let BatchSource::Disk { damaged: 1.., .. } = batch.source {
+                self.faults.bad_data += 1;
+            }
             batch.problems = problems;
             return Ok(batch);
         }

@@ -28,6 +28,8 @@ pub struct OpenReport {
     /// Regions of bad data among reports already delivered: nothing is lost, but the card
     /// may be failing.
     pub corrupt_delivered_regions: u64,
+    /// Segment files that could not be read, set aside (or left in place).
+    pub set_aside: u64,
     /// Disk errors met on the way that did not stop the spool from opening (a delivered
     /// segment that could not be deleted, an unreadable one set aside, a torn tail that could
     /// not be cut, no first segment file, a damaged delivered position), each a sentence for
@@ -182,6 +184,7 @@ impl Recovered {
     /// deleted on such a disk, and the next start tries again.
     fn set_aside(&mut self, path: &Path, id: u64, e: io::Error) {
         let fate = set_aside(path);
+        self.report.set_aside += 1;
         if let SetAside::LeftInPlace(_) = fate {
             self.id_floor = id + 1;
             self.left_in_place.get_or_insert(id);
@@ -324,6 +327,7 @@ mod tests {
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         assert!(r.problems[0].contains("moved it to"), "{:?}", r.problems);
         assert_eq!((aside(), r.pending), (1, 40));
+        assert_eq!((r.set_aside, s.faults.set_aside), (1, 1));
         s.append(&payload(40), Instant::now());
         assert_eq!(drain(&mut s), (0..41).map(payload).collect::<Vec<_>>());
         drop(s);

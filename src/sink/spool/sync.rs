@@ -117,11 +117,14 @@ impl Spool {
                 self.sync.synced_to(end);
                 Ok(())
             }
-            Err(source) => Err(SpoolError::Sync {
-                path: self.segments.path(end.segment),
-                source,
-                then: self.write_unsynced_again(),
-            }),
+            Err(source) => {
+                self.faults.sync_failed += 1;
+                Err(SpoolError::Sync {
+                    path: self.segments.path(end.segment),
+                    source,
+                    then: self.write_unsynced_again(),
+                })
+            }
         }
     }
 
