@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    all_reports, free_port, quiet_agent, signal, sim_agent, unique_name, wait_exit, wait_until,
-    MongoServer,
+    all_reports, free_port, quiet_agent, run_to_success, signal, sim_agent, unique_name, wait_exit,
+    wait_until, MongoServer,
 };
 use metrics_common::{free_addr, python, scrape, value, wait_for_metric, wait_serving};
 
@@ -175,16 +175,9 @@ async fn reports_a_failed_sync_was_to_write_survive_a_power_cut() {
     let card = disk.power_cut().to_owned();
 
     // The database is back; the agent starts on what the card held and delivers it.
-    let out = tokio::process::Command::from(sim_agent(&server.uri, &db, 1, &card))
-        .args(["--node-name", "after"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut after = sim_agent(&server.uri, &db, 1, &card);
+    after.args(["--node-name", "after"]);
+    run_to_success(after).await;
     let flaky = all_reports(&server.client().await, &db)
         .await
         .into_iter()

@@ -257,7 +257,12 @@ pub fn sim_agent(uri: &str, db: &str, count: u32, spool: &Path) -> Command {
 /// Run [`sim_agent`] to completion with a throwaway spool; panics with its stderr if it fails.
 pub async fn run_sim_agent(uri: &str, db: &str, count: u32) {
     let spool = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::from(sim_agent(uri, db, count, spool.path()))
+    run_to_success(sim_agent(uri, db, count, spool.path())).await;
+}
+
+/// Run `command` to completion; panics with its stderr if it fails.
+pub async fn run_to_success(command: Command) {
+    let out = tokio::process::Command::from(command)
         .output()
         .await
         .unwrap();
