@@ -454,3 +454,38 @@ async fn the_spool_is_synced_only_while_the_database_does_not_store_the_reports(
     let m = scrape(&addr);
     assert!(value(&m, "sensehat_agent_spool_reports") > 0.0, "{m:?}");
 }
+
+// With `--count`, sampling ends and the agent waits for the database to take what it took:
+// the reports it waits with are synced meanwhile, as they would be while sampling. Before,
+// nothing synced them until the stop, and a power cut while it waited lost them.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_waiting_for_the_database_after_count_are_synced() {
+    let spool = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let nowhere = format!("mongodb://127.0.0.1:{}/", common::free_port());
+    let _agent = quiet_agent(
+        &nowhere,
+        spool.path(),
+        &[
+            "--sensors",
+            "sim",
+            "--interval",
+            "50ms",
+            "--count",
+            "5",
+            "--spool-sync",
+            "500ms",
+            "--database",
+            "count_sync",
+            "--metrics-listen",
+            &addr,
+        ],
+    );
+    wait_serving(&addr).await;
+    wait_for_metric(&addr, "sensehat_agent_samples_total", 5.0).await;
+    // Sampling took 200 ms, so the first sync, due 500 ms after the first report, falls due
+    // once it has ended.
+    wait_for_metric(&addr, "sensehat_agent_spool_syncs_total", 1.0).await;
+    let m = scrape(&addr);
+    assert_eq!(value(&m, "sensehat_agent_spool_reports"), 5.0, "{m:?}");
+}

@@ -291,7 +291,7 @@ where
 
     if let (Some(delivery), Output::Spool { spool, status_path }) = (delivery, &output) {
         let drain = !interrupted && options.count.is_some();
-        let result = finish_delivery(delivery, drain, &options, &shared, shutdown).await;
+        let result = finish_delivery(delivery, drain, spool, &options, &shared, shutdown).await;
         // Always leave the spool consistent, even when delivery failed. A failure here is no
         // reason to exit non-zero: what was not synced is in the page cache, and a position
         // not written down only resends reports the database already has.
@@ -395,9 +395,10 @@ type Finished = Option<Result<Result<(), AgentError>, tokio::task::JoinError>>;
 async fn finish_delivery(
     delivery: Delivery,
     drain: bool,
+    spool: &Mutex<Spool>,
     options: &AgentOptions,
     shared: &Shared,
-    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Finished {
     let Delivery {
         mut task,
@@ -417,16 +418,28 @@ async fn finish_delivery(
     }
     let _ = mode_tx.send(Mode::Drain);
     shared.notify.notify_one();
-    tokio::select! {
-        r = &mut task => Some(r),
-        () = shutdown => {
-            let _ = mode_tx.send(Mode::Stop);
-            let finished = tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok();
-            if finished.is_none() {
-                task.abort();
-                let _ = (&mut task).await;
+    // Sampling, which kept the spool synced, has ended; while the drain waits for the
+    // database, what it waits with is synced here, as it would be while sampling.
+    let mut maintenance = tokio::time::interval(Duration::from_secs(1));
+    let mut log = spool_log::SpoolLog::default();
+    loop {
+        tokio::select! {
+            r = &mut task => return Some(r),
+            _ = maintenance.tick() => {
+                let maintained = lock(spool).maintain(std::time::Instant::now());
+                if let Some(event) = log.maintained(&maintained) {
+                    sampling::log_spool(event);
+                }
             }
-            finished
+            () = shutdown.as_mut() => {
+                let _ = mode_tx.send(Mode::Stop);
+                let finished = tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok();
+                if finished.is_none() {
+                    task.abort();
+                    let _ = (&mut task).await;
+                }
+                return finished;
+            }
         }
     }
 }

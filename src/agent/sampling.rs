@@ -486,7 +486,7 @@ fn log_health(sensor: Sensor, event: HealthEvent, why: Option<&SensorError>) {
 }
 
 /// One line for a change in the spool's health.
-fn log_spool(event: SpoolEvent) {
+pub(super) fn log_spool(event: SpoolEvent) {
     match event {
         SpoolEvent::MaintainFailing { error } => {
             warn!(error = %error, "cannot sync the spool or write its delivered position; a power cut now could lose the readings not yet synced, or resend some already delivered")
