@@ -137,6 +137,12 @@ struct FastMap<'o> {
     capacity: usize,
 }
 
+/// Fields an object may have on the fast path: its scan for duplicates compares each name
+/// with those before it, so an object of n fields costs n²/2 comparisons, and a record of one
+/// object with 85,000 short names (1 MB) would hold a worker of the endpoint for seconds per
+/// record. Wider objects go to the general reader, whose map finds a name in log n.
+const FIELDS_MAX: usize = 64;
+
 /// Where each element of a document being built starts, to find duplicate field names in its
 /// bytes without keeping the names: on the stack for up to 16 fields.
 struct ElementStarts {
@@ -210,7 +216,11 @@ impl<'de> Visitor<'de> for FastMap<'_> {
         // Objects are small: a scan for duplicates is cheaper than a set.
         let mut starts = ElementStarts::new();
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            if key.starts_with('$') || key.contains('\0') || starts.contains(doc.as_bytes(), &key) {
+            if key.starts_with('$')
+                || key.contains('\0')
+                || starts.len == FIELDS_MAX
+                || starts.contains(doc.as_bytes(), &key)
+            {
                 return Err(leave_to_general());
             }
             // The new element goes where the terminating NUL is now.

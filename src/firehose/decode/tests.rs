@@ -339,6 +339,28 @@ fn duplicate_keys_past_sixteen_fields() {
     assert_eq!(d, mongodb::bson::doc! { "a": 3, "b": 2 });
 }
 
+// An object wider than the fast path's scan for duplicates takes (its cost grows with the
+// square of the fields) goes to the general reader, which writes the same document; nested
+// objects are counted each on their own.
+#[test]
+fn wide_objects_go_to_the_general_reader() {
+    let o = opts(&[]);
+    let object = |n: usize| {
+        let fields: Vec<String> = (0..n).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        format!("{{{}}}", fields.join(","))
+    };
+    let at_limit = object(64);
+    assert!(fast::document(&at_limit, &o).is_some());
+    let nested = format!(r#"{{"a":{at_limit},"b":{at_limit}}}"#);
+    assert!(fast::document(&nested, &o).is_some());
+    let wide = object(65);
+    assert!(fast::document(&wide, &o).is_none());
+    let d = decode(wide.as_bytes(), "r", 0, &o);
+    // Every field, and the `_id` the record is given.
+    assert_eq!(d.keys().filter(|k| k.starts_with('k')).count(), 65);
+    assert_eq!(d.get_i32("k64"), Ok(64));
+}
+
 // Multi-byte UTF-8 survives (the original decoder produced Latin-1 code units).
 #[test]
 fn multibyte_text_survives() {
