@@ -216,6 +216,10 @@ pub async fn serve_with<T, S, B>(
             }
         });
     }
+    // Refuse new connections now, not at the end of the grace: the kernel would go on taking
+    // them into the backlog, and a client (Firehose) would send its request and wait there
+    // until the process ends, instead of retrying at once.
+    drop(listener);
     // A client reading a long answer slowly would hold the stop for as long as it reads.
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
@@ -362,11 +366,22 @@ mod tests {
     /// Serve, within `limits`, over a real socket: `/slow` answers "ok" after 3 s, anything
     /// else a `BIG` answer; its address.
     async fn serve_big(limits: Limits) -> SocketAddr {
+        serve_big_until(limits, std::future::pending()).await.0
+    }
+
+    /// [`serve_big`] until `shutdown` resolves; also what is told each time `/slow` starts.
+    async fn serve_big_until(
+        limits: Limits,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> (SocketAddr, Arc<tokio::sync::Notify>) {
         let body = Bytes::from(vec![b'x'; BIG]);
+        let slow_started = Arc::new(tokio::sync::Notify::new());
+        let started = slow_started.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let body = body.clone();
+            let (body, started) = (body.clone(), started.clone());
             async move {
                 if req.uri().path() == "/slow" {
+                    started.notify_one();
                     tokio::time::sleep(Duration::from_secs(3)).await;
                     return Ok(Response::new(Full::new(Bytes::from("ok"))));
                 }
@@ -375,8 +390,8 @@ mod tests {
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, service, limits, std::future::pending()));
-        addr
+        tokio::spawn(serve(listener, service, limits, shutdown));
+        (addr, slow_started)
     }
 
     /// Two connections at most, whose headers and writes time out quickly.
@@ -485,5 +500,35 @@ mod tests {
         let mut c = TcpStream::connect(addr).await.unwrap();
         get(&mut c, "/slow").await;
         assert_eq!(status_line(&mut c, Duration::from_secs(10)).await, 200);
+    }
+
+    // A stop closes the listening socket at once: a client that comes while the requests under
+    // way finish is refused, and retries, rather than waiting in the backlog to be cut off at
+    // the end of the grace.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_refuses_new_connections_while_requests_finish() {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, slow_started) = serve_big_until(quick(), async {
+            let _ = stopped.await;
+        })
+        .await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        get(&mut slow, "/slow").await;
+        slow_started.notified().await;
+        stop.send(()).unwrap();
+        let refused = loop {
+            match TcpStream::connect(addr).await {
+                Err(e) => break e,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        // Refused before the slow answer was sent (3 s), which still comes.
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            slow.try_read(&mut buf).map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock)
+        );
+        assert_eq!(status_line(&mut slow, Duration::from_secs(10)).await, 200);
     }
 }
