@@ -564,3 +564,56 @@ async fn a_drain_ends_with_only_an_unsaved_refused_report_left() {
     assert_eq!(counters.delivered, 4, "{counters:?}");
     assert_eq!(spool.lock().unwrap().pending(), 1);
 }
+
+/// A writer into a buffer the test keeps.
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// `recordedAt` is when the sample's reads ended, as the original agent stamped it (it built
+// its document after reading the sensors): a sample that takes long (an IIO read waits for a
+// conversion, a sensor is initialised again) is stamped at its end, not at its slot.
+#[tokio::test]
+async fn a_report_is_stamped_when_its_reads_end() {
+    let printed = Arc::new(Mutex::new(Vec::new()));
+    let stall = Duration::from_millis(300);
+    let mut opts = options(Duration::from_millis(20), Some(1), Duration::from_secs(5));
+    opts.ticker = agent::TickSource::Kernel;
+    let before = sensehat_monitor::clock::now_ms();
+    agent::run(
+        opts,
+        StallingSampler {
+            times: Arc::new(Mutex::new(Vec::new())),
+            stall_on: 0,
+            stall,
+        },
+        Output::Print(Box::new(Captured(printed.clone()))),
+        sensehat_monitor::sink::NoDatabase,
+        None,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let printed = String::from_utf8(printed.lock().unwrap().clone()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
+    let doc = mongodb::bson::Bson::try_from(json).unwrap();
+    let stamped = doc
+        .as_document()
+        .unwrap()
+        .get_datetime("recordedAt")
+        .unwrap()
+        .timestamp_millis();
+    assert!(
+        stamped >= before + stall.as_millis() as i64,
+        "stamped {} ms after the sample began, which took {stall:?}",
+        stamped - before
+    );
+}

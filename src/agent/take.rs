@@ -67,8 +67,11 @@ pub(super) fn take<S: Sampler>(
     moving_rule: MovingRule,
     store: Option<&Store>,
 ) -> Taken {
-    let recorded_at = now_ms();
     let (result, events) = s.sample();
+    // When the reads ended, as the original agent stamped its document: a sample that waits
+    // (an IIO conversion, a sensor initialised again) would otherwise describe a later moment
+    // than its stamp.
+    let recorded_at = now_ms();
     let outcome = result.map(|r| Report::new(node, r, recorded_at, moving_rule));
     let stored = store.and_then(|store| write(store, outcome.as_ref().ok()));
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
