@@ -125,24 +125,34 @@ impl IioSensor {
         }
     }
 
-    /// `(raw + offset) * scale` of channel `channel` (`in_temp`, `in_accel_x`, ...), the scale
-    /// file being `scale_of` (shared by the axes of the accelerometer).
-    fn value(&self, channel: &str, scale_of: &str) -> Result<f64, SensorError> {
+    /// `(raw + offset) * scale` of channel `channel` (`in_temp`, `in_accel_x`, ...), of the
+    /// type `shared` (`in_accel`): see [`IioSensor::scale`].
+    fn value(&self, channel: &str, shared: &str) -> Result<f64, SensorError> {
         let raw = self.number(&format!("{channel}_raw"), None)?;
         let offset = self.number(&format!("{channel}_offset"), Some(0.0))?;
-        let scale = self.number(&format!("{scale_of}_scale"), None)?;
-        Ok((raw + offset) * scale)
+        Ok((raw + offset) * self.scale(channel, shared)?)
+    }
+
+    /// The scale of `channel`: the file its type shares (`in_accel_scale`, as st_lsm6dsx
+    /// gives the LSM9DS1's axes), else its own (`in_accel_x_scale`, as the st_sensors
+    /// drivers give each axis); the IIO interface allows both.
+    fn scale(&self, channel: &str, shared: &str) -> Result<f64, SensorError> {
+        let shared = format!("{shared}_scale");
+        if self.dir.join(&shared).exists() {
+            return self.number(&shared, None);
+        }
+        self.number(&format!("{channel}_scale"), None)
     }
 
     /// The device is still there (after a sensor failure, in place of re-initialising it). It
     /// reads the scale, which costs no measurement, unlike a `_raw` file.
     pub fn check(&self) -> Result<(), SensorError> {
-        let scale = match self.sensor {
-            Sensor::Hts221 => "in_humidityrelative_scale",
-            Sensor::Lps25h => "in_pressure_scale",
-            Sensor::Lsm9ds1 => "in_accel_scale",
-        };
-        self.number(scale, None).map(drop)
+        match self.sensor {
+            Sensor::Hts221 => self.scale("in_humidityrelative", "in_humidityrelative"),
+            Sensor::Lps25h => self.scale("in_pressure", "in_pressure"),
+            Sensor::Lsm9ds1 => self.scale("in_accel_x", "in_accel"),
+        }
+        .map(drop)
     }
 
     /// Humidity and temperature, as the HTS221 driver would read them.
@@ -257,8 +267,22 @@ mod tests {
         );
         let s = IioSensor::find(Sensor::Lsm9ds1, t.path(), "st_lsm6dsx_i2c").unwrap();
         assert!(s.dir().ends_with("iio:device2"));
+        assert_reads_as_the_chip(&s);
+        // A scale file for each axis instead (the st_sensors drivers' layout).
+        std::fs::remove_file(s.dir().join("in_accel_scale")).unwrap();
+        assert!(s.check().is_err());
+        for axis in ["x", "y", "z"] {
+            let file = s.dir().join(format!("in_accel_{axis}_scale"));
+            std::fs::write(file, "0.000598205\n").unwrap();
+        }
+        assert!(s.check().is_ok());
+        assert_reads_as_the_chip(&s);
+    }
+
+    /// `s` holds the raw 1000, -2000, 16393 at 0.000598205 m/s^2 (0.061 mg): it reads as the
+    /// chip read directly does, signs included.
+    fn assert_reads_as_the_chip(s: &IioSensor) {
         let a = s.lsm9ds1().unwrap();
-        // 0.000598205 m/s^2 is 0.061 mg: the same as the chip read directly, signs included.
         let direct = crate::drivers::lsm9ds1::to_g(
             [1000, -2000, 16393],
             crate::drivers::lsm9ds1::FullScale::G2,
