@@ -138,7 +138,7 @@ impl Delivery {
     }
 
     /// The request of one attempt, with Firehose's headers.
-    fn request(&self, request_id: &str, body: &[u8]) -> reqwest::RequestBuilder {
+    fn request(&self, request_id: &str, body: bytes::Bytes) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .post(&self.config.destination_url)
@@ -149,7 +149,7 @@ impl Delivery {
             )
             .header("X-Amz-Firehose-Request-Id", request_id)
             .header("X-Amz-Firehose-Source-Arn", &self.config.source_arn)
-            .body(body.to_vec());
+            .body(body);
         if let Some(key) = &self.config.access_key {
             req = req.header("X-Amz-Firehose-Access-Key", key);
         }
@@ -166,7 +166,7 @@ impl Delivery {
     }
 
     /// One POST of the batch, and what its response says.
-    async fn attempt(&self, request_id: &str, body: &[u8]) -> Attempt {
+    async fn attempt(&self, request_id: &str, body: bytes::Bytes) -> Attempt {
         let mut resp = match self.request(request_id, body).send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
@@ -217,11 +217,13 @@ impl Delivery {
             return Outcome::Delivered { attempts: 0 };
         }
         let request_id = uuid::Uuid::new_v4().to_string();
-        let records: Vec<Vec<u8>> = batch.iter().map(|a| a.data.clone()).collect();
-        let mut body = protocol::request_body(&request_id, now_ms(), &records);
+        let mut body =
+            protocol::request_body(&request_id, now_ms(), batch.iter().map(|a| &a.data[..]));
         if self.config.gzip {
             body = gzip(&body);
         }
+        // Each attempt sends this one copy.
+        let body = bytes::Bytes::from(body);
         let mut clock = RetryClock::new(self.config.retry_duration);
         let mut attempts = 0u32;
         loop {
@@ -229,7 +231,7 @@ impl Delivery {
             if attempts > 1 {
                 self.metrics.retried();
             }
-            let attempt = self.attempt(&request_id, &body).await;
+            let attempt = self.attempt(&request_id, body.clone()).await;
             self.metrics.attempt(match &attempt {
                 Attempt::Failed(f) => Some(format!("{}: {}", f.code, f.message)),
                 Attempt::Ok | Attempt::TooLarge => None,

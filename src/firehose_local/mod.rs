@@ -206,8 +206,11 @@ mod tests {
     #[test]
     fn encoded_size_bounds_the_body() {
         let records: Vec<Vec<u8>> = (0..50).map(|n| vec![7u8; n * 37]).collect();
-        let body =
-            protocol::request_body("0123456789abcdef0123456789abcdef0123", i64::MAX, &records);
+        let body = protocol::request_body(
+            "0123456789abcdef0123456789abcdef0123",
+            i64::MAX,
+            records.iter().map(Vec::as_slice),
+        );
         let estimate: usize = protocol::BODY_OVERHEAD_BYTES
             + records
                 .iter()
