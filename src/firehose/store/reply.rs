@@ -17,12 +17,16 @@ fn reply_count(reply: &Document, key: &str) -> i64 {
 }
 
 /// The first write error of an ordered command (the only one: it stops there), whose index
-/// among the command's statements is in `index_key`: refused for good, or worth a retry.
-fn write_error(errors: i64, first: &Document, index_key: &str) -> StoreError {
+/// among the command's `statements` is in `index_key`: refused for good, or worth a retry. An
+/// index past the statements (a server or proxy that miscounts) is a retry, never taken as
+/// the place of a refused document.
+fn write_error(errors: i64, first: &Document, index_key: &str, statements: usize) -> StoreError {
     let (index, code) = (reply_count(first, index_key), reply_count(first, "code"));
     let message = first.get_str("errmsg").unwrap_or("").to_owned();
     match usize::try_from(index) {
-        Ok(at) if REFUSED_FOR_GOOD.contains(&code) => StoreError::Refused { at, code, message },
+        Ok(at) if at < statements && REFUSED_FOR_GOOD.contains(&code) => {
+            StoreError::Refused { at, code, message }
+        }
         _ => StoreError::Write(format!(
             "{errors} write errors, first at {index}: {message} (code {code})"
         )),
@@ -70,7 +74,7 @@ pub fn check_bulk_write_reply(reply: &Document, statements: usize) -> Result<(),
             .and_then(|b| b.first())
             .and_then(Bson::as_document);
         return Err(match first {
-            Some(e) => write_error(errors, e, "idx"),
+            Some(e) => write_error(errors, e, "idx", statements),
             None => StoreError::Write(format!("{errors} write errors")),
         });
     }
@@ -95,7 +99,7 @@ pub fn check_update_reply(reply: &Document, statements: usize) -> Result<(), Sto
     }
     if let Ok(errors) = reply.get_array("writeErrors") {
         if let Some(Bson::Document(first)) = errors.first() {
-            return Err(write_error(errors.len() as i64, first, "index"));
+            return Err(write_error(errors.len() as i64, first, "index", statements));
         }
     }
     let n = reply_count(reply, "n");
@@ -129,8 +133,8 @@ pub fn check_unordered_update_reply(
                 "a write error that is not a document".into(),
             ));
         };
-        match write_error(errors.len() as i64, e, "index") {
-            StoreError::Refused { at, code, message } if at < statements => {
+        match write_error(errors.len() as i64, e, "index", statements) {
+            StoreError::Refused { at, code, message } => {
                 refused.push(Refusal { at, code, message })
             }
             other => return Err(other),
@@ -166,6 +170,27 @@ mod tests {
         let e = check_update_reply(&conflict, 2).unwrap_err();
         assert!(
             matches!(e, StoreError::Write(ref m) if m.contains("112")),
+            "{e}"
+        );
+    }
+
+    // A refusal that names a document past those of the command (a server or proxy that
+    // miscounts) is a retry, not a place to cut the chunk at: the endpoint indexed its
+    // documents with it, and panicked on every retry of the request.
+    #[test]
+    fn a_refusal_past_the_statements_is_a_retry() {
+        let update = doc! { "ok": 1.0, "n": 2, "writeErrors": [ { "index": 2, "code": 11000, "errmsg": "dup" } ] };
+        let e = check_update_reply(&update, 2).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Write(ref m) if m.contains("11000")),
+            "{e}"
+        );
+        let bulk = doc! { "ok": 1.0, "nErrors": 1, "nMatched": 0, "nUpserted": 2,
+        "cursor": { "id": 0i64, "firstBatch": [
+            { "ok": 0.0, "idx": 7, "code": 121, "errmsg": "failed validation" } ] } };
+        let e = check_bulk_write_reply(&bulk, 2).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Write(ref m) if m.contains("121")),
             "{e}"
         );
     }
