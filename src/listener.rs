@@ -522,7 +522,14 @@ mod tests {
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         };
-        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        // Reset when the connection raced the socket's close.
+        assert!(
+            matches!(
+                refused.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+            ),
+            "{refused}"
+        );
         // Refused before the slow answer was sent (3 s), which still comes.
         let mut buf = [0u8; 16];
         assert_eq!(
