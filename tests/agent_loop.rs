@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sensehat_monitor::agent::{self, AgentError, AgentOptions, Counters, Output, Sampler};
-use sensehat_monitor::board::{HealthEvent, SampleError, Sensor};
+use sensehat_monitor::board::{HealthEvent, SampleError, Sampled, Sensor};
 use sensehat_monitor::report::{Acceleration, MovingRule, Reading, Report};
 use sensehat_monitor::sink::spool::{Spool, SpoolOptions};
 use sensehat_monitor::sink::{InsertError, InsertOutcome, Inserter};
@@ -616,4 +616,54 @@ async fn a_report_is_stamped_when_its_reads_end() {
         "stamped {} ms after the sample began, which took {stall:?}",
         stamped - before
     );
+}
+
+/// Samples in place, but for the `nth` sample, which cannot be had at once (a read failed);
+/// records the thread of each sample taken in full.
+struct FailsInPlace {
+    in_place: usize,
+    nth: usize,
+    full: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+}
+
+impl Sampler for FailsInPlace {
+    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+        self.full.lock().unwrap().push(std::thread::current().id());
+        (Ok(reading()), Vec::new())
+    }
+
+    fn blocking(&self) -> bool {
+        false
+    }
+
+    fn sample_in_place(&mut self) -> Option<Sampled> {
+        self.in_place += 1;
+        (self.in_place != self.nth + 1).then(|| (Ok(reading()), Vec::new()))
+    }
+}
+
+// A sample that cannot be had at once in place (its first read failed) is taken again, with
+// its retries, on a blocking thread, not on the runtime's, where the bus's timeouts would hold
+// up delivery, the metrics and the signals; the others stay in place.
+#[tokio::test(start_paused = true)]
+async fn a_sample_that_fails_in_place_is_taken_again_off_the_runtime() {
+    let full = Arc::new(Mutex::new(Vec::new()));
+    let counters = agent::run(
+        options(Duration::from_millis(500), Some(5), Duration::from_secs(5)),
+        FailsInPlace {
+            in_place: 0,
+            nth: 2,
+            full: full.clone(),
+        },
+        Output::Print(Box::new(std::io::sink())),
+        sensehat_monitor::sink::NoDatabase,
+        None,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(counters.reports, 5);
+    let full = full.lock().unwrap();
+    assert_eq!(full.len(), 1, "only the sample that failed in place");
+    assert_ne!(full[0], std::thread::current().id());
 }

@@ -363,3 +363,42 @@ fn an_impossible_pressure_is_refused_not_stored() {
     sim.poke(SimChip::Lps25h, 0x28, &[0x00, 0x58, 0x00]);
     assert_eq!(lps.read().unwrap().pressure_hpa, 5.5);
 }
+
+// A sample in place reads each sensor once: a read that fails makes it give up at once, with
+// no retry, no failure recorded and nothing initialised again, so that the sample is taken
+// again with its retries on a blocking thread, where the bus's timeouts do not hold up the
+// agent's other work. The sample taken again then fails and is recorded as before.
+#[test]
+fn a_sample_in_place_gives_up_at_the_first_failed_read() {
+    let sim = SimSenseHat::new();
+    let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+    // Initialised, not yet sampled: the first sample initialises nothing more.
+    assert!(hat.sample(std::time::Instant::now()).0.is_ok());
+    let (r, events) = hat
+        .sample_at_once()
+        .expect("a healthy board samples at once");
+    assert!(r.unwrap().pressure_hpa > 900.0);
+    assert!(events.is_empty());
+
+    sim.set_failing(SimChip::Lps25h, true);
+    let before = sim.transactions(SimChip::Lps25h);
+    assert!(hat.sample_at_once().is_none());
+    assert_eq!(
+        sim.transactions(SimChip::Lps25h) - before,
+        1,
+        "one read, no retry"
+    );
+    assert!(hat.health().iter().all(|h| h.is_ok()));
+
+    let before = sim.transactions(SimChip::Lps25h);
+    let (r, _) = hat.sample(std::time::Instant::now());
+    assert!(r.unwrap_err().of(Sensor::Lps25h).is_some());
+    assert!(sim.transactions(SimChip::Lps25h) - before >= 3, "retried");
+    assert!(
+        !hat.health()[1].is_ok(),
+        "the LPS25H, second in Sensor::ALL"
+    );
+    // Due to be initialised again: not in place.
+    sim.set_failing(SimChip::Lps25h, false);
+    assert!(hat.sample_at_once().is_none());
+}

@@ -36,7 +36,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::board::{Board, Health, HealthEvent, SampleError, Sensor};
+use crate::board::{Board, Health, HealthEvent, SampleError, Sampled, Sensor};
 use crate::clock::ClockWait;
 use crate::report::{MovingRule, Reading};
 use crate::sink::spool::Spool;
@@ -78,6 +78,13 @@ pub trait Sampler: Send + 'static {
         true
     }
 
+    /// The sample taken in place (when [`Sampler::blocking`] said it may be), or `None` when
+    /// it cannot be had at once (a read failed), with nothing recorded: it is then taken again
+    /// with [`Sampler::sample`] on a blocking thread.
+    fn sample_in_place(&mut self) -> Option<Sampled> {
+        Some(self.sample())
+    }
+
     /// Per-sensor health, for `status`.
     fn sensors(&self) -> Vec<SensorStatus> {
         Vec::new()
@@ -87,6 +94,13 @@ pub trait Sampler: Send + 'static {
 impl Sampler for Board {
     fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
         Board::sample(self)
+    }
+
+    /// One read of each sensor in place, and the sample again on a blocking thread at the
+    /// first that fails: a bus that has just stuck would otherwise hold the runtime for every
+    /// retry's timeout (nine reads, a second each on the Pi's controller).
+    fn sample_in_place(&mut self) -> Option<Sampled> {
+        Board::sample_at_once(self)
     }
 
     /// A sample of the real board is a few milliseconds on the bus (about 2.5 ms at the Pi's

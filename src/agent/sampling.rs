@@ -300,24 +300,22 @@ impl<S: Sampler> Sampling<'_, S> {
     }
 
     /// Take the sample: on a blocking thread when it may block for long (see
-    /// [`Sampler::blocking`]), else in place.
+    /// [`Sampler::blocking`]) or could not be had at once in place (see
+    /// [`Sampler::sample_in_place`]), else in place.
     async fn take(&mut self, store: Option<Store>) -> Result<Taken, AgentError> {
         let mut s = self
             .sampler
             .take()
             .expect("sampler is returned by every sample");
-        let (s, taken) = if s.blocking() {
-            let node = self.options.node_name.clone();
-            let rule = self.options.moving_rule;
-            tokio::task::spawn_blocking(move || {
-                let t = take(&mut s, &node, rule, store.as_ref());
-                (s, t)
-            })
-            .await
-            .map_err(|e| AgentError::Join(e.to_string()))?
+        let in_place = if s.blocking() {
+            None
         } else {
+            s.sample_in_place()
+        };
+        let (s, taken) = if let Some(sampled) = in_place {
             let t = take(
                 &mut s,
+                Some(sampled),
                 &self.options.node_name,
                 self.options.moving_rule,
                 store.as_ref(),
@@ -326,6 +324,15 @@ impl<S: Sampler> Sampling<'_, S> {
             // directory.
             drop(store);
             (s, t)
+        } else {
+            let node = self.options.node_name.clone();
+            let rule = self.options.moving_rule;
+            tokio::task::spawn_blocking(move || {
+                let t = take(&mut s, None, &node, rule, store.as_ref());
+                (s, t)
+            })
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?
         };
         self.sampler = Some(s);
         Ok(taken)

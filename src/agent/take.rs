@@ -10,7 +10,7 @@ use tracing::debug;
 use super::status::write_status;
 use super::telemetry::Textfile;
 use super::{lock, Counters, Sampler};
-use crate::board::{HealthEvent, SampleError, Sensor};
+use crate::board::{HealthEvent, SampleError, Sampled, Sensor};
 use crate::clock::{now_ms, HeldSpool};
 use crate::led::status::SpoolUse;
 use crate::report::{MovingRule, Report};
@@ -59,15 +59,16 @@ pub(super) struct Store {
     pub(super) measure: bool,
 }
 
-/// Take one sample and append its report to the spool, or to the held reports' spool
-/// (blocking: I2C and file I/O).
+/// Take one sample (unless `sampled` is one taken already) and append its report to the spool,
+/// or to the held reports' spool (blocking: I2C and file I/O).
 pub(super) fn take<S: Sampler>(
     s: &mut S,
+    sampled: Option<Sampled>,
     node: &str,
     moving_rule: MovingRule,
     store: Option<&Store>,
 ) -> Taken {
-    let (result, events) = s.sample();
+    let (result, events) = sampled.unwrap_or_else(|| s.sample());
     // When the reads ended, as the original agent stamped its document: a sample that waits
     // (an IIO conversion, a sensor initialised again) would otherwise describe a later moment
     // than its stamp.

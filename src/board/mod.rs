@@ -149,6 +149,9 @@ pub enum Board {
     Sim(Box<SimBoard>),
 }
 
+/// A sample: the reading, or why there is none, and the sensors' health changes.
+pub type Sampled = (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>);
+
 impl Board {
     /// Open the real Sense HAT on the given bus (normally `/dev/i2c-1`).
     pub fn open_linux(path: &str) -> Result<Board, SensorError> {
@@ -167,6 +170,14 @@ impl Board {
         match self {
             Board::Linux(h) => h.sample(now),
             Board::Sim(s) => s.sample(now),
+        }
+    }
+
+    /// One read of each sensor, in place (see [`SenseHat::sample_at_once`]).
+    pub fn sample_at_once(&mut self) -> Option<Sampled> {
+        match self {
+            Board::Linux(h) => h.sample_at_once(),
+            Board::Sim(s) => s.sample_at_once(),
         }
     }
 

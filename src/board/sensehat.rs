@@ -6,7 +6,7 @@ use std::time::Instant;
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::{iio, BusErrorHint, Health, HealthEvent, SampleError, Sensor, SensorError};
+use super::{iio, BusErrorHint, Health, HealthEvent, SampleError, Sampled, Sensor, SensorError};
 use crate::drivers::{self, hts221::Hts221, lps25h::Lps25h, lsm9ds1, lsm9ds1::Lsm9ds1Accel};
 use crate::report::{self, Reading};
 
@@ -232,6 +232,32 @@ where
             _ => Err(SampleError(errors)),
         };
         (result, events)
+    }
+
+    /// A sample that takes one read of each sensor and nothing more, for a caller that
+    /// samples in place: `None` at the first read that fails, or with a sensor due to be
+    /// initialised again, with nothing recorded, so that the caller takes the sample again
+    /// with [`SenseHat::sample`] on a blocking thread. There its retries may wait out the
+    /// bus's timeouts (a second each on the Pi's controller) without holding up the runtime.
+    pub fn sample_at_once(&mut self) -> Option<Sampled> {
+        if self.needs_init.iter().any(|&n| n) {
+            return None;
+        }
+        let h = self.hts.read(|c| c.read(), |i| i.hts221()).ok()?;
+        let p = self.lps.read(|c| c.read(), |i| i.lps25h()).ok()?;
+        let a = self.acc.read(|c| c.read(), |i| i.lsm9ds1()).ok()?;
+        let events = Sensor::ALL
+            .iter()
+            .map(|&s| (s, self.health[s.index()].record_success()))
+            .filter(|(_, ev)| *ev != HealthEvent::None)
+            .collect();
+        let reading = Reading {
+            humidity_rh: h.humidity_rh,
+            temperature_celsius: h.temperature_celsius,
+            pressure_hpa: p.pressure_hpa,
+            acceleration: report_acceleration(a),
+        };
+        Some((Ok(reading), events))
     }
 
     /// Each sensor's health, in [`Sensor::ALL`] order.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use embedded_hal::delay::DelayNs;
 
-use super::{sim, Health, HealthEvent, SampleError, SenseHat, Sensor, SensorError};
+use super::{sim, Health, HealthEvent, SampleError, Sampled, SenseHat, Sensor, SensorError};
 use crate::report::Reading;
 
 /// The simulated board plus its plan.
@@ -144,8 +144,23 @@ impl SimBoard {
         &mut self,
         now: Instant,
     ) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
-        let n = self.samples;
+        self.follow_plan();
         self.samples += 1;
+        self.hat.sample(now)
+    }
+
+    /// [`SenseHat::sample_at_once`] under the plan: a `None` counts as no sample, so that the
+    /// sample taken again is the same one of the plan.
+    pub fn sample_at_once(&mut self) -> Option<Sampled> {
+        self.follow_plan();
+        let taken = self.hat.sample_at_once()?;
+        self.samples += 1;
+        Some(taken)
+    }
+
+    /// Set the chips up as the plan says for the next sample.
+    fn follow_plan(&mut self) {
+        let n = self.samples;
         self.sim
             .set_knocked(self.knocks.iter().any(|k| k.covers(n)));
         for chip in sim::SimChip::ALL {
@@ -162,7 +177,6 @@ impl SimBoard {
                 self.sim.reset(chip);
             }
         }
-        self.hat.sample(now)
     }
 
     /// Each sensor's health, in [`Sensor::ALL`] order.
