@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use super::frame::{push_encoded, push_frame};
-use super::WRITE_GROUP;
+use super::frame::{self, push_encoded, push_frame};
+use super::{AppendOutcome, Spool, SpoolError, WRITE_GROUP};
 
 /// Frames appended but not written yet, how many, and since when.
 #[derive(Debug, Default)]
@@ -72,6 +72,88 @@ impl WriteGroup {
     pub(super) fn recycle(&mut self, mut frames: Vec<u8>) {
         frames.clear();
         self.frames = frames;
+    }
+}
+
+impl Spool {
+    /// The end of every append: write out now if `write_now` (or if every append is synced),
+    /// note what is owed a sync, sync when every append is, and stay under the cap.
+    pub(super) fn finish_append(&mut self, write_now: bool, now: Instant) -> AppendOutcome {
+        let mut out = std::mem::take(&mut self.deferred);
+        if write_now || self.sync.every_append() {
+            out.merge(self.write_out());
+        }
+        if self.sync.owed_since.is_none()
+            && (self.group.records() > 0 || self.sync.is_owed(self.segments.end(), self.cursor.ack))
+        {
+            self.sync.owe_from(now);
+        }
+        // Not while a failed sync waits for its retry: each would write the reports since
+        // the last good sync again to a new segment (see `Spool::write_unsynced_again`).
+        if self.sync.every_append() && self.sync.is_due(now) {
+            let result = self.sync();
+            self.sync.tried(now, &result);
+            if let Err(e) = result {
+                self.unsaid.get_or_insert(e);
+            }
+        }
+        let dropped = self.enforce_cap();
+        out.dropped += dropped;
+        self.dropped_total += dropped;
+        out
+    }
+
+    /// Write every report appended but not yet written, in one `write(2)`. On a disk error
+    /// they go to the in-memory queue; on success, what waited there moves to disk.
+    pub(super) fn write_out(&mut self) -> AppendOutcome {
+        let mut out = AppendOutcome::default();
+        let Some(taken) = self.group.take() else {
+            return out;
+        };
+        out.wrote = true;
+        if let Some(since) = taken.since {
+            // Written but not synced: owed from when the oldest of them was appended.
+            self.sync.owe_from(since);
+        }
+        match self.write_frames(&taken.frames, taken.records) {
+            Ok(()) => out.recovered_from_memory = self.move_memory_to_disk(),
+            Err(e) => {
+                out.disk_error = Some(e.to_string());
+                self.segments.writer = None;
+                for p in frame::payloads(&taken.frames) {
+                    out.dropped_from_memory += self.memory.hold(p.to_vec());
+                }
+                self.dropped_total += out.dropped_from_memory;
+                self.dropped_from_memory_total += out.dropped_from_memory;
+            }
+        }
+        self.group.recycle(taken.frames);
+        out
+    }
+
+    /// [`Spool::write_out`] outside an append: its outcome is returned by the next append.
+    pub(super) fn write_out_deferred(&mut self) {
+        let out = self.write_out();
+        self.deferred.merge(out);
+    }
+
+    /// Write whole frames at the end of the active segment, syncing a full one before the
+    /// next is started.
+    pub(super) fn write_frames(&mut self, frames: &[u8], records: u64) -> Result<(), SpoolError> {
+        if self.segments.is_full() {
+            if let Err(e) = self.sync_if_owed() {
+                // The reports that sync was to write are on a new segment, synced, unless
+                // that failed too: the write goes on there, and the failure is said by the
+                // next maintenance.
+                if self.segments.writer.is_none()
+                    || self.sync.is_owed(self.segments.end(), self.cursor.ack)
+                {
+                    return Err(e);
+                }
+                self.unsaid.get_or_insert(e);
+            }
+        }
+        self.segments.write(frames, records)
     }
 }
 

@@ -221,6 +221,9 @@ pub struct Spool {
     pub syncs_total: u64,
     /// Signs of a failing disk since the spool was opened.
     pub faults: SpoolFaults,
+    /// A sync that failed outside maintenance (at a segment's end, or with every append), for
+    /// the next maintenance to return.
+    unsaid: Option<SpoolError>,
 }
 
 impl Spool {
@@ -253,6 +256,7 @@ impl Spool {
                 bad_data: report.corrupt_regions + report.corrupt_delivered_regions,
                 set_aside: report.set_aside,
             },
+            unsaid: None,
         };
         if spool.segments.is_empty() {
             spool.start_first_segment(id_floor, &mut report);
@@ -371,70 +375,6 @@ impl Spool {
         self.deferred.merge(out);
     }
 
-    /// The end of every append: write out now if `write_now` (or if every append is synced),
-    /// note what is owed a sync, sync when every append is, and stay under the cap.
-    fn finish_append(&mut self, write_now: bool, now: Instant) -> AppendOutcome {
-        let mut out = std::mem::take(&mut self.deferred);
-        if write_now || self.sync.every_append() {
-            out.merge(self.write_out());
-        }
-        if self.sync.owed_since.is_none()
-            && (self.group.records() > 0 || self.sync.is_owed(self.segments.end(), self.cursor.ack))
-        {
-            self.sync.owe_from(now);
-        }
-        if self.sync.every_append() {
-            let _ = self.sync();
-        }
-        let dropped = self.enforce_cap();
-        out.dropped += dropped;
-        self.dropped_total += dropped;
-        out
-    }
-
-    /// Write every report appended but not yet written, in one `write(2)`. On a disk error
-    /// they go to the in-memory queue; on success, what waited there moves to disk.
-    fn write_out(&mut self) -> AppendOutcome {
-        let mut out = AppendOutcome::default();
-        let Some(taken) = self.group.take() else {
-            return out;
-        };
-        out.wrote = true;
-        if let Some(since) = taken.since {
-            // Written but not synced: owed from when the oldest of them was appended.
-            self.sync.owe_from(since);
-        }
-        match self.write_frames(&taken.frames, taken.records) {
-            Ok(()) => out.recovered_from_memory = self.move_memory_to_disk(),
-            Err(e) => {
-                out.disk_error = Some(e.to_string());
-                self.segments.writer = None;
-                for p in frame::payloads(&taken.frames) {
-                    out.dropped_from_memory += self.memory.hold(p.to_vec());
-                }
-                self.dropped_total += out.dropped_from_memory;
-                self.dropped_from_memory_total += out.dropped_from_memory;
-            }
-        }
-        self.group.recycle(taken.frames);
-        out
-    }
-
-    /// [`Spool::write_out`] outside an append: its outcome is returned by the next append.
-    fn write_out_deferred(&mut self) {
-        let out = self.write_out();
-        self.deferred.merge(out);
-    }
-
-    /// Write whole frames at the end of the active segment, syncing a full one before the
-    /// next is started.
-    fn write_frames(&mut self, frames: &[u8], records: u64) -> Result<(), SpoolError> {
-        if self.segments.is_full() {
-            self.sync_if_owed()?;
-        }
-        self.segments.write(frames, records)
-    }
-
     /// Called on every tick: write out reports that have waited [`WRITE_GROUP`] (their group
     /// closes when the next report comes, which a stuck or failing sample delays), sync if
     /// something has been owed for `sync_interval`, and write down the delivered position every
@@ -448,11 +388,13 @@ impl Spool {
         if self.group.has_waited(now) {
             self.write_out_deferred();
         }
-        let mut first_error = None;
+        let mut first_error = self.unsaid.take();
         if self.sync.is_due(now) {
             let result = self.sync_if_owed();
             self.sync.tried(now, &result);
-            first_error = result.err();
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
         }
         if let Err(e) = self.cursor.write_if_due(self.segments.dir(), now) {
             first_error.get_or_insert(e);

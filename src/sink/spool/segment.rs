@@ -3,11 +3,11 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::dir::segment_name;
+use super::frame::{push_frame, Frames};
 use super::{Position, SpoolError};
 
 /// Largest segment file.
@@ -199,18 +199,24 @@ impl Segments {
         Ok(())
     }
 
-    /// The bytes of the last segment from `from` (from its start if `from` is in an earlier
-    /// one) to its end, read from a file of its own, not the writer.
-    pub(super) fn read_back(&self, from: Position) -> std::io::Result<Vec<u8>> {
+    /// The good frames of the last segment from `from` (from its start if `from` is in an
+    /// earlier one) to its end, read from a file of its own, not the writer, and how many.
+    pub(super) fn read_back(&self, from: Position) -> std::io::Result<(Vec<u8>, u64)> {
         let end = self.end();
         let start = if from.segment == end.segment {
             from.offset
         } else {
             0
         };
-        let mut bytes = vec![0; end.offset.saturating_sub(start) as usize];
-        File::open(self.path(end.segment))?.read_exact_at(&mut bytes, start)?;
-        Ok(bytes)
+        let mut file = File::open(self.path(end.segment))?;
+        file.seek(SeekFrom::Start(start))?;
+        let mut read = Frames::new(BufReader::new(file), start, end.offset.max(start));
+        let (mut frames, mut records) = (Vec::new(), 0);
+        while let Some((_, payload)) = read.next()? {
+            push_frame(&mut frames, &payload);
+            records += 1;
+        }
+        Ok((frames, records))
     }
 
     /// `fdatasync` the open segment, if one is open.

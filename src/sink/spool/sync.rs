@@ -141,45 +141,60 @@ impl Spool {
     /// each open file, and the pages that failed are marked clean, so the next sync "works"
     /// without writing them and a power cut loses them. So the reports appended since the last
     /// sync that worked and not yet delivered are read back (from the page cache, where they
-    /// still are) and written again to a new segment, a new file that the next sync (at
-    /// [`RETRY_EVERY`]) covers. The old copies stay where they are, and may be delivered too:
-    /// the database takes the second as a duplicate `_id`. What the disk cannot take is kept
-    /// in memory, as after any failed write. Only the open segment is read back: a segment is
-    /// synced before the next is started. Returns what was done, for the error.
+    /// still are; what fails its CRC is left) and written again to a new segment, which is
+    /// synced at once: a new file, whose sync says whether they are on disk. The old copies
+    /// stay where they are, and may be delivered too: the database takes the second as a
+    /// duplicate `_id`. What the disk cannot take, or not sync either, is kept in memory, as
+    /// after any failed write. Only the open segment is read back: a segment is synced before
+    /// the next is started, and the one the copies went to was synced. Returns what was done,
+    /// for the error.
     fn write_unsynced_again(&mut self) -> String {
         let from = self.sync.unsynced_from(self.cursor.ack);
-        let read = match self.segments.read_back(from) {
+        let (frames, records) = match self.segments.read_back(from) {
             Ok(read) => read,
             Err(e) => {
+                self.segments.writer = None;
                 return format!(
                     "reading back the reports it was to write failed too ({e}): those not yet delivered are lost if power fails before the kernel writes them"
-                )
+                );
             }
         };
-        let mut frames = Vec::with_capacity(read.len());
-        let mut records = 0;
-        for payload in frame::payloads(&read) {
-            frame::push_frame(&mut frames, payload);
-            records += 1;
-        }
+        self.segments.writer = None;
         if records == 0 {
             return "every report it held was delivered or synced before".into();
         }
-        self.segments.writer = None;
-        match self.segments.write(&frames, records) {
-            Ok(()) => format!(
-                "the {records} undelivered reports appended since the last sync that worked were written again, to {}, which is synced next",
-                self.segments.path(self.segments.end().segment).display()
-            ),
+        self.syncs_total += 1;
+        let written = self
+            .segments
+            .write(&frames, records)
+            .and_then(|()| self.sync_written());
+        match written {
+            Ok(()) => {
+                self.sync.synced_to(self.segments.end());
+                format!(
+                    "the {records} undelivered reports appended since the last sync that worked were written again to {}, and synced there",
+                    self.segments.path(self.segments.end().segment).display()
+                )
+            }
             Err(e) => {
+                self.segments.writer = None;
                 for p in frame::payloads(&frames) {
                     let dropped = self.memory.hold(p.to_vec());
                     self.dropped_total += dropped;
                     self.dropped_from_memory_total += dropped;
                 }
-                format!("the {records} undelivered reports appended since the last sync that worked could not be written again ({e}), and are kept in memory")
+                format!("the {records} undelivered reports appended since the last sync that worked could not be written again and synced ({e}), and are kept in memory")
             }
         }
+    }
+
+    /// `fdatasync` the open segment, as a spool error.
+    fn sync_written(&self) -> Result<(), SpoolError> {
+        let end = self.segments.end();
+        self.segments.sync_data().map_err(|source| SpoolError::Io {
+            path: self.segments.path(end.segment),
+            source,
+        })
     }
 }
 
