@@ -880,6 +880,15 @@ async fn a_refused_insert_is_logged_in_the_servers_words() {
 /// (`NOTIFY_SOCKET`), in order. A thread reads as the messages come, as systemd does: a
 /// datagram socket's queue is short, and a sender blocks when it is full.
 fn systemd_notifications(args: &[&str], watchdog_usec: &str) -> Vec<String> {
+    systemd_notifications_until(args, watchdog_usec, None)
+}
+
+/// [`systemd_notifications`] of an agent stopped by SIGTERM after `stop_after`, if given.
+fn systemd_notifications_until(
+    args: &[&str],
+    watchdog_usec: &str,
+    stop_after: Option<Duration>,
+) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -901,14 +910,19 @@ fn systemd_notifications(args: &[&str], watchdog_usec: &str) -> Vec<String> {
             }
         })
     };
-    let status = agent_command()
+    let mut child = agent_command()
         .args(args)
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", watchdog_usec)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
+    if let Some(after) = stop_after {
+        std::thread::sleep(after);
+        common::signal(&child, 15);
+    }
+    let status = child.wait().unwrap();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let messages = reader.join().unwrap();
     assert!(status.success(), "{messages:?}");
@@ -938,8 +952,26 @@ fn notifies_systemd_ready_and_watchdog() {
     // with each sample and the ones while waiting.
     let pings = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
     assert!(pings >= 5, "{messages:?}");
-    // Nothing before the first sample: READY=1 means a reading was taken.
+    // Nothing before the first sample: READY=1 means the sampling loop runs.
     assert_eq!(messages[0], "READY=1", "{messages:?}");
+}
+
+// READY=1 follows the first sample whatever it gave: a sensor that fails from the start costs
+// samples, not the run. Were it sent only after a reading, systemd would stop the agent at its
+// start timeout (90 s) and start it again, for ever, each time resetting its metrics.
+#[test]
+fn ready_is_said_though_every_sample_fails() {
+    let args = [
+        "--sensors",
+        "sim",
+        "--dry-run",
+        "--sim-fault",
+        "lps25h:0:1000000",
+        "--interval",
+        "100ms",
+    ];
+    let messages = systemd_notifications_until(&args, "0", Some(Duration::from_secs(2)));
+    assert!(messages.iter().any(|m| m == "READY=1"), "{messages:?}");
 }
 
 // Each ping wakes systemd, so the watchdog is pinged every quarter of its timeout, with the

@@ -241,8 +241,11 @@ impl<S: Sampler> Sampling<'_, S> {
             } else {
                 self.send(report, stored)?;
             }
-            self.say_ready();
         }
+        // Ready once the loop has sampled, whatever the sample gave: ready only after a
+        // reading, a sensor failing from the start would have systemd stop the agent at its
+        // start timeout and start it again, for ever.
+        self.say_ready();
         if let Some(released) = self.gate.poll_if_watching(Instant::now) {
             self.release(released).await?;
         }
