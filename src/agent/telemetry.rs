@@ -26,8 +26,11 @@ use crate::sink::spool::{Spool, SpoolFaults};
 use crate::status::Counters;
 
 /// Insert durations: a local server answers in about a millisecond, Atlas over a slow link in
-/// seconds, and a batch after an outage takes longer.
-const INSERT_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// seconds, a batch after an outage takes longer, and an insert waiting for a server that does
+/// not answer reaches the insert timeout (30 s).
+const INSERT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 10.0, 30.0,
+];
 
 /// What the agent exposes as metrics, shared by its loops, the metrics listener and the
 /// textfile writer. Cheap to clone.
