@@ -151,6 +151,19 @@ fn process_exists(pid: u32) -> bool {
     test_kill_process(pid) != Err(rustix::io::Errno::SRCH)
 }
 
+/// Whether an agent holds the lock of the spool directory `dir` (see the agent's start): the
+/// kernel lets go of it when the process ends, however it ends, so this is true of a running
+/// agent whatever its status file says (one it cannot write, on a disk gone read-only), and
+/// never of a process that took the agent's id since. False where there is no lock to look
+/// at (an agent that could not make one).
+fn spool_is_locked(dir: &Path) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    let Ok(file) = std::fs::File::open(dir.join(crate::agent::LOCK_FILE)) else {
+        return false;
+    };
+    flock(&file, FlockOperation::NonBlockingLockShared) == Err(rustix::io::Errno::WOULDBLOCK)
+}
+
 /// What `status` found of the agent, for its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Agent {
@@ -208,8 +221,9 @@ pub fn render(dir: &Path) -> std::io::Result<Rendered> {
     let summary = spool::summarize(dir)?;
     let status = Status::read(&dir.join(STATUS_FILE));
     let agent = match &status {
-        None => Agent::Unknown,
         Some(s) if s.is_running(now) => Agent::Running,
+        _ if spool_is_locked(dir) => Agent::Running,
+        None => Agent::Unknown,
         Some(_) => Agent::NotRunning,
     };
     // The running agent's status file is its word on what is unsent: the files alone count
@@ -219,8 +233,16 @@ pub fn render(dir: &Path) -> std::io::Result<Rendered> {
     // held was lost, and counted as dropped).
     let current = status.as_ref().filter(|_| agent == Agent::Running);
     let mut out = String::new();
-    if let (Agent::NotRunning, Some(s)) = (agent, &status) {
-        out.push_str(&not_running(s.updated_ms, now));
+    match (agent, &status) {
+        (Agent::NotRunning, Some(s)) => out.push_str(&not_running(s.updated_ms, now)),
+        (Agent::Running, Some(s)) if !s.is_current(now) => out.push_str(&format!(
+            "agent: running, but its status file was last written {}: the spool's disk is probably full or read-only (its journal says), and the figures below are from then; do not stop or restart it before the disk takes writes again, or what it holds in memory is lost\n",
+            age(s.updated_ms, now)
+        )),
+        (Agent::Running, None) => out.push_str(
+            "agent: running, but it has written no status file (is the spool's disk full or read-only? its journal says)\n",
+        ),
+        _ => {}
     }
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22}{v}\n"));
     line("spool", dir.display().to_string());
@@ -486,6 +508,44 @@ mod tests {
             not_running(now - 5_000, now),
             "agent: not running (its last status, written 5 s ago, follows)\n"
         );
+    }
+
+    // An agent that holds its spool's lock runs, though its status file is old (a disk gone
+    // read-only cannot take it): `status` says so and shows the readings it held in memory
+    // then, rather than "not running", after which a restart would lose them. Without the
+    // lock held, the same file is a stopped agent's.
+    #[test]
+    fn an_agent_holding_the_spool_lock_runs_though_its_status_file_is_old() {
+        use rustix::fs::{flock, FlockOperation};
+        let dir = tempfile::tempdir().unwrap();
+        let old = Status {
+            pid: std::process::id(),
+            updated_ms: now_ms() - 120_000,
+            pending: 9,
+            in_memory: 7,
+            ..Status::default()
+        };
+        old.write(&dir.path().join(STATUS_FILE)).unwrap();
+        let lock = std::fs::File::create(dir.path().join(crate::agent::LOCK_FILE)).unwrap();
+        let stopped = render(dir.path()).unwrap();
+        assert_eq!(stopped.agent, Agent::NotRunning, "{}", stopped.text);
+        flock(&lock, FlockOperation::NonBlockingLockExclusive).unwrap();
+        let running = render(dir.path()).unwrap();
+        assert_eq!(running.agent, Agent::Running, "{}", running.text);
+        assert!(
+            running
+                .text
+                .starts_with("agent: running, but its status file was last written 2 min ago"),
+            "{}",
+            running.text
+        );
+        assert!(
+            running.text.contains("7 of them in memory"),
+            "{}",
+            running.text
+        );
+        drop(lock);
+        assert_eq!(render(dir.path()).unwrap().agent, Agent::NotRunning);
     }
 
     // Drops from memory are told from the cap's, and only when there are any.
