@@ -263,20 +263,16 @@ async fn overrun_slots_are_counted_and_skipped() {
     let mut opts = options(interval, Some(8), Duration::from_secs(5));
     // Real time here: the kernel's timer, as the agent runs.
     opts.ticker = agent::TickSource::Kernel;
-    let counters = agent::run(
+    let counters = run_printing(
         opts,
         StallingSampler {
             times: times.clone(),
             stall_on: 1,
             stall: Duration::from_millis(75),
         },
-        Output::Print(Box::new(std::io::sink())),
-        sensehat_monitor::sink::NoDatabase,
-        None,
-        std::future::pending(),
+        Box::new(std::io::sink()),
     )
-    .await
-    .unwrap();
+    .await;
     let times = times.lock().unwrap();
     assert_eq!(counters.reports, 8);
     // Sample 1 ran from slot 1 into slot 4: slots 2 and 3 (at least) are missed.
@@ -290,6 +286,24 @@ async fn overrun_slots_are_counted_and_skipped() {
         u128::from(last_slot) <= span.as_nanos() / interval.as_nanos(),
         "slot {last_slot} taken after {span:?}: {counters:?}"
     );
+}
+
+/// Run the agent with `opts` and `sampler`, printing its reports to `out`; its counters.
+async fn run_printing<S: Sampler>(
+    opts: AgentOptions,
+    sampler: S,
+    out: Box<dyn std::io::Write + Send>,
+) -> Counters {
+    agent::run(
+        opts,
+        sampler,
+        Output::Print(out),
+        sensehat_monitor::sink::NoDatabase,
+        None,
+        std::future::pending(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Records when each insert was made and how many reports it carried.
@@ -588,20 +602,16 @@ async fn a_report_is_stamped_when_its_reads_end() {
     let mut opts = options(Duration::from_millis(20), Some(1), Duration::from_secs(5));
     opts.ticker = agent::TickSource::Kernel;
     let before = sensehat_monitor::clock::now_ms();
-    agent::run(
+    run_printing(
         opts,
         StallingSampler {
             times: Arc::new(Mutex::new(Vec::new())),
             stall_on: 0,
             stall,
         },
-        Output::Print(Box::new(Captured(printed.clone()))),
-        sensehat_monitor::sink::NoDatabase,
-        None,
-        std::future::pending(),
+        Box::new(Captured(printed.clone())),
     )
-    .await
-    .unwrap();
+    .await;
     let printed = String::from_utf8(printed.lock().unwrap().clone()).unwrap();
     let json: serde_json::Value = serde_json::from_str(printed.trim()).unwrap();
     let doc = mongodb::bson::Bson::try_from(json).unwrap();
@@ -648,20 +658,16 @@ impl Sampler for FailsInPlace {
 #[tokio::test(start_paused = true)]
 async fn a_sample_that_fails_in_place_is_taken_again_off_the_runtime() {
     let full = Arc::new(Mutex::new(Vec::new()));
-    let counters = agent::run(
+    let counters = run_printing(
         options(Duration::from_millis(500), Some(5), Duration::from_secs(5)),
         FailsInPlace {
             in_place: 0,
             nth: 2,
             full: full.clone(),
         },
-        Output::Print(Box::new(std::io::sink())),
-        sensehat_monitor::sink::NoDatabase,
-        None,
-        std::future::pending(),
+        Box::new(std::io::sink()),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(counters.reports, 5);
     let full = full.lock().unwrap();
     assert_eq!(full.len(), 1, "only the sample that failed in place");
