@@ -46,7 +46,11 @@ for t in "${targets[@]}"; do
   grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY|Test unit written)|panicked' "$log" || true
   if [ "$rc" != 0 ]; then
     tail -40 "$log" >&2
-    echo "FAIL: $t exited $rc (a crash is saved in fuzz/artifacts/$t)" >&2
+    if grep -q 'Test unit written' "$log"; then
+      echo "FAIL: $t exited $rc (a crash is saved in fuzz/artifacts/$t)" >&2
+    else
+      echo "FAIL: $t exited $rc without a finding (did the target build? see above)" >&2
+    fi
     rm -f "$log"
     exit 1
   fi

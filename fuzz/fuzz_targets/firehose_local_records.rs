@@ -26,7 +26,7 @@ const REQUEST_ID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 fn records(u: &mut Unstructured) -> Result<()> {
     let records: Vec<Vec<u8>> = u.arbitrary()?;
     let timestamp: i64 = u.int_in_range(0..=i64::MAX / 2)?;
-    let body = request_body(REQUEST_ID, timestamp, &records);
+    let body = request_body(REQUEST_ID, timestamp, records.iter().map(Vec::as_slice));
     let counted = BODY_OVERHEAD_BYTES
         + records
             .iter()
