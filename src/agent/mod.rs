@@ -36,9 +36,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::board::{Board, Health, HealthEvent, SampleError, Sampled, Sensor};
+use crate::board::{Board, Health, Sampled, Sensor};
 use crate::clock::ClockWait;
-use crate::report::{MovingRule, Reading};
+use crate::report::MovingRule;
 use crate::sink::spool::Spool;
 use crate::sink::Inserter;
 pub use crate::status::Counters;
@@ -71,7 +71,7 @@ pub use crate::status::STATUS_EVERY;
 /// Something that takes samples (blocking). The real and simulated boards implement it.
 pub trait Sampler: Send + 'static {
     /// Read every sensor once: the reading, or why there is none, and the health changes.
-    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>);
+    fn sample(&mut self) -> Sampled;
     /// Whether the next sample may block for long: then it runs on a blocking thread, so the
     /// runtime's other tasks (delivery, metrics) go on meanwhile. Otherwise it runs in place.
     fn blocking(&self) -> bool {
@@ -92,7 +92,7 @@ pub trait Sampler: Send + 'static {
 }
 
 impl Sampler for Board {
-    fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+    fn sample(&mut self) -> Sampled {
         Board::sample(self)
     }
 

@@ -165,7 +165,7 @@ impl Board {
 
     /// Take one sample (blocking I2C: a few milliseconds on a healthy bus, longer on a failing
     /// one).
-    pub fn sample(&mut self) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+    pub fn sample(&mut self) -> Sampled {
         let now = Instant::now();
         match self {
             Board::Linux(h) => h.sample(now),

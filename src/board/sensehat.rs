@@ -7,7 +7,9 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
 use super::{iio, BusErrorHint, Health, HealthEvent, SampleError, Sampled, Sensor, SensorError};
-use crate::drivers::{self, hts221::Hts221, lps25h::Lps25h, lsm9ds1, lsm9ds1::Lsm9ds1Accel};
+use crate::drivers::{
+    self, hts221, hts221::Hts221, lps25h, lps25h::Lps25h, lsm9ds1, lsm9ds1::Lsm9ds1Accel,
+};
 use crate::report::{self, Reading};
 
 /// Transfer attempts per sensor within one sample before the sample is skipped.
@@ -48,12 +50,17 @@ impl<T> Slot<T> {
     }
 }
 
-/// The report's acceleration from the driver's (or IIO's): the same axes and units.
-fn report_acceleration(a: lsm9ds1::Acceleration) -> report::Acceleration {
-    report::Acceleration {
-        x_g: a.x_g,
-        y_g: a.y_g,
-        z_g: a.z_g,
+/// The reading from the three sensors' measurements (the driver's or IIO's: the same units).
+fn reading(h: hts221::Measurement, p: lps25h::Measurement, a: lsm9ds1::Acceleration) -> Reading {
+    Reading {
+        humidity_rh: h.humidity_rh,
+        temperature_celsius: h.temperature_celsius,
+        pressure_hpa: p.pressure_hpa,
+        acceleration: report::Acceleration {
+            x_g: a.x_g,
+            y_g: a.y_g,
+            z_g: a.z_g,
+        },
     }
 }
 
@@ -166,6 +173,21 @@ where
         Ok(())
     }
 
+    /// One read of the HTS221, through its driver or IIO.
+    fn read_hts(&mut self) -> Result<hts221::Measurement, ReadError<I2C::Error>> {
+        self.hts.read(|c| c.read(), |i| i.hts221())
+    }
+
+    /// One read of the LPS25H, through its driver or IIO.
+    fn read_lps(&mut self) -> Result<lps25h::Measurement, ReadError<I2C::Error>> {
+        self.lps.read(|c| c.read(), |i| i.lps25h())
+    }
+
+    /// One read of the LSM9DS1's accelerometer, through its driver or IIO.
+    fn read_acc(&mut self) -> Result<lsm9ds1::Acceleration, ReadError<I2C::Error>> {
+        self.acc.read(|c| c.read(), |i| i.lsm9ds1())
+    }
+
     /// Read one sensor with up to [`READ_ATTEMPTS`] tries, re-initialising it first if an
     /// earlier sample failed.
     fn read_with_retries<T>(
@@ -194,18 +216,11 @@ where
     /// Take one sample of all three sensors. A sensor that still fails after retries makes
     /// the whole sample fail (skipped, never a partial document); its health is updated and
     /// any event worth logging is returned with the result.
-    pub fn sample(
-        &mut self,
-        now: Instant,
-    ) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+    pub fn sample(&mut self, now: Instant) -> Sampled {
         let mut events = Vec::new();
-        let hts =
-            self.read_with_retries(Sensor::Hts221, |s| s.hts.read(|c| c.read(), |i| i.hts221()));
-        let lps =
-            self.read_with_retries(Sensor::Lps25h, |s| s.lps.read(|c| c.read(), |i| i.lps25h()));
-        let acc = self.read_with_retries(Sensor::Lsm9ds1, |s| {
-            s.acc.read(|c| c.read(), |i| i.lsm9ds1())
-        });
+        let hts = self.read_with_retries(Sensor::Hts221, Self::read_hts);
+        let lps = self.read_with_retries(Sensor::Lps25h, Self::read_lps);
+        let acc = self.read_with_retries(Sensor::Lsm9ds1, Self::read_acc);
         let mut errors = Vec::new();
         for (sensor, err) in [
             (Sensor::Hts221, hts.as_ref().err()),
@@ -223,12 +238,7 @@ where
             errors.extend(err.cloned());
         }
         let result = match (hts, lps, acc) {
-            (Ok(h), Ok(p), Ok(a)) => Ok(Reading {
-                humidity_rh: h.humidity_rh,
-                temperature_celsius: h.temperature_celsius,
-                pressure_hpa: p.pressure_hpa,
-                acceleration: report_acceleration(a),
-            }),
+            (Ok(h), Ok(p), Ok(a)) => Ok(reading(h, p, a)),
             _ => Err(SampleError(errors)),
         };
         (result, events)
@@ -243,21 +253,15 @@ where
         if self.needs_init.iter().any(|&n| n) {
             return None;
         }
-        let h = self.hts.read(|c| c.read(), |i| i.hts221()).ok()?;
-        let p = self.lps.read(|c| c.read(), |i| i.lps25h()).ok()?;
-        let a = self.acc.read(|c| c.read(), |i| i.lsm9ds1()).ok()?;
+        let h = self.read_hts().ok()?;
+        let p = self.read_lps().ok()?;
+        let a = self.read_acc().ok()?;
         let events = Sensor::ALL
             .iter()
             .map(|&s| (s, self.health[s.index()].record_success()))
             .filter(|(_, ev)| *ev != HealthEvent::None)
             .collect();
-        let reading = Reading {
-            humidity_rh: h.humidity_rh,
-            temperature_celsius: h.temperature_celsius,
-            pressure_hpa: p.pressure_hpa,
-            acceleration: report_acceleration(a),
-        };
-        Some((Ok(reading), events))
+        Some((Ok(reading(h, p, a)), events))
     }
 
     /// Each sensor's health, in [`Sensor::ALL`] order.

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use embedded_hal::delay::DelayNs;
 
-use super::{sim, Health, HealthEvent, SampleError, Sampled, SenseHat, Sensor, SensorError};
-use crate::report::Reading;
+use super::{sim, Health, Sampled, SenseHat, SensorError};
 
 /// The simulated board plus its plan.
 pub struct SimBoard {
@@ -140,10 +139,7 @@ impl SimBoard {
 
     /// Take one sample, with the chips the fault plan names failing for this attempt, and
     /// the board knocked if the plan says so.
-    pub fn sample(
-        &mut self,
-        now: Instant,
-    ) -> (Result<Reading, SampleError>, Vec<(Sensor, HealthEvent)>) {
+    pub fn sample(&mut self, now: Instant) -> Sampled {
         self.follow_plan();
         self.samples += 1;
         self.hat.sample(now)
