@@ -455,14 +455,16 @@ fn the_alert_rules_pass_promtool() {
 }
 
 /// The age the alert SensehatMetricsFileStale compares with its threshold: the part of its
-/// expression in deploy/prometheus/alerts.yml from `time() - ` up to the comparison.
+/// expression in deploy/prometheus/alerts.yml from `node_time_seconds - ` up to the comparison.
 fn stale_file_age_expr() -> String {
     let rules = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap();
     let rule = rules
         .split("alert: SensehatMetricsFileStale")
         .nth(1)
         .expect("alerts.yml has SensehatMetricsFileStale");
-    let from = rule.find("time() - ").expect("the rule computes an age");
+    let from = rule
+        .find("node_time_seconds - ")
+        .expect("the rule computes an age on the Pi's clock");
     let (age, _) = rule[from..]
         .split_once(" > ")
         .expect("the rule compares the age");

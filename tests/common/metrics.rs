@@ -309,8 +309,8 @@ pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// node_exporter with only its textfile collector on, reading `dir`, on a free port. Killed on
-/// drop.
+/// node_exporter with only its textfile and time collectors on (the stale-file rule takes the
+/// file's age on the machine's clock), reading `dir`, on a free port. Killed on drop.
 pub struct NodeExporter {
     pub addr: String,
     child: Child,
@@ -323,6 +323,7 @@ impl NodeExporter {
         let child = Command::new("prometheus-node-exporter")
             .arg("--collector.disable-defaults")
             .arg("--collector.textfile")
+            .arg("--collector.time")
             .arg(format!("--collector.textfile.directory={}", dir.display()))
             .arg(format!("--web.listen-address={addr}"))
             .stdout(Stdio::null())
