@@ -25,15 +25,17 @@ struct FlakyDisk {
     daemon: Child,
     mount: PathBuf,
     card: PathBuf,
-    /// The daemon's lines: `fsync ok PATH` or `fsync failed PATH`.
+    /// The daemon's lines: `fsync ok PATH`, `fsync failed PATH` or `write failed PATH`.
     said: Arc<Mutex<Vec<String>>>,
     mounted: bool,
     _dirs: tempfile::TempDir,
 }
 
 impl FlakyDisk {
-    /// Mount a disk on which the first `failures` syncs of segment files fail.
-    async fn mount(failures: u32) -> FlakyDisk {
+    /// Mount a disk on which the first `failures` syncs of segment files fail, and, unless
+    /// `write_fails_at` is 0, that numbered write to a segment file fails (a full card) and
+    /// the sync of that file after it.
+    async fn mount(failures: u32, write_fails_at: u32) -> FlakyDisk {
         let dirs = tempfile::tempdir().unwrap();
         let [backing, card, mount] = ["backing", "card", "mount"].map(|d| dirs.path().join(d));
         for d in [&backing, &card, &mount] {
@@ -43,7 +45,7 @@ impl FlakyDisk {
         let mut daemon = Command::new(python())
             .arg(script)
             .args([&backing, &card, &mount])
-            .args([".spool", &failures.to_string()])
+            .args([".spool", &failures.to_string(), &write_fails_at.to_string()])
             .stdout(Stdio::piped())
             .spawn()
             .expect("run the test venv's python (bash .ci/run creates .venv-test)");
@@ -115,7 +117,7 @@ impl Drop for FlakyDisk {
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_a_failed_sync_was_to_write_survive_a_power_cut() {
     // The first sync is due 500 ms after the first report.
-    a_failed_sync_then_a_power_cut(&["--spool-sync", "500ms"]).await;
+    a_failed_sync_then_a_power_cut(&["--spool-sync", "500ms"], 0).await;
 }
 
 // The same when the sync that fails is the one a full segment gets before the next is
@@ -125,16 +127,28 @@ async fn reports_a_failed_sync_was_to_write_survive_a_power_cut() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reports_a_failed_sync_at_a_segments_end_was_to_write_survive_a_power_cut() {
     // 4 KiB segments, about 20 reports each, full within about a second; no sync due before.
-    a_failed_sync_then_a_power_cut(&["--spool-sync", "30s", "--spool-max-bytes", "32768"]).await;
+    a_failed_sync_then_a_power_cut(&["--spool-sync", "30s", "--spool-max-bytes", "32768"], 0).await;
+}
+
+// The same when a write fails (the card full for a moment) and the sync of what the segment
+// took before it fails too: the spool closes that segment, so the sync it makes at the stop, on
+// the next one, does not reach it. The reports it held are written again and synced too. Before,
+// that sync was made once, its failure ignored, and those reports counted synced.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_before_a_failed_write_survive_a_power_cut_when_their_sync_fails() {
+    // No sync due before the stop but the one after the failed write.
+    a_failed_sync_then_a_power_cut(&["--spool-sync", "30s"], 5).await;
 }
 
 /// The agent, with `args`, takes 40 reports with the database down on a disk whose first
-/// sync of a segment fails; then it stops, the power is cut, and an agent with the database
-/// back delivers what the card held: all 40.
-async fn a_failed_sync_then_a_power_cut(args: &[&str]) {
+/// sync of a segment fails (or, unless `write_fails_at` is 0, that numbered write and the sync
+/// after it); then it stops, the power is cut, and an agent with the database back delivers
+/// what the card held: all 40.
+async fn a_failed_sync_then_a_power_cut(args: &[&str], write_fails_at: u32) {
     const TAKEN: u32 = 40;
     let server = MongoServer::start();
-    let mut disk = FlakyDisk::mount(1).await;
+    let failures = u32::from(write_fails_at == 0);
+    let mut disk = FlakyDisk::mount(failures, write_fails_at).await;
     let db = unique_name("flakydisk");
     let addr = free_addr();
     let nowhere = format!("mongodb://127.0.0.1:{}/", free_port());

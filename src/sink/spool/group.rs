@@ -119,7 +119,6 @@ impl Spool {
             Ok(()) => out.recovered_from_memory = self.move_memory_to_disk(),
             Err(e) => {
                 out.disk_error = Some(e.to_string());
-                self.segments.writer = None;
                 for p in frame::payloads(&taken.frames) {
                     out.dropped_from_memory += self.memory.hold(p.to_vec());
                 }
@@ -153,7 +152,30 @@ impl Spool {
                 self.unsaid.get_or_insert(e);
             }
         }
-        self.segments.write(frames, records)
+        let written = self.segments.write(frames, records);
+        if written.is_err() {
+            self.close_after_failed_write();
+        }
+        written
+    }
+
+    /// Close the segment a write failed on, so that new reports start a segment of their
+    /// own, never after a partial frame. What the file took before is owed a sync that the
+    /// spool's next sync, made on its next segment, would not reach, so it is synced now;
+    /// should that fail, the reports it was to write are written again elsewhere or kept in
+    /// memory, as after any failed sync (`Spool::sync`), and the error is said by the next
+    /// maintenance.
+    fn close_after_failed_write(&mut self) {
+        let failed_on = self.segments.end().segment;
+        if self.sync.is_owed(self.segments.end(), self.cursor.ack) {
+            if let Err(e) = self.sync() {
+                self.unsaid.get_or_insert(e);
+            }
+        }
+        // The copies' new segment, if they went to one, was synced and holds whole frames.
+        if self.segments.end().segment == failed_on {
+            self.segments.writer = None;
+        }
     }
 }
 

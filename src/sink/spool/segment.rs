@@ -181,12 +181,8 @@ impl Segments {
         if let Err(source) = writer.write_all(frames) {
             let seg_len = self.list.back().map_or(0, |s| s.len);
             let _ = writer.set_len(seg_len);
-            // What this file took before is owed a sync, which the spool makes on the open
-            // file; once it is closed the spool's next sync cannot reach it, so sync it now.
-            // Best effort: should this sync fail too (the disk is failing), those reports are
-            // counted synced all the same at the spool's next sync.
-            let _ = writer.sync_data();
-            self.writer = None;
+            // The writer stays open for the spool to sync what the file took before, and
+            // then close it (`Spool::write_frames`).
             return Err(SpoolError::Io {
                 path: self.path(id),
                 source,
