@@ -597,10 +597,33 @@ impl std::io::Write for Captured {
 // conversion, a sensor is initialised again) is stamped at its end, not at its slot.
 #[tokio::test]
 async fn a_report_is_stamped_when_its_reads_end() {
+    stamped_after_a_stall(None).await;
+}
+
+// The same for a report held while the clock is not synchronized: let go (here at the stop),
+// it is stamped from when its reads ended. Before, from when its sample began.
+#[tokio::test]
+async fn a_held_report_is_stamped_when_its_reads_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // timesyncd's directory exists, its marker not yet: the clock is not synchronized.
+    std::fs::create_dir(dir.path().join("timesync")).unwrap();
+    stamped_after_a_stall(Some(sensehat_monitor::clock::ClockWait {
+        marker: dir.path().join("timesync/synchronized"),
+        wait: Duration::from_secs(60),
+        copy: None,
+        simulated_error_ms: 0,
+    }))
+    .await;
+}
+
+/// One sample whose reads take 300 ms, printed: its `recordedAt` is at least 300 ms after the
+/// sample began.
+async fn stamped_after_a_stall(clock: Option<sensehat_monitor::clock::ClockWait>) {
     let printed = Arc::new(Mutex::new(Vec::new()));
     let stall = Duration::from_millis(300);
     let mut opts = options(Duration::from_millis(20), Some(1), Duration::from_secs(5));
     opts.ticker = agent::TickSource::Kernel;
+    opts.clock = clock;
     let before = sensehat_monitor::clock::now_ms();
     run_printing(
         opts,

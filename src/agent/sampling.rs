@@ -193,14 +193,13 @@ impl<S: Sampler> Sampling<'_, S> {
         let holding = self.gate.holding();
         let store = self.store(write_status_now, holding);
         let has_store = store.is_some();
-        // When it was taken matters only to a report held for the clock.
-        let taken_at = holding.then(Instant::now);
         let taken = self.take(store).await?;
         if write_status_now && has_store {
             self.last_status = Some(Instant::now());
         }
         let Taken {
             outcome,
+            read_at,
             events,
             sensors,
             stored,
@@ -237,7 +236,7 @@ impl<S: Sampler> Sampling<'_, S> {
         }
         if let Ok(report) = outcome {
             if holding {
-                self.hold(report, stored, taken_at.unwrap_or_else(Instant::now));
+                self.hold(report, stored, read_at);
             } else {
                 self.send(report, stored)?;
             }

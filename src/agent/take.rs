@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::status::write_status;
@@ -23,6 +24,8 @@ pub(super) type Stored = (AppendOutcome, Result<bool, SpoolError>);
 /// What a sample produced, in whichever thread it was taken.
 pub(super) struct Taken {
     pub(super) outcome: Result<Report, SampleError>,
+    /// When the reads ended, which a report held for the clock is stamped from once let go.
+    pub(super) read_at: Instant,
     pub(super) events: Vec<(Sensor, HealthEvent)>,
     /// A fresh health snapshot, when one was taken.
     pub(super) sensors: Option<Vec<SensorStatus>>,
@@ -73,6 +76,7 @@ pub(super) fn take<S: Sampler>(
     // (an IIO conversion, a sensor initialised again) would otherwise describe a later moment
     // than its stamp.
     let recorded_at = now_ms();
+    let read_at = Instant::now();
     let outcome = result.map(|r| Report::new(node, r, recorded_at, moving_rule));
     let stored = store.and_then(|store| write(store, outcome.as_ref().ok()));
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
@@ -107,6 +111,7 @@ pub(super) fn take<S: Sampler>(
     Taken {
         sensors,
         outcome,
+        read_at,
         events,
         stored,
         spool_use,
