@@ -371,6 +371,17 @@ pub fn reply_ok(reply: &Document) -> bool {
     }
 }
 
+/// An integer field of a reply, whichever integer type the server used (MongoDB sends 32-bit
+/// ones; compatible servers and proxies may not); -1 when absent.
+pub fn reply_count(reply: &Document, key: &str) -> i64 {
+    match reply.get(key) {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Double(n)) => *n as i64,
+        _ => -1,
+    }
+}
+
 /// Write error codes that say the server could not take a write for now, not that it refuses
 /// the document: the retryable-writes specification's list (a primary stepping down or shutting
 /// down, a node not primary, a network error or timeout between a router and a shard) and the

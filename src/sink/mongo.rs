@@ -16,13 +16,13 @@
 use std::io::Write;
 use std::time::Duration;
 
-use mongodb::bson::{Bson, Document, RawDocument, RawDocumentBuf};
+use mongodb::bson::{Document, RawDocument, RawDocumentBuf};
 use mongodb::Database;
 
 use super::{InsertError, InsertOutcome, Inserter};
 use crate::mongo::{
-    classify, connect_with, reply_ok, write_concern_document, write_concern_error, DUPLICATE_KEY,
-    TRANSIENT_WRITE_CODES,
+    classify, connect_with, reply_count, reply_ok, write_concern_document, write_concern_error,
+    DUPLICATE_KEY, TRANSIENT_WRITE_CODES,
 };
 
 /// Longest the driver's runtime is left without a turn: under its default 10 s connect timeout,
@@ -218,32 +218,53 @@ pub fn outcome_of_reply(n: usize, reply: &Document) -> Result<InsertOutcome, Ins
     if let Some(e) = write_concern_error(reply) {
         return Err(InsertError::Unavailable(e));
     }
-    let mut out = InsertOutcome::default();
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        let errors: Vec<&Document> = errors.iter().filter_map(Bson::as_document).collect();
-        // A failover between the server's sub-batches refuses the rest "for now": the whole
-        // batch goes again, and what this try stored comes back as duplicates.
-        if let Some(e) = errors
-            .iter()
-            .find(|e| TRANSIENT_WRITE_CODES.contains(&e.get_i32("code").unwrap_or(0)))
-        {
+    let mut errors = Vec::new();
+    for e in reply
+        .get_array("writeErrors")
+        .map_or(&[][..], |a| a.as_slice())
+    {
+        // A write error that names no document of this insert cannot say which report was
+        // refused: none is taken as stored, the whole insert goes again.
+        let named = e.as_document().and_then(|d| {
+            let index = usize::try_from(reply_count(d, "index")).ok()?;
+            (index < n).then(|| (index, reply_count(d, "code"), d))
+        });
+        let Some(named) = named else {
             return Err(InsertError::Unavailable(format!(
-                "the server could not take the insert for now: {} (code {}); trying again",
-                e.get_str("errmsg").unwrap_or(""),
-                e.get_i32("code").unwrap_or(0)
+                "the server's reply has a write error that names no report of the insert ({e}); trying again"
             )));
-        }
-        for e in errors {
-            let code = e.get_i32("code").unwrap_or(0);
-            if code == DUPLICATE_KEY && on_id(e) {
-                out.duplicates += 1;
-            } else {
-                let index = e.get_i32("index").map_or(usize::MAX, |i| i as usize);
-                out.rejected.push((
-                    index,
-                    format!("{} (code {code})", e.get_str("errmsg").unwrap_or("")),
-                ));
-            }
+        };
+        errors.push(named);
+    }
+    // A failover between the server's sub-batches refuses the rest "for now": the whole batch
+    // goes again, and what this try stored comes back as duplicates.
+    if let Some((_, code, e)) = errors
+        .iter()
+        .find(|(_, code, _)| TRANSIENT_WRITE_CODES.iter().any(|&t| i64::from(t) == *code))
+    {
+        return Err(InsertError::Unavailable(format!(
+            "the server could not take the insert for now: {} (code {code}); trying again",
+            e.get_str("errmsg").unwrap_or("")
+        )));
+    }
+    // Every report is either stored or has its write error; a reply that counts otherwise
+    // cannot say which were stored, and the insert goes again.
+    let stored = reply_count(reply, "n");
+    if stored >= 0 && usize::try_from(stored).ok() != Some(n.saturating_sub(errors.len())) {
+        return Err(InsertError::Unavailable(format!(
+            "the server counted {stored} of {n} reports stored and {} refused; trying again",
+            errors.len()
+        )));
+    }
+    let mut out = InsertOutcome::default();
+    for (index, code, e) in errors {
+        if code == i64::from(DUPLICATE_KEY) && on_id(e) {
+            out.duplicates += 1;
+        } else {
+            out.rejected.push((
+                index,
+                format!("{} (code {code})", e.get_str("errmsg").unwrap_or("")),
+            ));
         }
     }
     out.inserted = (n as u64).saturating_sub(out.duplicates + out.rejected.len() as u64);
@@ -377,7 +398,7 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::doc;
+    use mongodb::bson::{doc, Bson};
 
     // The idle turn runs on the driver's own thread, outside any runtime's context. It used to
     // make its timer there, which panics, and the release build aborts: the agent died whenever
@@ -427,13 +448,56 @@ mod tests {
         }
     }
 
+    // A reply of another shape than MongoDB's, from a compatible server or a proxy: integers
+    // of another type are read as such; a write error that names no report of the insert (not
+    // a document, its index missing or past the reports), or counts that do not add up, make
+    // the insert go again rather than take a refused report for stored or blame another.
+    #[test]
+    fn odd_replies_are_read_or_retried() {
+        let wide = doc! {
+            "n": 2_i64, "ok": 1_i64,
+            "writeErrors": [{ "index": 1_i64, "code": 121.0, "errmsg": "Document failed validation" }],
+        };
+        let out = outcome_of_reply(3, &wide).unwrap();
+        assert_eq!((out.inserted, out.rejected.len()), (2, 1));
+        assert_eq!(out.rejected[0].0, 1);
+        let transient =
+            doc! { "n": 2, "ok": 1, "writeErrors": [{ "index": 2_i64, "code": 10107_i64 }] };
+        assert!(matches!(
+            outcome_of_reply(3, &transient),
+            Err(InsertError::Unavailable(_))
+        ));
+        for errors in [
+            vec![Bson::String("Document failed validation".into())],
+            vec![Bson::Document(doc! { "code": 121 })],
+            vec![Bson::Document(doc! { "index": 3, "code": 121 })],
+            vec![Bson::Document(doc! { "index": -1, "code": 121 })],
+        ] {
+            let reply = doc! { "n": 2, "ok": 1, "writeErrors": errors };
+            let err = outcome_of_reply(3, &reply).unwrap_err();
+            assert!(
+                matches!(&err, InsertError::Unavailable(m) if m.contains("names no report")),
+                "{reply}: {err}"
+            );
+        }
+        let short = doc! { "n": 1, "ok": 1, "writeErrors": [{ "index": 0, "code": 121 }] };
+        let err = outcome_of_reply(3, &short).unwrap_err();
+        assert!(
+            matches!(&err, InsertError::Unavailable(m) if m.contains("counted 1 of 3")),
+            "{err}"
+        );
+        // A server that leaves the count out is taken at its write errors.
+        let uncounted = doc! { "ok": 1, "writeErrors": [{ "index": 0, "code": 121 }] };
+        assert_eq!(outcome_of_reply(3, &uncounted).unwrap().inserted, 2);
+    }
+
     // A duplicate _id is a report already stored; a duplicate in another unique index, or any
     // other write error, refuses that report; a write concern error, a write error of a
     // failover, or ok: 0 means "retry".
     #[test]
     fn replies_are_read_into_outcomes() {
         let reply = doc! {
-            "n": 2, "ok": 1.0,
+            "n": 3, "ok": 1.0,
             "writeErrors": [
                 dup(0, Some(doc! { "_id": 1 }), "E11000 duplicate key error collection: m.r index: _id_ dup key: { _id: 1 }"),
                 dup(2, Some(doc! { "nodeName": 1 }), "E11000 duplicate key error collection: m.r index: nodeName_1 dup key"),

@@ -4,17 +4,7 @@
 use mongodb::bson::{Bson, Document};
 
 use super::{StoreError, REFUSED_FOR_GOOD};
-use crate::mongo::{reply_ok, write_concern_error};
-
-/// An integer field of a reply, whichever integer type the server used; -1 when absent.
-fn reply_count(reply: &Document, key: &str) -> i64 {
-    match reply.get(key) {
-        Some(Bson::Int32(n)) => *n as i64,
-        Some(Bson::Int64(n)) => *n,
-        Some(Bson::Double(n)) => *n as i64,
-        _ => -1,
-    }
-}
+use crate::mongo::{reply_count, reply_ok, write_concern_error};
 
 /// The first write error of an ordered command (the only one: it stops there), whose index
 /// among the command's `statements` is in `index_key`: refused for good, or worth a retry. An
