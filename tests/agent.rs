@@ -871,6 +871,10 @@ async fn a_refused_insert_is_logged_in_the_servers_words() {
     let line = common::first_stderr_line(agent, unavailable, Duration::from_secs(60)).await;
     assert!(line.contains("Error code 13 (Unauthorized)"), "{line}");
     assert!(line.contains("not authorized on"), "{line}");
+    assert!(
+        line.contains("user may not insert into this database; give it the readWrite role"),
+        "{line}"
+    );
     for debugging in ["server response", "RawDocumentBuf", "labels:"] {
         assert!(!line.contains(debugging), "{line}");
     }

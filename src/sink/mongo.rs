@@ -17,6 +17,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use mongodb::bson::{Document, RawDocument, RawDocumentBuf};
+use mongodb::error::ErrorKind;
 use mongodb::Database;
 
 use super::{InsertError, InsertOutcome, Inserter};
@@ -203,6 +204,22 @@ impl Driver {
     }
 }
 
+/// A failed `insert` command, as [`classify`] says it, with what to do when the user may not
+/// insert (mongod's Unauthorized, 13; Atlas's 8000): the agent keeps its reports and tries
+/// again, so that a role granted on the server needs no restart.
+fn refused_insert(e: mongodb::error::Error) -> InsertError {
+    let unauthorized =
+        matches!(*e.kind, ErrorKind::Command(ref c) if c.code == 13 || c.code == 8000);
+    let said = classify(e);
+    if unauthorized {
+        InsertError::Unavailable(format!(
+            "{said}: the connection string's user may not insert into this database; give it the readWrite role on it (on Atlas: Database Access)"
+        ))
+    } else {
+        said.into()
+    }
+}
+
 /// Read an `insert` reply into an outcome for `n` documents: a duplicate `_id` counts as
 /// delivered; a write concern error, or a write error that says the server could not take the
 /// write for now ([`TRANSIENT_WRITE_CODES`]: a failover, a shutdown), means "try again" (the
@@ -373,7 +390,7 @@ impl Driver {
             // duplicate-key rule makes the retry safe).
             let reply = match tokio::time::timeout(INSERT_TIMEOUT, t.db.run_raw_command(cmd)).await
             {
-                Ok(reply) => reply.map_err(classify)?,
+                Ok(reply) => reply.map_err(refused_insert)?,
                 Err(_) => {
                     return Err(InsertError::TimedOut(format!(
                         "insert not acknowledged within {} s",
