@@ -393,7 +393,7 @@ impl Driver {
                 Ok(reply) => reply.map_err(refused_insert)?,
                 Err(_) => {
                     return Err(InsertError::TimedOut(format!(
-                        "insert not acknowledged within {} s",
+                        "insert not acknowledged within {} s: the link may be too slow or down, or (a self-run replica set) a majority of its members may not be up to confirm it",
                         INSERT_TIMEOUT.as_secs()
                     )))
                 }
