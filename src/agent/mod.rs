@@ -419,16 +419,7 @@ async fn finish_delivery(
         mode: mode_tx,
     } = delivery;
     if !drain {
-        let _ = mode_tx.send(Mode::Stop);
-        return match tokio::time::timeout(options.shutdown_timeout, &mut task).await {
-            Ok(r) => Some(r),
-            Err(_) => {
-                // Ended before the spool is closed: an ack after it would take the wrong ones.
-                task.abort();
-                let _ = (&mut task).await;
-                None
-            }
-        };
+        return stop_delivery(task, &mode_tx, options.shutdown_timeout).await;
     }
     let _ = mode_tx.send(Mode::Drain);
     shared.notify.notify_one();
@@ -446,16 +437,26 @@ async fn finish_delivery(
                 }
             }
             () = shutdown.as_mut() => {
-                let _ = mode_tx.send(Mode::Stop);
-                let finished = tokio::time::timeout(options.shutdown_timeout, &mut task).await.ok();
-                if finished.is_none() {
-                    task.abort();
-                    let _ = (&mut task).await;
-                }
-                return finished;
+                return stop_delivery(task, &mode_tx, options.shutdown_timeout).await;
             }
         }
     }
+}
+
+/// Tell delivery to stop and wait for it up to `timeout`; `None` when it was cut short.
+async fn stop_delivery(
+    mut task: JoinHandle<Result<(), AgentError>>,
+    mode: &watch::Sender<Mode>,
+    timeout: Duration,
+) -> Finished {
+    let _ = mode.send(Mode::Stop);
+    let finished = tokio::time::timeout(timeout, &mut task).await.ok();
+    if finished.is_none() {
+        // Ended before the spool is closed: an ack after it would take the wrong ones.
+        task.abort();
+        let _ = (&mut task).await;
+    }
+    finished
 }
 
 #[cfg(test)]
