@@ -276,21 +276,36 @@ async fn prometheus_scrapes_the_agent() {
         .wait_for("sensehat_agent_insert_duration_seconds_count", |v| v > 0.0)
         .await;
     // Every query of the shipped Grafana dashboard is one Prometheus accepts, and the agent's
-    // panels have data.
+    // panels have data, for all Pis (Grafana puts the variable's `allValue` for `$instance`)
+    // and for the one its variable lists.
     let dashboard: serde_json::Value = serde_json::from_slice(
         &std::fs::read(repo_file("deploy/grafana/sensehat-monitor.json")).unwrap(),
     )
     .unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let instance = variables.iter().find(|v| v["name"] == "instance").unwrap();
+    let listed = instance["definition"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("label_values("))
+        .and_then(|d| d.strip_suffix(", instance)"))
+        .expect("the instance variable lists a metric's instance labels");
+    let pis = prometheus.query(listed);
+    assert_eq!(pis.len(), 1, "{listed}: {pis:?}");
+    let pi = pis[0].0["instance"].as_str().unwrap().to_owned();
     let mut agent_queries = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().unwrap();
+            let with = |value: &str| target["expr"].as_str().unwrap().replace("$instance", value);
+            let all = with(instance["allValue"].as_str().unwrap());
             prometheus
-                .check(expr)
-                .unwrap_or_else(|e| panic!("the dashboard's query {expr} fails: {e}"));
-            if expr.contains("sensehat_agent_") && !expr.contains("rate(") {
-                prometheus.wait_for(expr, |_| true).await;
-                agent_queries += 1;
+                .check(&all)
+                .unwrap_or_else(|e| panic!("the dashboard's query {all} fails: {e}"));
+            if all.contains("sensehat_agent_") {
+                prometheus.wait_for(&with(&pi), |_| true).await;
+                if !all.contains("rate(") {
+                    prometheus.wait_for(&all, |_| true).await;
+                    agent_queries += 1;
+                }
             }
         }
     }
