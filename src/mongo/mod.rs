@@ -386,11 +386,14 @@ pub fn reply_count(reply: &Document, key: &str) -> i64 {
 /// the document: the retryable-writes specification's list (a primary stepping down or shutting
 /// down, a node not primary, a network error or timeout between a router and a shard) and the
 /// state codes a sharded cluster or a busy server gives (a time limit, a write conflict, a lock
-/// timeout, stale routing). An unordered insert reports them per document in `writeErrors`
-/// when a failover comes between its sub-batches; the same write later goes through.
-pub const TRANSIENT_WRITE_CODES: [i32; 21] = [
-    6, 7, 24, 50, 63, 64, 89, 91, 112, 134, 150, 189, 262, 9001, 10058, 10107, 11600, 11602, 13388,
-    13435, 13436,
+/// timeout, stale routing, a shard with no primary to write to: 133). An unordered insert
+/// reports them per document in `writeErrors` when a failover comes between its sub-batches;
+/// the same write later goes through. Also 16500, Azure Cosmos DB's "request rate too large"
+/// for its MongoDB API (Microsoft's "Prevent rate-limiting errors" page): a throttle, not a
+/// refusal of the document.
+pub const TRANSIENT_WRITE_CODES: [i32; 23] = [
+    6, 7, 24, 50, 63, 64, 89, 91, 112, 133, 134, 150, 189, 262, 9001, 10058, 10107, 11600, 11602,
+    13388, 13435, 13436, 16500,
 ];
 
 /// A write command's `writeConcernError`, in words, if the reply has one: the writes were

@@ -544,7 +544,7 @@ mod tests {
         );
         // A primary stepping down between the server's sub-batches: the rest is not refused
         // for good, whatever else the reply holds.
-        for code in [10107, 189, 91, 11602, 13436] {
+        for code in [10107, 189, 91, 11602, 13436, 133, 16500] {
             let stepdown = doc! {
                 "n": 1, "ok": 1.0,
                 "writeErrors": [
