@@ -227,10 +227,11 @@ pub struct Cli {
 pub enum Command {
     /// Print spool depth, the oldest unsent report, the last insert and sensor health.
     ///
-    /// Exit status: 0 when the agent is running; 3 when it is not running (its status file is
-    /// stale or its process is gone; the first line then says so, and its last status
-    /// follows); 4 when it is not known (no status file yet, or an unreadable one); 1 when the
-    /// spool cannot be read or the answer cannot be written; 2 for a command line it refuses.
+    /// Exit status: 0 when the agent is running (it holds the spool's lock, or its status file
+    /// is fresh); 3 when it is not running (no lock held, and its status file is stale or its
+    /// process is gone; the first line then says so, and its last status follows); 4 when it
+    /// is not known (no lock held, and no status file, or an unreadable one); 1 when the spool
+    /// cannot be read or the answer cannot be written; 2 for a command line it refuses.
     Status,
     /// Check the configuration (connection string, spool directory, logo) and say what the
     /// clock says, then exit; suitable for systemd's ExecStartPre.
