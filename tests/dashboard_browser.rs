@@ -367,6 +367,71 @@ async fn a_fleet_charts_a_bounded_number_of_nodes_and_any_number_of_points() {
     .unwrap();
 }
 
+// The windows end at the dashboard's now, not the browser's: with the browser's clock three
+// days ahead of the dashboard's (a phone set right, the Pi without a real-time clock behind),
+// the day's charts draw the last hour's readings, and the CSV link and the from-to fields end
+// at the dashboard's now. They ended at the browser's: "no readings in this window", and a CSV
+// of no rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn windows_end_at_the_dashboards_now_whatever_the_browsers_clock() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_skew");
+    let start = DateTime::now().timestamp_millis() - 3_600_000;
+    insert(
+        &server.client().await,
+        &db,
+        readings("porch-pi", 0, start, 60_000, 60, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let url = format!("http://{}/", dash.addr);
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 900));
+        b.call("Page.addScriptToEvaluateOnNewDocument", json!({ "source": skewed_clock(3 * 86_400_000) }));
+        b.navigate(&url);
+        b.wait_for("document.querySelector('#chart-temperature path.line, #chart-temperature text.empty') !== null",
+                   Duration::from_secs(60), "the temperature chart drawn");
+        // The page's clock is the skewed one (performance keeps the real time).
+        let skew = b.eval("Math.round((Date.now() - performance.timeOrigin - performance.now()) / 3600e3)");
+        assert_eq!(skew.as_i64(), Some(72), "the browser's clock, hours ahead");
+        let lines = b.eval("document.querySelectorAll('#chart-temperature path.line').length");
+        assert_eq!(lines.as_i64(), Some(1), "porch-pi's line in the day's chart");
+        b.eval("(() => { const m = document.getElementById('node'); m.value = 'porch-pi'; \
+                m.dispatchEvent(new Event('change')); })()");
+        b.wait_for("!document.getElementById('csv').hidden", Duration::from_secs(30), "the CSV link");
+        let to = b.eval("Date.parse(new URL(document.getElementById('csv').href).searchParams.get('to'))");
+        let late = DateTime::now().timestamp_millis() - to.as_i64().unwrap();
+        assert!(late.abs() < 10_000, "the CSV window ends {late} ms before the dashboard's now");
+        let csv = dash.get(b.eval("document.getElementById('csv').getAttribute('href')").as_str().unwrap());
+        assert_eq!(csv.body.lines().count(), 61, "the CSV: a header and the hour's readings");
+        // The from-to fields start as the last day on the dashboard's clock (to the minute).
+        b.eval("(() => { const w = document.getElementById('window'); w.value = 'custom'; \
+                w.dispatchEvent(new Event('change')); })()");
+        let to = b.eval("new Date(document.getElementById('to').value).getTime()");
+        let late = DateTime::now().timestamp_millis() - to.as_i64().unwrap();
+        assert!((0..120_000).contains(&late), "the to field is {late} ms before the dashboard's now");
+        assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
+/// A script setting the page's clock (`Date.now()`, `new Date()`) `skew_ms` off the real one,
+/// as in a browser whose clock is wrong; timers and `performance` keep the real time.
+fn skewed_clock(skew_ms: i64) -> String {
+    format!(
+        "(() => {{ const Real = Date, skew = {skew_ms}; \
+         class Skewed extends Real {{ \
+           constructor(...a) {{ if (a.length) super(...a); else super(Real.now() + skew); }} \
+           static now() {{ return Real.now() + skew; }} }} \
+         window.Date = Skewed; }})()"
+    )
+}
+
 /// A line per node (two) in each chart.
 const LINES_DRAWN: &str = "['temperature','humidity','pressure'].every(f => \
     document.querySelectorAll('#chart-' + f + ' path.line').length >= 2)";

@@ -34,6 +34,7 @@ let drawn = null;        // the answers drawn last, with their window: a resize 
 let resizeTimer = null;
 let problems = {};       // what failed, by source; shown in the status bar
 let tileTimeoutMs = TILE_TIMEOUT_MS;  // the node list's, longer while it keeps timing out
+let clockOffsetMs = 0;   // the dashboard's clock minus this browser's (see noteServerClock)
 
 // --- fetching -----------------------------------------------------------------------------
 
@@ -57,6 +58,7 @@ async function getJson(path, timeoutMs, cancel) {
       if (abort.signal.aborted) throw e;
       throw new Error("the dashboard cannot be reached (" + e.message + ")");
     }
+    noteServerClock(res);
     // A body cut short by a cancel or the timeout is no answer, not an answer without a body.
     const body = await res.json().catch((e) => {
       if (abort.signal.aborted) throw e;
@@ -77,6 +79,25 @@ async function getJson(path, timeoutMs, cancel) {
   }
 }
 
+/** Take the dashboard's clock from an answer's `Date` header, which every answer carries.
+ *  The windows end at the dashboard's now, not this browser's, as the tiles' ages do: the
+ *  readings are dated by the Pis' clocks, and a phone set right beside a Pi without a
+ *  real-time clock days behind (the dashboard on it) saw no reading in any window, while a
+ *  browser ten minutes slow never saw the newest ten minutes. A header rather than windows
+ *  the server ends: no change to the API, and the CSV link and the from–to fields get the
+ *  same now. Its whole seconds (the middle of the second is taken) are far finer than the
+ *  shortest window's 10 s buckets. An answer without one (a proxy took it out) leaves the
+ *  last offset. */
+function noteServerClock(res) {
+  const date = Date.parse(res.headers.get("Date") || "");
+  if (!isNaN(date)) clockOffsetMs = date + 500 - Date.now();
+}
+
+/** Now on the dashboard's clock, as far as its last answer told. */
+function serverNow() {
+  return Date.now() + clockOffsetMs;
+}
+
 /** Show or clear a failure of one source (tiles, charts) in the status bar. */
 function report(source, error) {
   if (error) problems[source] = error.message; else delete problems[source];
@@ -92,7 +113,7 @@ function currentWindow() {
     const from = new Date($("from").value), to = new Date($("to").value);
     if (!isNaN(from) && !isNaN(to)) return { from: from.toISOString(), to: to.toISOString() };
   }
-  const to = Date.now();
+  const to = serverNow();
   const span = WINDOWS[choice] || WINDOWS["24h"];
   return { from: new Date(to - span).toISOString(), to: new Date(to).toISOString() };
 }
@@ -358,8 +379,8 @@ $("window").addEventListener("change", () => {
   const custom = $("window").value === "custom";
   $("custom").hidden = !custom;
   if (custom && !$("from").value) {
-    $("from").value = localInput(Date.now() - 86400e3);
-    $("to").value = localInput(Date.now());
+    $("from").value = localInput(serverNow() - 86400e3);
+    $("to").value = localInput(serverNow());
   }
   refreshCharts();
 });
