@@ -420,6 +420,60 @@ async fn windows_end_at_the_dashboards_now_whatever_the_browsers_clock() {
     .unwrap();
 }
 
+// A from-to window with a time missing asks for nothing: the page says to enter both times,
+// the charts are cleared and the CSV link hidden, until both are given. It used to chart, and
+// link the CSV of, the last day.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_from_to_window_with_a_time_missing_asks_for_nothing() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_custom");
+    let start = DateTime::now().timestamp_millis() - 3_600_000;
+    insert(
+        &server.client().await,
+        &db,
+        readings("porch-pi", 0, start, 60_000, 60, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let url = format!("http://{}/", dash.addr);
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 900));
+        b.navigate(&url);
+        b.wait_for("document.querySelectorAll('.tile').length === 1", Duration::from_secs(30), "the tile");
+        // porch-pi alone, over a from-to window (filled in as the last day): drawn, with its CSV.
+        b.eval("(() => { const m = document.getElementById('node'); m.value = 'porch-pi'; \
+                const w = document.getElementById('window'); w.value = 'custom'; \
+                w.dispatchEvent(new Event('change')); })()");
+        let drawn = "document.querySelectorAll('#chart-temperature path.line').length === 1 \
+                     && !document.getElementById('csv').hidden";
+        b.wait_for(drawn, Duration::from_secs(30), "porch-pi's chart and CSV link");
+        // From here on, count the chart requests the page makes.
+        b.eval("(() => { window.chartFetches = 0; const f = window.fetch; \
+                window.fetch = (u, ...a) => { if (String(u).startsWith('/api/chart')) window.chartFetches++; \
+                return f(u, ...a); }; })()");
+        b.eval("(() => { const from = document.getElementById('from'); window.given = from.value; from.value = ''; \
+                from.dispatchEvent(new Event('change')); })()");
+        b.wait_for("document.getElementById('status').textContent.includes('Enter both a from and a to time')",
+                   Duration::from_secs(10), "the page asking for both times");
+        assert_eq!(b.eval("document.getElementById('csv').hidden"), json!(true), "the CSV link");
+        assert_eq!(b.eval("document.querySelectorAll('svg.chart *').length"), json!(0), "what the charts show");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(b.eval("window.chartFetches"), json!(0), "chart requests without a from time");
+        // Given again, the time brings the charts and the link back, and the message goes.
+        b.eval("(() => { const from = document.getElementById('from'); from.value = window.given; \
+                from.dispatchEvent(new Event('change')); })()");
+        b.wait_for(&format!("{drawn} && document.getElementById('status').hidden"),
+                   Duration::from_secs(30), "the charts and the link back");
+        assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
 /// A script setting the page's clock (`Date.now()`, `new Date()`) `skew_ms` off the real one,
 /// as in a browser whose clock is wrong; timers and `performance` keep the real time.
 fn skewed_clock(skew_ms: i64) -> String {

@@ -98,7 +98,7 @@ function serverNow() {
   return Date.now() + clockOffsetMs;
 }
 
-/** Show or clear a failure of one source (tiles, charts) in the status bar. */
+/** Show or clear a failure of one source (tiles, charts, window) in the status bar. */
 function report(source, error) {
   if (error) problems[source] = error.message; else delete problems[source];
   const messages = [...new Set(Object.values(problems))];
@@ -106,12 +106,14 @@ function report(source, error) {
   $("status").textContent = messages.join(" — ");
 }
 
-/** The chosen window as ISO strings. */
+/** The chosen window as ISO strings; null for a from–to window with a time missing, which
+ *  is no window: the last day, drawn and downloaded in its place, was not what was asked. */
 function currentWindow() {
   const choice = $("window").value;
   if (choice === "custom") {
     const from = new Date($("from").value), to = new Date($("to").value);
-    if (!isNaN(from) && !isNaN(to)) return { from: from.toISOString(), to: to.toISOString() };
+    if (isNaN(from) || isNaN(to)) return null;
+    return { from: from.toISOString(), to: to.toISOString() };
   }
   const to = serverNow();
   const span = WINDOWS[choice] || WINDOWS["24h"];
@@ -328,6 +330,17 @@ async function refreshCharts() {
   const cancel = chartCancel = new AbortController();
   const seq = ++chartSeq;
   const win = currentWindow();
+  if (!win) {
+    // Nothing is asked, nor polled, until both times are given (each field's change
+    // refreshes); what is drawn was another window's, and the CSV link would be too.
+    drawn = null;
+    for (const f of FIELDS) $("chart-" + f.name).replaceChildren();
+    $("csv").hidden = true;
+    report("charts", null);
+    report("window", new Error("Enter both a from and a to time for the from – to window."));
+    return;
+  }
+  report("window", null);
   const chosen = $("node").value;
   // All nodes of a fleet would be a request each every refresh and lines no one can tell
   // apart: the first ALL_NODES_MAX are drawn, and the page says so.
