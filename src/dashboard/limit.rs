@@ -27,7 +27,9 @@ pub const MAX_CONNECTIONS: usize = 512;
 /// request runs one query at a time. The node list takes no turn: one shared sweep reads it for
 /// every page, [`super::store::NODE_QUERIES`] queries at once. So at most 10 queries, the
 /// driver's pool by default, and requests beyond these wait here, briefly and then answered,
-/// rather than inside the driver until the query timeout, piling up without bound.
+/// rather than inside the driver until the query timeout, piling up without bound. The health
+/// check takes none either, so that a probe says whether the database answers, not whether
+/// pages are busy: one check runs at a time, for every probe that comes meanwhile.
 pub const MAX_QUERYING: usize = 8;
 
 /// CSV downloads sent at once. A download's body reads from its cursor as the client takes

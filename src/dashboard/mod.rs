@@ -72,16 +72,19 @@ pub fn app(state: AppState) -> Router {
         axum::middleware::from_fn_with_state(state.failures.clone(), api::say_failures);
     // The node list is read by one shared sweep however many pages ask (see
     // [`Store::latest_of_each`]), which bounds its queries itself: a page waiting for it must
-    // not hold a turn that a chart could use.
-    let nodes = Router::new().route("/api/nodes", get(api::nodes));
+    // not hold a turn that a chart could use. The health check, likewise one read for every
+    // probe at once ([`Store::readable`]), must say whether the database answers, not be
+    // answered busy while pages hold every turn.
+    let shared = Router::new()
+        .route("/api/nodes", get(api::nodes))
+        .route("/api/health", get(api::health));
     let api = Router::new()
         .route("/api/series", get(api::series))
         .route("/api/motion", get(api::motion))
         .route("/api/chart", get(api::chart))
         .route(limit::CSV_PATH, get(csv::csv))
-        .route("/api/health", get(api::health))
         .route_layer(turns)
-        .merge(nodes)
+        .merge(shared)
         .route_layer(say_failures);
     Router::new()
         .route("/", get(page::index))

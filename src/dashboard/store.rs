@@ -28,7 +28,8 @@ pub const NAMES_TTL: Duration = Duration::from_secs(30);
 /// asks, so that one page gets a fresh sweep each time, and many pages share one.
 pub const LATEST_TTL: Duration = Duration::from_secs(1);
 /// How many nodes' latest reports a sweep asks for at once: with the API's
-/// [`super::limit::MAX_QUERYING`] turns, the driver's pool of 10 connections.
+/// [`super::limit::MAX_QUERYING`] turns, the driver's pool of 10 connections (the health
+/// check's one query at a time may wait a moment in the driver for one of them).
 pub const NODE_QUERIES: usize = 2;
 /// How far ahead of the dashboard's clock a node's latest reading may be dated. A reading
 /// from a node whose clock ran ahead (a day, say, before NTP set it right) would otherwise be
@@ -113,6 +114,8 @@ pub struct Store {
     names: Arc<SharedRead<Vec<String>>>,
     /// Each node's latest report, read for all requests at once and kept [`LATEST_TTL`].
     latest: Arc<SharedRead<Latest>>,
+    /// Whether the readings can be read: one check at a time for every probe, never reused.
+    readable: Arc<SharedRead<()>>,
 }
 
 /// Each node's name and latest report (see [`Store::latest`]), sorted by name; a node with
@@ -138,6 +141,7 @@ impl Store {
             server_limit: server_time_limit(config.query_timeout),
             names: SharedRead::new(NAMES_TTL),
             latest: SharedRead::new(LATEST_TTL),
+            readable: SharedRead::new(Duration::ZERO),
         })
     }
 
@@ -474,8 +478,18 @@ impl Store {
     }
 
     /// Whether the dashboard can read the readings: one `find` of a single `_id`. A ping would
-    /// answer for a user that may not read the collection, whose every page then fails.
+    /// answer for a user that may not read the collection, whose every page then fails. The
+    /// health checks take no turn at querying (a probe must not be answered busy while the
+    /// database is fine), so those that come while one runs take its outcome: however many
+    /// probes, one such query at a time.
     pub async fn readable(&self) -> Result<(), ReadError> {
+        let store = self.clone();
+        self.readable
+            .get(|| async move { store.find_one_id().await })
+            .await
+    }
+
+    async fn find_one_id(&self) -> Result<(), ReadError> {
         let reports = self.reports().await?;
         self.bounded(
             reports
