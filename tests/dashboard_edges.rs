@@ -101,6 +101,36 @@ async fn a_reading_dated_ahead_does_not_pin_the_tile() {
     .unwrap();
 }
 
+// A node name that is a formula after a line break is written to the CSV with a leading `'`,
+// as one after a tab or a carriage return was, so a spreadsheet that reads past the break does
+// not run it; the line feed was let through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_formula_after_a_line_break_is_no_formula_in_the_csv() {
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_csv_formula");
+    let name = "\n=HYPERLINK(\"http://x.example/\",\"y\")";
+    insert(
+        &server.client().await,
+        &db,
+        readings(name, 0, T0_MS, 1_000, 2, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let node = "%0A%3DHYPERLINK(%22http%3A%2F%2Fx.example%2F%22%2C%22y%22)";
+        let r = dash.get(&format!(
+            "/api/csv?node={node}&from={}&to={}",
+            dashboard_support::iso(T0_MS),
+            dashboard_support::iso(T0_MS + 10_000)
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let cell = ",\"'\n=HYPERLINK(\"\"http://x.example/\"\",\"\"y\"\")\",";
+        assert_eq!(r.body.matches(cell).count(), 2, "{}", r.body);
+    })
+    .await
+    .unwrap();
+}
+
 /// A connection that sent the first line of a request and nothing more.
 fn half_request(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");

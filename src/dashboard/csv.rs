@@ -126,10 +126,11 @@ fn write_cell(line: &mut String, v: &Bson, cell: Cell) {
 }
 
 /// A CSV cell, quoted when it holds a separator, a quote or a line break, and with a leading
-/// `=`, `+`, `-`, `@`, tab or carriage return escaped so a spreadsheet does not run a node name
-/// as a formula (some read past a leading tab or line break to the formula after it).
+/// `=`, `+`, `-`, `@`, tab, carriage return or line feed escaped so a spreadsheet does not run
+/// a node name as a formula (some read past a leading tab or line break to the formula after
+/// it).
 fn quote(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r', '\n']) {
         format!("'{s}")
     } else {
         s.to_owned()
@@ -193,6 +194,7 @@ mod tests {
         assert_eq!(quote("=cmd()"), "'=cmd()");
         assert_eq!(quote("\t=1+2"), "'\t=1+2");
         assert_eq!(quote("\r=1+2"), "\"'\r=1+2\"");
+        assert_eq!(quote("\n=1+2"), "\"'\n=1+2\"");
         assert_eq!(safe_name("a/b c"), "a_b_c");
         assert_eq!(thousands(MAX_CSV_ROWS), "1,000,000");
         assert_eq!(thousands(100), "100");
