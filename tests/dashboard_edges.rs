@@ -131,6 +131,39 @@ async fn a_formula_after_a_line_break_is_no_formula_in_the_csv() {
     .unwrap();
 }
 
+// A node whose latest reading is dated at the earliest time BSON holds (i64::MIN ms, as
+// Extended JSON's `{"$date": {"$numberLong": "-9223372036854775808"}}` writes it) is listed
+// stale, with an age, beside the others. Its age overflowed: a panic in a debug build, and
+// every tile gone; an age of 0, a fresh tile for ever, in a release build. The test server
+// holds dates from year 1 only: the reading is stored at the earliest it holds, and answered
+// through the proxy as mongod would answer one stored at i64::MIN.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reading_dated_at_the_earliest_time_is_stale_not_an_overflow() {
+    /// 0001-01-01T00:00:00Z, the earliest date the test server holds.
+    const YEAR_1_MS: i64 = -62_135_596_800_000;
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_earliest");
+    let now = DateTime::now().timestamp_millis();
+    let mut docs = readings("node-a", 0, now - 5_000, 1_000, 2, 0..0, 0);
+    docs.extend(readings("node-b", 1, YEAR_1_MS, 1_000, 1, 0..0, 0));
+    insert(&server.client().await, &db, docs).await;
+    let proxy = ZlibProxy::start(server.port);
+    proxy.redate("recordedAt", YEAR_1_MS, i64::MIN);
+    let dash = Dashboard::start(&proxy.uri(), &db, "1h");
+    tokio::task::spawn_blocking(move || {
+        let list = dash.json("/api/nodes");
+        assert_eq!(listed(&list), ["node-a", "node-b"], "{list}");
+        assert_eq!(list[0]["stale"], false, "{list}");
+        let b = &list[1];
+        // The proxy answered the date the test needs: the earliest an i64 holds.
+        assert_eq!(b["recordedAt"], i64::MIN.to_string(), "{b}");
+        assert_eq!(b["stale"], true, "{b}");
+        assert!(b["ageSeconds"].as_f64().unwrap() > 9e15, "{b}");
+    })
+    .await
+    .unwrap();
+}
+
 /// A connection that sent the first line of a request and nothing more.
 fn half_request(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");

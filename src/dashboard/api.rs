@@ -196,7 +196,9 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
                 .map(|t| t.timestamp_millis());
             let mut o = report_json(doc);
             o.insert(field::NODE_NAME.into(), json!(name));
-            let age_ms = at.map(|t| (now - t).max(0)).ok();
+            // Saturating: a date near i64::MIN ms (a document stored by hand) would wrap to an
+            // age of 0, a fresh tile, or panic in a debug build.
+            let age_ms = at.map(|t| now.saturating_sub(t).max(0)).ok();
             o.insert(
                 "ageSeconds".into(),
                 json!(age_ms.map(|a| a as f64 / 1000.0)),

@@ -10,6 +10,10 @@
 //! server gives a user who lacks the privilege to run them (Unauthorized, code 13), which the
 //! test server, having no users, never gives; with another error of a server unlike the test
 //! server (see [`Withhold`]); or never answer them, as a server that hangs.
+//!
+//! And it can answer dates the test server cannot hold ([`ZlibProxy::redate`]): SecantusDB
+//! decodes documents in Python, whose dates end at years 1 and 9999, while a BSON date, and
+//! mongod, holds any i64 of milliseconds.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -68,7 +72,11 @@ pub struct ZlibProxy {
     pub port: u16,
     sent: Arc<Mutex<Vec<Sent>>>,
     withheld: Arc<Mutex<HashMap<String, Withhold>>>,
+    redated: Redated,
 }
+
+/// Byte strings of date elements in replies, each with what replaces it (of the same length).
+type Redated = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
 
 impl ZlibProxy {
     /// Listen on a free loopback port, passing connections on to the server at `upstream_port`.
@@ -84,6 +92,8 @@ impl ZlibProxy {
         let port = listener.local_addr().unwrap().port();
         let sent = Arc::new(Mutex::new(Vec::new()));
         let log = sent.clone();
+        let redated: Redated = Arc::default();
+        let dates = redated.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -94,17 +104,18 @@ impl ZlibProxy {
                 // Both threads answer the client, so whole messages are written under a lock.
                 let answers = Arc::new(Mutex::new(client.try_clone().unwrap()));
                 let (a2, s2, st2) = (answers.clone(), server.try_clone().unwrap(), state.clone());
-                let (log, table) = (log.clone(), table.clone());
+                let (log, table, dates) = (log.clone(), table.clone(), dates.clone());
                 std::thread::spawn(move || {
                     requests(client, server, &state, &log, &table, &answers)
                 });
-                std::thread::spawn(move || replies(s2, &a2, &st2));
+                std::thread::spawn(move || replies(s2, &a2, &st2, &dates));
             }
         });
         let proxy = ZlibProxy {
             port,
             sent,
             withheld: shared,
+            redated,
         };
         proxy.withhold(withheld);
         proxy
@@ -113,6 +124,21 @@ impl ZlibProxy {
     /// From now on, withhold the commands named in `withheld` (and no others).
     pub fn withhold(&self, withheld: &[(&str, Withhold)]) {
         *self.withheld.lock().unwrap() = withheld.iter().map(|&(c, w)| (c.into(), w)).collect();
+    }
+
+    /// From now on, answer every date element named `field` that holds `stored_ms` (in the
+    /// server's replies) as holding `answered_ms`: a date the test server cannot hold, stored
+    /// there as one it can.
+    pub fn redate(&self, field: &str, stored_ms: i64, answered_ms: i64) {
+        let element = |ms: i64| {
+            let mut e = vec![0x09];
+            e.extend_from_slice(field.as_bytes());
+            e.push(0);
+            e.extend_from_slice(&ms.to_le_bytes());
+            e
+        };
+        let pair = (element(stored_ms), element(answered_ms));
+        self.redated.lock().unwrap().push(pair);
     }
 
     /// A connection string to the server through the proxy.
@@ -337,8 +363,20 @@ fn write_errors(opcode: i32, body: &[u8], code: i32) -> Vec<u8> {
     op_msg_body(&mongodb::bson::doc! { "n": 0, "ok": 1.0, "writeErrors": errors })
 }
 
-fn replies(mut server: TcpStream, answers: &Mutex<TcpStream>, state: &Mutex<Pending>) {
-    while let Some((id, reply_to, opcode, body)) = read_message(&mut server) {
+fn replies(
+    mut server: TcpStream,
+    answers: &Mutex<TcpStream>,
+    state: &Mutex<Pending>,
+    redated: &Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+) {
+    while let Some((id, reply_to, opcode, mut body)) = read_message(&mut server) {
+        for (stored, answered) in redated.lock().unwrap().iter() {
+            let mut at = 0;
+            while let Some(i) = body[at..].windows(stored.len()).position(|w| w == stored) {
+                body[at + i..at + i + stored.len()].copy_from_slice(answered);
+                at += i + stored.len();
+            }
+        }
         let mut client = answers.lock().unwrap();
         let (hello, compressed) = {
             let mut s = state.lock().unwrap();
