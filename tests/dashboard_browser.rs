@@ -338,6 +338,17 @@ async fn a_fleet_charts_a_bounded_number_of_nodes_and_any_number_of_points() {
         b.wait_for("window.refreshed === true", Duration::from_secs(30), "the refresh drawn");
         let lines = b.eval("new Set([...document.querySelectorAll('#chart-temperature path.line')].map((p) => p.dataset.node)).size");
         assert_eq!(lines.as_i64(), Some(12), "nodes drawn");
+        // Each in a colour of its own, far enough from the others to tell apart (the lines have
+        // no legend): nodes 1 and 9 were drawn alike, from 8 colours.
+        let strokes = b.eval("[...new Set([...document.querySelectorAll('#chart-temperature path.line')].map((p) => p.dataset.node + ' ' + p.getAttribute('stroke')))]");
+        let strokes: Vec<&str> = strokes.as_array().unwrap().iter().map(|s| s.as_str().unwrap().split(' ').nth(1).unwrap()).collect();
+        assert_eq!(strokes.len(), 12, "one colour per node: {strokes:?}");
+        for (i, a) in strokes.iter().enumerate() {
+            for b in &strokes[i + 1..] {
+                let apart = delta_e(a, b);
+                assert!(apart >= 25.0, "{a} and {b} are {apart:.1} apart (CIE76)");
+            }
+        }
         let note = b.eval("document.getElementById('chart-note').hidden ? '' : document.getElementById('chart-note').textContent");
         assert!(note.as_str().unwrap().contains("showing 12 of 15 nodes"), "the note: {note}");
         // A node past the first twelve, picked: its chart alone, and no note.
@@ -550,6 +561,43 @@ fn reading_now(node: &str, t: f64) -> Vec<mongodb::bson::Document> {
     let mut r = readings(node, 0, DateTime::now().timestamp_millis(), 500, 1, 0..0, 0);
     r[0].insert("temperature", t);
     r
+}
+
+/// How far apart two `#rrggbb` colours look: the distance between them in CIELAB (CIE76, D65);
+/// about 2 is just noticeable, and lines 25 apart are told apart at a glance.
+fn delta_e(a: &str, b: &str) -> f64 {
+    fn lab(hex: &str) -> [f64; 3] {
+        let channel = |i: usize| {
+            let c = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0;
+            if c <= 0.04045 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        let (r, g, b) = (channel(1), channel(3), channel(5));
+        let x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047;
+        let y = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+        let z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883;
+        let f = |t: f64| {
+            if t > 0.008856 {
+                t.cbrt()
+            } else {
+                7.787 * t + 16.0 / 116.0
+            }
+        };
+        [
+            116.0 * f(y) - 16.0,
+            500.0 * (f(x) - f(y)),
+            200.0 * (f(y) - f(z)),
+        ]
+    }
+    let (p, q) = (lab(a), lab(b));
+    p.iter()
+        .zip(q)
+        .map(|(p, q)| (p - q).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Pixels in the rectangle that are neither white nor near-white grey: lines and bands.

@@ -21,7 +21,11 @@ const FIELDS = [
   { name: "pressure", unit: "hPa", digits: 1 },
 ];
 const WINDOWS = { "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3, "30d": 30 * 86400e3 };
-const COLOURS = ["#1f6fb4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"];
+// One per node the all-nodes view charts (ALL_NODES_MAX), so no two of its lines look alike;
+// none near the motion ticks' red, and each at least 25 (CIE76 ΔE) from the others, which the
+// browser test checks.
+const COLOURS = ["#1f6fb4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+                 "#bcbd22", "#222222", "#4b0082", "#b8860b"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
