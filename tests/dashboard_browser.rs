@@ -485,6 +485,34 @@ async fn a_from_to_window_with_a_time_missing_asks_for_nothing() {
     .unwrap();
 }
 
+// With no readings at all, each chart says "no readings in this window" beside the tiles'
+// "No readings yet."; they stayed blank: the first node list, empty, changed no menu, and
+// the charts were drawn only when the menu changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_readings_the_charts_say_so() {
+    let Some(exe) = chromium_or_skip() else {
+        return;
+    };
+    let server = MongoServer::start();
+    let db = common::unique_name("dash_empty");
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let url = format!("http://{}/", dash.addr);
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch(&exe, (1280, 900));
+        b.navigate(&url);
+        b.wait_for("document.getElementById('tiles').textContent === 'No readings yet.'",
+                   Duration::from_secs(30), "the empty tiles");
+        b.wait_for("['temperature','humidity','pressure'].every(f => \
+                    document.querySelector('#chart-' + f + ' text.empty')?.textContent === 'no readings in this window')",
+                   Duration::from_secs(10), "each chart saying it has no readings");
+        assert_eq!(b.eval("document.getElementById('status').hidden"), json!(true));
+        assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+        drop(dash);
+    })
+    .await
+    .unwrap();
+}
+
 /// A script setting the page's clock (`Date.now()`, `new Date()`) `skew_ms` off the real one,
 /// as in a browser whose clock is wrong; timers and `performance` keep the real time.
 fn skewed_clock(skew_ms: i64) -> String {

@@ -32,6 +32,7 @@ const $ = (id) => document.getElementById(id);
 let nodes = [];          // names, in the API's order (sorted)
 let latest = new Map();  // name -> { node: its latest answer, bornMs: that reading's time on this clock }
 let chartTimer = null;
+let chartsStarted = false;  // whether refreshCharts has run: the first node list starts it
 let chartSeq = 0;        // the latest refreshCharts call; an older one's answer is dropped
 let chartCancel = null;  // cancels the requests of the refresh under way when a newer one starts
 let drawn = null;        // the answers drawn last, with their window: a resize draws them again
@@ -206,10 +207,11 @@ async function pollTiles() {
     nodes = names;
     renderTiles(list);
     // The database back after an outage: the charts, which wait longer after a failure, are
-    // asked for at once.
+    // asked for at once. The first list starts them even when it has no node (the menu then
+    // does not change): the charts say there are no readings rather than stay blank.
     const back = "tiles" in problems && "charts" in problems;
     report("tiles", null);
-    if (changed || back) refreshCharts();
+    if (changed || back || !chartsStarted) refreshCharts();
   } catch (e) {
     // A dead connection is mended by asking again at once; a list that takes long to make
     // (hundreds of nodes on a distant database) needs longer, and gets it.
@@ -325,6 +327,7 @@ function drawCharts({ charts, win }) {
 }
 
 async function refreshCharts() {
+  chartsStarted = true;
   clearTimeout(chartTimer);
   // A change while an earlier refresh waits for its answer starts another: only the latest
   // draws, and only it polls on, or each overlap would leave a poll of its own running. The
