@@ -894,6 +894,84 @@ async fn missing_aws_region_or_credentials_stops_at_start() {
     }
 }
 
+// A stream name Kinesis refuses (here a comment that systemd kept in KINESIS_STREAM_NAME's
+// value) stops the forwarder at start with exit 2 and what to do, and check-config refuses it
+// the same way; the forwarder used to start and retry every put for ever, as AWS answers each
+// with ValidationException. (The emulator answers InvalidArgumentException, which stopped it
+// only at the first put: the check at start is what this proves.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_name_kinesis_refuses_stops_at_start() {
+    let mongo = MongoServer::start();
+    let kin = KinesisServer::start();
+    let bad = "realm  # main stream";
+    for check_config in [false, true] {
+        let mut cmd = tokio::process::Command::new(forwarder_bin());
+        cmd.args(["--database", "fwbadname"])
+            .args(["--kinesis-endpoint-url", &kin.endpoint])
+            .args(check_config.then_some("check-config"))
+            .env("KINESIS_STREAM_NAME", bad)
+            .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+            .envs(AWS_ENV)
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("started with stream name {bad:?} (check-config: {check_config})")
+            })
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("not a Kinesis stream name")
+                && err.contains("KINESIS_STREAM_NAME")
+                && err.contains("comment"),
+            "{err}"
+        );
+    }
+}
+
+/// A stand-in for Kinesis that answers every call with a ValidationException, as AWS answers a
+/// request its model refuses; the emulator answers those with other codes. Returns its URL.
+async fn kinesis_answering_validation_exception() -> String {
+    use axum::{http::StatusCode, Router};
+    let answer = || async {
+        (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/x-amz-json-1.1")],
+            r#"{"__type":"ValidationException","message":"1 validation error detected: Value at 'streamName' failed to satisfy constraint"}"#,
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, Router::new().fallback(answer))
+            .await
+            .unwrap()
+    });
+    url
+}
+
+// A PutRecords call Kinesis answers with ValidationException stops the forwarder with the
+// error, as it stops an EventBridge forwarder, instead of retrying it for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validation_exception_from_kinesis_stops_the_forwarder() {
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let url = kinesis_answering_validation_exception().await;
+    let (db, stream) = (unique_name("fwinvalid"), unique_name("invalid"));
+    let fwd = spawn_forwarder_at(&mongo, &url, &db, &stream, &[], "warn");
+    wait_for_position(&client, &db, &stream).await;
+    insert_reports(&client, &db, &sample_docs(1)).await;
+    let out = tokio::time::timeout(Duration::from_secs(30), fwd.wait_with_output())
+        .await
+        .expect("the forwarder stops when Kinesis refuses the request")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("ValidationException"), "{err}");
+    client.database(&db).drop().await.unwrap();
+}
+
 // SIGTERM while MongoDB is still unreachable at start (the resume token cannot be read yet):
 // the forwarder stops at once and exits 0, rather than ignoring the signal until systemd
 // kills it.

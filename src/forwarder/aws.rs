@@ -1,14 +1,13 @@
 //! The AWS side of the Kinesis seam: the SDK client ([`AwsKinesis`]) with credentials and
 //! region from the standard chain, the checks that find a missing region or credentials at
-//! start rather than at the first put, and the sorting of PutRecords failures into
-//! "never works" and "try again".
+//! start rather than at the first put (and of a stream name Kinesis would refuse), and the
+//! sorting of failed PutRecords and PutEvents calls into "never works" and "try again".
 
 use std::time::Duration;
 
 use aws_sdk_kinesis::config::http::HttpResponse;
-use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::operation::describe_stream_summary::DescribeStreamSummaryError;
-use aws_sdk_kinesis::operation::put_records::PutRecordsError;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use tracing::warn;
@@ -234,30 +233,73 @@ pub(crate) const REFUSED_CREDENTIALS: &[&str] = &[
     "AccessDeniedException",
 ];
 
-/// Whether a failed PutRecords call can never succeed as configured.
-fn is_fatal(e: &SdkError<PutRecordsError, HttpResponse>) -> bool {
-    use aws_sdk_kinesis::error::ProvideErrorMetadata;
+/// Error codes of a whole PutRecords or PutEvents call that retrying cannot fix, beside
+/// [`REFUSED_CREDENTIALS`]: one list for both targets, so that what stops one cannot drift
+/// from what stops the other (a code only one service answers is never seen from the other).
+const FATAL_CALL_CODES: &[&str] = &[
+    // The stream or bus does not exist.
+    "ResourceNotFoundException",
+    // A request AWS's model refuses, such as a stream or bus name outside its pattern: the SDK
+    // checks only that the required fields are there, so this comes back from every call.
+    "ValidationException",
+    // Kinesis: the request is invalid.
+    "InvalidArgumentException",
+    // EventBridge: the request is invalid.
+    "InvalidArgument",
+    "MalformedDetail",
+    // Kinesis: the stream's KMS key cannot be used.
+    "KMSAccessDeniedException",
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "KMSNotFoundException",
+    "KMSOptInRequired",
+];
+
+/// Whether a failed PutRecords or PutEvents call can never succeed as configured: the request
+/// could not even be built (a configuration fault), or the service answered one of
+/// [`FATAL_CALL_CODES`] or [`REFUSED_CREDENTIALS`]. Anything else (throttling, a network
+/// error, a server error) is worth trying again.
+pub(crate) fn is_fatal<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     match e {
-        // The request could not even be built: a configuration fault.
         SdkError::ConstructionFailure(_) => true,
-        SdkError::ServiceError(s) => {
-            matches!(
-                s.err(),
-                PutRecordsError::ResourceNotFoundException(_)
-                    | PutRecordsError::AccessDeniedException(_)
-                    | PutRecordsError::InvalidArgumentException(_)
-                    | PutRecordsError::KmsDisabledException(_)
-                    | PutRecordsError::KmsInvalidStateException(_)
-                    | PutRecordsError::KmsNotFoundException(_)
-                    | PutRecordsError::KmsAccessDeniedException(_)
-                    | PutRecordsError::KmsOptInRequired(_)
-            ) || s
-                .err()
-                .code()
-                .is_some_and(|c| REFUSED_CREDENTIALS.contains(&c))
-        }
+        SdkError::ServiceError(s) => s
+            .err()
+            .code()
+            .is_some_and(|c| FATAL_CALL_CODES.contains(&c) || REFUSED_CREDENTIALS.contains(&c)),
         _ => false,
     }
+}
+
+/// The longest Kinesis stream name: the API reference's StreamName, length 1 to 128.
+pub const STREAM_NAME_MAX: usize = 128;
+
+/// Whether `name` is one Kinesis takes as a stream name: 1 to [`STREAM_NAME_MAX`] characters of
+/// the API reference's pattern `[a-zA-Z0-9_.-]+` (StreamName, the same in every Kinesis
+/// call). Checked at start: Kinesis answers any other name with a ValidationException at every
+/// put, which on a quiet collection comes long after start. The usual cause is a comment after
+/// the value in a systemd environment file, which systemd keeps as part of the value.
+pub fn check_stream_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let why = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if let Some(c) = name.chars().find(|c| !allowed(*c)) {
+        format!("it holds {c:?}")
+    } else if name.len() > STREAM_NAME_MAX {
+        format!("it is {} characters long", name.len())
+    } else {
+        return Ok(());
+    };
+    let comment = if name.contains('#') || name.contains(char::is_whitespace) {
+        "; in a systemd environment file a comment after the value is part of the value: put \
+         comments on lines of their own"
+    } else {
+        ""
+    };
+    Err(format!(
+        "not a Kinesis stream name: {why}, and Kinesis takes only names of 1 to \
+         {STREAM_NAME_MAX} letters, digits, '_', '.' and '-'. Set KINESIS_STREAM_NAME (or \
+         --stream-name) to the stream's name alone{comment}"
+    ))
 }
 
 impl Target for AwsKinesis {
@@ -287,5 +329,73 @@ impl Target for AwsKinesis {
             .iter()
             .map(|r| (r.error_code(), r.error_message()));
         entry_results("PutRecords", entries.len(), answered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_eventbridge::operation::put_events::PutEventsError;
+    use aws_sdk_kinesis::error::ErrorMetadata;
+    use aws_sdk_kinesis::operation::put_records::PutRecordsError;
+
+    /// A call the service answered with `code`, as the SDK hands it back.
+    fn answered<E>(code: &str, generic: fn(ErrorMetadata) -> E) -> SdkError<E, ()> {
+        SdkError::service_error(generic(ErrorMetadata::builder().code(code).build()), ())
+    }
+
+    // ValidationException (a stream or bus name outside AWS's pattern) stops either target, as
+    // the other codes retrying cannot fix do; throttling and the services' own failures are
+    // retried. Kinesis used to retry ValidationException for ever.
+    #[test]
+    fn both_targets_sort_call_errors_alike() {
+        let fatal = [
+            "ValidationException",
+            "ResourceNotFoundException",
+            "AccessDeniedException",
+            "ExpiredTokenException",
+            "InvalidArgumentException",
+            "KMSDisabledException",
+        ];
+        let retried = [
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "InternalFailure",
+            "KMSThrottlingException",
+        ];
+        for (codes, want) in [(&fatal[..], true), (&retried[..], false)] {
+            for code in codes {
+                assert_eq!(
+                    is_fatal(&answered(code, PutRecordsError::generic)),
+                    want,
+                    "{code}"
+                );
+                assert_eq!(
+                    is_fatal(&answered(code, PutEventsError::generic)),
+                    want,
+                    "{code}"
+                );
+            }
+        }
+    }
+
+    // Names of AWS's StreamName pattern pass; an empty, too long or other name is refused, and
+    // one with a comment systemd kept in the value says where the comment belongs.
+    #[test]
+    fn stream_names_follow_the_api_pattern() {
+        let longest = "s".repeat(STREAM_NAME_MAX);
+        for name in ["realm", "r", "Realm-2_b.c", longest.as_str()] {
+            assert_eq!(check_stream_name(name), Ok(()), "{name}");
+        }
+        let e = check_stream_name("realm  # main stream").unwrap_err();
+        assert!(e.contains("' '") && e.contains("comment"), "{e}");
+        let too_long = "s".repeat(STREAM_NAME_MAX + 1);
+        for name in ["", too_long.as_str(), "realm/eu", "réalm", "realm\t"] {
+            let e = check_stream_name(name).unwrap_err();
+            assert!(e.contains("KINESIS_STREAM_NAME"), "{name:?}: {e}");
+        }
+        assert!(!check_stream_name("realm/eu")
+            .unwrap_err()
+            .contains("comment"));
     }
 }

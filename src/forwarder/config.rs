@@ -161,8 +161,13 @@ impl Options {
     /// name built from a long collection's (`<collection>_forwarder_deadletter`) can pass the
     /// server's 255 bytes. A state collection the server refuses would store no position, and
     /// each restart would start from now, skipping what came meanwhile: so it is refused at
-    /// start.
+    /// start. So is a Kinesis stream name Kinesis would refuse at every put
+    /// ([`super::aws::check_stream_name`]).
     pub fn check_names(&self) -> Result<(), String> {
+        if self.target == TargetKind::Kinesis {
+            super::aws::check_stream_name(&self.stream_name)
+                .map_err(|e| format!("--stream-name {:?}: {e}", self.stream_name))?;
+        }
         for (option, database, name) in [
             ("--collection", &*self.database, self.collection.clone()),
             (

@@ -1,6 +1,6 @@
 //! The EventBridge target: PutEvents through the AWS SDK ([`AwsEventBridge`]), with the Source
-//! and DetailType that `deploy/aws/pipeline.yaml`'s rule matches, and the sorting of PutEvents
-//! failures into "never works" and "try again".
+//! and DetailType that `deploy/aws/pipeline.yaml`'s rule matches, and the sorting of failed
+//! PutEvents entries (a failed call is sorted as a Kinesis one is, [`super::aws`]).
 //!
 //! Each event's Detail is the document in the chosen `--format`. EventBridge wants Detail to be
 //! a JSON object; every format the forwarder offers writes a document as one (`stringify` as
@@ -8,10 +8,10 @@
 //! wrapped, and a rule's target with `InputPath: $.detail` receives what a Kinesis record's data
 //! would hold.
 
-use aws_sdk_eventbridge::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_eventbridge::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 
-use super::aws::{load_checked, REFUSED_CREDENTIALS};
+use super::aws::{is_fatal, load_checked};
 use super::batch::{Entry, Limits, DETAIL_TYPE, EVENTBRIDGE, SOURCE};
 use super::target::{entry_results, EntryFailure, EntryResults, PutError, Target};
 
@@ -76,15 +76,6 @@ impl AwsEventBridge {
     }
 }
 
-/// Error codes of a whole PutEvents call that retrying cannot fix: the bus does not exist, the
-/// request is invalid, or the credentials are refused.
-const FATAL_CODES: &[&str] = &[
-    "ResourceNotFoundException",
-    "ValidationException",
-    "InvalidArgument",
-    "MalformedDetail",
-];
-
 /// Error codes of one PutEvents entry that mean the forwarder may not put it: a policy that does
 /// not allow the bus, or allows only other Sources or DetailTypes. Every entry will fail so.
 const DENIED_ENTRY_CODES: &[&str] = &[
@@ -97,18 +88,6 @@ const DENIED_ENTRY_CODES: &[&str] = &[
 /// Error codes of one PutEvents entry that mean this entry can never be accepted. (The
 /// forwarder's entries are JSON objects within the size limit, so these are not expected.)
 const REFUSED_ENTRY_CODES: &[&str] = &["InvalidArgument", "MalformedDetail", "RedactionFailure"];
-
-/// Whether a failed PutEvents call can never succeed as configured.
-fn is_fatal<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    match e {
-        SdkError::ConstructionFailure(_) => true,
-        SdkError::ServiceError(s) => s
-            .err()
-            .code()
-            .is_some_and(|c| FATAL_CODES.contains(&c) || REFUSED_CREDENTIALS.contains(&c)),
-        _ => false,
-    }
-}
 
 /// One PutEvents entry for `entry`, on `bus`.
 fn request_entry(bus: &str, entry: &Entry) -> Result<PutEventsRequestEntry, PutError> {
