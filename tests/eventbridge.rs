@@ -413,6 +413,119 @@ async fn a_batch_still_in_flight_holds_the_position_back() {
     client.database(&db).drop().await.unwrap();
 }
 
+/// moto's EventBridge whose calls for events `n` below `held_below` are put, but their answers
+/// are held until `release` is set (calls accepted and not yet acknowledged), and whose calls
+/// for later events are never answered.
+struct AnswersHeld {
+    inner: AwsEventBridge,
+    held_below: i64,
+    calls: AtomicUsize,
+    release: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Target for AnswersHeld {
+    const LIMITS: Limits = AwsEventBridge::LIMITS;
+    const API: &'static str = AwsEventBridge::API;
+    const PUTS_IN_FLIGHT: usize = AwsEventBridge::PUTS_IN_FLIGHT;
+
+    async fn put(&self, bus: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let n =
+            |e: &Entry| serde_json::from_slice::<serde_json::Value>(&e.data).unwrap()["n"].as_i64();
+        if entries.iter().any(|e| n(e) >= Some(self.held_below)) {
+            std::future::pending::<()>().await;
+        }
+        let r = self.inner.put(bus, entries).await;
+        let _ = self.release.clone().wait_for(|r| *r).await;
+        r
+    }
+
+    fn entry_failure(reason: &str) -> EntryFailure {
+        AwsEventBridge::entry_failure(reason)
+    }
+}
+
+// A stop that cuts short a put after earlier ones in flight were accepted stores the position
+// after those: started again, the forwarder sends only the batch that was cut short, where it
+// used to store nothing and send every batch again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_stores_the_position_of_the_batches_accepted_before_it() {
+    let Some(moto) = MotoServer::start() else {
+        return;
+    };
+    let mongo = MongoServer::start();
+    let client = mongo.client().await;
+    let (db, bus) = (unique_name("evbcut"), unique_name("bus"));
+    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    // A position before the 30 events, so that they make three full batches, all in flight.
+    let mut first = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+    wait_for_position(&client, &db, &bus).await;
+    common::signal_pid(first.id().unwrap(), 15);
+    assert!(first.wait().await.unwrap().success());
+    let docs: Vec<Document> = (0..30).map(|i| doc! { "nodeName": "pi", "n": i }).collect();
+    client
+        .database(&db)
+        .collection::<Document>("reports")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held = std::sync::Arc::new(AnswersHeld {
+        inner: AwsEventBridge {
+            client: moto.client(),
+        },
+        held_below: 20,
+        calls: AtomicUsize::new(0),
+        release: released,
+    });
+    let mut opts = Options::new("unused");
+    opts.database = db.clone();
+    opts.target = TargetKind::Eventbridge;
+    opts.event_bus_name = bus.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (c, t) = (client.clone(), held.clone());
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        forwarder::run(&c, &*t, &opts, shutdown).await
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "three batches in flight",
+        || async { held.calls.load(Ordering::SeqCst) >= 3 },
+    )
+    .await;
+    stop.send(()).unwrap();
+    // The first two batches are acknowledged only once the stop is being handled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    release.send(true).unwrap();
+    let stopped_in = Duration::from_secs(20);
+    let outcome = tokio::time::timeout(stopped_in, task).await;
+    outcome.expect("stopped").unwrap().unwrap();
+    let mut got = read_until(&moto, &queue, |got| got.len() >= 20);
+
+    let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
+    got.extend(read_until(&moto, &queue, |more| {
+        let ns: HashSet<i64> = more
+            .iter()
+            .map(|e| e["detail"]["n"].as_i64().unwrap())
+            .collect();
+        (20..30).all(|n| ns.contains(&n))
+    }));
+    // What the restart would send of the first two batches has come by now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    got.extend(moto.drain(&queue));
+    let mut ns: Vec<i64> = got
+        .iter()
+        .map(|e| e["detail"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..30).collect::<Vec<_>>(), "sent again, or lost");
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
 // check-config accepts --target eventbridge without a stream name and without reaching
 // MongoDB or EventBridge, and says which bus, region and endpoint it found.
 #[tokio::test(flavor = "multi_thread")]

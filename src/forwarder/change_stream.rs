@@ -169,6 +169,24 @@ pub(super) async fn forward<T: Target>(
     };
     let mut fw = Forwarder::new(target, opts, &db, state, stored, stop.clone(), metrics);
     info!(namespace = %fw.namespace, target = ?opts.target, destination = %opts.destination(), from, "forwarding");
+    let result = reopening(&mut fw, &coll, &mut stop).await;
+    // Whatever ended it, the batches accepted before it need not be sent again.
+    if result.is_err() {
+        fw.store_acked().await;
+    }
+    result
+}
+
+/// Open the change stream after the forwarder's position, follow it, and open it again after
+/// an invalidate or a failure, until a stop is requested or an error retrying cannot fix.
+async fn reopening<T: Target>(
+    fw: &mut Forwarder<'_, T>,
+    coll: &Collection<Document>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ForwarderError> {
+    let opts = fw.opts;
+    // MongoDB answered the position's read: retries of the open start from the shortest delay.
+    let mut reconnect = target::backoff();
     // Set while the change stream cannot be opened.
     let mut trouble = Trouble::default();
     // The stored token, until a stream opens: only it can be one edited by hand or damaged.
@@ -176,8 +194,8 @@ pub(super) async fn forward<T: Target>(
     loop {
         let opened = tokio::select! {
             biased;
-            () = stopped(&mut stop) => return fw.flush().await,
-            s = open(&coll, opts, fw.latest.clone()) => s,
+            () = stopped(stop) => return fw.flush().await,
+            s = open(coll, opts, fw.latest.clone()) => s,
         };
         let mut stream = match opened {
             Ok(s) => s,
@@ -190,7 +208,7 @@ pub(super) async fn forward<T: Target>(
                 not_opened(&e, &fw.namespace, &mut trouble)?;
                 let delay = reconnect.next().unwrap_or(target::RETRY_MAX_DELAY);
                 tokio::select! {
-                    () = stopped(&mut stop) => return fw.flush().await,
+                    () = stopped(stop) => return fw.flush().await,
                     _ = tokio::time::sleep(delay) => continue,
                 }
             }
@@ -200,7 +218,7 @@ pub(super) async fn forward<T: Target>(
             info!("change stream open again");
             reconnect = target::backoff();
         }
-        let failure = match follow(&mut fw, &mut stream, &mut stop).await? {
+        let failure = match follow(fw, &mut stream, stop).await? {
             Ended::Stopped => return Ok(()),
             Ended::Invalidated => continue,
             Ended::Failed(e) => e,
@@ -215,7 +233,7 @@ pub(super) async fn forward<T: Target>(
         error!(%error, "change stream failed; reopening from the last position");
         let delay = reconnect.next().unwrap_or(target::RETRY_MAX_DELAY);
         tokio::select! {
-            () = stopped(&mut stop) => return fw.flush().await,
+            () = stopped(stop) => return fw.flush().await,
             _ = tokio::time::sleep(delay) => {}
         }
     }

@@ -233,6 +233,24 @@ impl<'a, T: Target> Forwarder<'a, T> {
         Ok(())
     }
 
+    /// After an error that ends forwarding (a stop that cut a put short, a put refused for
+    /// good): store the position of the batches accepted before it, so that the next start does
+    /// not send them again. It is [`Forwarder::acked`] as it stands, not what [`Forwarder::save`]
+    /// would store: the failed batch is out of the set by now, and with nothing left waiting
+    /// `save` would take every event read as handled, the failed ones too.
+    pub(super) async fn store_acked(&mut self) {
+        let Some(token) = self.acked.as_ref().filter(|_| self.acked != self.saved) else {
+            return;
+        };
+        match self.state.save(token).await {
+            Ok(()) => self.saved = self.acked.clone(),
+            // Sent again at the next start, then: never lost.
+            Err(e) => {
+                warn!(error = %e, "could not store the position of the batches accepted before stopping; they are sent again at the next start")
+            }
+        }
+    }
+
     /// Handle one event; `token` is its resume token. True when the event ended the stream
     /// (an invalidate): everything before it is put and its token stored, and the caller opens
     /// a new stream after it.
