@@ -4,6 +4,8 @@
 #![cfg(feature = "forwarder")]
 
 mod common;
+#[path = "common/http_proxy.rs"]
+mod http_proxy;
 #[path = "common/kinesis.rs"]
 mod kinesis;
 #[path = "common/metrics.rs"]
@@ -15,6 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{all_reports, run_sim_agent, sim_agent, unique_name, wait_until, MongoServer};
+use http_proxy::HttpProxy;
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use sensehat_monitor::forwarder::aws::AwsKinesis;
@@ -1029,6 +1032,42 @@ async fn mongodb_down_at_start_is_said_once_and_its_end_once() {
     assert!(failed >= 4, "{log}");
 }
 
+/// How long a stop may take with the target down or slow: the final put wait that
+/// docs/pipeline.md promises, and 3 s for the process to start its stop and end.
+const STOP_WITHIN: Duration = Duration::from_secs(forwarder::FINAL_PUT_WAIT.as_secs() + 3);
+
+// SIGTERM while Kinesis answers slowly, a full batch in flight and the next one waiting for it:
+// the forwarder stops within the final put wait (10 s) of the signal, for both batches
+// together, storing the position after the one Kinesis took; started again, it sends the rest.
+// Each batch used to get 10 s from when its own put began, so that this stop took 15 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_kinesis_is_slow_stops_within_the_final_put_wait() {
+    let (mongo, kin, db, stream, client) = fixture("fwslow", "slow", 1).await;
+    // Each call answered 8 s after it was made, within the SDK's 20 s a request.
+    let proxy = HttpProxy::start(&kin.endpoint, Duration::from_secs(8));
+    let fw = spawn_forwarder_at(&mongo, &proxy.endpoint, &db, &stream, &[], "info");
+    wait_for_position(&client, &db, &stream).await;
+    // 500 reports fill a PutRecords call; the other 10 wait behind it, one call at a time.
+    insert_reports(&client, &db, &sample_docs(510)).await;
+    wait_until(Duration::from_secs(30), "the full batch's put", || async {
+        proxy.calls("Kinesis_20131202.PutRecords").total >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = stop_forwarder_within(fw, STOP_WITHIN).await;
+    assert!(
+        log.contains("read again from the stored resume token"),
+        "{log}"
+    );
+    assert_eq!(kin.read_all(&stream).await.len(), 500);
+
+    let _fw = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
+    let got = wait_for_records(&kin, &stream, 510).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(kin.read_all(&stream).await.len(), got.len(), "sent again");
+    assert_eq!(got.len(), 510, "the first batch was sent again");
+}
+
 // SIGTERM while Kinesis cannot be reached and a batch is being retried: the forwarder stops
 // within its final put wait (10 s), exit 0, without storing a position past the batch; started
 // again with Kinesis up, it forwards the report from the stored position. It used to retry
@@ -1048,7 +1087,7 @@ async fn sigterm_while_kinesis_is_down_exits_and_loses_nothing() {
     insert_reports(&client, &db, &docs).await;
     // Let it read the event and fail a put or two.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let log = stop_forwarder_within(fw, Duration::from_secs(40)).await;
+    let log = stop_forwarder_within(fw, STOP_WITHIN).await;
     assert!(
         log.contains("read again from the stored resume token"),
         "{log}"

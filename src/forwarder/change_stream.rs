@@ -9,11 +9,10 @@ use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::options::FullDocumentType;
 use mongodb::{Client, Collection};
-use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::error::{cannot_go_on, fatal, unusable_token};
-use super::forward::{stopped, Forwarder};
+use super::forward::{stopped, Forwarder, Stop};
 use super::metrics::Metrics;
 use super::state::StateStore;
 use super::target::{self, Target};
@@ -68,7 +67,7 @@ async fn open(
 async fn start_position(
     state: &StateStore,
     opts: &Options,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Stop,
     reconnect: &mut impl Iterator<Item = Duration>,
 ) -> Result<Start, ForwarderError> {
     if opts.start_from_now {
@@ -144,7 +143,7 @@ pub(super) async fn forward<T: Target>(
     target: &T,
     opts: &Options,
     metrics: &Metrics,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
 ) -> Result<(), ForwarderError> {
     let db = client.database(&opts.database);
     let coll = db.collection::<Document>(&opts.collection);
@@ -182,7 +181,7 @@ pub(super) async fn forward<T: Target>(
 async fn reopening<T: Target>(
     fw: &mut Forwarder<'_, T>,
     coll: &Collection<Document>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Stop,
 ) -> Result<(), ForwarderError> {
     let opts = fw.opts;
     // MongoDB answered the position's read: retries of the open start from the shortest delay.
@@ -266,7 +265,7 @@ fn not_opened(
 async fn follow<T: Target>(
     fw: &mut Forwarder<'_, T>,
     stream: &mut Events,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Stop,
 ) -> Result<Ended, ForwarderError> {
     if fw.latest.is_none() {
         // Starting from now: remember where "now" is at once.

@@ -23,7 +23,7 @@ use super::metrics::Metrics;
 use super::state::StateStore;
 use super::target::{self, PutError, Refused, Target};
 use super::trouble::{now, Say, Trouble};
-use super::{ForwarderError, Options, FINAL_PUT_WAIT, IDLE_SAVE_INTERVAL};
+use super::{ForwarderError, Options, IDLE_SAVE_INTERVAL};
 
 /// A field by dotted path.
 fn field<'a>(document: &'a Document, path: &str) -> Option<&'a Bson> {
@@ -44,9 +44,21 @@ fn event_time_ms(event: &ChangeStreamEvent<Document>) -> Option<i64> {
         .or_else(|| event.cluster_time.map(|t| i64::from(t.time) * 1000))
 }
 
+/// The stop request as the forwarder's parts watch it: `None` until a stop is requested, then
+/// when the work in hand must end, [`super::FINAL_PUT_WAIT`] after the request (see
+/// [`super::run_counted`]).
+pub(super) type Stop = watch::Receiver<Option<tokio::time::Instant>>;
+
 /// A stop was requested (at once if it was before).
-pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+pub(super) async fn stopped(stop: &mut Stop) {
+    let _ = stop.wait_for(Option::is_some).await;
+}
+
+/// When the work in hand must end, once a stop is requested: one deadline for every put, set
+/// when the stop came.
+async fn stop_deadline(stop: &mut Stop) -> tokio::time::Instant {
+    let deadline = stop.wait_for(Option::is_some).await.ok().and_then(|d| *d);
+    deadline.unwrap_or_else(tokio::time::Instant::now)
 }
 
 /// The state between the change stream and the target: the batch being filled, and the resume
@@ -79,9 +91,9 @@ pub(super) struct Forwarder<'a, T> {
     /// Each batch entry's event time (ms since the epoch), in the batch's order: only while
     /// the lag is measured.
     event_times: Vec<i64>,
-    /// True once a stop is requested: a put in progress, or the last one, may go on for
-    /// [`FINAL_PUT_WAIT`] more.
-    stop: watch::Receiver<bool>,
+    /// Set once a stop is requested: the puts in progress, and the last one, may go on until
+    /// its deadline.
+    stop: Stop,
 }
 
 impl<'a, T: Target> Forwarder<'a, T> {
@@ -92,7 +104,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
         db: &mongodb::Database,
         state: StateStore,
         stored: Option<ResumeToken>,
-        stop: watch::Receiver<bool>,
+        stop: Stop,
         metrics: &'a Metrics,
     ) -> Self {
         Forwarder {
@@ -154,10 +166,11 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 entries: entries.len(),
             };
             let mut stop = self.stop.clone();
-            // A put in progress when the stop comes, or begun after it, gets FINAL_PUT_WAIT.
+            // Every put in progress when the stop comes, or begun after it, ends by the same
+            // deadline: FINAL_PUT_WAIT for the whole stop, not for each put from its own start
+            // (a batch sent once the one before it was accepted would get as long again).
             let interrupt = async move {
-                let _ = stop.wait_for(|s| *s).await;
-                tokio::time::sleep(FINAL_PUT_WAIT).await;
+                tokio::time::sleep_until(stop_deadline(&mut stop).await).await;
             };
             let (to, destination, metrics) = (self.target, self.opts.destination(), self.metrics);
             self.puts.push(async move {

@@ -72,8 +72,10 @@ use target::{PutError, Target};
 /// how often while full batches keep coming (after a partly filled one it is stored at once).
 pub const IDLE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long the batch put at stop may keep retrying: a Kinesis (or EventBridge) outage must not keep the
-/// process from stopping. What it had not put is read again from the stored resume token.
+/// How long the batches in hand at a stop (the one filling, and those in flight) may keep
+/// retrying, all together from the stop request: a Kinesis (or EventBridge) outage must not
+/// keep the process from stopping. What it had not put is read again from the stored resume
+/// token.
 pub const FINAL_PUT_WAIT: Duration = Duration::from_secs(10);
 
 /// Forward until `shutdown` resolves (then the pending batch is put, for up to
@@ -96,14 +98,15 @@ pub async fn run_counted<T: Target>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ForwarderError> {
     // The stop request is watched here, apart from the work, so that it is seen even while a
-    // put is retrying (which polls nothing else).
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // put is retrying (which polls nothing else). It carries the one deadline of the work in
+    // hand, FINAL_PUT_WAIT from now.
+    let (stop_tx, stop_rx) = watch::channel(None);
     let work = change_stream::forward(client, target, opts, metrics, stop_rx);
     tokio::pin!(work, shutdown);
     let result = tokio::select! {
         r = &mut work => r,
         () = &mut shutdown => {
-            let _ = stop_tx.send(true);
+            let _ = stop_tx.send(Some(tokio::time::Instant::now() + FINAL_PUT_WAIT));
             work.await
         }
     };
