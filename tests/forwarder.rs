@@ -1032,6 +1032,100 @@ async fn mongodb_down_at_start_is_said_once_and_its_end_once() {
     assert!(failed >= 4, "{log}");
 }
 
+/// The lines of `child`'s standard error as they come, each with when it came.
+fn stderr_lines(
+    child: &mut tokio::process::Child,
+) -> std::sync::Arc<Mutex<Vec<(std::time::Instant, String)>>> {
+    use tokio::io::AsyncBufReadExt;
+    let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let (mut reader, kept) = (
+        tokio::io::BufReader::new(child.stderr.take().unwrap()).lines(),
+        lines.clone(),
+    );
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            kept.lock().unwrap().push((std::time::Instant::now(), line));
+        }
+    });
+    lines
+}
+
+// A change stream that fails now and then over the forwarder's life (here its getMore refused
+// by a proxy in front of the server) is reopened after the shortest back-off whenever it
+// worked in between; the back-off grows only while failures follow each other, so a stream
+// that fails at every read is not reopened ten times a second. The back-off used to start
+// afresh only after a failed open, so that after some six failures every later reopen waited
+// 5 to 10 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reopen_back_off_starts_afresh_once_the_stream_worked() {
+    use common::wire::{Withhold, ZlibProxy};
+    let Some(mongo) = MongoServer::own() else {
+        return;
+    };
+    let kin = KinesisServer::start();
+    let client = mongo.client().await;
+    let (db, stream) = (unique_name("fwreopen"), unique_name("reopen"));
+    kin.create_stream(&stream, 1).await;
+    let proxy = ZlibProxy::start(mongo.port);
+    let refused = [(
+        "getMore",
+        Withhold::CommandError(1, "InternalError", "getMore refused by the test's proxy"),
+    )];
+    let mut fwd = tokio::process::Command::new(forwarder_bin())
+        .args(["--database", &db, "--stream-name", &stream])
+        .args(["--kinesis-endpoint-url", &kin.endpoint])
+        .env("MONGODB_CONNECTION_STRING", proxy.uri())
+        .envs(AWS_ENV)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kinesis-forwarder");
+    let log = stderr_lines(&mut fwd);
+    let failures = || {
+        let log = log.lock().unwrap();
+        let failed = log
+            .iter()
+            .filter(|(_, l)| l.contains("change stream failed"));
+        failed.map(|(at, _)| *at).collect::<Vec<_>>()
+    };
+    wait_for_position(&client, &db, &stream).await;
+
+    // Failing at every read for 3 s: reopened with a growing back-off (100 ms, then twice as
+    // long each time, with jitter), not at once each time.
+    proxy.withhold(&refused);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.withhold(&[]);
+    let in_a_row = failures().len();
+    assert!((2..=6).contains(&in_a_row), "{in_a_row} failures in 3 s");
+    insert_reports(&client, &db, &[doc! { "nodeName": "pi-works" }]).await;
+    wait_for_key(&kin, &stream, "pi-works").await;
+
+    // Then single failures, each after the stream worked: each reopened at once.
+    for round in 0..3 {
+        let before = failures().len();
+        proxy.withhold(&refused);
+        wait_until(Duration::from_secs(10), "the stream to fail", || async {
+            failures().len() > before
+        })
+        .await;
+        proxy.withhold(&[]);
+        let failed_at = failures()[before];
+        let node = format!("pi-{round}");
+        insert_reports(&client, &db, &[doc! { "nodeName": &node }]).await;
+        wait_for_key(&kin, &stream, &node).await;
+        let took = failed_at.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "round {round}: forwarding again took {took:?} after the failure"
+        );
+    }
+    fwd.start_kill().unwrap();
+    client.database(&db).drop().await.unwrap();
+}
+
 /// How long a stop may take with the target down or slow: the final put wait that
 /// docs/pipeline.md promises, and 3 s for the process to start its stop and end.
 const STOP_WITHIN: Duration = Duration::from_secs(forwarder::FINAL_PUT_WAIT.as_secs() + 3);

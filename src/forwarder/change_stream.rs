@@ -36,7 +36,12 @@ enum Ended {
     /// An invalidate: open the next stream after it at once.
     Invalidated,
     /// The stream failed (after the driver's own resume attempt).
-    Failed(mongodb::error::Error),
+    Failed {
+        error: mongodb::error::Error,
+        /// Whether it worked before it failed (see [`follow`]): the back-off of reopening
+        /// then starts afresh.
+        worked: bool,
+    },
 }
 
 /// Open the change stream on `coll` after `resume` (from now without one).
@@ -220,7 +225,14 @@ async fn reopening<T: Target>(
         let failure = match follow(fw, &mut stream, stop).await? {
             Ended::Stopped => return Ok(()),
             Ended::Invalidated => continue,
-            Ended::Failed(e) => e,
+            // The back-off grows only while failures follow each other: a stream that worked
+            // in between is reopened after the shortest delay, however often it failed before.
+            Ended::Failed { error, worked } => {
+                if worked {
+                    reconnect = target::backoff();
+                }
+                error
+            }
         };
         if let Some(lost) = cannot_go_on(&failure, &fw.namespace) {
             fw.flush().await?;
@@ -272,6 +284,9 @@ async fn follow<T: Target>(
         fw.latest = stream.resume_token();
         fw.save().await?;
     }
+    // Whether the stream worked: it gave an event, or answered a read after its first, which
+    // the driver answers from the reply to the open (the aggregate's first batch).
+    let (mut worked, mut reads) = (false, 0_u32);
     loop {
         let next = tokio::select! {
             biased;
@@ -286,6 +301,10 @@ async fn follow<T: Target>(
             n = fw.puts.alongside(stream.next_if_any()) => n,
         };
         fw.finish_ended().await?;
+        if let Ok(event) = &next {
+            reads += 1;
+            worked |= event.is_some() || reads > 1;
+        }
         match next {
             Ok(Some(event)) => {
                 let token = stream.resume_token();
@@ -309,7 +328,7 @@ async fn follow<T: Target>(
                     fw.save().await?;
                 }
             }
-            Err(e) => return Ok(Ended::Failed(e)),
+            Err(error) => return Ok(Ended::Failed { error, worked }),
         }
         if fw
             .batch_started
