@@ -672,7 +672,8 @@ async fn updates_and_replaces_send_the_newest_version() {
 }
 
 // --start-from-now skips what was inserted while the forwarder was down and replaces the
-// stored position, so that a later start without it does not go back either.
+// stored position, so that a later start without it does not go back either; it warns that it
+// overwrites the position (it used to say so only at info level).
 #[tokio::test(flavor = "multi_thread")]
 async fn start_from_now_skips_what_came_before_and_replaces_the_position() {
     let (mongo, kin, db, stream, client) = fixture("fwdnow", "now", 1).await;
@@ -698,7 +699,17 @@ async fn start_from_now_skips_what_came_before_and_replaces_the_position() {
         stored().await != old
     })
     .await;
-    stop_forwarder(fwd).await;
+    // Said as a warning (the log shows warnings only), naming what it overwrites.
+    let log = stop_forwarder_within(fwd, Duration::from_secs(30)).await;
+    let said = log.lines().find(|l| l.contains("--start-from-now"));
+    let said = said.unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(
+        said.contains("WARN")
+            && said.contains("stored position is being overwritten")
+            && said.contains(&stream)
+            && said.contains("reports_forwarder_state"),
+        "{said}"
+    );
     // Started again without the flag, from the replaced position: a is still not sent.
     let mut fwd = spawn_forwarder(&mongo, &kin, &db, &stream, &[]);
     wait_for_position(&client, &db, &stream).await;

@@ -76,7 +76,13 @@ async fn start_position(
     reconnect: &mut impl Iterator<Item = Duration>,
 ) -> Result<Start, ForwarderError> {
     if opts.start_from_now {
-        info!("--start-from-now: ignoring any stored resume token");
+        // A warning, not news: the flag left set (in an environment file, say) skips what
+        // came while the forwarder was down at every restart, and says so only here.
+        warn!(
+            stream = %opts.position_key(),
+            state = %format!("{}.{}", opts.state_database_name(), opts.state_collection_name()),
+            "--start-from-now (FORWARDER_START_FROM_NOW): the stored position is being overwritten with the present, and what came while the forwarder was down is not forwarded; remove the flag once it runs, or every restart skips it again"
+        );
         return Ok(Start::At(None));
     }
     // Set while the position cannot be read: said when it begins, once a minute, and at its end.
