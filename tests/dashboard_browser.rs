@@ -378,6 +378,22 @@ async fn a_fleet_charts_a_bounded_number_of_nodes_and_any_number_of_points() {
     .unwrap();
 }
 
+/// The test server with one node, porch-pi, read every minute over the last hour, and a
+/// dashboard on it.
+async fn porch_pi_last_hour(name: &str) -> (MongoServer, Dashboard) {
+    let server = MongoServer::start();
+    let db = common::unique_name(name);
+    let start = DateTime::now().timestamp_millis() - 3_600_000;
+    insert(
+        &server.client().await,
+        &db,
+        readings("porch-pi", 0, start, 60_000, 60, 0..0, 0),
+    )
+    .await;
+    let dash = Dashboard::start(&server.uri, &db, "1h");
+    (server, dash)
+}
+
 // The windows end at the dashboard's now, not the browser's: with the browser's clock three
 // days ahead of the dashboard's (a phone set right, the Pi without a real-time clock behind),
 // the day's charts draw the last hour's readings, and the CSV link and the from-to fields end
@@ -388,16 +404,7 @@ async fn windows_end_at_the_dashboards_now_whatever_the_browsers_clock() {
     let Some(exe) = chromium_or_skip() else {
         return;
     };
-    let server = MongoServer::start();
-    let db = common::unique_name("dash_skew");
-    let start = DateTime::now().timestamp_millis() - 3_600_000;
-    insert(
-        &server.client().await,
-        &db,
-        readings("porch-pi", 0, start, 60_000, 60, 0..0, 0),
-    )
-    .await;
-    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let (_server, dash) = porch_pi_last_hour("dash_skew").await;
     let url = format!("http://{}/", dash.addr);
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch(&exe, (1280, 900));
@@ -439,16 +446,7 @@ async fn a_from_to_window_with_a_time_missing_asks_for_nothing() {
     let Some(exe) = chromium_or_skip() else {
         return;
     };
-    let server = MongoServer::start();
-    let db = common::unique_name("dash_custom");
-    let start = DateTime::now().timestamp_millis() - 3_600_000;
-    insert(
-        &server.client().await,
-        &db,
-        readings("porch-pi", 0, start, 60_000, 60, 0..0, 0),
-    )
-    .await;
-    let dash = Dashboard::start(&server.uri, &db, "1h");
+    let (_server, dash) = porch_pi_last_hour("dash_custom").await;
     let url = format!("http://{}/", dash.addr);
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::launch(&exe, (1280, 900));
