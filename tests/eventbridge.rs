@@ -29,6 +29,31 @@ use sensehat_monitor::forwarder::format::{stringify, Format};
 use sensehat_monitor::forwarder::target::{EntryFailure, EntryResults, PutError, Target};
 use sensehat_monitor::forwarder::{self, Options, TargetKind};
 
+/// The test server, a database named after `name`, and a bus on moto whose events go to a queue.
+struct OnMoto {
+    mongo: MongoServer,
+    client: mongodb::Client,
+    db: String,
+    bus: String,
+    queue: String,
+}
+
+impl OnMoto {
+    async fn set_up(moto: &MotoServer, name: &str) -> OnMoto {
+        let mongo = MongoServer::start();
+        let client = mongo.client().await;
+        let (db, bus) = (unique_name(name), unique_name("bus"));
+        let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+        OnMoto {
+            mongo,
+            client,
+            db,
+            bus,
+            queue,
+        }
+    }
+}
+
 fn forwarder_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kinesis-forwarder")
 }
@@ -278,10 +303,13 @@ async fn puts_overlap_over_a_slow_link_and_every_event_arrives() {
         return;
     };
     let proxy = HttpProxy::start(&moto.endpoint, Duration::from_millis(100));
-    let mongo = MongoServer::start();
-    let client = mongo.client().await;
-    let (db, bus) = (unique_name("evbslow"), unique_name("bus"));
-    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let OnMoto {
+        mongo,
+        client,
+        db,
+        bus,
+        queue,
+    } = OnMoto::set_up(&moto, "evbslow").await;
     let mut fwd = forwarder(&mongo, &proxy.endpoint, &db, &bus, Stdio::inherit())
         .spawn()
         .expect("start kinesis-forwarder");
@@ -348,10 +376,13 @@ async fn a_batch_still_in_flight_holds_the_position_back() {
     let Some(moto) = MotoServer::start() else {
         return;
     };
-    let mongo = MongoServer::start();
-    let client = mongo.client().await;
-    let (db, bus) = (unique_name("evbheld"), unique_name("bus"));
-    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let OnMoto {
+        mongo,
+        client,
+        db,
+        bus,
+        queue,
+    } = OnMoto::set_up(&moto, "evbheld").await;
     let held = std::sync::Arc::new(FirstCallHeld {
         inner: AwsEventBridge {
             client: moto.client(),
@@ -453,10 +484,13 @@ async fn a_stop_stores_the_position_of_the_batches_accepted_before_it() {
     let Some(moto) = MotoServer::start() else {
         return;
     };
-    let mongo = MongoServer::start();
-    let client = mongo.client().await;
-    let (db, bus) = (unique_name("evbcut"), unique_name("bus"));
-    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let OnMoto {
+        mongo,
+        client,
+        db,
+        bus,
+        queue,
+    } = OnMoto::set_up(&moto, "evbcut").await;
     // A position before the 30 events, so that they make three full batches, all in flight.
     let mut first = spawn_forwarder(&mongo, &moto, &db, &bus, &[]);
     wait_for_position(&client, &db, &bus).await;
@@ -569,10 +603,13 @@ async fn metrics_and_readyz_follow_the_bus() {
     let Some(moto) = MotoServer::start() else {
         return;
     };
-    let mongo = MongoServer::start();
-    let client = mongo.client().await;
-    let (db, bus) = (unique_name("ebmetrics"), unique_name("bus"));
-    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let OnMoto {
+        mongo,
+        client,
+        db,
+        bus,
+        queue,
+    } = OnMoto::set_up(&moto, "ebmetrics").await;
     let addr = free_addr();
     let mut fwd = spawn_forwarder(&mongo, &moto, &db, &bus, &["--metrics-listen", &addr]);
     wait_serving(&addr).await;
@@ -638,10 +675,13 @@ async fn an_entry_refused_for_good_is_counted_apart_and_has_no_lag() {
         return;
     };
     let proxy = HttpProxy::start_rewriting(&moto.endpoint, Duration::ZERO, cut_poisoned_details);
-    let mongo = MongoServer::start();
-    let client = mongo.client().await;
-    let (db, bus) = (unique_name("ebrefusedm"), unique_name("bus"));
-    let queue = moto.bus_to_queue(&bus, &unique_name("q"));
+    let OnMoto {
+        mongo,
+        client,
+        db,
+        bus,
+        queue,
+    } = OnMoto::set_up(&moto, "ebrefusedm").await;
     let addr = free_addr();
     let mut fwd = forwarder(&mongo, &proxy.endpoint, &db, &bus, Stdio::inherit())
         .args(["--metrics-listen", &addr])
