@@ -175,7 +175,7 @@ impl SimBoard {
         }
     }
 
-    /// Each sensor's health, in [`Sensor::ALL`] order.
+    /// Each sensor's health, in [`super::Sensor::ALL`] order.
     pub fn health(&self) -> &[Health; 3] {
         self.hat.health()
     }
