@@ -166,14 +166,16 @@ impl Spool {
     /// memory, as after any failed sync (`Spool::sync`), and the error is said by the next
     /// maintenance.
     fn close_after_failed_write(&mut self) {
-        let failed_on = self.segments.end().segment;
-        if self.sync.is_owed(self.segments.end(), self.cursor.ack) {
+        let end = self.segments.end();
+        // A segment the failed write was the first to reach holds nothing to sync: syncing it
+        // would only fail again, and be counted a fault, at every append while the card is full.
+        if end.offset > 0 && self.sync.is_owed(end, self.cursor.ack) {
             if let Err(e) = self.sync() {
                 self.unsaid.get_or_insert(e);
             }
         }
         // The copies' new segment, if they went to one, was synced and holds whole frames.
-        if self.segments.end().segment == failed_on {
+        if self.segments.end().segment == end.segment {
             self.segments.writer = None;
         }
     }
@@ -181,10 +183,31 @@ impl Spool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::dir::segment_name;
     use super::super::frame::{frame, HEADER};
     use super::super::testutil::{drain, file_len, opts, payload};
     use super::super::Spool;
     use super::*;
+
+    // A write that fails as the first of a new segment (a full card) syncs nothing: the
+    // segment holds nothing. It used to sync the empty file, and count a fault when that failed
+    // too (as /dev/full's sync does), at every append while the card stayed full.
+    #[test]
+    fn a_failed_first_write_of_a_segment_syncs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        assert!(s.append(&payload(0), now).disk_error.is_none());
+        s.sync().unwrap();
+        // The next segment is /dev/full: its first write fails with ENOSPC.
+        s.segments.writer = None;
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(segment_name(2))).unwrap();
+        let syncs = s.syncs_total;
+        let out = s.append(&payload(1), now);
+        assert!(out.disk_error.is_some());
+        assert_eq!((s.syncs_total, s.faults.sync_failed), (syncs, 0));
+        assert_eq!(s.memory.len(), 1);
+    }
 
     // Several reports appended at once are written at once (in one write), after those before.
     #[test]
