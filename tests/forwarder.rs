@@ -65,11 +65,23 @@ fn spawn_forwarder_at(
     extra: &[&str],
     log: &str,
 ) -> tokio::process::Child {
+    spawn_forwarder_through(&mongo.uri, endpoint, db, stream, extra, log)
+}
+
+/// [`spawn_forwarder_at`] with MongoDB at `uri`.
+fn spawn_forwarder_through(
+    uri: &str,
+    endpoint: &str,
+    db: &str,
+    stream: &str,
+    extra: &[&str],
+    log: &str,
+) -> tokio::process::Child {
     tokio::process::Command::new(forwarder_bin())
         .args(["--database", db, "--stream-name", stream])
         .args(["--kinesis-endpoint-url", endpoint])
         .args(extra)
-        .env("MONGODB_CONNECTION_STRING", &mongo.uri)
+        .env("MONGODB_CONNECTION_STRING", uri)
         .envs(AWS_ENV)
         .env("RUST_LOG", log)
         .stdin(Stdio::null())
@@ -1171,6 +1183,53 @@ async fn sigterm_while_kinesis_is_slow_stops_within_the_final_put_wait() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(kin.read_all(&stream).await.len(), got.len(), "sent again");
     assert_eq!(got.len(), 510, "the first batch was sent again");
+}
+
+// SIGTERM while MongoDB takes the position's store and never answers it (a hung primary, a
+// partition): the forwarder gives the store until 5 s past the stop's deadline, then stops
+// (exit 0), the batch Kinesis took to be sent again. It used to wait for the answer until
+// systemd killed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_mongodb_does_not_answer_the_position_store_still_stops() {
+    use common::wire::{Withhold, ZlibProxy};
+    let (mongo, kin, db, stream, client) = fixture("fwhung", "hung", 1).await;
+    let proxy = ZlibProxy::start(mongo.port);
+    let fw = spawn_forwarder_through(&proxy.uri(), &kin.endpoint, &db, &stream, &[], "info");
+    wait_for_position(&client, &db, &stream).await;
+    proxy.withhold(&[("update", Withhold::Stall)]);
+    insert_reports(&client, &db, &sample_docs(1)).await;
+    wait_for_records(&kin, &stream, 1).await;
+    // The store after the batch, due a second after it, is under way and not answered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = stop_forwarder_within(fw, STOP_WITHIN + Duration::from_secs(5)).await;
+    assert!(log.contains("could not store the resume token"), "{log}");
+}
+
+// SIGTERM while MongoDB takes a dead-letter record and never answers it: the write gets until
+// the stop's deadline, and the forwarder stops (exit 0), the event to be read again. It used to
+// wait for the answer until systemd killed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_mongodb_does_not_answer_a_dead_letter_write_still_stops() {
+    use common::wire::{Sent, Withhold, ZlibProxy};
+    let (mongo, kin, db, stream, client) = fixture("fwhungdl", "hungdl", 1).await;
+    // The test's own inserts go to the server directly: only the forwarder's are withheld.
+    let proxy = ZlibProxy::start_withholding(mongo.port, &[("insert", Withhold::Stall)]);
+    let fw = spawn_forwarder_through(&proxy.uri(), &kin.endpoint, &db, &stream, &[], "info");
+    wait_for_position(&client, &db, &stream).await;
+    let big = doc! { "_id": ObjectId::new(), "nodeName": "pi", "blob": "x".repeat(1_100_000) };
+    insert_reports(&client, &db, &[big]).await;
+    wait_until(Duration::from_secs(30), "the dead-letter write", || async {
+        proxy
+            .sent()
+            .iter()
+            .any(|s| matches!(s, Sent::Command { name, .. } if name == "insert"))
+    })
+    .await;
+    let log = stop_forwarder_within(fw, STOP_WITHIN).await;
+    assert!(
+        log.contains("read again from the stored resume token"),
+        "{log}"
+    );
 }
 
 // SIGTERM while Kinesis cannot be reached and a batch is being retried: the forwarder stops

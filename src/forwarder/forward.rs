@@ -61,6 +61,11 @@ async fn stop_deadline(stop: &mut Stop) -> tokio::time::Instant {
     deadline.unwrap_or_else(tokio::time::Instant::now)
 }
 
+/// How long past the stop's deadline the position may still take to be stored. MongoDB not
+/// answering (a partition, a hung primary) must not hold the stop until systemd's
+/// `TimeoutStopSec` kills the forwarder: a position not stored only means events sent again.
+const STORE_AFTER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The state between the change stream and the target: the batch being filled, and the resume
 /// tokens read and stored.
 pub(super) struct Forwarder<'a, T> {
@@ -232,7 +237,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
         }
         if self.acked.is_some() && self.acked != self.saved {
             if let Some(token) = &self.acked {
-                match self.state.save(token).await {
+                match self.store(token).await {
                     Ok(()) => self.saved = self.acked.clone(),
                     // Not stored yet means some events may be sent again after a restart: never lost.
                     Err(ForwarderError::State(e)) => {
@@ -255,12 +260,26 @@ impl<'a, T: Target> Forwarder<'a, T> {
         let Some(token) = self.acked.as_ref().filter(|_| self.acked != self.saved) else {
             return;
         };
-        match self.state.save(token).await {
+        match self.store(token).await {
             Ok(()) => self.saved = self.acked.clone(),
             // Sent again at the next start, then: never lost.
             Err(e) => {
                 warn!(error = %e, "could not store the position of the batches accepted before stopping; they are sent again at the next start")
             }
+        }
+    }
+
+    /// Store `token` as the position; once a stop is requested, giving up
+    /// [`STORE_AFTER_DEADLINE`] after its deadline, even if the store began before it.
+    async fn store(&self, token: &ResumeToken) -> Result<(), ForwarderError> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            r = self.state.save(token) => r,
+            () = async {
+                tokio::time::sleep_until(stop_deadline(&mut stop).await + STORE_AFTER_DEADLINE).await;
+            } => Err(ForwarderError::State(
+                "MongoDB did not answer before the stop's deadline; the events after the stored position are sent again at the next start".into(),
+            )),
         }
     }
 
@@ -387,14 +406,22 @@ impl<'a, T: Target> Forwarder<'a, T> {
     }
 
     /// Insert a dead-letter record. Retries until stored, or until a stop is requested (then
-    /// the event is read again at the next start); a failure that goes on is said as a put's
-    /// is (see [`Trouble`]), not at every retry.
+    /// the event is read again at the next start; a write under way gets until the stop's
+    /// deadline); a failure that goes on is said as a put's is (see [`Trouble`]), not at every
+    /// retry.
     async fn keep(&self, record: &Document, id: &Bson) -> Result<(), ForwarderError> {
         let mut delays = target::backoff();
         let mut stop = self.stop.clone();
         let mut trouble = Trouble::default();
         loop {
-            let e = match self.insert_dead_letter(record).await {
+            // A write that MongoDB does not answer ends with the stop's deadline too.
+            let inserted = tokio::select! {
+                r = self.insert_dead_letter(record) => r,
+                () = async { tokio::time::sleep_until(stop_deadline(&mut stop).await).await } => {
+                    return Err(PutError::Interrupted.into());
+                }
+            };
+            let e = match inserted {
                 Ok(()) => {
                     self.metrics.dead_letters.inc();
                     if trouble.recovered() {
