@@ -11,8 +11,16 @@ trap 'rm -rf "$tmp"' EXIT
 sed "s#/usr/local/bin/sensehat-monitor#$(pwd)/target/debug/sensehat-monitor#g" \
   systemd/sensehat-monitor.service > "$tmp/sensehat-monitor.service"
 # verify passes and the offline exposure is at most 2.0, for $1 (a unit file in $tmp).
+# verify exits 0 when it only warns (a misspelt or misplaced setting is ignored with a line),
+# so any output fails too.
 check_unit() {
-  systemd-analyze verify "$1"
+  local said
+  said=$(systemd-analyze verify "$1" 2>&1) || { echo "$said" >&2; exit 1; }
+  if [ -n "$said" ]; then
+    echo "$said" >&2
+    echo "FAIL: systemd-analyze verify warned about $(basename "$1")" >&2
+    exit 1
+  fi
   echo "$(basename "$1"): systemd-analyze verify: ok"
   local score
   score=$(systemd-analyze security --offline=yes "$1" 2>&1 \
