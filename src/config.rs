@@ -204,7 +204,7 @@ pub struct Cli {
     pub metrics_textfile: Option<PathBuf>,
 
     /// Simulated board only: make CHIP fail during sample attempts FIRST..FIRST+COUNT
-    /// (CHIP:FIRST:COUNT, e.g. lps25h:10:3), or reset it, as a power glitch would, before
+    /// (CHIP:FIRST:COUNT, e.g. lps25h:10:3; FIRST 0 fails it at start-up too), or reset it, as a power glitch would, before
     /// attempt FIRST (CHIP:FIRST:reset). For testing fault handling.
     #[arg(long, env = "SENSEHAT_SIM_FAULT", value_delimiter = ',')]
     pub sim_fault: Vec<SimFault>,

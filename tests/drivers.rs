@@ -141,18 +141,44 @@ fn wrong_chip_is_named() {
     );
 }
 
-// A missing chip makes board start-up fail with the sensor, bus and address in the message.
+// A chip missing at start-up fails each sample, with the sensor, bus and address in the error,
+// and is initialised again at each: the board starts, so the agent keeps delivering what its
+// spool holds, and samples again once the chip answers. It used to make start-up fail, and the
+// agent exit.
 #[test]
-fn missing_chip_fails_board_init() {
+fn a_chip_missing_at_start_fails_samples_not_the_board() {
     let sim = SimSenseHat::new();
     sim.set_present(SimChip::Lsm9ds1Accel, false);
-    let e = match SenseHat::init("/dev/i2c-1", sim.bus(), sim.bus(), sim.bus(), NoDelay) {
-        Err(e) => e,
-        Ok(_) => panic!("init succeeded without an accelerometer"),
-    };
-    assert_eq!(e.sensor, Sensor::Lsm9ds1);
+    let mut hat = SenseHat::init("/dev/i2c-1", sim.bus(), sim.bus(), sim.bus(), NoDelay)
+        .expect("the board starts with two sensors of three");
+    let (result, _) = hat.sample(std::time::Instant::now());
+    let e = result.expect_err("a sample without an accelerometer");
     let msg = e.to_string();
     assert!(msg.contains("0x6a") && msg.contains("/dev/i2c-1"), "{msg}");
+    assert!(
+        !hat.health()[2].is_ok(),
+        "the accelerometer, third in Sensor::ALL"
+    );
+    sim.set_present(SimChip::Lsm9ds1Accel, true);
+    let (result, _) = hat.sample(std::time::Instant::now());
+    assert!(result.is_ok(), "{result:?}");
+}
+
+// No chip answering at all (no Sense HAT, or another bus) fails start-up at once, naming the
+// first sensor, its bus and address.
+#[test]
+fn no_chip_answering_fails_board_init() {
+    let sim = SimSenseHat::new();
+    for chip in [SimChip::Hts221, SimChip::Lps25h, SimChip::Lsm9ds1Accel] {
+        sim.set_present(chip, false);
+    }
+    let e = match SenseHat::init("/dev/i2c-1", sim.bus(), sim.bus(), sim.bus(), NoDelay) {
+        Err(e) => e,
+        Ok(_) => panic!("init succeeded with no chip"),
+    };
+    assert_eq!(e.sensor, Sensor::Hts221);
+    let msg = e.to_string();
+    assert!(msg.contains("0x5f") && msg.contains("/dev/i2c-1"), "{msg}");
 }
 
 // Right after init a chip has converted nothing and its outputs read zero: the first sample
@@ -186,14 +212,16 @@ fn hts221_humidity_from_zero(sim: &SimSenseHat) -> f64 {
     Calibration::from_registers(&raw).humidity_rh(0)
 }
 
-// A chip that answers but never converts fails init with the chip, its address and what STATUS
-// reads, rather than giving its reset values as readings.
+// A chip that answers but never converts fails its initialisation with the chip, its address
+// and what STATUS reads (said by each sample's error), rather than giving its reset values as
+// readings.
 #[test]
 fn a_chip_that_never_converts_fails_init_clearly() {
     let sim = SimSenseHat::new();
     sim.set_warm_up(SimChip::Lps25h, u32::MAX);
-    let e = match SenseHat::init("/dev/i2c-1", sim.bus(), sim.bus(), sim.bus(), NoDelay) {
-        Ok(_) => panic!("init succeeded with a chip that never converts"),
+    let mut hat = SenseHat::init("/dev/i2c-1", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+    let e = match hat.sample(std::time::Instant::now()).0 {
+        Ok(r) => panic!("a sample from a chip that never converts: {r:?}"),
         Err(e) => e.to_string(),
     };
     assert!(

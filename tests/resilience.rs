@@ -615,6 +615,36 @@ async fn i2c_fault_skips_and_counts_samples() {
     );
 }
 
+// A sensor that does not answer at start-up (a chip hung after a brownout): the agent starts
+// anyway, skips the samples it fails, and stores every one once it answers. It used to exit at
+// start, and systemd to restart it every 10 s, delivering nothing its spool held meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sensor_failing_at_start_up_costs_samples_not_the_run() {
+    let server = MongoServer::start();
+    let (_dir, spool_dir, db, log) = places("fault_start");
+    let mut child = spawn_logged(
+        agent(
+            &server.uri,
+            &db,
+            &spool_dir,
+            &["--count", "10", "--sim-fault", "lps25h:0:4"],
+        ),
+        &log,
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{text}");
+    let st = Status::read(&spool_dir.join(STATUS_FILE)).unwrap();
+    assert_eq!(st.counters.skipped_samples, 4, "{st:?}");
+    assert_eq!(ids_in(&server, &db).await.len(), 10);
+    let failed = text
+        .lines()
+        .find(|l| l.contains("sensor read failed"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(failed.contains("error=lps25h (address 0x5c"), "{failed}");
+    assert!(text.contains("sensor recovered"), "{text}");
+}
+
 // A sensor down from the first sample: status.json is still written, with the failing sensor,
 // so `status` shows what is wrong (it used to be written only with a report).
 #[tokio::test(flavor = "multi_thread")]

@@ -82,7 +82,9 @@ where
     I2C::Error: BusErrorHint + std::fmt::Display,
     D: DelayNs,
 {
-    /// Initialise all three sensors; any missing or wrong chip is an error naming it.
+    /// Initialise all three sensors. An error (naming the first sensor, its bus and address)
+    /// only when none of them answers; one that fails is initialised again at each sample,
+    /// whose failure says why.
     pub fn init(
         bus_name: &str,
         hts: I2C,
@@ -120,8 +122,18 @@ where
             health: Default::default(),
             needs_init: [true; 3],
         };
+        // A sensor that fails here is tried again at every sample, as one that fails later is:
+        // a chip that does not answer after a brownout must not keep the agent, and the
+        // readings in its spool, down until someone reseats the board. None answering at all
+        // is a board missing, on another bus or another board: said at once.
+        let mut failed = Vec::new();
         for sensor in Sensor::ALL {
-            hat.init_sensor(sensor)?;
+            if let Err(e) = hat.init_sensor(sensor) {
+                failed.push(e);
+            }
+        }
+        if failed.len() == Sensor::ALL.len() {
+            return Err(failed.swap_remove(0));
         }
         Ok(hat)
     }

@@ -127,6 +127,10 @@ impl SimBoard {
         if let Some(rest_g) = plan.rest_g {
             sim.set_rest(rest_g);
         }
+        // A fault from attempt 0 is a chip failing from the start: at start-up too.
+        for f in plan.faults.iter().filter(|f| f.first == 0 && f.count > 0) {
+            sim.set_failing(f.chip, true);
+        }
         let hat = SenseHat::init("simulated bus", sim.bus(), sim.bus(), sim.bus(), NoDelay)?;
         Ok(SimBoard {
             sim,
