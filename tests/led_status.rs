@@ -255,6 +255,56 @@ fn a_failing_sensor_and_the_clock_show_in_the_corner() {
     stop_and_check_cleared(&mut child, &fb);
 }
 
+// A write of the matrix that fails (the device gone for a moment) is tried again while the
+// state stays as it is: the corner turns magenta for a sensor that began failing while the
+// device could not be written. It used to keep the old colour until the state changed again,
+// here for as long as the sensor fails.
+#[test]
+fn a_failed_write_of_the_corner_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = framebuffer(dir.path(), "fb");
+    let log = dir.path().join("agent.log");
+    let child = agent_command()
+        .args([
+            "--sensors",
+            "sim",
+            "--dry-run",
+            "--interval",
+            "50ms",
+            "--led-status",
+        ])
+        // Failing from sample 60 (3 s) on.
+        .args(["--sim-fault", "lps25h:60:1000000"])
+        .arg("--clock-sync-file")
+        .arg(dir.path().join("no-timesyncd/synchronized"))
+        .arg("--led-device")
+        .arg(&fb)
+        .env_remove("MONGODB_CONNECTION_STRING")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    watch(&fb, Duration::from_secs(20), "green", |c| *c == [GREEN; 4]);
+    // The device is gone (a directory cannot be opened for writing) when the sensor fails.
+    let aside = dir.path().join("fb.aside");
+    std::fs::rename(&fb, &aside).unwrap();
+    std::fs::create_dir(&fb).unwrap();
+    poll(Duration::from_secs(20), "the failed write", &log, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("cannot write the LED matrix").then_some(())
+    });
+    std::fs::remove_dir(&fb).unwrap();
+    std::fs::rename(&aside, &fb).unwrap();
+    assert_eq!(corner(&fb), [GREEN; 4]);
+    watch(&fb, Duration::from_secs(20), "magenta", |c| {
+        *c == [MAGENTA; 4]
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("the LED matrix is written again"), "{text}");
+    stop_and_check_cleared(&mut child, &fb);
+}
+
 /// Poll `f` every 200 ms until it gives something; panics with `what` and the agent's `log`
 /// after `timeout`.
 fn poll<T>(timeout: Duration, what: &str, log: &Path, mut f: impl FnMut() -> Option<T>) -> T {

@@ -4,6 +4,9 @@
 //! Writes run on a blocking thread, as an I2C write to the LED controller takes milliseconds.
 //! The agent clears the matrix when it stops.
 
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::board::led::Led;
@@ -20,7 +23,14 @@ pub struct Matrix {
     corner: Option<StatusCorner>,
     /// Writing fails.
     failing: Latch,
+    /// After a write failed: when to try again.
+    retry_at: Option<Instant>,
 }
+
+/// How long after a failed write the corner is written again, whether or not the state it
+/// shows changed meanwhile: a failing I2C write can take a bus timeout, not to be spent at every
+/// sample.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 impl Matrix {
     /// The matrix `led`, already showing `logo`; with `status` (`--led-status`) its corner
@@ -30,6 +40,7 @@ impl Matrix {
             led: Some(led),
             corner: status.then(|| StatusCorner::new(logo)),
             failing: Latch::default(),
+            retry_at: None,
         }
     }
 
@@ -39,16 +50,35 @@ impl Matrix {
     }
 
     /// The agent is in `state`: write the matrix if the corner changes. A write that fails is
-    /// said once, and tried again at the next change, not at every sample.
+    /// said once, and tried again every [`RETRY_AFTER`] until it works: the corner must not go
+    /// on showing a state the agent left.
     pub(super) async fn update(&mut self, state: &AgentState) {
-        if let Some(frame) = self.corner.as_mut().and_then(|c| c.update(state)) {
-            match self.show(frame).await {
-                Some(Ok(())) if self.failing.clear() => info!("the LED matrix is written again"),
-                Some(Err(e)) if self.failing.raise() => {
-                    warn!(error = %e, "cannot write the LED matrix; trying again when the state it shows changes")
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let Some(corner) = self.corner.as_mut() else {
+            return;
+        };
+        let Some(frame) = corner.update(state) else {
+            return;
+        };
+        match self.show(frame).await {
+            Some(Ok(())) => {
+                self.retry_at = None;
+                if self.failing.clear() {
+                    info!("the LED matrix is written again");
                 }
-                _ => {}
             }
+            Some(Err(e)) => {
+                if let Some(c) = self.corner.as_mut() {
+                    c.forget();
+                }
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                if self.failing.raise() {
+                    warn!(error = %e, "cannot write the LED matrix; trying again every 10 s");
+                }
+            }
+            None => {}
         }
     }
 

@@ -192,6 +192,11 @@ impl StatusCorner {
         self.shown = Some(indicator);
         Some(indicator.on(&self.logo))
     }
+
+    /// The last frame did not reach the matrix: the next update gives one whatever the state.
+    pub fn forget(&mut self) {
+        self.shown = None;
+    }
 }
 
 #[cfg(test)]
