@@ -340,6 +340,30 @@ fn a_chip_reset_while_running_is_noticed_and_initialised_again() {
     }
 }
 
+// A chip that said who it was at start-up and later answers as another (its WHO_AM_I garbled
+// after a reset) is said to be glitching, with the reseat and power hint, not asked whether
+// the board is a Sense HAT, as at start-up.
+#[test]
+fn a_wrong_answer_after_start_up_blames_the_chip_not_the_board() {
+    let sim = SimSenseHat::new();
+    let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+    assert!(hat.sample(std::time::Instant::now()).0.is_ok());
+    sim.reset(SimChip::Lps25h);
+    sim.poke(SimChip::Lps25h, 0x0F, &[0xFF]);
+    let mut said = Vec::new();
+    for _ in 0..2 {
+        if let Err(e) = hat.sample(std::time::Instant::now()).0 {
+            said.push(e.of(Sensor::Lps25h).unwrap().to_string());
+        }
+    }
+    let wrong = said
+        .iter()
+        .find(|w| w.contains("WHO_AM_I reads 0xff"))
+        .unwrap_or_else(|| panic!("no wrong-chip error: {said:?}"));
+    assert!(!wrong.contains("is this a Sense HAT"), "{wrong}");
+    assert!(wrong.contains("reseat the Sense HAT"), "{wrong}");
+}
+
 // A read whose bytes are all 0xFF (nothing drove the data line for that transfer: a loose HAT,
 // interference) is not a measurement, though the chip's settings read back fine: the sample
 // is skipped with the reason, where it was stored (-0.000244 hPa, a humidity and temperature

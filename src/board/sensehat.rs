@@ -74,6 +74,9 @@ pub struct SenseHat<I2C, D> {
     acc: Slot<Lsm9ds1Accel<I2C>>,
     health: [Health; 3],
     needs_init: [bool; 3],
+    /// Each sensor's chip has said who it is since start-up: a wrong answer after that is the
+    /// chip glitching, not another board.
+    identified: [bool; 3],
 }
 
 impl<I2C, D> SenseHat<I2C, D>
@@ -121,6 +124,7 @@ where
             acc: slot(acc).map_or_else(Slot::Iio, |i| Slot::Chip(Lsm9ds1Accel::new(i))),
             health: Default::default(),
             needs_init: [true; 3],
+            identified: [false; 3],
         };
         // A sensor that fails here is tried again at every sample, as one that fails later is:
         // a chip that does not answer after a brownout must not keep the agent, and the
@@ -141,6 +145,9 @@ where
     fn error(&self, sensor: Sensor, e: drivers::Error<I2C::Error>) -> SensorError {
         let hint = match &e {
             drivers::Error::Bus { source, .. } => source.hint(sensor, &self.bus_name),
+            drivers::Error::WrongChip { .. } if self.identified[sensor.index()] => {
+                "; it answered as the right chip before: power the Pi off and reseat the Sense HAT, and check the Pi's power supply".to_owned()
+            }
             drivers::Error::WrongChip { .. } => {
                 "; is this a Sense HAT? another board may sit at this address".to_owned()
             }
@@ -182,6 +189,7 @@ where
         };
         r.map_err(|e| self.read_error(sensor, e))?;
         self.needs_init[sensor.index()] = false;
+        self.identified[sensor.index()] = true;
         Ok(())
     }
 
