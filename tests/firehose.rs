@@ -764,6 +764,48 @@ async fn many_refused_records_cost_few_round_trips() {
     }
 }
 
+// A write error that MongoDB repeats for the same document whatever the retry (66
+// ImmutableField: `{"_id":7.0}` replacing a stored `{"_id":7}`; 52 DollarPrefixedFieldName) is
+// a dead letter with the server's reason and the delivery is answered 200, where it was 503
+// until Firehose gave up after its retry duration. (The test server gives neither code: a proxy
+// answers the writes to the delivery collection with it, and passes the dead letters on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_errors_the_server_always_repeats_are_dead_letters() {
+    use common::wire::{Withhold, ZlibProxy};
+    let Some(server) = MongoServer::own() else {
+        return;
+    };
+    let proxy = ZlibProxy::start(server.port);
+    let opts = Opts {
+        uri: Some(proxy.uri()),
+        method: UpsertMethod::UpdateCommand,
+        ..Opts::default()
+    };
+    let ep = start(&server, opts).await;
+    // One record a delivery: the proxy refuses every statement of a command.
+    for (n, code) in [66, 52].into_iter().enumerate() {
+        proxy.withhold(&[("update", Withhold::WriteErrorIn(code, "firehose"))]);
+        let id = format!("req-for-good-{code}");
+        let record = br#"{"_id":7.0,"a":1}"#.to_vec();
+        let r = deliver(&ep, &id, std::slice::from_ref(&record), false).await;
+        check_shape(&r, 200, &id);
+        assert_eq!(count(&ep.rejected()).await, n as u64 + 1);
+        let d = ep
+            .rejected()
+            .find_one(doc! { "requestId": &id })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no dead letter for code {code}"));
+        let reason = d.get_str("reason").unwrap();
+        assert!(
+            reason.starts_with(&format!("refused by the database (code {code})")),
+            "{reason}"
+        );
+        assert_eq!(d.get_binary_generic("data").unwrap(), &record);
+    }
+    assert_eq!(count(&ep.coll()).await, 0);
+}
+
 // MongoDB 8.0 whose featureCompatibilityVersion is still 7.0 (as through an upgrade) has
 // bulkWrite's wire version but refuses the command (115 CommandNotSupported): the endpoint then
 // upserts with update commands, the refused delivery at once and every later one without asking

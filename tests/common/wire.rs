@@ -62,6 +62,11 @@ pub enum Withhold {
     /// error of this code (`ok: 1`, `n: 0`, a `writeErrors` entry per document), as a primary
     /// stepping down in the middle of an unordered insert answers the documents it had left.
     WriteError(i32),
+    /// [`Withhold::WriteError`] for the commands on this collection (the command's first value)
+    /// only; the others go to the server: a server that refuses the documents of one collection,
+    /// as MongoDB refuses a replacement that changes the type of a stored `_id` (66
+    /// ImmutableField), while taking the dead letters written to another.
+    WriteErrorIn(i32, &'static str),
     /// Answer it as refused as a whole (`ok: 0`) with this code, code name and message, as
     /// MongoDB 8.0 whose featureCompatibilityVersion is still 7.0 answers `bulkWrite`.
     CommandError(i32, &'static str, &'static str),
@@ -207,6 +212,15 @@ fn command_name(opcode: i32, body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// The collection a command names as its first value (`{update: "firehose", ...}`).
+fn target(opcode: i32, body: &[u8]) -> String {
+    document(opcode, body)
+        .and_then(|d| d.iter().next())
+        .and_then(|e| e.ok())
+        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn requests(
     mut client: TcpStream,
     mut server: TcpStream,
@@ -226,7 +240,11 @@ fn requests(
         let withhold = match &sent {
             Sent::Command { name, .. } => withheld.lock().unwrap().get(name).copied(),
             Sent::Failed(_) => None,
-        };
+        }
+        .filter(|w| match w {
+            Withhold::WriteErrorIn(_, collection) => target(opcode, &body) == *collection,
+            _ => true,
+        });
         log.lock().unwrap().push(sent);
         if withhold.is_some() {
             // Answered here, if at all, and never compressed.
@@ -238,7 +256,11 @@ fn requests(
                 write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
             }
             Some(Withhold::WriteError(code)) => {
-                let reply = write_errors(opcode, &body, code);
+                let reply = write_errors(opcode, &body, code, "not primary");
+                write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
+            }
+            Some(Withhold::WriteErrorIn(code, _)) => {
+                let reply = write_errors(opcode, &body, code, "refused by the test proxy");
                 write_message(&mut answers.lock().unwrap(), id, id, OP_MSG, &reply)
             }
             Some(Withhold::CommandError(code, name, message)) => {
@@ -346,17 +368,22 @@ fn op_msg_body(reply: &Document) -> Vec<u8> {
 }
 
 /// The body of an OP_MSG reply to the write command in `body` in which every document of its
-/// `documents` failed with `code`.
-fn write_errors(opcode: i32, body: &[u8], code: i32) -> Vec<u8> {
+/// `documents` (an insert) or statement of its `updates` (an update) failed with `code`.
+fn write_errors(opcode: i32, body: &[u8], code: i32, message: &str) -> Vec<u8> {
+    // An insert's documents, or an update's statements.
     let count = document(opcode, body)
-        .and_then(|d| d.get_array("documents").ok())
+        .and_then(|d| {
+            d.get_array("documents")
+                .or_else(|_| d.get_array("updates"))
+                .ok()
+        })
         .map_or(0, |a| a.into_iter().count());
     let errors: Vec<Bson> = (0..count)
         .map(|i| {
             Bson::Document(mongodb::bson::doc! {
                 "index": i32::try_from(i).unwrap(),
                 "code": code,
-                "errmsg": "not primary",
+                "errmsg": message,
             })
         })
         .collect();
