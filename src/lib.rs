@@ -14,6 +14,7 @@
 //! - [`clock`]: holding readings until the system clock is synchronized, and their on-disk copy.
 //! - [`fsutil`]: replacing a state file whole, synced or not.
 //! - [`retry`]: the shape of every retry schedule (exponential, with jitter).
+//! - [`shared_read`]: one read at a time for every request that wants it, its outcome reused.
 //! - [`say_once`]: state types that say a condition once per change, or again each period.
 //! - [`status`]: `status.json` and the `status` command.
 //! - [`cli`]: the conventions the programs' command lines share (durations, `check-config`).
@@ -52,6 +53,7 @@ pub mod mongo;
 pub mod report;
 pub mod retry;
 pub mod say_once;
+pub mod shared_read;
 pub mod shutdown;
 pub mod sink;
 pub mod status;

@@ -1352,6 +1352,61 @@ async fn readyz_tells_no_one_where_the_database_is() {
     let _ = tx.send(());
 }
 
+// /readyz needs no key: requests looping on it share one ping, whose outcome they all take,
+// so that however many come at once one ping at most is in flight (here one that never
+// answers) and the deliveries' writes still find connections. Each /readyz pinged on its
+// own, through the pool the writes use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_requests_share_one_ping() {
+    use common::wire::{Sent, Withhold, ZlibProxy};
+    let Some(server) = MongoServer::own() else {
+        return;
+    };
+    let proxy = ZlibProxy::start_withholding(server.port, &[("ping", Withhold::Stall)]);
+    let opts = Opts {
+        uri: Some(proxy.uri()),
+        ..Opts::default()
+    };
+    let ep = start(&server, opts).await;
+    let (_, warm) = reports(1);
+    check_shape(
+        &deliver(&ep, "req-warm", &warm, false).await,
+        200,
+        "req-warm",
+    );
+    let pings = || {
+        let sent = proxy.sent();
+        sent.iter()
+            .filter(|s| matches!(s, Sent::Command { name, .. } if name == "ping"))
+            .count()
+    };
+    let url = format!("{}/readyz", ep.url.trim_end_matches('/'));
+    let probes: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { send("GET", &url, &[], Vec::new()).await.status })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ids, records) = reports(50);
+    let started = std::time::Instant::now();
+    check_shape(
+        &deliver(&ep, "req-beside-pings", &records, false).await,
+        200,
+        "req-beside-pings",
+    );
+    let took = started.elapsed();
+    for p in probes {
+        assert_eq!(p.await.unwrap(), 503);
+    }
+    assert_eq!(pings(), 1, "pings sent for 40 /readyz at once");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the delivery took {took:?}"
+    );
+    assert_eq!(count_id(&ep, ids[49]).await, 1);
+}
+
 // Over a socket: without the access key, a request id too long is still 401, not 400; the
 // caller learns nothing about the other checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 //!
 //! - [`config`]: the command line and the plain [`config::Config`].
 //! - [`query`]: fields, checked windows, bucket widths and the aggregation pipelines (pure).
-//! - [`store`]: running them against the readings collection, bounded in time.
-//! - [`shared_read`]: one read of the node list for every page that asks at once.
+//! - [`store`]: running them against the readings collection, bounded in time; a read every
+//!   page asks for at once (the node list) made once for all ([`crate::shared_read`]).
 //! - [`api`]: the JSON routes and their error answers.
 //! - [`convert`]: stored readings as the API's JSON.
 //! - [`csv`]: the streamed CSV download.
@@ -27,7 +27,6 @@ pub mod metrics;
 pub mod page;
 pub mod query;
 pub mod render;
-pub mod shared_read;
 pub mod store;
 
 use std::future::Future;

@@ -17,9 +17,9 @@ use tokio::sync::OnceCell;
 use super::config::Config;
 use super::convert::number;
 use super::query::{chart_pipeline, motion_pipeline, series_pipeline, Field, Window};
-use super::shared_read::SharedRead;
 use crate::mongo::{classify, connect, describe, redact_credentials, MongoError};
 use crate::report::field;
+use crate::shared_read::SharedRead;
 
 /// How long the list of node names is reused: `distinct` reads the whole index, and the page
 /// asks every two seconds; a new node's tile appears within this.
@@ -111,11 +111,11 @@ pub struct Store {
     /// The `maxTimeMS` each query carries: [`server_time_limit`] of `timeout`.
     server_limit: Duration,
     /// The node names, read for all requests at once and kept [`NAMES_TTL`].
-    names: Arc<SharedRead<Vec<String>>>,
+    names: Arc<SharedRead<Vec<String>, ReadError>>,
     /// Each node's latest report, read for all requests at once and kept [`LATEST_TTL`].
-    latest: Arc<SharedRead<Latest>>,
+    latest: Arc<SharedRead<Latest, ReadError>>,
     /// Whether the readings can be read: one check at a time for every probe, never reused.
-    readable: Arc<SharedRead<()>>,
+    readable: Arc<SharedRead<(), ReadError>>,
 }
 
 /// Each node's name and latest report (see [`Store::latest`]), sorted by name; a node with

@@ -8,7 +8,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tracing::{info, warn};
 
 use super::config::Config;
-use super::server::{app, readiness, serve, tls_config, AppState, LIMITS};
+use super::server::{app, serve, tls_config, AppState, LIMITS};
 use super::store::Store;
 
 /// What both starting and `check-config` check beyond [`Config`]: the TLS files load, and the
@@ -62,7 +62,7 @@ pub async fn run(
     let state = AppState::new(config.endpoint, store);
     if let Some(l) = metrics_listener {
         let registry = Arc::new(state.metrics.registry());
-        crate::metrics::spawn(l, registry, readiness(&state.store));
+        crate::metrics::spawn(l, registry, state.readiness.clone());
     }
     let connections = Some(state.metrics.connections.clone());
     let router = app(state);

@@ -51,7 +51,9 @@ use super::protocol::{
 };
 use super::store::{Refusal, Store, StoreError};
 use crate::clock::now_ms;
+use crate::mongo::MongoError;
 use crate::say_once::{Failures, Latch, Said, Throttle};
+use crate::shared_read::SharedRead;
 
 /// Documents are decoded and written in chunks of about this many BSON bytes, one command's
 /// worth, so a 64 MiB request never holds all its documents in memory at once. 10,000 sensor
@@ -117,6 +119,8 @@ pub struct AppState {
     pub body_budget: Arc<tokio::sync::Semaphore>,
     /// `/readyz` last answered not ready (its reason is logged once per change).
     not_ready: Arc<std::sync::Mutex<Latch>>,
+    /// The readiness check of `/readyz`, here and on `--metrics-listen`: one ping for all.
+    pub readiness: crate::metrics::Readiness,
     /// Deliveries refused before their access key was found good: anyone can send those, as
     /// fast as they like, so at most one a minute is logged ([`KEYLESS_LOG_EVERY`]).
     keyless: Arc<std::sync::Mutex<Throttle>>,
@@ -130,10 +134,12 @@ impl AppState {
     /// State for [`app`].
     pub fn new(config: EndpointConfig, store: Store) -> Self {
         let budget = BODY_BUDGET_BODIES * kib(config.max_body_bytes as u64);
+        let store = Arc::new(store);
         AppState {
             body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
             config: Arc::new(config),
-            store: Arc::new(store),
+            readiness: readiness(&store),
+            store,
             metrics: Arc::new(EndpointMetrics::default()),
             not_ready: Arc::default(),
             keyless: Arc::new(std::sync::Mutex::new(Throttle::new(KEYLESS_LOG_EVERY))),
@@ -174,7 +180,7 @@ async fn health() -> Response {
 /// naming the servers, their addresses and the topology) is never sent here. It is logged when
 /// readiness is lost (once, until it comes back) and served by `/readyz` on `--metrics-listen`.
 async fn ready(State(state): State<AppState>) -> Response {
-    let (status, reason) = crate::metrics::readiness(&readiness(&state.store)).await;
+    let (status, reason) = crate::metrics::readiness(&state.readiness).await;
     let ready = status == 200;
     {
         let mut failing = state
@@ -201,22 +207,31 @@ async fn ready(State(state): State<AppState>) -> Response {
 
 /// How long `/readyz` waits for MongoDB's reply to a ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a ping's outcome answers `/readyz`.
+const PING_REUSE: Duration = Duration::from_secs(1);
 
-/// The endpoint's readiness: MongoDB answers a ping.
+/// The endpoint's readiness: MongoDB answers a ping. One ping at a time, whose outcome every
+/// check meanwhile or within [`PING_REUSE`] takes: `/readyz` needs no key, and a ping per
+/// request took the connections of the deliveries' writes.
 pub fn readiness(store: &Arc<Store>) -> crate::metrics::Readiness {
     let store = store.clone();
+    let shared = SharedRead::<(), MongoError>::reusing_failures(PING_REUSE);
     Arc::new(move || {
-        let store = store.clone();
+        let (store, shared) = (store.clone(), shared.clone());
         Box::pin(async move {
-            // Within the listener's own limit: a server that is down makes the driver wait
-            // for server selection far longer than a health check may take.
-            match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
-                Ok(r) => r.map_err(|e| format!("MongoDB does not answer: {e}")),
-                Err(_) => Err(format!(
-                    "MongoDB does not answer: no reply to a ping within {} s",
-                    PING_TIMEOUT.as_secs()
-                )),
-            }
+            let pinged = shared.get(|| async move {
+                // Within the listener's own limit: a server that is down makes the driver
+                // wait for server selection far longer than a health check may take.
+                match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+                    Ok(r) => r.map_err(|e| format!("MongoDB does not answer: {e}")),
+                    Err(_) => Err(format!(
+                        "MongoDB does not answer: no reply to a ping within {} s",
+                        PING_TIMEOUT.as_secs()
+                    )),
+                }
+                .map_err(MongoError::Unavailable)
+            });
+            pinged.await.map_err(|e| e.to_string())
         })
     })
 }
