@@ -101,11 +101,13 @@ pub fn response_body(request_id: &str, timestamp_ms: i64, error: Option<&str>) -
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BodyError {
-    /// More than the limit, after decompression: 413.
-    #[error("request body larger than {limit} bytes after decompression")]
+    /// More than the limit, after decompression if `gzip`: 413.
+    #[error("request body larger than {limit} bytes{}", if *.gzip { " after decompression" } else { "" })]
     TooLarge {
         /// The limit, in bytes.
         limit: usize,
+        /// The body came gzip-compressed.
+        gzip: bool,
     },
     /// Corrupt or truncated gzip: 400.
     #[error("invalid gzip body: {0}")]
@@ -179,13 +181,17 @@ impl BodyReader {
     /// Take one chunk of the body as it came over the wire.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), BodyError> {
         match self {
-            BodyReader::Identity(v) => v
-                .write_all(chunk)
-                .map_err(|_| BodyError::TooLarge { limit: v.limit }),
+            BodyReader::Identity(v) => v.write_all(chunk).map_err(|_| BodyError::TooLarge {
+                limit: v.limit,
+                gzip: false,
+            }),
             BodyReader::Gzip(d) => d.write_all(chunk).map_err(|e| {
                 let out = d.get_ref();
                 if out.exceeded {
-                    BodyError::TooLarge { limit: out.limit }
+                    BodyError::TooLarge {
+                        limit: out.limit,
+                        gzip: true,
+                    }
                 } else {
                     BodyError::BadGzip(e.to_string())
                 }
@@ -201,7 +207,10 @@ impl BodyReader {
                 if let Err(e) = d.try_finish() {
                     let out = d.get_ref();
                     return Err(if out.exceeded {
-                        BodyError::TooLarge { limit: out.limit }
+                        BodyError::TooLarge {
+                            limit: out.limit,
+                            gzip: true,
+                        }
                     } else {
                         BodyError::BadGzip(e.to_string())
                     });
@@ -262,7 +271,10 @@ mod tests {
         assert_eq!(read(true, &[a, b], 1000).unwrap(), body);
         assert_eq!(
             read(true, &[&gz], 999),
-            Err(BodyError::TooLarge { limit: 999 })
+            Err(BodyError::TooLarge {
+                limit: 999,
+                gzip: true
+            })
         );
         assert_eq!(
             read(false, &[&body[..500], &body[500..]], 1000).unwrap(),
@@ -270,7 +282,10 @@ mod tests {
         );
         assert_eq!(
             read(false, &[&body, b"x"], 1000),
-            Err(BodyError::TooLarge { limit: 1000 })
+            Err(BodyError::TooLarge {
+                limit: 1000,
+                gzip: false
+            })
         );
     }
 
@@ -292,7 +307,13 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(result, Err(BodyError::TooLarge { limit: 4 << 20 }));
+        assert_eq!(
+            result,
+            Err(BodyError::TooLarge {
+                limit: 4 << 20,
+                gzip: true
+            })
+        );
     }
 
     // Corrupt, truncated and empty gzip are errors, not silently short bodies.

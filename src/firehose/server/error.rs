@@ -39,11 +39,14 @@ pub enum RequestError {
     /// A `Content-Encoding` other than gzip or identity: 400.
     #[error("unsupported Content-Encoding; only gzip is accepted")]
     UnsupportedEncoding,
-    /// A body over `limit` bytes after decompression, or a plain one declaring so: 413.
-    #[error("request body larger than {} MiB after decompression", .limit / (1024 * 1024))]
+    /// A body over `limit` bytes, after decompression if gzip, or a plain one whose
+    /// Content-Length says so: 413.
+    #[error("{}", too_large(*.limit, *.found))]
     TooLarge {
         /// The configured limit, in bytes.
         limit: usize,
+        /// Where it was found too large.
+        found: Oversize,
     },
     /// The body did not arrive in full within the body timeout: 408 (Firehose retries).
     #[error("request body not received within {} s", .0.as_secs())]
@@ -69,6 +72,27 @@ pub enum RequestError {
     Store(StoreError),
 }
 
+/// Where a body was found over the limit: each is told so, as a plain body refused for its
+/// Content-Length was told it was too large "after decompression".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// A plain body's Content-Length, before a byte of it was read.
+    Declared,
+    /// A plain body, as it arrived.
+    Plain,
+    /// A gzip body, as it was decompressed.
+    Decompressed,
+}
+
+fn too_large(limit: usize, found: Oversize) -> String {
+    let mib = limit / (1024 * 1024);
+    match found {
+        Oversize::Declared => format!("Content-Length is larger than the {mib} MiB body limit"),
+        Oversize::Plain => format!("request body larger than {mib} MiB"),
+        Oversize::Decompressed => format!("request body larger than {mib} MiB after decompression"),
+    }
+}
+
 impl RequestError {
     /// Refused before the access key was found good: a client without the key can cause it.
     pub fn before_key(&self) -> bool {
@@ -82,7 +106,14 @@ impl RequestError {
 impl From<BodyError> for RequestError {
     fn from(e: BodyError) -> Self {
         match e {
-            BodyError::TooLarge { limit } => RequestError::TooLarge { limit },
+            BodyError::TooLarge { limit, gzip } => RequestError::TooLarge {
+                limit,
+                found: if gzip {
+                    Oversize::Decompressed
+                } else {
+                    Oversize::Plain
+                },
+            },
             other => RequestError::Body(other),
         }
     }
@@ -135,12 +166,17 @@ mod tests {
     // A body over the limit is a 413 whatever the reader found it in; other body errors are 400.
     #[test]
     fn body_errors_map_to_413_or_400() {
-        let e = RequestError::from(BodyError::TooLarge { limit: 64 << 20 });
-        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(
-            e.to_string(),
-            "request body larger than 64 MiB after decompression"
-        );
+        for (gzip, said) in [
+            (true, "request body larger than 64 MiB after decompression"),
+            (false, "request body larger than 64 MiB"),
+        ] {
+            let e = RequestError::from(BodyError::TooLarge {
+                limit: 64 << 20,
+                gzip,
+            });
+            assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            assert_eq!(e.to_string(), said);
+        }
         let e = RequestError::from(BodyError::BadGzip("eof".into()));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.to_string(), "invalid gzip body: eof");

@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderMap, Method};
 
 use super::super::protocol::{ACCESS_KEY, PROTOCOL_VERSION, REQUEST_ID, SUPPORTED_VERSION};
-use super::{EndpointConfig, RequestError, MAX_REQUEST_ID_BYTES};
+use super::{EndpointConfig, Oversize, RequestError, MAX_REQUEST_ID_BYTES};
 
 /// How to read the body of a request whose headers passed.
 pub(super) struct BodyPlan {
@@ -55,7 +55,10 @@ pub(super) fn check_headers(
     let limit = config.max_body_bytes;
     let content_length = declared_length(headers);
     if !gzip && content_length.is_some_and(|n| n > limit as u64) {
-        return Err(RequestError::TooLarge { limit });
+        return Err(RequestError::TooLarge {
+            limit,
+            found: Oversize::Declared,
+        });
     }
     Ok(BodyPlan {
         gzip,

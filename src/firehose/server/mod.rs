@@ -36,7 +36,7 @@ use http_body_util::BodyExt;
 use mongodb::bson::{rawdoc, spec::BinarySubtype, Binary, DateTime, RawDocumentBuf};
 use tracing::{debug, info, warn};
 
-pub use error::RequestError;
+pub use error::{Oversize, RequestError};
 use headers::{budget_share, check_headers, header_cut, kib, BodyPlan};
 pub use keys::AccessKeys;
 pub use listen::{

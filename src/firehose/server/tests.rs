@@ -208,7 +208,7 @@ async fn declared_length_over_the_limit_is_413() {
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(
         a.message,
-        "request body larger than 1 MiB after decompression"
+        "Content-Length is larger than the 1 MiB body limit"
     );
 }
 
