@@ -1323,6 +1323,35 @@ fn check_config_command_and_old_spellings() {
     assert_eq!(code, Some(2), "{log}");
 }
 
+// The template's placeholder key (systemd/firehose-endpoint.env), uncommented and not edited,
+// is refused by check-config and at start alike, exit 2 saying how to make a key: it was
+// accepted, and served an endpoint facing the internet under a key anyone can guess. A key
+// shorter than 32 characters is warned about, not refused.
+#[test]
+fn the_template_placeholder_key_is_refused() {
+    let uri = ("MONGODB_CONNECTION_STRING", "mongodb://127.0.0.1:1/");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let placeholder = (
+        "FIREHOSE_ACCESS_KEY",
+        "good-key-0123456789-0123456789-0123,change-me",
+    );
+    for args in [&["check-config"][..], &["--listen", &listen]] {
+        let (code, log) = run_endpoint(args, &[uri, placeholder]);
+        assert_eq!(code, Some(2), "{args:?}: {log}");
+        assert!(
+            log.contains("change-me") && log.contains("openssl rand -base64 48"),
+            "{log}"
+        );
+    }
+    let (code, log) = run_endpoint(&["check-config"], &[uri, ("FIREHOSE_ACCESS_KEY", "short")]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("shorter than 32 characters"), "{log}");
+    let long = ("FIREHOSE_ACCESS_KEY", "good-key-0123456789-0123456789-0123");
+    let (code, log) = run_endpoint(&["check-config"], &[uri, long]);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("shorter than"), "{log}");
+}
+
 // /readyz on the delivery port, open to anyone, answers a fixed JSON "not ready" when the
 // database cannot be reached: none of the driver's error (host names, addresses, topology).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use common::{free_port, sim_agent, unique_name, MongoServer};
 use kinesis::{KinesisServer, AWS_ENV};
 use mongodb::bson::{doc, spec::ElementType, Document};
 
-const ACCESS_KEY: &str = "pipeline-test-key";
+const ACCESS_KEY: &str = "pipeline-test-key-0123456789-012345";
 
 struct Pipeline {
     mongo: MongoServer,

@@ -26,7 +26,12 @@ async fn main() -> ExitCode {
     let result = match cli.into_config(env_key.as_deref()) {
         Ok(config) if check_only => check_config(&config).await,
         Ok(config) => run(config, shutdown_signal()).await,
-        Err(e) => Err(e),
+        Err(e) => {
+            // A configuration that can never work: the same status at start as from
+            // check-config (a placeholder access key, none at all).
+            error!("{e}");
+            return ExitCode::from(INVALID_CONFIG);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

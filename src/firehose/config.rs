@@ -33,6 +33,12 @@ pub const MIN_MAX_BODY_MIB: u64 = 64;
 pub const MAX_BODY_TIMEOUT: Duration = Duration::from_secs(170);
 /// The environment variable holding the access keys.
 pub const ACCESS_KEY_ENV: &str = "FIREHOSE_ACCESS_KEY";
+/// The access key of `systemd/firehose-endpoint.env`, refused: uncommented unedited, it made
+/// an endpoint facing the internet whose key anyone could guess.
+pub const PLACEHOLDER_ACCESS_KEY: &str = "change-me";
+/// Keys shorter than this are warned about: the CloudFormation template (`deploy/aws`) takes
+/// no shorter one for Firehose's side.
+pub const MIN_ACCESS_KEY_CHARS: usize = 32;
 
 /// The `firehose-endpoint` command line.
 #[derive(Debug, Parser)]
@@ -291,6 +297,25 @@ impl Cli {
             return Err(format!(
                 "no access key: set {ACCESS_KEY_ENV} (comma-separated for several) or --access-key-file"
             ));
+        }
+        if keys.iter().any(|k| k == PLACEHOLDER_ACCESS_KEY) {
+            return Err(format!(
+                "the access key is still the template's placeholder {PLACEHOLDER_ACCESS_KEY:?}, \
+                 which anyone can guess: generate one with `openssl rand -base64 48` and set it \
+                 in {ACCESS_KEY_ENV} (or --access-key-file) and on the Firehose stream"
+            ));
+        }
+        let short = keys
+            .iter()
+            .filter(|k| k.chars().count() < MIN_ACCESS_KEY_CHARS)
+            .count();
+        if short > 0 {
+            tracing::warn!(
+                keys = short,
+                "access keys shorter than {MIN_ACCESS_KEY_CHARS} characters are easier to guess, \
+                 and deploy/aws takes none for the Firehose stream: generate one with \
+                 `openssl rand -base64 48`"
+            );
         }
         Ok(AccessKeys::new(keys.iter().map(String::as_bytes)))
     }

@@ -23,7 +23,7 @@ use sensehat_monitor::listener::Limits;
 use crate::common::{unique_name, MongoServer};
 
 /// The access key the test endpoints accept.
-pub const KEY: &str = "test-key-0123456789";
+pub const KEY: &str = "test-key-0123456789-0123456789-0123";
 
 /// How a test endpoint is set up.
 pub struct Opts {
