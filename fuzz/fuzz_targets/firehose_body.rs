@@ -42,8 +42,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let bytes = match collected {
         Ok(b) => b,
-        Err(BodyError::TooLarge { limit }) => {
+        Err(BodyError::TooLarge { limit, gzip: said_gzip }) => {
             assert_eq!(limit, LIMIT);
+            assert_eq!(said_gzip, gzip, "a body too large is said to be as it came");
             return;
         }
         Err(_) => return,

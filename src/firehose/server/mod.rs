@@ -211,7 +211,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_REUSE: Duration = Duration::from_secs(1);
 
 /// The endpoint's readiness: MongoDB answers a ping. One ping at a time, whose outcome every
-/// check meanwhile or within [`PING_REUSE`] takes: `/readyz` needs no key, and a ping per
+/// check meanwhile or within a second takes: `/readyz` needs no key, and a ping per
 /// request took the connections of the deliveries' writes.
 pub fn readiness(store: &Arc<Store>) -> crate::metrics::Readiness {
     let store = store.clone();
