@@ -66,7 +66,7 @@ pub enum UpsertMethod {
 /// Write error codes that writing the same document again can never clear, each about one
 /// document: a duplicate key (of a unique index other than `_id`'s, which the upsert matches
 /// on), a failed document validation, a document too large (10334 as stored, 17419 as the
-/// update left it, 17420 and 8.0's 7655103 as the upsert would insert it), a bad value, an
+/// update left it, 17420 as the upsert would insert it), a bad value, an
 /// `_id` of another BSON type than the stored one's (66 ImmutableField: `7.0` replacing `7`),
 /// and what the server's check of a replacement document refuses (52 DollarPrefixedFieldName,
 /// 53 InvalidIdField, 55 InvalidDBRef, 15 Overflow: nested deeper than 100 levels).
@@ -76,9 +76,7 @@ pub enum UpsertMethod {
 /// codes of update operators on paths (28 PathNotViable, 14 TypeMismatch), which a
 /// replacement does not use, and 17280 KeyTooLong, gone since MongoDB 4.2. Any other code is
 /// a retry ([`StoreError::Write`]).
-pub const REFUSED_FOR_GOOD: [i64; 12] = [
-    11000, 121, 10334, 17419, 17420, 7655103, 2, 66, 52, 53, 55, 15,
-];
+pub const REFUSED_FOR_GOOD: [i64; 11] = [11000, 121, 10334, 17419, 17420, 2, 66, 52, 53, 55, 15];
 
 /// Why a write was not acknowledged. The `String`s are for the log, never for the response.
 #[derive(Debug, thiserror::Error)]
