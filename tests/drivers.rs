@@ -349,7 +349,7 @@ fn a_wrong_answer_after_start_up_blames_the_chip_not_the_board() {
     let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
     assert!(hat.sample(std::time::Instant::now()).0.is_ok());
     sim.reset(SimChip::Lps25h);
-    sim.poke(SimChip::Lps25h, 0x0F, &[0xFF]);
+    sim.poke(SimChip::Lps25h, 0x0F, &[0x33]);
     let mut said = Vec::new();
     for _ in 0..2 {
         if let Err(e) = hat.sample(std::time::Instant::now()).0 {
@@ -358,10 +358,31 @@ fn a_wrong_answer_after_start_up_blames_the_chip_not_the_board() {
     }
     let wrong = said
         .iter()
-        .find(|w| w.contains("WHO_AM_I reads 0xff"))
+        .find(|w| w.contains("WHO_AM_I reads 0x33"))
         .unwrap_or_else(|| panic!("no wrong-chip error: {said:?}"));
     assert!(!wrong.contains("is this a Sense HAT"), "{wrong}");
     assert!(wrong.contains("reseat the Sense HAT"), "{wrong}");
+}
+
+// At start-up, a WHO_AM_I of all ones or all zeros is a chip hung or a glitch (nothing drove
+// the line), said with the reseat and power hint; another chip's value asks whether the board
+// is a Sense HAT.
+#[test]
+fn a_chip_reading_as_nothing_at_start_up_is_not_taken_for_another_board() {
+    for (who, hint) in [
+        (0xFF, "reseat the Sense HAT"),
+        (0x00, "reseat the Sense HAT"),
+        (0x33, "is this a Sense HAT"),
+    ] {
+        let sim = SimSenseHat::new();
+        sim.poke(SimChip::Lps25h, 0x0F, &[who]);
+        let mut hat = SenseHat::init("sim", sim.bus(), sim.bus(), sim.bus(), NoDelay).unwrap();
+        let e = match hat.sample(std::time::Instant::now()).0 {
+            Ok(r) => panic!("WHO_AM_I {who:#04x}, yet a reading: {r:?}"),
+            Err(e) => e.of(Sensor::Lps25h).unwrap().to_string(),
+        };
+        assert!(e.contains(hint), "{who:#04x}: {e}");
+    }
 }
 
 // A read whose bytes are all 0xFF (nothing drove the data line for that transfer: a loose HAT,

@@ -145,6 +145,11 @@ where
     fn error(&self, sensor: Sensor, e: drivers::Error<I2C::Error>) -> SensorError {
         let hint = match &e {
             drivers::Error::Bus { source, .. } => source.hint(sensor, &self.bus_name),
+            // All ones or all zeros is not another chip's WHO_AM_I but none driving the line:
+            // a chip hung (after a brownout) or a glitch, at start-up too.
+            drivers::Error::WrongChip { found: 0x00 | 0xFF, .. } => {
+                "; the chip answers but reads as nothing: power the Pi off and reseat the Sense HAT, and check the Pi's power supply".to_owned()
+            }
             drivers::Error::WrongChip { .. } if self.identified[sensor.index()] => {
                 "; it answered as the right chip before: power the Pi off and reseat the Sense HAT, and check the Pi's power supply".to_owned()
             }
