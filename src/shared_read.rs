@@ -40,20 +40,19 @@ where
 {
     /// A read whose success is reused for `ttl`.
     pub fn new(ttl: Duration) -> Arc<Self> {
-        Arc::new(SharedRead {
-            ttl,
-            keep_failures: false,
-            ended: AtomicU64::new(0),
-            last: Arc::default(),
-        })
+        Self::keeping(ttl, false)
     }
 
     /// A read whose outcome, a failure too, is reused for `ttl` (a health check, which need
     /// not see a recovery at once).
     pub fn reusing_failures(ttl: Duration) -> Arc<Self> {
+        Self::keeping(ttl, true)
+    }
+
+    fn keeping(ttl: Duration, keep_failures: bool) -> Arc<Self> {
         Arc::new(SharedRead {
             ttl,
-            keep_failures: true,
+            keep_failures,
             ended: AtomicU64::new(0),
             last: Arc::default(),
         })
