@@ -159,6 +159,18 @@ pub enum BodyReader {
     Gzip(Box<flate2::write::MultiGzDecoder<CappedVec>>),
 }
 
+/// What the decompressor's error `e` was: the output over its limit, or the gzip stream bad.
+fn gzip_error(out: &CappedVec, e: &std::io::Error) -> BodyError {
+    if out.exceeded {
+        BodyError::TooLarge {
+            limit: out.limit,
+            gzip: true,
+        }
+    } else {
+        BodyError::BadGzip(e.to_string())
+    }
+}
+
 impl BodyReader {
     /// A reader for a body that is gzip-compressed or not, of at most `limit` bytes once
     /// decompressed.
@@ -185,17 +197,7 @@ impl BodyReader {
                 limit: v.limit,
                 gzip: false,
             }),
-            BodyReader::Gzip(d) => d.write_all(chunk).map_err(|e| {
-                let out = d.get_ref();
-                if out.exceeded {
-                    BodyError::TooLarge {
-                        limit: out.limit,
-                        gzip: true,
-                    }
-                } else {
-                    BodyError::BadGzip(e.to_string())
-                }
-            }),
+            BodyReader::Gzip(d) => d.write_all(chunk).map_err(|e| gzip_error(d.get_ref(), &e)),
         }
     }
 
@@ -205,15 +207,7 @@ impl BodyReader {
             BodyReader::Identity(v) => Ok(v.buf),
             BodyReader::Gzip(mut d) => {
                 if let Err(e) = d.try_finish() {
-                    let out = d.get_ref();
-                    return Err(if out.exceeded {
-                        BodyError::TooLarge {
-                            limit: out.limit,
-                            gzip: true,
-                        }
-                    } else {
-                        BodyError::BadGzip(e.to_string())
-                    });
+                    return Err(gzip_error(d.get_ref(), &e));
                 }
                 let out = d.finish().map_err(|e| BodyError::BadGzip(e.to_string()))?;
                 if out.buf.is_empty() {
