@@ -164,33 +164,25 @@ mod tests {
         );
         // An `_id` of another type than the stored one's, in either command's reply.
         let immutable = doc! { "ok": 1.0, "n": 0, "writeErrors": [ { "index": 0, "code": 66, "errmsg": "_id altered" } ] };
-        let e = check_update_reply(&immutable, 1).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::Refused {
-                    at: 0,
-                    code: 66,
-                    ..
-                }
-            ),
-            "{e}"
-        );
         let bulk = doc! { "ok": 1.0, "nErrors": 1, "nMatched": 0, "nUpserted": 0,
         "cursor": { "id": 0i64, "firstBatch": [
             { "ok": 0.0, "idx": 0, "code": 66, "errmsg": "_id altered" } ] } };
-        let e = check_bulk_write_reply(&bulk, 1).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StoreError::Refused {
-                    at: 0,
-                    code: 66,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        for e in [
+            check_update_reply(&immutable, 1).unwrap_err(),
+            check_bulk_write_reply(&bulk, 1).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    StoreError::Refused {
+                        at: 0,
+                        code: 66,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
     }
 
     // A refusal that names a document past those of the command (a server or proxy that
