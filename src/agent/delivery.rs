@@ -227,7 +227,7 @@ impl<I: Inserter> Deliverer<I> {
             if damaged > 0 {
                 error!(
                     bytes = damaged,
-                    "skipped bad data between good records while reading the spool; the readings in it are lost, the rest are kept. The SD card may be failing"
+                    "skipped bad data while reading the spool; the readings in it are lost, the rest are kept. The SD card may be failing"
                 );
             }
         }

@@ -141,12 +141,14 @@ impl Cursor {
         let frames = self.reader(path, id, limit).map_err(io_err)?;
         let skipped_before = frames.skipped_bytes;
         let mut records = Vec::new();
-        // Bad data between good records (counted when the spool was opened) is skipped;
-        // after the last good record the rest of the segment is.
+        // Bad data between good records is skipped; so is bad data after the last good
+        // record: everything up to `limit` passed its checks when it was written or when the
+        // spool was opened, so bad data there is damage found now, said and counted as such.
         while records.len() < max && frames.pos < limit {
             match frames.next().map_err(io_err)? {
                 Some((_, p)) => records.push(p),
                 None => {
+                    frames.skipped_bytes += limit - frames.pos;
                     frames.pos = limit;
                     break;
                 }
@@ -374,6 +376,30 @@ mod tests {
         let b = s.next_batch(100).unwrap();
         assert_eq!((b.records.len(), damaged(&b)), (9, 0));
         assert_eq!(s.faults.bad_data, 1);
+    }
+
+    // Bad data after the last good record of a segment (the card returning its last block
+    // wrong during a long outage) is damage found while reading too: said and counted, not
+    // skipped in silence as a torn tail is at open.
+    #[test]
+    fn damage_at_a_segments_end_found_while_reading_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(dir.path(), opts(1 << 20)).unwrap();
+        for i in 0..10 {
+            s.append(&payload(i), Instant::now());
+        }
+        s.flush().unwrap();
+        let frame = 100 + super::super::frame::HEADER;
+        super::super::testutil::damage(dir.path(), 1, 9 * frame + 20, &[0xFF; 4]);
+        let b = s.next_batch(100).unwrap();
+        let damaged = match b.source {
+            BatchSource::Disk { damaged, .. } => damaged,
+            BatchSource::Memory => 0,
+        };
+        assert_eq!((b.records.len(), damaged), (9, frame));
+        assert_eq!(s.faults.bad_data, 1);
+        s.ack(&b);
+        assert_eq!(s.pending(), 0);
     }
 
     // The report lost in bad data found while reading leaves the pending count once delivery
