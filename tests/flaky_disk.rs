@@ -14,9 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::wire::{Withhold, ZlibProxy};
 use common::{
-    all_reports, free_port, quiet_agent, run_to_success, signal, sim_agent, unique_name, wait_exit,
-    wait_until, MongoServer,
+    agent_command, all_reports, free_port, quiet_agent, run_to_success, signal, sim_agent,
+    unique_name, wait_exit, wait_until, MongoServer, Reaped,
 };
 use metrics_common::{free_addr, python, scrape, value, wait_for_metric, wait_serving};
 
@@ -138,6 +139,70 @@ async fn reports_a_failed_sync_at_a_segments_end_was_to_write_survive_a_power_cu
 async fn reports_before_a_failed_write_survive_a_power_cut_when_their_sync_fails() {
     // No sync due before the stop but the one after the failed write.
     a_failed_sync_then_a_power_cut(&["--spool-sync", "30s"], 5).await;
+}
+
+// A segment's sync fails while the database refuses inserts; the database takes them again
+// within seconds, and from then on each insert window delivers its reports before a sync falls
+// due (the sync interval is longer than the window, as by default), so no sync is tried again.
+// The failure ends once what it left unsynced is delivered, and is said to. Before, the spool
+// counted it failing for good: its end was never said, and a later failure would not be either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_sync_ends_once_delivery_catches_up() {
+    let server = MongoServer::start();
+    let proxy = ZlibProxy::start_withholding(
+        server.port,
+        &[(
+            "insert",
+            Withhold::CommandError(91, "ShutdownInProgress", "the server is shutting down"),
+        )],
+    );
+    let disk = FlakyDisk::mount(1, 0).await;
+    let db = unique_name("flakyends");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _agent = Reaped(
+        agent_command()
+            .args([
+                "--sensors",
+                "sim",
+                "--interval",
+                "50ms",
+                "--node-name",
+                "flaky",
+            ])
+            .args([
+                "--database",
+                &db,
+                "--insert-every",
+                "1s",
+                "--spool-sync",
+                "1500ms",
+            ])
+            .arg("--spool-dir")
+            .arg(&disk.mount)
+            .env("MONGODB_CONNECTION_STRING", proxy.uri())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let said = |needle: &'static str| {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        async move { text.contains(needle) }
+    };
+    wait_until(Duration::from_secs(20), "the failed sync said", || {
+        said("cannot sync the spool")
+    })
+    .await;
+    proxy.withhold(&[]);
+    wait_until(
+        Duration::from_secs(30),
+        "the end of the failure said",
+        || said("the spool is safe again"),
+    )
+    .await;
+    let client = server.client().await;
+    assert!(!all_reports(&client, &db).await.is_empty());
+    client.database(&db).drop().await.unwrap();
 }
 
 /// The agent, with `args`, takes 40 reports with the database down on a disk whose first

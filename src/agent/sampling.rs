@@ -501,7 +501,7 @@ pub(super) fn log_spool(event: SpoolEvent) {
             warn!(error = %error, "cannot sync the spool or write its delivered position; a power cut now could lose the readings not yet synced, or resend some already delivered")
         }
         SpoolEvent::MaintainRecovered => {
-            info!("the spool is synced and its delivered position written again")
+            info!("the spool is safe again: what a failed sync left is synced or delivered, and its delivered position is written")
         }
         SpoolEvent::HeldFailing { error } => {
             warn!(error = %error, "cannot write the copy of the readings held for the clock; a power cut now would lose them")

@@ -92,7 +92,7 @@ impl Spool {
         // the last good sync again to a new segment (see `Spool::write_unsynced_again`).
         if self.sync.every_append() && self.sync.is_due(now) {
             let result = self.sync();
-            self.sync.tried(now, &result);
+            self.sync.tried(now, self.segments.end(), &result);
             if let Err(e) = result {
                 self.unsaid.get_or_insert(e);
             }

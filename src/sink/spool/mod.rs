@@ -391,7 +391,7 @@ impl Spool {
         let mut first_error = self.unsaid.take();
         if self.sync.is_due(now) {
             let result = self.sync_if_owed();
-            self.sync.tried(now, &result);
+            self.sync.tried(now, self.segments.end(), &result);
             if let Err(e) = result {
                 first_error.get_or_insert(e);
             }

@@ -15,8 +15,8 @@ pub(super) struct SyncPolicy {
     pub(super) owed_since: Option<Instant>,
     /// Everything before this was synced.
     synced: Position,
-    /// A sync failed: when to try it again.
-    retry_at: Option<Instant>,
+    /// The last sync tried failed: when to try it again, and where the records ended then.
+    failed: Option<Failed>,
     /// Where the records ended when the last batch was read, and when.
     last_read: Option<(Position, Instant)>,
 }
@@ -28,7 +28,7 @@ impl SyncPolicy {
             interval,
             owed_since: None,
             synced,
-            retry_at: None,
+            failed: None,
             last_read: None,
         }
     }
@@ -74,7 +74,14 @@ impl SyncPolicy {
     /// appended since that read, and is owed from then, not from when the delivered reports
     /// were appended: a report taken while an insert is under way does not make a sync due
     /// early.
+    ///
+    /// A failed sync ends once what it left unsynced is delivered: nothing waits on it any
+    /// longer, and with the insert window shorter than the sync interval (the default) no sync
+    /// falls due while the database keeps up, so none would end it.
     pub(super) fn delivered_to(&mut self, ack: Position, end: Position) {
+        if self.failed.is_some_and(|f| ack >= f.end) {
+            self.failed = None;
+        }
         let Some(since) = self.owed_since else {
             return;
         };
@@ -92,19 +99,32 @@ impl SyncPolicy {
     pub(super) fn is_due(&self, now: Instant) -> bool {
         self.owed_since
             .is_some_and(|t| now.duration_since(t) >= self.interval)
-            && self.retry_at.is_none_or(|t| now >= t)
+            && self.failed.is_none_or(|f| now >= f.retry_at)
     }
 
-    /// The sync tried at `now` failed (`Err`) or worked; a failed one is tried again
-    /// [`RETRY_EVERY`] later, not at the next tick.
-    pub(super) fn tried<T, E>(&mut self, now: Instant, result: &Result<T, E>) {
-        self.retry_at = result.is_err().then(|| now + RETRY_EVERY);
+    /// The sync tried at `now` failed (`Err`) or worked, the records then ending at `end`; a
+    /// failed one is tried again [`RETRY_EVERY`] later, not at the next tick.
+    pub(super) fn tried<T, E>(&mut self, now: Instant, end: Position, result: &Result<T, E>) {
+        self.failed = result.is_err().then(|| Failed {
+            retry_at: now + RETRY_EVERY,
+            end,
+        });
     }
 
-    /// The last sync tried failed.
+    /// The last sync tried failed, and neither a sync since nor delivery has ended that.
     pub(super) fn is_failing(&self) -> bool {
-        self.retry_at.is_some()
+        self.failed.is_some()
     }
+}
+
+/// A sync that failed.
+#[derive(Debug, Clone, Copy)]
+struct Failed {
+    /// When to try again.
+    retry_at: Instant,
+    /// Where the records ended when it failed (after the copies written again, see
+    /// [`Spool::write_unsynced_again`]).
+    end: Position,
 }
 
 impl Spool {
@@ -226,6 +246,29 @@ mod tests {
         // Everything: nothing owed.
         p.delivered_to(pos(150), pos(150));
         assert_eq!(p.owed_since, None);
+    }
+
+    // A failed sync ends once what it left unsynced is delivered, though no sync is tried
+    // again: with the insert window shorter than the sync interval, none falls due while the
+    // database keeps up, and the failure used to last for good, its end never said, nor the
+    // next failure.
+    #[test]
+    fn a_failed_sync_ends_once_what_it_left_is_delivered() {
+        let pos = |offset| Position { segment: 1, offset };
+        let t0 = Instant::now();
+        let mut p = SyncPolicy::new(Duration::from_secs(6), pos(0));
+        p.owe_from(t0);
+        p.tried(t0, pos(100), &Err::<(), ()>(()));
+        assert!(p.is_failing());
+        p.read_up_to(pos(80), t0);
+        p.delivered_to(pos(80), pos(150));
+        assert!(p.is_failing(), "part of it is still undelivered");
+        p.read_up_to(pos(150), t0);
+        p.delivered_to(pos(150), pos(200));
+        assert!(!p.is_failing());
+        // Not waiting for a retry any more: due when owed for the interval.
+        p.owe_from(t0);
+        assert!(p.is_due(t0 + Duration::from_secs(6)));
     }
 
     // A delivered position that cannot be written (its name is taken by a directory) is
