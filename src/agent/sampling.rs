@@ -203,8 +203,12 @@ impl<S: Sampler> Sampling<'_, S> {
             events,
             sensors,
             stored,
+            maintained,
             spool_use,
         } = taken;
+        if let Some(e) = maintained.and_then(|m| self.log.maintained(&m)) {
+            log_spool(e);
+        }
         if let Some(sensors) = sensors {
             lock(&self.shared.counters).sensors = sensors;
         }

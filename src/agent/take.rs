@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::debug;
 
 use super::status::write_status;
 use super::telemetry::Textfile;
@@ -31,6 +30,9 @@ pub(super) struct Taken {
     pub(super) sensors: Option<Vec<SensorStatus>>,
     /// The spool append and maintenance results, when there is a spool.
     pub(super) stored: Option<Stored>,
+    /// The spool's maintenance result when the sample appended nothing to it (the sample
+    /// failed, or its report was held for the clock): syncs and position writes go on then.
+    pub(super) maintained: Option<Result<bool, SpoolError>>,
     /// What the spool holds, when [`Store::measure`] asked.
     pub(super) spool_use: Option<SpoolUse>,
 }
@@ -78,7 +80,10 @@ pub(super) fn take<S: Sampler>(
     let recorded_at = now_ms();
     let read_at = Instant::now();
     let outcome = result.map(|r| Report::new(node, r, recorded_at, moving_rule));
-    let stored = store.and_then(|store| write(store, outcome.as_ref().ok()));
+    let (stored, maintained) = match store {
+        Some(store) => write(store, outcome.as_ref().ok()),
+        None => (None, None),
+    };
     // Health snapshots allocate; take one only when it can have changed or is about to be shown.
     let snapshot =
         !events.is_empty() || outcome.is_err() || store.is_some_and(|s| s.status_path.is_some());
@@ -114,17 +119,22 @@ pub(super) fn take<S: Sampler>(
         read_at,
         events,
         stored,
+        maintained,
         spool_use,
     }
 }
 
-/// Write a sample's report where it goes, and maintain that spool (blocking).
-fn write(store: &Store, report: Option<&Report>) -> Option<Stored> {
+/// Write a sample's report where it goes, and maintain that spool (blocking); and the spool's
+/// maintenance result when the report did not go to it.
+fn write(
+    store: &Store,
+    report: Option<&Report>,
+) -> (Option<Stored>, Option<Result<bool, SpoolError>>) {
     let now = std::time::Instant::now();
     if let (Some(report), Destination::Spool) = (report, &store.destination) {
         let mut sp = lock(&store.spool);
         let append = sp.append_encoded(|b| report.write_bson(b), now, store.interval);
-        return Some((append, sp.maintain(now)));
+        return (Some((append, sp.maintain(now))), None);
     }
     // Held: the report goes to the held readings' spool, which is maintained (synced, its
     // group written) whatever the sample gave.
@@ -138,9 +148,6 @@ fn write(store: &Store, report: Option<&Report>) -> Option<Stored> {
         Destination::Spool | Destination::HeldInMemory => None,
     };
     // Nothing written to the spool, but reports waiting for their group must not wait on
-    // failing samples.
-    if let Err(e) = lock(&store.spool).maintain(now) {
-        debug!(error = %e, "spool maintenance failed");
-    }
-    stored
+    // failing samples, nor syncs and position writes on a clock not yet synchronized.
+    (stored, Some(lock(&store.spool).maintain(now)))
 }
