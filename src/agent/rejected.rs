@@ -37,9 +37,27 @@ pub(super) fn save(
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .open(&path)?;
+    // A line cut short (a write that failed part-way on a full card, a power cut) is ended
+    // first, so that it costs only itself, not the line written after it.
+    if !ends_a_line(&f)? {
+        lines.insert(0, '\n');
+    }
     f.write_all(lines.as_bytes())?;
     f.sync_data()
+}
+
+/// Whether `f` is empty or ends with a newline.
+fn ends_a_line(f: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut last = [0u8];
+    f.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] == b'\n')
 }
 
 #[cfg(test)]
@@ -69,5 +87,23 @@ mod tests {
         let now = std::fs::read_to_string(&path).unwrap();
         assert_eq!(now.lines().count(), 1);
         assert!(now.contains("E11000") && now.contains("\"n\":1"), "{now}");
+    }
+
+    // A line cut short by an earlier save costs only itself: the next report's line is whole.
+    #[test]
+    fn a_line_cut_short_does_not_spoil_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = Batch {
+            source: BatchSource::Memory,
+            records: vec![mongodb::bson::rawdoc! { "n": 2 }.into_bytes()],
+            problems: Vec::new(),
+        };
+        let path = dir.path().join("rejected.jsonl");
+        std::fs::write(&path, "{\"reason\":\"E11000\",\"rep").unwrap();
+        save(dir.path(), &batch, &[(0, "E121".to_owned())]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["reason"], "E121");
+        assert_eq!(last["report"]["n"], 2);
     }
 }
