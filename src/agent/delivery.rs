@@ -338,6 +338,7 @@ impl<I: Inserter> Deliverer<I> {
                 .filter(|_| saved)
                 .map(|(_, reason)| (rejected as u64, reason.as_str())),
             pending,
+            caught_up: pending == 0 || (self.read_all && saved),
         };
         for e in self.link.delivered(delivered, Instant::now()) {
             log(e);

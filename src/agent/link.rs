@@ -81,6 +81,10 @@ pub(super) struct Delivered<'a> {
     pub rejected: Option<(u64, &'a str)>,
     /// What is left in the spool.
     pub pending: u64,
+    /// The insert carried everything pending when its batch was read: what is left came
+    /// during it. Over a link whose round trip is longer than the sample interval something
+    /// always does, so a backlog is drained when this is true, not only when nothing is left.
+    pub caught_up: bool,
 }
 
 impl Link {
@@ -124,7 +128,7 @@ impl Link {
         if let Some(b) = &mut self.backlog {
             b.delivered += d.delivered;
             b.duplicates += d.duplicates;
-            if d.pending == 0 {
+            if d.caught_up {
                 if b.said {
                     events.push(LinkEvent::BacklogDrained {
                         delivered: b.delivered,
@@ -212,6 +216,7 @@ mod tests {
             duplicates: 0,
             rejected: None,
             pending,
+            caught_up: pending == 0,
         }
     }
 
@@ -247,6 +252,24 @@ mod tests {
             }]
         );
         assert!(link.delivered(ok(1, 0), t0).is_empty());
+    }
+
+    // Over a slow link a report arrives during every insert, so the spool is never empty when
+    // one ends: the backlog is drained once an insert carried all that was pending at its read.
+    #[test]
+    fn a_backlog_is_drained_once_an_insert_carries_all_there_was() {
+        let t0 = Instant::now();
+        let mut link = Link::new(30);
+        link.delivered(ok(29, 1), t0);
+        let mut last = ok(1, 1);
+        last.caught_up = true;
+        assert_eq!(
+            link.delivered(last, t0),
+            [LinkEvent::BacklogDrained {
+                delivered: 30,
+                already_present: 0
+            }]
+        );
     }
 
     // An outage is said once however many inserts fail; what piles up meanwhile is a backlog,
