@@ -37,16 +37,44 @@ impl FlakyDisk {
     /// `write_fails_at` is 0, that numbered write to a segment file fails (a full card) and
     /// the sync of that file after it.
     async fn mount(failures: u32, write_fails_at: u32) -> FlakyDisk {
+        Self::mount_with(failures, write_fails_at, 0, None).await
+    }
+
+    /// Mount a disk holding the files of `seed`, on which reads of segment files that reach
+    /// byte `read_fails_from` or past it fail (EIO).
+    async fn mount_reading_badly(seed: &Path, read_fails_from: u64) -> FlakyDisk {
+        Self::mount_with(0, 0, read_fails_from, Some(seed)).await
+    }
+
+    async fn mount_with(
+        failures: u32,
+        write_fails_at: u32,
+        read_fails_from: u64,
+        seed: Option<&Path>,
+    ) -> FlakyDisk {
         let dirs = tempfile::tempdir().unwrap();
         let [backing, card, mount] = ["backing", "card", "mount"].map(|d| dirs.path().join(d));
         for d in [&backing, &card, &mount] {
             std::fs::create_dir(d).unwrap();
+        }
+        for file in seed
+            .map(|s| std::fs::read_dir(s).unwrap())
+            .into_iter()
+            .flatten()
+        {
+            let file = file.unwrap();
+            if file.file_type().unwrap().is_file() {
+                for to in [&backing, &card] {
+                    std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+                }
+            }
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flaky_disk.py");
         let mut daemon = Command::new(python())
             .arg(script)
             .args([&backing, &card, &mount])
             .args([".spool", &failures.to_string(), &write_fails_at.to_string()])
+            .arg(read_fails_from.to_string())
             .stdout(Stdio::piped())
             .spawn()
             .expect("run the test venv's python (bash .ci/run creates .venv-test)");
@@ -185,6 +213,72 @@ async fn a_failed_sync_is_said_while_samples_fail() {
     )
     .await;
     assert!(disk.said().iter().any(|l| l.starts_with("fsync failed")));
+}
+
+// The disk cannot read the end of the spool's last segment at start (EIO), as a failing card's
+// bad blocks: that end is not a torn write, so it is said as unreadable and left uncut; once the
+// disk reads it again, a start delivers every reading it held. Before, it read as zeros, was
+// taken for a torn tail and cut for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_end_of_the_spool_is_left_for_a_later_start() {
+    const TAKEN: u32 = 40;
+    let server = MongoServer::start();
+    let nowhere = format!("mongodb://127.0.0.1:{}/", free_port());
+    let db = unique_name("flakyread");
+    let seed = tempfile::tempdir().unwrap();
+    let mut first = sim_agent(&nowhere, &db, TAKEN, seed.path());
+    first.args(["--node-name", "before"]);
+    let addr = free_addr();
+    first
+        .args(["--metrics-listen", &addr])
+        .stderr(Stdio::null());
+    let mut first = Reaped(first.spawn().unwrap());
+    wait_serving(&addr).await;
+    wait_for_metric(&addr, "sensehat_agent_samples_total", f64::from(TAKEN)).await;
+    signal(&first.0, 15);
+    assert!(wait_exit(&mut first.0, Duration::from_secs(20)).success());
+    let segment = std::fs::read_dir(seed.path())
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "spool"))
+        .expect("a segment file");
+    let size = std::fs::metadata(&segment).unwrap().len();
+
+    // The block holding its last bytes cannot be read: the reports in it are lost to this start.
+    let disk = FlakyDisk::mount_reading_badly(seed.path(), size - 300).await;
+    let (mut agent, log) = logging_agent(&nowhere, &disk.mount, &db, &[]);
+    wait_said(&log, "could not be read (an I/O error)").await;
+    signal(&agent.0, 15);
+    assert!(wait_exit(&mut agent.0, Duration::from_secs(20)).success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!text.contains("cut a torn record"), "{text}");
+    let name = segment.file_name().unwrap();
+    assert_eq!(
+        std::fs::metadata(disk.card.join(name)).unwrap().len(),
+        size,
+        "the unreadable end was cut"
+    );
+    let kept = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(&disk.card).unwrap() {
+        let file = file.unwrap();
+        if file.file_type().unwrap().is_file() {
+            std::fs::copy(file.path(), kept.path().join(file.file_name())).unwrap();
+        }
+    }
+    drop(disk);
+
+    // The card reads again: every reading taken before is delivered.
+    let mut after = sim_agent(&server.uri, &db, 1, kept.path());
+    after.args(["--node-name", "after"]);
+    run_to_success(after).await;
+    let client = server.client().await;
+    let before = all_reports(&client, &db)
+        .await
+        .into_iter()
+        .filter(|d| d.get_str("nodeName") == Ok("before"))
+        .count();
+    assert_eq!(before, TAKEN as usize);
+    client.database(&db).drop().await.unwrap();
 }
 
 /// The agent on the simulated board every 50 ms, with `args`, storing into `db` through

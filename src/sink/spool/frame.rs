@@ -100,6 +100,9 @@ pub(super) struct Frames {
     pub(super) skipped_bytes: u64,
     /// Where the last good frame ends (the torn tail starts), once the end is reached.
     pub(super) end: Option<u64>,
+    /// A block could not be read (EIO) in the search for a good frame: what it held may
+    /// read again later.
+    pub(super) unreadable: bool,
 }
 
 impl Frames {
@@ -112,6 +115,7 @@ impl Frames {
             skipped_regions: 0,
             skipped_bytes: 0,
             end: None,
+            unreadable: false,
         }
     }
 
@@ -144,7 +148,8 @@ impl Frames {
             Ok(found) => found.map(|p| (start, p)),
             // From `start` itself: a read that failed once (EIO) may work again.
             Err(_) => {
-                let found = good_frame_from(self.r.get_ref(), start, self.limit);
+                let found =
+                    good_frame_from(self.r.get_ref(), start, self.limit, &mut self.unreadable);
                 if let Some((at, p)) = &found {
                     self.r.seek(SeekFrom::Start(at + HEADER + p.len() as u64))?;
                     if *at > start {
@@ -168,8 +173,9 @@ impl Frames {
     }
 }
 
-/// The bytes of `file` from `start` to `limit`, with zeros for any block it cannot read.
-fn read_readable(file: &File, start: u64, limit: u64) -> Vec<u8> {
+/// The bytes of `file` from `start` to `limit`, with zeros for any block it cannot read
+/// (`unreadable` is then set).
+fn read_readable(file: &File, start: u64, limit: u64, unreadable: &mut bool) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     const BLOCK: u64 = 4096;
     let mut rest = vec![0u8; usize::try_from(limit - start).unwrap_or(0)];
@@ -180,6 +186,7 @@ fn read_readable(file: &File, start: u64, limit: u64) -> Vec<u8> {
         let buf = &mut rest[(at - start) as usize..(end - start) as usize];
         if file.read_exact_at(buf, at).is_err() {
             buf.fill(0);
+            *unreadable = true;
         }
         at = end;
     }
@@ -188,15 +195,20 @@ fn read_readable(file: &File, start: u64, limit: u64) -> Vec<u8> {
 
 /// The first frame at or after `start` (before `limit`) that passes its checks (see
 /// [`Frames`]): its offset and payload. Read a window at a time; a candidate's payload is read
-/// only once its header and first bytes agree.
-fn good_frame_from(file: &File, start: u64, limit: u64) -> Option<(u64, Vec<u8>)> {
+/// only once its header and first bytes agree. `unreadable` is set if a block cannot be read.
+fn good_frame_from(
+    file: &File,
+    start: u64,
+    limit: u64,
+    unreadable: &mut bool,
+) -> Option<(u64, Vec<u8>)> {
     use std::os::unix::fs::FileExt;
     // A header and the payload's first 4 bytes (a BSON document's own length).
     const HEAD: u64 = HEADER + 4;
     let mut from = start;
     while from + HEAD <= limit {
         let to = (from + SEARCH_WINDOW).min(limit);
-        let buf = read_readable(file, from, (to + HEAD - 1).min(limit));
+        let buf = read_readable(file, from, (to + HEAD - 1).min(limit), unreadable);
         for k in 0..(to - from) as usize {
             let Some(head) = buf.get(k..k + HEAD as usize) else {
                 break;
@@ -211,10 +223,10 @@ fn good_frame_from(file: &File, start: u64, limit: u64) -> Option<(u64, Vec<u8>)
                 continue;
             }
             let mut payload = vec![0u8; len as usize];
-            if file.read_exact_at(&mut payload, at + HEADER).is_ok()
-                && crc32fast::hash(&payload) == crc
-            {
-                return Some((at, payload));
+            match file.read_exact_at(&mut payload, at + HEADER) {
+                Ok(()) if crc32fast::hash(&payload) == crc => return Some((at, payload)),
+                Ok(()) => {}
+                Err(_) => *unreadable = true,
             }
         }
         from = to;
@@ -236,6 +248,8 @@ pub(super) struct Scanned {
     pub(super) skipped_bytes: u64,
     /// Regions of bad data skipped before the last delivered record (already in the database).
     pub(super) delivered_regions: u64,
+    /// A block could not be read (EIO): the bad data may read again later.
+    pub(super) unreadable: bool,
 }
 
 /// Count the good records of a segment file, where they end, and how many lie before
@@ -260,6 +274,7 @@ pub(super) fn scan(path: &Path, ack_offset: Option<u64>) -> io::Result<Scanned> 
     s.delivered_regions = delivered.0;
     s.skipped_regions = frames.skipped_regions - delivered.0;
     s.skipped_bytes = frames.skipped_bytes - delivered.1;
+    s.unreadable = frames.unreadable;
     Ok(s)
 }
 
@@ -277,7 +292,9 @@ mod tests {
         let file = File::open(&path).unwrap();
         // Past the end of the file is unreadable to read_exact_at, as a bad block is: the
         // block 8192..12288 fails as a whole, the one before it reads.
-        let rest = read_readable(&file, 5000, 13_000);
+        let mut unreadable = false;
+        let rest = read_readable(&file, 5000, 13_000, &mut unreadable);
+        assert!(unreadable);
         assert_eq!(rest.len(), 8000);
         assert!(rest[..3192].iter().all(|b| *b == 7));
         assert!(rest[3192..].iter().all(|b| *b == 0));
@@ -323,9 +340,12 @@ mod tests {
         bytes.extend(frame(&payload(1)));
         fs::write(&path, &bytes).unwrap();
         let file = File::open(&path).unwrap();
-        let found = good_frame_from(&file, 72, bytes.len() as u64);
+        let found = good_frame_from(&file, 72, bytes.len() as u64, &mut false);
         assert_eq!(found, Some((72, payload(1))));
-        assert_eq!(good_frame_from(&file, 73, bytes.len() as u64), None);
+        assert_eq!(
+            good_frame_from(&file, 73, bytes.len() as u64, &mut false),
+            None
+        );
     }
 
     // A file larger than any segment the spool writes is refused before it is read.

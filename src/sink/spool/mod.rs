@@ -253,7 +253,9 @@ impl Spool {
             syncs_total: 0,
             faults: SpoolFaults {
                 sync_failed: 0,
-                bad_data: report.corrupt_regions + report.corrupt_delivered_regions,
+                bad_data: report.corrupt_regions
+                    + report.corrupt_delivered_regions
+                    + report.unreadable_regions,
                 set_aside: report.set_aside,
             },
             unsaid: None,

@@ -30,6 +30,8 @@ pub struct OpenReport {
     pub corrupt_delivered_regions: u64,
     /// Segment files that could not be read, set aside (or left in place).
     pub set_aside: u64,
+    /// Segment files whose end could not be read (EIO), left uncut.
+    pub unreadable_regions: u64,
     /// Disk errors met on the way that did not stop the spool from opening (a delivered
     /// segment that could not be deleted, an unreadable one set aside, a torn tail that could
     /// not be cut, no first segment file, a damaged delivered position), each a sentence for
@@ -142,11 +144,22 @@ impl Recovered {
             skipped_regions,
             skipped_bytes,
             delivered_regions,
+            unreadable,
         } = scanned;
         self.report.corrupt_regions += skipped_regions;
         self.report.corrupt_bytes += skipped_bytes;
         self.report.corrupt_delivered_regions += delivered_regions;
-        if valid < size {
+        if valid < size && unreadable {
+            // Not a torn write: the disk could not read blocks of it. Left uncut, so that a
+            // start before the file is delivered reads them again; what they hold may come
+            // back. New reports go to a new segment, as after a tail that could not be cut.
+            self.report.unreadable_regions += 1;
+            self.report.problems.push(format!(
+                "the last {} bytes of {} could not be read (an I/O error), so the readings in them cannot be sent now; the file is left as it is, and a start before its other readings are delivered reads them again. The SD card may be failing",
+                size - valid,
+                path.display()
+            ));
+        } else if valid < size {
             self.report.torn_bytes += size - valid;
             if last {
                 // If it cannot be cut, the first write goes to a new segment (the writer is
