@@ -8,8 +8,10 @@
 //!   never clears is never silent.
 //! - [`Throttle`]: an event anyone may cause as often as they like (a request refused for a
 //!   wrong key): say the first, then at most one a period, with how many went unsaid.
-//! - [`Failures`]: requests failing for a dependency's sake, shared by a server's requests:
-//!   said when they begin, once a period while they go on, and when one succeeds again.
+//! - [`Failures`]: requests failing for a dependency's sake, shared by a server's requests
+//!   (or a forwarder's puts): said when they begin, once a period while they go on, and when
+//!   one succeeds again (or, for [`Failures::answered_after_quiet`], when one succeeds once none
+//!   has failed for a while).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -115,6 +117,8 @@ pub struct Failures {
 #[derive(Debug)]
 struct Outage {
     since: Instant,
+    /// When a request last failed.
+    last: Instant,
     reminder: Reminder,
     /// Failures since the last line.
     unsaid: u64,
@@ -127,11 +131,13 @@ impl Failures {
         let Some(o) = outage.as_mut() else {
             *outage = Some(Outage {
                 since: now,
+                last: now,
                 reminder: Reminder::new(now, FAILURE_REMINDER),
                 unsaid: 0,
             });
             return Some(Said::Began);
         };
+        o.last = now;
         match o.reminder.again(now) {
             Some(lasted) => Some(Said::GoesOn {
                 lasted,
@@ -146,11 +152,22 @@ impl Failures {
 
     /// A request succeeded at `now`: how long the outage lasted, if one just ended.
     pub fn answered(&self, now: Instant) -> Option<Duration> {
-        let ended = self
-            .outage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
+        self.answered_after_quiet(now, Duration::ZERO)
+    }
+
+    /// A request succeeded at `now`, but the outage ends only if none has failed for `quiet`:
+    /// how long it lasted, if it just ended. For requests side by side of which some keep
+    /// failing (a throttle that fails a call in several), where one success says little and
+    /// ending at each would say the outage over and begun again all the time.
+    pub fn answered_after_quiet(&self, now: Instant, quiet: Duration) -> Option<Duration> {
+        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        if outage
+            .as_ref()
+            .is_some_and(|o| now.saturating_duration_since(o.last) < quiet)
+        {
+            return None;
+        }
+        let ended = outage.take()?;
         Some(now.saturating_duration_since(ended.since))
     }
 }
@@ -236,5 +253,30 @@ mod tests {
         assert_eq!(f.answered(at(70)), Some(Duration::from_secs(70)));
         assert_eq!(f.answered(at(71)), None);
         assert_eq!(f.failed(at(72)), Some(Said::Began));
+    }
+
+    // With a quiet spell, successes between failures do not end the outage (so it is not said
+    // over and begun again each time); the first success once none failed for the spell does,
+    // once, with the whole outage's length.
+    #[test]
+    fn an_outage_ends_only_after_a_quiet_spell() {
+        let f = Failures::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let quiet = Duration::from_secs(10);
+        assert_eq!(f.answered_after_quiet(t0, quiet), None, "no outage");
+        assert_eq!(f.failed(t0), Some(Said::Began));
+        for s in 1..70 {
+            assert_eq!(f.answered_after_quiet(at(s), quiet), None, "at {s} s");
+            let said = f.failed(at(s));
+            assert_eq!(said.is_some(), s == 60, "at {s} s: {said:?}");
+        }
+        assert_eq!(f.answered_after_quiet(at(78), quiet), None);
+        assert_eq!(
+            f.answered_after_quiet(at(79), quiet),
+            Some(Duration::from_secs(79))
+        );
+        assert_eq!(f.answered_after_quiet(at(80), quiet), None, "said once");
+        assert_eq!(f.failed(at(81)), Some(Said::Began));
     }
 }

@@ -5,6 +5,7 @@
 //! stored only once every event before it was accepted. Documents too large to ever put, and
 //! records the target refuses for good, go to the dead-letter collection instead.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use mongodb::bson::{doc, Bson, DateTime, Document};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::now_ms;
+use crate::say_once::Failures;
 
 use super::batch::{self, Batch, Entry};
 use super::error::{dead_letter_failure, is_unwritable, DeadLetterFailure};
@@ -99,6 +101,8 @@ pub(super) struct Forwarder<'a, T> {
     /// Set once a stop is requested: the puts in progress, and the last one, may go on until
     /// its deadline.
     stop: Stop,
+    /// Failed calls, as every batch's put says them: once for the forwarder, not per batch.
+    resends: Arc<Failures>,
 }
 
 impl<'a, T: Target> Forwarder<'a, T> {
@@ -129,6 +133,7 @@ impl<'a, T: Target> Forwarder<'a, T> {
             metrics,
             event_times: Vec::new(),
             stop,
+            resends: Arc::default(),
         }
     }
 
@@ -178,8 +183,10 @@ impl<'a, T: Target> Forwarder<'a, T> {
                 tokio::time::sleep_until(stop_deadline(&mut stop).await).await;
             };
             let (to, destination, metrics) = (self.target, self.opts.destination(), self.metrics);
+            let resends = self.resends.clone();
             self.puts.push(async move {
-                let outcome = target::put_all(to, destination, entries, interrupt, metrics).await;
+                let outcome =
+                    target::put_all(to, destination, entries, interrupt, metrics, &resends).await;
                 Done { sent, outcome }
             });
         }
@@ -407,8 +414,8 @@ impl<'a, T: Target> Forwarder<'a, T> {
 
     /// Insert a dead-letter record. Retries until stored, or until a stop is requested (then
     /// the event is read again at the next start; a write under way gets until the stop's
-    /// deadline); a failure that goes on is said as a put's is (see [`Trouble`]), not at every
-    /// retry.
+    /// deadline); a failure that goes on is said as a change stream's is (see [`Trouble`]), not
+    /// at every retry.
     async fn keep(&self, record: &Document, id: &Bson) -> Result<(), ForwarderError> {
         let mut delays = target::backoff();
         let mut stop = self.stop.clone();

@@ -1,6 +1,7 @@
 //! A failure that goes on, as the forwarder reports it: a warning where it begins, an error
-//! every [`STUCK_REPORT_EVERY`] while it lasts, and its end once. The put side
-//! ([`super::put::put_all`]) and the change stream's reopening share it.
+//! every [`STUCK_REPORT_EVERY`] while it lasts, and its end once. The change stream's reopening
+//! and the dead-letter writes use it whole; [`super::put::put_all`] only for its errors while a
+//! batch is stuck, as the beginning and end of failed calls are said once for every batch.
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Putting one batch: [`put_all`] resends the failed entries (with the later ones of their
 //! partition keys, `resend_set`) with exponential back-off and jitter until every one is
-//! accepted, or the target refuses one for good ([`EntryFailure`]).
+//! accepted, or the target refuses one for good ([`EntryFailure`]). How resends are said is
+//! the forwarder's, not each batch's: see [`put_all`].
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +12,16 @@ use super::batch::Entry;
 use super::metrics::Metrics;
 use super::target::{backoff, EntryFailure, EntryResults, PutError, Target, RETRY_MAX_DELAY};
 use super::trouble::{now, Say, Trouble};
+use crate::say_once::{Failures, Said};
+
+/// How long no call may have failed before a batch accepted at its first call says resends
+/// over ("accepted every record again"): the longest wait between a batch's calls while it is
+/// resent ([`RETRY_MAX_DELAY`] and a jitter of up to as much again). By then every batch that
+/// was being resent has called again since its last failure, so a throttle still on would
+/// have failed one of them. Near a shard's capacity (or EventBridge's PutEvents quota) batches
+/// alternate between throttled and clean a few seconds apart; ending at each clean one would
+/// say the end and a new beginning over and over.
+pub const RESENDS_QUIET: Duration = Duration::from_secs(2 * RETRY_MAX_DELAY.as_secs());
 
 /// An entry the target refused for good, with its reason ([`EntryFailure::Refused`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,18 +93,28 @@ fn resend_set<T: Target>(
 /// been accepted). Accepted entries, failed ones (to resend) apart from those refused or
 /// denied for good, and retried calls are counted in `metrics` as they happen, so a put that
 /// keeps failing shows while it does.
+///
+/// `resends` is shared by the puts of every batch (up to [`Target::PUTS_IN_FLIGHT`] at once):
+/// near a target's capacity one throttled entry in each batch is normal, and a pair of lines
+/// per batch would bury the rest of the log. It says the warning when calls begin to fail,
+/// again at most once a minute while they go on (with how many failed meanwhile), and the end
+/// once, when a batch is accepted at its first call with none failed for [`RESENDS_QUIET`].
+/// A batch itself not accepted for a minute is said as an error every minute
+/// ([`Trouble`]'s `Still`): nothing after it is forwarded.
 pub async fn put_all<T: Target>(
     target: &T,
     destination: &str,
     entries: Vec<Entry>,
     interrupt: impl Future<Output = ()>,
     metrics: &Metrics,
+    resends: &Failures,
 ) -> Result<PutStats, PutError> {
     tokio::pin!(interrupt);
     let mut positions: Vec<usize> = (0..entries.len()).collect();
     let mut pending = entries;
     let mut stats = PutStats::default();
     let mut delays = backoff();
+    // This batch's own failure: only its errors while it is stuck are said from it.
     let mut trouble = Trouble::default();
     while !pending.is_empty() {
         stats.calls += 1;
@@ -134,40 +155,68 @@ pub async fn put_all<T: Target>(
                 }
                 stats.resent += pending.len() as u64;
                 let reason = reason.as_deref().unwrap_or("");
-                match trouble.failed(now()) {
-                    Say::Began => warn!(
+                say_failed::<T>(resends, &mut trouble, reason, || {
+                    warn!(
                         failed = pending.len(),
                         of = total,
                         reason,
                         "{} failed some records; resending those (and later records with the same partition key, to keep their order), with back-off",
                         T::API
-                    ),
-                    Say::Still(failing_for) => still_failing(T::LIMITS.target, failing_for, reason),
-                    Say::Nothing => {}
-                }
+                    )
+                });
             }
             Err(e @ (PutError::Fatal(_) | PutError::Interrupted)) => return Err(e),
-            Err(PutError::Transient(e)) => match trouble.failed(now()) {
-                Say::Began => warn!(error = %e, "{} failed; retrying with back-off", T::API),
-                Say::Still(failing_for) => still_failing(T::LIMITS.target, failing_for, &e),
-                Say::Nothing => {}
-            },
+            Err(PutError::Transient(e)) => say_failed::<T>(
+                resends,
+                &mut trouble,
+                &e,
+                || warn!(error = %e, "{} failed; retrying with back-off", T::API),
+            ),
         }
         tokio::select! {
             () = tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)) => {}
             () = &mut interrupt => return Err(PutError::Interrupted),
         }
     }
-    if trouble.recovered() {
-        info!(
-            calls = stats.calls,
-            "{} accepted every record again",
-            T::API
-        );
+    // A batch accepted after resends says little: the next may be throttled as this one was.
+    if stats.calls == 1 {
+        if let Some(lasted) = resends.answered_after_quiet(now(), RESENDS_QUIET) {
+            info!(
+                failed_for_s = lasted.as_secs(),
+                "{} accepted every record again",
+                T::API
+            );
+        }
     }
     // Each round refuses in the batch's order; a later round's may come before an earlier's.
     stats.refused.sort_by_key(|r| r.position);
     Ok(stats)
+}
+
+/// Say a call that failed (some of its records, or as a whole, with `error`): through
+/// `resends`, the forwarder's, its beginning (`began` logs it) or a reminder once a minute;
+/// through `trouble`, this batch's, an error once a minute while it is not accepted.
+fn say_failed<T: Target>(
+    resends: &Failures,
+    trouble: &mut Trouble,
+    error: &str,
+    began: impl FnOnce(),
+) {
+    let now = now();
+    match resends.failed(now) {
+        Some(Said::Began) => began(),
+        Some(Said::GoesOn { lasted, unsaid }) => warn!(
+            failing_for_s = lasted.as_secs(),
+            failed_calls = unsaid + 1,
+            error,
+            "{} still failing some calls or records; resending them with back-off",
+            T::API
+        ),
+        None => {}
+    }
+    if let Say::Still(failing_for) = trouble.failed(now) {
+        still_failing(T::LIMITS.target, failing_for, error);
+    }
 }
 
 /// The error line of a batch `target` has not accepted for `failing_for`.

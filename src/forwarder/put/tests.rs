@@ -71,17 +71,40 @@ impl std::io::Write for Captured {
     }
 }
 
-// A put that never succeeds is warned about once, then reported as an error once a minute
-// with how long it has failed: never silent, never a line per retry.
-#[tokio::test(start_paused = true)]
-async fn a_put_that_keeps_failing_is_reported_once_a_minute() {
+/// Log into a buffer until the guard is dropped: the buffer, and the guard.
+fn capture_log() -> (
+    std::sync::Arc<Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
     let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(move || Captured(writer.clone()))
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+/// What was logged into `buf`.
+fn logged(buf: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8(buf.lock().unwrap().clone()).unwrap()
+}
+
+/// The whole seconds a line gives as `field=`.
+fn seconds(line: &str, field: &str) -> u64 {
+    let at = line.find(&format!("{field}=")).expect(line) + field.len() + 1;
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect(line)
+}
+
+// A put that never succeeds is warned about once, then reported as an error once a minute
+// with how long it has failed: never silent, never a line per retry.
+#[tokio::test(start_paused = true)]
+async fn a_put_that_keeps_failing_is_reported_once_a_minute() {
+    let (buf, _guard) = capture_log();
     // The n-th error comes at the first retry 60 s or more after the last line, and a
     // retry waits at most 10 s: the third between 180 and 210 s, the fourth from 240 s.
     let interrupt = tokio::time::sleep(Duration::from_secs(225));
@@ -91,10 +114,11 @@ async fn a_put_that_keeps_failing_is_reported_once_a_minute() {
         vec![entry("a")],
         interrupt,
         &Metrics::default(),
+        &Failures::default(),
     )
     .await;
     assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
-    let log = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+    let log = logged(&buf);
     assert_eq!(
         log.matches("PutRecords failed some records").count(),
         1,
@@ -108,6 +132,81 @@ async fn a_put_that_keeps_failing_is_reported_once_a_minute() {
     assert!(errors[0].contains("failing_for_s=6"), "{}", errors[0]);
 }
 
+/// Throttles the first entry of each batch at the batch's first call until `until`, as a
+/// target near its capacity does: every batch is accepted at its second call.
+struct ThrottlesEachBatch {
+    until: tokio::time::Instant,
+    /// The first entries of the calls so far.
+    seen: Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+impl Target for ThrottlesEachBatch {
+    const LIMITS: Limits = crate::forwarder::batch::EVENTBRIDGE;
+    const API: &'static str = "PutEvents";
+    async fn put(&self, _: &str, entries: &[Entry]) -> Result<EntryResults, PutError> {
+        let first_call = self.seen.lock().unwrap().insert(entries[0].data.clone());
+        let throttle = first_call && tokio::time::Instant::now() < self.until;
+        Ok((0..entries.len())
+            .map(|i| (throttle && i == 0).then(|| "ThrottlingException: Rate exceeded".into()))
+            .collect())
+    }
+}
+
+// With every batch throttled once for 4 minutes (up to 8 puts in flight, as to EventBridge), the
+// forwarder warns once, reminds at most once a minute with the calls failed meanwhile, and
+// says the end once, after the throttling stopped: not a pair of lines per batch.
+#[tokio::test(start_paused = true)]
+async fn steady_throttling_is_said_once_for_all_batches() {
+    use futures_util::stream::StreamExt;
+    let (buf, _guard) = capture_log();
+    let start = tokio::time::Instant::now();
+    let throttled_for = Duration::from_secs(240);
+    let target = ThrottlesEachBatch {
+        until: start + throttled_for,
+        seen: Mutex::new(Default::default()),
+    };
+    let (metrics, resends) = (Metrics::default(), Failures::default());
+    // A batch every 40 ms for 5 minutes, put as soon as fewer than 8 are in flight.
+    let puts = (0..7500u32).map(|i| {
+        let (target, metrics, resends) = (&target, &metrics, &resends);
+        async move {
+            tokio::time::sleep_until(start + Duration::from_millis(40 * u64::from(i))).await;
+            let batch = vec![entry(&format!("a{i}")), entry(&format!("b{i}"))];
+            let r = put_all(
+                target,
+                "bus",
+                batch,
+                std::future::pending(),
+                metrics,
+                resends,
+            );
+            r.await.unwrap().calls
+        }
+    });
+    let calls: Vec<u32> = futures_util::stream::iter(puts).buffered(8).collect().await;
+    assert_eq!(calls[..6000], [2; 6000], "throttled once each");
+    assert_eq!(calls[6000..], [1; 1500]);
+    let log = logged(&buf);
+    let lines = |text: &str| -> Vec<&str> { log.lines().filter(|l| l.contains(text)).collect() };
+    assert_eq!(lines("PutEvents failed some records").len(), 1, "{log}");
+    let reminders = lines("PutEvents still failing some calls or records");
+    assert!((3..=4).contains(&reminders.len()), "{log}");
+    let mut said_at = 0;
+    for r in reminders {
+        assert!(r.contains(" WARN "), "{r}");
+        let at = seconds(r, "failing_for_s");
+        assert!(at >= said_at + 60, "a minute after the last line: {r}");
+        assert!(seconds(r, "failed_calls") > 1000, "{r}");
+        said_at = at;
+    }
+    let ended = lines("PutEvents accepted every record again");
+    assert_eq!(ended.len(), 1, "{log}");
+    // Once none failed for RESENDS_QUIET after the throttling stopped, at the next batch.
+    let lasted = seconds(ended[0], "failed_for_s");
+    assert!((240..=251).contains(&lasted), "{}", ended[0]);
+    assert!(lines("has not accepted this batch yet").is_empty(), "{log}");
+}
+
 // Resending never gives up by itself, but stops when told to (a shutdown), with
 // Interrupted rather than success.
 #[tokio::test(start_paused = true)]
@@ -119,6 +218,7 @@ async fn resending_stops_when_interrupted() {
         vec![entry("a")],
         interrupt,
         &Metrics::default(),
+        &Failures::default(),
     )
     .await;
     assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
@@ -141,6 +241,7 @@ async fn resends_keep_each_keys_order() {
             .to_vec(),
         std::future::pending(),
         &metrics,
+        &Failures::default(),
     )
     .await
     .unwrap();
@@ -180,6 +281,7 @@ async fn resends_only_failed_entries() {
         ["a", "b", "c", "d"].map(entry).to_vec(),
         std::future::pending(),
         &Metrics::default(),
+        &Failures::default(),
     )
     .await
     .unwrap();
@@ -218,9 +320,16 @@ async fn eventbridge_batches_of_ten_with_resends() {
     }
     batches.push(batch.take());
     for b in batches {
-        put_all(&k, "bus", b, std::future::pending(), &Metrics::default())
-            .await
-            .unwrap();
+        put_all(
+            &k,
+            "bus",
+            b,
+            std::future::pending(),
+            &Metrics::default(),
+            &Failures::default(),
+        )
+        .await
+        .unwrap();
     }
     let calls = k.calls.lock().unwrap();
     let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
@@ -279,6 +388,7 @@ async fn a_refused_entry_comes_back_and_the_rest_goes_on() {
         ["a1", "b1", "a2", "a3"].map(entry).to_vec(),
         std::future::pending(),
         &metrics,
+        &Failures::default(),
     )
     .await
     .unwrap();
@@ -317,6 +427,7 @@ async fn a_denied_entry_is_fatal_at_once() {
         ["a1", "b1", "a2"].map(entry).to_vec(),
         std::future::pending(),
         &metrics,
+        &Failures::default(),
     )
     .await;
     // The throttled entry would have been resent; the denied one never is.
