@@ -637,6 +637,33 @@ async fn a_query_the_server_stops_at_its_time_limit_is_no_outage() {
     .unwrap();
 }
 
+// A createIndexes the server does not answer within --query-timeout (on a collection of many
+// millions of readings the build outlasts it, and goes on in the server) is said as that, with
+// what it usually means and that it is tried again: it was said as "the database did not
+// answer", as if the database were down.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_create_index_says_the_build_may_go_on() {
+    let server = MongoServer::start();
+    let db = ten_readings(&server, "dash_index_slow").await;
+    let proxy = ZlibProxy::start_withholding(server.port, &[("createIndexes", Withhold::Stall)]);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut dashboard = dashboard_support::command(&proxy.uri(), &db, "5s", &addr);
+    dashboard.args(["--query-timeout", "2s"]);
+    let waiting = "trying again every 30 s";
+    let line = common::first_stderr_line(dashboard, waiting, Duration::from_secs(30)).await;
+    assert!(line.contains("WARN"), "{line}");
+    for said in [
+        "did not answer createIndexes within 2s",
+        "still building the index",
+        "charts are slow until it is done",
+        "or the database is down",
+        "\"index ready\" is logged",
+    ] {
+        assert!(line.contains(said), "{said:?} in {line}");
+    }
+    assert_eq!(commands(&proxy, "createIndexes"), 1);
+}
+
 /// The commands named `name` that `proxy` has passed on.
 fn commands(proxy: &ZlibProxy, name: &str) -> usize {
     let named = |s: &&Sent| matches!(s, Sent::Command { name: n, .. } if n == name);

@@ -95,13 +95,15 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// How long to wait between tries at creating the index while the database is down.
+/// How long to wait between tries at creating the index while the database is down, or a
+/// build that outlasts `--query-timeout` goes on (a try then joins it).
 const INDEX_RETRY: Duration = Duration::from_secs(30);
 
 /// Create the index once the database answers; a user without the right gets told how. Then
-/// say so if the readings' times are not dates ([`check_dates`]).
+/// say so if the readings' times are not dates ([`check_dates`]). Each reason to wait (an
+/// error, or no answer in time) is said once, not at every try.
 async fn ensure_index(store: Store) {
-    let mut said_down = false;
+    let (mut said_down, mut said_unanswered) = (false, false);
     loop {
         match store.ensure_index().await {
             Ok(IndexOutcome::Ready) => {
@@ -112,10 +114,18 @@ async fn ensure_index(store: Store) {
                 warn!("{how}");
                 return check_dates(&store).await;
             }
+            Ok(IndexOutcome::Unanswered(within)) => {
+                if !std::mem::replace(&mut said_unanswered, true) {
+                    warn!(
+                        index = store::INDEX_NAME,
+                        "the database did not answer createIndexes within {within:?} (--query-timeout): on a large collection it is most likely still building the index, and charts are slow until it is done; or the database is down; trying again every 30 s, and \"index ready\" is logged once the index is there"
+                    );
+                }
+                tokio::time::sleep(INDEX_RETRY).await;
+            }
             Err(e) => {
-                if !said_down {
+                if !std::mem::replace(&mut said_down, true) {
                     warn!(error = %e, "cannot create the index yet; trying again every 30 s");
-                    said_down = true;
                 }
                 tokio::time::sleep(INDEX_RETRY).await;
             }

@@ -97,6 +97,10 @@ pub enum IndexOutcome {
     Ready,
     /// The user may not create it (a read-only user): the message says how to.
     NotAllowed(String),
+    /// The server did not answer `createIndexes` within this long (`--query-timeout`). On a
+    /// collection of many millions of readings the build simply takes longer, and goes on in
+    /// the server (asking again joins it); or the database is down.
+    Unanswered(Duration),
 }
 
 /// The readings collection, read-only.
@@ -222,7 +226,7 @@ impl Store {
                 &classify(e).to_string(),
                 &self.uri,
             ))),
-            Err(_) => Err(MongoError::Unavailable("the database did not answer".into())),
+            Err(_) => Ok(IndexOutcome::Unanswered(self.timeout)),
         }
     }
 
