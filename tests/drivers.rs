@@ -46,9 +46,41 @@ fn hts221_converts_with_factory_calibration() {
     // T_OUT -2000: 18.75 - 2300 * 16.25 / 650 = -38.75 degC.
     sim.poke(SimChip::Hts221, 0x2A, &(-2000i16).to_le_bytes());
     assert!((hts.read().unwrap().temperature_celsius - -38.75).abs() < 1e-12);
-    // Humidity beyond the chip's range is clamped (documented choice), not 100.8.
-    sim.poke(SimChip::Hts221, 0x28, &20000i16.to_le_bytes());
+    // Humidity a little beyond the chip's range is clamped (documented choice), not 104.
+    sim.poke(SimChip::Hts221, 0x28, &13200i16.to_le_bytes());
     assert_eq!(hts.read().unwrap().humidity_rh, 100.0);
+}
+
+// HTS221: a value far beyond what the chip gives is a garbled transfer, refused rather than
+// stored: humidity 138 %rH (not clamped to a plausible 100), a temperature of 819 degC (TEMP_OUT
+// -500 with its top bit flipped).
+#[test]
+fn hts221_refuses_implausible_values() {
+    let sim = frozen();
+    let mut hts = Hts221::new(sim.bus());
+    hts.init(&mut NoDelay).unwrap();
+    sim.poke(
+        SimChip::Hts221,
+        0x28,
+        &[20000i16.to_le_bytes(), (-500i16).to_le_bytes()].concat(),
+    );
+    match hts.read() {
+        Err(Error::Implausible { value, unit, .. }) => assert_eq!((value, unit), (138.0, "%rH")),
+        other => panic!("expected Implausible, got {other:?}"),
+    }
+    let flipped = (-500i16 as u16 ^ 0x8000) as i16;
+    sim.poke(
+        SimChip::Hts221,
+        0x28,
+        &[3200i16.to_le_bytes(), flipped.to_le_bytes()].concat(),
+    );
+    match hts.read() {
+        Err(Error::Implausible { value, unit, .. }) => {
+            assert_eq!(unit, "degC");
+            assert!(value > 800.0, "{value}");
+        }
+        other => panic!("expected Implausible, got {other:?}"),
+    }
 }
 
 // HTS221: calibration that would divide by zero is an error, never NaN.

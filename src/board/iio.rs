@@ -157,12 +157,20 @@ impl IioSensor {
 
     /// Humidity and temperature, as the HTS221 driver would read them.
     pub fn hts221(&self) -> Result<hts221::Measurement, SensorError> {
+        let rh = self.value("in_humidityrelative", "in_humidityrelative")?;
+        let celsius = self.value("in_temp", "in_temp")?;
+        // Refused and clamped as the I2C driver does (crate::drivers::hts221).
+        if !hts221::PLAUSIBLE_RH.contains(&rh) {
+            return Err(self.error(format!("read {rh} %rH, which no working HTS221 gives")));
+        }
+        if !hts221::PLAUSIBLE_CELSIUS.contains(&celsius) {
+            return Err(self.error(format!(
+                "read {celsius} degC, which no working HTS221 gives"
+            )));
+        }
         Ok(hts221::Measurement {
-            // Clamped as the I2C driver does (crate::drivers::hts221).
-            humidity_rh: self
-                .value("in_humidityrelative", "in_humidityrelative")?
-                .clamp(0.0, 100.0),
-            temperature_celsius: self.value("in_temp", "in_temp")?,
+            humidity_rh: rh.clamp(0.0, 100.0),
+            temperature_celsius: celsius,
         })
     }
 

@@ -6,7 +6,9 @@
 //!
 //! Humidity is clamped to 0..=100 %rH, as ST's reference driver does: python-sense-hat does not
 //! clamp, so it can report e.g. 100.8 %rH near saturation, which is not a physical value.
-//! Unclamped values differ from python-sense-hat only outside that range.
+//! Unclamped values differ from python-sense-hat only outside that range. A value far outside
+//! it, or a temperature far outside the chip's -40 to 120 degC, is not clamped but refused
+//! ([`PLAUSIBLE_RH`], [`PLAUSIBLE_CELSIUS`]): it is a garbled transfer, not a reading.
 
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
@@ -15,6 +17,15 @@ use super::{check_identity, read_regs, wait_first_conversion, write_reg, Error, 
 
 /// The chip's 7-bit I2C address on the Sense HAT.
 pub const ADDRESS: u8 = 0x5F;
+
+/// Humidity before clamping that a working HTS221 may give, %rH: a few points past 0 or 100
+/// near the ends of its range (clamped); further is a garbled transfer (I2C has no checksum;
+/// a flipped top bit of HUMIDITY_OUT moves it by over 100 %rH with a typical calibration).
+pub const PLAUSIBLE_RH: std::ops::RangeInclusive<f64> = -20.0..=120.0;
+
+/// Temperatures a working HTS221 may give, degC: its range of -40 to 120 degC with a margin;
+/// a flipped top bit of TEMP_OUT moves a typical reading by hundreds of degrees.
+pub const PLAUSIBLE_CELSIUS: std::ops::RangeInclusive<f64> = -60.0..=140.0;
 
 /// Register map (datasheet DocID026333).
 pub mod reg {
@@ -91,10 +102,14 @@ impl Calibration {
 
     /// %rH from a raw HUMIDITY_OUT, clamped to 0..=100.
     pub fn humidity_rh(&self, raw: i16) -> f64 {
-        let rh = self.h0_rh
+        self.humidity_unclamped(raw).clamp(0.0, 100.0)
+    }
+
+    /// %rH from a raw HUMIDITY_OUT, as the calibration gives it.
+    fn humidity_unclamped(&self, raw: i16) -> f64 {
+        self.h0_rh
             + (f64::from(raw) - f64::from(self.h0_t0_out)) * (self.h1_rh - self.h0_rh)
-                / (f64::from(self.h1_t0_out) - f64::from(self.h0_t0_out));
-        rh.clamp(0.0, 100.0)
+                / (f64::from(self.h1_t0_out) - f64::from(self.h0_t0_out))
     }
 
     /// Degrees Celsius from a raw TEMP_OUT.
@@ -195,9 +210,23 @@ impl<I2C: I2c> Hts221<I2C> {
         self.reset.check(&mut self.i2c, Self::CHIP, ADDRESS, raw)?;
         let h = i16::from_le_bytes([raw[0], raw[1]]);
         let t = i16::from_le_bytes([raw[2], raw[3]]);
+        let implausible = |value, unit| Error::Implausible {
+            chip: Self::CHIP,
+            address: ADDRESS,
+            value,
+            unit,
+        };
+        let rh = cal.humidity_unclamped(h);
+        if !PLAUSIBLE_RH.contains(&rh) {
+            return Err(implausible(rh, "%rH"));
+        }
+        let celsius = cal.temperature_celsius(t);
+        if !PLAUSIBLE_CELSIUS.contains(&celsius) {
+            return Err(implausible(celsius, "degC"));
+        }
         Ok(Measurement {
-            humidity_rh: cal.humidity_rh(h),
-            temperature_celsius: cal.temperature_celsius(t),
+            humidity_rh: rh.clamp(0.0, 100.0),
+            temperature_celsius: celsius,
         })
     }
 
