@@ -281,6 +281,27 @@ async fn an_unreadable_end_of_the_spool_is_left_for_a_later_start() {
     client.database(&db).drop().await.unwrap();
 }
 
+// The same while readings wait for the clock: the held readings' copy is synced at every
+// sample, failed or not, and its failed sync is said. Before, it was said by no one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_sync_of_the_held_readings_is_said_while_samples_fail() {
+    let disk = FlakyDisk::mount(1, 0).await;
+    let nowhere = format!("mongodb://127.0.0.1:{}/", free_port());
+    let db = unique_name("flakyheld");
+    let never = tempfile::tempdir().unwrap();
+    let marker = never.path().join("synchronized");
+    let board_gone = "hts221:5:100000,lps25h:5:100000,lsm9ds1:5:100000";
+    let mut args = vec!["--sim-fault", board_gone, "--spool-sync", "500ms"];
+    args.extend(["--clock-sync-file", marker.to_str().unwrap()]);
+    let (_agent, log) = logging_agent(&nowhere, &disk.mount, &db, &args);
+    wait_said(
+        &log,
+        "cannot write the copy of the readings held for the clock",
+    )
+    .await;
+    assert!(disk.said().iter().any(|l| l.starts_with("fsync failed")));
+}
+
 /// The agent on the simulated board every 50 ms, with `args`, storing into `db` through
 /// `uri` and spooling in `spool`; killed when dropped. Its log goes to the file returned.
 fn logging_agent(

@@ -238,11 +238,16 @@ impl<S: Sampler> Sampling<'_, S> {
                 }
             }
         }
-        if let Ok(report) = outcome {
-            if holding {
-                self.hold(report, stored, read_at);
-            } else {
-                self.send(report, stored)?;
+        match outcome {
+            Ok(report) if holding => self.hold(report, stored, read_at),
+            Ok(report) => self.send(report, stored)?,
+            // Nothing was appended, but the held readings' copy was maintained (synced).
+            Err(_) => {
+                if let Some((append, maintain)) = stored {
+                    if let Some(e) = self.log.held_written(&append, &maintain) {
+                        log_spool(e);
+                    }
+                }
             }
         }
         // Ready once the loop has sampled, whatever the sample gave: ready only after a

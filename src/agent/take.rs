@@ -141,9 +141,11 @@ fn write(
     let stored = match &store.destination {
         Destination::Held(copy) => {
             let mut h = lock(copy);
-            let append = report.map(|r| h.append_encoded(|b| r.write_bson(b), now, store.interval));
-            let maintain = h.maintain(now);
-            append.map(|a| (a, maintain))
+            // Nothing appended when the sample failed; its maintenance is said all the same.
+            let append = report.map_or_else(AppendOutcome::default, |r| {
+                h.append_encoded(|b| r.write_bson(b), now, store.interval)
+            });
+            Some((append, h.maintain(now)))
         }
         Destination::Spool | Destination::HeldInMemory => None,
     };
