@@ -41,7 +41,8 @@ pub(super) fn save(
         .open(&path)?;
     // A line cut short (a write that failed part-way on a full card, a power cut) is ended
     // first, so that it costs only itself, not the line written after it.
-    if !ends_a_line(&f)? {
+    // A last byte that cannot be read (a bad block) costs at most an empty line.
+    if !ends_a_line(&f).unwrap_or(false) {
         lines.insert(0, '\n');
     }
     f.write_all(lines.as_bytes())?;
