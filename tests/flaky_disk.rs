@@ -221,28 +221,10 @@ async fn a_failed_sync_is_said_while_samples_fail() {
 // taken for a torn tail and cut for good.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreadable_end_of_the_spool_is_left_for_a_later_start() {
-    const TAKEN: u32 = 40;
     let server = MongoServer::start();
     let nowhere = format!("mongodb://127.0.0.1:{}/", free_port());
     let db = unique_name("flakyread");
-    let seed = tempfile::tempdir().unwrap();
-    let mut first = sim_agent(&nowhere, &db, TAKEN, seed.path());
-    first.args(["--node-name", "before"]);
-    let addr = free_addr();
-    first
-        .args(["--metrics-listen", &addr])
-        .stderr(Stdio::null());
-    let mut first = Reaped(first.spawn().unwrap());
-    wait_serving(&addr).await;
-    wait_for_metric(&addr, "sensehat_agent_samples_total", f64::from(TAKEN)).await;
-    signal(&first.0, 15);
-    assert!(wait_exit(&mut first.0, Duration::from_secs(20)).success());
-    let segment = std::fs::read_dir(seed.path())
-        .unwrap()
-        .map(|f| f.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "spool"))
-        .expect("a segment file");
-    let size = std::fs::metadata(&segment).unwrap().len();
+    let (seed, segment, size) = spool_of(&nowhere, &db).await;
 
     // The block holding its last bytes cannot be read: the reports in it are lost to this start.
     let disk = FlakyDisk::mount_reading_badly(seed.path(), size - 300).await;
@@ -280,6 +262,64 @@ async fn an_unreadable_end_of_the_spool_is_left_for_a_later_start() {
     assert_eq!(before, TAKEN as usize);
     client.database(&db).drop().await.unwrap();
 }
+
+// The same with the database up: once the readings before the unreadable end are delivered, the
+// file is kept under another name for whoever can read it, whole, rather than deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_end_of_the_spool_is_kept_once_delivered() {
+    let server = MongoServer::start();
+    let nowhere = format!("mongodb://127.0.0.1:{}/", free_port());
+    let db = unique_name("flakykept");
+    let (seed, segment, size) = spool_of(&nowhere, &db).await;
+    let disk = FlakyDisk::mount_reading_badly(seed.path(), size - 300).await;
+    let (_agent, log) = logging_agent(&server.uri, &disk.mount, &db, &[]);
+    wait_said(&log, "could not be read (an I/O error)").await;
+    let name = segment.file_name().unwrap().to_string_lossy().into_owned();
+    let card = disk.card.clone();
+    wait_until(Duration::from_secs(30), "the segment set aside", || {
+        let kept = std::fs::read_dir(&card)
+            .unwrap()
+            .map(|f| f.unwrap())
+            .find(|f| {
+                f.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}.unreadable-"))
+            });
+        async move { kept.is_some_and(|f| f.metadata().unwrap().len() == size) }
+    })
+    .await;
+    assert!(!card.join(&name).exists(), "{name} is set aside, not left");
+    let client = server.client().await;
+    assert!(!all_reports(&client, &db).await.is_empty());
+    client.database(&db).drop().await.unwrap();
+}
+
+/// A spool of `TAKEN` reports of node "before" into `db`, the database at `uri` down: its
+/// directory, its segment file and that file's size.
+async fn spool_of(uri: &str, db: &str) -> (tempfile::TempDir, PathBuf, u64) {
+    let seed = tempfile::tempdir().unwrap();
+    let mut first = sim_agent(uri, db, TAKEN, seed.path());
+    first.args(["--node-name", "before"]);
+    let addr = free_addr();
+    first
+        .args(["--metrics-listen", &addr])
+        .stderr(Stdio::null());
+    let mut first = Reaped(first.spawn().unwrap());
+    wait_serving(&addr).await;
+    wait_for_metric(&addr, "sensehat_agent_samples_total", f64::from(TAKEN)).await;
+    signal(&first.0, 15);
+    assert!(wait_exit(&mut first.0, Duration::from_secs(20)).success());
+    let segment = std::fs::read_dir(seed.path())
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "spool"))
+        .expect("a segment file");
+    let size = std::fs::metadata(&segment).unwrap().len();
+    (seed, segment, size)
+}
+
+/// Reports a test spools before its disk fails to read them.
+const TAKEN: u32 = 40;
 
 // The same while readings wait for the clock: the held readings' copy is synced at every
 // sample, failed or not, and its failed sync is said. Before, it was said by no one.

@@ -100,7 +100,7 @@ pub(super) struct Frames {
     pub(super) skipped_bytes: u64,
     /// Where the last good frame ends (the torn tail starts), once the end is reached.
     pub(super) end: Option<u64>,
-    /// A block could not be read (EIO) in the search for a good frame: what it held may
+    /// A block after the last good frame so far could not be read (EIO): what it held may
     /// read again later.
     pub(super) unreadable: bool,
 }
@@ -163,6 +163,9 @@ impl Frames {
         match found {
             Some((at, p)) => {
                 self.pos = at + HEADER + p.len() as u64;
+                // Unreadable blocks before a good frame were skipped as bad data; only those
+                // after the last one make the file's end unreadable rather than torn.
+                self.unreadable = false;
                 Ok(Some((at, p)))
             }
             None => {
@@ -248,7 +251,8 @@ pub(super) struct Scanned {
     pub(super) skipped_bytes: u64,
     /// Regions of bad data skipped before the last delivered record (already in the database).
     pub(super) delivered_regions: u64,
-    /// A block could not be read (EIO): the bad data may read again later.
+    /// A block after the last good frame could not be read (EIO): the file's end is not a
+    /// torn write, and may read again later.
     pub(super) unreadable: bool,
 }
 

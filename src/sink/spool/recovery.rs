@@ -151,11 +151,12 @@ impl Recovered {
         self.report.corrupt_delivered_regions += delivered_regions;
         if valid < size && unreadable {
             // Not a torn write: the disk could not read blocks of it. Left uncut, so that a
-            // start before the file is delivered reads them again; what they hold may come
-            // back. New reports go to a new segment, as after a tail that could not be cut.
+            // start before the file is delivered reads them again (what they hold may come
+            // back), and set aside rather than deleted once it is. New reports go to a new
+            // segment, as after a tail that could not be cut.
             self.report.unreadable_regions += 1;
             self.report.problems.push(format!(
-                "the last {} bytes of {} could not be read (an I/O error), so the readings in them cannot be sent now; the file is left as it is, and a start before its other readings are delivered reads them again. The SD card may be failing",
+                "the last {} bytes of {} could not be read (an I/O error), so the readings in them cannot be sent now; the file is left as it is, and kept under another name once its other readings are delivered: a start before then reads them again. The SD card may be failing",
                 size - valid,
                 path.display()
             ));
@@ -188,6 +189,7 @@ impl Recovered {
             len: valid,
             records,
             acked,
+            unreadable_end: valid < size && unreadable,
         });
     }
 

@@ -24,6 +24,9 @@ pub(super) struct Segment {
     pub(super) records: u64,
     /// Records of this segment before the delivered position.
     pub(super) acked: u64,
+    /// Its file ends in blocks that could not be read at open (EIO), which may read again:
+    /// once delivered, it is set aside, kept, rather than deleted.
+    pub(super) unreadable_end: bool,
 }
 
 impl Segment {
@@ -34,6 +37,7 @@ impl Segment {
             len: 0,
             records: 0,
             acked: 0,
+            unreadable_end: false,
         }
     }
 }
@@ -245,9 +249,13 @@ impl Segments {
         if !done {
             return None;
         }
-        let id = front.id;
+        let (id, keep) = (front.id, front.unreadable_end);
         self.list.pop_front();
-        let _ = fs::remove_file(self.path(id));
+        if keep {
+            let _ = super::dir::set_aside(&self.path(id));
+        } else {
+            let _ = fs::remove_file(self.path(id));
+        }
         Some(id)
     }
 
