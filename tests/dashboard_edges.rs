@@ -664,6 +664,28 @@ async fn an_unanswered_create_index_says_the_build_may_go_on() {
     assert_eq!(commands(&proxy, "createIndexes"), 1);
 }
 
+// A database that answers nothing (listIndexes unanswered too) is said as away, not as an index
+// build under way: an unanswered createIndexes means a build only where the database answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswering_database_is_not_taken_for_an_index_build() {
+    let server = MongoServer::start();
+    let db = ten_readings(&server, "dash_index_away").await;
+    let stalled = [
+        ("listIndexes", Withhold::Stall),
+        ("createIndexes", Withhold::Stall),
+    ];
+    let proxy = ZlibProxy::start_withholding(server.port, &stalled);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut dashboard = dashboard_support::command(&proxy.uri(), &db, "5s", &addr);
+    dashboard.args(["--query-timeout", "2s"]);
+    let waiting = "trying again every 30 s";
+    let line = common::first_stderr_line(dashboard, waiting, Duration::from_secs(30)).await;
+    assert!(line.contains("cannot create the index yet"), "{line}");
+    assert!(line.contains("did not answer within 2s"), "{line}");
+    assert!(!line.contains("building"), "{line}");
+    assert_eq!(commands(&proxy, "createIndexes"), 0);
+}
+
 /// The commands named `name` that `proxy` has passed on.
 fn commands(proxy: &ZlibProxy, name: &str) -> usize {
     let named = |s: &&Sent| matches!(s, Sent::Command { name: n, .. } if n == name);

@@ -59,6 +59,19 @@ pub enum ReadError {
     TooSlow(Duration),
 }
 
+/// Whether `e` says the database was not reached (no server selected, DNS, the connection),
+/// rather than what it answered.
+fn unreached(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    matches!(
+        *e.kind,
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::DnsResolve { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+    )
+}
+
 /// The `maxTimeMS` a query carries for a client that waits `timeout`: [`SERVER_LIMIT_MARGIN`]
 /// or a tenth less, whichever is shorter, and at least a millisecond (0 would be no limit).
 pub fn server_time_limit(timeout: Duration) -> Duration {
@@ -205,7 +218,7 @@ impl Store {
         let reports = self.reports().await?;
         // Looked for first, under any name: a read-only user, who may list indexes but not
         // create one, would otherwise be told at every start to have made what an admin did.
-        if self.has_index(reports, &keys).await {
+        if self.has_index(reports, &keys).await? {
             return Ok(IndexOutcome::Ready);
         }
         let model = IndexModel::builder().keys(keys).build();
@@ -230,16 +243,31 @@ impl Store {
         }
     }
 
-    /// Whether the collection has an index on exactly `keys`; `false` when that cannot be
-    /// told (no collection yet, or no answer), so that creating it is tried.
-    async fn has_index(&self, reports: &Collection<Document>, keys: &Document) -> bool {
-        let Ok(cursor) = self.bounded(reports.list_indexes()).await else {
-            return false;
-        };
-        let Ok(indexes) = self.bounded(cursor.try_collect::<Vec<_>>()).await else {
-            return false;
-        };
-        indexes.iter().any(|i| &i.keys == keys)
+    /// Whether the collection has an index on exactly `keys`; `false` when the database
+    /// answers but cannot tell (no collection yet, a user who may not list indexes), so that
+    /// creating it is tried. `Err` when the database did not answer: a `createIndexes` that then
+    /// goes unanswered is the database away, not an index build under way.
+    async fn has_index(
+        &self,
+        reports: &Collection<Document>,
+        keys: &Document,
+    ) -> Result<bool, MongoError> {
+        let listed = tokio::time::timeout(self.timeout, async {
+            reports.list_indexes().await?.try_collect::<Vec<_>>().await
+        })
+        .await;
+        match listed {
+            Ok(Ok(indexes)) => Ok(indexes.iter().any(|i| &i.keys == keys)),
+            Ok(Err(e)) if !unreached(&e) => Ok(false),
+            Ok(Err(e)) => Err(MongoError::Unavailable(redact_credentials(
+                &classify(e).to_string(),
+                &self.uri,
+            ))),
+            Err(_) => Err(MongoError::Unavailable(format!(
+                "the database did not answer within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// The BSON type of the newest document's `recordedAt` (by `_id`, which the index has)
