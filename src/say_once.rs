@@ -155,6 +155,23 @@ impl Failures {
         self.answered_after_quiet(now, Duration::ZERO)
     }
 
+    /// The outage ended a while ago, if its last failure was `quiet` or longer before `now`
+    /// (nothing came to end it: the requests stopped): how long it lasted, to its last failure.
+    /// Asked before a failure, so that the failure begins a new outage rather than goes on with
+    /// a stale one.
+    pub fn ended_by_quiet(&self, now: Instant, quiet: Duration) -> Option<Duration> {
+        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        if outage
+            .as_ref()
+            .is_some_and(|o| now.saturating_duration_since(o.last) >= quiet)
+        {
+            return outage
+                .take()
+                .map(|o| o.last.saturating_duration_since(o.since));
+        }
+        None
+    }
+
     /// A request succeeded at `now`, but the outage ends only if none has failed for `quiet`:
     /// how long it lasted, if it just ended. For requests side by side of which some keep
     /// failing (a throttle that fails a call in several), where one success says little and

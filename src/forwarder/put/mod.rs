@@ -181,11 +181,7 @@ pub async fn put_all<T: Target>(
     // A batch accepted after resends says little: the next may be throttled as this one was.
     if stats.calls == 1 {
         if let Some(lasted) = resends.answered_after_quiet(now(), RESENDS_QUIET) {
-            info!(
-                failed_for_s = lasted.as_secs(),
-                "{} accepted every record again",
-                T::API
-            );
+            ended(T::API, lasted);
         }
     }
     // Each round refuses in the batch's order; a later round's may come before an earlier's.
@@ -203,6 +199,12 @@ fn say_failed<T: Target>(
     began: impl FnOnce(),
 ) {
     let now = now();
+    // A spell whose last failure is a quiet spell old ended then, though no batch accepted at
+    // its first call came to say so (the changes stopped): said now, and this failure begins a
+    // new one, rather than going on with a spell hours old.
+    if let Some(lasted) = resends.ended_by_quiet(now, RESENDS_QUIET) {
+        ended(T::API, lasted);
+    }
     match resends.failed(now) {
         Some(Said::Began) => began(),
         Some(Said::GoesOn { lasted, unsaid }) => warn!(
@@ -217,6 +219,14 @@ fn say_failed<T: Target>(
     if let Say::Still(failing_for) = trouble.failed(now) {
         still_failing(T::LIMITS.target, failing_for, error);
     }
+}
+
+/// The line that says `api`'s calls, failing for `lasted`, work again.
+fn ended(api: &str, lasted: Duration) {
+    info!(
+        failed_for_s = lasted.as_secs(),
+        "{api} accepted every record again"
+    );
 }
 
 /// The error line of a batch `target` has not accepted for `failing_for`.

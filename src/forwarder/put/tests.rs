@@ -207,6 +207,39 @@ async fn steady_throttling_is_said_once_for_all_batches() {
     assert!(lines("has not accepted this batch yet").is_empty(), "{log}");
 }
 
+// A throttled batch, then nothing for an hour (the changes stopped), then another: the second
+// begins a failure of its own, after the first's end, rather than going on with one an hour old.
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_a_long_quiet_begins_anew() {
+    let (buf, _guard) = capture_log();
+    let target = FailOnce {
+        fail: Mutex::new(vec![b"a1".to_vec(), b"a2".to_vec()]),
+        calls: Mutex::new(Vec::new()),
+    };
+    let (metrics, resends) = (Metrics::default(), Failures::default());
+    for e in ["a1", "a2"] {
+        let put = put_all(
+            &target,
+            "s",
+            vec![entry(e)],
+            std::future::pending(),
+            &metrics,
+            &resends,
+        );
+        assert_eq!(put.await.unwrap().calls, 2);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let log = logged(&buf);
+    let lines = |text: &str| log.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("PutEvents failed some records"), 2, "{log}");
+    assert_eq!(lines("still failing"), 0, "{log}");
+    assert_eq!(
+        lines("accepted every record again failed_for_s=0"),
+        1,
+        "{log}"
+    );
+}
+
 // Resending never gives up by itself, but stops when told to (a shutdown), with
 // Interrupted rather than success.
 #[tokio::test(start_paused = true)]
