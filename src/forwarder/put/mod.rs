@@ -100,7 +100,7 @@ fn resend_set<T: Target>(
 /// again at most once a minute while they go on (with how many failed meanwhile), and the end
 /// once, when a batch is accepted at its first call with none failed for [`RESENDS_QUIET`].
 /// A batch itself not accepted for a minute is said as an error every minute
-/// ([`Trouble`]'s `Still`): nothing after it is forwarded.
+/// (its own `Trouble`'s `Still`): nothing after it is forwarded.
 pub async fn put_all<T: Target>(
     target: &T,
     destination: &str,
