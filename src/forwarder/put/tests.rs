@@ -107,17 +107,7 @@ async fn a_put_that_keeps_failing_is_reported_once_a_minute() {
     let (buf, _guard) = capture_log();
     // The n-th error comes at the first retry 60 s or more after the last line, and a
     // retry waits at most 10 s: the third between 180 and 210 s, the fourth from 240 s.
-    let interrupt = tokio::time::sleep(Duration::from_secs(225));
-    let r = put_all(
-        &AlwaysThrottled,
-        "s",
-        vec![entry("a")],
-        interrupt,
-        &Metrics::default(),
-        &Failures::default(),
-    )
-    .await;
-    assert!(matches!(r, Err(PutError::Interrupted)), "{r:?}");
+    throttled_until_interrupted(Duration::from_secs(225)).await;
     let log = logged(&buf);
     assert_eq!(
         log.matches("PutRecords failed some records").count(),
@@ -244,12 +234,17 @@ async fn a_failure_after_a_long_quiet_begins_anew() {
 // Interrupted rather than success.
 #[tokio::test(start_paused = true)]
 async fn resending_stops_when_interrupted() {
-    let interrupt = tokio::time::sleep(Duration::from_secs(60));
+    throttled_until_interrupted(Duration::from_secs(60)).await;
+}
+
+/// Put one entry to a target that throttles every call, interrupted after `after`: the put
+/// must end Interrupted.
+async fn throttled_until_interrupted(after: Duration) {
     let r = put_all(
         &AlwaysThrottled,
         "s",
         vec![entry("a")],
-        interrupt,
+        tokio::time::sleep(after),
         &Metrics::default(),
         &Failures::default(),
     )
