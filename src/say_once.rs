@@ -160,16 +160,8 @@ impl Failures {
     /// Asked before a failure, so that the failure begins a new outage rather than goes on with
     /// a stale one.
     pub fn ended_by_quiet(&self, now: Instant, quiet: Duration) -> Option<Duration> {
-        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
-        if outage
-            .as_ref()
-            .is_some_and(|o| now.saturating_duration_since(o.last) >= quiet)
-        {
-            return outage
-                .take()
-                .map(|o| o.last.saturating_duration_since(o.since));
-        }
-        None
+        self.take_if_quiet(now, quiet)
+            .map(|o| o.last.saturating_duration_since(o.since))
     }
 
     /// A request succeeded at `now`, but the outage ends only if none has failed for `quiet`:
@@ -177,15 +169,14 @@ impl Failures {
     /// failing (a throttle that fails a call in several), where one success says little and
     /// ending at each would say the outage over and begun again all the time.
     pub fn answered_after_quiet(&self, now: Instant, quiet: Duration) -> Option<Duration> {
+        self.take_if_quiet(now, quiet)
+            .map(|o| now.saturating_duration_since(o.since))
+    }
+
+    /// The outage under way, taken (ended), if none has failed for `quiet` before `now`.
+    fn take_if_quiet(&self, now: Instant, quiet: Duration) -> Option<Outage> {
         let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
-        if outage
-            .as_ref()
-            .is_some_and(|o| now.saturating_duration_since(o.last) < quiet)
-        {
-            return None;
-        }
-        let ended = outage.take()?;
-        Some(now.saturating_duration_since(ended.since))
+        outage.take_if(|o| now.saturating_duration_since(o.last) >= quiet)
     }
 }
 

@@ -204,12 +204,16 @@ impl Store {
                 }
                 .into(),
             ),
-            Err(_) => Err(MongoError::Unavailable(format!(
-                "the database did not answer within {:?}",
-                self.timeout
-            ))
-            .into()),
+            Err(_) => Err(self.no_answer().into()),
         }
+    }
+
+    /// What a read that got no answer within `--query-timeout` fails with.
+    fn no_answer(&self) -> MongoError {
+        MongoError::Unavailable(format!(
+            "the database did not answer within {:?}",
+            self.timeout
+        ))
     }
 
     /// Create the `{nodeName: 1, recordedAt: 1}` index if it is missing.
@@ -263,10 +267,7 @@ impl Store {
                 &classify(e).to_string(),
                 &self.uri,
             ))),
-            Err(_) => Err(MongoError::Unavailable(format!(
-                "the database did not answer within {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(self.no_answer()),
         }
     }
 
