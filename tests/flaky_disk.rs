@@ -57,17 +57,9 @@ impl FlakyDisk {
         for d in [&backing, &card, &mount] {
             std::fs::create_dir(d).unwrap();
         }
-        for file in seed
-            .map(|s| std::fs::read_dir(s).unwrap())
-            .into_iter()
-            .flatten()
-        {
-            let file = file.unwrap();
-            if file.file_type().unwrap().is_file() {
-                for to in [&backing, &card] {
-                    std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
-                }
-            }
+        if let Some(seed) = seed {
+            copy_files(seed, &backing);
+            copy_files(seed, &card);
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flaky_disk.py");
         let mut daemon = Command::new(python())
@@ -241,12 +233,7 @@ async fn an_unreadable_end_of_the_spool_is_left_for_a_later_start() {
         "the unreadable end was cut"
     );
     let kept = tempfile::tempdir().unwrap();
-    for file in std::fs::read_dir(&disk.card).unwrap() {
-        let file = file.unwrap();
-        if file.file_type().unwrap().is_file() {
-            std::fs::copy(file.path(), kept.path().join(file.file_name())).unwrap();
-        }
-    }
+    copy_files(&disk.card, kept.path());
     drop(disk);
 
     // The card reads again: every reading taken before is delivered.
@@ -320,6 +307,16 @@ async fn spool_of(uri: &str, db: &str) -> (tempfile::TempDir, PathBuf, u64) {
 
 /// Reports a test spools before its disk fails to read them.
 const TAKEN: u32 = 40;
+
+/// Copy the plain files of directory `from` into directory `to`.
+fn copy_files(from: &Path, to: &Path) {
+    for file in std::fs::read_dir(from).unwrap() {
+        let file = file.unwrap();
+        if file.file_type().unwrap().is_file() {
+            std::fs::copy(file.path(), to.join(file.file_name())).unwrap();
+        }
+    }
+}
 
 // The same while readings wait for the clock: the held readings' copy is synced at every
 // sample, failed or not, and its failed sync is said. Before, it was said by no one.
