@@ -108,16 +108,24 @@ impl IioSensor {
     }
 
     /// A number from one sysfs file; `default` when the file is absent and one is given.
+    /// The kernel writes decimals only, so "nan" or "inf" (which Rust parses) can only be
+    /// garbage and is refused: a NaN acceleration would otherwise be stored, and counted as
+    /// moving.
     fn number(&self, file: &str, default: Option<f64>) -> Result<f64, SensorError> {
         let path = self.dir.join(file);
         match std::fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<f64>().map_err(|_| {
-                self.error(format!(
-                    "{} holds {:?}, not a number",
-                    path.display(),
-                    text.trim()
-                ))
-            }),
+            Ok(text) => text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    self.error(format!(
+                        "{} holds {:?}, not a number",
+                        path.display(),
+                        text.trim()
+                    ))
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && default.is_some() => {
                 Ok(default.unwrap_or_default())
             }
@@ -331,5 +339,31 @@ mod tests {
         assert!(s.check().is_ok());
         std::fs::remove_file(s.dir().join("in_humidityrelative_scale")).unwrap();
         assert!(s.check().is_err());
+    }
+
+    // Rust parses "nan" and "inf", which no kernel driver writes: they are refused like any
+    // other garbage, not stored (a NaN acceleration would also count as moving).
+    #[test]
+    fn non_finite_values_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        device(
+            t.path(),
+            "iio:device0",
+            &[
+                ("in_accel_x_raw", "nan"),
+                ("in_accel_y_raw", "0"),
+                ("in_accel_z_raw", "16384"),
+                ("in_accel_scale", "0.000598"),
+            ],
+        );
+        let s = IioSensor::find(Sensor::Lsm9ds1, t.path(), "st_accel").unwrap();
+        let e = s.lsm9ds1().unwrap_err().to_string();
+        assert!(e.contains("in_accel_x_raw holds \"nan\""), "{e}");
+        for bad in ["inf", "-infinity", "NaN"] {
+            std::fs::write(s.dir().join("in_accel_x_raw"), bad).unwrap();
+            assert!(s.lsm9ds1().is_err(), "{bad} was read as a value");
+        }
+        std::fs::write(s.dir().join("in_accel_x_raw"), "0").unwrap();
+        assert!(s.lsm9ds1().is_ok());
     }
 }
