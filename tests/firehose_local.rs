@@ -35,6 +35,8 @@ enum Reply {
     WrongRequestId,
     /// A valid body, but chunked: no Content-Length.
     Chunked,
+    /// Status 200 and the start of a body, then nothing more.
+    Stalled,
 }
 
 /// A body of unknown length, which hyper sends chunked, without Content-Length.
@@ -49,6 +51,24 @@ impl hyper::body::Body for Unsized {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A body that sends its one chunk and then never ends.
+struct Stalling(Option<Bytes>);
+
+impl hyper::body::Body for Stalling {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
     }
 }
 
@@ -121,6 +141,11 @@ async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
             )
                 .into_response()
         }
+        Reply::Stalled => (
+            [("content-type", "application/json")],
+            axum::body::Body::new(Stalling(Some(Bytes::from_static(b"{\"requestId\":")))),
+        )
+            .into_response(),
     }
 }
 
@@ -478,6 +503,53 @@ async fn endpoint_down_past_the_retry_duration_writes_the_error_dir() {
             .decode(line["rawData"].as_str().unwrap())
             .unwrap();
         assert_eq!(&raw, data);
+    }
+    fh.start_kill().unwrap();
+}
+
+// An endpoint that starts its answer and never finishes it has not answered in time: the
+// batch's error records say HttpEndpoint.RequestTimeout, as for one that sends nothing, not
+// that the connection was reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_never_ends_is_a_request_timeout() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhstall");
+    kin.create_stream(&stream, 1).await;
+    let sent = put_records(&kin, &stream, 2).await;
+    let errors = tempfile::tempdir().unwrap();
+    let (url, state) = receiver(vec![Reply::Stalled; 20]).await;
+    let mut fh = spawn_firehose(
+        &kin,
+        &stream,
+        &url,
+        &[
+            "--request-timeout-seconds",
+            "1",
+            "--retry-seconds",
+            "2",
+            "--error-dir",
+            errors.path().to_str().unwrap(),
+        ],
+    );
+    let started = Instant::now();
+    let mut files = Vec::new();
+    while files.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no error output"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        files = files_under(errors.path());
+    }
+    assert!(!state.lock().unwrap().got.is_empty());
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), sent.len(), "{text}");
+    for line in &lines {
+        assert_eq!(line["errorCode"], "HttpEndpoint.RequestTimeout", "{line}");
     }
     fh.start_kill().unwrap();
 }

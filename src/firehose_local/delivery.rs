@@ -169,12 +169,7 @@ impl Delivery {
     async fn attempt(&self, request_id: &str, body: bytes::Bytes) -> Attempt {
         let mut resp = match self.request(request_id, body).send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return Attempt::Failed(Failure::new(
-                    "HttpEndpoint.RequestTimeout",
-                    "the endpoint did not answer in time",
-                ))
-            }
+            Err(e) if e.is_timeout() => return Attempt::Failed(timed_out()),
             Err(e) => {
                 return Attempt::Failed(Failure::new(
                     "HttpEndpoint.ConnectionFailed",
@@ -343,6 +338,14 @@ impl Delivery {
     }
 }
 
+/// The endpoint's answer, or the end of it, did not come within the request timeout.
+fn timed_out() -> Failure {
+    Failure::new(
+        "HttpEndpoint.RequestTimeout",
+        "the endpoint did not answer in time",
+    )
+}
+
 /// The response body, or as much of it as passes [`protocol::MAX_RESPONSE_BYTES`] (which
 /// then fails validation): an endpoint must not make firehose-local hold an endless body.
 async fn read_response(resp: &mut reqwest::Response) -> Result<Vec<u8>, Failure> {
@@ -356,6 +359,8 @@ async fn read_response(resp: &mut reqwest::Response) -> Result<Vec<u8>, Failure>
                 }
             }
             Ok(None) => return Ok(body),
+            // The request timeout covers the whole answer, as Firehose's does.
+            Err(e) if e.is_timeout() => return Err(timed_out()),
             Err(e) => {
                 return Err(Failure::new(
                     "HttpEndpoint.ConnectionReset",
