@@ -208,6 +208,40 @@ fn the_corner_follows_a_real_database_outage() {
     stop_and_check_cleared(&mut plain, &plain_fb);
 }
 
+// At an interval longer than the insert window plus BEHIND, a healthy agent shows green: the
+// reading just taken has not waited at all. Before, it counted as a whole interval waiting, and
+// the corner stayed amber as if the database were away.
+#[test]
+fn a_long_interval_stores_in_green() {
+    let server = MongoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let fb = framebuffer(dir.path(), "fb");
+    let db = unique_name("led_slow");
+    let mut agent = quiet_agent(
+        &server.uri,
+        &dir.path().join("spool"),
+        &[
+            "--sensors",
+            "sim",
+            "--interval",
+            "4s",
+            "--insert-every",
+            "0",
+            "--database",
+            &db,
+            "--led-device",
+            fb.to_str().unwrap(),
+            "--led-status",
+        ],
+    );
+    let seen = watch(&fb, Duration::from_secs(20), "green", |c| *c == [GREEN; 4]);
+    assert!(
+        seen.iter().all(|c| c[0] != AMBER),
+        "amber on the way: {seen:04x?}"
+    );
+    stop_and_check_cleared(&mut agent, &fb);
+}
+
 // --dry-run (SENSEHAT_LED_STATUS=true) while the clock is not synchronized: blue. A failing sensor wins over it:
 // magenta, then blue again when the sensor recovers; once the clock is synchronized, green.
 #[test]

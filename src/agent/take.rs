@@ -101,11 +101,13 @@ pub(super) fn take<S: Sampler>(
     }
     let spool_use = store.filter(|s| s.measure).map(|s| {
         let sp = lock(&s.spool);
-        let pending = u32::try_from(sp.pending()).unwrap_or(u32::MAX);
+        // Of n readings taken an interval apart, the one just taken has waited nothing and
+        // the oldest n - 1 intervals.
+        let older = u32::try_from(sp.pending().saturating_sub(1)).unwrap_or(u32::MAX);
         SpoolUse {
             waiting: s
                 .interval
-                .saturating_mul(pending)
+                .saturating_mul(older)
                 .saturating_sub(s.insert_every),
             bytes: sp.bytes(),
             cap: sp.max_bytes(),

@@ -66,7 +66,8 @@ pub enum Database {
 /// What the spool holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolUse {
-    /// Undelivered readings, as the time they took to take (their number times the interval).
+    /// How long the oldest undelivered reading has waited, counted in sampling intervals
+    /// (one less than their number, times the interval), beyond the insert window.
     pub waiting: Duration,
     /// Bytes of the spool's files.
     pub bytes: u64,
