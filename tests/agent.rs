@@ -95,6 +95,28 @@ fn dry_run_from_the_environment_takes_1_and_yes() {
     }
 }
 
+// RUST_LOG=warning (the Python spelling) is a module's name to tracing: it silenced every line
+// of the agent's. The agent's own lines still show, with a word on the misspelling; a value
+// that cannot be parsed at all is replaced by info, and said.
+#[test]
+fn a_misspelt_rust_log_does_not_silence_the_agent() {
+    for (value, note) in [
+        ("warning", "taken for a module's name"),
+        ("sensehat_monitor=loud", "not understood"),
+    ] {
+        let out = agent_command()
+            .args(["--sensors", "sim", "--dry-run", "--count", "2"])
+            .args(["--interval", "10ms"])
+            .env("RUST_LOG", value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "RUST_LOG={value}: {err}");
+        assert!(err.contains("stopped reports=2"), "RUST_LOG={value}: {err}");
+        assert!(err.contains(note), "RUST_LOG={value}: {err}");
+    }
+}
+
 #[test]
 fn missing_connection_string_says_how_to_give_one() {
     let out = agent_command()
