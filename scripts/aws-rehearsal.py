@@ -9,7 +9,8 @@ default), the EventBridge rule's Source and DetailType and its target's dead-let
 retry policy, the endpoint's body limit
 against what Firehose may POST with the template's buffering, the access-key pattern against the
 endpoint's key list syntax, and the forwarder's and firehose-local's policies against the Kinesis
-calls their source makes.
+calls their source makes. cli.sh's parameter checks are run by bash (and its regexes count to no
+more than the 255 every libc allows).
 
 Against moto: create the stack in us-east-1 (CreateDeliveryStream=false, since moto's
 CloudFormation cannot create delivery streams), create the delivery streams through the Firehose
@@ -232,6 +233,43 @@ def put_targets_guard():
             check(r.returncode == 0 and r.stdout == "after\n",
                   "cli.sh put_targets failed on FailedEntryCount 0 (%d): %s" % (r.returncode, r.stderr[-300:]))
     print("cli.sh put_targets: stops on FailedEntryCount 1, goes on at 0")
+
+
+def cli_parameter_checks():
+    """cli.sh's parameter checks, run by bash. Each regex it hands to bash's =~ counts to at
+    most 255 (RE_DUP_MAX): macOS's and musl's regcomp refuse more, and every value, the default
+    too, then "does not match", which glibc here would never show. Longer limits are checked as
+    lengths: the defaults and a 4096-character key pass, one character more or a comma fails."""
+    src = read("deploy/aws/cli.sh")
+    regexes = re.findall(r"^check_pattern \S+ '([^']*)'$", src, re.M)
+    regexes += [r for r in re.findall(r"=~ (\S+)", src) if not r.startswith("$")]
+    check(len(regexes) >= 6, "found only %d regexes in cli.sh" % len(regexes))
+    for r in regexes:
+        counts = [int(n) for m in re.finditer(r"\{(\d+)(?:,(\d*))?\}", r) for n in m.groups() if n]
+        check(all(n <= 255 for n in counts), "cli.sh hands bash a count above 255 (RE_DUP_MAX): %s" % r)
+    params = src[src.index("step() {"):src.index("\n# Rules.")]
+    base = {"PATH": os.environ["PATH"], "ENDPOINT_URL": "https://firehose.example.org/", "ACCESS_KEY": KEY}
+    cases = [
+        ({}, None, "the defaults"),
+        ({"ACCESS_KEY": "k" * 4096}, None, "a 4096-character key"),
+        ({"ACCESS_KEY": "k" * 4097}, "ACCESS_KEY is longer than 4096 characters", "a 4097-character key"),
+        ({"ACCESS_KEY": KEY + ",other"}, "ACCESS_KEY does not match", "a comma in the key"),
+        ({"ACCESS_KEY": "k" * 31}, "ACCESS_KEY does not match", "a 31-character key"),
+        ({"ENDPOINT_NAME": "n" * 256, "EVENT_BUS_NAME": "b" * 256}, None, "256-character names"),
+        ({"ENDPOINT_NAME": "n" * 257}, "ENDPOINT_NAME is longer than 256 characters", "a 257-character endpoint name"),
+        ({"EVENT_BUS_NAME": "b" * 257}, "EVENT_BUS_NAME is longer than 256 characters", "a 257-character bus name"),
+        ({"EVENT_BUS_NAME": "bus/1"}, "EVENT_BUS_NAME does not match", "a slash in the bus name"),
+    ]
+    for env, error, what in cases:
+        r = subprocess.run(["bash", "-c", params + "\necho checked\n"], env=base | env,
+                           capture_output=True, text=True, timeout=60)
+        if error is None:
+            check(r.returncode == 0 and r.stdout == "checked\n",
+                  "cli.sh refused %s (%d): %s" % (what, r.returncode, r.stderr[-300:]))
+        else:
+            check(r.returncode == 2 and error in r.stderr and "checked" not in r.stdout,
+                  "cli.sh accepted %s (%d): %s" % (what, r.returncode, r.stderr[-300:]))
+    print("cli.sh parameters: %d regexes, every count at most 255; %d values checked by bash" % (len(regexes), len(cases)))
 
 
 # ---- reading back -----------------------------------------------------------------------------
@@ -541,6 +579,7 @@ def main():
     t = tpl.load()
     static_checks(t)
     put_targets_guard()
+    cli_parameter_checks()
     if not a.static_only:
         t0 = time.monotonic()
         rehearse_stack(t, a.endpoint_url)

@@ -38,6 +38,32 @@ def var(logical):
     return "N_" + logical
 
 
+# bash's =~ compiles with the C library's regcomp, and POSIX promises repetition counts only up
+# to RE_DUP_MAX, 255: macOS and musl refuse larger ones, the pattern does not compile, and every
+# value (the default too) "does not match". So a larger count is left open and its limit checked
+# as a length instead.
+RE_DUP_MAX = 255
+COUNT = re.compile(r"\{(\d+)(,(\d*))?\}")
+
+
+def shell_pattern(param, pattern):
+    """`pattern` as bash's =~ on any libc takes it, and the longest value it allows when that is
+    checked apart (None otherwise). A count above RE_DUP_MAX ({32,4096}) becomes open-ended
+    ({32,}); that and a length check make the same constraint only when the count is on one
+    character and nothing else in the pattern matches any character, which is checked."""
+    longs = [m for m in COUNT.finditer(pattern) if any(int(n) > RE_DUP_MAX for n in m.groups()[::2] if n)]
+    if not longs:
+        return pattern, None
+    m = longs[0]
+    low, high = int(m.group(1)), m.group(3)
+    atom = re.search(r"(\[\^?\]?[^\]]*\]|\\.|[^\\])$", pattern[:m.start()])
+    rest = pattern[:atom.start()] + pattern[m.end():]
+    if len(longs) > 1 or low > RE_DUP_MAX or not high or not re.fullmatch(r"[\^$()?]*", rest):
+        raise ValueError("%s: cli.sh cannot check %r in bash (a count above %d other than one "
+                         "character's {n,m} over the whole value)" % (param, pattern, RE_DUP_MAX))
+    return pattern[:m.start()] + ("{%d,}" % low) + pattern[m.end():], int(high)
+
+
 def shell_cond(t, c):
     (op, arg), = c.items()
     if op == "Fn::Equals":
@@ -242,7 +268,10 @@ def generate():
         else:
             w(': "${%s:?set %s (required)}"\n' % (e, e))
         if "AllowedPattern" in p:
-            w("check_pattern %s '%s'\n" % (e, p["AllowedPattern"]))
+            pattern, longest = shell_pattern(k, p["AllowedPattern"])
+            w("check_pattern %s '%s'\n" % (e, pattern))
+            if longest is not None:
+                w("check_length %s %d\n" % (e, longest))
         if "AllowedValues" in p:
             w("check_values %s %s\n" % (e, " ".join(str(v) for v in p["AllowedValues"])))
         if "MinValue" in p:
@@ -336,6 +365,9 @@ set -euo pipefail
 step() { printf '==> %s\n' "$*" >&2; }
 fail() { printf 'cli.sh: %s\n' "$*" >&2; exit 2; }
 check_pattern() { [[ "${!1}" =~ $2 ]] || fail "$1 does not match $2"; }
+# The longest a value may be where the template's pattern counts past 255, which bash's regex
+# cannot do on every system (macOS, musl): gen_cli.py leaves such a count open in the pattern.
+check_length() { local v=${!1}; [ "${#v}" -le "$2" ] || fail "$1 is longer than $2 characters"; }
 check_values() { local n=$1 v; shift; for v in "$@"; do [ "${!n}" = "$v" ] && return 0; done; fail "$n must be one of: $*"; }
 check_range() { [[ "${!1}" =~ ^[0-9]+$ ]] && [ "${!1}" -ge "$2" ] && [ "${!1}" -le "$3" ] || fail "$1 must be a number from $2 to $3"; }
 # IAM changes take a few seconds to reach Firehose and EventBridge: retry what depends on them.
