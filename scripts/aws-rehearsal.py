@@ -12,7 +12,8 @@ endpoint's key list syntax, and the forwarder's and firehose-local's policies ag
 calls their source makes. cli.sh's parameter checks are run by bash (and its regexes count to no
 more than the 255 every libc allows).
 
-Against moto: create the stack in us-east-1 (CreateDeliveryStream=false, since moto's
+Against moto: check that a secret's ARN as Secrets Manager gives it passes AccessKeySecretArn's
+pattern and cli.sh's check; create the stack in us-east-1 (CreateDeliveryStream=false, since moto's
 CloudFormation cannot create delivery streams), create the delivery streams through the Firehose
 API with the template's properties resolved against the stack, then run deploy/aws/cli.sh in
 eu-west-1 with other names and options (on-demand stream, the default event bus), and read every
@@ -41,6 +42,8 @@ FIREHOSE_MAX_RECORDS = 10_000  # records per request
 RECORD_OVERHEAD = len('{"data":""},')
 ACCOUNT = "123456789012"  # moto's default account
 KEY = "rehearsal-access-key-0123456789abcdefghij"
+PARTIAL_SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:sensehat-monitor/firehose-access-key"
+FULL_SECRET_ARN = PARTIAL_SECRET_ARN + "-AbC123"
 
 failures = []
 passed = [0]
@@ -156,6 +159,14 @@ def static_checks(t):
     check(re.fullmatch(pattern, KEY + ",other") is None, "AccessKey pattern allows a comma")
     check(re.fullmatch(pattern, "a" * 4097) is None, "AccessKey pattern allows over 4096 characters")
 
+    # 4b. The secret: only a full ARN, with the six characters Secrets Manager appends to the
+    #     name. The role's GetSecretValue names this ARN verbatim and IAM compares it with the
+    #     secret's full ARN, so a partial one would deny Firehose the key.
+    pattern = p["AccessKeySecretArn"]["AllowedPattern"]
+    check(re.fullmatch(pattern, PARTIAL_SECRET_ARN) is None, "AccessKeySecretArn pattern allows a partial ARN")
+    check(re.fullmatch(pattern, FULL_SECRET_ARN) is not None, "AccessKeySecretArn pattern refuses a full ARN")
+    check(re.fullmatch(pattern, "") is not None, "AccessKeySecretArn pattern refuses empty (no secret)")
+
     # 5. Least privilege: the policies grant exactly the Kinesis calls the programs make.
     ops = botocore.session.get_session().get_service_model("kinesis").operation_names
     ctx = tpl.Context(t, tpl.default_parameters(t) | {"EndpointUrl": "https://x/"},
@@ -235,20 +246,27 @@ def put_targets_guard():
     print("cli.sh put_targets: stops on FailedEntryCount 1, goes on at 0")
 
 
+def run_cli_parameters(env):
+    """cli.sh's helpers and parameter checks, run by bash with `env`; it prints "checked" after."""
+    src = read("deploy/aws/cli.sh")
+    params = src[src.index("step() {"):src.index("\n# Rules.")]
+    base = {"PATH": os.environ["PATH"], "ENDPOINT_URL": "https://firehose.example.org/", "ACCESS_KEY": KEY}
+    return subprocess.run(["bash", "-c", params + "\necho checked\n"], env=base | env,
+                          capture_output=True, text=True, timeout=60)
+
+
 def cli_parameter_checks():
     """cli.sh's parameter checks, run by bash. Each regex it hands to bash's =~ counts to at
     most 255 (RE_DUP_MAX): macOS's and musl's regcomp refuse more, and every value, the default
     too, then "does not match", which glibc here would never show. Longer limits are checked as
     lengths: the defaults and a 4096-character key pass, one character more or a comma fails."""
     src = read("deploy/aws/cli.sh")
-    regexes = re.findall(r"^check_pattern \S+ '([^']*)'$", src, re.M)
+    regexes = re.findall(r"^check_pattern \S+ '([^']*)'", src, re.M)
     regexes += [r for r in re.findall(r"=~ (\S+)", src) if not r.startswith("$")]
     check(len(regexes) >= 6, "found only %d regexes in cli.sh" % len(regexes))
     for r in regexes:
         counts = [int(n) for m in re.finditer(r"\{(\d+)(?:,(\d*))?\}", r) for n in m.groups() if n]
         check(all(n <= 255 for n in counts), "cli.sh hands bash a count above 255 (RE_DUP_MAX): %s" % r)
-    params = src[src.index("step() {"):src.index("\n# Rules.")]
-    base = {"PATH": os.environ["PATH"], "ENDPOINT_URL": "https://firehose.example.org/", "ACCESS_KEY": KEY}
     cases = [
         ({}, None, "the defaults"),
         ({"ACCESS_KEY": "k" * 4096}, None, "a 4096-character key"),
@@ -259,10 +277,11 @@ def cli_parameter_checks():
         ({"ENDPOINT_NAME": "n" * 257}, "ENDPOINT_NAME is longer than 256 characters", "a 257-character endpoint name"),
         ({"EVENT_BUS_NAME": "b" * 257}, "EVENT_BUS_NAME is longer than 256 characters", "a 257-character bus name"),
         ({"EVENT_BUS_NAME": "bus/1"}, "EVENT_BUS_NAME does not match", "a slash in the bus name"),
+        ({"ACCESS_KEY": "", "ACCESS_KEY_SECRET_ARN": FULL_SECRET_ARN}, None, "a full secret ARN"),
+        ({"ACCESS_KEY": "", "ACCESS_KEY_SECRET_ARN": PARTIAL_SECRET_ARN}, "full ARN", "a partial secret ARN"),
     ]
     for env, error, what in cases:
-        r = subprocess.run(["bash", "-c", params + "\necho checked\n"], env=base | env,
-                           capture_output=True, text=True, timeout=60)
+        r = run_cli_parameters(env)
         if error is None:
             check(r.returncode == 0 and r.stdout == "checked\n",
                   "cli.sh refused %s (%d): %s" % (what, r.returncode, r.stderr[-300:]))
@@ -450,7 +469,7 @@ def clients(endpoint, region):
 
     s = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region)
     return {n: s.client(n, endpoint_url=endpoint) for n in
-            ("cloudformation", "kinesis", "s3", "logs", "iam", "firehose", "events", "sts", "sqs")}
+            ("cloudformation", "kinesis", "s3", "logs", "iam", "firehose", "events", "sts", "sqs", "secretsmanager")}
 
 
 def rehearse_stack(t, endpoint):
@@ -569,6 +588,25 @@ def rehearse_cli(t, endpoint, twice):
     verify(ctx, c, "cli.sh")
 
 
+def rehearse_secret_arn(t, endpoint):
+    """A secret's ARN as Secrets Manager (here moto) gives it, read as docs/aws.md says, passes
+    the template's AccessKeySecretArn pattern and cli.sh's check."""
+    sm = clients(endpoint, "eu-west-1")["secretsmanager"]
+    name = "sensehat-monitor-rehearsal/firehose-access-key"
+    try:
+        sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+    except sm.exceptions.ResourceNotFoundException:
+        pass
+    sm.create_secret(Name=name, SecretString=json.dumps({"api_key": KEY}))
+    arn = sm.describe_secret(SecretId=name)["ARN"]
+    check(re.fullmatch(t["Parameters"]["AccessKeySecretArn"]["AllowedPattern"], arn) is not None,
+          "AccessKeySecretArn pattern refuses Secrets Manager's ARN %s" % arn)
+    r = run_cli_parameters({"ACCESS_KEY": "", "ACCESS_KEY_SECRET_ARN": arn})
+    check(r.returncode == 0 and r.stdout == "checked\n", "cli.sh refused Secrets Manager's ARN %s: %s" % (arn, r.stderr[-300:]))
+    sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+    print("secret ARN: %s passes the template's pattern and cli.sh" % arn)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint-url")
@@ -581,6 +619,7 @@ def main():
     put_targets_guard()
     cli_parameter_checks()
     if not a.static_only:
+        rehearse_secret_arn(t, a.endpoint_url)
         t0 = time.monotonic()
         rehearse_stack(t, a.endpoint_url)
         print("stack rehearsal: %.0f s" % (time.monotonic() - t0))

@@ -16,7 +16,7 @@ set -euo pipefail
 
 step() { printf '==> %s\n' "$*" >&2; }
 fail() { printf 'cli.sh: %s\n' "$*" >&2; exit 2; }
-check_pattern() { [[ "${!1}" =~ $2 ]] || fail "$1 does not match $2"; }
+check_pattern() { [[ "${!1}" =~ $2 ]] || fail "$1 does not match $2${3:+ ($3)}"; }
 # The longest a value may be where the template's pattern counts past 255, which bash's regex
 # cannot do on every system (macOS, musl): gen_cli.py leaves such a count open in the pattern.
 check_length() { local v=${!1}; [ "${#v}" -le "$2" ] || fail "$1 is longer than $2 characters"; }
@@ -63,18 +63,18 @@ check_range SHARD_COUNT 1 64
 check_pattern DELIVERY_STREAM_NAME '^[a-z0-9][a-z0-9-]{0,40}$'
 # ENDPOINT_URL: firehose-endpoint's public URL: HTTPS on 443, with a certificate from a public CA. Its path must match the endpoint's --path (default /).
 : "${ENDPOINT_URL:?set ENDPOINT_URL (required)}"
-check_pattern ENDPOINT_URL '^https://[A-Za-z0-9.-]+(:443)?(/[A-Za-z0-9._~/-]*)?$'
+check_pattern ENDPOINT_URL '^https://[A-Za-z0-9.-]+(:443)?(/[A-Za-z0-9._~/-]*)?$' 'an https:// URL on port 443 (no other port, no query string), e.g. https://firehose.example.org/ ; Firehose delivers to nothing else'
 # ENDPOINT_NAME: A name for the endpoint, shown in Firehose's console and error logs.
 : "${ENDPOINT_NAME=sensehat-monitor firehose-endpoint}"
 check_pattern ENDPOINT_NAME '^[A-Za-z0-9 ._-]{1,}$'
 check_length ENDPOINT_NAME 256
 # ACCESS_KEY: The X-Amz-Firehose-Access-Key Firehose sends; one of the endpoint's FIREHOSE_ACCESS_KEY keys. Leave empty when AccessKeySecretArn is set (preferred: then the key is in no stack parameter).
 : "${ACCESS_KEY=}"
-check_pattern ACCESS_KEY '^([A-Za-z0-9._~+/=-]{32,})?$'
+check_pattern ACCESS_KEY '^([A-Za-z0-9._~+/=-]{32,})?$' '32 to 4096 characters from A-Z a-z 0-9 . _ ~ + / = - (no comma: the endpoint'"'"'s FIREHOSE_ACCESS_KEY separates keys with commas)'
 check_length ACCESS_KEY 4096
-# ACCESS_KEY_SECRET_ARN: Secrets Manager secret holding the access key as {"api_key": "..."}; Firehose reads it (and re-reads it every 10 minutes) instead of AccessKey.
+# ACCESS_KEY_SECRET_ARN: Secrets Manager secret holding the access key as {"api_key": "..."}, by its full ARN (from aws secretsmanager describe-secret --query ARN); Firehose reads it (and re-reads it every 10 minutes) instead of AccessKey.
 : "${ACCESS_KEY_SECRET_ARN=}"
-check_pattern ACCESS_KEY_SECRET_ARN '^(arn:[a-z-]+:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+)?$'
+check_pattern ACCESS_KEY_SECRET_ARN '^(arn:[a-z-]+:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6})?$' 'the secret'"'"'s full ARN, ending in the six characters Secrets Manager adds to its name, as `aws secretsmanager describe-secret --secret-id NAME --query ARN --output text` prints it (a partial ARN without them is not granted), or empty'
 # BUFFER_INTERVAL_SECONDS: Longest a record waits in Firehose before a POST (0-900 s). 60 s: readings reach monitors.firehose within about a minute, and one Pi makes one request a minute.
 : "${BUFFER_INTERVAL_SECONDS=60}"
 check_range BUFFER_INTERVAL_SECONDS 0 900

@@ -12,6 +12,7 @@ properties become the JSON documents of the calls. Needs PyYAML (in .venv-aws).
 import json
 import os
 import re
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -269,7 +270,8 @@ def generate():
             w(': "${%s:?set %s (required)}"\n' % (e, e))
         if "AllowedPattern" in p:
             pattern, longest = shell_pattern(k, p["AllowedPattern"])
-            w("check_pattern %s '%s'\n" % (e, pattern))
+            what = " ".join(str(p.get("ConstraintDescription", "")).split())
+            w("check_pattern %s %s%s\n" % (e, shlex.quote(pattern), " " + shlex.quote(what) if what else ""))
             if longest is not None:
                 w("check_length %s %d\n" % (e, longest))
         if "AllowedValues" in p:
@@ -364,7 +366,7 @@ set -euo pipefail
 
 step() { printf '==> %s\n' "$*" >&2; }
 fail() { printf 'cli.sh: %s\n' "$*" >&2; exit 2; }
-check_pattern() { [[ "${!1}" =~ $2 ]] || fail "$1 does not match $2"; }
+check_pattern() { [[ "${!1}" =~ $2 ]] || fail "$1 does not match $2${3:+ ($3)}"; }
 # The longest a value may be where the template's pattern counts past 255, which bash's regex
 # cannot do on every system (macOS, musl): gen_cli.py leaves such a count open in the pattern.
 check_length() { local v=${!1}; [ "${#v}" -le "$2" ] || fail "$1 is longer than $2 characters"; }
