@@ -167,6 +167,16 @@ def static_checks(t):
     check(re.fullmatch(pattern, FULL_SECRET_ARN) is not None, "AccessKeySecretArn pattern refuses a full ARN")
     check(re.fullmatch(pattern, "") is not None, "AccessKeySecretArn pattern refuses empty (no secret)")
 
+    # 4c. Who may assume the roles, for this account only, by the condition each service
+    #     documents sending: Firehose the account id as sts:ExternalId, EventBridge
+    #     aws:SourceAccount. A key the service does not send fails the AssumeRole.
+    for lg, service, key in (("FirehoseRole", "firehose.amazonaws.com", "sts:ExternalId"),
+                             ("EventsRole", "events.amazonaws.com", "aws:SourceAccount")):
+        trust = t["Resources"][lg]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        check(len(trust) == 1 and trust[0]["Principal"] == {"Service": service}
+              and trust[0]["Condition"] == {"StringEquals": {key: {"Ref": "AWS::AccountId"}}},
+              "%s's trust is not %s with %s equal to the account" % (lg, service, key))
+
     # 5. Least privilege: the policies grant exactly the Kinesis calls the programs make.
     ops = botocore.session.get_session().get_service_model("kinesis").operation_names
     ctx = tpl.Context(t, tpl.default_parameters(t) | {"EndpointUrl": "https://x/"},

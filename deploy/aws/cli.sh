@@ -290,7 +290,7 @@ case "${COND_UseSecret}" in
       "Action": "sts:AssumeRole",
       "Condition": {
         "StringEquals": {
-          "aws:SourceAccount": "${ACCOUNT_ID}"
+          "sts:ExternalId": "${ACCOUNT_ID}"
         }
       },
       "Effect": "Allow",
@@ -357,7 +357,7 @@ EOF
       "Action": "sts:AssumeRole",
       "Condition": {
         "StringEquals": {
-          "aws:SourceAccount": "${ACCOUNT_ID}"
+          "sts:ExternalId": "${ACCOUNT_ID}"
         }
       },
       "Effect": "Allow",
