@@ -78,7 +78,18 @@ def read(path):
 
 
 def without_tests(src):
-    return src.split("#[cfg(test)]")[0]
+    """`src` up to its inline test module (`#[cfg(test)] mod tests {`). A `#[cfg(test)] mod
+    tests;` declaration may stand anywhere, before code too, so it does not cut; the file it
+    names is left out by rust_files."""
+    return re.split(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", src)[0]
+
+
+def rust_files(folder):
+    """The Rust files anywhere under `folder` (src/forwarder/put/ too), but test modules in
+    their own files (`tests.rs`), as paths relative to the project."""
+    return [os.path.relpath(f, ROOT)
+            for f in sorted(glob.glob(os.path.join(ROOT, folder, "**", "*.rs"), recursive=True))
+            if not f.endswith("tests.rs")]
 
 
 def service_calls(service, crate, paths, operations):
@@ -142,10 +153,7 @@ def static_checks(t):
     # The endpoint's code, wherever in src/firehose/ it lives, without its test files (a
     # module's `#[cfg(test)] mod tests;` line may stand before its code, so files are skipped by
     # name rather than cut at that line).
-    endpoint = "".join(
-        read(os.path.relpath(f, ROOT))
-        for f in sorted(glob.glob(os.path.join(ROOT, "src/firehose/**/*.rs"), recursive=True))
-        if not f.endswith("tests.rs"))
+    endpoint = "".join(read(f) for f in rust_files("src/firehose"))
     check('e == "gzip"' in endpoint, "src/firehose/ does not accept Content-Encoding: gzip")
     for lg in ("DeliveryStream", "EventsDeliveryStream"):
         enc = t["Resources"][lg]["Properties"]["HttpEndpointDestinationConfiguration"]["RequestConfiguration"]
@@ -181,8 +189,8 @@ def static_checks(t):
     ops = botocore.session.get_session().get_service_model("kinesis").operation_names
     ctx = tpl.Context(t, tpl.default_parameters(t) | {"EndpointUrl": "https://x/"},
                       {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": ACCOUNT})
-    forwarder = kinesis_calls(sorted(glob.glob(os.path.join(ROOT, "src/forwarder/*.rs"))), ops)
-    reader = kinesis_calls(sorted(glob.glob(os.path.join(ROOT, "src/firehose_local/*.rs"))), ops)
+    forwarder = kinesis_calls(rust_files("src/forwarder"), ops)
+    reader = kinesis_calls(rust_files("src/firehose_local"), ops)
     check(forwarder == policy_actions(ctx, "ForwarderPolicy"),
           "ForwarderPolicy %s != forwarder's calls %s" % (sorted(policy_actions(ctx, "ForwarderPolicy")), sorted(forwarder)))
     check(reader == policy_actions(ctx, "ReaderPolicy"),
@@ -200,8 +208,7 @@ def static_checks(t):
         check(m is not None and rule[key] == [m.group(1)],
               "template rule %s %r != forwarder %s %r" % (key, rule[key], name, m and m.group(1)))
     eb_ops = botocore.session.get_session().get_service_model("events").operation_names
-    eb_calls = service_calls("events", "aws_sdk_eventbridge",
-                             sorted(glob.glob(os.path.join(ROOT, "src/forwarder/*.rs"))), eb_ops)
+    eb_calls = service_calls("events", "aws_sdk_eventbridge", rust_files("src/forwarder"), eb_ops)
     check("events:PutEvents" in eb_calls, "no PutEvents call found in src/forwarder")
     check(policy_actions(ctx, "ForwarderEventsPolicy") == eb_calls,
           "ForwarderEventsPolicy %s != the forwarder's EventBridge calls %s"
