@@ -159,6 +159,20 @@ def static_checks(t):
         enc = t["Resources"][lg]["Properties"]["HttpEndpointDestinationConfiguration"]["RequestConfiguration"]
         check(enc["ContentEncoding"] == "GZIP", lg + " ContentEncoding is not GZIP")
 
+    # 3b. Where failed batches land: the S3 Prefix failed/<delivery stream>/ (no
+    #     ErrorOutputPrefix), then the folder Firehose adds for HTTP endpoint failures, which
+    #     firehose-local's --error-dir imitates; docs/aws.md and the bucket's output say so.
+    folder = re.search(r'"(http-endpoint-failed)/\{', read("src/firehose_local/delivery.rs"))
+    check(folder is not None, "src/firehose_local/delivery.rs: no http-endpoint-failed/ folder")
+    layout = "failed/<delivery stream>/%s/YYYY/MM/DD/HH/" % (folder and folder.group(1))
+    for lg, name in (("DeliveryStream", "${DeliveryStreamName}"), ("EventsDeliveryStream", "${DeliveryStreamName}-events")):
+        s3 = t["Resources"][lg]["Properties"]["HttpEndpointDestinationConfiguration"]["S3Configuration"]
+        check(s3.get("Prefix") == {"Fn::Sub": "failed/%s/" % name} and "ErrorOutputPrefix" not in s3,
+              "%s's S3 Prefix is not failed/%s/ alone" % (lg, name))
+    check(layout in read("docs/aws.md"), "docs/aws.md does not give the failed batches' layout " + layout)
+    check(layout in " ".join(t["Outputs"]["FailedDeliveriesBucket"]["Description"].split()),
+          "the FailedDeliveriesBucket output does not give " + layout)
+
     # 4. The access key: no comma (the endpoint splits FIREHOSE_ACCESS_KEY on commas), at most
     #    Firehose's 4096 characters.
     pattern = p["AccessKey"]["AllowedPattern"]
