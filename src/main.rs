@@ -18,23 +18,46 @@ use sensehat_monitor::sink::spool::Spool;
 use sensehat_monitor::sink::NoDatabase;
 use sensehat_monitor::status::{self, STATUS_FILE};
 
-fn logo(config: &Config) -> Result<Frame, String> {
-    match &config.logo {
-        None => Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
+/// The logo to show: `--logo`'s image, or the built-in one and why `--logo`'s cannot be shown.
+/// A decoration must not keep the agent from taking readings, so that is a warning, not an
+/// error.
+fn logo(config: &Config) -> Result<(Frame, Option<String>), String> {
+    let own = config.logo.as_deref().map(|path| {
+        let bytes = std::fs::read(path).map_err(|e| {
+            // The unit's ProtectHome=yes hides these from the service.
+            let hidden = ["/home", "/root", "/run/user"]
+                .iter()
+                .any(|d| path.starts_with(d));
+            let hint = if hidden {
+                "; the service cannot see /home, /root or /run/user (ProtectHome=yes): put the logo in /etc/sensehat-monitor/, readable by all"
+            } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "; the service runs as a user of its own: make the file readable by all (chmod a+r)"
+            } else {
+                ""
+            };
+            format!("cannot read the logo {}: {e}{hint}", path.display())
+        })?;
+        Frame::from_png(&bytes).map_err(|e| format!("logo {}: {e}", path.display()))
+    });
+    match own {
+        Some(Ok(frame)) => Ok((frame, None)),
+        own => Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
+            .map(|frame| (frame, own.and_then(Result::err)))
             .map_err(|e| format!("built-in logo: {e}")),
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| format!("cannot read the logo {}: {e}", path.display()))?;
-            Frame::from_png(&bytes).map_err(|e| format!("logo {}: {e}", path.display()))
-        }
     }
 }
 
 /// `check-config`: the logo here, the rest in the library.
 async fn check_config(config: &Config) -> Result<Vec<String>, String> {
-    logo(config)?;
+    let (_, unusable) = logo(config)?;
     let check = config.check_config()?;
-    agent::check_config(&check).await.map_err(|e| e.to_string())
+    let mut notes = agent::check_config(&check)
+        .await
+        .map_err(|e| e.to_string())?;
+    notes.extend(
+        unusable.map(|why| format!("warning: {why}; the agent will show the built-in logo")),
+    );
+    Ok(notes)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -126,7 +149,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     let listener = metrics::bind_if(config.metrics_listen.as_deref())
         .await
         .map_err(|e| Failure::Config(e.to_string()))?;
-    let frame = logo(&config).map_err(Failure::Config)?;
+    let (frame, unusable) = logo(&config).map_err(Failure::Config)?;
+    if let Some(why) = unusable {
+        warn!("{why}; showing the built-in logo");
+    }
     let board = open_board(&config).await?;
     let mut led = open_led(
         config.led_device.as_deref(),

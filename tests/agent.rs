@@ -647,6 +647,63 @@ fn led_shows_logo_then_clears() {
     assert_eq!(std::fs::read(&fb).unwrap(), vec![0u8; 128]);
 }
 
+// A --logo that cannot be shown (missing, not a PNG) costs no readings: the agent shows the
+// built-in logo and says why, and check-config (the unit's ExecStartPre) passes with a warning.
+// Before, both stopped with exit 2 and the service took no readings at all.
+#[test]
+fn an_unusable_logo_shows_the_built_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_png = dir.path().join("logo.png");
+    std::fs::write(&not_png, "not a picture").unwrap();
+    let missing = dir.path().join("gone.png");
+    let builtin =
+        sensehat_monitor::led::Frame::from_png(sensehat_monitor::led::frame::DEFAULT_LOGO_PNG)
+            .unwrap()
+            .to_fb_bytes(sensehat_monitor::led::Rotation::R0);
+    for logo in [&missing, &not_png] {
+        let out = agent_command()
+            .args(["--sensors", "sim", "--dry-run", "--logo"])
+            .arg(logo)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("the agent will show the built-in logo"),
+            "{err}"
+        );
+
+        let fb = dir.path().join("fb");
+        std::fs::write(&fb, [0u8; 128]).unwrap();
+        let log = dir.path().join("log");
+        let mut child = agent_command()
+            .args(["--sensors", "sim", "--dry-run", "--interval", "50ms"])
+            .arg("--logo")
+            .arg(logo)
+            .arg("--led-device")
+            .arg(&fb)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read(&fb).unwrap() != builtin {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the built-in logo never appeared: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        common::signal(&child, 15);
+        assert!(child.wait().unwrap().success());
+        let err = std::fs::read_to_string(&log).unwrap();
+        assert!(err.contains("showing the built-in logo"), "{err}");
+        assert!(err.contains(&*logo.to_string_lossy()), "{err}");
+    }
+}
+
 // --sensors sim --count 10 stores 10 reports with exactly the original BSON types.
 #[tokio::test(flavor = "multi_thread")]
 async fn stores_reports_with_the_original_bson_types() {
