@@ -146,7 +146,7 @@ async fn run(config: Config) -> Result<(), Failure> {
         Some(uri.to_owned())
     };
     // Before the board: an address in use is a configuration error, said at once.
-    let listener = metrics::bind_if(config.metrics_listen.as_deref())
+    let listener = metrics::bind_or_later(config.metrics_listen.as_deref())
         .await
         .map_err(|e| Failure::Config(e.to_string()))?;
     let (frame, unusable) = logo(&config).map_err(Failure::Config)?;
@@ -215,7 +215,7 @@ async fn run_with_spool(
     uri: &str,
     board: Board,
     matrix: Option<Matrix>,
-    listener: Option<tokio::net::TcpListener>,
+    listener: Option<metrics::Listener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<agent::Counters, String> {
     let dir = &config.spool_dir;
@@ -257,7 +257,7 @@ async fn run_with_spool(
 /// on `listener` from now on.
 fn telemetry(
     config: &Config,
-    listener: Option<tokio::net::TcpListener>,
+    listener: Option<metrics::Listener>,
     spool: Option<Arc<Mutex<Spool>>>,
 ) -> Option<Telemetry> {
     if listener.is_none() && config.metrics_textfile.is_none() {
@@ -268,7 +268,7 @@ fn telemetry(
     }
     let t = Telemetry::new(spool, config.metrics_textfile.clone());
     if let Some(l) = listener {
-        metrics::spawn(l, t.registry(), t.readiness());
+        metrics::spawn_on(l, t.registry(), t.readiness());
     }
     Some(t)
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 mod text;
 
@@ -103,6 +103,62 @@ pub async fn bind_if(addr: Option<&str>) -> Result<Option<TcpListener>, ListenEr
     match addr {
         Some(a) => bind(a).await.map(Some),
         None => Ok(None),
+    }
+}
+
+/// Where the agent serves metrics: bound at start, or an address to bind once it exists.
+pub enum Listener {
+    /// Bound.
+    Bound(TcpListener),
+    /// Not bound yet: see [`bind_or_later`].
+    Later(String),
+}
+
+/// How often [`Listener::Later`]'s address is tried again.
+const BIND_AGAIN: Duration = Duration::from_secs(10);
+
+/// Bind `addr` if one is given, as [`bind_if`]; but an address that may come by itself (one
+/// not on this machine yet, as a LAN address before DHCP answers after a power cut, or a host
+/// name DNS cannot resolve yet) is bound later instead of failing the agent, which would take
+/// no readings until the network is back. An address in use, a port not allowed, stay errors.
+pub async fn bind_or_later(addr: Option<&str>) -> Result<Option<Listener>, ListenError> {
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable, InvalidInput, PermissionDenied};
+    match bind_if(addr).await {
+        Ok(l) => Ok(l.map(Listener::Bound)),
+        Err(e) => {
+            let named = e.addr.parse::<std::net::SocketAddr>().is_err();
+            match e.source.kind() {
+                AddrNotAvailable => {}
+                AddrInUse | PermissionDenied | InvalidInput => return Err(e),
+                _ if named => {}
+                _ => return Err(e),
+            }
+            warn!(
+                "{e}; taking readings meanwhile, and trying the address again every {BIND_AGAIN:?}"
+            );
+            Ok(Some(Listener::Later(e.addr)))
+        }
+    }
+}
+
+/// [`serve`] on `listener` from now on, or once its address can be bound.
+pub fn spawn_on(listener: Listener, registry: SharedRegistry, ready: Readiness) {
+    match listener {
+        Listener::Bound(l) => spawn(l, registry, ready),
+        Listener::Later(addr) => {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(BIND_AGAIN).await;
+                    match bind(&addr).await {
+                        Ok(l) => return spawn(l, registry, ready),
+                        Err(e) if e.source.kind() == std::io::ErrorKind::AddrInUse => {
+                            return warn!("{e}; /metrics is not served")
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+        }
     }
 }
 
