@@ -404,6 +404,7 @@ impl Config {
             ),
             clock_wait: clock.map_or(Duration::ZERO, |c| c.wait),
             state_directory: state_directory(),
+            metrics_textfile: self.metrics_textfile.clone().filter(|_| !self.dry_run),
         })
     }
 

@@ -454,6 +454,41 @@ fn a_metrics_address_in_use_is_refused_at_start() {
     }
 }
 
+// check-config (the unit's ExecStartPre) warns of a --metrics-textfile it cannot write, and
+// passes: the agent would run without the file, and node_exporter would find none, which no
+// alert tells from a Pi never set up. Before, it said only "configuration ok".
+#[test]
+fn check_config_warns_of_a_textfile_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |textfile: &std::path::Path| {
+        let out = agent_command()
+            .args([
+                "--sensors",
+                "sim",
+                "--mongodb-uri",
+                "mongodb://127.0.0.1:1/",
+            ])
+            .arg("--spool-dir")
+            .arg(dir.path().join("spool"))
+            .arg("--metrics-textfile")
+            .arg(textfile)
+            .arg("check-config")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("configuration ok"), "{err}");
+        err
+    };
+    let err = check(&dir.path().join("no-such-dir").join("sensehat.prom"));
+    assert!(
+        err.contains("warning: --metrics-textfile") && err.contains("/run/sensehat-monitor"),
+        "{err}"
+    );
+    let err = check(&dir.path().join("sensehat.prom"));
+    assert!(!err.contains("--metrics-textfile"), "{err}");
+}
+
 // After a power cut the router may come back after the Pi: --metrics-listen's LAN address is
 // not on the machine yet. The agent takes its readings meanwhile and serves /metrics once the
 // address is there; before, it exited 2, and the service took no readings until the network

@@ -19,6 +19,8 @@ pub struct CheckConfig {
     pub clock_wait: Duration,
     /// The directory systemd's `StateDirectory=` gave the service, when run as one.
     pub state_directory: Option<PathBuf>,
+    /// `--metrics-textfile`, when the agent will write it (not with `--dry-run`).
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// Why the agent could not start as configured.
@@ -81,6 +83,20 @@ pub async fn check_config(config: &CheckConfig) -> Result<Vec<String>, CheckErro
             }
         }
     }
+    // Metrics must not keep the agent from taking readings, but a file never written raises
+    // no alert of its own (SensehatMetricsFileStale needs the file): said here, at the gate.
+    if let Some(textfile) = &config.metrics_textfile {
+        let dir = match textfile.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Err(e) = write_probe(dir) {
+            notes.push(format!(
+                "warning: --metrics-textfile {} cannot be written: {e}; the agent runs without it, and node_exporter finds no file. The service may write in /run/sensehat-monitor (its RuntimeDirectory), or add `ReadWritePaths=` in a drop-in (`sudo systemctl edit sensehat-monitor`)",
+                textfile.display()
+            ));
+        }
+    }
     // Not an error either way; said so the journal shows what the agent will do.
     notes.push(clock_note(&config.clock_sync_file, config.clock_wait));
     Ok(notes)
@@ -137,6 +153,7 @@ mod tests {
             clock_sync_file: dir.path().join("none").join("synchronized"),
             clock_wait: Duration::from_secs(300),
             state_directory: None,
+            metrics_textfile: None,
         };
         let err = check_config(&config).await.unwrap_err();
         assert!(err.to_string().contains("--spool-dir"), "{err}");
