@@ -10,6 +10,9 @@ timed() {
   trap "kill -TERM -- -$pid 2>/dev/null" INT TERM
   wait "$pid" || status=$?
   while kill -0 "$pid" 2>/dev/null; do wait "$pid" || status=$?; done
+  # Whatever the command left running in its group (a test's child that outlived a panic)
+  # would hold the pipe to `tee` open, and the run would wait on it until CI's own limit.
+  kill -TERM -- -"$pid" 2>/dev/null || true
   trap - INT TERM
   return "$status"
 }

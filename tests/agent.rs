@@ -677,16 +677,18 @@ fn an_unusable_logo_shows_the_built_in_one() {
         let fb = dir.path().join("fb");
         std::fs::write(&fb, [0u8; 128]).unwrap();
         let log = dir.path().join("log");
-        let mut child = agent_command()
-            .args(["--sensors", "sim", "--dry-run", "--interval", "50ms"])
-            .arg("--logo")
-            .arg(logo)
-            .arg("--led-device")
-            .arg(&fb)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut child = common::Reaped(
+            agent_command()
+                .args(["--sensors", "sim", "--dry-run", "--interval", "50ms"])
+                .arg("--logo")
+                .arg(logo)
+                .arg("--led-device")
+                .arg(&fb)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::fs::read(&fb).unwrap() != builtin {
             assert!(
@@ -696,8 +698,8 @@ fn an_unusable_logo_shows_the_built_in_one() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        common::signal(&child, 15);
-        assert!(child.wait().unwrap().success());
+        common::signal(&child.0, 15);
+        assert!(child.0.wait().unwrap().success());
         let err = std::fs::read_to_string(&log).unwrap();
         assert!(err.contains("showing the built-in logo"), "{err}");
         assert!(err.contains(&*logo.to_string_lossy()), "{err}");

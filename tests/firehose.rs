@@ -1432,8 +1432,9 @@ async fn readyz_requests_share_one_ping() {
         assert_eq!(p.await.unwrap(), 503);
     }
     assert_eq!(pings(), 1, "pings sent for 40 /readyz at once");
+    // Waiting for the stalled pings would take /readyz's 3 s timeout.
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_millis(2500),
         "the delivery took {took:?}"
     );
     assert_eq!(count_id(&ep, ids[49]).await, 1);

@@ -270,13 +270,14 @@ fn header<'a>(g: &'a Got, name: &str) -> Option<&'a str> {
 }
 
 /// Assert the gaps between consecutive requests follow 1 s, 2 s, 4 s... within the +-15 %
-/// jitter (plus a little for the response round trip).
+/// jitter (plus up to half a second for the response round trip on a loaded machine, still
+/// short of the next gap's 2 x 0.85).
 fn assert_backoff(got: &[Got]) {
     for (n, pair) in got.windows(2).enumerate() {
         let gap = pair[1].at.duration_since(pair[0].at).as_secs_f64();
         let base = 2f64.powi(n as i32);
         assert!(
-            gap >= base * 0.85 - 0.02 && gap <= base * 1.15 + 0.3,
+            gap >= base * 0.85 - 0.02 && gap <= base * 1.15 + 0.5,
             "retry {n}: gap {gap:.3} s, expected {base} s +-15 %"
         );
     }

@@ -434,12 +434,18 @@ fn an_unwritable_textfile_is_said_once() {
 fn a_metrics_address_in_use_is_refused_at_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let in_use = taken.local_addr().unwrap().to_string();
+    // Where the kernel has no IPv6, or lets programs bind any address, fd00::5 is no test.
+    let nonlocal = std::fs::read_to_string("/proc/sys/net/ipv6/ip_nonlocal_bind")
+        .map_or(true, |v| v.trim() == "1");
     let cases = [
         (in_use.as_str(), "another program", Some(2)),
         ("127.0.0.1:99999", "HOST:PORT", Some(2)),
         ("[fd00::5]:9464", "not one of this machine's", Some(0)),
     ];
-    for (addr, says, code) in cases {
+    for (addr, says, code) in cases
+        .into_iter()
+        .filter(|(a, ..)| !(nonlocal && a.starts_with("[fd00")))
+    {
         let out = agent_command()
             .args(["--sensors", "sim", "--dry-run", "--count", "3"])
             .args(["--metrics-listen", addr])
@@ -506,7 +512,8 @@ fn metrics_are_served_once_the_address_comes() {
         ip addr add fd00::5/128 dev lo && ip link set lo up
         for _ in $(seq 1 200); do grep -q 'serving /metrics' "$2/err" && break; sleep 0.1; done
         python3 -c 'import urllib.request, sys
-sys.stdout.write(urllib.request.urlopen("http://[fd00::5]:9464/metrics").read().decode())' \
+get = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
+sys.stdout.write(get("http://[fd00::5]:9464/metrics", timeout=10).read().decode())' \
             > "$2/metrics"
         kill -TERM "$agent"; wait "$agent"; echo "exit $? after $lines readings"
     "#;
