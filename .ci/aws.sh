@@ -14,18 +14,21 @@ VENV=.venv-aws
 # Tried together on 2026-12-04 (awscli pins its own botocore; boto3 follows it).
 PINS=("moto[server]==5.2.5" "awscli==1.46.3" "cfn-lint==1.58.0" "boto3==1.44.8")
 STAMP="$VENV/.pins"
+# Their dependencies are pinned too, in .ci/constraints/aws.txt.
+CONSTRAINTS=.ci/constraints/aws.txt
+stamp="${PINS[*]} $(sha256sum < "$CONSTRAINTS")"
 
 step() { printf '\n==> %s\n' "$*"; }
 start=$(date +%s)
 
 step "AWS tools in $VENV"
-if [ ! -x "$VENV/bin/moto_server" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "${PINS[*]}" ]; then
+if [ ! -x "$VENV/bin/moto_server" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$stamp" ]; then
   python3 -c 'import ensurepip' 2>/dev/null || { echo "python3-venv is needed (apt-get install python3-venv)" >&2; exit 1; }
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   echo '*' > "$VENV/.gitignore"  # keep the venv out of git without touching the project's .gitignore
-  "$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}"
-  echo "${PINS[*]}" > "$STAMP"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -c "$CONSTRAINTS" "${PINS[@]}"
+  echo "$stamp" > "$STAMP"
 fi
 "$VENV/bin/pip" freeze --disable-pip-version-check | grep -iE '^(moto|awscli|cfn-lint|boto3|botocore)==' | tr '\n' ' '
 echo
