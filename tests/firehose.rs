@@ -993,6 +993,55 @@ async fn binary_requires_a_key_and_serves() {
     assert_eq!(text.matches("req-nokey").count(), 1, "{text}");
 }
 
+// A delivery stream whose URL path is not the endpoint's --path (a trailing slash, a proxy's
+// prefix) gets 404 on every delivery, retries for its retry duration, then puts everything in
+// S3: the endpoint says so in a warning naming both paths, at most once a minute, where it said
+// nothing. A scanner's request to an unknown path (no Firehose headers) is not logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_to_the_wrong_path_is_said() {
+    let server = MongoServer::start();
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database", &unique_name("fhpath"), "--path", "/firehose"])
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .env("FIREHOSE_ACCESS_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_listening(port, "the endpoint").await;
+    let root = format!("http://127.0.0.1:{port}/");
+    assert_eq!(send("GET", &root, &[], vec![]).await.status, 404);
+    for _ in 0..3 {
+        let body = firehose_body("req-path", &reports(1).1);
+        let r = send(
+            "POST",
+            &root,
+            &firehose_headers("req-path", None, false),
+            body,
+        )
+        .await;
+        check_shape(&r, 404, "req-path");
+    }
+    common::signal(&child, 15);
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") && !l.contains("plain HTTP"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    let w = warnings[0];
+    assert!(
+        w.contains("req-path") && w.contains(r#"path="/""#) && w.contains("path=/firehose"),
+        "{w}"
+    );
+    assert!(w.contains("--path"), "says what to do: {w}");
+}
+
 // A database down while Firehose sends and re-sends deliveries: the failing writes are said
 // when they begin, then at most once a minute, and their end once; each failed delivery was
 // two warnings ("database write failed", "delivery refused"), through every retry of an outage.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
@@ -87,7 +87,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 /// to `--body-timeout`, without reading its body, then is answered 503 and Firehose retries it.
 pub const BODY_BUDGET_BODIES: usize = 4;
 
-/// Deliveries refused for a wrong key (or path, or method) are logged at most this often.
+/// Deliveries refused for a wrong key (or method), and apart from those deliveries sent to a
+/// path the endpoint does not serve, are logged at most this often.
 pub const KEYLESS_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What a request handler needs to know.
@@ -125,6 +126,9 @@ pub struct AppState {
     /// Deliveries refused before their access key was found good: anyone can send those, as
     /// fast as they like, so at most one a minute is logged ([`KEYLESS_LOG_EVERY`]).
     keyless: Arc<std::sync::Mutex<Throttle>>,
+    /// Deliveries sent to a path the endpoint does not serve, logged as `keyless` is: apart, so
+    /// that a flood of either cannot keep the other out of the log.
+    wrong_path: Arc<std::sync::Mutex<Throttle>>,
     /// Deliveries the database failed, said once per outage and once a minute within one.
     write_failures: Arc<Failures>,
     /// [`REQUEST_DEADLINE`]; shorter in tests.
@@ -144,6 +148,7 @@ impl AppState {
             metrics: Arc::new(EndpointMetrics::default()),
             not_ready: Arc::default(),
             keyless: Arc::new(std::sync::Mutex::new(Throttle::new(KEYLESS_LOG_EVERY))),
+            wrong_path: Arc::new(std::sync::Mutex::new(Throttle::new(KEYLESS_LOG_EVERY))),
             write_failures: Arc::default(),
             request_deadline: REQUEST_DEADLINE,
         }
@@ -237,11 +242,35 @@ pub fn readiness(store: &Arc<Store>) -> crate::metrics::Readiness {
     })
 }
 
-async fn not_found(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// Any other path: 404. A request with a Firehose request id is a delivery sent to the wrong
+/// path (the delivery stream's URL and `--path` differ: a trailing slash, a proxy's prefix),
+/// which Firehose sends again for its whole retry duration and then writes to its S3 error
+/// output, so it is said, at most once a minute; its key is neither needed nor logged. Others
+/// (scanners) are not: anyone may send them, as fast as they like.
+async fn not_found(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
     state
         .metrics
         .answered_elsewhere(StatusCode::NOT_FOUND.as_u16());
-    RequestError::NotFound.render(header_cut(&headers, REQUEST_ID))
+    let request_id = header_cut(&headers, REQUEST_ID);
+    if !request_id.is_empty() {
+        let said = state
+            .wrong_path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .happened(Instant::now());
+        if let Some(unsaid) = said {
+            let path: String = uri.path().chars().take(MAX_REQUEST_ID_BYTES).collect();
+            warn!(
+                request_id = %request_id, source_arn = %header_cut(&headers, SOURCE_ARN),
+                path = ?path, expected_path = %state.config.path, refused_unsaid = unsaid,
+                "delivery sent to a path the endpoint does not serve, answered 404: Firehose \
+                 retries it, then writes the batch to its S3 error output; set the path of the \
+                 delivery stream's endpoint URL to expected_path, or start the endpoint with \
+                 --path set to path (logged once a minute; refused_unsaid counts those since the last line)"
+            );
+        }
+    }
+    RequestError::NotFound.render(request_id)
 }
 
 /// A method other than GET (or HEAD) on a health route: 405 in Firehose's shape, as on the
