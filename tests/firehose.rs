@@ -1042,6 +1042,50 @@ async fn a_delivery_to_the_wrong_path_is_said() {
     assert!(w.contains("--path"), "says what to do: {w}");
 }
 
+// Firehose neither retries a 413 nor writes its batch to S3: the records are lost. An
+// authenticated body over --max-body-mib (64 MiB, the least it takes, here a gzip body that
+// decompresses past it) is logged as an error that says so and what to change, where it was
+// the warning every 400 gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_logged_as_lost() {
+    let server = MongoServer::start();
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database", &unique_name("fh413"), "--max-body-mib", "64"])
+        .env("MONGODB_CONNECTION_STRING", &server.uri)
+        .env("FIREHOSE_ACCESS_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_listening(port, "the endpoint").await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let big = gzip(&vec![b' '; (64 << 20) + 1]);
+    let r = send(
+        "POST",
+        &url,
+        &firehose_headers("req-413", Some(KEY), true),
+        big,
+    )
+    .await;
+    check_shape(&r, 413, "req-413");
+    common::signal(&child, 15);
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("req-413"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" ERROR "), "{line}");
+    assert!(
+        line.contains("lost") && line.contains("--max-body-mib"),
+        "{line}"
+    );
+}
+
 // A database down while Firehose sends and re-sends deliveries: the failing writes are said
 // when they begin, then at most once a minute, and their end once; each failed delivery was
 // two warnings ("database write failed", "delivery refused"), through every retry of an outage.

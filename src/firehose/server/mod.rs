@@ -34,7 +34,7 @@ use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
 use http_body_util::BodyExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use error::{Oversize, RequestError};
 use headers::{budget_share, check_headers, header_cut, kib, BodyPlan};
@@ -381,6 +381,15 @@ async fn deliver(State(state): State<AppState>, request: Request) -> Response {
                 debug!(request_id = %request_id, status = status_code, error = error.as_str(), "delivery refused")
             }
         }
+    } else if let Err(RequestError::TooLarge { .. }) = &result {
+        // Only the key's holders get here, and Firehose gives up on a 413 at once.
+        error!(
+            request_id = %request_id, source_arn = %source_arn, status = status_code,
+            duration_ms, error = error.as_str(),
+            "delivery refused as too large (413): Firehose neither retries it nor writes it to \
+             its S3 error output, so its records are lost; raise --max-body-mib, or lower the \
+             delivery stream's buffer size hint"
+        );
     } else {
         warn!(
             request_id = %request_id, source_arn = %source_arn, records, rejected, bytes,
