@@ -257,6 +257,35 @@ async fn bad_records_go_to_the_dead_letter_collection() {
     }
 }
 
+// Firehose never sends a record of more than 1,024,000 bytes; a client with the key can. Such
+// a record is not parsed (an array of small numbers grows about sixfold into BSON, and a
+// document past MongoDB's 16 MiB failed every retry with 503): it is a dead letter naming
+// Firehose's limit, keeping its first 1,024,000 bytes, and the records beside it are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_firehose_s_limit_is_a_dead_letter() {
+    let server = MongoServer::start();
+    let ep = start(&server, Opts::default()).await;
+    // {"a":[0,0,...]}, 1,024,001 bytes: 7 for the frame, 2 a zero.
+    let zeros = vec!["0"; (1_024_001 - 7) / 2].join(",");
+    let big = format!(r#"{{"a":[{zeros}]}}"#).into_bytes();
+    assert_eq!(big.len(), 1_024_001);
+    let (ids, normal) = reports(1);
+    let r = deliver(&ep, "req-huge", &[big.clone(), normal[0].clone()], false).await;
+    check_shape(&r, 200, "req-huge");
+    assert_eq!(count(&ep.coll()).await, 1);
+    assert_eq!(count_id(&ep, ids[0]).await, 1);
+    let d = ep
+        .rejected()
+        .find_one(doc! { "requestId": "req-huge" })
+        .await
+        .unwrap()
+        .expect("a dead letter for the big record");
+    assert_eq!(d.get_i64("index").unwrap(), 0);
+    let reason = d.get_str("reason").unwrap();
+    assert!(reason.contains("1,024,000"), "{reason}");
+    assert_eq!(d.get_binary_generic("data").unwrap(), &big[..1_024_000]);
+}
+
 // A request whose every record is empty still answers 200 and keeps every record as a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_empty_records_are_kept_as_dead_letters() {

@@ -193,6 +193,7 @@ mod tests {
             Rejection::ExtendedJson(String::new()),
             Rejection::BadId("null"),
             Rejection::BadFieldName(String::new()),
+            Rejection::TooLarge(0),
         ];
         for r in every {
             assert!(Rejection::KINDS.contains(&r.kind()), "{}", r.kind());

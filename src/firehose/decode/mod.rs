@@ -13,7 +13,7 @@
 //!
 //! Also rejected, because the database would refuse them and fail the whole batch on every retry:
 //! a field name with a NUL character, and a top-level field name starting with `$` (not allowed in
-//! a replacement document).
+//! a replacement document). And, unparsed, a record over Firehose's [`MAX_RECORD_BYTES`].
 //!
 //! Two readers give the same bytes:
 //! - `fast`: plain JSON (no `$` keys, no duplicate keys, no array `_id`) written straight into a
@@ -49,6 +49,12 @@ pub struct DecodeOptions {
     pub parse_dates: Vec<String>,
 }
 
+/// Most bytes of data in a record: Firehose sends no larger one (its record maximum, 1,000 KiB),
+/// so a larger one comes from a client holding the key. It is not parsed: its document could
+/// grow past MongoDB's 16 MiB (an array of small numbers takes about six times its text in
+/// BSON), which every retry would fail with 503, and its copies could take gigabytes.
+pub const MAX_RECORD_BYTES: usize = 1_024_000;
+
 /// Why a record went to the dead-letter collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -68,11 +74,13 @@ pub enum Rejection {
     BadId(&'static str),
     /// A field name the database refuses: a NUL character anywhere, or `$` first at the top level.
     BadFieldName(String),
+    /// More than [`MAX_RECORD_BYTES`] of data (how many): only the first of them are kept.
+    TooLarge(usize),
 }
 
 impl Rejection {
     /// Every [`Rejection::kind`], and [`Rejection::REFUSED`]: the dead-letter metric's labels.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "empty",
         "base64",
         "not_utf8",
@@ -81,6 +89,7 @@ impl Rejection {
         "extended_json",
         "bad_id",
         "bad_field_name",
+        "too_large",
         Rejection::REFUSED,
     ];
     /// The reason of a record the database refused for good.
@@ -97,6 +106,7 @@ impl Rejection {
             Rejection::ExtendedJson(_) => "extended_json",
             Rejection::BadId(_) => "bad_id",
             Rejection::BadFieldName(_) => "bad_field_name",
+            Rejection::TooLarge(_) => "too_large",
         }
     }
 }
@@ -112,6 +122,11 @@ impl fmt::Display for Rejection {
             Rejection::ExtendedJson(e) => write!(f, "invalid Extended JSON: {e}"),
             Rejection::BadId(t) => write!(f, "_id cannot be {t}"),
             Rejection::BadFieldName(e) => write!(f, "invalid field name: {e}"),
+            Rejection::TooLarge(n) => write!(
+                f,
+                "record of {n} bytes, over Firehose's record maximum of 1,000 KiB (1,024,000 \
+                 bytes): not parsed, and only its first 1,024,000 bytes kept here"
+            ),
         }
     }
 }
@@ -154,7 +169,7 @@ pub fn decode_record(
             reason: Rejection::Empty,
         });
     }
-    let bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
+    let mut bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
         Ok(b) => b,
         Err(e) => {
             return Err(Rejected {
@@ -163,6 +178,12 @@ pub fn decode_record(
             })
         }
     };
+    if bytes.len() > MAX_RECORD_BYTES {
+        // Cut, so that the dead letter stays far below MongoDB's 16 MiB, whatever its size.
+        let reason = Rejection::TooLarge(bytes.len());
+        bytes.truncate(MAX_RECORD_BYTES);
+        return Err(Rejected { raw: bytes, reason });
+    }
     let doc = match parse_record(&bytes, options) {
         Ok(doc) => doc,
         Err(reason) => return Err(Rejected { raw: bytes, reason }),

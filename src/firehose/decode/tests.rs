@@ -194,6 +194,23 @@ fn not_json_keeps_the_decoded_bytes() {
     assert!(matches!(reject(b"{\"a\":1} x"), Rejection::NotJson(_)));
 }
 
+// A record of Firehose's 1,024,000 bytes is decoded; one byte more and it is rejected
+// unparsed, keeping its first 1,024,000 bytes.
+#[test]
+fn records_over_firehose_s_maximum_are_rejected_unparsed() {
+    let object = |n: usize| {
+        let text = format!(r#"{{"s":"{}"}}"#, "x".repeat(n - 8)).into_bytes();
+        assert_eq!(text.len(), n);
+        text
+    };
+    let fits = object(MAX_RECORD_BYTES);
+    assert!(decode_record(&b64(&fits), "r", 0, &opts(&[])).is_ok());
+    let over = object(MAX_RECORD_BYTES + 1);
+    let e = decode_record(&b64(&over), "r", 0, &opts(&[])).unwrap_err();
+    assert_eq!(e.reason, Rejection::TooLarge(MAX_RECORD_BYTES + 1));
+    assert_eq!(e.raw, &over[..MAX_RECORD_BYTES]);
+}
+
 // JSON that is not an object, including a top-level Extended JSON value, is rejected.
 #[test]
 fn json_that_is_not_an_object_is_rejected() {
