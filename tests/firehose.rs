@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::wire::Withhold;
 use common::{free_port, unique_name, wait_until, MongoServer};
 use firehose_common::*;
 use http_body_util::{BodyExt, Full};
@@ -803,7 +804,7 @@ async fn many_refused_records_cost_few_round_trips() {
 // answers the writes to the delivery collection with it, and passes the dead letters on.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_errors_the_server_always_repeats_are_dead_letters() {
-    use common::wire::{Withhold, ZlibProxy};
+    use common::wire::ZlibProxy;
     let Some(server) = MongoServer::own() else {
         return;
     };
@@ -845,15 +846,34 @@ async fn write_errors_the_server_always_repeats_are_dead_letters() {
 // so Auto picks bulkWrite; a proxy answers bulkWrite as such a server does.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_refusing_bulk_write_is_sent_update_commands() {
-    use common::wire::{Sent, Withhold, ZlibProxy};
-    let Some(server) = MongoServer::own() else {
-        return;
-    };
-    let refused = Withhold::CommandError(
+    bulk_write_refused_then_update_commands(Withhold::CommandError(
         115,
         "CommandNotSupported",
         "BulkWrite may not be run without featureFlagBulkWriteCommand enabled",
-    );
+    ))
+    .await;
+}
+
+// Atlas refuses a command a tier does not allow with 8000 AtlasError (the Flex and Serverless
+// tiers): bulkWrite refused so is replaced by update commands as above, where every delivery
+// was answered 503 for as long as the endpoint ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atlas_refusing_bulk_write_is_sent_update_commands() {
+    bulk_write_refused_then_update_commands(Withhold::CommandError(
+        8000,
+        "AtlasError",
+        "bulkWrite is not allowed in this Atlas tier",
+    ))
+    .await;
+}
+
+/// Two deliveries through a proxy that answers bulkWrite with `refused`: both stored, with one
+/// bulkWrite and then update commands only.
+async fn bulk_write_refused_then_update_commands(refused: Withhold) {
+    use common::wire::{Sent, ZlibProxy};
+    let Some(server) = MongoServer::own() else {
+        return;
+    };
     let proxy = ZlibProxy::start_withholding(server.port, &[("bulkWrite", refused)]);
     let opts = Opts {
         uri: Some(proxy.uri()),
@@ -1581,7 +1601,7 @@ async fn no_key_is_401_whatever_the_request_id() {
 // again). The body timeout (6 s) leaves a stalled test machine room to send the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deadline_covers_the_body_and_the_write() {
-    use common::wire::{Withhold, ZlibProxy};
+    use common::wire::ZlibProxy;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(server) = MongoServer::own() else {
         return;

@@ -8,7 +8,7 @@
 //!   `errorsOnly`, so the reply carries counts and at most the first error.
 //! - Older servers: a multi-statement `update` command; also an 8.0 server that refuses
 //!   `bulkWrite` ([`BULK_WRITE_UNSUPPORTED`]: its featureCompatibilityVersion is still 7.0, as
-//!   through an upgrade), from the first refusal on.
+//!   through an upgrade, or an Atlas tier does not allow it), from the first refusal on.
 //!
 //! Both go through `run_raw_command`, one command per 16 MiB of statements (the driver's own
 //! `Client::bulk_write` takes only `Document`s, whose building cost most of the endpoint's CPU).
@@ -47,9 +47,13 @@ pub const COMMAND_STATEMENTS: usize = 100_000;
 /// Codes of a server whose wire version has `bulkWrite` but which will not run it: 115
 /// CommandNotSupported (8.0 whose featureCompatibilityVersion is still 7.0, the normal state
 /// of an upgrade until it is made final: "BulkWrite may not be run without
-/// featureFlagBulkWriteCommand enabled") and 59 CommandNotFound. The command as a whole is
-/// refused, so nothing of it was written.
-pub const BULK_WRITE_UNSUPPORTED: [i32; 2] = [115, 59];
+/// featureFlagBulkWriteCommand enabled"), 59 CommandNotFound, and 8000 AtlasError: Atlas's
+/// answer to a command the cluster's tier does not allow (its Flex and Serverless tiers
+/// restrict commands), with which every delivery failed for as long as the endpoint ran. Only
+/// a refused `bulkWrite` is read so; the `update` commands that replace it fail as before if
+/// the refusal was about something else. The command as a whole is refused, so nothing of it
+/// was written.
+pub const BULK_WRITE_UNSUPPORTED: [i32; 3] = [115, 59, 8000];
 
 /// How upserts reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -311,8 +315,9 @@ impl Store {
             warn!(
                 error = %crate::mongo::describe(e),
                 "the server refused the bulkWrite command (MongoDB 8.0 whose featureCompatibilityVersion \
-                 is still 7.0 does): upserting with update commands from now on; restart the endpoint \
-                 once the upgrade is final (setFeatureCompatibilityVersion 8.0) to use bulkWrite"
+                 is still 7.0 does, and Atlas tiers that do not allow it): upserting with update \
+                 commands from now on; after an upgrade, restart the endpoint once it is final \
+                 (setFeatureCompatibilityVersion 8.0) to use bulkWrite"
             );
         }
     }
