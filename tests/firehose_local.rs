@@ -37,6 +37,8 @@ enum Reply {
     Chunked,
     /// Status 200 and the start of a body, then nothing more.
     Stalled,
+    /// Valid, after two seconds.
+    Slow,
 }
 
 /// A body of unknown length, which hyper sends chunked, without Content-Length.
@@ -119,8 +121,13 @@ async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
+    if let Reply::Slow = reply {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     match reply {
-        Reply::Valid => axum::Json(json!({ "requestId": id, "timestamp": now })).into_response(),
+        Reply::Valid | Reply::Slow => {
+            axum::Json(json!({ "requestId": id, "timestamp": now })).into_response()
+        }
         Reply::Status(code) => (
             StatusCode::from_u16(code).unwrap(),
             axum::Json(
@@ -350,6 +357,27 @@ async fn delivers_the_exact_firehose_request() {
     let got_set: HashSet<Vec<u8>> = records.iter().cloned().collect();
     assert_eq!(records.len(), sent.len());
     assert_eq!(got_set, sent.iter().cloned().collect());
+    fh.start_kill().unwrap();
+}
+
+// With a buffer interval of 0 s Firehose sends what has gathered, not the records the buffer
+// happened to take before its deadline came up: the records that wait while the first
+// request is answered (slowly) go out together, every record once, where they went in several
+// requests, cut wherever the channel's reads yielded to the expired deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zero_buffer_interval_sends_what_has_gathered() {
+    let kin = KinesisServer::start();
+    let stream = unique_name("fhzero");
+    kin.create_stream(&stream, 1).await;
+    let sent = put_records(&kin, &stream, 5_000).await;
+    let (url, state) = receiver(vec![Reply::Slow]).await;
+    let mut fh = spawn_firehose(&kin, &stream, &url, &["--buffer-interval", "0s"]);
+    wait_for_records(&state, sent.len()).await;
+    assert_received_once(&state, sent, "each record once").await;
+    let got = state.lock().unwrap().got.clone();
+    let sizes: Vec<usize> = got.iter().map(|g| decoded_records(&g.body).len()).collect();
+    // The first request takes what was read before it; the rest waited for its answer.
+    assert!(sizes.len() <= 2, "requests of {sizes:?} records");
     fh.start_kill().unwrap();
 }
 

@@ -152,6 +152,47 @@ impl<S: Future<Output = ()>> Sender<'_, S> {
     }
 }
 
+/// What the buffer does next.
+enum Next {
+    /// A stop was requested.
+    Stop,
+    /// The buffer's interval is up: send it.
+    Due,
+    /// Take this from the readers (`None`: they have all ended).
+    Read(Option<Read>),
+}
+
+/// What comes first: a stop, the interval's end, or something from the readers. Once the
+/// interval is up, what already waits in the channel is taken before the buffer is sent, as
+/// Firehose sends what gathered within its interval: with an interval of 0 s, everything read
+/// since the last request. (A deadline already past lost the race to a waiting record whenever
+/// the loop had read long enough to yield, and the records read together went out in several
+/// requests, cut wherever that happened.) The buffer is never full here: a full one is sent
+/// at once.
+async fn next(
+    rx: &mut mpsc::Receiver<Read>,
+    pending: &Pending,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Next {
+    let Some(deadline) = pending.deadline else {
+        return tokio::select! {
+            biased;
+            () = shutdown => Next::Stop,
+            r = rx.recv() => Next::Read(r),
+        };
+    };
+    if deadline > Instant::now() {
+        tokio::select! {
+            biased;
+            () = shutdown => return Next::Stop,
+            () = tokio::time::sleep_until(deadline) => {}
+            r = rx.recv() => return Next::Read(r),
+        }
+    }
+    // Nothing waiting, or the readers gone: send the buffer; the next call sees them gone.
+    rx.try_recv().map_or(Next::Due, |r| Next::Read(Some(r)))
+}
+
 /// Buffer records from `rx` and deliver them until `shutdown` (the pending buffer is then
 /// delivered, within [`FINAL_DELIVERY_WAIT`]) or the readers end.
 pub async fn run_buffer(
@@ -173,17 +214,11 @@ pub async fn run_buffer(
     // move past the records it held.
     let mut cut_short = false;
     while out.stop_at.is_none() && !cut_short {
-        let flush_at = pending
-            .deadline
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut batch = None;
-        tokio::select! {
-            biased;
-            () = out.shutdown.as_mut() => out.stop_at = Some(Instant::now() + FINAL_DELIVERY_WAIT),
-            _ = tokio::time::sleep_until(flush_at), if pending.deadline.is_some() => {
-                batch = Some(pending.take());
-            }
-            r = rx.recv() => {
+        match next(&mut rx, &pending, out.shutdown.as_mut()).await {
+            Next::Stop => out.stop_at = Some(Instant::now() + FINAL_DELIVERY_WAIT),
+            Next::Due => batch = Some(pending.take()),
+            Next::Read(r) => {
                 let record = match r {
                     None => break,
                     Some(Read::Record(record)) => record,
