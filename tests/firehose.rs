@@ -540,6 +540,51 @@ async fn other_paths_methods_and_health() {
     assert_eq!(count(&ep.coll()).await, 0);
 }
 
+// The answers docs/firehose-endpoint.md lists as the HTTP layer's, made before the router sees
+// the request, have no body and no Content-Type: 400 for a request that is not HTTP, 414 for a
+// target over 65,534 bytes, 431 for over 100 headers; headers that do not arrive in time get
+// no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_layer_answers_without_a_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = MongoServer::start();
+    let opts = Opts {
+        header_timeout: Duration::from_secs(1),
+        ..Opts::default()
+    };
+    let ep = start(&server, opts).await;
+    let addr = ep.url.trim_start_matches("http://").to_owned();
+    let answer = |request: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            c.write_all(&request).await.unwrap();
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf))
+                .await
+                .expect("the connection was not closed")
+                .unwrap();
+            String::from_utf8_lossy(&buf).to_lowercase()
+        }
+    };
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(65_534));
+    let many_headers: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
+    for (request, status) in [
+        (b"NOT HTTP\r\n\r\n".to_vec(), "400"),
+        (long_target.into_bytes(), "414"),
+        (
+            format!("GET / HTTP/1.1\r\n{many_headers}\r\n").into_bytes(),
+            "431",
+        ),
+    ] {
+        let text = answer(request).await;
+        assert!(text.starts_with(&format!("http/1.1 {status} ")), "{text}");
+        assert!(text.contains("content-length: 0\r\n"), "{text}");
+        assert!(!text.contains("content-type"), "{text}");
+    }
+    assert_eq!(answer(b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec()).await, "");
+}
+
 // A client that sends its headers or its body too slowly cannot hold a connection: headers
 // not complete within the header timeout close the connection (also on an idle kept-alive
 // one), and a body not complete within the body timeout is answered 408 in the Firehose shape.

@@ -7,8 +7,12 @@
 //! encoding (400), a declared length over the limit (413), room in the body budget (503 after
 //! `--body-timeout` without), body size after decompression (413), body JSON and its requestId
 //! (400), then records and the database (200 or 503). The budget wait and the body share
-//! `--body-timeout` from the request's arrival, and the whole request [`REQUEST_DEADLINE`]. Every answer, whatever its status, is
-//! `{"requestId","timestamp"[,"errorMessage"]}`; each refusal is a [`RequestError`].
+//! `--body-timeout` from the request's arrival, and the whole request [`REQUEST_DEADLINE`].
+//! Every answer the router makes, whatever its status, is
+//! `{"requestId","timestamp"[,"errorMessage"]}`; each refusal is a [`RequestError`]. Requests
+//! that never reach it are answered by hyper without a body (400 for one that is not HTTP, 414
+//! for a target over 65,534 bytes, 431 for too many or too large headers), or not at all (the
+//! connection closed when the headers do not arrive within [`HEADER_TIMEOUT`]).
 //!
 //! - `error`: [`RequestError`], the reasons for refusing and the response each one gets.
 //! - `headers`: the checks made before the body is read, and the body's share of the budget.
@@ -87,8 +91,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 /// to `--body-timeout`, without reading its body, then is answered 503 and Firehose retries it.
 pub const BODY_BUDGET_BODIES: usize = 4;
 
-/// Deliveries refused for a wrong key (or method), and apart from those deliveries sent to a
-/// path the endpoint does not serve, are logged at most this often.
+/// Deliveries refused for a wrong key or method are logged at most this often, and so,
+/// counted apart, are deliveries sent to a path the endpoint does not serve.
 pub const KEYLESS_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What a request handler needs to know.
