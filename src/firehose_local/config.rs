@@ -59,7 +59,7 @@ fn at_most(s: &str, max_secs: u64) -> Result<Duration, String> {
 #[command(
     name = "firehose-local",
     version,
-    about = "A local Kinesis Data Firehose: read a Kinesis stream and deliver it to an HTTP endpoint exactly as Firehose does"
+    about = "A local Kinesis Data Firehose: read a Kinesis stream and deliver it to an HTTP endpoint as Firehose does (but KPL-aggregated records are not split)"
 )]
 pub struct Cli {
     /// What to do instead of delivering.

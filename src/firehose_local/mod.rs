@@ -8,7 +8,9 @@
 //! else is retried with `delay(n) = min(120 s, 2^n s * uniform(0.85, 1.15))`, keeping the request
 //! id, until the retry duration is used up (time waiting for responses does not count). Then the
 //! batch is written to `--error-dir` as Firehose's error records. A 413 is permanent: the batch is
-//! dropped and logged as lost, exactly as Firehose does.
+//! dropped and logged as lost, exactly as Firehose does. One difference: a record the KPL
+//! aggregated is sent as it is, one entry, where Firehose splits it into its user records
+//! (docs/pipeline.md says why that is left so).
 //!
 //! With `--checkpoint-file` each shard's position is kept on disk once its records are
 //! delivered (or given up), and a restart carries on from there ([`checkpoint`]). Without it,

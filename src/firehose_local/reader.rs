@@ -450,6 +450,8 @@ async fn read_shard(
                     let Some(share) = budget.share(r.data().as_ref().len()).await else {
                         return;
                     };
+                    // As it is: a KPL-aggregated record is not split into its user records, as
+                    // Firehose would (our forwarder never aggregates; see docs/pipeline.md).
                     let arrived = Arrived {
                         data: r.data().as_ref().to_vec(),
                         share: Some(share),

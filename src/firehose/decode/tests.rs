@@ -184,6 +184,17 @@ fn not_utf8_keeps_the_decoded_bytes() {
     assert_eq!(e.raw, NOT_UTF8);
 }
 
+// A record the KPL aggregated (firehose-local sends it unsplit: docs/pipeline.md) starts with
+// the KPL's magic bytes, which are not UTF-8: a dead letter keeping its bytes, as documented.
+#[test]
+fn kpl_aggregated_records_are_not_utf8() {
+    let mut kpl = vec![0xf3, 0x89, 0x9a, 0xc2];
+    kpl.extend_from_slice(b"\x0a\x01k\x1a\x08\x08\x00\x1a\x04{}{}");
+    let e = decode_record(&b64(&kpl), "r", 0, &opts(&[])).unwrap_err();
+    assert!(matches!(e.reason, Rejection::NotUtf8(_)), "{:?}", e.reason);
+    assert_eq!(e.raw, kpl);
+}
+
 // Text that is not JSON (also blank, or JSON followed by more) is rejected, keeping the bytes.
 #[test]
 fn not_json_keeps_the_decoded_bytes() {
