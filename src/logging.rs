@@ -33,12 +33,14 @@ fn filter(given: Option<&str>) -> (EnvFilter, Option<String>) {
         .filter(|p| !p.is_empty())
         .collect();
     let is_level = |p: &&str| p.parse::<LevelFilter>().is_ok();
-    let spec = if parts.iter().any(is_level) {
-        given.to_owned()
+    let leveled = parts.iter().any(is_level);
+    // Joined again without the spaces: tracing would take " warn" for a module's name.
+    let spec = if leveled {
+        parts.join(",")
     } else if parts.is_empty() {
         "info".to_owned()
     } else {
-        format!("info,{given}")
+        format!("info,{}", parts.join(","))
     };
     // A bare word that is no level was most likely meant as one ("warning").
     let not_levels: Vec<&str> = parts
@@ -49,7 +51,12 @@ fn filter(given: Option<&str>) -> (EnvFilter, Option<String>) {
     let mut note = (!not_levels.is_empty()).then(|| {
         format!(
             "RUST_LOG names {not_levels:?}, which is taken for a module's name, not a level \
-             (error, warn, info, debug, trace or off): the rest is logged at info"
+             (error, warn, info, debug, trace or off){}",
+            if leveled {
+                ""
+            } else {
+                ": the rest is logged at info"
+            }
         )
     });
     let filter = EnvFilter::builder().parse(&spec).unwrap_or_else(|e| {
@@ -77,6 +84,10 @@ mod tests {
         assert_eq!(shown(Some("")), ("info".into(), false));
         assert_eq!(shown(Some("warn")), ("warn".into(), false));
         assert!(!shown(Some("debug,hyper=info")).1);
+        assert_eq!(
+            shown(Some("hyper=debug, warn")),
+            ("hyper=debug,warn".into(), false)
+        );
         let (f, noted) = shown(Some("hyper=debug"));
         assert!(
             f.contains("info") && f.contains("hyper=debug") && !noted,
