@@ -907,7 +907,7 @@ async fn atlas_refusing_bulk_write_is_sent_update_commands() {
     bulk_write_refused_then_update_commands(Withhold::CommandError(
         8000,
         "AtlasError",
-        "bulkWrite is not allowed in this Atlas tier",
+        "CMD_NOT_ALLOWED: bulkWrite",
     ))
     .await;
 }

@@ -47,13 +47,18 @@ pub const COMMAND_STATEMENTS: usize = 100_000;
 /// Codes of a server whose wire version has `bulkWrite` but which will not run it: 115
 /// CommandNotSupported (8.0 whose featureCompatibilityVersion is still 7.0, the normal state
 /// of an upgrade until it is made final: "BulkWrite may not be run without
-/// featureFlagBulkWriteCommand enabled"), 59 CommandNotFound, and 8000 AtlasError: Atlas's
-/// answer to a command the cluster's tier does not allow (its Flex and Serverless tiers
-/// restrict commands), with which every delivery failed for as long as the endpoint ran. Only
-/// a refused `bulkWrite` is read so; the `update` commands that replace it fail as before if
-/// the refusal was about something else. The command as a whole is refused, so nothing of it
-/// was written.
-pub const BULK_WRITE_UNSUPPORTED: [i32; 3] = [115, 59, 8000];
+/// featureFlagBulkWriteCommand enabled"), 59 CommandNotFound, and [`ATLAS_ERROR`] when it names
+/// the command. Only a refused `bulkWrite` is read so; the `update` commands that replace it
+/// fail as before if the refusal was about something else. The command as a whole is refused,
+/// so nothing of it was written.
+pub const BULK_WRITE_UNSUPPORTED: [i32; 2] = [115, 59];
+/// 8000 AtlasError: Atlas's answer to a command the cluster's tier does not allow (its Flex and
+/// Serverless tiers restrict commands, "CMD_NOT_ALLOWED: bulkWrite"), with which every delivery
+/// failed for as long as the endpoint ran. Atlas gives the same code for other refusals (a
+/// shared tier over its space quota, a user without the right), which the `update` commands
+/// would meet as well: only a refusal that names `bulkWrite`, and is no refusal of a user's
+/// right, counts as the command not being allowed.
+pub const ATLAS_ERROR: i32 = 8000;
 
 /// How upserts reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -349,7 +354,16 @@ fn update_command(
 
 /// The server has the `bulkWrite` command's wire version but will not run it.
 fn refuses_bulk_write(e: &mongodb::error::Error) -> bool {
-    matches!(*e.kind, ErrorKind::Command(ref c) if BULK_WRITE_UNSUPPORTED.contains(&c.code))
+    let ErrorKind::Command(ref c) = *e.kind else {
+        return false;
+    };
+    let names_it = || {
+        let said = c.message.to_ascii_lowercase();
+        said.contains("bulkwrite")
+            && !said.contains("not authorized")
+            && !said.contains("do action")
+    };
+    BULK_WRITE_UNSUPPORTED.contains(&c.code) || (c.code == ATLAS_ERROR && names_it())
 }
 
 /// The statements of one command.
