@@ -427,8 +427,8 @@ fn an_unwritable_textfile_is_said_once() {
 }
 
 // A port already in use is a configuration error (exit 2) that names the option, as is an
-// address that is no HOST:PORT; each says what to check. An address not on this machine may
-// yet come (DHCP): the agent says so and takes its readings (see
+// address that is no HOST:PORT; each says what to check. An address not on this machine, or a
+// name DNS cannot resolve, may yet come (DHCP): the agent says so and takes its readings (see
 // `metrics_are_served_once_the_address_comes`).
 #[test]
 fn a_metrics_address_in_use_is_refused_at_start() {
@@ -441,6 +441,12 @@ fn a_metrics_address_in_use_is_refused_at_start() {
         (in_use.as_str(), "another program", Some(2)),
         ("127.0.0.1:99999", "HOST:PORT", Some(2)),
         ("[fd00::5]:9464", "not one of this machine's", Some(0)),
+        // A name DNS cannot resolve (yet): the same.
+        (
+            "no-such-host.invalid:9464",
+            "trying the address again",
+            Some(0),
+        ),
     ];
     for (addr, says, code) in cases
         .into_iter()

@@ -110,8 +110,8 @@ pub async fn bind_if(addr: Option<&str>) -> Result<Option<TcpListener>, ListenEr
 pub enum Listener {
     /// Bound.
     Bound(TcpListener),
-    /// Not bound yet: see [`bind_or_later`].
-    Later(String),
+    /// Not bound yet, and why it could not be at start: see [`bind_or_later`].
+    Later(String, std::io::ErrorKind),
 }
 
 /// How often [`Listener::Later`]'s address is tried again.
@@ -136,25 +136,29 @@ pub async fn bind_or_later(addr: Option<&str>) -> Result<Option<Listener>, Liste
             warn!(
                 "{e}; taking readings meanwhile, and trying the address again every {BIND_AGAIN:?}"
             );
-            Ok(Some(Listener::Later(e.addr)))
+            Ok(Some(Listener::Later(e.addr, e.source.kind())))
         }
     }
 }
 
-/// [`serve`] on `listener` from now on, or once its address can be bound.
+/// [`serve`] on `listener` from now on, or once its address can be bound: tried every
+/// [`BIND_AGAIN`], each new reason it cannot be said once (the address is there now, but
+/// another program has the port).
 pub fn spawn_on(listener: Listener, registry: SharedRegistry, ready: Readiness) {
     match listener {
         Listener::Bound(l) => spawn(l, registry, ready),
-        Listener::Later(addr) => {
+        Listener::Later(addr, at_start) => {
             tokio::spawn(async move {
+                let mut said = at_start;
                 loop {
                     tokio::time::sleep(BIND_AGAIN).await;
                     match bind(&addr).await {
                         Ok(l) => return spawn(l, registry, ready),
-                        Err(e) if e.source.kind() == std::io::ErrorKind::AddrInUse => {
-                            return warn!("{e}; /metrics is not served")
+                        Err(e) if e.source.kind() == said => {}
+                        Err(e) => {
+                            warn!("{e}; trying the address again every {BIND_AGAIN:?}");
+                            said = e.source.kind();
                         }
-                        Err(_) => {}
                     }
                 }
             });
