@@ -60,3 +60,8 @@ pub mod status;
 
 #[cfg(feature = "firehose")]
 pub mod firehose;
+
+/// Most bytes of data in one record Kinesis Data Firehose delivers (1,000 KiB), a limit of its
+/// own below Kinesis's 1 MiB record: the forwarder refuses larger ones, firehose-local sends them
+/// to its error output as Firehose does, and the endpoint dead-letters them unparsed.
+pub const FIREHOSE_MAX_RECORD_BYTES: usize = 1_024_000;

@@ -37,7 +37,8 @@ enum Reply {
     Chunked,
     /// Status 200 and the start of a body, then nothing more.
     Stalled,
-    /// Valid, after two seconds.
+    /// Valid, after five seconds: time for the readers to have read everything meanwhile,
+    /// however busy the machine.
     Slow,
 }
 
@@ -122,7 +123,7 @@ async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
         .unwrap()
         .as_millis() as u64;
     if let Reply::Slow = reply {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     match reply {
         Reply::Valid | Reply::Slow => {

@@ -167,8 +167,9 @@ enum Next {
 /// Firehose sends what gathered within its interval: with an interval of 0 s, everything read
 /// since the last request. (A deadline already past lost the race to a waiting record whenever
 /// the loop had read long enough to yield, and the records read together went out in several
-/// requests, cut wherever that happened.) The buffer is never full here: a full one is sent
-/// at once.
+/// requests, cut wherever that happened.) Records that keep coming faster than they are taken
+/// go on filling the buffer past its interval, up to its size hint, where it is sent at once;
+/// a stop is then seen by that send.
 async fn next(
     rx: &mut mpsc::Receiver<Read>,
     pending: &Pending,

@@ -13,7 +13,7 @@ pub const MAX_RECORDS: usize = 10_000;
 /// Largest decoded record Firehose delivers (1,000 KiB). A Kinesis record may hold up to 1 MiB
 /// of data and partition key; one with more data than this is not delivered but goes to the
 /// error output (see [`TOO_LARGE`]).
-pub const MAX_RECORD_BYTES: usize = 1_024_000;
+pub const MAX_RECORD_BYTES: usize = crate::FIREHOSE_MAX_RECORD_BYTES;
 /// The error code of a record over [`MAX_RECORD_BYTES`] in the error output. AWS documents the
 /// 1,000 KiB limit but not the code Firehose gives such a record read from a Kinesis stream
 /// (UNCONFIRMED); this one is firehose-local's own, named after the limit.

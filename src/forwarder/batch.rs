@@ -12,7 +12,7 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// At most this many bytes of data in one record Firehose delivers (1,000 KiB): a Kinesis record
 /// between this and [`MAX_RECORD_BYTES`] would be accepted by the stream and then never reach the
 /// endpoint, so it is refused here too.
-pub const FIREHOSE_MAX_RECORD_DATA: usize = 1_024_000;
+pub const FIREHOSE_MAX_RECORD_DATA: usize = crate::FIREHOSE_MAX_RECORD_BYTES;
 /// A partition key is 1 to 256 Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 

@@ -53,7 +53,7 @@ pub struct DecodeOptions {
 /// so a larger one comes from a client holding the key. It is not parsed: its document could
 /// grow past MongoDB's 16 MiB (an array of small numbers takes about six times its text in
 /// BSON), which every retry would fail with 503, and its copies could take gigabytes.
-pub const MAX_RECORD_BYTES: usize = 1_024_000;
+pub const MAX_RECORD_BYTES: usize = crate::FIREHOSE_MAX_RECORD_BYTES;
 
 /// Why a record went to the dead-letter collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +124,9 @@ impl fmt::Display for Rejection {
             Rejection::BadFieldName(e) => write!(f, "invalid field name: {e}"),
             Rejection::TooLarge(n) => write!(
                 f,
-                "record of {n} bytes, over Firehose's record maximum of 1,000 KiB (1,024,000 \
-                 bytes): not parsed, and only its first 1,024,000 bytes kept here"
+                "record of {n} bytes, over Firehose's record maximum of 1,000 KiB \
+                 ({MAX_RECORD_BYTES} bytes): not parsed, and only its first \
+                 {MAX_RECORD_BYTES} bytes kept here"
             ),
         }
     }
