@@ -1087,6 +1087,43 @@ async fn binary_requires_a_key_and_serves() {
     assert_eq!(text.matches("req-nokey").count(), 1, "{text}");
 }
 
+/// The endpoint binary on a free port with `args`, storing through `uri`, its log (at info) in
+/// the file returned; once it listens.
+async fn logged_endpoint(
+    uri: &str,
+    args: &[&str],
+) -> (common::Reaped, u16, tempfile::NamedTempFile) {
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("MONGODB_CONNECTION_STRING", uri)
+        .env("FIREHOSE_ACCESS_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let child = common::Reaped(child);
+    common::wait_listening(port, "the endpoint").await;
+    (child, port, log)
+}
+
+/// Stop an endpoint of [`logged_endpoint`] with SIGTERM (it exits 0), and give its log.
+fn stop_logged(mut child: common::Reaped, log: &tempfile::NamedTempFile) -> String {
+    common::signal(&child.0, 15);
+    assert!(child.0.wait().unwrap().success());
+    std::fs::read_to_string(log.path()).unwrap()
+}
+
+/// The warnings of an endpoint's log, but the one for serving plain HTTP.
+fn warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") && !l.contains("plain HTTP"))
+        .collect()
+}
+
 // A delivery stream whose URL path is not the endpoint's --path (a trailing slash, a proxy's
 // prefix) gets 404 on every delivery, retries for its retry duration, then puts everything in
 // S3: the endpoint says so in a warning naming both paths, at most once a minute, where it said
@@ -1094,19 +1131,9 @@ async fn binary_requires_a_key_and_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_to_the_wrong_path_is_said() {
     let server = MongoServer::start();
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--database", &unique_name("fhpath"), "--path", "/firehose"])
-        .env("MONGODB_CONNECTION_STRING", &server.uri)
-        .env("FIREHOSE_ACCESS_KEY", KEY)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    common::wait_listening(port, "the endpoint").await;
+    let db = unique_name("fhpath");
+    let (child, port, log) =
+        logged_endpoint(&server.uri, &["--database", &db, "--path", "/firehose"]).await;
     let root = format!("http://127.0.0.1:{port}/");
     assert_eq!(send("GET", &root, &[], vec![]).await.status, 404);
     for _ in 0..3 {
@@ -1120,13 +1147,8 @@ async fn a_delivery_to_the_wrong_path_is_said() {
         .await;
         check_shape(&r, 404, "req-path");
     }
-    common::signal(&child, 15);
-    assert!(child.wait().unwrap().success());
-    let text = std::fs::read_to_string(log.path()).unwrap();
-    let warnings: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(" WARN ") && !l.contains("plain HTTP"))
-        .collect();
+    let text = stop_logged(child, &log);
+    let warnings = warnings(&text);
     assert_eq!(warnings.len(), 1, "{text}");
     let w = warnings[0];
     assert!(
@@ -1143,19 +1165,9 @@ async fn a_delivery_to_the_wrong_path_is_said() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_is_logged_as_lost() {
     let server = MongoServer::start();
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--database", &unique_name("fh413"), "--max-body-mib", "64"])
-        .env("MONGODB_CONNECTION_STRING", &server.uri)
-        .env("FIREHOSE_ACCESS_KEY", KEY)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    common::wait_listening(port, "the endpoint").await;
+    let db = unique_name("fh413");
+    let (child, port, log) =
+        logged_endpoint(&server.uri, &["--database", &db, "--max-body-mib", "64"]).await;
     let url = format!("http://127.0.0.1:{port}/");
     let big = gzip(&vec![b' '; (64 << 20) + 1]);
     let r = send(
@@ -1166,9 +1178,7 @@ async fn a_body_over_the_limit_is_logged_as_lost() {
     )
     .await;
     check_shape(&r, 413, "req-413");
-    common::signal(&child, 15);
-    assert!(child.wait().unwrap().success());
-    let text = std::fs::read_to_string(log.path()).unwrap();
+    let text = stop_logged(child, &log);
     let line = text
         .lines()
         .find(|l| l.contains("req-413"))
@@ -1188,23 +1198,10 @@ async fn a_database_outage_is_said_once_and_its_end_once() {
     let Some(mut server) = MongoServer::not_started() else {
         return;
     };
-    let port = free_port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firehose-endpoint"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--database", &unique_name("fhdown")])
-        // Each delivery gives up on the database after 300 ms instead of 10 s.
-        .env(
-            "MONGODB_CONNECTION_STRING",
-            format!("{}&serverSelectionTimeoutMS=300", server.uri),
-        )
-        .env("FIREHOSE_ACCESS_KEY", KEY)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    common::wait_listening(port, "the endpoint").await;
+    // Each delivery gives up on the database after 300 ms instead of 10 s.
+    let uri = format!("{}&serverSelectionTimeoutMS=300", server.uri);
+    let db = unique_name("fhdown");
+    let (child, port, log) = logged_endpoint(&uri, &["--database", &db]).await;
     let url = format!("http://127.0.0.1:{port}/");
     let deliver = |id: &'static str| {
         let url = url.clone();
@@ -1220,13 +1217,8 @@ async fn a_database_outage_is_said_once_and_its_end_once() {
     }
     server.launch();
     assert_eq!(deliver("req-up").await, 200);
-    common::signal(&child, 15);
-    assert!(child.wait().unwrap().success());
-    let text = std::fs::read_to_string(log.path()).unwrap();
-    let warnings: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(" WARN ") && !l.contains("plain HTTP"))
-        .collect();
+    let text = stop_logged(child, &log);
+    let warnings = warnings(&text);
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(
         warnings[0].contains("database writes are failing") && warnings[0].contains("req-down"),

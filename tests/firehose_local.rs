@@ -42,25 +42,14 @@ enum Reply {
     Slow,
 }
 
-/// A body of unknown length, which hyper sends chunked, without Content-Length.
-struct Unsized(Option<Bytes>);
-
-impl hyper::body::Body for Unsized {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
-    }
+/// A body of one chunk and of unknown length (hyper sends it chunked, without Content-Length),
+/// which ends after the chunk or, if it `stalls`, never does.
+struct OneChunk {
+    chunk: Option<Bytes>,
+    stalls: bool,
 }
 
-/// A body that sends its one chunk and then never ends.
-struct Stalling(Option<Bytes>);
-
-impl hyper::body::Body for Stalling {
+impl hyper::body::Body for OneChunk {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
@@ -68,9 +57,10 @@ impl hyper::body::Body for Stalling {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        match self.0.take() {
+        match self.chunk.take() {
             Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
-            None => std::task::Poll::Pending,
+            None if self.stalls => std::task::Poll::Pending,
+            None => std::task::Poll::Ready(None),
         }
     }
 }
@@ -145,13 +135,19 @@ async fn receive(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -
             let body = json!({ "requestId": id, "timestamp": now }).to_string();
             (
                 [("content-type", "application/json")],
-                axum::body::Body::new(Unsized(Some(Bytes::from(body)))),
+                axum::body::Body::new(OneChunk {
+                    chunk: Some(Bytes::from(body)),
+                    stalls: false,
+                }),
             )
                 .into_response()
         }
         Reply::Stalled => (
             [("content-type", "application/json")],
-            axum::body::Body::new(Stalling(Some(Bytes::from_static(b"{\"requestId\":")))),
+            axum::body::Body::new(OneChunk {
+                chunk: Some(Bytes::from_static(b"{\"requestId\":")),
+                stalls: true,
+            }),
         )
             .into_response(),
     }
@@ -289,6 +285,26 @@ fn assert_backoff(got: &[Got]) {
             "retry {n}: gap {gap:.3} s, expected {base} s +-15 %"
         );
     }
+}
+
+/// The files of the error output under `dir`, once there are some (at most 30 s after
+/// `started`), and the error records of the first.
+async fn error_output(dir: &Path, started: Instant) -> (Vec<PathBuf>, Vec<Value>) {
+    let mut files = Vec::new();
+    while files.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no error output"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        files = files_under(dir);
+    }
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (files, lines)
 }
 
 /// Every regular file under `dir`, recursively.
@@ -497,15 +513,7 @@ async fn endpoint_down_past_the_retry_duration_writes_the_error_dir() {
             errors.path().to_str().unwrap(),
         ],
     );
-    let mut files = Vec::new();
-    while files.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no error output"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        files = files_under(errors.path());
-    }
+    let (files, lines) = error_output(errors.path(), started).await;
     // 1 s buffer, then attempts at 0, 1 and 3 s (waits 1 + 2 s, each +-15 %: at most 3.45 s,
     // inside the 4 s retry duration); the next would wait 4 s more and pass it.
     assert!(started.elapsed() >= Duration::from_secs(3));
@@ -516,11 +524,6 @@ async fn endpoint_down_past_the_retry_duration_writes_the_error_dir() {
         .to_string_lossy()
         .into_owned();
     assert!(rel.starts_with("http-endpoint-failed/"), "{rel}");
-    let text = std::fs::read_to_string(&files[0]).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(lines.len(), sent.len());
     for (line, data) in lines.iter().zip(&sent) {
         assert_eq!(line["attemptsMade"], 3);
@@ -561,23 +564,9 @@ async fn an_answer_that_never_ends_is_a_request_timeout() {
             errors.path().to_str().unwrap(),
         ],
     );
-    let started = Instant::now();
-    let mut files = Vec::new();
-    while files.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no error output"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        files = files_under(errors.path());
-    }
+    let (_, lines) = error_output(errors.path(), Instant::now()).await;
     assert!(!state.lock().unwrap().got.is_empty());
-    let text = std::fs::read_to_string(&files[0]).unwrap();
-    let lines: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), sent.len(), "{text}");
+    assert_eq!(lines.len(), sent.len(), "{lines:?}");
     for line in &lines {
         assert_eq!(line["errorCode"], "HttpEndpoint.RequestTimeout", "{line}");
     }
