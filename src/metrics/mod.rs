@@ -142,7 +142,7 @@ pub async fn bind_or_later(addr: Option<&str>) -> Result<Option<Listener>, Liste
 }
 
 /// [`serve`] on `listener` from now on, or once its address can be bound: tried every
-/// [`BIND_AGAIN`], each new reason it cannot be said once (the address is there now, but
+/// `BIND_AGAIN`, each new reason it cannot be said once (the address is there now, but
 /// another program has the port).
 pub fn spawn_on(listener: Listener, registry: SharedRegistry, ready: Readiness) {
     match listener {
