@@ -91,11 +91,7 @@ pub fn replace_with_mode(
         return Err(e);
     }
     if durability == Durability::Synced {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::File::open(dir_of(path))?.sync_all()?;
     }
     Ok(())
 }
@@ -129,6 +125,13 @@ pub fn overwrite_padded(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Most spaces [`overwrite_padded`] writes after the contents; a longer file is truncated.
 const PAD_MAX: u64 = 4096;
 
+/// The directory a file `path` is in: its parent, or "." for a bare file name.
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

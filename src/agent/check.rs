@@ -86,11 +86,7 @@ pub async fn check_config(config: &CheckConfig) -> Result<Vec<String>, CheckErro
     // Metrics must not keep the agent from taking readings, but a file never written raises
     // no alert of its own (SensehatMetricsFileStale needs the file): said here, at the gate.
     if let Some(textfile) = &config.metrics_textfile {
-        let dir = match textfile.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if let Err(e) = write_probe(dir) {
+        if let Err(e) = write_probe(crate::fsutil::dir_of(textfile)) {
             notes.push(format!(
                 "warning: --metrics-textfile {} cannot be written: {e}; the agent runs without it, and node_exporter finds no file. The service may write in /run/sensehat-monitor (its RuntimeDirectory), or add `ReadWritePaths=` in a drop-in (`sudo systemctl edit sensehat-monitor`)",
                 textfile.display()
